@@ -1,0 +1,41 @@
+"""pyapred: optimal, unbiased up-the-ramp fluxes for APOGEE under variable illumination.
+
+The numerical API (:mod:`pyapred.solver`) and the simulator are re-exported here. Importing
+pyapred loads NumPy only; Numba, astropy, h5py and Julia load when first needed.
+"""
+
+from .simulate import SimulatedRamps, omega_cloud, omega_drift, omega_uniform, simulate_ramps
+from .solver import (
+    Flag,
+    FluxFit,
+    OmegaFit,
+    OmegaSamples,
+    describe_flags,
+    extract_fluxes,
+    fit_constant,
+    fit_equal_weight,
+    fit_omega,
+    initial_guess,
+    sample_omega,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Flag",
+    "FluxFit",
+    "OmegaFit",
+    "OmegaSamples",
+    "SimulatedRamps",
+    "describe_flags",
+    "extract_fluxes",
+    "fit_constant",
+    "fit_equal_weight",
+    "fit_omega",
+    "initial_guess",
+    "omega_cloud",
+    "omega_drift",
+    "omega_uniform",
+    "sample_omega",
+    "simulate_ramps",
+]

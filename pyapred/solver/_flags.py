@@ -1,0 +1,51 @@
+"""The one registry of flag bits.
+
+Every flag that pyapred writes into a ``flags`` array is defined here, and only here.
+``docs/flags.md`` lists them for users; a test checks that the two agree.
+
+Pixel flags (``FluxFit.flags``, ``OmegaFit.flags``) describe one pixel's ramp. Group flags
+(``OmegaFit.group_flags``) describe one omega fit.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["Flag", "describe_flags"]
+
+
+class Flag(enum.IntFlag):
+    """Bit flags for pixels and omega groups. Combine with ``|``; test with ``&``."""
+
+    #: Pixel: one or more reads were masked by the caller's ``mask``.
+    MASKED_READ = 1 << 0
+    #: Pixel: one or more reads were not finite (NaN or inf); they were masked.
+    NONFINITE_READ = 1 << 1
+    #: Pixel: the ramp reached ``saturation``; that read and all later ones were masked.
+    SATURATED = 1 << 2
+    #: Pixel: fewer than 2 usable read differences; flux, variance and chi2 are NaN.
+    TOO_FEW_DIFFS = 1 << 3
+    #: Pixel: left out of the omega fit (padding, or too few usable differences).
+    NOT_IN_OMEGA_FIT = 1 << 4
+    #: Group: the Gauss-Newton iteration reached ``max_iter`` without converging.
+    NOT_CONVERGED = 1 << 8
+    #: Group: at least one omega element had no usable difference in any pixel; it is NaN.
+    OMEGA_ELEMENT_NO_DATA = 1 << 9
+    #: Group: no pixel of the group could be fitted; omega is NaN.
+    EMPTY_GROUP = 1 << 10
+
+
+def describe_flags(value: int) -> list[str]:
+    """Return the names of the bits set in ``value``, lowest bit first.
+
+    Parameters
+    ----------
+    value : int
+        A flag value, e.g. one element of ``FluxFit.flags``.
+
+    Returns
+    -------
+    list of str
+        Names of the set bits, e.g. ``["SATURATED", "TOO_FEW_DIFFS"]``.
+    """
+    return [flag.name for flag in Flag if int(value) & flag.value]

@@ -1,0 +1,762 @@
+"""Public numerical API: optimal up-the-ramp fluxes, constant and time-variable illumination.
+
+Arrays in, arrays out, no I/O. Conventions shared by every function:
+
+- ``reads`` has shape ``(n_reads, *pixel_shape)``, read index first (C order, as ``(n_reads, ny,
+  nx)`` for a chip). Any real dtype; big-endian data (FITS) is converted, never modified in place.
+- ``read_noise`` is the single-read sigma (not CDS), in the units of ``reads``, broadcastable to
+  ``pixel_shape``.
+- ``gain`` is e-/DN, broadcastable to ``pixel_shape``. With ``gain=1`` the reads are electrons.
+  Otherwise they are DN, and fluxes come back in DN per read interval (variances in DN^2), as in
+  ApogeeReduction.jl. The statistics themselves are always computed in electrons.
+- ``mask`` is optional, bool, the shape of ``reads``; True marks a bad read. A bad read removes
+  the two differences that use it.
+- ``saturation`` is optional, in the units of ``reads``; the first read at or above it and every
+  later read are masked.
+- ``read_times`` is optional, ``(n_reads,)``, strictly increasing. The default is uniform spacing
+  in units of one read interval; fluxes are per unit of ``read_times``.
+- Flags are bits of :class:`pyapred.solver.Flag`.
+
+The algorithms follow ``docs/model.md``, which summarises ``../shared/docs/math-spec.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ._flags import Flag
+
+__all__ = [
+    "FluxFit",
+    "OmegaFit",
+    "OmegaSamples",
+    "extract_fluxes",
+    "fit_constant",
+    "fit_equal_weight",
+    "fit_omega",
+    "initial_guess",
+    "sample_omega",
+]
+
+CLAMP_FLOOR = 1e-10
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FluxFit:
+    """Per-pixel fluxes from one ramp model.
+
+    Attributes
+    ----------
+    flux : ndarray, float64, ``pixel_shape``
+        Flux per read interval (per unit of ``read_times``): e- when ``gain=1``, else DN.
+        NaN only where ``flags`` has ``TOO_FEW_DIFFS``.
+    flux_var : ndarray, float64, ``pixel_shape``
+        Variance of ``flux`` (e-^2 or DN^2 per read interval^2).
+    chi2 : ndarray, float64, ``pixel_shape``
+        Data-model chi-squared of the read differences (eq 24); ``n_diff - 1`` degrees of freedom.
+    n_diff : ndarray, int64, ``pixel_shape``
+        Number of read differences used.
+    flags : ndarray, int64, ``pixel_shape``
+        Bits of :class:`~pyapred.solver.Flag`.
+    """
+
+    flux: np.ndarray
+    flux_var: np.ndarray
+    chi2: np.ndarray
+    n_diff: np.ndarray
+    flags: np.ndarray
+
+
+@dataclass(frozen=True)
+class OmegaFit:
+    """Joint time-variable fit of omega and the fluxes of one or many pixel groups.
+
+    Shapes are given for ``n_groups`` groups of ``n_pix`` pixels; for a single group
+    (``reads`` of shape ``(n_reads, n_pix)``) the leading ``n_groups`` axis is absent.
+
+    Attributes
+    ----------
+    omega : ndarray, float64, ``(n_groups, K)``
+        Transparency factor of each read difference, ``omega[ref_index] == 1``. Elements with no
+        usable data are NaN (group flag ``OMEGA_ELEMENT_NO_DATA``).
+    omega_cov : ndarray, float64, ``(n_groups, K, K)``
+        Marginal covariance of omega (fluxes marginalised). The row and column of the fixed
+        element, and of elements with no data, are 0.
+    ref_index : ndarray, int64, ``(n_groups,)``
+        Index of the element fixed to 1.
+    flux : ndarray, float64, ``(n_groups, n_pix)``
+        Joint fluxes, per read interval, at ``omega``'s normalisation. NaN for pixels left out.
+    flux_var : ndarray, float64, ``(n_groups, n_pix)``
+        Marginal flux variances (omega marginalised).
+    chi2 : ndarray, float64, ``(n_groups, n_pix)``
+        Eq-24 chi2 of each fitted pixel at the solution.
+    n_diff : ndarray, int64, ``(n_groups, n_pix)``
+        Differences used per pixel.
+    inflation : ndarray, float64, ``(n_groups,)``
+        Error-inflation factor ``sqrt(sum chi2 / sum (n_diff - 1))`` over the fitted pixels.
+    n_iter : ndarray, int64, ``(n_groups,)``
+        Gauss-Newton iterations performed.
+    converged : ndarray, bool, ``(n_groups,)``
+    flags : ndarray, int64, ``(n_groups, n_pix)``
+        Pixel flags.
+    group_flags : ndarray, int64, ``(n_groups,)``
+        Group flags (``NOT_CONVERGED``, ``OMEGA_ELEMENT_NO_DATA``, ``EMPTY_GROUP``).
+    """
+
+    omega: np.ndarray
+    omega_cov: np.ndarray
+    ref_index: np.ndarray
+    flux: np.ndarray
+    flux_var: np.ndarray
+    chi2: np.ndarray
+    n_diff: np.ndarray
+    inflation: np.ndarray
+    n_iter: np.ndarray
+    converged: np.ndarray
+    flags: np.ndarray
+    group_flags: np.ndarray
+
+
+@dataclass(frozen=True)
+class OmegaSamples:
+    """Gibbs samples of omega and the fluxes of one pixel group.
+
+    Attributes
+    ----------
+    omega_samples : ndarray, ``(n_samples, K)``
+        Raw draws (before the positivity clamp), burn-in removed.
+    flux_samples : ndarray, ``(n_samples, n_pix)``
+    omega_mean, omega_cov : ndarray, ``(K,)`` and ``(K, K)``
+        Sample mean and covariance (fixed element: mean 1, covariance row and column 0).
+    flux : FluxFit
+        Eq-15 fluxes extracted with ``omega_mean``.
+    ref_index : int
+    """
+
+    omega_samples: np.ndarray
+    flux_samples: np.ndarray
+    omega_mean: np.ndarray
+    omega_cov: np.ndarray
+    flux: FluxFit
+    ref_index: int
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------------
+def _as_reads(reads, min_ndim: int = 1, max_ndim: int | None = None) -> np.ndarray:
+    reads = np.asarray(reads)
+    if reads.dtype.kind not in "fiu":
+        raise ValueError(f"reads: expected a real numeric array, got dtype {reads.dtype}")
+    if reads.ndim < min_ndim or (max_ndim is not None and reads.ndim > max_ndim):
+        want = f"{min_ndim}" if max_ndim == min_ndim else f"{min_ndim} to {max_ndim or 'any'}"
+        raise ValueError(
+            f"reads: expected {want} dimensions (n_reads, *pixel_shape), got shape {reads.shape}"
+        )
+    if reads.shape[0] < 3:
+        raise ValueError(f"reads: expected n_reads >= 3 along axis 0, got shape {reads.shape}")
+    if not reads.dtype.isnative:
+        reads = reads.astype(reads.dtype.newbyteorder("="))
+    if reads.dtype not in (np.float32, np.float64):
+        reads = reads.astype(np.float64)
+    return reads
+
+
+def _pixel_map(value, name: str, pixel_shape: tuple, *, positive: bool = True) -> np.ndarray:
+    """Broadcast a per-pixel parameter to ``pixel_shape`` as float64, checking its range."""
+    arr = np.asarray(value, dtype=np.float64)
+    try:
+        arr = np.broadcast_to(arr, pixel_shape)
+    except ValueError:
+        raise ValueError(
+            f"{name}: shape {arr.shape} does not broadcast to the pixel shape {pixel_shape}"
+        ) from None
+    if positive and not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
+        raise ValueError(f"{name}: expected finite values > 0")
+    return arr
+
+
+def _as_mask(mask, shape: tuple) -> np.ndarray | None:
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise ValueError(f"mask: expected a bool array, got dtype {mask.dtype}")
+    if mask.shape != shape:
+        raise ValueError(f"mask: expected the shape of reads {shape}, got {mask.shape}")
+    return mask
+
+
+def _saturation_map(saturation, pixel_shape: tuple) -> np.ndarray:
+    if saturation is None:
+        return np.broadcast_to(np.inf, pixel_shape)
+    sat = np.asarray(saturation, dtype=np.float64)
+    if np.any(np.isnan(sat)):
+        raise ValueError("saturation: expected numbers (inf for none), got NaN")
+    try:
+        return np.broadcast_to(sat, pixel_shape)
+    except ValueError:
+        raise ValueError(
+            f"saturation: shape {sat.shape} does not broadcast to the pixel shape {pixel_shape}"
+        ) from None
+
+
+def read_intervals(read_times, n_reads: int) -> np.ndarray:
+    """Read intervals ``dt`` (length ``n_reads - 1``) from optional read times.
+
+    Parameters
+    ----------
+    read_times : array_like or None
+        ``(n_reads,)`` strictly increasing times; None means unit spacing.
+    n_reads : int
+
+    Returns
+    -------
+    ndarray, float64, ``(n_reads - 1,)``
+    """
+    if read_times is None:
+        return np.ones(n_reads - 1)
+    times = np.asarray(read_times, dtype=np.float64)
+    if times.shape != (n_reads,):
+        raise ValueError(f"read_times: expected shape ({n_reads},), got {times.shape}")
+    dt = np.diff(times)
+    if not (np.all(np.isfinite(dt)) and np.all(dt > 0)):
+        raise ValueError("read_times: expected finite, strictly increasing values")
+    return dt
+
+
+def _flat(array: np.ndarray, n_lead: int) -> np.ndarray:
+    """Reshape to ``(*leading, n_pix)`` without copying when possible."""
+    return array.reshape(array.shape[:n_lead] + (-1,))
+
+
+def _ravel_pixels(value: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(value, dtype=np.float64).reshape(-1)
+
+
+def _backend():
+    # Numba is imported on first use only: ``import pyapred`` stays light.
+    from . import _numpy
+
+    return _numpy
+
+
+# --------------------------------------------------------------------------------------------
+# Constant model and extraction with omega fixed
+# --------------------------------------------------------------------------------------------
+def fit_constant(
+    reads,
+    read_noise,
+    *,
+    gain=1.0,
+    mask=None,
+    read_times=None,
+    saturation=None,
+    n_pass: int = 2,
+) -> FluxFit:
+    """Brandt (2024) optimal constant-flux fit of every pixel's ramp.
+
+    Generalised least squares on the read differences with their tridiagonal covariance,
+    ``C = diag(f dt) + sigma^2 T``, solved in O(K) per pixel. The first pass evaluates the photon
+    noise at the median difference rate (clipped at 0); each further pass re-evaluates it at the
+    previous estimate, which removes Brandt's covariance bias to first order.
+
+    Parameters
+    ----------
+    reads : array_like, ``(n_reads, *pixel_shape)``
+        Up-the-ramp reads (e- if ``gain=1``, else DN).
+    read_noise : array_like
+        Single-read noise sigma, units of ``reads``, broadcastable to ``pixel_shape``.
+    gain : float or array_like, optional
+        e-/DN, broadcastable to ``pixel_shape``.
+    mask : ndarray of bool, optional
+        ``reads.shape``; True = bad read.
+    read_times : array_like, optional
+        ``(n_reads,)``; default unit spacing.
+    saturation : float or array_like, optional
+        Saturation level in the units of ``reads``.
+    n_pass : int, optional
+        Number of GLS passes (covariance refreshes); 2 as in Brandt (2024) and ApogeeReduction.jl.
+
+    Returns
+    -------
+    FluxFit
+        Arrays of shape ``pixel_shape``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyapred import fit_constant, simulate_ramps
+    >>> sim = simulate_ramps(np.full(1000, 50.0), 15.0, n_reads=20, rng=np.random.default_rng(1))
+    >>> fit = fit_constant(sim.reads, 15.0)
+    >>> bool(abs(np.mean(fit.flux) - 50.0) < 0.5)
+    True
+    """
+    reads = _as_reads(reads)
+    return extract_fluxes(
+        reads,
+        read_noise,
+        np.ones(reads.shape[0] - 1),
+        gain=gain,
+        mask=mask,
+        read_times=read_times,
+        saturation=saturation,
+        n_pass=n_pass,
+    )
+
+
+def extract_fluxes(
+    reads,
+    read_noise,
+    omega,
+    *,
+    groups=None,
+    gain=1.0,
+    mask=None,
+    read_times=None,
+    saturation=None,
+    n_pass: int = 2,
+) -> FluxFit:
+    """Optimal fluxes with a fixed transparency vector omega (the paper's eq 15), per pixel.
+
+    Each pixel is fitted independently with the model ``d_k = f omega_k dt_k`` and covariance
+    ``diag(max(a omega_k dt_k, 0)) + sigma^2 T``; ``omega = 1`` is exactly :func:`fit_constant`.
+    The first pass evaluates the photon noise at the median of ``d_k / (omega_k dt_k)`` (the
+    reference code uses the median of ``d_k``, quirk Q7; both agree for ``omega = 1``).
+
+    Parameters
+    ----------
+    reads : array_like, ``(n_reads, *pixel_shape)``
+    read_noise : array_like
+        Single-read sigma in the units of ``reads``, broadcastable to ``pixel_shape``.
+    omega : array_like, ``(K,)`` or ``(n_groups, K)``, ``K = n_reads - 1``
+        Transparency factors. A non-finite element masks that difference for the pixels using it.
+    groups : array_like of int, ``pixel_shape``, optional
+        Row of ``omega`` used by each pixel; required when ``omega`` is 2-D.
+    gain, mask, read_times, saturation, n_pass
+        As in :func:`fit_constant`.
+
+    Returns
+    -------
+    FluxFit
+        Arrays of shape ``pixel_shape``; fluxes at omega's normalisation.
+    """
+    reads = _as_reads(reads)
+    n_reads = reads.shape[0]
+    pixel_shape = reads.shape[1:]
+    K = n_reads - 1
+    omega2d = np.atleast_2d(np.asarray(omega, dtype=np.float64))
+    if omega2d.ndim != 2 or omega2d.shape[1] != K:
+        raise ValueError(f"omega: expected shape ({K},) or (n_groups, {K}), got {np.shape(omega)}")
+    if groups is None:
+        if omega2d.shape[0] != 1:
+            raise ValueError("groups: required when omega has one row per group")
+        groups_flat = np.zeros(int(np.prod(pixel_shape)), dtype=np.int64)
+    else:
+        groups_arr = np.asarray(groups)
+        if groups_arr.dtype.kind not in "iu" or groups_arr.shape != pixel_shape:
+            raise ValueError(
+                f"groups: expected integers of the pixel shape {pixel_shape}, "
+                f"got {groups_arr.dtype} {groups_arr.shape}"
+            )
+        if groups_arr.size and (groups_arr.min() < 0 or groups_arr.max() >= omega2d.shape[0]):
+            raise ValueError(f"groups: expected values in [0, {omega2d.shape[0]})")
+        groups_flat = np.ascontiguousarray(groups_arr, dtype=np.int64).reshape(-1)
+    if int(n_pass) < 1:
+        raise ValueError(f"n_pass: expected >= 1, got {n_pass}")
+    sigma = _pixel_map(read_noise, "read_noise", pixel_shape)
+    gain_map = _pixel_map(gain, "gain", pixel_shape)
+    mask = _as_mask(mask, reads.shape)
+    sat = _saturation_map(saturation, pixel_shape)
+    dt = read_intervals(read_times, n_reads)
+
+    reads2d = _flat(reads, 1)
+    bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
+    n_pix = reads2d.shape[1]
+    flux = np.empty(n_pix)
+    flux_var = np.empty(n_pix)
+    chi2 = np.empty(n_pix)
+    n_diff = np.empty(n_pix, dtype=np.int64)
+    flags = np.empty(n_pix, dtype=np.int64)
+    gain_flat = _ravel_pixels(gain_map)
+    _backend().extract_kernel(
+        reads2d,
+        bad,
+        mask is not None,
+        np.ascontiguousarray(omega2d),
+        groups_flat,
+        dt,
+        _ravel_pixels(sigma),
+        gain_flat,
+        _ravel_pixels(sat),
+        int(n_pass),
+        flux,
+        flux_var,
+        chi2,
+        n_diff,
+        flags,
+    )
+    return FluxFit(
+        flux=(flux / gain_flat).reshape(pixel_shape),
+        flux_var=(flux_var / gain_flat**2).reshape(pixel_shape),
+        chi2=chi2.reshape(pixel_shape),
+        n_diff=n_diff.reshape(pixel_shape),
+        flags=flags.reshape(pixel_shape),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Equal-weight baseline
+# --------------------------------------------------------------------------------------------
+def fit_equal_weight(reads, read_noise, *, gain=1.0, mask=None, saturation=None) -> FluxFit:
+    """Equal-weight (ordinary least-squares) slope of Rauscher et al. (2007).
+
+    The slope of counts against read index, fitted to the usable reads, with its exact variance
+    under the ramp noise model: ``sigma^2 sum_j w_j^2 + f sum_i (sum_{j>i} w_j)^2`` for slope
+    weights ``w``. For a full ramp this is Rauscher's eq 1 (spec section 6). The photon term uses
+    ``max(f, 0)``, so the variance stays positive (the reference plugs in a negative slope, Q9).
+    ``chi2`` is the eq-24 chi2 of the slope against the optimal covariance, so that every model's
+    fit quality is measured the same way.
+
+    Parameters
+    ----------
+    reads, read_noise, gain, mask, saturation
+        As in :func:`fit_constant`; reads are equally spaced.
+
+    Returns
+    -------
+    FluxFit
+    """
+    reads = _as_reads(reads)
+    n_reads = reads.shape[0]
+    pixel_shape = reads.shape[1:]
+    sigma = _pixel_map(read_noise, "read_noise", pixel_shape)
+    gain_map = _pixel_map(gain, "gain", pixel_shape)
+    mask = _as_mask(mask, reads.shape)
+    sat = _saturation_map(saturation, pixel_shape)
+
+    counts = _flat(reads, 1).astype(np.float64) * _ravel_pixels(gain_map)
+    flags = np.zeros(counts.shape[1], dtype=np.int64)
+    usable = np.isfinite(counts)
+    flags[~usable.all(axis=0)] |= Flag.NONFINITE_READ
+    if mask is not None:
+        bad = _flat(mask, 1)
+        flags[bad.any(axis=0)] |= Flag.MASKED_READ
+        usable &= ~bad
+    saturated = np.logical_or.accumulate(counts >= _ravel_pixels(sat) * _ravel_pixels(gain_map))
+    flags[saturated.any(axis=0)] |= Flag.SATURATED
+    usable &= ~saturated
+
+    t = np.arange(n_reads, dtype=np.float64)[:, None]
+    n_use = usable.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t_mean = (usable * t).sum(axis=0) / n_use
+        centred = np.where(usable, t - t_mean, 0.0)
+        weights = centred / (centred**2).sum(axis=0)
+        slope = (weights * np.where(usable, counts, 0.0)).sum(axis=0)
+        # Photon increment i (between reads i and i+1) enters every later read.
+        tail = np.cumsum(weights[::-1], axis=0)[::-1][1:]
+        sigma_e = _ravel_pixels(sigma) * _ravel_pixels(gain_map)
+        var = sigma_e**2 * (weights**2).sum(axis=0) + np.maximum(slope, 0.0) * (tail**2).sum(axis=0)
+
+    # Usable differences: both reads usable (for chi2 and n_diff).
+    diff_ok = usable[1:] & usable[:-1]
+    n_diff = diff_ok.sum(axis=0)
+    too_few = (n_use < 3) | (n_diff < 2)
+    flags[too_few] |= Flag.TOO_FEW_DIFFS
+    slope[too_few] = np.nan
+    var[too_few] = np.nan
+    chi2 = _chi2_constant(counts, diff_ok, sigma_e, slope)
+    gain_flat = _ravel_pixels(gain_map)
+    return FluxFit(
+        flux=(slope / gain_flat).reshape(pixel_shape),
+        flux_var=(var / gain_flat**2).reshape(pixel_shape),
+        chi2=chi2.reshape(pixel_shape),
+        n_diff=n_diff.reshape(pixel_shape).astype(np.int64),
+        flags=flags.reshape(pixel_shape),
+    )
+
+
+def _chi2_constant(counts, diff_ok, sigma_e, flux) -> np.ndarray:
+    """Eq-24 chi2 of given fluxes under the constant model; (n_reads, n_pix) counts in e-."""
+    diffs = np.where(diff_ok, np.diff(counts, axis=0), 0.0).T.reshape(counts.shape[1], 1, -1)
+    valid = np.ascontiguousarray(diff_ok.T).reshape(counts.shape[1], 1, -1)
+    n_pix, K = counts.shape[1], counts.shape[0] - 1
+    fit = np.isfinite(flux).reshape(n_pix, 1)
+    out = np.empty((n_pix, 1))
+    _backend().chi2_kernel(
+        np.ascontiguousarray(diffs),
+        valid,
+        (sigma_e**2).reshape(n_pix, 1),
+        np.ones((1, K)),
+        np.where(fit, flux.reshape(n_pix, 1), 0.0),
+        fit,
+        out,
+    )
+    return out[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# Time-variable model
+# --------------------------------------------------------------------------------------------
+def _group_inputs(reads, read_noise, gain, mask, read_times, saturation):
+    """Validate fit_omega/sample_omega inputs and build the (G, P, K) difference layout."""
+    reads = _as_reads(reads, 2, 3)
+    single = reads.ndim == 2
+    cube = reads[:, None, :] if single else reads
+    pixel_shape = cube.shape[1:]
+    sigma = _pixel_map(np.asarray(read_noise)[None] if single else read_noise, "read_noise",
+                       pixel_shape)  # fmt: skip
+    gain_map = _pixel_map(np.asarray(gain)[None] if single else gain, "gain", pixel_shape)
+    mask = _as_mask(mask, reads.shape)
+    sat = _saturation_map(np.asarray(saturation)[None] if single and saturation is not None
+                          else saturation, pixel_shape)  # fmt: skip
+    dt = read_intervals(read_times, reads.shape[0])
+    G, P = pixel_shape
+    K = reads.shape[0] - 1
+    diffs = np.empty((G, P, K))
+    valid = np.empty((G, P, K), dtype=np.bool_)
+    flags = np.empty((G, P), dtype=np.int64)
+    bad = (mask[:, None, :] if single else mask) if mask is not None else np.zeros((1, 1, 1), bool)
+    gain_map = np.ascontiguousarray(gain_map)
+    _backend().prepare_diffs_kernel(
+        cube, bad, mask is not None, gain_map, np.ascontiguousarray(sat), diffs, valid, flags
+    )
+    s2 = (sigma * gain_map) ** 2
+    return single, diffs, valid, flags, np.ascontiguousarray(s2), dt, gain_map
+
+
+def _fit_pixels(valid, flags):
+    """Pixels with at least 2 usable differences take part; flag the others."""
+    n_diff = valid.sum(axis=-1)
+    fit = n_diff >= 2
+    flags = flags | np.where(fit, 0, int(Flag.TOO_FEW_DIFFS | Flag.NOT_IN_OMEGA_FIT))
+    return fit, n_diff.astype(np.int64), flags
+
+
+def fit_omega(
+    reads,
+    read_noise,
+    *,
+    gain=1.0,
+    mask=None,
+    read_times=None,
+    saturation=None,
+    ref_index=None,
+    rtol: float = 1e-8,
+    max_iter: int = 50,
+    mode: Literal["default", "reference"] = "default",
+) -> OmegaFit:
+    """Joint fit of the shared transparency vector omega and per-pixel fluxes (time-variable model).
+
+    Model: read difference ``k`` of pixel ``p`` is ``f_p omega_k dt_k`` plus photon and read noise,
+    with ``omega[ref_index] = 1``. Gauss-Newton on the linearised model; at each iteration the
+    per-pixel fluxes are eliminated exactly by a Schur complement, so the only dense system is
+    ``(K-1) x (K-1)`` and memory is O(P K) per group (spec section 9). Clamping follows the
+    reference: the clamped values (>= 1e-10) drive the linearisation, the unclamped ones are
+    returned and tested for convergence.
+
+    Parameters
+    ----------
+    reads : array_like, ``(n_reads, n_pix)`` or ``(n_reads, n_groups, n_pix)``
+        One group of pixels sharing omega, or many groups fitted independently in one call.
+        Fully masked pixels are padding and are ignored.
+    read_noise, gain, saturation : array_like
+        Broadcastable to ``reads.shape[1:]``; as in :func:`fit_constant`.
+    mask : ndarray of bool, optional
+        ``reads.shape``; True = bad read.
+    read_times : array_like, optional
+        ``(n_reads,)``; default unit spacing.
+    ref_index : int or array_like of int, optional
+        Element of omega fixed to 1, per group or for all (a common reference read for all fibres);
+        default the argmax of the initial guess, as in the reference.
+    rtol : float, optional
+        ``mode="default"`` convergence: every omega step < rtol and every flux step < rtol times
+        ``max(flux, read noise)``.
+    max_iter : int, optional
+    mode : {"default", "reference"}
+        ``"reference"`` reproduces the reference implementation exactly: its initial-guess weights
+        (quirk Q1), absolute tolerance 1e-10 on both blocks, at least 3 iterations, and the
+        covariance from the last linearisation (Q3). ``"default"`` uses the corrected weights,
+        the relative tolerance, and the covariance at the solution.
+
+    Returns
+    -------
+    OmegaFit
+        Fluxes in the units of ``reads`` per read interval.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyapred import fit_omega, simulate_ramps
+    >>> rng = np.random.default_rng(0)
+    >>> omega = np.linspace(1.0, 0.7, 20)
+    >>> sim = simulate_ramps(rng.uniform(800, 1200, 200), 15.0, omega=omega, rng=rng)
+    >>> fit = fit_omega(sim.reads, 15.0)
+    >>> bool(fit.converged)
+    True
+    >>> bool(np.allclose(fit.omega, omega / omega[fit.ref_index], atol=0.01))
+    True
+    """
+    if mode not in ("default", "reference"):
+        raise ValueError(f"mode: expected 'default' or 'reference', got {mode!r}")
+    if not (np.isfinite(rtol) and rtol > 0):
+        raise ValueError(f"rtol: expected a finite value > 0, got {rtol}")
+    if int(max_iter) < 1:
+        raise ValueError(f"max_iter: expected >= 1, got {max_iter}")
+    single, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
+        reads, read_noise, gain, mask, read_times, saturation
+    )
+    G, P, K = diffs.shape
+    kstar = None
+    if ref_index is not None:
+        kstar = np.broadcast_to(np.asarray(ref_index), (G,)).astype(np.int64)
+        if np.any((kstar < 0) | (kstar >= K)):
+            raise ValueError(f"ref_index: expected values in [0, {K}), got {ref_index}")
+    fit_pixel, n_diff, flags = _fit_pixels(valid, flags)
+    res = _backend().fit_omega_groups(
+        diffs, valid, s2, dt, fit_pixel,
+        reference=mode == "reference", rtol=float(rtol), max_iter=int(max_iter), ref_index=kstar,
+    )  # fmt: skip
+    group_flags = np.zeros(G, dtype=np.int64)
+    group_flags[~res["converged"]] |= Flag.NOT_CONVERGED
+    group_flags[~res["has_data"].all(axis=1)] |= Flag.OMEGA_ELEMENT_NO_DATA
+    group_flags[~fit_pixel.any(axis=1)] |= Flag.EMPTY_GROUP
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dof = np.where(fit_pixel, n_diff - 1, 0).sum(axis=1)
+        inflation = np.sqrt(np.nansum(res["chi2"], axis=1) / dof)
+    out = OmegaFit(
+        omega=res["omega"],
+        omega_cov=res["omega_cov"],
+        ref_index=res["ref_index"],
+        flux=res["flux"] / gain_map,
+        flux_var=res["flux_var"] / gain_map**2,
+        chi2=res["chi2"],
+        n_diff=n_diff,
+        inflation=inflation,
+        n_iter=res["n_iter"],
+        converged=res["converged"],
+        flags=flags,
+        group_flags=group_flags,
+    )
+    if single:
+        out = OmegaFit(**{name: value[0] for name, value in out.__dict__.items()})
+    return out
+
+
+def initial_guess(
+    reads,
+    read_noise,
+    *,
+    gain=1.0,
+    mask=None,
+    read_times=None,
+    saturation=None,
+    mode: Literal["default", "reference"] = "default",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The five-step initial guess of omega and the fluxes (spec section 2.6).
+
+    Parameters
+    ----------
+    reads, read_noise, gain, mask, read_times, saturation
+        As in :func:`fit_omega`.
+    mode : {"default", "reference"}
+        ``"reference"`` keeps the reference's ``(2 sigma^2)^2`` error term (quirk Q1).
+
+    Returns
+    -------
+    omega : ndarray, ``(K,)`` or ``(n_groups, K)``
+        Normalised so that ``omega[ref_index] == 1``; NaN where no pixel has data.
+    flux : ndarray, ``(n_pix,)`` or ``(n_groups, n_pix)``
+        In the units of ``reads`` per read interval; NaN for pixels with < 2 usable differences.
+    ref_index : ndarray of int64, ``()`` or ``(n_groups,)``
+    """
+    single, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
+        reads, read_noise, gain, mask, read_times, saturation
+    )
+    fit_pixel, _, _ = _fit_pixels(valid, flags)
+    omega, flux, kstar = _backend().initial_guess(
+        diffs, valid, s2, dt, fit_pixel, reference=mode == "reference"
+    )
+    flux = flux / gain_map
+    return (omega[0], flux[0], kstar[0]) if single else (omega, flux, kstar)
+
+
+def sample_omega(
+    reads,
+    read_noise,
+    n_samples: int,
+    *,
+    burn_in: int,
+    rng: np.random.Generator,
+    gain=1.0,
+    mask=None,
+    read_times=None,
+    saturation=None,
+    ref_index: int | None = None,
+) -> OmegaSamples:
+    """Gibbs sampler of omega and the fluxes of one pixel group (paper appendix A).
+
+    Starts from the Gauss-Newton solution (:func:`fit_omega`) and alternates the exact Gaussian
+    conditionals of the fluxes given omega and of omega given the fluxes, each with the
+    covariances rebuilt from the current state (spec sections 2.3 and 4).
+
+    Parameters
+    ----------
+    reads : array_like, ``(n_reads, n_pix)``
+    read_noise, gain, mask, read_times, saturation
+        As in :func:`fit_omega`.
+    n_samples : int
+        Samples kept after ``burn_in``.
+    burn_in : int
+        Sweeps discarded first.
+    rng : numpy.random.Generator
+    ref_index : int, optional
+
+    Returns
+    -------
+    OmegaSamples
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("rng: expected a numpy.random.Generator")
+    if int(n_samples) < 2 or int(burn_in) < 0:
+        raise ValueError(f"n_samples >= 2 and burn_in >= 0 expected, got {n_samples}, {burn_in}")
+    reads = _as_reads(reads, 2, 2)
+    start = fit_omega(
+        reads, read_noise, gain=gain, mask=mask, read_times=read_times,
+        saturation=saturation, ref_index=ref_index,
+    )  # fmt: skip
+    if start.group_flags & Flag.EMPTY_GROUP:
+        raise ValueError("reads: no pixel has 2 or more usable differences")
+    _, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
+        reads, read_noise, gain, mask, read_times, saturation
+    )
+    fit_pixel, _, _ = _fit_pixels(valid, flags)
+    omega_s, flux_s = _backend().gibbs(
+        diffs, valid, s2, dt, fit_pixel, start.omega[None], (start.flux * gain_map[0])[None],
+        int(start.ref_index), int(n_samples), int(burn_in), rng,
+    )  # fmt: skip
+    flux_s = flux_s / gain_map[0]
+    omega_mean = omega_s.mean(axis=0)
+    omega_cov = np.cov(omega_s, rowvar=False)
+    omega_cov[~np.isfinite(omega_cov)] = 0.0
+    omega_cov[start.ref_index, :] = 0.0
+    omega_cov[:, start.ref_index] = 0.0
+    flux = extract_fluxes(
+        reads, read_noise, omega_mean, gain=gain, mask=mask, read_times=read_times,
+        saturation=saturation,
+    )  # fmt: skip
+    return OmegaSamples(
+        omega_samples=omega_s,
+        flux_samples=flux_s,
+        omega_mean=omega_mean,
+        omega_cov=omega_cov,
+        flux=flux,
+        ref_index=int(start.ref_index),
+    )
