@@ -20,6 +20,8 @@ only the forward substitution: ``p^T C^-1 q = sum_k (L^-1 p)_k (L^-1 q)_k / D_k`
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from numba import njit, prange
 
@@ -417,7 +419,11 @@ def initial_guess(diffs, valid, s2, dt, fit_pixel, *, reference=False, ref_index
         read_var = 2.0 * s2[sl][..., None]
         err_d = np.sqrt((read_var**2 if reference else read_var) + np.maximum(d, 0.0))
         d_floor = np.maximum(d, CLAMP_FLOOR)
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        with (
+            np.errstate(invalid="ignore", divide="ignore", over="ignore"),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are padding pixels
             f0 = np.nanmedian(np.where(use, d / dt, np.nan), axis=-1)
             f0 = np.maximum(f0, CLAMP_FLOOR)[..., None]
             om_pix = d / (f0 * dt)

@@ -1,0 +1,203 @@
+"""fit_constant, extract_fluxes and fit_equal_weight against dense references and statistics."""
+
+import numpy as np
+import pytest
+
+from pyapred import Flag, extract_fluxes, fit_constant, fit_equal_weight, simulate_ramps
+
+from . import dense
+
+
+def _random_case(rng, n_pix=40, n_reads=9):
+    flux = rng.uniform(0, 400, n_pix)
+    flux[:3] = [0.0, 0.5, 2.0]  # faint pixels exercise the clipped photon term
+    sigma = rng.uniform(5, 25, n_pix)
+    sim = simulate_ramps(flux, sigma, n_reads=n_reads, rng=rng)
+    return sim.reads, sigma
+
+
+def _compare_dense(fit, reads, sigma, omega, mask=None, dt=None):
+    for p in range(reads.shape[1]):
+        bad = None if mask is None else mask[:, p]
+        flux, var, chi2, n = dense.gls_pixel(reads[:, p], sigma[p], omega, dt=dt, bad_read=bad)
+        assert fit.n_diff[p] == n
+        if n < 2:
+            assert np.isnan(fit.flux[p]) and fit.flags[p] & Flag.TOO_FEW_DIFFS
+            continue
+        np.testing.assert_allclose(fit.flux[p], flux, rtol=1e-10, atol=1e-10 * np.sqrt(var))
+        np.testing.assert_allclose(fit.flux_var[p], var, rtol=1e-10)
+        np.testing.assert_allclose(fit.chi2[p], chi2, rtol=1e-10, atol=1e-12)
+
+
+def test_fit_constant_matches_dense_gls():
+    rng = np.random.default_rng(2)
+    reads, sigma = _random_case(rng)
+    _compare_dense(fit_constant(reads, sigma), reads, sigma, np.ones(reads.shape[0] - 1))
+
+
+def test_extract_fluxes_matches_dense_gls_with_omega_and_read_times():
+    rng = np.random.default_rng(3)
+    reads, sigma = _random_case(rng)
+    omega = rng.uniform(0.5, 1.0, reads.shape[0] - 1)
+    times = np.cumsum(rng.uniform(0.8, 1.5, reads.shape[0]))
+    fit = extract_fluxes(reads, sigma, omega, read_times=times)
+    _compare_dense(fit, reads, sigma, omega, dt=np.diff(times))
+
+
+def test_masks_match_dense_gls_on_unmasked_subset():
+    rng = np.random.default_rng(4)
+    reads, sigma = _random_case(rng)
+    mask = rng.uniform(size=reads.shape) < 0.15
+    reads[5, 7] = np.nan
+    omega = rng.uniform(0.6, 1.0, reads.shape[0] - 1)
+    fit = extract_fluxes(reads, sigma, omega, mask=mask)
+    _compare_dense(fit, reads, sigma, omega, mask=mask)
+    assert fit.flags[7] & Flag.NONFINITE_READ
+
+
+def test_omega_one_equals_fit_constant():
+    rng = np.random.default_rng(5)
+    reads, sigma = _random_case(rng, n_pix=200, n_reads=30)
+    a = fit_constant(reads, sigma)
+    b = extract_fluxes(reads, sigma, np.ones(29))
+    for name in ("flux", "flux_var", "chi2", "n_diff", "flags"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_pixel_shape_gain_and_dtypes():
+    rng = np.random.default_rng(6)
+    sim = simulate_ramps(rng.uniform(10, 300, (4, 5)), 12.0, n_reads=10, gain=2.0, rng=rng)
+    fit_dn = fit_constant(sim.reads, 12.0 / 2.0, gain=2.0)
+    fit_e = fit_constant(sim.reads * 2.0, 12.0)
+    assert fit_dn.flux.shape == (4, 5)
+    np.testing.assert_allclose(fit_dn.flux * 2.0, fit_e.flux, rtol=1e-12)
+    np.testing.assert_allclose(fit_dn.flux_var * 4.0, fit_e.flux_var, rtol=1e-12)
+    np.testing.assert_allclose(fit_dn.chi2, fit_e.chi2, rtol=1e-12)
+    big_endian = (sim.reads * 2.0).astype(">f8")
+    np.testing.assert_array_equal(fit_constant(big_endian, 12.0).flux, fit_e.flux)
+    as_float32 = fit_constant((sim.reads * 2.0).astype(np.float32), 12.0)
+    np.testing.assert_allclose(as_float32.flux, fit_e.flux, rtol=1e-4, atol=1e-3)
+
+
+def test_saturation_mid_ramp_masks_the_rest():
+    rng = np.random.default_rng(7)
+    sim = simulate_ramps(np.full(50, 3000.0), 15.0, n_reads=20, saturation=30000.0, rng=rng)
+    fit = fit_constant(sim.reads, 15.0, saturation=30000.0)
+    # Reads at/after the first saturated read are unusable; ~10 reads remain.
+    first_bad = np.argmax(sim.saturated, axis=0)
+    np.testing.assert_array_equal(fit.n_diff, first_bad - 1)
+    assert np.all(fit.flags & Flag.SATURATED)
+    z = (fit.flux - 3000.0) / np.sqrt(fit.flux_var)
+    assert np.all(np.abs(z) < 5)
+    # Without the saturation level the clipped reads bias the flux low.
+    assert np.mean(fit_constant(sim.reads, 15.0).flux) < 2000.0
+
+
+def test_fully_masked_pixel_is_flagged_and_isolated():
+    rng = np.random.default_rng(8)
+    sim = simulate_ramps(np.full(6, 100.0), 10.0, n_reads=8, rng=rng)
+    mask = np.zeros(sim.reads.shape, bool)
+    mask[:, 2] = True
+    mask[1:, 4] = True  # a single usable read: no difference
+    reads = sim.reads.copy()
+    reads[:, 3] = np.nan
+    fit = fit_constant(reads, 10.0, mask=mask)
+    for p in (2, 3, 4):
+        assert np.isnan(fit.flux[p]) and fit.flags[p] & Flag.TOO_FEW_DIFFS
+        assert fit.n_diff[p] == 0
+    good = [0, 1, 5]
+    assert np.all(np.isfinite(fit.flux[good])) and not np.any(fit.flags[good])
+    np.testing.assert_array_equal(fit.flux[good], fit_constant(sim.reads[:, good], 10.0).flux)
+
+
+@pytest.mark.parametrize("flux", [1.0, 10.0, 100.0, 1000.0])
+def test_constant_data_z_scores_are_unbiased_and_unit(flux):
+    rng = np.random.default_rng(int(flux) + 11)
+    sigma = rng.uniform(14, 24, 20_000)
+    sim = simulate_ramps(np.full(20_000, flux), sigma, n_reads=47, rng=rng)
+    fit = fit_constant(sim.reads, sigma)
+    z = (fit.flux - flux) / np.sqrt(fit.flux_var)
+    assert abs(np.median(z)) < 0.03
+    assert 0.97 <= np.std(z) <= 1.03
+
+
+def test_equal_weight_matches_rauscher_variance_and_is_unbiased():
+    rng = np.random.default_rng(9)
+    n_reads, flux, sigma = 33, 200.0, 18.0
+    sim = simulate_ramps(np.full(20_000, flux), sigma, n_reads=n_reads, rng=rng)
+    fit = fit_equal_weight(sim.reads, sigma)
+    N = n_reads
+    a = np.maximum(fit.flux, 0)
+    rauscher = (
+        12 * (N - 1) / (N * (N + 1)) * sigma**2 + 6 * (N**2 + 1) * (N - 1) / (5 * N * (N + 1)) * a
+    ) / (N - 1) ** 2
+    np.testing.assert_allclose(fit.flux_var, rauscher, rtol=1e-10)
+    z = (fit.flux - flux) / np.sqrt(fit.flux_var)
+    assert abs(np.median(z)) < 0.03 and 0.97 <= np.std(z) <= 1.03
+    # Optimal weighting wins at high flux.
+    assert np.median(fit_constant(sim.reads, sigma).flux_var) < np.median(fit.flux_var)
+
+
+def test_equal_weight_with_masks_is_the_subset_slope():
+    rng = np.random.default_rng(10)
+    sim = simulate_ramps(rng.uniform(50, 500, 30), 15.0, n_reads=12, rng=rng)
+    mask = rng.uniform(size=sim.reads.shape) < 0.2
+    fit = fit_equal_weight(sim.reads, 15.0, mask=mask)
+    for p in range(30):
+        keep = ~mask[:, p]
+        if keep.sum() < 3:
+            continue
+        slope = np.polyfit(np.arange(12)[keep], sim.reads[keep, p], 1)[0]
+        np.testing.assert_allclose(fit.flux[p], slope, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"reads": np.float64(3.0)}, "dimensions"),
+        ({"reads": np.zeros((2, 4))}, "n_reads >= 3"),
+        ({"read_noise": 0.0}, "read_noise"),
+        ({"read_noise": np.nan}, "read_noise"),
+        ({"read_noise": np.ones(3)}, "read_noise"),
+        ({"gain": np.inf}, "gain"),
+        ({"mask": np.zeros((6, 4), int)}, "mask"),
+        ({"mask": np.zeros((5, 4), bool)}, "mask"),
+        ({"read_times": np.arange(5.0)}, "read_times"),
+        ({"read_times": np.array([0, 1, 1, 2, 3, 4.0])}, "read_times"),
+        ({"reads": np.zeros((6, 4), complex)}, "reads"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
+    args = {"reads": np.zeros((6, 4)), "read_noise": 10.0} | kwargs
+    reads = args.pop("reads")
+    read_noise = args.pop("read_noise")
+    with pytest.raises(ValueError, match=match):
+        fit_constant(reads, read_noise, **args)
+
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(12)
+    sim = simulate_ramps(rng.uniform(10, 300, 20), 10.0, n_reads=10, rng=rng)
+    reads = sim.reads.copy()
+    reads[3, 4] = np.nan
+    before = reads.copy()
+    mask = np.zeros(reads.shape, bool)
+    extract_fluxes(reads, 10.0, np.ones(9), mask=mask)
+    np.testing.assert_array_equal(reads, before)
+    assert not mask.any()
+
+
+def test_extract_with_groups_and_nonfinite_omega():
+    rng = np.random.default_rng(13)
+    omega = np.vstack([np.ones(9), rng.uniform(0.5, 1, 9)])
+    omega[1, 4] = np.nan  # no data for this element: that difference is skipped
+    sim = simulate_ramps(np.full(10, 200.0), 10.0, n_reads=10, rng=rng)
+    groups = np.array([0, 1] * 5)
+    fit = extract_fluxes(sim.reads, 10.0, omega, groups=groups)
+    assert np.all(fit.n_diff[groups == 0] == 9) and np.all(fit.n_diff[groups == 1] == 8)
+    single = extract_fluxes(sim.reads[:, 1::2], 10.0, omega[1])
+    np.testing.assert_array_equal(fit.flux[1::2], single.flux)
+    with pytest.raises(ValueError, match="groups"):
+        extract_fluxes(sim.reads, 10.0, omega)
+    with pytest.raises(ValueError, match="groups"):
+        extract_fluxes(sim.reads, 10.0, omega, groups=groups + 1)

@@ -1,0 +1,248 @@
+"""fit_omega (Schur Gauss-Newton), initial_guess and sample_omega."""
+
+import numpy as np
+import pytest
+
+from pyapred import (
+    Flag,
+    extract_fluxes,
+    fit_constant,
+    fit_omega,
+    initial_guess,
+    omega_uniform,
+    sample_omega,
+    simulate_ramps,
+)
+from pyapred.solver import _numpy
+
+from . import dense
+
+
+def paper_example():
+    """The paper's section III.1 data set, drawn exactly as the reference notebook does.
+
+    Legacy global-RNG stream seeded with 104: omega, then fluxes, then read noise, then per-pixel
+    Poisson increments, then the read noise of all reads (spec section 7).
+    """
+    rs = np.random.RandomState(104)
+    omega = 1.0 - 0.5 * rs.uniform(0, 1, 32)
+    flux = rs.uniform(800, 1200, 100)
+    sigma = rs.uniform(14, 24, 100)
+    counts = np.zeros((100, 33))
+    for p in range(100):
+        counts[p, 1:] = np.cumsum(rs.poisson(flux[p] * omega))
+    counts += rs.randn(100, 33) * sigma[:, None]
+    return counts.T.copy(), sigma, omega, flux
+
+
+def _inflation(fit):
+    return np.sqrt(np.mean(fit.chi2) / np.mean(fit.n_diff - 1))
+
+
+def test_paper_example_reference_mode():
+    reads, sigma, omega_true, _ = paper_example()
+    fit = fit_omega(reads, sigma, mode="reference")
+    assert fit.converged and fit.n_iter <= 10
+    assert fit.n_iter == 5  # as reproduced from the reference notebook (spec 7.2)
+    assert fit.omega[fit.ref_index] == 1.0
+    tv = extract_fluxes(reads, sigma, fit.omega)
+    const = fit_constant(reads, sigma)
+    assert abs(_inflation(tv) - 1.0) < 0.1
+    assert abs(_inflation(const) - 3.913) < 0.05
+    # The notebook's figures for the same data (spec 5.1): 0.972 and 3.913.
+    assert abs(_inflation(tv) - 0.972) < 0.01
+    truth = omega_true / omega_true[fit.ref_index]
+    err = np.sqrt(np.diag(fit.omega_cov))
+    free = err > 0
+    assert np.max(np.abs(fit.omega[free] - truth[free]) / err[free]) < 4
+
+
+def test_default_mode_agrees_with_reference_mode():
+    reads, sigma, _, _ = paper_example()
+    ref = fit_omega(reads, sigma, mode="reference")
+    default = fit_omega(reads, sigma)
+    assert default.converged and default.ref_index == ref.ref_index
+    err = np.sqrt(np.diag(ref.omega_cov))
+    assert np.max(np.abs(default.omega - ref.omega) / np.where(err > 0, err, 1)) < 1e-3
+    np.testing.assert_allclose(default.omega_cov, ref.omega_cov, rtol=1e-3, atol=1e-12)
+
+
+def test_schur_step_equals_dense_normal_equations():
+    rng = np.random.default_rng(20)
+    P, K = 7, 6
+    omega = rng.uniform(0.5, 1.0, K)
+    sigma = rng.uniform(10, 20, P)
+    sim = simulate_ramps(rng.uniform(100, 900, P), sigma, omega=omega, rng=rng)
+    diffs = np.diff(sim.reads, axis=0).T.copy()
+    flux0 = rng.uniform(100, 900, P)
+    omega0 = rng.uniform(0.5, 1.0, K)
+    omega0[2] = 1.0
+    d_flux, d_omega, H = dense.gauss_newton_step(diffs, sigma**2, flux0, omega0, 2)
+    fast_flux, fast_omega, sch = _numpy.gauss_newton_step(
+        diffs[None], np.ones((1, P, K), bool), (sigma**2)[None], np.ones(K), flux0[None],
+        omega0[None], np.array([2]), np.ones((1, P), bool),
+    )  # fmt: skip
+    np.testing.assert_allclose(fast_omega[0], d_omega, rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(fast_flux[0], d_flux, rtol=1e-9, atol=1e-10)
+    # The Schur complement's inverse is the omega block of H^-1 (marginal covariance).
+    free = np.arange(K) != 2
+    cov_dense = np.linalg.inv(H)[P:, P:]
+    np.testing.assert_allclose(np.linalg.inv(sch[0][np.ix_(free, free)]), cov_dense, rtol=1e-9)
+
+
+def test_marginal_flux_variance_matches_dense_inverse():
+    rng = np.random.default_rng(21)
+    P, K = 12, 8
+    omega = rng.uniform(0.6, 1.0, K)
+    sigma = rng.uniform(10, 20, P)
+    sim = simulate_ramps(rng.uniform(300, 900, P), sigma, omega=omega, rng=rng)
+    fit = fit_omega(sim.reads, sigma, mode="reference")
+    # Rebuild H at the parameters of the last linearisation (quirk Q3): one step before the end.
+    diffs = np.diff(sim.reads, axis=0).T
+    # Converged to 1e-10, so evaluating at the solution differs negligibly.
+    omega_hat = np.maximum(fit.omega, 1e-10)
+    _, _, H = dense.gauss_newton_step(diffs, sigma**2, fit.flux, omega_hat, fit.ref_index)
+    cov = np.linalg.inv(H)
+    np.testing.assert_allclose(fit.flux_var, np.diag(cov)[:P], rtol=1e-6)
+    free = np.arange(K) != fit.ref_index
+    np.testing.assert_allclose(fit.omega_cov[np.ix_(free, free)], cov[P:, P:], rtol=1e-6)
+    assert np.all(fit.omega_cov[fit.ref_index] == 0) and np.all(
+        fit.omega_cov[:, fit.ref_index] == 0
+    )
+
+
+def test_omega_recovery_z_scores_over_2048_pixels():
+    rng = np.random.default_rng(22)
+    n_groups, n_pix, n_reads = 6, 2048, 47
+    omegas = np.stack([omega_uniform(n_reads - 1, 0.3, rng) for _ in range(n_groups)])
+    reads = np.empty((n_reads, n_groups, n_pix))
+    sigma = rng.uniform(14, 24, (n_groups, n_pix))
+    for g in range(n_groups):
+        flux = rng.uniform(100, 1000, n_pix)
+        reads[:, g] = simulate_ramps(flux, sigma[g], omega=omegas[g], rng=rng).reads
+    fit = fit_omega(reads, sigma)
+    assert fit.converged.all()
+    z = []
+    for g in range(n_groups):
+        truth = omegas[g] / omegas[g, fit.ref_index[g]]
+        err = np.sqrt(np.diag(fit.omega_cov[g]))
+        free = err > 0
+        z.append((fit.omega[g, free] - truth[free]) / err[free])
+    z = np.concatenate(z)
+    assert 0.8 <= np.std(z) <= 1.2
+    assert abs(np.mean(z)) < 0.3
+
+
+def test_groups_are_independent_and_padding_is_ignored():
+    rng = np.random.default_rng(23)
+    omega = [omega_uniform(15, 0.4, rng), omega_uniform(15, 0.2, rng)]
+    sims = [simulate_ramps(rng.uniform(500, 900, 30), 15.0, omega=o, rng=rng) for o in omega]
+    reads = np.stack([s.reads for s in sims], axis=1)
+    reads = np.concatenate([reads, np.zeros((16, 2, 3))], axis=2)  # 3 padding pixels
+    mask = np.zeros(reads.shape, bool)
+    mask[:, :, 30:] = True
+    both = fit_omega(reads, 15.0, mask=mask)
+    for g in range(2):
+        alone = fit_omega(sims[g].reads, 15.0)
+        np.testing.assert_allclose(both.omega[g], alone.omega, rtol=1e-12)
+        np.testing.assert_allclose(both.flux[g, :30], alone.flux, rtol=1e-12)
+        np.testing.assert_allclose(both.omega_cov[g], alone.omega_cov, rtol=1e-9, atol=1e-15)
+        assert both.n_iter[g] == alone.n_iter
+    assert np.all(np.isnan(both.flux[:, 30:]))
+    assert np.all(both.flags[:, 30:] & Flag.NOT_IN_OMEGA_FIT)
+
+
+def test_masked_reads_in_the_omega_fit():
+    rng = np.random.default_rng(24)
+    omega = omega_uniform(20, 0.3, rng)
+    sim = simulate_ramps(rng.uniform(500, 3000, 80), 15.0, omega=omega, rng=rng, saturation=40000.0)
+    reads = sim.reads.copy()
+    reads[7, 3] = np.nan
+    fit = fit_omega(reads, 15.0, saturation=40000.0)
+    assert fit.converged and np.all(np.isfinite(fit.omega))
+    assert fit.flags[3] & Flag.NONFINITE_READ
+    assert np.any(fit.flags & Flag.SATURATED)
+    truth = omega / omega[fit.ref_index]
+    err = np.sqrt(np.diag(fit.omega_cov))
+    free = err > 0
+    assert np.max(np.abs(fit.omega[free] - truth[free]) / err[free]) < 5
+
+
+def test_omega_element_without_data_is_flagged_not_singular():
+    rng = np.random.default_rng(25)
+    omega = omega_uniform(10, 0.3, rng)
+    sim = simulate_ramps(rng.uniform(500, 900, 40), 15.0, omega=omega, rng=rng)
+    mask = np.zeros(sim.reads.shape, bool)
+    mask[5] = True  # read 5 bad everywhere: differences 4 and 5 have no data
+    fit = fit_omega(sim.reads, 15.0, mask=mask)
+    assert fit.group_flags & Flag.OMEGA_ELEMENT_NO_DATA
+    assert np.isnan(fit.omega[4]) and np.isnan(fit.omega[5])
+    assert np.all(fit.omega_cov[4] == 0) and np.all(fit.omega_cov[:, 5] == 0)
+    assert np.all(np.isfinite(np.delete(fit.omega, [4, 5])))
+    extracted = extract_fluxes(sim.reads, 15.0, fit.omega, mask=mask)
+    assert np.all(np.isfinite(extracted.flux))
+
+
+def test_empty_group_and_forced_reference_read():
+    rng = np.random.default_rng(26)
+    omega = omega_uniform(12, 0.3, rng)
+    sim = simulate_ramps(rng.uniform(500, 900, 20), 15.0, omega=omega, rng=rng)
+    reads = np.stack([sim.reads, np.full_like(sim.reads, np.nan)], axis=1)
+    fit = fit_omega(reads, 15.0, ref_index=3)
+    assert fit.ref_index.tolist() == [3, 3]
+    assert fit.omega[0, 3] == 1.0 and fit.converged[0]
+    assert fit.group_flags[1] & Flag.EMPTY_GROUP and np.all(np.isnan(fit.omega[1]))
+
+
+def test_gain_scales_fluxes_not_omega():
+    rng = np.random.default_rng(27)
+    omega = omega_uniform(12, 0.3, rng)
+    sim = simulate_ramps(rng.uniform(500, 900, 50), 15.0, omega=omega, gain=1.9, rng=rng)
+    in_dn = fit_omega(sim.reads, 15.0 / 1.9, gain=1.9)
+    in_e = fit_omega(sim.reads * 1.9, 15.0)
+    np.testing.assert_allclose(in_dn.omega, in_e.omega, rtol=1e-10)
+    np.testing.assert_allclose(in_dn.flux * 1.9, in_e.flux, rtol=1e-10)
+
+
+def test_initial_guess_is_normalised_at_its_maximum():
+    reads, sigma, _, _ = paper_example()
+    for mode in ("reference", "default"):
+        omega, flux, k = initial_guess(reads, sigma, mode=mode)
+        assert omega[k] == 1.0 and np.all(omega <= 1.0) and np.all(flux > 0)
+    # The reference's (2 sigma^2)^2 error term changes the weights, hence the guess.
+    assert not np.allclose(initial_guess(reads, sigma, mode="reference")[0], omega)
+
+
+def test_gibbs_sampler_agrees_with_the_linearised_posterior():
+    rng = np.random.default_rng(28)
+    omega = omega_uniform(10, 0.4, rng)
+    sigma = rng.uniform(14, 24, 60)
+    sim = simulate_ramps(rng.uniform(800, 1200, 60), sigma, omega=omega, rng=rng)
+    fit = fit_omega(sim.reads, sigma)
+    samples = sample_omega(sim.reads, sigma, 3000, burn_in=100, rng=rng)
+    assert samples.ref_index == fit.ref_index
+    err = np.sqrt(np.diag(fit.omega_cov))
+    free = err > 0
+    shift = (samples.omega_mean[free] - fit.omega[free]) / err[free]
+    assert np.max(np.abs(shift)) < 0.25
+    ratio = np.sqrt(np.diag(samples.omega_cov)[free]) / err[free]
+    assert 0.8 < np.median(ratio) < 1.2
+    assert samples.omega_samples.shape == (3000, 10) and samples.flux_samples.shape == (3000, 60)
+    assert np.all(np.isfinite(samples.flux.flux))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"reads": np.zeros((5, 2, 3, 4))}, "dimensions"),
+        ({"mode": "fast"}, "mode"),
+        ({"rtol": 0.0}, "rtol"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"ref_index": 9}, "ref_index"),
+        ({"read_noise": -1.0}, "read_noise"),
+    ],
+)
+def test_fit_omega_bad_arguments(kwargs, match):
+    args = {"reads": np.zeros((6, 4)), "read_noise": 10.0} | kwargs
+    with pytest.raises(ValueError, match=match):
+        fit_omega(args.pop("reads"), args.pop("read_noise"), **args)
