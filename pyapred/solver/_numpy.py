@@ -40,26 +40,33 @@ CLAMP_FLOOR = 1e-10
 
 
 @njit(cache=True, inline="always")
-def _valid_reads(ramp, bad, use_mask, saturation, valid_read):
-    """Fill ``valid_read`` for one ramp and return the pixel's read flags."""
-    flags = 0
-    saturated = False
-    for j in range(ramp.shape[0]):
-        value = ramp[j]
-        ok = True
-        if use_mask and bad[j]:
-            ok = False
-            flags |= _MASKED_READ
-        if not np.isfinite(value):
-            ok = False
-            flags |= _NONFINITE_READ
-        elif value >= saturation:
-            saturated = True
-        if saturated:
-            ok = False
-            flags |= _SATURATED
-        valid_read[j] = ok
-    return flags
+def _gather_block(reads, bad, use_mask, saturation, p0, ramp, ok_read, pflags):
+    """Copy pixels ``p0 .. p0+B-1`` of a (N, n_pix) cube into ``ramp`` (N, B), as float64.
+
+    ``ok_read`` (N, B) marks usable reads: not masked, finite, and before the first read at or
+    above ``saturation``. ``pflags`` (B,) receives each pixel's read flags.
+    """
+    N, B = ramp.shape
+    for p in range(B):
+        pflags[p] = 0
+    seen_sat = np.zeros(B, dtype=np.bool_)
+    for j in range(N):
+        for p in range(B):
+            value = float(reads[j, p0 + p])
+            ramp[j, p] = value
+            ok = True
+            if use_mask and bad[j, p0 + p]:
+                ok = False
+                pflags[p] |= _MASKED_READ
+            if not np.isfinite(value):
+                ok = False
+                pflags[p] |= _NONFINITE_READ
+            elif value >= saturation[p0 + p]:
+                seen_sat[p] = True
+            if seen_sat[p]:
+                ok = False
+                pflags[p] |= _SATURATED
+            ok_read[j, p] = ok
 
 
 @njit(cache=True, inline="always")
@@ -103,34 +110,6 @@ def _backward(low, piv, y, out):
         out[k] = y[k] / piv[k] - low[k + 1] * out[k + 1]
 
 
-@njit(cache=True)
-def _gls_pixel(d, x, valid, s2, a0, n_pass, work):
-    """Constant-model GLS of ``d = f x + noise`` with the covariance refreshed ``n_pass`` times.
-
-    Returns ``(flux, variance, chi2)``. The variance is from the last pass (covariance built from
-    the previous estimate); chi2 uses the covariance at the final flux (spec sections 1.3, 3).
-    """
-    alpha, beta, piv, low, yx, yd = work[0], work[1], work[2], work[3], work[4], work[5]
-    K = d.shape[0]
-    rate = a0
-    flux = 0.0
-    var = np.nan
-    for _ in range(n_pass):
-        _factor(x, valid, s2, rate, alpha, beta, piv, low)
-        _forward(low, x, yx)
-        _forward(low, d, yd)
-        sxx = 0.0
-        sxd = 0.0
-        for k in range(K):
-            sxx += yx[k] * yx[k] / piv[k]
-            sxd += yx[k] * yd[k] / piv[k]
-        flux = sxd / sxx
-        var = 1.0 / sxx
-        rate = max(flux, 0.0)
-    chi2 = _chi2_pixel(d, x, valid, s2, flux, work)
-    return flux, var, chi2
-
-
 @njit(cache=True, inline="always")
 def _chi2_pixel(d, x, valid, s2, flux, work):
     """``(d - f x)^T C(f)^-1 (d - f x)`` with the photon noise at ``max(f x, 0)`` (eq 24)."""
@@ -147,19 +126,77 @@ def _chi2_pixel(d, x, valid, s2, flux, work):
 
 
 @njit(cache=True, inline="always")
-def _median_rate(d, x, valid, buf):
-    """Median of ``d_k / x_k`` over usable differences with ``x_k > 0``, clipped at 0."""
-    n = 0
-    for k in range(d.shape[0]):
-        if valid[k] and x[k] > 0.0:
-            buf[n] = d[k] / x[k]
-            n += 1
+def _select(b, n, k):
+    """Move the k-th smallest of ``b[:n]`` to ``b[k]`` (Hoare quickselect), smaller ones before."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        pivot = b[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while b[i] < pivot:
+                i += 1
+            while b[j] > pivot:
+                j -= 1
+            if i <= j:
+                b[i], b[j] = b[j], b[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return b[k]
+
+
+@njit(cache=True)
+def _median_of(buf, n):
+    """Median of ``buf[:n]`` clipped at 0 (0 when n == 0); reorders ``buf``."""
     if n == 0:
         return 0.0
-    b = buf[:n]
-    b.sort()
-    med = b[n // 2] if n % 2 == 1 else 0.5 * (b[n // 2 - 1] + b[n // 2])
-    return max(med, 0.0)
+    upper = _select(buf, n, n // 2)
+    if n % 2 == 1:
+        return max(upper, 0.0)
+    lower = buf[0]
+    for i in range(1, n // 2):
+        lower = max(lower, buf[i])
+    return max(0.5 * (lower + upper), 0.0)
+
+
+@njit(cache=True, inline="always")
+def _block_pass(d, x, valid, s2, rate, rhs_is_residual, flux, sxx, sxd, state):
+    """One GLS pass for a block of pixels, vectorised across pixels (the inner loops).
+
+    Factorises ``C(rate)`` and forward-substitutes ``x`` and the right-hand side in one sweep over
+    k, accumulating ``sxx = x^T C^-1 x`` and ``sxd = x^T C^-1 rhs`` per pixel. The right-hand side
+    is ``d``, or ``d - flux x`` when ``rhs_is_residual`` (then ``sxd`` is the chi2 and ``sxx`` is
+    not needed). Every pixel's recursion is independent, so working across pixels at each k
+    hides the latency of the pivot division. ``state`` is a (3, B) scratch array.
+    """
+    K, B = d.shape
+    inv_prev, yx_prev, yd_prev = state[0], state[1], state[2]
+    for p in range(B):
+        sxx[p] = 0.0
+        sxd[p] = 0.0
+        inv_prev[p] = 0.0
+        yx_prev[p] = 0.0
+        yd_prev[p] = 0.0
+    for k in range(K):
+        for p in range(B):
+            ok = valid[k, p]
+            alpha = max(rate[p] * x[k, p], 0.0) + 2.0 * s2[p] if ok else 1.0
+            beta = -s2[p] if (ok and k > 0 and valid[k - 1, p]) else 0.0
+            low = beta * inv_prev[p]
+            inv = 1.0 / (alpha - low * beta)
+            yx = x[k, p] - low * yx_prev[p]
+            rhs = d[k, p] - flux[p] * x[k, p] if rhs_is_residual else d[k, p]
+            yd = rhs - low * yd_prev[p]
+            sxx[p] += yx * yx * inv
+            sxd[p] += yx * yd * inv if not rhs_is_residual else yd * yd * inv
+            inv_prev[p] = inv
+            yx_prev[p] = yx
+            yd_prev[p] = yd
 
 
 @njit(cache=True, parallel=True)
@@ -192,82 +229,97 @@ def extract_kernel(
     read_noise, gain, saturation : (n_pix,) float64.
     flux, flux_var, chi2 : (n_pix,) float64 outputs, in e- per unit time (gain applied).
     n_diff, flags : (n_pix,) int64 outputs.
+
+    The pixels are processed in blocks of ``_BLOCK``: each block's reads are copied out of the
+    cube plane by plane (contiguous), and the tridiagonal recursions run across the block's
+    pixels at each read difference.
     """
     N, n_pix = reads.shape
     K = N - 1
     n_blocks = (n_pix + _BLOCK - 1) // _BLOCK
     for b in prange(n_blocks):
         p0 = b * _BLOCK
-        p1 = min(p0 + _BLOCK, n_pix)
-        local = np.empty((p1 - p0, N))
-        local_bad = np.zeros((p1 - p0, N), dtype=np.bool_)
-        for j in range(N):
-            for p in range(p0, p1):
-                local[p - p0, j] = reads[j, p]
-                if use_mask:
-                    local_bad[p - p0, j] = bad[j, p]
-        valid_read = np.empty(N, dtype=np.bool_)
-        valid = np.empty(K, dtype=np.bool_)
-        d = np.empty(K)
-        x = np.empty(K)
+        B = min(p0 + _BLOCK, n_pix) - p0
+        ramp = np.empty((N, B))
+        ok_read = np.empty((N, B), dtype=np.bool_)
+        pflags = np.empty(B, dtype=np.int64)
+        _gather_block(reads, bad, use_mask, saturation, p0, ramp, ok_read, pflags)
+        d = np.empty((K, B))
+        x = np.empty((K, B))
+        valid = np.empty((K, B), dtype=np.bool_)
+        s2 = np.empty(B)
+        count = np.zeros(B, dtype=np.int64)
+        for p in range(B):
+            sigma = read_noise[p0 + p] * gain[p0 + p]
+            s2[p] = sigma * sigma
+        for k in range(K):
+            for p in range(B):
+                w = omega[groups[p0 + p], k]
+                ok = ok_read[k, p] and ok_read[k + 1, p] and np.isfinite(w)
+                valid[k, p] = ok
+                d[k, p] = (ramp[k + 1, p] - ramp[k, p]) * gain[p0 + p] if ok else 0.0
+                x[k, p] = w * dt[k] if ok else 0.0
+                count[p] += ok
+        rate = np.empty(B)
         buf = np.empty(K)
-        work = np.empty((6, K))
-        for p in range(p0, p1):
-            g = gain[p]
-            pflags = _valid_reads(
-                local[p - p0], local_bad[p - p0], use_mask, saturation[p], valid_read
-            )
-            row = groups[p]
+        for p in range(B):
             n = 0
             for k in range(K):
-                w = omega[row, k]
-                ok = valid_read[k] and valid_read[k + 1] and np.isfinite(w)
-                valid[k] = ok
-                if ok:
-                    d[k] = (local[p - p0, k + 1] - local[p - p0, k]) * g
-                    x[k] = w * dt[k]
+                if valid[k, p] and x[k, p] > 0.0:
+                    buf[n] = d[k, p] / x[k, p]
                     n += 1
-                else:
-                    d[k] = 0.0
-                    x[k] = 0.0
-            n_diff[p] = n
-            if n < 2:
-                flags[p] = pflags | _TOO_FEW_DIFFS
-                flux[p] = np.nan
-                flux_var[p] = np.nan
-                chi2[p] = np.nan
-                continue
-            flags[p] = pflags
-            s = read_noise[p] * g
-            a0 = _median_rate(d, x, valid, buf)
-            f, v, c = _gls_pixel(d, x, valid, s * s, a0, n_pass, work)
-            flux[p] = f
-            flux_var[p] = v
-            chi2[p] = c
+            rate[p] = _median_of(buf, n)
+        sxx = np.empty(B)
+        sxd = np.empty(B)
+        fl = np.empty(B)
+        state = np.empty((3, B))
+        var_last = np.empty(B)
+        for _ in range(n_pass):
+            _block_pass(d, x, valid, s2, rate, False, fl, sxx, sxd, state)
+            for p in range(B):
+                fl[p] = sxd[p] / sxx[p]
+                var_last[p] = 1.0 / sxx[p]
+                rate[p] = max(fl[p], 0.0)
+        # chi2 with the photon noise at the final flux (eq 24).
+        _block_pass(d, x, valid, s2, fl, True, fl, sxx, sxd, state)
+        for p in range(B):
+            q = p0 + p
+            n_diff[q] = count[p]
+            if count[p] < 2:
+                flags[q] = pflags[p] | _TOO_FEW_DIFFS
+                flux[q] = np.nan
+                flux_var[q] = np.nan
+                chi2[q] = np.nan
+            else:
+                flags[q] = pflags[p]
+                flux[q] = fl[p]
+                flux_var[q] = var_last[p]
+                chi2[q] = sxd[p]
 
 
 @njit(cache=True, parallel=True)
 def prepare_diffs_kernel(reads, bad, use_mask, gain, saturation, diffs, valid, flags):
-    """Gather read differences of a (N, G, P) cube into (G, P, K) layout, in electrons.
+    """Read differences of a (N, n_pix) cube in (n_pix, K) layout, in electrons.
 
-    ``valid[g, p, k]`` is False for differences touching a bad read; there ``diffs`` is 0.
+    ``valid[p, k]`` is False for differences touching a bad read; there ``diffs`` is 0.
+    ``gain``, ``saturation`` and ``flags`` are (n_pix,).
     """
-    N, G, P = reads.shape
+    N, n_pix = reads.shape
     K = N - 1
-    for g in prange(G):
-        ramp = np.empty(N)
-        ramp_bad = np.zeros(N, dtype=np.bool_)
-        valid_read = np.empty(N, dtype=np.bool_)
-        for p in range(P):
-            for j in range(N):
-                ramp[j] = reads[j, g, p]
-                if use_mask:
-                    ramp_bad[j] = bad[j, g, p]
-            flags[g, p] = _valid_reads(ramp, ramp_bad, use_mask, saturation[g, p], valid_read)
+    n_blocks = (n_pix + _BLOCK - 1) // _BLOCK
+    for b in prange(n_blocks):
+        p0 = b * _BLOCK
+        B = min(p0 + _BLOCK, n_pix) - p0
+        ramp = np.empty((N, B))
+        ok_read = np.empty((N, B), dtype=np.bool_)
+        pflags = np.empty(B, dtype=np.int64)
+        _gather_block(reads, bad, use_mask, saturation, p0, ramp, ok_read, pflags)
+        for p in range(B):
+            flags[p0 + p] = pflags[p]
             for k in range(K):
-                ok = valid_read[k] and valid_read[k + 1]
-                valid[g, p, k] = ok
-                diffs[g, p, k] = (ramp[k + 1] - ramp[k]) * gain[g, p] if ok else 0.0
+                ok = ok_read[k, p] and ok_read[k + 1, p]
+                valid[p0 + p, k] = ok
+                diffs[p0 + p, k] = (ramp[k + 1, p] - ramp[k, p]) * gain[p0 + p] if ok else 0.0
 
 
 @njit(cache=True, parallel=True)
@@ -304,6 +356,8 @@ def normal_equations_kernel(
         yr = np.empty(K)
         u = np.empty(K)
         col = np.empty(K)
+        running = np.empty(K)
+        first = np.empty(K, dtype=np.int64)
         acc = np.zeros((K, K))
         accw = np.zeros(K)
         for p in range(P):
@@ -339,28 +393,43 @@ def normal_equations_kernel(
             back[K - 1] = alpha[K - 1]
             for k in range(K - 2, -1, -1):
                 back[k] = alpha[k] - beta[k] * beta[k] / back[k + 1]
+            # Above the diagonal, column j of C^-1 is its diagonal times the running product of
+            # the pivot ratios -beta_i / piv_i (spec 1.5), so that within a coupled block
+            # (C^-1)_ij = diag_j R_j / R_i with R the prefix product: G gains the outer product
+            # (f^2 dt_i / R_i)(dt_j diag_j R_j) for i <= j, a vectorisable update. R restarts at
+            # each decoupled (masked) difference, and where it becomes tiny: the entries across
+            # such a restart are 0, or below 1e-150 relative.
             f2 = f * f
+            prod = 1.0
+            start = 0
+            for j in range(K):
+                if j > 0:
+                    ratio = -beta[j - 1] / piv[j - 1]
+                    if ratio == 0.0 or prod * ratio < 1e-150:
+                        prod = 1.0
+                        start = j
+                    else:
+                        prod *= ratio
+                running[j] = prod
+                first[j] = start
             for j in range(K):
                 if not vmask[j]:
+                    col[j] = 0.0
                     continue
                 den = alpha[j]
                 if j > 0:
                     den -= beta[j - 1] * beta[j - 1] / piv[j - 1]
                 if j < K - 1:
                     den -= beta[j] * beta[j] / back[j + 1]
-                cj = f2 * dt[j]
-                value = 1.0 / den
-                acc[j, j] += cj * dt[j] * value
-                for i in range(j - 1, -1, -1):
-                    value *= -beta[i] / piv[i]
-                    if value == 0.0:
-                        break
-                    acc[i, j] += cj * dt[i] * value
+                col[j] = f2 * dt[j] / running[j]
+                right = dt[j] * running[j] / den
+                for i in range(first[j], j + 1):
+                    acc[j, i] += col[i] * right
         for j in range(K):
             out_gw[g, j] = accw[j]
             for i in range(j + 1):
-                out_g[g, i, j] = acc[i, j]
-                out_g[g, j, i] = acc[i, j]
+                out_g[g, i, j] = acc[j, i]
+                out_g[g, j, i] = acc[j, i]
 
 
 @njit(cache=True, parallel=True)

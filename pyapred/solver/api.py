@@ -523,11 +523,12 @@ def _group_inputs(reads, read_noise, gain, mask, read_times, saturation):
     diffs = np.empty((G, P, K))
     valid = np.empty((G, P, K), dtype=np.bool_)
     flags = np.empty((G, P), dtype=np.int64)
-    bad = (mask[:, None, :] if single else mask) if mask is not None else np.zeros((1, 1, 1), bool)
+    bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
     gain_map = np.ascontiguousarray(gain_map)
     _backend().prepare_diffs_kernel(
-        cube, bad, mask is not None, gain_map, np.ascontiguousarray(sat), diffs, valid, flags
-    )
+        _flat(cube, 1), bad, mask is not None, gain_map.reshape(-1), _ravel_pixels(sat),
+        diffs.reshape(G * P, K), valid.reshape(G * P, K), flags.reshape(-1),
+    )  # fmt: skip
     s2 = (sigma * gain_map) ** 2
     return single, diffs, valid, flags, np.ascontiguousarray(s2), dt, gain_map
 
