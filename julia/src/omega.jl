@@ -373,7 +373,7 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
     omega_out, omega_cov = zeros(K, G), zeros(K, K, G)
     flux_out, flux_var, chi2 = zeros(P, G), zeros(P, G), zeros(P, G)
     # Bool arrays, not BitArrays: threads write neighbouring elements.
-    n_iter, converged, has_data = zeros(Int, G), zeros(Bool, G), isfinite.(omega0)
+    n_iter, converged, has_data = zeros(Int, G), zeros(Bool, G), map(isfinite, omega0)
     tol = reference ? 1e-10 : Float64(rtol)
     min_iter = reference ? 3 : 2
     Threads.@threads for g in 1:G
