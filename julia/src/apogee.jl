@@ -102,9 +102,9 @@ function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,
     n_fibers = size(centers, 2)
     omega = fill(NaN, K, n_fibers)
     omega_converged, omega_ref_index = zeros(Bool, n_fibers), zeros(Int, n_fibers)
+    on_chip(y) = isfinite(y) && 0.5 < y < ny + 0.5  # round() ties to even: 0.5 -> 0
     rows = [[(x, round(Int, centers[x, f])) for x in 1:min(nx, size(centers, 1))
-             if isfinite(centers[x, f]) && 1 <= round(Int, centers[x, f]) <= ny]
-            for f in 1:n_fibers]
+             if on_chip(centers[x, f])] for f in 1:n_fibers]
     Threads.@threads for f in 1:n_fibers
         pixels = filter(xy -> last_unsaturated[xy...] >= 2 && ivars[xy...] > 0, rows[f])
         isempty(pixels) && continue
