@@ -247,6 +247,24 @@ def _ravel_pixels(value: np.ndarray) -> np.ndarray:
 Backend = Literal["numpy", "julia", "auto"]
 
 
+def _flux_outputs(n_pix: int) -> tuple[np.ndarray, ...]:
+    """Output arrays ``(flux, flux_var, chi2, n_diff, flags)`` of the per-pixel kernels."""
+    floats = [np.empty(n_pix) for _ in range(3)]
+    return (*floats, np.empty(n_pix, dtype=np.int64), np.empty(n_pix, dtype=np.int64))
+
+
+def _flux_fit(out, gain_flat: np.ndarray, pixel_shape: tuple) -> FluxFit:
+    """A FluxFit from kernel outputs in electrons, converted to the units of the reads."""
+    flux, flux_var, chi2, n_diff, flags = out
+    return FluxFit(
+        flux=(flux / gain_flat).reshape(pixel_shape),
+        flux_var=(flux_var / gain_flat**2).reshape(pixel_shape),
+        chi2=chi2.reshape(pixel_shape),
+        n_diff=n_diff.reshape(pixel_shape),
+        flags=flags.reshape(pixel_shape),
+    )
+
+
 def _backend(backend: str = "numpy"):
     """The kernels of ``backend``: ``_numpy`` or the Julia bridge (same functions, same arrays).
 
@@ -402,11 +420,7 @@ def extract_fluxes(
     reads2d = _flat(reads, 1)
     bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
     n_pix = reads2d.shape[1]
-    flux = np.empty(n_pix)
-    flux_var = np.empty(n_pix)
-    chi2 = np.empty(n_pix)
-    n_diff = np.empty(n_pix, dtype=np.int64)
-    flags = np.empty(n_pix, dtype=np.int64)
+    out = _flux_outputs(n_pix)
     gain_flat = _ravel_pixels(gain_map)
     _backend(backend).extract_kernel(
         reads2d,
@@ -419,19 +433,9 @@ def extract_fluxes(
         gain_flat,
         _ravel_pixels(sat),
         int(n_pass),
-        flux,
-        flux_var,
-        chi2,
-        n_diff,
-        flags,
+        *out,
     )
-    return FluxFit(
-        flux=(flux / gain_flat).reshape(pixel_shape),
-        flux_var=(flux_var / gain_flat**2).reshape(pixel_shape),
-        chi2=chi2.reshape(pixel_shape),
-        n_diff=n_diff.reshape(pixel_shape),
-        flags=flags.reshape(pixel_shape),
-    )
+    return _flux_fit(out, gain_flat, pixel_shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,11 +471,7 @@ def fit_equal_weight(
 
     reads2d = _flat(reads, 1)
     n_pix = reads2d.shape[1]
-    flux = np.empty(n_pix)
-    flux_var = np.empty(n_pix)
-    chi2 = np.empty(n_pix)
-    n_diff = np.empty(n_pix, dtype=np.int64)
-    flags = np.empty(n_pix, dtype=np.int64)
+    out = _flux_outputs(n_pix)
     gain_flat = _ravel_pixels(gain_map)
     _backend(backend).equal_weight_kernel(
         reads2d,
@@ -480,19 +480,9 @@ def fit_equal_weight(
         _ravel_pixels(sigma),
         gain_flat,
         _ravel_pixels(sat),
-        flux,
-        flux_var,
-        chi2,
-        n_diff,
-        flags,
+        *out,
     )
-    return FluxFit(
-        flux=(flux / gain_flat).reshape(pixel_shape),
-        flux_var=(flux_var / gain_flat**2).reshape(pixel_shape),
-        chi2=chi2.reshape(pixel_shape),
-        n_diff=n_diff.reshape(pixel_shape),
-        flags=flags.reshape(pixel_shape),
-    )
+    return _flux_fit(out, gain_flat, pixel_shape)
 
 
 # --------------------------------------------------------------------------------------------
