@@ -1,9 +1,11 @@
 """pyapred: optimal, unbiased up-the-ramp fluxes for APOGEE under variable illumination.
 
 The numerical API (:mod:`pyapred.solver`) and the simulator are re-exported here. Importing
-pyapred loads NumPy only; Numba, astropy, h5py and Julia load when first needed.
+pyapred loads NumPy only; Numba, astropy, h5py and Julia (juliacall, ``backend="julia"``) load
+when first needed.
 """
 
+from ._julia import JuliaBackendError, julia_available
 from .simulate import SimulatedRamps, omega_cloud, omega_drift, omega_uniform, simulate_ramps
 from .solver import (
     Flag,
@@ -24,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Flag",
     "FluxFit",
+    "JuliaBackendError",
     "OmegaFit",
     "OmegaSamples",
     "SimulatedRamps",
@@ -33,6 +36,7 @@ __all__ = [
     "fit_equal_weight",
     "fit_omega",
     "initial_guess",
+    "julia_available",
     "omega_cloud",
     "omega_drift",
     "omega_uniform",

@@ -61,8 +61,21 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _crossval_arguments(parser: argparse.ArgumentParser) -> None:
+    from .crossval import add_arguments
+
+    add_arguments(parser)
+
+
+def _crossval(args: argparse.Namespace) -> int:
+    from .crossval import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": ("fit omega and fluxes on built-in simulated data", _demo_arguments, _demo),
+    "crossval": ("compare the NumPy and Julia backends", _crossval_arguments, _crossval),
 }
 
 

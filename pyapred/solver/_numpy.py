@@ -297,8 +297,22 @@ def extract_kernel(
                 chi2[q] = sxd[p]
 
 
-@njit(cache=True, parallel=True)
 def prepare_diffs_kernel(reads, bad, use_mask, gain, saturation, diffs, valid, flags):
+    """Read differences of a (N, G, P) cube into (G, P, K) layout, in electrons.
+
+    ``gain``, ``saturation`` and ``flags`` are (G, P); ``bad`` is (N, G, P) when ``use_mask``.
+    ``valid[g, p, k]`` is False for differences touching a bad read; there ``diffs`` is 0.
+    """
+    N, G, P = reads.shape
+    _prepare_diffs_flat(
+        reads.reshape(N, G * P), bad.reshape(bad.shape[0], -1), use_mask, gain.reshape(-1),
+        saturation.reshape(-1), diffs.reshape(G * P, N - 1), valid.reshape(G * P, N - 1),
+        flags.reshape(-1),
+    )  # fmt: skip
+
+
+@njit(cache=True, parallel=True)
+def _prepare_diffs_flat(reads, bad, use_mask, gain, saturation, diffs, valid, flags):
     """Read differences of a (N, n_pix) cube in (n_pix, K) layout, in electrons.
 
     ``valid[p, k]`` is False for differences touching a bad read; there ``diffs`` is 0.
@@ -448,6 +462,67 @@ def chi2_kernel(diffs, valid, s2, x, flux, fit_pixel, out):
             for k in range(K):
                 xv[k] = x[xg, k] if valid[g, p, k] else 0.0
             out[g, p] = _chi2_pixel(diffs[g, p], xv, valid[g, p], s2[g, p], flux[g, p], work)
+
+
+def equal_weight_kernel(
+    reads, bad, use_mask, read_noise, gain, saturation, flux, flux_var, chi2, n_diff, flags
+):
+    """Equal-weight (OLS) slopes of a flattened cube, in electrons (vectorised NumPy).
+
+    Parameters
+    ----------
+    reads : (N, n_pix) array in the caller's units; bad : (N, n_pix) bool, used if ``use_mask``.
+    read_noise, gain, saturation : (n_pix,) float64, in the caller's units.
+    flux, flux_var, chi2 : (n_pix,) float64 outputs (e-, e-^2); n_diff, flags : (n_pix,) int64.
+    """
+    n_reads = reads.shape[0]
+    counts = reads.astype(np.float64) * gain
+    flags[:] = 0
+    usable = np.isfinite(counts)
+    flags[~usable.all(axis=0)] |= _NONFINITE_READ
+    if use_mask:
+        flags[bad.any(axis=0)] |= _MASKED_READ
+        usable &= ~bad
+    saturated = np.logical_or.accumulate(counts >= saturation * gain)
+    flags[saturated.any(axis=0)] |= _SATURATED
+    usable &= ~saturated
+
+    t = np.arange(n_reads, dtype=np.float64)[:, None]
+    n_use = usable.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t_mean = (usable * t).sum(axis=0) / n_use
+        centred = np.where(usable, t - t_mean, 0.0)
+        weights = centred / (centred**2).sum(axis=0)
+        slope = (weights * np.where(usable, counts, 0.0)).sum(axis=0)
+        # Photon increment i (between reads i and i+1) enters every later read.
+        tail = np.cumsum(weights[::-1], axis=0)[::-1][1:]
+        sigma_e = read_noise * gain
+        var = sigma_e**2 * (weights**2).sum(axis=0) + np.maximum(slope, 0.0) * (tail**2).sum(axis=0)
+
+    # Usable differences: both reads usable (for chi2 and n_diff).
+    diff_ok = usable[1:] & usable[:-1]
+    n_diff[:] = diff_ok.sum(axis=0)
+    too_few = (n_use < 3) | (n_diff < 2)
+    flags[too_few] |= _TOO_FEW_DIFFS
+    slope[too_few] = np.nan
+    var[too_few] = np.nan
+    flux[:] = slope
+    flux_var[:] = var
+    # Eq-24 chi2 of the slope under the constant model, as for every other estimator.
+    n_pix, K = counts.shape[1], n_reads - 1
+    diffs = np.where(diff_ok, np.diff(counts, axis=0), 0.0).T.reshape(n_pix, 1, K)
+    fit = np.isfinite(slope).reshape(n_pix, 1)
+    out = np.empty((n_pix, 1))
+    chi2_kernel(
+        np.ascontiguousarray(diffs),
+        np.ascontiguousarray(diff_ok.T).reshape(n_pix, 1, K),
+        (sigma_e**2).reshape(n_pix, 1),
+        np.ones((1, K)),
+        np.where(fit, slope.reshape(n_pix, 1), 0.0),
+        fit,
+        out,
+    )
+    chi2[:] = out[:, 0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -667,13 +742,18 @@ def _scatter(values, where, shape):
     return out
 
 
-def gibbs(diffs, valid, s2, dt, fit_pixel, omega, flux, kstar, n_samples, burn_in, rng):
+def gibbs(diffs, valid, s2, dt, fit_pixel, omega, flux, kstar, burn_in, noise):
     """Gibbs sampler of one group (spec section 4) with the exact omega conditional (2.3).
 
     Each sweep draws every flux from ``N(mu_p, 1/D_p)`` given omega, rebuilds the covariances,
     then draws the free omega elements from ``N(omega_S + G_SS^-1 g_S, G_SS^-1)``: the exact
     conditional, including the coupling to the fixed element that the reference drops (Q6).
     Raw draws are stored; the positivity clamp applies only to the sampler state.
+
+    ``noise`` holds the standard normal draws, ``(burn_in + n_samples, P + n_free)``: per sweep the
+    P flux draws, then the free omega elements' draws. Drawing them up front with one
+    ``rng.standard_normal`` call gives the same stream as drawing them sweep by sweep, and lets the
+    Julia twin reproduce the chain exactly.
 
     Returns ``(omega_samples (n_samples, K), flux_samples (n_samples, P))``.
     """
@@ -683,22 +763,23 @@ def gibbs(diffs, valid, s2, dt, fit_pixel, omega, flux, kstar, n_samples, burn_i
     flux_cl = np.where(fit_pixel, np.maximum(flux, CLAMP_FLOOR), 0.0)
     normal = _Normal(1, P, K)
     everything = np.ones(1, dtype=bool)
+    n_samples = noise.shape[0] - burn_in
     out_omega = np.empty((n_samples, K))
     out_flux = np.empty((n_samples, P))
     idx = np.flatnonzero(free)
-    for s in range(burn_in + n_samples):
+    for s in range(noise.shape[0]):
         normal.evaluate(diffs, valid, s2, dt, flux_cl, omega_cl, everything, fit_pixel)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = flux_cl + np.where(fit_pixel, normal.gf_hat / normal.sqrt_d, 0.0)
             sd = np.where(fit_pixel, 1.0 / normal.sqrt_d, 0.0)
-        new_flux = np.where(fit_pixel, mean + sd * rng.standard_normal(mean.shape), np.nan)
+        new_flux = np.where(fit_pixel, mean + sd * noise[s, :P], np.nan)
         flux_cl = np.where(fit_pixel, np.maximum(new_flux, CLAMP_FLOOR), 0.0)
         normal.evaluate(diffs, valid, s2, dt, flux_cl, omega_cl, everything, fit_pixel)
         precision = normal.g[0][np.ix_(idx, idx)]
         chol = np.linalg.cholesky(precision)
         # Mean omega_S + P^-1 g and covariance P^-1 = L^-T L^-1: draw L^-T (L^-1 g + z).
         half = np.linalg.solve(chol, normal.gw[0, idx])
-        draw = omega_cl[0, idx] + np.linalg.solve(chol.T, half + rng.standard_normal(idx.size))
+        draw = omega_cl[0, idx] + np.linalg.solve(chol.T, half + noise[s, P : P + idx.size])
         new_omega = np.where(np.isfinite(omega[0]), omega_cl[0], np.nan)
         new_omega[idx] = draw
         omega_cl[0, idx] = np.maximum(draw, CLAMP_FLOOR)

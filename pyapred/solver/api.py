@@ -16,6 +16,10 @@ Arrays in, arrays out, no I/O. Conventions shared by every function:
 - ``read_times`` is optional, ``(n_reads,)``, strictly increasing. The default is uniform spacing
   in units of one read interval; fluxes are per unit of ``read_times``.
 - Flags are bits of :class:`pyapred.solver.Flag`.
+- ``backend`` picks the implementation: ``"numpy"`` (Numba kernels, the default), ``"julia"``
+  (the APRampFit package through juliacall; :class:`pyapred.JuliaBackendError` where Julia is
+  missing) or ``"auto"`` (Julia where it loads, else NumPy, logged once). Both run the same
+  algorithm and reproduce the same conformance vectors (``docs/julia.md``).
 
 The algorithms follow ``docs/model.md``, which summarises ``../shared/docs/math-spec.md``.
 """
@@ -240,11 +244,43 @@ def _ravel_pixels(value: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=np.float64).reshape(-1)
 
 
-def _backend():
-    # Numba is imported on first use only: ``import pyapred`` stays light.
-    from . import _numpy
+Backend = Literal["numpy", "julia", "auto"]
 
-    return _numpy
+
+def _flux_outputs(n_pix: int) -> tuple[np.ndarray, ...]:
+    """Output arrays ``(flux, flux_var, chi2, n_diff, flags)`` of the per-pixel kernels."""
+    floats = [np.empty(n_pix) for _ in range(3)]
+    return (*floats, np.empty(n_pix, dtype=np.int64), np.empty(n_pix, dtype=np.int64))
+
+
+def _flux_fit(out, gain_flat: np.ndarray, pixel_shape: tuple) -> FluxFit:
+    """A FluxFit from kernel outputs in electrons, converted to the units of the reads."""
+    flux, flux_var, chi2, n_diff, flags = out
+    return FluxFit(
+        flux=(flux / gain_flat).reshape(pixel_shape),
+        flux_var=(flux_var / gain_flat**2).reshape(pixel_shape),
+        chi2=chi2.reshape(pixel_shape),
+        n_diff=n_diff.reshape(pixel_shape),
+        flags=flags.reshape(pixel_shape),
+    )
+
+
+def _backend(backend: str = "numpy"):
+    """The kernels of ``backend``: ``_numpy`` or the Julia bridge (same functions, same arrays).
+
+    ``"julia"`` raises :class:`pyapred.JuliaBackendError` where Julia cannot be loaded; ``"auto"``
+    uses Julia where it loads and NumPy otherwise, logging the choice once.
+    """
+    if backend == "numpy":
+        # Numba is imported on first use only: ``import pyapred`` stays light.
+        from . import _numpy
+
+        return _numpy
+    if backend in ("julia", "auto"):
+        from .. import _julia
+
+        return _julia.kernels() if backend == "julia" else _julia.auto_kernels()
+    raise ValueError(f"backend: expected 'numpy', 'julia' or 'auto', got {backend!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +295,7 @@ def fit_constant(
     read_times=None,
     saturation=None,
     n_pass: int = 2,
+    backend: Backend = "numpy",
 ) -> FluxFit:
     """Brandt (2024) optimal constant-flux fit of every pixel's ramp.
 
@@ -283,6 +320,8 @@ def fit_constant(
         Saturation level in the units of ``reads``.
     n_pass : int, optional
         Number of GLS passes (covariance refreshes); 2 as in Brandt (2024) and ApogeeReduction.jl.
+    backend : {"numpy", "julia", "auto"}, optional
+        Implementation to run (module docstring).
 
     Returns
     -------
@@ -308,6 +347,7 @@ def fit_constant(
         read_times=read_times,
         saturation=saturation,
         n_pass=n_pass,
+        backend=backend,
     )
 
 
@@ -322,6 +362,7 @@ def extract_fluxes(
     read_times=None,
     saturation=None,
     n_pass: int = 2,
+    backend: Backend = "numpy",
 ) -> FluxFit:
     """Optimal fluxes with a fixed transparency vector omega (the paper's eq 15), per pixel.
 
@@ -339,7 +380,7 @@ def extract_fluxes(
         Transparency factors. A non-finite element masks that difference for the pixels using it.
     groups : array_like of int, ``pixel_shape``, optional
         Row of ``omega`` used by each pixel; required when ``omega`` is 2-D.
-    gain, mask, read_times, saturation, n_pass
+    gain, mask, read_times, saturation, n_pass, backend
         As in :func:`fit_constant`.
 
     Returns
@@ -379,13 +420,9 @@ def extract_fluxes(
     reads2d = _flat(reads, 1)
     bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
     n_pix = reads2d.shape[1]
-    flux = np.empty(n_pix)
-    flux_var = np.empty(n_pix)
-    chi2 = np.empty(n_pix)
-    n_diff = np.empty(n_pix, dtype=np.int64)
-    flags = np.empty(n_pix, dtype=np.int64)
+    out = _flux_outputs(n_pix)
     gain_flat = _ravel_pixels(gain_map)
-    _backend().extract_kernel(
+    _backend(backend).extract_kernel(
         reads2d,
         bad,
         mask is not None,
@@ -396,25 +433,17 @@ def extract_fluxes(
         gain_flat,
         _ravel_pixels(sat),
         int(n_pass),
-        flux,
-        flux_var,
-        chi2,
-        n_diff,
-        flags,
+        *out,
     )
-    return FluxFit(
-        flux=(flux / gain_flat).reshape(pixel_shape),
-        flux_var=(flux_var / gain_flat**2).reshape(pixel_shape),
-        chi2=chi2.reshape(pixel_shape),
-        n_diff=n_diff.reshape(pixel_shape),
-        flags=flags.reshape(pixel_shape),
-    )
+    return _flux_fit(out, gain_flat, pixel_shape)
 
 
 # --------------------------------------------------------------------------------------------
 # Equal-weight baseline
 # --------------------------------------------------------------------------------------------
-def fit_equal_weight(reads, read_noise, *, gain=1.0, mask=None, saturation=None) -> FluxFit:
+def fit_equal_weight(
+    reads, read_noise, *, gain=1.0, mask=None, saturation=None, backend: Backend = "numpy"
+) -> FluxFit:
     """Equal-weight (ordinary least-squares) slope of Rauscher et al. (2007).
 
     The slope of counts against read index, fitted to the usable reads, with its exact variance
@@ -426,7 +455,7 @@ def fit_equal_weight(reads, read_noise, *, gain=1.0, mask=None, saturation=None)
 
     Parameters
     ----------
-    reads, read_noise, gain, mask, saturation
+    reads, read_noise, gain, mask, saturation, backend
         As in :func:`fit_constant`; reads are equally spaced.
 
     Returns
@@ -434,78 +463,32 @@ def fit_equal_weight(reads, read_noise, *, gain=1.0, mask=None, saturation=None)
     FluxFit
     """
     reads = _as_reads(reads)
-    n_reads = reads.shape[0]
     pixel_shape = reads.shape[1:]
     sigma = _pixel_map(read_noise, "read_noise", pixel_shape)
     gain_map = _pixel_map(gain, "gain", pixel_shape)
     mask = _as_mask(mask, reads.shape)
     sat = _saturation_map(saturation, pixel_shape)
 
-    counts = _flat(reads, 1).astype(np.float64) * _ravel_pixels(gain_map)
-    flags = np.zeros(counts.shape[1], dtype=np.int64)
-    usable = np.isfinite(counts)
-    flags[~usable.all(axis=0)] |= Flag.NONFINITE_READ
-    if mask is not None:
-        bad = _flat(mask, 1)
-        flags[bad.any(axis=0)] |= Flag.MASKED_READ
-        usable &= ~bad
-    saturated = np.logical_or.accumulate(counts >= _ravel_pixels(sat) * _ravel_pixels(gain_map))
-    flags[saturated.any(axis=0)] |= Flag.SATURATED
-    usable &= ~saturated
-
-    t = np.arange(n_reads, dtype=np.float64)[:, None]
-    n_use = usable.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t_mean = (usable * t).sum(axis=0) / n_use
-        centred = np.where(usable, t - t_mean, 0.0)
-        weights = centred / (centred**2).sum(axis=0)
-        slope = (weights * np.where(usable, counts, 0.0)).sum(axis=0)
-        # Photon increment i (between reads i and i+1) enters every later read.
-        tail = np.cumsum(weights[::-1], axis=0)[::-1][1:]
-        sigma_e = _ravel_pixels(sigma) * _ravel_pixels(gain_map)
-        var = sigma_e**2 * (weights**2).sum(axis=0) + np.maximum(slope, 0.0) * (tail**2).sum(axis=0)
-
-    # Usable differences: both reads usable (for chi2 and n_diff).
-    diff_ok = usable[1:] & usable[:-1]
-    n_diff = diff_ok.sum(axis=0)
-    too_few = (n_use < 3) | (n_diff < 2)
-    flags[too_few] |= Flag.TOO_FEW_DIFFS
-    slope[too_few] = np.nan
-    var[too_few] = np.nan
-    chi2 = _chi2_constant(counts, diff_ok, sigma_e, slope)
+    reads2d = _flat(reads, 1)
+    n_pix = reads2d.shape[1]
+    out = _flux_outputs(n_pix)
     gain_flat = _ravel_pixels(gain_map)
-    return FluxFit(
-        flux=(slope / gain_flat).reshape(pixel_shape),
-        flux_var=(var / gain_flat**2).reshape(pixel_shape),
-        chi2=chi2.reshape(pixel_shape),
-        n_diff=n_diff.reshape(pixel_shape).astype(np.int64),
-        flags=flags.reshape(pixel_shape),
+    _backend(backend).equal_weight_kernel(
+        reads2d,
+        _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_),
+        mask is not None,
+        _ravel_pixels(sigma),
+        gain_flat,
+        _ravel_pixels(sat),
+        *out,
     )
-
-
-def _chi2_constant(counts, diff_ok, sigma_e, flux) -> np.ndarray:
-    """Eq-24 chi2 of given fluxes under the constant model; (n_reads, n_pix) counts in e-."""
-    diffs = np.where(diff_ok, np.diff(counts, axis=0), 0.0).T.reshape(counts.shape[1], 1, -1)
-    valid = np.ascontiguousarray(diff_ok.T).reshape(counts.shape[1], 1, -1)
-    n_pix, K = counts.shape[1], counts.shape[0] - 1
-    fit = np.isfinite(flux).reshape(n_pix, 1)
-    out = np.empty((n_pix, 1))
-    _backend().chi2_kernel(
-        np.ascontiguousarray(diffs),
-        valid,
-        (sigma_e**2).reshape(n_pix, 1),
-        np.ones((1, K)),
-        np.where(fit, flux.reshape(n_pix, 1), 0.0),
-        fit,
-        out,
-    )
-    return out[:, 0]
+    return _flux_fit(out, gain_flat, pixel_shape)
 
 
 # --------------------------------------------------------------------------------------------
 # Time-variable model
 # --------------------------------------------------------------------------------------------
-def _group_inputs(reads, read_noise, gain, mask, read_times, saturation):
+def _group_inputs(reads, read_noise, gain, mask, read_times, saturation, backend):
     """Validate fit_omega/sample_omega inputs and build the (G, P, K) difference layout."""
     reads = _as_reads(reads, 2, 3)
     single = reads.ndim == 2
@@ -523,12 +506,11 @@ def _group_inputs(reads, read_noise, gain, mask, read_times, saturation):
     diffs = np.empty((G, P, K))
     valid = np.empty((G, P, K), dtype=np.bool_)
     flags = np.empty((G, P), dtype=np.int64)
-    bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
+    bad = (mask[:, None, :] if single else mask) if mask is not None else np.zeros((1, 1, 1), bool)
     gain_map = np.ascontiguousarray(gain_map)
-    _backend().prepare_diffs_kernel(
-        _flat(cube, 1), bad, mask is not None, gain_map.reshape(-1), _ravel_pixels(sat),
-        diffs.reshape(G * P, K), valid.reshape(G * P, K), flags.reshape(-1),
-    )  # fmt: skip
+    _backend(backend).prepare_diffs_kernel(
+        cube, bad, mask is not None, gain_map, np.ascontiguousarray(sat), diffs, valid, flags
+    )
     s2 = (sigma * gain_map) ** 2
     return single, diffs, valid, flags, np.ascontiguousarray(s2), dt, gain_map
 
@@ -553,6 +535,7 @@ def fit_omega(
     rtol: float = 1e-8,
     max_iter: int = 50,
     mode: Literal["default", "reference"] = "default",
+    backend: Backend = "numpy",
 ) -> OmegaFit:
     """Joint fit of the shared transparency vector omega and per-pixel fluxes (time-variable model).
 
@@ -586,6 +569,8 @@ def fit_omega(
         (quirk Q1), absolute tolerance 1e-10 on both blocks, at least 3 iterations, and the
         covariance from the last linearisation (Q3). ``"default"`` uses the corrected weights,
         the relative tolerance, and the covariance at the solution.
+    backend : {"numpy", "julia", "auto"}, optional
+        As in :func:`fit_constant`.
 
     Returns
     -------
@@ -612,7 +597,7 @@ def fit_omega(
     if int(max_iter) < 1:
         raise ValueError(f"max_iter: expected >= 1, got {max_iter}")
     single, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
-        reads, read_noise, gain, mask, read_times, saturation
+        reads, read_noise, gain, mask, read_times, saturation, backend
     )
     G, P, K = diffs.shape
     kstar = None
@@ -621,7 +606,7 @@ def fit_omega(
         if np.any((kstar < 0) | (kstar >= K)):
             raise ValueError(f"ref_index: expected values in [0, {K}), got {ref_index}")
     fit_pixel, n_diff, flags = _fit_pixels(valid, flags)
-    res = _backend().fit_omega_groups(
+    res = _backend(backend).fit_omega_groups(
         diffs, valid, s2, dt, fit_pixel,
         reference=mode == "reference", rtol=float(rtol), max_iter=int(max_iter), ref_index=kstar,
     )  # fmt: skip
@@ -660,12 +645,13 @@ def initial_guess(
     read_times=None,
     saturation=None,
     mode: Literal["default", "reference"] = "default",
+    backend: Backend = "numpy",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The five-step initial guess of omega and the fluxes (spec section 2.6).
 
     Parameters
     ----------
-    reads, read_noise, gain, mask, read_times, saturation
+    reads, read_noise, gain, mask, read_times, saturation, backend
         As in :func:`fit_omega`.
     mode : {"default", "reference"}
         ``"reference"`` keeps the reference's ``(2 sigma^2)^2`` error term (quirk Q1).
@@ -679,10 +665,10 @@ def initial_guess(
     ref_index : ndarray of int64, ``()`` or ``(n_groups,)``
     """
     single, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
-        reads, read_noise, gain, mask, read_times, saturation
+        reads, read_noise, gain, mask, read_times, saturation, backend
     )
     fit_pixel, _, _ = _fit_pixels(valid, flags)
-    omega, flux, kstar = _backend().initial_guess(
+    omega, flux, kstar = _backend(backend).initial_guess(
         diffs, valid, s2, dt, fit_pixel, reference=mode == "reference"
     )
     flux = flux / gain_map
@@ -701,6 +687,7 @@ def sample_omega(
     read_times=None,
     saturation=None,
     ref_index: int | None = None,
+    backend: Backend = "numpy",
 ) -> OmegaSamples:
     """Gibbs sampler of omega and the fluxes of one pixel group (paper appendix A).
 
@@ -731,17 +718,19 @@ def sample_omega(
     reads = _as_reads(reads, 2, 2)
     start = fit_omega(
         reads, read_noise, gain=gain, mask=mask, read_times=read_times,
-        saturation=saturation, ref_index=ref_index,
+        saturation=saturation, ref_index=ref_index, backend=backend,
     )  # fmt: skip
     if start.group_flags & Flag.EMPTY_GROUP:
         raise ValueError("reads: no pixel has 2 or more usable differences")
     _, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
-        reads, read_noise, gain, mask, read_times, saturation
+        reads, read_noise, gain, mask, read_times, saturation, backend
     )
     fit_pixel, _, _ = _fit_pixels(valid, flags)
-    omega_s, flux_s = _backend().gibbs(
+    n_free = int(np.sum(np.isfinite(start.omega))) - 1
+    noise = rng.standard_normal((int(burn_in) + int(n_samples), diffs.shape[1] + n_free))
+    omega_s, flux_s = _backend(backend).gibbs(
         diffs, valid, s2, dt, fit_pixel, start.omega[None], (start.flux * gain_map[0])[None],
-        int(start.ref_index), int(n_samples), int(burn_in), rng,
+        int(start.ref_index), int(burn_in), noise,
     )  # fmt: skip
     flux_s = flux_s / gain_map[0]
     omega_mean = omega_s.mean(axis=0)
@@ -751,7 +740,7 @@ def sample_omega(
     omega_cov[:, start.ref_index] = 0.0
     flux = extract_fluxes(
         reads, read_noise, omega_mean, gain=gain, mask=mask, read_times=read_times,
-        saturation=saturation,
+        saturation=saturation, backend=backend,
     )  # fmt: skip
     return OmegaSamples(
         omega_samples=omega_s,

@@ -1,0 +1,336 @@
+# Constant model, extraction with omega fixed (eq 15) and the equal-weight baseline: the twins of
+# `extract_kernel` and `equal_weight_kernel` in `pyapred/solver/_numpy.py` and of the public
+# `fit_constant`, `extract_fluxes` and `fit_equal_weight` in `pyapred/solver/api.py`.
+
+# Pixels gathered per block from the (n_pix, n_reads) cube: reads along a read plane are
+# contiguous, and a block stays in cache.
+const BLOCK = 256
+
+"""
+    extract_kernel!(flux, flux_var, chi2, n_diff, flags, reads, bad, use_mask, omega, groups, dt,
+                    read_noise, gain, saturation, n_pass)
+
+Eq-15 fluxes with omega fixed, for every pixel of a flattened cube (threaded over pixel blocks).
+
+# Arguments
+- `flux`, `flux_var`, `chi2`, `n_diff`, `flags`: `(n_pix,)` outputs; fluxes in e- per unit time
+  (gain applied), variances in e-^2.
+- `reads`: `(n_pix, n_reads)`, any real type, in the caller's units (DN or e-).
+- `bad`: `(n_pix, n_reads)` `Bool`, `true` = bad read; ignored unless `use_mask`.
+- `omega`: `(K, n_groups)`; a non-finite element masks that difference.
+- `groups`: `(n_pix,)` column of `omega` used by each pixel, 1-based.
+- `dt`: `(K,)` read intervals.
+- `read_noise`, `gain`, `saturation`: `(n_pix,)`, in the caller's units.
+- `n_pass`: number of GLS passes (covariance refreshes).
+"""
+function extract_kernel!(flux::AbstractVector, flux_var::AbstractVector, chi2::AbstractVector,
+        n_diff::AbstractVector, flags::AbstractVector, reads::AbstractMatrix, bad::AbstractArray,
+        use_mask::Bool, omega::AbstractMatrix, groups::AbstractVector, dt::AbstractVector,
+        read_noise::AbstractVector, gain::AbstractVector, saturation::AbstractVector,
+        n_pass::Integer)
+    n_pix, N = size(reads)
+    K = N - 1
+    n_blocks = cld(n_pix, BLOCK)
+    Threads.@threads for b in 1:n_blocks
+        p0 = (b - 1) * BLOCK + 1
+        p1 = min(p0 + BLOCK - 1, n_pix)
+        local_reads = Matrix{Float64}(undef, N, p1 - p0 + 1)
+        local_bad = falses(N, p1 - p0 + 1)
+        @inbounds for j in 1:N, p in p0:p1
+            local_reads[j, p - p0 + 1] = reads[p, j]
+            use_mask && (local_bad[j, p - p0 + 1] = bad[p, j])
+        end
+        valid_read = Vector{Bool}(undef, N)
+        ramp_bad = Vector{Bool}(undef, N)
+        valid = Vector{Bool}(undef, K)
+        d = zeros(K)
+        x = zeros(K)
+        buf = zeros(K)
+        work = zeros(K, 6)
+        for p in p0:p1
+            ramp = view(local_reads, :, p - p0 + 1)
+            ramp_bad .= view(local_bad, :, p - p0 + 1)
+            g = gain[p]
+            pflags = valid_reads!(valid_read, ramp, ramp_bad, use_mask, saturation[p])
+            row = groups[p]
+            n = 0
+            @inbounds for k in 1:K
+                w = omega[k, row]
+                ok = valid_read[k] && valid_read[k + 1] && isfinite(w)
+                valid[k] = ok
+                if ok
+                    d[k] = (ramp[k + 1] - ramp[k]) * g
+                    x[k] = w * dt[k]
+                    n += 1
+                else
+                    d[k] = 0.0
+                    x[k] = 0.0
+                end
+            end
+            n_diff[p] = n
+            if n < 2
+                flags[p] = pflags | TOO_FEW_DIFFS
+                flux[p] = NaN
+                flux_var[p] = NaN
+                chi2[p] = NaN
+                continue
+            end
+            flags[p] = pflags
+            s = read_noise[p] * g
+            a0 = median_rate(d, x, valid, buf)
+            flux[p], flux_var[p], chi2[p] = gls_pixel(d, x, valid, s * s, a0, n_pass, work)
+        end
+    end
+    return nothing
+end
+
+"""
+    equal_weight_kernel!(flux, flux_var, chi2, n_diff, flags, reads, bad, use_mask, read_noise,
+                         gain, saturation)
+
+Equal-weight (ordinary least-squares) slope of Rauscher et al. (2007) for every pixel, with its
+exact variance under the ramp noise model, `sigma^2 sum_j w_j^2 + max(f, 0) sum_i (sum_{j>i} w_j)^2`
+for slope weights `w`, and the eq-24 chi2 of the slope against the optimal covariance.
+
+# Arguments
+- `flux`, `flux_var`, `chi2`, `n_diff`, `flags`: `(n_pix,)` outputs, in electrons.
+- `reads`, `bad`, `use_mask`, `read_noise`, `gain`, `saturation`: as in [`extract_kernel!`](@ref);
+  reads are equally spaced.
+"""
+function equal_weight_kernel!(flux::AbstractVector, flux_var::AbstractVector,
+        chi2::AbstractVector, n_diff::AbstractVector, flags::AbstractVector,
+        reads::AbstractMatrix, bad::AbstractArray, use_mask::Bool, read_noise::AbstractVector,
+        gain::AbstractVector, saturation::AbstractVector)
+    n_pix, N = size(reads)
+    K = N - 1
+    Threads.@threads for b in 1:cld(n_pix, BLOCK)
+        counts = zeros(N)
+        usable = Vector{Bool}(undef, N)
+        weights = zeros(N)
+        d = zeros(K)
+        x = zeros(K)
+        valid = Vector{Bool}(undef, K)
+        work = zeros(K, 6)
+        for p in ((b - 1) * BLOCK + 1):min(b * BLOCK, n_pix)
+            g = gain[p]
+            sat = saturation[p] * g
+            pflags = 0
+            saturated = false
+            @inbounds for j in 1:N
+                counts[j] = Float64(reads[p, j]) * g
+                usable[j] = isfinite(counts[j])
+                usable[j] || (pflags |= NONFINITE_READ)
+                if use_mask && bad[p, j]
+                    pflags |= MASKED_READ
+                    usable[j] = false
+                end
+                saturated |= counts[j] >= sat
+                if saturated
+                    pflags |= SATURATED
+                    usable[j] = false
+                end
+            end
+            n_use = count(usable)
+            n = 0
+            @inbounds for k in 1:K
+                valid[k] = usable[k] && usable[k + 1]
+                d[k] = valid[k] ? counts[k + 1] - counts[k] : 0.0
+                x[k] = valid[k] ? 1.0 : 0.0
+                n += valid[k]
+            end
+            n_diff[p] = n
+            if n_use < 3 || n < 2
+                flags[p] = pflags | TOO_FEW_DIFFS
+                flux[p] = NaN
+                flux_var[p] = NaN
+                chi2[p] = NaN
+                continue
+            end
+            flags[p] = pflags
+            # Read times 0, 1, ..., N - 1; sums in read order, as NumPy reduces along axis 0.
+            t_sum = 0.0
+            @inbounds for j in 1:N
+                t_sum += usable[j] * (j - 1)
+            end
+            t_mean = t_sum / n_use
+            c2 = 0.0
+            @inbounds for j in 1:N
+                weights[j] = usable[j] ? (j - 1) - t_mean : 0.0
+                c2 += weights[j]^2
+            end
+            slope = 0.0
+            w2 = 0.0
+            @inbounds for j in 1:N
+                weights[j] /= c2
+                slope += weights[j] * (usable[j] ? counts[j] : 0.0)
+                w2 += weights[j]^2
+            end
+            # Photon increment i (between reads i and i+1) enters every later read.
+            tail = 0.0
+            tail2 = 0.0
+            @inbounds for j in N:-1:2
+                tail += weights[j]
+                tail2 += tail^2
+            end
+            sigma_e = read_noise[p] * g
+            flux[p] = slope
+            flux_var[p] = sigma_e^2 * w2 + max(slope, 0.0) * tail2
+            chi2[p] = chi2_pixel(d, x, valid, sigma_e^2, slope, work)
+        end
+    end
+    return nothing
+end
+
+# ---------------------------------------------------------------------------------------------
+# Argument handling of the high-level functions
+# ---------------------------------------------------------------------------------------------
+"Broadcast a per-pixel parameter to `pixel_shape` as a flat `Vector{Float64}`."
+function pixel_map(value, pixel_shape, name; positive = true)
+    out = zeros(pixel_shape)
+    out .= value
+    if positive && !all(v -> isfinite(v) && v > 0, out)
+        throw(ArgumentError("$name: expected finite values > 0"))
+    end
+    return vec(out)
+end
+
+"""
+    read_intervals(read_times, n_reads)
+
+Read intervals `dt` (length `n_reads - 1`); `nothing` means unit spacing.
+"""
+function read_intervals(read_times, n_reads)
+    read_times === nothing && return ones(n_reads - 1)
+    length(read_times) == n_reads ||
+        throw(ArgumentError("read_times: expected $n_reads values, got $(length(read_times))"))
+    dt = diff(Float64.(collect(read_times)))
+    all(v -> isfinite(v) && v > 0, dt) ||
+        throw(ArgumentError("read_times: expected finite, strictly increasing values"))
+    return dt
+end
+
+function check_reads(reads; min_dims = 2, max_dims = typemax(Int))
+    min_dims <= ndims(reads) <= max_dims ||
+        throw(ArgumentError("reads: expected $min_dims to $max_dims dimensions (pixels..., read), got size $(size(reads))"))
+    size(reads, ndims(reads)) >= 3 ||
+        throw(ArgumentError("reads: expected n_reads >= 3 along the last axis, got size $(size(reads))"))
+    return nothing
+end
+
+function check_mask(mask, reads)
+    mask === nothing && return falses(1, 1), false
+    size(mask) == size(reads) ||
+        throw(ArgumentError("mask: expected the size of reads $(size(reads)), got $(size(mask))"))
+    return reshape(mask, :, size(reads, ndims(reads))), true
+end
+
+saturation_map(saturation, pixel_shape) =
+    saturation === nothing ? fill(Inf, prod(pixel_shape)) :
+    pixel_map(saturation, pixel_shape, "saturation"; positive = false)
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+"""
+    extract_fluxes(reads, read_noise, omega; groups = nothing, gain = 1.0, mask = nothing,
+                   read_times = nothing, saturation = nothing, n_pass = 2)
+
+Optimal fluxes with a fixed transparency vector omega (the paper's eq 15), per pixel: the model is
+`d_k = f omega_k dt_k` with covariance `diag(max(a omega_k dt_k, 0)) + sigma^2 T`; `omega = 1` is
+exactly [`fit_constant`](@ref). The first pass evaluates the photon noise at the median of
+`d_k / (omega_k dt_k)`.
+
+# Arguments
+- `reads`: `(pixels..., n_reads)` up-the-ramp reads, e- if `gain = 1`, else DN.
+- `read_noise`: single-read sigma in the units of `reads`, scalar or of the pixel shape.
+- `omega`: `(K,)` or `(K, n_groups)`, `K = n_reads - 1`.
+
+# Keyword Arguments
+- `groups`: column of `omega` (1-based) for each pixel; required when `omega` is a matrix.
+- `gain`: e-/DN, scalar or of the pixel shape.
+- `mask`: `Bool`, the size of `reads`; `true` = bad read (it removes the two differences using it).
+- `read_times`: `(n_reads,)` strictly increasing; default unit spacing.
+- `saturation`: in the units of `reads`; the first read at or above it and all later ones are masked.
+- `n_pass`: GLS passes (2 as in Brandt 2024 and ApogeeReduction.jl).
+
+# Returns
+A NamedTuple `(flux, flux_var, chi2, n_diff, flags)` of arrays of the pixel shape; fluxes per read
+interval in the units of `reads`, at omega's normalisation.
+"""
+function extract_fluxes(reads::AbstractArray, read_noise, omega; groups = nothing, gain = 1.0,
+        mask = nothing, read_times = nothing, saturation = nothing, n_pass::Integer = 2)
+    check_reads(reads; min_dims = 1)
+    N = size(reads, ndims(reads))
+    K = N - 1
+    pixel_shape = size(reads)[1:(end - 1)]
+    omega2d = reshape(Float64.(collect(omega)), size(omega, 1), :)
+    size(omega2d, 1) == K ||
+        throw(ArgumentError("omega: expected $K rows (one per read difference), got size $(size(omega))"))
+    if groups === nothing
+        size(omega2d, 2) == 1 ||
+            throw(ArgumentError("groups: required when omega has one column per group"))
+        group_index = ones(Int, prod(pixel_shape))
+    else
+        size(groups) == pixel_shape && all(g -> 1 <= g <= size(omega2d, 2), groups) ||
+            throw(ArgumentError("groups: expected integers in 1:$(size(omega2d, 2)) of the pixel shape $pixel_shape"))
+        group_index = vec(Int.(groups))
+    end
+    n_pass >= 1 || throw(ArgumentError("n_pass: expected >= 1, got $n_pass"))
+    sigma = pixel_map(read_noise, pixel_shape, "read_noise")
+    gain_map = pixel_map(gain, pixel_shape, "gain")
+    bad, use_mask = check_mask(mask, reads)
+    sat = saturation_map(saturation, pixel_shape)
+    dt = read_intervals(read_times, N)
+    n_pix = prod(pixel_shape)
+    flux, flux_var, chi2 = zeros(n_pix), zeros(n_pix), zeros(n_pix)
+    n_diff, flags = zeros(Int, n_pix), zeros(Int, n_pix)
+    extract_kernel!(flux, flux_var, chi2, n_diff, flags, reshape(reads, n_pix, N), bad, use_mask,
+        omega2d, group_index, dt, sigma, gain_map, sat, n_pass)
+    shape(v) = reshape(v, pixel_shape)
+    return (flux = shape(flux ./ gain_map), flux_var = shape(flux_var ./ gain_map .^ 2),
+        chi2 = shape(chi2), n_diff = shape(n_diff), flags = shape(flags))
+end
+
+"""
+    fit_constant(reads, read_noise; gain = 1.0, mask = nothing, read_times = nothing,
+                 saturation = nothing, n_pass = 2)
+
+Brandt (2024) optimal constant-flux fit of every pixel's ramp: [`extract_fluxes`](@ref) with
+`omega = 1`. The first pass evaluates the photon noise at the median difference rate (clipped at
+0); each further pass re-evaluates it at the previous estimate.
+
+# Returns
+A NamedTuple `(flux, flux_var, chi2, n_diff, flags)` of arrays of the pixel shape.
+"""
+function fit_constant(reads::AbstractArray, read_noise; kwargs...)
+    check_reads(reads; min_dims = 1)
+    return extract_fluxes(reads, read_noise, ones(size(reads, ndims(reads)) - 1); kwargs...)
+end
+
+"""
+    fit_equal_weight(reads, read_noise; gain = 1.0, mask = nothing, saturation = nothing)
+
+Equal-weight (ordinary least-squares) slope of Rauscher et al. (2007) with its exact variance;
+see [`equal_weight_kernel!`](@ref). Arguments as in [`fit_constant`](@ref); reads equally spaced.
+
+# Returns
+A NamedTuple `(flux, flux_var, chi2, n_diff, flags)` of arrays of the pixel shape.
+"""
+function fit_equal_weight(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
+        saturation = nothing)
+    check_reads(reads; min_dims = 1)
+    N = size(reads, ndims(reads))
+    pixel_shape = size(reads)[1:(end - 1)]
+    n_pix = prod(pixel_shape)
+    sigma = pixel_map(read_noise, pixel_shape, "read_noise")
+    gain_map = pixel_map(gain, pixel_shape, "gain")
+    bad, use_mask = check_mask(mask, reads)
+    sat = saturation_map(saturation, pixel_shape)
+    flux, flux_var, chi2 = zeros(n_pix), zeros(n_pix), zeros(n_pix)
+    n_diff, flags = zeros(Int, n_pix), zeros(Int, n_pix)
+    equal_weight_kernel!(flux, flux_var, chi2, n_diff, flags, reshape(reads, n_pix, N), bad,
+        use_mask, sigma, gain_map, sat)
+    shape(v) = reshape(v, pixel_shape)
+    return (flux = shape(flux ./ gain_map), flux_var = shape(flux_var ./ gain_map .^ 2),
+        chi2 = shape(chi2), n_diff = shape(n_diff), flags = shape(flags))
+end

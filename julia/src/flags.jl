@@ -1,0 +1,36 @@
+# The flag bits of `pyapred/solver/_flags.py`; a Python test checks that the two agree.
+
+"Pixel: one or more reads were masked by the caller's `mask`."
+const MASKED_READ = 1 << 0
+"Pixel: one or more reads were not finite (NaN or Inf); they were masked."
+const NONFINITE_READ = 1 << 1
+"Pixel: the ramp reached `saturation`; that read and all later ones were masked."
+const SATURATED = 1 << 2
+"Pixel: fewer than 2 usable read differences; flux, variance and chi2 are NaN."
+const TOO_FEW_DIFFS = 1 << 3
+"Pixel: left out of the omega fit (padding, or too few usable differences)."
+const NOT_IN_OMEGA_FIT = 1 << 4
+"Group: the Gauss-Newton iteration reached `max_iter` without converging."
+const NOT_CONVERGED = 1 << 8
+"Group: at least one omega element had no usable difference in any pixel; it is NaN."
+const OMEGA_ELEMENT_NO_DATA = 1 << 9
+"Group: no pixel of the group could be fitted; omega is NaN."
+const EMPTY_GROUP = 1 << 10
+
+const FLAG_NAMES = (
+    MASKED_READ => "MASKED_READ",
+    NONFINITE_READ => "NONFINITE_READ",
+    SATURATED => "SATURATED",
+    TOO_FEW_DIFFS => "TOO_FEW_DIFFS",
+    NOT_IN_OMEGA_FIT => "NOT_IN_OMEGA_FIT",
+    NOT_CONVERGED => "NOT_CONVERGED",
+    OMEGA_ELEMENT_NO_DATA => "OMEGA_ELEMENT_NO_DATA",
+    EMPTY_GROUP => "EMPTY_GROUP",
+)
+
+"""
+    describe_flags(value)
+
+Names of the bits set in `value`, lowest bit first, e.g. `["SATURATED", "TOO_FEW_DIFFS"]`.
+"""
+describe_flags(value::Integer) = [name for (bit, name) in FLAG_NAMES if value & bit != 0]

@@ -1,0 +1,664 @@
+# Time-variable model: joint Gauss-Newton fit of omega and the fluxes with the fluxes eliminated by
+# a Schur complement, its initial guess, and the Gibbs sampler. Twins of `prepare_diffs_kernel`,
+# `normal_equations_kernel`, `chi2_kernel`, `initial_guess`, `gauss_newton_step`,
+# `fit_omega_groups` and `gibbs` in `pyapred/solver/_numpy.py`, and of the public `fit_omega`,
+# `initial_guess` and `sample_omega` in `pyapred/solver/api.py`.
+#
+# Layout: `diffs` and `valid` are `(K, P, G)` (K differences of P pixels in G groups; the C-order
+# NumPy `(G, P, K)` seen from Julia), per-pixel arrays `(P, G)`, omega `(K, G)`.
+
+"""
+    prepare_diffs_kernel!(diffs, valid, flags, reads, bad, use_mask, gain, saturation)
+
+Gather the read differences of a `(P, G, n_reads)` cube into `(K, P, G)` layout, in electrons.
+`valid[k, p, g]` is false for differences touching a bad read; there `diffs` is 0. `flags` `(P, G)`
+receives the read flags.
+"""
+function prepare_diffs_kernel!(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3},
+        flags::AbstractMatrix, reads::AbstractArray{<:Real, 3}, bad::AbstractArray,
+        use_mask::Bool, gain::AbstractMatrix, saturation::AbstractMatrix)
+    P, G, N = size(reads)
+    K = N - 1
+    Threads.@threads for g in 1:G
+        ramp = zeros(N)
+        ramp_bad = falses(N)
+        valid_read = Vector{Bool}(undef, N)
+        for p in 1:P
+            @inbounds for j in 1:N
+                ramp[j] = reads[p, g, j]
+                use_mask && (ramp_bad[j] = bad[p, g, j])
+            end
+            flags[p, g] = valid_reads!(valid_read, ramp, ramp_bad, use_mask, saturation[p, g])
+            @inbounds for k in 1:K
+                ok = valid_read[k] && valid_read[k + 1]
+                valid[k, p, g] = ok
+                diffs[k, p, g] = ok ? (ramp[k + 1] - ramp[k]) * gain[p, g] : 0.0
+            end
+        end
+    end
+    return nothing
+end
+
+"""
+    normal_equations_group!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, valid, s2, dt, flux,
+                            omega, fit_pixel)
+
+The Gauss-Newton normal equations of one group, fluxes ready for elimination (see
+[`normal_equations_kernel!`](@ref)); `diffs`, `valid` and `e_hat` are `(K, P)`.
+"""
+function normal_equations_group!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, valid, s2, dt,
+        flux, omega, fit_pixel)
+    K, P = size(diffs)
+    alpha, beta, piv, low, back = zeros(K), zeros(K), zeros(K), zeros(K), zeros(K)
+    x, r, yx, yr, u, col = zeros(K), zeros(K), zeros(K), zeros(K), zeros(K), zeros(K)
+    acc = zeros(K, K)
+    accw = zeros(K)
+    for p in 1:P
+        if !fit_pixel[p]
+            sqrt_d[p] = 0.0
+            gf_hat[p] = 0.0
+            e_hat[:, p] .= 0.0
+            continue
+        end
+        f = flux[p]
+        vmask = view(valid, :, p)
+        @inbounds for k in 1:K
+            x[k] = vmask[k] ? omega[k] * dt[k] : 0.0
+            r[k] = vmask[k] ? diffs[k, p] - f * x[k] : 0.0
+        end
+        factor!(alpha, beta, piv, low, x, vmask, s2[p], f)
+        forward!(yx, low, x)
+        forward!(yr, low, r)
+        dd = 0.0
+        gf = 0.0
+        @inbounds for k in 1:K
+            dd += yx[k] * yx[k] / piv[k]
+            gf += yx[k] * yr[k] / piv[k]
+        end
+        sd = sqrt(dd)
+        sqrt_d[p] = sd
+        gf_hat[p] = gf / sd
+        backward!(u, low, piv, yx)
+        @inbounds for k in 1:K
+            e_hat[k, p] = vmask[k] ? f * dt[k] * u[k] / sd : 0.0
+        end
+        backward!(col, low, piv, yr)
+        @inbounds for k in 1:K
+            vmask[k] && (accw[k] += f * dt[k] * col[k])
+        end
+        # Backward pivots, for the diagonal of C^-1; then walk each column of C^-1 up from the
+        # diagonal with the pivot ratios (K^2 operations per pixel, nothing stored).
+        back[K] = alpha[K]
+        @inbounds for k in (K - 1):-1:1
+            back[k] = alpha[k] - beta[k] * beta[k] / back[k + 1]
+        end
+        f2 = f * f
+        @inbounds for j in 1:K
+            vmask[j] || continue
+            den = alpha[j]
+            j > 1 && (den -= beta[j - 1] * beta[j - 1] / piv[j - 1])
+            j < K && (den -= beta[j] * beta[j] / back[j + 1])
+            cj = f2 * dt[j]
+            value = 1.0 / den
+            acc[j, j] += cj * dt[j] * value
+            for i in (j - 1):-1:1
+                value *= -beta[i] / piv[i]
+                value == 0.0 && break
+                acc[i, j] += cj * dt[i] * value
+            end
+        end
+    end
+    @inbounds for j in 1:K
+        out_gw[j] = accw[j]
+        for i in 1:j
+            out_g[i, j] = acc[i, j]
+            out_g[j, i] = acc[i, j]
+        end
+    end
+    return nothing
+end
+
+"""
+    normal_equations_kernel!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, valid, s2, dt, flux,
+                             omega, active, fit_pixel)
+
+Gauss-Newton normal equations of the time-variable model for every active group (threaded).
+For group g and fitted pixel p, with `x = omega[:, g] .* dt`, `C_p` built at `(flux, omega)`
+(both already clamped) and `r_p = d_p - flux_p x`:
+
+- `sqrt_d[p, g] = sqrt(D_p)`, `D_p = x' C_p^-1 x` (the flux block of H, diagonal);
+- `e_hat[:, p, g] = E_p / sqrt(D_p)`, `E_p = flux_p dt .* (C_p^-1 x)` (flux-omega block);
+- `gf_hat[p, g] = (x' C_p^-1 r_p) / sqrt(D_p)` (the flux part of the gradient);
+- `out_g[:, :, g] = sum_p flux_p^2 diag(dt) C_p^-1 diag(dt)` (the omega block, K x K);
+- `out_gw[:, g] = sum_p flux_p dt .* (C_p^-1 r_p)` (the omega part of the gradient).
+
+The Schur complement is then `G - e_hat e_hat'` (spec section 9.1).
+"""
+function normal_equations_kernel!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, valid, s2, dt,
+        flux, omega, active, fit_pixel)
+    Threads.@threads for g in 1:size(diffs, 3)
+        active[g] || continue
+        normal_equations_group!(view(out_g, :, :, g), view(out_gw, :, g), view(e_hat, :, :, g),
+            view(gf_hat, :, g), view(sqrt_d, :, g), view(diffs, :, :, g), view(valid, :, :, g),
+            view(s2, :, g), dt, view(flux, :, g), view(omega, :, g), view(fit_pixel, :, g))
+    end
+    return nothing
+end
+
+"""
+    chi2_kernel!(out, diffs, valid, s2, x, flux, fit_pixel)
+
+Eq-24 chi2 of every fitted pixel of a `(K, P, G)` layout (NaN for the others); `x` is `(K, G)` or
+`(K, 1)`.
+"""
+function chi2_kernel!(out::AbstractMatrix, diffs::AbstractArray{<:Real, 3},
+        valid::AbstractArray{Bool, 3}, s2::AbstractMatrix, x::AbstractMatrix,
+        flux::AbstractMatrix, fit_pixel::AbstractMatrix)
+    K, P, G = size(diffs)
+    Threads.@threads for g in 1:G
+        work = zeros(K, 6)
+        xv = zeros(K)
+        xg = size(x, 2) == 1 ? 1 : g
+        for p in 1:P
+            if !fit_pixel[p, g]
+                out[p, g] = NaN
+                continue
+            end
+            @inbounds for k in 1:K
+                xv[k] = valid[k, p, g] ? x[k, xg] : 0.0
+            end
+            out[p, g] = chi2_pixel(view(diffs, :, p, g), xv, view(valid, :, p, g), s2[p, g],
+                flux[p, g], work)
+        end
+    end
+    return out
+end
+
+# ---------------------------------------------------------------------------------------------
+# Initial guess (spec section 2.6)
+# ---------------------------------------------------------------------------------------------
+"""
+    initial_guess!(omega, flux, kstar, diffs, valid, s2, dt, fit_pixel; reference = false,
+                   ref_index = nothing)
+
+The five-step initial guess of omega and the fluxes, per group.
+
+# Arguments
+- `omega` `(K, G)`, `flux` `(P, G)`, `kstar` `(G,)`: outputs. omega is 1 at `kstar` (1-based) and
+  NaN where no pixel has data; flux is NaN for pixels that do not take part.
+- `diffs`, `valid`: `(K, P, G)` differences in e- (0 where invalid) and their usability.
+- `s2`: `(P, G)` single-read noise variance, e-^2.
+- `dt`: `(K,)` read intervals.
+- `fit_pixel`: `(P, G)` pixels that take part.
+
+# Keyword Arguments
+- `reference`: use the reference code's per-difference error `sqrt((2 s2)^2 + d)` (quirk Q1)
+  instead of the correct `sqrt(2 s2 + d)`.
+- `ref_index`: `(G,)` element to fix to 1 (1-based); default the argmax of the guess.
+"""
+function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::AbstractVector,
+        diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3}, s2::AbstractMatrix,
+        dt::AbstractVector, fit_pixel::AbstractMatrix; reference::Bool = false,
+        ref_index = nothing)
+    K, P, G = size(diffs)
+    Threads.@threads for g in 1:G
+        f0 = zeros(P)
+        buf = zeros(K)
+        w_sum = zeros(K)
+        num = zeros(K)
+        om_sig = zeros(K)
+        has_data = falses(K)
+        use(k, p) = valid[k, p, g] && fit_pixel[p, g]
+        err_d(k, p) = sqrt((reference ? (2.0 * s2[p, g])^2 : 2.0 * s2[p, g]) +
+                           max(diffs[k, p, g], 0.0))
+        d_floor(k, p) = max(diffs[k, p, g], CLAMP_FLOOR)
+        # 1. Flux of each pixel: the median difference rate.
+        for p in 1:P
+            n = 0
+            for k in 1:K
+                use(k, p) || continue
+                n += 1
+                buf[n] = diffs[k, p, g] / dt[k]
+            end
+            if n == 0
+                f0[p] = NaN
+            else
+                b = sort!(view(buf, 1:n))
+                med = isodd(n) ? b[n ÷ 2 + 1] : 0.5 * (b[n ÷ 2] + b[n ÷ 2 + 1])
+                f0[p] = max(med, CLAMP_FLOOR)
+            end
+        end
+        # 2-3. Per-pixel omega and its error; inverse-variance weighted mean over pixels.
+        for p in 1:P, k in 1:K
+            om_pix = diffs[k, p, g] / (f0[p] * dt[k])
+            om_err = abs(om_pix / d_floor(k, p)) * err_d(k, p)
+            w = use(k, p) && om_err > 0 ? 1.0 / om_err^2 : 0.0
+            w_sum[k] += w
+            num[k] += w * (use(k, p) ? om_pix : 0.0)
+        end
+        for k in 1:K
+            has_data[k] = w_sum[k] > 0
+            omega[k, g] = has_data[k] ? max(num[k] / w_sum[k], CLAMP_FLOOR) : NaN
+            om_sig[k] = has_data[k] ? w_sum[k]^(-0.5) : Inf
+        end
+        # 4. Fix the largest element (or the caller's) to 1.
+        if ref_index === nothing
+            k_ref = 1
+            best = -Inf
+            for k in 1:K
+                value = has_data[k] ? omega[k, g] : -Inf
+                if value > best
+                    best = value
+                    k_ref = k
+                end
+            end
+        else
+            k_ref = ref_index[g]
+        end
+        kstar[g] = k_ref
+        scale = omega[k_ref, g]
+        for k in 1:K
+            omega[k, g] /= scale
+            om_sig[k] /= scale
+        end
+        # 5. Per-pixel fluxes given omega, weighted over differences.
+        for p in 1:P
+            wf = 0.0
+            wf_sum = 0.0
+            for k in 1:K
+                om_use = has_data[k] ? omega[k, g] : 1.0
+                fl_pix = diffs[k, p, g] / (om_use * dt[k])
+                fl_err = sqrt((fl_pix / d_floor(k, p) * err_d(k, p))^2 +
+                              (fl_pix / om_use * om_sig[k])^2)
+                w = use(k, p) && has_data[k] && fl_err > 0 ? 1.0 / fl_err^2 : 0.0
+                wf += w * (use(k, p) ? fl_pix : 0.0)
+                wf_sum += w
+            end
+            flux[p, g] = fit_pixel[p, g] ? max(wf / wf_sum, CLAMP_FLOOR) : NaN
+        end
+    end
+    return nothing
+end
+
+# ---------------------------------------------------------------------------------------------
+# Gauss-Newton with the Schur complement (spec sections 2.4-2.7, 9)
+# ---------------------------------------------------------------------------------------------
+"Buffers of one group's normal equations, reused across iterations."
+struct NormalEquations
+    g::Matrix{Float64}       # (K, K) omega block
+    gw::Vector{Float64}      # (K,) omega gradient
+    e_hat::Matrix{Float64}   # (K, P)
+    gf_hat::Vector{Float64}  # (P,)
+    sqrt_d::Vector{Float64}  # (P,)
+end
+
+NormalEquations(K, P) = NormalEquations(zeros(K, K), zeros(K), zeros(K, P), zeros(P), zeros(P))
+
+evaluate!(ne::NormalEquations, diffs, valid, s2, dt, flux, omega, fit_pixel) =
+    normal_equations_group!(ne.g, ne.gw, ne.e_hat, ne.gf_hat, ne.sqrt_d, diffs, valid, s2, dt,
+        flux, omega, fit_pixel)
+
+"Schur complement and right-hand side, with the non-free elements pinned (identity)."
+function schur(ne::NormalEquations, free)
+    sch = ne.g - ne.e_hat * transpose(ne.e_hat)
+    rhs = ne.gw - ne.e_hat * ne.gf_hat
+    K = length(free)
+    for j in 1:K, i in 1:K
+        (free[i] && free[j]) || (sch[i, j] = 0.0)
+    end
+    for k in 1:K
+        if !free[k]
+            sch[k, k] = 1.0
+            rhs[k] = 0.0
+        end
+    end
+    return sch, rhs
+end
+
+"Solve the SPD system `a x = b`; a singular system gets the least-squares answer."
+function solve_spd(a, b)
+    factors = lu(a; check = false)
+    return issuccess(factors) ? factors \ b : pinv(a) * b
+end
+
+"Flux update from the omega update: `(g_f - E d_omega) / D`."
+function flux_step(ne::NormalEquations, d_omega)
+    step = ne.gf_hat - transpose(ne.e_hat) * d_omega
+    return [sd > 0 ? s / sd : 0.0 for (s, sd) in zip(step, ne.sqrt_d)]
+end
+
+"""
+    gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pixel)
+
+One Schur-complement Gauss-Newton step at clamped `(flux, omega)`, for tests and conformance
+vectors. Returns `(d_flux (P, G), d_omega (K, G), schur (K, K, G))`; `ref_index` is 1-based.
+"""
+function gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pixel)
+    K, P, G = size(diffs)
+    d_flux, d_omega, sch_all = zeros(P, G), zeros(K, G), zeros(K, K, G)
+    for g in 1:G
+        free = [isfinite(omega[k, g]) && k != ref_index[g] for k in 1:K]
+        ne = NormalEquations(K, P)
+        om = [isnan(w) ? 0.0 : w for w in view(omega, :, g)]
+        evaluate!(ne, view(diffs, :, :, g), view(valid, :, :, g), view(s2, :, g), dt,
+            view(flux, :, g), om, view(fit_pixel, :, g))
+        sch, rhs = schur(ne, free)
+        d_omega[:, g] = solve_spd(sch, rhs)
+        d_flux[:, g] = flux_step(ne, view(d_omega, :, g))
+        sch_all[:, :, g] = sch
+    end
+    return d_flux, d_omega, sch_all
+end
+
+"""
+    fit_omega_groups(diffs, valid, s2, dt, fit_pixel; reference, rtol, max_iter, ref_index)
+
+Gauss-Newton joint fit of omega and fluxes for G independent groups (threaded over groups), in
+electrons. Clamping follows the reference: the clamped values (>= 1e-10) drive the linearisation,
+the unclamped ones are returned and tested for convergence. `reference = true` uses the absolute
+tolerance 1e-10 on both blocks, at least 3 iterations and the covariance of the last
+linearisation (quirk Q3); otherwise every omega step < `rtol` and every flux step < `rtol` times
+`max(flux, sigma)`, at least 2 iterations, and the covariance at the solution.
+
+# Returns
+A NamedTuple `(omega (K, G), omega_cov (K, K, G), ref_index (G,) 1-based, flux (P, G),
+flux_var (P, G), chi2 (P, G), n_iter (G,), converged (G,), has_data (K, G))`.
+"""
+function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3},
+        s2::AbstractMatrix, dt::AbstractVector, fit_pixel::AbstractMatrix; reference::Bool,
+        rtol::Real, max_iter::Integer, ref_index = nothing)
+    K, P, G = size(diffs)
+    omega0, flux0, kstar = zeros(K, G), zeros(P, G), zeros(Int, G)
+    initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel; reference, ref_index)
+    omega_out, omega_cov = zeros(K, G), zeros(K, K, G)
+    flux_out, flux_var, chi2 = zeros(P, G), zeros(P, G), zeros(P, G)
+    # Bool arrays, not BitArrays: threads write neighbouring elements.
+    n_iter, converged, has_data = zeros(Int, G), zeros(Bool, G), map(isfinite, omega0)
+    tol = reference ? 1e-10 : Float64(rtol)
+    min_iter = reference ? 3 : 2
+    Threads.@threads for g in 1:G
+        d, v = view(diffs, :, :, g), view(valid, :, :, g)
+        s2g, fit = view(s2, :, g), view(fit_pixel, :, g)
+        data = view(has_data, :, g)
+        free = [data[k] && k != kstar[g] for k in 1:K]
+        nonempty = any(fit)
+        omega_cl = [data[k] ? max(omega0[k, g], CLAMP_FLOOR) : 0.0 for k in 1:K]
+        flux_cl = [fit[p] ? max(flux0[p, g], CLAMP_FLOOR) : 0.0 for p in 1:P]
+        prev_omega, prev_flux = copy(omega_cl), copy(flux_cl)
+        omega, flux = copy(omega_cl), copy(flux_cl)
+        scale = max.(abs.(flux_cl), sqrt.(s2g))
+        ne = NormalEquations(K, P)
+        converged[g] = !nonempty
+        for it in 1:(nonempty ? max_iter : 0)
+            evaluate!(ne, d, v, s2g, dt, flux_cl, omega_cl, fit)
+            sch, rhs = schur(ne, free)
+            d_omega = solve_spd(sch, rhs)
+            d_flux = flux_step(ne, d_omega)
+            new_omega = omega_cl .+ d_omega
+            new_flux = [fit[p] ? flux_cl[p] + d_flux[p] : 0.0 for p in 1:P]
+            step_omega = 0.0
+            for k in 1:K
+                step_omega = max(step_omega, free[k] ? abs(new_omega[k] - prev_omega[k]) : 0.0)
+            end
+            step_flux = 0.0
+            for p in 1:P
+                step = abs(new_flux[p] - prev_flux[p])
+                step_flux = max(step_flux, reference ? step : step / scale[p])
+            end
+            done = step_omega < tol && step_flux < tol && it >= min_iter
+            omega .= new_omega
+            flux .= new_flux
+            prev_omega .= new_omega
+            prev_flux .= new_flux
+            omega_cl .= [data[k] ? max(new_omega[k], CLAMP_FLOOR) : 0.0 for k in 1:K]
+            flux_cl .= [fit[p] ? max(new_flux[p], CLAMP_FLOOR) : 0.0 for p in 1:P]
+            n_iter[g] = it
+            if done
+                converged[g] = true
+                break
+            end
+        end
+        # The covariance at the returned solution (the reference keeps the one from the
+        # linearisation before the last step, quirk Q3).
+        if !reference && nonempty
+            evaluate!(ne, d, v, s2g, dt, flux_cl, omega_cl, fit)
+        end
+        sch, _ = schur(ne, free)
+        cov = inv(sch)
+        for j in 1:K, i in 1:K
+            (free[i] && free[j]) || (cov[i, j] = 0.0)
+        end
+        omega_cov[:, :, g] = cov
+        for p in 1:P
+            e = view(ne.e_hat, :, p)
+            flux_var[p, g] = fit[p] ? (1.0 + dot(e, cov * e)) / ne.sqrt_d[p]^2 : NaN
+            flux_out[p, g] = fit[p] ? flux[p] : NaN
+        end
+        for k in 1:K
+            omega_out[k, g] = data[k] ? omega[k] : NaN
+        end
+        omega_out[kstar[g], g] = nonempty ? 1.0 : NaN
+    end
+    x = [has_data[k, g] ? omega_out[k, g] * dt[k] : 0.0 for k in 1:K, g in 1:G]
+    flux_fit = [fit_pixel[p, g] ? flux_out[p, g] : 0.0 for p in 1:P, g in 1:G]
+    chi2_kernel!(chi2, diffs, valid, s2, x, flux_fit, fit_pixel)
+    return (; omega = omega_out, omega_cov, ref_index = kstar, flux = flux_out, flux_var, chi2,
+        n_iter, converged, has_data)
+end
+
+# ---------------------------------------------------------------------------------------------
+# Gibbs sampler (spec section 4)
+# ---------------------------------------------------------------------------------------------
+"""
+    gibbs(diffs, valid, s2, dt, fit_pixel, omega, flux, kstar, burn_in, noise)
+
+Gibbs sampler of one group with the exact omega conditional (spec 2.3), from the Gauss-Newton
+solution `(omega (K, 1), flux (P, 1))`. Each sweep draws every flux from `N(mu_p, 1/D_p)` given
+omega, rebuilds the covariances, then draws the free omega elements from
+`N(omega_S + G_SS^-1 g_S, G_SS^-1)`. Raw draws are stored; the positivity clamp applies only to
+the sampler state.
+
+# Arguments
+- `diffs`, `valid`: `(K, P, 1)`; `s2`, `fit_pixel`: `(P, 1)`; `kstar`: 1-based fixed element.
+- `noise`: `(P + n_free, burn_in + n_samples)` standard normal draws, one column per sweep: the
+  P flux draws, then the free omega elements' draws (the order NumPy's generator draws them in).
+
+# Returns
+`(omega_samples (K, n_samples), flux_samples (P, n_samples))`.
+"""
+function gibbs(diffs, valid, s2, dt, fit_pixel, omega, flux, kstar, burn_in, noise)
+    K, P, _ = size(diffs)
+    d, v = view(diffs, :, :, 1), view(valid, :, :, 1)
+    s2g, fit = view(s2, :, 1), view(fit_pixel, :, 1)
+    known = [isfinite(omega[k, 1]) for k in 1:K]
+    idx = [k for k in 1:K if known[k] && k != kstar]
+    omega_cl = [known[k] ? max(omega[k, 1], CLAMP_FLOOR) : 0.0 for k in 1:K]
+    flux_cl = [fit[p] ? max(flux[p, 1], CLAMP_FLOOR) : 0.0 for p in 1:P]
+    n_sweeps = size(noise, 2)
+    n_samples = n_sweeps - burn_in
+    out_omega, out_flux = zeros(K, n_samples), zeros(P, n_samples)
+    ne = NormalEquations(K, P)
+    for s in 1:n_sweeps
+        evaluate!(ne, d, v, s2g, dt, flux_cl, omega_cl, fit)
+        # Mean and sd written as NumPy evaluates them, for bitwise-close conformance.
+        new_flux = [fit[p] ? (flux_cl[p] + ne.gf_hat[p] / ne.sqrt_d[p]) +
+                             (1.0 / ne.sqrt_d[p]) * noise[p, s] : NaN for p in 1:P]
+        flux_cl = [fit[p] ? max(new_flux[p], CLAMP_FLOOR) : 0.0 for p in 1:P]
+        evaluate!(ne, d, v, s2g, dt, flux_cl, omega_cl, fit)
+        chol = cholesky(Symmetric(ne.g[idx, idx], :L)).L
+        # Mean omega_S + P^-1 g and covariance P^-1 = L^-T L^-1: draw L^-T (L^-1 g + z).
+        half = chol \ ne.gw[idx]
+        draw = omega_cl[idx] + transpose(chol) \ (half + noise[(P + 1):(P + length(idx)), s])
+        new_omega = [known[k] ? omega_cl[k] : NaN for k in 1:K]
+        new_omega[idx] = draw
+        omega_cl[idx] = max.(draw, CLAMP_FLOOR)
+        if s > burn_in
+            out_omega[:, s - burn_in] = new_omega
+            out_flux[:, s - burn_in] = new_flux
+        end
+    end
+    return out_omega, out_flux
+end
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+"Validate the inputs of the omega fits and build the `(K, P, G)` difference layout."
+function group_inputs(reads, read_noise, gain, mask, read_times, saturation)
+    check_reads(reads; min_dims = 2, max_dims = 3)
+    shape_in = size(reads)[1:(end - 1)]
+    N = size(reads, ndims(reads))
+    P, G = shape_in[1], prod(shape_in[2:end])
+    cube = reshape(reads, P, G, N)
+    sigma = reshape(pixel_map(read_noise, shape_in, "read_noise"), P, G)
+    gain_map = reshape(pixel_map(gain, shape_in, "gain"), P, G)
+    sat = reshape(saturation_map(saturation, shape_in), P, G)
+    bad, use_mask = check_mask(mask, reads)
+    K = N - 1
+    diffs, valid, flags = zeros(K, P, G), zeros(Bool, K, P, G), zeros(Int, P, G)
+    prepare_diffs_kernel!(diffs, valid, flags, cube, use_mask ? reshape(bad, P, G, N) : bad,
+        use_mask, gain_map, sat)
+    s2 = (sigma .* gain_map) .^ 2
+    return ndims(reads) == 2, diffs, valid, flags, s2, read_intervals(read_times, N), gain_map
+end
+
+"Pixels with at least 2 usable differences take part; flag the others."
+function fit_pixels(valid, flags)
+    n_diff = dropdims(sum(valid; dims = 1); dims = 1)
+    fit = n_diff .>= 2
+    return fit, n_diff, flags .| ifelse.(fit, 0, TOO_FEW_DIFFS | NOT_IN_OMEGA_FIT)
+end
+
+function check_mode(mode)
+    mode in ("default", "reference") ||
+        throw(ArgumentError("mode: expected \"default\" or \"reference\", got $(repr(mode))"))
+    return mode == "reference"
+end
+
+"""
+    fit_omega(reads, read_noise; gain = 1.0, mask = nothing, read_times = nothing,
+              saturation = nothing, ref_index = nothing, rtol = 1e-8, max_iter = 50,
+              mode = "default")
+
+Joint fit of the shared transparency vector omega and per-pixel fluxes (time-variable model):
+Gauss-Newton with the fluxes eliminated by a Schur complement; see [`fit_omega_groups`](@ref).
+
+# Arguments
+- `reads`: `(n_pix, n_reads)` one group of pixels sharing omega, or `(n_pix, n_groups, n_reads)`
+  for many groups fitted independently. Fully masked pixels are padding and are ignored.
+- `read_noise`: single-read sigma in the units of `reads`, scalar or of the pixel shape.
+
+# Keyword Arguments
+- `gain`, `mask`, `read_times`, `saturation`: as in [`extract_fluxes`](@ref).
+- `ref_index`: element fixed to 1 (1-based), one for all groups or one per group; default the
+  argmax of the initial guess.
+- `rtol`, `max_iter`: convergence of `mode = "default"`.
+- `mode`: `"reference"` reproduces the reference implementation (quirks Q1, Q3).
+
+# Returns
+A NamedTuple with the fields of pyapred's `OmegaFit`: `omega (K, G)`, `omega_cov (K, K, G)`,
+`ref_index (G,)`, `flux`, `flux_var`, `chi2`, `n_diff`, `flags` `(n_pix, G)`, `inflation`,
+`n_iter`, `converged`, `group_flags` `(G,)`; the group axis is dropped for a single group. Fluxes
+are in the units of `reads` per read interval.
+"""
+function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
+        read_times = nothing, saturation = nothing, ref_index = nothing, rtol::Real = 1e-8,
+        max_iter::Integer = 50, mode::AbstractString = "default")
+    reference = check_mode(mode)
+    isfinite(rtol) && rtol > 0 || throw(ArgumentError("rtol: expected a finite value > 0"))
+    max_iter >= 1 || throw(ArgumentError("max_iter: expected >= 1, got $max_iter"))
+    single, diffs, valid, flags, s2, dt, gain_map = group_inputs(reads, read_noise, gain, mask,
+        read_times, saturation)
+    K, P, G = size(diffs)
+    kstar = ref_index === nothing ? nothing : Int.(ref_index isa Integer ? fill(ref_index, G) :
+                                                   collect(ref_index))
+    if kstar !== nothing && !(length(kstar) == G && all(k -> 1 <= k <= K, kstar))
+        throw(ArgumentError("ref_index: expected values in 1:$K, got $ref_index"))
+    end
+    fit, n_diff, flags = fit_pixels(valid, flags)
+    res = fit_omega_groups(diffs, valid, s2, dt, fit; reference, rtol, max_iter,
+        ref_index = kstar)
+    group_flags = zeros(Int, G)
+    inflation = zeros(G)
+    for g in 1:G
+        res.converged[g] || (group_flags[g] |= NOT_CONVERGED)
+        all(view(res.has_data, :, g)) || (group_flags[g] |= OMEGA_ELEMENT_NO_DATA)
+        any(view(fit, :, g)) || (group_flags[g] |= EMPTY_GROUP)
+        dof = sum(fit[p, g] ? n_diff[p, g] - 1 : 0 for p in 1:P)
+        chi2_sum = sum(c for c in view(res.chi2, :, g) if !isnan(c); init = 0.0)
+        inflation[g] = sqrt(chi2_sum / dof)
+    end
+    out = (; omega = res.omega, omega_cov = res.omega_cov, ref_index = res.ref_index,
+        flux = res.flux ./ gain_map, flux_var = res.flux_var ./ gain_map .^ 2, chi2 = res.chi2,
+        n_diff, inflation, n_iter = res.n_iter, converged = res.converged, flags, group_flags)
+    single || return out
+    return map(v -> v isa AbstractVector ? v[1] : collect(selectdim(v, ndims(v), 1)), out)
+end
+
+"""
+    initial_guess(reads, read_noise; gain = 1.0, mask = nothing, read_times = nothing,
+                  saturation = nothing, mode = "default")
+
+The five-step initial guess of omega and the fluxes (spec section 2.6); arguments as in
+[`fit_omega`](@ref). `mode = "reference"` keeps the reference's `(2 sigma^2)^2` error term (Q1).
+
+# Returns
+`(omega, flux, ref_index)`: omega `(K,)` or `(K, G)` with `omega[ref_index] == 1` and NaN where no
+pixel has data; fluxes in the units of `reads` per read interval, NaN for pixels with fewer than 2
+usable differences; `ref_index` 1-based.
+"""
+function initial_guess(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
+        read_times = nothing, saturation = nothing, mode::AbstractString = "default")
+    reference = check_mode(mode)
+    single, diffs, valid, flags, s2, dt, gain_map = group_inputs(reads, read_noise, gain, mask,
+        read_times, saturation)
+    K, P, G = size(diffs)
+    fit, _, _ = fit_pixels(valid, flags)
+    omega, flux, kstar = zeros(K, G), zeros(P, G), zeros(Int, G)
+    initial_guess!(omega, flux, kstar, diffs, valid, s2, dt, fit; reference)
+    flux = flux ./ gain_map
+    return single ? (omega[:, 1], flux[:, 1], kstar[1]) : (omega, flux, kstar)
+end
+
+"""
+    sample_omega(reads, read_noise, n_samples; burn_in, rng = Random.default_rng(), gain = 1.0,
+                 mask = nothing, read_times = nothing, saturation = nothing, ref_index = nothing)
+
+Gibbs sampler of omega and the fluxes of one pixel group (paper appendix A), started from the
+Gauss-Newton solution of [`fit_omega`](@ref); see [`gibbs`](@ref).
+
+# Arguments
+- `reads`: `(n_pix, n_reads)`; `n_samples` samples are kept after `burn_in` sweeps.
+
+# Returns
+A NamedTuple `(omega_samples (K, n_samples), flux_samples (n_pix, n_samples), omega_mean,
+omega_cov, flux, ref_index)`; `flux` is the [`extract_fluxes`](@ref) result at `omega_mean`.
+"""
+function sample_omega(reads::AbstractMatrix, read_noise, n_samples::Integer; burn_in::Integer,
+        rng::AbstractRNG = Random.default_rng(), gain = 1.0, mask = nothing,
+        read_times = nothing, saturation = nothing, ref_index = nothing)
+    n_samples >= 2 && burn_in >= 0 ||
+        throw(ArgumentError("n_samples >= 2 and burn_in >= 0 expected, got $n_samples, $burn_in"))
+    kw = (; gain, mask, read_times, saturation)
+    start = fit_omega(reads, read_noise; ref_index, kw...)
+    start.group_flags & EMPTY_GROUP == 0 ||
+        throw(ArgumentError("reads: no pixel has 2 or more usable differences"))
+    _, diffs, valid, flags, s2, dt, gain_map = group_inputs(reads, read_noise, gain, mask,
+        read_times, saturation)
+    K, P, _ = size(diffs)
+    fit, _, _ = fit_pixels(valid, flags)
+    kstar = start.ref_index
+    n_free = count(k -> isfinite(start.omega[k]) && k != kstar, 1:K)
+    noise = randn(rng, P + n_free, burn_in + n_samples)
+    omega_s, flux_s = gibbs(diffs, valid, s2, dt, fit, reshape(start.omega, K, 1),
+        reshape(start.flux .* gain_map[:, 1], P, 1), kstar, burn_in, noise)
+    flux_s = flux_s ./ gain_map[:, 1]
+    omega_mean = vec(mean(omega_s; dims = 2))
+    omega_cov = cov(omega_s; dims = 2)
+    omega_cov[.!isfinite.(omega_cov)] .= 0.0
+    omega_cov[kstar, :] .= 0.0
+    omega_cov[:, kstar] .= 0.0
+    flux = extract_fluxes(reads, read_noise, omega_mean; kw...)
+    return (; omega_samples = omega_s, flux_samples = flux_s, omega_mean, omega_cov, flux,
+        ref_index = kstar)
+end

@@ -1,0 +1,284 @@
+"""The Julia backend: the APRampFit package (``julia/``) called through juliacall.
+
+This is the only module that knows about Julia, and it imports juliacall lazily, on the first
+call that needs it: ``import pyapred`` never starts Julia. Its kernel functions have the names,
+arguments and results of :mod:`pyapred.solver._numpy`, so :mod:`pyapred.solver.api` runs either
+backend unchanged (``backend="numpy" | "julia" | "auto"``).
+
+Arrays cross without copying: a C-order NumPy array ``a`` is handed over as ``a.T``, which Julia
+sees as a column-major array with the axes reversed (``(n_reads, ny, nx)`` becomes
+``(nx, ny, n_reads)``). Big-endian (FITS) and read-only inputs are converted first, because
+PythonCall's ``PyArray`` cannot byte-swap, and outputs are preallocated NumPy arrays that the
+Julia ``!`` kernels fill in place. Long kernels run without holding the GIL. Indices are 0-based
+here and 1-based in Julia.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "JULIA_FUNCTIONS",
+    "JuliaBackendError",
+    "auto_kernels",
+    "julia_available",
+    "julia_package_dir",
+    "kernels",
+    "load",
+]
+
+log = logging.getLogger("pyapred")
+
+#: Every APRampFit function this module calls (the tests check each is defined in julia/src).
+JULIA_FUNCTIONS = (
+    "extract_kernel!",
+    "equal_weight_kernel!",
+    "chi2_kernel!",
+    "prepare_diffs_kernel!",
+    "initial_guess!",
+    "fit_omega_groups",
+    "gauss_newton_step",
+    "gibbs",
+)
+
+GUIDANCE = (
+    "To use backend='julia': pip install 'pyapred[julia]' (juliacall). Where the internet is "
+    "reachable, juliacall installs a Julia of its own on first use (allow it here with "
+    "PYAPRED_ALLOW_JULIA_DOWNLOAD=1, or put `julia` on PATH). On clusters and offline machines, "
+    "point juliacall at an existing Julia and a prepared environment: PYTHON_JULIACALL_EXE="
+    "/path/to/julia and PYTHON_JULIACALL_PROJECT=/abs/path/to/env (an environment holding "
+    "PythonCall at juliacall's version); see docs/julia.md."
+)
+
+
+class JuliaBackendError(ImportError):
+    """Julia, juliacall or APRampFit could not be loaded; the message says how to fix it.
+
+    Attributes
+    ----------
+    reason : str
+        Why, in one short line (the message adds :data:`GUIDANCE`).
+    """
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"{reason}. {GUIDANCE}")
+
+
+def julia_package_dir() -> Path:
+    """Directory of the APRampFit package: inside the wheel, or the repository's ``julia/``.
+
+    Raises
+    ------
+    JuliaBackendError
+        If neither holds ``Project.toml`` and ``src/APRampFit.jl``.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "julia", here.parent / "julia"):
+        if (candidate / "Project.toml").is_file() and (candidate / "src/APRampFit.jl").is_file():
+            return candidate
+    raise JuliaBackendError(f"the APRampFit Julia package is not installed next to {here}")
+
+
+def _missing_reason() -> str | None:
+    """Why Julia cannot start here, or None when it may; starts nothing."""
+    if importlib.util.find_spec("juliacall") is None:
+        return "no Julia runtime: juliacall is not installed"
+    env = ("PYTHON_JULIACALL_EXE", "PYTHON_JULIAPKG_EXE", "PYTHON_JULIACALL_BINDIR")
+    if any(os.environ.get(name) for name in env) or shutil.which("julia"):
+        return None
+    if os.environ.get("PYAPRED_ALLOW_JULIA_DOWNLOAD") == "1":
+        return None
+    return "no Julia runtime: no julia executable found and downloading one is not enabled"
+
+
+def julia_available() -> bool:
+    """Whether the Julia backend can be tried (juliacall and a Julia); starts nothing."""
+    return _module is not None or (_failure is None and _missing_reason() is None)
+
+
+_lock = threading.Lock()
+_module = None  # the APRampFit module, once loaded
+_failure: str | None = None  # why loading failed, once it has
+_auto_logged = False
+
+
+def load():
+    """Start Julia (once) and return the APRampFit module as a juliacall object.
+
+    Raises
+    ------
+    JuliaBackendError
+        With the reason and :data:`GUIDANCE`; later calls raise it again without retrying.
+    """
+    global _module, _failure
+    with _lock:
+        if _module is not None:
+            return _module
+        if _failure is None:
+            _failure = _missing_reason()
+        if _failure is None:
+            try:
+                _module = _start_julia()
+                return _module
+            except Exception as exc:  # juliacall raises plain Exception or URLError
+                _failure = f"Julia could not be started: {type(exc).__name__}: {exc}"
+        raise JuliaBackendError(_failure)
+
+
+def _start_julia():
+    if "juliacall" in sys.modules:
+        warnings.warn(
+            "juliacall was imported before pyapred configured it; PYTHON_JULIACALL_THREADS and "
+            "PYTHON_JULIACALL_HANDLE_SIGNALS may not take effect",
+            stacklevel=3,
+        )
+    # Threaded Julia inside Python needs Julia's signal handling (PythonCall #219).
+    os.environ.setdefault("PYTHON_JULIACALL_HANDLE_SIGNALS", "yes")
+    os.environ.setdefault("PYTHON_JULIACALL_THREADS", "auto")
+    import juliacall
+
+    jl = juliacall.newmodule("PyapredBackend")
+    jl.seval("path -> pushfirst!(LOAD_PATH, path)")(str(julia_package_dir()))
+    jl.seval("using APRampFit")
+    module = jl.APRampFit
+    from . import __version__
+
+    version = str(jl.seval("string(pkgversion(APRampFit))"))
+    if version != __version__:
+        warnings.warn(f"APRampFit {version} differs from pyapred {__version__}", stacklevel=3)
+    return module
+
+
+def kernels():
+    """This module as the kernel namespace of ``backend="julia"``, after loading Julia."""
+    load()
+    return sys.modules[__name__]
+
+
+def auto_kernels():
+    """The kernels of ``backend="auto"``: Julia where it loads, else NumPy; logs the choice once."""
+    global _auto_logged
+    try:
+        chosen = kernels()
+        message = "pyapred: backend='auto' uses Julia (APRampFit)"
+    except JuliaBackendError as exc:
+        from .solver import _numpy as chosen
+
+        message = f"pyapred: backend='auto' uses NumPy ({exc.reason})"
+    if not _auto_logged:
+        _auto_logged = True
+        log.info(message)
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels: the signatures of pyapred.solver._numpy
+# --------------------------------------------------------------------------------------------
+def _fn(name: str, nogil: bool = True):
+    """The Julia function ``name`` (``!`` is spelled ``_b`` in Python), called without the GIL."""
+    function = getattr(load(), name.replace("!", "_b"))
+    return function._jl_call_nogil if nogil else function
+
+
+def _jl(array) -> np.ndarray:
+    """An input array as Julia should see it: native byte order, writeable, axes reversed."""
+    array = np.asarray(array)
+    if not array.dtype.isnative or not array.flags.writeable:
+        array = array.astype(array.dtype.newbyteorder("="), copy=True)
+    return array.T
+
+
+def _from_jl(value, stack: bool = False) -> np.ndarray:
+    """A Julia result as a C-order NumPy copy; ``stack`` for ``(K, K, G)`` -> ``(G, K, K)``."""
+    array = np.asarray(value)
+    return np.array(array.transpose(2, 0, 1) if stack else array.T)
+
+
+def extract_kernel(reads, bad, use_mask, omega, groups, dt, read_noise, gain, saturation,
+                   n_pass, flux, flux_var, chi2, n_diff, flags):  # fmt: skip
+    """See :func:`pyapred.solver._numpy.extract_kernel`."""
+    _fn("extract_kernel!")(
+        flux, flux_var, chi2, n_diff, flags, _jl(reads), _jl(bad), bool(use_mask), _jl(omega),
+        np.asarray(groups, dtype=np.int64) + 1, _jl(dt), _jl(read_noise), _jl(gain),
+        _jl(saturation), int(n_pass),
+    )  # fmt: skip
+
+
+def equal_weight_kernel(reads, bad, use_mask, read_noise, gain, saturation, flux, flux_var, chi2,
+                        n_diff, flags):  # fmt: skip
+    """See :func:`pyapred.solver._numpy.equal_weight_kernel`."""
+    _fn("equal_weight_kernel!")(
+        flux, flux_var, chi2, n_diff, flags, _jl(reads), _jl(bad), bool(use_mask),
+        _jl(read_noise), _jl(gain), _jl(saturation),
+    )  # fmt: skip
+
+
+def chi2_kernel(diffs, valid, s2, x, flux, fit_pixel, out):
+    """See :func:`pyapred.solver._numpy.chi2_kernel`."""
+    _fn("chi2_kernel!")(out.T, _jl(diffs), _jl(valid), _jl(s2), _jl(x), _jl(flux), _jl(fit_pixel))
+
+
+def prepare_diffs_kernel(reads, bad, use_mask, gain, saturation, diffs, valid, flags):
+    """See :func:`pyapred.solver._numpy.prepare_diffs_kernel`."""
+    _fn("prepare_diffs_kernel!")(
+        diffs.T, valid.T, flags.T, _jl(reads), _jl(bad), bool(use_mask), _jl(gain),
+        _jl(saturation),
+    )  # fmt: skip
+
+
+def _ref_index_jl(ref_index):
+    return None if ref_index is None else np.asarray(ref_index, dtype=np.int64) + 1
+
+
+def initial_guess(diffs, valid, s2, dt, fit_pixel, *, reference=False, ref_index=None):
+    """See :func:`pyapred.solver._numpy.initial_guess`."""
+    G, P, K = diffs.shape
+    omega = np.empty((G, K))
+    flux = np.empty((G, P))
+    kstar = np.empty(G, dtype=np.int64)
+    _fn("initial_guess!")(
+        omega.T, flux.T, kstar, _jl(diffs), _jl(valid), _jl(s2), _jl(dt), _jl(fit_pixel),
+        reference=bool(reference), ref_index=_ref_index_jl(ref_index),
+    )  # fmt: skip
+    return omega, flux, kstar - 1
+
+
+def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_iter, ref_index):
+    """See :func:`pyapred.solver._numpy.fit_omega_groups`."""
+    res = _fn("fit_omega_groups")(
+        _jl(diffs), _jl(valid), _jl(s2), _jl(dt), _jl(fit_pixel), reference=bool(reference),
+        rtol=float(rtol), max_iter=int(max_iter), ref_index=_ref_index_jl(ref_index),
+    )  # fmt: skip
+    out = {name: _from_jl(getattr(res, name)) for name in
+           ("omega", "flux", "flux_var", "chi2", "n_iter", "converged", "has_data")}  # fmt: skip
+    out["omega_cov"] = _from_jl(res.omega_cov, stack=True)
+    out["ref_index"] = _from_jl(res.ref_index).astype(np.int64) - 1
+    return out
+
+
+def gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pixel):
+    """See :func:`pyapred.solver._numpy.gauss_newton_step`."""
+    d_flux, d_omega, sch = _fn("gauss_newton_step")(
+        _jl(diffs), _jl(valid), _jl(s2), _jl(dt), _jl(flux), _jl(omega),
+        _ref_index_jl(ref_index), _jl(fit_pixel),
+    )  # fmt: skip
+    return _from_jl(d_flux), _from_jl(d_omega), _from_jl(sch, stack=True)
+
+
+def gibbs(diffs, valid, s2, dt, fit_pixel, omega, flux, kstar, burn_in, noise):
+    """See :func:`pyapred.solver._numpy.gibbs`."""
+    omega_s, flux_s = _fn("gibbs")(
+        _jl(diffs), _jl(valid), _jl(s2), _jl(dt), _jl(fit_pixel), _jl(omega), _jl(flux),
+        int(kstar) + 1, int(burn_in), _jl(noise),
+    )  # fmt: skip
+    return _from_jl(omega_s), _from_jl(flux_s)

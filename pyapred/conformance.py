@@ -1,0 +1,160 @@
+"""Conformance vectors: small cases that bind the NumPy and Julia backends to the same numbers.
+
+A vector is one TOML file (``tests/conformance/*.toml``) with the inputs and expected outputs of
+one call, generated from the NumPy backend by ``scripts/make_conformance_vectors.py``. Python reads
+it with ``tomllib`` and ``julia/test/runtests.jl`` with Julia's ``TOML``. Layout::
+
+    name = "constant_basic"
+    description = "..."
+    function = "fit_constant"      # a name of FUNCTIONS
+    rtol = 1e-12
+    [inputs]                       # arrays in NumPy C order, e.g. reads (n_reads, n_pix)
+    [expected]                     # the result's fields, same order
+
+Indices (``groups``, ``ref_index``, ``kstar``) are 0-based, as in Python. Floats are written with
+``repr``, so they round-trip exactly; NaN and infinities use TOML's ``nan`` and ``inf``.
+
+An output matches when its shape, NaN pattern and integer values are equal and every float
+differs by at most ``rtol`` times the largest absolute expected value of that output.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FUNCTIONS",
+    "compare",
+    "default_vector_dir",
+    "dumps",
+    "load_vector",
+    "run_vector",
+]
+
+#: Functions a vector may name, with their positional inputs (the rest are keywords).
+FUNCTIONS = {
+    "fit_constant": ("reads", "read_noise"),
+    "extract_fluxes": ("reads", "read_noise", "omega"),
+    "fit_equal_weight": ("reads", "read_noise"),
+    "fit_omega": ("reads", "read_noise"),
+    "initial_guess": ("reads", "read_noise"),
+    "gauss_newton_step": ("diffs", "valid", "s2", "dt", "flux", "omega", "ref_index", "fit_pixel"),
+    "gibbs": ("diffs", "valid", "s2", "dt", "fit_pixel", "omega", "flux", "kstar", "burn_in",
+              "noise"),
+}  # fmt: skip
+
+_OUTPUT_NAMES = {
+    "initial_guess": ("omega", "flux", "ref_index"),
+    "gauss_newton_step": ("d_flux", "d_omega", "schur"),
+    "gibbs": ("omega_samples", "flux_samples"),
+}
+
+
+def default_vector_dir() -> Path | None:
+    """``tests/conformance`` of the source tree this package runs from, if there is one."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "conformance"
+    return path if path.is_dir() else None
+
+
+def load_vector(path: str | os.PathLike) -> dict:
+    """Read one vector; arrays come back as NumPy arrays."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    with open(path, "rb") as file:
+        vector = tomllib.load(file)
+    for section in ("inputs", "expected"):
+        vector[section] = {key: _array(value) for key, value in vector[section].items()}
+    return vector
+
+
+def _array(value):
+    return np.asarray(value) if isinstance(value, list) else value
+
+
+def run_vector(vector: Mapping, backend: str = "numpy") -> dict[str, np.ndarray]:
+    """Run the vector's function on its inputs with ``backend``; returns the outputs by name."""
+    from .solver import api
+
+    name = vector["function"]
+    inputs = dict(vector["inputs"])
+    args = [inputs.pop(key) for key in FUNCTIONS[name]]
+    if name in ("gauss_newton_step", "gibbs"):
+        result = getattr(api._backend(backend), name)(*args, **inputs)
+    else:
+        result = getattr(api, name)(*args, **inputs, backend=backend)
+    if name in _OUTPUT_NAMES:
+        return dict(zip(_OUTPUT_NAMES[name], map(np.asarray, result), strict=True))
+    return {key: np.asarray(value) for key, value in result.__dict__.items()}
+
+
+def compare(expected: Mapping, got: Mapping, rtol: float) -> dict[str, tuple[float, float, bool]]:
+    """Per output: ``(max absolute difference, max relative difference, within tolerance)``.
+
+    The relative difference is taken against the output's largest absolute expected value.
+    """
+    report = {}
+    for key, want in expected.items():
+        want = np.asarray(want)
+        have = np.asarray(got[key])
+        if have.shape != want.shape:
+            report[key] = (math.inf, math.inf, False)
+            continue
+        if want.dtype.kind in "biu":
+            same = np.array_equal(have, want)
+            report[key] = (0.0 if same else math.inf, 0.0 if same else math.inf, same)
+            continue
+        want = want.astype(np.float64)
+        have = have.astype(np.float64)
+        same_nan = np.array_equal(np.isnan(want), np.isnan(have))
+        finite = np.isfinite(want) & np.isfinite(have)
+        same_inf = np.array_equal(want[~np.isfinite(want)], have[~np.isfinite(want)], True)
+        diff = np.abs(have[finite] - want[finite])
+        abs_diff = float(diff.max()) if diff.size else 0.0
+        scale = float(np.abs(want[finite]).max()) if diff.size else 0.0
+        rel_diff = abs_diff / scale if scale > 0 else (0.0 if abs_diff == 0 else math.inf)
+        if not (same_nan and same_inf):
+            abs_diff = rel_diff = math.inf
+        report[key] = (abs_diff, rel_diff, abs_diff <= rtol * scale and same_nan and same_inf)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+def _toml_value(value) -> str:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        value = float(value)
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps(vector: Mapping) -> str:
+    """The TOML text of a vector: top-level scalars, then the ``inputs`` and ``expected`` tables."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in vector.items()
+             if not isinstance(value, Mapping)]  # fmt: skip
+    for section in ("inputs", "expected"):
+        lines += ["", f"[{section}]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in vector[section].items()]
+    return "\n".join(lines) + "\n"

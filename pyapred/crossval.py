@@ -1,0 +1,77 @@
+"""``pyapred crossval``: run the NumPy and Julia backends on the same input and compare them.
+
+Inputs: the conformance vectors (``--vectors [DIR]``) or a simulated exposure (``--simulate``).
+For every output it prints the largest absolute and relative difference between the backends
+(relative to the output's largest absolute value) and exits 1 beyond ``--rtol``. Without a Julia
+runtime it says so in one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_NO_JULIA, EXIT_BAD_INPUT = 0, 1, 2, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--vectors", nargs="?", const="", metavar="DIR",
+                        help="the conformance vectors (default: the source tree's "
+                             "tests/conformance)")  # fmt: skip
+    source.add_argument("--simulate", action="store_true",
+                        help="a simulated fibre under a changing sky")  # fmt: skip
+    parser.add_argument("--rtol", type=float, default=None,
+                        help="tolerance (default: per vector; 1e-10 simulated)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=7, help="random seed of --simulate")
+    parser.add_argument("--pixels", type=int, default=200, help="pixels of --simulate")
+    parser.add_argument("--reads", type=int, default=20, help="reads of --simulate")
+
+
+def _simulated_cases(args: argparse.Namespace) -> list[dict]:
+    from .simulate import omega_uniform, simulate_ramps
+
+    rng = np.random.default_rng(args.seed)
+    omega = omega_uniform(args.reads - 1, 0.5, rng)
+    sim = simulate_ramps(rng.uniform(50, 1500, args.pixels), 15.0, omega=omega, rng=rng,
+                         cosmic_ray_rate=0.01, saturation=40000.0)  # fmt: skip
+    common = {"reads": sim.reads, "read_noise": 15.0}
+    rtol = 1e-10 if args.rtol is None else args.rtol
+    cases = [("fit_constant", {}), ("fit_equal_weight", {}), ("fit_omega", {}),
+             ("extract_fluxes", {"omega": omega / omega.max()})]  # fmt: skip
+    return [{"name": f"simulated {name}", "function": name, "rtol": rtol,
+             "inputs": {**common, **extra}} for name, extra in cases]  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compare the backends; 0 within tolerance, 1 beyond it, 2 without Julia or vectors."""
+    from ._julia import JuliaBackendError, load
+    from .conformance import compare, default_vector_dir, load_vector, run_vector
+
+    try:
+        load()
+    except JuliaBackendError as exc:
+        print(f"pyapred crossval: {exc.reason}; see docs/julia.md", file=sys.stderr)
+        return EXIT_NO_JULIA
+    if args.simulate:
+        cases = _simulated_cases(args)
+    else:
+        folder = Path(args.vectors) if args.vectors else default_vector_dir()
+        paths = sorted(folder.glob("*.toml")) if folder is not None else []
+        if not paths:
+            print(f"pyapred crossval: no conformance vectors in {folder}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        cases = [load_vector(path) for path in paths]
+    worst = EXIT_OK
+    print(f"{'case':<36} {'output':<14} {'max abs diff':>13} {'max rel diff':>13}")
+    for case in cases:
+        rtol = case["rtol"] if args.rtol is None else args.rtol
+        report = compare(run_vector(case, "numpy"), run_vector(case, "julia"), rtol)
+        for output, (abs_diff, rel_diff, ok) in report.items():
+            mark = "" if ok else "  BEYOND TOLERANCE"
+            print(f"{case['name']:<36} {output:<14} {abs_diff:13.3e} {rel_diff:13.3e}{mark}")
+            worst = worst if ok else EXIT_DIFFERENT
+    return worst

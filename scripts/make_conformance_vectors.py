@@ -1,0 +1,358 @@
+"""Regenerate the conformance vectors in tests/conformance/ from the NumPy backend.
+
+Usage: ``python scripts/make_conformance_vectors.py [OUTDIR]``. Every case is seeded, so a rerun
+rewrites the same files (up to the last bits of floating point on another machine). Both the
+Python tests (tomllib) and julia/test/runtests.jl (TOML) check their backend against these files.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pyapred import simulate_ramps
+from pyapred.conformance import dumps, run_vector
+from pyapred.solver import api
+
+RTOL = 1e-12
+CASES: list[dict] = []
+
+
+def case(name: str, function: str, description: str, **inputs) -> None:
+    CASES.append({"name": name, "description": description, "function": function,
+                  "rtol": RTOL, "inputs": inputs})  # fmt: skip
+
+
+def ramps(seed, flux, n_reads=8, sigma=12.0, omega=None, **kwargs):
+    rng = np.random.default_rng(seed)
+    sim = simulate_ramps(np.asarray(flux, float), sigma, n_reads=n_reads, omega=omega, rng=rng,
+                         **kwargs)  # fmt: skip
+    return sim.reads
+
+
+OMEGA7 = np.array([1.0, 0.9, 0.55, 0.8, 0.97, 0.7, 0.85])
+FLUX5 = [400.0, 650.0, 900.0, 1200.0, 300.0]
+
+# --- constant model --------------------------------------------------------------------------
+case(
+    "constant_basic",
+    "fit_constant",
+    "Brandt constant fit, 6 pixels, unit spacing",
+    reads=ramps(1, [5.0, 50.0, 200.0, 800.0, 2000.0, 0.0]),
+    read_noise=12.0,
+)
+case(
+    "constant_gain_per_pixel",
+    "fit_constant",
+    "DN input, per-pixel gain and read noise",
+    reads=ramps(2, [100.0, 300.0, 900.0, 50.0], gain=1.9),
+    read_noise=np.array([6.0, 7.0, 8.0, 5.5]),
+    gain=np.array([1.9, 1.8, 2.0, 1.7]),
+)
+case(
+    "constant_three_pass",
+    "fit_constant",
+    "n_pass = 3 covariance refreshes",
+    reads=ramps(3, [30.0, 600.0, 1500.0]),
+    read_noise=10.0,
+    n_pass=3,
+)
+case(
+    "constant_one_pass",
+    "fit_constant",
+    "n_pass = 1: the median-rate covariance only",
+    reads=ramps(3, [30.0, 600.0, 1500.0]),
+    read_noise=10.0,
+    n_pass=1,
+)
+case(
+    "constant_zero_flux",
+    "fit_constant",
+    "zero flux: pure read noise",
+    reads=ramps(4, [0.0, 0.0, 0.0, 0.0]),
+    read_noise=15.0,
+)
+case(
+    "constant_negative_flux",
+    "fit_constant",
+    "negative-going ramps (photon noise clipped at 0)",
+    reads=-ramps(5, [20.0, 80.0, 300.0]),
+    read_noise=12.0,
+)
+case(
+    "constant_unequal_read_times",
+    "fit_constant",
+    "unequal read times; flux per unit time",
+    reads=ramps(6, [100.0, 500.0, 1000.0], n_reads=6, read_times=[0.0, 1.0, 2.5, 3.0, 5.0, 5.5]),
+    read_noise=9.0,
+    read_times=np.array([0.0, 1.0, 2.5, 3.0, 5.0, 5.5]),
+)
+case(
+    "constant_2d_pixels",
+    "fit_constant",
+    "pixel shape (ny, nx) = (2, 3)",
+    reads=ramps(7, np.array([[10.0, 100.0, 400.0], [900.0, 0.0, 60.0]])),
+    read_noise=11.0,
+)
+
+# --- masks ------------------------------------------------------------------------------------
+masked = ramps(8, [200.0, 400.0, 600.0, 800.0, 1000.0, 50.0])
+masked[3, 0] = np.nan  # NaN read in the middle
+masked[0, 1] = np.inf  # first read not finite
+mask = np.zeros(masked.shape, bool)
+mask[2, 2] = True  # one masked read
+mask[:, 3] = True  # all masked
+mask[1:7, 4] = True  # only reads 0 and 7 left: no usable difference
+mask[[1, 3, 5], 5] = True  # alternating: 1 usable difference
+case(
+    "constant_masks",
+    "fit_constant",
+    "NaN, inf, one masked read, all masked, none usable, one usable difference",
+    reads=masked,
+    read_noise=12.0,
+    mask=mask,
+)
+case(
+    "constant_saturation",
+    "fit_constant",
+    "saturation per pixel: mid-ramp, at the first read, never",
+    reads=ramps(9, [3000.0, 10000.0, 200.0]),
+    read_noise=12.0,
+    saturation=np.array([15000.0, 5.0, 1e9]),
+)
+sat_reads = ramps(10, [2500.0, 2500.0])
+case(
+    "constant_two_usable_diffs",
+    "fit_constant",
+    "saturation leaves exactly 2 differences",
+    reads=sat_reads,
+    read_noise=12.0,
+    saturation=float(sat_reads[2, 0] + 1.0),
+)
+
+# --- extraction with omega fixed ---------------------------------------------------------------
+case(
+    "extract_omega",
+    "extract_fluxes",
+    "eq-15 fluxes with a time-variable omega",
+    reads=ramps(11, FLUX5, omega=OMEGA7),
+    read_noise=12.0,
+    omega=OMEGA7,
+)
+omega_nan = OMEGA7.copy()
+omega_nan[2] = np.nan
+case(
+    "extract_omega_nan_element",
+    "extract_fluxes",
+    "a NaN omega element masks that difference",
+    reads=ramps(12, FLUX5, omega=OMEGA7),
+    read_noise=12.0,
+    omega=omega_nan,
+)
+case(
+    "extract_omega_groups",
+    "extract_fluxes",
+    "two omega rows selected by groups",
+    reads=ramps(13, [100.0, 500.0, 900.0, 1500.0], omega=OMEGA7),
+    read_noise=10.0,
+    omega=np.stack([OMEGA7, np.linspace(1.0, 0.6, 7)]),
+    groups=np.array([0, 1, 1, 0]),
+)
+case(
+    "extract_omega_masked",
+    "extract_fluxes",
+    "omega with a mask, gain and saturation",
+    reads=ramps(14, FLUX5, omega=OMEGA7, gain=2.0),
+    read_noise=6.0,
+    omega=OMEGA7,
+    gain=2.0,
+    mask=np.eye(8, 5, k=-2, dtype=bool),
+    saturation=4000.0,
+)
+
+# --- equal weight ------------------------------------------------------------------------------
+case(
+    "equal_weight_basic",
+    "fit_equal_weight",
+    "Rauscher equal-weight slope",
+    reads=ramps(15, [0.0, 10.0, 100.0, 1000.0, 3.0]) * np.array([1, 1, 1, 1, -1]),
+    read_noise=12.0,
+)
+case(
+    "equal_weight_masks",
+    "fit_equal_weight",
+    "equal weight with NaN, masks and saturation",
+    reads=masked,
+    read_noise=12.0,
+    mask=mask,
+    gain=1.5,
+    saturation=2000.0,
+)
+
+# --- time-variable model ------------------------------------------------------------------------
+tv_reads = ramps(16, FLUX5 + [800.0], omega=OMEGA7)
+case(
+    "initial_guess_default",
+    "initial_guess",
+    "five-step initial guess, corrected weights",
+    reads=tv_reads,
+    read_noise=12.0,
+)
+case(
+    "initial_guess_reference",
+    "initial_guess",
+    "initial guess with the reference weights (Q1)",
+    reads=tv_reads,
+    read_noise=12.0,
+    mode="reference",
+)
+case(
+    "fit_omega_default",
+    "fit_omega",
+    "joint fit, default mode (relative tolerance)",
+    reads=tv_reads,
+    read_noise=12.0,
+)
+case(
+    "fit_omega_reference",
+    "fit_omega",
+    "joint fit, reference mode (Q1, Q3, >= 3 iterations)",
+    reads=tv_reads,
+    read_noise=12.0,
+    mode="reference",
+)
+case(
+    "fit_omega_fixed_last",
+    "fit_omega",
+    "the fixed element is the last difference",
+    reads=tv_reads,
+    read_noise=12.0,
+    ref_index=6,
+)
+tv_masked = ramps(17, FLUX5, omega=OMEGA7)
+tv_mask = np.zeros(tv_masked.shape, bool)
+tv_mask[3, 1] = True
+tv_mask[5:, 2] = True
+tv_masked[2, 4] = np.nan
+case(
+    "fit_omega_masks",
+    "fit_omega",
+    "joint fit with masked reads, NaN and saturation",
+    reads=tv_masked,
+    read_noise=12.0,
+    mask=tv_mask,
+    saturation=8000.0,
+)
+tv_nodata = ramps(18, FLUX5, omega=OMEGA7)
+tv_nodata_mask = np.zeros(tv_nodata.shape, bool)
+tv_nodata_mask[4, :] = True  # read 4 masked everywhere: differences 3 and 4 have no data
+case(
+    "fit_omega_element_no_data",
+    "fit_omega",
+    "omega elements with no data are NaN",
+    reads=tv_nodata,
+    read_noise=12.0,
+    mask=tv_nodata_mask,
+)
+groups_reads = np.stack([ramps(19, FLUX5, omega=OMEGA7), ramps(20, FLUX5, omega=OMEGA7[::-1])],
+                        axis=1)  # fmt: skip
+groups_mask = np.zeros(groups_reads.shape, bool)
+groups_mask[:, 1, 3:] = True  # padding pixels of group 1
+case(
+    "fit_omega_groups",
+    "fit_omega",
+    "two groups in one call, padding pixels",
+    reads=groups_reads,
+    read_noise=12.0,
+    mask=groups_mask,
+    gain=1.5,
+)
+empty_mask = np.zeros(groups_reads.shape, bool)
+empty_mask[:, 1, :] = True
+case(
+    "fit_omega_empty_group",
+    "fit_omega",
+    "a group with no usable pixel",
+    reads=groups_reads,
+    read_noise=12.0,
+    mask=empty_mask,
+)
+case(
+    "fit_omega_unequal_read_times",
+    "fit_omega",
+    "joint fit with unequal read times",
+    reads=ramps(21, FLUX5, n_reads=6, omega=OMEGA7[:5], read_times=[0.0, 1.0, 1.5, 3.0, 4.0, 6.0]),
+    read_noise=10.0,
+    read_times=np.array([0.0, 1.0, 1.5, 3.0, 4.0, 6.0]),
+)
+case(
+    "fit_omega_not_converged",
+    "fit_omega",
+    "max_iter = 1 stops before convergence",
+    reads=tv_reads,
+    read_noise=12.0,
+    max_iter=1,
+)
+
+
+def _kernel_inputs(reads, read_noise):
+    """The electron-unit (G, P, K) layout that fit_omega builds, for the kernel-level cases."""
+    _, diffs, valid, flags, s2, dt, _ = api._group_inputs(reads, read_noise, 1.0, None, None,
+                                                          None, "numpy")  # fmt: skip
+    fit_pixel, _, _ = api._fit_pixels(valid, flags)
+    return diffs, valid, s2, dt, fit_pixel
+
+
+diffs, valid, s2, dt, fit_pixel = _kernel_inputs(tv_reads, 12.0)
+omega0, flux0, kstar0 = api._backend().initial_guess(diffs, valid, s2, dt, fit_pixel)
+case(
+    "gauss_newton_step",
+    "gauss_newton_step",
+    "one Schur-complement Gauss-Newton step",
+    diffs=diffs,
+    valid=valid,
+    s2=s2,
+    dt=dt,
+    flux=flux0,
+    omega=omega0,
+    ref_index=kstar0,
+    fit_pixel=fit_pixel,
+)
+start = api.fit_omega(tv_reads, 12.0)
+n_free = int(np.isfinite(start.omega).sum()) - 1
+noise = np.random.default_rng(22).standard_normal((12, diffs.shape[1] + n_free))
+case(
+    "gibbs_sweeps",
+    "gibbs",
+    "12 Gibbs sweeps (4 burn-in) with given standard normal draws",
+    diffs=diffs,
+    valid=valid,
+    s2=s2,
+    dt=dt,
+    fit_pixel=fit_pixel,
+    omega=start.omega[None],
+    flux=start.flux[None],
+    kstar=int(start.ref_index),
+    burn_in=4,
+    noise=noise,
+)
+
+
+def main(argv: list[str]) -> int:
+    outdir = Path(argv[0]) if argv else Path(__file__).resolve().parent.parent / "tests/conformance"
+    outdir.mkdir(parents=True, exist_ok=True)
+    for vector in CASES:
+        vector["expected"] = run_vector(vector, "numpy")
+        text = "# Generated by scripts/make_conformance_vectors.py; do not edit.\n" + dumps(vector)
+        path = outdir / f"{vector['name']}.toml"
+        tmp = path.with_suffix(".toml.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    print(f"wrote {len(CASES)} vectors to {outdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,69 @@
+"""The conformance vectors: the NumPy backend reproduces every one; Julia too where it runs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pyapred.conformance import FUNCTIONS, compare, dumps, load_vector, run_vector
+
+VECTOR_DIR = Path(__file__).parent / "conformance"
+VECTORS = sorted(VECTOR_DIR.glob("*.toml"))
+
+
+def test_there_are_enough_vectors_covering_every_function():
+    assert len(VECTORS) >= 20
+    functions = {load_vector(path)["function"] for path in VECTORS}
+    assert functions == set(FUNCTIONS)
+
+
+def test_vectors_cover_the_edge_cases():
+    outputs = {path.stem: load_vector(path)["expected"] for path in VECTORS}
+    # Masks: too few differences (all masked, none usable, one usable) give NaN and the flag.
+    masks = outputs["constant_masks"]
+    assert list(masks["n_diff"][3:]) == [0, 0, 1] and np.isnan(masks["flux"][3:]).all()
+    assert outputs["constant_two_usable_diffs"]["n_diff"][0] == 2
+    assert outputs["fit_omega_fixed_last"]["ref_index"] == 6
+    assert np.isnan(outputs["fit_omega_element_no_data"]["omega"][3:5]).all()
+    assert list(outputs["fit_omega_empty_group"]["group_flags"]) == [0, 1 << 10 | 1 << 9]
+    assert not outputs["fit_omega_not_converged"]["converged"]
+    assert (outputs["constant_negative_flux"]["flux"] < 0).all()
+
+
+@pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
+def test_numpy_backend_reproduces_vector(path):
+    vector = load_vector(path)
+    report = compare(vector["expected"], run_vector(vector, "numpy"), vector["rtol"])
+    assert vector["rtol"] <= 1e-12
+    assert all(ok for _, _, ok in report.values()), report
+
+
+@pytest.mark.julia
+@pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
+def test_julia_backend_reproduces_vector(path):
+    vector = load_vector(path)
+    report = compare(vector["expected"], run_vector(vector, "julia"), vector["rtol"])
+    assert all(ok for _, _, ok in report.values()), report
+
+
+def test_compare_catches_a_small_difference():
+    vector = load_vector(VECTOR_DIR / "fit_omega_default.toml")
+    got = run_vector(vector, "numpy")
+    got["omega"] = got["omega"] * (1 + 1e-11)
+    assert not compare(vector["expected"], got, 1e-12)["omega"][2]
+    got["n_iter"] = got["n_iter"] + 1
+    assert not compare(vector["expected"], got, 1e-12)["n_iter"][2]
+
+
+def test_toml_round_trip_is_exact(tmp_path):
+    values = np.array([[0.1, -0.0, 1e-300, 5e-324], [np.nan, np.inf, -np.inf, 1.5e300]])
+    vector = {"name": "x", "function": "fit_constant", "rtol": 1e-12,
+              "inputs": {"a": values, "b": np.array([True, False]), "c": 3, "d": "default"},
+              "expected": {"e": np.arange(3)}}  # fmt: skip
+    path = tmp_path / "x.toml"
+    path.write_text(dumps(vector))
+    back = load_vector(path)
+    np.testing.assert_array_equal(back["inputs"]["a"], values)
+    assert np.signbit(back["inputs"]["a"][0, 1])
+    assert back["inputs"]["b"].dtype == bool and back["inputs"]["c"] == 3
+    assert back["inputs"]["d"] == "default" and back["expected"]["e"].dtype.kind == "i"
