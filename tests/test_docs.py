@@ -1,4 +1,4 @@
-"""Run every ``python`` code block of docs/*.md, and check docs/flags.md against the registry."""
+"""Run every ``python`` code block of README.md and docs/*.md, and check docs/flags.md against the registry."""
 
 import re
 from pathlib import Path
@@ -12,7 +12,8 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
 def _pages_with_code():
-    return sorted(p for p in DOCS.glob("*.md") if BLOCK.search(p.read_text()))
+    pages = [*DOCS.glob("*.md"), DOCS.parent / "README.md"]
+    return sorted(p for p in pages if BLOCK.search(p.read_text()))
 
 
 @pytest.mark.parametrize("page", _pages_with_code(), ids=lambda p: p.name)
