@@ -8,11 +8,12 @@ chi2 has a closed form in the quantities of one tridiagonal solve (section 1.5):
 ``u = C^-1 x``, ``z = C^-1 d``, ``a = x^T z / x^T u`` and ``S = [C^-1]_JJ - u_J u_J^T / x^T u``
 for the jump set J,
 
-    delta_chi2 = q^T S^-1 q,    q = z_J - a u_J,    jumps = S^-1 q.
+    delta_chi2 = q^T S^-1 q,    q = z_J - a u_J.
 
 The difference (or pair) with the largest drop, after subtracting each option's threshold, is
 masked and the search repeats on that pixel until nothing passes or at most 3 differences remain.
-As in Brandt's code, the covariance is built once per pixel at the median difference rate.
+As in Brandt's code, the covariance is built once per pixel at the median difference rate. The
+jump sizes are fitted at the end, all jumps at once, against the final flux.
 """
 
 from __future__ import annotations

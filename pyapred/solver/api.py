@@ -35,9 +35,9 @@ __all__ = [
     "OmegaFit",
     "OmegaSamples",
     "extract_fluxes",
+    "find_jumps",
     "fit_constant",
     "fit_equal_weight",
-    "find_jumps",
     "fit_omega",
     "initial_guess",
     "sample_omega",
@@ -636,8 +636,9 @@ def fit_omega(
         reference=mode == "reference", rtol=float(rtol), max_iter=int(max_iter), ref_index=kstar
     )
     if jump_search:
+        threshold = _check_threshold(jump_threshold, "jump_threshold")
         res, n_diff, flags = _fit_omega_with_jumps(
-            diffs, valid, s2, dt, fit_pixel, flags, _check_threshold(jump_threshold), options
+            diffs, valid, s2, dt, fit_pixel, flags, threshold, options
         )
     else:
         res = _backend().fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **options)
@@ -812,10 +813,10 @@ class JumpResult:
     flux: FluxFit
 
 
-def _check_threshold(threshold) -> float:
+def _check_threshold(threshold, name: str = "threshold") -> float:
     threshold = float(threshold)
     if not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold: expected a finite value > 0 (sigma), got {threshold}")
+        raise ValueError(f"{name}: expected a finite value > 0 (sigma), got {threshold}")
     return threshold
 
 

@@ -354,5 +354,5 @@ def test_joint_fit_jump_search_on_clean_groups_changes_nothing():
     assert not np.any(searched.flags & Flag.JUMP_DETECTED)
     np.testing.assert_array_equal(searched.omega, plain.omega)
     np.testing.assert_array_equal(searched.n_diff, plain.n_diff)
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(ValueError, match="jump_threshold"):
         fit_omega(reads, sigma, jump_search=True, jump_threshold=-1)
