@@ -1,5 +1,7 @@
 """find_jumps and fit_omega's jump search: a dense transcription of Brandt's search, statistics."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,8 @@ from pyapred import (
     simulate_ramps,
 )
 
-THR_ONE, THR_TWO = 4.5**2, 23.79  # 4.5 sigma for one jump; chi2 (2 dof) at the same tail
+# 4.5 sigma for one jump; for two, the chi2 (2 dof) with the same tail probability (23.79).
+THR_ONE, THR_TWO = 4.5**2, -2.0 * math.log(math.erfc(4.5 / math.sqrt(2.0)))
 
 
 # --------------------------------------------------------------------------------------------
