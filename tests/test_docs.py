@@ -1,4 +1,4 @@
-"""Run every ``python`` code block of README.md and docs/*.md, and check docs/flags.md against the registry."""
+"""Run the ``python`` code blocks of README.md and docs/*.md; check docs/flags.md."""
 
 import re
 from pathlib import Path

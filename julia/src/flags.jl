@@ -10,6 +10,10 @@ const SATURATED = 1 << 2
 const TOO_FEW_DIFFS = 1 << 3
 "Pixel: left out of the omega fit (padding, or too few usable differences)."
 const NOT_IN_OMEGA_FIT = 1 << 4
+"Pixel: the jump search flagged one or more differences; they are masked."
+const JUMP_DETECTED = 1 << 5
+"Pixel: 3 or fewer clean differences were left, too few to search for (more) jumps."
+const FEW_CLEAN_DIFFS = 1 << 6
 "Group: the Gauss-Newton iteration reached `max_iter` without converging."
 const NOT_CONVERGED = 1 << 8
 "Group: at least one omega element had no usable difference in any pixel; it is NaN."
@@ -23,6 +27,8 @@ const FLAG_NAMES = (
     SATURATED => "SATURATED",
     TOO_FEW_DIFFS => "TOO_FEW_DIFFS",
     NOT_IN_OMEGA_FIT => "NOT_IN_OMEGA_FIT",
+    JUMP_DETECTED => "JUMP_DETECTED",
+    FEW_CLEAN_DIFFS => "FEW_CLEAN_DIFFS",
     NOT_CONVERGED => "NOT_CONVERGED",
     OMEGA_ELEMENT_NO_DATA => "OMEGA_ELEMENT_NO_DATA",
     EMPTY_GROUP => "EMPTY_GROUP",

@@ -6,9 +6,11 @@ See :mod:`pyapred.solver.api` for the conventions shared by every function.
 from ._flags import Flag, describe_flags
 from .api import (
     FluxFit,
+    JumpResult,
     OmegaFit,
     OmegaSamples,
     extract_fluxes,
+    find_jumps,
     fit_constant,
     fit_equal_weight,
     fit_omega,
@@ -20,10 +22,12 @@ from .api import (
 __all__ = [
     "Flag",
     "FluxFit",
+    "JumpResult",
     "OmegaFit",
     "OmegaSamples",
     "describe_flags",
     "extract_fluxes",
+    "find_jumps",
     "fit_constant",
     "fit_equal_weight",
     "fit_omega",

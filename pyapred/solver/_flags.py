@@ -27,6 +27,10 @@ class Flag(enum.IntFlag):
     TOO_FEW_DIFFS = 1 << 3
     #: Pixel: left out of the omega fit (padding, or too few usable differences).
     NOT_IN_OMEGA_FIT = 1 << 4
+    #: Pixel: the jump search flagged one or more read differences (cosmic rays); they were masked.
+    JUMP_DETECTED = 1 << 5
+    #: Pixel: 3 or fewer clean differences were left, too few to search for (more) jumps.
+    FEW_CLEAN_DIFFS = 1 << 6
     #: Group: the Gauss-Newton iteration reached ``max_iter`` without converging.
     NOT_CONVERGED = 1 << 8
     #: Group: at least one omega element had no usable difference in any pixel; it is NaN.

@@ -110,6 +110,34 @@ def _backward(low, piv, y, out):
         out[k] = y[k] / piv[k] - low[k + 1] * out[k + 1]
 
 
+@njit(cache=True)
+def _gls_pixel(d, x, valid, s2, a0, n_pass, work):
+    """GLS of one pixel's ``d = f x + noise``, covariance refreshed ``n_pass`` times (jump search).
+
+    Returns ``(flux, variance, chi2)``. The variance is from the last pass (covariance built from
+    the previous estimate); chi2 uses the covariance at the final flux (spec sections 1.3, 3).
+    """
+    alpha, beta, piv, low, yx, yd = work[0], work[1], work[2], work[3], work[4], work[5]
+    K = d.shape[0]
+    rate = a0
+    flux = 0.0
+    var = np.nan
+    for _ in range(n_pass):
+        _factor(x, valid, s2, rate, alpha, beta, piv, low)
+        _forward(low, x, yx)
+        _forward(low, d, yd)
+        sxx = 0.0
+        sxd = 0.0
+        for k in range(K):
+            sxx += yx[k] * yx[k] / piv[k]
+            sxd += yx[k] * yd[k] / piv[k]
+        flux = sxd / sxx
+        var = 1.0 / sxx
+        rate = max(flux, 0.0)
+    chi2 = _chi2_pixel(d, x, valid, s2, flux, work)
+    return flux, var, chi2
+
+
 @njit(cache=True, inline="always")
 def _chi2_pixel(d, x, valid, s2, flux, work):
     """``(d - f x)^T C(f)^-1 (d - f x)`` with the photon noise at ``max(f x, 0)`` (eq 24)."""
@@ -162,6 +190,17 @@ def _median_of(buf, n):
     for i in range(1, n // 2):
         lower = max(lower, buf[i])
     return max(0.5 * (lower + upper), 0.0)
+
+
+@njit(cache=True, inline="always")
+def _median_rate(d, x, valid, buf):
+    """Median of ``d_k / x_k`` over usable differences with ``x_k > 0``, clipped at 0."""
+    n = 0
+    for k in range(d.shape[0]):
+        if valid[k] and x[k] > 0.0:
+            buf[n] = d[k] / x[k]
+            n += 1
+    return _median_of(buf, n)
 
 
 @njit(cache=True, inline="always")
@@ -263,12 +302,7 @@ def extract_kernel(
         rate = np.empty(B)
         buf = np.empty(K)
         for p in range(B):
-            n = 0
-            for k in range(K):
-                if valid[k, p] and x[k, p] > 0.0:
-                    buf[n] = d[k, p] / x[k, p]
-                    n += 1
-            rate[p] = _median_of(buf, n)
+            rate[p] = _median_rate(d[:, p], x[:, p], valid[:, p], buf)
         sxx = np.empty(B)
         sxd = np.empty(B)
         fl = np.empty(B)

@@ -35,9 +35,11 @@ from ._flags import Flag
 
 __all__ = [
     "FluxFit",
+    "JumpResult",
     "OmegaFit",
     "OmegaSamples",
     "extract_fluxes",
+    "find_jumps",
     "fit_constant",
     "fit_equal_weight",
     "fit_omega",
@@ -536,6 +538,8 @@ def fit_omega(
     max_iter: int = 50,
     mode: Literal["default", "reference"] = "default",
     backend: Backend = "numpy",
+    jump_search: bool = False,
+    jump_threshold: float = 4.5,
 ) -> OmegaFit:
     """Joint fit of the shared transparency vector omega and per-pixel fluxes (time-variable model).
 
@@ -570,7 +574,15 @@ def fit_omega(
         covariance from the last linearisation (Q3). ``"default"`` uses the corrected weights,
         the relative tolerance, and the covariance at the solution.
     backend : {"numpy", "julia", "auto"}, optional
-        As in :func:`fit_constant`.
+        As in :func:`fit_constant`. The jump search itself always runs on the NumPy backend.
+    jump_search : bool, optional
+        Alternate the fit with a jump (cosmic-ray) search in the fitted pixels (:func:`find_jumps`
+        with the current omega), masking what it finds and refitting, until the jump mask is
+        stable (at most 3 searches). Off by default here; the exposure pipeline turns it on, so
+        that cosmic rays in the fit pixels do not bias omega. Flagged pixels get
+        ``JUMP_DETECTED`` and a smaller ``n_diff``.
+    jump_threshold : float, optional
+        Threshold of the jump search in sigma, as in :func:`find_jumps`.
 
     Returns
     -------
@@ -606,10 +618,16 @@ def fit_omega(
         if np.any((kstar < 0) | (kstar >= K)):
             raise ValueError(f"ref_index: expected values in [0, {K}), got {ref_index}")
     fit_pixel, n_diff, flags = _fit_pixels(valid, flags)
-    res = _backend(backend).fit_omega_groups(
-        diffs, valid, s2, dt, fit_pixel,
-        reference=mode == "reference", rtol=float(rtol), max_iter=int(max_iter), ref_index=kstar,
-    )  # fmt: skip
+    options = dict(
+        reference=mode == "reference", rtol=float(rtol), max_iter=int(max_iter), ref_index=kstar
+    )
+    if jump_search:
+        threshold = _check_threshold(jump_threshold, "jump_threshold")
+        res, n_diff, flags = _fit_omega_with_jumps(
+            diffs, valid, s2, dt, fit_pixel, flags, threshold, options
+        )
+    else:
+        res = _backend(backend).fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **options)
     group_flags = np.zeros(G, dtype=np.int64)
     group_flags[~res["converged"]] |= Flag.NOT_CONVERGED
     group_flags[~res["has_data"].all(axis=1)] |= Flag.OMEGA_ELEMENT_NO_DATA
@@ -750,3 +768,191 @@ def sample_omega(
         flux=flux,
         ref_index=int(start.ref_index),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Jump (cosmic-ray) search
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JumpResult:
+    """Jumps found in every pixel's ramp, and the fluxes with them masked.
+
+    ``K = n_reads - 1``; difference ``k`` is ``reads[k + 1] - reads[k]``.
+
+    Attributes
+    ----------
+    diff_mask : ndarray, bool, ``(K, *pixel_shape)``
+        The updated mask, on differences: True where a difference is not used, because it touches
+        a masked, non-finite or saturated read, its omega element is not finite, or it holds a jump.
+    jumps : ndarray, bool, ``(K, *pixel_shape)``
+        True where the search flagged a jump.
+    jump_size : ndarray, float64, ``(K, *pixel_shape)``
+        Fitted jump (e- when ``gain=1``, else DN), the charge added to that difference beyond
+        the model; 0 where no jump was flagged.
+    n_jumps : ndarray, int64, ``pixel_shape``
+        Number of differences flagged per pixel.
+    flux : FluxFit
+        Eq-15 fluxes from the differences left (``~diff_mask``), as :func:`extract_fluxes` fits
+        them. Its flags add ``JUMP_DETECTED`` and ``FEW_CLEAN_DIFFS`` to the usual bits.
+    """
+
+    diff_mask: np.ndarray
+    jumps: np.ndarray
+    jump_size: np.ndarray
+    n_jumps: np.ndarray
+    flux: FluxFit
+
+
+def _check_threshold(threshold, name: str = "threshold") -> float:
+    threshold = float(threshold)
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"{name}: expected a finite value > 0 (sigma), got {threshold}")
+    return threshold
+
+
+def find_jumps(
+    reads,
+    read_noise,
+    *,
+    omega=None,
+    gain=1.0,
+    mask=None,
+    threshold: float = 4.5,
+    max_jumps: int | None = None,
+    groups=None,
+    read_times=None,
+    saturation=None,
+    two_adjacent: bool = False,
+) -> JumpResult:
+    """Find jumps (cosmic rays) in every pixel's ramp, under the constant or time-variable model.
+
+    Brandt's likelihood search (spec section 1.6, ``docs/jumps.md``). For every clean difference
+    ``k`` the ramp is refitted with a free jump in that difference, model ``f x + b e_k`` with
+    ``x = omega * dt`` (``omega = 1``: the constant model). The difference whose jump lowers chi2
+    most is masked if the drop exceeds ``threshold**2``, and the search repeats on that pixel
+    until nothing passes or at most 3 clean differences are left. Each refit is closed-form from
+    one O(K) tridiagonal solve. The covariance is evaluated at the median difference rate, as in
+    Brandt's code. With ``omega`` given, a dip in the sky is part of the model, not a jump.
+
+    Parameters
+    ----------
+    reads : array_like, ``(n_reads, *pixel_shape)``
+    read_noise : array_like
+        Single-read sigma in the units of ``reads``, broadcastable to ``pixel_shape``.
+    omega : array_like, ``(K,)`` or ``(n_groups, K)``, optional
+        Transparency factors, as in :func:`extract_fluxes`; default all 1 (constant model).
+    gain : float or array_like, optional
+        e-/DN, broadcastable to ``pixel_shape``.
+    mask : ndarray of bool, optional
+        ``reads.shape``; True = bad read. Differences touching it are never searched.
+    threshold : float, optional
+        Significance in sigma: a single jump needs a chi2 drop above ``threshold**2`` (20.25), a
+        pair of adjacent jumps the chi2 (2 dof) value of the same tail probability (23.8).
+    max_jumps : int, optional
+        Stop a pixel's search after this many flagged differences; default no limit.
+    groups : array_like of int, ``pixel_shape``, optional
+        Row of ``omega`` used by each pixel; required when ``omega`` is 2-D.
+    read_times : array_like, optional
+        ``(n_reads,)``; default unit spacing.
+    saturation : float or array_like, optional
+        Saturation level in the units of ``reads``.
+    two_adjacent : bool, optional
+        Also search for jumps in two adjacent differences (one bad read). Brandt's code does this
+        only for resultants of several reads; APOGEE's single reads need one-difference jumps only.
+
+    Returns
+    -------
+    JumpResult
+        Arrays of shape ``(K, *pixel_shape)`` or ``pixel_shape``; fluxes at omega's normalisation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyapred import find_jumps, simulate_ramps
+    >>> sim = simulate_ramps(np.full(500, 100.0), 15.0, n_reads=30, cosmic_ray_rate=0.005,
+    ...                      cosmic_ray_charge=(2000, 5000), rng=np.random.default_rng(3))
+    >>> res = find_jumps(sim.reads, 15.0)
+    >>> bool(np.array_equal(res.jumps, sim.jumps > 0))
+    True
+    """
+    from . import _jumps
+
+    reads = _as_reads(reads)
+    n_reads = reads.shape[0]
+    pixel_shape = reads.shape[1:]
+    K = n_reads - 1
+    if omega is None:
+        omega = np.ones(K)
+    omega2d = np.atleast_2d(np.asarray(omega, dtype=np.float64))
+    if omega2d.ndim != 2 or omega2d.shape[1] != K:
+        raise ValueError(f"omega: expected shape ({K},) or (n_groups, {K}), got {np.shape(omega)}")
+    if groups is None:
+        if omega2d.shape[0] != 1:
+            raise ValueError("groups: required when omega has one row per group")
+        groups_flat = np.zeros(int(np.prod(pixel_shape)), dtype=np.int64)
+    else:
+        groups_arr = np.asarray(groups)
+        if groups_arr.dtype.kind not in "iu" or groups_arr.shape != pixel_shape:
+            raise ValueError(
+                f"groups: expected integers of the pixel shape {pixel_shape}, "
+                f"got {groups_arr.dtype} {groups_arr.shape}"
+            )
+        if groups_arr.size and (groups_arr.min() < 0 or groups_arr.max() >= omega2d.shape[0]):
+            raise ValueError(f"groups: expected values in [0, {omega2d.shape[0]})")
+        groups_flat = np.ascontiguousarray(groups_arr, dtype=np.int64).reshape(-1)
+    thr_one, thr_two = _jumps.chi2_thresholds(_check_threshold(threshold))
+    if max_jumps is None:
+        max_jumps = _jumps.NO_LIMIT
+    elif int(max_jumps) < 0:
+        raise ValueError(f"max_jumps: expected None or an integer >= 0, got {max_jumps}")
+    sigma = _pixel_map(read_noise, "read_noise", pixel_shape)
+    gain_map = _pixel_map(gain, "gain", pixel_shape)
+    mask = _as_mask(mask, reads.shape)
+    sat = _saturation_map(saturation, pixel_shape)
+    dt = read_intervals(read_times, n_reads)
+
+    reads2d = _flat(reads, 1)
+    bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
+    n_pix = reads2d.shape[1]
+    usable = np.empty((K, n_pix), dtype=np.bool_)
+    jumps = np.empty((K, n_pix), dtype=np.bool_)
+    jump_size = np.empty((K, n_pix))
+    n_jumps = np.empty(n_pix, dtype=np.int64)
+    flux = np.empty(n_pix)
+    flux_var = np.empty(n_pix)
+    chi2 = np.empty(n_pix)
+    n_diff = np.empty(n_pix, dtype=np.int64)
+    flags = np.empty(n_pix, dtype=np.int64)
+    gain_flat = _ravel_pixels(gain_map)
+    _jumps.find_jumps_kernel(
+        reads2d, bad, mask is not None, np.ascontiguousarray(omega2d), groups_flat, dt,
+        _ravel_pixels(sigma), gain_flat, _ravel_pixels(sat), thr_one, thr_two, bool(two_adjacent),
+        int(max_jumps), 2, usable, jumps, jump_size, n_jumps, flux, flux_var, chi2, n_diff, flags,
+    )  # fmt: skip
+    diff_shape = (K,) + pixel_shape
+    return JumpResult(
+        diff_mask=~usable.reshape(diff_shape),
+        jumps=jumps.reshape(diff_shape),
+        jump_size=(jump_size / gain_flat).reshape(diff_shape),
+        n_jumps=n_jumps.reshape(pixel_shape),
+        flux=FluxFit(
+            flux=(flux / gain_flat).reshape(pixel_shape),
+            flux_var=(flux_var / gain_flat**2).reshape(pixel_shape),
+            chi2=chi2.reshape(pixel_shape),
+            n_diff=n_diff.reshape(pixel_shape),
+            flags=flags.reshape(pixel_shape),
+        ),
+    )
+
+
+def _fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, flags, threshold, options):
+    """fit_omega's joint fit alternated with the jump search: ``(res, n_diff, flags)``."""
+    from . import _jumps
+
+    res, used, n_jumps = _jumps.fit_omega_with_jumps(
+        diffs, valid, s2, dt, fit_pixel, threshold=threshold, max_rounds=3, **options
+    )
+    n_diff = used.sum(axis=-1).astype(np.int64)
+    flags = flags | np.where(n_jumps > 0, int(Flag.JUMP_DETECTED), 0)
+    flags |= np.where(fit_pixel & (n_diff <= _jumps.MIN_CLEAN_DIFFS), int(Flag.FEW_CLEAN_DIFFS), 0)
+    return res, n_diff, flags

@@ -1,0 +1,384 @@
+"""Jump (cosmic-ray) search inside the constant and time-variable ramp models: Numba kernels.
+
+Brandt's likelihood search (``docs/jumps.md``, ``../shared/docs/math-spec.md`` section 1.6) with
+the design vector ``x = omega * dt`` in place of the vector of ones. For each clean difference k
+the pixel is refitted with one extra parameter, a jump ``b`` in difference k (model
+``a x + b e_k``), and optionally with two jumps in the adjacent differences k, k+1. The drop in
+chi2 has a closed form in the quantities of one tridiagonal solve (section 1.5): with
+``u = C^-1 x``, ``z = C^-1 d``, ``a = x^T z / x^T u`` and ``S = [C^-1]_JJ - u_J u_J^T / x^T u``
+for the jump set J,
+
+    delta_chi2 = q^T S^-1 q,    q = z_J - a u_J.
+
+The difference (or pair) with the largest drop, after subtracting each option's threshold, is
+masked and the search repeats on that pixel until nothing passes or at most 3 differences remain.
+As in Brandt's code, the covariance is built once per pixel at the median difference rate. The
+jump sizes are fitted at the end, all jumps at once, against the final flux.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._flags import Flag
+from ._numpy import (
+    _BLOCK,
+    _backward,
+    _factor,
+    _forward,
+    _gather_block,
+    _gls_pixel,
+    _median_rate,
+    fit_omega_groups,
+)
+
+_JUMP_DETECTED = int(Flag.JUMP_DETECTED)
+_FEW_CLEAN_DIFFS = int(Flag.FEW_CLEAN_DIFFS)
+_TOO_FEW_DIFFS = int(Flag.TOO_FEW_DIFFS)
+# The search stops once this many clean differences or fewer are left (spec section 1.6).
+MIN_CLEAN_DIFFS = 3
+_N_WORK = 10
+# ``max_jumps`` meaning "no limit".
+NO_LIMIT = np.iinfo(np.int64).max
+
+
+def chi2_thresholds(threshold: float) -> tuple[float, float]:
+    """Chi2-drop thresholds for one jump and for two adjacent jumps at ``threshold`` sigma.
+
+    One jump: ``threshold**2`` (chi2 with 1 degree of freedom). Two jumps: the chi2 with 2 degrees
+    of freedom at the same two-sided tail probability, ``-2 ln erfc(threshold / sqrt 2)``, as in
+    stcal (23.8 for 4.5 sigma).
+    """
+    from scipy.special import log_ndtr  # erfc(t / sqrt 2) = 2 Phi(-t), without underflow
+
+    return threshold**2, -2.0 * (math.log(2.0) + float(log_ndtr(-threshold)))
+
+
+@njit(cache=True)
+def search_pixel(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, work):
+    """Brandt's iterative jump search on one pixel's differences.
+
+    Parameters
+    ----------
+    d, x : (K,) float64
+        Differences (e-) and design ``omega * dt``; both 0 where not ``valid``. Entries of flagged
+        differences are set to 0 in place.
+    valid : (K,) bool
+        Usable differences; flagged ones are set to False in place.
+    s2, rate : float
+        Single-read noise variance (e-^2) and the rate at which the photon noise is evaluated.
+    thr_one, thr_two : float
+        Chi2-drop thresholds (:func:`chi2_thresholds`).
+    two_adjacent : bool
+        Also try two jumps in adjacent differences.
+    max_jumps : int
+        Stop once this many differences are flagged (a pair may pass it by one).
+    work : (10, K) float64 scratch
+
+    Returns
+    -------
+    int
+        Number of differences flagged.
+    """
+    K = d.shape[0]
+    alpha, beta, piv, low, back = work[0], work[1], work[2], work[3], work[4]
+    yx, yd, u, z, cinv = work[5], work[6], work[7], work[8], work[9]
+    n_valid = 0
+    for k in range(K):
+        if valid[k]:
+            n_valid += 1
+    n_flagged = 0
+    while n_valid > MIN_CLEAN_DIFFS and n_flagged < max_jumps:
+        _factor(x, valid, s2, rate, alpha, beta, piv, low)
+        _forward(low, x, yx)
+        _forward(low, d, yd)
+        xu = 0.0
+        xz = 0.0
+        for k in range(K):
+            xu += yx[k] * yx[k] / piv[k]
+            xz += yx[k] * yd[k] / piv[k]
+        if not xu > 0.0:
+            break
+        a = xz / xu
+        _backward(low, piv, yx, u)
+        _backward(low, piv, yd, z)
+        # Diagonal of C^-1 from the forward and backward pivots (spec section 1.5).
+        back[K - 1] = alpha[K - 1]
+        for k in range(K - 2, -1, -1):
+            back[k] = alpha[k] - beta[k] * beta[k] / back[k + 1]
+        for k in range(K):
+            den = alpha[k]
+            if k > 0:
+                den -= beta[k - 1] * beta[k - 1] / piv[k - 1]
+            if k < K - 1:
+                den -= beta[k] * beta[k] / back[k + 1]
+            cinv[k] = 1.0 / den
+
+        best_one = 0.0
+        k_one = -1
+        for k in range(K):
+            if not valid[k]:
+                continue
+            s = cinv[k] - u[k] * u[k] / xu
+            if s > 0.0:
+                q = z[k] - a * u[k]
+                drop = q * q / s
+                if drop > best_one:
+                    best_one, k_one = drop, k
+        best_two = 0.0
+        k_two = -1
+        if two_adjacent:
+            for k in range(K - 1):
+                if not (valid[k] and valid[k + 1]):
+                    continue
+                s11 = cinv[k] - u[k] * u[k] / xu
+                s22 = cinv[k + 1] - u[k + 1] * u[k + 1] / xu
+                s12 = -cinv[k + 1] * beta[k] / piv[k] - u[k] * u[k + 1] / xu
+                det = s11 * s22 - s12 * s12
+                if det > 0.0:
+                    q1 = z[k] - a * u[k]
+                    q2 = z[k + 1] - a * u[k + 1]
+                    drop = (s22 * q1 * q1 - 2.0 * s12 * q1 * q2 + s11 * q2 * q2) / det
+                    if drop > best_two:
+                        best_two, k_two = drop, k
+
+        # Two jumps always fit better than one: compare them after subtracting their thresholds.
+        if k_one >= 0 and best_one > thr_one and best_one - thr_one > best_two - thr_two:
+            valid[k_one] = False
+            d[k_one] = 0.0
+            x[k_one] = 0.0
+            n_valid -= 1
+            n_flagged += 1
+        elif k_two >= 0 and best_two > thr_two:
+            for k in range(k_two, k_two + 2):
+                valid[k] = False
+                d[k] = 0.0
+                x[k] = 0.0
+            n_valid -= 2
+            n_flagged += 2
+        else:
+            break
+    return n_flagged
+
+
+@njit(cache=True)
+def _jump_sizes(d, x, valid, jumps, s2, flux, work, out):
+    """Fitted size (e-) of each flagged jump, given the final fit of the clean differences.
+
+    With every flagged difference j free, its estimate is ``d_j - f x_j - E[n_j | clean
+    residuals]``; the conditional mean needs only the read-noise covariance ``-s2`` with the clean
+    neighbours, times ``w = C^-1 r`` of the clean differences (C at the final flux).
+    ``d`` and ``x`` hold the data of the clean and the flagged differences; ``out[j]`` is set
+    for the flagged ones.
+    """
+    K = d.shape[0]
+    alpha, beta, piv, low, r, y, w = work[0], work[1], work[2], work[3], work[4], work[5], work[6]
+    _factor(x, valid, s2, flux, alpha, beta, piv, low)
+    for k in range(K):
+        r[k] = d[k] - flux * x[k] if valid[k] else 0.0
+    _forward(low, r, y)
+    _backward(low, piv, y, w)
+    for k in range(K):
+        if jumps[k]:
+            noise = 0.0
+            if k > 0 and valid[k - 1]:
+                noise -= s2 * w[k - 1]
+            if k < K - 1 and valid[k + 1]:
+                noise -= s2 * w[k + 1]
+            out[k] = d[k] - flux * x[k] - noise
+
+
+@njit(cache=True, parallel=True)
+def find_jumps_kernel(
+    reads,
+    bad,
+    use_mask,
+    omega,
+    groups,
+    dt,
+    read_noise,
+    gain,
+    saturation,
+    thr_one,
+    thr_two,
+    two_adjacent,
+    max_jumps,
+    n_pass,
+    usable,
+    jumps,
+    jump_size,
+    n_jumps,
+    flux,
+    flux_var,
+    chi2,
+    n_diff,
+    flags,
+):
+    """Jump search and the eq-15 fit with the jumps masked, for every pixel of a flattened cube.
+
+    Inputs are those of ``_numpy.extract_kernel``. Outputs: ``usable`` (K, n_pix) bool, the
+    differences used by the final fit; ``jumps`` (K, n_pix) bool, the flagged differences;
+    ``jump_size`` (K, n_pix) float64, the fitted jump in e- (0 where none); ``n_jumps``,
+    ``n_diff``, ``flags`` (n_pix,) int64; ``flux``, ``flux_var``, ``chi2`` (n_pix,) float64 in
+    e- per unit time.
+    """
+    N, n_pix = reads.shape
+    K = N - 1
+    n_blocks = (n_pix + _BLOCK - 1) // _BLOCK
+    for blk in prange(n_blocks):
+        p0 = blk * _BLOCK
+        p1 = min(p0 + _BLOCK, n_pix)
+        ramp = np.empty((N, p1 - p0))
+        ok_read = np.empty((N, p1 - p0), dtype=np.bool_)
+        read_flags = np.empty(p1 - p0, dtype=np.int64)
+        _gather_block(reads, bad, use_mask, saturation, p0, ramp, ok_read, read_flags)
+        local_usable = np.zeros((p1 - p0, K), dtype=np.bool_)
+        local_jumps = np.zeros((p1 - p0, K), dtype=np.bool_)
+        searched = np.empty(K, dtype=np.bool_)
+        local_size = np.zeros((p1 - p0, K))
+        d = np.empty(K)
+        x = np.empty(K)
+        buf = np.empty(K)
+        work = np.empty((_N_WORK, K))
+        for p in range(p0, p1):
+            i = p - p0
+            g = gain[p]
+            pflags = read_flags[i]
+            row = groups[p]
+            valid = local_usable[i]
+            n = 0
+            for k in range(K):
+                w = omega[row, k]
+                ok = ok_read[k, i] and ok_read[k + 1, i] and np.isfinite(w)
+                valid[k] = ok
+                d[k] = (ramp[k + 1, i] - ramp[k, i]) * g if ok else 0.0
+                x[k] = w * dt[k] if ok else 0.0
+                if ok:
+                    n += 1
+            searched[:] = valid
+            s2 = (read_noise[p] * g) ** 2
+            rate = _median_rate(d, x, valid, buf)
+            found = search_pixel(
+                d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, work
+            )
+            n -= found
+            for k in range(K):
+                local_jumps[i, k] = searched[k] and not valid[k]
+            n_jumps[p] = found
+            n_diff[p] = n
+            if found > 0:
+                pflags |= _JUMP_DETECTED
+            if n <= MIN_CLEAN_DIFFS:
+                pflags |= _FEW_CLEAN_DIFFS
+            if n < 2:
+                flags[p] = pflags | _TOO_FEW_DIFFS
+                flux[p] = np.nan
+                flux_var[p] = np.nan
+                chi2[p] = np.nan
+                continue
+            flags[p] = pflags
+            # The final fit sees only the clean differences, as extract_fluxes would.
+            a0 = _median_rate(d, x, valid, buf) if found > 0 else rate
+            f, v, c = _gls_pixel(d, x, valid, s2, a0, n_pass, work)
+            if found > 0:
+                for k in range(K):
+                    if local_jumps[i, k]:
+                        d[k] = (ramp[k + 1, i] - ramp[k, i]) * g
+                        x[k] = omega[row, k] * dt[k]
+                _jump_sizes(d, x, valid, local_jumps[i], s2, f, work, local_size[i])
+            flux[p] = f
+            flux_var[p] = v
+            chi2[p] = c
+        for k in range(K):
+            for p in range(p0, p1):
+                usable[k, p] = local_usable[p - p0, k]
+                jumps[k, p] = local_jumps[p - p0, k]
+                jump_size[k, p] = local_size[p - p0, k]
+
+
+@njit(cache=True, parallel=True)
+def search_groups_kernel(
+    diffs, valid, s2, x, fit_pixel, thr_one, thr_two, two_adjacent, max_jumps, out_valid, n_jumps
+):
+    """Jump search on the (G, P, K) layout of the omega fit, with ``x = omega[g] * dt`` (G, K).
+
+    ``out_valid`` is ``valid`` with the flagged differences of the ``fit_pixel`` pixels removed;
+    ``n_jumps`` (G, P) counts them. A non-finite ``x`` element makes that difference unusable
+    for the search (it is left as it is in ``out_valid``).
+    """
+    G, P, K = diffs.shape
+    for g in prange(G):
+        d = np.empty(K)
+        xv = np.empty(K)
+        use = np.empty(K, dtype=np.bool_)
+        buf = np.empty(K)
+        work = np.empty((_N_WORK, K))
+        for p in range(P):
+            out_valid[g, p, :] = valid[g, p, :]
+            n_jumps[g, p] = 0
+            if not fit_pixel[g, p]:
+                continue
+            for k in range(K):
+                ok = valid[g, p, k] and np.isfinite(x[g, k])
+                use[k] = ok
+                d[k] = diffs[g, p, k] if ok else 0.0
+                xv[k] = x[g, k] if ok else 0.0
+            rate = _median_rate(d, xv, use, buf)
+            found = search_pixel(
+                d, xv, use, s2[g, p], rate, thr_one, thr_two, two_adjacent, max_jumps, work
+            )
+            if found > 0:
+                n_jumps[g, p] = found
+                for k in range(K):
+                    if valid[g, p, k] and np.isfinite(x[g, k]) and not use[k]:
+                        out_valid[g, p, k] = False
+
+
+def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_rounds, **fit_options):
+    """Alternate the joint omega fit and the jump search until the jump mask is stable.
+
+    Every search starts again from the caller's ``valid`` with the latest omega, so a difference
+    flagged under the first omega (biased by the very jumps being sought) can be cleared later.
+    After the first round the reference element is kept fixed so that omega's normalisation does
+    not change between rounds.
+
+    Parameters
+    ----------
+    diffs, valid, s2, dt, fit_pixel
+        As in :func:`pyapred.solver._numpy.fit_omega_groups`.
+    threshold : float
+        Jump threshold in sigma.
+    max_rounds : int
+        Searches at most; the fit always matches the returned mask.
+    **fit_options
+        Passed to ``fit_omega_groups`` (``reference``, ``rtol``, ``max_iter``, ``ref_index``).
+
+    Returns
+    -------
+    res : dict
+        ``fit_omega_groups``'s result for the returned mask.
+    used : (G, P, K) bool
+        ``valid`` without the flagged differences.
+    n_jumps : (G, P) int64
+    """
+    thr_one, thr_two = chi2_thresholds(threshold)
+    res = fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **fit_options)
+    fit_options["ref_index"] = res["ref_index"]
+    used = valid
+    n_jumps = np.zeros(fit_pixel.shape, dtype=np.int64)
+    for _ in range(max_rounds):
+        new_valid = np.empty_like(valid)
+        new_jumps = np.empty_like(n_jumps)
+        x = np.ascontiguousarray(res["omega"] * dt)
+        search_groups_kernel(
+            diffs, valid, s2, x, fit_pixel, thr_one, thr_two, False, NO_LIMIT, new_valid, new_jumps
+        )
+        if np.array_equal(new_valid, used):
+            break
+        used, n_jumps = new_valid, new_jumps
+        clean = np.where(used, diffs, 0.0)
+        res = fit_omega_groups(clean, used, s2, dt, fit_pixel, **fit_options)
+    return res, used, n_jumps

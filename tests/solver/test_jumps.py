@@ -1,0 +1,361 @@
+"""find_jumps and fit_omega's jump search: a dense transcription of Brandt's search, statistics."""
+
+import math
+
+import numpy as np
+import pytest
+
+from pyapred import (
+    Flag,
+    extract_fluxes,
+    find_jumps,
+    fit_omega,
+    omega_cloud,
+    simulate_ramps,
+)
+
+# 4.5 sigma for one jump; for two, the chi2 (2 dof) with the same tail probability (23.79).
+THR_ONE, THR_TWO = 4.5**2, -2.0 * math.log(math.erfc(4.5 / math.sqrt(2.0)))
+
+
+# --------------------------------------------------------------------------------------------
+# Dense reference: Brandt's mask_jumps written out with explicit K x K matrices
+# --------------------------------------------------------------------------------------------
+def _covariance(rate_x, sigma2):
+    K = rate_x.size
+    T = 2 * np.eye(K) - np.eye(K, k=1) - np.eye(K, k=-1)
+    return np.diag(np.maximum(rate_x, 0.0)) + sigma2 * T
+
+
+def _gls(d, x, C, extra=()):
+    """GLS of ``d = a x + sum_j b_j e_j`` (no ``a`` if x is None): ``(coefficients, chi2)``."""
+    A = np.column_stack(([] if x is None else [x]) + [np.eye(d.size)[j] for j in extra])
+    L = np.linalg.cholesky(C)  # whitened least squares
+    coef, *_ = np.linalg.lstsq(np.linalg.solve(L, A), np.linalg.solve(L, d), rcond=None)
+    r = np.linalg.solve(L, d - A @ coef)
+    return coef, r @ r
+
+
+def dense_search(d, x, ok, sigma2, two_adjacent):
+    """Brandt's iterative search for one pixel; returns the clean differences (bool, (K,)).
+
+    Each pass refits the kept differences with every single jump (and adjacent pair), compares
+    the chi2 drops after subtracting their thresholds, drops the best, and stops when nothing
+    passes or 3 differences are left. C is built once at the median rate.
+    """
+    ok = ok.copy()
+    rate = max(np.median(d[ok] / x[ok]), 0.0)
+    C_all = _covariance(rate * x, sigma2)
+    while ok.sum() > 3:
+        keep = np.flatnonzero(ok)
+        C = C_all[np.ix_(keep, keep)]
+        _, base = _gls(d[keep], x[keep], C)
+        one = [base - _gls(d[keep], x[keep], C, [i])[1] for i in range(keep.size)]
+        two = []
+        if two_adjacent:
+            two = [
+                base - _gls(d[keep], x[keep], C, [i, i + 1])[1] if keep[i + 1] == keep[i] + 1
+                else 0.0
+                for i in range(keep.size - 1)
+            ]  # fmt: skip
+        best_one, best_two = max(one), max(two, default=0.0)
+        if best_one > THR_ONE and best_one - THR_ONE > best_two - THR_TWO:
+            ok[keep[int(np.argmax(one))]] = False
+        elif best_two > THR_TWO:
+            i = int(np.argmax(two))
+            ok[keep[i]] = ok[keep[i + 1]] = False
+        else:
+            break
+    return ok
+
+
+def dense_final_fit(d, x, searched, clean, sigma2):
+    """Two-pass GLS on the clean differences, then every flagged jump fitted at that flux."""
+    keep = np.flatnonzero(clean)
+    rate = max(np.median(d[keep] / x[keep]), 0.0)
+    for _ in range(2):
+        (flux,), _ = _gls(d[keep], x[keep], _covariance(rate * x, sigma2)[np.ix_(keep, keep)])
+        rate = max(flux, 0.0)
+    # All jumps free at once, on every difference the search saw, with C at the final flux.
+    use = np.flatnonzero(searched)
+    jumps = [int(np.flatnonzero(use == j)[0]) for j in np.flatnonzero(searched & ~clean)]
+    C = _covariance(flux * x, sigma2)[np.ix_(use, use)]
+    sizes, _ = _gls(d[use] - flux * x[use], None, C, jumps)
+    return flux, dict(zip(use[jumps], sizes, strict=True))
+
+
+def _cosmic_case(rng, n_pix, n_reads, omega=None, read_times=None):
+    """Ramps with 0-3 jumps per pixel, many of them near the threshold, and a few bad reads."""
+    flux = rng.uniform(0, 800, n_pix)
+    sigma = rng.uniform(10, 25, n_pix)
+    sim = simulate_ramps(flux, sigma, n_reads=n_reads, omega=omega, read_times=read_times, rng=rng)
+    K = n_reads - 1
+    jumps = np.zeros((K, n_pix))
+    for p in range(n_pix):
+        n = rng.choice(4, p=[0.4, 0.3, 0.2, 0.1])
+        where = rng.choice(K, n, replace=False)
+        # Sizes from invisible to obvious, both signs (a read glitch can be negative).
+        jumps[where, p] = rng.choice([-1, 1], n) * rng.uniform(20, 400, n)
+    reads = sim.reads.copy()
+    reads[1:] += np.cumsum(jumps, axis=0)
+    mask = rng.uniform(size=reads.shape) < 0.02
+    return reads, sigma, mask
+
+
+def _dense_reference(reads, sigma, mask, omega, dt, two_adjacent):
+    K = reads.shape[0] - 1
+    x = omega * dt
+    d = np.diff(reads, axis=0)
+    ok = ~(mask[1:] | mask[:-1]) & np.isfinite(omega)[:, None]
+    clean = np.array(
+        [dense_search(d[:, p], x, ok[:, p], sigma[p] ** 2, two_adjacent) for p in range(d.shape[1])]
+    ).T
+    assert clean.shape == (K, d.shape[1])
+    return d, x, ok, clean
+
+
+@pytest.mark.parametrize("two_adjacent", [False, True])
+def test_constant_model_decisions_match_dense_brandt_search(two_adjacent):
+    rng = np.random.default_rng(11)
+    reads, sigma, mask = _cosmic_case(rng, n_pix=150, n_reads=16)
+    K = reads.shape[0] - 1
+    res = find_jumps(reads, sigma, mask=mask, two_adjacent=two_adjacent)
+    d, x, ok, clean = _dense_reference(reads, sigma, mask, np.ones(K), np.ones(K), two_adjacent)
+    assert res.jumps.sum() > 100  # the case exercises the search
+    np.testing.assert_array_equal(res.diff_mask, ~clean)
+    np.testing.assert_array_equal(res.jumps, ok & ~clean)
+    np.testing.assert_array_equal(res.n_jumps, (ok & ~clean).sum(axis=0))
+    np.testing.assert_array_equal(res.flux.n_diff, clean.sum(axis=0))
+    for p in np.flatnonzero(res.n_jumps):
+        flux, sizes = dense_final_fit(d[:, p], x, ok[:, p], clean[:, p], sigma[p] ** 2)
+        np.testing.assert_allclose(res.flux.flux[p], flux, rtol=1e-9, atol=1e-9)
+        for k, size in sizes.items():
+            np.testing.assert_allclose(res.jump_size[k, p], size, rtol=1e-8, atol=1e-8)
+    assert np.all(res.jump_size[~res.jumps] == 0)
+
+
+def test_time_variable_decisions_match_dense_search_with_groups_and_read_times():
+    rng = np.random.default_rng(12)
+    n_reads = 14
+    omega_a = 1.0 - 0.5 * rng.uniform(size=n_reads - 1)
+    omega_b = omega_cloud(n_reads - 1, 0.6, 4, 3)
+    read_times = np.cumsum(rng.uniform(0.8, 1.2, n_reads))
+    dt = np.diff(read_times)
+    reads_a, sigma_a, mask_a = _cosmic_case(rng, 60, n_reads, omega_a, read_times)
+    reads_b, sigma_b, mask_b = _cosmic_case(rng, 60, n_reads, omega_b, read_times)
+    omega_b[7] = np.nan  # a difference with no omega is masked, never searched
+    reads = np.concatenate([reads_a, reads_b], axis=1)
+    sigma = np.concatenate([sigma_a, sigma_b])
+    mask = np.concatenate([mask_a, mask_b], axis=1)
+    groups = np.repeat([0, 1], 60)
+    res = find_jumps(
+        reads, sigma, omega=np.stack([omega_a, omega_b]), groups=groups, mask=mask,
+        read_times=read_times, two_adjacent=True,
+    )  # fmt: skip
+    assert res.jumps.sum() > 50
+    assert not res.jumps[7, 60:].any() and res.diff_mask[7, 60:].all()
+    for sl, omega in ((slice(0, 60), omega_a), (slice(60, 120), omega_b)):
+        d, x, ok, clean = _dense_reference(reads[:, sl], sigma[sl], mask[:, sl], omega, dt, True)
+        np.testing.assert_array_equal(res.diff_mask[:, sl], ~clean)
+        np.testing.assert_array_equal(res.jumps[:, sl], ok & ~clean)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks, flags, units and arguments
+# --------------------------------------------------------------------------------------------
+def test_masked_nonfinite_and_saturated_reads_are_never_searched():
+    rng = np.random.default_rng(5)
+    sim = simulate_ramps(rng.uniform(50, 300, 200), 15.0, n_reads=20, rng=rng)
+    reads = sim.reads.copy()
+    mask = np.zeros(reads.shape, dtype=bool)
+    mask[8, :100] = True
+    reads[8, :100] += 1e5  # garbage in the masked read
+    reads[12, 100:150] = np.nan
+    saturation = np.full(200, np.inf)
+    saturation[150:] = reads[15, 150:]  # reads 15.. of these pixels are saturated
+    res = find_jumps(reads, 15.0, mask=mask, saturation=saturation)
+    assert not res.jumps.any()
+    assert res.diff_mask[7:9, :100].all() and res.diff_mask[11:13, 100:150].all()
+    assert res.diff_mask[14:, 150:].all() and not res.diff_mask[:14, 150:].any()
+    assert np.all(res.flux.flags[:100] & Flag.MASKED_READ)
+    assert np.all(res.flux.flags[100:150] & Flag.NONFINITE_READ)
+    assert np.all(res.flux.flags[150:] & Flag.SATURATED)
+    # Without jumps the fluxes are extract_fluxes' fluxes.
+    ref = extract_fluxes(reads, 15.0, np.ones(19), mask=mask, saturation=saturation)
+    np.testing.assert_allclose(res.flux.flux, ref.flux, rtol=1e-12)
+    np.testing.assert_allclose(res.flux.flux_var, ref.flux_var, rtol=1e-12)
+    np.testing.assert_allclose(res.flux.chi2, ref.chi2, rtol=1e-10)
+    np.testing.assert_array_equal(res.flux.flags, ref.flags)
+
+
+def test_flags_limits_and_units():
+    rng = np.random.default_rng(6)
+    sim = simulate_ramps(np.full(4, 100.0), 15.0, n_reads=12, rng=rng)
+    reads = sim.reads.copy()
+    reads[3:, 0] += 2000.0  # one jump
+    for k in (2, 5, 8):  # three jumps
+        reads[k:, 1] += 3000.0
+    reads[1:, 2] += 1000.0 * np.arange(1, 12) ** 2  # nothing constant about this one
+    mask = np.zeros(reads.shape, dtype=bool)
+    mask[:8, 3] = True  # 3 clean differences left: no search possible
+    res = find_jumps(reads, 15.0, mask=mask)
+    assert res.n_jumps[0] == 1 and res.jumps[2, 0]
+    assert res.n_jumps[1] == 3 and res.jumps[[1, 4, 7], 1].all()
+    assert res.flux.flags[0] & Flag.JUMP_DETECTED and not res.flux.flags[0] & Flag.FEW_CLEAN_DIFFS
+    assert res.flux.flags[2] & Flag.FEW_CLEAN_DIFFS and res.flux.n_diff[2] == 3
+    assert res.flux.flags[3] & Flag.FEW_CLEAN_DIFFS and res.n_jumps[3] == 0
+    np.testing.assert_allclose(res.jump_size[2, 0], 2000.0, atol=100)
+    capped = find_jumps(reads, 15.0, mask=mask, max_jumps=1)
+    assert capped.n_jumps[1] == 1
+    assert not find_jumps(reads, 15.0, mask=mask, max_jumps=0).jumps.any()
+    # DN in, DN out: the decisions do not depend on the gain.
+    in_dn = find_jumps(reads / 2.5, 6.0, gain=2.5, mask=mask)
+    np.testing.assert_array_equal(in_dn.jumps, res.jumps)
+    np.testing.assert_allclose(in_dn.jump_size * 2.5, res.jump_size, rtol=1e-9)
+    np.testing.assert_allclose(in_dn.flux.flux * 2.5, res.flux.flux, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"threshold": 0.0}, "threshold"),
+        ({"threshold": np.nan}, "threshold"),
+        ({"max_jumps": -1}, "max_jumps"),
+        ({"omega": np.ones(3)}, "omega"),
+        ({"omega": np.ones((2, 9))}, "groups"),
+        ({"mask": np.zeros((10, 5), dtype=int)}, "mask"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        find_jumps(np.zeros((10, 5)), 10.0, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics on the APOGEE-like simulation of the issue
+# --------------------------------------------------------------------------------------------
+N_READS = 47
+
+
+def _jump_sigma(flux, sigma, x):
+    """Standard error of a jump's estimate in each difference, true model, (n_pix, K)."""
+    K = x.size
+    C = np.maximum(flux[:, None, None] * x, 0) * np.eye(K) + sigma[:, None, None] ** 2 * (
+        2 * np.eye(K) - np.eye(K, k=1) - np.eye(K, k=-1)
+    )
+    Ci = np.linalg.inv(C)
+    u = Ci @ x
+    s = np.diagonal(Ci, axis1=1, axis2=2) - u**2 / (u @ x)[:, None]
+    return 1.0 / np.sqrt(s)
+
+
+def _apogee_case(rng, omega, n_clean=20000, n_hit=1000):
+    """Clean pixels plus pixels with 1-2 jumps of 3 to 60 sigma at known differences.
+
+    A jump's sigma is the standard error of its estimate under the true model. 5% of the pixels
+    are hit (APOGEE: well under 1% per exposure): jumps below the threshold cannot be found and
+    bias their pixel's flux, so the flux statistics depend on this fraction.
+    """
+    n_pix = n_clean + n_hit
+    flux = np.exp(rng.uniform(np.log(10), np.log(1000), n_pix))
+    sigma = rng.uniform(14, 24, n_pix)
+    sim = simulate_ramps(flux, sigma, omega=omega, rng=rng)
+    K = N_READS - 1
+    hit = np.zeros((K, n_pix), dtype=bool)
+    size_sigma = np.zeros((K, n_pix))
+    for p in range(n_clean, n_pix):
+        where = rng.choice(K, rng.choice([1, 2]), replace=False)
+        hit[where, p] = True
+        size_sigma[where, p] = np.exp(rng.uniform(np.log(3), np.log(60), where.size))
+    jump_sigma = _jump_sigma(flux[n_clean:], sigma[n_clean:], omega).T
+    jumps = np.zeros((K, n_pix))
+    jumps[:, n_clean:] = size_sigma[:, n_clean:] * jump_sigma
+    reads = sim.reads + np.concatenate([np.zeros((1, n_pix)), np.cumsum(jumps, axis=0)])
+    return reads, sigma, flux, hit, size_sigma, n_clean
+
+
+def _scores(res, hit, size_sigma, n_clean):
+    big = hit & (size_sigma > 10)
+    return {
+        "completeness": res.jumps[big].mean(),
+        "clean_flagged": res.jumps[:, :n_clean].any(axis=0).mean(),
+    }
+
+
+def test_constant_search_finds_jumps_without_false_alarms_and_unbiased_fluxes():
+    rng = np.random.default_rng(2024)
+    omega = np.ones(N_READS - 1)
+    reads, sigma, flux, hit, size_sigma, n_clean = _apogee_case(rng, omega)
+    res = find_jumps(reads, sigma)
+    scores = _scores(res, hit, size_sigma, n_clean)
+    z = (res.flux.flux - flux) / np.sqrt(res.flux.flux_var)
+    print(scores, "z median", np.median(z), "z std", np.std(z))
+    assert scores["completeness"] >= 0.95
+    assert scores["clean_flagged"] <= 0.001
+    assert abs(np.median(z)) < 0.03
+    assert 0.97 <= np.std(z) <= 1.05
+
+
+def test_time_variable_search_ignores_a_cloud_that_fools_the_constant_search():
+    rng = np.random.default_rng(2025)
+    omega = omega_cloud(N_READS - 1, 0.4, 20, 5)
+    reads, sigma, flux, hit, size_sigma, n_clean = _apogee_case(rng, omega)
+    # omega as the pipeline gets it: the joint fit of 100 bright pixels of the same exposure.
+    bright = simulate_ramps(rng.uniform(800, 1200, 100), rng.uniform(14, 24, 100), omega=omega,
+                            cosmic_ray_rate=0.002, rng=rng)  # fmt: skip
+    fit = fit_omega(bright.reads, bright.read_noise, jump_search=True)
+    constant = _scores(find_jumps(reads, sigma), hit, size_sigma, n_clean)
+    variable = _scores(find_jumps(reads, sigma, omega=fit.omega), hit, size_sigma, n_clean)
+    print("constant search:", constant, "time-variable search:", variable)
+    assert constant["clean_flagged"] >= 5 * variable["clean_flagged"]
+    assert constant["clean_flagged"] > 0.01
+    assert variable["completeness"] >= 0.95
+    assert variable["clean_flagged"] <= 0.001
+
+
+# --------------------------------------------------------------------------------------------
+# The joint fit with jump search
+# --------------------------------------------------------------------------------------------
+def _paper_example():
+    """Spec section 7.2: seed 104, 33 reads, 100 pixels, omega ~ U(0.5, 1), f ~ U(800, 1200)."""
+    legacy = np.random.RandomState(104)
+    omega = 1.0 - 0.5 * legacy.uniform(0, 1, 32)
+    flux = legacy.uniform(800, 1200, 100)
+    sigma = legacy.uniform(14, 24, 100)
+    sim = simulate_ramps(flux, sigma, omega=omega, rng=np.random.default_rng(104))
+    return sim.reads, sigma
+
+
+def test_joint_fit_with_jump_search_is_immune_to_cosmic_rays_in_fit_pixels():
+    reads, sigma = _paper_example()
+    clean = fit_omega(reads, sigma)
+    hit = reads.copy()
+    for pixel, diff, charge in ((7, 5, 1500.0), (42, 16, 2500.0), (88, 27, 3500.0)):
+        hit[diff + 1 :, pixel] += charge
+    ref = clean.ref_index
+    plain = fit_omega(hit, sigma, ref_index=ref)
+    searched = fit_omega(hit, sigma, ref_index=ref, jump_search=True)
+    err = np.sqrt(np.diag(clean.omega_cov))
+    free = np.arange(32) != ref
+    dev_plain = np.abs(plain.omega - clean.omega)[free] / err[free]
+    dev_searched = np.abs(searched.omega - clean.omega)[free] / err[free]
+    print(
+        "max |omega - clean| / sigma: without search", dev_plain.max(), "with", dev_searched.max()
+    )
+    assert dev_plain.max() > 1.0
+    assert dev_searched.max() < 1.0
+    assert np.all(searched.flags[[7, 42, 88]] & Flag.JUMP_DETECTED)
+    np.testing.assert_array_equal(searched.n_diff[[7, 42, 88]], 31)
+    assert not np.any(plain.flags & Flag.JUMP_DETECTED)
+
+
+def test_joint_fit_jump_search_on_clean_groups_changes_nothing():
+    reads, sigma = _paper_example()
+    cube = np.stack([reads, reads[:, ::-1]], axis=1)  # two groups
+    plain = fit_omega(cube, sigma[None, :])
+    searched = fit_omega(cube, sigma[None, :], jump_search=True)
+    assert not np.any(searched.flags & Flag.JUMP_DETECTED)
+    np.testing.assert_array_equal(searched.omega, plain.omega)
+    np.testing.assert_array_equal(searched.n_diff, plain.n_diff)
+    with pytest.raises(ValueError, match="jump_threshold"):
+        fit_omega(reads, sigma, jump_search=True, jump_threshold=-1)
