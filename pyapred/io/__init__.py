@@ -27,8 +27,15 @@ from .apz import (
     read_apz,
     write_apz,
 )
+from .product import FORMAT_VERSION, ChipImages, FiberResults, Product, read_product, write_product
 
 __all__ = [
+    "FORMAT_VERSION",
+    "ChipImages",
+    "FiberResults",
+    "Product",
+    "read_product",
+    "write_product",
     "ApzName",
     "Ar1D",
     "Ar2D",

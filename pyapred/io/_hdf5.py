@@ -99,21 +99,22 @@ def decode(value):
     return value
 
 
+def read_value(path: str | os.PathLike, dataset: h5py.Dataset):
+    """A dataset as plain Python (strings decoded, scalars unwrapped, arrays as arrays)."""
+    try:
+        if h5py.check_string_dtype(dataset.dtype) is not None:
+            return decode(dataset.asstr()[()])
+        return decode(dataset[()])
+    except (OSError, ValueError, TypeError) as exc:
+        field = dataset.name.lstrip("/")
+        raise InputError(path, field, "a readable value", found=str(exc)) from None
+
+
 def read_group(path: str | os.PathLike, group: h5py.Group) -> dict:
     """Every dataset of ``group`` (not recursive) as ``{name: plain value}``."""
-    out = {}
-    for key, item in group.items():
-        if not isinstance(item, h5py.Dataset):
-            continue
-        try:
-            if h5py.check_string_dtype(item.dtype) is not None:
-                value = item.asstr()[()]
-            else:
-                value = item[()]
-        except (OSError, ValueError, TypeError) as exc:
-            raise InputError(path, item.name, "a readable value", found=str(exc)) from None
-        out[key] = decode(value)
-    return out
+    return {
+        key: read_value(path, item) for key, item in group.items() if isinstance(item, h5py.Dataset)
+    }
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

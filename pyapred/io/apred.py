@@ -20,7 +20,7 @@ from astropy.io import fits
 from astropy.time import Time, TimeDelta
 
 from ..errors import InputError
-from ._hdf5 import open_h5, read_dataset, read_group
+from ._hdf5 import open_h5, read_dataset, read_group, read_value
 from .apz import CHIP_COLOR, ApzName, RawExposure
 
 __all__ = [
@@ -316,7 +316,7 @@ def read_ar1d(path: str | os.PathLike) -> Ar1D:
         )
         fiber_types = None
         if "fiberTypeList" in handle:
-            fiber_types = tuple(read_group(path, handle)["fiberTypeList"])
+            fiber_types = tuple(read_value(path, handle["fiberTypeList"]))
             if len(fiber_types) != N_FIBERS:
                 raise InputError(
                     path, "fiberTypeList", f"{N_FIBERS} strings", found=str(len(fiber_types))
