@@ -46,6 +46,7 @@ __all__ = [
     "write_apz",
 ]
 
+FITS_BLOCK = 2880
 #: Columns 0..SCIENCE_COLUMNS-1 are the H2RG array; the rest is the reference output.
 SCIENCE_COLUMNS = 2048
 #: Day zero of APOGEE exposure numbers (SJD).
@@ -315,13 +316,19 @@ class _open_fits:
         self.path = path
 
     def __enter__(self) -> fits.HDUList:
+        size = self.path.stat().st_size
+        if size % FITS_BLOCK:
+            raise InputError(
+                self.path,
+                "file size",
+                f"whole {FITS_BLOCK}-byte FITS blocks",
+                found=f"{size} bytes: a truncated file",
+            )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 self.hdul = fits.open(self.path, memmap=False)
-                len(self.hdul)  # reads every header, which is where truncation shows
-            except FileNotFoundError:
-                raise
+                len(self.hdul)  # reads every header, which is where damage shows
             except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ...
                 raise InputError(
                     self.path,
@@ -330,10 +337,14 @@ class _open_fits:
                     found=f"{type(exc).__name__}: {exc}",
                 ) from None
         for warning in caught:
-            if "truncated" in str(warning.message):
+            message = str(warning.message)
+            if "truncated" in message or "Error validating header" in message:
                 self.hdul.close()
                 raise InputError(
-                    self.path, "file size", "a complete FITS file", found="a truncated file"
+                    self.path,
+                    "FITS structure",
+                    "complete, valid HDUs",
+                    found=message.splitlines()[0],
                 )
         return self.hdul
 
