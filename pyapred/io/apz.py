@@ -448,7 +448,7 @@ def _rebuild(
                 )
             current += residual
             current += avg
-        if k in slot:
+        if k in slot and current.size:
             low, high = current.min(), current.max()
             if low < lo or high > hi:
                 raise InputError(
