@@ -76,8 +76,7 @@ class ArName:
 
     def to_apz_name(self) -> ApzName:
         """The raw file's telescope, chip letter and exposure number."""
-        expnum = (self.mjd - 55562) * 10000 + self.exposure
-        return ApzName(self.telescope, _CHIP_LETTER[self.chip], expnum)
+        return ApzName.from_night(self.telescope, _CHIP_LETTER[self.chip], self.mjd, self.exposure)
 
 
 def parse_ar_name(path: str | os.PathLike) -> ArName | None:

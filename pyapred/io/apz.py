@@ -48,6 +48,7 @@ __all__ = [
     "write_apz",
 ]
 
+#: FITS files are whole 2880-byte blocks; anything else was cut short.
 FITS_BLOCK = 2880
 #: Columns 0..SCIENCE_COLUMNS-1 are the H2RG array; the rest is the reference output.
 SCIENCE_COLUMNS = 2048
@@ -70,7 +71,7 @@ _STRUCTURAL = re.compile(
 _EXACT_BOUNDS = {
     np.dtype(np.uint16): (0, 65535),
     np.dtype(np.int32): (-(2**31), 2**31 - 1),
-    np.dtype(np.int64): (-(2**62), 2**62),
+    np.dtype(np.int64): (-(2**63), 2**63 - 1),
     np.dtype(np.float32): (-(2**24), 2**24),
     np.dtype(np.float64): (-(2**53), 2**53),
 }
@@ -96,6 +97,16 @@ class ApzName:
     telescope: str
     chip: str
     expnum: int
+
+    @classmethod
+    def from_night(cls, telescope: str, chip: str, mjd: int, exposure: int) -> ApzName:
+        """The name of exposure ``exposure`` of the night of SDSS MJD ``mjd``."""
+        return cls(telescope, chip, (mjd - EXPNUM_MJD_ZERO) * 10000 + exposure)
+
+    @property
+    def filename(self) -> str:
+        """``apR-{chip}-{expnum:08d}.apz`` (APO) or ``asR-...`` (LCO)."""
+        return apz_filename(self.telescope, self.chip, self.expnum)
 
     @property
     def mjd(self) -> int:
@@ -373,14 +384,17 @@ def _select_reads(reads, n_in_file: int) -> np.ndarray:
     return indices.astype(np.int64)
 
 
-def _image_hdu(path: Path, hdul: fits.HDUList, index: int, kind: str) -> fits.hdu.base._BaseHDU:
+_IMAGE_HDUS = (fits.CompImageHDU, fits.ImageHDU, fits.PrimaryHDU)
+
+
+def _image_hdu(path: Path, hdul: fits.HDUList, index: int, kind: str):
     """HDU ``index``, checked to be a 2-D image."""
     try:
         hdu = hdul[index]
     except (IndexError, KeyError):
         raise InputError(path, f"HDU {index}", f"the {kind} image", found="no such HDU") from None
     shape = getattr(hdu, "shape", None)
-    if not isinstance(hdu, fits.hdu.image._ImageBaseHDU) or shape is None or len(shape) != 2:
+    if not isinstance(hdu, _IMAGE_HDUS) or shape is None or len(shape) != 2:
         raise InputError(
             path,
             f"HDU {index}",
