@@ -73,9 +73,26 @@ def _crossval(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# --------------------------------------------------------------------------------------------
+# pyapred inspect
+# --------------------------------------------------------------------------------------------
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", help="raw .apz exposures or HDF5 files")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Print what each file holds; a bad file stops with exit code 2 (see main)."""
+    from .io.summary import describe
+
+    for name in args.files:
+        print(describe(name))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": ("fit omega and fluxes on built-in simulated data", _demo_arguments, _demo),
     "crossval": ("compare the NumPy and Julia backends", _crossval_arguments, _crossval),
+    "inspect": ("describe raw .apz exposures and HDF5 products", _inspect_arguments, _inspect),
 }
 
 
