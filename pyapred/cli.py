@@ -61,8 +61,40 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------------------------
+# pyapred guider (arguments and run live in pyapred/guider.py, imported on use: astropy)
+# --------------------------------------------------------------------------------------------
+def _guider_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--product", required=True, help="pyapred product (HDF5) with omega")
+    parser.add_argument(
+        "--guider", required=True, nargs="+", help="guider files: paths, a glob or a directory"
+    )
+    parser.add_argument("--fibers", help="fibre indices (0-based product rows), e.g. 10,20-25")
+    parser.add_argument("--lag", action="store_true", help="fit a time lag within +-60 s")
+    parser.add_argument("--out", required=True, help="figure to write (PNG)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.add_argument(
+        "--telescope", choices=("apo", "lco"), help="fibre diameter default (from file names)"
+    )
+    parser.add_argument("--diameter", type=float, help="fibre diameter on the sky, arcsec")
+    parser.add_argument(
+        "--timesys", choices=("UTC", "TAI", "TT"), help="override the exposure's TIMESYS"
+    )
+
+
+def _guider(args: argparse.Namespace) -> int:
+    from .guider import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": ("fit omega and fluxes on built-in simulated data", _demo_arguments, _demo),
+    "guider": (
+        "compare fitted omega with the guider's flux in the fibre",
+        _guider_arguments,
+        _guider,
+    ),
 }
 
 
