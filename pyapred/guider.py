@@ -58,6 +58,7 @@ __all__ = [
     "read_guider_frame",
     "read_guider_frames",
     "read_times_from_header",
+    "simulate_guider_frames",
     "write_proc_gimg",
 ]
 
@@ -694,6 +695,11 @@ def guider_series(
     for i in np.flatnonzero(~keep):
         for f in epochs[i]:
             dropped.append((f.path, "no star seen in another frame (transparency undefined)"))
+    mid_seconds = _seconds(mid, mid[0])
+    for i in range(1, len(epochs)):
+        if keep[i] and np.any(keep[:i] & (np.abs(mid_seconds[:i] - mid_seconds[i]) < 1e-3)):
+            keep[i] = False
+            dropped.extend((f.path, "same time as an earlier frame (duplicate)") for f in epochs[i])
     if not keep.any():
         raise InputError(
             epochs[0][0].path, "GAIAMATCH/zp", "stars measured in at least two guider frames"
@@ -845,38 +851,54 @@ def exposure_read_times(
 # --------------------------------------------------------------------------------------------
 # Averaging the series over read-difference windows
 # --------------------------------------------------------------------------------------------
-def _integral_weights(knots: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``Phi`` with ``Phi @ y`` = integral from ``knots[0]`` to ``x`` of the interpolant of y.
+class _WindowAverager:
+    """Linear map from the guider frames' values to their curve's mean over any time windows.
 
-    The interpolant is linear between the knots and constant beyond them.
+    Each guider value is the mean of the sky over the frame's integration, not a point sample.
+    The curve is therefore the cubic spline through the frame mid-times (constant beyond the
+    first and last) whose mean over each frame's integration equals the frame's value
+    (area-preserving, so a dip is not smoothed by the frames' own averaging). Being linear in
+    the values, it also propagates their covariance exactly.
 
-    Returns
-    -------
-    ndarray, ``(len(x), len(knots))``
+    Parameters
+    ----------
+    start, end, mid : ndarray, ``(n,)``
+        Frame integration start, end and middle, s (any common origin); ``mid`` increasing.
     """
-    n = knots.size
-    h = np.diff(knots)
-    cumulative = np.zeros((n, n))  # trapezoid weights of the integral up to each knot
-    for j in range(1, n):
-        cumulative[j] = cumulative[j - 1]
-        cumulative[j, j - 1 : j + 1] += h[j - 1] / 2
-    phi = np.zeros((x.size, n))
-    left, right = x < knots[0], x >= knots[-1]
-    phi[left, 0] = x[left] - knots[0]
-    phi[right] = cumulative[-1]
-    phi[right, -1] += x[right] - knots[-1]
-    inside = np.flatnonzero(~left & ~right)
-    j = np.searchsorted(knots, x[inside], side="right") - 1
-    t, width = x[inside] - knots[j], h[j]
-    phi[inside] = cumulative[j]
-    phi[inside, j] += t - t**2 / (2 * width)
-    phi[inside, j + 1] += t**2 / (2 * width)
-    return phi
+
+    def __init__(self, start: np.ndarray, end: np.ndarray, mid: np.ndarray):
+        from scipy.interpolate import CubicSpline
+
+        self.knots = mid
+        n = mid.size
+        if n > 1:
+            # The cardinal basis: spline j interpolates the unit vector e_j at the knots.
+            self._antiderivative = CubicSpline(mid, np.eye(n), axis=0).antiderivative()
+        frame_means = self._means(start, end)
+        self._to_knots = np.linalg.inv(frame_means)  # knot values from frame means
+
+    def _integral(self, x: np.ndarray) -> np.ndarray:
+        """``(len(x), n)``: integral from the first knot to ``x`` of each basis function."""
+        n = self.knots.size
+        if n == 1:
+            return (x - self.knots[0])[:, None]
+        inside = np.clip(x, self.knots[0], self.knots[-1])
+        out = self._antiderivative(inside)
+        out[:, 0] += np.minimum(x - self.knots[0], 0.0)  # constant e_0 before the first knot
+        out[:, -1] += np.maximum(x - self.knots[-1], 0.0)  # constant e_n after the last
+        return out
+
+    def _means(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        return (self._integral(hi) - self._integral(lo)) / (hi - lo)[:, None]
+
+    def matrix(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """``(K, n)`` matrix ``A``: ``A @ frame_values`` = the curve's mean over each window."""
+        return self._means(lo, hi) @ self._to_knots
 
 
-def _window_matrix(knots: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """``A`` with ``A @ y`` = mean of the interpolant of y over each window ``[lo, hi]``."""
-    return (_integral_weights(knots, hi) - _integral_weights(knots, lo)) / (hi - lo)[:, None]
+def _averager(series: GuiderSeries, t0: Time) -> _WindowAverager:
+    start = _seconds(series.start, t0)
+    return _WindowAverager(start, start + series.exptime, _seconds(series.mid, t0))
 
 
 @dataclass(frozen=True)
@@ -967,7 +989,7 @@ def predict_omega(
     t0, lo, hi = _windows(times, row_phase)
     lo, hi = lo + lag, hi + lag
     covered = _coverage(series, t0, lo, hi, max_gap)
-    matrix = _window_matrix(_seconds(series.mid, t0), lo, hi)
+    matrix = _averager(series, t0).matrix(lo, hi)
     omega = matrix @ series.flux
     cov = matrix @ (series.flux_err[:, None] ** 2 * matrix.T)
     peak = omega[covered].max() if covered.any() else math.nan
@@ -1106,6 +1128,8 @@ class GuiderComparison:
         Elements in the fit: finite, not the fixed reference, covered by the guider.
     guider, guider_err : ndarray, ``(K,)``
         The guider prediction at the best lag (normalised, maximum 1 over covered windows).
+    frame_flux : ndarray, ``(n_frames,)``
+        The guider frames' flux-in-fibre values on the same normalisation.
     window_start, window_end : ndarray, ``(K,)``
         Windows in TAI s since ``t0``, lag applied.
     t0 : astropy.time.Time
@@ -1148,6 +1172,7 @@ class GuiderComparison:
     used: np.ndarray
     guider: np.ndarray
     guider_err: np.ndarray
+    frame_flux: np.ndarray
     window_start: np.ndarray
     window_end: np.ndarray
     t0: Time
@@ -1213,15 +1238,10 @@ class GuiderComparison:
         -------
         matplotlib.figure.Figure
         """
-        import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: no global state, any backend
 
-        if path is not None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(
-            3, 1, figsize=(8, 8.5), sharex=True, gridspec_kw={"height_ratios": [1, 1.6, 1]}
-        )
+        fig = Figure(figsize=(8, 8.5), layout="tight")
+        axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.6, 1]})
         top, middle, bottom = axes
         guide_t = _seconds(self.series.mid, self.t0)
         top.plot(guide_t, self.series.transparency, "o-", color="tab:red", ms=3)
@@ -1246,8 +1266,7 @@ class GuiderComparison:
             lw=2,
             label="guider flux in fibre",
         )
-        dense = np.linspace(guide_t.min(), guide_t.max(), 400)
-        middle.plot(dense, np.interp(dense, guide_t, self.series.flux), color="0.6", lw=1)
+        middle.plot(guide_t, self.frame_flux, ".", color="0.5", label="guider frames")
         for n, f in enumerate(shown):
             use = self.used[f]
             scaled = self.omega[f] / self.scale[f]
@@ -1268,7 +1287,6 @@ class GuiderComparison:
         bottom.axhline(0, color="k", lw=1)
         bottom.set_ylabel("(omega - scale g) / sigma")
         bottom.set_xlabel(f"TAI seconds since first read {self.t0.tai.isot} (+ lag)")
-        fig.tight_layout()
         if path is not None:
             final, tmp = _atomic_path(path)
             try:
@@ -1379,7 +1397,7 @@ def compare(
     ValueError
         Bad arguments (shapes, missing read times).
     """
-    from scipy import optimize, stats
+    from scipy import optimize, special
 
     data = _omega_arrays(omega_fit_or_product, fibers)
     source_times = read_times if read_times is not None else data.read_times
@@ -1416,11 +1434,11 @@ def compare(
         flags.append("partial-coverage")
     diag = np.diagonal(data.cov, axis1=1, axis2=2)
     used = np.isfinite(data.omega) & (diag > 0) & covered[None]
-    knots = _seconds(series.mid, t0)
+    averager = _averager(series, t0)
     flux_var = series.flux_err**2
 
     def evaluate(lag):
-        matrix = _window_matrix(knots, lo0 + lag, hi0 + lag)
+        matrix = averager.matrix(lo0 + lag, hi0 + lag)
         g = matrix @ series.flux
         g_cov = matrix @ (flux_var[:, None] * matrix.T)
         return (g, g_cov, *_fit_scale(data.omega, data.cov, used, g, g_cov))
@@ -1459,7 +1477,7 @@ def compare(
     dof = n_used - 1
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2_dof = chi2 / dof
-        p_value = np.where(dof > 0, stats.chi2.sf(chi2, np.maximum(dof, 1)), np.nan)
+        p_value = np.where(dof > 0, special.chdtrc(np.maximum(dof, 1), chi2), np.nan)
     omega = np.where(used, data.omega, np.nan)
     omega_err = np.sqrt(np.where(used, diag, np.nan))
     residual = omega - scale[:, None] * g[None]
@@ -1479,6 +1497,7 @@ def compare(
         used=used,
         guider=np.where(covered, g / peak, np.nan),
         guider_err=np.where(covered, np.sqrt(np.diag(g_cov)) / peak, np.nan),
+        frame_flux=series.flux / peak,
         window_start=t_lo,
         window_end=t_hi,
         t0=t0,
@@ -1627,13 +1646,11 @@ def write_proc_gimg(
     timesys : str
     image_shape : (int, int)
     """
-    start = getattr(date_obs, timesys.lower()) if timesys.upper() in TIME_SCALES else date_obs
+    start = getattr(date_obs, timesys.lower()).copy()
+    start.precision = 6
     header = fits.Header()
     header["TIMESYS"] = (timesys, "Time system")
-    header["DATE-OBS"] = (
-        start.strftime("%Y-%m-%d %H:%M:%S.%f"),
-        "Time of the start of the exposure [TAI]",
-    )
+    header["DATE-OBS"] = (start.iso, "Time of the start of the exposure [TAI]")
     header["EXPTIME"] = (float(exptime), "Exposure time of single integration [s]")
     header["EXPTIMEN"] = (float(exptime), "Total exposure time [s]")
     header["TAI_MID"] = ((date_obs.tai + exptime / 2 * u.s).mjd * 86400.0, "TAI at mid-exposure")
@@ -1645,8 +1662,9 @@ def write_proc_gimg(
     header["FWHMFIT"] = (-999.0 if fwhm_fit is None else float(fwhm_fit), "Fitted FWHM [arcsec]")
     header["RMS"] = (float(rms), "Guide RMS [arcsec]")
     zp = None if zp is None else np.asarray(zp, dtype=np.float64)
-    if r_zpt is None:
-        r_zpt = float(np.median(zp)) if zp is not None and zp.size else -999.0
+    if r_zpt is None and zp is not None and np.isfinite(zp).any():
+        r_zpt = float(np.nanmedian(zp))
+    r_zpt = -999.0 if r_zpt is None or not np.isfinite(r_zpt) else r_zpt
     header["R_ZPT"] = (float(r_zpt), "median measured zeropoint of gaia sources")
     hdus = [fits.PrimaryHDU(), fits.ImageHDU(np.zeros(image_shape, np.float32), header, name="RAW")]
     if zp is not None:
@@ -1665,6 +1683,80 @@ def write_proc_gimg(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def simulate_guider_frames(
+    directory,
+    *,
+    start: Time,
+    duration: float,
+    transparency,
+    fwhm,
+    rng: np.random.Generator,
+    cadence: float = 20.0,
+    exptime: float = 15.0,
+    n_stars: int = 30,
+    zp_noise: float = 0.01,
+    cameras: Sequence[str] = ("gfa1n", "gfa2n", "gfa3n", "gfa4n", "gfa5n", "gfa6n"),
+    config_id: int = 1,
+    first_frame: int = 1,
+) -> list[str]:
+    """Write SDSS-V guider frames that see a given transparency and seeing history.
+
+    Frame ``i`` starts at ``start + i * cadence`` and integrates ``exptime`` s. Its ``FWHM`` and
+    ``FWHMFIT`` are the mean of ``fwhm`` over the integration; each camera's ``n_stars`` Gaia
+    stars get ``zp = zp0 + 2.5 log10(mean transparency) + N(0, zp_noise)``.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Created if needed; files are named ``proc-gimg-{camera}-{NNNN}.fits``.
+    start : astropy.time.Time
+        Start of the first frame (TAI is written).
+    duration : float
+        s; frames are written while their start is before ``start + duration``.
+    transparency, fwhm : callable
+        Functions of TAI seconds since ``start`` (vectorised), relative transparency and arcsec.
+    rng : numpy.random.Generator
+    cadence, exptime : float
+        s.
+    n_stars : int
+        Stars per camera.
+    zp_noise : float
+        Per-star zero-point noise, mag.
+    cameras : sequence of str
+    config_id, first_frame : int
+
+    Returns
+    -------
+    list of str
+        The paths written.
+    """
+    os.makedirs(directory, exist_ok=True)
+    zp0 = rng.uniform(24.5, 25.5, (len(cameras), n_stars))
+    paths = []
+    for i, t in enumerate(np.arange(0.0, duration, cadence)):
+        grid = np.linspace(t, t + exptime, 201)
+        mean_t = float(np.mean(transparency(grid)))
+        mean_fwhm = float(np.mean(fwhm(grid)))
+        for c, camera in enumerate(cameras):
+            zp = zp0[c] + 2.5 * np.log10(mean_t) + rng.normal(0.0, zp_noise, n_stars)
+            path = os.path.join(
+                os.fspath(directory), f"proc-gimg-{camera}-{first_frame + i:04d}.fits"
+            )
+            write_proc_gimg(
+                path,
+                date_obs=start + t * u.s,
+                exptime=exptime,
+                fwhm=mean_fwhm,
+                fwhm_fit=mean_fwhm,
+                source_id=(c + 1) * 10**6 + np.arange(n_stars),
+                zp=zp,
+                config_id=config_id,
+                camera=camera,
+            )
+            paths.append(path)
+    return paths
 
 
 # --------------------------------------------------------------------------------------------
