@@ -24,6 +24,7 @@ astropy and scipy are imported here; ``import pyapred`` does not import this mod
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -119,14 +120,19 @@ def _tai_minus_utc(t: Time) -> float:
     return float(round((t.tai.mjd - t.utc.mjd) * 86400.0))
 
 
-def _atomic_path(path) -> tuple[str, str]:
-    """A temporary file beside ``path`` (same file system, so the final rename is atomic)."""
+@contextlib.contextmanager
+def _atomic_write(path):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     os.close(fd)
-    return path, tmp
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,15 +259,23 @@ def read_guider_frame(path) -> GuiderFrame:
         Unreadable file, missing or malformed time cards, unknown ``TIMESYS``.
     """
     path = os.fspath(path)
-    try:
-        hdul = fits.open(path, memmap=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(path, "file", "a readable FITS file", type(exc).__name__) from None
-    with hdul:
+    with _fits_errors(path), fits.open(path, memmap=False) as hdul:
         names = [hdu.name.upper() for hdu in hdul]
         if "RAW" in names or _SDSSV_NAME.search(os.path.basename(path)):
             return _read_proc_gimg(path, hdul, names)
         return _read_plate_gimg(path, hdul)
+
+
+@contextlib.contextmanager
+def _fits_errors(path: str):
+    """Turn astropy's errors on a damaged file into an InputError naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        found = f"{type(exc).__name__}: {exc}"[:200]
+        raise InputError(path, "file", "a readable FITS file", found) from None
 
 
 def _read_proc_gimg(path: str, hdul, names: list[str]) -> GuiderFrame:
@@ -403,25 +417,22 @@ def read_gcam_summary(path, *, exptime: float = 15.0) -> list[GuiderFrame]:
         ``fwhm`` is the median of the valid per-camera ``fwhm`` values.
     """
     path = os.fspath(path)
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            table = next((h.data for h in hdul if isinstance(h, fits.BinTableHDU)), None)
-            if table is None:
-                raise InputError(path, "HDU 1", "a binary table with one row per guider frame")
-            columns = [c.lower() for c in table.columns.names]
-            for column in ("date-obs", "fwhm"):
-                if column not in columns:
-                    raise InputError(path, column, "a column of the gcam summary table")
-            dates = np.char.strip(np.asarray(table["date-obs"]).astype(str))
-            fwhm = np.atleast_2d(np.asarray(table["fwhm"], dtype=np.float64).T).T
-            nstars = (
-                np.atleast_2d(np.asarray(table["nstars"], dtype=np.float64).T).T
-                if "nstars" in columns
-                else np.ones_like(fwhm)
-            )
-            gdrms = np.asarray(table["gdrms"], np.float64) if "gdrms" in columns else None
-    except OSError as exc:
-        raise InputError(path, "file", "a readable FITS file", type(exc).__name__) from None
+    with _fits_errors(path), fits.open(path, memmap=False) as hdul:
+        table = next((h.data for h in hdul if isinstance(h, fits.BinTableHDU)), None)
+        if table is None:
+            raise InputError(path, "HDU 1", "a binary table with one row per guider frame")
+        columns = [c.lower() for c in table.columns.names]
+        for column in ("date-obs", "fwhm"):
+            if column not in columns:
+                raise InputError(path, column, "a column of the gcam summary table")
+        dates = np.char.strip(np.asarray(table["date-obs"]).astype(str))
+        fwhm = np.atleast_2d(np.asarray(table["fwhm"], dtype=np.float64).T).T
+        nstars = (
+            np.atleast_2d(np.asarray(table["nstars"], dtype=np.float64).T).T
+            if "nstars" in columns
+            else np.ones_like(fwhm)
+        )
+        gdrms = np.asarray(table["gdrms"], np.float64) if "gdrms" in columns else None
     frames = []
     for row, date in enumerate(dates):
         start = _parse_date(f"{path}[row {row}]", {"DATE-OBS": date}, "TAI")
@@ -797,7 +808,8 @@ def read_times_from_header(
     if not interval > 0:
         raise InputError(path, "INTOFF", "the read period in ms (10647 for APOGEE)", repr(interval))
     if n_reads is None:
-        n_reads = int(_number(header.get("NREAD", header.get("NFRAMES"))) or 0)
+        card = _number(header.get("NREAD", header.get("NFRAMES")))
+        n_reads = int(card) if math.isfinite(card) else 0
     if n_reads < 3:
         raise InputError(path, "NREAD", "at least 3 reads", repr(n_reads))
     return start + np.arange(n_reads) * (interval / 1000.0) * u.s
@@ -1068,12 +1080,13 @@ def _load_product(path: str) -> Mapping:
         read_product = None
     if read_product is not None:
         product = read_product(path)
-        return {
-            "omega": product.omega,
-            "omega_cov": product.omega_cov,
-            "read_times": getattr(product, "read_times", None),
-            "header": getattr(product, "header", None),
-        }
+        if hasattr(product, "omega") and hasattr(product, "omega_cov"):
+            return {
+                "omega": product.omega,
+                "omega_cov": product.omega_cov,
+                "read_times": getattr(product, "read_times", None),
+                "header": getattr(product, "header", None),
+            }
     import h5py
 
     try:
@@ -1288,13 +1301,8 @@ class GuiderComparison:
         bottom.set_ylabel("(omega - scale g) / sigma")
         bottom.set_xlabel(f"TAI seconds since first read {self.t0.tai.isot} (+ lag)")
         if path is not None:
-            final, tmp = _atomic_path(path)
-            try:
+            with _atomic_write(path) as tmp:
                 fig.savefig(tmp, dpi=110, format="png")
-                os.replace(tmp, final)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
         return fig
 
 
@@ -1430,23 +1438,24 @@ def compare(
             f"guider frames covering the exposure ({times[0].isot} to {times[-1].isot} TAI)",
             f"frames from {series.start[0].isot} to {(series.start[-1]).isot} TAI with gaps",
         )
-    if not covered.all():
-        flags.append("partial-coverage")
     diag = np.diagonal(data.cov, axis1=1, axis2=2)
-    used = np.isfinite(data.omega) & (diag > 0) & covered[None]
+    has_data = np.isfinite(data.omega) & (diag > 0)  # the fixed element has variance 0
     averager = _averager(series, t0)
     flux_var = series.flux_err**2
 
-    def evaluate(lag):
+    def evaluate(lag, used):
         matrix = averager.matrix(lo0 + lag, hi0 + lag)
         g = matrix @ series.flux
         g_cov = matrix @ (flux_var[:, None] * matrix.T)
         return (g, g_cov, *_fit_scale(data.omega, data.cov, used, g, g_cov))
 
-    def total_chi2(lag):
-        return float(np.nansum(evaluate(lag)[4]))
-
+    # The lag search compares chi2 over one fixed set of elements: those covered at lag 0.
+    used = has_data & covered[None]
     n_used = used.sum(axis=1)
+
+    def total_chi2(lag):
+        return float(np.nansum(evaluate(lag, used)[4]))
+
     lag, lag_err, grid, grid_chi2, clock = 0.0, math.nan, None, None, "not-fitted"
     tai_utc = _tai_minus_utc(times[0])
     if fit_lag:
@@ -1473,8 +1482,13 @@ def compare(
         if clock in ("date-obs-is-tai", "date-obs-is-utc", "unexplained"):
             flags.append("clock-offset")
 
-    g, g_cov, scale, scale_var, chi2 = evaluate(lag)
-    dof = n_used - 1
+    if lag != 0.0:
+        covered = _coverage(series, t0, lo0 + lag, hi0 + lag, max_gap)
+        used = has_data & covered[None]
+    if not covered.all():
+        flags.append("partial-coverage")
+    g, g_cov, scale, scale_var, chi2 = evaluate(lag, used)
+    dof = used.sum(axis=1) - 1
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2_dof = chi2 / dof
         p_value = np.where(dof > 0, special.chdtrc(np.maximum(dof, 1), chi2), np.nan)
@@ -1676,13 +1690,8 @@ def write_proc_gimg(
             fits.Column("zp", "D", array=zp),
         ]
         hdus.append(fits.BinTableHDU.from_columns(columns, name="GAIAMATCH"))
-    final, tmp = _atomic_path(path)
-    try:
+    with _atomic_write(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def simulate_guider_frames(
