@@ -453,6 +453,16 @@ def test_cli_guider_bad_input_exits_2(sky, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_docs_worked_example_runs(tmp_path, monkeypatch):
+    text = (REPO / "docs" / "guider.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "docs/guider.md", "exec"), {})
+    assert (tmp_path / "guider-example.png").stat().st_size > 10_000
+
+
 def test_import_pyapred_stays_light():
     code = "import sys, pyapred; print('astropy' in sys.modules, 'pyapred.guider' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
