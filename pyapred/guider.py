@@ -1319,6 +1319,8 @@ def _fit_scale(omega, cov, used, g, g_cov):
     Returns
     -------
     a, a_var, chi2 : ndarray, ``(F,)``
+    da_dg : ndarray, ``(F, K)``
+        Derivative of ``a`` with respect to the guider curve (0 on unused elements).
     """
     both = used[:, :, None] & used[:, None, :]
     w = np.where(used, omega, 0.0)
@@ -1336,20 +1338,20 @@ def _fit_scale(omega, cov, used, g, g_cov):
         return apply
 
     def weighted(total):
-        apply = solve(total)
-        solved = apply(np.stack([w, gm], axis=-1))
+        solved = solve(total)(np.stack([w, gm], axis=-1))  # C^-1 omega, C^-1 g
         gwg = np.einsum("fk,fk->f", gm, solved[..., 1])
         with np.errstate(invalid="ignore", divide="ignore"):
             a = np.einsum("fk,fk->f", gm, solved[..., 0]) / gwg
-        return a, gwg, apply
+        return a, gwg, solved
 
-    a, gwg, apply = weighted(cov)
+    a, gwg, solved = weighted(cov)
     if np.any(g_cov):
-        a, gwg, apply = weighted(cov + (a**2)[:, None, None] * g_cov[None])
-    residual = w - a[:, None] * gm
-    chi2 = np.einsum("fk,fk->f", residual, apply(residual[..., None])[..., 0])
-    with np.errstate(divide="ignore"):
-        return a, 1.0 / gwg, chi2
+        a, gwg, solved = weighted(cov + (a**2)[:, None, None] * g_cov[None])
+    c_w, c_g = solved[..., 0], solved[..., 1]
+    chi2 = np.einsum("fk,fk->f", w - a[:, None] * gm, c_w - a[:, None] * c_g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        da_dg = (c_w - 2 * a[:, None] * c_g) / gwg[:, None]
+        return a, 1.0 / gwg, chi2, da_dg
 
 
 def compare(
@@ -1490,14 +1492,20 @@ def compare(
         used = has_data & covered[None]
     if not covered.all():
         flags.append("partial-coverage")
-    g, g_cov, scale, scale_var, chi2 = evaluate(lag, used)
+    g, g_cov, a, a_var, chi2, da_dg = evaluate(lag, used)
+    # The guider curve is normalised by its peak window j: scale = a * g[j]. Its error adds the
+    # peak's own uncertainty and its correlation with a.
+    j = int(np.argmax(np.where(covered, g, -np.inf)))
+    peak = g[j]
+    scale = a * peak
+    scale_var = peak**2 * a_var + a**2 * g_cov[j, j] + 2 * a * peak * (da_dg @ g_cov[:, j])
     dof = used.sum(axis=1) - 1
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2_dof = chi2 / dof
         p_value = np.where(dof > 0, special.chdtrc(np.maximum(dof, 1), chi2), np.nan)
     omega = np.where(used, data.omega, np.nan)
     omega_err = np.sqrt(np.where(used, diag, np.nan))
-    residual = omega - scale[:, None] * g[None]
+    residual = omega - a[:, None] * g[None]
     correlation = np.array([_pearson(o[ok], g[ok]) for o, ok in zip(omega, used, strict=True)])
     residual_rms = np.sqrt(np.nanmean(np.where(used, residual**2, np.nan), axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1505,7 +1513,6 @@ def compare(
     disagree = np.nan_to_num(p_value, nan=1.0) < alpha
     if disagree.any():
         flags.append("disagree")
-    peak = np.max(g[covered])
     t_lo, t_hi = lo0 + lag, hi0 + lag
     return GuiderComparison(
         fibers=data.fibers,
@@ -1518,8 +1525,8 @@ def compare(
         window_start=t_lo,
         window_end=t_hi,
         t0=t0,
-        scale=scale * peak,
-        scale_err=np.sqrt(scale_var) * peak,
+        scale=scale,
+        scale_err=np.sqrt(np.maximum(scale_var, 0.0)),
         correlation=correlation,
         chi2=chi2,
         dof=dof,
@@ -1803,7 +1810,11 @@ def run(args) -> int:
         diameter=args.diameter,
         timesys=args.timesys,
     )
-    result.plot(args.out)
+    try:
+        result.plot(args.out)
+    except ImportError as exc:  # matplotlib is the optional 'plot' extra
+        raise InputError(args.out, "--out", "matplotlib installed: pip install 'pyapred[plot]'",
+                         str(exc)) from None  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:
