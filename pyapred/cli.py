@@ -69,7 +69,14 @@ def _guider_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guider", required=True, nargs="+", help="guider files: paths, a glob or a directory"
     )
-    parser.add_argument("--fibers", help="fibre indices (0-based product rows), e.g. 10,20-25")
+    parser.add_argument(
+        "--fibers", help="fibre indices (0-based, 300 - fiberId), e.g. 10,20-25; default all fitted"
+    )
+    parser.add_argument("--group", help="the product's fibre group: R, G, B or joint (default)")
+    parser.add_argument(
+        "--exposure",
+        help="apR-*.apz (or FITS header) giving the read times, if the product lacks them",
+    )
     parser.add_argument("--lag", action="store_true", help="fit a time lag within +-60 s")
     parser.add_argument("--out", required=True, help="figure to write (PNG)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")

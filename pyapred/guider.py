@@ -33,7 +33,7 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import SimpleNamespace
 
 import numpy as np
 from astropy import units as u
@@ -784,9 +784,10 @@ def read_times_from_header(
 ) -> Time:
     """Start times of the reads of an APOGEE exposure from its header, TAI scale.
 
-    ``t_k = DATE-OBS + k * INTOFF`` for ``k = 0 .. n_reads - 1`` (``INTOFF`` in ms, ``DATE-OBS``
-    the start of integration). ``TIMESYS`` is honoured; it defaults to UTC, as in the documented
-    APOGEE headers.
+    ``t_k = DATE-OBS + INTDELAY + k * INTOFF`` for ``k = 0 .. n_reads - 1`` (``INTOFF`` in ms,
+    ``INTDELAY`` in s and 0 when absent, ``DATE-OBS`` the start of integration), as
+    ``pyapred.io.read_apz`` does. ``TIMESYS`` is honoured; it defaults to UTC, as in the
+    documented APOGEE headers.
 
     Parameters
     ----------
@@ -815,7 +816,9 @@ def read_times_from_header(
         n_reads = int(card) if math.isfinite(card) else 0
     if n_reads < 3:
         raise InputError(path, "NREAD", "at least 3 reads", repr(n_reads))
-    return start + np.arange(n_reads) * (interval / 1000.0) * u.s
+    delay = _number(header.get("INTDELAY", 0.0))
+    delay = delay if math.isfinite(delay) else 0.0
+    return start + (delay + np.arange(n_reads) * (interval / 1000.0)) * u.s
 
 
 def exposure_read_times(
@@ -1030,18 +1033,27 @@ def predict_omega(
 class _Omega:
     omega: np.ndarray  # (F, K)
     cov: np.ndarray  # (F, K, K)
-    fibers: np.ndarray  # (F,)
+    fibers: np.ndarray  # (F,) labels: product fibre indices, else rows
     read_times: Time | None
     header: Mapping | None
 
 
-def _omega_arrays(source, fibers) -> _Omega:
-    """Normalise the accepted omega inputs to (F, K) and (F, K, K) arrays."""
-    read_times, header = None, None
+#: Exposure header cards that give the read times, looked for in a product's metadata.
+TIME_CARDS = ("DATE-OBS", "TIMESYS", "INTOFF", "INTDELAY", "NREAD", "NFRAMES", "CONFIGID")
+
+
+def _omega_arrays(source, fibers, group: str | None = None) -> _Omega:
+    """Normalise the accepted omega inputs to (F, K) and (F, K, K) arrays.
+
+    ``fibers`` selects by label (the product's fibre index, else the row); by default every
+    fibre with at least three fitted elements (positive variance) is kept.
+    """
     if isinstance(source, (str, os.PathLike)):
-        return _omega_arrays(_load_product(os.fspath(source)), fibers)
+        return _omega_arrays(_load_product(os.fspath(source), group), fibers)
+    labels, read_times, header = None, None, None
     if isinstance(source, Mapping):
         omega, cov = source["omega"], source["omega_cov"]
+        labels = source.get("fiber_index")
         read_times, header = source.get("read_times"), source.get("header")
     elif isinstance(source, tuple):
         omega, cov = source
@@ -1061,35 +1073,64 @@ def _omega_arrays(source, fibers) -> _Omega:
             "omega, omega_cov: expected shapes (F, K) and (F, K, K), "
             f"got {omega.shape}, {cov.shape}"
         )
-    index = np.arange(omega.shape[0])
-    if fibers is not None:
-        index = np.atleast_1d(np.asarray(fibers, dtype=np.int64))
-        if np.any((index < 0) | (index >= omega.shape[0])):
-            raise ValueError(f"fibers: expected indices in [0, {omega.shape[0]}), got {fibers}")
-    return _Omega(omega[index], cov[index], index, read_times, header)
+    labels = np.arange(omega.shape[0]) if labels is None else np.asarray(labels, np.int64)
+    if fibers is None:
+        fitted = np.isfinite(omega) & (np.diagonal(cov, axis1=1, axis2=2) > 0)
+        rows = np.flatnonzero(fitted.sum(axis=1) >= 3)
+        if rows.size == 0:
+            raise ValueError("omega: no fibre has a fitted omega (all variances are 0 or NaN)")
+    else:
+        wanted = np.atleast_1d(np.asarray(fibers, dtype=np.int64))
+        missing = sorted(set(wanted.tolist()) - set(labels.tolist()))
+        if missing:
+            raise ValueError(f"fibers: {missing} not among the {labels.size} fibres given")
+        rows = np.array([np.flatnonzero(labels == f)[0] for f in wanted])
+    return _Omega(omega[rows], cov[rows], labels[rows], read_times, header)
 
 
-def _load_product(path: str) -> Mapping:
-    """Omega, covariance, read times and header from a pyapred product (HDF5).
+def _load_product(path: str, group: str | None) -> dict:
+    """Omega, covariance, fibre indices and read times of one fibre group of a product.
 
-    Uses ``pyapred.io.product.read_product`` when the I/O layer provides it; otherwise reads
-    the datasets ``omega`` ``(n_fibres, K)`` and ``omega_cov`` ``(n_fibres, K, K)`` and the
-    read times (dataset ``read_times``, TAI MJD, or header attributes ``DATE-OBS``, ``INTOFF``,
-    ``NREAD``, ``TIMESYS``) from the first group holding them.
+    Reads with ``pyapred.io.read_product`` when the I/O layer is installed, otherwise the same
+    HDF5 layout directly (``/fibers/{group}/omega``, ``omega_cov``, 1-based ``fiber_index``,
+    ``/metadata/*``). The group is ``group``, else ``"joint"`` when present, else the first of
+    R, G, B. Read times come from the metadata: ``read_times_tai_mjd``, or the exposure header
+    cards ``DATE-OBS``, ``TIMESYS``, ``INTOFF`` (and ``INTDELAY``, ``CONFIGID``).
     """
     try:
-        from .io.product import read_product  # the I/O layer, when present
-    except ImportError:
-        read_product = None
-    if read_product is not None:
+        from .io.product import read_product
+    except ImportError:  # the I/O layer is not installed: read its documented layout
+        groups, metadata = _read_product_hdf5(path)
+    else:
         product = read_product(path)
-        if hasattr(product, "omega") and hasattr(product, "omega_cov"):
-            return {
-                "omega": product.omega,
-                "omega_cov": product.omega_cov,
-                "read_times": getattr(product, "read_times", None),
-                "header": getattr(product, "header", None),
-            }
+        groups, metadata = product.fibers, product.metadata
+    if not groups:
+        raise InputError(path, "fibers", "per-fibre omega in a /fibers/{group} group")
+    preferred = [g for g in ("joint", "R", "G", "B") if g in groups] + sorted(groups)
+    name = group or preferred[0]
+    if name not in groups:
+        raise InputError(path, f"fibers/{name}", f"one of the groups {sorted(groups)}")
+    fits_ = groups[name]
+    header = {key.upper(): _scalar(v) for key, v in metadata.items() if key.upper() in TIME_CARDS}
+    read_times = metadata.get("read_times_tai_mjd")
+    if read_times is not None:
+        read_times = Time(np.asarray(read_times, np.float64), format="mjd", scale="tai")
+    return {
+        "omega": fits_.omega,
+        "omega_cov": fits_.omega_cov,
+        "fiber_index": fits_.fiber_index,
+        "read_times": read_times,
+        "header": header or None,
+    }
+
+
+def _scalar(value):
+    value = value.decode() if isinstance(value, bytes) else value
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
+def _read_product_hdf5(path: str) -> tuple[dict, dict]:
+    """The fibre groups and metadata of a product, read with h5py (see :func:`_load_product`)."""
     import h5py
 
     try:
@@ -1097,32 +1138,21 @@ def _load_product(path: str) -> Mapping:
     except OSError as exc:
         raise InputError(path, "file", "a readable HDF5 product", str(exc)) from None
     with handle:
-        found: list[str] = []
-        handle.visititems(
-            lambda name, obj: (
-                found.append(name)
-                if isinstance(obj, h5py.Dataset) and name.split("/")[-1] == "omega"
-                else None
+        groups = {}
+        for name, group in handle.get("fibers", {}).items():
+            if not isinstance(group, h5py.Group):
+                raise InputError(path, f"fibers/{name}", "a group of per-fibre datasets")
+            for dataset in ("omega", "omega_cov", "fiber_index"):
+                if dataset not in group:
+                    raise InputError(path, f"fibers/{name}/{dataset}", "a dataset of the product")
+            groups[name] = SimpleNamespace(
+                omega=group["omega"][()],
+                omega_cov=group["omega_cov"][()],
+                fiber_index=group["fiber_index"][()]
+                - int(group["fiber_index"].attrs.get("index_base", 1)),
             )
-        )
-        if not found:
-            raise InputError(path, "omega", "a dataset of per-fibre omega (n_fibres, K)")
-        group = handle[found[0]].parent
-        if "omega_cov" not in group:
-            raise InputError(path, f"{group.name}/omega_cov", "omega's covariance (n_fibres, K, K)")
-        out: dict[str, Any] = {"omega": group["omega"][()], "omega_cov": group["omega_cov"][()]}
-        for where in (group, handle):
-            if "read_times" in where:
-                out["read_times"] = Time(where["read_times"][()], format="mjd", scale="tai")
-                break
-        header = {}
-        for where in (handle, group, handle.get("metadata")):
-            if where is not None:
-                header.update({k: v for k, v in where.attrs.items() if str(k).isupper()})
-        out["header"] = header or None
-    if out.get("read_times") is None and not out["header"]:
-        raise InputError(path, "read_times", "read times (TAI MJD) or DATE-OBS/INTOFF attributes")
-    return out
+        metadata = {k: v[()] for k, v in handle.get("metadata", {}).items()}
+    return groups, metadata
 
 
 # --------------------------------------------------------------------------------------------
@@ -1360,6 +1390,7 @@ def compare(
     *,
     read_times=None,
     fibers=None,
+    group: str | None = None,
     fit_lag: bool = False,
     lag_range: float = 60.0,
     lag_step: float = 0.5,
@@ -1384,7 +1415,10 @@ def compare(
         The exposure's ``n_reads = K + 1`` read times (see :func:`exposure_read_times`).
         Required unless the product carries them.
     fibers : sequence of int, optional
-        Rows of omega to compare (default all with data).
+        Fibres to compare: a product's 0-based fibre indices (``300 - fiberId``), else rows of
+        omega. Default: every fibre with a fitted omega (at least 3 elements of variance > 0).
+    group : str, optional
+        A product's fibre group (chip name or ``"joint"``); see :func:`_load_product`.
     fit_lag : bool, optional
         Fit a time lag on a grid over ``[-lag_range, lag_range]`` s, step ``lag_step``, refined.
     telescope, diameter, seeing
@@ -1412,7 +1446,7 @@ def compare(
     """
     from scipy import optimize, special
 
-    data = _omega_arrays(omega_fit_or_product, fibers)
+    data = _omega_arrays(omega_fit_or_product, fibers, group)
     source_times = read_times if read_times is not None else data.read_times
     if source_times is None and data.header:
         source_times = data.header
@@ -1795,21 +1829,40 @@ def _parse_fibers(text: str | None) -> list[int] | None:
     return fibers
 
 
+def _exposure_header(path) -> fits.Header:
+    """The header of an APOGEE exposure file (``apR-*.apz``: HDU 1) that gives its read times."""
+    path = os.fspath(path)
+    with _fits_errors(path), fits.open(path, memmap=False) as hdul:
+        for hdu in hdul[:2]:
+            if "DATE-OBS" in hdu.header and "INTOFF" in hdu.header:
+                return hdu.header.copy()
+    raise InputError(path, "HDU 0-1 DATE-OBS, INTOFF", "the exposure header with its read timing")
+
+
 def run(args) -> int:
     """Run ``pyapred guider``; 0 agreement, 1 something flagged, 2 bad input (raised)."""
     try:
         fibers = _parse_fibers(args.fibers)
     except ValueError:
         raise InputError("--fibers", "--fibers", "indices such as 10,20-25", args.fibers) from None
-    result = compare(
-        args.product,
-        args.guider,
-        fibers=fibers,
-        fit_lag=args.lag,
-        telescope=args.telescope,
-        diameter=args.diameter,
-        timesys=args.timesys,
-    )
+    data = _load_product(args.product, args.group)
+    read_times = None
+    if args.exposure:
+        read_times = _exposure_header(args.exposure)
+    elif data["read_times"] is None and not data["header"]:
+        raise InputError(
+            args.product, "metadata DATE-OBS, INTOFF", "the exposure's read times",
+            "none: pass --exposure apR-*.apz (or any FITS with its header)",
+        )  # fmt: skip
+    try:
+        result = compare(
+            data, args.guider, read_times=read_times, fibers=fibers, fit_lag=args.lag,
+            telescope=args.telescope, diameter=args.diameter, timesys=args.timesys,
+        )  # fmt: skip
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(args.product, "omega", "omega matching the exposure", str(exc)) from None
     try:
         result.plot(args.out)
     except ImportError as exc:  # matplotlib is the optional 'plot' extra
