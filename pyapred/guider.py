@@ -70,6 +70,7 @@ __all__ = [
 FIBER_DIAMETER_ARCSEC = {"apo": 3.0, "lco": 1.3}
 TIME_SCALES = ("TAI", "UTC", "TT")  # TIMESYS values understood
 SENTINEL = -900.0  # SDSS writes -999 (and -99999.9) for "no value"
+SELECT_PAD = 90.0  # s of guider frames kept beyond the exposure (and the lag range)
 PAPER_THRESHOLD = 0.035  # amplitude above which the paper prefers the time-variable model
 _SDSSV_NAME = re.compile(r"(?:proc-)?gimg-(gfa\d)([ns])-(\d+)\.fits", re.IGNORECASE)
 
@@ -243,16 +244,19 @@ def _frame_times(path, header: Mapping, default_timesys: str) -> tuple[Time, flo
     return start, exptime, mid
 
 
-def read_guider_frame(path) -> GuiderFrame:
+def read_guider_frame(path, *, window: tuple[Time, Time] | None = None) -> GuiderFrame | None:
     """Read one SDSS-V ``proc-gimg`` camera file or one plate-era (raw or processed) frame.
 
     Parameters
     ----------
     path : str or os.PathLike
+    window : (Time, Time), optional
+        Only frames integrating within this span are read; for others only the header is
+        parsed and None is returned (fast scans of a night's directory).
 
     Returns
     -------
-    GuiderFrame
+    GuiderFrame or None
         Frames that are readable but cannot be used (a dark, a raw frame, no stars, no valid
         FWHM) come back with ``problems`` set.
 
@@ -263,10 +267,22 @@ def read_guider_frame(path) -> GuiderFrame:
     """
     path = os.fspath(path)
     with _fits_errors(path), fits.open(path, memmap=False) as hdul:
+        if window is not None and not _in_window(path, hdul, window):
+            return None
         names = [hdu.name.upper() for hdu in hdul]
         if "RAW" in names or _SDSSV_NAME.search(os.path.basename(path)):
             return _read_proc_gimg(path, hdul, names)
         return _read_plate_gimg(path, hdul)
+
+
+def _in_window(path: str, hdul, window: tuple[Time, Time]) -> bool:
+    """Whether the frame overlaps ``window``, from the first two headers only."""
+    try:
+        header = hdul[1].header if hdul[1].name.upper() == "RAW" else hdul[0].header
+    except IndexError:
+        header = hdul[0].header
+    start, exptime, _ = _frame_times(path, header, "TAI")
+    return (start + exptime * u.s) >= window[0] and start <= window[1]
 
 
 @contextlib.contextmanager
@@ -484,7 +500,9 @@ def _expand_source(source) -> list[str]:
     return paths
 
 
-def read_guider_frames(source, *, gcam_exptime: float = 15.0) -> GuiderFrames:
+def read_guider_frames(
+    source, *, gcam_exptime: float = 15.0, window: tuple[Time, Time] | None = None
+) -> GuiderFrames:
     """Read every guider file in a directory, glob, path or list of those.
 
     ``gcam-*.fits`` files are read as nightly summaries; other files as single frames. A file
@@ -495,6 +513,9 @@ def read_guider_frames(source, *, gcam_exptime: float = 15.0) -> GuiderFrames:
     source : str, os.PathLike or sequence of them
     gcam_exptime : float, optional
         Integration time assumed for summary-table rows, s.
+    window : (Time, Time), optional
+        Keep only frames overlapping this span (files outside it are not read beyond their
+        header).
 
     Returns
     -------
@@ -509,14 +530,23 @@ def read_guider_frames(source, *, gcam_exptime: float = 15.0) -> GuiderFrames:
     for path in _expand_source(source):
         try:
             if os.path.basename(path).lower().startswith("gcam-"):
-                frames.extend(read_gcam_summary(path, exptime=gcam_exptime))
+                rows = read_gcam_summary(path, exptime=gcam_exptime)
+                frames.extend(f for f in rows if window is None or _overlaps(f, window))
             else:
-                frames.append(read_guider_frame(path))
+                frame = read_guider_frame(path, window=window)
+                if frame is not None:
+                    frames.append(frame)
         except InputError as exc:
             first_error = first_error or exc
             rejected.append((path, str(exc)))
-    if not frames:
+    if not frames and first_error is not None:
         raise first_error
+    if not frames:
+        raise InputError(
+            os.fspath(source) if isinstance(source, (str, os.PathLike)) else "guider frames",
+            "DATE-OBS", f"guider frames between {window[0].isot} and {window[1].isot} TAI",
+            "none in that span",
+        )  # fmt: skip
     frames.sort(key=lambda f: f.start.mjd)
     return GuiderFrames(frames=frames, rejected=rejected)
 
@@ -737,6 +767,10 @@ def guider_series(
         dropped=tuple(dropped),
         has_photometry=has_photometry,
     )
+
+
+def _overlaps(frame: GuiderFrame, window: tuple[Time, Time]) -> bool:
+    return (frame.start + frame.exptime * u.s) >= window[0] and frame.start <= window[1]
 
 
 def _is_frame_list(frames) -> bool:
@@ -1619,17 +1653,14 @@ def _select_series(frames, times, config_id, telescope, diameter, seeing, margin
     """Frames of the exposure's configuration within its time span (+- margin), as a series."""
     if isinstance(frames, GuiderSeries):
         return frames
-    if not isinstance(frames, GuiderFrames):
-        frames = (
-            GuiderFrames(list(frames), []) if _is_frame_list(frames) else read_guider_frames(frames)
-        )
-    t0 = times[0]
-    first, last = 0.0, float(_seconds(times[-1:], t0)[0])
-    pad = margin + 2 * max([f.exptime for f in frames.frames], default=0) + 60.0
+    window = (times[0] - (margin + SELECT_PAD) * u.s, times[-1] + (margin + SELECT_PAD) * u.s)
+    if _is_frame_list(frames):
+        frames = GuiderFrames(list(frames), [])
+    elif not isinstance(frames, GuiderFrames):
+        frames = read_guider_frames(frames, window=window)
     inside, rejected = [], list(frames.rejected)
     for frame in frames.frames:
-        start = float(_seconds(frame.start, t0)[0])
-        if start + frame.exptime < first - pad or start > last + pad:
+        if not _overlaps(frame, window):
             continue
         if config_id is not None and frame.config_id is not None and frame.config_id != config_id:
             rejected.append((frame.path, f"CONFIGID {frame.config_id} != exposure's {config_id}"))

@@ -306,6 +306,9 @@ def test_no_time_overlap_is_a_clear_error(sky):
         guider.compare(sky.fit, sky.frames, read_times=late)
     assert err.value.field == "DATE-OBS" and "overlapping the exposure" in str(err.value)
     assert "proc-gimg" in err.value.path
+    with pytest.raises(InputError) as err:  # from a directory: only headers are read
+        guider.compare(sky.fit, sky.directory, read_times=late)
+    assert err.value.field == "DATE-OBS" and str(sky.directory) in str(err.value)
 
 
 def test_configid_mismatch_drops_frames_or_fails(sky, tmp_path):
