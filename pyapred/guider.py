@@ -142,7 +142,7 @@ def _atomic_write(path):
 # --------------------------------------------------------------------------------------------
 # Readers
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GuiderFrame:
     """What one guider file says about the sky at one moment.
 
@@ -688,10 +688,7 @@ def guider_series(
     """
     if seeing not in ("best", "camera"):
         raise ValueError(f"seeing: expected 'best' or 'camera', got {seeing!r}")
-    if not isinstance(frames, GuiderFrames):
-        frames = (
-            GuiderFrames(list(frames), []) if _is_frame_list(frames) else read_guider_frames(frames)
-        )
+    frames = _as_frames(frames)
     dropped = list(frames.rejected)
     telescope = (telescope or _site(frames.frames)).lower()
     if telescope not in FIBER_DIAMETER_ARCSEC:
@@ -773,8 +770,13 @@ def _overlaps(frame: GuiderFrame, window: tuple[Time, Time]) -> bool:
     return (frame.start + frame.exptime * u.s) >= window[0] and frame.start <= window[1]
 
 
-def _is_frame_list(frames) -> bool:
-    return isinstance(frames, (list, tuple)) and all(isinstance(f, GuiderFrame) for f in frames)
+def _as_frames(frames, window: tuple[Time, Time] | None = None) -> GuiderFrames:
+    """GuiderFrames from themselves, a list of GuiderFrame, or files to read."""
+    if isinstance(frames, GuiderFrames):
+        return frames
+    if isinstance(frames, (list, tuple)) and all(isinstance(f, GuiderFrame) for f in frames):
+        return GuiderFrames(list(frames), [])
+    return read_guider_frames(frames, window=window)
 
 
 def _transparency(star_ids: list, star_zp: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1654,10 +1656,7 @@ def _select_series(frames, times, config_id, telescope, diameter, seeing, margin
     if isinstance(frames, GuiderSeries):
         return frames
     window = (times[0] - (margin + SELECT_PAD) * u.s, times[-1] + (margin + SELECT_PAD) * u.s)
-    if _is_frame_list(frames):
-        frames = GuiderFrames(list(frames), [])
-    elif not isinstance(frames, GuiderFrames):
-        frames = read_guider_frames(frames, window=window)
+    frames = _as_frames(frames, window)
     inside, rejected = [], list(frames.rejected)
     for frame in frames.frames:
         if not _overlaps(frame, window):
