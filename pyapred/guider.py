@@ -1203,7 +1203,7 @@ class GuiderComparison:
     Attributes
     ----------
     fibers : ndarray of int
-        Fibre indices (0-based rows of the input).
+        The product's 0-based fibre indices (``300 - fiberId``), else rows of the input omega.
     omega, omega_err : ndarray, ``(F, K)``
         The fitted omega and its standard errors (NaN where unused).
     used : ndarray of bool, ``(F, K)``
@@ -1217,7 +1217,7 @@ class GuiderComparison:
     t0 : astropy.time.Time
     scale, scale_err : ndarray
         Least-squares factor with ``omega ~ scale * guider``, weighted by omega's covariance plus
-        the guider's.
+        the guider's; the error includes that of the guider's normalisation (its peak window).
     correlation : ndarray
         Pearson correlation of omega and the guider over the used elements.
     chi2, dof, chi2_dof, p_value : ndarray
