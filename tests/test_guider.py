@@ -297,6 +297,42 @@ def test_plate_era_directory_reads_with_unusable_frames_dropped():
     assert "'flat'" in reasons[flat]
 
 
+@needs_fixtures
+def test_plate_era_transparency_follows_mag_against_ref_mag(tmp_path):
+    """Copies of the processed frame, 30 s apart, with the probes dimmed by 0, 0.1, 0.05 mag."""
+    source = FIXTURES / "lco" / "expect-gimg-0040.fits.gz"
+    start = Time("2015-12-01 01:41:26.6", scale="tai")
+    for i, dimming in enumerate([0.0, 0.1, 0.05]):
+        with fits.open(source) as hdul:
+            hdul[0].header["DATE-OBS"] = (start + 30 * i * u.s).iso + "Z"
+            hdul[0].header["SEEING"] = 1.2 + 0.1 * i
+            hdul[6].data["mag"] = hdul[6].data["mag"] + dimming
+            hdul.writeto(tmp_path / f"proc-gimg-{i:04d}.fits.gz")
+    series = guider.guider_series(tmp_path)
+    ratio = series.transparency / series.transparency[0]
+    np.testing.assert_allclose(ratio, 10 ** (-0.4 * np.array([0.0, 0.1, 0.05])), rtol=1e-5)
+    assert series.n_stars.tolist() == [14, 14, 14]  # the enabled guide probes with photometry
+    coupling = guider.fibre_coupling(np.array([1.2, 1.3, 1.4]), 3.0)
+    np.testing.assert_allclose(series.flux, ratio * coupling / (ratio * coupling).max(), rtol=1e-5)
+
+
+def test_seeing_choice_and_telescope_from_file_names(tmp_path):
+    for i in range(2):
+        for c, camera_fwhm in enumerate([1.4, 1.8, 1.6]):
+            guider.write_proc_gimg(
+                tmp_path / f"proc-gimg-gfa{c + 1}s-{i:04d}.fits", date_obs=START + 20 * i * u.s,
+                exptime=15.0, fwhm=camera_fwhm, fwhm_fit=1.1, source_id=[c], zp=[25.0 - 0.1 * i],
+                camera=f"gfa{c + 1}s",
+            )  # fmt: skip
+    best = guider.guider_series(tmp_path)
+    assert len(best) == 2 and best.diameter == 1.3  # LCO ('s' cameras)
+    np.testing.assert_allclose(best.fwhm, 1.1)
+    camera = guider.guider_series(tmp_path, seeing="camera", telescope="apo")
+    np.testing.assert_allclose(camera.fwhm, 1.6)
+    assert camera.diameter == 3.0
+    np.testing.assert_allclose(best.transparency[1] / best.transparency[0], 10 ** (-0.04))
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------------
