@@ -74,6 +74,40 @@ def _crossval(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# pyapred guider (arguments and run live in pyapred/guider.py, imported on use: astropy)
+# --------------------------------------------------------------------------------------------
+def _guider_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--product", required=True, help="pyapred product (HDF5) with omega")
+    parser.add_argument(
+        "--guider", required=True, nargs="+", help="guider files: paths, a glob or a directory"
+    )
+    parser.add_argument(
+        "--fibers", help="fibre indices (0-based, 300 - fiberId), e.g. 10,20-25; default all fitted"
+    )
+    parser.add_argument("--group", help="the product's fibre group: R, G, B or joint (default)")
+    parser.add_argument(
+        "--exposure",
+        help="apR-*.apz (or FITS header) giving the read times, if the product lacks them",
+    )
+    parser.add_argument("--lag", action="store_true", help="fit a time lag within +-60 s")
+    parser.add_argument("--out", required=True, help="figure to write (PNG)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.add_argument(
+        "--telescope", choices=("apo", "lco"), help="fibre diameter default (from file names)"
+    )
+    parser.add_argument("--diameter", type=float, help="fibre diameter on the sky, arcsec")
+    parser.add_argument(
+        "--timesys", choices=("UTC", "TAI", "TT"), help="override the exposure's TIMESYS"
+    )
+
+
+def _guider(args: argparse.Namespace) -> int:
+    from .guider import run
+
+    return run(args)
+
+
+# --------------------------------------------------------------------------------------------
 # pyapred inspect
 # --------------------------------------------------------------------------------------------
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +127,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": ("fit omega and fluxes on built-in simulated data", _demo_arguments, _demo),
     "crossval": ("compare the NumPy and Julia backends", _crossval_arguments, _crossval),
     "inspect": ("describe raw .apz exposures and HDF5 products", _inspect_arguments, _inspect),
+    "guider": (
+        "compare fitted omega with the guider's flux in the fibre",
+        _guider_arguments,
+        _guider,
+    ),
 }
 
 
