@@ -1,6 +1,7 @@
 """``pyapred crossval``: run the NumPy and Julia backends on the same input and compare them.
 
-Inputs: the conformance vectors (``--vectors [DIR]``) or a simulated exposure (``--simulate``).
+Inputs: the conformance vectors (``--vectors [DIR]``), a simulated fibre (``--simulate``), or rows
+of a raw exposure (``--apz FILE``).
 For every output it prints the largest absolute and relative difference between the backends
 (relative to the output's largest absolute value) and exits 1 beyond ``--rtol``. Without a Julia
 runtime it says so in one line and exits 2.
@@ -24,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "tests/conformance)")  # fmt: skip
     source.add_argument("--simulate", action="store_true",
                         help="a simulated fibre under a changing sky")  # fmt: skip
+    source.add_argument("--apz", metavar="FILE", help="a raw apR-/asR- exposure")
+    parser.add_argument("--rows", default="1000:1016", metavar="A:B",
+                        help="rows of --apz to fit (default 1000:1016)")  # fmt: skip
+    parser.add_argument("--read-noise", type=float, default=10.0,
+                        help="single-read noise of --apz, DN (default 10)")  # fmt: skip
+    parser.add_argument("--gain", type=float, default=1.9, help="gain of --apz, e-/DN")
     parser.add_argument("--rtol", type=float, default=None,
                         help="tolerance (default: per vector; 1e-10 simulated)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=7, help="random seed of --simulate")
@@ -46,6 +53,23 @@ def _simulated_cases(args: argparse.Namespace) -> list[dict]:
              "inputs": {**common, **extra}} for name, extra in cases]  # fmt: skip
 
 
+def _apz_cases(args: argparse.Namespace) -> list[dict]:
+    """The constant and equal-weight fits of some rows of a raw exposure's science area."""
+    from .errors import InputError
+    from .io import read_apz
+
+    try:
+        start, stop = (int(part) for part in args.rows.split(":"))
+    except ValueError:
+        raise InputError(args.apz, "--rows", "A:B with integers A < B") from None
+    raw = read_apz(args.apz, rows=slice(start, stop), dtype=np.float64)
+    common = {"reads": np.ascontiguousarray(raw.science), "read_noise": args.read_noise,
+              "gain": args.gain}  # fmt: skip
+    rtol = 1e-10 if args.rtol is None else args.rtol
+    return [{"name": f"{Path(args.apz).name} {name}", "function": name, "rtol": rtol,
+             "inputs": common} for name in ("fit_constant", "fit_equal_weight")]  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     """Compare the backends; 0 within tolerance, 1 beyond it, 2 without Julia or vectors."""
     from ._julia import JuliaBackendError, load
@@ -58,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_NO_JULIA
     if args.simulate:
         cases = _simulated_cases(args)
+    elif args.apz:
+        cases = _apz_cases(args)
     else:
         folder = Path(args.vectors) if args.vectors else default_vector_dir()
         paths = sorted(folder.glob("*.toml")) if folder is not None else []

@@ -17,3 +17,22 @@ def test_crossval_without_julia_exits_2_with_one_line(monkeypatch, capsys):
 def test_crossval_vectors_agree_with_julia(capsys):
     assert main(["crossval", "--vectors"]) == 0
     assert "max rel diff" in capsys.readouterr().out
+
+
+def test_apz_cases_run_on_the_numpy_backend(tmp_path):
+    import argparse
+
+    import numpy as np
+
+    from pyapred.conformance import run_vector
+    from pyapred.crossval import _apz_cases
+    from pyapred.simulate import simulate_ramps, write_simulated_apz
+
+    rng = np.random.default_rng(3)
+    sim = simulate_ramps(rng.uniform(0, 50, (4, 2560)), 10.0, n_reads=5, gain=1.9, rng=rng)
+    path = write_simulated_apz(tmp_path, sim.reads)
+    args = argparse.Namespace(apz=str(path), rows="1:3", read_noise=5.0, gain=1.9, rtol=None)
+    cases = _apz_cases(args)
+    assert [case["function"] for case in cases] == ["fit_constant", "fit_equal_weight"]
+    fit = run_vector(cases[0], "numpy")
+    assert fit["flux"].shape == (2, 2048) and np.all(np.isfinite(fit["flux"]))
