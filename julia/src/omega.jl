@@ -315,10 +315,18 @@ function schur(ne::NormalEquations, free)
     return sch, rhs
 end
 
-"Solve the SPD system `a x = b`; a singular system gets the least-squares answer."
+"Solve the SPD system `a x = b`; a singular or non-finite system gets NaN (the caller stops)."
 function solve_spd(a, b)
+    all(isfinite, a) || return fill(NaN, length(b))
     factors = lu(a; check = false)
-    return issuccess(factors) ? factors \ b : pinv(a) * b
+    return issuccess(factors) ? factors \ b : fill(NaN, length(b))
+end
+
+"Inverse of an SPD matrix; NaN where it is singular or not finite."
+function inverse_spd(a)
+    all(isfinite, a) || return fill(NaN, size(a))
+    factors = lu(a; check = false)
+    return issuccess(factors) ? inv(factors) : fill(NaN, size(a))
 end
 
 "Flux update from the omega update: `(g_f - E d_omega) / D`."
@@ -394,6 +402,9 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
             sch, rhs = schur(ne, free)
             d_omega = solve_spd(sch, rhs)
             d_flux = flux_step(ne, d_omega)
+            # A broken-down system (singular, non-finite) stops this group at its last finite
+            # iterate; it stays flagged as not converged.
+            (all(isfinite, d_omega) && all(isfinite, d_flux)) || break
             new_omega = omega_cl .+ d_omega
             new_flux = [fit[p] ? flux_cl[p] + d_flux[p] : 0.0 for p in 1:P]
             step_omega = 0.0
@@ -424,7 +435,7 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
             evaluate!(ne, d, v, s2g, dt, flux_cl, omega_cl, fit)
         end
         sch, _ = schur(ne, free)
-        cov = inv(sch)
+        cov = inverse_spd(sch)
         for j in 1:K, i in 1:K
             (free[i] && free[j]) || (cov[i, j] = 0.0)
         end

@@ -657,12 +657,31 @@ def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flu
 
 
 def _solve_spd(a, b):
-    """Batched solve of SPD systems ``a x = b``; a singular group gets the least-squares answer."""
+    """Batched solve of SPD systems ``a x = b``; a group whose system is singular gets NaN."""
     try:
         return np.linalg.solve(a, b[..., None])[..., 0]
     except np.linalg.LinAlgError:
-        pairs = zip(a, b, strict=True)
-        return np.stack([np.linalg.lstsq(ai, bi, rcond=None)[0] for ai, bi in pairs])
+        out = np.full(b.shape, np.nan)
+        for g in range(a.shape[0]):
+            try:
+                out[g] = np.linalg.solve(a[g], b[g])
+            except np.linalg.LinAlgError:
+                pass  # left NaN: the caller stops and flags this group
+        return out
+
+
+def _inverse_spd(a):
+    """Batched inverse of SPD matrices; a singular one becomes NaN rather than failing all."""
+    try:
+        return np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        out = np.full(a.shape, np.nan)
+        for g in range(a.shape[0]):
+            try:
+                out[g] = np.linalg.inv(a[g])
+            except np.linalg.LinAlgError:
+                pass
+        return out
 
 
 class _Normal:
@@ -744,6 +763,14 @@ def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_it
         sch, rhs = normal.schur(free)
         d_omega = _solve_spd(sch[active], rhs[active])
         d_flux = normal.flux_step(_scatter(d_omega, active, (G, K)))[active]
+        # A group whose system broke down (singular, non-finite: e.g. every flux clamped at the
+        # floor) stops here, keeps its last finite iterate and stays flagged as not converged.
+        broken = ~(np.isfinite(d_omega).all(axis=1) & np.isfinite(d_flux).all(axis=1))
+        if broken.any():
+            active[np.flatnonzero(active)[broken]] = False
+            d_omega, d_flux = d_omega[~broken], d_flux[~broken]
+            if not active.any():
+                break
         new_omega = omega_cl[active] + d_omega
         new_flux = np.where(fit_pixel[active], flux_cl[active] + d_flux, 0.0)
         step_omega = np.where(free[active], np.abs(new_omega - prev_omega[active]), 0.0)
@@ -767,7 +794,7 @@ def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_it
         # linearisation before the last step, quirk Q3).
         normal.evaluate(diffs, valid, s2, dt, flux_cl, omega_cl, nonempty, fit_pixel)
     sch, _ = normal.schur(free)
-    cov = np.linalg.inv(sch)
+    cov = _inverse_spd(sch)
     cov[~(free[:, :, None] & free[:, None, :])] = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         quad = np.einsum("gpk,gkl,gpl->gp", normal.e_hat, cov, normal.e_hat)
