@@ -61,8 +61,25 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .validate import add_arguments
+
+    add_arguments(parser)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .validate import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": ("fit omega and fluxes on built-in simulated data", _demo_arguments, _demo),
+    "validate": (
+        "reproduce the paper's synthetic-data tests (III.1-III.3) as a report",
+        _validate_arguments,
+        _validate,
+    ),
 }
 
 
