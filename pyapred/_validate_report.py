@@ -52,7 +52,8 @@ def make_figures(results: dict, fig_dir: Path) -> dict[str, str]:
     }
     paths = {}
     for name, draw in drawers.items():
-        fig = Figure(figsize=(7.5, 7.5) if name in ("bias_test", "flux_levels") else (7.5, 5))
+        size = {"bias_test": (7.5, 7.5), "flux_levels": (7.5, 7.5), "threshold": (10, 4.5)}
+        fig = Figure(figsize=size.get(name, (7.5, 5)))
         draw(fig, results)
         _save(fig, fig_dir / f"{name}.png")
         paths[name] = f"figures/{name}.png"
