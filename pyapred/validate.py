@@ -268,22 +268,14 @@ def fit_omega_batch(reads, read_noise) -> dict:
     }
 
 
-def _unit_gaussian_medians(rng, n_sets: int, n_draws: int, n_rows: int = 1) -> np.ndarray:
-    """Medians of ``n_draws`` unit Gaussians, shape ``(n_sets, n_rows)``, drawn in blocks."""
-    out = np.empty((n_sets, n_rows))
-    block = max(1, 2_000_000 // (n_draws * n_rows))
+def _unit_gaussian_medians(rng, n_sets: int, n_draws: int) -> np.ndarray:
+    """Medians of ``n_draws`` unit Gaussians, ``(n_sets,)``, drawn in bounded blocks."""
+    out = np.empty(n_sets)
+    block = max(1, 2_000_000 // n_draws)
     for start in range(0, n_sets, block):
         stop = min(n_sets, start + block)
-        out[start:stop] = np.median(rng.standard_normal((stop - start, n_rows, n_draws)), axis=-1)
+        out[start:stop] = np.median(rng.standard_normal((stop - start, n_draws)), axis=-1)
     return out
-
-
-def _summary(values) -> dict:
-    return {
-        "median": float(np.median(values)),
-        "p05": float(np.percentile(values, 5)),
-        "p95": float(np.percentile(values, 95)),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,7 +339,7 @@ def single_realisation(rng: np.random.Generator, sizes: StudySizes) -> dict:
             "z_width": zscore_width(z, axis=0).tolist(),
             "sigma_median": np.median(sig, axis=0).tolist(),
         }
-    medians = _unit_gaussian_medians(rng, sizes.reference_sets, R)[:, 0]
+    medians = _unit_gaussian_medians(rng, sizes.reference_sets, R)
     widths = np.array([zscore_width(rng.standard_normal(R)) for _ in range(sizes.reference_sets)])
     sig_top = {name: bias_test[name]["sigma_median"][-1] for name in METHODS}
     const_bias = np.abs(bias_test["constant"]["z_median"])
