@@ -50,9 +50,9 @@ def make_figures(results: dict, fig_dir: Path) -> dict[str, str]:
         "threshold": _threshold,
         "bias_percentiles": _bias_percentiles,
     }
+    size = {"bias_test": (7.5, 7.5), "flux_levels": (7.5, 7.5), "threshold": (10, 4.5)}
     paths = {}
     for name, draw in drawers.items():
-        size = {"bias_test": (7.5, 7.5), "flux_levels": (7.5, 7.5), "threshold": (10, 4.5)}
         fig = Figure(figsize=size.get(name, (7.5, 5)))
         draw(fig, results)
         _save(fig, fig_dir / f"{name}.png")

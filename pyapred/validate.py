@@ -307,11 +307,7 @@ def single_realisation(rng: np.random.Generator, sizes: StudySizes) -> dict:
     flux_z = (fit.flux / scale - flux_true) * scale / np.sqrt(fit.flux_var)
 
     # Data-model chi2 of each model on the same 100 ramps (eq 24).
-    on_data = {
-        "time_variable": extract_fluxes(sim.reads, sigma, fit.omega),
-        "constant": fit_constant(sim.reads, sigma),
-        "equal_weight": fit_equal_weight(sim.reads, sigma),
-    }
+    on_data = _fit_three_ways(sim.reads, sigma, fit.omega)
     nu = N_READS - 2
 
     # Flux-bias test: per repeat, one test pixel per flux level (read noise redrawn) and a
@@ -324,13 +320,8 @@ def single_realisation(rng: np.random.Generator, sizes: StudySizes) -> dict:
     )
     noise = np.concatenate([test_sigma, np.broadcast_to(sigma, (R, N_PIX))], axis=1)
     test = simulate_ramps(truth, noise, omega=omega_true, rng=rng)
-    fits = {
-        "time_variable": extract_fluxes(test.reads, noise, fit.omega),
-        "constant": fit_constant(test.reads, noise),
-        "equal_weight": fit_equal_weight(test.reads, noise),
-    }
     bias_test = {}
-    for name, result in fits.items():
+    for name, result in _fit_three_ways(test.reads, noise, fit.omega).items():
         mult = flux_scale(result.flux[:, L:], result.flux_var[:, L:], SCALE_FLUX)[:, None]
         sig = np.sqrt(result.flux_var[:, :L]) * mult
         z = (result.flux[:, :L] * mult - BIAS_FLUXES) / sig
@@ -406,6 +397,15 @@ def single_realisation(rng: np.random.Generator, sizes: StudySizes) -> dict:
             "scale": scale,
             "chi2": {name: r.chi2 for name, r in on_data.items()},
         },
+    }
+
+
+def _fit_three_ways(reads, read_noise, omega) -> dict:
+    """Fluxes of every pixel by each of METHODS: omega fixed, omega = 1, equal weights."""
+    return {
+        "time_variable": extract_fluxes(reads, read_noise, omega),
+        "constant": fit_constant(reads, read_noise),
+        "equal_weight": fit_equal_weight(reads, read_noise),
     }
 
 
