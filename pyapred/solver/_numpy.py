@@ -20,6 +20,8 @@ only the forward substitution: ``p^T C^-1 q = sum_k (L^-1 p)_k (L^-1 q)_k / D_k`
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -398,7 +400,9 @@ def normal_equations_kernel(
         u = np.empty(K)
         z = np.empty(K)
         diag = np.empty(K)  # diagonal of C^-1
-        left = np.empty(K)
+        left = np.zeros((P, K))
+        right = np.zeros((P, K))
+        work = np.empty(K)
         running = np.empty(K)
         first = np.empty(K, dtype=np.int64)
         acc = np.zeros((K, K))
@@ -446,36 +450,43 @@ def normal_equations_kernel(
                 e_hat[g, p, k] = f * dt[k] * u[k] * inv_sd if ok else 0.0
                 accw[k] += f * dt[k] * z[k] if ok else 0.0
             # Above the diagonal, (C^-1)_ij = (C^-1)_{i+1,j} * (-low_{i+1}) (spec 1.5), so within a
-            # coupled block (C^-1)_ij = diag_j R_j / R_i with R the prefix product of -low: G gains
-            # the outer product (f^2 dt_i / R_i)(dt_j diag_j R_j) over i <= j, a vectorisable
-            # update. R restarts at each decoupled (masked) difference, and where it becomes
-            # tiny: the entries across such a restart are 0, or below 1e-150 relative.
+            # coupled block (C^-1)_ij = diag_j R_j / R_i with R the prefix product of -low: G
+            # gains the outer product (f^2 dt_i / R_i)(dt_j diag_j R_j) over i <= j. For a pixel
+            # that is one block, the factors become row p of `left` and `right`, and one GEMM per
+            # group sums them all. R restarts at each decoupled (masked) difference, and where it
+            # becomes tiny (entries across such a restart are 0, or below 1e-150 relative); those
+            # pixels are summed here, block by block.
             f2 = f * f
             prod = 1.0
             start = 0
+            one_block = True
             for j in range(K):
                 if j > 0:
                     ratio = -low[j]
                     if ratio == 0.0 or prod * ratio < 1e-150:
                         prod = 1.0
                         start = j
+                        one_block = False
                     else:
                         prod *= ratio
                 running[j] = prod
                 first[j] = start
             for j in range(K):
-                if not vmask[j]:
-                    left[j] = 0.0
-                    continue
-                left[j] = f2 * dt[j] / running[j]
-                right = dt[j] * running[j] * diag[j]
-                for i in range(first[j], j + 1):
-                    acc[j, i] += left[i] * right
+                lj = f2 * dt[j] / running[j] if vmask[j] else 0.0
+                rj = dt[j] * running[j] * diag[j] if vmask[j] else 0.0
+                left[p, j] = lj if one_block else 0.0
+                right[p, j] = rj if one_block else 0.0
+                if not one_block:
+                    work[j] = lj
+                    for i in range(first[j], j + 1):
+                        acc[j, i] += work[i] * rj
+        outer = np.dot(left.T, right)
         for j in range(K):
             out_gw[g, j] = accw[j]
             for i in range(j + 1):
-                out_g[g, i, j] = acc[j, i]
-                out_g[g, j, i] = acc[j, i]
+                value = acc[j, i] + outer[i, j]
+                out_g[g, i, j] = value
+                out_g[g, j, i] = value
 
 
 @njit(cache=True, parallel=True)
@@ -728,6 +739,24 @@ class _Normal:
             return np.where(self.sqrt_d > 0, step / self.sqrt_d, 0.0)
 
 
+def _single_blas_thread(func):
+    """Run ``func`` with BLAS single-threaded.
+
+    The joint fit makes thousands of small (K x P)(P x K) products, from Numba's threads too;
+    OpenBLAS's own threads then spin against each other and run them 10-100x slower.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_single_blas_thread
 def gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pixel):
     """One Schur-complement Gauss-Newton step at clamped ``(flux, omega)``; for tests.
 
@@ -742,11 +771,8 @@ def gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pixel):
     return normal.flux_step(d_omega), d_omega, sch
 
 
+@_single_blas_thread
 def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_iter, ref_index):
-    """Gauss-Newton joint fit of omega and fluxes for G independent groups (spec 2.4-2.7, 9).
-
-    Returns a dict of the ``OmegaFit`` fields that are computed here (electron units).
-    """
     G, P, K = diffs.shape
     omega, flux, kstar = initial_guess(
         diffs, valid, s2, dt, fit_pixel, reference=reference, ref_index=ref_index
@@ -833,6 +859,7 @@ def _scatter(values, where, shape):
     return out
 
 
+@_single_blas_thread
 def gibbs(diffs, valid, s2, dt, fit_pixel, omega, flux, kstar, burn_in, noise):
     """Gibbs sampler of one group (spec section 4) with the exact omega conditional (2.3).
 
