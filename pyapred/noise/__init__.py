@@ -1,0 +1,13 @@
+"""Correlated (1/f) read noise: simulation with APOGEE clocking and reference correction.
+
+- :func:`simulate_hxrg`: H2RG read noise (white, correlated and per-output 1/f, alternating-column
+  noise) on the APOGEE clock, for a chip with its reference output.
+- :func:`refcorr`: reference-pixel correction of read differences before the ramp fit.
+
+The time-variable fit that tolerates the remaining row offsets is ``fit_omega(...,
+segments=...)`` in :mod:`pyapred.solver`. See ``docs/noise.md``.
+"""
+
+from .hxrg import HxrgNoise, reference_pixels, simulate_hxrg, time_order
+
+__all__ = ["HxrgNoise", "reference_pixels", "simulate_hxrg", "time_order"]
