@@ -9,5 +9,13 @@ segments=...)`` in :mod:`pyapred.solver`. See ``docs/noise.md``.
 """
 
 from .hxrg import HxrgNoise, reference_pixels, simulate_hxrg, time_order
+from .refcorr import refcorr, refcorr_reads
 
-__all__ = ["HxrgNoise", "reference_pixels", "simulate_hxrg", "time_order"]
+__all__ = [
+    "HxrgNoise",
+    "reference_pixels",
+    "refcorr",
+    "refcorr_reads",
+    "simulate_hxrg",
+    "time_order",
+]
