@@ -39,7 +39,7 @@ const TUPLE_OUTPUTS = Dict(
 )
 
 "Indices are 0-based in the vectors (Python) and 1-based here."
-const INDEX_KEYS = ("groups", "ref_index", "kstar")
+const INDEX_KEYS = ("groups", "ref_index", "kstar", "segments")
 
 function run_vector(vector)
     name = vector["function"]

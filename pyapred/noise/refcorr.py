@@ -8,7 +8,7 @@ The steps follow apogee_drp's ``refcorrect`` (Holtzman 2011), on each read diffe
    reference rows;
 3. per row, remove the offset measured by the left and right reference columns (0-3, 2044-2047),
    median-filtered over ``row_window`` rows (a median of 8 noisy pixels per row alone is noisier
-   than the offset it estimates);
+   than the offset it estimates); optional (``reference_columns``);
 4. optionally (``method="rowmedian"``), per output and row, remove the median of the inter-fibre
    pixels given by ``background``, where a row has at least ``min_background`` of them.
 
@@ -57,6 +57,7 @@ def refcorr(
     rows: slice = slice(0, CHIP_ROWS),
     row_window: int = 7,
     ref_filter: int = 3,
+    reference_columns: bool = True,
     background=None,
     min_background: int = 32,
 ) -> np.ndarray:
@@ -76,7 +77,13 @@ def refcorr(
     row_window : int, optional
         Rows in the running median of step 3 (odd; 1 = no filtering).
     ref_filter : int, optional
-        Size of the square median filter on the reference output (1 = none).
+        Length of the median filter along each row of the reference output (1 = none). A filter
+        across rows would mix the row offsets it is meant to remove.
+    reference_columns : bool, optional
+        Run step 3. Its estimate of each row's offset (8 reference pixels, ``row_window`` rows)
+        carries their white noise into every pixel of the row: where the reference output
+        already removed the correlated part, that can add more row noise than it removes
+        (``docs/noise.md``).
     background : array_like of bool, ``(ny, 2048)``, optional
         For ``"rowmedian"``: True on pixels without light (between fibre traces, off the traces
         of every fibre; e.g. the complement of the pipeline's trace masks).
@@ -118,13 +125,14 @@ def refcorr(
         per_output -= (low[:, None, :] + frac * (high - low)[:, None, :])[..., None]
 
     # 3. Left/right reference columns: one offset per row, smoothed over row_window rows.
-    side = np.concatenate(
-        [out[..., :REFERENCE_BORDER], out[..., SCIENCE - REFERENCE_BORDER :]], axis=-1
-    )
-    offset = side.mean(axis=-1)  # (n, ny)
-    if row_window > 1:
-        offset = ndimage.median_filter(offset, size=(1, row_window), mode="nearest")
-    out -= offset[..., None]
+    if reference_columns:
+        side = np.concatenate(
+            [out[..., :REFERENCE_BORDER], out[..., SCIENCE - REFERENCE_BORDER :]], axis=-1
+        )
+        offset = side.mean(axis=-1)  # (n, ny)
+        if row_window > 1:
+            offset = ndimage.median_filter(offset, size=(1, row_window), mode="nearest")
+        out -= offset[..., None]
 
     # 4. Inter-fibre pixels, where a row has enough of them.
     if method == "rowmedian":
