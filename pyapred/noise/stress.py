@@ -45,9 +45,18 @@ class StressResult:
     z: dict = field(default_factory=dict)
     omega: np.ndarray | None = None
 
-    def summary(self) -> dict[str, tuple[float, float]]:
-        """Per case: ``(mean z = bias in sigma, std of z)``."""
-        return {case: (float(z.mean()), float(z.std())) for case, z in self.z.items()}
+    def summary(self) -> dict[str, tuple[float, float, float]]:
+        """Per case: ``(mean z = bias in sigma, std of z, standard error of the bias)``.
+
+        The z-scores of one fibre are correlated (every element shares the error of the fixed
+        one), so the standard error comes from the scatter of the per-fibre means.
+        """
+        out = {}
+        for case, z in self.z.items():
+            per_fibre = z.reshape(-1, z.shape[-1]).mean(axis=1)
+            error = per_fibre.std(ddof=1) / np.sqrt(per_fibre.size)
+            out[case] = (float(z.mean()), float(z.std()), float(error))
+        return out
 
 
 def _cloud(n_diff: int) -> np.ndarray:
