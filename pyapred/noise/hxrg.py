@@ -103,19 +103,20 @@ class _PinkGenerator:
         self.rng = rng
         n_bins = self.m // 2 + 1
         f = np.arange(1, n_bins) / (self.m * dt)
-        # White unit-variance samples have one-sided PSD 2 dt; |H|^2 = 1 / (2 dt f) gives 1/f.
-        self.unit_gain = np.concatenate([[0.0], np.sqrt(1.0 / (2.0 * dt * f))])
+        # The rfft of m unit white samples has bins with E|X|^2 = m (real and imaginary parts m/2
+        # each); white samples have one-sided PSD 2 dt, so |H|^2 = 1 / (2 dt f) gives 1/f.
+        gain = np.sqrt(self.m / 2.0) * np.sqrt(1.0 / (2.0 * dt * f))
+        self.gain = np.concatenate([[0.0], gain]).astype(np.float32)
+        if self.m % 2 == 0:
+            self.gain[-1] *= np.sqrt(2.0)  # the Nyquist bin is real, with variance m
 
     def spectrum(self, level: float) -> np.ndarray:
-        """Spectrum of one series (the rfft of m unit white samples, filtered)."""
-        n_bins = self.unit_gain.size
-        # rfft of m white samples: bins with E|X|^2 = m (real and imaginary parts m/2 each), the
-        # Nyquist bin (m even) real with variance m.
-        draws = self.rng.standard_normal((2, n_bins))
-        spec = (draws[0] + 1j * draws[1]) * np.sqrt(self.m / 2.0)
+        """Spectrum of one series (the rfft of m unit white samples, filtered), complex64."""
+        n_bins = self.gain.size
+        spec = self.rng.standard_normal(2 * n_bins, dtype=np.float32).view(np.complex64)
         if self.m % 2 == 0:
-            spec[-1] = draws[0, -1] * np.sqrt(self.m)
-        spec *= self.unit_gain * np.sqrt(level)
+            spec[-1] = spec[-1].real
+        spec *= self.gain * np.float32(np.sqrt(level))
         return spec
 
     def series(self, spectrum: np.ndarray) -> np.ndarray:
@@ -205,7 +206,7 @@ def simulate_hxrg(
     out = np.empty((n_reads, n_rows, N_OUTPUTS * OUTPUT_COLUMNS))
     for o in range(N_OUTPUTS):
         spectrum = common + (full.spectrum(noise.pink_level(noise.u_pink)) if noise.u_pink else 0)
-        stream = full.series(spectrum) if np.ndim(spectrum) else np.zeros(n_samples)
+        stream = full.series(spectrum) if np.ndim(spectrum) else np.zeros(n_samples, np.float32)
         if noise.acn:
             # Even and odd samples carry independent 1/f series, each sampled every 2 pixel times.
             level = noise.pink_level(noise.acn)
@@ -216,7 +217,7 @@ def simulate_hxrg(
             image[..., ::-1] if _flip(o) else image
         )
 
-    out += rng.standard_normal(out.shape) * _white_sigma(noise, start, stop)
+    out += rng.standard_normal(out.shape, dtype=np.float32) * _white_sigma(noise, start, stop)
     return out
 
 
