@@ -3,6 +3,8 @@
 - :func:`simulate_hxrg`: H2RG read noise (white, correlated and per-output 1/f, alternating-column
   noise) on the APOGEE clock, for a chip with its reference output.
 - :func:`refcorr`: reference-pixel correction of read differences before the ramp fit.
+- :mod:`pyapred.noise.stress`: the four-case 1/f stress test of the omega fit.
+- :mod:`pyapred.noise.evaluate`: PQMass, row-mean std and spectral slope of noise samples.
 
 The time-variable fit that tolerates the remaining row offsets is ``fit_omega(...,
 segments=...)`` in :mod:`pyapred.solver`. See ``docs/noise.md``.
