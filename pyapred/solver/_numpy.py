@@ -20,8 +20,6 @@ only the forward substitution: ``p^T C^-1 q = sum_k (L^-1 p)_k (L^-1 q)_k / D_k`
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from numba import njit, prange
 
@@ -393,17 +391,14 @@ def normal_equations_kernel(
     for g in prange(G):
         if not active[g]:
             continue
-        alpha = np.empty(K)
-        beta = np.empty(K)
-        piv = np.empty(K)
-        low = np.empty(K)
-        back = np.empty(K)
-        x = np.empty(K)
-        r = np.empty(K)
+        low = np.empty(K)  # sub-diagonal of L: low[k] = beta[k-1] / piv[k-1]
+        inv = np.empty(K)  # 1 / piv
         yx = np.empty(K)
         yr = np.empty(K)
         u = np.empty(K)
-        col = np.empty(K)
+        z = np.empty(K)
+        diag = np.empty(K)  # diagonal of C^-1
+        left = np.empty(K)
         running = np.empty(K)
         first = np.empty(K, dtype=np.int64)
         acc = np.zeros((K, K))
@@ -415,44 +410,52 @@ def normal_equations_kernel(
                 e_hat[g, p, :] = 0.0
                 continue
             f = flux[g, p]
+            var = s2[g, p]
             vmask = valid[g, p]
-            for k in range(K):
-                x[k] = omega[g, k] * dt[k] if vmask[k] else 0.0
-                r[k] = diffs[g, p, k] - f * x[k] if vmask[k] else 0.0
-            _factor(x, vmask, s2[g, p], f, alpha, beta, piv, low)
-            _forward(low, x, yx)
-            _forward(low, r, yr)
+            # L D L^T with the forward substitutions of x and r = d - f x in the same sweep.
             dd = 0.0
             gf = 0.0
             for k in range(K):
-                dd += yx[k] * yx[k] / piv[k]
-                gf += yx[k] * yr[k] / piv[k]
+                ok = vmask[k]
+                xk = omega[g, k] * dt[k] if ok else 0.0
+                rk = diffs[g, p, k] - f * xk if ok else 0.0
+                alpha = max(f * xk, 0.0) + 2.0 * var if ok else 1.0
+                beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
+                lk = beta * inv[k - 1] if k > 0 else 0.0
+                low[k] = lk
+                inv[k] = 1.0 / (alpha - lk * beta)
+                yx[k] = xk - lk * yx[k - 1] if k > 0 else xk
+                yr[k] = rk - lk * yr[k - 1] if k > 0 else rk
+                dd += yx[k] * yx[k] * inv[k]
+                gf += yx[k] * yr[k] * inv[k]
             sd = np.sqrt(dd)
             sqrt_d[g, p] = sd
             gf_hat[g, p] = gf / sd
-            _backward(low, piv, yx, u)
-            for k in range(K):
-                e_hat[g, p, k] = f * dt[k] * u[k] / sd if vmask[k] else 0.0
-            _backward(low, piv, yr, col)
-            for k in range(K):
-                if vmask[k]:
-                    accw[k] += f * dt[k] * col[k]
-            # Backward pivots, for the diagonal of C^-1.
-            back[K - 1] = alpha[K - 1]
+            # Back substitutions u = C^-1 x, z = C^-1 r, and the diagonal of C^-1 by the same
+            # recursion (Takahashi): diag_k = 1/piv_k + low_{k+1}^2 diag_{k+1}.
+            u[K - 1] = yx[K - 1] * inv[K - 1]
+            z[K - 1] = yr[K - 1] * inv[K - 1]
+            diag[K - 1] = inv[K - 1]
             for k in range(K - 2, -1, -1):
-                back[k] = alpha[k] - beta[k] * beta[k] / back[k + 1]
-            # Above the diagonal, column j of C^-1 is its diagonal times the running product of
-            # the pivot ratios -beta_i / piv_i (spec 1.5), so that within a coupled block
-            # (C^-1)_ij = diag_j R_j / R_i with R the prefix product: G gains the outer product
-            # (f^2 dt_i / R_i)(dt_j diag_j R_j) for i <= j, a vectorisable update. R restarts at
-            # each decoupled (masked) difference, and where it becomes tiny: the entries across
-            # such a restart are 0, or below 1e-150 relative.
+                u[k] = yx[k] * inv[k] - low[k + 1] * u[k + 1]
+                z[k] = yr[k] * inv[k] - low[k + 1] * z[k + 1]
+                diag[k] = inv[k] + low[k + 1] * low[k + 1] * diag[k + 1]
+            inv_sd = 1.0 / sd
+            for k in range(K):
+                ok = vmask[k]
+                e_hat[g, p, k] = f * dt[k] * u[k] * inv_sd if ok else 0.0
+                accw[k] += f * dt[k] * z[k] if ok else 0.0
+            # Above the diagonal, (C^-1)_ij = (C^-1)_{i+1,j} * (-low_{i+1}) (spec 1.5), so within a
+            # coupled block (C^-1)_ij = diag_j R_j / R_i with R the prefix product of -low: G gains
+            # the outer product (f^2 dt_i / R_i)(dt_j diag_j R_j) over i <= j, a vectorisable
+            # update. R restarts at each decoupled (masked) difference, and where it becomes
+            # tiny: the entries across such a restart are 0, or below 1e-150 relative.
             f2 = f * f
             prod = 1.0
             start = 0
             for j in range(K):
                 if j > 0:
-                    ratio = -beta[j - 1] / piv[j - 1]
+                    ratio = -low[j]
                     if ratio == 0.0 or prod * ratio < 1e-150:
                         prod = 1.0
                         start = j
@@ -462,17 +465,12 @@ def normal_equations_kernel(
                 first[j] = start
             for j in range(K):
                 if not vmask[j]:
-                    col[j] = 0.0
+                    left[j] = 0.0
                     continue
-                den = alpha[j]
-                if j > 0:
-                    den -= beta[j - 1] * beta[j - 1] / piv[j - 1]
-                if j < K - 1:
-                    den -= beta[j] * beta[j] / back[j + 1]
-                col[j] = f2 * dt[j] / running[j]
-                right = dt[j] * running[j] / den
+                left[j] = f2 * dt[j] / running[j]
+                right = dt[j] * running[j] * diag[j]
                 for i in range(first[j], j + 1):
-                    acc[j, i] += col[i] * right
+                    acc[j, i] += left[i] * right
         for j in range(K):
             out_gw[g, j] = accw[j]
             for i in range(j + 1):
@@ -662,9 +660,6 @@ def equal_weight_kernel(
 # --------------------------------------------------------------------------------------------
 # Time-variable joint fit (NumPy orchestration of the kernels above)
 # --------------------------------------------------------------------------------------------
-_GUESS_CHUNK = 16  # groups per chunk of the initial guess, which needs a few (G, P, K) temporaries
-
-
 def initial_guess(diffs, valid, s2, dt, fit_pixel, *, reference=False, ref_index=None):
     """Initial omega and fluxes (spec section 2.6), per group.
 
@@ -689,50 +684,76 @@ def initial_guess(diffs, valid, s2, dt, fit_pixel, *, reference=False, ref_index
     G, P, K = diffs.shape
     omega = np.full((G, K), np.nan)
     flux = np.full((G, P), np.nan)
-    kstar = np.zeros(G, dtype=np.int64)
-    for g0 in range(0, G, _GUESS_CHUNK):
-        sl = slice(g0, min(g0 + _GUESS_CHUNK, G))
-        d = diffs[sl]
-        use = valid[sl] & fit_pixel[sl][..., None]
-        read_var = 2.0 * s2[sl][..., None]
-        err_d = np.sqrt((read_var**2 if reference else read_var) + np.maximum(d, 0.0))
-        d_floor = np.maximum(d, CLAMP_FLOOR)
-        with (
-            np.errstate(invalid="ignore", divide="ignore", over="ignore"),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are padding pixels
-            f0 = np.nanmedian(np.where(use, d / dt, np.nan), axis=-1)
-            f0 = np.maximum(f0, CLAMP_FLOOR)[..., None]
-            om_pix = d / (f0 * dt)
-            om_err = np.abs(om_pix / d_floor) * err_d
-            w = np.where(use & (om_err > 0), 1.0 / om_err**2, 0.0)
-            w_sum = w.sum(axis=1)
-            om0 = np.maximum((w * np.where(use, om_pix, 0.0)).sum(axis=1) / w_sum, CLAMP_FLOOR)
-            has_data = w_sum > 0
-            om0 = np.where(has_data, om0, np.nan)
-            om_sig = np.where(has_data, w_sum**-0.5, np.inf)
-            if ref_index is None:
-                k = np.argmax(np.where(has_data, om0, -np.inf), axis=-1)
-            else:
-                k = ref_index[sl]
-            scale = np.take_along_axis(om0, k[:, None], axis=-1)
-            om0 = om0 / scale
-            om_sig = om_sig / scale
-            f0 = f0 * scale[:, :, None]
-            om_use = np.where(has_data, om0, 1.0)[:, None, :]
-            fl_pix = d / (om_use * dt)
-            fl_err = np.sqrt(
-                (fl_pix / d_floor * err_d) ** 2 + (fl_pix / om_use * om_sig[:, None, :]) ** 2
-            )
-            w = np.where(use & has_data[:, None, :] & (fl_err > 0), 1.0 / fl_err**2, 0.0)
-            fl0 = np.maximum(
-                (w * np.where(use, fl_pix, 0.0)).sum(axis=-1) / w.sum(axis=-1), CLAMP_FLOOR
-            )
-        omega[sl] = om0
-        flux[sl] = np.where(fit_pixel[sl], fl0, np.nan)
-        kstar[sl] = k
+    kstar = np.full(G, -1, dtype=np.int64) if ref_index is None else ref_index.astype(np.int64)
+    _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flux, kstar)
     return omega, flux, kstar
+
+
+@njit(cache=True, parallel=True)
+def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flux, kstar):
+    """The five steps of spec 2.6 for every group; ``kstar[g] < 0`` means take the argmax."""
+    G, P, K = diffs.shape
+    for g in prange(G):
+        buf = np.empty(K)
+        f0 = np.empty(P)
+        w_sum = np.zeros(K)
+        w_om = np.zeros(K)
+        # 1. Median rate per pixel; 2-3. inverse-variance weighted mean of d / (f0 dt) per k.
+        for p in range(P):
+            if not fit_pixel[g, p]:
+                continue
+            n = 0
+            for k in range(K):
+                if valid[g, p, k]:
+                    buf[n] = diffs[g, p, k] / dt[k]
+                    n += 1
+            f0[p] = max(_median_of(buf, n), CLAMP_FLOOR)
+            var = 2.0 * s2[g, p]
+            read_term = var * var if reference else var
+            for k in range(K):
+                if not valid[g, p, k]:
+                    continue
+                d = diffs[g, p, k]
+                om_pix = d / (f0[p] * dt[k])
+                om_err = abs(om_pix / max(d, CLAMP_FLOOR)) * np.sqrt(read_term + max(d, 0.0))
+                if om_err > 0.0:
+                    w = 1.0 / (om_err * om_err)
+                    w_sum[k] += w
+                    w_om[k] += w * om_pix
+        # 4. Normalise at the largest element (or the one asked for).
+        best = -1
+        for k in range(K):
+            if w_sum[k] > 0.0:
+                omega[g, k] = max(w_om[k] / w_sum[k], CLAMP_FLOOR)
+                if best < 0 or omega[g, k] > omega[g, best]:
+                    best = k
+        if kstar[g] < 0:
+            kstar[g] = max(best, 0)
+        scale = omega[g, kstar[g]]
+        for k in range(K):
+            omega[g, k] /= scale
+        # 5. Inverse-variance weighted mean of d / (omega dt) per pixel.
+        for p in range(P):
+            if not fit_pixel[g, p]:
+                continue
+            var = 2.0 * s2[g, p]
+            read_term = var * var if reference else var
+            num = 0.0
+            den = 0.0
+            for k in range(K):
+                if not (valid[g, p, k] and w_sum[k] > 0.0):
+                    continue
+                d = diffs[g, p, k]
+                om = omega[g, k]
+                fl_pix = d / (om * dt[k])
+                err_d = np.sqrt(read_term + max(d, 0.0))
+                a = fl_pix / max(d, CLAMP_FLOOR) * err_d
+                b = fl_pix / om * (w_sum[k] ** -0.5 / scale)
+                fl_err2 = a * a + b * b
+                if fl_err2 > 0.0:
+                    num += fl_pix / fl_err2
+                    den += 1.0 / fl_err2
+            flux[g, p] = max(num / den, CLAMP_FLOOR) if den > 0.0 else f0[p] * scale
 
 
 def _solve_spd(a, b):
