@@ -93,10 +93,13 @@ def test_errors_are_calibrated():
         z_omega.append((fit.omega[1:] - OMEGA[1:]) / np.sqrt(np.diag(fit.omega_cov)[1:]))
         _, shift = _gauge(offsets, OMEGA)
         z_flux.append((fit.flux - flux - shift[segments]) / np.sqrt(fit.flux_var))
-    z_omega, z_flux = np.array(z_omega), np.array(z_flux)
-    assert abs(z_omega.mean()) < 0.1 and 0.9 < z_omega.std() < 1.1
-    # The flux errors of one trial share omega and the offsets: their mean has ~1/sqrt(trials).
-    assert abs(z_flux.mean()) < 0.25 and 0.9 < z_flux.std() < 1.1
+    for z in (np.array(z_omega), np.array(z_flux)):
+        # The z-scores of one trial are correlated (they share omega's fixed element and the
+        # offsets), so the mean is tested against the scatter of the per-trial means.
+        trial_means = z.mean(axis=1)
+        error = trial_means.std(ddof=1) / np.sqrt(trial_means.size)
+        assert abs(z.mean()) < 3 * error
+        assert 0.9 < z.std() < 1.1
 
 
 def test_groups_masks_and_labels():
