@@ -2,7 +2,7 @@
 
 The steps follow apogee_drp's ``refcorrect`` (Holtzman 2011), on each read difference:
 
-1. subtract the reference output (raw columns 2048-2559), median-filtered over 3 x 3 pixels,
+1. subtract the reference output (raw columns 2048-2559), median-filtered along its rows,
    flipped for outputs 1 and 3, which are read in the opposite direction;
 2. per output, remove the linear ramp between the bottom (rows 0-3) and top (rows 2044-2047)
    reference rows;
