@@ -884,11 +884,11 @@ class _Offsets:
         v = np.where(self.per_pixel(self.free), ec - e_last, 0.0)
         quad = np.zeros((G, P))
         for s in range(self.a.shape[1]):
-            here = (self.segment == s)[..., None]
-            y = np.einsum("gkl,gpl->gpk", self.ainv[:, s], v)
-            h = e_hat - np.einsum("gik,gpi->gpk", self.bm[:, s], y)
-            q = np.einsum("gpk,gkl,gpl->gp", h, cov, h) + np.einsum("gpk,gpk->gp", v, y)
-            quad += np.where(here[..., 0], q, 0.0)
+            # Batched matrix products (BLAS), evaluated for every pixel and kept for segment s.
+            y = v @ self.ainv[:, s].swapaxes(-1, -2)
+            h = e_hat - y @ self.bm[:, s]
+            q = ((h @ cov) * h).sum(axis=-1) + (v * y).sum(axis=-1)
+            quad += np.where(self.segment == s, q, 0.0)
         return quad
 
 
