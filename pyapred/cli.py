@@ -61,16 +61,17 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _crossval_arguments(parser: argparse.ArgumentParser) -> None:
-    from .crossval import add_arguments
+def _delegate(module: str) -> tuple[Callable, Callable]:
+    """``(add_arguments, run)`` of a module that defines both, imported only when called."""
+    from importlib import import_module
 
-    add_arguments(parser)
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        import_module(f"pyapred.{module}").add_arguments(parser)
 
+    def run(args: argparse.Namespace) -> int:
+        return import_module(f"pyapred.{module}").run(args)
 
-def _crossval(args: argparse.Namespace) -> int:
-    from .crossval import run
-
-    return run(args)
+    return add_arguments, run
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,7 +141,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": ("fit omega and fluxes on built-in simulated data", _demo_arguments, _demo),
-    "crossval": ("compare the NumPy and Julia backends", _crossval_arguments, _crossval),
+    "validate": (
+        "reproduce the paper's synthetic-data tests (III.1-III.3) as a report",
+        *_delegate("validate"),
+    ),
+    "crossval": ("compare the NumPy and Julia backends", *_delegate("crossval")),
     "inspect": ("describe raw .apz exposures and HDF5 products", _inspect_arguments, _inspect),
     "noise": (
         "simulate H2RG read noise; the 1/f stress test of the omega fit",

@@ -409,10 +409,18 @@ function schur(ne::NormalEquations, free)
     return sch, rhs
 end
 
-"Solve the SPD system `a x = b`; a singular system gets the least-squares answer."
+"Solve the SPD system `a x = b`; a singular or non-finite system gets NaN (the caller stops)."
 function solve_spd(a, b)
+    all(isfinite, a) || return fill(NaN, length(b))
     factors = lu(a; check = false)
-    return issuccess(factors) ? factors \ b : pinv(a) * b
+    return issuccess(factors) ? factors \ b : fill(NaN, length(b))
+end
+
+"Inverse of an SPD matrix; NaN where it is singular or not finite."
+function inverse_spd(a)
+    all(isfinite, a) || return fill(NaN, size(a))
+    factors = lu(a; check = false)
+    return issuccess(factors) ? inv(factors) : fill(NaN, size(a))
 end
 
 "Flux update from the omega update: `(g_f - E d_omega) / D`."
@@ -487,7 +495,7 @@ function reduce_offsets!(o::Offsets, sch, rhs, free, dt)
         end
         o.bm[:, :, s] = bm
         o.bb[:, s] = transpose(t) * view(o.b, :, s)
-        o.ainv[:, :, s] = inv(a)
+        o.ainv[:, :, s] = inverse_spd(a)  # NaN where singular: the group breaks down
         w = view(o.ainv, :, :, s) * bm
         sch .-= transpose(bm) * w
         rhs .-= transpose(w) * view(o.bb, :, s)
@@ -617,6 +625,11 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
                         view(d_offsets, :, offsets.segment[p]))
                     d_flux[p] -= term / ne.sqrt_d[p]
                 end
+            end
+            # A broken-down system (singular, non-finite) stops this group at its last finite
+            # iterate; it stays flagged as not converged.
+            (all(isfinite, d_omega) && all(isfinite, d_flux)) || break
+            if offsets !== nothing
                 offsets.value .+= d_offsets
                 step_offsets = maximum(abs, d_offsets) / offset_scale
             end
@@ -649,7 +662,7 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
         sch, _ = !reference && nonempty ?
                  reduced_system!(ne, offsets, d, v, s2g, dt, flux_cl, omega_cl, fit, free) :
                  schur(ne, free)
-        cov = inv(sch)
+        cov = inverse_spd(sch)
         for j in 1:K, i in 1:K
             (free[i] && free[j]) || (cov[i, j] = 0.0)
         end

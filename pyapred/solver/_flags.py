@@ -31,7 +31,8 @@ class Flag(enum.IntFlag):
     JUMP_DETECTED = 1 << 5
     #: Pixel: 3 or fewer clean differences were left, too few to search for (more) jumps.
     FEW_CLEAN_DIFFS = 1 << 6
-    #: Group: the Gauss-Newton iteration reached ``max_iter`` without converging.
+    #: Group: the Gauss-Newton iteration reached ``max_iter`` without converging, or broke down
+    #: (a singular system); omega is the last finite iterate.
     NOT_CONVERGED = 1 << 8
     #: Group: at least one omega element had no usable difference in any pixel; it is NaN.
     OMEGA_ELEMENT_NO_DATA = 1 << 9

@@ -757,12 +757,31 @@ def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flu
 
 
 def _solve_spd(a, b):
-    """Batched solve of SPD systems ``a x = b``; a singular group gets the least-squares answer."""
+    """Batched solve of SPD systems ``a x = b``; a group whose system is singular gets NaN."""
     try:
         return np.linalg.solve(a, b[..., None])[..., 0]
     except np.linalg.LinAlgError:
-        pairs = zip(a, b, strict=True)
-        return np.stack([np.linalg.lstsq(ai, bi, rcond=None)[0] for ai, bi in pairs])
+        out = np.full(b.shape, np.nan)
+        for g in range(a.shape[0]):
+            try:
+                out[g] = np.linalg.solve(a[g], b[g])
+            except np.linalg.LinAlgError:
+                pass  # left NaN: the caller stops and flags this group
+        return out
+
+
+def _inverse_spd(a):
+    """Batched inverse of SPD matrices; a singular one becomes NaN rather than failing all."""
+    try:
+        return np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        out = np.full(a.shape, np.nan)
+        for g in range(a.shape[0]):
+            try:
+                out[g] = np.linalg.inv(a[g])
+            except np.linalg.LinAlgError:
+                pass
+        return out
 
 
 class _Normal:
@@ -856,7 +875,8 @@ class _Offsets:
         diag[pinned] = 1.0  # pinned z: rows and columns of T^T A T are already 0
         self.bm = tt @ (self.m * dt) * free[:, None, None, :]
         self.bb = np.einsum("gslk,gsl->gsk", t, self.b)
-        self.ainv = np.linalg.inv(a)
+        # A singular block gives NaN, which stops its group as broken down (NOT_CONVERGED).
+        self.ainv = _inverse_spd(a.reshape(-1, *a.shape[-2:])).reshape(a.shape)
         self.w = self.ainv @ self.bm
         sch = sch - np.einsum("gsik,gsil->gkl", self.bm, self.w)
         rhs = rhs - np.einsum("gsik,gsi->gk", self.w, self.bb)
@@ -953,8 +973,17 @@ def fit_omega_groups(
             term = offsets.flux_term(d_offsets)
             with np.errstate(invalid="ignore", divide="ignore"):
                 d_flux -= np.where(normal.sqrt_d > 0, term / normal.sqrt_d, 0.0)
-            offsets.value[active] += d_offsets[active]
         d_flux = d_flux[active]
+        # A group whose system broke down (singular, non-finite: e.g. every flux clamped at the
+        # floor) stops here, keeps its last finite iterate and stays flagged as not converged.
+        broken = ~(np.isfinite(d_omega).all(axis=1) & np.isfinite(d_flux).all(axis=1))
+        if broken.any():
+            active[np.flatnonzero(active)[broken]] = False
+            d_omega, d_flux = d_omega[~broken], d_flux[~broken]
+            if not active.any():
+                break
+        if offsets is not None:
+            offsets.value[active] += d_offsets[active]
         new_omega = omega_cl[active] + d_omega
         new_flux = np.where(fit_pixel[active], flux_cl[active] + d_flux, 0.0)
         step_omega = np.where(free[active], np.abs(new_omega - prev_omega[active]), 0.0)
@@ -983,7 +1012,7 @@ def fit_omega_groups(
                            fit_pixel, free)  # fmt: skip
     else:
         sch, _ = normal.schur(free)
-    cov = np.linalg.inv(sch)
+    cov = _inverse_spd(sch)
     cov[~(free[:, :, None] & free[:, None, :])] = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         if offsets is None:

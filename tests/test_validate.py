@@ -1,0 +1,158 @@
+"""``pyapred validate``: the quick run end to end, and the statistics it must reproduce."""
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+
+from pyapred import fit_omega, omega_uniform, simulate_ramps, validate
+from pyapred.cli import main
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One ``pyapred validate --quick`` run shared by the tests below."""
+    out = tmp_path_factory.mktemp("validate")
+    code = main(["validate", "--quick", "--out", str(out), "--seed", "104"])
+    results = json.loads((out / "results.json").read_text())
+    return code, out, results
+
+
+def test_quick_run_writes_report_and_results(quick):
+    code, out, results = quick
+    assert code == 0, results["checks"]
+    report = (out / "report.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(figures) == 7
+    for figure in figures:
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["run"]["mode"] == "quick" and results["run"]["runtime_s"]["total"] > 0
+    # Numbers in the report are the ones in results.json.
+    inflation = results["single_realisation"]["inflation"]["constant"]
+    assert f"| {inflation:.3f} |" in report
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_inflation_factors_separate_the_models(quick):
+    inflation = quick[2]["single_realisation"]["inflation"]
+    assert inflation["constant"] > 2.0
+    assert abs(inflation["time_variable"] - 1.0) <= 0.1
+    assert abs(inflation["joint_fit"] - inflation["time_variable"]) < 0.02
+
+
+def test_threshold_inside_issue_bounds(quick):
+    sweep = quick[2]["amplitude_sweep"]
+    assert 0.01 <= sweep["threshold_noiseless"] <= 0.10
+    # The Monte Carlo construction is reached too, above the noise-free one: its band is
+    # widened by sampling noise.
+    assert sweep["threshold"] is not None and sweep["threshold"] > sweep["threshold_noiseless"]
+    assert 0.02 <= sweep["second_threshold"] <= 0.2
+
+
+def test_single_realisation_recovers_omega_and_unbiased_fluxes(quick):
+    single = quick[2]["single_realisation"]
+    fit = single["omega_fit"]
+    assert fit["converged"] and fit["n_iter"] <= 10
+    assert fit["omega_max_abs_error"] < 0.03
+    assert 0.4 < fit["omega_chi2_per_dof"] < 1.8
+    bias = single["bias_test"]
+    ref = bias["reference"]
+    for name in ("time_variable", "equal_weight"):
+        median = np.array(bias[name]["z_median"])
+        width = np.array(bias[name]["z_width"])
+        assert np.all(np.abs(median) < 5 * ref["median_std"] + 0.05), name
+        assert np.all(np.abs(width - 1) < 5 * ref["width_std"]), name
+    # Equal weights lose signal-to-noise at high flux (about 7 % for 33 photon-limited reads).
+    assert 0.03 < bias["equal_weight_snr_loss"] < 0.12
+    assert bias["constant_vs_time_variable_sigma_max_diff"] < 0.05
+
+
+def test_omega_uncertainty_and_bias_versus_flux(quick):
+    levels = quick[2]["flux_levels"]
+    rows = levels["levels"]
+    errors = [r["omega_rel_err_median"] for r in rows]
+    assert errors == sorted(errors, reverse=True)  # more flux, smaller errors
+    bright = rows[-1]
+    assert bright["converged_fraction"] == 1.0
+    assert abs(bright["omega_z_p50"]) < 0.2 and abs(bright["omega_z_width"] - 1) < 0.15
+    assert abs(bright["flux_z_median"]) < 0.1
+    assert 20 < levels["omega_10pct_flux"] < 200
+    assert levels["omega_trusted_from"] is not None
+
+
+def test_constant_model_bias_grows_with_amplitude(quick):
+    rows = quick[2]["amplitude_sweep"]["amplitudes"]
+    assert rows[0]["amplitude"] == 0.0 and rows[-1]["amplitude"] == 0.5
+    # No variability, no constant-model bias; the time-variable model pays a small omega cost.
+    assert max(rows[0]["noiseless_bias_constant_q95"]) < 1e-6
+    assert max(rows[-1]["noiseless_bias_time_variable_q95"]) < 0.05
+    q95 = [max(r["noiseless_bias_constant_q95"]) for r in rows]
+    assert q95 == sorted(q95)
+    # The Monte Carlo excess scatter shows it at A = 0.5 for the constant model only.
+    last = rows[-1]
+    assert np.median(last["excess_constant"]) > np.median(last["excess_time_variable"]) + 0.02
+
+
+TINY = dataclasses.replace(
+    validate.QUICK,
+    name="tiny",
+    single_repeats=10,
+    level_fluxes=(1000.0,),
+    level_realisations=3,
+    amplitudes=(0.0, 0.1, 0.2, 0.3, 0.5),
+    sweep_realisations=4,
+    sweep_flux_levels=3,
+    sweep_examples=5,
+    reference_sets=5,
+)
+
+
+def test_runs_are_deterministic_per_seed(monkeypatch):
+    monkeypatch.setitem(validate.THRESHOLD_BOUNDS, "tiny", (0.0, 1.0))
+
+    def numbers(seed):
+        results = validate._public(validate.run_validation(seed, TINY))
+        del results["run"]["runtime_s"]
+        for row in results["amplitude_sweep"]["amplitudes"]:
+            del row["seconds"]
+        return json.dumps(results)
+
+    assert numbers(7) == numbers(7)
+    assert numbers(7) != numbers(8)
+
+
+def test_rereference_matches_a_fit_with_that_element_fixed():
+    rng = np.random.default_rng(3)
+    omega = omega_uniform(16, 0.4, rng)
+    sim = simulate_ramps(rng.uniform(800, 1200, (2, 60)), 15.0, omega=omega, rng=rng)
+    free_fit = fit_omega(sim.reads, 15.0)
+    ref = int((free_fit.ref_index[0] + 5) % 16)
+    fixed_fit = fit_omega(sim.reads, 15.0, ref_index=ref)
+    new, cov, norm = validate.rereference(free_fit.omega, free_fit.omega_cov, ref)
+    np.testing.assert_allclose(new, fixed_fit.omega, rtol=1e-7)
+    np.testing.assert_allclose(free_fit.flux * norm[:, None], fixed_fit.flux, rtol=1e-7)
+    np.testing.assert_allclose(cov, fixed_fit.omega_cov, rtol=2e-3, atol=1e-12)
+
+
+def test_scale_factors_are_exact_on_scaled_truth():
+    truth = np.array([1.0, 0.8, 0.6, 0.9])
+    cov = np.diag([0.0, 1e-4, 2e-4, 1e-4])
+    scale, z, chi2, _ = validate.omega_scale(truth / 1.25, cov, truth)
+    assert scale == pytest.approx(1.25)
+    assert np.isnan(z[0]) and np.allclose(z[1:], 0) and chi2 == pytest.approx(0)
+    flux = np.array([[10.0, 20.0, 30.0]])
+    assert validate.flux_scale(flux, flux, 2 * flux) == pytest.approx([2.0])
+    assert validate.zscore_width(np.random.default_rng(0).standard_normal(20000)) == (
+        pytest.approx(1.0, abs=0.03)
+    )
+
+
+def test_unknown_backend_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "--backend", "julia"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
