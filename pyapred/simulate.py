@@ -8,8 +8,12 @@ so a seed reproduces a data set exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .noise import HxrgNoise
 
 __all__ = [
     "SimulatedRamps",
@@ -200,7 +204,7 @@ def write_simulated_apz(
     bias: float = 10000.0,
     header: dict | None = None,
     overwrite: bool = False,
-    one_over_f=None,
+    one_over_f: HxrgNoise | None = None,
     rng: np.random.Generator | int | None = None,
 ):
     """Write simulated reads as a raw ``apR-``/``asR-`` ``.apz`` file, as the instrument would.
