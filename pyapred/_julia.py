@@ -253,16 +253,20 @@ def initial_guess(diffs, valid, s2, dt, fit_pixel, *, reference=False, ref_index
     return omega, flux, kstar - 1
 
 
-def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_iter, ref_index):
+def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_iter, ref_index,
+                     segments=None):  # fmt: skip
     """See :func:`pyapred.solver._numpy.fit_omega_groups`."""
     res = _fn("fit_omega_groups")(
         _jl(diffs), _jl(valid), _jl(s2), _jl(dt), _jl(fit_pixel), reference=bool(reference),
         rtol=float(rtol), max_iter=int(max_iter), ref_index=_ref_index_jl(ref_index),
+        segments=None if segments is None else _jl(np.asarray(segments, dtype=np.int64) + 1),
     )  # fmt: skip
     out = {name: _from_jl(getattr(res, name)) for name in
            ("omega", "flux", "flux_var", "chi2", "n_iter", "converged", "has_data")}  # fmt: skip
     out["omega_cov"] = _from_jl(res.omega_cov, stack=True)
     out["ref_index"] = _from_jl(res.ref_index).astype(np.int64) - 1
+    if segments is not None:
+        out["offsets"] = np.array(np.asarray(res.offsets).transpose(2, 1, 0))  # (K, S, G)
     return out
 
 

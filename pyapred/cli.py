@@ -109,6 +109,21 @@ def _guider(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# pyapred noise (arguments and run live in pyapred/noise/cli.py)
+# --------------------------------------------------------------------------------------------
+def _noise_arguments(parser: argparse.ArgumentParser) -> None:
+    from .noise.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _noise(args: argparse.Namespace) -> int:
+    from .noise.cli import run
+
+    return run(args)
+
+
+# --------------------------------------------------------------------------------------------
 # pyapred inspect
 # --------------------------------------------------------------------------------------------
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,6 +147,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     ),
     "crossval": ("compare the NumPy and Julia backends", *_delegate("crossval")),
     "inspect": ("describe raw .apz exposures and HDF5 products", _inspect_arguments, _inspect),
+    "noise": (
+        "simulate H2RG read noise; the 1/f stress test of the omega fit",
+        _noise_arguments,
+        _noise,
+    ),
     "guider": (
         "compare fitted omega with the guider's flux in the fibre",
         _guider_arguments,

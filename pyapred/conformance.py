@@ -11,8 +11,9 @@ it with ``tomllib`` and ``julia/test/runtests.jl`` with Julia's ``TOML``. Layout
     [inputs]                       # arrays in NumPy C order, e.g. reads (n_reads, n_pix)
     [expected]                     # the result's fields, same order
 
-Indices (``groups``, ``ref_index``, ``kstar``) are 0-based, as in Python. Floats are written with
-``repr``, so they round-trip exactly; NaN and infinities use TOML's ``nan`` and ``inf``.
+Indices and labels (``groups``, ``ref_index``, ``kstar``, ``segments``) are 0-based, as in
+Python. Floats are written with ``repr``, so they round-trip exactly; NaN and infinities use
+TOML's ``nan`` and ``inf``.
 
 An output matches when its shape, NaN pattern and integer values are equal and every float
 differs by at most ``rtol`` times the largest absolute expected value of that output.
@@ -92,7 +93,7 @@ def run_vector(vector: Mapping, backend: str = "numpy") -> dict[str, np.ndarray]
         result = getattr(api, name)(*args, **inputs, backend=backend)
     if name in _OUTPUT_NAMES:
         return dict(zip(_OUTPUT_NAMES[name], map(np.asarray, result), strict=True))
-    return {key: np.asarray(value) for key, value in result.__dict__.items()}
+    return {key: np.asarray(value) for key, value in result.__dict__.items() if value is not None}
 
 
 def compare(expected: Mapping, got: Mapping, rtol: float) -> dict[str, tuple[float, float, bool]]:

@@ -8,8 +8,12 @@ so a seed reproduces a data set exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .noise import HxrgNoise
 
 __all__ = [
     "SimulatedRamps",
@@ -200,6 +204,8 @@ def write_simulated_apz(
     bias: float = 10000.0,
     header: dict | None = None,
     overwrite: bool = False,
+    one_over_f: HxrgNoise | None = None,
+    rng: np.random.Generator | int | None = None,
 ):
     """Write simulated reads as a raw ``apR-``/``asR-`` ``.apz`` file, as the instrument would.
 
@@ -223,6 +229,11 @@ def write_simulated_apz(
     header : dict, optional
         Extra exposure-header cards (``EXPTYPE``, ``CONFIGID``, ...).
     overwrite : bool
+    one_over_f : pyapred.noise.HxrgNoise, optional
+        Add H2RG read noise with APOGEE clocking (white, 1/f and alternating-column noise, in DN)
+        from :func:`pyapred.noise.simulate_hxrg`; needs ``nx = 2560`` and the rows from 0.
+    rng : numpy.random.Generator or int, optional
+        Randomness of ``one_over_f``.
 
     Returns
     -------
@@ -233,7 +244,16 @@ def write_simulated_apz(
 
     from .io.apz import ApzName, make_headers, write_apz
 
-    counts = np.clip(np.round(np.asarray(reads, dtype=np.float64) + bias), 0, 65535)
+    reads = np.asarray(reads, dtype=np.float64)
+    if one_over_f is not None:
+        from .noise import simulate_hxrg
+
+        if reads.ndim != 3 or reads.shape[-1] != 2560:
+            raise ValueError(f"reads: one_over_f needs (n_reads, ny, 2560), got {reads.shape}")
+        reads = reads + simulate_hxrg(
+            reads.shape[0], one_over_f, rows=slice(0, reads.shape[1]), rng=rng
+        )
+    counts = np.clip(np.round(reads + bias), 0, 65535)
     counts = counts.astype(np.uint16)
     exposure_header, read_headers = make_headers(
         counts.shape[0], date_obs=date_obs, chip=chip, timesys=timesys, extra=header

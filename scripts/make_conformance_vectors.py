@@ -297,6 +297,47 @@ case(
 )
 
 
+# --- the 1/f nuisance term: one offset per (segment, difference) ------------------------------
+def with_offsets(reads, segments, seed, sigma=25.0):
+    """Add seeded offsets per (segment, difference) to ``reads (n_reads, ..., n_pix)``."""
+    rng = np.random.default_rng(seed)
+    offsets = rng.normal(0.0, sigma, (reads.shape[0] - 1, int(segments.max()) + 1))
+    steps = offsets[:, segments]  # (K, ..., n_pix)
+    out = reads.copy()
+    out[1:] += np.cumsum(steps, axis=0)
+    return out
+
+
+FLUX9 = [400.0, 650.0, 900.0, 1200.0, 300.0, 800.0, 500.0, 1500.0, 700.0]
+seg9 = np.arange(9) % 3
+case(
+    "fit_omega_offsets",
+    "fit_omega",
+    "joint fit with one offset per (segment, difference), 3 segments",
+    reads=with_offsets(ramps(23, FLUX9, omega=OMEGA7), seg9, 24),
+    read_noise=12.0,
+    segments=seg9,
+)
+off_reads = np.stack([ramps(25, FLUX9, omega=OMEGA7), ramps(26, FLUX9, omega=OMEGA7[::-1])], axis=1)
+off_segments = np.stack([seg9, np.arange(9) // 5])  # group 1: 2 segments
+off_reads = with_offsets(off_reads, off_segments, 27)
+off_mask = np.zeros(off_reads.shape, bool)
+off_mask[3, 0, 2] = True
+off_mask[6:, 1, 4] = True
+off_mask[:, 1, 8] = True  # a padding pixel
+case(
+    "fit_omega_offsets_groups",
+    "fit_omega",
+    "offsets in two groups with masks, padding, gain and a fixed element",
+    reads=off_reads,
+    read_noise=12.0,
+    mask=off_mask,
+    gain=1.5,
+    ref_index=2,
+    segments=off_segments,
+)
+
+
 def _kernel_inputs(reads, read_noise):
     """The electron-unit (G, P, K) layout that fit_omega builds, for the kernel-level cases."""
     _, diffs, valid, flags, s2, dt, _ = api._group_inputs(reads, read_noise, 1.0, None, None,

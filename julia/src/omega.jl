@@ -146,6 +146,100 @@ function normal_equations_kernel!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, v
 end
 
 """
+    offset_blocks_group!(out_a, out_m, out_b, ec_hat, diffs, valid, s2, dt, flux, omega,
+                         segment, fit_pixel)
+
+Normal-equation blocks of one group's additive offsets (one per segment and read difference, the
+1/f nuisance term of `fit_omega(...; segments)`), with the fluxes eliminated. The model is
+`d_p = flux_p x + c_s(p) + noise`; `diffs` must already have the current offsets removed (0 where
+invalid). With `e_p = C_p^-1 x / sqrt(D_p)`, summing over the fitted pixels p of segment s:
+
+- `out_a[:, :, s] = sum_p (C_p^-1 - e_p e_p')` (the offset block);
+- `out_m[:, :, s] = sum_p flux_p (C_p^-1 - e_p e_p')`; times `Diagonal(dt)` on the right it is
+  the offset-omega block;
+- `out_b[:, s] = sum_p (C_p^-1 r_p - e_p gf_hat_p)` (the offset gradient);
+- `ec_hat[:, p] = e_p`.
+
+Rows and columns of invalid differences get nothing; the cost per pixel is that of
+[`normal_equations_group!`](@ref).
+
+# Arguments
+- `out_a`, `out_m`: `(K, K, S)`; `out_b`: `(K, S)`; `ec_hat`, `diffs`, `valid`: `(K, P)`.
+- `segment`: `(P,)` 1-based segment of each pixel.
+"""
+function offset_blocks_group!(out_a, out_m, out_b, ec_hat, diffs, valid, s2, dt, flux, omega,
+        segment, fit_pixel)
+    K, P = size(diffs)
+    alpha, beta, piv, low, back = zeros(K), zeros(K), zeros(K), zeros(K), zeros(K)
+    x, r, yx, yr, u, cr, e = zeros(K), zeros(K), zeros(K), zeros(K), zeros(K), zeros(K), zeros(K)
+    fill!(out_a, 0.0)
+    fill!(out_m, 0.0)
+    fill!(out_b, 0.0)
+    for p in 1:P
+        if !fit_pixel[p]
+            ec_hat[:, p] .= 0.0
+            continue
+        end
+        f = flux[p]
+        s = segment[p]
+        vmask = view(valid, :, p)
+        @inbounds for k in 1:K
+            x[k] = vmask[k] ? omega[k] * dt[k] : 0.0
+            r[k] = vmask[k] ? diffs[k, p] - f * x[k] : 0.0
+        end
+        factor!(alpha, beta, piv, low, x, vmask, s2[p], f)
+        forward!(yx, low, x)
+        forward!(yr, low, r)
+        dd = 0.0
+        gf = 0.0
+        @inbounds for k in 1:K
+            dd += yx[k] * yx[k] / piv[k]
+            gf += yx[k] * yr[k] / piv[k]
+        end
+        sd = sqrt(dd)
+        gf_hat = gf / sd
+        backward!(u, low, piv, yx)
+        backward!(cr, low, piv, yr)
+        @inbounds for k in 1:K
+            e[k] = vmask[k] ? u[k] / sd : 0.0
+            ec_hat[k, p] = e[k]
+            vmask[k] && (out_b[k, s] += cr[k] - e[k] * gf_hat)
+        end
+        back[K] = alpha[K]
+        @inbounds for k in (K - 1):-1:1
+            back[k] = alpha[k] - beta[k] * beta[k] / back[k + 1]
+        end
+        # Upper triangle [i, j], i <= j: C^-1 walked up each column from its diagonal with the
+        # pivot ratios (the walk stops at a decoupled difference), then the rank-one term.
+        @inbounds for j in 1:K
+            vmask[j] || continue
+            den = alpha[j]
+            j > 1 && (den -= beta[j - 1] * beta[j - 1] / piv[j - 1])
+            j < K && (den -= beta[j] * beta[j] / back[j + 1])
+            value = 1.0 / den
+            out_a[j, j, s] += value
+            out_m[j, j, s] += f * value
+            for i in (j - 1):-1:1
+                value *= -beta[i] / piv[i]
+                value == 0.0 && break
+                out_a[i, j, s] += value
+                out_m[i, j, s] += f * value
+            end
+            for i in 1:j
+                outer = e[i] * e[j]
+                out_a[i, j, s] -= outer
+                out_m[i, j, s] -= f * outer
+            end
+        end
+    end
+    for s in axes(out_a, 3), j in 1:K, i in 1:(j - 1)
+        out_a[j, i, s] = out_a[i, j, s]
+        out_m[j, i, s] = out_m[i, j, s]
+    end
+    return nothing
+end
+
+"""
     chi2_kernel!(out, diffs, valid, s2, x, flux, fit_pixel)
 
 Eq-24 chi2 of every fitted pixel of a `(K, P, G)` layout (NaN for the others); `x` is `(K, G)` or
@@ -336,6 +430,116 @@ function flux_step(ne::NormalEquations, d_omega)
 end
 
 """
+One group's additive offsets `c (K, S)`, one per (segment, difference) and shared by the pixels
+of a segment (the 1/f nuisance term), eliminated from the Schur system after the fluxes.
+
+The model `d_p = flux_p x + c_s(p)` is unchanged by `flux_p -> flux_p + a` for the pixels of
+segment s with `c_s -> c_s - a x`, so the offsets are constrained to sum to zero over the
+differences with data in each segment: `c = T z`, `z` free except at the last element with data
+(`c_L = -sum(z)`). The twin of pyapred's `_Offsets`.
+"""
+struct Offsets
+    segment::Vector{Int}            # (P,) 1-based; 1 for pixels that are not fitted
+    has_data::Matrix{Bool}          # (K, S)
+    free::Matrix{Bool}              # (K, S) free elements of z
+    last::Vector{Int}               # (S,) the element that closes the sum
+    transform::Array{Float64, 3}    # (K, K, S) T
+    value::Matrix{Float64}          # (K, S) c
+    a::Array{Float64, 3}            # (K, K, S) blocks of offset_blocks_group!
+    m::Array{Float64, 3}
+    b::Matrix{Float64}
+    ec_hat::Matrix{Float64}         # (K, P)
+    ainv::Array{Float64, 3}         # (K, K, S) (T' A T)^-1, pinned elements on the diagonal
+    bm::Array{Float64, 3}           # (K, K, S) T' M Diagonal(dt), non-free omega columns zeroed
+    bb::Matrix{Float64}             # (K, S) T' b
+end
+
+function Offsets(valid, fit_pixel, segment, n_segments)
+    K, P = size(valid)
+    S = n_segments
+    seg = [fit_pixel[p] ? Int(segment[p]) : 1 for p in 1:P]
+    has = zeros(Bool, K, S)
+    for p in 1:P, k in 1:K
+        fit_pixel[p] && valid[k, p] && (has[k, seg[p]] = true)
+    end
+    last = [something(findlast(view(has, :, s)), K) for s in 1:S]
+    free = [has[k, s] && k != last[s] for k in 1:K, s in 1:S]
+    t = zeros(K, K, S)
+    for s in 1:S, k in 1:K
+        if free[k, s]
+            t[k, k, s] = 1.0
+            t[last[s], k, s] = -1.0
+        end
+    end
+    return Offsets(seg, has, free, last, t, zeros(K, S), zeros(K, K, S), zeros(K, K, S),
+        zeros(K, S), zeros(K, P), zeros(K, K, S), zeros(K, K, S), zeros(K, S))
+end
+
+"The differences with the current offsets removed (0 where invalid), `(K, P)`."
+adjusted(o::Offsets, diffs, valid) =
+    [valid[k, p] ? diffs[k, p] - o.value[k, o.segment[p]] : 0.0
+     for k in axes(diffs, 1), p in axes(diffs, 2)]
+
+"Eliminate the offsets from the omega system `(sch, rhs)` in place (second Schur complement)."
+function reduce_offsets!(o::Offsets, sch, rhs, free, dt)
+    K, _, S = size(o.a)
+    for s in 1:S
+        t = view(o.transform, :, :, s)
+        a = transpose(t) * view(o.a, :, :, s) * t
+        for k in 1:K
+            o.free[k, s] || (a[k, k] = 1.0)
+        end
+        bm = transpose(t) * (view(o.m, :, :, s) .* transpose(dt))
+        for j in 1:K
+            free[j] || (bm[:, j] .= 0.0)
+        end
+        o.bm[:, :, s] = bm
+        o.bb[:, s] = transpose(t) * view(o.b, :, s)
+        o.ainv[:, :, s] = inverse_spd(a)  # NaN where singular: the group breaks down
+        w = view(o.ainv, :, :, s) * bm
+        sch .-= transpose(bm) * w
+        rhs .-= transpose(w) * view(o.bb, :, s)
+    end
+    return sch, rhs
+end
+
+"Offset update `(K, S)` from the omega update."
+function offset_step(o::Offsets, d_omega)
+    K, _, S = size(o.a)
+    dc = zeros(K, S)
+    for s in 1:S
+        dz = view(o.ainv, :, :, s) * (view(o.bb, :, s) .- view(o.bm, :, :, s) * d_omega)
+        dc[:, s] = view(o.transform, :, :, s) * dz
+    end
+    return dc
+end
+
+"""
+`zeta_p' Cov zeta_p` of pixel p with omega and the offsets marginalised: with `v = T' e_p`,
+`y = A^-1 v` and `h = e_hat_p - B' y`, it is `h' cov h + v' y`.
+"""
+function offset_flux_quad(o::Offsets, e_hat, cov, p)
+    s = o.segment[p]
+    e = view(o.ec_hat, :, p)
+    v = [o.free[k, s] ? e[k] - e[o.last[s]] : 0.0 for k in axes(e, 1)]
+    y = view(o.ainv, :, :, s) * v
+    h = view(e_hat, :, p) .- transpose(view(o.bm, :, :, s)) * y
+    return dot(h, cov * h) + dot(v, y)
+end
+
+"Normal equations at the current point, reduced to omega: `(schur, rhs)`."
+function reduced_system!(ne::NormalEquations, offsets, diffs, valid, s2, dt, flux, omega, fit,
+        free)
+    fitted = offsets === nothing ? diffs : adjusted(offsets, diffs, valid)
+    evaluate!(ne, fitted, valid, s2, dt, flux, omega, fit)
+    sch, rhs = schur(ne, free)
+    offsets === nothing && return sch, rhs
+    offset_blocks_group!(offsets.a, offsets.m, offsets.b, offsets.ec_hat, fitted, valid, s2, dt,
+        flux, omega, offsets.segment, fit)
+    return reduce_offsets!(offsets, sch, rhs, free, dt)
+end
+
+"""
     gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pixel)
 
 One Schur-complement Gauss-Newton step at clamped `(flux, omega)`, for tests and conformance
@@ -359,7 +563,8 @@ function gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pix
 end
 
 """
-    fit_omega_groups(diffs, valid, s2, dt, fit_pixel; reference, rtol, max_iter, ref_index)
+    fit_omega_groups(diffs, valid, s2, dt, fit_pixel; reference, rtol, max_iter, ref_index,
+                     segments = nothing)
 
 Gauss-Newton joint fit of omega and fluxes for G independent groups (threaded over groups), in
 electrons. Clamping follows the reference: the clamped values (>= 1e-10) drive the linearisation,
@@ -368,14 +573,21 @@ tolerance 1e-10 on both blocks, at least 3 iterations and the covariance of the 
 linearisation (quirk Q3); otherwise every omega step < `rtol` and every flux step < `rtol` times
 `max(flux, sigma)`, at least 2 iterations, and the covariance at the solution.
 
+`segments` (P, G), 1-based labels, optional: pixels of a group with the same label share an
+additive offset per read difference ([`Offsets`](@ref)), fitted jointly; not with `reference`.
+
 # Returns
 A NamedTuple `(omega (K, G), omega_cov (K, K, G), ref_index (G,) 1-based, flux (P, G),
-flux_var (P, G), chi2 (P, G), n_iter (G,), converged (G,), has_data (K, G))`.
+flux_var (P, G), chi2 (P, G), n_iter (G,), converged (G,), has_data (K, G))`, plus
+`offsets (K, S, G)` (NaN where a segment has no data) when `segments` is given.
 """
 function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3},
         s2::AbstractMatrix, dt::AbstractVector, fit_pixel::AbstractMatrix; reference::Bool,
-        rtol::Real, max_iter::Integer, ref_index = nothing)
+        rtol::Real, max_iter::Integer, ref_index = nothing, segments = nothing)
     K, P, G = size(diffs)
+    n_segments = segments === nothing ? 0 : maximum(segments)
+    offsets_out = fill(NaN, K, n_segments, G)
+    fitted_all = segments === nothing ? diffs : copy(diffs)
     omega0, flux0, kstar = zeros(K, G), zeros(P, G), zeros(Int, G)
     initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel; reference, ref_index)
     omega_out, omega_cov = zeros(K, G), zeros(K, K, G)
@@ -396,15 +608,31 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
         omega, flux = copy(omega_cl), copy(flux_cl)
         scale = max.(abs.(flux_cl), sqrt.(s2g))
         ne = NormalEquations(K, P)
+        offsets = segments === nothing ? nothing :
+                  Offsets(v, fit, view(segments, :, g), n_segments)
+        offset_scale = sqrt(sum(s2g) / P)
         converged[g] = !nonempty
         for it in 1:(nonempty ? max_iter : 0)
-            evaluate!(ne, d, v, s2g, dt, flux_cl, omega_cl, fit)
-            sch, rhs = schur(ne, free)
+            sch, rhs = reduced_system!(ne, offsets, d, v, s2g, dt, flux_cl, omega_cl, fit, free)
             d_omega = solve_spd(sch, rhs)
             d_flux = flux_step(ne, d_omega)
+            step_offsets = 0.0
+            if offsets !== nothing
+                d_offsets = offset_step(offsets, d_omega)
+                for p in 1:P
+                    ne.sqrt_d[p] > 0 || continue
+                    term = dot(view(offsets.ec_hat, :, p),
+                        view(d_offsets, :, offsets.segment[p]))
+                    d_flux[p] -= term / ne.sqrt_d[p]
+                end
+            end
             # A broken-down system (singular, non-finite) stops this group at its last finite
             # iterate; it stays flagged as not converged.
             (all(isfinite, d_omega) && all(isfinite, d_flux)) || break
+            if offsets !== nothing
+                offsets.value .+= d_offsets
+                step_offsets = maximum(abs, d_offsets) / offset_scale
+            end
             new_omega = omega_cl .+ d_omega
             new_flux = [fit[p] ? flux_cl[p] + d_flux[p] : 0.0 for p in 1:P]
             step_omega = 0.0
@@ -416,7 +644,7 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
                 step = abs(new_flux[p] - prev_flux[p])
                 step_flux = max(step_flux, reference ? step : step / scale[p])
             end
-            done = step_omega < tol && step_flux < tol && it >= min_iter
+            done = step_omega < tol && step_flux < tol && it >= min_iter && step_offsets < tol
             omega .= new_omega
             flux .= new_flux
             prev_omega .= new_omega
@@ -431,10 +659,9 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
         end
         # The covariance at the returned solution (the reference keeps the one from the
         # linearisation before the last step, quirk Q3).
-        if !reference && nonempty
-            evaluate!(ne, d, v, s2g, dt, flux_cl, omega_cl, fit)
-        end
-        sch, _ = schur(ne, free)
+        sch, _ = !reference && nonempty ?
+                 reduced_system!(ne, offsets, d, v, s2g, dt, flux_cl, omega_cl, fit, free) :
+                 schur(ne, free)
         cov = inverse_spd(sch)
         for j in 1:K, i in 1:K
             (free[i] && free[j]) || (cov[i, j] = 0.0)
@@ -442,19 +669,28 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
         omega_cov[:, :, g] = cov
         for p in 1:P
             e = view(ne.e_hat, :, p)
-            flux_var[p, g] = fit[p] ? (1.0 + dot(e, cov * e)) / ne.sqrt_d[p]^2 : NaN
+            quad = !fit[p] ? 0.0 : offsets === nothing ? dot(e, cov * e) :
+                   offset_flux_quad(offsets, ne.e_hat, cov, p)
+            flux_var[p, g] = fit[p] ? (1.0 + quad) / ne.sqrt_d[p]^2 : NaN
             flux_out[p, g] = fit[p] ? flux[p] : NaN
         end
         for k in 1:K
             omega_out[k, g] = data[k] ? omega[k] : NaN
         end
         omega_out[kstar[g], g] = nonempty ? 1.0 : NaN
+        if offsets !== nothing
+            fitted_all[:, :, g] = adjusted(offsets, d, v)
+            for s in 1:n_segments, k in 1:K
+                offsets.has_data[k, s] && (offsets_out[k, s, g] = offsets.value[k, s])
+            end
+        end
     end
     x = [has_data[k, g] ? omega_out[k, g] * dt[k] : 0.0 for k in 1:K, g in 1:G]
     flux_fit = [fit_pixel[p, g] ? flux_out[p, g] : 0.0 for p in 1:P, g in 1:G]
-    chi2_kernel!(chi2, diffs, valid, s2, x, flux_fit, fit_pixel)
-    return (; omega = omega_out, omega_cov, ref_index = kstar, flux = flux_out, flux_var, chi2,
+    chi2_kernel!(chi2, fitted_all, valid, s2, x, flux_fit, fit_pixel)
+    out = (; omega = omega_out, omega_cov, ref_index = kstar, flux = flux_out, flux_var, chi2,
         n_iter, converged, has_data)
+    return segments === nothing ? out : merge(out, (; offsets = offsets_out))
 end
 
 # ---------------------------------------------------------------------------------------------
@@ -549,7 +785,7 @@ end
 """
     fit_omega(reads, read_noise; gain = 1.0, mask = nothing, read_times = nothing,
               saturation = nothing, ref_index = nothing, rtol = 1e-8, max_iter = 50,
-              mode = "default")
+              mode = "default", segments = nothing)
 
 Joint fit of the shared transparency vector omega and per-pixel fluxes (time-variable model):
 Gauss-Newton with the fluxes eliminated by a Schur complement; see [`fit_omega_groups`](@ref).
@@ -565,18 +801,25 @@ Gauss-Newton with the fluxes eliminated by a Schur complement; see [`fit_omega_g
   argmax of the initial guess.
 - `rtol`, `max_iter`: convergence of `mode = "default"`.
 - `mode`: `"reference"` reproduces the reference implementation (quirks Q1, Q3).
+- `segments`: integer labels `1:n_segments`, of the pixel shape (or one per pixel of a group,
+  for all groups): pixels of a group with the same label share one additive offset per read
+  difference, fitted jointly (the 1/f nuisance term, see [`Offsets`](@ref)); not with
+  `mode = "reference"`.
 
 # Returns
 A NamedTuple with the fields of pyapred's `OmegaFit`: `omega (K, G)`, `omega_cov (K, K, G)`,
 `ref_index (G,)`, `flux`, `flux_var`, `chi2`, `n_diff`, `flags` `(n_pix, G)`, `inflation`,
-`n_iter`, `converged`, `group_flags` `(G,)`; the group axis is dropped for a single group. Fluxes
-are in the units of `reads` per read interval.
+`n_iter`, `converged`, `group_flags` `(G,)`, and with `segments` `offsets (K, n_segments, G)` (in
+the units of `reads` at the group's mean gain); the group axis is dropped for a single group.
+Fluxes are in the units of `reads` per read interval.
 """
 function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
         read_times = nothing, saturation = nothing, ref_index = nothing, rtol::Real = 1e-8,
-        max_iter::Integer = 50, mode::AbstractString = "default")
+        max_iter::Integer = 50, mode::AbstractString = "default", segments = nothing)
     reference = check_mode(mode)
     isfinite(rtol) && rtol > 0 || throw(ArgumentError("rtol: expected a finite value > 0"))
+    segments === nothing || !reference ||
+        throw(ArgumentError("segments: not available with mode = \"reference\""))
     max_iter >= 1 || throw(ArgumentError("max_iter: expected >= 1, got $max_iter"))
     single, diffs, valid, flags, s2, dt, gain_map = group_inputs(reads, read_noise, gain, mask,
         read_times, saturation)
@@ -587,8 +830,9 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
         throw(ArgumentError("ref_index: expected values in 1:$K, got $ref_index"))
     end
     fit, n_diff, flags = fit_pixels(valid, flags)
+    labels = segments === nothing ? nothing : segment_labels(segments, P, G)
     res = fit_omega_groups(diffs, valid, s2, dt, fit; reference, rtol, max_iter,
-        ref_index = kstar)
+        ref_index = kstar, segments = labels)
     group_flags = zeros(Int, G)
     inflation = zeros(G)
     for g in 1:G
@@ -602,8 +846,22 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
     out = (; omega = res.omega, omega_cov = res.omega_cov, ref_index = res.ref_index,
         flux = res.flux ./ gain_map, flux_var = res.flux_var ./ gain_map .^ 2, chi2 = res.chi2,
         n_diff, inflation, n_iter = res.n_iter, converged = res.converged, flags, group_flags)
+    if labels !== nothing
+        mean_gain = reshape(sum(gain_map; dims = 1) ./ P, 1, 1, G)
+        out = merge(out, (; offsets = res.offsets ./ mean_gain))
+    end
     single || return out
     return map(v -> v isa AbstractVector ? v[1] : collect(selectdim(v, ndims(v), 1)), out)
+end
+
+"Validate `fit_omega`'s `segments`: integer labels >= 1 as a `(P, G)` matrix."
+function segment_labels(segments, P, G)
+    labels = segments isa AbstractArray ? segments : fill(segments, P)
+    all(x -> x isa Integer && x >= 1, labels) ||
+        throw(ArgumentError("segments: expected integer labels >= 1"))
+    length(labels) == P && return repeat(reshape(Int.(collect(labels)), P, 1), 1, G)
+    length(labels) == P * G && return reshape(Int.(collect(labels)), P, G)
+    throw(ArgumentError("segments: expected $P or $(P * G) labels, got $(length(labels))"))
 end
 
 """

@@ -39,7 +39,7 @@ const TUPLE_OUTPUTS = Dict(
 )
 
 "Indices are 0-based in the vectors (Python) and 1-based here."
-const INDEX_KEYS = ("groups", "ref_index", "kstar")
+const INDEX_KEYS = ("groups", "ref_index", "kstar", "segments")
 
 function run_vector(vector)
     name = vector["function"]
@@ -128,6 +128,26 @@ end
         samples = sample_omega(reads, 15.0, 50; burn_in = 10, rng = Xoshiro(1))
         @test size(samples.omega_samples) == (n_reads - 1, 50)
         @test samples.omega_cov[fit.ref_index, :] == zeros(n_reads - 1)
+    end
+
+    @testset "offsets per (segment, difference) are recovered exactly" begin
+        rng = MersenneTwister(5)
+        n_pix, n_diff, n_seg = 24, 8, 3
+        omega = collect(range(1.0, 0.7; length = n_diff))
+        flux = 200.0 .+ 1800.0 .* rand(rng, n_pix)
+        segments = [mod(p - 1, n_seg) + 1 for p in 1:n_pix]
+        offsets = 30.0 .* randn(rng, n_diff, n_seg)
+        diffs = flux .* omega' .+ transpose(offsets[:, segments])  # (n_pix, n_diff)
+        reads = hcat(zeros(n_pix), cumsum(diffs; dims = 2))
+        fit = fit_omega(reads, 10.0; segments, ref_index = 1)
+        @test fit.converged
+        @test fit.omega ≈ omega atol = 1e-12
+        # The fit's convention: each segment's offsets sum to 0, its fluxes absorb the rest.
+        shift = vec(sum(offsets; dims = 1)) ./ sum(omega)
+        @test fit.offsets ≈ offsets .- omega .* shift' atol = 1e-9
+        @test fit.flux ≈ flux .+ shift[segments] rtol = 1e-12
+        @test_throws ArgumentError fit_omega(reads, 10.0; segments = zeros(Int, n_pix))
+        @test_throws ArgumentError fit_omega(reads, 10.0; segments, mode = "reference")
     end
 
     @testset "sutr_omega: the sutr_wood contract" begin

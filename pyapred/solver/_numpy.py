@@ -490,6 +490,106 @@ def normal_equations_kernel(
 
 
 @njit(cache=True, parallel=True)
+def offset_blocks_kernel(
+    diffs, valid, s2, dt, flux, omega, segment, active, fit_pixel, out_a, out_m, out_b, ec_hat
+):
+    """Normal-equation blocks of the additive offsets ``c[g, s]`` (one per segment and difference).
+
+    The model is ``d_p = flux_p x + c_s(p) + noise``; ``diffs`` must already have the current
+    offsets subtracted (0 where invalid). With ``e_p = C_p^-1 x / sqrt(D_p)`` (the flux-offset block
+    of H, scaled as ``e_hat`` in :func:`normal_equations_kernel`), for each active group g and
+    segment s, summing over its fitted pixels p:
+
+    - ``out_a[g, s] = sum_p (C_p^-1 - e_p e_p^T)``: the offset block after the fluxes are
+      eliminated (K x K);
+    - ``out_m[g, s] = sum_p flux_p (C_p^-1 - e_p e_p^T)``: times ``diag(dt)`` it is the
+      offset-omega block after elimination;
+    - ``out_b[g, s] = sum_p (C_p^-1 r_p - e_p gf_hat_p)``: the offset gradient after elimination;
+    - ``ec_hat[g, p] = e_p``.
+
+    Rows and columns of invalid differences get nothing. The cost per pixel is that of
+    :func:`normal_equations_kernel` (the walk over C^-1).
+    """
+    G, P, K = diffs.shape
+    for g in prange(G):
+        if not active[g]:
+            continue
+        alpha = np.empty(K)
+        beta = np.empty(K)
+        piv = np.empty(K)
+        low = np.empty(K)
+        back = np.empty(K)
+        x = np.empty(K)
+        r = np.empty(K)
+        yx = np.empty(K)
+        yr = np.empty(K)
+        u = np.empty(K)
+        cr = np.empty(K)
+        e = np.empty(K)
+        out_a[g] = 0.0
+        out_m[g] = 0.0
+        out_b[g] = 0.0
+        for p in range(P):
+            if not fit_pixel[g, p]:
+                ec_hat[g, p, :] = 0.0
+                continue
+            f = flux[g, p]
+            s = segment[g, p]
+            vmask = valid[g, p]
+            for k in range(K):
+                x[k] = omega[g, k] * dt[k] if vmask[k] else 0.0
+                r[k] = diffs[g, p, k] - f * x[k] if vmask[k] else 0.0
+            _factor(x, vmask, s2[g, p], f, alpha, beta, piv, low)
+            _forward(low, x, yx)
+            _forward(low, r, yr)
+            dd = 0.0
+            gf = 0.0
+            for k in range(K):
+                dd += yx[k] * yx[k] / piv[k]
+                gf += yx[k] * yr[k] / piv[k]
+            sd = np.sqrt(dd)
+            gf_hat = gf / sd
+            _backward(low, piv, yx, u)
+            _backward(low, piv, yr, cr)
+            for k in range(K):
+                e[k] = u[k] / sd if vmask[k] else 0.0
+                ec_hat[g, p, k] = e[k]
+                if vmask[k]:
+                    out_b[g, s, k] += cr[k] - e[k] * gf_hat
+            back[K - 1] = alpha[K - 1]
+            for k in range(K - 2, -1, -1):
+                back[k] = alpha[k] - beta[k] * beta[k] / back[k + 1]
+            # Lower triangle [j, i], i <= j: C^-1 walked up each column from its diagonal with the
+            # pivot ratios (the walk stops at a decoupled difference), then the rank-one term.
+            for j in range(K):
+                if not vmask[j]:
+                    continue
+                den = alpha[j]
+                if j > 0:
+                    den -= beta[j - 1] * beta[j - 1] / piv[j - 1]
+                if j < K - 1:
+                    den -= beta[j] * beta[j] / back[j + 1]
+                value = 1.0 / den
+                out_a[g, s, j, j] += value
+                out_m[g, s, j, j] += f * value
+                for i in range(j - 1, -1, -1):
+                    value *= -beta[i] / piv[i]
+                    if value == 0.0:
+                        break
+                    out_a[g, s, j, i] += value
+                    out_m[g, s, j, i] += f * value
+                for i in range(j + 1):
+                    outer = e[i] * e[j]
+                    out_a[g, s, j, i] -= outer
+                    out_m[g, s, j, i] -= f * outer
+        for s in range(out_a.shape[1]):
+            for j in range(K):
+                for i in range(j):
+                    out_a[g, s, i, j] = out_a[g, s, j, i]
+                    out_m[g, s, i, j] = out_m[g, s, j, i]
+
+
+@njit(cache=True, parallel=True)
 def chi2_kernel(diffs, valid, s2, x, flux, fit_pixel, out):
     """Eq-24 chi2 of every fitted pixel of a (G, P, K) layout, ``x`` of shape (G, K) or (1, K)."""
     G, P, K = diffs.shape
@@ -739,6 +839,99 @@ class _Normal:
             return np.where(self.sqrt_d > 0, step / self.sqrt_d, 0.0)
 
 
+class _Offsets:
+    """Additive offsets ``c (G, S, K)``: one per (segment, difference), shared by the pixels of a
+    segment (the 1/f nuisance term), eliminated from the Schur system after the fluxes.
+
+    The model ``d_p = flux_p x + c_s(p)`` is unchanged by ``flux_p -> flux_p + a`` for the pixels of
+    segment s with ``c_s -> c_s - a x``. The offsets are therefore constrained to sum to zero over
+    the differences with data in each segment (the fluxes absorb the mean offset rate): ``c = T z``
+    with ``z`` free except at the last element with data, where ``c_L = -sum(z)``.
+    """
+
+    def __init__(self, valid, fit_pixel, segment, n_segments):
+        G, P, K = valid.shape
+        S = n_segments
+        self.segment = np.where(fit_pixel, segment, 0).astype(np.int64)
+        self.rows = np.arange(G)[:, None]
+        has = np.zeros((G, S, K), dtype=bool)
+        np.logical_or.at(has, (self.rows, self.segment), valid & fit_pixel[..., None])
+        self.has_data = has
+        last = K - 1 - np.argmax(has[..., ::-1], axis=-1)  # (G, S)
+        self.last = last
+        self.free = has & (np.arange(K) != last[..., None])
+        k = np.arange(K)
+        transform = np.zeros((G, S, K, K))
+        transform[..., k, k] = self.free
+        np.put_along_axis(transform, last[..., None, None], -1.0 * self.free[..., None, :], axis=2)
+        self.transform = transform
+        self.value = np.zeros((G, S, K))
+        self.a = np.zeros((G, S, K, K))
+        self.m = np.zeros((G, S, K, K))
+        self.b = np.zeros((G, S, K))
+        self.ec_hat = np.zeros((G, P, K))
+
+    def per_pixel(self, values):
+        """``values (G, S, ...)`` at each pixel's segment: ``(G, P, ...)``."""
+        return values[self.rows, self.segment]
+
+    def adjusted(self, diffs, valid):
+        """The differences with the current offsets removed (0 where invalid)."""
+        return np.where(valid, diffs - self.per_pixel(self.value), 0.0)
+
+    def evaluate(self, diffs, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel):
+        offset_blocks_kernel(
+            self.adjusted(diffs, valid), valid, s2, dt, flux_cl, omega_cl, self.segment, active,
+            fit_pixel, self.a, self.m, self.b, self.ec_hat,
+        )  # fmt: skip
+
+    def reduce(self, sch, rhs, free, dt):
+        """Eliminate the offsets from the omega system ``(sch, rhs)`` (second Schur complement)."""
+        t = self.transform
+        tt = t.swapaxes(-1, -2)
+        a = tt @ self.a @ t
+        pinned = ~self.free
+        diag = np.einsum("gskk->gsk", a)
+        diag[pinned] = 1.0  # pinned z: rows and columns of T^T A T are already 0
+        self.bm = tt @ (self.m * dt) * free[:, None, None, :]
+        self.bb = np.einsum("gslk,gsl->gsk", t, self.b)
+        # A singular block gives NaN, which stops its group as broken down (NOT_CONVERGED).
+        self.ainv = _inverse_spd(a.reshape(-1, *a.shape[-2:])).reshape(a.shape)
+        self.w = self.ainv @ self.bm
+        sch = sch - np.einsum("gsik,gsil->gkl", self.bm, self.w)
+        rhs = rhs - np.einsum("gsik,gsi->gk", self.w, self.bb)
+        return sch, rhs
+
+    def step(self, d_omega):
+        """Offset update from the omega update, ``(G, S, K)``."""
+        rhs = self.bb - np.einsum("gskl,gl->gsk", self.bm, d_omega)
+        dz = np.einsum("gskl,gsl->gsk", self.ainv, rhs)
+        return np.einsum("gskl,gsl->gsk", self.transform, dz)
+
+    def flux_term(self, d_offsets):
+        """``e_p . dc_s(p)`` per pixel, to subtract from the flux step's numerator."""
+        return np.einsum("gpk,gpk->gp", self.ec_hat, self.per_pixel(d_offsets))
+
+    def flux_quad(self, e_hat, cov):
+        """``zeta_p^T Cov zeta_p`` with both omega and the offsets marginalised, ``(G, P)``.
+
+        With ``v = T^T e_p``, ``y = A^-1 v`` and ``h = e_hat_p - B^T y`` (B the offset-omega block
+        in z), the quadratic form is ``h^T cov_omega h + v^T y``.
+        """
+        G, P, K = e_hat.shape
+        ec = self.ec_hat
+        e_last = np.take_along_axis(ec, self.per_pixel(self.last)[..., None], axis=-1)
+        v = np.where(self.per_pixel(self.free), ec - e_last, 0.0)
+        quad = np.zeros((G, P))
+        for s in range(self.a.shape[1]):
+            # Batched matrix products (BLAS), evaluated for every pixel and kept for segment s.
+            y = v @ self.ainv[:, s].swapaxes(-1, -2)
+            h = e_hat - y @ self.bm[:, s]
+            q = ((h @ cov) * h).sum(axis=-1) + (v * y).sum(axis=-1)
+            quad += np.where(self.segment == s, q, 0.0)
+        return quad
+
+
 def _single_blas_thread(func):
     """Run ``func`` with BLAS single-threaded.
 
@@ -772,7 +965,18 @@ def gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pixel):
 
 
 @_single_blas_thread
-def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_iter, ref_index):
+def fit_omega_groups(
+    diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_iter, ref_index, segments=None
+):
+    """Gauss-Newton joint fit of omega and fluxes for G independent groups (spec 2.4-2.7, 9).
+
+    ``segments`` (G, P) non-negative ints, optional: pixels of a group with the same label share
+    an additive offset per read difference (:class:`_Offsets`), fitted jointly; not with
+    ``reference``.
+
+    Returns a dict of the ``OmegaFit`` fields that are computed here (electron units), with
+    ``offsets`` (G, S, K), NaN where a segment has no data, when ``segments`` is given.
+    """
     G, P, K = diffs.shape
     omega, flux, kstar = initial_guess(
         diffs, valid, s2, dt, fit_pixel, reference=reference, ref_index=ref_index
@@ -791,13 +995,24 @@ def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_it
     n_iter = np.zeros(G, dtype=np.int64)
     converged = ~nonempty
     normal = _Normal(G, P, K)
+    offsets = None
+    if segments is not None:
+        offsets = _Offsets(valid, fit_pixel, segments, int(segments.max()) + 1)
+        offset_scale = np.sqrt(s2.mean(axis=1))
     for it in range(max_iter):
         if not active.any():
             break
-        normal.evaluate(diffs, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel)
-        sch, rhs = normal.schur(free)
+        sch, rhs = _evaluate(normal, offsets, diffs, valid, s2, dt, flux_cl, omega_cl, active,
+                             fit_pixel, free)  # fmt: skip
         d_omega = _solve_spd(sch[active], rhs[active])
-        d_flux = normal.flux_step(_scatter(d_omega, active, (G, K)))[active]
+        d_omega_all = _scatter(d_omega, active, (G, K))
+        d_flux = normal.flux_step(d_omega_all)
+        if offsets is not None:
+            d_offsets = offsets.step(d_omega_all)
+            term = offsets.flux_term(d_offsets)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                d_flux -= np.where(normal.sqrt_d > 0, term / normal.sqrt_d, 0.0)
+        d_flux = d_flux[active]
         # A group whose system broke down (singular, non-finite: e.g. every flux clamped at the
         # floor) stops here, keeps its last finite iterate and stays flagged as not converged.
         broken = ~(np.isfinite(d_omega).all(axis=1) & np.isfinite(d_flux).all(axis=1))
@@ -806,6 +1021,8 @@ def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_it
             d_omega, d_flux = d_omega[~broken], d_flux[~broken]
             if not active.any():
                 break
+        if offsets is not None:
+            offsets.value[active] += d_offsets[active]
         new_omega = omega_cl[active] + d_omega
         new_flux = np.where(fit_pixel[active], flux_cl[active] + d_flux, 0.0)
         step_omega = np.where(free[active], np.abs(new_omega - prev_omega[active]), 0.0)
@@ -813,6 +1030,9 @@ def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_it
         if not reference:
             step_flux = step_flux / scale[active]
         done = (step_omega.max(axis=1) < tol) & (step_flux.max(axis=1) < tol) & (it + 1 >= min_iter)
+        if offsets is not None:
+            step_offsets = np.abs(d_offsets[active]).max(axis=(1, 2)) / offset_scale[active]
+            done &= step_offsets < tol
         omega[active] = new_omega
         flux[active] = new_flux
         prev_omega[active] = new_omega
@@ -827,20 +1047,29 @@ def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_it
     if not reference:
         # The covariance at the returned solution (the reference keeps the one from the
         # linearisation before the last step, quirk Q3).
-        normal.evaluate(diffs, valid, s2, dt, flux_cl, omega_cl, nonempty, fit_pixel)
-    sch, _ = normal.schur(free)
+        sch, _ = _evaluate(normal, offsets, diffs, valid, s2, dt, flux_cl, omega_cl, nonempty,
+                           fit_pixel, free)  # fmt: skip
+    else:
+        sch, _ = normal.schur(free)
     cov = _inverse_spd(sch)
     cov[~(free[:, :, None] & free[:, None, :])] = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        quad = np.einsum("gpl,gpl->gp", np.matmul(normal.e_hat, cov), normal.e_hat)
+        if offsets is None:
+            quad = np.einsum("gpl,gpl->gp", np.matmul(normal.e_hat, cov), normal.e_hat)
+        else:
+            quad = offsets.flux_quad(normal.e_hat, cov)
         flux_var = np.where(fit_pixel, (1.0 + quad) / normal.sqrt_d**2, np.nan)
     omega = np.where(has_data, omega, np.nan)
     omega[np.arange(G), kstar] = np.where(nonempty, 1.0, np.nan)
     flux = np.where(fit_pixel, flux, np.nan)
     x = np.where(has_data, omega, 0.0) * dt
     chi2 = np.empty((G, P))
-    chi2_kernel(diffs, valid, s2, x, np.where(fit_pixel, flux, 0.0), fit_pixel, chi2)
-    return {
+    fitted = diffs if offsets is None else offsets.adjusted(diffs, valid)
+    chi2_kernel(fitted, valid, s2, x, np.where(fit_pixel, flux, 0.0), fit_pixel, chi2)
+    extra = {}
+    if offsets is not None:
+        extra["offsets"] = np.where(offsets.has_data, offsets.value, np.nan)
+    return extra | {
         "omega": omega,
         "omega_cov": cov,
         "ref_index": kstar,
@@ -851,6 +1080,17 @@ def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_it
         "converged": converged,
         "has_data": has_data,
     }
+
+
+def _evaluate(normal, offsets, diffs, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel, free):
+    """Normal equations at the current point, reduced to omega: ``(schur, rhs)``."""
+    fitted = diffs if offsets is None else offsets.adjusted(diffs, valid)
+    normal.evaluate(fitted, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel)
+    sch, rhs = normal.schur(free)
+    if offsets is None:
+        return sch, rhs
+    offsets.evaluate(diffs, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel)
+    return offsets.reduce(sch, rhs, free, dt)
 
 
 def _scatter(values, where, shape):

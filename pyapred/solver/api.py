@@ -113,6 +113,10 @@ class OmegaFit:
         Pixel flags.
     group_flags : ndarray, int64, ``(n_groups,)``
         Group flags (``NOT_CONVERGED``, ``OMEGA_ELEMENT_NO_DATA``, ``EMPTY_GROUP``).
+    offsets : ndarray, float64, ``(n_groups, n_segments, K)``, or None
+        With ``segments``: the fitted additive offset of each segment and read difference (units
+        of ``reads``), summing to 0 over the differences of a segment; NaN where a segment has
+        no data. None otherwise.
     """
 
     omega: np.ndarray
@@ -127,6 +131,7 @@ class OmegaFit:
     converged: np.ndarray
     flags: np.ndarray
     group_flags: np.ndarray
+    offsets: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -540,6 +545,7 @@ def fit_omega(
     backend: Backend = "numpy",
     jump_search: bool = False,
     jump_threshold: float = 4.5,
+    segments=None,
 ) -> OmegaFit:
     """Joint fit of the shared transparency vector omega and per-pixel fluxes (time-variable model).
 
@@ -583,6 +589,14 @@ def fit_omega(
         ``JUMP_DETECTED`` and a smaller ``n_diff``.
     jump_threshold : float, optional
         Threshold of the jump search in sigma, as in :func:`find_jumps`.
+    segments : array_like of int, optional
+        Broadcastable to ``reads.shape[1:]``, labels ``0 .. n_segments - 1``: pixels of a group
+        with the same label share one additive offset per read difference, fitted jointly
+        (``d = f omega dt + c``, the correlated (1/f) read-noise nuisance term; label pixels by
+        row and 512-column output, see ``docs/noise.md``). The offsets are eliminated inside the
+        same Schur framework (per-pixel cost of the same order), omega's covariance marginalises
+        them, and the joint fluxes absorb each segment's mean offset rate. Not with
+        ``mode="reference"`` or ``jump_search``.
 
     Returns
     -------
@@ -621,6 +635,10 @@ def fit_omega(
     options = dict(
         reference=mode == "reference", rtol=float(rtol), max_iter=int(max_iter), ref_index=kstar
     )
+    if segments is not None:
+        if mode == "reference" or jump_search:
+            raise ValueError("segments: not available with mode='reference' or jump_search")
+        options["segments"] = _segment_labels(segments, single, (G, P))
     if jump_search:
         threshold = _check_threshold(jump_threshold, "jump_threshold")
         res, n_diff, flags = _fit_omega_with_jumps(
@@ -648,10 +666,28 @@ def fit_omega(
         converged=res["converged"],
         flags=flags,
         group_flags=group_flags,
+        offsets=None if segments is None else res["offsets"] / gain_map.mean(axis=1)[:, None, None],
     )
     if single:
-        out = OmegaFit(**{name: value[0] for name, value in out.__dict__.items()})
+        out = OmegaFit(**{k: None if v is None else v[0] for k, v in out.__dict__.items()})
     return out
+
+
+def _segment_labels(segments, single: bool, shape: tuple) -> np.ndarray:
+    """Validate fit_omega's ``segments``: int labels >= 0 of shape ``(G, P)``."""
+    labels = np.asarray(segments)
+    if single and labels.ndim >= 1:
+        labels = labels[None]
+    try:
+        labels = np.broadcast_to(labels, shape)
+    except ValueError:
+        raise ValueError(
+            f"segments: expected a shape broadcastable to {shape[1:] if single else shape}, "
+            f"got {np.shape(segments)}"
+        ) from None
+    if labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+        raise ValueError("segments: expected non-negative integer labels")
+    return np.ascontiguousarray(labels, dtype=np.int64)
 
 
 def initial_guess(

@@ -1,0 +1,169 @@
+"""Reference-pixel correction of correlated (1/f) read noise, applied to read differences.
+
+The steps follow apogee_drp's ``refcorrect`` (Holtzman 2011), on each read difference:
+
+1. subtract the reference output (raw columns 2048-2559), median-filtered along its rows,
+   flipped for outputs 1 and 3, which are read in the opposite direction;
+2. per output, remove the linear ramp between the bottom (rows 0-3) and top (rows 2044-2047)
+   reference rows;
+3. per row, remove the offset measured by the left and right reference columns (0-3, 2044-2047),
+   median-filtered over ``row_window`` rows (a median of 8 noisy pixels per row alone is noisier
+   than the offset it estimates); optional (``reference_columns``);
+4. optionally (``method="rowmedian"``), per output and row, remove the median of the inter-fibre
+   pixels given by ``background``, where a row has at least ``min_background`` of them.
+
+Differences are corrected rather than reads because the median filters are not linear; a ramp is
+corrected by correcting its differences and summing them again (:func:`refcorr_reads`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import numpy as np
+
+from .hxrg import CHIP_ROWS, N_SCIENCE_OUTPUTS, OUTPUT_COLUMNS, REFERENCE_BORDER
+
+__all__ = ["refcorr", "refcorr_reads"]
+
+Method = Literal["refpix", "rowmedian", "none"]
+SCIENCE = N_SCIENCE_OUTPUTS * OUTPUT_COLUMNS
+
+
+def _check(diffs: np.ndarray, rows: slice, method: str, background) -> tuple[int, int]:
+    if method not in ("refpix", "rowmedian", "none"):
+        raise ValueError(f"method: expected 'refpix', 'rowmedian' or 'none', got {method!r}")
+    if diffs.ndim != 3 or diffs.shape[-1] != SCIENCE + OUTPUT_COLUMNS:
+        raise ValueError(
+            f"diffs: expected (n, ny, 2560) raw frames with the reference output, got {diffs.shape}"
+        )
+    start, stop, step = rows.indices(CHIP_ROWS)
+    if step != 1 or stop - start != diffs.shape[1]:
+        raise ValueError(f"rows: expected a slice of {diffs.shape[1]} chip rows, got {rows}")
+    if method == "rowmedian":
+        if background is None:
+            raise ValueError("background: method 'rowmedian' needs the inter-fibre pixel mask")
+        expected = (diffs.shape[1], SCIENCE)
+        if np.shape(background) != expected:
+            raise ValueError(f"background: expected shape {expected}, got {np.shape(background)}")
+    return start, stop
+
+
+def refcorr(
+    diffs,
+    *,
+    method: Method = "refpix",
+    rows: slice = slice(0, CHIP_ROWS),
+    row_window: int = 7,
+    ref_filter: int = 3,
+    reference_columns: bool = True,
+    background=None,
+    min_background: int = 32,
+) -> np.ndarray:
+    """Remove correlated read noise from read differences with the reference pixels.
+
+    Parameters
+    ----------
+    diffs : array_like, ``(n_diff, ny, 2560)``
+        Read differences (or single reads) of raw frames, columns 0-2047 the H2RG array and
+        2048-2559 the reference output, in any units.
+    method : {"refpix", "rowmedian", "none"}
+        ``"refpix"``: steps 1-3 of the module docstring; ``"rowmedian"``: also step 4;
+        ``"none"``: return a float64 copy.
+    rows : slice, optional
+        The chip rows ``diffs`` holds (default all 2048). Step 2 runs only when both reference
+        row bands are among them.
+    row_window : int, optional
+        Rows in the running median of step 3 (odd; 1 = no filtering).
+    ref_filter : int, optional
+        Length of the median filter along each row of the reference output (1 = none). A filter
+        across rows would mix the row offsets it is meant to remove.
+    reference_columns : bool, optional
+        Run step 3. Its estimate of each row's offset (8 reference pixels, ``row_window`` rows)
+        carries their white noise into every pixel of the row: where the reference output
+        already removed the correlated part, that can add more row noise than it removes
+        (``docs/noise.md``).
+    background : array_like of bool, ``(ny, 2048)``, optional
+        For ``"rowmedian"``: True on pixels without light (between fibre traces, off the traces
+        of every fibre; e.g. the complement of the pipeline's trace masks).
+    min_background : int, optional
+        Fewest background pixels in one output's row for step 4 to use that row.
+
+    Returns
+    -------
+    ndarray, float64, ``(n_diff, ny, 2048)``
+        The corrected H2RG columns.
+    """
+    from scipy import ndimage
+
+    diffs = np.asarray(diffs, dtype=np.float64)
+    start, stop = _check(diffs, rows, method, background)
+    out = diffs[..., :SCIENCE].copy()
+    if method == "none":
+        return out
+    n, ny = diffs.shape[:2]
+    per_output = out.reshape(n, ny, N_SCIENCE_OUTPUTS, OUTPUT_COLUMNS)  # a view of out
+
+    # 1. Reference output, read in sync with every output.
+    ref = diffs[..., SCIENCE:]
+    if ref_filter > 1:
+        ref = ndimage.median_filter(ref, size=(1, 1, ref_filter), mode="nearest")
+    for o in range(N_SCIENCE_OUTPUTS):
+        per_output[:, :, o] -= ref[..., ::-1] if o in (1, 3) else ref
+
+    # 2. Top/bottom reference rows: a linear ramp in row per output.
+    y = np.arange(start, stop)
+    bottom = y < REFERENCE_BORDER
+    top = y >= CHIP_ROWS - REFERENCE_BORDER
+    if bottom.any() and top.any():
+        inner = slice(REFERENCE_BORDER, OUTPUT_COLUMNS - REFERENCE_BORDER)
+        low = per_output[:, bottom][..., inner].mean(axis=(1, 3))  # (n, 4)
+        high = per_output[:, top][..., inner].mean(axis=(1, 3))
+        y_low, y_high = y[bottom].mean(), y[top].mean()
+        frac = ((y - y_low) / (y_high - y_low))[None, :, None]
+        per_output -= (low[:, None, :] + frac * (high - low)[:, None, :])[..., None]
+
+    # 3. Left/right reference columns: one offset per row, smoothed over row_window rows.
+    if reference_columns:
+        side = np.concatenate(
+            [out[..., :REFERENCE_BORDER], out[..., SCIENCE - REFERENCE_BORDER :]], axis=-1
+        )
+        offset = side.mean(axis=-1)  # (n, ny)
+        if row_window > 1:
+            offset = ndimage.median_filter(offset, size=(1, row_window), mode="nearest")
+        out -= offset[..., None]
+
+    # 4. Inter-fibre pixels, where a row has enough of them.
+    if method == "rowmedian":
+        dark = np.asarray(background, dtype=bool).reshape(ny, N_SCIENCE_OUTPUTS, OUTPUT_COLUMNS)
+        counts = dark.sum(axis=-1)  # (ny, 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: min_background
+            med = np.nanmedian(np.where(dark, per_output, np.nan), axis=-1)  # (n, ny, 4)
+        per_output -= np.where(counts >= min_background, med, 0.0)[..., None]
+    return out
+
+
+def refcorr_reads(reads, **options) -> np.ndarray:
+    """:func:`refcorr` for a ramp: correct each read difference and sum them again.
+
+    Parameters
+    ----------
+    reads : array_like, ``(n_reads, ny, 2560)``
+    **options
+        As for :func:`refcorr`.
+
+    Returns
+    -------
+    ndarray, float64, ``(n_reads, ny, 2048)``
+        Corrected reads; the first read is kept as it is (its offset is common to every read and
+        does not change a slope).
+    """
+    reads = np.asarray(reads, dtype=np.float64)
+    corrected = refcorr(np.diff(reads, axis=0), **options)
+    out = np.empty((reads.shape[0], *corrected.shape[1:]))
+    out[0] = reads[0, :, :SCIENCE]
+    np.cumsum(corrected, axis=0, out=out[1:])
+    out[1:] += out[0]
+    return out

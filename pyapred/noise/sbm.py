@@ -1,0 +1,302 @@
+"""The score-based route for correlated read noise (optional extra ``pyapred[sbm]``).
+
+Salhi et al.'s approach (``../shared/docs/papers/score-based-1f-noise-paper.txt``) at patch scale:
+
+- :func:`train_score_model`: a score model (``score_models`` DDPM U-net, variance-exploding SDE)
+  trained by denoising score matching on image patches: dark read differences for the noise
+  model, clean trace patches for the prior. Both share one noise schedule (``sigma_min``,
+  ``sigma_max``); :func:`posterior_samples` matches the noise levels explicitly where they differ.
+- :func:`posterior_samples`: the reverse-time SDE with the prior score plus a likelihood score,
+  either the convolved-likelihood approximation ``-s_noise(t, y - x)``
+  (:func:`noise_model_likelihood`) or the exact Gaussian one ``(C + sigma_t^2 I)^-1 (y - x)``
+  (:func:`gaussian_likelihood`, for tests and as a strong baseline for Gaussian noise).
+- :func:`summarize`: the posterior median and the 16-84 % interval.
+
+Needs torch (CPU build), ``score-models==0.5.11`` and ``pqm``; imported only here. Torch uses 1
+thread by default: on a shared 2-core CPU more threads were ~20x slower.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "SIGMA_MAX",
+    "SIGMA_MIN",
+    "dark_patches",
+    "gaussian_likelihood",
+    "load_score_model",
+    "noise_model_likelihood",
+    "posterior_samples",
+    "summarize",
+    "trace_patches",
+    "train_score_model",
+]
+
+SIGMA_MIN = 0.01
+SIGMA_MAX = 50.0
+
+
+def _torch(threads: int = 1):
+    try:
+        import score_models
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "the score-based route needs the sbm extra: install torch's CPU build first "
+            "(pip install torch), then pip install 'pyapred[sbm]'"
+        ) from error
+    torch.set_num_threads(int(threads))
+    torch.set_flush_denormal(True)
+    return torch, score_models
+
+
+def train_score_model(
+    patches,
+    out_dir=None,
+    *,
+    steps: int = 200,
+    batch_size: int = 32,
+    nf: int = 16,
+    learning_rate: float = 1e-3,
+    ema_decay: float = 0.999,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    device: str = "cpu",
+    seed: int = 0,
+    threads: int = 1,
+):
+    """Train a score model on image patches by denoising score matching.
+
+    Parameters
+    ----------
+    patches : array_like, ``(n, h, w)``
+        Training images (e- per read difference for a noise model); ``h`` and ``w`` multiples of 4.
+    out_dir : str or os.PathLike, optional
+        Checkpoint folder (``score_models`` layout; training resumes there); reload it with
+        :func:`load_score_model`.
+    steps : int
+        Optimiser steps (batches).
+    batch_size, nf, learning_rate : int, int, float
+        Batch size, U-net base width (DDPM, channel multipliers 1, 2, 2), Adam learning rate.
+    ema_decay : float
+        Weight averaging; 0.999 suits short runs (0.9999 needs 1e5+ steps).
+    sigma_min, sigma_max : float
+        The VE noise schedule; give a noise model and its prior the same values.
+    device : {"cpu", "cuda"}
+    seed, threads : int
+
+    Returns
+    -------
+    score_models.ScoreModel
+    """
+    torch, sm = _torch(threads)
+    data = torch.as_tensor(np.asarray(patches, dtype=np.float32))[:, None]
+    if data.ndim != 4 or data.shape[-1] % 4 or data.shape[-2] % 4:
+        raise ValueError(f"patches: expected (n, h, w) with h, w multiples of 4, got {data.shape}")
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    net = sm.DDPM(channels=1, nf=nf, ch_mult=(1, 2, 2), attention=False)
+    model = sm.ScoreModel(model=net, sigma_min=sigma_min, sigma_max=sigma_max, device=device)
+    dataset = torch.utils.data.TensorDataset(data)
+    model.fit(
+        _FirstItem(dataset),
+        epochs=1,
+        n_iterations_in_epoch=int(steps),
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        ema_decay=ema_decay,
+        shuffle=True,
+        checkpoints_directory=None if out_dir is None else str(out_dir),
+        checkpoints=1,
+        models_to_keep=1,
+        seed=seed,
+    )
+    return model
+
+
+class _FirstItem:
+    """A TensorDataset whose items are single tensors (what ``ScoreModel.fit`` expects)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index][0]
+
+
+def load_score_model(directory, *, device: str = "cpu", threads: int = 1):
+    """Reload a model written by :func:`train_score_model` from its checkpoint folder."""
+    _, sm = _torch(threads)
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"{directory}: no such checkpoint folder")
+    return sm.ScoreModel(checkpoints_directory=str(directory), device=device)
+
+
+def _sigma(sde, t):
+    return sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** (t / sde.T)
+
+
+def _time_for_sigma(sde, sigma):
+    """The time at which a VE SDE reaches ``sigma`` (clipped to its range)."""
+    import torch
+
+    t = sde.T * torch.log(sigma / sde.sigma_min) / np.log(sde.sigma_max / sde.sigma_min)
+    return t.clamp(sde.epsilon, sde.T)
+
+
+def noise_model_likelihood(noise_model, y, prior_sde):
+    """Convolved-likelihood score ``-s_noise(t', y - x)`` with ``sigma_noise(t') = sigma_prior(t)``.
+
+    Parameters
+    ----------
+    noise_model : score_models.ScoreModel
+        Trained on noise samples (:func:`train_score_model`).
+    y : torch.Tensor, ``(1, 1, h, w)``
+        The observation.
+    prior_sde : score_models SDE
+        The prior's SDE; where its schedule differs from the noise model's, the noise model is
+        evaluated at the time of equal sigma.
+    """
+    same = (noise_model.sde.sigma_min, noise_model.sde.sigma_max) == (
+        prior_sde.sigma_min,
+        prior_sde.sigma_max,
+    )
+
+    def score(t, x):
+        t_noise = t if same else _time_for_sigma(noise_model.sde, _sigma(prior_sde, t))
+        return -noise_model.score(t_noise, y - x)
+
+    return score
+
+
+def gaussian_likelihood(cov, y, prior_sde):
+    """Exact likelihood score of Gaussian noise: ``(C + sigma_t^2 I)^-1 (y - x)``.
+
+    Parameters
+    ----------
+    cov : array_like, ``(h w, h w)``
+        Covariance of the flattened noise.
+    y : torch.Tensor, ``(1, 1, h, w)``
+    prior_sde : score_models SDE
+    """
+    import torch
+
+    cov = torch.as_tensor(np.asarray(cov, dtype=np.float64))
+    values, vectors = torch.linalg.eigh(cov)
+
+    def score(t, x):
+        sigma2 = _sigma(prior_sde, t[0]).double() ** 2
+        r = (y - x).reshape(x.shape[0], -1).double()
+        solved = ((r @ vectors) / (values + sigma2)) @ vectors.T
+        return solved.reshape(x.shape).to(x.dtype)
+
+    return score
+
+
+def posterior_samples(
+    y, prior, likelihood, *, n_samples: int = 16, steps: int = 300, seed: int = 0
+) -> np.ndarray:
+    """Posterior samples of a clean image by the reverse-time SDE (Euler-Maruyama).
+
+    The drift uses ``prior.score(t, x) + likelihood(t, x)``; the last step returns its mean (no
+    noise added), as ``score_models`` does.
+
+    Parameters
+    ----------
+    y : array_like, ``(h, w)``
+        The observation (clean image plus noise).
+    prior : score_models.ScoreModel
+    likelihood : callable or None
+        ``likelihood(t, x)`` (e.g. from :func:`noise_model_likelihood` or
+        :func:`gaussian_likelihood`); None samples the prior.
+    n_samples, steps, seed : int
+
+    Returns
+    -------
+    ndarray, float64, ``(n_samples, h, w)``
+    """
+    import torch
+
+    sde = prior.sde
+    shape = (int(n_samples), 1, *np.shape(y))
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator) * sde.sigma_max
+    dt = (sde.T - sde.epsilon) / steps
+    t = torch.full((shape[0],), float(sde.T))
+    mean = x
+    with torch.no_grad():
+        for _ in range(steps):
+            g = sde.diffusion(t, x)
+            score = prior.score(t, x)
+            if likelihood is not None:
+                score = score + likelihood(t, x)
+            mean = x - (sde.drift(t, x) - g**2 * score) * dt
+            x = mean + g * np.sqrt(dt) * torch.randn(shape, generator=generator)
+            t = t - dt
+    return mean[:, 0].double().numpy()
+
+
+def summarize(samples) -> dict[str, np.ndarray]:
+    """Posterior median and 68 % interval: ``{"median", "low", "high"}``, each ``(h, w)``."""
+    low, median, high = np.percentile(np.asarray(samples), [15.865, 50.0, 84.135], axis=0)
+    return {"median": median, "low": low, "high": high}
+
+
+def dark_patches(diffs, patch: tuple[int, int] = (32, 32), output: int = 0) -> np.ndarray:
+    """Non-overlapping patches of one output's read differences, in read order.
+
+    Parameters
+    ----------
+    diffs : array_like, ``(n, ny, 2560)``
+        Dark read differences (non-overlapping pairs, so that they are independent), in e-.
+    patch : (int, int)
+        Rows and columns of a patch.
+    output : int
+        Output 0-3 (the reference output is 4); flipped outputs are put in read order.
+
+    Returns
+    -------
+    ndarray, float32, ``(n_patches, rows, columns)``
+    """
+    from .hxrg import time_order
+
+    frames = time_order(np.asarray(diffs, dtype=np.float32))[:, :, output, :]
+    h, w = patch
+    n, ny, nx = frames.shape
+    frames = frames[:, : ny // h * h, : nx // w * w]
+    tiles = frames.reshape(n, ny // h, h, nx // w, w).transpose(0, 1, 3, 2, 4)
+    return np.ascontiguousarray(tiles.reshape(-1, h, w))
+
+
+def trace_patches(
+    n: int, patch: tuple[int, int] = (32, 32), *, rng=None, spacing: float = 7.0
+) -> np.ndarray:
+    """Clean simulated APOGEE-like trace patches for a prior: horizontal Gaussian profiles.
+
+    Traces run along the rows (dispersion), ``spacing`` rows apart (random phase), profile sigma
+    ~1.1 rows, log-normal amplitudes around 8, a smooth continuum and a few absorption lines.
+    Returns ``(n, rows, columns)`` float32.
+    """
+    rng = np.random.default_rng(rng)
+    h, w = patch
+    y = np.arange(h)[:, None]
+    x = np.arange(w)[None, :]
+    out = np.zeros((n, h, w), dtype=np.float32)
+    for i in range(n):
+        image = np.zeros((h, w))
+        for centre in np.arange(rng.uniform(-spacing, 0), h + spacing, spacing):
+            width = rng.uniform(0.9, 1.3)
+            amplitude = np.exp(rng.normal(np.log(8.0), 0.5))
+            continuum = 1 + 0.1 * np.sin(2 * np.pi * (x / w * rng.uniform(0.2, 1) + rng.uniform()))
+            for line in rng.uniform(0, w, rng.integers(0, 4)):
+                continuum = continuum * (1 - 0.5 * np.exp(-0.5 * ((x - line) / 1.5) ** 2))
+            image += amplitude * continuum * np.exp(-0.5 * ((y - centre) / width) ** 2)
+        out[i] = image
+    return out

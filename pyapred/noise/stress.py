@@ -1,0 +1,148 @@
+"""The 1/f stress test of the time-variable model: four cases on identical simulated exposures.
+
+Each exposure is a band of chip rows lit by fibre-like traces: a fibre covers ``rows_per_fibre``
+adjacent rows over the inner 2040 columns (all four outputs), with random pixel fluxes, under a
+shared transparency ``omega`` (a passing cloud). One omega is fitted per fibre, with element 0
+fixed to 1, in four ways:
+
+- ``"no_1f"``: white read noise only (the model's assumptions hold);
+- ``"uncorrected"``: white + 1/f read noise (:func:`~pyapred.noise.simulate_hxrg`), fitted as is;
+- ``"refcorr"``: the same reads after :func:`~pyapred.noise.refcorr_reads`;
+- ``"nuisance"``: the same reads fitted with one offset per (row, output) segment and read
+  difference (``fit_omega(..., segments=...)``);
+- ``"refcorr_nuisance"``: both.
+
+Each case reports the z-scores ``(omega_hat - omega_true) / sigma_hat`` of the free elements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .hxrg import OUTPUT_COLUMNS, HxrgNoise, simulate_hxrg
+from .refcorr import refcorr_reads
+
+__all__ = ["CASES", "StressResult", "stress_test"]
+
+CASES = ("no_1f", "uncorrected", "refcorr", "nuisance", "refcorr_nuisance")
+INNER = slice(4, 2044)  # science columns off the reference border
+
+
+@dataclass(frozen=True)
+class StressResult:
+    """z-scores of omega per case.
+
+    Attributes
+    ----------
+    z : dict of str to ndarray, ``(n_exposures, n_fibres, K - 1)``
+        ``(omega_hat - omega_true) / sqrt(omega_cov)`` of the free elements, per case.
+    omega : ndarray, ``(K,)``
+        The true omega (element 0 = 1).
+    """
+
+    z: dict = field(default_factory=dict)
+    omega: np.ndarray | None = None
+
+    def summary(self) -> dict[str, tuple[float, float, float]]:
+        """Per case: ``(mean z = bias in sigma, std of z, standard error of the bias)``.
+
+        The z-scores of one fibre are correlated (every element shares the error of the fixed
+        one), so the standard error comes from the scatter of the per-fibre means.
+        """
+        out = {}
+        for case, z in self.z.items():
+            per_fibre = z.reshape(-1, z.shape[-1]).mean(axis=1)
+            error = per_fibre.std(ddof=1) / np.sqrt(per_fibre.size)
+            out[case] = (float(z.mean()), float(z.std()), float(error))
+        return out
+
+
+def _cloud(n_diff: int) -> np.ndarray:
+    k = np.arange(n_diff)
+    return 1.0 - 0.3 * np.exp(-0.5 * ((k - 0.6 * n_diff) / (0.15 * n_diff)) ** 2)
+
+
+def stress_test(
+    n_exposures: int = 4,
+    *,
+    n_fibres: int = 8,
+    rows_per_fibre: int = 2,
+    n_reads: int = 11,
+    column_step: int = 1,
+    flux: tuple[float, float] = (100.0, 600.0),
+    noise: HxrgNoise | None = None,
+    cases: tuple[str, ...] = CASES,
+    refcorr_options: dict | None = None,
+    rng: np.random.Generator | int | None = None,
+) -> StressResult:
+    """Run the four-case comparison (plus refcorr with the nuisance term) on simulated exposures.
+
+    Parameters
+    ----------
+    n_exposures : int
+        Independent exposures (each with new fluxes, photon noise and read noise).
+    n_fibres, rows_per_fibre : int
+        Fibres per exposure and the rows each covers; the band starts at chip row 4.
+    n_reads : int
+        Reads per exposure (K = n_reads - 1 differences).
+    column_step : int
+        A fibre's fitted pixels are every ``column_step``-th inner column of its rows (all four
+        outputs); the others stay dark. Fewer pooled pixels mean a larger statistical error of
+        omega, against which a residual common offset matters less.
+    flux : (float, float)
+        Range of the pixel fluxes, e- per read at omega = 1 (uniform).
+    noise : HxrgNoise, optional
+        Read noise in e-; default ``HxrgNoise(white=10, c_pink=6, u_pink=3, acn=2,
+        read_time=0)`` (compressed timing).
+    cases : tuple of str
+        Subset of :data:`CASES`.
+    refcorr_options : dict, optional
+        Keywords of :func:`~pyapred.noise.refcorr` (default: its defaults).
+    rng : numpy.random.Generator or int, optional
+
+    Returns
+    -------
+    StressResult
+    """
+    from ..simulate import simulate_ramps
+    from ..solver.api import fit_omega
+
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        raise ValueError(f"cases: expected names from {CASES}, got {sorted(unknown)}")
+    noise = noise or HxrgNoise(white=10.0, c_pink=6.0, u_pink=3.0, acn=2.0, read_time=0.0)
+    white_only = HxrgNoise(**{**noise.__dict__, "c_pink": 0.0, "u_pink": 0.0, "acn": 0.0})
+    rng = np.random.default_rng(rng)
+    n_rows = n_fibres * rows_per_fibre
+    rows = slice(4, 4 + n_rows)
+    omega = _cloud(n_reads - 1)
+    lit = np.arange(INNER.start, INNER.stop, column_step)
+    n_cols = lit.size
+    # Segment of each fitted pixel: (row within the fibre, output).
+    outputs = lit // OUTPUT_COLUMNS
+    segments = (np.arange(rows_per_fibre)[:, None] * 4 + outputs[None, :]).ravel()
+    z = {case: [] for case in cases}
+    for _ in range(n_exposures):
+        pixel_flux = np.zeros((n_rows, 2560))
+        pixel_flux[:, lit] = rng.uniform(*flux, (n_rows, n_cols))
+        signal = simulate_ramps(pixel_flux, 0.0, omega=omega, rng=rng).reads
+        seed = int(rng.integers(2**63))
+        one_over_f = signal + simulate_hxrg(n_reads, noise, rows=rows, rng=seed)
+        data = {
+            "no_1f": signal + simulate_hxrg(n_reads, white_only, rows=rows, rng=seed),
+            "uncorrected": one_over_f,
+            "nuisance": one_over_f,
+        }
+        if {"refcorr", "refcorr_nuisance"} & set(cases):
+            corrected = refcorr_reads(one_over_f, rows=rows, **(refcorr_options or {}))
+            data["refcorr"] = data["refcorr_nuisance"] = corrected
+        for case in cases:
+            reads = data[case][..., lit]  # (n_reads, n_rows, n_cols)
+            groups = reads.reshape(n_reads, n_fibres, rows_per_fibre * n_cols)
+            labels = segments if case in ("nuisance", "refcorr_nuisance") else None
+            fit = fit_omega(groups, noise.white, ref_index=0, segments=labels)
+            sigma = np.sqrt(np.diagonal(fit.omega_cov, axis1=1, axis2=2))[:, 1:]
+            z[case].append((fit.omega[:, 1:] - omega[1:]) / sigma)
+    return StressResult(z={case: np.array(v) for case, v in z.items()}, omega=omega)

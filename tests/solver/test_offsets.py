@@ -1,0 +1,134 @@
+"""fit_omega(..., segments=...): the additive nuisance term of correlated (1/f) read noise."""
+
+import numpy as np
+import pytest
+
+from pyapred import fit_omega, simulate_ramps
+
+K, P, S = 8, 24, 3
+OMEGA = np.linspace(1.0, 0.7, K)
+
+
+def _with_offsets(reads, offsets, segments):
+    out = reads.copy()
+    out[1:] += np.cumsum(offsets[segments].T, axis=0)
+    return out
+
+
+def _gauge(offsets, omega):
+    """Offsets in the fit's convention (sum 0 over differences) and each segment's flux shift."""
+    shift = offsets.sum(axis=1) / omega.sum()
+    return offsets - shift[:, None] * omega, shift
+
+
+def test_noiseless_offsets_are_recovered_exactly():
+    rng = np.random.default_rng(0)
+    flux = rng.uniform(200, 2000, P)
+    segments = np.arange(P) % S
+    offsets = rng.normal(0, 30, (S, K))
+    reads = np.concatenate([np.zeros((1, P)), np.cumsum(flux[None] * OMEGA[:, None], axis=0)])
+    reads = _with_offsets(reads, offsets, segments)
+    fit = fit_omega(reads, 10.0, segments=segments, ref_index=0)
+    assert fit.converged and fit.n_iter <= 6
+    np.testing.assert_allclose(fit.omega, OMEGA, atol=1e-12)
+    want, shift = _gauge(offsets, OMEGA)
+    np.testing.assert_allclose(fit.offsets, want, atol=1e-9)
+    np.testing.assert_allclose(fit.flux, flux + shift[segments], rtol=1e-12)
+    # Without the nuisance term the same data give a visibly wrong omega.
+    assert np.abs(fit_omega(reads, 10.0, ref_index=0).omega - OMEGA).max() > 0.01
+
+
+def _dense_omega_cov(fit, reads, sigma, segments):
+    """omega's covariance from the full Hessian of (fluxes, free omega, offsets in z)."""
+    d = np.diff(reads, axis=0).T  # (P, K)
+    x = fit.omega
+    n_seg = segments.max() + 1
+    free = [k for k in range(K) if k != fit.ref_index]
+    cols = P + len(free) + n_seg * (K - 1)
+    jac = np.zeros((P, K, cols))
+    for p in range(P):
+        jac[p, :, p] = x
+        for i, k in enumerate(free):
+            jac[p, k, P + i] = fit.flux[p]
+        base = P + len(free) + segments[p] * (K - 1)
+        for k in range(K - 1):  # c = T z with c_{K-1} = -sum(z)
+            jac[p, k, base + k] = 1.0
+            jac[p, K - 1, base + k] = -1.0
+    hess = np.zeros((cols, cols))
+    tri = 2 * np.eye(K) - np.eye(K, k=1) - np.eye(K, k=-1)
+    for p in range(P):
+        cov = np.diag(np.maximum(fit.flux[p] * x, 0)) + sigma**2 * tri
+        hess += jac[p].T @ np.linalg.solve(cov, jac[p])
+    assert d.shape == (P, K)
+    inv = np.linalg.inv(hess)
+    out = np.zeros((K, K))
+    idx = np.array(free)
+    out[np.ix_(idx, idx)] = inv[P : P + len(free), P : P + len(free)]
+    flux_var = np.diag(inv)[:P]
+    return out, flux_var
+
+
+def test_covariance_matches_the_dense_hessian():
+    rng = np.random.default_rng(1)
+    flux = rng.uniform(100, 900, P)
+    segments = np.arange(P) % S
+    sim = simulate_ramps(flux, 12.0, omega=OMEGA, rng=rng)
+    reads = _with_offsets(sim.reads, rng.normal(0, 20, (S, K)), segments)
+    fit = fit_omega(reads, 12.0, segments=segments)
+    cov, flux_var = _dense_omega_cov(fit, reads, 12.0, segments)
+    np.testing.assert_allclose(fit.omega_cov, cov, rtol=1e-7, atol=1e-14)
+    np.testing.assert_allclose(fit.flux_var, flux_var, rtol=1e-7)
+
+
+def test_errors_are_calibrated():
+    rng = np.random.default_rng(2)
+    flux = rng.uniform(100, 800, P)
+    segments = np.arange(P) % S
+    z_omega, z_flux = [], []
+    for _ in range(80):
+        sim = simulate_ramps(flux, 12.0, omega=OMEGA, rng=rng)
+        offsets = rng.normal(0, 20, (S, K))
+        fit = fit_omega(_with_offsets(sim.reads, offsets, segments), 12.0, segments=segments,
+                        ref_index=0)  # fmt: skip
+        z_omega.append((fit.omega[1:] - OMEGA[1:]) / np.sqrt(np.diag(fit.omega_cov)[1:]))
+        _, shift = _gauge(offsets, OMEGA)
+        z_flux.append((fit.flux - flux - shift[segments]) / np.sqrt(fit.flux_var))
+    for z in (np.array(z_omega), np.array(z_flux)):
+        # The z-scores of one trial are correlated (they share omega's fixed element and the
+        # offsets), so the mean is tested against the scatter of the per-trial means.
+        trial_means = z.mean(axis=1)
+        error = trial_means.std(ddof=1) / np.sqrt(trial_means.size)
+        assert abs(z.mean()) < 3 * error
+        assert 0.9 < z.std() < 1.1
+
+
+def test_groups_masks_and_labels():
+    rng = np.random.default_rng(3)
+    flux = rng.uniform(300, 900, (2, P))
+    sim = simulate_ramps(flux, 12.0, omega=OMEGA, rng=rng)
+    mask = np.zeros(sim.reads.shape, bool)
+    mask[4:, 1, 0] = True
+    mask[:, 1, 5] = True  # padding
+    labels = np.arange(P) % 2  # broadcast to both groups
+    fit = fit_omega(sim.reads, 12.0, mask=mask, segments=labels)
+    assert fit.offsets.shape == (2, 2, K)
+    assert np.all(fit.converged)
+    np.testing.assert_allclose(np.nansum(fit.offsets, axis=-1), 0.0, atol=1e-8)
+    one = fit_omega(sim.reads[:, 0], 12.0, segments=labels)
+    np.testing.assert_allclose(one.omega, fit.omega[0], rtol=1e-10)
+    assert one.offsets.shape == (2, K)
+    assert fit_omega(sim.reads[:, 0], 12.0).offsets is None
+
+
+def test_bad_segments():
+    reads = simulate_ramps(np.full(4, 500.0), 10.0, n_reads=5, rng=np.random.default_rng(0)).reads
+    with pytest.raises(ValueError, match="segments"):
+        fit_omega(reads, 10.0, segments=[0, 1, -1, 0])
+    with pytest.raises(ValueError, match="segments"):
+        fit_omega(reads, 10.0, segments=[0.5, 1, 1, 0])
+    with pytest.raises(ValueError, match="segments"):
+        fit_omega(reads, 10.0, segments=[0, 1, 0])
+    with pytest.raises(ValueError, match="segments"):
+        fit_omega(reads, 10.0, segments=[0, 1, 1, 0], mode="reference")
+    with pytest.raises(ValueError, match="segments"):
+        fit_omega(reads, 10.0, segments=[0, 1, 1, 0], jump_search=True)
