@@ -27,12 +27,22 @@ class Flag(enum.IntFlag):
     TOO_FEW_DIFFS = 1 << 3
     #: Pixel: left out of the omega fit (padding, or too few usable differences).
     NOT_IN_OMEGA_FIT = 1 << 4
+    #: Pixel (pipeline): a cosmic ray or jump was detected; the read after it was masked.
+    COSMIC_RAY = 1 << 5
+    #: Pixel (pipeline): background or between traces; extracted with the constant model.
+    BACKGROUND = 1 << 6
     #: Group: the Gauss-Newton iteration reached ``max_iter`` without converging.
     NOT_CONVERGED = 1 << 8
     #: Group: at least one omega element had no usable difference in any pixel; it is NaN.
     OMEGA_ELEMENT_NO_DATA = 1 << 9
     #: Group: no pixel of the group could be fitted; omega is NaN.
     EMPTY_GROUP = 1 << 10
+    #: Fibre (pipeline): too faint to constrain omega; omega borrowed from the bright fibres.
+    BORROWED_OMEGA = 1 << 11
+    #: Fibre (pipeline): the omega fit failed (not converged or no data); constant model used.
+    FALLBACK_CONSTANT = 1 << 12
+    #: Fibre (pipeline): an FPI fibre, excluded from the omega fits; constant model used.
+    FPI_FIBRE = 1 << 13
 
 
 def describe_flags(value: int) -> list[str]:
