@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "InputWarning"]
 
 
 class InputError(ValueError):
@@ -33,3 +33,7 @@ class InputError(ValueError):
         if found is not None:
             message += f", found {found}"
         super().__init__(message)
+
+
+class InputWarning(UserWarning):
+    """A file is usable but disagrees with itself (e.g. ``NREAD`` versus the HDU count)."""

@@ -21,6 +21,7 @@ __all__ = [
     "omega_uniform",
     "simulate_exposure",
     "simulate_ramps",
+    "write_simulated_apz",
 ]
 
 
@@ -460,3 +461,59 @@ def _simulate_chip(traces, spectra, omega, ny, nx, rng, *, gain, read_noise, ped
         read_noise=float(read_noise),
         saturation=float(saturation),
     )
+
+
+def write_simulated_apz(
+    directory,
+    reads,
+    *,
+    telescope: str = "apo",
+    chip: str = "a",
+    mjd: int = 60781,
+    exposure: int = 1,
+    date_obs: str = "2025-04-20T04:00:00.000",
+    timesys: str = "UTC",
+    bias: float = 10000.0,
+    header: dict | None = None,
+    overwrite: bool = False,
+):
+    """Write simulated reads as a raw ``apR-``/``asR-`` ``.apz`` file, as the instrument would.
+
+    The reads are offset by ``bias``, rounded to whole DN and clipped to the uint16 range, like
+    a real detector's ADC; the file name, headers and layout follow ``pyapred.io.apz``.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Folder for the file (it must exist).
+    reads : array_like, ``(n_reads, ny, nx)``
+        Counts in DN, e.g. ``SimulatedRamps.reads`` of a chip-shaped ``flux``; ``nx = 2560``
+        for a full chip with its reference output.
+    telescope, chip, mjd, exposure
+        Give the file name ``{apR|asR}-{chip}-{(mjd - 55562) * 10000 + exposure:08d}.apz``;
+        ``mjd`` is the SDSS MJD of the night.
+    date_obs, timesys : str
+        Start of the integration and its time scale ("UTC" or "TAI").
+    bias : float
+        DN added before rounding (a detector's pedestal keeps counts positive).
+    header : dict, optional
+        Extra exposure-header cards (``EXPTYPE``, ``CONFIGID``, ...).
+    overwrite : bool
+
+    Returns
+    -------
+    pathlib.Path
+        The file written; ``pyapred.io.read_apz`` returns exactly the quantised counts.
+    """
+    from pathlib import Path
+
+    from .io.apz import apz_filename, make_headers, write_apz
+
+    counts = np.clip(np.round(np.asarray(reads, dtype=np.float64) + bias), 0, 65535)
+    counts = counts.astype(np.uint16)
+    exposure_header, read_headers = make_headers(
+        counts.shape[0], date_obs=date_obs, chip=chip, timesys=timesys, extra=header
+    )
+    expnum = (mjd - 55562) * 10000 + exposure
+    path = Path(directory) / apz_filename(telescope, chip, expnum)
+    return write_apz(path, counts, read_headers, header=exposure_header, overwrite=overwrite)

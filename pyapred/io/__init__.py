@@ -1,0 +1,58 @@
+"""File I/O: raw ``.apz`` exposures, ApogeeReduction.jl HDF5 products, pyapred's own products.
+
+This package imports astropy and h5py; ``import pyapred`` does not import it. The formats,
+axis orders and units are described in ``docs/formats.md``.
+"""
+
+from ._hdf5 import read_metadata
+from .apred import (
+    Ar1D,
+    Ar2D,
+    Ar3DCal,
+    ArName,
+    Traces,
+    parse_ar_name,
+    read_ar1d,
+    read_ar2d,
+    read_ar3dcal,
+    read_traces,
+)
+from .apz import (
+    ApzName,
+    RawExposure,
+    apz_filename,
+    exposure_number,
+    make_headers,
+    parse_apz_name,
+    read_apz,
+    write_apz,
+)
+from .product import FORMAT_VERSION, ChipImages, FiberResults, Product, read_product, write_product
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ChipImages",
+    "FiberResults",
+    "Product",
+    "read_product",
+    "write_product",
+    "ApzName",
+    "Ar1D",
+    "Ar2D",
+    "Ar3DCal",
+    "ArName",
+    "RawExposure",
+    "Traces",
+    "apz_filename",
+    "exposure_number",
+    "make_headers",
+    "parse_apz_name",
+    "parse_ar_name",
+    "read_apz",
+    "read_ar1d",
+    "read_ar2d",
+    "read_ar3dcal",
+    "read_metadata",
+    "read_traces",
+    "write_apz",
+]

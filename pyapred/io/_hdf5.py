@@ -1,0 +1,138 @@
+"""HDF5 helpers shared by the ApogeeReduction.jl readers and pyapred's products.
+
+Every h5py failure is turned into :class:`~pyapred.errors.InputError` naming the file and the
+dataset, so no h5py traceback reaches a user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputError
+
+
+@contextlib.contextmanager
+def open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """Open an HDF5 file for reading; a non-HDF5 or damaged file is an InputError."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        handle = h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise InputError(path, "HDF5 structure", "a readable HDF5 file", found=str(exc)) from None
+    with handle:
+        yield handle
+
+
+def read_dataset(
+    path: str | os.PathLike,
+    group: h5py.Group,
+    name: str,
+    *,
+    shape: tuple[int | None, ...] | None = None,
+    kinds: str = "fiu",
+    selection: tuple = (),
+    expected: str = "",
+) -> np.ndarray:
+    """Read ``group[name]`` as a native-byte-order NumPy array, checking shape and kind.
+
+    Parameters
+    ----------
+    shape : tuple, optional
+        Expected shape as h5py shows it; ``None`` entries match any length.
+    kinds : str
+        Allowed ``dtype.kind`` letters (``"f"`` float, ``"i"``/``"u"`` integer, ``"b"`` bool).
+    selection : tuple
+        Index applied while reading (h5py reads only that hyperslab).
+    expected : str
+        Words for the error message, e.g. "Julia (2560, 2048) seen as (2048, 2560)".
+    """
+    field = f"{group.name.rstrip('/')}/{name}".lstrip("/")
+    if name not in group:
+        raise InputError(path, field, f"a dataset {expected}".rstrip(), found="nothing")
+    dataset = group[name]
+    if not isinstance(dataset, h5py.Dataset):
+        raise InputError(path, field, "a dataset", found=type(dataset).__name__)
+    if shape is not None and (
+        len(dataset.shape) != len(shape)
+        or any(
+            want is not None and want != got for want, got in zip(shape, dataset.shape, strict=True)
+        )
+    ):
+        want = "(" + ", ".join("n" if n is None else str(n) for n in shape) + ")"
+        raise InputError(
+            path, field, f"shape {want} in h5py order {expected}".rstrip(), found=str(dataset.shape)
+        )
+    if dataset.dtype.kind not in kinds:
+        raise InputError(path, field, f"dtype kind in {kinds!r}", found=str(dataset.dtype))
+    try:
+        data = dataset[selection] if selection else dataset[()]
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(path, field, "readable data", found=str(exc)) from None
+    return native(np.asarray(data))
+
+
+def native(array: np.ndarray) -> np.ndarray:
+    """``array`` in native byte order (a copy only if it was big-endian)."""
+    if array.dtype.byteorder not in "=|":
+        return array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
+def decode(value):
+    """An HDF5 value as plain Python: bytes -> str, NumPy scalars -> Python scalars."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OS":
+            return [decode(v) for v in value.tolist()]
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_value(path: str | os.PathLike, dataset: h5py.Dataset):
+    """A dataset as plain Python (strings decoded, scalars unwrapped, arrays as arrays)."""
+    try:
+        if h5py.check_string_dtype(dataset.dtype) is not None:
+            return decode(dataset.asstr()[()])
+        return decode(dataset[()])
+    except (OSError, ValueError, TypeError) as exc:
+        field = dataset.name.lstrip("/")
+        raise InputError(path, field, "a readable value", found=str(exc)) from None
+
+
+def read_group(path: str | os.PathLike, group: h5py.Group) -> dict:
+    """Every dataset of ``group`` (not recursive) as ``{name: plain value}``."""
+    return {
+        key: read_value(path, item) for key, item in group.items() if isinstance(item, h5py.Dataset)
+    }
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The ``metadata`` group that ApogeeReduction.jl's ``safe_jldsave`` adds to every file.
+
+    Returns ``{key: value}`` with strings decoded (``git_commit``, ``git_branch``, ...);
+    an empty dict if the file has no ``metadata`` group.
+    """
+    with open_h5(path) as handle:
+        group = handle.get("metadata")
+        return read_group(path, group) if isinstance(group, h5py.Group) else {}
+
+
+def write_value(group: h5py.Group, key: str, value) -> None:
+    """Write one metadata value as ApogeeReduction.jl would: strings as UTF-8 strings."""
+    if isinstance(value, str):
+        group.create_dataset(key, data=value, dtype=h5py.string_dtype())
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        group.create_dataset(key, data=list(value), dtype=h5py.string_dtype())
+    else:
+        group.create_dataset(key, data=value)

@@ -1,0 +1,646 @@
+"""Raw APOGEE exposures: ``apR-[abc]-EXPNUM.apz`` (APO) and ``asR-[abc]-EXPNUM.apz`` (LCO).
+
+An ``.apz`` file is an fpack-compressed FITS file written by ``apzip`` (layout from
+``../shared/docs/formats.md`` section 1.2; 0-based HDU indices as astropy counts them):
+
+====  ===========================================  ======================  =====================
+HDU   data                                          dtype                   header
+====  ===========================================  ======================  =====================
+0     none                                          --                      minimal
+1     average read difference ``avg``               int32                   the exposure header
+2     read 1                                        uint16 (int16+32768)    header of read 1
+k+1   ``(read_k - read_{k-1}) - avg``, k = 2..N     int32                   header of read k
+====  ===========================================  ======================  =====================
+
+Every image is ``(2048, 2560)`` in NumPy order ``(ny, nx)``: columns 0-2047 are the H2RG
+array, columns 2048-2559 the reference output. Each HDU is Rice tile-compressed, one tile per
+row. The number of reads is the number of HDUs minus 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.time import Time, TimeDelta
+from numpy.typing import DTypeLike
+
+from ..errors import InputError, InputWarning
+from ._atomic import atomic_path
+
+__all__ = [
+    "ApzName",
+    "RawExposure",
+    "apz_filename",
+    "exposure_number",
+    "make_headers",
+    "parse_apz_name",
+    "read_apz",
+    "write_apz",
+]
+
+#: Columns 0..SCIENCE_COLUMNS-1 are the H2RG array; the rest is the reference output.
+SCIENCE_COLUMNS = 2048
+#: Day zero of APOGEE exposure numbers (SJD).
+EXPNUM_MJD_ZERO = 55562
+#: SJD = floor(MJD + offset): the SDSS day changes at local noon-ish, per site.
+SJD_OFFSET = {"apo": 0.3, "lco": 0.4}
+_PREFIX = {"apo": "apR", "lco": "asR"}
+_TELESCOPE = {prefix: telescope for telescope, prefix in _PREFIX.items()}
+#: Raw chip letters and ApogeeReduction.jl's colour names.
+CHIP_COLOR = {"a": "R", "b": "G", "c": "B"}
+_NAME = re.compile(r"^(apR|asR)-([abc])-(\d{8})\.apz$")
+_TIME_SCALE = {"UTC": "utc", "UT": "utc", "TAI": "tai", "TT": "tt"}
+# Cards that describe the FITS structure, not the exposure; astropy writes them itself.
+_STRUCTURAL = re.compile(
+    r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|BZERO|BSCALE|EXTNAME|CHECKSUM|"
+    r"DATASUM|Z[A-Z0-9]+)$"
+)
+# Largest magnitude each output dtype holds exactly.
+_EXACT_BOUNDS = {
+    np.dtype(np.uint16): (0, 65535),
+    np.dtype(np.int32): (-(2**31), 2**31 - 1),
+    np.dtype(np.int64): (-(2**62), 2**62),
+    np.dtype(np.float32): (-(2**24), 2**24),
+    np.dtype(np.float64): (-(2**53), 2**53),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# File names
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApzName:
+    """What a raw file name says.
+
+    Attributes
+    ----------
+    telescope : str
+        ``"apo"`` (``apR-``) or ``"lco"`` (``asR-``).
+    chip : str
+        ``"a"``, ``"b"`` or ``"c"`` (ApogeeReduction.jl's ``"R"``, ``"G"``, ``"B"``).
+    expnum : int
+        The 8-digit exposure number, ``(sjd - 55562) * 10000 + exposure``.
+    """
+
+    telescope: str
+    chip: str
+    expnum: int
+
+    @property
+    def mjd(self) -> int:
+        """The SDSS MJD (SJD) of the night, ``floor(MJD + 0.3)`` at APO, ``+ 0.4`` at LCO."""
+        return self.expnum // 10000 + EXPNUM_MJD_ZERO
+
+    @property
+    def exposure(self) -> int:
+        """The exposure's number within the night (the last 4 digits)."""
+        return self.expnum % 10000
+
+    @property
+    def chip_color(self) -> str:
+        """ApogeeReduction.jl's chip name: ``"R"``, ``"G"`` or ``"B"``."""
+        return CHIP_COLOR[self.chip]
+
+
+def parse_apz_name(path: str | os.PathLike) -> ApzName:
+    """Parse ``apR-a-52190065.apz`` into telescope, chip and exposure number.
+
+    Raises
+    ------
+    InputError
+        If the file name does not follow ``(apR|asR)-[abc]-NNNNNNNN.apz``.
+    """
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise InputError(path, "file name", "apR-[abc]-NNNNNNNN.apz or asR-[abc]-NNNNNNNN.apz")
+    prefix, chip, expnum = match.groups()
+    return ApzName(_TELESCOPE[prefix], chip, int(expnum))
+
+
+def exposure_number(mjd: float, exposure: int, telescope: str) -> int:
+    """APOGEE's exposure number: ``(floor(mjd + offset) - 55562) * 10000 + exposure``.
+
+    Parameters
+    ----------
+    mjd : float
+        MJD of the observation (UTC); the offset turns it into the site's SDSS MJD.
+    exposure : int
+        Number within the night, 1..9999.
+    telescope : {"apo", "lco"}
+        Selects the offset: 0.3 at APO, 0.4 at LCO.
+    """
+    if telescope not in SJD_OFFSET:
+        raise ValueError(f"telescope: expected 'apo' or 'lco', got {telescope!r}")
+    if not 0 <= exposure <= 9999:
+        raise ValueError(f"exposure: expected 0..9999, got {exposure}")
+    return (math.floor(mjd + SJD_OFFSET[telescope]) - EXPNUM_MJD_ZERO) * 10000 + exposure
+
+
+def apz_filename(telescope: str, chip: str, expnum: int) -> str:
+    """The raw file name, e.g. ``apz_filename("apo", "a", 52190065) == "apR-a-52190065.apz"``."""
+    if telescope not in _PREFIX:
+        raise ValueError(f"telescope: expected 'apo' or 'lco', got {telescope!r}")
+    if chip not in CHIP_COLOR:
+        raise ValueError(f"chip: expected 'a', 'b' or 'c', got {chip!r}")
+    return f"{_PREFIX[telescope]}-{chip}-{expnum:08d}.apz"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RawExposure:
+    """One chip of one exposure, read by read.
+
+    Attributes
+    ----------
+    path : str
+        The file read.
+    reads : ndarray, ``(n_reads, ny, nx)``
+        Raw counts in DN (ADU), C order; ``ny = 2048`` rows (fibres stack along y), ``nx = 2560``
+        columns (dispersion, the fast read axis). Julia sees the same memory as
+        ``(nx, ny, n_reads)``, ApogeeReduction.jl's order. Native byte order.
+    header : astropy.io.fits.Header
+        The exposure header (HDU 1), without the FITS structural cards.
+    read_headers : tuple of astropy.io.fits.Header
+        One header per read in ``reads``.
+    read_times : astropy.time.Time, ``(n_reads,)``
+        Start of each read, in the file's ``TIMESYS`` scale (see :func:`read_apz`).
+    read_indices : ndarray, int64, ``(n_reads,)``
+        0-based position of each read in the file (``0`` is read 1).
+    rows : slice
+        The rows of the chip held in ``reads`` (``slice(0, 2048)`` for all).
+    n_reads_in_file : int
+        Number of reads the file holds (its HDU count minus 2).
+    name : ApzName
+        Telescope, chip, MJD and exposure number from the file name.
+    """
+
+    path: str
+    reads: np.ndarray
+    header: fits.Header
+    read_headers: tuple[fits.Header, ...]
+    read_times: Time
+    read_indices: np.ndarray
+    rows: slice
+    n_reads_in_file: int
+    name: ApzName
+
+    @property
+    def science(self) -> np.ndarray:
+        """View of the H2RG array, columns 0-2047: ``(n_reads, ny, 2048)``."""
+        return self.reads[..., :SCIENCE_COLUMNS]
+
+    @property
+    def reference(self) -> np.ndarray:
+        """View of the reference output, columns 2048-2559: ``(n_reads, ny, 512)``."""
+        return self.reads[..., SCIENCE_COLUMNS:]
+
+    @property
+    def n_reads(self) -> int:
+        return self.reads.shape[0]
+
+    @property
+    def telescope(self) -> str:
+        return self.name.telescope
+
+    @property
+    def chip(self) -> str:
+        return self.name.chip
+
+    @property
+    def mjd(self) -> int:
+        return self.name.mjd
+
+    @property
+    def expnum(self) -> int:
+        return self.name.expnum
+
+
+def read_apz(
+    path: str | os.PathLike,
+    *,
+    reads: slice | Sequence[int] | None = None,
+    rows: slice | None = None,
+    dtype: DTypeLike = np.uint16,
+) -> RawExposure:
+    """Read a raw ``.apz`` exposure and rebuild its reads exactly.
+
+    Read 1 is HDU 2; read k is read k-1 plus HDU k+1 plus the average difference (HDU 1),
+    accumulated in int64, so the reconstruction is exact. The number of reads is taken from
+    the HDU count; if the header's ``NREAD`` disagrees, one :class:`~pyapred.errors.InputWarning`
+    is issued.
+
+    Read times: if the selected read headers carry strictly increasing ``DATE-OBS`` values,
+    each read's own ``DATE-OBS`` is its time (what ApogeeReduction.jl assumes). Otherwise
+    read k (0-based) starts at ``DATE-OBS + INTDELAY + k * INTOFF`` of the exposure header
+    (``INTDELAY`` in s, ``INTOFF`` in ms). The scale is the header's ``TIMESYS`` (``UTC``,
+    ``TAI`` or ``TT``; UTC if absent).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``apR-[abc]-NNNNNNNN.apz`` or ``asR-[abc]-NNNNNNNN.apz``.
+    reads : slice or sequence of int, optional
+        0-based reads to return (``0`` is read 1); default all. HDUs after the last requested
+        read are not decompressed.
+    rows : slice, optional
+        Rows (y) to return, with step 1; default all. Only those tiles (one per row) are
+        decompressed.
+    dtype : numpy dtype, optional
+        Type of ``RawExposure.reads``: ``uint16`` (default, the raw type), ``int32``,
+        ``int64``, ``float32`` or ``float64``. A value that this type cannot hold exactly is
+        an error, never a silent wrap.
+
+    Returns
+    -------
+    RawExposure
+
+    Raises
+    ------
+    InputError
+        Bad name, truncated or corrupt file, missing HDU, wrong shape or dtype, values out of
+        range, or unusable time keywords. The message names the file and the HDU or keyword.
+    """
+    path = Path(path)
+    dtype = np.dtype(dtype)
+    if dtype not in _EXACT_BOUNDS:
+        raise ValueError(f"dtype: expected one of {sorted(map(str, _EXACT_BOUNDS))}, got {dtype}")
+    if rows is None:
+        rows = slice(None)
+    if not isinstance(rows, slice) or rows.step not in (None, 1):
+        raise ValueError(f"rows: expected a slice with step 1, got {rows!r}")
+    name = parse_apz_name(path)
+    with _open_fits(path) as hdul:
+        n_in_file = len(hdul) - 2
+        if n_in_file < 1:
+            raise InputError(
+                path,
+                "HDU count",
+                "at least 3 HDUs (primary, average, read 1)",
+                found=str(len(hdul)),
+            )
+        header = _user_header(hdul[1].header)
+        _check_nread(path, header, n_in_file)
+        _check_chip(path, header, name)
+        indices = _select_reads(reads, n_in_file)
+        rows = slice(*rows.indices(_image_hdu(path, hdul, 1, "average difference").shape[0]))
+        cube = _rebuild(path, hdul, indices, rows, dtype)
+        read_headers = tuple(_user_header(hdul[k + 2].header) for k in indices)
+    return RawExposure(
+        path=str(path),
+        reads=cube,
+        header=header,
+        read_headers=read_headers,
+        read_times=_read_times(path, header, read_headers, indices),
+        read_indices=indices,
+        rows=rows,
+        n_reads_in_file=n_in_file,
+        name=name,
+    )
+
+
+class _open_fits:
+    """``fits.open`` that turns truncation warnings and astropy errors into InputError."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> fits.HDUList:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                self.hdul = fits.open(self.path, memmap=False)
+                len(self.hdul)  # reads every header, which is where truncation shows
+            except FileNotFoundError:
+                raise
+            except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ...
+                raise InputError(
+                    self.path,
+                    "FITS structure",
+                    "a readable FITS file",
+                    found=f"{type(exc).__name__}: {exc}",
+                ) from None
+        for warning in caught:
+            if "truncated" in str(warning.message):
+                self.hdul.close()
+                raise InputError(
+                    self.path, "file size", "a complete FITS file", found="a truncated file"
+                )
+        return self.hdul
+
+    def __exit__(self, *exc_info) -> None:
+        self.hdul.close()
+
+
+def _user_header(header: fits.Header) -> fits.Header:
+    """Copy of ``header`` without the cards that describe the FITS structure."""
+    return fits.Header([card for card in header.cards if not _STRUCTURAL.match(card.keyword)])
+
+
+def _check_nread(path: Path, header: fits.Header, n_in_file: int) -> None:
+    nread = header.get("NREAD")
+    if nread is not None and nread != n_in_file:
+        warnings.warn(
+            f"{path}: NREAD = {nread} but the file holds {n_in_file} reads; using {n_in_file}",
+            InputWarning,
+            stacklevel=3,
+        )
+
+
+def _check_chip(path: Path, header: fits.Header, name: ApzName) -> None:
+    chip = header.get("CHIP")
+    if chip is not None and str(chip).strip() != name.chip:
+        raise InputError(path, "HDU 1 CHIP", f"{name.chip!r} as in the file name", found=repr(chip))
+
+
+def _select_reads(reads, n_in_file: int) -> np.ndarray:
+    if reads is None:
+        reads = slice(None)
+    if isinstance(reads, slice):
+        indices = np.arange(n_in_file)[reads]
+    else:
+        indices = np.asarray(reads, dtype=np.int64).reshape(-1)
+        if np.any(indices < 0) or np.any(indices >= n_in_file):
+            raise ValueError(f"reads: expected indices in [0, {n_in_file}), got {reads!r}")
+        if np.any(np.diff(indices) <= 0):
+            raise ValueError(f"reads: expected strictly increasing indices, got {reads!r}")
+    if indices.size == 0:
+        raise ValueError(f"reads: selects no read of {n_in_file}")
+    return indices.astype(np.int64)
+
+
+def _image_hdu(path: Path, hdul: fits.HDUList, index: int, kind: str) -> fits.hdu.base._BaseHDU:
+    """HDU ``index``, checked to be a 2-D image."""
+    try:
+        hdu = hdul[index]
+    except (IndexError, KeyError):
+        raise InputError(path, f"HDU {index}", f"the {kind} image", found="no such HDU") from None
+    shape = getattr(hdu, "shape", None)
+    if not isinstance(hdu, fits.hdu.image._ImageBaseHDU) or shape is None or len(shape) != 2:
+        raise InputError(
+            path,
+            f"HDU {index}",
+            f"a 2-D image ({kind})",
+            found=f"{type(hdu).__name__} of shape {shape}",
+        )
+    return hdu
+
+
+def _image(path: Path, hdul: fits.HDUList, index: int, rows: slice, kind: str) -> np.ndarray:
+    """Decompress rows of HDU ``index`` (through ``.section``, so nothing is cached)."""
+    hdu = _image_hdu(path, hdul, index, kind)
+    try:
+        data = hdu.section[rows]
+    except Exception as exc:
+        raise InputError(
+            path,
+            f"HDU {index}",
+            f"decompressible {kind} data",
+            found=f"{type(exc).__name__}: {exc}",
+        ) from None
+    if data.dtype.kind not in "iu":
+        raise InputError(path, f"HDU {index}", f"integer {kind} data", found=str(data.dtype))
+    return data
+
+
+def _rebuild(
+    path: Path, hdul: fits.HDUList, indices: np.ndarray, rows: slice, dtype: np.dtype
+) -> np.ndarray:
+    """Rebuild the selected reads: read_k = read_{k-1} + residual_k + avg, in int64."""
+    avg = _image(path, hdul, 1, rows, "average read difference").astype(np.int64)
+    first = _image(path, hdul, 2, rows, "read 1")
+    if first.dtype != np.uint16:
+        raise InputError(
+            path, "HDU 2", "read 1 as uint16 (BITPIX 16, BZERO 32768)", found=str(first.dtype)
+        )
+    if first.shape != avg.shape:
+        raise InputError(path, "HDU 2", f"shape {avg.shape} like HDU 1", found=str(first.shape))
+    cube = np.empty((indices.size, *avg.shape), dtype=dtype)
+    lo, hi = _EXACT_BOUNDS[dtype]
+    current = first.astype(np.int64)
+    slot = dict(zip(indices.tolist(), range(indices.size), strict=True))
+    for k in range(int(indices[-1]) + 1):
+        if k > 0:
+            residual = _image(path, hdul, k + 2, rows, f"residual of read {k + 1}")
+            if residual.shape != avg.shape:
+                raise InputError(
+                    path, f"HDU {k + 2}", f"shape {avg.shape} like HDU 1", found=str(residual.shape)
+                )
+            current += residual
+            current += avg
+        if k in slot:
+            low, high = current.min(), current.max()
+            if low < lo or high > hi:
+                raise InputError(
+                    path,
+                    f"HDU {k + 2}",
+                    f"read {k + 1} in [{lo}, {hi}] ({dtype})",
+                    found=f"values in [{low}, {high}]",
+                )
+            cube[slot[k]] = current
+    return cube
+
+
+def _time_scale(path: Path, header: fits.Header, read_header: fits.Header) -> str:
+    timesys = header.get("TIMESYS", read_header.get("TIMESYS", "UTC"))
+    scale = _TIME_SCALE.get(str(timesys).strip().upper())
+    if scale is None:
+        expected = f"one of {sorted(_TIME_SCALE)}"
+        raise InputError(path, "HDU 1 TIMESYS", expected, found=repr(timesys))
+    return scale
+
+
+def _parse_time(path: Path, field: str, value, scale: str) -> Time:
+    try:
+        return Time(str(value).strip(), scale=scale, precision=6)
+    except ValueError:
+        raise InputError(path, field, "an ISO 8601 date and time", found=repr(value)) from None
+
+
+def _number(path: Path, header: fits.Header, keyword: str, unit: str) -> float:
+    value = header.get(keyword)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        found = "nothing" if value is None else repr(value)
+        raise InputError(path, f"HDU 1 {keyword}", f"a number ({unit})", found=found)
+    return float(value)
+
+
+def _read_times(
+    path: Path, header: fits.Header, read_headers: Sequence[fits.Header], indices: np.ndarray
+) -> Time:
+    scale = _time_scale(path, header, read_headers[0])
+    per_read = [h.get("DATE-OBS") for h in read_headers]
+    if all(value is not None for value in per_read) and len(set(per_read)) == len(per_read):
+        times = Time(
+            [
+                _parse_time(path, f"HDU {k + 2} DATE-OBS", value, scale)
+                for k, value in zip(indices, per_read, strict=True)
+            ]
+        )
+        if np.all(np.diff(times.mjd) > 0):
+            return times
+        raise InputError(path, "DATE-OBS of the reads", "times increasing from read to read")
+    if "DATE-OBS" not in header:
+        raise InputError(path, "HDU 1 DATE-OBS", "the start of the integration", found="nothing")
+    start = _parse_time(path, "HDU 1 DATE-OBS", header["DATE-OBS"], scale)
+    delay = _number(path, header, "INTDELAY", "s")
+    period = _number(path, header, "INTOFF", "ms") / 1000.0
+    return start + TimeDelta(delay + indices * period, format="sec")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+HeaderLike = fits.Header | Mapping[str, object]
+
+
+def write_apz(
+    path: str | os.PathLike,
+    reads: np.ndarray,
+    headers: Sequence[HeaderLike],
+    *,
+    header: HeaderLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write reads in the ``.apz`` layout, Rice tile-compressed with one tile per row (as fpack).
+
+    The write is atomic: a temporary file in the same directory is renamed to ``path``.
+    ``read_apz(write_apz(path, reads, headers)).reads`` equals ``reads`` exactly.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination; name it with :func:`apz_filename` for :func:`read_apz` to accept it.
+    reads : array_like, ``(n_reads, ny, nx)``
+        Integer counts in [0, 65535] (DN), any integer or float dtype holding whole numbers.
+    headers : sequence of Header or mapping, length ``n_reads``
+        One header per read (read 1 first): ``DATE-OBS``, ``INTOFF``, ... Structural cards
+        (``BITPIX``, ``NAXIS*``, ``BZERO``, ...) are ignored.
+    header : Header or mapping, optional
+        The exposure header for HDU 1; default a copy of ``headers[0]``. ``NREAD`` is set to
+        ``n_reads`` unless present.
+    overwrite : bool, optional
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    counts = np.asarray(reads)
+    if counts.ndim != 3 or counts.shape[0] < 1:
+        raise ValueError(f"reads: expected shape (n_reads, ny, nx), got {counts.shape}")
+    if counts.dtype.kind == "f" and not np.array_equal(counts, np.round(counts)):
+        raise ValueError("reads: expected whole numbers of DN")
+    if counts.dtype.kind not in "iuf" or counts.min() < 0 or counts.max() > 65535:
+        raise ValueError("reads: expected counts in [0, 65535]")
+    n_reads, _, nx = counts.shape
+    if len(headers) != n_reads:
+        raise ValueError(f"headers: expected {n_reads} (one per read), got {len(headers)}")
+    exposure_header = _header(headers[0] if header is None else header)
+    exposure_header.setdefault("NREAD", n_reads)
+
+    first = counts[0].astype(np.int64)
+    total = counts[-1].astype(np.int64) - first
+    avg = _round_half_away(total, max(n_reads - 1, 1)).astype(np.int32)
+    tile = (1, nx)
+    hdus = [
+        fits.PrimaryHDU(),
+        fits.CompImageHDU(avg, exposure_header, compression_type="RICE_1", tile_shape=tile),
+        fits.CompImageHDU(
+            first.astype(np.uint16), _header(headers[0]), compression_type="RICE_1", tile_shape=tile
+        ),
+    ]
+    previous = first
+    for k in range(1, n_reads):
+        current = counts[k].astype(np.int64)
+        residual = (current - previous - avg).astype(np.int32)
+        hdus.append(
+            fits.CompImageHDU(
+                residual, _header(headers[k]), compression_type="RICE_1", tile_shape=tile
+            )
+        )
+        previous = current
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return path
+
+
+def make_headers(
+    n_reads: int,
+    *,
+    date_obs: str,
+    chip: str,
+    timesys: str = "UTC",
+    intoff_ms: float = 10647,
+    intdelay_s: float = 0.1,
+    extra: Mapping[str, object] | None = None,
+) -> tuple[fits.Header, list[fits.Header]]:
+    """Exposure and per-read headers with the keywords :func:`read_apz` uses.
+
+    Read k (0-based) gets ``DATE-OBS = date_obs + intdelay_s + k * intoff_ms``, the same rule
+    :func:`read_apz` applies when reads carry no dates of their own.
+
+    Parameters
+    ----------
+    n_reads : int
+    date_obs : str
+        ISO 8601 start of the integration, in ``timesys``.
+    chip : {"a", "b", "c"}
+    timesys : {"UTC", "TAI"}, optional
+    intoff_ms, intdelay_s : float, optional
+        Read period (ms) and delay before the first read (s); APOGEE's 10647 ms and 0.1 s.
+    extra : mapping, optional
+        More cards for the exposure header (``EXPTYPE``, ``CONFIGID``, ...).
+
+    Returns
+    -------
+    header : astropy.io.fits.Header
+        For HDU 1: ``DATE-OBS``, ``TIMESYS``, ``INTOFF``, ``INTDELAY``, ``NFRAMES``,
+        ``EXPTIME``, ``NREAD``, ``CHIP``, then ``extra``.
+    read_headers : list of astropy.io.fits.Header
+        ``DATE-OBS``, ``TIMESYS``, ``INTOFF``, ``INTDELAY`` of each read.
+    """
+    scale = _TIME_SCALE.get(timesys.upper())
+    if scale is None:
+        raise ValueError(f"timesys: expected one of {sorted(_TIME_SCALE)}, got {timesys!r}")
+    start = Time(date_obs, scale=scale, precision=3)
+    timing = [
+        ("TIMESYS", timesys, "Time system of DATE-OBS"),
+        ("INTOFF", intoff_ms, "Single read duration in mSec"),
+        ("INTDELAY", intdelay_s, "Integration Delay(S)"),
+    ]
+    header = fits.Header([("DATE-OBS", start.isot, "Date at start of integration"), *timing])
+    header["NFRAMES"] = (n_reads, "Num of SUTR")
+    header["EXPTIME"] = (round(n_reads * intoff_ms / 1000 + intdelay_s, 3), "Integration time")
+    header["NREAD"] = n_reads
+    header["CHIP"] = chip
+    header.update(dict(extra or {}))
+    offsets = intdelay_s + np.arange(n_reads) * intoff_ms / 1000
+    read_headers = [
+        fits.Header([("DATE-OBS", (start + TimeDelta(dt, format="sec")).isot), *timing])
+        for dt in offsets
+    ]
+    return header, read_headers
+
+
+def _header(source: HeaderLike) -> fits.Header:
+    """A FITS header from a Header or a ``{keyword: value or (value, comment)}`` mapping."""
+    header = source if isinstance(source, fits.Header) else fits.Header(list(source.items()))
+    return _user_header(header)
+
+
+def _round_half_away(numerator: np.ndarray, denominator: int) -> np.ndarray:
+    """Integer ``round(numerator / denominator)``, halves away from zero (IDL's ROUND), exact."""
+    magnitude = (2 * np.abs(numerator) + denominator) // (2 * denominator)
+    return np.sign(numerator) * magnitude

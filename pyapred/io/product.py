@@ -1,0 +1,359 @@
+"""pyapred's own products: HDF5 laid out like ApogeeReduction.jl's ``ar2D``, written atomically.
+
+Layout (h5py order; Julia and HDF5.jl see every array with its dimensions reversed, which for
+the images is ApogeeReduction.jl's own ``(2560, 2048)`` order):
+
+=====================================  ================  =========================================
+dataset                                h5py shape         contents
+=====================================  ================  =========================================
+``/{chip}/dimage``                     ``(ny, nx)``       rate, DN per read (float64)
+``/{chip}/ivarimage``                  ``(ny, nx)``       inverse variance, (DN per read)^-2
+``/{chip}/chisqimage``                 ``(ny, nx)``       ramp chi-squared
+``/{chip}/flags``                      ``(ny, nx)``       pixel bits of ``pyapred.Flag`` (int64)
+``/fibers/{group}/fiber_index``        ``(n,)``           1-based ``301 - fiberId``, as in AR.jl
+``/fibers/{group}/omega``              ``(n, K)``         per-difference transparency factors
+``/fibers/{group}/omega_cov``          ``(n, K, K)``      covariance of omega
+``/fibers/{group}/ref_index``          ``(n,)``           1-based index of the element fixed to 1
+``/fibers/{group}/model``              ``(n,)``           "constant", "time_variable", ...
+``/fibers/{group}/flags``              ``(n,)``           group bits of ``pyapred.Flag`` (int64)
+``/metadata/*``                        scalars, strings   see :func:`write_product`
+=====================================  ================  =========================================
+
+The root attribute ``pyapred_product_format`` holds the layout version (:data:`FORMAT_VERSION`).
+Indices are 1-based in the file, for Julia users, and 0-based in the Python objects.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputError
+from ._atomic import atomic_path
+from ._hdf5 import open_h5, read_dataset, read_group, read_value, write_value
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ChipImages",
+    "FiberResults",
+    "Product",
+    "read_product",
+    "write_product",
+]
+
+#: Version of the product layout; readers refuse other versions.
+FORMAT_VERSION = 1
+_FORMAT_ATTR = "pyapred_product_format"
+_RESERVED = {"fibers", "metadata"}
+_IMAGES = {"rate": "dimage", "ivar": "ivarimage", "chi2": "chisqimage", "flags": "flags"}
+_UNITS = {"dimage": "DN/read", "ivarimage": "(DN/read)^-2", "chisqimage": "", "flags": ""}
+_WRITER_KEYS = (
+    "pyapred_version",
+    "git_commit",
+    "git_clean",
+    "backend",
+    "input_files",
+    "input_sha256",
+    "format_version",
+)
+
+
+@dataclass(frozen=True)
+class ChipImages:
+    """Per-pixel results for one chip, each ``(ny, nx)`` (2048, 2560 for a full chip).
+
+    Attributes
+    ----------
+    rate : ndarray, float64
+        Flux, DN per read.
+    ivar : ndarray, float64
+        Inverse variance of ``rate``; 0 where the variance is unknown.
+    chi2 : ndarray, float64
+        Chi-squared of the ramp fit.
+    flags : ndarray, int64
+        Pixel bits of :class:`pyapred.Flag`.
+    """
+
+    rate: np.ndarray
+    ivar: np.ndarray
+    chi2: np.ndarray
+    flags: np.ndarray
+
+    @classmethod
+    def from_fit(cls, fit) -> ChipImages:
+        """From a :class:`pyapred.FluxFit` of a chip: ``ivar = 1 / flux_var`` (0 if not > 0)."""
+        var = np.asarray(fit.flux_var, dtype=np.float64)
+        usable = np.isfinite(var) & (var > 0)
+        ivar = np.divide(1.0, var, out=np.zeros_like(var), where=usable)
+        return cls(fit.flux, ivar, fit.chi2, fit.flags)
+
+
+@dataclass(frozen=True)
+class FiberResults:
+    """Per-fibre omega fits for ``n`` fibres with ``K`` read differences.
+
+    Attributes
+    ----------
+    fiber_index : ndarray, int64, ``(n,)``
+        0-based on-chip fibre index, ``300 - fiberId``.
+    omega : ndarray, float64, ``(n, K)``
+    omega_cov : ndarray, float64, ``(n, K, K)``
+    ref_index : ndarray, int64, ``(n,)``
+        0-based index of the element of omega fixed to 1.
+    model : tuple of str, ``(n,)``
+        The model chosen for each fibre ("constant", "time_variable", ...).
+    flags : ndarray, int64, ``(n,)``
+        Group bits of :class:`pyapred.Flag`.
+    """
+
+    fiber_index: np.ndarray
+    omega: np.ndarray
+    omega_cov: np.ndarray
+    ref_index: np.ndarray
+    model: tuple[str, ...]
+    flags: np.ndarray
+
+
+@dataclass(frozen=True)
+class Product:
+    """What :func:`read_product` returns.
+
+    Attributes
+    ----------
+    path : str
+    chips : dict of str to ChipImages
+        Keyed by chip name ("R", "G", "B").
+    fibers : dict of str to FiberResults
+        Keyed by chip name, or e.g. "joint" for a fit over all chips.
+    metadata : dict
+        The ``metadata`` group: writer keys and the caller's own.
+    """
+
+    path: str
+    chips: dict[str, ChipImages] = field(default_factory=dict)
+    fibers: dict[str, FiberResults] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+def write_product(
+    path: str | os.PathLike,
+    *,
+    chips: Mapping[str, ChipImages] | None = None,
+    fibers: Mapping[str, FiberResults] | None = None,
+    inputs: Sequence[str | os.PathLike] = (),
+    backend: str = "numpy",
+    metadata: Mapping[str, object] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a product file atomically (temporary file in the same folder, then rename).
+
+    The ``metadata`` group holds ``pyapred_version``, ``git_commit`` and ``git_clean`` (when
+    pyapred runs from a git checkout; ApogeeReduction.jl's ``check_file`` treats a file with
+    ``git_commit`` as done), ``backend``, ``input_files`` (base names), ``input_sha256`` (hex
+    digests, same order), ``format_version``, then the caller's ``metadata``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    chips : mapping of str to ChipImages, optional
+    fibers : mapping of str to FiberResults, optional
+    inputs : sequence of paths, optional
+        Files the product was made from; each is hashed.
+    backend : str, optional
+        Solver backend used ("numpy" or "julia").
+    metadata : mapping, optional
+        More keys: str, int, float, bool, lists of str or arrays. Must not reuse writer keys.
+    overwrite : bool, optional
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    chips, fibers = dict(chips or {}), dict(fibers or {})
+    for key in (*chips, *fibers):
+        if not key or "/" in key or key in _RESERVED:
+            raise ValueError(f"chip or fibre group name: expected a plain name, got {key!r}")
+    for key, images in chips.items():
+        _check_images(key, images)
+    for key, results in fibers.items():
+        _check_fibers(key, results)
+    clash = set(metadata or {}) & set(_WRITER_KEYS)
+    if clash:
+        raise ValueError(f"metadata: keys {sorted(clash)} are written by pyapred itself")
+    meta = _writer_metadata(inputs, backend) | dict(metadata or {})
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
+        handle.attrs[_FORMAT_ATTR] = FORMAT_VERSION
+        for key, images in chips.items():
+            _write_images(handle.create_group(key), images)
+        for key, results in fibers.items():
+            _write_fibers(handle.create_group(f"fibers/{key}"), results)
+        group = handle.create_group("metadata")
+        for key, value in meta.items():
+            write_value(group, key, value)
+    return path
+
+
+def _check_images(key: str, images: ChipImages) -> None:
+    shapes = {name: np.shape(getattr(images, name)) for name in _IMAGES}
+    if len(set(shapes.values())) != 1 or len(shapes["rate"]) != 2:
+        raise ValueError(f"chips[{key!r}]: expected four 2-D images of one shape, got {shapes}")
+
+
+def _check_fibers(key: str, results: FiberResults) -> None:
+    n, k = np.shape(results.omega) if np.ndim(results.omega) == 2 else (-1, -1)
+    expected = {
+        "fiber_index": (n,),
+        "omega_cov": (n, k, k),
+        "ref_index": (n,),
+        "model": (n,),
+        "flags": (n,),
+    }
+    found = {name: np.shape(getattr(results, name)) for name in expected}
+    if n < 0 or found != expected:
+        raise ValueError(
+            f"fibers[{key!r}]: expected shapes {expected} for omega (n, K), "
+            f"got omega {np.shape(results.omega)} and {found}"
+        )
+    ref = np.asarray(results.ref_index)
+    if n and (ref.min() < 0 or ref.max() >= k):
+        raise ValueError(f"fibers[{key!r}].ref_index: expected 0-based indices below {k}")
+
+
+def _write_images(group: h5py.Group, images: ChipImages) -> None:
+    for attribute, name in _IMAGES.items():
+        dtype = np.int64 if name == "flags" else np.float64
+        dataset = group.create_dataset(name, data=np.asarray(getattr(images, attribute), dtype))
+        dataset.attrs["units"] = _UNITS[name]
+
+
+def _write_fibers(group: h5py.Group, results: FiberResults) -> None:
+    group["fiber_index"] = np.asarray(results.fiber_index, np.int64) + 1
+    group["omega"] = np.asarray(results.omega, np.float64)
+    group["omega_cov"] = np.asarray(results.omega_cov, np.float64)
+    group["ref_index"] = np.asarray(results.ref_index, np.int64) + 1
+    write_value(group, "model", [str(m) for m in results.model])
+    group["flags"] = np.asarray(results.flags, np.int64)
+    for name in ("fiber_index", "ref_index"):
+        group[name].attrs["index_base"] = 1
+
+
+def _writer_metadata(inputs: Sequence[str | os.PathLike], backend: str) -> dict:
+    from .. import __version__
+
+    meta: dict[str, object] = {"pyapred_version": __version__}
+    commit, clean = _git_info()
+    if commit is not None:
+        meta["git_commit"] = commit
+        meta["git_clean"] = clean
+    meta["backend"] = backend
+    meta["input_files"] = [Path(p).name for p in inputs]
+    meta["input_sha256"] = [_sha256(Path(p)) for p in inputs]
+    meta["format_version"] = FORMAT_VERSION
+    return meta
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _git_info() -> tuple[str | None, bool]:
+    """The commit of the pyapred checkout and whether its tree is clean; None if not in git."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no") == ""
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+def read_product(path: str | os.PathLike) -> Product:
+    """Read a product written by :func:`write_product`.
+
+    Raises
+    ------
+    InputError
+        Not a pyapred product, a product of another layout version, or a dataset missing or of
+        the wrong shape or dtype.
+    """
+    with open_h5(path) as handle:
+        version = handle.attrs.get(_FORMAT_ATTR)
+        if version is None:
+            raise InputError(path, f"attribute {_FORMAT_ATTR}", "a pyapred product", "nothing")
+        if version != FORMAT_VERSION:
+            raise InputError(
+                path,
+                f"attribute {_FORMAT_ATTR}",
+                f"product format {FORMAT_VERSION} (this pyapred reads only that)",
+                found=f"format {version}, written by an incompatible version",
+            )
+        chips = {
+            key: _read_images(path, group)
+            for key, group in handle.items()
+            if key not in _RESERVED and isinstance(group, h5py.Group)
+        }
+        fibers_group = handle.get("fibers", {})
+        fibers = {key: _read_fibers(path, group) for key, group in fibers_group.items()}
+        metadata = read_group(path, handle["metadata"]) if "metadata" in handle else {}
+    return Product(str(path), chips, fibers, metadata)
+
+
+def _read_images(path, group: h5py.Group) -> ChipImages:
+    rate = read_dataset(path, group, "dimage", shape=(None, None), kinds="f")
+    shape = rate.shape
+    return ChipImages(
+        rate=rate,
+        ivar=read_dataset(path, group, "ivarimage", shape=shape, kinds="f"),
+        chi2=read_dataset(path, group, "chisqimage", shape=shape, kinds="f"),
+        flags=read_dataset(path, group, "flags", shape=shape, kinds="iu").astype(np.int64),
+    )
+
+
+def _read_fibers(path, group: h5py.Group) -> FiberResults:
+    omega = read_dataset(path, group, "omega", shape=(None, None), kinds="f")
+    n, k = omega.shape
+    ref_index = read_dataset(path, group, "ref_index", shape=(n,), kinds="iu") - 1
+    if n and (ref_index.min() < 0 or ref_index.max() >= k):
+        field_name = f"{group.name}/ref_index".lstrip("/")
+        raise InputError(
+            path,
+            field_name,
+            f"1-based indices in 1..{k}",
+            found=f"{ref_index.min() + 1}..{ref_index.max() + 1}",
+        )
+    model = read_value(path, group["model"]) if "model" in group else None
+    if not isinstance(model, list) or len(model) != n:
+        raise InputError(path, f"{group.name}/model".lstrip("/"), f"{n} strings", found=repr(model))
+    return FiberResults(
+        fiber_index=read_dataset(path, group, "fiber_index", shape=(n,), kinds="iu") - 1,
+        omega=omega,
+        omega_cov=read_dataset(path, group, "omega_cov", shape=(n, k, k), kinds="f"),
+        ref_index=ref_index.astype(np.int64),
+        model=tuple(model),
+        flags=read_dataset(path, group, "flags", shape=(n,), kinds="iu").astype(np.int64),
+    )

@@ -1,0 +1,227 @@
+"""Raw .apz exposures: exact round trips, the hand-built raw layout, partial reads, times."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.time import Time
+
+from pyapred.errors import InputError, InputWarning
+from pyapred.io import (
+    apz_filename,
+    exposure_number,
+    make_headers,
+    parse_apz_name,
+    read_apz,
+    write_apz,
+)
+from pyapred.simulate import simulate_ramps, write_simulated_apz
+
+NX = 2560  # full width: science array + reference output
+NY = 24  # few rows keep the 47-read files fast; one test uses the full chip
+
+
+def simulated_chip(n_reads: int, ny: int = NY, seed: int = 0) -> np.ndarray:
+    """Simulated reads of a chip-shaped patch, in DN, with a changing sky."""
+    rng = np.random.default_rng(seed)
+    flux = rng.uniform(0.0, 400.0, (ny, NX))
+    omega = 1.0 - 0.4 * rng.uniform(size=n_reads - 1)
+    return simulate_ramps(flux, 12.0, omega=omega, gain=1.9, rng=rng).reads
+
+
+@pytest.mark.parametrize("telescope", ["apo", "lco"])
+@pytest.mark.parametrize("n_reads", [3, 10, 47])
+def test_simulated_exposure_round_trip_is_bit_exact(tmp_path, telescope, n_reads):
+    reads = simulated_chip(n_reads, seed=n_reads)
+    path = write_simulated_apz(
+        tmp_path, reads, telescope=telescope, chip="b", mjd=60781, exposure=65
+    )
+    assert path.name == {"apo": "apR", "lco": "asR"}[telescope] + "-b-52190065.apz"
+    exposure = read_apz(path)
+    expected = np.clip(np.round(reads + 10000.0), 0, 65535).astype(np.uint16)
+    assert exposure.reads.dtype == np.uint16
+    assert np.array_equal(exposure.reads, expected)
+    assert exposure.science.shape == (n_reads, NY, 2048)
+    assert exposure.reference.shape == (n_reads, NY, 512)
+    assert np.shares_memory(exposure.science, exposure.reads)  # views, no copies
+    assert (exposure.telescope, exposure.chip, exposure.mjd) == (telescope, "b", 60781)
+    assert (exposure.expnum, exposure.name.exposure, exposure.name.chip_color) == (
+        52190065,
+        65,
+        "G",
+    )
+    assert exposure.n_reads == exposure.n_reads_in_file == n_reads
+    assert exposure.header["NREAD"] == n_reads
+    assert len(exposure.read_headers) == n_reads
+    dt = np.diff(exposure.read_times.unix)
+    assert np.allclose(dt, 10.647, atol=1e-6)
+
+
+def test_write_apz_round_trip_of_arbitrary_counts(tmp_path):
+    rng = np.random.default_rng(3)
+    # Extremes of the uint16 range and non-monotonic ramps must survive too.
+    reads = rng.integers(0, 65536, size=(4, 5, 7)).astype(np.uint16)
+    reads[0, 0, 0], reads[-1, 0, 0] = 0, 65535
+    _, read_headers = make_headers(4, date_obs="2025-01-01T00:00:00", chip="a")
+    path = write_apz(tmp_path / "apR-a-52190001.apz", reads, read_headers)
+    assert np.array_equal(read_apz(path).reads, reads)
+    assert np.array_equal(read_apz(path, dtype=np.float32).reads, reads.astype(np.float32))
+
+
+def test_full_chip_round_trip(tmp_path):
+    reads = simulated_chip(3, ny=2048, seed=7)
+    exposure = read_apz(write_simulated_apz(tmp_path, reads))
+    assert exposure.reads.shape == (3, 2048, 2560)
+    assert np.array_equal(exposure.reads, np.round(reads + 10000.0).astype(np.uint16))
+
+
+def test_files_are_rice_compressed_one_tile_per_row(tmp_path):
+    path = write_simulated_apz(tmp_path, simulated_chip(3))
+    with fits.open(path, disable_image_compression=True) as hdul:
+        assert len(hdul) == 5
+        assert hdul[0].header["NAXIS"] == 0
+        for index, bitpix in [(1, 32), (2, 16), (3, 32), (4, 32)]:
+            header = hdul[index].header
+            assert header["ZCMPTYPE"] == "RICE_1"
+            assert (header["ZTILE1"], header["ZTILE2"]) == (NX, 1)
+            assert header["ZBITPIX"] == bitpix
+        assert hdul[2].header["BZERO"] == 32768
+
+
+def build_raw_layout(path, reads, *, compressed=True, exposure_cards=(), read_cards=None):
+    """An .apz made directly from apzip's recipe, without write_apz."""
+    reads = np.asarray(reads, dtype=np.int64)
+    n_reads = reads.shape[0]
+    diffs = np.diff(reads, axis=0)
+    avg = np.floor(diffs.mean(axis=0) + 0.5).astype(np.int32)
+    if compressed:
+        kind = {"compression_type": "RICE_1", "tile_shape": (1, reads.shape[2])}
+
+        def make(data, header):
+            return fits.CompImageHDU(data, header, **kind)
+    else:
+
+        def make(data, header):
+            return fits.ImageHDU(data, header)
+
+    cards = read_cards or [[("DATE-OBS", f"2025-04-20T04:00:{k:02d}.000")] for k in range(n_reads)]
+    hdus = [fits.PrimaryHDU(), make(avg, fits.Header([("NREAD", n_reads), *exposure_cards]))]
+    hdus.append(make(reads[0].astype(np.uint16), fits.Header(cards[0])))
+    for k in range(1, n_reads):
+        hdus.append(make((diffs[k - 1] - avg).astype(np.int32), fits.Header(cards[k])))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_hand_built_raw_layout_reads_back_exactly(tmp_path, compressed):
+    rng = np.random.default_rng(11)
+    reads = 9000 + np.cumsum(rng.integers(0, 3000, size=(6, 9, 13)), axis=0)
+    path = build_raw_layout(tmp_path / "asR-c-52240041.apz", reads, compressed=compressed)
+    with fits.open(path, disable_image_compression=True) as hdul:
+        # The raw layout really stores read 1 as int16 with BZERO 32768.
+        header = hdul[2].header
+        assert header.get("ZBITPIX", header["BITPIX"]) == 16 and header["BZERO"] == 32768
+    exposure = read_apz(path)
+    assert np.array_equal(exposure.reads, reads)
+    assert exposure.reads.dtype.isnative  # uncompressed FITS is big-endian on disk
+    assert (exposure.telescope, exposure.mjd, exposure.name.exposure) == ("lco", 60786, 41)
+    assert (exposure.read_times[1] - exposure.read_times[0]).sec == pytest.approx(1.0)
+
+
+def test_partial_reads_and_rows(tmp_path):
+    reads = simulated_chip(8)
+    path = write_simulated_apz(tmp_path, reads)
+    expected = read_apz(path).reads
+    part = read_apz(path, reads=slice(2, 5), rows=slice(3, 9))
+    assert np.array_equal(part.reads, expected[2:5, 3:9])
+    assert part.rows == slice(3, 9, 1)
+    assert part.read_indices.tolist() == [2, 3, 4]
+    assert part.read_times.isot.tolist() == read_apz(path).read_times[2:5].isot.tolist()
+    picked = read_apz(path, reads=[0, 7])
+    assert np.array_equal(picked.reads, expected[[0, 7]])
+
+
+def test_partial_read_does_not_touch_later_hdus(tmp_path):
+    reads = 100 + np.cumsum(np.ones((4, 3, 5), dtype=np.int64), axis=0)
+    path = build_raw_layout(tmp_path / "apR-a-52190001.apz", reads)
+    with fits.open(path) as hdul:  # damage the last residual: a wrong shape
+        hdul[5] = fits.CompImageHDU(np.zeros((2, 5), np.int32), hdul[5].header)
+        hdul.writeto(tmp_path / "apR-a-52190002.apz")
+    damaged = tmp_path / "apR-a-52190002.apz"
+    assert np.array_equal(read_apz(damaged, reads=slice(0, 3)).reads, reads[:3])
+    with pytest.raises(InputError, match="HDU 5"):
+        read_apz(damaged)
+
+
+def test_hdu_count_wins_over_nread_with_one_warning(tmp_path):
+    reads = 100 + np.cumsum(np.ones((3, 2, 4), dtype=np.int64), axis=0)
+    path = build_raw_layout(tmp_path / "apR-a-52190001.apz", reads, exposure_cards=[])
+    with fits.open(path) as hdul:
+        hdul[1].header["NREAD"] = 47
+        hdul.writeto(tmp_path / "apR-a-52190003.apz")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exposure = read_apz(tmp_path / "apR-a-52190003.apz")
+    assert exposure.n_reads == 3
+    relevant = [w for w in caught if issubclass(w.category, InputWarning)]
+    assert len(relevant) == 1 and "NREAD = 47" in str(relevant[0].message)
+
+
+@pytest.mark.parametrize("timesys, scale", [("TAI", "tai"), ("UTC", "utc"), (None, "utc")])
+def test_read_times_from_exposure_header_honour_timesys(tmp_path, timesys, scale):
+    reads = 100 + np.cumsum(np.ones((4, 2, 4), dtype=np.int64), axis=0)
+    cards = [("DATE-OBS", "2025-04-20T04:00:00.000"), ("INTOFF", 10647), ("INTDELAY", 0.1)]
+    if timesys is not None:
+        cards.append(("TIMESYS", timesys))
+    path = build_raw_layout(
+        tmp_path / "apR-a-52190001.apz",
+        reads,
+        exposure_cards=cards,
+        read_cards=[[] for _ in range(4)],  # no per-read dates: use the exposure header
+    )
+    times = read_apz(path).read_times
+    assert times.scale == scale
+    start = Time("2025-04-20T04:00:00.000", scale=scale)
+    offsets = (times - start).sec
+    assert np.allclose(offsets, 0.1 + 10.647 * np.arange(4), atol=1e-6)
+
+
+def test_per_read_dates_are_used_in_their_timesys(tmp_path):
+    path = write_simulated_apz(tmp_path, simulated_chip(3), timesys="TAI")
+    exposure = read_apz(path)
+    assert exposure.read_times.scale == "tai"
+    assert exposure.read_times.isot.tolist() == [h["DATE-OBS"] for h in exposure.read_headers]
+    # TAI - UTC = 37 s in 2025: the same wall-clock string means a different instant.
+    utc = read_apz(write_simulated_apz(tmp_path, simulated_chip(3), exposure=2)).read_times
+    assert (exposure.read_times[0] - utc[0]).sec == pytest.approx(-37.0)
+
+
+def test_file_names_and_exposure_numbers():
+    assert exposure_number(60781.2, 65, "apo") == 52190065
+    assert exposure_number(60780.75, 65, "apo") == 52190065  # 0.75 + 0.3 rolls over
+    assert exposure_number(60780.65, 65, "lco") == 52190065  # 0.65 + 0.4 rolls over
+    assert exposure_number(60780.65, 65, "apo") == 52180065
+    assert apz_filename("lco", "c", 52190065) == "asR-c-52190065.apz"
+    name = parse_apz_name("/data/apogee/apo/60781/apR-a-52190065.apz")
+    assert (name.telescope, name.chip, name.mjd, name.exposure) == ("apo", "a", 60781, 65)
+    with pytest.raises(ValueError, match="telescope"):
+        exposure_number(60781, 1, "keck")
+
+
+def test_write_apz_rejects_bad_arguments_and_is_atomic(tmp_path):
+    _, read_headers = make_headers(2, date_obs="2025-01-01T00:00:00", chip="a")
+    path = tmp_path / "apR-a-52190001.apz"
+    with pytest.raises(ValueError, match="0, 65535"):
+        write_apz(path, np.full((2, 2, 2), 70000), read_headers)
+    with pytest.raises(ValueError, match="whole numbers"):
+        write_apz(path, np.full((2, 2, 2), 1.5), read_headers)
+    with pytest.raises(ValueError, match="one per read"):
+        write_apz(path, np.ones((3, 2, 2)), read_headers)
+    write_apz(path, np.ones((2, 2, 2)), read_headers)
+    with pytest.raises(FileExistsError):
+        write_apz(path, np.ones((2, 2, 2)), read_headers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left

@@ -1,0 +1,154 @@
+"""pyapred products: exact round trip, Julia-friendly layout, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import h5py
+import numpy as np
+import pytest
+
+import pyapred
+from pyapred import Flag, FluxFit
+from pyapred.io import ChipImages, FiberResults, Product, read_product, write_product
+from pyapred.io import product as product_module
+
+
+def make_chip(rng, shape=(6, 9)) -> ChipImages:
+    flags = np.zeros(shape, np.int64)
+    flags[0, 0] = Flag.SATURATED | Flag.MASKED_READ
+    return ChipImages(
+        rate=rng.normal(100, 10, shape),
+        ivar=rng.uniform(0.01, 0.1, shape),
+        chi2=rng.chisquare(10, shape),
+        flags=flags,
+    )
+
+
+def make_fibers(rng, n=4, k=5) -> FiberResults:
+    omega = rng.uniform(0.5, 1.0, (n, k))
+    ref = rng.integers(0, k, n)
+    omega[np.arange(n), ref] = 1.0
+    cov = np.einsum("nij,nkj->nik", *(2 * [rng.normal(0, 0.01, (n, k, k))]))
+    return FiberResults(
+        fiber_index=np.array([0, 74, 150, 299])[:n],
+        omega=omega,
+        omega_cov=cov,
+        ref_index=ref,
+        model=("time_variable", "constant", "time_variable", "constant")[:n],
+        flags=np.array([0, int(Flag.NOT_CONVERGED), 0, 0])[:n],
+    )
+
+
+def assert_products_equal(a, b):
+    assert a.chips.keys() == b.chips.keys() and a.fibers.keys() == b.fibers.keys()
+    for key in a.chips:
+        for name in ("rate", "ivar", "chi2", "flags"):
+            assert np.array_equal(getattr(a.chips[key], name), getattr(b.chips[key], name))
+    for key in a.fibers:
+        for name in ("fiber_index", "omega", "omega_cov", "ref_index", "flags"):
+            assert np.array_equal(getattr(a.fibers[key], name), getattr(b.fibers[key], name))
+        assert a.fibers[key].model == b.fibers[key].model
+
+
+def test_product_round_trip(tmp_path):
+    rng = np.random.default_rng(5)
+    raw = tmp_path / "apR-a-52190065.apz"
+    raw.write_bytes(b"raw bytes")
+    chips = {"R": make_chip(rng), "G": make_chip(rng)}
+    fibers = {"R": make_fibers(rng), "joint": make_fibers(rng, n=2)}
+    extra = {"telescope": "apo", "mjd": 60781, "exposure": 65, "omega_source": ["R", "G"]}
+    path = write_product(
+        tmp_path / "pyapred_apo_60781_0065.h5",
+        chips=chips,
+        fibers=fibers,
+        inputs=[raw],
+        metadata=extra,
+    )
+    product = read_product(path)
+    assert_products_equal(product, Product(str(path), chips, fibers))
+    meta = product.metadata
+    assert meta["input_files"] == ["apR-a-52190065.apz"]
+    assert meta["input_sha256"] == [hashlib.sha256(b"raw bytes").hexdigest()]
+    assert meta["backend"] == "numpy" and meta["format_version"] == 1
+    assert meta["pyapred_version"] == pyapred.__version__
+    for key, value in extra.items():
+        assert meta[key] == value
+    commit, clean = product_module._git_info()
+    assert meta.get("git_commit") == commit
+    if commit is not None:
+        assert len(commit) == 40 and meta["git_clean"] == clean
+
+
+def test_product_layout_is_what_julia_expects(tmp_path):
+    rng = np.random.default_rng(6)
+    chip = make_chip(rng, shape=(2048, 2560))
+    fibers = make_fibers(rng)
+    path = write_product(tmp_path / "p.h5", chips={"R": chip}, fibers={"R": fibers})
+    with h5py.File(path, "r") as handle:
+        # h5py shows (ny, nx) = (2048, 2560): Julia reads (2560, 2048), ar2D's dimage order.
+        assert handle["R/dimage"].shape == (2048, 2560)
+        assert handle["R/dimage"].attrs["units"] == "DN/read"
+        assert handle["R/flags"].dtype == np.int64
+        assert handle["fibers/R/omega"].shape == (4, 5)  # Julia (K, n): omega[:, fibre]
+        # 1-based indices in the file, like ApogeeReduction.jl's fiberIndx = 301 - fiberId.
+        assert handle["fibers/R/fiber_index"][()].tolist() == [1, 75, 151, 300]
+        assert np.array_equal(handle["fibers/R/ref_index"][()], fibers.ref_index + 1)
+        assert handle["fibers/R/model"].asstr()[1] == "constant"
+        assert handle.attrs["pyapred_product_format"] == 1
+
+
+def test_chip_images_from_a_flux_fit():
+    flux_var = np.array([[4.0, np.nan], [0.0, 0.5]])  # NaN, 0: no usable variance
+    flags = np.array([[0, Flag.TOO_FEW_DIFFS], [Flag.TOO_FEW_DIFFS, 0]])
+    fit = FluxFit(np.ones((2, 2)), flux_var, np.ones((2, 2)), np.full((2, 2), 4), flags)
+    images = ChipImages.from_fit(fit)
+    assert images.ivar.tolist() == [[0.25, 0.0], [0.0, 2.0]]
+    assert images.flags is fit.flags and images.rate is fit.flux
+
+
+def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
+    rng = np.random.default_rng(7)
+    path = tmp_path / "product.h5"
+
+    def crash(group, results):
+        group["fiber_index"] = np.arange(3)  # something is already on disk when it fails
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(product_module, "_write_fibers", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        write_product(path, chips={"R": make_chip(rng)}, fibers={"R": make_fibers(rng)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_mid_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    rng = np.random.default_rng(8)
+    path = write_product(tmp_path / "product.h5", chips={"R": make_chip(rng)})
+    before = path.read_bytes()
+
+    def crash(group, images):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(product_module, "_write_images", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_product(path, chips={"R": make_chip(rng)}, overwrite=True)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["product.h5"]
+
+
+def test_write_product_rejects_bad_arguments(tmp_path):
+    rng = np.random.default_rng(9)
+    chip = make_chip(rng)
+    bad_chip = ChipImages(chip.rate, chip.ivar[:, :3], chip.chi2, chip.flags)
+    with pytest.raises(ValueError, match="one shape"):
+        write_product(tmp_path / "a.h5", chips={"R": bad_chip})
+    fibers = make_fibers(rng)
+    bad = FiberResults(fibers.fiber_index, fibers.omega, fibers.omega_cov[:, :2],
+                       fibers.ref_index, fibers.model, fibers.flags)  # fmt: skip
+    with pytest.raises(ValueError, match="omega_cov"):
+        write_product(tmp_path / "a.h5", fibers={"R": bad})
+    with pytest.raises(ValueError, match="written by pyapred"):
+        write_product(tmp_path / "a.h5", metadata={"backend": "x"})
+    with pytest.raises(ValueError, match="plain name"):
+        write_product(tmp_path / "a.h5", chips={"metadata": chip})
+    assert list(tmp_path.iterdir()) == []
