@@ -48,12 +48,16 @@ __all__ = [
     "PreparedChip",
     "choose_models",
     "fit_exposure",
+    "fit_files",
+    "load_chip",
+    "match_inputs",
     "prepare_chip",
+    "write_result",
 ]
 
 #: Per-fibre model codes (``FibreFits.model``).
 MODEL_CONSTANT, MODEL_TIME_VARIABLE, MODEL_BORROWED = 0, 1, 2
-MODEL_NAMES = ("constant", "time-variable", "borrowed")
+MODEL_NAMES = ("constant", "time_variable", "borrowed")
 _ROW_BLOCK = 64
 
 
@@ -440,9 +444,12 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
         fib = np.full((r1 - r0, nx), -1, dtype=np.int64)
         fib[:, :nc] = coarse_map[r0:r1]
         shape = np.moveaxis(shape_table[fib], -1, 0)  # (K, rows, nx)
-        scaled = np.where(good, diffs / shape, np.nan)
-        with _quiet():
-            level = np.nanmedian(scaled, axis=0)
+        scaled = diffs / shape
+        level = np.median(scaled, axis=0)
+        partial = ~good.all(axis=0)  # few pixels (saturated): the slow NaN-aware median
+        if partial.any():
+            with _quiet():
+                level[partial] = np.nanmedian(np.where(good, scaled, np.nan)[:, partial], axis=0)
         level = np.nan_to_num(level, nan=0.0)
         rate[r0:r1] = level
         model = level * shape
@@ -888,3 +895,228 @@ def _progress(total: int, enabled: bool):
             pass
 
     return _Silent()
+
+
+# --------------------------------------------------------------------------------------------
+# Files: raw .apz or ar3Dcal in, product out
+# --------------------------------------------------------------------------------------------
+#: Default saturation level, DN (apogee_drp's ``satval``), when a file has no SATURATE card.
+DEFAULT_SATURATION_DN = 55000.0
+
+
+def _header_number(path, header, keyword: str, given, option: str) -> float:
+    from .errors import InputError
+
+    if given is not None:
+        return float(given)
+    if keyword in header:
+        return float(header[keyword])
+    raise InputError(path, f"header keyword {keyword}", f"a number (or pass {option})", "nothing")
+
+
+def load_chip(
+    path,
+    *,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    saturation: float | None = None,
+) -> ChipExposure:
+    """Read one chip from a raw ``.apz`` or an ApogeeReduction.jl ``ar3Dcal`` file.
+
+    Raw files: reads as float32 DN; ``gain`` (e-/DN), ``read_noise`` (single-read DN) and
+    ``saturation`` (DN) from the arguments, else from the ``GAIN``, ``RDNOISE`` and ``SATURATE``
+    header cards (written by ``pyapred simulate``); saturation defaults to
+    :data:`DEFAULT_SATURATION_DN`. ar3Dcal files: ApogeeReduction.jl's zero-pointed reads with
+    its ``gainMat`` and ``sqrt(readVarMat)`` maps (no saturation masking unless given).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    gain, read_noise, saturation : float, optional
+
+    Returns
+    -------
+    ChipExposure
+    """
+    from pathlib import Path
+
+    from .io import parse_ar_name, read_apz, read_ar3dcal
+
+    path = Path(path)
+    if path.suffix == ".h5":
+        cal = read_ar3dcal(path)
+        name = parse_ar_name(path)
+        raw = cal.exposure
+        return ChipExposure(
+            name=name.chip,
+            reads=raw.reads,
+            read_noise=np.sqrt(cal.read_var) if read_noise is None else read_noise,
+            gain=cal.gain if gain is None else gain,
+            saturation=saturation,
+            read_times=(raw.read_times - raw.read_times[0]).sec,
+            telescope=name.telescope,
+            mjd=name.mjd,
+            source=str(path),
+        )
+    raw = read_apz(path, dtype=np.float32)
+    header = raw.header
+    return ChipExposure(
+        name=raw.name.chip_color,
+        reads=raw.reads,
+        read_noise=_header_number(path, header, "RDNOISE", read_noise, "--read-noise"),
+        gain=_header_number(path, header, "GAIN", gain, "--gain"),
+        saturation=float(saturation)
+        if saturation is not None
+        else float(header.get("SATURATE", DEFAULT_SATURATION_DN)),
+        read_times=(raw.read_times - raw.read_times[0]).sec,
+        telescope=raw.telescope,
+        mjd=raw.mjd,
+        source=str(path),
+    )
+
+
+def _identify(path) -> tuple[str, str, int, int]:
+    """``(chip, telescope, mjd, exposure)`` from a raw or ar3Dcal file name."""
+    from .errors import InputError
+    from .io import parse_apz_name, parse_ar_name
+
+    ar = parse_ar_name(path)
+    if ar is not None:
+        if ar.stage != "ar3Dcal":
+            raise InputError(path, "file name", "a raw .apz or an ar3Dcal_*.h5 file", ar.stage)
+        return ar.chip, ar.telescope, ar.mjd, ar.exposure
+    name = parse_apz_name(path)
+    return name.chip_color, name.telescope, name.mjd, name.exposure
+
+
+def match_inputs(inputs, trace_paths) -> dict:
+    """Pair input files with trace files by chip, checking that they are one exposure.
+
+    Parameters
+    ----------
+    inputs : sequence of paths
+        Raw ``.apz`` or ``ar3Dcal`` files, one per chip, of one exposure.
+    trace_paths : sequence of paths
+        One trace file per chip, named ``*Trace*_{tele}_{mjd}[_{EXP4}]_{chip}.h5``; a single
+        trace file is accepted for a single input whatever its name.
+
+    Returns
+    -------
+    dict of str to (input path, trace path)
+        By chip name, in R, G, B order.
+
+    Raises
+    ------
+    InputError
+        Exposures of different telescopes, nights or numbers, a chip given twice, or a chip
+        without a trace file.
+    """
+    from .errors import InputError
+    from .traces import parse_trace_file_name
+
+    chips: dict = {}
+    first = None
+    for path in inputs:
+        chip, telescope, mjd, exposure = _identify(path)
+        key = (telescope, mjd, exposure)
+        if first is None:
+            first = (key, path)
+        elif key != first[0]:
+            raise InputError(
+                path,
+                "file name",
+                f"the exposure of {first[1]} (telescope, MJD, number {first[0]}); "
+                "one exposure per call",
+                str(key),
+            )
+        if chip in chips:
+            raise InputError(path, "chip", f"one file per chip; {chip} is also {chips[chip]}")
+        chips[chip] = path
+    traces: dict = {}
+    if len(trace_paths) == 1 and len(chips) == 1:
+        traces[next(iter(chips))] = trace_paths[0]
+    else:
+        for path in trace_paths:
+            parsed = parse_trace_file_name(path)
+            if parsed is None:
+                raise InputError(path, "file name", "traceMain_{tele}_{mjd}_{R|G|B}.h5")
+            traces[parsed[2]] = path
+    out = {}
+    for chip in sorted(chips, key="RGB".index):
+        if chip not in traces:
+            raise InputError(chips[chip], "traces", f"a trace file for chip {chip}", "none given")
+        out[chip] = (chips[chip], traces[chip])
+    return out
+
+
+def fit_files(
+    inputs,
+    trace_paths,
+    options: FitOptions | None = None,
+    *,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    saturation: float | None = None,
+    progress: bool = False,
+) -> ExposureResult:
+    """:func:`fit_exposure` on files: one raw ``.apz`` or ``ar3Dcal`` file and trace file per chip.
+
+    Chips are read one at a time (twice with ``joint_chips``), so at most one cube is in memory.
+    See :func:`match_inputs` and :func:`load_chip` for the arguments.
+    """
+    from .traces import read_trace_file
+
+    pairs = match_inputs(list(inputs), list(trace_paths))
+    traces = {chip: read_trace_file(tr) for chip, (_, tr) in pairs.items()}
+
+    def loader(path):
+        return lambda: load_chip(path, gain=gain, read_noise=read_noise, saturation=saturation)
+
+    chips = {chip: loader(path) for chip, (path, _) in pairs.items()}
+    result = fit_exposure(chips, traces, options, progress=progress)
+    result.meta["inputs"] = [str(path) for path, _ in pairs.values()]
+    result.meta["traces"] = [str(tr) for _, tr in pairs.values()]
+    return result
+
+
+def write_result(result: ExposureResult, path, *, overwrite: bool = False, backend="numpy"):
+    """Write an :class:`ExposureResult` as a pyapred product (:func:`pyapred.io.write_product`).
+
+    Per chip the flux, inverse variance, chi2 and flag images; per fibre group (chip name or
+    ``"joint"``) omega as fitted (``ref_index`` normalisation; ones with zero covariance for fibres
+    not fitted, the bright-fibre mean for borrowed fibres), its covariance, the model and the
+    flags. The decision statistics go to the metadata as ``{group}_delta_chi2``,
+    ``{group}_p_value``, ``{group}_amplitude`` and ``{group}_n_fit_pixels`` arrays.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from .io import ChipImages, FiberResults, write_product
+
+    chips = {name: ChipImages.from_fit(chip) for name, chip in result.chips.items()}
+    fibers, meta = {}, {}
+    for key, fits in result.fibres.items():
+        n, K = fits.omega.shape
+        omega = np.where(np.isfinite(fits.omega_fit), fits.omega_fit, 1.0)
+        cov = np.where(np.isfinite(fits.omega_fit)[:, :, None], fits.omega_cov, 0.0)
+        borrowed = fits.model == MODEL_BORROWED
+        omega[borrowed] = fits.borrowed_omega
+        cov[borrowed] = fits.borrowed_cov
+        fibers[key] = FiberResults(
+            fiber_index=np.arange(n),
+            omega=omega,
+            omega_cov=cov,
+            ref_index=np.full(n, fits.ref_index),
+            model=tuple(MODEL_NAMES[m] for m in fits.model),
+            flags=fits.flags,
+        )
+        for stat in ("delta_chi2", "p_value", "amplitude", "n_fit_pixels"):
+            meta[f"{key}_{stat}"] = np.asarray(getattr(fits, stat))
+    meta["model_option"] = result.options.model
+    meta["joint_chips"] = bool(result.options.joint_chips)
+    meta["flux_normalisation"] = "exposure mean (omega scaled to mean 1 for extraction)"
+    return write_product(
+        path, chips=chips, fibers=fibers, inputs=result.meta.get("inputs", ()),
+        backend=backend, metadata=meta, overwrite=overwrite,
+    )  # fmt: skip

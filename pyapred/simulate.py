@@ -22,6 +22,7 @@ __all__ = [
     "simulate_exposure",
     "simulate_ramps",
     "write_simulated_apz",
+    "write_simulated_exposure",
 ]
 
 
@@ -517,3 +518,83 @@ def write_simulated_apz(
     expnum = (mjd - 55562) * 10000 + exposure
     path = Path(directory) / apz_filename(telescope, chip, expnum)
     return write_apz(path, counts, read_headers, header=exposure_header, overwrite=overwrite)
+
+
+def write_simulated_exposure(
+    sim: SimulatedExposure,
+    directory,
+    *,
+    mjd: int = 60781,
+    exposure: int = 1,
+    overwrite: bool = False,
+) -> dict:
+    """Write a simulated exposure as the instrument and ApogeeReduction.jl would, plus its truth.
+
+    Per chip: the raw ``apR-{a|b|c}-NNNNNNNN.apz`` (exposure header with ``GAIN`` e-/DN,
+    ``RDNOISE`` DN and ``SATURATE`` DN cards that ``pyapred fit`` reads) and a
+    ``traceMain_{tele}_{mjd}_{chip}.h5`` trace file. The truth goes to
+    ``truth_{tele}_{mjd}_{EXP4}.npz``: ``omega`` ``(n_fibres, K)``, ``fibre_type``,
+    ``read_times``, and per chip ``{chip}_flux`` (exposure-averaged e-/read, float32),
+    ``{chip}_fibre_flux`` and ``{chip}_cosmic_rays``. Every file is written atomically.
+
+    Parameters
+    ----------
+    sim : SimulatedExposure
+    directory : str or os.PathLike
+        Created if missing.
+    mjd, exposure : int
+        SDSS MJD and exposure number within the night (they set the file names).
+    overwrite : bool
+
+    Returns
+    -------
+    dict
+        ``{"apz": [paths], "traces": [paths], "truth": path}``, chips in ``sim.chips`` order.
+    """
+    from pathlib import Path
+
+    from .io._atomic import atomic_path
+    from .traces import trace_file_name, write_trace_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    letters = {"R": "a", "G": "b", "B": "c"}
+    apz, traces = [], []
+    truth = {
+        "omega": sim.omega,
+        "fibre_type": sim.fibre_type,
+        "read_times": sim.read_times,
+        "scenario": sim.scenario,
+        "seed": sim.seed,
+    }
+    for name, chip in sim.chips.items():
+        cards = {
+            "GAIN": (chip.gain, "e-/DN (simulated)"),
+            "RDNOISE": (chip.read_noise, "single-read noise, DN (simulated)"),
+            "SATURATE": (chip.saturation, "saturation level, DN (simulated)"),
+            "EXPTYPE": "OBJECT",
+            "IMAGETYP": "Object",
+        }
+        apz.append(
+            write_simulated_apz(
+                directory, chip.reads, telescope=sim.telescope, chip=letters[name], mjd=mjd,
+                exposure=exposure, bias=0.0, header=cards, overwrite=overwrite,
+            )
+        )  # fmt: skip
+        traces.append(
+            write_trace_file(
+                directory / trace_file_name(sim.telescope, mjd, name),
+                chip.traces,
+                height=chip.fibre_flux,
+                overwrite=overwrite,
+            )
+        )
+        truth[f"{name}_flux"] = chip.flux.astype(np.float32)
+        truth[f"{name}_fibre_flux"] = chip.fibre_flux
+        truth[f"{name}_cosmic_rays"] = chip.cosmic_rays
+        truth[f"{name}_gain"] = chip.gain
+    truth_path = directory / f"truth_{sim.telescope}_{mjd}_{exposure:04d}.npz"
+    with atomic_path(truth_path, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **truth)
+    return {"apz": apz, "traces": traces, "truth": truth_path}

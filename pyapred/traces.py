@@ -16,7 +16,10 @@ at the boundary by :meth:`Traces.from_trace_params` and :meth:`Traces.from_centr
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -30,8 +33,12 @@ __all__ = [
     "fibre_index",
     "fpi_fibre_indices",
     "pixel_fibre_map",
+    "parse_trace_file_name",
+    "read_trace_file",
     "select_fit_pixels",
     "trace_brightness",
+    "trace_file_name",
+    "write_trace_file",
 ]
 
 N_FIBRES = 300
@@ -382,3 +389,105 @@ def select_fit_pixels(
     cols_all = np.take_along_axis(cols_all, order, axis=1)
     valid = np.take_along_axis(ok, order, axis=1)
     return FitPixels(rows=rows, cols=cols_all, valid=valid)
+
+
+# --------------------------------------------------------------------------------------------
+# Trace files (ApogeeReduction.jl's traceMain layout)
+# --------------------------------------------------------------------------------------------
+_TRACE_NAME = re.compile(r"^[A-Za-z]*[Tt]race[A-Za-z]*_(apo|lco)_(\d{5})_(?:\d{4}_)?([RGB])\.h5$")
+
+
+def trace_file_name(telescope: str, mjd: int, chip: str) -> str:
+    """ApogeeReduction.jl's nightly trace file name, ``traceMain_{tele}_{mjd}_{chip}.h5``."""
+    return f"traceMain_{telescope}_{mjd}_{chip}.h5"
+
+
+def parse_trace_file_name(path: str | os.PathLike) -> tuple[str, int, str] | None:
+    """``(telescope, mjd, chip)`` from a name like ``traceMain_apo_60781_R.h5``, or None."""
+    match = _TRACE_NAME.match(Path(path).name)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2)), match.group(3)
+
+
+def read_trace_file(
+    path: str | os.PathLike, *, telescope: str | None = None, dataset: str = "trace_params"
+) -> Traces:
+    """Read Gaussian traces from a ``traceMain``-layout HDF5 file.
+
+    The dataset is Julia ``(n_columns, n_fibres, 3)`` = ``[x, fiberIndx, p]`` with p = height,
+    1-based y-centre, sigma, which h5py shows as ``(3, n_fibres, n_columns)``; ApogeeReduction.jl
+    writes ``(2048, 300, 3)``. Smaller geometries (simulated test chips) are accepted.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    telescope : {"apo", "lco"}, optional
+        Whose FPI fibres to exclude; default from the file name (``traceMain_{tele}_...``).
+    dataset : str, optional
+        ``"trace_params"`` or ``"regularized_trace_params"``.
+
+    Raises
+    ------
+    InputError
+        Missing dataset, wrong shape, or non-finite or non-positive widths.
+    """
+    from .errors import InputError
+    from .io._hdf5 import open_h5, read_dataset
+
+    with open_h5(path) as handle:
+        params = read_dataset(
+            path, handle, dataset, shape=(3, None, None), kinds="f",
+            expected="(Julia (n_columns, n_fibres, 3) seen reversed)",
+        )  # fmt: skip
+    params = params.astype(np.float64)
+    if not (np.all(np.isfinite(params[1:])) and np.all(params[2] > 0)):
+        raise InputError(path, dataset, "finite y-centres and widths > 0", "other values")
+    if telescope is None:
+        parsed = parse_trace_file_name(path)
+        telescope = parsed[0] if parsed else None
+    return Traces._build(params[1], params[2], telescope, one_based=True)
+
+
+def write_trace_file(
+    path: str | os.PathLike,
+    traces: Traces,
+    *,
+    height=None,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write traces in ApogeeReduction.jl's ``traceMain`` layout (atomically).
+
+    Writes ``trace_params`` and ``regularized_trace_params`` (h5py ``(3, n_fibres, n_columns)``,
+    1-based y-centres) and a ``metadata`` group (``trace_type`` and the caller's keys).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    traces : Traces
+    height : array_like, optional
+        ``(n_fibres, n_columns)`` profile heights; default 1.
+    metadata : dict, optional
+    overwrite : bool, optional
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    import h5py
+
+    from .io._atomic import atomic_path
+    from .io._hdf5 import write_value
+
+    shape = traces.y_centre.shape
+    height = np.ones(shape) if height is None else np.broadcast_to(height, shape)
+    params = np.stack([height, traces.y_centre + 1.0, traces.sigma]).astype(np.float64)
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
+        handle["trace_params"] = params
+        handle["regularized_trace_params"] = params
+        group = handle.create_group("metadata")
+        for key, value in {"trace_type": "simulated", **(metadata or {})}.items():
+            write_value(group, key, value)
+    return path
