@@ -52,6 +52,7 @@ __all__ = [
     "load_chip",
     "match_inputs",
     "prepare_chip",
+    "truth_metrics",
     "write_result",
 ]
 
@@ -1120,3 +1121,80 @@ def write_result(result: ExposureResult, path, *, overwrite: bool = False, backe
         path, chips=chips, fibers=fibers, inputs=result.meta.get("inputs", ()),
         backend=backend, metadata=meta, overwrite=overwrite,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison with a simulation's truth
+# --------------------------------------------------------------------------------------------
+def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray], *, min_flux=None):
+    """How well a fit recovered a simulation: omega z-scores and flux biases in sigma.
+
+    Parameters
+    ----------
+    result : ExposureResult
+    omega : ndarray, ``(n_fibres, K)``
+        True omega (any normalisation per fibre).
+    flux : mapping of str to ndarray ``(ny, nx)``
+        True exposure-averaged flux per chip, in the units of the fit (DN per read).
+    min_flux : float or mapping of str to float, optional
+        Pixels at least this bright (units of ``flux``; per chip if a mapping) are "bright";
+        default the 90th percentile of the traced pixels.
+
+    Returns
+    -------
+    dict
+        ``omega[group]``: ``z_std``, ``z_median``, ``n_fibres`` over bright fibres' free elements;
+        ``borrowed[group]``: the same for the borrowed omega against borrowed fibres' truth;
+        ``flux[chip]``: ``variable_bias`` and ``constant_bias`` (median z of bright pixels),
+        ``variable_z_std``, ``n_pixels``, and ``borrowed_bias`` over borrowed fibres' pixels.
+    """
+    omega = np.asarray(omega, dtype=np.float64)
+    out: dict = {"omega": {}, "borrowed": {}, "flux": {}}
+    for key, fits in result.fibres.items():
+        if fits.fit is None:
+            continue
+        ref = fits.ref_index
+        truth = omega / omega[:, ref : ref + 1]
+        error = fits.omega_error()
+        free = np.arange(truth.shape[1]) != ref
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = ((fits.omega_fit - truth) / error)[fits.bright][:, free]
+        z = z[np.isfinite(z)]
+        out["omega"][key] = {
+            "z_std": float(np.std(z)) if z.size else None,
+            "z_median": float(np.median(z)) if z.size else None,
+            "n_fibres": int(fits.bright.sum()),
+        }
+        borrowed = fits.model == MODEL_BORROWED
+        if borrowed.any():
+            b_err = np.sqrt(np.maximum(np.diag(fits.borrowed_cov), 0.0))[free]
+            bz = (fits.borrowed_omega[free] - truth[borrowed][:, free]) / b_err
+            out["borrowed"][key] = {
+                "z_std": float(np.std(bz)),
+                "z_median": float(np.median(bz)),
+                "n_fibres": int(borrowed.sum()),
+            }
+    bad = int(Flag.SATURATED | Flag.COSMIC_RAY | Flag.TOO_FEW_DIFFS | Flag.NONFINITE_READ)
+    for name, chip in result.chips.items():
+        if name not in flux:
+            continue
+        true = np.asarray(flux[name], dtype=np.float64)
+        traced = (chip.fibre >= 0) & ((chip.flags & bad) == 0)
+        threshold = min_flux.get(name) if isinstance(min_flux, Mapping) else min_flux
+        if threshold is None:
+            threshold = np.percentile(true[traced], 90)
+        bright = traced & (true >= threshold)
+        fibre_model = np.where(chip.fibre >= 0, chip.fibres.model[np.maximum(chip.fibre, 0)], -1)
+        entry = {"n_pixels": int(bright.sum()), "min_flux": float(threshold)}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (chip.flux - true) / np.sqrt(chip.flux_var)
+            entry["variable_bias"] = float(np.median(z[bright]))
+            entry["variable_z_std"] = float(np.std(z[bright]))
+            on_borrowed = traced & (fibre_model == MODEL_BORROWED) & (true > 0)
+            if on_borrowed.any():
+                entry["borrowed_bias"] = float(np.median(z[on_borrowed]))
+            if chip.constant is not None:
+                zc = (chip.constant.flux - true) / np.sqrt(chip.constant.flux_var)
+                entry["constant_bias"] = float(np.median(zc[bright]))
+        out["flux"][name] = entry
+    return out
