@@ -998,8 +998,8 @@ def match_inputs(inputs, trace_paths) -> dict:
     inputs : sequence of paths
         Raw ``.apz`` or ``ar3Dcal`` files, one per chip, of one exposure.
     trace_paths : sequence of paths
-        One trace file per chip, named ``*Trace*_{tele}_{mjd}[_{EXP4}]_{chip}.h5``; a single
-        trace file is accepted for a single input whatever its name.
+        One trace file per chip, named ``*Trace*_{tele}_{mjd}[_{EXP4}]_{chip}.h5``; with a
+        single input, a single trace file whose name does not give a chip is accepted too.
 
     Returns
     -------
@@ -1034,14 +1034,14 @@ def match_inputs(inputs, trace_paths) -> dict:
             raise InputError(path, "chip", f"one file per chip; {chip} is also {chips[chip]}")
         chips[chip] = path
     traces: dict = {}
-    if len(trace_paths) == 1 and len(chips) == 1:
-        traces[next(iter(chips))] = trace_paths[0]
-    else:
-        for path in trace_paths:
-            parsed = parse_trace_file_name(path)
-            if parsed is None:
-                raise InputError(path, "file name", "traceMain_{tele}_{mjd}_{R|G|B}.h5")
+    for path in trace_paths:
+        parsed = parse_trace_file_name(path)
+        if parsed is not None:
             traces[parsed[2]] = path
+        elif len(trace_paths) == 1 and len(chips) == 1:
+            traces[next(iter(chips))] = path  # one of each: the name need not say the chip
+        else:
+            raise InputError(path, "file name", "traceMain_{tele}_{mjd}_{R|G|B}.h5")
     out = {}
     for chip in sorted(chips, key="RGB".index):
         if chip not in traces:
