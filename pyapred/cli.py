@@ -26,6 +26,22 @@ def _lazy(name: str) -> Callable:
     return call
 
 
+# --------------------------------------------------------------------------------------------
+# pyapred inspect
+# --------------------------------------------------------------------------------------------
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", help="raw .apz exposures or HDF5 files")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Print what each file holds; a bad file stops with exit code 2 (see main)."""
+    from .io.summary import describe
+
+    for name in args.files:
+        print(describe(name))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": (
         "simulate a cloudy exposure, fit it, plot, and compare with the truth",
@@ -42,6 +58,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _lazy("fit_arguments"),
         _lazy("fit_run"),
     ),
+    "inspect": ("describe raw .apz exposures and HDF5 products", _inspect_arguments, _inspect),
 }
 
 

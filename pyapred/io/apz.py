@@ -46,6 +46,7 @@ __all__ = [
     "write_apz",
 ]
 
+FITS_BLOCK = 2880
 #: Columns 0..SCIENCE_COLUMNS-1 are the H2RG array; the rest is the reference output.
 SCIENCE_COLUMNS = 2048
 #: Day zero of APOGEE exposure numbers (SJD).
@@ -315,13 +316,19 @@ class _open_fits:
         self.path = path
 
     def __enter__(self) -> fits.HDUList:
+        size = self.path.stat().st_size
+        if size % FITS_BLOCK:
+            raise InputError(
+                self.path,
+                "file size",
+                f"whole {FITS_BLOCK}-byte FITS blocks",
+                found=f"{size} bytes: a truncated file",
+            )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 self.hdul = fits.open(self.path, memmap=False)
-                len(self.hdul)  # reads every header, which is where truncation shows
-            except FileNotFoundError:
-                raise
+                len(self.hdul)  # reads every header, which is where damage shows
             except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ...
                 raise InputError(
                     self.path,
@@ -330,10 +337,14 @@ class _open_fits:
                     found=f"{type(exc).__name__}: {exc}",
                 ) from None
         for warning in caught:
-            if "truncated" in str(warning.message):
+            message = str(warning.message)
+            if "truncated" in message or "Error validating header" in message:
                 self.hdul.close()
                 raise InputError(
-                    self.path, "file size", "a complete FITS file", found="a truncated file"
+                    self.path,
+                    "FITS structure",
+                    "complete, valid HDUs",
+                    found=message.splitlines()[0],
                 )
         return self.hdul
 
@@ -437,7 +448,7 @@ def _rebuild(
                 )
             current += residual
             current += avg
-        if k in slot:
+        if k in slot and current.size:
             low, high = current.min(), current.max()
             if low < lo or high > hi:
                 raise InputError(
@@ -459,11 +470,18 @@ def _time_scale(path: Path, header: fits.Header, read_header: fits.Header) -> st
     return scale
 
 
-def _parse_time(path: Path, field: str, value, scale: str) -> Time:
+def _parse_times(path: Path, fields: Sequence[str], values: Sequence, scale: str) -> Time:
+    """Parse ISO dates in one call; on failure, name the first field that does not parse."""
     try:
-        return Time(str(value).strip(), scale=scale, precision=6)
+        return Time([str(v).strip() for v in values], scale=scale)
     except ValueError:
-        raise InputError(path, field, "an ISO 8601 date and time", found=repr(value)) from None
+        for field, value in zip(fields, values, strict=True):
+            try:
+                Time(str(value).strip(), scale=scale)
+            except ValueError:
+                expected = "an ISO 8601 date and time"
+                raise InputError(path, field, expected, found=repr(value)) from None
+        raise
 
 
 def _number(path: Path, header: fits.Header, keyword: str, unit: str) -> float:
@@ -480,18 +498,14 @@ def _read_times(
     scale = _time_scale(path, header, read_headers[0])
     per_read = [h.get("DATE-OBS") for h in read_headers]
     if all(value is not None for value in per_read) and len(set(per_read)) == len(per_read):
-        times = Time(
-            [
-                _parse_time(path, f"HDU {k + 2} DATE-OBS", value, scale)
-                for k, value in zip(indices, per_read, strict=True)
-            ]
-        )
+        fields = [f"HDU {k + 2} DATE-OBS" for k in indices]
+        times = _parse_times(path, fields, per_read, scale)
         if np.all(np.diff(times.mjd) > 0):
             return times
         raise InputError(path, "DATE-OBS of the reads", "times increasing from read to read")
     if "DATE-OBS" not in header:
         raise InputError(path, "HDU 1 DATE-OBS", "the start of the integration", found="nothing")
-    start = _parse_time(path, "HDU 1 DATE-OBS", header["DATE-OBS"], scale)
+    start = _parse_times(path, ["HDU 1 DATE-OBS"], [header["DATE-OBS"]], scale)[0]
     delay = _number(path, header, "INTDELAY", "s")
     period = _number(path, header, "INTOFF", "ms") / 1000.0
     return start + TimeDelta(delay + indices * period, format="sec")

@@ -2,7 +2,7 @@
 
 JLD2 writes a Julia array's column-major memory with the dimensions listed in Julia's order;
 h5py lists them in reverse. A Julia array ``A`` of size ``(2560, 2048)`` (x, y) therefore
-appears to h5py as the C-ordered ``A.T``: the helper :func:`julia_layout` does exactly that.
+appears to h5py as the C-ordered ``A.T``: the ``julia`` fixture (conftest) does exactly that.
 """
 
 from __future__ import annotations
@@ -15,11 +15,6 @@ from astropy.time import Time
 from pyapred.io import read_ar1d, read_ar2d, read_ar3dcal, read_metadata, read_traces
 
 NX, NY, N_FIBERS = 2560, 2048, 300
-
-
-def julia_layout(julia_array: np.ndarray) -> np.ndarray:
-    """What h5py sees for a Julia array indexed ``julia_array[i, j, ...]`` (0-based here)."""
-    return np.ascontiguousarray(julia_array.transpose())
 
 
 def write_metadata(handle: h5py.File, **values) -> None:
@@ -36,13 +31,13 @@ def julia_image(seed: int) -> np.ndarray:
     return seed + x * 1e-4 + y * 10.0
 
 
-def test_ar2d_images_come_back_as_ny_nx(tmp_path):
+def test_ar2d_images_come_back_as_ny_nx(tmp_path, julia):
     path = tmp_path / "ar2D_apo_60781_0065_R_object.h5"
     images = {key: julia_image(i) for i, key in enumerate(["dimage", "ivarimage", "chisqimage"])}
     with h5py.File(path, "w") as handle:
         for key, image in images.items():
-            handle[key] = julia_layout(image)
-        handle["CRimage"] = julia_layout(np.zeros((NX, NY), np.int64))
+            handle[key] = julia(image)
+        handle["CRimage"] = julia(np.zeros((NX, NY), np.int64))
         write_metadata(handle, ndiff_used=44, extraction_method="sutr_wood")
     ar2d = read_ar2d(path)
     assert ar2d.dimage.shape == (NY, NX)
@@ -56,14 +51,14 @@ def test_ar2d_images_come_back_as_ny_nx(tmp_path):
     assert (ar2d.name.stage, ar2d.name.chip, ar2d.name.exposure) == ("ar2D", "R", 65)
 
 
-def test_ar2dcal_bitmask_and_big_endian_data(tmp_path):
+def test_ar2dcal_bitmask_and_big_endian_data(tmp_path, julia):
     path = tmp_path / "ar2Dcal_lco_60786_0041_B_quartzflat.h5"
     bitmask = np.zeros((NX, NY), np.int64)
     bitmask[2048:, :] = 1  # reference array pixels, bit 0
     with h5py.File(path, "w") as handle:
-        handle.create_dataset("dimage", data=julia_layout(julia_image(0)).astype(">f8"))
-        handle["ivarimage"] = julia_layout(julia_image(1))
-        handle["pix_bitmask"] = julia_layout(bitmask)
+        handle.create_dataset("dimage", data=julia(julia_image(0)).astype(">f8"))
+        handle["ivarimage"] = julia(julia_image(1))
+        handle["pix_bitmask"] = julia(bitmask)
         write_metadata(handle)
     ar2d = read_ar2d(path)
     assert ar2d.dimage.dtype.isnative and ar2d.dimage[3, 5] == julia_image(0)[5, 3]
@@ -71,7 +66,7 @@ def test_ar2dcal_bitmask_and_big_endian_data(tmp_path):
     assert ar2d.chisqimage is None
 
 
-def test_ar3dcal_reads_gain_read_variance_and_times(tmp_path):
+def test_ar3dcal_reads_gain_read_variance_and_times(tmp_path, julia):
     path = tmp_path / "ar3Dcal_apo_60781_0065_G_object.h5"
     n_used, n_total = 3, 5
     x = np.arange(NX)[:, None, None]
@@ -80,10 +75,10 @@ def test_ar3dcal_reads_gain_read_variance_and_times(tmp_path):
     outdat = 100.0 * k + y + x * 1e-4  # Julia (2560, 2048, n_used), [x, y, read]
     mid = 60781.25
     with h5py.File(path, "w") as handle:
-        handle["outdat"] = julia_layout(outdat)
-        handle["gainMat"] = julia_layout(np.full((NX, NY), 1.9))
-        handle["readVarMat"] = julia_layout(julia_image(25))
-        handle["dimage"] = julia_layout(julia_image(0))
+        handle["outdat"] = julia(outdat)
+        handle["gainMat"] = julia(np.full((NX, NY), 1.9))
+        handle["readVarMat"] = julia(julia_image(25))
+        handle["dimage"] = julia(julia_image(0))
         write_metadata(handle, nread_total=n_total, mjd_mid_exposure=mid)
     cal = read_ar3dcal(path)
     exposure = cal.exposure
@@ -103,18 +98,18 @@ def test_ar3dcal_reads_gain_read_variance_and_times(tmp_path):
     assert part.gain.shape == (4, NX) and part.exposure.read_indices.tolist() == [3, 4]
 
 
-def test_trace_params_are_0_based_fibre_by_x(tmp_path):
+def test_trace_params_are_0_based_fibre_by_x(tmp_path, julia):
     path = tmp_path / "traceMain_apo_60781_R.h5"
     x = np.arange(2048)
     fiber = np.arange(N_FIBERS)
     # Physical truth in 0-based pixel rows: fibre index f sits at 20 + 6.7 f, tilting with x.
     y0 = 20.0 + 6.7 * fiber[None, :] + 1e-3 * x[:, None]  # (x, fiber)
-    julia = np.empty((2048, N_FIBERS, 3))  # Julia [x, fiberIndx, p]
-    julia[:, :, 0] = 500.0 + fiber[None, :]
-    julia[:, :, 1] = y0 + 1.0  # ApogeeReduction.jl stores 1-based centres
-    julia[:, :, 2] = 1.1
+    params = np.empty((2048, N_FIBERS, 3))  # Julia [x, fiberIndx, p]
+    params[:, :, 0] = 500.0 + fiber[None, :]
+    params[:, :, 1] = y0 + 1.0  # ApogeeReduction.jl stores 1-based centres
+    params[:, :, 2] = 1.1
     with h5py.File(path, "w") as handle:
-        handle["trace_params"] = julia_layout(julia)
+        handle["trace_params"] = julia(params)
         assert handle["trace_params"].shape == (3, N_FIBERS, 2048)
         write_metadata(handle, trace_type="quartz", trace_found_match=True)
     traces = read_traces(path)
@@ -126,12 +121,12 @@ def test_trace_params_are_0_based_fibre_by_x(tmp_path):
     assert traces.metadata["trace_type"] == "quartz"
 
 
-def test_ar1dcal_trace_centres_and_fibre_types(tmp_path):
+def test_ar1dcal_trace_centres_and_fibre_types(tmp_path, julia):
     path = tmp_path / "ar1Dcal_apo_60781_0065_R_object.h5"
     centers_0based = 20.0 + 6.7 * np.arange(N_FIBERS)[None, :] + np.zeros((2048, 1))
     types = ["sci"] * 298 + ["fpiguide", "sky"]
     with h5py.File(path, "w") as handle:
-        handle["extract_trace_centers"] = julia_layout(centers_0based + 1.0)
+        handle["extract_trace_centers"] = julia(centers_0based + 1.0)
         handle["fiberTypeList"] = np.array(types, dtype=h5py.string_dtype())
         write_metadata(handle)
     ar1d = read_ar1d(path)

@@ -91,36 +91,11 @@ def test_files_are_rice_compressed_one_tile_per_row(tmp_path):
         assert hdul[2].header["BZERO"] == 32768
 
 
-def build_raw_layout(path, reads, *, compressed=True, exposure_cards=(), read_cards=None):
-    """An .apz made directly from apzip's recipe, without write_apz."""
-    reads = np.asarray(reads, dtype=np.int64)
-    n_reads = reads.shape[0]
-    diffs = np.diff(reads, axis=0)
-    avg = np.floor(diffs.mean(axis=0) + 0.5).astype(np.int32)
-    if compressed:
-        kind = {"compression_type": "RICE_1", "tile_shape": (1, reads.shape[2])}
-
-        def make(data, header):
-            return fits.CompImageHDU(data, header, **kind)
-    else:
-
-        def make(data, header):
-            return fits.ImageHDU(data, header)
-
-    cards = read_cards or [[("DATE-OBS", f"2025-04-20T04:00:{k:02d}.000")] for k in range(n_reads)]
-    hdus = [fits.PrimaryHDU(), make(avg, fits.Header([("NREAD", n_reads), *exposure_cards]))]
-    hdus.append(make(reads[0].astype(np.uint16), fits.Header(cards[0])))
-    for k in range(1, n_reads):
-        hdus.append(make((diffs[k - 1] - avg).astype(np.int32), fits.Header(cards[k])))
-    fits.HDUList(hdus).writeto(path)
-    return path
-
-
 @pytest.mark.parametrize("compressed", [True, False])
-def test_hand_built_raw_layout_reads_back_exactly(tmp_path, compressed):
+def test_hand_built_raw_layout_reads_back_exactly(tmp_path, raw_apz, compressed):
     rng = np.random.default_rng(11)
     reads = 9000 + np.cumsum(rng.integers(0, 3000, size=(6, 9, 13)), axis=0)
-    path = build_raw_layout(tmp_path / "asR-c-52240041.apz", reads, compressed=compressed)
+    path = raw_apz(tmp_path / "asR-c-52240041.apz", reads, compressed=compressed)
     with fits.open(path, disable_image_compression=True) as hdul:
         # The raw layout really stores read 1 as int16 with BZERO 32768.
         header = hdul[2].header
@@ -145,9 +120,9 @@ def test_partial_reads_and_rows(tmp_path):
     assert np.array_equal(picked.reads, expected[[0, 7]])
 
 
-def test_partial_read_does_not_touch_later_hdus(tmp_path):
+def test_partial_read_does_not_touch_later_hdus(tmp_path, raw_apz):
     reads = 100 + np.cumsum(np.ones((4, 3, 5), dtype=np.int64), axis=0)
-    path = build_raw_layout(tmp_path / "apR-a-52190001.apz", reads)
+    path = raw_apz(tmp_path / "apR-a-52190001.apz", reads)
     with fits.open(path) as hdul:  # damage the last residual: a wrong shape
         hdul[5] = fits.CompImageHDU(np.zeros((2, 5), np.int32), hdul[5].header)
         hdul.writeto(tmp_path / "apR-a-52190002.apz")
@@ -157,9 +132,9 @@ def test_partial_read_does_not_touch_later_hdus(tmp_path):
         read_apz(damaged)
 
 
-def test_hdu_count_wins_over_nread_with_one_warning(tmp_path):
+def test_hdu_count_wins_over_nread_with_one_warning(tmp_path, raw_apz):
     reads = 100 + np.cumsum(np.ones((3, 2, 4), dtype=np.int64), axis=0)
-    path = build_raw_layout(tmp_path / "apR-a-52190001.apz", reads, exposure_cards=[])
+    path = raw_apz(tmp_path / "apR-a-52190001.apz", reads, exposure_cards=[])
     with fits.open(path) as hdul:
         hdul[1].header["NREAD"] = 47
         hdul.writeto(tmp_path / "apR-a-52190003.apz")
@@ -172,12 +147,12 @@ def test_hdu_count_wins_over_nread_with_one_warning(tmp_path):
 
 
 @pytest.mark.parametrize("timesys, scale", [("TAI", "tai"), ("UTC", "utc"), (None, "utc")])
-def test_read_times_from_exposure_header_honour_timesys(tmp_path, timesys, scale):
+def test_read_times_from_exposure_header_honour_timesys(tmp_path, raw_apz, timesys, scale):
     reads = 100 + np.cumsum(np.ones((4, 2, 4), dtype=np.int64), axis=0)
     cards = [("DATE-OBS", "2025-04-20T04:00:00.000"), ("INTOFF", 10647), ("INTDELAY", 0.1)]
     if timesys is not None:
         cards.append(("TIMESYS", timesys))
-    path = build_raw_layout(
+    path = raw_apz(
         tmp_path / "apR-a-52190001.apz",
         reads,
         exposure_cards=cards,

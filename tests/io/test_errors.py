@@ -1,0 +1,270 @@
+"""Malformed input: every case raises InputError naming the file and the field at fault."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from pyapred.errors import InputError
+from pyapred.io import (
+    make_headers,
+    read_apz,
+    read_ar1d,
+    read_ar2d,
+    read_ar3dcal,
+    read_product,
+    read_traces,
+    write_apz,
+    write_product,
+)
+from pyapred.io.product import ChipImages
+
+RAMP = 1000 + np.cumsum(np.full((3, 4, 6), 7, dtype=np.int64), axis=0)
+
+
+def assert_input_error(call, path, field):
+    with pytest.raises(InputError) as caught:
+        call()
+    message = str(caught.value)
+    assert str(path) in message, message
+    assert field in message, message
+    assert caught.value.field.startswith(field) or field in caught.value.field
+    return caught.value
+
+
+@pytest.fixture
+def good_apz(tmp_path, raw_apz):
+    """Make a valid small .apz in ``tmp_path``; keywords go to the conftest builder."""
+
+    def build(name="apR-a-52190001.apz", **kwargs):
+        return raw_apz(tmp_path / name, RAMP, **kwargs)
+
+    return build
+
+
+def rewrite(path, new_name, edit):
+    """Copy an .apz with ``edit(hdul)`` applied."""
+    target = path.with_name(new_name)
+    with fits.open(path) as hdul:
+        edit(hdul)
+        hdul.writeto(target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# .apz
+# --------------------------------------------------------------------------------------------
+def test_apz_bad_file_name(tmp_path, good_apz):
+    path = good_apz(name="exposure.apz")
+    assert_input_error(lambda: read_apz(path), path, "file name")
+
+
+@pytest.mark.parametrize("cut, field", [(3000, "file size"), (2880, "FITS structure")])
+def test_apz_truncated_file(tmp_path, good_apz, cut, field):
+    data = good_apz().read_bytes()
+    truncated = tmp_path / "apR-a-52190002.apz"
+    truncated.write_bytes(data[: len(data) - cut])  # 2880: whole blocks, the last HDU cut short
+    assert_input_error(lambda: read_apz(truncated), truncated, field)
+
+
+def test_apz_not_fits(tmp_path):
+    path = tmp_path / "apR-a-52190001.apz"
+    path.write_bytes(b"this is not a FITS file!" * 240)  # two 2880-byte blocks
+    assert_input_error(lambda: read_apz(path), path, "FITS structure")
+
+
+def test_apz_missing_read_hdu(tmp_path, good_apz):
+    path = rewrite(good_apz(), "apR-a-52190002.apz", lambda h: h.__delitem__(slice(2, None)))
+    assert_input_error(lambda: read_apz(path), path, "HDU count")
+
+
+def test_apz_residual_of_wrong_shape(tmp_path, good_apz):
+    def edit(hdul):
+        hdul[3] = fits.CompImageHDU(np.zeros((4, 5), np.int32), hdul[3].header)
+
+    path = rewrite(good_apz(), "apR-a-52190002.apz", edit)
+    error = assert_input_error(lambda: read_apz(path), path, "HDU 3")
+    assert "(4, 6)" in str(error)
+
+
+def test_apz_read1_of_wrong_dtype(tmp_path, good_apz):
+    def edit(hdul):
+        hdul[2] = fits.CompImageHDU(hdul[2].data.astype(np.int32), hdul[2].header)
+
+    path = rewrite(good_apz(), "apR-a-52190002.apz", edit)
+    error = assert_input_error(lambda: read_apz(path), path, "HDU 2")
+    assert "uint16" in str(error)
+
+
+def test_apz_float_data(tmp_path, good_apz):
+    def edit(hdul):
+        hdul[4] = fits.ImageHDU(hdul[4].data.astype(np.float32), hdul[4].header)
+
+    path = rewrite(good_apz(), "apR-a-52190002.apz", edit)
+    error = assert_input_error(lambda: read_apz(path), path, "HDU 4")
+    assert "integer" in str(error)
+
+
+def test_apz_table_instead_of_image(tmp_path, good_apz):
+    def edit(hdul):
+        hdul[1] = fits.BinTableHDU.from_columns([fits.Column("a", "J", array=[1, 2])])
+
+    path = rewrite(good_apz(), "apR-a-52190002.apz", edit)
+    assert_input_error(lambda: read_apz(path), path, "HDU 1")
+
+
+def test_apz_counts_out_of_uint16_range(tmp_path, good_apz):
+    def edit(hdul):
+        hdul[4] = fits.CompImageHDU(hdul[4].data + 70000, hdul[4].header)
+
+    path = rewrite(good_apz(), "apR-a-52190002.apz", edit)
+    error = assert_input_error(lambda: read_apz(path), path, "HDU 4")
+    assert "read 3 in [0, 65535]" in str(error)
+
+
+def test_apz_chip_disagrees_with_file_name(tmp_path, good_apz):
+    path = good_apz(exposure_cards=[("CHIP", "c")])
+    assert_input_error(lambda: read_apz(path), path, "HDU 1 CHIP")
+
+
+def test_apz_unknown_timesys(tmp_path, good_apz):
+    path = good_apz(exposure_cards=[("TIMESYS", "LOCAL")])
+    assert_input_error(lambda: read_apz(path), path, "HDU 1 TIMESYS")
+
+
+def test_apz_unparsable_date(tmp_path, good_apz):
+    cards = [[("DATE-OBS", "2025-04-20T04:00:00")], [("DATE-OBS", "yesterday")], []]
+    path = good_apz(read_cards=cards + [[]])
+    assert_input_error(lambda: read_apz(path), path, "HDU 1 DATE-OBS")
+    cards = [[("DATE-OBS", f"2025-04-20T04:00:0{k}")] for k in range(2)] + [[("DATE-OBS", "x")]]
+    path = good_apz(name="apR-a-52190003.apz", read_cards=cards)
+    assert_input_error(lambda: read_apz(path), path, "HDU 4 DATE-OBS")
+
+
+def test_apz_missing_read_period(tmp_path, good_apz):
+    cards = [("DATE-OBS", "2025-04-20T04:00:00"), ("INTDELAY", 0.1)]
+    path = good_apz(exposure_cards=cards, read_cards=[[], [], []])
+    assert_input_error(lambda: read_apz(path), path, "HDU 1 INTOFF")
+
+
+def test_apz_dates_going_backwards(tmp_path, good_apz):
+    cards = [[("DATE-OBS", f"2025-04-20T04:00:0{k}")] for k in (0, 2, 1)]
+    path = good_apz(read_cards=cards)
+    assert_input_error(lambda: read_apz(path), path, "DATE-OBS of the reads")
+
+
+# --------------------------------------------------------------------------------------------
+# ApogeeReduction.jl HDF5
+# --------------------------------------------------------------------------------------------
+def h5(path, **datasets):
+    with h5py.File(path, "w") as handle:
+        for key, value in datasets.items():
+            handle[key] = value
+    return path
+
+
+def test_hdf5_not_hdf5(tmp_path):
+    path = tmp_path / "ar2D_apo_60781_0065_R_object.h5"
+    path.write_bytes(b"\x89HDF not really" * 100)
+    assert_input_error(lambda: read_ar2d(path), path, "HDF5 structure")
+
+
+def test_hdf5_truncated(tmp_path):
+    path = h5(tmp_path / "full.h5", dimage=np.ones((2048, 2560)), ivarimage=np.ones((2048, 2560)))
+    truncated = tmp_path / "ar2D_apo_60781_0065_R_object.h5"
+    truncated.write_bytes(path.read_bytes()[:1_000_000])
+    with pytest.raises(InputError) as caught:
+        read_ar2d(truncated)
+    assert str(truncated) in str(caught.value)
+    assert caught.value.field in ("HDF5 structure", "dimage", "ivarimage")
+
+
+def test_ar2d_missing_dataset(tmp_path):
+    path = h5(tmp_path / "ar2D_apo_60781_0065_R_object.h5", dimage=np.ones((2048, 2560)))
+    assert_input_error(lambda: read_ar2d(path), path, "ivarimage")
+
+
+def test_ar2d_image_in_the_wrong_axis_order(tmp_path):
+    # Written from NumPy as (x, y) instead of Julia's layout: h5py shows (2560, 2048).
+    path = h5(tmp_path / "ar2D.h5", dimage=np.ones((2560, 2048)), ivarimage=np.ones((2560, 2048)))
+    error = assert_input_error(lambda: read_ar2d(path), path, "dimage")
+    assert "(2048, 2560)" in str(error) and "(2560, 2048)" in str(error)
+
+
+def test_ar2d_bitmask_of_wrong_dtype(tmp_path):
+    image = np.ones((2048, 2560))
+    path = h5(tmp_path / "ar2Dcal.h5", dimage=image, ivarimage=image, pix_bitmask=image)
+    assert_input_error(lambda: read_ar2d(path), path, "pix_bitmask")
+
+
+def test_trace_params_of_wrong_shape(tmp_path):
+    # A NumPy (2048, 300, 3) array written directly, not in Julia's layout.
+    path = h5(tmp_path / "traceMain_apo_60781_R.h5", trace_params=np.ones((2048, 300, 3)))
+    error = assert_input_error(lambda: read_traces(path), path, "trace_params")
+    assert "(3, 300, 2048)" in str(error)
+
+
+def test_trace_params_missing(tmp_path):
+    path = h5(tmp_path / "traceMain_apo_60781_R.h5", trace_param_covs=np.ones(3))
+    assert_input_error(lambda: read_traces(path), path, "trace_params")
+
+
+def test_trace_centres_of_wrong_shape(tmp_path, julia):
+    centres = julia(np.ones((2048, 299)))  # one fibre short
+    path = h5(tmp_path / "ar1Dcal_apo_60781_0065_R_object.h5", extract_trace_centers=centres)
+    assert_input_error(lambda: read_ar1d(path), path, "extract_trace_centers")
+
+
+def test_ar3dcal_without_mid_exposure_time(tmp_path):
+    path = h5(
+        tmp_path / "ar3Dcal_apo_60781_0065_R_object.h5",
+        outdat=np.ones((2, 2048, 2560), np.float32),
+        gainMat=np.ones((2048, 2560)),
+        readVarMat=np.ones((2048, 2560)),
+    )
+    assert_input_error(lambda: read_ar3dcal(path), path, "metadata/mjd_mid_exposure")
+
+
+def test_ar3dcal_cube_of_wrong_shape(tmp_path):
+    path = h5(tmp_path / "ar3Dcal_apo_60781_0065_R_object.h5", outdat=np.ones((2048, 2560)))
+    assert_input_error(lambda: read_ar3dcal(path), path, "outdat")
+
+
+# --------------------------------------------------------------------------------------------
+# Products
+# --------------------------------------------------------------------------------------------
+def small_product(path):
+    ones = np.ones((3, 4))
+    return write_product(path, chips={"R": ChipImages(ones, ones, ones, ones.astype(int))})
+
+
+def test_product_from_an_incompatible_version(tmp_path):
+    path = small_product(tmp_path / "p.h5")
+    with h5py.File(path, "a") as handle:
+        handle.attrs["pyapred_product_format"] = 2
+    error = assert_input_error(lambda: read_product(path), path, "pyapred_product_format")
+    assert "incompatible version" in str(error)
+
+
+def test_product_not_a_pyapred_file(tmp_path):
+    path = h5(tmp_path / "p.h5", dimage=np.ones((3, 4)))
+    assert_input_error(lambda: read_product(path), path, "pyapred_product_format")
+
+
+def test_product_image_of_wrong_shape(tmp_path):
+    path = small_product(tmp_path / "p.h5")
+    with h5py.File(path, "a") as handle:
+        del handle["R/chisqimage"]
+        handle["R/chisqimage"] = np.ones((4, 3))
+    assert_input_error(lambda: read_product(path), path, "R/chisqimage")
+
+
+def test_write_errors_are_not_input_errors(tmp_path):
+    # Bad arguments are the caller's mistake: ValueError, and nothing is written.
+    _, read_headers = make_headers(1, date_obs="2025-01-01T00:00:00", chip="a")
+    with pytest.raises(ValueError) as caught:
+        write_apz(tmp_path / "apR-a-52190001.apz", np.full((1, 2, 2), -1), read_headers)
+    assert not isinstance(caught.value, InputError)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,39 @@
+"""``pyapred inspect``: file descriptions, and bad files reported without a traceback."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pyapred.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from pyapred.io import ChipImages, write_product
+from pyapred.simulate import write_simulated_apz
+
+
+def test_inspect_describes_raw_exposures_and_products(tmp_path, capsys):
+    reads = np.cumsum(np.full((4, 3, 2560), 20.0), axis=0)
+    raw = write_simulated_apz(tmp_path, reads, telescope="lco", chip="c", timesys="TAI")
+    ones = np.ones((3, 5))
+    product = write_product(
+        tmp_path / "p.h5", chips={"B": ChipImages(ones, ones, ones, ones.astype(int))}
+    )
+    assert main(["inspect", str(raw), str(product)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "LCO chip c (B), SJD 60781, exposure 52190001" in out
+    assert "4 reads (NREAD 4)" in out and "read times (TAI)" in out
+    assert "pyapred product format 1" in out
+    assert "B/dimage: float64, h5py (3, 5), Julia (5, 3)" in out
+
+
+def test_inspect_reports_bad_files_without_traceback(tmp_path, capsys):
+    raw = write_simulated_apz(tmp_path, np.zeros((2, 2, 8)))
+    broken = tmp_path / "apR-a-52190002.apz"
+    broken.write_bytes(raw.read_bytes()[:-100])
+    assert main(["inspect", str(broken)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert str(broken) in err and "file size" in err and "Traceback" not in err
+    assert main(["inspect", str(tmp_path / "missing.h5")]) == EXIT_BAD_INPUT
+    assert "missing.h5: file: expected an existing file" in capsys.readouterr().err
+    garbage = tmp_path / "ar2D_apo_60781_0001_R_object.h5"
+    garbage.write_bytes(b"no HDF5 here")
+    assert main(["inspect", str(garbage)]) == EXIT_BAD_INPUT
+    assert "HDF5 structure" in capsys.readouterr().err
