@@ -110,6 +110,12 @@ def fit_run(args: argparse.Namespace) -> int:
     from .pipeline import FitOptions, fit_files, write_result
 
     backend = _check_backend(args.backend)
+    if args.plots is not None:
+        try:
+            import matplotlib  # noqa: F401  (the optional extra "plots")
+        except ImportError:
+            print("pyapred fit: --plots needs matplotlib: pip install 'pyapred[plots]'")
+            return EXIT_BAD_INPUT
     if args.out.exists() and not args.overwrite:
         from .errors import InputError
 
@@ -123,11 +129,6 @@ def fit_run(args: argparse.Namespace) -> int:
     product = write_result(result, args.out, overwrite=args.overwrite, backend=backend)
     plots = []
     if args.plots is not None:
-        try:
-            import matplotlib  # noqa: F401  (the optional extra "plots")
-        except ImportError:
-            print("pyapred fit: --plots needs matplotlib: pip install 'pyapred[plots]'")
-            return EXIT_BAD_INPUT
         from .plots import save_plots
 
         plots = save_plots(result, args.plots)
