@@ -83,19 +83,23 @@ def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
         check=False, capture_output=True,
     )  # fmt: skip
     start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     run = subprocess.run(
         [*command, *map(str, paths["apz"]), "--traces", *map(str, paths["traces"]),
          "--out", str(folder / "product.h5")],
         capture_output=True, text=True,
     )  # fmt: skip
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # kB on Linux
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = usage.ru_maxrss * 1024  # kB on Linux
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
     if run.returncode not in (0, 1):
         raise RuntimeError(f"pyapred fit failed: {run.stderr[-2000:]}")
     return {
         "chip_shape": [n_reads, ny, nx],
         "fit_wall_s": round(wall, 2),
+        "fit_cpu_s": round(cpu, 2),
         "read_three_apz_s": round(read_s, 2),
         "ratio_to_reading": round(wall / read_s, 2),
         "ratio_to_target_60s": round(wall / 60.0, 3),
