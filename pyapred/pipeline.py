@@ -162,7 +162,7 @@ class PreparedChip:
     traces : Traces
     pixel_map : PixelMap
     fit_pixels : FitPixels
-    fit_reads : ndarray, float64, ``(n_reads, n_fibres, n_pix)``
+    fit_reads : ndarray, float32 or float64, ``(n_reads, n_fibres, n_pix)``
         Reads of the fit pixels; padding is NaN.
     fit_read_noise, fit_gain : ndarray, ``(n_fibres, n_pix)``
     jumps : ndarray, int64, ``(n_jumps, 3)``
@@ -258,9 +258,9 @@ class ChipResult:
     Attributes
     ----------
     flux, flux_var, chi2, n_diff, flags : ndarray, ``(ny, nx)``
-        As in :class:`~pyapred.solver.FluxFit` (DN per read interval), plus the pipeline's pixel
-        flags ``COSMIC_RAY`` and ``BACKGROUND``.
-    fibre : ndarray of int, ``(ny, nx)``
+        As in :class:`~pyapred.solver.FluxFit` (DN per read interval; ``n_diff`` as int16), plus
+        the pipeline's pixel flags ``COSMIC_RAY`` and ``BACKGROUND``.
+    fibre : ndarray of int16, ``(ny, nx)``
         Fibre whose omega each pixel used; -1 for background and reference columns.
     constant : FluxFit or None
         Every pixel with the constant model (``FitOptions.keep_constant``).
@@ -479,7 +479,10 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
         min_snr=options.min_snr,
         max_pixels=options.max_fit_pixels,
     )
-    fit_reads = np.asarray(reads[:, fit_pixels.rows, fit_pixels.cols], dtype=np.float64)
+    # Kept in the reads' own float type (float32 from raw files: exact, half the memory).
+    fit_reads = np.asarray(
+        reads[:, fit_pixels.rows, fit_pixels.cols], dtype=np.result_type(reads.dtype, np.float32)
+    )
     fit_reads[:, ~fit_pixels.valid] = np.nan
     return PreparedChip(
         name=chip.name,
@@ -749,7 +752,7 @@ def _extract_chip(
     n_reads, ny, nx = chip.reads.shape
     n_fibres, K = fibres.omega.shape
     nc = prepared.traces.n_columns
-    fibre = np.full((ny, nx), -1, dtype=np.int64)
+    fibre = np.full((ny, nx), -1, dtype=np.int16)
     fibre[:, :nc] = prepared.pixel_map.fibre
     groups = np.where(fibre >= 0, fibre, n_fibres)
     table = np.vstack([fibres.omega, np.ones((1, K))])
@@ -770,7 +773,7 @@ def _extract_chip(
         flux=result.flux,
         flux_var=result.flux_var,
         chi2=result.chi2,
-        n_diff=result.n_diff,
+        n_diff=result.n_diff.astype(np.int16),
         flags=flags,
         fibre=fibre,
         constant=constant,

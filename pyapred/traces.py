@@ -204,18 +204,15 @@ class PixelMap:
 
     Attributes
     ----------
-    fibre : ndarray, int64, ``(ny, n_columns)``
+    fibre : ndarray, int32, ``(ny, n_columns)``
         0-based fibre index, or -1 for background and inter-fibre pixels (no trace within
         ``halfwidth`` sigmas).
-    purity : ndarray, float64, ``(ny, n_columns)``
+    purity : ndarray, float32, ``(ny, n_columns)``
         The dominant fibre's share of the modelled light in the pixel (0 for background).
-    weight : ndarray, float64, ``(ny, n_columns)``
-        The dominant fibre's profile fraction in the pixel (unit-area profile).
     """
 
     fibre: np.ndarray
     purity: np.ndarray
-    weight: np.ndarray
 
 
 def _window_offsets(traces: Traces, halfwidth: float) -> range:
@@ -274,9 +271,8 @@ def pixel_fibre_map(
     # Tiny floor so that a dark fibre still owns its core pixels.
     bright = np.maximum(bright, 1e-6 * max(float(bright.max()), 1e-300))
     best = np.zeros(shape)
-    best_weight = np.zeros(shape)
     total = np.zeros(shape)
-    fibre = np.full(shape, -1, dtype=np.int64)
+    fibre = np.full(shape, -1, dtype=np.int32)
     base = np.rint(traces.y_centre).astype(np.int64)
     cols = np.broadcast_to(np.arange(traces.n_columns), base.shape)
     fibres = np.broadcast_to(np.arange(traces.n_fibres)[:, None], base.shape)
@@ -284,18 +280,16 @@ def pixel_fibre_map(
         rows = base + offset
         inside = (rows >= 0) & (rows < ny)
         near = inside & (np.abs(rows - traces.y_centre) <= halfwidth * traces.sigma)
-        weight = traces.profile(rows)
-        light = weight * bright
+        light = traces.profile(rows) * bright
         r, c = rows[inside], cols[inside]
         np.add.at(total, (r, c), light[inside])
         wins = near & (light > best[np.clip(rows, 0, ny - 1), cols])
         r, c = rows[wins], cols[wins]
         best[r, c] = light[wins]
-        best_weight[r, c] = weight[wins]
         fibre[r, c] = fibres[wins]
     with np.errstate(invalid="ignore", divide="ignore"):
-        purity = np.where(fibre >= 0, best / total, 0.0)
-    return PixelMap(fibre=fibre, purity=purity, weight=np.where(fibre >= 0, best_weight, 0.0))
+        purity = np.where(fibre >= 0, best / total, 0.0).astype(np.float32)
+    return PixelMap(fibre=fibre, purity=purity)
 
 
 @dataclass(frozen=True)
