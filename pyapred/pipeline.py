@@ -19,6 +19,7 @@ Arrays are ``(n_reads, ny, nx)`` C order; fibre indices are 0-based (``300 - fib
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -337,6 +338,7 @@ class ExposureResult:
             "chips": sorted(self.chips),
             "fibres": fibres,
             "cosmic_rays": {k: int(c.prepared.jumps.shape[0]) for k, c in self.chips.items()},
+            "timings_s": self.meta.get("timings_s", {}),
             "problems": self.problems(),
         }
 
@@ -848,38 +850,70 @@ def fit_exposure(
     steps = (2 * len(names)) if options.joint_chips else len(names)
     bar = _progress(steps, progress)
     seen: dict = {}
+    timings: dict = {}
+    clock = _Stopwatch(timings)
     results, fibres, read_times = {}, {}, None
     if options.joint_chips:
         prepared = {}
         for name in names:
-            chip = _load(chips[name])
+            with clock("load"):
+                chip = _load(chips[name])
             _check_consistent(chip, seen)
             read_times = chip.read_times if read_times is None else read_times
-            prepared[name] = prepare_chip(chip, traces[name], options)
+            with clock("prepare"):
+                prepared[name] = prepare_chip(chip, traces[name], options)
             del chip
             bar.update()
-        joint = _fit_fibres(list(prepared.values()), options)
+        with clock("fit_omega"):
+            joint = _fit_fibres(list(prepared.values()), options)
         fibres["joint"] = joint
         for name in names:
-            chip = _load(chips[name])
-            results[name] = _extract_chip(chip, prepared[name], joint, options)
+            with clock("load"):
+                chip = _load(chips[name])
+            with clock("extract"):
+                results[name] = _extract_chip(chip, prepared[name], joint, options)
             del chip
             bar.update()
     else:
         for name in names:
-            chip = _load(chips[name])
+            with clock("load"):
+                chip = _load(chips[name])
             _check_consistent(chip, seen)
             read_times = chip.read_times if read_times is None else read_times
-            prep = prepare_chip(chip, traces[name], options)
-            fibres[name] = _fit_fibres([prep], options)
-            results[name] = _extract_chip(chip, prep, fibres[name], options)
+            with clock("prepare"):
+                prep = prepare_chip(chip, traces[name], options)
+            with clock("fit_omega"):
+                fibres[name] = _fit_fibres([prep], options)
+            with clock("extract"):
+                results[name] = _extract_chip(chip, prep, fibres[name], options)
             del chip
             bar.update()
     bar.close()
     n_reads = seen["n_reads"][0]
     if read_times is None:
         read_times = np.arange(n_reads, dtype=np.float64)
-    return ExposureResult(chips=results, fibres=fibres, options=options, read_times=read_times)
+    return ExposureResult(
+        chips=results, fibres=fibres, options=options, read_times=read_times,
+        meta={"timings_s": {k: round(v, 3) for k, v in timings.items()}},
+    )  # fmt: skip
+
+
+class _Stopwatch:
+    """Accumulates wall-clock seconds per step name: ``with clock("extract"): ...``."""
+
+    def __init__(self, totals: dict):
+        self.totals = totals
+
+    def __call__(self, name: str):
+        self.name = name
+        return self
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        elapsed = time.perf_counter() - self.start
+        self.totals[self.name] = self.totals.get(self.name, 0.0) + elapsed
 
 
 def _progress(total: int, enabled: bool):
