@@ -613,7 +613,8 @@ def _weighted_mean_omega(omega, cov, use, ref_index):
 
 
 def _significance(omega, cov, ref_index):
-    """chi2 of an omega against its best-scaled constant (the quartz-flat null test), p-value."""
+    """chi2 of an omega against the ones-vector (the constant model at the same reference read,
+    as in the paper's quartz-flat null test) and its p-value."""
     from scipy.stats import chi2
 
     free = np.flatnonzero(np.arange(omega.size) != ref_index)
@@ -692,7 +693,7 @@ def choose_models(
     significant = (p_value < options.p_value) & (amplitude >= options.amplitude_threshold)
 
     borrowed, borrowed_cov = _weighted_mean_omega(fit.omega, fit.omega_cov, bright, ref_index)
-    stat, borrowed_p = _significance(borrowed, borrowed_cov, ref_index)
+    _, borrowed_p = _significance(borrowed, borrowed_cov, ref_index)
     borrowed_amp = _equivalent_amplitude(
         _free(borrowed, ref_index),
         np.sqrt(np.maximum(np.diag(_free_cov(borrowed_cov, ref_index)), 0)),
