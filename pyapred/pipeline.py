@@ -60,7 +60,6 @@ __all__ = [
 #: Per-fibre model codes (``FibreFits.model``).
 MODEL_CONSTANT, MODEL_TIME_VARIABLE, MODEL_BORROWED = 0, 1, 2
 MODEL_NAMES = ("constant", "time_variable", "borrowed")
-_ROW_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -428,40 +427,19 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
     core_diffs = np.where(core_sat[1:], np.nan, np.diff(core, axis=0))
     omega_rough = _rough_omega(core_diffs)
     shape_table = np.vstack([omega_rough, np.ones((1, K))])  # last row: background
-
-    # One pass over row blocks: robust rate, jumps, saturation, with one block of diffs in memory.
     coarse_map = pixel_fibre_map(traces, ny, halfwidth=options.map_halfwidth).fibre
-    rate = np.empty((ny, nx), dtype=np.float32)
-    saturated = np.zeros((ny, nx), dtype=bool)
-    jumps = []
+
+    # One pass over the chip: robust rate, jumps and saturation (a Numba kernel, rows in parallel).
+    from ._jumps import first_pass
+
+    shape_index = np.full((ny, nx), traces.n_fibres, dtype=np.int32)  # last row: background
+    shape_index[:, :nc] = np.where(coarse_map >= 0, coarse_map, traces.n_fibres)
     var_read = 2.0 * np.broadcast_to(sigma, (ny, nx)) ** 2
     inv_gain = 1.0 / np.broadcast_to(gain, (ny, nx))
-    sat_map = np.broadcast_to(saturation, (ny, nx))
-    for r0 in range(0, ny, _ROW_BLOCK):
-        r1 = min(ny, r0 + _ROW_BLOCK)
-        block = np.asarray(reads[:, r0:r1], dtype=np.float32)
-        is_sat = np.logical_or.accumulate(block >= sat_map[r0:r1], axis=0) | ~np.isfinite(block)
-        saturated[r0:r1] = is_sat.any(axis=0)
-        diffs = np.diff(block, axis=0)
-        good = ~(is_sat[1:])
-        fib = np.full((r1 - r0, nx), -1, dtype=np.int64)
-        fib[:, :nc] = coarse_map[r0:r1]
-        shape = np.moveaxis(shape_table[fib], -1, 0)  # (K, rows, nx)
-        scaled = diffs / shape
-        level = np.median(scaled, axis=0)
-        partial = ~good.all(axis=0)  # few pixels (saturated): the slow NaN-aware median
-        if partial.any():
-            with _quiet():
-                level[partial] = np.nanmedian(np.where(good, scaled, np.nan)[:, partial], axis=0)
-        level = np.nan_to_num(level, nan=0.0)
-        rate[r0:r1] = level
-        model = level * shape
-        noise = np.sqrt(np.maximum(model, 0.0) * inv_gain[r0:r1] + var_read[r0:r1])
-        hit = good & (diffs - model > options.jump_threshold * noise)
-        k, r, c = np.nonzero(hit)
-        if k.size:
-            jumps.append(np.column_stack([k + 1, r + r0, c]))  # mask the read after the jump
-    jumps = np.concatenate(jumps) if jumps else np.zeros((0, 3), dtype=np.int64)
+    rate, saturated, jumps = first_pass(
+        reads, shape_index, shape_table, inv_gain, var_read, saturation, options.jump_threshold
+    )
+    jumps[:, 0] += 1  # a jump in difference k masks read k + 1
     has_jump = np.zeros((ny, nx), dtype=bool)
     has_jump[jumps[:, 1], jumps[:, 2]] = True
 
