@@ -120,7 +120,9 @@ def fit_run(args: argparse.Namespace) -> int:
         from .errors import InputError
 
         raise InputError(args.out, "--out", "a new file (or pass --overwrite)", "an existing file")
-    options = FitOptions(model=args.model, joint_chips=args.joint_chips)
+    options = FitOptions(
+        model=args.model, joint_chips=args.joint_chips, keep_fit_reads=args.plots is not None
+    )
     start = time.perf_counter()
     result = fit_files(
         args.inputs, args.traces, options, gain=args.gain, read_noise=args.read_noise,

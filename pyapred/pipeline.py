@@ -19,6 +19,7 @@ Arrays are ``(n_reads, ny, nx)`` C order; fibre indices are 0-based (``300 - fib
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -84,6 +85,10 @@ class ChipExposure:
         Checked for consistency across the chips of one call.
     source : str
         File name used in error messages.
+    writable : bool
+        The pipeline may overwrite ``reads`` in place: it then marks the reads after detected
+        jumps as NaN instead of allocating a read mask the size of the cube (:func:`load_chip`
+        sets it; results and flags are the same).
     """
 
     name: str
@@ -95,6 +100,7 @@ class ChipExposure:
     telescope: str | None = None
     mjd: int | None = None
     source: str = "<memory>"
+    writable: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,9 @@ class FitOptions:
         Cosmic-ray detection threshold on a difference's excess, in sigmas.
     keep_constant : bool
         Also extract every pixel with the constant model (for comparisons and plots).
+    keep_fit_reads : bool
+        Keep the fit pixels' reads in the result (``PreparedChip.fit_reads``, for the ramp
+        plots); without them the result is smaller by about a quarter of a cube per chip.
     max_iter : int
         Gauss-Newton iteration limit.
     """
@@ -141,6 +150,7 @@ class FitOptions:
     amplitude_threshold: float = 0.035
     jump_threshold: float = 8.0
     keep_constant: bool = False
+    keep_fit_reads: bool = True
     max_iter: int = 50
 
     def __post_init__(self):
@@ -162,8 +172,9 @@ class PreparedChip:
     traces : Traces
     pixel_map : PixelMap
     fit_pixels : FitPixels
-    fit_reads : ndarray, float32 or float64, ``(n_reads, n_fibres, n_pix)``
-        Reads of the fit pixels; padding is NaN.
+    fit_reads : ndarray, float32 or float64, ``(n_reads, n_fibres, n_pix)``, or None
+        Reads of the fit pixels; padding is NaN. None after the fit unless
+        ``FitOptions.keep_fit_reads``.
     fit_read_noise, fit_gain : ndarray, ``(n_fibres, n_pix)``
     jumps : ndarray, int64, ``(n_jumps, 3)``
         ``(read, row, column)`` of every read masked after a detected jump.
@@ -738,9 +749,14 @@ def _extract_chip(
     groups = np.where(fibre >= 0, fibre, n_fibres)
     table = np.vstack([fibres.omega, np.ones((1, K))])
     mask = None
-    if prepared.jumps.size:
+    read, row, col = prepared.jumps.T
+    had_nonfinite = None
+    if prepared.jumps.size and chip.writable:
+        had_nonfinite = ~np.all(np.isfinite(chip.reads[:, row, col]), axis=0)
+        chip.reads[read, row, col] = np.nan  # the solver masks it as it would with a mask
+    elif prepared.jumps.size:
         mask = np.zeros(chip.reads.shape, dtype=bool)
-        mask[prepared.jumps[:, 0], prepared.jumps[:, 1], prepared.jumps[:, 2]] = True
+        mask[read, row, col] = True
     kwargs = dict(gain=chip.gain, mask=mask, saturation=chip.saturation)
     result = extract_fluxes(chip.reads, chip.read_noise, table, groups=groups, **kwargs)
     constant = None
@@ -749,7 +765,10 @@ def _extract_chip(
     flags = result.flags.copy()
     flags[fibre < 0] |= Flag.BACKGROUND
     if prepared.jumps.size:
-        flags[prepared.jumps[:, 1], prepared.jumps[:, 2]] |= Flag.COSMIC_RAY
+        jumped = flags[row, col]
+        if had_nonfinite is not None:  # our NaN: report a masked read, as with a mask
+            jumped = np.where(had_nonfinite, jumped, jumped & ~int(Flag.NONFINITE_READ))
+        flags[row, col] = jumped | Flag.COSMIC_RAY | Flag.MASKED_READ
     return ChipResult(
         flux=result.flux,
         flux_var=result.flux_var,
@@ -846,6 +865,7 @@ def fit_exposure(
         with clock("fit_omega"):
             joint = _fit_fibres(list(prepared.values()), options)
         fibres["joint"] = joint
+        prepared = {name: _after_fit(prep, options) for name, prep in prepared.items()}
         for name in names:
             with clock("load"):
                 chip = _load(chips[name])
@@ -863,6 +883,7 @@ def fit_exposure(
                 prep = prepare_chip(chip, traces[name], options)
             with clock("fit_omega"):
                 fibres[name] = _fit_fibres([prep], options)
+            prep = _after_fit(prep, options)
             with clock("extract"):
                 results[name] = _extract_chip(chip, prep, fibres[name], options)
             del chip
@@ -875,6 +896,13 @@ def fit_exposure(
         chips=results, fibres=fibres, options=options, read_times=read_times,
         meta={"timings_s": {k: round(v, 3) for k, v in timings.items()}},
     )  # fmt: skip
+
+
+def _after_fit(prepared: PreparedChip, options: FitOptions) -> PreparedChip:
+    """Drop the fit pixels' reads once fitted, unless asked to keep them."""
+    if options.keep_fit_reads:
+        return prepared
+    return dataclasses.replace(prepared, fit_reads=None)
 
 
 class _Stopwatch:
@@ -974,6 +1002,7 @@ def load_chip(
             telescope=name.telescope,
             mjd=name.mjd,
             source=str(path),
+            writable=True,
         )
     raw = read_apz(path, dtype=np.float32)
     header = raw.header
@@ -989,6 +1018,7 @@ def load_chip(
         telescope=raw.telescope,
         mjd=raw.mjd,
         source=str(path),
+        writable=True,
     )
 
 

@@ -165,8 +165,9 @@ def plot_ramps(chip: ChipResult, fibre: int | None = None, *, n_pixels: int = 3,
         fibre = int(np.argmax(score))
     valid = np.flatnonzero(prep.fit_pixels.valid[fibre])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    if valid.size == 0:
-        axes[0].text(0.5, 0.5, f"fibre {fibre} has no fit pixels", ha="center")
+    if valid.size == 0 or prep.fit_reads is None:
+        why = "no fit pixels" if valid.size == 0 else "no reads kept (FitOptions.keep_fit_reads)"
+        axes[0].text(0.5, 0.5, f"fibre {fibre}: {why}", ha="center")
         return fig
     reads = prep.fit_reads[:, fibre, valid]
     order = np.argsort(np.nanmax(reads, axis=0) - reads[0])
