@@ -433,9 +433,11 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
     # Shape of each fibre's light curve from its trace-centre pixels (for the jump detector).
     centre_rows = np.clip(np.rint(traces.y_centre).astype(np.int64), 0, ny - 1)
     cols = np.broadcast_to(np.arange(nc), centre_rows.shape)
-    core = np.asarray(reads[:, centre_rows, cols], dtype=np.float64)
+    core = np.asarray(reads[:, centre_rows, cols], dtype=np.float32)  # exact for raw DN
     core_sat = np.logical_or.accumulate(core >= _pixel_values(saturation, centre_rows, cols), 0)
-    core_diffs = np.where(core_sat[1:], np.nan, np.diff(core, axis=0))
+    core_diffs = np.diff(core, axis=0)
+    del core
+    core_diffs[core_sat[1:]] = np.nan
     omega_rough = _rough_omega(core_diffs)
     shape_table = np.vstack([omega_rough, np.ones((1, K))])  # last row: background
     coarse_map = pixel_fibre_map(traces, ny, halfwidth=options.map_halfwidth).fibre
