@@ -200,7 +200,7 @@ def demo_run(args: argparse.Namespace) -> int:
     flux_dn = {name: chip.flux / chip.gain for name, chip in sim.chips.items()}
     min_flux = {name: 100.0 / chip.gain for name, chip in sim.chips.items()}
     metrics = truth_metrics(result, sim.omega, flux_dn, min_flux=min_flux)
-    print(f"  fit: {time.perf_counter() - start:.1f} s in all; product {product}")
+    print(f"  simulate, write, fit: {time.perf_counter() - start:.1f} s; product {product}")
     for key, fits in result.fibres.items():
         counts = np.bincount(fits.model, minlength=3)
         om = metrics["omega"][key]

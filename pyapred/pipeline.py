@@ -61,6 +61,7 @@ __all__ = [
 #: Per-fibre model codes (``FibreFits.model``).
 MODEL_CONSTANT, MODEL_TIME_VARIABLE, MODEL_BORROWED = 0, 1, 2
 MODEL_NAMES = ("constant", "time_variable", "borrowed")
+_ROUGH_COLUMNS = 512
 
 
 @dataclass(frozen=True)
@@ -430,9 +431,11 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
     sigma = np.asarray(chip.read_noise, dtype=np.float64)
     saturation = np.inf if chip.saturation is None else np.asarray(chip.saturation, np.float64)
 
-    # Shape of each fibre's light curve from its trace-centre pixels (for the jump detector).
-    centre_rows = np.clip(np.rint(traces.y_centre).astype(np.int64), 0, ny - 1)
-    cols = np.broadcast_to(np.arange(nc), centre_rows.shape)
+    # Shape of each fibre's light curve from its trace-centre pixels (for the jump detector);
+    # a rough shape needs no more than _ROUGH_COLUMNS columns.
+    step = max(1, nc // _ROUGH_COLUMNS)
+    centre_rows = np.clip(np.rint(traces.y_centre[:, ::step]).astype(np.int64), 0, ny - 1)
+    cols = np.broadcast_to(np.arange(0, nc, step), centre_rows.shape)
     core = np.asarray(reads[:, centre_rows, cols], dtype=np.float32)  # exact for raw DN
     core_sat = np.logical_or.accumulate(core >= _pixel_values(saturation, centre_rows, cols), 0)
     core_diffs = np.diff(core, axis=0)
@@ -504,10 +507,14 @@ def _fit_fibres(prepared: list[PreparedChip], options: FitOptions) -> FibreFits:
     n_fibres = first.traces.n_fibres
     if any(p.shape[0] != first.shape[0] or p.traces.n_fibres != n_fibres for p in prepared):
         raise ValueError("joint chips: expected the same number of reads and fibres on every chip")
-    reads = np.concatenate([p.fit_reads for p in prepared], axis=2)
-    sigma = np.concatenate([p.fit_read_noise for p in prepared], axis=1)
-    gain = np.concatenate([p.fit_gain for p in prepared], axis=1)
-    valid = np.concatenate([p.fit_pixels.valid for p in prepared], axis=1)
+
+    def joined(values, axis):
+        return values[0] if len(values) == 1 else np.concatenate(values, axis=axis)
+
+    reads = joined([p.fit_reads for p in prepared], 2)
+    sigma = joined([p.fit_read_noise for p in prepared], 1)
+    gain = joined([p.fit_gain for p in prepared], 1)
+    valid = joined([p.fit_pixels.valid for p in prepared], 1)
     mask = np.broadcast_to(~valid, reads.shape)
     n_pix = valid.sum(axis=1)
     flags = np.where(excluded, int(Flag.FPI_FIBRE), 0).astype(np.int64)
