@@ -114,7 +114,8 @@ def fit_run(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401  (the optional extra "plots")
         except ImportError:
-            print("pyapred fit: --plots needs matplotlib: pip install 'pyapred[plots]'")
+            message = "pyapred fit: --plots needs matplotlib: pip install 'pyapred[plots]'"
+            print(message, file=sys.stderr)
             return EXIT_BAD_INPUT
     if args.out.exists() and not args.overwrite:
         from .errors import InputError

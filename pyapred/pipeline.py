@@ -19,8 +19,10 @@ Arrays are ``(n_reads, ny, nx)`` C order; fibre indices are 0-based (``300 - fib
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -389,19 +391,13 @@ def _rough_omega(core_diffs: np.ndarray) -> np.ndarray:
     return shape / shape.mean(axis=1, keepdims=True)
 
 
-class _quiet:
-    """Silence numpy's empty-slice warnings: all-NaN rows (padding, unfitted fibres) are expected
+@contextlib.contextmanager
+def _quiet():
+    """Silence NumPy's empty-slice warnings: all-NaN rows (padding, unfitted fibres) are expected
     and handled by the caller."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        yield
 
 
 def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> PreparedChip:
@@ -858,42 +854,41 @@ def fit_exposure(
     bar = _progress(steps, progress)
     seen: dict = {}
     timings: dict = {}
-    clock = _Stopwatch(timings)
     results, fibres, read_times = {}, {}, None
     if options.joint_chips:
         prepared = {}
         for name in names:
-            with clock("load"):
+            with _timed(timings, "load"):
                 chip = _load(chips[name])
             _check_consistent(chip, seen)
             read_times = chip.read_times if read_times is None else read_times
-            with clock("prepare"):
+            with _timed(timings, "prepare"):
                 prepared[name] = prepare_chip(chip, traces[name], options)
             del chip
             bar.update()
-        with clock("fit_omega"):
+        with _timed(timings, "fit_omega"):
             joint = _fit_fibres(list(prepared.values()), options)
         fibres["joint"] = joint
         prepared = {name: _after_fit(prep, options) for name, prep in prepared.items()}
         for name in names:
-            with clock("load"):
+            with _timed(timings, "load"):
                 chip = _load(chips[name])
-            with clock("extract"):
+            with _timed(timings, "extract"):
                 results[name] = _extract_chip(chip, prepared[name], joint, options)
             del chip
             bar.update()
     else:
         for name in names:
-            with clock("load"):
+            with _timed(timings, "load"):
                 chip = _load(chips[name])
             _check_consistent(chip, seen)
             read_times = chip.read_times if read_times is None else read_times
-            with clock("prepare"):
+            with _timed(timings, "prepare"):
                 prep = prepare_chip(chip, traces[name], options)
-            with clock("fit_omega"):
+            with _timed(timings, "fit_omega"):
                 fibres[name] = _fit_fibres([prep], options)
             prep = _after_fit(prep, options)
-            with clock("extract"):
+            with _timed(timings, "extract"):
                 results[name] = _extract_chip(chip, prep, fibres[name], options)
             del chip
             bar.update()
@@ -914,22 +909,12 @@ def _after_fit(prepared: PreparedChip, options: FitOptions) -> PreparedChip:
     return dataclasses.replace(prepared, fit_reads=None)
 
 
-class _Stopwatch:
-    """Accumulates wall-clock seconds per step name: ``with clock("extract"): ...``."""
-
-    def __init__(self, totals: dict):
-        self.totals = totals
-
-    def __call__(self, name: str):
-        self.name = name
-        return self
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        elapsed = time.perf_counter() - self.start
-        self.totals[self.name] = self.totals.get(self.name, 0.0) + elapsed
+@contextlib.contextmanager
+def _timed(totals: dict, name: str):
+    """Add the wall-clock seconds of the block to ``totals[name]``."""
+    start = time.perf_counter()
+    yield
+    totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
 
 
 def _progress(total: int, enabled: bool):
