@@ -167,7 +167,7 @@ def _print_summary(summary: dict) -> None:
 # --------------------------------------------------------------------------------------------
 def demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="folder for files and plots (default: a temp dir)")
-    _geometry_arguments(parser, columns=128, reads=25)
+    _geometry_arguments(parser, columns=96, reads=22)
     parser.add_argument("--chips", default="RGB", help="chips to simulate (default RGB)")
     parser.add_argument("--joint-chips", action="store_true", help="fit omega over all chips")
 
