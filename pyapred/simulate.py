@@ -508,15 +508,14 @@ def write_simulated_apz(
     """
     from pathlib import Path
 
-    from .io.apz import apz_filename, make_headers, write_apz
+    from .io.apz import ApzName, make_headers, write_apz
 
     counts = np.clip(np.round(np.asarray(reads, dtype=np.float64) + bias), 0, 65535)
     counts = counts.astype(np.uint16)
     exposure_header, read_headers = make_headers(
         counts.shape[0], date_obs=date_obs, chip=chip, timesys=timesys, extra=header
     )
-    expnum = (mjd - 55562) * 10000 + exposure
-    path = Path(directory) / apz_filename(telescope, chip, expnum)
+    path = Path(directory) / ApzName.from_night(telescope, chip, mjd, exposure).filename
     return write_apz(path, counts, read_headers, header=exposure_header, overwrite=overwrite)
 
 

@@ -76,8 +76,7 @@ class ArName:
 
     def to_apz_name(self) -> ApzName:
         """The raw file's telescope, chip letter and exposure number."""
-        expnum = (self.mjd - 55562) * 10000 + self.exposure
-        return ApzName(self.telescope, _CHIP_LETTER[self.chip], expnum)
+        return ApzName.from_night(self.telescope, _CHIP_LETTER[self.chip], self.mjd, self.exposure)
 
 
 def parse_ar_name(path: str | os.PathLike) -> ArName | None:
@@ -231,6 +230,8 @@ def read_ar3dcal(
     rows = slice(None) if rows is None else rows
     if rows.step not in (None, 1):
         raise ValueError(f"rows: expected a slice with step 1, got {rows!r}")
+    if reads.step is not None and reads.step < 1:
+        raise ValueError(f"reads: expected a slice with a positive step, got {reads!r}")
     with open_h5(path) as handle:
         metadata = _metadata(path, handle)
         shape = (None, *IMAGE_SHAPE)
@@ -250,7 +251,10 @@ def read_ar3dcal(
             )
             for key in ("gainMat", "readVarMat")
         )
-    n_total = int(metadata.get("nread_total", n_used))
+    n_total = metadata.get("nread_total", n_used)
+    if not isinstance(n_total, int) or n_total < n_used:
+        expected = f"an integer >= {n_used} (the reads in outdat)"
+        raise InputError(path, "metadata/nread_total", expected, found=repr(n_total))
     used = np.arange(n_total - n_used, n_total)
     mid = metadata.get("mjd_mid_exposure")
     if not isinstance(mid, (int, float)):

@@ -19,11 +19,12 @@ row. The number of reads is the number of HDUs minus 2.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from numpy.typing import DTypeLike
 
 from ..errors import InputError, InputWarning
 from ._atomic import atomic_path
+from ._kernels import accumulate_read
 
 __all__ = [
     "ApzName",
@@ -46,6 +48,7 @@ __all__ = [
     "write_apz",
 ]
 
+#: FITS files are whole 2880-byte blocks; anything else was cut short.
 FITS_BLOCK = 2880
 #: Columns 0..SCIENCE_COLUMNS-1 are the H2RG array; the rest is the reference output.
 SCIENCE_COLUMNS = 2048
@@ -68,7 +71,7 @@ _STRUCTURAL = re.compile(
 _EXACT_BOUNDS = {
     np.dtype(np.uint16): (0, 65535),
     np.dtype(np.int32): (-(2**31), 2**31 - 1),
-    np.dtype(np.int64): (-(2**62), 2**62),
+    np.dtype(np.int64): (-(2**63), 2**63 - 1),
     np.dtype(np.float32): (-(2**24), 2**24),
     np.dtype(np.float64): (-(2**53), 2**53),
 }
@@ -94,6 +97,16 @@ class ApzName:
     telescope: str
     chip: str
     expnum: int
+
+    @classmethod
+    def from_night(cls, telescope: str, chip: str, mjd: int, exposure: int) -> ApzName:
+        """The name of exposure ``exposure`` of the night of SDSS MJD ``mjd``."""
+        return cls(telescope, chip, (mjd - EXPNUM_MJD_ZERO) * 10000 + exposure)
+
+    @property
+    def filename(self) -> str:
+        """``apR-{chip}-{expnum:08d}.apz`` (APO) or ``asR-...`` (LCO)."""
+        return apz_filename(self.telescope, self.chip, self.expnum)
 
     @property
     def mjd(self) -> int:
@@ -309,47 +322,29 @@ def read_apz(
     )
 
 
-class _open_fits:
-    """``fits.open`` that turns truncation warnings and astropy errors into InputError."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> fits.HDUList:
-        size = self.path.stat().st_size
-        if size % FITS_BLOCK:
-            raise InputError(
-                self.path,
-                "file size",
-                f"whole {FITS_BLOCK}-byte FITS blocks",
-                found=f"{size} bytes: a truncated file",
-            )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                self.hdul = fits.open(self.path, memmap=False)
-                len(self.hdul)  # reads every header, which is where damage shows
-            except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ...
-                raise InputError(
-                    self.path,
-                    "FITS structure",
-                    "a readable FITS file",
-                    found=f"{type(exc).__name__}: {exc}",
-                ) from None
+@contextlib.contextmanager
+def _open_fits(path: Path) -> Iterator[fits.HDUList]:
+    """``fits.open`` that turns truncation and astropy's errors into InputError."""
+    size = path.stat().st_size
+    if size % FITS_BLOCK:
+        expected = f"whole {FITS_BLOCK}-byte FITS blocks"
+        raise InputError(path, "file size", expected, found=f"{size} bytes: a truncated file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hdul = fits.open(path, memmap=False)
+            len(hdul)  # reads every header, which is where damage shows
+        except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ...
+            found = f"{type(exc).__name__}: {exc}"
+            raise InputError(path, "FITS structure", "a readable FITS file", found=found) from None
+    with hdul:
         for warning in caught:
             message = str(warning.message)
             if "truncated" in message or "Error validating header" in message:
-                self.hdul.close()
-                raise InputError(
-                    self.path,
-                    "FITS structure",
-                    "complete, valid HDUs",
-                    found=message.splitlines()[0],
-                )
-        return self.hdul
-
-    def __exit__(self, *exc_info) -> None:
-        self.hdul.close()
+                found = message.splitlines()[0]
+                raise InputError(path, "FITS structure", "complete, valid HDUs", found=found)
+            warnings.warn(warning.message, stacklevel=4)
+        yield hdul
 
 
 def _user_header(header: fits.Header) -> fits.Header:
@@ -389,14 +384,17 @@ def _select_reads(reads, n_in_file: int) -> np.ndarray:
     return indices.astype(np.int64)
 
 
-def _image_hdu(path: Path, hdul: fits.HDUList, index: int, kind: str) -> fits.hdu.base._BaseHDU:
+_IMAGE_HDUS = (fits.CompImageHDU, fits.ImageHDU, fits.PrimaryHDU)
+
+
+def _image_hdu(path: Path, hdul: fits.HDUList, index: int, kind: str):
     """HDU ``index``, checked to be a 2-D image."""
     try:
         hdu = hdul[index]
     except (IndexError, KeyError):
         raise InputError(path, f"HDU {index}", f"the {kind} image", found="no such HDU") from None
     shape = getattr(hdu, "shape", None)
-    if not isinstance(hdu, fits.hdu.image._ImageBaseHDU) or shape is None or len(shape) != 2:
+    if not isinstance(hdu, _IMAGE_HDUS) or shape is None or len(shape) != 2:
         raise InputError(
             path,
             f"HDU {index}",
@@ -426,7 +424,10 @@ def _image(path: Path, hdul: fits.HDUList, index: int, rows: slice, kind: str) -
 def _rebuild(
     path: Path, hdul: fits.HDUList, indices: np.ndarray, rows: slice, dtype: np.dtype
 ) -> np.ndarray:
-    """Rebuild the selected reads: read_k = read_{k-1} + residual_k + avg, in int64."""
+    """Rebuild the selected reads: read_k = read_{k-1} + residual_k + avg, in int64.
+
+    Only HDUs up to the last selected read are decompressed, and only the rows asked for.
+    """
     avg = _image(path, hdul, 1, rows, "average read difference").astype(np.int64)
     first = _image(path, hdul, 2, rows, "read 1")
     if first.dtype != np.uint16:
@@ -438,26 +439,24 @@ def _rebuild(
     cube = np.empty((indices.size, *avg.shape), dtype=dtype)
     lo, hi = _EXACT_BOUNDS[dtype]
     current = first.astype(np.int64)
-    slot = dict(zip(indices.tolist(), range(indices.size), strict=True))
-    for k in range(int(indices[-1]) + 1):
-        if k > 0:
-            residual = _image(path, hdul, k + 2, rows, f"residual of read {k + 1}")
-            if residual.shape != avg.shape:
-                raise InputError(
-                    path, f"HDU {k + 2}", f"shape {avg.shape} like HDU 1", found=str(residual.shape)
-                )
-            current += residual
-            current += avg
-        if k in slot and current.size:
-            low, high = current.min(), current.max()
-            if low < lo or high > hi:
-                raise InputError(
-                    path,
-                    f"HDU {k + 2}",
-                    f"read {k + 1} in [{lo}, {hi}] ({dtype})",
-                    found=f"values in [{low}, {high}]",
-                )
-            cube[slot[k]] = current
+    position = 0  # the next of ``indices`` to fill
+    if indices[0] == 0:
+        cube[0] = first  # uint16 fits every allowed dtype
+        position = 1
+    for k in range(1, int(indices[-1]) + 1):
+        residual = _image(path, hdul, k + 2, rows, f"residual of read {k + 1}")
+        if residual.shape != avg.shape:
+            expected = f"shape {avg.shape} like HDU 1"
+            raise InputError(path, f"HDU {k + 2}", expected, found=str(residual.shape))
+        residual = residual.astype(residual.dtype.newbyteorder("="), copy=False)
+        # Reads not asked for are written into the next slot asked for, then overwritten.
+        low, high = accumulate_read(current, residual, avg, cube[position])
+        if k == indices[position]:
+            if current.size and (low < lo or high > hi):
+                expected = f"read {k + 1} in [{lo}, {hi}] ({dtype})"
+                found = f"values in [{low}, {high}]"
+                raise InputError(path, f"HDU {k + 2}", expected, found=found)
+            position += 1
     return cube
 
 

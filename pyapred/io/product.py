@@ -39,6 +39,7 @@ import numpy as np
 from ..errors import InputError
 from ._atomic import atomic_path
 from ._hdf5 import open_h5, read_dataset, read_group, read_value, write_value
+from ._product_fits import read_fits, write_fits
 
 __all__ = [
     "FORMAT_VERSION",
@@ -158,6 +159,9 @@ def write_product(
 ) -> Path:
     """Write a product file atomically (temporary file in the same folder, then rename).
 
+    HDF5 (the layout above), or FITS when ``path`` ends in ``.fits`` (see ``docs/formats.md``;
+    0-based indices; metadata as a JSON table).
+
     The ``metadata`` group holds ``pyapred_version``, ``git_commit`` and ``git_clean`` (when
     pyapred runs from a git checkout; ApogeeReduction.jl's ``check_file`` treats a file with
     ``git_commit`` as done), ``backend``, ``input_files`` (base names), ``input_sha256`` (hex
@@ -194,6 +198,10 @@ def write_product(
         raise ValueError(f"metadata: keys {sorted(clash)} are written by pyapred itself")
     meta = _writer_metadata(inputs, backend) | dict(metadata or {})
     path = Path(path)
+    if _is_fits(path):
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            write_fits(tmp, chips, fibers, meta, FORMAT_VERSION)
+        return path
     with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
         handle.attrs[_FORMAT_ATTR] = FORMAT_VERSION
         for key, images in chips.items():
@@ -204,6 +212,10 @@ def write_product(
         for key, value in meta.items():
             write_value(group, key, value)
     return path
+
+
+def _is_fits(path: Path) -> bool:
+    return path.name.lower().endswith((".fits", ".fit", ".fits.gz"))
 
 
 def _check_images(key: str, images: ChipImages) -> None:
@@ -293,7 +305,7 @@ def _git_info() -> tuple[str | None, bool]:
 # Reading
 # --------------------------------------------------------------------------------------------
 def read_product(path: str | os.PathLike) -> Product:
-    """Read a product written by :func:`write_product`.
+    """Read a product written by :func:`write_product` (HDF5, or FITS by the ``.fits`` suffix).
 
     Raises
     ------
@@ -301,6 +313,9 @@ def read_product(path: str | os.PathLike) -> Product:
         Not a pyapred product, a product of another layout version, or a dataset missing or of
         the wrong shape or dtype.
     """
+    if _is_fits(Path(path)):
+        chips, fibers, metadata = read_fits(path, FORMAT_VERSION, ChipImages, FiberResults)
+        return Product(str(path), chips, fibers, metadata)
     with open_h5(path) as handle:
         version = handle.attrs.get(_FORMAT_ATTR)
         if version is None:

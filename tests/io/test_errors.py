@@ -248,6 +248,22 @@ def test_product_from_an_incompatible_version(tmp_path):
     assert "incompatible version" in str(error)
 
 
+def test_fits_product_from_an_incompatible_version(tmp_path):
+    path = small_product(tmp_path / "p.fits")
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["PAPFMT"] = 2
+    error = assert_input_error(lambda: read_product(path), path, "HDU 0 PAPFMT")
+    assert "incompatible version" in str(error)
+
+
+def test_fits_product_missing_an_image(tmp_path):
+    path = small_product(tmp_path / "p.fits")
+    with fits.open(path) as hdul:
+        del hdul["R_CHI2"]
+        hdul.writeto(tmp_path / "q.fits")
+    assert_input_error(lambda: read_product(tmp_path / "q.fits"), tmp_path / "q.fits", "R images")
+
+
 def test_product_not_a_pyapred_file(tmp_path):
     path = h5(tmp_path / "p.h5", dimage=np.ones((3, 4)))
     assert_input_error(lambda: read_product(path), path, "pyapred_product_format")

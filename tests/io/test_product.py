@@ -51,7 +51,8 @@ def assert_products_equal(a, b):
         assert a.fibers[key].model == b.fibers[key].model
 
 
-def test_product_round_trip(tmp_path):
+@pytest.mark.parametrize("suffix", [".h5", ".fits"])
+def test_product_round_trip(tmp_path, suffix):
     rng = np.random.default_rng(5)
     raw = tmp_path / "apR-a-52190065.apz"
     raw.write_bytes(b"raw bytes")
@@ -59,7 +60,7 @@ def test_product_round_trip(tmp_path):
     fibers = {"R": make_fibers(rng), "joint": make_fibers(rng, n=2)}
     extra = {"telescope": "apo", "mjd": 60781, "exposure": 65, "omega_source": ["R", "G"]}
     path = write_product(
-        tmp_path / "pyapred_apo_60781_0065.h5",
+        tmp_path / f"pyapred_apo_60781_0065{suffix}",
         chips=chips,
         fibers=fibers,
         inputs=[raw],
@@ -118,6 +119,17 @@ def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(product_module, "_write_fibers", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_product(path, chips={"R": make_chip(rng)}, fibers={"R": make_fibers(rng)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_mid_fits_write_leaves_nothing(tmp_path, monkeypatch):
+    def crash(tmp, *args):
+        tmp.write_bytes(b"SIMPLE  =                    T")  # a partial file
+        raise OSError("disk full")
+
+    monkeypatch.setattr(product_module, "write_fits", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_product(tmp_path / "p.fits", chips={"R": make_chip(np.random.default_rng(1))})
     assert list(tmp_path.iterdir()) == []
 
 
