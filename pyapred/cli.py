@@ -12,53 +12,18 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-# --------------------------------------------------------------------------------------------
-# pyapred demo
-# --------------------------------------------------------------------------------------------
-def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=104, help="random seed (default 104)")
-    parser.add_argument("--pixels", type=int, default=100, help="pixels sharing omega")
-    parser.add_argument("--reads", type=int, default=33, help="reads per ramp")
+def _lazy(name: str) -> Callable:
+    """A function of :mod:`pyapred.commands`, imported only when the subcommand runs."""
 
+    def call(*args):
+        from . import commands
 
-def _demo(args: argparse.Namespace) -> int:
-    """Simulate one fibre under a changing sky, fit omega, and compare the two models."""
-    from .simulate import omega_uniform, simulate_ramps
-    from .solver import extract_fluxes, fit_constant, fit_omega
+        return getattr(commands, name)(*args)
 
-    rng = np.random.default_rng(args.seed)
-    omega_true = omega_uniform(args.reads - 1, 0.5, rng)
-    flux = rng.uniform(800, 1200, args.pixels)
-    sigma = rng.uniform(14, 24, args.pixels)
-    sim = simulate_ramps(flux, sigma, omega=omega_true, rng=rng)
-    fit = fit_omega(sim.reads, sigma)
-    truth = omega_true / omega_true[fit.ref_index]
-    err = np.sqrt(np.diag(fit.omega_cov))
-    free = err > 0
-    z = (fit.omega[free] - truth[free]) / err[free]
-    header = f"{args.pixels} pixels x {args.reads} reads, omega ~ U(0.5, 1), seed {args.seed}"
-    print(f"pyapred demo: {header}")
-    print(f"  omega fit: {fit.n_iter} Gauss-Newton iterations, converged={bool(fit.converged)}")
-    print(f"  omega recovered: max |error| {np.max(np.abs(fit.omega - truth)):.4f}, "
-          f"z-score std {np.std(z):.2f} over {z.size} free elements")  # fmt: skip
-    # Fresh pixels at a range of fluxes, extracted with omega fixed and with the constant model.
-    test_flux = np.geomspace(10, 1000, 2000)
-    test = simulate_ramps(test_flux, rng.uniform(14, 24, test_flux.size), omega=omega_true, rng=rng)
-    scale = truth / omega_true  # the fitted omega's normalisation
-    expected = test_flux / scale[0]
-    tv = extract_fluxes(test.reads, test.read_noise, fit.omega)
-    const = fit_constant(test.reads, test.read_noise)
-    for name, result in (("time-variable", tv), ("constant", const)):
-        chi = np.sqrt(np.mean(result.chi2) / np.mean(result.n_diff - 1))
-        print(f"  {name:>13} model: error-inflation factor {chi:.2f}")
-    ztv = (tv.flux - expected) / np.sqrt(tv.flux_var)
-    print(f"  time-variable fluxes: z-score median {np.median(ztv):+.3f}, std {np.std(ztv):.3f}")
-    return EXIT_OK
+    return call
 
 
 def _delegate(module: str) -> tuple[Callable, Callable]:
@@ -140,23 +105,37 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
-    "demo": ("fit omega and fluxes on built-in simulated data", _demo_arguments, _demo),
+    "demo": (
+        "simulate a cloudy exposure, fit it, plot, and compare with the truth",
+        _lazy("demo_arguments"),
+        _lazy("demo_run"),
+    ),
+    "simulate": (
+        "write a synthetic exposure (.apz, traces, truth)",
+        _lazy("simulate_arguments"),
+        _lazy("simulate_run"),
+    ),
+    "fit": (
+        "fit omega per fibre and extract every pixel of an exposure",
+        _lazy("fit_arguments"),
+        _lazy("fit_run"),
+    ),
     "validate": (
         "reproduce the paper's synthetic-data tests (III.1-III.3) as a report",
         *_delegate("validate"),
-    ),
-    "crossval": ("compare the NumPy and Julia backends", *_delegate("crossval")),
-    "inspect": ("describe raw .apz exposures and HDF5 products", _inspect_arguments, _inspect),
-    "noise": (
-        "simulate H2RG read noise; the 1/f stress test of the omega fit",
-        _noise_arguments,
-        _noise,
     ),
     "guider": (
         "compare fitted omega with the guider's flux in the fibre",
         _guider_arguments,
         _guider,
     ),
+    "noise": (
+        "simulate H2RG read noise; the 1/f stress test of the omega fit",
+        _noise_arguments,
+        _noise,
+    ),
+    "crossval": ("compare the NumPy and Julia backends", *_delegate("crossval")),
+    "inspect": ("describe raw .apz exposures and HDF5 products", _inspect_arguments, _inspect),
 }
 
 
@@ -179,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command][2](args)
-    except InputError as exc:
+    except (InputError, FileNotFoundError, FileExistsError) as exc:
         print(f"pyapred {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -1864,8 +1864,8 @@ def run(args) -> int:
         raise InputError(args.product, "omega", "omega matching the exposure", str(exc)) from None
     try:
         result.plot(args.out)
-    except ImportError as exc:  # matplotlib is the optional 'plot' extra
-        raise InputError(args.out, "--out", "matplotlib installed: pip install 'pyapred[plot]'",
+    except ImportError as exc:  # matplotlib is the optional 'plots' extra
+        raise InputError(args.out, "--out", "matplotlib installed: pip install 'pyapred[plots]'",
                          str(exc)) from None  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))

@@ -16,12 +16,17 @@ if TYPE_CHECKING:
     from .noise import HxrgNoise
 
 __all__ = [
+    "SimulatedChip",
+    "SimulatedExposure",
     "SimulatedRamps",
+    "exposure_omega",
     "omega_cloud",
     "omega_drift",
     "omega_uniform",
+    "simulate_exposure",
     "simulate_ramps",
     "write_simulated_apz",
+    "write_simulated_exposure",
 ]
 
 
@@ -191,6 +196,278 @@ def simulate_ramps(
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Whole exposures: 300 fibres on Gaussian traces, three chips
+# --------------------------------------------------------------------------------------------
+CHIPS = ("R", "G", "B")
+N_FIBRES_FULL = 300
+#: APOGEE read interval (INTOFF), seconds.
+READ_INTERVAL_S = 10.647
+SCENARIOS = ("clouds", "seeing", "stable")
+
+
+@dataclass(frozen=True)
+class SimulatedChip:
+    """One chip of a simulated exposure and its truth.
+
+    Attributes
+    ----------
+    reads : ndarray, float32, ``(n_reads, ny, nx)``
+        Raw reads in DN: whole numbers with a pedestal, clipped at ``saturation``. Columns
+        ``n_columns ..`` are the reference output (read noise only).
+    traces : pyapred.traces.Traces
+        The true trace geometry, ``(n_fibres, n_columns)``.
+    flux : ndarray, float64, ``(ny, nx)``
+        Exposure-averaged true flux, e- per read interval: ``sum_f light_f mean(omega_f)``. This is
+        what an unbiased estimator with omega normalised to mean 1 recovers.
+    fibre_flux : ndarray, float64, ``(n_fibres, n_columns)``
+        Total light of each trace per column at ``omega = 1``, e- per read interval.
+    cosmic_rays : ndarray, int64, ``(n_hits, 3)``
+        ``(difference index, row, column)`` of every cosmic-ray hit.
+    gain : float
+        e-/DN.
+    read_noise : float
+        Single-read sigma, DN.
+    saturation : float
+        Clipping level, DN.
+    """
+
+    reads: np.ndarray
+    traces: object
+    flux: np.ndarray
+    fibre_flux: np.ndarray
+    cosmic_rays: np.ndarray
+    gain: float
+    read_noise: float
+    saturation: float
+
+
+@dataclass(frozen=True)
+class SimulatedExposure:
+    """A simulated three-chip exposure under a changing sky.
+
+    Attributes
+    ----------
+    chips : dict of str to SimulatedChip
+        Keyed by chip name ("R", "G", "B").
+    omega : ndarray, ``(n_fibres, n_reads - 1)``
+        True transparency of every fibre per read difference (ones for the FPI fibres).
+    fibre_type : ndarray of str, ``(n_fibres,)``
+        "science", "sky" or "fpi", by 0-based fibre index.
+    read_times : ndarray, ``(n_reads,)``
+        Seconds from the first read.
+    scenario : str
+    telescope : str
+    seed : int
+    """
+
+    chips: dict
+    omega: np.ndarray
+    fibre_type: np.ndarray
+    read_times: np.ndarray
+    scenario: str
+    telescope: str
+    seed: int
+
+
+def exposure_omega(
+    scenario: str, n_fibres: int, n_diff: int, rng: np.random.Generator, depth: float = 0.6
+) -> np.ndarray:
+    """Per-fibre transparency of a built-in scenario, ``(n_fibres, n_diff)``.
+
+    ``"clouds"``: a smooth cloud passes mid-exposure, the same for every fibre (clouds are grey
+    and cover the whole field), dimming by up to ``depth``. ``"seeing"``: a seeing drift that
+    changes each fibre's coupling by its own amplitude, ``depth * U(0.3, 1)``. ``"stable"``: ones.
+    """
+    t = (np.arange(n_diff) + 0.5) / n_diff
+    if scenario == "clouds":
+        shape = 1.0 - depth * np.exp(-0.5 * ((t - 0.5) / 0.2) ** 2)
+        return np.broadcast_to(shape, (n_fibres, n_diff)).copy()
+    if scenario == "seeing":
+        amplitude = depth * rng.uniform(0.3, 1.0, n_fibres)
+        return 1.0 - amplitude[:, None] * t[None, :] ** 1.5
+    if scenario == "stable":
+        return np.ones((n_fibres, n_diff))
+    raise ValueError(f"scenario: expected one of {SCENARIOS}, got {scenario!r}")
+
+
+def _fibre_spectra(fibre_type, n_columns, rng):
+    """Total light per column of every trace (e-/read): continuum x blaze x absorption lines."""
+    n_fibres = fibre_type.size
+    x = np.linspace(-1.0, 1.0, n_columns)
+    level = np.where(
+        fibre_type == "science",
+        np.exp(rng.uniform(np.log(100.0), np.log(15000.0), n_fibres)),
+        rng.uniform(2.0, 10.0, n_fibres),
+    )
+    blaze = 1.0 - 0.3 * x**2
+    spectra = level[:, None] * blaze[None, :]
+    n_lines = max(1, n_columns // 40)
+    centres = rng.uniform(0, n_columns, (n_fibres, n_lines))
+    depths = rng.uniform(0.0, 0.6, (n_fibres, n_lines))
+    cols = np.arange(n_columns)
+    for j in range(n_lines):
+        spectra *= 1.0 - depths[:, j, None] * np.exp(
+            -0.5 * ((cols - centres[:, j, None]) / 1.5) ** 2
+        )
+    # FPI: a comb of bright lines on a faint floor.
+    fpi = fibre_type == "fpi"
+    comb = 30.0 + 8000.0 * np.exp(-0.5 * ((cols % 24 - 12) / 1.2) ** 2)
+    spectra[fpi] = comb
+    return spectra
+
+
+def simulate_exposure(
+    scenario: str = "clouds",
+    *,
+    seed: int = 0,
+    n_fibres: int = 300,
+    n_columns: int = 2048,
+    ref_columns: int = 512,
+    n_reads: int = 33,
+    chips: tuple[str, ...] = CHIPS,
+    telescope: str = "apo",
+    omega=None,
+    depth: float = 0.6,
+    gain: float = 1.9,
+    read_noise: float = 8.0,
+    pedestal: float = 1000.0,
+    saturation: float = 55000.0,
+    dark_rate: float = 0.05,
+    cosmic_ray_rate: float = 2e-5,
+    sky_fraction: float = 0.12,
+) -> SimulatedExposure:
+    """Simulate a whole APOGEE exposure: fibres on Gaussian traces, three chips, a changing sky.
+
+    Fibre ``i`` (0-based index, fiberId ``300 - i``) lies on a gently curved trace about 6.6 rows
+    from its neighbours, with a Gaussian profile of width 1.0-1.2 rows. About ``sky_fraction`` of
+    the fibres are faint sky fibres (2-10 e-/read per column), the FPI fibres of ``telescope``
+    carry a stable line comb, and the rest are stars with log-uniform brightness from 100 to
+    15000 e-/read per column (the brightest saturate). Cosmic rays (200-5000 e-) hit at random.
+
+    Parameters
+    ----------
+    scenario : {"clouds", "seeing", "stable"}
+        Built-in transparency pattern (:func:`exposure_omega`); ignored when ``omega`` is given.
+    seed : int
+        Seeds everything; the same seed gives the same exposure.
+    n_fibres, n_columns, ref_columns, n_reads : int
+        Geometry; ``ny`` is 2048 for 300 fibres and scales with ``n_fibres``. Columns beyond
+        ``n_columns`` are the reference output.
+    chips : tuple of str
+    telescope : {"apo", "lco"}
+    omega : array_like, optional
+        ``(n_reads - 1,)`` shared by all fibres, or ``(n_fibres, n_reads - 1)``.
+    depth : float
+        Depth of the built-in pattern.
+    gain, read_noise, pedestal, saturation
+        e-/DN, DN, DN, DN.
+    dark_rate, cosmic_ray_rate : float
+        e-/read per pixel; hits per pixel per read difference.
+    sky_fraction : float
+
+    Returns
+    -------
+    SimulatedExposure
+    """
+    from .traces import Traces, fpi_fibre_indices
+
+    if n_fibres < 1 or n_columns < 1 or n_reads < 3:
+        raise ValueError("n_fibres, n_columns >= 1 and n_reads >= 3 expected")
+    rng = np.random.default_rng(seed)
+    K = n_reads - 1
+    fibre_type = np.full(n_fibres, "science", dtype=object)
+    sky = rng.uniform(size=n_fibres) < sky_fraction
+    fibre_type[sky] = "sky"
+    fpi = [i for i in fpi_fibre_indices(telescope) if i < n_fibres]
+    fibre_type[fpi] = "fpi"
+    fibre_type = fibre_type.astype(str)
+    if omega is None:
+        omega = exposure_omega(scenario, n_fibres, K, rng, depth)
+    omega = np.broadcast_to(np.asarray(omega, dtype=np.float64), (n_fibres, K)).copy()
+    omega[fibre_type == "fpi"] = 1.0  # the FPI lamp does not see the sky
+    spacing, margin = 6.6, 25.0
+    ny = 2048 if n_fibres == N_FIBRES_FULL else int(np.ceil(2 * margin + (n_fibres - 1) * spacing))
+    first = 0.5 * (ny - (n_fibres - 1) * spacing)
+    x = np.linspace(-1.0, 1.0, n_columns)
+    out = {}
+    for c, chip in enumerate(chips):
+        y_centre = first + spacing * np.arange(n_fibres)[:, None] + 1.5 * x[None, :] ** 2 - 0.5 * c
+        sigma = 1.0 + 0.2 * rng.uniform(size=(n_fibres, 1)) + 0.05 * x[None, :] ** 2
+        traces = Traces(y_centre=y_centre, sigma=sigma, excluded=fibre_type == "fpi")
+        spectra = _fibre_spectra(fibre_type, n_columns, rng)
+        out[chip] = _simulate_chip(
+            traces, spectra, omega, ny, n_columns + ref_columns, rng,
+            gain=gain, read_noise=read_noise, pedestal=pedestal, saturation=saturation,
+            dark_rate=dark_rate, cosmic_ray_rate=cosmic_ray_rate,
+        )  # fmt: skip
+    return SimulatedExposure(
+        chips=out,
+        omega=omega,
+        fibre_type=fibre_type,
+        read_times=np.arange(n_reads) * READ_INTERVAL_S,
+        scenario=scenario if scenario in SCENARIOS else "custom",
+        telescope=telescope,
+        seed=seed,
+    )
+
+
+def _simulate_chip(traces, spectra, omega, ny, nx, rng, *, gain, read_noise, pedestal,
+                   saturation, dark_rate, cosmic_ray_rate) -> SimulatedChip:  # fmt: skip
+    n_fibres, n_columns = traces.y_centre.shape
+    K = omega.shape[1]
+    base = np.rint(traces.y_centre).astype(np.int64)
+    cols = np.broadcast_to(np.arange(n_columns), base.shape)
+    index, light = [], []
+    for offset in range(-5, 6):
+        rows = base + offset
+        inside = (rows >= 0) & (rows < ny)
+        index.append(np.where(inside, rows * nx + cols, 0))
+        light.append(np.where(inside, traces.profile(rows) * spectra, 0.0))
+    index = np.stack(index)  # (n_offsets, n_fibres, n_columns)
+    light = np.stack(light)
+
+    def expected(weights_per_fibre):
+        image = np.bincount(
+            index.ravel(), (light * weights_per_fibre[None, :, None]).ravel(), minlength=ny * nx
+        )
+        return image.reshape(ny, nx)
+
+    dark = np.zeros((ny, nx))
+    dark[:, :n_columns] = dark_rate
+    flux = expected(omega.mean(axis=1)) + dark
+    reads = np.empty((K + 1, ny, nx), dtype=np.float32)
+    counts = np.zeros((ny, nx))
+    noise_e = read_noise * gain
+    reads[0] = np.rint(pedestal + rng.normal(0.0, read_noise, (ny, nx)))
+    hits = []
+    for k in range(K):
+        counts += rng.poisson(expected(omega[:, k]) + dark)
+        n_hit = rng.binomial(ny * n_columns, cosmic_ray_rate)
+        if n_hit:
+            r = rng.integers(0, ny, n_hit)
+            col = rng.integers(0, n_columns, n_hit)
+            np.add.at(counts, (r, col), rng.uniform(200.0, 5000.0, n_hit))
+            hits.append(np.column_stack([np.full(n_hit, k), r, col]))
+        noise = rng.standard_normal((ny, nx), dtype=np.float32) * np.float32(noise_e)
+        reads[k + 1] = np.rint(pedestal + (counts + noise) / gain)
+    reads[:, :, n_columns:] = np.rint(
+        pedestal + rng.normal(0.0, read_noise, (K + 1, ny, nx - n_columns))
+    )
+    np.minimum(reads, np.float32(saturation), out=reads)
+    cosmic = np.concatenate(hits) if hits else np.zeros((0, 3), dtype=np.int64)
+    return SimulatedChip(
+        reads=reads,
+        traces=traces,
+        flux=flux,
+        fibre_flux=spectra,
+        cosmic_rays=cosmic.astype(np.int64),
+        gain=float(gain),
+        read_noise=float(read_noise),
+        saturation=float(saturation),
+    )
+
+
 def write_simulated_apz(
     directory,
     reads,
@@ -260,3 +537,83 @@ def write_simulated_apz(
     )
     path = Path(directory) / ApzName.from_night(telescope, chip, mjd, exposure).filename
     return write_apz(path, counts, read_headers, header=exposure_header, overwrite=overwrite)
+
+
+def write_simulated_exposure(
+    sim: SimulatedExposure,
+    directory,
+    *,
+    mjd: int = 60781,
+    exposure: int = 1,
+    overwrite: bool = False,
+) -> dict:
+    """Write a simulated exposure as the instrument and ApogeeReduction.jl would, plus its truth.
+
+    Per chip: the raw ``apR-{a|b|c}-NNNNNNNN.apz`` (exposure header with ``GAIN`` e-/DN,
+    ``RDNOISE`` DN and ``SATURATE`` DN cards that ``pyapred fit`` reads) and a
+    ``traceMain_{tele}_{mjd}_{chip}.h5`` trace file. The truth goes to
+    ``truth_{tele}_{mjd}_{EXP4}.npz``: ``omega`` ``(n_fibres, K)``, ``fibre_type``,
+    ``read_times``, and per chip ``{chip}_flux`` (exposure-averaged e-/read, float32),
+    ``{chip}_fibre_flux`` and ``{chip}_cosmic_rays``. Every file is written atomically.
+
+    Parameters
+    ----------
+    sim : SimulatedExposure
+    directory : str or os.PathLike
+        Created if missing.
+    mjd, exposure : int
+        SDSS MJD and exposure number within the night (they set the file names).
+    overwrite : bool
+
+    Returns
+    -------
+    dict
+        ``{"apz": [paths], "traces": [paths], "truth": path}``, chips in ``sim.chips`` order.
+    """
+    from pathlib import Path
+
+    from .io._atomic import atomic_path
+    from .traces import trace_file_name, write_trace_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    letters = {"R": "a", "G": "b", "B": "c"}
+    apz, traces = [], []
+    truth = {
+        "omega": sim.omega,
+        "fibre_type": sim.fibre_type,
+        "read_times": sim.read_times,
+        "scenario": sim.scenario,
+        "seed": sim.seed,
+    }
+    for name, chip in sim.chips.items():
+        cards = {
+            "GAIN": (chip.gain, "e-/DN (simulated)"),
+            "RDNOISE": (chip.read_noise, "single-read noise, DN (simulated)"),
+            "SATURATE": (chip.saturation, "saturation level, DN (simulated)"),
+            "EXPTYPE": "OBJECT",
+            "IMAGETYP": "Object",
+        }
+        apz.append(
+            write_simulated_apz(
+                directory, chip.reads, telescope=sim.telescope, chip=letters[name], mjd=mjd,
+                exposure=exposure, bias=0.0, header=cards, overwrite=overwrite,
+            )
+        )  # fmt: skip
+        traces.append(
+            write_trace_file(
+                directory / trace_file_name(sim.telescope, mjd, name),
+                chip.traces,
+                height=chip.fibre_flux,
+                overwrite=overwrite,
+            )
+        )
+        truth[f"{name}_flux"] = chip.flux.astype(np.float32)
+        truth[f"{name}_fibre_flux"] = chip.fibre_flux
+        truth[f"{name}_cosmic_rays"] = chip.cosmic_rays
+        truth[f"{name}_gain"] = chip.gain
+    truth_path = directory / f"truth_{sim.telescope}_{mjd}_{exposure:04d}.npz"
+    with atomic_path(truth_path, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **truth)
+    return {"apz": apz, "traces": traces, "truth": truth_path}

@@ -14,12 +14,20 @@ const NOT_IN_OMEGA_FIT = 1 << 4
 const JUMP_DETECTED = 1 << 5
 "Pixel: 3 or fewer clean differences were left, too few to search for (more) jumps."
 const FEW_CLEAN_DIFFS = 1 << 6
+"Pixel (pipeline): background or between traces; extracted with the constant model."
+const BACKGROUND = 1 << 7
 "Group: the Gauss-Newton iteration reached `max_iter` without converging."
 const NOT_CONVERGED = 1 << 8
 "Group: at least one omega element had no usable difference in any pixel; it is NaN."
 const OMEGA_ELEMENT_NO_DATA = 1 << 9
 "Group: no pixel of the group could be fitted; omega is NaN."
 const EMPTY_GROUP = 1 << 10
+"Fibre (pipeline): too faint to constrain omega; omega borrowed from the bright fibres."
+const BORROWED_OMEGA = 1 << 11
+"Fibre (pipeline): the omega fit failed (not converged or no data); constant model used."
+const FALLBACK_CONSTANT = 1 << 12
+"Fibre (pipeline): an FPI fibre, excluded from the omega fits; constant model used."
+const FPI_FIBRE = 1 << 13
 
 const FLAG_NAMES = (
     MASKED_READ => "MASKED_READ",
@@ -29,9 +37,13 @@ const FLAG_NAMES = (
     NOT_IN_OMEGA_FIT => "NOT_IN_OMEGA_FIT",
     JUMP_DETECTED => "JUMP_DETECTED",
     FEW_CLEAN_DIFFS => "FEW_CLEAN_DIFFS",
+    BACKGROUND => "BACKGROUND",
     NOT_CONVERGED => "NOT_CONVERGED",
     OMEGA_ELEMENT_NO_DATA => "OMEGA_ELEMENT_NO_DATA",
     EMPTY_GROUP => "EMPTY_GROUP",
+    BORROWED_OMEGA => "BORROWED_OMEGA",
+    FALLBACK_CONSTANT => "FALLBACK_CONSTANT",
+    FPI_FIBRE => "FPI_FIBRE",
 )
 
 """

@@ -31,6 +31,8 @@ class Flag(enum.IntFlag):
     JUMP_DETECTED = 1 << 5
     #: Pixel: 3 or fewer clean differences were left, too few to search for (more) jumps.
     FEW_CLEAN_DIFFS = 1 << 6
+    #: Pixel (pipeline): background or between traces; extracted with the constant model.
+    BACKGROUND = 1 << 7
     #: Group: the Gauss-Newton iteration reached ``max_iter`` without converging, or broke down
     #: (a singular system); omega is the last finite iterate.
     NOT_CONVERGED = 1 << 8
@@ -38,6 +40,12 @@ class Flag(enum.IntFlag):
     OMEGA_ELEMENT_NO_DATA = 1 << 9
     #: Group: no pixel of the group could be fitted; omega is NaN.
     EMPTY_GROUP = 1 << 10
+    #: Fibre (pipeline): too faint to constrain omega; omega borrowed from the bright fibres.
+    BORROWED_OMEGA = 1 << 11
+    #: Fibre (pipeline): the omega fit failed (not converged or no data); constant model used.
+    FALLBACK_CONSTANT = 1 << 12
+    #: Fibre (pipeline): an FPI fibre, excluded from the omega fits; constant model used.
+    FPI_FIBRE = 1 << 13
 
 
 def describe_flags(value: int) -> list[str]:

@@ -1,0 +1,487 @@
+"""Fibre traces on the detector: profiles, omega-fit pixels and the pixel-to-fibre map.
+
+A chip carries 300 fibre traces stacked along y (rows); dispersion runs along x (columns). This
+module turns trace centres and widths into the pixel sets the pipeline needs:
+
+- :func:`pixel_fibre_map`: every pixel's dominant fibre (or background) and how pure it is;
+- :func:`select_fit_pixels`: per fibre, the trace-core pixels that carry omega information
+  (unsaturated, no cosmic ray, not blended, bright enough).
+
+Conventions. Python APIs use 0-based fibre indices ``i = 300 - fiberId`` (ApogeeReduction.jl's
+``fiberIndx = 301 - fiberId`` minus one) and 0-based rows. Array axes are ``(n_fibres,
+n_columns)`` for per-trace quantities and ``(ny, n_columns)`` for images, C order, the same as the
+chip's ``(ny, nx)`` read planes. ApogeeReduction.jl's 1-based, Julia-ordered arrays are converted
+at the boundary by :meth:`Traces.from_trace_params` and :meth:`Traces.from_centres`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FPI_FIBER_IDS",
+    "N_FIBRES",
+    "FitPixels",
+    "PixelMap",
+    "Traces",
+    "fiber_id",
+    "fibre_index",
+    "fpi_fibre_indices",
+    "pixel_fibre_map",
+    "parse_trace_file_name",
+    "read_trace_file",
+    "select_fit_pixels",
+    "trace_brightness",
+    "trace_file_name",
+    "write_trace_file",
+]
+
+N_FIBRES = 300
+#: fiberIds of the FPI ("fpiguide") fibres, never on sky (ApogeeReduction.jl get_fpi_guide_fiberID).
+FPI_FIBER_IDS = {"apo": (75, 225), "lco": (82, 213)}
+
+
+def fibre_index(fiber_id):
+    """0-based on-chip fibre index of an APOGEE fiberId (1..300): ``300 - fiberId``."""
+    return N_FIBRES - np.asarray(fiber_id)
+
+
+def fiber_id(fibre_index):
+    """APOGEE fiberId of a 0-based on-chip fibre index: ``300 - index``."""
+    return N_FIBRES - np.asarray(fibre_index)
+
+
+def fpi_fibre_indices(telescope: str) -> tuple[int, ...]:
+    """0-based indices of the FPI fibres of ``telescope`` ("apo" or "lco")."""
+    try:
+        ids = FPI_FIBER_IDS[telescope.lower()]
+    except KeyError:
+        raise ValueError(f"telescope: expected 'apo' or 'lco', got {telescope!r}") from None
+    return tuple(int(fibre_index(i)) for i in ids)
+
+
+@dataclass(frozen=True)
+class Traces:
+    """Gaussian trace profiles of the fibres of one chip.
+
+    Attributes
+    ----------
+    y_centre : ndarray, float64, ``(n_fibres, n_columns)``
+        0-based row of each trace's centre in each column.
+    sigma : ndarray, float64, ``(n_fibres, n_columns)``
+        Gaussian width in rows (pixels), > 0.
+    excluded : ndarray of bool, ``(n_fibres,)``
+        Fibres left out of the omega fits (the FPI fibres); their pixels get the constant model.
+    """
+
+    y_centre: np.ndarray
+    sigma: np.ndarray
+    excluded: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        y = np.asarray(self.y_centre, dtype=np.float64)
+        s = np.broadcast_to(np.asarray(self.sigma, dtype=np.float64), y.shape).copy()
+        if y.ndim != 2:
+            raise ValueError(f"y_centre: expected (n_fibres, n_columns), got shape {y.shape}")
+        if not (np.all(np.isfinite(y)) and np.all(np.isfinite(s)) and np.all(s > 0)):
+            raise ValueError("y_centre, sigma: expected finite values and sigma > 0")
+        excluded = np.zeros(y.shape[0], bool) if self.excluded is None else self.excluded
+        excluded = np.asarray(excluded, dtype=bool)
+        if excluded.shape != (y.shape[0],):
+            raise ValueError(f"excluded: expected shape ({y.shape[0]},), got {excluded.shape}")
+        object.__setattr__(self, "y_centre", y)
+        object.__setattr__(self, "sigma", s)
+        object.__setattr__(self, "excluded", excluded)
+
+    @property
+    def n_fibres(self) -> int:
+        return self.y_centre.shape[0]
+
+    @property
+    def n_columns(self) -> int:
+        return self.y_centre.shape[1]
+
+    @classmethod
+    def from_trace_params(
+        cls, params, *, telescope: str | None = None, one_based: bool = True
+    ) -> Traces:
+        """Traces from ApogeeReduction.jl ``trace_params`` (``traceMain`` files).
+
+        Parameters
+        ----------
+        params : array_like, ``(n_columns, n_fibres, 3)``
+            Julia's ``trace_params[x, fiberIndx, p]`` with p = height, y-centre, sigma. The
+            reversed ``(3, n_fibres, n_columns)`` layout in which h5py shows the dataset is
+            accepted too.
+        telescope : {"apo", "lco"}, optional
+            Marks that telescope's FPI fibres as excluded.
+        one_based : bool, optional
+            Whether the y-centres are 1-based (ApogeeReduction.jl); default True.
+        """
+        params = np.asarray(params, dtype=np.float64)
+        if params.ndim != 3 or 3 not in (params.shape[0], params.shape[2]):
+            raise ValueError(
+                f"params: expected (n_columns, n_fibres, 3) or its reverse, got {params.shape}"
+            )
+        if params.shape[2] != 3:
+            params = params.T
+        return cls._build(params[:, :, 1].T, params[:, :, 2].T, telescope, one_based)
+
+    @classmethod
+    def from_centres(
+        cls, centres, sigma=1.0, *, telescope: str | None = None, one_based: bool = True
+    ) -> Traces:
+        """Traces from trace centres alone, e.g. ar1Dcal ``extract_trace_centers``.
+
+        Parameters
+        ----------
+        centres : array_like, ``(n_columns, n_fibres)``
+            Julia's ``extract_trace_centers[x, fiberIndx]`` (h5py shows ``(n_fibres,
+            n_columns)``: pass ``.T``).
+        sigma : float or array_like, optional
+            Gaussian width in pixels, broadcastable to ``(n_fibres, n_columns)``.
+        telescope, one_based
+            As in :meth:`from_trace_params`.
+        """
+        centres = np.asarray(centres, dtype=np.float64)
+        if centres.ndim != 2:
+            raise ValueError(f"centres: expected (n_columns, n_fibres), got {centres.shape}")
+        return cls._build(centres.T, sigma, telescope, one_based)
+
+    @classmethod
+    def _build(cls, y_centre, sigma, telescope, one_based) -> Traces:
+        y = np.asarray(y_centre) - (1.0 if one_based else 0.0)
+        excluded = np.zeros(y.shape[0], dtype=bool)
+        if telescope is not None:
+            excluded[[i for i in fpi_fibre_indices(telescope) if i < y.shape[0]]] = True
+        return cls(y_centre=y, sigma=sigma, excluded=excluded)
+
+    def profile(self, rows: np.ndarray) -> np.ndarray:
+        """Pixel-integrated unit-area Gaussian of every trace at the given rows.
+
+        Parameters
+        ----------
+        rows : ndarray of int, ``(n_fibres, n_columns)`` or broadcastable
+
+        Returns
+        -------
+        ndarray, float64, ``(n_fibres, n_columns)``
+            Fraction of each trace's light (per column) that falls in those rows.
+        """
+        from scipy.special import ndtr
+
+        scale = 1.0 / self.sigma
+        upper = (rows + 0.5 - self.y_centre) * scale
+        lower = (rows - 0.5 - self.y_centre) * scale
+        return ndtr(upper) - ndtr(lower)
+
+    def check_geometry(self, ny: int, nx: int, source: str = "traces") -> None:
+        """Raise :class:`~pyapred.errors.InputError` unless the traces fit a ``(ny, nx)`` chip."""
+        from .errors import InputError
+
+        if self.n_columns > nx:
+            raise InputError(
+                source, "trace columns", f"at most the chip's {nx} columns", str(self.n_columns)
+            )
+        low, high = float(self.y_centre.min()), float(self.y_centre.max())
+        if low < -0.5 or high > ny - 0.5:
+            raise InputError(
+                source,
+                "trace y-centres",
+                f"rows inside the chip's [0, {ny - 1}] (0-based)",
+                f"[{low:.1f}, {high:.1f}]",
+            )
+
+
+@dataclass(frozen=True)
+class PixelMap:
+    """The fibre that dominates each pixel of the traced columns.
+
+    Attributes
+    ----------
+    fibre : ndarray, int32, ``(ny, n_columns)``
+        0-based fibre index, or -1 for background and inter-fibre pixels (no trace within
+        ``halfwidth`` sigmas).
+    purity : ndarray, float32, ``(ny, n_columns)``
+        The dominant fibre's share of the modelled light in the pixel (0 for background).
+    """
+
+    fibre: np.ndarray
+    purity: np.ndarray
+
+
+def _window_offsets(traces: Traces, halfwidth: float) -> range:
+    reach = int(np.ceil(halfwidth * float(traces.sigma.max()))) + 1
+    return range(-reach, reach + 1)
+
+
+def trace_brightness(traces: Traces, rate: np.ndarray) -> np.ndarray:
+    """Rough per-column brightness of every trace, from a rate image.
+
+    Parameters
+    ----------
+    traces : Traces
+    rate : ndarray, ``(ny, >= n_columns)``
+        Count rate per pixel (any units), e.g. the median read difference.
+
+    Returns
+    -------
+    ndarray, float64, ``(n_fibres, n_columns)``
+        Rate at the row nearest each trace centre divided by the profile fraction there, i.e.
+        the trace's total rate per column, clipped at 0.
+    """
+    ny = rate.shape[0]
+    rows = np.clip(np.rint(traces.y_centre).astype(np.int64), 0, ny - 1)
+    cols = np.arange(traces.n_columns)[None, :]
+    peak = rate[rows, cols]
+    return np.maximum(np.nan_to_num(peak, nan=0.0), 0.0) / traces.profile(rows)
+
+
+def pixel_fibre_map(
+    traces: Traces, ny: int, brightness=None, *, halfwidth: float = 3.0
+) -> PixelMap:
+    """Assign every pixel of the traced columns to the fibre whose profile dominates it.
+
+    Parameters
+    ----------
+    traces : Traces
+    ny : int
+        Rows of the chip.
+    brightness : array_like, optional
+        ``(n_fibres, n_columns)`` trace brightness (see :func:`trace_brightness`); default
+        equal brightness. It decides blended pixels and the purity.
+    halfwidth : float, optional
+        Pixels whose centre lies more than this many sigmas from every trace are background.
+
+    Returns
+    -------
+    PixelMap
+    """
+    shape = (ny, traces.n_columns)
+    bright = (
+        np.ones(traces.y_centre.shape)
+        if brightness is None
+        else np.broadcast_to(np.asarray(brightness, dtype=np.float64), traces.y_centre.shape)
+    )
+    # Tiny floor so that a dark fibre still owns its core pixels.
+    bright = np.maximum(bright, 1e-6 * max(float(bright.max()), 1e-300))
+    best = np.zeros(shape)
+    total = np.zeros(shape)
+    fibre = np.full(shape, -1, dtype=np.int32)
+    base = np.rint(traces.y_centre).astype(np.int64)
+    cols = np.broadcast_to(np.arange(traces.n_columns), base.shape)
+    fibres = np.broadcast_to(np.arange(traces.n_fibres)[:, None], base.shape)
+    for offset in _window_offsets(traces, halfwidth):
+        rows = base + offset
+        inside = (rows >= 0) & (rows < ny)
+        near = inside & (np.abs(rows - traces.y_centre) <= halfwidth * traces.sigma)
+        light = traces.profile(rows) * bright
+        r, c = rows[inside], cols[inside]
+        np.add.at(total, (r, c), light[inside])
+        wins = near & (light > best[np.clip(rows, 0, ny - 1), cols])
+        r, c = rows[wins], cols[wins]
+        best[r, c] = light[wins]
+        fibre[r, c] = fibres[wins]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        purity = np.where(fibre >= 0, best / total, 0.0).astype(np.float32)
+    return PixelMap(fibre=fibre, purity=purity)
+
+
+@dataclass(frozen=True)
+class FitPixels:
+    """Per-fibre pixel sets for the omega fit, padded to a common length.
+
+    Attributes
+    ----------
+    rows, cols : ndarray, int64, ``(n_fibres, n_pix)``
+        0-based pixel coordinates; padding entries repeat a valid coordinate.
+    valid : ndarray of bool, ``(n_fibres, n_pix)``
+        False for padding.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def count(self) -> np.ndarray:
+        """Number of pixels selected per fibre, ``(n_fibres,)``."""
+        return self.valid.sum(axis=1)
+
+
+def select_fit_pixels(
+    traces: Traces,
+    pixel_map: PixelMap,
+    snr: np.ndarray,
+    bad: np.ndarray | None = None,
+    *,
+    core_halfwidth: float = 0.5,
+    min_purity: float = 0.95,
+    min_snr: float = 30.0,
+    max_pixels: int | None = None,
+) -> FitPixels:
+    """Choose, per fibre, the trace-core pixels for the omega fit.
+
+    A pixel is kept when its centre lies within ``core_halfwidth`` rows of the trace centre,
+    the fibre dominates it with at least ``min_purity`` of the light (not blended), its
+    signal-to-noise ratio is at least ``min_snr``, and ``bad`` (saturation, cosmic rays) is
+    False. Excluded (FPI) fibres get no pixels. All traced columns are used; with
+    ``max_pixels`` only the highest-SNR pixels are kept.
+
+    Parameters
+    ----------
+    traces : Traces
+    pixel_map : PixelMap
+        From :func:`pixel_fibre_map` with the exposure's brightness.
+    snr : ndarray, ``(ny, >= n_columns)``
+        Signal-to-noise ratio of each pixel's total signal.
+    bad : ndarray of bool, ``(ny, >= n_columns)``, optional
+    core_halfwidth : float, optional
+        In rows; 0.5 keeps the row nearest the centre in each column.
+    min_purity, min_snr : float, optional
+    max_pixels : int, optional
+
+    Returns
+    -------
+    FitPixels
+    """
+    ny, nc = pixel_map.fibre.shape
+    base = np.rint(traces.y_centre).astype(np.int64)
+    cols = np.broadcast_to(np.arange(nc), base.shape)
+    reach = int(np.ceil(core_halfwidth))
+    cand_rows, cand_cols, cand_ok, cand_snr = [], [], [], []
+    for offset in range(-reach, reach + 1):
+        rows = np.clip(base + offset, 0, ny - 1)
+        ok = (np.abs(base + offset - traces.y_centre) <= core_halfwidth) & (base + offset == rows)
+        ok &= pixel_map.fibre[rows, cols] == np.arange(traces.n_fibres)[:, None]
+        ok &= pixel_map.purity[rows, cols] >= min_purity
+        pix_snr = np.nan_to_num(snr[rows, cols], nan=0.0)
+        ok &= pix_snr >= min_snr
+        if bad is not None:
+            ok &= ~bad[rows, cols]
+        ok &= ~traces.excluded[:, None]
+        cand_rows.append(rows)
+        cand_cols.append(cols)
+        cand_ok.append(ok)
+        cand_snr.append(np.where(ok, pix_snr, -np.inf))
+    rows = np.concatenate(cand_rows, axis=1)
+    cols_all = np.concatenate(cand_cols, axis=1)
+    ok = np.concatenate(cand_ok, axis=1)
+    # Valid pixels first (highest SNR first), padding after.
+    order = np.argsort(-np.concatenate(cand_snr, axis=1), axis=1, kind="stable")
+    n_keep = int(ok.sum(axis=1).max(initial=0))
+    if max_pixels is not None:
+        n_keep = min(n_keep, int(max_pixels))
+    n_keep = max(n_keep, 1)
+    order = order[:, :n_keep]
+    rows = np.take_along_axis(rows, order, axis=1)
+    cols_all = np.take_along_axis(cols_all, order, axis=1)
+    valid = np.take_along_axis(ok, order, axis=1)
+    return FitPixels(rows=rows, cols=cols_all, valid=valid)
+
+
+# --------------------------------------------------------------------------------------------
+# Trace files (ApogeeReduction.jl's traceMain layout)
+# --------------------------------------------------------------------------------------------
+_TRACE_NAME = re.compile(r"^[A-Za-z]*[Tt]race[A-Za-z]*_(apo|lco)_(\d{5})_(?:\d{4}_)?([RGB])\.h5$")
+
+
+def trace_file_name(telescope: str, mjd: int, chip: str) -> str:
+    """ApogeeReduction.jl's nightly trace file name, ``traceMain_{tele}_{mjd}_{chip}.h5``."""
+    return f"traceMain_{telescope}_{mjd}_{chip}.h5"
+
+
+def parse_trace_file_name(path: str | os.PathLike) -> tuple[str, int, str] | None:
+    """``(telescope, mjd, chip)`` from a name like ``traceMain_apo_60781_R.h5``, or None."""
+    match = _TRACE_NAME.match(Path(path).name)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2)), match.group(3)
+
+
+def read_trace_file(
+    path: str | os.PathLike, *, telescope: str | None = None, dataset: str = "trace_params"
+) -> Traces:
+    """Read Gaussian traces from a ``traceMain``-layout HDF5 file.
+
+    The dataset is Julia ``(n_columns, n_fibres, 3)`` = ``[x, fiberIndx, p]`` with p = height,
+    1-based y-centre, sigma, which h5py shows as ``(3, n_fibres, n_columns)``; ApogeeReduction.jl
+    writes ``(2048, 300, 3)``. Smaller geometries (simulated test chips) are accepted.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    telescope : {"apo", "lco"}, optional
+        Whose FPI fibres to exclude; default from the file name (``traceMain_{tele}_...``).
+    dataset : str, optional
+        ``"trace_params"`` or ``"regularized_trace_params"``.
+
+    Raises
+    ------
+    InputError
+        Missing dataset, wrong shape, or non-finite or non-positive widths.
+    """
+    from .errors import InputError
+    from .io._hdf5 import open_h5, read_dataset
+
+    with open_h5(path) as handle:
+        params = read_dataset(
+            path, handle, dataset, shape=(3, None, None), kinds="f",
+            expected="(Julia (n_columns, n_fibres, 3) seen reversed)",
+        )  # fmt: skip
+    params = params.astype(np.float64)
+    if not (np.all(np.isfinite(params[1:])) and np.all(params[2] > 0)):
+        raise InputError(path, dataset, "finite y-centres and widths > 0", "other values")
+    if telescope is None:
+        parsed = parse_trace_file_name(path)
+        telescope = parsed[0] if parsed else None
+    return Traces._build(params[1], params[2], telescope, one_based=True)
+
+
+def write_trace_file(
+    path: str | os.PathLike,
+    traces: Traces,
+    *,
+    height=None,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write traces in ApogeeReduction.jl's ``traceMain`` layout (atomically).
+
+    Writes ``trace_params`` and ``regularized_trace_params`` (h5py ``(3, n_fibres, n_columns)``,
+    1-based y-centres) and a ``metadata`` group (``trace_type`` and the caller's keys).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    traces : Traces
+    height : array_like, optional
+        ``(n_fibres, n_columns)`` profile heights; default 1.
+    metadata : dict, optional
+    overwrite : bool, optional
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    import h5py
+
+    from .io._atomic import atomic_path
+    from .io._hdf5 import write_value
+
+    shape = traces.y_centre.shape
+    height = np.ones(shape) if height is None else np.broadcast_to(height, shape)
+    params = np.stack([height, traces.y_centre + 1.0, traces.sigma]).astype(np.float64)
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
+        handle["trace_params"] = params
+        handle["regularized_trace_params"] = params
+        group = handle.create_group("metadata")
+        for key, value in {"trace_type": "simulated", **(metadata or {})}.items():
+            write_value(group, key, value)
+    return path

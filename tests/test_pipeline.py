@@ -1,0 +1,267 @@
+"""The exposure pipeline on small simulated exposures (40 fibres x 96 columns, 20 reads)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pyapred import Flag, fit_constant, omega_uniform
+from pyapred.errors import InputError
+from pyapred.pipeline import (
+    MODEL_BORROWED,
+    MODEL_CONSTANT,
+    MODEL_TIME_VARIABLE,
+    ChipExposure,
+    FitOptions,
+    fit_exposure,
+    fit_files,
+    match_inputs,
+    truth_metrics,
+    write_result,
+)
+from pyapred.simulate import simulate_exposure, write_simulated_exposure
+
+SMALL = dict(n_fibres=40, n_columns=96, ref_columns=16, n_reads=20)
+
+
+def chips_of(sim, **overrides):
+    return {
+        name: ChipExposure(
+            name, c.reads, c.read_noise, gain=c.gain, saturation=c.saturation, **overrides
+        )
+        for name, c in sim.chips.items()
+    }
+
+
+def traces_of(sim):
+    return {name: c.traces for name, c in sim.chips.items()}
+
+
+def truth_dn(sim):
+    return {name: c.flux / c.gain for name, c in sim.chips.items()}
+
+
+def bright_dn(sim):
+    return {name: 100.0 / c.gain for name, c in sim.chips.items()}
+
+
+@pytest.fixture(scope="module")
+def cloudy():
+    sim = simulate_exposure("clouds", seed=11, chips=("R", "G"), **SMALL)
+    result = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(keep_constant=True))
+    return sim, result
+
+
+def test_cloud_omega_recovered_with_calibrated_errors(cloudy):
+    sim, result = cloudy
+    metrics = truth_metrics(result, sim.omega, truth_dn(sim), min_flux=bright_dn(sim))
+    for key in ("R", "G"):
+        assert metrics["omega"][key]["n_fibres"] >= 20
+        assert 0.8 <= metrics["omega"][key]["z_std"] <= 1.25
+        fits = result.fibres[key]
+        assert np.all(fits.model[fits.bright] == MODEL_TIME_VARIABLE)
+        assert np.all(fits.omega_fit[fits.bright, fits.ref_index] == 1.0)
+        np.testing.assert_allclose(fits.omega[fits.bright].mean(axis=1), 1.0)
+
+
+def test_cloud_constant_model_biased_time_variable_not(cloudy):
+    sim, result = cloudy
+    metrics = truth_metrics(result, sim.omega, truth_dn(sim), min_flux=bright_dn(sim))
+    for key in ("R", "G"):
+        flux = metrics["flux"][key]
+        assert flux["n_pixels"] > 2000
+        assert flux["constant_bias"] <= -1.0
+        assert abs(flux["variable_bias"]) < 0.1
+        assert 0.9 < flux["variable_z_std"] < 1.1
+
+
+def test_faint_fibres_borrow_the_bright_fibres_mean_omega(cloudy):
+    sim, result = cloudy
+    metrics = truth_metrics(result, sim.omega, truth_dn(sim), min_flux=bright_dn(sim))
+    for key in ("R", "G"):
+        fits = result.fibres[key]
+        sky = sim.fibre_type == "sky"
+        assert sky.any()
+        assert np.all(fits.model[sky] == MODEL_BORROWED)
+        assert np.all(fits.flags[sky] & Flag.BORROWED_OMEGA)
+        assert not np.any(fits.bright[sky])
+        # The borrowed omega matches the truth within its (small) errors ...
+        assert 0.5 < metrics["borrowed"][key]["z_std"] < 1.5
+        ref = fits.ref_index
+        truth = sim.omega[sky][0] / sim.omega[sky][0, ref]
+        np.testing.assert_allclose(fits.borrowed_omega, truth, atol=0.01)
+        # ... so the sky fibres' fluxes are unbiased too.
+        assert abs(metrics["flux"][key]["borrowed_bias"]) < 0.1
+
+
+def test_fpi_fibres_are_excluded_and_constant(cloudy):
+    sim, result = cloudy
+    fits = result.fibres["R"]
+    fpi = np.flatnonzero(sim.fibre_type == "fpi")
+    assert fpi.size == 0 or (
+        np.all(fits.model[fpi] == MODEL_CONSTANT) and np.all(fits.flags[fpi] & Flag.FPI_FIBRE)
+    )
+
+
+def test_cosmic_rays_found_and_flagged(cloudy):
+    sim, result = cloudy
+    chip, truth = result.chips["R"], sim.chips["R"]
+    hits = truth.cosmic_rays
+    assert hits.shape[0] > 5
+    found = {tuple(j) for j in chip.prepared.jumps.tolist()}
+    # A hit in difference k masks read k + 1.
+    recovered = sum((k + 1, r, c) in found for k, r, c in hits.tolist())
+    assert recovered >= 0.9 * hits.shape[0]
+    assert len(found) <= 1.1 * hits.shape[0] + 2
+    assert np.all(chip.flags[hits[:, 1], hits[:, 2]] & Flag.JUMP_DETECTED)
+
+
+def test_pixel_flags_and_shapes(cloudy):
+    sim, result = cloudy
+    chip = result.chips["R"]
+    ny, nx = sim.chips["R"].reads.shape[1:]
+    assert chip.flux.shape == (ny, nx) and chip.fibre.shape == (ny, nx)
+    assert np.all(chip.fibre[:, SMALL["n_columns"] :] == -1)  # reference output: background
+    assert np.all((chip.flags & Flag.BACKGROUND).astype(bool) == (chip.fibre < 0))
+    saturated = sim.chips["R"].reads.max(axis=0) >= sim.chips["R"].saturation
+    assert np.all(chip.flags[saturated] & Flag.SATURATED)
+    assert np.all(np.isfinite(chip.flux[chip.n_diff >= 2]))
+
+
+def test_model_choice_stable_exposure_is_constant():
+    sim = simulate_exposure("stable", seed=5, chips=("R",), **SMALL)
+    result = fit_exposure(chips_of(sim), traces_of(sim))
+    fits = result.fibres["R"]
+    assert fits.bright.sum() >= 20
+    assert np.mean(fits.model[fits.bright] == MODEL_CONSTANT) >= 0.95
+    assert np.all(fits.model[~fits.bright] == MODEL_CONSTANT)  # nothing worth borrowing
+    # Constant fibres are extracted with the ones-vector: exactly the constant model.
+    chip = sim.chips["R"]
+    direct = fit_constant(chip.reads, chip.read_noise, gain=chip.gain, saturation=chip.saturation)
+    constant_pixels = result.chips["R"].flags & Flag.JUMP_DETECTED == 0
+    np.testing.assert_allclose(
+        result.chips["R"].flux[constant_pixels], direct.flux[constant_pixels], rtol=1e-10
+    )
+
+
+def test_model_choice_amplitude_0_2_is_time_variable():
+    rng = np.random.default_rng(3)
+    omega = omega_uniform(SMALL["n_reads"] - 1, 0.2, rng)
+    sim = simulate_exposure(omega=omega, seed=6, chips=("R",), **SMALL)
+    fits = fit_exposure(chips_of(sim), traces_of(sim)).fibres["R"]
+    assert fits.bright.sum() >= 20
+    assert np.mean(fits.model[fits.bright] == MODEL_TIME_VARIABLE) >= 0.95
+    assert 0.15 < np.median(fits.amplitude[fits.bright]) < 0.25  # the paper's A, about
+    assert np.all(fits.p_value[fits.bright] < 1e-3)
+
+
+def test_joint_chips_tighten_omega(cloudy):
+    sim, per_chip = cloudy
+    joint = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(joint_chips=True))
+    assert list(joint.fibres) == ["joint"]
+    fits = joint.fibres["joint"]
+    both = fits.bright & per_chip.fibres["R"].bright & per_chip.fibres["G"].bright
+    assert both.sum() >= 12
+
+    def median_error(f):
+        return np.median(np.delete(f.omega_error(), f.ref_index, axis=1)[both], axis=1)
+
+    gain = median_error(per_chip.fibres["R"]) / median_error(fits)
+    assert np.median(gain) > 1.2  # two chips: about sqrt(2) when equally bright
+    metrics = truth_metrics(joint, sim.omega, truth_dn(sim), min_flux=bright_dn(sim))
+    assert 0.8 <= metrics["omega"]["joint"]["z_std"] <= 1.25
+    assert joint.chips["R"].fibres is joint.chips["G"].fibres
+
+
+def test_forced_models():
+    sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
+    constant = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(model="constant"))
+    fits = constant.fibres["R"]
+    assert fits.fit is None and np.all(fits.model == MODEL_CONSTANT)
+    np.testing.assert_array_equal(fits.omega, 1.0)
+    variable = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(model="time-variable"))
+    fits = variable.fibres["R"]
+    expected = np.where(fits.bright, MODEL_TIME_VARIABLE, MODEL_BORROWED)
+    expected[sim.fibre_type == "fpi"] = MODEL_CONSTANT
+    np.testing.assert_array_equal(fits.model, expected)
+    with pytest.raises(ValueError, match="model"):
+        FitOptions(model="guess")
+
+
+def test_unconverged_fibres_fall_back_to_constant_and_are_reported():
+    sim = simulate_exposure("clouds", seed=9, chips=("R",), **SMALL)
+    result = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(max_iter=1))
+    fits = result.fibres["R"]
+    failed = (fits.flags & Flag.FALLBACK_CONSTANT).astype(bool)
+    assert failed.sum() >= 20
+    assert np.all(fits.flags[failed] & Flag.NOT_CONVERGED)
+    assert np.all(fits.model[failed] == MODEL_CONSTANT)
+    assert result.problems() and "constant model used" in result.problems()[0]
+    assert np.all(np.isfinite(result.chips["R"].flux[result.chips["R"].n_diff >= 2]))
+
+
+def test_bad_input_geometry_and_mixed_exposures():
+    sim = simulate_exposure("stable", seed=1, chips=("R", "G"), **SMALL)
+    chips = chips_of(sim)
+    short = {name: c.traces for name, c in sim.chips.items()}
+    too_wide = {k: type(t)(np.pad(t.y_centre, ((0, 0), (0, 200)), mode="edge"), 1.0)
+                for k, t in short.items()}  # fmt: skip
+    with pytest.raises(InputError, match="trace columns"):
+        fit_exposure(chips, too_wide)
+    mixed = dict(chips)
+    mixed["G"] = ChipExposure("G", chips["G"].reads, 8.0, telescope="lco", source="b.apz")
+    mixed["R"] = ChipExposure("R", chips["R"].reads, 8.0, telescope="apo", source="a.apz")
+    with pytest.raises(InputError, match="telescope"):
+        fit_exposure(mixed, short)
+
+
+def test_match_inputs_rejects_mixed_nights(tmp_path):
+    with pytest.raises(InputError, match="one exposure per call"):
+        match_inputs(["apR-a-52190001.apz", "apR-b-52200001.apz"], ["traceMain_apo_60781_R.h5"])
+    with pytest.raises(InputError, match="trace file for chip G"):
+        match_inputs(["apR-a-52190001.apz", "apR-b-52190001.apz"], ["traceMain_apo_60781_R.h5"])
+    pairs = match_inputs(["apR-b-52190001.apz", "apR-a-52190001.apz"],
+                         ["traceMain_apo_60781_G.h5", "traceMain_apo_60781_R.h5"])  # fmt: skip
+    assert list(pairs) == ["R", "G"]
+
+
+def test_files_to_product_and_command_line(tmp_path, capsys):
+    from pyapred.cli import main
+    from pyapred.io import read_product
+
+    sim = simulate_exposure("clouds", seed=12, chips=("R", "B"), **SMALL)
+    paths = write_simulated_exposure(sim, tmp_path / "data")
+    result = fit_files(paths["apz"], paths["traces"])
+    in_memory = fit_exposure(chips_of(sim), traces_of(sim))
+    np.testing.assert_allclose(result.chips["R"].flux, in_memory.chips["R"].flux, rtol=1e-6)
+    # Files are read into writable cubes (NaN after jumps instead of a mask): same flags.
+    np.testing.assert_array_equal(result.chips["R"].flags, in_memory.chips["R"].flags)
+    product = read_product(write_result(result, tmp_path / "p.h5"))
+    assert set(product.chips) == {"R", "B"} and set(product.fibers) == {"R", "B"}
+    fibres = product.fibers["R"]
+    assert fibres.model[int(np.flatnonzero(result.fibres["R"].bright)[0])] == "time_variable"
+    assert np.all(np.isfinite(fibres.omega))
+    assert product.metadata["R_delta_chi2"].shape == (SMALL["n_fibres"],)
+
+    args = [str(p) for p in paths["apz"]] + ["--traces", *map(str, paths["traces"])]
+    out = tmp_path / "cli.h5"
+    plots = tmp_path / "plots"
+    assert main(["fit", *args, "--out", str(out), "--json", "--plots", str(plots)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["chips"] == ["B", "R"] and summary["problems"] == []
+    assert len(list(plots.glob("*.png"))) == 8
+    assert main(["fit", *args, "--out", str(out)]) == 2  # exists, no --overwrite
+    assert main(["fit", args[0], "--traces", args[-1], "--out", str(tmp_path / "x.h5")]) == 2
+    assert "trace file for chip R" in capsys.readouterr().err
+    assert main(["fit", *args, "--out", str(tmp_path / "j.h5"), "--backend", "julia"]) == 2
+
+
+def test_simulate_command_writes_an_exposure(tmp_path, capsys):
+    from pyapred.cli import main
+
+    argv = ["simulate", "--out", str(tmp_path), "--seeing", "--seed", "2", "--fibres", "12"]
+    assert main([*argv, "--columns", "16", "--ref-columns", "0", "--reads", "5"]) == 0
+    written = capsys.readouterr().out.split()
+    assert len(written) == 7 and all(tmp_path.joinpath(p).exists() for p in written)
+    truth = np.load(next(tmp_path.glob("truth_*.npz")))
+    assert truth["omega"].shape == (12, 4) and str(truth["scenario"]) == "seeing"

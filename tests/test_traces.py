@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+
+from pyapred.errors import InputError
+from pyapred.traces import (
+    Traces,
+    fiber_id,
+    fibre_index,
+    fpi_fibre_indices,
+    parse_trace_file_name,
+    pixel_fibre_map,
+    read_trace_file,
+    select_fit_pixels,
+    trace_brightness,
+    write_trace_file,
+)
+
+
+def straight_traces(n_fibres=5, n_columns=8, spacing=6.6, sigma=1.1, first=10.0):
+    y = first + spacing * np.arange(n_fibres)[:, None] + np.zeros((1, n_columns))
+    return Traces(y_centre=y, sigma=sigma)
+
+
+def test_fibre_numbering_and_fpi_fibres():
+    assert fibre_index(300) == 0 and fibre_index(1) == 299
+    assert fiber_id(fibre_index(123)) == 123
+    # fiberIds 75 and 225 (APO), 82 and 213 (LCO) are the FPI fibres.
+    assert sorted(fpi_fibre_indices("apo")) == [75, 225]
+    assert sorted(fpi_fibre_indices("LCO")) == [87, 218]
+    with pytest.raises(ValueError, match="telescope"):
+        fpi_fibre_indices("keck")
+
+
+def test_from_trace_params_accepts_both_layouts_and_converts_to_0_based():
+    n_columns, n_fibres = 6, 300
+    params = np.zeros((n_columns, n_fibres, 3))  # Julia [x, fiberIndx, p]
+    params[:, :, 0] = 1.0
+    params[:, :, 1] = 11.0 + np.arange(n_fibres)[None, :]
+    params[:, :, 2] = 1.2
+    julia = Traces.from_trace_params(params, telescope="apo")
+    h5py_order = Traces.from_trace_params(params.T, telescope="apo")
+    assert julia.y_centre.shape == (n_fibres, n_columns)
+    np.testing.assert_array_equal(julia.y_centre, h5py_order.y_centre)
+    assert julia.y_centre[0, 0] == 10.0  # 1-based 11 is 0-based row 10
+    assert np.flatnonzero(julia.excluded).tolist() == [75, 225]
+    centres = Traces.from_centres(params[:, :, 1], sigma=1.0)
+    np.testing.assert_array_equal(centres.y_centre, julia.y_centre)
+    assert not centres.excluded.any()
+
+
+def test_traces_validate_their_arrays():
+    with pytest.raises(ValueError, match="sigma"):
+        Traces(y_centre=np.zeros((2, 3)), sigma=0.0)
+    with pytest.raises(ValueError, match="excluded"):
+        Traces(y_centre=np.zeros((2, 3)), sigma=1.0, excluded=[True])
+
+
+def test_profile_is_pixel_integrated_and_normalised():
+    traces = straight_traces(n_fibres=1, n_columns=1, first=20.3)
+    rows = np.arange(0, 40)[None, None, :]
+    total = sum(traces.profile(np.full((1, 1), r)) for r in rows.ravel())
+    assert total[0, 0] == pytest.approx(1.0, abs=1e-12)
+    # Symmetric about the centre 20.3: row 20 holds more than row 21.
+    assert traces.profile(np.full((1, 1), 20)) > traces.profile(np.full((1, 1), 21))
+
+
+def test_pixel_map_assigns_nearest_trace_and_marks_gaps_as_background():
+    traces = straight_traces(n_fibres=3, spacing=12.0, sigma=1.0)
+    pmap = pixel_fibre_map(traces, ny=50, halfwidth=2.5)
+    assert pmap.fibre.shape == (50, 8)
+    assert pmap.fibre[10, 0] == 0 and pmap.fibre[22, 0] == 1 and pmap.fibre[34, 0] == 2
+    assert pmap.fibre[16, 0] == -1  # halfway between traces 12 px apart
+    assert pmap.fibre[0, 0] == -1 and pmap.fibre[49, 0] == -1
+    assert pmap.purity[10, 0] == pytest.approx(1.0)
+
+
+def test_pixel_map_bright_neighbour_dominates_a_faint_fibres_wing():
+    traces = straight_traces(n_fibres=2, spacing=5.0, sigma=1.2)
+    equal = pixel_fibre_map(traces, ny=30, halfwidth=3.0)
+    brightness = np.array([[1.0], [1000.0]]) * np.ones((1, 8))
+    skewed = pixel_fibre_map(traces, ny=30, brightness=brightness, halfwidth=3.0)
+    row = 12  # 2 px above fibre 0, 3 px below fibre 1
+    assert equal.fibre[row, 0] == 0
+    assert skewed.fibre[row, 0] == 1
+    assert skewed.purity[10, 0] < 0.95 < equal.purity[10, 0]
+
+
+def test_select_fit_pixels_applies_every_cut():
+    traces = straight_traces(n_fibres=3, n_columns=10, spacing=8.0, sigma=1.0)
+    traces = Traces(traces.y_centre, traces.sigma, excluded=[False, False, True])
+    ny = 40
+    pmap = pixel_fibre_map(traces, ny)
+    snr = np.full((ny, 10), 100.0)
+    snr[:, 0] = 5.0  # too faint
+    bad = np.zeros((ny, 10), dtype=bool)
+    bad[10, 3] = True  # saturated or cosmic ray on fibre 0's core
+    sel = select_fit_pixels(traces, pmap, snr, bad, min_snr=30)
+    assert sel.count.tolist() == [8, 9, 0]  # fibre 0 loses columns 0 and 3, fibre 2 is FPI
+    assert np.all(sel.rows[sel.valid] % 8 == 2)  # the trace-centre rows 10, 18
+    assert 0 not in sel.cols[0][sel.valid[0]] and 3 not in sel.cols[0][sel.valid[0]]
+    brightest = select_fit_pixels(traces, pmap, snr + np.arange(10), max_pixels=4)
+    assert brightest.rows.shape == (3, 4)
+    assert sorted(brightest.cols[1].tolist()) == [6, 7, 8, 9]
+
+
+def test_trace_brightness_recovers_total_light_per_column():
+    traces = straight_traces(n_fibres=2, n_columns=4, spacing=10.0, sigma=1.0, first=10.2)
+    rate = np.zeros((30, 4))
+    for f, total in enumerate((100.0, 400.0)):
+        for r in range(30):
+            rate[r] += total * traces.profile(np.full((2, 4), r))[f]
+    np.testing.assert_allclose(trace_brightness(traces, rate), [[100.0] * 4, [400.0] * 4])
+
+
+def test_check_geometry_names_the_problem():
+    traces = straight_traces(n_fibres=2, n_columns=16)
+    traces.check_geometry(ny=40, nx=16)
+    with pytest.raises(InputError, match="trace columns"):
+        traces.check_geometry(ny=40, nx=8)
+    with pytest.raises(InputError, match="y-centres"):
+        traces.check_geometry(ny=12, nx=16)
+
+
+def test_trace_file_round_trip_and_agreement_with_io_reader(tmp_path):
+    from pyapred.io import read_traces
+
+    n_fibres, n_columns = 300, 2048
+    y = 20.0 + 6.6 * np.arange(n_fibres)[:, None] + 0.01 * np.arange(n_columns)[None, :]
+    traces = Traces(y, 1.1)
+    path = write_trace_file(tmp_path / "traceMain_lco_60781_G.h5", traces, height=2.0)
+    assert parse_trace_file_name(path) == ("lco", 60781, "G")
+    back = read_trace_file(path)
+    np.testing.assert_allclose(back.y_centre, y)
+    np.testing.assert_allclose(back.sigma, 1.1)
+    assert np.flatnonzero(back.excluded).tolist() == [87, 218]  # from the name: LCO
+    io_traces = read_traces(path)  # ApogeeReduction.jl layout, read by pyapred.io
+    np.testing.assert_allclose(io_traces.y_center, back.y_centre)
+    with pytest.raises(FileExistsError):
+        write_trace_file(path, traces)
+
+
+def test_read_trace_file_rejects_a_wrong_layout(tmp_path):
+    import h5py
+
+    path = tmp_path / "traceMain_apo_60781_R.h5"
+    with h5py.File(path, "w") as handle:
+        handle["trace_params"] = np.ones((300, 2048))
+    with pytest.raises(InputError, match="trace_params"):
+        read_trace_file(path)
