@@ -442,7 +442,7 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
     coarse_map = pixel_fibre_map(traces, ny, halfwidth=options.map_halfwidth).fibre
 
     # One pass over the chip: robust rate, jumps and saturation (a Numba kernel, rows in parallel).
-    from ._jumps import first_pass
+    from ._first_pass import first_pass
 
     shape_index = np.full((ny, nx), traces.n_fibres, dtype=np.int32)  # last row: background
     shape_index[:, :nc] = np.where(coarse_map >= 0, coarse_map, traces.n_fibres)
