@@ -24,6 +24,7 @@ const POSITIONAL = Dict(
     "extract_fluxes" => ["reads", "read_noise", "omega"],
     "fit_equal_weight" => ["reads", "read_noise"],
     "fit_omega" => ["reads", "read_noise"],
+    "find_jumps" => ["reads", "read_noise"],
     "initial_guess" => ["reads", "read_noise"],
     "gauss_newton_step" => ["diffs", "valid", "s2", "dt", "flux", "omega", "ref_index",
         "fit_pixel"],
@@ -41,6 +42,15 @@ const TUPLE_OUTPUTS = Dict(
 "Indices are 0-based in the vectors (Python) and 1-based here."
 const INDEX_KEYS = ("groups", "ref_index", "kstar", "segments")
 
+"Fields of a NamedTuple by name; a nested NamedTuple (`find_jumps`'s `flux`) adds its own."
+function flat_outputs(result::NamedTuple)
+    outputs = Dict{String, Any}()
+    for (k, v) in pairs(result)
+        v isa NamedTuple ? merge!(outputs, flat_outputs(v)) : (outputs[string(k)] = v)
+    end
+    return outputs
+end
+
 function run_vector(vector)
     name = vector["function"]
     inputs = Dict{String, Any}(k => toml_array(v) for (k, v) in vector["inputs"])
@@ -50,7 +60,7 @@ function run_vector(vector)
     args = [pop!(inputs, key) for key in POSITIONAL[name]]
     result = getfield(APRampFit, Symbol(name))(args...; (Symbol(k) => v for (k, v) in inputs)...)
     outputs = name in keys(TUPLE_OUTPUTS) ? Dict(zip(TUPLE_OUTPUTS[name], result)) :
-              Dict(string(k) => v for (k, v) in pairs(result))
+              flat_outputs(result)
     haskey(outputs, "ref_index") && (outputs["ref_index"] = outputs["ref_index"] .- 1)
     return outputs
 end
