@@ -338,9 +338,9 @@ case(
 )
 
 
-# --- jump search ----------------------------------------------------------------------------------
+# --- jump search ------------------------------------------------------------------------------
 def with_jumps(reads, jumps):
-    """Add charge ``size`` from read ``k + 1`` on (difference ``k``) for each ``(k, pixel, size)``."""
+    """Add ``size`` to every read after read ``k`` (a jump in difference ``k``) of ``pixel``."""
     out = reads.copy()
     for k, pixel, size in jumps:
         out[k + 1 :, pixel] += size
