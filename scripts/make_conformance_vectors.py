@@ -352,17 +352,20 @@ case(
     "find_jumps_constant",
     "find_jumps",
     "constant-model search: none, one, two (apart), a small and a late jump; per-pixel noise",
-    reads=with_jumps(ramps(28, FLUX6, n_reads=12),
-                     [(3, 1, 400.0), (2, 2, 900.0), (7, 2, 600.0), (5, 3, 150.0), (9, 4, 500.0),
-                      (0, 5, 800.0)]),  # fmt: skip
+    reads=with_jumps(
+        ramps(28, FLUX6, n_reads=12),
+        [(3, 1, 400.0), (2, 2, 900.0), (7, 2, 600.0), (5, 3, 150.0), (9, 4, 500.0), (0, 5, 800.0)],
+    ),
     read_noise=np.array([12.0, 14.0, 12.0, 16.0, 12.0, 13.0]),
 )
 case(
     "find_jumps_omega",
     "find_jumps",
     "time-variable search with omega given, DN input and gain, max_jumps = 1 on a two-jump pixel",
-    reads=with_jumps(ramps(29, FLUX5, omega=OMEGA7, gain=1.8),
-                     [(2, 0, 300.0), (4, 2, 500.0), (1, 3, 400.0), (5, 3, 450.0)]),  # fmt: skip
+    reads=with_jumps(
+        ramps(29, FLUX5, omega=OMEGA7, gain=1.8),
+        [(2, 0, 300.0), (4, 2, 500.0), (1, 3, 400.0), (5, 3, 450.0)],
+    ),
     read_noise=7.0,
     omega=OMEGA7,
     gain=1.8,
