@@ -407,6 +407,14 @@ case(
     read_times=np.array(JUMP_TIMES),
 )
 
+case(
+    "fit_omega_jump_search",
+    "fit_omega",
+    "joint fit alternated with the jump search, jumps in two fit pixels",
+    reads=with_jumps(tv_reads, [(2, 1, 1500.0), (5, 3, 2000.0)]),
+    read_noise=12.0,
+    jump_search=True,
+)
 
 def _kernel_inputs(reads, read_noise):
     """The electron-unit (G, P, K) layout that fit_omega builds, for the kernel-level cases."""
