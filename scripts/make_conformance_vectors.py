@@ -416,6 +416,7 @@ case(
     jump_search=True,
 )
 
+
 def _kernel_inputs(reads, read_noise):
     """The electron-unit (G, P, K) layout that fit_omega builds, for the kernel-level cases."""
     _, diffs, valid, flags, s2, dt, _ = api._group_inputs(reads, read_noise, 1.0, None, None,
