@@ -106,6 +106,27 @@ end
         @test describe_flags(0) == String[]
     end
 
+    @testset "jump search" begin
+        # SciPy: -2 (log 2 + log_ndtr(-t)); the series and the continued fraction of log_erfc.
+        @test chi2_thresholds(4.5) == (20.25, chi2_thresholds(4.5)[2])
+        @test chi2_thresholds(4.5)[2] ≈ 23.79854511030627 rtol = 1e-13
+        @test APRampFit.log_erfc(1.0) ≈ log(0.15729920705028516) rtol = 1e-14
+        @test APRampFit.log_erfc(3.0) ≈ log(2.2090496998585445e-5) rtol = 1e-14
+        # A noiseless ramp with one jump: found exactly, with its size; omega = 1 is the default.
+        omega = [1.0, 0.8, 0.5, 0.9, 1.0, 0.7, 0.9, 1.0]
+        diffs = 300.0 .* omega' .* ones(3)
+        diffs[2, 4] += 500.0
+        reads = hcat(zeros(3), cumsum(diffs; dims = 2))
+        res = find_jumps(reads, 10.0; omega)
+        @test res.n_jumps == [0, 1, 0]
+        @test findall(res.jumps) == [CartesianIndex(2, 4)]
+        @test res.jump_size[2, 4] ≈ 500.0 rtol = 1e-9
+        @test res.flux.flux ≈ fill(300.0, 3) rtol = 1e-12
+        @test res.flux.flags == [0, JUMP_DETECTED, 0]
+        @test find_jumps(reads, 10.0; omega = ones(8)) == find_jumps(reads, 10.0)
+        @test_throws ArgumentError find_jumps(reads, 10.0; threshold = 0.0)
+    end
+
     @testset "noiseless ramps are fitted exactly" begin
         flux = [0.0, 3.0, 250.0, 4000.0]
         omega = [1.0, 0.8, 0.5, 0.9, 1.0, 0.7]
