@@ -108,7 +108,7 @@ end
 
     @testset "jump search" begin
         # SciPy: -2 (log 2 + log_ndtr(-t)); the series and the continued fraction of log_erfc.
-        @test chi2_thresholds(4.5) == (20.25, chi2_thresholds(4.5)[2])
+        @test chi2_thresholds(4.5)[1] == 20.25
         @test chi2_thresholds(4.5)[2] ≈ 23.79854511030627 rtol = 1e-13
         @test APRampFit.log_erfc(1.0) ≈ log(0.15729920705028516) rtol = 1e-14
         @test APRampFit.log_erfc(3.0) ≈ log(2.2090496998585445e-5) rtol = 1e-14
