@@ -21,6 +21,7 @@ differs by at most ``rtol`` times the largest absolute expected value of that ou
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -109,7 +110,7 @@ def run_vector(vector: Mapping, backend: str = "numpy") -> dict[str, np.ndarray]
         return dict(zip(_OUTPUT_NAMES[name], map(np.asarray, result), strict=True))
     outputs = {}
     for key, value in result.__dict__.items():
-        if hasattr(value, "__dict__"):
+        if dataclasses.is_dataclass(value):
             outputs.update((k, np.asarray(v)) for k, v in value.__dict__.items() if v is not None)
         elif value is not None:
             outputs[key] = np.asarray(value)
