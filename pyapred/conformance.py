@@ -21,6 +21,7 @@ differs by at most ``rtol`` times the largest absolute expected value of that ou
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ import numpy as np
 
 __all__ = [
     "FUNCTIONS",
+    "NUMPY_ONLY",
     "compare",
     "default_vector_dir",
     "dumps",
@@ -43,6 +45,7 @@ FUNCTIONS = {
     "extract_fluxes": ("reads", "read_noise", "omega"),
     "fit_equal_weight": ("reads", "read_noise"),
     "fit_omega": ("reads", "read_noise"),
+    "find_jumps": ("reads", "read_noise"),
     "initial_guess": ("reads", "read_noise"),
     "gauss_newton_step": ("diffs", "valid", "s2", "dt", "flux", "omega", "ref_index", "fit_pixel"),
     "gibbs": ("diffs", "valid", "s2", "dt", "fit_pixel", "omega", "flux", "kstar", "burn_in",
@@ -54,6 +57,11 @@ _OUTPUT_NAMES = {
     "gauss_newton_step": ("d_flux", "d_omega", "schur"),
     "gibbs": ("omega_samples", "flux_samples"),
 }
+
+
+#: Functions whose Python API has no ``backend`` argument: only NumPy runs them from Python, and
+#: ``julia/test/runtests.jl`` checks their Julia twins against the same vectors.
+NUMPY_ONLY = frozenset({"find_jumps"})
 
 
 def default_vector_dir() -> Path | None:
@@ -81,19 +89,32 @@ def _array(value):
 
 
 def run_vector(vector: Mapping, backend: str = "numpy") -> dict[str, np.ndarray]:
-    """Run the vector's function on its inputs with ``backend``; returns the outputs by name."""
+    """Run the vector's function on its inputs with ``backend``; returns the outputs by name.
+
+    A nested result (``JumpResult.flux``, a ``FluxFit``) contributes its own fields.
+    """
     from .solver import api
 
     name = vector["function"]
     inputs = dict(vector["inputs"])
     args = [inputs.pop(key) for key in FUNCTIONS[name]]
-    if name in ("gauss_newton_step", "gibbs"):
+    if name in NUMPY_ONLY:
+        if backend != "numpy":
+            raise ValueError(f"{name} has no backend argument: it runs on NumPy only")
+        result = getattr(api, name)(*args, **inputs)
+    elif name in ("gauss_newton_step", "gibbs"):
         result = getattr(api._backend(backend), name)(*args, **inputs)
     else:
         result = getattr(api, name)(*args, **inputs, backend=backend)
     if name in _OUTPUT_NAMES:
         return dict(zip(_OUTPUT_NAMES[name], map(np.asarray, result), strict=True))
-    return {key: np.asarray(value) for key, value in result.__dict__.items() if value is not None}
+    outputs = {}
+    for key, value in result.__dict__.items():
+        if dataclasses.is_dataclass(value):
+            outputs.update((k, np.asarray(v)) for k, v in value.__dict__.items() if v is not None)
+        elif value is not None:
+            outputs[key] = np.asarray(value)
+    return outputs
 
 
 def compare(expected: Mapping, got: Mapping, rtol: float) -> dict[str, tuple[float, float, bool]]:

@@ -338,6 +338,85 @@ case(
 )
 
 
+# --- jump search ------------------------------------------------------------------------------
+def with_jumps(reads, jumps):
+    """Add ``size`` to every read after read ``k`` (a jump in difference ``k``) of ``pixel``."""
+    out = reads.copy()
+    for k, pixel, size in jumps:
+        out[k + 1 :, pixel] += size
+    return out
+
+
+FLUX6 = [30.0, 200.0, 600.0, 1500.0, 80.0, 900.0]
+case(
+    "find_jumps_constant",
+    "find_jumps",
+    "constant-model search: none, one, two (apart), a small and a late jump; per-pixel noise",
+    reads=with_jumps(
+        ramps(28, FLUX6, n_reads=12),
+        [(3, 1, 400.0), (2, 2, 900.0), (7, 2, 600.0), (5, 3, 150.0), (9, 4, 500.0), (0, 5, 800.0)],
+    ),
+    read_noise=np.array([12.0, 14.0, 12.0, 16.0, 12.0, 13.0]),
+)
+case(
+    "find_jumps_omega",
+    "find_jumps",
+    "time-variable search with omega given, DN input and gain, max_jumps = 1 on a two-jump pixel",
+    reads=with_jumps(
+        ramps(29, FLUX5, omega=OMEGA7, gain=1.8),
+        [(2, 0, 300.0), (4, 2, 500.0), (1, 3, 400.0), (5, 3, 450.0)],
+    ),
+    read_noise=7.0,
+    omega=OMEGA7,
+    gain=1.8,
+    max_jumps=1,
+)
+jump_omega = np.stack([np.ones(9), np.linspace(1.0, 0.7, 9)])
+jump_groups = np.array([0, 1, 0, 1, 0, 1])
+jump_masked = np.where(jump_groups == 1, ramps(32, FLUX6, n_reads=10, omega=jump_omega[1]),
+                       ramps(30, FLUX6, n_reads=10))  # fmt: skip
+jump_masked = with_jumps(jump_masked, [(4, 0, 700.0), (6, 1, 900.0), (3, 2, 800.0), (2, 5, 600.0)])
+jump_masked[5, 3] = np.nan
+jump_mask = np.zeros(jump_masked.shape, bool)
+jump_mask[2, 0] = True  # one masked read beside the jump
+jump_mask[5:, 4] = True  # 4 differences left: one search at most
+jump_mask[[1, 3, 5, 7], 5] = True  # 1 usable difference: nothing to search
+case(
+    "find_jumps_masks",
+    "find_jumps",
+    "search with masked reads, NaN, saturation and too few differences; 2 omega rows by groups",
+    reads=jump_masked,
+    read_noise=12.0,
+    mask=jump_mask,
+    saturation=np.array([1e9, 1e9, 4500.0, 1e9, 1e9, 1e9]),
+    omega=jump_omega,
+    groups=jump_groups,
+)
+JUMP_TIMES = [0.0, 1.0, 2.0, 3.5, 4.5, 5.5, 6.5, 8.0, 9.0, 10.0, 11.0, 12.0]
+bad_read = ramps(31, FLUX6, n_reads=12, read_times=JUMP_TIMES)
+bad_read[4, [0, 2]] += 700.0  # one bad read: +700 in difference 3, -700 in difference 4
+bad_read[7, 3] -= 600.0
+case(
+    "find_jumps_two_adjacent",
+    "find_jumps",
+    "two adjacent jumps (one bad read) beside single jumps, unequal read times",
+    reads=with_jumps(bad_read, [(8, 1, 900.0), (2, 4, 700.0)]),
+    read_noise=12.0,
+    two_adjacent=True,
+    threshold=5.0,
+    read_times=np.array(JUMP_TIMES),
+)
+
+case(
+    "fit_omega_jump_search",
+    "fit_omega",
+    "joint fit alternated with the jump search, jumps in two fit pixels",
+    reads=with_jumps(tv_reads, [(2, 1, 1500.0), (5, 3, 2000.0)]),
+    read_noise=12.0,
+    jump_search=True,
+)
+
+
 def _kernel_inputs(reads, read_noise):
     """The electron-unit (G, P, K) layout that fit_omega builds, for the kernel-level cases."""
     _, diffs, valid, flags, s2, dt, _ = api._group_inputs(reads, read_noise, 1.0, None, None,

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyapred.conformance import FUNCTIONS, compare, dumps, load_vector, run_vector
+from pyapred.conformance import FUNCTIONS, NUMPY_ONLY, compare, dumps, load_vector, run_vector
 
 VECTOR_DIR = Path(__file__).parent / "conformance"
 VECTORS = sorted(VECTOR_DIR.glob("*.toml"))
@@ -42,6 +42,8 @@ def test_numpy_backend_reproduces_vector(path):
 @pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
 def test_julia_backend_reproduces_vector(path):
     vector = load_vector(path)
+    if vector["function"] in NUMPY_ONLY:
+        pytest.skip(f"{vector['function']} has no backend argument; runtests.jl checks its twin")
     report = compare(vector["expected"], run_vector(vector, "julia"), vector["rtol"])
     assert all(ok for _, _, ok in report.values()), report
 

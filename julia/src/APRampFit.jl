@@ -9,7 +9,8 @@ Conventions (`docs/julia.md`):
   `(n_reads, ny, nx)` arrives without copying as `(nx, ny, n_reads)`, ApogeeReduction.jl's order.
 - Kernels ending in `!` work in electrons and write into arrays the caller allocates; the
   high-level functions (`fit_constant`, `extract_fluxes`, `fit_equal_weight`, `fit_omega`,
-  `initial_guess`, `sample_omega`) take reads in DN or e- with a `gain` and return NamedTuples.
+  `initial_guess`, `sample_omega`, `find_jumps`) take reads in DN or e- with a `gain` and return
+  NamedTuples.
 - Group and reference indices are 1-based here (0-based in Python).
 """
 module APRampFit
@@ -25,11 +26,14 @@ export fit_constant, extract_fluxes, fit_equal_weight, fit_omega, initial_guess,
 export extract_kernel!, equal_weight_kernel!, chi2_kernel!, prepare_diffs_kernel!
 export normal_equations_kernel!, initial_guess!, fit_omega_groups, gauss_newton_step, gibbs
 export sutr_omega
+export find_jumps, find_jumps_kernel!, search_pixel!, search_groups_kernel!, fit_omega_with_jumps
+export chi2_thresholds
 
 include("flags.jl")
 include("tridiagonal.jl")
 include("extract.jl")
 include("omega.jl")
+include("jumps.jl")
 include("apogee.jl")
 
 end # module

@@ -785,7 +785,7 @@ end
 """
     fit_omega(reads, read_noise; gain = 1.0, mask = nothing, read_times = nothing,
               saturation = nothing, ref_index = nothing, rtol = 1e-8, max_iter = 50,
-              mode = "default", segments = nothing)
+              mode = "default", segments = nothing, jump_search = false, jump_threshold = 4.5)
 
 Joint fit of the shared transparency vector omega and per-pixel fluxes (time-variable model):
 Gauss-Newton with the fluxes eliminated by a Schur complement; see [`fit_omega_groups`](@ref).
@@ -804,7 +804,12 @@ Gauss-Newton with the fluxes eliminated by a Schur complement; see [`fit_omega_g
 - `segments`: integer labels `1:n_segments`, of the pixel shape (or one per pixel of a group,
   for all groups): pixels of a group with the same label share one additive offset per read
   difference, fitted jointly (the 1/f nuisance term, see [`Offsets`](@ref)); not with
-  `mode = "reference"`.
+  `mode = "reference"` or `jump_search`.
+- `jump_search`: alternate the fit with a jump (cosmic-ray) search in the fitted pixels under the
+  current omega, masking what it finds and refitting, until the jump mask is stable (at most 3
+  searches, [`fit_omega_with_jumps`](@ref)); `n_diff` counts the clean differences, and `flags`
+  add `JUMP_DETECTED` and `FEW_CLEAN_DIFFS`.
+- `jump_threshold`: threshold of the jump search in sigma, as in [`find_jumps`](@ref).
 
 # Returns
 A NamedTuple with the fields of pyapred's `OmegaFit`: `omega (K, G)`, `omega_cov (K, K, G)`,
@@ -815,11 +820,14 @@ Fluxes are in the units of `reads` per read interval.
 """
 function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
         read_times = nothing, saturation = nothing, ref_index = nothing, rtol::Real = 1e-8,
-        max_iter::Integer = 50, mode::AbstractString = "default", segments = nothing)
+        max_iter::Integer = 50, mode::AbstractString = "default", segments = nothing,
+        jump_search::Bool = false, jump_threshold::Real = 4.5)
     reference = check_mode(mode)
     isfinite(rtol) && rtol > 0 || throw(ArgumentError("rtol: expected a finite value > 0"))
-    segments === nothing || !reference ||
-        throw(ArgumentError("segments: not available with mode = \"reference\""))
+    segments === nothing || !(reference || jump_search) ||
+        throw(ArgumentError("segments: not available with mode = \"reference\" or jump_search"))
+    jump_search && !(isfinite(jump_threshold) && jump_threshold > 0) &&
+        throw(ArgumentError("jump_threshold: expected a finite value > 0, got $jump_threshold"))
     max_iter >= 1 || throw(ArgumentError("max_iter: expected >= 1, got $max_iter"))
     single, diffs, valid, flags, s2, dt, gain_map = group_inputs(reads, read_noise, gain, mask,
         read_times, saturation)
@@ -831,8 +839,17 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
     end
     fit, n_diff, flags = fit_pixels(valid, flags)
     labels = segments === nothing ? nothing : segment_labels(segments, P, G)
-    res = fit_omega_groups(diffs, valid, s2, dt, fit; reference, rtol, max_iter,
-        ref_index = kstar, segments = labels)
+    if jump_search
+        res, used, n_jumps = fit_omega_with_jumps(diffs, valid, s2, dt, fit;
+            threshold = jump_threshold, max_rounds = 3, reference, rtol, max_iter,
+            ref_index = kstar)
+        n_diff = dropdims(sum(used; dims = 1); dims = 1)
+        flags = flags .| ifelse.(n_jumps .> 0, JUMP_DETECTED, 0) .|
+                ifelse.(fit .& (n_diff .<= MIN_CLEAN_DIFFS), FEW_CLEAN_DIFFS, 0)
+    else
+        res = fit_omega_groups(diffs, valid, s2, dt, fit; reference, rtol, max_iter,
+            ref_index = kstar, segments = labels)
+    end
     group_flags = zeros(Int, G)
     inflation = zeros(G)
     for g in 1:G

@@ -24,6 +24,7 @@ const POSITIONAL = Dict(
     "extract_fluxes" => ["reads", "read_noise", "omega"],
     "fit_equal_weight" => ["reads", "read_noise"],
     "fit_omega" => ["reads", "read_noise"],
+    "find_jumps" => ["reads", "read_noise"],
     "initial_guess" => ["reads", "read_noise"],
     "gauss_newton_step" => ["diffs", "valid", "s2", "dt", "flux", "omega", "ref_index",
         "fit_pixel"],
@@ -41,6 +42,15 @@ const TUPLE_OUTPUTS = Dict(
 "Indices are 0-based in the vectors (Python) and 1-based here."
 const INDEX_KEYS = ("groups", "ref_index", "kstar", "segments")
 
+"Fields of a NamedTuple by name; a nested NamedTuple (`find_jumps`'s `flux`) adds its own."
+function flat_outputs(result::NamedTuple)
+    outputs = Dict{String, Any}()
+    for (k, v) in pairs(result)
+        v isa NamedTuple ? merge!(outputs, flat_outputs(v)) : (outputs[string(k)] = v)
+    end
+    return outputs
+end
+
 function run_vector(vector)
     name = vector["function"]
     inputs = Dict{String, Any}(k => toml_array(v) for (k, v) in vector["inputs"])
@@ -50,7 +60,7 @@ function run_vector(vector)
     args = [pop!(inputs, key) for key in POSITIONAL[name]]
     result = getfield(APRampFit, Symbol(name))(args...; (Symbol(k) => v for (k, v) in inputs)...)
     outputs = name in keys(TUPLE_OUTPUTS) ? Dict(zip(TUPLE_OUTPUTS[name], result)) :
-              Dict(string(k) => v for (k, v) in pairs(result))
+              flat_outputs(result)
     haskey(outputs, "ref_index") && (outputs["ref_index"] = outputs["ref_index"] .- 1)
     return outputs
 end
@@ -94,6 +104,27 @@ end
     @testset "flags" begin
         @test describe_flags(SATURATED | TOO_FEW_DIFFS) == ["SATURATED", "TOO_FEW_DIFFS"]
         @test describe_flags(0) == String[]
+    end
+
+    @testset "jump search" begin
+        # SciPy: -2 (log 2 + log_ndtr(-t)); the series and the continued fraction of log_erfc.
+        @test chi2_thresholds(4.5)[1] == 20.25
+        @test chi2_thresholds(4.5)[2] ≈ 23.79854511030627 rtol = 1e-13
+        @test APRampFit.log_erfc(1.0) ≈ log(0.15729920705028516) rtol = 1e-14
+        @test APRampFit.log_erfc(3.0) ≈ log(2.2090496998585445e-5) rtol = 1e-14
+        # A noiseless ramp with one jump: found exactly, with its size; omega = 1 is the default.
+        omega = [1.0, 0.8, 0.5, 0.9, 1.0, 0.7, 0.9, 1.0]
+        diffs = 300.0 .* omega' .* ones(3)
+        diffs[2, 4] += 500.0
+        reads = hcat(zeros(3), cumsum(diffs; dims = 2))
+        res = find_jumps(reads, 10.0; omega)
+        @test res.n_jumps == [0, 1, 0]
+        @test findall(res.jumps) == [CartesianIndex(2, 4)]
+        @test res.jump_size[2, 4] ≈ 500.0 rtol = 1e-9
+        @test res.flux.flux ≈ fill(300.0, 3) rtol = 1e-12
+        @test res.flux.flags == [0, JUMP_DETECTED, 0]
+        @test find_jumps(reads, 10.0; omega = ones(8)) == find_jumps(reads, 10.0)
+        @test_throws ArgumentError find_jumps(reads, 10.0; threshold = 0.0)
     end
 
     @testset "noiseless ramps are fitted exactly" begin

@@ -1,0 +1,486 @@
+# Jump (cosmic-ray) search inside the constant and time-variable ramp models: the twin of
+# `pyapred/solver/_jumps.py` (`search_pixel`, `find_jumps_kernel`, `search_groups_kernel`,
+# `fit_omega_with_jumps`) and of `find_jumps` in `pyapred/solver/api.py`.
+#
+# Brandt's likelihood search (`docs/jumps.md`, math-spec section 1.6) with the design vector
+# x = omega * dt in place of the vector of ones. For each clean difference k the pixel is refitted
+# with one extra parameter, a jump b in difference k (model a x + b e_k), and optionally with two
+# jumps in the adjacent differences k, k+1. With u = C^-1 x, z = C^-1 d, a = x'z / x'u and
+# S = [C^-1]_JJ - u_J u_J' / x'u for the jump set J, the drop in chi2 is q' S^-1 q, q = z_J - a u_J.
+# The difference (or pair) with the largest drop, after subtracting each option's threshold, is
+# masked and the search repeats until nothing passes or at most 3 differences remain.
+
+"The search stops once this many clean differences or fewer are left (spec section 1.6)."
+const MIN_CLEAN_DIFFS = 3
+"Columns of the scratch matrix of [`search_pixel!`](@ref)."
+const N_JUMP_WORK = 10
+
+"""
+    log_erfc(x)
+
+`log(erfc(x))` for `x >= 0` to about 1e-15 relative, without underflow: the positive series of
+erf below 2, the continued fraction of erfc (modified Lentz) above. Base Julia has no `erfc` and
+the package uses standard libraries only.
+"""
+function log_erfc(x::Real)
+    x = Float64(x)
+    x >= 0 || throw(ArgumentError("log_erfc: expected x >= 0, got $x"))
+    if x < 2.0
+        # erf(x) = 2/sqrt(pi) exp(-x^2) sum_n 2^n x^(2n+1) / (1 3 5 ... (2n+1)), all terms > 0.
+        term = x
+        total = x
+        n = 0
+        while term > 1e-17 * total
+            n += 1
+            term *= 2.0 * x * x / (2n + 1)
+            total += term
+        end
+        return log1p(-2.0 / sqrt(pi) * exp(-x * x) * total)
+    end
+    # erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...))))).
+    tiny = 1e-300
+    f = x
+    c = x
+    d = 0.0
+    for n in 1:5000
+        a = n / 2
+        d = x + a * d
+        d = abs(d) < tiny ? tiny : d
+        c = x + a / c
+        c = abs(c) < tiny ? tiny : c
+        d = 1.0 / d
+        delta = c * d
+        f *= delta
+        abs(delta - 1.0) < 1e-16 && break
+    end
+    return -x * x - 0.5 * log(pi) - log(f)
+end
+
+"""
+    chi2_thresholds(threshold)
+
+Chi2-drop thresholds `(one, two)` for one jump and for two adjacent jumps at `threshold` sigma:
+`threshold^2` (chi2 with 1 degree of freedom), and the chi2 with 2 degrees of freedom at the same
+two-sided tail probability, `-2 log erfc(threshold / sqrt 2)`, as in stcal (23.8 for 4.5 sigma).
+"""
+function chi2_thresholds(threshold::Real)
+    return Float64(threshold)^2, -2.0 * log_erfc(threshold / sqrt(2.0))
+end
+
+"""
+    search_pixel!(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, work)
+
+Brandt's iterative jump search on one pixel's differences; returns the number of differences
+flagged.
+
+# Arguments
+- `d`, `x`: `(K,)` differences (e-) and design `omega * dt`, 0 where not `valid`; the entries of
+  flagged differences are set to 0 in place.
+- `valid`: `(K,)` usable differences; flagged ones are set to `false` in place.
+- `s2`, `rate`: single-read noise variance (e-^2) and the rate of the photon noise.
+- `thr_one`, `thr_two`: chi2-drop thresholds ([`chi2_thresholds`](@ref)).
+- `two_adjacent`: also try two jumps in adjacent differences.
+- `max_jumps`: stop once this many differences are flagged (a pair may pass it by one).
+- `work`: a `(K, 10)` scratch matrix.
+"""
+function search_pixel!(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent::Bool,
+        max_jumps::Integer, work)
+    K = length(d)
+    alpha, beta, piv, low = view(work, :, 1), view(work, :, 2), view(work, :, 3), view(work, :, 4)
+    back, yx, yd = view(work, :, 5), view(work, :, 6), view(work, :, 7)
+    u, z, cinv = view(work, :, 8), view(work, :, 9), view(work, :, 10)
+    n_valid = count(valid)
+    n_flagged = 0
+    while n_valid > MIN_CLEAN_DIFFS && n_flagged < max_jumps
+        factor!(alpha, beta, piv, low, x, valid, s2, rate)
+        forward!(yx, low, x)
+        forward!(yd, low, d)
+        xu = 0.0
+        xz = 0.0
+        @inbounds for k in 1:K
+            xu += yx[k] * yx[k] / piv[k]
+            xz += yx[k] * yd[k] / piv[k]
+        end
+        xu > 0.0 || break
+        a = xz / xu
+        backward!(u, low, piv, yx)
+        backward!(z, low, piv, yd)
+        # Diagonal of C^-1 from the forward and backward pivots (spec section 1.5).
+        @inbounds back[K] = alpha[K]
+        @inbounds for k in (K - 1):-1:1
+            back[k] = alpha[k] - beta[k] * beta[k] / back[k + 1]
+        end
+        @inbounds for k in 1:K
+            den = alpha[k]
+            k > 1 && (den -= beta[k - 1] * beta[k - 1] / piv[k - 1])
+            k < K && (den -= beta[k] * beta[k] / back[k + 1])
+            cinv[k] = 1.0 / den
+        end
+
+        best_one = 0.0
+        k_one = 0
+        @inbounds for k in 1:K
+            valid[k] || continue
+            s = cinv[k] - u[k] * u[k] / xu
+            if s > 0.0
+                q = z[k] - a * u[k]
+                drop = q * q / s
+                if drop > best_one
+                    best_one, k_one = drop, k
+                end
+            end
+        end
+        best_two = 0.0
+        k_two = 0
+        if two_adjacent
+            @inbounds for k in 1:(K - 1)
+                (valid[k] && valid[k + 1]) || continue
+                s11 = cinv[k] - u[k] * u[k] / xu
+                s22 = cinv[k + 1] - u[k + 1] * u[k + 1] / xu
+                s12 = -cinv[k + 1] * beta[k] / piv[k] - u[k] * u[k + 1] / xu
+                det = s11 * s22 - s12 * s12
+                if det > 0.0
+                    q1 = z[k] - a * u[k]
+                    q2 = z[k + 1] - a * u[k + 1]
+                    drop = (s22 * q1 * q1 - 2.0 * s12 * q1 * q2 + s11 * q2 * q2) / det
+                    if drop > best_two
+                        best_two, k_two = drop, k
+                    end
+                end
+            end
+        end
+
+        # Two jumps always fit better than one: compare them after subtracting their thresholds.
+        if k_one > 0 && best_one > thr_one && best_one - thr_one > best_two - thr_two
+            valid[k_one] = false
+            d[k_one] = 0.0
+            x[k_one] = 0.0
+            n_valid -= 1
+            n_flagged += 1
+        elseif k_two > 0 && best_two > thr_two
+            for k in k_two:(k_two + 1)
+                valid[k] = false
+                d[k] = 0.0
+                x[k] = 0.0
+            end
+            n_valid -= 2
+            n_flagged += 2
+        else
+            break
+        end
+    end
+    return n_flagged
+end
+
+"""
+    jump_sizes!(out, d, x, valid, jumps, s2, flux, work)
+
+Fitted size (e-) of each flagged jump, given the final fit of the clean differences: with every
+flagged difference j free, its estimate is `d_j - f x_j - E[n_j | clean residuals]`; the
+conditional mean needs only the read-noise covariance `-s2` with the clean neighbours, times
+`w = C^-1 r` of the clean differences (C at the final flux).
+
+# Arguments
+- `out`: `(K,)`; set where `jumps` is true, untouched elsewhere.
+- `d`, `x`: data of the clean and of the flagged differences.
+- `valid`, `jumps`: `(K,)` the clean and the flagged differences.
+- `work`: a `(K, 7)` or larger scratch matrix.
+"""
+function jump_sizes!(out, d, x, valid, jumps, s2, flux, work)
+    K = length(d)
+    alpha, beta, piv, low = view(work, :, 1), view(work, :, 2), view(work, :, 3), view(work, :, 4)
+    r, y, w = view(work, :, 5), view(work, :, 6), view(work, :, 7)
+    factor!(alpha, beta, piv, low, x, valid, s2, flux)
+    @inbounds for k in 1:K
+        r[k] = valid[k] ? d[k] - flux * x[k] : 0.0
+    end
+    forward!(y, low, r)
+    backward!(w, low, piv, y)
+    @inbounds for k in 1:K
+        jumps[k] || continue
+        noise = 0.0
+        k > 1 && valid[k - 1] && (noise -= s2 * w[k - 1])
+        k < K && valid[k + 1] && (noise -= s2 * w[k + 1])
+        out[k] = d[k] - flux * x[k] - noise
+    end
+    return out
+end
+
+"""
+    find_jumps_kernel!(usable, jumps, jump_size, n_jumps, flux, flux_var, chi2, n_diff, flags,
+                       reads, bad, use_mask, omega, groups, dt, read_noise, gain, saturation,
+                       thr_one, thr_two, two_adjacent, max_jumps, n_pass)
+
+Jump search and the eq-15 fit with the jumps masked, for every pixel of a flattened cube
+(threaded over pixel blocks).
+
+# Arguments
+- `usable`, `jumps`: `(n_pix, K)` `Bool` outputs, the differences used by the final fit and the
+  flagged ones; `jump_size`: `(n_pix, K)` fitted jumps in e- (0 where none).
+- `n_jumps`, `n_diff`, `flags`: `(n_pix,)` integer outputs; `flux`, `flux_var`, `chi2`:
+  `(n_pix,)` in e- per unit time.
+- `reads`, `bad`, `use_mask`, `omega`, `groups`, `dt`, `read_noise`, `gain`, `saturation`,
+  `n_pass`: as in [`extract_kernel!`](@ref).
+- `thr_one`, `thr_two`, `two_adjacent`, `max_jumps`: as in [`search_pixel!`](@ref).
+"""
+function find_jumps_kernel!(usable::AbstractMatrix, jumps::AbstractMatrix,
+        jump_size::AbstractMatrix, n_jumps::AbstractVector, flux::AbstractVector,
+        flux_var::AbstractVector, chi2::AbstractVector, n_diff::AbstractVector,
+        flags::AbstractVector, reads::AbstractMatrix, bad::AbstractArray, use_mask::Bool,
+        omega::AbstractMatrix, groups::AbstractVector, dt::AbstractVector,
+        read_noise::AbstractVector, gain::AbstractVector, saturation::AbstractVector,
+        thr_one::Real, thr_two::Real, two_adjacent::Bool, max_jumps::Integer, n_pass::Integer)
+    n_pix, N = size(reads)
+    K = N - 1
+    Threads.@threads for b in 1:cld(n_pix, BLOCK)
+        p0 = (b - 1) * BLOCK + 1
+        p1 = min(p0 + BLOCK - 1, n_pix)
+        local_reads = Matrix{Float64}(undef, N, p1 - p0 + 1)
+        local_bad = falses(N, p1 - p0 + 1)
+        @inbounds for j in 1:N, p in p0:p1
+            local_reads[j, p - p0 + 1] = reads[p, j]
+            use_mask && (local_bad[j, p - p0 + 1] = bad[p, j])
+        end
+        valid_read = Vector{Bool}(undef, N)
+        ramp_bad = Vector{Bool}(undef, N)
+        valid = Vector{Bool}(undef, K)
+        searched = Vector{Bool}(undef, K)
+        flagged = Vector{Bool}(undef, K)
+        size_k = zeros(K)
+        d = zeros(K)
+        x = zeros(K)
+        buf = zeros(K)
+        work = zeros(K, N_JUMP_WORK)
+        for p in p0:p1
+            ramp = view(local_reads, :, p - p0 + 1)
+            ramp_bad .= view(local_bad, :, p - p0 + 1)
+            g = gain[p]
+            pflags = valid_reads!(valid_read, ramp, ramp_bad, use_mask, saturation[p])
+            row = groups[p]
+            n = 0
+            @inbounds for k in 1:K
+                w = omega[k, row]
+                ok = valid_read[k] && valid_read[k + 1] && isfinite(w)
+                valid[k] = ok
+                d[k] = ok ? (ramp[k + 1] - ramp[k]) * g : 0.0
+                x[k] = ok ? w * dt[k] : 0.0
+                n += ok
+            end
+            searched .= valid
+            s2 = (read_noise[p] * g)^2
+            rate = median_rate(d, x, valid, buf)
+            found = search_pixel!(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent,
+                max_jumps, work)
+            n -= found
+            flagged .= searched .& .!valid
+            fill!(size_k, 0.0)
+            n_jumps[p] = found
+            n_diff[p] = n
+            found > 0 && (pflags |= JUMP_DETECTED)
+            n <= MIN_CLEAN_DIFFS && (pflags |= FEW_CLEAN_DIFFS)
+            if n < 2
+                flags[p] = pflags | TOO_FEW_DIFFS
+                flux[p] = NaN
+                flux_var[p] = NaN
+                chi2[p] = NaN
+            else
+                flags[p] = pflags
+                # The final fit sees only the clean differences, as extract_fluxes would.
+                a0 = found > 0 ? median_rate(d, x, valid, buf) : rate
+                f, v, c = gls_pixel(d, x, valid, s2, a0, n_pass, work)
+                if found > 0
+                    @inbounds for k in 1:K
+                        if flagged[k]
+                            d[k] = (ramp[k + 1] - ramp[k]) * g
+                            x[k] = omega[k, row] * dt[k]
+                        end
+                    end
+                    jump_sizes!(size_k, d, x, valid, flagged, s2, f, work)
+                end
+                flux[p] = f
+                flux_var[p] = v
+                chi2[p] = c
+            end
+            @inbounds for k in 1:K
+                usable[p, k] = valid[k]
+                jumps[p, k] = flagged[k]
+                jump_size[p, k] = size_k[k]
+            end
+        end
+    end
+    return nothing
+end
+
+"""
+    search_groups_kernel!(out_valid, n_jumps, diffs, valid, s2, x, fit_pixel, thr_one, thr_two,
+                          two_adjacent, max_jumps)
+
+Jump search on the `(K, P, G)` layout of the omega fit (threaded over groups), with
+`x = omega[:, g] .* dt`.
+
+# Arguments
+- `out_valid`: `(K, P, G)` output, `valid` without the flagged differences of the `fit_pixel`
+  pixels; `n_jumps`: `(P, G)` output, the number flagged.
+- `diffs`, `valid`: `(K, P, G)` differences (e-) and their usability.
+- `s2`: `(P, G)` read-noise variances (e-^2); `fit_pixel`: `(P, G)` pixels to search.
+- `x`: `(K, G)` design vectors; a non-finite element makes that difference unusable for the
+  search (it is left as it is in `out_valid`).
+- `thr_one`, `thr_two`, `two_adjacent`, `max_jumps`: as in [`search_pixel!`](@ref).
+"""
+function search_groups_kernel!(out_valid::AbstractArray{Bool, 3}, n_jumps::AbstractMatrix,
+        diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3}, s2::AbstractMatrix,
+        x::AbstractMatrix, fit_pixel::AbstractMatrix, thr_one::Real, thr_two::Real,
+        two_adjacent::Bool, max_jumps::Integer)
+    K, P, G = size(diffs)
+    Threads.@threads for g in 1:G
+        d = zeros(K)
+        xv = zeros(K)
+        use = Vector{Bool}(undef, K)
+        buf = zeros(K)
+        work = zeros(K, N_JUMP_WORK)
+        for p in 1:P
+            out_valid[:, p, g] .= view(valid, :, p, g)
+            n_jumps[p, g] = 0
+            fit_pixel[p, g] || continue
+            @inbounds for k in 1:K
+                ok = valid[k, p, g] && isfinite(x[k, g])
+                use[k] = ok
+                d[k] = ok ? diffs[k, p, g] : 0.0
+                xv[k] = ok ? x[k, g] : 0.0
+            end
+            rate = median_rate(d, xv, use, buf)
+            found = search_pixel!(d, xv, use, s2[p, g], rate, thr_one, thr_two, two_adjacent,
+                max_jumps, work)
+            found > 0 || continue
+            n_jumps[p, g] = found
+            @inbounds for k in 1:K
+                if valid[k, p, g] && isfinite(x[k, g]) && !use[k]
+                    out_valid[k, p, g] = false
+                end
+            end
+        end
+    end
+    return nothing
+end
+
+"""
+    fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel; threshold, max_rounds, fit_options...)
+
+Alternate the joint omega fit ([`fit_omega_groups`](@ref)) and the jump search until the jump
+mask is stable. Every search starts again from the caller's `valid` with the latest omega, so a
+difference flagged under the first omega (biased by the very jumps being sought) can be cleared
+later. After the first round the reference element is kept fixed, so that omega's normalisation
+does not change between rounds.
+
+# Arguments
+- `diffs`, `valid`, `s2`, `dt`, `fit_pixel`: as in [`fit_omega_groups`](@ref).
+- `threshold`: jump threshold in sigma; `max_rounds`: searches at most (the fit always matches
+  the returned mask).
+- `fit_options`: passed to `fit_omega_groups` (`reference`, `rtol`, `max_iter`, `ref_index`).
+
+# Returns
+`(res, used, n_jumps)`: `fit_omega_groups`'s result for the returned mask, `valid` without the
+flagged differences `(K, P, G)`, and the number flagged per pixel `(P, G)`.
+"""
+function fit_omega_with_jumps(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3},
+        s2::AbstractMatrix, dt::AbstractVector, fit_pixel::AbstractMatrix; threshold::Real,
+        max_rounds::Integer, fit_options...)
+    thr_one, thr_two = chi2_thresholds(threshold)
+    options = Dict{Symbol, Any}(fit_options)
+    res = fit_omega_groups(diffs, valid, s2, dt, fit_pixel; options...)
+    options[:ref_index] = res.ref_index
+    used = valid
+    n_jumps = zeros(Int, size(fit_pixel))
+    for _ in 1:max_rounds
+        new_valid = similar(valid)
+        new_jumps = similar(n_jumps)
+        x = res.omega .* dt
+        search_groups_kernel!(new_valid, new_jumps, diffs, valid, s2, x, fit_pixel, thr_one,
+            thr_two, false, typemax(Int))
+        new_valid == used && break
+        used, n_jumps = new_valid, new_jumps
+        clean = ifelse.(used, diffs, 0.0)
+        res = fit_omega_groups(clean, used, s2, dt, fit_pixel; options...)
+    end
+    return res, used, n_jumps
+end
+
+"""
+    find_jumps(reads, read_noise; omega = nothing, gain = 1.0, mask = nothing, threshold = 4.5,
+               max_jumps = nothing, groups = nothing, read_times = nothing, saturation = nothing,
+               two_adjacent = false)
+
+Find jumps (cosmic rays) in every pixel's ramp, under the constant or time-variable model:
+Brandt's likelihood search (spec section 1.6). For every clean difference `k` the ramp is
+refitted with a free jump in that difference, model `f x + b e_k` with `x = omega * dt`
+(`omega = 1`: the constant model); the difference whose jump lowers chi2 most is masked if the
+drop exceeds `threshold^2`, and the search repeats until nothing passes or at most 3 clean
+differences are left. The covariance is evaluated at the median difference rate, as in Brandt's
+code. With `omega` given, a dip in the sky is part of the model, not a jump.
+
+# Arguments
+- `reads`: `(pixels..., n_reads)` up-the-ramp reads, e- if `gain = 1`, else DN.
+- `read_noise`: single-read sigma in the units of `reads`, scalar or of the pixel shape.
+
+# Keyword Arguments
+- `omega`: `(K,)` or `(K, n_groups)`, `K = n_reads - 1`; default all 1 (constant model).
+- `gain`, `mask`, `read_times`, `saturation`: as in [`extract_fluxes`](@ref).
+- `threshold`: significance in sigma; a pair of adjacent jumps needs the chi2 (2 dof) of the same
+  tail probability ([`chi2_thresholds`](@ref)).
+- `max_jumps`: stop a pixel's search after this many flagged differences; default no limit.
+- `groups`: column of `omega` (1-based) for each pixel; required when `omega` is a matrix.
+- `two_adjacent`: also search for jumps in two adjacent differences (one bad read).
+
+# Returns
+A NamedTuple with the fields of pyapred's `JumpResult`: `diff_mask`, `jumps`, `jump_size` of size
+`(pixels..., K)` (`diff_mask` true where a difference is not used; `jump_size` in the units of
+`reads`, 0 where no jump), `n_jumps` of the pixel shape, and `flux`, the NamedTuple
+`(flux, flux_var, chi2, n_diff, flags)` of [`extract_fluxes`](@ref) from the clean differences,
+whose flags add `JUMP_DETECTED` and `FEW_CLEAN_DIFFS`.
+"""
+function find_jumps(reads::AbstractArray, read_noise; omega = nothing, gain = 1.0,
+        mask = nothing, threshold::Real = 4.5, max_jumps = nothing, groups = nothing,
+        read_times = nothing, saturation = nothing, two_adjacent::Bool = false)
+    check_reads(reads; min_dims = 1)
+    N = size(reads, ndims(reads))
+    K = N - 1
+    pixel_shape = size(reads)[1:(end - 1)]
+    omega2d = omega === nothing ? ones(K, 1) :
+              reshape(Float64.(collect(omega)), size(omega, 1), :)
+    size(omega2d, 1) == K ||
+        throw(ArgumentError("omega: expected $K rows (one per read difference), got size $(size(omega))"))
+    if groups === nothing
+        size(omega2d, 2) == 1 ||
+            throw(ArgumentError("groups: required when omega has one column per group"))
+        group_index = ones(Int, prod(pixel_shape))
+    else
+        size(groups) == pixel_shape && all(g -> 1 <= g <= size(omega2d, 2), groups) ||
+            throw(ArgumentError("groups: expected integers in 1:$(size(omega2d, 2)) of the pixel shape $pixel_shape"))
+        group_index = vec(Int.(groups))
+    end
+    isfinite(threshold) && threshold > 0 ||
+        throw(ArgumentError("threshold: expected a finite value > 0 (sigma), got $threshold"))
+    thr_one, thr_two = chi2_thresholds(threshold)
+    max_jumps === nothing || max_jumps >= 0 ||
+        throw(ArgumentError("max_jumps: expected nothing or an integer >= 0, got $max_jumps"))
+    limit = max_jumps === nothing ? typemax(Int) : Int(max_jumps)
+    sigma = pixel_map(read_noise, pixel_shape, "read_noise")
+    gain_map = pixel_map(gain, pixel_shape, "gain")
+    bad, use_mask = check_mask(mask, reads)
+    sat = saturation_map(saturation, pixel_shape)
+    dt = read_intervals(read_times, N)
+    n_pix = prod(pixel_shape)
+    usable, jumps = zeros(Bool, n_pix, K), zeros(Bool, n_pix, K)
+    jump_size = zeros(n_pix, K)
+    flux, flux_var, chi2 = zeros(n_pix), zeros(n_pix), zeros(n_pix)
+    n_jumps, n_diff, flags = zeros(Int, n_pix), zeros(Int, n_pix), zeros(Int, n_pix)
+    find_jumps_kernel!(usable, jumps, jump_size, n_jumps, flux, flux_var, chi2, n_diff, flags,
+        reshape(reads, n_pix, N), bad, use_mask, omega2d, group_index, dt, sigma, gain_map, sat,
+        thr_one, thr_two, two_adjacent, limit, 2)
+    shape(v) = reshape(v, pixel_shape)
+    diff_shape(v) = reshape(v, pixel_shape..., K)
+    return (diff_mask = diff_shape(.!usable), jumps = diff_shape(jumps),
+        jump_size = diff_shape(jump_size ./ gain_map), n_jumps = shape(n_jumps),
+        flux = (flux = shape(flux ./ gain_map), flux_var = shape(flux_var ./ gain_map .^ 2),
+            chi2 = shape(chi2), n_diff = shape(n_diff), flags = shape(flags)))
+end
