@@ -580,7 +580,7 @@ def fit_omega(
         covariance from the last linearisation (Q3). ``"default"`` uses the corrected weights,
         the relative tolerance, and the covariance at the solution.
     backend : {"numpy", "julia", "auto"}, optional
-        As in :func:`fit_constant`. The jump search itself always runs on the NumPy backend.
+        As in :func:`fit_constant`. With ``jump_search=True`` the whole fit runs on NumPy.
     jump_search : bool, optional
         Alternate the fit with a jump (cosmic-ray) search in the fitted pixels (:func:`find_jumps`
         with the current omega), masking what it finds and refitting, until the jump mask is
