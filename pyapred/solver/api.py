@@ -272,6 +272,26 @@ def _flux_fit(out, gain_flat: np.ndarray, pixel_shape: tuple) -> FluxFit:
     )
 
 
+def _omega_rows(omega, groups, K: int, pixel_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Check ``omega`` ((K,) or (n_groups, K)) and ``groups``; return omega 2-D and flat groups."""
+    omega2d = np.atleast_2d(np.asarray(omega, dtype=np.float64))
+    if omega2d.ndim != 2 or omega2d.shape[1] != K:
+        raise ValueError(f"omega: expected shape ({K},) or (n_groups, {K}), got {np.shape(omega)}")
+    if groups is None:
+        if omega2d.shape[0] != 1:
+            raise ValueError("groups: required when omega has one row per group")
+        return omega2d, np.zeros(int(np.prod(pixel_shape)), dtype=np.int64)
+    groups_arr = np.asarray(groups)
+    if groups_arr.dtype.kind not in "iu" or groups_arr.shape != pixel_shape:
+        raise ValueError(
+            f"groups: expected integers of the pixel shape {pixel_shape}, "
+            f"got {groups_arr.dtype} {groups_arr.shape}"
+        )
+    if groups_arr.size and (groups_arr.min() < 0 or groups_arr.max() >= omega2d.shape[0]):
+        raise ValueError(f"groups: expected values in [0, {omega2d.shape[0]})")
+    return omega2d, np.ascontiguousarray(groups_arr, dtype=np.int64).reshape(-1)
+
+
 def _backend(backend: str = "numpy"):
     """The kernels of ``backend``: ``_numpy`` or the Julia bridge (same functions, same arrays).
 
@@ -399,23 +419,7 @@ def extract_fluxes(
     n_reads = reads.shape[0]
     pixel_shape = reads.shape[1:]
     K = n_reads - 1
-    omega2d = np.atleast_2d(np.asarray(omega, dtype=np.float64))
-    if omega2d.ndim != 2 or omega2d.shape[1] != K:
-        raise ValueError(f"omega: expected shape ({K},) or (n_groups, {K}), got {np.shape(omega)}")
-    if groups is None:
-        if omega2d.shape[0] != 1:
-            raise ValueError("groups: required when omega has one row per group")
-        groups_flat = np.zeros(int(np.prod(pixel_shape)), dtype=np.int64)
-    else:
-        groups_arr = np.asarray(groups)
-        if groups_arr.dtype.kind not in "iu" or groups_arr.shape != pixel_shape:
-            raise ValueError(
-                f"groups: expected integers of the pixel shape {pixel_shape}, "
-                f"got {groups_arr.dtype} {groups_arr.shape}"
-            )
-        if groups_arr.size and (groups_arr.min() < 0 or groups_arr.max() >= omega2d.shape[0]):
-            raise ValueError(f"groups: expected values in [0, {omega2d.shape[0]})")
-        groups_flat = np.ascontiguousarray(groups_arr, dtype=np.int64).reshape(-1)
+    omega2d, groups_flat = _omega_rows(omega, groups, K, pixel_shape)
     if int(n_pass) < 1:
         raise ValueError(f"n_pass: expected >= 1, got {n_pass}")
     sigma = _pixel_map(read_noise, "read_noise", pixel_shape)
@@ -919,23 +923,7 @@ def find_jumps(
     K = n_reads - 1
     if omega is None:
         omega = np.ones(K)
-    omega2d = np.atleast_2d(np.asarray(omega, dtype=np.float64))
-    if omega2d.ndim != 2 or omega2d.shape[1] != K:
-        raise ValueError(f"omega: expected shape ({K},) or (n_groups, {K}), got {np.shape(omega)}")
-    if groups is None:
-        if omega2d.shape[0] != 1:
-            raise ValueError("groups: required when omega has one row per group")
-        groups_flat = np.zeros(int(np.prod(pixel_shape)), dtype=np.int64)
-    else:
-        groups_arr = np.asarray(groups)
-        if groups_arr.dtype.kind not in "iu" or groups_arr.shape != pixel_shape:
-            raise ValueError(
-                f"groups: expected integers of the pixel shape {pixel_shape}, "
-                f"got {groups_arr.dtype} {groups_arr.shape}"
-            )
-        if groups_arr.size and (groups_arr.min() < 0 or groups_arr.max() >= omega2d.shape[0]):
-            raise ValueError(f"groups: expected values in [0, {omega2d.shape[0]})")
-        groups_flat = np.ascontiguousarray(groups_arr, dtype=np.int64).reshape(-1)
+    omega2d, groups_flat = _omega_rows(omega, groups, K, pixel_shape)
     thr_one, thr_two = _jumps.chi2_thresholds(_check_threshold(threshold))
     if max_jumps is None:
         max_jumps = _jumps.NO_LIMIT
