@@ -82,6 +82,10 @@ def fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--joint-chips", action="store_true", help="one omega per fibre from all chips together"
     )
+    parser.add_argument(
+        "--no-jump-search", action="store_true",
+        help="skip the jump search alternated with the omega fit (faster)",
+    )  # fmt: skip
     parser.add_argument("--backend", choices=("auto", "numpy", "julia"), default="auto")
     parser.add_argument("--plots", type=Path, help="folder for PNG plots")
     parser.add_argument("--gain", type=float, help="e-/DN (default: the GAIN card)")
@@ -122,8 +126,9 @@ def fit_run(args: argparse.Namespace) -> int:
 
         raise InputError(args.out, "--out", "a new file (or pass --overwrite)", "an existing file")
     options = FitOptions(
-        model=args.model, joint_chips=args.joint_chips, keep_fit_reads=args.plots is not None
-    )
+        model=args.model, joint_chips=args.joint_chips, keep_fit_reads=args.plots is not None,
+        jump_search=not args.no_jump_search,
+    )  # fmt: skip
     start = time.perf_counter()
     result = fit_files(
         args.inputs, args.traces, options, gain=args.gain, read_noise=args.read_noise,

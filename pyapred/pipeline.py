@@ -138,6 +138,10 @@ class FitOptions:
         plots); without them the result is smaller by about a quarter of a cube per chip.
     max_iter : int
         Gauss-Newton iteration limit.
+    jump_search : bool
+        Alternate the omega fit with the time-variable jump search
+        (``fit_omega(jump_search=True)``), so that cosmic rays the first pass missed in the fit
+        pixels do not bias omega.
     """
 
     model: Literal["auto", "constant", "time-variable"] = "auto"
@@ -155,6 +159,7 @@ class FitOptions:
     keep_constant: bool = False
     keep_fit_reads: bool = True
     max_iter: int = 50
+    jump_search: bool = True
 
     def __post_init__(self):
         if self.model not in ("auto", "constant", "time-variable"):
@@ -536,7 +541,7 @@ def _fit_fibres(prepared: list[PreparedChip], options: FitOptions) -> FibreFits:
     with _quiet():
         fit = fit_omega(
             reads[sub], sigma[todo, :P], gain=gain[todo, :P], mask=mask, ref_index=ref_index,
-            max_iter=options.max_iter,
+            max_iter=options.max_iter, jump_search=options.jump_search,
         )  # fmt: skip
         const = fit_constant(reads[sub], sigma[todo, :P], gain=gain[todo, :P], mask=mask)
     fit, const = _scatter(fit, const, todo, n_fibres, ref_index)
