@@ -272,6 +272,22 @@ def _flux_fit(out, gain_flat: np.ndarray, pixel_shape: tuple) -> FluxFit:
     )
 
 
+def _pixel_inputs(reads, read_noise, gain, mask, saturation):
+    """Checked per-pixel inputs of the flattened-cube kernels.
+
+    Returns ``(reads2d (N, n_pix), bad, use_mask, sigma, gain, saturation)``, the last three
+    flat float64 ``(n_pix,)``; ``bad`` is a dummy ``(1, 1)`` array when there is no mask.
+    """
+    pixel_shape = reads.shape[1:]
+    sigma = _pixel_map(read_noise, "read_noise", pixel_shape)
+    gain_map = _pixel_map(gain, "gain", pixel_shape)
+    mask = _as_mask(mask, reads.shape)
+    sat = _saturation_map(saturation, pixel_shape)
+    bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
+    return (_flat(reads, 1), bad, mask is not None, _ravel_pixels(sigma),
+            _ravel_pixels(gain_map), _ravel_pixels(sat))  # fmt: skip
+
+
 def _omega_rows(omega, groups, K: int, pixel_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Check ``omega`` ((K,) or (n_groups, K)) and ``groups``; return omega 2-D and flat groups."""
     omega2d = np.atleast_2d(np.asarray(omega, dtype=np.float64))
@@ -422,30 +438,15 @@ def extract_fluxes(
     omega2d, groups_flat = _omega_rows(omega, groups, K, pixel_shape)
     if int(n_pass) < 1:
         raise ValueError(f"n_pass: expected >= 1, got {n_pass}")
-    sigma = _pixel_map(read_noise, "read_noise", pixel_shape)
-    gain_map = _pixel_map(gain, "gain", pixel_shape)
-    mask = _as_mask(mask, reads.shape)
-    sat = _saturation_map(saturation, pixel_shape)
     dt = read_intervals(read_times, n_reads)
-
-    reads2d = _flat(reads, 1)
-    bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
-    n_pix = reads2d.shape[1]
-    out = _flux_outputs(n_pix)
-    gain_flat = _ravel_pixels(gain_map)
-    _backend(backend).extract_kernel(
-        reads2d,
-        bad,
-        mask is not None,
-        np.ascontiguousarray(omega2d),
-        groups_flat,
-        dt,
-        _ravel_pixels(sigma),
-        gain_flat,
-        _ravel_pixels(sat),
-        int(n_pass),
-        *out,
+    reads2d, bad, use_mask, sigma, gain_flat, sat = _pixel_inputs(
+        reads, read_noise, gain, mask, saturation
     )
+    out = _flux_outputs(reads2d.shape[1])
+    _backend(backend).extract_kernel(
+        reads2d, bad, use_mask, np.ascontiguousarray(omega2d), groups_flat, dt, sigma, gain_flat,
+        sat, int(n_pass), *out,
+    )  # fmt: skip
     return _flux_fit(out, gain_flat, pixel_shape)
 
 
@@ -475,24 +476,11 @@ def fit_equal_weight(
     """
     reads = _as_reads(reads)
     pixel_shape = reads.shape[1:]
-    sigma = _pixel_map(read_noise, "read_noise", pixel_shape)
-    gain_map = _pixel_map(gain, "gain", pixel_shape)
-    mask = _as_mask(mask, reads.shape)
-    sat = _saturation_map(saturation, pixel_shape)
-
-    reads2d = _flat(reads, 1)
-    n_pix = reads2d.shape[1]
-    out = _flux_outputs(n_pix)
-    gain_flat = _ravel_pixels(gain_map)
-    _backend(backend).equal_weight_kernel(
-        reads2d,
-        _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_),
-        mask is not None,
-        _ravel_pixels(sigma),
-        gain_flat,
-        _ravel_pixels(sat),
-        *out,
+    reads2d, bad, use_mask, sigma, gain_flat, sat = _pixel_inputs(
+        reads, read_noise, gain, mask, saturation
     )
+    out = _flux_outputs(reads2d.shape[1])
+    _backend(backend).equal_weight_kernel(reads2d, bad, use_mask, sigma, gain_flat, sat, *out)
     return _flux_fit(out, gain_flat, pixel_shape)
 
 
@@ -929,29 +917,20 @@ def find_jumps(
         max_jumps = _jumps.NO_LIMIT
     elif int(max_jumps) < 0:
         raise ValueError(f"max_jumps: expected None or an integer >= 0, got {max_jumps}")
-    sigma = _pixel_map(read_noise, "read_noise", pixel_shape)
-    gain_map = _pixel_map(gain, "gain", pixel_shape)
-    mask = _as_mask(mask, reads.shape)
-    sat = _saturation_map(saturation, pixel_shape)
     dt = read_intervals(read_times, n_reads)
-
-    reads2d = _flat(reads, 1)
-    bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
+    reads2d, bad, use_mask, sigma, gain_flat, sat = _pixel_inputs(
+        reads, read_noise, gain, mask, saturation
+    )
     n_pix = reads2d.shape[1]
     usable = np.empty((K, n_pix), dtype=np.bool_)
     jumps = np.empty((K, n_pix), dtype=np.bool_)
     jump_size = np.empty((K, n_pix))
     n_jumps = np.empty(n_pix, dtype=np.int64)
-    flux = np.empty(n_pix)
-    flux_var = np.empty(n_pix)
-    chi2 = np.empty(n_pix)
-    n_diff = np.empty(n_pix, dtype=np.int64)
-    flags = np.empty(n_pix, dtype=np.int64)
-    gain_flat = _ravel_pixels(gain_map)
+    out = _flux_outputs(n_pix)
     _jumps.find_jumps_kernel(
-        reads2d, bad, mask is not None, np.ascontiguousarray(omega2d), groups_flat, dt,
-        _ravel_pixels(sigma), gain_flat, _ravel_pixels(sat), thr_one, thr_two, bool(two_adjacent),
-        int(max_jumps), 2, usable, jumps, jump_size, n_jumps, flux, flux_var, chi2, n_diff, flags,
+        reads2d, bad, use_mask, np.ascontiguousarray(omega2d), groups_flat, dt, sigma, gain_flat,
+        sat, thr_one, thr_two, bool(two_adjacent), int(max_jumps), 2, usable, jumps, jump_size,
+        n_jumps, *out,
     )  # fmt: skip
     diff_shape = (K,) + pixel_shape
     return JumpResult(
@@ -959,13 +938,7 @@ def find_jumps(
         jumps=jumps.reshape(diff_shape),
         jump_size=(jump_size / gain_flat).reshape(diff_shape),
         n_jumps=n_jumps.reshape(pixel_shape),
-        flux=FluxFit(
-            flux=(flux / gain_flat).reshape(pixel_shape),
-            flux_var=(flux_var / gain_flat**2).reshape(pixel_shape),
-            chi2=chi2.reshape(pixel_shape),
-            n_diff=n_diff.reshape(pixel_shape),
-            flags=flags.reshape(pixel_shape),
-        ),
+        flux=_flux_fit(out, gain_flat, pixel_shape),
     )
 
 
