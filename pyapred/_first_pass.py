@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .solver._numpy import _select
+
 
 @njit(cache=True, parallel=True)
 def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation, threshold,
@@ -28,7 +30,8 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
     threshold : float
         Jump threshold in sigmas of a difference.
     rate : (ny, nx) float32, out
-        Median of the shape-scaled usable differences (0 if none).
+        Mean of the shape-scaled usable differences that are not jumps under a rough level (the
+        median of at most ``_N_ROUGH`` evenly spaced ones); 0 if none.
     saturated : (ny, nx) bool, out
         A read reached ``saturation`` (or was not finite); it and later reads are unusable.
     jump_bits : (ny, nx, n_words) uint64, out
@@ -36,6 +39,7 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
     """
     n_reads, ny, nx = reads.shape
     K = n_reads - 1
+    thr2 = threshold * threshold
     for y in prange(ny):
         # The row's ramps, pixel-major: contiguous reads of the cube, contiguous ramps after.
         ramps = np.empty((nx, n_reads))
@@ -43,6 +47,7 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
             for x in range(nx):
                 ramps[x, j] = reads[j, y, x]
         scaled = np.empty(K)
+        work = np.empty(K)
         for x in range(nx):
             ramp = ramps[x]
             limit = saturation[y, x]
@@ -56,15 +61,50 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
             shape = shapes[shape_index[y, x]]
             for k in range(n_diff):
                 scaled[k] = (ramp[k + 1] - ramp[k]) / shape[k]
-            level = np.median(scaled[:n_diff]) if n_diff > 0 else 0.0
+            # A rough level from the median of at most _N_ROUGH evenly spaced differences (cheap,
+            # and robust to a jump), then the mean of the differences that are not jumps under it.
+            n_rough = min(n_diff, _N_ROUGH)
+            for i in range(n_rough):
+                work[i] = scaled[(i * n_diff) // n_rough]
+            rough = _median(work, n_rough)
+            total, count = 0.0, 0
+            for k in range(n_diff):
+                excess = (ramp[k + 1] - ramp[k]) - rough * shape[k]
+                if not _is_jump(excess, rough * shape[k], inv_gain[y, x], var_read[y, x], thr2):
+                    total += scaled[k]
+                    count += 1
+            level = total / count if count > 0 else rough
             rate[y, x] = level
             for w in range(jump_bits.shape[2]):
                 jump_bits[y, x, w] = 0
             for k in range(n_diff):
-                model = level * shape[k]
-                noise = np.sqrt(max(model, 0.0) * inv_gain[y, x] + var_read[y, x])
-                if (ramp[k + 1] - ramp[k]) - model > threshold * noise:
+                excess = (ramp[k + 1] - ramp[k]) - level * shape[k]
+                if _is_jump(excess, level * shape[k], inv_gain[y, x], var_read[y, x], thr2):
                     jump_bits[y, x, k // 64] |= np.uint64(1) << np.uint64(k % 64)
+
+
+@njit(cache=True, inline="always")
+def _is_jump(excess, model, inv_gain, var_read, thr2):
+    """``excess > threshold * noise(model)``, without the square root."""
+    return excess > np.sqrt(thr2 * (max(model, 0.0) * inv_gain + var_read))
+
+
+#: Differences in the first pass's rough median.
+_N_ROUGH = 9
+
+
+@njit(cache=True, inline="always")
+def _median(values, n):
+    """Median of ``values[:n]`` (0 when n == 0); reorders ``values``."""
+    if n == 0:
+        return 0.0
+    upper = _select(values, n, n // 2)
+    if n % 2 == 1:
+        return upper
+    lower = values[0]
+    for i in range(1, n // 2):
+        lower = max(lower, values[i])
+    return 0.5 * (lower + upper)
 
 
 def first_pass(reads, shape_index, shapes, inv_gain, var_read, saturation, threshold):

@@ -370,7 +370,9 @@ Alternate the joint omega fit ([`fit_omega_groups`](@ref)) and the jump search u
 mask is stable. Every search starts again from the caller's `valid` with the latest omega, so a
 difference flagged under the first omega (biased by the very jumps being sought) can be cleared
 later. After the first round the reference element is kept fixed, so that omega's normalisation
-does not change between rounds.
+does not change between rounds. Only the groups whose mask changed are refitted, from their last
+solution, and only refitted groups are searched again: a group's search depends on nothing but
+its own omega.
 
 # Arguments
 - `diffs`, `valid`, `s2`, `dt`, `fit_pixel`: as in [`fit_omega_groups`](@ref).
@@ -388,19 +390,32 @@ function fit_omega_with_jumps(diffs::AbstractArray{<:Real, 3}, valid::AbstractAr
     thr_one, thr_two = chi2_thresholds(threshold)
     options = Dict{Symbol, Any}(fit_options)
     res = fit_omega_groups(diffs, valid, s2, dt, fit_pixel; options...)
-    options[:ref_index] = res.ref_index
-    used = valid
+    used = Array{Bool}(valid)
     n_jumps = zeros(Int, size(fit_pixel))
+    todo = collect(1:size(diffs, 3))  # the groups whose omega changed since their last search
     for _ in 1:max_rounds
-        new_valid = similar(valid)
-        new_jumps = similar(n_jumps)
-        x = res.omega .* dt
-        search_groups_kernel!(new_valid, new_jumps, diffs, valid, s2, x, fit_pixel, thr_one,
-            thr_two, false, typemax(Int))
-        new_valid == used && break
-        used, n_jumps = new_valid, new_jumps
-        clean = ifelse.(used, diffs, 0.0)
-        res = fit_omega_groups(clean, used, s2, dt, fit_pixel; options...)
+        sub_valid = valid[:, :, todo]
+        # Bool arrays, not BitArrays: threads write neighbouring elements.
+        new_valid = Array{Bool}(undef, size(sub_valid))
+        new_jumps = zeros(Int, size(fit_pixel, 1), length(todo))
+        x = res.omega[:, todo] .* dt
+        search_groups_kernel!(new_valid, new_jumps, view(diffs, :, :, todo), sub_valid,
+            view(s2, :, todo), x, view(fit_pixel, :, todo), thr_one, thr_two, false,
+            typemax(Int))
+        changed = [new_valid[:, :, i] != used[:, :, g] for (i, g) in enumerate(todo)]
+        any(changed) || break
+        todo = todo[changed]
+        used[:, :, todo] = new_valid[:, :, changed]
+        n_jumps[:, todo] = new_jumps[:, changed]
+        sub_used = used[:, :, todo]
+        options[:ref_index] = res.ref_index[todo]
+        options[:start] = (res.omega[:, todo], res.flux[:, todo])
+        part = fit_omega_groups(ifelse.(sub_used, diffs[:, :, todo], 0.0), sub_used,
+            s2[:, todo], dt, fit_pixel[:, todo]; options...)
+        for key in keys(part)
+            dest = getfield(res, key)
+            selectdim(dest, ndims(dest), todo) .= getfield(part, key)
+        end
     end
     return res, used, n_jumps
 end

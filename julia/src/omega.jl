@@ -576,6 +576,10 @@ linearisation (quirk Q3); otherwise every omega step < `rtol` and every flux ste
 `segments` (P, G), 1-based labels, optional: pixels of a group with the same label share an
 additive offset per read difference ([`Offsets`](@ref)), fitted jointly; not with `reference`.
 
+`start = (omega (K, G), flux (P, G))`, optional: a warm start (a previous solution with the same
+`ref_index`), used wherever it is finite in place of the initial guess, which still decides
+which elements have data.
+
 # Returns
 A NamedTuple `(omega (K, G), omega_cov (K, K, G), ref_index (G,) 1-based, flux (P, G),
 flux_var (P, G), chi2 (P, G), n_iter (G,), converged (G,), has_data (K, G))`, plus
@@ -583,13 +587,24 @@ flux_var (P, G), chi2 (P, G), n_iter (G,), converged (G,), has_data (K, G))`, pl
 """
 function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3},
         s2::AbstractMatrix, dt::AbstractVector, fit_pixel::AbstractMatrix; reference::Bool,
-        rtol::Real, max_iter::Integer, ref_index = nothing, segments = nothing)
+        rtol::Real, max_iter::Integer, ref_index = nothing, segments = nothing,
+        start = nothing)
     K, P, G = size(diffs)
     n_segments = segments === nothing ? 0 : maximum(segments)
     offsets_out = fill(NaN, K, n_segments, G)
     fitted_all = segments === nothing ? diffs : copy(diffs)
     omega0, flux0, kstar = zeros(K, G), zeros(P, G), zeros(Int, G)
     initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel; reference, ref_index)
+    if start !== nothing
+        start_omega, start_flux = start
+        for g in 1:G, k in 1:K
+            isfinite(omega0[k, g]) && isfinite(start_omega[k, g]) &&
+                (omega0[k, g] = start_omega[k, g])
+        end
+        for g in 1:G, p in 1:P
+            fit_pixel[p, g] && isfinite(start_flux[p, g]) && (flux0[p, g] = start_flux[p, g])
+        end
+    end
     omega_out, omega_cov = zeros(K, G), zeros(K, K, G)
     flux_out, flux_var, chi2 = zeros(P, G), zeros(P, G), zeros(P, G)
     # Bool arrays, not BitArrays: threads write neighbouring elements.

@@ -343,7 +343,9 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
     Every search starts again from the caller's ``valid`` with the latest omega, so a difference
     flagged under the first omega (biased by the very jumps being sought) can be cleared later.
     After the first round the reference element is kept fixed so that omega's normalisation does
-    not change between rounds.
+    not change between rounds. Only the groups whose mask changed are refitted, from their last
+    solution, and only refitted groups are searched again: a group's search depends on nothing
+    but its own omega.
 
     Parameters
     ----------
@@ -366,19 +368,32 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
     """
     thr_one, thr_two = chi2_thresholds(threshold)
     res = fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **fit_options)
-    fit_options["ref_index"] = res["ref_index"]
-    used = valid
+    ref_index = res["ref_index"]
+    used = valid.copy()
     n_jumps = np.zeros(fit_pixel.shape, dtype=np.int64)
+    todo = np.arange(diffs.shape[0])  # the groups whose omega changed since their last search
     for _ in range(max_rounds):
-        new_valid = np.empty_like(valid)
-        new_jumps = np.empty_like(n_jumps)
-        x = np.ascontiguousarray(res["omega"] * dt)
-        search_groups_kernel(
-            diffs, valid, s2, x, fit_pixel, thr_one, thr_two, False, NO_LIMIT, new_valid, new_jumps
-        )
-        if np.array_equal(new_valid, used):
+
+        def pick(array):
+            return array if todo.size == diffs.shape[0] else array[todo]
+
+        new_valid = np.empty(pick(valid).shape, dtype=bool)
+        new_jumps = np.empty(pick(n_jumps).shape, dtype=np.int64)
+        x = np.ascontiguousarray(pick(res["omega"]) * dt)
+        search_groups_kernel(pick(diffs), pick(valid), pick(s2), x, pick(fit_pixel), thr_one,
+                             thr_two, False, NO_LIMIT, new_valid, new_jumps)  # fmt: skip
+        changed = (new_valid != pick(used)).any(axis=(1, 2))
+        if not changed.any():
             break
-        used, n_jumps = new_valid, new_jumps
-        clean = np.where(used, diffs, 0.0)
-        res = fit_omega_groups(clean, used, s2, dt, fit_pixel, **fit_options)
+        todo = todo[changed]
+        used[todo] = new_valid[changed]
+        n_jumps[todo] = new_jumps[changed]
+        sub_used = used[todo]
+        options = fit_options | {"ref_index": ref_index[todo]}
+        part = fit_omega_groups(
+            np.where(sub_used, diffs[todo], 0.0), sub_used, s2[todo], dt, fit_pixel[todo],
+            start=(res["omega"][todo], res["flux"][todo]), **options,
+        )  # fmt: skip
+        for key, value in part.items():
+            res[key][todo] = value
     return res, used, n_jumps

@@ -795,21 +795,21 @@ def _inverse_spd(a):
         return out
 
 
-def _gram(e):
-    """``e[g].T @ e[g]`` for every group: one BLAS call each (a stacked matmul on the transposed
-    view falls back to a loop ten times slower)."""
-    out = np.empty((e.shape[0], e.shape[2], e.shape[2]))
-    for g in range(e.shape[0]):
+def _gram(e, rows):
+    """``e[g].T @ e[g]`` for the groups ``rows`` (zero elsewhere): one BLAS call each (a stacked
+    matmul on the transposed view falls back to a loop ten times slower)."""
+    out = np.zeros((e.shape[0], e.shape[2], e.shape[2]))
+    for g in rows:
         np.matmul(e[g].T, e[g], out=out[g])
     return out
 
 
-def _gram(e):
-    """``e[g].T @ e[g]`` for every group: one BLAS call each (a stacked matmul on the transposed
-    view falls back to a loop ten times slower)."""
-    out = np.empty((e.shape[0], e.shape[2], e.shape[2]))
-    for g in range(e.shape[0]):
-        np.matmul(e[g].T, e[g], out=out[g])
+def _times(e, v, rows, transpose):
+    """``e[g].T @ v[g]`` (``transpose``) or ``e[g] @ v[g]`` for the groups ``rows``, zero elsewhere."""
+    G, P, K = e.shape
+    out = np.zeros((G, K if transpose else P))
+    for g in rows:
+        np.matmul(e[g].T if transpose else e[g], v[g], out=out[g])
     return out
 
 
@@ -829,10 +829,15 @@ class _Normal:
             self.g, self.gw, self.e_hat, self.gf_hat, self.sqrt_d,
         )  # fmt: skip
 
-    def schur(self, free):
-        """Schur complement and right-hand side, with the non-free elements pinned (identity)."""
-        sch = self.g - _gram(self.e_hat)
-        rhs = self.gw - np.einsum("gpk,gp->gk", self.e_hat, self.gf_hat)
+    def schur(self, free, active=None):
+        """Schur complement and right-hand side, with the non-free elements pinned (identity).
+
+        Only the ``active`` groups (default all) are computed: a long-converging group does not
+        make every iteration cost a full one.
+        """
+        rows = range(free.shape[0]) if active is None else np.flatnonzero(active)
+        sch = self.g - _gram(self.e_hat, rows)
+        rhs = self.gw - _times(self.e_hat, self.gf_hat, rows, transpose=True)
         pinned = ~free
         sch[pinned[:, :, None] | pinned[:, None, :]] = 0.0
         G, K = free.shape
@@ -841,9 +846,10 @@ class _Normal:
         rhs[pinned] = 0.0
         return sch, rhs
 
-    def flux_step(self, d_omega):
-        """Flux update from the omega update: ``(g_f - E . d_omega) / D``."""
-        step = self.gf_hat - np.einsum("gpk,gk->gp", self.e_hat, d_omega)
+    def flux_step(self, d_omega, active=None):
+        """Flux update from the omega update: ``(g_f - E . d_omega) / D`` (``active`` groups)."""
+        rows = range(d_omega.shape[0]) if active is None else np.flatnonzero(active)
+        step = self.gf_hat - _times(self.e_hat, d_omega, rows, transpose=False)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.sqrt_d > 0, step / self.sqrt_d, 0.0)
 
@@ -975,13 +981,18 @@ def gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pixel):
 
 @_single_blas_thread
 def fit_omega_groups(
-    diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_iter, ref_index, segments=None
-):
+    diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_iter, ref_index, segments=None,
+    start=None,
+):  # fmt: skip
     """Gauss-Newton joint fit of omega and fluxes for G independent groups (spec 2.4-2.7, 9).
 
     ``segments`` (G, P) non-negative ints, optional: pixels of a group with the same label share
     an additive offset per read difference (:class:`_Offsets`), fitted jointly; not with
     ``reference``.
+
+    ``start`` ``(omega (G, K), flux (G, P))``, optional: a warm start (a previous solution with the
+    same ``ref_index``), used wherever it is finite in place of the initial guess, which still
+    decides which elements have data.
 
     Returns a dict of the ``OmegaFit`` fields that are computed here (electron units), with
     ``offsets`` (G, S, K), NaN where a segment has no data, when ``segments`` is given.
@@ -991,6 +1002,9 @@ def fit_omega_groups(
         diffs, valid, s2, dt, fit_pixel, reference=reference, ref_index=ref_index
     )
     has_data = np.isfinite(omega)
+    if start is not None:
+        omega = np.where(has_data & np.isfinite(start[0]), start[0], omega)
+        flux = np.where(fit_pixel & np.isfinite(start[1]), start[1], flux)
     free = has_data & (np.arange(K) != kstar[:, None])
     nonempty = fit_pixel.any(axis=1)
     omega_cl = np.where(has_data, np.maximum(omega, CLAMP_FLOOR), 0.0)
@@ -1015,7 +1029,7 @@ def fit_omega_groups(
                              fit_pixel, free)  # fmt: skip
         d_omega = _solve_spd(sch[active], rhs[active])
         d_omega_all = _scatter(d_omega, active, (G, K))
-        d_flux = normal.flux_step(d_omega_all)
+        d_flux = normal.flux_step(d_omega_all, active)
         if offsets is not None:
             d_offsets = offsets.step(d_omega_all)
             term = offsets.flux_term(d_offsets)
@@ -1095,7 +1109,7 @@ def _evaluate(normal, offsets, diffs, valid, s2, dt, flux_cl, omega_cl, active, 
     """Normal equations at the current point, reduced to omega: ``(schur, rhs)``."""
     fitted = diffs if offsets is None else offsets.adjusted(diffs, valid)
     normal.evaluate(fitted, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel)
-    sch, rhs = normal.schur(free)
+    sch, rhs = normal.schur(free, active)
     if offsets is None:
         return sch, rhs
     offsets.evaluate(diffs, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel)
