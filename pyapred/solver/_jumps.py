@@ -373,9 +373,10 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
     n_jumps = np.zeros(fit_pixel.shape, dtype=np.int64)
     todo = np.arange(diffs.shape[0])  # the groups whose omega changed since their last search
     for _ in range(max_rounds):
+        every = todo.size == diffs.shape[0]
 
-        def pick(array):
-            return array if todo.size == diffs.shape[0] else array[todo]
+        def pick(array, todo=todo, every=every):
+            return array if every else array[todo]
 
         new_valid = np.empty(pick(valid).shape, dtype=bool)
         new_jumps = np.empty(pick(n_jumps).shape, dtype=np.int64)

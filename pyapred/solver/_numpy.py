@@ -805,7 +805,7 @@ def _gram(e, rows):
 
 
 def _times(e, v, rows, transpose):
-    """``e[g].T @ v[g]`` (``transpose``) or ``e[g] @ v[g]`` for the groups ``rows``, zero elsewhere."""
+    """``e[g].T @ v[g]`` (``transpose``) or ``e[g] @ v[g]`` for the groups ``rows``, else zero."""
     G, P, K = e.shape
     out = np.zeros((G, K if transpose else P))
     for g in rows:
