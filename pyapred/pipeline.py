@@ -1132,7 +1132,9 @@ def write_result(result: ExposureResult, path, *, overwrite: bool = False, backe
     ``"joint"``) omega as fitted (``ref_index`` normalisation; ones with zero covariance for fibres
     not fitted, the bright-fibre mean for borrowed fibres), its covariance, the model and the
     flags. The decision statistics go to the metadata as ``{group}_delta_chi2``,
-    ``{group}_p_value``, ``{group}_amplitude`` and ``{group}_n_fit_pixels`` arrays.
+    ``{group}_p_value``, ``{group}_amplitude`` and ``{group}_n_fit_pixels`` arrays; the inputs
+    and trace files are hashed (``input_files``, ``input_sha256``) and the settings stored as
+    ``fit_options`` (:func:`fit_options_json`).
 
     Returns
     -------
@@ -1161,11 +1163,27 @@ def write_result(result: ExposureResult, path, *, overwrite: bool = False, backe
             meta[f"{key}_{stat}"] = np.asarray(getattr(fits, stat))
     meta["model_option"] = result.options.model
     meta["joint_chips"] = bool(result.options.joint_chips)
+    meta["fit_options"] = fit_options_json(result.options)
     meta["flux_normalisation"] = "exposure mean (omega scaled to mean 1 for extraction)"
+    inputs = [*result.meta.get("inputs", ()), *result.meta.get("traces", ())]
     return write_product(
-        path, chips=chips, fibers=fibers, inputs=result.meta.get("inputs", ()),
+        path, chips=chips, fibers=fibers, inputs=inputs,
         backend=backend, metadata=meta, overwrite=overwrite,
     )  # fmt: skip
+
+
+def fit_options_json(options: FitOptions) -> str:
+    """The settings of a fit as canonical JSON (the product's ``fit_options``; resume compares it).
+
+    ``keep_constant`` and ``keep_fit_reads`` are left out: they change what is kept in memory,
+    not the product.
+    """
+    import json
+
+    settings = dataclasses.asdict(options)
+    for key in ("keep_constant", "keep_fit_reads"):
+        settings.pop(key)
+    return json.dumps(settings, sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------
