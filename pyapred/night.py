@@ -174,13 +174,13 @@ def find_exposures(
     path = Path(source)
     if path.is_file() and path.suffix == ".h5":
         named = _read_h5_runlist(path, Path(raw_dir) if raw_dir else path.parent)
-    elif path.is_file():
+    elif path.is_file() and not _names_exposure(path):
         named = _read_text_runlist(path)
     elif path.is_dir():
         raise InputError(
             path, "RUNLIST_OR_GLOB", "a runlist file or a glob of .apz files", "a folder"
         )
-    else:
+    else:  # a glob, or one raw file
         matches = sorted(glob.glob(os.fspath(source)))
         if not matches:
             raise InputError(
@@ -193,6 +193,17 @@ def find_exposures(
         task = _exposure_task(entry, file, trace_files, Path(out), chips)
         tasks.setdefault(task.name, task)
     return list(tasks.values())
+
+
+def _names_exposure(path: Path) -> bool:
+    """Whether the file name is a raw ``.apz`` or ``ar3Dcal`` one (not a runlist)."""
+    from .pipeline import _identify
+
+    try:
+        _identify(path)
+    except InputError:
+        return False
+    return True
 
 
 def _read_text_runlist(path: Path) -> list[tuple[str, Path]]:
@@ -325,7 +336,7 @@ def _exposure_task(
 def process_exposure(task: ExposureTask, options=None, *, resume: bool = True) -> TaskResult:
     """Fit one exposure and write its product, unless it is up to date; never raises.
 
-    Numerics run single-threaded (numba and BLAS), so that a worker's threads are its tasks.
+    The numerics run on one thread, so that a worker's threads are its tasks.
 
     Parameters
     ----------
@@ -388,14 +399,14 @@ def _up_to_date(task: ExposureTask, fit_options: str) -> bool:
 
 @contextlib.contextmanager
 def _single_threaded() -> Iterator[None]:
+    """numba's kernels on one thread (a thread-local setting). BLAS is single-threaded already:
+    Dask starts workers with ``OMP_NUM_THREADS=1`` and its kin."""
     import numba
-    from threadpoolctl import threadpool_limits
 
     previous = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        with threadpool_limits(1):
-            yield
+        yield
     finally:
         numba.set_num_threads(previous)
 

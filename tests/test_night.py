@@ -22,14 +22,14 @@ h5py = pytest.importorskip("h5py")
 
 from pyapred.cli import main  # noqa: E402
 from pyapred.io import read_product  # noqa: E402
-from pyapred.night import find_exposures  # noqa: E402
+from pyapred.night import find_exposures, process_exposure  # noqa: E402
 from pyapred.simulate import simulate_exposure, write_simulated_exposure  # noqa: E402
 
 N_EXPOSURES = 4
 
 
 def small_night(directory: Path, n_exposures: int = N_EXPOSURES) -> Path:
-    """``n_exposures`` small three-chip exposures of night 60781 (one trace set) in ``directory``."""
+    """``n_exposures`` small three-chip exposures of night 60781 (one trace set)."""
     for number in range(1, n_exposures + 1):
         sim = simulate_exposure(
             "clouds", seed=number, n_fibres=12, n_columns=48, ref_columns=0, n_reads=10
@@ -99,8 +99,10 @@ def test_products_hold_input_hashes_and_are_byte_identical_on_a_second_night(nig
         *(f"traceMain_apo_60781_{c}.h5" for c in "RGB"),
     ]
     assert len(meta["input_sha256"]) == 6 and all(len(h) == 64 for h in meta["input_sha256"])
-    # The product holds no timestamps, so the same night gives the same bytes.
-    assert main(night_argv(raw, tmp_path, "--workers", "2", "--quiet", "--no-resume")) == 0
+    # The product holds no timestamps, so the same night gives the same bytes (here on one
+    # worker running two tasks at a time).
+    argv = night_argv(raw, tmp_path, "--workers", "1", "--threads-per-worker", "2", "--quiet")
+    assert main(argv) == 0
     assert products(tmp_path) == expected
 
 
@@ -120,7 +122,8 @@ def test_sigkill_mid_night_then_resume_matches_an_uninterrupted_night(night, tmp
     assert all(finished[name] == expected[name] for name in finished)  # nothing half-written
 
     capsys.readouterr()
-    assert main(night_argv(raw, tmp_path, "--quiet", "--json")) == 0
+    argv = night_argv(raw, tmp_path, "--workers", "1", "--threads-per-worker", "2", "--json")
+    assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["skipped"] == len(finished)
     assert summary["done"] == N_EXPOSURES - len(finished) and summary["failed"] == 0
@@ -128,30 +131,35 @@ def test_sigkill_mid_night_then_resume_matches_an_uninterrupted_night(night, tmp
     assert leftovers(tmp_path) == []
 
 
-def test_changed_input_is_recomputed_and_a_missing_file_is_a_failure(night, tmp_path, capsys):
+def test_changed_input_is_recomputed(night, tmp_path):
     raw, reference = night
-    out = tmp_path / "out"
-    out.mkdir()
-    for name, data in products(reference).items():
-        (out / name).write_bytes(data)
-    (out / ".pyapred_apo_60781_0001.h5.abc123.tmp").write_bytes(b"left by a killed run")
-    runlist = tmp_path / "runlist.txt"
-    runlist.write_text(f"{raw}/apR-a-52190001.apz\n{raw}/apR-a-52190009.apz\n")
-    with h5py.File(out / "pyapred_apo_60781_0001.h5", "r+") as handle:
-        del handle["metadata/input_sha256"]  # as if an input had changed
+    task = find_exposures(raw / "apR-a-52190001.apz", [raw], tmp_path)[0]
+    product = Path(task.product)
+    product.write_bytes(products(reference)[product.name])
+    assert process_exposure(task).status == "skipped"
+    with h5py.File(product, "r+") as handle:  # as if an input had changed since
+        del handle["metadata/input_sha256"]
         handle["metadata/input_sha256"] = ["0" * 64] * 6
-    capsys.readouterr()
-    assert main(["night", str(runlist), "--traces", str(raw), "--out", str(out), "--json"]) == 1
+    assert process_exposure(task).status == "done"
+    assert product.read_bytes() == products(reference)[product.name]
+
+
+def test_missing_file_is_a_failure_and_stale_temp_files_are_removed(night, tmp_path, capsys):
+    raw, _ = night
+    (tmp_path / ".pyapred_apo_60781_0009.h5.abc123.tmp").write_bytes(b"left by a killed run")
+    runlist = tmp_path / "runlist.txt"
+    runlist.write_text("apR-a-52190009.apz  # not there\n")
+    (tmp_path / "apR-b-52190009.apz").write_bytes(b"")
+    argv = ["night", str(runlist), "--traces", str(raw), "--out", str(tmp_path), "--json"]
+    assert main(argv) == 1  # no cluster is started for exposures that cannot run
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
-    assert summary["done"] == 1 and summary["skipped"] == 0 and summary["failed"] == 1
-    missing = str(raw / "apR-a-52190009.apz")
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (0, 0, 1)
+    missing = str(tmp_path / "apR-a-52190009.apz")
     assert missing in summary["failures"]["apo_60781_0009"]
     assert missing in captured.err and "Traceback" not in captured.err
-    failures = json.loads((out / "failures.json").read_text())
+    failures = json.loads((tmp_path / "failures.json").read_text())
     assert [f["exposure"] for f in failures] == ["apo_60781_0009"]
-    assert "chip R: expected a file, found nothing" in failures[0]["error"]
-    assert (out / "pyapred_apo_60781_0001.h5").read_bytes() == products(reference)[
-        "pyapred_apo_60781_0001.h5"
-    ]
-    assert leftovers(out) == []
+    assert f"{missing}: chip R: expected a file, found nothing" in failures[0]["error"]
+    assert "chip G" not in failures[0]["error"]
+    assert leftovers(tmp_path) == [] and products(tmp_path) == {}
