@@ -454,7 +454,9 @@ def run_night(
     InputError
         ``out`` cannot be written, or the scheduler cannot be reached.
     """
-    out = _writable_folder(Path(out))
+    from .io._atomic import writable_folder
+
+    out = writable_folder(out)
     start = time.perf_counter()
     for task in tasks:
         for stale in out.glob(f".{Path(task.product).name}.*.tmp"):
@@ -493,19 +495,6 @@ def _run_tasks(client, runnable, options, resume, progress, out, tasks, results)
             _write_failures(out, tasks, results)
         bar.update()
     bar.close()
-
-
-def _writable_folder(out: Path) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / f".pyapred-night-{os.getpid()}.probe", "wb") as probe:
-            probe.close()
-            os.unlink(probe.name)
-    except OSError as exc:
-        raise InputError(
-            out, "--out", "a folder pyapred can write to", exc.strerror or str(exc)
-        ) from None
-    return out
 
 
 @contextlib.contextmanager

@@ -949,13 +949,20 @@ DEFAULT_SATURATION_DN = 55000.0
 
 
 def _header_number(path, header, keyword: str, given, option: str) -> float:
+    """``given`` (from ``option``), else the header card ``keyword``; a finite number > 0."""
     from .errors import InputError
 
-    if given is not None:
-        return float(given)
-    if keyword in header:
-        return float(header[keyword])
-    raise InputError(path, f"header keyword {keyword}", f"a number (or pass {option})", "nothing")
+    field_name = option if given is not None else f"header keyword {keyword}"
+    value = given if given is not None else header.get(keyword)
+    if value is None:
+        raise InputError(path, field_name, f"a number (or pass {option})", "nothing")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and number > 0):
+        raise InputError(path, field_name, "a finite number > 0", repr(value))
+    return number
 
 
 def load_chip(
@@ -1010,9 +1017,13 @@ def load_chip(
         reads=raw.reads,
         read_noise=_header_number(path, header, "RDNOISE", read_noise, "--read-noise"),
         gain=_header_number(path, header, "GAIN", gain, "--gain"),
-        saturation=float(saturation)
-        if saturation is not None
-        else float(header.get("SATURATE", DEFAULT_SATURATION_DN)),
+        saturation=_header_number(
+            path,
+            {"SATURATE": DEFAULT_SATURATION_DN} | dict(header),
+            "SATURATE",
+            saturation,
+            "--saturation",
+        ),
         read_times=(raw.read_times - raw.read_times[0]).sec,
         telescope=raw.telescope,
         mjd=raw.mjd,
@@ -1115,10 +1126,16 @@ def fit_files(
     pairs = match_inputs(list(inputs), list(trace_paths))
     traces = {chip: read_trace_file(tr) for chip, (_, tr) in pairs.items()}
 
-    def loader(path):
-        return lambda: load_chip(path, gain=gain, read_noise=read_noise, saturation=saturation)
+    def loader(name, path, trace_path):
+        def load():
+            chip = load_chip(path, gain=gain, read_noise=read_noise, saturation=saturation)
+            # Checked here too, so that the error names the trace file.
+            traces[name].check_geometry(*chip.reads.shape[1:], source=str(trace_path))
+            return chip
 
-    chips = {chip: loader(path) for chip, (path, _) in pairs.items()}
+        return load
+
+    chips = {chip: loader(chip, path, tr) for chip, (path, tr) in pairs.items()}
     result = fit_exposure(chips, traces, options, progress=progress)
     result.meta["inputs"] = [str(path) for path, _ in pairs.values()]
     result.meta["traces"] = [str(tr) for _, tr in pairs.values()]
