@@ -459,7 +459,7 @@ def run_night(
     out = writable_folder(out)
     start = time.perf_counter()
     for task in tasks:
-        for stale in out.glob(f".{Path(task.product).name}.*.tmp"):
+        for stale in out.glob(f".{Path(task.product).name}.*.tmp") if task.product else ():
             stale.unlink(missing_ok=True)
     # Exposures with a missing file fail here: no cluster is started for them alone.
     results = {t.name: process_exposure(t) for t in tasks if t.problem is not None}
@@ -597,6 +597,11 @@ def run(args: argparse.Namespace) -> int:
     """``pyapred night``: 0 all done or skipped, 1 a failure or fit problem, 2 bad input."""
     from .pipeline import FitOptions
 
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        print("pyapred night: needs Dask: pip install 'pyapred[night]'", file=sys.stderr)
+        return EXIT_BAD_INPUT
     tasks = find_exposures(
         args.runlist, args.traces, args.out, raw_dir=args.raw_dir, chips=args.chips
     )
