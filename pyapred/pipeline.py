@@ -948,12 +948,12 @@ def _progress(total: int, enabled: bool):
 DEFAULT_SATURATION_DN = 55000.0
 
 
-def _header_number(path, header, keyword: str, given, option: str) -> float:
-    """``given`` (from ``option``), else the header card ``keyword``; a finite number > 0."""
+def _header_number(path, header, keyword: str, given, option: str, default=None) -> float:
+    """``given`` (from ``option``), else the header card ``keyword`` or ``default``; > 0."""
     from .errors import InputError
 
     field_name = option if given is not None else f"header keyword {keyword}"
-    value = given if given is not None else header.get(keyword)
+    value = given if given is not None else header.get(keyword, default)
     if value is None:
         raise InputError(path, field_name, f"a number (or pass {option})", "nothing")
     try:
@@ -1018,11 +1018,7 @@ def load_chip(
         read_noise=_header_number(path, header, "RDNOISE", read_noise, "--read-noise"),
         gain=_header_number(path, header, "GAIN", gain, "--gain"),
         saturation=_header_number(
-            path,
-            {"SATURATE": DEFAULT_SATURATION_DN} | dict(header),
-            "SATURATE",
-            saturation,
-            "--saturation",
+            path, header, "SATURATE", saturation, "--saturation", DEFAULT_SATURATION_DN
         ),
         read_times=(raw.read_times - raw.read_times[0]).sec,
         telescope=raw.telescope,
