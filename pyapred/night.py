@@ -36,8 +36,12 @@ import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .pipeline import FitOptions
 
 __all__ = [
     "ExposureTask",
@@ -333,7 +337,9 @@ def _exposure_task(
 # --------------------------------------------------------------------------------------------
 # One exposure (runs on a worker)
 # --------------------------------------------------------------------------------------------
-def process_exposure(task: ExposureTask, options=None, *, resume: bool = True) -> TaskResult:
+def process_exposure(
+    task: ExposureTask, options: FitOptions | None = None, *, resume: bool = True
+) -> TaskResult:
     """Fit one exposure and write its product, unless it is up to date; never raises.
 
     The numerics run on one thread, so that a worker's threads are its tasks.
@@ -399,8 +405,10 @@ def _up_to_date(task: ExposureTask, fit_options: str) -> bool:
 
 @contextlib.contextmanager
 def _single_threaded() -> Iterator[None]:
-    """numba's kernels on one thread (a thread-local setting). BLAS is single-threaded already:
-    Dask starts workers with ``OMP_NUM_THREADS=1`` and its kin."""
+    """Run numba's kernels on one thread (a thread-local setting) inside the block.
+
+    BLAS is single-threaded already: Dask starts workers with ``OMP_NUM_THREADS=1`` and its kin.
+    """
     import numba
 
     previous = numba.get_num_threads()
@@ -417,7 +425,7 @@ def _single_threaded() -> Iterator[None]:
 def run_night(
     tasks: Sequence[ExposureTask],
     out: str | os.PathLike,
-    options=None,
+    options: FitOptions | None = None,
     *,
     scheduler: str = "local",
     workers: int = 2,
