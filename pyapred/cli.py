@@ -135,6 +135,10 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _noise,
     ),
     "crossval": ("compare the NumPy and Julia backends", *_delegate("crossval")),
+    "night": (
+        "fit many exposures on Dask (a runlist or a glob), resumable; see docs/scaling.md",
+        *_delegate("night"),
+    ),
     "inspect": ("describe raw .apz exposures and HDF5 products", _inspect_arguments, _inspect),
 }
 

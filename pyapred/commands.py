@@ -125,6 +125,9 @@ def fit_run(args: argparse.Namespace) -> int:
         from .errors import InputError
 
         raise InputError(args.out, "--out", "a new file (or pass --overwrite)", "an existing file")
+    from .io._atomic import writable_folder
+
+    writable_folder(args.out.parent, path=args.out)
     options = FitOptions(
         model=args.model, joint_chips=args.joint_chips, keep_fit_reads=args.plots is not None,
         jump_search=not args.no_jump_search,

@@ -70,28 +70,43 @@ def _apz_cases(args: argparse.Namespace) -> list[dict]:
              "inputs": common} for name in ("fit_constant", "fit_equal_weight")]  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
-    """Compare the backends; 0 within tolerance, 1 beyond it, 2 without Julia or vectors."""
-    from ._julia import JuliaBackendError, load
-    from .conformance import NUMPY_ONLY, compare, default_vector_dir, load_vector, run_vector
+def _vector_cases(folder: Path | None) -> list[dict]:
+    """The conformance vectors in ``folder`` that have a Julia twin."""
+    from .conformance import NUMPY_ONLY, load_vector
+    from .errors import InputError
 
-    try:
-        load()
-    except JuliaBackendError as exc:
-        print(f"pyapred crossval: {exc.reason}; see docs/julia.md", file=sys.stderr)
-        return EXIT_NO_JULIA
+    paths = sorted(folder.glob("*.toml")) if folder is not None else []
+    if not paths:
+        raise InputError(folder or "--vectors", "*.toml", "conformance vectors", "none")
+    cases = []
+    for path in paths:
+        try:
+            case = load_vector(path)
+        except (ValueError, KeyError, TypeError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+            raise InputError(path, "TOML", "a conformance vector", str(exc)) from None
+        # Functions with no backend argument run on NumPy only; runtests.jl checks their twins.
+        if case["function"] not in NUMPY_ONLY:
+            cases.append(case)
+    return cases
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compare the backends; 0 within tolerance, 1 beyond it, 2 without Julia or bad input."""
+    from ._julia import JuliaBackendError, load
+    from .conformance import compare, default_vector_dir, run_vector
+
+    # The inputs are checked first, so that a bad one is reported with or without Julia.
     if args.simulate:
         cases = _simulated_cases(args)
     elif args.apz:
         cases = _apz_cases(args)
     else:
-        folder = Path(args.vectors) if args.vectors else default_vector_dir()
-        paths = sorted(folder.glob("*.toml")) if folder is not None else []
-        if not paths:
-            print(f"pyapred crossval: no conformance vectors in {folder}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        # Functions with no backend argument run on NumPy only; runtests.jl checks their twins.
-        cases = [case for case in map(load_vector, paths) if case["function"] not in NUMPY_ONLY]
+        cases = _vector_cases(Path(args.vectors) if args.vectors else default_vector_dir())
+    try:
+        load()
+    except JuliaBackendError as exc:
+        print(f"pyapred crossval: {exc.reason}; see docs/julia.md", file=sys.stderr)
+        return EXIT_NO_JULIA
     worst = EXIT_OK
     print(f"{'case':<36} {'output':<14} {'max abs diff':>13} {'max rel diff':>13}")
     for case in cases:

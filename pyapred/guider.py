@@ -542,7 +542,9 @@ def read_guider_frames(
         raise first_error
     if not frames:
         raise InputError(
-            os.fspath(source) if isinstance(source, (str, os.PathLike)) else "guider frames",
+            os.fspath(source)
+            if isinstance(source, (str, os.PathLike))
+            else ", ".join(map(os.fspath, source)) or "guider frames",
             "DATE-OBS", f"guider frames between {window[0].isot} and {window[1].isot} TAI",
             "none in that span",
         )  # fmt: skip
@@ -1840,6 +1842,9 @@ def _exposure_header(path) -> fits.Header:
 
 def run(args) -> int:
     """Run ``pyapred guider``; 0 agreement, 1 something flagged, 2 bad input (raised)."""
+    from .io._atomic import writable_folder
+
+    writable_folder(os.path.dirname(os.path.abspath(args.out)), path=args.out)
     try:
         fibers = _parse_fibers(args.fibers)
     except ValueError:

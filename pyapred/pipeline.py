@@ -948,14 +948,21 @@ def _progress(total: int, enabled: bool):
 DEFAULT_SATURATION_DN = 55000.0
 
 
-def _header_number(path, header, keyword: str, given, option: str) -> float:
+def _header_number(path, header, keyword: str, given, option: str, default=None) -> float:
+    """``given`` (from ``option``), else the header card ``keyword`` or ``default``; > 0."""
     from .errors import InputError
 
-    if given is not None:
-        return float(given)
-    if keyword in header:
-        return float(header[keyword])
-    raise InputError(path, f"header keyword {keyword}", f"a number (or pass {option})", "nothing")
+    field_name = option if given is not None else f"header keyword {keyword}"
+    value = given if given is not None else header.get(keyword, default)
+    if value is None:
+        raise InputError(path, field_name, f"a number (or pass {option})", "nothing")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and number > 0):
+        raise InputError(path, field_name, "a finite number > 0", repr(value))
+    return number
 
 
 def load_chip(
@@ -1010,9 +1017,9 @@ def load_chip(
         reads=raw.reads,
         read_noise=_header_number(path, header, "RDNOISE", read_noise, "--read-noise"),
         gain=_header_number(path, header, "GAIN", gain, "--gain"),
-        saturation=float(saturation)
-        if saturation is not None
-        else float(header.get("SATURATE", DEFAULT_SATURATION_DN)),
+        saturation=_header_number(
+            path, header, "SATURATE", saturation, "--saturation", DEFAULT_SATURATION_DN
+        ),
         read_times=(raw.read_times - raw.read_times[0]).sec,
         telescope=raw.telescope,
         mjd=raw.mjd,
@@ -1115,10 +1122,16 @@ def fit_files(
     pairs = match_inputs(list(inputs), list(trace_paths))
     traces = {chip: read_trace_file(tr) for chip, (_, tr) in pairs.items()}
 
-    def loader(path):
-        return lambda: load_chip(path, gain=gain, read_noise=read_noise, saturation=saturation)
+    def loader(name, path, trace_path):
+        def load():
+            chip = load_chip(path, gain=gain, read_noise=read_noise, saturation=saturation)
+            # Checked here too, so that the error names the trace file.
+            traces[name].check_geometry(*chip.reads.shape[1:], source=str(trace_path))
+            return chip
 
-    chips = {chip: loader(path) for chip, (path, _) in pairs.items()}
+        return load
+
+    chips = {chip: loader(chip, path, tr) for chip, (path, tr) in pairs.items()}
     result = fit_exposure(chips, traces, options, progress=progress)
     result.meta["inputs"] = [str(path) for path, _ in pairs.values()]
     result.meta["traces"] = [str(tr) for _, tr in pairs.values()]
@@ -1132,7 +1145,9 @@ def write_result(result: ExposureResult, path, *, overwrite: bool = False, backe
     ``"joint"``) omega as fitted (``ref_index`` normalisation; ones with zero covariance for fibres
     not fitted, the bright-fibre mean for borrowed fibres), its covariance, the model and the
     flags. The decision statistics go to the metadata as ``{group}_delta_chi2``,
-    ``{group}_p_value``, ``{group}_amplitude`` and ``{group}_n_fit_pixels`` arrays.
+    ``{group}_p_value``, ``{group}_amplitude`` and ``{group}_n_fit_pixels`` arrays; the inputs
+    and trace files are hashed (``input_files``, ``input_sha256``) and the settings stored as
+    ``fit_options`` (:func:`fit_options_json`).
 
     Returns
     -------
@@ -1161,11 +1176,27 @@ def write_result(result: ExposureResult, path, *, overwrite: bool = False, backe
             meta[f"{key}_{stat}"] = np.asarray(getattr(fits, stat))
     meta["model_option"] = result.options.model
     meta["joint_chips"] = bool(result.options.joint_chips)
+    meta["fit_options"] = fit_options_json(result.options)
     meta["flux_normalisation"] = "exposure mean (omega scaled to mean 1 for extraction)"
+    inputs = [*result.meta.get("inputs", ()), *result.meta.get("traces", ())]
     return write_product(
-        path, chips=chips, fibers=fibers, inputs=result.meta.get("inputs", ()),
+        path, chips=chips, fibers=fibers, inputs=inputs,
         backend=backend, metadata=meta, overwrite=overwrite,
     )  # fmt: skip
+
+
+def fit_options_json(options: FitOptions) -> str:
+    """The settings of a fit as canonical JSON (the product's ``fit_options``; resume compares it).
+
+    ``keep_constant`` and ``keep_fit_reads`` are left out: they change what is kept in memory,
+    not the product.
+    """
+    import json
+
+    settings = dataclasses.asdict(options)
+    for key in ("keep_constant", "keep_fit_reads"):
+        settings.pop(key)
+    return json.dumps(settings, sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -877,6 +877,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """``pyapred validate``: run the studies, write the report; exit 1 if a check fails."""
+    from .io._atomic import writable_folder
+
+    writable_folder(args.out)  # before minutes of work, not after
     sizes = QUICK if args.quick else FULL
     print(f"pyapred validate ({sizes.name}, seed {args.seed}, backend {args.backend})")
     results = run_validation(

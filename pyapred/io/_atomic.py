@@ -9,6 +9,40 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def writable_folder(
+    folder: str | os.PathLike, *, path: str | os.PathLike | None = None, field: str = "--out"
+) -> Path:
+    """Create ``folder`` if needed and check that a file can be written in it.
+
+    Commands call this before their work, so that an unwritable output fails at once.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+    path : str or os.PathLike, optional
+        The output named in the error (default ``folder``).
+    field : str
+        The option named in the error.
+
+    Raises
+    ------
+    pyapred.errors.InputError
+        The folder cannot be made or written.
+    """
+    from ..errors import InputError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".pyapred-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        found = exc.strerror or str(exc)
+        raise InputError(path or folder, field, "a folder pyapred can write to", found) from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds.
@@ -27,7 +61,10 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (pass overwrite=True to replace it)")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the destination, not the temporary file
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

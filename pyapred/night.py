@@ -1,0 +1,639 @@
+"""``pyapred night``: fit many exposures on Dask, resumable, one failure never stopping the rest.
+
+One Dask task per exposure (:func:`process_exposure`): it hashes the exposure's inputs, skips it
+when its product already holds the same hashes, pyapred version and fit settings, and otherwise
+fits it (:func:`pyapred.pipeline.fit_files`) and writes the product atomically. Locally the
+tasks run on a ``distributed.LocalCluster`` whose worker processes are started by ``spawn``
+(juliacall does not survive ``fork``); ``--scheduler tcp://HOST:PORT`` joins an existing cluster.
+Failures go to ``OUT/failures.json``. See ``docs/scaling.md``.
+
+Which exposures (:func:`find_exposures`):
+
+- a glob of raw ``apR-``/``asR-`` ``.apz`` (or ``ar3Dcal``) files;
+- a text runlist, one exposure per line, each named by one of its files (or a glob), relative
+  to the runlist's folder; ``#`` starts a comment;
+- ApogeeReduction.jl's ``runlist_*.h5`` with the datasets ``tele``, ``mjd`` and ``expid``.
+  ``expid`` is almanac's ``exposure_string``, the 8-digit ``(mjd - 55562) * 10000 + n``; a value
+  below 10000 is read as ``n``, the number within the night. Row ``i`` names the raw files
+  ``{apR|asR}-{a|b|c}-{expid:08d}.apz``, looked for in ``RAW/{tele}/{mjd}/`` (the SDSS
+  layout) and then in ``RAW/``, where ``RAW`` is ``--raw-dir`` (default: the runlist's folder).
+
+Every exposure gets the chips of ``--chips`` (default ``RGB``) from the files next to the one
+named; the trace files come from ``--traces`` by telescope, MJD and chip
+(``traceMain_{tele}_{mjd}_{chip}.h5``). The product is ``OUT/pyapred_{tele}_{mjd}_{EXP4}.h5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .pipeline import FitOptions
+
+__all__ = [
+    "ExposureTask",
+    "NightResult",
+    "TaskResult",
+    "add_arguments",
+    "find_exposures",
+    "process_exposure",
+    "run",
+    "run_night",
+]
+
+CHIP_LETTERS = {"R": "a", "G": "b", "B": "c"}
+FAILURES_FILE = "failures.json"
+EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ExposureTask:
+    """One exposure to fit.
+
+    Attributes
+    ----------
+    name : str
+        ``{tele}_{mjd}_{EXP4}``, or the runlist entry when it names no exposure.
+    inputs : tuple of str
+        Raw ``.apz`` (or ``ar3Dcal``) files, one per chip, in R, G, B order.
+    traces : tuple of str
+        The matching trace files, same order.
+    product : str
+        The product to write.
+    problem : str or None
+        Why the exposure cannot be fitted (a missing file, no trace file); it is then reported
+        as failed without running.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    traces: tuple[str, ...]
+    product: str
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What one exposure's task returns.
+
+    Attributes
+    ----------
+    name : str
+    status : {"done", "skipped", "failed"}
+    product : str
+    error : str or None
+        One line: the error of a failed exposure.
+    details : str or None
+        The traceback of an unexpected error (not :class:`~pyapred.errors.InputError`).
+    problems : list of str
+        Fit problems flagged in a done exposure (fibres fallen back to the constant model).
+    seconds : float
+    """
+
+    name: str
+    status: str
+    product: str
+    error: str | None = None
+    details: str | None = None
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class NightResult:
+    """The outcome of :func:`run_night`: one :class:`TaskResult` per exposure, in task order."""
+
+    results: list[TaskResult]
+    seconds: float
+
+    def count(self, status: str) -> int:
+        """How many exposures ended with ``status`` ("done", "skipped" or "failed")."""
+        return sum(r.status == status for r in self.results)
+
+    def summary(self) -> dict:
+        """A JSON-ready summary: counts, failures with reasons, flagged problems."""
+        return {
+            "exposures": len(self.results),
+            "done": self.count("done"),
+            "skipped": self.count("skipped"),
+            "failed": self.count("failed"),
+            "seconds": round(self.seconds, 2),
+            "failures": {r.name: r.error for r in self.results if r.status == "failed"},
+            "problems": {r.name: r.problems for r in self.results if r.problems},
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Which exposures
+# --------------------------------------------------------------------------------------------
+def find_exposures(
+    source: str | os.PathLike,
+    traces: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    raw_dir: str | os.PathLike | None = None,
+    chips: str = "RGB",
+) -> list[ExposureTask]:
+    """The exposures named by a glob or a runlist (text or ``runlist_*.h5``), with their traces.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        A runlist file, or a glob of raw files (see the module docstring).
+    traces : sequence of paths
+        Trace files, globs or folders (``*Trace*_{tele}_{mjd}[_{EXP4}]_{chip}.h5``).
+    out : str or os.PathLike
+        The products' folder.
+    raw_dir : str or os.PathLike, optional
+        Where a ``runlist_*.h5`` runlist's raw files lie (default: the runlist's folder).
+    chips : str
+        The chips every exposure must have, e.g. ``"RGB"``.
+
+    Returns
+    -------
+    list of ExposureTask
+        In runlist order; a missing input or trace file gives a task with ``problem`` set.
+
+    Raises
+    ------
+    InputError
+        An unreadable runlist, a glob matching nothing, trace files that match nothing or name
+        one chip twice, or ``chips`` not made of R, G and B.
+    """
+    if not chips or set(chips) - set(CHIP_LETTERS) or len(set(chips)) != len(chips):
+        raise InputError("--chips", "--chips", "letters among R, G, B, each once", repr(chips))
+    path = Path(source)
+    if path.is_file() and path.suffix == ".h5":
+        named = _read_h5_runlist(path, Path(raw_dir) if raw_dir else path.parent)
+    elif path.is_file() and not _names_exposure(path):
+        named = _read_text_runlist(path)
+    elif path.is_dir():
+        raise InputError(
+            path, "RUNLIST_OR_GLOB", "a runlist file or a glob of .apz files", "a folder"
+        )
+    else:  # a glob, or one raw file
+        matches = sorted(glob.glob(os.fspath(source)))
+        if not matches:
+            raise InputError(
+                source, "RUNLIST_OR_GLOB", "a runlist file or a glob matching raw files", "nothing"
+            )
+        named = [(m, Path(m)) for m in matches]
+    trace_files = _trace_index(traces)
+    tasks: dict[str, ExposureTask] = {}
+    for entry, file in named:
+        task = _exposure_task(entry, file, trace_files, Path(out), chips)
+        tasks.setdefault(task.name, task)
+    return list(tasks.values())
+
+
+def _names_exposure(path: Path) -> bool:
+    """Whether the file name is a raw ``.apz`` or ``ar3Dcal`` one (not a runlist)."""
+    from .pipeline import _identify
+
+    try:
+        _identify(path)
+    except InputError:
+        return False
+    return True
+
+
+def _read_text_runlist(path: Path) -> list[tuple[str, Path]]:
+    """``(entry, file)`` per line; a glob expands to its files, or stays as is if none match."""
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise InputError(
+            path, "runlist", "a text file, one exposure per line", "binary data"
+        ) from None
+    named = []
+    for number, line in enumerate(lines, start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        full = entry if os.path.isabs(entry) else os.fspath(path.parent / entry)
+        matches = sorted(glob.glob(full)) if glob.has_magic(full) else []
+        named += [(f"{path.name}:{number}", Path(m)) for m in matches or [full]]
+    if not named:
+        raise InputError(path, "runlist", "at least one exposure", "no entries")
+    return named
+
+
+def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
+    """``(entry, file of chip a)`` per row of ApogeeReduction.jl's ``runlist_*.h5``."""
+    import numpy as np
+
+    from .io._hdf5 import open_h5
+    from .io.apz import EXPNUM_MJD_ZERO, apz_filename
+
+    with open_h5(path) as handle:
+        columns = {}
+        for name in ("tele", "mjd", "expid"):
+            if name not in handle or not hasattr(handle[name], "shape"):
+                raise InputError(path, name, "a dataset (runlist_*.h5 has tele, mjd, expid)")
+            columns[name] = np.atleast_1d(handle[name][()])
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) != 1 or not lengths["tele"]:
+        raise InputError(path, "tele, mjd, expid", "datasets of one non-zero length", str(lengths))
+    named = []
+    for row, (tele, mjd, expid) in enumerate(zip(*columns.values(), strict=True)):
+        tele = tele.decode() if isinstance(tele, bytes) else str(tele)
+        entry = f"{path.name}[{row}]"
+        try:
+            mjd = int(mjd)
+            expid = int(expid.decode() if isinstance(expid, bytes) else expid)
+        except ValueError:
+            raise InputError(
+                path, f"mjd, expid (row {row})", "integers", f"{mjd!r}, {expid!r}"
+            ) from None
+        expnum = expid if expid >= 10000 else (mjd - EXPNUM_MJD_ZERO) * 10000 + expid
+        if tele not in ("apo", "lco") or expnum // 10000 + EXPNUM_MJD_ZERO != mjd:
+            raise InputError(
+                path, f"tele, mjd, expid (row {row})",
+                "apo or lco and an expid of that MJD, (mjd - 55562) * 10000 + n",
+                f"{tele!r}, {mjd}, {expid}",
+            )  # fmt: skip
+        name = apz_filename(tele, "a", expnum)
+        candidates = [raw_dir / tele / str(mjd) / name, raw_dir / name]
+        named.append((entry, next((c for c in candidates if c.exists()), candidates[0])))
+    return named
+
+
+def _trace_index(traces: Sequence[str | os.PathLike]) -> dict[tuple[str, int, str], Path]:
+    """Trace files by ``(telescope, mjd, chip)`` from files, globs and folders."""
+    from .traces import parse_trace_file_name
+
+    index: dict[tuple[str, int, str], Path] = {}
+    for item in traces:
+        item_path = Path(item)
+        if item_path.is_dir():
+            files = sorted(item_path.glob("*[Tt]race*.h5"))
+        elif item_path.exists():
+            files = [item_path]
+        else:
+            files = [Path(m) for m in sorted(glob.glob(os.fspath(item)))]
+        if not files:
+            raise InputError(
+                item, "--traces", "trace files (traceMain_{tele}_{mjd}_{chip}.h5)", "nothing"
+            )
+        for file in files:
+            key = parse_trace_file_name(file)
+            if key is None:
+                raise InputError(file, "--traces", "a name like traceMain_{tele}_{mjd}_{R|G|B}.h5")
+            if key in index and index[key] != file:
+                raise InputError(
+                    file, "--traces", f"one trace file per chip; {index[key]} is also {key}"
+                )
+            index[key] = file
+    return index
+
+
+def _exposure_task(
+    entry: str, file: Path, trace_files: dict, out: Path, chips: str
+) -> ExposureTask:
+    """The task of the exposure that ``file`` belongs to (its chips are found next to it)."""
+    from .io.apz import apz_filename, parse_apz_name
+    from .pipeline import _identify
+
+    try:
+        chip, tele, mjd, number = _identify(file)
+    except InputError as exc:
+        return ExposureTask(entry, (str(file),), (), "", problem=str(exc))
+    name = f"{tele}_{mjd}_{number:04d}"
+    product = str(out / f"pyapred_{name}.h5")
+    inputs, traces, missing = [], [], []
+    for color in chips:
+        if file.suffix == ".apz":
+            expnum = parse_apz_name(file).expnum
+            candidate = file.with_name(apz_filename(tele, CHIP_LETTERS[color], expnum))
+        else:  # ar3Dcal_{tele}_{mjd}_{EXP4}_{chip}_{type}.h5
+            parts = file.name.split("_")
+            parts[4] = color
+            candidate = file.with_name("_".join(parts))
+        if not candidate.is_file():
+            missing.append(f"{candidate}: chip {color}: expected a file, found nothing")
+        inputs.append(str(candidate))
+        trace = trace_files.get((tele, mjd, color))
+        if trace is None:
+            missing.append(
+                f"--traces: chip {color}: expected traceMain_{tele}_{mjd}_{color}.h5, found none"
+            )
+        traces.append(str(trace))
+    return ExposureTask(name, tuple(inputs), tuple(traces), product, "; ".join(missing) or None)
+
+
+# --------------------------------------------------------------------------------------------
+# One exposure (runs on a worker)
+# --------------------------------------------------------------------------------------------
+def process_exposure(
+    task: ExposureTask, options: FitOptions | None = None, *, resume: bool = True
+) -> TaskResult:
+    """Fit one exposure and write its product, unless it is up to date; never raises.
+
+    The numerics run on one thread, so that a worker's threads are its tasks.
+
+    Parameters
+    ----------
+    task : ExposureTask
+    options : pyapred.pipeline.FitOptions, optional
+        ``keep_fit_reads`` is turned off (the product does not hold them).
+    resume : bool
+        Skip the exposure when its product exists with the same input hashes, pyapred version
+        and fit settings.
+
+    Returns
+    -------
+    TaskResult
+    """
+    import dataclasses
+
+    from .pipeline import FitOptions, fit_files, fit_options_json, write_result
+
+    start = time.perf_counter()
+    if task.problem is not None:
+        return TaskResult(task.name, "failed", task.product, error=task.problem)
+    options = dataclasses.replace(options or FitOptions(), keep_fit_reads=False)
+    try:
+        if resume and _up_to_date(task, fit_options_json(options)):
+            return TaskResult(task.name, "skipped", task.product)
+        with _single_threaded():
+            result = fit_files(task.inputs, task.traces, options)
+        write_result(result, task.product, overwrite=True)
+    except InputError as exc:
+        return TaskResult(task.name, "failed", task.product, error=str(exc))
+    except Exception as exc:  # one exposure's failure must not stop the night
+        error = f"{type(exc).__name__}: {exc}"
+        return TaskResult(
+            task.name, "failed", task.product, error=error, details=traceback.format_exc()
+        )
+    seconds = time.perf_counter() - start
+    return TaskResult(task.name, "done", task.product, problems=result.problems(), seconds=seconds)
+
+
+def _up_to_date(task: ExposureTask, fit_options: str) -> bool:
+    """Whether the product exists and records these inputs' hashes, this version and settings."""
+    from . import __version__
+    from .io._hdf5 import read_metadata
+    from .io.product import _sha256
+
+    if not Path(task.product).is_file():
+        return False
+    try:
+        meta = read_metadata(task.product)
+    except (InputError, OSError):
+        return False  # unreadable: recompute and replace it
+    files = [Path(p) for p in (*task.inputs, *task.traces)]
+    return (
+        meta.get("pyapred_version") == __version__
+        and meta.get("fit_options") == fit_options
+        and list(meta.get("input_files", [])) == [p.name for p in files]
+        and list(meta.get("input_sha256", [])) == [_sha256(p) for p in files]
+    )
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Run numba's kernels on one thread (a thread-local setting) inside the block.
+
+    BLAS is single-threaded already: Dask starts workers with ``OMP_NUM_THREADS=1`` and its kin.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+# --------------------------------------------------------------------------------------------
+# The night (runs on the client)
+# --------------------------------------------------------------------------------------------
+def run_night(
+    tasks: Sequence[ExposureTask],
+    out: str | os.PathLike,
+    options: FitOptions | None = None,
+    *,
+    scheduler: str = "local",
+    workers: int = 2,
+    threads_per_worker: int = 1,
+    resume: bool = True,
+    progress: bool = True,
+) -> NightResult:
+    """Run :func:`process_exposure` for every task on Dask and write ``out/failures.json``.
+
+    Parameters
+    ----------
+    tasks : sequence of ExposureTask
+        From :func:`find_exposures`.
+    out : str or os.PathLike
+        The products' folder (created if missing). Temporary files left there by a killed run
+        (``.pyapred_*.h5.*.tmp``) are removed first.
+    options : pyapred.pipeline.FitOptions, optional
+    scheduler : str
+        ``"local"`` for a ``LocalCluster`` of ``workers`` spawned processes, or the address of
+        a running scheduler (``tcp://host:8786``).
+    workers, threads_per_worker : int
+        Size of the local cluster; ignored with a scheduler address.
+    resume : bool
+        Skip exposures whose products are up to date.
+    progress : bool
+        Show a progress bar (tqdm) over the exposures.
+
+    Returns
+    -------
+    NightResult
+
+    Raises
+    ------
+    InputError
+        ``out`` cannot be written, or the scheduler cannot be reached.
+    """
+    from .io._atomic import writable_folder
+
+    out = writable_folder(out)
+    start = time.perf_counter()
+    for task in tasks:
+        for stale in out.glob(f".{Path(task.product).name}.*.tmp") if task.product else ():
+            stale.unlink(missing_ok=True)
+    # Exposures with a missing file fail here: no cluster is started for them alone.
+    results = {t.name: process_exposure(t) for t in tasks if t.problem is not None}
+    runnable = [t for t in tasks if t.problem is None]
+    if results:
+        _write_failures(out, tasks, results)
+    if runnable:
+        with _client(scheduler, workers, threads_per_worker) as client:
+            _run_tasks(client, runnable, options, resume, progress, out, tasks, results)
+    night = NightResult([results[t.name] for t in tasks], time.perf_counter() - start)
+    _write_failures(out, tasks, results)
+    return night
+
+
+def _run_tasks(client, runnable, options, resume, progress, out, tasks, results) -> None:
+    """Submit one task per exposure; collect results into ``results`` as they complete."""
+    from dask.distributed import as_completed
+
+    futures = {
+        client.submit(process_exposure, task, options, resume=resume, pure=False): task
+        for task in runnable
+    }
+    bar = _progress_bar(len(futures), progress)
+    for future in as_completed(futures):
+        task = futures[future]
+        try:
+            result = future.result()
+        except Exception as exc:  # a worker died (KilledWorker) or the task could not run
+            error = f"{type(exc).__name__}: {exc}"
+            result = TaskResult(task.name, "failed", task.product, error=error)
+        results[task.name] = result
+        if result.status == "failed":
+            _write_failures(out, tasks, results)
+        bar.update()
+    bar.close()
+
+
+@contextlib.contextmanager
+def _client(scheduler: str, workers: int, threads_per_worker: int):
+    """A ``dask.distributed.Client`` on a spawned local cluster or an existing scheduler."""
+    import logging
+
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler != "local":
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(
+                scheduler, "--scheduler", "a reachable dask scheduler (tcp://HOST:PORT)", str(exc)
+            ) from None
+        with client:
+            yield client
+        return
+    if workers < 1 or threads_per_worker < 1:
+        raise InputError(
+            "--workers",
+            "--workers, --threads-per-worker",
+            "at least 1",
+            f"{workers}, {threads_per_worker}",
+        )
+    # juliacall cannot survive fork: workers are fresh interpreters.
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+            dashboard_address=None, silence_logs=logging.ERROR,
+        )  # fmt: skip
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="pyapred night", unit="exposure", disable=not enabled)
+
+
+def _write_failures(out: Path, tasks: Sequence[ExposureTask], results: dict) -> None:
+    """``out/failures.json``: a list of failed exposures with their inputs and error text."""
+    from .io._atomic import atomic_path
+
+    failures = [
+        {"exposure": t.name, "inputs": list(t.inputs), "product": t.product,
+         "error": results[t.name].error, "details": results[t.name].details}
+        for t in tasks
+        if t.name in results and results[t.name].status == "failed"
+    ]  # fmt: skip
+    with atomic_path(out / FAILURES_FILE, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(failures, indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``pyapred night``."""
+    parser.add_argument(
+        "runlist", metavar="RUNLIST_OR_GLOB",
+        help="a text runlist, an ApogeeReduction.jl runlist_*.h5, or a quoted glob of .apz files",
+    )  # fmt: skip
+    parser.add_argument(
+        "--traces", nargs="+", required=True,
+        help="trace files, globs or folders (traceMain_{tele}_{mjd}_{chip}.h5)",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, type=Path, help="folder for the products")
+    parser.add_argument(
+        "--raw-dir", type=Path,
+        help="raw files of a runlist_*.h5: RAW/{tele}/{mjd}/ or RAW/ (default: its folder)",
+    )  # fmt: skip
+    parser.add_argument("--chips", default="RGB", help="chips of every exposure (default RGB)")
+    parser.add_argument(
+        "--scheduler", default="local",
+        help="'local' (default: a LocalCluster of spawned workers) or tcp://HOST:PORT",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="local worker processes (2)")
+    parser.add_argument(
+        "--threads-per-worker", type=int, default=1, help="tasks per local worker (1)"
+    )
+    parser.add_argument(
+        "--resume", action=argparse.BooleanOptionalAction, default=True,
+        help="skip exposures whose products are up to date (default: --resume)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--model", choices=("auto", "constant", "time-variable"), default="auto",
+        help="model per fibre (as pyapred fit)",
+    )  # fmt: skip
+    parser.add_argument("--joint-chips", action="store_true", help="one omega from all chips")
+    parser.add_argument("--no-jump-search", action="store_true", help="skip the jump search")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``pyapred night``: 0 all done or skipped, 1 a failure or fit problem, 2 bad input."""
+    from .pipeline import FitOptions
+
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        print("pyapred night: needs Dask: pip install 'pyapred[night]'", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    tasks = find_exposures(
+        args.runlist, args.traces, args.out, raw_dir=args.raw_dir, chips=args.chips
+    )
+    options = FitOptions(
+        model=args.model, joint_chips=args.joint_chips, jump_search=not args.no_jump_search
+    )
+    night = run_night(
+        tasks, args.out, options, scheduler=args.scheduler, workers=args.workers,
+        threads_per_worker=args.threads_per_worker, resume=args.resume,
+        progress=not (args.quiet or args.json),
+    )  # fmt: skip
+    summary = night.summary()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(
+            f"pyapred night: {summary['exposures']} exposures in {summary['seconds']} s: "
+            f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed"
+        )
+        for name, problems in summary["problems"].items():
+            print(f"  flagged {name}: {'; '.join(problems)}")
+        print(f"  products: {args.out}")
+    for name, error in summary["failures"].items():
+        print(f"pyapred night: {name} failed: {error}", file=sys.stderr)
+    if summary["failed"]:
+        print(f"pyapred night: failures listed in {args.out / FAILURES_FILE}", file=sys.stderr)
+    return EXIT_FLAGGED if summary["failed"] or summary["problems"] else EXIT_OK

@@ -1,0 +1,160 @@
+"""Write the bad-input corpus: malformed files for every pyapred entry point.
+
+    python tests/bad_inputs/make_corpus.py DIR
+
+Everything derives from one small valid exposure (chip R of night 60781: 12 fibres x 48 columns
+x 10 reads, the ``good`` files), so that each bad file differs from a good one in one way.
+``test_bad_inputs.py`` builds the corpus in a temporary folder and says what each entry point
+must answer. Nothing here is committed as a binary.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+MJD, TELE = 60781, "apo"
+N_FIBRES, N_COLUMNS, N_READS = 12, 48, 10
+DATE_OBS = "2025-04-20T04:00:00.000"  # the simulated exposure's start, UTC
+
+
+def make_corpus(directory: str | Path) -> dict[str, Path]:
+    """Write every corpus file under ``directory``; returns them by name."""
+    import h5py
+    from astropy.io import fits
+
+    from pyapred.io import FiberResults, write_product
+    from pyapred.io.apz import make_headers
+    from pyapred.simulate import simulate_exposure, write_simulated_apz, write_simulated_exposure
+
+    root = Path(directory)
+    good = root / "good"
+    sim = simulate_exposure(
+        "clouds", seed=3, n_fibres=N_FIBRES, n_columns=N_COLUMNS, ref_columns=0,
+        n_reads=N_READS, chips=("R",),
+    )  # fmt: skip
+    written = write_simulated_exposure(sim, good, exposure=1)
+    files: dict[str, Path] = {"apz": written["apz"][0], "trace": written["traces"][0]}
+    chip = sim.chips["R"]
+    counts = np.asarray(chip.reads, dtype=np.float64)
+    cards = {"GAIN": chip.gain, "RDNOISE": chip.read_noise, "SATURATE": chip.saturation}
+
+    def folder(name: str) -> Path:
+        path = root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def raw(name: str, reads, *, exposure: int, chip_letter: str = "a", **extra) -> Path:
+        """A raw file of the good exposure's layout and cards, with ``extra`` cards changed."""
+        return write_simulated_apz(
+            folder(name), reads, chip=chip_letter, mjd=MJD, exposure=exposure, bias=0.0,
+            header={**cards, **extra},
+        )  # fmt: skip
+
+    def hdus(name: str, hdu_list: list, exposure: int) -> Path:
+        path = folder(name) / f"apR-a-{(MJD - 55562) * 10000 + exposure:08d}.apz"
+        fits.HDUList(hdu_list).writeto(path)
+        return path
+
+    apz_bytes = files["apz"].read_bytes()
+    # Raw files: empty, truncated, wrong HDU count, wrong dtype, wrong shape.
+    files["empty_apz"] = folder("empty") / "apR-a-52190011.apz"
+    files["empty_apz"].write_bytes(b"")
+    files["truncated_apz"] = folder("truncated") / "apR-a-52190012.apz"
+    files["truncated_apz"].write_bytes(apz_bytes[: len(apz_bytes) // 2 + 17])
+    blocks = 2880 * (len(apz_bytes) // 2880 // 2)
+    files["truncated_blocks_apz"] = folder("truncated-blocks") / "apR-a-52190013.apz"
+    files["truncated_blocks_apz"].write_bytes(apz_bytes[:blocks])  # whole FITS blocks
+    files["primary_only_apz"] = hdus("primary-only", [fits.PrimaryHDU()], 14)
+    header, read_headers = make_headers(3, date_obs=DATE_OBS, chip="a", extra=cards)
+    image = np.zeros((8, 8), np.int32)
+    files["float_apz"] = hdus(
+        "float-average",
+        [fits.PrimaryHDU(), fits.ImageHDU(image.astype(np.float32), header),
+         *(fits.ImageHDU(image, h) for h in read_headers)],
+        15,
+    )  # fmt: skip
+    files["shape_apz"] = hdus(
+        "read-shape",
+        [fits.PrimaryHDU(), fits.ImageHDU(image, header), fits.ImageHDU(image, read_headers[0]),
+         fits.ImageHDU(np.zeros((8, 9), np.int32), read_headers[1])],
+        16,
+    )  # fmt: skip
+    # Read noise: zero in the header card.
+    files["zero_rdnoise_apz"] = raw("zero-rdnoise", counts, exposure=17, RDNOISE=0.0)
+    # Mismatched chips: chip a's data named chip b; chip G of another exposure.
+    files["chip_b_named"] = folder("chip-card") / "apR-b-52190001.apz"
+    files["chip_b_named"].write_bytes(apz_bytes)
+    files["other_exposure_b"] = raw("other-exposure", counts, exposure=2, chip_letter="b")
+    # One fibre saturated in every read; one fibre with no light at all.
+    traces = chip.traces
+    rows = np.rint(traces.y_centre).astype(int)
+    saturated = counts.copy()
+    for offset in (-1, 0, 1):
+        saturated[:, rows[5] + offset, np.arange(N_COLUMNS)] = chip.saturation
+    files["saturated_apz"] = raw("saturated-fibre", saturated, exposure=18)
+    dark = counts.copy()
+    for offset in range(-3, 4):  # rows 0-9 see no fibre (the 25-row margin)
+        dark[:, rows[7] + offset, np.arange(N_COLUMNS)] = counts[:, 4 + offset, :N_COLUMNS]
+    files["zero_flux_apz"] = raw("zero-flux-fibre", dark, exposure=19)
+    # Trace files: wrong shape, too few columns, empty, truncated.
+    trace_bytes = files["trace"].read_bytes()
+    with h5py.File(files["trace"]) as handle:
+        params = handle["trace_params"][()]
+    wide = np.concatenate([params, params[:, :, :20]], axis=2)  # 68 columns on a 48-column chip
+    for name, data in (("trace-shape", params[:2]), ("trace-wide", wide)):
+        files[name.replace("-", "_")] = folder(name) / files["trace"].name
+        with h5py.File(files[name.replace("-", "_")], "w") as handle:
+            handle["trace_params"] = data
+    files["empty_trace"] = folder("trace-empty") / files["trace"].name
+    files["empty_trace"].write_bytes(b"")
+    files["truncated_trace"] = folder("trace-truncated") / files["trace"].name
+    files["truncated_trace"].write_bytes(trace_bytes[: len(trace_bytes) // 3])
+    # Products (guider input): a good one with read times, truncated, and not a product.
+    k = N_READS - 1
+    fibres = FiberResults(
+        fiber_index=np.arange(3), omega=np.ones((3, k)), omega_cov=np.tile(np.eye(k), (3, 1, 1)),
+        ref_index=np.zeros(3, np.int64), model=("time_variable",) * 3, flags=np.zeros(3, np.int64),
+    )  # fmt: skip
+    meta = {"DATE-OBS": DATE_OBS, "TIMESYS": "UTC", "INTOFF": 10647, "NREAD": N_READS}
+    files["product"] = write_product(good / "product.h5", fibers={"R": fibres}, metadata=meta)
+    product_bytes = files["product"].read_bytes()
+    files["truncated_product"] = folder("product-truncated") / "product.h5"
+    files["truncated_product"].write_bytes(product_bytes[: len(product_bytes) // 2])
+    files["not_a_product"] = files["trace"]
+    # Guider frames: one truncated frame.
+    files["truncated_frame"] = folder("guider-truncated") / "proc-gimg-gfa1n-0001.fits"
+    frame = fits.HDUList([fits.PrimaryHDU(np.zeros((16, 16), np.float32))])
+    frame.writeto(files["truncated_frame"])
+    files["truncated_frame"].write_bytes(files["truncated_frame"].read_bytes()[:1000])
+    # Runlists: missing files, empty, binary, runlist_*.h5 missing a dataset or of another MJD.
+    files["runlist_missing"] = folder("runlists") / "missing.txt"
+    files["runlist_missing"].write_text(f"{good / 'apR-a-52190042.apz'}\n")
+    files["runlist_empty"] = root / "runlists" / "empty.txt"
+    files["runlist_empty"].write_text("# nothing tonight\n\n")
+    files["runlist_binary"] = root / "runlists" / "runlist.dat"
+    files["runlist_binary"].write_bytes(bytes(range(256)))
+    files["runlist_no_expid"] = root / "runlists" / "runlist_noexpid.h5"
+    with h5py.File(files["runlist_no_expid"], "w") as handle:
+        handle["tele"], handle["mjd"] = [b"apo"], [MJD]
+    files["runlist_wrong_mjd"] = root / "runlists" / "runlist_wrongmjd.h5"
+    with h5py.File(files["runlist_wrong_mjd"], "w") as handle:
+        handle["tele"], handle["mjd"], handle["expid"] = [b"apo"], [MJD], [b"52180001"]
+    # Conformance vectors: a folder without any, and a malformed one.
+    folder("vectors-none")
+    files["vectors_none"] = root / "vectors-none"
+    files["bad_vector"] = folder("vectors-bad") / "broken.toml"
+    files["bad_vector"].write_text('function = "fit_constant"\n[inputs\nreads = [1, 2\n')
+    # An output path below a regular file: no folder can be made there.
+    files["a_file"] = root / "a-file"
+    files["a_file"].write_text("not a folder\n")
+    files["unwritable_out"] = files["a_file"] / "out"
+    return files
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "bad-inputs")
+    for name, path in make_corpus(target).items():
+        print(f"{name:22} {path}")

@@ -1,0 +1,165 @@
+"""``pyapred night``: runlists, resume after SIGKILL, byte-identical reruns, failures.json.
+
+The nights run on 2 spawned local workers (about 10 s each, mostly worker start-up), so the
+uninterrupted reference night is shared by the tests through a module fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dask.distributed")
+h5py = pytest.importorskip("h5py")
+
+from pyapred.cli import main  # noqa: E402
+from pyapred.io import read_product  # noqa: E402
+from pyapred.night import find_exposures, process_exposure  # noqa: E402
+from pyapred.simulate import simulate_exposure, write_simulated_exposure  # noqa: E402
+
+N_EXPOSURES = 4
+
+
+def small_night(directory: Path, n_exposures: int = N_EXPOSURES) -> Path:
+    """``n_exposures`` small three-chip exposures of night 60781 (one trace set)."""
+    for number in range(1, n_exposures + 1):
+        sim = simulate_exposure(
+            "clouds", seed=number, n_fibres=12, n_columns=48, ref_columns=0, n_reads=10
+        )
+        write_simulated_exposure(sim, directory, exposure=number, overwrite=True)
+    return directory
+
+
+def night_argv(raw: Path, out: Path, *extra: str) -> list[str]:
+    return ["night", str(raw / "apR-a-*.apz"), "--traces", str(raw), "--out", str(out), *extra]
+
+
+def products(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("pyapred_*.h5"))}
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    """Four simulated exposures and the products of one uninterrupted night on 2 workers."""
+    raw = small_night(tmp_path_factory.mktemp("raw"))
+    reference = tmp_path_factory.mktemp("reference")
+    assert main(night_argv(raw, reference, "--workers", "2", "--quiet")) == 0
+    return raw, reference
+
+
+def test_glob_and_text_runlist_name_the_same_exposures(night, tmp_path):
+    raw, _ = night
+    by_glob = find_exposures(raw / "apR-?-*.apz", [raw], tmp_path)
+    runlist = tmp_path / "night.txt"
+    runlist.write_text(
+        f"# one line per exposure\n{raw}/apR-b-52190001.apz\n{raw}/apR-c-5219000[2-4].apz\n"
+    )
+    by_text = find_exposures(runlist, [raw / "traceMain_apo_60781_?.h5"], tmp_path)
+    assert by_glob == by_text
+    assert [t.name for t in by_glob] == [f"apo_60781_{n:04d}" for n in range(1, 5)]
+    first = by_glob[0]
+    assert [Path(p).name for p in first.inputs] == [f"apR-{c}-52190001.apz" for c in "abc"]
+    assert [Path(p).name for p in first.traces] == [f"traceMain_apo_60781_{c}.h5" for c in "RGB"]
+    assert first.product == str(tmp_path / "pyapred_apo_60781_0001.h5") and first.problem is None
+
+
+def test_runlist_h5_maps_tele_mjd_expid_to_raw_files(night, tmp_path):
+    raw, _ = night
+    runlist = tmp_path / "runlist_test.h5"
+    with h5py.File(runlist, "w") as handle:  # as make_runlist_all.jl writes it
+        handle["tele"] = np.array([b"apo", b"apo"])
+        handle["mjd"] = np.array([60781, 60781])
+        handle["expid"] = np.array([b"52190002", b"3"])  # full exposure string, or n
+        handle["dfindx"] = np.array([2, 3])
+    tasks = find_exposures(runlist, [raw], tmp_path, raw_dir=raw)
+    assert [t.name for t in tasks] == ["apo_60781_0002", "apo_60781_0003"]
+    assert tasks[1].inputs[0] == str(raw / "apR-a-52190003.apz") and tasks[1].problem is None
+
+
+def test_products_hold_input_hashes_and_are_byte_identical_on_a_second_night(night, tmp_path):
+    raw, reference = night
+    expected = products(reference)
+    assert len(expected) == N_EXPOSURES and leftovers(reference) == []
+    assert json.loads((reference / "failures.json").read_text()) == []
+    meta = read_product(reference / "pyapred_apo_60781_0002.h5").metadata
+    assert meta["input_files"] == [
+        *(f"apR-{c}-52190002.apz" for c in "abc"),
+        *(f"traceMain_apo_60781_{c}.h5" for c in "RGB"),
+    ]
+    assert len(meta["input_sha256"]) == 6 and all(len(h) == 64 for h in meta["input_sha256"])
+    # The product holds no timestamps, so the same night gives the same bytes (here on one
+    # worker running two tasks at a time).
+    argv = night_argv(raw, tmp_path, "--workers", "1", "--threads-per-worker", "2", "--quiet")
+    assert main(argv) == 0
+    assert products(tmp_path) == expected
+
+
+def test_sigkill_mid_night_then_resume_matches_an_uninterrupted_night(night, tmp_path, capsys):
+    raw, reference = night
+    command = [sys.executable, "-m", "pyapred.cli", *night_argv(raw, tmp_path, "--quiet")]
+    # A session of its own: killing its process group kills the nanny and worker processes too.
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not products(tmp_path) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = products(tmp_path)
+    assert 1 <= len(finished) < N_EXPOSURES, "the kill should land partway through the night"
+    expected = products(reference)
+    assert all(finished[name] == expected[name] for name in finished)  # nothing half-written
+
+    capsys.readouterr()
+    argv = night_argv(raw, tmp_path, "--workers", "1", "--threads-per-worker", "2", "--json")
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skipped"] == len(finished)
+    assert summary["done"] == N_EXPOSURES - len(finished) and summary["failed"] == 0
+    assert products(tmp_path) == expected
+    assert leftovers(tmp_path) == []
+
+
+def test_changed_input_is_recomputed(night, tmp_path):
+    raw, reference = night
+    task = find_exposures(raw / "apR-a-52190001.apz", [raw], tmp_path)[0]
+    product = Path(task.product)
+    product.write_bytes(products(reference)[product.name])
+    assert process_exposure(task).status == "skipped"
+    with h5py.File(product, "r+") as handle:  # as if an input had changed since
+        del handle["metadata/input_sha256"]
+        handle["metadata/input_sha256"] = ["0" * 64] * 6
+    assert process_exposure(task).status == "done"
+    assert product.read_bytes() == products(reference)[product.name]
+
+
+def test_missing_file_is_a_failure_and_stale_temp_files_are_removed(night, tmp_path, capsys):
+    raw, _ = night
+    (tmp_path / ".pyapred_apo_60781_0009.h5.abc123.tmp").write_bytes(b"left by a killed run")
+    runlist = tmp_path / "runlist.txt"
+    runlist.write_text("apR-a-52190009.apz  # not there\n")
+    (tmp_path / "apR-b-52190009.apz").write_bytes(b"")
+    argv = ["night", str(runlist), "--traces", str(raw), "--out", str(tmp_path), "--json"]
+    assert main(argv) == 1  # no cluster is started for exposures that cannot run
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (0, 0, 1)
+    missing = str(tmp_path / "apR-a-52190009.apz")
+    assert missing in summary["failures"]["apo_60781_0009"]
+    assert missing in captured.err and "Traceback" not in captured.err
+    failures = json.loads((tmp_path / "failures.json").read_text())
+    assert [f["exposure"] for f in failures] == ["apo_60781_0009"]
+    assert f"{missing}: chip R: expected a file, found nothing" in failures[0]["error"]
+    assert "chip G" not in failures[0]["error"]
+    assert leftovers(tmp_path) == [] and products(tmp_path) == {}
