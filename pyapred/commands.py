@@ -111,7 +111,7 @@ def _check_backend(name: str) -> str:
 
 def fit_run(args: argparse.Namespace) -> int:
     """Fit omega per fibre, choose models, extract every pixel, write the product."""
-    from .pipeline import FitOptions, fit_files, write_result
+    from .pipeline import FitOptions, fit_to_product
 
     backend = _check_backend(args.backend)
     if args.plots is not None:
@@ -133,11 +133,11 @@ def fit_run(args: argparse.Namespace) -> int:
         jump_search=not args.no_jump_search,
     )  # fmt: skip
     start = time.perf_counter()
-    result = fit_files(
-        args.inputs, args.traces, options, gain=args.gain, read_noise=args.read_noise,
-        saturation=args.saturation, progress=not (args.quiet or args.json),
+    result, product = fit_to_product(
+        args.inputs, args.traces, args.out, options, overwrite=args.overwrite, backend=backend,
+        gain=args.gain, read_noise=args.read_noise, saturation=args.saturation,
+        progress=not (args.quiet or args.json),
     )  # fmt: skip
-    product = write_result(result, args.out, overwrite=args.overwrite, backend=backend)
     plots = []
     if args.plots is not None:
         from .plots import save_plots

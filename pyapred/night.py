@@ -359,7 +359,7 @@ def process_exposure(
     """
     import dataclasses
 
-    from .pipeline import FitOptions, fit_files, fit_options_json, write_result
+    from .pipeline import FitOptions, fit_options_json, fit_to_product
 
     start = time.perf_counter()
     if task.problem is not None:
@@ -369,8 +369,9 @@ def process_exposure(
         if resume and _up_to_date(task, fit_options_json(options)):
             return TaskResult(task.name, "skipped", task.product)
         with _single_threaded():
-            result = fit_files(task.inputs, task.traces, options)
-        write_result(result, task.product, overwrite=True)
+            result, _ = fit_to_product(
+                task.inputs, task.traces, task.product, options, overwrite=True
+            )
     except InputError as exc:
         return TaskResult(task.name, "failed", task.product, error=str(exc))
     except Exception as exc:  # one exposure's failure must not stop the night

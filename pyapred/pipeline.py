@@ -25,6 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -278,7 +279,8 @@ class ChipResult:
     ----------
     flux, flux_var, chi2, n_diff, flags : ndarray, ``(ny, nx)``
         As in :class:`~pyapred.solver.FluxFit` (DN per read interval; ``n_diff`` as int16), plus
-        the pipeline's pixel flags ``JUMP_DETECTED`` and ``BACKGROUND``.
+        the pipeline's pixel flags ``JUMP_DETECTED`` and ``BACKGROUND``. None once written to a
+        product by :func:`fit_to_product`.
     fibre : ndarray of int16, ``(ny, nx)``
         Fibre whose omega each pixel used; -1 for background and reference columns.
     constant : FluxFit or None
@@ -831,6 +833,7 @@ def fit_exposure(
     options: FitOptions | None = None,
     *,
     progress: bool = False,
+    on_chip: Callable[[str, ChipResult], ChipResult] | None = None,
 ) -> ExposureResult:
     """Fit omega for every fibre, choose models, and extract every pixel of every chip.
 
@@ -845,12 +848,17 @@ def fit_exposure(
     options : FitOptions, optional
     progress : bool
         Show a progress bar (tqdm) over the steps.
+    on_chip : callable, optional
+        ``on_chip(name, chip_result)`` is called as soon as a chip is extracted; what it returns
+        is kept in the result in place of ``chip_result`` (:func:`fit_to_product` writes the
+        images and keeps the rest).
 
     Returns
     -------
     ExposureResult
     """
     options = options or FitOptions()
+    keep = on_chip or (lambda name, chip_result: chip_result)
     names = list(chips)
     missing = [n for n in names if n not in traces]
     if missing:
@@ -879,8 +887,11 @@ def fit_exposure(
             with _timed(timings, "load"):
                 chip = _load(chips[name])
             with _timed(timings, "extract"):
-                results[name] = _extract_chip(chip, prepared[name], joint, options)
+                extracted = _extract_chip(chip, prepared[name], joint, options)
             del chip
+            with _timed(timings, "write"):
+                results[name] = keep(name, extracted)
+            del extracted
             bar.update()
     else:
         for name in names:
@@ -894,8 +905,11 @@ def fit_exposure(
                 fibres[name] = _fit_fibres([prep], options)
             prep = _after_fit(prep, options)
             with _timed(timings, "extract"):
-                results[name] = _extract_chip(chip, prep, fibres[name], options)
+                extracted = _extract_chip(chip, prep, fibres[name], options)
             del chip
+            with _timed(timings, "write"):
+                results[name] = keep(name, extracted)
+            del extracted
             bar.update()
     bar.close()
     n_reads = seen["n_reads"][0]
@@ -989,8 +1003,6 @@ def load_chip(
     -------
     ChipExposure
     """
-    from pathlib import Path
-
     from .io import parse_ar_name, read_apz, read_ar3dcal
 
     path = Path(path)
@@ -1111,11 +1123,13 @@ def fit_files(
     read_noise: float | None = None,
     saturation: float | None = None,
     progress: bool = False,
+    on_chip: Callable[[str, ChipResult], ChipResult] | None = None,
 ) -> ExposureResult:
     """:func:`fit_exposure` on files: one raw ``.apz`` or ``ar3Dcal`` file and trace file per chip.
 
     Chips are read one at a time (twice with ``joint_chips``), so at most one cube is in memory.
-    See :func:`match_inputs` and :func:`load_chip` for the arguments.
+    See :func:`match_inputs` and :func:`load_chip` for the arguments, :func:`fit_exposure` for
+    ``on_chip``.
     """
     from .traces import read_trace_file
 
@@ -1132,7 +1146,7 @@ def fit_files(
         return load
 
     chips = {chip: loader(chip, path, tr) for chip, (path, tr) in pairs.items()}
-    result = fit_exposure(chips, traces, options, progress=progress)
+    result = fit_exposure(chips, traces, options, progress=progress, on_chip=on_chip)
     result.meta["inputs"] = [str(path) for path, _ in pairs.values()]
     result.meta["traces"] = [str(tr) for _, tr in pairs.values()]
     return result
@@ -1153,9 +1167,68 @@ def write_result(result: ExposureResult, path, *, overwrite: bool = False, backe
     -------
     pathlib.Path
     """
-    from .io import ChipImages, FiberResults, write_product
+    from .io import ChipImages, write_product
 
     chips = {name: ChipImages.from_fit(chip) for name, chip in result.chips.items()}
+    fibers, meta, inputs = _product_parts(result)
+    return write_product(
+        path, chips=chips, fibers=fibers, inputs=inputs,
+        backend=backend, metadata=meta, overwrite=overwrite,
+    )  # fmt: skip
+
+
+def fit_to_product(
+    inputs, trace_paths, path, options: FitOptions | None = None, *, overwrite: bool = False,
+    backend: str = "numpy", **fit_kwargs,
+) -> tuple[ExposureResult, Path]:  # fmt: skip
+    """:func:`fit_files` then :func:`write_result`, writing each chip's images as soon as the chip
+    is extracted (HDF5 products; ``.fits`` falls back to writing at the end).
+
+    Only one chip's images are then in memory at a time: in the returned result each chip's
+    ``flux``, ``flux_var``, ``chi2``, ``n_diff`` and ``flags`` are None (read them back with
+    :func:`pyapred.io.read_product`). The product appears only when the whole exposure is done.
+
+    Parameters
+    ----------
+    inputs, trace_paths, options
+        As in :func:`fit_files`.
+    path : str or os.PathLike
+        The product.
+    overwrite : bool, optional
+    backend : str, optional
+        Recorded in the product's metadata.
+    **fit_kwargs
+        More :func:`fit_files` arguments (``gain``, ``read_noise``, ``saturation``, ``progress``).
+
+    Returns
+    -------
+    result : ExposureResult
+    path : pathlib.Path
+    """
+    from .io import ChipImages, ProductWriter
+    from .io.product import _is_fits
+
+    path = Path(path)
+    if _is_fits(path):
+        result = fit_files(inputs, trace_paths, options, **fit_kwargs)
+        return result, write_result(result, path, overwrite=overwrite, backend=backend)
+    with ProductWriter(path, overwrite=overwrite) as writer:
+
+        def write_chip(name: str, chip: ChipResult) -> ChipResult:
+            writer.add_chip(name, ChipImages.from_fit(chip))
+            empty = dict.fromkeys(("flux", "flux_var", "chi2", "n_diff", "flags"))
+            return dataclasses.replace(chip, **empty)
+
+        result = fit_files(inputs, trace_paths, options, on_chip=write_chip, **fit_kwargs)
+        fibers, meta, all_inputs = _product_parts(result)
+        writer.finish(fibers=fibers, inputs=all_inputs, backend=backend, metadata=meta)
+    return result, path
+
+
+def _product_parts(result: ExposureResult) -> tuple[dict, dict, list]:
+    """The fibre results, the metadata and the hashed inputs of a product (:func:`write_result`)."""
+    from .io import FiberResults
+
     fibers, meta = {}, {}
     for key, fits in result.fibres.items():
         n, K = fits.omega.shape
@@ -1179,10 +1252,7 @@ def write_result(result: ExposureResult, path, *, overwrite: bool = False, backe
     meta["fit_options"] = fit_options_json(result.options)
     meta["flux_normalisation"] = "exposure mean (omega scaled to mean 1 for extraction)"
     inputs = [*result.meta.get("inputs", ()), *result.meta.get("traces", ())]
-    return write_product(
-        path, chips=chips, fibers=fibers, inputs=inputs,
-        backend=backend, metadata=meta, overwrite=overwrite,
-    )  # fmt: skip
+    return fibers, meta, inputs
 
 
 def fit_options_json(options: FitOptions) -> str:

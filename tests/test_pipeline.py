@@ -15,6 +15,7 @@ from pyapred.pipeline import (
     FitOptions,
     fit_exposure,
     fit_files,
+    fit_to_product,
     match_inputs,
     truth_metrics,
     write_result,
@@ -238,6 +239,11 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
     np.testing.assert_array_equal(result.chips["R"].flags, in_memory.chips["R"].flags)
     product = read_product(write_result(result, tmp_path / "p.h5"))
     assert set(product.chips) == {"R", "B"} and set(product.fibers) == {"R", "B"}
+    # Written chip by chip: the same images, and only their summary kept in memory.
+    streamed, path = fit_to_product(paths["apz"], paths["traces"], tmp_path / "s.h5")
+    assert streamed.chips["R"].flux is None and streamed.chips["R"].prepared.jumps is not None
+    np.testing.assert_array_equal(read_product(path).chips["R"].rate, product.chips["R"].rate)
+    np.testing.assert_array_equal(read_product(path).chips["B"].flags, product.chips["B"].flags)
     fibres = product.fibers["R"]
     assert fibres.model[int(np.flatnonzero(result.fibres["R"].bright)[0])] == "time_variable"
     assert np.all(np.isfinite(fibres.omega))

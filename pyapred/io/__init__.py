@@ -27,7 +27,15 @@ from .apz import (
     read_apz,
     write_apz,
 )
-from .product import FORMAT_VERSION, ChipImages, FiberResults, Product, read_product, write_product
+from .product import (
+    FORMAT_VERSION,
+    ChipImages,
+    FiberResults,
+    Product,
+    ProductWriter,
+    read_product,
+    write_product,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -36,6 +44,7 @@ __all__ = [
     "Product",
     "read_product",
     "write_product",
+    "ProductWriter",
     "ApzName",
     "Ar1D",
     "Ar2D",

@@ -29,6 +29,7 @@ import functools
 import hashlib
 import os
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,92 @@ def write_product(
         ``path``.
     """
     chips, fibers = dict(chips or {}), dict(fibers or {})
+    path = Path(path)
+    _check_parts(chips, fibers, metadata)
+    if _is_fits(path):
+        meta = _writer_metadata(inputs, backend) | dict(metadata or {})
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            write_fits(tmp, chips, fibers, meta, FORMAT_VERSION)
+        return path
+    with ProductWriter(path, overwrite=overwrite) as writer:
+        for key, images in chips.items():
+            writer.add_chip(key, images)
+        writer.finish(fibers=fibers, inputs=inputs, backend=backend, metadata=metadata)
+    return path
+
+
+class ProductWriter:
+    """An HDF5 product written in parts: chip images as soon as each chip is done, then the
+    fibre results and the metadata. The file appears at ``path`` only when :meth:`finish` was
+    called and the block ended without an error (atomic, as :func:`write_product`).
+
+    It lets the exposure pipeline keep one chip's images in memory at a time.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An HDF5 product (not ``.fits``).
+    overwrite : bool, optional
+
+    Examples
+    --------
+    >>> with ProductWriter(path) as writer:  # doctest: +SKIP
+    ...     writer.add_chip("R", images)
+    ...     writer.finish(fibers={"R": results}, inputs=[raw_path])
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
+        self.path = Path(path)
+        if _is_fits(self.path):
+            raise ValueError(f"{self.path}: ProductWriter writes HDF5 products, not FITS")
+        self._overwrite = overwrite
+        self._finished = False
+
+    def __enter__(self) -> ProductWriter:
+        self._atomic = atomic_path(self.path, overwrite=self._overwrite)
+        tmp = self._atomic.__enter__()
+        try:
+            self._handle = h5py.File(tmp, "w")
+        except BaseException:
+            self._atomic.__exit__(*sys.exc_info())
+            raise
+        self._handle.attrs[_FORMAT_ATTR] = FORMAT_VERSION
+        return self
+
+    def add_chip(self, key: str, images: ChipImages) -> None:
+        """Write one chip's images (group ``key``)."""
+        _check_parts({key: images}, {}, None)
+        _write_images(self._handle.create_group(key), images)
+
+    def finish(
+        self,
+        *,
+        fibers: Mapping[str, FiberResults] | None = None,
+        inputs: Sequence[str | os.PathLike] = (),
+        backend: str = "numpy",
+        metadata: Mapping[str, object] | None = None,
+    ) -> None:
+        """Write the fibre results and the metadata (see :func:`write_product`)."""
+        fibers = dict(fibers or {})
+        _check_parts({}, fibers, metadata)
+        for key, results in fibers.items():
+            _write_fibers(self._handle.create_group(f"fibers/{key}"), results)
+        group = self._handle.create_group("metadata")
+        meta = _writer_metadata(inputs, backend) | dict(metadata or {})
+        for key, value in meta.items():
+            write_value(group, key, value)
+        self._finished = True
+
+    def __exit__(self, *exc_info) -> None:
+        self._handle.close()
+        if exc_info[0] is None and not self._finished:
+            exc_info = (RuntimeError, RuntimeError(f"{self.path}: finish() was not called"), None)
+            self._atomic.__exit__(*exc_info)
+            raise exc_info[1]
+        self._atomic.__exit__(*exc_info)
+
+
+def _check_parts(chips: Mapping, fibers: Mapping, metadata: Mapping | None) -> None:
     for key in (*chips, *fibers):
         if not key or "/" in key or key in _RESERVED:
             raise ValueError(f"chip or fibre group name: expected a plain name, got {key!r}")
@@ -196,22 +283,6 @@ def write_product(
     clash = set(metadata or {}) & set(_WRITER_KEYS)
     if clash:
         raise ValueError(f"metadata: keys {sorted(clash)} are written by pyapred itself")
-    meta = _writer_metadata(inputs, backend) | dict(metadata or {})
-    path = Path(path)
-    if _is_fits(path):
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            write_fits(tmp, chips, fibers, meta, FORMAT_VERSION)
-        return path
-    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
-        handle.attrs[_FORMAT_ATTR] = FORMAT_VERSION
-        for key, images in chips.items():
-            _write_images(handle.create_group(key), images)
-        for key, results in fibers.items():
-            _write_fibers(handle.create_group(f"fibers/{key}"), results)
-        group = handle.create_group("metadata")
-        for key, value in meta.items():
-            write_value(group, key, value)
-    return path
 
 
 def _is_fits(path: Path) -> bool:

@@ -10,7 +10,14 @@ import pytest
 
 import pyapred
 from pyapred import Flag, FluxFit
-from pyapred.io import ChipImages, FiberResults, Product, read_product, write_product
+from pyapred.io import (
+    ChipImages,
+    FiberResults,
+    Product,
+    ProductWriter,
+    read_product,
+    write_product,
+)
 from pyapred.io import product as product_module
 
 
@@ -120,6 +127,35 @@ def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_product(path, chips={"R": make_chip(rng)}, fibers={"R": make_fibers(rng)})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_product_written_in_parts_is_the_same_product(tmp_path):
+    rng = np.random.default_rng(8)
+    chips = {"R": make_chip(rng), "G": make_chip(rng)}
+    fibers = {"R": make_fibers(rng)}
+    whole = write_product(tmp_path / "whole.h5", chips=chips, fibers=fibers, metadata={"a": 1})
+    with ProductWriter(tmp_path / "parts.h5") as writer:
+        for key, images in chips.items():
+            writer.add_chip(key, images)
+            assert not (tmp_path / "parts.h5").exists()  # only complete products appear
+        writer.finish(fibers=fibers, metadata={"a": 1})
+    parts = read_product(tmp_path / "parts.h5")
+    assert_products_equal(read_product(whole), parts)
+    assert parts.metadata["a"] == 1
+
+
+def test_product_writer_leaves_nothing_unless_finished(tmp_path):
+    rng = np.random.default_rng(9)
+    with pytest.raises(RuntimeError, match="finish"):
+        with ProductWriter(tmp_path / "p.h5") as writer:
+            writer.add_chip("R", make_chip(rng))
+    with pytest.raises(KeyError):
+        with ProductWriter(tmp_path / "p.h5") as writer:
+            writer.add_chip("R", make_chip(rng))
+            raise KeyError("a failure mid-exposure")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="HDF5"):
+        ProductWriter(tmp_path / "p.fits")
 
 
 def test_crash_mid_fits_write_leaves_nothing(tmp_path, monkeypatch):
