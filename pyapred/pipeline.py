@@ -503,7 +503,11 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
 # Steps 2-3: omega fits and model choice
 # --------------------------------------------------------------------------------------------
 def _fit_fibres(prepared: list[PreparedChip], options: FitOptions) -> FibreFits:
-    """One batched omega fit over the fibres, from the fit pixels of one or more chips."""
+    """One batched omega fit over the fibres, from the fit pixels of one or more chips.
+
+    The chips in ``prepared`` are replaced by their :func:`_after_fit` versions as soon as their
+    fit reads are taken, so that (unless they are kept) the fit does not hold two copies.
+    """
     first = prepared[0]
     excluded = first.traces.excluded
     K = first.shape[0] - 1
@@ -518,6 +522,7 @@ def _fit_fibres(prepared: list[PreparedChip], options: FitOptions) -> FibreFits:
     sigma = joined([p.fit_read_noise for p in prepared], 1)
     gain = joined([p.fit_gain for p in prepared], 1)
     valid = joined([p.fit_pixels.valid for p in prepared], 1)
+    prepared[:] = [_after_fit(p, options) for p in prepared]
     mask = np.broadcast_to(~valid, reads.shape)
     n_pix = valid.sum(axis=1)
     flags = np.where(excluded, int(Flag.FPI_FIBRE), 0).astype(np.int64)
@@ -540,12 +545,13 @@ def _fit_fibres(prepared: list[PreparedChip], options: FitOptions) -> FibreFits:
     P = max(int(n_pix[todo].max(initial=1)), 1)
     sub = (slice(None), todo, slice(0, P))
     mask = np.ascontiguousarray(mask[sub])
+    reads = reads[sub]
     with _quiet():
+        const = fit_constant(reads, sigma[todo, :P], gain=gain[todo, :P], mask=mask)
         fit = fit_omega(
-            reads[sub], sigma[todo, :P], gain=gain[todo, :P], mask=mask, ref_index=ref_index,
+            reads, sigma[todo, :P], gain=gain[todo, :P], mask=mask, ref_index=ref_index,
             max_iter=options.max_iter, jump_search=options.jump_search,
         )  # fmt: skip
-        const = fit_constant(reads[sub], sigma[todo, :P], gain=gain[todo, :P], mask=mask)
     fit, const = _scatter(fit, const, todo, n_fibres, ref_index)
     return choose_models(fit, const, n_pix, excluded, options, flags)
 
@@ -879,10 +885,12 @@ def fit_exposure(
                 prepared[name] = prepare_chip(chip, traces[name], options)
             del chip
             bar.update()
+        chips_prepared = list(prepared.values())
+        del prepared
         with _timed(timings, "fit_omega"):
-            joint = _fit_fibres(list(prepared.values()), options)
+            joint = _fit_fibres(chips_prepared, options)
         fibres["joint"] = joint
-        prepared = {name: _after_fit(prep, options) for name, prep in prepared.items()}
+        prepared = dict(zip(names, chips_prepared, strict=True))
         for name in names:
             with _timed(timings, "load"):
                 chip = _load(chips[name])
@@ -892,6 +900,7 @@ def fit_exposure(
             with _timed(timings, "write"):
                 results[name] = keep(name, extracted)
             del extracted
+            _return_freed_memory()
             bar.update()
     else:
         for name in names:
@@ -901,15 +910,18 @@ def fit_exposure(
             read_times = chip.read_times if read_times is None else read_times
             with _timed(timings, "prepare"):
                 prep = prepare_chip(chip, traces[name], options)
+            chip_prepared = [prep]
+            del prep
             with _timed(timings, "fit_omega"):
-                fibres[name] = _fit_fibres([prep], options)
-            prep = _after_fit(prep, options)
+                fibres[name] = _fit_fibres(chip_prepared, options)
+            (prep,) = chip_prepared
             with _timed(timings, "extract"):
                 extracted = _extract_chip(chip, prep, fibres[name], options)
             del chip
             with _timed(timings, "write"):
                 results[name] = keep(name, extracted)
             del extracted
+            _return_freed_memory()
             bar.update()
     bar.close()
     n_reads = seen["n_reads"][0]
@@ -919,6 +931,19 @@ def fit_exposure(
         chips=results, fibres=fibres, options=options, read_times=read_times,
         meta={"timings_s": {k: round(v, 3) for k, v in timings.items()}},
     )  # fmt: skip
+
+
+def _return_freed_memory() -> None:
+    """Give freed heap memory back to the system between chips (glibc's ``malloc_trim``).
+
+    glibc keeps what the kernels freed in its arenas; the next chip's cube would come on top.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _after_fit(prepared: PreparedChip, options: FitOptions) -> PreparedChip:

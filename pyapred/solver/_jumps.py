@@ -390,9 +390,11 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
         used[todo] = new_valid[changed]
         n_jumps[todo] = new_jumps[changed]
         sub_used = used[todo]
+        clean = diffs[todo]
+        clean[~sub_used] = 0.0
         options = fit_options | {"ref_index": ref_index[todo]}
         part = fit_omega_groups(
-            np.where(sub_used, diffs[todo], 0.0), sub_used, s2[todo], dt, fit_pixel[todo],
+            clean, sub_used, s2[todo], dt, fit_pixel[todo],
             start=(res["omega"][todo], res["flux"][todo]), **options,
         )  # fmt: skip
         for key, value in part.items():
