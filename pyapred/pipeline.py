@@ -189,7 +189,9 @@ class PreparedChip:
         ``(read, row, column)`` of every read masked after a detected jump.
     saturated : ndarray of bool, ``(ny, nx)``
     rate : ndarray, float32, ``(ny, nx)``
-        Robust rate estimate, DN per read (the median of the shape-corrected differences).
+        Robust rate estimate, DN per read: the mean of the shape-corrected differences that are
+        not jumps. ``pixel_map``, ``saturated`` and ``rate`` are None once the chip was written
+        by :func:`fit_to_product`.
     omega_rough : ndarray, ``(n_fibres, K)``
         Per-fibre shape of the differences used by the jump detector (mean 1).
     """
@@ -1210,7 +1212,8 @@ def fit_to_product(
     is extracted (HDF5 products; ``.fits`` falls back to writing at the end).
 
     Only one chip's images are then in memory at a time: in the returned result each chip's
-    ``flux``, ``flux_var``, ``chi2``, ``n_diff`` and ``flags`` are None (read them back with
+    ``flux``, ``flux_var``, ``chi2``, ``n_diff`` and ``flags``, and its prepared ``pixel_map``,
+    ``saturated`` and ``rate`` images, are None (read the product back with
     :func:`pyapred.io.read_product`). The product appears only when the whole exposure is done.
 
     Parameters
@@ -1241,8 +1244,10 @@ def fit_to_product(
 
         def write_chip(name: str, chip: ChipResult) -> ChipResult:
             writer.add_chip(name, ChipImages.from_fit(chip))
-            empty = dict.fromkeys(("flux", "flux_var", "chi2", "n_diff", "flags"))
-            return dataclasses.replace(chip, **empty)
+            images = dict.fromkeys(("flux", "flux_var", "chi2", "n_diff", "flags"))
+            maps = dict.fromkeys(("pixel_map", "saturated", "rate"))
+            prepared = dataclasses.replace(chip.prepared, **maps)
+            return dataclasses.replace(chip, prepared=prepared, **images)
 
         result = fit_files(inputs, trace_paths, options, on_chip=write_chip, **fit_kwargs)
         fibers, meta, all_inputs = _product_parts(result)
