@@ -721,16 +721,18 @@ def _fig8_threshold(amps, time_variable, constant) -> dict:
     dict
         ``band`` (p05/p50/p95), ``points``, ``polynomial`` (4th order in A, highest power
         first, fitted to all points) and ``threshold`` (first A where the polynomial rises
-        above the band's 95th percentile; None if it never does).
+        above the band's 95th percentile; None if it never does). Both are None with fewer
+        than five amplitudes.
     """
     band = np.percentile(time_variable, [5, 50, 95])
     points = np.median(constant, axis=1)
-    coeffs = np.polyfit(amps, points, 4)
+    # A 4th-order fit needs five amplitudes; fewer (a custom grid) give no threshold.
+    coeffs = np.polyfit(amps, points, 4) if amps.size > 4 else None
     return {
         "band": {"p05": float(band[0]), "p50": float(band[1]), "p95": float(band[2])},
         "points": points.tolist(),
-        "polynomial": coeffs.tolist(),
-        "threshold": _first_rise_above(coeffs, band[2], amps.max()),
+        "polynomial": None if coeffs is None else coeffs.tolist(),
+        "threshold": None if coeffs is None else _first_rise_above(coeffs, band[2], amps.max()),
     }
 
 
