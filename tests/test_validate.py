@@ -86,15 +86,43 @@ def test_omega_uncertainty_and_bias_versus_flux(quick):
 
 def test_constant_model_bias_grows_with_amplitude(quick):
     rows = quick[2]["amplitude_sweep"]["amplitudes"]
-    assert rows[0]["amplitude"] == 0.0 and rows[-1]["amplitude"] == 0.5
+    assert rows[0]["amplitude"] == 0.0 and rows[-1]["amplitude"] == 1.0
     # No variability, no constant-model bias; the time-variable model pays a small omega cost.
     assert max(rows[0]["noiseless_bias_constant_q95"]) < 1e-6
     assert max(rows[-1]["noiseless_bias_time_variable_q95"]) < 0.05
     q95 = [max(r["noiseless_bias_constant_q95"]) for r in rows]
     assert q95 == sorted(q95)
-    # The Monte Carlo excess scatter shows it at A = 0.5 for the constant model only.
+    # The Monte Carlo excess scatter shows it at large A for the constant model only.
     last = rows[-1]
     assert np.median(last["excess_constant"]) > np.median(last["excess_time_variable"]) + 0.02
+
+
+def test_fig8_threshold_is_where_the_polynomial_leaves_the_band():
+    amps = np.linspace(0.0, 0.5, 11)
+    flux = np.ones(7)
+    # Constant-model points exactly 2 A^2 at every flux; a band spread evenly over [-1, 1] %.
+    constant = 2 * amps[:, None] ** 2 * flux
+    time_variable = np.linspace(-0.01, 0.01, amps.size * flux.size).reshape(amps.size, -1)
+    out = validate._fig8_threshold(amps, time_variable, constant)
+    assert out["band"]["p50"] == pytest.approx(0.0, abs=1e-12)
+    assert out["band"]["p95"] == pytest.approx(0.009)
+    np.testing.assert_allclose(out["polynomial"], [0, 0, 2, 0, 0], atol=1e-9)
+    assert out["threshold"] == pytest.approx(np.sqrt(0.009 / 2), rel=1e-4)
+    # A band the points never leave gives no threshold.
+    assert validate._fig8_threshold(amps, time_variable + 1.0, constant)["threshold"] is None
+
+
+def test_sweep_records_other_readings_of_fig8(quick):
+    sweep = quick[2]["amplitude_sweep"]
+    variants = sweep["variants"]
+    assert set(variants) == {
+        "monte_carlo_steps_of_0.1",
+        "monte_carlo_band_of_per_amplitude_medians",
+        "monte_carlo_quadrature_excess",
+    }
+    # A band over 1 value per A is narrower than one over every (A, flux) profile value.
+    narrow = variants["monte_carlo_band_of_per_amplitude_medians"]["band"]
+    assert narrow["p95"] < sweep["time_variable_band"]["p95"]
 
 
 TINY = dataclasses.replace(
