@@ -93,6 +93,11 @@ class ChipExposure:
         The pipeline may overwrite ``reads`` in place: it then marks the reads after detected
         jumps as NaN instead of allocating a read mask the size of the cube (:func:`load_chip`
         sets it; results and flags are the same).
+    timing : dict, optional
+        What the product records of the exposure's timing, for ``pyapred guider``:
+        ``read_times_tai_mjd`` (the reads' start times, TAI MJD) and the header cards
+        ``DATE-OBS``, ``TIMESYS``, ``INTOFF``, ``INTDELAY``, ``NREAD`` and ``CONFIGID`` present
+        (:func:`load_chip` fills it from the file).
     """
 
     name: str
@@ -105,6 +110,7 @@ class ChipExposure:
     mjd: int | None = None
     source: str = "<memory>"
     writable: bool = False
+    timing: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -875,7 +881,7 @@ def fit_exposure(
     bar = _progress(steps, progress)
     seen: dict = {}
     timings: dict = {}
-    results, fibres, read_times = {}, {}, None
+    results, fibres, read_times, timing = {}, {}, None, None
     if options.joint_chips:
         prepared = {}
         for name in names:
@@ -883,6 +889,7 @@ def fit_exposure(
                 chip = _load(chips[name])
             _check_consistent(chip, seen)
             read_times = chip.read_times if read_times is None else read_times
+            timing = chip.timing if timing is None else timing
             with _timed(timings, "prepare"):
                 prepared[name] = prepare_chip(chip, traces[name], options)
             del chip
@@ -910,6 +917,7 @@ def fit_exposure(
                 chip = _load(chips[name])
             _check_consistent(chip, seen)
             read_times = chip.read_times if read_times is None else read_times
+            timing = chip.timing if timing is None else timing
             with _timed(timings, "prepare"):
                 prep = prepare_chip(chip, traces[name], options)
             chip_prepared = [prep]
@@ -931,7 +939,7 @@ def fit_exposure(
         read_times = np.arange(n_reads, dtype=np.float64)
     return ExposureResult(
         chips=results, fibres=fibres, options=options, read_times=read_times,
-        meta={"timings_s": {k: round(v, 3) for k, v in timings.items()}},
+        meta={"timings_s": {k: round(v, 3) for k, v in timings.items()}, "timing": timing},
     )  # fmt: skip
 
 
@@ -1048,6 +1056,7 @@ def load_chip(
             mjd=name.mjd,
             source=str(path),
             writable=True,
+            timing=_timing(raw.read_times, getattr(raw, "header", None)),
         )
     raw = read_apz(path, dtype=np.float32)
     header = raw.header
@@ -1064,7 +1073,22 @@ def load_chip(
         mjd=raw.mjd,
         source=str(path),
         writable=True,
+        timing=_timing(raw.read_times, header),
     )
+
+
+#: Exposure header cards a product keeps for ``pyapred guider`` (with the reads' TAI times).
+TIMING_CARDS = ("DATE-OBS", "TIMESYS", "INTOFF", "INTDELAY", "NREAD", "CONFIGID")
+
+
+def _timing(read_times, header) -> dict:
+    """``ChipExposure.timing`` from a file's read times (astropy Time) and header."""
+    timing = {"read_times_tai_mjd": np.asarray(read_times.tai.mjd, dtype=np.float64)}
+    for card in TIMING_CARDS:
+        if header is not None and card in header:
+            value = header[card]
+            timing[card] = value.item() if isinstance(value, np.generic) else value
+    return timing
 
 
 def _identify(path) -> tuple[str, str, int, int]:
@@ -1281,6 +1305,7 @@ def _product_parts(result: ExposureResult) -> tuple[dict, dict, list]:
     meta["joint_chips"] = bool(result.options.joint_chips)
     meta["fit_options"] = fit_options_json(result.options)
     meta["flux_normalisation"] = "exposure mean (omega scaled to mean 1 for extraction)"
+    meta.update(result.meta.get("timing") or {})
     inputs = [*result.meta.get("inputs", ()), *result.meta.get("traces", ())]
     return fibers, meta, inputs
 

@@ -244,6 +244,16 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
     assert streamed.chips["R"].flux is None and streamed.chips["R"].prepared.jumps is not None
     np.testing.assert_array_equal(read_product(path).chips["R"].rate, product.chips["R"].rate)
     np.testing.assert_array_equal(read_product(path).chips["B"].flags, product.chips["B"].flags)
+    # The exposure's timing travels with the product, so `pyapred guider` needs no --exposure.
+    from pyapred.guider import _load_product
+    from pyapred.io import read_apz
+
+    raw = read_apz(paths["apz"][0])
+    meta = read_product(path).metadata
+    times = raw.read_times.tai.mjd
+    np.testing.assert_allclose(meta["read_times_tai_mjd"], times, rtol=0, atol=1e-9)
+    assert meta["DATE-OBS"] == raw.header["DATE-OBS"] and meta["INTOFF"] == raw.header["INTOFF"]
+    assert _load_product(str(path), "R")["read_times"].size == raw.reads.shape[0]
     fibres = product.fibers["R"]
     assert fibres.model[int(np.flatnonzero(result.fibres["R"].bright)[0])] == "time_variable"
     assert np.all(np.isfinite(fibres.omega))
