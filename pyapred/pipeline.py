@@ -1345,7 +1345,10 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
     -------
     dict
         ``omega[group]``: ``z_std``, ``z_median``, ``n_fibres`` over bright fibres' free elements;
-        ``borrowed[group]``: the same for the borrowed omega against borrowed fibres' truth;
+        ``borrowed[group]``: the same for the borrowed omega against borrowed fibres' truth, plus
+        ``chi2_dof``, its Mahalanobis distance to that truth per degree of freedom (about 1 when
+        its covariance is right; the z-scores of its elements are positively correlated, so
+        their std is below 1 even then);
         ``flux[chip]``: ``variable_bias`` and ``constant_bias`` (median z of bright pixels),
         ``variable_z_std``, ``n_pixels``, and ``borrowed_bias`` over borrowed fibres' pixels.
     """
@@ -1369,8 +1372,13 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
         borrowed = fits.model == MODEL_BORROWED
         if borrowed.any():
             b_err = np.sqrt(np.maximum(np.diag(fits.borrowed_cov), 0.0))[free]
-            bz = (fits.borrowed_omega[free] - truth[borrowed][:, free]) / b_err
+            diff = fits.borrowed_omega[free] - truth[borrowed][:, free]
+            bz = diff / b_err
+            # The elements share the bright fibres' errors (positively correlated), so their z
+            # scatter is below 1 even when the covariance is right; chi2/dof tests the whole of it.
+            whitened = np.linalg.solve(_free_cov(fits.borrowed_cov, ref), diff.T).T
             out["borrowed"][key] = {
+                "chi2_dof": float(np.mean(np.sum(diff * whitened, axis=1)) / diff.shape[1]),
                 "z_std": float(np.std(bz)),
                 "z_median": float(np.median(bz)),
                 "n_fibres": int(borrowed.sum()),

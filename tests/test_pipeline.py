@@ -88,6 +88,7 @@ def test_faint_fibres_borrow_the_bright_fibres_mean_omega(cloudy):
         assert not np.any(fits.bright[sky])
         # The borrowed omega matches the truth within its (small) errors ...
         assert 0.5 < metrics["borrowed"][key]["z_std"] < 1.5
+        assert 0.3 < metrics["borrowed"][key]["chi2_dof"] < 2.5  # K - 1 = 18 dof
         ref = fits.ref_index
         truth = sim.omega[sky][0] / sim.omega[sky][0, ref]
         np.testing.assert_allclose(fits.borrowed_omega, truth, atol=0.01)
