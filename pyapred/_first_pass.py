@@ -85,7 +85,7 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
 
 @njit(cache=True, inline="always")
 def _is_jump(excess, model, inv_gain, var_read, thr2):
-    """``excess > threshold * noise(model)``, without the square root."""
+    """``excess > threshold * noise(model)`` (``thr2`` is the threshold squared)."""
     return excess > np.sqrt(thr2 * (max(model, 0.0) * inv_gain + var_read))
 
 
