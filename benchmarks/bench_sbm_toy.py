@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(args.observations):
             yt = torch.as_tensor(y[i][None, None].astype(np.float32))
             if "learned" in name:
-                likelihood = noise_model_likelihood(noise_model, yt, prior.sde)
+                likelihood = noise_model_likelihood(noise_model, yt)
             else:
-                likelihood = gaussian_likelihood(c_noise, yt, prior.sde)
+                likelihood = gaussian_likelihood(c_noise, yt)
             samples = posterior_samples(y[i], prior, likelihood, n_samples=args.samples,
                                         steps=args.sampler_steps, seed=i)  # fmt: skip
             low, median, high = np.percentile(samples, [15.865, 50, 84.135], axis=0)
