@@ -257,14 +257,17 @@ def refcorr_inplace(
     correction = np.zeros((reads.shape[1], SCIENCE))  # cumulative raw - corrected
     added = 0.0
     for k in range(1, reads.shape[0]):
-        raw = np.array(reads[k], dtype=np.float64)
+        raw = np.asarray(reads[k], dtype=np.float64)
         diff = (raw - previous)[None]
-        corrected = refcorr(diff, method=method, rows=rows, ref_filter=ref_filter, **options)
         added += reference_read_variance(diff, ref_filter=ref_filter)
-        correction += diff[0, :, :SCIENCE] - corrected[0]
-        new = raw[:, :SCIENCE] - correction
+        corrected = refcorr(diff, method=method, rows=rows, ref_filter=ref_filter, **options)
+        science = diff[0, :, :SCIENCE]
+        science -= corrected[0]
+        correction += science
+        del diff, corrected, science
+        np.subtract(raw[:, :SCIENCE], correction, out=reads[k, :, :SCIENCE])
         if sat is not None:
-            new = np.where(raw[:, :SCIENCE] >= sat, raw[:, :SCIENCE], new)
-        reads[k, :, :SCIENCE] = new
+            hit = raw[:, :SCIENCE] >= sat
+            reads[k, :, :SCIENCE][hit] = raw[:, :SCIENCE][hit]
         previous = raw
     return added / (reads.shape[0] - 1)
