@@ -919,7 +919,7 @@ def fit_exposure(
 
 
 def correct_1f(
-    chip: ChipExposure, traces: Traces, method: str = "refpix", *, halfwidth: float = 2.5
+    chip: ChipExposure, traces: Traces | None, method: str = "refpix", *, halfwidth: float = 2.5
 ) -> ChipExposure:
     """Remove correlated (1/f) read noise from a chip's reads (:func:`pyapred.noise.refcorr`).
 
@@ -931,9 +931,10 @@ def correct_1f(
     ----------
     chip : ChipExposure
         Raw reads ``(n_reads, ny, 2560)`` of chip rows 0 to ``ny - 1``, reference output included.
-    traces : Traces
-        For ``"rowmedian"``: pixels further than ``halfwidth`` sigmas from every trace (the
-        background of :func:`pyapred.traces.pixel_fibre_map`) give each row's median.
+    traces : Traces or None
+        For ``"rowmedian"`` (unused otherwise): pixels further than ``halfwidth`` sigmas from
+        every trace (the background of :func:`pyapred.traces.pixel_fibre_map`) give each row's
+        median.
     method : {"refpix", "rowmedian", "none"}
     halfwidth : float
 
@@ -941,14 +942,14 @@ def correct_1f(
     -------
     ChipExposure
     """
-    from .noise.hxrg import CHIP_ROWS, REFERENCE_BORDER
+    from .noise.hxrg import CHIP_ROWS, OUTPUT_COLUMNS, REFERENCE_BORDER
     from .noise.refcorr import SCIENCE, refcorr_inplace
 
     if method == "none":
         return chip
     reads = chip.reads
-    n_reads, ny, nx = reads.shape
-    if nx != SCIENCE + 512 or ny > CHIP_ROWS:
+    _, ny, nx = reads.shape
+    if nx != SCIENCE + OUTPUT_COLUMNS or ny > CHIP_ROWS:
         from .errors import InputError
 
         raise InputError(
