@@ -257,7 +257,7 @@ def refcorr_inplace(
     correction = np.zeros((reads.shape[1], SCIENCE))  # cumulative raw - corrected
     added = 0.0
     for k in range(1, reads.shape[0]):
-        raw = np.asarray(reads[k], dtype=np.float64)
+        raw = np.array(reads[k], dtype=np.float64)  # a copy: reads[k] is overwritten below
         diff = (raw - previous)[None]
         added += reference_read_variance(diff, ref_filter=ref_filter)
         corrected = refcorr(diff, method=method, rows=rows, ref_filter=ref_filter, **options)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pyapred.errors import InputError
-from pyapred.noise import HxrgNoise
+from pyapred.noise import HxrgNoise, refcorr_reads, simulate_hxrg
 from pyapred.pipeline import ChipExposure, FitOptions, correct_1f, fit_files, truth_metrics
 from pyapred.simulate import simulate_exposure, write_simulated_exposure
 from pyapred.traces import pixel_fibre_map
@@ -72,10 +72,9 @@ def test_simulate_one_over_f_needs_the_raw_frame(tmp_path, capsys):
 def test_rowmedian_removes_the_row_offsets_of_inter_fibre_rows(exposure):
     sim, _ = exposure
     chip = sim.chips["R"]
-    noise = simulate_exposure("stable", seed=5, **GEOMETRY)  # same geometry, new draws
-    reads = noise.chips["R"].reads.astype(np.float64)
-    reads += _one_over_f(reads.shape)
-    ny = reads.shape[1]
+    ny = chip.reads.shape[1]
+    noise = HxrgNoise(**{**ONE_OVER_F.__dict__, "white": 8.0})  # a dark with the same 1/f
+    reads = 1000.0 + simulate_hxrg(GEOMETRY["n_reads"], noise, rows=slice(0, ny), rng=6)
     background = pixel_fibre_map(chip.traces, ny, halfwidth=2.5).fibre < 0
     background[:, :4] = background[:, 2044:] = False
 
@@ -95,15 +94,8 @@ def test_rowmedian_removes_the_row_offsets_of_inter_fibre_rows(exposure):
     assert corrected.read_noise == pytest.approx(np.sqrt(8.0**2 + 0.45 * 8.0**2), rel=0.05)
 
 
-def _one_over_f(shape):
-    from pyapred.noise import simulate_hxrg
-
-    return simulate_hxrg(shape[0], ONE_OVER_F, rows=slice(0, shape[1]), rng=6)
-
-
 def test_in_place_and_saturation():
     noise = HxrgNoise(white=8.0, read_time=0.0)
-    from pyapred.noise import refcorr_reads, simulate_hxrg
 
     reads = simulate_hxrg(4, noise, rows=slice(0, 16), rng=7) + 1000.0 * np.arange(4)[:, None, None]
     reads[2:, 5, 100] = 5000.0  # saturated from read 2 on
@@ -118,6 +110,9 @@ def test_in_place_and_saturation():
     )
     assert np.all(corrected.reads[2:, 5, 100] == 5000.0)  # still seen as saturated
     assert correct_1f(chip, None, "none") is chip
+    in_place = reads.copy()  # float64, writable: overwritten
+    correct_1f(ChipExposure("R", in_place, 8.0, writable=True), None, "refpix")
+    np.testing.assert_allclose(in_place[..., :2048], refcorr_reads(reads, rows=slice(0, 16)))
     with pytest.raises(InputError, match="2560"):
         correct_1f(ChipExposure("R", np.zeros((3, 8, 2048)), 8.0), None, "refpix")
     with pytest.raises(ValueError, match="correct_1f"):
