@@ -46,6 +46,10 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
         "--ref-columns", type=int, default=512, help="reference-output columns (default 512)"
     )
     parser.add_argument("--telescope", choices=("apo", "lco"), default="apo")
+    parser.add_argument(
+        "--one-over-f", action="store_true",
+        help="add H2RG correlated (1/f) read noise on APOGEE's clock (needs 2048 + 512 columns)",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
 
 
@@ -53,11 +57,24 @@ def simulate_run(args: argparse.Namespace) -> int:
     """Write a synthetic three-chip exposure: .apz files, trace files and a truth file."""
     from .simulate import simulate_exposure, write_simulated_exposure
 
+    if args.one_over_f and (args.columns, args.ref_columns) != (2048, 512):
+        from .errors import InputError
+
+        raise InputError(
+            "--one-over-f", "--columns/--ref-columns", "2048 and 512 (the raw frame)",
+            f"{args.columns} and {args.ref_columns}",
+        )  # fmt: skip
     sim = simulate_exposure(
         args.scenario or "clouds", seed=args.seed, n_fibres=args.fibres, n_columns=args.columns,
         ref_columns=args.ref_columns, n_reads=args.reads, telescope=args.telescope,
     )  # fmt: skip
-    paths = write_simulated_exposure(sim, args.out, overwrite=args.overwrite)
+    one_over_f = None
+    if args.one_over_f:  # HxrgNoise's default 1/f amplitudes times the read noise, in DN
+        from .noise import HxrgNoise
+
+        rn = next(iter(sim.chips.values())).read_noise
+        one_over_f = HxrgNoise(white=0.0, c_pink=0.6 * rn, u_pink=0.3 * rn, acn=0.2 * rn)
+    paths = write_simulated_exposure(sim, args.out, overwrite=args.overwrite, one_over_f=one_over_f)
     for path in [*paths["apz"], *paths["traces"], paths["truth"]]:
         print(path)
     return EXIT_OK
@@ -87,6 +104,11 @@ def fit_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip the jump search alternated with the omega fit (faster)",
     )  # fmt: skip
     parser.add_argument("--backend", choices=("auto", "numpy", "julia"), default="auto")
+    parser.add_argument(
+        "--correct-1f", choices=("none", "refpix", "rowmedian"), default="none",
+        help="correct 1/f read noise first: reference pixels (refpix), plus the median of each "
+        "row's inter-fibre pixels (rowmedian); raw .apz only (default none)",
+    )  # fmt: skip
     parser.add_argument("--plots", type=Path, help="folder for PNG plots")
     parser.add_argument("--gain", type=float, help="e-/DN (default: the GAIN card)")
     parser.add_argument("--read-noise", type=float, help="single-read DN (default: RDNOISE card)")
@@ -130,7 +152,7 @@ def fit_run(args: argparse.Namespace) -> int:
     writable_folder(args.out.parent, path=args.out)
     options = FitOptions(
         model=args.model, joint_chips=args.joint_chips, keep_fit_reads=args.plots is not None,
-        jump_search=not args.no_jump_search,
+        jump_search=not args.no_jump_search, correct_1f=args.correct_1f,
     )  # fmt: skip
     start = time.perf_counter()
     result, product = fit_to_product(

@@ -52,6 +52,7 @@ __all__ = [
     "FitOptions",
     "PreparedChip",
     "choose_models",
+    "correct_1f",
     "fit_exposure",
     "fit_files",
     "load_chip",
@@ -149,6 +150,9 @@ class FitOptions:
         Alternate the omega fit with the time-variable jump search
         (``fit_omega(jump_search=True)``), so that cosmic rays the first pass missed in the fit
         pixels do not bias omega.
+    correct_1f : {"none", "refpix", "rowmedian"}
+        Correct correlated (1/f) read noise with the reference pixels before anything else
+        (:func:`correct_1f`); needs raw reads with the reference output.
     """
 
     model: Literal["auto", "constant", "time-variable"] = "auto"
@@ -167,11 +171,16 @@ class FitOptions:
     keep_fit_reads: bool = True
     max_iter: int = 50
     jump_search: bool = True
+    correct_1f: Literal["none", "refpix", "rowmedian"] = "none"
 
     def __post_init__(self):
         if self.model not in ("auto", "constant", "time-variable"):
             raise ValueError(
                 f"model: expected 'auto', 'constant' or 'time-variable', got {self.model!r}"
+            )
+        if self.correct_1f not in ("none", "refpix", "rowmedian"):
+            raise ValueError(
+                f"correct_1f: expected 'none', 'refpix' or 'rowmedian', got {self.correct_1f!r}"
             )
 
 
@@ -877,6 +886,8 @@ def fit_exposure(
     missing = [n for n in names if n not in traces]
     if missing:
         raise ValueError(f"traces: no traces for chips {missing}")
+    if options.correct_1f != "none":  # each chip corrected as it is loaded
+        chips = {name: _corrected_1f(chips[name], traces[name], options) for name in names}
     steps = (2 * len(names)) if options.joint_chips else len(names)
     bar = _progress(steps, progress)
     seen: dict = {}
@@ -954,6 +965,64 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
+
+
+def correct_1f(
+    chip: ChipExposure, traces: Traces | None, method: str = "refpix", *, halfwidth: float = 2.5
+) -> ChipExposure:
+    """Remove correlated (1/f) read noise from a chip's reads (:func:`pyapred.noise.refcorr`).
+
+    The science columns are corrected in place when ``chip.writable`` (as :func:`load_chip`
+    returns it), else in a float copy; the read noise is raised by the reference output's own
+    white noise, which the correction adds (:func:`pyapred.noise.reference_read_variance`).
+
+    Parameters
+    ----------
+    chip : ChipExposure
+        Raw reads ``(n_reads, ny, 2560)`` of chip rows 0 to ``ny - 1``, reference output included.
+    traces : Traces or None
+        For ``"rowmedian"`` (unused otherwise): pixels further than ``halfwidth`` sigmas from
+        every trace (the background of :func:`pyapred.traces.pixel_fibre_map`) give each row's
+        median.
+    method : {"refpix", "rowmedian", "none"}
+    halfwidth : float
+
+    Returns
+    -------
+    ChipExposure
+    """
+    from .noise.hxrg import CHIP_ROWS, OUTPUT_COLUMNS, REFERENCE_BORDER
+    from .noise.refcorr import SCIENCE, refcorr_inplace
+
+    if method == "none":
+        return chip
+    reads = chip.reads
+    _, ny, nx = reads.shape
+    if nx != SCIENCE + OUTPUT_COLUMNS or ny > CHIP_ROWS:
+        from .errors import InputError
+
+        raise InputError(
+            chip.source, "reads", f"raw reads (n_reads, ny <= 2048, 2560) with the reference "
+            f"output, for 1/f correction {method!r}", str(reads.shape),
+        )  # fmt: skip
+    if not (chip.writable and reads.dtype.kind == "f"):
+        reads = np.array(reads, dtype=np.result_type(reads.dtype, np.float32))
+    background = None
+    if method == "rowmedian":
+        nc = min(traces.n_columns, SCIENCE)
+        background = np.zeros((ny, SCIENCE), dtype=bool)
+        background[:, :nc] = pixel_fibre_map(traces, ny, halfwidth=halfwidth).fibre[:, :nc] < 0
+        background[:, :REFERENCE_BORDER] = background[:, SCIENCE - REFERENCE_BORDER :] = False
+        background[:REFERENCE_BORDER] = background[CHIP_ROWS - REFERENCE_BORDER :] = False
+    added = refcorr_inplace(reads, method=method, saturation=chip.saturation, background=background)
+    read_noise = np.sqrt(np.asarray(chip.read_noise, dtype=np.float64) ** 2 + added)
+    return dataclasses.replace(chip, reads=reads, read_noise=read_noise, writable=True)
+
+
+def _corrected_1f(source: ChipSource, traces: Traces, options: FitOptions) -> Callable:
+    return lambda: correct_1f(
+        _load(source), traces, options.correct_1f, halfwidth=options.map_halfwidth
+    )
 
 
 def _after_fit(prepared: PreparedChip, options: FitOptions) -> PreparedChip:

@@ -546,6 +546,7 @@ def write_simulated_exposure(
     mjd: int = 60781,
     exposure: int = 1,
     overwrite: bool = False,
+    one_over_f: HxrgNoise | None = None,
 ) -> dict:
     """Write a simulated exposure as the instrument and ApogeeReduction.jl would, plus its truth.
 
@@ -564,6 +565,10 @@ def write_simulated_exposure(
     mjd, exposure : int
         SDSS MJD and exposure number within the night (they set the file names).
     overwrite : bool
+    one_over_f : pyapred.noise.HxrgNoise, optional
+        H2RG read noise in DN added to every chip's raw file (:func:`write_simulated_apz`; the
+        chips need 2048 + 512 columns), seeded by ``sim.seed`` and the chip. The exposure already
+        has white read noise, so ``white=0`` adds only the correlated part.
 
     Returns
     -------
@@ -598,6 +603,7 @@ def write_simulated_exposure(
             write_simulated_apz(
                 directory, chip.reads, telescope=sim.telescope, chip=letters[name], mjd=mjd,
                 exposure=exposure, bias=0.0, header=cards, overwrite=overwrite,
+                one_over_f=one_over_f, rng=(sim.seed, "RGB".index(name)),
             )
         )  # fmt: skip
         traces.append(

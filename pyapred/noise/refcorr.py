@@ -6,18 +6,24 @@ The steps follow apogee_drp's ``refcorrect`` (Holtzman 2011), on each read diffe
    flipped for outputs 1 and 3, which are read in the opposite direction;
 2. per output, remove the linear ramp between the bottom (rows 0-3) and top (rows 2044-2047)
    reference rows;
-3. per row, remove the offset measured by the left and right reference columns (0-3, 2044-2047),
-   median-filtered over ``row_window`` rows (a median of 8 noisy pixels per row alone is noisier
-   than the offset it estimates); optional (``reference_columns``);
+3. optionally (``reference_columns=True``, apogee_drp's default, off here), per row, remove the
+   offset measured by the left and right reference columns (0-3, 2044-2047), median-filtered
+   over ``row_window`` rows; its own noise is one offset shared by the whole row, which made
+   omega worse in every simulation (``docs/noise.md``);
 4. optionally (``method="rowmedian"``), per output and row, remove the median of the inter-fibre
    pixels given by ``background``, where a row has at least ``min_background`` of them.
 
 Differences are corrected rather than reads because the median filters are not linear; a ramp is
-corrected by correcting its differences and summing them again (:func:`refcorr_reads`).
+corrected by correcting its differences and summing them again (:func:`refcorr_reads`, or
+:func:`refcorr_inplace` for a cube in place, one frame at a time).
+
+Step 1 adds the reference output's white noise to every pixel: :func:`reference_read_variance`
+measures it, as a variance per read to add to the read noise squared before fitting.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Literal
 
@@ -25,7 +31,7 @@ import numpy as np
 
 from .hxrg import CHIP_ROWS, N_SCIENCE_OUTPUTS, OUTPUT_COLUMNS, REFERENCE_BORDER
 
-__all__ = ["refcorr", "refcorr_reads"]
+__all__ = ["reference_read_variance", "refcorr", "refcorr_inplace", "refcorr_reads"]
 
 Method = Literal["refpix", "rowmedian", "none"]
 SCIENCE = N_SCIENCE_OUTPUTS * OUTPUT_COLUMNS
@@ -57,7 +63,7 @@ def refcorr(
     rows: slice = slice(0, CHIP_ROWS),
     row_window: int = 7,
     ref_filter: int = 3,
-    reference_columns: bool = True,
+    reference_columns: bool = False,
     background=None,
     min_background: int = 32,
 ) -> np.ndarray:
@@ -80,10 +86,10 @@ def refcorr(
         Length of the median filter along each row of the reference output (1 = none). A filter
         across rows would mix the row offsets it is meant to remove.
     reference_columns : bool, optional
-        Run step 3. Its estimate of each row's offset (8 reference pixels, ``row_window`` rows)
-        carries their white noise into every pixel of the row: where the reference output
-        already removed the correlated part, that can add more row noise than it removes
-        (``docs/noise.md``).
+        Run step 3 (default False; apogee_drp runs it). Its estimate of each row's offset
+        (8 reference pixels, ``row_window`` rows) carries their white noise into every pixel of
+        the row: where the reference output already removed the correlated part, it adds more
+        row noise than it removes (``docs/noise.md``).
     background : array_like of bool, ``(ny, 2048)``, optional
         For ``"rowmedian"``: True on pixels without light (between fibre traces, off the traces
         of every fibre; e.g. the complement of the pipeline's trace masks).
@@ -167,3 +173,101 @@ def refcorr_reads(reads, **options) -> np.ndarray:
     np.cumsum(corrected, axis=0, out=out[1:])
     out[1:] += out[0]
     return out
+
+
+@functools.cache
+def _median_variance_factor(size: int) -> float:
+    """Variance of white noise after the ``size``-pixel running median of step 1 (unit input)."""
+    if size <= 1:
+        return 1.0
+    from scipy import ndimage
+
+    white = np.random.default_rng(0).standard_normal((256, OUTPUT_COLUMNS))
+    return float(ndimage.median_filter(white, size=(1, size), mode="nearest").var())
+
+
+def reference_read_variance(diffs, *, ref_filter: int = 3) -> float:
+    """Read variance that step 1 of :func:`refcorr` adds to every corrected pixel.
+
+    Subtracting the (median-filtered) reference output removes the noise it shares with the
+    science outputs and adds its own white noise. That noise is independent between reads, so
+    it acts as extra read noise: a fit of corrected data should use
+    ``sqrt(read_noise**2 + reference_read_variance(diffs))``.
+
+    Parameters
+    ----------
+    diffs : array_like, ``(n_diff, ny, 2560)``
+        Raw read differences, as for :func:`refcorr`.
+    ref_filter : int, optional
+        The ``ref_filter`` of the correction.
+
+    Returns
+    -------
+    float
+        Variance per read, in the units of ``diffs`` squared. The white noise of the reference
+        output is measured robustly from second differences along its rows, which 1/f noise
+        hardly reaches.
+    """
+    ref = np.asarray(diffs, dtype=np.float64)[..., SCIENCE:]
+    second = ref[..., :-2] - 2.0 * ref[..., 1:-1] + ref[..., 2:]
+    mad = np.median(np.abs(second - np.median(second)))
+    var_diff = (1.4826 * mad) ** 2 / 6.0  # white noise of one difference
+    return _median_variance_factor(int(ref_filter)) * var_diff / 2.0
+
+
+def refcorr_inplace(
+    reads: np.ndarray,
+    *,
+    method: Method = "refpix",
+    saturation=None,
+    ref_filter: int = 3,
+    **options,
+) -> float:
+    """:func:`refcorr_reads` on a ramp in place, one read difference at a time.
+
+    The science columns of ``reads`` become the corrected reads; the reference output is left as
+    it is. Extra memory is a few frames, whatever the number of reads.
+
+    Parameters
+    ----------
+    reads : ndarray of float, ``(n_reads, ny, 2560)``
+        Raw reads of chip rows ``0 .. ny - 1``; overwritten.
+    method : {"refpix", "rowmedian", "none"}
+    saturation : float or array_like ``(ny, 2560)``, optional
+        Reads at or above it keep their raw value, so that saturation is still detected after
+        the correction.
+    ref_filter : int, optional
+    **options
+        Other keywords of :func:`refcorr` (``background``, ``reference_columns``, ...).
+
+    Returns
+    -------
+    float
+        The read variance added by the correction (:func:`reference_read_variance`, averaged
+        over the differences); 0 for ``"none"``.
+    """
+    if reads.ndim != 3 or reads.shape[0] < 2:
+        raise ValueError(f"reads: expected (n_reads >= 2, ny, 2560), got {reads.shape}")
+    rows = slice(0, reads.shape[1])
+    _check(reads[:1], rows, method, options.get("background"))
+    if method == "none":
+        return 0.0
+    sat = None if saturation is None else np.broadcast_to(saturation, reads.shape[1:])[:, :SCIENCE]
+    previous = np.asarray(reads[0], dtype=np.float64)
+    correction = np.zeros((reads.shape[1], SCIENCE))  # cumulative raw - corrected
+    added = 0.0
+    for k in range(1, reads.shape[0]):
+        raw = np.array(reads[k], dtype=np.float64)  # a copy: reads[k] is overwritten below
+        diff = (raw - previous)[None]
+        added += reference_read_variance(diff, ref_filter=ref_filter)
+        corrected = refcorr(diff, method=method, rows=rows, ref_filter=ref_filter, **options)
+        science = diff[0, :, :SCIENCE]
+        science -= corrected[0]
+        correction += science
+        del diff, corrected, science
+        np.subtract(raw[:, :SCIENCE], correction, out=reads[k, :, :SCIENCE])
+        if sat is not None:
+            hit = raw[:, :SCIENCE] >= sat
+            reads[k, :, :SCIENCE][hit] = raw[:, :SCIENCE][hit]
+        previous = raw
+    return added / (reads.shape[0] - 1)

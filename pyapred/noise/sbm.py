@@ -7,9 +7,11 @@ Salhi et al.'s approach (``../shared/docs/papers/score-based-1f-noise-paper.txt`
   model, clean trace patches for the prior. Both share one noise schedule (``sigma_min``,
   ``sigma_max``); :func:`posterior_samples` matches the noise levels explicitly where they differ.
 - :func:`posterior_samples`: the reverse-time SDE with the prior score plus a likelihood score,
-  either the convolved-likelihood approximation ``-s_noise(t, y - x)``
-  (:func:`noise_model_likelihood`) or the exact Gaussian one ``(C + sigma_t^2 I)^-1 (y - x)``
-  (:func:`gaussian_likelihood`, for tests and as a strong baseline for Gaussian noise).
+  from a learned noise model (:func:`noise_model_likelihood`, ``-s_noise(t', y - x)``) or exact
+  for Gaussian noise (:func:`gaussian_likelihood`, for tests and as a strong baseline). By
+  default the likelihood is taken at Tweedie's denoised ``x0`` with its posterior variance, which
+  is exact for Gaussian priors; the plain convolved-likelihood approximation (``y - x_t``) gives
+  over-confident posteriors.
 - :func:`summarize`: the posterior median and the 16-84 % interval.
 
 Needs torch (CPU build), ``score-models==0.5.11`` and ``pqm``; imported only here. Torch uses 1
@@ -151,8 +153,11 @@ def _time_for_sigma(sde, sigma):
     return t.clamp(sde.epsilon, sde.T)
 
 
-def noise_model_likelihood(noise_model, y, prior_sde):
-    """Convolved-likelihood score ``-s_noise(t', y - x)`` with ``sigma_noise(t') = sigma_prior(t)``.
+def noise_model_likelihood(noise_model, y):
+    """Likelihood score from a learned noise model: ``grad_x log q_s(y - x) = -s_noise(t', y - x)``.
+
+    ``q_s`` is the noise distribution convolved with ``N(0, s^2 I)``, which is what the noise
+    model learned at the time ``t'`` where its SDE reaches ``sigma = s``.
 
     Parameters
     ----------
@@ -160,39 +165,41 @@ def noise_model_likelihood(noise_model, y, prior_sde):
         Trained on noise samples (:func:`train_score_model`).
     y : torch.Tensor, ``(1, 1, h, w)``
         The observation.
-    prior_sde : score_models SDE
-        The prior's SDE; where its schedule differs from the noise model's, the noise model is
-        evaluated at the time of equal sigma.
-    """
-    same = (noise_model.sde.sigma_min, noise_model.sde.sigma_max) == (
-        prior_sde.sigma_min,
-        prior_sde.sigma_max,
-    )
 
-    def score(t, x):
-        t_noise = t if same else _time_for_sigma(noise_model.sde, _sigma(prior_sde, t))
-        return -noise_model.score(t_noise, y - x)
+    Returns
+    -------
+    callable
+        ``score(sigma, x)`` with ``sigma`` a ``(batch,)`` tensor of convolution widths.
+    """
+
+    def score(sigma, x):
+        return -noise_model.score(_time_for_sigma(noise_model.sde, sigma), y - x)
 
     return score
 
 
-def gaussian_likelihood(cov, y, prior_sde):
-    """Exact likelihood score of Gaussian noise: ``(C + sigma_t^2 I)^-1 (y - x)``.
+def gaussian_likelihood(cov, y):
+    """Exact likelihood score of Gaussian noise convolved with ``N(0, s^2 I)``:
+    ``(C + s^2 I)^-1 (y - x)``.
 
     Parameters
     ----------
     cov : array_like, ``(h w, h w)``
         Covariance of the flattened noise.
     y : torch.Tensor, ``(1, 1, h, w)``
-    prior_sde : score_models SDE
+
+    Returns
+    -------
+    callable
+        ``score(sigma, x)`` with ``sigma`` a ``(batch,)`` tensor of convolution widths.
     """
     import torch
 
     cov = torch.as_tensor(np.asarray(cov, dtype=np.float64))
     values, vectors = torch.linalg.eigh(cov)
 
-    def score(t, x):
-        sigma2 = _sigma(prior_sde, t[0]).double() ** 2
+    def score(sigma, x):
+        sigma2 = sigma.double().reshape(-1, 1) ** 2
         r = (y - x).reshape(x.shape[0], -1).double()
         solved = ((r @ vectors) / (values + sigma2)) @ vectors.T
         return solved.reshape(x.shape).to(x.dtype)
@@ -201,12 +208,30 @@ def gaussian_likelihood(cov, y, prior_sde):
 
 
 def posterior_samples(
-    y, prior, likelihood, *, n_samples: int = 16, steps: int = 300, seed: int = 0
+    y,
+    prior,
+    likelihood,
+    *,
+    n_samples: int = 16,
+    steps: int = 300,
+    seed: int = 0,
+    denoised: bool = True,
 ) -> np.ndarray:
     """Posterior samples of a clean image by the reverse-time SDE (Euler-Maruyama).
 
-    The drift uses ``prior.score(t, x) + likelihood(t, x)``; the last step returns its mean (no
-    noise added), as ``score_models`` does.
+    The drift uses the score of ``p_t(x_t | y)``: the prior score plus the likelihood score of
+    ``p(y | x_t)``. With ``denoised`` (default), ``p(y | x_t)`` is the noise distribution
+    convolved with a Gaussian approximation of ``p(x_0 | x_t)``: mean ``x0 = x_t + sigma_t^2
+    s_prior`` (Tweedie) and variance ``r^2 = sigma_t^2 (1 + sigma_t^2 div s_prior / d)`` (its
+    second-order form, the divergence from one Hutchinson probe per sample), pulled back to
+    ``x_t`` through the mean diagonal ``r^2 / sigma_t^2`` of the Jacobian of ``x0``. This is
+    exact for an isotropic Gaussian prior and Gaussian noise. Without it, ``p(y | x_t)`` is the
+    noise convolved with ``N(0, sigma_t^2)`` at ``y - x_t`` (the convolved-likelihood
+    approximation of Salhi et al.): about 2x cheaper, but for a Gaussian prior of variance 4 and
+    unit noise it gives a posterior mean of 0.72 y and variance 0.58 instead of 0.8 y and 0.8
+    (over-confident intervals).
+
+    The last step returns its mean (no noise added), as ``score_models`` does.
 
     Parameters
     ----------
@@ -214,9 +239,10 @@ def posterior_samples(
         The observation (clean image plus noise).
     prior : score_models.ScoreModel
     likelihood : callable or None
-        ``likelihood(t, x)`` (e.g. from :func:`noise_model_likelihood` or
-        :func:`gaussian_likelihood`); None samples the prior.
+        ``likelihood(sigma, x)`` (:func:`noise_model_likelihood`, :func:`gaussian_likelihood`);
+        None samples the prior.
     n_samples, steps, seed : int
+    denoised : bool
 
     Returns
     -------
@@ -226,21 +252,52 @@ def posterior_samples(
 
     sde = prior.sde
     shape = (int(n_samples), 1, *np.shape(y))
+    d = float(np.prod(np.shape(y)))
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=generator) * sde.sigma_max
     dt = (sde.T - sde.epsilon) / steps
     t = torch.full((shape[0],), float(sde.T))
     mean = x
-    with torch.no_grad():
-        for _ in range(steps):
-            g = sde.diffusion(t, x)
-            score = prior.score(t, x)
-            if likelihood is not None:
-                score = score + likelihood(t, x)
+    for _ in range(steps):
+        g = sde.diffusion(t, x)
+        sigma = _sigma(sde, t)
+        if likelihood is None:
+            with torch.no_grad():
+                score = prior.score(t, x)
+        elif not denoised:
+            with torch.no_grad():
+                score = prior.score(t, x) + likelihood(sigma, x)
+        else:
+            score = _denoised_posterior_score(prior, likelihood, t, x, sigma, d, generator)
+        with torch.no_grad():
             mean = x - (sde.drift(t, x) - g**2 * score) * dt
             x = mean + g * np.sqrt(dt) * torch.randn(shape, generator=generator)
-            t = t - dt
+        t = t - dt
     return mean[:, 0].double().numpy()
+
+
+def _denoised_posterior_score(prior, likelihood, t, x, sigma, d, generator):
+    """Prior score plus ``J^T grad log q_r(y - x0)`` with Tweedie's ``x0`` and ``r``.
+
+    The Jacobian ``J = I + sigma^2 ds/dx`` of ``x0`` is taken as its mean diagonal, ``r^2 /
+    sigma^2`` (exact for isotropic Gaussian priors): the full vector-Jacobian product multiplies
+    the network's derivative errors by ``sigma^2`` and diverged with learned priors.
+    """
+    import torch
+
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        score = prior.score(t, x)
+        probe = torch.randint(0, 2, x.shape, generator=generator).to(x.dtype) * 2 - 1
+        (jp,) = torch.autograd.grad(score, x, probe)
+    score = score.detach()
+    div = (jp * probe).flatten(1).sum(1)  # Hutchinson: div s ~ probe . (ds/dx) probe
+    # Posterior variance of x0 given x_t, as a fraction of sigma^2, kept within (0, 1].
+    shrink = (1 + sigma**2 * div / d).clamp(1e-4, 1.0)
+    s2 = (sigma**2).view(-1, 1, 1, 1)
+    x0 = x.detach() + s2 * score
+    v = likelihood(sigma * shrink.sqrt(), x0)
+    return score + shrink.view(-1, 1, 1, 1) * v
 
 
 def summarize(samples) -> dict[str, np.ndarray]:

@@ -3,14 +3,18 @@
 Each exposure is a band of chip rows lit by fibre-like traces: a fibre covers ``rows_per_fibre``
 adjacent rows over the inner 2040 columns (all four outputs), with random pixel fluxes, under a
 shared transparency ``omega`` (a passing cloud). One omega is fitted per fibre, with element 0
-fixed to 1, in four ways:
+fixed to 1, in these ways:
 
 - ``"no_1f"``: white read noise only (the model's assumptions hold);
 - ``"uncorrected"``: white + 1/f read noise (:func:`~pyapred.noise.simulate_hxrg`), fitted as is;
-- ``"refcorr"``: the same reads after :func:`~pyapred.noise.refcorr_reads`;
+- ``"refcorr"``: the same reads after :func:`~pyapred.noise.refcorr_reads`, fitted with the read
+  noise raised by the reference output's own white noise
+  (:func:`~pyapred.noise.reference_read_variance`);
 - ``"nuisance"``: the same reads fitted with one offset per (row, output) segment and read
   difference (``fit_omega(..., segments=...)``);
-- ``"refcorr_nuisance"``: both.
+- ``"refcorr_nuisance"``: both;
+- ``"rowmedian"``: ``refcorr`` with ``method="rowmedian"``, the unlit columns of the band as the
+  inter-fibre pixels (real APOGEE rows through a trace have none; ``docs/noise.md``).
 
 Each case reports the z-scores ``(omega_hat - omega_true) / sigma_hat`` of the free elements.
 """
@@ -22,11 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .hxrg import OUTPUT_COLUMNS, HxrgNoise, simulate_hxrg
-from .refcorr import refcorr_reads
+from .refcorr import refcorr_reads, reference_read_variance
 
 __all__ = ["CASES", "StressResult", "stress_test"]
 
-CASES = ("no_1f", "uncorrected", "refcorr", "nuisance", "refcorr_nuisance")
+CASES = ("no_1f", "uncorrected", "refcorr", "nuisance", "refcorr_nuisance", "rowmedian")
+CORRECTED = ("refcorr", "refcorr_nuisance", "rowmedian")
 INNER = slice(4, 2044)  # science columns off the reference border
 
 
@@ -77,7 +82,7 @@ def stress_test(
     refcorr_options: dict | None = None,
     rng: np.random.Generator | int | None = None,
 ) -> StressResult:
-    """Run the four-case comparison (plus refcorr with the nuisance term) on simulated exposures.
+    """Run the four-case comparison (plus two more corrected cases) on simulated exposures.
 
     Parameters
     ----------
@@ -99,7 +104,8 @@ def stress_test(
     cases : tuple of str
         Subset of :data:`CASES`.
     refcorr_options : dict, optional
-        Keywords of :func:`~pyapred.noise.refcorr` (default: its defaults).
+        Keywords of :func:`~pyapred.noise.refcorr` other than ``method`` and ``background``
+        (default: its defaults).
     rng : numpy.random.Generator or int, optional
 
     Returns
@@ -123,6 +129,10 @@ def stress_test(
     # Segment of each fitted pixel: (row within the fibre, output).
     outputs = lit // OUTPUT_COLUMNS
     segments = (np.arange(rows_per_fibre)[:, None] * 4 + outputs[None, :]).ravel()
+    dark = np.zeros((n_rows, 4 * OUTPUT_COLUMNS), dtype=bool)  # unlit inner columns
+    dark[:, INNER] = True
+    dark[:, lit] = False
+    options = refcorr_options or {}
     z = {case: [] for case in cases}
     for _ in range(n_exposures):
         pixel_flux = np.zeros((n_rows, 2560))
@@ -135,14 +145,26 @@ def stress_test(
             "uncorrected": one_over_f,
             "nuisance": one_over_f,
         }
-        if {"refcorr", "refcorr_nuisance"} & set(cases):
-            corrected = refcorr_reads(one_over_f, rows=rows, **(refcorr_options or {}))
-            data["refcorr"] = data["refcorr_nuisance"] = corrected
+        read_noise = dict.fromkeys(cases, noise.white)
+        if set(CORRECTED) & set(cases):
+            if {"refcorr", "refcorr_nuisance"} & set(cases):
+                refpix = refcorr_reads(one_over_f, rows=rows, **options)
+                data["refcorr"] = data["refcorr_nuisance"] = refpix
+            if "rowmedian" in cases:
+                data["rowmedian"] = refcorr_reads(
+                    one_over_f, rows=rows, method="rowmedian", background=dark, **options
+                )
+            # Fitted with the read noise that the correction leaves.
+            added = reference_read_variance(
+                np.diff(one_over_f, axis=0), ref_filter=options.get("ref_filter", 3)
+            )
+            for case in set(CORRECTED) & set(cases):
+                read_noise[case] = np.sqrt(noise.white**2 + added)
         for case in cases:
             reads = data[case][..., lit]  # (n_reads, n_rows, n_cols)
             groups = reads.reshape(n_reads, n_fibres, rows_per_fibre * n_cols)
             labels = segments if case in ("nuisance", "refcorr_nuisance") else None
-            fit = fit_omega(groups, noise.white, ref_index=0, segments=labels)
+            fit = fit_omega(groups, read_noise[case], ref_index=0, segments=labels)
             sigma = np.sqrt(np.diagonal(fit.omega_cov, axis1=1, axis2=2))[:, 1:]
             z[case].append((fit.omega[:, 1:] - omega[1:]) / sigma)
     return StressResult(z={case: np.array(v) for case, v in z.items()}, omega=omega)

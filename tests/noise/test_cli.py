@@ -29,5 +29,7 @@ def test_stress_json(capsys):
     assert main(["noise", "stress", "--exposures", "1", "--fibres", "2", "--read-time", "0",
                  "--json"]) == 0  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
-    assert set(summary) == {"no_1f", "uncorrected", "refcorr", "nuisance", "refcorr_nuisance"}
+    assert set(summary) == {
+        "no_1f", "uncorrected", "refcorr", "nuisance", "refcorr_nuisance", "rowmedian"
+    }  # fmt: skip
     assert all(np.isfinite(v["z_std"]) for v in summary.values())

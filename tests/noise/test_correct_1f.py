@@ -1,0 +1,120 @@
+"""``pyapred fit --correct-1f``: the reference-pixel correction inside the exposure pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pyapred.errors import InputError
+from pyapred.noise import HxrgNoise, refcorr_reads, simulate_hxrg
+from pyapred.pipeline import ChipExposure, FitOptions, correct_1f, fit_files, truth_metrics
+from pyapred.simulate import simulate_exposure, write_simulated_exposure
+from pyapred.traces import pixel_fibre_map
+
+# One chip of 12 fibres on the full raw frame (2048 columns + the reference output), 10 reads.
+GEOMETRY = dict(n_fibres=12, n_columns=2048, ref_columns=512, n_reads=10, chips=("R",))
+# Correlated noise in DN on the compressed clock (the exposure has 8 DN of white read noise).
+ONE_OVER_F = HxrgNoise(white=0.0, c_pink=6.0, u_pink=1.0, acn=0.5, read_time=0.0)
+
+
+@pytest.fixture(scope="module")
+def exposure(tmp_path_factory):
+    sim = simulate_exposure("clouds", seed=4, **GEOMETRY)
+    paths = write_simulated_exposure(sim, tmp_path_factory.mktemp("sim"), one_over_f=ONE_OVER_F)
+    return sim, paths
+
+
+def _omega_z_std(sim, paths, method: str) -> float:
+    result = fit_files(paths["apz"], paths["traces"], FitOptions(correct_1f=method))
+    chip = sim.chips["R"]
+    metrics = truth_metrics(
+        result, sim.omega, {"R": chip.flux / chip.gain}, min_flux={"R": 100.0 / chip.gain}
+    )
+    assert metrics["omega"]["R"]["n_fibres"] >= 6
+    return metrics["omega"]["R"]["z_std"]
+
+
+def test_refpix_reduces_the_omega_error(exposure):
+    sim, paths = exposure
+    none = _omega_z_std(sim, paths, "none")
+    refpix = _omega_z_std(sim, paths, "refpix")
+    assert none > 3.0  # the 1/f row offsets break omega's errors ...
+    assert refpix < none / 2  # ... and the reference output removes most of them
+
+
+def test_command_line_option(exposure, tmp_path, capsys):
+    from pyapred.cli import main
+    from pyapred.io import read_product
+
+    _, paths = exposure
+    args = [str(paths["apz"][0]), "--traces", str(paths["traces"][0]), "--json"]
+    assert main(["fit", *args, "--out", str(tmp_path / "r.h5"), "--correct-1f", "rowmedian"]) in (
+        0,
+        1,
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["options"]["correct_1f"] == "rowmedian"
+    options = json.loads(read_product(tmp_path / "r.h5").metadata["fit_options"])
+    assert options["correct_1f"] == "rowmedian"
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *args, "--out", str(tmp_path / "x.h5"), "--correct-1f", "sirs"])
+    assert exc.value.code == 2
+    capsys.readouterr()
+
+
+def test_simulate_one_over_f_needs_the_raw_frame(tmp_path, capsys):
+    from pyapred.cli import main
+
+    argv = ["simulate", "--out", str(tmp_path), "--fibres", "4", "--columns", "16"]
+    assert main([*argv, "--one-over-f"]) == 2
+    assert "--ref-columns" in capsys.readouterr().err
+
+
+def test_rowmedian_removes_the_row_offsets_of_inter_fibre_rows(exposure):
+    sim, _ = exposure
+    chip = sim.chips["R"]
+    ny = chip.reads.shape[1]
+    noise = HxrgNoise(**{**ONE_OVER_F.__dict__, "white": 8.0})  # a dark with the same 1/f
+    reads = 1000.0 + simulate_hxrg(GEOMETRY["n_reads"], noise, rows=slice(0, ny), rng=6)
+    background = pixel_fibre_map(chip.traces, ny, halfwidth=2.5).fibre < 0
+    background[:, :4] = background[:, 2044:] = False
+
+    def row_medians(method):
+        source = ChipExposure("R", reads.copy(), chip.read_noise, writable=True)
+        corrected = correct_1f(source, chip.traces, method)
+        diffs = np.diff(corrected.reads[:, :, :2048], axis=0).reshape(-1, ny, 4, 512)
+        dark = np.broadcast_to(background.reshape(ny, 4, 512), diffs.shape)
+        enough = background.reshape(ny, 4, 512).sum(axis=-1) >= 32
+        masked = np.where(dark, diffs, np.nan)[:, enough]  # (n_diff, n_segments, 512)
+        return np.nanmedian(masked, axis=-1), corrected
+
+    refpix, corrected = row_medians("refpix")
+    rowmed, _ = row_medians("rowmedian")
+    assert np.nanstd(rowmed) < 0.3 * np.nanstd(refpix)
+    # The read noise grows by the reference output's white noise (median of 3: 0.45 x 8**2).
+    assert corrected.read_noise == pytest.approx(np.sqrt(8.0**2 + 0.45 * 8.0**2), rel=0.05)
+
+
+def test_in_place_and_saturation():
+    noise = HxrgNoise(white=8.0, read_time=0.0)
+
+    reads = simulate_hxrg(4, noise, rows=slice(0, 16), rng=7) + 1000.0 * np.arange(4)[:, None, None]
+    reads[2:, 5, 100] = 5000.0  # saturated from read 2 on
+    chip = ChipExposure("R", reads.astype(np.float32), 8.0, saturation=5000.0)
+    corrected = correct_1f(chip, traces=None, method="refpix")
+    assert corrected.reads is not chip.reads and corrected.writable  # a copy: not writable
+    expected = refcorr_reads(reads.astype(np.float32), rows=slice(0, 16))
+    keep = np.ones(reads.shape, dtype=bool)
+    keep[2:, 5, 100] = False
+    np.testing.assert_allclose(
+        corrected.reads[..., :2048][keep[..., :2048]], expected[keep[..., :2048]], atol=1e-2
+    )
+    assert np.all(corrected.reads[2:, 5, 100] == 5000.0)  # still seen as saturated
+    assert correct_1f(chip, None, "none") is chip
+    in_place = reads.copy()  # float64, writable: overwritten
+    correct_1f(ChipExposure("R", in_place, 8.0, writable=True), None, "refpix")
+    np.testing.assert_allclose(in_place[..., :2048], refcorr_reads(reads, rows=slice(0, 16)))
+    with pytest.raises(InputError, match="2560"):
+        correct_1f(ChipExposure("R", np.zeros((3, 8, 2048)), 8.0), None, "refpix")
+    with pytest.raises(ValueError, match="correct_1f"):
+        FitOptions(correct_1f="sirs")
