@@ -271,22 +271,32 @@ def pixel_fibre_map(
     # Tiny floor so that a dark fibre still owns its core pixels.
     bright = np.maximum(bright, 1e-6 * max(float(bright.max()), 1e-300))
     best = np.zeros(shape)
-    total = np.zeros(shape)
+    total = np.zeros(ny * traces.n_columns)
     fibre = np.full(shape, -1, dtype=np.int32)
     base = np.rint(traces.y_centre).astype(np.int64)
     cols = np.broadcast_to(np.arange(traces.n_columns), base.shape)
     fibres = np.broadcast_to(np.arange(traces.n_fibres)[:, None], base.shape)
-    for offset in _window_offsets(traces, halfwidth):
+    offsets = _window_offsets(traces, halfwidth)
+    # The profile's CDF at each pixel edge, computed once: a pixel's top edge is the next one's
+    # bottom edge (Traces.profile would compute both).
+    from scipy.special import ndtr
+
+    scale = 1.0 / traces.sigma
+    lower_cdf = ndtr((base + offsets[0] - 0.5 - traces.y_centre) * scale)
+    for offset in offsets:
         rows = base + offset
+        upper_cdf = ndtr((rows + 0.5 - traces.y_centre) * scale)
+        light = (upper_cdf - lower_cdf) * bright
+        lower_cdf = upper_cdf
         inside = (rows >= 0) & (rows < ny)
         near = inside & (np.abs(rows - traces.y_centre) <= halfwidth * traces.sigma)
-        light = traces.profile(rows) * bright
-        r, c = rows[inside], cols[inside]
-        np.add.at(total, (r, c), light[inside])
+        flat = rows[inside] * traces.n_columns + cols[inside]
+        total += np.bincount(flat, weights=light[inside], minlength=total.size)
         wins = near & (light > best[np.clip(rows, 0, ny - 1), cols])
         r, c = rows[wins], cols[wins]
         best[r, c] = light[wins]
         fibre[r, c] = fibres[wins]
+    total = total.reshape(shape)
     with np.errstate(invalid="ignore", divide="ignore"):
         purity = np.where(fibre >= 0, best / total, 0.0).astype(np.float32)
     return PixelMap(fibre=fibre, purity=purity)
