@@ -244,7 +244,8 @@ def demo_run(args: argparse.Namespace) -> int:
             b = metrics["borrowed"][key]
             print(
                 f"    borrowed omega vs truth ({b['n_fibres']} faint fibres): "
-                f"z std {b['z_std']:.2f}"
+                f"chi2/dof {b['chi2_dof']:.2f} (ideal 1; its elements' z std {b['z_std']:.2f} "
+                "is below 1 as they are correlated)"
             )
     for name, entry in metrics["flux"].items():
         print(
