@@ -1,0 +1,54 @@
+"""The kernels' median rate: the sorting-network version equals the quickselect one exactly."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from pyapred.solver._numpy import _block_median_rate, _median_network, _median_rate
+
+
+@njit(cache=True)
+def _per_pixel(d, x, valid):
+    K, B = d.shape
+    out = np.empty(B)
+    buf = np.empty(K)
+    for p in range(B):
+        out[p] = _median_rate(d[:, p], x[:, p], valid[:, p], buf)
+    return out
+
+
+@njit(cache=True)
+def _block(d, x, valid):
+    K, B = d.shape
+    out = np.empty(B)
+    _block_median_rate(
+        d, x, valid, _median_network(K), np.empty((K, B)), np.empty(B, np.int64), out
+    )
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 9, 31, 46, 64, 65, 100])
+def test_network_sorts(n):
+    rng = np.random.default_rng(n)
+    network = _median_network(n)
+    for _ in range(20):
+        values = rng.integers(-5, 5, n).astype(float)  # many ties
+        for i, j in network:
+            assert i < j < n
+            values[i], values[j] = min(values[i], values[j]), max(values[i], values[j])
+        assert np.all(np.diff(values) >= 0)
+
+
+@pytest.mark.parametrize("K", [1, 2, 5, 17, 46, 63])
+def test_block_median_equals_quickselect(K):
+    rng = np.random.default_rng(K)
+    B = 300
+    d = rng.normal(50.0, 300.0, (K, B))
+    d[rng.random((K, B)) < 0.1] = -7.0  # ties and negative rates
+    x = rng.uniform(0.0, 2.0, (K, B))
+    x[rng.random((K, B)) < 0.1] = 0.0  # x <= 0 is skipped
+    valid = rng.random((K, B)) > 0.3
+    valid[:, :5] = False  # no usable difference: rate 0
+    got, want = _block(d, x, valid), _per_pixel(d, x, valid)
+    assert np.array_equal(got, want)
+    assert np.all(got[:5] == 0.0) and np.any(got > 0.0)
