@@ -31,6 +31,8 @@ from ._numpy import (
     _forward,
     _gather_block,
     _gls_pixel,
+    _group_median_rates,
+    _median_network,
     _median_rate,
     fit_omega_groups,
 )
@@ -310,12 +312,14 @@ def search_groups_kernel(
     for the search (it is left as it is in ``out_valid``).
     """
     G, P, K = diffs.shape
+    network = _median_network(K)
     for g in prange(G):
         d = np.empty(K)
         xv = np.empty(K)
         use = np.empty(K, dtype=np.bool_)
-        buf = np.empty(K)
         work = np.empty((_N_WORK, K))
+        rates = np.empty(P)
+        _group_median_rates(diffs[g], valid[g], x[g], fit_pixel[g], network, rates)
         for p in range(P):
             out_valid[g, p, :] = valid[g, p, :]
             n_jumps[g, p] = 0
@@ -326,9 +330,8 @@ def search_groups_kernel(
                 use[k] = ok
                 d[k] = diffs[g, p, k] if ok else 0.0
                 xv[k] = x[g, k] if ok else 0.0
-            rate = _median_rate(d, xv, use, buf)
             found = search_pixel(
-                d, xv, use, s2[g, p], rate, thr_one, thr_two, two_adjacent, max_jumps, work
+                d, xv, use, s2[g, p], rates[p], thr_one, thr_two, two_adjacent, max_jumps, work
             )
             if found > 0:
                 n_jumps[g, p] = found

@@ -264,6 +264,38 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
             rate[p] = max(0.5 * (ratios[n // 2 - 1, p] + ratios[n // 2, p]), 0.0)
 
 
+@njit(cache=True)
+def _group_median_rates(diffs, valid, x, use_pixel, network, rates):
+    """``_median_rate`` of each pixel of one group in the (P, K) layout of the omega fit.
+
+    ``diffs``, ``valid`` (P, K); ``x`` (K,), the group's design (a non-finite or non-positive
+    element is skipped); ``use_pixel`` (P,), pixels to compute (``rates`` is left alone elsewhere).
+    The pixels are transposed in blocks into the (K, B) layout of :func:`_block_median_rate`.
+    """
+    P, K = diffs.shape
+    B = min(P, 64)
+    d = np.empty((K, B))
+    xb = np.empty((K, B))
+    ok = np.empty((K, B), dtype=np.bool_)
+    sorted_ = np.empty((K, B))
+    count = np.empty(B, dtype=np.int64)
+    out = np.empty(B)
+    for p0 in range(0, P, B):
+        nb = min(B, P - p0)
+        for k in range(K):
+            usable_k = np.isfinite(x[k])
+            for i in range(B):
+                p = p0 + i
+                good = i < nb and usable_k and use_pixel[p] and valid[p, k]
+                ok[k, i] = good
+                d[k, i] = diffs[p, k] if good else 0.0
+                xb[k, i] = x[k] if good else 0.0
+        _block_median_rate(d, xb, ok, network, sorted_, count, out)
+        for i in range(nb):
+            if use_pixel[p0 + i]:
+                rates[p0 + i] = out[i]
+
+
 @njit(cache=True, inline="always")
 def _block_pass(d, x, valid, s2, rate, rhs_is_residual, flux, sxx, sxd, state):
     """One GLS pass for a block of pixels, vectorised across pixels (the inner loops).
@@ -764,21 +796,17 @@ def initial_guess(diffs, valid, s2, dt, fit_pixel, *, reference=False, ref_index
 def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flux, kstar):
     """The five steps of spec 2.6 for every group; ``kstar[g] < 0`` means take the argmax."""
     G, P, K = diffs.shape
+    network = _median_network(K)
     for g in prange(G):
-        buf = np.empty(K)
         f0 = np.empty(P)
         w_sum = np.zeros(K)
         w_om = np.zeros(K)
         # 1. Median rate per pixel; 2-3. inverse-variance weighted mean of d / (f0 dt) per k.
+        _group_median_rates(diffs[g], valid[g], dt, fit_pixel[g], network, f0)
         for p in range(P):
             if not fit_pixel[g, p]:
                 continue
-            n = 0
-            for k in range(K):
-                if valid[g, p, k]:
-                    buf[n] = diffs[g, p, k] / dt[k]
-                    n += 1
-            f0[p] = max(_median_of(buf, n), CLAMP_FLOOR)
+            f0[p] = max(f0[p], CLAMP_FLOOR)
             var = 2.0 * s2[g, p]
             read_term = var * var if reference else var
             for k in range(K):
