@@ -198,6 +198,12 @@ def _jl(array) -> np.ndarray:
     return array.T
 
 
+def _jl_reads(reads) -> np.ndarray:
+    """A reads array for Julia: integer reads (raw uint16) as float32, which holds them exactly."""
+    reads = np.asarray(reads)
+    return _jl(reads.astype(np.float32) if reads.dtype.kind in "iu" else reads)
+
+
 def _from_jl(value, stack: bool = False) -> np.ndarray:
     """A Julia result as a C-order NumPy copy; ``stack`` for ``(K, K, G)`` -> ``(G, K, K)``."""
     array = np.asarray(value)
@@ -208,7 +214,7 @@ def extract_kernel(reads, bad, use_mask, omega, groups, dt, read_noise, gain, sa
                    n_pass, flux, flux_var, chi2, n_diff, flags):  # fmt: skip
     """See :func:`pyapred.solver._numpy.extract_kernel`."""
     _fn("extract_kernel!")(
-        flux, flux_var, chi2, n_diff, flags, _jl(reads), _jl(bad), bool(use_mask), _jl(omega),
+        flux, flux_var, chi2, n_diff, flags, _jl_reads(reads), _jl(bad), bool(use_mask), _jl(omega),
         np.asarray(groups, dtype=np.int64) + 1, _jl(dt), _jl(read_noise), _jl(gain),
         _jl(saturation), int(n_pass),
     )  # fmt: skip
@@ -218,7 +224,7 @@ def equal_weight_kernel(reads, bad, use_mask, read_noise, gain, saturation, flux
                         n_diff, flags):  # fmt: skip
     """See :func:`pyapred.solver._numpy.equal_weight_kernel`."""
     _fn("equal_weight_kernel!")(
-        flux, flux_var, chi2, n_diff, flags, _jl(reads), _jl(bad), bool(use_mask),
+        flux, flux_var, chi2, n_diff, flags, _jl_reads(reads), _jl(bad), bool(use_mask),
         _jl(read_noise), _jl(gain), _jl(saturation),
     )  # fmt: skip
 
@@ -231,7 +237,7 @@ def chi2_kernel(diffs, valid, s2, x, flux, fit_pixel, out):
 def prepare_diffs_kernel(reads, bad, use_mask, gain, saturation, diffs, valid, flags):
     """See :func:`pyapred.solver._numpy.prepare_diffs_kernel`."""
     _fn("prepare_diffs_kernel!")(
-        diffs.T, valid.T, flags.T, _jl(reads), _jl(bad), bool(use_mask), _jl(gain),
+        diffs.T, valid.T, flags.T, _jl_reads(reads), _jl(bad), bool(use_mask), _jl(gain),
         _jl(saturation),
     )  # fmt: skip
 

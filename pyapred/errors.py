@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["InputError", "InputWarning"]
+__all__ = ["InputError", "InputWarning", "ReadRangeError"]
 
 
 class InputError(ValueError):
@@ -33,6 +33,10 @@ class InputError(ValueError):
         if found is not None:
             message += f", found {found}"
         super().__init__(message)
+
+
+class ReadRangeError(InputError):
+    """A read holds a value that the requested array type cannot hold exactly."""
 
 
 class InputWarning(UserWarning):

@@ -783,27 +783,20 @@ def _extract_chip(
     fibre[:, :nc] = prepared.pixel_map.fibre
     groups = np.where(fibre >= 0, fibre, n_fibres)
     table = np.vstack([fibres.omega, np.ones((1, K))])
-    mask = None
-    read, row, col = prepared.jumps.T
-    had_nonfinite = None
-    if prepared.jumps.size and chip.writable:
-        had_nonfinite = ~np.all(np.isfinite(chip.reads[:, row, col]), axis=0)
-        chip.reads[read, row, col] = np.nan  # the solver masks it as it would with a mask
-    elif prepared.jumps.size:
-        mask = np.zeros(chip.reads.shape, dtype=bool)
-        mask[read, row, col] = True
-    kwargs = dict(gain=chip.gain, mask=mask, saturation=chip.saturation)
-    result = extract_fluxes(chip.reads, chip.read_noise, table, groups=groups, **kwargs)
+
+    def extract(reads, read_noise, gain, saturation, groups, mask=None):
+        return extract_fluxes(reads, read_noise, table, groups=groups, gain=gain, mask=mask,
+                              saturation=saturation)  # fmt: skip
+
+    result = _masked_at_jumps(extract, chip, prepared.jumps, groups)
     constant = None
     if options.keep_constant:
-        constant = fit_constant(chip.reads, chip.read_noise, **kwargs)
+        constant = _masked_at_jumps(_without_groups(fit_constant), chip, prepared.jumps, groups)
     flags = result.flags.copy()
     flags[fibre < 0] |= Flag.BACKGROUND
     if prepared.jumps.size:
-        jumped = flags[row, col]
-        if had_nonfinite is not None:  # our NaN: report a masked read, as with a mask
-            jumped = np.where(had_nonfinite, jumped, jumped & ~int(Flag.NONFINITE_READ))
-        flags[row, col] = jumped | Flag.JUMP_DETECTED | Flag.MASKED_READ
+        _, row, col = prepared.jumps.T
+        flags[row, col] |= Flag.JUMP_DETECTED
     return ChipResult(
         flux=result.flux,
         flux_var=result.flux_var,
@@ -815,6 +808,45 @@ def _extract_chip(
         fibres=fibres,
         prepared=prepared,
     )
+
+
+def _masked_at_jumps(fit: Callable, chip: ChipExposure, jumps: np.ndarray, groups: np.ndarray):
+    """``fit`` of every pixel of the chip with the reads after a jump masked.
+
+    The whole chip is fitted with no mask, then the pixels with a jump again with theirs: every
+    pixel is fitted on its own, so the result is that of one masked fit, without a cube-sized
+    mask or writing into the reads (which may be raw uint16).
+
+    ``fit(reads, read_noise, gain, saturation, groups, mask=None)`` returns a FluxFit.
+    """
+    ny, nx = chip.reads.shape[1:]
+    saturation = np.inf if chip.saturation is None else chip.saturation
+    result = fit(chip.reads, chip.read_noise, chip.gain, saturation, groups)
+    if not jumps.size:
+        return result
+    read, row, col = jumps.T
+    pixels, index = np.unique(row * nx + col, return_inverse=True)
+    rows, cols = np.divmod(pixels, nx)
+    mask = np.zeros((chip.reads.shape[0], pixels.size), dtype=bool)
+    mask[read, index] = True
+
+    def at_pixels(value):
+        return np.broadcast_to(np.asarray(value, dtype=np.float64), (ny, nx))[rows, cols]
+
+    redo = fit(chip.reads[:, rows, cols], at_pixels(chip.read_noise), at_pixels(chip.gain),
+               at_pixels(saturation), groups[rows, cols], mask=mask)  # fmt: skip
+    for name in ("flux", "flux_var", "chi2", "n_diff", "flags"):
+        getattr(result, name)[rows, cols] = getattr(redo, name)
+    return result
+
+
+def _without_groups(fit: Callable) -> Callable:
+    """``fit(reads, read_noise, **kwargs)`` in :func:`_masked_at_jumps`'s calling convention."""
+
+    def call(reads, read_noise, gain, saturation, groups, mask=None):
+        return fit(reads, read_noise, gain=gain, saturation=saturation, mask=mask)
+
+    return call
 
 
 # --------------------------------------------------------------------------------------------
@@ -1092,7 +1124,8 @@ def load_chip(
 ) -> ChipExposure:
     """Read one chip from a raw ``.apz`` or an ApogeeReduction.jl ``ar3Dcal`` file.
 
-    Raw files: reads as float32 DN; ``gain`` (e-/DN), ``read_noise`` (single-read DN) and
+    Raw files: reads as uint16 DN, the detector's type (float32 for a file with reads outside
+    [0, 65535]); ``gain`` (e-/DN), ``read_noise`` (single-read DN) and
     ``saturation`` (DN) from the arguments, else from the ``GAIN``, ``RDNOISE`` and ``SATURATE``
     header cards (written by ``pyapred simulate``); saturation defaults to
     :data:`DEFAULT_SATURATION_DN`. ar3Dcal files: ApogeeReduction.jl's zero-pointed reads with
@@ -1107,6 +1140,7 @@ def load_chip(
     -------
     ChipExposure
     """
+    from .errors import ReadRangeError
     from .io import parse_ar_name, read_apz, read_ar3dcal
 
     path = Path(path)
@@ -1127,7 +1161,10 @@ def load_chip(
             writable=True,
             timing=_timing(raw.read_times, getattr(raw, "header", None)),
         )
-    raw = read_apz(path, dtype=np.float32)
+    try:  # the raw type: half the memory of float32, and exact
+        raw = read_apz(path, dtype=np.uint16)
+    except ReadRangeError:  # a read outside [0, 65535] (not from the detector's 16-bit ADC)
+        raw = read_apz(path, dtype=np.float32)
     header = raw.header
     return ChipExposure(
         name=raw.name.chip_color,

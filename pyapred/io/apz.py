@@ -33,7 +33,7 @@ from astropy.io import fits
 from astropy.time import Time, TimeDelta
 from numpy.typing import DTypeLike
 
-from ..errors import InputError, InputWarning
+from ..errors import InputError, InputWarning, ReadRangeError
 from ._atomic import atomic_path
 from ._kernels import accumulate_read
 
@@ -272,7 +272,7 @@ def read_apz(
     dtype : numpy dtype, optional
         Type of ``RawExposure.reads``: ``uint16`` (default, the raw type), ``int32``,
         ``int64``, ``float32`` or ``float64``. A value that this type cannot hold exactly is
-        an error, never a silent wrap.
+        an error (:class:`~pyapred.errors.ReadRangeError`), never a silent wrap.
 
     Returns
     -------
@@ -455,7 +455,7 @@ def _rebuild(
             if current.size and (low < lo or high > hi):
                 expected = f"read {k + 1} in [{lo}, {hi}] ({dtype})"
                 found = f"values in [{low}, {high}]"
-                raise InputError(path, f"HDU {k + 2}", expected, found=found)
+                raise ReadRangeError(path, f"HDU {k + 2}", expected, found=found)
             position += 1
     return cube
 

@@ -174,7 +174,9 @@ def _as_reads(reads, min_ndim: int = 1, max_ndim: int | None = None) -> np.ndarr
         raise ValueError(f"reads: expected n_reads >= 3 along axis 0, got shape {reads.shape}")
     if not reads.dtype.isnative:
         reads = reads.astype(reads.dtype.newbyteorder("="))
-    if reads.dtype not in (np.float32, np.float64):
+    # uint16, the raw detector type, goes to the kernels as it is: a float64 copy of a raw cube
+    # would be 4x its size.
+    if reads.dtype not in (np.float32, np.float64, np.uint16):
         reads = reads.astype(np.float64)
     return reads
 
