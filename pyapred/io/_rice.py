@@ -1,0 +1,238 @@
+"""Numba RICE_1 decoder for the 32-bit, one-tile-per-row images of raw ``.apz`` files.
+
+The algorithm is cfitsio's ``fits_rdecomp`` (``ricecomp.c``), which astropy also ships: a tile
+starts with its first pixel as 4 big-endian bytes; then each block of ``blocksize`` pixels
+starts with a 5-bit code ``FS + 1``. ``FS < 0``: every difference in the block is zero.
+``FS == 25``: the block's differences are stored raw, 32 bits each. Otherwise each difference
+is Rice coded: a run of zero bits ended by a one (the high part), then ``FS`` low bits. The
+differences are zigzag mapped (``d >= 0 -> 2d``, ``d < 0 -> -2d - 1``) and accumulate with
+32-bit wrap-around.
+
+Numba does no bounds checks, so every byte fetch here is checked against the end of its tile:
+a corrupt or truncated heap gives an error code, never an out-of-bounds read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+#: Bits of the per-block code, and the code for raw (uncompressed) blocks, at 4 bytes per pixel.
+FS_BITS = 5
+FS_MAX = 25
+#: Bit length of each byte value: the position of its highest set bit, plus one.
+_BIT_LENGTH = np.array([int(v).bit_length() for v in range(256)], dtype=np.int64)
+_MASK32 = 0xFFFFFFFF
+
+# Return codes of _decode_tile.
+OK = 0
+ENDS_EARLY = 1  # the tile's bytes end before its pixels do
+BAD_CODE = 2  # a block code above FS_MAX, which no encoder writes
+BAD_TILE = 3  # descriptor outside the heap, or too short to hold the first pixel
+
+
+@njit(cache=True)
+def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: np.ndarray) -> int:
+    """Decode one RICE_1 tile of 32-bit pixels from ``data[start:stop]`` into ``out``.
+
+    Parameters
+    ----------
+    data : ndarray, uint8, ``(n_bytes,)``
+        Bytes holding the tile (a FITS heap, or part of one).
+    start, stop : int
+        The tile's bytes, ``data[start:stop]``.
+    blocksize : int
+        Pixels per block (``BLOCKSIZE``, 32 by default).
+    out : ndarray, int32, ``(n_pixels,)``
+        Receives the tile's pixels.
+
+    Returns
+    -------
+    int
+        ``OK`` (0), or the error code that stopped decoding (``out`` is then incomplete).
+    """
+    if start < 0 or stop > data.size or start > stop - 5:
+        return BAD_TILE
+    pos = start
+    last = np.int64(0)
+    for _ in range(4):
+        last = (last << 8) | np.int64(data[pos])
+        pos += 1
+    # The bit buffer holds ``nbits`` unread bits (always fewer than 40, so int64 is safe).
+    bits = np.int64(data[pos])
+    pos += 1
+    nbits = 8
+    n = out.size
+    i = 0
+    while i < n:
+        nbits -= FS_BITS
+        while nbits < 0:
+            if pos >= stop:
+                return ENDS_EARLY
+            bits = (bits << 8) | np.int64(data[pos])
+            pos += 1
+            nbits += 8
+        fs = (bits >> nbits) - 1
+        bits &= (np.int64(1) << nbits) - 1
+        end = min(i + blocksize, n)
+        if fs > FS_MAX:
+            return BAD_CODE
+        if fs < 0:  # low entropy: every difference is zero
+            while i < end:
+                out[i] = _as_int32(last)
+                i += 1
+            continue
+        while i < end:
+            if fs == FS_MAX:  # high entropy: the mapped difference is stored as 32 raw bits
+                while nbits < 32:
+                    if pos >= stop:
+                        return ENDS_EARLY
+                    bits = (bits << 8) | np.int64(data[pos])
+                    pos += 1
+                    nbits += 8
+                nbits -= 32
+                diff = bits >> nbits
+            else:
+                # The high part is a run of zero bits ended by a one.
+                while bits == 0:
+                    if pos >= stop:
+                        return ENDS_EARLY
+                    bits = np.int64(data[pos])
+                    pos += 1
+                    nbits += 8
+                zeros = nbits - _BIT_LENGTH[bits]
+                nbits -= zeros + 1
+                bits ^= np.int64(1) << nbits
+                nbits -= fs
+                while nbits < 0:
+                    if pos >= stop:
+                        return ENDS_EARLY
+                    bits = (bits << 8) | np.int64(data[pos])
+                    pos += 1
+                    nbits += 8
+                # A corrupt run can be longer than 32 bits; the mask keeps it in range.
+                diff = ((np.int64(zeros) << fs) | (bits >> nbits)) & _MASK32
+            bits &= (np.int64(1) << nbits) - 1
+            # Undo the zigzag mapping, then the differencing (wrapping at 32 bits like C).
+            if diff & 1:
+                last = _as_int32(last - (diff >> 1) - 1)
+            else:
+                last = _as_int32(last + (diff >> 1))
+            out[i] = last
+            i += 1
+    return OK
+
+
+@njit(cache=True, inline="always")
+def _as_int32(value: np.int64) -> np.int64:
+    """``value`` wrapped to the int32 range, as C's unsigned 32-bit arithmetic does."""
+    return ((value + 0x80000000) & _MASK32) - 0x80000000
+
+
+@njit(parallel=True, cache=True)
+def decode_rice_tiles(
+    heap: np.ndarray, nelem: np.ndarray, offset: np.ndarray, blocksize: int, nx: int
+) -> tuple[np.ndarray, int, int]:
+    """Decode row tiles of a RICE_1 image (32-bit pixels), rows in parallel.
+
+    Parameters
+    ----------
+    heap : ndarray, uint8, ``(n_bytes,)``
+        The compressed bytes (a FITS heap, or the part of it the tiles span).
+    nelem, offset : ndarray, int64, ``(ny,)``
+        Each tile's byte count and start in ``heap`` (the table's descriptors).
+    blocksize : int
+        Pixels per block (``BLOCKSIZE``).
+    nx : int
+        Pixels per tile (``ZNAXIS1``).
+
+    Returns
+    -------
+    image : ndarray, int32, ``(ny, nx)``
+    bad_row : int
+        The first row that did not decode, or -1.
+    code : int
+        That row's error code (``ENDS_EARLY``, ``BAD_CODE``, ``BAD_TILE``), or 0.
+    """
+    ny = nelem.size
+    image = np.empty((ny, nx), np.int32)
+    codes = np.empty(ny, np.int64)
+    for y in prange(ny):
+        codes[y] = _decode_tile(heap, offset[y], offset[y] + nelem[y], blocksize, image[y])
+    bad_row, code = _first_error(codes)
+    return image, bad_row, code
+
+
+@njit(parallel=True, cache=True)
+def accumulate_rice_read(
+    heap: np.ndarray,
+    nelem: np.ndarray,
+    offset: np.ndarray,
+    blocksize: int,
+    current: np.ndarray,
+    avg: np.ndarray,
+    out: np.ndarray,
+) -> tuple[int, int, int, int]:
+    """Decode a residual HDU's row tiles and rebuild the read from them, rows in parallel.
+
+    Fuses :func:`decode_rice_tiles` with :func:`pyapred.io._kernels.accumulate_read`:
+    ``current += residual + avg`` (int64), ``out[...] = current``, one pass per read.
+
+    Parameters
+    ----------
+    heap, nelem, offset, blocksize
+        As for :func:`decode_rice_tiles`; ``nelem.size == ny``.
+    current : ndarray, int64, ``(ny, nx)``
+        The previous read; updated in place to this read (rows that fail to decode are left
+        partly updated: the caller raises).
+    avg : ndarray, int64, ``(ny, nx)``
+        The average read difference.
+    out : ndarray, ``(ny, nx)``
+        Receives this read, cast to its dtype (the caller checks the returned range).
+
+    Returns
+    -------
+    low, high : int
+        Minimum and maximum of the rebuilt read (int64 extremes if ``ny * nx == 0``).
+    bad_row, code : int
+        The first row that did not decode and its error code, or -1 and 0.
+    """
+    ny, nx = current.shape
+    lows = np.full(ny, np.iinfo(np.int64).max)
+    highs = np.full(ny, np.iinfo(np.int64).min)
+    codes = np.empty(ny, np.int64)
+    for y in prange(ny):
+        residual = np.empty(nx, np.int32)  # one row per thread: stays in cache
+        codes[y] = _decode_tile(heap, offset[y], offset[y] + nelem[y], blocksize, residual)
+        if codes[y] != OK:
+            continue
+        low = lows[y]
+        high = highs[y]
+        for x in range(nx):
+            value = current[y, x] + np.int64(residual[x]) + avg[y, x]
+            current[y, x] = value
+            out[y, x] = value
+            low = min(low, value)
+            high = max(high, value)
+        lows[y] = low
+        highs[y] = high
+    bad_row, code = _first_error(codes)
+    low = lows.min() if ny else np.iinfo(np.int64).max
+    high = highs.max() if ny else np.iinfo(np.int64).min
+    return low, high, bad_row, code
+
+
+@njit(cache=True)
+def _first_error(codes: np.ndarray) -> tuple[int, int]:
+    for y in range(codes.size):
+        if codes[y] != OK:
+            return y, codes[y]
+    return -1, 0
+
+
+#: Words for the error codes, for error messages.
+ERROR_TEXT = {
+    ENDS_EARLY: "compressed bytes end before the tile's pixels",
+    BAD_CODE: f"a block code above {FS_MAX + 1}",
+    BAD_TILE: "a tile too short for its first pixel, or outside the heap",
+}
