@@ -15,13 +15,13 @@ a corrupt or truncated heap gives an error code, never an out-of-bounds read.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 #: Bits of the per-block code, and the code for raw (uncompressed) blocks, at 4 bytes per pixel.
 FS_BITS = 5
 FS_MAX = 25
-#: Bit length of each byte value: the position of its highest set bit, plus one.
-_BIT_LENGTH = np.array([int(v).bit_length() for v in range(256)], dtype=np.int64)
 _MASK32 = 0xFFFFFFFF
 
 # Return codes of _decode_tile.
@@ -29,6 +29,19 @@ OK = 0
 ENDS_EARLY = 1  # the tile's bytes end before its pixels do
 BAD_CODE = 2  # a block code above FS_MAX, which no encoder writes
 BAD_TILE = 3  # descriptor outside the heap, or too short to hold the first pixel
+
+
+@intrinsic
+def _bit_length(typingctx, value):
+    """Bits needed to write ``value`` (int64, >= 0): 64 minus LLVM's count of leading zeros."""
+    if not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        zeros = builder.ctlz(args[0], ir.Constant(ir.IntType(1), 0))
+        return builder.sub(ir.Constant(ir.IntType(64), 64), zeros)
+
+    return types.int64(types.int64), codegen
 
 
 @njit(cache=True)
@@ -50,28 +63,29 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
     -------
     int
         ``OK`` (0), or the error code that stopped decoding (``out`` is then incomplete).
+        A tile fails exactly where cfitsio's decoder would read past its end.
     """
     if start < 0 or stop > data.size or start > stop - 5:
         return BAD_TILE
-    pos = start
-    last = np.int64(0)
-    for _ in range(4):
+    last = np.int64(0)  # the previous pixel, as an unsigned 32-bit value
+    for pos in range(start, start + 4):
         last = (last << 8) | np.int64(data[pos])
-        pos += 1
-    # The bit buffer holds ``nbits`` unread bits (always fewer than 40, so int64 is safe).
-    bits = np.int64(data[pos])
-    pos += 1
-    nbits = 8
+    pos = start + 4
+    # Bit buffer: its low ``nbits`` bits are the next unread bits of the stream. Refills stop
+    # at nbits <= 63, so it stays a non-negative int64; every fetch is checked against stop.
+    bits = np.int64(0)
+    nbits = 0
     n = out.size
     i = 0
     while i < n:
-        nbits -= FS_BITS
-        while nbits < 0:
-            if pos >= stop:
+        if nbits < FS_BITS:
+            while nbits <= 55 and pos < stop:
+                bits = (bits << 8) | np.int64(data[pos])
+                pos += 1
+                nbits += 8
+            if nbits < FS_BITS:
                 return ENDS_EARLY
-            bits = (bits << 8) | np.int64(data[pos])
-            pos += 1
-            nbits += 8
+        nbits -= FS_BITS
         fs = (bits >> nbits) - 1
         bits &= (np.int64(1) << nbits) - 1
         end = min(i + blocksize, n)
@@ -79,54 +93,54 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
             return BAD_CODE
         if fs < 0:  # low entropy: every difference is zero
             while i < end:
-                out[i] = _as_int32(last)
+                out[i] = last
                 i += 1
             continue
         while i < end:
-            if fs == FS_MAX:  # high entropy: the mapped difference is stored as 32 raw bits
-                while nbits < 32:
-                    if pos >= stop:
-                        return ENDS_EARLY
+            if nbits < 32:
+                while nbits <= 55 and pos < stop:
                     bits = (bits << 8) | np.int64(data[pos])
                     pos += 1
                     nbits += 8
+            if fs == FS_MAX:  # high entropy: the mapped difference is stored as 32 raw bits
+                if nbits < 32:
+                    return ENDS_EARLY
                 nbits -= 32
                 diff = bits >> nbits
             else:
                 # The high part is a run of zero bits ended by a one.
+                zeros = 0
                 while bits == 0:
-                    if pos >= stop:
+                    zeros += nbits
+                    nbits = 0
+                    while nbits <= 55 and pos < stop:
+                        bits = (bits << 8) | np.int64(data[pos])
+                        pos += 1
+                        nbits += 8
+                    if nbits == 0:
                         return ENDS_EARLY
-                    bits = np.int64(data[pos])
-                    pos += 1
-                    nbits += 8
-                zeros = nbits - _BIT_LENGTH[bits]
-                nbits -= zeros + 1
+                length = _bit_length(bits)
+                zeros += nbits - length
+                nbits = length - 1
                 bits ^= np.int64(1) << nbits
-                nbits -= fs
-                while nbits < 0:
-                    if pos >= stop:
+                if nbits < fs:
+                    while nbits <= 55 and pos < stop:
+                        bits = (bits << 8) | np.int64(data[pos])
+                        pos += 1
+                        nbits += 8
+                    if nbits < fs:
                         return ENDS_EARLY
-                    bits = (bits << 8) | np.int64(data[pos])
-                    pos += 1
-                    nbits += 8
+                nbits -= fs
                 # A corrupt run can be longer than 32 bits; the mask keeps it in range.
                 diff = ((np.int64(zeros) << fs) | (bits >> nbits)) & _MASK32
             bits &= (np.int64(1) << nbits) - 1
-            # Undo the zigzag mapping, then the differencing (wrapping at 32 bits like C).
-            if diff & 1:
-                last = _as_int32(last - (diff >> 1) - 1)
-            else:
-                last = _as_int32(last + (diff >> 1))
+            # Undo the zigzag mapping (even: diff / 2, odd: -(diff + 1) / 2), then the
+            # differencing, wrapping at 32 bits like cfitsio's unsigned arithmetic (the
+            # int32 store keeps the low 32 bits).
+            last = (last + ((diff >> 1) ^ -(diff & 1))) & _MASK32
             out[i] = last
             i += 1
     return OK
-
-
-@njit(cache=True, inline="always")
-def _as_int32(value: np.int64) -> np.int64:
-    """``value`` wrapped to the int32 range, as C's unsigned 32-bit arithmetic does."""
-    return ((value + 0x80000000) & _MASK32) - 0x80000000
 
 
 @njit(parallel=True, cache=True)

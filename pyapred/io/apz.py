@@ -556,12 +556,12 @@ _NOT_PLAIN = ("ZQUANTIZ", "ZSCALE", "ZZERO", "ZBLANK", "ZDITHER0")
 def _rice_tiles(raw, hdul: fits.HDUList, index: int, rows: slice) -> _RiceTiles | None:
     """HDU ``index``'s tiles for ``rows`` if it is a 32-bit RICE_1 image in row tiles, else None.
 
-    The header and descriptors are read from the file (``hdul.fileinfo`` locates them); only
+    The header and descriptors are read from the file (``fileinfo`` locates them); only
     the heap bytes the selected tiles span are read. None sends the HDU to astropy, which
     gives its usual errors for a damaged file.
     """
     try:
-        info = hdul.fileinfo(index)
+        info = hdul[index].fileinfo()  # HDUList.fileinfo re-serialises every header: slow
         header_start, data_start = info["hdrLoc"], info["datLoc"]
         raw.seek(header_start)
         with warnings.catch_warnings():  # astropy already warned when it opened the file
@@ -619,11 +619,10 @@ def _rice_layout(header: fits.Header) -> tuple | None:
         return None
     descriptor = _DESCRIPTOR[tform.group(1)]
     nx, ny = integer("ZNAXIS1"), integer("ZNAXIS2")
-    params = {
-        str(header.get(f"ZNAME{i}", "")).strip().upper(): header.get(f"ZVAL{i}")
-        for i in range(1, 100)
-        if f"ZNAME{i}" in header
-    }
+    params, i = {}, 1
+    while f"ZNAME{i}" in header:  # compression parameters are numbered from 1 without gaps
+        params[str(header[f"ZNAME{i}"]).strip().upper()] = header.get(f"ZVAL{i}")
+        i += 1
     plain = (
         header.get("ZIMAGE") is True
         and (integer("NAXIS"), integer("TFIELDS"), integer("GCOUNT", 1)) == (2, 1, 1)
