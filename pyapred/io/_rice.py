@@ -143,11 +143,16 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
     return OK
 
 
-@njit(parallel=True, cache=True)
+#: Below this many pixels a call decodes in the calling thread: starting the worker threads
+#: costs more than it saves on small row selections (a parallel region waits for every
+#: thread, and on a busy machine the OS may take milliseconds to schedule one).
+PARALLEL_PIXELS = 2**20
+
+
 def decode_rice_tiles(
     heap: np.ndarray, nelem: np.ndarray, offset: np.ndarray, blocksize: int, nx: int
 ) -> tuple[np.ndarray, int, int]:
-    """Decode row tiles of a RICE_1 image (32-bit pixels), rows in parallel.
+    """Decode row tiles of a RICE_1 image (32-bit pixels), rows in parallel if many.
 
     Parameters
     ----------
@@ -168,16 +173,13 @@ def decode_rice_tiles(
     code : int
         That row's error code (``ENDS_EARLY``, ``BAD_CODE``, ``BAD_TILE``), or 0.
     """
-    ny = nelem.size
-    image = np.empty((ny, nx), np.int32)
-    codes = np.empty(ny, np.int64)
-    for y in prange(ny):
-        codes[y] = _decode_tile(heap, offset[y], offset[y] + nelem[y], blocksize, image[y])
-    bad_row, code = _first_error(codes)
-    return image, bad_row, code
+    image = np.empty((nelem.size, nx), np.int32)
+    codes = np.empty(nelem.size, np.int64)
+    rows = _decode_rows_parallel if image.size >= PARALLEL_PIXELS else _decode_rows
+    rows(heap, nelem, offset, blocksize, image, codes)
+    return (image, *_first_error(codes))
 
 
-@njit(parallel=True, cache=True)
 def accumulate_rice_read(
     heap: np.ndarray,
     nelem: np.ndarray,
@@ -187,7 +189,7 @@ def accumulate_rice_read(
     avg: np.ndarray,
     out: np.ndarray,
 ) -> tuple[int, int, int, int]:
-    """Decode a residual HDU's row tiles and rebuild the read from them, rows in parallel.
+    """Decode a residual HDU's row tiles and rebuild the read from them, rows in parallel if many.
 
     Fuses :func:`decode_rice_tiles` with :func:`pyapred.io._kernels.accumulate_read`:
     ``current += residual + avg`` (int64), ``out[...] = current``, one pass per read.
@@ -211,37 +213,69 @@ def accumulate_rice_read(
     bad_row, code : int
         The first row that did not decode and its error code, or -1 and 0.
     """
-    ny, nx = current.shape
-    lows = np.full(ny, np.iinfo(np.int64).max)
-    highs = np.full(ny, np.iinfo(np.int64).min)
+    ny = current.shape[0]
+    extremes = np.iinfo(np.int64)
+    lows, highs = np.full(ny, extremes.max), np.full(ny, extremes.min)
     codes = np.empty(ny, np.int64)
-    for y in prange(ny):
-        residual = np.empty(nx, np.int32)  # one row per thread: stays in cache
-        codes[y] = _decode_tile(heap, offset[y], offset[y] + nelem[y], blocksize, residual)
-        if codes[y] != OK:
-            continue
-        low = lows[y]
-        high = highs[y]
-        for x in range(nx):
-            value = current[y, x] + np.int64(residual[x]) + avg[y, x]
-            current[y, x] = value
-            out[y, x] = value
-            low = min(low, value)
-            high = max(high, value)
-        lows[y] = low
-        highs[y] = high
-    bad_row, code = _first_error(codes)
-    low = lows.min() if ny else np.iinfo(np.int64).max
-    high = highs.max() if ny else np.iinfo(np.int64).min
-    return low, high, bad_row, code
+    rows = _accumulate_rows_parallel if current.size >= PARALLEL_PIXELS else _accumulate_rows
+    rows(heap, nelem, offset, blocksize, current, avg, out, lows, highs, codes)
+    low, high = lows.min(initial=extremes.max), highs.max(initial=extremes.min)
+    return (int(low), int(high), *_first_error(codes))
+
+
+def _first_error(codes: np.ndarray) -> tuple[int, int]:
+    """The first row whose code is not ``OK`` and its code, or ``(-1, OK)``."""
+    bad = np.flatnonzero(codes != OK)
+    return (int(bad[0]), int(codes[bad[0]])) if bad.size else (-1, OK)
+
+
+# The row loops, in a serial and a parallel build of the same per-row kernels.
+@njit(cache=True)
+def _decode_row(y, heap, nelem, offset, blocksize, image, codes):
+    codes[y] = _decode_tile(heap, offset[y], offset[y] + nelem[y], blocksize, image[y])
 
 
 @njit(cache=True)
-def _first_error(codes: np.ndarray) -> tuple[int, int]:
-    for y in range(codes.size):
-        if codes[y] != OK:
-            return y, codes[y]
-    return -1, 0
+def _accumulate_row(y, heap, nelem, offset, blocksize, current, avg, out, lows, highs, codes):
+    nx = current.shape[1]
+    residual = np.empty(nx, np.int32)  # one row at a time: stays in cache
+    codes[y] = _decode_tile(heap, offset[y], offset[y] + nelem[y], blocksize, residual)
+    if codes[y] != OK:
+        return
+    low, high = lows[y], highs[y]
+    for x in range(nx):
+        value = current[y, x] + np.int64(residual[x]) + avg[y, x]
+        current[y, x] = value
+        out[y, x] = value
+        low = min(low, value)
+        high = max(high, value)
+    lows[y], highs[y] = low, high
+
+
+@njit(cache=True)
+def _decode_rows(heap, nelem, offset, blocksize, image, codes):
+    for y in range(nelem.size):
+        _decode_row(y, heap, nelem, offset, blocksize, image, codes)
+
+
+@njit(parallel=True, cache=True)
+def _decode_rows_parallel(heap, nelem, offset, blocksize, image, codes):
+    for y in prange(nelem.size):
+        _decode_row(y, heap, nelem, offset, blocksize, image, codes)
+
+
+@njit(cache=True)
+def _accumulate_rows(heap, nelem, offset, blocksize, current, avg, out, lows, highs, codes):
+    for y in range(current.shape[0]):
+        _accumulate_row(y, heap, nelem, offset, blocksize, current, avg, out, lows, highs, codes)
+
+
+@njit(parallel=True, cache=True)
+def _accumulate_rows_parallel(
+    heap, nelem, offset, blocksize, current, avg, out, lows, highs, codes
+):
+    for y in prange(current.shape[0]):
+        _accumulate_row(y, heap, nelem, offset, blocksize, current, avg, out, lows, highs, codes)
 
 
 #: Words for the error codes, for error messages.

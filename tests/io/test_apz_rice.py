@@ -7,7 +7,7 @@ import pytest
 from astropy.io import fits
 
 from pyapred.errors import InputError
-from pyapred.io import apz, make_headers, read_apz, write_apz
+from pyapred.io import _rice, apz, make_headers, read_apz, write_apz
 from pyapred.io._rice import BAD_TILE, ENDS_EARLY, OK, decode_rice_tiles
 
 INT32 = np.iinfo(np.int32)
@@ -57,7 +57,8 @@ def random_image(rng, ny: int, nx: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("nx", [1, 2, 31, 32, 33, 95, 200, 2560])
-def test_decoder_equals_astropy(tmp_path, nx):
+def test_decoder_equals_astropy(monkeypatch, tmp_path, nx):
+    monkeypatch.setattr(_rice, "PARALLEL_PIXELS", 1000)  # the wide images run in parallel
     rng = np.random.default_rng(nx)
     for trial in range(5):
         image = random_image(rng, 14, nx)
@@ -134,7 +135,9 @@ def exposure_file(tmp_path):
         {"reads": [2], "rows": slice(0, 0), "dtype": np.int64},
     ],
 )
-def test_read_apz_fast_path_equals_astropy_path(monkeypatch, exposure_file, options):
+@pytest.mark.parametrize("parallel", [True, False])
+def test_read_apz_fast_path_equals_astropy_path(monkeypatch, exposure_file, options, parallel):
+    monkeypatch.setattr(_rice, "PARALLEL_PIXELS", 0 if parallel else 2**62)
     calls = []
     kernel = apz.accumulate_rice_read
 
