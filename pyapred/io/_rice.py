@@ -98,10 +98,17 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
             continue
         while i < end:
             if nbits < 32:
-                while nbits <= 55 and pos < stop:
-                    bits = (bits << 8) | np.int64(data[pos])
-                    pos += 1
-                    nbits += 8
+                if pos + 4 <= stop:  # the common case: four bytes at once, one check
+                    word = (np.int64(data[pos]) << 24) | (np.int64(data[pos + 1]) << 16)
+                    word |= (np.int64(data[pos + 2]) << 8) | np.int64(data[pos + 3])
+                    bits = (bits << 32) | word
+                    pos += 4
+                    nbits += 32
+                else:
+                    while nbits <= 55 and pos < stop:
+                        bits = (bits << 8) | np.int64(data[pos])
+                        pos += 1
+                        nbits += 8
             if fs == FS_MAX:  # high entropy: the mapped difference is stored as 32 raw bits
                 if nbits < 32:
                     return ENDS_EARLY
