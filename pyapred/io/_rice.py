@@ -1,4 +1,9 @@
-"""Numba RICE_1 decoder for the 32-bit, one-tile-per-row images of raw ``.apz`` files.
+"""RICE_1 decoding of the 32-bit, one-tile-per-row images of raw ``.apz`` files, in Numba.
+
+:func:`read_rice_tiles` checks an HDU's layout and reads the compressed tiles of the rows asked
+for straight from the file; :func:`decode_rice_tiles` decodes them, and
+:func:`accumulate_rice_read` decodes a residual HDU and rebuilds its read in the same pass.
+Rows run in parallel. Astropy decodes the same images one tile at a time under the GIL.
 
 The algorithm is cfitsio's ``fits_rdecomp`` (``ricecomp.c``), which astropy also ships: a tile
 starts with its first pixel as 4 big-endian bytes; then each block of ``blocksize`` pixels
@@ -14,7 +19,13 @@ a corrupt or truncated heap gives an error code, never an out-of-bounds read.
 
 from __future__ import annotations
 
+import re
+import warnings
+from dataclasses import dataclass
+from typing import BinaryIO
+
 import numpy as np
+from astropy.io import fits
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
@@ -283,6 +294,138 @@ def _accumulate_rows_parallel(
 ):
     for y in prange(current.shape[0]):
         _accumulate_row(y, heap, nelem, offset, blocksize, current, avg, out, lows, highs, codes)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the tiles in the file
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RiceTiles:
+    """The compressed row tiles of one HDU, read straight from the file.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(ZNAXIS2, ZNAXIS1)``: the whole image, ``(ny, nx)``.
+    heap : ndarray, uint8
+        The heap bytes that the selected tiles span.
+    nelem, offset : ndarray, int64, ``(n_rows,)``
+        Byte count and start in ``heap`` of each selected row's tile.
+    blocksize : int
+        Pixels per Rice block.
+    """
+
+    shape: tuple[int, int]
+    heap: np.ndarray
+    nelem: np.ndarray
+    offset: np.ndarray
+    blocksize: int
+
+
+# The one column of a compressed image: variable-length bytes, 32-bit (P) or 64-bit (Q)
+# descriptors.
+_TFORM = re.compile(r"^1?([PQ])B(\(\d+\))?$")
+_DESCRIPTOR = {"P": np.dtype(">i4"), "Q": np.dtype(">i8")}
+# Keywords that would make pixels differ from the stored integers (scaling, quantisation,
+# null values): their presence sends the HDU to astropy.
+_NOT_PLAIN = ("ZQUANTIZ", "ZSCALE", "ZZERO", "ZBLANK", "ZDITHER0")
+
+
+def read_rice_tiles(raw: BinaryIO, hdul: fits.HDUList, index: int, rows: slice) -> RiceTiles | None:
+    """HDU ``index``'s tiles for ``rows`` if it is a 32-bit RICE_1 image in row tiles, else None.
+
+    The header and descriptors are read from the file (``fileinfo`` locates them); only
+    the heap bytes the selected tiles span are read. None sends the HDU to astropy, which
+    gives its usual errors for a damaged file.
+    """
+    try:
+        info = hdul[index].fileinfo()  # HDUList.fileinfo re-serialises every header: slow
+        header_start, data_start = info["hdrLoc"], info["datLoc"]
+        raw.seek(header_start)
+        with warnings.catch_warnings():  # astropy already warned when it opened the file
+            warnings.simplefilter("ignore")
+            header = fits.Header.fromstring(raw.read(data_start - header_start).decode("ascii"))
+        layout = _rice_layout(header)
+    except (IndexError, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        return None
+    if layout is None:
+        return None
+    shape, descriptor, blocksize, heap_start, heap_size = layout
+    table = _read_exactly(raw, data_start, shape[0] * 2 * descriptor.itemsize)
+    if table is None:
+        return None
+    pairs = table.view(descriptor).reshape(shape[0], 2)[rows].astype(np.int64)
+    nelem, offset = np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+    if nelem.size == 0:
+        return RiceTiles(shape, np.empty(0, np.uint8), nelem, offset, blocksize)
+    end = offset + nelem
+    if nelem.min() < 0 or offset.min() < 0 or end.max() > heap_size:
+        return None
+    first = int(offset.min())
+    heap = _read_exactly(raw, data_start + heap_start + first, int(end.max()) - first)
+    if heap is None:
+        return None
+    return RiceTiles(shape, heap, nelem, offset - first, blocksize)
+
+
+def _rice_layout(header: fits.Header) -> tuple | None:
+    """Check a compressed HDU's binary-table header against the layout the kernel decodes.
+
+    Returns
+    -------
+    tuple or None
+        ``(shape, descriptor dtype, blocksize, heap start, heap size)``, the heap relative to
+        the start of the data; None if any card differs from fpack's 32-bit RICE_1 row tiles.
+    """
+
+    def integer(keyword, default=None):
+        value = header.get(keyword, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(keyword)
+        return value
+
+    tform = _TFORM.match(str(header.get("TFORM1", "")).strip())
+    text = {key: str(header.get(key, "")).strip() for key in ("XTENSION", "TTYPE1", "ZCMPTYPE")}
+    if (
+        tform is None
+        or text["XTENSION"] != "BINTABLE"
+        or text["TTYPE1"] != "COMPRESSED_DATA"
+        or text["ZCMPTYPE"] not in ("RICE_1", "RICE_ONE")
+    ):
+        return None
+    descriptor = _DESCRIPTOR[tform.group(1)]
+    nx, ny = integer("ZNAXIS1"), integer("ZNAXIS2")
+    params, i = {}, 1
+    while f"ZNAME{i}" in header:  # compression parameters are numbered from 1 without gaps
+        params[str(header[f"ZNAME{i}"]).strip().upper()] = header.get(f"ZVAL{i}")
+        i += 1
+    plain = (
+        header.get("ZIMAGE") is True
+        and (integer("NAXIS"), integer("TFIELDS"), integer("GCOUNT", 1)) == (2, 1, 1)
+        and (integer("NAXIS1"), integer("NAXIS2")) == (2 * descriptor.itemsize, ny)
+        and (integer("ZBITPIX"), integer("ZNAXIS")) == (32, 2)
+        and (integer("ZTILE1", nx), integer("ZTILE2", 1)) == (nx, 1)
+        and set(params) <= {"BLOCKSIZE", "BYTEPIX"}
+        and params.get("BYTEPIX", 4) == 4
+        and header.get("BZERO", 0) == 0
+        and header.get("BSCALE", 1) == 1
+        and not any(key in header for key in _NOT_PLAIN)
+    )
+    blocksize = params.get("BLOCKSIZE", 32)
+    if not plain or type(blocksize) is not int or blocksize < 1:
+        return None
+    table_size = ny * 2 * descriptor.itemsize
+    heap_start, pcount = integer("THEAP", table_size), integer("PCOUNT")
+    if heap_start < table_size or pcount < 0:
+        return None
+    return (ny, nx), descriptor, blocksize, heap_start, table_size + pcount - heap_start
+
+
+def _read_exactly(raw, start: int, size: int) -> np.ndarray | None:
+    """``size`` bytes of ``raw`` from ``start`` as uint8, or None if the file ends first."""
+    raw.seek(start)
+    data = raw.read(size)
+    return np.frombuffer(data, np.uint8) if len(data) == size else None
 
 
 #: Words for the error codes, for error messages.
