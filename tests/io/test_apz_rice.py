@@ -161,6 +161,7 @@ def test_read_apz_fast_path_equals_astropy_path(monkeypatch, exposure_file, opti
 def test_read_apz_fast_path_on_a_file_built_without_write_apz(monkeypatch, tmp_path, raw_apz):
     reads = np.random.default_rng(5).integers(0, 65536, (4, 9, 40))
     path = raw_apz(tmp_path / "apR-a-52190002.apz", reads)
+    assert all(raw_tiles(path, index) for index in (1, 3, 4))  # the kernel's layout
     assert np.array_equal(read_apz(path).reads, reads)
     monkeypatch.setattr(apz, "FAST_RICE", False)
     assert np.array_equal(read_apz(path).reads, reads)
