@@ -191,6 +191,8 @@ def decode_rice_tiles(
     code : int
         That row's error code (``ENDS_EARLY``, ``BAD_CODE``, ``BAD_TILE``), or 0.
     """
+    if offset.shape != nelem.shape:  # Numba does not check bounds
+        raise ValueError(f"offset: expected shape {nelem.shape}, got {offset.shape}")
     image = np.empty((nelem.size, nx), np.int32)
     codes = np.empty(nelem.size, np.int64)
     rows = _decode_rows_parallel if image.size >= PARALLEL_PIXELS else _decode_rows
@@ -232,6 +234,9 @@ def accumulate_rice_read(
         The first row that did not decode and its error code, or -1 and 0.
     """
     ny = current.shape[0]
+    # Numba does not check bounds: mismatched shapes would read or write past an array's end.
+    if not (nelem.shape == offset.shape == (ny,) and avg.shape == current.shape == out.shape):
+        raise ValueError("expected one tile per row and current, avg, out of the same shape")
     extremes = np.iinfo(np.int64)
     lows, highs = np.full(ny, extremes.max), np.full(ny, extremes.min)
     codes = np.empty(ny, np.int64)

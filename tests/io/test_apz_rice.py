@@ -97,6 +97,16 @@ def test_decoder_reports_bad_tiles_without_reading_outside_them(tmp_path):
         assert (bad_row, code) == (0, BAD_TILE)
 
 
+def test_kernels_refuse_mismatched_shapes():
+    heap, tiles = np.zeros(10, np.uint8), np.zeros(3, np.int64)
+    with pytest.raises(ValueError):
+        decode_rice_tiles(heap, tiles, tiles[:2], 32, 5)
+    image = np.zeros((3, 5), np.int64)
+    for current, avg, out in [(image[:2], image, image), (image, image, image[:, :4])]:
+        with pytest.raises(ValueError):
+            _rice.accumulate_rice_read(heap, tiles, tiles, 32, current, avg, out)
+
+
 def test_decoder_survives_random_corruption(tmp_path):
     """Random bytes in the heap decode to something or to an error code: never a crash."""
     rng = np.random.default_rng(3)
