@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from astropy.io import fits
@@ -36,6 +37,7 @@ from numpy.typing import DTypeLike
 from ..errors import InputError, InputWarning, ReadRangeError
 from ._atomic import atomic_path
 from ._kernels import accumulate_read
+from ._rice import ERROR_TEXT, accumulate_rice_read, decode_rice_tiles, read_rice_tiles
 
 __all__ = [
     "ApzName",
@@ -61,6 +63,10 @@ _TELESCOPE = {prefix: telescope for telescope, prefix in _PREFIX.items()}
 #: Raw chip letters and ApogeeReduction.jl's colour names.
 CHIP_COLOR = {"a": "R", "b": "G", "c": "B"}
 _NAME = re.compile(r"^(apR|asR)-([abc])-(\d{8})\.apz$")
+#: Decode the Rice-compressed images with pyapred's parallel kernel (``_rice.py``) where their
+#: layout is the one fpack writes for ``.apz`` files; ``False`` sends every HDU through astropy
+#: (the tests compare the two).
+FAST_RICE = True
 _TIME_SCALE = {"UTC": "utc", "UT": "utc", "TAI": "tai", "TT": "tt"}
 # Cards that describe the FITS structure, not the exposure; astropy writes them itself.
 _STRUCTURAL = re.compile(
@@ -404,9 +410,27 @@ def _image_hdu(path: Path, hdul: fits.HDUList, index: int, kind: str):
     return hdu
 
 
-def _image(path: Path, hdul: fits.HDUList, index: int, rows: slice, kind: str) -> np.ndarray:
-    """Decompress rows of HDU ``index`` (through ``.section``, so nothing is cached)."""
+def _image(
+    path: Path,
+    hdul: fits.HDUList,
+    index: int,
+    rows: slice,
+    kind: str,
+    raw: BinaryIO | None = None,
+) -> np.ndarray:
+    """Decompress rows of HDU ``index``.
+
+    With ``raw`` (the file opened for binary reading), a RICE_1 image in row tiles is decoded
+    by pyapred's kernel; otherwise astropy decodes it through ``.section``, so nothing is cached.
+    """
     hdu = _image_hdu(path, hdul, index, kind)
+    tiles = None if raw is None else read_rice_tiles(raw, hdul, index, rows)
+    if tiles is not None and tiles.shape == hdu.shape:
+        data, bad_row, code = decode_rice_tiles(
+            tiles.heap, tiles.nelem, tiles.offset, tiles.blocksize, tiles.shape[1]
+        )
+        _check_decoded(path, index, kind, rows, bad_row, code)
+        return data
     try:
         data = hdu.section[rows]
     except Exception as exc:
@@ -428,36 +452,86 @@ def _rebuild(
 
     Only HDUs up to the last selected read are decompressed, and only the rows asked for.
     """
-    avg = _image(path, hdul, 1, rows, "average read difference").astype(np.int64)
-    first = _image(path, hdul, 2, rows, "read 1")
-    if first.dtype != np.uint16:
-        raise InputError(
-            path, "HDU 2", "read 1 as uint16 (BITPIX 16, BZERO 32768)", found=str(first.dtype)
-        )
-    if first.shape != avg.shape:
-        raise InputError(path, "HDU 2", f"shape {avg.shape} like HDU 1", found=str(first.shape))
-    cube = np.empty((indices.size, *avg.shape), dtype=dtype)
-    lo, hi = _EXACT_BOUNDS[dtype]
-    current = first.astype(np.int64)
-    position = 0  # the next of ``indices`` to fill
-    if indices[0] == 0:
-        cube[0] = first  # uint16 fits every allowed dtype
-        position = 1
-    for k in range(1, int(indices[-1]) + 1):
-        residual = _image(path, hdul, k + 2, rows, f"residual of read {k + 1}")
-        if residual.shape != avg.shape:
-            expected = f"shape {avg.shape} like HDU 1"
-            raise InputError(path, f"HDU {k + 2}", expected, found=str(residual.shape))
-        residual = residual.astype(residual.dtype.newbyteorder("="), copy=False)
-        # Reads not asked for are written into the next slot asked for, then overwritten.
-        low, high = accumulate_read(current, residual, avg, cube[position])
-        if k == indices[position]:
-            if current.size and (low < lo or high > hi):
-                expected = f"read {k + 1} in [{lo}, {hi}] ({dtype})"
-                found = f"values in [{low}, {high}]"
-                raise ReadRangeError(path, f"HDU {k + 2}", expected, found=found)
-            position += 1
+    with open(path, "rb") if FAST_RICE else contextlib.nullcontext() as raw:
+        avg = _image(path, hdul, 1, rows, "average read difference", raw).astype(np.int64)
+        shape = _image_hdu(path, hdul, 1, "average read difference").shape
+        first = _image(path, hdul, 2, rows, "read 1")
+        if first.dtype != np.uint16:
+            raise InputError(
+                path, "HDU 2", "read 1 as uint16 (BITPIX 16, BZERO 32768)", found=str(first.dtype)
+            )
+        if first.shape != avg.shape:
+            raise InputError(path, "HDU 2", f"shape {avg.shape} like HDU 1", found=str(first.shape))
+        cube = np.empty((indices.size, *avg.shape), dtype=dtype)
+        lo, hi = _EXACT_BOUNDS[dtype]
+        current = first.astype(np.int64)
+        position = 0  # the next of ``indices`` to fill
+        if indices[0] == 0:
+            cube[0] = first  # uint16 fits every allowed dtype
+            position = 1
+        for k in range(1, int(indices[-1]) + 1):
+            # Reads not asked for are written into the next slot asked for, then overwritten.
+            low, high = _next_read(path, hdul, raw, k, rows, shape, current, avg, cube[position])
+            if k == indices[position]:
+                if current.size and (low < lo or high > hi):
+                    expected = f"read {k + 1} in [{lo}, {hi}] ({dtype})"
+                    found = f"values in [{low}, {high}]"
+                    raise ReadRangeError(path, f"HDU {k + 2}", expected, found=found)
+                position += 1
     return cube
+
+
+def _next_read(
+    path: Path,
+    hdul: fits.HDUList,
+    raw: BinaryIO | None,
+    k: int,
+    rows: slice,
+    shape: tuple[int, int],
+    current: np.ndarray,
+    avg: np.ndarray,
+    out: np.ndarray,
+) -> tuple[int, int]:
+    """Decompress the residual of read k+1 (HDU k+2), add it and ``avg`` to ``current``.
+
+    Parameters
+    ----------
+    raw : binary file or None
+        The file, for pyapred's fused decode-and-accumulate kernel; None: astropy decodes.
+    shape : tuple of int
+        ``(ny, nx)`` of the whole chip (HDU 1).
+    current, avg : ndarray, int64, ``(n_rows, nx)``
+        The previous read, updated in place, and the average read difference.
+    out : ndarray, ``(n_rows, nx)``
+        Receives the read in its dtype.
+
+    Returns
+    -------
+    low, high : int
+        The read's minimum and maximum.
+    """
+    index, kind = k + 2, f"residual of read {k + 1}"
+    tiles = None if raw is None else read_rice_tiles(raw, hdul, index, rows)
+    if tiles is not None and tiles.shape == shape:
+        low, high, bad_row, code = accumulate_rice_read(
+            tiles.heap, tiles.nelem, tiles.offset, tiles.blocksize, current, avg, out
+        )
+        _check_decoded(path, index, kind, rows, bad_row, code)
+        return low, high
+    residual = _image(path, hdul, index, rows, kind)
+    if residual.shape != avg.shape:
+        raise InputError(
+            path, f"HDU {index}", f"shape {avg.shape} like HDU 1", found=str(residual.shape)
+        )
+    residual = residual.astype(residual.dtype.newbyteorder("="), copy=False)
+    return accumulate_read(current, residual, avg, out)
+
+
+def _check_decoded(path: Path, index: int, kind: str, rows: slice, bad_row: int, code: int):
+    """Raise the InputError astropy's path raises for HDU ``index`` if a tile failed."""
+    if bad_row >= 0:
+        found = f"RICE_1 tile of row {rows.start + bad_row}: {ERROR_TEXT[code]}"
+        raise InputError(path, f"HDU {index}", f"decompressible {kind} data", found=found)
 
 
 def _time_scale(path: Path, header: fits.Header, read_header: fits.Header) -> str:
