@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from pyapred.errors import InputError
+from pyapred.errors import InputError, ReadRangeError
 from pyapred.io import (
     make_headers,
     read_apz,
@@ -119,9 +119,19 @@ def test_apz_counts_out_of_uint16_range(tmp_path, good_apz):
     def edit(hdul):
         hdul[4] = fits.CompImageHDU(hdul[4].data + 70000, hdul[4].header)
 
-    path = rewrite(good_apz(), "apR-a-52190002.apz", edit)
+    good = good_apz()
+    path = rewrite(good, "apR-a-52190002.apz", edit)
     error = assert_input_error(lambda: read_apz(path), path, "HDU 4")
     assert "read 3 in [0, 65535]" in str(error)
+    assert isinstance(error, ReadRangeError)
+    # The pipeline reads raw chips as uint16, and such a file as float32, exactly.
+    from pyapred.pipeline import load_chip
+
+    chip = load_chip(path, gain=1.9, read_noise=12.0)
+    assert chip.reads.dtype == np.float32
+    assert np.array_equal(chip.reads, read_apz(path, dtype=np.float32).reads)
+    assert chip.reads.max() > 65535
+    assert load_chip(good, gain=1.9, read_noise=12.0).reads.dtype == np.uint16
 
 
 def test_apz_chip_disagrees_with_file_name(tmp_path, good_apz):
