@@ -9,17 +9,20 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .solver._numpy import _select
+from .solver._numpy import _median_network
+
+#: Pixels of a row processed together.
+_BLOCK = 256
 
 
 @njit(cache=True, parallel=True)
 def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation, threshold,
                       rate, saturated, jump_bits):  # fmt: skip
-    """One pass over every pixel of a chip, row by row (rows in parallel).
+    """One pass over every pixel of a chip, in blocks of a row's pixels (blocks in parallel).
 
     Parameters
     ----------
-    reads : (N, ny, nx) float
+    reads : (N, ny, nx) float or uint16
         DN.
     shape_index : (ny, nx) int
         Row of ``shapes`` giving the pixel's expected light curve.
@@ -36,50 +39,86 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         A read reached ``saturation`` (or was not finite); it and later reads are unusable.
     jump_bits : (ny, nx, n_words) uint64, out
         Bit k set when difference k exceeds ``rate * shape_k`` by ``threshold`` sigmas.
+
+    Every step runs across the block's pixels at each difference, which the compiler
+    vectorises; the rough median sorts its values with a network (no unpredictable branches).
     """
     n_reads, ny, nx = reads.shape
     K = n_reads - 1
     thr2 = threshold * threshold
-    for y in prange(ny):
-        # The row's ramps, pixel-major: contiguous reads of the cube, contiguous ramps after.
-        ramps = np.empty((nx, n_reads))
+    n_blocks = (nx + _BLOCK - 1) // _BLOCK
+    network = _median_network(_N_ROUGH)
+    for task in prange(ny * n_blocks):
+        y = task // n_blocks
+        x0 = (task % n_blocks) * _BLOCK
+        B = min(_BLOCK, nx - x0)
+        # The first unusable read of each pixel (not finite, or at or above saturation).
+        n_good = np.full(B, n_reads, dtype=np.int64)
         for j in range(n_reads):
-            for x in range(nx):
-                ramps[x, j] = reads[j, y, x]
-        scaled = np.empty(K)
-        work = np.empty(K)
-        for x in range(nx):
-            ramp = ramps[x]
-            limit = saturation[y, x]
-            n_good = n_reads
-            for j in range(n_reads):
-                if not np.isfinite(ramp[j]) or ramp[j] >= limit:
-                    n_good = j
-                    break
-            saturated[y, x] = n_good < n_reads
-            n_diff = max(n_good - 1, 0)
-            shape = shapes[shape_index[y, x]]
-            for k in range(n_diff):
-                scaled[k] = (ramp[k + 1] - ramp[k]) / shape[k]
-            # A rough level from the median of at most _N_ROUGH evenly spaced differences (cheap,
-            # and robust to a jump), then the mean of the differences that are not jumps under it.
-            n_rough = min(n_diff, _N_ROUGH)
-            for i in range(n_rough):
-                work[i] = scaled[(i * n_diff) // n_rough]
-            rough = _median(work, n_rough)
-            total, count = 0.0, 0
-            for k in range(n_diff):
-                excess = (ramp[k + 1] - ramp[k]) - rough * shape[k]
-                if not _is_jump(excess, rough * shape[k], inv_gain[y, x], var_read[y, x], thr2):
-                    total += scaled[k]
-                    count += 1
-            level = total / count if count > 0 else rough
-            rate[y, x] = level
+            for i in range(B):
+                value = float(reads[j, y, x0 + i])
+                unusable = not np.isfinite(value) or value >= saturation[y, x0 + i]
+                if unusable and n_good[i] == n_reads:
+                    n_good[i] = j
+        diff = np.empty((K, B))
+        shape = np.empty((K, B))
+        scaled = np.empty((K, B))
+        for k in range(K):
+            for i in range(B):
+                d = float(reads[k + 1, y, x0 + i]) - float(reads[k, y, x0 + i])
+                s = shapes[shape_index[y, x0 + i], k]
+                diff[k, i] = d
+                shape[k, i] = s
+                scaled[k, i] = d / s
+        # A rough level from the median of at most _N_ROUGH evenly spaced differences (cheap,
+        # and robust to a jump), then the mean of the differences that are not jumps under it.
+        rough_values = np.empty((_N_ROUGH, B))
+        n_rough = np.empty(B, dtype=np.int64)
+        for i in range(B):
+            n_diff = max(n_good[i] - 1, 0)
+            n_rough[i] = min(n_diff, _N_ROUGH)
+            for m in range(_N_ROUGH):
+                rough_values[m, i] = (
+                    scaled[(m * n_diff) // n_rough[i], i] if m < n_rough[i] else np.inf
+                )
+        for c in range(network.shape[0]):
+            a, b = network[c, 0], network[c, 1]
+            for i in range(B):
+                low, high = rough_values[a, i], rough_values[b, i]
+                rough_values[a, i] = min(low, high)
+                rough_values[b, i] = max(low, high)
+        rough = np.empty(B)
+        for i in range(B):
+            n = n_rough[i]
+            if n == 0:
+                rough[i] = 0.0
+            elif n % 2 == 1:
+                rough[i] = rough_values[n // 2, i]
+            else:
+                rough[i] = 0.5 * (rough_values[n // 2 - 1, i] + rough_values[n // 2, i])
+        total = np.zeros(B)
+        count = np.zeros(B, dtype=np.int64)
+        for k in range(K):
+            for i in range(B):
+                x = x0 + i
+                model = rough[i] * shape[k, i]
+                jump = _is_jump(diff[k, i] - model, model, inv_gain[y, x], var_read[y, x], thr2)
+                keep = (k + 1 < n_good[i]) & (not jump)
+                total[i] += scaled[k, i] if keep else 0.0
+                count[i] += keep
+        level = np.empty(B)
+        for i in range(B):
+            level[i] = total[i] / count[i] if count[i] > 0 else rough[i]
+            rate[y, x0 + i] = level[i]
+            saturated[y, x0 + i] = n_good[i] < n_reads
             for w in range(jump_bits.shape[2]):
-                jump_bits[y, x, w] = 0
-            for k in range(n_diff):
-                excess = (ramp[k + 1] - ramp[k]) - level * shape[k]
-                if _is_jump(excess, level * shape[k], inv_gain[y, x], var_read[y, x], thr2):
+                jump_bits[y, x0 + i, w] = 0
+        for k in range(K):
+            for i in range(B):
+                x = x0 + i
+                model = level[i] * shape[k, i]
+                jump = _is_jump(diff[k, i] - model, model, inv_gain[y, x], var_read[y, x], thr2)
+                if jump and k + 1 < n_good[i]:
                     jump_bits[y, x, k // 64] |= np.uint64(1) << np.uint64(k % 64)
 
 
@@ -91,20 +130,6 @@ def _is_jump(excess, model, inv_gain, var_read, thr2):
 
 #: Differences in the first pass's rough median.
 _N_ROUGH = 9
-
-
-@njit(cache=True, inline="always")
-def _median(values, n):
-    """Median of ``values[:n]`` (0 when n == 0); reorders ``values``."""
-    if n == 0:
-        return 0.0
-    upper = _select(values, n, n // 2)
-    if n % 2 == 1:
-        return upper
-    lower = values[0]
-    for i in range(1, n // 2):
-        lower = max(lower, values[i])
-    return 0.5 * (lower + upper)
 
 
 def first_pass(reads, shape_index, shapes, inv_gain, var_read, saturation, threshold):

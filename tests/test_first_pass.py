@@ -1,0 +1,66 @@
+"""The pipeline's first pass (``pyapred._first_pass``) against a plain per-pixel reference."""
+
+import numpy as np
+import pytest
+
+from pyapred._first_pass import _N_ROUGH, first_pass
+
+
+def _reference(reads, shape_index, shapes, inv_gain, var_read, saturation, threshold):
+    """The first pass of one pixel at a time, as its docstring states it."""
+    n_reads, ny, nx = reads.shape
+    rate = np.zeros((ny, nx), np.float32)
+    saturated = np.zeros((ny, nx), bool)
+    jumps = []
+
+    def is_jump(excess, model, y, x):
+        return excess > np.sqrt(threshold**2 * (max(model, 0.0) * inv_gain[y, x] + var_read[y, x]))
+
+    for y in range(ny):
+        for x in range(nx):
+            ramp = reads[:, y, x].astype(float)
+            bad = ~np.isfinite(ramp) | (ramp >= saturation[y, x])
+            n_good = int(np.argmax(bad)) if bad.any() else n_reads
+            saturated[y, x] = n_good < n_reads
+            shape = shapes[shape_index[y, x]]
+            diff = np.diff(ramp[:n_good])
+            scaled = diff / shape[: diff.size]
+            n = min(diff.size, _N_ROUGH)
+            rough = np.median(scaled[(np.arange(n) * diff.size) // n]) if n else 0.0
+            pairs = list(zip(diff, shape[: diff.size], strict=True))
+            keep = [not is_jump(d - rough * s, rough * s, y, x) for d, s in pairs]
+            level = scaled[keep].mean() if any(keep) else rough
+            rate[y, x] = level
+            jumps += [
+                (k, y, x)
+                for k, (d, s) in enumerate(pairs)
+                if is_jump(d - level * s, level * s, y, x)
+            ]
+    return rate, saturated, np.array(jumps, dtype=np.int64).reshape(-1, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_first_pass_matches_the_per_pixel_reference(dtype):
+    rng = np.random.default_rng(3)
+    n_reads, ny, nx = 14, 3, 300  # a row is two blocks of the kernel
+    shapes = rng.uniform(0.6, 1.3, (4, n_reads - 1))
+    shape_index = rng.integers(0, 4, (ny, nx))
+    flux = rng.uniform(0.0, 2000.0, (ny, nx))
+    steps = rng.poisson(flux[None] * shapes[shape_index].transpose(2, 0, 1))
+    reads = 1000.0 + np.concatenate([np.zeros((1, ny, nx)), np.cumsum(steps, axis=0)])
+    hits = rng.random(reads.shape) < 0.01
+    reads += np.cumsum(hits * rng.uniform(100, 3000, reads.shape), axis=0)  # jumps
+    reads = np.round(reads)
+    saturation = np.full((ny, nx), 20000.0)  # the brightest ramps saturate
+    if dtype == np.float32:
+        reads[5, 1, 7] = np.nan
+    reads = reads.astype(dtype)
+    inv_gain = 1.0 / rng.uniform(1.5, 2.5, (ny, nx))
+    var_read = 2.0 * rng.uniform(8.0, 15.0, (ny, nx)) ** 2
+    args = (reads, shape_index, shapes, inv_gain, var_read, saturation, 6.0)
+    rate, saturated, jumps = first_pass(*args)
+    want_rate, want_saturated, want_jumps = _reference(*args)
+    assert saturated.any() and len(jumps) > 10
+    assert np.array_equal(saturated, want_saturated)
+    np.testing.assert_allclose(rate, want_rate, rtol=1e-6)
+    assert sorted(map(tuple, jumps)) == sorted(map(tuple, want_jumps))
