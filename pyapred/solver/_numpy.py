@@ -832,6 +832,10 @@ def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flu
         for k in range(K):
             omega[g, k] /= scale
         # 5. Inverse-variance weighted mean of d / (omega dt) per pixel.
+        omega_err = np.zeros(K)  # of the normalised omega, from step 3's weights
+        for k in range(K):
+            if w_sum[k] > 0.0:
+                omega_err[k] = w_sum[k] ** -0.5 / scale
         for p in range(P):
             if not fit_pixel[g, p]:
                 continue
@@ -847,7 +851,7 @@ def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flu
                 fl_pix = d / (om * dt[k])
                 err_d = np.sqrt(read_term + max(d, 0.0))
                 a = fl_pix / max(d, CLAMP_FLOOR) * err_d
-                b = fl_pix / om * (w_sum[k] ** -0.5 / scale)
+                b = fl_pix / om * omega_err[k]
                 fl_err2 = a * a + b * b
                 if fl_err2 > 0.0:
                     num += fl_pix / fl_err2
