@@ -27,6 +27,7 @@ from ._flags import Flag
 from ._numpy import (
     _BLOCK,
     _backward,
+    _block_median_rate,
     _factor,
     _forward,
     _gather_block,
@@ -230,6 +231,7 @@ def find_jumps_kernel(
     N, n_pix = reads.shape
     K = N - 1
     n_blocks = (n_pix + _BLOCK - 1) // _BLOCK
+    network = _median_network(K)
     for blk in prange(n_blocks):
         p0 = blk * _BLOCK
         p1 = min(p0 + _BLOCK, n_pix)
@@ -237,6 +239,21 @@ def find_jumps_kernel(
         ok_read = np.empty((N, p1 - p0), dtype=np.bool_)
         read_flags = np.empty(p1 - p0, dtype=np.int64)
         _gather_block(reads, bad, use_mask, saturation, p0, ramp, ok_read, read_flags)
+        # The block's differences, and its pixels' starting rates all at once (the median of
+        # each pixel's usable d / x, as _median_rate gives it).
+        block_d = np.empty((K, p1 - p0))
+        block_x = np.empty((K, p1 - p0))
+        block_ok = np.empty((K, p1 - p0), dtype=np.bool_)
+        for k in range(K):
+            for i in range(p1 - p0):
+                w = omega[groups[p0 + i], k]
+                ok = ok_read[k, i] and ok_read[k + 1, i] and np.isfinite(w)
+                block_ok[k, i] = ok
+                block_d[k, i] = (ramp[k + 1, i] - ramp[k, i]) * gain[p0 + i] if ok else 0.0
+                block_x[k, i] = w * dt[k] if ok else 0.0
+        rates = np.empty(p1 - p0)
+        _block_median_rate(block_d, block_x, block_ok, network, np.empty((K, p1 - p0)),
+                           np.empty(p1 - p0, dtype=np.int64), rates)  # fmt: skip
         local_usable = np.zeros((p1 - p0, K), dtype=np.bool_)
         local_jumps = np.zeros((p1 - p0, K), dtype=np.bool_)
         searched = np.empty(K, dtype=np.bool_)
@@ -253,16 +270,13 @@ def find_jumps_kernel(
             valid = local_usable[i]
             n = 0
             for k in range(K):
-                w = omega[row, k]
-                ok = ok_read[k, i] and ok_read[k + 1, i] and np.isfinite(w)
-                valid[k] = ok
-                d[k] = (ramp[k + 1, i] - ramp[k, i]) * g if ok else 0.0
-                x[k] = w * dt[k] if ok else 0.0
-                if ok:
-                    n += 1
+                valid[k] = block_ok[k, i]
+                d[k] = block_d[k, i]
+                x[k] = block_x[k, i]
+                n += valid[k]
             searched[:] = valid
             s2 = (read_noise[p] * g) ** 2
-            rate = _median_rate(d, x, valid, buf)
+            rate = rates[i]
             found = search_pixel(
                 d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, work
             )
