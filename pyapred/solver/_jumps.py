@@ -26,13 +26,14 @@ from numba import njit, prange
 from ._flags import Flag
 from ._numpy import (
     _BLOCK,
+    _GROUP_BLOCK,
     _backward,
     _block_median_rate,
+    _block_pass,
     _factor,
     _forward,
     _gather_block,
-    _gls_pixel,
-    _group_median_rates,
+    _gather_group_block,
     _median_network,
     _median_rate,
     fit_omega_groups,
@@ -167,6 +168,103 @@ def search_pixel(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jump
     return n_flagged
 
 
+# The block screen flags a pixel for the full search when its best chi2 drop is within this
+# relative margin of the threshold, so that its rounding can never hide a jump.
+_SCREEN_MARGIN = 1e-9
+
+
+@njit(cache=True)
+def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, out):
+    """Whether :func:`search_pixel` may flag anything, for every pixel of a block ``(K, B)``.
+
+    ``out[p]`` is True where the first round of the search could flag a difference: only those
+    pixels need :func:`search_pixel`, which repeats that round and goes on. The round flags
+    something exactly when the best one-jump drop passes ``thr_one`` or the best two-jump drop
+    passes ``thr_two``; here those drops are computed across the block's pixels at each
+    difference, branch-free with reciprocals (which the compiler vectorises), and compared with
+    thresholds lowered by ``_SCREEN_MARGIN``, so the screen never misses a pixel that the search
+    would flag. ``s2`` and ``rate`` are (B,).
+    """
+    K, B = d.shape
+    alpha = np.empty((K, B))
+    beta = np.empty((K, B))  # beta[k] couples k and k + 1
+    inv_piv = np.empty((K, B))
+    low = np.empty((K, B))
+    yx = np.empty((K, B))
+    yd = np.empty((K, B))
+    u = np.empty((K, B))
+    z = np.empty((K, B))
+    inv_back = np.empty((K, B))
+    xu = np.zeros(B)
+    xz = np.zeros(B)
+    n_valid = np.zeros(B, dtype=np.int64)
+    for k in range(K):  # L D L^T of C(rate), forward substitutions of x and d, and the sums
+        for p in range(B):
+            ok = valid[k, p]
+            n_valid[p] += ok
+            a = max(rate[p] * x[k, p], 0.0) + 2.0 * s2[p] if ok else 1.0
+            b = -s2[p] if (k > 0 and ok and valid[k - 1, p]) else 0.0
+            lk = b * inv_piv[k - 1, p] if k > 0 else 0.0
+            alpha[k, p] = a
+            if k > 0:
+                beta[k - 1, p] = b
+            low[k, p] = lk
+            ip = 1.0 / (a - lk * b)
+            inv_piv[k, p] = ip
+            fx = x[k, p] - lk * yx[k - 1, p] if k > 0 else x[k, p]
+            fd = d[k, p] - lk * yd[k - 1, p] if k > 0 else d[k, p]
+            yx[k, p] = fx
+            yd[k, p] = fd
+            xu[p] += fx * fx * ip
+            xz[p] += fx * fd * ip
+    for p in range(B):
+        beta[K - 1, p] = 0.0
+        u[K - 1, p] = yx[K - 1, p] * inv_piv[K - 1, p]
+        z[K - 1, p] = yd[K - 1, p] * inv_piv[K - 1, p]
+        inv_back[K - 1, p] = 1.0 / alpha[K - 1, p]
+    for k in range(K - 2, -1, -1):  # backward substitutions and the backward pivots
+        for p in range(B):
+            u[k, p] = yx[k, p] * inv_piv[k, p] - low[k + 1, p] * u[k + 1, p]
+            z[k, p] = yd[k, p] * inv_piv[k, p] - low[k + 1, p] * z[k + 1, p]
+            inv_back[k, p] = 1.0 / (alpha[k, p] - beta[k, p] * beta[k, p] * inv_back[k + 1, p])
+    inv_xu = np.empty(B)
+    slope = np.empty(B)
+    for p in range(B):
+        inv_xu[p] = 1.0 / xu[p] if xu[p] > 0.0 else 0.0
+        slope[p] = xz[p] * inv_xu[p]
+    best_one = np.zeros(B)
+    best_two = np.zeros(B)
+    s_prev = np.zeros(B)  # the previous difference's s and q
+    q_prev = np.zeros(B)
+    for k in range(K):  # the best one- and two-adjacent-jump chi2 drops
+        for p in range(B):
+            den = alpha[k, p]
+            if k > 0:
+                den -= beta[k - 1, p] * beta[k - 1, p] * inv_piv[k - 1, p]
+            if k < K - 1:
+                den -= beta[k, p] * beta[k, p] * inv_back[k + 1, p]
+            cinv = 1.0 / den
+            s = cinv - u[k, p] * u[k, p] * inv_xu[p]
+            q = z[k, p] - slope[p] * u[k, p]
+            usable = valid[k, p] and s > 0.0
+            drop = q * q / s if usable else 0.0
+            best_one[p] = drop if drop > best_one[p] else best_one[p]
+            if two_adjacent and k > 0:
+                s12 = -cinv * beta[k - 1, p] * inv_piv[k - 1, p] - u[k - 1, p] * u[k, p] * inv_xu[p]
+                det = s_prev[p] * s - s12 * s12
+                pair = valid[k - 1, p] and valid[k, p] and det > 0.0
+                q1 = q_prev[p]
+                two = (s * q1 * q1 - 2.0 * s12 * q1 * q + s_prev[p] * q * q) / det if pair else 0.0
+                best_two[p] = two if two > best_two[p] else best_two[p]
+            s_prev[p] = s
+            q_prev[p] = q
+    one_limit = thr_one * (1.0 - _SCREEN_MARGIN)
+    two_limit = thr_two * (1.0 - _SCREEN_MARGIN)
+    for p in range(B):
+        searched = n_valid[p] > MIN_CLEAN_DIFFS and max_jumps > 0 and xu[p] > 0.0
+        out[p] = searched and (best_one[p] > one_limit or best_two[p] > two_limit)
+
+
 @njit(cache=True)
 def _jump_sizes(d, x, valid, jumps, s2, flux, work, out):
     """Fitted size (e-) of each flagged jump, given the final fit of the clean differences.
@@ -254,38 +352,64 @@ def find_jumps_kernel(
         rates = np.empty(p1 - p0)
         _block_median_rate(block_d, block_x, block_ok, network, np.empty((K, p1 - p0)),
                            np.empty(p1 - p0, dtype=np.int64), rates)  # fmt: skip
-        local_usable = np.zeros((p1 - p0, K), dtype=np.bool_)
-        local_jumps = np.zeros((p1 - p0, K), dtype=np.bool_)
-        searched = np.empty(K, dtype=np.bool_)
-        local_size = np.zeros((p1 - p0, K))
+        block_s2 = np.empty(p1 - p0)
+        for i in range(p1 - p0):
+            block_s2[i] = (read_noise[p0 + i] * gain[p0 + i]) ** 2
+        needs_search = np.empty(p1 - p0, dtype=np.bool_)
+        _block_needs_search(block_d, block_x, block_ok, block_s2, rates, thr_one, thr_two,
+                            two_adjacent, max_jumps, needs_search)  # fmt: skip
+        nb = p1 - p0
+        local_usable = np.zeros((nb, K), dtype=np.bool_)
+        local_jumps = np.zeros((nb, K), dtype=np.bool_)
+        local_size = np.zeros((nb, K))
+        found = np.zeros(nb, dtype=np.int64)
         d = np.empty(K)
         x = np.empty(K)
+        valid = np.empty(K, dtype=np.bool_)
         buf = np.empty(K)
         work = np.empty((_N_WORK, K))
-        for p in range(p0, p1):
-            i = p - p0
-            g = gain[p]
-            pflags = read_flags[i]
-            row = groups[p]
-            valid = local_usable[i]
-            n = 0
+        # The search, on the pixels that need it; their flagged differences leave the block.
+        for i in range(nb):
+            if not needs_search[i]:
+                continue
             for k in range(K):
                 valid[k] = block_ok[k, i]
                 d[k] = block_d[k, i]
                 x[k] = block_x[k, i]
-                n += valid[k]
-            searched[:] = valid
-            s2 = (read_noise[p] * g) ** 2
-            rate = rates[i]
-            found = search_pixel(
-                d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, work
+            found[i] = search_pixel(
+                d, x, valid, block_s2[i], rates[i], thr_one, thr_two, two_adjacent, max_jumps, work
             )
-            n -= found
+            if found[i] > 0:
+                for k in range(K):
+                    local_jumps[i, k] = block_ok[k, i] and not valid[k]
+                    block_ok[k, i] = valid[k]
+                    block_d[k, i] = d[k]
+                    block_x[k, i] = x[k]
+                rates[i] = _median_rate(d, x, valid, buf)
+        # The final fit sees only the clean differences, as extract_fluxes would (the same
+        # block passes).
+        sxx = np.empty(nb)
+        sxd = np.empty(nb)
+        fl = np.empty(nb)
+        var_last = np.empty(nb)
+        state = np.empty((3, nb))
+        for _ in range(n_pass):
+            _block_pass(block_d, block_x, block_ok, block_s2, rates, False, fl, sxx, sxd, state)
+            for i in range(nb):
+                fl[i] = sxd[i] / sxx[i]
+                var_last[i] = 1.0 / sxx[i]
+                rates[i] = max(fl[i], 0.0)
+        _block_pass(block_d, block_x, block_ok, block_s2, fl, True, fl, sxx, sxd, state)
+        for i in range(nb):
+            p = p0 + i
+            n = 0
             for k in range(K):
-                local_jumps[i, k] = searched[k] and not valid[k]
-            n_jumps[p] = found
+                local_usable[i, k] = block_ok[k, i]
+                n += block_ok[k, i]
+            pflags = read_flags[i]
+            n_jumps[p] = found[i]
             n_diff[p] = n
-            if found > 0:
+            if found[i] > 0:
                 pflags |= _JUMP_DETECTED
             if n <= MIN_CLEAN_DIFFS:
                 pflags |= _FEW_CLEAN_DIFFS
@@ -296,18 +420,19 @@ def find_jumps_kernel(
                 chi2[p] = np.nan
                 continue
             flags[p] = pflags
-            # The final fit sees only the clean differences, as extract_fluxes would.
-            a0 = _median_rate(d, x, valid, buf) if found > 0 else rate
-            f, v, c = _gls_pixel(d, x, valid, s2, a0, n_pass, work)
-            if found > 0:
+            if found[i] > 0:
+                g = gain[p]
                 for k in range(K):
+                    valid[k] = block_ok[k, i]
+                    d[k] = block_d[k, i]
+                    x[k] = block_x[k, i]
                     if local_jumps[i, k]:
                         d[k] = (ramp[k + 1, i] - ramp[k, i]) * g
-                        x[k] = omega[row, k] * dt[k]
-                _jump_sizes(d, x, valid, local_jumps[i], s2, f, work, local_size[i])
-            flux[p] = f
-            flux_var[p] = v
-            chi2[p] = c
+                        x[k] = omega[groups[p], k] * dt[k]
+                _jump_sizes(d, x, valid, local_jumps[i], block_s2[i], fl[i], work, local_size[i])
+            flux[p] = fl[i]
+            flux_var[p] = var_last[i]
+            chi2[p] = sxd[i]
         for k in range(K):
             for p in range(p0, p1):
                 usable[k, p] = local_usable[p - p0, k]
@@ -327,31 +452,46 @@ def search_groups_kernel(
     """
     G, P, K = diffs.shape
     network = _median_network(K)
+    B = min(P, _GROUP_BLOCK)
     for g in prange(G):
         d = np.empty(K)
         xv = np.empty(K)
         use = np.empty(K, dtype=np.bool_)
         work = np.empty((_N_WORK, K))
-        rates = np.empty(P)
-        _group_median_rates(diffs[g], valid[g], x[g], fit_pixel[g], network, rates)
-        for p in range(P):
-            out_valid[g, p, :] = valid[g, p, :]
-            n_jumps[g, p] = 0
-            if not fit_pixel[g, p]:
-                continue
-            for k in range(K):
-                ok = valid[g, p, k] and np.isfinite(x[g, k])
-                use[k] = ok
-                d[k] = diffs[g, p, k] if ok else 0.0
-                xv[k] = x[g, k] if ok else 0.0
-            found = search_pixel(
-                d, xv, use, s2[g, p], rates[p], thr_one, thr_two, two_adjacent, max_jumps, work
-            )
-            if found > 0:
-                n_jumps[g, p] = found
+        block_d = np.empty((K, B))
+        block_x = np.empty((K, B))
+        block_ok = np.empty((K, B), dtype=np.bool_)
+        block_s2 = np.ones(B)
+        rates = np.empty(B)
+        needs_search = np.empty(B, dtype=np.bool_)
+        for p0 in range(0, P, B):
+            nb = min(B, P - p0)
+            _gather_group_block(diffs[g], valid[g], x[g], fit_pixel[g], p0, block_d, block_x,
+                                block_ok)  # fmt: skip
+            _block_median_rate(block_d, block_x, block_ok, network, np.empty((K, B)),
+                               np.empty(B, dtype=np.int64), rates)  # fmt: skip
+            block_s2[:nb] = s2[g, p0 : p0 + nb]
+            _block_needs_search(block_d, block_x, block_ok, block_s2, rates, thr_one, thr_two,
+                                two_adjacent, max_jumps, needs_search)  # fmt: skip
+            for i in range(nb):
+                p = p0 + i
+                out_valid[g, p, :] = valid[g, p, :]
+                n_jumps[g, p] = 0
+                if not (fit_pixel[g, p] and needs_search[i]):
+                    continue
                 for k in range(K):
-                    if valid[g, p, k] and np.isfinite(x[g, k]) and not use[k]:
-                        out_valid[g, p, k] = False
+                    use[k] = block_ok[k, i]
+                    d[k] = block_d[k, i]
+                    xv[k] = block_x[k, i]
+                found = search_pixel(
+                    d, xv, use, s2[g, p], rates[i], thr_one, thr_two, two_adjacent, max_jumps,
+                    work,
+                )  # fmt: skip
+                if found > 0:
+                    n_jumps[g, p] = found
+                    for k in range(K):
+                        if valid[g, p, k] and np.isfinite(x[g, k]) and not use[k]:
+                            out_valid[g, p, k] = False
 
 
 def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_rounds, **fit_options):

@@ -35,6 +35,8 @@ _TOO_FEW_DIFFS = int(Flag.TOO_FEW_DIFFS)
 # Size of the pixel blocks that the full-chip kernels gather from the (n_reads, n_pix) cube:
 # big enough for contiguous reads along each read plane, small enough to stay in cache.
 _BLOCK = 256
+# Pixels of one group transposed together into a (K, B) block (the omega fit's layout is (P, K)).
+_GROUP_BLOCK = 64
 # Positivity floor of the reference implementation (min_b_val, min_f_val).
 CLAMP_FLOOR = 1e-10
 
@@ -108,34 +110,6 @@ def _backward(low, piv, y, out):
     out[K - 1] = y[K - 1] / piv[K - 1]
     for k in range(K - 2, -1, -1):
         out[k] = y[k] / piv[k] - low[k + 1] * out[k + 1]
-
-
-@njit(cache=True)
-def _gls_pixel(d, x, valid, s2, a0, n_pass, work):
-    """GLS of one pixel's ``d = f x + noise``, covariance refreshed ``n_pass`` times (jump search).
-
-    Returns ``(flux, variance, chi2)``. The variance is from the last pass (covariance built from
-    the previous estimate); chi2 uses the covariance at the final flux (spec sections 1.3, 3).
-    """
-    alpha, beta, piv, low, yx, yd = work[0], work[1], work[2], work[3], work[4], work[5]
-    K = d.shape[0]
-    rate = a0
-    flux = 0.0
-    var = np.nan
-    for _ in range(n_pass):
-        _factor(x, valid, s2, rate, alpha, beta, piv, low)
-        _forward(low, x, yx)
-        _forward(low, d, yd)
-        sxx = 0.0
-        sxd = 0.0
-        for k in range(K):
-            sxx += yx[k] * yx[k] / piv[k]
-            sxd += yx[k] * yd[k] / piv[k]
-        flux = sxd / sxx
-        var = 1.0 / sxx
-        rate = max(flux, 0.0)
-    chi2 = _chi2_pixel(d, x, valid, s2, flux, work)
-    return flux, var, chi2
 
 
 @njit(cache=True, inline="always")
@@ -264,6 +238,26 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
             rate[p] = max(0.5 * (ratios[n // 2 - 1, p] + ratios[n // 2, p]), 0.0)
 
 
+@njit(cache=True, inline="always")
+def _gather_group_block(diffs, valid, x, use_pixel, p0, d, xb, ok):
+    """Pixels ``p0 .. p0 + B - 1`` of one group's (P, K) layout into (K, B) block arrays.
+
+    ``x`` (K,) is the group's design; a difference is usable (``ok``) where it is ``valid``,
+    its pixel is in ``use_pixel`` and ``x`` is finite. Elsewhere, and past the last pixel,
+    ``ok`` is False and ``d``, ``xb`` are 0.
+    """
+    P, K = diffs.shape
+    B = d.shape[1]
+    for k in range(K):
+        usable_k = np.isfinite(x[k])
+        for i in range(B):
+            p = p0 + i
+            good = p < P and usable_k and use_pixel[p] and valid[p, k]
+            ok[k, i] = good
+            d[k, i] = diffs[p, k] if good else 0.0
+            xb[k, i] = x[k] if good else 0.0
+
+
 @njit(cache=True)
 def _group_median_rates(diffs, valid, x, use_pixel, network, rates):
     """``_median_rate`` of each pixel of one group in the (P, K) layout of the omega fit.
@@ -273,7 +267,7 @@ def _group_median_rates(diffs, valid, x, use_pixel, network, rates):
     The pixels are transposed in blocks into the (K, B) layout of :func:`_block_median_rate`.
     """
     P, K = diffs.shape
-    B = min(P, 64)
+    B = min(P, _GROUP_BLOCK)
     d = np.empty((K, B))
     xb = np.empty((K, B))
     ok = np.empty((K, B), dtype=np.bool_)
@@ -281,17 +275,9 @@ def _group_median_rates(diffs, valid, x, use_pixel, network, rates):
     count = np.empty(B, dtype=np.int64)
     out = np.empty(B)
     for p0 in range(0, P, B):
-        nb = min(B, P - p0)
-        for k in range(K):
-            usable_k = np.isfinite(x[k])
-            for i in range(B):
-                p = p0 + i
-                good = i < nb and usable_k and use_pixel[p] and valid[p, k]
-                ok[k, i] = good
-                d[k, i] = diffs[p, k] if good else 0.0
-                xb[k, i] = x[k] if good else 0.0
+        _gather_group_block(diffs, valid, x, use_pixel, p0, d, xb, ok)
         _block_median_rate(d, xb, ok, network, sorted_, count, out)
-        for i in range(nb):
+        for i in range(min(B, P - p0)):
             if use_pixel[p0 + i]:
                 rates[p0 + i] = out[i]
 

@@ -359,3 +359,35 @@ def test_joint_fit_jump_search_on_clean_groups_changes_nothing():
     np.testing.assert_array_equal(searched.n_diff, plain.n_diff)
     with pytest.raises(ValueError, match="jump_threshold"):
         fit_omega(reads, sigma, jump_search=True, jump_threshold=-1)
+
+
+@pytest.mark.parametrize("two_adjacent", [True, False])
+def test_block_screen_agrees_with_the_scalar_search(two_adjacent):
+    """The vectorised first round says 'search' wherever search_pixel flags something (it may
+    say so for a pixel within 1e-9 of the threshold, which search_pixel then leaves)."""
+    from pyapred.solver._jumps import _block_needs_search, chi2_thresholds, search_pixel
+
+    rng = np.random.default_rng(4)
+    K, B = 30, 400
+    x = rng.uniform(0.5, 1.0, (K, B)) * 10.6
+    flux = rng.uniform(1.0, 500.0, B)
+    s2 = rng.uniform(100.0, 400.0, B)
+    d = flux * x + rng.normal(0.0, 1.0, (K, B)) * np.sqrt(flux * x + 2 * s2)
+    hit = rng.random((K, B)) < 0.02
+    d += hit * rng.uniform(0.0, 400.0, (K, B))  # jumps, many near the threshold
+    valid = rng.random((K, B)) > 0.1
+    valid[:, :5] = False  # nothing to search
+    valid[3:, 5:10] = False  # too few clean differences
+    d, x = np.where(valid, d, 0.0), np.where(valid, x, 0.0)
+    rate = np.maximum(flux + rng.normal(0.0, 5.0, B), 0.0)
+    thr_one, thr_two = chi2_thresholds(4.5)
+    needs = np.empty(B, dtype=bool)
+    _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, 10, needs)
+    found = np.array([
+        search_pixel(d[:, p].copy(), x[:, p].copy(), valid[:, p].copy(), s2[p], rate[p],
+                     thr_one, thr_two, two_adjacent, 10, np.empty((10, K)))
+        for p in range(B)
+    ])  # fmt: skip
+    assert 20 < needs.sum() < B - 20
+    assert np.all(needs[found > 0])
+    assert np.array_equal(needs, found > 0)  # no pixel of this draw is that close
