@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .solver._numpy import _median_network
+from .solver._numpy import _median_network, _sort_columns
 
 #: Pixels of a row processed together.
 _BLOCK = 256
@@ -81,12 +81,7 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
                 rough_values[m, i] = (
                     scaled[(m * n_diff) // n_rough[i], i] if m < n_rough[i] else np.inf
                 )
-        for c in range(network.shape[0]):
-            a, b = network[c, 0], network[c, 1]
-            for i in range(B):
-                low, high = rough_values[a, i], rough_values[b, i]
-                rough_values[a, i] = min(low, high)
-                rough_values[b, i] = max(low, high)
+        _sort_columns(rough_values, network)
         rough = np.empty(B)
         for i in range(B):
             n = n_rough[i]

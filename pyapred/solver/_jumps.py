@@ -28,8 +28,8 @@ from ._numpy import (
     _BLOCK,
     _GROUP_BLOCK,
     _backward,
+    _block_gls,
     _block_median_rate,
-    _block_pass,
     _factor,
     _forward,
     _gather_block,
@@ -388,18 +388,10 @@ def find_jumps_kernel(
                 rates[i] = _median_rate(d, x, valid, buf)
         # The final fit sees only the clean differences, as extract_fluxes would (the same
         # block passes).
-        sxx = np.empty(nb)
-        sxd = np.empty(nb)
         fl = np.empty(nb)
         var_last = np.empty(nb)
-        state = np.empty((3, nb))
-        for _ in range(n_pass):
-            _block_pass(block_d, block_x, block_ok, block_s2, rates, False, fl, sxx, sxd, state)
-            for i in range(nb):
-                fl[i] = sxd[i] / sxx[i]
-                var_last[i] = 1.0 / sxx[i]
-                rates[i] = max(fl[i], 0.0)
-        _block_pass(block_d, block_x, block_ok, block_s2, fl, True, fl, sxx, sxd, state)
+        chi2_block = np.empty(nb)
+        _block_gls(block_d, block_x, block_ok, block_s2, rates, n_pass, fl, var_last, chi2_block)
         for i in range(nb):
             p = p0 + i
             n = 0
@@ -432,7 +424,7 @@ def find_jumps_kernel(
                 _jump_sizes(d, x, valid, local_jumps[i], block_s2[i], fl[i], work, local_size[i])
             flux[p] = fl[i]
             flux_var[p] = var_last[i]
-            chi2[p] = sxd[i]
+            chi2[p] = chi2_block[i]
         for k in range(K):
             for p in range(p0, p1):
                 usable[k, p] = local_usable[p - p0, k]

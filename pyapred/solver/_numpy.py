@@ -206,6 +206,18 @@ def _median_network(n):
 
 
 @njit(cache=True, inline="always")
+def _sort_columns(values, network):
+    """Sort each column of ``values`` (n, B) in place with ``network`` (:func:`_median_network`
+    of n): the compare-exchanges run across the columns with no branch, so they vectorise."""
+    for c in range(network.shape[0]):
+        i, j = network[c, 0], network[c, 1]
+        for p in range(values.shape[1]):
+            low, high = values[i, p], values[j, p]
+            values[i, p] = min(low, high)
+            values[j, p] = max(low, high)
+
+
+@njit(cache=True, inline="always")
 def _block_median_rate(d, x, valid, network, ratios, count, rate):
     """``_median_rate`` of every pixel of a block ``(K, B)``, with the same result bit for bit.
 
@@ -222,12 +234,7 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
             ok = valid[k, p] and x[k, p] > 0.0
             ratios[k, p] = d[k, p] / x[k, p] if ok else np.inf
             count[p] += ok
-    for c in range(network.shape[0]):
-        i, j = network[c, 0], network[c, 1]
-        for p in range(B):
-            low, high = ratios[i, p], ratios[j, p]
-            ratios[i, p] = min(low, high)
-            ratios[j, p] = max(low, high)
+    _sort_columns(ratios, network)
     for p in range(B):
         n = count[p]
         if n == 0:
@@ -317,6 +324,28 @@ def _block_pass(d, x, valid, s2, rate, rhs_is_residual, flux, sxx, sxd, state):
             yd_prev[p] = yd
 
 
+@njit(cache=True, inline="always")
+def _block_gls(d, x, valid, s2, rate, n_pass, flux, flux_var, chi2):
+    """Eq-15 fits of a block's pixels (K, B): ``n_pass`` GLS passes from the photon noise at
+    ``rate`` (updated in place), then chi2 with the photon noise at the final flux (eq 24).
+
+    ``flux``, ``flux_var`` (from the last pass) and ``chi2`` are (B,) outputs.
+    """
+    B = d.shape[1]
+    sxx = np.empty(B)
+    sxd = np.empty(B)
+    state = np.empty((3, B))
+    for _ in range(n_pass):
+        _block_pass(d, x, valid, s2, rate, False, flux, sxx, sxd, state)
+        for p in range(B):
+            flux[p] = sxd[p] / sxx[p]
+            flux_var[p] = 1.0 / sxx[p]
+            rate[p] = max(flux[p], 0.0)
+    _block_pass(d, x, valid, s2, flux, True, flux, sxx, sxd, state)
+    for p in range(B):
+        chi2[p] = sxd[p]
+
+
 @njit(cache=True, parallel=True)
 def extract_kernel(
     reads,
@@ -381,19 +410,10 @@ def extract_kernel(
                 count[p] += ok
         rate = np.empty(B)
         _block_median_rate(d, x, valid, network, np.empty((K, B)), np.empty(B, np.int64), rate)
-        sxx = np.empty(B)
-        sxd = np.empty(B)
         fl = np.empty(B)
-        state = np.empty((3, B))
         var_last = np.empty(B)
-        for _ in range(n_pass):
-            _block_pass(d, x, valid, s2, rate, False, fl, sxx, sxd, state)
-            for p in range(B):
-                fl[p] = sxd[p] / sxx[p]
-                var_last[p] = 1.0 / sxx[p]
-                rate[p] = max(fl[p], 0.0)
-        # chi2 with the photon noise at the final flux (eq 24).
-        _block_pass(d, x, valid, s2, fl, True, fl, sxx, sxd, state)
+        chi2_block = np.empty(B)
+        _block_gls(d, x, valid, s2, rate, n_pass, fl, var_last, chi2_block)
         for p in range(B):
             q = p0 + p
             n_diff[q] = count[p]
@@ -406,7 +426,7 @@ def extract_kernel(
                 flags[q] = pflags[p]
                 flux[q] = fl[p]
                 flux_var[q] = var_last[p]
-                chi2[q] = sxd[p]
+                chi2[q] = chi2_block[p]
 
 
 def prepare_diffs_kernel(reads, bad, use_mask, gain, saturation, diffs, valid, flags):
