@@ -28,6 +28,7 @@ from ._numpy import (
     _BLOCK,
     _GROUP_BLOCK,
     _backward,
+    _block_differences,
     _block_gls,
     _block_median_rate,
     _factor,
@@ -342,13 +343,9 @@ def find_jumps_kernel(
         block_d = np.empty((K, p1 - p0))
         block_x = np.empty((K, p1 - p0))
         block_ok = np.empty((K, p1 - p0), dtype=np.bool_)
-        for k in range(K):
-            for i in range(p1 - p0):
-                w = omega[groups[p0 + i], k]
-                ok = ok_read[k, i] and ok_read[k + 1, i] and np.isfinite(w)
-                block_ok[k, i] = ok
-                block_d[k, i] = (ramp[k + 1, i] - ramp[k, i]) * gain[p0 + i] if ok else 0.0
-                block_x[k, i] = w * dt[k] if ok else 0.0
+        n_usable = np.zeros(p1 - p0, dtype=np.int64)
+        _block_differences(ramp, ok_read, omega, groups, dt, gain, p0, block_d, block_x,
+                           block_ok, n_usable)  # fmt: skip
         rates = np.empty(p1 - p0)
         _block_median_rate(block_d, block_x, block_ok, network, np.empty((K, p1 - p0)),
                            np.empty(p1 - p0, dtype=np.int64), rates)  # fmt: skip

@@ -325,6 +325,24 @@ def _block_pass(d, x, valid, s2, rate, rhs_is_residual, flux, sxx, sxd, state):
 
 
 @njit(cache=True, inline="always")
+def _block_differences(ramp, ok_read, omega, groups, dt, gain, p0, d, x, valid, count):
+    """Read differences (e-) and design of a gathered block (:func:`_gather_block`), (K, B).
+
+    A difference is ``valid`` where both its reads are usable and the pixel's omega element is
+    finite; elsewhere ``d`` and ``x`` are 0. ``count`` (B,) is incremented by the valid ones.
+    """
+    K, B = d.shape
+    for k in range(K):
+        for p in range(B):
+            w = omega[groups[p0 + p], k]
+            ok = ok_read[k, p] and ok_read[k + 1, p] and np.isfinite(w)
+            valid[k, p] = ok
+            d[k, p] = (ramp[k + 1, p] - ramp[k, p]) * gain[p0 + p] if ok else 0.0
+            x[k, p] = w * dt[k] if ok else 0.0
+            count[p] += ok
+
+
+@njit(cache=True, inline="always")
 def _block_gls(d, x, valid, s2, rate, n_pass, flux, flux_var, chi2):
     """Eq-15 fits of a block's pixels (K, B): ``n_pass`` GLS passes from the photon noise at
     ``rate`` (updated in place), then chi2 with the photon noise at the final flux (eq 24).
@@ -400,14 +418,7 @@ def extract_kernel(
         for p in range(B):
             sigma = read_noise[p0 + p] * gain[p0 + p]
             s2[p] = sigma * sigma
-        for k in range(K):
-            for p in range(B):
-                w = omega[groups[p0 + p], k]
-                ok = ok_read[k, p] and ok_read[k + 1, p] and np.isfinite(w)
-                valid[k, p] = ok
-                d[k, p] = (ramp[k + 1, p] - ramp[k, p]) * gain[p0 + p] if ok else 0.0
-                x[k, p] = w * dt[k] if ok else 0.0
-                count[p] += ok
+        _block_differences(ramp, ok_read, omega, groups, dt, gain, p0, d, x, valid, count)
         rate = np.empty(B)
         _block_median_rate(d, x, valid, network, np.empty((K, B)), np.empty(B, np.int64), rate)
         fl = np.empty(B)
