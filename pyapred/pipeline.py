@@ -91,9 +91,8 @@ class ChipExposure:
     source : str
         File name used in error messages.
     writable : bool
-        The pipeline may overwrite ``reads`` in place: it then marks the reads after detected
-        jumps as NaN instead of allocating a read mask the size of the cube (:func:`load_chip`
-        sets it; results and flags are the same).
+        The pipeline may overwrite ``reads`` in place: :func:`correct_1f` then corrects float
+        reads without a copy (:func:`load_chip` sets it).
     timing : dict, optional
         What the product records of the exposure's timing, for ``pyapred guider``:
         ``read_times_tai_mjd`` (the reads' start times, TAI MJD) and the header cards
