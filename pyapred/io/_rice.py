@@ -55,6 +55,19 @@ def _bit_length(typingctx, value):
     return types.int64(types.int64), codegen
 
 
+@njit(cache=True, inline="always")
+def _refill(data, pos, stop, bits, nbits):
+    """Append whole bytes of ``data[pos:stop]`` to the bit buffer while it has room (63 bits).
+
+    Returns the new ``(bits, pos, nbits)``.
+    """
+    while nbits <= 55 and pos < stop:
+        bits = (bits << 8) | np.int64(data[pos])
+        pos += 1
+        nbits += 8
+    return bits, pos, nbits
+
+
 @njit(cache=True)
 def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: np.ndarray) -> int:
     """Decode one RICE_1 tile of 32-bit pixels from ``data[start:stop]`` into ``out``.
@@ -90,10 +103,7 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
     i = 0
     while i < n:
         if nbits < FS_BITS:
-            while nbits <= 55 and pos < stop:
-                bits = (bits << 8) | np.int64(data[pos])
-                pos += 1
-                nbits += 8
+            bits, pos, nbits = _refill(data, pos, stop, bits, nbits)
             if nbits < FS_BITS:
                 return ENDS_EARLY
         nbits -= FS_BITS
@@ -116,10 +126,7 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
                     pos += 4
                     nbits += 32
                 else:
-                    while nbits <= 55 and pos < stop:
-                        bits = (bits << 8) | np.int64(data[pos])
-                        pos += 1
-                        nbits += 8
+                    bits, pos, nbits = _refill(data, pos, stop, bits, nbits)
             if fs == FS_MAX:  # high entropy: the mapped difference is stored as 32 raw bits
                 if nbits < 32:
                     return ENDS_EARLY
@@ -131,10 +138,7 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
                 while bits == 0:
                     zeros += nbits
                     nbits = 0
-                    while nbits <= 55 and pos < stop:
-                        bits = (bits << 8) | np.int64(data[pos])
-                        pos += 1
-                        nbits += 8
+                    bits, pos, nbits = _refill(data, pos, stop, bits, nbits)
                     if nbits == 0:
                         return ENDS_EARLY
                 length = _bit_length(bits)
@@ -142,10 +146,7 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
                 nbits = length - 1
                 bits ^= np.int64(1) << nbits
                 if nbits < fs:
-                    while nbits <= 55 and pos < stop:
-                        bits = (bits << 8) | np.int64(data[pos])
-                        pos += 1
-                        nbits += 8
+                    bits, pos, nbits = _refill(data, pos, stop, bits, nbits)
                     if nbits < fs:
                         return ENDS_EARLY
                 nbits -= fs
