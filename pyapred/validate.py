@@ -14,7 +14,8 @@ figures) and ``results.json`` (every number in the report):
    scatter of the median z-scores of each model, and the thresholds on A.
 
 Every random number comes from one ``numpy.random.Generator`` seeded by ``seed`` (one child
-stream per study), so a run is deterministic for a given backend. Definitions follow
+stream per study, and in III.3 one per omega draw), so a run is deterministic for a given
+backend, whatever the number of threads. Definitions follow
 ``../shared/docs/math-spec.md`` sections 5 to 7; ``docs/validation.md`` lists where they had to
 be chosen because the paper's values were lost.
 """
@@ -26,7 +27,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,11 +81,14 @@ class StudySizes:
     sweep_flux_levels : int
         Log-spaced fluxes from 10 to 1000 e-/read in the sweep.
     sweep_examples : int
-        Pixels per flux level and omega draw (paper: 100).
+        Pixels per flux level and omega draw. The paper's text says 100; the full run uses
+        1000, the repeat count of the III.1 test that III.3 says it follows, the count that
+        reproduces the paper's threshold (``docs/validation.md``).
     reference_sets : int
         Sets of unit-Gaussian draws behind the expected statistics (paper: 1000).
     chunk : int
-        omega draws simulated and fitted together (bounds memory).
+        omega draws simulated and fitted together (bounds memory: about
+        ``chunk * sweep_examples * 21 * 33 * 8`` bytes of reads).
     """
 
     name: str
@@ -107,8 +111,9 @@ FULL = StudySizes(
     amplitudes=tuple(np.round(np.r_[np.arange(0.0, 0.1, 0.01), np.arange(0.1, 1.01, 0.1)], 3)),
     sweep_realisations=1000,
     sweep_flux_levels=21,
-    sweep_examples=100,
+    sweep_examples=1000,
     reference_sets=1000,
+    chunk=25,
 )
 QUICK = StudySizes(
     name="quick",
@@ -126,9 +131,20 @@ QUICK = StudySizes(
 CHECKS = {
     "constant_inflation_above_2": "III.1 constant-model inflation factor > 2",
     "time_variable_inflation_near_1": "III.1 time-variable inflation factor within 0.1 of 1",
-    "threshold_in_range": "III.3 threshold (noise-free construction) inside {lo:.1%}..{hi:.1%}",
+    "threshold_in_range": "III.3 {name} inside {lo:.1%}..{hi:.1%}",
 }
-THRESHOLD_BOUNDS = {"quick": (0.01, 0.10), "full": (0.025, 0.05)}
+# Per mode: which threshold is checked, and its bounds. The full run checks the paper's
+# construction. At the quick run's counts its band is set by sampling noise (about 26 %), so
+# the quick run checks the same construction on the noise-free biases, which measures the
+# models and not the counts (docs/validation.md).
+THRESHOLD_CHECKS = {
+    "quick": ("threshold_noiseless", (0.01, 0.10)),
+    "full": ("threshold", (0.025, 0.05)),
+}
+_THRESHOLD_NAMES = {
+    "threshold": "threshold (paper's construction)",
+    "threshold_noiseless": "threshold (noise-free construction)",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,7 +545,7 @@ def _noiseless_reads(flux, omega) -> np.ndarray:
     return np.concatenate([np.zeros((1,) + steps.shape[1:]), np.cumsum(steps, axis=0)])
 
 
-def amplitude_sweep(rng: np.random.Generator, sizes: StudySizes) -> dict:
+def amplitude_sweep(rng: np.random.Generator, sizes: StudySizes, progress=None) -> dict:
     """Section III.3: bias magnitude of each model versus the omega amplitude A and flux.
 
     For each A and each of ``sweep_realisations`` draws ``omega ~ U(1 - A, 1)``: 100 pixels at
@@ -549,11 +565,14 @@ def amplitude_sweep(rng: np.random.Generator, sizes: StudySizes) -> dict:
     ----------
     rng : numpy.random.Generator
     sizes : StudySizes
+    progress : callable, optional
+        Called with a short message as each amplitude ends (a full run takes minutes each).
 
     Returns
     -------
     dict
     """
+    say = progress or (lambda message: None)
     R, E = sizes.sweep_realisations, sizes.sweep_examples
     fluxes = np.logspace(1, 3, sizes.sweep_flux_levels)
     L = fluxes.size
@@ -570,7 +589,8 @@ def amplitude_sweep(rng: np.random.Generator, sizes: StudySizes) -> dict:
         n_conv = 0
         for lo in range(0, R, sizes.chunk):
             n = min(sizes.chunk, R - lo)
-            omegas, reads, noise = _simulate_sweep_chunk(rng, n, amplitude, test_flux)
+            # One child stream per draw: the same numbers whatever the thread count.
+            omegas, reads, noise = _simulate_sweep_chunk(rng.spawn(n), amplitude, test_flux)
             fit = fit_omega(reads[:, :, :N_PIX], noise[:, :N_PIX])
             n_conv += int(np.sum(fit.converged))
             test_reads, test_noise = reads[:, :, N_PIX:], noise[:, N_PIX:]
@@ -618,6 +638,7 @@ def amplitude_sweep(rng: np.random.Generator, sizes: StudySizes) -> dict:
                 "seconds": time.perf_counter() - start,
             }
         )
+        say(f"A = {amplitude:g} done in {rows[-1]['seconds']:.0f} s")
     return _sweep_summary(rows, fluxes, s0, expected, R, E)
 
 
@@ -631,21 +652,30 @@ def _scaled_z(fit, mult, truth) -> np.ndarray:
     return (fit.flux * mult - truth) / (np.sqrt(fit.flux_var) * mult)
 
 
-def _simulate_sweep_chunk(rng, n: int, amplitude: float, test_flux):
+def _simulate_sweep_chunk(rngs, amplitude: float, test_flux):
     """Reads ``(n_reads, n, P)``, read noise ``(n, P)`` and omegas ``(n, K)`` of ``n`` draws.
 
-    Pixel order per draw: 100 omega-fit pixels, then the test pixels.
+    Draw i uses generator ``rngs[i]`` only. Pixel order per draw: 100 omega-fit pixels, then
+    the test pixels. The draws are simulated on a thread pool: NumPy's samplers release the
+    GIL, and the Poisson draws are most of the full run's time.
     """
-    K = N_READS - 1
+    from concurrent.futures import ThreadPoolExecutor
+
+    n, K = len(rngs), N_READS - 1
     P = N_PIX + test_flux.size
     reads = np.empty((N_READS, n, P))
     noise = np.empty((n, P))
     omegas = np.empty((n, K))
-    for i in range(n):
+
+    def simulate_draw(i: int) -> None:
+        rng = rngs[i]
         omegas[i] = omega_uniform(K, amplitude, rng)
         flux = np.concatenate([rng.uniform(*FLUX_RANGE, N_PIX), test_flux])
         noise[i] = rng.uniform(*NOISE_RANGE, P)
         reads[:, i] = simulate_ramps(flux, noise[i], omega=omegas[i], rng=rng).reads
+
+    with ThreadPoolExecutor(max_workers=min(n, os.cpu_count() or 1)) as pool:
+        list(pool.map(simulate_draw, range(n)))  # list() re-raises a worker's exception
     return omegas, reads, noise
 
 
@@ -794,19 +824,19 @@ def run_validation(
     start = time.perf_counter()
     timings = {}
 
-    say("III.1 single realisation")
+    say("III.1 single realisation ...")
     t = time.perf_counter()
     single = single_realisation(streams[0], sizes)
     timings["single_realisation"] = time.perf_counter() - t
 
-    say("III.2 flux levels")
+    say("III.2 flux levels ...")
     t = time.perf_counter()
     levels = flux_levels(streams[1], sizes, single["_truth"])
     timings["flux_levels"] = time.perf_counter() - t
 
-    say("III.3 amplitude sweep")
+    say("III.3 amplitude sweep ...")
     t = time.perf_counter()
-    sweep = amplitude_sweep(streams[2], sizes)
+    sweep = amplitude_sweep(streams[2], sizes, progress=lambda m: say(f"  {m}"))
     timings["amplitude_sweep"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
 
@@ -834,17 +864,18 @@ def run_validation(
 def evaluate_checks(results: dict) -> dict:
     """The pass/fail checks of issue 7 for this run's mode."""
     inflation = results["single_realisation"]["inflation"]
-    # The noise-free construction: the Monte Carlo band is set by sampling noise at these
-    # counts, not by the time-variable model (docs/validation.md).
-    threshold = results["amplitude_sweep"]["threshold_noiseless"]
-    lo, hi = THRESHOLD_BOUNDS[results["run"]["mode"]]
+    key, (lo, hi) = THRESHOLD_CHECKS[results["run"]["mode"]]
+    threshold = results["amplitude_sweep"][key]
     checks = {
         "constant_inflation_above_2": inflation["constant"] > 2.0,
         "time_variable_inflation_near_1": abs(inflation["time_variable"] - 1.0) <= 0.1,
         "threshold_in_range": threshold is not None and lo <= threshold <= hi,
     }
     return {
-        name: {"passed": bool(passed), "description": CHECKS[name].format(lo=lo, hi=hi)}
+        name: {
+            "passed": bool(passed),
+            "description": CHECKS[name].format(name=_THRESHOLD_NAMES[key], lo=lo, hi=hi),
+        }
         for name, passed in checks.items()
     }
 
@@ -905,6 +936,19 @@ def write_report(results: dict, out_dir) -> Path:
 # --------------------------------------------------------------------------------------------
 # Command line: pyapred validate
 # --------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def add_arguments(parser) -> None:
     """Arguments of ``pyapred validate``."""
     parser.add_argument(
@@ -920,6 +964,13 @@ def add_arguments(parser) -> None:
         help="solver backend (default numpy, the only one available)",
     )
     parser.add_argument("--seed", type=int, default=104, help="random seed (default 104)")
+    parser.add_argument(
+        "--examples",
+        type=_positive_int,
+        metavar="N",
+        help="III.3 pixels per flux level and omega draw (default: 1000 full, 50 quick; "
+        "the paper's text says 100: docs/validation.md)",
+    )
 
 
 def run(args) -> int:
@@ -928,9 +979,11 @@ def run(args) -> int:
 
     writable_folder(args.out)  # before minutes of work, not after
     sizes = QUICK if args.quick else FULL
+    if args.examples is not None:
+        sizes = replace(sizes, sweep_examples=args.examples)
     print(f"pyapred validate ({sizes.name}, seed {args.seed}, backend {args.backend})")
     results = run_validation(
-        args.seed, sizes, args.backend, progress=lambda m: print(f"  {m} ...", flush=True)
+        args.seed, sizes, args.backend, progress=lambda m: print(f"  {m}", flush=True)
     )
     report = write_report(results, args.out)
     single = results["single_realisation"]

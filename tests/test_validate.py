@@ -140,7 +140,7 @@ TINY = dataclasses.replace(
 
 
 def test_runs_are_deterministic_per_seed(monkeypatch):
-    monkeypatch.setitem(validate.THRESHOLD_BOUNDS, "tiny", (0.0, 1.0))
+    monkeypatch.setitem(validate.THRESHOLD_CHECKS, "tiny", ("threshold", (0.0, 1.0)))
 
     def numbers(seed):
         results = validate._public(validate.run_validation(seed, TINY))
@@ -151,6 +151,40 @@ def test_runs_are_deterministic_per_seed(monkeypatch):
 
     assert numbers(7) == numbers(7)
     assert numbers(7) != numbers(8)
+
+
+def test_sweep_numbers_do_not_depend_on_the_thread_count(monkeypatch):
+    messages = []
+
+    def sweep():
+        out = validate.amplitude_sweep(np.random.default_rng(5), TINY, progress=messages.append)
+        return [row["excess_constant"] + row["excess_time_variable"] for row in out["amplitudes"]]
+
+    monkeypatch.setattr(validate.os, "cpu_count", lambda: 1)
+    one_thread = sweep()
+    monkeypatch.setattr(validate.os, "cpu_count", lambda: 4)
+    assert sweep() == one_thread
+    assert len(messages) == 2 * len(TINY.amplitudes) and messages[0].startswith("A = 0 done")
+
+
+@pytest.mark.parametrize(
+    ("mode", "threshold", "noiseless", "passed"),
+    [
+        ("full", 0.038, 0.0165, True),  # the paper's construction is checked
+        ("full", 0.107, 0.035, False),
+        ("quick", 0.26, 0.02, True),  # the noise-free one
+        ("quick", 0.05, 0.12, False),
+    ],
+)
+def test_threshold_check_uses_the_mode_s_construction(mode, threshold, noiseless, passed):
+    results = {
+        "run": {"mode": mode},
+        "single_realisation": {"inflation": {"constant": 4.0, "time_variable": 1.0}},
+        "amplitude_sweep": {"threshold": threshold, "threshold_noiseless": noiseless},
+    }
+    check = validate.evaluate_checks(results)["threshold_in_range"]
+    assert check["passed"] is passed
+    assert ("paper's construction" in check["description"]) is (mode == "full")
 
 
 def test_rereference_matches_a_fit_with_that_element_fixed():
@@ -177,6 +211,28 @@ def test_scale_factors_are_exact_on_scaled_truth():
     assert validate.zscore_width(np.random.default_rng(0).standard_normal(20000)) == (
         pytest.approx(1.0, abs=0.03)
     )
+
+
+def test_example_count_reaches_the_sweep(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run(seed, sizes, backend, progress=None):
+        seen["sizes"] = sizes
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(validate, "run_validation", fake_run)
+    with pytest.raises(KeyboardInterrupt):
+        main(["validate", "--examples", "100", "--out", str(tmp_path)])
+    assert seen["sizes"].sweep_examples == 100 and seen["sizes"].name == "full"
+    assert validate.FULL.sweep_examples == 1000
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten"])
+def test_bad_example_count_is_refused(capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "--examples", value])
+    assert exc.value.code == 2
+    assert "--examples: expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_unknown_backend_is_refused(capsys):
