@@ -1060,9 +1060,21 @@ def correct_1f(
 
 
 def _corrected_1f(source: ChipSource, traces: Traces, options: FitOptions) -> Callable:
-    return lambda: correct_1f(
-        _load(source), traces, options.correct_1f, halfwidth=options.map_halfwidth
-    )
+    """A loader of the corrected chip. A chip corrected in the caller's own array (in memory,
+    ``writable``) is kept, so that ``joint_chips``' second load does not correct it twice."""
+    kept = []
+
+    def load() -> ChipExposure:
+        if kept:
+            return kept[0]
+        chip = correct_1f(
+            _load(source), traces, options.correct_1f, halfwidth=options.map_halfwidth
+        )
+        if chip.reads is getattr(source, "reads", None):
+            kept.append(chip)
+        return chip
+
+    return load
 
 
 def _after_fit(prepared: PreparedChip, options: FitOptions) -> PreparedChip:

@@ -118,3 +118,26 @@ def test_in_place_and_saturation():
         correct_1f(ChipExposure("R", np.zeros((3, 8, 2048)), 8.0), None, "refpix")
     with pytest.raises(ValueError, match="correct_1f"):
         FitOptions(correct_1f="sirs")
+
+
+def test_joint_chips_correct_an_in_memory_chip_once(exposure):
+    from pyapred.pipeline import fit_exposure, load_chip
+    from pyapred.traces import read_trace_file
+
+    _, paths = exposure
+    raw = load_chip(paths["apz"][0])
+    traces = {"R": read_trace_file(paths["traces"][0])}
+    options = FitOptions(correct_1f="refpix", joint_chips=True)
+
+    def omega(writable: bool):
+        reads = raw.reads.astype(np.float32)
+        chip = ChipExposure("R", reads, raw.read_noise, raw.gain, raw.saturation, writable=writable)
+        result = fit_exposure({"R": chip}, traces, options)
+        return result.fibres["joint"].omega, result.chips["R"].flux, reads
+
+    copied, copied_flux, untouched = omega(writable=False)
+    in_place, in_place_flux, overwritten = omega(writable=True)
+    assert np.array_equal(untouched, raw.reads.astype(np.float32))  # a copy was corrected
+    assert not np.array_equal(overwritten, untouched)  # the caller's array was corrected
+    np.testing.assert_allclose(in_place, copied, rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(in_place_flux, copied_flux, rtol=1e-4, atol=1e-3, equal_nan=True)
