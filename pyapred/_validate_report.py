@@ -7,11 +7,11 @@ backend state), and only when a report is written.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .io._atomic import write_bytes_atomic
 
 COLOURS = {"time_variable": "C0", "constant": "C1", "equal_weight": "C2"}
 LABELS = {
@@ -25,10 +25,7 @@ def _save(fig, path: Path) -> None:
     """Render to memory, then write through a temporary file and rename (no half-written PNG)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(buffer.getvalue())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def make_figures(results: dict, fig_dir: Path) -> dict[str, str]:

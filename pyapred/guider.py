@@ -40,6 +40,7 @@ from astropy.io import fits
 from astropy.time import Time
 
 from .errors import InputError
+from .io._atomic import usual_permissions
 
 __all__ = [
     "FIBER_DIAMETER_ARCSEC",
@@ -127,9 +128,7 @@ def _atomic_write(path):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    usual_permissions(tmp)
     try:
         yield tmp
         os.replace(tmp, path)

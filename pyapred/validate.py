@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -894,18 +893,6 @@ def _public(value):
     return value
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_report(results: dict, out_dir) -> Path:
     """Write ``report.md``, ``results.json`` and ``figures/*.png`` under ``out_dir``.
 
@@ -922,14 +909,15 @@ def write_report(results: dict, out_dir) -> Path:
         The path of ``report.md``.
     """
     from ._validate_report import make_figures, render_markdown
+    from .io._atomic import write_bytes_atomic
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     figures = make_figures(results, out / "figures")
     public = _public(results)
-    _write_atomic(out / "results.json", json.dumps(public, indent=1).encode())
+    write_bytes_atomic(out / "results.json", json.dumps(public, indent=1).encode())
     report = out / "report.md"
-    _write_atomic(report, render_markdown(public, figures).encode())
+    write_bytes_atomic(report, render_markdown(public, figures).encode())
     return report
 
 

@@ -68,7 +68,25 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        usual_permissions(tmp)
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def usual_permissions(path: str | os.PathLike) -> None:
+    """Give ``path`` the permissions of a newly created file (0666 less the umask).
+
+    ``tempfile.mkstemp`` creates files readable by their owner only (0600); outputs renamed
+    from such a file would keep that mode.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (replacing ``path``)."""
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_bytes(data)
