@@ -1,6 +1,6 @@
-# Per-pixel tridiagonal algebra (twin of the `_valid_reads`, `_factor`, `_forward`, `_backward`,
-# `_chi2_pixel` and `_median_rate` kernels of `pyapred/solver/_numpy.py`, and of its block-wise
-# `_block_pass` and `_block_median_rate`).
+# Per-pixel tridiagonal algebra (twin of the valid-read part of `_gather_block` and of the
+# `_factor`, `_forward`, `_backward`, `_chi2_pixel` and `_median_rate` kernels of
+# `pyapred/solver/_numpy.py`, and of its block-wise `_block_pass` and `_block_median_rate`).
 #
 # K read differences d_k per pixel, design vector x_k = omega_k * dt_k, single-read noise variance
 # s2. The covariance C = diag(max(rate * x, 0)) + s2 * tridiag(-1, 2, -1) is factored as L D L^T
