@@ -174,7 +174,7 @@ def search_pixel(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jump
 _SCREEN_MARGIN = 1e-9
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, out):
     """Whether :func:`search_pixel` may flag anything, for every pixel of a block ``(K, B)``.
 
@@ -356,7 +356,6 @@ def find_jumps_kernel(
         _block_needs_search(block_d, block_x, block_ok, block_s2, rates, thr_one, thr_two,
                             two_adjacent, max_jumps, needs_search)  # fmt: skip
         nb = p1 - p0
-        local_usable = np.zeros((nb, K), dtype=np.bool_)
         local_jumps = np.zeros((nb, K), dtype=np.bool_)
         local_size = np.zeros((nb, K))
         found = np.zeros(nb, dtype=np.int64)
@@ -393,7 +392,6 @@ def find_jumps_kernel(
             p = p0 + i
             n = 0
             for k in range(K):
-                local_usable[i, k] = block_ok[k, i]
                 n += block_ok[k, i]
             pflags = read_flags[i]
             n_jumps[p] = found[i]
@@ -424,7 +422,7 @@ def find_jumps_kernel(
             chi2[p] = chi2_block[i]
         for k in range(K):
             for p in range(p0, p1):
-                usable[k, p] = local_usable[p - p0, k]
+                usable[k, p] = block_ok[k, p - p0]
                 jumps[k, p] = local_jumps[p - p0, k]
                 jump_size[k, p] = local_size[p - p0, k]
 

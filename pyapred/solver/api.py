@@ -935,10 +935,11 @@ def find_jumps(
         n_jumps, *out,
     )  # fmt: skip
     diff_shape = (K,) + pixel_shape
+    jump_size /= gain_flat  # in place: this array is (K, n_pix) float64, the largest output
     return JumpResult(
-        diff_mask=~usable.reshape(diff_shape),
+        diff_mask=np.logical_not(usable, out=usable).reshape(diff_shape),
         jumps=jumps.reshape(diff_shape),
-        jump_size=(jump_size / gain_flat).reshape(diff_shape),
+        jump_size=jump_size.reshape(diff_shape),
         n_jumps=n_jumps.reshape(pixel_shape),
         flux=_flux_fit(out, gain_flat, pixel_shape),
     )
