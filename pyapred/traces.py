@@ -44,6 +44,8 @@ __all__ = [
 N_FIBRES = 300
 #: fiberIds of the FPI ("fpiguide") fibres, never on sky (ApogeeReduction.jl get_fpi_guide_fiberID).
 FPI_FIBER_IDS = {"apo": (75, 225), "lco": (82, 213)}
+# Science columns of an APOGEE chip by its width: ar3Dcal (2048) or raw with the reference output.
+APOGEE_SCIENCE_COLUMNS = {2048: 2048, 2560: 2048}
 
 
 def fibre_index(fiber_id):
@@ -181,12 +183,26 @@ class Traces:
         return ndtr(upper) - ndtr(lower)
 
     def check_geometry(self, ny: int, nx: int, source: str = "traces") -> None:
-        """Raise :class:`~pyapred.errors.InputError` unless the traces fit a ``(ny, nx)`` chip."""
+        """Raise :class:`~pyapred.errors.InputError` unless the traces fit a ``(ny, nx)`` chip.
+
+        Warns when traces stop short of an APOGEE chip's 2048 science columns (``nx`` 2048, or
+        2560 with the reference output): the untraced columns get no fibre (``BACKGROUND``).
+        """
         from .errors import InputError
 
         if self.n_columns > nx:
             raise InputError(
                 source, "trace columns", f"at most the chip's {nx} columns", str(self.n_columns)
+            )
+        science = APOGEE_SCIENCE_COLUMNS.get(nx)
+        if science is not None and self.n_columns < science:
+            import warnings
+
+            warnings.warn(
+                f"{source}: trace columns: the traces cover columns 0-{self.n_columns - 1} of "
+                f"the chip's {science}; columns {self.n_columns}-{science - 1} get no fibre "
+                "(flagged BACKGROUND)",
+                stacklevel=2,
             )
         low, high = float(self.y_centre.min()), float(self.y_centre.max())
         if low < -0.5 or high > ny - 0.5:

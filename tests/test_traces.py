@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -119,6 +121,16 @@ def test_check_geometry_names_the_problem():
         traces.check_geometry(ny=40, nx=8)
     with pytest.raises(InputError, match="y-centres"):
         traces.check_geometry(ny=12, nx=16)
+
+
+@pytest.mark.parametrize("nx", [2048, 2560])
+def test_traces_short_of_an_apogee_chip_warn(nx):
+    with pytest.warns(UserWarning, match="columns 2000-2047 get no fibre"):
+        straight_traces(n_fibres=2, n_columns=2000).check_geometry(ny=40, nx=nx, source="t.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        straight_traces(n_fibres=2, n_columns=2048).check_geometry(ny=40, nx=nx)
+        straight_traces(n_fibres=2, n_columns=96).check_geometry(ny=40, nx=112)  # a small sim
 
 
 def test_trace_file_round_trip_and_agreement_with_io_reader(tmp_path):
