@@ -87,7 +87,7 @@ class StudySizes:
         Sets of unit-Gaussian draws behind the expected statistics (paper: 1000).
     chunk : int
         omega draws simulated and fitted together (bounds memory: about
-        ``chunk * sweep_examples * 21 * 33 * 8`` bytes of reads).
+        ``chunk * sweep_examples * sweep_flux_levels * 33 * 8`` bytes of reads).
     """
 
     name: str
