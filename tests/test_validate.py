@@ -1,6 +1,8 @@
 """``pyapred validate``: the quick run end to end, and the statistics it must reproduce."""
 
+import contextlib
 import dataclasses
+import io
 import json
 import re
 
@@ -17,13 +19,15 @@ pytest.importorskip("matplotlib")
 def quick(tmp_path_factory):
     """One ``pyapred validate --quick`` run shared by the tests below."""
     out = tmp_path_factory.mktemp("validate")
-    code = main(["validate", "--quick", "--out", str(out), "--seed", "104"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["validate", "--quick", "--out", str(out), "--seed", "104"])
     results = json.loads((out / "results.json").read_text())
-    return code, out, results
+    return code, out, results, printed.getvalue()
 
 
 def test_quick_run_writes_report_and_results(quick):
-    code, out, results = quick
+    code, out, results, _ = quick
     assert code == 0, results["checks"]
     report = (out / "report.md").read_text()
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
@@ -35,6 +39,13 @@ def test_quick_run_writes_report_and_results(quick):
     inflation = results["single_realisation"]["inflation"]["constant"]
     assert f"| {inflation:.3f} |" in report
     assert not list(out.glob(".*.tmp"))
+
+
+def test_command_line_reports_progress_and_both_thresholds(quick):
+    printed, sweep = quick[3], quick[2]["amplitude_sweep"]
+    assert printed.count("done in") == len(validate.QUICK.amplitudes)
+    assert f"threshold: {sweep['threshold']:.2%} (paper's construction" in printed
+    assert f"{sweep['threshold_noiseless']:.2%} on noise-free biases" in printed
 
 
 def test_inflation_factors_separate_the_models(quick):
