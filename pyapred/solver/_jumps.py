@@ -174,6 +174,8 @@ def search_pixel(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jump
 _SCREEN_MARGIN = 1e-9
 
 
+# error_model="numpy": IEEE division without Python's zero-division checks, which would keep
+# these loops from vectorising.
 @njit(cache=True, error_model="numpy")
 def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, out):
     """Whether :func:`search_pixel` may flag anything, for every pixel of a block ``(K, B)``.
