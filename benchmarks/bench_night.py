@@ -16,7 +16,7 @@ the efficiency).
 
 Usage::
 
-    python benchmarks/bench_night.py                  # 8 exposures of 40 fibres x 256 columns
+    python benchmarks/bench_night.py                  # 8 exposures of 40 fibers x 256 columns
     python benchmarks/bench_night.py --exposures 4 --columns 96 --reads 12   # quicker
 """
 
@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 
 
-def simulate_night(folder: Path, n: int, fibres: int, columns: int, reads: int) -> None:
+def simulate_night(folder: Path, n: int, fibers: int, columns: int, reads: int) -> None:
     from pyapred.simulate import simulate_exposure, write_simulated_exposure
 
     for number in range(1, n + 2):  # exposure n + 1 warms the workers up
         sim = simulate_exposure(
-            "clouds", seed=number, n_fibres=fibres, n_columns=columns, ref_columns=0,
+            "clouds", seed=number, n_fibers=fibers, n_columns=columns, ref_columns=0,
             n_reads=reads,
         )  # fmt: skip
         write_simulated_exposure(sim, folder, exposure=number, overwrite=True)
@@ -78,7 +78,7 @@ def timed_dask(tasks, warm, workers: int) -> tuple[float, float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exposures", type=int, default=8)
-    parser.add_argument("--fibres", type=int, default=40)
+    parser.add_argument("--fibers", type=int, default=40)
     parser.add_argument("--columns", type=int, default=256)
     parser.add_argument("--reads", type=int, default=20)
     args = parser.parse_args()
@@ -89,7 +89,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-night-") as scratch:
         raw = Path(scratch) / "raw"
-        simulate_night(raw, args.exposures, args.fibres, args.columns, args.reads)
+        simulate_night(raw, args.exposures, args.fibers, args.columns, args.reads)
         load_before = os.getloadavg()
 
         def tasks(name: str):
@@ -111,7 +111,7 @@ def main() -> int:
     n = args.exposures
     report = {
         "exposures": n,
-        "geometry": {"fibres": args.fibres, "columns": args.columns, "reads": args.reads},
+        "geometry": {"fibers": args.fibers, "columns": args.columns, "reads": args.reads},
         "loop_s": round(loop, 2),
         "dask_1_worker_s": round(one, 2),
         "dask_2_workers_s": round(two, 2),

@@ -1,11 +1,11 @@
 """Benchmark: simulate_hxrg (target: a full 2048 x 2560 read in < 2 s), refcorr, and the cost of
 fit_omega's nuisance term against the plain fit on the same groups.
 
-The fit comparison runs both on fibre-like groups (2 rows x 2040 columns each, 8 segments of one
+The fit comparison runs both on fiber-like groups (2 rows x 2040 columns each, 8 segments of one
 row and output) of a simulated exposure with 1/f noise; both are timed several times,
 interleaved, and the best times are compared.
 
-    python benchmarks/bench_noise.py [--reads 11] [--fibres 16] [--repeats 3]
+    python benchmarks/bench_noise.py [--reads 11] [--fibers 16] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def best_time(func, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=11)
-    parser.add_argument("--fibres", type=int, default=16)
+    parser.add_argument("--fibers", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -43,13 +43,13 @@ def main(argv: list[str] | None = None) -> None:
     t_ref = best_time(lambda: refcorr(diffs), args.repeats)
     print(f"refcorr, one full read difference: {t_ref:.2f} s")
 
-    n_rows = 2 * args.fibres
+    n_rows = 2 * args.fibers
     noise = HxrgNoise(white=10.0, c_pink=6.0, u_pink=3.0, acn=2.0, read_time=0.0)
     flux = np.zeros((n_rows, 2560))
     flux[:, 4:2044] = rng.uniform(100, 600, (n_rows, 2040))
     reads = simulate_ramps(flux, 0.0, n_reads=args.reads, rng=rng).reads
     reads = reads + simulate_hxrg(args.reads, noise, rows=slice(4, 4 + n_rows), rng=3)
-    groups = reads[..., 4:2044].reshape(args.reads, args.fibres, 2 * 2040)
+    groups = reads[..., 4:2044].reshape(args.reads, args.fibers, 2 * 2040)
     segments = (np.arange(2)[:, None] * 4 + np.arange(4, 2044)[None, :] // 512).ravel()
     fit_omega(groups[:, :1], 10.0, segments=segments)  # compile
     plain = nuisance = np.inf
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         nuisance = min(nuisance, best_time(lambda: fit_omega(groups, 10.0, segments=segments), 1))
     iters = (fit_omega(groups, 10.0).n_iter.mean(),
              fit_omega(groups, 10.0, segments=segments).n_iter.mean())  # fmt: skip
-    print(f"fit_omega on {args.fibres} fibres x {2 * 2040} pixels x {args.reads - 1} differences:")
+    print(f"fit_omega on {args.fibers} fibers x {2 * 2040} pixels x {args.reads - 1} differences:")
     print(f"  plain {plain:.3f} s ({iters[0]:.1f} iterations), with the nuisance term "
           f"{nuisance:.3f} s ({iters[1]:.1f} iterations): ratio {nuisance / plain:.2f}"
     )  # fmt: skip

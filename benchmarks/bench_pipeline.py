@@ -2,7 +2,7 @@
 
 Figures (issue 5):
 
-- P2: ``fit_omega`` for 300 fibres x 2048 pixels of one chip in one batched call. Target: at
+- P2: ``fit_omega`` for 300 fibers x 2048 pixels of one chip in one batched call. Target: at
   most 30 s. Printed beside the constant-model fit of the same pixels (the cheapest fit there is).
 - P3: a whole simulated exposure, three ``.apz`` files to the product (``pyapred fit`` in a
   subprocess). Target: at most 60 s, peak RSS at most 2.5 x one chip's cube (``n_reads x 2048 x
@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 
 
-def p2(n_reads: int, n_fibres: int, n_pix: int, seed: int = 0) -> dict:
+def p2(n_reads: int, n_fibers: int, n_pix: int, seed: int = 0) -> dict:
     from pyapred import fit_constant, fit_omega
     from pyapred.simulate import exposure_omega, simulate_ramps
 
     rng = np.random.default_rng(seed)
     omega = exposure_omega("clouds", 1, n_reads - 1, rng)[0]
-    flux = np.exp(rng.uniform(np.log(50.0), np.log(3000.0), (n_fibres, n_pix)))
+    flux = np.exp(rng.uniform(np.log(50.0), np.log(3000.0), (n_fibers, n_pix)))
     reads = simulate_ramps(flux, 15.0, omega=omega, rng=rng).reads
     fit_omega(reads[:, :2, :64], 15.0)  # compile outside the clock
     fit_constant(reads[:, :2, :64], 15.0)
@@ -107,7 +107,7 @@ def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
         "peak_rss_gb": round(peak / 1e9, 3),
         "peak_rss_over_cube": round(peak / cube_bytes, 2),
         "peak_rss_over_uint16_cube": round(peak / (cube_bytes / 2), 2),
-        "models_R": summary["fibres"]["R"]["models"],
+        "models_R": summary["fibers"]["R"]["models"],
     }
 
 

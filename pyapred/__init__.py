@@ -5,11 +5,11 @@ pyapred loads NumPy only; Numba, astropy, h5py and Julia (juliacall, ``backend="
 when first needed.
 """
 
-from ._julia import JuliaBackendError, julia_available
 from .simulate import SimulatedRamps, omega_cloud, omega_drift, omega_uniform, simulate_ramps
 from .solver import (
     Flag,
     FluxFit,
+    JuliaBackendError,
     JumpResult,
     OmegaFit,
     OmegaSamples,
@@ -20,6 +20,7 @@ from .solver import (
     fit_equal_weight,
     fit_omega,
     initial_guess,
+    julia_available,
     sample_omega,
 )
 

@@ -48,9 +48,9 @@ def _guider_arguments(parser: argparse.ArgumentParser) -> None:
         "--guider", required=True, nargs="+", help="guider files: paths, a glob or a directory"
     )
     parser.add_argument(
-        "--fibers", help="fibre indices (0-based, 300 - fiberId), e.g. 10,20-25; default all fitted"
+        "--fibers", help="fiber indices (0-based, 300 - fiberId), e.g. 10,20-25; default all fitted"
     )
-    parser.add_argument("--group", help="the product's fibre group: R, G, B or joint (default)")
+    parser.add_argument("--group", help="the product's fiber group: R, G, B or joint (default)")
     parser.add_argument(
         "--exposure",
         help="apR-*.apz (or FITS header) giving the read times, if the product lacks them",
@@ -59,9 +59,9 @@ def _guider_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="figure to write (PNG)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument(
-        "--telescope", choices=("apo", "lco"), help="fibre diameter default (from file names)"
+        "--telescope", choices=("apo", "lco"), help="fiber diameter default (from file names)"
     )
-    parser.add_argument("--diameter", type=float, help="fibre diameter on the sky, arcsec")
+    parser.add_argument("--diameter", type=float, help="fiber diameter on the sky, arcsec")
     parser.add_argument(
         "--timesys", choices=("UTC", "TAI", "TT"), help="override the exposure's TIMESYS"
     )
@@ -116,7 +116,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _lazy("simulate_run"),
     ),
     "fit": (
-        "fit omega per fibre and extract every pixel of an exposure",
+        "fit omega per fiber and extract every pixel of an exposure",
         _lazy("fit_arguments"),
         _lazy("fit_run"),
     ),
@@ -125,7 +125,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         *_delegate("validate"),
     ),
     "guider": (
-        "compare fitted omega with the guider's flux in the fibre",
+        "compare fitted omega with the guider's flux in the fiber",
         _guider_arguments,
         _guider,
     ),

@@ -23,7 +23,7 @@ from .cli import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK
 # --------------------------------------------------------------------------------------------
 def _geometry_arguments(parser: argparse.ArgumentParser, *, columns: int, reads: int) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--fibres", type=int, default=300, help="fibres per chip (default 300)")
+    parser.add_argument("--fibers", type=int, default=300, help="fibers per chip (default 300)")
     parser.add_argument(
         "--columns", type=int, default=columns, help=f"traced columns (default {columns})"
     )
@@ -35,7 +35,7 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
     scenario = parser.add_mutually_exclusive_group()
     for name, text in (
         ("clouds", "a cloud passes mid-exposure (default)"),
-        ("seeing", "a seeing drift, different for each fibre"),
+        ("seeing", "a seeing drift, different for each fiber"),
         ("stable", "constant illumination"),
     ):
         scenario.add_argument(
@@ -65,7 +65,7 @@ def simulate_run(args: argparse.Namespace) -> int:
             f"{args.columns} and {args.ref_columns}",
         )  # fmt: skip
     sim = simulate_exposure(
-        args.scenario or "clouds", seed=args.seed, n_fibres=args.fibres, n_columns=args.columns,
+        args.scenario or "clouds", seed=args.seed, n_fibers=args.fibers, n_columns=args.columns,
         ref_columns=args.ref_columns, n_reads=args.reads, telescope=args.telescope,
     )  # fmt: skip
     one_over_f = None
@@ -94,10 +94,10 @@ def fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="product file (.h5)")
     parser.add_argument(
         "--model", choices=("auto", "constant", "time-variable"), default="auto",
-        help="model per fibre: chosen automatically (default) or forced",
+        help="model per fiber: chosen automatically (default) or forced",
     )  # fmt: skip
     parser.add_argument(
-        "--joint-chips", action="store_true", help="one omega per fibre from all chips together"
+        "--joint-chips", action="store_true", help="one omega per fiber from all chips together"
     )
     parser.add_argument(
         "--no-jump-search", action="store_true",
@@ -107,7 +107,7 @@ def fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--correct-1f", choices=("none", "refpix", "rowmedian"), default="none",
         help="correct 1/f read noise first: reference pixels (refpix), plus the median of each "
-        "row's inter-fibre pixels (rowmedian); raw .apz only (default none)",
+        "row's inter-fiber pixels (rowmedian); raw .apz only (default none)",
     )  # fmt: skip
     parser.add_argument("--plots", type=Path, help="folder for PNG plots")
     parser.add_argument("--gain", type=float, help="e-/DN (default: the GAIN card)")
@@ -132,7 +132,7 @@ def _check_backend(name: str) -> str:
 
 
 def fit_run(args: argparse.Namespace) -> int:
-    """Fit omega per fibre, choose models, extract every pixel, write the product."""
+    """Fit omega per fiber, choose models, extract every pixel, write the product."""
     from .pipeline import FitOptions, fit_to_product
 
     backend = _check_backend(args.backend)
@@ -147,7 +147,7 @@ def fit_run(args: argparse.Namespace) -> int:
         from .errors import InputError
 
         raise InputError(args.out, "--out", "a new file (or pass --overwrite)", "an existing file")
-    from .io._atomic import writable_folder
+    from .io.atomic import writable_folder
 
     writable_folder(args.out.parent, path=args.out)
     options = FitOptions(
@@ -178,10 +178,10 @@ def fit_run(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: dict) -> None:
     print(f"pyapred fit: {', '.join(summary['chips'])} in {summary['seconds']} s")
-    for key, fib in summary["fibres"].items():
+    for key, fib in summary["fibers"].items():
         models = ", ".join(f"{n} {c}" for n, c in fib["models"].items())
         chi_c, chi_v = fib["median_chi2_dof_constant"], fib["median_chi2_dof_variable"]
-        line = f"  {key}: {models}; {fib['bright_fibres']} bright fibres"
+        line = f"  {key}: {models}; {fib['bright_fibers']} bright fibers"
         if chi_c is not None:
             line += f", median chi2/dof constant {chi_c:.2f} vs time-variable {chi_v:.2f}"
         print(line)
@@ -210,12 +210,12 @@ def demo_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pyapred-demo-"))
     start = time.perf_counter()
     sim = simulate_exposure(
-        "clouds", seed=args.seed, n_fibres=args.fibres, n_columns=args.columns, ref_columns=0,
+        "clouds", seed=args.seed, n_fibers=args.fibers, n_columns=args.columns, ref_columns=0,
         n_reads=args.reads, chips=tuple(args.chips),
     )  # fmt: skip
     paths = write_simulated_exposure(sim, out / "data", overwrite=True)
     print(
-        f"pyapred demo: simulated a passing cloud (depth 60 %), {args.fibres} fibres x "
+        f"pyapred demo: simulated a passing cloud (depth 60 %), {args.fibers} fibers x "
         f"{args.columns} columns x {args.reads} reads on chips {args.chips}, seed {args.seed}"
     )
     print(f"  files: {out / 'data'}")
@@ -232,18 +232,18 @@ def demo_run(args: argparse.Namespace) -> int:
     min_flux = {name: 100.0 / chip.gain for name, chip in sim.chips.items()}
     metrics = truth_metrics(result, sim.omega, flux_dn, min_flux=min_flux)
     print(f"  simulate, write, fit: {time.perf_counter() - start:.1f} s; product {product}")
-    for key, fits in result.fibres.items():
+    for key, fits in result.fibers.items():
         counts = np.bincount(fits.model, minlength=3)
         om = metrics["omega"][key]
         print(
-            f"  omega {key}: {om['n_fibres']} bright fibres, z-score std {om['z_std']:.2f} "
+            f"  omega {key}: {om['n_fibers']} bright fibers, z-score std {om['z_std']:.2f} "
             f"(ideal 1), median z {om['z_median']:+.2f}; models: {counts[1]} time-variable, "
             f"{counts[0]} constant, {counts[2]} borrowed"
         )
         if key in metrics["borrowed"]:
             b = metrics["borrowed"][key]
             print(
-                f"    borrowed omega vs truth ({b['n_fibres']} faint fibres): "
+                f"    borrowed omega vs truth ({b['n_fibers']} faint fibers): "
                 f"chi2/dof {b['chi2_dof']:.2f} (ideal 1; its elements' z std {b['z_std']:.2f} "
                 "is below 1 as they are correlated)"
             )

@@ -1,6 +1,6 @@
 """``pyapred crossval``: run the NumPy and Julia backends on the same input and compare them.
 
-Inputs: the conformance vectors (``--vectors [DIR]``), a simulated fibre (``--simulate``), or rows
+Inputs: the conformance vectors (``--vectors [DIR]``), a simulated fiber (``--simulate``), or rows
 of a raw exposure (``--apz FILE``).
 For every output it prints the largest absolute and relative difference between the backends
 (relative to the output's largest absolute value) and exits 1 beyond ``--rtol``. Without a Julia
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the conformance vectors (default: the source tree's "
                              "tests/conformance)")  # fmt: skip
     source.add_argument("--simulate", action="store_true",
-                        help="a simulated fibre under a changing sky")  # fmt: skip
+                        help="a simulated fiber under a changing sky")  # fmt: skip
     source.add_argument("--apz", metavar="FILE", help="a raw apR-/asR- exposure")
     parser.add_argument("--rows", default="1000:1016", metavar="A:B",
                         help="rows of --apz to fit (default 1000:1016)")  # fmt: skip
@@ -92,8 +92,8 @@ def _vector_cases(folder: Path | None) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     """Compare the backends; 0 within tolerance, 1 beyond it, 2 without Julia or bad input."""
-    from ._julia import JuliaBackendError, load
     from .conformance import compare, default_vector_dir, run_vector
+    from .solver import JuliaBackendError, load_julia
 
     # The inputs are checked first, so that a bad one is reported with or without Julia.
     if args.simulate:
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cases = _vector_cases(Path(args.vectors) if args.vectors else default_vector_dir())
     try:
-        load()
+        load_julia()
     except JuliaBackendError as exc:
         print(f"pyapred crossval: {exc.reason}; see docs/julia.md", file=sys.stderr)
         return EXIT_NO_JULIA

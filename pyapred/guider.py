@@ -1,14 +1,14 @@
-"""Guider comparison: guider frames -> expected flux in a fibre -> comparison with the fitted omega.
+"""Guider comparison: guider frames -> expected flux in a fiber -> comparison with the fitted omega.
 
 The guider measures transparency and seeing several times a minute. For a circular Gaussian PSF
-of width ``FWHM`` centred on a fibre of diameter ``D`` the fraction of light entering the fibre is
+of width ``FWHM`` centered on a fiber of diameter ``D`` the fraction of light entering the fiber is
 ``1 - 2**(-(D / FWHM)**2)``; times the transparency ``T`` and normalised by its maximum this is the
 guider's prediction of omega (Li, McKinnon, Saydjari et al., section IV). This module
 
 1. reads SDSS-V ``proc-gimg-gfa{1-6}{n|s}-NNNN.fits`` camera files, the nightly
    ``gcam-{mjd}.fits`` summary and plate-era ``gimg``/processed ``gimg`` frames
    (:func:`read_guider_frames`);
-2. turns them into a flux-in-fibre time series (:func:`guider_series`);
+2. turns them into a flux-in-fiber time series (:func:`guider_series`);
 3. averages that series over each read-difference window of an APOGEE exposure
    (:func:`predict_omega`), in TAI;
 4. fits it to the fitted omega, optionally with a time lag, and reports the agreement
@@ -40,7 +40,7 @@ from astropy.io import fits
 from astropy.time import Time
 
 from .errors import InputError
-from .io._atomic import usual_permissions
+from .io.atomic import usual_permissions
 
 __all__ = [
     "FIBER_DIAMETER_ARCSEC",
@@ -51,8 +51,8 @@ __all__ = [
     "GuiderSeries",
     "compare",
     "exposure_read_times",
-    "fibre_coupling",
-    "flux_in_fibre",
+    "fiber_coupling",
+    "flux_in_fiber",
     "guider_series",
     "predict_omega",
     "read_gcam_summary",
@@ -63,8 +63,8 @@ __all__ = [
     "write_proc_gimg",
 ]
 
-#: Fibre diameter on the sky, arcsec, per telescope. APO: 3.0, the value the paper uses (section
-#: IV). LCO: 1.3, the 120 micron APOGEE fibre core at the du Pont plate scale (f/7.5, 2.5 m:
+#: Fiber diameter on the sky, arcsec, per telescope. APO: 3.0, the value the paper uses (section
+#: IV). LCO: 1.3, the 120 micron APOGEE fiber core at the du Pont plate scale (f/7.5, 2.5 m:
 #: 11.0 arcsec/mm; Wilson et al. 2019, PASP 131, 055001). The same core at the Sloan plate scale
 #: (217.7358 mm/deg, guider header ``PLATSCAL``) is 1.98 arcsec; pass ``diameter=2.0`` for it.
 FIBER_DIAMETER_ARCSEC = {"apo": 3.0, "lco": 1.3}
@@ -552,10 +552,10 @@ def read_guider_frames(
 
 
 # --------------------------------------------------------------------------------------------
-# The flux-in-fibre model
+# The flux-in-fiber model
 # --------------------------------------------------------------------------------------------
-def fibre_coupling(fwhm, diameter: float) -> np.ndarray:
-    """Fraction of a centred circular Gaussian PSF inside a circular fibre.
+def fiber_coupling(fwhm, diameter: float) -> np.ndarray:
+    """Fraction of a centered circular Gaussian PSF inside a circular fiber.
 
     ``1 - 2**(-(D / FWHM)**2)``, i.e. ``1 - exp(-R**2 / (2 sigma**2))`` with ``R = D/2`` and
     ``FWHM = 2 sqrt(2 ln 2) sigma``.
@@ -565,7 +565,7 @@ def fibre_coupling(fwhm, diameter: float) -> np.ndarray:
     fwhm : array_like
         PSF FWHM, arcsec (> 0).
     diameter : float
-        Fibre diameter, arcsec.
+        Fiber diameter, arcsec.
 
     Returns
     -------
@@ -575,27 +575,27 @@ def fibre_coupling(fwhm, diameter: float) -> np.ndarray:
     return -np.expm1(-np.log(2.0) * (diameter / fwhm) ** 2)
 
 
-def flux_in_fibre(transparency, fwhm, diameter: float) -> np.ndarray:
-    """Relative flux entering a fibre: ``T * coupling(FWHM)``, normalised by its maximum.
+def flux_in_fiber(transparency, fwhm, diameter: float) -> np.ndarray:
+    """Relative flux entering a fiber: ``T * coupling(FWHM)``, normalised by its maximum.
 
     Parameters
     ----------
     transparency, fwhm : array_like, ``(n_frames,)``
         Relative transparency and seeing FWHM (arcsec) per guider frame.
     diameter : float
-        Fibre diameter, arcsec.
+        Fiber diameter, arcsec.
 
     Returns
     -------
     ndarray, ``(n_frames,)``, maximum 1
     """
-    flux = np.asarray(transparency, dtype=np.float64) * fibre_coupling(fwhm, diameter)
+    flux = np.asarray(transparency, dtype=np.float64) * fiber_coupling(fwhm, diameter)
     return flux / np.max(flux)
 
 
 @dataclass(frozen=True)
 class GuiderSeries:
-    """The guider's flux-in-fibre time series, one entry per guider exposure (epoch).
+    """The guider's flux-in-fiber time series, one entry per guider exposure (epoch).
 
     SDSS-V camera files of the same guider frame (same frame number) form one epoch.
 
@@ -613,11 +613,11 @@ class GuiderSeries:
         the frames carry no photometry (gcam summary: seeing only).
     n_stars : ndarray of int, ``(n,)``
     flux, flux_err : ndarray, ``(n,)``
-        ``transparency * fibre_coupling(fwhm, diameter)`` normalised by its maximum, and its error.
+        ``transparency * fiber_coupling(fwhm, diameter)`` normalised by its maximum, and its error.
     config_id : ndarray of int, ``(n,)``
         -1 where unknown.
     diameter : float
-        Fibre diameter used, arcsec.
+        Fiber diameter used, arcsec.
     paths : tuple of tuple of str
         The files of each epoch.
     dropped : tuple of (str, str)
@@ -663,18 +663,18 @@ def guider_series(
     diameter: float | None = None,
     seeing: str = "best",
 ) -> GuiderSeries:
-    """Combine guider frames into the flux-in-fibre series.
+    """Combine guider frames into the flux-in-fiber series.
 
     Parameters
     ----------
     frames : GuiderFrames, sequence of GuiderFrame, or what :func:`read_guider_frames` accepts
     telescope : {"apo", "lco"}, optional
-        Picks the default fibre diameter; default from the file names (``n``/``s``), else APO.
+        Picks the default fiber diameter; default from the file names (``n``/``s``), else APO.
     diameter : float, optional
-        Fibre diameter, arcsec; default ``FIBER_DIAMETER_ARCSEC[telescope]``.
+        Fiber diameter, arcsec; default ``FIBER_DIAMETER_ARCSEC[telescope]``.
     seeing : {"best", "camera"}
         SDSS-V: ``"best"`` uses ``FWHMFIT`` (the best-focus FWHM fitted across the six cameras,
-        the focus of the fibres), falling back to the median camera ``FWHM``; ``"camera"`` always
+        the focus of the fibers), falling back to the median camera ``FWHM``; ``"camera"`` always
         uses the median of the cameras' ``FWHM``.
 
     Returns
@@ -745,7 +745,7 @@ def guider_series(
         raise InputError(
             epochs[0][0].path, "GAIAMATCH/zp", "stars measured in at least two guider frames"
         )
-    coupling = fibre_coupling(fwhm[keep], diameter)
+    coupling = fiber_coupling(fwhm[keep], diameter)
     flux = transparency[keep] * coupling
     peak = flux.max()
     return GuiderSeries(
@@ -957,7 +957,7 @@ def _averager(series: GuiderSeries, t0: Time) -> _WindowAverager:
 
 @dataclass(frozen=True)
 class GuiderPrediction:
-    """The guider's flux-in-fibre averaged over each read-difference window.
+    """The guider's flux-in-fiber averaged over each read-difference window.
 
     Attributes
     ----------
@@ -1017,7 +1017,7 @@ def predict_omega(
     row_phase: float = 0.5,
     max_gap: float = 120.0,
 ) -> GuiderPrediction:
-    """Average the guider's flux-in-fibre over each read-difference window of an exposure.
+    """Average the guider's flux-in-fiber over each read-difference window of an exposure.
 
     Use it before fitting: ``needs_time_variable`` says whether the guider saw a change larger
     than the paper's 3.5 % threshold during the exposure.
@@ -1030,7 +1030,7 @@ def predict_omega(
     lag : float, optional
         Seconds added to the read times.
     row_phase : float, optional
-        Fraction of a read period between a read's start and the sampling of the fibre's rows
+        Fraction of a read period between a read's start and the sampling of the fiber's rows
         (0.5: the middle of the slit).
     max_gap : float, optional
         A window whose neighbouring guider frames are further apart than this (s) is not covered.
@@ -1069,7 +1069,7 @@ def predict_omega(
 class _Omega:
     omega: np.ndarray  # (F, K)
     cov: np.ndarray  # (F, K, K)
-    fibers: np.ndarray  # (F,) labels: product fibre indices, else rows
+    fibers: np.ndarray  # (F,) labels: product fiber indices, else rows
     read_times: Time | None
     header: Mapping | None
 
@@ -1081,8 +1081,8 @@ TIME_CARDS = ("DATE-OBS", "TIMESYS", "INTOFF", "INTDELAY", "NREAD", "NFRAMES", "
 def _omega_arrays(source, fibers, group: str | None = None) -> _Omega:
     """Normalise the accepted omega inputs to (F, K) and (F, K, K) arrays.
 
-    ``fibers`` selects by label (the product's fibre index, else the row); by default every
-    fibre with at least three fitted elements (positive variance) is kept.
+    ``fibers`` selects by label (the product's fiber index, else the row); by default every
+    fiber with at least three fitted elements (positive variance) is kept.
     """
     if isinstance(source, (str, os.PathLike)):
         return _omega_arrays(_load_product(os.fspath(source), group), fibers)
@@ -1114,18 +1114,18 @@ def _omega_arrays(source, fibers, group: str | None = None) -> _Omega:
         fitted = np.isfinite(omega) & (np.diagonal(cov, axis1=1, axis2=2) > 0)
         rows = np.flatnonzero(fitted.sum(axis=1) >= 3)
         if rows.size == 0:
-            raise ValueError("omega: no fibre has a fitted omega (all variances are 0 or NaN)")
+            raise ValueError("omega: no fiber has a fitted omega (all variances are 0 or NaN)")
     else:
         wanted = np.atleast_1d(np.asarray(fibers, dtype=np.int64))
         missing = sorted(set(wanted.tolist()) - set(labels.tolist()))
         if missing:
-            raise ValueError(f"fibers: {missing} not among the {labels.size} fibres given")
+            raise ValueError(f"fibers: {missing} not among the {labels.size} fibers given")
         rows = np.array([np.flatnonzero(labels == f)[0] for f in wanted])
     return _Omega(omega[rows], cov[rows], labels[rows], read_times, header)
 
 
 def _load_product(path: str, group: str | None) -> dict:
-    """Omega, covariance, fibre indices and read times of one fibre group of a product.
+    """Omega, covariance, fiber indices and read times of one fiber group of a product.
 
     Reads with :func:`pyapred.io.product.read_product`. The group is ``group``, else ``"joint"``
     when present, else the first of R, G, B. Read times come from the metadata:
@@ -1137,7 +1137,7 @@ def _load_product(path: str, group: str | None) -> dict:
     product = read_product(path)
     groups, metadata = product.fibers, product.metadata
     if not groups:
-        raise InputError(path, "fibers", "per-fibre omega in a /fibers/{group} group")
+        raise InputError(path, "fibers", "per-fiber omega in a /fibers/{group} group")
     preferred = [g for g in ("joint", "R", "G", "B") if g in groups] + sorted(groups)
     name = group or preferred[0]
     if name not in groups:
@@ -1166,14 +1166,14 @@ def _scalar(value):
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GuiderComparison:
-    """Fitted omega against the guider's flux-in-fibre prediction.
+    """Fitted omega against the guider's flux-in-fiber prediction.
 
-    Per-fibre arrays have shape ``(F,)``; per-window arrays ``(K,)``.
+    Per-fiber arrays have shape ``(F,)``; per-window arrays ``(K,)``.
 
     Attributes
     ----------
     fibers : ndarray of int
-        The product's 0-based fibre indices (``300 - fiberId``), else rows of the input omega.
+        The product's 0-based fiber indices (``300 - fiberId``), else rows of the input omega.
     omega, omega_err : ndarray, ``(F, K)``
         The fitted omega and its standard errors (NaN where unused).
     used : ndarray of bool, ``(F, K)``
@@ -1181,7 +1181,7 @@ class GuiderComparison:
     guider, guider_err : ndarray, ``(K,)``
         The guider prediction at the best lag (normalised, maximum 1 over covered windows).
     frame_flux : ndarray, ``(n_frames,)``
-        The guider frames' flux-in-fibre values on the same normalisation.
+        The guider frames' flux-in-fiber values on the same normalisation.
     window_start, window_end : ndarray, ``(K,)``
         Windows in TAI s since ``t0``, lag applied.
     t0 : astropy.time.Time
@@ -1284,7 +1284,7 @@ class GuiderComparison:
         path : str or os.PathLike, optional
             Save the figure there (PNG; written to a temporary file, then renamed).
         max_fibers : int, optional
-            Draw at most this many fibres (the best-measured ones).
+            Draw at most this many fibers (the best-measured ones).
 
         Returns
         -------
@@ -1316,7 +1316,7 @@ class GuiderComparison:
             where="post",
             color="k",
             lw=2,
-            label="guider flux in fibre",
+            label="guider flux in fiber",
         )
         middle.plot(guide_t, self.frame_flux, ".", color="0.5", label="guider frames")
         for n, f in enumerate(shown):
@@ -1330,7 +1330,7 @@ class GuiderComparison:
                 fmt="o",
                 ms=3,
                 lw=0.8,
-                label=f"fibre {self.fibers[f]}" if n < 6 else None,
+                label=f"fiber {self.fibers[f]}" if n < 6 else None,
             )
             residual = (self.omega[f] - self.scale[f] * self.guider) / self.omega_err[f]
             bottom.plot(mid[use], residual[use], "o", ms=3)
@@ -1346,9 +1346,9 @@ class GuiderComparison:
 
 
 def _fit_scale(omega, cov, used, g, g_cov):
-    """Weighted least squares of ``omega ~ a g`` per fibre, in batch.
+    """Weighted least squares of ``omega ~ a g`` per fiber, in batch.
 
-    Unused elements are neutralised (identity covariance, zero residual) so that all fibres
+    Unused elements are neutralised (identity covariance, zero residual) so that all fibers
     share one batched solve. The guider's covariance enters as ``a**2 g_cov``, with ``a`` from a
     first pass without it.
 
@@ -1409,7 +1409,7 @@ def compare(
     max_gap: float = 120.0,
     alpha: float = 1e-3,
 ) -> GuiderComparison:
-    """Compare fitted omega with the guider's flux-in-fibre prediction.
+    """Compare fitted omega with the guider's flux-in-fiber prediction.
 
     Parameters
     ----------
@@ -1421,10 +1421,10 @@ def compare(
         The exposure's ``n_reads = K + 1`` read times (see :func:`exposure_read_times`).
         Required unless the product carries them.
     fibers : sequence of int, optional
-        Fibres to compare: a product's 0-based fibre indices (``300 - fiberId``), else rows of
-        omega. Default: every fibre with a fitted omega (at least 3 elements of variance > 0).
+        Fibers to compare: a product's 0-based fiber indices (``300 - fiberId``), else rows of
+        omega. Default: every fiber with a fitted omega (at least 3 elements of variance > 0).
     group : str, optional
-        A product's fibre group (chip name or ``"joint"``); see :func:`_load_product`.
+        A product's fiber group (chip name or ``"joint"``); see :func:`_load_product`.
     fit_lag : bool, optional
         Fit a time lag on a grid over ``[-lag_range, lag_range]`` s, step ``lag_step``, refined.
     telescope, diameter, seeing
@@ -1437,7 +1437,7 @@ def compare(
     row_phase, max_gap
         See :func:`predict_omega`.
     alpha : float, optional
-        p-value below which a fibre is flagged as disagreeing.
+        p-value below which a fiber is flagged as disagreeing.
 
     Returns
     -------
@@ -1841,7 +1841,7 @@ def _exposure_header(path) -> fits.Header:
 
 def run(args) -> int:
     """Run ``pyapred guider``; 0 agreement, 1 something flagged, 2 bad input (raised)."""
-    from .io._atomic import writable_folder
+    from .io.atomic import writable_folder
 
     writable_folder(os.path.dirname(os.path.abspath(args.out)), path=args.out)
     try:
@@ -1874,12 +1874,12 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:
-        print(f"pyapred guider: {len(result.series)} guider frames, {len(result.fibers)} fibres")
+        print(f"pyapred guider: {len(result.series)} guider frames, {len(result.fibers)} fibers")
         if np.isfinite(result.lag_err) or args.lag:
             print(f"  lag {result.lag:+.2f} +/- {result.lag_err:.2f} s; clock: {result.clock}")
         for i, f in enumerate(result.fibers):
             print(
-                f"  fibre {f}: scale {result.scale[i]:.4f} +/- {result.scale_err[i]:.4f}, "
+                f"  fiber {f}: scale {result.scale[i]:.4f} +/- {result.scale_err[i]:.4f}, "
                 f"r {result.correlation[i]:.3f}, chi2/dof {result.chi2_dof[i]:.2f}, "
                 f"rms {result.residual_rms[i]:.4f}, "
                 f"explained {result.explained_variance[i]:.2f}"

@@ -99,7 +99,7 @@ class TaskResult:
     details : str or None
         The traceback of an unexpected error (not :class:`~pyapred.errors.InputError`).
     problems : list of str
-        Fit problems flagged in a done exposure (fibres fallen back to the constant model).
+        Fit problems flagged in a done exposure (fibers fallen back to the constant model).
     seconds : float
     """
 
@@ -235,8 +235,8 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
     """``(entry, file of chip a)`` per row of ApogeeReduction.jl's ``runlist_*.h5``."""
     import numpy as np
 
-    from .io._hdf5 import open_h5
     from .io.apz import EXPNUM_MJD_ZERO, apz_filename
+    from .io.hdf5 import open_h5
 
     with open_h5(path) as handle:
         columns = {}
@@ -386,8 +386,8 @@ def process_exposure(
 def _up_to_date(task: ExposureTask, fit_options: str) -> bool:
     """Whether the product exists and records these inputs' hashes, this version and settings."""
     from . import __version__
-    from .io._hdf5 import read_metadata
-    from .io.product import _sha256
+    from .io.hdf5 import read_metadata
+    from .io.product import sha256_file
 
     if not Path(task.product).is_file():
         return False
@@ -400,7 +400,7 @@ def _up_to_date(task: ExposureTask, fit_options: str) -> bool:
         meta.get("pyapred_version") == __version__
         and meta.get("fit_options") == fit_options
         and list(meta.get("input_files", [])) == [p.name for p in files]
-        and list(meta.get("input_sha256", [])) == [_sha256(p) for p in files]
+        and list(meta.get("input_sha256", [])) == [sha256_file(p) for p in files]
     )
 
 
@@ -463,7 +463,7 @@ def run_night(
     InputError
         ``out`` cannot be written, or the scheduler cannot be reached.
     """
-    from .io._atomic import writable_folder
+    from .io.atomic import writable_folder
 
     out = writable_folder(out)
     start = time.perf_counter()
@@ -549,7 +549,7 @@ def _progress_bar(total: int, enabled: bool):
 
 def _write_failures(out: Path, tasks: Sequence[ExposureTask], results: dict) -> None:
     """``out/failures.json``: a list of failed exposures with their inputs and error text."""
-    from .io._atomic import atomic_path
+    from .io.atomic import atomic_path
 
     failures = [
         {"exposure": t.name, "inputs": list(t.inputs), "product": t.product,
@@ -594,7 +594,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--model", choices=("auto", "constant", "time-variable"), default="auto",
-        help="model per fibre (as pyapred fit)",
+        help="model per fiber (as pyapred fit)",
     )  # fmt: skip
     parser.add_argument("--joint-chips", action="store_true", help="one omega from all chips")
     parser.add_argument("--no-jump-search", action="store_true", help="skip the jump search")

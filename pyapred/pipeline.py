@@ -1,20 +1,20 @@
-"""The exposure pipeline: per-fibre omega, model choice and full-chip extraction.
+"""The exposure pipeline: per-fiber omega, model choice and full-chip extraction.
 
 One direction of flow, per chip (or jointly over the R, G and B chips):
 
-1. :func:`prepare_chip` finds cosmic rays and saturated pixels, maps every pixel to its fibre and
-   chooses each fibre's omega-fit pixels (:mod:`pyapred.traces`);
-2. one batched :func:`~pyapred.solver.fit_omega` call fits omega for every fibre;
-3. :func:`choose_models` decides per fibre between the constant and the time-variable model
-   (a chi-squared comparison and the paper's 3.5 % amplitude threshold) and lends faint fibres
+1. :func:`prepare_chip` finds cosmic rays and saturated pixels, maps every pixel to its fiber and
+   chooses each fiber's omega-fit pixels (:mod:`pyapred.traces`);
+2. one batched :func:`~pyapred.solver.fit_omega` call fits omega for every fiber;
+3. :func:`choose_models` decides per fiber between the constant and the time-variable model
+   (a chi-squared comparison and the paper's 3.5 % amplitude threshold) and lends faint fibers
    the inverse-covariance weighted mean omega of the bright ones;
-4. one :func:`~pyapred.solver.extract_fluxes` call per chip extracts every pixel with its fibre's
+4. one :func:`~pyapred.solver.extract_fluxes` call per chip extracts every pixel with its fiber's
    omega (background pixels with the constant model).
 
 Units follow the solver: reads in DN with ``gain`` in e-/DN, fluxes in DN per read interval.
 Extraction uses omega normalised to mean 1, so every flux is the exposure-averaged flux whatever
 the model (the same normalisation as the constant model and ApogeeReduction.jl's ``dimage``).
-Arrays are ``(n_reads, ny, nx)`` C order; fibre indices are 0-based (``300 - fiberId``).
+Arrays are ``(n_reads, ny, nx)`` C order; fiber indices are 0-based (``300 - fiberId``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .traces import (
     FitPixels,
     PixelMap,
     Traces,
-    pixel_fibre_map,
+    pixel_fiber_map,
     select_fit_pixels,
     trace_brightness,
 )
@@ -48,7 +48,7 @@ __all__ = [
     "ChipExposure",
     "ChipResult",
     "ExposureResult",
-    "FibreFits",
+    "FiberFits",
     "FitOptions",
     "PreparedChip",
     "choose_models",
@@ -62,7 +62,7 @@ __all__ = [
     "write_result",
 ]
 
-#: Per-fibre model codes (``FibreFits.model``).
+#: Per-fiber model codes (``FiberFits.model``).
 MODEL_CONSTANT, MODEL_TIME_VARIABLE, MODEL_BORROWED = 0, 1, 2
 MODEL_NAMES = ("constant", "time_variable", "borrowed")
 _ROUGH_COLUMNS = 512
@@ -120,17 +120,17 @@ class FitOptions:
     Attributes
     ----------
     model : {"auto", "constant", "time-variable"}
-        ``"auto"`` chooses per fibre; the others force one model on every traced fibre.
+        ``"auto"`` chooses per fiber; the others force one model on every traced fiber.
     joint_chips : bool
-        Fit one omega per fibre from the pixels of all chips together.
+        Fit one omega per fiber from the pixels of all chips together.
     min_snr, core_halfwidth, min_purity, max_fit_pixels
         Omega-fit pixel selection (:func:`pyapred.traces.select_fit_pixels`).
     map_halfwidth : float
         Pixels further than this many sigmas from every trace are background.
     min_fit_pixels : int
-        Fibres with fewer fit pixels borrow omega.
+        Fibers with fewer fit pixels borrow omega.
     max_omega_error : float
-        Fibres whose median omega error exceeds this borrow omega.
+        Fibers whose median omega error exceeds this borrow omega.
     p_value : float
         The time-variable model is chosen when the chi-squared improvement has a probability
         below this under the constant model ...
@@ -195,10 +195,10 @@ class PreparedChip:
     traces : Traces
     pixel_map : PixelMap
     fit_pixels : FitPixels
-    fit_reads : ndarray, float32 or float64, ``(n_reads, n_fibres, n_pix)``, or None
+    fit_reads : ndarray, float32 or float64, ``(n_reads, n_fibers, n_pix)``, or None
         Reads of the fit pixels; padding is NaN. None after the fit unless
         ``FitOptions.keep_fit_reads``.
-    fit_read_noise, fit_gain : ndarray, ``(n_fibres, n_pix)``
+    fit_read_noise, fit_gain : ndarray, ``(n_fibers, n_pix)``
     jumps : ndarray, int64, ``(n_jumps, 3)``
         ``(read, row, column)`` of every read masked after a detected jump.
     saturated : ndarray of bool, ``(ny, nx)``
@@ -206,8 +206,8 @@ class PreparedChip:
         Robust rate estimate, DN per read: the mean of the shape-corrected differences that are
         not jumps. ``pixel_map``, ``saturated`` and ``rate`` are None once the chip was written
         by :func:`fit_to_product`.
-    omega_rough : ndarray, ``(n_fibres, K)``
-        Per-fibre shape of the differences used by the jump detector (mean 1).
+    omega_rough : ndarray, ``(n_fibers, K)``
+        Per-fiber shape of the differences used by the jump detector (mean 1).
     """
 
     name: str
@@ -225,42 +225,42 @@ class PreparedChip:
 
 
 @dataclass(frozen=True)
-class FibreFits:
-    """Per-fibre omega fits and model decisions (one chip, or all chips jointly).
+class FiberFits:
+    """Per-fiber omega fits and model decisions (one chip, or all chips jointly).
 
     Attributes
     ----------
-    omega_fit : ndarray, ``(n_fibres, K)``
-        Fitted omega, ``omega_fit[:, ref_index] == 1``; NaN for fibres not fitted.
-    omega_cov : ndarray, ``(n_fibres, K, K)``
-        Its covariance (zeros for fibres not fitted).
-    omega : ndarray, ``(n_fibres, K)``
-        The omega used for extraction, normalised to mean 1: ones for constant-model fibres, the
-        fit for time-variable fibres, the bright-fibre mean for borrowed fibres.
-    model : ndarray of int, ``(n_fibres,)``
+    omega_fit : ndarray, ``(n_fibers, K)``
+        Fitted omega, ``omega_fit[:, ref_index] == 1``; NaN for fibers not fitted.
+    omega_cov : ndarray, ``(n_fibers, K, K)``
+        Its covariance (zeros for fibers not fitted).
+    omega : ndarray, ``(n_fibers, K)``
+        The omega used for extraction, normalised to mean 1: ones for constant-model fibers, the
+        fit for time-variable fibers, the bright-fiber mean for borrowed fibers.
+    model : ndarray of int, ``(n_fibers,)``
         ``MODEL_CONSTANT``, ``MODEL_TIME_VARIABLE`` or ``MODEL_BORROWED``.
-    delta_chi2 : ndarray, ``(n_fibres,)``
+    delta_chi2 : ndarray, ``(n_fibers,)``
         Constant-model minus time-variable chi2 over the fit pixels (the decision statistic).
-    p_value : ndarray, ``(n_fibres,)``
+    p_value : ndarray, ``(n_fibers,)``
         Probability of ``delta_chi2`` under the constant model (chi2 with the free elements of
         omega as degrees of freedom).
-    amplitude : ndarray, ``(n_fibres,)``
+    amplitude : ndarray, ``(n_fibers,)``
         Equivalent amplitude ``sqrt(12 (var(omega) - mean(sigma_omega^2)))`` of the mean-1 fit: the
         paper's A for ``omega ~ U(1 - A, 1)``, debiased for noise.
-    chi2_dof_constant, chi2_dof_variable : ndarray, ``(n_fibres,)``
+    chi2_dof_constant, chi2_dof_variable : ndarray, ``(n_fibers,)``
         chi2/dof of the two models over the fit pixels.
-    n_fit_pixels : ndarray of int, ``(n_fibres,)``
-    flags : ndarray of int, ``(n_fibres,)``
-        Group flags of the fit plus ``BORROWED_OMEGA``, ``FALLBACK_CONSTANT``, ``FPI_FIBRE``.
+    n_fit_pixels : ndarray of int, ``(n_fibers,)``
+    flags : ndarray of int, ``(n_fibers,)``
+        Group flags of the fit plus ``BORROWED_OMEGA``, ``FALLBACK_CONSTANT``, ``FPI_FIBER``.
     ref_index : int
-        The read difference fixed to 1 in every fibre's ``omega_fit``.
-    bright : ndarray of bool, ``(n_fibres,)``
-        Fibres that constrain their own omega.
+        The read difference fixed to 1 in every fiber's ``omega_fit``.
+    bright : ndarray of bool, ``(n_fibers,)``
+        Fibers that constrain their own omega.
     borrowed_omega, borrowed_cov : ndarray, ``(K,)``, ``(K, K)``
-        The bright-fibre mean lent to faint fibres (``ref_index`` normalisation).
+        The bright-fiber mean lent to faint fibers (``ref_index`` normalisation).
     fit : OmegaFit or None
         The raw batched fit (per-pixel joint fluxes and chi2), None with ``model="constant"``.
-    pixel_chi2_constant : ndarray, ``(n_fibres, n_pix)``
+    pixel_chi2_constant : ndarray, ``(n_fibers, n_pix)``
         Constant-model chi2 of each fit pixel (NaN for padding).
     """
 
@@ -283,7 +283,7 @@ class FibreFits:
     pixel_chi2_constant: np.ndarray | None = None
 
     def omega_error(self) -> np.ndarray:
-        """Marginal omega errors, ``(n_fibres, K)``, from the diagonal of ``omega_cov``."""
+        """Marginal omega errors, ``(n_fibers, K)``, from the diagonal of ``omega_cov``."""
         return np.sqrt(np.maximum(np.diagonal(self.omega_cov, axis1=1, axis2=2), 0.0))
 
 
@@ -297,11 +297,11 @@ class ChipResult:
         As in :class:`~pyapred.solver.FluxFit` (DN per read interval; ``n_diff`` as int16), plus
         the pipeline's pixel flags ``JUMP_DETECTED`` and ``BACKGROUND``. None once written to a
         product by :func:`fit_to_product`.
-    fibre : ndarray of int16, ``(ny, nx)``
-        Fibre whose omega each pixel used; -1 for background and reference columns.
+    fiber : ndarray of int16, ``(ny, nx)``
+        Fiber whose omega each pixel used; -1 for background and reference columns.
     constant : FluxFit or None
         Every pixel with the constant model (``FitOptions.keep_constant``).
-    fibres : FibreFits
+    fibers : FiberFits
         The fits this chip's extraction used (shared by all chips with ``joint_chips``).
     prepared : PreparedChip
     """
@@ -311,9 +311,9 @@ class ChipResult:
     chi2: np.ndarray
     n_diff: np.ndarray
     flags: np.ndarray
-    fibre: np.ndarray
+    fiber: np.ndarray
     constant: FluxFit | None
-    fibres: FibreFits
+    fibers: FiberFits
     prepared: PreparedChip
 
 
@@ -324,14 +324,14 @@ class ExposureResult:
     Attributes
     ----------
     chips : dict of str to ChipResult
-    fibres : dict of str to FibreFits
+    fibers : dict of str to FiberFits
         By chip name, or the single key ``"joint"`` with ``joint_chips``.
     options : FitOptions
     read_times : ndarray, ``(n_reads,)``
     """
 
     chips: dict
-    fibres: dict
+    fibers: dict
     options: FitOptions
     read_times: np.ndarray
     meta: dict = field(default_factory=dict)
@@ -339,25 +339,25 @@ class ExposureResult:
     def problems(self) -> list[str]:
         """Human-readable list of flagged fit problems (fallbacks to the constant model)."""
         out = []
-        for key, fits in self.fibres.items():
+        for key, fits in self.fibers.items():
             bad = np.flatnonzero(fits.flags & Flag.FALLBACK_CONSTANT)
             if bad.size:
                 out.append(
-                    f"{key}: omega fit failed for fibres {bad.tolist()}; constant model used"
+                    f"{key}: omega fit failed for fibers {bad.tolist()}; constant model used"
                 )
         return out
 
     def summary(self) -> dict:
-        """A JSON-ready summary: model counts, borrowed fibres, chi2/dof, problems."""
-        fibres = {}
-        for key, fits in self.fibres.items():
+        """A JSON-ready summary: model counts, borrowed fibers, chi2/dof, problems."""
+        fibers = {}
+        for key, fits in self.fibers.items():
             counts = {
                 name: int(np.sum(fits.model == code)) for code, name in enumerate(MODEL_NAMES)
             }
             bright = fits.bright
-            fibres[key] = {
+            fibers[key] = {
                 "models": counts,
-                "bright_fibres": int(bright.sum()),
+                "bright_fibers": int(bright.sum()),
                 "median_fit_pixels": float(np.median(fits.n_fit_pixels[bright]))
                 if bright.any()
                 else 0.0,
@@ -372,7 +372,7 @@ class ExposureResult:
         return {
             "options": {k: v for k, v in self.options.__dict__.items()},
             "chips": sorted(self.chips),
-            "fibres": fibres,
+            "fibers": fibers,
             "cosmic_rays": {k: int(c.prepared.jumps.shape[0]) for k, c in self.chips.items()},
             "timings_s": self.meta.get("timings_s", {}),
             "problems": self.problems(),
@@ -399,9 +399,9 @@ def _pixel_values(value, rows, cols) -> np.ndarray:
 
 
 def _rough_omega(core_diffs: np.ndarray) -> np.ndarray:
-    """Per-fibre shape of the differences (mean 1), robust to cosmic rays and faint pixels.
+    """Per-fiber shape of the differences (mean 1), robust to cosmic rays and faint pixels.
 
-    ``core_diffs`` is ``(K, n_fibres, n_columns)`` in DN of the trace-centre pixels.
+    ``core_diffs`` is ``(K, n_fibers, n_columns)`` in DN of the trace-center pixels.
     """
     level = np.median(core_diffs, axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -425,7 +425,7 @@ def _nanmedian_last_axis(values: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence NumPy's empty-slice warnings: all-NaN rows (padding, unfitted fibres) are expected
+    """Silence NumPy's empty-slice warnings: all-NaN rows (padding, unfitted fibers) are expected
     and handled by the caller."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -433,7 +433,7 @@ def _quiet():
 
 
 def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> PreparedChip:
-    """Detect jumps and saturation, map pixels to fibres and choose the omega-fit pixels.
+    """Detect jumps and saturation, map pixels to fibers and choose the omega-fit pixels.
 
     Parameters
     ----------
@@ -459,25 +459,25 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
     sigma = np.asarray(chip.read_noise, dtype=np.float64)
     saturation = np.inf if chip.saturation is None else np.asarray(chip.saturation, np.float64)
 
-    # Shape of each fibre's light curve from its trace-centre pixels (for the jump detector);
+    # Shape of each fiber's light curve from its trace-center pixels (for the jump detector);
     # a rough shape needs no more than _ROUGH_COLUMNS columns.
     step = max(1, nc // _ROUGH_COLUMNS)
-    centre_rows = np.clip(np.rint(traces.y_centre[:, ::step]).astype(np.int64), 0, ny - 1)
-    cols = np.broadcast_to(np.arange(0, nc, step), centre_rows.shape)
-    core = np.asarray(reads[:, centre_rows, cols], dtype=np.float32)  # exact for raw DN
-    core_sat = np.logical_or.accumulate(core >= _pixel_values(saturation, centre_rows, cols), 0)
+    center_rows = np.clip(np.rint(traces.y_center[:, ::step]).astype(np.int64), 0, ny - 1)
+    cols = np.broadcast_to(np.arange(0, nc, step), center_rows.shape)
+    core = np.asarray(reads[:, center_rows, cols], dtype=np.float32)  # exact for raw DN
+    core_sat = np.logical_or.accumulate(core >= _pixel_values(saturation, center_rows, cols), 0)
     core_diffs = np.diff(core, axis=0)
     del core
     core_diffs[core_sat[1:]] = np.nan
     omega_rough = _rough_omega(core_diffs)
     shape_table = np.vstack([omega_rough, np.ones((1, K))])  # last row: background
-    coarse_map = pixel_fibre_map(traces, ny, halfwidth=options.map_halfwidth).fibre
+    coarse_map = pixel_fiber_map(traces, ny, halfwidth=options.map_halfwidth).fiber
 
     # One pass over the chip: robust rate, jumps and saturation (a Numba kernel, rows in parallel).
-    from ._first_pass import first_pass
+    from .solver.first_pass import first_pass
 
-    shape_index = np.full((ny, nx), traces.n_fibres, dtype=np.int32)  # last row: background
-    shape_index[:, :nc] = np.where(coarse_map >= 0, coarse_map, traces.n_fibres)
+    shape_index = np.full((ny, nx), traces.n_fibers, dtype=np.int32)  # last row: background
+    shape_index[:, :nc] = np.where(coarse_map >= 0, coarse_map, traces.n_fibers)
     var_read = 2.0 * np.broadcast_to(sigma, (ny, nx)) ** 2
     inv_gain = 1.0 / np.broadcast_to(gain, (ny, nx))
     rate, saturated, jumps = first_pass(
@@ -489,7 +489,7 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
 
     # Pixel map with this exposure's brightness, and the fit pixels.
     brightness = trace_brightness(traces, rate[:, :nc])
-    pixel_map = pixel_fibre_map(traces, ny, brightness, halfwidth=options.map_halfwidth)
+    pixel_map = pixel_fiber_map(traces, ny, brightness, halfwidth=options.map_halfwidth)
     signal = np.maximum(rate[:, :nc], 0.0) * np.broadcast_to(gain, (ny, nx))[:, :nc] * K
     noise_e2 = var_read[:, :nc] / inv_gain[:, :nc] ** 2
     snr = signal / np.sqrt(signal + noise_e2)
@@ -527,8 +527,8 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
 # --------------------------------------------------------------------------------------------
 # Steps 2-3: omega fits and model choice
 # --------------------------------------------------------------------------------------------
-def _fit_fibres(prepared: list[PreparedChip], options: FitOptions) -> FibreFits:
-    """One batched omega fit over the fibres, from the fit pixels of one or more chips.
+def _fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
+    """One batched omega fit over the fibers, from the fit pixels of one or more chips.
 
     The chips in ``prepared`` are replaced by their :func:`_after_fit` versions as soon as their
     fit reads are taken, so that (unless they are kept) the fit does not hold two copies.
@@ -536,9 +536,9 @@ def _fit_fibres(prepared: list[PreparedChip], options: FitOptions) -> FibreFits:
     first = prepared[0]
     excluded = first.traces.excluded
     K = first.shape[0] - 1
-    n_fibres = first.traces.n_fibres
-    if any(p.shape[0] != first.shape[0] or p.traces.n_fibres != n_fibres for p in prepared):
-        raise ValueError("joint chips: expected the same number of reads and fibres on every chip")
+    n_fibers = first.traces.n_fibers
+    if any(p.shape[0] != first.shape[0] or p.traces.n_fibers != n_fibers for p in prepared):
+        raise ValueError("joint chips: expected the same number of reads and fibers on every chip")
 
     def joined(values, axis):
         return values[0] if len(values) == 1 else np.concatenate(values, axis=axis)
@@ -550,22 +550,22 @@ def _fit_fibres(prepared: list[PreparedChip], options: FitOptions) -> FibreFits:
     prepared[:] = [_after_fit(p, options) for p in prepared]
     mask = np.broadcast_to(~valid, reads.shape)
     n_pix = valid.sum(axis=1)
-    flags = np.where(excluded, int(Flag.FPI_FIBRE), 0).astype(np.int64)
+    flags = np.where(excluded, int(Flag.FPI_FIBER), 0).astype(np.int64)
     # A common reference read: where the exposure is most transparent.
     rough = np.mean([p.omega_rough for p in prepared], axis=0)
     ref_index = int(np.argmax(np.median(rough[~excluded] if (~excluded).any() else rough, 0)))
     if options.model == "constant":
-        nan = np.full((n_fibres, K), np.nan)
-        return FibreFits(
-            omega_fit=nan, omega_cov=np.zeros((n_fibres, K, K)), omega=np.ones((n_fibres, K)),
-            model=np.zeros(n_fibres, np.int64), delta_chi2=np.full(n_fibres, np.nan),
-            p_value=np.full(n_fibres, np.nan), amplitude=np.full(n_fibres, np.nan),
-            chi2_dof_constant=np.full(n_fibres, np.nan),
-            chi2_dof_variable=np.full(n_fibres, np.nan), n_fit_pixels=n_pix, flags=flags,
-            ref_index=ref_index, bright=np.zeros(n_fibres, bool), borrowed_omega=np.ones(K),
+        nan = np.full((n_fibers, K), np.nan)
+        return FiberFits(
+            omega_fit=nan, omega_cov=np.zeros((n_fibers, K, K)), omega=np.ones((n_fibers, K)),
+            model=np.zeros(n_fibers, np.int64), delta_chi2=np.full(n_fibers, np.nan),
+            p_value=np.full(n_fibers, np.nan), amplitude=np.full(n_fibers, np.nan),
+            chi2_dof_constant=np.full(n_fibers, np.nan),
+            chi2_dof_variable=np.full(n_fibers, np.nan), n_fit_pixels=n_pix, flags=flags,
+            ref_index=ref_index, bright=np.zeros(n_fibers, bool), borrowed_omega=np.ones(K),
             borrowed_cov=np.zeros((K, K)),
         )  # fmt: skip
-    # Only fibres that can be bright are fitted; the others are padding-only groups.
+    # Only fibers that can be bright are fitted; the others are padding-only groups.
     todo = np.flatnonzero(~excluded & (n_pix >= max(options.min_fit_pixels, 1)))
     P = max(int(n_pix[todo].max(initial=1)), 1)
     sub = (slice(None), todo, slice(0, P))
@@ -577,15 +577,15 @@ def _fit_fibres(prepared: list[PreparedChip], options: FitOptions) -> FibreFits:
             reads, sigma[todo, :P], gain=gain[todo, :P], mask=mask, ref_index=ref_index,
             max_iter=options.max_iter, jump_search=options.jump_search,
         )  # fmt: skip
-    fit, const = _scatter(fit, const, todo, n_fibres, ref_index)
+    fit, const = _scatter(fit, const, todo, n_fibers, ref_index)
     return choose_models(fit, const, n_pix, excluded, options, flags)
 
 
-def _scatter(fit: OmegaFit, const: FluxFit, todo: np.ndarray, n_fibres: int, ref_index: int):
-    """Full-size fits from the fits of fibres ``todo``; the others are empty groups."""
+def _scatter(fit: OmegaFit, const: FluxFit, todo: np.ndarray, n_fibers: int, ref_index: int):
+    """Full-size fits from the fits of fibers ``todo``; the others are empty groups."""
 
     def spread(value, fill):
-        out = np.full((n_fibres,) + value.shape[1:], fill, dtype=value.dtype)
+        out = np.full((n_fibers,) + value.shape[1:], fill, dtype=value.dtype)
         out[todo] = value
         return out
 
@@ -594,7 +594,7 @@ def _scatter(fit: OmegaFit, const: FluxFit, todo: np.ndarray, n_fibres: int, ref
     full = OmegaFit(
         omega=spread(fit.omega, nan),
         omega_cov=spread(fit.omega_cov, 0.0),
-        ref_index=np.full(n_fibres, ref_index, dtype=np.int64),
+        ref_index=np.full(n_fibers, ref_index, dtype=np.int64),
         flux=spread(fit.flux, nan),
         flux_var=spread(fit.flux_var, nan),
         chi2=spread(fit.chi2, nan),
@@ -612,7 +612,7 @@ def _scatter(fit: OmegaFit, const: FluxFit, todo: np.ndarray, n_fibres: int, ref
         n_diff=spread(const.n_diff, 0),
         flags=spread(const.flags, 0),
     )
-    assert full.omega.shape == (n_fibres, K) and full.flux.shape == (n_fibres, P)
+    assert full.omega.shape == (n_fibers, K) and full.flux.shape == (n_fibers, P)
     return full, const_full
 
 
@@ -626,7 +626,7 @@ def _equivalent_amplitude(omega: np.ndarray, error: np.ndarray) -> np.ndarray:
 
 
 def _weighted_mean_omega(omega, cov, use, ref_index):
-    """Inverse-covariance weighted mean of the omegas of the ``use`` fibres (ref normalisation)."""
+    """Inverse-covariance weighted mean of the omegas of the ``use`` fibers (ref normalisation)."""
     K = omega.shape[1]
     free = np.flatnonzero(np.arange(K) != ref_index)
     ok = use & np.all(np.isfinite(omega), axis=1)
@@ -666,40 +666,40 @@ def choose_models(
     excluded: np.ndarray,
     options: FitOptions,
     flags: np.ndarray | None = None,
-) -> FibreFits:
-    """Decide per fibre between the constant and the time-variable model; lend faint fibres omega.
+) -> FiberFits:
+    """Decide per fiber between the constant and the time-variable model; lend faint fibers omega.
 
-    A fibre is *bright* when it has at least ``min_fit_pixels`` fit pixels, its fit converged with
+    A fiber is *bright* when it has at least ``min_fit_pixels`` fit pixels, its fit converged with
     every omega element constrained, and its median omega error is at most ``max_omega_error``.
-    With ``model="auto"`` a bright fibre gets the time-variable model when ``p_value`` of the
+    With ``model="auto"`` a bright fiber gets the time-variable model when ``p_value`` of the
     chi2 improvement is below ``options.p_value`` and its equivalent amplitude reaches
-    ``options.amplitude_threshold``; otherwise the constant model. Other fibres (except excluded
-    ones) borrow the inverse-covariance weighted mean omega of the bright fibres, which are all
-    fitted with the same reference read, when that mean passes the same two tests. A fibre whose
+    ``options.amplitude_threshold``; otherwise the constant model. Other fibers (except excluded
+    ones) borrow the inverse-covariance weighted mean omega of the bright fibers, which are all
+    fitted with the same reference read, when that mean passes the same two tests. A fiber whose
     fit failed falls back to the constant model and is flagged ``FALLBACK_CONSTANT``.
 
     Parameters
     ----------
     fit : OmegaFit
-        Batched fit, ``(n_fibres, ...)``, all with one ``ref_index``.
+        Batched fit, ``(n_fibers, ...)``, all with one ``ref_index``.
     constant : FluxFit
-        Constant-model fit of the same pixels, ``(n_fibres, n_pix)``.
-    n_fit_pixels : ndarray of int, ``(n_fibres,)``
-    excluded : ndarray of bool, ``(n_fibres,)``
-        FPI fibres: always the constant model.
+        Constant-model fit of the same pixels, ``(n_fibers, n_pix)``.
+    n_fit_pixels : ndarray of int, ``(n_fibers,)``
+    excluded : ndarray of bool, ``(n_fibers,)``
+        FPI fibers: always the constant model.
     options : FitOptions
-    flags : ndarray of int, ``(n_fibres,)``, optional
-        Initial fibre flags.
+    flags : ndarray of int, ``(n_fibers,)``, optional
+        Initial fiber flags.
 
     Returns
     -------
-    FibreFits
+    FiberFits
     """
     from scipy.stats import chi2 as chi2_dist
 
-    n_fibres, K = fit.omega.shape
+    n_fibers, K = fit.omega.shape
     ref_index = int(fit.ref_index[0])
-    flags = (np.zeros(n_fibres, np.int64) if flags is None else flags.copy()) | fit.group_flags
+    flags = (np.zeros(n_fibers, np.int64) if flags is None else flags.copy()) | fit.group_flags
     in_fit = ~(fit.flags & Flag.NOT_IN_OMEGA_FIT).astype(bool)
     with np.errstate(invalid="ignore", divide="ignore"), _quiet():
         chi2_tv = np.where(in_fit, fit.chi2, 0.0).sum(axis=1)
@@ -735,7 +735,7 @@ def choose_models(
     )
 
     faint = ~bright & ~excluded & ~failed
-    model = np.full(n_fibres, MODEL_CONSTANT, dtype=np.int64)
+    model = np.full(n_fibers, MODEL_CONSTANT, dtype=np.int64)
     if options.model == "time-variable":
         model[bright] = MODEL_TIME_VARIABLE
         model[faint & bright.any()] = MODEL_BORROWED
@@ -745,14 +745,14 @@ def choose_models(
             model[faint] = MODEL_BORROWED
     flags[model == MODEL_BORROWED] |= Flag.BORROWED_OMEGA
 
-    omega_used = np.ones((n_fibres, K))
+    omega_used = np.ones((n_fibers, K))
     tv = model == MODEL_TIME_VARIABLE
     omega_used[tv] = fit.omega[tv] / np.nanmean(fit.omega[tv], axis=1, keepdims=True)
     omega_used[model == MODEL_BORROWED] = borrowed / borrowed.mean()
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2_dof_c = chi2_c / dof
         chi2_dof_tv = chi2_tv / dof
-    return FibreFits(
+    return FiberFits(
         omega_fit=fit.omega,
         omega_cov=fit.omega_cov,
         omega=omega_used,
@@ -781,16 +781,16 @@ def _free_cov(cov: np.ndarray, ref_index: int) -> np.ndarray:
 # Step 4: extraction
 # --------------------------------------------------------------------------------------------
 def _extract_chip(
-    chip: ChipExposure, prepared: PreparedChip, fibres: FibreFits, options: FitOptions
+    chip: ChipExposure, prepared: PreparedChip, fibers: FiberFits, options: FitOptions
 ) -> ChipResult:
-    """Every pixel of the chip with its fibre's omega, in one extract_fluxes call."""
+    """Every pixel of the chip with its fiber's omega, in one extract_fluxes call."""
     n_reads, ny, nx = chip.reads.shape
-    n_fibres, K = fibres.omega.shape
+    n_fibers, K = fibers.omega.shape
     nc = prepared.traces.n_columns
-    fibre = np.full((ny, nx), -1, dtype=np.int16)
-    fibre[:, :nc] = prepared.pixel_map.fibre
-    groups = np.where(fibre >= 0, fibre, n_fibres)
-    table = np.vstack([fibres.omega, np.ones((1, K))])
+    fiber = np.full((ny, nx), -1, dtype=np.int16)
+    fiber[:, :nc] = prepared.pixel_map.fiber
+    groups = np.where(fiber >= 0, fiber, n_fibers)
+    table = np.vstack([fibers.omega, np.ones((1, K))])
 
     def extract(reads, read_noise, gain, saturation, groups, mask=None):
         return extract_fluxes(reads, read_noise, table, groups=groups, gain=gain, mask=mask,
@@ -801,7 +801,7 @@ def _extract_chip(
     if options.keep_constant:
         constant = _masked_at_jumps(_without_groups(fit_constant), chip, prepared.jumps, groups)
     flags = result.flags.copy()
-    flags[fibre < 0] |= Flag.BACKGROUND
+    flags[fiber < 0] |= Flag.BACKGROUND
     if prepared.jumps.size:
         _, row, col = prepared.jumps.T
         flags[row, col] |= Flag.JUMP_DETECTED
@@ -811,9 +811,9 @@ def _extract_chip(
         chi2=result.chi2,
         n_diff=result.n_diff.astype(np.int16),
         flags=flags,
-        fibre=fibre,
+        fiber=fiber,
         constant=constant,
-        fibres=fibres,
+        fibers=fibers,
         prepared=prepared,
     )
 
@@ -898,7 +898,7 @@ def fit_exposure(
     progress: bool = False,
     on_chip: Callable[[str, ChipResult], ChipResult] | None = None,
 ) -> ExposureResult:
-    """Fit omega for every fibre, choose models, and extract every pixel of every chip.
+    """Fit omega for every fiber, choose models, and extract every pixel of every chip.
 
     Parameters
     ----------
@@ -932,7 +932,7 @@ def fit_exposure(
     bar = _progress(steps, progress)
     seen: dict = {}
     timings: dict = {}
-    results, fibres, read_times, timing = {}, {}, None, None
+    results, fibers, read_times, timing = {}, {}, None, None
     if options.joint_chips:
         prepared = {}
         for name in names:
@@ -948,8 +948,8 @@ def fit_exposure(
         chips_prepared = list(prepared.values())
         del prepared
         with _timed(timings, "fit_omega"):
-            joint = _fit_fibres(chips_prepared, options)
-        fibres["joint"] = joint
+            joint = _fit_fibers(chips_prepared, options)
+        fibers["joint"] = joint
         prepared = dict(zip(names, chips_prepared, strict=True))
         for name in names:
             with _timed(timings, "load"):
@@ -974,10 +974,10 @@ def fit_exposure(
             chip_prepared = [prep]
             del prep
             with _timed(timings, "fit_omega"):
-                fibres[name] = _fit_fibres(chip_prepared, options)
+                fibers[name] = _fit_fibers(chip_prepared, options)
             (prep,) = chip_prepared
             with _timed(timings, "extract"):
-                extracted = _extract_chip(chip, prep, fibres[name], options)
+                extracted = _extract_chip(chip, prep, fibers[name], options)
             del chip
             with _timed(timings, "write"):
                 results[name] = keep(name, extracted)
@@ -989,7 +989,7 @@ def fit_exposure(
     if read_times is None:
         read_times = np.arange(n_reads, dtype=np.float64)
     return ExposureResult(
-        chips=results, fibres=fibres, options=options, read_times=read_times,
+        chips=results, fibers=fibers, options=options, read_times=read_times,
         meta={"timings_s": {k: round(v, 3) for k, v in timings.items()}, "timing": timing},
     )  # fmt: skip
 
@@ -1022,7 +1022,7 @@ def correct_1f(
         Raw reads ``(n_reads, ny, 2560)`` of chip rows 0 to ``ny - 1``, reference output included.
     traces : Traces or None
         For ``"rowmedian"`` (unused otherwise): pixels further than ``halfwidth`` sigmas from
-        every trace (the background of :func:`pyapred.traces.pixel_fibre_map`) give each row's
+        every trace (the background of :func:`pyapred.traces.pixel_fiber_map`) give each row's
         median.
     method : {"refpix", "rowmedian", "none"}
     halfwidth : float
@@ -1051,7 +1051,7 @@ def correct_1f(
     if method == "rowmedian":
         nc = min(traces.n_columns, SCIENCE)
         background = np.zeros((ny, SCIENCE), dtype=bool)
-        background[:, :nc] = pixel_fibre_map(traces, ny, halfwidth=halfwidth).fibre[:, :nc] < 0
+        background[:, :nc] = pixel_fiber_map(traces, ny, halfwidth=halfwidth).fiber[:, :nc] < 0
         background[:, :REFERENCE_BORDER] = background[:, SCIENCE - REFERENCE_BORDER :] = False
         background[:REFERENCE_BORDER] = background[CHIP_ROWS - REFERENCE_BORDER :] = False
     added = refcorr_inplace(reads, method=method, saturation=chip.saturation, background=background)
@@ -1332,9 +1332,9 @@ def fit_files(
 def write_result(result: ExposureResult, path, *, overwrite: bool = False, backend="numpy"):
     """Write an :class:`ExposureResult` as a pyapred product (:func:`pyapred.io.write_product`).
 
-    Per chip the flux, inverse variance, chi2 and flag images; per fibre group (chip name or
-    ``"joint"``) omega as fitted (``ref_index`` normalisation; ones with zero covariance for fibres
-    not fitted, the bright-fibre mean for borrowed fibres), its covariance, the model and the
+    Per chip the flux, inverse variance, chi2 and flag images; per fiber group (chip name or
+    ``"joint"``) omega as fitted (``ref_index`` normalisation; ones with zero covariance for fibers
+    not fitted, the bright-fiber mean for borrowed fibers), its covariance, the model and the
     flags. The decision statistics go to the metadata as ``{group}_delta_chi2``,
     ``{group}_p_value``, ``{group}_amplitude`` and ``{group}_n_fit_pixels`` arrays; the inputs
     and trace files are hashed (``input_files``, ``input_sha256``) and the settings stored as
@@ -1384,10 +1384,10 @@ def fit_to_product(
     path : pathlib.Path
     """
     from .io import ChipImages, ProductWriter
-    from .io.product import _is_fits
+    from .io.product import is_fits_path
 
     path = Path(path)
-    if _is_fits(path):
+    if is_fits_path(path):
         result = fit_files(inputs, trace_paths, options, **fit_kwargs)
         return result, write_result(result, path, overwrite=overwrite, backend=backend)
     with ProductWriter(path, overwrite=overwrite) as writer:
@@ -1406,11 +1406,11 @@ def fit_to_product(
 
 
 def _product_parts(result: ExposureResult) -> tuple[dict, dict, list]:
-    """The fibre results, the metadata and the hashed inputs of a product (:func:`write_result`)."""
+    """The fiber results, the metadata and the hashed inputs of a product (:func:`write_result`)."""
     from .io import FiberResults
 
     fibers, meta = {}, {}
-    for key, fits in result.fibres.items():
+    for key, fits in result.fibers.items():
         n, K = fits.omega.shape
         omega = np.where(np.isfinite(fits.omega_fit), fits.omega_fit, 1.0)
         cov = np.where(np.isfinite(fits.omega_fit)[:, :, None], fits.omega_cov, 0.0)
@@ -1459,8 +1459,8 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
     Parameters
     ----------
     result : ExposureResult
-    omega : ndarray, ``(n_fibres, K)``
-        True omega (any normalisation per fibre).
+    omega : ndarray, ``(n_fibers, K)``
+        True omega (any normalisation per fiber).
     flux : mapping of str to ndarray ``(ny, nx)``
         True exposure-averaged flux per chip, in the units of the fit (DN per read).
     min_flux : float or mapping of str to float, optional
@@ -1470,17 +1470,17 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
     Returns
     -------
     dict
-        ``omega[group]``: ``z_std``, ``z_median``, ``n_fibres`` over bright fibres' free elements;
-        ``borrowed[group]``: the same for the borrowed omega against borrowed fibres' truth, plus
+        ``omega[group]``: ``z_std``, ``z_median``, ``n_fibers`` over bright fibers' free elements;
+        ``borrowed[group]``: the same for the borrowed omega against borrowed fibers' truth, plus
         ``chi2_dof``, its Mahalanobis distance to that truth per degree of freedom (about 1 when
         its covariance is right; the z-scores of its elements are positively correlated, so
         their std is below 1 even then);
         ``flux[chip]``: ``variable_bias`` and ``constant_bias`` (median z of bright pixels),
-        ``variable_z_std``, ``n_pixels``, and ``borrowed_bias`` over borrowed fibres' pixels.
+        ``variable_z_std``, ``n_pixels``, and ``borrowed_bias`` over borrowed fibers' pixels.
     """
     omega = np.asarray(omega, dtype=np.float64)
     out: dict = {"omega": {}, "borrowed": {}, "flux": {}}
-    for key, fits in result.fibres.items():
+    for key, fits in result.fibers.items():
         if fits.fit is None:
             continue
         ref = fits.ref_index
@@ -1493,39 +1493,39 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
         out["omega"][key] = {
             "z_std": float(np.std(z)) if z.size else None,
             "z_median": float(np.median(z)) if z.size else None,
-            "n_fibres": int(fits.bright.sum()),
+            "n_fibers": int(fits.bright.sum()),
         }
         borrowed = fits.model == MODEL_BORROWED
         if borrowed.any():
             b_err = np.sqrt(np.maximum(np.diag(fits.borrowed_cov), 0.0))[free]
             diff = fits.borrowed_omega[free] - truth[borrowed][:, free]
             bz = diff / b_err
-            # The elements share the bright fibres' errors (positively correlated), so their z
+            # The elements share the bright fibers' errors (positively correlated), so their z
             # scatter is below 1 even when the covariance is right; chi2/dof tests the whole of it.
             whitened = np.linalg.solve(_free_cov(fits.borrowed_cov, ref), diff.T).T
             out["borrowed"][key] = {
                 "chi2_dof": float(np.mean(np.sum(diff * whitened, axis=1)) / diff.shape[1]),
                 "z_std": float(np.std(bz)),
                 "z_median": float(np.median(bz)),
-                "n_fibres": int(borrowed.sum()),
+                "n_fibers": int(borrowed.sum()),
             }
     bad = int(Flag.SATURATED | Flag.JUMP_DETECTED | Flag.TOO_FEW_DIFFS | Flag.NONFINITE_READ)
     for name, chip in result.chips.items():
         if name not in flux:
             continue
         true = np.asarray(flux[name], dtype=np.float64)
-        traced = (chip.fibre >= 0) & ((chip.flags & bad) == 0)
+        traced = (chip.fiber >= 0) & ((chip.flags & bad) == 0)
         threshold = min_flux.get(name) if isinstance(min_flux, Mapping) else min_flux
         if threshold is None:
             threshold = np.percentile(true[traced], 90)
         bright = traced & (true >= threshold)
-        fibre_model = np.where(chip.fibre >= 0, chip.fibres.model[np.maximum(chip.fibre, 0)], -1)
+        fiber_model = np.where(chip.fiber >= 0, chip.fibers.model[np.maximum(chip.fiber, 0)], -1)
         entry = {"n_pixels": int(bright.sum()), "min_flux": float(threshold)}
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (chip.flux - true) / np.sqrt(chip.flux_var)
             entry["variable_bias"] = float(np.median(z[bright]))
             entry["variable_z_std"] = float(np.std(z[bright]))
-            on_borrowed = traced & (fibre_model == MODEL_BORROWED) & (true > 0)
+            on_borrowed = traced & (fiber_model == MODEL_BORROWED) & (true > 0)
             if on_borrowed.any():
                 entry["borrowed_bias"] = float(np.median(z[on_borrowed]))
             if chip.constant is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline import MODEL_NAMES, ChipResult, ExposureResult, FibreFits
+from .pipeline import MODEL_NAMES, ChipResult, ExposureResult, FiberFits
 
 __all__ = [
     "plot_chi2",
@@ -36,8 +36,8 @@ def _diff_times(read_times, K):
     return 0.5 * (read_times[1:] + read_times[:-1])
 
 
-def _default_fibres(fits: FibreFits, n: int) -> np.ndarray:
-    """A few bright fibres spread in brightness (by fit-pixel count), else any fitted ones."""
+def _default_fibers(fits: FiberFits, n: int) -> np.ndarray:
+    """A few bright fibers spread in brightness (by fit-pixel count), else any fitted ones."""
     candidates = np.flatnonzero(fits.bright)
     if candidates.size == 0:
         candidates = np.flatnonzero(np.isfinite(fits.omega_fit).all(axis=1))
@@ -47,18 +47,18 @@ def _default_fibres(fits: FibreFits, n: int) -> np.ndarray:
 
 
 def plot_omega(
-    fits: FibreFits, read_times=None, *, fibres=None, truth=None, ax=None, n_fibres: int = 4
+    fits: FiberFits, read_times=None, *, fibers=None, truth=None, ax=None, n_fibers: int = 4
 ):
-    """Fitted omega of a few fibres with 1-sigma error bars against read time.
+    """Fitted omega of a few fibers with 1-sigma error bars against read time.
 
     Parameters
     ----------
-    fits : FibreFits
+    fits : FiberFits
     read_times : array_like, ``(n_reads,)``, optional
         Seconds; default read index.
-    fibres : sequence of int, optional
-        0-based fibre indices; default ``n_fibres`` bright fibres.
-    truth : ndarray, ``(n_fibres_total, K)``, optional
+    fibers : sequence of int, optional
+        0-based fiber indices; default ``n_fibers`` bright fibers.
+    truth : ndarray, ``(n_fibers_total, K)``, optional
         True omega (any normalisation); drawn rescaled to the fit's reference read.
     ax : matplotlib Axes, optional
 
@@ -69,14 +69,14 @@ def plot_omega(
     fig, ax = _axes(ax, figsize=(8, 4.5))
     K = fits.omega_fit.shape[1]
     t = _diff_times(read_times, K)
-    fibres = _default_fibres(fits, n_fibres) if fibres is None else np.asarray(fibres)
+    fibers = _default_fibers(fits, n_fibers) if fibers is None else np.asarray(fibers)
     error = fits.omega_error()
-    for i, fibre in enumerate(fibres):
-        offset = 0.0 if len(fibres) == 1 else 0.15 * (i - (len(fibres) - 1) / 2) * (t[1] - t[0])
-        label = f"fibre {fibre} ({MODEL_NAMES[fits.model[fibre]]})"
-        ax.errorbar(t + offset, fits.omega_fit[fibre], error[fibre], fmt="o", ms=3, label=label)
+    for i, fiber in enumerate(fibers):
+        offset = 0.0 if len(fibers) == 1 else 0.15 * (i - (len(fibers) - 1) / 2) * (t[1] - t[0])
+        label = f"fiber {fiber} ({MODEL_NAMES[fits.model[fiber]]})"
+        ax.errorbar(t + offset, fits.omega_fit[fiber], error[fiber], fmt="o", ms=3, label=label)
         if truth is not None:
-            true = np.asarray(truth[fibre], float)
+            true = np.asarray(truth[fiber], float)
             ax.plot(t, true / true[fits.ref_index], "k-", lw=0.8, alpha=0.6)
     ax.set_xlabel("time (s)" if read_times is not None else "read difference")
     ax.set_ylabel(r"$\omega$ (reference read = 1)")
@@ -87,8 +87,8 @@ def plot_omega(
     return fig
 
 
-def plot_omega_image(fits: FibreFits, read_times=None, *, ax=None):
-    """Fibre-by-read image of the omega used for extraction (mean 1; constant fibres are 1).
+def plot_omega_image(fits: FiberFits, read_times=None, *, ax=None):
+    """Fiber-by-read image of the omega used for extraction (mean 1; constant fibers are 1).
 
     Returns
     -------
@@ -107,12 +107,12 @@ def plot_omega_image(fits: FibreFits, read_times=None, *, ax=None):
     )
     fig.colorbar(image, ax=ax, label=r"$\omega$ used (mean 1)")
     ax.set_xlabel("time (s)" if read_times is not None else "read difference")
-    ax.set_ylabel("fibre index (300 - fiberId)")
-    ax.set_title("Omega per fibre and read")
+    ax.set_ylabel("fiber index (300 - fiberId)")
+    ax.set_title("Omega per fiber and read")
     return fig
 
 
-def plot_chi2(fits: FibreFits, *, ax=None):
+def plot_chi2(fits: FiberFits, *, ax=None):
     """Histograms of the fit pixels' chi2/dof under both models.
 
     Returns
@@ -133,20 +133,20 @@ def plot_chi2(fits: FibreFits, *, ax=None):
     ax.hist(constant, bins=bins, histtype="step", lw=1.5, label="constant flux")
     ax.axvline(1.0, color="k", lw=0.8, ls=":")
     ax.set_xscale("log")
-    ax.set_xlabel(r"$\chi^2$ / dof per pixel (bright fibres' fit pixels)")
+    ax.set_xlabel(r"$\chi^2$ / dof per pixel (bright fibers' fit pixels)")
     ax.set_ylabel("pixels")
     ax.legend(fontsize=8)
     return fig
 
 
-def plot_ramps(chip: ChipResult, fibre: int | None = None, *, n_pixels: int = 3, read_times=None):
-    """Ramps and read differences of a few fit pixels of one fibre, with both models.
+def plot_ramps(chip: ChipResult, fiber: int | None = None, *, n_pixels: int = 3, read_times=None):
+    """Ramps and read differences of a few fit pixels of one fiber, with both models.
 
     Parameters
     ----------
     chip : ChipResult
-    fibre : int, optional
-        0-based index; default the bright fibre with the largest chi2 improvement.
+    fiber : int, optional
+        0-based index; default the bright fiber with the largest chi2 improvement.
     n_pixels : int
         Pixels shown, spread in brightness.
     read_times : array_like, optional
@@ -159,23 +159,23 @@ def plot_ramps(chip: ChipResult, fibre: int | None = None, *, n_pixels: int = 3,
 
     from .solver import extract_fluxes, fit_constant
 
-    fits, prep = chip.fibres, chip.prepared
-    if fibre is None:
+    fits, prep = chip.fibers, chip.prepared
+    if fiber is None:
         score = np.where(fits.bright, np.nan_to_num(fits.delta_chi2, nan=-np.inf), -np.inf)
-        fibre = int(np.argmax(score))
-    valid = np.flatnonzero(prep.fit_pixels.valid[fibre])
+        fiber = int(np.argmax(score))
+    valid = np.flatnonzero(prep.fit_pixels.valid[fiber])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     if valid.size == 0 or prep.fit_reads is None:
         why = "no fit pixels" if valid.size == 0 else "no reads kept (FitOptions.keep_fit_reads)"
-        axes[0].text(0.5, 0.5, f"fibre {fibre}: {why}", ha="center")
+        axes[0].text(0.5, 0.5, f"fiber {fiber}: {why}", ha="center")
         return fig
-    reads = prep.fit_reads[:, fibre, valid]
+    reads = prep.fit_reads[:, fiber, valid]
     order = np.argsort(np.nanmax(reads, axis=0) - reads[0])
     pick = order[np.linspace(0, order.size - 1, min(n_pixels, order.size)).round().astype(int)]
     reads = reads[:, pick]
-    sigma, gain = prep.fit_read_noise[fibre, valid][pick], prep.fit_gain[fibre, valid][pick]
+    sigma, gain = prep.fit_read_noise[fiber, valid][pick], prep.fit_gain[fiber, valid][pick]
     omega = (
-        fits.omega_fit[fibre] if np.all(np.isfinite(fits.omega_fit[fibre])) else fits.omega[fibre]
+        fits.omega_fit[fiber] if np.all(np.isfinite(fits.omega_fit[fiber])) else fits.omega[fiber]
     )
     variable = extract_fluxes(reads, sigma, omega, gain=gain)
     constant = fit_constant(reads, sigma, gain=gain)
@@ -196,7 +196,7 @@ def plot_ramps(chip: ChipResult, fibre: int | None = None, *, n_pixels: int = 3,
     axes[1].set_ylabel("read difference (DN)")
     for ax in axes:
         ax.set_xlabel("time (s)" if read_times is not None else "read")
-    axes[0].set_title(f"chip {prep.name}, fibre {fibre}: solid time-variable, dashed constant")
+    axes[0].set_title(f"chip {prep.name}, fiber {fiber}: solid time-variable, dashed constant")
     axes[1].set_title("differences")
     fig.tight_layout()
     return fig
@@ -205,7 +205,7 @@ def plot_ramps(chip: ChipResult, fibre: int | None = None, *, n_pixels: int = 3,
 def save_plots(result: ExposureResult, directory: str | os.PathLike, *, truth=None) -> list[Path]:
     """Write the standard plots of an exposure fit as PNG files.
 
-    Per fibre group (chip or ``joint``): ``omega_{group}.png``, ``omega_image_{group}.png``,
+    Per fiber group (chip or ``joint``): ``omega_{group}.png``, ``omega_image_{group}.png``,
     ``chi2_{group}.png``; per chip: ``ramps_{chip}.png``.
 
     Parameters
@@ -213,7 +213,7 @@ def save_plots(result: ExposureResult, directory: str | os.PathLike, *, truth=No
     result : ExposureResult
     directory : str or os.PathLike
         Created if missing.
-    truth : ndarray, ``(n_fibres, K)``, optional
+    truth : ndarray, ``(n_fibers, K)``, optional
         True omega, drawn on the omega plot.
 
     Returns
@@ -233,11 +233,11 @@ def save_plots(result: ExposureResult, directory: str | os.PathLike, *, truth=No
         written.append(path)
 
     times = result.read_times
-    for key, fits in result.fibres.items():
+    for key, fits in result.fibers.items():
         save(plot_omega(fits, times, truth=truth), f"omega_{key}.png")
         save(plot_omega_image(fits, times), f"omega_image_{key}.png")
         save(plot_chi2(fits), f"chi2_{key}.png")
     for name, chip in result.chips.items():
-        if chip.fibres.fit is not None:
+        if chip.fibers.fit is not None:
             save(plot_ramps(chip, read_times=times), f"ramps_{name}.png")
     return written

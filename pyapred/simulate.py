@@ -197,10 +197,10 @@ def simulate_ramps(
 
 
 # --------------------------------------------------------------------------------------------
-# Whole exposures: 300 fibres on Gaussian traces, three chips
+# Whole exposures: 300 fibers on Gaussian traces, three chips
 # --------------------------------------------------------------------------------------------
 CHIPS = ("R", "G", "B")
-N_FIBRES_FULL = 300
+N_FIBERS_FULL = 300
 #: APOGEE read interval (INTOFF), seconds.
 READ_INTERVAL_S = 10.647
 SCENARIOS = ("clouds", "seeing", "stable")
@@ -216,11 +216,11 @@ class SimulatedChip:
         Raw reads in DN: whole numbers with a pedestal, clipped at ``saturation``. Columns
         ``n_columns ..`` are the reference output (read noise only).
     traces : pyapred.traces.Traces
-        The true trace geometry, ``(n_fibres, n_columns)``.
+        The true trace geometry, ``(n_fibers, n_columns)``.
     flux : ndarray, float64, ``(ny, nx)``
         Exposure-averaged true flux, e- per read interval: ``sum_f light_f mean(omega_f)``. This is
         what an unbiased estimator with omega normalised to mean 1 recovers.
-    fibre_flux : ndarray, float64, ``(n_fibres, n_columns)``
+    fiber_flux : ndarray, float64, ``(n_fibers, n_columns)``
         Total light of each trace per column at ``omega = 1``, e- per read interval.
     cosmic_rays : ndarray, int64, ``(n_hits, 3)``
         ``(difference index, row, column)`` of every cosmic-ray hit.
@@ -235,7 +235,7 @@ class SimulatedChip:
     reads: np.ndarray
     traces: object
     flux: np.ndarray
-    fibre_flux: np.ndarray
+    fiber_flux: np.ndarray
     cosmic_rays: np.ndarray
     gain: float
     read_noise: float
@@ -250,10 +250,10 @@ class SimulatedExposure:
     ----------
     chips : dict of str to SimulatedChip
         Keyed by chip name ("R", "G", "B").
-    omega : ndarray, ``(n_fibres, n_reads - 1)``
-        True transparency of every fibre per read difference (ones for the FPI fibres).
-    fibre_type : ndarray of str, ``(n_fibres,)``
-        "science", "sky" or "fpi", by 0-based fibre index.
+    omega : ndarray, ``(n_fibers, n_reads - 1)``
+        True transparency of every fiber per read difference (ones for the FPI fibers).
+    fiber_type : ndarray of str, ``(n_fibers,)``
+        "science", "sky" or "fpi", by 0-based fiber index.
     read_times : ndarray, ``(n_reads,)``
         Seconds from the first read.
     scenario : str
@@ -263,7 +263,7 @@ class SimulatedExposure:
 
     chips: dict
     omega: np.ndarray
-    fibre_type: np.ndarray
+    fiber_type: np.ndarray
     read_times: np.ndarray
     scenario: str
     telescope: str
@@ -271,47 +271,47 @@ class SimulatedExposure:
 
 
 def exposure_omega(
-    scenario: str, n_fibres: int, n_diff: int, rng: np.random.Generator, depth: float = 0.6
+    scenario: str, n_fibers: int, n_diff: int, rng: np.random.Generator, depth: float = 0.6
 ) -> np.ndarray:
-    """Per-fibre transparency of a built-in scenario, ``(n_fibres, n_diff)``.
+    """Per-fiber transparency of a built-in scenario, ``(n_fibers, n_diff)``.
 
-    ``"clouds"``: a smooth cloud passes mid-exposure, the same for every fibre (clouds are grey
+    ``"clouds"``: a smooth cloud passes mid-exposure, the same for every fiber (clouds are grey
     and cover the whole field), dimming by up to ``depth``. ``"seeing"``: a seeing drift that
-    changes each fibre's coupling by its own amplitude, ``depth * U(0.3, 1)``. ``"stable"``: ones.
+    changes each fiber's coupling by its own amplitude, ``depth * U(0.3, 1)``. ``"stable"``: ones.
     """
     t = (np.arange(n_diff) + 0.5) / n_diff
     if scenario == "clouds":
         shape = 1.0 - depth * np.exp(-0.5 * ((t - 0.5) / 0.2) ** 2)
-        return np.broadcast_to(shape, (n_fibres, n_diff)).copy()
+        return np.broadcast_to(shape, (n_fibers, n_diff)).copy()
     if scenario == "seeing":
-        amplitude = depth * rng.uniform(0.3, 1.0, n_fibres)
+        amplitude = depth * rng.uniform(0.3, 1.0, n_fibers)
         return 1.0 - amplitude[:, None] * t[None, :] ** 1.5
     if scenario == "stable":
-        return np.ones((n_fibres, n_diff))
+        return np.ones((n_fibers, n_diff))
     raise ValueError(f"scenario: expected one of {SCENARIOS}, got {scenario!r}")
 
 
-def _fibre_spectra(fibre_type, n_columns, rng):
+def _fiber_spectra(fiber_type, n_columns, rng):
     """Total light per column of every trace (e-/read): continuum x blaze x absorption lines."""
-    n_fibres = fibre_type.size
+    n_fibers = fiber_type.size
     x = np.linspace(-1.0, 1.0, n_columns)
     level = np.where(
-        fibre_type == "science",
-        np.exp(rng.uniform(np.log(100.0), np.log(15000.0), n_fibres)),
-        rng.uniform(2.0, 10.0, n_fibres),
+        fiber_type == "science",
+        np.exp(rng.uniform(np.log(100.0), np.log(15000.0), n_fibers)),
+        rng.uniform(2.0, 10.0, n_fibers),
     )
     blaze = 1.0 - 0.3 * x**2
     spectra = level[:, None] * blaze[None, :]
     n_lines = max(1, n_columns // 40)
-    centres = rng.uniform(0, n_columns, (n_fibres, n_lines))
-    depths = rng.uniform(0.0, 0.6, (n_fibres, n_lines))
+    centers = rng.uniform(0, n_columns, (n_fibers, n_lines))
+    depths = rng.uniform(0.0, 0.6, (n_fibers, n_lines))
     cols = np.arange(n_columns)
     for j in range(n_lines):
         spectra *= 1.0 - depths[:, j, None] * np.exp(
-            -0.5 * ((cols - centres[:, j, None]) / 1.5) ** 2
+            -0.5 * ((cols - centers[:, j, None]) / 1.5) ** 2
         )
     # FPI: a comb of bright lines on a faint floor.
-    fpi = fibre_type == "fpi"
+    fpi = fiber_type == "fpi"
     comb = 30.0 + 8000.0 * np.exp(-0.5 * ((cols % 24 - 12) / 1.2) ** 2)
     spectra[fpi] = comb
     return spectra
@@ -321,7 +321,7 @@ def simulate_exposure(
     scenario: str = "clouds",
     *,
     seed: int = 0,
-    n_fibres: int = 300,
+    n_fibers: int = 300,
     n_columns: int = 2048,
     ref_columns: int = 512,
     n_reads: int = 33,
@@ -337,11 +337,11 @@ def simulate_exposure(
     cosmic_ray_rate: float = 2e-5,
     sky_fraction: float = 0.12,
 ) -> SimulatedExposure:
-    """Simulate a whole APOGEE exposure: fibres on Gaussian traces, three chips, a changing sky.
+    """Simulate a whole APOGEE exposure: fibers on Gaussian traces, three chips, a changing sky.
 
-    Fibre ``i`` (0-based index, fiberId ``300 - i``) lies on a gently curved trace about 6.6 rows
+    Fiber ``i`` (0-based index, fiberId ``300 - i``) lies on a gently curved trace about 6.6 rows
     from its neighbours, with a Gaussian profile of width 1.0-1.2 rows. About ``sky_fraction`` of
-    the fibres are faint sky fibres (2-10 e-/read per column), the FPI fibres of ``telescope``
+    the fibers are faint sky fibers (2-10 e-/read per column), the FPI fibers of ``telescope``
     carry a stable line comb, and the rest are stars with log-uniform brightness from 100 to
     15000 e-/read per column (the brightest saturate). Cosmic rays (200-5000 e-) hit at random.
 
@@ -351,13 +351,13 @@ def simulate_exposure(
         Built-in transparency pattern (:func:`exposure_omega`); ignored when ``omega`` is given.
     seed : int
         Seeds everything; the same seed gives the same exposure.
-    n_fibres, n_columns, ref_columns, n_reads : int
-        Geometry; ``ny`` is 2048 for 300 fibres and scales with ``n_fibres``. Columns beyond
+    n_fibers, n_columns, ref_columns, n_reads : int
+        Geometry; ``ny`` is 2048 for 300 fibers and scales with ``n_fibers``. Columns beyond
         ``n_columns`` are the reference output.
     chips : tuple of str
     telescope : {"apo", "lco"}
     omega : array_like, optional
-        ``(n_reads - 1,)`` shared by all fibres, or ``(n_fibres, n_reads - 1)``.
+        ``(n_reads - 1,)`` shared by all fibers, or ``(n_fibers, n_reads - 1)``.
     depth : float
         Depth of the built-in pattern.
     gain, read_noise, pedestal, saturation
@@ -370,32 +370,32 @@ def simulate_exposure(
     -------
     SimulatedExposure
     """
-    from .traces import Traces, fpi_fibre_indices
+    from .traces import Traces, fpi_fiber_indices
 
-    if n_fibres < 1 or n_columns < 1 or n_reads < 3:
-        raise ValueError("n_fibres, n_columns >= 1 and n_reads >= 3 expected")
+    if n_fibers < 1 or n_columns < 1 or n_reads < 3:
+        raise ValueError("n_fibers, n_columns >= 1 and n_reads >= 3 expected")
     rng = np.random.default_rng(seed)
     K = n_reads - 1
-    fibre_type = np.full(n_fibres, "science", dtype=object)
-    sky = rng.uniform(size=n_fibres) < sky_fraction
-    fibre_type[sky] = "sky"
-    fpi = [i for i in fpi_fibre_indices(telescope) if i < n_fibres]
-    fibre_type[fpi] = "fpi"
-    fibre_type = fibre_type.astype(str)
+    fiber_type = np.full(n_fibers, "science", dtype=object)
+    sky = rng.uniform(size=n_fibers) < sky_fraction
+    fiber_type[sky] = "sky"
+    fpi = [i for i in fpi_fiber_indices(telescope) if i < n_fibers]
+    fiber_type[fpi] = "fpi"
+    fiber_type = fiber_type.astype(str)
     if omega is None:
-        omega = exposure_omega(scenario, n_fibres, K, rng, depth)
-    omega = np.broadcast_to(np.asarray(omega, dtype=np.float64), (n_fibres, K)).copy()
-    omega[fibre_type == "fpi"] = 1.0  # the FPI lamp does not see the sky
+        omega = exposure_omega(scenario, n_fibers, K, rng, depth)
+    omega = np.broadcast_to(np.asarray(omega, dtype=np.float64), (n_fibers, K)).copy()
+    omega[fiber_type == "fpi"] = 1.0  # the FPI lamp does not see the sky
     spacing, margin = 6.6, 25.0
-    ny = 2048 if n_fibres == N_FIBRES_FULL else int(np.ceil(2 * margin + (n_fibres - 1) * spacing))
-    first = 0.5 * (ny - (n_fibres - 1) * spacing)
+    ny = 2048 if n_fibers == N_FIBERS_FULL else int(np.ceil(2 * margin + (n_fibers - 1) * spacing))
+    first = 0.5 * (ny - (n_fibers - 1) * spacing)
     x = np.linspace(-1.0, 1.0, n_columns)
     out = {}
     for c, chip in enumerate(chips):
-        y_centre = first + spacing * np.arange(n_fibres)[:, None] + 1.5 * x[None, :] ** 2 - 0.5 * c
-        sigma = 1.0 + 0.2 * rng.uniform(size=(n_fibres, 1)) + 0.05 * x[None, :] ** 2
-        traces = Traces(y_centre=y_centre, sigma=sigma, excluded=fibre_type == "fpi")
-        spectra = _fibre_spectra(fibre_type, n_columns, rng)
+        y_center = first + spacing * np.arange(n_fibers)[:, None] + 1.5 * x[None, :] ** 2 - 0.5 * c
+        sigma = 1.0 + 0.2 * rng.uniform(size=(n_fibers, 1)) + 0.05 * x[None, :] ** 2
+        traces = Traces(y_center=y_center, sigma=sigma, excluded=fiber_type == "fpi")
+        spectra = _fiber_spectra(fiber_type, n_columns, rng)
         out[chip] = _simulate_chip(
             traces, spectra, omega, ny, n_columns + ref_columns, rng,
             gain=gain, read_noise=read_noise, pedestal=pedestal, saturation=saturation,
@@ -404,7 +404,7 @@ def simulate_exposure(
     return SimulatedExposure(
         chips=out,
         omega=omega,
-        fibre_type=fibre_type,
+        fiber_type=fiber_type,
         read_times=np.arange(n_reads) * READ_INTERVAL_S,
         scenario=scenario if scenario in SCENARIOS else "custom",
         telescope=telescope,
@@ -414,9 +414,9 @@ def simulate_exposure(
 
 def _simulate_chip(traces, spectra, omega, ny, nx, rng, *, gain, read_noise, pedestal,
                    saturation, dark_rate, cosmic_ray_rate) -> SimulatedChip:  # fmt: skip
-    n_fibres, n_columns = traces.y_centre.shape
+    n_fibers, n_columns = traces.y_center.shape
     K = omega.shape[1]
-    base = np.rint(traces.y_centre).astype(np.int64)
+    base = np.rint(traces.y_center).astype(np.int64)
     cols = np.broadcast_to(np.arange(n_columns), base.shape)
     index, light = [], []
     for offset in range(-5, 6):
@@ -424,12 +424,12 @@ def _simulate_chip(traces, spectra, omega, ny, nx, rng, *, gain, read_noise, ped
         inside = (rows >= 0) & (rows < ny)
         index.append(np.where(inside, rows * nx + cols, 0))
         light.append(np.where(inside, traces.profile(rows) * spectra, 0.0))
-    index = np.stack(index)  # (n_offsets, n_fibres, n_columns)
+    index = np.stack(index)  # (n_offsets, n_fibers, n_columns)
     light = np.stack(light)
 
-    def expected(weights_per_fibre):
+    def expected(weights_per_fiber):
         image = np.bincount(
-            index.ravel(), (light * weights_per_fibre[None, :, None]).ravel(), minlength=ny * nx
+            index.ravel(), (light * weights_per_fiber[None, :, None]).ravel(), minlength=ny * nx
         )
         return image.reshape(ny, nx)
 
@@ -460,7 +460,7 @@ def _simulate_chip(traces, spectra, omega, ny, nx, rng, *, gain, read_noise, ped
         reads=reads,
         traces=traces,
         flux=flux,
-        fibre_flux=spectra,
+        fiber_flux=spectra,
         cosmic_rays=cosmic.astype(np.int64),
         gain=float(gain),
         read_noise=float(read_noise),
@@ -553,9 +553,9 @@ def write_simulated_exposure(
     Per chip: the raw ``apR-{a|b|c}-NNNNNNNN.apz`` (exposure header with ``GAIN`` e-/DN,
     ``RDNOISE`` DN and ``SATURATE`` DN cards that ``pyapred fit`` reads) and a
     ``traceMain_{tele}_{mjd}_{chip}.h5`` trace file. The truth goes to
-    ``truth_{tele}_{mjd}_{EXP4}.npz``: ``omega`` ``(n_fibres, K)``, ``fibre_type``,
+    ``truth_{tele}_{mjd}_{EXP4}.npz``: ``omega`` ``(n_fibers, K)``, ``fiber_type``,
     ``read_times``, and per chip ``{chip}_flux`` (exposure-averaged e-/read, float32),
-    ``{chip}_fibre_flux`` and ``{chip}_cosmic_rays``. Every file is written atomically.
+    ``{chip}_fiber_flux`` and ``{chip}_cosmic_rays``. Every file is written atomically.
 
     Parameters
     ----------
@@ -577,7 +577,7 @@ def write_simulated_exposure(
     """
     from pathlib import Path
 
-    from .io._atomic import atomic_path
+    from .io.atomic import atomic_path
     from .traces import trace_file_name, write_trace_file
 
     directory = Path(directory)
@@ -586,7 +586,7 @@ def write_simulated_exposure(
     apz, traces = [], []
     truth = {
         "omega": sim.omega,
-        "fibre_type": sim.fibre_type,
+        "fiber_type": sim.fiber_type,
         "read_times": sim.read_times,
         "scenario": sim.scenario,
         "seed": sim.seed,
@@ -610,12 +610,12 @@ def write_simulated_exposure(
             write_trace_file(
                 directory / trace_file_name(sim.telescope, mjd, name),
                 chip.traces,
-                height=chip.fibre_flux,
+                height=chip.fiber_flux,
                 overwrite=overwrite,
             )
         )
         truth[f"{name}_flux"] = chip.flux.astype(np.float32)
-        truth[f"{name}_fibre_flux"] = chip.fibre_flux
+        truth[f"{name}_fiber_flux"] = chip.fiber_flux
         truth[f"{name}_cosmic_rays"] = chip.cosmic_rays
         truth[f"{name}_gain"] = chip.gain
     truth_path = directory / f"truth_{sim.telescope}_{mjd}_{exposure:04d}.npz"

@@ -3,7 +3,7 @@ import pytest
 
 def pytest_collection_modifyitems(config, items):
     """Skip the tests marked ``julia`` where no Julia runtime can be started."""
-    from pyapred._julia import _missing_reason
+    from pyapred.solver._julia import _missing_reason
 
     reason = _missing_reason()
     if reason is None:

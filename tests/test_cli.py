@@ -4,7 +4,7 @@ from pyapred.cli import main
 
 
 def test_demo_runs_and_reports(tmp_path, capsys):
-    argv = ["demo", "--out", str(tmp_path), "--fibres", "40", "--columns", "64", "--reads", "16"]
+    argv = ["demo", "--out", str(tmp_path), "--fibers", "40", "--columns", "64", "--reads", "16"]
     assert main([*argv, "--chips", "R"]) == 0
     out = capsys.readouterr().out
     assert "omega R" in out and "z-score std" in out and "flux bias, chip R" in out

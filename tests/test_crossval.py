@@ -1,7 +1,7 @@
 import pytest
 
-from pyapred import _julia
 from pyapred.cli import main
+from pyapred.solver import _julia
 
 
 def test_crossval_without_julia_exits_2_with_one_line(monkeypatch, capsys):

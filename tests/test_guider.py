@@ -1,4 +1,4 @@
-"""Tests of pyapred.guider: readers, the flux-in-fibre model, time alignment, comparison, CLI."""
+"""Tests of pyapred.guider: readers, the flux-in-fiber model, time alignment, comparison, CLI."""
 
 from __future__ import annotations
 
@@ -44,12 +44,12 @@ def seeing(t):
 
 
 def true_window_means(read_start):
-    """Exact mean flux-in-fibre (APO, 3 arcsec) over each read-difference window."""
+    """Exact mean flux-in-fiber (APO, 3 arcsec) over each read-difference window."""
     t = read_start + 0.5 * INTOFF  # the middle of the slit is sampled half a read later
     means = []
     for lo, hi in zip(t[:-1], t[1:], strict=True):
         grid = np.linspace(lo, hi, 2001)
-        means.append(np.mean(transparency(grid) * guider.fibre_coupling(seeing(grid), 3.0)))
+        means.append(np.mean(transparency(grid) * guider.fiber_coupling(seeing(grid), 3.0)))
     return np.array(means)
 
 
@@ -109,12 +109,12 @@ def test_coupling_matches_numerical_integration_over_the_disc(fwhm, diameter):
         epsabs=1e-12,
         epsrel=1e-12,
     )
-    assert abs(guider.fibre_coupling(fwhm, diameter) - inside) < 1e-6
+    assert abs(guider.fiber_coupling(fwhm, diameter) - inside) < 1e-6
 
 
 def test_coupling_is_one_half_when_fwhm_equals_diameter_and_model_peaks_at_one():
-    assert guider.fibre_coupling(3.0, 3.0) == pytest.approx(0.5, abs=1e-15)
-    flux = guider.flux_in_fibre([1.0, 0.8, 0.9], [1.0, 1.0, 2.0], 3.0)
+    assert guider.fiber_coupling(3.0, 3.0) == pytest.approx(0.5, abs=1e-15)
+    flux = guider.flux_in_fiber([1.0, 0.8, 0.9], [1.0, 1.0, 2.0], 3.0)
     assert flux.max() == 1.0 and flux[1] == pytest.approx(0.8)
 
 
@@ -185,7 +185,7 @@ def test_aligned_clocks_give_zero_lag_and_the_overriding_timesys_is_honoured(sky
     assert abs(as_utc.lag + 37.0) < 3.0
 
 
-def test_many_fibres_get_their_own_scales(sky):
+def test_many_fibers_get_their_own_scales(sky):
     omega = np.stack([sky.fit.omega, 0.5 * sky.fit.omega])
     cov = np.stack([sky.fit.omega_cov, 0.25 * sky.fit.omega_cov])
     result = guider.compare((omega, cov), sky.frames, read_times=exposure_header())
@@ -312,7 +312,7 @@ def test_plate_era_transparency_follows_mag_against_ref_mag(tmp_path):
     ratio = series.transparency / series.transparency[0]
     np.testing.assert_allclose(ratio, 10 ** (-0.4 * np.array([0.0, 0.1, 0.05])), rtol=1e-5)
     assert series.n_stars.tolist() == [14, 14, 14]  # the enabled guide probes with photometry
-    coupling = guider.fibre_coupling(np.array([1.2, 1.3, 1.4]), 3.0)
+    coupling = guider.fiber_coupling(np.array([1.2, 1.3, 1.4]), 3.0)
     np.testing.assert_allclose(series.flux, ratio * coupling / (ratio * coupling).max(), rtol=1e-5)
 
 
@@ -456,7 +456,7 @@ def test_partial_guider_coverage_is_flagged_not_fatal(sky):
 # Command line
 # --------------------------------------------------------------------------------------------
 def write_product(path, fit, *, times=True):
-    """A product with fibre group "R": fibres 5 and 7 fitted, 6 not (zero covariance)."""
+    """A product with fiber group "R": fibers 5 and 7 fitted, 6 not (zero covariance)."""
     omega = np.stack([fit.omega, np.ones_like(fit.omega), fit.omega])
     cov = np.stack([fit.omega_cov, np.zeros_like(fit.omega_cov), fit.omega_cov])
     meta = exposure_header(TIMESYS="UTC", CONFIGID=1) if times else {}
@@ -496,7 +496,7 @@ def test_cli_guider_writes_figure_and_json(sky, tmp_path, capsys):
     code = main([*argv, "--timesys", "TAI", "--out", str(figure)])
     out = capsys.readouterr().out
     assert code == 0 and "flags: none" in out
-    assert re.search(r"fibre 5: scale \d\.\d+", out) and "fibre 6" not in out  # 6 not fitted
+    assert re.search(r"fiber 5: scale \d\.\d+", out) and "fiber 6" not in out  # 6 not fitted
 
 
 def test_cli_guider_takes_read_times_from_the_exposure_file(sky, tmp_path, capsys):
@@ -511,7 +511,7 @@ def test_cli_guider_takes_read_times_from_the_exposure_file(sky, tmp_path, capsy
     hdus = [fits.PrimaryHDU(), fits.ImageHDU(np.zeros((2, 2), np.int32), header)]
     fits.HDUList(hdus).writeto(exposure)
     assert main([*argv, "--exposure", str(exposure)]) == 0
-    assert "fibre 7: scale" in capsys.readouterr().out
+    assert "fiber 7: scale" in capsys.readouterr().out
 
 
 def test_cli_guider_bad_input_exits_2(sky, tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 - every ``.jl`` file parses with tree-sitter-julia: no ERROR or MISSING node, and no stray
   ``end``/``begin`` outside an index (the grammar accepts those as identifiers);
-- every Julia function that ``pyapred/_julia.py`` calls is defined and exported by APRampFit;
+- every Julia function that ``pyapred/solver/_julia.py`` calls is defined and exported by APRampFit;
 - ``Project.toml`` has standard-library dependencies only, ``[compat] julia`` and pyapred's version;
 - the flag bits agree with :class:`pyapred.Flag`, and runtests.jl reads the shared vectors.
 """
@@ -20,7 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from pyapred import Flag
-from pyapred._julia import JULIA_FUNCTIONS
+from pyapred.solver._julia import JULIA_FUNCTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 JULIA = ROOT / "julia"
@@ -125,7 +125,7 @@ def test_every_function_the_bridge_calls_is_defined_and_exported(parser):
         defined, exported = julia_definitions(parser, path.read_bytes())
         functions |= defined
         exports |= exported
-    bridge = (ROOT / "pyapred" / "_julia.py").read_text()
+    bridge = (ROOT / "pyapred" / "solver" / "_julia.py").read_text()
     called = set(re.findall(r'_fn\("([^"]+)"', bridge))
     assert called and called <= set(JULIA_FUNCTIONS)
     assert set(JULIA_FUNCTIONS) <= functions

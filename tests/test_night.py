@@ -32,7 +32,7 @@ def small_night(directory: Path, n_exposures: int = N_EXPOSURES) -> Path:
     """``n_exposures`` small three-chip exposures of night 60781 (one trace set)."""
     for number in range(1, n_exposures + 1):
         sim = simulate_exposure(
-            "clouds", seed=number, n_fibres=12, n_columns=48, ref_columns=0, n_reads=10
+            "clouds", seed=number, n_fibers=12, n_columns=48, ref_columns=0, n_reads=10
         )
         write_simulated_exposure(sim, directory, exposure=number, overwrite=True)
     return directory

@@ -1,4 +1,4 @@
-"""The exposure pipeline on small simulated exposures (40 fibres x 96 columns, 20 reads)."""
+"""The exposure pipeline on small simulated exposures (40 fibers x 96 columns, 20 reads)."""
 
 import json
 
@@ -22,7 +22,7 @@ from pyapred.pipeline import (
 )
 from pyapred.simulate import simulate_exposure, write_simulated_exposure
 
-SMALL = dict(n_fibres=40, n_columns=96, ref_columns=16, n_reads=20)
+SMALL = dict(n_fibers=40, n_columns=96, ref_columns=16, n_reads=20)
 
 
 def chips_of(sim, **overrides):
@@ -57,9 +57,9 @@ def test_cloud_omega_recovered_with_calibrated_errors(cloudy):
     sim, result = cloudy
     metrics = truth_metrics(result, sim.omega, truth_dn(sim), min_flux=bright_dn(sim))
     for key in ("R", "G"):
-        assert metrics["omega"][key]["n_fibres"] >= 20
+        assert metrics["omega"][key]["n_fibers"] >= 20
         assert 0.8 <= metrics["omega"][key]["z_std"] <= 1.25
-        fits = result.fibres[key]
+        fits = result.fibers[key]
         assert np.all(fits.model[fits.bright] == MODEL_TIME_VARIABLE)
         assert np.all(fits.omega_fit[fits.bright, fits.ref_index] == 1.0)
         np.testing.assert_allclose(fits.omega[fits.bright].mean(axis=1), 1.0)
@@ -76,12 +76,12 @@ def test_cloud_constant_model_biased_time_variable_not(cloudy):
         assert 0.9 < flux["variable_z_std"] < 1.1
 
 
-def test_faint_fibres_borrow_the_bright_fibres_mean_omega(cloudy):
+def test_faint_fibers_borrow_the_bright_fibers_mean_omega(cloudy):
     sim, result = cloudy
     metrics = truth_metrics(result, sim.omega, truth_dn(sim), min_flux=bright_dn(sim))
     for key in ("R", "G"):
-        fits = result.fibres[key]
-        sky = sim.fibre_type == "sky"
+        fits = result.fibers[key]
+        sky = sim.fiber_type == "sky"
         assert sky.any()
         assert np.all(fits.model[sky] == MODEL_BORROWED)
         assert np.all(fits.flags[sky] & Flag.BORROWED_OMEGA)
@@ -92,16 +92,16 @@ def test_faint_fibres_borrow_the_bright_fibres_mean_omega(cloudy):
         ref = fits.ref_index
         truth = sim.omega[sky][0] / sim.omega[sky][0, ref]
         np.testing.assert_allclose(fits.borrowed_omega, truth, atol=0.01)
-        # ... so the sky fibres' fluxes are unbiased too.
+        # ... so the sky fibers' fluxes are unbiased too.
         assert abs(metrics["flux"][key]["borrowed_bias"]) < 0.1
 
 
-def test_fpi_fibres_are_excluded_and_constant(cloudy):
+def test_fpi_fibers_are_excluded_and_constant(cloudy):
     sim, result = cloudy
-    fits = result.fibres["R"]
-    fpi = np.flatnonzero(sim.fibre_type == "fpi")
+    fits = result.fibers["R"]
+    fpi = np.flatnonzero(sim.fiber_type == "fpi")
     assert fpi.size == 0 or (
-        np.all(fits.model[fpi] == MODEL_CONSTANT) and np.all(fits.flags[fpi] & Flag.FPI_FIBRE)
+        np.all(fits.model[fpi] == MODEL_CONSTANT) and np.all(fits.flags[fpi] & Flag.FPI_FIBER)
     )
 
 
@@ -122,9 +122,9 @@ def test_pixel_flags_and_shapes(cloudy):
     sim, result = cloudy
     chip = result.chips["R"]
     ny, nx = sim.chips["R"].reads.shape[1:]
-    assert chip.flux.shape == (ny, nx) and chip.fibre.shape == (ny, nx)
-    assert np.all(chip.fibre[:, SMALL["n_columns"] :] == -1)  # reference output: background
-    assert np.all((chip.flags & Flag.BACKGROUND).astype(bool) == (chip.fibre < 0))
+    assert chip.flux.shape == (ny, nx) and chip.fiber.shape == (ny, nx)
+    assert np.all(chip.fiber[:, SMALL["n_columns"] :] == -1)  # reference output: background
+    assert np.all((chip.flags & Flag.BACKGROUND).astype(bool) == (chip.fiber < 0))
     saturated = sim.chips["R"].reads.max(axis=0) >= sim.chips["R"].saturation
     assert np.all(chip.flags[saturated] & Flag.SATURATED)
     assert np.all(np.isfinite(chip.flux[chip.n_diff >= 2]))
@@ -133,11 +133,11 @@ def test_pixel_flags_and_shapes(cloudy):
 def test_model_choice_stable_exposure_is_constant():
     sim = simulate_exposure("stable", seed=5, chips=("R",), **SMALL)
     result = fit_exposure(chips_of(sim), traces_of(sim))
-    fits = result.fibres["R"]
+    fits = result.fibers["R"]
     assert fits.bright.sum() >= 20
     assert np.mean(fits.model[fits.bright] == MODEL_CONSTANT) >= 0.95
     assert np.all(fits.model[~fits.bright] == MODEL_CONSTANT)  # nothing worth borrowing
-    # Constant fibres are extracted with the ones-vector: exactly the constant model.
+    # Constant fibers are extracted with the ones-vector: exactly the constant model.
     chip = sim.chips["R"]
     direct = fit_constant(chip.reads, chip.read_noise, gain=chip.gain, saturation=chip.saturation)
     constant_pixels = result.chips["R"].flags & Flag.JUMP_DETECTED == 0
@@ -150,7 +150,7 @@ def test_model_choice_amplitude_0_2_is_time_variable():
     rng = np.random.default_rng(3)
     omega = omega_uniform(SMALL["n_reads"] - 1, 0.2, rng)
     sim = simulate_exposure(omega=omega, seed=6, chips=("R",), **SMALL)
-    fits = fit_exposure(chips_of(sim), traces_of(sim)).fibres["R"]
+    fits = fit_exposure(chips_of(sim), traces_of(sim)).fibers["R"]
     assert fits.bright.sum() >= 20
     assert np.mean(fits.model[fits.bright] == MODEL_TIME_VARIABLE) >= 0.95
     assert 0.15 < np.median(fits.amplitude[fits.bright]) < 0.25  # the paper's A, about
@@ -160,40 +160,40 @@ def test_model_choice_amplitude_0_2_is_time_variable():
 def test_joint_chips_tighten_omega(cloudy):
     sim, per_chip = cloudy
     joint = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(joint_chips=True))
-    assert list(joint.fibres) == ["joint"]
-    fits = joint.fibres["joint"]
-    both = fits.bright & per_chip.fibres["R"].bright & per_chip.fibres["G"].bright
+    assert list(joint.fibers) == ["joint"]
+    fits = joint.fibers["joint"]
+    both = fits.bright & per_chip.fibers["R"].bright & per_chip.fibers["G"].bright
     assert both.sum() >= 12
 
     def median_error(f):
         return np.median(np.delete(f.omega_error(), f.ref_index, axis=1)[both], axis=1)
 
-    gain = median_error(per_chip.fibres["R"]) / median_error(fits)
+    gain = median_error(per_chip.fibers["R"]) / median_error(fits)
     assert np.median(gain) > 1.2  # two chips: about sqrt(2) when equally bright
     metrics = truth_metrics(joint, sim.omega, truth_dn(sim), min_flux=bright_dn(sim))
     assert 0.8 <= metrics["omega"]["joint"]["z_std"] <= 1.25
-    assert joint.chips["R"].fibres is joint.chips["G"].fibres
+    assert joint.chips["R"].fibers is joint.chips["G"].fibers
 
 
 def test_forced_models():
     sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
     constant = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(model="constant"))
-    fits = constant.fibres["R"]
+    fits = constant.fibers["R"]
     assert fits.fit is None and np.all(fits.model == MODEL_CONSTANT)
     np.testing.assert_array_equal(fits.omega, 1.0)
     variable = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(model="time-variable"))
-    fits = variable.fibres["R"]
+    fits = variable.fibers["R"]
     expected = np.where(fits.bright, MODEL_TIME_VARIABLE, MODEL_BORROWED)
-    expected[sim.fibre_type == "fpi"] = MODEL_CONSTANT
+    expected[sim.fiber_type == "fpi"] = MODEL_CONSTANT
     np.testing.assert_array_equal(fits.model, expected)
     with pytest.raises(ValueError, match="model"):
         FitOptions(model="guess")
 
 
-def test_unconverged_fibres_fall_back_to_constant_and_are_reported():
+def test_unconverged_fibers_fall_back_to_constant_and_are_reported():
     sim = simulate_exposure("clouds", seed=9, chips=("R",), **SMALL)
     result = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(max_iter=1))
-    fits = result.fibres["R"]
+    fits = result.fibers["R"]
     failed = (fits.flags & Flag.FALLBACK_CONSTANT).astype(bool)
     assert failed.sum() >= 20
     assert np.all(fits.flags[failed] & Flag.NOT_CONVERGED)
@@ -206,7 +206,7 @@ def test_bad_input_geometry_and_mixed_exposures():
     sim = simulate_exposure("stable", seed=1, chips=("R", "G"), **SMALL)
     chips = chips_of(sim)
     short = {name: c.traces for name, c in sim.chips.items()}
-    too_wide = {k: type(t)(np.pad(t.y_centre, ((0, 0), (0, 200)), mode="edge"), 1.0)
+    too_wide = {k: type(t)(np.pad(t.y_center, ((0, 0), (0, 200)), mode="edge"), 1.0)
                 for k, t in short.items()}  # fmt: skip
     with pytest.raises(InputError, match="trace columns"):
         fit_exposure(chips, too_wide)
@@ -255,10 +255,10 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
     np.testing.assert_allclose(meta["read_times_tai_mjd"], times, rtol=0, atol=1e-9)
     assert meta["DATE-OBS"] == raw.header["DATE-OBS"] and meta["INTOFF"] == raw.header["INTOFF"]
     assert _load_product(str(path), "R")["read_times"].size == raw.reads.shape[0]
-    fibres = product.fibers["R"]
-    assert fibres.model[int(np.flatnonzero(result.fibres["R"].bright)[0])] == "time_variable"
-    assert np.all(np.isfinite(fibres.omega))
-    assert product.metadata["R_delta_chi2"].shape == (SMALL["n_fibres"],)
+    fibers = product.fibers["R"]
+    assert fibers.model[int(np.flatnonzero(result.fibers["R"].bright)[0])] == "time_variable"
+    assert np.all(np.isfinite(fibers.omega))
+    assert product.metadata["R_delta_chi2"].shape == (SMALL["n_fibers"],)
 
     args = [str(p) for p in paths["apz"]] + ["--traces", *map(str, paths["traces"])]
     out = tmp_path / "cli.h5"
@@ -276,7 +276,7 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
 def test_simulate_command_writes_an_exposure(tmp_path, capsys):
     from pyapred.cli import main
 
-    argv = ["simulate", "--out", str(tmp_path), "--seeing", "--seed", "2", "--fibres", "12"]
+    argv = ["simulate", "--out", str(tmp_path), "--seeing", "--seed", "2", "--fibers", "12"]
     assert main([*argv, "--columns", "16", "--ref-columns", "0", "--reads", "5"]) == 0
     written = capsys.readouterr().out.split()
     assert len(written) == 7 and all(tmp_path.joinpath(p).exists() for p in written)

@@ -7,10 +7,10 @@ from pyapred.errors import InputError
 from pyapred.traces import (
     Traces,
     fiber_id,
-    fibre_index,
-    fpi_fibre_indices,
+    fiber_index,
+    fpi_fiber_indices,
     parse_trace_file_name,
-    pixel_fibre_map,
+    pixel_fiber_map,
     read_trace_file,
     select_fit_pixels,
     trace_brightness,
@@ -18,87 +18,87 @@ from pyapred.traces import (
 )
 
 
-def straight_traces(n_fibres=5, n_columns=8, spacing=6.6, sigma=1.1, first=10.0):
-    y = first + spacing * np.arange(n_fibres)[:, None] + np.zeros((1, n_columns))
-    return Traces(y_centre=y, sigma=sigma)
+def straight_traces(n_fibers=5, n_columns=8, spacing=6.6, sigma=1.1, first=10.0):
+    y = first + spacing * np.arange(n_fibers)[:, None] + np.zeros((1, n_columns))
+    return Traces(y_center=y, sigma=sigma)
 
 
-def test_fibre_numbering_and_fpi_fibres():
-    assert fibre_index(300) == 0 and fibre_index(1) == 299
-    assert fiber_id(fibre_index(123)) == 123
-    # fiberIds 75 and 225 (APO), 82 and 213 (LCO) are the FPI fibres.
-    assert sorted(fpi_fibre_indices("apo")) == [75, 225]
-    assert sorted(fpi_fibre_indices("LCO")) == [87, 218]
+def test_fiber_numbering_and_fpi_fibers():
+    assert fiber_index(300) == 0 and fiber_index(1) == 299
+    assert fiber_id(fiber_index(123)) == 123
+    # fiberIds 75 and 225 (APO), 82 and 213 (LCO) are the FPI fibers.
+    assert sorted(fpi_fiber_indices("apo")) == [75, 225]
+    assert sorted(fpi_fiber_indices("LCO")) == [87, 218]
     with pytest.raises(ValueError, match="telescope"):
-        fpi_fibre_indices("keck")
+        fpi_fiber_indices("keck")
 
 
 def test_from_trace_params_accepts_both_layouts_and_converts_to_0_based():
-    n_columns, n_fibres = 6, 300
-    params = np.zeros((n_columns, n_fibres, 3))  # Julia [x, fiberIndx, p]
+    n_columns, n_fibers = 6, 300
+    params = np.zeros((n_columns, n_fibers, 3))  # Julia [x, fiberIndx, p]
     params[:, :, 0] = 1.0
-    params[:, :, 1] = 11.0 + np.arange(n_fibres)[None, :]
+    params[:, :, 1] = 11.0 + np.arange(n_fibers)[None, :]
     params[:, :, 2] = 1.2
     julia = Traces.from_trace_params(params, telescope="apo")
     h5py_order = Traces.from_trace_params(params.T, telescope="apo")
-    assert julia.y_centre.shape == (n_fibres, n_columns)
-    np.testing.assert_array_equal(julia.y_centre, h5py_order.y_centre)
-    assert julia.y_centre[0, 0] == 10.0  # 1-based 11 is 0-based row 10
+    assert julia.y_center.shape == (n_fibers, n_columns)
+    np.testing.assert_array_equal(julia.y_center, h5py_order.y_center)
+    assert julia.y_center[0, 0] == 10.0  # 1-based 11 is 0-based row 10
     assert np.flatnonzero(julia.excluded).tolist() == [75, 225]
-    centres = Traces.from_centres(params[:, :, 1], sigma=1.0)
-    np.testing.assert_array_equal(centres.y_centre, julia.y_centre)
-    assert not centres.excluded.any()
+    centers = Traces.from_centers(params[:, :, 1], sigma=1.0)
+    np.testing.assert_array_equal(centers.y_center, julia.y_center)
+    assert not centers.excluded.any()
 
 
 def test_traces_validate_their_arrays():
     with pytest.raises(ValueError, match="sigma"):
-        Traces(y_centre=np.zeros((2, 3)), sigma=0.0)
+        Traces(y_center=np.zeros((2, 3)), sigma=0.0)
     with pytest.raises(ValueError, match="excluded"):
-        Traces(y_centre=np.zeros((2, 3)), sigma=1.0, excluded=[True])
+        Traces(y_center=np.zeros((2, 3)), sigma=1.0, excluded=[True])
 
 
 def test_profile_is_pixel_integrated_and_normalised():
-    traces = straight_traces(n_fibres=1, n_columns=1, first=20.3)
+    traces = straight_traces(n_fibers=1, n_columns=1, first=20.3)
     rows = np.arange(0, 40)[None, None, :]
     total = sum(traces.profile(np.full((1, 1), r)) for r in rows.ravel())
     assert total[0, 0] == pytest.approx(1.0, abs=1e-12)
-    # Symmetric about the centre 20.3: row 20 holds more than row 21.
+    # Symmetric about the center 20.3: row 20 holds more than row 21.
     assert traces.profile(np.full((1, 1), 20)) > traces.profile(np.full((1, 1), 21))
 
 
 def test_pixel_map_assigns_nearest_trace_and_marks_gaps_as_background():
-    traces = straight_traces(n_fibres=3, spacing=12.0, sigma=1.0)
-    pmap = pixel_fibre_map(traces, ny=50, halfwidth=2.5)
-    assert pmap.fibre.shape == (50, 8)
-    assert pmap.fibre[10, 0] == 0 and pmap.fibre[22, 0] == 1 and pmap.fibre[34, 0] == 2
-    assert pmap.fibre[16, 0] == -1  # halfway between traces 12 px apart
-    assert pmap.fibre[0, 0] == -1 and pmap.fibre[49, 0] == -1
+    traces = straight_traces(n_fibers=3, spacing=12.0, sigma=1.0)
+    pmap = pixel_fiber_map(traces, ny=50, halfwidth=2.5)
+    assert pmap.fiber.shape == (50, 8)
+    assert pmap.fiber[10, 0] == 0 and pmap.fiber[22, 0] == 1 and pmap.fiber[34, 0] == 2
+    assert pmap.fiber[16, 0] == -1  # halfway between traces 12 px apart
+    assert pmap.fiber[0, 0] == -1 and pmap.fiber[49, 0] == -1
     assert pmap.purity[10, 0] == pytest.approx(1.0)
 
 
-def test_pixel_map_bright_neighbour_dominates_a_faint_fibres_wing():
-    traces = straight_traces(n_fibres=2, spacing=5.0, sigma=1.2)
-    equal = pixel_fibre_map(traces, ny=30, halfwidth=3.0)
+def test_pixel_map_bright_neighbour_dominates_a_faint_fibers_wing():
+    traces = straight_traces(n_fibers=2, spacing=5.0, sigma=1.2)
+    equal = pixel_fiber_map(traces, ny=30, halfwidth=3.0)
     brightness = np.array([[1.0], [1000.0]]) * np.ones((1, 8))
-    skewed = pixel_fibre_map(traces, ny=30, brightness=brightness, halfwidth=3.0)
-    row = 12  # 2 px above fibre 0, 3 px below fibre 1
-    assert equal.fibre[row, 0] == 0
-    assert skewed.fibre[row, 0] == 1
+    skewed = pixel_fiber_map(traces, ny=30, brightness=brightness, halfwidth=3.0)
+    row = 12  # 2 px above fiber 0, 3 px below fiber 1
+    assert equal.fiber[row, 0] == 0
+    assert skewed.fiber[row, 0] == 1
     assert skewed.purity[10, 0] < 0.95 < equal.purity[10, 0]
 
 
 def test_select_fit_pixels_applies_every_cut():
-    traces = straight_traces(n_fibres=3, n_columns=10, spacing=8.0, sigma=1.0)
-    traces = Traces(traces.y_centre, traces.sigma, excluded=[False, False, True])
+    traces = straight_traces(n_fibers=3, n_columns=10, spacing=8.0, sigma=1.0)
+    traces = Traces(traces.y_center, traces.sigma, excluded=[False, False, True])
     ny = 40
-    pmap = pixel_fibre_map(traces, ny)
+    pmap = pixel_fiber_map(traces, ny)
     snr = np.full((ny, 10), 100.0)
     snr[:, 0] = 5.0  # too faint
     bad = np.zeros((ny, 10), dtype=bool)
-    bad[10, 3] = True  # saturated or cosmic ray on fibre 0's core
+    bad[10, 3] = True  # saturated or cosmic ray on fiber 0's core
     sel = select_fit_pixels(traces, pmap, snr, bad, min_snr=30)
-    assert sel.count.tolist() == [8, 9, 0]  # fibre 0 loses columns 0 and 3, fibre 2 is FPI
-    assert np.all(sel.rows[sel.valid] % 8 == 2)  # the trace-centre rows 10, 18
+    assert sel.count.tolist() == [8, 9, 0]  # fiber 0 loses columns 0 and 3, fiber 2 is FPI
+    assert np.all(sel.rows[sel.valid] % 8 == 2)  # the trace-center rows 10, 18
     assert 0 not in sel.cols[0][sel.valid[0]] and 3 not in sel.cols[0][sel.valid[0]]
     brightest = select_fit_pixels(traces, pmap, snr + np.arange(10), max_pixels=4)
     assert brightest.rows.shape == (3, 4)
@@ -106,7 +106,7 @@ def test_select_fit_pixels_applies_every_cut():
 
 
 def test_trace_brightness_recovers_total_light_per_column():
-    traces = straight_traces(n_fibres=2, n_columns=4, spacing=10.0, sigma=1.0, first=10.2)
+    traces = straight_traces(n_fibers=2, n_columns=4, spacing=10.0, sigma=1.0, first=10.2)
     rate = np.zeros((30, 4))
     for f, total in enumerate((100.0, 400.0)):
         for r in range(30):
@@ -115,38 +115,38 @@ def test_trace_brightness_recovers_total_light_per_column():
 
 
 def test_check_geometry_names_the_problem():
-    traces = straight_traces(n_fibres=2, n_columns=16)
+    traces = straight_traces(n_fibers=2, n_columns=16)
     traces.check_geometry(ny=40, nx=16)
     with pytest.raises(InputError, match="trace columns"):
         traces.check_geometry(ny=40, nx=8)
-    with pytest.raises(InputError, match="y-centres"):
+    with pytest.raises(InputError, match="y-centers"):
         traces.check_geometry(ny=12, nx=16)
 
 
 @pytest.mark.parametrize("nx", [2048, 2560])
 def test_traces_short_of_an_apogee_chip_warn(nx):
-    with pytest.warns(UserWarning, match="columns 2000-2047 get no fibre"):
-        straight_traces(n_fibres=2, n_columns=2000).check_geometry(ny=40, nx=nx, source="t.h5")
+    with pytest.warns(UserWarning, match="columns 2000-2047 get no fiber"):
+        straight_traces(n_fibers=2, n_columns=2000).check_geometry(ny=40, nx=nx, source="t.h5")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        straight_traces(n_fibres=2, n_columns=2048).check_geometry(ny=40, nx=nx)
-        straight_traces(n_fibres=2, n_columns=96).check_geometry(ny=40, nx=112)  # a small sim
+        straight_traces(n_fibers=2, n_columns=2048).check_geometry(ny=40, nx=nx)
+        straight_traces(n_fibers=2, n_columns=96).check_geometry(ny=40, nx=112)  # a small sim
 
 
 def test_trace_file_round_trip_and_agreement_with_io_reader(tmp_path):
     from pyapred.io import read_traces
 
-    n_fibres, n_columns = 300, 2048
-    y = 20.0 + 6.6 * np.arange(n_fibres)[:, None] + 0.01 * np.arange(n_columns)[None, :]
+    n_fibers, n_columns = 300, 2048
+    y = 20.0 + 6.6 * np.arange(n_fibers)[:, None] + 0.01 * np.arange(n_columns)[None, :]
     traces = Traces(y, 1.1)
     path = write_trace_file(tmp_path / "traceMain_lco_60781_G.h5", traces, height=2.0)
     assert parse_trace_file_name(path) == ("lco", 60781, "G")
     back = read_trace_file(path)
-    np.testing.assert_allclose(back.y_centre, y)
+    np.testing.assert_allclose(back.y_center, y)
     np.testing.assert_allclose(back.sigma, 1.1)
     assert np.flatnonzero(back.excluded).tolist() == [87, 218]  # from the name: LCO
     io_traces = read_traces(path)  # ApogeeReduction.jl layout, read by pyapred.io
-    np.testing.assert_allclose(io_traces.y_center, back.y_centre)
+    np.testing.assert_allclose(io_traces.y_center, back.y_center)
     with pytest.raises(FileExistsError):
         write_trace_file(path, traces)
 

@@ -49,7 +49,7 @@ end
 Drop-in for ApogeeReduction.jl's `sutr_wood`, with the same positional arguments, units and axis
 order: the first three fields of the result are `sutr_wood`'s `(rates, ivars, chi2s)` for the
 constant-flux model, so `rates, ivars, chi2s = sutr_omega(...)` works unchanged. Given trace
-centres it also fits omega per fibre and re-extracts the pixels along each trace with it.
+centers it also fits omega per fiber and re-extracts the pixels along each trace with it.
 
 # Arguments
 - `dimages`: `(npix_x, npix_y, n_diffs)` read differences in DN (`diffify_datacube!`), e.g.
@@ -61,21 +61,21 @@ centres it also fits omega per fibre and re-extracts the pixels along each trace
 
 # Keyword Arguments
 - `n_repeat`: GLS passes (covariance refreshes), 2 as in `sutr_wood`.
-- `trace_centers`: `(n_x, n_fibers)` 1-based trace y-centres per column x (`extract_trace_centers`
-  of `ar1D` files), or `(n_x, n_fibers, 3)` `trace_params` (`traceMain` files; the centre is
-  `[:, :, 2]`). NaN or out-of-range centres are skipped.
-- `half_width`: pixels within `half_width` rows of `round(y)` are re-extracted with the fibre's omega.
-- `n_bright`: the brightest on-trace pixels (constant-model rate) that fit each fibre's omega.
+- `trace_centers`: `(n_x, n_fibers)` 1-based trace y-centers per column x (`extract_trace_centers`
+  of `ar1D` files), or `(n_x, n_fibers, 3)` `trace_params` (`traceMain` files; the center is
+  `[:, :, 2]`). NaN or out-of-range centers are skipped.
+- `half_width`: pixels within `half_width` rows of `round(y)` are re-extracted with the fiber's omega.
+- `n_bright`: the brightest on-trace pixels (constant-model rate) that fit each fiber's omega.
 - `ref_index`, `mode`, `rtol`, `max_iter`: as in [`fit_omega`](@ref).
 
 # Returns
 A NamedTuple:
 - `rates`, `ivars`, `chi2s`: `(npix_x, npix_y)` constant model, DN/read, 1/(DN/read)^2 and chi2;
   0 where no difference is usable (as `sutr_wood`).
-- `omega`: `(n_diffs, n_fibers)` omega per fibre (NaN columns for fibres with no usable pixel);
+- `omega`: `(n_diffs, n_fibers)` omega per fiber (NaN columns for fibers with no usable pixel);
   `omega_converged`, `omega_ref_index` `(n_fibers,)`.
 - `tv_rates`, `tv_ivars`, `tv_chi2s`: `(npix_x, npix_y)` like `rates`, with the pixels along each
-  trace re-extracted with that fibre's omega (time-variable model); equal to the constant-model
+  trace re-extracted with that fiber's omega (time-variable model); equal to the constant-model
   arrays elsewhere, and the same arrays when `trace_centers === nothing`.
 """
 function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,

@@ -22,12 +22,12 @@ const NOT_CONVERGED = 1 << 8
 const OMEGA_ELEMENT_NO_DATA = 1 << 9
 "Group: no pixel of the group could be fitted; omega is NaN."
 const EMPTY_GROUP = 1 << 10
-"Fibre (pipeline): too faint to constrain omega; omega borrowed from the bright fibres."
+"Fiber (pipeline): too faint to constrain omega; omega borrowed from the bright fibers."
 const BORROWED_OMEGA = 1 << 11
-"Fibre (pipeline): the omega fit failed (not converged or no data); constant model used."
+"Fiber (pipeline): the omega fit failed (not converged or no data); constant model used."
 const FALLBACK_CONSTANT = 1 << 12
-"Fibre (pipeline): an FPI fibre, excluded from the omega fits; constant model used."
-const FPI_FIBRE = 1 << 13
+"Fiber (pipeline): an FPI fiber, excluded from the omega fits; constant model used."
+const FPI_FIBER = 1 << 13
 
 const FLAG_NAMES = (
     MASKED_READ => "MASKED_READ",
@@ -43,7 +43,7 @@ const FLAG_NAMES = (
     EMPTY_GROUP => "EMPTY_GROUP",
     BORROWED_OMEGA => "BORROWED_OMEGA",
     FALLBACK_CONSTANT => "FALLBACK_CONSTANT",
-    FPI_FIBRE => "FPI_FIBRE",
+    FPI_FIBER => "FPI_FIBER",
 )
 
 """

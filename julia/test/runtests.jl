@@ -188,7 +188,7 @@ end
         rate = 200.0 .+ 50.0 .* rand(rng, nx, ny)  # e- per read
         gain = fill(1.9, nx, ny)
         read_var = fill(25.0, nx, ny)  # DN^2
-        trace_y = fill(15.4, nx, 1)  # one fibre along row 15 (1-based)
+        trace_y = fill(15.4, nx, 1)  # one fiber along row 15 (1-based)
         light = [abs(y - 15) <= 2 ? 20.0 : 1.0 for x in 1:nx, y in 1:ny]
         e_diffs = rate .* light .* reshape(omega, 1, 1, :) .+
                   sqrt.(rate .* light) .* randn(rng, nx, ny, n_diffs)

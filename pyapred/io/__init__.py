@@ -4,7 +4,6 @@ This package imports astropy and h5py; ``import pyapred`` does not import it. Th
 axis orders and units are described in ``docs/formats.md``.
 """
 
-from ._hdf5 import read_metadata
 from .apred import (
     Ar1D,
     Ar2D,
@@ -27,6 +26,7 @@ from .apz import (
     read_apz,
     write_apz,
 )
+from .hdf5 import read_metadata
 from .product import (
     FORMAT_VERSION,
     ChipImages,

@@ -5,7 +5,7 @@ Same content as the HDF5 product (``product.py``), 0-based indices (IDL and astr
 - HDU 0: empty image; ``PAPFMT`` = layout version.
 - ``{chip}_RATE``, ``{chip}_IVAR``, ``{chip}_CHI2``, ``{chip}_FLAGS``: images ``(ny, nx)``
   in NumPy order (FITS ``NAXIS1 = nx``), DN per read; cards ``PAPCHIP`` and ``PAPIMAGE``.
-- ``FIBERS_{group}``: a table, one row per fibre: ``FIBER_INDEX``, ``OMEGA`` (K),
+- ``FIBERS_{group}``: a table, one row per fiber: ``FIBER_INDEX``, ``OMEGA`` (K),
   ``OMEGA_COV`` (K x K), ``REF_INDEX``, ``MODEL``, ``FLAGS``; card ``PAPGROUP``.
 - ``METADATA``: a table of ``KEY`` and ``VALUE`` (JSON), so any JSON-able value round-trips.
 """

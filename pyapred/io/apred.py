@@ -3,7 +3,7 @@
 ApogeeReduction.jl writes its arrays from Julia (column-major) with JLD2, so h5py shows every
 array with its dimensions reversed. A Julia image ``(2560, 2048)`` = ``(x, y)`` arrives as
 NumPy ``(2048, 2560)`` = ``(y, x)``, which is already pyapred's ``(ny, nx)`` order: images and
-cubes need no transpose. Julia's 1-based pixel coordinates and fibre indices become 0-based
+cubes need no transpose. Julia's 1-based pixel coordinates and fiber indices become 0-based
 here; each docstring states the conversion. Layouts are from
 ``../shared/docs/apogee-reduction-jl.md`` section 3.
 """
@@ -20,8 +20,8 @@ from astropy.io import fits
 from astropy.time import Time, TimeDelta
 
 from ..errors import InputError
-from ._hdf5 import open_h5, read_dataset, read_group, read_value
 from .apz import CHIP_COLOR, ApzName, RawExposure
+from .hdf5 import open_h5, read_dataset, read_group, read_value
 
 __all__ = [
     "Ar1D",
@@ -285,13 +285,13 @@ def read_ar3dcal(
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ar1D:
-    """The trace centres and fibre types of an ``ar1D`` or ``ar1Dcal`` file.
+    """The trace centers and fiber types of an ``ar1D`` or ``ar1Dcal`` file.
 
     Attributes
     ----------
     path : str
     trace_centers : ndarray, float64, ``(300, 2048)``
-        ``[fiber_index, x]``: the trace's y centre in **0-based** pixels (ApogeeReduction.jl's
+        ``[fiber_index, x]``: the trace's y center in **0-based** pixels (ApogeeReduction.jl's
         1-based value minus 1). Julia ``(2048, 300)`` seen reversed, so no transpose;
         ``fiber_index = 300 - fiberId`` (0-based).
     fiber_types : tuple of str or None
@@ -337,11 +337,11 @@ def read_ar1d(path: str | os.PathLike) -> Ar1D:
 
 @dataclass(frozen=True)
 class Traces:
-    """Per-fibre trace parameters from a ``traceMain`` or per-flat trace file.
+    """Per-fiber trace parameters from a ``traceMain`` or per-flat trace file.
 
     Each array is ``(300, 2048)`` = ``[fiber_index, x]`` with ``fiber_index = 300 - fiberId``
     (0-based). The file's ``trace_params`` is Julia ``(2048, 300, 3)`` = ``[x, fiberIndx, p]``,
-    which h5py shows as ``(3, 300, 2048)``; ``p`` = height, y centre, sigma.
+    which h5py shows as ``(3, 300, 2048)``; ``p`` = height, y center, sigma.
 
     Attributes
     ----------
@@ -349,7 +349,7 @@ class Traces:
     height : ndarray, float64
         Profile height (flux), DN per read.
     y_center : ndarray, float64
-        Trace centre in **0-based** pixel rows (the file's 1-based value minus 1).
+        Trace center in **0-based** pixel rows (the file's 1-based value minus 1).
     sigma : ndarray, float64
         Gaussian width, pixels.
     metadata : dict

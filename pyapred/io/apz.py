@@ -35,9 +35,9 @@ from astropy.time import Time, TimeDelta
 from numpy.typing import DTypeLike
 
 from ..errors import InputError, InputWarning, ReadRangeError
-from ._atomic import atomic_path
 from ._kernels import accumulate_read
 from ._rice import ERROR_TEXT, accumulate_rice_read, decode_rice_tiles, read_rice_tiles
+from .atomic import atomic_path
 
 __all__ = [
     "ApzName",
@@ -185,7 +185,7 @@ class RawExposure:
     path : str
         The file read.
     reads : ndarray, ``(n_reads, ny, nx)``
-        Raw counts in DN (ADU), C order; ``ny = 2048`` rows (fibres stack along y), ``nx = 2560``
+        Raw counts in DN (ADU), C order; ``ny = 2048`` rows (fibers stack along y), ``nx = 2560``
         columns (dispersion, the fast read axis). Julia sees the same memory as
         ``(nx, ny, n_reads)``, ApogeeReduction.jl's order. Native byte order.
     header : astropy.io.fits.Header

@@ -38,9 +38,9 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
-from ._atomic import atomic_path
-from ._hdf5 import open_h5, read_dataset, read_group, read_value, write_value
 from ._product_fits import read_fits, write_fits
+from .atomic import atomic_path
+from .hdf5 import open_h5, read_dataset, read_group, read_value, write_value
 
 __all__ = [
     "FORMAT_VERSION",
@@ -100,18 +100,18 @@ class ChipImages:
 
 @dataclass(frozen=True)
 class FiberResults:
-    """Per-fibre omega fits for ``n`` fibres with ``K`` read differences.
+    """Per-fiber omega fits for ``n`` fibers with ``K`` read differences.
 
     Attributes
     ----------
     fiber_index : ndarray, int64, ``(n,)``
-        0-based on-chip fibre index, ``300 - fiberId``.
+        0-based on-chip fiber index, ``300 - fiberId``.
     omega : ndarray, float64, ``(n, K)``
     omega_cov : ndarray, float64, ``(n, K, K)``
     ref_index : ndarray, int64, ``(n,)``
         0-based index of the element of omega fixed to 1.
     model : tuple of str, ``(n,)``
-        The model chosen for each fibre ("constant", "time_variable", ...).
+        The model chosen for each fiber ("constant", "time_variable", ...).
     flags : ndarray, int64, ``(n,)``
         Group bits of :class:`pyapred.Flag`.
     """
@@ -189,7 +189,7 @@ def write_product(
     chips, fibers = dict(chips or {}), dict(fibers or {})
     path = Path(path)
     _check_parts(chips, fibers, metadata)
-    if _is_fits(path):
+    if is_fits_path(path):
         meta = _writer_metadata(inputs, backend) | dict(metadata or {})
         with atomic_path(path, overwrite=overwrite) as tmp:
             write_fits(tmp, chips, fibers, meta, FORMAT_VERSION)
@@ -203,7 +203,7 @@ def write_product(
 
 class ProductWriter:
     """An HDF5 product written in parts: chip images as soon as each chip is done, then the
-    fibre results and the metadata. The file appears at ``path`` only when :meth:`finish` was
+    fiber results and the metadata. The file appears at ``path`` only when :meth:`finish` was
     called and the block ended without an error (atomic, as :func:`write_product`).
 
     It lets the exposure pipeline keep one chip's images in memory at a time.
@@ -223,7 +223,7 @@ class ProductWriter:
 
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
         self.path = Path(path)
-        if _is_fits(self.path):
+        if is_fits_path(self.path):
             raise ValueError(f"{self.path}: ProductWriter writes HDF5 products, not FITS")
         self._overwrite = overwrite
         self._finished = False
@@ -252,7 +252,7 @@ class ProductWriter:
         backend: str = "numpy",
         metadata: Mapping[str, object] | None = None,
     ) -> None:
-        """Write the fibre results and the metadata (see :func:`write_product`)."""
+        """Write the fiber results and the metadata (see :func:`write_product`)."""
         fibers = dict(fibers or {})
         _check_parts({}, fibers, metadata)
         for key, results in fibers.items():
@@ -275,7 +275,7 @@ class ProductWriter:
 def _check_parts(chips: Mapping, fibers: Mapping, metadata: Mapping | None) -> None:
     for key in (*chips, *fibers):
         if not key or "/" in key or key in _RESERVED:
-            raise ValueError(f"chip or fibre group name: expected a plain name, got {key!r}")
+            raise ValueError(f"chip or fiber group name: expected a plain name, got {key!r}")
     for key, images in chips.items():
         _check_images(key, images)
     for key, results in fibers.items():
@@ -285,7 +285,7 @@ def _check_parts(chips: Mapping, fibers: Mapping, metadata: Mapping | None) -> N
         raise ValueError(f"metadata: keys {sorted(clash)} are written by pyapred itself")
 
 
-def _is_fits(path: Path) -> bool:
+def is_fits_path(path: Path) -> bool:
     return path.name.lower().endswith((".fits", ".fit", ".fits.gz"))
 
 
@@ -343,12 +343,12 @@ def _writer_metadata(inputs: Sequence[str | os.PathLike], backend: str) -> dict:
         meta["git_clean"] = clean
     meta["backend"] = backend
     meta["input_files"] = [Path(p).name for p in inputs]
-    meta["input_sha256"] = [_sha256(Path(p)) for p in inputs]
+    meta["input_sha256"] = [sha256_file(Path(p)) for p in inputs]
     meta["format_version"] = FORMAT_VERSION
     return meta
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -384,7 +384,7 @@ def read_product(path: str | os.PathLike) -> Product:
         Not a pyapred product, a product of another layout version, or a dataset missing or of
         the wrong shape or dtype.
     """
-    if _is_fits(Path(path)):
+    if is_fits_path(Path(path)):
         chips, fibers, metadata = read_fits(path, FORMAT_VERSION, ChipImages, FiberResults)
         return Product(str(path), chips, fibers, metadata)
     with open_h5(path) as handle:

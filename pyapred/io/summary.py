@@ -7,8 +7,8 @@ from pathlib import Path
 import h5py
 
 from ..errors import InputError
-from ._hdf5 import open_h5, read_group
 from .apz import read_apz
+from .hdf5 import open_h5, read_group
 
 
 def describe(path: str | Path) -> str:

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _noise_arguments(sim)
     stress = sub.add_parser("stress", help="the four-case 1/f stress test of fit_omega")
     stress.add_argument("--exposures", type=int, default=4, help="simulated exposures (4)")
-    stress.add_argument("--fibres", type=int, default=8, help="fibres per exposure (8)")
+    stress.add_argument("--fibers", type=int, default=8, help="fibers per exposure (8)")
     stress.add_argument("--column-step", type=int, default=8, help="every n-th column lit (8)")
     stress.add_argument(
         "--reference-columns",
@@ -191,7 +191,7 @@ def _stress(args: argparse.Namespace) -> int:
 
     result = stress_test(
         args.exposures,
-        n_fibres=args.fibres,
+        n_fibers=args.fibers,
         column_step=args.column_step,
         noise=_noise(args),
         refcorr_options={"reference_columns": args.reference_columns},

@@ -10,7 +10,7 @@ The steps follow apogee_drp's ``refcorrect`` (Holtzman 2011), on each read diffe
    offset measured by the left and right reference columns (0-3, 2044-2047), median-filtered
    over ``row_window`` rows; its own noise is one offset shared by the whole row, which made
    omega worse in every simulation (``docs/noise.md``);
-4. optionally (``method="rowmedian"``), per output and row, remove the median of the inter-fibre
+4. optionally (``method="rowmedian"``), per output and row, remove the median of the inter-fiber
    pixels given by ``background``, where a row has at least ``min_background`` of them.
 
 Differences are corrected rather than reads because the median filters are not linear; a ramp is
@@ -49,7 +49,7 @@ def _check(diffs: np.ndarray, rows: slice, method: str, background) -> tuple[int
         raise ValueError(f"rows: expected a slice of {diffs.shape[1]} chip rows, got {rows}")
     if method == "rowmedian":
         if background is None:
-            raise ValueError("background: method 'rowmedian' needs the inter-fibre pixel mask")
+            raise ValueError("background: method 'rowmedian' needs the inter-fiber pixel mask")
         expected = (diffs.shape[1], SCIENCE)
         if np.shape(background) != expected:
             raise ValueError(f"background: expected shape {expected}, got {np.shape(background)}")
@@ -91,8 +91,8 @@ def refcorr(
         the row: where the reference output already removed the correlated part, it adds more
         row noise than it removes (``docs/noise.md``).
     background : array_like of bool, ``(ny, 2048)``, optional
-        For ``"rowmedian"``: True on pixels without light (between fibre traces, off the traces
-        of every fibre; e.g. the complement of the pipeline's trace masks).
+        For ``"rowmedian"``: True on pixels without light (between fiber traces, off the traces
+        of every fiber; e.g. the complement of the pipeline's trace masks).
     min_background : int, optional
         Fewest background pixels in one output's row for step 4 to use that row.
 
@@ -140,7 +140,7 @@ def refcorr(
             offset = ndimage.median_filter(offset, size=(1, row_window), mode="nearest")
         out -= offset[..., None]
 
-    # 4. Inter-fibre pixels, where a row has enough of them.
+    # 4. Inter-fiber pixels, where a row has enough of them.
     if method == "rowmedian":
         dark = np.asarray(background, dtype=bool).reshape(ny, N_SCIENCE_OUTPUTS, OUTPUT_COLUMNS)
         counts = dark.sum(axis=-1)  # (ny, 4)

@@ -348,12 +348,12 @@ def trace_patches(
     out = np.zeros((n, h, w), dtype=np.float32)
     for i in range(n):
         image = np.zeros((h, w))
-        for centre in np.arange(rng.uniform(-spacing, 0), h + spacing, spacing):
+        for center in np.arange(rng.uniform(-spacing, 0), h + spacing, spacing):
             width = rng.uniform(0.9, 1.3)
             amplitude = np.exp(rng.normal(np.log(8.0), 0.5))
             continuum = 1 + 0.1 * np.sin(2 * np.pi * (x / w * rng.uniform(0.2, 1) + rng.uniform()))
             for line in rng.uniform(0, w, rng.integers(0, 4)):
                 continuum = continuum * (1 - 0.5 * np.exp(-0.5 * ((x - line) / 1.5) ** 2))
-            image += amplitude * continuum * np.exp(-0.5 * ((y - centre) / width) ** 2)
+            image += amplitude * continuum * np.exp(-0.5 * ((y - center) / width) ** 2)
         out[i] = image
     return out

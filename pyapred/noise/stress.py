@@ -1,8 +1,8 @@
 """The 1/f stress test of the time-variable model: four cases on identical simulated exposures.
 
-Each exposure is a band of chip rows lit by fibre-like traces: a fibre covers ``rows_per_fibre``
+Each exposure is a band of chip rows lit by fiber-like traces: a fiber covers ``rows_per_fiber``
 adjacent rows over the inner 2040 columns (all four outputs), with random pixel fluxes, under a
-shared transparency ``omega`` (a passing cloud). One omega is fitted per fibre, with element 0
+shared transparency ``omega`` (a passing cloud). One omega is fitted per fiber, with element 0
 fixed to 1, in these ways:
 
 - ``"no_1f"``: white read noise only (the model's assumptions hold);
@@ -14,7 +14,7 @@ fixed to 1, in these ways:
   difference (``fit_omega(..., segments=...)``);
 - ``"refcorr_nuisance"``: both;
 - ``"rowmedian"``: ``refcorr`` with ``method="rowmedian"``, the unlit columns of the band as the
-  inter-fibre pixels (real APOGEE rows through a trace have none; ``docs/noise.md``).
+  inter-fiber pixels (real APOGEE rows through a trace have none; ``docs/noise.md``).
 
 Each case reports the z-scores ``(omega_hat - omega_true) / sigma_hat`` of the free elements.
 """
@@ -41,7 +41,7 @@ class StressResult:
 
     Attributes
     ----------
-    z : dict of str to ndarray, ``(n_exposures, n_fibres, K - 1)``
+    z : dict of str to ndarray, ``(n_exposures, n_fibers, K - 1)``
         ``(omega_hat - omega_true) / sqrt(omega_cov)`` of the free elements, per case.
     omega : ndarray, ``(K,)``
         The true omega (element 0 = 1).
@@ -53,13 +53,13 @@ class StressResult:
     def summary(self) -> dict[str, tuple[float, float, float]]:
         """Per case: ``(mean z = bias in sigma, std of z, standard error of the bias)``.
 
-        The z-scores of one fibre are correlated (every element shares the error of the fixed
-        one), so the standard error comes from the scatter of the per-fibre means.
+        The z-scores of one fiber are correlated (every element shares the error of the fixed
+        one), so the standard error comes from the scatter of the per-fiber means.
         """
         out = {}
         for case, z in self.z.items():
-            per_fibre = z.reshape(-1, z.shape[-1]).mean(axis=1)
-            error = per_fibre.std(ddof=1) / np.sqrt(per_fibre.size)
+            per_fiber = z.reshape(-1, z.shape[-1]).mean(axis=1)
+            error = per_fiber.std(ddof=1) / np.sqrt(per_fiber.size)
             out[case] = (float(z.mean()), float(z.std()), float(error))
         return out
 
@@ -72,8 +72,8 @@ def _cloud(n_diff: int) -> np.ndarray:
 def stress_test(
     n_exposures: int = 4,
     *,
-    n_fibres: int = 8,
-    rows_per_fibre: int = 2,
+    n_fibers: int = 8,
+    rows_per_fiber: int = 2,
     n_reads: int = 11,
     column_step: int = 1,
     flux: tuple[float, float] = (100.0, 600.0),
@@ -88,12 +88,12 @@ def stress_test(
     ----------
     n_exposures : int
         Independent exposures (each with new fluxes, photon noise and read noise).
-    n_fibres, rows_per_fibre : int
-        Fibres per exposure and the rows each covers; the band starts at chip row 4.
+    n_fibers, rows_per_fiber : int
+        Fibers per exposure and the rows each covers; the band starts at chip row 4.
     n_reads : int
         Reads per exposure (K = n_reads - 1 differences).
     column_step : int
-        A fibre's fitted pixels are every ``column_step``-th inner column of its rows (all four
+        A fiber's fitted pixels are every ``column_step``-th inner column of its rows (all four
         outputs); the others stay dark. Fewer pooled pixels mean a larger statistical error of
         omega, against which a residual common offset matters less.
     flux : (float, float)
@@ -121,14 +121,14 @@ def stress_test(
     noise = noise or HxrgNoise(white=10.0, c_pink=6.0, u_pink=3.0, acn=2.0, read_time=0.0)
     white_only = HxrgNoise(**{**noise.__dict__, "c_pink": 0.0, "u_pink": 0.0, "acn": 0.0})
     rng = np.random.default_rng(rng)
-    n_rows = n_fibres * rows_per_fibre
+    n_rows = n_fibers * rows_per_fiber
     rows = slice(4, 4 + n_rows)
     omega = _cloud(n_reads - 1)
     lit = np.arange(INNER.start, INNER.stop, column_step)
     n_cols = lit.size
-    # Segment of each fitted pixel: (row within the fibre, output).
+    # Segment of each fitted pixel: (row within the fiber, output).
     outputs = lit // OUTPUT_COLUMNS
-    segments = (np.arange(rows_per_fibre)[:, None] * 4 + outputs[None, :]).ravel()
+    segments = (np.arange(rows_per_fiber)[:, None] * 4 + outputs[None, :]).ravel()
     dark = np.zeros((n_rows, 4 * OUTPUT_COLUMNS), dtype=bool)  # unlit inner columns
     dark[:, INNER] = True
     dark[:, lit] = False
@@ -162,7 +162,7 @@ def stress_test(
                 read_noise[case] = np.sqrt(noise.white**2 + added)
         for case in cases:
             reads = data[case][..., lit]  # (n_reads, n_rows, n_cols)
-            groups = reads.reshape(n_reads, n_fibres, rows_per_fibre * n_cols)
+            groups = reads.reshape(n_reads, n_fibers, rows_per_fiber * n_cols)
             labels = segments if case in ("nuisance", "refcorr_nuisance") else None
             fit = fit_omega(groups, read_noise[case], ref_index=0, segments=labels)
             sigma = np.sqrt(np.diagonal(fit.omega_cov, axis1=1, axis2=2))[:, 1:]

@@ -4,6 +4,8 @@ See :mod:`pyapred.solver.api` for the conventions shared by every function.
 """
 
 from ._flags import Flag, describe_flags
+from ._julia import JuliaBackendError, julia_available
+from ._julia import load as load_julia
 from .api import (
     FluxFit,
     JumpResult,
@@ -22,6 +24,7 @@ from .api import (
 __all__ = [
     "Flag",
     "FluxFit",
+    "JuliaBackendError",
     "JumpResult",
     "OmegaFit",
     "OmegaSamples",
@@ -32,6 +35,8 @@ __all__ = [
     "fit_equal_weight",
     "fit_omega",
     "initial_guess",
+    "julia_available",
+    "load_julia",
     "read_intervals",
     "sample_omega",
 ]

@@ -40,12 +40,12 @@ class Flag(enum.IntFlag):
     OMEGA_ELEMENT_NO_DATA = 1 << 9
     #: Group: no pixel of the group could be fitted; omega is NaN.
     EMPTY_GROUP = 1 << 10
-    #: Fibre (pipeline): too faint to constrain omega; omega borrowed from the bright fibres.
+    #: Fiber (pipeline): too faint to constrain omega; omega borrowed from the bright fibers.
     BORROWED_OMEGA = 1 << 11
-    #: Fibre (pipeline): the omega fit failed (not converged or no data); constant model used.
+    #: Fiber (pipeline): the omega fit failed (not converged or no data); constant model used.
     FALLBACK_CONSTANT = 1 << 12
-    #: Fibre (pipeline): an FPI fibre, excluded from the omega fits; constant model used.
-    FPI_FIBRE = 1 << 13
+    #: Fiber (pipeline): an FPI fiber, excluded from the omega fits; constant model used.
+    FPI_FIBER = 1 << 13
 
 
 def describe_flags(value: int) -> list[str]:

@@ -743,8 +743,8 @@ def equal_weight_kernel(
     n_use = usable.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         t_mean = (usable * t).sum(axis=0) / n_use
-        centred = np.where(usable, t - t_mean, 0.0)
-        weights = centred / (centred**2).sum(axis=0)
+        centered = np.where(usable, t - t_mean, 0.0)
+        weights = centered / (centered**2).sum(axis=0)
         slope = (weights * np.where(usable, counts, 0.0)).sum(axis=0)
         # Photon increment i (between reads i and i+1) enters every later read.
         tail = np.cumsum(weights[::-1], axis=0)[::-1][1:]

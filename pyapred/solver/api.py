@@ -322,7 +322,7 @@ def _backend(backend: str = "numpy"):
 
         return _numpy
     if backend in ("julia", "auto"):
-        from .. import _julia
+        from . import _julia
 
         return _julia.kernels() if backend == "julia" else _julia.auto_kernels()
     raise ValueError(f"backend: expected 'numpy', 'julia' or 'auto', got {backend!r}")
@@ -562,7 +562,7 @@ def fit_omega(
     read_times : array_like, optional
         ``(n_reads,)``; default unit spacing.
     ref_index : int or array_like of int, optional
-        Element of omega fixed to 1, per group or for all (a common reference read for all fibres);
+        Element of omega fixed to 1, per group or for all (a common reference read for all fibers);
         default the argmax of the initial guess, as in the reference.
     rtol : float, optional
         ``mode="default"`` convergence: every omega step < rtol and every flux step < rtol times

@@ -2,7 +2,7 @@
 
     python tests/bad_inputs/make_corpus.py DIR
 
-Everything derives from one small valid exposure (chip R of night 60781: 12 fibres x 48 columns
+Everything derives from one small valid exposure (chip R of night 60781: 12 fibers x 48 columns
 x 10 reads, the ``good`` files), so that each bad file differs from a good one in one way.
 ``test_bad_inputs.py`` builds the corpus in a temporary folder and says what each entry point
 must answer. Nothing here is committed as a binary.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 MJD, TELE = 60781, "apo"
-N_FIBRES, N_COLUMNS, N_READS = 12, 48, 10
+N_FIBERS, N_COLUMNS, N_READS = 12, 48, 10
 DATE_OBS = "2025-04-20T04:00:00.000"  # the simulated exposure's start, UTC
 
 
@@ -32,7 +32,7 @@ def make_corpus(directory: str | Path) -> dict[str, Path]:
     root = Path(directory)
     good = root / "good"
     sim = simulate_exposure(
-        "clouds", seed=3, n_fibres=N_FIBRES, n_columns=N_COLUMNS, ref_columns=0,
+        "clouds", seed=3, n_fibers=N_FIBERS, n_columns=N_COLUMNS, ref_columns=0,
         n_reads=N_READS, chips=("R",),
     )  # fmt: skip
     written = write_simulated_exposure(sim, good, exposure=1)
@@ -88,17 +88,17 @@ def make_corpus(directory: str | Path) -> dict[str, Path]:
     files["chip_b_named"] = folder("chip-card") / "apR-b-52190001.apz"
     files["chip_b_named"].write_bytes(apz_bytes)
     files["other_exposure_b"] = raw("other-exposure", counts, exposure=2, chip_letter="b")
-    # One fibre saturated in every read; one fibre with no light at all.
+    # One fiber saturated in every read; one fiber with no light at all.
     traces = chip.traces
-    rows = np.rint(traces.y_centre).astype(int)
+    rows = np.rint(traces.y_center).astype(int)
     saturated = counts.copy()
     for offset in (-1, 0, 1):
         saturated[:, rows[5] + offset, np.arange(N_COLUMNS)] = chip.saturation
-    files["saturated_apz"] = raw("saturated-fibre", saturated, exposure=18)
+    files["saturated_apz"] = raw("saturated-fiber", saturated, exposure=18)
     dark = counts.copy()
-    for offset in range(-3, 4):  # rows 0-9 see no fibre (the 25-row margin)
+    for offset in range(-3, 4):  # rows 0-9 see no fiber (the 25-row margin)
         dark[:, rows[7] + offset, np.arange(N_COLUMNS)] = counts[:, 4 + offset, :N_COLUMNS]
-    files["zero_flux_apz"] = raw("zero-flux-fibre", dark, exposure=19)
+    files["zero_flux_apz"] = raw("zero-flux-fiber", dark, exposure=19)
     # Trace files: wrong shape, too few columns, empty, truncated.
     trace_bytes = files["trace"].read_bytes()
     with h5py.File(files["trace"]) as handle:
@@ -114,12 +114,12 @@ def make_corpus(directory: str | Path) -> dict[str, Path]:
     files["truncated_trace"].write_bytes(trace_bytes[: len(trace_bytes) // 3])
     # Products (guider input): a good one with read times, truncated, and not a product.
     k = N_READS - 1
-    fibres = FiberResults(
+    fibers = FiberResults(
         fiber_index=np.arange(3), omega=np.ones((3, k)), omega_cov=np.tile(np.eye(k), (3, 1, 1)),
         ref_index=np.zeros(3, np.int64), model=("time_variable",) * 3, flags=np.zeros(3, np.int64),
     )  # fmt: skip
     meta = {"DATE-OBS": DATE_OBS, "TIMESYS": "UTC", "INTOFF": 10647, "NREAD": N_READS}
-    files["product"] = write_product(good / "product.h5", fibers={"R": fibres}, metadata=meta)
+    files["product"] = write_product(good / "product.h5", fibers={"R": fibers}, metadata=meta)
     product_bytes = files["product"].read_bytes()
     files["truncated_product"] = folder("product-truncated") / "product.h5"
     files["truncated_product"].write_bytes(product_bytes[: len(product_bytes) // 2])

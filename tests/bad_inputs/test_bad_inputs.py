@@ -3,7 +3,7 @@
 Each case states the exit code (CLI) or exception type (Python API) and the strings the message
 must name: the file and the field. Every case also checks that no traceback reaches stderr and
 that nothing is left half-written: no new file in the corpus and no output but the expected.
-An all-saturated fibre and a zero-flux fibre are not errors: the fit succeeds, and the product
+An all-saturated fiber and a zero-flux fiber are not errors: the fit succeeds, and the product
 says what happened (flagged pixels, a borrowed omega).
 """
 
@@ -107,9 +107,9 @@ CASES = [
     Case("fit-unwritable-output", "fit",
          lambda f, out: ["fit", f["apz"], "--traces", f["trace"], "--out", f["unwritable_out"]],
          2, named("unwritable_out", "--out")),
-    Case("fit-all-saturated-fibre", "fit", fit("saturated_apz", "trace", "--quiet"), 0,
+    Case("fit-all-saturated-fiber", "fit", fit("saturated_apz", "trace", "--quiet"), 0,
          lambda f, out: (), outputs=("p.h5",)),
-    Case("fit-zero-flux-fibre", "fit", fit("zero_flux_apz", "trace", "--quiet"), 0,
+    Case("fit-zero-flux-fiber", "fit", fit("zero_flux_apz", "trace", "--quiet"), 0,
          lambda f, out: (), outputs=("p.h5",)),
     # pyapred guider
     Case("guider-truncated-product", "guider",
@@ -124,7 +124,7 @@ CASES = [
     Case("guider-truncated-frame", "guider",
          guider("product", lambda f: f["truncated_frame"].parent), 2,
          named("truncated_frame", "readable FITS")),
-    Case("guider-fibre-not-in-product", "guider",
+    Case("guider-fiber-not-in-product", "guider",
          guider("product", lambda f: f["truncated_frame"].parent, "--fibers", "99"), 2,
          named("product", "omega", "[99]")),
     Case("guider-frames-without-overlap", "guider", guider("product", lambda f: FIXTURES), 2,
@@ -260,7 +260,7 @@ def test_bad_input_is_answered_clearly(case: Case, corpus, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted(case.outputs)
 
 
-def test_saturated_fibre_is_flagged_and_zero_flux_fibre_borrows_omega(corpus, tmp_path):
+def test_saturated_fiber_is_flagged_and_zero_flux_fiber_borrows_omega(corpus, tmp_path):
     from pyapred.io import read_product
     from pyapred.solver import Flag
 
@@ -268,7 +268,7 @@ def test_saturated_fibre_is_flagged_and_zero_flux_fibre_borrows_omega(corpus, tm
     assert main(["fit", str(corpus["saturated_apz"]), *argv, "--out", str(tmp_path / "s.h5")]) == 0
     assert main(["fit", str(corpus["zero_flux_apz"]), *argv, "--out", str(tmp_path / "z.h5")]) == 0
     saturated, dark = read_product(tmp_path / "s.h5"), read_product(tmp_path / "z.h5")
-    rows = np.rint(pyapred.traces.read_trace_file(corpus["trace"]).y_centre).astype(int)
+    rows = np.rint(pyapred.traces.read_trace_file(corpus["trace"]).y_center).astype(int)
     columns = np.arange(rows.shape[1])
     assert np.all(saturated.chips["R"].flags[rows[5], columns] & Flag.SATURATED)
     assert saturated.fibers["R"].model[5] == "borrowed"

@@ -98,15 +98,15 @@ def test_ar3dcal_reads_gain_read_variance_and_times(tmp_path, julia):
     assert part.gain.shape == (4, NX) and part.exposure.read_indices.tolist() == [3, 4]
 
 
-def test_trace_params_are_0_based_fibre_by_x(tmp_path, julia):
+def test_trace_params_are_0_based_fiber_by_x(tmp_path, julia):
     path = tmp_path / "traceMain_apo_60781_R.h5"
     x = np.arange(2048)
     fiber = np.arange(N_FIBERS)
-    # Physical truth in 0-based pixel rows: fibre index f sits at 20 + 6.7 f, tilting with x.
+    # Physical truth in 0-based pixel rows: fiber index f sits at 20 + 6.7 f, tilting with x.
     y0 = 20.0 + 6.7 * fiber[None, :] + 1e-3 * x[:, None]  # (x, fiber)
     params = np.empty((2048, N_FIBERS, 3))  # Julia [x, fiberIndx, p]
     params[:, :, 0] = 500.0 + fiber[None, :]
-    params[:, :, 1] = y0 + 1.0  # ApogeeReduction.jl stores 1-based centres
+    params[:, :, 1] = y0 + 1.0  # ApogeeReduction.jl stores 1-based centers
     params[:, :, 2] = 1.1
     with h5py.File(path, "w") as handle:
         handle["trace_params"] = julia(params)
@@ -121,7 +121,7 @@ def test_trace_params_are_0_based_fibre_by_x(tmp_path, julia):
     assert traces.metadata["trace_type"] == "quartz"
 
 
-def test_ar1dcal_trace_centres_and_fibre_types(tmp_path, julia):
+def test_ar1dcal_trace_centers_and_fiber_types(tmp_path, julia):
     path = tmp_path / "ar1Dcal_apo_60781_0065_R_object.h5"
     centers_0based = 20.0 + 6.7 * np.arange(N_FIBERS)[None, :] + np.zeros((2048, 1))
     types = ["sci"] * 298 + ["fpiguide", "sky"]

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from pyapred.io._atomic import atomic_path, write_bytes_atomic
+from pyapred.io.atomic import atomic_path, write_bytes_atomic
 
 
 @pytest.fixture

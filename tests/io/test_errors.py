@@ -221,9 +221,9 @@ def test_trace_params_missing(tmp_path):
     assert_input_error(lambda: read_traces(path), path, "trace_params")
 
 
-def test_trace_centres_of_wrong_shape(tmp_path, julia):
-    centres = julia(np.ones((2048, 299)))  # one fibre short
-    path = h5(tmp_path / "ar1Dcal_apo_60781_0065_R_object.h5", extract_trace_centers=centres)
+def test_trace_centers_of_wrong_shape(tmp_path, julia):
+    centers = julia(np.ones((2048, 299)))  # one fiber short
+    path = h5(tmp_path / "ar1Dcal_apo_60781_0065_R_object.h5", extract_trace_centers=centers)
     assert_input_error(lambda: read_ar1d(path), path, "extract_trace_centers")
 
 

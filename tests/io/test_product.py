@@ -98,7 +98,7 @@ def test_product_layout_is_what_julia_expects(tmp_path):
         assert handle["R/dimage"].shape == (2048, 2560)
         assert handle["R/dimage"].attrs["units"] == "DN/read"
         assert handle["R/flags"].dtype == np.int64
-        assert handle["fibers/R/omega"].shape == (4, 5)  # Julia (K, n): omega[:, fibre]
+        assert handle["fibers/R/omega"].shape == (4, 5)  # Julia (K, n): omega[:, fiber]
         # 1-based indices in the file, like ApogeeReduction.jl's fiberIndx = 301 - fiberId.
         assert handle["fibers/R/fiber_index"][()].tolist() == [1, 75, 151, 300]
         assert np.array_equal(handle["fibers/R/ref_index"][()], fibers.ref_index + 1)

@@ -26,7 +26,7 @@ def test_simulate_writes_a_raw_exposure_with_1f_noise(tmp_path, capsys):
 
 
 def test_stress_json(capsys):
-    assert main(["noise", "stress", "--exposures", "1", "--fibres", "2", "--read-time", "0",
+    assert main(["noise", "stress", "--exposures", "1", "--fibers", "2", "--read-time", "0",
                  "--json"]) == 0  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
     assert set(summary) == {

@@ -9,10 +9,10 @@ from pyapred.errors import InputError
 from pyapred.noise import HxrgNoise, refcorr_reads, simulate_hxrg
 from pyapred.pipeline import ChipExposure, FitOptions, correct_1f, fit_files, truth_metrics
 from pyapred.simulate import simulate_exposure, write_simulated_exposure
-from pyapred.traces import pixel_fibre_map
+from pyapred.traces import pixel_fiber_map
 
-# One chip of 12 fibres on the full raw frame (2048 columns + the reference output), 10 reads.
-GEOMETRY = dict(n_fibres=12, n_columns=2048, ref_columns=512, n_reads=10, chips=("R",))
+# One chip of 12 fibers on the full raw frame (2048 columns + the reference output), 10 reads.
+GEOMETRY = dict(n_fibers=12, n_columns=2048, ref_columns=512, n_reads=10, chips=("R",))
 # Correlated noise in DN on the compressed clock (the exposure has 8 DN of white read noise).
 ONE_OVER_F = HxrgNoise(white=0.0, c_pink=6.0, u_pink=1.0, acn=0.5, read_time=0.0)
 
@@ -30,7 +30,7 @@ def _omega_z_std(sim, paths, method: str) -> float:
     metrics = truth_metrics(
         result, sim.omega, {"R": chip.flux / chip.gain}, min_flux={"R": 100.0 / chip.gain}
     )
-    assert metrics["omega"]["R"]["n_fibres"] >= 6
+    assert metrics["omega"]["R"]["n_fibers"] >= 6
     return metrics["omega"]["R"]["z_std"]
 
 
@@ -65,18 +65,18 @@ def test_command_line_option(exposure, tmp_path, capsys):
 def test_simulate_one_over_f_needs_the_raw_frame(tmp_path, capsys):
     from pyapred.cli import main
 
-    argv = ["simulate", "--out", str(tmp_path), "--fibres", "4", "--columns", "16"]
+    argv = ["simulate", "--out", str(tmp_path), "--fibers", "4", "--columns", "16"]
     assert main([*argv, "--one-over-f"]) == 2
     assert "--ref-columns" in capsys.readouterr().err
 
 
-def test_rowmedian_removes_the_row_offsets_of_inter_fibre_rows(exposure):
+def test_rowmedian_removes_the_row_offsets_of_inter_fiber_rows(exposure):
     sim, _ = exposure
     chip = sim.chips["R"]
     ny = chip.reads.shape[1]
     noise = HxrgNoise(**{**ONE_OVER_F.__dict__, "white": 8.0})  # a dark with the same 1/f
     reads = 1000.0 + simulate_hxrg(GEOMETRY["n_reads"], noise, rows=slice(0, ny), rng=6)
-    background = pixel_fibre_map(chip.traces, ny, halfwidth=2.5).fibre < 0
+    background = pixel_fiber_map(chip.traces, ny, halfwidth=2.5).fiber < 0
     background[:, :4] = background[:, 2044:] = False
 
     def row_medians(method):
@@ -133,7 +133,7 @@ def test_joint_chips_correct_an_in_memory_chip_once(exposure):
         reads = raw.reads.astype(np.float32)
         chip = ChipExposure("R", reads, raw.read_noise, raw.gain, raw.saturation, writable=writable)
         result = fit_exposure({"R": chip}, traces, options)
-        return result.fibres["joint"].omega, result.chips["R"].flux, reads
+        return result.fibers["joint"].omega, result.chips["R"].flux, reads
 
     copied, copied_flux, untouched = omega(writable=False)
     in_place, in_place_flux, overwritten = omega(writable=True)

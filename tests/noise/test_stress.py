@@ -6,16 +6,16 @@ import pytest
 from pyapred.noise import HxrgNoise
 from pyapred.noise.stress import CASES, stress_test
 
-# Read noise in e- on a compressed clock; fibres of 2 rows x 255 pixels (every 8th column),
+# Read noise in e- on a compressed clock; fibers of 2 rows x 255 pixels (every 8th column),
 # fluxes 100-600 e- per read, 10 differences, a passing cloud.
-SMALL = dict(n_exposures=6, n_fibres=16, rows_per_fibre=2, column_step=8, rng=0)
+SMALL = dict(n_exposures=6, n_fibers=16, rows_per_fiber=2, column_step=8, rng=0)
 # Correlated noise common to all outputs and the reference output: what reference pixels can see.
 COMMON = HxrgNoise(white=10.0, c_pink=6.0, u_pink=0.0, acn=0.0, read_time=0.0)
 # Plus per-output 1/f and alternating-column noise, which the reference output cannot see.
 MIXED = HxrgNoise(white=10.0, c_pink=6.0, u_pink=3.0, acn=2.0, read_time=0.0)
 
 
-# 96 fibres: the bias has a standard error of ~0.1 sigma (the z-scores of one fibre correlate).
+# 96 fibers: the bias has a standard error of ~0.1 sigma (the z-scores of one fiber correlate).
 def _passes(z: np.ndarray) -> bool:
     return abs(z.std() - 1.0) <= 0.15 and abs(z.mean()) < 0.2
 
@@ -42,7 +42,7 @@ def test_reference_output_correction_restores_omega(common):
     noise raises (1.15 without it). At full column density it is 1.32 (docs/noise.md)."""
     assert _passes(common.z["refcorr"])
     assert _passes(common.z["refcorr_nuisance"])
-    # The inter-fibre row median: here every lit row has 7 unlit pixels in 8.
+    # The inter-fiber row median: here every lit row has 7 unlit pixels in 8.
     assert _passes(common.z["rowmedian"])
 
 

@@ -1,9 +1,9 @@
-"""The pipeline's first pass (``pyapred._first_pass``) against a plain per-pixel reference."""
+"""The pipeline's first pass (``pyapred.solver.first_pass``) against a plain per-pixel reference."""
 
 import numpy as np
 import pytest
 
-from pyapred._first_pass import _N_ROUGH, first_pass
+from pyapred.solver.first_pass import _N_ROUGH, first_pass
 
 
 def _reference(reads, shape_index, shapes, inv_gain, var_read, saturation, threshold):

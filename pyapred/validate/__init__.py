@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .simulate import omega_uniform, simulate_ramps
-from .solver import extract_fluxes, fit_constant, fit_equal_weight, fit_omega
+from ..simulate import omega_uniform, simulate_ramps
+from ..solver import extract_fluxes, fit_constant, fit_equal_weight, fit_omega
 
 __all__ = [
     "FULL",
@@ -53,7 +53,7 @@ NOISE_RANGE = (14.0, 24.0)
 OMEGA_AMPLITUDE = 0.5
 SCALE_FLUX = 1000.0  # the separate pixels that fix each method's flux scale
 BIAS_FLUXES = np.logspace(1, 3, 21)  # e-/read, the section III.1 grid
-NOISELESS_READ_NOISE = 19.0  # centre of NOISE_RANGE, for the noise-free bias curves
+NOISELESS_READ_NOISE = 19.0  # center of NOISE_RANGE, for the noise-free bias curves
 BIAS_LIMIT = 0.05  # the second threshold: bias below 5 % of sigma_f ...
 BIAS_QUANTILE = 95.0  # ... 95 % of the time
 METHODS = ("time_variable", "constant", "equal_weight")
@@ -279,7 +279,7 @@ def _unit_gaussian_medians(rng, n_sets: int, n_draws: int) -> np.ndarray:
 # Section III.1: one realisation
 # --------------------------------------------------------------------------------------------
 def single_realisation(rng: np.random.Generator, sizes: StudySizes) -> dict:
-    """Section III.1: fit one synthetic fibre, then test flux extraction at 21 flux levels.
+    """Section III.1: fit one synthetic fiber, then test flux extraction at 21 flux levels.
 
     Parameters
     ----------
@@ -908,8 +908,8 @@ def write_report(results: dict, out_dir) -> Path:
     Path
         The path of ``report.md``.
     """
-    from ._validate_report import make_figures, render_markdown
-    from .io._atomic import write_bytes_atomic
+    from ..io.atomic import write_bytes_atomic
+    from ._report import make_figures, render_markdown
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -963,7 +963,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """``pyapred validate``: run the studies, write the report; exit 1 if a check fails."""
-    from .io._atomic import writable_folder
+    from ..io.atomic import writable_folder
 
     writable_folder(args.out)  # before minutes of work, not after
     sizes = QUICK if args.quick else FULL

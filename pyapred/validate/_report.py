@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io._atomic import write_bytes_atomic
+from ..io.atomic import write_bytes_atomic
 
 COLOURS = {"time_variable": "C0", "constant": "C1", "equal_weight": "C2"}
 LABELS = {
@@ -81,7 +81,7 @@ def _omega_recovery(fig, results) -> None:
     bottom.axhline(0, color="k", lw=0.8)
     bottom.set_xlabel("read difference k")
     bottom.set_ylabel("z-score")
-    fig.suptitle("III.1: omega recovered from one fibre (100 pixels, 33 reads)")
+    fig.suptitle("III.1: omega recovered from one fiber (100 pixels, 33 reads)")
 
 
 def _chi2(fig, results) -> None:
@@ -121,12 +121,12 @@ def _bias_test(fig, results) -> None:
         sig_ax.plot(flux, bias[name]["sigma_median"], color=COLOURS[name], label=LABELS[name])
         med_ax.plot(flux, bias[name]["z_median"], color=COLOURS[name])
         wid_ax.plot(flux, bias[name]["z_width"], color=COLOURS[name])
-    for ax, centre, spread in (
+    for ax, center, spread in (
         (med_ax, ref["median_mean"], ref["median_std"]),
         (wid_ax, ref["width_mean"], ref["width_std"]),
     ):
-        ax.axhspan(centre - spread, centre + spread, color="0.85")
-        ax.axhline(centre, color="k", lw=0.8)
+        ax.axhspan(center - spread, center + spread, color="0.85")
+        ax.axhline(center, color="k", lw=0.8)
     sig_ax.set_yscale("log")
     sig_ax.set_ylabel("sigma_f (e-/read)")
     sig_ax.legend(fontsize=8)

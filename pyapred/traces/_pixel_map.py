@@ -1,4 +1,4 @@
-"""Numba kernel of :func:`pyapred.traces.pixel_fibre_map`: which trace dominates each pixel.
+"""Numba kernel of :func:`pyapred.traces.pixel_fiber_map`: which trace dominates each pixel.
 
 Pure numerics (arrays in, arrays out). Imported by :mod:`pyapred.traces` when a map is built, so
 that ``import pyapred`` does not load Numba.
@@ -24,7 +24,7 @@ def _ndtr(a):
 
 
 @njit(cache=True, parallel=True)
-def pixel_map_kernel(y_centre, sigma, bright, reach, halfwidth, fibre, purity):
+def pixel_map_kernel(y_center, sigma, bright, reach, halfwidth, fiber, purity):
     """Every traced column's pixels: the trace whose profile dominates, and by how much.
 
     Each column is independent; its pixels are accumulated in contiguous buffers and its traces
@@ -32,44 +32,44 @@ def pixel_map_kernel(y_centre, sigma, bright, reach, halfwidth, fibre, purity):
 
     Parameters
     ----------
-    y_centre, sigma, bright : (n_columns, n_fibres) float64
-        0-based trace centres and Gaussian widths (pixels), and each trace's brightness.
+    y_center, sigma, bright : (n_columns, n_fibers) float64
+        0-based trace centers and Gaussian widths (pixels), and each trace's brightness.
     reach : int
-        Rows from ``rint(y_centre)`` to visit on each side.
+        Rows from ``rint(y_center)`` to visit on each side.
     halfwidth : float
-        A fibre can own a pixel whose centre is within ``halfwidth * sigma`` of its trace.
-    fibre : (ny, n_columns) int32, out
-        The owning fibre, or -1 (background). Ties go to the fibre seen first, in the order
-        offset from the rounded centre (outer), then fibre.
+        A fiber can own a pixel whose center is within ``halfwidth * sigma`` of its trace.
+    fiber : (ny, n_columns) int32, out
+        The owning fiber, or -1 (background). Ties go to the fiber seen first, in the order
+        offset from the rounded center (outer), then fiber.
     purity : (ny, n_columns) float32, out
         The owner's share of the light of all traces in the pixel; 0 for background.
     """
-    n_columns, n_fibres = y_centre.shape
-    ny = fibre.shape[0]
+    n_columns, n_fibers = y_center.shape
+    ny = fiber.shape[0]
     for c in prange(n_columns):
         owner = np.full(ny, -1, dtype=np.int32)
         best = np.zeros(ny)
         total = np.zeros(ny)
         # The profile's CDF at each pixel edge, computed once: a pixel's top edge is the next
         # one's bottom edge.
-        lower = np.empty(n_fibres)
-        for f in range(n_fibres):
-            base = np.rint(y_centre[c, f])
-            lower[f] = _ndtr((base - reach - 0.5 - y_centre[c, f]) * (1.0 / sigma[c, f]))
+        lower = np.empty(n_fibers)
+        for f in range(n_fibers):
+            base = np.rint(y_center[c, f])
+            lower[f] = _ndtr((base - reach - 0.5 - y_center[c, f]) * (1.0 / sigma[c, f]))
         for offset in range(-reach, reach + 1):
-            for f in range(n_fibres):
-                centre = y_centre[c, f]
-                row = np.rint(centre) + offset
-                upper = _ndtr((row + 0.5 - centre) * (1.0 / sigma[c, f]))
+            for f in range(n_fibers):
+                center = y_center[c, f]
+                row = np.rint(center) + offset
+                upper = _ndtr((row + 0.5 - center) * (1.0 / sigma[c, f]))
                 light = (upper - lower[f]) * bright[c, f]
                 lower[f] = upper
                 if row < 0 or row >= ny:
                     continue
                 r = int(row)
                 total[r] += light
-                if abs(row - centre) <= halfwidth * sigma[c, f] and light > best[r]:
+                if abs(row - center) <= halfwidth * sigma[c, f] and light > best[r]:
                     best[r] = light
                     owner[r] = f
         for r in range(ny):
-            fibre[r, c] = owner[r]
+            fiber[r, c] = owner[r]
             purity[r, c] = best[r] / total[r] if owner[r] >= 0 else 0.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .solver._numpy import _median_network, _sort_columns
+from ._numpy import _median_network, _sort_columns
 
 #: Pixels of a row processed together.
 _BLOCK = 256

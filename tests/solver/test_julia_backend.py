@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pyapred
-from pyapred import _julia
+from pyapred.solver import _julia
 
 
 @pytest.fixture

@@ -82,8 +82,9 @@ def julia_package_dir() -> Path:
     JuliaBackendError
         If neither holds ``Project.toml`` and ``src/APRampFit.jl``.
     """
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "julia", here.parent / "julia"):
+    package = Path(__file__).resolve().parent.parent  # pyapred/
+    here = package
+    for candidate in (package / "julia", package.parent / "julia"):
         if (candidate / "Project.toml").is_file() and (candidate / "src/APRampFit.jl").is_file():
             return candidate
     raise JuliaBackendError(f"the APRampFit Julia package is not installed next to {here}")
@@ -151,7 +152,7 @@ def _start_julia():
     jl.seval("path -> pushfirst!(LOAD_PATH, path)")(str(julia_package_dir()))
     jl.seval("using APRampFit")
     module = jl.APRampFit
-    from . import __version__
+    from .. import __version__
 
     version = str(jl.seval("string(pkgversion(APRampFit))"))
     if version != __version__:
@@ -172,7 +173,7 @@ def auto_kernels():
         chosen = kernels()
         message = "pyapred: backend='auto' uses Julia (APRampFit)"
     except JuliaBackendError as exc:
-        from .solver import _numpy as chosen
+        from . import _numpy as chosen
 
         message = f"pyapred: backend='auto' uses NumPy ({exc.reason})"
     if not _auto_logged:

@@ -1,17 +1,17 @@
-"""Fibre traces on the detector: profiles, omega-fit pixels and the pixel-to-fibre map.
+"""Fiber traces on the detector: profiles, omega-fit pixels and the pixel-to-fiber map.
 
-A chip carries 300 fibre traces stacked along y (rows); dispersion runs along x (columns). This
-module turns trace centres and widths into the pixel sets the pipeline needs:
+A chip carries 300 fiber traces stacked along y (rows); dispersion runs along x (columns). This
+module turns trace centers and widths into the pixel sets the pipeline needs:
 
-- :func:`pixel_fibre_map`: every pixel's dominant fibre (or background) and how pure it is;
-- :func:`select_fit_pixels`: per fibre, the trace-core pixels that carry omega information
+- :func:`pixel_fiber_map`: every pixel's dominant fiber (or background) and how pure it is;
+- :func:`select_fit_pixels`: per fiber, the trace-core pixels that carry omega information
   (unsaturated, no cosmic ray, not blended, bright enough).
 
-Conventions. Python APIs use 0-based fibre indices ``i = 300 - fiberId`` (ApogeeReduction.jl's
-``fiberIndx = 301 - fiberId`` minus one) and 0-based rows. Array axes are ``(n_fibres,
+Conventions. Python APIs use 0-based fiber indices ``i = 300 - fiberId`` (ApogeeReduction.jl's
+``fiberIndx = 301 - fiberId`` minus one) and 0-based rows. Array axes are ``(n_fibers,
 n_columns)`` for per-trace quantities and ``(ny, n_columns)`` for images, C order, the same as the
 chip's ``(ny, nx)`` read planes. ApogeeReduction.jl's 1-based, Julia-ordered arrays are converted
-at the boundary by :meth:`Traces.from_trace_params` and :meth:`Traces.from_centres`.
+at the boundary by :meth:`Traces.from_trace_params` and :meth:`Traces.from_centers`.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import numpy as np
 
 __all__ = [
     "FPI_FIBER_IDS",
-    "N_FIBRES",
+    "N_FIBERS",
     "FitPixels",
     "PixelMap",
     "Traces",
     "fiber_id",
-    "fibre_index",
-    "fpi_fibre_indices",
-    "pixel_fibre_map",
+    "fiber_index",
+    "fpi_fiber_indices",
+    "pixel_fiber_map",
     "parse_trace_file_name",
     "read_trace_file",
     "select_fit_pixels",
@@ -41,72 +41,72 @@ __all__ = [
     "write_trace_file",
 ]
 
-N_FIBRES = 300
-#: fiberIds of the FPI ("fpiguide") fibres, never on sky (ApogeeReduction.jl get_fpi_guide_fiberID).
+N_FIBERS = 300
+#: fiberIds of the FPI ("fpiguide") fibers, never on sky (ApogeeReduction.jl get_fpi_guide_fiberID).
 FPI_FIBER_IDS = {"apo": (75, 225), "lco": (82, 213)}
 # Science columns of an APOGEE chip by its width: ar3Dcal (2048) or raw with the reference output.
 APOGEE_SCIENCE_COLUMNS = {2048: 2048, 2560: 2048}
 
 
-def fibre_index(fiber_id):
-    """0-based on-chip fibre index of an APOGEE fiberId (1..300): ``300 - fiberId``."""
-    return N_FIBRES - np.asarray(fiber_id)
+def fiber_index(fiber_id):
+    """0-based on-chip fiber index of an APOGEE fiberId (1..300): ``300 - fiberId``."""
+    return N_FIBERS - np.asarray(fiber_id)
 
 
-def fiber_id(fibre_index):
-    """APOGEE fiberId of a 0-based on-chip fibre index: ``300 - index``."""
-    return N_FIBRES - np.asarray(fibre_index)
+def fiber_id(fiber_index):
+    """APOGEE fiberId of a 0-based on-chip fiber index: ``300 - index``."""
+    return N_FIBERS - np.asarray(fiber_index)
 
 
-def fpi_fibre_indices(telescope: str) -> tuple[int, ...]:
-    """0-based indices of the FPI fibres of ``telescope`` ("apo" or "lco")."""
+def fpi_fiber_indices(telescope: str) -> tuple[int, ...]:
+    """0-based indices of the FPI fibers of ``telescope`` ("apo" or "lco")."""
     try:
         ids = FPI_FIBER_IDS[telescope.lower()]
     except KeyError:
         raise ValueError(f"telescope: expected 'apo' or 'lco', got {telescope!r}") from None
-    return tuple(int(fibre_index(i)) for i in ids)
+    return tuple(int(fiber_index(i)) for i in ids)
 
 
 @dataclass(frozen=True)
 class Traces:
-    """Gaussian trace profiles of the fibres of one chip.
+    """Gaussian trace profiles of the fibers of one chip.
 
     Attributes
     ----------
-    y_centre : ndarray, float64, ``(n_fibres, n_columns)``
-        0-based row of each trace's centre in each column.
-    sigma : ndarray, float64, ``(n_fibres, n_columns)``
+    y_center : ndarray, float64, ``(n_fibers, n_columns)``
+        0-based row of each trace's center in each column.
+    sigma : ndarray, float64, ``(n_fibers, n_columns)``
         Gaussian width in rows (pixels), > 0.
-    excluded : ndarray of bool, ``(n_fibres,)``
-        Fibres left out of the omega fits (the FPI fibres); their pixels get the constant model.
+    excluded : ndarray of bool, ``(n_fibers,)``
+        Fibers left out of the omega fits (the FPI fibers); their pixels get the constant model.
     """
 
-    y_centre: np.ndarray
+    y_center: np.ndarray
     sigma: np.ndarray
     excluded: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self):
-        y = np.asarray(self.y_centre, dtype=np.float64)
+        y = np.asarray(self.y_center, dtype=np.float64)
         s = np.broadcast_to(np.asarray(self.sigma, dtype=np.float64), y.shape).copy()
         if y.ndim != 2:
-            raise ValueError(f"y_centre: expected (n_fibres, n_columns), got shape {y.shape}")
+            raise ValueError(f"y_center: expected (n_fibers, n_columns), got shape {y.shape}")
         if not (np.all(np.isfinite(y)) and np.all(np.isfinite(s)) and np.all(s > 0)):
-            raise ValueError("y_centre, sigma: expected finite values and sigma > 0")
+            raise ValueError("y_center, sigma: expected finite values and sigma > 0")
         excluded = np.zeros(y.shape[0], bool) if self.excluded is None else self.excluded
         excluded = np.asarray(excluded, dtype=bool)
         if excluded.shape != (y.shape[0],):
             raise ValueError(f"excluded: expected shape ({y.shape[0]},), got {excluded.shape}")
-        object.__setattr__(self, "y_centre", y)
+        object.__setattr__(self, "y_center", y)
         object.__setattr__(self, "sigma", s)
         object.__setattr__(self, "excluded", excluded)
 
     @property
-    def n_fibres(self) -> int:
-        return self.y_centre.shape[0]
+    def n_fibers(self) -> int:
+        return self.y_center.shape[0]
 
     @property
     def n_columns(self) -> int:
-        return self.y_centre.shape[1]
+        return self.y_center.shape[1]
 
     @classmethod
     def from_trace_params(
@@ -116,79 +116,79 @@ class Traces:
 
         Parameters
         ----------
-        params : array_like, ``(n_columns, n_fibres, 3)``
-            Julia's ``trace_params[x, fiberIndx, p]`` with p = height, y-centre, sigma. The
-            reversed ``(3, n_fibres, n_columns)`` layout in which h5py shows the dataset is
+        params : array_like, ``(n_columns, n_fibers, 3)``
+            Julia's ``trace_params[x, fiberIndx, p]`` with p = height, y-center, sigma. The
+            reversed ``(3, n_fibers, n_columns)`` layout in which h5py shows the dataset is
             accepted too.
         telescope : {"apo", "lco"}, optional
-            Marks that telescope's FPI fibres as excluded.
+            Marks that telescope's FPI fibers as excluded.
         one_based : bool, optional
-            Whether the y-centres are 1-based (ApogeeReduction.jl); default True.
+            Whether the y-centers are 1-based (ApogeeReduction.jl); default True.
         """
         params = np.asarray(params, dtype=np.float64)
         if params.ndim != 3 or 3 not in (params.shape[0], params.shape[2]):
             raise ValueError(
-                f"params: expected (n_columns, n_fibres, 3) or its reverse, got {params.shape}"
+                f"params: expected (n_columns, n_fibers, 3) or its reverse, got {params.shape}"
             )
         if params.shape[2] != 3:
             params = params.T
         return cls._build(params[:, :, 1].T, params[:, :, 2].T, telescope, one_based)
 
     @classmethod
-    def from_centres(
-        cls, centres, sigma=1.0, *, telescope: str | None = None, one_based: bool = True
+    def from_centers(
+        cls, centers, sigma=1.0, *, telescope: str | None = None, one_based: bool = True
     ) -> Traces:
-        """Traces from trace centres alone, e.g. ar1Dcal ``extract_trace_centers``.
+        """Traces from trace centers alone, e.g. ar1Dcal ``extract_trace_centers``.
 
         Parameters
         ----------
-        centres : array_like, ``(n_columns, n_fibres)``
-            Julia's ``extract_trace_centers[x, fiberIndx]`` (h5py shows ``(n_fibres,
+        centers : array_like, ``(n_columns, n_fibers)``
+            Julia's ``extract_trace_centers[x, fiberIndx]`` (h5py shows ``(n_fibers,
             n_columns)``: pass ``.T``).
         sigma : float or array_like, optional
-            Gaussian width in pixels, broadcastable to ``(n_fibres, n_columns)``.
+            Gaussian width in pixels, broadcastable to ``(n_fibers, n_columns)``.
         telescope, one_based
             As in :meth:`from_trace_params`.
         """
-        centres = np.asarray(centres, dtype=np.float64)
-        if centres.ndim != 2:
-            raise ValueError(f"centres: expected (n_columns, n_fibres), got {centres.shape}")
-        return cls._build(centres.T, sigma, telescope, one_based)
+        centers = np.asarray(centers, dtype=np.float64)
+        if centers.ndim != 2:
+            raise ValueError(f"centers: expected (n_columns, n_fibers), got {centers.shape}")
+        return cls._build(centers.T, sigma, telescope, one_based)
 
     @classmethod
-    def _build(cls, y_centre, sigma, telescope, one_based) -> Traces:
-        y = np.asarray(y_centre) - (1.0 if one_based else 0.0)
+    def _build(cls, y_center, sigma, telescope, one_based) -> Traces:
+        y = np.asarray(y_center) - (1.0 if one_based else 0.0)
         excluded = np.zeros(y.shape[0], dtype=bool)
         if telescope is not None:
-            excluded[[i for i in fpi_fibre_indices(telescope) if i < y.shape[0]]] = True
-        return cls(y_centre=y, sigma=sigma, excluded=excluded)
+            excluded[[i for i in fpi_fiber_indices(telescope) if i < y.shape[0]]] = True
+        return cls(y_center=y, sigma=sigma, excluded=excluded)
 
     def profile(self, rows: np.ndarray) -> np.ndarray:
         """Pixel-integrated unit-area Gaussian of every trace at the given rows.
 
         Parameters
         ----------
-        rows : ndarray of int, ``(n_fibres, n_columns)`` or broadcastable
+        rows : ndarray of int, ``(n_fibers, n_columns)`` or broadcastable
 
         Returns
         -------
-        ndarray, float64, ``(n_fibres, n_columns)``
+        ndarray, float64, ``(n_fibers, n_columns)``
             Fraction of each trace's light (per column) that falls in those rows.
         """
         from scipy.special import ndtr
 
         scale = 1.0 / self.sigma
-        upper = (rows + 0.5 - self.y_centre) * scale
-        lower = (rows - 0.5 - self.y_centre) * scale
+        upper = (rows + 0.5 - self.y_center) * scale
+        lower = (rows - 0.5 - self.y_center) * scale
         return ndtr(upper) - ndtr(lower)
 
     def check_geometry(self, ny: int, nx: int, source: str = "traces") -> None:
         """Raise :class:`~pyapred.errors.InputError` unless the traces fit a ``(ny, nx)`` chip.
 
         Warns when traces stop short of an APOGEE chip's 2048 science columns (``nx`` 2048, or
-        2560 with the reference output): the untraced columns get no fibre (``BACKGROUND``).
+        2560 with the reference output): the untraced columns get no fiber (``BACKGROUND``).
         """
-        from .errors import InputError
+        from ..errors import InputError
 
         if self.n_columns > nx:
             raise InputError(
@@ -200,15 +200,15 @@ class Traces:
 
             warnings.warn(
                 f"{source}: trace columns: the traces cover columns 0-{self.n_columns - 1} of "
-                f"the chip's {science}; columns {self.n_columns}-{science - 1} get no fibre "
+                f"the chip's {science}; columns {self.n_columns}-{science - 1} get no fiber "
                 "(flagged BACKGROUND)",
                 stacklevel=2,
             )
-        low, high = float(self.y_centre.min()), float(self.y_centre.max())
+        low, high = float(self.y_center.min()), float(self.y_center.max())
         if low < -0.5 or high > ny - 0.5:
             raise InputError(
                 source,
-                "trace y-centres",
+                "trace y-centers",
                 f"rows inside the chip's [0, {ny - 1}] (0-based)",
                 f"[{low:.1f}, {high:.1f}]",
             )
@@ -216,18 +216,18 @@ class Traces:
 
 @dataclass(frozen=True)
 class PixelMap:
-    """The fibre that dominates each pixel of the traced columns.
+    """The fiber that dominates each pixel of the traced columns.
 
     Attributes
     ----------
-    fibre : ndarray, int32, ``(ny, n_columns)``
-        0-based fibre index, or -1 for background and inter-fibre pixels (no trace within
+    fiber : ndarray, int32, ``(ny, n_columns)``
+        0-based fiber index, or -1 for background and inter-fiber pixels (no trace within
         ``halfwidth`` sigmas).
     purity : ndarray, float32, ``(ny, n_columns)``
-        The dominant fibre's share of the modelled light in the pixel (0 for background).
+        The dominant fiber's share of the modelled light in the pixel (0 for background).
     """
 
-    fibre: np.ndarray
+    fiber: np.ndarray
     purity: np.ndarray
 
 
@@ -242,21 +242,21 @@ def trace_brightness(traces: Traces, rate: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ndarray, float64, ``(n_fibres, n_columns)``
-        Rate at the row nearest each trace centre divided by the profile fraction there, i.e.
+    ndarray, float64, ``(n_fibers, n_columns)``
+        Rate at the row nearest each trace center divided by the profile fraction there, i.e.
         the trace's total rate per column, clipped at 0.
     """
     ny = rate.shape[0]
-    rows = np.clip(np.rint(traces.y_centre).astype(np.int64), 0, ny - 1)
+    rows = np.clip(np.rint(traces.y_center).astype(np.int64), 0, ny - 1)
     cols = np.arange(traces.n_columns)[None, :]
     peak = rate[rows, cols]
     return np.maximum(np.nan_to_num(peak, nan=0.0), 0.0) / traces.profile(rows)
 
 
-def pixel_fibre_map(
+def pixel_fiber_map(
     traces: Traces, ny: int, brightness=None, *, halfwidth: float = 3.0
 ) -> PixelMap:
-    """Assign every pixel of the traced columns to the fibre whose profile dominates it.
+    """Assign every pixel of the traced columns to the fiber whose profile dominates it.
 
     Parameters
     ----------
@@ -264,10 +264,10 @@ def pixel_fibre_map(
     ny : int
         Rows of the chip.
     brightness : array_like, optional
-        ``(n_fibres, n_columns)`` trace brightness (see :func:`trace_brightness`); default
+        ``(n_fibers, n_columns)`` trace brightness (see :func:`trace_brightness`); default
         equal brightness. It decides blended pixels and the purity.
     halfwidth : float, optional
-        Pixels whose centre lies more than this many sigmas from every trace are background.
+        Pixels whose center lies more than this many sigmas from every trace are background.
 
     Returns
     -------
@@ -277,32 +277,32 @@ def pixel_fibre_map(
 
     shape = (ny, traces.n_columns)
     bright = (
-        np.ones(traces.y_centre.shape)
+        np.ones(traces.y_center.shape)
         if brightness is None
-        else np.broadcast_to(np.asarray(brightness, dtype=np.float64), traces.y_centre.shape)
+        else np.broadcast_to(np.asarray(brightness, dtype=np.float64), traces.y_center.shape)
     )
-    # Tiny floor so that a dark fibre still owns its core pixels.
+    # Tiny floor so that a dark fiber still owns its core pixels.
     bright = np.maximum(bright, 1e-6 * max(float(bright.max()), 1e-300))
-    fibre = np.empty(shape, dtype=np.int32)
+    fiber = np.empty(shape, dtype=np.int32)
     purity = np.empty(shape, dtype=np.float32)
     reach = int(np.ceil(halfwidth * float(traces.sigma.max()))) + 1  # rows each side to visit
     pixel_map_kernel(
-        np.ascontiguousarray(traces.y_centre.T, dtype=np.float64),
+        np.ascontiguousarray(traces.y_center.T, dtype=np.float64),
         np.ascontiguousarray(traces.sigma.T, dtype=np.float64),
-        np.ascontiguousarray(bright.T), reach, float(halfwidth), fibre, purity,
+        np.ascontiguousarray(bright.T), reach, float(halfwidth), fiber, purity,
     )  # fmt: skip
-    return PixelMap(fibre=fibre, purity=purity)
+    return PixelMap(fiber=fiber, purity=purity)
 
 
 @dataclass(frozen=True)
 class FitPixels:
-    """Per-fibre pixel sets for the omega fit, padded to a common length.
+    """Per-fiber pixel sets for the omega fit, padded to a common length.
 
     Attributes
     ----------
-    rows, cols : ndarray, int64, ``(n_fibres, n_pix)``
+    rows, cols : ndarray, int64, ``(n_fibers, n_pix)``
         0-based pixel coordinates; padding entries repeat a valid coordinate.
-    valid : ndarray of bool, ``(n_fibres, n_pix)``
+    valid : ndarray of bool, ``(n_fibers, n_pix)``
         False for padding.
     """
 
@@ -312,7 +312,7 @@ class FitPixels:
 
     @property
     def count(self) -> np.ndarray:
-        """Number of pixels selected per fibre, ``(n_fibres,)``."""
+        """Number of pixels selected per fiber, ``(n_fibers,)``."""
         return self.valid.sum(axis=1)
 
 
@@ -327,24 +327,24 @@ def select_fit_pixels(
     min_snr: float = 30.0,
     max_pixels: int | None = None,
 ) -> FitPixels:
-    """Choose, per fibre, the trace-core pixels for the omega fit.
+    """Choose, per fiber, the trace-core pixels for the omega fit.
 
-    A pixel is kept when its centre lies within ``core_halfwidth`` rows of the trace centre,
-    the fibre dominates it with at least ``min_purity`` of the light (not blended), its
+    A pixel is kept when its center lies within ``core_halfwidth`` rows of the trace center,
+    the fiber dominates it with at least ``min_purity`` of the light (not blended), its
     signal-to-noise ratio is at least ``min_snr``, and ``bad`` (saturation, cosmic rays) is
-    False. Excluded (FPI) fibres get no pixels. All traced columns are used; with
+    False. Excluded (FPI) fibers get no pixels. All traced columns are used; with
     ``max_pixels`` only the highest-SNR pixels are kept.
 
     Parameters
     ----------
     traces : Traces
     pixel_map : PixelMap
-        From :func:`pixel_fibre_map` with the exposure's brightness.
+        From :func:`pixel_fiber_map` with the exposure's brightness.
     snr : ndarray, ``(ny, >= n_columns)``
         Signal-to-noise ratio of each pixel's total signal.
     bad : ndarray of bool, ``(ny, >= n_columns)``, optional
     core_halfwidth : float, optional
-        In rows; 0.5 keeps the row nearest the centre in each column.
+        In rows; 0.5 keeps the row nearest the center in each column.
     min_purity, min_snr : float, optional
     max_pixels : int, optional
 
@@ -352,15 +352,15 @@ def select_fit_pixels(
     -------
     FitPixels
     """
-    ny, nc = pixel_map.fibre.shape
-    base = np.rint(traces.y_centre).astype(np.int64)
+    ny, nc = pixel_map.fiber.shape
+    base = np.rint(traces.y_center).astype(np.int64)
     cols = np.broadcast_to(np.arange(nc), base.shape)
     reach = int(np.ceil(core_halfwidth))
     cand_rows, cand_cols, cand_ok, cand_snr = [], [], [], []
     for offset in range(-reach, reach + 1):
         rows = np.clip(base + offset, 0, ny - 1)
-        ok = (np.abs(base + offset - traces.y_centre) <= core_halfwidth) & (base + offset == rows)
-        ok &= pixel_map.fibre[rows, cols] == np.arange(traces.n_fibres)[:, None]
+        ok = (np.abs(base + offset - traces.y_center) <= core_halfwidth) & (base + offset == rows)
+        ok &= pixel_map.fiber[rows, cols] == np.arange(traces.n_fibers)[:, None]
         ok &= pixel_map.purity[rows, cols] >= min_purity
         pix_snr = np.nan_to_num(snr[rows, cols], nan=0.0)
         ok &= pix_snr >= min_snr
@@ -411,15 +411,15 @@ def read_trace_file(
 ) -> Traces:
     """Read Gaussian traces from a ``traceMain``-layout HDF5 file.
 
-    The dataset is Julia ``(n_columns, n_fibres, 3)`` = ``[x, fiberIndx, p]`` with p = height,
-    1-based y-centre, sigma, which h5py shows as ``(3, n_fibres, n_columns)``; ApogeeReduction.jl
+    The dataset is Julia ``(n_columns, n_fibers, 3)`` = ``[x, fiberIndx, p]`` with p = height,
+    1-based y-center, sigma, which h5py shows as ``(3, n_fibers, n_columns)``; ApogeeReduction.jl
     writes ``(2048, 300, 3)``. Smaller geometries (simulated test chips) are accepted.
 
     Parameters
     ----------
     path : str or os.PathLike
     telescope : {"apo", "lco"}, optional
-        Whose FPI fibres to exclude; default from the file name (``traceMain_{tele}_...``).
+        Whose FPI fibers to exclude; default from the file name (``traceMain_{tele}_...``).
     dataset : str, optional
         ``"trace_params"`` or ``"regularized_trace_params"``.
 
@@ -428,17 +428,17 @@ def read_trace_file(
     InputError
         Missing dataset, wrong shape, or non-finite or non-positive widths.
     """
-    from .errors import InputError
-    from .io._hdf5 import open_h5, read_dataset
+    from ..errors import InputError
+    from ..io.hdf5 import open_h5, read_dataset
 
     with open_h5(path) as handle:
         params = read_dataset(
             path, handle, dataset, shape=(3, None, None), kinds="f",
-            expected="(Julia (n_columns, n_fibres, 3) seen reversed)",
+            expected="(Julia (n_columns, n_fibers, 3) seen reversed)",
         )  # fmt: skip
     params = params.astype(np.float64)
     if not (np.all(np.isfinite(params[1:])) and np.all(params[2] > 0)):
-        raise InputError(path, dataset, "finite y-centres and widths > 0", "other values")
+        raise InputError(path, dataset, "finite y-centers and widths > 0", "other values")
     if telescope is None:
         parsed = parse_trace_file_name(path)
         telescope = parsed[0] if parsed else None
@@ -455,15 +455,15 @@ def write_trace_file(
 ) -> Path:
     """Write traces in ApogeeReduction.jl's ``traceMain`` layout (atomically).
 
-    Writes ``trace_params`` and ``regularized_trace_params`` (h5py ``(3, n_fibres, n_columns)``,
-    1-based y-centres) and a ``metadata`` group (``trace_type`` and the caller's keys).
+    Writes ``trace_params`` and ``regularized_trace_params`` (h5py ``(3, n_fibers, n_columns)``,
+    1-based y-centers) and a ``metadata`` group (``trace_type`` and the caller's keys).
 
     Parameters
     ----------
     path : str or os.PathLike
     traces : Traces
     height : array_like, optional
-        ``(n_fibres, n_columns)`` profile heights; default 1.
+        ``(n_fibers, n_columns)`` profile heights; default 1.
     metadata : dict, optional
     overwrite : bool, optional
 
@@ -473,12 +473,12 @@ def write_trace_file(
     """
     import h5py
 
-    from .io._atomic import atomic_path
-    from .io._hdf5 import write_value
+    from ..io.atomic import atomic_path
+    from ..io.hdf5 import write_value
 
-    shape = traces.y_centre.shape
+    shape = traces.y_center.shape
     height = np.ones(shape) if height is None else np.broadcast_to(height, shape)
-    params = np.stack([height, traces.y_centre + 1.0, traces.sigma]).astype(np.float64)
+    params = np.stack([height, traces.y_center + 1.0, traces.sigma]).astype(np.float64)
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
         handle["trace_params"] = params
