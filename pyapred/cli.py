@@ -1,6 +1,6 @@
 """The ``pyapred`` command line.
 
-Exit codes: 0 ok, 1 a fit problem was flagged, 2 bad input.
+Exit codes (:mod:`pyapred.errors`): 0 ok, 1 a fit problem was flagged, 2 bad input.
 
 Each subcommand is a ``(add_arguments, run)`` pair registered in ``COMMANDS``; ``run`` takes the
 parsed arguments and returns the exit code. Heavy modules are imported inside ``run``.
@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
+from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 
 
 def _lazy(name: str) -> Callable:
@@ -37,40 +37,6 @@ def _delegate(module: str) -> tuple[Callable, Callable]:
         return import_module(f"pyapred.{module}").run(args)
 
     return add_arguments, run
-
-
-# --------------------------------------------------------------------------------------------
-# pyapred guider (arguments and run live in pyapred/guider.py, imported on use: astropy)
-# --------------------------------------------------------------------------------------------
-def _guider_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--product", required=True, help="pyapred product (HDF5) with omega")
-    parser.add_argument(
-        "--guider", required=True, nargs="+", help="guider files: paths, a glob or a directory"
-    )
-    parser.add_argument(
-        "--fibers", help="fiber indices (0-based, 300 - fiberId), e.g. 10,20-25; default all fitted"
-    )
-    parser.add_argument("--group", help="the product's fiber group: R, G, B or joint (default)")
-    parser.add_argument(
-        "--exposure",
-        help="apR-*.apz (or FITS header) giving the read times, if the product lacks them",
-    )
-    parser.add_argument("--lag", action="store_true", help="fit a time lag within +-60 s")
-    parser.add_argument("--out", required=True, help="figure to write (PNG)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary")
-    parser.add_argument(
-        "--telescope", choices=("apo", "lco"), help="fiber diameter default (from file names)"
-    )
-    parser.add_argument("--diameter", type=float, help="fiber diameter on the sky, arcsec")
-    parser.add_argument(
-        "--timesys", choices=("UTC", "TAI", "TT"), help="override the exposure's TIMESYS"
-    )
-
-
-def _guider(args: argparse.Namespace) -> int:
-    from .guider import run
-
-    return run(args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,8 +92,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     ),
     "guider": (
         "compare fitted omega with the guider's flux in the fiber",
-        _guider_arguments,
-        _guider,
+        *_delegate("guider.cli"),
     ),
     "noise": (
         "simulate H2RG read noise; the 1/f stress test of the omega fit",
@@ -158,8 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from .errors import InputError
-
     try:
         return COMMANDS[args.command][2](args)
     except (InputError, FileNotFoundError, FileExistsError) as exc:

@@ -7,23 +7,43 @@ returns the exit code (0 ok, 1 fit problems flagged, 2 bad input).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .cli import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK
+from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK, InputError
 
 
 # --------------------------------------------------------------------------------------------
 # pyapred simulate
 # --------------------------------------------------------------------------------------------
+class DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag (``--fibres``) that still works for one release, with a warning.
+
+    ``parser.add_argument("--old", dest=..., action=DeprecatedFlag, new="--new", ...)``.
+    """
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        message = f"{option_string} is deprecated and will be removed; use {self.new}"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        print(f"{parser.prog}: warning: {message}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _geometry_arguments(parser: argparse.ArgumentParser, *, columns: int, reads: int) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--fibers", type=int, default=300, help="fibers per chip (default 300)")
+    parser.add_argument("--fibres", dest="fibers", type=int, action=DeprecatedFlag, new="--fibers")
     parser.add_argument(
         "--columns", type=int, default=columns, help=f"traced columns (default {columns})"
     )
@@ -58,8 +78,6 @@ def simulate_run(args: argparse.Namespace) -> int:
     from .simulate import simulate_exposure, write_simulated_exposure
 
     if args.one_over_f and (args.columns, args.ref_columns) != (2048, 512):
-        from .errors import InputError
-
         raise InputError(
             "--one-over-f", "--columns/--ref-columns", "2048 and 512 (the raw frame)",
             f"{args.columns} and {args.ref_columns}",
@@ -84,6 +102,8 @@ def simulate_run(args: argparse.Namespace) -> int:
 # pyapred fit
 # --------------------------------------------------------------------------------------------
 def fit_arguments(parser: argparse.ArgumentParser) -> None:
+    from .exposure import add_option_arguments
+
     parser.add_argument(
         "inputs", nargs="+", type=Path, help="raw .apz or ar3Dcal files, 1 per chip"
     )
@@ -92,50 +112,22 @@ def fit_arguments(parser: argparse.ArgumentParser) -> None:
         help="trace files (traceMain_{tele}_{mjd}_{chip}.h5), one per chip",
     )  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="product file (.h5)")
-    parser.add_argument(
-        "--model", choices=("auto", "constant", "time-variable"), default="auto",
-        help="model per fiber: chosen automatically (default) or forced",
-    )  # fmt: skip
-    parser.add_argument(
-        "--joint-chips", action="store_true", help="one omega per fiber from all chips together"
-    )
-    parser.add_argument(
-        "--no-jump-search", action="store_true",
-        help="skip the jump search alternated with the omega fit (faster)",
-    )  # fmt: skip
-    parser.add_argument("--backend", choices=("auto", "numpy", "julia"), default="auto")
-    parser.add_argument(
-        "--correct-1f", choices=("none", "refpix", "rowmedian"), default="none",
-        help="correct 1/f read noise first: reference pixels (refpix), plus the median of each "
-        "row's inter-fiber pixels (rowmedian); raw .apz only (default none)",
-    )  # fmt: skip
     parser.add_argument("--plots", type=Path, help="folder for PNG plots")
-    parser.add_argument("--gain", type=float, help="e-/DN (default: the GAIN card)")
-    parser.add_argument("--read-noise", type=float, help="single-read DN (default: RDNOISE card)")
-    parser.add_argument("--saturation", type=float, help="DN (default: SATURATE card or 55000)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing product")
     parser.add_argument("--quiet", action="store_true", help="print only the JSON summary")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
-
-
-def _check_backend(name: str) -> str:
-    from .errors import InputError
-
-    if name == "julia":
-        raise InputError(
-            "--backend",
-            "julia",
-            "an installed Julia runtime with juliacall",
-            "none on this machine",
-        )
-    return "numpy"
+    add_option_arguments(parser)
 
 
 def fit_run(args: argparse.Namespace) -> int:
     """Fit omega per fiber, choose models, extract every pixel, write the product."""
-    from .pipeline import FitOptions, fit_to_product
+    from .exposure import options_from_arguments, resolve_backend, run_exposure
+    from .io.atomic import writable_folder
 
-    backend = _check_backend(args.backend)
+    options = options_from_arguments(args)
+    # The fit pixels' reads are kept for the ramp plots only (a quarter of a cube per chip).
+    keep_fit_reads = args.plots is not None or getattr(args, "keep_fit_reads", False)
+    options = dataclasses.replace(options, keep_fit_reads=keep_fit_reads)
     if args.plots is not None:
         try:
             import matplotlib  # noqa: F401  (the optional extra "plots")
@@ -144,20 +136,12 @@ def fit_run(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr)
             return EXIT_BAD_INPUT
     if args.out.exists() and not args.overwrite:
-        from .errors import InputError
-
         raise InputError(args.out, "--out", "a new file (or pass --overwrite)", "an existing file")
-    from .io.atomic import writable_folder
-
     writable_folder(args.out.parent, path=args.out)
-    options = FitOptions(
-        model=args.model, joint_chips=args.joint_chips, keep_fit_reads=args.plots is not None,
-        jump_search=not args.no_jump_search, correct_1f=args.correct_1f,
-    )  # fmt: skip
+    options = dataclasses.replace(options, backend=resolve_backend(options.backend))
     start = time.perf_counter()
-    result, product = fit_to_product(
-        args.inputs, args.traces, args.out, options, overwrite=args.overwrite, backend=backend,
-        gain=args.gain, read_noise=args.read_noise, saturation=args.saturation,
+    result = run_exposure(
+        args.inputs, args.traces, options, product=args.out, overwrite=args.overwrite,
         progress=not (args.quiet or args.json),
     )  # fmt: skip
     plots = []
@@ -166,7 +150,7 @@ def fit_run(args: argparse.Namespace) -> int:
 
         plots = save_plots(result, args.plots)
     summary = result.summary()
-    summary["product"] = str(product)
+    summary["product"] = result.meta["product"]
     summary["plots"] = [str(p) for p in plots]
     summary["seconds"] = round(time.perf_counter() - start, 2)
     if args.json or args.quiet:
@@ -204,7 +188,7 @@ def demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_run(args: argparse.Namespace) -> int:
     """Simulate a cloudy exposure, fit it from its files, plot, and compare with the truth."""
-    from .pipeline import FitOptions, fit_files, truth_metrics, write_result
+    from .exposure import FitOptions, run_exposure, truth_metrics
     from .simulate import simulate_exposure, write_simulated_exposure
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pyapred-demo-"))
@@ -220,8 +204,11 @@ def demo_run(args: argparse.Namespace) -> int:
     )
     print(f"  files: {out / 'data'}")
     options = FitOptions(keep_constant=True, joint_chips=args.joint_chips)
-    result = fit_files(paths["apz"], paths["traces"], options)
-    product = write_result(result, out / "product.h5", overwrite=True)
+    result = run_exposure(
+        paths["apz"], paths["traces"], options, product=out / "product.h5", overwrite=True,
+        keep_images=True,
+    )  # fmt: skip
+    product = result.meta["product"]
     try:
         from .plots import save_plots
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-EXIT_OK, EXIT_DIFFERENT, EXIT_NO_JULIA, EXIT_BAD_INPUT = 0, 1, 2, 2
+from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         load_julia()
     except JuliaBackendError as exc:
         print(f"pyapred crossval: {exc.reason}; see docs/julia.md", file=sys.stderr)
-        return EXIT_NO_JULIA
+        return EXIT_BAD_INPUT
     worst = EXIT_OK
     print(f"{'case':<36} {'output':<14} {'max abs diff':>13} {'max rel diff':>13}")
     for case in cases:
@@ -115,5 +115,5 @@ def run(args: argparse.Namespace) -> int:
         for output, (abs_diff, rel_diff, ok) in report.items():
             mark = "" if ok else "  BEYOND TOLERANCE"
             print(f"{case['name']:<36} {output:<14} {abs_diff:13.3e} {rel_diff:13.3e}{mark}")
-            worst = worst if ok else EXIT_DIFFERENT
+            worst = worst if ok else EXIT_FLAGGED
     return worst

@@ -1,10 +1,22 @@
-"""Errors for bad input files: each names the file, the field and what was expected."""
+"""Errors for bad input files (each names the file, the field and what was expected), and the
+exit codes of the ``pyapred`` command line, defined here once for every subcommand."""
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["InputError", "InputWarning", "ReadRangeError"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FLAGGED",
+    "EXIT_OK",
+    "InputError",
+    "InputWarning",
+    "ReadRangeError",
+]
+
+#: Exit codes of every ``pyapred`` subcommand: 0 ok; 1 a fit problem was flagged, a check failed
+#: or (``crossval``) the backends differ; 2 bad input (or, for ``crossval``, no Julia).
+EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class InputError(ValueError):

@@ -2,7 +2,7 @@
 
 One Dask task per exposure (:func:`process_exposure`): it hashes the exposure's inputs, skips it
 when its product already holds the same hashes, pyapred version and fit settings, and otherwise
-fits it (:func:`pyapred.pipeline.fit_files`) and writes the product atomically. Locally the
+fits it (:func:`pyapred.exposure.run_exposure`) and writes the product atomically. Locally the
 tasks run on a ``distributed.LocalCluster`` whose worker processes are started by ``spawn``
 (juliacall does not survive ``fork``); ``--scheduler tcp://HOST:PORT`` joins an existing cluster.
 Failures go to ``OUT/failures.json``. See ``docs/scaling.md``.
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputError
+from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK, InputError
 
 if TYPE_CHECKING:
-    from .pipeline import FitOptions
+    from .exposure import FitOptions
 
 __all__ = [
     "ExposureTask",
@@ -56,7 +56,6 @@ __all__ = [
 
 CHIP_LETTERS = {"R": "a", "G": "b", "B": "c"}
 FAILURES_FILE = "failures.json"
-EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -201,10 +200,10 @@ def find_exposures(
 
 def _names_exposure(path: Path) -> bool:
     """Whether the file name is a raw ``.apz`` or ``ar3Dcal`` one (not a runlist)."""
-    from .pipeline import _identify
+    from .exposure import identify_exposure
 
     try:
-        _identify(path)
+        identify_exposure(path)
     except InputError:
         return False
     return True
@@ -304,11 +303,11 @@ def _exposure_task(
     entry: str, file: Path, trace_files: dict, out: Path, chips: str
 ) -> ExposureTask:
     """The task of the exposure that ``file`` belongs to (its chips are found next to it)."""
+    from .exposure import identify_exposure
     from .io.apz import apz_filename, parse_apz_name
-    from .pipeline import _identify
 
     try:
-        chip, tele, mjd, number = _identify(file)
+        chip, tele, mjd, number = identify_exposure(file)
     except InputError as exc:
         return ExposureTask(entry, (str(file),), (), "", problem=str(exc))
     name = f"{tele}_{mjd}_{number:04d}"
@@ -347,7 +346,7 @@ def process_exposure(
     Parameters
     ----------
     task : ExposureTask
-    options : pyapred.pipeline.FitOptions, optional
+    options : pyapred.exposure.FitOptions, optional
         ``keep_fit_reads`` is turned off (the product does not hold them).
     resume : bool
         Skip the exposure when its product exists with the same input hashes, pyapred version
@@ -359,18 +358,20 @@ def process_exposure(
     """
     import dataclasses
 
-    from .pipeline import FitOptions, fit_options_json, fit_to_product
+    from .exposure import FitOptions, resolve_backend, run_exposure
 
     start = time.perf_counter()
     if task.problem is not None:
         return TaskResult(task.name, "failed", task.product, error=task.problem)
     options = dataclasses.replace(options or FitOptions(), keep_fit_reads=False)
     try:
-        if resume and _up_to_date(task, fit_options_json(options)):
+        # The record holds the backend that ran: "auto" is resolved before it is compared.
+        options = dataclasses.replace(options, backend=resolve_backend(options.backend))
+        if resume and _up_to_date(task, options):
             return TaskResult(task.name, "skipped", task.product)
         with _single_threaded():
-            result, _ = fit_to_product(
-                task.inputs, task.traces, task.product, options, overwrite=True
+            result = run_exposure(
+                task.inputs, task.traces, options, product=task.product, overwrite=True
             )
     except InputError as exc:
         return TaskResult(task.name, "failed", task.product, error=str(exc))
@@ -383,11 +384,11 @@ def process_exposure(
     return TaskResult(task.name, "done", task.product, problems=result.problems(), seconds=seconds)
 
 
-def _up_to_date(task: ExposureTask, fit_options: str) -> bool:
-    """Whether the product exists and records these inputs' hashes, this version and settings."""
+def _up_to_date(task: ExposureTask, options: FitOptions) -> bool:
+    """Whether the product exists and records these inputs' hashes, this version and settings
+    (a record made before a setting existed holds that setting's default)."""
     from . import __version__
-    from .io.hdf5 import read_metadata
-    from .io.product import sha256_file
+    from .io import read_metadata, sha256_file
 
     if not Path(task.product).is_file():
         return False
@@ -398,7 +399,7 @@ def _up_to_date(task: ExposureTask, fit_options: str) -> bool:
     files = [Path(p) for p in (*task.inputs, *task.traces)]
     return (
         meta.get("pyapred_version") == __version__
-        and meta.get("fit_options") == fit_options
+        and options.matches_record(str(meta.get("fit_options", "")))
         and list(meta.get("input_files", [])) == [p.name for p in files]
         and list(meta.get("input_sha256", [])) == [sha256_file(p) for p in files]
     )
@@ -443,7 +444,7 @@ def run_night(
     out : str or os.PathLike
         The products' folder (created if missing). Temporary files left there by a killed run
         (``.pyapred_*.h5.*.tmp``) are removed first.
-    options : pyapred.pipeline.FitOptions, optional
+    options : pyapred.exposure.FitOptions, optional
     scheduler : str
         ``"local"`` for a ``LocalCluster`` of ``workers`` spawned processes, or the address of
         a running scheduler (``tcp://host:8786``).
@@ -592,30 +593,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action=argparse.BooleanOptionalAction, default=True,
         help="skip exposures whose products are up to date (default: --resume)",
     )  # fmt: skip
-    parser.add_argument(
-        "--model", choices=("auto", "constant", "time-variable"), default="auto",
-        help="model per fiber (as pyapred fit)",
-    )  # fmt: skip
-    parser.add_argument("--joint-chips", action="store_true", help="one omega from all chips")
-    parser.add_argument("--no-jump-search", action="store_true", help="skip the jump search")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .exposure import add_option_arguments
+
+    add_option_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """``pyapred night``: 0 all done or skipped, 1 a failure or fit problem, 2 bad input."""
-    from .pipeline import FitOptions
+    from .exposure import options_from_arguments, resolve_backend
 
     try:
         import distributed  # noqa: F401
     except ImportError:
         print("pyapred night: needs Dask: pip install 'pyapred[night]'", file=sys.stderr)
         return EXIT_BAD_INPUT
+    options = options_from_arguments(args, keep_fit_reads=False)
+    resolve_backend(options.backend)  # "julia" without Julia is refused before any work
     tasks = find_exposures(
         args.runlist, args.traces, args.out, raw_dir=args.raw_dir, chips=args.chips
-    )
-    options = FitOptions(
-        model=args.model, joint_chips=args.joint_chips, jump_search=not args.no_jump_search
     )
     night = run_night(
         tasks, args.out, options, scheduler=args.scheduler, workers=args.workers,

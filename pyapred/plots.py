@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline import MODEL_NAMES, ChipResult, ExposureResult, FiberFits
+from .exposure import MODEL_NAMES, ChipResult, ExposureResult, FiberFits
 
 __all__ = [
     "plot_chi2",

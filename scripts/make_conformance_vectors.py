@@ -426,7 +426,7 @@ def _kernel_inputs(reads, read_noise):
 
 
 diffs, valid, s2, dt, fit_pixel = _kernel_inputs(tv_reads, 12.0)
-omega0, flux0, kstar0 = api._backend().initial_guess(diffs, valid, s2, dt, fit_pixel)
+omega0, flux0, kstar0 = api.backend_kernels().initial_guess(diffs, valid, s2, dt, fit_pixel)
 case(
     "gauss_newton_step",
     "gauss_newton_step",

@@ -2,15 +2,19 @@
 
 - every ``.jl`` file parses with tree-sitter-julia: no ERROR or MISSING node, and no stray
   ``end``/``begin`` outside an index (the grammar accepts those as identifiers);
-- every Julia function that ``pyapred/solver/_julia.py`` calls is defined and exported by APRampFit;
+- every Julia function that ``pyapred/solver/_julia.py`` calls is defined and exported by APRampFit,
+  and each call's positional argument count and keyword names fit one of its methods;
 - ``Project.toml`` has standard-library dependencies only, ``[compat] julia`` and pyapred's version;
 - the flag bits agree with :class:`pyapred.Flag`, and runtests.jl reads the shared vectors.
 """
 
 from __future__ import annotations
 
+import ast
+import math
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -97,6 +101,89 @@ def julia_definitions(parser, source: bytes) -> tuple[set[str], set[str]]:
     return functions - {None}, exports
 
 
+class Method(NamedTuple):
+    """The arguments one Julia method accepts."""
+
+    n_required: int  # positional arguments without a default
+    n_positional: float  # most positional arguments (inf with a trailing splat)
+    required_keywords: frozenset
+    keywords: frozenset  # every keyword name, required or not
+    any_keyword: bool  # a ``kw...`` splat after the semicolon
+
+    def accepts(self, n_args: int, keywords: set) -> bool:
+        return (self.n_required <= n_args <= self.n_positional
+                and self.required_keywords <= keywords
+                and (self.any_keyword or keywords <= self.keywords))  # fmt: skip
+
+
+def _parameter_name(node) -> str | None:
+    """The name of a parameter node (``x``, ``x::T``, ``x = 1``, ``x::T = 1``); None for ``::T``."""
+    while node.type in ("named_argument", "typed_expression", "splat_expression"):
+        node = node.children[0]
+    return node.text.decode() if node.type == "identifier" else None
+
+
+def _method(argument_list) -> Method:
+    n_required, n_positional = 0, 0.0
+    required, keywords, any_keyword = set(), set(), False
+    in_keywords = False
+    for node in argument_list.children:
+        if node.type == ";":
+            in_keywords = True
+        elif node.type in ("(", ")", ","):
+            continue
+        elif in_keywords:
+            if node.type == "splat_expression":
+                any_keyword = True
+                continue
+            keywords.add(_parameter_name(node))
+            if node.type != "named_argument":
+                required.add(_parameter_name(node))
+        elif node.type == "splat_expression":
+            n_positional = math.inf
+        else:
+            n_positional += 1
+            n_required += node.type != "named_argument"
+    return Method(n_required, n_positional, frozenset(required), frozenset(keywords), any_keyword)
+
+
+def julia_methods(parser, source: bytes) -> dict[str, list[Method]]:
+    """The methods of every top-level function of a source file (long and short form)."""
+    methods: dict[str, list[Method]] = {}
+    stack = [parser.parse(source).root_node]
+    while stack:
+        node = stack.pop()
+        if node.type == "function_definition":
+            head = next(c for c in node.children if c.type == "signature").children[0]
+        elif node.type == "assignment":
+            head = node.children[0]
+        else:
+            stack.extend(node.children)
+            continue
+        name = _definition_name(head)
+        while head.type in ("where_expression", "typed_expression"):
+            head = head.children[0]
+        if name is not None:
+            arguments = next(c for c in head.children if c.type == "argument_list")
+            methods.setdefault(name, []).append(_method(arguments))
+    return methods
+
+
+def bridge_calls(source: str) -> list[tuple[str, int, set, int]]:
+    """Every ``_fn("name")(args...; kw=...)`` of the bridge: ``(name, n_args, keywords, line)``."""
+    calls = []
+    for node in ast.walk(ast.parse(source)):
+        inner = node.func if isinstance(node, ast.Call) else None
+        if not (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name)
+                and inner.func.id == "_fn"):  # fmt: skip
+            continue
+        assert not any(isinstance(a, ast.Starred) for a in node.args), node.lineno
+        assert all(k.arg is not None for k in node.keywords), node.lineno
+        name = inner.args[0].value
+        calls.append((name, len(node.args), {k.arg for k in node.keywords}, node.lineno))
+    return calls
+
+
 @pytest.mark.parametrize("path", JL_FILES, ids=lambda p: str(p.relative_to(JULIA)))
 def test_julia_file_parses(parser, path):
     assert syntax_problems(parser, path.read_bytes()) == []
@@ -134,6 +221,42 @@ def test_every_function_the_bridge_calls_is_defined_and_exported(parser):
               "sample_omega", "sutr_omega", "describe_flags"}  # fmt: skip
     assert public <= functions and public <= exports
     assert not exports - functions - {flag.name for flag in Flag}
+
+
+def test_every_bridge_call_fits_a_julia_method(parser):
+    methods: dict[str, list[Method]] = {}
+    for path in (JULIA / "src").glob("*.jl"):
+        for name, found in julia_methods(parser, path.read_bytes()).items():
+            methods.setdefault(name, []).extend(found)
+    calls = bridge_calls((ROOT / "pyapred" / "solver" / "_julia.py").read_text())
+    assert {name for name, *_ in calls} == set(JULIA_FUNCTIONS)
+    for name, n_args, keywords, line in calls:
+        assert any(m.accepts(n_args, keywords) for m in methods[name]), (
+            f"_julia.py:{line}: {name}({n_args} positional; {sorted(keywords)}) fits none of "
+            f"{methods[name]}"
+        )
+    # fit_omega_with_jumps hands its other keywords (``fit_options...``) on to fit_omega_groups.
+    (forwarded,) = [kw - {"threshold", "max_rounds"} for name, _, kw, _ in calls
+                    if name == "fit_omega_with_jumps"]  # fmt: skip
+    assert any(m.accepts(5, forwarded) for m in methods["fit_omega_groups"])
+
+
+def test_signature_reader_and_bridge_call_reader(parser):
+    source = (
+        b"function f!(a, b::Int, c = 1; d, e::Real = 2)\nend\n"
+        b"g(x::AbstractArray{<:Real, 3}, rest...; kw...)::Int = 1\n"
+        b"function h(x::T) where {T}\n inner(y) = y\nend\n"
+    )
+    methods = julia_methods(parser, source)
+    assert set(methods) == {"f!", "g", "h"}
+    (f,) = methods["f!"]
+    assert f == Method(2, 3, frozenset({"d"}), frozenset({"d", "e"}), False)
+    assert f.accepts(2, {"d"}) and f.accepts(3, {"d", "e"})
+    assert not f.accepts(4, {"d"}) and not f.accepts(2, set()) and not f.accepts(2, {"d", "z"})
+    assert methods["g"][0].accepts(7, {"anything"}) and not methods["g"][0].accepts(0, set())
+    assert methods["h"] == [Method(1, 1, frozenset(), frozenset(), False)]
+    calls = bridge_calls('def k(a):\n    _fn("f!")(a, 2, d=3)\n    _fn("h", False)(a)\n')
+    assert calls == [("f!", 2, {"d"}, 2), ("h", 1, set(), 3)]
 
 
 def test_definition_reader_sees_both_forms(parser):

@@ -1,4 +1,5 @@
 import warnings
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -133,9 +134,7 @@ def test_traces_short_of_an_apogee_chip_warn(nx):
         straight_traces(n_fibers=2, n_columns=96).check_geometry(ny=40, nx=112)  # a small sim
 
 
-def test_trace_file_round_trip_and_agreement_with_io_reader(tmp_path):
-    from pyapred.io import read_traces
-
+def test_trace_file_round_trip(tmp_path):
     n_fibers, n_columns = 300, 2048
     y = 20.0 + 6.6 * np.arange(n_fibers)[:, None] + 0.01 * np.arange(n_columns)[None, :]
     traces = Traces(y, 1.1)
@@ -144,18 +143,104 @@ def test_trace_file_round_trip_and_agreement_with_io_reader(tmp_path):
     back = read_trace_file(path)
     np.testing.assert_allclose(back.y_center, y)
     np.testing.assert_allclose(back.sigma, 1.1)
+    np.testing.assert_allclose(back.height, 2.0)
+    assert back.metadata["trace_type"] == "simulated" and back.path == str(path)
     assert np.flatnonzero(back.excluded).tolist() == [87, 218]  # from the name: LCO
-    io_traces = read_traces(path)  # ApogeeReduction.jl layout, read by pyapred.io
-    np.testing.assert_allclose(io_traces.y_center, back.y_center)
     with pytest.raises(FileExistsError):
         write_trace_file(path, traces)
 
 
-def test_read_trace_file_rejects_a_wrong_layout(tmp_path):
+def write_julia_trace_file(path, params, **metadata):
+    """Write Julia ``trace_params[x, fiberIndx, p]`` as JLD2 does: h5py sees it reversed."""
     import h5py
 
+    with h5py.File(path, "w") as handle:
+        handle["trace_params"] = np.ascontiguousarray(params.T)
+        handle["regularized_trace_params"] = np.ascontiguousarray(params.T)
+        handle["regularized_trace_params"][0] = 7.0  # tell the two datasets apart by height
+        assert handle["trace_params"].shape == (3, params.shape[1], params.shape[0])
+        group = handle.create_group("metadata")
+        for key, value in metadata.items():
+            group[key] = value
+    return path
+
+
+def test_read_trace_file_converts_julia_layout_to_0_based_fiber_by_x(tmp_path):
+    n_fibers = 300
+    x = np.arange(2048)
+    fiber = np.arange(n_fibers)
+    # Physical truth in 0-based pixel rows: fiber index f sits at 20 + 6.7 f, tilting with x.
+    y0 = 20.0 + 6.7 * fiber[None, :] + 1e-3 * x[:, None]  # (x, fiber)
+    params = np.empty((2048, n_fibers, 3))  # Julia [x, fiberIndx, p]
+    params[:, :, 0] = 500.0 + fiber[None, :]
+    params[:, :, 1] = y0 + 1.0  # ApogeeReduction.jl stores 1-based centers
+    params[:, :, 2] = 1.1
+    path = write_julia_trace_file(
+        tmp_path / "quartzTrace_apo_60781_0012_R.h5", params, trace_type="quartz"
+    )
+    traces = read_trace_file(path)
+    assert traces.y_center.shape == traces.height.shape == (n_fibers, 2048)
+    np.testing.assert_allclose(traces.y_center, y0.T)
+    assert traces.y_center[0, 0] == pytest.approx(20.0)
+    assert np.all(traces.height[:, 0] == 500.0 + fiber)
+    assert np.all(traces.sigma == 1.1)
+    assert traces.metadata["trace_type"] == "quartz"
+    assert np.flatnonzero(traces.excluded).tolist() == [75, 225]  # APO, from the name
+    regularized = read_trace_file(path, dataset="regularized_trace_params", telescope="lco")
+    assert np.all(regularized.height == 7.0)
+    assert np.flatnonzero(regularized.excluded).tolist() == [87, 218]
+    # Provenance (height, metadata, path) takes no part in equality.
+    assert [f.name for f in fields(Traces) if not f.compare] == ["height", "metadata", "path"]
+
+
+def test_traces_from_memory_have_no_provenance():
+    traces = straight_traces()
+    assert traces.height is None and traces.metadata == {} and traces.path is None
+    with pytest.raises(ValueError, match="height"):
+        Traces(traces.y_center, 1.0, height=np.ones((1, 1)))
+    params = np.ones((4, 5, 3))  # Julia [x, fiberIndx, p]
+    params[:, :, 0] = 3.0
+    assert Traces.from_trace_params(params).height.shape == (5, 4)
+
+
+def assert_trace_error(path, field, *words):
+    with pytest.raises(InputError) as caught:
+        read_trace_file(path)
+    message = str(caught.value)
+    assert caught.value.field == field
+    for word in (str(path), field, *words):
+        assert word in message, message
+    return message
+
+
+def test_read_trace_file_error_messages_name_file_field_and_expectation(tmp_path):
+    import h5py
+
+    # A NumPy (2048, 300, 3) array written directly, not in Julia's layout.
     path = tmp_path / "traceMain_apo_60781_R.h5"
     with h5py.File(path, "w") as handle:
-        handle["trace_params"] = np.ones((300, 2048))
-    with pytest.raises(InputError, match="trace_params"):
-        read_trace_file(path)
+        handle["trace_params"] = np.ones((2048, 300, 3))
+    assert_trace_error(path, "trace_params", "(3, 300, 2048)", "found (2048, 300, 3)")
+
+    path = tmp_path / "traceMain_apo_60781_G.h5"
+    with h5py.File(path, "w") as handle:
+        handle["trace_param_covs"] = np.ones(3)
+    assert_trace_error(path, "trace_params", "a dataset", "found nothing")
+
+    path = tmp_path / "traceMain_apo_60781_B.h5"
+    with h5py.File(path, "w") as handle:
+        handle["trace_params"] = np.ones((3, 300, 2048), dtype=np.int64)
+    assert_trace_error(path, "trace_params", "dtype")
+
+    params = np.ones((2048, 300, 3))
+    params[5, 7, 1] = np.nan
+    params[:, 2, 2] = 0.0
+    path = write_julia_trace_file(tmp_path / "domeTrace_lco_60781_0003_R.h5", params)
+    assert_trace_error(
+        path, "trace_params", "widths > 0", "1 non-finite y-centers (first at fiber index 7, "
+        "column 5)", "2048 non-finite or non-positive widths",
+    )  # fmt: skip
+
+    path = tmp_path / "traceMain_apo_60781_X.h5"
+    path.write_bytes(b"not HDF5")
+    assert_trace_error(path, "HDF5 structure", "a readable HDF5 file")

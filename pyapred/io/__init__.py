@@ -9,12 +9,10 @@ from .apred import (
     Ar2D,
     Ar3DCal,
     ArName,
-    Traces,
     parse_ar_name,
     read_ar1d,
     read_ar2d,
     read_ar3dcal,
-    read_traces,
 )
 from .apz import (
     ApzName,
@@ -33,7 +31,9 @@ from .product import (
     FiberResults,
     Product,
     ProductWriter,
+    is_fits_path,
     read_product,
+    sha256_file,
     write_product,
 )
 
@@ -45,13 +45,14 @@ __all__ = [
     "read_product",
     "write_product",
     "ProductWriter",
+    "is_fits_path",
+    "sha256_file",
     "ApzName",
     "Ar1D",
     "Ar2D",
     "Ar3DCal",
     "ArName",
     "RawExposure",
-    "Traces",
     "apz_filename",
     "exposure_number",
     "make_headers",
@@ -62,6 +63,5 @@ __all__ = [
     "read_ar2d",
     "read_ar3dcal",
     "read_metadata",
-    "read_traces",
     "write_apz",
 ]

@@ -1,11 +1,13 @@
-"""Readers for ApogeeReduction.jl's HDF5 products: ar3Dcal, ar2D/ar2Dcal, ar1D/ar1Dcal, traces.
+"""Readers for ApogeeReduction.jl's HDF5 products: ar3Dcal, ar2D/ar2Dcal, ar1D/ar1Dcal.
 
 ApogeeReduction.jl writes its arrays from Julia (column-major) with JLD2, so h5py shows every
 array with its dimensions reversed. A Julia image ``(2560, 2048)`` = ``(x, y)`` arrives as
 NumPy ``(2048, 2560)`` = ``(y, x)``, which is already pyapred's ``(ny, nx)`` order: images and
 cubes need no transpose. Julia's 1-based pixel coordinates and fiber indices become 0-based
 here; each docstring states the conversion. Layouts are from
-``../shared/docs/apogee-reduction-jl.md`` section 3.
+``../shared/docs/apogee-reduction-jl.md`` section 3. Trace files (``traceMain_*``,
+``{quartz,dome}Trace_*``) are read by :func:`pyapred.traces.read_trace_file`, which returns the
+pipeline's :class:`pyapred.traces.Traces`.
 """
 
 from __future__ import annotations
@@ -28,12 +30,10 @@ __all__ = [
     "Ar2D",
     "Ar3DCal",
     "ArName",
-    "Traces",
     "parse_ar_name",
     "read_ar1d",
     "read_ar2d",
     "read_ar3dcal",
-    "read_traces",
 ]
 
 #: Image shape as h5py shows ApogeeReduction.jl's Julia ``(2560, 2048)``: ``(ny, nx)``.
@@ -281,7 +281,7 @@ def read_ar3dcal(
 
 
 # --------------------------------------------------------------------------------------------
-# ar1D / ar1Dcal and traces
+# ar1D / ar1Dcal
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ar1D:
@@ -333,62 +333,6 @@ def read_ar1d(path: str | os.PathLike) -> Ar1D:
         metadata=metadata,
         name=parse_ar_name(path),
     )
-
-
-@dataclass(frozen=True)
-class Traces:
-    """Per-fiber trace parameters from a ``traceMain`` or per-flat trace file.
-
-    Each array is ``(300, 2048)`` = ``[fiber_index, x]`` with ``fiber_index = 300 - fiberId``
-    (0-based). The file's ``trace_params`` is Julia ``(2048, 300, 3)`` = ``[x, fiberIndx, p]``,
-    which h5py shows as ``(3, 300, 2048)``; ``p`` = height, y center, sigma.
-
-    Attributes
-    ----------
-    path : str
-    height : ndarray, float64
-        Profile height (flux), DN per read.
-    y_center : ndarray, float64
-        Trace center in **0-based** pixel rows (the file's 1-based value minus 1).
-    sigma : ndarray, float64
-        Gaussian width, pixels.
-    metadata : dict
-    """
-
-    path: str
-    height: np.ndarray
-    y_center: np.ndarray
-    sigma: np.ndarray
-    metadata: dict
-
-
-def read_traces(path: str | os.PathLike, *, dataset: str = "trace_params") -> Traces:
-    """Read a ``traceMain_{tele}_{mjd}_{chip}.h5`` or ``{quartz|dome}Trace_*.h5`` file.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    dataset : str, optional
-        ``"trace_params"`` (default) or ``"regularized_trace_params"`` (the running median
-        that ApogeeReduction.jl's extraction uses).
-
-    Raises
-    ------
-    InputError
-        The dataset is missing or not Julia ``(2048, 300, 3)`` (h5py ``(3, 300, 2048)``).
-    """
-    with open_h5(path) as handle:
-        params = read_dataset(
-            path,
-            handle,
-            dataset,
-            shape=(3, N_FIBERS, N_DISPERSION),
-            kinds="f",
-            expected="(Julia (2048, 300, 3) seen reversed)",
-        )
-        metadata = _metadata(path, handle)
-    height, y_center, sigma = params.astype(np.float64, copy=False)
-    return Traces(str(path), height, y_center - 1.0, sigma, metadata)
 
 
 def _metadata(path, handle) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import re
 import warnings
@@ -47,6 +48,7 @@ __all__ = [
     "make_headers",
     "parse_apz_name",
     "read_apz",
+    "read_times_from_header",
     "write_apz",
 ]
 
@@ -262,8 +264,8 @@ def read_apz(
     Read times: if the selected read headers carry strictly increasing ``DATE-OBS`` values,
     each read's own ``DATE-OBS`` is its time (what ApogeeReduction.jl assumes). Otherwise
     read k (0-based) starts at ``DATE-OBS + INTDELAY + k * INTOFF`` of the exposure header
-    (``INTDELAY`` in s, ``INTOFF`` in ms). The scale is the header's ``TIMESYS`` (``UTC``,
-    ``TAI`` or ``TT``; UTC if absent).
+    (``INTDELAY`` in s and required here, ``INTOFF`` in ms; :func:`read_times_from_header`).
+    The scale is the header's ``TIMESYS`` (``UTC``, ``TAI`` or ``TT``; UTC if absent).
 
     Parameters
     ----------
@@ -534,12 +536,12 @@ def _check_decoded(path: Path, index: int, kind: str, rows: slice, bad_row: int,
         raise InputError(path, f"HDU {index}", f"decompressible {kind} data", found=found)
 
 
-def _time_scale(path: Path, header: fits.Header, read_header: fits.Header) -> str:
-    timesys = header.get("TIMESYS", read_header.get("TIMESYS", "UTC"))
+def _time_scale(path: str | os.PathLike, field: str, timesys: object) -> str:
+    """The astropy scale of a ``TIMESYS`` value (``UTC``, ``UT``, ``TAI`` or ``TT``), checked."""
     scale = _TIME_SCALE.get(str(timesys).strip().upper())
     if scale is None:
         expected = f"one of {sorted(_TIME_SCALE)}"
-        raise InputError(path, "HDU 1 TIMESYS", expected, found=repr(timesys))
+        raise InputError(path, field, expected, found=repr(timesys))
     return scale
 
 
@@ -557,18 +559,129 @@ def _parse_times(path: Path, fields: Sequence[str], values: Sequence, scale: str
         raise
 
 
-def _number(path: Path, header: fits.Header, keyword: str, unit: str) -> float:
-    value = header.get(keyword)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+#: Header values at or below this are SDSS's "no value" (it writes -999 and -99999.9).
+_NO_VALUE = -900.0
+
+
+def _card_number(value: object) -> float | None:
+    """A header card as a finite float; None if absent, not a number, or SDSS's -999."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, numbers.Real):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number > _NO_VALUE else None
+
+
+def read_times_from_header(
+    header: Mapping,
+    reads: int | Sequence[int] | np.ndarray | None = None,
+    *,
+    timesys: str | None = None,
+    default_intdelay: float | None = 0.0,
+    path: str | os.PathLike = "<header>",
+    hdu: str | None = None,
+) -> Time:
+    """Start time of each read of an APOGEE exposure, from the exposure header.
+
+    Read ``k`` (0-based, ``k = 0`` is read 1) starts at ``DATE-OBS + INTDELAY + k * INTOFF``:
+    ``DATE-OBS`` is the start of the integration, ``INTDELAY`` the delay before the first read
+    in s, ``INTOFF`` the read period in ms (10647 for APOGEE). The times are in the time scale
+    that ``TIMESYS`` names (UTC when the card is absent, as in the documented APOGEE headers);
+    convert with ``.tai`` or ``.utc``. A trailing ``Z`` on ``DATE-OBS`` is ignored: ``TIMESYS``
+    decides the scale. :func:`read_apz` uses this rule when the reads carry no dates of their
+    own; :mod:`pyapred.guider` uses it for exposures given by their header.
+
+    Parameters
+    ----------
+    header : Mapping
+        FITS header or dict with ``DATE-OBS``, ``INTOFF``, optionally ``TIMESYS``,
+        ``INTDELAY``, and ``NREAD`` (or ``NFRAMES``) when ``reads`` is not given. Numbers may
+        be numeric strings; SDSS's "no value" (-999) counts as absent.
+    reads : int or sequence of int, optional
+        An int ``n``: the first ``n`` reads; a sequence: these 0-based reads. Default: the
+        header's ``NREAD`` (or ``NFRAMES``) reads.
+    timesys : {"UTC", "UT", "TAI", "TT"}, optional
+        Overrides the header's ``TIMESYS`` (e.g. to test the hypothesis that ``DATE-OBS`` is
+        TAI).
+    default_intdelay : float or None, optional
+        ``INTDELAY`` in s when the card is absent or holds no number (default 0); ``None``
+        makes the card required.
+    path : str or os.PathLike, optional
+        File named in error messages.
+    hdu : str, optional
+        HDU named in error messages: ``hdu="HDU 1"`` reports field ``"HDU 1 INTOFF"``.
+
+    Returns
+    -------
+    astropy.time.Time, ``(n_reads,)``
+        Read start times, in the scale ``TIMESYS`` (or ``timesys``) names.
+
+    Raises
+    ------
+    pyapred.errors.InputError
+        Unknown ``TIMESYS``; ``DATE-OBS`` missing or not ISO 8601; ``INTOFF`` missing, not a
+        number or not > 0; ``INTDELAY`` not a number when required; no ``NREAD``/``NFRAMES``
+        when ``reads`` is not given.
+    ValueError
+        ``timesys`` is not a known time scale.
+    """
+
+    def field(card: str) -> str:
+        return f"{hdu} {card}" if hdu else card
+
+    if timesys is not None:
+        scale = _TIME_SCALE.get(str(timesys).strip().upper())
+        if scale is None:
+            raise ValueError(f"timesys: expected one of {sorted(_TIME_SCALE)}, got {timesys!r}")
+    else:
+        scale = _time_scale(path, field("TIMESYS"), header.get("TIMESYS", "UTC"))
+    value = header.get("DATE-OBS")
+    if value is None:
+        raise InputError(path, field("DATE-OBS"), "the start of the integration", found="nothing")
+    try:
+        start = Time(str(value).strip().rstrip("Zz").strip(), scale=scale)
+    except ValueError:
+        expected = "an ISO 8601 date and time"
+        raise InputError(path, field("DATE-OBS"), expected, found=repr(value)) from None
+    value = header.get("INTDELAY")
+    delay = _card_number(value)
+    if delay is None:
+        if default_intdelay is None:
+            found = "nothing" if value is None else repr(value)
+            raise InputError(path, field("INTDELAY"), "a number (s)", found=found)
+        delay = float(default_intdelay)
+    value = header.get("INTOFF")
+    period = _card_number(value)
+    if period is None or not period > 0:
         found = "nothing" if value is None else repr(value)
-        raise InputError(path, f"HDU 1 {keyword}", f"a number ({unit})", found=found)
-    return float(value)
+        expected = "the read period, a number of ms > 0 (10647 for APOGEE)"
+        raise InputError(path, field("INTOFF"), expected, found=found)
+    if reads is None:
+        value = header.get("NREAD", header.get("NFRAMES"))
+        count = _card_number(value)
+        if count is None:
+            found = "nothing" if value is None else repr(value)
+            expected = "the number of reads (NREAD or NFRAMES)"
+            raise InputError(path, field("NREAD"), expected, found=found)
+        reads = int(count)
+    if isinstance(reads, (int, np.integer)):
+        indices = np.arange(max(int(reads), 0))
+    else:
+        indices = np.asarray(reads, dtype=np.int64)
+    return start + TimeDelta(delay + indices * (period / 1000.0), format="sec")
 
 
 def _read_times(
     path: Path, header: fits.Header, read_headers: Sequence[fits.Header], indices: np.ndarray
 ) -> Time:
-    scale = _time_scale(path, header, read_headers[0])
+    timesys = header.get("TIMESYS", read_headers[0].get("TIMESYS", "UTC"))
+    scale = _time_scale(path, "HDU 1 TIMESYS", timesys)
     per_read = [h.get("DATE-OBS") for h in read_headers]
     if all(value is not None for value in per_read) and len(set(per_read)) == len(per_read):
         fields = [f"HDU {k + 2} DATE-OBS" for k in indices]
@@ -576,12 +689,9 @@ def _read_times(
         if np.all(np.diff(times.mjd) > 0):
             return times
         raise InputError(path, "DATE-OBS of the reads", "times increasing from read to read")
-    if "DATE-OBS" not in header:
-        raise InputError(path, "HDU 1 DATE-OBS", "the start of the integration", found="nothing")
-    start = _parse_times(path, ["HDU 1 DATE-OBS"], [header["DATE-OBS"]], scale)[0]
-    delay = _number(path, header, "INTDELAY", "s")
-    period = _number(path, header, "INTOFF", "ms") / 1000.0
-    return start + TimeDelta(delay + indices * period, format="sec")
+    return read_times_from_header(
+        header, indices, timesys=scale, default_intdelay=None, path=path, hdu="HDU 1"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,7 +44,9 @@ def writable_folder(
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, *, overwrite: bool = False, keep_suffix: bool = False
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds.
 
     The temporary file lives in the same directory, so the final ``os.replace`` is atomic on
@@ -57,12 +59,23 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
         Destination.
     overwrite : bool, optional
         Replace an existing ``path``; otherwise ``FileExistsError`` is raised before writing.
+    keep_suffix : bool, optional
+        End the temporary name with the destination's extension, for writers that pick the
+        format from the name (astropy compresses ``.gz``, matplotlib reads ``.png``).
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary file, created empty: ``.{name}.XXXXXXXX.tmp`` beside ``path``, or
+        ``.{name}.XXXXXXXX.tmp{suffix}`` with ``keep_suffix`` (``.f.fits.gz.XXXXXXXX.tmp.gz``).
+        Both match the glob ``.{name}.*.tmp*`` that finds stale temporaries.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (pass overwrite=True to replace it)")
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as exc:  # name the destination, not the temporary file
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)

@@ -285,8 +285,9 @@ def _check_parts(chips: Mapping, fibers: Mapping, metadata: Mapping | None) -> N
         raise ValueError(f"metadata: keys {sorted(clash)} are written by pyapred itself")
 
 
-def is_fits_path(path: Path) -> bool:
-    return path.name.lower().endswith((".fits", ".fit", ".fits.gz"))
+def is_fits_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a FITS product (``.fits``, ``.fit``, ``.fits.gz``), else HDF5."""
+    return Path(path).name.lower().endswith((".fits", ".fit", ".fits.gz"))
 
 
 def _check_images(key: str, images: ChipImages) -> None:
@@ -348,7 +349,8 @@ def _writer_metadata(inputs: Sequence[str | os.PathLike], backend: str) -> dict:
     return meta
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, as hex (the product's ``input_sha256``)."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):

@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 
+from ..errors import EXIT_OK
 from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise
 
 
@@ -132,7 +133,7 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device, seed=args.seed, threads=args.threads,
     )  # fmt: skip
     print(f"{args.out}: {'prior' if args.prior else 'noise'} model, {len(data)} patches")
-    return 0
+    return EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -161,7 +162,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         for key, value in result.items():
             print(f"{key:>22}: {value:.3f}")
-    return 0
+    return EXIT_OK
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -183,7 +184,7 @@ def _simulate(args: argparse.Namespace) -> int:
         args.out, reads, exposure=args.exposure, header=header, one_over_f=in_dn, rng=rng
     )
     print(path)
-    return 0
+    return EXIT_OK
 
 
 def _stress(args: argparse.Namespace) -> int:
@@ -205,10 +206,10 @@ def _stress(args: argparse.Namespace) -> int:
                 {case: dict(zip(keys, values, strict=True)) for case, values in summary.items()}
             )
         )
-        return 0
+        return EXIT_OK
     print(f"{'case':>18} {'bias (sigma)':>16} {'z std':>6}   pass: z std 1 +- 0.15, |bias| < 0.2")
     for case in CASES:
         bias, std, error = summary[case]
         verdict = "pass" if abs(std - 1) <= 0.15 and abs(bias) < 0.2 else "FAIL"
         print(f"{case:>18} {bias:>+8.2f} +- {error:.2f} {std:>6.2f}   {verdict}")
-    return 0
+    return EXIT_OK

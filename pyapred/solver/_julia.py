@@ -2,8 +2,9 @@
 
 This is the only module that knows about Julia, and it imports juliacall lazily, on the first
 call that needs it: ``import pyapred`` never starts Julia. Its kernel functions have the names,
-arguments and results of :mod:`pyapred.solver._numpy`, so :mod:`pyapred.solver.api` runs either
-backend unchanged (``backend="numpy" | "julia" | "auto"``).
+arguments and results of :mod:`pyapred.solver._numpy` and, for the jump search, of
+:mod:`pyapred.solver._jumps` (``find_jumps_kernel``, ``fit_omega_with_jumps``), so
+:mod:`pyapred.solver.api` runs either backend unchanged (``backend="numpy" | "julia" | "auto"``).
 
 Arrays cross without copying: a C-order NumPy array ``a`` is handed over as ``a.T``, which Julia
 sees as a column-major array with the axes reversed (``(n_reads, ny, nx)`` becomes
@@ -48,6 +49,8 @@ JULIA_FUNCTIONS = (
     "fit_omega_groups",
     "gauss_newton_step",
     "gibbs",
+    "find_jumps_kernel!",
+    "fit_omega_with_jumps",
 )
 
 GUIDANCE = (
@@ -268,11 +271,16 @@ def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_it
         rtol=float(rtol), max_iter=int(max_iter), ref_index=_ref_index_jl(ref_index),
         segments=None if segments is None else _jl(np.asarray(segments, dtype=np.int64) + 1),
     )  # fmt: skip
+    return _omega_result(res, offsets=segments is not None)
+
+
+def _omega_result(res, offsets: bool = False) -> dict:
+    """``fit_omega_groups``' NamedTuple as the NumPy kernel's dict: group axis first, 0-based."""
     out = {name: _from_jl(getattr(res, name)) for name in
            ("omega", "flux", "flux_var", "chi2", "n_iter", "converged", "has_data")}  # fmt: skip
     out["omega_cov"] = _from_jl(res.omega_cov, stack=True)
     out["ref_index"] = _from_jl(res.ref_index).astype(np.int64) - 1
-    if segments is not None:
+    if offsets:
         out["offsets"] = np.array(np.asarray(res.offsets).transpose(2, 1, 0))  # (K, S, G)
     return out
 
@@ -293,3 +301,40 @@ def gibbs(diffs, valid, s2, dt, fit_pixel, omega, flux, kstar, burn_in, noise):
         int(kstar) + 1, int(burn_in), _jl(noise),
     )  # fmt: skip
     return _from_jl(omega_s), _from_jl(flux_s)
+
+
+# --------------------------------------------------------------------------------------------
+# Jump search: the signatures of pyapred.solver._jumps
+# --------------------------------------------------------------------------------------------
+def find_jumps_kernel(reads, bad, use_mask, omega, groups, dt, read_noise, gain, saturation,
+                      thr_one, thr_two, two_adjacent, max_jumps, n_pass, usable, jumps,
+                      jump_size, n_jumps, flux, flux_var, chi2, n_diff, flags):  # fmt: skip
+    """See :func:`pyapred.solver._jumps.find_jumps_kernel`.
+
+    Julia's ``find_jumps_kernel!`` takes its nine outputs first; the ``(K, n_pix)`` ones arrive
+    as ``(n_pix, K)``. The thresholds are the ones Python computed, so both backends search
+    with the same numbers.
+    """
+    _fn("find_jumps_kernel!")(
+        usable.T, jumps.T, jump_size.T, n_jumps, flux, flux_var, chi2, n_diff, flags,
+        _jl_reads(reads), _jl(bad), bool(use_mask), _jl(omega),
+        np.asarray(groups, dtype=np.int64) + 1, _jl(dt), _jl(read_noise), _jl(gain),
+        _jl(saturation), float(thr_one), float(thr_two), bool(two_adjacent), int(max_jumps),
+        int(n_pass),
+    )  # fmt: skip
+
+
+def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_rounds, reference,
+                         rtol, max_iter, ref_index):  # fmt: skip
+    """See :func:`pyapred.solver._jumps.fit_omega_with_jumps` (no ``segments``, as there).
+
+    Returns ``(res, used (G, P, K), n_jumps (G, P))``, ``res`` as :func:`fit_omega_groups`'.
+    Julia derives the chi2 thresholds from ``threshold`` itself (``chi2_thresholds``, its
+    ``log_erfc``); the search it runs uses the one-jump threshold ``threshold**2`` only.
+    """
+    res, used, n_jumps = _fn("fit_omega_with_jumps")(
+        _jl(diffs), _jl(valid), _jl(s2), _jl(dt), _jl(fit_pixel), threshold=float(threshold),
+        max_rounds=int(max_rounds), reference=bool(reference), rtol=float(rtol),
+        max_iter=int(max_iter), ref_index=_ref_index_jl(ref_index),
+    )  # fmt: skip
+    return _omega_result(res), _from_jl(used), _from_jl(n_jumps).astype(np.int64)

@@ -310,7 +310,7 @@ def _omega_rows(omega, groups, K: int, pixel_shape: tuple) -> tuple[np.ndarray, 
     return omega2d, np.ascontiguousarray(groups_arr, dtype=np.int64).reshape(-1)
 
 
-def _backend(backend: str = "numpy"):
+def backend_kernels(backend: str = "numpy"):
     """The kernels of ``backend``: ``_numpy`` or the Julia bridge (same functions, same arrays).
 
     ``"julia"`` raises :class:`pyapred.JuliaBackendError` where Julia cannot be loaded; ``"auto"``
@@ -326,6 +326,22 @@ def _backend(backend: str = "numpy"):
 
         return _julia.kernels() if backend == "julia" else _julia.auto_kernels()
     raise ValueError(f"backend: expected 'numpy', 'julia' or 'auto', got {backend!r}")
+
+
+def _jump_backend(backend: str = "numpy"):
+    """The jump-search kernels of ``backend`` (``find_jumps_kernel``, ``fit_omega_with_jumps``).
+
+    :mod:`._jumps` where :func:`backend_kernels` picks NumPy (``"auto"`` without Julia included),
+    the Julia bridge, whose functions of those names call APRampFit's twins, where it picks Julia.
+    """
+    from . import _julia
+
+    kernels = backend_kernels(backend)
+    if kernels is _julia:
+        return kernels
+    from . import _jumps
+
+    return _jumps
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,7 +461,7 @@ def extract_fluxes(
         reads, read_noise, gain, mask, saturation
     )
     out = _flux_outputs(reads2d.shape[1])
-    _backend(backend).extract_kernel(
+    backend_kernels(backend).extract_kernel(
         reads2d, bad, use_mask, np.ascontiguousarray(omega2d), groups_flat, dt, sigma, gain_flat,
         sat, int(n_pass), *out,
     )  # fmt: skip
@@ -482,7 +498,8 @@ def fit_equal_weight(
         reads, read_noise, gain, mask, saturation
     )
     out = _flux_outputs(reads2d.shape[1])
-    _backend(backend).equal_weight_kernel(reads2d, bad, use_mask, sigma, gain_flat, sat, *out)
+    kernels = backend_kernels(backend)
+    kernels.equal_weight_kernel(reads2d, bad, use_mask, sigma, gain_flat, sat, *out)
     return _flux_fit(out, gain_flat, pixel_shape)
 
 
@@ -509,7 +526,7 @@ def _group_inputs(reads, read_noise, gain, mask, read_times, saturation, backend
     flags = np.empty((G, P), dtype=np.int64)
     bad = (mask[:, None, :] if single else mask) if mask is not None else np.zeros((1, 1, 1), bool)
     gain_map = np.ascontiguousarray(gain_map)
-    _backend(backend).prepare_diffs_kernel(
+    backend_kernels(backend).prepare_diffs_kernel(
         cube, bad, mask is not None, gain_map, np.ascontiguousarray(sat), diffs, valid, flags
     )
     s2 = (sigma * gain_map) ** 2
@@ -574,7 +591,8 @@ def fit_omega(
         covariance from the last linearisation (Q3). ``"default"`` uses the corrected weights,
         the relative tolerance, and the covariance at the solution.
     backend : {"numpy", "julia", "auto"}, optional
-        As in :func:`fit_constant`. With ``jump_search=True`` the whole fit runs on NumPy.
+        As in :func:`fit_constant`. With ``jump_search=True`` the alternation of fit and search
+        runs on that backend too (Julia: APRampFit's ``fit_omega_with_jumps``).
     jump_search : bool, optional
         Alternate the fit with a jump (cosmic-ray) search in the fitted pixels (:func:`find_jumps`
         with the current omega), masking what it finds and refitting, until the jump mask is
@@ -636,10 +654,10 @@ def fit_omega(
     if jump_search:
         threshold = _check_threshold(jump_threshold, "jump_threshold")
         res, n_diff, flags = _fit_omega_with_jumps(
-            diffs, valid, s2, dt, fit_pixel, flags, threshold, options
+            diffs, valid, s2, dt, fit_pixel, flags, threshold, options, backend
         )
     else:
-        res = _backend(backend).fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **options)
+        res = backend_kernels(backend).fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **options)
     group_flags = np.zeros(G, dtype=np.int64)
     group_flags[~res["converged"]] |= Flag.NOT_CONVERGED
     group_flags[~res["has_data"].all(axis=1)] |= Flag.OMEGA_ELEMENT_NO_DATA
@@ -716,7 +734,7 @@ def initial_guess(
         reads, read_noise, gain, mask, read_times, saturation, backend
     )
     fit_pixel, _, _ = _fit_pixels(valid, flags)
-    omega, flux, kstar = _backend(backend).initial_guess(
+    omega, flux, kstar = backend_kernels(backend).initial_guess(
         diffs, valid, s2, dt, fit_pixel, reference=mode == "reference"
     )
     flux = flux / gain_map
@@ -776,7 +794,7 @@ def sample_omega(
     fit_pixel, _, _ = _fit_pixels(valid, flags)
     n_free = int(np.sum(np.isfinite(start.omega))) - 1
     noise = rng.standard_normal((int(burn_in) + int(n_samples), diffs.shape[1] + n_free))
-    omega_s, flux_s = _backend(backend).gibbs(
+    omega_s, flux_s = backend_kernels(backend).gibbs(
         diffs, valid, s2, dt, fit_pixel, start.omega[None], (start.flux * gain_map[0])[None],
         int(start.ref_index), int(burn_in), noise,
     )  # fmt: skip
@@ -853,6 +871,7 @@ def find_jumps(
     read_times=None,
     saturation=None,
     two_adjacent: bool = False,
+    backend: Backend = "numpy",
 ) -> JumpResult:
     """Find jumps (cosmic rays) in every pixel's ramp, under the constant or time-variable model.
 
@@ -889,6 +908,11 @@ def find_jumps(
     two_adjacent : bool, optional
         Also search for jumps in two adjacent differences (one bad read). Brandt's code does this
         only for resultants of several reads; APOGEE's single reads need one-difference jumps only.
+    backend : {"numpy", "julia", "auto"}, optional
+        As in :func:`fit_constant`. Julia runs the search, the final fit and the jump sizes in
+        APRampFit's ``find_jumps_kernel!``, pixel by pixel (NumPy screens blocks of pixels
+        first; both flag the same differences). The chi2 thresholds are computed here, in
+        Python, for both backends.
 
     Returns
     -------
@@ -929,7 +953,7 @@ def find_jumps(
     jump_size = np.empty((K, n_pix))
     n_jumps = np.empty(n_pix, dtype=np.int64)
     out = _flux_outputs(n_pix)
-    _jumps.find_jumps_kernel(
+    _jump_backend(backend).find_jumps_kernel(
         reads2d, bad, use_mask, np.ascontiguousarray(omega2d), groups_flat, dt, sigma, gain_flat,
         sat, thr_one, thr_two, bool(two_adjacent), int(max_jumps), 2, usable, jumps, jump_size,
         n_jumps, *out,
@@ -945,11 +969,15 @@ def find_jumps(
     )
 
 
-def _fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, flags, threshold, options):
-    """fit_omega's joint fit alternated with the jump search: ``(res, n_diff, flags)``."""
+def _fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, flags, threshold, options, backend):
+    """fit_omega's joint fit alternated with the jump search: ``(res, n_diff, flags)``.
+
+    The alternation runs on ``backend`` (``_jumps.fit_omega_with_jumps`` or its Julia twin);
+    ``n_diff`` and the jump flags are derived here from what it returns, for both backends.
+    """
     from . import _jumps
 
-    res, used, n_jumps = _jumps.fit_omega_with_jumps(
+    res, used, n_jumps = _jump_backend(backend).fit_omega_with_jumps(
         diffs, valid, s2, dt, fit_pixel, threshold=threshold, max_rounds=3, **options
     )
     n_diff = used.sum(axis=-1).astype(np.int64)

@@ -1,6 +1,6 @@
 """Numba kernel of the pipeline's first pass over a chip: robust rates, jumps and saturation.
 
-Pure numerics (arrays in, arrays out). Imported by :mod:`pyapred.pipeline` when a chip is
+Pure numerics (arrays in, arrays out). Imported by :mod:`pyapred.exposure.prepare` when a chip is
 prepared, so that ``import pyapred`` does not load Numba.
 """
 

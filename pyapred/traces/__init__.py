@@ -79,11 +79,24 @@ class Traces:
         Gaussian width in rows (pixels), > 0.
     excluded : ndarray of bool, ``(n_fibers,)``
         Fibers left out of the omega fits (the FPI fibers); their pixels get the constant model.
+    height : ndarray, float64, ``(n_fibers, n_columns)``, or None
+        Profile height (DN per read) where known, e.g. from a trace file's ``trace_params``;
+        pyapred's fits do not use it.
+    metadata : dict
+        A trace file's ``metadata`` group (``trace_type``, ``git_commit``, ...); empty otherwise.
+    path : str or None
+        The file the traces were read from.
+
+    ``height``, ``metadata`` and ``path`` describe where the traces came from: they take no part
+    in ``==``, and default to None, ``{}`` and None.
     """
 
     y_center: np.ndarray
     sigma: np.ndarray
     excluded: np.ndarray = field(default=None)  # type: ignore[assignment]
+    height: np.ndarray | None = field(default=None, compare=False, repr=False)
+    metadata: dict = field(default_factory=dict, compare=False, repr=False)
+    path: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
         y = np.asarray(self.y_center, dtype=np.float64)
@@ -96,9 +109,17 @@ class Traces:
         excluded = np.asarray(excluded, dtype=bool)
         if excluded.shape != (y.shape[0],):
             raise ValueError(f"excluded: expected shape ({y.shape[0]},), got {excluded.shape}")
+        height = self.height
+        if height is not None:
+            height = np.asarray(height, dtype=np.float64)
+            if height.shape != y.shape:
+                raise ValueError(f"height: expected shape {y.shape}, got {height.shape}")
         object.__setattr__(self, "y_center", y)
         object.__setattr__(self, "sigma", s)
         object.__setattr__(self, "excluded", excluded)
+        object.__setattr__(self, "height", height)
+        object.__setattr__(self, "metadata", dict(self.metadata or {}))
+        object.__setattr__(self, "path", None if self.path is None else os.fspath(self.path))
 
     @property
     def n_fibers(self) -> int:
@@ -119,7 +140,7 @@ class Traces:
         params : array_like, ``(n_columns, n_fibers, 3)``
             Julia's ``trace_params[x, fiberIndx, p]`` with p = height, y-center, sigma. The
             reversed ``(3, n_fibers, n_columns)`` layout in which h5py shows the dataset is
-            accepted too.
+            accepted too. The heights are kept in :attr:`height`.
         telescope : {"apo", "lco"}, optional
             Marks that telescope's FPI fibers as excluded.
         one_based : bool, optional
@@ -132,7 +153,9 @@ class Traces:
             )
         if params.shape[2] != 3:
             params = params.T
-        return cls._build(params[:, :, 1].T, params[:, :, 2].T, telescope, one_based)
+        return cls._build(
+            params[:, :, 1].T, params[:, :, 2].T, telescope, one_based, height=params[:, :, 0].T
+        )
 
     @classmethod
     def from_centers(
@@ -156,12 +179,12 @@ class Traces:
         return cls._build(centers.T, sigma, telescope, one_based)
 
     @classmethod
-    def _build(cls, y_center, sigma, telescope, one_based) -> Traces:
+    def _build(cls, y_center, sigma, telescope, one_based, **extra) -> Traces:
         y = np.asarray(y_center) - (1.0 if one_based else 0.0)
         excluded = np.zeros(y.shape[0], dtype=bool)
         if telescope is not None:
             excluded[[i for i in fpi_fiber_indices(telescope) if i < y.shape[0]]] = True
-        return cls(y_center=y, sigma=sigma, excluded=excluded)
+        return cls(y_center=y, sigma=sigma, excluded=excluded, **extra)
 
     def profile(self, rows: np.ndarray) -> np.ndarray:
         """Pixel-integrated unit-area Gaussian of every trace at the given rows.
@@ -409,40 +432,71 @@ def parse_trace_file_name(path: str | os.PathLike) -> tuple[str, int, str] | Non
 def read_trace_file(
     path: str | os.PathLike, *, telescope: str | None = None, dataset: str = "trace_params"
 ) -> Traces:
-    """Read Gaussian traces from a ``traceMain``-layout HDF5 file.
+    """Read an ApogeeReduction.jl trace file (``traceMain_*``, ``{quartz,dome}Trace_*``).
 
-    The dataset is Julia ``(n_columns, n_fibers, 3)`` = ``[x, fiberIndx, p]`` with p = height,
-    1-based y-center, sigma, which h5py shows as ``(3, n_fibers, n_columns)``; ApogeeReduction.jl
-    writes ``(2048, 300, 3)``. Smaller geometries (simulated test chips) are accepted.
+    The dataset is Julia ``trace_params[x, fiberIndx, p]``, ``(n_columns, n_fibers, 3)`` with
+    p = height, 1-based y-center, sigma, which h5py shows reversed as ``(3, n_fibers,
+    n_columns)``; ApogeeReduction.jl writes ``(2048, 300, 3)``, seen as ``(3, 300, 2048)``.
+    Smaller geometries (simulated test chips) are accepted. The result is in pyapred's order,
+    ``[fiber_index, x]`` with ``fiber_index = 300 - fiberId``, and its y-centers are 0-based
+    (the file's value minus 1).
 
     Parameters
     ----------
     path : str or os.PathLike
     telescope : {"apo", "lco"}, optional
-        Whose FPI fibers to exclude; default from the file name (``traceMain_{tele}_...``).
+        Whose FPI fibers to exclude; default from the file name (``traceMain_{tele}_...``), none
+        if the name has another form.
     dataset : str, optional
-        ``"trace_params"`` or ``"regularized_trace_params"``.
+        ``"trace_params"`` (default) or ``"regularized_trace_params"`` (the running median
+        that ApogeeReduction.jl's extraction uses).
+
+    Returns
+    -------
+    Traces
+        With ``height``, the file's ``metadata`` group (empty if it has none) and ``path``.
 
     Raises
     ------
     InputError
-        Missing dataset, wrong shape, or non-finite or non-positive widths.
+        Not an HDF5 file, missing dataset, wrong shape or dtype, or non-finite y-centers or
+        widths, or widths <= 0; the message names the file and the dataset.
     """
     from ..errors import InputError
-    from ..io.hdf5 import open_h5, read_dataset
+    from ..io.hdf5 import open_h5, read_dataset, read_group
 
     with open_h5(path) as handle:
         params = read_dataset(
             path, handle, dataset, shape=(3, None, None), kinds="f",
-            expected="(Julia (n_columns, n_fibers, 3) seen reversed)",
+            expected=(
+                "(Julia trace_params[x, fiberIndx, p] = (n_columns, n_fibers, 3) seen reversed; "
+                "ApogeeReduction.jl's (2048, 300, 3) is (3, 300, 2048))"
+            ),
         )  # fmt: skip
-    params = params.astype(np.float64)
-    if not (np.all(np.isfinite(params[1:])) and np.all(params[2] > 0)):
-        raise InputError(path, dataset, "finite y-centers and widths > 0", "other values")
+        group = handle.get("metadata")
+        metadata = read_group(path, group) if group is not None and hasattr(group, "items") else {}
+    height, y_center, sigma = params.astype(np.float64)
+    problems = []
+    for what, bad in (
+        ("non-finite y-centers", ~np.isfinite(y_center)),
+        ("non-finite or non-positive widths", ~(np.isfinite(sigma) & (sigma > 0))),
+    ):
+        if bad.any():
+            fiber, column = np.argwhere(bad)[0]
+            problems.append(
+                f"{int(bad.sum())} {what} (first at fiber index {fiber}, column {column})"
+            )
+    if problems:
+        raise InputError(
+            path, dataset, "finite y-centers (p=2) and widths > 0 (p=3)", "; ".join(problems)
+        )
     if telescope is None:
         parsed = parse_trace_file_name(path)
         telescope = parsed[0] if parsed else None
-    return Traces._build(params[1], params[2], telescope, one_based=True)
+    return Traces._build(
+        y_center, sigma, telescope, one_based=True,
+        height=height, metadata=metadata, path=os.fspath(path),
+    )  # fmt: skip
 
 
 def write_trace_file(
@@ -463,7 +517,7 @@ def write_trace_file(
     path : str or os.PathLike
     traces : Traces
     height : array_like, optional
-        ``(n_fibers, n_columns)`` profile heights; default 1.
+        ``(n_fibers, n_columns)`` profile heights; default ``traces.height``, or 1 without it.
     metadata : dict, optional
     overwrite : bool, optional
 
@@ -477,7 +531,9 @@ def write_trace_file(
     from ..io.hdf5 import write_value
 
     shape = traces.y_center.shape
-    height = np.ones(shape) if height is None else np.broadcast_to(height, shape)
+    if height is None:
+        height = traces.height if traces.height is not None else 1.0
+    height = np.broadcast_to(np.asarray(height, dtype=np.float64), shape)
     params = np.stack([height, traces.y_center + 1.0, traces.sigma]).astype(np.float64)
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:

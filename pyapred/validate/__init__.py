@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import EXIT_FLAGGED, EXIT_OK
 from ..simulate import omega_uniform, simulate_ramps
 from ..solver import extract_fluxes, fit_constant, fit_equal_weight, fit_omega
 
@@ -992,4 +993,4 @@ def run(args) -> int:
     failed = [c["description"] for c in results["checks"].values() if not c["passed"]]
     for description in failed:
         print(f"  CHECK FAILED: {description}")
-    return 1 if failed else 0
+    return EXIT_FLAGGED if failed else EXIT_OK

@@ -22,6 +22,7 @@ pytest.importorskip("astropy")
 pytest.importorskip("h5py")
 
 import pyapred  # noqa: E402
+import pyapred.exposure  # noqa: E402
 from pyapred.cli import main  # noqa: E402
 from pyapred.errors import InputError  # noqa: E402
 
@@ -184,7 +185,8 @@ CASES = [
          lambda f, out: pyapred.traces.read_trace_file(f["trace_shape"]), InputError,
          named("trace_shape", "trace_params")),
     Case("api-fit-files-two-exposures", "api",
-         lambda f, out: pyapred.pipeline.fit_files([f["apz"], f["other_exposure_b"]], [f["trace"]]),
+         lambda f, out: pyapred.exposure.run_exposure([f["apz"], f["other_exposure_b"]],
+                                                      [f["trace"]]),
          InputError, named("other_exposure_b", "file name")),
     Case("api-write-product-unwritable", "api",
          lambda f, out: pyapred.io.write_product(f["unwritable_out"] / "p.h5"), OSError,
@@ -277,7 +279,7 @@ def test_saturated_fiber_is_flagged_and_zero_flux_fiber_borrows_omega(corpus, tm
 
 
 def test_nan_filled_reads_are_flagged_not_silent(corpus):
-    from pyapred.pipeline import ChipExposure, FitOptions, fit_exposure
+    from pyapred.exposure import ChipExposure, FitOptions, run_exposure
     from pyapred.solver import Flag
 
     fit = pyapred.fit_constant(np.full((10, 4, 4), np.nan), 10.0)
@@ -288,5 +290,5 @@ def test_nan_filled_reads_are_flagged_not_silent(corpus):
         saturation=55000.0, source="nan reads",
     )  # fmt: skip
     traces = pyapred.traces.read_trace_file(corpus["trace"])
-    result = fit_exposure({"R": chip}, {"R": traces}, FitOptions(jump_search=False))
+    result = run_exposure({"R": chip}, {"R": traces}, FitOptions(jump_search=False))
     assert np.all(result.chips["R"].flags & Flag.NONFINITE_READ)

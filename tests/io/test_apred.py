@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from astropy.time import Time
 
-from pyapred.io import read_ar1d, read_ar2d, read_ar3dcal, read_metadata, read_traces
+from pyapred.io import read_ar1d, read_ar2d, read_ar3dcal, read_metadata
 
 NX, NY, N_FIBERS = 2560, 2048, 300
 
@@ -96,29 +96,6 @@ def test_ar3dcal_reads_gain_read_variance_and_times(tmp_path, julia):
     part = read_ar3dcal(path, reads=slice(1, 3), rows=slice(100, 104))
     assert np.array_equal(part.exposure.reads, exposure.reads[1:3, 100:104])
     assert part.gain.shape == (4, NX) and part.exposure.read_indices.tolist() == [3, 4]
-
-
-def test_trace_params_are_0_based_fiber_by_x(tmp_path, julia):
-    path = tmp_path / "traceMain_apo_60781_R.h5"
-    x = np.arange(2048)
-    fiber = np.arange(N_FIBERS)
-    # Physical truth in 0-based pixel rows: fiber index f sits at 20 + 6.7 f, tilting with x.
-    y0 = 20.0 + 6.7 * fiber[None, :] + 1e-3 * x[:, None]  # (x, fiber)
-    params = np.empty((2048, N_FIBERS, 3))  # Julia [x, fiberIndx, p]
-    params[:, :, 0] = 500.0 + fiber[None, :]
-    params[:, :, 1] = y0 + 1.0  # ApogeeReduction.jl stores 1-based centers
-    params[:, :, 2] = 1.1
-    with h5py.File(path, "w") as handle:
-        handle["trace_params"] = julia(params)
-        assert handle["trace_params"].shape == (3, N_FIBERS, 2048)
-        write_metadata(handle, trace_type="quartz", trace_found_match=True)
-    traces = read_traces(path)
-    assert traces.y_center.shape == (N_FIBERS, 2048)
-    assert np.allclose(traces.y_center, y0.T)
-    assert traces.y_center[0, 0] == pytest.approx(20.0)
-    assert np.all(traces.height[:, 0] == 500.0 + fiber)
-    assert np.all(traces.sigma == 1.1)
-    assert traces.metadata["trace_type"] == "quartz"
 
 
 def test_ar1dcal_trace_centers_and_fiber_types(tmp_path, julia):

@@ -33,3 +33,21 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(FileExistsError, match="product.h5"):
         with atomic_path(path):
             pass
+
+
+def test_keep_suffix_lets_the_writer_pick_the_format_from_the_name(tmp_path):
+    from fnmatch import fnmatch
+
+    import numpy as np
+    from astropy.io import fits
+
+    path = tmp_path / "frame.fits.gz"
+    with atomic_path(path, keep_suffix=True) as tmp:
+        assert tmp.name.endswith(".tmp.gz") and fnmatch(tmp.name, f".{path.name}.*.tmp*")
+        fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(tmp, overwrite=True)
+    assert path.read_bytes()[:2] == b"\x1f\x8b"  # gzip, chosen by astropy from ".gz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frame.fits.gz"]
+    # Without it the name ends in ".tmp": the pattern `pyapred night` cleans up.
+    with atomic_path(tmp_path / "product.h5") as tmp:
+        assert fnmatch(tmp.name, ".product.h5.*.tmp") and tmp.suffix == ".tmp"
+        tmp.write_bytes(b"data")

@@ -15,11 +15,11 @@ from pyapred.io import (
     read_ar2d,
     read_ar3dcal,
     read_product,
-    read_traces,
     write_apz,
     write_product,
 )
 from pyapred.io.product import ChipImages
+from pyapred.traces import read_trace_file
 
 RAMP = 1000 + np.cumsum(np.full((3, 4, 6), 7, dtype=np.int64), axis=0)
 
@@ -125,7 +125,7 @@ def test_apz_counts_out_of_uint16_range(tmp_path, good_apz):
     assert "read 3 in [0, 65535]" in str(error)
     assert isinstance(error, ReadRangeError)
     # The pipeline reads raw chips as uint16, and such a file as float32, exactly.
-    from pyapred.pipeline import load_chip
+    from pyapred.exposure import load_chip
 
     chip = load_chip(path, gain=1.9, read_noise=12.0)
     assert chip.reads.dtype == np.float32
@@ -212,13 +212,13 @@ def test_ar2d_bitmask_of_wrong_dtype(tmp_path):
 def test_trace_params_of_wrong_shape(tmp_path):
     # A NumPy (2048, 300, 3) array written directly, not in Julia's layout.
     path = h5(tmp_path / "traceMain_apo_60781_R.h5", trace_params=np.ones((2048, 300, 3)))
-    error = assert_input_error(lambda: read_traces(path), path, "trace_params")
+    error = assert_input_error(lambda: read_trace_file(path), path, "trace_params")
     assert "(3, 300, 2048)" in str(error)
 
 
 def test_trace_params_missing(tmp_path):
     path = h5(tmp_path / "traceMain_apo_60781_R.h5", trace_param_covs=np.ones(3))
-    assert_input_error(lambda: read_traces(path), path, "trace_params")
+    assert_input_error(lambda: read_trace_file(path), path, "trace_params")
 
 
 def test_trace_centers_of_wrong_shape(tmp_path, julia):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pyapred.errors import InputError
+from pyapred.exposure import ChipExposure, FitOptions, correct_1f, run_exposure, truth_metrics
 from pyapred.noise import HxrgNoise, refcorr_reads, simulate_hxrg
-from pyapred.pipeline import ChipExposure, FitOptions, correct_1f, fit_files, truth_metrics
 from pyapred.simulate import simulate_exposure, write_simulated_exposure
 from pyapred.traces import pixel_fiber_map
 
@@ -25,7 +25,7 @@ def exposure(tmp_path_factory):
 
 
 def _omega_z_std(sim, paths, method: str) -> float:
-    result = fit_files(paths["apz"], paths["traces"], FitOptions(correct_1f=method))
+    result = run_exposure(paths["apz"], paths["traces"], FitOptions(correct_1f=method))
     chip = sim.chips["R"]
     metrics = truth_metrics(
         result, sim.omega, {"R": chip.flux / chip.gain}, min_flux={"R": 100.0 / chip.gain}
@@ -121,7 +121,7 @@ def test_in_place_and_saturation():
 
 
 def test_joint_chips_correct_an_in_memory_chip_once(exposure):
-    from pyapred.pipeline import fit_exposure, load_chip
+    from pyapred.exposure import load_chip
     from pyapred.traces import read_trace_file
 
     _, paths = exposure
@@ -132,7 +132,7 @@ def test_joint_chips_correct_an_in_memory_chip_once(exposure):
     def omega(writable: bool):
         reads = raw.reads.astype(np.float32)
         chip = ChipExposure("R", reads, raw.read_noise, raw.gain, raw.saturation, writable=writable)
-        result = fit_exposure({"R": chip}, traces, options)
+        result = run_exposure({"R": chip}, traces, options)
         return result.fibers["joint"].omega, result.chips["R"].flux, reads
 
     copied, copied_flux, untouched = omega(writable=False)

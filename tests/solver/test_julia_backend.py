@@ -104,3 +104,184 @@ def test_julia_matches_numpy_on_fits_like_input(fresh_bridge):
     got = pyapred.fit_omega(reads.reshape(9, 42), 12.0, backend="julia", **kwargs)
     np.testing.assert_allclose(got.omega, want.omega, rtol=1e-10)
     assert got.ref_index == want.ref_index and got.n_iter == want.n_iter
+
+
+# --------------------------------------------------------------------------------------------
+# The jump search: find_jumps and fit_omega(jump_search=True)
+# --------------------------------------------------------------------------------------------
+def _jump_case(seed: int = 5):
+    """A small chip with cosmic rays, a masked read, a cloud in omega and per-pixel gain."""
+    rng = np.random.default_rng(seed)
+    omega = pyapred.omega_cloud(11, 0.4, 5, 2)
+    sim = pyapred.simulate_ramps(rng.uniform(50, 1500, (4, 15)), 12.0, omega=omega, rng=rng,
+                                 gain=1.7, cosmic_ray_rate=0.03,
+                                 cosmic_ray_charge=(500, 4000))  # fmt: skip
+    mask = np.zeros(sim.reads.shape, dtype=bool)
+    mask[6, 1, 2] = True
+    return sim, omega, mask
+
+
+def _assert_jumps_equal(got, want, rtol):
+    for field in ("diff_mask", "jumps", "n_jumps"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    np.testing.assert_allclose(got.jump_size, want.jump_size, rtol=rtol, atol=1e-9)
+    for field in ("flux", "flux_var", "chi2"):
+        np.testing.assert_allclose(getattr(got.flux, field), getattr(want.flux, field), rtol=rtol)
+    for field in ("n_diff", "flags"):
+        np.testing.assert_array_equal(getattr(got.flux, field), getattr(want.flux, field))
+
+
+def _assert_omega_fits_equal(got, want, rtol):
+    for field in ("omega", "omega_cov", "flux", "flux_var", "chi2", "inflation"):
+        np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=rtol,
+                                   atol=1e-14, err_msg=field)  # fmt: skip
+    for field in ("ref_index", "n_diff", "n_iter", "converged", "flags", "group_flags"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+
+
+def _jump_calls(backend, sim, omega, mask):
+    """find_jumps under the constant and the time-variable model, and the jump-searching fit."""
+    groups = np.repeat(np.arange(2), 30).reshape(4, 15)
+    omega2d = np.stack([omega, np.ones_like(omega)])
+    common = {"gain": 1.7, "mask": mask, "backend": backend}
+    constant = pyapred.find_jumps(sim.reads, 12.0 / 1.7, two_adjacent=True, **common)
+    variable = pyapred.find_jumps(sim.reads, 12.0 / 1.7, omega=omega2d, groups=groups,
+                                  saturation=30000.0, max_jumps=2, **common)  # fmt: skip
+    cube = sim.reads.reshape(12, 4, 15)
+    fit = pyapred.fit_omega(cube, 12.0 / 1.7, jump_search=True, ref_index=[3, 3, 7, 7],
+                            **common)  # fmt: skip
+    single = pyapred.fit_omega(cube[:, 0], 12.0 / 1.7, jump_search=True, gain=1.7,
+                               mask=mask.reshape(12, 4, 15)[:, 0], backend=backend)  # fmt: skip
+    return constant, variable, fit, single
+
+
+def test_jump_search_backend_julia_without_julia_fails_with_guidance(no_julia):
+    reads = np.cumsum(np.ones((6, 3)), axis=0)
+    with pytest.raises(pyapred.JuliaBackendError) as info:
+        pyapred.find_jumps(reads, 1.0, backend="julia")
+    assert info.value.reason.startswith("no Julia runtime")
+    for hint in ("pyapred[julia]", "PYTHON_JULIACALL_EXE", "PYTHON_JULIACALL_PROJECT"):
+        assert hint in str(info.value)
+    with pytest.raises(pyapred.JuliaBackendError, match="PYTHON_JULIACALL_EXE"):
+        pyapred.fit_omega(reads, 1.0, jump_search=True, backend="julia")
+    with pytest.raises(ValueError, match="backend"):
+        pyapred.find_jumps(reads, 1.0, backend="fortran")
+
+
+def test_auto_backend_runs_the_jump_search_on_numpy_without_julia(no_julia, caplog):
+    from pyapred.solver import _jumps, api
+
+    sim, omega, mask = _jump_case()
+    with caplog.at_level(logging.INFO, logger="pyapred"):
+        auto = _jump_calls("auto", sim, omega, mask)
+        assert api._jump_backend("auto") is _jumps
+    numpy = _jump_calls("numpy", sim, omega, mask)
+    assert api._jump_backend("numpy") is _jumps
+    assert auto[0].jumps.any() and auto[2].flags.any()  # the case has jumps to find
+    for got, want in zip(auto[:2], numpy[:2], strict=True):
+        _assert_jumps_equal(got, want, rtol=0)
+    for got, want in zip(auto[2:], numpy[2:], strict=True):
+        _assert_omega_fits_equal(got, want, rtol=0)
+    messages = [r.getMessage() for r in caplog.records if "backend='auto'" in r.getMessage()]
+    assert messages == ["pyapred: backend='auto' uses NumPy (no Julia runtime: (test))"]
+
+
+class _JuliaFunction:
+    """A function as juliacall hands it out: the bridge calls ``_jl_call_nogil``."""
+
+    def __init__(self, function):
+        self._jl_call_nogil = function
+
+
+def _emulated_aprampfit():
+    """APRampFit's jump entry points (and ``prepare_diffs_kernel!``) emulated on the NumPy kernels.
+
+    Each takes its arguments in the order and layout of its Julia signature (``julia/src``):
+    axes reversed, 1-based ``groups`` and ``ref_index``, outputs first for ``!`` kernels, and
+    returns what the Julia function returns. Run through the bridge, they must reproduce the
+    NumPy backend exactly; a swapped argument, a missing transpose or index shift would not.
+    """
+    from types import SimpleNamespace
+
+    from pyapred.solver import _jumps, _numpy
+
+    def prepare_diffs_kernel(diffs, valid, flags, reads, bad, use_mask, gain, saturation):
+        P, G, N = reads.shape
+        assert diffs.shape == valid.shape == (N - 1, P, G)
+        assert flags.shape == gain.shape == saturation.shape == (P, G)
+        _numpy.prepare_diffs_kernel(reads.T, bad.T, use_mask, gain.T, saturation.T, diffs.T,
+                                    valid.T, flags.T)  # fmt: skip
+
+    def find_jumps_kernel(usable, jumps, jump_size, n_jumps, flux, flux_var, chi2, n_diff, flags,
+                          reads, bad, use_mask, omega, groups, dt, read_noise, gain, saturation,
+                          thr_one, thr_two, two_adjacent, max_jumps, n_pass):  # fmt: skip
+        n_pix, N = reads.shape
+        assert usable.shape == jumps.shape == jump_size.shape == (n_pix, N - 1)
+        assert omega.shape[0] == dt.shape[0] == N - 1
+        assert groups.min() >= 1 and groups.max() <= omega.shape[1]
+        assert all(a.shape == (n_pix,) for a in (n_jumps, flux, flux_var, chi2, n_diff, flags,
+                                                 read_noise, gain, saturation, groups))  # fmt: skip
+        assert isinstance(two_adjacent, bool) and isinstance(max_jumps, int)
+        _jumps.find_jumps_kernel(
+            reads.T, bad.T, use_mask, omega.T, groups - 1, dt, read_noise, gain, saturation,
+            thr_one, thr_two, two_adjacent, max_jumps, n_pass, usable.T, jumps.T, jump_size.T,
+            n_jumps, flux, flux_var, chi2, n_diff, flags,
+        )  # fmt: skip
+
+    def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_rounds,
+                             **fit_options):  # fmt: skip
+        K, P, G = diffs.shape
+        assert valid.shape == (K, P, G) and s2.shape == fit_pixel.shape == (P, G)
+        ref_index = fit_options["ref_index"]
+        assert ref_index is None or (ref_index.shape == (G,) and ref_index.min() >= 1)
+        fit_options["ref_index"] = None if ref_index is None else ref_index - 1
+        res, used, n_jumps = _jumps.fit_omega_with_jumps(
+            diffs.T, valid.T, s2.T, dt, fit_pixel.T, threshold=threshold,
+            max_rounds=max_rounds, **fit_options,
+        )  # fmt: skip
+        named = {key: value.T for key, value in res.items()}  # as fit_omega_groups returns
+        named["omega_cov"] = res["omega_cov"].transpose(1, 2, 0)  # (K, K, G)
+        named["ref_index"] = res["ref_index"] + 1
+        return SimpleNamespace(**named), used.T, n_jumps.T
+
+    functions = {"prepare_diffs_kernel!": prepare_diffs_kernel,
+                 "find_jumps_kernel!": find_jumps_kernel,
+                 "fit_omega_with_jumps": fit_omega_with_jumps}  # fmt: skip
+    return SimpleNamespace(**{name.replace("!", "_b"): _JuliaFunction(function)
+                              for name, function in functions.items()})  # fmt: skip
+
+
+def test_jump_bridge_hands_julia_its_layout(fresh_bridge, monkeypatch):
+    monkeypatch.setattr(_julia, "_module", _emulated_aprampfit())
+    sim, omega, mask = _jump_case()
+    got = _jump_calls("julia", sim, omega, mask)
+    want = _jump_calls("numpy", sim, omega, mask)
+    for have, expected in zip(got[:2], want[:2], strict=True):
+        _assert_jumps_equal(have, expected, rtol=0)
+    for have, expected in zip(got[2:], want[2:], strict=True):
+        _assert_omega_fits_equal(have, expected, rtol=0)
+
+
+@pytest.mark.julia
+def test_julia_jump_search_matches_numpy(fresh_bridge):
+    sim, omega, mask = _jump_case()
+    got = _jump_calls("julia", sim, omega, mask)
+    want = _jump_calls("numpy", sim, omega, mask)
+    assert want[0].jumps.any() and want[2].flags.any()
+    for have, expected in zip(got[:2], want[:2], strict=True):
+        _assert_jumps_equal(have, expected, rtol=1e-10)
+    for have, expected in zip(got[2:], want[2:], strict=True):
+        _assert_omega_fits_equal(have, expected, rtol=1e-10)
+
+
+@pytest.mark.julia
+def test_julia_find_jumps_on_fits_like_raw_reads(fresh_bridge):
+    rng = np.random.default_rng(8)
+    sim = pyapred.simulate_ramps(np.full((5, 6), 300.0), 10.0, n_reads=10, rng=rng,
+                                 cosmic_ray_rate=0.03, cosmic_ray_charge=(1000, 3000))  # fmt: skip
+    raw = np.clip(np.round(sim.reads + 1000), 0, 65535).astype(">u2")  # raw FITS cube
+    raw.flags.writeable = False
+    want = pyapred.find_jumps(raw, 10.0, gain=1.0)
+    got = pyapred.find_jumps(raw, 10.0, gain=1.0, backend="julia")
+    assert want.jumps.any()
+    _assert_jumps_equal(got, want, rtol=1e-10)

@@ -1,4 +1,4 @@
-"""The exposure pipeline on small simulated exposures (40 fibers x 96 columns, 20 reads)."""
+"""The exposure driver and its stages on small simulated exposures (40 fibers, 96 columns)."""
 
 import json
 
@@ -7,18 +7,16 @@ import pytest
 
 from pyapred import Flag, fit_constant, omega_uniform
 from pyapred.errors import InputError
-from pyapred.pipeline import (
+from pyapred.exposure import (
     MODEL_BORROWED,
     MODEL_CONSTANT,
     MODEL_TIME_VARIABLE,
     ChipExposure,
     FitOptions,
-    fit_exposure,
-    fit_files,
-    fit_to_product,
     match_inputs,
+    run_exposure,
     truth_metrics,
-    write_result,
+    write_exposure,
 )
 from pyapred.simulate import simulate_exposure, write_simulated_exposure
 
@@ -49,7 +47,7 @@ def bright_dn(sim):
 @pytest.fixture(scope="module")
 def cloudy():
     sim = simulate_exposure("clouds", seed=11, chips=("R", "G"), **SMALL)
-    result = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(keep_constant=True))
+    result = run_exposure(chips_of(sim), traces_of(sim), FitOptions(keep_constant=True))
     return sim, result
 
 
@@ -132,7 +130,7 @@ def test_pixel_flags_and_shapes(cloudy):
 
 def test_model_choice_stable_exposure_is_constant():
     sim = simulate_exposure("stable", seed=5, chips=("R",), **SMALL)
-    result = fit_exposure(chips_of(sim), traces_of(sim))
+    result = run_exposure(chips_of(sim), traces_of(sim))
     fits = result.fibers["R"]
     assert fits.bright.sum() >= 20
     assert np.mean(fits.model[fits.bright] == MODEL_CONSTANT) >= 0.95
@@ -150,7 +148,7 @@ def test_model_choice_amplitude_0_2_is_time_variable():
     rng = np.random.default_rng(3)
     omega = omega_uniform(SMALL["n_reads"] - 1, 0.2, rng)
     sim = simulate_exposure(omega=omega, seed=6, chips=("R",), **SMALL)
-    fits = fit_exposure(chips_of(sim), traces_of(sim)).fibers["R"]
+    fits = run_exposure(chips_of(sim), traces_of(sim)).fibers["R"]
     assert fits.bright.sum() >= 20
     assert np.mean(fits.model[fits.bright] == MODEL_TIME_VARIABLE) >= 0.95
     assert 0.15 < np.median(fits.amplitude[fits.bright]) < 0.25  # the paper's A, about
@@ -159,7 +157,7 @@ def test_model_choice_amplitude_0_2_is_time_variable():
 
 def test_joint_chips_tighten_omega(cloudy):
     sim, per_chip = cloudy
-    joint = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(joint_chips=True))
+    joint = run_exposure(chips_of(sim), traces_of(sim), FitOptions(joint_chips=True))
     assert list(joint.fibers) == ["joint"]
     fits = joint.fibers["joint"]
     both = fits.bright & per_chip.fibers["R"].bright & per_chip.fibers["G"].bright
@@ -177,11 +175,11 @@ def test_joint_chips_tighten_omega(cloudy):
 
 def test_forced_models():
     sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
-    constant = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(model="constant"))
+    constant = run_exposure(chips_of(sim), traces_of(sim), FitOptions(model="constant"))
     fits = constant.fibers["R"]
     assert fits.fit is None and np.all(fits.model == MODEL_CONSTANT)
     np.testing.assert_array_equal(fits.omega, 1.0)
-    variable = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(model="time-variable"))
+    variable = run_exposure(chips_of(sim), traces_of(sim), FitOptions(model="time-variable"))
     fits = variable.fibers["R"]
     expected = np.where(fits.bright, MODEL_TIME_VARIABLE, MODEL_BORROWED)
     expected[sim.fiber_type == "fpi"] = MODEL_CONSTANT
@@ -192,7 +190,7 @@ def test_forced_models():
 
 def test_unconverged_fibers_fall_back_to_constant_and_are_reported():
     sim = simulate_exposure("clouds", seed=9, chips=("R",), **SMALL)
-    result = fit_exposure(chips_of(sim), traces_of(sim), FitOptions(max_iter=1))
+    result = run_exposure(chips_of(sim), traces_of(sim), FitOptions(max_iter=1))
     fits = result.fibers["R"]
     failed = (fits.flags & Flag.FALLBACK_CONSTANT).astype(bool)
     assert failed.sum() >= 20
@@ -209,12 +207,12 @@ def test_bad_input_geometry_and_mixed_exposures():
     too_wide = {k: type(t)(np.pad(t.y_center, ((0, 0), (0, 200)), mode="edge"), 1.0)
                 for k, t in short.items()}  # fmt: skip
     with pytest.raises(InputError, match="trace columns"):
-        fit_exposure(chips, too_wide)
+        run_exposure(chips, too_wide)
     mixed = dict(chips)
     mixed["G"] = ChipExposure("G", chips["G"].reads, 8.0, telescope="lco", source="b.apz")
     mixed["R"] = ChipExposure("R", chips["R"].reads, 8.0, telescope="apo", source="a.apz")
     with pytest.raises(InputError, match="telescope"):
-        fit_exposure(mixed, short)
+        run_exposure(mixed, short)
 
 
 def test_match_inputs_rejects_mixed_nights(tmp_path):
@@ -233,20 +231,21 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
 
     sim = simulate_exposure("clouds", seed=12, chips=("R", "B"), **SMALL)
     paths = write_simulated_exposure(sim, tmp_path / "data")
-    result = fit_files(paths["apz"], paths["traces"])
-    in_memory = fit_exposure(chips_of(sim), traces_of(sim))
+    result = run_exposure(paths["apz"], paths["traces"])
+    in_memory = run_exposure(chips_of(sim), traces_of(sim))
     np.testing.assert_allclose(result.chips["R"].flux, in_memory.chips["R"].flux, rtol=1e-6)
     # Files are read into writable cubes (NaN after jumps instead of a mask): same flags.
     np.testing.assert_array_equal(result.chips["R"].flags, in_memory.chips["R"].flags)
-    product = read_product(write_result(result, tmp_path / "p.h5"))
+    product = read_product(write_exposure(result, tmp_path / "p.h5"))
     assert set(product.chips) == {"R", "B"} and set(product.fibers) == {"R", "B"}
     # Written chip by chip: the same images, and only their summary kept in memory.
-    streamed, path = fit_to_product(paths["apz"], paths["traces"], tmp_path / "s.h5")
+    streamed = run_exposure(paths["apz"], paths["traces"], product=tmp_path / "s.h5")
+    path = streamed.meta["product"]
     assert streamed.chips["R"].flux is None and streamed.chips["R"].prepared.jumps is not None
     np.testing.assert_array_equal(read_product(path).chips["R"].rate, product.chips["R"].rate)
     np.testing.assert_array_equal(read_product(path).chips["B"].flags, product.chips["B"].flags)
     # The exposure's timing travels with the product, so `pyapred guider` needs no --exposure.
-    from pyapred.guider import _load_product
+    from pyapred.guider.omega import read_product_omega
     from pyapred.io import read_apz
 
     raw = read_apz(paths["apz"][0])
@@ -254,7 +253,7 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
     times = raw.read_times.tai.mjd
     np.testing.assert_allclose(meta["read_times_tai_mjd"], times, rtol=0, atol=1e-9)
     assert meta["DATE-OBS"] == raw.header["DATE-OBS"] and meta["INTOFF"] == raw.header["INTOFF"]
-    assert _load_product(str(path), "R")["read_times"].size == raw.reads.shape[0]
+    assert read_product_omega(str(path), "R")["read_times"].size == raw.reads.shape[0]
     fibers = product.fibers["R"]
     assert fibers.model[int(np.flatnonzero(result.fibers["R"].bright)[0])] == "time_variable"
     assert np.all(np.isfinite(fibers.omega))
@@ -282,53 +281,3 @@ def test_simulate_command_writes_an_exposure(tmp_path, capsys):
     assert len(written) == 7 and all(tmp_path.joinpath(p).exists() for p in written)
     truth = np.load(next(tmp_path.glob("truth_*.npz")))
     assert truth["omega"].shape == (12, 4) and str(truth["scenario"]) == "seeing"
-
-
-@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
-def test_jump_pixels_refitted_with_their_mask(dtype):
-    """The unmasked chip fit plus a masked re-fit of the jump pixels equals one masked fit."""
-    from pyapred import extract_fluxes
-    from pyapred.pipeline import ChipExposure, _masked_at_jumps, _without_groups
-
-    rng = np.random.default_rng(5)
-    n_reads, ny, nx = 12, 6, 40
-    flux = rng.uniform(5.0, 300.0, (ny, nx))
-    reads = np.cumsum(rng.poisson(flux, (n_reads, ny, nx)), axis=0) + 1000
-    reads[7:, 2, 3] += 5000  # a cosmic ray, and two in one pixel
-    reads[4:, 5, 9] += 800
-    reads[9:, 5, 9] += 900
-    gain = rng.uniform(1.5, 2.5, (ny, nx))
-    chip = ChipExposure("R", reads.astype(dtype), 10.0, gain=gain, saturation=20000.0)
-    jumps = np.array([[7, 2, 3], [4, 5, 9], [9, 5, 9]])
-    groups = rng.integers(0, 3, (ny, nx))
-    omega = rng.uniform(0.7, 1.0, (3, n_reads - 1))
-    mask = np.zeros(reads.shape, dtype=bool)
-    mask[tuple(jumps.T)] = True
-
-    def extract(reads, read_noise, gain, saturation, groups, mask=None):
-        return extract_fluxes(reads, read_noise, omega, groups=groups, gain=gain,
-                              saturation=saturation, mask=mask)  # fmt: skip
-
-    for fit, want in [
-        (extract, extract(chip.reads, 10.0, gain, 20000.0, groups, mask=mask)),
-        (_without_groups(fit_constant), fit_constant(chip.reads, 10.0, gain=gain, mask=mask,
-                                                     saturation=20000.0)),
-    ]:  # fmt: skip
-        got = _masked_at_jumps(fit, chip, jumps, groups)
-        for name in ("flux", "flux_var", "chi2", "n_diff", "flags"):
-            assert np.array_equal(getattr(got, name), getattr(want, name), equal_nan=True), name
-        assert got.flags[2, 3] & Flag.MASKED_READ and got.n_diff[5, 9] == n_reads - 1 - 4
-
-
-def test_nanmedian_last_axis_matches_numpy():
-    from pyapred.pipeline import _nanmedian_last_axis
-
-    rng = np.random.default_rng(2)
-    values = rng.normal(size=(7, 5, 12)).astype(np.float32)
-    values[rng.random(values.shape) < 0.3] = np.nan
-    values[0, 0] = np.nan  # all NaN
-    values[1, 1, :11] = np.nan  # one value
-    with pytest.warns(RuntimeWarning):
-        want = np.nanmedian(values, axis=-1)
-    got = _nanmedian_last_axis(values)
-    assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)

@@ -1,0 +1,347 @@
+"""The one driver of an exposure fit: every entry point (``pyapred fit``, ``night``, ``demo``,
+notebooks) calls :func:`run_exposure`.
+
+It runs the stages in their one direction, per chip (or over all chips with ``joint_chips``)::
+
+    file -> ChipExposure -> prepare_chip -> fit_fibers -> extract_chip -> product_parts -> product
+
+loading each chip when it is needed (so that at most one cube is in memory), timing each stage,
+and writing the product, each chip's images as soon as the chip is extracted. The stages
+themselves (:mod:`.prepare`, :mod:`.fibers`, :mod:`.extract`, :mod:`.product`) take arrays and
+options and return frozen results; file I/O happens here and in :mod:`.inputs` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..traces import Traces
+from .extract import ChipResult, extract_chip
+from .fibers import fit_fibers
+from .inputs import ChipExposure, load_chip, match_inputs
+from .options import FitOptions
+from .prepare import correct_1f, prepare_chip
+from .product import product_parts
+from .result import ExposureResult
+
+__all__ = ["ChipSource", "resolve_backend", "run_exposure", "write_exposure"]
+
+#: A chip in memory, or a zero-argument loader called when the chip is needed.
+ChipSource = ChipExposure | Callable[[], ChipExposure]
+
+
+def run_exposure(
+    chips: Mapping[str, ChipSource] | Sequence[str | os.PathLike],
+    traces: Mapping[str, Traces] | Sequence[str | os.PathLike],
+    options: FitOptions | None = None,
+    *,
+    product: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    keep_images: bool = False,
+    progress: bool = False,
+    on_chip: Callable[[str, ChipResult], ChipResult] | None = None,
+) -> ExposureResult:
+    """Fit omega for every fiber, choose models, extract every pixel of every chip.
+
+    Parameters
+    ----------
+    chips : mapping of str to ChipExposure or callable, or sequence of paths
+        By chip name, in memory or as zero-argument loaders (called when the chip is needed;
+        with ``joint_chips`` each chip is loaded twice: for the fit pixels, for extraction).
+        Or the files of one exposure: one raw ``.apz`` or ``ar3Dcal`` file per chip
+        (:func:`~pyapred.exposure.load_chip`, with the options' calibration overrides).
+    traces : mapping of str to Traces, or sequence of paths
+        The same keys as ``chips``; with files, one trace file per chip
+        (:func:`~pyapred.exposure.match_inputs` pairs them).
+    options : FitOptions, optional
+        ``backend="auto"`` is resolved here (:func:`resolve_backend`); the result holds the
+        resolved options. ``gain``, ``read_noise`` and ``saturation``, where set, replace every
+        chip's own.
+    product : str or os.PathLike, optional
+        Write the product there (HDF5, or FITS for a ``.fits`` name). An HDF5 product gets each
+        chip's images as soon as the chip is extracted, and the result then keeps no images
+        (``ChipResult.flux`` ... are None) unless ``keep_images``; the file appears only when
+        the whole exposure is done.
+    overwrite : bool
+        Replace an existing product.
+    keep_images : bool
+        Keep every chip's images in the result even when a product is written.
+    progress : bool
+        Show a progress bar (tqdm) over the steps.
+    on_chip : callable, optional
+        ``on_chip(name, chip_result)`` is called as soon as a chip is extracted; what it returns
+        is kept in the result in place of ``chip_result``.
+
+    Returns
+    -------
+    ExposureResult
+
+    Raises
+    ------
+    InputError
+        Bad input files or traces, or an unusable backend.
+    """
+    options = options or FitOptions()
+    options = dataclasses.replace(options, backend=resolve_backend(options.backend))
+    meta: dict = {}
+    if not isinstance(chips, Mapping):
+        chips, traces, meta = _file_sources(chips, traces, options)
+    else:
+        chips = {name: _with_calibration(source, options) for name, source in chips.items()}
+    if product is None:
+        return _run(chips, traces, options, meta, progress, on_chip)
+    from ..io import ChipImages, ProductWriter, is_fits_path
+
+    path = Path(product)
+    if keep_images or is_fits_path(path):
+        result = _run(chips, traces, options, meta, progress, on_chip)
+        write_exposure(result, path, overwrite=overwrite)
+        return dataclasses.replace(result, meta={**result.meta, "product": str(path)})
+    with ProductWriter(path, overwrite=overwrite) as writer:
+
+        def write_chip(name: str, chip: ChipResult) -> ChipResult:
+            chip = on_chip(name, chip) if on_chip is not None else chip
+            writer.add_chip(name, ChipImages.from_fit(chip))
+            return _without_images(chip)
+
+        result = _run(chips, traces, options, meta, progress, write_chip)
+        parts = product_parts(result)
+        writer.finish(
+            fibers=parts.fibers, inputs=parts.inputs, backend=parts.backend,
+            metadata=parts.metadata,
+        )  # fmt: skip
+    return dataclasses.replace(result, meta={**result.meta, "product": str(path)})
+
+
+def write_exposure(
+    result: ExposureResult, path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write a whole :class:`ExposureResult` (with its images) as a pyapred product.
+
+    Per chip the flux, inverse variance, chi2 and flag images; per fiber group what
+    :func:`~pyapred.exposure.product_parts` gives; the inputs and trace files hashed
+    (``input_files``, ``input_sha256``).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from ..io import ChipImages, write_product
+
+    images = {name: ChipImages.from_fit(chip) for name, chip in result.chips.items()}
+    parts = product_parts(result)
+    return write_product(
+        path, chips=images, fibers=parts.fibers, inputs=parts.inputs, backend=parts.backend,
+        metadata=parts.metadata, overwrite=overwrite,
+    )  # fmt: skip
+
+
+def resolve_backend(backend: str) -> str:
+    """``"numpy"`` or ``"julia"``: ``"auto"`` is Julia where it loads; ``"julia"`` must load.
+
+    Raises
+    ------
+    InputError
+        ``"julia"`` where no Julia runtime can be loaded; the message names what is missing.
+    """
+    from ..solver import JuliaBackendError, julia_available, load_julia
+
+    if backend == "numpy":
+        return backend
+    if backend == "auto":
+        return "julia" if julia_available() else "numpy"
+    try:
+        load_julia()
+    except JuliaBackendError as exc:
+        raise InputError(
+            "--backend", "backend", "a Julia runtime with juliacall (pip install "
+            "'pyapred[julia]'; docs/julia.md), or --backend numpy", exc.reason,
+        ) from None  # fmt: skip
+    return backend
+
+
+# --------------------------------------------------------------------------------------------
+# The stages, chip by chip
+# --------------------------------------------------------------------------------------------
+def _run(chips, traces, options, meta, progress, on_chip) -> ExposureResult:
+    """The stages over every chip: per chip, or with ``joint_chips`` over all chips at once."""
+    keep = on_chip or (lambda name, chip_result: chip_result)
+    names = list(chips)
+    missing = [n for n in names if n not in traces]
+    if missing:
+        raise ValueError(f"traces: no traces for chips {missing}")
+    if options.correct_1f != "none":  # each chip corrected as it is loaded
+        chips = {name: _corrected_1f(chips[name], traces[name], options) for name in names}
+    groups = [names] if options.joint_chips else [[name] for name in names]
+    bar = _progress(len(names) * (2 if options.joint_chips else 1), progress)
+    seen: dict = {}
+    timings: dict = {}
+    results, fibers, read_times, timing = {}, {}, None, None
+    for group in groups:
+        prepared, loaded = [], None
+        for name in group:
+            with _timed(timings, "load"):
+                chip = _load(chips[name])
+            _check_consistent(chip, seen)
+            read_times = chip.read_times if read_times is None else read_times
+            timing = chip.timing if timing is None else timing
+            with _timed(timings, "prepare"):
+                prepared.append(prepare_chip(chip, traces[name], options))
+            # One chip is kept for its extraction; joint chips are loaded again (one cube).
+            loaded = chip if len(group) == 1 else None
+            del chip
+            if options.joint_chips:
+                bar.update()
+        key = "joint" if options.joint_chips else group[0]
+        with _timed(timings, "fit_omega"):
+            fibers[key] = fit_fibers(prepared, options)
+        for name, prep in zip(group, prepared, strict=True):
+            with _timed(timings, "load"):
+                chip = loaded if loaded is not None else _load(chips[name])
+            loaded = None
+            with _timed(timings, "extract"):
+                extracted = extract_chip(chip, prep, fibers[key], options)
+            del chip
+            with _timed(timings, "write"):
+                results[name] = keep(name, extracted)
+            del extracted
+            _return_freed_memory()
+            bar.update()
+    bar.close()
+    if read_times is None:
+        read_times = np.arange(seen["n_reads"][0], dtype=np.float64)
+    meta = {
+        **meta,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "timing": timing,
+    }
+    return ExposureResult(
+        chips=results, fibers=fibers, options=options, read_times=read_times, meta=meta
+    )
+
+
+def _file_sources(inputs, trace_paths, options: FitOptions) -> tuple[dict, dict, dict]:
+    """Loaders and traces of one exposure's files, by chip, and the paths for the product."""
+    from ..traces import read_trace_file
+
+    pairs = match_inputs(list(inputs), list(trace_paths))
+    traces = {chip: read_trace_file(trace) for chip, (_, trace) in pairs.items()}
+
+    def loader(name, path, trace_path):
+        def load():
+            chip = load_chip(
+                path, gain=options.gain, read_noise=options.read_noise,
+                saturation=options.saturation,
+            )  # fmt: skip
+            # Checked here too, so that the error names the trace file.
+            traces[name].check_geometry(*chip.reads.shape[1:], source=str(trace_path))
+            return chip
+
+        return load
+
+    chips = {chip: loader(chip, path, trace) for chip, (path, trace) in pairs.items()}
+    meta = {
+        "inputs": [str(path) for path, _ in pairs.values()],
+        "traces": [str(trace) for _, trace in pairs.values()],
+    }
+    return chips, traces, meta
+
+
+def _with_calibration(source: ChipSource, options: FitOptions) -> ChipSource:
+    """``source`` with the options' calibration overrides, where any is set."""
+    overrides = {
+        name: getattr(options, name)
+        for name in ("gain", "read_noise", "saturation")
+        if getattr(options, name) is not None
+    }
+    if not overrides:
+        return source
+    return lambda: dataclasses.replace(_load(source), **overrides)
+
+
+def _load(source: ChipSource) -> ChipExposure:
+    return source() if callable(source) else source
+
+
+def _corrected_1f(source: ChipSource, traces: Traces, options: FitOptions) -> Callable:
+    """A loader of the corrected chip. A chip corrected in the caller's own array (in memory,
+    ``writable``) is kept, so that ``joint_chips``' second load does not correct it twice."""
+    kept = []
+
+    def load() -> ChipExposure:
+        if kept:
+            return kept[0]
+        chip = correct_1f(
+            _load(source), traces, options.correct_1f, halfwidth=options.map_halfwidth
+        )
+        if chip.reads is getattr(source, "reads", None):
+            kept.append(chip)
+        return chip
+
+    return load
+
+
+def _check_consistent(chip: ChipExposure, seen: dict) -> None:
+    """The chips of one call are one exposure: one telescope, night and number of reads."""
+    for key in ("telescope", "mjd"):
+        value = getattr(chip, key)
+        if value is None:
+            continue
+        if key in seen and seen[key][0] != value:
+            raise InputError(
+                chip.source,
+                key,
+                f"{seen[key][0]!r} like {seen[key][1]} (one exposure per call)",
+                repr(value),
+            )
+        seen.setdefault(key, (value, chip.source))
+    if "n_reads" in seen and seen["n_reads"][0] != chip.reads.shape[0]:
+        raise InputError(
+            chip.source, "reads", f"{seen['n_reads'][0]} reads like {seen['n_reads'][1]}",
+            str(chip.reads.shape[0]),
+        )  # fmt: skip
+    seen.setdefault("n_reads", (chip.reads.shape[0], chip.source))
+
+
+def _without_images(chip: ChipResult) -> ChipResult:
+    """``chip`` without its images and the prepared chip's maps (written to the product)."""
+    images = dict.fromkeys(("flux", "flux_var", "chi2", "n_diff", "flags"))
+    maps = dict.fromkeys(("pixel_map", "saturated", "rate"))
+    prepared = dataclasses.replace(chip.prepared, **maps)
+    return dataclasses.replace(chip, prepared=prepared, **images)
+
+
+def _return_freed_memory() -> None:
+    """Give freed heap memory back to the system between chips (glibc's ``malloc_trim``).
+
+    glibc keeps what the kernels freed in its arenas; the next chip's cube would come on top.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+@contextlib.contextmanager
+def _timed(totals: dict, name: str):
+    """Add the wall-clock seconds of the block to ``totals[name]``."""
+    start = time.perf_counter()
+    yield
+    totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar over ``total`` steps, or a silent stand-in."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="pyapred fit", unit="step", disable=not enabled)

@@ -1,0 +1,148 @@
+"""Stage 3, extract a chip: every pixel's flux with its fiber's omega fixed.
+
+:func:`extract_chip` extracts every pixel of a chip in one :func:`pyapred.solver.extract_fluxes`
+call (each pixel with the omega of the fiber it belongs to, background pixels with the constant
+model), the pixels with a detected jump again with their reads after the jump masked. Arrays
+in, a frozen :class:`ChipResult` out; no file I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..solver import Flag, FluxFit, extract_fluxes, fit_constant
+from .fibers import FiberFits
+from .inputs import ChipExposure
+from .options import FitOptions
+from .prepare import PreparedChip
+
+__all__ = ["ChipResult", "extract_chip"]
+
+
+@dataclass(frozen=True)
+class ChipResult:
+    """Extracted fluxes of one chip.
+
+    Attributes
+    ----------
+    flux, flux_var, chi2, n_diff, flags : ndarray, ``(ny, nx)``
+        As in :class:`~pyapred.solver.FluxFit` (DN per read interval; ``n_diff`` as int16), plus
+        the pipeline's pixel flags ``JUMP_DETECTED`` and ``BACKGROUND``. None once written to a
+        product by :func:`fit_to_product`.
+    fiber : ndarray of int16, ``(ny, nx)``
+        Fiber whose omega each pixel used; -1 for background and reference columns.
+    constant : FluxFit or None
+        Every pixel with the constant model (``FitOptions.keep_constant``).
+    fibers : FiberFits
+        The fits this chip's extraction used (shared by all chips with ``joint_chips``).
+    prepared : PreparedChip
+    """
+
+    flux: np.ndarray
+    flux_var: np.ndarray
+    chi2: np.ndarray
+    n_diff: np.ndarray
+    flags: np.ndarray
+    fiber: np.ndarray
+    constant: FluxFit | None
+    fibers: FiberFits
+    prepared: PreparedChip
+
+
+def extract_chip(
+    chip: ChipExposure, prepared: PreparedChip, fibers: FiberFits, options: FitOptions
+) -> ChipResult:
+    """Every pixel of the chip with its fiber's omega, in one ``extract_fluxes`` call.
+
+    Parameters
+    ----------
+    chip : ChipExposure
+        The chip's reads ``(n_reads, ny, nx)``, DN, and calibration.
+    prepared : PreparedChip
+        The same chip after :func:`~pyapred.exposure.prepare_chip` (pixel map and jumps).
+    fibers : FiberFits
+        The fibers' omega (``FiberFits.omega``, mean 1), from
+        :func:`~pyapred.exposure.fit_fibers`.
+    options : FitOptions
+        ``keep_constant`` and ``backend`` are used.
+
+    Returns
+    -------
+    ChipResult
+        Fluxes in DN per read interval, ``(ny, nx)``.
+    """
+    n_reads, ny, nx = chip.reads.shape
+    n_fibers, K = fibers.omega.shape
+    nc = prepared.traces.n_columns
+    fiber = np.full((ny, nx), -1, dtype=np.int16)
+    fiber[:, :nc] = prepared.pixel_map.fiber
+    groups = np.where(fiber >= 0, fiber, n_fibers)
+    table = np.vstack([fibers.omega, np.ones((1, K))])
+
+    def extract(reads, read_noise, gain, saturation, groups, mask=None):
+        return extract_fluxes(reads, read_noise, table, groups=groups, gain=gain, mask=mask,
+                              saturation=saturation, backend=options.backend)  # fmt: skip
+
+    result = _masked_at_jumps(extract, chip, prepared.jumps, groups)
+    constant = None
+    if options.keep_constant:
+        constant_fit = _without_groups(fit_constant, options.backend)
+        constant = _masked_at_jumps(constant_fit, chip, prepared.jumps, groups)
+    flags = result.flags.copy()
+    flags[fiber < 0] |= Flag.BACKGROUND
+    if prepared.jumps.size:
+        _, row, col = prepared.jumps.T
+        flags[row, col] |= Flag.JUMP_DETECTED
+    return ChipResult(
+        flux=result.flux,
+        flux_var=result.flux_var,
+        chi2=result.chi2,
+        n_diff=result.n_diff.astype(np.int16),
+        flags=flags,
+        fiber=fiber,
+        constant=constant,
+        fibers=fibers,
+        prepared=prepared,
+    )
+
+
+def _masked_at_jumps(fit: Callable, chip: ChipExposure, jumps: np.ndarray, groups: np.ndarray):
+    """``fit`` of every pixel of the chip with the reads after a jump masked.
+
+    The whole chip is fitted with no mask, then the pixels with a jump again with theirs: every
+    pixel is fitted on its own, so the result is that of one masked fit, without a cube-sized
+    mask or writing into the reads (which may be raw uint16).
+
+    ``fit(reads, read_noise, gain, saturation, groups, mask=None)`` returns a FluxFit.
+    """
+    ny, nx = chip.reads.shape[1:]
+    saturation = np.inf if chip.saturation is None else chip.saturation
+    result = fit(chip.reads, chip.read_noise, chip.gain, saturation, groups)
+    if not jumps.size:
+        return result
+    read, row, col = jumps.T
+    pixels, index = np.unique(row * nx + col, return_inverse=True)
+    rows, cols = np.divmod(pixels, nx)
+    mask = np.zeros((chip.reads.shape[0], pixels.size), dtype=bool)
+    mask[read, index] = True
+
+    def at_pixels(value):
+        return np.broadcast_to(np.asarray(value, dtype=np.float64), (ny, nx))[rows, cols]
+
+    redo = fit(chip.reads[:, rows, cols], at_pixels(chip.read_noise), at_pixels(chip.gain),
+               at_pixels(saturation), groups[rows, cols], mask=mask)  # fmt: skip
+    for name in ("flux", "flux_var", "chi2", "n_diff", "flags"):
+        getattr(result, name)[rows, cols] = getattr(redo, name)
+    return result
+
+
+def _without_groups(fit: Callable, backend: str = "numpy") -> Callable:
+    """``fit(reads, read_noise, **kwargs)`` in :func:`_masked_at_jumps`'s calling convention."""
+
+    def call(reads, read_noise, gain, saturation, groups, mask=None):
+        return fit(reads, read_noise, gain=gain, saturation=saturation, mask=mask, backend=backend)
+
+    return call

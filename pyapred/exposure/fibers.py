@@ -1,0 +1,377 @@
+"""Stage 2, fit the fibers: one batched omega fit, the model choice per fiber, borrowing, fallback.
+
+:func:`fit_fibers` fits omega for every fiber at once from the fit pixels of one chip, or of all
+chips jointly (:func:`pyapred.solver.fit_omega`, with the constant model beside it);
+:func:`choose_models` then decides per fiber between the constant and the time-variable model,
+lends faint fibers the bright fibers' mean omega and falls back to the constant model where a
+fit failed. Arrays in, a frozen :class:`FiberFits` out; no file I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..solver import Flag, FluxFit, OmegaFit, fit_constant, fit_omega
+from .options import FitOptions
+from .prepare import PreparedChip, release_fit_reads
+
+__all__ = [
+    "MODEL_BORROWED",
+    "MODEL_CONSTANT",
+    "MODEL_NAMES",
+    "MODEL_TIME_VARIABLE",
+    "FiberFits",
+    "choose_models",
+    "fit_fibers",
+]
+
+#: Per-fiber model codes (``FiberFits.model``).
+MODEL_CONSTANT, MODEL_TIME_VARIABLE, MODEL_BORROWED = 0, 1, 2
+MODEL_NAMES = ("constant", "time_variable", "borrowed")
+
+
+@dataclass(frozen=True)
+class FiberFits:
+    """Per-fiber omega fits and model decisions (one chip, or all chips jointly).
+
+    Attributes
+    ----------
+    omega_fit : ndarray, ``(n_fibers, K)``
+        Fitted omega, ``omega_fit[:, ref_index] == 1``; NaN for fibers not fitted.
+    omega_cov : ndarray, ``(n_fibers, K, K)``
+        Its covariance (zeros for fibers not fitted).
+    omega : ndarray, ``(n_fibers, K)``
+        The omega used for extraction, normalised to mean 1: ones for constant-model fibers, the
+        fit for time-variable fibers, the bright-fiber mean for borrowed fibers.
+    model : ndarray of int, ``(n_fibers,)``
+        ``MODEL_CONSTANT``, ``MODEL_TIME_VARIABLE`` or ``MODEL_BORROWED``.
+    delta_chi2 : ndarray, ``(n_fibers,)``
+        Constant-model minus time-variable chi2 over the fit pixels (the decision statistic).
+    p_value : ndarray, ``(n_fibers,)``
+        Probability of ``delta_chi2`` under the constant model (chi2 with the free elements of
+        omega as degrees of freedom).
+    amplitude : ndarray, ``(n_fibers,)``
+        Equivalent amplitude ``sqrt(12 (var(omega) - mean(sigma_omega^2)))`` of the mean-1 fit: the
+        paper's A for ``omega ~ U(1 - A, 1)``, debiased for noise.
+    chi2_dof_constant, chi2_dof_variable : ndarray, ``(n_fibers,)``
+        chi2/dof of the two models over the fit pixels.
+    n_fit_pixels : ndarray of int, ``(n_fibers,)``
+    flags : ndarray of int, ``(n_fibers,)``
+        Group flags of the fit plus ``BORROWED_OMEGA``, ``FALLBACK_CONSTANT``, ``FPI_FIBER``.
+    ref_index : int
+        The read difference fixed to 1 in every fiber's ``omega_fit``.
+    bright : ndarray of bool, ``(n_fibers,)``
+        Fibers that constrain their own omega.
+    borrowed_omega, borrowed_cov : ndarray, ``(K,)``, ``(K, K)``
+        The bright-fiber mean lent to faint fibers (``ref_index`` normalisation).
+    fit : OmegaFit or None
+        The raw batched fit (per-pixel joint fluxes and chi2), None with ``model="constant"``.
+    pixel_chi2_constant : ndarray, ``(n_fibers, n_pix)``
+        Constant-model chi2 of each fit pixel (NaN for padding).
+    """
+
+    omega_fit: np.ndarray
+    omega_cov: np.ndarray
+    omega: np.ndarray
+    model: np.ndarray
+    delta_chi2: np.ndarray
+    p_value: np.ndarray
+    amplitude: np.ndarray
+    chi2_dof_constant: np.ndarray
+    chi2_dof_variable: np.ndarray
+    n_fit_pixels: np.ndarray
+    flags: np.ndarray
+    ref_index: int
+    bright: np.ndarray
+    borrowed_omega: np.ndarray
+    borrowed_cov: np.ndarray
+    fit: OmegaFit | None = None
+    pixel_chi2_constant: np.ndarray | None = None
+
+    def omega_error(self) -> np.ndarray:
+        """Marginal omega errors, ``(n_fibers, K)``, from the diagonal of ``omega_cov``."""
+        return np.sqrt(np.maximum(np.diagonal(self.omega_cov, axis1=1, axis2=2), 0.0))
+
+
+def _free(array: np.ndarray, ref_index: int) -> np.ndarray:
+    """Drop the fixed element along the last axis."""
+    return np.delete(array, ref_index, axis=-1)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence NumPy's empty-slice warnings: all-NaN rows (padding, unfitted fibers) are expected
+    and handled by the caller."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
+    """One batched omega fit over the fibers, from the fit pixels of one or more chips.
+
+    Parameters
+    ----------
+    prepared : list of PreparedChip
+        One chip, or every chip with ``options.joint_chips`` (the same reads and fibers on
+        each). The list's items are replaced by :func:`release_fit_reads` versions as soon as
+        their fit reads are taken, so that (unless they are kept) the fit does not hold two
+        copies.
+    options : FitOptions
+        ``model``, ``min_fit_pixels``, ``max_iter``, ``jump_search`` and ``backend`` are used
+        here; the model choice's settings by :func:`choose_models`.
+
+    Returns
+    -------
+    FiberFits
+        ``(n_fibers, ...)``, every fiber with one ``ref_index``: the read difference where the
+        exposure is most transparent.
+    """
+    first = prepared[0]
+    excluded = first.traces.excluded
+    K = first.shape[0] - 1
+    n_fibers = first.traces.n_fibers
+    if any(p.shape[0] != first.shape[0] or p.traces.n_fibers != n_fibers for p in prepared):
+        raise ValueError("joint chips: expected the same number of reads and fibers on every chip")
+
+    def joined(values, axis):
+        return values[0] if len(values) == 1 else np.concatenate(values, axis=axis)
+
+    reads = joined([p.fit_reads for p in prepared], 2)
+    sigma = joined([p.fit_read_noise for p in prepared], 1)
+    gain = joined([p.fit_gain for p in prepared], 1)
+    valid = joined([p.fit_pixels.valid for p in prepared], 1)
+    prepared[:] = [release_fit_reads(p, options) for p in prepared]
+    mask = np.broadcast_to(~valid, reads.shape)
+    n_pix = valid.sum(axis=1)
+    flags = np.where(excluded, int(Flag.FPI_FIBER), 0).astype(np.int64)
+    # A common reference read: where the exposure is most transparent.
+    rough = np.mean([p.omega_rough for p in prepared], axis=0)
+    ref_index = int(np.argmax(np.median(rough[~excluded] if (~excluded).any() else rough, 0)))
+    if options.model == "constant":
+        nan = np.full((n_fibers, K), np.nan)
+        return FiberFits(
+            omega_fit=nan, omega_cov=np.zeros((n_fibers, K, K)), omega=np.ones((n_fibers, K)),
+            model=np.zeros(n_fibers, np.int64), delta_chi2=np.full(n_fibers, np.nan),
+            p_value=np.full(n_fibers, np.nan), amplitude=np.full(n_fibers, np.nan),
+            chi2_dof_constant=np.full(n_fibers, np.nan),
+            chi2_dof_variable=np.full(n_fibers, np.nan), n_fit_pixels=n_pix, flags=flags,
+            ref_index=ref_index, bright=np.zeros(n_fibers, bool), borrowed_omega=np.ones(K),
+            borrowed_cov=np.zeros((K, K)),
+        )  # fmt: skip
+    # Only fibers that can be bright are fitted; the others are padding-only groups.
+    todo = np.flatnonzero(~excluded & (n_pix >= max(options.min_fit_pixels, 1)))
+    P = max(int(n_pix[todo].max(initial=1)), 1)
+    sub = (slice(None), todo, slice(0, P))
+    mask = np.ascontiguousarray(mask[sub])
+    reads = reads[sub]
+    with _quiet():
+        const = fit_constant(
+            reads, sigma[todo, :P], gain=gain[todo, :P], mask=mask, backend=options.backend
+        )
+        fit = fit_omega(
+            reads, sigma[todo, :P], gain=gain[todo, :P], mask=mask, ref_index=ref_index,
+            max_iter=options.max_iter, jump_search=options.jump_search, backend=options.backend,
+        )  # fmt: skip
+    fit, const = _scatter(fit, const, todo, n_fibers, ref_index)
+    return choose_models(fit, const, n_pix, excluded, options, flags)
+
+
+def _scatter(fit: OmegaFit, const: FluxFit, todo: np.ndarray, n_fibers: int, ref_index: int):
+    """Full-size fits from the fits of fibers ``todo``; the others are empty groups."""
+
+    def spread(value, fill):
+        out = np.full((n_fibers,) + value.shape[1:], fill, dtype=value.dtype)
+        out[todo] = value
+        return out
+
+    K, P = fit.omega.shape[1], fit.flux.shape[1]
+    nan = np.nan
+    full = OmegaFit(
+        omega=spread(fit.omega, nan),
+        omega_cov=spread(fit.omega_cov, 0.0),
+        ref_index=np.full(n_fibers, ref_index, dtype=np.int64),
+        flux=spread(fit.flux, nan),
+        flux_var=spread(fit.flux_var, nan),
+        chi2=spread(fit.chi2, nan),
+        n_diff=spread(fit.n_diff, 0),
+        inflation=spread(fit.inflation, nan),
+        n_iter=spread(fit.n_iter, 0),
+        converged=spread(fit.converged, False),
+        flags=spread(fit.flags, int(Flag.NOT_IN_OMEGA_FIT)),
+        group_flags=spread(fit.group_flags, int(Flag.EMPTY_GROUP)),
+    )
+    const_full = FluxFit(
+        flux=spread(const.flux, nan),
+        flux_var=spread(const.flux_var, nan),
+        chi2=spread(const.chi2, nan),
+        n_diff=spread(const.n_diff, 0),
+        flags=spread(const.flags, 0),
+    )
+    assert full.omega.shape == (n_fibers, K) and full.flux.shape == (n_fibers, P)
+    return full, const_full
+
+
+def _equivalent_amplitude(omega: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """``sqrt(12 (var - noise))`` of omega normalised to mean 1, per row (free elements only)."""
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet():
+        mean = np.nanmean(omega, axis=-1, keepdims=True)
+        scaled, err = omega / mean, error / mean
+        excess = np.nanvar(scaled, axis=-1) - np.nanmean(err**2, axis=-1)
+    return np.sqrt(12.0 * np.maximum(excess, 0.0))
+
+
+def _weighted_mean_omega(omega, cov, use, ref_index):
+    """Inverse-covariance weighted mean of the omegas of the ``use`` fibers (ref normalisation)."""
+    K = omega.shape[1]
+    free = np.flatnonzero(np.arange(K) != ref_index)
+    ok = use & np.all(np.isfinite(omega), axis=1)
+    if not ok.any():
+        return np.ones(K), np.zeros((K, K))
+    sub = cov[ok][:, free[:, None], free[None, :]]
+    precision = np.linalg.inv(sub)
+    total = precision.sum(axis=0)
+    mean_cov = np.linalg.inv(total)
+    mean = mean_cov @ np.einsum("fij,fj->i", precision, omega[ok][:, free])
+    out = np.ones(K)
+    out[free] = mean
+    out_cov = np.zeros((K, K))
+    out_cov[free[:, None], free[None, :]] = mean_cov
+    return out, out_cov
+
+
+def _significance(omega, cov, ref_index):
+    """chi2 of an omega against the ones-vector (the constant model at the same reference read,
+    as in the paper's quartz-flat null test) and its p-value."""
+    from scipy.stats import chi2
+
+    free = np.flatnonzero(np.arange(omega.size) != ref_index)
+    sub = cov[free[:, None], free[None, :]]
+    if not np.all(np.isfinite(omega)) or not np.any(sub):
+        return 0.0, 1.0
+    # Element ref is exactly 1: the constant model is omega = 1 everywhere.
+    resid = omega[free] - 1.0
+    stat = float(resid @ np.linalg.solve(sub, resid))
+    return stat, float(chi2.sf(stat, free.size))
+
+
+def choose_models(
+    fit: OmegaFit,
+    constant: FluxFit,
+    n_fit_pixels: np.ndarray,
+    excluded: np.ndarray,
+    options: FitOptions,
+    flags: np.ndarray | None = None,
+) -> FiberFits:
+    """Decide per fiber between the constant and the time-variable model; lend faint fibers omega.
+
+    A fiber is *bright* when it has at least ``min_fit_pixels`` fit pixels, its fit converged with
+    every omega element constrained, and its median omega error is at most ``max_omega_error``.
+    With ``model="auto"`` a bright fiber gets the time-variable model when ``p_value`` of the
+    chi2 improvement is below ``options.p_value`` and its equivalent amplitude reaches
+    ``options.amplitude_threshold``; otherwise the constant model. Other fibers (except excluded
+    ones) borrow the inverse-covariance weighted mean omega of the bright fibers, which are all
+    fitted with the same reference read, when that mean passes the same two tests. A fiber whose
+    fit failed falls back to the constant model and is flagged ``FALLBACK_CONSTANT``.
+
+    Parameters
+    ----------
+    fit : OmegaFit
+        Batched fit, ``(n_fibers, ...)``, all with one ``ref_index``.
+    constant : FluxFit
+        Constant-model fit of the same pixels, ``(n_fibers, n_pix)``.
+    n_fit_pixels : ndarray of int, ``(n_fibers,)``
+    excluded : ndarray of bool, ``(n_fibers,)``
+        FPI fibers: always the constant model.
+    options : FitOptions
+    flags : ndarray of int, ``(n_fibers,)``, optional
+        Initial fiber flags.
+
+    Returns
+    -------
+    FiberFits
+    """
+    from scipy.stats import chi2 as chi2_dist
+
+    n_fibers, K = fit.omega.shape
+    ref_index = int(fit.ref_index[0])
+    flags = (np.zeros(n_fibers, np.int64) if flags is None else flags.copy()) | fit.group_flags
+    in_fit = ~(fit.flags & Flag.NOT_IN_OMEGA_FIT).astype(bool)
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet():
+        chi2_tv = np.where(in_fit, fit.chi2, 0.0).sum(axis=1)
+        chi2_c = np.where(in_fit, constant.chi2, 0.0).sum(axis=1)
+        dof = np.where(in_fit, fit.n_diff - 1, 0).sum(axis=1)
+        delta = chi2_c - chi2_tv
+        free = np.sum(np.isfinite(fit.omega), axis=1) - 1
+        p_value = chi2_dist.sf(delta, np.maximum(free, 1))
+        error = np.sqrt(np.maximum(np.diagonal(fit.omega_cov, axis1=1, axis2=2), 0.0))
+        median_error = np.nanmedian(np.where(np.arange(K) == ref_index, np.nan, error), axis=1)
+    amplitude = _equivalent_amplitude(_free(fit.omega, ref_index), _free(error, ref_index))
+    failed = (fit.group_flags & (Flag.NOT_CONVERGED | Flag.OMEGA_ELEMENT_NO_DATA)).astype(bool)
+    failed &= n_fit_pixels >= options.min_fit_pixels
+    failed &= ~excluded
+    flags[failed] |= Flag.FALLBACK_CONSTANT
+    bright = (
+        ~excluded
+        & ~failed
+        & (n_fit_pixels >= options.min_fit_pixels)
+        & ~(fit.group_flags & Flag.EMPTY_GROUP).astype(bool)
+        & (median_error <= options.max_omega_error)
+    )
+    significant = (p_value < options.p_value) & (amplitude >= options.amplitude_threshold)
+
+    borrowed, borrowed_cov = _weighted_mean_omega(fit.omega, fit.omega_cov, bright, ref_index)
+    _, borrowed_p = _significance(borrowed, borrowed_cov, ref_index)
+    borrowed_amp = _equivalent_amplitude(
+        _free(borrowed, ref_index),
+        np.sqrt(np.maximum(np.diag(_free_cov(borrowed_cov, ref_index)), 0)),
+    )
+    borrow_significant = bool(
+        borrowed_p < options.p_value and borrowed_amp >= options.amplitude_threshold
+    )
+
+    faint = ~bright & ~excluded & ~failed
+    model = np.full(n_fibers, MODEL_CONSTANT, dtype=np.int64)
+    if options.model == "time-variable":
+        model[bright] = MODEL_TIME_VARIABLE
+        model[faint & bright.any()] = MODEL_BORROWED
+    else:
+        model[bright & significant] = MODEL_TIME_VARIABLE
+        if borrow_significant:
+            model[faint] = MODEL_BORROWED
+    flags[model == MODEL_BORROWED] |= Flag.BORROWED_OMEGA
+
+    omega_used = np.ones((n_fibers, K))
+    tv = model == MODEL_TIME_VARIABLE
+    omega_used[tv] = fit.omega[tv] / np.nanmean(fit.omega[tv], axis=1, keepdims=True)
+    omega_used[model == MODEL_BORROWED] = borrowed / borrowed.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2_dof_c = chi2_c / dof
+        chi2_dof_tv = chi2_tv / dof
+    return FiberFits(
+        omega_fit=fit.omega,
+        omega_cov=fit.omega_cov,
+        omega=omega_used,
+        model=model,
+        delta_chi2=delta,
+        p_value=p_value,
+        amplitude=amplitude,
+        chi2_dof_constant=chi2_dof_c,
+        chi2_dof_variable=chi2_dof_tv,
+        n_fit_pixels=np.asarray(n_fit_pixels, dtype=np.int64),
+        flags=flags,
+        ref_index=ref_index,
+        bright=bright,
+        borrowed_omega=borrowed,
+        borrowed_cov=borrowed_cov,
+        fit=fit,
+        pixel_chi2_constant=np.where(in_fit, constant.chi2, np.nan),
+    )
+
+
+def _free_cov(cov: np.ndarray, ref_index: int) -> np.ndarray:
+    return np.delete(np.delete(cov, ref_index, axis=0), ref_index, axis=1)

@@ -1,0 +1,400 @@
+"""The settings of an exposure fit, declared once.
+
+:class:`FitOptions` is the single source of every fit setting. From its fields come:
+
+- the flags of ``pyapred fit`` and ``pyapred night`` (:func:`add_option_arguments`, the same
+  names and help in both commands; a boolean field ``x_y`` gives ``--x-y`` and ``--no-x-y``);
+- the TOML config files of ``--config`` (:func:`read_config`, :meth:`FitOptions.to_toml`): one
+  table per group of settings, in the spirit of ``strun`` config files;
+- the record a product keeps of its settings (:meth:`FitOptions.to_record`,
+  :meth:`FitOptions.from_record`), from which a run can be repeated (``--config PRODUCT.h5``)
+  and by which ``pyapred night`` recognises finished products on resume. A record written
+  before a field existed reads as that field's default.
+
+Precedence: the defaults, then the config file, then the flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import InputError
+
+__all__ = [
+    "CONFIG_GROUPS",
+    "FitOptions",
+    "add_option_arguments",
+    "options_from_arguments",
+    "read_config",
+]
+
+#: The tables of a config file, in order, with the title of each group in ``--help``.
+CONFIG_GROUPS = {
+    "model": "model choice per fiber",
+    "pixels": "omega-fit pixel selection",
+    "solver": "solver",
+    "calibration": "calibration overrides (default: the file's own header cards or maps)",
+    "noise": "correlated (1/f) read noise",
+    "memory": "what the in-memory result keeps (not recorded in the product)",
+}
+
+
+def _option(default: Any, group: str, help: str, *, record: bool = True, metavar=None) -> Any:
+    """A :class:`FitOptions` field: its default, config group, help text, and whether products
+    record it (settings that change only what is kept in memory are not recorded)."""
+    meta = {"group": group, "help": help, "record": record, "metavar": metavar}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Settings of an exposure fit (:func:`pyapred.exposure.run_exposure`).
+
+    The defaults are those of ``pyapred fit``. Every field is a flag of ``pyapred fit`` and
+    ``pyapred night`` (underscores become dashes) and a key of a config file's table
+    ``[group]``; ``pyapred fit --help`` lists them by group.
+
+    Attributes
+    ----------
+    model : {"auto", "constant", "time-variable"}
+        ``"auto"`` chooses per fiber; the others force one model on every traced fiber.
+    p_value : float
+        The time-variable model is chosen when the chi-squared improvement has a probability
+        below this under the constant model ...
+    amplitude_threshold : float
+        ... and the equivalent amplitude of omega is at least this (the paper's 3.5 %).
+    min_fit_pixels : int
+        Fibers with fewer fit pixels borrow omega.
+    max_omega_error : float
+        Fibers whose median omega error exceeds this borrow omega.
+    min_snr, core_halfwidth, min_purity, max_fit_pixels
+        Omega-fit pixel selection (:func:`pyapred.traces.select_fit_pixels`).
+    map_halfwidth : float
+        Pixels further than this many sigmas from every trace are background.
+    backend : {"numpy", "julia", "auto"}
+        The solver kernels of every omega fit and extraction (``"auto"``: Julia where it
+        loads). The first pass over each chip runs on NumPy whatever the backend.
+    joint_chips : bool
+        Fit one omega per fiber from the pixels of all chips together.
+    max_iter : int
+        Gauss-Newton iteration limit.
+    jump_search : bool
+        Alternate the omega fit with the time-variable jump search
+        (``fit_omega(jump_search=True)``), so that cosmic rays the first pass missed in the fit
+        pixels do not bias omega.
+    jump_threshold : float
+        Cosmic-ray detection threshold of the first pass, in sigmas.
+    gain, read_noise, saturation : float or None
+        e-/DN, single-read DN and DN overriding the file's ``GAIN``, ``RDNOISE`` and
+        ``SATURATE`` cards (raw files) or maps (``ar3Dcal`` files); None reads them from the file.
+    correct_1f : {"none", "refpix", "rowmedian"}
+        Correct correlated (1/f) read noise with the reference pixels before anything else
+        (:func:`pyapred.exposure.correct_1f`); needs raw reads with the reference output.
+    keep_constant : bool
+        Also extract every pixel with the constant model (for comparisons and plots).
+    keep_fit_reads : bool
+        Keep the fit pixels' reads in the result (``PreparedChip.fit_reads``, for the ramp
+        plots); without them the result is smaller by about a quarter of a cube per chip.
+    """
+
+    # model choice
+    model: Literal["auto", "constant", "time-variable"] = _option(
+        "auto", "model", "model per fiber: chosen automatically, or forced on every fiber"
+    )
+    p_value: float = _option(
+        1e-3, "model", "time-variable model when the chi2 improvement's p-value is below this"
+    )
+    amplitude_threshold: float = _option(
+        0.035, "model", "... and omega's equivalent amplitude reaches this (paper: 3.5 %)"
+    )
+    min_fit_pixels: int = _option(20, "model", "fibers with fewer fit pixels borrow omega")
+    max_omega_error: float = _option(
+        0.05, "model", "fibers whose median omega error exceeds this borrow omega"
+    )
+    # pixel selection
+    min_snr: float = _option(30.0, "pixels", "fit pixels need at least this S/N over the ramp")
+    core_halfwidth: float = _option(
+        0.5, "pixels", "fit pixels lie within this many trace sigmas of the center"
+    )
+    min_purity: float = _option(
+        0.95, "pixels", "fit pixels get at least this fraction of their light from one fiber"
+    )
+    max_fit_pixels: int | None = _option(
+        None, "pixels", "at most this many fit pixels per fiber, the brightest (default: all)"
+    )
+    map_halfwidth: float = _option(
+        2.5, "pixels", "pixels further than this many sigmas from every trace are background"
+    )
+    # solver
+    backend: Literal["numpy", "julia", "auto"] = _option(
+        "numpy", "solver", "solver kernels: numpy (Numba), julia (APRampFit), or auto"
+    )
+    joint_chips: bool = _option(False, "solver", "one omega per fiber from all chips together")
+    max_iter: int = _option(50, "solver", "Gauss-Newton iteration limit")
+    jump_search: bool = _option(
+        True, "solver", "alternate the omega fit with the jump search (--no-jump-search: faster)"
+    )
+    jump_threshold: float = _option(
+        8.0, "solver", "cosmic-ray threshold of the first pass, in sigmas"
+    )
+    # calibration overrides
+    gain: float | None = _option(None, "calibration", "e-/DN (default: GAIN card, gainMat)")
+    read_noise: float | None = _option(
+        None, "calibration", "single-read DN (default: RDNOISE card, readVarMat)"
+    )
+    saturation: float | None = _option(
+        None, "calibration", "DN (default: SATURATE card or 55000; none for ar3Dcal)"
+    )
+    # 1/f noise
+    correct_1f: Literal["none", "refpix", "rowmedian"] = _option(
+        "none", "noise", "correct 1/f read noise first with the reference pixels (refpix), plus "
+        "the median of each row's inter-fiber pixels (rowmedian); raw .apz only",
+    )  # fmt: skip
+    # what the in-memory result keeps
+    keep_constant: bool = _option(
+        False, "memory", "also extract every pixel with the constant model", record=False
+    )
+    keep_fit_reads: bool = _option(
+        True, "memory", "keep the fit pixels' reads (ramp plots)", record=False
+    )
+
+    def __post_init__(self):
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            problem = _check_value(item, value)
+            if problem is not None:
+                raise ValueError(f"{item.name}: expected {problem}, got {value!r}")
+
+    # -- records and config files -------------------------------------------------------------
+    def to_record(self) -> str:
+        """The settings a product records, as canonical JSON (``fit_options`` in its metadata).
+
+        ``keep_constant`` and ``keep_fit_reads`` are left out: they change what is kept in
+        memory, not the product.
+        """
+        settings = {f.name: getattr(self, f.name) for f in _fields() if f.metadata["record"]}
+        return json.dumps(settings, sort_keys=True)
+
+    @classmethod
+    def from_record(cls, record: str | dict, *, source: str = "fit_options") -> FitOptions:
+        """The options of a product's ``fit_options`` record; a missing key takes its default.
+
+        Raises
+        ------
+        InputError
+            Not a JSON object of known settings with valid values.
+        """
+        try:
+            values = json.loads(record) if isinstance(record, str) else dict(record)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                source, "fit_options", "a JSON object of fit settings", str(exc)
+            ) from None
+        if not isinstance(values, dict):
+            raise InputError(source, "fit_options", "a JSON object", type(values).__name__)
+        return _build(values, source, {key: f"fit_options: {key}" for key in values})
+
+    def matches_record(self, record: str) -> bool:
+        """Whether a product's ``fit_options`` record holds these settings (resume)."""
+        try:
+            return FitOptions.from_record(record).to_record() == self.to_record()
+        except InputError:
+            return False
+
+    def to_toml(self) -> str:
+        """These settings as a config file for ``--config`` (every field, grouped in tables)."""
+        lines = ["# pyapred fit settings (pyapred fit --config FILE.toml)"]
+        for group, title in CONFIG_GROUPS.items():
+            lines += ["", f"[{group}]  # {title}"]
+            for item in _fields():
+                if item.metadata["group"] != group:
+                    continue
+                value = getattr(self, item.name)
+                if value is None:
+                    lines.append(f"# {item.name} =  # {item.metadata['help']}")
+                else:
+                    lines.append(f"{item.name} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(FitOptions)
+
+
+def _choices(item: dataclasses.Field) -> tuple | None:
+    """The allowed values of a ``Literal`` field, else None."""
+    kind = _types()[item.name]
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+
+
+def _base_type(item: dataclasses.Field) -> type:
+    """``bool``, ``int``, ``float`` or ``str`` of a field (``int | None`` gives ``int``)."""
+    kind = _types()[item.name]
+    if typing.get_origin(kind) is Literal:
+        return str
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if args else kind
+
+
+@functools.cache
+def _types() -> dict:
+    return typing.get_type_hints(FitOptions)
+
+
+def _optional(item: dataclasses.Field) -> bool:
+    return type(None) in typing.get_args(_types()[item.name])
+
+
+def _check_value(item: dataclasses.Field, value: Any) -> str | None:
+    """What ``value`` should have been for ``item``, or None when it is fine."""
+    choices = _choices(item)
+    if choices is not None:
+        return None if value in choices else " or ".join(repr(c) for c in choices)
+    if value is None:
+        return None if _optional(item) else f"a {_base_type(item).__name__}"
+    kind = _base_type(item)
+    if kind is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return None if ok else "an integer >= 0"
+    # Ranges are checked where the values are used (load_chip names the file and the flag).
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    return None if ok else "a number"
+
+
+def _build(values: dict, source: str, labels: dict) -> FitOptions:
+    """``FitOptions(**values)``, with errors naming ``source`` and the key at fault (as
+    ``labels[key]``, e.g. ``[pixels] min_snr``)."""
+    known = {f.name: f for f in _fields()}
+    for key, value in values.items():
+        label = labels.get(key, key)
+        if key not in known:
+            raise InputError(source, label, f"a setting among {', '.join(known)}")
+        if isinstance(value, int) and _base_type(known[key]) is float:
+            values[key] = value = float(value)
+        problem = _check_value(known[key], value)
+        if problem is not None:
+            raise InputError(source, label, problem, repr(value))
+    return FitOptions(**values)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def read_config(path: str | os.PathLike) -> FitOptions:
+    """Options from a config file: TOML (``[group]`` tables, or flat keys), or a product.
+
+    A pyapred product (``.h5``) gives the settings it recorded, so a run can be repeated from
+    its product.
+
+    Raises
+    ------
+    InputError
+        An unreadable file, an unknown table or key, or a value of the wrong kind.
+    """
+    path = Path(path)
+    if path.suffix in (".h5", ".hdf5"):
+        from ..io import read_metadata
+
+        metadata = read_metadata(path)
+        if "fit_options" not in metadata:
+            raise InputError(path, "metadata/fit_options", "a pyapred product's fit settings")
+        return FitOptions.from_record(str(metadata["fit_options"]), source=str(path))
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise InputError(path, "--config", "a readable TOML file", exc.strerror) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, "TOML", "a valid TOML file", str(exc)) from None
+    values: dict = {}
+    labels: dict = {}
+    groups = {f.name: f.metadata["group"] for f in _fields()}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            if key not in CONFIG_GROUPS:
+                raise InputError(path, f"[{key}]", f"a table among {', '.join(CONFIG_GROUPS)}")
+            for name, item in value.items():
+                if groups.get(name, key) != key:
+                    raise InputError(path, f"[{key}] {name}", f"{name} in table [{groups[name]}]")
+                values[name], labels[name] = item, f"[{key}] {name}"
+        else:
+            values[key] = value
+    return _build(values, str(path), labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line flags
+# --------------------------------------------------------------------------------------------
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per :class:`FitOptions` field, grouped as in config files.
+
+    Every flag defaults to "not given" (``argparse.SUPPRESS``), so that
+    :func:`options_from_arguments` can lay the flags given over the config file's values.
+    """
+    defaults = FitOptions()
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help="fit settings from a TOML file ([model], [pixels], ... tables; see docs/pipeline.md) "
+        "or from a pyapred product (.h5: the settings it was made with); flags given override it",
+    )  # fmt: skip
+    groups = {name: parser.add_argument_group(title) for name, title in CONFIG_GROUPS.items()}
+    for item in _fields():
+        flag = "--" + item.name.replace("_", "-")
+        default = getattr(defaults, item.name)
+        shown = "from the file" if default is None else default
+        text = f"{item.metadata['help']} (default: {shown})"
+        group = groups[item.metadata["group"]]
+        kind = _base_type(item)
+        if kind is bool:
+            group.add_argument(
+                flag, dest=item.name, action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS, help=text,
+            )  # fmt: skip
+        else:
+            group.add_argument(
+                flag, dest=item.name, type=kind, choices=_choices(item),
+                default=argparse.SUPPRESS, help=text, metavar=item.metadata["metavar"],
+            )  # fmt: skip
+
+
+def options_from_arguments(args: argparse.Namespace, **fixed: Any) -> FitOptions:
+    """The :class:`FitOptions` of parsed arguments: defaults < ``--config`` < flags < ``fixed``.
+
+    Raises
+    ------
+    InputError
+        A bad config file, or a flag value out of range (naming the flag).
+    """
+    config = getattr(args, "config", None)
+    base = read_config(config) if config is not None else FitOptions()
+    given = {f.name: getattr(args, f.name) for f in _fields() if hasattr(args, f.name)}
+    for name, value in given.items():
+        problem = _check_value(_field(name), value)
+        if problem is not None:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(flag, flag, problem, repr(value))
+    return dataclasses.replace(base, **{**given, **fixed})
+
+
+def _field(name: str) -> dataclasses.Field:
+    return next(f for f in _fields() if f.name == name)

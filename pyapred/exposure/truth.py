@@ -1,0 +1,95 @@
+"""How well a fit recovered a simulation: omega z-scores and flux biases, in sigma."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..solver import Flag
+from .fibers import MODEL_BORROWED, _free_cov
+from .result import ExposureResult
+
+__all__ = ["truth_metrics"]
+
+
+def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray], *, min_flux=None):
+    """How well a fit recovered a simulation: omega z-scores and flux biases in sigma.
+
+    Parameters
+    ----------
+    result : ExposureResult
+    omega : ndarray, ``(n_fibers, K)``
+        True omega (any normalisation per fiber).
+    flux : mapping of str to ndarray ``(ny, nx)``
+        True exposure-averaged flux per chip, in the units of the fit (DN per read).
+    min_flux : float or mapping of str to float, optional
+        Pixels at least this bright (units of ``flux``; per chip if a mapping) are "bright";
+        default the 90th percentile of the traced pixels.
+
+    Returns
+    -------
+    dict
+        ``omega[group]``: ``z_std``, ``z_median``, ``n_fibers`` over bright fibers' free elements;
+        ``borrowed[group]``: the same for the borrowed omega against borrowed fibers' truth, plus
+        ``chi2_dof``, its Mahalanobis distance to that truth per degree of freedom (about 1 when
+        its covariance is right; the z-scores of its elements are positively correlated, so
+        their std is below 1 even then);
+        ``flux[chip]``: ``variable_bias`` and ``constant_bias`` (median z of bright pixels),
+        ``variable_z_std``, ``n_pixels``, and ``borrowed_bias`` over borrowed fibers' pixels.
+    """
+    omega = np.asarray(omega, dtype=np.float64)
+    out: dict = {"omega": {}, "borrowed": {}, "flux": {}}
+    for key, fits in result.fibers.items():
+        if fits.fit is None:
+            continue
+        ref = fits.ref_index
+        truth = omega / omega[:, ref : ref + 1]
+        error = fits.omega_error()
+        free = np.arange(truth.shape[1]) != ref
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = ((fits.omega_fit - truth) / error)[fits.bright][:, free]
+        z = z[np.isfinite(z)]
+        out["omega"][key] = {
+            "z_std": float(np.std(z)) if z.size else None,
+            "z_median": float(np.median(z)) if z.size else None,
+            "n_fibers": int(fits.bright.sum()),
+        }
+        borrowed = fits.model == MODEL_BORROWED
+        if borrowed.any():
+            b_err = np.sqrt(np.maximum(np.diag(fits.borrowed_cov), 0.0))[free]
+            diff = fits.borrowed_omega[free] - truth[borrowed][:, free]
+            bz = diff / b_err
+            # The elements share the bright fibers' errors (positively correlated), so their z
+            # scatter is below 1 even when the covariance is right; chi2/dof tests the whole of it.
+            whitened = np.linalg.solve(_free_cov(fits.borrowed_cov, ref), diff.T).T
+            out["borrowed"][key] = {
+                "chi2_dof": float(np.mean(np.sum(diff * whitened, axis=1)) / diff.shape[1]),
+                "z_std": float(np.std(bz)),
+                "z_median": float(np.median(bz)),
+                "n_fibers": int(borrowed.sum()),
+            }
+    bad = int(Flag.SATURATED | Flag.JUMP_DETECTED | Flag.TOO_FEW_DIFFS | Flag.NONFINITE_READ)
+    for name, chip in result.chips.items():
+        if name not in flux:
+            continue
+        true = np.asarray(flux[name], dtype=np.float64)
+        traced = (chip.fiber >= 0) & ((chip.flags & bad) == 0)
+        threshold = min_flux.get(name) if isinstance(min_flux, Mapping) else min_flux
+        if threshold is None:
+            threshold = np.percentile(true[traced], 90)
+        bright = traced & (true >= threshold)
+        fiber_model = np.where(chip.fiber >= 0, chip.fibers.model[np.maximum(chip.fiber, 0)], -1)
+        entry = {"n_pixels": int(bright.sum()), "min_flux": float(threshold)}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (chip.flux - true) / np.sqrt(chip.flux_var)
+            entry["variable_bias"] = float(np.median(z[bright]))
+            entry["variable_z_std"] = float(np.std(z[bright]))
+            on_borrowed = traced & (fiber_model == MODEL_BORROWED) & (true > 0)
+            if on_borrowed.any():
+                entry["borrowed_bias"] = float(np.median(z[on_borrowed]))
+            if chip.constant is not None:
+                zc = (chip.constant.flux - true) / np.sqrt(chip.constant.flux_var)
+                entry["constant_bias"] = float(np.median(zc[bright]))
+        out["flux"][name] = entry
+    return out

@@ -1,0 +1,148 @@
+"""``pyapred guider``: compare a product's fitted omega with the guider's flux in the fiber.
+
+``pyapred guider --product PRODUCT.h5 --guider FILES... --out FIGURE.png [--lag] [--json]``
+reads the product's omega (:func:`~pyapred.guider.omega.read_product_omega`), takes the read
+times from its metadata or from ``--exposure``, runs :func:`~pyapred.guider.compare.compare`,
+draws the figure and prints a line per fiber (or a JSON summary). Exit codes: 0 nothing flagged,
+1 something flagged (a disagreement, a clock offset, dropped frames, partial coverage), 2 bad
+input (an :class:`~pyapred.errors.InputError`, raised for ``pyapred.cli.main`` to report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+from astropy.io import fits
+
+from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
+from ..io.atomic import writable_folder
+from .compare import compare
+from .frames import fits_input_errors
+from .omega import read_product_omega
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``pyapred guider`` to ``parser``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    """
+    parser.add_argument("--product", required=True, help="pyapred product (HDF5) with omega")
+    parser.add_argument(
+        "--guider", required=True, nargs="+", help="guider files: paths, a glob or a directory"
+    )
+    parser.add_argument(
+        "--fibers", help="fiber indices (0-based, 300 - fiberId), e.g. 10,20-25; default all fitted"
+    )
+    parser.add_argument("--group", help="the product's fiber group: R, G, B or joint (default)")
+    parser.add_argument(
+        "--exposure",
+        help="apR-*.apz (or FITS header) giving the read times, if the product lacks them",
+    )
+    parser.add_argument("--lag", action="store_true", help="fit a time lag within +-60 s")
+    parser.add_argument("--out", required=True, help="figure to write (PNG)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.add_argument(
+        "--telescope", choices=("apo", "lco"), help="fiber diameter default (from file names)"
+    )
+    parser.add_argument("--diameter", type=float, help="fiber diameter on the sky, arcsec")
+    parser.add_argument(
+        "--timesys", choices=("UTC", "TAI", "TT"), help="override the exposure's TIMESYS"
+    )
+
+
+def _parse_fibers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    fibers: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            fibers.extend(range(int(a), int(b) + 1))
+        elif part:
+            fibers.append(int(part))
+    return fibers
+
+
+def _exposure_header(path) -> fits.Header:
+    """The header of an APOGEE exposure file (``apR-*.apz``: HDU 1) that gives its read times."""
+    path = os.fspath(path)
+    with fits_input_errors(path), fits.open(path, memmap=False) as hdul:
+        for hdu in hdul[:2]:
+            if "DATE-OBS" in hdu.header and "INTOFF" in hdu.header:
+                return hdu.header.copy()
+    raise InputError(path, "HDU 0-1 DATE-OBS, INTOFF", "the exposure header with its read timing")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``pyapred guider``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The options of :func:`add_arguments`.
+
+    Returns
+    -------
+    int
+        0 when nothing is flagged, 1 when something is.
+
+    Raises
+    ------
+    pyapred.errors.InputError
+        Bad input (exit code 2 in ``pyapred.cli.main``): an unwritable ``--out``, bad
+        ``--fibers``, an unreadable product or exposure, no read times, no usable guider frame.
+    """
+    writable_folder(os.path.dirname(os.path.abspath(args.out)), path=args.out)
+    try:
+        fibers = _parse_fibers(args.fibers)
+    except ValueError:
+        raise InputError("--fibers", "--fibers", "indices such as 10,20-25", args.fibers) from None
+    data = read_product_omega(args.product, args.group)
+    read_times = None
+    if args.exposure:
+        read_times = _exposure_header(args.exposure)
+    elif data["read_times"] is None and not data["header"]:
+        raise InputError(
+            args.product, "metadata DATE-OBS, INTOFF", "the exposure's read times",
+            "none: pass --exposure apR-*.apz (or any FITS with its header)",
+        )  # fmt: skip
+    try:
+        result = compare(
+            data, args.guider, read_times=read_times, fibers=fibers, fit_lag=args.lag,
+            telescope=args.telescope, diameter=args.diameter, timesys=args.timesys,
+        )  # fmt: skip
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(args.product, "omega", "omega matching the exposure", str(exc)) from None
+    try:
+        result.plot(args.out)
+    except ImportError as exc:  # matplotlib is the optional 'plots' extra
+        raise InputError(args.out, "--out", "matplotlib installed: pip install 'pyapred[plots]'",
+                         str(exc)) from None  # fmt: skip
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        print(f"pyapred guider: {len(result.series)} guider frames, {len(result.fibers)} fibers")
+        if np.isfinite(result.lag_err) or args.lag:
+            print(f"  lag {result.lag:+.2f} +/- {result.lag_err:.2f} s; clock: {result.clock}")
+        for i, f in enumerate(result.fibers):
+            print(
+                f"  fiber {f}: scale {result.scale[i]:.4f} +/- {result.scale_err[i]:.4f}, "
+                f"r {result.correlation[i]:.3f}, chi2/dof {result.chi2_dof[i]:.2f}, "
+                f"rms {result.residual_rms[i]:.4f}, "
+                f"explained {result.explained_variance[i]:.2f}"
+                + (" DISAGREE" if result.disagree[i] else "")
+            )
+        for path, reason in result.dropped:
+            print(f"  dropped {path}: {reason}")
+        print(f"  flags: {', '.join(result.flags) or 'none'}; figure: {args.out}")
+    return EXIT_FLAGGED if result.flags else EXIT_OK

@@ -1,0 +1,536 @@
+"""Comparison of fitted omega with the guider's prediction, with an optional time-lag fit.
+
+:func:`compare` selects the guider frames of the exposure (its configuration, its time span),
+averages their flux-in-fiber over each read-difference window, fits ``omega ~ scale * guider``
+per fiber, optionally on a grid of time lags, and reports the agreement and the clock verdict as
+a :class:`GuiderComparison` (which can draw itself). A positive ``lag`` means the exposure's read
+times must be moved later to line up with the guider.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from astropy import units as u
+from astropy.time import Time
+
+from ..errors import InputError
+from ..io.atomic import atomic_path
+from .fiber_flux import GuiderSeries, guider_series
+from .frames import GuiderFrames, as_guider_frames, header_number
+from .omega import select_omega
+from .timing import exposure_read_times, seconds_since
+from .windows import WindowAverager, covered_windows, read_windows
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["SELECT_PAD", "GuiderComparison", "compare"]
+
+SELECT_PAD = 90.0  # s of guider frames kept beyond the exposure (and the lag range)
+
+
+@dataclass(frozen=True)
+class GuiderComparison:
+    """Fitted omega against the guider's flux-in-fiber prediction.
+
+    Per-fiber arrays have shape ``(F,)``; per-window arrays ``(K,)``.
+
+    Attributes
+    ----------
+    fibers : ndarray of int
+        The product's 0-based fiber indices (``300 - fiberId``), else rows of the input omega.
+    omega, omega_err : ndarray, ``(F, K)``
+        The fitted omega and its standard errors (NaN where unused).
+    used : ndarray of bool, ``(F, K)``
+        Elements in the fit: finite, not the fixed reference, covered by the guider.
+    guider, guider_err : ndarray, ``(K,)``
+        The guider prediction at the best lag (normalised, maximum 1 over covered windows).
+    frame_flux : ndarray, ``(n_frames,)``
+        The guider frames' flux-in-fiber values on the same normalisation.
+    window_start, window_end : ndarray, ``(K,)``
+        Windows in TAI s since ``t0``, lag applied.
+    t0 : astropy.time.Time
+    scale, scale_err : ndarray
+        Least-squares factor with ``omega ~ scale * guider``, weighted by omega's covariance plus
+        the guider's; the error includes that of the guider's normalisation (its peak window).
+    correlation : ndarray
+        Pearson correlation of omega and the guider over the used elements.
+    chi2, dof, chi2_dof, p_value : ndarray
+        Of the scaled fit; ``dof = n_used - 1``.
+    residual_rms : ndarray
+        RMS of ``omega - scale * guider``.
+    explained_variance : ndarray
+        ``1 - var(residual) / var(omega)``: the part of omega's variance the guider explains.
+    disagree : ndarray of bool
+        ``p_value < alpha``: the two differ beyond their errors.
+    lag, lag_err : float
+        Best time lag (s; 0 and NaN when not fitted) and its 1-sigma error (from
+        ``Delta chi2 = max(1, chi2/dof)``; inf when the lag is not constrained).
+    lag_grid, lag_chi2 : ndarray or None
+        Total chi2 over the lag grid.
+    tai_minus_utc : float
+        Leap seconds at the exposure, s.
+    clock : str
+        ``"not-fitted"``, ``"aligned"`` (lag ~ 0), ``"date-obs-is-tai"`` (lag ~ -(TAI-UTC): the
+        exposure's times were read as UTC but are TAI), ``"date-obs-is-utc"`` (lag ~
+        +(TAI-UTC)), ``"unexplained"`` or ``"undetermined"``.
+    series : GuiderSeries
+        The guider frames used.
+    flags : tuple of str
+        ``"disagree"``, ``"frames-dropped"``, ``"partial-coverage"``, ``"seeing-only"``,
+        ``"lag-unconstrained"``, ``"clock-offset"``, ``"lag-at-edge"``.
+    dropped : tuple of (str, str)
+        Guider files left out, with the reason.
+    """
+
+    fibers: np.ndarray
+    omega: np.ndarray
+    omega_err: np.ndarray
+    used: np.ndarray
+    guider: np.ndarray
+    guider_err: np.ndarray
+    frame_flux: np.ndarray
+    window_start: np.ndarray
+    window_end: np.ndarray
+    t0: Time
+    scale: np.ndarray
+    scale_err: np.ndarray
+    correlation: np.ndarray
+    chi2: np.ndarray
+    dof: np.ndarray
+    chi2_dof: np.ndarray
+    p_value: np.ndarray
+    residual_rms: np.ndarray
+    explained_variance: np.ndarray
+    disagree: np.ndarray
+    lag: float
+    lag_err: float
+    lag_grid: np.ndarray | None
+    lag_chi2: np.ndarray | None
+    tai_minus_utc: float
+    clock: str
+    series: GuiderSeries
+    flags: tuple
+    dropped: tuple
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (no per-window arrays except the guider curve)."""
+
+        def clean(values):
+            return [None if not np.isfinite(v) else float(v) for v in np.ravel(values)]
+
+        return {
+            "fibers": [int(f) for f in self.fibers],
+            "t0_tai": self.t0.tai.isot,
+            "lag_s": float(self.lag),
+            "lag_err_s": None if not np.isfinite(self.lag_err) else float(self.lag_err),
+            "tai_minus_utc_s": self.tai_minus_utc,
+            "clock": self.clock,
+            "scale": clean(self.scale),
+            "scale_err": clean(self.scale_err),
+            "correlation": clean(self.correlation),
+            "chi2_dof": clean(self.chi2_dof),
+            "p_value": clean(self.p_value),
+            "residual_rms": clean(self.residual_rms),
+            "explained_variance": clean(self.explained_variance),
+            "disagree": [bool(d) for d in self.disagree],
+            "guider": clean(self.guider),
+            "n_guider_frames": len(self.series),
+            "flags": list(self.flags),
+            "dropped": [{"path": p, "reason": r} for p, r in self.dropped],
+        }
+
+    def plot(self, path: str | os.PathLike | None = None, *, max_fibers: int = 10) -> Figure:
+        """Omega with error bars against the guider curve, the guider's transparency and seeing,
+        and the residuals, over read time.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Save the figure there (PNG; written to a temporary file, then renamed).
+        max_fibers : int, optional
+            Draw at most this many fibers (the best-measured ones).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from matplotlib.figure import Figure  # no pyplot: no global state, any backend
+
+        fig = Figure(figsize=(8, 8.5), layout="tight")
+        axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.6, 1]})
+        top, middle, bottom = axes
+        guide_t = seconds_since(self.series.mid, self.t0)
+        top.plot(guide_t, self.series.transparency, "o-", color="tab:red", ms=3)
+        top.set_ylabel("transparency", color="tab:red")
+        seeing_axis = top.twinx()
+        seeing_axis.plot(guide_t, self.series.fwhm, "s-", color="tab:blue", ms=3)
+        seeing_axis.set_ylabel("FWHM [arcsec]", color="tab:blue")
+        top.set_title(
+            f"guider vs omega: lag {self.lag:+.1f} s"
+            + (f" +/- {self.lag_err:.1f} s" if np.isfinite(self.lag_err) else "")
+            + f", clock: {self.clock}",
+            fontsize=10,
+        )
+        mid = 0.5 * (self.window_start + self.window_end)
+        half = 0.5 * (self.window_end - self.window_start)
+        shown = np.argsort(np.nansum(self.omega_err**2, axis=1))[:max_fibers]
+        middle.step(
+            np.append(self.window_start, self.window_end[-1]),
+            np.append(self.guider, self.guider[-1]),
+            where="post",
+            color="k",
+            lw=2,
+            label="guider flux in fiber",
+        )
+        middle.plot(guide_t, self.frame_flux, ".", color="0.5", label="guider frames")
+        for n, f in enumerate(shown):
+            use = self.used[f]
+            scaled = self.omega[f] / self.scale[f]
+            middle.errorbar(
+                mid[use],
+                scaled[use],
+                xerr=half[use],
+                yerr=self.omega_err[f][use] / self.scale[f],
+                fmt="o",
+                ms=3,
+                lw=0.8,
+                label=f"fiber {self.fibers[f]}" if n < 6 else None,
+            )
+            residual = (self.omega[f] - self.scale[f] * self.guider) / self.omega_err[f]
+            bottom.plot(mid[use], residual[use], "o", ms=3)
+        middle.set_ylabel("omega / scale")
+        middle.legend(fontsize=8, loc="best")
+        bottom.axhline(0, color="k", lw=1)
+        bottom.set_ylabel("(omega - scale g) / sigma")
+        bottom.set_xlabel(f"TAI seconds since first read {self.t0.tai.isot} (+ lag)")
+        if path is not None:
+            with atomic_path(path, overwrite=True, keep_suffix=True) as tmp:
+                fig.savefig(tmp, dpi=110, format="png")
+        return fig
+
+
+def _fit_scale(omega, cov, used, g, g_cov):
+    """Weighted least squares of ``omega ~ a g`` per fiber, in batch.
+
+    Unused elements are neutralised (identity covariance, zero residual) so that all fibers
+    share one batched solve. The guider's covariance enters as ``a**2 g_cov``, with ``a`` from a
+    first pass without it.
+
+    Returns
+    -------
+    a, a_var, chi2 : ndarray, ``(F,)``
+    da_dg : ndarray, ``(F, K)``
+        Derivative of ``a`` with respect to the guider curve (0 on unused elements).
+    """
+    both = used[:, :, None] & used[:, None, :]
+    w = np.where(used, omega, 0.0)
+    gm = np.where(used, g[None], 0.0)
+
+    def solve(total):
+        c = np.where(both, total, np.eye(omega.shape[1]))
+
+        def apply(rhs):
+            try:
+                return np.linalg.solve(c, rhs)
+            except np.linalg.LinAlgError:  # a singular covariance: least-squares inverse
+                return np.linalg.pinv(c, hermitian=True) @ rhs
+
+        return apply
+
+    def weighted(total):
+        solved = solve(total)(np.stack([w, gm], axis=-1))  # C^-1 omega, C^-1 g
+        gwg = np.einsum("fk,fk->f", gm, solved[..., 1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a = np.einsum("fk,fk->f", gm, solved[..., 0]) / gwg
+        return a, gwg, solved
+
+    a, gwg, solved = weighted(cov)
+    if np.any(g_cov):
+        a, gwg, solved = weighted(cov + (a**2)[:, None, None] * g_cov[None])
+    c_w, c_g = solved[..., 0], solved[..., 1]
+    chi2 = np.einsum("fk,fk->f", w - a[:, None] * gm, c_w - a[:, None] * c_g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        da_dg = (c_w - 2 * a[:, None] * c_g) / gwg[:, None]
+        return a, 1.0 / gwg, chi2, da_dg
+
+
+def compare(
+    omega_fit_or_product,
+    guider_frames,
+    *,
+    read_times=None,
+    fibers=None,
+    group: str | None = None,
+    fit_lag: bool = False,
+    lag_range: float = 60.0,
+    lag_step: float = 0.5,
+    telescope: str | None = None,
+    diameter: float | None = None,
+    seeing: str = "best",
+    config_id: int | None = None,
+    timesys: str | None = None,
+    row_phase: float = 0.5,
+    max_gap: float = 120.0,
+    alpha: float = 1e-3,
+) -> GuiderComparison:
+    """Compare fitted omega with the guider's flux-in-fiber prediction.
+
+    Parameters
+    ----------
+    omega_fit_or_product : OmegaFit, (omega, omega_cov), Mapping, or product path
+        ``omega`` ``(K,)`` or ``(F, K)`` with covariance ``(K, K)`` or ``(F, K, K)``; the fixed
+        element (covariance row 0) and NaN elements are left out of the fit.
+    guider_frames : GuiderSeries, GuiderFrames, list of GuiderFrame, path, directory or glob
+    read_times : astropy.time.Time, header or RawExposure, optional
+        The exposure's ``n_reads = K + 1`` read times (see :func:`exposure_read_times`).
+        Required unless the product carries them.
+    fibers : sequence of int, optional
+        Fibers to compare: a product's 0-based fiber indices (``300 - fiberId``), else rows of
+        omega. Default: every fiber with a fitted omega (at least 3 elements of variance > 0).
+    group : str, optional
+        A product's fiber group (chip name or ``"joint"``); see
+        :func:`~pyapred.guider.omega.read_product_omega`.
+    fit_lag : bool, optional
+        Fit a time lag on a grid over ``[-lag_range, lag_range]`` s, step ``lag_step``, refined.
+    telescope, diameter, seeing
+        See :func:`guider_series`.
+    config_id : int, optional
+        The exposure's ``CONFIGID`` (default from its header); guider frames of another
+        configuration are dropped.
+    timesys : str, optional
+        Override the exposure header's ``TIMESYS``.
+    row_phase, max_gap
+        See :func:`predict_omega`.
+    alpha : float, optional
+        p-value below which a fiber is flagged as disagreeing.
+
+    Returns
+    -------
+    GuiderComparison
+
+    Raises
+    ------
+    pyapred.errors.InputError
+        No usable guider frame, no frame of the exposure's configuration, or no time overlap.
+    ValueError
+        Bad arguments (shapes, missing read times).
+    """
+    from scipy import optimize, special
+
+    data = select_omega(omega_fit_or_product, fibers, group)
+    source_times = read_times if read_times is not None else data.read_times
+    if source_times is None and data.header:
+        source_times = data.header
+    if source_times is None:
+        raise ValueError("read_times: required (the omega source carries no read times)")
+    n_diff = data.omega.shape[1]
+    times, header = exposure_read_times(source_times, n_reads=n_diff + 1, timesys=timesys)
+    if times.size != n_diff + 1:
+        raise ValueError(f"read_times: expected {n_diff + 1} reads for omega of length {n_diff}")
+    if config_id is None and header is not None and header_number(header.get("CONFIGID")) > 0:
+        config_id = int(header["CONFIGID"])
+
+    series = _select_series(
+        guider_frames, times, config_id, telescope, diameter, seeing, lag_range if fit_lag else 0
+    )
+    flags = []
+    if series.dropped:
+        flags.append("frames-dropped")
+    if not series.has_photometry:
+        flags.append("seeing-only")
+
+    t0, lo0, hi0 = read_windows(times, row_phase)
+    covered = covered_windows(series, t0, lo0, hi0, max_gap)
+    if not covered.any():
+        raise InputError(
+            series.paths[0][0],
+            "DATE-OBS",
+            f"guider frames covering the exposure ({times[0].isot} to {times[-1].isot} TAI)",
+            f"frames from {series.start[0].isot} to {(series.start[-1]).isot} TAI with gaps",
+        )
+    diag = np.diagonal(data.cov, axis1=1, axis2=2)
+    has_data = np.isfinite(data.omega) & (diag > 0)  # the fixed element has variance 0
+    averager = WindowAverager.for_series(series, t0)
+    flux_var = series.flux_err**2
+
+    def evaluate(lag, used):
+        matrix = averager.matrix(lo0 + lag, hi0 + lag)
+        g = matrix @ series.flux
+        g_cov = matrix @ (flux_var[:, None] * matrix.T)
+        return (g, g_cov, *_fit_scale(data.omega, data.cov, used, g, g_cov))
+
+    # The lag search compares chi2 over one fixed set of elements: those covered at lag 0.
+    used = has_data & covered[None]
+    n_used = used.sum(axis=1)
+
+    def total_chi2(lag):
+        return float(np.nansum(evaluate(lag, used)[4]))
+
+    lag, lag_err, grid, grid_chi2, clock = 0.0, math.nan, None, None, "not-fitted"
+    tai_utc = _tai_minus_utc(times[0])
+    if fit_lag:
+        grid = np.arange(-lag_range, lag_range + lag_step / 2, lag_step)
+        grid_chi2 = np.array([total_chi2(x) for x in grid])
+        best = int(np.nanargmin(grid_chi2))
+        if best in (0, grid.size - 1):
+            flags.append("lag-at-edge")
+        lo_b, hi_b = grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]
+        refined = optimize.minimize_scalar(
+            total_chi2, bounds=(lo_b, hi_b), method="bounded", options={"xatol": 1e-3}
+        )
+        lag, chi2_min = (
+            (refined.x, refined.fun)
+            if refined.fun <= grid_chi2[best]
+            else (grid[best], grid_chi2[best])
+        )
+        total_dof = max(int(np.sum(n_used - 1) - 1), 1)
+        threshold = chi2_min + max(1.0, chi2_min / total_dof)
+        lag_err = _lag_error(total_chi2, grid, grid_chi2, lag, threshold, optimize)
+        clock = _clock_verdict(lag, lag_err, tai_utc)
+        if not np.isfinite(lag_err):
+            flags.append("lag-unconstrained")
+        if clock in ("date-obs-is-tai", "date-obs-is-utc", "unexplained"):
+            flags.append("clock-offset")
+
+    if lag != 0.0:
+        covered = covered_windows(series, t0, lo0 + lag, hi0 + lag, max_gap)
+        used = has_data & covered[None]
+    if not covered.all():
+        flags.append("partial-coverage")
+    g, g_cov, a, a_var, chi2, da_dg = evaluate(lag, used)
+    # The guider curve is normalised by its peak window j: scale = a * g[j]. Its error adds the
+    # peak's own uncertainty and its correlation with a.
+    j = int(np.argmax(np.where(covered, g, -np.inf)))
+    peak = g[j]
+    scale = a * peak
+    scale_var = peak**2 * a_var + a**2 * g_cov[j, j] + 2 * a * peak * (da_dg @ g_cov[:, j])
+    dof = used.sum(axis=1) - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2_dof = chi2 / dof
+        p_value = np.where(dof > 0, special.chdtrc(np.maximum(dof, 1), chi2), np.nan)
+    omega = np.where(used, data.omega, np.nan)
+    omega_err = np.sqrt(np.where(used, diag, np.nan))
+    residual = omega - a[:, None] * g[None]
+    correlation = np.array([_pearson(o[ok], g[ok]) for o, ok in zip(omega, used, strict=True)])
+    residual_rms = np.sqrt(np.nanmean(np.where(used, residual**2, np.nan), axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        explained = 1.0 - np.nanvar(residual, axis=1) / np.nanvar(omega, axis=1)
+    disagree = np.nan_to_num(p_value, nan=1.0) < alpha
+    if disagree.any():
+        flags.append("disagree")
+    t_lo, t_hi = lo0 + lag, hi0 + lag
+    return GuiderComparison(
+        fibers=data.fibers,
+        omega=omega,
+        omega_err=omega_err,
+        used=used,
+        guider=np.where(covered, g / peak, np.nan),
+        guider_err=np.where(covered, np.sqrt(np.diag(g_cov)) / peak, np.nan),
+        frame_flux=series.flux / peak,
+        window_start=t_lo,
+        window_end=t_hi,
+        t0=t0,
+        scale=scale,
+        scale_err=np.sqrt(np.maximum(scale_var, 0.0)),
+        correlation=correlation,
+        chi2=chi2,
+        dof=dof,
+        chi2_dof=chi2_dof,
+        p_value=p_value,
+        residual_rms=residual_rms,
+        explained_variance=explained,
+        disagree=disagree,
+        lag=float(lag),
+        lag_err=float(lag_err),
+        lag_grid=grid,
+        lag_chi2=grid_chi2,
+        tai_minus_utc=tai_utc,
+        clock=clock,
+        series=series,
+        flags=tuple(flags),
+        dropped=series.dropped,
+    )
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if x.size < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _lag_error(chi2_of, grid, grid_chi2, lag, threshold, optimize) -> float:
+    """Half the width of the ``chi2 <= threshold`` interval around ``lag`` (inf if open)."""
+    bounds = []
+    for side in (-1, 1):
+        beyond = grid[(np.sign(grid - lag) == side) & (grid_chi2 > threshold)]
+        if beyond.size == 0:
+            return math.inf
+        edge = beyond[np.argmin(np.abs(beyond - lag))]
+        bounds.append(optimize.brentq(lambda x: chi2_of(x) - threshold, *sorted((lag, edge))))
+    return 0.5 * (bounds[1] - bounds[0])
+
+
+def _clock_verdict(lag: float, lag_err: float, tai_minus_utc: float) -> str:
+    """Which clock hypothesis the fitted lag supports."""
+    if not np.isfinite(lag_err):
+        return "undetermined"
+    tolerance = max(3.0 * lag_err, 1.5)
+    hypotheses = {
+        0.0: "aligned",
+        -tai_minus_utc: "date-obs-is-tai",
+        tai_minus_utc: "date-obs-is-utc",
+    }
+    matches = [name for value, name in hypotheses.items() if abs(lag - value) <= tolerance]
+    if len(matches) == 1:
+        return matches[0]
+    return "undetermined" if matches else "unexplained"
+
+
+def _select_series(frames, times, config_id, telescope, diameter, seeing, margin) -> GuiderSeries:
+    """Frames of the exposure's configuration within its time span (+- margin), as a series."""
+    if isinstance(frames, GuiderSeries):
+        return frames
+    window = (times[0] - (margin + SELECT_PAD) * u.s, times[-1] + (margin + SELECT_PAD) * u.s)
+    frames = as_guider_frames(frames, window)
+    inside, rejected = [], list(frames.rejected)
+    for frame in frames.frames:
+        if not frame.overlaps(window):
+            continue
+        if config_id is not None and frame.config_id is not None and frame.config_id != config_id:
+            rejected.append((frame.path, f"CONFIGID {frame.config_id} != exposure's {config_id}"))
+            continue
+        inside.append(frame)
+    if not inside:
+        spans = [f.start for f in frames.frames]
+        path = frames.frames[0].path
+        if rejected and len(rejected) > len(frames.rejected):
+            raise InputError(
+                path,
+                "CONFIGID",
+                f"guider frames of configuration {config_id}",
+                "; ".join(r for _, r in rejected[-3:]),
+            )
+        raise InputError(
+            path,
+            "DATE-OBS",
+            f"guider frames overlapping the exposure, {times[0].isot} to {times[-1].isot} TAI",
+            f"{len(spans)} frame(s) from {min(spans, key=lambda t: t.mjd).isot} "
+            f"to {max(spans, key=lambda t: t.mjd).isot} TAI",
+        )
+    return guider_series(
+        GuiderFrames(inside, rejected), telescope=telescope, diameter=diameter, seeing=seeing
+    )
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _tai_minus_utc(t: Time) -> float:
+    """TAI - UTC (leap seconds) at ``t``, s."""
+    return float(round((t.tai.mjd - t.utc.mjd) * 86400.0))

@@ -1,0 +1,282 @@
+"""The flux-in-fiber model: PSF coupling, and the guider's flux-in-fiber time series.
+
+For a circular Gaussian PSF of width ``FWHM`` centered on a fiber of diameter ``D`` the fraction
+of light entering the fiber is ``1 - 2**(-(D / FWHM)**2)`` (:func:`fiber_coupling`); times the
+transparency ``T`` and normalised by its maximum this is the guider's prediction of omega
+(:func:`flux_in_fiber`; Li, McKinnon, Saydjari et al., section IV). :func:`guider_series`
+combines guider frames (:mod:`pyapred.guider.frames`) into that series, one point per guider
+exposure.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.time import Time
+
+from ..errors import InputError
+from .frames import GuiderFrame, as_guider_frames
+from .timing import seconds_since
+
+__all__ = [
+    "FIBER_DIAMETER_ARCSEC",
+    "GuiderSeries",
+    "fiber_coupling",
+    "flux_in_fiber",
+    "guider_series",
+]
+
+#: Fiber diameter on the sky, arcsec, per telescope. APO: 3.0, the value the paper uses (section
+#: IV). LCO: 1.3, the 120 micron APOGEE fiber core at the du Pont plate scale (f/7.5, 2.5 m:
+#: 11.0 arcsec/mm; Wilson et al. 2019, PASP 131, 055001). The same core at the Sloan plate scale
+#: (217.7358 mm/deg, guider header ``PLATSCAL``) is 1.98 arcsec; pass ``diameter=2.0`` for it.
+FIBER_DIAMETER_ARCSEC = {"apo": 3.0, "lco": 1.3}
+
+
+def fiber_coupling(fwhm, diameter: float) -> np.ndarray:
+    """Fraction of a centered circular Gaussian PSF inside a circular fiber.
+
+    ``1 - 2**(-(D / FWHM)**2)``, i.e. ``1 - exp(-R**2 / (2 sigma**2))`` with ``R = D/2`` and
+    ``FWHM = 2 sqrt(2 ln 2) sigma``.
+
+    Parameters
+    ----------
+    fwhm : array_like
+        PSF FWHM, arcsec (> 0).
+    diameter : float
+        Fiber diameter, arcsec.
+
+    Returns
+    -------
+    ndarray, the shape of ``fwhm``
+    """
+    fwhm = np.asarray(fwhm, dtype=np.float64)
+    return -np.expm1(-np.log(2.0) * (diameter / fwhm) ** 2)
+
+
+def flux_in_fiber(transparency, fwhm, diameter: float) -> np.ndarray:
+    """Relative flux entering a fiber: ``T * coupling(FWHM)``, normalised by its maximum.
+
+    Parameters
+    ----------
+    transparency, fwhm : array_like, ``(n_frames,)``
+        Relative transparency and seeing FWHM (arcsec) per guider frame.
+    diameter : float
+        Fiber diameter, arcsec.
+
+    Returns
+    -------
+    ndarray, ``(n_frames,)``, maximum 1
+    """
+    flux = np.asarray(transparency, dtype=np.float64) * fiber_coupling(fwhm, diameter)
+    return flux / np.max(flux)
+
+
+@dataclass(frozen=True)
+class GuiderSeries:
+    """The guider's flux-in-fiber time series, one entry per guider exposure (epoch).
+
+    SDSS-V camera files of the same guider frame (same frame number) form one epoch.
+
+    Attributes
+    ----------
+    start, mid : astropy.time.Time, ``(n,)``
+        Integration start and middle, TAI.
+    exptime : ndarray, ``(n,)``
+        Integration time, s.
+    fwhm : ndarray, ``(n,)``
+        Seeing FWHM, arcsec.
+    transparency, transparency_err : ndarray, ``(n,)``
+        Median over stars of ``10**(0.4 (zp - zp_ref))``, the star's reference being its median
+        over the series; error from the stars' scatter (0 with a single star). All 1 and 0 when
+        the frames carry no photometry (gcam summary: seeing only).
+    n_stars : ndarray of int, ``(n,)``
+    flux, flux_err : ndarray, ``(n,)``
+        ``transparency * fiber_coupling(fwhm, diameter)`` normalised by its maximum, and its error.
+    config_id : ndarray of int, ``(n,)``
+        -1 where unknown.
+    diameter : float
+        Fiber diameter used, arcsec.
+    paths : tuple of tuple of str
+        The files of each epoch.
+    dropped : tuple of (str, str)
+        ``(path, reason)`` for frames left out.
+    has_photometry : bool
+        False for a seeing-only series.
+    """
+
+    start: Time
+    mid: Time
+    exptime: np.ndarray
+    fwhm: np.ndarray
+    transparency: np.ndarray
+    transparency_err: np.ndarray
+    n_stars: np.ndarray
+    flux: np.ndarray
+    flux_err: np.ndarray
+    config_id: np.ndarray
+    diameter: float
+    paths: tuple
+    dropped: tuple
+    has_photometry: bool
+
+    def __len__(self) -> int:
+        return len(self.flux)
+
+
+def _epoch_key(frame: GuiderFrame):
+    if frame.kind == "proc-gimg" and frame.frame_number is not None:
+        return ("sdss-v", frame.site, frame.frame_number)
+    return ("single", frame.path)
+
+
+def _site(frames: Sequence[GuiderFrame]) -> str:
+    sites = {f.site for f in frames if f.site}
+    return sites.pop() if len(sites) == 1 else "apo"
+
+
+def guider_series(
+    frames,
+    *,
+    telescope: str | None = None,
+    diameter: float | None = None,
+    seeing: str = "best",
+) -> GuiderSeries:
+    """Combine guider frames into the flux-in-fiber series.
+
+    Parameters
+    ----------
+    frames : GuiderFrames, sequence of GuiderFrame, or what :func:`read_guider_frames` accepts
+    telescope : {"apo", "lco"}, optional
+        Picks the default fiber diameter; default from the file names (``n``/``s``), else APO.
+    diameter : float, optional
+        Fiber diameter, arcsec; default ``FIBER_DIAMETER_ARCSEC[telescope]``.
+    seeing : {"best", "camera"}
+        SDSS-V: ``"best"`` uses ``FWHMFIT`` (the best-focus FWHM fitted across the six cameras,
+        the focus of the fibers), falling back to the median camera ``FWHM``; ``"camera"`` always
+        uses the median of the cameras' ``FWHM``.
+
+    Returns
+    -------
+    GuiderSeries
+
+    Raises
+    ------
+    pyapred.errors.InputError
+        No usable frame (each frame's reason is in the message).
+    """
+    if seeing not in ("best", "camera"):
+        raise ValueError(f"seeing: expected 'best' or 'camera', got {seeing!r}")
+    frames = as_guider_frames(frames)
+    dropped = list(frames.rejected)
+    telescope = (telescope or _site(frames.frames)).lower()
+    if telescope not in FIBER_DIAMETER_ARCSEC:
+        raise ValueError(
+            f"telescope: expected one of {sorted(FIBER_DIAMETER_ARCSEC)}, got {telescope!r}"
+        )
+    diameter = FIBER_DIAMETER_ARCSEC[telescope] if diameter is None else float(diameter)
+    if not diameter > 0:
+        raise ValueError(f"diameter: expected > 0 arcsec, got {diameter}")
+
+    groups: dict = {}
+    for frame in frames.frames:
+        if frame.problems:
+            dropped.append((frame.path, "; ".join(frame.problems)))
+        else:
+            groups.setdefault(_epoch_key(frame), []).append(frame)
+    if not groups:
+        reasons = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in dropped[:6])
+        where = dropped[0][0] if dropped else "guider frames"
+        raise InputError(where, "guider frames", "at least one usable object frame", reasons)
+
+    epochs = sorted(groups.values(), key=lambda g: min(f.start.mjd for f in g))
+    start = Time([min(g, key=lambda f: f.start.mjd).start for g in epochs])
+    mid = Time([Time(np.mean([f.mid.mjd for f in g]), format="mjd", scale="tai") for g in epochs])
+    exptime = np.array([max(f.exptime for f in g) for g in epochs])
+    fwhm = np.empty(len(epochs))
+    for i, group in enumerate(epochs):
+        best = np.array([f.fwhm_fit for f in group]) if seeing == "best" else np.array([])
+        camera = np.array([f.camera_fwhm if f.kind == "proc-gimg" else f.fwhm for f in group])
+        values = best if np.isfinite(best).any() else camera
+        fwhm[i] = np.nanmedian(values) if np.isfinite(values).any() else math.nan
+    config = np.array(
+        [next((f.config_id for f in g if f.config_id is not None), -1) for g in epochs]
+    )
+    star_ids = [np.concatenate([f.star_ids for f in g]) for g in epochs]
+    star_zp = [np.concatenate([f.star_zp for f in g]) for g in epochs]
+    has_photometry = any(s.size for s in star_zp)
+    if has_photometry:
+        transparency, transparency_err, n_stars = _transparency(star_ids, star_zp)
+    else:
+        transparency, transparency_err = np.ones(len(epochs)), np.zeros(len(epochs))
+        n_stars = np.zeros(len(epochs), dtype=np.int64)
+
+    keep = np.isfinite(transparency) & (transparency > 0)
+    for i in np.flatnonzero(~keep):
+        for f in epochs[i]:
+            dropped.append((f.path, "no star seen in another frame (transparency undefined)"))
+    mid_seconds = seconds_since(mid, mid[0])
+    for i in range(1, len(epochs)):
+        if keep[i] and np.any(keep[:i] & (np.abs(mid_seconds[:i] - mid_seconds[i]) < 1e-3)):
+            keep[i] = False
+            dropped.extend((f.path, "same time as an earlier frame (duplicate)") for f in epochs[i])
+    if not keep.any():
+        raise InputError(
+            epochs[0][0].path, "GAIAMATCH/zp", "stars measured in at least two guider frames"
+        )
+    coupling = fiber_coupling(fwhm[keep], diameter)
+    flux = transparency[keep] * coupling
+    peak = flux.max()
+    return GuiderSeries(
+        start=start[keep],
+        mid=mid[keep],
+        exptime=exptime[keep],
+        fwhm=fwhm[keep],
+        transparency=transparency[keep],
+        transparency_err=transparency_err[keep],
+        n_stars=n_stars[keep],
+        flux=flux / peak,
+        flux_err=transparency_err[keep] * coupling / peak,
+        config_id=config[keep],
+        diameter=diameter,
+        paths=tuple(tuple(f.path for f in g) for g, k in zip(epochs, keep, strict=True) if k),
+        dropped=tuple(dropped),
+        has_photometry=has_photometry,
+    )
+
+
+def _transparency(star_ids: list, star_zp: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-epoch median over stars of ``10**(0.4 (zp - median_epochs zp))``.
+
+    Only stars measured in at least two epochs carry information about changes (a single
+    epoch is its own reference: transparency 1).
+    """
+    ids = np.concatenate(star_ids)
+    unique, inverse = np.unique(ids, return_inverse=True)
+    epoch = np.repeat(np.arange(len(star_ids)), [s.size for s in star_ids])
+    zp = np.concatenate(star_zp)
+    n_epochs = len(star_ids)
+    # Several values of one star in one epoch (two cameras): average them.
+    sums = np.zeros((n_epochs, unique.size))
+    counts = np.zeros((n_epochs, unique.size))
+    np.add.at(sums, (epoch, inverse), zp)
+    np.add.at(counts, (epoch, inverse), 1.0)
+    with np.errstate(invalid="ignore"):
+        grid = sums / counts
+    seen = np.sum(np.isfinite(grid), axis=0) >= min(2, n_epochs)
+    grid = grid[:, seen]
+    ratio = 10.0 ** (0.4 * (grid - np.nanmedian(grid, axis=0)))
+    n_stars = np.sum(np.isfinite(ratio), axis=1)
+    transparency = np.full(n_epochs, np.nan)
+    error = np.zeros(n_epochs)
+    for i in np.flatnonzero(n_stars):
+        values = ratio[i][np.isfinite(ratio[i])]
+        transparency[i] = np.median(values)
+        if values.size > 1:
+            mad = 1.4826 * np.median(np.abs(values - transparency[i]))
+            error[i] = 1.2533 * mad / np.sqrt(values.size)  # standard error of a median
+    return transparency, error, n_stars

@@ -1,0 +1,170 @@
+"""Omega to compare with the guider: from a fit, arrays, a mapping, or a pyapred product.
+
+:func:`select_omega` turns any accepted input into per-fiber ``(F, K)`` omega and ``(F, K, K)``
+covariance arrays with their fiber labels and, when the input carries them, the exposure's read
+times or header. :func:`read_product_omega` reads one fiber group of a product written by
+``pyapred fit`` or ``pyapred night``, with the read times kept in its metadata.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.time import Time
+
+from ..errors import InputError
+
+__all__ = ["TIME_CARDS", "OmegaSelection", "read_product_omega", "select_omega"]
+
+
+@dataclass(frozen=True)
+class OmegaSelection:
+    """Fitted omega of the selected fibers, and what the input says about the read times.
+
+    Attributes
+    ----------
+    omega : ndarray, ``(F, K)``
+    cov : ndarray, ``(F, K, K)``
+    fibers : ndarray of int, ``(F,)``
+        Labels: the product's 0-based fiber indices, else rows of the input.
+    read_times : astropy.time.Time or None
+        The exposure's read start times (TAI), when the input carries them.
+    header : Mapping or None
+        Exposure header cards (:data:`TIME_CARDS`), when the input carries them.
+    """
+
+    omega: np.ndarray
+    cov: np.ndarray
+    fibers: np.ndarray
+    read_times: Time | None
+    header: Mapping | None
+
+
+#: Exposure header cards that give the read times, looked for in a product's metadata.
+TIME_CARDS = ("DATE-OBS", "TIMESYS", "INTOFF", "INTDELAY", "NREAD", "NFRAMES", "CONFIGID")
+
+
+def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelection:
+    """Normalise the accepted omega inputs to ``(F, K)`` and ``(F, K, K)`` arrays.
+
+    Parameters
+    ----------
+    source : OmegaFit, (omega, omega_cov), Mapping, or product path
+        ``omega`` ``(K,)`` or ``(F, K)`` with covariance ``(K, K)`` or ``(F, K, K)``. A mapping
+        has keys ``omega``, ``omega_cov`` and optionally ``fiber_index``, ``read_times``,
+        ``header`` (what :func:`read_product_omega` returns); an object has attributes
+        ``omega``, ``omega_cov`` and optionally ``read_times``, ``header``.
+    fibers : sequence of int, optional
+        Selects by label (the product's fiber index, else the row); by default every fiber with
+        at least three fitted elements (positive variance) is kept.
+    group : str, optional
+        For a product path: the fiber group (see :func:`read_product_omega`).
+
+    Returns
+    -------
+    OmegaSelection
+
+    Raises
+    ------
+    ValueError
+        Unknown input type, wrong shapes, no fitted fiber, or fibers not in the input.
+    pyapred.errors.InputError
+        A product that cannot be read, or lacks the group.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return select_omega(read_product_omega(os.fspath(source), group), fibers)
+    labels, read_times, header = None, None, None
+    if isinstance(source, Mapping):
+        omega, cov = source["omega"], source["omega_cov"]
+        labels = source.get("fiber_index")
+        read_times, header = source.get("read_times"), source.get("header")
+    elif isinstance(source, tuple):
+        omega, cov = source
+    elif hasattr(source, "omega") and hasattr(source, "omega_cov"):
+        omega, cov = source.omega, source.omega_cov
+        read_times, header = getattr(source, "read_times", None), getattr(source, "header", None)
+    else:
+        raise ValueError(
+            "omega: expected an OmegaFit, (omega, omega_cov), a mapping or a product path"
+        )
+    omega = np.asarray(omega, dtype=np.float64)
+    cov = np.asarray(cov, dtype=np.float64)
+    if omega.ndim == 1:
+        omega, cov = omega[None], cov[None]
+    if omega.ndim != 2 or cov.shape != omega.shape + omega.shape[-1:]:
+        raise ValueError(
+            "omega, omega_cov: expected shapes (F, K) and (F, K, K), "
+            f"got {omega.shape}, {cov.shape}"
+        )
+    labels = np.arange(omega.shape[0]) if labels is None else np.asarray(labels, np.int64)
+    if fibers is None:
+        fitted = np.isfinite(omega) & (np.diagonal(cov, axis1=1, axis2=2) > 0)
+        rows = np.flatnonzero(fitted.sum(axis=1) >= 3)
+        if rows.size == 0:
+            raise ValueError("omega: no fiber has a fitted omega (all variances are 0 or NaN)")
+    else:
+        wanted = np.atleast_1d(np.asarray(fibers, dtype=np.int64))
+        missing = sorted(set(wanted.tolist()) - set(labels.tolist()))
+        if missing:
+            raise ValueError(f"fibers: {missing} not among the {labels.size} fibers given")
+        rows = np.array([np.flatnonzero(labels == f)[0] for f in wanted])
+    return OmegaSelection(omega[rows], cov[rows], labels[rows], read_times, header)
+
+
+def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dict:
+    """Omega, covariance, fiber indices and read times of one fiber group of a product.
+
+    Reads with :func:`pyapred.io.product.read_product`. The group is ``group``, else ``"joint"``
+    when present, else the first of R, G, B. Read times come from the metadata:
+    ``read_times_tai_mjd``, or the exposure header cards ``DATE-OBS``, ``TIMESYS``, ``INTOFF``
+    (and ``INTDELAY``, ``CONFIGID``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A pyapred product (HDF5, or FITS by the ``.fits`` suffix).
+    group : str, optional
+        The fiber group: a chip name (``R``, ``G``, ``B``) or ``"joint"``.
+
+    Returns
+    -------
+    dict
+        ``omega`` ``(F, K)``, ``omega_cov`` ``(F, K, K)``, ``fiber_index`` ``(F,)`` (0-based),
+        ``read_times`` (TAI ``Time`` or None) and ``header`` (the :data:`TIME_CARDS` found, or
+        None); :func:`select_omega` accepts it.
+
+    Raises
+    ------
+    pyapred.errors.InputError
+        Not a readable product, no fiber group, or no group named ``group``.
+    """
+    from ..io.product import read_product  # h5py: imported when a product is read
+
+    product = read_product(path)
+    groups, metadata = product.fibers, product.metadata
+    if not groups:
+        raise InputError(path, "fibers", "per-fiber omega in a /fibers/{group} group")
+    preferred = [g for g in ("joint", "R", "G", "B") if g in groups] + sorted(groups)
+    name = group or preferred[0]
+    if name not in groups:
+        raise InputError(path, f"fibers/{name}", f"one of the groups {sorted(groups)}")
+    fits_ = groups[name]
+    header = {key.upper(): _scalar(v) for key, v in metadata.items() if key.upper() in TIME_CARDS}
+    read_times = metadata.get("read_times_tai_mjd")
+    if read_times is not None:
+        read_times = Time(np.asarray(read_times, np.float64), format="mjd", scale="tai")
+    return {
+        "omega": fits_.omega,
+        "omega_cov": fits_.omega_cov,
+        "fiber_index": fits_.fiber_index,
+        "read_times": read_times,
+        "header": header or None,
+    }
+
+
+def _scalar(value):
+    value = value.decode() if isinstance(value, bytes) else value
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value

@@ -1,0 +1,150 @@
+"""``FitOptions``, declared once: the flags of ``fit`` and ``night``, config files, records."""
+
+import argparse
+import dataclasses
+import json
+
+import pytest
+
+from pyapred.cli import build_parser, main
+from pyapred.errors import InputError
+from pyapred.exposure import FitOptions, options_from_arguments, read_config
+
+
+def option_actions(command: str) -> dict:
+    """``{dest: (flags, help, choices)}`` of the fit-option flags of a subcommand's parser."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    fields = {f.name for f in dataclasses.fields(FitOptions)}
+    return {
+        action.dest: (tuple(action.option_strings), action.help, action.choices)
+        for action in sub.choices[command]._actions
+        if action.dest in fields
+    }
+
+
+def test_every_field_has_the_same_flag_in_fit_and_night():
+    fields = [f.name for f in dataclasses.fields(FitOptions)]
+    fit, night = option_actions("fit"), option_actions("night")
+    assert sorted(fit) == sorted(fields)
+    assert fit == night  # same names, same help, same choices
+    for name in fields:
+        assert f"--{name.replace('_', '-')}" in fit[name][0]
+        assert fit[name][1], f"--{name} has no help"
+    assert "--no-jump-search" in fit["jump_search"][0]  # the old flag still works
+    assert set(fit["backend"][2]) == {"numpy", "julia", "auto"}
+
+
+def test_every_field_is_a_config_key_and_the_file_round_trips(tmp_path):
+    options = FitOptions(
+        model="time-variable", min_snr=12.5, max_fit_pixels=80, backend="numpy",
+        joint_chips=True, jump_search=False, gain=1.9, correct_1f="refpix", keep_constant=True,
+    )  # fmt: skip
+    text = options.to_toml()
+    for item in dataclasses.fields(FitOptions):
+        assert f"{item.name} = " in text or f"# {item.name} =" in text, item.name
+    path = tmp_path / "fit.toml"
+    path.write_text(text)
+    assert read_config(path) == options
+    # None (read from the file) is the default: a commented key.
+    assert read_config_text(tmp_path, FitOptions().to_toml()) == FitOptions()
+
+
+def read_config_text(tmp_path, text: str) -> FitOptions:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return read_config(path)
+
+
+def test_config_tables_flat_keys_and_errors(tmp_path):
+    assert read_config_text(tmp_path, "min_snr = 10\n[model]\np_value = 0.01\n") == FitOptions(
+        min_snr=10.0, p_value=0.01
+    )
+    bad = {
+        "[pixels]\nmin_snr = 'many'\n": "pixels",  # wrong type
+        "[model]\nmin_snr = 3.0\n": "[model] min_snr",  # key in the wrong table
+        "[nonsense]\nx = 1\n": "[nonsense]",
+        "speed = 3\n": "speed",
+        "model = 'fast'\n": "model",
+        "gain = 'high'\n": "gain",
+        "min_snr = \n": "TOML",
+    }
+    for text, field in bad.items():
+        with pytest.raises(InputError) as info:
+            read_config_text(tmp_path, text)
+        assert field in str(info.value) and "c.toml" in str(info.value), text
+
+
+def test_flags_override_the_config_file(tmp_path):
+    config = tmp_path / "fit.toml"
+    config.write_text("[model]\nmodel = 'constant'\np_value = 0.01\n[solver]\nmax_iter = 7\n")
+    parser = argparse.ArgumentParser()
+    from pyapred.exposure import add_option_arguments
+
+    add_option_arguments(parser)
+    args = parser.parse_args(["--config", str(config), "--max-iter", "9", "--no-jump-search"])
+    options = options_from_arguments(args)
+    assert (options.model, options.p_value, options.max_iter) == ("constant", 0.01, 9)
+    assert options.jump_search is False
+    assert options_from_arguments(parser.parse_args([])) == FitOptions()
+
+
+def test_records_of_older_products_read_with_defaults():
+    # The fit_options record of products written before backend and the calibration
+    # overrides were settings: night must still recognise them as up to date.
+    old = {
+        "model": "auto", "joint_chips": False, "min_snr": 30.0, "core_halfwidth": 0.5,
+        "min_purity": 0.95, "max_fit_pixels": None, "map_halfwidth": 2.5, "min_fit_pixels": 20,
+        "max_omega_error": 0.05, "p_value": 0.001, "amplitude_threshold": 0.035,
+        "jump_threshold": 8.0, "max_iter": 50, "jump_search": True, "correct_1f": "none",
+    }  # fmt: skip
+    record = json.dumps(old, sort_keys=True)
+    assert FitOptions.from_record(record) == FitOptions()
+    assert FitOptions().matches_record(record)
+    assert not FitOptions(joint_chips=True).matches_record(record)
+    assert not FitOptions(backend="julia").matches_record(record)
+    assert not FitOptions().matches_record("not json")
+    assert FitOptions(keep_constant=True).matches_record(FitOptions().to_record())
+    assert "keep_fit_reads" not in FitOptions().to_record()
+
+
+def test_invalid_options_are_refused():
+    with pytest.raises(ValueError, match="model"):
+        FitOptions(model="sometimes")
+    with pytest.raises(ValueError, match="correct_1f"):
+        FitOptions(correct_1f="fft")
+    with pytest.raises(ValueError, match="backend"):
+        FitOptions(backend="cuda")
+
+
+def test_bad_config_on_the_command_line_is_exit_2(tmp_path, capsys):
+    config = tmp_path / "fit.toml"
+    config.write_text("[solver]\nbackend = 'cuda'\n")
+    out = tmp_path / "p.h5"
+    code = main(["fit", "x.apz", "--traces", "t.h5", "--out", str(out), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and "fit.toml" in err and "backend" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_backend_julia_without_julia_is_exit_2_naming_the_runtime(tmp_path, capsys, no_julia):
+    out = tmp_path / "p.h5"
+    for argv in (
+        ["fit", "x.apz", "--traces", "t.h5", "--out", str(out), "--backend", "julia"],
+        ["night", "x*.apz", "--traces", "t.h5", "--out", str(tmp_path / "n"), "--backend",
+         "julia"],
+    ):  # fmt: skip
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, argv
+        assert "--backend" in err and "Julia" in err and "no Julia runtime" in err, err
+    assert not out.exists()
+
+
+@pytest.fixture
+def no_julia(monkeypatch):
+    from pyapred.solver import _julia
+
+    monkeypatch.setattr(_julia, "_module", None)
+    monkeypatch.setattr(_julia, "_failure", None)
+    monkeypatch.setattr(_julia, "_missing_reason", lambda: "no Julia runtime: (test)")

@@ -1,0 +1,103 @@
+"""``pyapred guider``: figure and JSON, read times from the exposure file, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from pyapred.cli import main
+from pyapred.errors import InputError
+from pyapred.guider.cli import add_arguments, run
+
+from .scenario import exposure_header
+
+
+def write_product(path, fit, *, times=True):
+    """A product with fiber group "R": fibers 5 and 7 fitted, 6 not (zero covariance)."""
+    omega = np.stack([fit.omega, np.ones_like(fit.omega), fit.omega])
+    cov = np.stack([fit.omega_cov, np.zeros_like(fit.omega_cov), fit.omega_cov])
+    meta = exposure_header(TIMESYS="UTC", CONFIGID=1) if times else {}
+    try:
+        from pyapred.io import FiberResults, write_product
+    except ImportError:  # the I/O layer is not on this branch: write its layout with h5py
+        import h5py
+
+        with h5py.File(path, "w") as handle:
+            handle.attrs["pyapred_product_format"] = 1
+            group = handle.create_group("fibers/R")
+            group["omega"], group["omega_cov"] = omega, cov
+            group["fiber_index"] = np.array([5, 6, 7]) + 1
+            group["fiber_index"].attrs["index_base"] = 1
+            metadata = handle.create_group("metadata")
+            for key, value in meta.items():
+                metadata[key] = value
+        return
+    results = FiberResults(
+        fiber_index=np.array([5, 6, 7]), omega=omega, omega_cov=cov,
+        ref_index=np.full(3, fit.ref_index), model=("time_variable", "constant", "time_variable"),
+        flags=np.zeros(3, np.int64),
+    )  # fmt: skip
+    write_product(path, fibers={"R": results}, metadata=meta)
+
+
+def test_cli_guider_writes_figure_and_json(sky, tmp_path, capsys):
+    product = tmp_path / "product.h5"
+    write_product(product, sky.fit)
+    figure = tmp_path / "guider.png"
+    argv = ["guider", "--product", str(product), "--guider", str(sky.directory)]
+    code = main([*argv, "--fibers", "7", "--lag", "--out", str(figure), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 1  # the 37 s clock offset is flagged
+    assert summary["fibers"] == [7] and summary["clock"] == "date-obs-is-tai"
+    assert abs(summary["lag_s"] + 37) < 3 and figure.read_bytes()[:4] == b"\x89PNG"
+    code = main([*argv, "--timesys", "TAI", "--out", str(figure)])
+    out = capsys.readouterr().out
+    assert code == 0 and "flags: none" in out
+    assert re.search(r"fiber 5: scale \d\.\d+", out) and "fiber 6" not in out  # 6 not fitted
+
+
+def test_cli_guider_takes_read_times_from_the_exposure_file(sky, tmp_path, capsys):
+    product = tmp_path / "product.h5"
+    write_product(product, sky.fit, times=False)
+    argv = ["guider", "--product", str(product), "--guider", str(sky.directory)]
+    argv += ["--out", str(tmp_path / "g.png")]
+    assert main(argv) == 2
+    assert "--exposure" in capsys.readouterr().err
+    exposure = tmp_path / "apR-a-52190065.apz"
+    header = fits.Header(exposure_header(TIMESYS="TAI"))
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(np.zeros((2, 2), np.int32), header)]
+    fits.HDUList(hdus).writeto(exposure)
+    assert main([*argv, "--exposure", str(exposure)]) == 0
+    assert "fiber 7: scale" in capsys.readouterr().out
+
+
+def test_cli_guider_bad_input_exits_2(sky, tmp_path, capsys):
+    product = tmp_path / "product.h5"
+    write_product(product, sky.fit)
+    out = str(tmp_path / "x.png")
+    argv = ["guider", "--product", str(product), "--out", out, "--guider"]
+    assert main([*argv, str(tmp_path / "none-*.fits")]) == 2
+    assert "guider frames" in capsys.readouterr().err
+    assert main([*argv, str(sky.directory), "--fibers", "3"]) == 2
+    assert "[3] not among" in capsys.readouterr().err
+    assert main([*argv, str(sky.directory), "--group", "G"]) == 2
+    assert "fibers/G" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_add_arguments_and_run_are_the_subcommand(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = str(tmp_path / "g.png")
+    args = parser.parse_args(["--product", "p.h5", "--guider", "a", "b", "--out", out])
+    assert args.guider == ["a", "b"] and not args.lag and args.timesys is None
+    with pytest.raises(SystemExit):  # argparse: only UTC, TAI, TT
+        parser.parse_args(["--product", "p", "--guider", "a", "--out", out, "--timesys", "UT"])
+    args = parser.parse_args(["--product", "p.h5", "--guider", "a", "--out", out, "--fibers", "x"])
+    with pytest.raises(InputError, match="--fibers"):
+        run(args)

@@ -1,0 +1,121 @@
+"""Comparison of fitted omega with the guider: scale, lag and clock verdict, flags, figure."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from astropy import units as u
+
+from pyapred import guider
+from pyapred.errors import InputError
+
+from .scenario import INTOFF, N_READS, START, exposure_header, write_frames
+
+
+def test_comparison_recovers_the_scale_to_one_percent(sky):
+    result = guider.compare(sky.fit, sky.frames, read_times=exposure_header())
+    expected = sky.truth.max() / sky.truth[sky.fit.ref_index]
+    assert abs(result.scale[0] / expected - 1) < 0.01
+    assert result.correlation[0] > 0.99 and result.explained_variance[0] > 0.95
+    assert 0.6 < result.chi2_dof[0] < 1.5 and not result.disagree[0]
+    assert result.flags == () and result.clock == "not-fitted"
+    assert result.used[0].sum() == N_READS - 2  # all but the fixed reference element
+
+
+def test_lag_fit_finds_a_37_second_clock_offset(sky):
+    # DATE-OBS holds TAI but the header says UTC: read times come out 37 s late.
+    header = exposure_header(TIMESYS="UTC")
+    result = guider.compare(sky.fit, sky.frames, read_times=header, fit_lag=True)
+    assert result.tai_minus_utc == 37.0
+    assert abs(result.lag - (-37.0)) < 3.0
+    assert 0 < result.lag_err < 3.0
+    assert result.clock == "date-obs-is-tai" and "clock-offset" in result.flags
+    expected = sky.truth.max() / sky.truth[sky.fit.ref_index]
+    assert abs(result.scale[0] / expected - 1) < 0.01
+    # Without the lag the misalignment shows up as a disagreement.
+    unaligned = guider.compare(sky.fit, sky.frames, read_times=header)
+    assert unaligned.disagree[0] and "disagree" in unaligned.flags
+
+
+def test_aligned_clocks_give_zero_lag_and_the_overriding_timesys_is_honoured(sky):
+    raw = SimpleNamespace(
+        read_times=START + np.arange(N_READS) * INTOFF * u.s, header=exposure_header()
+    )
+    result = guider.compare(sky.fit, sky.frames, read_times=raw, fit_lag=True)
+    assert abs(result.lag) < 3.0 and result.clock == "aligned"
+    as_utc = guider.compare(sky.fit, sky.frames, read_times=raw, fit_lag=True, timesys="UTC")
+    assert abs(as_utc.lag + 37.0) < 3.0
+
+
+def test_many_fibers_get_their_own_scales(sky):
+    omega = np.stack([sky.fit.omega, 0.5 * sky.fit.omega])
+    cov = np.stack([sky.fit.omega_cov, 0.25 * sky.fit.omega_cov])
+    result = guider.compare((omega, cov), sky.frames, read_times=exposure_header())
+    assert result.scale[1] / result.scale[0] == pytest.approx(0.5, rel=1e-6)
+    one = guider.compare((omega, cov), sky.frames, read_times=exposure_header(), fibers=[1])
+    assert one.fibers.tolist() == [1] and one.scale[0] == pytest.approx(result.scale[1])
+    summary = json.loads(json.dumps(result.to_dict()))
+    assert summary["fibers"] == [0, 1] and len(summary["guider"]) == N_READS - 1
+
+
+def test_plot_draws_the_three_panels(sky, tmp_path):
+    result = guider.compare(sky.fit, sky.frames, read_times=exposure_header())
+    figure = result.plot(tmp_path / "cmp.png")
+    assert len(figure.axes) == 4  # three panels plus the seeing axis
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.png"]  # no temporary left
+
+
+def test_no_time_overlap_is_a_clear_error(sky):
+    late = exposure_header(**{"DATE-OBS": (START + 3 * u.hour).isot})
+    with pytest.raises(InputError) as err:
+        guider.compare(sky.fit, sky.frames, read_times=late)
+    assert err.value.field == "DATE-OBS" and "overlapping the exposure" in str(err.value)
+    assert "proc-gimg" in err.value.path
+    with pytest.raises(InputError) as err:  # from a directory: only headers are read
+        guider.compare(sky.fit, sky.directory, read_times=late)
+    assert err.value.field == "DATE-OBS" and str(sky.directory) in str(err.value)
+
+
+def test_configid_mismatch_drops_frames_or_fails(sky, tmp_path):
+    with pytest.raises(InputError) as err:
+        guider.compare(sky.fit, sky.frames, read_times=exposure_header(CONFIGID=7))
+    assert err.value.field == "CONFIGID" and "configuration 7" in str(err.value)
+    # Frames of another configuration among the exposure's: dropped and flagged.
+    other = tmp_path / "other"
+    rng = np.random.default_rng(6)
+    write_frames(other, rng, start=START + 100 * u.s, duration=100.0, config_id=2, first_frame=900)
+    mixed = guider.GuiderFrames(sky.frames.frames + guider.read_guider_frames(other).frames, [])
+    result = guider.compare(sky.fit, mixed, read_times=exposure_header(CONFIGID=1))
+    assert "frames-dropped" in result.flags
+    assert sum("CONFIGID 2 != exposure's 1" in reason for _, reason in result.dropped) == 5
+    assert set(result.series.config_id.tolist()) == {1} and len(result.series) == 34
+
+
+def test_frames_without_stars_or_fwhm_are_dropped_and_flagged(sky, tmp_path):
+    no_stars, no_fwhm = (
+        tmp_path / "proc-gimg-gfa3n-0901.fits",
+        tmp_path / "proc-gimg-gfa3n-0902.fits",
+    )
+    guider.write_proc_gimg(no_stars, date_obs=START, exptime=15.0, fwhm=1.2, camera="gfa3n")
+    guider.write_proc_gimg(
+        no_fwhm, date_obs=START + 20 * u.s, exptime=15.0, fwhm=None, source_id=[1], zp=[25.0],
+        camera="gfa3n",
+    )  # fmt: skip
+    bad = guider.read_guider_frames(tmp_path)
+    frames = guider.GuiderFrames(sky.frames.frames + bad.frames, [])
+    result = guider.compare(sky.fit, frames, read_times=exposure_header())
+    reasons = dict(result.dropped)
+    assert "no stars" in reasons[str(no_stars)] and "no valid FWHM" in reasons[str(no_fwhm)]
+    assert "frames-dropped" in result.flags and len(result.series) == 34  # exposure +- 90 s
+
+
+def test_partial_guider_coverage_is_flagged_not_fatal(sky):
+    early = [f for f in sky.frames.frames if (f.start - START).sec < 300]  # ends mid-exposure
+    result = guider.compare(sky.fit, early, read_times=exposure_header())
+    assert "partial-coverage" in result.flags
+    assert 20 < result.used[0].sum() < N_READS - 2
+    assert np.isnan(result.guider[-1]) and np.isfinite(result.guider[0])

@@ -1,0 +1,91 @@
+"""The flux-in-fiber model: PSF coupling, and guider frames combined into the series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.io import fits
+from astropy.time import Time
+
+from pyapred import guider
+from pyapred.errors import InputError
+
+from .scenario import FIXTURES, START, needs_fixtures
+
+
+@pytest.mark.parametrize(("fwhm", "diameter"), [(0.8, 3.0), (1.5, 3.0), (3.0, 3.0), (2.2, 1.3)])
+def test_coupling_matches_numerical_integration_over_the_disc(fwhm, diameter):
+    from scipy import integrate
+
+    sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
+    radius = diameter / 2
+
+    def gaussian(y, x):
+        return np.exp(-(x**2 + y**2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+
+    inside, _ = integrate.dblquad(
+        gaussian,
+        -radius,
+        radius,
+        lambda x: -np.sqrt(radius**2 - x**2),
+        lambda x: np.sqrt(radius**2 - x**2),
+        epsabs=1e-12,
+        epsrel=1e-12,
+    )
+    assert abs(guider.fiber_coupling(fwhm, diameter) - inside) < 1e-6
+
+
+def test_coupling_is_one_half_when_fwhm_equals_diameter_and_model_peaks_at_one():
+    assert guider.fiber_coupling(3.0, 3.0) == pytest.approx(0.5, abs=1e-15)
+    flux = guider.flux_in_fiber([1.0, 0.8, 0.9], [1.0, 1.0, 2.0], 3.0)
+    assert flux.max() == 1.0 and flux[1] == pytest.approx(0.8)
+
+
+@needs_fixtures
+def test_plate_era_transparency_follows_mag_against_ref_mag(tmp_path):
+    """Copies of the processed frame, 30 s apart, with the probes dimmed by 0, 0.1, 0.05 mag."""
+    source = FIXTURES / "lco" / "expect-gimg-0040.fits.gz"
+    start = Time("2015-12-01 01:41:26.6", scale="tai")
+    for i, dimming in enumerate([0.0, 0.1, 0.05]):
+        with fits.open(source) as hdul:
+            hdul[0].header["DATE-OBS"] = (start + 30 * i * u.s).iso + "Z"
+            hdul[0].header["SEEING"] = 1.2 + 0.1 * i
+            hdul[6].data["mag"] = hdul[6].data["mag"] + dimming
+            hdul.writeto(tmp_path / f"proc-gimg-{i:04d}.fits.gz")
+    series = guider.guider_series(tmp_path)
+    ratio = series.transparency / series.transparency[0]
+    np.testing.assert_allclose(ratio, 10 ** (-0.4 * np.array([0.0, 0.1, 0.05])), rtol=1e-5)
+    assert series.n_stars.tolist() == [14, 14, 14]  # the enabled guide probes with photometry
+    coupling = guider.fiber_coupling(np.array([1.2, 1.3, 1.4]), 3.0)
+    np.testing.assert_allclose(series.flux, ratio * coupling / (ratio * coupling).max(), rtol=1e-5)
+
+
+def test_seeing_choice_and_telescope_from_file_names(tmp_path):
+    for i in range(2):
+        for c, camera_fwhm in enumerate([1.4, 1.8, 1.6]):
+            guider.write_proc_gimg(
+                tmp_path / f"proc-gimg-gfa{c + 1}s-{i:04d}.fits", date_obs=START + 20 * i * u.s,
+                exptime=15.0, fwhm=camera_fwhm, fwhm_fit=1.1, source_id=[c], zp=[25.0 - 0.1 * i],
+                camera=f"gfa{c + 1}s",
+            )  # fmt: skip
+    best = guider.guider_series(tmp_path)
+    assert len(best) == 2 and best.diameter == 1.3  # LCO ('s' cameras)
+    np.testing.assert_allclose(best.fwhm, 1.1)
+    camera = guider.guider_series(tmp_path, seeing="camera", telescope="apo")
+    np.testing.assert_allclose(camera.fwhm, 1.6)
+    assert camera.diameter == 3.0
+    np.testing.assert_allclose(best.transparency[1] / best.transparency[0], 10 ** (-0.04))
+
+
+def test_only_unusable_frames_is_a_clear_error(tmp_path):
+    first = tmp_path / "proc-gimg-gfa1n-0001.fits"
+    guider.write_proc_gimg(first, date_obs=START, exptime=15.0, fwhm=1.2)
+    guider.write_proc_gimg(
+        tmp_path / "proc-gimg-gfa1n-0002.fits", date_obs=START + 20 * u.s, exptime=15.0,
+        fwhm=None, source_id=[1], zp=[25.0],
+    )  # fmt: skip
+    with pytest.raises(InputError) as err:
+        guider.guider_series(tmp_path)
+    message = str(err.value)
+    assert "no stars" in message and "no valid FWHM" in message and "proc-gimg-gfa1n" in message

@@ -1,0 +1,148 @@
+"""Guider file readers: SDSS-V proc-gimg, gcam summaries, plate-era frames, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.io import fits
+from astropy.time import Time
+
+from pyapred import guider
+from pyapred.errors import InputError
+
+from .scenario import FIXTURES, START, exposure_header, needs_fixtures
+
+
+def test_sdssv_frame_keywords_are_read(tmp_path):
+    path = tmp_path / "proc-gimg-gfa3s-0042.fits"
+    start = Time("2024-12-04 01:35:06.421088", scale="tai")
+    guider.write_proc_gimg(
+        path, date_obs=start, exptime=15.0, fwhm=1.31, fwhm_fit=1.05,
+        source_id=[11, 12, 13], zp=[25.1, 24.9, np.nan], config_id=10000123, camera="gfa3s",
+        rms=0.07,
+    )  # fmt: skip
+    header = fits.getheader(path, "RAW")
+    assert header["DATE-OBS"] == "2024-12-04 01:35:06.421088" and header["TIMESYS"] == "TAI"
+    frame = guider.read_guider_frame(path)
+    assert frame.kind == "proc-gimg" and frame.usable
+    assert frame.start.scale == "tai" and frame.start.isot == "2024-12-04T01:35:06.421"
+    assert abs((frame.mid - start).sec - 7.5) < 1e-3  # from TAI_MID
+    assert (frame.fwhm, frame.fwhm_fit, frame.camera_fwhm, frame.rms) == (1.05, 1.05, 1.31, 0.07)
+    assert (frame.config_id, frame.camera, frame.site, frame.frame_number) == (
+        10000123, "gfa3s", "lco", 42,
+    )  # fmt: skip
+    assert frame.star_ids.tolist() == ["11", "12"]  # the NaN zero point is left out
+    np.testing.assert_allclose(frame.star_zp, [25.1, 24.9])
+
+
+def test_frames_without_gaiamatch_fall_back_to_the_camera_zero_point(tmp_path):
+    rng = np.random.default_rng(3)
+    for i, zp in enumerate([25.0, 24.9, 25.0]):
+        guider.write_proc_gimg(
+            tmp_path / f"proc-gimg-gfa1n-{i:04d}.fits", date_obs=START + 20 * i * u.s,
+            exptime=15.0, fwhm=1.2, r_zpt=zp + rng.normal(0, 1e-9),
+        )  # fmt: skip
+    series = guider.guider_series(tmp_path)
+    np.testing.assert_allclose(series.transparency, [1.0, 10 ** (-0.04), 1.0], rtol=1e-6)
+
+
+def test_gcam_summary_is_read_as_tai_seeing_only(tmp_path):
+    dates = ["2024-12-04 01:35:06.4", "2024-12-04 01:35:26.4", "2024-12-04 01:35:46.4"]
+    fwhm = np.array([[1.1, 1.3, 1.2, 0, 1.0, 1.4]] * 3)
+    fwhm[2] = np.nan
+    columns = [
+        fits.Column("indx", "J", array=np.arange(3)),
+        fits.Column("date-obs", "A21", array=dates),
+        fits.Column("mjd", "D", array=Time(dates).mjd),  # parsed as UTC by its producer
+        fits.Column("gdrms", "E", array=[0.1, 0.2, 0.3]),
+        fits.Column("nstars", "6J", array=np.full((3, 6), 5)),
+        fits.Column("fwhm", "6E", array=fwhm),
+    ]
+    path = tmp_path / "gcam-60648.fits"
+    fits.BinTableHDU.from_columns(columns).writeto(path)
+    frames = guider.read_guider_frames(path).frames
+    assert [f.kind for f in frames] == ["gcam"] * 3
+    assert frames[0].start.scale == "tai" and frames[0].start.isot == "2024-12-04T01:35:06.400"
+    assert frames[0].fwhm == pytest.approx(1.2) and frames[1].rms == pytest.approx(0.2)
+    assert not frames[2].usable
+    series = guider.guider_series(frames)
+    assert not series.has_photometry and np.all(series.transparency == 1.0) and len(series) == 2
+
+
+@needs_fixtures
+def test_processed_plate_era_frame_yields_seeing_and_probe_fwhm():
+    frame = guider.read_guider_frame(FIXTURES / "lco" / "expect-gimg-0040.fits.gz")
+    assert frame.kind == "plate-gproc" and frame.usable
+    assert frame.fwhm == pytest.approx(1.173738681714761, abs=1e-12)  # SEEING
+    assert frame.rms == pytest.approx(0.287183967477125, abs=1e-12)  # GDRMS
+    # DATE-OBS '2015-12-01 01:41:26.6Z' is TAI despite the Z.
+    assert frame.start.scale == "tai" and frame.start.isot == "2015-12-01T01:41:26.600"
+    assert frame.exptime == 12.0 and frame.image_type == "object"
+    # Guide probes that exist and are enabled (3 and 11 are acquisition probes, 17 tritium).
+    assert frame.probe_id.tolist() == [1, 2, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16]
+    fwhm = dict(zip(frame.probe_id.tolist(), frame.probe_fwhm, strict=True))
+    assert fwhm[1] == pytest.approx(1.458587, abs=1e-6)
+    assert fwhm[16] == pytest.approx(1.5744234, abs=1e-6)
+    assert frame.star_ids[0] == "probe:1"
+    assert frame.star_zp[0] == pytest.approx(16.060898 - 15.93198, abs=1e-5)  # ref_mag - mag
+
+
+@needs_fixtures
+def test_plate_era_directory_reads_with_unusable_frames_dropped():
+    frames = guider.read_guider_frames(FIXTURES)
+    kinds = {Path(f.path).name: f.kind for f in frames.frames}
+    assert len(kinds) == 10 and frames.rejected == []
+    assert kinds["gimg-0004.fits.gz"] == "plate-raw"
+    raw = next(f for f in frames.frames if Path(f.path).name == "gimg-0004.fits.gz")
+    assert raw.start.isot == "2013-10-22T00:47:02.800" and raw.exptime == 5.0
+    series = guider.guider_series(frames)
+    assert len(series) == 1 and series.fwhm[0] == pytest.approx(1.173738681714761)
+    reasons = dict(series.dropped)
+    assert len(reasons) == 9
+    flat = str(FIXTURES / "lco" / "expect-gimg-0003.fits.gz")
+    assert "'flat'" in reasons[flat]
+
+
+def test_unknown_time_system_is_a_clear_error(tmp_path):
+    path = tmp_path / "proc-gimg-gfa1n-0001.fits"
+    guider.write_proc_gimg(path, date_obs=START, exptime=15.0, fwhm=1.2, source_id=[1], zp=[25.0])
+    with fits.open(path, mode="update") as hdul:
+        hdul["RAW"].header["TIMESYS"] = "LOCAL"
+    with pytest.raises(InputError) as err:
+        guider.read_guider_frame(path)
+    assert err.value.field == "TIMESYS" and "'LOCAL'" in str(err.value)
+    assert str(path) in str(err.value)
+    # The exposure's TIMESYS: tests/guider/test_timing.py.
+
+
+def test_bad_date_obs_and_bad_plate_files_name_the_field(tmp_path):
+    path = tmp_path / "proc-gimg-gfa1n-0001.fits"
+    guider.write_proc_gimg(path, date_obs=START, exptime=15.0, fwhm=1.2, source_id=[1], zp=[25.0])
+    with fits.open(path, mode="update") as hdul:
+        hdul["RAW"].header["DATE-OBS"] = "yesterday"
+    with pytest.raises(InputError) as err:
+        guider.read_guider_frame(path)
+    assert err.value.field == "DATE-OBS" and "'yesterday'" in str(err.value)
+    gproc = tmp_path / "proc-gimg-0001.fits"
+    header = fits.Header({"SDSSFMT": "GPROC 1 4", "DATE-OBS": "2015-12-01 01:41:26.6Z"})
+    header["EXPTIME"] = 12.0
+    fits.PrimaryHDU(np.zeros((4, 4)), header).writeto(gproc)
+    with pytest.raises(InputError) as err:
+        guider.read_guider_frame(gproc)
+    assert err.value.field == "HDU 6" and str(gproc) in str(err.value)
+    with pytest.raises(InputError, match="glob matching"):
+        guider.read_guider_frames(str(tmp_path / "nothing-*.fits"))
+
+
+def test_an_unreadable_file_among_good_ones_is_rejected_not_fatal(sky, tmp_path):
+    junk = tmp_path / "proc-gimg-gfa9n-0001.fits"
+    junk.write_bytes(b"not a FITS file")
+    some = guider.read_guider_frames([*sorted(sky.directory.glob("*-000[1-3].fits")), junk])
+    assert len(some.frames) == 6 and some.rejected[0][0] == str(junk)
+    frames = guider.GuiderFrames(sky.frames.frames, some.rejected)
+    result = guider.compare(sky.fit, frames, read_times=exposure_header())
+    assert "frames-dropped" in result.flags
+    assert any("gfa9n" in path and "readable FITS" in reason for path, reason in result.dropped)

@@ -1,0 +1,41 @@
+"""Averaging the guider's flux-in-fiber over read-difference windows; the prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy import units as u
+
+from pyapred import guider
+from pyapred.guider.windows import WindowAverager
+
+from .scenario import INTOFF, N_READS, START, true_window_means, write_frames
+
+
+def test_prediction_matches_true_window_means_and_says_when_the_sky_changed(tmp_path):
+    directory = tmp_path / "frames"
+    write_frames(directory, np.random.default_rng(1), zp_noise=0.0)
+    series = guider.guider_series(directory)
+    assert len(series) == 40 and series.has_photometry
+    assert series.transparency.min() == pytest.approx(0.7, abs=0.01)
+    times = START + np.arange(N_READS) * INTOFF * u.s
+    prediction = guider.predict_omega(series, times)
+    truth = true_window_means(np.arange(N_READS) * INTOFF)
+    assert prediction.covered.all()
+    np.testing.assert_allclose(prediction.omega, truth / truth.max(), atol=1e-3)
+    assert prediction.needs_time_variable and prediction.amplitude > 0.3
+
+    stable = tmp_path / "stable"
+    constant = np.ones_like
+    write_frames(stable, np.random.default_rng(1), transparency=constant, fwhm=constant, cadence=60)
+    quiet = guider.predict_omega(guider.guider_series(stable), times)
+    assert not quiet.needs_time_variable and quiet.amplitude < 0.01
+
+
+def test_window_averager_reproduces_the_frames_it_was_built_from():
+    start = np.array([0.0, 20.0, 40.0, 60.0, 80.0])
+    averager = WindowAverager(start, start + 15.0, start + 7.5)
+    values = np.array([1.0, 0.7, 0.9, 0.8, 1.0])
+    np.testing.assert_allclose(averager.matrix(start, start + 15.0) @ values, values, atol=1e-12)
+    lo = np.linspace(-30.0, 90.0, 13)
+    np.testing.assert_allclose(averager.matrix(lo, lo + 10.0) @ np.ones(5), 1.0, atol=1e-12)
