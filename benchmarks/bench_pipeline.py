@@ -77,7 +77,7 @@ def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
         read_apz(path, dtype=np.uint16)
     read_s = time.perf_counter() - start
     # Warm the Numba cache in a throwaway run of the same command on one chip.
-    command = [sys.executable, "-c", _CHILD, "fit", "--quiet", "--overwrite"]
+    command = [sys.executable, "-c", _CHILD, "fit", "--json", "--overwrite"]
     subprocess.run(
         [*command, str(paths["apz"][0]), "--traces", str(paths["traces"][0]),
          "--out", str(folder / "warm.h5")],

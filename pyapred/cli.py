@@ -4,15 +4,35 @@ Exit codes (:mod:`pyapred.errors`): 0 ok, 1 a fit problem was flagged, 2 bad inp
 
 Each subcommand is a ``(add_arguments, run)`` pair registered in ``COMMANDS``; ``run`` takes the
 parsed arguments and returns the exit code. Heavy modules are imported inside ``run``.
+
+The output flags (``--json``, ``--quiet``, ``--verbose``, ``--log FILE``) are declared here once
+(:func:`add_output_arguments`) and given to every subcommand that runs more than a moment (to
+each sub-subcommand of ``noise``); :func:`main` gives them their one meaning: it sets up the
+``pyapred`` logger (progress lines and warnings on stderr, the log file) and silences stdout
+under ``--quiet``. A subcommand prints its summary on stdout (as JSON with ``--json``), logs its
+progress with :mod:`logging`, and shows progress bars only when ``args.progress`` is true.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
+import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+
+DESCRIPTION = (
+    "pyapred: optimal up-the-ramp flux extraction for APOGEE under a changing sky. "
+    "Exit codes: 0 ok, 1 a fit problem was flagged or a check failed, 2 bad input."
+)
+LOGGER = "pyapred"
 
 
 def _lazy(name: str) -> Callable:
@@ -40,25 +60,16 @@ def _delegate(module: str) -> tuple[Callable, Callable]:
 
 
 # --------------------------------------------------------------------------------------------
-# pyapred noise (arguments and run live in pyapred/noise/cli.py)
-# --------------------------------------------------------------------------------------------
-def _noise_arguments(parser: argparse.ArgumentParser) -> None:
-    from .noise.cli import add_arguments
-
-    add_arguments(parser)
-
-
-def _noise(args: argparse.Namespace) -> int:
-    from .noise.cli import run
-
-    return run(args)
-
-
-# --------------------------------------------------------------------------------------------
 # pyapred inspect
 # --------------------------------------------------------------------------------------------
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", help="raw .apz exposures or HDF5 files")
+    parser.add_argument(
+        "files", nargs="+", help="raw .apz exposures, HDF5 files (products, traces, ar*), .npz"
+    )
+    parser.add_argument(
+        "--full", action="store_true",
+        help="every dataset and metadata key (default: a summary by chip and fiber group)",
+    )  # fmt: skip
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -66,7 +77,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from .io.summary import describe
 
     for name in args.files:
-        print(describe(name))
+        print(describe(name, full=args.full))
     return EXIT_OK
 
 
@@ -77,7 +88,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _lazy("demo_run"),
     ),
     "simulate": (
-        "write a synthetic exposure (.apz, traces, truth)",
+        "write a synthetic exposure (.apz, traces, truth), one chip at a time",
         _lazy("simulate_arguments"),
         _lazy("simulate_run"),
     ),
@@ -96,8 +107,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     ),
     "noise": (
         "simulate H2RG read noise; the 1/f stress test of the omega fit",
-        _noise_arguments,
-        _noise,
+        *_delegate("noise.cli"),
     ),
     "crossval": ("compare the NumPy and Julia backends", *_delegate("crossval")),
     "night": (
@@ -107,26 +117,243 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "inspect": ("describe raw .apz exposures and HDF5 products", _inspect_arguments, _inspect),
 }
 
+#: Subcommands that finish in a moment: they take no output flags.
+INSTANT_COMMANDS = frozenset({"inspect"})
+
+#: Subcommands that run Numba kernels: the first run in an environment compiles them.
+KERNEL_COMMANDS = frozenset({"demo", "fit", "night", "validate", "crossval", "noise stress"})
+
+
+# --------------------------------------------------------------------------------------------
+# The output flags: declared once, one meaning everywhere
+# --------------------------------------------------------------------------------------------
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json``, ``--quiet``, ``--verbose`` and ``--log FILE`` to a subcommand's parser."""
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "--json", action="store_true",
+        help="print the summary as JSON on stdout, and nothing else there; no progress",
+    )  # fmt: skip
+    group.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="print nothing but errors (and the JSON summary with --json); no progress",
+    )  # fmt: skip
+    group.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="more detail: log at DEBUG level (on stderr, and in --log's file)",
+    )  # fmt: skip
+    group.add_argument(
+        "--log", type=Path, metavar="FILE",
+        help="also write the log (INFO; DEBUG with --verbose) to FILE, appended; its folder is "
+        "created, and it is checked writable before any work",
+    )  # fmt: skip
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``parser`` and every parser below it (``pyapred noise`` and ``pyapred noise stress``)."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                yield from _all_parsers(child)
+
+
+def _runs_something(parser: argparse.ArgumentParser) -> bool:
+    """Whether ``parser`` has no sub-subcommands of its own (``pyapred noise`` has)."""
+    return not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+
+
+def _plain_percent(text: str) -> str:
+    """A help text for argparse, which formats it with ``%``: a lone ``%`` (``3.5 %``) doubled."""
+    return re.sub(r"%([%(])?", lambda m: m.group(0) if m.group(1) else "%%", text)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="pyapred", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"pyapred {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="pyapred", description=DESCRIPTION)
+    parser.add_argument(
+        "--version", action="version", version=f"pyapred {__version__}",
+        help="print pyapred's version and exit",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(command)
+        if name not in INSTANT_COMMANDS:
+            for leaf in filter(_runs_something, _all_parsers(command)):
+                add_output_arguments(leaf)
+    for each in _all_parsers(parser):  # help texts are plain text ("paper: 3.5 %")
+        for action in each._actions:
+            if action.help and action.help != argparse.SUPPRESS:
+                action.help = _plain_percent(action.help)
     return parser
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``"fit"``, or ``"noise stress"`` for a sub-subcommand."""
+    sub = getattr(args, "noise_command", None) if args.command == "noise" else None
+    return f"{args.command} {sub}" if sub else args.command
+
+
+# --------------------------------------------------------------------------------------------
+# Logging, stdout and the log file
+# --------------------------------------------------------------------------------------------
+class _LogLines(io.TextIOBase):
+    """A stdout that also sends each complete line to the log file (logger ``pyapred.stdout``)."""
+
+    def __init__(self, stream, logger: logging.Logger):
+        self.stream, self.logger, self.pending = stream, logger, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.logger.info("%s", line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+#: The first bytes of a log file that ``--log`` appends to (what it writes itself).
+_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+#: Loggers that write to the log file only: the run's start and end, and what goes to stdout.
+_FILE_ONLY = (f"{LOGGER}.run", f"{LOGGER}.stdout")
+
+
+def _check_log_path(args: argparse.Namespace) -> Path:
+    """``--log``, checked before any work: a new file (its folder made) or an earlier log of
+    pyapred's, never one of the command's other paths nor any other file (it is appended to)."""
+    from .io.paths import check_output_path
+
+    log = Path(args.log)
+    others = []
+    for key, value in vars(args).items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        others += [Path(v) for v in values if key != "log" and isinstance(v, (str, os.PathLike))]
+    for other in others:
+        if other.absolute() == log.absolute():
+            raise InputError(log, "--log", "a file of its own, none of the other paths", str(other))
+    path = check_output_path(
+        log, "--log", inputs=[p for p in others if p.is_file()], overwrite=True
+    )
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            if not _LOG_LINE.match(handle.read(64)):
+                raise InputError(path, "--log", "a new file or an earlier pyapred log (appended)",
+                                 "another file")  # fmt: skip
+    return path
+
+
+@contextlib.contextmanager
+def _output(args: argparse.Namespace) -> Iterator[logging.Logger]:
+    """The one meaning of the output flags, for the run of a subcommand.
+
+    The ``pyapred`` logger prints its records on stderr (INFO; DEBUG with ``--verbose``;
+    WARNING with ``--json``; ERROR with ``--quiet``), and writes them to ``--log``'s file (INFO,
+    or DEBUG with ``--verbose``, whatever the console shows), with the run's command line, exit
+    code and what it prints on stdout. Python warnings go through it. ``--quiet`` without
+    ``--json`` sends stdout nowhere. ``args.progress`` is set: progress bars only without
+    ``--quiet`` and ``--json``.
+    """
+    quiet, as_json = getattr(args, "quiet", False), getattr(args, "json", False)
+    verbose, log_path = getattr(args, "verbose", False), getattr(args, "log", None)
+    args.progress = not (quiet or as_json)
+    if log_path is not None:
+        log_path = _check_log_path(args)
+    detail = logging.DEBUG if verbose else logging.INFO
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.ERROR if quiet else logging.WARNING if as_json else detail)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    handlers: list[logging.Handler] = [console]
+    if log_path is not None:
+        try:
+            log_file = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(log_path, "--log", "a file pyapred can write to",
+                             exc.strerror or str(exc)) from None  # fmt: skip
+        log_file.setLevel(detail)
+        log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(log_file)
+    setup = {LOGGER: handlers, "py.warnings": handlers}
+    setup.update(dict.fromkeys(_FILE_ONLY, handlers[1:]))
+    saved = []
+    for name, own in setup.items():
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate, list(logger.handlers)))
+        logger.handlers, logger.propagate = list(own), False
+        logger.setLevel(detail)
+    logging.captureWarnings(True)
+    stdout = sys.stdout
+    with contextlib.ExitStack() as stack:
+        if quiet and not as_json:
+            stdout = stack.enter_context(open(os.devnull, "w"))
+        if log_path is not None:
+            stdout = _LogLines(stdout, logging.getLogger(_FILE_ONLY[1]))
+        stack.enter_context(contextlib.redirect_stdout(stdout))
+        try:
+            yield logging.getLogger(LOGGER)
+        finally:
+            sys.stdout.flush()
+            logging.captureWarnings(False)
+            for logger, level, propagate, old in saved:
+                logger.setLevel(level)
+                logger.propagate = propagate
+                logger.handlers = old
+            for handler in handlers:
+                handler.close()
+
+
+def _announce_compilation(command: str, log: logging.Logger) -> None:
+    """One line when the Numba kernels have never been compiled in this environment."""
+    if command not in KERNEL_COMMANDS:
+        return
+    try:  # numba's on-disk cache index of two kernels every fit runs
+        from .solver import first_pass
+        from .solver.api import backend_kernels
+
+        kernels = (first_pass.first_pass_kernel, backend_kernels("numpy").extract_kernel)
+        missing = [not os.path.exists(k._cache._cache_file._index_path) for k in kernels]
+    except Exception:  # another numba, or no cache: say nothing
+        return
+    if any(missing):
+        log.info("pyapred: compiling the numerical kernels (once, about a minute)...")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    command = command_name(args)
+    start = time.perf_counter()
     try:
-        return COMMANDS[args.command][2](args)
-    except (InputError, FileNotFoundError, FileExistsError) as exc:
-        print(f"pyapred {args.command}: error: {exc}", file=sys.stderr)
+        with _output(args) as log:
+            run_log = logging.getLogger(_FILE_ONLY[0])
+            words = sys.argv[1:] if argv is None else list(argv)
+            run_log.info("pyapred %s", " ".join(map(str, words)))
+            log.debug("pyapred %s: arguments %s", command, vars(args))
+            for notice in getattr(args, "notices", []):  # e.g. a deprecated flag was used
+                log.warning("%s", notice)
+            try:
+                _announce_compilation(command, log)
+                code = COMMANDS[args.command][2](args)
+            except InputError as exc:
+                log.error("pyapred %s: error: %s", command, exc)
+                code = EXIT_BAD_INPUT
+            except OSError as exc:  # the last resort: a path that could not be read or written
+                where = exc.filename if exc.filename is not None else "a file"
+                reason = exc.strerror or str(exc)
+                log.error("pyapred %s: error: %s: %s", command, where, reason)
+                code = EXIT_BAD_INPUT
+            run_log.info("exit code %d after %.1f s", code, time.perf_counter() - start)
+            return code
+    except InputError as exc:  # --log itself is bad: nothing has run
+        print(f"pyapred {command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -1,7 +1,10 @@
 """The exposure subcommands of ``pyapred``: ``simulate``, ``fit`` and ``demo``.
 
 Each is an ``(add_arguments, run)`` pair registered in :data:`pyapred.cli.COMMANDS`; ``run``
-returns the exit code (0 ok, 1 fit problems flagged, 2 bad input).
+returns the exit code (0 ok, 1 fit problems flagged, 2 bad input). The output flags
+(``--json``, ``--quiet``, ``--verbose``, ``--log``) are added and given their meaning by
+:mod:`pyapred.cli`: ``run`` prints its summary (as JSON with ``--json``), logs its steps, and
+shows progress bars when ``args.progress`` is true.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -18,6 +22,24 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK, InputError
+
+log = logging.getLogger(__name__)
+
+
+def _num(value, spec: str = ".2f") -> str:
+    """A figure of the demo's report, or ``n/a`` where there was nothing to measure."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def _json(value) -> str:
+    """A JSON line of a summary (NumPy scalars and paths included)."""
+
+    def plain(item):
+        if isinstance(item, np.generic):
+            return item.item()
+        return str(item)
+
+    return json.dumps(value, default=plain)
 
 
 # --------------------------------------------------------------------------------------------
@@ -36,18 +58,49 @@ class DeprecatedFlag(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         message = f"{option_string} is deprecated and will be removed; use {self.new}"
         warnings.warn(message, DeprecationWarning, stacklevel=2)
-        print(f"{parser.prog}: warning: {message}", file=sys.stderr)
+        # Said by pyapred.cli.main once the output flags are known (--quiet silences it).
+        namespace.notices = [
+            *getattr(namespace, "notices", []),
+            f"{parser.prog}: warning: {message}",
+        ]
         setattr(namespace, self.dest, values)
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (the error names the flag)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _chip_letters(text: str) -> str:
+    """An argparse type: chips among R, G and B, each once (``RGB``, ``R``, ``GB``)."""
+    if not text or set(text) - set("RGB") or len(set(text)) != len(text):
+        raise argparse.ArgumentTypeError(f"expected letters among R, G, B, each once; got {text!r}")
+    return text
 
 
 def _geometry_arguments(parser: argparse.ArgumentParser, *, columns: int, reads: int) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--fibers", type=int, default=300, help="fibers per chip (default 300)")
+    parser.add_argument(
+        "--fibers", type=at_least(1), default=300, help="fibers per chip (default 300)"
+    )
     parser.add_argument("--fibres", dest="fibers", type=int, action=DeprecatedFlag, new="--fibers")
     parser.add_argument(
-        "--columns", type=int, default=columns, help=f"traced columns (default {columns})"
+        "--columns", type=at_least(1), default=columns,
+        help=f"traced columns (default {columns})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reads", type=at_least(3), default=reads, help=f"reads, at least 3 (default {reads})"
     )
-    parser.add_argument("--reads", type=int, default=reads, help=f"reads (default {reads})")
 
 
 def simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,9 +116,13 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
         )
     _geometry_arguments(parser, columns=2048, reads=33)
     parser.add_argument(
-        "--ref-columns", type=int, default=512, help="reference-output columns (default 512)"
-    )
-    parser.add_argument("--telescope", choices=("apo", "lco"), default="apo")
+        "--ref-columns", type=at_least(0), default=512,
+        help="reference-output columns (default 512)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--telescope", choices=("apo", "lco"), default="apo",
+        help="telescope of the file names and of the FPI fibers (default apo)",
+    )  # fmt: skip
     parser.add_argument(
         "--one-over-f", action="store_true",
         help="add H2RG correlated (1/f) read noise on APOGEE's clock (needs 2048 + 512 columns)",
@@ -73,26 +130,53 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
 
 
+def _simulated_files(out: Path, telescope: str, chips: str, mjd: int, exposure: int) -> list:
+    """The files ``pyapred simulate`` writes, to check before any work."""
+    from .io.apz import ApzName
+    from .traces import trace_file_name
+
+    letters = {"R": "a", "G": "b", "B": "c"}
+    files = [out / ApzName.from_night(telescope, letters[c], mjd, exposure).filename for c in chips]
+    files += [out / trace_file_name(telescope, mjd, c) for c in chips]
+    return [*files, out / f"truth_{telescope}_{mjd}_{exposure:04d}.npz"]
+
+
 def simulate_run(args: argparse.Namespace) -> int:
-    """Write a synthetic three-chip exposure: .apz files, trace files and a truth file."""
-    from .simulate import simulate_exposure, write_simulated_exposure
+    """Write a synthetic three-chip exposure, chip by chip: .apz files, traces and a truth file."""
+    from .io.paths import check_output_path
+    from .simulate import READ_NOISE_DN, simulate_exposure_files
 
     if args.one_over_f and (args.columns, args.ref_columns) != (2048, 512):
         raise InputError(
             "--one-over-f", "--columns/--ref-columns", "2048 and 512 (the raw frame)",
             f"{args.columns} and {args.ref_columns}",
         )  # fmt: skip
-    sim = simulate_exposure(
-        args.scenario or "clouds", seed=args.seed, n_fibers=args.fibers, n_columns=args.columns,
-        ref_columns=args.ref_columns, n_reads=args.reads, telescope=args.telescope,
-    )  # fmt: skip
+    # Every output is checked before minutes of simulation (an existing one needs --overwrite).
+    for path in _simulated_files(args.out, args.telescope, "RGB", 60781, 1):
+        check_output_path(path, "--out", overwrite=args.overwrite)
     one_over_f = None
     if args.one_over_f:  # HxrgNoise's default 1/f amplitudes times the read noise, in DN
         from .noise import HxrgNoise
 
-        rn = next(iter(sim.chips.values())).read_noise
+        rn = READ_NOISE_DN
         one_over_f = HxrgNoise(white=0.0, c_pink=0.6 * rn, u_pink=0.3 * rn, acn=0.2 * rn)
-    paths = write_simulated_exposure(sim, args.out, overwrite=args.overwrite, one_over_f=one_over_f)
+    scenario = args.scenario or "clouds"
+    log.info(
+        "pyapred simulate: %s, %d fibers x %d columns (+%d reference) x %d reads, 3 chips, "
+        "seed %d, into %s", scenario, args.fibers, args.columns, args.ref_columns, args.reads,
+        args.seed, args.out,
+    )  # fmt: skip
+    start = time.perf_counter()
+    paths = simulate_exposure_files(
+        args.out, scenario, seed=args.seed, n_fibers=args.fibers, n_columns=args.columns,
+        ref_columns=args.ref_columns, n_reads=args.reads, telescope=args.telescope,
+        overwrite=args.overwrite, one_over_f=one_over_f,
+        progress=lambda message: log.info("pyapred simulate: %s", message),
+    )  # fmt: skip
+    log.info("pyapred simulate: done in %.1f s", time.perf_counter() - start)
+    if args.json:
+        print(_json(paths))
+        return EXIT_OK
     for path in [*paths["apz"], *paths["traces"], paths["truth"]]:
         print(path)
     return EXIT_OK
@@ -114,20 +198,40 @@ def fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="product file (.h5)")
     parser.add_argument("--plots", type=Path, help="folder for PNG plots")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing product")
-    parser.add_argument("--quiet", action="store_true", help="print only the JSON summary")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.add_argument(
+        "--traces-any-night", action="store_true",
+        help="accept trace files of another night of the same telescope (e.g. fallback traces)",
+    )  # fmt: skip
+    identity = parser.add_argument_group(
+        "identity of a renamed input (one input file; each overrides what its name says, and is "
+        "needed where the name says nothing)"
+    )
+    identity.add_argument(
+        "--chip", choices=("R", "G", "B"), help="the input's chip (raw files: a, b, c = R, G, B)"
+    )
+    identity.add_argument(
+        "--telescope", choices=("apo", "lco"),
+        help="the input's telescope: its FPI fibers and its trace files' telescope",
+    )  # fmt: skip
+    identity.add_argument(
+        "--mjd", type=at_least(55562), metavar="N",
+        help="the input's night (SDSS MJD), matched against the trace files' night",
+    )  # fmt: skip
     add_option_arguments(parser)
 
 
 def fit_run(args: argparse.Namespace) -> int:
     """Fit omega per fiber, choose models, extract every pixel, write the product."""
     from .exposure import options_from_arguments, resolve_backend, run_exposure
-    from .io.atomic import writable_folder
+    from .io.paths import check_input_file, check_output_path, remove_stale_temporaries
 
     options = options_from_arguments(args)
     # The fit pixels' reads are kept for the ramp plots only (a quarter of a cube per chip).
     keep_fit_reads = args.plots is not None or getattr(args, "keep_fit_reads", False)
-    options = dataclasses.replace(options, keep_fit_reads=keep_fit_reads)
+    options = dataclasses.replace(
+        options, keep_fit_reads=keep_fit_reads,
+        keep_constant=options.keep_constant or args.plots is not None,  # flux comparison plots
+    )  # fmt: skip
     if args.plots is not None:
         try:
             import matplotlib  # noqa: F401  (the optional extra "plots")
@@ -135,26 +239,38 @@ def fit_run(args: argparse.Namespace) -> int:
             message = "pyapred fit: --plots needs matplotlib: pip install 'pyapred[plots]'"
             print(message, file=sys.stderr)
             return EXIT_BAD_INPUT
-    if args.out.exists() and not args.overwrite:
-        raise InputError(args.out, "--out", "a new file (or pass --overwrite)", "an existing file")
-    writable_folder(args.out.parent, path=args.out)
+    # A renamed input's chip, telescope and night (one input: run_exposure checks it).
+    identity = {k: getattr(args, k) for k in ("chip", "telescope", "mjd")}
+    identity = {k: v for k, v in identity.items() if v is not None}
     options = dataclasses.replace(options, backend=resolve_backend(options.backend))
+    # Every path is checked before any work: nothing is fitted for an output that cannot be
+    # written, and no output may replace an input.
+    inputs = [check_input_file(path, "inputs") for path in args.inputs]
+    inputs += [check_input_file(path, "--traces") for path in args.traces]
+    check_output_path(args.out, "--out", inputs=inputs, overwrite=args.overwrite)
+    if args.plots is not None:
+        check_output_path(args.plots, "--plots", inputs=[*inputs, args.out], folder=True)
+    remove_stale_temporaries(args.out)  # left by a killed run on the same output
+    log.debug("pyapred fit: settings %s", options.to_record())
     start = time.perf_counter()
     result = run_exposure(
         args.inputs, args.traces, options, product=args.out, overwrite=args.overwrite,
-        progress=not (args.quiet or args.json),
+        traces_any_night=args.traces_any_night, progress=args.progress,
+        identity=identity or None,
     )  # fmt: skip
     plots = []
     if args.plots is not None:
         from .plots import save_plots
 
+        log.info("pyapred fit: drawing the plots in %s", args.plots)
         plots = save_plots(result, args.plots)
     summary = result.summary()
     summary["product"] = result.meta["product"]
     summary["plots"] = [str(p) for p in plots]
     summary["seconds"] = round(time.perf_counter() - start, 2)
-    if args.json or args.quiet:
-        print(json.dumps(summary, default=str))
+    log.debug("pyapred fit: stage timings %s s", summary["timings_s"])
+    if args.json:
+        print(_json(summary))
     else:
         _print_summary(summary)
     return EXIT_FLAGGED if summary["problems"] else EXIT_OK
@@ -182,67 +298,103 @@ def _print_summary(summary: dict) -> None:
 def demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="folder for files and plots (default: a temp dir)")
     _geometry_arguments(parser, columns=96, reads=22)
-    parser.add_argument("--chips", default="RGB", help="chips to simulate (default RGB)")
+    parser.add_argument(
+        "--chips", type=_chip_letters, default="RGB", help="chips to simulate (default RGB)"
+    )
     parser.add_argument("--joint-chips", action="store_true", help="fit omega over all chips")
 
 
 def demo_run(args: argparse.Namespace) -> int:
     """Simulate a cloudy exposure, fit it from its files, plot, and compare with the truth."""
     from .exposure import FitOptions, run_exposure, truth_metrics
+    from .io.atomic import writable_folder
     from .simulate import simulate_exposure, write_simulated_exposure
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pyapred-demo-"))
+    writable_folder(out)  # before the work
     start = time.perf_counter()
+    step = "pyapred demo: %s"
+    log.info(
+        step, f"simulating a passing cloud over {args.fibers} fibers x {args.columns} columns x "
+        f"{args.reads} reads, chips {args.chips}, seed {args.seed}",
+    )  # fmt: skip
     sim = simulate_exposure(
         "clouds", seed=args.seed, n_fibers=args.fibers, n_columns=args.columns, ref_columns=0,
         n_reads=args.reads, chips=tuple(args.chips),
     )  # fmt: skip
+    log.info(step, f"writing the raw files and traces to {out / 'data'}")
     paths = write_simulated_exposure(sim, out / "data", overwrite=True)
-    print(
+    lines = [
         f"pyapred demo: simulated a passing cloud (depth 60 %), {args.fibers} fibers x "
-        f"{args.columns} columns x {args.reads} reads on chips {args.chips}, seed {args.seed}"
-    )
-    print(f"  files: {out / 'data'}")
+        f"{args.columns} columns x {args.reads} reads on chips {args.chips}, seed {args.seed}",
+        f"  files: {out / 'data'}",
+    ]
+    log.info(step, "fitting omega per fiber and extracting every pixel, from the files")
     options = FitOptions(keep_constant=True, joint_chips=args.joint_chips)
     result = run_exposure(
         paths["apz"], paths["traces"], options, product=out / "product.h5", overwrite=True,
-        keep_images=True,
+        keep_images=True, progress=args.progress,
     )  # fmt: skip
     product = result.meta["product"]
+    flux_dn = {name: chip.flux / chip.gain for name, chip in sim.chips.items()}
+    min_flux = {name: 100.0 / chip.gain for name, chip in sim.chips.items()}
+    log.info(step, f"drawing the plots in {out / 'plots'}")
     try:
         from .plots import save_plots
 
-        plots = save_plots(result, out / "plots", truth=sim.omega)
+        plots = save_plots(result, out / "plots", truth=sim.omega, true_flux=flux_dn)
     except ImportError:  # matplotlib is the optional extra "plots"
         plots = None
-    flux_dn = {name: chip.flux / chip.gain for name, chip in sim.chips.items()}
-    min_flux = {name: 100.0 / chip.gain for name, chip in sim.chips.items()}
+    log.info(step, "comparing with the truth")
     metrics = truth_metrics(result, sim.omega, flux_dn, min_flux=min_flux)
-    print(f"  simulate, write, fit: {time.perf_counter() - start:.1f} s; product {product}")
+    seconds = time.perf_counter() - start
+    lines.append(f"  simulate, write, fit: {seconds:.1f} s; product {product}")
+    models = {}
     for key, fits in result.fibers.items():
         counts = np.bincount(fits.model, minlength=3)
+        models[key] = {"time_variable": int(counts[1]), "constant": int(counts[0]),
+                       "borrowed": int(counts[2])}  # fmt: skip
         om = metrics["omega"][key]
-        print(
-            f"  omega {key}: {om['n_fibers']} bright fibers, z-score std {om['z_std']:.2f} "
-            f"(ideal 1), median z {om['z_median']:+.2f}; models: {counts[1]} time-variable, "
+        lines.append(
+            f"  omega {key}: {om['n_fibers']} bright fibers, z-score std {_num(om['z_std'])} "
+            f"(ideal 1), median z {_num(om['z_median'], '+.2f')}; models: {counts[1]} "
+            "time-variable, "
             f"{counts[0]} constant, {counts[2]} borrowed"
         )
+        if fits.fit is not None and fits.bright.any():
+            # Omega at the exposure's mean (the fluxes' normalisation), against the truth's.
+            fitted = fits.fit.normalized()[0][fits.bright]
+            true = sim.omega[fits.bright] / sim.omega[fits.bright].mean(axis=1, keepdims=True)
+            lines.append(
+                f"    deepest point of the cloud, omega scaled to mean 1 (median over bright "
+                f"fibers): fitted {np.median(np.nanmin(fitted, axis=1)):.3f}, "
+                f"true {np.median(true.min(axis=1)):.3f}"
+            )
         if key in metrics["borrowed"]:
             b = metrics["borrowed"][key]
-            print(
+            lines.append(
                 f"    borrowed omega vs truth ({b['n_fibers']} faint fibers): "
-                f"chi2/dof {b['chi2_dof']:.2f} (ideal 1; its elements' z std {b['z_std']:.2f} "
+                f"chi2/dof {_num(b['chi2_dof'])} (ideal 1; its elements' z std "
+                f"{_num(b['z_std'])} "
                 "is below 1 as they are correlated)"
             )
     for name, entry in metrics["flux"].items():
-        print(
+        lines.append(
             f"  flux bias, chip {name}, {entry['n_pixels']} pixels >= 100 e-/read: "
-            f"constant model {entry['constant_bias']:+.2f} sigma, "
-            f"time-variable {entry['variable_bias']:+.3f} sigma"
+            f"constant model {_num(entry['constant_bias'], '+.2f')} sigma, "
+            f"time-variable {_num(entry['variable_bias'], '+.3f')} sigma"
         )
     if plots is None:
-        print("  plots: skipped, matplotlib is missing (pip install 'pyapred[plots]')")
+        lines.append("  plots: skipped, matplotlib is missing (pip install 'pyapred[plots]')")
     else:
-        print(f"  plots: {out / 'plots'} ({len(plots)} PNG files)")
+        lines.append(f"  plots: {out / 'plots'} ({len(plots)} PNG files)")
+    if args.json:
+        summary = {
+            "out": out, "product": product, "seconds": round(seconds, 2), "models": models,
+            **metrics, "plots": None if plots is None else [str(p) for p in plots],
+        }  # fmt: skip
+        print(_json(summary))
+    else:
+        print("\n".join(lines))
     sys.stdout.flush()
     return EXIT_OK

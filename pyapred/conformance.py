@@ -1,8 +1,10 @@
 """Conformance vectors: small cases that bind the NumPy and Julia backends to the same numbers.
 
-A vector is one TOML file (``tests/conformance/*.toml``) with the inputs and expected outputs of
-one call, generated from the NumPy backend by ``scripts/make_conformance_vectors.py``. Python reads
-it with ``tomllib`` and ``julia/test/runtests.jl`` with Julia's ``TOML``. Layout::
+A vector is one TOML file (``julia/test/conformance/*.toml``) with the inputs and expected outputs
+of one call, generated from the NumPy backend by ``scripts/make_conformance_vectors.py``. Python
+reads it with ``tomllib`` and ``julia/test/runtests.jl`` with Julia's ``TOML``. The vectors live
+inside the Julia package, so that ``Pkg.test`` of an installed APRampFit finds them, and the wheel
+ships them (``pyapred/julia/test/``), so that ``pyapred crossval --vectors`` runs anywhere. Layout::
 
     name = "constant_basic"
     description = "..."
@@ -17,6 +19,10 @@ TOML's ``nan`` and ``inf``.
 
 An output matches when its shape, NaN pattern and integer values are equal and every float
 differs by at most ``rtol`` times the largest absolute expected value of that output.
+
+Stage vectors (``julia/test/stages/*.toml``, ``scripts/make_stage_vectors.py``) use the same
+format with nested tables: ``[inputs]``, ``[options]`` and ``[expected.prepare]``,
+``[expected.fibers]``, ``[expected.extract]``, one per exposure stage.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ __all__ = [
     "FUNCTIONS",
     "NUMPY_ONLY",
     "compare",
+    "default_stage_dir",
     "default_vector_dir",
     "dumps",
     "load_vector",
@@ -65,10 +72,25 @@ _OUTPUT_NAMES = {
 NUMPY_ONLY: frozenset = frozenset()
 
 
+def _julia_test_dir(name: str) -> Path | None:
+    """``test/<name>`` of the APRampFit copy this package runs with: the wheel's
+    ``pyapred/julia``, else the source tree's ``julia`` (as ``pyapred.solver`` finds it)."""
+    package = Path(__file__).resolve().parent
+    for julia in (package / "julia", package.parent / "julia"):
+        path = julia / "test" / name
+        if path.is_dir():
+            return path
+    return None
+
+
 def default_vector_dir() -> Path | None:
-    """``tests/conformance`` of the source tree this package runs from, if there is one."""
-    path = Path(__file__).resolve().parent.parent / "tests" / "conformance"
-    return path if path.is_dir() else None
+    """The solver vectors, ``julia/test/conformance``, if this installation has them."""
+    return _julia_test_dir("conformance")
+
+
+def default_stage_dir() -> Path | None:
+    """The exposure-stage vectors, ``julia/test/stages``, if this installation has them."""
+    return _julia_test_dir("stages")
 
 
 def load_vector(path: str | os.PathLike) -> dict:
@@ -81,8 +103,14 @@ def load_vector(path: str | os.PathLike) -> dict:
     with open(path, "rb") as file:
         vector = tomllib.load(file)
     for section in ("inputs", "expected"):
-        vector[section] = {key: _array(value) for key, value in vector[section].items()}
+        vector[section] = _arrays(vector[section])
     return vector
+
+
+def _arrays(table: dict) -> dict:
+    """Lists as NumPy arrays, recursively through nested tables."""
+    return {key: _arrays(value) if isinstance(value, dict) else _array(value)
+            for key, value in table.items()}  # fmt: skip
 
 
 def _array(value):
@@ -152,11 +180,15 @@ def compare(expected: Mapping, got: Mapping, rtol: float) -> dict[str, tuple[flo
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-def _toml_value(value) -> str:
+def _toml_value(value, digits: int | None = None) -> str:
+    """TOML text of a scalar or an array; floats exact (``repr``) unless ``digits`` significant
+    digits are asked for. float32 arrays are written in float32's shortest exact form."""
+    if isinstance(value, np.ndarray) and value.dtype == np.float32:
+        return _float32_array(value)
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+        return "[" + ", ".join(_toml_value(item, digits) for item in value) + "]"
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
     if isinstance(value, int | np.integer):
@@ -167,17 +199,49 @@ def _toml_value(value) -> str:
             return "nan"
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        return repr(value)
+        if digits is None:
+            return repr(value)
+        text = f"{value:.{digits}g}"
+        return text if any(c in text for c in ".en") else text + ".0"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-def dumps(vector: Mapping) -> str:
-    """The TOML text of a vector: top-level scalars, then the ``inputs`` and ``expected`` tables."""
+def _float32_array(array: np.ndarray) -> str:
+    if array.ndim == 0:
+        return _float32_text(array)
+    return "[" + ", ".join(_float32_array(row) for row in array) + "]"
+
+
+def _float32_text(value: np.float32) -> str:
+    """The shortest text that reads back as this float32 (NaN and infinities as TOML's)."""
+    if not np.isfinite(value):
+        return _toml_value(float(value))
+    text = str(np.float32(value))
+    return text if any(c in text for c in ".en") else text + ".0"
+
+
+def dumps(vector: Mapping, *, digits: Mapping | None = None) -> str:
+    """The TOML text of a vector: top-level scalars, then its tables in order (``inputs``,
+    ``options`` if present, ``expected``), nested tables as ``[expected.stage]``.
+
+    ``digits`` maps a table name (``"expected"``) to the significant digits of its floats;
+    by default every float is written exactly.
+    """
+    digits = digits or {}
     lines = [f"{key} = {_toml_value(value)}" for key, value in vector.items()
              if not isinstance(value, Mapping)]  # fmt: skip
-    for section in ("inputs", "expected"):
-        lines += ["", f"[{section}]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in vector[section].items()]
+    for section in [key for key in ("inputs", "options", "expected") if key in vector]:
+        lines += _table_lines(section, vector[section], digits.get(section))
     return "\n".join(lines) + "\n"
+
+
+def _table_lines(name: str, table: Mapping, digits: int | None) -> list[str]:
+    lines = ["", f"[{name}]"]
+    lines += [f"{key} = {_toml_value(value, digits)}" for key, value in table.items()
+              if not isinstance(value, Mapping)]  # fmt: skip
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            lines += _table_lines(f"{name}.{key}", value, digits)
+    return lines

@@ -3,26 +3,30 @@
 Inputs: the conformance vectors (``--vectors [DIR]``), a simulated fiber (``--simulate``), or rows
 of a raw exposure (``--apz FILE``).
 For every output it prints the largest absolute and relative difference between the backends
-(relative to the output's largest absolute value) and exits 1 beyond ``--rtol``. Without a Julia
-runtime it says so in one line and exits 2.
+(relative to the output's largest absolute value; with ``--json``, a JSON list of rows) and exits
+1 beyond ``--rtol``. Without a Julia runtime it says so in one line and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK
+from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK, InputError
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--vectors", nargs="?", const="", metavar="DIR",
-                        help="the conformance vectors (default: the source tree's "
-                             "tests/conformance)")  # fmt: skip
+                        help="the conformance vectors (default: julia/test/conformance "
+                             "of the package)")  # fmt: skip
     source.add_argument("--simulate", action="store_true",
                         help="a simulated fiber under a changing sky")  # fmt: skip
     source.add_argument("--apz", metavar="FILE", help="a raw apR-/asR- exposure")
@@ -30,16 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows of --apz to fit (default 1000:1016)")  # fmt: skip
     parser.add_argument("--read-noise", type=float, default=10.0,
                         help="single-read noise of --apz, DN (default 10)")  # fmt: skip
-    parser.add_argument("--gain", type=float, default=1.9, help="gain of --apz, e-/DN")
+    parser.add_argument("--gain", type=float, default=1.9, help="gain of --apz, e-/DN (1.9)")
     parser.add_argument("--rtol", type=float, default=None,
                         help="tolerance (default: per vector; 1e-10 simulated)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=7, help="random seed of --simulate")
-    parser.add_argument("--pixels", type=int, default=200, help="pixels of --simulate")
-    parser.add_argument("--reads", type=int, default=20, help="reads of --simulate")
+    parser.add_argument("--seed", type=int, default=7, help="random seed of --simulate (7)")
+    parser.add_argument("--pixels", type=int, default=200, help="pixels of --simulate (200)")
+    parser.add_argument("--reads", type=int, default=20, help="reads of --simulate, >= 3 (20)")
 
 
 def _simulated_cases(args: argparse.Namespace) -> list[dict]:
     from .simulate import omega_uniform, simulate_ramps
+
+    for flag, value, minimum in (("--pixels", args.pixels, 1), ("--reads", args.reads, 3)):
+        if value < minimum:
+            raise InputError(flag, flag, f"an integer >= {minimum}", str(value))
 
     rng = np.random.default_rng(args.seed)
     omega = omega_uniform(args.reads - 1, 0.5, rng)
@@ -55,7 +63,6 @@ def _simulated_cases(args: argparse.Namespace) -> list[dict]:
 
 def _apz_cases(args: argparse.Namespace) -> list[dict]:
     """The constant and equal-weight fits of some rows of a raw exposure's science area."""
-    from .errors import InputError
     from .io import read_apz
 
     try:
@@ -73,7 +80,6 @@ def _apz_cases(args: argparse.Namespace) -> list[dict]:
 def _vector_cases(folder: Path | None) -> list[dict]:
     """The conformance vectors in ``folder`` that have a Julia twin."""
     from .conformance import NUMPY_ONLY, load_vector
-    from .errors import InputError
 
     paths = sorted(folder.glob("*.toml")) if folder is not None else []
     if not paths:
@@ -107,13 +113,23 @@ def run(args: argparse.Namespace) -> int:
     except JuliaBackendError as exc:
         print(f"pyapred crossval: {exc.reason}; see docs/julia.md", file=sys.stderr)
         return EXIT_BAD_INPUT
-    worst = EXIT_OK
-    print(f"{'case':<36} {'output':<14} {'max abs diff':>13} {'max rel diff':>13}")
-    for case in cases:
+    as_json = getattr(args, "json", False)
+    worst, rows = EXIT_OK, []
+    if not as_json:
+        print(f"{'case':<36} {'output':<14} {'max abs diff':>13} {'max rel diff':>13}")
+    for number, case in enumerate(cases, start=1):
+        log.info("pyapred crossval: %d of %d: %s", number, len(cases), case["name"])
         rtol = case["rtol"] if args.rtol is None else args.rtol
         report = compare(run_vector(case, "numpy"), run_vector(case, "julia"), rtol)
         for output, (abs_diff, rel_diff, ok) in report.items():
+            rows.append({
+                "case": case["name"], "output": output, "max_abs_diff": float(abs_diff),
+                "max_rel_diff": float(rel_diff), "rtol": rtol, "ok": bool(ok),
+            })  # fmt: skip
             mark = "" if ok else "  BEYOND TOLERANCE"
-            print(f"{case['name']:<36} {output:<14} {abs_diff:13.3e} {rel_diff:13.3e}{mark}")
+            if not as_json:
+                print(f"{case['name']:<36} {output:<14} {abs_diff:13.3e} {rel_diff:13.3e}{mark}")
             worst = worst if ok else EXIT_FLAGGED
+    if as_json:
+        print(json.dumps(rows))
     return worst

@@ -56,6 +56,8 @@ __all__ = [
 
 CHIP_LETTERS = {"R": "a", "G": "b", "B": "c"}
 FAILURES_FILE = "failures.json"
+#: The lock file of a night's output folder: one ``pyapred night`` writes there at a time.
+LOCK_FILE = ".pyapred-night.lock"
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ def find_exposures(
     *,
     raw_dir: str | os.PathLike | None = None,
     chips: str = "RGB",
+    traces_any_night: bool = False,
 ) -> list[ExposureTask]:
     """The exposures named by a glob or a runlist (text or ``runlist_*.h5``), with their traces.
 
@@ -160,6 +163,9 @@ def find_exposures(
         Where a ``runlist_*.h5`` runlist's raw files lie (default: the runlist's folder).
     chips : str
         The chips every exposure must have, e.g. ``"RGB"``.
+    traces_any_night : bool
+        An exposure without a trace file of its own night gets the one of its telescope and
+        chip nearest in MJD (``--traces-any-night``).
 
     Returns
     -------
@@ -172,9 +178,13 @@ def find_exposures(
         An unreadable runlist, a glob matching nothing, trace files that match nothing or name
         one chip twice, or ``chips`` not made of R, G and B.
     """
+    from .io.paths import check_input_file
+
     if not chips or set(chips) - set(CHIP_LETTERS) or len(set(chips)) != len(chips):
         raise InputError("--chips", "--chips", "letters among R, G, B, each once", repr(chips))
     path = Path(source)
+    if os.path.lexists(path) and not path.is_dir():  # a FIFO would hang, a link loop crash
+        check_input_file(path, "RUNLIST_OR_GLOB")
     if path.is_file() and path.suffix == ".h5":
         named = _read_h5_runlist(path, Path(raw_dir) if raw_dir else path.parent)
     elif path.is_file() and not _names_exposure(path):
@@ -193,7 +203,7 @@ def find_exposures(
     trace_files = _trace_index(traces)
     tasks: dict[str, ExposureTask] = {}
     for entry, file in named:
-        task = _exposure_task(entry, file, trace_files, Path(out), chips)
+        task = _exposure_task(entry, file, trace_files, Path(out), chips, traces_any_night)
         tasks.setdefault(task.name, task)
     return list(tasks.values())
 
@@ -272,6 +282,7 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
 
 def _trace_index(traces: Sequence[str | os.PathLike]) -> dict[tuple[str, int, str], Path]:
     """Trace files by ``(telescope, mjd, chip)`` from files, globs and folders."""
+    from .io.paths import check_input_file
     from .traces import parse_trace_file_name
 
     index: dict[tuple[str, int, str], Path] = {}
@@ -288,6 +299,7 @@ def _trace_index(traces: Sequence[str | os.PathLike]) -> dict[tuple[str, int, st
                 item, "--traces", "trace files (traceMain_{tele}_{mjd}_{chip}.h5)", "nothing"
             )
         for file in files:
+            check_input_file(file, "--traces")
             key = parse_trace_file_name(file)
             if key is None:
                 raise InputError(file, "--traces", "a name like traceMain_{tele}_{mjd}_{R|G|B}.h5")
@@ -300,7 +312,7 @@ def _trace_index(traces: Sequence[str | os.PathLike]) -> dict[tuple[str, int, st
 
 
 def _exposure_task(
-    entry: str, file: Path, trace_files: dict, out: Path, chips: str
+    entry: str, file: Path, trace_files: dict, out: Path, chips: str, any_night: bool = False
 ) -> ExposureTask:
     """The task of the exposure that ``file`` belongs to (its chips are found next to it)."""
     from .exposure import identify_exposure
@@ -325,6 +337,10 @@ def _exposure_task(
             missing.append(f"{candidate}: chip {color}: expected a file, found nothing")
         inputs.append(str(candidate))
         trace = trace_files.get((tele, mjd, color))
+        if trace is None and any_night:
+            nights = [key[1] for key in trace_files if key[0] == tele and key[2] == color]
+            if nights:
+                trace = trace_files[(tele, min(nights, key=lambda m: abs(m - mjd)), color)]
         if trace is None:
             missing.append(
                 f"--traces: chip {color}: expected traceMain_{tele}_{mjd}_{color}.h5, found none"
@@ -371,7 +387,12 @@ def process_exposure(
             return TaskResult(task.name, "skipped", task.product)
         with _single_threaded():
             result = run_exposure(
-                task.inputs, task.traces, options, product=task.product, overwrite=True
+                task.inputs,
+                task.traces,
+                options,
+                product=task.product,
+                overwrite=True,
+                traces_any_night=True,  # find_exposures matched each trace to its exposure
             )
     except InputError as exc:
         return TaskResult(task.name, "failed", task.product, error=str(exc))
@@ -434,6 +455,7 @@ def run_night(
     threads_per_worker: int = 1,
     resume: bool = True,
     progress: bool = True,
+    wait: bool = False,
 ) -> NightResult:
     """Run :func:`process_exposure` for every task on Dask and write ``out/failures.json``.
 
@@ -454,6 +476,9 @@ def run_night(
         Skip exposures whose products are up to date.
     progress : bool
         Show a progress bar (tqdm) over the exposures.
+    wait : bool
+        If another run holds ``out``'s lock (:data:`LOCK_FILE`), wait for it to end instead of
+        refusing.
 
     Returns
     -------
@@ -462,15 +487,25 @@ def run_night(
     Raises
     ------
     InputError
-        ``out`` cannot be written, or the scheduler cannot be reached.
+        ``out`` cannot be written, another run holds its lock (without ``wait``), or the
+        scheduler cannot be reached.
     """
     from .io.atomic import writable_folder
 
     out = writable_folder(out)
+    with _locked(out, wait):
+        return _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resume,
+                          progress)  # fmt: skip
+
+
+def _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resume, progress):
+    """:func:`run_night` once ``out`` is locked."""
+    from .io.paths import remove_stale_temporaries
+
     start = time.perf_counter()
-    for task in tasks:
-        for stale in out.glob(f".{Path(task.product).name}.*.tmp") if task.product else ():
-            stale.unlink(missing_ok=True)
+    for task in tasks:  # left by a killed run (the lock says none is running now)
+        if task.product:
+            remove_stale_temporaries(task.product)
     # Exposures with a missing file fail here: no cluster is started for them alone.
     results = {t.name: process_exposure(t) for t in tasks if t.problem is not None}
     runnable = [t for t in tasks if t.problem is None]
@@ -482,6 +517,48 @@ def run_night(
     night = NightResult([results[t.name] for t in tasks], time.perf_counter() - start)
     _write_failures(out, tasks, results)
     return night
+
+
+@contextlib.contextmanager
+def _locked(out: Path, wait: bool) -> Iterator[None]:
+    """Hold ``out/LOCK_FILE`` for the block: an ``fcntl`` lock (released by the kernel however
+    the process ends) on a file that records the holder's PID and host, removed at the end.
+
+    A run that waited on a lock file its holder then removed locks a file no longer in the
+    folder: it checks that the file it locked is still the one there, and tries again if not.
+    """
+    import fcntl
+    import socket
+
+    path = out / LOCK_FILE
+    while True:
+        handle = open(path, "a+")  # held open for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise InputError(
+                out, "--out", "a folder no other pyapred night is writing to (or pass --wait)",
+                f"locked by {holder}",
+            ) from None  # fmt: skip
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the holder removed the file we waited on: lock the new one
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: a waiter then sees a new file
+        handle.close()
 
 
 def _run_tasks(client, runnable, options, resume, progress, out, tasks, results) -> None:
@@ -593,8 +670,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action=argparse.BooleanOptionalAction, default=True,
         help="skip exposures whose products are up to date (default: --resume)",
     )  # fmt: skip
-    parser.add_argument("--json", action="store_true", help="print a JSON summary")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--traces-any-night", action="store_true",
+        help="an exposure without a trace file of its night gets its telescope's nearest night's",
+    )  # fmt: skip
+    parser.add_argument(
+        "--wait", action="store_true",
+        help="wait for another pyapred night writing to the same --out (default: refuse, exit 2)",
+    )  # fmt: skip
     from .exposure import add_option_arguments
 
     add_option_arguments(parser)
@@ -612,15 +695,16 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_arguments(args, keep_fit_reads=False)
     resolve_backend(options.backend)  # "julia" without Julia is refused before any work
     tasks = find_exposures(
-        args.runlist, args.traces, args.out, raw_dir=args.raw_dir, chips=args.chips
-    )
+        args.runlist, args.traces, args.out, raw_dir=args.raw_dir, chips=args.chips,
+        traces_any_night=args.traces_any_night,
+    )  # fmt: skip
     night = run_night(
         tasks, args.out, options, scheduler=args.scheduler, workers=args.workers,
         threads_per_worker=args.threads_per_worker, resume=args.resume,
-        progress=not (args.quiet or args.json),
+        progress=getattr(args, "progress", True), wait=args.wait,
     )  # fmt: skip
     summary = night.summary()
-    if args.json:
+    if getattr(args, "json", False):
         print(json.dumps(summary, indent=1))
     else:
         print(

@@ -7,7 +7,8 @@ so a seed reproduces a data set exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "omega_drift",
     "omega_uniform",
     "simulate_exposure",
+    "simulate_exposure_files",
     "simulate_ramps",
     "write_simulated_apz",
     "write_simulated_exposure",
@@ -57,6 +59,22 @@ class SimulatedRamps:
     gain: float
     jumps: np.ndarray
     saturated: np.ndarray
+
+    def __repr__(self) -> str:
+        """Shapes and key figures (a few lines, never whole arrays)."""
+        from .solver.reprs import finite_median, fmt
+
+        n_reads = self.reads.shape[0]
+        flux = np.asarray(self.flux, dtype=np.float64)
+        return (
+            f"SimulatedRamps: {n_reads} reads x pixel_shape {self.reads.shape[1:]}; true flux "
+            f"{fmt(flux.min())}..{fmt(flux.max())} e-/read (median {fmt(np.median(flux))}) at "
+            f"omega = 1; omega {fmt(self.omega.min())}..{fmt(self.omega.max())} (mean "
+            f"{fmt(self.omega.mean())}: exposure-averaged flux = flux x mean); read noise "
+            f"{fmt(finite_median(self.read_noise))} e-; gain {fmt(self.gain)} e-/DN; "
+            f"{int(np.count_nonzero(self.jumps))} cosmic rays; "
+            f"{int(np.count_nonzero(self.saturated[-1]))} pixels saturated"
+        )
 
 
 def omega_uniform(n_diff: int, amplitude: float, rng: np.random.Generator) -> np.ndarray:
@@ -201,6 +219,10 @@ def simulate_ramps(
 # --------------------------------------------------------------------------------------------
 CHIPS = ("R", "G", "B")
 N_FIBERS_FULL = 300
+#: Single-read noise of a simulated exposure, DN (the default of :func:`simulate_exposure`).
+READ_NOISE_DN = 8.0
+#: Start of every simulated integration (``DATE-OBS``, UTC).
+DATE_OBS = "2025-04-20T04:00:00.000"
 #: APOGEE read interval (INTOFF), seconds.
 READ_INTERVAL_S = 10.647
 SCENARIOS = ("clouds", "seeing", "stable")
@@ -241,6 +263,18 @@ class SimulatedChip:
     read_noise: float
     saturation: float
 
+    def __repr__(self) -> str:
+        """Shapes and key figures (a line, never whole arrays)."""
+        from .solver.reprs import fmt
+
+        n_fibers, n_columns = np.shape(self.fiber_flux)
+        return (
+            f"SimulatedChip: reads {self.reads.shape} DN; {n_fibers} fibers x {n_columns} "
+            f"traced columns; exposure-averaged flux up to {fmt(np.max(self.flux))} e-/read; "
+            f"{len(self.cosmic_rays)} cosmic rays; gain {fmt(self.gain)} e-/DN, read noise "
+            f"{fmt(self.read_noise)} DN, saturation {fmt(self.saturation)} DN"
+        )
+
 
 @dataclass(frozen=True)
 class SimulatedExposure:
@@ -268,6 +302,21 @@ class SimulatedExposure:
     scenario: str
     telescope: str
     seed: int
+
+    def __repr__(self) -> str:
+        """Shapes and key figures (a few lines, never whole arrays)."""
+        from .solver.reprs import fmt
+
+        types, counts = np.unique(self.fiber_type, return_counts=True)
+        kinds = ", ".join(f"{n} {t}" for t, n in zip(types, counts, strict=True))
+        lines = [
+            f"SimulatedExposure: scenario {self.scenario!r}, telescope {self.telescope}, seed "
+            f"{self.seed}; {len(self.read_times)} reads over {fmt(self.read_times[-1], '.1f')} s; "
+            f"{self.omega.shape[0]} fibers ({kinds}); true omega {fmt(self.omega.min())}.."
+            f"{fmt(self.omega.max())}"
+        ]
+        lines += [f"  {name}: {chip!r}" for name, chip in self.chips.items()]
+        return "\n".join(lines)
 
 
 def exposure_omega(
@@ -330,7 +379,7 @@ def simulate_exposure(
     omega=None,
     depth: float = 0.6,
     gain: float = 1.9,
-    read_noise: float = 8.0,
+    read_noise: float = READ_NOISE_DN,
     pedestal: float = 1000.0,
     saturation: float = 55000.0,
     dark_rate: float = 0.05,
@@ -370,6 +419,25 @@ def simulate_exposure(
     -------
     SimulatedExposure
     """
+    exposure, chips = _exposure_stream(
+        scenario, seed=seed, n_fibers=n_fibers, n_columns=n_columns, ref_columns=ref_columns,
+        n_reads=n_reads, chips=chips, telescope=telescope, omega=omega, depth=depth, gain=gain,
+        read_noise=read_noise, pedestal=pedestal, saturation=saturation, dark_rate=dark_rate,
+        cosmic_ray_rate=cosmic_ray_rate, sky_fraction=sky_fraction,
+    )  # fmt: skip
+    return replace(exposure, chips=dict(chips))
+
+
+def _exposure_stream(
+    scenario, *, seed, n_fibers, n_columns, ref_columns, n_reads, chips, telescope, omega, depth,
+    gain, read_noise, pedestal, saturation, dark_rate, cosmic_ray_rate, sky_fraction,
+) -> tuple[SimulatedExposure, Iterator[tuple[str, SimulatedChip]]]:  # fmt: skip
+    """The exposure without its chips, and an iterator that simulates them one at a time.
+
+    Every random number comes from one generator in one order, whether the chips are kept
+    (:func:`simulate_exposure`) or written and dropped one by one
+    (:func:`simulate_exposure_files`): both give the same chips, bit for bit.
+    """
     from .traces import Traces, fpi_fiber_indices
 
     if n_fibers < 1 or n_columns < 1 or n_reads < 3:
@@ -390,19 +458,25 @@ def simulate_exposure(
     ny = 2048 if n_fibers == N_FIBERS_FULL else int(np.ceil(2 * margin + (n_fibers - 1) * spacing))
     first = 0.5 * (ny - (n_fibers - 1) * spacing)
     x = np.linspace(-1.0, 1.0, n_columns)
-    out = {}
-    for c, chip in enumerate(chips):
+
+    def simulate_chip(c: int) -> SimulatedChip:
         y_center = first + spacing * np.arange(n_fibers)[:, None] + 1.5 * x[None, :] ** 2 - 0.5 * c
         sigma = 1.0 + 0.2 * rng.uniform(size=(n_fibers, 1)) + 0.05 * x[None, :] ** 2
         traces = Traces(y_center=y_center, sigma=sigma, excluded=fiber_type == "fpi")
         spectra = _fiber_spectra(fiber_type, n_columns, rng)
-        out[chip] = _simulate_chip(
+        return _simulate_chip(
             traces, spectra, omega, ny, n_columns + ref_columns, rng,
             gain=gain, read_noise=read_noise, pedestal=pedestal, saturation=saturation,
             dark_rate=dark_rate, cosmic_ray_rate=cosmic_ray_rate,
         )  # fmt: skip
-    return SimulatedExposure(
-        chips=out,
+
+    def simulate_chips() -> Iterator[tuple[str, SimulatedChip]]:
+        for c, name in enumerate(chips):
+            # Yielded, not kept: the caller may drop the chip before the next one is made.
+            yield name, simulate_chip(c)
+
+    exposure = SimulatedExposure(
+        chips={},
         omega=omega,
         fiber_type=fiber_type,
         read_times=np.arange(n_reads) * READ_INTERVAL_S,
@@ -410,6 +484,7 @@ def simulate_exposure(
         telescope=telescope,
         seed=seed,
     )
+    return exposure, simulate_chips()
 
 
 def _simulate_chip(traces, spectra, omega, ny, nx, rng, *, gain, read_noise, pedestal,
@@ -451,9 +526,10 @@ def _simulate_chip(traces, spectra, omega, ny, nx, rng, *, gain, read_noise, ped
             hits.append(np.column_stack([np.full(n_hit, k), r, col]))
         noise = rng.standard_normal((ny, nx), dtype=np.float32) * np.float32(noise_e)
         reads[k + 1] = np.rint(pedestal + (counts + noise) / gain)
-    reads[:, :, n_columns:] = np.rint(
-        pedestal + rng.normal(0.0, read_noise, (K + 1, ny, nx - n_columns))
-    )
+    for k in range(K + 1):  # read by read: the same numbers as one draw of the whole block
+        reads[k, :, n_columns:] = np.rint(
+            pedestal + rng.normal(0.0, read_noise, (ny, nx - n_columns))
+        )
     np.minimum(reads, np.float32(saturation), out=reads)
     cosmic = np.concatenate(hits) if hits else np.zeros((0, 3), dtype=np.int64)
     return SimulatedChip(
@@ -476,7 +552,7 @@ def write_simulated_apz(
     chip: str = "a",
     mjd: int = 60781,
     exposure: int = 1,
-    date_obs: str = "2025-04-20T04:00:00.000",
+    date_obs: str = DATE_OBS,
     timesys: str = "UTC",
     bias: float = 10000.0,
     header: dict | None = None,
@@ -517,21 +593,53 @@ def write_simulated_apz(
     pathlib.Path
         The file written; ``pyapred.io.read_apz`` returns exactly the quantised counts.
     """
+    counts = _raw_counts(reads, bias, one_over_f, rng)
+    return _write_raw(
+        directory, counts, telescope=telescope, chip=chip, mjd=mjd, exposure=exposure,
+        date_obs=date_obs, timesys=timesys, header=header, overwrite=overwrite,
+    )  # fmt: skip
+
+
+def _raw_counts(
+    reads, bias: float, one_over_f: HxrgNoise | None, rng, *, consume: bool = False
+) -> np.ndarray:
+    """The reads as the detector's ADC gives them: plus ``bias``, rounded, clipped, uint16.
+
+    Converted read by read (one read in float64 at a time), with the same numbers as a
+    conversion of the whole cube; with ``one_over_f``, the H2RG noise cube is added first.
+    With ``consume`` (a streamed chip, dropped right after) the counts are written over the
+    reads' own memory instead of a new cube.
+    """
+    reads = np.asarray(reads)
+    if reads.ndim != 3:
+        raise ValueError(f"reads: expected shape (n_reads, ny, nx), got {reads.shape}")
+    if one_over_f is not None:
+        from .noise import simulate_hxrg
+
+        if reads.shape[-1] != 2560:
+            raise ValueError(f"reads: one_over_f needs (n_reads, ny, 2560), got {reads.shape}")
+        noisy = simulate_hxrg(reads.shape[0], one_over_f, rows=slice(0, reads.shape[1]), rng=rng)
+        noisy += reads  # in place: x + y == y + x exactly
+        reads = noisy
+    if consume and reads.flags.c_contiguous and reads.dtype.itemsize >= 2:
+        # Read k's counts fill bytes [2 k P, 2 (k + 1) P) of the buffer (P pixels a read), which
+        # hold reads < k + 1 only: each read is converted (into a temporary) before any of its
+        # bytes are overwritten, so one cube serves both (a chip's peak memory).
+        counts = reads.reshape(-1).view(np.uint16)[: reads.size].reshape(reads.shape)
+    else:
+        counts = np.empty(reads.shape, dtype=np.uint16)
+    for k in range(reads.shape[0]):
+        counts[k] = np.clip(np.round(reads[k].astype(np.float64) + bias), 0, 65535)
+    return counts
+
+
+def _write_raw(directory, counts, *, telescope, chip, mjd, exposure, date_obs, timesys, header,
+               overwrite):  # fmt: skip
+    """Write uint16 counts as ``{apR|asR}-{chip}-NNNNNNNN.apz`` with APOGEE's headers."""
     from pathlib import Path
 
     from .io.apz import ApzName, make_headers, write_apz
 
-    reads = np.asarray(reads, dtype=np.float64)
-    if one_over_f is not None:
-        from .noise import simulate_hxrg
-
-        if reads.ndim != 3 or reads.shape[-1] != 2560:
-            raise ValueError(f"reads: one_over_f needs (n_reads, ny, 2560), got {reads.shape}")
-        reads = reads + simulate_hxrg(
-            reads.shape[0], one_over_f, rows=slice(0, reads.shape[1]), rng=rng
-        )
-    counts = np.clip(np.round(reads + bias), 0, 65535)
-    counts = counts.astype(np.uint16)
     exposure_header, read_headers = make_headers(
         counts.shape[0], date_obs=date_obs, chip=chip, timesys=timesys, extra=header
     )
@@ -575,11 +683,83 @@ def write_simulated_exposure(
     dict
         ``{"apz": [paths], "traces": [paths], "truth": path}``, chips in ``sim.chips`` order.
     """
+    return _write_chips(
+        replace(sim, chips={}), iter(sim.chips.items()), list(sim.chips), directory, mjd=mjd,
+        exposure=exposure, overwrite=overwrite, one_over_f=one_over_f,
+    )  # fmt: skip
+
+
+def simulate_exposure_files(
+    directory,
+    scenario: str = "clouds",
+    *,
+    mjd: int = 60781,
+    exposure: int = 1,
+    overwrite: bool = False,
+    one_over_f: HxrgNoise | None = None,
+    progress: Callable[[str], None] | None = None,
+    **settings,
+) -> dict:
+    """Simulate an exposure and write its files one chip at a time (``pyapred simulate``).
+
+    The files of ``write_simulated_exposure(simulate_exposure(scenario, **settings), ...)``,
+    bit for bit, with one chip in memory at a time: each chip is simulated, its trace file
+    written, its float32 cube turned into raw counts (in the cube's own memory) and dropped, its
+    raw file written (one read at a time), before the next one is made. The full size (33 reads
+    of 2048 x 2560 pixels) peaks at 1.9 times one chip's float32 cube instead of 9.3
+    (``benchmarks/bench_simulate.py``), while a chip is simulated.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Created if missing.
+    scenario : str
+        As in :func:`simulate_exposure`.
+    mjd, exposure, overwrite, one_over_f
+        As in :func:`write_simulated_exposure`.
+    progress : callable, optional
+        Called with a short message as each chip starts and is written.
+    **settings
+        The other keywords of :func:`simulate_exposure` (``seed``, ``n_fibers``, ...).
+
+    Returns
+    -------
+    dict
+        ``{"apz": [paths], "traces": [paths], "truth": path}``, as
+        :func:`write_simulated_exposure`.
+    """
+    import inspect
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(simulate_exposure).parameters.items()
+        if name != "scenario"
+    }
+    unknown = set(settings) - set(defaults)
+    if unknown:
+        raise TypeError(f"simulate_exposure_files: unknown settings {sorted(unknown)}")
+    settings = {**defaults, **settings}
+    sim, chips = _exposure_stream(scenario, **settings)
+    return _write_chips(
+        sim, chips, list(settings["chips"]), directory, mjd=mjd, exposure=exposure,
+        overwrite=overwrite, one_over_f=one_over_f, progress=progress, streamed=True,
+    )  # fmt: skip
+
+
+def _write_chips(sim, chips, names, directory, *, mjd, exposure, overwrite, one_over_f,
+                 progress=None, streamed=False):  # fmt: skip
+    """Write each ``(name, chip)`` of ``chips`` (chips ``names``) as it comes, then the truth.
+
+    A chip's float32 cube is dropped as soon as its raw counts are made, before they are
+    written, so that a streamed chip is never in memory twice; with ``streamed`` (chips made
+    for this call alone) the counts are even written over the cube's own memory.
+    """
     from pathlib import Path
 
     from .io.atomic import atomic_path
     from .traces import trace_file_name, write_trace_file
 
+    say = progress or (lambda message: None)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     letters = {"R": "a", "G": "b", "B": "c"}
@@ -591,7 +771,12 @@ def write_simulated_exposure(
         "scenario": sim.scenario,
         "seed": sim.seed,
     }
-    for name, chip in sim.chips.items():
+    chip_iter = iter(chips)
+    for index, expected in enumerate(names):
+        step = f"chip {expected} ({index + 1} of {len(names)})"
+        say(f"{step}: simulating")
+        name, chip = next(chip_iter)
+        say(f"{step}: writing")
         cards = {
             "GAIN": (chip.gain, "e-/DN (simulated)"),
             "RDNOISE": (chip.read_noise, "single-read noise, DN (simulated)"),
@@ -599,13 +784,6 @@ def write_simulated_exposure(
             "EXPTYPE": "OBJECT",
             "IMAGETYP": "Object",
         }
-        apz.append(
-            write_simulated_apz(
-                directory, chip.reads, telescope=sim.telescope, chip=letters[name], mjd=mjd,
-                exposure=exposure, bias=0.0, header=cards, overwrite=overwrite,
-                one_over_f=one_over_f, rng=(sim.seed, "RGB".index(name)),
-            )
-        )  # fmt: skip
         traces.append(
             write_trace_file(
                 directory / trace_file_name(sim.telescope, mjd, name),
@@ -618,8 +796,34 @@ def write_simulated_exposure(
         truth[f"{name}_fiber_flux"] = chip.fiber_flux
         truth[f"{name}_cosmic_rays"] = chip.cosmic_rays
         truth[f"{name}_gain"] = chip.gain
+        counts = _raw_counts(
+            chip.reads, 0.0, one_over_f, (sim.seed, "RGB".index(name)), consume=streamed
+        )
+        del chip  # a streamed chip's cube is freed here, before its raw file is written
+        _release_freed_memory()
+        apz.append(
+            _write_raw(
+                directory, counts, telescope=sim.telescope, chip=letters[name], mjd=mjd,
+                exposure=exposure, date_obs=DATE_OBS, timesys="UTC", header=cards,
+                overwrite=overwrite,
+            )
+        )  # fmt: skip
+        del counts
+        _release_freed_memory()
+    say("truth file: writing")  # the chips' exposure-averaged fluxes, omega, cosmic rays
     truth_path = directory / f"truth_{sim.telescope}_{mjd}_{exposure:04d}.npz"
     with atomic_path(truth_path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **truth)
     return {"apz": apz, "traces": traces, "truth": truth_path}
+
+
+def _release_freed_memory() -> None:
+    """Give the heap memory freed by a chip back to the system (glibc's ``malloc_trim``), so
+    that the next chip's arrays do not come on top of it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass

@@ -1,3 +1,4 @@
+import json
 import re
 
 from pyapred.cli import main
@@ -6,7 +7,12 @@ from pyapred.cli import main
 def test_demo_runs_and_reports(tmp_path, capsys):
     argv = ["demo", "--out", str(tmp_path), "--fibers", "40", "--columns", "64", "--reads", "16"]
     assert main([*argv, "--chips", "R"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    # Each step is said on stderr as it starts (the summary alone goes to stdout).
+    steps = ("simulating", "writing the raw files", "fitting omega", "drawing the plots",
+             "comparing with the truth")  # fmt: skip
+    positions = [err.index(f"pyapred demo: {step}") for step in steps]
+    assert positions == sorted(positions) and "pyapred demo: simulating" not in out
     assert "omega R" in out and "z-score std" in out and "flux bias, chip R" in out
     z_std = float(re.search(r"z-score std ([0-9.]+)", out).group(1))
     assert 0.7 < z_std < 1.4
@@ -14,5 +20,58 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     variable = float(re.search(r"time-variable ([-+0-9.]+) sigma", out).group(1))
     assert constant < -0.5 and abs(variable) < 0.15
     assert f"plots: {tmp_path / 'plots'}" in out
-    assert len(list((tmp_path / "plots").glob("*.png"))) == 4
+    kinds = ("omega", "omega_image", "chi2", "fibers", "ramps", "flux")  # tests/test_plots.py
+    assert {p.name for p in (tmp_path / "plots").glob("*.png")} == {f"{k}_R.png" for k in kinds}
     assert (tmp_path / "product.h5").exists()
+
+
+def test_old_fibres_flag_still_works_with_a_warning(tmp_path, capsys):
+    import pytest
+
+    argv = ["simulate", "--out", str(tmp_path), "--fibres", "12", "--columns", "48"]
+    with pytest.warns(DeprecationWarning, match="--fibers"):
+        assert main([*argv, "--reads", "6", "--stable"]) == 0
+    assert "--fibres is deprecated" in capsys.readouterr().err
+    from pyapred.traces import read_trace_file
+
+    assert read_trace_file(next(tmp_path.glob("traceMain_*_R.h5"))).n_fibers == 12
+    with pytest.warns(DeprecationWarning):  # --quiet: not even the warning on stderr
+        assert main([*argv, "--reads", "6", "--stable", "--overwrite", "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_an_os_error_is_exit_2_naming_the_path(monkeypatch, capsys):
+    """The last resort: an OSError that no check foresaw is bad input, never a traceback."""
+    from pyapred import cli
+
+    def fail(args):
+        raise PermissionError(13, "Permission denied", "/data/apR-a-52190001.apz")
+
+    name, (text, add_arguments, _) = "inspect", cli.COMMANDS["inspect"]
+    monkeypatch.setitem(cli.COMMANDS, name, (text, add_arguments, fail))
+    assert main(["inspect", "whatever"]) == 2
+    err = capsys.readouterr().err
+    assert "/data/apR-a-52190001.apz: Permission denied" in err and "Traceback" not in err
+
+
+def test_demo_json_summary(tmp_path, capsys):
+    argv = ["demo", "--out", str(tmp_path), "--fibers", "30", "--columns", "32", "--reads", "10"]
+    assert main([*argv, "--chips", "G", "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["models"]["G"]["time_variable"] > 0 and "G" in summary["flux"]
+    assert "pyapred demo:" not in err  # no progress with --json
+
+
+def test_fit_quiet_prints_nothing_and_json_only_json(tmp_path, capsys):
+    from pyapred.simulate import simulate_exposure, write_simulated_exposure
+
+    sim = simulate_exposure("clouds", seed=3, n_fibers=12, n_columns=32, ref_columns=0,
+                            n_reads=8, chips=("R",))  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path)
+    argv = ["fit", str(paths["apz"][0]), "--traces", str(paths["traces"][0])]
+    assert main([*argv, "--out", str(tmp_path / "q.h5"), "--quiet"]) in (0, 1)
+    assert capsys.readouterr() == ("", "")
+    assert main([*argv, "--out", str(tmp_path / "j.h5"), "--json"]) in (0, 1)
+    out, err = capsys.readouterr()
+    assert json.loads(out)["chips"] == ["R"] and "pyapred fit:" not in err  # no progress bar

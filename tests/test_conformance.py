@@ -1,18 +1,34 @@
-"""The conformance vectors: the NumPy backend reproduces every one; Julia too where it runs."""
+"""The solver conformance vectors: the NumPy backend reproduces every one; Julia too where it runs.
+
+The vectors live in the Julia package (``julia/test/conformance``), where ``Pkg.test`` of an
+installed APRampFit finds them; ``pyapred.conformance.default_vector_dir`` finds them from Python.
+"""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pyapred.conformance import FUNCTIONS, NUMPY_ONLY, compare, dumps, load_vector, run_vector
+from pyapred.conformance import (
+    FUNCTIONS,
+    NUMPY_ONLY,
+    compare,
+    default_vector_dir,
+    dumps,
+    load_vector,
+    run_vector,
+)
 
-VECTOR_DIR = Path(__file__).parent / "conformance"
+VECTOR_DIR = Path(__file__).resolve().parent.parent / "julia" / "test" / "conformance"
 VECTORS = sorted(VECTOR_DIR.glob("*.toml"))
 
 
+def test_the_default_vector_dir_is_the_julia_package_s():
+    assert default_vector_dir() == VECTOR_DIR
+
+
 def test_there_are_enough_vectors_covering_every_function():
-    assert len(VECTORS) >= 20
+    assert len(VECTORS) >= 30
     functions = {load_vector(path)["function"] for path in VECTORS}
     assert functions == set(FUNCTIONS)
 
@@ -28,6 +44,13 @@ def test_vectors_cover_the_edge_cases():
     assert list(outputs["fit_omega_empty_group"]["group_flags"]) == [0, 1 << 10 | 1 << 9]
     assert not outputs["fit_omega_not_converged"]["converged"]
     assert (outputs["constant_negative_flux"]["flux"] < 0).all()
+    # Dead pixels (every difference exactly 0) in the initial guess and the joint fit.
+    for name in ("initial_guess_dead_pixel", "fit_omega_dead_pixel", "fit_omega_dead_pixel_groups"):
+        reads = load_vector(VECTOR_DIR / f"{name}.toml")["inputs"]["reads"]
+        assert np.any(np.all(np.diff(reads, axis=0) == 0, axis=0)), name
+        assert np.all(np.isfinite(outputs[name]["omega"])), name
+    assert outputs["fit_omega_dead_pixel"]["converged"]
+    assert list(outputs["fit_omega_dead_pixel_groups"]["group_flags"]) == [0, 0]
 
 
 @pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)

@@ -163,3 +163,21 @@ def test_missing_file_is_a_failure_and_stale_temp_files_are_removed(night, tmp_p
     assert f"{missing}: chip R: expected a file, found nothing" in failures[0]["error"]
     assert "chip G" not in failures[0]["error"]
     assert leftovers(tmp_path) == [] and products(tmp_path) == {}
+
+
+def test_a_second_night_on_the_same_out_is_refused_naming_the_holder(night, tmp_path, capsys):
+    import fcntl
+    import os
+
+    from pyapred.night import LOCK_FILE
+
+    out = tmp_path / "products"
+    out.mkdir()
+    with open(out / LOCK_FILE, "a+") as held:  # a first run, as far as the lock can tell
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(f"PID {os.getpid()} on this host\n")
+        held.flush()
+        code = main(night_argv(night[0], out, "--quiet"))
+    err = capsys.readouterr().err
+    assert code == 2 and f"locked by PID {os.getpid()}" in err and "--wait" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing fitted or written

@@ -237,9 +237,17 @@ def test_read_trace_file_error_messages_name_file_field_and_expectation(tmp_path
     params[:, 2, 2] = 0.0
     path = write_julia_trace_file(tmp_path / "domeTrace_lco_60781_0003_R.h5", params)
     assert_trace_error(
-        path, "trace_params", "widths > 0", "1 non-finite y-centers (first at fiber index 7, "
-        "column 5)", "2048 non-finite or non-positive widths",
+        path, "trace_params", "widths in (0, 20] px", "1 non-finite y-centers (first at "
+        "fiberId 293, column 5)", "2048 widths not in (0, 20] px",
     )  # fmt: skip
+
+    params = np.ones((48, 12, 3))
+    params[:, 4, 2] = 1e6  # a width that would make the whole chip one fiber's wing
+    path = write_julia_trace_file(tmp_path / "traceMain_apo_60781_G.h5", params)
+    assert_trace_error(path, "trace_params", "48 widths not in (0, 20] px", "fiberId 296")
+
+    path = write_julia_trace_file(tmp_path / "traceMain_apo_60781_R.h5", np.ones((48, 0, 3)))
+    assert_trace_error(path, "trace_params", "at least one fiber", "0 fibers x 48 columns")
 
     path = tmp_path / "traceMain_apo_60781_X.h5"
     path.write_bytes(b"not HDF5")

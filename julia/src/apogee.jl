@@ -1,154 +1,244 @@
-# A drop-in for ApogeeReduction.jl's `sutr_wood` (src/ar3D.jl), with the time-variable model.
+# ApogeeReduction.jl's 3D->2D stage: `sutr_omega`, called where `process_3D` (src/ar3D.jl) calls
+# `sutr_wood`, with the same positional arguments, units and axis order. Without traces it is the
+# constant-flux fit (`compat = true`: sutr_wood's recipe); with traces it runs pyapred's exposure
+# stages (prepare -> fit fibers -> extract) on the same chip.
 
 """
-    sutr_pixel(d, design, valid, s2, n_repeat, buf, work)
+    gls_pixel_wood(d, x, valid, s2, a0, n_pass, work)
 
-Optimal fit of one pixel's differences `d` (e-) with the design `design` (omega, or ones), using
-only the differences where `valid`. Returns `(flux, variance, chi2, n_used)` in electrons.
+ApogeeReduction.jl's `sutr_wood` recipe for one pixel: `n_pass` GLS passes, each with the
+covariance at the previous pass's rate clipped at 0 (the first at `a0`), and chi2 of the final
+rate with the covariance of the last pass (not re-evaluated at the final rate, as
+[`gls_pixel`](@ref) does). Returns `(flux, variance, chi2)`; arguments as [`gls_pixel`](@ref).
 """
-function sutr_pixel(d, design, valid, s2, n_repeat, buf, work)
-    n = count(valid)
-    n == 0 && return 0.0, Inf, 0.0, 0
-    a0 = median_rate(d, design, valid, buf)
-    flux, var, chi2 = gls_pixel(d, design, valid, s2, a0, n_repeat, work)
-    return flux, var, chi2, n
-end
-
-"Fill the per-pixel buffers from ApogeeReduction.jl's arrays; returns the gain."
-function load_pixel!(d, design, valid, dimages, gain_mat, last_unsaturated, not_cosmic_ray,
-        omega, x, y)
-    g = Float64(gain_mat[x, y])
-    @inbounds for k in eachindex(d)
-        ok = k <= last_unsaturated[x, y] && not_cosmic_ray[x, y, k] &&
-             isfinite(dimages[x, y, k]) && isfinite(omega[k])
-        valid[k] = ok
-        d[k] = ok ? Float64(dimages[x, y, k]) * g : 0.0
-        design[k] = ok ? omega[k] : 0.0
+function gls_pixel_wood(d, x, valid, s2, a0, n_pass, work)
+    alpha, beta, piv, low = view(work, :, 1), view(work, :, 2), view(work, :, 3), view(work, :, 4)
+    yx, yd = view(work, :, 5), view(work, :, 6)
+    rate = a0
+    flux = 0.0
+    var = NaN
+    chi2 = 0.0
+    for _ in 1:n_pass
+        factor!(alpha, beta, piv, low, x, valid, s2, rate)
+        forward!(yx, low, x)
+        forward!(yd, low, d)
+        sxx = 0.0
+        sxd = 0.0
+        @inbounds for k in eachindex(yx)
+            sxx += yx[k] * yx[k] / piv[k]
+            sxd += yx[k] * yd[k] / piv[k]
+        end
+        flux = sxd / sxx
+        var = 1.0 / sxx
+        # (d - f x)' C^-1 (d - f x) with this pass's C: L^-1 (d - f x) = yd - f yx.
+        chi2 = 0.0
+        @inbounds for k in eachindex(yx)
+            r = yd[k] - flux * yx[k]
+            chi2 += r * r / piv[k]
+        end
+        rate = max(flux, 0.0)
     end
-    return g
+    return flux, var, chi2
 end
 
-"Rate, ivar and chi2 in DN per read from the electron-unit results of [`sutr_pixel`](@ref)."
-to_dn(flux, var, chi2, n, g) = n == 0 ? (0.0, 0.0, 0.0) : (flux / g, g^2 / var, chi2)
+"""
+    sutr_fit_pixel(diffs, good, gain, last, read_var, n_repeat, compat, d, design, valid, buf,
+                   work)
 
-"Fit every pixel of the columns `xs` and rows `ys` with one design vector; threaded over `xs`."
-function sutr_region!(rates, ivars, chi2s, dimages, gain_mat, read_var_mat, last_unsaturated,
-        not_cosmic_ray, omega, xs, ys, n_repeat)
-    Threads.@threads for x in collect(xs)
-        sutr_column!(rates, ivars, chi2s, dimages, gain_mat, read_var_mat, last_unsaturated,
-            not_cosmic_ray, omega, x, ys, n_repeat)
+The constant-flux fit of one pixel from ApogeeReduction.jl's arrays, in DN per read: returns
+`(rate, ivar, chi2, n_used)`, `(0, 0, 0, 0)` without a usable difference (as `sutr_wood`). A
+difference is used when it is at most `last` (`last_unsaturated`), `good` (`not_cosmic_ray`) and
+finite; one usable difference gives its own rate.
+
+With `compat`, `sutr_wood`'s recipe: the first guess is the median of all the pixel's
+differences (saturated and cosmic-ray ones included) and chi2 uses the last pass's covariance
+([`gls_pixel_wood`](@ref)). Otherwise pyapred's: the median of the usable differences and chi2 at
+the final rate ([`gls_pixel`](@ref)).
+"""
+function sutr_fit_pixel(diffs, good, gain, last, read_var, n_repeat, compat, d, design, valid,
+        buf, work)
+    n = 0
+    @inbounds for k in eachindex(d)
+        ok = k <= last && good[k] && isfinite(diffs[k])
+        valid[k] = ok
+        d[k] = ok ? diffs[k] * gain : 0.0
+        design[k] = ok ? 1.0 : 0.0
+        n += ok
+    end
+    n == 0 && return 0.0, 0.0, 0.0, 0
+    s2 = read_var * gain^2
+    if compat
+        copyto!(buf, diffs)
+        flux, var, chi2 = gls_pixel_wood(d, design, valid, s2, median!(buf) * gain, n_repeat,
+            work)
+    else
+        flux, var, chi2 = gls_pixel(d, design, valid, s2, median_rate(d, design, valid, buf),
+            n_repeat, work)
+    end
+    return flux / gain, gain^2 / var, chi2, n
+end
+
+"""
+    sutr_region!(rates, ivars, chi2s, n_used, dimages, gain_mat, read_var_mat,
+                 last_unsaturated, not_cosmic_ray, n_repeat, compat)
+
+[`sutr_fit_pixel`](@ref) for every pixel (`n_used`: the differences each fit used), threaded
+over rows: each row is read in blocks of `BLOCK` columns, one read plane at a time, so that
+neighbouring pixels are neighbours in memory (the layout `(nx, ny, n_diffs)` has x fastest) and
+threads write different rows.
+"""
+function sutr_region!(rates, ivars, chi2s, n_used, dimages, gain_mat, read_var_mat,
+        last_unsaturated, not_cosmic_ray, n_repeat, compat)
+    nx, ny, K = size(dimages)
+    Threads.@threads for y in 1:ny
+        block = Matrix{Float64}(undef, K, BLOCK)
+        good = Matrix{Bool}(undef, K, BLOCK)
+        d, design, buf, work = zeros(K), zeros(K), zeros(K), zeros(K, 6)
+        valid = Vector{Bool}(undef, K)
+        for x0 in 1:BLOCK:nx
+            x1 = min(x0 + BLOCK - 1, nx)
+            @inbounds for k in 1:K, x in x0:x1
+                block[k, x - x0 + 1] = dimages[x, y, k]
+                good[k, x - x0 + 1] = not_cosmic_ray[x, y, k]
+            end
+            for x in x0:x1
+                i = x - x0 + 1
+                rates[x, y], ivars[x, y], chi2s[x, y], n_used[x, y] = sutr_fit_pixel(
+                    view(block, :, i),
+                    view(good, :, i), Float64(gain_mat[x, y]), last_unsaturated[x, y],
+                    Float64(read_var_mat[x, y]), n_repeat, compat, d, design, valid, buf, work)
+            end
+        end
     end
     return nothing
 end
 
 """
-    sutr_omega(dimages, gain_mat, read_var_mat, last_unsaturated, not_cosmic_ray; n_repeat = 2,
-               trace_centers = nothing, half_width = 2, n_bright = 100, ref_index = nothing,
-               mode = "default", rtol = 1e-8, max_iter = 50)
+    reads_from_differences(dimages, last_unsaturated)
 
-Drop-in for ApogeeReduction.jl's `sutr_wood`, with the same positional arguments, units and axis
-order: the first three fields of the result are `sutr_wood`'s `(rates, ivars, chi2s)` for the
-constant-flux model, so `rates, ivars, chi2s = sutr_omega(...)` works unchanged. Given trace
-centers it also fits omega per fiber and re-extracts the pixels along each trace with it.
+Reads `(nx, ny, n_diffs + 1)` rebuilt from differences (the first read 0), NaN after each pixel's
+last unsaturated difference, so that the stages see ApogeeReduction.jl's saturation as unusable
+reads. A non-finite difference ends the pixel's ramp there.
+"""
+function reads_from_differences(dimages::AbstractArray{<:Real, 3}, last_unsaturated)
+    nx, ny, K = size(dimages)
+    reads = zeros(nx, ny, K + 1)
+    @inbounds for k in 1:K, y in 1:ny, x in 1:nx
+        reads[x, y, k + 1] = k <= last_unsaturated[x, y] ? reads[x, y, k] + dimages[x, y, k] :
+                             NaN
+    end
+    return reads
+end
+
+"""
+    sutr_omega(dimages, gain_mat, read_var_mat, last_unsaturated, not_cosmic_ray;
+               traces = nothing, options = FitOptions(), compat = false, n_repeat = 2)
+
+ApogeeReduction.jl's 3D->2D fit, called where `process_3D` calls `sutr_wood`, with its positional
+arguments, units and axis order; the first three fields of the result, `dimage`, `ivarimage` and
+`chisqimage`, are what `process_3D` saves in the ar2D file.
+
+Without `traces`, the constant-flux fit of every pixel, threaded over rows. `compat = true`
+follows `sutr_wood`'s recipe (first guess the median of all differences, chi2 with the last
+pass's covariance), so that swapping it in can be checked before changing anything else; the
+numbers agree with `sutr_wood`'s to rounding (this is the tridiagonal GLS, `sutr_wood` uses a
+Woodbury/sine-transform solve), not bit for bit. `compat = false` (default) uses pyapred's rules
+(first guess the median of the usable differences, chi2 at the final rate): the same estimator,
+with slightly different numbers.
+
+With `traces` ([`Traces`](@ref), e.g. [`traces_from_params`](@ref) of the night's or the fallback
+`traceMain` file), the pyapred exposure stages ([`run_chips`](@ref)) on the reads rebuilt from
+`dimages`: jumps and saturation found by the stages' first pass (AR's `last_unsaturated` cuts each
+ramp; `not_cosmic_ray` is not used, the first pass finds cosmic rays itself), omega fitted per
+fiber, the model chosen per fiber, every pixel extracted with its fiber's omega (mean 1, so
+fluxes are exposure averages like `sutr_wood`'s). Pixels the stages cannot fit (fewer than 2
+usable differences) keep the constant fit's values.
 
 # Arguments
-- `dimages`: `(npix_x, npix_y, n_diffs)` read differences in DN (`diffify_datacube!`), e.g.
-  `(2560, 2048, n_reads - 1)`; `Float32` or `Float64`.
-- `gain_mat`: `(npix_x, npix_y)` gain, e-/DN.
-- `read_var_mat`: `(npix_x, npix_y)` single-read variance, DN^2.
-- `last_unsaturated`: `(npix_x, npix_y)` last usable difference (1-based; 0 = none).
-- `not_cosmic_ray`: `(npix_x, npix_y, n_diffs)` `Bool`, `false` drops that difference.
+- `dimages`: `(nx, ny, n_diffs)` read differences in DN (`diffify_datacube!`), any real type.
+- `gain_mat`: `(nx, ny)` e-/DN; `read_var_mat`: `(nx, ny)` single-read variance, DN^2.
+- `last_unsaturated`: `(nx, ny)` last usable difference, as after `diffify_datacube!` (<= 0: none).
+- `not_cosmic_ray`: `(nx, ny, n_diffs)` `Bool`, `false` drops that difference (`outlier_mask`).
 
 # Keyword Arguments
-- `n_repeat`: GLS passes (covariance refreshes), 2 as in `sutr_wood`.
-- `trace_centers`: `(n_x, n_fibers)` 1-based trace y-centers per column x (`extract_trace_centers`
-  of `ar1D` files), or `(n_x, n_fibers, 3)` `trace_params` (`traceMain` files; the center is
-  `[:, :, 2]`). NaN or out-of-range centers are skipped.
-- `half_width`: pixels within `half_width` rows of `round(y)` are re-extracted with the fiber's omega.
-- `n_bright`: the brightest on-trace pixels (constant-model rate) that fit each fiber's omega.
-- `ref_index`, `mode`, `rtol`, `max_iter`: as in [`fit_omega`](@ref).
+- `traces`: `nothing` (constant model) or [`Traces`](@ref) of the chip (columns `1:n_columns`).
+- `options`: [`FitOptions`](@ref) of the stages.
+- `compat`: `sutr_wood`'s recipe for the constant fit; only without `traces`.
+- `n_repeat`: GLS passes of the constant fit (2, as `sutr_wood`); the stages use 2.
 
 # Returns
 A NamedTuple:
-- `rates`, `ivars`, `chi2s`: `(npix_x, npix_y)` constant model, DN/read, 1/(DN/read)^2 and chi2;
-  0 where no difference is usable (as `sutr_wood`).
-- `omega`: `(n_diffs, n_fibers)` omega per fiber (NaN columns for fibers with no usable pixel);
-  `omega_converged`, `omega_ref_index` `(n_fibers,)`.
-- `tv_rates`, `tv_ivars`, `tv_chi2s`: `(npix_x, npix_y)` like `rates`, with the pixels along each
-  trace re-extracted with that fiber's omega (time-variable model); equal to the constant-model
-  arrays elsewhere, and the same arrays when `trace_centers === nothing`.
+- `dimage`, `ivarimage`, `chisqimage` `(nx, ny)`: DN/read, 1/(DN/read)^2 and chi2, 0 where
+  nothing is usable: the constant fit without traces, the stages' extraction with them;
+- `rates`, `ivars`, `chi2s` `(nx, ny)`: the constant fit (what `sutr_wood` returns);
+- `omega`, `omega_cov` `(K, n_fibers)`, `(K, K, n_fibers)`: omega per fiber as pyapred's products
+  store it ([`product_omega`](@ref): `omega[ref_index, f] = 1`); `omega_used` `(K, n_fibers)` the
+  mean-1 omega each fiber was extracted with; `model` `(n_fibers,)` (`MODEL_CONSTANT`,
+  `MODEL_TIME_VARIABLE`, `MODEL_BORROWED`; `MODEL_NAMES[model + 1]`), `fiber_flags`
+  `(n_fibers,)`, `ref_index` (1-based);
+- `pixel_flags`, `fiber`, `cr_image` `(nx, ny)`: the stages' pixel flags (`SATURATED` where
+  `last_unsaturated` cut the ramp), each pixel's fiber (0: background), and the number of jumps
+  the first pass found (one masked read each, which removes two differences);
+- `n_diff` `(nx, ny)`: the differences behind each pixel's `dimage` (chi2 has `n_diff - 1`
+  degrees of freedom);
+- `stages`: [`run_chips`](@ref)'s result.
+Without traces the per-fiber fields are empty, `ref_index` is 0, `pixel_flags` and `fiber` are
+0, `cr_image` counts the differences `not_cosmic_ray` drops, and `stages` is `nothing`.
 """
 function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,
         read_var_mat::AbstractMatrix, last_unsaturated::AbstractMatrix,
-        not_cosmic_ray::AbstractArray{Bool, 3}; n_repeat::Integer = 2, trace_centers = nothing,
-        half_width::Integer = 2, n_bright::Integer = 100, ref_index = nothing,
-        mode::AbstractString = "default", rtol::Real = 1e-8, max_iter::Integer = 50)
+        not_cosmic_ray::AbstractArray{Bool, 3}; traces = nothing,
+        options::FitOptions = FitOptions(), compat::Bool = false, n_repeat::Integer = 2)
     nx, ny, K = size(dimages)
     for (name, a) in (("gain_mat", gain_mat), ("read_var_mat", read_var_mat),
         ("last_unsaturated", last_unsaturated))
-        size(a) == (nx, ny) || throw(DimensionMismatch("$name: expected size $((nx, ny)), got $(size(a))"))
+        size(a) == (nx, ny) ||
+            throw(DimensionMismatch("$name: expected size $((nx, ny)), got $(size(a))"))
     end
     size(not_cosmic_ray) == size(dimages) ||
-        throw(DimensionMismatch("not_cosmic_ray: expected size $(size(dimages))"))
-    reference = check_mode(mode)
+        throw(DimensionMismatch("not_cosmic_ray: expected size $(size(dimages)), got $(size(not_cosmic_ray))"))
+    n_repeat >= 1 || throw(ArgumentError("n_repeat: expected >= 1, got $n_repeat"))
+    traces === nothing || traces isa Traces ||
+        throw(ArgumentError("traces: expected nothing or APRampFit.Traces (traces_from_params)"))
+    compat && traces !== nothing &&
+        throw(ArgumentError("compat = true reproduces sutr_wood's constant fit: call it without traces"))
     rates, ivars, chi2s = zeros(nx, ny), zeros(nx, ny), zeros(nx, ny)
-    args = (dimages, gain_mat, read_var_mat, last_unsaturated, not_cosmic_ray)
-    sutr_region!(rates, ivars, chi2s, args..., ones(K), 1:nx, 1:ny, n_repeat)
-    trace_centers === nothing && return (; rates, ivars, chi2s, omega = zeros(K, 0),
-        omega_converged = Bool[], omega_ref_index = Int[], tv_rates = rates, tv_ivars = ivars,
-        tv_chi2s = chi2s)
-
-    centers = ndims(trace_centers) == 3 ? view(trace_centers, :, :, 2) : trace_centers
-    n_fibers = size(centers, 2)
-    omega = fill(NaN, K, n_fibers)
-    omega_converged, omega_ref_index = zeros(Bool, n_fibers), zeros(Int, n_fibers)
-    on_chip(y) = isfinite(y) && 0.5 < y < ny + 0.5  # round() ties to even: 0.5 -> 0
-    rows = [[(x, round(Int, centers[x, f])) for x in 1:min(nx, size(centers, 1))
-             if on_chip(centers[x, f])] for f in 1:n_fibers]
-    Threads.@threads for f in 1:n_fibers
-        pixels = filter(xy -> last_unsaturated[xy...] >= 2 && ivars[xy...] > 0, rows[f])
-        isempty(pixels) && continue
-        order = sortperm([rates[x, y] for (x, y) in pixels]; rev = true)
-        pixels = pixels[order[1:min(n_bright, length(order))]]
-        P = length(pixels)
-        diffs, valid, s2 = zeros(K, P, 1), zeros(Bool, K, P, 1), zeros(P, 1)
-        design = zeros(K)
-        for (p, (x, y)) in enumerate(pixels)
-            g = load_pixel!(view(diffs, :, p, 1), design, view(valid, :, p, 1), dimages,
-                gain_mat, last_unsaturated, not_cosmic_ray, ones(K), x, y)
-            s2[p, 1] = Float64(read_var_mat[x, y]) * g^2
-        end
-        fit = reshape([count(view(valid, :, p, 1)) >= 2 for p in 1:P], P, 1)
-        res = fit_omega_groups(diffs, valid, s2, ones(K), fit; reference, rtol, max_iter,
-            ref_index = ref_index === nothing ? nothing : [ref_index])
-        omega[:, f] = res.omega[:, 1]
-        omega_converged[f] = res.converged[1]
-        omega_ref_index[f] = res.ref_index[1]
+    n_diff = zeros(Int, nx, ny)
+    sutr_region!(rates, ivars, chi2s, n_diff, dimages, gain_mat, read_var_mat, last_unsaturated,
+        not_cosmic_ray, n_repeat, compat)
+    if traces === nothing
+        cr_image = [count(k -> !not_cosmic_ray[x, y, k], 1:K) for x in 1:nx, y in 1:ny]
+        return (; dimage = rates, ivarimage = ivars, chisqimage = chi2s, rates, ivars, chi2s,
+            omega = zeros(K, 0), omega_cov = zeros(K, K, 0), omega_used = zeros(K, 0),
+            model = Int[], fiber_flags = Int[], ref_index = 0, pixel_flags = zeros(Int, nx, ny),
+            fiber = zeros(Int, nx, ny), cr_image, n_diff, stages = nothing)
     end
-    tv_rates, tv_ivars, tv_chi2s = copy(rates), copy(ivars), copy(chi2s)
-    for f in 1:n_fibers
-        all(isnan, view(omega, :, f)) && continue
-        Threads.@threads for i in eachindex(rows[f])
-            x, y0 = rows[f][i]
-            ys = max(1, y0 - half_width):min(ny, y0 + half_width)
-            sutr_column!(tv_rates, tv_ivars, tv_chi2s, args..., view(omega, :, f), x, ys,
-                n_repeat)
+    reads = reads_from_differences(dimages, last_unsaturated)
+    chip = ChipExposure(reads, sqrt.(read_var_mat); gain = gain_mat)
+    stages = run_chips([chip], [traces], options)
+    result, fits = stages.results[1], stages.fibers[1]
+    dimage, ivarimage, chisqimage = copy(rates), copy(ivars), copy(chi2s)
+    pixel_flags = copy(result.flags)
+    for y in 1:ny, x in 1:nx
+        if result.n_diff[x, y] >= 2
+            n_diff[x, y] = result.n_diff[x, y]
+            dimage[x, y] = result.flux[x, y]
+            v = result.flux_var[x, y]
+            ivarimage[x, y] = isfinite(v) && v > 0 ? 1.0 / v : 0.0
+            chisqimage[x, y] = result.chi2[x, y]
+        end
+        last = last_unsaturated[x, y]
+        # The ramp was cut after `last`: saturation, not a non-finite read of the detector.
+        if last < K && all(k -> isfinite(dimages[x, y, k]), 1:max(last, 0))
+            pixel_flags[x, y] = (pixel_flags[x, y] & ~NONFINITE_READ) | SATURATED
         end
     end
-    return (; rates, ivars, chi2s, omega, omega_converged, omega_ref_index, tv_rates, tv_ivars,
-        tv_chi2s)
-end
-
-"Fit the pixels `(x, y)` for `y` in `ys` with the design `omega` (one trace column)."
-function sutr_column!(rates, ivars, chi2s, dimages, gain_mat, read_var_mat, last_unsaturated,
-        not_cosmic_ray, omega, x, ys, n_repeat)
-    K = size(dimages, 3)
-    d, design, buf, work, valid = zeros(K), zeros(K), zeros(K), zeros(K, 6), zeros(Bool, K)
-    for y in ys
-        g = load_pixel!(d, design, valid, dimages, gain_mat, last_unsaturated, not_cosmic_ray,
-            omega, x, y)
-        fit = sutr_pixel(d, design, valid, Float64(read_var_mat[x, y]) * g^2, n_repeat, buf, work)
-        rates[x, y], ivars[x, y], chi2s[x, y] = to_dn(fit..., g)
+    cr_image = zeros(Int, nx, ny)
+    for j in stages.prepared[1].jumps
+        cr_image[j[1], j[2]] += 1
     end
-    return nothing
+    omega, omega_cov = product_omega(fits)
+    return (; dimage, ivarimage, chisqimage, rates, ivars, chi2s, omega, omega_cov,
+        omega_used = fits.omega, model = fits.model, fiber_flags = fits.flags,
+        ref_index = fits.ref_index, pixel_flags, fiber = result.fiber, cr_image, n_diff, stages)
 end

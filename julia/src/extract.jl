@@ -75,10 +75,16 @@ function extract_kernel!(flux::AbstractVector, flux_var::AbstractVector, chi2::A
                 chi2[p] = NaN
                 continue
             end
-            flags[p] = pflags
             s = read_noise[p] * g
             a0 = median_rate(d, x, valid, buf)
-            flux[p], flux_var[p], chi2[p] = gls_pixel(d, x, valid, s * s, a0, n_pass, work)
+            f, v, c = gls_pixel(d, x, valid, s * s, a0, n_pass, work)
+            if !(v < Inf)  # x' C^-1 x = 0: omega is 0 on every usable difference, no flux
+                flags[p] = pflags | TOO_FEW_DIFFS
+                flux[p], flux_var[p], chi2[p] = NaN, NaN, NaN
+                continue
+            end
+            flags[p] = pflags
+            flux[p], flux_var[p], chi2[p] = f, v, c
         end
     end
     return nothing

@@ -278,16 +278,20 @@ function find_jumps_kernel!(usable::AbstractMatrix, jumps::AbstractMatrix,
             n_diff[p] = n
             found > 0 && (pflags |= JUMP_DETECTED)
             n <= MIN_CLEAN_DIFFS && (pflags |= FEW_CLEAN_DIFFS)
-            if n < 2
+            f, v, c = NaN, Inf, NaN
+            if n >= 2
+                # The final fit sees only the clean differences, as extract_fluxes would.
+                a0 = found > 0 ? median_rate(d, x, valid, buf) : rate
+                f, v, c = gls_pixel(d, x, valid, s2, a0, n_pass, work)
+            end
+            # No flux either where x' C^-1 x = 0 (omega 0 on every usable difference).
+            if n < 2 || !(v < Inf)
                 flags[p] = pflags | TOO_FEW_DIFFS
                 flux[p] = NaN
                 flux_var[p] = NaN
                 chi2[p] = NaN
             else
                 flags[p] = pflags
-                # The final fit sees only the clean differences, as extract_fluxes would.
-                a0 = found > 0 ? median_rate(d, x, valid, buf) : rate
-                f, v, c = gls_pixel(d, x, valid, s2, a0, n_pass, work)
                 if found > 0
                     @inbounds for k in 1:K
                         if flagged[k]

@@ -41,13 +41,14 @@ end
 
 """
     normal_equations_group!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, valid, s2, dt, flux,
-                            omega, fit_pixel)
+                            omega, fit_pixel; newton = false)
 
 The Gauss-Newton normal equations of one group, fluxes ready for elimination (see
-[`normal_equations_kernel!`](@ref)); `diffs`, `valid` and `e_hat` are `(K, P)`.
+[`normal_equations_kernel!`](@ref)); `diffs`, `valid` and `e_hat` are `(K, P)`. With `newton`,
+`e_hat` is the flux-omega block of the exact Hessian of the chi2 with C frozen.
 """
 function normal_equations_group!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, valid, s2, dt,
-        flux, omega, fit_pixel)
+        flux, omega, fit_pixel; newton::Bool = false)
     K, P = size(diffs)
     alpha, beta, piv, low, back = zeros(K), zeros(K), zeros(K), zeros(K), zeros(K)
     x, r, yx, yr, u, col = zeros(K), zeros(K), zeros(K), zeros(K), zeros(K), zeros(K)
@@ -79,10 +80,17 @@ function normal_equations_group!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, va
         sqrt_d[p] = sd
         gf_hat[p] = gf / sd
         backward!(u, low, piv, yx)
-        @inbounds for k in 1:K
-            e_hat[k, p] = vmask[k] ? f * dt[k] * u[k] / sd : 0.0
-        end
         backward!(col, low, piv, yr)
+        @inbounds for k in 1:K
+            if !vmask[k]
+                e_hat[k, p] = 0.0
+            elseif newton
+                # The residual term of the exact Hessian: d2 m_pk / d f_p d omega_k = dt_k.
+                e_hat[k, p] = (f * u[k] - col[k]) * dt[k] / sd
+            else
+                e_hat[k, p] = f * dt[k] * u[k] / sd
+            end
+        end
         @inbounds for k in 1:K
             vmask[k] && (accw[k] += f * dt[k] * col[k])
         end
@@ -120,14 +128,16 @@ end
 
 """
     normal_equations_kernel!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, valid, s2, dt, flux,
-                             omega, active, fit_pixel)
+                             omega, active, newton, fit_pixel)
 
 Gauss-Newton normal equations of the time-variable model for every active group (threaded).
 For group g and fitted pixel p, with `x = omega[:, g] .* dt`, `C_p` built at `(flux, omega)`
-(both already clamped) and `r_p = d_p - flux_p x`:
+(the linearisation point) and `r_p = d_p - flux_p x`:
 
 - `sqrt_d[p, g] = sqrt(D_p)`, `D_p = x' C_p^-1 x` (the flux block of H, diagonal);
-- `e_hat[:, p, g] = E_p / sqrt(D_p)`, `E_p = flux_p dt .* (C_p^-1 x)` (flux-omega block);
+- `e_hat[:, p, g] = E_p / sqrt(D_p)`, `E_p = flux_p dt .* (C_p^-1 x)` (flux-omega block); where
+  `newton[g]`, `E_p = dt .* (flux_p C_p^-1 x - C_p^-1 r_p)`, the flux-omega block of the exact
+  Hessian of the chi2 with C frozen (the only block where it differs from Gauss-Newton's);
 - `gf_hat[p, g] = (x' C_p^-1 r_p) / sqrt(D_p)` (the flux part of the gradient);
 - `out_g[:, :, g] = sum_p flux_p^2 diag(dt) C_p^-1 diag(dt)` (the omega block, K x K);
 - `out_gw[:, g] = sum_p flux_p dt .* (C_p^-1 r_p)` (the omega part of the gradient).
@@ -135,12 +145,13 @@ For group g and fitted pixel p, with `x = omega[:, g] .* dt`, `C_p` built at `(f
 The Schur complement is then `G - e_hat e_hat'` (spec section 9.1).
 """
 function normal_equations_kernel!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, valid, s2, dt,
-        flux, omega, active, fit_pixel)
+        flux, omega, active, newton, fit_pixel)
     Threads.@threads for g in 1:size(diffs, 3)
         active[g] || continue
         normal_equations_group!(view(out_g, :, :, g), view(out_gw, :, g), view(e_hat, :, :, g),
             view(gf_hat, :, g), view(sqrt_d, :, g), view(diffs, :, :, g), view(valid, :, :, g),
-            view(s2, :, g), dt, view(flux, :, g), view(omega, :, g), view(fit_pixel, :, g))
+            view(s2, :, g), dt, view(flux, :, g), view(omega, :, g), view(fit_pixel, :, g);
+            newton = Bool(newton[g]))
     end
     return nothing
 end
@@ -272,6 +283,15 @@ end
 # Initial guess (spec section 2.6)
 # ---------------------------------------------------------------------------------------------
 """
+    guess_floor(s2, reference)
+
+The initial guess's positivity floor for a pixel's fluxes and differences (e-): the reference's
+`CLAMP_FLOOR` electrons; in default mode the same wherever the read noise is at least 1 e-, and
+`CLAMP_FLOOR` read-noise sigmas below it (reads in a tiny unit are not all floored to one value).
+"""
+guess_floor(s2, reference) = reference ? CLAMP_FLOOR : CLAMP_FLOOR * min(1.0, sqrt(s2))
+
+"""
     initial_guess!(omega, flux, kstar, diffs, valid, s2, dt, fit_pixel; reference = false,
                    ref_index = nothing)
 
@@ -288,7 +308,11 @@ The five-step initial guess of omega and the fluxes, per group.
 # Keyword Arguments
 - `reference`: use the reference code's per-difference error `sqrt((2 s2)^2 + d)` (quirk Q1)
   instead of the correct `sqrt(2 s2 + d)`.
-- `ref_index`: `(G,)` element to fix to 1 (1-based); default the argmax of the guess.
+- `ref_index`: `(G,)` element to fix to 1 (1-based); default the argmax of the guess, which an
+  entry `< 1` also asks for.
+
+A fitted pixel whose usable differences all weigh nothing in step 5 (all exactly 0, a dead
+pixel) keeps its step-1 median rate times the normalisation, as NumPy's twin does.
 """
 function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::AbstractVector,
         diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3}, s2::AbstractMatrix,
@@ -305,7 +329,8 @@ function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::Abst
         use(k, p) = valid[k, p, g] && fit_pixel[p, g]
         err_d(k, p) = sqrt((reference ? (2.0 * s2[p, g])^2 : 2.0 * s2[p, g]) +
                            max(diffs[k, p, g], 0.0))
-        d_floor(k, p) = max(diffs[k, p, g], CLAMP_FLOOR)
+        floor_of(p) = guess_floor(s2[p, g], reference)
+        d_floor(k, p) = max(diffs[k, p, g], floor_of(p))
         # 1. Flux of each pixel: the median difference rate.
         for p in 1:P
             n = 0
@@ -319,7 +344,7 @@ function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::Abst
             else
                 b = sort!(view(buf, 1:n))
                 med = isodd(n) ? b[n ÷ 2 + 1] : 0.5 * (b[n ÷ 2] + b[n ÷ 2 + 1])
-                f0[p] = max(med, CLAMP_FLOOR)
+                f0[p] = max(med, floor_of(p))
             end
         end
         # 2-3. Per-pixel omega and its error; inverse-variance weighted mean over pixels.
@@ -330,13 +355,16 @@ function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::Abst
             w_sum[k] += w
             num[k] += w * (use(k, p) ? om_pix : 0.0)
         end
+        # An element whose usable differences all weigh nothing (all exactly 0: no light) has
+        # data; its guess is the floor.
         for k in 1:K
-            has_data[k] = w_sum[k] > 0
-            omega[k, g] = has_data[k] ? max(num[k] / w_sum[k], CLAMP_FLOOR) : NaN
-            om_sig[k] = has_data[k] ? w_sum[k]^(-0.5) : Inf
+            has_data[k] = any(p -> use(k, p), 1:P)
+            omega[k, g] = !has_data[k] ? NaN :
+                          w_sum[k] > 0 ? max(num[k] / w_sum[k], CLAMP_FLOOR) : CLAMP_FLOOR
+            om_sig[k] = w_sum[k] > 0 ? w_sum[k]^(-0.5) : Inf
         end
         # 4. Fix the largest element (or the caller's) to 1.
-        if ref_index === nothing
+        if ref_index === nothing || ref_index[g] < 1
             k_ref = 1
             best = -Inf
             for k in 1:K
@@ -364,11 +392,14 @@ function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::Abst
                 fl_pix = diffs[k, p, g] / (om_use * dt[k])
                 fl_err = sqrt((fl_pix / d_floor(k, p) * err_d(k, p))^2 +
                               (fl_pix / om_use * om_sig[k])^2)
-                w = use(k, p) && has_data[k] && fl_err > 0 ? 1.0 / fl_err^2 : 0.0
+                w = use(k, p) && w_sum[k] > 0 && fl_err > 0 ? 1.0 / fl_err^2 : 0.0
                 wf += w * (use(k, p) ? fl_pix : 0.0)
                 wf_sum += w
             end
-            flux[p, g] = fit_pixel[p, g] ? max(wf / wf_sum, CLAMP_FLOOR) : NaN
+            # No weight at all (every usable difference exactly 0): 0 / 0 would be NaN, and
+            # max(NaN, x) is NaN in Julia; NumPy's twin keeps the step-1 rate instead.
+            flux[p, g] = !fit_pixel[p, g] ? NaN :
+                         wf_sum > 0 ? max(wf / wf_sum, floor_of(p)) : f0[p] * scale
         end
     end
     return nothing
@@ -388,9 +419,10 @@ end
 
 NormalEquations(K, P) = NormalEquations(zeros(K, K), zeros(K), zeros(K, P), zeros(P), zeros(P))
 
-evaluate!(ne::NormalEquations, diffs, valid, s2, dt, flux, omega, fit_pixel) =
+evaluate!(ne::NormalEquations, diffs, valid, s2, dt, flux, omega, fit_pixel;
+    newton::Bool = false) =
     normal_equations_group!(ne.g, ne.gw, ne.e_hat, ne.gf_hat, ne.sqrt_d, diffs, valid, s2, dt,
-        flux, omega, fit_pixel)
+        flux, omega, fit_pixel; newton)
 
 "Schur complement and right-hand side, with the non-free elements pinned (identity)."
 function schur(ne::NormalEquations, free)
@@ -414,6 +446,12 @@ function solve_spd(a, b)
     all(isfinite, a) || return fill(NaN, length(b))
     factors = lu(a; check = false)
     return issuccess(factors) ? factors \ b : fill(NaN, length(b))
+end
+
+"Whether the symmetric matrix `a` is finite and positive definite (its Cholesky succeeds)."
+function positive_definite(a)
+    all(isfinite, a) || return false
+    return issuccess(cholesky(Symmetric(a, :L); check = false))
 end
 
 "Inverse of an SPD matrix; NaN where it is singular or not finite."
@@ -527,11 +565,14 @@ function offset_flux_quad(o::Offsets, e_hat, cov, p)
     return dot(h, cov * h) + dot(v, y)
 end
 
-"Normal equations at the current point, reduced to omega: `(schur, rhs)`."
+"""
+Normal equations at the current point, reduced to omega: `(schur, rhs)`. With `newton`, the
+flux-omega block is the exact Hessian's (not with offsets).
+"""
 function reduced_system!(ne::NormalEquations, offsets, diffs, valid, s2, dt, flux, omega, fit,
-        free)
+        free; newton::Bool = false)
     fitted = offsets === nothing ? diffs : adjusted(offsets, diffs, valid)
-    evaluate!(ne, fitted, valid, s2, dt, flux, omega, fit)
+    evaluate!(ne, fitted, valid, s2, dt, flux, omega, fit; newton)
     sch, rhs = schur(ne, free)
     offsets === nothing && return sch, rhs
     offset_blocks_group!(offsets.a, offsets.m, offsets.b, offsets.ec_hat, fitted, valid, s2, dt,
@@ -563,15 +604,119 @@ function gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pix
 end
 
 """
+Default mode, threshold pivoting: the element fixed while iterating is at least this fraction of
+the largest in magnitude. A requested `ref_index` below it in the initial guess is not fixed (the
+largest is, and the solution is rescaled to `ref_index` at the end), and an iterate where an
+element grows beyond its inverse is rescaled to fix that element instead.
+"""
+const PIVOT_RATIO = 0.5
+"""
+Default mode: a group whose step shrinks by less than this factor in one iteration, or whose
+step had to be damped, continues with Newton steps (the exact Hessian of the frozen-C chi2).
+"""
+const SLOW_CONTRACTION = 0.5
+"Halvings of the line search before it gives up."
+const MAX_HALVINGS = 40
+"Why a group's iteration stopped (`stop_reason`), as pyapred's `StopReason`."
+const STOP_CONVERGED, STOP_MAX_ITER, STOP_BREAKDOWN, STOP_LINE_SEARCH, STOP_EMPTY = 0, 1, 2, 3, 4
+
+"""
+    objective_change(diffs, valid, s2, dt, flux, omega, d_flux, d_omega, d_offsets, segment,
+                     fit_pixel)
+
+Change of one group's chi2, with C frozen at `(flux, omega)`, over the trial step
+`(d_flux, d_omega, d_offsets)`: `sum_p (m_p' - m_p)' C_p^-1 (m_p' - m_p - 2 r_p)` with
+`r_p = d_p - flux_p x` (`diffs` `(K, P)` have the current offsets removed). Computed from the
+model change `df x + f dx + df dx + dc` itself, so that its sign is right even for a tiny step.
+`d_offsets` `(K, S)` with `segment` `(P,)` 1-based, or both `nothing`. The twin of NumPy's
+`objective_change_kernel`.
+"""
+function objective_change(diffs, valid, s2, dt, flux, omega, d_flux, d_omega, d_offsets,
+        segment, fit_pixel)
+    K, P = size(diffs)
+    total = 0.0
+    for p in 1:P
+        fit_pixel[p] || continue
+        f, df, var = flux[p], d_flux[p], s2[p]
+        inv_prev, ym_prev, yq_prev = 0.0, 0.0, 0.0
+        @inbounds for k in 1:K
+            ok = valid[k, p]
+            xk = ok ? omega[k] * dt[k] : 0.0
+            dxk = ok ? d_omega[k] * dt[k] : 0.0
+            dc = d_offsets === nothing ? 0.0 : d_offsets[k, segment[p]]
+            dm = ok ? df * xk + f * dxk + df * dxk + dc : 0.0
+            q = ok ? dm - 2.0 * (diffs[k, p] - f * xk) : 0.0
+            alpha = ok ? max(f * xk, 0.0) + 2.0 * var : 1.0
+            beta = ok && k > 1 && valid[k - 1, p] ? -var : 0.0
+            lk = beta * inv_prev
+            inv = 1.0 / (alpha - lk * beta)
+            ym = dm - lk * ym_prev
+            yq = q - lk * yq_prev
+            total += ym * yq * inv
+            inv_prev, ym_prev, yq_prev = inv, ym, yq
+        end
+    end
+    return total
+end
+
+"""
+The largest of 1, 1/2, 1/4, ... (`MAX_HALVINGS` halvings) whose step does not increase the
+chi2 with the covariances frozen at `(flux, omega)`; 0 where none does.
+"""
+function line_search(diffs, valid, s2, dt, flux, omega, d_flux, d_omega, d_offsets, segment,
+        fit_pixel)
+    lam = 1.0
+    for _ in 0:MAX_HALVINGS
+        change = objective_change(diffs, valid, s2, dt, flux, omega, lam .* d_flux,
+            lam .* d_omega, d_offsets === nothing ? nothing : lam .* d_offsets, segment,
+            fit_pixel)
+        change <= 0.0 && return lam
+        lam *= 0.5
+    end
+    return 0.0
+end
+
+"""
+The initial guess of [`fit_omega_groups`](@ref) in default mode: fixed at `target` (1-based)
+where that element's guess is at least `PIVOT_RATIO` of the group's largest (or has no data),
+else at the largest. Fills `omega0`, `flux0`, `kstar`.
+"""
+function pivoted_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel, target)
+    initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel)
+    target === nothing && return nothing
+    keep = [!(omega0[target[g], g] < PIVOT_RATIO) for g in eachindex(target)]
+    any(keep) || return nothing
+    initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel;
+        ref_index = [keep[g] ? target[g] : 0 for g in eachindex(target)])
+    return nothing
+end
+
+"""
     fit_omega_groups(diffs, valid, s2, dt, fit_pixel; reference, rtol, max_iter, ref_index,
-                     segments = nothing)
+                     segments = nothing, start = nothing)
 
 Gauss-Newton joint fit of omega and fluxes for G independent groups (threaded over groups), in
-electrons. Clamping follows the reference: the clamped values (>= 1e-10) drive the linearisation,
-the unclamped ones are returned and tested for convergence. `reference = true` uses the absolute
-tolerance 1e-10 on both blocks, at least 3 iterations and the covariance of the last
-linearisation (quirk Q3); otherwise every omega step < `rtol` and every flux step < `rtol` times
-`max(flux, sigma)`, at least 2 iterations, and the covariance at the solution.
+electrons; the twin of NumPy's `fit_omega_groups`.
+
+`reference = true` is the reference implementation's iteration: full Gauss-Newton steps
+linearised at the values clamped at `CLAMP_FLOOR` (the unclamped ones are returned and tested),
+the absolute tolerance 1e-10 on both blocks, at least 3 iterations and the covariance of the
+last linearisation (quirk Q3). Otherwise every omega step < `rtol` and every flux step < `rtol`
+times `max(flux, sigma)`, at least 2 iterations, the covariance at the solution, and
+(`docs/model.md`, "Convergence"):
+
+- the linearisation point is the iterate itself, unclamped;
+- every step is line-searched: the largest of 1, 1/2, 1/4, ... that does not increase the chi2
+  with the covariances frozen at the current point ([`objective_change`](@ref));
+- a group whose steps shrink by less than `SLOW_CONTRACTION` per iteration, or had to be damped,
+  takes Newton steps (the residual term added to the Hessian) where that Hessian is positive
+  definite, else the Gauss-Newton step (not with `segments`);
+- threshold pivoting: the element fixed while iterating is never below `PIVOT_RATIO` of the
+  largest in magnitude. A requested `ref_index` below it in the initial guess is not fixed (the
+  guess's largest is); an iterate where an element grows beyond `1 / PIVOT_RATIO` is rescaled
+  (omega / c, fluxes * c) to fix that element instead. At the end the solution is rescaled to
+  the requested `ref_index` (the same point of the model; the covariance is evaluated there);
+  without one, the element fixed at the end is returned.
 
 `segments` (P, G), 1-based labels, optional: pixels of a group with the same label share an
 additive offset per read difference ([`Offsets`](@ref)), fitted jointly; not with `reference`.
@@ -582,8 +727,10 @@ which elements have data.
 
 # Returns
 A NamedTuple `(omega (K, G), omega_cov (K, K, G), ref_index (G,) 1-based, flux (P, G),
-flux_var (P, G), chi2 (P, G), n_iter (G,), converged (G,), has_data (K, G))`, plus
-`offsets (K, S, G)` (NaN where a segment has no data) when `segments` is given.
+flux_var (P, G), chi2 (P, G), n_iter (G,), converged (G,), has_data (K, G), stop_reason (G,),
+step_size (G,), damping (G,))`, plus `offsets (K, S, G)` (NaN where a segment has no data) when
+`segments` is given. `stop_reason` is a `STOP_*` code, `step_size` the last update as the
+convergence test measures it and `damping` its line-search factor (NaN for empty groups).
 """
 function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3},
         s2::AbstractMatrix, dt::AbstractVector, fit_pixel::AbstractMatrix; reference::Bool,
@@ -594,9 +741,27 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
     offsets_out = fill(NaN, K, n_segments, G)
     fitted_all = segments === nothing ? diffs : copy(diffs)
     omega0, flux0, kstar = zeros(K, G), zeros(P, G), zeros(Int, G)
-    initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel; reference, ref_index)
+    requested = ref_index === nothing ? nothing : collect(Int, ref_index)
+    if reference
+        initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel; reference,
+            ref_index = requested)
+    else
+        pivoted_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel, requested)
+    end
     if start !== nothing
-        start_omega, start_flux = start
+        start_omega, start_flux = copy(start[1]), copy(start[2])
+        for g in 1:G
+            (requested === nothing || kstar[g] == requested[g]) && continue
+            # The warm start is normalised at `requested`: rescale it to this group's pivot.
+            c = start_omega[kstar[g], g]
+            if isfinite(c) && c > 0.0
+                start_omega[:, g] ./= c
+                start_flux[:, g] .*= c
+            else
+                start_omega[:, g] .= NaN
+                start_flux[:, g] .= NaN
+            end
+        end
         for g in 1:G, k in 1:K
             isfinite(omega0[k, g]) && isfinite(start_omega[k, g]) &&
                 (omega0[k, g] = start_omega[k, g])
@@ -609,29 +774,41 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
     flux_out, flux_var, chi2 = zeros(P, G), zeros(P, G), zeros(P, G)
     # Bool arrays, not BitArrays: threads write neighbouring elements.
     n_iter, converged, has_data = zeros(Int, G), zeros(Bool, G), map(isfinite, omega0)
+    stop_reason, step_size, damping = zeros(Int, G), fill(NaN, G), fill(NaN, G)
     tol = reference ? 1e-10 : Float64(rtol)
     min_iter = reference ? 3 : 2
+    lin_floor = reference ? CLAMP_FLOOR : -Inf
     Threads.@threads for g in 1:G
         d, v = view(diffs, :, :, g), view(valid, :, :, g)
         s2g, fit = view(s2, :, g), view(fit_pixel, :, g)
         data = view(has_data, :, g)
         free = [data[k] && k != kstar[g] for k in 1:K]
         nonempty = any(fit)
-        omega_cl = [data[k] ? max(omega0[k, g], CLAMP_FLOOR) : 0.0 for k in 1:K]
-        flux_cl = [fit[p] ? max(flux0[p, g], CLAMP_FLOOR) : 0.0 for p in 1:P]
-        prev_omega, prev_flux = copy(omega_cl), copy(flux_cl)
-        omega, flux = copy(omega_cl), copy(flux_cl)
-        scale = max.(abs.(flux_cl), sqrt.(s2g))
+        omega_lin = [data[k] ? max(omega0[k, g], lin_floor) : 0.0 for k in 1:K]
+        flux_lin = [fit[p] ? max(flux0[p, g], lin_floor) : 0.0 for p in 1:P]
+        prev_omega, prev_flux = copy(omega_lin), copy(flux_lin)
+        omega, flux = copy(omega_lin), copy(flux_lin)
+        scale = max.(abs.(flux_lin), sqrt.(s2g))
         ne = NormalEquations(K, P)
         offsets = segments === nothing ? nothing :
                   Offsets(v, fit, view(segments, :, g), n_segments)
         offset_scale = sqrt(sum(s2g) / P)
         converged[g] = !nonempty
+        stop_reason[g] = nonempty ? STOP_MAX_ITER : STOP_EMPTY
+        newton = false
+        last_step = Inf
         for it in 1:(nonempty ? max_iter : 0)
-            sch, rhs = reduced_system!(ne, offsets, d, v, s2g, dt, flux_cl, omega_cl, fit, free)
+            sch, rhs = reduced_system!(ne, offsets, d, v, s2g, dt, flux_lin, omega_lin, fit,
+                free; newton)
+            if newton && !positive_definite(sch)
+                # Away from the solution the residual term can make the Hessian indefinite:
+                # this iteration takes the Gauss-Newton step.
+                sch, rhs = reduced_system!(ne, offsets, d, v, s2g, dt, flux_lin, omega_lin, fit,
+                    free)
+            end
             d_omega = solve_spd(sch, rhs)
             d_flux = flux_step(ne, d_omega)
-            step_offsets = 0.0
+            d_offsets = nothing
             if offsets !== nothing
                 d_offsets = offset_step(offsets, d_omega)
                 for p in 1:P
@@ -643,13 +820,33 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
             end
             # A broken-down system (singular, non-finite) stops this group at its last finite
             # iterate; it stays flagged as not converged.
-            (all(isfinite, d_omega) && all(isfinite, d_flux)) || break
-            if offsets !== nothing
-                offsets.value .+= d_offsets
-                step_offsets = maximum(abs, d_offsets) / offset_scale
+            if !(all(isfinite, d_omega) && all(isfinite, d_flux))
+                stop_reason[g] = STOP_BREAKDOWN
+                break
             end
-            new_omega = omega_cl .+ d_omega
-            new_flux = [fit[p] ? flux_cl[p] + d_flux[p] : 0.0 for p in 1:P]
+            lam = 1.0
+            if !reference
+                # The line search, where the full step is not already below the tolerance.
+                full = 0.0
+                for k in 1:K
+                    free[k] && (full = max(full, abs(d_omega[k])))
+                end
+                for p in 1:P
+                    fit[p] && (full = max(full, abs(d_flux[p]) / scale[p]))
+                end
+                if full >= tol
+                    fitted = offsets === nothing ? d : adjusted(offsets, d, v)
+                    lam = line_search(fitted, v, s2g, dt, flux_lin, omega_lin, d_flux, d_omega,
+                        d_offsets, offsets === nothing ? nothing : offsets.segment, fit)
+                end
+            end
+            step_offsets = 0.0
+            if offsets !== nothing
+                offsets.value .+= lam .* d_offsets
+                step_offsets = maximum(abs, lam .* d_offsets) / offset_scale
+            end
+            new_omega = omega_lin .+ lam .* d_omega
+            new_flux = [fit[p] ? flux_lin[p] + lam * d_flux[p] : 0.0 for p in 1:P]
             step_omega = 0.0
             for k in 1:K
                 step_omega = max(step_omega, free[k] ? abs(new_omega[k] - prev_omega[k]) : 0.0)
@@ -659,23 +856,73 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
                 step = abs(new_flux[p] - prev_flux[p])
                 step_flux = max(step_flux, reference ? step : step / scale[p])
             end
-            done = step_omega < tol && step_flux < tol && it >= min_iter && step_offsets < tol
+            done = step_omega < tol && step_flux < tol && it >= min_iter &&
+                   step_offsets < tol && lam > 0
+            size_now = max(step_omega, step_flux, step_offsets)
+            if !reference
+                # Dynamic pivoting: where an element has grown beyond 1 / PIVOT_RATIO times the
+                # fixed one, the iterate is rescaled to fix the largest (in magnitude) instead.
+                k_big, big = 0, 0.0
+                for k in 1:K
+                    if data[k] && abs(new_omega[k]) > big
+                        k_big, big = k, abs(new_omega[k])
+                    end
+                end
+                if big > 1.0 / PIVOT_RATIO
+                    c = new_omega[k_big]
+                    new_omega .= [data[k] ? new_omega[k] / c : 0.0 for k in 1:K]
+                    new_omega[k_big] = 1.0
+                    new_flux .= [fit[p] ? new_flux[p] * c : 0.0 for p in 1:P]
+                    kstar[g] = k_big
+                    free .= [data[k] && k != k_big for k in 1:K]
+                    scale .= max.(abs.(new_flux), sqrt.(s2g))
+                    done = false
+                end
+            end
             omega .= new_omega
             flux .= new_flux
             prev_omega .= new_omega
             prev_flux .= new_flux
-            omega_cl .= [data[k] ? max(new_omega[k], CLAMP_FLOOR) : 0.0 for k in 1:K]
-            flux_cl .= [fit[p] ? max(new_flux[p], CLAMP_FLOOR) : 0.0 for p in 1:P]
+            omega_lin .= [data[k] ? max(new_omega[k], lin_floor) : 0.0 for k in 1:K]
+            flux_lin .= [fit[p] ? max(new_flux[p], lin_floor) : 0.0 for p in 1:P]
             n_iter[g] = it
+            step_size[g] = size_now
+            damping[g] = lam
+            if !reference && offsets === nothing &&
+               (lam < 1.0 || size_now > SLOW_CONTRACTION * last_step)
+                newton = true
+            end
+            last_step = size_now
             if done
                 converged[g] = true
+                stop_reason[g] = STOP_CONVERGED
                 break
+            end
+            if lam == 0.0
+                stop_reason[g] = STOP_LINE_SEARCH
+                break
+            end
+        end
+        if !reference && nonempty && requested !== nothing && kstar[g] != requested[g]
+            # Back to the requested normalisation (omega / c and flux * c, c = omega[requested]);
+            # without one, the pivot stays: the guess's largest element, or the solution's.
+            c = omega[requested[g]]
+            if isfinite(c) && c != 0.0
+                omega .= [data[k] ? omega[k] / c : 0.0 for k in 1:K]
+                flux .= [fit[p] ? flux[p] * c : 0.0 for p in 1:P]
+                omega_lin .= omega
+                flux_lin .= flux
+                kstar[g] = requested[g]
+                free .= [data[k] && k != kstar[g] for k in 1:K]
+            else  # the requested element has no light at all: no normalisation to give
+                converged[g] = false
+                stop_reason[g] = STOP_BREAKDOWN
             end
         end
         # The covariance at the returned solution (the reference keeps the one from the
         # linearisation before the last step, quirk Q3).
         sch, _ = !reference && nonempty ?
-                 reduced_system!(ne, offsets, d, v, s2g, dt, flux_cl, omega_cl, fit, free) :
+                 reduced_system!(ne, offsets, d, v, s2g, dt, flux_lin, omega_lin, fit, free) :
                  schur(ne, free)
         cov = inverse_spd(sch)
         for j in 1:K, i in 1:K
@@ -703,8 +950,22 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
     x = [has_data[k, g] ? omega_out[k, g] * dt[k] : 0.0 for k in 1:K, g in 1:G]
     flux_fit = [fit_pixel[p, g] ? flux_out[p, g] : 0.0 for p in 1:P, g in 1:G]
     chi2_kernel!(chi2, fitted_all, valid, s2, x, flux_fit, fit_pixel)
+    # Nothing fails silently: a group whose results are not all finite (a singular covariance,
+    # an overflow) has not converged, whatever its steps did.
+    for g in 1:G
+        any(view(fit_pixel, :, g)) || continue
+        finite = all(isfinite, view(omega_cov, :, :, g)) &&
+                 all(k -> !has_data[k, g] || isfinite(omega_out[k, g]), 1:K) &&
+                 all(p -> !fit_pixel[p, g] || (isfinite(flux_out[p, g]) &&
+                                               isfinite(flux_var[p, g]) && isfinite(chi2[p, g])),
+                     1:P)
+        if !finite
+            converged[g] && (stop_reason[g] = STOP_BREAKDOWN)
+            converged[g] = false
+        end
+    end
     out = (; omega = omega_out, omega_cov, ref_index = kstar, flux = flux_out, flux_var, chi2,
-        n_iter, converged, has_data)
+        n_iter, converged, has_data, stop_reason, step_size, damping)
     return segments === nothing ? out : merge(out, (; offsets = offsets_out))
 end
 
@@ -771,6 +1032,8 @@ function group_inputs(reads, read_noise, gain, mask, read_times, saturation)
     shape_in = size(reads)[1:(end - 1)]
     N = size(reads, ndims(reads))
     P, G = shape_in[1], prod(shape_in[2:end])
+    P >= 1 || throw(ArgumentError("reads: expected at least one pixel (n_pix >= 1) along the " *
+                                  "first axis, got size $(size(reads))"))
     cube = reshape(reads, P, G, N)
     sigma = reshape(pixel_map(read_noise, shape_in, "read_noise"), P, G)
     gain_map = reshape(pixel_map(gain, shape_in, "gain"), P, G)
@@ -829,7 +1092,8 @@ Gauss-Newton with the fluxes eliminated by a Schur complement; see [`fit_omega_g
 # Returns
 A NamedTuple with the fields of pyapred's `OmegaFit`: `omega (K, G)`, `omega_cov (K, K, G)`,
 `ref_index (G,)`, `flux`, `flux_var`, `chi2`, `n_diff`, `flags` `(n_pix, G)`, `inflation`,
-`n_iter`, `converged`, `group_flags` `(G,)`, and with `segments` `offsets (K, n_segments, G)` (in
+`n_iter`, `converged`, `group_flags`, and the convergence report `stop_reason` (`STOP_*`),
+`step_size`, `damping` `(G,)`, and with `segments` `offsets (K, n_segments, G)` (in
 the units of `reads` at the group's mean gain); the group axis is dropped for a single group.
 Fluxes are in the units of `reads` per read interval.
 """
@@ -877,7 +1141,8 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
     end
     out = (; omega = res.omega, omega_cov = res.omega_cov, ref_index = res.ref_index,
         flux = res.flux ./ gain_map, flux_var = res.flux_var ./ gain_map .^ 2, chi2 = res.chi2,
-        n_diff, inflation, n_iter = res.n_iter, converged = res.converged, flags, group_flags)
+        n_diff, inflation, n_iter = res.n_iter, converged = res.converged, flags, group_flags,
+        stop_reason = res.stop_reason, step_size = res.step_size, damping = res.damping)
     if labels !== nothing
         mean_gain = reshape(sum(gain_map; dims = 1) ./ P, 1, 1, G)
         out = merge(out, (; offsets = res.offsets ./ mean_gain))

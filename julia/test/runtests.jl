@@ -1,13 +1,18 @@
-# Tests of APRampFit: every conformance vector of pyapred (tests/conformance/*.toml, generated from
-# the NumPy backend) plus checks of the Julia-only parts. Run with `julia --project=julia -e
-# 'using Pkg; Pkg.test()'` from the repository root.
+# Tests of APRampFit: every solver conformance vector (test/conformance/*.toml) and every
+# exposure-stage vector (test/stages/*.toml) of pyapred, generated from its NumPy code by
+# scripts/make_conformance_vectors.py and scripts/make_stage_vectors.py, plus checks of the
+# Julia-only parts. The vectors live in this package, so `Pkg.test("APRampFit")` runs them from an
+# installed copy as from a checkout: `julia --project=julia -e 'using Pkg; Pkg.test()'`.
 
 using APRampFit
+using LinearAlgebra
 using Random
+using Statistics
 using Test
 using TOML
 
-const VECTOR_DIR = normpath(joinpath(@__DIR__, "..", "..", "tests", "conformance"))
+const VECTOR_DIR = joinpath(@__DIR__, "conformance")
+const STAGE_DIR = joinpath(@__DIR__, "stages")
 
 "Nested TOML arrays, written in NumPy C order, as a Julia array with the axes reversed."
 function toml_array(x)
@@ -86,10 +91,130 @@ function matches(want, have, rtol)
     return maximum(abs.(h[finite] .- w[finite])) <= rtol * scale
 end
 
+# ---------------------------------------------------------------------------------------------
+# Exposure-stage vectors
+# ---------------------------------------------------------------------------------------------
+"A per-chip calibration value of a stage vector: a number, or chip `c` of `(n_chips, ny, nx)`."
+chip_value(value, c) = value isa AbstractVector ? Float64.(toml_array(value)[:, :, c]) :
+                       Float64(value)
+
+"The chips, traces and options of a stage vector, in Julia's layout (y-centers 1-based)."
+function stage_inputs(vector)
+    inputs = vector["inputs"]
+    reads = toml_array(inputs["reads"])  # (nx, ny, n_reads, n_chips)
+    y_center, sigma = toml_array(inputs["y_center"]), toml_array(inputs["sigma"])
+    excluded = Vector{Bool}(toml_array(inputs["excluded"]))
+    saturation = get(inputs, "saturation", nothing)
+    chips = [ChipExposure(UInt16.(reads[:, :, :, c]), chip_value(inputs["read_noise"], c);
+                 gain = chip_value(inputs["gain"], c),
+                 saturation = saturation === nothing ? nothing : chip_value(saturation, c),
+                 name = "RGB"[c:c]) for c in axes(reads, 4)]
+    # The vectors' 0-based centers are multiples of 2^-10: adding 1 is exact.
+    traces = [Traces(y_center[:, :, c] .+ 1.0, sigma[:, :, c], excluded) for c in axes(reads, 4)]
+    options = FitOptions(; (Symbol(k) => v for (k, v) in vector["options"])...)
+    return chips, traces, options
+end
+
+"Every stage's outputs under the vectors' names, in their layout (axes reversed, 0-based)."
+function stage_outputs(chips, stages)
+    per_chip(f) = cat([f(i) for i in eachindex(chips)]...; dims = 3)
+    function fit_pixel_fiber(p::PreparedChip)
+        image = fill(-1, size(p.pixel_map.fiber))
+        fp = p.fit_pixels
+        for f in axes(fp.valid, 2), j in axes(fp.valid, 1)
+            fp.valid[j, f] && (image[fp.x[j, f], fp.y[j, f]] = f - 1)
+        end
+        return image
+    end
+    function jump_reads(i)
+        bits = zeros(Int, size(chips[i].reads)[1:2])
+        for j in stages.prepared[i].jumps
+            bits[j[1], j[2]] |= 1 << (j[3] - 1)
+        end
+        return bits
+    end
+    prepared = stages.prepared
+    prepare = Dict{String, Any}(
+        "omega_rough" => per_chip(i -> prepared[i].omega_rough),
+        "rate" => per_chip(i -> prepared[i].rate),
+        "saturated" => per_chip(i -> Int.(prepared[i].saturated)),
+        "jump_reads" => per_chip(jump_reads),
+        "pixel_fiber" => per_chip(i -> Int.(prepared[i].pixel_map.fiber) .- 1),
+        "purity" => per_chip(i -> prepared[i].pixel_map.purity),
+        "fit_pixel_fiber" => per_chip(i -> fit_pixel_fiber(prepared[i])),
+        "n_fit_pixels" => hcat([APRampFit.fit_pixel_count(p.fit_pixels) for p in prepared]...),
+    )
+    fits = stages.fibers[1]
+    fibers = Dict{String, Any}("ref_index" => fits.ref_index - 1)
+    for name in (:omega_fit, :omega_cov, :omega, :model, :delta_chi2, :p_value, :amplitude,
+        :chi2_dof_constant, :chi2_dof_variable, :n_fit_pixels, :flags, :bright,
+        :borrowed_omega, :borrowed_cov)
+        fibers[string(name)] = getfield(fits, name)
+    end
+    fits.fit === nothing || (fibers["fit_flags"] = fits.fit.flags)
+    extract = Dict{String, Any}("fiber" => per_chip(i -> stages.results[i].fiber .- 1))
+    for name in (:flux, :flux_var, :chi2, :n_diff, :flags)
+        extract[string(name)] = per_chip(i -> getfield(stages.results[i], name))
+    end
+    return Dict("prepare" => prepare, "fibers" => fibers, "extract" => extract)
+end
+
+"""
+Tolerance of a stage output. The first pass's rate, the rough omega and the purity are Float32 in
+both languages; the rough omega's mean and the pixel map's normal CDF (`ndtr` here, SciPy's and
+libm's `erf` in pyapred) agree to rounding, not bit for bit, which can move the last Float32 bit
+(6e-8): 1e-6. The decisions they feed (fit pixels, pixel owners, jumps) are integers and compared
+exactly; the generator keeps every candidate pixel at least 1e-6 from the S/N and purity
+thresholds. Every other float is held to the vector's own rtol (1e-10).
+"""
+stage_rtol(name, rtol) = name in ("rate", "purity", "omega_rough") ? 1e-6 : rtol
+
+"`(nx, ny)` last usable difference per pixel, as ApogeeReduction.jl's after `diffify_datacube!`."
+function last_unsaturated_of(chip::ChipExposure)
+    nx, ny, N = size(chip.reads)
+    last = fill(N - 1, nx, ny)
+    for y in 1:ny, x in 1:nx
+        sat = APRampFit.pixel_value(chip.saturation, x, y)
+        j = findfirst(v -> v >= sat, view(chip.reads, x, y, :))
+        j === nothing || (last[x, y] = j - 2)
+    end
+    return last
+end
+
+# ---------------------------------------------------------------------------------------------
+# sutr_wood's recipe, written out with dense matrices: what compat = true must reproduce
+# ---------------------------------------------------------------------------------------------
+"""
+    wood_reference(d, gain, read_var, good, n_repeat)
+
+One pixel by `sutr_wood`'s recipe (ApogeeReduction.jl, src/ar3D.jl), in DN: the first rate is the
+median of every difference; each pass builds `C = tridiag(-v, r/g + 2v, -v)` at the previous
+rate `r` (0 if negative), restricted to the `good` differences, and takes `ivar = 1'C^-1 1`,
+`rate = 1'C^-1 d / ivar`, `chi2 = (d - rate)' C^-1 (d - rate)`; no good difference gives zeros.
+"""
+function wood_reference(d, gain, read_var, good, n_repeat)
+    use = findall(good)
+    isempty(use) && return 0.0, 0.0, 0.0
+    K = length(d)
+    rate = median(d)
+    ivar = 0.0
+    chi2 = 0.0
+    for _ in 1:n_repeat
+        guess = rate > 0 ? rate / gain : 0.0
+        C = Matrix(SymTridiagonal(fill(guess + 2read_var, K), fill(-read_var, K - 1)))[use, use]
+        unit = ones(length(use))
+        ivar = dot(unit, C \ unit)
+        rate = dot(unit, C \ d[use]) / ivar
+        resid = d[use] .- rate
+        chi2 = dot(resid, C \ resid)
+    end
+    return rate, ivar, chi2
+end
+
 @testset verbose = true "APRampFit" begin
-    @testset "conformance vectors" begin
+    @testset "solver conformance vectors" begin
         paths = filter(endswith(".toml"), readdir(VECTOR_DIR; join = true))
-        @test length(paths) >= 20
+        @test length(paths) >= 30
         for path in paths
             vector = TOML.parsefile(path)
             @testset "$(vector["name"])" begin
@@ -99,6 +224,157 @@ end
                 end
             end
         end
+    end
+
+    @testset "exposure-stage vectors" begin
+        paths = filter(endswith(".toml"), readdir(STAGE_DIR; join = true))
+        @test length(paths) >= 10
+        for path in paths
+            vector = TOML.parsefile(path)
+            @testset "$(vector["name"])" begin
+                chips, traces, options = stage_inputs(vector)
+                stages = run_chips(chips, traces, options)
+                outputs = stage_outputs(chips, stages)
+                for (stage, expected) in vector["expected"], (key, want) in expected
+                    have = outputs[stage][key]
+                    ok = matches(toml_array(want), have, stage_rtol(key, vector["rtol"]))
+                    ok || @info "stage output differs" vector["name"] stage key
+                    @test ok
+                end
+                # The 3D->2D entry on the same exposure, as ApogeeReduction.jl would call it
+                # (differences and last_unsaturated), gives the same images where pyapred fits.
+                if length(chips) == 1
+                    chip = chips[1]
+                    dimages = Float64.(diff(Int.(chip.reads); dims = 3))
+                    nx, ny, K = size(dimages)
+                    gain = fill(0.0, nx, ny)
+                    gain .= chip.gain
+                    read_var = fill(0.0, nx, ny)
+                    read_var .= chip.read_noise .^ 2
+                    result = sutr_omega(dimages, gain, read_var, last_unsaturated_of(chip),
+                        trues(nx, ny, K); traces = traces[1], options)
+                    expected = vector["expected"]["extract"]
+                    n_diff = toml_array(expected["n_diff"])[:, :, 1]
+                    fitted = n_diff .>= 2
+                    flux = toml_array(expected["flux"])[:, :, 1]
+                    chi2 = toml_array(expected["chi2"])[:, :, 1]
+                    @test matches(flux[fitted], result.dimage[fitted], vector["rtol"])
+                    @test matches(chi2[fitted], result.chisqimage[fitted], vector["rtol"])
+                    want_ivar = 1 ./ toml_array(expected["flux_var"])[:, :, 1]
+                    @test matches(want_ivar[fitted], result.ivarimage[fitted], vector["rtol"])
+                    @test result.model == toml_array(vector["expected"]["fibers"]["model"])
+                end
+            end
+        end
+    end
+
+    @testset "stage options and traces" begin
+        options = FitOptions()
+        @test (options.model, options.p_value, options.min_fit_pixels, options.min_snr) ==
+              ("auto", 1e-3, 20, 30.0)
+        @test options.max_fit_pixels === nothing && options.jump_search && !options.joint_chips
+        @test_throws ArgumentError APRampFit.check_options(FitOptions(model = "cloudy"))
+        @test_throws ArgumentError APRampFit.check_options(FitOptions(max_iter = 0))
+        params = zeros(20, 300, 3)
+        params[:, :, 2] .= [5.0 + 6.5 * (f - 1) for x in 1:20, f in 1:300]
+        params[:, :, 3] .= 1.1
+        traces = traces_from_params(params; telescope = "apo")
+        @test size(traces.y_center) == (20, 300) && traces.sigma[1, 1] == 1.1
+        @test findall(traces.excluded) == [301 - 225, 301 - 75]
+        @test findall(traces_from_centers(params[:, :, 2]; telescope = "lco").excluded) ==
+              [301 - 213, 301 - 82]
+        @test_throws ArgumentError Traces(fill(NaN, 3, 2), 1.0)
+        # Ties of a center between two rows go where pyapred's 0-based rint sends them.
+        @test APRampFit.nearest_row(3.5) == 3.0 && APRampFit.nearest_row(4.5) == 5.0
+    end
+
+    @testset "special functions" begin
+        @test APRampFit.ndtr(0.0) == 0.5
+        for (a, want) in ((1.0, 0.8413447460685429), (-3.0, 0.0013498980316300933),
+            (2.0, 0.9772498680518208), (5.0, 0.9999997133484281))
+            @test abs(APRampFit.ndtr(a) - want) <= 1e-15
+        end
+        @test APRampFit.ndtr(-10.0) ≈ 7.61985302416047e-24 rtol = 1e-13
+        for (x, dof, want) in ((3.0, 2, 0.22313016014842982), (1.0, 1, 0.31731050786291115),
+            (20.0, 5, 0.0012497305630313773), (0.5, 7, 0.9994464813904249),
+            (300.0, 40, 1.4955969722726186e-41), (1e-3, 3, 0.9999915920809419))
+            @test APRampFit.chi2_sf(x, dof) ≈ want rtol = 1e-12
+        end
+        @test APRampFit.chi2_sf(-1.0, 3) == 1.0 && APRampFit.chi2_sf(Inf, 3) == 0.0
+        @test isnan(APRampFit.chi2_sf(NaN, 3))
+    end
+
+    @testset "sutr_omega compat = true: sutr_wood's recipe" begin
+        rng = Xoshiro(11)
+        nx, ny, K = 12, 9, 8
+        rate = 40.0 .+ 400.0 .* rand(rng, nx, ny)  # DN per read
+        rate[1, 2] = -3.0  # a negative-going pixel: its photon noise is clipped at 0
+        gain, read_var = fill(1.9, nx, ny), fill(25.0, nx, ny)
+        gain[2, 2] = 2.3
+        dimages = rate .+ sqrt.(max.(rate, 0.0) ./ gain .+ 50.0) .* randn(rng, nx, ny, K)
+        last = fill(K, nx, ny)
+        last[3, 3] = 0  # nothing usable: zeros
+        last[4, 3] = 1  # one difference: its own rate
+        last[5, 3] = 5  # saturated after 5
+        good = trues(nx, ny, K)
+        good[6, 3, 2] = false
+        good[7, 3, [3, 4]] .= false
+        dimages[7, 3, 3] += 5000.0  # a cosmic ray: in the median, not in the fit
+        result = sutr_omega(dimages, gain, read_var, last, good; compat = true)
+        for y in 1:ny, x in 1:nx
+            use = [k <= last[x, y] && good[x, y, k] for k in 1:K]
+            want = wood_reference(dimages[x, y, :], gain[x, y], read_var[x, y], use, 2)
+            have = (result.rates[x, y], result.ivars[x, y], result.chi2s[x, y])
+            @test all(isapprox.(have, want; rtol = 1e-10, atol = 1e-10))
+        end
+        @test (result.rates[3, 3], result.ivars[3, 3], result.chi2s[3, 3]) == (0.0, 0.0, 0.0)
+        @test result.rates[4, 3] ≈ dimages[4, 3, 1] rtol = 1e-12
+        @test result.dimage === result.rates && result.stages === nothing
+        @test result.cr_image[7, 3] == 2 && sum(result.cr_image) == 3
+        # The default mode: the same estimator from the median of the usable differences, chi2
+        # at the final rate; close to sutr_wood's, not equal.
+        default = sutr_omega(dimages, gain, read_var, last, good)
+        @test default.rates ≈ result.rates rtol = 1e-2
+        @test default.rates[7, 3] != result.rates[7, 3]
+        @test_throws ArgumentError sutr_omega(dimages, gain, read_var, last, good; compat = true,
+            traces = Traces(fill(5.0, nx, 1), 1.0))
+        @test_throws DimensionMismatch sutr_omega(dimages, gain[1:2, :], read_var, last, good)
+    end
+
+    @testset "sutr_omega with traces runs the stages" begin
+        rng = Xoshiro(5)
+        nx, ny, n_diffs = 40, 16, 10
+        omega = 1.0 .- 0.4 .* rand(rng, n_diffs)
+        traces = Traces(fill(8.3, 36, 1), 0.9)  # one fiber; columns 37-40 untraced
+        light = [x <= 36 ? 3000.0 * APRampFit.profile_fraction(8.3, 0.9, y) : 0.0
+                 for x in 1:nx, y in 1:ny] .+ 5.0
+        e_diffs = light .* reshape(omega, 1, 1, :)
+        e_diffs .+= sqrt.(e_diffs .+ 90.0) .* randn(rng, nx, ny, n_diffs)
+        gain, read_var = fill(1.9, nx, ny), fill(25.0, nx, ny)
+        dimages = e_diffs ./ gain
+        last = fill(n_diffs, nx, ny)
+        last[10, 8] = 4  # saturated after 4 differences
+        last[11, 8] = 0
+        options = FitOptions(min_fit_pixels = 10)
+        result = sutr_omega(dimages, gain, read_var, last, trues(nx, ny, n_diffs); traces,
+            options)
+        stages = result.stages
+        @test result.model == [MODEL_TIME_VARIABLE]
+        @test result.omega[result.ref_index, 1] == 1.0
+        @test sum(result.omega_used[:, 1]) / n_diffs ≈ 1.0 rtol = 1e-12
+        @test maximum(abs.(result.omega[:, 1] .- omega ./ omega[result.ref_index])) < 0.05
+        extracted = stages.results[1]
+        fitted = extracted.n_diff .>= 2
+        @test result.dimage[fitted] == extracted.flux[fitted]
+        @test (result.dimage[11, 8], result.ivarimage[11, 8]) == (0.0, 0.0)
+        @test result.pixel_flags[10, 8] & SATURATED != 0
+        @test result.pixel_flags[10, 8] & NONFINITE_READ == 0
+        @test result.fiber[8, 8] == 1 && result.fiber[38, 8] == 0
+        @test all(result.pixel_flags[37:40, :] .& BACKGROUND .!= 0)
+        # Fluxes are exposure averages (omega mean 1), like sutr_wood's.
+        columns = [1:10; 12:36]  # column 11 has no usable difference (dimage 0)
+        on_trace = result.dimage[columns, 8] ./ (light[columns, 8] ./ 1.9)
+        @test abs(sum(on_trace) / length(columns) - sum(omega) / n_diffs) < 0.03
     end
 
     @testset "flags" begin
@@ -181,38 +457,8 @@ end
         @test_throws ArgumentError fit_omega(reads, 10.0; segments, mode = "reference")
     end
 
-    @testset "sutr_omega: the sutr_wood contract" begin
-        rng = Xoshiro(5)
-        nx, ny, n_diffs = 40, 30, 10
-        omega = 1.0 .- 0.3 .* rand(rng, n_diffs)
-        rate = 200.0 .+ 50.0 .* rand(rng, nx, ny)  # e- per read
-        gain = fill(1.9, nx, ny)
-        read_var = fill(25.0, nx, ny)  # DN^2
-        trace_y = fill(15.4, nx, 1)  # one fiber along row 15 (1-based)
-        light = [abs(y - 15) <= 2 ? 20.0 : 1.0 for x in 1:nx, y in 1:ny]
-        e_diffs = rate .* light .* reshape(omega, 1, 1, :) .+
-                  sqrt.(rate .* light) .* randn(rng, nx, ny, n_diffs)
-        dimages = Float32.(e_diffs ./ gain)  # DN, Float32 like ApogeeReduction.jl
-        last_unsaturated = fill(n_diffs, nx, ny)
-        last_unsaturated[1, 1] = 0  # nothing usable: zeros, as sutr_wood
-        not_cosmic_ray = trues(nx, ny, n_diffs)
-        not_cosmic_ray[2, 2, 3] = false
-        rates, ivars, chi2s = sutr_omega(dimages, gain, read_var, last_unsaturated,
-            not_cosmic_ray)
-        @test size(rates) == (nx, ny) && eltype(rates) == Float64
-        @test (rates[1, 1], ivars[1, 1], chi2s[1, 1]) == (0.0, 0.0, 0.0)
-        reads = cumsum(cat(zeros(nx, ny), Float64.(dimages); dims = 3); dims = 3)
-        const_fit = fit_constant(reads, sqrt.(read_var); gain)
-        @test rates[3:end, 3:end] ≈ const_fit.flux[3:end, 3:end] rtol = 1e-10
-        @test ivars[3:end, 3:end] ≈ 1 ./ const_fit.flux_var[3:end, 3:end] rtol = 1e-10
-        result = sutr_omega(dimages, gain, read_var, last_unsaturated, not_cosmic_ray;
-            trace_centers = trace_y, n_bright = 30)
-        @test size(result.omega) == (n_diffs, 1) && result.omega_converged[1]
-        truth = omega ./ omega[result.omega_ref_index[1]]
-        @test maximum(abs.(result.omega[:, 1] .- truth)) < 0.05
-        on_trace = result.tv_rates[5:end, 13:17] ./ (rate[5:end, 13:17] .* 20.0 ./ 1.9)
-        # Fluxes come at omega's normalisation (omega[ref_index] = 1).
-        @test abs(sum(on_trace) / length(on_trace) - omega[result.omega_ref_index[1]]) < 0.05
-        @test result.tv_rates[:, 1:10] == result.rates[:, 1:10]
+    @testset "version" begin
+        project = TOML.parsefile(joinpath(@__DIR__, "..", "Project.toml"))
+        @test pkgversion(APRampFit) == VersionNumber(project["version"])
     end
 end

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..traces import Traces
 from .extract import ChipResult, extract_chip
 from .fibers import fit_fibers
-from .inputs import ChipExposure, load_chip, match_inputs
+from .inputs import ChipExposure, check_calibration, load_chip, match_inputs
 from .options import FitOptions
 from .prepare import correct_1f, prepare_chip
 from .product import product_parts
@@ -46,8 +46,10 @@ def run_exposure(
     product: str | os.PathLike | None = None,
     overwrite: bool = False,
     keep_images: bool = False,
+    traces_any_night: bool = False,
     progress: bool = False,
     on_chip: Callable[[str, ChipResult], ChipResult] | None = None,
+    identity: Mapping | None = None,
 ) -> ExposureResult:
     """Fit omega for every fiber, choose models, extract every pixel of every chip.
 
@@ -74,11 +76,17 @@ def run_exposure(
         Replace an existing product.
     keep_images : bool
         Keep every chip's images in the result even when a product is written.
+    traces_any_night : bool
+        With files: accept trace files of another night of the exposure's telescope.
     progress : bool
         Show a progress bar (tqdm) over the steps.
     on_chip : callable, optional
         ``on_chip(name, chip_result)`` is called as soon as a chip is extracted; what it returns
         is kept in the result in place of ``chip_result``.
+    identity : mapping, optional
+        With one file: its ``chip``, ``telescope`` and ``mjd`` where its name does not say them
+        or says them wrong (``pyapred fit --chip --telescope --mjd``;
+        :func:`~pyapred.exposure.identify_exposure`).
 
     Returns
     -------
@@ -93,8 +101,10 @@ def run_exposure(
     options = dataclasses.replace(options, backend=resolve_backend(options.backend))
     meta: dict = {}
     if not isinstance(chips, Mapping):
-        chips, traces, meta = _file_sources(chips, traces, options)
+        chips, traces, meta = _file_sources(chips, traces, options, traces_any_night, identity)
     else:
+        if identity:
+            raise ValueError("identity: only for files (chips in memory carry their own)")
         chips = {name: _with_calibration(source, options) for name, source in chips.items()}
     if product is None:
         return _run(chips, traces, options, meta, progress, on_chip)
@@ -191,6 +201,7 @@ def _run(chips, traces, options, meta, progress, on_chip) -> ExposureResult:
             with _timed(timings, "load"):
                 chip = _load(chips[name])
             _check_consistent(chip, seen)
+            check_calibration(chip)
             read_times = chip.read_times if read_times is None else read_times
             timing = chip.timing if timing is None else timing
             with _timed(timings, "prepare"):
@@ -228,18 +239,25 @@ def _run(chips, traces, options, meta, progress, on_chip) -> ExposureResult:
     )
 
 
-def _file_sources(inputs, trace_paths, options: FitOptions) -> tuple[dict, dict, dict]:
+def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, identity) -> tuple:
     """Loaders and traces of one exposure's files, by chip, and the paths for the product."""
+    from ..io.paths import check_input_file
     from ..traces import read_trace_file
 
-    pairs = match_inputs(list(inputs), list(trace_paths))
+    for path in inputs:
+        check_input_file(path, "inputs")
+    for path in trace_paths:
+        check_input_file(path, "traces")
+    pairs = match_inputs(
+        list(inputs), list(trace_paths), traces_any_night=any_night, identity=identity
+    )
     traces = {chip: read_trace_file(trace) for chip, (_, trace) in pairs.items()}
 
     def loader(name, path, trace_path):
         def load():
             chip = load_chip(
                 path, gain=options.gain, read_noise=options.read_noise,
-                saturation=options.saturation,
+                saturation=options.saturation, identity=identity,
             )  # fmt: skip
             # Checked here too, so that the error names the trace file.
             traces[name].check_geometry(*chip.reads.shape[1:], source=str(trace_path))

@@ -51,6 +51,25 @@ class ChipResult:
     fibers: FiberFits
     prepared: PreparedChip
 
+    def __repr__(self) -> str:
+        """Shapes and key figures (a few lines, never whole arrays)."""
+        from ..solver.reprs import count_flags, finite_median, fmt
+
+        if self.flux is None:
+            images = f"images {self.fiber.shape} written to the product (not kept)"
+        else:
+            traced = self.fiber >= 0
+            images = (
+                f"images {self.flux.shape}; median flux of traced pixels "
+                f"{fmt(finite_median(self.flux[traced]))} DN/read; "
+                f"{count_flags(self.flags, ignore=Flag.BACKGROUND)}"
+            )
+        constant = "kept" if self.constant is not None else "not kept"
+        return (
+            f"ChipResult {self.prepared.name}: {images}; constant model {constant}\n"
+            f"  prepared: {self.prepared!r}\n  fibers: {self.fibers!r}"
+        )
+
 
 def extract_chip(
     chip: ChipExposure, prepared: PreparedChip, fibers: FiberFits, options: FitOptions

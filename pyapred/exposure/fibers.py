@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..solver import Flag, FluxFit, OmegaFit, fit_constant, fit_omega
+from ..solver.api import StopReason
 from .options import FitOptions
 from .prepare import PreparedChip, release_fit_reads
 
@@ -96,6 +97,62 @@ class FiberFits:
         """Marginal omega errors, ``(n_fibers, K)``, from the diagonal of ``omega_cov``."""
         return np.sqrt(np.maximum(np.diagonal(self.omega_cov, axis1=1, axis2=2), 0.0))
 
+    def _summary(self) -> dict:
+        """Counts and medians by name, for ``__repr__``, ``_repr_html_`` and ExposureResult's."""
+        from ..solver.reprs import finite_median, quiet_nanmedian
+        from ..traces import fiber_id
+
+        bright = np.asarray(self.bright, dtype=bool)
+        counts = np.bincount(self.model, minlength=len(MODEL_NAMES))
+        failed = np.flatnonzero(self.flags & Flag.FALLBACK_CONSTANT)
+        if self.fit is None:
+            converged = "n/a (no omega fit)"
+        else:
+            tried = ~(self.fit.group_flags & Flag.EMPTY_GROUP).astype(bool)
+            converged = f"{int(np.sum(self.fit.converged & tried))} of {int(tried.sum())}"
+        error = np.where(np.arange(self.omega.shape[1]) == self.ref_index, np.nan,
+                         self.omega_error())  # fmt: skip
+        error = np.where(np.isfinite(self.omega_fit), error, np.nan)
+        ids = ", ".join(str(i) for i in fiber_id(failed[:8]))
+        return {
+            "fibers": self.omega.shape[0],
+            "K": self.omega.shape[1],
+            "time-variable": int(counts[MODEL_TIME_VARIABLE]),
+            "constant": int(counts[MODEL_CONSTANT]),
+            "borrowed": int(counts[MODEL_BORROWED]),
+            "bright": int(bright.sum()),
+            "converged": converged,
+            "FPI": int(np.count_nonzero(self.flags & Flag.FPI_FIBER)),
+            "fit failed": f"{failed.size} (fiberIds {ids}{', ...' if failed.size > 8 else ''})"
+            if failed.size
+            else "0",
+            "median chi2/dof time-variable": finite_median(self.chi2_dof_variable[bright]),
+            "median chi2/dof constant": finite_median(self.chi2_dof_constant[bright]),
+            "median omega error": finite_median(quiet_nanmedian(error, axis=1)[bright]),
+        }
+
+    def __repr__(self) -> str:
+        """Model counts, convergence and key figures (a few lines, never whole arrays)."""
+        from ..solver.reprs import fmt
+
+        s = self._summary()
+        return (
+            f"FiberFits: {s['fibers']} fibers x K = {s['K']} read differences, ref_index "
+            f"{self.ref_index}; models {s['time-variable']} time-variable, {s['constant']} "
+            f"constant, {s['borrowed']} borrowed; {s['bright']} bright; converged "
+            f"{s['converged']}; {s['FPI']} FPI; fit failed {s['fit failed']}\n  median chi2/dof "
+            f"of bright fibers {fmt(s['median chi2/dof time-variable'])} time-variable vs "
+            f"{fmt(s['median chi2/dof constant'])} constant; median omega error "
+            f"{fmt(s['median omega error'])} (reference read = 1)"
+        )
+
+    def _repr_html_(self) -> str:
+        from ..solver.reprs import fmt, html_table
+
+        s = self._summary()
+        row = [v if isinstance(v, int | str) else fmt(v) for v in s.values()]
+        return html_table(list(s), [row], caption="FiberFits")
+
 
 def _free(array: np.ndarray, ref_index: int) -> np.ndarray:
     """Drop the fixed element along the last axis."""
@@ -145,6 +202,15 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
     sigma = joined([p.fit_read_noise for p in prepared], 1)
     gain = joined([p.fit_gain for p in prepared], 1)
     valid = joined([p.fit_pixels.valid for p in prepared], 1)
+    if len(prepared) > 1:
+        # Each chip's fit pixels come first on its own padded pixel axis, so joined, a fiber's
+        # pixels of later chips sit after the earlier chips' padding: put every fiber's valid
+        # pixels first (stably), so that the first P entries below hold all of them.
+        order = np.argsort(~valid, axis=1, kind="stable")
+        valid = np.take_along_axis(valid, order, axis=1)
+        sigma = np.take_along_axis(sigma, order, axis=1)
+        gain = np.take_along_axis(gain, order, axis=1)
+        reads = np.take_along_axis(reads, order[None], axis=2)
     prepared[:] = [release_fit_reads(p, options) for p in prepared]
     mask = np.broadcast_to(~valid, reads.shape)
     n_pix = valid.sum(axis=1)
@@ -204,6 +270,10 @@ def _scatter(fit: OmegaFit, const: FluxFit, todo: np.ndarray, n_fibers: int, ref
         converged=spread(fit.converged, False),
         flags=spread(fit.flags, int(Flag.NOT_IN_OMEGA_FIT)),
         group_flags=spread(fit.group_flags, int(Flag.EMPTY_GROUP)),
+        # The convergence report; fibers not fitted are empty groups.
+        stop_reason=spread(fit.stop_reason, int(StopReason.EMPTY)),
+        step_size=spread(fit.step_size, nan),
+        damping=spread(fit.damping, nan),
     )
     const_full = FluxFit(
         flux=spread(const.flux, nan),

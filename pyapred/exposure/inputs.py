@@ -8,6 +8,9 @@ files of one exposure with their trace files by chip.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +19,12 @@ import numpy as np
 from ..errors import InputError, ReadRangeError
 
 __all__ = [
+    "CALIBRATION_BOUNDS",
     "DEFAULT_SATURATION_DN",
+    "IDENTITY_KEYS",
     "TIMING_CARDS",
     "ChipExposure",
+    "check_calibration",
     "identify_exposure",
     "load_chip",
     "match_inputs",
@@ -69,14 +75,49 @@ class ChipExposure:
     writable: bool = False
     timing: dict | None = None
 
+    def __repr__(self) -> str:
+        """Name, shape, type and calibration (a line, never whole arrays)."""
+
+        def value(x) -> str:
+            if x is None:
+                return "-"
+            x = np.asarray(x)
+            return f"{float(x):.4g}" if x.ndim == 0 else f"map {x.shape}"
+
+        return (
+            f"ChipExposure {self.name}: reads {tuple(self.reads.shape)} {self.reads.dtype}, "
+            f"read noise {value(self.read_noise)} DN, gain {value(self.gain)} e-/DN, "
+            f"saturation {value(self.saturation)} DN; {self.telescope or '-'} MJD "
+            f"{self.mjd or '-'}; from {self.source}"
+        )
+
 
 #: Default saturation level, DN (apogee_drp's ``satval``), when a file has no SATURATE card.
 DEFAULT_SATURATION_DN = 55000.0
 
 
-def _header_number(path, header, keyword: str, given, option: str, default=None) -> float:
-    """``given`` (from ``option``), else the header card ``keyword`` or ``default``; > 0."""
+#: Plausible ranges of the calibration (``(low, high)``, inclusive): gain in e-/DN, single-read
+#: noise and saturation in DN. APOGEE's detectors have gains of 1.9-3 e-/DN, read noise of a few
+#: DN and saturate near 55000 DN; values outside these ranges are typing errors or corrupt
+#: headers, and would give an all-NaN or meaningless product.
+CALIBRATION_BOUNDS = {
+    "gain": (0.01, 100.0),
+    "read_noise": (0.01, 1000.0),
+    "read_variance": (1e-4, 1e6),  # DN^2: an ar3Dcal file's readVarMat
+    "saturation": (1.0, 1e6),
+}
+_CARDS = {"gain": ("GAIN", "--gain"), "read_noise": ("RDNOISE", "--read-noise"),
+          "saturation": ("SATURATE", "--saturation")}  # fmt: skip
 
+
+def _expected(name: str) -> str:
+    low, high = CALIBRATION_BOUNDS[name]
+    return f"a finite number > 0, within [{low:g}, {high:g}] (plausible for APOGEE)"
+
+
+def _header_number(path, header, name: str, given, default=None) -> float:
+    """``given`` (from its option), else the header card of ``name`` or ``default``, in range."""
+    keyword, option = _CARDS[name]
     field_name = option if given is not None else f"header keyword {keyword}"
     value = given if given is not None else header.get(keyword, default)
     if value is None:
@@ -85,9 +126,39 @@ def _header_number(path, header, keyword: str, given, option: str, default=None)
         number = float(value)
     except (TypeError, ValueError):
         number = float("nan")
-    if not (np.isfinite(number) and number > 0):
-        raise InputError(path, field_name, "a finite number > 0", repr(value))
+    low, high = CALIBRATION_BOUNDS[name]
+    if not (np.isfinite(number) and number > 0 and low <= number <= high):
+        raise InputError(path, field_name, _expected(name), repr(value))
     return number
+
+
+def _check_map(path, field_name: str, name: str, values) -> None:
+    """A calibration map (or value) is finite and in range; the error names the first pixel."""
+    values = np.asarray(values, dtype=np.float64)
+    low, high = CALIBRATION_BOUNDS[name]
+    bad = ~(np.isfinite(values) & (values >= low) & (values <= high))
+    if name == "saturation":
+        bad &= values != np.inf  # no saturation level: nothing masked
+    if bad.any():
+        where = np.argwhere(bad)[0] if values.ndim else ()
+        first = float(values[tuple(where)])
+        at = f" (first at row, column {tuple(int(i) for i in where)})" if values.ndim else ""
+        raise InputError(path, field_name, _expected(name),
+                         f"{int(bad.sum())} value(s) such as {first!r}{at}")  # fmt: skip
+
+
+def check_calibration(chip: ChipExposure) -> None:
+    """Refuse implausible gain, read noise or saturation of a chip (:data:`CALIBRATION_BOUNDS`).
+
+    Raises
+    ------
+    InputError
+        Naming ``chip.source`` and the quantity.
+    """
+    for name in ("gain", "read_noise", "saturation"):
+        value = getattr(chip, name)
+        if value is not None:
+            _check_map(chip.source, name, name, value)
 
 
 def load_chip(
@@ -96,6 +167,7 @@ def load_chip(
     gain: float | None = None,
     read_noise: float | None = None,
     saturation: float | None = None,
+    identity: Mapping | None = None,
 ) -> ChipExposure:
     """Read one chip from a raw ``.apz`` or an ApogeeReduction.jl ``ar3Dcal`` file.
 
@@ -110,6 +182,10 @@ def load_chip(
     ----------
     path : str or os.PathLike
     gain, read_noise, saturation : float, optional
+    identity : mapping, optional
+        ``chip``, ``telescope`` and ``mjd`` of a renamed file (``pyapred fit --chip
+        --telescope --mjd``): each replaces what the name says, and all three are needed when
+        the name says nothing (:func:`identify_exposure`). A ``.h5`` file is an ar3Dcal file.
 
     Returns
     -------
@@ -118,10 +194,22 @@ def load_chip(
     from ..io import parse_ar_name, read_apz, read_ar3dcal
 
     path = Path(path)
+    if identity:
+        with _named_as(path, identify_exposure(path, identity)) as alias:
+            chip = load_chip(alias, gain=gain, read_noise=read_noise, saturation=saturation)
+        return dataclasses.replace(chip, source=str(path))
     if path.suffix == ".h5":
         cal = read_ar3dcal(path)
         name = parse_ar_name(path)
         raw = cal.exposure
+        if gain is None:
+            _check_map(path, "gainMat", "gain", cal.gain)
+        if read_noise is None:
+            _check_map(path, "readVarMat", "read_variance", cal.read_var)
+        for quantity, value in (("gain", gain), ("read_noise", read_noise),
+                                ("saturation", saturation)):  # fmt: skip
+            if value is not None:  # an option given: its range, naming the flag
+                _header_number(path, {}, quantity, value)
         return ChipExposure(
             name=name.chip,
             reads=raw.reads,
@@ -143,11 +231,9 @@ def load_chip(
     return ChipExposure(
         name=raw.name.chip_color,
         reads=raw.reads,
-        read_noise=_header_number(path, header, "RDNOISE", read_noise, "--read-noise"),
-        gain=_header_number(path, header, "GAIN", gain, "--gain"),
-        saturation=_header_number(
-            path, header, "SATURATE", saturation, "--saturation", DEFAULT_SATURATION_DN
-        ),
+        read_noise=_header_number(path, header, "read_noise", read_noise),
+        gain=_header_number(path, header, "gain", gain),
+        saturation=_header_number(path, header, "saturation", saturation, DEFAULT_SATURATION_DN),
         read_times=(raw.read_times - raw.read_times[0]).sec,
         telescope=raw.telescope,
         mjd=raw.mjd,
@@ -171,20 +257,108 @@ def _timing(read_times, header) -> dict:
     return timing
 
 
-def identify_exposure(path) -> tuple[str, str, int, int]:
-    """``(chip, telescope, mjd, exposure)`` from a raw or ar3Dcal file name."""
+#: The keys of an input's identity (``pyapred fit --chip --telescope --mjd``).
+IDENTITY_KEYS = ("chip", "telescope", "mjd")
+
+
+def identify_exposure(path, identity: Mapping | None = None) -> tuple[str, str, int, int]:
+    """``(chip, telescope, mjd, exposure)`` from a raw or ar3Dcal file name.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    identity : mapping, optional
+        Any of ``chip`` ("R", "G", "B"), ``telescope`` ("apo", "lco") and ``mjd`` (SDSS MJD):
+        each replaces what the name says. A name that says nothing needs all three, and its
+        exposure number is then 0.
+
+    Raises
+    ------
+    InputError
+        A name that is neither a raw nor an ar3Dcal file's (without the three overrides), or an
+        override out of range.
+    """
     from ..io import parse_apz_name, parse_ar_name
 
+    identity = dict(identity or {})
+    unknown = set(identity) - set(IDENTITY_KEYS)
+    if unknown:
+        raise ValueError(f"identity: expected keys among {IDENTITY_KEYS}, got {sorted(unknown)}")
+    _check_identity(identity)
     ar = parse_ar_name(path)
     if ar is not None:
         if ar.stage != "ar3Dcal":
             raise InputError(path, "file name", "a raw .apz or an ar3Dcal_*.h5 file", ar.stage)
-        return ar.chip, ar.telescope, ar.mjd, ar.exposure
-    name = parse_apz_name(path)
-    return name.chip_color, name.telescope, name.mjd, name.exposure
+        named = ar.chip, ar.telescope, ar.mjd, ar.exposure
+    elif set(IDENTITY_KEYS) <= set(identity):
+        try:
+            name = parse_apz_name(path)
+            named = name.chip_color, name.telescope, name.mjd, name.exposure
+        except InputError:  # nothing in the name: the identity says it all
+            named = identity["chip"], identity["telescope"], identity["mjd"], 0
+    else:
+        name = parse_apz_name(path)
+        named = name.chip_color, name.telescope, name.mjd, name.exposure
+    chip, telescope, mjd, exposure = named
+    return (
+        identity.get("chip", chip),
+        identity.get("telescope", telescope),
+        int(identity.get("mjd", mjd)),
+        exposure,
+    )
 
 
-def match_inputs(inputs, trace_paths) -> dict:
+def _check_identity(identity: dict) -> None:
+    """The overrides' values, each refused naming its flag."""
+    from ..io.apz import EXPNUM_MJD_ZERO
+
+    allowed = {"chip": ("R", "G", "B"), "telescope": ("apo", "lco")}
+    for key, values in allowed.items():
+        if key in identity and identity[key] not in values:
+            raise InputError(f"--{key}", f"--{key}", " or ".join(values), repr(identity[key]))
+    if "mjd" in identity:
+        mjd = identity["mjd"]
+        if not isinstance(mjd, (int, np.integer)) or not EXPNUM_MJD_ZERO <= mjd <= 99999:
+            raise InputError("--mjd", "--mjd", f"an SDSS MJD, {EXPNUM_MJD_ZERO}..99999", repr(mjd))
+
+
+@contextlib.contextmanager
+def _named_as(path: Path, named: tuple[str, str, int, int]) -> Iterator[Path]:
+    """``path`` under the name its identity gives it (a link in a temporary folder), for the
+    readers that take the chip, telescope and night from the name; their errors name ``path``.
+    """
+    import os
+    import tempfile
+
+    from ..io import parse_ar_name
+    from ..io.apz import CHIP_COLOR, EXPNUM_MJD_ZERO, apz_filename
+
+    chip, telescope, mjd, exposure = named
+    if path.suffix == ".h5":
+        ar = parse_ar_name(path)
+        kind = ar.image_type if ar is not None else "object"
+        name = f"ar3Dcal_{telescope}_{mjd}_{exposure:04d}_{chip}_{kind}.h5"
+    else:
+        letter = {color: letter for letter, color in CHIP_COLOR.items()}[chip]
+        name = apz_filename(telescope, letter, (mjd - EXPNUM_MJD_ZERO) * 10000 + exposure)
+    if name == path.name:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="pyapred-input-") as folder:
+        alias = Path(folder) / name
+        os.symlink(path.absolute(), alias)
+        try:
+            yield alias
+        except InputError as exc:
+            if exc.path != str(alias):
+                raise
+            expected = exc.expected.replace("as in the file name", "as --chip or the file name say")
+            raise type(exc)(path, exc.field, expected, exc.found) from None
+
+
+def match_inputs(
+    inputs, trace_paths, *, traces_any_night: bool = False, identity: Mapping | None = None
+) -> dict:
     """Pair input files with trace files by chip, checking that they are one exposure.
 
     Parameters
@@ -192,8 +366,14 @@ def match_inputs(inputs, trace_paths) -> dict:
     inputs : sequence of paths
         Raw ``.apz`` or ``ar3Dcal`` files, one per chip, of one exposure.
     trace_paths : sequence of paths
-        One trace file per chip, named ``*Trace*_{tele}_{mjd}[_{EXP4}]_{chip}.h5``; with a
-        single input, a single trace file whose name does not give a chip is accepted too.
+        One trace file per chip, named ``*Trace*_{tele}_{mjd}[_{EXP4}]_{chip}.h5``, of the
+        exposure's telescope and night; with a single input, a single trace file whose name
+        does not give a chip is accepted too.
+    traces_any_night : bool
+        Accept trace files of another night of the same telescope (``--traces-any-night``:
+        e.g. ApogeeReduction.jl's fallback traces).
+    identity : mapping, optional
+        The chip, telescope and night of a single renamed input (:func:`identify_exposure`).
 
     Returns
     -------
@@ -203,15 +383,29 @@ def match_inputs(inputs, trace_paths) -> dict:
     Raises
     ------
     InputError
-        Exposures of different telescopes, nights or numbers, a chip given twice, or a chip
-        without a trace file.
+        Exposures of different telescopes, nights or numbers, a chip given twice, a chip
+        without a trace file, or a trace file of another telescope or (without
+        ``traces_any_night``) another night.
     """
     from ..traces import parse_trace_file_name
 
+    if identity and len(inputs) != 1:
+        flags = ", ".join(f"--{k}" for k in IDENTITY_KEYS if k in identity)
+        raise InputError(flags, flags, "exactly one input file", f"{len(inputs)} inputs")
     chips: dict = {}
     first = None
     for path in inputs:
-        chip, telescope, mjd, exposure = identify_exposure(path)
+        try:
+            chip, telescope, mjd, exposure = identify_exposure(path, identity)
+        except InputError as exc:
+            if exc.field != "file name" or exc.found is not None:
+                raise
+            missing = ", ".join(f"--{k}" for k in IDENTITY_KEYS if k not in (identity or {}))
+            raise InputError(
+                path, exc.field,
+                f"{exc.expected}, or ar3Dcal_{{tele}}_{{mjd}}_{{EXP4}}_{{chip}}_{{type}}.h5; for a "
+                f"renamed file (one input), say what its name does not with {missing}",
+            ) from None  # fmt: skip
         key = (telescope, mjd, exposure)
         if first is None:
             first = (key, path)
@@ -230,6 +424,7 @@ def match_inputs(inputs, trace_paths) -> dict:
     for path in trace_paths:
         parsed = parse_trace_file_name(path)
         if parsed is not None:
+            _check_trace_night(path, parsed, first, traces_any_night)
             traces[parsed[2]] = path
         elif len(trace_paths) == 1 and len(chips) == 1:
             traces[next(iter(chips))] = path  # one of each: the name need not say the chip
@@ -241,3 +436,19 @@ def match_inputs(inputs, trace_paths) -> dict:
             raise InputError(chips[chip], "traces", f"a trace file for chip {chip}", "none given")
         out[chip] = (chips[chip], traces[chip])
     return out
+
+
+def _check_trace_night(path, parsed: tuple, first: tuple | None, any_night: bool) -> None:
+    """A trace file named for another telescope, or another night, does not fit the exposure."""
+    if first is None:
+        return
+    (telescope, mjd, _), source = first
+    if parsed[0] != telescope:
+        raise InputError(path, "file name", f"a trace file of telescope {telescope} like {source}",
+                         parsed[0])  # fmt: skip
+    if parsed[1] != mjd and not any_night:
+        raise InputError(
+            path, "file name",
+            f"a trace file of night {mjd} like {source} (or pass --traces-any-night)",
+            f"night {parsed[1]}",
+        )  # fmt: skip

@@ -71,6 +71,19 @@ class PreparedChip:
     rate: np.ndarray
     omega_rough: np.ndarray
 
+    def __repr__(self) -> str:
+        """Shapes and counts (a line, never whole arrays)."""
+        count = self.fit_pixels.count
+        with_pixels = count[count > 0]
+        median = int(np.median(with_pixels)) if with_pixels.size else 0
+        reads = "released" if self.fit_reads is None else f"kept {self.fit_reads.shape}"
+        saturated = "-" if self.saturated is None else int(np.count_nonzero(self.saturated))
+        return (
+            f"PreparedChip {self.name}: reads {tuple(self.shape)}; {self.traces.n_fibers} fibers, "
+            f"{with_pixels.size} with fit pixels (median {median}); {len(self.jumps)} "
+            f"cosmic-ray reads masked; {saturated} pixels saturated; fit reads {reads}"
+        )
+
 
 def _pixel_values(value, rows, cols) -> np.ndarray:
     value = np.asarray(value, dtype=np.float64)

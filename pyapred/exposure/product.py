@@ -7,6 +7,7 @@ from :meth:`pyapred.io.ChipImages.from_fit` of each chip). No file I/O: the driv
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +27,9 @@ class ProductParts:
     fibers : dict of str to pyapred.io.FiberResults
         By fiber group (chip name, or ``"joint"``).
     metadata : dict
-        The ``metadata`` group: decision statistics per group, ``fit_options``
-        (:meth:`~pyapred.exposure.FitOptions.to_record`), the exposure's timing cards.
+        The ``metadata`` group: ``fit_options``
+        (:meth:`~pyapred.exposure.FitOptions.to_record`), the exposure's identity (``telescope``,
+        ``mjd``, ``expnum``, from the input file names) and timing cards.
     inputs : list of str
         Input files then trace files, hashed into the product.
     backend : str
@@ -39,14 +41,25 @@ class ProductParts:
     inputs: list
     backend: str
 
+    def __repr__(self) -> str:
+        """Fiber groups, metadata keys and inputs (a line, never whole arrays)."""
+        groups = ", ".join(f"{key} ({len(fibers.model)} fibers)" for key, fibers in
+                           self.fibers.items())  # fmt: skip
+        names = [os.path.basename(path) for path in self.inputs]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return (
+            f"ProductParts: fiber groups {groups or '-'}; {len(self.metadata)} metadata keys; "
+            f"backend {self.backend}; inputs {shown or '-'}"
+        )
+
 
 def product_parts(result: ExposureResult) -> ProductParts:
     """The fiber groups, the metadata and the hashed inputs of ``result``'s product.
 
     Per fiber group, omega as fitted (``ref_index`` normalisation; ones with zero covariance
-    for fibers not fitted, the bright-fiber mean for borrowed fibers), its covariance, the model
-    and the flags; the decision statistics go to the metadata as ``{group}_delta_chi2``,
-    ``{group}_p_value``, ``{group}_amplitude`` and ``{group}_n_fit_pixels`` arrays.
+    for fibers not fitted, the bright-fiber mean for borrowed fibers), its covariance, the model,
+    the flags and the decision statistics (``delta_chi2``, ``p_value``, ``amplitude``,
+    ``n_fit_pixels``, and ``n_iter`` where omega was fitted).
     """
     from ..io import FiberResults  # h5py and astropy: only when a product is made
 
@@ -58,6 +71,7 @@ def product_parts(result: ExposureResult) -> ProductParts:
         borrowed = fits.model == MODEL_BORROWED
         omega[borrowed] = fits.borrowed_omega
         cov[borrowed] = fits.borrowed_cov
+        n_iter = getattr(fits.fit, "n_iter", None)
         fibers[key] = FiberResults(
             fiber_index=np.arange(n),
             omega=omega,
@@ -65,9 +79,13 @@ def product_parts(result: ExposureResult) -> ProductParts:
             ref_index=np.full(n, fits.ref_index),
             model=tuple(MODEL_NAMES[m] for m in fits.model),
             flags=fits.flags,
+            amplitude=np.asarray(fits.amplitude, np.float64),
+            delta_chi2=np.asarray(fits.delta_chi2, np.float64),
+            p_value=np.asarray(fits.p_value, np.float64),
+            n_fit_pixels=np.asarray(fits.n_fit_pixels, np.int64),
+            n_iter=None if np.shape(n_iter) != (n,) else np.asarray(n_iter, np.int64),
         )
-        for stat in ("delta_chi2", "p_value", "amplitude", "n_fit_pixels"):
-            meta[f"{key}_{stat}"] = np.asarray(getattr(fits, stat))
+    meta.update(_identity(result.meta.get("inputs", ())))
     meta["model_option"] = result.options.model
     meta["joint_chips"] = bool(result.options.joint_chips)
     meta["fit_options"] = result.options.to_record()
@@ -75,3 +93,20 @@ def product_parts(result: ExposureResult) -> ProductParts:
     meta.update(result.meta.get("timing") or {})
     inputs = [*result.meta.get("inputs", ()), *result.meta.get("traces", ())]
     return ProductParts(fibers, meta, inputs, result.options.backend)
+
+
+def _identity(inputs) -> dict:
+    """``telescope``, ``mjd`` (SJD) and ``expnum`` of the exposure, from its first input file's
+    name (empty for chips given in memory, or a name that does not tell)."""
+    from ..errors import InputError
+    from ..io import exposure_number
+    from .inputs import identify_exposure
+
+    if not inputs:
+        return {}
+    try:
+        _, telescope, mjd, exposure = identify_exposure(inputs[0])
+        expnum = exposure_number(mjd, exposure, telescope)
+    except (InputError, ValueError):
+        return {}
+    return {"telescope": telescope, "mjd": int(mjd), "expnum": int(expnum)}

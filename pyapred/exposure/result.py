@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..solver import Flag
+from ..traces import fiber_id
 from .extract import ChipResult
 from .fibers import MODEL_NAMES, FiberFits, _free
 from .options import FitOptions
@@ -41,14 +42,107 @@ class ExposureResult:
     read_times: np.ndarray
     meta: dict = field(default_factory=dict)
 
+    @property
+    def read_times_known(self) -> bool:
+        """False when no chip carried read times: ``read_times`` is then the read index
+        ``0, 1, 2, ...`` that :func:`~pyapred.exposure.run_exposure` puts in their place."""
+        times = np.asarray(self.read_times, dtype=np.float64)
+        return not np.array_equal(times, np.arange(times.size))
+
+    def _time_span(self) -> str:
+        n = len(self.read_times)
+        if not self.read_times_known:
+            return f"{n} reads (read times unknown)"
+        return f"{n} reads over {self.read_times[-1] - self.read_times[0]:.1f} s"
+
+    def _chip_rows(self) -> list[list[str]]:
+        from ..solver.reprs import count_flags
+
+        rows = []
+        for name, chip in self.chips.items():
+            if chip.flags is None:
+                flagged, images = "in the product", "in the product"
+            else:
+                flagged = count_flags(chip.flags, ignore=Flag.BACKGROUND)
+                images = "in memory"
+            shape = tuple(chip.prepared.shape)
+            rows.append([name, str(shape), str(len(chip.prepared.jumps)), flagged, images])
+        return rows
+
+    def __repr__(self) -> str:
+        """Chips, fiber groups and their key figures (a few lines, never whole arrays)."""
+        from ..solver.reprs import fmt
+
+        lines = [
+            f"ExposureResult: chips {', '.join(self.chips)}; {self._time_span()}; backend "
+            f"{self.options.backend}"
+        ]
+        for key, fits in self.fibers.items():
+            s = fits._summary()
+            lines.append(
+                f"  fibers {key}: {s['fibers']} fibers, {s['time-variable']} time-variable / "
+                f"{s['constant']} constant / {s['borrowed']} borrowed; {s['bright']} bright; "
+                f"converged {s['converged']}; fit failed {s['fit failed']}; median chi2/dof "
+                f"{fmt(s['median chi2/dof time-variable'])} (constant "
+                f"{fmt(s['median chi2/dof constant'])}); median omega error "
+                f"{fmt(s['median omega error'])}"
+            )
+        for name, shape, cosmic, flagged, images in self._chip_rows():
+            lines.append(
+                f"  chip {name}: reads {shape}; {cosmic} cosmic-ray reads masked; pixels "
+                f"{flagged}; images {images}"
+            )
+        problems = self.problems()
+        lines.append(f"  problems: {len(problems) or 'none'}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """Tables per fiber group and per chip, for Jupyter."""
+        import html
+
+        from ..solver.reprs import fmt, html_table
+
+        header, rows = ["group"], []
+        for key, fits in self.fibers.items():
+            s = fits._summary()
+            header = ["group", *s]
+            rows.append([key, *(v if isinstance(v, int | str) else fmt(v) for v in s.values())])
+        chips = html_table(
+            ["chip", "reads (n_reads, ny, nx)", "cosmic-ray reads masked", "flagged pixels",
+             "images"],
+            self._chip_rows(),
+            caption="Chips (flagged: any bit but BACKGROUND)",
+        )  # fmt: skip
+        listed = self.problems()
+        problems = "".join(f"<li>{html.escape(p)}</li>" for p in listed[:20])
+        problems += f"<li>... {len(listed) - 20} more</li>" if len(listed) > 20 else ""
+        return (
+            f"<div><b>ExposureResult</b>: chips {html.escape(', '.join(self.chips))}; "
+            f"{html.escape(self._time_span())}; backend {html.escape(self.options.backend)}"
+            + html_table(header, rows, caption="Fiber groups (chi2/dof, omega error: bright "
+                         "fibers; omega error at reference read = 1)")
+            + chips
+            + (f"<b>Problems</b><ul>{problems}</ul>" if problems else "")
+            + "</div>"
+        )  # fmt: skip
+
     def problems(self) -> list[str]:
-        """Human-readable list of flagged fit problems (fallbacks to the constant model)."""
+        """The flagged fit problems, one line per fiber: group, fiberId and why its omega fit
+        failed (the fiber then fell back to the constant model)."""
         out = []
         for key, fits in self.fibers.items():
-            bad = np.flatnonzero(fits.flags & Flag.FALLBACK_CONSTANT)
-            if bad.size:
+            for index in np.flatnonzero(fits.flags & Flag.FALLBACK_CONSTANT):
+                flags = int(fits.flags[index])
+                reasons = []
+                if flags & Flag.NOT_CONVERGED:
+                    n_iter = int(fits.fit.n_iter[index]) if fits.fit is not None else None
+                    reasons.append(f"not converged after {n_iter} iterations")
+                if flags & Flag.OMEGA_ELEMENT_NO_DATA:
+                    reasons.append("a read difference without usable data in any fit pixel")
+                reasons.append(f"{int(fits.n_fit_pixels[index])} fit pixels")
                 out.append(
-                    f"{key}: omega fit failed for fibers {bad.tolist()}; constant model used"
+                    f"{key}: fiberId {int(fiber_id(index))}: omega fit failed "
+                    f"({'; '.join(reasons)}); constant model used"
                 )
         return out
 

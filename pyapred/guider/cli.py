@@ -18,7 +18,8 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
-from ..io.atomic import writable_folder
+from ..io.paths import check_input_file, check_output_path
+from ..traces import fiber_id, fiber_index
 from .compare import compare
 from .frames import fits_input_errors
 from .omega import read_product_omega
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--guider", required=True, nargs="+", help="guider files: paths, a glob or a directory"
     )
     parser.add_argument(
-        "--fibers", help="fiber indices (0-based, 300 - fiberId), e.g. 10,20-25; default all fitted"
+        "--fibers", help="fiberIds (1-300, as SDSS numbers them), e.g. 10,20-25; default all fitted"
     )
     parser.add_argument("--group", help="the product's fiber group: R, G, B or joint (default)")
     parser.add_argument(
@@ -47,7 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lag", action="store_true", help="fit a time lag within +-60 s")
     parser.add_argument("--out", required=True, help="figure to write (PNG)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument(
         "--telescope", choices=("apo", "lco"), help="fiber diameter default (from file names)"
     )
@@ -100,12 +100,23 @@ def run(args: argparse.Namespace) -> int:
         Bad input (exit code 2 in ``pyapred.cli.main``): an unwritable ``--out``, bad
         ``--fibers``, an unreadable product or exposure, no read times, no usable guider frame.
     """
-    writable_folder(os.path.dirname(os.path.abspath(args.out)), path=args.out)
     try:
-        fibers = _parse_fibers(args.fibers)
+        fiber_ids = _parse_fibers(args.fibers)
     except ValueError:
-        raise InputError("--fibers", "--fibers", "indices such as 10,20-25", args.fibers) from None
+        raise InputError("--fibers", "--fibers", "fiberIds such as 10,20-25", args.fibers) from None
+    inputs = [check_input_file(args.product, "--product")]
+    if args.exposure:
+        inputs.append(check_input_file(args.exposure, "--exposure"))
+    check_output_path(args.out, "--out", inputs=inputs, overwrite=True)
     data = read_product_omega(args.product, args.group)
+    fibers = None
+    if fiber_ids is not None:  # users number fibers by fiberId; the product by 0-based index
+        fibers = [int(fiber_index(i)) for i in fiber_ids]
+        have = set(np.asarray(data["fiber_index"]).tolist())
+        missing = [i for i, f in zip(fiber_ids, fibers, strict=True) if f not in have]
+        if missing:
+            raise InputError(args.product, "omega", "the --fibers' fiberIds among its fibers",
+                             f"no fiberIds {missing}")  # fmt: skip
     read_times = None
     if args.exposure:
         read_times = _exposure_header(args.exposure)
@@ -128,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:  # matplotlib is the optional 'plots' extra
         raise InputError(args.out, "--out", "matplotlib installed: pip install 'pyapred[plots]'",
                          str(exc)) from None  # fmt: skip
-    if args.json:
+    if getattr(args, "json", False):
         print(json.dumps(result.to_dict(), indent=1))
     else:
         print(f"pyapred guider: {len(result.series)} guider frames, {len(result.fibers)} fibers")
@@ -136,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  lag {result.lag:+.2f} +/- {result.lag_err:.2f} s; clock: {result.clock}")
         for i, f in enumerate(result.fibers):
             print(
-                f"  fiber {f}: scale {result.scale[i]:.4f} +/- {result.scale_err[i]:.4f}, "
+                f"  fiberId {int(fiber_id(f))}: scale {result.scale[i]:.4f} "
+                f"+/- {result.scale_err[i]:.4f}, "
                 f"r {result.correlation[i]:.3f}, chi2/dof {result.chi2_dof[i]:.2f}, "
                 f"rms {result.residual_rms[i]:.4f}, "
                 f"explained {result.explained_variance[i]:.2f}"

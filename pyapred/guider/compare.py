@@ -20,6 +20,7 @@ from astropy.time import Time
 
 from ..errors import InputError
 from ..io.atomic import atomic_path
+from ..traces import fiber_id
 from .fiber_flux import GuiderSeries, guider_series
 from .frames import GuiderFrames, as_guider_frames, header_number
 from .omega import select_omega
@@ -125,7 +126,7 @@ class GuiderComparison:
             return [None if not np.isfinite(v) else float(v) for v in np.ravel(values)]
 
         return {
-            "fibers": [int(f) for f in self.fibers],
+            "fiber_ids": [int(fiber_id(f)) for f in self.fibers],
             "t0_tai": self.t0.tai.isot,
             "lag_s": float(self.lag),
             "lag_err_s": None if not np.isfinite(self.lag_err) else float(self.lag_err),
@@ -200,7 +201,7 @@ class GuiderComparison:
                 fmt="o",
                 ms=3,
                 lw=0.8,
-                label=f"fiber {self.fibers[f]}" if n < 6 else None,
+                label=f"fiberId {int(fiber_id(self.fibers[f]))}" if n < 6 else None,
             )
             residual = (self.omega[f] - self.scale[f] * self.guider) / self.omega_err[f]
             bottom.plot(mid[use], residual[use], "o", ms=3)

@@ -117,8 +117,9 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
 def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dict:
     """Omega, covariance, fiber indices and read times of one fiber group of a product.
 
-    Reads with :func:`pyapred.io.product.read_product`. The group is ``group``, else ``"joint"``
-    when present, else the first of R, G, B. Read times come from the metadata:
+    Reads with :func:`pyapred.io.product.read_product` (product formats 1 and 2, without the
+    chip images). The group is ``group``, else ``"joint"`` when present, else the first of R,
+    G, B. Read times come from the metadata:
     ``read_times_tai_mjd``, or the exposure header cards ``DATE-OBS``, ``TIMESYS``, ``INTOFF``
     (and ``INTDELAY``, ``CONFIGID``).
 
@@ -143,7 +144,7 @@ def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dic
     """
     from ..io.product import read_product  # h5py: imported when a product is read
 
-    product = read_product(path)
+    product = read_product(path, images=False)  # formats 1 and 2; the images are not needed
     groups, metadata = product.fibers, product.metadata
     if not groups:
         raise InputError(path, "fibers", "per-fiber omega in a /fibers/{group} group")

@@ -27,10 +27,12 @@ from .apz import (
 from .hdf5 import read_metadata
 from .product import (
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     ChipImages,
     FiberResults,
     Product,
     ProductWriter,
+    flag_dtype,
     is_fits_path,
     read_product,
     sha256_file,
@@ -39,12 +41,14 @@ from .product import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "ChipImages",
     "FiberResults",
     "Product",
     "read_product",
     "write_product",
     "ProductWriter",
+    "flag_dtype",
     "is_fits_path",
     "sha256_file",
     "ApzName",

@@ -2,12 +2,19 @@
 
 Same content as the HDF5 product (``product.py``), 0-based indices (IDL and astropy users):
 
-- HDU 0: empty image; ``PAPFMT`` = layout version.
-- ``{chip}_RATE``, ``{chip}_IVAR``, ``{chip}_CHI2``, ``{chip}_FLAGS``: images ``(ny, nx)``
-  in NumPy order (FITS ``NAXIS1 = nx``), DN per read; cards ``PAPCHIP`` and ``PAPIMAGE``.
-- ``FIBERS_{group}``: a table, one row per fiber: ``FIBER_INDEX``, ``OMEGA`` (K),
-  ``OMEGA_COV`` (K x K), ``REF_INDEX``, ``MODEL``, ``FLAGS``; card ``PAPGROUP``.
-- ``METADATA``: a table of ``KEY`` and ``VALUE`` (JSON), so any JSON-able value round-trips.
+- HDU 0: empty image; ``PAPFMT`` = layout version; the exposure's identity where known
+  (``TELESCOP``, ``MJD``, ``EXPNUM``, ``DATE-OBS``, ``TIMESYS``), ``CHIPS`` and ``FIBGRPS`` (the
+  chip and fiber group names), ``PAPVER`` (the pyapred version).
+- ``{chip}_RATE``, ``{chip}_IVAR``, ``{chip}_CHI2`` (float32), ``{chip}_NDIFF`` (uint8 or
+  uint16), ``{chip}_FLAGS`` (uint16): images ``(ny, nx)`` in NumPy order (FITS
+  ``NAXIS1 = nx``); cards ``PAPCHIP``, ``PAPIMAGE``, ``BUNIT``.
+- ``FIBERS_{group}``: a table, one row per fiber: ``FIBERID``, ``FIBER_INDEX``, ``MODEL``,
+  ``FLAGS``, ``OMEGA`` (K), ``OMEGA_COV`` (K x K), ``OMEGA_MEAN``, ``REF_INDEX`` and the
+  statistics known; ``TUNITn`` and ``TCOMMn`` (description) on every column; card ``PAPGROUP``.
+- ``METADATA``: a table of ``KEY``, ``VALUE`` (JSON, so any JSON-able value round-trips),
+  ``UNIT`` and ``DESCRIPTION``.
+
+Format 1 (read only) had float64 and int64 images, no ``NDIFF``, no ``FIBERID``, no statistics.
 """
 
 from __future__ import annotations
@@ -21,45 +28,69 @@ from astropy.io import fits
 
 from ..errors import InputError
 
-_IMAGE_NAMES = {"rate": "RATE", "ivar": "IVAR", "chi2": "CHI2", "flags": "FLAGS"}
-_UNITS = {"rate": "DN/read", "ivar": "(DN/read)**-2", "chi2": "", "flags": ""}
+_REQUIRED_IMAGES = ("rate", "ivar", "chi2", "flags")
+#: Metadata key -> (primary header card, comment).
+_IDENTITY = {
+    "telescope": ("TELESCOP", "telescope"),
+    "mjd": ("MJD", "SDSS MJD (SJD) of the night"),
+    "expnum": ("EXPNUM", "APOGEE exposure number"),
+    "DATE-OBS": ("DATE-OBS", "start of the exposure, in TIMESYS"),
+    "TIMESYS": ("TIMESYS", "time scale of DATE-OBS"),
+    "pyapred_version": ("PAPVER", "pyapred version that wrote the file"),
+}
 
 
-def write_fits(tmp: Path, chips: dict, fibers: dict, metadata: dict, version: int) -> None:
-    """Write the product's HDUs to ``tmp`` (the caller renames it into place)."""
+def write_fits(
+    tmp: Path,
+    images: dict,
+    tables: dict,
+    metadata: dict,
+    version: int,
+    docs: dict | None = None,
+) -> None:
+    """Write the product's HDUs to ``tmp`` (the caller renames it into place).
+
+    ``images``: ``{chip: {ChipImages attribute: (array, units)}}`` in the types to store;
+    ``tables``: ``{group: {name: (values, field)}}`` with ``field.name``, ``.units`` and
+    ``.description``;
+    ``docs``: ``{metadata key: (units, description)}``.
+    """
     primary = fits.PrimaryHDU()
-    primary.header["PAPFMT"] = (version, "pyapred product format")
+    header = primary.header
+    header["PAPFMT"] = (version, "pyapred product format")
+    for key, (card, comment) in _IDENTITY.items():
+        value = _card_value(metadata.get(key))
+        if value is not None:
+            header[card] = (value, comment)
+    header["CHIPS"] = (",".join(images), "chip names (image HDUs {chip}_RATE, ...)")
+    header["FIBGRPS"] = (",".join(tables), "fiber groups (table HDUs FIBERS_{group})")
     hdus: list = [primary]
-    for chip, images in chips.items():
-        for attribute, suffix in _IMAGE_NAMES.items():
-            dtype = np.int64 if attribute == "flags" else np.float64
-            data = np.asarray(getattr(images, attribute), dtype)
-            hdu = fits.ImageHDU(data, name=f"{chip}_{suffix}")
-            hdu.header["PAPCHIP"] = chip
-            hdu.header["PAPIMAGE"] = attribute
-            hdu.header["BUNIT"] = _UNITS[attribute]
+    for chip, arrays in images.items():
+        for attribute, (data, units) in arrays.items():
+            hdu = fits.ImageHDU(data, name=f"{chip}_{_SUFFIX[attribute]}")
+            hdu.header["PAPCHIP"] = (chip, "chip")
+            hdu.header["PAPIMAGE"] = (attribute, "pyapred.io.ChipImages attribute")
+            hdu.header["BUNIT"] = units
             hdus.append(hdu)
-    for group, results in fibers.items():
-        n, k = np.shape(results.omega)
-        columns = [
-            fits.Column("FIBER_INDEX", "K", array=np.asarray(results.fiber_index)),
-            fits.Column("OMEGA", f"{k}D", array=np.asarray(results.omega)),
-            fits.Column(
-                "OMEGA_COV", f"{k * k}D", dim=f"({k},{k})", array=np.asarray(results.omega_cov)
-            ),
-            fits.Column("REF_INDEX", "K", array=np.asarray(results.ref_index)),
-            _text_column("MODEL", results.model),
-            fits.Column("FLAGS", "K", array=np.asarray(results.flags)),
-        ]
-        hdu = fits.BinTableHDU.from_columns(columns, name=f"FIBERS_{group}")
-        hdu.header["PAPGROUP"] = group
+    for group, columns in tables.items():
+        hdu = fits.BinTableHDU.from_columns(
+            [_column(spec.name.upper(), values) for values, spec in columns.values()],
+            name=f"FIBERS_{group}",
+        )
+        for i, (_, spec) in enumerate(columns.values(), start=1):
+            hdu.header[f"TUNIT{i}"] = spec.units
+            hdu.header[f"TCOMM{i}"] = spec.description
+        hdu.header["PAPGROUP"] = (group, "fiber group: a chip, or joint")
         hdus.append(hdu)
-    values = [json.dumps(_jsonable(v)) for v in metadata.values()]
+    docs = docs or {}
+    unknown = ("", "")
     hdus.append(
         fits.BinTableHDU.from_columns(
             [
                 _text_column("KEY", list(metadata)),
-                _text_column("VALUE", values),
+                _text_column("VALUE", [json.dumps(_jsonable(v)) for v in metadata.values()]),
+                _text_column("UNIT", [docs.get(k, unknown)[0] for k in metadata]),
+                _text_column("DESCRIPTION", [docs.get(k, unknown)[1] for k in metadata]),
             ],
             name="METADATA",
         )
@@ -67,9 +98,35 @@ def write_fits(tmp: Path, chips: dict, fibers: dict, metadata: dict, version: in
     fits.HDUList(hdus).writeto(tmp, overwrite=True)
 
 
+#: ChipImages attribute -> HDU name suffix.
+_SUFFIX = {"rate": "RATE", "ivar": "IVAR", "chi2": "CHI2", "n_diff": "NDIFF", "flags": "FLAGS"}
+
+
+def _card_value(value):
+    """``value`` as a header card value, or None where it cannot be one."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    return None
+
+
+def _column(name: str, values) -> fits.Column:
+    if isinstance(values, list):
+        return _text_column(name, values)
+    values = np.asarray(values)
+    n = values.shape[0]
+    per_row = int(np.prod(values.shape[1:], dtype=np.int64))
+    code = "D" if values.dtype.kind == "f" else "K"
+    dim = f"({','.join(map(str, values.shape[:0:-1]))})" if values.ndim > 2 else None
+    data = values.astype(np.float64 if code == "D" else np.int64).reshape(n, -1)
+    fmt = f"{per_row}{code}" if values.ndim > 1 else code
+    return fits.Column(name, fmt, dim=dim, array=data if values.ndim > 1 else data[:, 0])
+
+
 def _text_column(name: str, values) -> fits.Column:
     values = [str(v) for v in values]
-    return fits.Column(name, f"{max([1, *map(len, values)])}A", array=values)
+    return fits.Column(name, f"{max([1, *(len(v.encode()) for v in values)])}A", array=values)
 
 
 def _jsonable(value):
@@ -80,24 +137,30 @@ def _jsonable(value):
     return value
 
 
-def read_fits(path: str | os.PathLike, version: int, chip_type, fiber_type) -> tuple:
-    """``(chips, fibers, metadata)`` of a FITS product; InputError for anything malformed."""
+def read_fits(
+    path: str | os.PathLike, versions, chip_type, fiber_type, *, images: bool = True
+) -> tuple:
+    """``(chips, fibers, metadata, version)`` of a FITS product; InputError for anything
+    malformed or of a version not in ``versions``."""
     try:
         with fits.open(path, memmap=False) as hdul:
             found = hdul[0].header.get("PAPFMT")
-            if found != version:
+            if found not in versions:
                 raise InputError(
                     path,
                     "HDU 0 PAPFMT",
-                    f"product format {version}",
+                    f"product format {' or '.join(map(str, versions))}",
                     found=f"{found}, written by an incompatible version",
                 )
-            images: dict[str, dict] = {}
+            parts: dict[str, dict] = {}
             fibers, metadata = {}, {}
             for hdu in hdul[1:]:
                 header = hdu.header
                 if "PAPCHIP" in header:
-                    images.setdefault(header["PAPCHIP"], {})[header["PAPIMAGE"]] = _native(hdu.data)
+                    if images:
+                        parts.setdefault(header["PAPCHIP"], {})[header["PAPIMAGE"]] = _native(
+                            hdu.data
+                        )
                 elif "PAPGROUP" in header:
                     fibers[header["PAPGROUP"]] = _fibers(hdu.data, fiber_type)
                 elif hdu.name == "METADATA":
@@ -112,31 +175,47 @@ def read_fits(path: str | os.PathLike, version: int, chip_type, fiber_type) -> t
             path, "FITS structure", "a pyapred FITS product", found=f"{type(exc).__name__}: {exc}"
         ) from None
     chips = {}
-    for chip, parts in images.items():
-        if set(parts) != set(_IMAGE_NAMES):
+    for chip, arrays in parts.items():
+        if not set(_REQUIRED_IMAGES) <= set(arrays) or not set(arrays) <= set(_SUFFIX):
             raise InputError(
-                path, f"{chip} images", "RATE, IVAR, CHI2 and FLAGS", found=", ".join(sorted(parts))
+                path,
+                f"{chip} images",
+                "RATE, IVAR, CHI2 and FLAGS (and NDIFF)",
+                found=", ".join(sorted(arrays)),
             )
-        shapes = {np.shape(v) for v in parts.values()}
+        shapes = {np.shape(v) for v in arrays.values()}
         if len(shapes) != 1:
             raise InputError(path, f"{chip} images", "one shape", found=str(sorted(shapes)))
-        chips[chip] = chip_type(**parts)
-    return chips, fibers, metadata
+        chips[chip] = chip_type(**arrays)
+    return chips, fibers, metadata, int(found)
 
 
 def _native(array: np.ndarray) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("="))
 
 
+_STATISTICS = ("AMPLITUDE", "DELTA_CHI2", "P_VALUE", "N_FIT_PIXELS", "N_ITER")
+
+
 def _fibers(table, fiber_type):
     n = len(table)
+    names = set(table.columns.names)
     omega = _native(table["OMEGA"]).reshape(n, -1)
     k = omega.shape[1]
+    fiber_index = _native(table["FIBER_INDEX"]).astype(np.int64)
+    if "FIBERID" in names and not np.array_equal(table["FIBERID"], 300 - fiber_index):
+        raise ValueError("FIBERID: expected 300 - FIBER_INDEX")
+    stats = {
+        name.lower(): _native(table[name]).astype(np.int64 if name.startswith("N_") else float)
+        for name in _STATISTICS
+        if name in names
+    }
     return fiber_type(
-        fiber_index=_native(table["FIBER_INDEX"]).astype(np.int64),
+        fiber_index=fiber_index,
         omega=omega,
         omega_cov=_native(table["OMEGA_COV"]).reshape(n, k, k),
         ref_index=_native(table["REF_INDEX"]).astype(np.int64),
         model=tuple(str(m) for m in table["MODEL"]),
         flags=_native(table["FLAGS"]).astype(np.int64),
+        **stats,
     )

@@ -578,6 +578,11 @@ def _card_number(value: object) -> float | None:
     return number if math.isfinite(number) and number > _NO_VALUE else None
 
 
+#: Largest plausible read period (``INTOFF``, ms) and first-read delay (``INTDELAY``, s): beyond
+#: them a header is corrupt (APOGEE reads every 10.647 s).
+MAX_INTOFF_MS = 1e6
+
+
 def read_times_from_header(
     header: Mapping,
     reads: int | Sequence[int] | np.ndarray | None = None,
@@ -658,10 +663,12 @@ def read_times_from_header(
         delay = float(default_intdelay)
     value = header.get("INTOFF")
     period = _card_number(value)
-    if period is None or not period > 0:
+    if period is None or not 0 < period <= MAX_INTOFF_MS:
         found = "nothing" if value is None else repr(value)
-        expected = "the read period, a number of ms > 0 (10647 for APOGEE)"
+        expected = f"the read period, ms > 0 and <= {MAX_INTOFF_MS:g} (10647 for APOGEE)"
         raise InputError(path, field("INTOFF"), expected, found=found)
+    if abs(delay) > MAX_INTOFF_MS:
+        raise InputError(path, field("INTDELAY"), "a delay of at most 1e6 s", repr(delay))
     if reads is None:
         value = header.get("NREAD", header.get("NFRAMES"))
         count = _card_number(value)
@@ -686,12 +693,36 @@ def _read_times(
     if all(value is not None for value in per_read) and len(set(per_read)) == len(per_read):
         fields = [f"HDU {k + 2} DATE-OBS" for k in indices]
         times = _parse_times(path, fields, per_read, scale)
-        if np.all(np.diff(times.mjd) > 0):
-            return times
-        raise InputError(path, "DATE-OBS of the reads", "times increasing from read to read")
+        if not np.all(np.diff(times.mjd) > 0):
+            raise InputError(path, "DATE-OBS of the reads", "times increasing from read to read")
+        _check_no_missing_read(path, header, times, indices)
+        return times
     return read_times_from_header(
         header, indices, timesys=scale, default_intdelay=None, path=path, hdu="HDU 1"
     )
+
+
+def _check_no_missing_read(path: Path, header, times: Time, indices: np.ndarray) -> None:
+    """A read HDU missing in the middle shows as a gap in the reads' own dates: every later read
+    would be rebuilt from the wrong sum of differences, so it is an error, not a warning.
+
+    The period is ``INTOFF`` when the header has it, else the median spacing of the dates.
+    """
+    if times.size < 2:
+        return
+    seconds = np.diff((times - times[0]).sec) / np.diff(indices)
+    period = _card_number(header.get("INTOFF"))
+    period = period / 1000.0 if period is not None and period > 0 else float(np.median(seconds))
+    gaps = np.flatnonzero(seconds > 1.5 * period)
+    if gaps.size:
+        k = int(gaps[0])  # the reads' positions k and k + 1 in the file
+        missing = round(seconds[k] / period) - 1
+        raise InputError(
+            path, f"HDU {int(indices[k + 1]) + 2} DATE-OBS",
+            f"reads {period:.3f} s apart (INTOFF); every read of the exposure in the file",
+            f"{seconds[k]:.3f} s after HDU {int(indices[k]) + 2}: {missing} read(s) missing after "
+            f"read {int(indices[k]) + 1}",
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -750,26 +781,27 @@ def write_apz(
     total = counts[-1].astype(np.int64) - first
     avg = _round_half_away(total, max(n_reads - 1, 1)).astype(np.int32)
     tile = (1, nx)
+
+    def compressed(data, card_header):
+        return fits.CompImageHDU(data, card_header, compression_type="RICE_1", tile_shape=tile)
+
     hdus = [
         fits.PrimaryHDU(),
-        fits.CompImageHDU(avg, exposure_header, compression_type="RICE_1", tile_shape=tile),
-        fits.CompImageHDU(
-            first.astype(np.uint16), _header(headers[0]), compression_type="RICE_1", tile_shape=tile
-        ),
+        compressed(avg, exposure_header),
+        compressed(first.astype(np.uint16), _header(headers[0])),
     ]
-    previous = first
-    for k in range(1, n_reads):
-        current = counts[k].astype(np.int64)
-        residual = (current - previous - avg).astype(np.int32)
-        hdus.append(
-            fits.CompImageHDU(
-                residual, _header(headers[k]), compression_type="RICE_1", tile_shape=tile
-            )
-        )
-        previous = current
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
+        # One read's residual at a time, appended and released: memory stays at a few planes
+        # (the reads themselves aside), not a second int32 cube.
+        previous = first
+        for k in range(1, n_reads):
+            current = counts[k].astype(np.int64)
+            residual = (current - previous - avg).astype(np.int32)
+            with fits.open(tmp, mode="append") as hdul:
+                hdul.append(compressed(residual, _header(headers[k])))
+            previous = current
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -72,7 +73,11 @@ def atomic_path(
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists (pass overwrite=True to replace it)")
+        raise FileExistsError(
+            errno.EEXIST,
+            "exists; to replace it pass --overwrite (overwrite=True in Python)",
+            str(path),
+        )
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)

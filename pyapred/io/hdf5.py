@@ -128,11 +128,51 @@ def read_metadata(path: str | os.PathLike) -> dict:
         return read_group(path, group) if isinstance(group, h5py.Group) else {}
 
 
-def write_value(group: h5py.Group, key: str, value) -> None:
-    """Write one metadata value as ApogeeReduction.jl would: strings as UTF-8 strings."""
+#: The HDF5 type of every string pyapred writes: variable-length UTF-8 (h5py, HDF5.jl and JLD2
+#: read it as text; h5py's ``.asstr()`` and :func:`read_value` give ``str``).
+UTF8 = h5py.string_dtype("utf-8")
+
+
+def write_value(
+    group: h5py.Group,
+    key: str,
+    value,
+    *,
+    units: str | None = None,
+    description: str | None = None,
+    axes: tuple[str, ...] | None = None,
+) -> h5py.Dataset:
+    """Write one metadata value as ApogeeReduction.jl would: strings as UTF-8 strings.
+
+    ``units``, ``description`` and ``axes``, where given, become the dataset's attributes
+    (:func:`describe`).
+    """
     if isinstance(value, str):
-        group.create_dataset(key, data=value, dtype=h5py.string_dtype())
+        dataset = group.create_dataset(key, data=value, dtype=UTF8)
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        group.create_dataset(key, data=list(value), dtype=h5py.string_dtype())
+        dataset = group.create_dataset(key, data=list(value), dtype=UTF8)
     else:
-        group.create_dataset(key, data=value)
+        dataset = group.create_dataset(key, data=value)
+    describe(dataset, units=units, description=description, axes=axes)
+    return dataset
+
+
+def describe(
+    item: h5py.HLObject,
+    *,
+    units: str | None = None,
+    description: str | None = None,
+    axes: tuple[str, ...] | None = None,
+) -> None:
+    """Set the self-description attributes of a dataset or group (each only where given).
+
+    ``units`` and ``description`` are UTF-8 strings (``units`` is ``""`` where no physical unit
+    applies); ``axes`` names each axis in h5py (C) order, an array of UTF-8 strings (Julia sees
+    the axes reversed).
+    """
+    if units is not None:
+        item.attrs.create("units", units, dtype=UTF8)
+    if description is not None:
+        item.attrs.create("description", description, dtype=UTF8)
+    if axes:
+        item.attrs.create("axes", list(axes), dtype=UTF8)

@@ -1,36 +1,48 @@
 """pyapred's own products: HDF5 laid out like ApogeeReduction.jl's ``ar2D``, written atomically.
 
-Layout (h5py order; Julia and HDF5.jl see every array with its dimensions reversed, which for
-the images is ApogeeReduction.jl's own ``(2560, 2048)`` order):
+Layout of format 2 (h5py order; Julia and HDF5.jl see every array with its axes reversed, which
+for the images is ApogeeReduction.jl's own ``(2560, 2048)`` order). Every dataset carries the
+attributes ``units`` (``""`` where no physical unit applies) and ``description``, and every array
+``axes`` (its axis names in h5py order); images and per-fiber arrays are chunked and compressed
+with HDF5's built-in shuffle + gzip (deflate) filters, which every HDF5 reader decodes.
 
 =====================================  ================  =========================================
 dataset                                h5py shape         contents
 =====================================  ================  =========================================
-``/{chip}/dimage``                     ``(ny, nx)``       rate, DN per read (float64)
-``/{chip}/ivarimage``                  ``(ny, nx)``       inverse variance, (DN per read)^-2
-``/{chip}/chisqimage``                 ``(ny, nx)``       ramp chi-squared
-``/{chip}/flags``                      ``(ny, nx)``       pixel bits of ``pyapred.Flag`` (int64)
+``/{chip}/dimage``                     ``(ny, nx)``       rate, DN per read (float32)
+``/{chip}/ivarimage``                  ``(ny, nx)``       inverse variance, (DN/read)^-2 (float32)
+``/{chip}/chisqimage``                 ``(ny, nx)``       ramp chi-squared (float32)
+``/{chip}/ndiff``                      ``(ny, nx)``       read differences used (uint8, or uint16)
+``/{chip}/flags``                      ``(ny, nx)``       pixel bits of ``pyapred.Flag`` (uint16)
+``/fibers/{group}/fiberId``            ``(n,)``           1..300, ``300 - fiber_index``
 ``/fibers/{group}/fiber_index``        ``(n,)``           1-based ``301 - fiberId``, as in AR.jl
+``/fibers/{group}/model``              ``(n,)``           "constant", "time_variable", "borrowed"
+``/fibers/{group}/flags``              ``(n,)``           group bits of ``pyapred.Flag``
 ``/fibers/{group}/omega``              ``(n, K)``         per-difference transparency factors
 ``/fibers/{group}/omega_cov``          ``(n, K, K)``      covariance of omega
+``/fibers/{group}/omega_mean``         ``(n,)``           ``omega / omega_mean`` has mean 1
 ``/fibers/{group}/ref_index``          ``(n,)``           1-based index of the element fixed to 1
-``/fibers/{group}/model``              ``(n,)``           "constant", "time_variable", ...
-``/fibers/{group}/flags``              ``(n,)``           group bits of ``pyapred.Flag`` (int64)
+``/fibers/{group}/amplitude`` ...      ``(n,)``           decision statistics, where known
 ``/metadata/*``                        scalars, strings   see :func:`write_product`
 =====================================  ================  =========================================
 
-The root attribute ``pyapred_product_format`` holds the layout version (:data:`FORMAT_VERSION`).
-Indices are 1-based in the file, for Julia users, and 0-based in the Python objects.
+The root attribute ``pyapred_product_format`` holds the layout version (:data:`FORMAT_VERSION`);
+:func:`read_product` reads formats 1 and 2. Indices are 1-based in the file, for Julia users,
+and 0-based in the Python objects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import operator
 import os
 import subprocess
 import sys
+import zlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,23 +52,31 @@ import numpy as np
 from ..errors import InputError
 from ._product_fits import read_fits, write_fits
 from .atomic import atomic_path
-from .hdf5 import open_h5, read_dataset, read_group, read_value, write_value
+from .hdf5 import UTF8, describe, open_h5, read_dataset, read_group, read_value, write_value
 
 __all__ = [
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "ChipImages",
     "FiberResults",
     "Product",
+    "flag_dtype",
     "read_product",
     "write_product",
 ]
 
-#: Version of the product layout; readers refuse other versions.
-FORMAT_VERSION = 1
+#: Version of the product layout that :func:`write_product` writes.
+FORMAT_VERSION = 2
+#: The layout versions :func:`read_product` reads.
+READABLE_VERSIONS = (1, 2)
+#: Fibers per chip: ``fiberId = N_FIBERS - fiber_index`` (0-based index).
+N_FIBERS = 300
 _FORMAT_ATTR = "pyapred_product_format"
 _RESERVED = {"fibers", "metadata"}
-_IMAGES = {"rate": "dimage", "ivar": "ivarimage", "chi2": "chisqimage", "flags": "flags"}
-_UNITS = {"dimage": "DN/read", "ivarimage": "(DN/read)^-2", "chisqimage": "", "flags": ""}
+#: Rows per chunk of an image: 64 x 2560 float32 is 640 kB, within HDF5's 1 MiB chunk cache.
+CHUNK_ROWS = 64
+#: gzip (deflate) level: 4 compresses within 0.5 % of level 9, several times faster.
+GZIP_LEVEL = 4
 _WRITER_KEYS = (
     "pyapred_version",
     "git_commit",
@@ -69,33 +89,167 @@ _WRITER_KEYS = (
 
 
 @dataclass(frozen=True)
+class _Field:
+    """One dataset of the layout: its name in the file and its self-description."""
+
+    name: str
+    units: str
+    description: str
+    axes: tuple[str, ...] = ("fiber",)
+
+
+#: ChipImages attribute -> image dataset, in file order.
+_IMAGES = {
+    "rate": _Field("dimage", "DN/read", "flux: count rate per read interval, from the up-the-ramp "
+                   "fit with the pixel's fiber's omega", ("y", "x")),
+    "ivar": _Field("ivarimage", "(DN/read)^-2", "inverse variance of dimage; 0 where unknown",
+                   ("y", "x")),
+    "chi2": _Field("chisqimage", "", "chi-squared of the read differences about the fitted ramp; "
+                   "ndiff - 1 degrees of freedom", ("y", "x")),
+    "n_diff": _Field("ndiff", "", "number of read differences used in the fit (not masked by "
+                     "saturation, jumps or non-finite reads)", ("y", "x")),
+    "flags": _Field("flags", "", "pixel bits of pyapred.Flag (docs/flags.md); not "
+                    "ApogeeReduction.jl's pix_bitmask", ("y", "x")),
+}  # fmt: skip
+
+#: The ``normalisation`` attribute of ``omega``.
+_OMEGA_NORMALISATION = (
+    "ref_index: omega[ref_index] = 1 (its variance 0); omega / omega_mean has mean 1, the "
+    "normalisation the extraction used for time_variable and borrowed fibers (constant-model "
+    "fibers were extracted with omega = 1)"
+)
+#: FiberResults attribute (or derived column) -> dataset, in file order.
+_FIBERS = {
+    "fiber_id": _Field("fiberId", "", "fiber number, 1..300 (fiberId = 301 - fiber_index)"),
+    "fiber_index": _Field("fiber_index", "", "ApogeeReduction.jl's fiberIndx = 301 - fiberId "
+                          "(index_base 1; 0-based 300 - fiberId in Python)"),
+    "model": _Field("model", "", "model used for extraction: constant, time_variable or borrowed"),
+    "flags": _Field("flags", "", "fiber bits of pyapred.Flag (docs/flags.md)"),
+    "omega": _Field("omega", "", "transparency factor of each read difference, "
+                    "normalised so that omega[ref_index] = 1", ("fiber", "diff")),
+    "omega_cov": _Field("omega_cov", "", "covariance of omega; the ref_index row and column "
+                        "are 0", ("fiber", "diff", "diff")),
+    "omega_mean": _Field("omega_mean", "", "mean of omega over the read differences: "
+                         "omega / omega_mean is the mean-1 omega"),
+    "ref_index": _Field("ref_index", "", "index of the element of omega fixed to 1 (index_base)"),
+    "amplitude": _Field("amplitude", "", "equivalent amplitude A of omega ~ U(1 - A, 1), "
+                        "debiased for noise"),
+    "delta_chi2": _Field("delta_chi2", "", "chi-squared of the constant model minus that of the "
+                         "time-variable model over the fit pixels"),
+    "p_value": _Field("p_value", "", "probability of delta_chi2 under the constant model"),
+    "n_fit_pixels": _Field("n_fit_pixels", "", "pixels of the fiber in the omega fit"),
+    "n_iter": _Field("n_iter", "", "Gauss-Newton iterations of the omega fit"),
+}  # fmt: skip
+_FLOAT_IMAGES = ("rate", "ivar", "chi2")
+_FIBER_STATS = ("amplitude", "delta_chi2", "p_value", "n_fit_pixels", "n_iter")
+_INDEX_BASE = {"fiber_index", "ref_index"}  # stored 1-based in HDF5, 0-based in FITS
+
+#: Metadata keys pyapred writes or knows: ``(units, description)``.
+_METADATA = {
+    "pyapred_version": ("", "version of pyapred that wrote the product"),
+    "git_commit": ("", "git commit of the pyapred checkout that wrote the product"),
+    "git_clean": ("", "whether that checkout had no uncommitted changes"),
+    "backend": ("", "solver backend that ran: numpy or julia"),
+    "input_files": ("", "base names of the input files: raw exposures, then trace files"),
+    "input_sha256": ("", "SHA-256 (hex) of each input file, in input_files order"),
+    "format_version": ("", "product layout version (root attribute pyapred_product_format)"),
+    "fit_options": ("", "the fit settings as JSON (pyapred.exposure.FitOptions.to_record)"),
+    "model_option": ("", "the model setting: auto, constant or time-variable"),
+    "joint_chips": ("", "whether omega was fitted over all chips at once"),
+    "flux_normalisation": ("", "normalisation of the fluxes"),
+    "telescope": ("", "telescope: apo or lco"),
+    "mjd": ("d", "SDSS MJD (SJD) of the night"),
+    "expnum": ("", "APOGEE exposure number, (mjd - 55562) * 10000 + exposure"),
+    "exposure": ("", "exposure number within the night"),
+    "read_times_tai_mjd": ("d", "start time of each read, MJD in TAI"),
+    "DATE-OBS": ("", "exposure header DATE-OBS: start of the exposure, in TIMESYS"),
+    "TIMESYS": ("", "exposure header TIMESYS: time scale of DATE-OBS"),
+    "INTOFF": ("ms", "exposure header INTOFF: interval between reads"),
+    "INTDELAY": ("s", "exposure header INTDELAY: delay before the first read"),
+    "NREAD": ("", "exposure header NREAD: number of reads"),
+    "NFRAMES": ("", "exposure header NFRAMES"),
+    "CONFIGID": ("", "exposure header CONFIGID: the fiber configuration"),
+}
+_METADATA_AXES = {
+    "input_files": ("input",),
+    "input_sha256": ("input",),
+    "read_times_tai_mjd": ("read",),
+}
+_CALLER_KEY = ("", "supplied by the program that wrote the product (no description given)")
+
+
+@functools.cache
+def flag_dtype() -> np.dtype:
+    """The smallest unsigned integer type that holds every bit of :class:`pyapred.Flag`.
+
+    Computed from the registry (``pyapred/solver/_flags.py``): uint16 while the highest bit is
+    below 16. Products store pixel and fiber flags in it.
+    """
+    every = _flag_bits()
+    return next(
+        np.dtype(t) for t in (np.uint8, np.uint16, np.uint32, np.uint64) if every <= np.iinfo(t).max
+    )
+
+
+@functools.cache
+def _flag_bits() -> int:
+    """Every bit of :class:`pyapred.Flag`, or-ed together."""
+    from .. import Flag
+
+    return functools.reduce(operator.or_, (int(flag) for flag in Flag), 0)
+
+
+def _unknown_bits(flags) -> int:
+    """The bits set in ``flags`` that :class:`pyapred.Flag` does not define; -1 for a negative
+    value; 0 when every value is a combination of known bits."""
+    flags = np.asarray(flags)
+    if flags.size == 0 or flags.dtype.kind == "b":
+        return 0
+    if int(flags.min()) < 0:
+        return -1
+    known, high = _flag_bits(), int(flags.max())
+    if high <= known and known & (known + 1) == 0:  # the bits are 0..n: nothing else fits
+        return 0
+    spare = ((1 << high.bit_length()) - 1) & ~known
+    return int(np.bitwise_or.reduce(flags.ravel() & flags.dtype.type(spare)))
+
+
+@dataclass(frozen=True)
 class ChipImages:
     """Per-pixel results for one chip, each ``(ny, nx)`` (2048, 2560 for a full chip).
 
+    Written as float32 (rates, inverse variances, chi2), uint8 or uint16 (``n_diff``) and
+    :func:`flag_dtype` (flags); read back in the types stored (float64 and int64 from a format-1
+    product).
+
     Attributes
     ----------
-    rate : ndarray, float64
+    rate : ndarray, float
         Flux, DN per read.
-    ivar : ndarray, float64
+    ivar : ndarray, float
         Inverse variance of ``rate``; 0 where the variance is unknown.
-    chi2 : ndarray, float64
-        Chi-squared of the ramp fit.
-    flags : ndarray, int64
+    chi2 : ndarray, float
+        Chi-squared of the ramp fit, ``n_diff - 1`` degrees of freedom.
+    flags : ndarray, unsigned or int64
         Pixel bits of :class:`pyapred.Flag`.
+    n_diff : ndarray, unsigned, or None
+        Read differences used per pixel; None when unknown (format-1 products).
     """
 
     rate: np.ndarray
     ivar: np.ndarray
     chi2: np.ndarray
     flags: np.ndarray
+    n_diff: np.ndarray | None = None
 
     @classmethod
     def from_fit(cls, fit) -> ChipImages:
-        """From a :class:`pyapred.FluxFit` of a chip: ``ivar = 1 / flux_var`` (0 if not > 0)."""
+        """From a :class:`pyapred.FluxFit` or an extracted chip (``ChipResult``):
+        ``ivar = 1 / flux_var`` (0 if not > 0), and the fit's ``n_diff``."""
         var = np.asarray(fit.flux_var, dtype=np.float64)
         usable = np.isfinite(var) & (var > 0)
         ivar = np.divide(1.0, var, out=np.zeros_like(var), where=usable)
-        return cls(fit.flux, ivar, fit.chi2, fit.flags)
+        return cls(fit.flux, ivar, fit.chi2, fit.flags, getattr(fit, "n_diff", None))
 
 
 @dataclass(frozen=True)
@@ -114,6 +268,10 @@ class FiberResults:
         The model chosen for each fiber ("constant", "time_variable", ...).
     flags : ndarray, int64, ``(n,)``
         Group bits of :class:`pyapred.Flag`.
+    amplitude, delta_chi2, p_value : ndarray, float64, ``(n,)``, or None
+        The model decision's statistics, where known.
+    n_fit_pixels, n_iter : ndarray, int64, ``(n,)``, or None
+        Pixels in the omega fit and Gauss-Newton iterations, where known.
     """
 
     fiber_index: np.ndarray
@@ -122,6 +280,16 @@ class FiberResults:
     ref_index: np.ndarray
     model: tuple[str, ...]
     flags: np.ndarray
+    amplitude: np.ndarray | None = None
+    delta_chi2: np.ndarray | None = None
+    p_value: np.ndarray | None = None
+    n_fit_pixels: np.ndarray | None = None
+    n_iter: np.ndarray | None = None
+
+    @property
+    def fiber_id(self) -> np.ndarray:
+        """``fiberId`` (1..300) of each fiber: ``300 - fiber_index``."""
+        return N_FIBERS - np.asarray(self.fiber_index, np.int64)
 
 
 @dataclass(frozen=True)
@@ -132,17 +300,20 @@ class Product:
     ----------
     path : str
     chips : dict of str to ChipImages
-        Keyed by chip name ("R", "G", "B").
+        Keyed by chip name ("R", "G", "B"); empty when read with ``images=False``.
     fibers : dict of str to FiberResults
         Keyed by chip name, or e.g. "joint" for a fit over all chips.
     metadata : dict
         The ``metadata`` group: writer keys and the caller's own.
+    format_version : int
+        The layout version of the file (1 or 2).
     """
 
     path: str
     chips: dict[str, ChipImages] = field(default_factory=dict)
     fibers: dict[str, FiberResults] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,12 +332,14 @@ def write_product(
     """Write a product file atomically (temporary file in the same folder, then rename).
 
     HDF5 (the layout above), or FITS when ``path`` ends in ``.fits`` (see ``docs/formats.md``;
-    0-based indices; metadata as a JSON table).
+    0-based indices; the exposure's identity in the primary header).
 
     The ``metadata`` group holds ``pyapred_version``, ``git_commit`` and ``git_clean`` (when
     pyapred runs from a git checkout; ApogeeReduction.jl's ``check_file`` treats a file with
     ``git_commit`` as done), ``backend``, ``input_files`` (base names), ``input_sha256`` (hex
-    digests, same order), ``format_version``, then the caller's ``metadata``.
+    digests, same order), ``format_version``, then the caller's ``metadata``. The keys
+    ``telescope``, ``mjd``, ``expnum``, ``DATE-OBS`` and ``TIMESYS``, where given, also become the
+    FITS primary header's ``TELESCOP``, ``MJD``, ``EXPNUM``, ``DATE-OBS`` and ``TIMESYS``.
 
     Parameters
     ----------
@@ -185,14 +358,25 @@ def write_product(
     -------
     pathlib.Path
         ``path``.
+
+    Raises
+    ------
+    ValueError
+        Images of different shapes, flags with bits outside :class:`pyapred.Flag`, a negative
+        ``n_diff``, fiber arrays of the wrong shapes, or metadata reusing a writer key.
     """
     chips, fibers = dict(chips or {}), dict(fibers or {})
     path = Path(path)
     _check_parts(chips, fibers, metadata)
     if is_fits_path(path):
         meta = _writer_metadata(inputs, backend) | dict(metadata or {})
+        images = {
+            chip: {name: (array, _IMAGES[name].units) for name, array in _images(v).items()}
+            for chip, v in chips.items()
+        }
+        tables = {group: _fiber_columns(results, index_base=0) for group, results in fibers.items()}
         with atomic_path(path, overwrite=overwrite) as tmp:
-            write_fits(tmp, chips, fibers, meta, FORMAT_VERSION)
+            write_fits(tmp, images, tables, meta, FORMAT_VERSION, _METADATA)
         return path
     with ProductWriter(path, overwrite=overwrite) as writer:
         for key, images in chips.items():
@@ -213,6 +397,10 @@ class ProductWriter:
     path : str or os.PathLike
         An HDF5 product (not ``.fits``).
     overwrite : bool, optional
+    threads : int, optional
+        Threads that compress image chunks (zlib releases the GIL). Default: the cores this
+        process may use, at most 4, and at most ``OMP_NUM_THREADS`` where that is set (as in
+        ``pyapred night``'s Dask workers).
 
     Examples
     --------
@@ -221,11 +409,16 @@ class ProductWriter:
     ...     writer.finish(fibers={"R": results}, inputs=[raw_path])
     """
 
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
+    def __init__(
+        self, path: str | os.PathLike, *, overwrite: bool = False, threads: int | None = None
+    ):
         self.path = Path(path)
         if is_fits_path(self.path):
             raise ValueError(f"{self.path}: ProductWriter writes HDF5 products, not FITS")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads: expected an integer >= 1, got {threads}")
         self._overwrite = overwrite
+        self.threads = threads or _default_threads()
         self._finished = False
 
     def __enter__(self) -> ProductWriter:
@@ -237,12 +430,19 @@ class ProductWriter:
             self._atomic.__exit__(*sys.exc_info())
             raise
         self._handle.attrs[_FORMAT_ATTR] = FORMAT_VERSION
+        describe(
+            self._handle,
+            description="pyapred up-the-ramp product: per chip the images, per fiber group "
+            "the omega fits (/fibers), the provenance (/metadata); docs/formats.md",
+        )
         return self
 
     def add_chip(self, key: str, images: ChipImages) -> None:
         """Write one chip's images (group ``key``)."""
         _check_parts({key: images}, {}, None)
-        _write_images(self._handle.create_group(key), images)
+        group = self._handle.create_group(key)
+        describe(group, description=f"images of chip {key}, (ny, nx) in h5py order")
+        _write_images(group, images, threads=self.threads)
 
     def finish(
         self,
@@ -255,12 +455,21 @@ class ProductWriter:
         """Write the fiber results and the metadata (see :func:`write_product`)."""
         fibers = dict(fibers or {})
         _check_parts({}, fibers, metadata)
+        if fibers:
+            describe(
+                self._handle.require_group("fibers"),
+                description="per fiber group (a chip, or joint), a table: every dataset's "
+                "first axis is the fiber",
+            )
         for key, results in fibers.items():
             _write_fibers(self._handle.create_group(f"fibers/{key}"), results)
         group = self._handle.create_group("metadata")
+        describe(group, description="provenance, fit settings and the exposure's timing")
         meta = _writer_metadata(inputs, backend) | dict(metadata or {})
         for key, value in meta.items():
-            write_value(group, key, value)
+            units, description = _METADATA.get(key, _CALLER_KEY)
+            axes = _METADATA_AXES.get(key) if np.ndim(value) == 1 else None
+            write_value(group, key, value, units=units, description=description, axes=axes)
         self._finished = True
 
     def __exit__(self, *exc_info) -> None:
@@ -270,6 +479,16 @@ class ProductWriter:
             self._atomic.__exit__(*exc_info)
             raise exc_info[1]
         self._atomic.__exit__(*exc_info)
+
+
+def _default_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    limit = int(omp) if omp.isdigit() and int(omp) > 0 else 4
+    return max(1, min(cores, 4, limit))
 
 
 def _check_parts(chips: Mapping, fibers: Mapping, metadata: Mapping | None) -> None:
@@ -291,9 +510,24 @@ def is_fits_path(path: str | os.PathLike) -> bool:
 
 
 def _check_images(key: str, images: ChipImages) -> None:
-    shapes = {name: np.shape(getattr(images, name)) for name in _IMAGES}
-    if len(set(shapes.values())) != 1 or len(shapes["rate"]) != 2:
-        raise ValueError(f"chips[{key!r}]: expected four 2-D images of one shape, got {shapes}")
+    names = [name for name in _IMAGES if getattr(images, name) is not None]
+    shapes = {name: np.shape(getattr(images, name)) for name in names}
+    if len(set(shapes.values())) != 1 or len(shapes["rate"]) != 2 or "flags" not in shapes:
+        raise ValueError(f"chips[{key!r}]: expected 2-D images of one shape, got {shapes}")
+    for name in ("flags", "n_diff"):
+        array = getattr(images, name)
+        if array is not None and np.asarray(array).dtype.kind not in "biu":
+            raise ValueError(
+                f"chips[{key!r}].{name}: expected integers, got {np.asarray(array).dtype}"
+            )
+    unknown = _unknown_bits(images.flags)
+    if unknown:
+        found = "negative values" if unknown < 0 else f"the unknown bits {unknown:#x}"
+        raise ValueError(f"chips[{key!r}].flags: expected bits of pyapred.Flag, found {found}")
+    if images.n_diff is not None and np.size(images.n_diff):
+        low, high = int(np.min(images.n_diff)), int(np.max(images.n_diff))
+        if low < 0 or high > np.iinfo(np.uint16).max:
+            raise ValueError(f"chips[{key!r}].n_diff: expected 0..65535, found {low}..{high}")
 
 
 def _check_fibers(key: str, results: FiberResults) -> None:
@@ -305,6 +539,7 @@ def _check_fibers(key: str, results: FiberResults) -> None:
         "model": (n,),
         "flags": (n,),
     }
+    expected |= {s: (n,) for s in _FIBER_STATS if getattr(results, s) is not None}
     found = {name: np.shape(getattr(results, name)) for name in expected}
     if n < 0 or found != expected:
         raise ValueError(
@@ -314,24 +549,106 @@ def _check_fibers(key: str, results: FiberResults) -> None:
     ref = np.asarray(results.ref_index)
     if n and (ref.min() < 0 or ref.max() >= k):
         raise ValueError(f"fibers[{key!r}].ref_index: expected 0-based indices below {k}")
+    index = np.asarray(results.fiber_index)
+    if n and (index.min() < 0 or index.max() >= N_FIBERS):
+        raise ValueError(
+            f"fibers[{key!r}].fiber_index: expected 0-based indices 0..{N_FIBERS - 1} "
+            f"(300 - fiberId), got {index.min()}..{index.max()}"
+        )
+    if _unknown_bits(results.flags):
+        raise ValueError(f"fibers[{key!r}].flags: expected bits of pyapred.Flag")
 
 
-def _write_images(group: h5py.Group, images: ChipImages) -> None:
-    for attribute, name in _IMAGES.items():
-        dtype = np.int64 if name == "flags" else np.float64
-        dataset = group.create_dataset(name, data=np.asarray(getattr(images, attribute), dtype))
-        dataset.attrs["units"] = _UNITS[name]
+def _images(images: ChipImages) -> dict[str, np.ndarray]:
+    """The arrays to store, by ChipImages attribute, in their stored types."""
+    arrays = {name: np.asarray(getattr(images, name), np.float32) for name in _FLOAT_IMAGES}
+    if images.n_diff is not None:
+        n_diff = np.asarray(images.n_diff)
+        high = int(n_diff.max()) if n_diff.size else 0
+        arrays["n_diff"] = n_diff.astype(np.uint8 if high <= 255 else np.uint16)
+    arrays["flags"] = np.asarray(images.flags).astype(flag_dtype())
+    return arrays
+
+
+def _fiber_columns(results: FiberResults, *, index_base: int) -> dict[str, tuple]:
+    """``{name: (array, field)}`` of a fiber group, in file order; indices ``index_base``-based."""
+    index = np.asarray(results.fiber_index, np.int64)
+    omega = np.asarray(results.omega, np.float64)
+    values = {
+        "fiber_id": N_FIBERS - index,
+        "fiber_index": index + index_base,
+        "model": [str(m) for m in results.model],
+        "flags": np.asarray(results.flags).astype(flag_dtype()),
+        "omega": omega,
+        "omega_cov": np.asarray(results.omega_cov, np.float64),
+        "omega_mean": omega.mean(axis=1) if omega.shape[1] else np.ones(len(index)),
+        "ref_index": np.asarray(results.ref_index, np.int64) + index_base,
+    }
+    for stat in _FIBER_STATS:
+        value = getattr(results, stat)
+        if value is not None:
+            kind = np.int64 if stat in ("n_fit_pixels", "n_iter") else np.float64
+            values[stat] = np.asarray(value, kind)
+    return {name: (value, _FIBERS[name]) for name, value in values.items()}
+
+
+def _write_images(group: h5py.Group, images: ChipImages, *, threads: int = 1) -> None:
+    for name, array in _images(images).items():
+        spec = _IMAGES[name]
+        dataset = _write_compressed(group, spec.name, array, CHUNK_ROWS, threads)
+        describe(dataset, units=spec.units, description=spec.description, axes=spec.axes)
 
 
 def _write_fibers(group: h5py.Group, results: FiberResults) -> None:
-    group["fiber_index"] = np.asarray(results.fiber_index, np.int64) + 1
-    group["omega"] = np.asarray(results.omega, np.float64)
-    group["omega_cov"] = np.asarray(results.omega_cov, np.float64)
-    group["ref_index"] = np.asarray(results.ref_index, np.int64) + 1
-    write_value(group, "model", [str(m) for m in results.model])
-    group["flags"] = np.asarray(results.flags, np.int64)
-    for name in ("fiber_index", "ref_index"):
-        group[name].attrs["index_base"] = 1
+    n, k = np.shape(results.omega)
+    describe(group, description=f"one row per fiber: {n} fibers, K = {k} read differences")
+    group.attrs["index_base"] = 1
+    for name, (value, spec) in _fiber_columns(results, index_base=1).items():
+        if name == "model":
+            dataset = group.create_dataset(spec.name, data=value, dtype=UTF8)
+        else:
+            dataset = _write_compressed(group, spec.name, value, len(value), 1)
+        describe(dataset, units=spec.units, description=spec.description, axes=spec.axes)
+        if name in _INDEX_BASE:
+            dataset.attrs["index_base"] = 1
+        if name == "omega":
+            dataset.attrs.create("normalisation", _OMEGA_NORMALISATION, dtype=UTF8)
+
+
+def _write_compressed(group: h5py.Group, name: str, array: np.ndarray, rows: int, threads: int):
+    """A dataset chunked in blocks of ``rows`` along its first axis, with HDF5's shuffle +
+    deflate filters, its chunks compressed by ``threads`` threads.
+
+    The chunks are encoded here exactly as HDF5's filters would (shuffle: the k-th bytes of
+    every element together; deflate: a zlib stream) and written with ``write_direct_chunk``,
+    so that zlib runs outside the GIL in parallel. Any HDF5 reader decodes them.
+    """
+    if array.size == 0:
+        return group.create_dataset(name, data=array)
+    rows = max(1, min(array.shape[0], rows))
+    chunks = (rows, *array.shape[1:])
+    itemsize = array.dtype.itemsize
+    dataset = group.create_dataset(
+        name, shape=array.shape, dtype=array.dtype, chunks=chunks,
+        compression="gzip", compression_opts=GZIP_LEVEL, shuffle=itemsize > 1,
+    )  # fmt: skip
+    array = np.ascontiguousarray(array, dtype=dataset.dtype)
+    starts = range(0, array.shape[0], rows)
+
+    def encode(start: int) -> bytes:
+        block = array[start : start + rows]
+        if block.shape[0] < rows:  # HDF5 stores edge chunks whole
+            pad = np.zeros((rows - block.shape[0], *chunks[1:]), block.dtype)
+            block = np.concatenate([block, pad])
+        raw = block.reshape(-1).view(np.uint8)
+        if itemsize > 1:
+            raw = np.ascontiguousarray(raw.reshape(-1, itemsize).T)
+        return zlib.compress(raw, GZIP_LEVEL)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(starts)))) as pool:
+        for start, payload in zip(starts, pool.map(encode, starts), strict=True):
+            dataset.id.write_direct_chunk((start, *[0] * (array.ndim - 1)), payload)
+    return dataset  # fmt: skip
 
 
 def _writer_metadata(inputs: Sequence[str | os.PathLike], backend: str) -> dict:
@@ -377,8 +694,23 @@ def _git_info() -> tuple[str | None, bool]:
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
-def read_product(path: str | os.PathLike) -> Product:
-    """Read a product written by :func:`write_product` (HDF5, or FITS by the ``.fits`` suffix).
+def read_product(path: str | os.PathLike, *, images: bool = True) -> Product:
+    """Read a product written by :func:`write_product` (HDF5, or FITS by the ``.fits`` suffix),
+    of format 1 or 2.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    images : bool, optional
+        Read the chip images; without them (``images=False``) only the fiber groups and the
+        metadata are read, which is much faster.
+
+    Returns
+    -------
+    Product
+        Images in the types stored (format 2: float32, uint8 or uint16 ``n_diff``, unsigned
+        flags; format 1: float64 and int64, ``n_diff`` None). Per-fiber statistics of a
+        format-1 product come from its ``{group}_amplitude``, ... metadata arrays.
 
     Raises
     ------
@@ -387,38 +719,47 @@ def read_product(path: str | os.PathLike) -> Product:
         the wrong shape or dtype.
     """
     if is_fits_path(Path(path)):
-        chips, fibers, metadata = read_fits(path, FORMAT_VERSION, ChipImages, FiberResults)
-        return Product(str(path), chips, fibers, metadata)
+        chips, fibers, metadata, version = read_fits(
+            path, READABLE_VERSIONS, ChipImages, FiberResults, images=images
+        )
+        return Product(str(path), chips, fibers, metadata, version)
     with open_h5(path) as handle:
         version = handle.attrs.get(_FORMAT_ATTR)
         if version is None:
             raise InputError(path, f"attribute {_FORMAT_ATTR}", "a pyapred product", "nothing")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise InputError(
                 path,
                 f"attribute {_FORMAT_ATTR}",
-                f"product format {FORMAT_VERSION} (this pyapred reads only that)",
+                f"product format {' or '.join(map(str, READABLE_VERSIONS))} (this pyapred reads "
+                "only those)",
                 found=f"format {version}, written by an incompatible version",
             )
         chips = {
             key: _read_images(path, group)
             for key, group in handle.items()
-            if key not in _RESERVED and isinstance(group, h5py.Group)
+            if images and key not in _RESERVED and isinstance(group, h5py.Group)
         }
         fibers_group = handle.get("fibers", {})
         fibers = {key: _read_fibers(path, group) for key, group in fibers_group.items()}
         metadata = read_group(path, handle["metadata"]) if "metadata" in handle else {}
-    return Product(str(path), chips, fibers, metadata)
+    if version == 1:
+        fibers = {key: _v1_statistics(key, results, metadata) for key, results in fibers.items()}
+    return Product(str(path), chips, fibers, metadata, int(version))
 
 
 def _read_images(path, group: h5py.Group) -> ChipImages:
     rate = read_dataset(path, group, "dimage", shape=(None, None), kinds="f")
     shape = rate.shape
+    n_diff = None
+    if "ndiff" in group:
+        n_diff = read_dataset(path, group, "ndiff", shape=shape, kinds="iu")
     return ChipImages(
         rate=rate,
         ivar=read_dataset(path, group, "ivarimage", shape=shape, kinds="f"),
         chi2=read_dataset(path, group, "chisqimage", shape=shape, kinds="f"),
-        flags=read_dataset(path, group, "flags", shape=shape, kinds="iu").astype(np.int64),
+        flags=read_dataset(path, group, "flags", shape=shape, kinds="iu"),
+        n_diff=n_diff,
     )
 
 
@@ -437,11 +778,36 @@ def _read_fibers(path, group: h5py.Group) -> FiberResults:
     model = read_value(path, group["model"]) if "model" in group else None
     if not isinstance(model, list) or len(model) != n:
         raise InputError(path, f"{group.name}/model".lstrip("/"), f"{n} strings", found=repr(model))
+    fiber_index = read_dataset(path, group, "fiber_index", shape=(n,), kinds="iu") - 1
+    if "fiberId" in group:
+        fiber_id = read_dataset(path, group, "fiberId", shape=(n,), kinds="iu")
+        if not np.array_equal(fiber_id, N_FIBERS - fiber_index):
+            raise InputError(
+                path, f"{group.name}/fiberId".lstrip("/"), "301 - fiber_index (1-based)",
+                found="other values",
+            )  # fmt: skip
+    stats = {
+        stat: read_dataset(path, group, _FIBERS[stat].name, shape=(n,), kinds=kinds)
+        for stat, kinds in zip(_FIBER_STATS, ("f", "f", "f", "iu", "iu"), strict=True)
+        if _FIBERS[stat].name in group
+    }
     return FiberResults(
-        fiber_index=read_dataset(path, group, "fiber_index", shape=(n,), kinds="iu") - 1,
+        fiber_index=fiber_index.astype(np.int64),
         omega=omega,
         omega_cov=read_dataset(path, group, "omega_cov", shape=(n, k, k), kinds="f"),
         ref_index=ref_index.astype(np.int64),
         model=tuple(model),
         flags=read_dataset(path, group, "flags", shape=(n,), kinds="iu").astype(np.int64),
+        **{s: v.astype(np.int64) if v.dtype.kind in "iu" else v for s, v in stats.items()},
     )
+
+
+def _v1_statistics(key: str, results: FiberResults, metadata: dict) -> FiberResults:
+    """A format-1 fiber group with the statistics its metadata kept as ``{key}_{stat}``."""
+    n = len(results.model)
+    found = {
+        stat: np.asarray(metadata[f"{key}_{stat}"])
+        for stat in _FIBER_STATS
+        if np.shape(metadata.get(f"{key}_{stat}")) == (n,)
+    }
+    return dataclasses.replace(results, **found) if found else results

@@ -8,23 +8,116 @@ import h5py
 
 from ..errors import InputError
 from .apz import read_apz
-from .hdf5 import open_h5, read_group
+from .hdf5 import decode, open_h5, read_group
+
+#: Metadata keys a summary shows (the rest with ``full``).
+_KEY_METADATA = ("pyapred_version", "backend", "telescope", "mjd", "expnum", "DATE-OBS",
+                 "TIMESYS", "input_files")  # fmt: skip
+_SUMMARY_LINES = 12
 
 
-def describe(path: str | Path) -> str:
-    """A few lines about a raw ``.apz`` exposure or an HDF5 file (ApogeeReduction.jl's or ours).
+def describe(path: str | Path, *, full: bool = False) -> str:
+    """A few lines about a raw ``.apz`` exposure, an HDF5 file (ApogeeReduction.jl's or ours) or
+    a simulation's truth file (``.npz``).
+
+    Parameters
+    ----------
+    path : str or Path
+    full : bool
+        Every dataset and metadata key of an HDF5 file (``pyapred inspect --full``); by default
+        a summary: per chip its images, per fiber group its models, and the key metadata.
 
     Raises
     ------
     InputError
-        The file is missing, or not a readable ``.apz`` or HDF5 file.
+        The file is missing, or not a readable ``.apz``, HDF5 or ``.npz`` file.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file", "an existing file", found="nothing")
     if path.suffix == ".apz":
         return _describe_apz(path)
-    return _describe_hdf5(path)
+    if path.suffix == ".npz":
+        return _describe_npz(path)
+    return _describe_hdf5(path) if full else _summarize_hdf5(path)
+
+
+def _describe_npz(path: Path) -> str:
+    """The arrays of a NumPy ``.npz`` file (``pyapred simulate``'s truth file)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(path, "npz", "a NumPy .npz file of arrays", str(exc)) from None
+    lines = [f"{path}: NumPy arrays ({len(arrays)}; pyapred simulate's truth file holds omega,"
+             " fiber types and per-chip fluxes)"]  # fmt: skip
+    for name, value in arrays.items():
+        lines.append(f"  {name}: {value.dtype}, {value.shape}")
+    return "\n".join(lines)
+
+
+def _summarize_hdf5(path: Path) -> str:
+    """A product by chip, fiber group and key metadata; another HDF5 file by top-level group."""
+    lines = [f"{path}: HDF5"]
+    with open_h5(path) as handle:
+        version = handle.attrs.get("pyapred_product_format")
+        groups = {name: item for name, item in handle.items() if isinstance(item, h5py.Group)}
+        datasets = [name for name, item in handle.items() if isinstance(item, h5py.Dataset)]
+        if version is not None:
+            lines[0] += f", pyapred product format {version}"
+        for name, group in groups.items():
+            if name == "metadata":
+                continue
+            if name == "fibers":
+                for key, fibers in group.items():
+                    lines.append(f"  fibers/{key}: {_fiber_line(fibers)}")
+                continue
+            members = [k for k, v in group.items() if isinstance(v, h5py.Dataset)]
+            first = (
+                group["dimage"] if "dimage" in members else (group[members[0]] if members else None)
+            )
+            shape = "" if first is None else f" {_dataset_line(first)};"
+            more = f" and {len(members) - 8} more" if len(members) > 8 else ""
+            lines.append(f"  {name}:{shape} {', '.join(members[:8])}{more}")
+        for name in datasets[:_SUMMARY_LINES]:
+            lines.append(f"  {name}: {_dataset_line(handle[name])}")
+        if len(datasets) > _SUMMARY_LINES:
+            lines.append(f"  ... and {len(datasets) - _SUMMARY_LINES} more datasets")
+        if isinstance(handle.get("metadata"), h5py.Group):
+            metadata = read_group(path, handle["metadata"])
+            for key in _KEY_METADATA:
+                if key in metadata:
+                    lines.append(f"  metadata/{key} = {_short(metadata[key])}")
+            rest = len(set(metadata) - set(_KEY_METADATA))
+            if rest:
+                lines.append(f"  and {rest} more metadata keys")
+    lines.append("  (pyapred inspect --full: every dataset and metadata key)")
+    return "\n".join(lines)
+
+
+def _fiber_line(group) -> str:
+    """``300 fibers, 46 read differences; models 210 time_variable, 88 borrowed, 2 constant``."""
+    from collections import Counter
+
+    if not isinstance(group, h5py.Group):
+        return _dataset_line(group)
+    parts = []
+    if "omega" in group:
+        shape = group["omega"].shape
+        parts.append(f"{shape[0]} fibers, {shape[-1]} read differences")
+    if "model" in group:
+        models = Counter(decode(m) for m in group["model"][()])
+        parts.append("models " + ", ".join(f"{n} {m}" for m, n in models.most_common()))
+    return "; ".join(parts) or f"{len(group)} datasets"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _describe_apz(path: Path) -> str:
@@ -48,11 +141,24 @@ def _describe_hdf5(path: Path) -> str:
 
         def visit(name: str, item) -> None:
             if isinstance(item, h5py.Dataset) and not name.startswith("metadata/"):
-                julia = "(" + ", ".join(map(str, item.shape[::-1])) + ")"
-                lines.append(f"  {name}: {item.dtype}, h5py {item.shape}, Julia {julia}")
+                lines.append(f"  {name}: {_dataset_line(item)}")
 
         handle.visititems(visit)
         if isinstance(handle.get("metadata"), h5py.Group):
             for key, value in read_group(path, handle["metadata"]).items():
                 lines.append(f"  metadata/{key} = {value!r}")
     return "\n".join(lines)
+
+
+def _dataset_line(item: h5py.Dataset) -> str:
+    """``float32, h5py (2048, 2560), Julia (2560, 2048), DN/read, gzip+shuffle``: the type (str
+    for strings), the shapes, the units where they are not empty and the compression."""
+    string = h5py.check_string_dtype(item.dtype)
+    dtype = f"str ({string.encoding})" if string is not None else str(item.dtype)
+    parts = [dtype, f"h5py {item.shape}", f"Julia {item.shape[::-1]}"]
+    units = decode(item.attrs.get("units", ""))
+    if units:
+        parts.append(str(units))
+    if item.compression:
+        parts.append(item.compression + ("+shuffle" if item.shuffle else ""))
+    return ", ".join(parts)

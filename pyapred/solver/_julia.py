@@ -8,10 +8,11 @@ arguments and results of :mod:`pyapred.solver._numpy` and, for the jump search, 
 
 Arrays cross without copying: a C-order NumPy array ``a`` is handed over as ``a.T``, which Julia
 sees as a column-major array with the axes reversed (``(n_reads, ny, nx)`` becomes
-``(nx, ny, n_reads)``). Big-endian (FITS) and read-only inputs are converted first, because
-PythonCall's ``PyArray`` cannot byte-swap, and outputs are preallocated NumPy arrays that the
-Julia ``!`` kernels fill in place. Long kernels run without holding the GIL. Indices are 0-based
-here and 1-based in Julia.
+``(nx, ny, n_reads)``). Raw ``uint16`` reads and read-only arrays cross as they are (PythonCall's
+``PyArray`` wraps both; the kernels only read their inputs and convert each read to Float64);
+only big-endian (FITS) inputs are converted first, because ``PyArray`` cannot byte-swap. Outputs
+are preallocated NumPy arrays that the Julia ``!`` kernels fill in place. Long kernels run without
+holding the GIL. Indices are 0-based here and 1-based in Julia.
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ JULIA_FUNCTIONS = (
 
 GUIDANCE = (
     "To use backend='julia': pip install 'pyapred[julia]' (juliacall). Where the internet is "
-    "reachable, juliacall installs a Julia of its own on first use (allow it here with "
-    "PYAPRED_ALLOW_JULIA_DOWNLOAD=1, or put `julia` on PATH). On clusters and offline machines, "
-    "point juliacall at an existing Julia and a prepared environment: PYTHON_JULIACALL_EXE="
+    "reachable, juliacall installs Julia and PythonCall on first use (allow it here with "
+    "PYAPRED_ALLOW_JULIA_DOWNLOAD=1). On clusters and offline machines, point juliacall at an "
+    "existing Julia and a prepared environment, both together: PYTHON_JULIACALL_EXE="
     "/path/to/julia and PYTHON_JULIACALL_PROJECT=/abs/path/to/env (an environment holding "
     "PythonCall at juliacall's version); see docs/julia.md."
 )
@@ -93,16 +94,85 @@ def julia_package_dir() -> Path:
     raise JuliaBackendError(f"the APRampFit Julia package is not installed next to {here}")
 
 
+def _juliacall_option(name: str) -> str | None:
+    """A juliacall setting where juliacall reads it: ``-X juliacall-NAME=...``, else the
+    environment variable ``PYTHON_JULIACALL_NAME``; None when unset or empty."""
+    value = sys._xoptions.get(f"juliacall-{name}")
+    if isinstance(value, str) and value:
+        return value
+    return os.environ.get(f"PYTHON_JULIACALL_{name.upper()}") or None
+
+
+def _juliapkg_project() -> Path:
+    """The environment juliapkg resolves juliacall's packages into (juliapkg's own rule,
+    ``juliapkg/state.py``, without importing it): ``PYTHON_JULIAPKG_PROJECT``, else
+    ``julia_env`` in the virtual or conda environment, else ``pyjuliapkg`` in the first depot."""
+    project = sys._xoptions.get("juliapkg-project") or os.environ.get("PYTHON_JULIAPKG_PROJECT")
+    if isinstance(project, str) and project:
+        return Path(project)
+    prefix = sys.prefix if sys.prefix != sys.base_prefix else os.environ.get("CONDA_PREFIX")
+    if prefix:
+        return Path(prefix).absolute() / "julia_env"
+    depots = os.environ.get("JULIA_DEPOT_PATH", "").split(os.pathsep)
+    depot = Path(depots[0]) if depots[0] else Path.home() / ".julia"
+    return depot.absolute() / "environments" / "pyjuliapkg"
+
+
+def _holds_pythoncall(project: Path) -> bool:
+    """Whether a Julia environment's manifest lists PythonCall (juliapkg then installs nothing)."""
+    for manifest in project.glob("Manifest*.toml"):
+        try:
+            text = manifest.read_text(errors="replace")
+        except OSError:
+            continue
+        if "[[deps.PythonCall]]" in text or "[[PythonCall]]" in text:
+            return True
+    return False
+
+
 def _missing_reason() -> str | None:
-    """Why Julia cannot start here, or None when it may; starts nothing."""
+    """Why Julia cannot start here, or None when it may; starts nothing, reads no network.
+
+    juliacall 0.9 starts a Julia in one of two ways. Given ``PYTHON_JULIACALL_EXE`` (or
+    ``PYTHON_JULIACALL_BINDIR``) and ``PYTHON_JULIACALL_PROJECT`` together, it uses them as they
+    are; given only one of them it refuses to start. Given none, juliapkg picks a Julia and
+    installs PythonCall into its environment, from the network unless that environment already
+    holds it: a machine without network access waits for a download that cannot succeed.
+    """
     if importlib.util.find_spec("juliacall") is None:
         return "no Julia runtime: juliacall is not installed"
-    env = ("PYTHON_JULIACALL_EXE", "PYTHON_JULIAPKG_EXE", "PYTHON_JULIACALL_BINDIR")
-    if any(os.environ.get(name) for name in env) or shutil.which("julia"):
+    exe, project, bindir = (_juliacall_option(n) for n in ("exe", "project", "bindir"))
+    if exe or project or bindir:
+        if not project:
+            named = "PYTHON_JULIACALL_EXE" if exe else "PYTHON_JULIACALL_BINDIR"
+            return (f"no Julia runtime: {named} is set without PYTHON_JULIACALL_PROJECT "
+                    "(juliacall starts only with both)")  # fmt: skip
+        if not (exe or bindir):
+            return ("no Julia runtime: PYTHON_JULIACALL_PROJECT is set without "
+                    "PYTHON_JULIACALL_EXE (juliacall starts only with both)")  # fmt: skip
+        if not Path(project).exists():
+            return f"no Julia runtime: PYTHON_JULIACALL_PROJECT={project} does not exist"
+        executable = "julia.exe" if os.name == "nt" else "julia"
+        julia = shutil.which(exe) if exe else shutil.which(str(Path(bindir) / executable))
+        if julia is None:
+            named = f"PYTHON_JULIACALL_EXE={exe}" if exe else f"PYTHON_JULIACALL_BINDIR={bindir}"
+            return f"no Julia runtime: {named} is not a julia executable"
         return None
     if os.environ.get("PYAPRED_ALLOW_JULIA_DOWNLOAD") == "1":
-        return None
-    return "no Julia runtime: no julia executable found and downloading one is not enabled"
+        return None  # juliapkg may download Julia and PythonCall
+    name = "julia.exe" if os.name == "nt" else "julia"
+    chosen = sys._xoptions.get("juliapkg-exe") or os.environ.get("PYTHON_JULIAPKG_EXE")
+    env = _juliapkg_project()
+    installed = env / "pyjuliapkg" / "install" / "bin" / name  # a Julia juliapkg downloaded
+    julia = shutil.which(chosen) if isinstance(chosen, str) and chosen else shutil.which(name)
+    if julia is None and not installed.is_file():
+        return "no Julia runtime: no julia executable found and downloading one is not enabled"
+    if not _holds_pythoncall(env):
+        return (f"no Julia runtime: juliapkg's environment {env} does not hold PythonCall yet, so "
+                "juliacall would install it from the network (allow that with "
+                "PYAPRED_ALLOW_JULIA_DOWNLOAD=1, or set PYTHON_JULIACALL_EXE and "
+                "PYTHON_JULIACALL_PROJECT to a prepared environment)")  # fmt: skip
+    return None
 
 
 def julia_available() -> bool:
@@ -195,17 +265,17 @@ def _fn(name: str, nogil: bool = True):
 
 
 def _jl(array) -> np.ndarray:
-    """An input array as Julia should see it: native byte order, writeable, axes reversed."""
+    """An input array as Julia should see it, axes reversed: without a copy, except for a
+    byte-swapped (big-endian, FITS) array, which PythonCall cannot wrap. Read-only arrays and
+    integer reads (raw uint16) cross as they are; the kernels only read their inputs."""
     array = np.asarray(array)
-    if not array.dtype.isnative or not array.flags.writeable:
+    if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="), copy=True)
     return array.T
 
 
-def _jl_reads(reads) -> np.ndarray:
-    """A reads array for Julia: integer reads (raw uint16) as float32, which holds them exactly."""
-    reads = np.asarray(reads)
-    return _jl(reads.astype(np.float32) if reads.dtype.kind in "iu" else reads)
+#: Reads cross like any input (raw uint16 too: the kernels convert each read to Float64).
+_jl_reads = _jl
 
 
 def _from_jl(value, stack: bool = False) -> np.ndarray:
@@ -277,7 +347,9 @@ def fit_omega_groups(diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_it
 def _omega_result(res, offsets: bool = False) -> dict:
     """``fit_omega_groups``' NamedTuple as the NumPy kernel's dict: group axis first, 0-based."""
     out = {name: _from_jl(getattr(res, name)) for name in
-           ("omega", "flux", "flux_var", "chi2", "n_iter", "converged", "has_data")}  # fmt: skip
+           ("omega", "flux", "flux_var", "chi2", "n_iter", "converged", "has_data",
+            "step_size", "damping")}  # fmt: skip
+    out["stop_reason"] = _from_jl(res.stop_reason).astype(np.int64)  # the same codes, 0-based
     out["omega_cov"] = _from_jl(res.omega_cov, stack=True)
     out["ref_index"] = _from_jl(res.ref_index).astype(np.int64) - 1
     if offsets:

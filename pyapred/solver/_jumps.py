@@ -402,7 +402,8 @@ def find_jumps_kernel(
                 pflags |= _JUMP_DETECTED
             if n <= MIN_CLEAN_DIFFS:
                 pflags |= _FEW_CLEAN_DIFFS
-            if n < 2:
+            # No flux either where x^T C^-1 x = 0 (omega 0 on every usable difference).
+            if n < 2 or not var_last[i] < np.inf:
                 flags[p] = pflags | _TOO_FEW_DIFFS
                 flux[p] = np.nan
                 flux_var[p] = np.nan

@@ -428,7 +428,8 @@ def extract_kernel(
         for p in range(B):
             q = p0 + p
             n_diff[q] = count[p]
-            if count[p] < 2:
+            # No flux either where x^T C^-1 x = 0 (omega 0 on every usable difference).
+            if count[p] < 2 or not var_last[p] < np.inf:
                 flags[q] = pflags[p] | _TOO_FEW_DIFFS
                 flux[q] = np.nan
                 flux_var[q] = np.nan
@@ -481,15 +482,20 @@ def _prepare_diffs_flat(reads, bad, use_mask, gain, saturation, diffs, valid, fl
 
 @njit(cache=True, parallel=True)
 def normal_equations_kernel(
-    diffs, valid, s2, dt, flux, omega, active, fit_pixel, out_g, out_gw, e_hat, gf_hat, sqrt_d
-):
+    diffs, valid, s2, dt, flux, omega, active, newton, fit_pixel, out_g, out_gw, e_hat, gf_hat,
+    sqrt_d,
+):  # fmt: skip
     """Gauss-Newton normal equations of the time-variable model, fluxes ready for elimination.
 
     For each active group g and fitted pixel p, with ``x = omega[g] * dt``, ``C_p`` built at
-    ``(flux, omega)`` (both already clamped) and ``r_p = d_p - flux_p x``:
+    ``(flux, omega)`` (the linearisation point) and ``r_p = d_p - flux_p x``:
 
     - ``sqrt_d[g, p] = sqrt(D_p)``, ``D_p = x^T C_p^-1 x`` (the flux block of H, diagonal);
     - ``e_hat[g, p] = E_p / sqrt(D_p)``, ``E_p = flux_p dt * (C_p^-1 x)`` (flux-omega block);
+      where ``newton[g]``, ``E_p = dt * (flux_p C_p^-1 x - C_p^-1 r_p)``: the flux-omega block of
+      the exact Hessian of the chi2 with C frozen (the model's cross derivative
+      ``d2 m_pk / d flux_p d omega_k = dt_k`` times the weighted residual), the only block where
+      it differs from Gauss-Newton's;
     - ``gf_hat[g, p] = (x^T C_p^-1 r_p) / sqrt(D_p)`` (the flux part of the gradient);
     - ``out_g[g] = sum_p flux_p^2 diag(dt) C_p^-1 diag(dt)`` (the omega block G, K x K);
     - ``out_gw[g] = sum_p flux_p dt * (C_p^-1 r_p)`` (the omega part of the gradient).
@@ -554,9 +560,15 @@ def normal_equations_kernel(
                 z[k] = yr[k] * inv[k] - low[k + 1] * z[k + 1]
                 diag[k] = inv[k] + low[k + 1] * low[k + 1] * diag[k + 1]
             inv_sd = 1.0 / sd
+            exact = newton[g]
             for k in range(K):
                 ok = vmask[k]
-                e_hat[g, p, k] = f * dt[k] * u[k] * inv_sd if ok else 0.0
+                if not ok:
+                    e_hat[g, p, k] = 0.0
+                elif exact:
+                    e_hat[g, p, k] = (f * u[k] - z[k]) * dt[k] * inv_sd
+                else:
+                    e_hat[g, p, k] = f * dt[k] * u[k] * inv_sd
                 accw[k] += f * dt[k] * z[k] if ok else 0.0
             # Above the diagonal, (C^-1)_ij = (C^-1)_{i+1,j} * (-low_{i+1}) (spec 1.5), so within a
             # coupled block (C^-1)_ij = diag_j R_j / R_i with R the prefix product of -low: G
@@ -716,6 +728,56 @@ def chi2_kernel(diffs, valid, s2, x, flux, fit_pixel, out):
             out[g, p] = _chi2_pixel(diffs[g, p], xv, valid[g, p], s2[g, p], flux[g, p], work)
 
 
+@njit(cache=True, parallel=True)
+def objective_change_kernel(
+    diffs, valid, s2, dt, flux, omega, d_flux, d_omega, d_offsets, segment, active, fit_pixel, out
+):
+    """Change of each group's chi2, with C frozen at ``(flux, omega)``, over a trial step.
+
+    ``out[g] = sum_p (m_p' - m_p)^T C_p^-1 (m_p' - m_p - 2 r_p)``: the chi2 at the trial point
+    ``(flux + d_flux, omega + d_omega, offsets + d_offsets)`` minus the chi2 at ``(flux, omega)``,
+    both weighted by ``C_p`` built at ``(flux, omega)``, with ``r_p = d_p - flux_p x`` (``diffs``
+    have the current offsets removed). It is computed from the model change ``m' - m = df x +
+    f dx + df dx + dc`` itself, never as the difference of two large sums, so that its sign is
+    right even for a step near convergence. ``d_offsets`` is ``(G, S, K)`` with ``segment`` the
+    ``(G, P)`` row of each pixel (``(G, 1, K)`` zeros without offsets).
+    """
+    G, P, K = diffs.shape
+    for g in prange(G):
+        out[g] = 0.0
+        if not active[g]:
+            continue
+        total = 0.0
+        for p in range(P):
+            if not fit_pixel[g, p]:
+                continue
+            f = flux[g, p]
+            df = d_flux[g, p]
+            var = s2[g, p]
+            vmask = valid[g, p]
+            s = segment[g, p]
+            inv_prev = 0.0
+            ym_prev = 0.0
+            yq_prev = 0.0
+            for k in range(K):
+                ok = vmask[k]
+                xk = omega[g, k] * dt[k] if ok else 0.0
+                dxk = d_omega[g, k] * dt[k] if ok else 0.0
+                dm = df * xk + f * dxk + df * dxk + d_offsets[g, s, k] if ok else 0.0
+                q = dm - 2.0 * (diffs[g, p, k] - f * xk) if ok else 0.0
+                alpha = max(f * xk, 0.0) + 2.0 * var if ok else 1.0
+                beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
+                lk = beta * inv_prev
+                inv = 1.0 / (alpha - lk * beta)
+                ym = dm - lk * ym_prev
+                yq = q - lk * yq_prev
+                total += ym * yq * inv
+                inv_prev = inv
+                ym_prev = ym
+                yq_prev = yq
+        out[g] = total
+
+
 def equal_weight_kernel(
     reads, bad, use_mask, read_noise, gain, saturation, flux, flux_var, chi2, n_diff, flags
 ):
@@ -809,6 +871,17 @@ def initial_guess(diffs, valid, s2, dt, fit_pixel, *, reference=False, ref_index
     return omega, flux, kstar
 
 
+@njit(cache=True, inline="always")
+def _guess_floor(s2, reference):
+    """The initial guess's positivity floor for a pixel's fluxes and differences (e-).
+
+    The reference's is ``CLAMP_FLOOR`` electrons. Default mode's is the same wherever the read
+    noise is at least 1 e- (any detector in electrons), and ``CLAMP_FLOOR`` read-noise sigmas
+    below it, so that reads in a tiny unit (a tiny gain) are not all floored to one value.
+    """
+    return CLAMP_FLOOR if reference else CLAMP_FLOOR * min(1.0, np.sqrt(s2))
+
+
 @njit(cache=True, parallel=True)
 def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flux, kstar):
     """The five steps of spec 2.6 for every group; ``kstar[g] < 0`` means take the argmax."""
@@ -818,31 +891,40 @@ def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flu
         f0 = np.empty(P)
         w_sum = np.zeros(K)
         w_om = np.zeros(K)
+        seen = np.zeros(K, dtype=np.bool_)  # a usable difference in a fitted pixel
         # 1. Median rate per pixel; 2-3. inverse-variance weighted mean of d / (f0 dt) per k.
         _group_median_rates(diffs[g], valid[g], dt, fit_pixel[g], network, f0)
         for p in range(P):
             if not fit_pixel[g, p]:
                 continue
-            f0[p] = max(f0[p], CLAMP_FLOOR)
+            floor = _guess_floor(s2[g, p], reference)
+            f0[p] = max(f0[p], floor)
             var = 2.0 * s2[g, p]
             read_term = var * var if reference else var
             for k in range(K):
                 if not valid[g, p, k]:
                     continue
+                seen[k] = True
                 d = diffs[g, p, k]
                 om_pix = d / (f0[p] * dt[k])
-                om_err = abs(om_pix / max(d, CLAMP_FLOOR)) * np.sqrt(read_term + max(d, 0.0))
+                om_err = abs(om_pix / max(d, floor)) * np.sqrt(read_term + max(d, 0.0))
                 if om_err > 0.0:
                     w = 1.0 / (om_err * om_err)
                     w_sum[k] += w
                     w_om[k] += w * om_pix
-        # 4. Normalise at the largest element (or the one asked for).
+        # 4. Normalise at the largest element (or the one asked for). An element whose usable
+        # differences all weigh nothing (all exactly 0: no light) has data; its guess is the
+        # floor.
         best = -1
         for k in range(K):
             if w_sum[k] > 0.0:
                 omega[g, k] = max(w_om[k] / w_sum[k], CLAMP_FLOOR)
-                if best < 0 or omega[g, k] > omega[g, best]:
-                    best = k
+            elif seen[k]:
+                omega[g, k] = CLAMP_FLOOR
+            else:
+                continue
+            if best < 0 or omega[g, k] > omega[g, best]:
+                best = k
         if kstar[g] < 0:
             kstar[g] = max(best, 0)
         scale = omega[g, kstar[g]]
@@ -856,6 +938,7 @@ def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flu
         for p in range(P):
             if not fit_pixel[g, p]:
                 continue
+            floor = _guess_floor(s2[g, p], reference)
             var = 2.0 * s2[g, p]
             read_term = var * var if reference else var
             num = 0.0
@@ -867,13 +950,13 @@ def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, omega, flu
                 om = omega[g, k]
                 fl_pix = d / (om * dt[k])
                 err_d = np.sqrt(read_term + max(d, 0.0))
-                a = fl_pix / max(d, CLAMP_FLOOR) * err_d
+                a = fl_pix / max(d, floor) * err_d
                 b = fl_pix / om * omega_err[k]
                 fl_err2 = a * a + b * b
                 if fl_err2 > 0.0:
                     num += fl_pix / fl_err2
                     den += 1.0 / fl_err2
-            flux[g, p] = max(num / den, CLAMP_FLOOR) if den > 0.0 else f0[p] * scale
+            flux[g, p] = max(num / den, floor) if den > 0.0 else f0[p] * scale
 
 
 def _solve_spd(a, b):
@@ -932,9 +1015,14 @@ class _Normal:
         self.gf_hat = np.zeros((G, P))
         self.sqrt_d = np.zeros((G, P))
 
-    def evaluate(self, diffs, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel):
+    def evaluate(self, diffs, valid, s2, dt, flux, omega, active, fit_pixel, newton=None):
+        """The normal equations at ``(flux, omega)`` for the ``active`` groups; ``newton``, (G,)
+        bool: those groups get the exact Hessian's flux-omega block (see the kernel).
+        """
+        if newton is None:
+            newton = np.zeros(active.shape, dtype=bool)
         normal_equations_kernel(
-            diffs, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel,
+            diffs, valid, s2, dt, flux, omega, active, newton, fit_pixel,
             self.g, self.gw, self.e_hat, self.gf_hat, self.sqrt_d,
         )  # fmt: skip
 
@@ -1088,12 +1176,48 @@ def gauss_newton_step(diffs, valid, s2, dt, flux, omega, ref_index, fit_pixel):
     return normal.flux_step(d_omega), d_omega, sch
 
 
+#: Default mode, threshold pivoting: the element fixed while iterating is at least this fraction
+#: of the largest in magnitude. A requested ``ref_index`` below it in the initial guess is not
+#: fixed (the largest is, and the solution is rescaled to ``ref_index`` at the end), and an
+#: iterate where an element grows beyond its inverse is rescaled to fix that element instead.
+PIVOT_RATIO = 0.5
+#: Default mode. A group whose step shrinks by less than this factor in one iteration, or whose
+#: step had to be damped, continues with Newton steps (the exact Hessian of the frozen-C chi2).
+SLOW_CONTRACTION = 0.5
+#: Halvings of the line search before it gives up.
+MAX_HALVINGS = 40
+#: Why a group's iteration stopped (``OmegaFit.stop_reason``; ``pyapred.solver.api.StopReason``).
+STOP_CONVERGED, STOP_MAX_ITER, STOP_BREAKDOWN, STOP_LINE_SEARCH, STOP_EMPTY = range(5)
+
+
 @_single_blas_thread
 def fit_omega_groups(
     diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_iter, ref_index, segments=None,
     start=None,
 ):  # fmt: skip
     """Gauss-Newton joint fit of omega and fluxes for G independent groups (spec 2.4-2.7, 9).
+
+    ``reference=True`` is the reference implementation's iteration: full Gauss-Newton steps
+    linearised at the values clamped at ``CLAMP_FLOOR``. Otherwise (``docs/model.md``,
+    "Convergence"):
+
+    - the linearisation point is the iterate itself, unclamped (the photon noise is
+      ``max(f omega dt, 0)`` anyway), so that the iteration has one objective;
+    - every step is line-searched: the largest of 1, 1/2, 1/4, ... that does not increase the
+      chi2 with the covariances frozen at the current point (:func:`objective_change_kernel`);
+    - a group whose steps shrink slowly (a low-signal, large-residual group, where Gauss-Newton
+      converges linearly and slowly) or had to be damped takes Newton steps instead, whose
+      Hessian adds the residual term; where that Hessian is not positive definite the group
+      takes the Gauss-Newton step (not with ``segments``);
+    - threshold pivoting: the element fixed to 1 while iterating is never below ``PIVOT_RATIO``
+      times the largest in magnitude (a fixed difference with little light makes the
+      parametrisation nearly singular: omega and the fluxes run off to large values, or must
+      change sign through 0). A requested ``ref_index`` below it in the initial guess is not
+      fixed, the guess's largest element is; an iterate where an element grows beyond
+      ``1 / PIVOT_RATIO`` is rescaled (omega / c, fluxes * c) to fix that element instead. At
+      the end the solution is rescaled to the requested ``ref_index``: the same point of the
+      model, with the covariance evaluated in that normalisation. Without ``ref_index`` the
+      element fixed at the end is returned (the guess's largest unless the fit moved it).
 
     ``segments`` (G, P) non-negative ints, optional: pixels of a group with the same label share
     an additive offset per read difference (:class:`_Offsets`), fitted jointly; not with
@@ -1103,29 +1227,42 @@ def fit_omega_groups(
     same ``ref_index``), used wherever it is finite in place of the initial guess, which still
     decides which elements have data.
 
-    Returns a dict of the ``OmegaFit`` fields that are computed here (electron units), with
-    ``offsets`` (G, S, K), NaN where a segment has no data, when ``segments`` is given.
+    Returns a dict of the ``OmegaFit`` fields that are computed here (electron units): with the
+    convergence report ``stop_reason`` (``STOP_*``), ``step_size`` (the last update, in the units
+    of the convergence test) and ``damping`` (the line-search factor of the last update), and
+    with ``offsets`` (G, S, K), NaN where a segment has no data, when ``segments`` is given.
     """
     G, P, K = diffs.shape
-    omega, flux, kstar = initial_guess(
-        diffs, valid, s2, dt, fit_pixel, reference=reference, ref_index=ref_index
-    )
+    target = None if ref_index is None else np.asarray(ref_index, dtype=np.int64)
+    if reference:
+        omega, flux, kstar = initial_guess(
+            diffs, valid, s2, dt, fit_pixel, reference=True, ref_index=target
+        )
+    else:
+        omega, flux, kstar = _pivoted_guess(diffs, valid, s2, dt, fit_pixel, target)
     has_data = np.isfinite(omega)
     if start is not None:
-        omega = np.where(has_data & np.isfinite(start[0]), start[0], omega)
-        flux = np.where(fit_pixel & np.isfinite(start[1]), start[1], flux)
+        start_omega, start_flux = _start_at(start, kstar, kstar if target is None else target)
+        omega = np.where(has_data & np.isfinite(start_omega), start_omega, omega)
+        flux = np.where(fit_pixel & np.isfinite(start_flux), start_flux, flux)
     free = has_data & (np.arange(K) != kstar[:, None])
     nonempty = fit_pixel.any(axis=1)
-    omega_cl = np.where(has_data, np.maximum(omega, CLAMP_FLOOR), 0.0)
-    flux_cl = np.where(fit_pixel, np.maximum(flux, CLAMP_FLOOR), 0.0)
-    prev_omega, prev_flux = omega_cl.copy(), flux_cl.copy()
-    omega, flux = omega_cl.copy(), flux_cl.copy()
-    scale = np.maximum(np.abs(flux_cl), np.sqrt(s2))
+    floor = CLAMP_FLOOR if reference else -np.inf
+    omega_lin = np.where(has_data, np.maximum(omega, floor), 0.0)
+    flux_lin = np.where(fit_pixel, np.maximum(flux, floor), 0.0)
+    prev_omega, prev_flux = omega_lin.copy(), flux_lin.copy()
+    omega, flux = omega_lin.copy(), flux_lin.copy()
+    scale = np.maximum(np.abs(flux_lin), np.sqrt(s2))
     tol = 1e-10 if reference else rtol
     min_iter = 3 if reference else 2
     active = nonempty.copy()
     n_iter = np.zeros(G, dtype=np.int64)
     converged = ~nonempty
+    reason = np.where(nonempty, STOP_MAX_ITER, STOP_EMPTY).astype(np.int64)
+    step_size = np.full(G, np.nan)
+    damping = np.full(G, np.nan)
+    newton = np.zeros(G, dtype=bool)
+    last_step = np.full(G, np.inf)
     normal = _Normal(G, P, K)
     offsets = None
     if segments is not None:
@@ -1134,11 +1271,15 @@ def fit_omega_groups(
     for it in range(max_iter):
         if not active.any():
             break
-        sch, rhs = _evaluate(normal, offsets, diffs, valid, s2, dt, flux_cl, omega_cl, active,
-                             fit_pixel, free)  # fmt: skip
+        sch, rhs = _evaluate(normal, offsets, diffs, valid, s2, dt, flux_lin, omega_lin, active,
+                             fit_pixel, free, newton & active)  # fmt: skip
+        if (newton & active).any():
+            _newton_or_gauss(normal, offsets, diffs, valid, s2, dt, flux_lin, omega_lin,
+                             fit_pixel, free, newton & active, sch, rhs)  # fmt: skip
         d_omega = _solve_spd(sch[active], rhs[active])
         d_omega_all = _scatter(d_omega, active, (G, K))
         d_flux = normal.flux_step(d_omega_all, active)
+        d_offsets = None
         if offsets is not None:
             d_offsets = offsets.step(d_omega_all)
             term = offsets.flux_term(d_offsets)
@@ -1149,37 +1290,87 @@ def fit_omega_groups(
         # floor) stops here, keeps its last finite iterate and stays flagged as not converged.
         broken = ~(np.isfinite(d_omega).all(axis=1) & np.isfinite(d_flux).all(axis=1))
         if broken.any():
+            reason[np.flatnonzero(active)[broken]] = STOP_BREAKDOWN
             active[np.flatnonzero(active)[broken]] = False
             d_omega, d_flux = d_omega[~broken], d_flux[~broken]
             if not active.any():
                 break
-        if offsets is not None:
-            offsets.value[active] += d_offsets[active]
-        new_omega = omega_cl[active] + d_omega
-        new_flux = np.where(fit_pixel[active], flux_cl[active] + d_flux, 0.0)
-        step_omega = np.where(free[active], np.abs(new_omega - prev_omega[active]), 0.0)
-        step_flux = np.abs(new_flux - prev_flux[active])
-        if not reference:
-            step_flux = step_flux / scale[active]
-        done = (step_omega.max(axis=1) < tol) & (step_flux.max(axis=1) < tol) & (it + 1 >= min_iter)
-        if offsets is not None:
-            step_offsets = np.abs(d_offsets[active]).max(axis=(1, 2)) / offset_scale[active]
-            done &= step_offsets < tol
-        omega[active] = new_omega
-        flux[active] = new_flux
-        prev_omega[active] = new_omega
-        prev_flux[active] = new_flux
-        omega_cl[active] = np.where(has_data[active], np.maximum(new_omega, CLAMP_FLOOR), 0.0)
-        flux_cl[active] = np.where(fit_pixel[active], np.maximum(new_flux, CLAMP_FLOOR), 0.0)
-        n_iter[active] = it + 1
         idx = np.flatnonzero(active)
+        lam = np.ones(idx.size)
+        if not reference:
+            # The line search, where the full step is not already below the tolerance (a step
+            # that small cannot matter, and its objective change is at the rounding level).
+            full = np.maximum(
+                np.where(free[idx], np.abs(d_omega), 0.0).max(axis=1),
+                (np.abs(np.where(fit_pixel[idx], d_flux, 0.0)) / scale[idx]).max(axis=1),
+            )
+            search = full >= tol
+            if search.any():
+                lam[search] = _line_search(
+                    diffs, valid, s2, dt, flux_lin, omega_lin, d_flux[search], d_omega[search],
+                    None if d_offsets is None else d_offsets[idx[search]], offsets,
+                    idx[search], fit_pixel,
+                )  # fmt: skip
+        if offsets is not None:
+            offsets.value[idx] += lam[:, None, None] * d_offsets[idx]
+        new_omega = omega_lin[idx] + lam[:, None] * d_omega
+        new_flux = np.where(fit_pixel[idx], flux_lin[idx] + lam[:, None] * d_flux, 0.0)
+        step_omega = np.where(free[idx], np.abs(new_omega - prev_omega[idx]), 0.0).max(axis=1)
+        step_flux = np.abs(new_flux - prev_flux[idx])
+        if not reference:
+            step_flux = step_flux / scale[idx]
+        step_flux = step_flux.max(axis=1)
+        done = (step_omega < tol) & (step_flux < tol) & (it + 1 >= min_iter) & (lam > 0)
+        size = np.maximum(step_omega, step_flux)
+        if offsets is not None:
+            step_offsets = np.abs(lam[:, None, None] * d_offsets[idx]).max(axis=(1, 2))
+            step_offsets = step_offsets / offset_scale[idx]
+            done &= step_offsets < tol
+            size = np.maximum(size, step_offsets)
+        if not reference:
+            # Dynamic pivoting: where an element has grown beyond 1 / PIVOT_RATIO times the
+            # fixed one, the iterate is rescaled to fix the largest (in magnitude) instead.
+            done &= ~_repivot(new_omega, new_flux, idx, has_data, fit_pixel, kstar, free, scale,
+                              s2)  # fmt: skip
+        omega[idx] = new_omega
+        flux[idx] = new_flux
+        prev_omega[idx] = new_omega
+        prev_flux[idx] = new_flux
+        omega_lin[idx] = np.where(has_data[idx], np.maximum(new_omega, floor), 0.0)
+        flux_lin[idx] = np.where(fit_pixel[idx], np.maximum(new_flux, floor), 0.0)
+        n_iter[idx] = it + 1
+        step_size[idx] = size
+        damping[idx] = lam
+        if not reference and offsets is None:
+            slow = (lam < 1.0) | (size > SLOW_CONTRACTION * last_step[idx])
+            newton[idx[slow]] = True
+        last_step[idx] = size
         converged[idx[done]] = True
+        reason[idx[done]] = STOP_CONVERGED
+        stuck = idx[(lam == 0) & ~done]
+        reason[stuck] = STOP_LINE_SEARCH
         active[idx[done]] = False
+        active[stuck] = False
 
     if not reference:
+        # Back to the requested normalisation where the group was pivoted (a rescaling of the
+        # same solution: omega / c and flux * c, c = omega[target]); without one, the pivot
+        # stays: the largest element of the guess, or of the solution where it moved.
+        rescale = [] if target is None else np.flatnonzero(nonempty & (kstar != target))
+        for g in rescale:
+            c = omega[g, target[g]]
+            if np.isfinite(c) and c != 0.0:
+                omega[g] = np.where(has_data[g], omega[g] / c, 0.0)
+                flux[g] = np.where(fit_pixel[g], flux[g] * c, 0.0)
+                omega_lin[g], flux_lin[g] = omega[g], flux[g]
+                kstar[g] = target[g]
+            else:  # the requested element has no light at all: no normalisation to give
+                converged[g] = False
+                reason[g] = STOP_BREAKDOWN
+        free = has_data & (np.arange(K) != kstar[:, None])
         # The covariance at the returned solution (the reference keeps the one from the
         # linearisation before the last step, quirk Q3).
-        sch, _ = _evaluate(normal, offsets, diffs, valid, s2, dt, flux_cl, omega_cl, nonempty,
+        sch, _ = _evaluate(normal, offsets, diffs, valid, s2, dt, flux_lin, omega_lin, nonempty,
                            fit_pixel, free)  # fmt: skip
     else:
         sch, _ = normal.schur(free)
@@ -1198,6 +1389,14 @@ def fit_omega_groups(
     chi2 = np.empty((G, P))
     fitted = diffs if offsets is None else offsets.adjusted(diffs, valid)
     chi2_kernel(fitted, valid, s2, x, np.where(fit_pixel, flux, 0.0), fit_pixel, chi2)
+    # Nothing fails silently: a group whose results are not all finite (a singular covariance,
+    # an overflow) has not converged, whatever its steps did.
+    finite = np.isfinite(cov).all(axis=(1, 2)) & np.isfinite(np.where(has_data, omega, 0)).all(1)
+    for value in (flux, flux_var, chi2):
+        finite &= np.isfinite(np.where(fit_pixel, value, 0.0)).all(axis=1)
+    broken = nonempty & ~finite
+    reason[broken & converged] = STOP_BREAKDOWN
+    converged[broken] = False
     extra = {}
     if offsets is not None:
         extra["offsets"] = np.where(offsets.has_data, offsets.value, np.nan)
@@ -1211,17 +1410,143 @@ def fit_omega_groups(
         "n_iter": n_iter,
         "converged": converged,
         "has_data": has_data,
+        "stop_reason": reason,
+        "step_size": step_size,
+        "damping": damping,
     }
 
 
-def _evaluate(normal, offsets, diffs, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel, free):
-    """Normal equations at the current point, reduced to omega: ``(schur, rhs)``."""
+def _repivot(omega, flux, rows, has_data, fit_pixel, kstar, free, scale, s2):
+    """Rescale in place the iterates ``omega``, ``flux`` (of the groups ``rows``) whose largest
+    element in magnitude exceeds ``1 / PIVOT_RATIO``, to fix that element to 1 instead; update
+    ``kstar``, ``free`` and the flux ``scale`` of the convergence test. Returns which rows moved.
+    """
+    size = np.where(has_data[rows], np.abs(omega), 0.0)
+    moved = size.max(axis=1, initial=0.0) > 1.0 / PIVOT_RATIO
+    for i in np.flatnonzero(moved):
+        g = rows[i]
+        k = int(np.argmax(size[i]))
+        c = omega[i, k]
+        omega[i] = np.where(has_data[g], omega[i] / c, 0.0)
+        omega[i, k] = 1.0
+        flux[i] = np.where(fit_pixel[g], flux[i] * c, 0.0)
+        kstar[g] = k
+        free[g] = has_data[g] & (np.arange(free.shape[1]) != k)
+        scale[g] = np.maximum(np.abs(flux[i]), np.sqrt(s2[g]))
+    return moved
+
+
+def _pivoted_guess(diffs, valid, s2, dt, fit_pixel, target):
+    """The initial guess, fixed at ``target`` (G,) where that element's guess is at least
+    ``PIVOT_RATIO`` of the group's largest (or has no data), else at the largest."""
+    omega, flux, kstar = initial_guess(diffs, valid, s2, dt, fit_pixel)
+    if target is None:
+        return omega, flux, kstar
+    ratio = omega[np.arange(omega.shape[0]), target]
+    keep = ~(ratio < PIVOT_RATIO)  # NaN (no data at target) keeps the old behaviour
+    if keep.any():
+        return initial_guess(diffs, valid, s2, dt, fit_pixel, ref_index=np.where(keep, target, -1))
+    return omega, flux, kstar
+
+
+def _start_at(start, kstar, target):
+    """A warm start (normalised at ``target``) rescaled to the pivots ``kstar``; NaN (unused)
+    where the pivot's start value is not a positive number."""
+    start_omega = np.array(start[0], dtype=np.float64)
+    start_flux = np.array(start[1], dtype=np.float64)
+    for g in np.flatnonzero(kstar != target):
+        c = start_omega[g, kstar[g]]
+        if np.isfinite(c) and c > 0.0:
+            start_omega[g] /= c
+            start_flux[g] *= c
+        else:
+            start_omega[g] = np.nan
+            start_flux[g] = np.nan
+    return start_omega, start_flux
+
+
+def _newton_or_gauss(normal, offsets, diffs, valid, s2, dt, flux, omega, fit_pixel, free, newton,
+                     sch, rhs):  # fmt: skip
+    """Where the Newton system of a ``newton`` group is not positive definite (away from the
+    solution the residual term can make it indefinite, and its step need not descend), put that
+    group's Gauss-Newton system in ``sch``, ``rhs`` and ``normal`` instead."""
+    rows = np.flatnonzero(newton)
+    # The pinned elements' rows and columns are the identity: the whole matrix is PD exactly
+    # when its free block is.
+    ok = np.array([_positive_definite(a) for a in sch[rows]])
+    if ok.all():
+        return
+    redo = np.zeros(newton.shape, dtype=bool)
+    redo[rows[~ok]] = True
+    sch_gn, rhs_gn = _evaluate(normal, offsets, diffs, valid, s2, dt, flux, omega, redo,
+                               fit_pixel, free)  # fmt: skip
+    sch[redo] = sch_gn[redo]
+    rhs[redo] = rhs_gn[redo]
+
+
+def _positive_definite(a):
+    if not np.all(np.isfinite(a)):
+        return False
+    try:
+        np.linalg.cholesky(a)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
+def _line_search(diffs, valid, s2, dt, flux, omega, d_flux, d_omega, d_offsets, offsets, rows,
+                 fit_pixel):  # fmt: skip
+    """Per group ``rows``: the largest of 1, 1/2, 1/4, ... (``MAX_HALVINGS`` halvings) whose step
+    does not increase the chi2 with the covariances frozen at ``(flux, omega)``; 0 where none.
+
+    ``d_flux (n, P)``, ``d_omega (n, K)`` and ``d_offsets (n, S, K)`` (or None) are the full
+    steps of the groups ``rows``.
+    """
+    G, P, K = diffs.shape
+    if offsets is None:
+        fitted = diffs
+        segment = np.zeros((G, P), dtype=np.int64)
+        step_c = np.zeros((G, 1, K))
+    else:
+        fitted = offsets.adjusted(diffs, valid)
+        segment = offsets.segment
+        step_c = np.zeros(offsets.value.shape)
+        step_c[rows] = d_offsets
+    step_f = np.zeros((G, P))
+    step_f[rows] = np.where(fit_pixel[rows], d_flux, 0.0)
+    step_o = np.zeros((G, K))
+    step_o[rows] = d_omega
+    lam = np.ones(rows.size)
+    pending = np.ones(rows.size, dtype=bool)
+    change = np.empty(G)
+    for _ in range(MAX_HALVINGS + 1):
+        act = np.zeros(G, dtype=bool)
+        act[rows[pending]] = True
+        factor = np.zeros(G)
+        factor[rows] = lam
+        objective_change_kernel(
+            fitted, valid, s2, dt, flux, omega, factor[:, None] * step_f,
+            factor[:, None] * step_o, factor[:, None, None] * step_c, segment, act, fit_pixel,
+            change,
+        )  # fmt: skip
+        pending &= ~(change[rows] <= 0.0)
+        if not pending.any():
+            return lam
+        lam[pending] *= 0.5
+    lam[pending] = 0.0
+    return lam
+
+
+def _evaluate(normal, offsets, diffs, valid, s2, dt, flux, omega, active, fit_pixel, free,
+              newton=None):  # fmt: skip
+    """Normal equations at the current point, reduced to omega: ``(schur, rhs)``; ``newton``
+    groups get the exact Hessian's flux-omega block (not with offsets)."""
     fitted = diffs if offsets is None else offsets.adjusted(diffs, valid)
-    normal.evaluate(fitted, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel)
+    normal.evaluate(fitted, valid, s2, dt, flux, omega, active, fit_pixel, newton)
     sch, rhs = normal.schur(free, active)
     if offsets is None:
         return sch, rhs
-    offsets.evaluate(diffs, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel)
+    offsets.evaluate(diffs, valid, s2, dt, flux, omega, active, fit_pixel)
     return offsets.reduce(sch, rhs, free, dt)
 
 

@@ -26,6 +26,7 @@ The algorithms follow ``docs/model.md``, which summarises ``../shared/docs/math-
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +39,7 @@ __all__ = [
     "JumpResult",
     "OmegaFit",
     "OmegaSamples",
+    "StopReason",
     "extract_fluxes",
     "find_jumps",
     "fit_constant",
@@ -48,6 +50,21 @@ __all__ = [
 ]
 
 CLAMP_FLOOR = 1e-10
+
+
+class StopReason(enum.IntEnum):
+    """Why the joint fit of a group stopped (``OmegaFit.stop_reason``; ``docs/model.md``)."""
+
+    #: Every step of the last update below the tolerance.
+    CONVERGED = 0
+    #: ``max_iter`` iterations without converging (group flag ``NOT_CONVERGED``).
+    MAX_ITER = 1
+    #: The system was singular or not finite (``NOT_CONVERGED``); the last finite iterate is kept.
+    BREAKDOWN = 2
+    #: No step along the search direction decreased the objective (``NOT_CONVERGED``).
+    LINE_SEARCH = 3
+    #: No pixel to fit (``EMPTY_GROUP``).
+    EMPTY = 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,6 +94,21 @@ class FluxFit:
     chi2: np.ndarray
     n_diff: np.ndarray
     flags: np.ndarray
+
+    def __repr__(self) -> str:
+        """Shapes and key figures (a line, never whole arrays)."""
+        from .reprs import count_flags, finite_median, fmt, shape_of
+
+        flux = np.asarray(self.flux, dtype=np.float64)
+        dof = np.asarray(self.n_diff) - 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chi2_dof = np.where(dof > 0, self.chi2 / np.where(dof > 0, dof, 1), np.nan)
+        finite = 100.0 * np.count_nonzero(np.isfinite(flux)) / max(flux.size, 1)
+        return (
+            f"FluxFit: pixel_shape {shape_of(flux)}; flux median {fmt(finite_median(flux))} "
+            f"per read interval ({finite:.1f} % finite); median chi2/dof "
+            f"{fmt(finite_median(chi2_dof))}; {count_flags(self.flags)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -117,6 +149,15 @@ class OmegaFit:
         With ``segments``: the fitted additive offset of each segment and read difference (units
         of ``reads``), summing to 0 over the differences of a segment; NaN where a segment has
         no data. None otherwise.
+    stop_reason : ndarray, int64, ``(n_groups,)``
+        Convergence report: why the iteration stopped, a :class:`StopReason` code.
+    step_size : ndarray, float64, ``(n_groups,)``
+        Convergence report: the size of the last update, as the convergence test measures it
+        (below ``rtol`` when converged); NaN for an empty group.
+    damping : ndarray, float64, ``(n_groups,)``
+        Convergence report: the line-search factor of the last update (1 for a full step, 0
+        where no step decreased the objective; always 1 in ``mode="reference"``); NaN for an
+        empty group.
     """
 
     omega: np.ndarray
@@ -132,6 +173,87 @@ class OmegaFit:
     flags: np.ndarray
     group_flags: np.ndarray
     offsets: np.ndarray | None = None
+    stop_reason: np.ndarray | None = None
+    step_size: np.ndarray | None = None
+    damping: np.ndarray | None = None
+
+    def normalized(self) -> tuple[np.ndarray, np.ndarray]:
+        """Omega scaled to mean 1 per group, with its covariance propagated to that scale.
+
+        ``omega`` is fitted with element ``ref_index`` fixed to 1, so fluxes extracted with it
+        (:func:`extract_fluxes`) are at the transparency of that read difference (by default
+        the most transparent one). Scaled to mean 1, omega gives the exposure-averaged fluxes
+        instead: the normalisation of :func:`fit_constant`, of ``pyapred fit`` (whose stages
+        extract with omega scaled this way) and of ApogeeReduction.jl's ``dimage``. The joint
+        fluxes ``flux`` are exposure-averaged when multiplied by ``np.nanmean(omega, axis=-1)``
+        (per group).
+
+        Returns
+        -------
+        omega : ndarray, float64, ``(K,)`` or ``(n_groups, K)``
+            ``omega / mean(omega)`` over each group's finite elements (dimensionless; NaN
+            elements stay NaN, a group with none stays all NaN).
+        omega_cov : ndarray, float64, ``(K, K)`` or ``(n_groups, K, K)``
+            ``J omega_cov J^T``, the first-order propagation of the scaling, with
+            ``J = (I - omega_n 1^T / n) / mean(omega)`` over the ``n`` finite elements. Its
+            rows sum to 0 (the mean is fixed); rows and columns of NaN elements are 0.
+        """
+        omega = np.asarray(self.omega, dtype=np.float64)
+        K = omega.shape[-1]
+        finite = np.isfinite(omega)
+        n = finite.sum(axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(finite, omega, 0.0).sum(axis=-1, keepdims=True) / n
+            scaled = omega / mean
+            use = finite.astype(np.float64)[..., None, :]
+            jac = np.eye(K) * use - np.where(finite, scaled, 0.0)[..., :, None] * use / n[..., None]
+            jac = np.where(finite[..., :, None], jac / mean[..., None], 0.0)
+            cov = jac @ np.asarray(self.omega_cov, dtype=np.float64) @ np.swapaxes(jac, -1, -2)
+        return scaled, np.where(np.isfinite(cov), cov, 0.0)
+
+    def _summary(self) -> list[tuple[str, str]]:
+        """(name, value) pairs for ``__repr__`` and ``_repr_html_``."""
+        from .reprs import finite_median, fmt
+
+        omega = np.atleast_2d(self.omega)
+        G, K = omega.shape
+        P = np.shape(self.flux)[-1]
+        ref = np.unique(np.atleast_1d(self.ref_index))
+        has_data = ~(np.atleast_1d(self.group_flags) & Flag.EMPTY_GROUP).astype(bool)
+        converged = np.atleast_1d(self.converged) & has_data
+        variance = np.diagonal(np.reshape(self.omega_cov, (G, K, K)), axis1=1, axis2=2)
+        error = np.sqrt(np.maximum(variance, 0.0))
+        error = np.where(np.arange(K) == np.atleast_1d(self.ref_index)[:, None], np.nan, error)
+        bits = [
+            f"{flag.name} {n}"
+            for flag in (Flag.NOT_CONVERGED, Flag.OMEGA_ELEMENT_NO_DATA, Flag.EMPTY_GROUP)
+            if (n := int(np.count_nonzero(np.atleast_1d(self.group_flags) & flag)))
+        ]
+        fitted = ~(np.asarray(self.flags) & Flag.NOT_IN_OMEGA_FIT).astype(bool)
+        iters = np.atleast_1d(self.n_iter)[has_data]
+        values = omega[np.isfinite(omega)]
+        span = f"{fmt(values.min())}..{fmt(values.max())}" if values.size else "-"
+        return [
+            ("groups x pixels", f"{G} x {P}"),
+            ("read differences K", str(K)),
+            ("ref_index", str(ref[0]) if ref.size == 1 else f"{ref.min()}..{ref.max()}"),
+            ("converged", f"{int(converged.sum())} of {int(has_data.sum())} groups with data"),
+            ("median iterations", fmt(np.median(iters) if iters.size else None, "g")),
+            ("group flags", ", ".join(bits) or "none"),
+            ("pixels fitted", f"{int(np.count_nonzero(fitted))} of {fitted.size}"),
+            ("omega (reference = 1)", f"median {fmt(finite_median(values))}, range {span}"),
+            ("median omega error", fmt(finite_median(error))),
+            ("median inflation", fmt(finite_median(self.inflation))),
+        ]
+
+    def __repr__(self) -> str:
+        """Shapes, convergence and key figures (a few lines, never whole arrays)."""
+        return "OmegaFit: " + "; ".join(f"{name} {value}" for name, value in self._summary())
+
+    def _repr_html_(self) -> str:
+        from .reprs import html_table
+
+        return html_table(["OmegaFit", ""], [list(item) for item in self._summary()])
 
 
 @dataclass(frozen=True)
@@ -156,6 +278,21 @@ class OmegaSamples:
     omega_cov: np.ndarray
     flux: FluxFit
     ref_index: int
+
+    def __repr__(self) -> str:
+        """Shapes and key figures (a few lines, never whole arrays)."""
+        from .reprs import fmt, quiet_nanmedian
+
+        n_samples, K = np.shape(self.omega_samples)
+        error = np.sqrt(np.maximum(np.diag(self.omega_cov), 0.0))
+        error[self.ref_index] = np.nan
+        return (
+            f"OmegaSamples: {n_samples} samples of K = {K} omega elements and "
+            f"{np.shape(self.flux_samples)[-1]} pixel fluxes; ref_index {self.ref_index}; "
+            f"omega_mean range {fmt(np.nanmin(self.omega_mean))}.."
+            f"{fmt(np.nanmax(self.omega_mean))}, median posterior sigma "
+            f"{fmt(quiet_nanmedian(error))}\n  flux: {self.flux!r}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,6 +657,11 @@ def _group_inputs(reads, read_noise, gain, mask, read_times, saturation, backend
                           else saturation, pixel_shape)  # fmt: skip
     dt = read_intervals(read_times, reads.shape[0])
     G, P = pixel_shape
+    if P == 0:
+        raise ValueError(
+            f"reads: expected at least one pixel (n_pix >= 1) along the last axis, got shape "
+            f"{reads.shape}"
+        )
     K = reads.shape[0] - 1
     diffs = np.empty((G, P, K))
     valid = np.empty((G, P, K), dtype=np.bool_)
@@ -563,9 +705,12 @@ def fit_omega(
     Model: read difference ``k`` of pixel ``p`` is ``f_p omega_k dt_k`` plus photon and read noise,
     with ``omega[ref_index] = 1``. Gauss-Newton on the linearised model; at each iteration the
     per-pixel fluxes are eliminated exactly by a Schur complement, so the only dense system is
-    ``(K-1) x (K-1)`` and memory is O(P K) per group (spec section 9). Clamping follows the
-    reference: the clamped values (>= 1e-10) drive the linearisation, the unclamped ones are
-    returned and tested for convergence.
+    ``(K-1) x (K-1)`` and memory is O(P K) per group (spec section 9). In ``mode="default"``
+    every step is line-searched so that it never increases the chi2 (covariances frozen at the
+    current point), slowly converging (faint) groups take Newton steps, and the element fixed
+    while iterating is never small (threshold pivoting; the result is rescaled to ``ref_index``
+    at the end): ``docs/model.md``, "Modes, convergence and the reference implementation".
+    Every group reports ``n_iter``, ``stop_reason``, ``step_size`` and ``damping``.
 
     Parameters
     ----------
@@ -580,16 +725,20 @@ def fit_omega(
         ``(n_reads,)``; default unit spacing.
     ref_index : int or array_like of int, optional
         Element of omega fixed to 1, per group or for all (a common reference read for all fibers);
-        default the argmax of the initial guess, as in the reference.
+        default the argmax of the initial guess, as in the reference (in ``mode="default"``, the
+        largest element of the solution where the fit moved it beyond twice that one).
     rtol : float, optional
         ``mode="default"`` convergence: every omega step < rtol and every flux step < rtol times
         ``max(flux, read noise)``.
     max_iter : int, optional
     mode : {"default", "reference"}
         ``"reference"`` reproduces the reference implementation exactly: its initial-guess weights
-        (quirk Q1), absolute tolerance 1e-10 on both blocks, at least 3 iterations, and the
-        covariance from the last linearisation (Q3). ``"default"`` uses the corrected weights,
-        the relative tolerance, and the covariance at the solution.
+        (quirk Q1), full Gauss-Newton steps linearised at the values clamped at 1e-10 (the
+        unclamped ones are returned and tested), absolute tolerance 1e-10 on both blocks, at
+        least 3 iterations, and the covariance from the last linearisation (Q3). ``"default"``
+        uses the corrected weights, the relative tolerance, the covariance at the solution, and
+        the safeguarded iteration above (unclamped linearisation, line search, Newton steps for
+        slow groups, pivoting).
     backend : {"numpy", "julia", "auto"}, optional
         As in :func:`fit_constant`. With ``jump_search=True`` the alternation of fit and search
         runs on that backend too (Julia: APRampFit's ``fit_omega_with_jumps``).
@@ -679,10 +828,22 @@ def fit_omega(
         flags=flags,
         group_flags=group_flags,
         offsets=None if segments is None else res["offsets"] / gain_map.mean(axis=1)[:, None, None],
+        **_convergence_report(res, fit_pixel.any(axis=1)),
     )
     if single:
         out = OmegaFit(**{k: None if v is None else v[0] for k, v in out.__dict__.items()})
     return out
+
+
+def _convergence_report(res: dict, nonempty: np.ndarray) -> dict:
+    """``stop_reason``, ``step_size`` and ``damping`` of a kernel result; from ``converged``
+    alone (the sizes NaN) for a backend that does not report them."""
+    if "stop_reason" in res:
+        return {key: res[key] for key in ("stop_reason", "step_size", "damping")}
+    reason = np.where(res["converged"], StopReason.CONVERGED, StopReason.MAX_ITER)
+    reason = np.where(nonempty, reason, StopReason.EMPTY).astype(np.int64)
+    nan = np.full(reason.shape, np.nan)
+    return {"stop_reason": reason, "step_size": nan, "damping": nan.copy()}
 
 
 def _segment_labels(segments, single: bool, shape: tuple) -> np.ndarray:
@@ -849,6 +1010,18 @@ class JumpResult:
     jump_size: np.ndarray
     n_jumps: np.ndarray
     flux: FluxFit
+
+    def __repr__(self) -> str:
+        """Shapes and key figures (a few lines, never whole arrays)."""
+        from .reprs import finite_median, fmt, shape_of
+
+        jumps = np.asarray(self.jumps, dtype=bool)
+        return (
+            f"JumpResult: pixel_shape {shape_of(self.n_jumps)}, K = {jumps.shape[0]} "
+            f"differences; {int(jumps.sum())} jumps in {int(np.count_nonzero(self.n_jumps))} "
+            f"pixels, median jump size {fmt(finite_median(self.jump_size[jumps]))}; "
+            f"{int(np.count_nonzero(self.diff_mask))} differences unused\n  flux: {self.flux!r}"
+        )
 
 
 def _check_threshold(threshold, name: str = "threshold") -> float:

@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "FPI_FIBER_IDS",
+    "MAX_TRACE_SIGMA",
     "N_FIBERS",
     "FitPixels",
     "PixelMap",
@@ -44,6 +45,9 @@ __all__ = [
 N_FIBERS = 300
 #: fiberIds of the FPI ("fpiguide") fibers, never on sky (ApogeeReduction.jl get_fpi_guide_fiberID).
 FPI_FIBER_IDS = {"apo": (75, 225), "lco": (82, 213)}
+#: Widest plausible trace profile, Gaussian sigma in rows (APOGEE's are about 1 px): a wider
+#: one is a corrupt file, and would make every pixel of the chip a fit pixel's neighbour.
+MAX_TRACE_SIGMA = 20.0
 # Science columns of an APOGEE chip by its width: ar3Dcal (2048) or raw with the reference output.
 APOGEE_SCIENCE_COLUMNS = {2048: 2048, 2560: 2048}
 
@@ -476,20 +480,27 @@ def read_trace_file(
         group = handle.get("metadata")
         metadata = read_group(path, group) if group is not None and hasattr(group, "items") else {}
     height, y_center, sigma = params.astype(np.float64)
+    if 0 in y_center.shape:
+        raise InputError(path, dataset, "at least one fiber and one column",
+                         f"{y_center.shape[0]} fibers x {y_center.shape[1]} columns")  # fmt: skip
     problems = []
     for what, bad in (
         ("non-finite y-centers", ~np.isfinite(y_center)),
-        ("non-finite or non-positive widths", ~(np.isfinite(sigma) & (sigma > 0))),
-    ):
+        (f"widths not in (0, {MAX_TRACE_SIGMA:g}] px",
+         ~(np.isfinite(sigma) & (sigma > 0) & (sigma <= MAX_TRACE_SIGMA))),
+    ):  # fmt: skip
         if bad.any():
             fiber, column = np.argwhere(bad)[0]
             problems.append(
-                f"{int(bad.sum())} {what} (first at fiber index {fiber}, column {column})"
+                f"{int(bad.sum())} {what} (first at fiberId {int(fiber_id(fiber))}, "
+                f"column {column})"
             )
     if problems:
         raise InputError(
-            path, dataset, "finite y-centers (p=2) and widths > 0 (p=3)", "; ".join(problems)
-        )
+            path, dataset,
+            f"finite y-centers (p=2) and widths in (0, {MAX_TRACE_SIGMA:g}] px (p=3)",
+            "; ".join(problems),
+        )  # fmt: skip
     if telescope is None:
         parsed = parse_trace_file_name(path)
         telescope = parsed[0] if parsed else None

@@ -134,7 +134,7 @@ CHECKS = {
     "threshold_in_range": "III.3 {name} inside {lo:.1%}..{hi:.1%}",
 }
 # Per mode: which threshold is checked, and its bounds. The full run checks the paper's
-# construction. At the quick run's counts its band is set by sampling noise (about 26 %), so
+# construction. At the quick run's counts its band is set by sampling noise (32 % at seed 104), so
 # the quick run checks the same construction on the noise-free biases, which measures the
 # models and not the counts (docs/validation.md).
 THRESHOLD_CHECKS = {
@@ -808,7 +808,7 @@ def run_validation(
     sizes : StudySizes
         :data:`FULL` (the paper's counts) or :data:`QUICK`.
     backend : {"numpy"}
-        Solver backend; the NumPy/Numba backend is the only one in ``pyapred.solver`` today.
+        Solver backend: NumPy only (:data:`BACKEND_NOTE`).
     progress : callable, optional
         Called with a short message as each study starts.
 
@@ -938,20 +938,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: What ``pyapred validate --help`` says of the backend: why there is no ``--backend``.
+BACKEND_NOTE = (
+    "Runs on the NumPy backend (Numba kernels): the studies call the solver without its "
+    "backend= switch, so a Julia run would need them rewritten; pyapred crossval compares the "
+    "NumPy and Julia backends on the same inputs instead."
+)
+
+
 def add_arguments(parser) -> None:
     """Arguments of ``pyapred validate``."""
+    import argparse
+
+    parser.description = (
+        "Reproduce the paper's synthetic-data tests (III.1-III.3) as a report (report.md, "
+        f"results.json, figures); exit 1 when a check fails. {BACKEND_NOTE}"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small repeat counts, about a minute on 2 cores (CI runs this)",
+        help="small repeat counts, about 35 s on 2 cores (CI runs this)",
     )
     parser.add_argument("--out", default="validation", help="output folder (default ./validation)")
-    parser.add_argument(
-        "--backend",
-        default="numpy",
-        choices=["numpy"],
-        help="solver backend (default numpy, the only one available)",
-    )
+    # Kept so that old invocations with --backend numpy still run (see BACKEND_NOTE).
+    parser.add_argument("--backend", default="numpy", choices=["numpy"], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=104, help="random seed (default 104)")
     parser.add_argument(
         "--examples",
@@ -962,35 +972,58 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(args) -> int:
-    """``pyapred validate``: run the studies, write the report; exit 1 if a check fails."""
-    from ..io.atomic import writable_folder
-
-    writable_folder(args.out)  # before minutes of work, not after
-    sizes = QUICK if args.quick else FULL
-    if args.examples is not None:
-        sizes = replace(sizes, sweep_examples=args.examples)
-    print(f"pyapred validate ({sizes.name}, seed {args.seed}, backend {args.backend})")
-    results = run_validation(
-        args.seed, sizes, args.backend, progress=lambda m: print(f"  {m}", flush=True)
-    )
-    report = write_report(results, args.out)
-    single = results["single_realisation"]
-    sweep = results["amplitude_sweep"]
-    print(
-        f"  inflation: time-variable {single['inflation']['time_variable']:.3f}, "
-        f"constant {single['inflation']['constant']:.3f} (paper 3.56)"
-    )
+def _threshold_line(results: dict) -> str:
+    """The III.3 thresholds, said so that a quick run's large one does not read as a failure."""
+    sweep, sizes = results["amplitude_sweep"], results["run"]["sizes"]
 
     def percent(value) -> str:
         return f"{value:.2%}" if value is not None else "not reached"
 
-    print(
-        f"  threshold: {percent(sweep['threshold'])} (paper's construction; paper 3.5 %), "
-        f"{percent(sweep['threshold_noiseless'])} on noise-free biases"
+    key, (lo, hi) = THRESHOLD_CHECKS[results["run"]["mode"]]
+    noiseless = f"{percent(sweep['threshold_noiseless'])} on noise-free biases"
+    if key == "threshold":
+        paper = f"{percent(sweep['threshold'])} (paper's construction; paper 3.5 %)"
+        return f"threshold: {paper}, {noiseless}"
+    return (
+        f"threshold: {percent(sweep['threshold'])} by the paper's construction: sampling noise "
+        f"at the quick counts ({sizes['sweep_realisations']} draws x {sizes['sweep_examples']} "
+        "examples), expected, not a failure (full run 3.6 %, paper 3.5 %); checked instead: "
+        f"{noiseless} (pass {lo:.0%} to {hi:.0%})"
     )
-    print(f"  runtime {results['run']['runtime_s']['total']:.1f} s; report: {report}")
+
+
+def run(args) -> int:
+    """``pyapred validate``: run the studies, write the report; exit 1 if a check fails."""
+    import logging
+
+    from ..io.atomic import writable_folder
+
+    log = logging.getLogger(__name__)
+    writable_folder(args.out)  # before minutes of work, not after
+    sizes = QUICK if args.quick else FULL
+    if args.examples is not None:
+        sizes = replace(sizes, sweep_examples=args.examples)
+    log.info("pyapred validate (%s, seed %d, backend %s)", sizes.name, args.seed, args.backend)
+    results = run_validation(args.seed, sizes, args.backend, progress=lambda m: log.info("  %s", m))
+    report = write_report(results, args.out)
+    single = results["single_realisation"]
+    sweep = results["amplitude_sweep"]
     failed = [c["description"] for c in results["checks"].values() if not c["passed"]]
+    if getattr(args, "json", False):
+        print(json.dumps({
+            "mode": sizes.name, "seed": args.seed, "backend": args.backend,
+            "inflation": single["inflation"], "threshold": sweep["threshold"],
+            "threshold_noiseless": sweep["threshold_noiseless"], "checks": results["checks"],
+            "runtime_s": results["run"]["runtime_s"]["total"], "report": str(report),
+        }, default=float))  # fmt: skip
+        return EXIT_FLAGGED if failed else EXIT_OK
+    print(
+        f"pyapred validate ({sizes.name}): inflation: time-variable "
+        f"{single['inflation']['time_variable']:.3f}, "
+        f"constant {single['inflation']['constant']:.3f} (paper 3.56)"
+    )
+    print(f"  {_threshold_line(results)}")
+    print(f"  runtime {results['run']['runtime_s']['total']:.1f} s; report: {report}")
     for description in failed:
         print(f"  CHECK FAILED: {description}")
     return EXIT_FLAGGED if failed else EXIT_OK

@@ -10,6 +10,7 @@ must answer. Nothing here is committed as a binary.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -147,11 +148,92 @@ def make_corpus(directory: str | Path) -> dict[str, Path]:
     files["vectors_none"] = root / "vectors-none"
     files["bad_vector"] = folder("vectors-bad") / "broken.toml"
     files["bad_vector"].write_text('function = "fit_constant"\n[inputs\nreads = [1, 2\n')
+    # Special inputs: a loop of symbolic links, a FIFO, a link to a device.
+    specials = folder("special")
+    files["symlink_loop"] = specials / "apR-a-52190020.apz"
+    files["symlink_loop"].symlink_to(files["symlink_loop"])
+    files["fifo"] = specials / "apR-a-52190021.apz"
+    os.mkfifo(files["fifo"])
+    files["dev_zero"] = specials / "apR-a-52190022.apz"
+    files["dev_zero"].symlink_to("/dev/zero")
+    # Implausible calibration and timing cards, and a read missing in the middle.
+    files["huge_rdnoise_apz"] = raw("huge-rdnoise", counts, exposure=23, RDNOISE=1e200)
+    files["negative_saturation_apz"] = raw("negative-saturation", counts, exposure=24,
+                                           SATURATE=-5.0)  # fmt: skip
+    files["huge_intoff_apz"] = _without_read_dates(
+        raw("huge-intoff", counts, exposure=25, INTOFF=1e300)
+    )
+    files["missing_read_apz"] = _without_hdu(raw("missing-read", counts, exposure=26), 5)
+    # Traces: no fibers, absurd widths, another night, another telescope.
+    for name, data in (("trace-no-fibers", params[:, :0]),
+                       ("trace-wide-sigma", _with_sigma(params, 1e6))):  # fmt: skip
+        files[name.replace("-", "_")] = folder(name) / files["trace"].name
+        with h5py.File(files[name.replace("-", "_")], "w") as handle:
+            handle["trace_params"] = data
+    files["trace_other_night"] = folder("trace-night") / f"traceMain_{TELE}_{MJD - 1}_R.h5"
+    files["trace_other_night"].write_bytes(trace_bytes)
+    files["trace_other_telescope"] = folder("trace-tele") / f"traceMain_lco_{MJD}_R.h5"
+    files["trace_other_telescope"].write_bytes(trace_bytes)
+    # ar3Dcal files (ApogeeReduction.jl's full 2048 x 2560 frame, compressed to a few kB) with a
+    # negative gain and a zero read variance in one pixel.
+    for name, key, value in (("ar3dcal_negative_gain", "gainMat", -1.9),
+                             ("ar3dcal_zero_read_variance", "readVarMat", 0.0)):  # fmt: skip
+        files[name] = _ar3dcal(folder(name.replace("_", "-")), key, value)
+    # A folder where a file is expected.
+    files["a_folder"] = folder("a-folder")
     # An output path below a regular file: no folder can be made there.
     files["a_file"] = root / "a-file"
     files["a_file"].write_text("not a folder\n")
     files["unwritable_out"] = files["a_file"] / "out"
     return files
+
+
+def _without_read_dates(path: Path) -> Path:
+    """The file with its reads' own DATE-OBS removed: times then come from INTOFF."""
+    from astropy.io import fits
+
+    with fits.open(path, mode="update") as hdul:
+        for hdu in hdul[2:]:
+            del hdu.header["DATE-OBS"]
+    return path
+
+
+def _without_hdu(path: Path, index: int) -> Path:
+    """The file without HDU ``index`` (a read's difference), its cards left as they were."""
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        kept = fits.HDUList([hdu.copy() for k, hdu in enumerate(hdul) if k != index])
+        kept.writeto(path.with_suffix(".tmp"), overwrite=True)
+    path.with_suffix(".tmp").replace(path)
+    return path
+
+
+def _with_sigma(params: np.ndarray, sigma: float) -> np.ndarray:
+    """Trace parameters (h5py order, (3, n_fibers, n_x)) with fiber index 4's width changed."""
+    out = params.copy()
+    out[2, 4] = sigma
+    return out
+
+
+def _ar3dcal(directory: Path, key: str, value: float) -> Path:
+    """A small ``ar3Dcal`` file of night MJD whose dataset ``key`` holds ``value`` at one pixel."""
+    import h5py
+
+    path = directory / f"ar3Dcal_{TELE}_{MJD}_0001_R_object.h5"
+    ny, nx, n = 2048, 2560, 4
+    gain = np.full((ny, nx), 1.9, np.float32)
+    read_var = np.full((ny, nx), 64.0, np.float32)
+    {"gainMat": gain, "readVarMat": read_var}[key][30, 7] = value
+    options = {"compression": "gzip", "chunks": True}
+    with h5py.File(path, "w") as handle:
+        reads = np.arange(n, dtype=np.float32)[:, None, None] * np.ones((1, ny, nx), np.float32)
+        handle.create_dataset("outdat", data=100 * reads, **options)
+        handle.create_dataset("gainMat", data=gain, **options)
+        handle.create_dataset("readVarMat", data=read_var, **options)
+        group = handle.create_group("metadata")
+        group["nread_total"], group["mjd_mid_exposure"] = n, MJD + 0.25
+    return path
 
 
 if __name__ == "__main__":

@@ -65,6 +65,12 @@ def night(runlist: Callable, *extra: str) -> Callable:
     return lambda f, out: ["night", runlist(f), "--traces", f["trace"], "--out", out, *extra]
 
 
+def fit_after_a_killed_fit(f, out) -> list:
+    """A fit onto the output of a killed one, whose temporary file is still there."""
+    (out / ".p.h5.k1ll3d.tmp").write_bytes(b"half a product")
+    return [*fit("apz")(f, out), "--quiet"]
+
+
 def named(key: str, *fields: str) -> Callable:
     """The message names corpus file ``key`` and each of ``fields``."""
     return lambda f, out: (str(f[key]), *fields)
@@ -127,7 +133,7 @@ CASES = [
          named("truncated_frame", "readable FITS")),
     Case("guider-fiber-not-in-product", "guider",
          guider("product", lambda f: f["truncated_frame"].parent, "--fibers", "99"), 2,
-         named("product", "omega", "[99]")),
+         named("product", "omega", "fiberIds [99]")),
     Case("guider-frames-without-overlap", "guider", guider("product", lambda f: FIXTURES), 2,
          lambda f, out: (str(FIXTURES), "DATE-OBS", "none in that span"), needs_fixtures=True,
          subprocess=True),
@@ -175,6 +181,65 @@ CASES = [
     Case("crossval-malformed-vector", "crossval",
          lambda f, out: ["crossval", "--vectors", f["bad_vector"].parent], 2,
          named("bad_vector", "TOML", "line 2")),
+    # Hostile inputs (issue 18): refused up front, exit 2, naming the file and the field.
+    Case("fit-symlink-loop-input", "fit", fit("symlink_loop"), 2,
+         named("symlink_loop", "inputs", "symbolic links"), subprocess=True),
+    Case("fit-fifo-input", "fit", fit("fifo"), 2, named("fifo", "inputs", "FIFO")),
+    Case("fit-symlink-to-a-device", "fit", fit("dev_zero"), 2,
+         named("dev_zero", "inputs", "character device")),
+    Case("fit-fifo-as-trace", "fit", fit("apz", "fifo"), 2, named("fifo", "--traces", "FIFO")),
+    Case("fit-trace-without-fibers", "fit", fit("apz", "trace_no_fibers"), 2,
+         named("trace_no_fibers", "trace_params", "at least one fiber")),
+    Case("fit-trace-of-absurd-width", "fit", fit("apz", "trace_wide_sigma"), 2,
+         named("trace_wide_sigma", "trace_params", "widths not in (0, 20] px", "fiberId 296")),
+    Case("fit-trace-of-another-night", "fit", fit("apz", "trace_other_night"), 2,
+         named("trace_other_night", "file name", "night 60781", "--traces-any-night")),
+    Case("fit-trace-of-another-night-allowed", "fit",
+         fit("apz", "trace_other_night", "--traces-any-night", "--quiet"), 0,
+         lambda f, out: (), outputs=("p.h5",)),
+    Case("fit-trace-of-another-telescope", "fit", fit("apz", "trace_other_telescope"), 2,
+         named("trace_other_telescope", "file name", "telescope apo")),
+    Case("fit-huge-read-noise-option", "fit", fit("apz", "trace", "--read-noise", "1e200"), 2,
+         named("apz", "--read-noise", "plausible")),
+    Case("fit-nan-gain-option", "fit", fit("apz", "trace", "--gain", "nan"), 2,
+         lambda f, out: ("--gain", "a number", "nan")),
+    Case("fit-huge-read-noise-card", "fit", fit("huge_rdnoise_apz"), 2,
+         named("huge_rdnoise_apz", "RDNOISE", "plausible")),
+    Case("fit-negative-saturation-card", "fit", fit("negative_saturation_apz"), 2,
+         named("negative_saturation_apz", "SATURATE", "> 0")),
+    Case("fit-huge-intoff-without-read-dates", "fit", fit("huge_intoff_apz"), 2,
+         named("huge_intoff_apz", "INTOFF", "10647")),
+    Case("fit-read-missing-in-the-middle", "fit", fit("missing_read_apz"), 2,
+         named("missing_read_apz", "DATE-OBS", "read(s) missing after read 3")),
+    Case("fit-ar3dcal-negative-gain", "fit", fit("ar3dcal_negative_gain"), 2,
+         named("ar3dcal_negative_gain", "gainMat", "(30, 7)")),
+    Case("fit-ar3dcal-zero-read-variance", "fit", fit("ar3dcal_zero_read_variance"), 2,
+         named("ar3dcal_zero_read_variance", "readVarMat", "(30, 7)")),
+    Case("fit-out-is-an-existing-folder", "fit",
+         lambda f, out: ["fit", f["apz"], "--traces", f["trace"], "--out", f["a_folder"],
+                         "--overwrite"], 2, named("a_folder", "--out", "an existing folder")),
+    Case("fit-out-is-the-input", "fit",
+         lambda f, out: ["fit", f["apz"], "--traces", f["trace"], "--out", f["apz"],
+                         "--overwrite"], 2, named("apz", "--out", "none of the inputs")),
+    Case("fit-out-is-the-trace-file", "fit",
+         lambda f, out: ["fit", f["apz"], "--traces", f["trace"], "--out", f["trace"],
+                         "--overwrite"], 2, named("trace", "--out", "none of the inputs")),
+    Case("fit-plots-is-an-existing-file", "fit",
+         lambda f, out: [*fit("apz")(f, out), "--plots", f["a_file"]], 2,
+         named("a_file", "--plots", "a folder")),
+    Case("fit-leftover-temporaries-are-removed", "fit", fit_after_a_killed_fit, 0,
+         lambda f, out: (), outputs=("p.h5",)),
+    Case("guider-out-is-a-folder", "guider",
+         lambda f, out: ["guider", "--product", f["product"], "--guider", f["truncated_frame"],
+                         "--out", f["a_folder"]], 2, named("a_folder", "--out", "folder")),
+    Case("guider-fifo-product", "guider",
+         lambda f, out: ["guider", "--product", f["fifo"], "--guider", f["truncated_frame"],
+                         "--out", out / "g.png"], 2, named("fifo", "--product", "FIFO")),
+    Case("night-fifo-runlist", "night", night(lambda f: f["fifo"]), 2,
+         named("fifo", "RUNLIST_OR_GLOB", "FIFO")),
+    Case("api-run-exposure-symlink-loop", "api",
+         lambda f, out: pyapred.exposure.run_exposure([f["symlink_loop"]], [f["trace"]]),
+         InputError, named("symlink_loop", "inputs")),
     # Python API
     Case("api-read-apz-empty", "api", lambda f, out: pyapred.io.read_apz(f["empty_apz"]),
          InputError, named("empty_apz", "FITS structure")),
@@ -216,12 +281,19 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-def snapshot(folder: Path) -> set[Path]:
-    return set(folder.rglob("*"))
+def snapshot(folder: Path) -> dict[Path, str]:
+    """Every path under ``folder``, with the SHA-256 of each regular file: inputs must come out
+    of every case present and unchanged."""
+    import hashlib
+
+    return {
+        path: hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "-"
+        for path in folder.rglob("*")
+    }
 
 
-def test_corpus_has_thirty_cases_over_every_entry_point():
-    assert len(CASES) >= 30 and len({case.id for case in CASES}) == len(CASES)
+def test_corpus_has_fifty_cases_over_every_entry_point():
+    assert len(CASES) >= 50 and len({case.id for case in CASES}) == len(CASES)
     assert {case.entry for case in CASES} == {
         "fit",
         "guider",

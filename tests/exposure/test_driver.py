@@ -257,7 +257,7 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
     fibers = product.fibers["R"]
     assert fibers.model[int(np.flatnonzero(result.fibers["R"].bright)[0])] == "time_variable"
     assert np.all(np.isfinite(fibers.omega))
-    assert product.metadata["R_delta_chi2"].shape == (SMALL["n_fibers"],)
+    assert product.fibers["R"].delta_chi2.shape == (SMALL["n_fibers"],)
 
     args = [str(p) for p in paths["apz"]] + ["--traces", *map(str, paths["traces"])]
     out = tmp_path / "cli.h5"
@@ -265,7 +265,7 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
     assert main(["fit", *args, "--out", str(out), "--json", "--plots", str(plots)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["chips"] == ["B", "R"] and summary["problems"] == []
-    assert len(list(plots.glob("*.png"))) == 8
+    assert len(list(plots.glob("*.png"))) == 12  # 6 per chip (tests/test_plots.py)
     assert main(["fit", *args, "--out", str(out)]) == 2  # exists, no --overwrite
     assert main(["fit", args[0], "--traces", args[-1], "--out", str(tmp_path / "x.h5")]) == 2
     assert "trace file for chip R" in capsys.readouterr().err
@@ -281,3 +281,118 @@ def test_simulate_command_writes_an_exposure(tmp_path, capsys):
     assert len(written) == 7 and all(tmp_path.joinpath(p).exists() for p in written)
     truth = np.load(next(tmp_path.glob("truth_*.npz")))
     assert truth["omega"].shape == (12, 4) and str(truth["scenario"]) == "seeing"
+
+
+# --------------------------------------------------------------------------------------------
+# Renamed inputs: pyapred fit --chip --telescope --mjd (identity=)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_chip(tmp_path_factory):
+    """One chip R of a small cloudy exposure, its trace file, and its product from the file."""
+    folder = tmp_path_factory.mktemp("one_chip")
+    sim = simulate_exposure("clouds", seed=5, chips=("R",), **SMALL)
+    paths = write_simulated_exposure(sim, folder)
+    product = run_exposure(paths["apz"], paths["traces"], product=folder / "named.h5")
+    return paths["apz"][0], paths["traces"][0], folder / "named.h5", product
+
+
+def test_identify_exposure_overrides_and_unnamed_files(tmp_path):
+    from pyapred.exposure import identify_exposure
+
+    named = tmp_path / "apR-a-52190001.apz"
+    assert identify_exposure(named) == ("R", "apo", 60781, 1)
+    assert identify_exposure(named, {"telescope": "lco", "mjd": 60790}) == ("R", "lco", 60790, 1)
+    unnamed = tmp_path / "exposure.apz"
+    assert identify_exposure(unnamed, {"chip": "B", "telescope": "apo", "mjd": 60781}) == (
+        "B", "apo", 60781, 0,
+    )  # fmt: skip
+    with pytest.raises(InputError, match="file name"):
+        identify_exposure(unnamed, {"chip": "B"})
+    with pytest.raises(InputError, match="--chip"):
+        identify_exposure(named, {"chip": "X"})
+    with pytest.raises(InputError, match="--mjd"):
+        identify_exposure(named, {"mjd": 123})
+
+
+def test_renamed_input_fits_with_the_identity_flags(one_chip, tmp_path, capsys):
+    from pyapred.cli import main
+    from pyapred.io import read_product
+
+    apz, trace, named_product, _ = one_chip
+    renamed = tmp_path / "my-exposure.apz"
+    renamed.write_bytes(apz.read_bytes())
+    argv = ["fit", str(renamed), "--traces", str(trace), "--json"]
+    # The name says nothing: the error names the file and the flags that would say it.
+    assert main([*argv, "--out", str(tmp_path / "p.h5")]) == 2
+    err = capsys.readouterr().err
+    assert str(renamed) in err and "--chip, --telescope, --mjd" in err
+    assert main([*argv, "--out", str(tmp_path / "p.h5"), "--chip", "R"]) == 2
+    assert "--telescope, --mjd" in capsys.readouterr().err
+    identity = ["--chip", "R", "--telescope", "apo", "--mjd", "60781"]
+    assert main([*argv, "--out", str(tmp_path / "p.h5"), *identity]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["chips"] == ["R"]
+    fitted, reference = read_product(tmp_path / "p.h5"), read_product(named_product)
+    np.testing.assert_array_equal(fitted.chips["R"].rate, reference.chips["R"].rate)
+    np.testing.assert_array_equal(fitted.fibers["R"].omega, reference.fibers["R"].omega)
+    assert list(fitted.metadata["input_files"]) == [renamed.name, trace.name]
+
+
+def test_identity_flags_override_the_name(one_chip, tmp_path, capsys):
+    from pyapred.cli import main
+
+    apz, trace, _, _ = one_chip
+    other_night = tmp_path / "traceMain_apo_60790_R.h5"
+    other_night.write_bytes(trace.read_bytes())
+    argv = ["fit", str(apz), "--traces", str(other_night), "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "a.h5")]) == 2  # night 60781 vs 60790
+    assert "--traces-any-night" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "b.h5"), "--mjd", "60790"]) == 0
+    assert capsys.readouterr() == ("", "")  # --quiet: nothing at all
+    # Another chip than the file's header says: refused, naming --chip.
+    assert main([*argv, "--out", str(tmp_path / "c.h5"), "--mjd", "60790", "--chip", "G"]) == 2
+    assert "a trace file for chip G" in capsys.readouterr().err
+    single = tmp_path / "trace.h5"  # a name without a chip: paired with the one input
+    single.write_bytes(trace.read_bytes())
+    argv = ["fit", str(apz), "--traces", str(single), "--chip", "G", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "d.h5")]) == 2
+    err = capsys.readouterr().err
+    assert str(apz) in err and "CHIP" in err and "--chip" in err and "Traceback" not in err
+
+
+def test_identity_flags_need_exactly_one_input(one_chip, tmp_path, capsys):
+    from pyapred.cli import main
+
+    apz, trace, _, _ = one_chip
+    argv = ["fit", str(apz), str(apz), "--traces", str(trace), "--out", str(tmp_path / "x.h5")]
+    assert main([*argv, "--telescope", "apo"]) == 2
+    assert "--telescope: expected exactly one input file, found 2 inputs" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="identity"):
+        run_exposure({"R": None}, {"R": None}, identity={"chip": "R"})
+
+
+@pytest.mark.julia
+def test_fit_and_night_run_the_whole_exposure_on_the_julia_kernels(tmp_path, capsys):
+    """``--backend julia`` from ``fit`` and ``night``: the product says so, and agrees with
+    NumPy's to the float32 rounding of the images (the kernels agree to 1e-10)."""
+    from pyapred.cli import main
+    from pyapred.io import read_product
+
+    sim = simulate_exposure("clouds", seed=5, chips=("R",), **SMALL)
+    paths = write_simulated_exposure(sim, tmp_path / "raw")
+    args = [str(paths["apz"][0]), "--traces", str(paths["traces"][0]), "--json"]
+    products = {}
+    for backend in ("numpy", "julia"):
+        products[backend] = tmp_path / f"{backend}.h5"
+        assert main(["fit", *args, "--backend", backend, "--out", str(products[backend])]) in (0, 1)
+    capsys.readouterr()
+    numpy_product, julia_product = (read_product(products[b]) for b in ("numpy", "julia"))
+    assert julia_product.metadata["backend"] == "julia"
+    assert numpy_product.fibers["R"].model == julia_product.fibers["R"].model
+    np.testing.assert_allclose(
+        julia_product.chips["R"].rate, numpy_product.chips["R"].rate, rtol=1e-6, atol=1e-6
+    )
+    night = ["night", str(paths["apz"][0]), "--traces", str(paths["traces"][0]), "--chips", "R"]
+    assert main([*night, "--out", str(tmp_path / "night"), "--backend", "julia", "--json"]) == 0
+    (product,) = (tmp_path / "night").glob("pyapred_*.h5")
+    assert read_product(product).metadata["backend"] == "julia"

@@ -50,15 +50,16 @@ def test_cli_guider_writes_figure_and_json(sky, tmp_path, capsys):
     write_product(product, sky.fit)
     figure = tmp_path / "guider.png"
     argv = ["guider", "--product", str(product), "--guider", str(sky.directory)]
-    code = main([*argv, "--fibers", "7", "--lag", "--out", str(figure), "--json"])
+    code = main([*argv, "--fibers", "293", "--lag", "--out", str(figure), "--json"])
     summary = json.loads(capsys.readouterr().out)
     assert code == 1  # the 37 s clock offset is flagged
-    assert summary["fibers"] == [7] and summary["clock"] == "date-obs-is-tai"
+    assert summary["fiber_ids"] == [293] and summary["clock"] == "date-obs-is-tai"
     assert abs(summary["lag_s"] + 37) < 3 and figure.read_bytes()[:4] == b"\x89PNG"
     code = main([*argv, "--timesys", "TAI", "--out", str(figure)])
     out = capsys.readouterr().out
     assert code == 0 and "flags: none" in out
-    assert re.search(r"fiber 5: scale \d\.\d+", out) and "fiber 6" not in out  # 6 not fitted
+    # fiberIds 295, 294, 293 are indices 5, 6, 7; 294 is not fitted
+    assert re.search(r"fiberId 295: scale \d\.\d+", out) and "fiberId 294" not in out
 
 
 def test_cli_guider_takes_read_times_from_the_exposure_file(sky, tmp_path, capsys):
@@ -73,7 +74,7 @@ def test_cli_guider_takes_read_times_from_the_exposure_file(sky, tmp_path, capsy
     hdus = [fits.PrimaryHDU(), fits.ImageHDU(np.zeros((2, 2), np.int32), header)]
     fits.HDUList(hdus).writeto(exposure)
     assert main([*argv, "--exposure", str(exposure)]) == 0
-    assert "fiber 7: scale" in capsys.readouterr().out
+    assert "fiberId 293: scale" in capsys.readouterr().out
 
 
 def test_cli_guider_bad_input_exits_2(sky, tmp_path, capsys):
@@ -83,8 +84,8 @@ def test_cli_guider_bad_input_exits_2(sky, tmp_path, capsys):
     argv = ["guider", "--product", str(product), "--out", out, "--guider"]
     assert main([*argv, str(tmp_path / "none-*.fits")]) == 2
     assert "guider frames" in capsys.readouterr().err
-    assert main([*argv, str(sky.directory), "--fibers", "3"]) == 2
-    assert "[3] not among" in capsys.readouterr().err
+    assert main([*argv, str(sky.directory), "--fibers", "3"]) == 2  # fiberId 3: index 297
+    assert "no fiberIds [3]" in capsys.readouterr().err
     assert main([*argv, str(sky.directory), "--group", "G"]) == 2
     assert "fibers/G" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

@@ -58,7 +58,7 @@ def test_many_fibers_get_their_own_scales(sky):
     one = guider.compare((omega, cov), sky.frames, read_times=exposure_header(), fibers=[1])
     assert one.fibers.tolist() == [1] and one.scale[0] == pytest.approx(result.scale[1])
     summary = json.loads(json.dumps(result.to_dict()))
-    assert summary["fibers"] == [0, 1] and len(summary["guider"]) == N_READS - 1
+    assert summary["fiber_ids"] == [300, 299] and len(summary["guider"]) == N_READS - 1
 
 
 def test_plot_draws_the_three_panels(sky, tmp_path):

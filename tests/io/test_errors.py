@@ -253,7 +253,7 @@ def small_product(path):
 def test_product_from_an_incompatible_version(tmp_path):
     path = small_product(tmp_path / "p.h5")
     with h5py.File(path, "a") as handle:
-        handle.attrs["pyapred_product_format"] = 2
+        handle.attrs["pyapred_product_format"] = 3
     error = assert_input_error(lambda: read_product(path), path, "pyapred_product_format")
     assert "incompatible version" in str(error)
 
@@ -261,7 +261,7 @@ def test_product_from_an_incompatible_version(tmp_path):
 def test_fits_product_from_an_incompatible_version(tmp_path):
     path = small_product(tmp_path / "p.fits")
     with fits.open(path, mode="update") as hdul:
-        hdul[0].header["PAPFMT"] = 2
+        hdul[0].header["PAPFMT"] = 3
     error = assert_input_error(lambda: read_product(path), path, "HDU 0 PAPFMT")
     assert "incompatible version" in str(error)
 

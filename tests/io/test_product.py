@@ -1,4 +1,7 @@
-"""pyapred products: exact round trip, Julia-friendly layout, atomic writes."""
+"""pyapred products: round trip (float32 images), Julia-friendly layout, atomic writes.
+
+Format 2 specifics (compression, self-description, format 1 still read): test_product_v2.py.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import pytest
 import pyapred
 from pyapred import Flag, FluxFit
 from pyapred.io import (
+    FORMAT_VERSION,
     ChipImages,
     FiberResults,
     Product,
@@ -29,6 +33,7 @@ def make_chip(rng, shape=(6, 9)) -> ChipImages:
         ivar=rng.uniform(0.01, 0.1, shape),
         chi2=rng.chisquare(10, shape),
         flags=flags,
+        n_diff=rng.integers(0, 33, shape).astype(np.int16),
     )
 
 
@@ -48,9 +53,13 @@ def make_fibers(rng, n=4, k=5) -> FiberResults:
 
 
 def assert_products_equal(a, b):
+    """Images equal up to float32 rounding (``b`` rounded), flags and n_diff exactly."""
     assert a.chips.keys() == b.chips.keys() and a.fibers.keys() == b.fibers.keys()
     for key in a.chips:
-        for name in ("rate", "ivar", "chi2", "flags"):
+        for name in ("rate", "ivar", "chi2"):
+            expected = np.asarray(getattr(b.chips[key], name), np.float32)
+            assert np.array_equal(getattr(a.chips[key], name), expected)
+        for name in ("flags", "n_diff"):
             assert np.array_equal(getattr(a.chips[key], name), getattr(b.chips[key], name))
     for key in a.fibers:
         for name in ("fiber_index", "omega", "omega_cov", "ref_index", "flags"):
@@ -78,7 +87,7 @@ def test_product_round_trip(tmp_path, suffix):
     meta = product.metadata
     assert meta["input_files"] == ["apR-a-52190065.apz"]
     assert meta["input_sha256"] == [hashlib.sha256(b"raw bytes").hexdigest()]
-    assert meta["backend"] == "numpy" and meta["format_version"] == 1
+    assert meta["backend"] == "numpy" and meta["format_version"] == FORMAT_VERSION == 2
     assert meta["pyapred_version"] == pyapred.__version__
     for key, value in extra.items():
         assert meta[key] == value
@@ -97,13 +106,14 @@ def test_product_layout_is_what_julia_expects(tmp_path):
         # h5py shows (ny, nx) = (2048, 2560): Julia reads (2560, 2048), ar2D's dimage order.
         assert handle["R/dimage"].shape == (2048, 2560)
         assert handle["R/dimage"].attrs["units"] == "DN/read"
-        assert handle["R/flags"].dtype == np.int64
+        assert handle["R/dimage"].dtype == np.float32 and handle["R/ndiff"].dtype == np.uint8
+        assert handle["R/flags"].dtype == np.uint16  # 14 bits of pyapred.Flag
         assert handle["fibers/R/omega"].shape == (4, 5)  # Julia (K, n): omega[:, fiber]
         # 1-based indices in the file, like ApogeeReduction.jl's fiberIndx = 301 - fiberId.
         assert handle["fibers/R/fiber_index"][()].tolist() == [1, 75, 151, 300]
         assert np.array_equal(handle["fibers/R/ref_index"][()], fibers.ref_index + 1)
         assert handle["fibers/R/model"].asstr()[1] == "constant"
-        assert handle.attrs["pyapred_product_format"] == 1
+        assert handle.attrs["pyapred_product_format"] == 2
 
 
 def test_chip_images_from_a_flux_fit():
@@ -112,7 +122,7 @@ def test_chip_images_from_a_flux_fit():
     fit = FluxFit(np.ones((2, 2)), flux_var, np.ones((2, 2)), np.full((2, 2), 4), flags)
     images = ChipImages.from_fit(fit)
     assert images.ivar.tolist() == [[0.25, 0.0], [0.0, 2.0]]
-    assert images.flags is fit.flags and images.rate is fit.flux
+    assert images.flags is fit.flags and images.rate is fit.flux and images.n_diff is fit.n_diff
 
 
 def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
@@ -174,7 +184,7 @@ def test_crash_mid_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = write_product(tmp_path / "product.h5", chips={"R": make_chip(rng)})
     before = path.read_bytes()
 
-    def crash(group, images):
+    def crash(group, images, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(product_module, "_write_images", crash)

@@ -20,8 +20,29 @@ def test_inspect_describes_raw_exposures_and_products(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "LCO chip c (B), SJD 60781, exposure 52190001" in out
     assert "4 reads (NREAD 4)" in out and "read times (TAI)" in out
-    assert "pyapred product format 1" in out
-    assert "B/dimage: float64, h5py (3, 5), Julia (5, 3)" in out
+    assert "pyapred product format 2" in out
+    assert "  B: float32, h5py (3, 5), Julia (5, 3), DN/read, gzip+shuffle; " in out
+    assert "--full" in out
+    assert main(["inspect", "--full", str(product)]) == EXIT_OK
+    assert "B/dimage: float32, h5py (3, 5), Julia (5, 3), DN/read, gzip+shuffle" in (
+        capsys.readouterr().out
+    )
+
+
+def test_inspect_summarizes_a_full_product_and_reads_the_truth_file(tmp_path, capsys):
+    from pyapred.simulate import simulate_exposure, write_simulated_exposure
+
+    sim = simulate_exposure("clouds", seed=2, n_fibers=12, n_columns=48, ref_columns=0,
+                            n_reads=6, chips=("R",))  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path)
+    from pyapred.exposure import run_exposure
+
+    run_exposure(paths["apz"], paths["traces"], product=tmp_path / "p.h5")
+    assert main(["inspect", str(tmp_path / "p.h5"), str(paths["truth"])]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 30  # a summary, not every dataset (--full)
+    assert "fibers/R: 12 fibers, 5 read differences; models" in out
+    assert "NumPy arrays" in out and "omega: float64, (12, 5)" in out
 
 
 def test_inspect_reports_bad_files_without_traceback(tmp_path, capsys):

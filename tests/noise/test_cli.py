@@ -26,10 +26,50 @@ def test_simulate_writes_a_raw_exposure_with_1f_noise(tmp_path, capsys):
 
 
 def test_stress_json(capsys):
-    assert main(["noise", "stress", "--exposures", "1", "--fibers", "2", "--read-time", "0",
-                 "--json"]) == 0  # fmt: skip
+    code = main(["noise", "stress", "--exposures", "1", "--fibers", "2", "--read-time", "0",
+                 "--json"])  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
+    failed = [c for c, v in summary.items() if v["must_pass"] and v["verdict"] == "FAIL"]
+    assert code == (1 if failed else 0)  # a failed check is exit code 1
+    assert {c for c, v in summary.items() if v["must_pass"]} == {
+        "no_1f", "nuisance", "refcorr_nuisance"
+    }  # fmt: skip
     assert set(summary) == {
         "no_1f", "uncorrected", "refcorr", "nuisance", "refcorr_nuisance", "rowmedian"
     }  # fmt: skip
     assert all(np.isfinite(v["z_std"]) for v in summary.values())
+
+
+def test_simulate_makes_its_output_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "folder"
+    args = ["noise", "simulate", "--out", str(out), "--reads", "3", "--rows", "8"]
+    assert main([*args, "--read-time", "0"]) == 0
+    assert read_apz(capsys.readouterr().out.strip()).reads.shape == (3, 8, 2560)
+
+
+def test_stress_one_exposure_at_a_time_gives_the_same_numbers(capsys):
+    from pyapred.noise.stress import stress_test
+
+    argv = ["noise", "stress", "--exposures", "2", "--fibers", "2", "--read-time", "0",
+            "--column-step", "64", "--seed", "3"]  # fmt: skip
+    main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert "exposure" not in err  # --json: no progress bar
+    from pyapred.noise import HxrgNoise
+
+    noise = HxrgNoise(white=10.0, c_pink=6.0, u_pink=3.0, acn=2.0, read_time=0.0)
+    direct = stress_test(2, n_fibers=2, column_step=64, noise=noise,
+                         refcorr_options={"reference_columns": False}, rng=3).summary()  # fmt: skip
+    for case, (bias, z_std, error) in direct.items():
+        assert (summary[case]["bias"], summary[case]["z_std"]) == (bias, z_std)
+        assert summary[case]["bias_error"] == error
+    main(argv)  # the table on stdout, a bar per exposure on stderr
+    out, err = capsys.readouterr()
+    assert "no_1f" in out and "pyapred noise stress" in err and "2/2" in err
+
+
+def test_noise_simulate_json(tmp_path, capsys):
+    args = ["noise", "simulate", "--out", str(tmp_path), "--reads", "2", "--rows", "8"]
+    assert main([*args, "--read-time", "0", "--json"]) == 0
+    assert read_apz(json.loads(capsys.readouterr().out)["apz"]).reads.shape == (2, 8, 2560)

@@ -4,9 +4,11 @@ runs) agreement with the NumPy backend on awkward inputs."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,14 +78,88 @@ def test_julia_package_dir_is_the_repository_package():
     assert (path / "Project.toml").is_file() and (path / "src" / "APRampFit.jl").is_file()
 
 
-def test_inputs_are_handed_over_transposed_native_and_writeable():
+def test_inputs_are_handed_over_transposed_and_copied_only_when_byte_swapped():
     big_endian = np.arange(6.0).reshape(2, 3).astype(">f8")
     big_endian.flags.writeable = False
     handed = _julia._jl(big_endian)
-    assert handed.shape == (3, 2) and handed.dtype.isnative and handed.flags.writeable
-    assert handed.flags.f_contiguous
+    assert handed.shape == (3, 2) and handed.dtype.isnative and handed.flags.f_contiguous
     native = np.zeros((2, 3))
     assert np.shares_memory(_julia._jl(native), native)  # no copy for ordinary arrays
+    # Read-only arrays and raw uint16 reads cross as they are: PythonCall wraps both.
+    frozen = np.zeros((4, 3))
+    frozen.flags.writeable = False
+    raw = np.arange(12, dtype=np.uint16).reshape(4, 3)
+    for array in (frozen, raw):
+        handed = _julia._jl_reads(array)
+        assert np.shares_memory(handed, array) and handed.dtype == array.dtype
+
+
+def _fake_juliacall(tmp_path):
+    """A directory with an importable-looking ``juliacall`` (never imported: the check only looks
+    for it) and a ``bin`` with a ``julia`` that does nothing."""
+    package = tmp_path / "site" / "juliacall"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('the check must not import me')\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    julia = bin_dir / "julia"
+    julia.write_text("#!/bin/sh\nexit 0\n")
+    julia.chmod(0o755)
+    return tmp_path / "site", bin_dir
+
+
+def _available_in_subprocess(tmp_path, site, path, **variables) -> tuple[bool, str]:
+    """``julia_available()`` and the reason in a fresh Python with only these juliacall/juliapkg
+    variables set, ``PATH`` as given and the fake juliacall importable."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON_JULIACALL_", "PYTHON_JULIAPKG_", "PYAPRED_", "JULIA_"))
+    }
+    env.update(PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), PATH=str(path),
+               PYTHON_JULIAPKG_PROJECT=str(tmp_path / "juliapkg-env"), **variables)  # fmt: skip
+    code = ("from pyapred.solver._julia import julia_available, _missing_reason\n"
+            "print(julia_available()); print(_missing_reason())\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                         text=True).stdout.splitlines()  # fmt: skip
+    return out[0] == "True", out[1]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_half_configured_juliacall_is_not_available(tmp_path):
+    """juliacall refuses to start with only one of EXE (or BINDIR) and PROJECT, and tries the
+    network when juliapkg's environment lacks PythonCall: Julia is not available there."""
+    site, bin_dir = _fake_juliacall(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    project = tmp_path / "prepared-env"
+    project.mkdir()
+    exe, bindir = "PYTHON_JULIACALL_EXE", "PYTHON_JULIACALL_BINDIR"
+    proj, nowhere = "PYTHON_JULIACALL_PROJECT", str(tmp_path / "nowhere")
+    julia = str(bin_dir / "julia")
+    # name: (variables, PATH, available, words of the reason)
+    cases = {
+        "EXE only": ({exe: julia}, empty, False, f"without {proj}"),
+        "BINDIR only": ({bindir: str(bin_dir)}, empty, False, f"{bindir} is set"),
+        "PROJECT only": ({proj: str(project)}, bin_dir, False, f"without {exe}"),
+        "PROJECT missing": ({exe: julia, proj: nowhere}, empty, False, "does not exist"),
+        "EXE not julia": ({exe: nowhere, proj: str(project)}, empty, False, "not a julia"),
+        "julia on PATH, no network": ({}, bin_dir, False, "does not hold PythonCall"),
+        "nothing": ({}, empty, False, "no julia executable found"),
+        "EXE and PROJECT": ({exe: julia, proj: str(project)}, empty, True, "None"),
+        "BINDIR and PROJECT": ({bindir: str(bin_dir), proj: str(project)}, empty, True, "None"),
+        "download allowed": ({"PYAPRED_ALLOW_JULIA_DOWNLOAD": "1"}, empty, True, "None"),
+    }
+    for name, (variables, path, want, reason) in cases.items():
+        got, said = _available_in_subprocess(tmp_path, site, path, **variables)
+        assert (got, reason in said) == (want, True), (name, said)
+    # juliapkg's environment holding PythonCall (resolved once, online): no network needed.
+    env = tmp_path / "juliapkg-env"
+    env.mkdir()
+    (env / "Manifest.toml").write_text('[[deps.PythonCall]]\nuuid = "6099a3de"\n')
+    assert _available_in_subprocess(tmp_path, site, bin_dir) == (True, "None")
 
 
 @pytest.mark.julia

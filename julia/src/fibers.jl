@@ -1,0 +1,374 @@
+# Stage 2, fit the fibers: one batched omega fit, the model choice per fiber, borrowing and the
+# fallback. The twin of `pyapred/exposure/fibers.py` (`fit_fibers`, `_scatter`, `choose_models`,
+# `_weighted_mean_omega`, `_significance`, `_equivalent_amplitude`), built on [`fit_omega`](@ref)
+# and [`fit_constant`](@ref); the p-values use [`chi2_sf`](@ref) where pyapred uses SciPy.
+
+"Per-fiber model codes of [`FiberFits`](@ref)`.model`, as pyapred's (and its products')."
+const MODEL_CONSTANT = 0
+const MODEL_TIME_VARIABLE = 1
+const MODEL_BORROWED = 2
+"Model names by code + 1, as pyapred's products write them."
+const MODEL_NAMES = ("constant", "time_variable", "borrowed")
+
+"""
+    FiberFits
+
+Per-fiber omega fits and model decisions (one chip, or all chips jointly); pyapred's
+`FiberFits` with the axes reversed and 1-based indices:
+
+- `omega_fit` `(K, n_fibers)`: the fitted omega, `omega_fit[ref_index, f] == 1`; NaN for fibers not
+  fitted; `omega_cov` `(K, K, n_fibers)` its covariance (zeros for fibers not fitted);
+- `omega` `(K, n_fibers)`: the omega extraction uses, mean 1: ones for constant-model fibers, the
+  fit for time-variable ones, the bright-fiber mean for borrowed ones;
+- `model` `(n_fibers,)`: `MODEL_CONSTANT`, `MODEL_TIME_VARIABLE` or `MODEL_BORROWED`;
+- `delta_chi2`, `p_value`, `amplitude`, `chi2_dof_constant`, `chi2_dof_variable`,
+  `n_fit_pixels`, `flags` `(n_fibers,)`: the decision statistics, pixel counts and fiber flags
+  (the fit's group flags plus `BORROWED_OMEGA`, `FALLBACK_CONSTANT`, `FPI_FIBER`);
+- `ref_index`: the read difference fixed to 1 in every fiber's fit (1-based);
+- `bright` `(n_fibers,)`: fibers that constrain their own omega; `borrowed_omega` `(K,)` and
+  `borrowed_cov` `(K, K)`: the bright-fiber mean lent to faint fibers (`ref_index` = 1);
+- `fit`: the batched [`fit_omega`](@ref) result, fibers as groups (`nothing` with
+  `model = "constant"`); `pixel_chi2_constant` `(n_pix, n_fibers)`: the constant-model chi2 of
+  each fit pixel (NaN for padding).
+"""
+struct FiberFits
+    omega_fit::Matrix{Float64}
+    omega_cov::Array{Float64, 3}
+    omega::Matrix{Float64}
+    model::Vector{Int}
+    delta_chi2::Vector{Float64}
+    p_value::Vector{Float64}
+    amplitude::Vector{Float64}
+    chi2_dof_constant::Vector{Float64}
+    chi2_dof_variable::Vector{Float64}
+    n_fit_pixels::Vector{Int}
+    flags::Vector{Int}
+    ref_index::Int
+    bright::Vector{Bool}
+    borrowed_omega::Vector{Float64}
+    borrowed_cov::Matrix{Float64}
+    fit::Any
+    pixel_chi2_constant::Any
+end
+
+"""
+    product_omega(fits)
+
+Omega as pyapred's products store it, `(omega (K, n_fibers), omega_cov (K, K, n_fibers))`: the fit
+at `ref_index` normalisation (`omega[ref_index] = 1`), ones with zero covariance for fibers not
+fitted, the bright-fiber mean for borrowed fibers.
+"""
+function product_omega(fits::FiberFits)
+    K, nf = size(fits.omega_fit)
+    omega = copy(fits.omega_fit)
+    cov = copy(fits.omega_cov)
+    for f in 1:nf, k in 1:K
+        if !isfinite(omega[k, f])
+            omega[k, f] = 1.0
+            cov[k, :, f] .= 0.0
+        end
+    end
+    for f in 1:nf
+        if fits.model[f] == MODEL_BORROWED
+            omega[:, f] = fits.borrowed_omega
+            cov[:, :, f] = fits.borrowed_cov
+        end
+    end
+    return omega, cov
+end
+
+"Concatenate per-chip arrays along the pixel axis (dims 1); one chip is returned as it is."
+joined(values) = length(values) == 1 ? values[1] : cat(values...; dims = 1)
+
+"""
+    fit_fibers(prepared, options = FitOptions())
+
+Stage 2 (pyapred's `fit_fibers`): one batched omega fit over the fibers from the fit pixels of one
+chip, or of every chip in `prepared` (`joint_chips`: the same reads and fibers on each), then the
+model choice ([`choose_models`](@ref)). Every fiber is fitted with one `ref_index`: the read
+difference where the exposure is most transparent (the largest median of the non-excluded
+fibers' rough omega). Only fibers with at least `max(min_fit_pixels, 1)` fit pixels are fitted.
+
+# Arguments
+- `prepared`: a [`PreparedChip`](@ref) or a vector of them.
+- `options`: [`FitOptions`](@ref); `model`, `min_fit_pixels`, `max_iter`, `jump_search` here, the
+  model choice's settings in [`choose_models`](@ref).
+
+# Returns
+A [`FiberFits`](@ref).
+"""
+fit_fibers(prepared::PreparedChip, options::FitOptions = FitOptions()) =
+    fit_fibers([prepared], options)
+
+function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions = FitOptions())
+    check_options(options)
+    isempty(prepared) && throw(ArgumentError("prepared: expected at least one chip"))
+    first_chip = prepared[1]
+    excluded = first_chip.traces.excluded
+    N = size(first_chip.fit_reads, 3)
+    K = N - 1
+    nf = length(excluded)
+    all(p -> size(p.fit_reads, 3) == N && length(p.traces.excluded) == nf, prepared) ||
+        throw(ArgumentError("joint chips: expected the same number of reads and fibers on every chip"))
+    reads = joined([p.fit_reads for p in prepared])
+    sigma = joined([p.fit_read_noise for p in prepared])
+    gain = joined([p.fit_gain for p in prepared])
+    valid = joined([p.fit_pixels.valid for p in prepared])
+    if length(prepared) > 1
+        # Each chip's fit pixels come first on its own padded pixel axis, so joined, a fiber's
+        # pixels of later chips sit after the earlier chips' padding: put every fiber's valid
+        # pixels first (stably, as pyapred), so that the first P entries hold all of them.
+        for f in axes(valid, 2)
+            order = vcat(findall(view(valid, :, f)), findall(.!view(valid, :, f)))
+            valid[:, f] = valid[order, f]
+            sigma[:, f] = sigma[order, f]
+            gain[:, f] = gain[order, f]
+            reads[:, f, :] = reads[order, f, :]
+        end
+    end
+    n_pix = vec(sum(valid; dims = 1))
+    flags = [excluded[f] ? FPI_FIBER : 0 for f in 1:nf]
+    ref_index = reference_read(prepared, excluded)
+    if options.model == "constant"
+        return FiberFits(fill(NaN, K, nf), zeros(K, K, nf), ones(K, nf), zeros(Int, nf),
+            fill(NaN, nf), fill(NaN, nf), fill(NaN, nf), fill(NaN, nf), fill(NaN, nf), n_pix,
+            flags, ref_index, zeros(Bool, nf), ones(K), zeros(K, K), nothing, nothing)
+    end
+    # Only fibers that can be bright are fitted; the others are empty groups.
+    todo = [f for f in 1:nf if !excluded[f] && n_pix[f] >= max(options.min_fit_pixels, 1)]
+    # As pyapred: the first P entries of the pixel axis (every fit pixel, valid ones first).
+    P = max(maximum(n_pix[todo]; init = 1), 1)
+    if isempty(todo)
+        fit, constant = empty_fits(K, P, 0, ref_index)
+    else
+        sub_reads = reads[1:P, todo, :]
+        mask = repeat(.!valid[1:P, todo], 1, 1, N)
+        sub_sigma, sub_gain = sigma[1:P, todo], gain[1:P, todo]
+        constant = fit_constant(sub_reads, sub_sigma; gain = sub_gain, mask)
+        fit = fit_omega(sub_reads, sub_sigma; gain = sub_gain, mask, ref_index,
+            max_iter = options.max_iter, jump_search = options.jump_search)
+    end
+    full_fit, full_constant = scatter_fits(fit, constant, todo, nf, P, ref_index)
+    return choose_models(full_fit, full_constant, n_pix, excluded, options, flags)
+end
+
+"""
+    reference_read(prepared, excluded)
+
+The read difference fixed to 1 in every fiber's omega: the argmax (first) of the median over the
+non-excluded fibers (all, if every fiber is excluded) of the rough omega averaged over the chips,
+in `Float32` as pyapred computes it.
+"""
+function reference_read(prepared::AbstractVector{PreparedChip}, excluded::AbstractVector{Bool})
+    K, nf = size(prepared[1].omega_rough)
+    rough = zeros(Float32, K, nf)
+    for p in prepared
+        rough .+= p.omega_rough
+    end
+    rough ./= length(prepared)
+    use = any(.!excluded) ? .!excluded : trues(nf)
+    med = [median32!(rough[k, use]) for k in 1:K]
+    return argmax(med)
+end
+
+"Fits of no group: what [`scatter_fits`](@ref) fills in for the fibers not fitted."
+function empty_fits(K, P, G, ref_index)
+    fit = (; omega = fill(NaN, K, G), omega_cov = zeros(K, K, G), ref_index = fill(ref_index, G),
+        flux = fill(NaN, P, G), flux_var = fill(NaN, P, G), chi2 = fill(NaN, P, G),
+        n_diff = zeros(Int, P, G), inflation = fill(NaN, G), n_iter = zeros(Int, G),
+        converged = zeros(Bool, G), flags = fill(NOT_IN_OMEGA_FIT, P, G),
+        group_flags = fill(EMPTY_GROUP, G))
+    constant = (; flux = fill(NaN, P, G), flux_var = fill(NaN, P, G), chi2 = fill(NaN, P, G),
+        n_diff = zeros(Int, P, G), flags = zeros(Int, P, G))
+    return fit, constant
+end
+
+"""
+    scatter_fits(fit, constant, todo, n_fibers, P, ref_index)
+
+Full-size fits `(..., n_fibers)` from the fits of fibers `todo`; the other fibers are empty groups
+(pyapred's `_scatter`).
+"""
+function scatter_fits(fit, constant, todo, n_fibers, P, ref_index)
+    K = size(fit.omega, 1)
+    full, full_constant = empty_fits(K, P, n_fibers, ref_index)
+    for (i, f) in enumerate(todo)
+        full.omega[:, f] = fit.omega[:, i]
+        full.omega_cov[:, :, f] = fit.omega_cov[:, :, i]
+        full.ref_index[f] = fit.ref_index[i]
+        full.inflation[f] = fit.inflation[i]
+        full.n_iter[f] = fit.n_iter[i]
+        full.converged[f] = fit.converged[i]
+        full.group_flags[f] = fit.group_flags[i]
+        for name in (:flux, :flux_var, :chi2, :n_diff, :flags)
+            getfield(full, name)[:, f] = getfield(fit, name)[:, i]
+            getfield(full_constant, name)[:, f] = getfield(constant, name)[:, i]
+        end
+    end
+    return full, full_constant
+end
+
+"""
+    nanmedian(values)
+
+The median of the non-NaN `values` (NaN if there is none), as NumPy's `nanmedian`.
+"""
+function nanmedian(values)
+    v = sort!([Float64(x) for x in values if !isnan(x)])
+    n = length(v)
+    n == 0 && return NaN
+    return isodd(n) ? v[(n + 1) ÷ 2] : (v[n ÷ 2] + v[n ÷ 2 + 1]) / 2
+end
+
+"""
+    equivalent_amplitude(omega, error)
+
+`sqrt(12 (var(omega / m) - mean((error / m)^2)))`, `m` the mean of the non-NaN `omega`: the
+paper's amplitude A of `omega ~ U(1 - A, 1)`, debiased for noise (pyapred's
+`_equivalent_amplitude` of one row; NaN values are left out of each mean, the variance has no
+degrees-of-freedom correction; NaN when there is no value).
+"""
+function equivalent_amplitude(omega::AbstractVector, error::AbstractVector)
+    finite = [w for w in omega if !isnan(w)]
+    n = length(finite)
+    n == 0 && return NaN
+    m = sum(finite) / n
+    centre = sum(w / m for w in finite) / n
+    variance = sum((w / m - centre)^2 for w in finite) / n
+    noise = [e / m for e in error if !isnan(e / m)]
+    excess = variance - (isempty(noise) ? NaN : sum(e^2 for e in noise) / length(noise))
+    return sqrt(12.0 * (isnan(excess) ? NaN : max(excess, 0.0)))
+end
+
+"Drop element `ref_index` of a vector."
+without(v::AbstractVector, ref_index) = [v[k] for k in eachindex(v) if k != ref_index]
+
+"""
+    weighted_mean_omega(omega, omega_cov, use, ref_index)
+
+The inverse-covariance weighted mean of the omegas of the fibers `use` whose omega is finite
+everywhere, with its covariance (`ref_index` normalisation; pyapred's `_weighted_mean_omega`);
+`(ones(K), zeros(K, K))` without any.
+"""
+function weighted_mean_omega(omega::AbstractMatrix, omega_cov::AbstractArray{<:Real, 3},
+        use::AbstractVector{Bool}, ref_index::Integer)
+    K, nf = size(omega)
+    free = [k for k in 1:K if k != ref_index]
+    ok = [use[f] && all(isfinite, view(omega, :, f)) for f in 1:nf]
+    any(ok) || return ones(K), zeros(K, K)
+    total = zeros(K - 1, K - 1)
+    weighted = zeros(K - 1)
+    for f in 1:nf
+        ok[f] || continue
+        precision = inv(omega_cov[free, free, f])
+        total .+= precision
+        weighted .+= precision * omega[free, f]
+    end
+    mean_cov = inv(total)
+    out = ones(K)
+    out[free] = mean_cov * weighted
+    out_cov = zeros(K, K)
+    out_cov[free, free] = mean_cov
+    return out, out_cov
+end
+
+"""
+    significance(omega, omega_cov, ref_index)
+
+chi2 of an omega against the ones-vector (the constant model at the same reference read) and its
+p-value, `(stat, p)`; `(0.0, 1.0)` when omega is not finite or its covariance is zero (pyapred's
+`_significance`).
+"""
+function significance(omega::AbstractVector, omega_cov::AbstractMatrix, ref_index::Integer)
+    free = [k for k in eachindex(omega) if k != ref_index]
+    sub = omega_cov[free, free]
+    (all(isfinite, omega) && any(!iszero, sub)) || return 0.0, 1.0
+    resid = omega[free] .- 1.0
+    stat = dot(resid, sub \ resid)
+    return stat, chi2_sf(stat, length(free))
+end
+
+"""
+    choose_models(fit, constant, n_fit_pixels, excluded, options, flags)
+
+Decide per fiber between the constant and the time-variable model and lend faint fibers omega
+(pyapred's `choose_models`). A fiber is bright when it has at least `min_fit_pixels` fit pixels,
+its fit converged with every omega element constrained, and its median omega error is at most
+`max_omega_error`. With `model = "auto"` a bright fiber is time-variable when the p-value of its
+chi2 improvement is below `p_value` and its equivalent amplitude reaches `amplitude_threshold`;
+the other fibers (not excluded, not failed) borrow the bright fibers' weighted mean omega when
+that mean passes the same tests. A fiber whose fit failed falls back to the constant model
+(`FALLBACK_CONSTANT`). `model = "time-variable"` forces it on every bright fiber and lends the
+mean to the others whenever a fiber is bright.
+
+# Arguments
+- `fit`, `constant`: [`fit_omega`](@ref) and [`fit_constant`](@ref) results, fibers as groups
+  (`(n_pix, n_fibers)` pixel arrays), one `ref_index`.
+- `n_fit_pixels`, `excluded`, `flags`: `(n_fibers,)`.
+"""
+function choose_models(fit, constant, n_fit_pixels::AbstractVector, excluded::AbstractVector{Bool},
+        options::FitOptions, flags::AbstractVector)
+    K, nf = size(fit.omega)
+    ref_index = fit.ref_index[1]
+    flags = flags .| fit.group_flags
+    in_fit = (fit.flags .& NOT_IN_OMEGA_FIT) .== 0
+    chi2_tv = [sum(in_fit[p, f] ? fit.chi2[p, f] : 0.0 for p in axes(in_fit, 1); init = 0.0)
+               for f in 1:nf]
+    chi2_c = [sum(in_fit[p, f] ? constant.chi2[p, f] : 0.0 for p in axes(in_fit, 1); init = 0.0)
+              for f in 1:nf]
+    dof = [sum(in_fit[p, f] ? fit.n_diff[p, f] - 1 : 0 for p in axes(in_fit, 1); init = 0)
+           for f in 1:nf]
+    delta = chi2_c .- chi2_tv
+    free = [count(isfinite, view(fit.omega, :, f)) - 1 for f in 1:nf]
+    p_value = [chi2_sf(delta[f], max(free[f], 1)) for f in 1:nf]
+    error = [sqrt(max(fit.omega_cov[k, k, f], 0.0)) for k in 1:K, f in 1:nf]
+    median_error = [nanmedian(without(view(error, :, f), ref_index)) for f in 1:nf]
+    amplitude = [equivalent_amplitude(without(view(fit.omega, :, f), ref_index),
+                     without(view(error, :, f), ref_index)) for f in 1:nf]
+    failed = [(fit.group_flags[f] & (NOT_CONVERGED | OMEGA_ELEMENT_NO_DATA)) != 0 &&
+              n_fit_pixels[f] >= options.min_fit_pixels && !excluded[f] for f in 1:nf]
+    for f in 1:nf
+        failed[f] && (flags[f] |= FALLBACK_CONSTANT)
+    end
+    bright = [!excluded[f] && !failed[f] && n_fit_pixels[f] >= options.min_fit_pixels &&
+              (fit.group_flags[f] & EMPTY_GROUP) == 0 &&
+              median_error[f] <= options.max_omega_error for f in 1:nf]
+    significant = [p_value[f] < options.p_value && amplitude[f] >= options.amplitude_threshold
+                   for f in 1:nf]
+    borrowed, borrowed_cov = weighted_mean_omega(fit.omega, fit.omega_cov, bright, ref_index)
+    _, borrowed_p = significance(borrowed, borrowed_cov, ref_index)
+    borrowed_error = [sqrt(max(borrowed_cov[k, k], 0.0)) for k in 1:K]
+    borrowed_amp = equivalent_amplitude(without(borrowed, ref_index),
+        without(borrowed_error, ref_index))
+    borrow_significant = borrowed_p < options.p_value &&
+                         borrowed_amp >= options.amplitude_threshold
+    faint = [!bright[f] && !excluded[f] && !failed[f] for f in 1:nf]
+    model = fill(MODEL_CONSTANT, nf)
+    for f in 1:nf
+        if options.model == "time-variable"
+            bright[f] && (model[f] = MODEL_TIME_VARIABLE)
+            faint[f] && any(bright) && (model[f] = MODEL_BORROWED)
+        else
+            bright[f] && significant[f] && (model[f] = MODEL_TIME_VARIABLE)
+            faint[f] && borrow_significant && (model[f] = MODEL_BORROWED)
+        end
+        model[f] == MODEL_BORROWED && (flags[f] |= BORROWED_OMEGA)
+    end
+    omega_used = ones(K, nf)
+    for f in 1:nf
+        if model[f] == MODEL_TIME_VARIABLE
+            column = view(fit.omega, :, f)
+            finite = [w for w in column if !isnan(w)]
+            omega_used[:, f] = column ./ (sum(finite) / length(finite))
+        elseif model[f] == MODEL_BORROWED
+            omega_used[:, f] = borrowed ./ (sum(borrowed) / K)
+        end
+    end
+    pixel_chi2 = [in_fit[p, f] ? constant.chi2[p, f] : NaN for p in axes(in_fit, 1), f in 1:nf]
+    return FiberFits(fit.omega, fit.omega_cov, omega_used, model, delta, p_value, amplitude,
+        per_dof(chi2_c, dof), per_dof(chi2_tv, dof), Vector{Int}(n_fit_pixels), flags,
+        ref_index, bright, borrowed, borrowed_cov, fit, pixel_chi2)
+end
+
+"chi2 per degree of freedom, IEEE division as NumPy's (0/0 is NaN, x/0 infinite)."
+per_dof(chi2, dof) = [c / d for (c, d) in zip(chi2, dof)]

@@ -1,0 +1,60 @@
+# The settings of the exposure stages: the twin of the fields of pyapred's `FitOptions`
+# (`pyapred/exposure/options.py`) that the stages use, with the same names and defaults (a Python
+# test compares the two). The Python-only fields choose the backend, the files and what memory
+# keeps (`backend`, `gain`, `read_noise`, `saturation`, `correct_1f`, `keep_constant`,
+# `keep_fit_reads`).
+
+"""
+    FitOptions(; model = "auto", p_value = 1e-3, amplitude_threshold = 0.035,
+               min_fit_pixels = 20, max_omega_error = 0.05, min_snr = 30.0,
+               core_halfwidth = 0.5, min_purity = 0.95, max_fit_pixels = nothing,
+               map_halfwidth = 2.5, joint_chips = false, max_iter = 50, jump_search = true,
+               jump_threshold = 8.0)
+
+Settings of the exposure stages ([`prepare_chip`](@ref), [`fit_fibers`](@ref),
+[`extract_chip`](@ref)), as pyapred's `FitOptions` (`pyapred fit --help` describes each):
+
+- model choice per fiber: `model` (`"auto"`, `"constant"` or `"time-variable"`), `p_value`,
+  `amplitude_threshold`, `min_fit_pixels`, `max_omega_error`;
+- omega-fit pixels: `min_snr`, `core_halfwidth`, `min_purity`, `max_fit_pixels` (`nothing`: all),
+  `map_halfwidth`;
+- solver: `joint_chips` (one omega per fiber from all chips), `max_iter`, `jump_search` (the omega
+  fit's own jump search), `jump_threshold` (the first pass's cosmic-ray threshold, sigma).
+"""
+Base.@kwdef struct FitOptions
+    model::String = "auto"
+    p_value::Float64 = 1e-3
+    amplitude_threshold::Float64 = 0.035
+    min_fit_pixels::Int = 20
+    max_omega_error::Float64 = 0.05
+    min_snr::Float64 = 30.0
+    core_halfwidth::Float64 = 0.5
+    min_purity::Float64 = 0.95
+    max_fit_pixels::Union{Nothing, Int} = nothing
+    map_halfwidth::Float64 = 2.5
+    joint_chips::Bool = false
+    max_iter::Int = 50
+    jump_search::Bool = true
+    jump_threshold::Float64 = 8.0
+end
+
+"Throw an `ArgumentError` naming the first setting of `options` out of range."
+function check_options(options::FitOptions)
+    options.model in ("auto", "constant", "time-variable") ||
+        throw(ArgumentError("model: expected \"auto\", \"constant\" or \"time-variable\", got $(repr(options.model))"))
+    for (name, value) in (("p_value", options.p_value),
+        ("amplitude_threshold", options.amplitude_threshold), ("min_snr", options.min_snr),
+        ("max_omega_error", options.max_omega_error), ("core_halfwidth", options.core_halfwidth),
+        ("min_purity", options.min_purity), ("map_halfwidth", options.map_halfwidth),
+        ("jump_threshold", options.jump_threshold))
+        isfinite(value) && value >= 0 ||
+            throw(ArgumentError("$name: expected a finite value >= 0, got $value"))
+    end
+    options.min_fit_pixels >= 0 ||
+        throw(ArgumentError("min_fit_pixels: expected >= 0, got $(options.min_fit_pixels)"))
+    options.max_iter >= 1 ||
+        throw(ArgumentError("max_iter: expected >= 1, got $(options.max_iter)"))
+    options.max_fit_pixels === nothing || options.max_fit_pixels >= 0 ||
+        throw(ArgumentError("max_fit_pixels: expected nothing or >= 0, got $(options.max_fit_pixels)"))
+    return options
+end

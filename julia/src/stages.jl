@@ -1,0 +1,139 @@
+# Stage 3, extract a chip, and the driver of the three stages: the twins of
+# `pyapred/exposure/extract.py` (`extract_chip`, `_masked_at_jumps`) and of the stage loop of
+# `pyapred/exposure/driver.py` (no file I/O: the caller reads and writes).
+
+"""
+    ChipResult
+
+Extracted fluxes of one chip (pyapred's `ChipResult`, axes reversed):
+
+- `flux`, `flux_var`, `chi2` `(nx, ny)`: DN per read interval at the exposure-average
+  normalisation (omega scaled to mean 1), its variance and chi2; NaN where fewer than 2
+  differences are usable;
+- `n_diff`, `flags` `(nx, ny)`: usable differences and the pixel flags, with `BACKGROUND` and
+  `JUMP_DETECTED` added;
+- `fiber` `(nx, ny)`: the fiber whose omega each pixel used (1-based), 0 for background and
+  untraced columns;
+- `fibers`: the [`FiberFits`](@ref) used; `prepared`: the [`PreparedChip`](@ref).
+"""
+struct ChipResult
+    flux::Matrix{Float64}
+    flux_var::Matrix{Float64}
+    chi2::Matrix{Float64}
+    n_diff::Matrix{Int}
+    flags::Matrix{Int}
+    fiber::Matrix{Int}
+    fibers::FiberFits
+    prepared::PreparedChip
+end
+
+"""
+    extract_chip(chip, prepared, fibers, options = FitOptions())
+
+Stage 3 (pyapred's `extract_chip`): every pixel of the chip with its fiber's omega fixed
+(`fibers.omega`, mean 1), background pixels with the constant model, in one
+[`extract_fluxes`](@ref) call; the pixels with a detected jump again with the read after each
+jump masked.
+
+# Returns
+A [`ChipResult`](@ref).
+"""
+function extract_chip(chip::ChipExposure, prepared::PreparedChip, fibers::FiberFits,
+        options::FitOptions = FitOptions())
+    nx, ny, N = size(chip.reads)
+    K = N - 1
+    nf = size(fibers.omega, 2)
+    nc = size(prepared.pixel_map.fiber, 1)
+    fiber = zeros(Int, nx, ny)
+    fiber[1:nc, :] .= prepared.pixel_map.fiber
+    groups = [fiber[x, y] > 0 ? fiber[x, y] : nf + 1 for x in 1:nx, y in 1:ny]
+    table = hcat(fibers.omega, ones(K))  # last column: background
+    result = masked_at_jumps(chip, prepared.jumps, groups, table)
+    flags = copy(result.flags)
+    for y in 1:ny, x in 1:nx
+        fiber[x, y] == 0 && (flags[x, y] |= BACKGROUND)
+    end
+    for j in prepared.jumps
+        flags[j[1], j[2]] |= JUMP_DETECTED
+    end
+    return ChipResult(result.flux, result.flux_var, result.chi2, result.n_diff, flags, fiber,
+        fibers, prepared)
+end
+
+"""
+    masked_at_jumps(chip, jumps, groups, table)
+
+[`extract_fluxes`](@ref) of every pixel of the chip, then of the pixels with a jump again with the
+masked reads `jumps` (`CartesianIndex(x, y, read)`): every pixel is fitted on its own, so this is
+one masked fit, without a cube-sized mask or writing into the reads.
+"""
+function masked_at_jumps(chip::ChipExposure, jumps, groups, table)
+    result = extract_fluxes(chip.reads, chip.read_noise, table; groups, gain = chip.gain,
+        saturation = chip.saturation)
+    isempty(jumps) && return result
+    N = size(chip.reads, 3)
+    pixels = unique([CartesianIndex(j[1], j[2]) for j in jumps])
+    slot = Dict(p => i for (i, p) in enumerate(pixels))
+    reads = [chip.reads[p[1], p[2], j] for p in pixels, j in 1:N]
+    mask = zeros(Bool, length(pixels), N)
+    for j in jumps
+        mask[slot[CartesianIndex(j[1], j[2])], j[3]] = true
+    end
+    at_pixels(value) = [pixel_value(value, p[1], p[2]) for p in pixels]
+    redo = extract_fluxes(reads, at_pixels(chip.read_noise), table; groups = groups[pixels],
+        gain = at_pixels(chip.gain), saturation = at_pixels(chip.saturation), mask)
+    for (i, p) in enumerate(pixels), name in (:flux, :flux_var, :chi2, :n_diff, :flags)
+        getfield(result, name)[p] = getfield(redo, name)[i]
+    end
+    return result
+end
+
+"""
+    with_blas_threads(f, n)
+
+Run `f()` with BLAS on `n` threads, then restore the previous count. The stages thread over fibers
+and pixels themselves; BLAS threads inside those threads (the small omega systems) would only
+compete with them.
+"""
+function with_blas_threads(f, n::Integer)
+    previous = BLAS.get_num_threads()
+    previous == n && return f()
+    BLAS.set_num_threads(n)
+    try
+        return f()
+    finally
+        BLAS.set_num_threads(previous)
+    end
+end
+
+"""
+    run_chips(chips, traces, options = FitOptions())
+
+The three stages over one exposure's chips, as pyapred's `run_exposure` runs them (in memory):
+[`prepare_chip`](@ref) each chip, [`fit_fibers`](@ref) per chip (or once over all chips with
+`options.joint_chips`), [`extract_chip`](@ref) each chip. BLAS runs on one thread meanwhile
+([`with_blas_threads`](@ref)).
+
+# Arguments
+- `chips`: [`ChipExposure`](@ref)s (or one), `traces`: their [`Traces`](@ref) (or one).
+
+# Returns
+A NamedTuple `(prepared, fibers, results)` of vectors, one entry per chip (with `joint_chips` every
+chip's `fibers` entry is the same [`FiberFits`](@ref)).
+"""
+function run_chips(chips::AbstractVector{<:ChipExposure}, traces::AbstractVector{Traces},
+        options::FitOptions = FitOptions())
+    check_options(options)
+    length(chips) == length(traces) ||
+        throw(ArgumentError("traces: expected one per chip, got $(length(traces)) for $(length(chips))"))
+    return with_blas_threads(1) do
+        prepared = [prepare_chip(c, t, options) for (c, t) in zip(chips, traces)]
+        fibers = options.joint_chips ? fill(fit_fibers(prepared, options), length(chips)) :
+                 [fit_fibers(p, options) for p in prepared]
+        results = [extract_chip(c, p, f, options) for (c, p, f) in zip(chips, prepared, fibers)]
+        (; prepared, fibers, results)
+    end
+end
+
+run_chips(chip::ChipExposure, traces::Traces, options::FitOptions = FitOptions()) =
+    run_chips([chip], [traces], options)

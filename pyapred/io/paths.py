@@ -1,0 +1,133 @@
+"""Paths checked before any long work: inputs that can be read, outputs that can be written.
+
+Every command checks its paths with these first, so that a bad one is an
+:class:`~pyapred.errors.InputError` (exit 2, naming the path and the option) before minutes of
+fitting, never a traceback, a hang on a FIFO or device, or an input overwritten by an output.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import InputError
+from .atomic import writable_folder
+
+__all__ = ["check_input_file", "check_output_path", "remove_stale_temporaries"]
+
+_SPECIAL = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def check_input_file(path: str | os.PathLike, field: str) -> Path:
+    """``path`` if it is an existing regular file (symbolic links followed).
+
+    Refused: a missing path, a folder, a loop of symbolic links, and special files (FIFOs,
+    devices, sockets: reading them would hang or never end).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    field : str
+        The option or field named in the error (``"inputs"``, ``"--traces"``, ...).
+
+    Raises
+    ------
+    InputError
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(path, field, "an existing file", "nothing") from None
+    except OSError as exc:  # a loop of symbolic links, a permission problem, a name too long
+        raise InputError(path, field, "a readable file", exc.strerror or str(exc)) from None
+    if stat.S_ISDIR(mode):
+        raise InputError(path, field, "a file", "a folder")
+    if not stat.S_ISREG(mode):
+        raise InputError(path, field, "a regular file", _SPECIAL.get(stat.S_IFMT(mode), "other"))
+    return path
+
+
+def check_output_path(
+    path: str | os.PathLike,
+    field: str,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    folder: bool = False,
+) -> Path:
+    """``path`` if an output can be written there without harm (its parent folder is created).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output file (or folder, with ``folder=True``).
+    field : str
+        The option named in the error (``"--out"``, ``"--plots"``).
+    inputs : iterable of paths
+        The command's inputs: the output may be none of them (nor a link to one).
+    overwrite : bool
+        An existing output file may be replaced.
+    folder : bool
+        The output is a folder (of plots): an existing file there is refused.
+
+    Raises
+    ------
+    InputError
+        The path is one of the inputs, a folder where a file is expected (or the reverse), an
+        existing file without ``overwrite``, a special file, or in a folder that cannot be
+        written.
+    """
+    path = Path(path)
+    for item in inputs:
+        if _same_file(path, Path(item)):
+            raise InputError(path, field, "an output path that is none of the inputs", str(item))
+    if folder:  # checked, not made: a failed run leaves no empty folder behind
+        if path.exists() and not path.is_dir():
+            raise InputError(path, field, "a folder (for the plots)", "an existing file")
+        writable_folder(path if path.is_dir() else path.parent, path=path, field=field)
+        return path
+    if path.is_dir():
+        raise InputError(path, field, "a file name", "an existing folder")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise InputError(path, field, "a new file (or pass --overwrite)", "an existing file")
+        if not path.is_file():
+            raise InputError(path, field, "a regular file to replace", "a special file or link")
+    writable_folder(path.parent, path=path, field=field)
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that a killed writer of ``path`` left beside it.
+
+    :func:`~pyapred.io.atomic.atomic_path` writes ``.{name}.XXXXXXXX.tmp`` (or ``.tmp{suffix}``)
+    next to ``path``; a process killed mid-write leaves it. Commands call this before they write
+    ``path`` again.
+
+    Returns
+    -------
+    list of pathlib.Path
+        What was removed.
+    """
+    path = Path(path)
+    removed = []
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed

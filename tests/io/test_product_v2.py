@@ -1,0 +1,376 @@
+"""Product format 2: compact (float32, small integer types, shuffle + gzip), self-describing
+(units, descriptions, axes, fiber tables with fiberId), and format 1 still read."""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+
+import h5py
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import pyapred
+from pyapred import Flag
+from pyapred.io import (
+    ChipImages,
+    FiberResults,
+    ProductWriter,
+    flag_dtype,
+    read_metadata,
+    read_product,
+    write_product,
+)
+from pyapred.io import product as product_module
+
+STATS = ("amplitude", "delta_chi2", "p_value", "n_fit_pixels", "n_iter")
+
+
+def make_chip(rng, shape=(130, 37), n_reads=33) -> ChipImages:
+    """Rows not a multiple of the chunk (64): an edge chunk; every Flag bit somewhere."""
+    flags = np.zeros(shape, np.int64)
+    every = [int(flag) for flag in Flag]
+    flags.ravel()[: len(every)] = every
+    flags[-1, -1] = functools.reduce(operator.or_, every)
+    rate = rng.normal(100, 30, shape)
+    rate[2, 3] = np.nan  # TOO_FEW_DIFFS pixels are NaN
+    return ChipImages(
+        rate=rate,
+        ivar=rng.uniform(0.01, 0.1, shape),
+        chi2=rng.chisquare(10, shape),
+        flags=flags,
+        n_diff=rng.integers(0, n_reads, shape).astype(np.int16),
+    )
+
+
+def make_fibers(rng, n=5, k=6, stats=True) -> FiberResults:
+    omega = rng.uniform(0.5, 1.0, (n, k))
+    omega[:, 2] = 1.0
+    a = rng.normal(0, 0.01, (n, k, k))
+    extra = {}
+    if stats:
+        extra = dict(
+            amplitude=rng.random(n), delta_chi2=rng.chisquare(k, n), p_value=rng.random(n),
+            n_fit_pixels=rng.integers(0, 2000, n), n_iter=rng.integers(1, 9, n),
+        )  # fmt: skip
+    return FiberResults(
+        fiber_index=np.array([0, 1, 150, 298, 299])[:n],
+        omega=omega,
+        omega_cov=np.einsum("nij,nkj->nik", a, a),
+        ref_index=np.full(n, 2),
+        model=("time_variable", "constant", "borrowed", "constant", "time_variable")[:n],
+        flags=np.array([0, int(Flag.FPI_FIBER), int(Flag.BORROWED_OMEGA), 0, 0])[:n],
+        **extra,
+    )
+
+
+def assert_round_trip(product, chips, fibers):
+    for key, images in chips.items():
+        back = product.chips[key]
+        for name in ("rate", "ivar", "chi2"):
+            expected = np.asarray(getattr(images, name), np.float32)  # float32 rounding only
+            assert getattr(back, name).dtype == np.float32
+            assert np.array_equal(getattr(back, name), expected, equal_nan=True)
+        assert np.array_equal(back.flags, images.flags) and back.flags.dtype == flag_dtype()
+        assert np.array_equal(back.n_diff, images.n_diff) and back.n_diff.dtype == np.uint8
+    for key, results in fibers.items():
+        back = product.fibers[key]
+        for name in ("fiber_index", "omega", "omega_cov", "ref_index", "flags", *STATS):
+            assert np.array_equal(getattr(back, name), getattr(results, name)), name
+        assert back.model == results.model and all(type(m) is str for m in back.model)
+        assert np.array_equal(back.fiber_id, 300 - results.fiber_index)
+
+
+# --------------------------------------------------------------------------------------------
+# Format 2, HDF5
+# --------------------------------------------------------------------------------------------
+def test_flag_type_is_the_smallest_that_holds_every_flag():
+    bits = max(int(flag) for flag in Flag).bit_length()
+    types = (np.uint8, np.uint16, np.uint32, np.uint64)
+    expected = next(t for t in types if bits <= 8 * np.dtype(t).itemsize)
+    assert flag_dtype() == np.dtype(expected) == np.uint16  # 14 bits today
+    chip = make_chip(np.random.default_rng(1))
+    for bad in (-1, 1 << 20):
+        flags = chip.flags.copy()
+        flags[0, 0] = bad
+        images = ChipImages(chip.rate, chip.ivar, chip.chi2, flags)
+        with pytest.raises(ValueError, match="bits of pyapred.Flag"):
+            write_product("unused.h5", chips={"R": images})
+
+
+def test_format_2_round_trip(tmp_path):
+    rng = np.random.default_rng(2)
+    chips = {"R": make_chip(rng), "G": make_chip(rng)}
+    fibers = {"R": make_fibers(rng), "joint": make_fibers(rng, n=3, stats=False)}
+    path = write_product(tmp_path / "p.h5", chips=chips, fibers=fibers, metadata={"mjd": 60781})
+    product = read_product(path)
+    assert product.format_version == 2 and product.metadata["format_version"] == 2
+    assert_round_trip(product, chips, fibers)
+    assert all(getattr(product.fibers["joint"], s) is None for s in STATS)
+    # Without the images: the fibers and the metadata only.
+    light = read_product(path, images=False)
+    assert light.chips == {} and light.fibers.keys() == fibers.keys()
+    with h5py.File(path, "r") as handle:
+        assert handle.attrs["pyapred_product_format"] == 2
+        for name in ("dimage", "ivarimage", "chisqimage", "ndiff", "flags"):
+            dataset = handle[f"R/{name}"]
+            assert dataset.compression == "gzip" and dataset.chunks == (64, 37)
+            assert dataset.shuffle == (dataset.dtype.itemsize > 1)
+            assert list(dataset.attrs["axes"]) == ["y", "x"]
+        group = handle["fibers/R"]
+        assert group["fiberId"][()].tolist() == [300, 299, 150, 2, 1]
+        assert group["fiber_index"][()].tolist() == [1, 2, 151, 299, 300]  # 301 - fiberId
+        assert group["fiber_index"].attrs["index_base"] == 1
+        assert group["ref_index"][()].tolist() == [3] * 5
+        np.testing.assert_allclose(group["omega_mean"][()], fibers["R"].omega.mean(axis=1))
+        assert "mean 1" in group["omega"].attrs["normalisation"]
+        assert list(group["omega_cov"].attrs["axes"]) == ["fiber", "diff", "diff"]
+        # Strings are UTF-8 strings: str through asstr() and read_product.
+        assert h5py.check_string_dtype(group["model"].dtype).encoding == "utf-8"
+        assert group["model"].asstr()[()].tolist()[:2] == ["time_variable", "constant"]
+        assert h5py.check_string_dtype(handle["metadata/pyapred_version"].dtype).encoding == "utf-8"
+        assert "flags" not in group.attrs and "R_amplitude" not in handle["metadata"]
+
+
+def test_ndiff_beyond_255_reads_is_uint16(tmp_path):
+    chip = make_chip(np.random.default_rng(3), shape=(4, 5))
+    n_diff = np.full((4, 5), 300, np.int16)
+    chip = ChipImages(chip.rate, chip.ivar, chip.chi2, chip.flags, n_diff)
+    path = write_product(tmp_path / "p.h5", chips={"R": chip})
+    back = read_product(path).chips["R"].n_diff
+    assert back.dtype == np.uint16 and np.array_equal(back, n_diff)
+    no_ndiff = ChipImages(chip.rate, chip.ivar, chip.chi2, chip.flags)
+    path = write_product(tmp_path / "q.h5", chips={"R": no_ndiff})
+    assert read_product(path).chips["R"].n_diff is None
+    negative = ChipImages(chip.rate, chip.ivar, chip.chi2, chip.flags, -n_diff)
+    with pytest.raises(ValueError, match="n_diff"):
+        write_product(tmp_path / "r.h5", chips={"R": negative})
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunks_compressed_in_threads_are_what_hdf5_filters_read(tmp_path, threads):
+    # The writer encodes chunks itself (shuffle + zlib) and hands them to HDF5 whole; HDF5's own
+    # filters must decode them to the array, edge chunk included, for every stored type.
+    rng = np.random.default_rng(4)
+    arrays = {
+        "f4": rng.normal(0, 1e3, (200, 33)).astype(np.float32),
+        "u1": rng.integers(0, 255, (200, 33)).astype(np.uint8),
+        "u2": rng.integers(0, 1 << 14, (65, 33)).astype(np.uint16),
+        "f8": rng.normal(0, 1, (7, 3, 3)),
+    }
+    with h5py.File(tmp_path / "c.h5", "w") as handle:
+        for name, array in arrays.items():
+            product_module._write_compressed(handle, name, array, 64, threads)
+    with h5py.File(tmp_path / "c.h5", "r") as handle:
+        for name, array in arrays.items():
+            assert np.array_equal(handle[name][()], array), name
+            assert handle[name][150:151].shape[0] in (0, 1)  # partial reads go through HDF5
+    with ProductWriter(tmp_path / "p.h5", threads=threads) as writer:
+        assert writer.threads == threads
+        writer.add_chip("R", make_chip(rng))
+        writer.finish()
+    with pytest.raises(ValueError, match="threads"):
+        ProductWriter(tmp_path / "x.h5", threads=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Format 1 is still read
+# --------------------------------------------------------------------------------------------
+def write_format_1(path, rng):
+    """A format-1 product as pyapred wrote it before issue 19 (float64, int64, contiguous,
+    per-fiber statistics flat in the metadata)."""
+    shape = (6, 9)
+    chip = {
+        "dimage": rng.normal(100, 10, shape),
+        "ivarimage": rng.uniform(0.01, 0.1, shape),
+        "chisqimage": rng.chisquare(10, shape),
+        "flags": np.full(shape, int(Flag.BACKGROUND), np.int64),
+    }
+    omega = np.ones((3, 4))
+    omega[:, 1] = [0.9, 0.8, 0.7]
+    with h5py.File(path, "w") as handle:
+        handle.attrs["pyapred_product_format"] = 1
+        for name, value in chip.items():
+            handle[f"R/{name}"] = value
+        handle["R/dimage"].attrs["units"] = "DN/read"
+        group = handle.create_group("fibers/R")
+        group["fiber_index"] = np.array([1, 2, 300])
+        group["omega"], group["omega_cov"] = omega, np.zeros((3, 4, 4))
+        group["ref_index"] = np.array([1, 1, 1])
+        group.create_dataset("model", data=["constant", "time_variable", "borrowed"],
+                             dtype=h5py.string_dtype())  # fmt: skip
+        group["flags"] = np.zeros(3, np.int64)
+        meta = handle.create_group("metadata")
+        strings = {"pyapred_version": "0.1.0", "backend": "numpy", "fit_options": "{}",
+                   "DATE-OBS": "2025-04-20T04:00:00.000", "TIMESYS": "TAI"}  # fmt: skip
+        for key, value in strings.items():
+            meta.create_dataset(key, data=value, dtype=h5py.string_dtype())
+        meta.create_dataset("input_files", data=["apR-a-52190001.apz"], dtype=h5py.string_dtype())
+        meta["format_version"], meta["INTOFF"], meta["NREAD"] = 1, 10647, 5
+        meta["read_times_tai_mjd"] = 60781.2 + np.arange(5) * 10.647 / 86400
+        meta["R_amplitude"], meta["R_p_value"] = np.array([0.0, 0.2, 0.3]), np.ones(3)
+        meta["R_delta_chi2"], meta["R_n_fit_pixels"] = np.zeros(3), np.array([0, 500, 10])
+    return chip, omega
+
+
+def test_format_1_file_still_reads(tmp_path):
+    path = tmp_path / "v1.h5"
+    chip, omega = write_format_1(path, np.random.default_rng(5))
+    product = read_product(path)
+    assert product.format_version == 1
+    images = product.chips["R"]
+    assert images.rate.dtype == np.float64 and np.array_equal(images.rate, chip["dimage"])
+    assert np.array_equal(images.flags, chip["flags"]) and images.n_diff is None
+    fibers = product.fibers["R"]
+    assert fibers.fiber_index.tolist() == [0, 1, 299] and fibers.fiber_id.tolist() == [300, 299, 1]
+    assert fibers.model == ("constant", "time_variable", "borrowed")
+    assert fibers.ref_index.tolist() == [0, 0, 0] and np.array_equal(fibers.omega, omega)
+    # The statistics that format 1 kept in the metadata come with the fibers.
+    assert fibers.amplitude.tolist() == [0.0, 0.2, 0.3] and fibers.n_fit_pixels[1] == 500
+    assert fibers.n_iter is None
+    # pyapred guider reads omega and the read times; pyapred night's resume check the metadata.
+    from pyapred.guider.omega import read_product_omega
+
+    data = read_product_omega(path)
+    assert data["read_times"].size == 5 and data["fiber_index"].tolist() == [0, 1, 299]
+    assert read_metadata(path)["input_files"] == ["apR-a-52190001.apz"]
+
+
+def test_other_versions_are_refused(tmp_path):
+    path = write_product(tmp_path / "p.h5", fibers={"R": make_fibers(np.random.default_rng(6))})
+    with h5py.File(path, "a") as handle:
+        handle.attrs["pyapred_product_format"] = 3
+    with pytest.raises(pyapred.errors.InputError, match="format 1 or 2.*incompatible"):
+        read_product(path)
+
+
+# --------------------------------------------------------------------------------------------
+# A real product: every dataset described
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_product(tmp_path_factory):
+    from pyapred.exposure import run_exposure
+    from pyapred.simulate import simulate_exposure, write_simulated_exposure
+
+    folder = tmp_path_factory.mktemp("real")
+    sim = simulate_exposure("clouds", seed=1, n_fibers=40, n_columns=96, ref_columns=16, n_reads=20)
+    paths = write_simulated_exposure(sim, folder / "data")
+    run_exposure(paths["apz"], paths["traces"], product=folder / "p.h5")
+    return folder / "p.h5", paths
+
+
+def test_every_dataset_of_a_real_product_is_described(real_product):
+    path, _ = real_product
+    seen = []
+
+    def check(name, item):
+        if not isinstance(item, h5py.Dataset):
+            return
+        seen.append(name)
+        for attribute in ("units", "description"):
+            assert attribute in item.attrs, f"{name}: no {attribute}"
+            assert isinstance(item.attrs[attribute], str), f"{name}: {attribute} not a string"
+        assert item.attrs["description"], f"{name}: empty description"
+        if name.startswith(("R/", "G/", "B/", "fibers/")):
+            axes = list(item.attrs["axes"])
+            assert len(axes) == item.ndim, f"{name}: axes {axes} for shape {item.shape}"
+            if item.dtype.kind != "O":
+                assert item.compression == "gzip", f"{name}: not compressed"
+
+    with h5py.File(path, "r") as handle:
+        handle.visititems(check)
+        assert handle["R/ndiff"].dtype == np.uint8 and handle["R/dimage"].dtype == np.float32
+        assert int(handle["R/ndiff"][()].max()) == 19  # 20 reads
+        for group in ("R", "G", "B"):
+            fibers = handle[f"fibers/{group}"]
+            assert fibers["fiberId"][()].tolist() == list(range(300, 260, -1))  # 40 fibers
+            for name in ("model", "flags", "omega", "omega_cov", "omega_mean", "ref_index", *STATS):
+                assert fibers[name].shape[0] == 40, name
+            assert fibers["flags"].dtype == flag_dtype()
+        assert handle["metadata/read_times_tai_mjd"].attrs["units"] == "d"
+    assert {"R/dimage", "fibers/R/fiberId", "metadata/fit_options"} <= set(seen)
+    product = read_product(path)
+    assert product.metadata["telescope"] == "apo" and product.metadata["mjd"] == 60781
+    assert product.metadata["expnum"] == 52190001
+    assert all(type(m) is str for m in product.fibers["R"].model)
+    assert not any(key.startswith(("R_", "G_", "B_")) for key in product.metadata)
+    assert np.all(product.fibers["R"].n_iter[product.fibers["R"].n_fit_pixels > 0] >= 1)
+
+
+def test_real_product_keeps_what_night_and_guider_read(real_product):
+    from pyapred.guider.omega import read_product_omega
+
+    path, paths = real_product
+    meta = read_metadata(path)  # what pyapred night's resume check compares
+    assert json.loads(meta["fit_options"]) and meta["pyapred_version"] == pyapred.__version__
+    files = [*paths["apz"], *paths["traces"]]
+    assert meta["input_files"] == [p.name for p in files]
+    assert meta["input_sha256"] == [product_module.sha256_file(p) for p in files]
+    data = read_product_omega(path, "G")
+    assert data["omega"].shape == (40, 19) and data["read_times"].size == 20
+
+
+# --------------------------------------------------------------------------------------------
+# FITS
+# --------------------------------------------------------------------------------------------
+def test_fits_header_cards_units_and_round_trip(tmp_path):
+    rng = np.random.default_rng(7)
+    chips = {"R": make_chip(rng), "B": make_chip(rng)}
+    fibers = {"R": make_fibers(rng)}
+    identity = {"telescope": "apo", "mjd": 60781, "expnum": 52190065,
+                "DATE-OBS": "2025-04-20T04:00:00.000", "TIMESYS": "TAI"}  # fmt: skip
+    path = write_product(tmp_path / "p.fits", chips=chips, fibers=fibers, metadata=identity)
+    with fits.open(path) as hdul:
+        header = hdul[0].header
+        assert header["PAPFMT"] == 2 and header["TELESCOP"] == "apo"
+        assert header["MJD"] == 60781 and header["EXPNUM"] == 52190065
+        assert header["DATE-OBS"] == identity["DATE-OBS"] and header["TIMESYS"] == "TAI"
+        assert header["CHIPS"] == "R,B" and header["FIBGRPS"] == "R"
+        assert header["PAPVER"] == pyapred.__version__
+        assert hdul["R_RATE"].data.dtype.kind == "f" and hdul["R_RATE"].header["BITPIX"] == -32
+        assert hdul["R_RATE"].header["BUNIT"] == "DN/read"
+        assert hdul["R_NDIFF"].header["BITPIX"] == 8 and hdul["R_FLAGS"].data.dtype == np.uint16
+        table = hdul["FIBERS_R"]
+        names = table.columns.names
+        assert names[:3] == ["FIBERID", "FIBER_INDEX", "MODEL"] and "N_ITER" in names
+        for i in range(1, len(names) + 1):
+            assert f"TUNIT{i}" in table.header and table.header[f"TCOMM{i}"]
+        assert table.data["FIBERID"].tolist() == [300, 299, 150, 2, 1]
+        assert table.data["FIBER_INDEX"].tolist() == [0, 1, 150, 298, 299]  # 0-based in FITS
+        assert "UNIT" in hdul["METADATA"].columns.names
+    product = read_product(path)
+    assert product.format_version == 2 and product.metadata["expnum"] == 52190065
+    assert_round_trip(product, chips, fibers)
+    assert read_product(path, images=False).chips == {}
+
+
+def test_format_1_fits_still_reads(tmp_path):
+    ones = np.ones((3, 4))
+    hdus = [fits.PrimaryHDU()]
+    hdus[0].header["PAPFMT"] = 1
+    for attribute in ("rate", "ivar", "chi2", "flags"):
+        data = ones.astype(np.int64 if attribute == "flags" else np.float64)
+        hdu = fits.ImageHDU(data, name=f"R_{attribute.upper()}")
+        hdu.header["PAPCHIP"], hdu.header["PAPIMAGE"] = "R", attribute
+        hdus.append(hdu)
+    columns = [
+        fits.Column("FIBER_INDEX", "K", array=[0, 5]),
+        fits.Column("OMEGA", "2D", array=np.ones((2, 2))),
+        fits.Column("OMEGA_COV", "4D", dim="(2,2)", array=np.zeros((2, 4))),
+        fits.Column("REF_INDEX", "K", array=[0, 0]),
+        fits.Column("MODEL", "8A", array=["constant"] * 2),
+        fits.Column("FLAGS", "K", array=[0, 0]),
+    ]
+    table = fits.BinTableHDU.from_columns(columns, name="FIBERS_R")
+    table.header["PAPGROUP"] = "R"
+    meta = fits.BinTableHDU.from_columns(
+        [fits.Column("KEY", "5A", array=["mjd"]), fits.Column("VALUE", "5A", array=["60781"])],
+        name="METADATA",
+    )
+    fits.HDUList([*hdus, table, meta]).writeto(tmp_path / "v1.fits")
+    product = read_product(tmp_path / "v1.fits")
+    assert product.format_version == 1 and product.metadata == {"mjd": 60781}
+    assert product.chips["R"].n_diff is None and product.chips["R"].rate.dtype == np.float64
+    assert product.fibers["R"].fiber_id.tolist() == [300, 295]

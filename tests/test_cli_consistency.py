@@ -1,0 +1,261 @@
+"""One command line (issue 19): the output flags, help on every flag, messages naming flags,
+progress on stderr, the Numba notice, and ``pyapred simulate`` streaming its chips."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from pyapred import cli
+from pyapred.cli import build_parser, main
+
+OUTPUT_DESTS = ("json", "quiet", "verbose", "log")
+SIMULATE = ["simulate", "--columns", "16", "--fibers", "12", "--ref-columns", "4", "--reads", "5"]
+
+
+def parsers(parser: argparse.ArgumentParser | None = None, name: str = "pyapred"):
+    """``(name, parser)`` of the top-level parser and every subcommand and sub-subcommand."""
+    parser = parser or build_parser()
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child_name, child in action.choices.items():
+                yield from parsers(child, f"{name} {child_name}")
+
+
+def leaves() -> dict:
+    """The parsers that run something (no sub-subcommands of their own)."""
+    return {
+        name: parser
+        for name, parser in parsers()
+        if name != "pyapred"
+        and not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Help
+# --------------------------------------------------------------------------------------------
+def test_every_option_has_help_of_its_own():
+    names = [name for name, _ in parsers()]
+    assert {"pyapred noise simulate", "pyapred noise stress", "pyapred noise train",
+            "pyapred noise evaluate"} <= set(names)  # fmt: skip
+    for name, parser in parsers():
+        seen: dict = {}
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            flags = "/".join(action.option_strings)
+            assert action.help and action.help.strip(), f"{name} {flags}: no help"
+            assert action.help not in seen, f"{name}: {flags} has the help of {seen[action.help]}"
+            seen[action.help] = flags
+        for action in parser._actions:  # positionals too
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{name} {action.dest}: no help"
+        parser.format_help()  # renders: a lone % in a help text would raise here
+
+
+def test_no_raw_rst_in_any_help(capsys):
+    for name, parser in parsers():
+        assert "``" not in parser.format_help(), name
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "Exit codes" in text
+    with pytest.raises(SystemExit):  # the % of "paper: 3.5 %" in a fit setting's help
+        main(["fit", "--help"])
+    assert "3.5 %" in capsys.readouterr().out
+
+
+def test_output_flags_are_declared_once_on_every_long_command():
+    reference = argparse.ArgumentParser()
+    cli.add_output_arguments(reference)
+    expected = {
+        a.dest: (tuple(a.option_strings), a.help)
+        for a in reference._actions
+        if a.dest in OUTPUT_DESTS
+    }
+    assert set(expected) == set(OUTPUT_DESTS)
+    found = leaves()
+    assert set(found) == {f"pyapred {n}" for n in cli.COMMANDS if n != "noise"} | {
+        f"pyapred noise {n}" for n in ("simulate", "stress", "train", "evaluate")
+    }
+    for name, parser in found.items():
+        got = {
+            a.dest: (tuple(a.option_strings), a.help)
+            for a in parser._actions
+            if a.dest in OUTPUT_DESTS
+        }
+        assert got == ({} if name == "pyapred inspect" else expected), name
+
+
+# --------------------------------------------------------------------------------------------
+# One meaning of --json, --quiet, --verbose, --log (on a command that takes a moment)
+# --------------------------------------------------------------------------------------------
+def test_default_summary_on_stdout_progress_on_stderr(tmp_path, capsys):
+    assert main([*SIMULATE, "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.split()) == 7 and all((tmp_path.parent / p).exists() for p in out.split())
+    for chip in ("R (1 of 3)", "G (2 of 3)", "B (3 of 3)"):
+        assert f"pyapred simulate: chip {chip}: simulating" in err
+        assert f"pyapred simulate: chip {chip}: writing" in err
+
+
+def test_json_is_all_of_stdout_and_silences_progress(tmp_path, capsys):
+    assert main([*SIMULATE, "--out", str(tmp_path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    paths = json.loads(out)
+    assert len(paths["apz"]) == 3 and len(paths["traces"]) == 3 and "truth" in paths
+    assert err == ""
+
+
+def test_quiet_prints_nothing_but_errors(tmp_path, capsys):
+    assert main([*SIMULATE, "--out", str(tmp_path), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert main([*SIMULATE, "--out", str(tmp_path), "--quiet"]) == 2  # exists: an error
+    out, err = capsys.readouterr()
+    assert out == "" and "--out" in err and "--overwrite" in err
+    assert main([*SIMULATE, "--out", str(tmp_path), "--quiet", "--json", "--overwrite"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["truth"] and err == ""
+
+
+def test_verbose_adds_debug_detail(tmp_path, capsys):
+    assert main([*SIMULATE, "--out", str(tmp_path), "--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert "pyapred simulate: arguments" in err and "'seed': 0" in err
+    assert main([*SIMULATE, "--out", str(tmp_path), "--overwrite"]) == 0
+    assert "arguments" not in capsys.readouterr().err
+
+
+def test_log_file_gets_the_log_and_the_output(tmp_path, capsys):
+    log = tmp_path / "new" / "folder" / "run.log"
+    out = tmp_path / "sim"
+    assert main([*SIMULATE, "--out", str(out), "--log", str(log), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")  # --quiet: the console only
+    text = log.read_text()
+    assert "INFO pyapred.run: pyapred simulate" in text
+    assert "chip B (3 of 3): writing" in text and "apR-c-52190001.apz" in text
+    assert "exit code 0" in text and "DEBUG" not in text
+    assert main([*SIMULATE, "--out", str(out), "--log", str(log), "-v"]) == 2  # exists
+    capsys.readouterr()
+    appended = log.read_text()
+    assert appended.startswith(text) and "DEBUG" in appended
+    assert "--out: expected a new file (or pass --overwrite)" in appended
+    assert "exit code 2" in appended
+
+
+def test_log_is_checked_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    out = tmp_path / "sim"
+    assert main([*SIMULATE, "--out", str(out), "--log", str(a_file / "run.log")]) == 2
+    assert "--log" in capsys.readouterr().err and not out.exists()
+    data = tmp_path / "data.bin"  # an existing file that is no log: never appended to
+    data.write_bytes(b"\x00\x01 precious")
+    assert main([*SIMULATE, "--out", str(out), "--log", str(data)]) == 2
+    assert "an earlier pyapred log" in capsys.readouterr().err
+    assert data.read_bytes() == b"\x00\x01 precious" and not out.exists()
+    assert main([*SIMULATE, "--out", str(out), "--log", str(out)]) == 2  # --out itself
+    assert "--log" in capsys.readouterr().err
+
+
+def test_logging_state_is_restored_after_a_run(tmp_path, capsys):
+    loggers = [logging.getLogger(name) for name in ("pyapred", "py.warnings")]
+    before = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    assert main([*SIMULATE, "--out", str(tmp_path), "--log", str(tmp_path / "x.log")]) == 0
+    assert [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers] == before
+
+
+# --------------------------------------------------------------------------------------------
+# Messages name flags; progress; the Numba notice
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["simulate", "--out", "x", "--reads", "2"], "--reads"),
+        (["simulate", "--out", "x", "--fibers", "0"], "--fibers"),
+        (["demo", "--chips", "RX"], "--chips"),
+        (["noise", "stress", "--exposures", "0"], "--exposures"),
+        (["noise", "simulate", "--out", "x", "--gain", "-1"], "--gain"),
+        (["fit", "a.apz", "--traces", "t.h5", "--out", "p.h5", "--mjd", "12"], "--mjd"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "Traceback" not in err
+
+
+def test_crossval_names_its_flags(capsys):
+    assert main(["crossval", "--simulate", "--reads", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--reads" in err and "n_reads" not in err and "Traceback" not in err
+
+
+def test_compilation_notice_only_without_the_numba_cache(monkeypatch):
+    messages = []
+    log = logging.getLogger("test-notice")
+    log.addHandler(handler := logging.Handler())
+    handler.emit = lambda record: messages.append(record.getMessage())
+    log.setLevel(logging.INFO)
+    monkeypatch.setattr(cli.os.path, "exists", lambda path: False)
+    cli._announce_compilation("fit", log)
+    cli._announce_compilation("simulate", log)  # no kernels there
+    assert messages == ["pyapred: compiling the numerical kernels (once, about a minute)..."]
+    monkeypatch.setattr(cli.os.path, "exists", lambda path: True)
+    cli._announce_compilation("noise stress", log)
+    assert len(messages) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# pyapred simulate: one chip at a time, the same files
+# --------------------------------------------------------------------------------------------
+def test_streamed_simulation_writes_the_same_bytes(tmp_path):
+    from pyapred.simulate import (
+        simulate_exposure,
+        simulate_exposure_files,
+        write_simulated_exposure,
+    )
+
+    settings = dict(seed=4, n_fibers=12, n_columns=24, ref_columns=8, n_reads=6)
+    kept = write_simulated_exposure(simulate_exposure("seeing", **settings), tmp_path / "kept")
+    messages = []
+    streamed = simulate_exposure_files(
+        tmp_path / "streamed", "seeing", progress=messages.append, **settings
+    )
+    for key in ("apz", "traces"):
+        for a, b in zip(kept[key], streamed[key], strict=True):
+            assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    a, b = np.load(kept["truth"]), np.load(streamed["truth"])
+    assert sorted(a.files) == sorted(b.files)
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert messages[:2] == ["chip R (1 of 3): simulating", "chip R (1 of 3): writing"]
+    with pytest.raises(TypeError, match="n_fibres"):
+        simulate_exposure_files(tmp_path / "x", n_fibres=3)
+
+
+# --------------------------------------------------------------------------------------------
+# docs/api.md
+# --------------------------------------------------------------------------------------------
+def test_api_reference_is_up_to_date():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_api_docs.py"
+    spec = importlib.util.spec_from_file_location("make_api_docs", script)
+    make_api_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_api_docs)
+    current = make_api_docs.OUTPUT.read_text()
+    assert current == make_api_docs.render(), (
+        "docs/api.md is out of date: run python scripts/make_api_docs.py"
+    )
+    assert "### `pyapred.exposure.run_exposure`" in current
+    assert "[api.md](api.md)" in (make_api_docs.OUTPUT.parent / "index.md").read_text()
