@@ -37,23 +37,8 @@ function log_erfc(x::Real)
         end
         return log1p(-2.0 / sqrt(pi) * exp(-x * x) * total)
     end
-    # erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...))))).
-    tiny = 1e-300
-    f = x
-    c = x
-    d = 0.0
-    for n in 1:5000
-        a = n / 2
-        d = x + a * d
-        d = abs(d) < tiny ? tiny : d
-        c = x + a / c
-        c = abs(c) < tiny ? tiny : c
-        d = 1.0 / d
-        delta = c * d
-        f *= delta
-        abs(delta - 1.0) < 1e-16 && break
-    end
-    return -x * x - 0.5 * log(pi) - log(f)
+    # erfc(x) = exp(-x^2)/sqrt(pi) / fraction (special.jl), in logs: no underflow at large x.
+    return -x * x - 0.5 * log(pi) - log(erfc_denominator(x))
 end
 
 """

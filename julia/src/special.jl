@@ -36,7 +36,16 @@ end
 `erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...)))))`, evaluated by
 the modified Lentz method (as `log_erfc`).
 """
-function erfc_fraction(x::Float64)
+erfc_fraction(x::Float64) = exp(-x * x) / sqrt(pi) / erfc_denominator(x)
+
+"""
+    erfc_denominator(x)
+
+The continued fraction `x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...))))` of
+`erfc(x) = exp(-x^2)/sqrt(pi) / fraction`, by the modified Lentz method; used for `x >= 2` by
+`erfc_fraction` and `log_erfc`.
+"""
+function erfc_denominator(x::Float64)
     tiny = 1e-300
     f = x
     c = x
@@ -52,7 +61,7 @@ function erfc_fraction(x::Float64)
         f *= delta
         abs(delta - 1.0) < 1e-16 && break
     end
-    return exp(-x * x) / sqrt(pi) / f
+    return f
 end
 
 """
