@@ -233,8 +233,8 @@ function equivalent_amplitude(omega::AbstractVector, error::AbstractVector)
     n = length(finite)
     n == 0 && return NaN
     m = sum(finite) / n
-    centre = sum(w / m for w in finite) / n
-    variance = sum((w / m - centre)^2 for w in finite) / n
+    center = sum(w / m for w in finite) / n
+    variance = sum((w / m - center)^2 for w in finite) / n
     noise = [e / m for e in error if !isnan(e / m)]
     excess = variance - (isempty(noise) ? NaN : sum(e^2 for e in noise) / length(noise))
     return sqrt(12.0 * (isnan(excess) ? NaN : max(excess, 0.0)))

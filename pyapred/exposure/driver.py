@@ -26,7 +26,13 @@ from ..errors import InputError
 from ..traces import Traces
 from .extract import ChipResult, extract_chip
 from .fibers import fit_fibers
-from .inputs import ChipExposure, check_calibration, load_chip, match_inputs
+from .inputs import (
+    ChipExposure,
+    check_calibration,
+    identify_exposure,
+    load_chip,
+    match_inputs,
+)
 from .options import FitOptions
 from .prepare import correct_1f, prepare_chip
 from .product import product_parts
@@ -266,9 +272,13 @@ def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, ide
         return load
 
     chips = {chip: loader(chip, path, trace) for chip, (path, trace) in pairs.items()}
+    first_input = next(iter(pairs.values()))[0]
+    _, telescope, mjd, number = identify_exposure(first_input, identity)
     meta = {
         "inputs": [str(path) for path, _ in pairs.values()],
         "traces": [str(trace) for _, trace in pairs.values()],
+        # The exposure's identity, for the product (SDSS MJD; number within the night).
+        "exposure": {"telescope": telescope, "mjd": int(mjd), "number": int(number)},
     }
     return chips, traces, meta
 

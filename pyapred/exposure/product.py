@@ -85,7 +85,7 @@ def product_parts(result: ExposureResult) -> ProductParts:
             n_fit_pixels=np.asarray(fits.n_fit_pixels, np.int64),
             n_iter=None if np.shape(n_iter) != (n,) else np.asarray(n_iter, np.int64),
         )
-    meta.update(_identity(result.meta.get("inputs", ())))
+    meta.update(_identity(result.meta.get("exposure")))
     meta["model_option"] = result.options.model
     meta["joint_chips"] = bool(result.options.joint_chips)
     meta["fit_options"] = result.options.to_record()
@@ -95,18 +95,13 @@ def product_parts(result: ExposureResult) -> ProductParts:
     return ProductParts(fibers, meta, inputs, result.options.backend)
 
 
-def _identity(inputs) -> dict:
-    """``telescope``, ``mjd`` (SJD) and ``expnum`` of the exposure, from its first input file's
-    name (empty for chips given in memory, or a name that does not tell)."""
-    from ..errors import InputError
-    from ..io import exposure_number
-    from .inputs import identify_exposure
+def _identity(exposure: dict | None) -> dict:
+    """``telescope``, ``mjd`` (SJD) and ``expnum`` of the exposure the driver read (empty for chips
+    given in memory, or a file whose name numbers no exposure)."""
+    from ..io.apz import EXPNUM_MJD_ZERO
 
-    if not inputs:
+    if not exposure or not exposure.get("number"):
         return {}
-    try:
-        _, telescope, mjd, exposure = identify_exposure(inputs[0])
-        expnum = exposure_number(mjd, exposure, telescope)
-    except (InputError, ValueError):
-        return {}
-    return {"telescope": telescope, "mjd": int(mjd), "expnum": int(expnum)}
+    mjd = int(exposure["mjd"])
+    expnum = (mjd - EXPNUM_MJD_ZERO) * 10000 + int(exposure["number"])
+    return {"telescope": exposure["telescope"], "mjd": mjd, "expnum": expnum}

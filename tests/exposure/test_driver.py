@@ -340,6 +340,7 @@ def test_renamed_input_fits_with_the_identity_flags(one_chip, tmp_path, capsys):
 
 def test_identity_flags_override_the_name(one_chip, tmp_path, capsys):
     from pyapred.cli import main
+    from pyapred.io import read_product
 
     apz, trace, _, _ = one_chip
     other_night = tmp_path / "traceMain_apo_60790_R.h5"
@@ -349,6 +350,9 @@ def test_identity_flags_override_the_name(one_chip, tmp_path, capsys):
     assert "--traces-any-night" in capsys.readouterr().err
     assert main([*argv, "--out", str(tmp_path / "b.h5"), "--mjd", "60790"]) == 0
     assert capsys.readouterr() == ("", "")  # --quiet: nothing at all
+    metadata = read_product(tmp_path / "b.h5").metadata  # the product says what was fitted
+    assert (metadata["telescope"], metadata["mjd"]) == ("apo", 60790)
+    assert metadata["expnum"] == (60790 - 55562) * 10000 + 1
     # Another chip than the file's header says: refused, naming --chip.
     assert main([*argv, "--out", str(tmp_path / "c.h5"), "--mjd", "60790", "--chip", "G"]) == 2
     assert "a trace file for chip G" in capsys.readouterr().err
