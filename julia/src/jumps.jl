@@ -25,18 +25,7 @@ the package uses standard libraries only.
 function log_erfc(x::Real)
     x = Float64(x)
     x >= 0 || throw(ArgumentError("log_erfc: expected x >= 0, got $x"))
-    if x < 2.0
-        # erf(x) = 2/sqrt(pi) exp(-x^2) sum_n 2^n x^(2n+1) / (1 3 5 ... (2n+1)), all terms > 0.
-        term = x
-        total = x
-        n = 0
-        while term > 1e-17 * total
-            n += 1
-            term *= 2.0 * x * x / (2n + 1)
-            total += term
-        end
-        return log1p(-2.0 / sqrt(pi) * exp(-x * x) * total)
-    end
+    x < 2.0 && return log1p(-erf_series(x))  # special.jl: a series of positive terms
     # erfc(x) = exp(-x^2)/sqrt(pi) / fraction (special.jl), in logs: no underflow at large x.
     return -x * x - 0.5 * log(pi) - log(erfc_denominator(x))
 end
