@@ -51,6 +51,22 @@ def cloudy():
     return sim, result
 
 
+def test_no_nan_without_a_flag_in_an_exposure_or_its_product(cloudy, tmp_path):
+    """Every non-finite flux or variance, in memory and in the product, carries a flag; the
+    exposure has saturated pixels, cosmic rays, background and borrowed fibers."""
+    from pyapred.io import read_product
+
+    sim, result = cloudy
+    for chip in result.chips.values():
+        for values in (chip.flux, chip.flux_var, chip.constant.flux, chip.constant.flux_var):
+            assert np.all(chip.flags[~np.isfinite(values)] != 0)
+    product = read_product(write_exposure(result, tmp_path / "p.h5"))
+    for images in product.chips.values():
+        for values in (images.rate, images.ivar, images.chi2):
+            assert np.all(images.flags[~np.isfinite(values)] != 0)
+        assert np.all(images.flags[images.ivar == 0] != 0)  # no variance: flagged, not silent
+
+
 def test_cloud_omega_recovered_with_calibrated_errors(cloudy):
     sim, result = cloudy
     metrics = truth_metrics(result, sim.omega, truth_dn(sim), min_flux=bright_dn(sim))
