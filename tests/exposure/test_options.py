@@ -148,3 +148,28 @@ def no_julia(monkeypatch):
     monkeypatch.setattr(_julia, "_module", None)
     monkeypatch.setattr(_julia, "_failure", None)
     monkeypatch.setattr(_julia, "_missing_reason", lambda: "no Julia runtime: (test)")
+
+
+def test_config_works_in_fit_and_night_alike(tmp_path):
+    config = tmp_path / "fit.toml"
+    config.write_text("[solver]\njump_search = false\nmax_iter = 12\n[model]\nmodel = 'constant'\n")
+    parser = build_parser()
+    for argv in (
+        ["fit", "a.apz", "--traces", "t.h5", "--out", "p.h5"],
+        ["night", "runlist.txt", "--traces", "t.h5", "--out", "products"],
+    ):
+        args = parser.parse_args([*argv, "--config", str(config), "--max-iter", "20"])
+        options = options_from_arguments(args)
+        assert (options.jump_search, options.max_iter, options.model) == (False, 20, "constant")
+
+
+def test_config_from_a_product_repeats_its_settings(tmp_path):
+    from pyapred.exposure import run_exposure
+    from pyapred.simulate import simulate_exposure, write_simulated_exposure
+
+    sim = simulate_exposure("clouds", seed=4, n_fibers=12, n_columns=48, ref_columns=0,
+                            n_reads=8, chips=("R",))  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path)
+    options = FitOptions(min_snr=12.0, jump_search=False, max_fit_pixels=30)
+    run_exposure(paths["apz"], paths["traces"], options, product=tmp_path / "p.h5")
+    assert read_config(tmp_path / "p.h5") == options
