@@ -115,8 +115,11 @@ def run_exposure(
     if product is None:
         return _run(chips, traces, options, meta, progress, on_chip)
     from ..io import ChipImages, ProductWriter, is_fits_path
+    from ..io.paths import check_output_path
 
-    path = Path(product)
+    # Before any work: a product may never replace one of the inputs.
+    inputs = [*meta.get("inputs", ()), *meta.get("traces", ())]
+    path = check_output_path(product, "product", inputs=inputs, overwrite=overwrite)
     if keep_images or is_fits_path(path):
         result = _run(chips, traces, options, meta, progress, on_chip)
         write_exposure(result, path, overwrite=overwrite)

@@ -416,3 +416,12 @@ def test_fit_and_night_run_the_whole_exposure_on_the_julia_kernels(tmp_path, cap
     assert main([*night, "--out", str(tmp_path / "night"), "--backend", "julia", "--json"]) == 0
     (product,) = (tmp_path / "night").glob("pyapred_*.h5")
     assert read_product(product).metadata["backend"] == "julia"
+
+
+def test_a_product_never_replaces_an_input(tmp_path):
+    sim = simulate_exposure("clouds", seed=6, chips=("R",), **SMALL)
+    paths = write_simulated_exposure(sim, tmp_path)
+    before = paths["apz"][0].read_bytes()
+    with pytest.raises(InputError, match="none of the inputs"):
+        run_exposure(paths["apz"], paths["traces"], product=paths["apz"][0], overwrite=True)
+    assert paths["apz"][0].read_bytes() == before
