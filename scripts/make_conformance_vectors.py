@@ -447,6 +447,52 @@ case(
     jump_search=True,
 )
 
+# The nuisance term with the jump search: the search judges differences against the model with
+# the segments' offsets, so a shared row offset is neither a jump nor hides one.
+case(
+    "fit_omega_offsets_jumps",
+    "fit_omega",
+    "offsets and the jump search: a cosmic ray in one pixel of a 3-pixel segment",
+    reads=with_jumps(with_offsets(ramps(40, FLUX9, omega=OMEGA7), seg9, 41), [(3, 4, 1800.0)]),
+    read_noise=12.0,
+    segments=seg9,
+    jump_search=True,
+)
+big_offsets = ramps(42, FLUX9, omega=OMEGA7)
+big_offsets[4:, seg9 == 1] += 900.0  # one large offset in difference 3, shared by segment 1
+case(
+    "fit_omega_offsets_jumps_shared_step",
+    "fit_omega",
+    "offsets and the jump search: a large offset shared by a segment is no jump",
+    reads=with_offsets(big_offsets, seg9, 43),
+    read_noise=12.0,
+    segments=seg9,
+    jump_search=True,
+)
+FLUX24 = np.tile(FLUX9[:8], 3)
+oj_segments = np.stack([np.arange(24) % 3, np.arange(24) // 12])  # 8 and 12 pixels per segment
+oj_reads = np.stack([ramps(44, FLUX24, omega=OMEGA7), ramps(45, FLUX24, omega=OMEGA7[::-1])],
+                    axis=1)  # fmt: skip
+oj_reads = with_offsets(oj_reads, oj_segments, 46)
+oj_reads[5:, 1, 6] += 2500.0  # a cosmic ray in group 1
+oj_reads[2:, 0, 0] += 1600.0  # and one in group 0
+oj_mask = np.zeros(oj_reads.shape, bool)
+oj_mask[3, 0, 2] = True
+oj_mask[6:, 1, 4] = True
+oj_mask[:, 1, 23] = True  # a padding pixel
+case(
+    "fit_omega_offsets_jumps_groups",
+    "fit_omega",
+    "offsets and the jump search in two groups with masks, padding, gain and a fixed element",
+    reads=oj_reads,
+    read_noise=12.0,
+    mask=oj_mask,
+    gain=1.5,
+    ref_index=2,
+    segments=oj_segments,
+    jump_search=True,
+)
+
 
 def _kernel_inputs(reads, read_noise):
     """The electron-unit (G, P, K) layout that fit_omega builds, for the kernel-level cases."""

@@ -350,13 +350,18 @@ difference flagged under the first omega (biased by the very jumps being sought)
 later. After the first round the reference element is kept fixed, so that omega's normalisation
 does not change between rounds. Only the groups whose mask changed are refitted, from their last
 solution, and only refitted groups are searched again: a group's search depends on nothing but
-its own omega.
+its own omega (and offsets).
+
+With `segments` in `fit_options` (the 1/f nuisance term), the search judges each difference
+against the whole fitted model: the segment's fitted offset is subtracted from the difference
+([`without_offsets`](@ref)) before it is compared with `flux * omega * dt`.
 
 # Arguments
 - `diffs`, `valid`, `s2`, `dt`, `fit_pixel`: as in [`fit_omega_groups`](@ref).
 - `threshold`: jump threshold in sigma; `max_rounds`: searches at most (the fit always matches
   the returned mask).
-- `fit_options`: passed to `fit_omega_groups` (`reference`, `rtol`, `max_iter`, `ref_index`).
+- `fit_options`: passed to `fit_omega_groups` (`reference`, `rtol`, `max_iter`, `ref_index`,
+  `segments`).
 
 # Returns
 `(res, used, n_jumps)`: `fit_omega_groups`'s result for the returned mask, `valid` without the
@@ -367,6 +372,7 @@ function fit_omega_with_jumps(diffs::AbstractArray{<:Real, 3}, valid::AbstractAr
         max_rounds::Integer, fit_options...)
     thr_one, thr_two = chi2_thresholds(threshold)
     options = Dict{Symbol, Any}(fit_options)
+    segments = get(options, :segments, nothing)
     res = fit_omega_groups(diffs, valid, s2, dt, fit_pixel; options...)
     used = Array{Bool}(valid)
     n_jumps = zeros(Int, size(fit_pixel))
@@ -377,7 +383,10 @@ function fit_omega_with_jumps(diffs::AbstractArray{<:Real, 3}, valid::AbstractAr
         new_valid = Array{Bool}(undef, size(sub_valid))
         new_jumps = zeros(Int, size(fit_pixel, 1), length(todo))
         x = res.omega[:, todo] .* dt
-        search_groups_kernel!(new_valid, new_jumps, view(diffs, :, :, todo), sub_valid,
+        searched = segments === nothing ? view(diffs, :, :, todo) :
+                   without_offsets(view(diffs, :, :, todo), view(res.offsets, :, :, todo),
+                       view(segments, :, todo))
+        search_groups_kernel!(new_valid, new_jumps, searched, sub_valid,
             view(s2, :, todo), x, view(fit_pixel, :, todo), thr_one, thr_two, false,
             typemax(Int))
         changed = [new_valid[:, :, i] != used[:, :, g] for (i, g) in enumerate(todo)]
@@ -388,14 +397,41 @@ function fit_omega_with_jumps(diffs::AbstractArray{<:Real, 3}, valid::AbstractAr
         sub_used = used[:, :, todo]
         options[:ref_index] = res.ref_index[todo]
         options[:start] = (res.omega[:, todo], res.flux[:, todo])
+        segments === nothing || (options[:segments] = segments[:, todo])
         part = fit_omega_groups(ifelse.(sub_used, diffs[:, :, todo], 0.0), sub_used,
             s2[:, todo], dt, fit_pixel[:, todo]; options...)
         for key in keys(part)
             dest = getfield(res, key)
-            selectdim(dest, ndims(dest), todo) .= getfield(part, key)
+            if key === :offsets  # the refitted groups may use fewer segment labels
+                value = getfield(part, key)
+                dest[:, :, todo] .= NaN
+                dest[:, 1:size(value, 2), todo] .= value
+            else
+                selectdim(dest, ndims(dest), todo) .= getfield(part, key)
+            end
         end
     end
     return res, used, n_jumps
+end
+
+"""
+    without_offsets(diffs, offsets, segments)
+
+`diffs (K, P, G)` less each pixel's segment offsets: `offsets (K, S, G)` (NaN: none, taken as 0)
+at `segments (P, G)` (1-based labels). A new array.
+"""
+function without_offsets(diffs::AbstractArray{<:Real, 3}, offsets::AbstractArray{<:Real, 3},
+        segments::AbstractMatrix{<:Integer})
+    out = Array{Float64}(undef, size(diffs))
+    K, P, G = size(diffs)
+    for g in 1:G, p in 1:P
+        s = segments[p, g]
+        for k in 1:K
+            c = offsets[k, s, g]
+            out[k, p, g] = diffs[k, p, g] - (isnan(c) ? 0.0 : c)
+        end
+    end
+    return out
 end
 
 """

@@ -1081,8 +1081,9 @@ Gauss-Newton with the fluxes eliminated by a Schur complement; see [`fit_omega_g
 - `mode`: `"reference"` reproduces the reference implementation (quirks Q1, Q3).
 - `segments`: integer labels `1:n_segments`, of the pixel shape (or one per pixel of a group,
   for all groups): pixels of a group with the same label share one additive offset per read
-  difference, fitted jointly (the 1/f nuisance term, see [`Offsets`](@ref)); not with
-  `mode = "reference"` or `jump_search`.
+  difference, fitted jointly (the 1/f nuisance term, see [`Offsets`](@ref)); with
+  `jump_search` the search judges each difference against the model including its segment's
+  fitted offset; not with `mode = "reference"`.
 - `jump_search`: alternate the fit with a jump (cosmic-ray) search in the fitted pixels under the
   current omega, masking what it finds and refitting, until the jump mask is stable (at most 3
   searches, [`fit_omega_with_jumps`](@ref)); `n_diff` counts the clean differences, and `flags`
@@ -1103,8 +1104,8 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
         jump_search::Bool = false, jump_threshold::Real = 4.5)
     reference = check_mode(mode)
     isfinite(rtol) && rtol > 0 || throw(ArgumentError("rtol: expected a finite value > 0"))
-    segments === nothing || !(reference || jump_search) ||
-        throw(ArgumentError("segments: not available with mode = \"reference\" or jump_search"))
+    segments === nothing || !reference ||
+        throw(ArgumentError("segments: not available with mode = \"reference\""))
     jump_search && !(isfinite(jump_threshold) && jump_threshold > 0) &&
         throw(ArgumentError("jump_threshold: expected a finite value > 0, got $jump_threshold"))
     max_iter >= 1 || throw(ArgumentError("max_iter: expected >= 1, got $max_iter"))
@@ -1121,7 +1122,7 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
     if jump_search
         res, used, n_jumps = fit_omega_with_jumps(diffs, valid, s2, dt, fit;
             threshold = jump_threshold, max_rounds = 3, reference, rtol, max_iter,
-            ref_index = kstar)
+            ref_index = kstar, segments = labels)
         n_diff = dropdims(sum(used; dims = 1); dims = 1)
         flags = flags .| ifelse.(n_jumps .> 0, JUMP_DETECTED, 0) .|
                 ifelse.(fit .& (n_diff .<= MIN_CLEAN_DIFFS), FEW_CLEAN_DIFFS, 0)

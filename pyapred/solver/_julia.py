@@ -397,8 +397,8 @@ def find_jumps_kernel(reads, bad, use_mask, omega, groups, dt, read_noise, gain,
 
 
 def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_rounds, reference,
-                         rtol, max_iter, ref_index):  # fmt: skip
-    """See :func:`pyapred.solver._jumps.fit_omega_with_jumps` (no ``segments``, as there).
+                         rtol, max_iter, ref_index, segments=None):  # fmt: skip
+    """See :func:`pyapred.solver._jumps.fit_omega_with_jumps` (``segments`` 0-based here).
 
     Returns ``(res, used (G, P, K), n_jumps (G, P))``, ``res`` as :func:`fit_omega_groups`'.
     Julia derives the chi2 thresholds from ``threshold`` itself (``chi2_thresholds``, its
@@ -408,5 +408,10 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
         _jl(diffs), _jl(valid), _jl(s2), _jl(dt), _jl(fit_pixel), threshold=float(threshold),
         max_rounds=int(max_rounds), reference=bool(reference), rtol=float(rtol),
         max_iter=int(max_iter), ref_index=_ref_index_jl(ref_index),
+        segments=None if segments is None else _jl(np.asarray(segments, dtype=np.int64) + 1),
     )  # fmt: skip
-    return _omega_result(res), _from_jl(used), _from_jl(n_jumps).astype(np.int64)
+    return (
+        _omega_result(res, offsets=segments is not None),
+        _from_jl(used),
+        _from_jl(n_jumps).astype(np.int64),
+    )

@@ -492,7 +492,12 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
     After the first round the reference element is kept fixed so that omega's normalisation does
     not change between rounds. Only the groups whose mask changed are refitted, from their last
     solution, and only refitted groups are searched again: a group's search depends on nothing
-    but its own omega.
+    but its own omega (and offsets).
+
+    With ``segments`` in ``fit_options`` (the 1/f nuisance term), the search judges each
+    difference against the whole fitted model: the segment's fitted offset is subtracted from the
+    difference before it is compared with ``flux * omega * dt``, so that a row offset shared by
+    the segment is not taken for a jump, nor hides one.
 
     Parameters
     ----------
@@ -503,7 +508,8 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
     max_rounds : int
         Searches at most; the fit always matches the returned mask.
     **fit_options
-        Passed to ``fit_omega_groups`` (``reference``, ``rtol``, ``max_iter``, ``ref_index``).
+        Passed to ``fit_omega_groups`` (``reference``, ``rtol``, ``max_iter``, ``ref_index``,
+        ``segments``).
 
     Returns
     -------
@@ -514,6 +520,7 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
     n_jumps : (G, P) int64
     """
     thr_one, thr_two = chi2_thresholds(threshold)
+    segments = fit_options.get("segments")
     res = fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **fit_options)
     ref_index = res["ref_index"]
     used = valid.copy()
@@ -528,7 +535,10 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
         new_valid = np.empty(pick(valid).shape, dtype=bool)
         new_jumps = np.empty(pick(n_jumps).shape, dtype=np.int64)
         x = np.ascontiguousarray(pick(res["omega"]) * dt)
-        search_groups_kernel(pick(diffs), pick(valid), pick(s2), x, pick(fit_pixel), thr_one,
+        searched = pick(diffs)
+        if segments is not None:
+            searched = without_offsets(searched, pick(res["offsets"]), pick(segments))
+        search_groups_kernel(searched, pick(valid), pick(s2), x, pick(fit_pixel), thr_one,
                              thr_two, False, NO_LIMIT, new_valid, new_jumps)  # fmt: skip
         changed = (new_valid != pick(used)).any(axis=(1, 2))
         if not changed.any():
@@ -540,10 +550,22 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
         clean = diffs[todo]
         clean[~sub_used] = 0.0
         options = fit_options | {"ref_index": ref_index[todo]}
+        if segments is not None:
+            options["segments"] = segments[todo]
         part = fit_omega_groups(
             clean, sub_used, s2[todo], dt, fit_pixel[todo],
             start=(res["omega"][todo], res["flux"][todo]), **options,
         )  # fmt: skip
         for key, value in part.items():
-            res[key][todo] = value
+            if key == "offsets":  # the refitted groups may use fewer segment labels
+                res[key][todo] = np.nan
+                res[key][todo, : value.shape[1]] = value
+            else:
+                res[key][todo] = value
     return res, used, n_jumps
+
+
+def without_offsets(diffs, offsets, segments):
+    """``diffs (G, P, K)`` less each pixel's segment offsets ``offsets (G, S, K)`` (NaN: none)."""
+    per_pixel = offsets[np.arange(diffs.shape[0])[:, None], segments]
+    return np.ascontiguousarray(diffs - np.nan_to_num(per_pixel))

@@ -756,8 +756,9 @@ def fit_omega(
         (``d = f omega dt + c``, the correlated (1/f) read-noise nuisance term; label pixels by
         row and 512-column output, see ``docs/noise.md``). The offsets are eliminated inside the
         same Schur framework (per-pixel cost of the same order), omega's covariance marginalises
-        them, and the joint fluxes absorb each segment's mean offset rate. Not with
-        ``mode="reference"`` or ``jump_search``.
+        them, and the joint fluxes absorb each segment's mean offset rate. With ``jump_search``
+        the search judges each difference against the model including its segment's fitted
+        offset. Not with ``mode="reference"``.
 
     Returns
     -------
@@ -797,8 +798,8 @@ def fit_omega(
         reference=mode == "reference", rtol=float(rtol), max_iter=int(max_iter), ref_index=kstar
     )
     if segments is not None:
-        if mode == "reference" or jump_search:
-            raise ValueError("segments: not available with mode='reference' or jump_search")
+        if mode == "reference":
+            raise ValueError("segments: not available with mode='reference'")
         options["segments"] = _segment_labels(segments, single, (G, P))
     if jump_search:
         threshold = _check_threshold(jump_threshold, "jump_threshold")

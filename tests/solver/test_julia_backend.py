@@ -213,6 +213,9 @@ def _assert_omega_fits_equal(got, want, rtol):
                                    atol=1e-14, err_msg=field)  # fmt: skip
     for field in ("ref_index", "n_diff", "n_iter", "converged", "flags", "group_flags"):
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    assert (got.offsets is None) == (want.offsets is None)
+    if want.offsets is not None:
+        np.testing.assert_allclose(got.offsets, want.offsets, rtol=rtol, atol=1e-14)
 
 
 def _jump_calls(backend, sim, omega, mask):
@@ -228,7 +231,9 @@ def _jump_calls(backend, sim, omega, mask):
                             **common)  # fmt: skip
     single = pyapred.fit_omega(cube[:, 0], 12.0 / 1.7, jump_search=True, gain=1.7,
                                mask=mask.reshape(12, 4, 15)[:, 0], backend=backend)  # fmt: skip
-    return constant, variable, fit, single
+    offsets = pyapred.fit_omega(cube, 12.0 / 1.7, jump_search=True, ref_index=[3, 3, 7, 7],
+                                segments=np.arange(15) % 3, **common)  # fmt: skip
+    return constant, variable, fit, single, offsets
 
 
 def test_jump_search_backend_julia_without_julia_fails_with_guidance(no_julia):
@@ -311,6 +316,10 @@ def _emulated_aprampfit():
         ref_index = fit_options["ref_index"]
         assert ref_index is None or (ref_index.shape == (G,) and ref_index.min() >= 1)
         fit_options["ref_index"] = None if ref_index is None else ref_index - 1
+        segments = fit_options.get("segments")
+        if segments is not None:  # 1-based (P, G) from Julia
+            assert segments.shape == (P, G) and segments.min() >= 1
+            fit_options["segments"] = np.ascontiguousarray(segments.T - 1)
         res, used, n_jumps = _jumps.fit_omega_with_jumps(
             diffs.T, valid.T, s2.T, dt, fit_pixel.T, threshold=threshold,
             max_rounds=max_rounds, **fit_options,

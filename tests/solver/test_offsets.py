@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pyapred import fit_omega, simulate_ramps
+from pyapred import Flag, fit_omega, simulate_ramps
 
 K, P, S = 8, 24, 3
 OMEGA = np.linspace(1.0, 0.7, K)
@@ -130,5 +130,55 @@ def test_bad_segments():
         fit_omega(reads, 10.0, segments=[0, 1, 0])
     with pytest.raises(ValueError, match="segments"):
         fit_omega(reads, 10.0, segments=[0, 1, 1, 0], mode="reference")
-    with pytest.raises(ValueError, match="segments"):
-        fit_omega(reads, 10.0, segments=[0, 1, 1, 0], jump_search=True)
+
+
+def _offset_ramps(seed, n_pix=60, n_segments=4, sigma=30.0):
+    rng = np.random.default_rng(seed)
+    segments = np.arange(n_pix) % n_segments
+    reads = simulate_ramps(rng.uniform(200, 2000, n_pix), 10.0, omega=OMEGA, rng=rng).reads
+    offsets = rng.normal(0, sigma, (n_segments, K))
+    return _with_offsets(reads, offsets, segments), segments
+
+
+def test_jump_search_judges_differences_against_the_offsets():
+    reads, segments = _offset_ramps(1)
+    reads[5:, 7] += 3000.0  # a cosmic ray in one pixel of segment 3
+    fit = fit_omega(reads, 10.0, segments=segments, ref_index=0, jump_search=True)
+    assert fit.converged
+    np.testing.assert_array_equal(np.flatnonzero(fit.flags & Flag.JUMP_DETECTED), [7])
+    assert fit.n_diff[7] == K - 1
+    z = (fit.omega - OMEGA)[1:] / np.sqrt(np.diag(fit.omega_cov)[1:])
+    assert np.abs(z).max() < 4
+    # Without the search the ray pulls omega; without the offsets the search takes the shared
+    # offsets for jumps.
+    plain = fit_omega(reads, 10.0, segments=segments, ref_index=0)
+    assert np.abs((plain.omega - OMEGA)[1:] / np.sqrt(np.diag(plain.omega_cov)[1:])).max() > 5
+    blind = fit_omega(reads, 10.0, ref_index=0, jump_search=True)
+    assert np.count_nonzero(blind.flags & Flag.JUMP_DETECTED) > 1
+
+
+def test_jump_search_with_offsets_keeps_omega_calibrated():
+    z = []
+    for seed in range(12):
+        reads, segments = _offset_ramps(10 + seed)
+        fit = fit_omega(reads, 10.0, segments=segments, ref_index=0, jump_search=True)
+        assert fit.converged and not np.any(fit.flags & Flag.JUMP_DETECTED)
+        z.append((fit.omega - OMEGA)[1:] / np.sqrt(np.diag(fit.omega_cov)[1:]))
+    z = np.concatenate(z)
+    assert 0.75 < z.std() < 1.3 and abs(z.mean()) < 0.4
+
+
+def test_jump_search_refits_groups_with_fewer_segments():
+    """Only the group with a ray is refitted; its labels stop short of the other group's."""
+    first, labels0 = _offset_ramps(30)
+    second, _ = _offset_ramps(31)
+    labels1 = np.arange(60) % 2
+    second = _with_offsets(second, np.random.default_rng(2).normal(0, 30, (2, K)), labels1)
+    second[4:, 3] += 2500.0
+    reads = np.stack([first, second], axis=1)
+    fit = fit_omega(reads, 10.0, segments=np.stack([labels0, labels1]), jump_search=True)
+    assert np.all(fit.converged) and fit.offsets.shape == (2, 4, K)
+    assert np.all(np.isnan(fit.offsets[1, 2:])) and np.all(np.isfinite(fit.offsets[1, :2]))
+    np.testing.assert_array_equal(np.flatnonzero(fit.flags[1] & Flag.JUMP_DETECTED), [3])
+    alone = fit_omega(second, 10.0, segments=labels1, jump_search=True, ref_index=fit.ref_index[1])
+    np.testing.assert_allclose(alone.omega, fit.omega[1], rtol=1e-8)
