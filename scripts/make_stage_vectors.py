@@ -49,7 +49,7 @@ CHIP_NAMES = ("R", "G", "B")
 STAGE_OPTIONS = (
     "model", "p_value", "amplitude_threshold", "min_fit_pixels", "max_omega_error", "min_snr",
     "core_halfwidth", "min_purity", "max_fit_pixels", "map_halfwidth", "joint_chips", "max_iter",
-    "jump_search", "jump_threshold",
+    "jump_search", "jump_threshold", "correct_1f", "segment_columns",
 )  # fmt: skip
 #: Small chips have few fit pixels per fiber: 8 rather than 20 make a fiber bright.
 BASE_OPTIONS = {"min_fit_pixels": 8}
@@ -141,6 +141,9 @@ def run_stages(vector: dict) -> dict:
     }
     if fit is not None:
         fiber_out["fit_flags"] = fit.flags.astype(np.int64)
+    rms = fibers.offset_rms()
+    if rms is not None:  # the nuisance term: the fitted offsets' RMS per chip
+        fiber_out["offset_rms"] = rms
     extract = {
         name: np.stack([getattr(r, name) for r in results]) for name in ("flux", "flux_var", "chi2")
     }
@@ -173,13 +176,16 @@ def profile(y_center, sigma, rows) -> np.ndarray:
 
 def simulate_chip(
     rng, y_center, sigma, fiber_flux, omega, *, ny, nx, gain=1.9, read_noise=6.0, pedestal=100,
-    dark=2.0, clip=65535, cosmic_rays=(), dead=(),
+    dark=2.0, clip=65535, cosmic_rays=(), dead=(), row_offsets=None,
 ):  # fmt: skip
     """Raw reads ``(n_reads, ny, nx)`` (whole DN, float64) of fibers on Gaussian traces.
 
-    ``fiber_flux`` ``(n_fibers,)``: e- per read interval per column over a whole trace;
+    ``fiber_flux`` ``(n_fibers,)`` or ``(n_fibers, n_columns)``: e- per read interval per column
+    over a whole trace;
     ``omega`` ``(n_fibers, K)``; ``cosmic_rays``: ``(k, row, col, e-)`` added from difference
-    k on; ``dead``: ``(row, col)`` pixels whose reads are all equal.
+    k on; ``dead``: ``(row, col)`` pixels whose reads are all equal; ``row_offsets``
+    ``(n_reads, ny, n_segments)`` DN added to every read of each row's segments of ``nx //
+    n_segments`` columns (1/f-like offsets).
     """
     n_fibers, n_columns = y_center.shape
     K = omega.shape[1]
@@ -189,7 +195,8 @@ def simulate_chip(
     for offset in range(-5, 6):
         rows = base + offset
         inside = (rows >= 0) & (rows < ny)
-        frac = profile(y_center, sigma, rows) * np.asarray(fiber_flux, float)[:, None]
+        flux = np.asarray(fiber_flux, float)
+        frac = profile(y_center, sigma, rows) * (flux[:, None] if flux.ndim == 1 else flux)
         for k in range(K):
             np.add.at(light[k], (rows[inside], cols[inside]), (frac * omega[:, k, None])[inside])
     light[:, :, :n_columns] += dark
@@ -198,7 +205,10 @@ def simulate_chip(
     for k, row, col, charge in cosmic_rays:
         counts[k + 1 :, row, col] += charge
     noise = rng.normal(0.0, read_noise * gain, counts.shape)
-    reads = np.rint(pedestal + (counts + noise) / gain)
+    reads = pedestal + (counts + noise) / gain
+    if row_offsets is not None:
+        reads += np.repeat(row_offsets, nx // row_offsets.shape[-1], axis=-1)
+    reads = np.rint(reads)
     for row, col in dead:
         reads[:, row, col] = pedestal + 37
     return np.clip(reads, 0, clip)
@@ -444,6 +454,47 @@ def _build() -> None:
     case("stage_joint_chips", "two chips fitted jointly: one omega per fiber from the fit "
          "pixels of both", chips, yj, sj, [False] * 3, joint_chips=True,
          checks=[models_are(1, 1, 1)])  # fmt: skip
+
+    # 13. The 1/f nuisance term: offsets per (row, 8 columns) and read under a cloud, fitted with
+    # omega (correct_1f = "nuisance", segment_columns = 8); the model choice uses the Wald
+    # statistic. A cosmic ray in a fit pixel is found by the jump search against the offsets.
+    rng = np.random.default_rng(113)
+    offsets = rng.normal(0.0, 10.0, (8, NY, 2))
+    # Absorption lines: the flux contrast within a segment is what tells omega from the offsets.
+    lines = 1.0 - 0.6 * np.abs(np.sin(0.9 * np.arange(NC)))
+    spectra = np.array([5200.0, 6000.0, 4400.0])[:, None] * lines
+    ray = (4, core[1, 12], 12, 250.0)
+    reads = simulate_chip(rng, y, s, spectra, omegas(CLOUD7, 3, rng, 0.01), ny=NY, nx=NX,
+                          row_offsets=offsets, cosmic_rays=[ray])  # fmt: skip
+
+    def nuisance(out):
+        assert out["fibers"]["offset_rms"][0] > 5.0
+        assert (out["fibers"]["fit_flags"][1] & Flag.JUMP_DETECTED).any()
+
+    case("stage_nuisance", "1/f-like offsets per (row, 8 columns) and read under a cloud, fitted "
+         "as the nuisance term (segment_columns = 8); a cosmic ray found against the offsets",
+         [{"reads": reads, "read_noise": 6.0, "gain": 1.9, "saturation": 60000.0}], y, s,
+         [False] * 3, correct_1f="nuisance", segment_columns=8,
+         checks=[nuisance, models_are(1, 1, 1)])  # fmt: skip
+
+    # 14. The nuisance term over two chips fitted jointly: segments are per chip.
+    rng = np.random.default_rng(114)
+    chips = []
+    for c, (flux, gain) in enumerate([([3000.0, 3400.0, 2800.0], 1.9), ([2600.0, 4000.0, 2800.0],
+                                                                       2.1)]):  # fmt: skip
+        spectra = np.array(flux)[:, None] * lines[::-1 if c else 1]
+        reads = simulate_chip(rng, yj[c], sj[c], spectra, omega_joint, ny=NY, nx=NX, gain=gain,
+                              row_offsets=rng.normal(0.0, 4.0 + 6 * c, (8, NY, 2)))  # fmt: skip
+        chips.append({"reads": reads, "read_noise": 6.5, "gain": gain, "saturation": 60000.0})
+
+    def two_chips(out):
+        rms = out["fibers"]["offset_rms"]
+        assert rms.shape == (2,) and rms[1] > rms[0]
+
+    case("stage_nuisance_joint_chips", "the nuisance term over two chips fitted jointly "
+         "(segment_columns = 8): offsets per chip", chips, yj, sj, [False] * 3, joint_chips=True,
+         correct_1f="nuisance", segment_columns=8,
+         checks=[two_chips, models_are(1, 1, 1)])  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,6 +49,34 @@ struct FiberFits
     borrowed_cov::Matrix{Float64}
     fit::Any
     pixel_chi2_constant::Any
+    segment_chip::Any
+    segment_pixels::Any
+end
+
+"""
+    offset_rms(fits)
+
+RMS of the fitted 1/f offsets per chip, in the units of the reads (DN), `(n_chips,)`, or
+`nothing` without the nuisance term (pyapred's `FiberFits.offset_rms`): over the finite offsets,
+each segment weighted by its number of fit pixels; NaN for a chip with none.
+"""
+function offset_rms(fits::FiberFits)
+    (fits.segment_chip === nothing || fits.fit === nothing) && return nothing
+    offsets = fits.fit.offsets  # (K, S, n_fibers)
+    n_chips = maximum(fits.segment_chip; init = 0)
+    out = fill(NaN, n_chips)
+    for chip in 1:n_chips
+        total = weight = 0.0
+        for f in axes(offsets, 3), s in axes(offsets, 2), k in axes(offsets, 1)
+            c = offsets[k, s, f]
+            if fits.segment_chip[s, f] == chip && isfinite(c)
+                total += fits.segment_pixels[s, f] * c^2
+                weight += fits.segment_pixels[s, f]
+            end
+        end
+        weight > 0 && (out[chip] = sqrt(total / weight))
+    end
+    return out
 end
 
 """
@@ -91,8 +119,9 @@ fibers' rough omega). Only fibers with at least `max(min_fit_pixels, 1)` fit pix
 
 # Arguments
 - `prepared`: a [`PreparedChip`](@ref) or a vector of them.
-- `options`: [`FitOptions`](@ref); `model`, `min_fit_pixels`, `max_iter`, `jump_search` here, the
-  model choice's settings in [`choose_models`](@ref).
+- `options`: [`FitOptions`](@ref); `model`, `min_fit_pixels`, `max_iter`, `jump_search` and
+  `correct_1f` / `segment_columns` (the nuisance term: one offset per readout segment,
+  [`readout_segments`](@ref)) here, the model choice's settings in [`choose_models`](@ref).
 
 # Returns
 A [`FiberFits`](@ref).
@@ -114,6 +143,11 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
     sigma = joined([p.fit_read_noise for p in prepared])
     gain = joined([p.fit_gain for p in prepared])
     valid = joined([p.fit_pixels.valid for p in prepared])
+    # With the nuisance term: the readout segment key of every fit pixel (pyapred's keys).
+    segment_keys = !nuisance(options) ? nothing :
+           joined([[readout_key(p.fit_pixels.x[j, f], p.fit_pixels.y[j, f], c,
+                        options.segment_columns) for j in axes(p.fit_pixels.x, 1),
+                    f in axes(p.fit_pixels.x, 2)] for (c, p) in enumerate(prepared)])
     if length(prepared) > 1
         # Each chip's fit pixels come first on its own padded pixel axis, so joined, a fiber's
         # pixels of later chips sit after the earlier chips' padding: put every fiber's valid
@@ -124,6 +158,7 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
             sigma[:, f] = sigma[order, f]
             gain[:, f] = gain[order, f]
             reads[:, f, :] = reads[order, f, :]
+            segment_keys === nothing || (segment_keys[:, f] = segment_keys[order, f])
         end
     end
     n_pix = vec(sum(valid; dims = 1))
@@ -132,24 +167,42 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
     if options.model == "constant"
         return FiberFits(fill(NaN, K, nf), zeros(K, K, nf), ones(K, nf), zeros(Int, nf),
             fill(NaN, nf), fill(NaN, nf), fill(NaN, nf), fill(NaN, nf), fill(NaN, nf), n_pix,
-            flags, ref_index, zeros(Bool, nf), ones(K), zeros(K, K), nothing, nothing)
+            flags, ref_index, zeros(Bool, nf), ones(K), zeros(K, K), nothing, nothing, nothing,
+            nothing)
     end
     # Only fibers that can be bright are fitted; the others are empty groups.
     todo = [f for f in 1:nf if !excluded[f] && n_pix[f] >= max(options.min_fit_pixels, 1)]
     # As pyapred: the first P entries of the pixel axis (every fit pixel, valid ones first).
     P = max(maximum(n_pix[todo]; init = 1), 1)
+    segments = nothing
     if isempty(todo)
         fit, constant = empty_fits(K, P, 0, ref_index)
     else
         sub_reads = reads[1:P, todo, :]
         mask = repeat(.!valid[1:P, todo], 1, 1, N)
         sub_sigma, sub_gain = sigma[1:P, todo], gain[1:P, todo]
+        segment_keys === nothing ||
+            (segments = readout_segments(segment_keys[1:P, todo], valid[1:P, todo]))
         constant = fit_constant(sub_reads, sub_sigma; gain = sub_gain, mask)
         fit = fit_omega(sub_reads, sub_sigma; gain = sub_gain, mask, ref_index,
-            max_iter = options.max_iter, jump_search = options.jump_search)
+            max_iter = options.max_iter, jump_search = options.jump_search, segments)
     end
     full_fit, full_constant = scatter_fits(fit, constant, todo, nf, P, ref_index)
-    return choose_models(full_fit, full_constant, n_pix, excluded, options, flags)
+    fits = choose_models(full_fit, full_constant, n_pix, excluded, options, flags)
+    segments === nothing && return fits
+    # The chip (1-based; 0: none) and the fit-pixel count of every (segment, fiber).
+    S = maximum(segments; init = 1)
+    segment_chip = zeros(Int, S, nf)
+    segment_pixels = zeros(Int, S, nf)
+    span = keys_per_chip(options.segment_columns)
+    for (i, f) in enumerate(todo), p in 1:P
+        if valid[p, f]
+            segment_chip[segments[p, i], f] = segment_keys[p, f] ÷ span + 1
+            segment_pixels[segments[p, i], f] += 1
+        end
+    end
+    return FiberFits((getfield(fits, name) for name in fieldnames(FiberFits)[1:(end - 2)])...,
+        segment_chip, segment_pixels)
 end
 
 """
@@ -192,6 +245,10 @@ Full-size fits `(..., n_fibers)` from the fits of fibers `todo`; the other fiber
 function scatter_fits(fit, constant, todo, n_fibers, P, ref_index)
     K = size(fit.omega, 1)
     full, full_constant = empty_fits(K, P, n_fibers, ref_index)
+    # With the nuisance term: the offsets, NaN for fibers not fitted.
+    full_offsets = hasproperty(fit, :offsets) ? fill(NaN, K, size(fit.offsets, 2), n_fibers) :
+                   nothing
+    full_offsets === nothing || (full = merge(full, (; offsets = full_offsets)))
     for (i, f) in enumerate(todo)
         full.omega[:, f] = fit.omega[:, i]
         full.omega_cov[:, :, f] = fit.omega_cov[:, :, i]
@@ -200,6 +257,7 @@ function scatter_fits(fit, constant, todo, n_fibers, P, ref_index)
         full.n_iter[f] = fit.n_iter[i]
         full.converged[f] = fit.converged[i]
         full.group_flags[f] = fit.group_flags[i]
+        full_offsets === nothing || (full_offsets[:, :, f] = fit.offsets[:, :, i])
         for name in (:flux, :flux_var, :chi2, :n_diff, :flags)
             getfield(full, name)[:, f] = getfield(fit, name)[:, i]
             getfield(full_constant, name)[:, f] = getfield(constant, name)[:, i]
@@ -319,6 +377,13 @@ function choose_models(fit, constant, n_fit_pixels::AbstractVector, excluded::Ab
     dof = [sum(in_fit[p, f] ? fit.n_diff[p, f] - 1 : 0 for p in axes(in_fit, 1); init = 0)
            for f in 1:nf]
     delta = chi2_c .- chi2_tv
+    if hasproperty(fit, :offsets)
+        # With the 1/f nuisance offsets the time-variable fit has parameters the constant fit
+        # lacks: the Wald statistic of omega against the ones-vector instead (as pyapred).
+        delta = [all(isfinite, view(fit.omega, :, f)) ?
+                 significance(fit.omega[:, f], fit.omega_cov[:, :, f], ref_index)[1] : NaN
+                 for f in 1:nf]
+    end
     free = [count(isfinite, view(fit.omega, :, f)) - 1 for f in 1:nf]
     p_value = [chi2_sf(delta[f], max(free[f], 1)) for f in 1:nf]
     error = [sqrt(max(fit.omega_cov[k, k, f], 0.0)) for k in 1:K, f in 1:nf]
@@ -367,7 +432,7 @@ function choose_models(fit, constant, n_fit_pixels::AbstractVector, excluded::Ab
     pixel_chi2 = [in_fit[p, f] ? constant.chi2[p, f] : NaN for p in axes(in_fit, 1), f in 1:nf]
     return FiberFits(fit.omega, fit.omega_cov, omega_used, model, delta, p_value, amplitude,
         per_dof(chi2_c, dof), per_dof(chi2_tv, dof), Vector{Int}(n_fit_pixels), flags,
-        ref_index, bright, borrowed, borrowed_cov, fit, pixel_chi2)
+        ref_index, bright, borrowed, borrowed_cov, fit, pixel_chi2, nothing, nothing)
 end
 
 "chi2 per degree of freedom, IEEE division as NumPy's (0/0 is NaN, x/0 infinite)."

@@ -1,15 +1,17 @@
 # The settings of the exposure stages: the twin of the fields of pyapred's `FitOptions`
 # (`pyapred/exposure/options.py`) that the stages use, with the same names and defaults (a Python
 # test compares the two). The Python-only fields choose the backend, the files and what memory
-# keeps (`backend`, `gain`, `read_noise`, `saturation`, `correct_1f`, `keep_constant`,
-# `keep_fit_reads`).
+# keeps (`backend`, `gain`, `read_noise`, `saturation`, `keep_constant`, `keep_fit_reads`).
+# `correct_1f` is here for its nuisance part only: the stages take reads as they are, so a
+# reference-pixel correction of the reads ("refpix", "rowmedian") is done where they are loaded
+# (pyapred's `correct_1f`), not by APRampFit.
 
 """
     FitOptions(; model = "auto", p_value = 1e-3, amplitude_threshold = 0.035,
                min_fit_pixels = 20, max_omega_error = 0.05, min_snr = 30.0,
                core_halfwidth = 0.5, min_purity = 0.95, max_fit_pixels = nothing,
                map_halfwidth = 2.5, joint_chips = false, max_iter = 50, jump_search = true,
-               jump_threshold = 8.0)
+               jump_threshold = 8.0, correct_1f = "none", segment_columns = 512)
 
 Settings of the exposure stages ([`prepare_chip`](@ref), [`fit_fibers`](@ref),
 [`extract_chip`](@ref)), as pyapred's `FitOptions` (`pyapred fit --help` describes each):
@@ -19,7 +21,11 @@ Settings of the exposure stages ([`prepare_chip`](@ref), [`fit_fibers`](@ref),
 - omega-fit pixels: `min_snr`, `core_halfwidth`, `min_purity`, `max_fit_pixels` (`nothing`: all),
   `map_halfwidth`;
 - solver: `joint_chips` (one omega per fiber from all chips), `max_iter`, `jump_search` (the omega
-  fit's own jump search), `jump_threshold` (the first pass's cosmic-ray threshold, sigma).
+  fit's own jump search), `jump_threshold` (the first pass's cosmic-ray threshold, sigma);
+- 1/f noise: `correct_1f` (`"none"` or `"nuisance"`: one additive offset per readout segment and
+  read difference fitted with omega, [`readout_segments`](@ref); pyapred's `"refpix..."` and
+  `"rowmedian..."` routes correct the reads where they are loaded, before the stages) and
+  `segment_columns` (columns per segment, a divisor of 512).
 """
 Base.@kwdef struct FitOptions
     model::String = "auto"
@@ -36,7 +42,12 @@ Base.@kwdef struct FitOptions
     max_iter::Int = 50
     jump_search::Bool = true
     jump_threshold::Float64 = 8.0
+    correct_1f::String = "none"
+    segment_columns::Int = 512
 end
+
+"Whether the omega fit carries the 1/f nuisance offsets (`correct_1f` ends in `nuisance`)."
+nuisance(options::FitOptions) = endswith(options.correct_1f, "nuisance")
 
 "Throw an `ArgumentError` naming the first setting of `options` out of range."
 function check_options(options::FitOptions)
@@ -54,6 +65,11 @@ function check_options(options::FitOptions)
         throw(ArgumentError("min_fit_pixels: expected >= 0, got $(options.min_fit_pixels)"))
     options.max_iter >= 1 ||
         throw(ArgumentError("max_iter: expected >= 1, got $(options.max_iter)"))
+    options.correct_1f in ("none", "nuisance") ||
+        throw(ArgumentError("correct_1f: expected \"none\" or \"nuisance\" (a reference " *
+                            "correction of the reads comes before the stages), got " *
+                            repr(options.correct_1f)))
+    check_segment_columns(options.segment_columns)
     options.max_fit_pixels === nothing || options.max_fit_pixels >= 0 ||
         throw(ArgumentError("max_fit_pixels: expected nothing or >= 0, got $(options.max_fit_pixels)"))
     return options

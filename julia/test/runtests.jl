@@ -152,6 +152,8 @@ function stage_outputs(chips, stages)
         fibers[string(name)] = getfield(fits, name)
     end
     fits.fit === nothing || (fibers["fit_flags"] = fits.fit.flags)
+    rms = APRampFit.offset_rms(fits)
+    rms === nothing || (fibers["offset_rms"] = rms)
     extract = Dict{String, Any}("fiber" => per_chip(i -> stages.results[i].fiber .- 1))
     for name in (:flux, :flux_var, :chi2, :n_diff, :flags)
         extract[string(name)] = per_chip(i -> getfield(stages.results[i], name))

@@ -197,7 +197,7 @@ def _run(chips, traces, options, meta, progress, on_chip) -> ExposureResult:
     missing = [n for n in names if n not in traces]
     if missing:
         raise ValueError(f"traces: no traces for chips {missing}")
-    if options.correct_1f != "none":  # each chip corrected as it is loaded
+    if options.reference_correction != "none":  # each chip corrected as it is loaded
         chips = {name: _corrected_1f(chips[name], traces[name], options) for name in names}
     groups = [names] if options.joint_chips else [[name] for name in names]
     bar = _progress(len(names) * (2 if options.joint_chips else 1), progress)
@@ -311,7 +311,7 @@ def _corrected_1f(source: ChipSource, traces: Traces, options: FitOptions) -> Ca
         if kept:
             return kept[0]
         chip = correct_1f(
-            _load(source), traces, options.correct_1f, halfwidth=options.map_halfwidth
+            _load(source), traces, options.reference_correction, halfwidth=options.map_halfwidth
         )
         if chip.reads is getattr(source, "reads", None):
             kept.append(chip)

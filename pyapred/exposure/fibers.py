@@ -10,6 +10,7 @@ fit failed. Arrays in, a frozen :class:`FiberFits` out; no file I/O.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -51,7 +52,9 @@ class FiberFits:
     model : ndarray of int, ``(n_fibers,)``
         ``MODEL_CONSTANT``, ``MODEL_TIME_VARIABLE`` or ``MODEL_BORROWED``.
     delta_chi2 : ndarray, ``(n_fibers,)``
-        Constant-model minus time-variable chi2 over the fit pixels (the decision statistic).
+        Constant-model minus time-variable chi2 over the fit pixels (the decision statistic);
+        with the 1/f nuisance offsets, the Wald statistic ``(omega - 1)^T C^-1 (omega - 1)`` of
+        the free elements instead (the constant fit has no offsets to compare with).
     p_value : ndarray, ``(n_fibers,)``
         Probability of ``delta_chi2`` under the constant model (chi2 with the free elements of
         omega as degrees of freedom).
@@ -73,6 +76,12 @@ class FiberFits:
         The raw batched fit (per-pixel joint fluxes and chi2), None with ``model="constant"``.
     pixel_chi2_constant : ndarray, ``(n_fibers, n_pix)``
         Constant-model chi2 of each fit pixel (NaN for padding).
+    segment_chip : ndarray of int, ``(n_fibers, n_segments)``, or None
+        With the 1/f nuisance term (``FitOptions.nuisance``): the chip (0-based, in the order of
+        the chips fitted together) of each of a fiber's readout segments, -1 where a fiber has
+        fewer segments; ``fit.offsets`` holds their offsets, DN per read interval.
+    segment_pixels : ndarray of int, ``(n_fibers, n_segments)``, or None
+        The number of fit pixels in each of those segments.
     """
 
     omega_fit: np.ndarray
@@ -92,6 +101,28 @@ class FiberFits:
     borrowed_cov: np.ndarray
     fit: OmegaFit | None = None
     pixel_chi2_constant: np.ndarray | None = None
+    segment_chip: np.ndarray | None = None
+    segment_pixels: np.ndarray | None = None
+
+    def offset_rms(self) -> np.ndarray | None:
+        """RMS of the fitted 1/f offsets per chip, DN, ``(n_chips,)``; None without them.
+
+        Over the finite offsets of the fibers whose omega was fitted, each segment weighted by
+        its number of fit pixels: a segment of a few pixels has offsets that mostly absorb
+        those pixels' own noise (NaN for a chip with none). Estimation noise is included: about
+        the pixels' noise over the square root of a segment's pixel count.
+        """
+        if self.segment_chip is None or self.fit is None or self.fit.offsets is None:
+            return None
+        offsets = self.fit.offsets  # (n_fibers, n_segments, K)
+        n_chips = int(self.segment_chip.max(initial=-1)) + 1
+        out = np.full(n_chips, np.nan)
+        weight = np.broadcast_to(self.segment_pixels[..., None], offsets.shape).astype(float)
+        for chip in range(n_chips):
+            use = (self.segment_chip == chip)[..., None] & np.isfinite(offsets)
+            if use.any() and weight[use].sum() > 0:
+                out[chip] = float(np.sqrt(np.average(offsets[use] ** 2, weights=weight[use])))
+        return out
 
     def omega_error(self) -> np.ndarray:
         """Marginal omega errors, ``(n_fibers, K)``, from the diagonal of ``omega_cov``."""
@@ -179,8 +210,10 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
         their fit reads are taken, so that (unless they are kept) the fit does not hold two
         copies.
     options : FitOptions
-        ``model``, ``min_fit_pixels``, ``max_iter``, ``jump_search`` and ``backend`` are used
-        here; the model choice's settings by :func:`choose_models`.
+        ``model``, ``min_fit_pixels``, ``max_iter``, ``jump_search``, ``backend`` and
+        ``correct_1f`` (its nuisance part: one offset per readout segment, labelled by
+        :func:`pyapred.noise.segments.readout_segments` from the chip, row and output of each
+        fit pixel) are used here; the model choice's settings by :func:`choose_models`.
 
     Returns
     -------
@@ -202,6 +235,13 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
     sigma = joined([p.fit_read_noise for p in prepared], 1)
     gain = joined([p.fit_gain for p in prepared], 1)
     valid = joined([p.fit_pixels.valid for p in prepared], 1)
+    keys = None
+    if options.nuisance:
+        from ..noise.segments import readout_keys
+
+        keys = joined([readout_keys(p.fit_pixels.rows, p.fit_pixels.cols, chip=i,
+                                    columns=options.segment_columns)
+                       for i, p in enumerate(prepared)], 1)  # fmt: skip
     if len(prepared) > 1:
         # Each chip's fit pixels come first on its own padded pixel axis, so joined, a fiber's
         # pixels of later chips sit after the earlier chips' padding: put every fiber's valid
@@ -211,6 +251,8 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
         sigma = np.take_along_axis(sigma, order, axis=1)
         gain = np.take_along_axis(gain, order, axis=1)
         reads = np.take_along_axis(reads, order[None], axis=2)
+        if keys is not None:
+            keys = np.take_along_axis(keys, order, axis=1)
     prepared[:] = [release_fit_reads(p, options) for p in prepared]
     mask = np.broadcast_to(~valid, reads.shape)
     n_pix = valid.sum(axis=1)
@@ -235,6 +277,19 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
     sub = (slice(None), todo, slice(0, P))
     mask = np.ascontiguousarray(mask[sub])
     reads = reads[sub]
+    segments = segment_chip = segment_pixels = None
+    if keys is not None and todo.size:
+        from ..noise.segments import keys_per_chip, readout_segments
+
+        segments = readout_segments(keys[todo, :P], valid[todo, :P])
+        # The chip of every (fiber, segment): the key's chip part, at any pixel of the segment.
+        chip_part = keys[todo, :P] // keys_per_chip(options.segment_columns)
+        segment_chip = np.full((n_fibers, int(segments.max(initial=0)) + 1), -1, np.int64)
+        fiber = np.broadcast_to(todo[:, None], segments.shape)
+        use = valid[todo, :P]
+        segment_chip[fiber[use], segments[use]] = chip_part[use]
+        segment_pixels = np.zeros(segment_chip.shape, np.int64)
+        np.add.at(segment_pixels, (fiber[use], segments[use]), 1)
     with _quiet():
         const = fit_constant(
             reads, sigma[todo, :P], gain=gain[todo, :P], mask=mask, backend=options.backend
@@ -242,9 +297,13 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
         fit = fit_omega(
             reads, sigma[todo, :P], gain=gain[todo, :P], mask=mask, ref_index=ref_index,
             max_iter=options.max_iter, jump_search=options.jump_search, backend=options.backend,
+            segments=segments,
         )  # fmt: skip
     fit, const = _scatter(fit, const, todo, n_fibers, ref_index)
-    return choose_models(fit, const, n_pix, excluded, options, flags)
+    fits = choose_models(fit, const, n_pix, excluded, options, flags)
+    if segment_chip is None:
+        return fits
+    return dataclasses.replace(fits, segment_chip=segment_chip, segment_pixels=segment_pixels)
 
 
 def _scatter(fit: OmegaFit, const: FluxFit, todo: np.ndarray, n_fibers: int, ref_index: int):
@@ -274,6 +333,7 @@ def _scatter(fit: OmegaFit, const: FluxFit, todo: np.ndarray, n_fibers: int, ref
         stop_reason=spread(fit.stop_reason, int(StopReason.EMPTY)),
         step_size=spread(fit.step_size, nan),
         damping=spread(fit.damping, nan),
+        offsets=None if fit.offsets is None else spread(fit.offsets, nan),
     )
     const_full = FluxFit(
         flux=spread(const.flux, nan),
@@ -376,6 +436,13 @@ def choose_models(
         chi2_c = np.where(in_fit, constant.chi2, 0.0).sum(axis=1)
         dof = np.where(in_fit, fit.n_diff - 1, 0).sum(axis=1)
         delta = chi2_c - chi2_tv
+        if fit.offsets is not None:
+            # With the 1/f nuisance offsets the time-variable fit has parameters the constant
+            # fit lacks, so the chi2 difference would favour it: use the Wald statistic of omega
+            # against the ones-vector instead (its covariance marginalises the offsets).
+            pairs = zip(fit.omega, fit.omega_cov, strict=True)
+            delta = np.array([_significance(o, c, ref_index)[0] if np.isfinite(o).all() else
+                              np.nan for o, c in pairs])  # fmt: skip
         free = np.sum(np.isfinite(fit.omega), axis=1) - 1
         p_value = chi2_dist.sf(delta, np.maximum(free, 1))
         error = np.sqrt(np.maximum(np.diagonal(fit.omega_cov, axis1=1, axis2=2), 0.0))

@@ -48,10 +48,13 @@ CONFIG_GROUPS = {
 }
 
 
-def _option(default: Any, group: str, help: str, *, record: bool = True, metavar=None) -> Any:
-    """A :class:`FitOptions` field: its default, config group, help text, and whether products
-    record it (settings that change only what is kept in memory are not recorded)."""
-    meta = {"group": group, "help": help, "record": record, "metavar": metavar}
+def _option(
+    default: Any, group: str, help: str, *, record: bool = True, metavar=None, valid=None
+) -> Any:
+    """A :class:`FitOptions` field: its default, config group, help text, whether products
+    record it (settings that change only what is kept in memory are not recorded), and an extra
+    check ``valid = (predicate, what is expected)`` beyond the field's type."""
+    meta = {"group": group, "help": help, "record": record, "metavar": metavar, "valid": valid}
     return field(default=default, metadata=meta)
 
 
@@ -96,9 +99,19 @@ class FitOptions:
     gain, read_noise, saturation : float or None
         e-/DN, single-read DN and DN overriding the file's ``GAIN``, ``RDNOISE`` and
         ``SATURATE`` cards (raw files) or maps (``ar3Dcal`` files); None reads them from the file.
-    correct_1f : {"none", "refpix", "rowmedian"}
-        Correct correlated (1/f) read noise with the reference pixels before anything else
-        (:func:`pyapred.exposure.correct_1f`); needs raw reads with the reference output.
+    correct_1f : str
+        How correlated (1/f) read noise is handled: "none", "refpix", "rowmedian", "nuisance",
+        "refpix+nuisance" or "rowmedian+nuisance". ``refpix`` and ``rowmedian`` correct the
+        reads with the reference pixels before anything else
+        (:func:`pyapred.exposure.correct_1f`; raw reads with the reference output only).
+        ``nuisance`` fits one additive offset per (row, output) segment and read difference
+        jointly with omega (``fit_omega(segments=...)``, labels from
+        :func:`pyapred.noise.segments.readout_segments`); it needs no reference pixels.
+        ``refpix+nuisance`` and ``rowmedian+nuisance`` do both (``docs/noise.md``, "Which route
+        when").
+    segment_columns : int
+        With the nuisance term: a segment is one row of this many consecutive columns within one
+        output (a divisor of 512); finer segments also absorb the faster part of the 1/f noise.
     keep_constant : bool
         Also extract every pixel with the constant model (for comparisons and plots).
     keep_fit_reads : bool
@@ -155,9 +168,17 @@ class FitOptions:
         None, "calibration", "DN (default: SATURATE card or 55000; none for ar3Dcal)"
     )
     # 1/f noise
-    correct_1f: Literal["none", "refpix", "rowmedian"] = _option(
-        "none", "noise", "correct 1/f read noise first with the reference pixels (refpix), plus "
-        "the median of each row's inter-fiber pixels (rowmedian); raw .apz only",
+    correct_1f: Literal[
+        "none", "refpix", "rowmedian", "nuisance", "refpix+nuisance", "rowmedian+nuisance"
+    ] = _option(
+        "none", "noise", "1/f read noise: correct the reads with the reference pixels (refpix; "
+        "rowmedian adds each row's inter-fiber median; raw .apz only), and/or fit one offset per "
+        "row, output and read difference with omega (nuisance)",
+    )  # fmt: skip
+    segment_columns: int = _option(
+        512, "noise", "nuisance segments: one row of this many columns within one output (a "
+        "divisor of 512; 512 = the whole row of an output)",
+        valid=(lambda value: value >= 1 and 512 % value == 0, "a divisor of 512"),
     )  # fmt: skip
     # what the in-memory result keeps
     keep_constant: bool = _option(
@@ -173,6 +194,19 @@ class FitOptions:
             problem = _check_value(item, value)
             if problem is not None:
                 raise ValueError(f"{item.name}: expected {problem}, got {value!r}")
+
+    @property
+    def reference_correction(self) -> str:
+        """The read correction part of ``correct_1f``: ``"none"``, ``"refpix"`` or
+        ``"rowmedian"``."""
+        method = self.correct_1f.removesuffix("nuisance").rstrip("+")
+        return method or "none"
+
+    @property
+    def nuisance(self) -> bool:
+        """Whether the omega fit carries the 1/f nuisance offsets (``correct_1f`` ends in
+        ``nuisance``)."""
+        return self.correct_1f.endswith("nuisance")
 
     # -- records and config files -------------------------------------------------------------
     def to_record(self) -> str:
@@ -266,6 +300,9 @@ def _check_value(item: dataclasses.Field, value: Any) -> str | None:
         return None if isinstance(value, bool) else "true or false"
     if kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if ok and item.metadata.get("valid") is not None:
+            predicate, expected = item.metadata["valid"]
+            return None if predicate(value) else expected
         return None if ok else "an integer >= 0"
     # Ranges are checked where the values are used (load_chip names the file and the flag).
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value

@@ -90,9 +90,27 @@ def product_parts(result: ExposureResult) -> ProductParts:
     meta["joint_chips"] = bool(result.options.joint_chips)
     meta["fit_options"] = result.options.to_record()
     meta["flux_normalisation"] = "exposure mean (omega scaled to mean 1 for extraction)"
+    meta.update(_offset_summary(result))
     meta.update(result.meta.get("timing") or {})
     inputs = [*result.meta.get("inputs", ()), *result.meta.get("traces", ())]
     return ProductParts(fibers, meta, inputs, result.options.backend)
+
+
+def _offset_summary(result: ExposureResult) -> dict:
+    """``nuisance_chips`` and ``nuisance_offset_rms_dn``: the RMS of the fitted 1/f offsets per
+    chip, DN (empty without the nuisance term)."""
+    chips, rms = [], []
+    for key, fits in result.fibers.items():
+        values = fits.offset_rms()
+        if values is None:
+            continue
+        names = list(result.chips) if key == "joint" else [key]
+        for index, name in enumerate(names):
+            chips.append(name)
+            rms.append(float(values[index]) if index < values.size else float("nan"))
+    if not chips:
+        return {}
+    return {"nuisance_chips": chips, "nuisance_offset_rms_dn": np.asarray(rms, np.float64)}
 
 
 def _identity(exposure: dict | None) -> dict:

@@ -30,7 +30,9 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
     Returns
     -------
     dict
-        ``omega[group]``: ``z_std``, ``z_median``, ``n_fibers`` over bright fibers' free elements;
+        ``omega[group]``: ``z_std``, ``z_median``, ``z_mean`` (the bias) and its standard error
+        ``z_mean_error`` (from the per-fiber means), ``n_fibers``, over bright fibers' free
+        elements;
         ``borrowed[group]``: the same for the borrowed omega against borrowed fibers' truth, plus
         ``chi2_dof``, its Mahalanobis distance to that truth per degree of freedom (about 1 when
         its covariance is right; the z-scores of its elements are positively correlated, so
@@ -49,10 +51,17 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
         free = np.arange(truth.shape[1]) != ref
         with np.errstate(invalid="ignore", divide="ignore"):
             z = ((fits.omega_fit - truth) / error)[fits.bright][:, free]
+        # A fiber's z-scores share the error of its fixed element: the bias's standard error
+        # comes from the scatter of the per-fiber means.
+        per_fiber = np.array([row[np.isfinite(row)].mean() for row in z if np.isfinite(row).any()])
         z = z[np.isfinite(z)]
         out["omega"][key] = {
             "z_std": float(np.std(z)) if z.size else None,
             "z_median": float(np.median(z)) if z.size else None,
+            "z_mean": float(np.mean(z)) if z.size else None,
+            "z_mean_error": float(per_fiber.std(ddof=1) / np.sqrt(per_fiber.size))
+            if per_fiber.size > 1
+            else None,
             "n_fibers": int(fits.bright.sum()),
         }
         borrowed = fits.model == MODEL_BORROWED

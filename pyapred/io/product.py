@@ -157,6 +157,12 @@ _METADATA = {
     "model_option": ("", "the model setting: auto, constant or time-variable"),
     "joint_chips": ("", "whether omega was fitted over all chips at once"),
     "flux_normalisation": ("", "normalisation of the fluxes"),
+    "nuisance_chips": ("", "chips of nuisance_offset_rms_dn (--correct-1f ...nuisance)"),
+    "nuisance_offset_rms_dn": (
+        "DN",
+        "RMS of the fitted 1/f offsets per chip (row, output and "
+        "read difference), nuisance_chips order",
+    ),
     "telescope": ("", "telescope: apo or lco"),
     "mjd": ("d", "SDSS MJD (SJD) of the night"),
     "expnum": ("", "APOGEE exposure number, (mjd - 55562) * 10000 + exposure"),
@@ -174,6 +180,8 @@ _METADATA_AXES = {
     "input_files": ("input",),
     "input_sha256": ("input",),
     "read_times_tai_mjd": ("read",),
+    "nuisance_chips": ("chip",),
+    "nuisance_offset_rms_dn": ("chip",),
 }
 _CALLER_KEY = ("", "supplied by the program that wrote the product (no description given)")
 

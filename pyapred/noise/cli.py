@@ -21,6 +21,18 @@ from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise
 log = logging.getLogger(__name__)
 
 
+def _segment_columns(text: str) -> int:
+    """An argparse type: a divisor of an output's 512 columns."""
+    from .segments import check_segment_columns
+
+    try:
+        value = int(text)
+        check_segment_columns(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a divisor of 512, got {text!r}") from None
+    return value
+
+
 def _at_least(minimum: int, maximum: int | None = None):
     """An argparse type: an integer >= ``minimum`` (and <= ``maximum``); errors name the flag."""
 
@@ -115,6 +127,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stress.add_argument(
         "--column-step", type=_at_least(1), default=8, help="every n-th column lit (8)"
     )
+    stress.add_argument(
+        "--segment-columns", type=_segment_columns, default=512,
+        help="columns per nuisance segment, as pyapred fit's --segment-columns (512)",
+    )  # fmt: skip
     stress.add_argument(
         "--reference-columns",
         action="store_true",
@@ -264,7 +280,8 @@ def _stress(args: argparse.Namespace) -> int:
         parts.append(
             stress_test(
                 1, n_fibers=args.fibers, column_step=args.column_step, noise=_noise(args),
-                refcorr_options={"reference_columns": args.reference_columns}, rng=rng,
+                refcorr_options={"reference_columns": args.reference_columns},
+                segment_columns=args.segment_columns, rng=rng,
             )
         )  # fmt: skip
     result = StressResult(

@@ -3,15 +3,16 @@
 Each exposure is a band of chip rows lit by fiber-like traces: a fiber covers ``rows_per_fiber``
 adjacent rows over the inner 2040 columns (all four outputs), with random pixel fluxes, under a
 shared transparency ``omega`` (a passing cloud). One omega is fitted per fiber, with element 0
-fixed to 1, in these ways:
+fixed to 1 (with the jump search, as the exposure pipeline fits), in these ways:
 
 - ``"no_1f"``: white read noise only (the model's assumptions hold);
 - ``"uncorrected"``: white + 1/f read noise (:func:`~pyapred.noise.simulate_hxrg`), fitted as is;
 - ``"refcorr"``: the same reads after :func:`~pyapred.noise.refcorr_reads`, fitted with the read
   noise raised by the reference output's own white noise
   (:func:`~pyapred.noise.reference_read_variance`);
-- ``"nuisance"``: the same reads fitted with one offset per (row, output) segment and read
-  difference (``fit_omega(..., segments=...)``);
+- ``"nuisance"``: the same reads fitted with one offset per readout segment and read difference
+  (``fit_omega(..., segments=...)``, labelled by :func:`~pyapred.noise.segments.readout_keys`
+  as the exposure pipeline labels them);
 - ``"refcorr_nuisance"``: both;
 - ``"rowmedian"``: ``refcorr`` with ``method="rowmedian"``, the unlit columns of the band as the
   inter-fiber pixels (real APOGEE rows through a trace have none; ``docs/noise.md``).
@@ -27,6 +28,7 @@ import numpy as np
 
 from .hxrg import OUTPUT_COLUMNS, HxrgNoise, simulate_hxrg
 from .refcorr import refcorr_reads, reference_read_variance
+from .segments import readout_keys, readout_segments
 
 __all__ = ["CASES", "StressResult", "stress_test"]
 
@@ -80,6 +82,7 @@ def stress_test(
     noise: HxrgNoise | None = None,
     cases: tuple[str, ...] = CASES,
     refcorr_options: dict | None = None,
+    segment_columns: int = OUTPUT_COLUMNS,
     rng: np.random.Generator | int | None = None,
 ) -> StressResult:
     """Run the four-case comparison (plus two more corrected cases) on simulated exposures.
@@ -106,6 +109,9 @@ def stress_test(
     refcorr_options : dict, optional
         Keywords of :func:`~pyapred.noise.refcorr` other than ``method`` and ``background``
         (default: its defaults).
+    segment_columns : int, optional
+        Columns per nuisance segment (:func:`~pyapred.noise.segments.readout_keys`), as
+        ``FitOptions.segment_columns``.
     rng : numpy.random.Generator or int, optional
 
     Returns
@@ -126,9 +132,12 @@ def stress_test(
     omega = _cloud(n_reads - 1)
     lit = np.arange(INNER.start, INNER.stop, column_step)
     n_cols = lit.size
-    # Segment of each fitted pixel: (row within the fiber, output).
-    outputs = lit // OUTPUT_COLUMNS
-    segments = (np.arange(rows_per_fiber)[:, None] * 4 + outputs[None, :]).ravel()
+    # Segment of each fitted pixel, labelled as the exposure pipeline labels its fit pixels.
+    pixel_rows = np.arange(4, 4 + n_rows).reshape(n_fibers, rows_per_fiber, 1)
+    pixel_rows = np.broadcast_to(pixel_rows, (n_fibers, rows_per_fiber, n_cols))
+    pixel_cols = np.broadcast_to(lit, pixel_rows.shape)
+    keys = readout_keys(pixel_rows, pixel_cols, columns=segment_columns)
+    segments = readout_segments(keys.reshape(n_fibers, -1))
     dark = np.zeros((n_rows, 4 * OUTPUT_COLUMNS), dtype=bool)  # unlit inner columns
     dark[:, INNER] = True
     dark[:, lit] = False
@@ -164,7 +173,10 @@ def stress_test(
             reads = data[case][..., lit]  # (n_reads, n_rows, n_cols)
             groups = reads.reshape(n_reads, n_fibers, rows_per_fiber * n_cols)
             labels = segments if case in ("nuisance", "refcorr_nuisance") else None
-            fit = fit_omega(groups, read_noise[case], ref_index=0, segments=labels)
+            # As the exposure pipeline fits (FitOptions' default jump_search).
+            fit = fit_omega(
+                groups, read_noise[case], ref_index=0, segments=labels, jump_search=True
+            )
             sigma = np.sqrt(np.diagonal(fit.omega_cov, axis1=1, axis2=2))[:, 1:]
             z[case].append((fit.omega[:, 1:] - omega[1:]) / sigma)
     return StressResult(z={case: np.array(v) for case, v in z.items()}, omega=omega)

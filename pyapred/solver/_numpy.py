@@ -611,6 +611,54 @@ def normal_equations_kernel(
 
 
 @njit(cache=True, parallel=True)
+def adjusted_kernel(diffs, valid, offsets, segment, out):
+    """``out = diffs - offsets[g, segment[g, p]]`` where ``valid``, else 0 (:class:`_Offsets`).
+
+    ``diffs``, ``valid``, ``out`` (G, P, K); ``offsets`` (G, S, K); ``segment`` (G, P).
+    """
+    G, P, K = diffs.shape
+    for g in prange(G):
+        for p in range(P):
+            s = segment[g, p]
+            for k in range(K):
+                out[g, p, k] = diffs[g, p, k] - offsets[g, s, k] if valid[g, p, k] else 0.0
+
+
+@njit(cache=True, parallel=True)
+def offset_flux_quad_kernel(e_hat, v, segment, ainv, bm, cov, out):
+    """``out[g, p] = h^T cov[g] h + v_p . y`` with ``y = ainv[g, s] v_p`` and
+    ``h = e_hat_p - bm[g, s]^T y``, ``s = segment[g, p]`` (:meth:`_Offsets.flux_quad`).
+
+    ``e_hat``, ``v`` (G, P, K); ``ainv``, ``bm`` (G, S, K, K); ``cov`` (G, K, K); ``out`` (G, P).
+    """
+    G, P, K = e_hat.shape
+    for g in prange(G):
+        y = np.empty(K)
+        h = np.empty(K)
+        for p in range(P):
+            s = segment[g, p]
+            vy = 0.0
+            for k in range(K):
+                acc = 0.0
+                for m in range(K):
+                    acc += ainv[g, s, k, m] * v[g, p, m]
+                y[k] = acc
+                vy += v[g, p, k] * acc
+            for m in range(K):
+                acc = e_hat[g, p, m]
+                for k in range(K):
+                    acc -= y[k] * bm[g, s, k, m]
+                h[m] = acc
+            q = 0.0
+            for k in range(K):
+                acc = 0.0
+                for m in range(K):
+                    acc += cov[g, k, m] * h[m]
+                q += h[k] * acc
+            out[g, p] = q + vy
+
+
+@njit(cache=True, parallel=True)
 def offset_blocks_kernel(
     diffs, valid, s2, dt, flux, omega, segment, active, fit_pixel, out_a, out_m, out_b, ec_hat
 ):
@@ -1089,12 +1137,15 @@ class _Offsets:
 
     def adjusted(self, diffs, valid):
         """The differences with the current offsets removed (0 where invalid)."""
-        return np.where(valid, diffs - self.per_pixel(self.value), 0.0)
+        out = np.empty(diffs.shape)
+        adjusted_kernel(diffs, valid, self.value, self.segment, out)
+        return out
 
-    def evaluate(self, diffs, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel):
+    def evaluate(self, adjusted, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel):
+        """The offset blocks at the current point; ``adjusted`` is :meth:`adjusted`'s."""
         offset_blocks_kernel(
-            self.adjusted(diffs, valid), valid, s2, dt, flux_cl, omega_cl, self.segment, active,
-            fit_pixel, self.a, self.m, self.b, self.ec_hat,
+            adjusted, valid, s2, dt, flux_cl, omega_cl, self.segment, active, fit_pixel, self.a,
+            self.m, self.b, self.ec_hat,
         )  # fmt: skip
 
     def reduce(self, sch, rhs, free, dt):
@@ -1130,17 +1181,12 @@ class _Offsets:
         With ``v = T^T e_p``, ``y = A^-1 v`` and ``h = e_hat_p - B^T y`` (B the offset-omega block
         in z), the quadratic form is ``h^T cov_omega h + v^T y``.
         """
-        G, P, K = e_hat.shape
         ec = self.ec_hat
         e_last = np.take_along_axis(ec, self.per_pixel(self.last)[..., None], axis=-1)
         v = np.where(self.per_pixel(self.free), ec - e_last, 0.0)
-        quad = np.zeros((G, P))
-        for s in range(self.a.shape[1]):
-            # Batched matrix products (BLAS), evaluated for every pixel and kept for segment s.
-            y = v @ self.ainv[:, s].swapaxes(-1, -2)
-            h = e_hat - y @ self.bm[:, s]
-            q = ((h @ cov) * h).sum(axis=-1) + (v * y).sum(axis=-1)
-            quad += np.where(self.segment == s, q, 0.0)
+        quad = np.empty(e_hat.shape[:2])
+        # One pass over the pixels, each with its own segment's blocks: O(P K^2) per group.
+        offset_flux_quad_kernel(e_hat, v, self.segment, self.ainv, self.bm, cov, quad)
         return quad
 
 
@@ -1546,7 +1592,7 @@ def _evaluate(normal, offsets, diffs, valid, s2, dt, flux, omega, active, fit_pi
     sch, rhs = normal.schur(free, active)
     if offsets is None:
         return sch, rhs
-    offsets.evaluate(diffs, valid, s2, dt, flux, omega, active, fit_pixel)
+    offsets.evaluate(fitted, valid, s2, dt, flux, omega, active, fit_pixel)
     return offsets.reduce(sch, rhs, free, dt)
 
 

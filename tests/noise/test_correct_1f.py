@@ -141,3 +141,85 @@ def test_joint_chips_correct_an_in_memory_chip_once(exposure):
     assert not np.array_equal(overwritten, untouched)  # the caller's array was corrected
     np.testing.assert_allclose(in_place, copied, rtol=1e-5, equal_nan=True)
     np.testing.assert_allclose(in_place_flux, copied_flux, rtol=1e-4, atol=1e-3, equal_nan=True)
+
+
+# --- the nuisance route (--correct-1f nuisance): offsets fitted with omega ----------------------
+def _omega_metrics(sim, paths, **options):
+    result = run_exposure(paths["apz"], paths["traces"], FitOptions(**options))
+    chip = sim.chips["R"]
+    metrics = truth_metrics(
+        result, sim.omega, {"R": chip.flux / chip.gain}, min_flux={"R": 100.0 / chip.gain}
+    )
+    return metrics["omega"]["R"], result
+
+
+@pytest.fixture(scope="module")
+def clean_exposure(tmp_path_factory, exposure):
+    sim, _ = exposure
+    return write_simulated_exposure(sim, tmp_path_factory.mktemp("clean"))
+
+
+def test_nuisance_route_calibrates_omega_under_1f(exposure, clean_exposure):
+    sim, paths = exposure
+    refpix, _ = _omega_metrics(sim, paths, correct_1f="refpix")
+    nuisance, result = _omega_metrics(sim, paths, correct_1f="nuisance", segment_columns=128)
+    assert nuisance["n_fibers"] >= 6
+    assert nuisance["z_std"] < 1.4 < refpix["z_std"]  # measured: 1.21 against 2.59
+    assert abs(nuisance["z_mean"]) < 0.5
+    fits = result.fibers["R"]
+    assert fits.fit.offsets is not None and fits.segment_chip.shape == fits.fit.offsets.shape[:2]
+    assert np.all(fits.segment_chip[fits.segment_pixels > 0] == 0)
+    noisy_rms = fits.offset_rms()[0]
+    # Without 1/f the same route stays calibrated, and the offsets are smaller.
+    clean, clean_result = _omega_metrics(
+        sim, clean_exposure, correct_1f="nuisance", segment_columns=128
+    )
+    assert 0.8 < clean["z_std"] < 1.2 and abs(clean["z_mean"]) < 0.3
+    assert clean_result.fibers["R"].offset_rms()[0] < noisy_rms
+
+
+def test_nuisance_model_choice_uses_the_wald_statistic(exposure):
+    """The offsets are parameters the constant fit lacks: the model choice compares omega with
+    the ones-vector (Wald), not the two chi2s."""
+    from pyapred.exposure.fibers import _significance
+
+    sim, paths = exposure
+    _, result = _omega_metrics(sim, paths, correct_1f="nuisance")
+    fits = result.fibers["R"]
+    fiber = int(np.flatnonzero(fits.bright)[0])
+    stat, p_value = _significance(fits.omega_fit[fiber], fits.omega_cov[fiber], fits.ref_index)
+    assert fits.delta_chi2[fiber] == pytest.approx(stat)
+    assert fits.p_value[fiber] == pytest.approx(p_value, rel=1e-6, abs=1e-300)
+
+
+def test_nuisance_product_and_command_line(exposure, tmp_path, capsys):
+    from pyapred.cli import main
+    from pyapred.io import read_product
+
+    _, paths = exposure
+    out = tmp_path / "n.h5"
+    args = [str(paths["apz"][0]), "--traces", str(paths["traces"][0]), "--json", "--out"]
+    argv = ["fit", *args, str(out), "--correct-1f", "refpix+nuisance", "--segment-columns", "256"]
+    assert main(argv) in (0, 1)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["options"]["correct_1f"] == "refpix+nuisance"
+    product = read_product(out)
+    options = json.loads(product.metadata["fit_options"])
+    assert options["correct_1f"] == "refpix+nuisance" and options["segment_columns"] == 256
+    assert list(product.metadata["nuisance_chips"]) == ["R"]
+    (rms,) = product.metadata["nuisance_offset_rms_dn"]
+    assert 0.0 < rms < 100.0
+    assert main(["fit", *args, str(tmp_path / "x.h5"), "--segment-columns", "100"]) == 2
+    assert "divisor of 512" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_nuisance_needs_no_reference_output(tmp_path):
+    """The nuisance term alone works on any reads, e.g. without the reference output."""
+    sim = simulate_exposure("clouds", seed=2, n_fibers=4, n_columns=512, ref_columns=0,
+                            n_reads=6, chips=("R",))  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path)
+    result = run_exposure(paths["apz"], paths["traces"], FitOptions(correct_1f="nuisance"))
+    assert result.fibers["R"].fit.offsets is not None
+    with pytest.raises(InputError, match="2560"):
+        run_exposure(paths["apz"], paths["traces"], FitOptions(correct_1f="refpix+nuisance"))
