@@ -482,7 +482,7 @@ def _build() -> None:
     chips = []
     for c, (flux, gain) in enumerate([([3000.0, 3400.0, 2800.0], 1.9), ([2600.0, 4000.0, 2800.0],
                                                                        2.1)]):  # fmt: skip
-        spectra = np.array(flux)[:, None] * lines[::-1 if c else 1]
+        spectra = np.array(flux)[:, None] * lines[:: -1 if c else 1]
         reads = simulate_chip(rng, yj[c], sj[c], spectra, omega_joint, ny=NY, nx=NX, gain=gain,
                               row_offsets=rng.normal(0.0, 4.0 + 6 * c, (8, NY, 2)))  # fmt: skip
         chips.append({"reads": reads, "read_noise": 6.5, "gain": gain, "saturation": 60000.0})
