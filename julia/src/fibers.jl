@@ -57,8 +57,9 @@ end
     offset_rms(fits)
 
 RMS of the fitted 1/f offsets per chip, in the units of the reads (DN), `(n_chips,)`, or
-`nothing` without the nuisance term (pyapred's `FiberFits.offset_rms`): over the finite offsets,
-each segment weighted by its number of fit pixels; NaN for a chip with none.
+`nothing` without the nuisance term (pyapred's `FiberFits.offset_rms`): over the finite offsets
+of the fibers whose fit converged, each segment weighted by its number of fit pixels; NaN for a
+chip with none.
 """
 function offset_rms(fits::FiberFits)
     (fits.segment_chip === nothing || fits.fit === nothing) && return nothing
@@ -69,7 +70,7 @@ function offset_rms(fits::FiberFits)
         total = weight = 0.0
         for f in axes(offsets, 3), s in axes(offsets, 2), k in axes(offsets, 1)
             c = offsets[k, s, f]
-            if fits.segment_chip[s, f] == chip && isfinite(c)
+            if fits.segment_chip[s, f] == chip && isfinite(c) && fits.fit.converged[f]
                 total += fits.segment_pixels[s, f] * c^2
                 weight += fits.segment_pixels[s, f]
             end
@@ -357,7 +358,9 @@ chi2 improvement is below `p_value` and its equivalent amplitude reaches `amplit
 the other fibers (not excluded, not failed) borrow the bright fibers' weighted mean omega when
 that mean passes the same tests. A fiber whose fit failed falls back to the constant model
 (`FALLBACK_CONSTANT`). `model = "time-variable"` forces it on every bright fiber and lends the
-mean to the others whenever a fiber is bright.
+mean to the others whenever a fiber is bright. With the 1/f nuisance offsets (`fit.offsets`)
+the decision statistic is the Wald statistic of omega against the ones-vector, and a fit that
+did not converge makes its fiber borrow rather than fall back.
 
 # Arguments
 - `fit`, `constant`: [`fit_omega`](@ref) and [`fit_constant`](@ref) results, fibers as groups
@@ -390,13 +393,17 @@ function choose_models(fit, constant, n_fit_pixels::AbstractVector, excluded::Ab
     median_error = [nanmedian(without(view(error, :, f), ref_index)) for f in 1:nf]
     amplitude = [equivalent_amplitude(without(view(fit.omega, :, f), ref_index),
                      without(view(error, :, f), ref_index)) for f in 1:nf]
-    failed = [(fit.group_flags[f] & (NOT_CONVERGED | OMEGA_ELEMENT_NO_DATA)) != 0 &&
+    # With the nuisance term a fit that does not converge lacks the flux contrast within
+    # segments that tells omega from the offsets: its fiber borrows rather than falls back.
+    fail_bits = hasproperty(fit, :offsets) ? OMEGA_ELEMENT_NO_DATA :
+                NOT_CONVERGED | OMEGA_ELEMENT_NO_DATA
+    failed = [(fit.group_flags[f] & fail_bits) != 0 &&
               n_fit_pixels[f] >= options.min_fit_pixels && !excluded[f] for f in 1:nf]
     for f in 1:nf
         failed[f] && (flags[f] |= FALLBACK_CONSTANT)
     end
     bright = [!excluded[f] && !failed[f] && n_fit_pixels[f] >= options.min_fit_pixels &&
-              (fit.group_flags[f] & EMPTY_GROUP) == 0 &&
+              (fit.group_flags[f] & (EMPTY_GROUP | NOT_CONVERGED)) == 0 &&
               median_error[f] <= options.max_omega_error for f in 1:nf]
     significant = [p_value[f] < options.p_value && amplitude[f] >= options.amplitude_threshold
                    for f in 1:nf]

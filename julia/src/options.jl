@@ -11,7 +11,7 @@
                min_fit_pixels = 20, max_omega_error = 0.05, min_snr = 30.0,
                core_halfwidth = 0.5, min_purity = 0.95, max_fit_pixels = nothing,
                map_halfwidth = 2.5, joint_chips = false, max_iter = 50, jump_search = true,
-               jump_threshold = 8.0, correct_1f = "none", segment_columns = 512)
+               jump_threshold = 8.0, correct_1f = "none", segment_columns = 32)
 
 Settings of the exposure stages ([`prepare_chip`](@ref), [`fit_fibers`](@ref),
 [`extract_chip`](@ref)), as pyapred's `FitOptions` (`pyapred fit --help` describes each):
@@ -43,7 +43,7 @@ Base.@kwdef struct FitOptions
     jump_search::Bool = true
     jump_threshold::Float64 = 8.0
     correct_1f::String = "none"
-    segment_columns::Int = 512
+    segment_columns::Int = 32
 end
 
 "Whether the omega fit carries the 1/f nuisance offsets (`correct_1f` ends in `nuisance`)."

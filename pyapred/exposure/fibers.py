@@ -107,7 +107,7 @@ class FiberFits:
     def offset_rms(self) -> np.ndarray | None:
         """RMS of the fitted 1/f offsets per chip, DN, ``(n_chips,)``; None without them.
 
-        Over the finite offsets of the fibers whose omega was fitted, each segment weighted by
+        Over the finite offsets of the fibers whose omega fit converged, each segment weighted by
         its number of fit pixels: a segment of a few pixels has offsets that mostly absorb
         those pixels' own noise (NaN for a chip with none). Estimation noise is included: about
         the pixels' noise over the square root of a segment's pixel count.
@@ -118,8 +118,9 @@ class FiberFits:
         n_chips = int(self.segment_chip.max(initial=-1)) + 1
         out = np.full(n_chips, np.nan)
         weight = np.broadcast_to(self.segment_pixels[..., None], offsets.shape).astype(float)
+        converged = np.asarray(self.fit.converged, dtype=bool)[:, None, None]
         for chip in range(n_chips):
-            use = (self.segment_chip == chip)[..., None] & np.isfinite(offsets)
+            use = (self.segment_chip == chip)[..., None] & np.isfinite(offsets) & converged
             if use.any() and weight[use].sum() > 0:
                 out[chip] = float(np.sqrt(np.average(offsets[use] ** 2, weights=weight[use])))
         return out
@@ -279,31 +280,73 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
     reads = reads[sub]
     segments = segment_chip = segment_pixels = None
     if keys is not None and todo.size:
-        from ..noise.segments import keys_per_chip, readout_segments
-
-        segments = readout_segments(keys[todo, :P], valid[todo, :P])
-        # The chip of every (fiber, segment): the key's chip part, at any pixel of the segment.
-        chip_part = keys[todo, :P] // keys_per_chip(options.segment_columns)
-        segment_chip = np.full((n_fibers, int(segments.max(initial=0)) + 1), -1, np.int64)
-        fiber = np.broadcast_to(todo[:, None], segments.shape)
-        use = valid[todo, :P]
-        segment_chip[fiber[use], segments[use]] = chip_part[use]
-        segment_pixels = np.zeros(segment_chip.shape, np.int64)
-        np.add.at(segment_pixels, (fiber[use], segments[use]), 1)
+        segments, segment_chip, segment_pixels = _segments(
+            keys[todo, :P], valid[todo, :P], todo, n_fibers, options.segment_columns
+        )
     with _quiet():
         const = fit_constant(
             reads, sigma[todo, :P], gain=gain[todo, :P], mask=mask, backend=options.backend
         )
-        fit = fit_omega(
-            reads, sigma[todo, :P], gain=gain[todo, :P], mask=mask, ref_index=ref_index,
-            max_iter=options.max_iter, jump_search=options.jump_search, backend=options.backend,
-            segments=segments,
-        )  # fmt: skip
+        fit = _fit_omega_batched(
+            reads, sigma[todo, :P], gain[todo, :P], mask, ref_index, options, segments
+        )
     fit, const = _scatter(fit, const, todo, n_fibers, ref_index)
     fits = choose_models(fit, const, n_pix, excluded, options, flags)
     if segment_chip is None:
         return fits
     return dataclasses.replace(fits, segment_chip=segment_chip, segment_pixels=segment_pixels)
+
+
+#: With the nuisance term, fibers are fitted in batches whose offset blocks (about six
+#: ``(n_segments, K, K)`` float64 arrays per fiber) stay below this many bytes.
+NUISANCE_BATCH_BYTES = 256 * 2**20
+
+
+def _fit_omega_batched(reads, sigma, gain, mask, ref_index, options, segments) -> OmegaFit:
+    """``fit_omega`` of the fibers (groups) of ``reads``; with ``segments``, in batches of fibers
+    (the groups are independent, so the result is the same), so that the offsets' per-segment
+    blocks do not grow with the number of fibers."""
+    n_groups, K = reads.shape[1], reads.shape[0] - 1
+    batch = max(n_groups, 1)
+    if segments is not None:
+        per_fiber = 6 * 8 * (int(segments.max(initial=0)) + 1) * K * K
+        batch = max(1, NUISANCE_BATCH_BYTES // per_fiber)
+    parts = []
+    for start in range(0, max(n_groups, 1), batch):  # one call even for no fibers
+        part = slice(start, start + batch)
+        parts.append(fit_omega(
+            reads[:, part], sigma[part], gain=gain[part], mask=mask[:, part], ref_index=ref_index,
+            max_iter=options.max_iter, jump_search=options.jump_search, backend=options.backend,
+            segments=None if segments is None else segments[part],
+        ))  # fmt: skip
+    if len(parts) == 1:
+        return parts[0]
+    fields = {}
+    for name, value in parts[0].__dict__.items():
+        values = [getattr(p, name) for p in parts]
+        if name == "offsets" and value is not None:  # batches may have fewer segments
+            width = max(v.shape[1] for v in values)
+            values = [np.pad(v, ((0, 0), (0, width - v.shape[1]), (0, 0)), constant_values=np.nan)
+                      for v in values]  # fmt: skip
+        fields[name] = None if value is None else np.concatenate(values)
+    return OmegaFit(**fields)
+
+
+def _segments(keys: np.ndarray, valid: np.ndarray, todo: np.ndarray, n_fibers: int,
+              columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The nuisance term's segment labels of the fitted fibers ``todo`` (``keys``, ``valid``
+    ``(len(todo), P)``), and for every fiber the chip (-1: none) and the fit-pixel count of each
+    of its segments, ``(n_fibers, n_segments)``."""
+    from ..noise.segments import keys_per_chip, readout_segments
+
+    segments = readout_segments(keys, valid)
+    segment_chip = np.full((n_fibers, int(segments.max(initial=0)) + 1), -1, np.int64)
+    fiber = np.broadcast_to(todo[:, None], segments.shape)
+    # The chip is the key's chip part, the same at every pixel of a segment.
+    segment_chip[fiber[valid], segments[valid]] = keys[valid] // keys_per_chip(columns)
+    segment_pixels = np.zeros(segment_chip.shape, np.int64)
+    np.add.at(segment_pixels, (fiber[valid], segments[valid]), 1)
+    return segments, segment_chip, segment_pixels
 
 
 def _scatter(fit: OmegaFit, const: FluxFit, todo: np.ndarray, n_fibers: int, ref_index: int):
@@ -401,6 +444,10 @@ def choose_models(
 
     A fiber is *bright* when it has at least ``min_fit_pixels`` fit pixels, its fit converged with
     every omega element constrained, and its median omega error is at most ``max_omega_error``.
+    With the 1/f nuisance offsets (``fit.offsets``) the time-variable model is chosen on the
+    Wald statistic of omega against the ones-vector, and a fit that did not converge makes its
+    fiber borrow rather than fall back (it lacks the flux contrast that separates omega from the
+    offsets).
     With ``model="auto"`` a bright fiber gets the time-variable model when ``p_value`` of the
     chi2 improvement is below ``options.p_value`` and its equivalent amplitude reaches
     ``options.amplitude_threshold``; otherwise the constant model. Other fibers (except excluded
@@ -448,7 +495,13 @@ def choose_models(
         error = np.sqrt(np.maximum(np.diagonal(fit.omega_cov, axis1=1, axis2=2), 0.0))
         median_error = np.nanmedian(np.where(np.arange(K) == ref_index, np.nan, error), axis=1)
     amplitude = _equivalent_amplitude(_free(fit.omega, ref_index), _free(error, ref_index))
-    failed = (fit.group_flags & (Flag.NOT_CONVERGED | Flag.OMEGA_ELEMENT_NO_DATA)).astype(bool)
+    fail_bits = Flag.NOT_CONVERGED | Flag.OMEGA_ELEMENT_NO_DATA
+    if fit.offsets is not None:
+        # With the nuisance term a fit that does not converge is one whose pixels lack the flux
+        # contrast within segments that tells omega from the offsets (docs/noise.md): such a
+        # fiber does not constrain its own omega and borrows, like a faint one.
+        fail_bits = Flag.OMEGA_ELEMENT_NO_DATA
+    failed = (fit.group_flags & fail_bits).astype(bool)
     failed &= n_fit_pixels >= options.min_fit_pixels
     failed &= ~excluded
     flags[failed] |= Flag.FALLBACK_CONSTANT
@@ -456,7 +509,7 @@ def choose_models(
         ~excluded
         & ~failed
         & (n_fit_pixels >= options.min_fit_pixels)
-        & ~(fit.group_flags & Flag.EMPTY_GROUP).astype(bool)
+        & ~(fit.group_flags & (Flag.EMPTY_GROUP | Flag.NOT_CONVERGED)).astype(bool)
         & (median_error <= options.max_omega_error)
     )
     significant = (p_value < options.p_value) & (amplitude >= options.amplitude_threshold)

@@ -176,7 +176,7 @@ class FitOptions:
         "row, output and read difference with omega (nuisance)",
     )  # fmt: skip
     segment_columns: int = _option(
-        512, "noise", "nuisance segments: one row of this many columns within one output (a "
+        32, "noise", "nuisance segments: one row of this many columns within one output (a "
         "divisor of 512; 512 = the whole row of an output)",
         valid=(lambda value: value >= 1 and 512 % value == 0, "a divisor of 512"),
     )  # fmt: skip

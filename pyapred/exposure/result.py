@@ -168,6 +168,9 @@ class ExposureResult:
                 if bright.any()
                 else None,
             }
+            rms = fits.offset_rms()
+            if rms is not None:  # the 1/f nuisance term: RMS of its offsets per chip, DN
+                fibers[key]["offset_rms_dn"] = [None if np.isnan(v) else float(v) for v in rms]
         return {
             "options": {k: v for k, v in self.options.__dict__.items()},
             "chips": sorted(self.chips),

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import EXIT_FLAGGED, EXIT_OK
 from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise
+from .segments import DEFAULT_SEGMENT_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--column-step", type=_at_least(1), default=8, help="every n-th column lit (8)"
     )
     stress.add_argument(
-        "--segment-columns", type=_segment_columns, default=512,
-        help="columns per nuisance segment, as pyapred fit's --segment-columns (512)",
+        "--segment-columns", type=_segment_columns, default=DEFAULT_SEGMENT_COLUMNS,
+        help="columns per nuisance segment, as pyapred fit's --segment-columns "
+        f"({DEFAULT_SEGMENT_COLUMNS})",
     )  # fmt: skip
     stress.add_argument(
         "--reference-columns",

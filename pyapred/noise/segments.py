@@ -23,7 +23,18 @@ import numpy as np
 
 from .hxrg import CHIP_ROWS, N_OUTPUTS, OUTPUT_COLUMNS
 
-__all__ = ["check_segment_columns", "keys_per_chip", "readout_keys", "readout_segments"]
+#: Columns per segment by default (``FitOptions.segment_columns``, ``pyapred noise stress``):
+#: the narrowest width measured that keeps omega's z-scores within 1 +/- 0.15 on every chip of a
+#: simulated exposure with 1/f noise (``docs/noise.md``, "Which route when").
+DEFAULT_SEGMENT_COLUMNS = 32
+
+__all__ = [
+    "DEFAULT_SEGMENT_COLUMNS",
+    "check_segment_columns",
+    "keys_per_chip",
+    "readout_keys",
+    "readout_segments",
+]
 
 
 def readout_keys(rows, cols, chip=0, *, columns: int = OUTPUT_COLUMNS) -> np.ndarray:

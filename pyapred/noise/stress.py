@@ -28,7 +28,7 @@ import numpy as np
 
 from .hxrg import OUTPUT_COLUMNS, HxrgNoise, simulate_hxrg
 from .refcorr import refcorr_reads, reference_read_variance
-from .segments import readout_keys, readout_segments
+from .segments import DEFAULT_SEGMENT_COLUMNS, readout_keys, readout_segments
 
 __all__ = ["CASES", "StressResult", "stress_test"]
 
@@ -82,7 +82,7 @@ def stress_test(
     noise: HxrgNoise | None = None,
     cases: tuple[str, ...] = CASES,
     refcorr_options: dict | None = None,
-    segment_columns: int = OUTPUT_COLUMNS,
+    segment_columns: int = DEFAULT_SEGMENT_COLUMNS,
     rng: np.random.Generator | int | None = None,
 ) -> StressResult:
     """Run the four-case comparison (plus two more corrected cases) on simulated exposures.
@@ -110,8 +110,8 @@ def stress_test(
         Keywords of :func:`~pyapred.noise.refcorr` other than ``method`` and ``background``
         (default: its defaults).
     segment_columns : int, optional
-        Columns per nuisance segment (:func:`~pyapred.noise.segments.readout_keys`), as
-        ``FitOptions.segment_columns``.
+        Columns per nuisance segment (:func:`~pyapred.noise.segments.readout_keys`); default
+        ``FitOptions.segment_columns``'s.
     rng : numpy.random.Generator or int, optional
 
     Returns

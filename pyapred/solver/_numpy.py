@@ -611,13 +611,17 @@ def normal_equations_kernel(
 
 
 @njit(cache=True, parallel=True)
-def adjusted_kernel(diffs, valid, offsets, segment, out):
-    """``out = diffs - offsets[g, segment[g, p]]`` where ``valid``, else 0 (:class:`_Offsets`).
+def adjusted_kernel(diffs, valid, offsets, segment, active, out):
+    """``out = diffs - offsets[g, segment[g, p]]`` where ``valid``, else 0 (:class:`_Offsets`),
+    for the ``active`` groups (the others are left as they are).
 
-    ``diffs``, ``valid``, ``out`` (G, P, K); ``offsets`` (G, S, K); ``segment`` (G, P).
+    ``diffs``, ``valid``, ``out`` (G, P, K); ``offsets`` (G, S, K); ``segment`` (G, P);
+    ``active`` (G,).
     """
     G, P, K = diffs.shape
     for g in prange(G):
+        if not active[g]:
+            continue
         for p in range(P):
             s = segment[g, p]
             for k in range(K):
@@ -1130,15 +1134,21 @@ class _Offsets:
         self.m = np.zeros((G, S, K, K))
         self.b = np.zeros((G, S, K))
         self.ec_hat = np.zeros((G, P, K))
+        # The reduced blocks of the last :meth:`reduce`, per group (in z).
+        self.bm = np.zeros((G, S, K, K))
+        self.bb = np.zeros((G, S, K))
+        self.ainv = np.zeros((G, S, K, K))
 
     def per_pixel(self, values):
         """``values (G, S, ...)`` at each pixel's segment: ``(G, P, ...)``."""
         return values[self.rows, self.segment]
 
-    def adjusted(self, diffs, valid):
-        """The differences with the current offsets removed (0 where invalid)."""
-        out = np.empty(diffs.shape)
-        adjusted_kernel(diffs, valid, self.value, self.segment, out)
+    def adjusted(self, diffs, valid, active=None):
+        """The differences with the current offsets removed (0 where invalid), for the
+        ``active`` groups (default all; 0 for the others)."""
+        out = np.zeros(diffs.shape)
+        rows = np.ones(diffs.shape[0], dtype=bool) if active is None else active
+        adjusted_kernel(diffs, valid, self.value, self.segment, rows, out)
         return out
 
     def evaluate(self, adjusted, valid, s2, dt, flux_cl, omega_cl, active, fit_pixel):
@@ -1148,32 +1158,45 @@ class _Offsets:
             self.m, self.b, self.ec_hat,
         )  # fmt: skip
 
-    def reduce(self, sch, rhs, free, dt):
-        """Eliminate the offsets from the omega system ``(sch, rhs)`` (second Schur complement)."""
-        t = self.transform
+    def reduce(self, sch, rhs, free, dt, active=None):
+        """Eliminate the offsets from the omega system ``(sch, rhs)`` (second Schur complement),
+        for the ``active`` groups (default all): a long-converging group does not make every
+        iteration cost a full one. Keeps the blocks that :meth:`step` and :meth:`flux_quad` use.
+        """
+        rows = np.arange(sch.shape[0]) if active is None else np.flatnonzero(active)
+        t = self.transform[rows]
         tt = t.swapaxes(-1, -2)
-        a = tt @ self.a @ t
-        pinned = ~self.free
+        a = tt @ self.a[rows] @ t
         diag = np.einsum("gskk->gsk", a)
-        diag[pinned] = 1.0  # pinned z: rows and columns of T^T A T are already 0
-        self.bm = tt @ (self.m * dt) * free[:, None, None, :]
-        self.bb = np.einsum("gslk,gsl->gsk", t, self.b)
+        diag[~self.free[rows]] = 1.0  # pinned z: rows and columns of T^T A T are already 0
+        bm = tt @ (self.m[rows] * dt) * free[rows][:, None, None, :]
+        bb = np.einsum("gslk,gsl->gsk", t, self.b[rows])
         # A singular block gives NaN, which stops its group as broken down (NOT_CONVERGED).
-        self.ainv = _inverse_spd(a.reshape(-1, *a.shape[-2:])).reshape(a.shape)
-        self.w = self.ainv @ self.bm
-        sch = sch - np.einsum("gsik,gsil->gkl", self.bm, self.w)
-        rhs = rhs - np.einsum("gsik,gsi->gk", self.w, self.bb)
+        ainv = _inverse_spd(a.reshape(-1, *a.shape[-2:])).reshape(a.shape)
+        w = ainv @ bm
+        self.bm[rows], self.bb[rows], self.ainv[rows] = bm, bb, ainv
+        sch, rhs = sch.copy(), rhs.copy()
+        sch[rows] -= np.einsum("gsik,gsil->gkl", bm, w)
+        rhs[rows] -= np.einsum("gsik,gsi->gk", w, bb)
         return sch, rhs
 
-    def step(self, d_omega):
-        """Offset update from the omega update, ``(G, S, K)``."""
-        rhs = self.bb - np.einsum("gskl,gl->gsk", self.bm, d_omega)
-        dz = np.einsum("gskl,gsl->gsk", self.ainv, rhs)
-        return np.einsum("gskl,gsl->gsk", self.transform, dz)
+    def step(self, d_omega, active=None):
+        """Offset update from the omega update, ``(G, S, K)`` (zero outside ``active``)."""
+        rows = np.arange(d_omega.shape[0]) if active is None else np.flatnonzero(active)
+        rhs = self.bb[rows] - np.einsum("gskl,gl->gsk", self.bm[rows], d_omega[rows])
+        dz = np.einsum("gskl,gsl->gsk", self.ainv[rows], rhs)
+        out = np.zeros(self.value.shape)
+        out[rows] = np.einsum("gskl,gsl->gsk", self.transform[rows], dz)
+        return out
 
-    def flux_term(self, d_offsets):
-        """``e_p . dc_s(p)`` per pixel, to subtract from the flux step's numerator."""
-        return np.einsum("gpk,gpk->gp", self.ec_hat, self.per_pixel(d_offsets))
+    def flux_term(self, d_offsets, active=None):
+        """``e_p . dc_s(p)`` per pixel, to subtract from the flux step's numerator (zero outside
+        ``active``)."""
+        rows = np.arange(d_offsets.shape[0]) if active is None else np.flatnonzero(active)
+        at_pixels = d_offsets[rows[:, None], self.segment[rows]]  # (n, P, K)
+        out = np.zeros(self.segment.shape)
+        out[rows] = np.einsum("gpk,gpk->gp", self.ec_hat[rows], at_pixels)
+        return out
 
     def flux_quad(self, e_hat, cov):
         """``zeta_p^T Cov zeta_p`` with both omega and the offsets marginalised, ``(G, P)``.
@@ -1327,8 +1350,8 @@ def fit_omega_groups(
         d_flux = normal.flux_step(d_omega_all, active)
         d_offsets = None
         if offsets is not None:
-            d_offsets = offsets.step(d_omega_all)
-            term = offsets.flux_term(d_offsets)
+            d_offsets = offsets.step(d_omega_all, active)
+            term = offsets.flux_term(d_offsets, active)
             with np.errstate(invalid="ignore", divide="ignore"):
                 d_flux -= np.where(normal.sqrt_d > 0, term / normal.sqrt_d, 0.0)
         d_flux = d_flux[active]
@@ -1554,7 +1577,9 @@ def _line_search(diffs, valid, s2, dt, flux, omega, d_flux, d_omega, d_offsets, 
         segment = np.zeros((G, P), dtype=np.int64)
         step_c = np.zeros((G, 1, K))
     else:
-        fitted = offsets.adjusted(diffs, valid)
+        searched = np.zeros(G, dtype=bool)
+        searched[rows] = True
+        fitted = offsets.adjusted(diffs, valid, searched)
         segment = offsets.segment
         step_c = np.zeros(offsets.value.shape)
         step_c[rows] = d_offsets
@@ -1587,13 +1612,13 @@ def _evaluate(normal, offsets, diffs, valid, s2, dt, flux, omega, active, fit_pi
               newton=None):  # fmt: skip
     """Normal equations at the current point, reduced to omega: ``(schur, rhs)``; ``newton``
     groups get the exact Hessian's flux-omega block (not with offsets)."""
-    fitted = diffs if offsets is None else offsets.adjusted(diffs, valid)
+    fitted = diffs if offsets is None else offsets.adjusted(diffs, valid, active)
     normal.evaluate(fitted, valid, s2, dt, flux, omega, active, fit_pixel, newton)
     sch, rhs = normal.schur(free, active)
     if offsets is None:
         return sch, rhs
     offsets.evaluate(fitted, valid, s2, dt, flux, omega, active, fit_pixel)
-    return offsets.reduce(sch, rhs, free, dt)
+    return offsets.reduce(sch, rhs, free, dt, active)
 
 
 def _scatter(values, where, shape):

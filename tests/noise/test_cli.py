@@ -50,8 +50,9 @@ def test_simulate_makes_its_output_folder(tmp_path, capsys):
 def test_stress_one_exposure_at_a_time_gives_the_same_numbers(capsys):
     from pyapred.noise.stress import stress_test
 
+    # Every 64th column: 8 pixels per row, so the nuisance segments are whole output rows.
     argv = ["noise", "stress", "--exposures", "2", "--fibers", "2", "--read-time", "0",
-            "--column-step", "64", "--seed", "3"]  # fmt: skip
+            "--column-step", "64", "--seed", "3", "--segment-columns", "512"]  # fmt: skip
     main([*argv, "--json"])
     out, err = capsys.readouterr()
     summary = json.loads(out)
@@ -59,7 +60,7 @@ def test_stress_one_exposure_at_a_time_gives_the_same_numbers(capsys):
     from pyapred.noise import HxrgNoise
 
     noise = HxrgNoise(white=10.0, c_pink=6.0, u_pink=3.0, acn=2.0, read_time=0.0)
-    direct = stress_test(2, n_fibers=2, column_step=64, noise=noise,
+    direct = stress_test(2, n_fibers=2, column_step=64, noise=noise, segment_columns=512,
                          refcorr_options={"reference_columns": False}, rng=3).summary()  # fmt: skip
     for case, (bias, z_std, error) in direct.items():
         assert (summary[case]["bias"], summary[case]["z_std"]) == (bias, z_std)

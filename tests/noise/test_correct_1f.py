@@ -203,12 +203,13 @@ def test_nuisance_product_and_command_line(exposure, tmp_path, capsys):
     assert main(argv) in (0, 1)
     summary = json.loads(capsys.readouterr().out)
     assert summary["options"]["correct_1f"] == "refpix+nuisance"
+    (summary_rms,) = summary["fibers"]["R"]["offset_rms_dn"]
     product = read_product(out)
     options = json.loads(product.metadata["fit_options"])
     assert options["correct_1f"] == "refpix+nuisance" and options["segment_columns"] == 256
     assert list(product.metadata["nuisance_chips"]) == ["R"]
     (rms,) = product.metadata["nuisance_offset_rms_dn"]
-    assert 0.0 < rms < 100.0
+    assert 0.0 < rms < 100.0 and rms == pytest.approx(summary_rms)
     assert main(["fit", *args, str(tmp_path / "x.h5"), "--segment-columns", "100"]) == 2
     assert "divisor of 512" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
