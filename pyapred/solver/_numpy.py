@@ -611,6 +611,38 @@ def normal_equations_kernel(
 
 
 @njit(cache=True, parallel=True)
+def offset_reduce_kernel(a, m, b, dt, free_omega, free, last, rows, out_a, out_bm, out_b):
+    """The offset blocks in ``z`` (``c = T z``, :class:`_Offsets`) for the groups ``rows``:
+    ``out_a = T^T a T`` (the diagonal of pinned elements set to 1), ``out_bm = T^T m diag(dt)``
+    (columns of fixed omega elements 0) and ``out_b = T^T b``.
+
+    ``T`` keeps the free elements and puts ``-sum(z)`` at the last element with data ``L``, so
+    ``(T^T x)_i = free_i (x_i - x_L)``: O(K^2) per segment rather than K x K products.
+    ``a``, ``m`` (G, S, K, K); ``b`` (G, S, K); ``free_omega`` (G, K); ``free`` (G, S, K);
+    ``last`` (G, S); outputs ``(len(rows), S, ...)``.
+    """
+    S, K = b.shape[1], b.shape[2]
+    for i in prange(rows.size):
+        g = rows[i]
+        for s in range(S):
+            L = last[g, s]
+            for k in range(K):
+                fk = free[g, s, k]
+                out_b[i, s, k] = b[g, s, k] - b[g, s, L] if fk else 0.0
+                for j in range(K):
+                    if fk and free[g, s, j]:
+                        out_a[i, s, k, j] = (
+                            a[g, s, k, j] - a[g, s, L, j] - a[g, s, k, L] + a[g, s, L, L]
+                        )
+                    else:
+                        out_a[i, s, k, j] = 1.0 if (k == j and not fk) else 0.0
+                    if fk and free_omega[g, j]:
+                        out_bm[i, s, k, j] = (m[g, s, k, j] - m[g, s, L, j]) * dt[j]
+                    else:
+                        out_bm[i, s, k, j] = 0.0
+
+
+@njit(cache=True, parallel=True)
 def adjusted_kernel(diffs, valid, offsets, segment, active, out):
     """``out = diffs - offsets[g, segment[g, p]]`` where ``valid``, else 0 (:class:`_Offsets`),
     for the ``active`` groups (the others are left as they are).
@@ -1124,11 +1156,6 @@ class _Offsets:
         last = K - 1 - np.argmax(has[..., ::-1], axis=-1)  # (G, S)
         self.last = last
         self.free = has & (np.arange(K) != last[..., None])
-        k = np.arange(K)
-        transform = np.zeros((G, S, K, K))
-        transform[..., k, k] = self.free
-        np.put_along_axis(transform, last[..., None, None], -1.0 * self.free[..., None, :], axis=2)
-        self.transform = transform
         self.value = np.zeros((G, S, K))
         self.a = np.zeros((G, S, K, K))
         self.m = np.zeros((G, S, K, K))
@@ -1164,29 +1191,34 @@ class _Offsets:
         iteration cost a full one. Keeps the blocks that :meth:`step` and :meth:`flux_quad` use.
         """
         rows = np.arange(sch.shape[0]) if active is None else np.flatnonzero(active)
-        t = self.transform[rows]
-        tt = t.swapaxes(-1, -2)
-        a = tt @ self.a[rows] @ t
-        diag = np.einsum("gskk->gsk", a)
-        diag[~self.free[rows]] = 1.0  # pinned z: rows and columns of T^T A T are already 0
-        bm = tt @ (self.m[rows] * dt) * free[rows][:, None, None, :]
-        bb = np.einsum("gslk,gsl->gsk", t, self.b[rows])
+        n, S, K = rows.size, self.b.shape[1], self.b.shape[2]
+        a, bm, bb = np.empty((n, S, K, K)), np.empty((n, S, K, K)), np.empty((n, S, K))
+        offset_reduce_kernel(self.a, self.m, self.b, dt, free, self.free, self.last, rows, a, bm,
+                             bb)  # fmt: skip
         # A singular block gives NaN, which stops its group as broken down (NOT_CONVERGED).
         ainv = _inverse_spd(a.reshape(-1, *a.shape[-2:])).reshape(a.shape)
         w = ainv @ bm
         self.bm[rows], self.bb[rows], self.ainv[rows] = bm, bb, ainv
+        # sum_s bm_s^T w_s and sum_s w_s^T bb_s as one (S K)-long product per group (BLAS).
+        n, S, K = bb.shape
+        stacked_bm = bm.reshape(n, S * K, K).swapaxes(-1, -2)
         sch, rhs = sch.copy(), rhs.copy()
-        sch[rows] -= np.einsum("gsik,gsil->gkl", bm, w)
-        rhs[rows] -= np.einsum("gsik,gsi->gk", w, bb)
+        sch[rows] -= stacked_bm @ w.reshape(n, S * K, K)
+        rhs[rows] -= (w.reshape(n, S * K, K).swapaxes(-1, -2) @ bb.reshape(n, S * K, 1))[..., 0]
         return sch, rhs
 
     def step(self, d_omega, active=None):
         """Offset update from the omega update, ``(G, S, K)`` (zero outside ``active``)."""
         rows = np.arange(d_omega.shape[0]) if active is None else np.flatnonzero(active)
-        rhs = self.bb[rows] - np.einsum("gskl,gl->gsk", self.bm[rows], d_omega[rows])
-        dz = np.einsum("gskl,gsl->gsk", self.ainv[rows], rhs)
+        rhs = self.bb[rows] - (self.bm[rows] @ d_omega[rows][:, None, :, None])[..., 0]
+        dz = (self.ainv[rows] @ rhs[..., None])[..., 0]
+        # c = T dz: c_k = dz_k for the free k, c_L = -sum(dz) at the last element with data.
+        dz = np.where(self.free[rows], dz, 0.0)
+        dc = dz.copy()
+        np.put_along_axis(dc, self.last[rows][..., None], -dz.sum(axis=-1, keepdims=True), axis=-1)
+        dc = np.where(self.has_data[rows], dc, 0.0)
         out = np.zeros(self.value.shape)
-        out[rows] = np.einsum("gskl,gsl->gsk", self.transform[rows], dz)
+        out[rows] = dc
         return out
 
     def flux_term(self, d_offsets, active=None):
