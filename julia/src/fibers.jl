@@ -29,7 +29,11 @@ Per-fiber omega fits and model decisions (one chip, or all chips jointly); pyapr
   `borrowed_cov` `(K, K)`: the bright-fiber mean lent to faint fibers (`ref_index` = 1);
 - `fit`: the batched [`fit_omega`](@ref) result, fibers as groups (`nothing` with
   `model = "constant"`); `pixel_chi2_constant` `(n_pix, n_fibers)`: the constant-model chi2 of
-  each fit pixel (NaN for padding).
+  each fit pixel (NaN for padding);
+- `segment_chip`, `segment_pixels` `(n_segments, n_fibers)`, with the 1/f nuisance term
+  (`correct_1f = "nuisance"`; else `nothing`): the chip (1-based among the chips fitted together,
+  0 where a fiber has fewer segments) and the number of fit pixels of each of a fiber's readout
+  segments, whose offsets are `fit.offsets` `(K, n_segments, n_fibers)`; see [`offset_rms`](@ref).
 """
 struct FiberFits
     omega_fit::Matrix{Float64}
