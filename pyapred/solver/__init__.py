@@ -7,6 +7,7 @@ from ._flags import Flag, describe_flags
 from ._julia import JuliaBackendError, julia_available
 from ._julia import load as load_julia
 from .api import (
+    ChromaticFit,
     FluxFit,
     JumpResult,
     OmegaFit,
@@ -16,12 +17,14 @@ from .api import (
     fit_constant,
     fit_equal_weight,
     fit_omega,
+    fit_omega_chromatic,
     initial_guess,
     read_intervals,
     sample_omega,
 )
 
 __all__ = [
+    "ChromaticFit",
     "Flag",
     "FluxFit",
     "JuliaBackendError",
@@ -34,6 +37,7 @@ __all__ = [
     "fit_constant",
     "fit_equal_weight",
     "fit_omega",
+    "fit_omega_chromatic",
     "initial_guess",
     "julia_available",
     "load_julia",

@@ -158,6 +158,10 @@ class OmegaFit:
         Convergence report: the line-search factor of the last update (1 for a full step, 0
         where no step decreased the objective; always 1 in ``mode="reference"``); NaN for an
         empty group.
+    jump_mask : ndarray of bool, ``(n_groups, n_pix, K)``, or None
+        With ``jump_search``: the read differences the jump search masked (True), so that a
+        later fit of the same pixels (:func:`fit_omega_chromatic`) uses the same data. None
+        otherwise.
     """
 
     omega: np.ndarray
@@ -176,6 +180,7 @@ class OmegaFit:
     stop_reason: np.ndarray | None = None
     step_size: np.ndarray | None = None
     damping: np.ndarray | None = None
+    jump_mask: np.ndarray | None = None
 
     def normalized(self) -> tuple[np.ndarray, np.ndarray]:
         """Omega scaled to mean 1 per group, with its covariance propagated to that scale.
@@ -801,9 +806,10 @@ def fit_omega(
         if mode == "reference":
             raise ValueError("segments: not available with mode='reference'")
         options["segments"] = _segment_labels(segments, single, (G, P))
+    jump_mask = None
     if jump_search:
         threshold = _check_threshold(jump_threshold, "jump_threshold")
-        res, n_diff, flags = _fit_omega_with_jumps(
+        res, n_diff, flags, jump_mask = _fit_omega_with_jumps(
             diffs, valid, s2, dt, fit_pixel, flags, threshold, options, backend
         )
     else:
@@ -829,11 +835,299 @@ def fit_omega(
         flags=flags,
         group_flags=group_flags,
         offsets=None if segments is None else res["offsets"] / gain_map.mean(axis=1)[:, None, None],
+        jump_mask=jump_mask,
         **_convergence_report(res, fit_pixel.any(axis=1)),
     )
     if single:
         out = OmegaFit(**{k: None if v is None else v[0] for k, v in out.__dict__.items()})
     return out
+
+
+@dataclass(frozen=True)
+class ChromaticFit:
+    """Joint fit of a chromatic omega, ``omega_k (1 + gamma_k c)``, and per-pixel fluxes.
+
+    ``c`` is each pixel's normalised wavelength coordinate (the stages use -1 at the bluest and
+    +1 at the reddest column of the chips fitted together), so ``2 gamma_k`` is the red-to-blue
+    difference of read difference ``k``'s transparency relative to the reference read. Shapes as
+    in :class:`OmegaFit` (the leading ``n_groups`` axis absent for a single group).
+
+    Attributes
+    ----------
+    omega : ndarray, float64, ``(n_groups, K)``
+        Transparency at ``c = 0``, ``omega[ref_index] == 1``; NaN without data.
+    gamma : ndarray, float64, ``(n_groups, K)``
+        Chromatic slope, ``gamma[ref_index] == 0`` (otherwise degenerate with the fluxes' own
+        spectral shape); 0 for an element seen at a single coordinate, NaN without data.
+    cov : ndarray, float64, ``(n_groups, 2K, 2K)``
+        Covariance of ``(omega, gamma)`` stacked (fluxes marginalised); rows and columns of
+        fixed elements are 0. :meth:`omega_cov` and :meth:`gamma_cov` are its blocks.
+    ref_index : ndarray, int64, ``(n_groups,)``
+    flux, flux_var, chi2 : ndarray, float64, ``(n_groups, n_pix)``
+        Joint fluxes per read interval at the normalisation of ``omega_at(c)`` (reference read:
+        1 at ``c = 0``), their marginal variances, and each pixel's eq-24 chi2.
+    n_diff : ndarray, int64, ``(n_groups, n_pix)``
+    flags, group_flags : ndarray, int64
+        As in :class:`OmegaFit`.
+    n_iter : ndarray, int64, ``(n_groups,)``
+    converged : ndarray, bool, ``(n_groups,)``
+    stop_reason : ndarray, int64, ``(n_groups,)``
+        A :class:`StopReason` code.
+    delta_chi2 : ndarray, float64, ``(n_groups,)``
+        Achromatic minus chromatic chi2 over the fitted pixels (the likelihood-ratio statistic;
+        the same differences in both fits).
+    dof : ndarray, int64, ``(n_groups,)``
+        Its degrees of freedom: the free elements of ``gamma``.
+    p_value : ndarray, float64, ``(n_groups,)``
+        Probability of ``delta_chi2 / inflation**2`` under the achromatic model (chi2 with
+        ``dof`` degrees of freedom; dividing by the chromatic fit's ``inflation**2`` makes it an
+        F-like test that over-dispersed noise does not turn into false detections).
+    amplitude : ndarray, float64, ``(n_groups,)``
+        Equivalent chromatic amplitude: ``sqrt(12 (var(2 gamma) - mean(sigma_2gamma^2)))`` over
+        the free elements and the reference (the peak-to-peak red-to-blue difference of a
+        uniformly spread one, debiased for noise; the analogue of the paper's A).
+    inflation : ndarray, float64, ``(n_groups,)``
+        ``sqrt(sum chi2 / sum (n_diff - 1))`` of the chromatic fit.
+    """
+
+    omega: np.ndarray
+    gamma: np.ndarray
+    cov: np.ndarray
+    ref_index: np.ndarray
+    flux: np.ndarray
+    flux_var: np.ndarray
+    chi2: np.ndarray
+    n_diff: np.ndarray
+    flags: np.ndarray
+    group_flags: np.ndarray
+    n_iter: np.ndarray
+    converged: np.ndarray
+    stop_reason: np.ndarray
+    delta_chi2: np.ndarray
+    dof: np.ndarray
+    p_value: np.ndarray
+    amplitude: np.ndarray
+    inflation: np.ndarray
+
+    def omega_cov(self) -> np.ndarray:
+        """Covariance of ``omega``, ``(..., K, K)``."""
+        K = np.shape(self.omega)[-1]
+        return np.asarray(self.cov)[..., :K, :K]
+
+    def gamma_cov(self) -> np.ndarray:
+        """Covariance of ``gamma``, ``(..., K, K)``."""
+        K = np.shape(self.omega)[-1]
+        return np.asarray(self.cov)[..., K:, K:]
+
+    def gamma_error(self) -> np.ndarray:
+        """Marginal errors of ``gamma``, ``(..., K)`` (0 for fixed elements)."""
+        return np.sqrt(np.maximum(np.diagonal(self.gamma_cov(), axis1=-2, axis2=-1), 0.0))
+
+    def omega_at(self, coordinate) -> np.ndarray:
+        """Each pixel's own omega, ``omega * (1 + gamma * c)``.
+
+        Parameters
+        ----------
+        coordinate : array_like
+            ``(n_groups, n_pix)`` (or ``(n_pix,)`` for a single group) wavelength coordinates.
+
+        Returns
+        -------
+        ndarray, ``coordinate.shape + (K,)``
+        """
+        c = np.asarray(coordinate, dtype=np.float64)[..., None]
+        omega = np.asarray(self.omega)[..., None, :]
+        gamma = np.nan_to_num(np.asarray(self.gamma))[..., None, :]
+        return omega * (1.0 + gamma * c)
+
+    def __repr__(self) -> str:
+        """Convergence and the test's outcome (a line, never whole arrays)."""
+        from .reprs import finite_median, fmt
+
+        converged = np.atleast_1d(self.converged)
+        p = np.atleast_1d(self.p_value)
+        return (
+            f"ChromaticFit: {converged.size} groups, {int(converged.sum())} converged; "
+            f"median |gamma| {fmt(finite_median(np.abs(self.gamma)))}; p < 0.001 in "
+            f"{int(np.count_nonzero(p < 1e-3))}; median amplitude "
+            f"{fmt(finite_median(self.amplitude))}"
+        )
+
+
+def fit_omega_chromatic(
+    reads,
+    read_noise,
+    coordinate,
+    *,
+    start: OmegaFit | None = None,
+    gain=1.0,
+    mask=None,
+    read_times=None,
+    saturation=None,
+    ref_index=None,
+    rtol: float = 1e-8,
+    max_iter: int = 50,
+    jump_search: bool = False,
+    jump_threshold: float = 4.5,
+    backend: Backend = "numpy",
+) -> ChromaticFit:
+    """Joint fit of a chromatic omega and the fluxes, tested against the achromatic fit.
+
+    Model: read difference ``k`` of pixel ``p`` is ``f_p omega_k (1 + gamma_k c_p) dt_k``, with
+    ``c_p`` the pixel's normalised wavelength coordinate, ``omega[ref_index] = 1`` and
+    ``gamma[ref_index] = 0``. It is linear in ``(omega, omega * gamma)``, so the fluxes are
+    eliminated by the Schur complement as in :func:`fit_omega` and the dense system is
+    ``2(K-1) x 2(K-1)``. Gauss-Newton with a line search on the chi2 (covariances frozen at the
+    current point) starts from the achromatic solution; the covariance is evaluated at the
+    solution (``docs/model.md``, "Chromatic transparency").
+
+    Parameters
+    ----------
+    reads, read_noise, gain, mask, read_times, saturation
+        As in :func:`fit_omega`.
+    coordinate : array_like
+        Broadcastable to ``reads.shape[1:]``: each pixel's normalised wavelength coordinate,
+        dimensionless (about -1 .. 1 over the fitted wavelength range).
+    start : OmegaFit, optional
+        The achromatic fit of the same pixels (with the same inputs): the starting point, its
+        reference read, its jump mask, and the null model of the test. Default: it is computed
+        here with :func:`fit_omega` (``ref_index``, ``jump_search``, ``jump_threshold``,
+        ``backend``).
+    ref_index, jump_search, jump_threshold
+        Passed to :func:`fit_omega` when ``start`` is not given.
+    rtol, max_iter
+        Convergence of the chromatic iteration, as in :func:`fit_omega`.
+    backend : {"numpy", "julia", "auto"}
+        As in :func:`fit_omega` (Julia: APRampFit's ``fit_chromatic_groups``).
+
+    Returns
+    -------
+    ChromaticFit
+        Fluxes in the units of ``reads`` per read interval.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyapred import fit_omega_chromatic, simulate_ramps
+    >>> rng = np.random.default_rng(1)
+    >>> K, c = 20, np.linspace(-1, 1, 400)
+    >>> omega, gamma = np.linspace(1.0, 0.7, K), np.linspace(0.0, -0.05, K)
+    >>> truth = omega * (1 + gamma * c[:, None])              # (n_pix, K)
+    >>> reads = np.concatenate([np.zeros((1, c.size)), np.cumsum(5000 * truth.T, 0)])
+    >>> reads = reads + rng.normal(0, 15, reads.shape) + rng.normal(0, np.sqrt(np.maximum(
+    ...     np.diff(reads, axis=0, prepend=0), 1)))
+    >>> fit = fit_omega_chromatic(reads, 15.0, c)
+    >>> bool(fit.p_value < 1e-6)
+    True
+    """
+    from scipy.stats import chi2 as chi2_dist
+
+    if not (np.isfinite(rtol) and rtol > 0):
+        raise ValueError(f"rtol: expected a finite value > 0, got {rtol}")
+    if int(max_iter) < 1:
+        raise ValueError(f"max_iter: expected >= 1, got {max_iter}")
+    if start is None:
+        start = fit_omega(
+            reads, read_noise, gain=gain, mask=mask, read_times=read_times,
+            saturation=saturation, ref_index=ref_index, jump_search=jump_search,
+            jump_threshold=jump_threshold, backend=backend,
+        )  # fmt: skip
+    single, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
+        reads, read_noise, gain, mask, read_times, saturation, backend
+    )
+    G, P, K = diffs.shape
+    coord = np.asarray(coordinate, dtype=np.float64)
+    try:
+        coord = np.broadcast_to(coord[None] if single and coord.ndim else coord, (G, P))
+    except ValueError:
+        raise ValueError(
+            f"coordinate: expected a shape broadcastable to {np.shape(reads)[1:]}, got "
+            f"{np.shape(coordinate)}"
+        ) from None
+    if not np.isfinite(coord).all():
+        raise ValueError("coordinate: expected finite values")
+
+    def grouped(value):
+        value = np.asarray(value)
+        return value[None] if single else value
+
+    s_omega, s_flux = grouped(start.omega), grouped(start.flux)
+    if s_omega.shape != (G, K) or s_flux.shape != (G, P):
+        raise ValueError(
+            f"start: expected an OmegaFit of the same pixels, omega {(G, K)} and flux {(G, P)}, "
+            f"got {s_omega.shape} and {s_flux.shape}"
+        )
+    if start.jump_mask is not None:
+        valid &= ~grouped(start.jump_mask)
+    fit_pixel = ~(grouped(start.flags) & Flag.NOT_IN_OMEGA_FIT).astype(bool)
+    fit_pixel &= valid.sum(axis=-1) >= 2
+    kstar = grouped(start.ref_index).astype(np.int64).reshape(G)
+    res = _chromatic_backend(backend).fit_chromatic_groups(
+        diffs, valid, s2, dt, fit_pixel, coord, s_omega, s_flux * gain_map, kstar,
+        rtol=float(rtol), max_iter=int(max_iter),
+    )  # fmt: skip
+    n_diff = valid.sum(axis=-1).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gamma = res["slope"] / res["omega"]
+        # (omega, gamma) = (a, b / a): the covariance of (a, b) by the Jacobian of that map.
+        jac = np.zeros((G, 2 * K, 2 * K))
+        idx = np.arange(K)
+        jac[:, idx, idx] = 1.0
+        jac[:, K + idx, idx] = np.nan_to_num(-res["slope"] / res["omega"] ** 2)
+        jac[:, K + idx, K + idx] = np.nan_to_num(1.0 / res["omega"])
+        cov = jac @ res["cov"] @ np.swapaxes(jac, 1, 2)
+        dof_pix = np.where(fit_pixel, n_diff - 1, 0).sum(axis=1)
+        inflation = np.sqrt(np.nansum(res["chi2"], axis=1) / dof_pix)
+        achromatic = np.where(fit_pixel, grouped(start.chi2), 0.0).sum(axis=1)
+        delta = achromatic - np.where(fit_pixel, res["chi2"], 0.0).sum(axis=1)
+        dof = res["free"][:, K:].sum(axis=1).astype(np.int64)
+        p_value = np.where(dof > 0, chi2_dist.sf(delta / inflation**2, np.maximum(dof, 1)), 1.0)
+        error = np.sqrt(np.maximum(np.diagonal(cov[:, K:, K:], axis1=1, axis2=2), 0.0))
+        free_b = res["free"][:, K:] | (idx[None, :] == kstar[:, None])
+        doubled = np.where(free_b, 2.0 * gamma, np.nan)
+        excess = np.nanvar(doubled, axis=1) - np.nanmean(np.where(free_b, 2 * error, np.nan) ** 2,
+                                                          axis=1)  # fmt: skip
+        amplitude = np.sqrt(12.0 * np.maximum(excess, 0.0))
+    nonempty = fit_pixel.any(axis=1)
+    group_flags = np.zeros(G, dtype=np.int64)
+    group_flags[~res["converged"]] |= Flag.NOT_CONVERGED
+    group_flags[~nonempty] |= Flag.EMPTY_GROUP
+    flags = flags | grouped(start.flags)
+    out = ChromaticFit(
+        omega=res["omega"],
+        gamma=gamma,
+        cov=cov,
+        ref_index=kstar,
+        flux=res["flux"] / gain_map,
+        flux_var=res["flux_var"] / gain_map**2,
+        chi2=res["chi2"],
+        n_diff=n_diff,
+        flags=flags,
+        group_flags=group_flags,
+        n_iter=res["n_iter"],
+        converged=res["converged"],
+        stop_reason=res["stop_reason"],
+        delta_chi2=np.where(nonempty, delta, np.nan),
+        dof=dof,
+        p_value=np.where(nonempty, p_value, np.nan),
+        amplitude=np.where(nonempty, amplitude, np.nan),
+        inflation=inflation,
+    )
+    if single:
+        out = ChromaticFit(**{k: v[0] for k, v in out.__dict__.items()})
+    return out
+
+
+def _chromatic_backend(backend: str = "numpy"):
+    """The chromatic fit of ``backend``: :mod:`._chromatic`, or the Julia bridge's twin."""
+    from . import _julia
+
+    kernels = backend_kernels(backend)
+    if kernels is _julia:
+        return kernels
+    from . import _chromatic
+
+    return _chromatic
 
 
 def _convergence_report(res: dict, nonempty: np.ndarray) -> dict:
@@ -1144,7 +1438,7 @@ def find_jumps(
 
 
 def _fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, flags, threshold, options, backend):
-    """fit_omega's joint fit alternated with the jump search: ``(res, n_diff, flags)``.
+    """fit_omega's joint fit alternated with the jump search: ``(res, n_diff, flags, jump_mask)``.
 
     The alternation runs on ``backend`` (``_jumps.fit_omega_with_jumps`` or its Julia twin);
     ``n_diff`` and the jump flags are derived here from what it returns, for both backends.
@@ -1157,4 +1451,4 @@ def _fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, flags, threshold, opt
     n_diff = used.sum(axis=-1).astype(np.int64)
     flags = flags | np.where(n_jumps > 0, int(Flag.JUMP_DETECTED), 0)
     flags |= np.where(fit_pixel & (n_diff <= _jumps.MIN_CLEAN_DIFFS), int(Flag.FEW_CLEAN_DIFFS), 0)
-    return res, n_diff, flags
+    return res, n_diff, flags, valid & ~used

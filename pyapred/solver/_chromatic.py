@@ -1,0 +1,389 @@
+"""The chromatic time-variable model: omega that changes linearly with wavelength.
+
+Read difference ``k`` of pixel ``p`` is ``f_p (a_k + c_p b_k) dt_k``, with ``c_p`` the pixel's
+normalised wavelength coordinate; ``a = omega`` (the transparency at ``c = 0``) and
+``b = omega * gamma`` (its slope). The model is linear in the fluxes, so they are eliminated by
+the Schur complement exactly as in the achromatic fit (``_numpy.normal_equations_kernel``); the
+parameter block grows from K to 2K, with ``a[ref] = 1`` and ``b[ref] = 0`` pinned. Every pixel's
+contribution to the 2K x 2K block is ``[[1, c], [c, c^2]] (x) M_p``, with ``M_p`` the pixel's
+K x K block of the achromatic fit at its own omega ``a + c_p b``: so the kernel accumulates the
+three moments ``sum c^j M_p`` (j = 0, 1, 2) instead of one (``docs/model.md``, "Chromatic
+transparency"). The Julia twin is ``julia/src/chromatic.jl``.
+
+Everything is in electrons, as in ``_numpy``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._numpy import _chi2_pixel, _inverse_spd, _solve_spd
+
+__all__ = ["fit_chromatic_groups"]
+
+# Step halvings tried by the line search before a group is declared stuck.
+MAX_HALVINGS = 30
+STOP_CONVERGED, STOP_MAX_ITER, STOP_BREAKDOWN, STOP_LINE_SEARCH, STOP_EMPTY = range(5)
+
+
+@njit(cache=True, parallel=True)
+def chromatic_normal_kernel(
+    diffs, valid, s2, dt, flux, a, b, coord, active, fit_pixel, out_g, out_gw, e_hat, gf_hat,
+    sqrt_d,
+):  # fmt: skip
+    """Gauss-Newton normal equations of the chromatic model, fluxes ready for elimination.
+
+    As ``_numpy.normal_equations_kernel`` (Gauss-Newton blocks, C built at the current point),
+    with each pixel's omega ``a[g] + coord[g, p] * b[g]``: ``out_g[g, j]`` (j = 0, 1, 2) is
+    ``sum_p c_p^j flux_p^2 diag(dt) C_p^-1 diag(dt)``, ``out_gw[g, j]`` (j = 0, 1) is
+    ``sum_p c_p^j flux_p dt * (C_p^-1 r_p)``; ``e_hat``, ``gf_hat`` and ``sqrt_d`` are the
+    per-pixel flux blocks of the omega part (the slope part is ``c_p`` times them).
+    """
+    G, P, K = diffs.shape
+    for g in prange(G):
+        if not active[g]:
+            continue
+        low = np.empty(K)
+        inv = np.empty(K)
+        yx = np.empty(K)
+        yr = np.empty(K)
+        u = np.empty(K)
+        z = np.empty(K)
+        diag = np.empty(K)
+        left = np.zeros((P, K))
+        right = np.zeros((P, K))
+        running = np.empty(K)
+        first = np.empty(K, dtype=np.int64)
+        acc = np.zeros((3, K, K))
+        accw = np.zeros((2, K))
+        for p in range(P):
+            if not fit_pixel[g, p]:
+                sqrt_d[g, p] = 0.0
+                gf_hat[g, p] = 0.0
+                e_hat[g, p, :] = 0.0
+                continue
+            f = flux[g, p]
+            c = coord[g, p]
+            var = s2[g, p]
+            vmask = valid[g, p]
+            dd = 0.0
+            gf = 0.0
+            for k in range(K):
+                ok = vmask[k]
+                xk = (a[g, k] + c * b[g, k]) * dt[k] if ok else 0.0
+                rk = diffs[g, p, k] - f * xk if ok else 0.0
+                alpha = max(f * xk, 0.0) + 2.0 * var if ok else 1.0
+                beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
+                lk = beta * inv[k - 1] if k > 0 else 0.0
+                low[k] = lk
+                inv[k] = 1.0 / (alpha - lk * beta)
+                yx[k] = xk - lk * yx[k - 1] if k > 0 else xk
+                yr[k] = rk - lk * yr[k - 1] if k > 0 else rk
+                dd += yx[k] * yx[k] * inv[k]
+                gf += yx[k] * yr[k] * inv[k]
+            sd = np.sqrt(dd)
+            sqrt_d[g, p] = sd
+            gf_hat[g, p] = gf / sd
+            u[K - 1] = yx[K - 1] * inv[K - 1]
+            z[K - 1] = yr[K - 1] * inv[K - 1]
+            diag[K - 1] = inv[K - 1]
+            for k in range(K - 2, -1, -1):
+                u[k] = yx[k] * inv[k] - low[k + 1] * u[k + 1]
+                z[k] = yr[k] * inv[k] - low[k + 1] * z[k + 1]
+                diag[k] = inv[k] + low[k + 1] * low[k + 1] * diag[k + 1]
+            inv_sd = 1.0 / sd
+            for k in range(K):
+                ok = vmask[k]
+                e_hat[g, p, k] = f * dt[k] * u[k] * inv_sd if ok else 0.0
+                w = f * dt[k] * z[k] if ok else 0.0
+                accw[0, k] += w
+                accw[1, k] += c * w
+            # The full C^-1 from the pivot ratios, as in normal_equations_kernel: one-block
+            # pixels become rows of `left` and `right` (three GEMMs per group below), the others
+            # are summed here.
+            f2 = f * f
+            prod = 1.0
+            start = 0
+            one_block = True
+            for j in range(K):
+                if j > 0:
+                    ratio = -low[j]
+                    if ratio == 0.0 or prod * ratio < 1e-150:
+                        prod = 1.0
+                        start = j
+                        one_block = False
+                    else:
+                        prod *= ratio
+                running[j] = prod
+                first[j] = start
+            for j in range(K):
+                lj = f2 * dt[j] / running[j] if vmask[j] else 0.0
+                rj = dt[j] * running[j] * diag[j] if vmask[j] else 0.0
+                left[p, j] = lj if one_block else 0.0
+                right[p, j] = rj if one_block else 0.0
+                if not one_block:
+                    for i in range(first[j], j + 1):
+                        li = f2 * dt[i] / running[i] if vmask[i] else 0.0
+                        term = li * rj
+                        acc[0, j, i] += term
+                        acc[1, j, i] += c * term
+                        acc[2, j, i] += c * c * term
+        weighted = np.empty((P, K))
+        for m in range(3):
+            for p in range(P):
+                w = coord[g, p] ** m if fit_pixel[g, p] else 0.0
+                for j in range(K):
+                    weighted[p, j] = left[p, j] * w
+            outer = np.dot(weighted.T, right)
+            for j in range(K):
+                for i in range(j + 1):
+                    value = acc[m, j, i] + outer[i, j]
+                    out_g[g, m, i, j] = value
+                    out_g[g, m, j, i] = value
+        for j in range(K):
+            out_gw[g, 0, j] = accw[0, j]
+            out_gw[g, 1, j] = accw[1, j]
+
+
+@njit(cache=True, parallel=True)
+def chromatic_chi2_kernel(diffs, valid, s2, dt, flux, a, b, coord, fit_pixel, out):
+    """Eq-24 chi2 of every fitted pixel at its own omega ``a[g] + coord[g, p] * b[g]``."""
+    G, P, K = diffs.shape
+    for g in prange(G):
+        work = np.empty((6, K))
+        xv = np.empty(K)
+        for p in range(P):
+            if not fit_pixel[g, p]:
+                out[g, p] = np.nan
+                continue
+            c = coord[g, p]
+            for k in range(K):
+                xv[k] = (a[g, k] + c * b[g, k]) * dt[k] if valid[g, p, k] else 0.0
+            out[g, p] = _chi2_pixel(diffs[g, p], xv, valid[g, p], s2[g, p], flux[g, p], work)
+
+
+@njit(cache=True, parallel=True)
+def chromatic_objective_change_kernel(
+    diffs, valid, s2, dt, flux, a, b, coord, d_flux, d_a, d_b, active, fit_pixel, out
+):  # fmt: skip
+    """Change of each group's chi2, C frozen at the current point, over a trial step.
+
+    As ``_numpy.objective_change_kernel``: ``sum_p (m' - m)^T C_p^-1 (m' - m - 2 r_p)``, from
+    the model change itself so that its sign is right near convergence.
+    """
+    G, P, K = diffs.shape
+    for g in prange(G):
+        out[g] = 0.0
+        if not active[g]:
+            continue
+        total = 0.0
+        for p in range(P):
+            if not fit_pixel[g, p]:
+                continue
+            f = flux[g, p]
+            df = d_flux[g, p]
+            c = coord[g, p]
+            var = s2[g, p]
+            vmask = valid[g, p]
+            inv_prev = 0.0
+            ym_prev = 0.0
+            yq_prev = 0.0
+            for k in range(K):
+                ok = vmask[k]
+                xk = (a[g, k] + c * b[g, k]) * dt[k] if ok else 0.0
+                dxk = (d_a[g, k] + c * d_b[g, k]) * dt[k] if ok else 0.0
+                dm = df * xk + f * dxk + df * dxk if ok else 0.0
+                q = dm - 2.0 * (diffs[g, p, k] - f * xk) if ok else 0.0
+                alpha = max(f * xk, 0.0) + 2.0 * var if ok else 1.0
+                beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
+                lk = beta * inv_prev
+                inv = 1.0 / (alpha - lk * beta)
+                ym = dm - lk * ym_prev
+                yq = q - lk * yq_prev
+                total += ym * yq * inv
+                inv_prev = inv
+                ym_prev = ym
+                yq_prev = yq
+        out[g] = total
+
+
+class _ChromaticNormal:
+    """Buffers of the chromatic normal equations for (G, P, K), reused across iterations."""
+
+    def __init__(self, G, P, K):
+        self.g = np.zeros((G, 3, K, K))
+        self.gw = np.zeros((G, 2, K))
+        self.e_hat = np.zeros((G, P, K))
+        self.gf_hat = np.zeros((G, P))
+        self.sqrt_d = np.zeros((G, P))
+
+    def evaluate(self, diffs, valid, s2, dt, flux, a, b, coord, active, fit_pixel):
+        chromatic_normal_kernel(diffs, valid, s2, dt, flux, a, b, coord, active, fit_pixel,
+                                self.g, self.gw, self.e_hat, self.gf_hat, self.sqrt_d)  # fmt: skip
+
+    def schur(self, coord, free, rows):
+        """The 2K x 2K Schur complement and right-hand side of the groups ``rows``; the pinned
+        parameters (``~free``, (G, 2K)) get an identity row and a zero right-hand side."""
+        G, P, K = self.e_hat.shape
+        sch = np.zeros((G, 2 * K, 2 * K))
+        rhs = np.zeros((G, 2 * K))
+        for g in rows:
+            e = self.e_hat[g]
+            ce = e * coord[g][:, None]
+            m0, m1, m2 = self.g[g]
+            sch[g, :K, :K] = m0 - e.T @ e
+            sch[g, :K, K:] = m1 - e.T @ ce
+            sch[g, K:, :K] = sch[g, :K, K:].T
+            sch[g, K:, K:] = m2 - ce.T @ ce
+            rhs[g, :K] = self.gw[g, 0] - e.T @ self.gf_hat[g]
+            rhs[g, K:] = self.gw[g, 1] - ce.T @ self.gf_hat[g]
+        pinned = ~free
+        sch[pinned[:, :, None] | pinned[:, None, :]] = 0.0
+        diag = sch.reshape(G, 4 * K * K)[:, :: 2 * K + 1]
+        diag[pinned] = 1.0
+        rhs[pinned] = 0.0
+        return sch, rhs
+
+    def flux_step(self, coord, d_a, d_b, rows):
+        """Flux update ``(g_f - E . (d_a + c d_b)) / D`` of the groups ``rows``."""
+        step = np.zeros(self.gf_hat.shape)
+        for g in rows:
+            e = self.e_hat[g]
+            step[g] = self.gf_hat[g] - e @ d_a[g] - coord[g] * (e @ d_b[g])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.sqrt_d > 0, step / self.sqrt_d, 0.0)
+
+
+def fit_chromatic_groups(diffs, valid, s2, dt, fit_pixel, coord, omega, flux, ref_index, *,
+                         rtol=1e-8, max_iter=50):  # fmt: skip
+    """Gauss-Newton fit of the chromatic model from an achromatic solution, per group.
+
+    Parameters
+    ----------
+    diffs, valid, s2 : ndarray, ``(G, P, K)``, ``(G, P, K)``, ``(G, P)``
+        Differences (e-), the differences to use, single-read variance (e-^2).
+    dt : ndarray, ``(K,)``
+    fit_pixel : ndarray of bool, ``(G, P)``
+    coord : ndarray, ``(G, P)``
+        Normalised wavelength coordinate of each pixel.
+    omega, flux : ndarray, ``(G, K)``, ``(G, P)``
+        The achromatic solution (the start), ``omega[g, ref_index[g]] == 1``; NaN where there is
+        no data.
+    ref_index : ndarray of int, ``(G,)``
+    rtol, max_iter
+        Convergence: every parameter step below ``rtol`` and every flux step below ``rtol``
+        times ``max(flux, read noise)``, as in the achromatic fit.
+
+    Returns
+    -------
+    dict
+        ``omega``, ``slope`` (G, K): ``a`` and ``b`` (NaN where there is no data; ``b[ref] = 0``);
+        ``cov`` (G, 2K, 2K) of ``(a, b)``, pinned rows and columns 0; ``flux``, ``flux_var``,
+        ``chi2`` (G, P); ``n_iter``, ``converged``, ``stop_reason``.
+    """
+    G, P, K = diffs.shape
+    coord = np.ascontiguousarray(np.where(fit_pixel, coord, 0.0), dtype=np.float64)
+    has_data = np.isfinite(omega) & (valid & fit_pixel[:, :, None]).any(axis=1)
+    nonempty = fit_pixel.any(axis=1)
+    kstar = np.asarray(ref_index, dtype=np.int64)
+    ref = np.arange(K)[None, :] == kstar[:, None]
+    free_a = has_data & ~ref
+    # The slope of an element is free where the pixels that see it span more than one
+    # wavelength; otherwise it is pinned at 0 (one coordinate cannot tell a from b).
+    spread = np.zeros((G, K), dtype=bool)
+    for g in np.flatnonzero(nonempty):
+        seen = valid[g] & fit_pixel[g][:, None]
+        c = coord[g][:, None]
+        lo = np.where(seen, c, np.inf).min(axis=0)
+        hi = np.where(seen, c, -np.inf).max(axis=0)
+        spread[g] = hi > lo
+    free_b = free_a & spread & spread[np.arange(G), kstar][:, None]
+    free = np.concatenate([free_a, free_b], axis=1)
+    a = np.where(has_data, omega, 0.0).astype(np.float64)
+    b = np.zeros((G, K))
+    f = np.where(fit_pixel, flux, 0.0).astype(np.float64)
+    scale = np.sqrt(np.max(s2, axis=1, initial=0.0))[:, None]
+    normal = _ChromaticNormal(G, P, K)
+    active = nonempty.copy()
+    converged = np.zeros(G, dtype=bool)
+    reason = np.where(nonempty, STOP_MAX_ITER, STOP_EMPTY).astype(np.int64)
+    n_iter = np.zeros(G, dtype=np.int64)
+    change = np.zeros(G)
+    for it in range(int(max_iter)):
+        if not active.any():
+            break
+        idx = np.flatnonzero(active)
+        normal.evaluate(diffs, valid, s2, dt, f, a, b, coord, active, fit_pixel)
+        sch, rhs = normal.schur(coord, free, idx)
+        step = np.zeros((G, 2 * K))
+        step[idx] = _solve_spd(sch[idx], rhs[idx])
+        broken = ~np.isfinite(step[idx]).all(axis=1)
+        if broken.any():
+            reason[idx[broken]] = STOP_BREAKDOWN
+            active[idx[broken]] = False
+            step[idx[broken]] = 0.0
+            idx = idx[~broken]
+        d_a, d_b = step[:, :K], step[:, K:]
+        d_f = np.where(fit_pixel, normal.flux_step(coord, d_a, d_b, idx), 0.0)
+        # Line search: halve the step until the chi2 (C frozen here) does not increase.
+        lam = np.ones(G)
+        trying = np.zeros(G, dtype=bool)
+        trying[idx] = True
+        for _ in range(MAX_HALVINGS):
+            chromatic_objective_change_kernel(
+                diffs, valid, s2, dt, f, a, b, coord, lam[:, None] * d_f, lam[:, None] * d_a,
+                lam[:, None] * d_b, trying, fit_pixel, change,
+            )  # fmt: skip
+            trying &= change > 0.0
+            if not trying.any():
+                break
+            lam[trying] *= 0.5
+        lam[trying] = 0.0
+        a[idx] += lam[idx, None] * d_a[idx]
+        b[idx] += lam[idx, None] * d_b[idx]
+        f[idx] += lam[idx, None] * d_f[idx]
+        n_iter[idx] = it + 1
+        size_omega = np.abs(lam[idx, None] * step[idx]).max(axis=1, initial=0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel_flux = np.abs(lam[idx, None] * d_f[idx]) / np.maximum(np.abs(f[idx]), scale[idx])
+        size_flux = np.where(fit_pixel[idx], rel_flux, 0.0).max(axis=1, initial=0.0)
+        done = (size_omega < rtol) & (size_flux < rtol)
+        converged[idx[done]] = True
+        reason[idx[done]] = STOP_CONVERGED
+        stuck = idx[(lam[idx] == 0.0) & ~done]
+        reason[stuck] = STOP_LINE_SEARCH
+        active[idx[done]] = False
+        active[stuck] = False
+    # The covariance at the solution.
+    normal.evaluate(diffs, valid, s2, dt, f, a, b, coord, nonempty, fit_pixel)
+    sch, _ = normal.schur(coord, free, np.flatnonzero(nonempty))
+    cov = _inverse_spd(sch)
+    cov[~(free[:, :, None] & free[:, None, :])] = 0.0
+    e_full = np.concatenate([normal.e_hat, normal.e_hat * coord[:, :, None]], axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        quad = np.einsum("gpl,gpl->gp", np.matmul(e_full, cov), e_full)
+        flux_var = np.where(fit_pixel, (1.0 + quad) / normal.sqrt_d**2, np.nan)
+    chi2 = np.empty((G, P))
+    chromatic_chi2_kernel(diffs, valid, s2, dt, f, a, b, coord, fit_pixel, chi2)
+    a_out = np.where(has_data, a, np.nan)
+    b_out = np.where(has_data, b, np.nan)
+    a_out[~nonempty] = np.nan
+    finite = np.isfinite(cov).all(axis=(1, 2)) & np.isfinite(np.where(has_data, a, 0)).all(1)
+    for value in (f, flux_var, chi2):
+        finite &= np.isfinite(np.where(fit_pixel, value, 0.0)).all(axis=1)
+    broken = nonempty & ~finite
+    reason[broken & converged] = STOP_BREAKDOWN
+    converged[broken] = False
+    return {
+        "omega": a_out,
+        "slope": b_out,
+        "cov": cov,
+        "free": free,
+        "flux": np.where(fit_pixel, f, np.nan),
+        "flux_var": flux_var,
+        "chi2": chi2,
+        "n_iter": n_iter,
+        "converged": converged,
+        "stop_reason": reason,
+    }
