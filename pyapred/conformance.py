@@ -52,6 +52,7 @@ FUNCTIONS = {
     "extract_fluxes": ("reads", "read_noise", "omega"),
     "fit_equal_weight": ("reads", "read_noise"),
     "fit_omega": ("reads", "read_noise"),
+    "fit_omega_chromatic": ("reads", "read_noise", "coordinate"),
     "find_jumps": ("reads", "read_noise"),
     "initial_guess": ("reads", "read_noise"),
     "gauss_newton_step": ("diffs", "valid", "s2", "dt", "flux", "omega", "ref_index", "fit_pixel"),

@@ -22,9 +22,14 @@ RTOL = 1e-12
 CASES: list[dict] = []
 
 
-def case(name: str, function: str, description: str, **inputs) -> None:
+def case(name: str, function: str, description: str, rtol: float = RTOL, **inputs) -> None:
     CASES.append({"name": name, "description": description, "function": function,
-                  "rtol": RTOL, "inputs": inputs})  # fmt: skip
+                  "rtol": rtol, "inputs": inputs})  # fmt: skip
+
+
+# The chromatic fit sums three moments and solves 2K x 2K systems: rounding differs between
+# implementations by more than in the achromatic fit, still far below any statistical error.
+RTOL_CHROMATIC = 1e-10
 
 
 def ramps(seed, flux, n_reads=8, sigma=12.0, omega=None, **kwargs):
@@ -493,6 +498,62 @@ case(
     jump_search=True,
 )
 
+
+# --- chromatic model -------------------------------------------------------------------------
+def chromatic_ramps(seed, flux, coordinate, omega, gamma, sigma=12.0, gain=1.0):
+    """Reads whose difference k is ``flux * omega_k (1 + gamma_k c) `` (Poisson) plus read noise."""
+    rng = np.random.default_rng(seed)
+    flux, c = np.asarray(flux, float), np.asarray(coordinate, float)
+    rate = flux[..., None] * omega * (1.0 + gamma * c[..., None])  # (..., K)
+    counts = np.cumsum(rng.poisson(np.maximum(rate, 0.0)), axis=-1)
+    reads = np.concatenate([np.zeros(counts.shape[:-1] + (1,)), counts], axis=-1)
+    reads = reads + rng.normal(0.0, sigma * gain, reads.shape)
+    return np.moveaxis(reads / gain, -1, 0)
+
+
+GAMMA7 = np.array([0.0, 0.02, -0.03, 0.01, 0.04, -0.02, 0.03])
+C12 = np.linspace(-1.0, 1.0, 12)
+FLUX12 = [3000.0, 5200.0, 800.0, 4100.0, 2500.0, 6000.0, 1500.0, 3600.0, 4800.0, 900.0, 2200.0,
+          5500.0]  # fmt: skip
+case(
+    "fit_omega_chromatic",
+    "fit_omega_chromatic",
+    "chromatic fit of one group, 12 pixels from -1 to 1, its test against the achromatic fit",
+    reads=chromatic_ramps(50, FLUX12, C12, OMEGA7, GAMMA7),
+    read_noise=12.0,
+    coordinate=C12,
+    rtol=RTOL_CHROMATIC,
+)
+cg_reads = np.stack([chromatic_ramps(51, FLUX12, C12, OMEGA7, GAMMA7, gain=1.5),
+                     chromatic_ramps(52, FLUX12, C12[::-1], OMEGA7[::-1], 0 * GAMMA7, gain=1.5)],
+                    axis=1)  # fmt: skip
+cg_mask = np.zeros(cg_reads.shape, bool)
+cg_mask[4, 0, 3] = True  # a masked read
+cg_mask[5:, 1, 7] = True  # a ramp cut short (saturation)
+cg_mask[:, 1, 11] = True  # a padding pixel
+case(
+    "fit_omega_chromatic_groups",
+    "fit_omega_chromatic",
+    "two groups (chromatic, achromatic), masks, padding, gain, per-pixel coordinates, fixed element",
+    reads=cg_reads,
+    read_noise=np.array([[12.0] * 12, [11.0] * 12]),
+    coordinate=np.stack([C12, 0.5 * C12 + 0.2]),
+    mask=cg_mask,
+    gain=1.5,
+    ref_index=2,
+    rtol=RTOL_CHROMATIC,
+)
+case(
+    "fit_omega_chromatic_jump_search",
+    "fit_omega_chromatic",
+    "chromatic fit on the achromatic fit's jump mask (cosmic rays in two pixels)",
+    reads=with_jumps(chromatic_ramps(53, FLUX12, C12, OMEGA7, GAMMA7),
+                     [(2, 1, 2500.0), (5, 8, 3000.0)]),  # fmt: skip
+    read_noise=12.0,
+    coordinate=C12,
+    jump_search=True,
+    rtol=RTOL_CHROMATIC,
+)
 
 def _kernel_inputs(reads, read_noise):
     """The electron-unit (G, P, K) layout that fit_omega builds, for the kernel-level cases."""
