@@ -225,7 +225,9 @@ READ_NOISE_DN = 8.0
 DATE_OBS = "2025-04-20T04:00:00.000"
 #: APOGEE read interval (INTOFF), seconds.
 READ_INTERVAL_S = 10.647
-SCENARIOS = ("clouds", "seeing", "stable")
+SCENARIOS = ("clouds", "seeing", "stable", "seeing-change", "seeing-change-clouds")
+#: Scenarios whose transparency depends on wavelength (a seeing change seen through the fiber).
+CHROMATIC_SCENARIOS = ("seeing-change", "seeing-change-clouds")
 
 
 @dataclass(frozen=True)
@@ -293,6 +295,13 @@ class SimulatedExposure:
     scenario : str
     telescope : str
     seed : int
+    transparency, fwhm : ndarray, ``(n_fibers, n_reads - 1)``, or None
+        With a seeing change (:data:`CHROMATIC_SCENARIOS`): the grey transparency and the seeing
+        FWHM (arcsec, at the guider's wavelength) of each fiber per read difference, from which
+        every pixel's transparency follows (:meth:`omega_at`); ``omega`` is then its value at
+        the middle of the three chips' wavelengths. None for an achromatic exposure.
+    diameter : float or None
+        Fiber diameter on the sky, arcsec, with ``fwhm``.
     """
 
     chips: dict
@@ -302,6 +311,56 @@ class SimulatedExposure:
     scenario: str
     telescope: str
     seed: int
+    transparency: np.ndarray | None = None
+    fwhm: np.ndarray | None = None
+    diameter: float | None = None
+
+    def omega_at(self, wavelength) -> np.ndarray:
+        """True transparency of every fiber per read difference at each wavelength.
+
+        Parameters
+        ----------
+        wavelength : array_like, ``(n,)``
+            Micron.
+
+        Returns
+        -------
+        ndarray, ``(n_fibers, K, n)``
+            ``omega`` repeated when the exposure is achromatic; the FPI fibers are 1.
+        """
+        from .chromatic import chromatic_transparency
+
+        wavelength = np.atleast_1d(np.asarray(wavelength, dtype=np.float64))
+        if self.fwhm is None:
+            return np.repeat(self.omega[:, :, None], wavelength.size, axis=2)
+        out = chromatic_transparency(self.transparency, self.fwhm, wavelength,
+                                     diameter=self.diameter)  # fmt: skip
+        out[self.fiber_type == "fpi"] = 1.0
+        return out
+
+    def chromatic_truth(self, ref_index: int, chips=CHIPS) -> tuple[np.ndarray, np.ndarray]:
+        """The chromatic model's true ``(omega, gamma)`` for a fit of ``chips`` together.
+
+        The coordinate runs from -1 to 1 over those chips' wavelengths
+        (:func:`pyapred.chromatic.coordinate_span`), the reference read is ``ref_index``: the
+        straight line in the coordinate closest to each difference's transparency relative to
+        the reference read (:func:`pyapred.chromatic.linear_in_coordinate`), over every
+        column.
+
+        Returns
+        -------
+        omega, gamma : ndarray, ``(n_fibers, K)``
+        """
+        from .chromatic import (
+            chip_wavelength,
+            coordinate_span,
+            linear_in_coordinate,
+            wavelength_coordinate,
+        )
+
+        wavelength = np.concatenate([chip_wavelength(chip, 256) for chip in chips])
+        coordinate = wavelength_coordinate(wavelength, coordinate_span(chips))
+        return linear_in_coordinate(self.omega_at(wavelength), coordinate, ref_index)
 
     def __repr__(self) -> str:
         """Shapes and key figures (a few lines, never whole arrays)."""
@@ -338,6 +397,21 @@ def exposure_omega(
     if scenario == "stable":
         return np.ones((n_fibers, n_diff))
     raise ValueError(f"scenario: expected one of {SCENARIOS}, got {scenario!r}")
+
+
+def _seeing_change(scenario, n_fibers, n_diff, depth, fwhm, telescope):
+    """Grey transparency, seeing FWHM (n_fibers, n_diff) and fiber diameter of a seeing change."""
+    from .chromatic import FIBER_DIAMETER_ARCSEC
+
+    t = (np.arange(n_diff) + 0.5) / n_diff
+    start, end = (float(v) for v in fwhm)
+    if not (start > 0 and end > 0):
+        raise ValueError(f"fwhm: expected two values > 0, got {fwhm}")
+    seeing = np.broadcast_to(start + (end - start) * t, (n_fibers, n_diff)).copy()
+    grey = np.ones((n_fibers, n_diff))
+    if scenario == "seeing-change-clouds":
+        grey = exposure_omega("clouds", n_fibers, n_diff, None, depth)
+    return grey, seeing, FIBER_DIAMETER_ARCSEC[telescope]
 
 
 def _fiber_spectra(fiber_type, n_columns, rng):
@@ -385,6 +459,7 @@ def simulate_exposure(
     dark_rate: float = 0.05,
     cosmic_ray_rate: float = 2e-5,
     sky_fraction: float = 0.12,
+    fwhm: tuple[float, float] = (1.2, 3.6),
 ) -> SimulatedExposure:
     """Simulate a whole APOGEE exposure: fibers on Gaussian traces, three chips, a changing sky.
 
@@ -396,8 +471,13 @@ def simulate_exposure(
 
     Parameters
     ----------
-    scenario : {"clouds", "seeing", "stable"}
+    scenario : {"clouds", "seeing", "stable", "seeing-change", "seeing-change-clouds"}
         Built-in transparency pattern (:func:`exposure_omega`); ignored when ``omega`` is given.
+        ``"seeing-change"``: the seeing FWHM goes linearly from ``fwhm[0]`` to ``fwhm[1]`` over
+        the exposure, and each pixel receives the light the guider's flux-in-fiber model
+        (:func:`pyapred.chromatic.fiber_coupling`) lets into the fiber at its own wavelength
+        (FWHM scaling as wavelength**-0.2): a chromatic transparency, the same for every
+        science fiber. ``"seeing-change-clouds"``: the same with the grey ``"clouds"`` cloud.
     seed : int
         Seeds everything; the same seed gives the same exposure.
     n_fibers, n_columns, ref_columns, n_reads : int
@@ -414,6 +494,10 @@ def simulate_exposure(
     dark_rate, cosmic_ray_rate : float
         e-/read per pixel; hits per pixel per read difference.
     sky_fraction : float
+    fwhm : (float, float)
+        Seeing FWHM (arcsec, at the guider's wavelength) at the start and the end of the
+        seeing-change scenarios. The default, 1.2 to 3.6 arcsec through a 3 arcsec APO fiber,
+        changes the red-to-blue transparency difference by 3 % over the exposure.
 
     Returns
     -------
@@ -423,14 +507,14 @@ def simulate_exposure(
         scenario, seed=seed, n_fibers=n_fibers, n_columns=n_columns, ref_columns=ref_columns,
         n_reads=n_reads, chips=chips, telescope=telescope, omega=omega, depth=depth, gain=gain,
         read_noise=read_noise, pedestal=pedestal, saturation=saturation, dark_rate=dark_rate,
-        cosmic_ray_rate=cosmic_ray_rate, sky_fraction=sky_fraction,
+        cosmic_ray_rate=cosmic_ray_rate, sky_fraction=sky_fraction, fwhm=fwhm,
     )  # fmt: skip
     return replace(exposure, chips=dict(chips))
 
 
 def _exposure_stream(
     scenario, *, seed, n_fibers, n_columns, ref_columns, n_reads, chips, telescope, omega, depth,
-    gain, read_noise, pedestal, saturation, dark_rate, cosmic_ray_rate, sky_fraction,
+    gain, read_noise, pedestal, saturation, dark_rate, cosmic_ray_rate, sky_fraction, fwhm,
 ) -> tuple[SimulatedExposure, Iterator[tuple[str, SimulatedChip]]]:  # fmt: skip
     """The exposure without its chips, and an iterator that simulates them one at a time.
 
@@ -450,30 +534,20 @@ def _exposure_stream(
     fpi = [i for i in fpi_fiber_indices(telescope) if i < n_fibers]
     fiber_type[fpi] = "fpi"
     fiber_type = fiber_type.astype(str)
-    if omega is None:
+    transparency = seeing = diameter = None
+    if omega is None and scenario in CHROMATIC_SCENARIOS:
+        transparency, seeing, diameter = _seeing_change(scenario, n_fibers, K, depth, fwhm,
+                                                        telescope)  # fmt: skip
+        omega = None
+    elif omega is None:
         omega = exposure_omega(scenario, n_fibers, K, rng, depth)
-    omega = np.broadcast_to(np.asarray(omega, dtype=np.float64), (n_fibers, K)).copy()
-    omega[fiber_type == "fpi"] = 1.0  # the FPI lamp does not see the sky
+    if omega is not None:
+        omega = np.broadcast_to(np.asarray(omega, dtype=np.float64), (n_fibers, K)).copy()
+        omega[fiber_type == "fpi"] = 1.0  # the FPI lamp does not see the sky
     spacing, margin = 6.6, 25.0
     ny = 2048 if n_fibers == N_FIBERS_FULL else int(np.ceil(2 * margin + (n_fibers - 1) * spacing))
     first = 0.5 * (ny - (n_fibers - 1) * spacing)
     x = np.linspace(-1.0, 1.0, n_columns)
-
-    def simulate_chip(c: int) -> SimulatedChip:
-        y_center = first + spacing * np.arange(n_fibers)[:, None] + 1.5 * x[None, :] ** 2 - 0.5 * c
-        sigma = 1.0 + 0.2 * rng.uniform(size=(n_fibers, 1)) + 0.05 * x[None, :] ** 2
-        traces = Traces(y_center=y_center, sigma=sigma, excluded=fiber_type == "fpi")
-        spectra = _fiber_spectra(fiber_type, n_columns, rng)
-        return _simulate_chip(
-            traces, spectra, omega, ny, n_columns + ref_columns, rng,
-            gain=gain, read_noise=read_noise, pedestal=pedestal, saturation=saturation,
-            dark_rate=dark_rate, cosmic_ray_rate=cosmic_ray_rate,
-        )  # fmt: skip
-
-    def simulate_chips() -> Iterator[tuple[str, SimulatedChip]]:
-        for c, name in enumerate(chips):
-            # Yielded, not kept: the caller may drop the chip before the next one is made.
-            yield name, simulate_chip(c)
 
     exposure = SimulatedExposure(
         chips={},
@@ -483,7 +557,39 @@ def _exposure_stream(
         scenario=scenario if scenario in SCENARIOS else "custom",
         telescope=telescope,
         seed=seed,
+        transparency=transparency,
+        fwhm=seeing,
+        diameter=diameter,
     )
+    if seeing is not None:
+        from .chromatic import coordinate_span
+
+        exposure = replace(
+            exposure, omega=exposure.omega_at(np.mean(coordinate_span(CHIPS)))[..., 0]
+        )
+
+    def simulate_chip(c: int) -> SimulatedChip:
+        y_center = first + spacing * np.arange(n_fibers)[:, None] + 1.5 * x[None, :] ** 2 - 0.5 * c
+        sigma = 1.0 + 0.2 * rng.uniform(size=(n_fibers, 1)) + 0.05 * x[None, :] ** 2
+        traces = Traces(y_center=y_center, sigma=sigma, excluded=fiber_type == "fpi")
+        spectra = _fiber_spectra(fiber_type, n_columns, rng)
+        if seeing is None:
+            weights = exposure.omega
+        else:  # every column at its own wavelength: (n_fibers, K, n_columns)
+            from .chromatic import chip_wavelength
+
+            weights = exposure.omega_at(chip_wavelength(chips[c], n_columns))
+        return _simulate_chip(
+            traces, spectra, weights, ny, n_columns + ref_columns, rng,
+            gain=gain, read_noise=read_noise, pedestal=pedestal, saturation=saturation,
+            dark_rate=dark_rate, cosmic_ray_rate=cosmic_ray_rate,
+        )  # fmt: skip
+
+    def simulate_chips() -> Iterator[tuple[str, SimulatedChip]]:
+        for c, name in enumerate(chips):
+            # Yielded, not kept: the caller may drop the chip before the next one is made.
+            yield name, simulate_chip(c)
+
     return exposure, simulate_chips()
 
 
@@ -491,6 +597,8 @@ def _simulate_chip(traces, spectra, omega, ny, nx, rng, *, gain, read_noise, ped
                    saturation, dark_rate, cosmic_ray_rate) -> SimulatedChip:  # fmt: skip
     n_fibers, n_columns = traces.y_center.shape
     K = omega.shape[1]
+    # Weights of each fiber per difference: (n_fibers, K, 1), or per column when chromatic.
+    omega = omega[:, :, None] if omega.ndim == 2 else omega
     base = np.rint(traces.y_center).astype(np.int64)
     cols = np.broadcast_to(np.arange(n_columns), base.shape)
     index, light = [], []
@@ -502,10 +610,8 @@ def _simulate_chip(traces, spectra, omega, ny, nx, rng, *, gain, read_noise, ped
     index = np.stack(index)  # (n_offsets, n_fibers, n_columns)
     light = np.stack(light)
 
-    def expected(weights_per_fiber):
-        image = np.bincount(
-            index.ravel(), (light * weights_per_fiber[None, :, None]).ravel(), minlength=ny * nx
-        )
+    def expected(weights):  # weights (n_fibers, 1) or (n_fibers, n_columns)
+        image = np.bincount(index.ravel(), (light * weights[None]).ravel(), minlength=ny * nx)
         return image.reshape(ny, nx)
 
     dark = np.zeros((ny, nx))
@@ -662,7 +768,8 @@ def write_simulated_exposure(
     ``RDNOISE`` DN and ``SATURATE`` DN cards that ``pyapred fit`` reads) and a
     ``traceMain_{tele}_{mjd}_{chip}.h5`` trace file. The truth goes to
     ``truth_{tele}_{mjd}_{EXP4}.npz``: ``omega`` ``(n_fibers, K)``, ``fiber_type``,
-    ``read_times``, and per chip ``{chip}_flux`` (exposure-averaged e-/read, float32),
+    ``read_times`` (with a seeing change also ``transparency``, ``fwhm`` and ``diameter``,
+    :class:`SimulatedExposure`), and per chip ``{chip}_flux`` (exposure-averaged e-/read, float32),
     ``{chip}_fiber_flux`` and ``{chip}_cosmic_rays``. Every file is written atomically.
 
     Parameters
@@ -771,6 +878,8 @@ def _write_chips(sim, chips, names, directory, *, mjd, exposure, overwrite, one_
         "scenario": sim.scenario,
         "seed": sim.seed,
     }
+    if sim.fwhm is not None:  # what every pixel's transparency follows from (omega_at)
+        truth.update(transparency=sim.transparency, fwhm=sim.fwhm, diameter=sim.diameter)
     chip_iter = iter(chips)
     for index, expected in enumerate(names):
         step = f"chip {expected} ({index + 1} of {len(names)})"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.time import Time
 
+from ..chromatic import FIBER_DIAMETER_ARCSEC, fiber_coupling
 from ..errors import InputError
 from .frames import GuiderFrame, as_guider_frames
 from .timing import seconds_since
@@ -30,32 +31,6 @@ __all__ = [
     "guider_series",
 ]
 
-#: Fiber diameter on the sky, arcsec, per telescope. APO: 3.0, the value the paper uses (section
-#: IV). LCO: 1.3, the 120 micron APOGEE fiber core at the du Pont plate scale (f/7.5, 2.5 m:
-#: 11.0 arcsec/mm; Wilson et al. 2019, PASP 131, 055001). The same core at the Sloan plate scale
-#: (217.7358 mm/deg, guider header ``PLATSCAL``) is 1.98 arcsec; pass ``diameter=2.0`` for it.
-FIBER_DIAMETER_ARCSEC = {"apo": 3.0, "lco": 1.3}
-
-
-def fiber_coupling(fwhm, diameter: float) -> np.ndarray:
-    """Fraction of a centered circular Gaussian PSF inside a circular fiber.
-
-    ``1 - 2**(-(D / FWHM)**2)``, i.e. ``1 - exp(-R**2 / (2 sigma**2))`` with ``R = D/2`` and
-    ``FWHM = 2 sqrt(2 ln 2) sigma``.
-
-    Parameters
-    ----------
-    fwhm : array_like
-        PSF FWHM, arcsec (> 0).
-    diameter : float
-        Fiber diameter, arcsec.
-
-    Returns
-    -------
-    ndarray, the shape of ``fwhm``
-    """
-    fwhm = np.asarray(fwhm, dtype=np.float64)
-    return -np.expm1(-np.log(2.0) * (diameter / fwhm) ** 2)
 
 
 def flux_in_fiber(transparency, fwhm, diameter: float) -> np.ndarray:
