@@ -7,11 +7,11 @@ when first needed.
 
 from .simulate import SimulatedRamps, omega_cloud, omega_drift, omega_uniform, simulate_ramps
 from .solver import (
+    ChromaticFit,
     Flag,
     FluxFit,
     JuliaBackendError,
     JumpResult,
-    ChromaticFit,
     OmegaFit,
     OmegaSamples,
     describe_flags,

@@ -351,7 +351,7 @@ def demo_run(args: argparse.Namespace) -> int:
     lines.append(f"  simulate, write, fit: {seconds:.1f} s; product {product}")
     models = {}
     for key, fits in result.fibers.items():
-        counts = np.bincount(fits.model, minlength=3)
+        counts = np.bincount(fits.model, minlength=4)
         models[key] = {"time_variable": int(counts[1]), "constant": int(counts[0]),
                        "borrowed": int(counts[2])}  # fmt: skip
         om = metrics["omega"][key]

@@ -53,10 +53,12 @@ _CATEGORIES = (
     ("constant", "0.55"),
     ("time-variable", "tab:blue"),
     ("borrowed omega", "tab:orange"),
+    ("time-variable, chromatic", "tab:green"),
     ("fit failed: constant", "tab:red"),
     ("FPI: not fitted, constant", "tab:purple"),
 )
-_FAILED, _FPI = 3, 4
+# The first four are the model codes (MODEL_CONSTANT .. MODEL_CHROMATIC).
+_FAILED, _FPI = 4, 5
 _BAD_PIXEL = int(Flag.SATURATED | Flag.JUMP_DETECTED | Flag.TOO_FEW_DIFFS | Flag.NONFINITE_READ)
 
 

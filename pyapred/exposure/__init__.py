@@ -25,10 +25,12 @@ from .driver import ChipSource, resolve_backend, run_exposure, write_exposure
 from .extract import ChipResult, extract_chip
 from .fibers import (
     MODEL_BORROWED,
+    MODEL_CHROMATIC,
     MODEL_CONSTANT,
     MODEL_NAMES,
     MODEL_TIME_VARIABLE,
     FiberFits,
+    choose_chromatic,
     choose_models,
     fit_fibers,
 )
@@ -49,6 +51,7 @@ from .truth import truth_metrics
 __all__ = [
     "DEFAULT_SATURATION_DN",
     "MODEL_BORROWED",
+    "MODEL_CHROMATIC",
     "MODEL_CONSTANT",
     "MODEL_NAMES",
     "MODEL_TIME_VARIABLE",
@@ -62,6 +65,7 @@ __all__ = [
     "PreparedChip",
     "ProductParts",
     "add_option_arguments",
+    "choose_chromatic",
     "choose_models",
     "correct_1f",
     "extract_chip",

@@ -84,7 +84,8 @@ def extract_chip(
         The same chip after :func:`~pyapred.exposure.prepare_chip` (pixel map and jumps).
     fibers : FiberFits
         The fibers' omega (``FiberFits.omega``, mean 1), from
-        :func:`~pyapred.exposure.fit_fibers`.
+        :func:`~pyapred.exposure.fit_fibers`; a chromatic fiber's pixels use the omega of their
+        own column (:meth:`FiberFits.column_omega`).
     options : FitOptions
         ``keep_constant`` and ``backend`` are used.
 
@@ -100,6 +101,18 @@ def extract_chip(
     fiber[:, :nc] = prepared.pixel_map.fiber
     groups = np.where(fiber >= 0, fiber, n_fibers)
     table = np.vstack([fibers.omega, np.ones((1, K))])
+    if fibers.chromatic is not None:
+        # A chromatic fiber's pixels use the row of their own column: omega at its wavelength.
+        chromatic, per_column = fibers.column_omega(prepared.name, nc)
+        if chromatic.size:
+            slot = np.full(n_fibers, -1, dtype=np.int64)
+            slot[chromatic] = np.arange(chromatic.size)
+            science = groups[:, :nc]
+            own = slot[np.minimum(science, n_fibers - 1)]
+            on_chromatic = (science < n_fibers) & (own >= 0)
+            column = np.broadcast_to(np.arange(nc), science.shape)
+            science[on_chromatic] = n_fibers + 1 + own[on_chromatic] * nc + column[on_chromatic]
+            table = np.vstack([table, per_column.reshape(-1, K)])
 
     def extract(reads, read_noise, gain, saturation, groups, mask=None):
         return extract_fluxes(reads, read_noise, table, groups=groups, gain=gain, mask=mask,

@@ -16,24 +16,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..solver import Flag, FluxFit, OmegaFit, fit_constant, fit_omega
+from ..solver import (
+    ChromaticFit,
+    Flag,
+    FluxFit,
+    OmegaFit,
+    fit_constant,
+    fit_omega,
+    fit_omega_chromatic,
+)
 from ..solver.api import StopReason
 from .options import FitOptions
 from .prepare import PreparedChip, release_fit_reads
 
 __all__ = [
     "MODEL_BORROWED",
+    "MODEL_CHROMATIC",
     "MODEL_CONSTANT",
     "MODEL_NAMES",
     "MODEL_TIME_VARIABLE",
     "FiberFits",
+    "choose_chromatic",
     "choose_models",
     "fit_fibers",
 ]
 
 #: Per-fiber model codes (``FiberFits.model``).
-MODEL_CONSTANT, MODEL_TIME_VARIABLE, MODEL_BORROWED = 0, 1, 2
-MODEL_NAMES = ("constant", "time_variable", "borrowed")
+MODEL_CONSTANT, MODEL_TIME_VARIABLE, MODEL_BORROWED, MODEL_CHROMATIC = 0, 1, 2, 3
+MODEL_NAMES = ("constant", "time_variable", "borrowed", "time_variable_chromatic")
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,8 @@ class FiberFits:
         The omega used for extraction, normalised to mean 1: ones for constant-model fibers, the
         fit for time-variable fibers, the bright-fiber mean for borrowed fibers.
     model : ndarray of int, ``(n_fibers,)``
-        ``MODEL_CONSTANT``, ``MODEL_TIME_VARIABLE`` or ``MODEL_BORROWED``.
+        ``MODEL_CONSTANT``, ``MODEL_TIME_VARIABLE``, ``MODEL_BORROWED`` or ``MODEL_CHROMATIC``
+        (time-variable with an omega that changes across wavelength, ``FitOptions.chromatic``).
     delta_chi2 : ndarray, ``(n_fibers,)``
         Constant-model minus time-variable chi2 over the fit pixels (the decision statistic);
         with the 1/f nuisance offsets, the Wald statistic ``(omega - 1)^T C^-1 (omega - 1)`` of
@@ -82,6 +93,16 @@ class FiberFits:
         fewer segments; ``fit.offsets`` holds their offsets, DN per read interval.
     segment_pixels : ndarray of int, ``(n_fibers, n_segments)``, or None
         The number of fit pixels in each of those segments.
+    chromatic : ChromaticFit or None
+        With ``FitOptions.chromatic``: the chromatic fit
+        (:func:`pyapred.solver.fit_omega_chromatic`) of every fiber, ``(n_fibers, ...)``;
+        fibers not tried (those without the time-variable model) are empty groups, their
+        statistics NaN. ``model == MODEL_CHROMATIC`` where its
+        test was significant.
+    coordinate_span : tuple of float or None
+        With ``chromatic``: the bluest and reddest wavelength (micron) of the chips fitted
+        together, where the wavelength coordinate ``c`` is -1 and +1
+        (:func:`pyapred.chromatic.wavelength_coordinate`).
     """
 
     omega_fit: np.ndarray
@@ -103,6 +124,38 @@ class FiberFits:
     pixel_chi2_constant: np.ndarray | None = None
     segment_chip: np.ndarray | None = None
     segment_pixels: np.ndarray | None = None
+    chromatic: ChromaticFit | None = None
+    coordinate_span: tuple | None = None
+
+    def column_omega(self, chip: str, n_columns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each chromatic fiber's omega at every column of a chip, mean 1 per column.
+
+        Parameters
+        ----------
+        chip : {"R", "G", "B"}
+        n_columns : int
+            Science columns of the chip (the traces' ``n_columns``).
+
+        Returns
+        -------
+        fibers : ndarray of int, ``(n_chromatic,)``
+            The fibers with ``MODEL_CHROMATIC``.
+        omega : ndarray, ``(n_chromatic, n_columns, K)``
+            ``omega_k (1 + gamma_k c)`` at each column's coordinate, scaled to mean 1 over the
+            finite elements of each column (the exposure-averaged flux at that wavelength).
+        """
+        from ..chromatic import chip_wavelength, wavelength_coordinate
+
+        fibers = np.flatnonzero(self.model == MODEL_CHROMATIC)
+        K = self.omega.shape[1]
+        if not fibers.size:
+            return fibers, np.zeros((0, n_columns, K))
+        c = wavelength_coordinate(chip_wavelength(chip, n_columns), self.coordinate_span)
+        rows = self.chromatic.omega[fibers][:, None, :] * (
+            1.0 + np.nan_to_num(self.chromatic.gamma[fibers])[:, None, :] * c[None, :, None]
+        )
+        with _quiet():
+            return fibers, rows / np.nanmean(rows, axis=-1, keepdims=True)
 
     def offset_rms(self) -> np.ndarray | None:
         """RMS of the fitted 1/f offsets per chip, DN, ``(n_chips,)``; None without them.
@@ -152,6 +205,7 @@ class FiberFits:
             "time-variable": int(counts[MODEL_TIME_VARIABLE]),
             "constant": int(counts[MODEL_CONSTANT]),
             "borrowed": int(counts[MODEL_BORROWED]),
+            "chromatic": int(counts[MODEL_CHROMATIC]),
             "bright": int(bright.sum()),
             "converged": converged,
             "FPI": int(np.count_nonzero(self.flags & Flag.FPI_FIBER)),
@@ -171,7 +225,9 @@ class FiberFits:
         return (
             f"FiberFits: {s['fibers']} fibers x K = {s['K']} read differences, ref_index "
             f"{self.ref_index}; models {s['time-variable']} time-variable, {s['constant']} "
-            f"constant, {s['borrowed']} borrowed; {s['bright']} bright; converged "
+            f"constant, {s['borrowed']} borrowed"
+            + (f", {s['chromatic']} chromatic" if self.chromatic is not None else "")
+            + f"; {s['bright']} bright; converged "
             f"{s['converged']}; {s['FPI']} FPI; fit failed {s['fit failed']}\n  median chi2/dof "
             f"of bright fibers {fmt(s['median chi2/dof time-variable'])} time-variable vs "
             f"{fmt(s['median chi2/dof constant'])} constant; median omega error "
@@ -232,6 +288,10 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
     def joined(values, axis):
         return values[0] if len(values) == 1 else np.concatenate(values, axis=axis)
 
+    coordinate = span = None
+    if options.chromatic and options.model != "constant":
+        coordinate, span = _fit_pixel_coordinates(prepared)
+        coordinate = joined(coordinate, 1)
     reads = joined([p.fit_reads for p in prepared], 2)
     sigma = joined([p.fit_read_noise for p in prepared], 1)
     gain = joined([p.fit_gain for p in prepared], 1)
@@ -254,6 +314,8 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
         reads = np.take_along_axis(reads, order[None], axis=2)
         if keys is not None:
             keys = np.take_along_axis(keys, order, axis=1)
+        if coordinate is not None:
+            coordinate = np.take_along_axis(coordinate, order, axis=1)
     prepared[:] = [release_fit_reads(p, options) for p in prepared]
     mask = np.broadcast_to(~valid, reads.shape)
     n_pix = valid.sum(axis=1)
@@ -292,9 +354,99 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
         )
     fit, const = _scatter(fit, const, todo, n_fibers, ref_index)
     fits = choose_models(fit, const, n_pix, excluded, options, flags)
-    if segment_chip is None:
-        return fits
-    return dataclasses.replace(fits, segment_chip=segment_chip, segment_pixels=segment_pixels)
+    if segment_chip is not None:
+        fits = dataclasses.replace(fits, segment_chip=segment_chip, segment_pixels=segment_pixels)
+    if coordinate is not None:
+        # The chromatic model is tried where the time-variable one was chosen.
+        tried = np.flatnonzero(fits.model[todo] == MODEL_TIME_VARIABLE)
+        rows = todo[tried]
+        start = OmegaFit(**{k: None if v is None else v[rows] for k, v in fit.__dict__.items()})
+        with _quiet():
+            chromatic = fit_omega_chromatic(
+                reads[:, tried], sigma[rows, :P], coordinate[rows, :P], start=start,
+                gain=gain[rows, :P], mask=mask[:, tried], max_iter=options.max_iter,
+                backend=options.backend,
+            )  # fmt: skip
+        fits = choose_chromatic(fits, _spread_chromatic(chromatic, rows, n_fibers), span, options)
+    return fits
+
+
+def _fit_pixel_coordinates(prepared: list[PreparedChip]) -> tuple[list, tuple]:
+    """Each chip's fit pixels' wavelength coordinates ``(n_fibers, n_pix)``, and the span."""
+    from ..chromatic import (
+        CHIP_WAVELENGTH_UM,
+        chip_wavelength,
+        coordinate_span,
+        wavelength_coordinate,
+    )
+
+    names = [p.name for p in prepared]
+    unknown = [name for name in names if name not in CHIP_WAVELENGTH_UM]
+    if unknown:
+        raise ValueError(
+            f"chromatic: expected chips named R, G or B (their wavelengths give the coordinate), "
+            f"got {unknown}"
+        )
+    span = coordinate_span(names)
+    coordinate = [
+        wavelength_coordinate(chip_wavelength(p.name, p.traces.n_columns), span)[p.fit_pixels.cols]
+        for p in prepared
+    ]
+    return coordinate, span
+
+
+def _spread_chromatic(fit: ChromaticFit, rows: np.ndarray, n_fibers: int) -> ChromaticFit:
+    """The chromatic fit of fibers ``rows`` as a fit of all fibers; the others are empty."""
+    fills = {"ref_index": 0, "n_diff": 0, "n_iter": 0, "converged": False, "dof": 0,
+             "flags": int(Flag.NOT_IN_OMEGA_FIT), "group_flags": int(Flag.EMPTY_GROUP),
+             "stop_reason": int(StopReason.EMPTY), "cov": 0.0}  # fmt: skip
+    fields = {}
+    for name, value in fit.__dict__.items():
+        value = np.asarray(value)
+        out = np.full((n_fibers,) + value.shape[1:], fills.get(name, np.nan), dtype=value.dtype)
+        out[rows] = value
+        fields[name] = out
+    return ChromaticFit(**fields)
+
+
+def choose_chromatic(
+    fits: FiberFits, chromatic: ChromaticFit, span: tuple, options: FitOptions
+) -> FiberFits:
+    """Give the chromatic model to the time-variable fibers whose chromatic test is significant.
+
+    A fiber with ``MODEL_TIME_VARIABLE`` gets ``MODEL_CHROMATIC`` when its chromatic fit
+    converged and the likelihood-ratio test against the achromatic fit has ``p_value`` below
+    ``options.chromatic_p_value`` (``ChromaticFit.p_value``); its ``omega`` (mean 1) becomes the
+    chromatic fit's omega at the middle of the span, and extraction evaluates each pixel's own
+    (:meth:`FiberFits.column_omega`).
+
+    Parameters
+    ----------
+    fits : FiberFits
+        After :func:`choose_models`.
+    chromatic : ChromaticFit
+        ``(n_fibers, ...)``, empty groups for fibers not tried.
+    span : (float, float)
+        Bluest and reddest wavelength of the fitted chips, micron.
+    options : FitOptions
+
+    Returns
+    -------
+    FiberFits
+    """
+    with np.errstate(invalid="ignore"):
+        significant = (chromatic.p_value < options.chromatic_p_value) & chromatic.converged
+    chosen = (fits.model == MODEL_TIME_VARIABLE) & significant
+    model = fits.model.copy()
+    model[chosen] = MODEL_CHROMATIC
+    omega = fits.omega.copy()
+    with _quiet():
+        omega[chosen] = chromatic.omega[chosen] / np.nanmean(
+            chromatic.omega[chosen], axis=1, keepdims=True
+        )
+    return dataclasses.replace(
+        fits, model=model, omega=omega, chromatic=chromatic, coordinate_span=tuple(span)
+    )
 
 
 #: With the nuisance term, fibers are fitted in batches whose offset blocks (about six
@@ -377,6 +529,7 @@ def _scatter(fit: OmegaFit, const: FluxFit, todo: np.ndarray, n_fibers: int, ref
         step_size=spread(fit.step_size, nan),
         damping=spread(fit.damping, nan),
         offsets=None if fit.offsets is None else spread(fit.offsets, nan),
+        jump_mask=None if fit.jump_mask is None else spread(fit.jump_mask, False),
     )
     const_full = FluxFit(
         flux=spread(const.flux, nan),

@@ -75,6 +75,14 @@ class FitOptions:
         below this under the constant model ...
     amplitude_threshold : float
         ... and the equivalent amplitude of omega is at least this (the paper's 3.5 %).
+    chromatic : bool
+        Also fit the chromatic model ``omega_k (1 + gamma_k c)`` (``c`` the pixel's wavelength
+        coordinate, -1 to 1 over the fitted chips) to the fibers given the time-variable model,
+        and give it to those where it is significant (:func:`pyapred.exposure.choose_chromatic`);
+        extraction then evaluates each pixel's own omega. Not with the nuisance term.
+    chromatic_p_value : float
+        The chromatic model is chosen when the likelihood-ratio test against the achromatic
+        fit has a p-value below this.
     min_fit_pixels : int
         Fibers with fewer fit pixels borrow omega.
     max_omega_error : float
@@ -129,6 +137,14 @@ class FitOptions:
     amplitude_threshold: float = _option(
         0.035, "model", "... and omega's equivalent amplitude reaches this (paper: 3.5 %)"
     )
+    chromatic: bool = _option(
+        False, "model", "also fit omega (1 + gamma c) across wavelength to time-variable fibers "
+        "and use it where significant (a seeing change; best with --joint-chips)",
+    )  # fmt: skip
+    chromatic_p_value: float = _option(
+        1e-3, "model", "chromatic model when its chi2 improvement's p-value is below this",
+        valid=(lambda value: 0 < value < 1, "a probability between 0 and 1"),
+    )  # fmt: skip
     min_fit_pixels: int = _option(20, "model", "fibers with fewer fit pixels borrow omega")
     max_omega_error: float = _option(
         0.05, "model", "fibers whose median omega error exceeds this borrow omega"
@@ -194,6 +210,11 @@ class FitOptions:
             problem = _check_value(item, value)
             if problem is not None:
                 raise ValueError(f"{item.name}: expected {problem}, got {value!r}")
+        if self.chromatic and self.nuisance:
+            raise ValueError(
+                f"chromatic: expected correct_1f without the nuisance term (the chromatic fit "
+                f"has no offsets), got {self.correct_1f!r}"
+            )
 
     @property
     def reference_correction(self) -> str:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fibers import MODEL_BORROWED, MODEL_NAMES
+from ..solver import Flag
+from .fibers import MODEL_BORROWED, MODEL_CHROMATIC, MODEL_NAMES
 from .result import ExposureResult
 
 __all__ = ["ProductParts", "product_parts"]
@@ -72,6 +73,21 @@ def product_parts(result: ExposureResult) -> ProductParts:
         omega[borrowed] = fits.borrowed_omega
         cov[borrowed] = fits.borrowed_cov
         n_iter = getattr(fits.fit, "n_iter", None)
+        chromatic = {}
+        if fits.chromatic is not None:
+            chosen = fits.model == MODEL_CHROMATIC
+            omega[chosen] = fits.chromatic.omega[chosen]
+            cov[chosen] = fits.chromatic.omega_cov()[chosen]
+            tried = ~(fits.chromatic.group_flags & Flag.EMPTY_GROUP).astype(bool)
+            error = fits.chromatic.gamma_error()
+            chromatic = {
+                "gamma": np.where(tried[:, None], fits.chromatic.gamma, np.nan),
+                "gamma_error": np.where(tried[:, None], error, np.nan),
+                "chromatic_delta_chi2": np.asarray(fits.chromatic.delta_chi2, np.float64),
+                "chromatic_p_value": np.asarray(fits.chromatic.p_value, np.float64),
+                "chromatic_amplitude": np.asarray(fits.chromatic.amplitude, np.float64),
+            }
+            meta["coordinate_span_um"] = np.asarray(fits.coordinate_span, np.float64)
         fibers[key] = FiberResults(
             fiber_index=np.arange(n),
             omega=omega,
@@ -84,6 +100,7 @@ def product_parts(result: ExposureResult) -> ProductParts:
             p_value=np.asarray(fits.p_value, np.float64),
             n_fit_pixels=np.asarray(fits.n_fit_pixels, np.int64),
             n_iter=None if np.shape(n_iter) != (n,) else np.asarray(n_iter, np.int64),
+            **chromatic,
         )
     meta.update(_identity(result.meta.get("exposure")))
     meta["model_option"] = result.options.model

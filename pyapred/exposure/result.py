@@ -9,7 +9,7 @@ import numpy as np
 from ..solver import Flag
 from ..traces import fiber_id
 from .extract import ChipResult
-from .fibers import MODEL_NAMES, FiberFits, _free
+from .fibers import MODEL_CHROMATIC, MODEL_NAMES, FiberFits, _free
 from .options import FitOptions
 
 __all__ = ["ExposureResult"]
@@ -168,6 +168,15 @@ class ExposureResult:
                 if bright.any()
                 else None,
             }
+            if fits.chromatic is not None:  # the chromatic fit of the time-variable fibers
+                tried = ~(fits.chromatic.group_flags & Flag.EMPTY_GROUP).astype(bool)
+                chosen = fits.model == MODEL_CHROMATIC
+                fibers[key]["chromatic"] = {
+                    "tried": int(tried.sum()),
+                    "chosen": int(chosen.sum()),
+                    "median_amplitude": _nanmedian(fits.chromatic.amplitude[chosen]),
+                    "coordinate_span_um": list(fits.coordinate_span),
+                }
             rms = fits.offset_rms()
             if rms is not None:  # the 1/f nuisance term: RMS of its offsets per chip, DN
                 fibers[key]["offset_rms_dn"] = [None if np.isnan(v) else float(v) for v in rms]

@@ -32,7 +32,6 @@ __all__ = [
 ]
 
 
-
 def flux_in_fiber(transparency, fwhm, diameter: float) -> np.ndarray:
     """Relative flux entering a fiber: ``T * coupling(FWHM)``, normalised by its maximum.
 

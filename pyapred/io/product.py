@@ -123,7 +123,8 @@ _FIBERS = {
     "fiber_id": _Field("fiberId", "", "fiber number, 1..300 (fiberId = 301 - fiber_index)"),
     "fiber_index": _Field("fiber_index", "", "ApogeeReduction.jl's fiberIndx = 301 - fiberId "
                           "(index_base 1; 0-based 300 - fiberId in Python)"),
-    "model": _Field("model", "", "model used for extraction: constant, time_variable or borrowed"),
+    "model": _Field("model", "", "model used for extraction: constant, time_variable, borrowed "
+                    "or time_variable_chromatic"),
     "flags": _Field("flags", "", "fiber bits of pyapred.Flag (docs/flags.md)"),
     "omega": _Field("omega", "", "transparency factor of each read difference, "
                     "normalised so that omega[ref_index] = 1", ("fiber", "diff")),
@@ -139,9 +140,24 @@ _FIBERS = {
     "p_value": _Field("p_value", "", "probability of delta_chi2 under the constant model"),
     "n_fit_pixels": _Field("n_fit_pixels", "", "pixels of the fiber in the omega fit"),
     "n_iter": _Field("n_iter", "", "Gauss-Newton iterations of the omega fit"),
+    "gamma": _Field("gamma", "", "chromatic slope: omega at wavelength coordinate c is omega "
+                    "(1 + gamma c), c from -1 (bluest) to +1 (reddest column of the fitted "
+                    "chips, metadata coordinate_span_um); NaN for fibers not tried",
+                    ("fiber", "diff")),
+    "gamma_error": _Field("gamma_error", "", "marginal error of gamma", ("fiber", "diff")),
+    "chromatic_delta_chi2": _Field("chromatic_delta_chi2", "", "chi-squared of the achromatic "
+                                   "minus that of the chromatic fit over the fit pixels"),
+    "chromatic_p_value": _Field("chromatic_p_value", "", "probability of chromatic_delta_chi2 "
+                                "(over the chromatic fit's inflation squared) under the "
+                                "achromatic model"),
+    "chromatic_amplitude": _Field("chromatic_amplitude", "", "equivalent peak-to-peak "
+                                  "red-to-blue omega difference, debiased for noise"),
 }  # fmt: skip
 _FLOAT_IMAGES = ("rate", "ivar", "chi2")
-_FIBER_STATS = ("amplitude", "delta_chi2", "p_value", "n_fit_pixels", "n_iter")
+_FIBER_STATS = ("amplitude", "delta_chi2", "p_value", "n_fit_pixels", "n_iter",
+                "chromatic_delta_chi2", "chromatic_p_value", "chromatic_amplitude")  # fmt: skip
+#: Optional per-fiber ``(n, K)`` columns (the chromatic fit, ``pyapred fit --chromatic``).
+_FIBER_ARRAYS = ("gamma", "gamma_error")
 _INDEX_BASE = {"fiber_index", "ref_index"}  # stored 1-based in HDF5, 0-based in FITS
 
 #: Metadata keys pyapred writes or knows: ``(units, description)``.
@@ -163,6 +179,11 @@ _METADATA = {
         "RMS of the fitted 1/f offsets per chip (row, output and "
         "read difference), nuisance_chips order",
     ),
+    "coordinate_span_um": (
+        "um",
+        "bluest and reddest wavelength of the chips fitted together, where the chromatic "
+        "fit's wavelength coordinate c is -1 and +1 (pyapred fit --chromatic)",
+    ),
     "telescope": ("", "telescope: apo or lco"),
     "mjd": ("d", "SDSS MJD (SJD) of the night"),
     "expnum": ("", "APOGEE exposure number, (mjd - 55562) * 10000 + exposure"),
@@ -182,6 +203,7 @@ _METADATA_AXES = {
     "read_times_tai_mjd": ("read",),
     "nuisance_chips": ("chip",),
     "nuisance_offset_rms_dn": ("chip",),
+    "coordinate_span_um": ("end",),
 }
 _CALLER_KEY = ("", "supplied by the program that wrote the product (no description given)")
 
@@ -280,6 +302,13 @@ class FiberResults:
         The model decision's statistics, where known.
     n_fit_pixels, n_iter : ndarray, int64, ``(n,)``, or None
         Pixels in the omega fit and Gauss-Newton iterations, where known.
+    gamma, gamma_error : ndarray, float64, ``(n, K)``, or None
+        With the chromatic fit: its slope (``omega (1 + gamma c)``) and marginal errors; NaN
+        for fibers not tried. ``omega`` and ``omega_cov`` of a ``time_variable_chromatic``
+        fiber are the chromatic fit's, at ``c = 0``.
+    chromatic_delta_chi2, chromatic_p_value, chromatic_amplitude : ndarray, float64, ``(n,)``,
+    or None
+        The chromatic model decision's statistics.
     """
 
     fiber_index: np.ndarray
@@ -293,6 +322,11 @@ class FiberResults:
     p_value: np.ndarray | None = None
     n_fit_pixels: np.ndarray | None = None
     n_iter: np.ndarray | None = None
+    chromatic_delta_chi2: np.ndarray | None = None
+    chromatic_p_value: np.ndarray | None = None
+    chromatic_amplitude: np.ndarray | None = None
+    gamma: np.ndarray | None = None
+    gamma_error: np.ndarray | None = None
 
     @property
     def fiber_id(self) -> np.ndarray:
@@ -548,6 +582,7 @@ def _check_fibers(key: str, results: FiberResults) -> None:
         "flags": (n,),
     }
     expected |= {s: (n,) for s in _FIBER_STATS if getattr(results, s) is not None}
+    expected |= {s: (n, k) for s in _FIBER_ARRAYS if getattr(results, s) is not None}
     found = {name: np.shape(getattr(results, name)) for name in expected}
     if n < 0 or found != expected:
         raise ValueError(
@@ -597,6 +632,9 @@ def _fiber_columns(results: FiberResults, *, index_base: int) -> dict[str, tuple
         if value is not None:
             kind = np.int64 if stat in ("n_fit_pixels", "n_iter") else np.float64
             values[stat] = np.asarray(value, kind)
+    for name in _FIBER_ARRAYS:
+        if getattr(results, name) is not None:
+            values[name] = np.asarray(getattr(results, name), np.float64)
     return {name: (value, _FIBERS[name]) for name, value in values.items()}
 
 
@@ -796,8 +834,15 @@ def _read_fibers(path, group: h5py.Group) -> FiberResults:
             )  # fmt: skip
     stats = {
         stat: read_dataset(path, group, _FIBERS[stat].name, shape=(n,), kinds=kinds)
-        for stat, kinds in zip(_FIBER_STATS, ("f", "f", "f", "iu", "iu"), strict=True)
+        for stat, kinds in zip(
+            _FIBER_STATS, ("f", "f", "f", "iu", "iu", "f", "f", "f"), strict=True
+        )  # fmt: skip
         if _FIBERS[stat].name in group
+    }
+    stats |= {
+        name: read_dataset(path, group, _FIBERS[name].name, shape=(n, k), kinds="f")
+        for name in _FIBER_ARRAYS
+        if _FIBERS[name].name in group
     }
     return FiberResults(
         fiber_index=fiber_index.astype(np.int64),
