@@ -99,7 +99,7 @@ def extract_chip(
     nc = prepared.traces.n_columns
     fiber = np.full((ny, nx), -1, dtype=np.int16)
     fiber[:, :nc] = prepared.pixel_map.fiber
-    groups = np.where(fiber >= 0, fiber, n_fibers)
+    groups = np.where(fiber >= 0, fiber, n_fibers).astype(np.int64)
     table = np.vstack([fibers.omega, np.ones((1, K))])
     if fibers.chromatic is not None:
         # A chromatic fiber's pixels use the row of their own column: omega at its wavelength.
