@@ -79,10 +79,9 @@ def product_parts(result: ExposureResult) -> ProductParts:
             omega[chosen] = fits.chromatic.omega[chosen]
             cov[chosen] = fits.chromatic.omega_cov()[chosen]
             tried = ~(fits.chromatic.group_flags & Flag.EMPTY_GROUP).astype(bool)
-            error = fits.chromatic.gamma_error()
             chromatic = {
                 "gamma": np.where(tried[:, None], fits.chromatic.gamma, np.nan),
-                "gamma_error": np.where(tried[:, None], error, np.nan),
+                "gamma_cov": np.where(tried[:, None, None], fits.chromatic.gamma_cov(), 0.0),
                 "chromatic_delta_chi2": np.asarray(fits.chromatic.delta_chi2, np.float64),
                 "chromatic_p_value": np.asarray(fits.chromatic.p_value, np.float64),
                 "chromatic_amplitude": np.asarray(fits.chromatic.amplitude, np.float64),

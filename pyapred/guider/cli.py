@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--diameter", type=float, help="fiber diameter on the sky, arcsec")
     parser.add_argument(
+        "--wavelength", type=float,
+        help="evaluate the fiber coupling at this wavelength (micron, e.g. 1.6), the guider's "
+        "FWHM scaled as wavelength^-0.2; default: at the guider's FWHM",
+    )  # fmt: skip
+    parser.add_argument(
         "--timesys", choices=("UTC", "TAI", "TT"), help="override the exposure's TIMESYS"
     )
 
@@ -104,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         fiber_ids = _parse_fibers(args.fibers)
     except ValueError:
         raise InputError("--fibers", "--fibers", "fiberIds such as 10,20-25", args.fibers) from None
+    if args.wavelength is not None and not 0.3 <= args.wavelength <= 3.0:
+        raise InputError("--wavelength", "--wavelength", "a wavelength in micron, 0.3 to 3",
+                         repr(args.wavelength))  # fmt: skip
     inputs = [check_input_file(args.product, "--product")]
     if args.exposure:
         inputs.append(check_input_file(args.exposure, "--exposure"))
@@ -129,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         result = compare(
             data, args.guider, read_times=read_times, fibers=fibers, fit_lag=args.lag,
             telescope=args.telescope, diameter=args.diameter, timesys=args.timesys,
+            wavelength=args.wavelength,
         )  # fmt: skip
     except ValueError as exc:
         if isinstance(exc, InputError):
@@ -153,6 +162,12 @@ def run(args: argparse.Namespace) -> int:
                 f"rms {result.residual_rms[i]:.4f}, "
                 f"explained {result.explained_variance[i]:.2f}"
                 + (" DISAGREE" if result.disagree[i] else "")
+                + (
+                    f"; gamma vs guider chi2/dof "
+                    f"{result.gamma_chi2[i] / max(int(result.gamma_dof[i]), 1):.2f}"
+                    if result.gamma_guider is not None
+                    else ""
+                )
             )
         for path, reason in result.dropped:
             print(f"  dropped {path}: {reason}")

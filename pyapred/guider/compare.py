@@ -21,7 +21,7 @@ from astropy.time import Time
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..traces import fiber_id
-from .fiber_flux import GuiderSeries, guider_series
+from .fiber_flux import GuiderSeries, chromatic_prediction, guider_series
 from .frames import GuiderFrames, as_guider_frames, header_number
 from .omega import select_omega
 from .timing import exposure_read_times, seconds_since
@@ -87,6 +87,16 @@ class GuiderComparison:
         ``"lag-unconstrained"``, ``"clock-offset"``, ``"lag-at-edge"``.
     dropped : tuple of (str, str)
         Guider files left out, with the reason.
+    gamma, gamma_err : ndarray, ``(F, K)``, or None
+        With a chromatic fit (``pyapred fit --chromatic``): its slope ``gamma`` (omega at
+        wavelength coordinate ``c`` is ``omega (1 + gamma c)``) and errors, NaN where unused.
+    gamma_guider : ndarray, ``(K,)``, or None
+        The guider's prediction of gamma from its seeing (:func:`chromatic_prediction`).
+    gamma_chi2, gamma_dof, gamma_p_value : ndarray, ``(F,)``, or None
+        ``r^T C^-1 r`` with ``r = gamma - gamma_guider`` and ``C`` gamma's covariance, over the
+        used elements (free, covered by the guider), their number, and its probability when the
+        prediction is right (the elements share the reference read's errors: their marginal
+        z-scores are correlated, so only the whole covariance gives a chi2 test).
     """
 
     fibers: np.ndarray
@@ -118,6 +128,12 @@ class GuiderComparison:
     series: GuiderSeries
     flags: tuple
     dropped: tuple
+    gamma: np.ndarray | None = None
+    gamma_err: np.ndarray | None = None
+    gamma_guider: np.ndarray | None = None
+    gamma_chi2: np.ndarray | None = None
+    gamma_dof: np.ndarray | None = None
+    gamma_p_value: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (no per-window arrays except the guider curve)."""
@@ -125,6 +141,18 @@ class GuiderComparison:
         def clean(values):
             return [None if not np.isfinite(v) else float(v) for v in np.ravel(values)]
 
+        chromatic = {}
+        if self.gamma_guider is not None:
+            residual = self.gamma - self.gamma_guider[None]
+            with np.errstate(invalid="ignore"):
+                rms = np.sqrt(np.nanmean(residual**2, axis=1))
+                chi2_dof = self.gamma_chi2 / self.gamma_dof
+            chromatic = {
+                "gamma_guider": clean(self.gamma_guider),
+                "gamma_residual_rms": clean(rms),
+                "gamma_chi2_dof": clean(chi2_dof),
+                "gamma_p_value": clean(self.gamma_p_value),
+            }
         return {
             "fiber_ids": [int(fiber_id(f)) for f in self.fibers],
             "t0_tai": self.t0.tai.isot,
@@ -144,6 +172,7 @@ class GuiderComparison:
             "n_guider_frames": len(self.series),
             "flags": list(self.flags),
             "dropped": [{"path": p, "reason": r} for p, r in self.dropped],
+            **chromatic,
         }
 
     def plot(self, path: str | os.PathLike | None = None, *, max_fibers: int = 10) -> Figure:
@@ -163,9 +192,11 @@ class GuiderComparison:
         """
         from matplotlib.figure import Figure  # no pyplot: no global state, any backend
 
-        fig = Figure(figsize=(8, 8.5), layout="tight")
-        axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.6, 1]})
-        top, middle, bottom = axes
+        chromatic = self.gamma_guider is not None
+        fig = Figure(figsize=(8, 11 if chromatic else 8.5), layout="tight")
+        ratios = [1, 1.6, 1] + ([1.3] if chromatic else [])
+        axes = fig.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios})
+        top, middle, bottom = axes[:3]
         guide_t = seconds_since(self.series.mid, self.t0)
         top.plot(guide_t, self.series.transparency, "o-", color="tab:red", ms=3)
         top.set_ylabel("transparency", color="tab:red")
@@ -209,11 +240,31 @@ class GuiderComparison:
         middle.legend(fontsize=8, loc="best")
         bottom.axhline(0, color="k", lw=1)
         bottom.set_ylabel("(omega - scale g) / sigma")
-        bottom.set_xlabel(f"TAI seconds since first read {self.t0.tai.isot} (+ lag)")
+        if chromatic:
+            self._plot_gamma(axes[3], mid, half, shown)
+        axes[-1].set_xlabel(f"TAI seconds since first read {self.t0.tai.isot} (+ lag)")
         if path is not None:
             with atomic_path(path, overwrite=True, keep_suffix=True) as tmp:
                 fig.savefig(tmp, dpi=110, format="png")
         return fig
+
+    def _plot_gamma(self, ax, mid, half, shown) -> None:
+        """The chromatic slope of the shown fibers against the guider's prediction."""
+        ax.step(
+            np.append(self.window_start, self.window_end[-1]),
+            np.append(self.gamma_guider, self.gamma_guider[-1]),
+            where="post", color="k", lw=2, label="guider prediction (seeing)",
+        )  # fmt: skip
+        for f in shown:
+            ok = np.isfinite(self.gamma[f])
+            chi2_dof = self.gamma_chi2[f] / max(int(self.gamma_dof[f]), 1)
+            ax.errorbar(mid[ok], self.gamma[f][ok], xerr=half[ok], yerr=self.gamma_err[f][ok],
+                        fmt="o", ms=3, lw=0.8,
+                        label=f"fiberId {int(fiber_id(self.fibers[f]))}: chi2/dof "
+                        f"{chi2_dof:.2f}")  # fmt: skip
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_ylabel("gamma (red - blue) / 2")
+        ax.legend(fontsize=7, loc="best")
 
 
 def _fit_scale(omega, cov, used, g, g_cov):
@@ -279,6 +330,7 @@ def compare(
     row_phase: float = 0.5,
     max_gap: float = 120.0,
     alpha: float = 1e-3,
+    wavelength: float | None = None,
 ) -> GuiderComparison:
     """Compare fitted omega with the guider's flux-in-fiber prediction.
 
@@ -310,6 +362,11 @@ def compare(
         See :func:`predict_omega`.
     alpha : float, optional
         p-value below which a fiber is flagged as disagreeing.
+    wavelength : float, optional
+        Wavelength (micron) of the flux-in-fiber prediction of omega, see
+        :func:`guider_series`. With a chromatic fit (``gamma`` in the input) the guider's
+        prediction of gamma is made and compared too (:func:`chromatic_prediction`): the
+        ``gamma*`` fields.
 
     Returns
     -------
@@ -338,8 +395,9 @@ def compare(
         config_id = int(header["CONFIGID"])
 
     series = _select_series(
-        guider_frames, times, config_id, telescope, diameter, seeing, lag_range if fit_lag else 0
-    )
+        guider_frames, times, config_id, telescope, diameter, seeing, lag_range if fit_lag else 0,
+        wavelength,
+    )  # fmt: skip
     flags = []
     if series.dropped:
         flags.append("frames-dropped")
@@ -425,6 +483,10 @@ def compare(
     disagree = np.nan_to_num(p_value, nan=1.0) < alpha
     if disagree.any():
         flags.append("disagree")
+    chromatic = {}
+    if data.gamma is not None:
+        chromatic = _gamma_comparison(data, series, averager.matrix(lo0 + lag, hi0 + lag), covered,
+                                      special)  # fmt: skip
     t_lo, t_hi = lo0 + lag, hi0 + lag
     return GuiderComparison(
         fibers=data.fibers,
@@ -456,7 +518,42 @@ def compare(
         series=series,
         flags=tuple(flags),
         dropped=series.dropped,
+        **chromatic,
     )
+
+
+def _gamma_comparison(data, series, matrix, covered, special) -> dict:
+    """The fitted chromatic slope against the guider's prediction (GuiderComparison fields)."""
+    if data.span is None:
+        raise ValueError(
+            "gamma: the chromatic fit's wavelength span is needed to predict it (a product's "
+            "coordinate_span_um, or 'span' in a mapping)"
+        )
+    diag = np.diagonal(data.cov, axis1=1, axis2=2)
+    # The reference read: omega fixed to 1 with variance 0 (one for all fibers in a product).
+    fixed = np.flatnonzero((diag[0] == 0) & (data.omega[0] == 1.0))
+    if not fixed.size:
+        raise ValueError("omega: no element fixed to 1 (with variance 0) to predict gamma against")
+    _, predicted = chromatic_prediction(series, matrix, data.span, int(fixed[0]))
+    predicted = np.where(covered, predicted, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        error = np.sqrt(np.maximum(np.diagonal(data.gamma_cov, axis1=1, axis2=2), 0.0))
+        used = np.isfinite(data.gamma) & (error > 0) & covered[None]
+        chi2 = np.zeros(len(data.gamma))
+        for f, use in enumerate(used):
+            resid = (data.gamma[f] - predicted)[use]
+            sub = data.gamma_cov[f][np.ix_(use, use)]
+            chi2[f] = float(resid @ np.linalg.solve(sub, resid)) if use.any() else np.nan
+        dof = used.sum(axis=1)
+        p_value = np.where(dof > 0, special.chdtrc(np.maximum(dof, 1), chi2), np.nan)
+    return {
+        "gamma": np.where(used, data.gamma, np.nan),
+        "gamma_err": np.where(used, error, np.nan),
+        "gamma_guider": predicted,
+        "gamma_chi2": chi2,
+        "gamma_dof": dof,
+        "gamma_p_value": p_value,
+    }
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -493,7 +590,8 @@ def _clock_verdict(lag: float, lag_err: float, tai_minus_utc: float) -> str:
     return "undetermined" if matches else "unexplained"
 
 
-def _select_series(frames, times, config_id, telescope, diameter, seeing, margin) -> GuiderSeries:
+def _select_series(frames, times, config_id, telescope, diameter, seeing, margin,
+                   wavelength=None) -> GuiderSeries:  # fmt: skip
     """Frames of the exposure's configuration within its time span (+- margin), as a series."""
     if isinstance(frames, GuiderSeries):
         return frames
@@ -524,9 +622,8 @@ def _select_series(frames, times, config_id, telescope, diameter, seeing, margin
             f"{len(spans)} frame(s) from {min(spans, key=lambda t: t.mjd).isot} "
             f"to {max(spans, key=lambda t: t.mjd).isot} TAI",
         )
-    return guider_series(
-        GuiderFrames(inside, rejected), telescope=telescope, diameter=diameter, seeing=seeing
-    )
+    return guider_series(GuiderFrames(inside, rejected), telescope=telescope, diameter=diameter,
+                         seeing=seeing, wavelength=wavelength)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.time import Time
 
-from ..chromatic import FIBER_DIAMETER_ARCSEC, fiber_coupling
+from ..chromatic import (
+    FIBER_DIAMETER_ARCSEC,
+    fiber_coupling,
+    linear_in_coordinate,
+    seeing_fwhm,
+    wavelength_coordinate,
+)
 from ..errors import InputError
 from .frames import GuiderFrame, as_guider_frames
 from .timing import seconds_since
@@ -26,6 +32,7 @@ from .timing import seconds_since
 __all__ = [
     "FIBER_DIAMETER_ARCSEC",
     "GuiderSeries",
+    "chromatic_prediction",
     "fiber_coupling",
     "flux_in_fiber",
     "guider_series",
@@ -119,6 +126,7 @@ def guider_series(
     telescope: str | None = None,
     diameter: float | None = None,
     seeing: str = "best",
+    wavelength: float | None = None,
 ) -> GuiderSeries:
     """Combine guider frames into the flux-in-fiber series.
 
@@ -133,6 +141,11 @@ def guider_series(
         SDSS-V: ``"best"`` uses ``FWHMFIT`` (the best-focus FWHM fitted across the six cameras,
         the focus of the fibers), falling back to the median camera ``FWHM``; ``"camera"`` always
         uses the median of the cameras' ``FWHM``.
+    wavelength : float, optional
+        Evaluate the coupling at this wavelength (micron), the FWHM scaled from the guider's
+        wavelength as ``wavelength**-0.2`` (:func:`pyapred.chromatic.seeing_fwhm`); for example
+        1.6, the middle of APOGEE's band. Default: at the FWHM the guider measured (the
+        paper's model). ``GuiderSeries.fwhm`` stays the guider's.
 
     Returns
     -------
@@ -155,6 +168,8 @@ def guider_series(
     diameter = FIBER_DIAMETER_ARCSEC[telescope] if diameter is None else float(diameter)
     if not diameter > 0:
         raise ValueError(f"diameter: expected > 0 arcsec, got {diameter}")
+    if wavelength is not None and not float(wavelength) > 0:
+        raise ValueError(f"wavelength: expected > 0 micron, got {wavelength}")
 
     groups: dict = {}
     for frame in frames.frames:
@@ -202,7 +217,8 @@ def guider_series(
         raise InputError(
             epochs[0][0].path, "GAIAMATCH/zp", "stars measured in at least two guider frames"
         )
-    coupling = fiber_coupling(fwhm[keep], diameter)
+    at = fwhm[keep] if wavelength is None else seeing_fwhm(fwhm[keep], float(wavelength))
+    coupling = fiber_coupling(at, diameter)
     flux = transparency[keep] * coupling
     peak = flux.max()
     return GuiderSeries(
@@ -254,3 +270,38 @@ def _transparency(star_ids: list, star_zp: list) -> tuple[np.ndarray, np.ndarray
             mad = 1.4826 * np.median(np.abs(values - transparency[i]))
             error[i] = 1.2533 * mad / np.sqrt(values.size)  # standard error of a median
     return transparency, error, n_stars
+
+
+def chromatic_prediction(
+    series: GuiderSeries, matrix: np.ndarray, span: tuple, ref_index: int, n_wavelengths: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chromatic model's ``(omega, gamma)`` that the guider's seeing predicts.
+
+    Each guider frame's light in the fiber is evaluated at ``n_wavelengths`` wavelengths across
+    ``span``: its transparency times the coupling (:func:`fiber_coupling`) at the frame's FWHM
+    scaled to that wavelength (:func:`pyapred.chromatic.seeing_fwhm`, the FWHM being measured at
+    the guider's wavelength). Averaged over each read-difference window (``matrix``) and fitted
+    by ``omega_k (1 + gamma_k c)`` relative to read difference ``ref_index``
+    (:func:`pyapred.chromatic.linear_in_coordinate`), as the chromatic fit sees it.
+
+    Parameters
+    ----------
+    series : GuiderSeries
+    matrix : ndarray, ``(K, n_frames)``
+        Window-averaging weights of the frames (:class:`pyapred.guider.windows.WindowAverager`).
+    span : (float, float)
+        Bluest and reddest wavelength of the chromatic fit's coordinate, micron.
+    ref_index : int
+        The fit's reference read difference.
+    n_wavelengths : int
+
+    Returns
+    -------
+    omega, gamma : ndarray, ``(K,)``
+        For every window; those the guider does not cover are extrapolated (the caller masks
+        them, :func:`pyapred.guider.windows.covered_windows`).
+    """
+    wavelength = np.linspace(span[0], span[1], int(n_wavelengths))
+    coupling = fiber_coupling(seeing_fwhm(series.fwhm[:, None], wavelength), series.diameter)
+    per_window = matrix @ (series.transparency[:, None] * coupling)  # (K, n_wavelengths)
+    return linear_in_coordinate(per_window, wavelength_coordinate(wavelength, span), ref_index)

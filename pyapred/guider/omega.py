@@ -34,6 +34,12 @@ class OmegaSelection:
         The exposure's read start times (TAI), when the input carries them.
     header : Mapping or None
         Exposure header cards (:data:`TIME_CARDS`), when the input carries them.
+    gamma, gamma_cov : ndarray, ``(F, K)`` and ``(F, K, K)``, or None
+        The chromatic fit's slope and its covariance, when the input carries them (a product of
+        ``pyapred fit --chromatic``, a mapping with ``gamma`` and ``gamma_cov``, or a
+        ChromaticFit).
+    span : (float, float) or None
+        Bluest and reddest wavelength (micron) of the chromatic fit's coordinate.
     """
 
     omega: np.ndarray
@@ -41,6 +47,9 @@ class OmegaSelection:
     fibers: np.ndarray
     read_times: Time | None
     header: Mapping | None
+    gamma: np.ndarray | None = None
+    gamma_cov: np.ndarray | None = None
+    span: tuple | None = None
 
 
 #: Exposure header cards that give the read times, looked for in a product's metadata.
@@ -77,12 +86,18 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
     if isinstance(source, (str, os.PathLike)):
         return select_omega(read_product_omega(os.fspath(source), group), fibers)
     labels, read_times, header = None, None, None
+    gamma = gamma_cov = span = None
     if isinstance(source, Mapping):
         omega, cov = source["omega"], source["omega_cov"]
         labels = source.get("fiber_index")
         read_times, header = source.get("read_times"), source.get("header")
+        gamma, gamma_cov, span = source.get("gamma"), source.get("gamma_cov"), source.get("span")
     elif isinstance(source, tuple):
         omega, cov = source
+    elif hasattr(source, "gamma") and callable(getattr(source, "omega_cov", None)):
+        # A ChromaticFit: omega at the middle of the span, and its slope.
+        omega, cov = source.omega, source.omega_cov()
+        gamma, gamma_cov = source.gamma, source.gamma_cov()
     elif hasattr(source, "omega") and hasattr(source, "omega_cov"):
         omega, cov = source.omega, source.omega_cov
         read_times, header = getattr(source, "read_times", None), getattr(source, "header", None)
@@ -111,7 +126,12 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
         if missing:
             raise ValueError(f"fibers: {missing} not among the {labels.size} fibers given")
         rows = np.array([np.flatnonzero(labels == f)[0] for f in wanted])
-    return OmegaSelection(omega[rows], cov[rows], labels[rows], read_times, header)
+    if gamma is not None:
+        gamma = np.broadcast_to(np.asarray(gamma, np.float64), omega.shape)[rows]
+        gamma_cov = np.broadcast_to(np.asarray(gamma_cov, np.float64), cov.shape)[rows]
+    span = None if span is None else tuple(float(v) for v in np.ravel(span))
+    return OmegaSelection(omega[rows], cov[rows], labels[rows], read_times, header, gamma,
+                          gamma_cov, span)  # fmt: skip
 
 
 def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dict:
@@ -135,7 +155,8 @@ def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dic
     dict
         ``omega`` ``(F, K)``, ``omega_cov`` ``(F, K, K)``, ``fiber_index`` ``(F,)`` (0-based),
         ``read_times`` (TAI ``Time`` or None) and ``header`` (the :data:`TIME_CARDS` found, or
-        None); :func:`select_omega` accepts it.
+        None), and with the chromatic fit ``gamma`` ``(F, K)``, ``gamma_cov`` ``(F, K, K)`` and
+        ``span`` (``coordinate_span_um``); :func:`select_omega` accepts it.
 
     Raises
     ------
@@ -157,12 +178,18 @@ def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dic
     read_times = metadata.get("read_times_tai_mjd")
     if read_times is not None:
         read_times = Time(np.asarray(read_times, np.float64), format="mjd", scale="tai")
+    chromatic = {}
+    if fits_.gamma is not None:  # pyapred fit --chromatic
+        span = metadata.get("coordinate_span_um")
+        chromatic = {"gamma": fits_.gamma, "gamma_cov": fits_.gamma_cov,
+                     "span": None if span is None else np.asarray(span, np.float64)}  # fmt: skip
     return {
         "omega": fits_.omega,
         "omega_cov": fits_.omega_cov,
         "fiber_index": fits_.fiber_index,
         "read_times": read_times,
         "header": header or None,
+        **chromatic,
     }
 
 

@@ -197,7 +197,7 @@ def _native(array: np.ndarray) -> np.ndarray:
 _STATISTICS = ("AMPLITUDE", "DELTA_CHI2", "P_VALUE", "N_FIT_PIXELS", "N_ITER",
                "CHROMATIC_DELTA_CHI2", "CHROMATIC_P_VALUE", "CHROMATIC_AMPLITUDE")  # fmt: skip
 #: Optional ``(n, K)`` columns (the chromatic fit).
-_ARRAYS = ("GAMMA", "GAMMA_ERROR")
+_ARRAYS = ("GAMMA", "GAMMA_COV")
 
 
 def _fibers(table, fiber_type):
@@ -213,8 +213,8 @@ def _fibers(table, fiber_type):
         for name in _STATISTICS
         if name in names
     }
-    stats |= {name.lower(): _native(table[name]).reshape(n, k).astype(float)
-              for name in _ARRAYS if name in names}  # fmt: skip
+    stats |= {name.lower(): _native(table[name]).reshape((n, k) + (k,) * ("COV" in name))
+              .astype(float) for name in _ARRAYS if name in names}  # fmt: skip
     return fiber_type(
         fiber_index=fiber_index,
         omega=omega,

@@ -144,7 +144,8 @@ _FIBERS = {
                     "(1 + gamma c), c from -1 (bluest) to +1 (reddest column of the fitted "
                     "chips, metadata coordinate_span_um); NaN for fibers not tried",
                     ("fiber", "diff")),
-    "gamma_error": _Field("gamma_error", "", "marginal error of gamma", ("fiber", "diff")),
+    "gamma_cov": _Field("gamma_cov", "", "covariance of gamma; the ref_index row and column "
+                        "are 0", ("fiber", "diff", "diff")),
     "chromatic_delta_chi2": _Field("chromatic_delta_chi2", "", "chi-squared of the achromatic "
                                    "minus that of the chromatic fit over the fit pixels"),
     "chromatic_p_value": _Field("chromatic_p_value", "", "probability of chromatic_delta_chi2 "
@@ -157,7 +158,7 @@ _FLOAT_IMAGES = ("rate", "ivar", "chi2")
 _FIBER_STATS = ("amplitude", "delta_chi2", "p_value", "n_fit_pixels", "n_iter",
                 "chromatic_delta_chi2", "chromatic_p_value", "chromatic_amplitude")  # fmt: skip
 #: Optional per-fiber ``(n, K)`` columns (the chromatic fit, ``pyapred fit --chromatic``).
-_FIBER_ARRAYS = ("gamma", "gamma_error")
+_FIBER_ARRAYS = ("gamma", "gamma_cov")
 _INDEX_BASE = {"fiber_index", "ref_index"}  # stored 1-based in HDF5, 0-based in FITS
 
 #: Metadata keys pyapred writes or knows: ``(units, description)``.
@@ -302,8 +303,8 @@ class FiberResults:
         The model decision's statistics, where known.
     n_fit_pixels, n_iter : ndarray, int64, ``(n,)``, or None
         Pixels in the omega fit and Gauss-Newton iterations, where known.
-    gamma, gamma_error : ndarray, float64, ``(n, K)``, or None
-        With the chromatic fit: its slope (``omega (1 + gamma c)``) and marginal errors; NaN
+    gamma, gamma_cov : ndarray, float64, ``(n, K)`` and ``(n, K, K)``, or None
+        With the chromatic fit: its slope (``omega (1 + gamma c)``) and its covariance; NaN
         for fibers not tried. ``omega`` and ``omega_cov`` of a ``time_variable_chromatic``
         fiber are the chromatic fit's, at ``c = 0``.
     chromatic_delta_chi2, chromatic_p_value, chromatic_amplitude : ndarray, float64, ``(n,)``,
@@ -326,7 +327,7 @@ class FiberResults:
     chromatic_p_value: np.ndarray | None = None
     chromatic_amplitude: np.ndarray | None = None
     gamma: np.ndarray | None = None
-    gamma_error: np.ndarray | None = None
+    gamma_cov: np.ndarray | None = None
 
     @property
     def fiber_id(self) -> np.ndarray:
@@ -582,7 +583,8 @@ def _check_fibers(key: str, results: FiberResults) -> None:
         "flags": (n,),
     }
     expected |= {s: (n,) for s in _FIBER_STATS if getattr(results, s) is not None}
-    expected |= {s: (n, k) for s in _FIBER_ARRAYS if getattr(results, s) is not None}
+    expected |= {s: (n, k) + (k,) * (s == "gamma_cov") for s in _FIBER_ARRAYS
+                 if getattr(results, s) is not None}  # fmt: skip
     found = {name: np.shape(getattr(results, name)) for name in expected}
     if n < 0 or found != expected:
         raise ValueError(
@@ -840,7 +842,9 @@ def _read_fibers(path, group: h5py.Group) -> FiberResults:
         if _FIBERS[stat].name in group
     }
     stats |= {
-        name: read_dataset(path, group, _FIBERS[name].name, shape=(n, k), kinds="f")
+        name: read_dataset(
+            path, group, _FIBERS[name].name, shape=(n, k) + (k,) * (name == "gamma_cov"), kinds="f"
+        )  # fmt: skip
         for name in _FIBER_ARRAYS
         if _FIBERS[name].name in group
     }
