@@ -49,7 +49,8 @@ CHIP_NAMES = ("R", "G", "B")
 STAGE_OPTIONS = (
     "model", "p_value", "amplitude_threshold", "min_fit_pixels", "max_omega_error", "min_snr",
     "core_halfwidth", "min_purity", "max_fit_pixels", "map_halfwidth", "joint_chips", "max_iter",
-    "jump_search", "jump_threshold", "correct_1f", "segment_columns",
+    "jump_search", "jump_threshold", "correct_1f", "segment_columns", "chromatic",
+    "chromatic_p_value",
 )  # fmt: skip
 #: Small chips have few fit pixels per fiber: 8 rather than 20 make a fiber bright.
 BASE_OPTIONS = {"min_fit_pixels": 8}
@@ -144,6 +145,17 @@ def run_stages(vector: dict) -> dict:
     rms = fibers.offset_rms()
     if rms is not None:  # the nuisance term: the fitted offsets' RMS per chip
         fiber_out["offset_rms"] = rms
+    if fibers.chromatic is not None:  # the chromatic fit of the time-variable fibers
+        chromatic = fibers.chromatic
+        fiber_out |= {
+            "coordinate_span": np.asarray(fibers.coordinate_span),
+            "chromatic_omega": chromatic.omega,
+            "chromatic_gamma": chromatic.gamma,
+            "chromatic_cov": chromatic.cov,
+            "chromatic_delta_chi2": chromatic.delta_chi2,
+            "chromatic_p_value": chromatic.p_value,
+            "chromatic_amplitude": chromatic.amplitude,
+        }
     extract = {
         name: np.stack([getattr(r, name) for r in results]) for name in ("flux", "flux_var", "chi2")
     }
@@ -182,7 +194,7 @@ def simulate_chip(
 
     ``fiber_flux`` ``(n_fibers,)`` or ``(n_fibers, n_columns)``: e- per read interval per column
     over a whole trace;
-    ``omega`` ``(n_fibers, K)``; ``cosmic_rays``: ``(k, row, col, e-)`` added from difference
+    ``omega`` ``(n_fibers, K)``, or ``(n_fibers, K, n_columns)`` (chromatic); ``cosmic_rays``: ``(k, row, col, e-)`` added from difference
     k on; ``dead``: ``(row, col)`` pixels whose reads are all equal; ``row_offsets``
     ``(n_reads, ny, n_segments)`` DN added to every read of each row's segments of ``nx //
     n_segments`` columns (1/f-like offsets).
@@ -198,7 +210,8 @@ def simulate_chip(
         flux = np.asarray(fiber_flux, float)
         frac = profile(y_center, sigma, rows) * (flux[:, None] if flux.ndim == 1 else flux)
         for k in range(K):
-            np.add.at(light[k], (rows[inside], cols[inside]), (frac * omega[:, k, None])[inside])
+            weight = omega[:, k, :] if omega.ndim == 3 else omega[:, k, None]
+            np.add.at(light[k], (rows[inside], cols[inside]), (frac * weight)[inside])
     light[:, :, :n_columns] += dark
     counts = np.zeros((K + 1, ny, nx))
     counts[1:] = np.cumsum(rng.poisson(light), axis=0)
@@ -496,6 +509,28 @@ def _build() -> None:
          correct_1f="nuisance", segment_columns=8,
          checks=[two_chips, models_are(1, 1, 1)])  # fmt: skip
 
+    # 15. Chromatic transparency over two chips fitted jointly: fibers 0 and 1 see omega_k (1 +
+    # gamma_k c) with gamma up to 8 % (c from the columns' wavelengths), fiber 2 a grey cloud.
+    # The chromatic model is chosen for the first two only; their pixels are extracted with the
+    # omega of their own column.
+    from pyapred.chromatic import chip_wavelength, coordinate_span, wavelength_coordinate
+
+    rng = np.random.default_rng(115)
+    gamma7 = np.array([0.0, 0.03, 0.06, 0.08, 0.05, -0.02, 0.04])
+    span = coordinate_span(CHIP_NAMES[:2])
+    chips = []
+    for c, (flux, gain) in enumerate([([4200.0, 3800.0, 4000.0], 1.9), ([3600.0, 4400.0, 3900.0],
+                                                                       2.1)]):  # fmt: skip
+        coord = wavelength_coordinate(chip_wavelength(CHIP_NAMES[c], NC), span)
+        chromatic = omegas(CLOUD7, 3)[:, :, None] * (1 + gamma7[None, :, None] * coord)
+        chromatic[2] = CLOUD7[:, None]  # a grey cloud
+        reads = simulate_chip(rng, yj[c], sj[c], flux, chromatic, ny=NY, nx=NX, gain=gain)
+        chips.append({"reads": reads, "read_noise": 6.5, "gain": gain, "saturation": 60000.0})
+    case("stage_chromatic", "chromatic transparency (gamma up to 8 %) in two fibers of two chips "
+         "fitted jointly, a grey cloud in the third: chromatic model for the first two",
+         chips, yj, sj, [False] * 3, joint_chips=True, chromatic=True,
+         checks=[models_are(3, 3, 1)])  # fmt: skip
+
 
 # --------------------------------------------------------------------------------------------
 # Margins: no decision within rounding of its threshold
@@ -532,6 +567,10 @@ def check_decisions(vector: dict, out: dict) -> None:
     if tested.size:
         gap = np.abs(np.log(np.maximum(tested, 1e-300) / options["p_value"]))
         assert gap.min() > 1e-3, f"{vector['name']}: a p-value at the threshold"
+    if "chromatic_p_value" in fibers:
+        tested = fibers["chromatic_p_value"][np.isfinite(fibers["chromatic_p_value"])]
+        gap = np.abs(np.log(np.maximum(tested, 1e-300) / options["chromatic_p_value"]))
+        assert gap.min() > 1e-3, f"{vector['name']}: a chromatic p-value at the threshold"
     amp = fibers["amplitude"][np.isfinite(fibers["amplitude"])]
     if amp.size:
         assert np.abs(amp / options["amplitude_threshold"] - 1).min() > 1e-6
