@@ -52,6 +52,7 @@ JULIA_FUNCTIONS = (
     "gibbs",
     "find_jumps_kernel!",
     "fit_omega_with_jumps",
+    "fit_chromatic_groups",
 )
 
 GUIDANCE = (
@@ -354,6 +355,28 @@ def _omega_result(res, offsets: bool = False) -> dict:
     out["ref_index"] = _from_jl(res.ref_index).astype(np.int64) - 1
     if offsets:
         out["offsets"] = np.array(np.asarray(res.offsets).transpose(2, 1, 0))  # (K, S, G)
+    return out
+
+
+def fit_chromatic_groups(diffs, valid, s2, dt, fit_pixel, coord, omega, flux, ref_index, *,
+                         rtol, max_iter):  # fmt: skip
+    """See :func:`pyapred.solver._chromatic.fit_chromatic_groups` (``ref_index`` 0-based here).
+
+    Returns its dict: group axis first, ``cov`` ``(G, 2K, 2K)``, ``free`` ``(G, 2K)``.
+    """
+    res = _fn("fit_chromatic_groups")(
+        _jl(diffs), _jl(valid), _jl(s2), _jl(dt), _jl(fit_pixel),
+        _jl(np.ascontiguousarray(coord, dtype=np.float64)),
+        _jl(np.ascontiguousarray(omega, dtype=np.float64)),
+        _jl(np.ascontiguousarray(flux, dtype=np.float64)), _ref_index_jl(ref_index),
+        rtol=float(rtol), max_iter=int(max_iter),
+    )  # fmt: skip
+    out = {name: _from_jl(getattr(res, name)) for name in
+           ("omega", "slope", "flux", "flux_var", "chi2", "converged")}  # fmt: skip
+    out["free"] = _from_jl(res.free).astype(bool)
+    out["cov"] = _from_jl(res.cov, stack=True)
+    out["n_iter"] = _from_jl(res.n_iter).astype(np.int64)
+    out["stop_reason"] = _from_jl(res.stop_reason).astype(np.int64)  # the same codes, 0-based
     return out
 
 

@@ -1,8 +1,10 @@
-"""Stage 2's model choice (``choose_models``) with and without the 1/f nuisance offsets."""
+"""Stage 2: the model choice (``choose_models``) with and without the 1/f nuisance offsets, and
+the chromatic model (``FitOptions.chromatic``, ``choose_chromatic``)."""
 
 import dataclasses
 
 import numpy as np
+import pytest
 
 from pyapred import Flag, fit_constant, fit_omega, simulate_ramps
 from pyapred.exposure import FitOptions
@@ -78,3 +80,82 @@ def test_nuisance_fibers_fitted_in_batches_give_the_same_result(tmp_path, monkey
                                    atol=1e-14, err_msg=name)  # fmt: skip
     np.testing.assert_allclose(batched.fit.offsets, whole.fit.offsets, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(batched.offset_rms(), whole.offset_rms(), rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# The chromatic model (FitOptions.chromatic)
+# --------------------------------------------------------------------------------------------
+def test_seeing_change_gets_the_chromatic_model_with_calibrated_gamma(seeing_change):
+    from pyapred.exposure import MODEL_CHROMATIC
+
+    sim, result = seeing_change
+    fits = result.fibers["joint"]
+    chosen = fits.model == MODEL_CHROMATIC
+    assert chosen.sum() >= 0.5 * fits.bright.sum()
+    assert fits.coordinate_span == (1.5145, 1.6965)
+    omega, gamma = sim.chromatic_truth(fits.ref_index)
+    free = np.arange(gamma.shape[1]) != fits.ref_index
+    tried = fits.bright & np.isfinite(fits.chromatic.p_value)
+    z = (fits.chromatic.gamma - gamma)[tried][:, free] / fits.chromatic.gamma_error()[tried][
+        :, free
+    ]
+    assert abs(np.std(z) - 1.0) < 0.15
+    # The omega used for extraction is the chromatic fit's at the middle of the span, mean 1.
+    np.testing.assert_allclose(fits.omega[chosen].mean(axis=1), 1.0)
+    summary = result.summary()["fibers"]["joint"]
+    assert summary["chromatic"]["chosen"] == int(chosen.sum())
+    assert summary["models"]["time_variable_chromatic"] == int(chosen.sum())
+
+
+def test_chromatic_fibers_are_extracted_with_each_columns_omega(seeing_change):
+    from pyapred.chromatic import chip_wavelength, wavelength_coordinate
+    from pyapred.exposure import MODEL_CHROMATIC
+    from pyapred.solver import extract_fluxes
+
+    sim, result = seeing_change
+    fits = result.fibers["joint"]
+    chip = result.chips["B"]
+    fiber = int(np.flatnonzero(fits.model == MODEL_CHROMATIC)[0])
+    fibers, per_column = fits.column_omega("B", 256)
+    row = per_column[list(fibers).index(fiber)]  # (n_columns, K)
+    c = wavelength_coordinate(chip_wavelength("B", 256), fits.coordinate_span)
+    expected = fits.chromatic.omega[fiber] * (1 + fits.chromatic.gamma[fiber] * c[:, None])
+    np.testing.assert_allclose(row, expected / expected.mean(axis=1, keepdims=True), rtol=1e-12)
+    # A pixel of that fiber without a jump: its flux is the extraction with its column's row.
+    pixels = np.argwhere((chip.fiber == fiber) & ((chip.flags & Flag.JUMP_DETECTED) == 0))
+    y, x = pixels[len(pixels) // 2]
+    c_sim = sim.chips["B"]
+    alone = extract_fluxes(c_sim.reads[:, y, x], c_sim.read_noise, row[x], gain=c_sim.gain,
+                           saturation=c_sim.saturation)  # fmt: skip
+    assert chip.flux[y, x] == pytest.approx(float(alone.flux), rel=1e-12)
+
+
+def test_grey_cloud_rarely_gets_the_chromatic_model():
+    """On achromatic data the chromatic model goes to at most 1 % of the bright fibers."""
+    from pyapred.exposure import MODEL_CHROMATIC, ChipExposure, run_exposure
+    from pyapred.simulate import simulate_exposure
+
+    sim = simulate_exposure("clouds", seed=6, n_fibers=300, n_columns=96, ref_columns=0,
+                            n_reads=20)  # fmt: skip
+    chips = {n: ChipExposure(n, c.reads, c.read_noise, gain=c.gain, saturation=c.saturation)
+             for n, c in sim.chips.items()}  # fmt: skip
+    traces = {n: c.traces for n, c in sim.chips.items()}
+    result = run_exposure(chips, traces, FitOptions(chromatic=True, joint_chips=True))
+    fits = result.fibers["joint"]
+    assert fits.bright.sum() > 200
+    assert np.sum(fits.model == MODEL_CHROMATIC) <= 0.01 * fits.bright.sum()
+    tried = np.isfinite(fits.chromatic.p_value)
+    # The test's p-values are about uniform under the null.
+    assert 0.02 < np.mean(fits.chromatic.p_value[tried] < 0.1) < 0.2
+
+
+def test_chromatic_needs_known_chips_and_no_nuisance():
+    with pytest.raises(ValueError, match="chromatic"):
+        FitOptions(chromatic=True, correct_1f="nuisance")
+    from pyapred.exposure.fibers import _fit_pixel_coordinates
+
+    class Chip:
+        name = "X"
+
+    with pytest.raises(ValueError, match="R, G or B"):
+        _fit_pixel_coordinates([Chip()])

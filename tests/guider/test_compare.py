@@ -119,3 +119,57 @@ def test_partial_guider_coverage_is_flagged_not_fatal(sky):
     assert "partial-coverage" in result.flags
     assert 20 < result.used[0].sum() < N_READS - 2
     assert np.isnan(result.guider[-1]) and np.isfinite(result.guider[0])
+
+
+# --------------------------------------------------------------------------------------------
+# The chromatic fit: gamma against the guider's seeing
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chromatic(seeing_change, tmp_path_factory):
+    """The seeing-change exposure's chromatic fibers as a product, and guider frames that see
+    the same seeing history (1.2 to 3.6 arcsec over the exposure, grey transparency 1)."""
+    from pyapred.exposure import MODEL_CHROMATIC, write_exposure
+
+    sim, result = seeing_change
+    fits_ = result.fibers["joint"]
+    n_diff = len(sim.read_times) - 1
+    duration = n_diff * INTOFF
+    start, end = sim.fwhm[0, 0] - 0.5 * np.diff(sim.fwhm[0])[0], sim.fwhm[0, -1]
+    directory = tmp_path_factory.mktemp("chromatic_guider")
+    frames = guider.simulate_guider_frames(
+        directory, start=START - 100 * u.s, duration=duration + 200.0,
+        transparency=lambda t: np.ones_like(t),
+        fwhm=lambda t: start + (end - start) * np.clip((t - 100.0) / duration, 0.0, 1.0),
+        rng=np.random.default_rng(11), cadence=10.0, exptime=8.0, cameras=("gfa2n",),
+    )  # fmt: skip
+    product = write_exposure(result, tmp_path_factory.mktemp("product") / "p.h5")
+    chosen = np.flatnonzero(fits_.model == MODEL_CHROMATIC)
+    header = exposure_header(NREAD=len(sim.read_times))
+    return SimpleNamespace(sim=sim, fits=fits_, frames=frames, product=product, chosen=chosen,
+                           header=header)  # fmt: skip
+
+
+def test_guider_predicts_the_fitted_gamma(chromatic):
+    """From the seeing alone the guider predicts gamma within the fit's errors."""
+    result = guider.compare(chromatic.product, chromatic.frames, read_times=chromatic.header,
+                            fibers=chromatic.chosen, row_phase=0.0, wavelength=1.6)  # fmt: skip
+    _, truth = chromatic.sim.chromatic_truth(chromatic.fits.ref_index)
+    covered = np.isfinite(result.gamma_guider)
+    np.testing.assert_allclose(result.gamma_guider[covered], truth[0][covered], atol=2e-4)
+    chi2_dof = result.gamma_chi2 / result.gamma_dof
+    assert abs(np.mean(chi2_dof) - 1.0) < 0.15
+    assert np.mean(result.gamma_p_value < 0.01) < 0.1
+    summary = json.loads(json.dumps(result.to_dict()))
+    assert len(summary["gamma_guider"]) == len(result.gamma_guider)
+    assert len(summary["gamma_chi2_dof"]) == len(chromatic.chosen)
+    assert len(result.plot().axes) == 5  # a fourth panel: gamma against the prediction
+
+
+def test_gamma_needs_the_coordinate_span(chromatic):
+    from pyapred.guider.omega import read_product_omega
+
+    data = read_product_omega(chromatic.product)
+    data.pop("span")
+    with pytest.raises(ValueError, match="span"):
+        guider.compare(data, chromatic.frames, read_times=chromatic.header,
+                       fibers=chromatic.chosen[:2])  # fmt: skip

@@ -374,3 +374,27 @@ def test_format_1_fits_still_reads(tmp_path):
     assert product.format_version == 1 and product.metadata == {"mjd": 60781}
     assert product.chips["R"].n_diff is None and product.chips["R"].rate.dtype == np.float64
     assert product.fibers["R"].fiber_id.tolist() == [300, 295]
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".fits"])
+def test_chromatic_fit_round_trip(seeing_change, tmp_path, suffix):
+    """A chromatic fit's slope, covariance and test statistics survive HDF5 and FITS."""
+    from pyapred.exposure import MODEL_CHROMATIC, write_exposure
+    from pyapred.io import read_product
+
+    _, result = seeing_change
+    fits_ = result.fibers["joint"]
+    path = write_exposure(result, tmp_path / f"chromatic{suffix}")
+    group = read_product(path, images=False).fibers["joint"]
+    chosen = fits_.model == MODEL_CHROMATIC
+    assert [m == "time_variable_chromatic" for m in group.model] == list(chosen)
+    np.testing.assert_array_equal(group.omega[chosen], fits_.chromatic.omega[chosen])
+    np.testing.assert_array_equal(group.omega_cov[chosen], fits_.chromatic.omega_cov()[chosen])
+    tried = np.isfinite(fits_.chromatic.p_value)
+    np.testing.assert_array_equal(group.gamma[tried], fits_.chromatic.gamma[tried])
+    assert np.isnan(group.gamma[~tried]).all()
+    np.testing.assert_array_equal(group.gamma_cov[tried], fits_.chromatic.gamma_cov()[tried])
+    np.testing.assert_array_equal(group.chromatic_p_value, fits_.chromatic.p_value)
+    np.testing.assert_array_equal(group.chromatic_delta_chi2, fits_.chromatic.delta_chi2)
+    metadata = read_product(path, images=False).metadata
+    np.testing.assert_array_equal(metadata["coordinate_span_um"], [1.5145, 1.6965])

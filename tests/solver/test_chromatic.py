@@ -1,0 +1,141 @@
+"""fit_omega_chromatic: omega (1 + gamma c), its errors, and its test against the achromatic fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyapred import ChromaticFit, Flag, fit_omega, fit_omega_chromatic
+from pyapred.solver import _chromatic, _numpy
+
+K = 16
+OMEGA = np.linspace(1.0, 0.7, K)
+
+
+def chromatic_reads(rng, flux, coordinate, gamma, *, sigma=12.0, omega=OMEGA):
+    """Reads ``(K + 1, *flux.shape)`` whose difference k is ``flux omega_k (1 + gamma_k c)``."""
+    rate = flux[..., None] * omega * (1.0 + gamma * coordinate[..., None])
+    counts = np.cumsum(rng.poisson(rate), axis=-1)
+    reads = np.concatenate([np.zeros(flux.shape + (1,)), counts], axis=-1)
+    return np.moveaxis(reads + rng.normal(0.0, sigma, reads.shape), -1, 0)
+
+
+def gamma_pattern(amplitude):
+    gamma = amplitude * np.sin(np.linspace(0.0, 3.0, K))
+    return gamma - gamma[0]
+
+
+@pytest.fixture(scope="module")
+def grouped():
+    """60 groups of 200 pixels spread over c = -1 .. 1, chromatic (gamma up to 1.5 %) and not."""
+    rng = np.random.default_rng(7)
+    G, P = 60, 200
+    c = np.tile(np.linspace(-1.0, 1.0, P), (G, 1))
+    flux = rng.uniform(100.0, 3000.0, (G, P))
+    out = {}
+    for name, amplitude in (("chromatic", 0.015), ("grey", 0.0)):
+        gamma = gamma_pattern(amplitude)
+        reads = chromatic_reads(rng, flux, c, gamma)
+        start = fit_omega(reads, 12.0, ref_index=0)
+        out[name] = (gamma, start, fit_omega_chromatic(reads, 12.0, c, start=start), reads, c)
+    return out
+
+
+def test_recovers_gamma_with_calibrated_errors(grouped):
+    gamma, _, fit, _, _ = grouped["chromatic"]
+    assert fit.converged.all()
+    z = (fit.gamma - gamma)[:, 1:] / fit.gamma_error()[:, 1:]
+    assert abs(np.std(z) - 1.0) < 0.1
+    assert abs(np.mean(z)) < 0.1
+    assert np.all(fit.gamma[:, 0] == 0.0) and np.all(fit.omega[:, 0] == 1.0)
+    assert np.median(fit.p_value) < 1e-3
+    assert np.all(fit.dof == K - 1)
+    # Omega at c = 0 and the fluxes at that normalisation are unbiased too.
+    error = np.sqrt(np.diagonal(fit.omega_cov(), axis1=1, axis2=2))
+    zo = (fit.omega - OMEGA)[:, 1:] / error[:, 1:]
+    assert abs(np.std(zo) - 1.0) < 0.1
+
+
+def test_grey_data_are_not_called_chromatic(grouped):
+    _, start, fit, _, _ = grouped["grey"]
+    # Under the null the statistic is chi2 with K - 1 degrees of freedom.
+    assert abs(np.mean(fit.delta_chi2) - (K - 1)) < 3 * np.sqrt(2 * (K - 1) / fit.delta_chi2.size)
+    assert np.mean(fit.p_value < 0.01) <= 0.05
+    assert np.median(fit.amplitude) < 0.002
+    # The chromatic model has more freedom: its chi2 never exceeds the achromatic one.
+    assert np.all(fit.delta_chi2 > -1e-6)
+
+
+def test_zero_slope_reproduces_the_achromatic_chi2(grouped):
+    """The chromatic kernels at b = 0 are the achromatic ones (chi2 and normal equations)."""
+    _, start, _, reads, c = grouped["grey"]
+    from pyapred.solver.api import _fit_pixels, _group_inputs
+
+    _, diffs, valid, flags, s2, dt, _ = _group_inputs(reads, 12.0, 1.0, None, None, None, "numpy")
+    fit_pixel, _, _ = _fit_pixels(valid, flags)
+    G, P, _ = diffs.shape
+    chi2 = np.empty((G, P))
+    _chromatic.chromatic_chi2_kernel(diffs, valid, s2, dt, start.flux, start.omega,
+                                     np.zeros((G, K)), c, fit_pixel, chi2)  # fmt: skip
+    np.testing.assert_allclose(chi2, start.chi2, rtol=1e-12)
+    # The normal equations' moment 0 is the achromatic G block.
+    normal = _chromatic._ChromaticNormal(G, P, K)
+    active = np.ones(G, dtype=bool)
+    normal.evaluate(diffs, valid, s2, dt, start.flux, start.omega, np.zeros((G, K)), c, active,
+                    fit_pixel)  # fmt: skip
+    plain = _numpy._Normal(G, P, K)
+    plain.evaluate(diffs, valid, s2, dt, start.flux, start.omega, active, fit_pixel)
+    np.testing.assert_allclose(normal.g[:, 0], plain.g, rtol=1e-10, atol=1e-12 * plain.g.max())
+    weighted = np.einsum("gp,gpi,gpj->gij", c**2, plain.e_hat, plain.e_hat)
+    assert np.all(np.isfinite(weighted))
+    np.testing.assert_allclose(normal.e_hat, plain.e_hat, rtol=1e-12)
+
+
+def test_single_group_matches_the_batched_fit(grouped):
+    _, _, fit, reads, c = grouped["chromatic"]
+    one = fit_omega_chromatic(reads[:, 3], 12.0, c[3], ref_index=0)
+    assert isinstance(one, ChromaticFit)
+    assert one.omega.shape == (K,) and one.cov.shape == (2 * K, 2 * K)
+    np.testing.assert_allclose(one.gamma, fit.gamma[3], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(one.flux, fit.flux[3], rtol=1e-9)
+    assert one.omega_at(c[3]).shape == (c.shape[1], K)
+
+
+def test_same_differences_as_the_achromatic_fit_with_jumps():
+    """With jump_search the chromatic fit reuses the achromatic fit's jump mask."""
+    rng = np.random.default_rng(3)
+    c = np.linspace(-1.0, 1.0, 60)
+    reads = chromatic_reads(rng, rng.uniform(500.0, 3000.0, 60), c, gamma_pattern(0.02))
+    reads[6:, 10] += 3000.0  # a cosmic ray in difference 5 of pixel 10
+    start = fit_omega(reads, 12.0, jump_search=True)
+    assert start.jump_mask is not None and start.jump_mask[10, 5]
+    fit = fit_omega_chromatic(reads, 12.0, c, start=start)
+    assert fit.converged and fit.n_diff[10] == K - 1
+    assert fit.flags[10] & Flag.JUMP_DETECTED
+    assert abs(fit.flux[10] / np.median(fit.flux) - 1) < 1.0  # not pulled by the jump
+    # Without the start the same search is made here.
+    again = fit_omega_chromatic(reads, 12.0, c, jump_search=True)
+    np.testing.assert_allclose(again.gamma, fit.gamma, rtol=1e-12, atol=1e-15)
+
+
+def test_a_single_coordinate_pins_the_slope():
+    """Pixels all at one wavelength cannot tell omega from its slope: gamma stays 0."""
+    rng = np.random.default_rng(5)
+    reads = chromatic_reads(rng, rng.uniform(500.0, 3000.0, 30), np.zeros(30), np.zeros(K))
+    fit = fit_omega_chromatic(reads, 12.0, 0.25)
+    assert fit.converged and fit.dof == 0 and np.all(fit.gamma == 0.0)
+    assert fit.p_value == 1.0
+
+
+def test_bad_arguments():
+    reads = np.zeros((K + 1, 2, 5))
+    with pytest.raises(ValueError, match="coordinate"):
+        fit_omega_chromatic(reads, 12.0, np.zeros(3))
+    with pytest.raises(ValueError, match="coordinate"):
+        fit_omega_chromatic(reads, 12.0, np.full((2, 5), np.nan))
+    start = fit_omega(np.zeros((K + 1, 5)) + np.arange(K + 1)[:, None] * 100.0, 12.0)
+    with pytest.raises(ValueError, match="start"):
+        fit_omega_chromatic(reads + np.arange(K + 1)[:, None, None] * 100.0, 12.0, 0.0,
+                            start=start)  # fmt: skip
+    with pytest.raises(ValueError, match="rtol"):
+        fit_omega_chromatic(reads, 12.0, 0.0, rtol=0.0)
