@@ -5,8 +5,8 @@ Optimal up-the-ramp fluxes for APOGEE under constant and time-variable illuminat
 twin of pyapred, standard library only.
 
 - The solver, function for function with `pyapred.solver`: `fit_constant`, `extract_fluxes`,
-  `fit_equal_weight`, `fit_omega`, `initial_guess`, `sample_omega`, `find_jumps` and their `!`
-  kernels.
+  `fit_equal_weight`, `fit_omega`, `fit_omega_chromatic` (omega linear in wavelength),
+  `initial_guess`, `sample_omega`, `find_jumps` and their `!` kernels.
 - The exposure stages, with pyapred's rules and `FitOptions`: `prepare_chip` -> `fit_fibers`
   (model choice, borrowing, fallback) -> `extract_chip`, or `run_chips` for all three.
 - ApogeeReduction.jl's 3D->2D entry, `sutr_omega`, where `process_3D` calls `sutr_wood`.
@@ -33,6 +33,8 @@ export extract_kernel!, equal_weight_kernel!, chi2_kernel!, prepare_diffs_kernel
 export normal_equations_kernel!, initial_guess!, fit_omega_groups, gauss_newton_step, gibbs
 export find_jumps, find_jumps_kernel!, search_pixel!, search_groups_kernel!, fit_omega_with_jumps
 export chi2_thresholds
+export fit_omega_chromatic, fit_chromatic_groups, chromatic_normal_kernel!, chromatic_chi2_kernel!
+export chromatic_objective_change_kernel!
 export FitOptions, Traces, traces_from_params, traces_from_centers, PixelMap, FitPixels
 export pixel_fiber_map, trace_brightness, select_fit_pixels
 export ChipExposure, PreparedChip, FiberFits, ChipResult, prepare_chip, fit_fibers
@@ -46,6 +48,7 @@ include("tridiagonal.jl")
 include("extract.jl")
 include("omega.jl")
 include("jumps.jl")
+include("chromatic.jl")
 include("segments.jl")
 include("options.jl")
 include("traces.jl")

@@ -1094,8 +1094,10 @@ Gauss-Newton with the fluxes eliminated by a Schur complement; see [`fit_omega_g
 A NamedTuple with the fields of pyapred's `OmegaFit`: `omega (K, G)`, `omega_cov (K, K, G)`,
 `ref_index (G,)`, `flux`, `flux_var`, `chi2`, `n_diff`, `flags` `(n_pix, G)`, `inflation`,
 `n_iter`, `converged`, `group_flags`, and the convergence report `stop_reason` (`STOP_*`),
-`step_size`, `damping` `(G,)`, and with `segments` `offsets (K, n_segments, G)` (in
-the units of `reads` at the group's mean gain); the group axis is dropped for a single group.
+`step_size`, `damping` `(G,)`, `jump_mask`: with `jump_search` the differences the search
+masked (`(K, n_pix, G)` Bool, true = masked; `nothing` without it), and with `segments`
+`offsets (K, n_segments, G)` (in the units of `reads` at the group's mean gain); the group axis is
+dropped for a single group.
 Fluxes are in the units of `reads` per read interval.
 """
 function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
@@ -1119,6 +1121,7 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
     end
     fit, n_diff, flags = fit_pixels(valid, flags)
     labels = segments === nothing ? nothing : segment_labels(segments, P, G)
+    jump_mask = nothing
     if jump_search
         res, used, n_jumps = fit_omega_with_jumps(diffs, valid, s2, dt, fit;
             threshold = jump_threshold, max_rounds = 3, reference, rtol, max_iter,
@@ -1126,6 +1129,9 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
         n_diff = dropdims(sum(used; dims = 1); dims = 1)
         flags = flags .| ifelse.(n_jumps .> 0, JUMP_DETECTED, 0) .|
                 ifelse.(fit .& (n_diff .<= MIN_CLEAN_DIFFS), FEW_CLEAN_DIFFS, 0)
+        # The differences the search masked, for a later fit of the same pixels
+        # (`fit_omega_chromatic`).
+        jump_mask = Array{Bool}(valid .& .!used)
     else
         res = fit_omega_groups(diffs, valid, s2, dt, fit; reference, rtol, max_iter,
             ref_index = kstar, segments = labels)
@@ -1143,14 +1149,19 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
     out = (; omega = res.omega, omega_cov = res.omega_cov, ref_index = res.ref_index,
         flux = res.flux ./ gain_map, flux_var = res.flux_var ./ gain_map .^ 2, chi2 = res.chi2,
         n_diff, inflation, n_iter = res.n_iter, converged = res.converged, flags, group_flags,
-        stop_reason = res.stop_reason, step_size = res.step_size, damping = res.damping)
+        stop_reason = res.stop_reason, step_size = res.step_size, damping = res.damping,
+        jump_mask)
     if labels !== nothing
         mean_gain = reshape(sum(gain_map; dims = 1) ./ P, 1, 1, G)
         out = merge(out, (; offsets = res.offsets ./ mean_gain))
     end
     single || return out
-    return map(v -> v isa AbstractVector ? v[1] : collect(selectdim(v, ndims(v), 1)), out)
+    return map(drop_group_axis, out)
 end
+
+"A single group's field of a per-group result: the group axis dropped (`nothing` stays)."
+drop_group_axis(v) = v === nothing ? nothing :
+                     v isa AbstractVector ? v[1] : collect(selectdim(v, ndims(v), 1))
 
 "Validate `fit_omega`'s `segments`: integer labels >= 1 as a `(P, G)` matrix."
 function segment_labels(segments, P, G)

@@ -28,6 +28,8 @@ function _precompile_()
         precompile(fit_constant, (image, Float64))
         precompile(fit_omega, (image, Float64))
         precompile(fit_omega, (cube, Matrix{Float64}))
+        precompile(fit_omega_chromatic, (image, Float64, Vector{Float64}))
+        precompile(fit_omega_chromatic, (cube, Matrix{Float64}, Matrix{Float64}))
     end
     precompile(fit_fibers, (Vector{PreparedChip}, FitOptions))
     precompile(extract_chip, (ChipExposure{Array{Float64, 3}, Matrix{Float64}, Matrix{Float64},

@@ -29,6 +29,7 @@ const POSITIONAL = Dict(
     "extract_fluxes" => ["reads", "read_noise", "omega"],
     "fit_equal_weight" => ["reads", "read_noise"],
     "fit_omega" => ["reads", "read_noise"],
+    "fit_omega_chromatic" => ["reads", "read_noise", "coordinate"],
     "find_jumps" => ["reads", "read_noise"],
     "initial_guess" => ["reads", "read_noise"],
     "gauss_newton_step" => ["diffs", "valid", "s2", "dt", "flux", "omega", "ref_index",
@@ -457,6 +458,87 @@ end
         @test fit.flux ≈ flux .+ shift[segments] rtol = 1e-12
         @test_throws ArgumentError fit_omega(reads, 10.0; segments = zeros(Int, n_pix))
         @test_throws ArgumentError fit_omega(reads, 10.0; segments, mode = "reference")
+    end
+
+    @testset "chromatic omega is recovered and the kernels agree with the achromatic ones" begin
+        # A noiseless chromatic ramp set: the chromatic fit finds omega and gamma exactly.
+        n_pix, K = 30, 7
+        c = collect(range(-1.0, 1.0; length = n_pix))
+        omega = [1.0, 0.9, 0.55, 0.8, 0.97, 0.7, 0.85]
+        gamma = [0.0, 0.02, -0.03, 0.01, 0.04, -0.02, 0.03]
+        flux = [1000.0 + 150.0 * p for p in 1:n_pix]
+        rates = [flux[p] * omega[k] * (1.0 + gamma[k] * c[p]) for p in 1:n_pix, k in 1:K]
+        reads = hcat(zeros(n_pix), cumsum(rates; dims = 2))  # (n_pix, n_reads)
+        fit = fit_omega_chromatic(reads, 12.0, c; ref_index = 1)
+        @test fit.converged && fit.stop_reason == APRampFit.STOP_CONVERGED
+        @test fit.ref_index == 1 && fit.dof == K - 1
+        @test fit.omega ≈ omega atol = 1e-8
+        @test fit.gamma ≈ gamma atol = 1e-8
+        @test fit.flux ≈ flux rtol = 1e-8
+        @test all(fit.chi2 .< 1e-8) && fit.delta_chi2 > 0
+        @test size(fit.cov) == (2 * K, 2 * K) && all(fit.cov[[1, K + 1], :] .== 0.0)
+        # Given the achromatic fit as the start, the same result.
+        again = fit_omega_chromatic(reads, 12.0, c; start = fit_omega(reads, 12.0; ref_index = 1))
+        @test again.gamma ≈ fit.gamma atol = 1e-12
+        @test again.flux ≈ fit.flux rtol = 1e-12
+
+        # Achromatic data with noise: gamma is 0 within its errors, delta_chi2 is small.
+        rng = Xoshiro(7)
+        n_pix = 60
+        c = collect(range(-1.0, 1.0; length = n_pix))
+        flux = 1000.0 .+ 2000.0 .* rand(rng, n_pix)
+        expected = flux .* omega'
+        counts = round.(expected .+ sqrt.(expected) .* randn(rng, n_pix, K))
+        reads = hcat(zeros(n_pix), cumsum(counts; dims = 2)) .+ 12.0 .* randn(rng, n_pix, K + 1)
+        fit = fit_omega_chromatic(reads, 12.0, c)
+        @test fit.converged && fit.gamma[fit.ref_index] == 0.0
+        @test fit.delta_chi2 < 40.0 && fit.p_value > 1e-6
+        errors = [sqrt(max(fit.cov[K + k, K + k], 0.0)) for k in 1:K]
+        free = errors .> 0
+        @test count(free) == K - 1
+        @test all(abs.(fit.gamma[free]) .< 6 .* errors[free])
+        # Two groups of the same pixels: the same fit twice, one coordinate for both groups.
+        cube = [reads[p, j] for p in 1:n_pix, g in 1:2, j in 1:(K + 1)]
+        twice = fit_omega_chromatic(cube, 12.0, c)
+        @test size(twice.gamma) == (K, 2) && size(twice.cov) == (2 * K, 2 * K, 2)
+        @test twice.gamma[:, 1] ≈ fit.gamma atol = 1e-7
+        @test twice.gamma[:, 2] ≈ fit.gamma atol = 1e-7
+        @test twice.dof == [K - 1, K - 1]
+
+        # The kernels at b = 0 are the achromatic kernels.
+        start = fit_omega(reads, 12.0)
+        @test start.jump_mask === nothing
+        d = reshape([reads[p, k + 1] - reads[p, k] for k in 1:K, p in 1:n_pix], K, n_pix, 1)
+        v = fill(true, K, n_pix, 1)
+        s2 = fill(144.0, n_pix, 1)
+        dt = ones(K)
+        fit_pixel = fill(true, n_pix, 1)
+        a = reshape(copy(start.omega), K, 1)
+        b = zeros(K, 1)
+        f = reshape(copy(start.flux), n_pix, 1)
+        coord = reshape(c, n_pix, 1)
+        chi2_c, chi2_a = zeros(n_pix, 1), zeros(n_pix, 1)
+        chromatic_chi2_kernel!(chi2_c, d, v, s2, dt, f, a, b, coord, fit_pixel)
+        chi2_kernel!(chi2_a, d, v, s2, a .* dt, f, fit_pixel)
+        @test chi2_c ≈ chi2_a rtol = 1e-13
+        out_g, out_gw = zeros(K, K, 3, 1), zeros(K, 2, 1)
+        e_hat, gf_hat, sqrt_d = zeros(K, n_pix, 1), zeros(n_pix, 1), zeros(n_pix, 1)
+        chromatic_normal_kernel!(out_g, out_gw, e_hat, gf_hat, sqrt_d, d, v, s2, dt, f, a, b,
+            coord, [true], fit_pixel)
+        g0, gw0 = zeros(K, K, 1), zeros(K, 1)
+        e0, gf0, sd0 = zeros(K, n_pix, 1), zeros(n_pix, 1), zeros(n_pix, 1)
+        normal_equations_kernel!(g0, gw0, e0, gf0, sd0, d, v, s2, dt, f, a, [true], [false],
+            fit_pixel)
+        @test out_g[:, :, 1, 1] ≈ g0[:, :, 1] rtol = 1e-12
+        @test out_gw[:, 1, 1] ≈ gw0[:, 1] rtol = 1e-10 atol = 1e-8
+        @test e_hat ≈ e0 rtol = 1e-12
+        @test sqrt_d ≈ sd0 rtol = 1e-12
+        change = zeros(1)
+        chromatic_objective_change_kernel!(change, d, v, s2, dt, f, a, b, coord, zeros(n_pix, 1),
+            zeros(K, 1), zeros(K, 1), [true], fit_pixel)
+        @test change == [0.0]
+        @test_throws ArgumentError fit_omega_chromatic(reads, 12.0, c; rtol = 0.0)
+        @test_throws ArgumentError fit_omega_chromatic(reads, 12.0, fill(NaN, n_pix))
     end
 
     @testset "version" begin

@@ -24,6 +24,8 @@ __all__ = ["fit_chromatic_groups"]
 
 # Step halvings tried by the line search before a group is declared stuck.
 MAX_HALVINGS = 30
+# Iterations before a group may be declared converged (the achromatic fit's rule).
+MIN_ITER = 2
 STOP_CONVERGED, STOP_MAX_ITER, STOP_BREAKDOWN, STOP_LINE_SEARCH, STOP_EMPTY = range(5)
 
 
@@ -290,7 +292,9 @@ def fit_chromatic_groups(diffs, valid, s2, dt, fit_pixel, coord, omega, flux, re
     ref = np.arange(K)[None, :] == kstar[:, None]
     free_a = has_data & ~ref
     # The slope of an element is free where the pixels that see it span more than one
-    # wavelength; otherwise it is pinned at 0 (one coordinate cannot tell a from b).
+    # wavelength; otherwise it is pinned at 0 (one coordinate cannot tell a from b). Where the
+    # reference element itself is seen at one coordinate only, every slope is pinned: gamma is
+    # measured relative to the reference read.
     spread = np.zeros((G, K), dtype=bool)
     for g in np.flatnonzero(nonempty):
         seen = valid[g] & fit_pixel[g][:, None]
@@ -303,7 +307,8 @@ def fit_chromatic_groups(diffs, valid, s2, dt, fit_pixel, coord, omega, flux, re
     a = np.where(has_data, omega, 0.0).astype(np.float64)
     b = np.zeros((G, K))
     f = np.where(fit_pixel, flux, 0.0).astype(np.float64)
-    scale = np.sqrt(np.max(s2, axis=1, initial=0.0))[:, None]
+    # Flux steps are judged against each pixel's flux or read noise (the achromatic fit's rule).
+    scale = np.maximum(np.abs(f), np.sqrt(s2))
     normal = _ChromaticNormal(G, P, K)
     active = nonempty.copy()
     converged = np.zeros(G, dtype=bool)
@@ -326,10 +331,16 @@ def fit_chromatic_groups(diffs, valid, s2, dt, fit_pixel, coord, omega, flux, re
             idx = idx[~broken]
         d_a, d_b = step[:, :K], step[:, K:]
         d_f = np.where(fit_pixel, normal.flux_step(coord, d_a, d_b, idx), 0.0)
-        # Line search: halve the step until the chi2 (C frozen here) does not increase.
+        # Line search: halve the step until the chi2 (C frozen here) does not increase; not for a
+        # step already below the tolerance (its objective change is at the rounding level).
+        with np.errstate(invalid="ignore", divide="ignore"):
+            full = np.maximum(
+                np.abs(step).max(axis=1, initial=0.0),
+                np.where(fit_pixel, np.abs(d_f) / scale, 0.0).max(axis=1, initial=0.0),
+            )
         lam = np.ones(G)
         trying = np.zeros(G, dtype=bool)
-        trying[idx] = True
+        trying[idx] = full[idx] >= rtol
         for _ in range(MAX_HALVINGS):
             chromatic_objective_change_kernel(
                 diffs, valid, s2, dt, f, a, b, coord, lam[:, None] * d_f, lam[:, None] * d_a,
@@ -346,9 +357,10 @@ def fit_chromatic_groups(diffs, valid, s2, dt, fit_pixel, coord, omega, flux, re
         n_iter[idx] = it + 1
         size_omega = np.abs(lam[idx, None] * step[idx]).max(axis=1, initial=0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            rel_flux = np.abs(lam[idx, None] * d_f[idx]) / np.maximum(np.abs(f[idx]), scale[idx])
+            rel_flux = np.abs(lam[idx, None] * d_f[idx]) / scale[idx]
         size_flux = np.where(fit_pixel[idx], rel_flux, 0.0).max(axis=1, initial=0.0)
-        done = (size_omega < rtol) & (size_flux < rtol)
+        # A step the line search rejected entirely (lam = 0) is no sign of convergence.
+        done = (size_omega < rtol) & (size_flux < rtol) & (it + 1 >= MIN_ITER) & (lam[idx] > 0)
         converged[idx[done]] = True
         reason[idx[done]] = STOP_CONVERGED
         stuck = idx[(lam[idx] == 0.0) & ~done]
@@ -368,8 +380,8 @@ def fit_chromatic_groups(diffs, valid, s2, dt, fit_pixel, coord, omega, flux, re
     chromatic_chi2_kernel(diffs, valid, s2, dt, f, a, b, coord, fit_pixel, chi2)
     a_out = np.where(has_data, a, np.nan)
     b_out = np.where(has_data, b, np.nan)
-    a_out[~nonempty] = np.nan
     finite = np.isfinite(cov).all(axis=(1, 2)) & np.isfinite(np.where(has_data, a, 0)).all(1)
+    finite &= np.isfinite(np.where(has_data, b, 0)).all(1)
     for value in (f, flux_var, chi2):
         finite &= np.isfinite(np.where(fit_pixel, value, 0.0)).all(axis=1)
     broken = nonempty & ~finite
