@@ -30,6 +30,7 @@ PACKAGES = (
     "pyapred.exposure",
     "pyapred.io",
     "pyapred.traces",
+    "pyapred.chromatic",
     "pyapred.guider",
     "pyapred.noise",
 )

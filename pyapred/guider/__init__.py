@@ -34,6 +34,7 @@ from .compare import GuiderComparison, compare
 from .fiber_flux import (
     FIBER_DIAMETER_ARCSEC,
     GuiderSeries,
+    chromatic_prediction,
     fiber_coupling,
     flux_in_fiber,
     guider_series,
@@ -56,6 +57,7 @@ __all__ = [
     "GuiderFrames",
     "GuiderPrediction",
     "GuiderSeries",
+    "chromatic_prediction",
     "compare",
     "exposure_read_times",
     "fiber_coupling",
