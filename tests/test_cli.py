@@ -1,6 +1,8 @@
 import json
 import re
 
+import numpy as np
+
 from pyapred.cli import main
 
 
@@ -75,3 +77,25 @@ def test_fit_quiet_prints_nothing_and_json_only_json(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "j.h5"), "--json"]) in (0, 1)
     out, err = capsys.readouterr()
     assert json.loads(out)["chips"] == ["R"] and "pyapred fit:" not in err  # no progress bar
+
+
+def test_seeing_change_simulated_and_fitted_with_the_chromatic_model(tmp_path, capsys):
+    """``pyapred simulate --seeing-change``, then ``pyapred fit --joint-chips --chromatic``."""
+    argv = ["simulate", "--out", str(tmp_path), "--fibers", "40", "--columns", "96", "--reads",
+            "16", "--ref-columns", "0", "--seeing-change", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    truth = np.load(tmp_path / "truth_apo_60781_0001.npz")
+    assert truth["fwhm"].shape == truth["transparency"].shape == (40, 15)
+    apz = sorted(str(p) for p in tmp_path.glob("apR-*.apz"))
+    traces = sorted(str(p) for p in tmp_path.glob("traceMain_*.h5"))
+    argv = ["fit", *apz, "--traces", *traces, "--out", str(tmp_path / "p.h5"), "--joint-chips",
+            "--chromatic", "--json"]  # fmt: skip
+    assert main(argv) in (0, 1)
+    summary = json.loads(capsys.readouterr().out)["fibers"]["joint"]
+    assert summary["chromatic"]["tried"] > 0
+    assert summary["models"]["time_variable_chromatic"] == summary["chromatic"]["chosen"]
+    from pyapred.io import read_product
+
+    product = read_product(tmp_path / "p.h5", images=False)
+    assert product.fibers["joint"].gamma.shape == (40, 15)
+    assert json.loads(product.metadata["fit_options"])["chromatic"] is True
