@@ -210,11 +210,10 @@ class FitOptions:
             problem = _check_value(item, value)
             if problem is not None:
                 raise ValueError(f"{item.name}: expected {problem}, got {value!r}")
-        if self.chromatic and self.nuisance:
-            raise ValueError(
-                f"chromatic: expected correct_1f without the nuisance term (the chromatic fit "
-                f"has no offsets), got {self.correct_1f!r}"
-            )
+        conflict = _conflict(self.__dict__)
+        if conflict is not None:
+            name, expected = conflict
+            raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
 
     @property
     def reference_correction(self) -> str:
@@ -325,8 +324,12 @@ def _check_value(item: dataclasses.Field, value: Any) -> str | None:
             predicate, expected = item.metadata["valid"]
             return None if predicate(value) else expected
         return None if ok else "an integer >= 0"
-    # Ranges are checked where the values are used (load_chip names the file and the flag).
+    # Ranges are checked where the values are used (load_chip names the file and the flag),
+    # unless the field declares one.
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if ok and item.metadata.get("valid") is not None:
+        predicate, expected = item.metadata["valid"]
+        return None if predicate(value) else expected
     return None if ok else "a number"
 
 
@@ -343,6 +346,10 @@ def _build(values: dict, source: str, labels: dict) -> FitOptions:
         problem = _check_value(known[key], value)
         if problem is not None:
             raise InputError(source, label, problem, repr(value))
+    conflict = _conflict({**FitOptions().__dict__, **values})
+    if conflict is not None:
+        name, expected = conflict
+        raise InputError(source, labels.get(name, name), expected, repr(values[name]))
     return FitOptions(**values)
 
 
@@ -451,7 +458,20 @@ def options_from_arguments(args: argparse.Namespace, **fixed: Any) -> FitOptions
         if problem is not None:
             flag = "--" + name.replace("_", "-")
             raise InputError(flag, flag, problem, repr(value))
+    values = {**base.__dict__, **given, **fixed}
+    conflict = _conflict(values)
+    if conflict is not None:
+        name, expected = conflict
+        flag = "--" + name.replace("_", "-")
+        raise InputError(flag, flag, expected, repr(values[name]))
     return dataclasses.replace(base, **{**given, **fixed})
+
+
+def _conflict(values: dict) -> tuple[str, str] | None:
+    """``(setting, what it should be)`` where settings cannot go together, else None."""
+    if values.get("chromatic") and str(values.get("correct_1f", "none")).endswith("nuisance"):
+        return "correct_1f", "no nuisance term with chromatic (the chromatic fit has no offsets)"
+    return None
 
 
 def _field(name: str) -> dataclasses.Field:

@@ -173,3 +173,22 @@ def test_config_from_a_product_repeats_its_settings(tmp_path):
     options = FitOptions(min_snr=12.0, jump_search=False, max_fit_pixels=30)
     run_exposure(paths["apz"], paths["traces"], options, product=tmp_path / "p.h5")
     assert read_config(tmp_path / "p.h5") == options
+
+
+def test_chromatic_with_the_nuisance_term_is_refused_naming_the_setting(tmp_path, capsys):
+    with pytest.raises(ValueError, match="correct_1f"):
+        FitOptions(chromatic=True, correct_1f="refpix+nuisance")
+    FitOptions(chromatic=True, correct_1f="refpix")  # a correction of the reads goes with it
+    with pytest.raises(ValueError, match="chromatic_p_value"):
+        FitOptions(chromatic_p_value=1.5)
+    argv = ["fit", str(tmp_path / "a.apz"), "--traces", str(tmp_path / "t.h5"), "--out",
+            str(tmp_path / "p.h5"), "--chromatic", "--correct-1f", "nuisance"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--correct-1f: expected no nuisance term with chromatic" in err
+    assert "Traceback" not in err
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nchromatic = true\n[noise]\ncorrect_1f = "nuisance"\n')
+    with pytest.raises(InputError, match=r"c.toml: \[noise\] correct_1f: expected no nuisance"):
+        read_config(config)
+    assert not (tmp_path / "p.h5").exists()
