@@ -8,7 +8,10 @@ twin of pyapred, standard library only.
   `fit_equal_weight`, `fit_omega`, `fit_omega_chromatic` (omega linear in wavelength),
   `initial_guess`, `sample_omega`, `find_jumps` and their `!` kernels.
 - The exposure stages, with pyapred's rules and `FitOptions`: `prepare_chip` -> `fit_fibers`
-  (model choice, borrowing, fallback) -> `extract_chip`, or `run_chips` for all three.
+  (model choice, borrowing, fallback; with `FitOptions(chromatic = true)` the chromatic model,
+  `choose_chromatic`) -> `extract_chip` (a chromatic fiber's pixels with their column's omega,
+  `column_omega`), or `run_chips` for all three; the chips' wavelengths and the chromatic
+  coordinate: `chip_wavelength`, `coordinate_span`, `wavelength_coordinate`.
 - ApogeeReduction.jl's 3D->2D entry, `sutr_omega`, where `process_3D` calls `sutr_wood`.
 
 Conventions (`docs/julia.md`):
@@ -38,8 +41,9 @@ export chromatic_objective_change_kernel!
 export FitOptions, Traces, traces_from_params, traces_from_centers, PixelMap, FitPixels
 export pixel_fiber_map, trace_brightness, select_fit_pixels
 export ChipExposure, PreparedChip, FiberFits, ChipResult, prepare_chip, fit_fibers
-export choose_models, extract_chip, run_chips, product_omega
-export MODEL_CONSTANT, MODEL_TIME_VARIABLE, MODEL_BORROWED, MODEL_NAMES
+export choose_models, choose_chromatic, column_omega, extract_chip, run_chips, product_omega
+export MODEL_CONSTANT, MODEL_TIME_VARIABLE, MODEL_BORROWED, MODEL_CHROMATIC, MODEL_NAMES
+export CHIP_WAVELENGTH_UM, chip_wavelength, coordinate_span, wavelength_coordinate
 export sutr_omega
 
 include("flags.jl")
@@ -49,6 +53,7 @@ include("extract.jl")
 include("omega.jl")
 include("jumps.jl")
 include("chromatic.jl")
+include("wavelength.jl")
 include("segments.jl")
 include("options.jl")
 include("traces.jl")

@@ -1,14 +1,19 @@
 # Stage 2, fit the fibers: one batched omega fit, the model choice per fiber, borrowing and the
-# fallback. The twin of `pyapred/exposure/fibers.py` (`fit_fibers`, `_scatter`, `choose_models`,
-# `_weighted_mean_omega`, `_significance`, `_equivalent_amplitude`), built on [`fit_omega`](@ref)
-# and [`fit_constant`](@ref); the p-values use [`chi2_sf`](@ref) where pyapred uses SciPy.
+# fallback, and with `FitOptions.chromatic` the chromatic model of the time-variable fibers. The
+# twin of `pyapred/exposure/fibers.py` (`fit_fibers`, `_scatter`, `choose_models`,
+# `_weighted_mean_omega`, `_significance`, `_equivalent_amplitude`, `_fit_pixel_coordinates`,
+# `_spread_chromatic`, `choose_chromatic`, `FiberFits.column_omega`), built on
+# [`fit_omega`](@ref), [`fit_omega_chromatic`](@ref) and [`fit_constant`](@ref); the p-values use
+# [`chi2_sf`](@ref) where pyapred uses SciPy.
 
 "Per-fiber model codes of [`FiberFits`](@ref)`.model`, as pyapred's (and its products')."
 const MODEL_CONSTANT = 0
 const MODEL_TIME_VARIABLE = 1
 const MODEL_BORROWED = 2
+"Time-variable with an omega that changes across wavelength (`FitOptions.chromatic`)."
+const MODEL_CHROMATIC = 3
 "Model names by code + 1, as pyapred's products write them."
-const MODEL_NAMES = ("constant", "time_variable", "borrowed")
+const MODEL_NAMES = ("constant", "time_variable", "borrowed", "time_variable_chromatic")
 
 """
     FiberFits
@@ -20,7 +25,10 @@ Per-fiber omega fits and model decisions (one chip, or all chips jointly); pyapr
   fitted; `omega_cov` `(K, K, n_fibers)` its covariance (zeros for fibers not fitted);
 - `omega` `(K, n_fibers)`: the omega extraction uses, mean 1: ones for constant-model fibers, the
   fit for time-variable ones, the bright-fiber mean for borrowed ones;
-- `model` `(n_fibers,)`: `MODEL_CONSTANT`, `MODEL_TIME_VARIABLE` or `MODEL_BORROWED`;
+- `model` `(n_fibers,)`: `MODEL_CONSTANT`, `MODEL_TIME_VARIABLE`, `MODEL_BORROWED` or
+  `MODEL_CHROMATIC` (time-variable with an omega that changes across wavelength; its `omega`
+  column is the chromatic fit's omega at the middle of the span, `c = 0`, mean 1, and extraction
+  uses each column's own, [`column_omega`](@ref));
 - `delta_chi2`, `p_value`, `amplitude`, `chi2_dof_constant`, `chi2_dof_variable`,
   `n_fit_pixels`, `flags` `(n_fibers,)`: the decision statistics, pixel counts and fiber flags
   (the fit's group flags plus `BORROWED_OMEGA`, `FALLBACK_CONSTANT`, `FPI_FIBER`);
@@ -33,7 +41,19 @@ Per-fiber omega fits and model decisions (one chip, or all chips jointly); pyapr
 - `segment_chip`, `segment_pixels` `(n_segments, n_fibers)`, with the 1/f nuisance term
   (`correct_1f = "nuisance"`; else `nothing`): the chip (1-based among the chips fitted together,
   0 where a fiber has fewer segments) and the number of fit pixels of each of a fiber's readout
-  segments, whose offsets are `fit.offsets` `(K, n_segments, n_fibers)`; see [`offset_rms`](@ref).
+  segments, whose offsets are `fit.offsets` `(K, n_segments, n_fibers)`; see [`offset_rms`](@ref);
+- `chromatic`, with `FitOptions.chromatic` (else `nothing`): the [`fit_omega_chromatic`](@ref)
+  result of every fiber, fibers as groups (`omega`, `gamma` `(K, n_fibers)`, `cov`
+  `(2K, 2K, n_fibers)`, `delta_chi2`, `p_value`, `amplitude` `(n_fibers,)`, ...); the fibers not
+  tried (those without the time-variable model) are empty groups, their statistics NaN and
+  their `ref_index` 0; `model == MODEL_CHROMATIC` where its test was significant
+  ([`choose_chromatic`](@ref));
+- `coordinate_span`, with `chromatic`: `(blue, red)`, the bluest and reddest wavelength (micron)
+  of the chips fitted together, where the wavelength coordinate is -1 and +1
+  ([`wavelength_coordinate`](@ref)).
+
+`FiberFits(omega_fit, ..., segment_chip, segment_pixels)` (the first 19 fields) leaves
+`chromatic` and `coordinate_span` `nothing`.
 """
 struct FiberFits
     omega_fit::Matrix{Float64}
@@ -55,6 +75,30 @@ struct FiberFits
     pixel_chi2_constant::Any
     segment_chip::Any
     segment_pixels::Any
+    chromatic::Any
+    coordinate_span::Any
+end
+
+FiberFits(omega_fit, omega_cov, omega, model, delta_chi2, p_value, amplitude, chi2_dof_constant,
+    chi2_dof_variable, n_fit_pixels, flags, ref_index, bright, borrowed_omega, borrowed_cov, fit,
+    pixel_chi2_constant, segment_chip, segment_pixels) =
+    FiberFits(omega_fit, omega_cov, omega, model, delta_chi2, p_value, amplitude,
+        chi2_dof_constant, chi2_dof_variable, n_fit_pixels, flags, ref_index, bright,
+        borrowed_omega, borrowed_cov, fit, pixel_chi2_constant, segment_chip, segment_pixels,
+        nothing, nothing)
+
+"""
+    with_fields(fits; changes...)
+
+A copy of `fits` with the fields named in `changes` replaced (pyapred's `dataclasses.replace`).
+"""
+function with_fields(fits::FiberFits; changes...)
+    for name in keys(changes)
+        name in fieldnames(FiberFits) ||
+            throw(ArgumentError("$name: expected a field of FiberFits"))
+    end
+    return FiberFits((haskey(changes, name) ? changes[name] : getfield(fits, name)
+                      for name in fieldnames(FiberFits))...)
 end
 
 """
@@ -89,7 +133,8 @@ end
 
 Omega as pyapred's products store it, `(omega (K, n_fibers), omega_cov (K, K, n_fibers))`: the fit
 at `ref_index` normalisation (`omega[ref_index] = 1`), ones with zero covariance for fibers not
-fitted, the bright-fiber mean for borrowed fibers.
+fitted, the bright-fiber mean for borrowed fibers, and for chromatic fibers (`MODEL_CHROMATIC`)
+the chromatic fit's omega (at `c = 0`) with the omega block of its covariance.
 """
 function product_omega(fits::FiberFits)
     K, nf = size(fits.omega_fit)
@@ -105,6 +150,9 @@ function product_omega(fits::FiberFits)
         if fits.model[f] == MODEL_BORROWED
             omega[:, f] = fits.borrowed_omega
             cov[:, :, f] = fits.borrowed_cov
+        elseif fits.model[f] == MODEL_CHROMATIC && fits.chromatic !== nothing
+            omega[:, f] = view(fits.chromatic.omega, :, f)
+            cov[:, :, f] = view(fits.chromatic.cov, 1:K, 1:K, f)
         end
     end
     return omega, cov
@@ -121,12 +169,17 @@ chip, or of every chip in `prepared` (`joint_chips`: the same reads and fibers o
 model choice ([`choose_models`](@ref)). Every fiber is fitted with one `ref_index`: the read
 difference where the exposure is most transparent (the largest median of the non-excluded
 fibers' rough omega). Only fibers with at least `max(min_fit_pixels, 1)` fit pixels are fitted.
+With `options.chromatic` the fibers given the time-variable model are also fitted with the
+chromatic model ([`fit_omega_chromatic`](@ref), from their achromatic fit, each fit pixel at its
+column's wavelength coordinate over the chips in `prepared`, which must be named `"R"`, `"G"` or
+`"B"`), and given it where it is significant ([`choose_chromatic`](@ref)).
 
 # Arguments
 - `prepared`: a [`PreparedChip`](@ref) or a vector of them.
 - `options`: [`FitOptions`](@ref); `model`, `min_fit_pixels`, `max_iter`, `jump_search` and
   `correct_1f` / `segment_columns` (the nuisance term: one offset per readout segment,
-  [`readout_segments`](@ref)) here, the model choice's settings in [`choose_models`](@ref).
+  [`readout_segments`](@ref)) here, the model choice's settings in [`choose_models`](@ref),
+  `chromatic` here and `chromatic_p_value` in [`choose_chromatic`](@ref).
 
 # Returns
 A [`FiberFits`](@ref).
@@ -148,6 +201,12 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
     sigma = joined([p.fit_read_noise for p in prepared])
     gain = joined([p.fit_gain for p in prepared])
     valid = joined([p.fit_pixels.valid for p in prepared])
+    # With the chromatic model: every fit pixel's wavelength coordinate, and the chips' span.
+    coordinate, span = nothing, nothing
+    if options.chromatic && options.model != "constant"
+        per_chip, span = fit_pixel_coordinates(prepared)
+        coordinate = joined(per_chip)
+    end
     # With the nuisance term: the readout segment key of every fit pixel (pyapred's keys).
     segment_keys = !nuisance(options) ? nothing :
            joined([[readout_key(p.fit_pixels.x[j, f], p.fit_pixels.y[j, f], c,
@@ -164,6 +223,7 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
             gain[:, f] = gain[order, f]
             reads[:, f, :] = reads[order, f, :]
             segment_keys === nothing || (segment_keys[:, f] = segment_keys[order, f])
+            coordinate === nothing || (coordinate[:, f] = coordinate[order, f])
         end
     end
     n_pix = vec(sum(valid; dims = 1))
@@ -194,20 +254,180 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
     end
     full_fit, full_constant = scatter_fits(fit, constant, todo, nf, P, ref_index)
     fits = choose_models(full_fit, full_constant, n_pix, excluded, options, flags)
-    segments === nothing && return fits
-    # The chip (1-based; 0: none) and the fit-pixel count of every (segment, fiber).
-    S = maximum(segments; init = 1)
-    segment_chip = zeros(Int, S, nf)
-    segment_pixels = zeros(Int, S, nf)
-    span = keys_per_chip(options.segment_columns)
-    for (i, f) in enumerate(todo), p in 1:P
-        if valid[p, f]
-            segment_chip[segments[p, i], f] = segment_keys[p, f] ÷ span + 1
-            segment_pixels[segments[p, i], f] += 1
+    if segments !== nothing
+        # The chip (1-based; 0: none) and the fit-pixel count of every (segment, fiber).
+        S = maximum(segments; init = 1)
+        segment_chip = zeros(Int, S, nf)
+        segment_pixels = zeros(Int, S, nf)
+        chip_keys = keys_per_chip(options.segment_columns)
+        for (i, f) in enumerate(todo), p in 1:P
+            if valid[p, f]
+                segment_chip[segments[p, i], f] = segment_keys[p, f] ÷ chip_keys + 1
+                segment_pixels[segments[p, i], f] += 1
+            end
+        end
+        fits = with_fields(fits; segment_chip, segment_pixels)
+    end
+    coordinate === nothing && return fits
+    # The chromatic model is tried where the time-variable one was chosen, from its achromatic
+    # fit (the start: its omega, fluxes, reference read, jump mask and chi2).
+    tried = [i for (i, f) in enumerate(todo) if fits.model[f] == MODEL_TIME_VARIABLE]
+    rows = todo[tried]
+    chromatic = empty_chromatic(K, P, nf)
+    if !isempty(tried)
+        start = map(value -> select_groups(value, rows), full_fit)
+        part = fit_omega_chromatic(sub_reads[:, tried, :], sub_sigma[:, tried],
+            coordinate[1:P, rows]; start, gain = sub_gain[:, tried], mask = mask[:, tried, :],
+            max_iter = options.max_iter)
+        spread_chromatic!(chromatic, part, rows)
+    end
+    return choose_chromatic(fits, chromatic, span, options)
+end
+
+"Groups `rows` (the last axis) of one field of a per-group result; `nothing` stays."
+select_groups(value, rows) = value === nothing ? nothing :
+                             collect(selectdim(value, ndims(value), rows))
+
+"""
+    fit_pixel_coordinates(prepared)
+
+Each chip's fit pixels' wavelength coordinates `(n_pix, n_fibers)` (a vector, one per chip), and
+the span `(blue, red)` of the chips (pyapred's `_fit_pixel_coordinates`): the coordinate of a
+pixel is that of its column ([`chip_wavelength`](@ref), [`wavelength_coordinate`](@ref)); the
+chips must be named `"R"`, `"G"` or `"B"`.
+"""
+function fit_pixel_coordinates(prepared::AbstractVector{PreparedChip})
+    names = [p.name for p in prepared]
+    unknown = [name for name in names if !haskey(CHIP_WAVELENGTH_UM, name)]
+    isempty(unknown) ||
+        throw(ArgumentError("chromatic: expected chips named R, G or B (their wavelengths give " *
+                            "the coordinate), got $(repr(unknown))"))
+    span = coordinate_span(names)
+    return [column_coordinates(p, span) for p in prepared], span
+end
+
+"The wavelength coordinate of each fit pixel of a chip, `(n_pix, n_fibers)`, from its column."
+function column_coordinates(p::PreparedChip, span)
+    c = wavelength_coordinate(chip_wavelength(p.name, size(p.traces.y_center, 1)), span)
+    # Padding entries hold a candidate's column too; their coordinate is never used.
+    return [x >= 1 ? c[x] : 0.0 for x in p.fit_pixels.x]
+end
+
+"""
+    empty_chromatic(K, P, G)
+
+A [`fit_omega_chromatic`](@ref) result of `G` empty groups of `P` pixels (what pyapred's
+`_spread_chromatic` fills in for the fibers not tried): NaN omega, gamma, fluxes and statistics,
+zero covariance, `ref_index` 0 (none), `flags` `NOT_IN_OMEGA_FIT`, `group_flags` `EMPTY_GROUP`,
+`stop_reason` `STOP_EMPTY`.
+"""
+function empty_chromatic(K, P, G)
+    return (; omega = fill(NaN, K, G), gamma = fill(NaN, K, G), cov = zeros(2 * K, 2 * K, G),
+        ref_index = zeros(Int, G), flux = fill(NaN, P, G), flux_var = fill(NaN, P, G),
+        chi2 = fill(NaN, P, G), n_diff = zeros(Int, P, G), flags = fill(NOT_IN_OMEGA_FIT, P, G),
+        group_flags = fill(EMPTY_GROUP, G), n_iter = zeros(Int, G), converged = zeros(Bool, G),
+        stop_reason = fill(STOP_EMPTY, G), delta_chi2 = fill(NaN, G), dof = zeros(Int, G),
+        p_value = fill(NaN, G), amplitude = fill(NaN, G), inflation = fill(NaN, G))
+end
+
+"""
+    spread_chromatic!(full, part, rows)
+
+Write the chromatic fit `part` of the fibers `rows` (its groups, in order) into the fit of all
+fibers `full` ([`empty_chromatic`](@ref)); pyapred's `_spread_chromatic`.
+"""
+function spread_chromatic!(full, part, rows)
+    for name in keys(full)
+        to, from = getfield(full, name), getfield(part, name)
+        for (i, f) in enumerate(rows)
+            if ndims(to) == 1
+                to[f] = from[i]
+            elseif ndims(to) == 2
+                to[:, f] = view(from, :, i)
+            else
+                to[:, :, f] = view(from, :, :, i)
+            end
         end
     end
-    return FiberFits((getfield(fits, name) for name in fieldnames(FiberFits)[1:(end - 2)])...,
-        segment_chip, segment_pixels)
+    return full
+end
+
+"""
+    choose_chromatic(fits, chromatic, span, options)
+
+Give the chromatic model to the time-variable fibers whose chromatic test is significant
+(pyapred's `choose_chromatic`): a fiber with `MODEL_TIME_VARIABLE` gets `MODEL_CHROMATIC` when
+its chromatic fit converged and the likelihood-ratio test against the achromatic fit has
+`p_value` below `options.chromatic_p_value`; its `omega` (mean 1) becomes the chromatic fit's
+omega at the middle of the span (`c = 0`), and extraction evaluates each pixel's own
+([`column_omega`](@ref)).
+
+# Arguments
+- `fits`: [`FiberFits`](@ref) after [`choose_models`](@ref).
+- `chromatic`: the [`fit_omega_chromatic`](@ref) result of every fiber, `(..., n_fibers)`, empty
+  groups for the fibers not tried.
+- `span`: `(blue, red)`, the bluest and reddest wavelength of the fitted chips, micron.
+- `options`: [`FitOptions`](@ref).
+
+# Returns
+A [`FiberFits`](@ref) with `chromatic` and `coordinate_span` set.
+"""
+function choose_chromatic(fits::FiberFits, chromatic, span, options::FitOptions)
+    model = copy(fits.model)
+    omega = copy(fits.omega)
+    for f in eachindex(model)
+        significant = chromatic.p_value[f] < options.chromatic_p_value && chromatic.converged[f]
+        if fits.model[f] == MODEL_TIME_VARIABLE && significant
+            model[f] = MODEL_CHROMATIC
+            column = view(chromatic.omega, :, f)
+            finite = [w for w in column if !isnan(w)]
+            omega[:, f] = column ./ (sum(finite; init = 0.0) / length(finite))
+        end
+    end
+    return with_fields(fits; model, omega, chromatic,
+        coordinate_span = (Float64(span[1]), Float64(span[2])))
+end
+
+"""
+    column_omega(fits, chip, n_columns)
+
+Each chromatic fiber's omega at every column of a chip, mean 1 per column (pyapred's
+`FiberFits.column_omega`).
+
+# Arguments
+- `fits`: [`FiberFits`](@ref) with `chromatic` (after [`choose_chromatic`](@ref)).
+- `chip`: `"R"`, `"G"` or `"B"`.
+- `n_columns`: the chip's science (traced) columns.
+
+# Returns
+`(fibers, omega)`: the fibers with `MODEL_CHROMATIC` (1-based, `(n_chromatic,)`), and
+`omega` `(K, n_columns, n_chromatic)`: `omega_k (1 + gamma_k c)` at each column's coordinate
+(NaN gamma taken as 0), divided by its mean over the non-NaN elements of each column (the
+exposure-averaged flux at that wavelength).
+"""
+function column_omega(fits::FiberFits, chip::AbstractString, n_columns::Integer)
+    fibers = [f for f in eachindex(fits.model) if fits.model[f] == MODEL_CHROMATIC]
+    K = size(fits.omega, 1)
+    isempty(fibers) && return fibers, zeros(K, n_columns, 0)
+    c = wavelength_coordinate(chip_wavelength(chip, n_columns), fits.coordinate_span)
+    out = zeros(K, n_columns, length(fibers))
+    for (s, f) in enumerate(fibers), x in 1:n_columns
+        total, n = 0.0, 0
+        for k in 1:K
+            value = fits.chromatic.omega[k, f] *
+                    (1.0 + nan_to_num(fits.chromatic.gamma[k, f]) * c[x])
+            out[k, x, s] = value
+            if !isnan(value)
+                total += value
+                n += 1
+            end
+        end
+        mean_value = total / n
+        for k in 1:K
+            out[k, x, s] /= mean_value
+        end
+    end
+    return fibers, out
 end
 
 """
@@ -245,7 +465,8 @@ end
     scatter_fits(fit, constant, todo, n_fibers, P, ref_index)
 
 Full-size fits `(..., n_fibers)` from the fits of fibers `todo`; the other fibers are empty groups
-(pyapred's `_scatter`).
+(pyapred's `_scatter`), with the 1/f offsets (NaN) and the jump search's `jump_mask` (`false`)
+where `fit` has them.
 """
 function scatter_fits(fit, constant, todo, n_fibers, P, ref_index)
     K = size(fit.omega, 1)
@@ -254,6 +475,11 @@ function scatter_fits(fit, constant, todo, n_fibers, P, ref_index)
     full_offsets = hasproperty(fit, :offsets) ? fill(NaN, K, size(fit.offsets, 2), n_fibers) :
                    nothing
     full_offsets === nothing || (full = merge(full, (; offsets = full_offsets)))
+    # With the jump search: the differences it masked, none for fibers not fitted (the start of
+    # the chromatic fit uses them).
+    full_jumps = hasproperty(fit, :jump_mask) && fit.jump_mask !== nothing ?
+                 zeros(Bool, K, P, n_fibers) : nothing
+    full_jumps === nothing || (full = merge(full, (; jump_mask = full_jumps)))
     for (i, f) in enumerate(todo)
         full.omega[:, f] = fit.omega[:, i]
         full.omega_cov[:, :, f] = fit.omega_cov[:, :, i]
@@ -263,6 +489,7 @@ function scatter_fits(fit, constant, todo, n_fibers, P, ref_index)
         full.converged[f] = fit.converged[i]
         full.group_flags[f] = fit.group_flags[i]
         full_offsets === nothing || (full_offsets[:, :, f] = fit.offsets[:, :, i])
+        full_jumps === nothing || (full_jumps[:, :, f] = fit.jump_mask[:, :, i])
         for name in (:flux, :flux_var, :chi2, :n_diff, :flags)
             getfield(full, name)[:, f] = getfield(fit, name)[:, i]
             getfield(full_constant, name)[:, f] = getfield(constant, name)[:, i]

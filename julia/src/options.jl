@@ -8,16 +8,23 @@
 
 """
     FitOptions(; model = "auto", p_value = 1e-3, amplitude_threshold = 0.035,
-               min_fit_pixels = 20, max_omega_error = 0.05, min_snr = 30.0,
-               core_halfwidth = 0.5, min_purity = 0.95, max_fit_pixels = nothing,
-               map_halfwidth = 2.5, joint_chips = false, max_iter = 50, jump_search = true,
-               jump_threshold = 8.0, correct_1f = "none", segment_columns = 32)
+               chromatic = false, chromatic_p_value = 1e-3, min_fit_pixels = 20,
+               max_omega_error = 0.05, min_snr = 30.0, core_halfwidth = 0.5, min_purity = 0.95,
+               max_fit_pixels = nothing, map_halfwidth = 2.5, joint_chips = false,
+               max_iter = 50, jump_search = true, jump_threshold = 8.0, correct_1f = "none",
+               segment_columns = 32)
 
 Settings of the exposure stages ([`prepare_chip`](@ref), [`fit_fibers`](@ref),
 [`extract_chip`](@ref)), as pyapred's `FitOptions` (`pyapred fit --help` describes each):
 
 - model choice per fiber: `model` (`"auto"`, `"constant"` or `"time-variable"`), `p_value`,
   `amplitude_threshold`, `min_fit_pixels`, `max_omega_error`;
+- the chromatic model: `chromatic` (also fit `omega_k (1 + gamma_k c)`, `c` the pixel's
+  wavelength coordinate from -1 to 1 over the fitted chips, [`wavelength_coordinate`](@ref), to
+  the time-variable fibers, and give it to those where the likelihood-ratio test against the
+  achromatic fit has a p-value below `chromatic_p_value`, [`choose_chromatic`](@ref); extraction
+  then evaluates each pixel's own omega, [`column_omega`](@ref); the chips must be named `"R"`,
+  `"G"` or `"B"`; not with the nuisance term) and `chromatic_p_value` (in (0, 1));
 - omega-fit pixels: `min_snr`, `core_halfwidth`, `min_purity`, `max_fit_pixels` (`nothing`: all),
   `map_halfwidth`;
 - solver: `joint_chips` (one omega per fiber from all chips), `max_iter`, `jump_search` (the omega
@@ -31,6 +38,8 @@ Base.@kwdef struct FitOptions
     model::String = "auto"
     p_value::Float64 = 1e-3
     amplitude_threshold::Float64 = 0.035
+    chromatic::Bool = false
+    chromatic_p_value::Float64 = 1e-3
     min_fit_pixels::Int = 20
     max_omega_error::Float64 = 0.05
     min_snr::Float64 = 30.0
@@ -70,6 +79,12 @@ function check_options(options::FitOptions)
                             "correction of the reads comes before the stages), got " *
                             repr(options.correct_1f)))
     check_segment_columns(options.segment_columns)
+    0 < options.chromatic_p_value < 1 ||
+        throw(ArgumentError("chromatic_p_value: expected a probability between 0 and 1, got " *
+                            "$(options.chromatic_p_value)"))
+    options.chromatic && nuisance(options) &&
+        throw(ArgumentError("chromatic: expected correct_1f without the nuisance term (the " *
+                            "chromatic fit has no offsets), got $(repr(options.correct_1f))"))
     options.max_fit_pixels === nothing || options.max_fit_pixels >= 0 ||
         throw(ArgumentError("max_fit_pixels: expected nothing or >= 0, got $(options.max_fit_pixels)"))
     return options

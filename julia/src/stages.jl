@@ -33,7 +33,9 @@ end
 Stage 3 (pyapred's `extract_chip`): every pixel of the chip with its fiber's omega fixed
 (`fibers.omega`, mean 1), background pixels with the constant model, in one
 [`extract_fluxes`](@ref) call; the pixels with a detected jump again with the read after each
-jump masked.
+jump masked. A chromatic fiber's pixels (`MODEL_CHROMATIC`, with `FitOptions.chromatic`) use the
+omega of their own column ([`column_omega`](@ref), at the wavelengths of the chip named
+`prepared.name`): the omega table gets one column per (chromatic fiber, traced column).
 
 # Returns
 A [`ChipResult`](@ref).
@@ -47,7 +49,26 @@ function extract_chip(chip::ChipExposure, prepared::PreparedChip, fibers::FiberF
     fiber = zeros(Int, nx, ny)
     fiber[1:nc, :] .= prepared.pixel_map.fiber
     groups = [fiber[x, y] > 0 ? fiber[x, y] : nf + 1 for x in 1:nx, y in 1:ny]
-    table = hcat(fibers.omega, ones(K))  # last column: background
+    table = hcat(fibers.omega, ones(K))  # column nf + 1: background
+    if fibers.chromatic !== nothing
+        # A chromatic fiber's pixels use the column of the table of their own chip column: omega
+        # at its wavelength (columns nf + 1 + (slot - 1) nc + x, slot the fiber's place among
+        # the chromatic ones).
+        chromatic, per_column = column_omega(fibers, prepared.name, nc)
+        if !isempty(chromatic)
+            slot = zeros(Int, nf)
+            for (s, f) in enumerate(chromatic)
+                slot[f] = s
+            end
+            for y in 1:ny, x in 1:nc
+                f = fiber[x, y]
+                if f > 0 && slot[f] > 0
+                    groups[x, y] = nf + 1 + (slot[f] - 1) * nc + x
+                end
+            end
+            table = hcat(table, reshape(per_column, K, nc * length(chromatic)))
+        end
+    end
     result = masked_at_jumps(chip, prepared.jumps, groups, table)
     flags = copy(result.flags)
     for y in 1:ny, x in 1:nx

@@ -99,7 +99,12 @@ end
 chip_value(value, c) = value isa AbstractVector ? Float64.(toml_array(value)[:, :, c]) :
                        Float64(value)
 
-"The chips, traces and options of a stage vector, in Julia's layout (y-centers 1-based)."
+"""
+The chips, traces and options of a stage vector, in Julia's layout (y-centers 1-based). Chips are
+named `"R"`, `"G"`, `"B"` in order, as the generator names them (the chromatic model takes each
+chip's wavelengths from its name); every option the vector has is passed to `FitOptions` (older
+vectors lack `chromatic` and `chromatic_p_value`: the defaults).
+"""
 function stage_inputs(vector)
     inputs = vector["inputs"]
     reads = toml_array(inputs["reads"])  # (nx, ny, n_reads, n_chips)
@@ -155,6 +160,16 @@ function stage_outputs(chips, stages)
     fits.fit === nothing || (fibers["fit_flags"] = fits.fit.flags)
     rms = APRampFit.offset_rms(fits)
     rms === nothing || (fibers["offset_rms"] = rms)
+    if fits.chromatic !== nothing  # the chromatic fit of the time-variable fibers
+        chromatic = fits.chromatic
+        fibers["coordinate_span"] = collect(fits.coordinate_span)
+        fibers["chromatic_omega"] = chromatic.omega  # (K, n_fibers)
+        fibers["chromatic_gamma"] = chromatic.gamma
+        fibers["chromatic_cov"] = chromatic.cov  # (2K, 2K, n_fibers)
+        fibers["chromatic_delta_chi2"] = chromatic.delta_chi2
+        fibers["chromatic_p_value"] = chromatic.p_value
+        fibers["chromatic_amplitude"] = chromatic.amplitude
+    end
     extract = Dict{String, Any}("fiber" => per_chip(i -> stages.results[i].fiber .- 1))
     for name in (:flux, :flux_var, :chi2, :n_diff, :flags)
         extract[string(name)] = per_chip(i -> getfield(stages.results[i], name))
@@ -278,6 +293,21 @@ end
         @test options.max_fit_pixels === nothing && options.jump_search && !options.joint_chips
         @test_throws ArgumentError APRampFit.check_options(FitOptions(model = "cloudy"))
         @test_throws ArgumentError APRampFit.check_options(FitOptions(max_iter = 0))
+        @test !options.chromatic && options.chromatic_p_value == 1e-3
+        @test_throws ArgumentError APRampFit.check_options(FitOptions(chromatic = true,
+            correct_1f = "nuisance"))
+        @test_throws ArgumentError APRampFit.check_options(FitOptions(chromatic_p_value = 1.0))
+        @test_throws ArgumentError APRampFit.check_options(FitOptions(chromatic_p_value = 0.0))
+        # The chips' wavelengths and the chromatic coordinate, as pyapred.chromatic's.
+        @test MODEL_NAMES[MODEL_CHROMATIC + 1] == "time_variable_chromatic"
+        @test chip_wavelength("R", 3) ≈ [1.6965, 1.672, 1.6475] rtol = 1e-15
+        @test chip_wavelength("G", 5)[[1, 5]] == [1.6440, 1.5860]
+        @test length(chip_wavelength("B")) == 2048
+        @test_throws ArgumentError chip_wavelength("X", 4)
+        span = coordinate_span(["R", "G"])
+        @test span == (1.5860, 1.6965) && coordinate_span(["B"]) == (1.5145, 1.5808)
+        @test wavelength_coordinate([1.5860, 1.6965], span) == [-1.0, 1.0]
+        @test wavelength_coordinate((1.5860 + 1.6965) / 2, span) ≈ 0.0 atol = 1e-14
         params = zeros(20, 300, 3)
         params[:, :, 2] .= [5.0 + 6.5 * (f - 1) for x in 1:20, f in 1:300]
         params[:, :, 3] .= 1.1

@@ -18,7 +18,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._numpy import _chi2_pixel, _inverse_spd, _solve_spd
+from ._numpy import (
+    _back_pixel,
+    _chi2_pixel,
+    _inverse_spd,
+    _inverse_walk,
+    _solve_spd,
+    _sweep_pixel,
+    _weighted_change,
+)
 
 __all__ = ["fit_chromatic_groups"]
 
@@ -57,6 +65,7 @@ def chromatic_normal_kernel(
         right = np.zeros((P, K))
         running = np.empty(K)
         first = np.empty(K, dtype=np.int64)
+        xv = np.empty(K)
         acc = np.zeros((3, K, K))
         accw = np.zeros((2, K))
         for p in range(P):
@@ -67,33 +76,14 @@ def chromatic_normal_kernel(
                 continue
             f = flux[g, p]
             c = coord[g, p]
-            var = s2[g, p]
             vmask = valid[g, p]
-            dd = 0.0
-            gf = 0.0
             for k in range(K):
-                ok = vmask[k]
-                xk = (a[g, k] + c * b[g, k]) * dt[k] if ok else 0.0
-                rk = diffs[g, p, k] - f * xk if ok else 0.0
-                alpha = max(f * xk, 0.0) + 2.0 * var if ok else 1.0
-                beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
-                lk = beta * inv[k - 1] if k > 0 else 0.0
-                low[k] = lk
-                inv[k] = 1.0 / (alpha - lk * beta)
-                yx[k] = xk - lk * yx[k - 1] if k > 0 else xk
-                yr[k] = rk - lk * yr[k - 1] if k > 0 else rk
-                dd += yx[k] * yx[k] * inv[k]
-                gf += yx[k] * yr[k] * inv[k]
+                xv[k] = (a[g, k] + c * b[g, k]) * dt[k] if vmask[k] else 0.0
+            dd, gf = _sweep_pixel(xv, diffs[g, p], vmask, f, s2[g, p], low, inv, yx, yr)
             sd = np.sqrt(dd)
             sqrt_d[g, p] = sd
             gf_hat[g, p] = gf / sd
-            u[K - 1] = yx[K - 1] * inv[K - 1]
-            z[K - 1] = yr[K - 1] * inv[K - 1]
-            diag[K - 1] = inv[K - 1]
-            for k in range(K - 2, -1, -1):
-                u[k] = yx[k] * inv[k] - low[k + 1] * u[k + 1]
-                z[k] = yr[k] * inv[k] - low[k + 1] * z[k + 1]
-                diag[k] = inv[k] + low[k + 1] * low[k + 1] * diag[k + 1]
+            _back_pixel(low, inv, yx, yr, u, z, diag)
             inv_sd = 1.0 / sd
             for k in range(K):
                 ok = vmask[k]
@@ -101,24 +91,10 @@ def chromatic_normal_kernel(
                 w = f * dt[k] * z[k] if ok else 0.0
                 accw[0, k] += w
                 accw[1, k] += c * w
-            # The full C^-1 from the pivot ratios, as in normal_equations_kernel: one-block
-            # pixels become rows of `left` and `right` (three GEMMs per group below), the others
-            # are summed here.
+            # The C^-1 factors as in normal_equations_kernel: one-block pixels become rows of
+            # `left` and `right` (three GEMMs per group below), the others are summed here.
             f2 = f * f
-            prod = 1.0
-            start = 0
-            one_block = True
-            for j in range(K):
-                if j > 0:
-                    ratio = -low[j]
-                    if ratio == 0.0 or prod * ratio < 1e-150:
-                        prod = 1.0
-                        start = j
-                        one_block = False
-                    else:
-                        prod *= ratio
-                running[j] = prod
-                first[j] = start
+            one_block = _inverse_walk(low, running, first)
             for j in range(K):
                 lj = f2 * dt[j] / running[j] if vmask[j] else 0.0
                 rj = dt[j] * running[j] * diag[j] if vmask[j] else 0.0
@@ -179,6 +155,9 @@ def chromatic_objective_change_kernel(
         out[g] = 0.0
         if not active[g]:
             continue
+        xv = np.empty(K)
+        dm = np.empty(K)
+        q = np.empty(K)
         total = 0.0
         for p in range(P):
             if not fit_pixel[g, p]:
@@ -186,27 +165,15 @@ def chromatic_objective_change_kernel(
             f = flux[g, p]
             df = d_flux[g, p]
             c = coord[g, p]
-            var = s2[g, p]
             vmask = valid[g, p]
-            inv_prev = 0.0
-            ym_prev = 0.0
-            yq_prev = 0.0
             for k in range(K):
                 ok = vmask[k]
                 xk = (a[g, k] + c * b[g, k]) * dt[k] if ok else 0.0
                 dxk = (d_a[g, k] + c * d_b[g, k]) * dt[k] if ok else 0.0
-                dm = df * xk + f * dxk + df * dxk if ok else 0.0
-                q = dm - 2.0 * (diffs[g, p, k] - f * xk) if ok else 0.0
-                alpha = max(f * xk, 0.0) + 2.0 * var if ok else 1.0
-                beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
-                lk = beta * inv_prev
-                inv = 1.0 / (alpha - lk * beta)
-                ym = dm - lk * ym_prev
-                yq = q - lk * yq_prev
-                total += ym * yq * inv
-                inv_prev = inv
-                ym_prev = ym
-                yq_prev = yq
+                xv[k] = xk
+                dm[k] = df * xk + f * dxk + df * dxk if ok else 0.0
+                q[k] = dm[k] - 2.0 * (diffs[g, p, k] - f * xk) if ok else 0.0
+            total += _weighted_change(dm, q, xv, vmask, f, s2[g, p])
         out[g] = total
 
 

@@ -113,6 +113,98 @@ def _backward(low, piv, y, out):
 
 
 @njit(cache=True, inline="always")
+def _sweep_pixel(x, d, vmask, f, var, low, inv, yx, yr):
+    """The forward L D L^T sweep of one pixel's C (photon noise at ``f x``), with the forward
+    substitutions of ``x`` and ``r = d - f x`` in the same pass.
+
+    ``x`` is 0 at masked differences (they are decoupled: diagonal 1, no off-diagonal). Fills
+    ``low`` (sub-diagonal of L), ``inv`` (1 / pivots), ``yx = L^-1 x``, ``yr = L^-1 r``, and
+    returns ``(x^T C^-1 x, x^T C^-1 r)``.
+    """
+    K = x.shape[0]
+    dd = 0.0
+    gf = 0.0
+    for k in range(K):
+        ok = vmask[k]
+        xk = x[k]
+        rk = d[k] - f * xk if ok else 0.0
+        alpha = max(f * xk, 0.0) + 2.0 * var if ok else 1.0
+        beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
+        lk = beta * inv[k - 1] if k > 0 else 0.0
+        low[k] = lk
+        inv[k] = 1.0 / (alpha - lk * beta)
+        yx[k] = xk - lk * yx[k - 1] if k > 0 else xk
+        yr[k] = rk - lk * yr[k - 1] if k > 0 else rk
+        dd += yx[k] * yx[k] * inv[k]
+        gf += yx[k] * yr[k] * inv[k]
+    return dd, gf
+
+
+@njit(cache=True, inline="always")
+def _back_pixel(low, inv, yx, yr, u, z, diag):
+    """After :func:`_sweep_pixel`: ``u = C^-1 x``, ``z = C^-1 r``, and the diagonal of C^-1 by
+    the same recursion (Takahashi): ``diag_k = 1/piv_k + low_{k+1}^2 diag_{k+1}``."""
+    K = low.shape[0]
+    u[K - 1] = yx[K - 1] * inv[K - 1]
+    z[K - 1] = yr[K - 1] * inv[K - 1]
+    diag[K - 1] = inv[K - 1]
+    for k in range(K - 2, -1, -1):
+        u[k] = yx[k] * inv[k] - low[k + 1] * u[k + 1]
+        z[k] = yr[k] * inv[k] - low[k + 1] * z[k + 1]
+        diag[k] = inv[k] + low[k + 1] * low[k + 1] * diag[k + 1]
+
+
+@njit(cache=True, inline="always")
+def _inverse_walk(low, running, first):
+    """The factors of C^-1 above its diagonal (spec section 1.5).
+
+    ``(C^-1)_ij = (C^-1)_{i+1,j} (-low_{i+1})``, so within a coupled block ``(C^-1)_ij = diag_j
+    R_j / R_i`` with ``R`` the prefix product of ``-low``: fills ``running`` (R) and ``first``
+    (where each difference's block starts). R restarts at each decoupled (masked) difference,
+    and where it becomes tiny (entries across such a restart are 0, or below 1e-150 relative).
+    Returns whether the pixel is one block.
+    """
+    prod = 1.0
+    start = 0
+    one_block = True
+    for j in range(low.shape[0]):
+        if j > 0:
+            ratio = -low[j]
+            if ratio == 0.0 or prod * ratio < 1e-150:
+                prod = 1.0
+                start = j
+                one_block = False
+            else:
+                prod *= ratio
+        running[j] = prod
+        first[j] = start
+    return one_block
+
+
+@njit(cache=True, inline="always")
+def _weighted_change(dm, q, x, vmask, f, var):
+    """``dm^T C^-1 q`` for one pixel, C built at ``(f, x)``, in one forward sweep (the objective
+    change of a trial step: ``dm`` the model change, ``q = dm - 2 r``)."""
+    total = 0.0
+    inv_prev = 0.0
+    ym_prev = 0.0
+    yq_prev = 0.0
+    for k in range(x.shape[0]):
+        ok = vmask[k]
+        alpha = max(f * x[k], 0.0) + 2.0 * var if ok else 1.0
+        beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
+        lk = beta * inv_prev
+        inv = 1.0 / (alpha - lk * beta)
+        ym = dm[k] - lk * ym_prev
+        yq = q[k] - lk * yq_prev
+        total += ym * yq * inv
+        inv_prev = inv
+        ym_prev = ym
+        yq_prev = yq
+    return total
+
+
+@njit(cache=True, inline="always")
 def _chi2_pixel(d, x, valid, s2, flux, work):
     """``(d - f x)^T C(f)^-1 (d - f x)`` with the photon noise at ``max(f x, 0)`` (eq 24)."""
     alpha, beta, piv, low, resid, y = work[0], work[1], work[2], work[3], work[4], work[5]
@@ -520,6 +612,7 @@ def normal_equations_kernel(
         work = np.empty(K)
         running = np.empty(K)
         first = np.empty(K, dtype=np.int64)
+        xv = np.empty(K)
         acc = np.zeros((K, K))
         accw = np.zeros(K)
         for p in range(P):
@@ -531,34 +624,13 @@ def normal_equations_kernel(
             f = flux[g, p]
             var = s2[g, p]
             vmask = valid[g, p]
-            # L D L^T with the forward substitutions of x and r = d - f x in the same sweep.
-            dd = 0.0
-            gf = 0.0
             for k in range(K):
-                ok = vmask[k]
-                xk = omega[g, k] * dt[k] if ok else 0.0
-                rk = diffs[g, p, k] - f * xk if ok else 0.0
-                alpha = max(f * xk, 0.0) + 2.0 * var if ok else 1.0
-                beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
-                lk = beta * inv[k - 1] if k > 0 else 0.0
-                low[k] = lk
-                inv[k] = 1.0 / (alpha - lk * beta)
-                yx[k] = xk - lk * yx[k - 1] if k > 0 else xk
-                yr[k] = rk - lk * yr[k - 1] if k > 0 else rk
-                dd += yx[k] * yx[k] * inv[k]
-                gf += yx[k] * yr[k] * inv[k]
+                xv[k] = omega[g, k] * dt[k] if vmask[k] else 0.0
+            dd, gf = _sweep_pixel(xv, diffs[g, p], vmask, f, var, low, inv, yx, yr)
             sd = np.sqrt(dd)
             sqrt_d[g, p] = sd
             gf_hat[g, p] = gf / sd
-            # Back substitutions u = C^-1 x, z = C^-1 r, and the diagonal of C^-1 by the same
-            # recursion (Takahashi): diag_k = 1/piv_k + low_{k+1}^2 diag_{k+1}.
-            u[K - 1] = yx[K - 1] * inv[K - 1]
-            z[K - 1] = yr[K - 1] * inv[K - 1]
-            diag[K - 1] = inv[K - 1]
-            for k in range(K - 2, -1, -1):
-                u[k] = yx[k] * inv[k] - low[k + 1] * u[k + 1]
-                z[k] = yr[k] * inv[k] - low[k + 1] * z[k + 1]
-                diag[k] = inv[k] + low[k + 1] * low[k + 1] * diag[k + 1]
+            _back_pixel(low, inv, yx, yr, u, z, diag)
             inv_sd = 1.0 / sd
             exact = newton[g]
             for k in range(K):
@@ -570,28 +642,12 @@ def normal_equations_kernel(
                 else:
                     e_hat[g, p, k] = f * dt[k] * u[k] * inv_sd
                 accw[k] += f * dt[k] * z[k] if ok else 0.0
-            # Above the diagonal, (C^-1)_ij = (C^-1)_{i+1,j} * (-low_{i+1}) (spec 1.5), so within a
-            # coupled block (C^-1)_ij = diag_j R_j / R_i with R the prefix product of -low: G
-            # gains the outer product (f^2 dt_i / R_i)(dt_j diag_j R_j) over i <= j. For a pixel
-            # that is one block, the factors become row p of `left` and `right`, and one GEMM per
-            # group sums them all. R restarts at each decoupled (masked) difference, and where it
-            # becomes tiny (entries across such a restart are 0, or below 1e-150 relative); those
+            # G gains the outer product (f^2 dt_i / R_i)(dt_j diag_j R_j) over i <= j within each
+            # coupled block (_inverse_walk). For a pixel that is one block, the factors become
+            # row p of `left` and `right`, and one GEMM per group sums them all; the other
             # pixels are summed here, block by block.
             f2 = f * f
-            prod = 1.0
-            start = 0
-            one_block = True
-            for j in range(K):
-                if j > 0:
-                    ratio = -low[j]
-                    if ratio == 0.0 or prod * ratio < 1e-150:
-                        prod = 1.0
-                        start = j
-                        one_block = False
-                    else:
-                        prod *= ratio
-                running[j] = prod
-                first[j] = start
+            one_block = _inverse_walk(low, running, first)
             for j in range(K):
                 lj = f2 * dt[j] / running[j] if vmask[j] else 0.0
                 rj = dt[j] * running[j] * diag[j] if vmask[j] else 0.0
@@ -831,34 +887,25 @@ def objective_change_kernel(
         out[g] = 0.0
         if not active[g]:
             continue
+        xv = np.empty(K)
+        dm = np.empty(K)
+        q = np.empty(K)
         total = 0.0
         for p in range(P):
             if not fit_pixel[g, p]:
                 continue
             f = flux[g, p]
             df = d_flux[g, p]
-            var = s2[g, p]
             vmask = valid[g, p]
             s = segment[g, p]
-            inv_prev = 0.0
-            ym_prev = 0.0
-            yq_prev = 0.0
             for k in range(K):
                 ok = vmask[k]
                 xk = omega[g, k] * dt[k] if ok else 0.0
                 dxk = d_omega[g, k] * dt[k] if ok else 0.0
-                dm = df * xk + f * dxk + df * dxk + d_offsets[g, s, k] if ok else 0.0
-                q = dm - 2.0 * (diffs[g, p, k] - f * xk) if ok else 0.0
-                alpha = max(f * xk, 0.0) + 2.0 * var if ok else 1.0
-                beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
-                lk = beta * inv_prev
-                inv = 1.0 / (alpha - lk * beta)
-                ym = dm - lk * ym_prev
-                yq = q - lk * yq_prev
-                total += ym * yq * inv
-                inv_prev = inv
-                ym_prev = ym
-                yq_prev = yq
+                xv[k] = xk
+                dm[k] = df * xk + f * dxk + df * dxk + d_offsets[g, s, k] if ok else 0.0
+                q[k] = dm[k] - 2.0 * (diffs[g, p, k] - f * xk) if ok else 0.0
+            total += _weighted_change(dm, q, xv, vmask, f, s2[g, p])
         out[g] = total
 
 
