@@ -93,8 +93,9 @@ def main() -> None:
             results[chromatic] = result
             best[chromatic] = (min(best[chromatic][0], total), min(best[chromatic][1], fit))
     (t0, f0), (t1, f1) = best[False], best[True]
-    print(f"cost: omega-fit stage {f1:.2f} s vs {f0:.2f} s achromatic = {f1 / f0:.2f}x; whole "
-          f"run {t1:.2f} s vs {t0:.2f} s = {t1 / t0:.2f}x; load average {os.getloadavg()}")  # fmt: skip
+    print(f"cost: omega-fit stage {f1:.2f} s vs {f0:.2f} s achromatic = {f1 / f0:.2f}x; "
+          f"whole run {t1:.2f} s vs {t0:.2f} s = {t1 / t0:.2f}x; "
+          f"load average {os.getloadavg()}")  # fmt: skip
 
     fits = results[True].fibers["joint"]
     cf = fits.chromatic
@@ -110,8 +111,9 @@ def main() -> None:
     K = args.reads - 1
     edge = max(args.columns // 10, 1)
     print("flux bias, mean z (+- standard error):       achromatic          chromatic")
-    for name, label, columns in (("R", "red end", slice(0, edge)),
-                                 ("B", "blue end", slice(args.columns - edge, args.columns))):  # fmt: skip
+    ends = (("R", "red end", slice(0, edge)),
+            ("B", "blue end", slice(args.columns - edge, args.columns)))  # fmt: skip
+    for name, label, columns in ends:
         z0, chip = flux_z(sim, results[False], name)
         z1, _ = flux_z(sim, results[True], name)
         at_end = np.zeros(chip.flux.shape, bool)

@@ -110,8 +110,11 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
         ("clouds", "a cloud passes mid-exposure (default)"),
         ("seeing", "a seeing drift, different for each fiber"),
         ("stable", "constant illumination"),
-        ("seeing-change", "the seeing worsens from 1.2 to 3.6 arcsec: a transparency that "
-         "changes with wavelength (pyapred fit --chromatic)"),
+        (
+            "seeing-change",
+            "the seeing worsens from 1.2 to 3.6 arcsec: a transparency that "
+            "changes with wavelength (pyapred fit --chromatic)",
+        ),
         ("seeing-change-clouds", "the same seeing change with the passing cloud"),
     ):
         scenario.add_argument(

@@ -27,7 +27,6 @@ def case(name: str, function: str, description: str, **inputs) -> None:
                   "rtol": RTOL, "inputs": inputs})  # fmt: skip
 
 
-
 def ramps(seed, flux, n_reads=8, sigma=12.0, omega=None, **kwargs):
     rng = np.random.default_rng(seed)
     sim = simulate_ramps(np.asarray(flux, float), sigma, n_reads=n_reads, omega=omega, rng=rng,
@@ -529,7 +528,7 @@ cg_mask[:, 1, 11] = True  # a padding pixel
 case(
     "fit_omega_chromatic_groups",
     "fit_omega_chromatic",
-    "two groups (chromatic, achromatic), masks, padding, gain, per-pixel coordinates, fixed element",
+    "two groups (chromatic, grey), masks, padding, gain, per-pixel coordinates, fixed element",
     reads=cg_reads,
     read_noise=np.array([[12.0] * 12, [11.0] * 12]),
     coordinate=np.stack([C12, 0.5 * C12 + 0.2]),
@@ -541,12 +540,14 @@ case(
     "fit_omega_chromatic_jump_search",
     "fit_omega_chromatic",
     "chromatic fit on the achromatic fit's jump mask (cosmic rays in two pixels)",
-    reads=with_jumps(chromatic_ramps(53, FLUX12, C12, OMEGA7, GAMMA7),
-                     [(2, 1, 2500.0), (5, 8, 3000.0)]),  # fmt: skip
+    reads=with_jumps(
+        chromatic_ramps(53, FLUX12, C12, OMEGA7, GAMMA7), [(2, 1, 2500.0), (5, 8, 3000.0)]
+    ),  # fmt: skip
     read_noise=12.0,
     coordinate=C12,
     jump_search=True,
 )
+
 
 def _kernel_inputs(reads, read_noise):
     """The electron-unit (G, P, K) layout that fit_omega builds, for the kernel-level cases."""
