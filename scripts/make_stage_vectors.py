@@ -195,8 +195,8 @@ def simulate_chip(
     ``fiber_flux`` ``(n_fibers,)`` or ``(n_fibers, n_columns)``: e- per read interval per column
     over a whole trace;
     ``omega`` ``(n_fibers, K)``, or ``(n_fibers, K, n_columns)`` (chromatic); ``cosmic_rays``:
-    ``(k, row, col, e-)`` added from difference k on; ``dead``: ``(row, col)`` pixels whose reads are all equal; ``row_offsets``
-    ``(n_reads, ny, n_segments)`` DN added to every read of each row's segments of ``nx //
+    ``(k, row, col, e-)`` added from difference k on; ``dead``: ``(row, col)`` pixels whose reads
+    are all equal; ``row_offsets`` ``(n_reads, ny, n_segments)`` DN added to every read of each row's segments of ``nx //
     n_segments`` columns (1/f-like offsets).
     """
     n_fibers, n_columns = y_center.shape
