@@ -196,8 +196,8 @@ def simulate_chip(
     over a whole trace;
     ``omega`` ``(n_fibers, K)``, or ``(n_fibers, K, n_columns)`` (chromatic); ``cosmic_rays``:
     ``(k, row, col, e-)`` added from difference k on; ``dead``: ``(row, col)`` pixels whose reads
-    are all equal; ``row_offsets`` ``(n_reads, ny, n_segments)`` DN added to every read of each row's segments of ``nx //
-    n_segments`` columns (1/f-like offsets).
+    are all equal; ``row_offsets`` ``(n_reads, ny, n_segments)`` DN added to every read of each
+    row's segments of ``nx // n_segments`` columns (1/f-like offsets).
     """
     n_fibers, n_columns = y_center.shape
     K = omega.shape[1]
