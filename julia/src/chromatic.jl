@@ -380,9 +380,9 @@ pixels that see the element span more than one coordinate, and the reference ele
 too (otherwise every slope is pinned at 0: one coordinate cannot tell `a` from `b`). Every step
 is line-searched: the largest of 1, 1/2, ... (`CHROMATIC_MAX_HALVINGS` halvings, else 0) that
 does not increase the chi2 with the covariances frozen at the current point. A group has
-converged when every parameter step is below `rtol` and every flux step below `rtol` times
-`max(|flux|, sqrt(max(s2)))` (the group's largest read noise). The covariance is evaluated at the
-solution.
+converged (after at least `CHROMATIC_MIN_ITER` iterations, with a step the line search accepted)
+when every parameter step is below `rtol` and every flux step below `rtol` times each pixel's
+`max(|flux|, sqrt(s2))` at the start. The covariance is evaluated at the solution.
 
 # Arguments
 - `diffs`, `valid`: `(K, P, G)` differences (e-) and the differences to use.
@@ -614,7 +614,13 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
         read_times, saturation)
     K, P, G = size(diffs)
     shape_in = size(reads)[1:(end - 1)]
-    coord = reshape(pixel_map(coordinate, shape_in, "coordinate"; positive = false), P, G)
+    coord = try
+        reshape(pixel_map(coordinate, shape_in, "coordinate"; positive = false), P, G)
+    catch err
+        err isa DimensionMismatch || rethrow()
+        throw(ArgumentError("coordinate: expected a shape broadcastable to $shape_in, got " *
+                            "$(size(coordinate))"))
+    end
     all(isfinite, coord) || throw(ArgumentError("coordinate: expected finite values"))
     # The start's arrays with the group axis (absent in a single group's fit_omega result).
     grouped(value) = !single ? value :
