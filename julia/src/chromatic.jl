@@ -614,13 +614,13 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
         read_times, saturation)
     K, P, G = size(diffs)
     shape_in = size(reads)[1:(end - 1)]
-    coord = try
-        reshape(pixel_map(coordinate, shape_in, "coordinate"; positive = false), P, G)
-    catch err
-        err isa DimensionMismatch || rethrow()
+    # Broadcasting aligns the leading axes: each of coordinate's must be 1 or the pixels'.
+    csize = size(coordinate)
+    length(csize) <= length(shape_in) &&
+        all(d -> csize[d] == 1 || csize[d] == shape_in[d], 1:length(csize)) ||
         throw(ArgumentError("coordinate: expected a shape broadcastable to $shape_in, got " *
-                            "$(size(coordinate))"))
-    end
+                            "$csize"))
+    coord = reshape(pixel_map(coordinate, shape_in, "coordinate"; positive = false), P, G)
     all(isfinite, coord) || throw(ArgumentError("coordinate: expected finite values"))
     # The start's arrays with the group axis (absent in a single group's fit_omega result).
     grouped(value) = !single ? value :
