@@ -81,7 +81,9 @@ class ExposureResult:
             s = fits._summary()
             lines.append(
                 f"  fibers {key}: {s['fibers']} fibers, {s['time-variable']} time-variable / "
-                f"{s['constant']} constant / {s['borrowed']} borrowed; {s['bright']} bright; "
+                f"{s['constant']} constant / {s['borrowed']} borrowed"
+                + (f" / {s['chromatic']} chromatic" if fits.chromatic is not None else "")
+                + f"; {s['bright']} bright; "
                 f"converged {s['converged']}; fit failed {s['fit failed']}; median chi2/dof "
                 f"{fmt(s['median chi2/dof time-variable'])} (constant "
                 f"{fmt(s['median chi2/dof constant'])}); median omega error "
@@ -151,7 +153,9 @@ class ExposureResult:
         fibers = {}
         for key, fits in self.fibers.items():
             counts = {
-                name: int(np.sum(fits.model == code)) for code, name in enumerate(MODEL_NAMES)
+                name: int(np.sum(fits.model == code))
+                for code, name in enumerate(MODEL_NAMES)
+                if code != MODEL_CHROMATIC or fits.chromatic is not None
             }
             bright = fits.bright
             fibers[key] = {
