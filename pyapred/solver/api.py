@@ -1008,14 +1008,13 @@ def fit_omega_chromatic(
     Examples
     --------
     >>> import numpy as np
-    >>> from pyapred import fit_omega_chromatic, simulate_ramps
+    >>> from pyapred import fit_omega_chromatic
     >>> rng = np.random.default_rng(1)
     >>> K, c = 20, np.linspace(-1, 1, 400)
     >>> omega, gamma = np.linspace(1.0, 0.7, K), np.linspace(0.0, -0.05, K)
-    >>> truth = omega * (1 + gamma * c[:, None])              # (n_pix, K)
-    >>> reads = np.concatenate([np.zeros((1, c.size)), np.cumsum(5000 * truth.T, 0)])
-    >>> reads = reads + rng.normal(0, 15, reads.shape) + rng.normal(0, np.sqrt(np.maximum(
-    ...     np.diff(reads, axis=0, prepend=0), 1)))
+    >>> rate = 5000 * omega * (1 + gamma * c[:, None])  # (n_pix, K), e- per read interval
+    >>> counts = np.cumsum(rng.poisson(rate), axis=1).T  # (K, n_pix)
+    >>> reads = np.vstack([np.zeros(c.size), counts]) + rng.normal(0, 15, (K + 1, c.size))
     >>> fit = fit_omega_chromatic(reads, 15.0, c)
     >>> bool(fit.p_value < 1e-6)
     True
