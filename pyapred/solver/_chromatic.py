@@ -19,6 +19,11 @@ import numpy as np
 from numba import njit, prange
 
 from ._numpy import (
+    STOP_BREAKDOWN,
+    STOP_CONVERGED,
+    STOP_EMPTY,
+    STOP_LINE_SEARCH,
+    STOP_MAX_ITER,
     _back_pixel,
     _chi2_pixel,
     _inverse_spd,
@@ -34,7 +39,6 @@ __all__ = ["fit_chromatic_groups"]
 MAX_HALVINGS = 30
 # Iterations before a group may be declared converged (the achromatic fit's rule).
 MIN_ITER = 2
-STOP_CONVERGED, STOP_MAX_ITER, STOP_BREAKDOWN, STOP_LINE_SEARCH, STOP_EMPTY = range(5)
 
 
 @njit(cache=True, parallel=True)
