@@ -572,12 +572,108 @@ def _prepare_diffs_flat(reads, bad, use_mask, gain, saturation, diffs, valid, fl
                 diffs[p0 + p, k] = (ramp[k + 1, p] - ramp[k, p]) * gain[p0 + p] if ok else 0.0
 
 
+@njit(cache=True, inline="always")
+def _gather_fit_block(diffs, valid, fit_pixel, flux, s2, omega, dt, g, p0, use, f, var, x, d, ok):
+    """Pixels ``p0 .. p0 + B - 1`` of group ``g`` of a (G, P, K) layout into (K, B) blocks.
+
+    ``use`` (B,) marks the fitted pixels (False past the last pixel); ``f``, ``var`` receive
+    their flux and read-noise variance. A difference is usable (``ok``) where it is ``valid`` in
+    a used pixel; there ``x = omega dt`` and ``d`` is the difference, elsewhere both are 0.
+    """
+    P, K = diffs.shape[1], diffs.shape[2]
+    B = use.shape[0]
+    for i in range(B):
+        p = p0 + i
+        use[i] = p < P and fit_pixel[g, p]
+        f[i] = flux[g, p] if use[i] else 0.0
+        var[i] = s2[g, p] if use[i] else 0.0
+    for i in range(B):
+        p = p0 + i
+        for k in range(K):
+            good = use[i] and valid[g, p, k]
+            ok[k, i] = good
+            x[k, i] = omega[g, k] * dt[k] if good else 0.0
+            d[k, i] = diffs[g, p, k] if good else 0.0
+
+
+@njit(cache=True, inline="always")
+def _sweep_block(x, d, ok, f, var, low, inv, yx, yr, dd, gf):
+    """:func:`_sweep_pixel` of a block of pixels, (K, B) arrays, across the pixels at each k.
+
+    The same arithmetic in the same order per pixel (so the same bits); working across pixels
+    hides the latency of each pixel's chain of divisions.
+    """
+    K, B = x.shape
+    for i in range(B):
+        good = ok[0, i]
+        xk = x[0, i]
+        rk = d[0, i] - f[i] * xk if good else 0.0
+        alpha = max(f[i] * xk, 0.0) + 2.0 * var[i] if good else 1.0
+        low[0, i] = 0.0
+        inv[0, i] = 1.0 / alpha
+        yx[0, i] = xk
+        yr[0, i] = rk
+        dd[i] = 0.0 + xk * xk * inv[0, i]
+        gf[i] = 0.0 + xk * rk * inv[0, i]
+    for k in range(1, K):
+        for i in range(B):
+            good = ok[k, i]
+            xk = x[k, i]
+            rk = d[k, i] - f[i] * xk if good else 0.0
+            alpha = max(f[i] * xk, 0.0) + 2.0 * var[i] if good else 1.0
+            beta = -var[i] if (good and ok[k - 1, i]) else 0.0
+            lk = beta * inv[k - 1, i]
+            ik = 1.0 / (alpha - lk * beta)
+            ax = xk - lk * yx[k - 1, i]
+            ar = rk - lk * yr[k - 1, i]
+            low[k, i] = lk
+            inv[k, i] = ik
+            yx[k, i] = ax
+            yr[k, i] = ar
+            dd[i] += ax * ax * ik
+            gf[i] += ax * ar * ik
+
+
+@njit(cache=True, inline="always")
+def _back_block(low, inv, yx, yr, u, z, diag):
+    """:func:`_back_pixel` of a block of pixels, (K, B) arrays."""
+    K, B = low.shape
+    for i in range(B):
+        u[K - 1, i] = yx[K - 1, i] * inv[K - 1, i]
+        z[K - 1, i] = yr[K - 1, i] * inv[K - 1, i]
+        diag[K - 1, i] = inv[K - 1, i]
+    for k in range(K - 2, -1, -1):
+        for i in range(B):
+            lk = low[k + 1, i]
+            u[k, i] = yx[k, i] * inv[k, i] - lk * u[k + 1, i]
+            z[k, i] = yr[k, i] * inv[k, i] - lk * z[k + 1, i]
+            diag[k, i] = inv[k, i] + lk * lk * diag[k + 1, i]
+
+
+@njit(cache=True, inline="always")
+def _walk_block(low, running, first, one_block):
+    """:func:`_inverse_walk` of a block of pixels, (K, B) arrays; ``one_block`` (B,) out."""
+    K, B = low.shape
+    for i in range(B):
+        running[0, i] = 1.0
+        first[0, i] = 0
+        one_block[i] = True
+    for j in range(1, K):
+        for i in range(B):
+            ratio = -low[j, i]
+            prod = running[j - 1, i] * ratio
+            restart = ratio == 0.0 or prod < 1e-150
+            running[j, i] = 1.0 if restart else prod
+            first[j, i] = j if restart else first[j - 1, i]
+            one_block[i] = one_block[i] and not restart
+
+
 @njit(cache=True, parallel=True)
 def normal_equations_kernel(
     diffs, valid, s2, dt, flux, omega, active, newton, fit_pixel, out_g, out_gw, e_hat, gf_hat,
-    sqrt_d,
+    sqrt_d, out_sch, out_rhs,
 ):  # fmt: skip
-    """Gauss-Newton normal equations of the time-variable model, fluxes ready for elimination.
+    """Gauss-Newton normal equations of the time-variable model, and their Schur complement.
 
     For each active group g and fitted pixel p, with ``x = omega[g] * dt``, ``C_p`` built at
     ``(flux, omega)`` (the linearisation point) and ``r_p = d_p - flux_p x``:
@@ -592,78 +688,113 @@ def normal_equations_kernel(
     - ``out_g[g] = sum_p flux_p^2 diag(dt) C_p^-1 diag(dt)`` (the omega block G, K x K);
     - ``out_gw[g] = sum_p flux_p dt * (C_p^-1 r_p)`` (the omega part of the gradient).
 
-    The Schur complement is then ``G - e_hat^T e_hat`` (spec section 9.1). G needs the full inverse
-    of each C_p; its columns are walked from the diagonal with the pivot ratios (spec section 1.5),
-    K^2 operations per pixel, and accumulated without storing them.
+    The fluxes are eliminated here too (spec section 9.1): ``out_sch[g] = G - e_hat^T e_hat`` and
+    ``out_rhs[g] = out_gw[g] - e_hat^T gf_hat``, the omega system before any element is pinned.
+    G needs the full inverse of each C_p; its columns are walked from the diagonal with the pivot
+    ratios (spec section 1.5), K^2 operations per pixel, and accumulated without storing them.
+
+    The pixels of a group are taken ``_GROUP_BLOCK`` at a time into (K, B) blocks, and every
+    recursion runs across the block's pixels at each k (each pixel's arithmetic is that of
+    :func:`_sweep_pixel`, :func:`_back_pixel` and :func:`_inverse_walk`, in the same order).
     """
     G, P, K = diffs.shape
+    B = min(P, _GROUP_BLOCK)
     for g in prange(G):
         if not active[g]:
             continue
-        low = np.empty(K)  # sub-diagonal of L: low[k] = beta[k-1] / piv[k-1]
-        inv = np.empty(K)  # 1 / piv
-        yx = np.empty(K)
-        yr = np.empty(K)
-        u = np.empty(K)
-        z = np.empty(K)
-        diag = np.empty(K)  # diagonal of C^-1
-        left = np.zeros((P, K))
-        right = np.zeros((P, K))
+        use = np.empty(B, dtype=np.bool_)
+        f = np.empty(B)
+        var = np.empty(B)
+        x = np.empty((K, B))
+        d = np.empty((K, B))
+        ok = np.empty((K, B), dtype=np.bool_)
+        low = np.empty((K, B))  # sub-diagonal of L: low[k] = beta[k-1] / piv[k-1]
+        inv = np.empty((K, B))  # 1 / piv
+        yx = np.empty((K, B))
+        yr = np.empty((K, B))
+        u = np.empty((K, B))
+        z = np.empty((K, B))
+        diag = np.empty((K, B))  # diagonal of C^-1
+        running = np.empty((K, B))
+        first = np.empty((K, B), dtype=np.int64)
+        one_block = np.empty(B, dtype=np.bool_)
+        dd = np.empty(B)
+        gf = np.empty(B)
+        inv_sd = np.empty(B)
+        left = np.empty((P, K))  # every row is written below (zero where not one block)
+        right = np.empty((P, K))
         work = np.empty(K)
-        running = np.empty(K)
-        first = np.empty(K, dtype=np.int64)
-        xv = np.empty(K)
         acc = np.zeros((K, K))
         accw = np.zeros(K)
-        for p in range(P):
-            if not fit_pixel[g, p]:
-                sqrt_d[g, p] = 0.0
-                gf_hat[g, p] = 0.0
-                e_hat[g, p, :] = 0.0
-                continue
-            f = flux[g, p]
-            var = s2[g, p]
-            vmask = valid[g, p]
-            for k in range(K):
-                xv[k] = omega[g, k] * dt[k] if vmask[k] else 0.0
-            dd, gf = _sweep_pixel(xv, diffs[g, p], vmask, f, var, low, inv, yx, yr)
-            sd = np.sqrt(dd)
-            sqrt_d[g, p] = sd
-            gf_hat[g, p] = gf / sd
-            _back_pixel(low, inv, yx, yr, u, z, diag)
-            inv_sd = 1.0 / sd
-            exact = newton[g]
-            for k in range(K):
-                ok = vmask[k]
-                if not ok:
-                    e_hat[g, p, k] = 0.0
-                elif exact:
-                    e_hat[g, p, k] = (f * u[k] - z[k]) * dt[k] * inv_sd
+        exact = newton[g]
+        for p0 in range(0, P, B):
+            n = min(B, P - p0)
+            _gather_fit_block(diffs, valid, fit_pixel, flux, s2, omega, dt, g, p0, use, f, var,
+                              x, d, ok)  # fmt: skip
+            _sweep_block(x, d, ok, f, var, low, inv, yx, yr, dd, gf)
+            _back_block(low, inv, yx, yr, u, z, diag)
+            _walk_block(low, running, first, one_block)
+            for i in range(n):
+                p = p0 + i
+                if use[i]:
+                    sd = np.sqrt(dd[i])
+                    sqrt_d[g, p] = sd
+                    gf_hat[g, p] = gf[i] / sd
+                    inv_sd[i] = 1.0 / sd
                 else:
-                    e_hat[g, p, k] = f * dt[k] * u[k] * inv_sd
-                accw[k] += f * dt[k] * z[k] if ok else 0.0
+                    sqrt_d[g, p] = 0.0
+                    gf_hat[g, p] = 0.0
+                    inv_sd[i] = 0.0
+            for i in range(n):
+                p = p0 + i
+                fi = f[i]
+                for k in range(K):
+                    if not ok[k, i]:
+                        e_hat[g, p, k] = 0.0
+                    elif exact:
+                        e_hat[g, p, k] = (fi * u[k, i] - z[k, i]) * dt[k] * inv_sd[i]
+                    else:
+                        e_hat[g, p, k] = fi * dt[k] * u[k, i] * inv_sd[i]
+                # Pixel by pixel, each accw[k] sums in pixel order (as a loop over pixels would).
+                for k in range(K):
+                    accw[k] += fi * dt[k] * z[k, i] if ok[k, i] else 0.0
             # G gains the outer product (f^2 dt_i / R_i)(dt_j diag_j R_j) over i <= j within each
             # coupled block (_inverse_walk). For a pixel that is one block, the factors become
             # row p of `left` and `right`, and one GEMM per group sums them all; the other
             # pixels are summed here, block by block.
-            f2 = f * f
-            one_block = _inverse_walk(low, running, first)
-            for j in range(K):
-                lj = f2 * dt[j] / running[j] if vmask[j] else 0.0
-                rj = dt[j] * running[j] * diag[j] if vmask[j] else 0.0
-                left[p, j] = lj if one_block else 0.0
-                right[p, j] = rj if one_block else 0.0
-                if not one_block:
-                    work[j] = lj
-                    for i in range(first[j], j + 1):
-                        acc[j, i] += work[i] * rj
+            for i in range(n):
+                p = p0 + i
+                if not (use[i] and one_block[i]):
+                    for j in range(K):
+                        left[p, j] = 0.0
+                        right[p, j] = 0.0
+                if not use[i]:
+                    continue
+                f2 = f[i] * f[i]
+                for j in range(K):
+                    lj = f2 * dt[j] / running[j, i] if ok[j, i] else 0.0
+                    rj = dt[j] * running[j, i] * diag[j, i] if ok[j, i] else 0.0
+                    if one_block[i]:
+                        left[p, j] = lj
+                        right[p, j] = rj
+                    else:
+                        work[j] = lj
+                        for m in range(first[j, i], j + 1):
+                            acc[j, m] += work[m] * rj
         outer = np.dot(left.T, right)
+        gram = np.dot(e_hat[g].T, e_hat[g])
+        flux_part = np.dot(e_hat[g].T, gf_hat[g])
         for j in range(K):
             out_gw[g, j] = accw[j]
+            out_rhs[g, j] = accw[j] - flux_part[j]
             for i in range(j + 1):
                 value = acc[j, i] + outer[i, j]
                 out_g[g, i, j] = value
                 out_g[g, j, i] = value
+                # One triangle of the Gram matrix, so that the complement is exactly symmetric.
+                reduced = value - gram[i, j]
+                out_sch[g, i, j] = reduced
+                out_sch[g, j, i] = reduced
 
 
 @njit(cache=True, parallel=True)
@@ -869,6 +1000,20 @@ def chi2_kernel(diffs, valid, s2, x, flux, fit_pixel, out):
 
 
 @njit(cache=True, parallel=True)
+def flux_quad_kernel(e_hat, cov, out):
+    """``out[g, p] = e_hat[g, p]^T cov[g] e_hat[g, p]`` (the fluxes' variance from omega's), with
+    one (P, K) x (K, K) product per group."""
+    G, P, K = e_hat.shape
+    for g in prange(G):
+        product = np.dot(e_hat[g], cov[g])
+        for p in range(P):
+            total = 0.0
+            for k in range(K):
+                total += product[p, k] * e_hat[g, p, k]
+            out[g, p] = total
+
+
+@njit(cache=True, parallel=True)
 def objective_change_kernel(
     diffs, valid, s2, dt, flux, omega, d_flux, d_omega, d_offsets, segment, active, fit_pixel, out
 ):
@@ -881,32 +1026,78 @@ def objective_change_kernel(
     f dx + df dx + dc`` itself, never as the difference of two large sums, so that its sign is
     right even for a step near convergence. ``d_offsets`` is ``(G, S, K)`` with ``segment`` the
     ``(G, P)`` row of each pixel (``(G, 1, K)`` zeros without offsets).
+
+    The pixels are taken ``_GROUP_BLOCK`` at a time, and each pixel's sweep
+    (:func:`_weighted_change`'s arithmetic, in its order) runs across the block at each k.
     """
     G, P, K = diffs.shape
+    B = min(P, _GROUP_BLOCK)
     for g in prange(G):
         out[g] = 0.0
         if not active[g]:
             continue
-        xv = np.empty(K)
-        dm = np.empty(K)
-        q = np.empty(K)
+        use = np.empty(B, dtype=np.bool_)
+        f = np.empty(B)
+        var = np.empty(B)
+        x = np.empty((K, B))
+        dm = np.empty((K, B))
+        q = np.empty((K, B))
+        ok = np.empty((K, B), dtype=np.bool_)
+        inv = np.empty(B)
+        ym = np.empty(B)
+        yq = np.empty(B)
+        change = np.empty(B)
         total = 0.0
-        for p in range(P):
-            if not fit_pixel[g, p]:
-                continue
-            f = flux[g, p]
-            df = d_flux[g, p]
-            vmask = valid[g, p]
-            s = segment[g, p]
-            for k in range(K):
-                ok = vmask[k]
-                xk = omega[g, k] * dt[k] if ok else 0.0
-                dxk = d_omega[g, k] * dt[k] if ok else 0.0
-                xv[k] = xk
-                dm[k] = df * xk + f * dxk + df * dxk + d_offsets[g, s, k] if ok else 0.0
-                q[k] = dm[k] - 2.0 * (diffs[g, p, k] - f * xk) if ok else 0.0
-            total += _weighted_change(dm, q, xv, vmask, f, s2[g, p])
+        for p0 in range(0, P, B):
+            n = min(B, P - p0)
+            for i in range(B):
+                p = p0 + i
+                use[i] = i < n and fit_pixel[g, p]
+                f[i] = flux[g, p] if use[i] else 0.0
+                var[i] = s2[g, p] if use[i] else 0.0
+                df = d_flux[g, p] if use[i] else 0.0
+                s = segment[g, p] if use[i] else 0
+                for k in range(K):
+                    good = use[i] and valid[g, p, k]
+                    xk = omega[g, k] * dt[k] if good else 0.0
+                    dxk = d_omega[g, k] * dt[k] if good else 0.0
+                    mk = df * xk + f[i] * dxk + df * dxk + d_offsets[g, s, k] if good else 0.0
+                    ok[k, i] = good
+                    x[k, i] = xk
+                    dm[k, i] = mk
+                    q[k, i] = mk - 2.0 * (diffs[g, p, k] - f[i] * xk) if good else 0.0
+            _weighted_change_block(dm, q, x, ok, f, var, inv, ym, yq, change)
+            for i in range(n):
+                if use[i]:
+                    total += change[i]
         out[g] = total
+
+
+@njit(cache=True, inline="always")
+def _weighted_change_block(dm, q, x, ok, f, var, inv, ym, yq, total):
+    """:func:`_weighted_change` of a block of pixels, (K, B) arrays, across the pixels at each k;
+    ``inv``, ``ym``, ``yq`` (B,) scratch, ``total`` (B,) out."""
+    K, B = x.shape
+    for i in range(B):
+        good = ok[0, i]
+        alpha = max(f[i] * x[0, i], 0.0) + 2.0 * var[i] if good else 1.0
+        inv[i] = 1.0 / alpha
+        ym[i] = dm[0, i]
+        yq[i] = q[0, i]
+        total[i] = 0.0 + ym[i] * yq[i] * inv[i]
+    for k in range(1, K):
+        for i in range(B):
+            good = ok[k, i]
+            alpha = max(f[i] * x[k, i], 0.0) + 2.0 * var[i] if good else 1.0
+            beta = -var[i] if (good and ok[k - 1, i]) else 0.0
+            lk = beta * inv[i]
+            ik = 1.0 / (alpha - lk * beta)
+            a = dm[k, i] - lk * ym[i]
+            b = q[k, i] - lk * yq[i]
+            total[i] += a * b * ik
+            inv[i] = ik
+            ym[i] = a
+            yq[i] = b
 
 
 def equal_weight_kernel(
@@ -1118,15 +1309,6 @@ def _inverse_spd(a):
         return out
 
 
-def _gram(e, rows):
-    """``e[g].T @ e[g]`` for the groups ``rows`` (zero elsewhere): one BLAS call each (a stacked
-    matmul on the transposed view falls back to a loop ten times slower)."""
-    out = np.zeros((e.shape[0], e.shape[2], e.shape[2]))
-    for g in rows:
-        np.matmul(e[g].T, e[g], out=out[g])
-    return out
-
-
 def _times(e, v, rows, transpose):
     """``e[g].T @ v[g]`` (``transpose``) or ``e[g] @ v[g]`` for the groups ``rows``, else zero."""
     G, P, K = e.shape
@@ -1145,6 +1327,8 @@ class _Normal:
         self.e_hat = np.zeros((G, P, K))
         self.gf_hat = np.zeros((G, P))
         self.sqrt_d = np.zeros((G, P))
+        self.sch = np.zeros((G, K, K))
+        self.rhs = np.zeros((G, K))
 
     def evaluate(self, diffs, valid, s2, dt, flux, omega, active, fit_pixel, newton=None):
         """The normal equations at ``(flux, omega)`` for the ``active`` groups; ``newton``, (G,)
@@ -1154,18 +1338,14 @@ class _Normal:
             newton = np.zeros(active.shape, dtype=bool)
         normal_equations_kernel(
             diffs, valid, s2, dt, flux, omega, active, newton, fit_pixel,
-            self.g, self.gw, self.e_hat, self.gf_hat, self.sqrt_d,
+            self.g, self.gw, self.e_hat, self.gf_hat, self.sqrt_d, self.sch, self.rhs,
         )  # fmt: skip
 
-    def schur(self, free, active=None):
-        """Schur complement and right-hand side, with the non-free elements pinned (identity).
-
-        Only the ``active`` groups (default all) are computed: a long-converging group does not
-        make every iteration cost a full one.
-        """
-        rows = range(free.shape[0]) if active is None else np.flatnonzero(active)
-        sch = self.g - _gram(self.e_hat, rows)
-        rhs = self.gw - _times(self.e_hat, self.gf_hat, rows, transpose=True)
+    def schur(self, free):
+        """Schur complement and right-hand side of each group's last :meth:`evaluate`, with the
+        non-free elements pinned (identity)."""
+        sch = self.sch.copy()
+        rhs = self.rhs.copy()
         pinned = ~free
         sch[pinned[:, :, None] | pinned[:, None, :]] = 0.0
         G, K = free.shape
@@ -1301,6 +1481,9 @@ def _single_blas_thread(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        # Numba's np.dot calls SciPy's BLAS, a library of its own: loaded first, so that the
+        # limit reaches it too (otherwise the first call of a process runs it multi-threaded).
+        import scipy.linalg.cython_blas  # noqa: F401
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1, user_api="blas"):
@@ -1526,7 +1709,8 @@ def fit_omega_groups(
     cov[~(free[:, :, None] & free[:, None, :])] = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         if offsets is None:
-            quad = np.einsum("gpl,gpl->gp", np.matmul(normal.e_hat, cov), normal.e_hat)
+            quad = np.empty(fit_pixel.shape)
+            flux_quad_kernel(normal.e_hat, cov, quad)
         else:
             quad = offsets.flux_quad(normal.e_hat, cov)
         flux_var = np.where(fit_pixel, (1.0 + quad) / normal.sqrt_d**2, np.nan)
@@ -1693,7 +1877,7 @@ def _evaluate(normal, offsets, diffs, valid, s2, dt, flux, omega, active, fit_pi
     groups get the exact Hessian's flux-omega block (not with offsets)."""
     fitted = diffs if offsets is None else offsets.adjusted(diffs, valid, active)
     normal.evaluate(fitted, valid, s2, dt, flux, omega, active, fit_pixel, newton)
-    sch, rhs = normal.schur(free, active)
+    sch, rhs = normal.schur(free)
     if offsets is None:
         return sch, rhs
     offsets.evaluate(fitted, valid, s2, dt, flux, omega, active, fit_pixel)
