@@ -52,24 +52,37 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         y = task // n_blocks
         x0 = (task % n_blocks) * _BLOCK
         B = min(_BLOCK, nx - x0)
-        # The first unusable read of each pixel (not finite, or at or above saturation).
+        # One read of the cube: the differences, and the first unusable read of each pixel (not
+        # finite, or at or above saturation).
         n_good = np.full(B, n_reads, dtype=np.int64)
-        for j in range(n_reads):
-            for i in range(B):
-                value = float(reads[j, y, x0 + i])
-                unusable = not np.isfinite(value) or value >= saturation[y, x0 + i]
-                if unusable and n_good[i] == n_reads:
-                    n_good[i] = j
+        previous = np.empty(B)
+        for i in range(B):
+            value = float(reads[0, y, x0 + i])
+            previous[i] = value
+            if not np.isfinite(value) or value >= saturation[y, x0 + i]:
+                n_good[i] = 0
         diff = np.empty((K, B))
+        for k in range(K):
+            for i in range(B):
+                value = float(reads[k + 1, y, x0 + i])
+                diff[k, i] = value - previous[i]
+                previous[i] = value
+                unusable = not np.isfinite(value) or value >= saturation[y, x0 + i]
+                n_good[i] = k + 1 if unusable and n_good[i] == n_reads else n_good[i]
+        # Each pixel's light-curve shape; a block of one shape (a row's pixels of one fiber, or
+        # background: the common case) reads one element per k, and its loop runs in vectors.
+        first = shape_index[y, x0]
+        same = True
+        for i in range(B):
+            same = same and shape_index[y, x0 + i] == first
         shape = np.empty((K, B))
         scaled = np.empty((K, B))
         for k in range(K):
+            s_first = shapes[first, k]
             for i in range(B):
-                d = float(reads[k + 1, y, x0 + i]) - float(reads[k, y, x0 + i])
-                s = shapes[shape_index[y, x0 + i], k]
-                diff[k, i] = d
+                s = s_first if same else shapes[shape_index[y, x0 + i], k]
                 shape[k, i] = s
-                scaled[k, i] = d / s
+                scaled[k, i] = diff[k, i] / s
         # A rough level from the median of at most _N_ROUGH evenly spaced differences (cheap,
         # and robust to a jump), then the mean of the differences that are not jumps under it.
         rough_values = np.empty((_N_ROUGH, B))
@@ -151,8 +164,10 @@ def first_pass(reads, shape_index, shapes, inv_gain, var_read, saturation, thres
         float(threshold), rate, saturated, bits,
     )  # fmt: skip
     rows, cols, words = np.nonzero(bits)
-    jumps = []
-    for r, c, w in zip(rows.tolist(), cols.tolist(), words.tolist(), strict=True):
-        word = int(bits[r, c, w])
-        jumps.extend((64 * w + b, r, c) for b in range(64) if word >> b & 1)
-    return rate, saturated, np.array(jumps, dtype=np.int64).reshape(-1, 3)
+    # The set bits of each nonzero word, in order (rows, columns, then k ascending).
+    words_le = bits[rows, cols, words].astype("<u8")  # bytes least significant first
+    unpacked = np.unpackbits(words_le.view(np.uint8).reshape(-1, 8), axis=1,
+                             bitorder="little")  # fmt: skip
+    which, bit = np.nonzero(unpacked)
+    jumps = np.stack([64 * words[which] + bit, rows[which], cols[which]], axis=1)
+    return rate, saturated, jumps.astype(np.int64).reshape(-1, 3)
