@@ -310,6 +310,9 @@ The five-step initial guess of omega and the fluxes, per group.
   instead of the correct `sqrt(2 s2 + d)`.
 - `ref_index`: `(G,)` element to fix to 1 (1-based); default the argmax of the guess, which an
   entry `< 1` also asks for.
+- `pivot_ratio`: threshold pivoting (`PIVOT_RATIO`): a group's `ref_index` whose guess is below
+  this fraction of the group's largest element is not fixed, the largest is (an element without
+  data at `ref_index` is fixed all the same). The default, `-Inf`, always fixes `ref_index`.
 
 A fitted pixel whose usable differences all weigh nothing in step 5 (all exactly 0, a dead
 pixel) keeps its step-1 median rate times the normalisation, as NumPy's twin does.
@@ -317,7 +320,7 @@ pixel) keeps its step-1 median rate times the normalisation, as NumPy's twin doe
 function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::AbstractVector,
         diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3}, s2::AbstractMatrix,
         dt::AbstractVector, fit_pixel::AbstractMatrix; reference::Bool = false,
-        ref_index = nothing)
+        ref_index = nothing, pivot_ratio::Real = -Inf)
     K, P, G = size(diffs)
     Threads.@threads for g in 1:G
         f0 = zeros(P)
@@ -363,19 +366,23 @@ function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::Abst
                           w_sum[k] > 0 ? max(num[k] / w_sum[k], CLAMP_FLOOR) : CLAMP_FLOOR
             om_sig[k] = w_sum[k] > 0 ? w_sum[k]^(-0.5) : Inf
         end
-        # 4. Fix the largest element (or the caller's) to 1.
-        if ref_index === nothing || ref_index[g] < 1
-            k_ref = 1
-            best = -Inf
-            for k in 1:K
-                value = has_data[k] ? omega[k, g] : -Inf
-                if value > best
-                    best = value
-                    k_ref = k
-                end
+        # 4. Fix the largest element (or the caller's) to 1; with `pivot_ratio`, the caller's
+        # only where its guess is at least that fraction of the largest (NaN, no data: kept).
+        k_best = 1
+        best = -Inf
+        for k in 1:K
+            value = has_data[k] ? omega[k, g] : -Inf
+            if value > best
+                best = value
+                k_best = k
             end
-        else
+        end
+        k_ref = k_best
+        if ref_index !== nothing && ref_index[g] >= 1
             k_ref = ref_index[g]
+            if omega[k_ref, g] / omega[k_best, g] < pivot_ratio
+                k_ref = k_best
+            end
         end
         kstar[g] = k_ref
         scale = omega[k_ref, g]
@@ -682,12 +689,13 @@ where that element's guess is at least `PIVOT_RATIO` of the group's largest (or 
 else at the largest. Fills `omega0`, `flux0`, `kstar`.
 """
 function pivoted_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel, target)
-    initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel)
-    target === nothing && return nothing
-    keep = [!(omega0[target[g], g] < PIVOT_RATIO) for g in eachindex(target)]
-    any(keep) || return nothing
-    initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel;
-        ref_index = [keep[g] ? target[g] : 0 for g in eachindex(target)])
+    # One guess: the pivot rule is applied inside (NumPy's twin does the same).
+    if target === nothing
+        initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel)
+    else
+        initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel;
+            ref_index = target, pivot_ratio = PIVOT_RATIO)
+    end
     return nothing
 end
 
