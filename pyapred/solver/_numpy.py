@@ -728,8 +728,11 @@ def normal_equations_kernel(
         dd = np.empty(B)
         gf = np.empty(B)
         inv_sd = np.empty(B)
-        left = np.empty((P, K))  # every row is written below (zero where not one block)
-        right = np.empty((P, K))
+        # G's factors of the one-block pixels, (K, P): written across a block's pixels at each k
+        # (every entry is written: zero where a pixel is not one block).
+        left = np.empty((K, P))
+        right = np.empty((K, P))
+        f2 = np.empty(B)
         work = np.empty(K)
         acc = np.zeros((K, K))
         accw = np.zeros(K)
@@ -742,8 +745,8 @@ def normal_equations_kernel(
                     gf_hat[g, p] = 0.0
                     for k in range(K):
                         e_hat[g, p, k] = 0.0
-                        left[p, k] = 0.0
-                        right[p, k] = 0.0
+                        left[k, p] = 0.0
+                        right[k, p] = 0.0
                 continue
             _gather_fit_block(diffs, valid, fit_pixel, flux, s2, omega, dt, g, p0, use, f, var,
                               x, d, ok)  # fmt: skip
@@ -776,28 +779,33 @@ def normal_equations_kernel(
                     accw[k] += fi * dt[k] * z[k, i] if ok[k, i] else 0.0
             # G gains the outer product (f^2 dt_i / R_i)(dt_j diag_j R_j) over i <= j within each
             # coupled block (_inverse_walk). For a pixel that is one block, the factors become
-            # row p of `left` and `right`, and one GEMM per group sums them all; the other
+            # column p of `left` and `right`, and GEMMs per group sum them all; the other
             # pixels are summed here, block by block.
             for i in range(n):
-                p = p0 + i
-                if not (use[i] and one_block[i]):
-                    for j in range(K):
-                        left[p, j] = 0.0
-                        right[p, j] = 0.0
-                if not use[i]:
+                f2[i] = f[i] * f[i]
+            for j in range(K):
+                for i in range(n):
+                    keep = use[i] and one_block[i] and ok[j, i]
+                    left[j, p0 + i] = f2[i] * dt[j] / running[j, i] if keep else 0.0
+                    right[j, p0 + i] = dt[j] * running[j, i] * diag[j, i] if keep else 0.0
+            for i in range(n):
+                if not use[i] or one_block[i]:
                     continue
-                f2 = f[i] * f[i]
                 for j in range(K):
-                    lj = f2 * dt[j] / running[j, i] if ok[j, i] else 0.0
+                    lj = f2[i] * dt[j] / running[j, i] if ok[j, i] else 0.0
                     rj = dt[j] * running[j, i] * diag[j, i] if ok[j, i] else 0.0
-                    if one_block[i]:
-                        left[p, j] = lj
-                        right[p, j] = rj
-                    else:
-                        work[j] = lj
-                        for m in range(first[j, i], j + 1):
-                            acc[j, m] += work[m] * rj
-        outer = np.dot(left.T, right)
+                    work[j] = lj
+                    for m in range(first[j, i], j + 1):
+                        acc[j, m] += work[m] * rj
+        # Only G's upper triangle is needed (i <= j): the rows of the first half against every
+        # column, the second half against itself, three quarters of one full product.
+        half = K // 2
+        if half == 0:
+            outer = np.dot(left, right.T)
+        else:
+            outer = np.empty((K, K))
+            outer[:half] = np.dot(left[:half], right.T)
+            outer[half:, half:] = np.dot(left[half:], right[half:].T)
         gram = np.dot(e_hat[g].T, e_hat[g])
         flux_part = np.dot(e_hat[g].T, gf_hat[g])
         for j in range(K):
