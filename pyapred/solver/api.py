@@ -407,9 +407,13 @@ def _flux_outputs(n_pix: int) -> tuple[np.ndarray, ...]:
 def _flux_fit(out, gain_flat: np.ndarray, pixel_shape: tuple) -> FluxFit:
     """A FluxFit from kernel outputs in electrons, converted to the units of the reads."""
     flux, flux_var, chi2, n_diff, flags = out
+    # In place: the outputs are this call's own, and a chip's worth of new arrays costs page
+    # faults that take longer than the division.
+    np.divide(flux, gain_flat, out=flux)
+    np.divide(flux_var, gain_flat**2, out=flux_var)
     return FluxFit(
-        flux=(flux / gain_flat).reshape(pixel_shape),
-        flux_var=(flux_var / gain_flat**2).reshape(pixel_shape),
+        flux=flux.reshape(pixel_shape),
+        flux_var=flux_var.reshape(pixel_shape),
         chi2=chi2.reshape(pixel_shape),
         n_diff=n_diff.reshape(pixel_shape),
         flags=flags.reshape(pixel_shape),
