@@ -19,17 +19,18 @@ import numpy as np
 from numba import njit, prange
 
 from ._numpy import (
+    _GROUP_BLOCK,
     STOP_BREAKDOWN,
     STOP_CONVERGED,
     STOP_EMPTY,
     STOP_LINE_SEARCH,
     STOP_MAX_ITER,
-    _back_pixel,
+    _back_block,
     _chi2_pixel,
     _inverse_spd,
-    _inverse_walk,
     _solve_spd,
-    _sweep_pixel,
+    _sweep_block,
+    _walk_block,
     _weighted_change,
 )
 
@@ -53,71 +54,110 @@ def chromatic_normal_kernel(
     ``sum_p c_p^j flux_p^2 diag(dt) C_p^-1 diag(dt)``, ``out_gw[g, j]`` (j = 0, 1) is
     ``sum_p c_p^j flux_p dt * (C_p^-1 r_p)``; ``e_hat``, ``gf_hat`` and ``sqrt_d`` are the
     per-pixel flux blocks of the omega part (the slope part is ``c_p`` times them).
+
+    The pixels are taken ``_GROUP_BLOCK`` at a time, with the achromatic kernel's block sweeps.
     """
     G, P, K = diffs.shape
+    B = min(P, _GROUP_BLOCK)
     for g in prange(G):
         if not active[g]:
             continue
-        low = np.empty(K)
-        inv = np.empty(K)
-        yx = np.empty(K)
-        yr = np.empty(K)
-        u = np.empty(K)
-        z = np.empty(K)
-        diag = np.empty(K)
-        left = np.zeros((P, K))
-        right = np.zeros((P, K))
-        running = np.empty(K)
-        first = np.empty(K, dtype=np.int64)
-        xv = np.empty(K)
+        use = np.empty(B, dtype=np.bool_)
+        f = np.empty(B)
+        var = np.empty(B)
+        c = np.empty(B)
+        x = np.empty((K, B))
+        d = np.empty((K, B))
+        ok = np.empty((K, B), dtype=np.bool_)
+        low = np.empty((K, B))
+        inv = np.empty((K, B))
+        yx = np.empty((K, B))
+        yr = np.empty((K, B))
+        u = np.empty((K, B))
+        z = np.empty((K, B))
+        diag = np.empty((K, B))
+        running = np.empty((K, B))
+        first = np.empty((K, B), dtype=np.int64)
+        one_block = np.empty(B, dtype=np.bool_)
+        dd = np.empty(B)
+        gf = np.empty(B)
+        inv_sd = np.empty(B)
+        f2 = np.empty(B)
+        # The C^-1 factors as in normal_equations_kernel: one-block pixels become columns of
+        # `left` and `right` (three products per group below), the others are summed here.
+        left = np.empty((K, P))
+        right = np.empty((K, P))
         acc = np.zeros((3, K, K))
         accw = np.zeros((2, K))
-        for p in range(P):
-            if not fit_pixel[g, p]:
-                sqrt_d[g, p] = 0.0
-                gf_hat[g, p] = 0.0
-                e_hat[g, p, :] = 0.0
+        for p0 in range(0, P, B):
+            n = min(B, P - p0)
+            if not fit_pixel[g, p0 : p0 + n].any():  # padding: nothing to add
+                for p in range(p0, p0 + n):
+                    sqrt_d[g, p] = 0.0
+                    gf_hat[g, p] = 0.0
+                    for k in range(K):
+                        e_hat[g, p, k] = 0.0
+                        left[k, p] = 0.0
+                        right[k, p] = 0.0
                 continue
-            f = flux[g, p]
-            c = coord[g, p]
-            vmask = valid[g, p]
-            for k in range(K):
-                xv[k] = (a[g, k] + c * b[g, k]) * dt[k] if vmask[k] else 0.0
-            dd, gf = _sweep_pixel(xv, diffs[g, p], vmask, f, s2[g, p], low, inv, yx, yr)
-            sd = np.sqrt(dd)
-            sqrt_d[g, p] = sd
-            gf_hat[g, p] = gf / sd
-            _back_pixel(low, inv, yx, yr, u, z, diag)
-            inv_sd = 1.0 / sd
-            for k in range(K):
-                ok = vmask[k]
-                e_hat[g, p, k] = f * dt[k] * u[k] * inv_sd if ok else 0.0
-                w = f * dt[k] * z[k] if ok else 0.0
-                accw[0, k] += w
-                accw[1, k] += c * w
-            # The C^-1 factors as in normal_equations_kernel: one-block pixels become rows of
-            # `left` and `right` (three GEMMs per group below), the others are summed here.
-            f2 = f * f
-            one_block = _inverse_walk(low, running, first)
+            _gather_chromatic_block(diffs, valid, fit_pixel, flux, s2, coord, a, b, dt, g, p0,
+                                    use, f, var, c, x, d, ok)  # fmt: skip
+            _sweep_block(x, d, ok, f, var, low, inv, yx, yr, dd, gf)
+            _back_block(low, inv, yx, yr, u, z, diag)
+            _walk_block(low, running, first, one_block)
+            for i in range(n):
+                p = p0 + i
+                if use[i]:
+                    sd = np.sqrt(dd[i])
+                    sqrt_d[g, p] = sd
+                    gf_hat[g, p] = gf[i] / sd
+                    inv_sd[i] = 1.0 / sd
+                else:
+                    sqrt_d[g, p] = 0.0
+                    gf_hat[g, p] = 0.0
+                    inv_sd[i] = 0.0
+            for i in range(n):
+                p = p0 + i
+                fi = f[i]
+                for k in range(K):
+                    e_hat[g, p, k] = fi * dt[k] * u[k, i] * inv_sd[i] if ok[k, i] else 0.0
+                for k in range(K):
+                    w = fi * dt[k] * z[k, i] if ok[k, i] else 0.0
+                    accw[0, k] += w
+                    accw[1, k] += c[i] * w
+            for i in range(n):
+                f2[i] = f[i] * f[i]
             for j in range(K):
-                lj = f2 * dt[j] / running[j] if vmask[j] else 0.0
-                rj = dt[j] * running[j] * diag[j] if vmask[j] else 0.0
-                left[p, j] = lj if one_block else 0.0
-                right[p, j] = rj if one_block else 0.0
-                if not one_block:
-                    for i in range(first[j], j + 1):
-                        li = f2 * dt[i] / running[i] if vmask[i] else 0.0
-                        term = li * rj
-                        acc[0, j, i] += term
-                        acc[1, j, i] += c * term
-                        acc[2, j, i] += c * c * term
-        weighted = np.empty((P, K))
-        for m in range(3):
-            for p in range(P):
-                w = coord[g, p] ** m if fit_pixel[g, p] else 0.0
+                for i in range(n):
+                    keep = use[i] and one_block[i] and ok[j, i]
+                    left[j, p0 + i] = f2[i] * dt[j] / running[j, i] if keep else 0.0
+                    right[j, p0 + i] = dt[j] * running[j, i] * diag[j, i] if keep else 0.0
+            for i in range(n):
+                if not use[i] or one_block[i]:
+                    continue
+                ci = c[i]
                 for j in range(K):
-                    weighted[p, j] = left[p, j] * w
-            outer = np.dot(weighted.T, right)
+                    rj = dt[j] * running[j, i] * diag[j, i] if ok[j, i] else 0.0
+                    for m in range(first[j, i], j + 1):
+                        li = f2[i] * dt[m] / running[m, i] if ok[m, i] else 0.0
+                        term = li * rj
+                        acc[0, j, m] += term
+                        acc[1, j, m] += ci * term
+                        acc[2, j, m] += ci * ci * term
+        weighted = np.empty((K, P))
+        half = K // 2
+        for m in range(3):
+            for j in range(K):
+                for p in range(P):
+                    w = coord[g, p] ** m if fit_pixel[g, p] else 0.0
+                    weighted[j, p] = left[j, p] * w
+            # Only the upper triangle is needed (i <= j), as in normal_equations_kernel.
+            if half == 0:
+                outer = np.dot(weighted, right.T)
+            else:
+                outer = np.empty((K, K))
+                outer[:half] = np.dot(weighted[:half], right.T)
+                outer[half:, half:] = np.dot(weighted[half:], right[half:].T)
             for j in range(K):
                 for i in range(j + 1):
                     value = acc[m, j, i] + outer[i, j]
@@ -126,6 +166,28 @@ def chromatic_normal_kernel(
         for j in range(K):
             out_gw[g, 0, j] = accw[0, j]
             out_gw[g, 1, j] = accw[1, j]
+
+
+@njit(cache=True, inline="always")
+def _gather_chromatic_block(diffs, valid, fit_pixel, flux, s2, coord, a, b, dt, g, p0, use, f,
+                            var, c, x, d, ok):  # fmt: skip
+    """:func:`~pyapred.solver._numpy._gather_fit_block` with each pixel's own omega,
+    ``a + c_p b``; ``c`` (B,) receives the coordinates (0 for pixels not used)."""
+    P, K = diffs.shape[1], diffs.shape[2]
+    B = use.shape[0]
+    for i in range(B):
+        p = p0 + i
+        use[i] = p < P and fit_pixel[g, p]
+        f[i] = flux[g, p] if use[i] else 0.0
+        var[i] = s2[g, p] if use[i] else 0.0
+        c[i] = coord[g, p] if use[i] else 0.0
+    for i in range(B):
+        p = p0 + i
+        for k in range(K):
+            good = use[i] and valid[g, p, k]
+            ok[k, i] = good
+            x[k, i] = (a[g, k] + c[i] * b[g, k]) * dt[k] if good else 0.0
+            d[k, i] = diffs[g, p, k] if good else 0.0
 
 
 @njit(cache=True, parallel=True)

@@ -113,75 +113,6 @@ def _backward(low, piv, y, out):
 
 
 @njit(cache=True, inline="always")
-def _sweep_pixel(x, d, vmask, f, var, low, inv, yx, yr):
-    """The forward L D L^T sweep of one pixel's C (photon noise at ``f x``), with the forward
-    substitutions of ``x`` and ``r = d - f x`` in the same pass.
-
-    ``x`` is 0 at masked differences (they are decoupled: diagonal 1, no off-diagonal). Fills
-    ``low`` (sub-diagonal of L), ``inv`` (1 / pivots), ``yx = L^-1 x``, ``yr = L^-1 r``, and
-    returns ``(x^T C^-1 x, x^T C^-1 r)``.
-    """
-    K = x.shape[0]
-    dd = 0.0
-    gf = 0.0
-    for k in range(K):
-        ok = vmask[k]
-        xk = x[k]
-        rk = d[k] - f * xk if ok else 0.0
-        alpha = max(f * xk, 0.0) + 2.0 * var if ok else 1.0
-        beta = -var if (ok and k > 0 and vmask[k - 1]) else 0.0
-        lk = beta * inv[k - 1] if k > 0 else 0.0
-        low[k] = lk
-        inv[k] = 1.0 / (alpha - lk * beta)
-        yx[k] = xk - lk * yx[k - 1] if k > 0 else xk
-        yr[k] = rk - lk * yr[k - 1] if k > 0 else rk
-        dd += yx[k] * yx[k] * inv[k]
-        gf += yx[k] * yr[k] * inv[k]
-    return dd, gf
-
-
-@njit(cache=True, inline="always")
-def _back_pixel(low, inv, yx, yr, u, z, diag):
-    """After :func:`_sweep_pixel`: ``u = C^-1 x``, ``z = C^-1 r``, and the diagonal of C^-1 by
-    the same recursion (Takahashi): ``diag_k = 1/piv_k + low_{k+1}^2 diag_{k+1}``."""
-    K = low.shape[0]
-    u[K - 1] = yx[K - 1] * inv[K - 1]
-    z[K - 1] = yr[K - 1] * inv[K - 1]
-    diag[K - 1] = inv[K - 1]
-    for k in range(K - 2, -1, -1):
-        u[k] = yx[k] * inv[k] - low[k + 1] * u[k + 1]
-        z[k] = yr[k] * inv[k] - low[k + 1] * z[k + 1]
-        diag[k] = inv[k] + low[k + 1] * low[k + 1] * diag[k + 1]
-
-
-@njit(cache=True, inline="always")
-def _inverse_walk(low, running, first):
-    """The factors of C^-1 above its diagonal (spec section 1.5).
-
-    ``(C^-1)_ij = (C^-1)_{i+1,j} (-low_{i+1})``, so within a coupled block ``(C^-1)_ij = diag_j
-    R_j / R_i`` with ``R`` the prefix product of ``-low``: fills ``running`` (R) and ``first``
-    (where each difference's block starts). R restarts at each decoupled (masked) difference,
-    and where it becomes tiny (entries across such a restart are 0, or below 1e-150 relative).
-    Returns whether the pixel is one block.
-    """
-    prod = 1.0
-    start = 0
-    one_block = True
-    for j in range(low.shape[0]):
-        if j > 0:
-            ratio = -low[j]
-            if ratio == 0.0 or prod * ratio < 1e-150:
-                prod = 1.0
-                start = j
-                one_block = False
-            else:
-                prod *= ratio
-        running[j] = prod
-        first[j] = start
-    return one_block
-
-
-@njit(cache=True, inline="always")
 def _weighted_change(dm, q, x, vmask, f, var):
     """``dm^T C^-1 q`` for one pixel, C built at ``(f, x)``, in one forward sweep (the objective
     change of a trial step: ``dm`` the model change, ``q = dm - 2 r``)."""
@@ -605,10 +536,14 @@ def _gather_fit_block(diffs, valid, fit_pixel, flux, s2, omega, dt, g, p0, use, 
 
 @njit(cache=True, inline="always")
 def _sweep_block(x, d, ok, f, var, low, inv, yx, yr, dd, gf):
-    """:func:`_sweep_pixel` of a block of pixels, (K, B) arrays, across the pixels at each k.
+    """The forward L D L^T sweep of each pixel's C (photon noise at ``f x``), with the forward
+    substitutions of ``x`` and ``r = d - f x``, for a block of pixels: (K, B) arrays.
 
-    The same arithmetic in the same order per pixel (so the same bits); working across pixels
-    hides the latency of each pixel's chain of divisions.
+    ``x`` is 0 at unusable differences (they are decoupled: diagonal 1, no off-diagonal). Fills
+    ``low`` (sub-diagonal of L), ``inv`` (1 / pivots), ``yx = L^-1 x``, ``yr = L^-1 r``, and per
+    pixel ``dd = x^T C^-1 x`` and ``gf = x^T C^-1 r`` (B,). The recursion runs across the
+    block's pixels at each k, which hides the latency of each pixel's chain of divisions; each
+    pixel's sums keep the order of k.
     """
     K, B = x.shape
     for i in range(B):
@@ -643,7 +578,8 @@ def _sweep_block(x, d, ok, f, var, low, inv, yx, yr, dd, gf):
 
 @njit(cache=True, inline="always")
 def _back_block(low, inv, yx, yr, u, z, diag):
-    """:func:`_back_pixel` of a block of pixels, (K, B) arrays."""
+    """After :func:`_sweep_block`: ``u = C^-1 x``, ``z = C^-1 r``, and the diagonal of C^-1 by
+    the same recursion (Takahashi): ``diag_k = 1/piv_k + low_{k+1}^2 diag_{k+1}``; (K, B)."""
     K, B = low.shape
     for i in range(B):
         u[K - 1, i] = yx[K - 1, i] * inv[K - 1, i]
@@ -659,7 +595,14 @@ def _back_block(low, inv, yx, yr, u, z, diag):
 
 @njit(cache=True, inline="always")
 def _walk_block(low, running, first, one_block):
-    """:func:`_inverse_walk` of a block of pixels, (K, B) arrays; ``one_block`` (B,) out."""
+    """The factors of C^-1 above its diagonal (spec section 1.5), for a block of pixels.
+
+    ``(C^-1)_ij = (C^-1)_{i+1,j} (-low_{i+1})``, so within a coupled block ``(C^-1)_ij = diag_j
+    R_j / R_i`` with ``R`` the prefix product of ``-low``: fills ``running`` (R) and ``first``
+    (where each difference's block starts), (K, B). R restarts at each decoupled (masked)
+    difference, and where it becomes tiny (entries across such a restart are 0, or below 1e-150
+    relative). ``one_block`` (B,): whether the pixel is one block.
+    """
     K, B = low.shape
     for i in range(B):
         running[0, i] = 1.0
@@ -701,8 +644,8 @@ def normal_equations_kernel(
     ratios (spec section 1.5), K^2 operations per pixel, and accumulated without storing them.
 
     The pixels of a group are taken ``_GROUP_BLOCK`` at a time into (K, B) blocks, and every
-    recursion runs across the block's pixels at each k (each pixel's arithmetic is that of
-    :func:`_sweep_pixel`, :func:`_back_pixel` and :func:`_inverse_walk`, in the same order).
+    recursion runs across the block's pixels at each k (:func:`_sweep_block`,
+    :func:`_back_block`, :func:`_walk_block`).
     """
     G, P, K = diffs.shape
     B = min(P, _GROUP_BLOCK)
@@ -778,7 +721,7 @@ def normal_equations_kernel(
                 for k in range(K):
                     accw[k] += fi * dt[k] * z[k, i] if ok[k, i] else 0.0
             # G gains the outer product (f^2 dt_i / R_i)(dt_j diag_j R_j) over i <= j within each
-            # coupled block (_inverse_walk). For a pixel that is one block, the factors become
+            # coupled block (_walk_block). For a pixel that is one block, the factors become
             # column p of `left` and `right`, and GEMMs per group sum them all; the other
             # pixels are summed here, block by block.
             for i in range(n):
