@@ -177,7 +177,8 @@ _SCREEN_MARGIN = 1e-9
 # error_model="numpy": IEEE division without Python's zero-division checks, which would keep
 # these loops from vectorising.
 @njit(cache=True, error_model="numpy")
-def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, out):
+def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, out,
+                        sxx, sxd):  # fmt: skip
     """Whether :func:`search_pixel` may flag anything, for every pixel of a block ``(K, B)``.
 
     ``out[p]`` is True where the first round of the search could flag a difference: only those
@@ -187,6 +188,9 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
     difference, branch-free with reciprocals (which the compiler vectorises), and compared with
     thresholds lowered by ``_SCREEN_MARGIN``, so the screen never misses a pixel that the search
     would flag. ``s2`` and ``rate`` are (B,).
+
+    ``sxx``, ``sxd`` (B,) receive ``x^T C^-1 x`` and ``x^T C^-1 d`` at ``rate``: the sums of the
+    first GLS pass (``_numpy._block_pass``), from the same forward sweep, bit for bit.
     """
     K, B = d.shape
     alpha = np.empty((K, B))
@@ -235,7 +239,9 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
     for p in range(B):
         inv_xu[p] = 1.0 / xu[p] if xu[p] > 0.0 else 0.0
         slope[p] = xz[p] * inv_xu[p]
-    best_one = np.zeros(B)
+    one_limit = thr_one * (1.0 - _SCREEN_MARGIN)
+    two_limit = thr_two * (1.0 - _SCREEN_MARGIN)
+    hit_one = np.zeros(B, dtype=np.bool_)
     best_two = np.zeros(B)
     s_prev = np.zeros(B)  # the previous difference's s and q
     q_prev = np.zeros(B)
@@ -249,9 +255,9 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
             cinv = 1.0 / den
             s = cinv - u[k, p] * u[k, p] * inv_xu[p]
             q = z[k, p] - slope[p] * u[k, p]
-            usable = valid[k, p] and s > 0.0
-            drop = q * q / s if usable else 0.0
-            best_one[p] = drop if drop > best_one[p] else best_one[p]
+            # The one-jump drop q^2 / s against the lowered threshold, without the division.
+            one = valid[k, p] and s > 0.0 and q * q > one_limit * s
+            hit_one[p] = hit_one[p] or one
             if two_adjacent and k > 0:
                 s12 = -cinv * beta[k - 1, p] * inv_piv[k - 1, p] - u[k - 1, p] * u[k, p] * inv_xu[p]
                 det = s_prev[p] * s - s12 * s12
@@ -261,11 +267,37 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
                 best_two[p] = two if two > best_two[p] else best_two[p]
             s_prev[p] = s
             q_prev[p] = q
-    one_limit = thr_one * (1.0 - _SCREEN_MARGIN)
-    two_limit = thr_two * (1.0 - _SCREEN_MARGIN)
     for p in range(B):
         searched = n_valid[p] > MIN_CLEAN_DIFFS and max_jumps > 0 and xu[p] > 0.0
-        out[p] = searched and (best_one[p] > one_limit or best_two[p] > two_limit)
+        out[p] = searched and (hit_one[p] or best_two[p] > two_limit)
+        sxx[p] = xu[p]
+        sxd[p] = xz[p]
+
+
+@njit(cache=True, inline="always")
+def _first_pass_sums(d, x, valid, s2, rate, i):
+    """``(x^T C^-1 x, x^T C^-1 d)`` of pixel ``i`` of a block ``(K, B)``, C at ``rate``: one
+    pixel of ``_numpy._block_pass``, with its arithmetic in its order."""
+    K = d.shape[0]
+    sxx = 0.0
+    sxd = 0.0
+    inv_prev = 0.0
+    yx_prev = 0.0
+    yd_prev = 0.0
+    for k in range(K):
+        ok = valid[k, i]
+        alpha = max(rate * x[k, i], 0.0) + 2.0 * s2 if ok else 1.0
+        beta = -s2 if (ok and k > 0 and valid[k - 1, i]) else 0.0
+        low = beta * inv_prev
+        inv = 1.0 / (alpha - low * beta)
+        yx = x[k, i] - low * yx_prev
+        yd = d[k, i] - low * yd_prev
+        sxx += yx * yx * inv
+        sxd += yx * yd * inv
+        inv_prev = inv
+        yx_prev = yx
+        yd_prev = yd
+    return sxx, sxd
 
 
 @njit(cache=True)
@@ -355,8 +387,11 @@ def find_jumps_kernel(
         for i in range(p1 - p0):
             block_s2[i] = (read_noise[p0 + i] * gain[p0 + i]) ** 2
         needs_search = np.empty(p1 - p0, dtype=np.bool_)
+        first_sxx = np.empty(p1 - p0)
+        first_sxd = np.empty(p1 - p0)
         _block_needs_search(block_d, block_x, block_ok, block_s2, rates, thr_one, thr_two,
-                            two_adjacent, max_jumps, needs_search)  # fmt: skip
+                            two_adjacent, max_jumps, needs_search, first_sxx,
+                            first_sxd)  # fmt: skip
         nb = p1 - p0
         local_jumps = np.zeros((nb, K), dtype=np.bool_)
         local_size = np.zeros((nb, K))
@@ -389,7 +424,19 @@ def find_jumps_kernel(
         fl = np.empty(nb)
         var_last = np.empty(nb)
         chi2_block = np.empty(nb)
-        _block_gls(block_d, block_x, block_ok, block_s2, rates, n_pass, fl, var_last, chi2_block)
+        # The first pass is the screen's forward sweep at the same rates: only the pixels whose
+        # differences the search changed need it again, at their new rates. The arithmetic is
+        # _block_gls's, so the result is that of n_pass passes over the block.
+        for i in range(nb):
+            if found[i] > 0:
+                first_sxx[i], first_sxd[i] = _first_pass_sums(
+                    block_d, block_x, block_ok, block_s2[i], rates[i], i
+                )
+            fl[i] = first_sxd[i] / first_sxx[i]
+            var_last[i] = 1.0 / first_sxx[i]
+            rates[i] = max(fl[i], 0.0)
+        _block_gls(block_d, block_x, block_ok, block_s2, rates, n_pass - 1, fl, var_last,
+                   chi2_block)  # fmt: skip
         for i in range(nb):
             p = p0 + i
             n = 0
@@ -454,6 +501,7 @@ def search_groups_kernel(
         block_s2 = np.ones(B)
         rates = np.empty(B)
         needs_search = np.empty(B, dtype=np.bool_)
+        sums = np.empty((2, B))  # the screen's first-pass sums, not needed here
         for p0 in range(0, P, B):
             nb = min(B, P - p0)
             _gather_group_block(diffs[g], valid[g], x[g], fit_pixel[g], p0, block_d, block_x,
@@ -462,7 +510,8 @@ def search_groups_kernel(
                                np.empty(B, dtype=np.int64), rates)  # fmt: skip
             block_s2[:nb] = s2[g, p0 : p0 + nb]
             _block_needs_search(block_d, block_x, block_ok, block_s2, rates, thr_one, thr_two,
-                                two_adjacent, max_jumps, needs_search)  # fmt: skip
+                                two_adjacent, max_jumps, needs_search, sums[0],
+                                sums[1])  # fmt: skip
             for i in range(nb):
                 p = p0 + i
                 out_valid[g, p, :] = valid[g, p, :]

@@ -382,7 +382,16 @@ def test_block_screen_agrees_with_the_scalar_search(two_adjacent):
     rate = np.maximum(flux + rng.normal(0.0, 5.0, B), 0.0)
     thr_one, thr_two = chi2_thresholds(4.5)
     needs = np.empty(B, dtype=bool)
-    _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, 10, needs)
+    sxx, sxd = np.empty(B), np.empty(B)
+    _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, 10, needs, sxx,
+                        sxd)  # fmt: skip
+    # Its sums are the first GLS pass's, bit for bit (find_jumps_kernel reuses them).
+    from pyapred.solver._numpy import _block_pass
+
+    want_xx, want_xd = np.empty(B), np.empty(B)
+    _block_pass(d, x, valid, s2, rate, False, rate, want_xx, want_xd, np.empty((3, B)))
+    np.testing.assert_array_equal(sxx, want_xx)
+    np.testing.assert_array_equal(sxd, want_xd)
     found = np.array([
         search_pixel(d[:, p].copy(), x[:, p].copy(), valid[:, p].copy(), s2[p], rate[p],
                      thr_one, thr_two, two_adjacent, 10, np.empty((10, K)))
