@@ -185,7 +185,7 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
     pixels need :func:`search_pixel`, which repeats that round and goes on. The round flags
     something exactly when the best one-jump drop passes ``thr_one`` or the best two-jump drop
     passes ``thr_two``; here those drops are computed across the block's pixels at each
-    difference, branch-free with reciprocals (which the compiler vectorises), and compared with
+    difference, branch-free (which the compiler vectorises), and compared with
     thresholds lowered by ``_SCREEN_MARGIN``, so the screen never misses a pixel that the search
     would flag. ``s2`` and ``rate`` are (B,).
 
@@ -193,15 +193,13 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
     first GLS pass (``_numpy._block_pass``), from the same forward sweep, bit for bit.
     """
     K, B = d.shape
-    alpha = np.empty((K, B))
-    beta = np.empty((K, B))  # beta[k] couples k and k + 1
     inv_piv = np.empty((K, B))
     low = np.empty((K, B))
     yx = np.empty((K, B))
     yd = np.empty((K, B))
     u = np.empty((K, B))
     z = np.empty((K, B))
-    inv_back = np.empty((K, B))
+    cdiag = np.empty((K, B))  # the diagonal of C^-1
     xu = np.zeros(B)
     xz = np.zeros(B)
     n_valid = np.zeros(B, dtype=np.int64)
@@ -212,9 +210,6 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
             a = max(rate[p] * x[k, p], 0.0) + 2.0 * s2[p] if ok else 1.0
             b = -s2[p] if (k > 0 and ok and valid[k - 1, p]) else 0.0
             lk = b * inv_piv[k - 1, p] if k > 0 else 0.0
-            alpha[k, p] = a
-            if k > 0:
-                beta[k - 1, p] = b
             low[k, p] = lk
             ip = 1.0 / (a - lk * b)
             inv_piv[k, p] = ip
@@ -225,15 +220,17 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
             xu[p] += fx * fx * ip
             xz[p] += fx * fd * ip
     for p in range(B):
-        beta[K - 1, p] = 0.0
         u[K - 1, p] = yx[K - 1, p] * inv_piv[K - 1, p]
         z[K - 1, p] = yd[K - 1, p] * inv_piv[K - 1, p]
-        inv_back[K - 1, p] = 1.0 / alpha[K - 1, p]
-    for k in range(K - 2, -1, -1):  # backward substitutions and the backward pivots
+        cdiag[K - 1, p] = inv_piv[K - 1, p]
+    # Backward substitutions, and the diagonal of C^-1 by Takahashi's recursion (no division:
+    # diag_k = 1/piv_k + low_{k+1}^2 diag_{k+1}, every term positive).
+    for k in range(K - 2, -1, -1):
         for p in range(B):
-            u[k, p] = yx[k, p] * inv_piv[k, p] - low[k + 1, p] * u[k + 1, p]
-            z[k, p] = yd[k, p] * inv_piv[k, p] - low[k + 1, p] * z[k + 1, p]
-            inv_back[k, p] = 1.0 / (alpha[k, p] - beta[k, p] * beta[k, p] * inv_back[k + 1, p])
+            lk = low[k + 1, p]
+            u[k, p] = yx[k, p] * inv_piv[k, p] - lk * u[k + 1, p]
+            z[k, p] = yd[k, p] * inv_piv[k, p] - lk * z[k + 1, p]
+            cdiag[k, p] = inv_piv[k, p] + lk * lk * cdiag[k + 1, p]
     inv_xu = np.empty(B)
     slope = np.empty(B)
     for p in range(B):
@@ -247,19 +244,15 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
     q_prev = np.zeros(B)
     for k in range(K):  # the best one- and two-adjacent-jump chi2 drops
         for p in range(B):
-            den = alpha[k, p]
-            if k > 0:
-                den -= beta[k - 1, p] * beta[k - 1, p] * inv_piv[k - 1, p]
-            if k < K - 1:
-                den -= beta[k, p] * beta[k, p] * inv_back[k + 1, p]
-            cinv = 1.0 / den
+            cinv = cdiag[k, p]
             s = cinv - u[k, p] * u[k, p] * inv_xu[p]
             q = z[k, p] - slope[p] * u[k, p]
             # The one-jump drop q^2 / s against the lowered threshold, without the division.
             one = valid[k, p] and s > 0.0 and q * q > one_limit * s
             hit_one[p] = hit_one[p] or one
             if two_adjacent and k > 0:
-                s12 = -cinv * beta[k - 1, p] * inv_piv[k - 1, p] - u[k - 1, p] * u[k, p] * inv_xu[p]
+                # (C^-1)_{k-1,k} = -low_k diag_k (the walk of spec section 1.5).
+                s12 = -cinv * low[k, p] - u[k - 1, p] * u[k, p] * inv_xu[p]
                 det = s_prev[p] * s - s12 * s12
                 pair = valid[k - 1, p] and valid[k, p] and det > 0.0
                 q1 = q_prev[p]
@@ -470,11 +463,17 @@ def find_jumps_kernel(
             flux[p] = fl[i]
             flux_var[p] = var_last[i]
             chi2[p] = chi2_block[i]
+        # Written plane by plane (contiguous), the few pixels with jumps after.
         for k in range(K):
             for p in range(p0, p1):
                 usable[k, p] = block_ok[k, p - p0]
-                jumps[k, p] = local_jumps[p - p0, k]
-                jump_size[k, p] = local_size[p - p0, k]
+                jumps[k, p] = False
+                jump_size[k, p] = 0.0
+        for i in range(nb):
+            if found[i] > 0:
+                for k in range(K):
+                    jumps[k, p0 + i] = local_jumps[i, k]
+                    jump_size[k, p0 + i] = local_size[i, k]
 
 
 @njit(cache=True, parallel=True)
