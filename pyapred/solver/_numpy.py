@@ -950,20 +950,55 @@ def offset_blocks_kernel(
 
 @njit(cache=True, parallel=True)
 def chi2_kernel(diffs, valid, s2, x, flux, fit_pixel, out):
-    """Eq-24 chi2 of every fitted pixel of a (G, P, K) layout, ``x`` of shape (G, K) or (1, K)."""
+    """Eq-24 chi2 of every fitted pixel of a (G, P, K) layout, ``x`` of shape (G, K) or (1, K).
+
+    :func:`_chi2_pixel`'s arithmetic, in its order, for ``_GROUP_BLOCK`` pixels at a time: the
+    factorisation and the forward substitution run across the block's pixels at each k.
+    """
     G, P, K = diffs.shape
     x_stride = 0 if x.shape[0] == 1 else 1
+    B = min(P, _GROUP_BLOCK)
     for g in prange(G):
-        work = np.empty((6, K))
-        xv = np.empty(K)
         xg = g * x_stride
-        for p in range(P):
-            if not fit_pixel[g, p]:
-                out[g, p] = np.nan
-                continue
-            for k in range(K):
-                xv[k] = x[xg, k] if valid[g, p, k] else 0.0
-            out[g, p] = _chi2_pixel(diffs[g, p], xv, valid[g, p], s2[g, p], flux[g, p], work)
+        use = np.empty(B, dtype=np.bool_)
+        f = np.empty(B)
+        var = np.empty(B)
+        xb = np.empty((K, B))
+        r = np.empty((K, B))
+        ok = np.empty((K, B), dtype=np.bool_)
+        piv = np.empty(B)
+        y = np.empty(B)
+        chi2 = np.empty(B)
+        for p0 in range(0, P, B):
+            n = min(B, P - p0)
+            for i in range(B):
+                p = p0 + i
+                use[i] = i < n and fit_pixel[g, p]
+                f[i] = flux[g, p] if use[i] else 0.0
+                var[i] = s2[g, p] if use[i] else 0.0
+                for k in range(K):
+                    good = use[i] and valid[g, p, k]
+                    xk = x[xg, k] if good else 0.0
+                    ok[k, i] = good
+                    xb[k, i] = xk
+                    r[k, i] = diffs[g, p, k] - f[i] * xk if good else 0.0
+            for i in range(B):
+                alpha = max(f[i] * xb[0, i], 0.0) + 2.0 * var[i] if ok[0, i] else 1.0
+                piv[i] = alpha
+                y[i] = r[0, i]
+                chi2[i] = 0.0 + y[i] * y[i] / piv[i]
+            for k in range(1, K):
+                for i in range(B):
+                    alpha = max(f[i] * xb[k, i], 0.0) + 2.0 * var[i] if ok[k, i] else 1.0
+                    beta = -var[i] if (ok[k - 1, i] and ok[k, i]) else 0.0
+                    low = beta / piv[i]
+                    pk = alpha - low * beta
+                    yk = r[k, i] - low * y[i]
+                    chi2[i] += yk * yk / pk
+                    piv[i] = pk
+                    y[i] = yk
+            for i in range(n):
+                out[g, p0 + i] = chi2[i] if use[i] else np.nan
 
 
 @njit(cache=True, parallel=True)
