@@ -27,9 +27,13 @@ from ._numpy import (
     STOP_MAX_ITER,
     _back_block,
     _chi2_pixel,
+    _flux_scale_block,
     _inverse_spd,
+    _one_block_factors,
+    _padding_block,
     _solve_spd,
     _sweep_block,
+    _upper_product,
     _walk_block,
     _weighted_change,
 )
@@ -92,30 +96,14 @@ def chromatic_normal_kernel(
         for p0 in range(0, P, B):
             n = min(B, P - p0)
             if not fit_pixel[g, p0 : p0 + n].any():  # padding: nothing to add
-                for p in range(p0, p0 + n):
-                    sqrt_d[g, p] = 0.0
-                    gf_hat[g, p] = 0.0
-                    for k in range(K):
-                        e_hat[g, p, k] = 0.0
-                        left[k, p] = 0.0
-                        right[k, p] = 0.0
+                _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat, left, right)
                 continue
             _gather_chromatic_block(diffs, valid, fit_pixel, flux, s2, coord, a, b, dt, g, p0,
                                     use, f, var, c, x, d, ok)  # fmt: skip
             _sweep_block(x, d, ok, f, var, low, inv, yx, yr, dd, gf)
             _back_block(low, inv, yx, yr, u, z, diag)
             _walk_block(low, running, first, one_block)
-            for i in range(n):
-                p = p0 + i
-                if use[i]:
-                    sd = np.sqrt(dd[i])
-                    sqrt_d[g, p] = sd
-                    gf_hat[g, p] = gf[i] / sd
-                    inv_sd[i] = 1.0 / sd
-                else:
-                    sqrt_d[g, p] = 0.0
-                    gf_hat[g, p] = 0.0
-                    inv_sd[i] = 0.0
+            _flux_scale_block(g, p0, n, use, dd, gf, sqrt_d, gf_hat, inv_sd)
             for i in range(n):
                 p = p0 + i
                 fi = f[i]
@@ -125,13 +113,7 @@ def chromatic_normal_kernel(
                     w = fi * dt[k] * z[k, i] if ok[k, i] else 0.0
                     accw[0, k] += w
                     accw[1, k] += c[i] * w
-            for i in range(n):
-                f2[i] = f[i] * f[i]
-            for j in range(K):
-                for i in range(n):
-                    keep = use[i] and one_block[i] and ok[j, i]
-                    left[j, p0 + i] = f2[i] * dt[j] / running[j, i] if keep else 0.0
-                    right[j, p0 + i] = dt[j] * running[j, i] * diag[j, i] if keep else 0.0
+            _one_block_factors(p0, n, use, one_block, ok, f, dt, running, diag, f2, left, right)
             for i in range(n):
                 if not use[i] or one_block[i]:
                     continue
@@ -145,19 +127,12 @@ def chromatic_normal_kernel(
                         acc[1, j, m] += ci * term
                         acc[2, j, m] += ci * ci * term
         weighted = np.empty((K, P))
-        half = K // 2
         for m in range(3):
             for j in range(K):
                 for p in range(P):
                     w = coord[g, p] ** m if fit_pixel[g, p] else 0.0
                     weighted[j, p] = left[j, p] * w
-            # Only the upper triangle is needed (i <= j), as in normal_equations_kernel.
-            if half == 0:
-                outer = np.dot(weighted, right.T)
-            else:
-                outer = np.empty((K, K))
-                outer[:half] = np.dot(weighted[:half], right.T)
-                outer[half:, half:] = np.dot(weighted[half:], right[half:].T)
+            outer = _upper_product(weighted, right)  # only the upper triangle is needed
             for j in range(K):
                 for i in range(j + 1):
                     value = acc[m, j, i] + outer[i, j]

@@ -618,6 +618,66 @@ def _walk_block(low, running, first, one_block):
             one_block[i] = one_block[i] and not restart
 
 
+@njit(cache=True, inline="always")
+def _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat, left, right):
+    """Zero outputs for pixels ``p0 .. p0 + n - 1`` of group ``g`` (a block with no fit pixel)."""
+    K = e_hat.shape[2]
+    for p in range(p0, p0 + n):
+        sqrt_d[g, p] = 0.0
+        gf_hat[g, p] = 0.0
+        for k in range(K):
+            e_hat[g, p, k] = 0.0
+            left[k, p] = 0.0
+            right[k, p] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _flux_scale_block(g, p0, n, use, dd, gf, sqrt_d, gf_hat, inv_sd):
+    """``sqrt_d = sqrt(x^T C^-1 x)``, ``gf_hat = x^T C^-1 r / sqrt_d`` and ``inv_sd`` (B,) of a
+    block's pixels after :func:`_sweep_block`; 0 for pixels not used."""
+    for i in range(n):
+        p = p0 + i
+        if use[i]:
+            sd = np.sqrt(dd[i])
+            sqrt_d[g, p] = sd
+            gf_hat[g, p] = gf[i] / sd
+            inv_sd[i] = 1.0 / sd
+        else:
+            sqrt_d[g, p] = 0.0
+            gf_hat[g, p] = 0.0
+            inv_sd[i] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _one_block_factors(p0, n, use, one_block, ok, f, dt, running, diag, f2, left, right):
+    """G's factors ``(f^2 dt_j / R_j, dt_j R_j diag_j)`` of a block's one-block pixels as
+    columns ``p0 ..`` of ``left`` and ``right`` (K, P), zero for the other pixels; ``f2`` (B,)
+    receives ``f^2``. Written across the block's pixels at each k."""
+    K = left.shape[0]
+    for i in range(n):
+        f2[i] = f[i] * f[i]
+    for j in range(K):
+        for i in range(n):
+            keep = use[i] and one_block[i] and ok[j, i]
+            left[j, p0 + i] = f2[i] * dt[j] / running[j, i] if keep else 0.0
+            right[j, p0 + i] = dt[j] * running[j, i] * diag[j, i] if keep else 0.0
+
+
+@njit(cache=True, inline="always")
+def _upper_product(left, right):
+    """``left @ right.T`` (K, K) where only the upper triangle (i <= j) is wanted: the rows of
+    the first half against every column, the second half against itself (three quarters of
+    one full product; the lower-left block is left unset)."""
+    K = left.shape[0]
+    half = K // 2
+    if half == 0:
+        return np.dot(left, right.T)
+    outer = np.empty((K, K))
+    outer[:half] = np.dot(left[:half], right.T)
+    outer[half:, half:] = np.dot(left[half:], right[half:].T)
+    return outer
+
+
 @njit(cache=True, parallel=True)
 def normal_equations_kernel(
     diffs, valid, s2, dt, flux, omega, active, newton, fit_pixel, out_g, out_gw, e_hat, gf_hat,
@@ -683,30 +743,14 @@ def normal_equations_kernel(
         for p0 in range(0, P, B):
             n = min(B, P - p0)
             if not fit_pixel[g, p0 : p0 + n].any():  # padding: nothing to add
-                for p in range(p0, p0 + n):
-                    sqrt_d[g, p] = 0.0
-                    gf_hat[g, p] = 0.0
-                    for k in range(K):
-                        e_hat[g, p, k] = 0.0
-                        left[k, p] = 0.0
-                        right[k, p] = 0.0
+                _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat, left, right)
                 continue
             _gather_fit_block(diffs, valid, fit_pixel, flux, s2, omega, dt, g, p0, use, f, var,
                               x, d, ok)  # fmt: skip
             _sweep_block(x, d, ok, f, var, low, inv, yx, yr, dd, gf)
             _back_block(low, inv, yx, yr, u, z, diag)
             _walk_block(low, running, first, one_block)
-            for i in range(n):
-                p = p0 + i
-                if use[i]:
-                    sd = np.sqrt(dd[i])
-                    sqrt_d[g, p] = sd
-                    gf_hat[g, p] = gf[i] / sd
-                    inv_sd[i] = 1.0 / sd
-                else:
-                    sqrt_d[g, p] = 0.0
-                    gf_hat[g, p] = 0.0
-                    inv_sd[i] = 0.0
+            _flux_scale_block(g, p0, n, use, dd, gf, sqrt_d, gf_hat, inv_sd)
             for i in range(n):
                 p = p0 + i
                 fi = f[i]
@@ -724,13 +768,7 @@ def normal_equations_kernel(
             # coupled block (_walk_block). For a pixel that is one block, the factors become
             # column p of `left` and `right`, and GEMMs per group sum them all; the other
             # pixels are summed here, block by block.
-            for i in range(n):
-                f2[i] = f[i] * f[i]
-            for j in range(K):
-                for i in range(n):
-                    keep = use[i] and one_block[i] and ok[j, i]
-                    left[j, p0 + i] = f2[i] * dt[j] / running[j, i] if keep else 0.0
-                    right[j, p0 + i] = dt[j] * running[j, i] * diag[j, i] if keep else 0.0
+            _one_block_factors(p0, n, use, one_block, ok, f, dt, running, diag, f2, left, right)
             for i in range(n):
                 if not use[i] or one_block[i]:
                     continue
@@ -740,15 +778,7 @@ def normal_equations_kernel(
                     work[j] = lj
                     for m in range(first[j, i], j + 1):
                         acc[j, m] += work[m] * rj
-        # Only G's upper triangle is needed (i <= j): the rows of the first half against every
-        # column, the second half against itself, three quarters of one full product.
-        half = K // 2
-        if half == 0:
-            outer = np.dot(left, right.T)
-        else:
-            outer = np.empty((K, K))
-            outer[:half] = np.dot(left[:half], right.T)
-            outer[half:, half:] = np.dot(left[half:], right[half:].T)
+        outer = _upper_product(left, right)  # only G's upper triangle is needed
         gram = np.dot(e_hat[g].T, e_hat[g])
         flux_part = np.dot(e_hat[g].T, gf_hat[g])
         for j in range(K):
