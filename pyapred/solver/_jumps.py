@@ -27,6 +27,7 @@ from ._flags import Flag
 from ._numpy import (
     _BLOCK,
     _GROUP_BLOCK,
+    _back_block,
     _backward,
     _block_differences,
     _block_gls,
@@ -219,18 +220,8 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
             yd[k, p] = fd
             xu[p] += fx * fx * ip
             xz[p] += fx * fd * ip
-    for p in range(B):
-        u[K - 1, p] = yx[K - 1, p] * inv_piv[K - 1, p]
-        z[K - 1, p] = yd[K - 1, p] * inv_piv[K - 1, p]
-        cdiag[K - 1, p] = inv_piv[K - 1, p]
-    # Backward substitutions, and the diagonal of C^-1 by Takahashi's recursion (no division:
-    # diag_k = 1/piv_k + low_{k+1}^2 diag_{k+1}, every term positive).
-    for k in range(K - 2, -1, -1):
-        for p in range(B):
-            lk = low[k + 1, p]
-            u[k, p] = yx[k, p] * inv_piv[k, p] - lk * u[k + 1, p]
-            z[k, p] = yd[k, p] * inv_piv[k, p] - lk * z[k + 1, p]
-            cdiag[k, p] = inv_piv[k, p] + lk * lk * cdiag[k + 1, p]
+    # Backward substitutions, and the diagonal of C^-1 by Takahashi's recursion (no division).
+    _back_block(low, inv_piv, yx, yd, u, z, cdiag)
     inv_xu = np.empty(B)
     slope = np.empty(B)
     for p in range(B):
