@@ -139,6 +139,8 @@ def run_vector(vector: Mapping, backend: str = "numpy") -> dict[str, np.ndarray]
     if name in _OUTPUT_NAMES:
         return dict(zip(_OUTPUT_NAMES[name], map(np.asarray, result), strict=True))
     outputs = {}
+    if isinstance(result, api.JumpResult):  # the vectors hold its dense views
+        outputs.update(diff_mask=result.diff_mask, jumps=result.jumps, jump_size=result.jump_size)
     for key, value in result.__dict__.items():
         if dataclasses.is_dataclass(value):
             outputs.update((k, np.asarray(v)) for k, v in value.__dict__.items() if v is not None)

@@ -190,7 +190,9 @@ Jump search and the eq-15 fit with the jumps masked, for every pixel of a flatte
 
 # Arguments
 - `usable`, `jumps`: `(n_pix, K)` `Bool` outputs, the differences used by the final fit and the
-  flagged ones; `jump_size`: `(n_pix, K)` fitted jumps in e- (0 where none).
+  flagged ones; `jump_size`: `(n_pix, K)` fitted jumps in e- (0 where none). `jumps` and
+  `jump_size` may both be `(0, K)`: then they are not written, and
+  [`jump_sizes_kernel!`](@ref) gives them for the pixels with jumps (`n_jumps .> 0`).
 - `n_jumps`, `n_diff`, `flags`: `(n_pix,)` integer outputs; `flux`, `flux_var`, `chi2`:
   `(n_pix,)` in e- per unit time.
 - `reads`, `bad`, `use_mask`, `omega`, `groups`, `dt`, `read_noise`, `gain`, `saturation`,
@@ -206,6 +208,7 @@ function find_jumps_kernel!(usable::AbstractMatrix, jumps::AbstractMatrix,
         thr_one::Real, thr_two::Real, two_adjacent::Bool, max_jumps::Integer, n_pass::Integer)
     n_pix, N = size(reads)
     K = N - 1
+    write_jumps = size(jumps, 1) == n_pix && size(jump_size, 1) == n_pix
     Threads.@threads for b in 1:cld(n_pix, BLOCK)
         p0 = (b - 1) * BLOCK + 1
         p1 = min(p0 + BLOCK - 1, n_pix)
@@ -266,7 +269,7 @@ function find_jumps_kernel!(usable::AbstractMatrix, jumps::AbstractMatrix,
                 chi2[p] = NaN
             else
                 flags[p] = pflags
-                if found > 0
+                if found > 0 && write_jumps
                     @inbounds for k in 1:K
                         if flagged[k]
                             d[k] = (ramp[k + 1] - ramp[k]) * g
@@ -281,9 +284,74 @@ function find_jumps_kernel!(usable::AbstractMatrix, jumps::AbstractMatrix,
             end
             @inbounds for k in 1:K
                 usable[p, k] = valid[k]
-                jumps[p, k] = flagged[k]
-                jump_size[p, k] = size_k[k]
+                if write_jumps
+                    jumps[p, k] = flagged[k]
+                    jump_size[p, k] = size_k[k]
+                end
             end
+        end
+    end
+    return nothing
+end
+
+"""
+    jump_sizes_kernel!(jumps, jump_size, reads, bad, use_mask, omega, groups, dt, read_noise,
+                       gain, saturation, pixels, usable, flux)
+
+Where the jumps of the listed pixels are and how big, after [`find_jumps_kernel!`](@ref) ran
+without its `jumps` and `jump_size` outputs. A flagged difference is one whose reads are usable
+but that the final fit did not use; its size is [`jump_sizes!`](@ref) at the final flux, as
+`find_jumps_kernel!` computes it. Jumps are rare: this replaces two `(n_pix, K)` outputs that
+are almost all 0.
+
+# Arguments
+- `jumps`: `(m, K)` `Bool` output; `jump_size`: `(m, K)` fitted jumps in e- (0 where none, and
+  on a pixel without flux).
+- `reads`, `bad`, `use_mask`, `omega`, `groups`, `dt`, `read_noise`, `gain`, `saturation`: as in
+  [`find_jumps_kernel!`](@ref).
+- `pixels`: `(m,)` 1-based indices of the pixels.
+- `usable`: `(n_pix, K)` and `flux`: `(n_pix,)` in e- per unit time, outputs of
+  `find_jumps_kernel!`.
+"""
+function jump_sizes_kernel!(jumps::AbstractMatrix, jump_size::AbstractMatrix,
+        reads::AbstractMatrix, bad::AbstractArray, use_mask::Bool, omega::AbstractMatrix,
+        groups::AbstractVector, dt::AbstractVector, read_noise::AbstractVector,
+        gain::AbstractVector, saturation::AbstractVector, pixels::AbstractVector,
+        usable::AbstractMatrix, flux::AbstractVector)
+    N = size(reads, 2)
+    K = N - 1
+    Threads.@threads for i in eachindex(pixels)
+        p = pixels[i]
+        ramp = Vector{Float64}(undef, N)
+        ramp_bad = falses(N)
+        @inbounds for j in 1:N
+            ramp[j] = reads[p, j]
+            use_mask && (ramp_bad[j] = bad[p, j])
+        end
+        valid_read = Vector{Bool}(undef, N)
+        valid_reads!(valid_read, ramp, ramp_bad, use_mask, saturation[p])
+        g = gain[p]
+        row = groups[p]
+        valid = Vector{Bool}(undef, K)
+        flagged = Vector{Bool}(undef, K)
+        d = zeros(K)
+        x = zeros(K)
+        size_k = zeros(K)
+        @inbounds for k in 1:K
+            w = omega[k, row]
+            ok = valid_read[k] && valid_read[k + 1] && isfinite(w)
+            valid[k] = usable[p, k]
+            flagged[k] = ok && !valid[k]
+            d[k] = ok ? (ramp[k + 1] - ramp[k]) * g : 0.0
+            x[k] = ok ? w * dt[k] : 0.0
+        end
+        if !isnan(flux[p])
+            jump_sizes!(size_k, d, x, valid, flagged, (read_noise[p] * g)^2, flux[p],
+                zeros(K, N_JUMP_WORK))
+        end
+        @inbounds for k in 1:K
+            jumps[i, k] = flagged[k]
+            jump_size[i, k] = size_k[k]
         end
     end
     return nothing

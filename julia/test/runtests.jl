@@ -434,6 +434,23 @@ end
         @test res.flux.flags == [0, JUMP_DETECTED, 0]
         @test find_jumps(reads, 10.0; omega = ones(8)) == find_jumps(reads, 10.0)
         @test_throws ArgumentError find_jumps(reads, 10.0; threshold = 0.0)
+        # pyapred's way: the search without its (0, K) jump outputs writes the rest the same,
+        # and jump_sizes_kernel! gives the jumps of the pixels that have them.
+        n_pix, K = 3, 8
+        usable, n_jumps = zeros(Bool, n_pix, K), zeros(Int, n_pix)
+        flux, flux_var, chi2 = zeros(n_pix), zeros(n_pix), zeros(n_pix)
+        n_diff, flags = zeros(Int, n_pix), zeros(Int, n_pix)
+        thr_one, thr_two = chi2_thresholds(4.5)
+        inputs = (reads, falses(1, 1), false, reshape(omega, K, 1), ones(Int, n_pix), ones(K),
+            fill(10.0, n_pix), ones(n_pix), fill(Inf, n_pix))
+        find_jumps_kernel!(usable, zeros(Bool, 0, K), zeros(0, K), n_jumps, flux, flux_var,
+            chi2, n_diff, flags, inputs..., thr_one, thr_two, false, typemax(Int), 2)
+        @test n_jumps == res.n_jumps && .!usable == res.diff_mask
+        @test flux ≈ res.flux.flux rtol = 1e-14
+        jumps, jump_size = zeros(Bool, 1, K), zeros(1, K)
+        jump_sizes_kernel!(jumps, jump_size, inputs..., [2], usable, flux)
+        @test jumps == res.jumps[2:2, :]
+        @test jump_size ≈ res.jump_size[2:2, :] rtol = 1e-14
     end
 
     @testset "noiseless ramps are fitted exactly" begin

@@ -51,6 +51,7 @@ JULIA_FUNCTIONS = (
     "gauss_newton_step",
     "gibbs",
     "find_jumps_kernel!",
+    "jump_sizes_kernel!",
     "fit_omega_with_jumps",
     "fit_chromatic_groups",
 )
@@ -402,20 +403,40 @@ def gibbs(diffs, valid, s2, dt, fit_pixel, omega, flux, kstar, burn_in, noise):
 # Jump search: the signatures of pyapred.solver._jumps
 # --------------------------------------------------------------------------------------------
 def find_jumps_kernel(reads, bad, use_mask, omega, groups, dt, read_noise, gain, saturation,
-                      thr_one, thr_two, two_adjacent, max_jumps, n_pass, usable, jumps,
+                      thr_one, thr_two, two_adjacent, max_jumps, n_pass, diff_bits, jumps,
                       jump_size, n_jumps, flux, flux_var, chi2, n_diff, flags):  # fmt: skip
     """See :func:`pyapred.solver._jumps.find_jumps_kernel`.
 
     Julia's ``find_jumps_kernel!`` takes its nine outputs first; the ``(K, n_pix)`` ones arrive
-    as ``(n_pix, K)``. The thresholds are the ones Python computed, so both backends search
-    with the same numbers.
+    as ``(n_pix, K)``, and its first is the dense ``usable`` (packed here into ``diff_bits``).
+    ``jumps`` and ``jump_size`` of ``(K, 0)`` (not wanted) cross as ``(0, K)``, which the Julia
+    kernel leaves unwritten. The thresholds are the ones Python computed, so both backends
+    search with the same numbers.
     """
+    usable = np.empty((diff_bits.shape[0], np.shape(reads)[1]), dtype=np.bool_)
     _fn("find_jumps_kernel!")(
         usable.T, jumps.T, jump_size.T, n_jumps, flux, flux_var, chi2, n_diff, flags,
         _jl_reads(reads), _jl(bad), bool(use_mask), _jl(omega),
         np.asarray(groups, dtype=np.int64) + 1, _jl(dt), _jl(read_noise), _jl(gain),
         _jl(saturation), float(thr_one), float(thr_two), bool(two_adjacent), int(max_jumps),
         int(n_pass),
+    )  # fmt: skip
+    diff_bits[...] = np.packbits(~usable, axis=1)
+
+
+def jump_sizes_kernel(reads, bad, use_mask, omega, groups, dt, read_noise, gain, saturation,
+                      pixels, diff_bits, flux, jumps, jump_size):  # fmt: skip
+    """See :func:`pyapred.solver._jumps.jump_sizes_kernel`.
+
+    Julia's ``jump_sizes_kernel!`` takes its two outputs first, as ``(m, K)``; ``pixels`` and
+    ``groups`` cross 1-based, and the mask as the dense ``usable``, ``(n_pix, K)``.
+    """
+    n_pix = np.shape(reads)[1]
+    usable = ~np.unpackbits(diff_bits, axis=1, count=n_pix).view(np.bool_)
+    _fn("jump_sizes_kernel!")(
+        jumps.T, jump_size.T, _jl_reads(reads), _jl(bad), bool(use_mask), _jl(omega),
+        np.asarray(groups, dtype=np.int64) + 1, _jl(dt), _jl(read_noise), _jl(gain),
+        _jl(saturation), np.asarray(pixels, dtype=np.int64) + 1, _jl(usable), _jl(flux),
     )  # fmt: skip
 
 

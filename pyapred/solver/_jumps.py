@@ -178,8 +178,8 @@ _SCREEN_MARGIN = 1e-9
 # error_model="numpy": IEEE division without Python's zero-division checks, which would keep
 # these loops from vectorising.
 @njit(cache=True, error_model="numpy")
-def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, out,
-                        sxx, sxd):  # fmt: skip
+def _block_needs_search(d, x, valid, n_valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps,
+                        out, sxx, sxd):  # fmt: skip
     """Whether :func:`search_pixel` may flag anything, for every pixel of a block ``(K, B)``.
 
     ``out[p]`` is True where the first round of the search could flag a difference: only those
@@ -188,7 +188,7 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
     passes ``thr_two``; here those drops are computed across the block's pixels at each
     difference, branch-free (which the compiler vectorises), and compared with
     thresholds lowered by ``_SCREEN_MARGIN``, so the screen never misses a pixel that the search
-    would flag. ``s2`` and ``rate`` are (B,).
+    would flag. ``n_valid`` (the number of valid differences), ``s2`` and ``rate`` are (B,).
 
     ``sxx``, ``sxd`` (B,) receive ``x^T C^-1 x`` and ``x^T C^-1 d`` at ``rate``: the sums of the
     first GLS pass (``_numpy._block_pass``), from the same forward sweep, bit for bit.
@@ -201,21 +201,29 @@ def _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, m
     u = np.empty((K, B))
     z = np.empty((K, B))
     cdiag = np.empty((K, B))  # the diagonal of C^-1
-    xu = np.zeros(B)
-    xz = np.zeros(B)
-    n_valid = np.zeros(B, dtype=np.int64)
-    for k in range(K):  # L D L^T of C(rate), forward substitutions of x and d, and the sums
+    xu = np.empty(B)
+    xz = np.empty(B)
+    # L D L^T of C(rate), forward substitutions of x and d, and the sums; the first difference
+    # apart, so that the loop over k carries no branch (the same arithmetic: its low is 0).
+    for p in range(B):
+        ip = 1.0 / (max(rate[p] * x[0, p], 0.0) + 2.0 * s2[p] if valid[0, p] else 1.0)
+        low[0, p] = 0.0
+        inv_piv[0, p] = ip
+        yx[0, p] = x[0, p]
+        yd[0, p] = d[0, p]
+        xu[p] = x[0, p] * x[0, p] * ip
+        xz[p] = x[0, p] * d[0, p] * ip
+    for k in range(1, K):
         for p in range(B):
             ok = valid[k, p]
-            n_valid[p] += ok
             a = max(rate[p] * x[k, p], 0.0) + 2.0 * s2[p] if ok else 1.0
-            b = -s2[p] if (k > 0 and ok and valid[k - 1, p]) else 0.0
-            lk = b * inv_piv[k - 1, p] if k > 0 else 0.0
+            b = -s2[p] if (ok and valid[k - 1, p]) else 0.0
+            lk = b * inv_piv[k - 1, p]
             low[k, p] = lk
             ip = 1.0 / (a - lk * b)
             inv_piv[k, p] = ip
-            fx = x[k, p] - lk * yx[k - 1, p] if k > 0 else x[k, p]
-            fd = d[k, p] - lk * yd[k - 1, p] if k > 0 else d[k, p]
+            fx = x[k, p] - lk * yx[k - 1, p]
+            fd = d[k, p] - lk * yd[k - 1, p]
             yx[k, p] = fx
             yd[k, p] = fd
             xu[p] += fx * fx * ip
@@ -327,7 +335,7 @@ def find_jumps_kernel(
     two_adjacent,
     max_jumps,
     n_pass,
-    usable,
+    diff_bits,
     jumps,
     jump_size,
     n_jumps,
@@ -339,14 +347,18 @@ def find_jumps_kernel(
 ):
     """Jump search and the eq-15 fit with the jumps masked, for every pixel of a flattened cube.
 
-    Inputs are those of ``_numpy.extract_kernel``. Outputs: ``usable`` (K, n_pix) bool, the
-    differences used by the final fit; ``jumps`` (K, n_pix) bool, the flagged differences;
-    ``jump_size`` (K, n_pix) float64, the fitted jump in e- (0 where none); ``n_jumps``,
-    ``n_diff``, ``flags`` (n_pix,) int64; ``flux``, ``flux_var``, ``chi2`` (n_pix,) float64 in
-    e- per unit time.
+    Inputs are those of ``_numpy.extract_kernel``. Outputs: ``diff_bits`` (K, ceil(n_pix / 8))
+    uint8, the differences the final fit does not use, as ``np.packbits(diff_mask, axis=1)``
+    (a bool array of the cube's size costs more page faults than the search takes);
+    ``jumps`` (K, n_pix) bool, the flagged differences; ``jump_size`` (K, n_pix) float64, the
+    fitted jump in e- (0 where none); ``n_jumps``, ``n_diff``, ``flags`` (n_pix,) int64;
+    ``flux``, ``flux_var``, ``chi2`` (n_pix,) float64 in e- per unit time. ``jumps`` and
+    ``jump_size`` may both be ``(K, 0)``: then they are not written, and
+    :func:`jump_sizes_kernel` gives them for the few pixels with jumps.
     """
     N, n_pix = reads.shape
     K = N - 1
+    write_jumps = jump_size.shape[1] == n_pix and jumps.shape[1] == n_pix
     n_blocks = (n_pix + _BLOCK - 1) // _BLOCK
     network = _median_network(K)
     for blk in prange(n_blocks):
@@ -373,12 +385,13 @@ def find_jumps_kernel(
         needs_search = np.empty(p1 - p0, dtype=np.bool_)
         first_sxx = np.empty(p1 - p0)
         first_sxd = np.empty(p1 - p0)
-        _block_needs_search(block_d, block_x, block_ok, block_s2, rates, thr_one, thr_two,
-                            two_adjacent, max_jumps, needs_search, first_sxx,
+        _block_needs_search(block_d, block_x, block_ok, n_usable, block_s2, rates, thr_one,
+                            thr_two, two_adjacent, max_jumps, needs_search, first_sxx,
                             first_sxd)  # fmt: skip
         nb = p1 - p0
-        local_jumps = np.zeros((nb, K), dtype=np.bool_)
-        local_size = np.zeros((nb, K))
+        n_local = nb if write_jumps else 0  # the block's jumps, only where they are wanted
+        local_jumps = np.zeros((n_local, K), dtype=np.bool_)
+        local_size = np.zeros((n_local, K))
         found = np.zeros(nb, dtype=np.int64)
         d = np.empty(K)
         x = np.empty(K)
@@ -398,7 +411,8 @@ def find_jumps_kernel(
             )
             if found[i] > 0:
                 for k in range(K):
-                    local_jumps[i, k] = block_ok[k, i] and not valid[k]
+                    if write_jumps:
+                        local_jumps[i, k] = block_ok[k, i] and not valid[k]
                     block_ok[k, i] = valid[k]
                     block_d[k, i] = d[k]
                     block_x[k, i] = x[k]
@@ -441,7 +455,7 @@ def find_jumps_kernel(
                 chi2[p] = np.nan
                 continue
             flags[p] = pflags
-            if found[i] > 0:
+            if found[i] > 0 and write_jumps:
                 g = gain[p]
                 for k in range(K):
                     valid[k] = block_ok[k, i]
@@ -454,17 +468,88 @@ def find_jumps_kernel(
             flux[p] = fl[i]
             flux_var[p] = var_last[i]
             chi2[p] = chi2_block[i]
-        # Written plane by plane (contiguous), the few pixels with jumps after.
+        # Written plane by plane (contiguous), the few pixels with jumps after. A block starts
+        # on a byte (_BLOCK is a multiple of 8), so no two threads write one byte.
         for k in range(K):
-            for p in range(p0, p1):
-                usable[k, p] = block_ok[k, p - p0]
-                jumps[k, p] = False
-                jump_size[k, p] = 0.0
-        for i in range(nb):
-            if found[i] > 0:
-                for k in range(K):
-                    jumps[k, p0 + i] = local_jumps[i, k]
-                    jump_size[k, p0 + i] = local_size[i, k]
+            for byte in range(p0 // 8, (p1 + 7) // 8):
+                bits = 0
+                for bit in range(8):
+                    i = byte * 8 + bit - p0
+                    unused = i < nb and not block_ok[k, i]
+                    bits |= int(unused) << (7 - bit)
+                diff_bits[k, byte] = bits
+        if write_jumps:
+            for k in range(K):
+                for p in range(p0, p1):
+                    jumps[k, p] = False
+                    jump_size[k, p] = 0.0
+            for i in range(nb):
+                if found[i] > 0:
+                    for k in range(K):
+                        jumps[k, p0 + i] = local_jumps[i, k]
+                        jump_size[k, p0 + i] = local_size[i, k]
+
+
+@njit(cache=True, parallel=True)
+def jump_sizes_kernel(
+    reads,
+    bad,
+    use_mask,
+    omega,
+    groups,
+    dt,
+    read_noise,
+    gain,
+    saturation,
+    pixels,
+    diff_bits,
+    flux,
+    jumps,
+    jump_size,
+):
+    """Where the jumps of the listed pixels are and how big, after :func:`find_jumps_kernel` ran
+    without its ``jumps`` and ``jump_size`` outputs.
+
+    A flagged difference is one whose reads are usable (``_block_differences``) but that the
+    final fit did not use; its size is :func:`_jump_sizes` at the final flux, as
+    :func:`find_jumps_kernel` computes it (the same bits). Jumps are rare: this replaces two
+    outputs of the cube's size that are almost all 0.
+
+    Inputs ``reads`` ... ``saturation`` are those of :func:`find_jumps_kernel`; ``pixels`` (m,)
+    int64 the pixels' indices; ``diff_bits`` (K, ceil(n_pix / 8)) and ``flux`` (n_pix,) in e-
+    its outputs.
+    Outputs ``jumps`` (K, m) bool and ``jump_size`` (K, m) float64 in e- (0 where none, and on a
+    pixel without flux).
+    """
+    N = reads.shape[0]
+    K = N - 1
+    for i in prange(pixels.shape[0]):
+        p = pixels[i]
+        ramp = np.empty((N, 1))
+        ok_read = np.empty((N, 1), dtype=np.bool_)
+        read_flags = np.empty(1, dtype=np.int64)
+        _gather_block(reads, bad, use_mask, saturation, p, ramp, ok_read, read_flags)
+        d_block = np.empty((K, 1))
+        x_block = np.empty((K, 1))
+        ok_block = np.empty((K, 1), dtype=np.bool_)
+        _block_differences(ramp, ok_read, omega, groups, dt, gain, p, d_block, x_block,
+                           ok_block, np.zeros(1, dtype=np.int64))  # fmt: skip
+        d = np.empty(K)
+        x = np.empty(K)
+        valid = np.empty(K, dtype=np.bool_)
+        flagged = np.empty(K, dtype=np.bool_)
+        sizes = np.zeros(K)
+        for k in range(K):
+            d[k] = d_block[k, 0]
+            x[k] = x_block[k, 0]
+            valid[k] = not (diff_bits[k, p // 8] >> (7 - p % 8)) & 1
+            flagged[k] = ok_block[k, 0] and not valid[k]
+        if not np.isnan(flux[p]):
+            s2 = (read_noise[p] * gain[p]) ** 2
+            _jump_sizes(d, x, valid, flagged, s2, flux[p], np.empty((_N_WORK, K)), sizes)
+        for k in range(K):
+            jumps[k, i] = flagged[k]
+            jump_size[k, i] = sizes[k]
 
 
 @njit(cache=True, parallel=True)
@@ -492,6 +577,7 @@ def search_groups_kernel(
         rates = np.empty(B)
         needs_search = np.empty(B, dtype=np.bool_)
         sums = np.empty((2, B))  # the screen's first-pass sums, not needed here
+        n_valid = np.empty(B, dtype=np.int64)
         for p0 in range(0, P, B):
             nb = min(B, P - p0)
             _gather_group_block(diffs[g], valid[g], x[g], fit_pixel[g], p0, block_d, block_x,
@@ -499,8 +585,12 @@ def search_groups_kernel(
             _block_median_rate(block_d, block_x, block_ok, network, np.empty((K, B)),
                                np.empty(B, dtype=np.int64), rates)  # fmt: skip
             block_s2[:nb] = s2[g, p0 : p0 + nb]
-            _block_needs_search(block_d, block_x, block_ok, block_s2, rates, thr_one, thr_two,
-                                two_adjacent, max_jumps, needs_search, sums[0],
+            for i in range(B):
+                n_valid[i] = 0
+                for k in range(K):
+                    n_valid[i] += block_ok[k, i]
+            _block_needs_search(block_d, block_x, block_ok, n_valid, block_s2, rates, thr_one,
+                                thr_two, two_adjacent, max_jumps, needs_search, sums[0],
                                 sums[1])  # fmt: skip
             for i in range(nb):
                 p = p0 + i

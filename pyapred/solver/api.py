@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -410,7 +411,9 @@ def _flux_fit(out, gain_flat: np.ndarray, pixel_shape: tuple) -> FluxFit:
     # In place: the outputs are this call's own, and a chip's worth of new arrays costs page
     # faults that take longer than the division.
     np.divide(flux, gain_flat, out=flux)
-    np.divide(flux_var, gain_flat**2, out=flux_var)
+    for start in range(0, flux_var.size, 1 << 18):  # gain**2 in pieces: no chip-sized temporary
+        part = slice(start, start + (1 << 18))
+        np.divide(flux_var[part], gain_flat[part] ** 2, out=flux_var[part])
     return FluxFit(
         flux=flux.reshape(pixel_shape),
         flux_var=flux_var.reshape(pixel_shape),
@@ -1288,37 +1291,71 @@ class JumpResult:
 
     Attributes
     ----------
-    diff_mask : ndarray, bool, ``(K, *pixel_shape)``
-        The updated mask, on differences: True where a difference is not used, because it touches
-        a masked, non-finite or saturated read, its omega element is not finite, or it holds a jump.
-    jumps : ndarray, bool, ``(K, *pixel_shape)``
-        True where the search flagged a jump.
-    jump_size : ndarray, float64, ``(K, *pixel_shape)``
-        Fitted jump (e- when ``gain=1``, else DN), the charge added to that difference beyond
-        the model; 0 where no jump was flagged.
+    diff_mask_bits : ndarray, uint8, ``(K, ceil(n_pix / 8))``
+        The updated mask, on differences, 8 pixels to a byte as ``np.packbits(diff_mask.reshape(K,
+        -1), axis=1)`` (``n_pix`` pixels in C order): a bit is set where a difference is not used,
+        because it touches a masked, non-finite or saturated read, its omega element is not
+        finite, or it holds a jump.
+    jump_index : ndarray, int64, ``(n, 1 + len(pixel_shape))``
+        The flagged differences, one row ``(k, *pixel index)`` each, in the order of
+        ``np.argwhere(jumps)``. Jumps are rare, so they are kept as a list: two arrays of the
+        cube's size would be almost all 0.
+    jump_charge : ndarray, float64, ``(n,)``
+        Fitted jump of each row of ``jump_index`` (e- when ``gain=1``, else DN), the charge
+        added to that difference beyond the model.
     n_jumps : ndarray, int64, ``pixel_shape``
         Number of differences flagged per pixel.
     flux : FluxFit
         Eq-15 fluxes from the differences left (``~diff_mask``), as :func:`extract_fluxes` fits
         them. Its flags add ``JUMP_DETECTED`` and ``FEW_CLEAN_DIFFS`` to the usual bits.
+
+    The dense views ``diff_mask``, ``jumps`` (bool, ``(K, *pixel_shape)``, True where the search
+    flagged a jump) and ``jump_size`` (float64, the same shape, 0 where no jump was flagged) are
+    built on first use. Kept dense, they would take 2.5 times the memory of a float32 cube.
     """
 
-    diff_mask: np.ndarray
-    jumps: np.ndarray
-    jump_size: np.ndarray
+    diff_mask_bits: np.ndarray
+    jump_index: np.ndarray
+    jump_charge: np.ndarray
     n_jumps: np.ndarray
     flux: FluxFit
+
+    @property
+    def diff_shape(self) -> tuple[int, ...]:
+        """``(K, *pixel_shape)``, the shape of the dense views."""
+        return (self.diff_mask_bits.shape[0], *np.shape(self.n_jumps))
+
+    @cached_property
+    def diff_mask(self) -> np.ndarray:
+        """bool, ``(K, *pixel_shape)``: True where a difference is not used."""
+        bits = np.unpackbits(self.diff_mask_bits, axis=1, count=self.n_jumps.size)
+        return bits.view(bool).reshape(self.diff_shape)
+
+    @cached_property
+    def jumps(self) -> np.ndarray:
+        """bool, ``(K, *pixel_shape)``: True where the search flagged a jump."""
+        dense = np.zeros(self.diff_shape, dtype=bool)
+        dense[tuple(self.jump_index.T)] = True
+        return dense
+
+    @cached_property
+    def jump_size(self) -> np.ndarray:
+        """float64, ``(K, *pixel_shape)``: each flagged jump's charge, 0 elsewhere."""
+        dense = np.zeros(self.diff_shape)
+        dense[tuple(self.jump_index.T)] = self.jump_charge
+        return dense
 
     def __repr__(self) -> str:
         """Shapes and key figures (a few lines, never whole arrays)."""
         from .reprs import finite_median, fmt, shape_of
 
-        jumps = np.asarray(self.jumps, dtype=bool)
         return (
-            f"JumpResult: pixel_shape {shape_of(self.n_jumps)}, K = {jumps.shape[0]} "
-            f"differences; {int(jumps.sum())} jumps in {int(np.count_nonzero(self.n_jumps))} "
-            f"pixels, median jump size {fmt(finite_median(self.jump_size[jumps]))}; "
-            f"{int(np.count_nonzero(self.diff_mask))} differences unused\n  flux: {self.flux!r}"
+            f"JumpResult: pixel_shape {shape_of(self.n_jumps)}, K = {self.diff_shape[0]} "
+            f"differences; {len(self.jump_charge)} jumps in "
+            f"{int(np.count_nonzero(self.n_jumps))} pixels, median jump size "
+            f"{fmt(finite_median(self.jump_charge))}; "
+            f"{int(self.flux.n_diff.size * self.diff_shape[0] - self.flux.n_diff.sum())} "
+            f"differences unused\n  flux: {self.flux!r}"
         )
 
 
@@ -1419,22 +1456,32 @@ def find_jumps(
         reads, read_noise, gain, mask, saturation
     )
     n_pix = reads2d.shape[1]
-    usable = np.empty((K, n_pix), dtype=np.bool_)
-    jumps = np.empty((K, n_pix), dtype=np.bool_)
-    jump_size = np.empty((K, n_pix))
+    omega2d = np.ascontiguousarray(omega2d)
+    kernels = _jump_backend(backend)
+    diff_bits = np.empty((K, (n_pix + 7) // 8), dtype=np.uint8)
     n_jumps = np.empty(n_pix, dtype=np.int64)
     out = _flux_outputs(n_pix)
-    _jump_backend(backend).find_jumps_kernel(
-        reads2d, bad, use_mask, np.ascontiguousarray(omega2d), groups_flat, dt, sigma, gain_flat,
-        sat, thr_one, thr_two, bool(two_adjacent), int(max_jumps), 2, usable, jumps, jump_size,
+    inputs = (reads2d, bad, use_mask, omega2d, groups_flat, dt, sigma, gain_flat, sat)
+    # Jumps are rare: the search writes no (K, n_pix) arrays of where and how big (almost all 0,
+    # and costlier than the search); the few pixels with jumps get them after.
+    not_wanted = np.empty((K, 0), dtype=np.bool_), np.empty((K, 0))
+    kernels.find_jumps_kernel(
+        *inputs, thr_one, thr_two, bool(two_adjacent), int(max_jumps), 2, diff_bits, *not_wanted,
         n_jumps, *out,
     )  # fmt: skip
-    diff_shape = (K,) + pixel_shape
-    jump_size /= gain_flat  # in place: this array is (K, n_pix) float64, the largest output
+    with_jumps = np.flatnonzero(n_jumps)
+    jumps = np.empty((K, with_jumps.size), dtype=np.bool_)
+    jump_size = np.empty((K, with_jumps.size))
+    kernels.jump_sizes_kernel(*inputs, with_jumps, diff_bits, out[0], jumps, jump_size)
+    k, column = np.nonzero(jumps)
+    pixel = with_jumps[column]
+    jump_index = np.column_stack(
+        (k, *(np.unravel_index(pixel, pixel_shape) if pixel_shape else ()))
+    ).astype(np.int64)
     return JumpResult(
-        diff_mask=np.logical_not(usable, out=usable).reshape(diff_shape),
-        jumps=jumps.reshape(diff_shape),
-        jump_size=jump_size.reshape(diff_shape),
+        diff_mask_bits=diff_bits,
+        jump_index=jump_index,
+        jump_charge=jump_size[k, column] / gain_flat[pixel],
         n_jumps=n_jumps.reshape(pixel_shape),
         flux=_flux_fit(out, gain_flat, pixel_shape),
     )

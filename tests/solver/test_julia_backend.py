@@ -297,16 +297,31 @@ def _emulated_aprampfit():
                           reads, bad, use_mask, omega, groups, dt, read_noise, gain, saturation,
                           thr_one, thr_two, two_adjacent, max_jumps, n_pass):  # fmt: skip
         n_pix, N = reads.shape
-        assert usable.shape == jumps.shape == jump_size.shape == (n_pix, N - 1)
+        assert usable.shape == (n_pix, N - 1)
+        assert jumps.shape == jump_size.shape and jumps.shape in ((n_pix, N - 1), (0, N - 1))
         assert omega.shape[0] == dt.shape[0] == N - 1
         assert groups.min() >= 1 and groups.max() <= omega.shape[1]
         assert all(a.shape == (n_pix,) for a in (n_jumps, flux, flux_var, chi2, n_diff, flags,
                                                  read_noise, gain, saturation, groups))  # fmt: skip
         assert isinstance(two_adjacent, bool) and isinstance(max_jumps, int)
+        diff_bits = np.empty((N - 1, (n_pix + 7) // 8), dtype=np.uint8)  # NumPy packs the mask
         _jumps.find_jumps_kernel(
             reads.T, bad.T, use_mask, omega.T, groups - 1, dt, read_noise, gain, saturation,
-            thr_one, thr_two, two_adjacent, max_jumps, n_pass, usable.T, jumps.T, jump_size.T,
+            thr_one, thr_two, two_adjacent, max_jumps, n_pass, diff_bits, jumps.T, jump_size.T,
             n_jumps, flux, flux_var, chi2, n_diff, flags,
+        )  # fmt: skip
+        usable[...] = ~np.unpackbits(diff_bits, axis=1, count=n_pix).view(bool).T
+
+    def jump_sizes_kernel(jumps, jump_size, reads, bad, use_mask, omega, groups, dt, read_noise,
+                          gain, saturation, pixels, usable, flux):  # fmt: skip
+        n_pix, N = reads.shape
+        assert jumps.shape == jump_size.shape == (pixels.shape[0], N - 1)
+        assert usable.shape == (n_pix, N - 1) and flux.shape == (n_pix,)
+        assert pixels.size == 0 or (pixels.min() >= 1 and pixels.max() <= n_pix)
+        assert groups.min() >= 1 and groups.max() <= omega.shape[1]
+        _jumps.jump_sizes_kernel(
+            reads.T, bad.T, use_mask, omega.T, groups - 1, dt, read_noise, gain, saturation,
+            pixels - 1, np.packbits(~usable.T, axis=1), flux, jumps.T, jump_size.T,
         )  # fmt: skip
 
     def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_rounds,
@@ -331,6 +346,7 @@ def _emulated_aprampfit():
 
     functions = {"prepare_diffs_kernel!": prepare_diffs_kernel,
                  "find_jumps_kernel!": find_jumps_kernel,
+                 "jump_sizes_kernel!": jump_sizes_kernel,
                  "fit_omega_with_jumps": fit_omega_with_jumps}  # fmt: skip
     return SimpleNamespace(**{name.replace("!", "_b"): _JuliaFunction(function)
                               for name, function in functions.items()})  # fmt: skip

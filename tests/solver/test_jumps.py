@@ -383,8 +383,8 @@ def test_block_screen_agrees_with_the_scalar_search(two_adjacent):
     thr_one, thr_two = chi2_thresholds(4.5)
     needs = np.empty(B, dtype=bool)
     sxx, sxd = np.empty(B), np.empty(B)
-    _block_needs_search(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, 10, needs, sxx,
-                        sxd)  # fmt: skip
+    _block_needs_search(d, x, valid, valid.sum(axis=0), s2, rate, thr_one, thr_two,
+                        two_adjacent, 10, needs, sxx, sxd)  # fmt: skip
     # Its sums are the first GLS pass's, bit for bit (find_jumps_kernel reuses them).
     from pyapred.solver._numpy import _block_pass
 
@@ -400,3 +400,74 @@ def test_block_screen_agrees_with_the_scalar_search(two_adjacent):
     assert 20 < needs.sum() < B - 20
     assert np.all(needs[found > 0])
     assert np.array_equal(needs, found > 0)  # no pixel of this draw is that close
+
+
+# --------------------------------------------------------------------------------------------
+# The compact result: packed mask and a list of jumps, the same as the kernel's dense outputs
+# --------------------------------------------------------------------------------------------
+def _hostile_jump_case(shape=(7, 13)):
+    """Cosmic rays, a cloud, per-group omega, a mask, saturation, per-pixel gain, and a pixel
+    left with too few differences (NaN flux)."""
+    rng = np.random.default_rng(11)
+    K = 14
+    omega = np.stack([omega_cloud(K, 0.4, 6, 2), np.linspace(1.0, 0.7, K)])
+    groups = rng.integers(0, 2, shape)
+    sim = simulate_ramps(rng.uniform(20, 3000, shape), 12.0, omega=omega[0], rng=rng,
+                         cosmic_ray_rate=0.08, cosmic_ray_charge=(600, 5000))  # fmt: skip
+    mask = rng.random(sim.reads.shape) < 0.03
+    mask[2:, 0, 0] = True  # two reads left: one difference, no flux
+    gain = rng.uniform(1.5, 2.5, shape)
+    kwargs = dict(omega=omega, groups=groups, mask=mask, gain=gain, saturation=30000.0)
+    return sim.reads, kwargs
+
+
+@pytest.mark.parametrize("two_adjacent", [True, False])
+def test_compact_result_equals_the_dense_kernel_outputs(two_adjacent):
+    """find_jumps's packed mask and jump list (the search without dense outputs, then
+    jump_sizes_kernel on the pixels with jumps) hold exactly what one kernel run with dense
+    outputs writes."""
+    from pyapred.solver import _jumps, api
+
+    reads, kwargs = _hostile_jump_case()
+    res = find_jumps(reads, 12.0, two_adjacent=two_adjacent, **kwargs)
+    assert res.jump_index.shape[0] > 5 and res.diff_mask.shape == (14, 7, 13)
+    # The kernel once more, writing every output dense.
+    K, n_pix = 14, 7 * 13
+    reads2d, bad, use_mask, sigma, gain, sat = api._pixel_inputs(
+        reads, 12.0, kwargs["gain"], kwargs["mask"], kwargs["saturation"]
+    )
+    thr_one, thr_two = _jumps.chi2_thresholds(4.5)
+    bits = np.empty((K, 12), dtype=np.uint8)
+    jumps, size = np.empty((K, n_pix), dtype=bool), np.empty((K, n_pix))
+    n_jumps = np.empty(n_pix, dtype=np.int64)
+    out = api._flux_outputs(n_pix)
+    _jumps.find_jumps_kernel(
+        reads2d, bad, use_mask, kwargs["omega"], kwargs["groups"].reshape(-1), np.ones(K), sigma,
+        gain, sat, thr_one, thr_two, two_adjacent, _jumps.NO_LIMIT, 2, bits, jumps, size,
+        n_jumps, *out,
+    )  # fmt: skip
+    assert np.array_equal(res.diff_mask_bits, bits)
+    assert np.all(bits[:, -1] & 0b111 == 0)  # 91 pixels: the last byte's 3 spare bits stay 0
+    assert np.array_equal(res.jumps.reshape(K, -1), jumps)
+    assert np.array_equal(res.jump_size.reshape(K, -1), size / gain)  # e- to the units of reads
+    assert np.array_equal(res.jump_index, np.argwhere(res.jumps))
+    assert np.array_equal(res.jump_charge, res.jump_size[res.jumps])
+    assert np.array_equal(res.n_jumps.reshape(-1), n_jumps)
+    unpacked = np.unpackbits(bits, axis=1, count=n_pix).astype(bool)
+    assert np.array_equal(res.diff_mask.reshape(K, -1), unpacked)
+    # Every flagged difference is unused, and the mask counts what n_diff leaves.
+    assert np.all(res.diff_mask[res.jumps])
+    assert np.array_equal(K - res.diff_mask.sum(axis=0), res.flux.n_diff)
+
+
+def test_compact_result_of_a_single_pixel_and_of_a_clean_chip():
+    sim = simulate_ramps(np.array([200.0]), 10.0, n_reads=20, rng=np.random.default_rng(2))
+    reads = sim.reads[:, 0].copy()
+    reads[12:] += 3000.0  # one cosmic ray
+    one = find_jumps(reads, 10.0)  # pixel_shape ()
+    assert one.jump_index.tolist() == [[11]] and one.jumps.shape == (19,)
+    assert one.jump_size[11] == pytest.approx(3000.0, abs=60) and one.diff_mask[11]
+    clean = find_jumps(sim.reads, 10.0)
+    assert clean.jump_index.shape == (0, 2) and clean.jump_charge.shape == (0,)
+    assert not clean.jumps.any() and not clean.diff_mask.any()
+    assert "0 jumps in 0 pixels" in repr(clean) and "1 jumps in 1 pixels" in repr(one)
