@@ -105,7 +105,7 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
             else:
                 rough[i] = 0.5 * (rough_values[n // 2 - 1, i] + rough_values[n // 2, i])
         total = np.zeros(B)
-        count = np.zeros(B, dtype=np.int64)
+        count = np.zeros(B)  # a float count (exact): an integer sum keeps this loop scalar
         for k in range(K):
             for i in range(B):
                 x = x0 + i
@@ -113,7 +113,7 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
                 jump = _is_jump(diff[k, i] - model, model, inv_gain[y, x], var_read[y, x], thr2)
                 keep = (k + 1 < n_good[i]) & (not jump)
                 total[i] += scaled[k, i] if keep else 0.0
-                count[i] += keep
+                count[i] += 1.0 if keep else 0.0
         level = np.empty(B)
         for i in range(B):
             level[i] = total[i] / count[i] if count[i] > 0 else rough[i]
