@@ -1425,7 +1425,8 @@ def find_jumps(
     Returns
     -------
     JumpResult
-        Arrays of shape ``(K, *pixel_shape)`` or ``pixel_shape``; fluxes at omega's normalisation.
+        The mask packed, the jumps as a list (dense views on first read), per-pixel arrays of
+        ``pixel_shape``; fluxes at omega's normalisation.
 
     Examples
     --------
