@@ -462,11 +462,15 @@ function fit_omega_with_jumps(diffs::AbstractArray{<:Real, 3}, valid::AbstractAr
         todo = todo[changed]
         used[:, :, todo] = new_valid[:, :, changed]
         n_jumps[:, todo] = new_jumps[:, changed]
-        sub_used = used[:, :, todo]
+        # Every kernel of the fit reads a difference only where `used` marks it, so the flagged
+        # ones need no zeroing, and a refit of every group needs no copy of the differences.
+        every = length(todo) == size(diffs, 3)
+        sub_used = every ? used : used[:, :, todo]
+        sub_diffs = every ? diffs : diffs[:, :, todo]
         options[:ref_index] = res.ref_index[todo]
         options[:start] = (res.omega[:, todo], res.flux[:, todo])
         segments === nothing || (options[:segments] = segments[:, todo])
-        part = fit_omega_groups(ifelse.(sub_used, diffs[:, :, todo], 0.0), sub_used,
+        part = fit_omega_groups(sub_diffs, sub_used,
             s2[:, todo], dt, fit_pixel[:, todo]; options...)
         for key in keys(part)
             dest = getfield(res, key)

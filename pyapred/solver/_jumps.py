@@ -675,14 +675,16 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
         todo = todo[changed]
         used[todo] = new_valid[changed]
         n_jumps[todo] = new_jumps[changed]
-        sub_used = used[todo]
-        clean = diffs[todo]
-        clean[~sub_used] = 0.0
+        # Every kernel of the fit reads a difference only where `used` marks it, so the flagged
+        # ones need no zeroing, and a refit of every group needs no copy of the differences.
+        every = todo.size == diffs.shape[0]
+        sub_used = used if every else used[todo]
+        sub_diffs = diffs if every else diffs[todo]
         options = fit_options | {"ref_index": ref_index[todo]}
         if segments is not None:
             options["segments"] = segments[todo]
         part = fit_omega_groups(
-            clean, sub_used, s2[todo], dt, fit_pixel[todo],
+            sub_diffs, sub_used, s2[todo], dt, fit_pixel[todo],
             start=(res["omega"][todo], res["flux"][todo]), **options,
         )  # fmt: skip
         for key, value in part.items():

@@ -247,25 +247,55 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
     The ratios of each pixel are sorted by ``network`` (:func:`_median_network`), unusable ones
     padded with +inf. The compare-exchanges run across the block's pixels with no branch, which
     SIMD-vectorises: about 5x faster than a quickselect per pixel, whose comparisons the CPU
-    cannot predict. ``ratios`` (K, B) and ``count`` (B,) are scratch.
+    cannot predict. They sort the ratios rounded to float32, twice as many per vector: rounding
+    keeps the order, so the float64 value at a median position is the one whose rounding sits
+    there, found by one scan. Where rounding merged different values at a median position
+    (rare), that pixel's median is taken by :func:`_median_rate`. ``ratios`` (K, B) and
+    ``count`` (B,) are scratch.
     """
     K, B = d.shape
+    rounded = np.empty((K, B), dtype=np.float32)
     for p in range(B):
         count[p] = 0
     for k in range(K):
         for p in range(B):
             ok = valid[k, p] and x[k, p] > 0.0
-            ratios[k, p] = d[k, p] / x[k, p] if ok else np.inf
+            ratio = d[k, p] / x[k, p] if ok else np.inf
+            ratios[k, p] = ratio
+            rounded[k, p] = np.float32(ratio)
             count[p] += ok
-    _sort_columns(ratios, network)
+    _sort_columns(rounded, network)
+    # The rounded values at the two median positions (one position for an odd count), and the
+    # smallest and largest float64 ratio that rounds to each.
+    at_low = np.empty(B, dtype=np.float32)
+    at_high = np.empty(B, dtype=np.float32)
+    for p in range(B):
+        n = count[p]
+        at_low[p] = rounded[max(n - 1, 0) // 2, p]
+        at_high[p] = rounded[n // 2, p]
+    low_min = np.full(B, np.inf)
+    low_max = np.full(B, -np.inf)
+    high_min = np.full(B, np.inf)
+    high_max = np.full(B, -np.inf)
+    for k in range(K):
+        for p in range(B):
+            ratio = ratios[k, p]
+            is_low = np.float32(ratio) == at_low[p]
+            is_high = np.float32(ratio) == at_high[p]
+            low_min[p] = min(low_min[p], ratio if is_low else np.inf)
+            low_max[p] = max(low_max[p], ratio if is_low else -np.inf)
+            high_min[p] = min(high_min[p], ratio if is_high else np.inf)
+            high_max[p] = max(high_max[p], ratio if is_high else -np.inf)
     for p in range(B):
         n = count[p]
         if n == 0:
             rate[p] = 0.0
+        elif low_min[p] != low_max[p] or high_min[p] != high_max[p]:
+            rate[p] = _median_rate(d[:, p], x[:, p], valid[:, p], np.empty(K))
         elif n % 2 == 1:
-            rate[p] = max(ratios[n // 2, p], 0.0)
+            rate[p] = max(low_min[p], 0.0)
         else:
-            rate[p] = max(0.5 * (ratios[n // 2 - 1, p] + ratios[n // 2, p]), 0.0)
+            rate[p] = max(0.5 * (low_min[p] + high_min[p]), 0.0)
 
 
 @njit(cache=True, inline="always")
@@ -324,17 +354,23 @@ def _block_pass(d, x, valid, s2, rate, rhs_is_residual, flux, sxx, sxd, state):
     """
     K, B = d.shape
     inv_prev, yx_prev, yd_prev = state[0], state[1], state[2]
+    # The first difference has no coupling to a previous one; done apart, the loop below reads
+    # valid[k - 1] with no branch and runs in vectors.
     for p in range(B):
-        sxx[p] = 0.0
-        sxd[p] = 0.0
-        inv_prev[p] = 0.0
-        yx_prev[p] = 0.0
-        yd_prev[p] = 0.0
-    for k in range(K):
+        ok = valid[0, p]
+        inv = 1.0 / (max(rate[p] * x[0, p], 0.0) + 2.0 * s2[p] if ok else 1.0)
+        yx = x[0, p]
+        yd = d[0, p] - flux[p] * x[0, p] if rhs_is_residual else d[0, p]
+        sxx[p] = 0.0 + yx * yx * inv
+        sxd[p] = 0.0 + (yx * yd * inv if not rhs_is_residual else yd * yd * inv)
+        inv_prev[p] = inv
+        yx_prev[p] = yx
+        yd_prev[p] = yd
+    for k in range(1, K):
         for p in range(B):
             ok = valid[k, p]
             alpha = max(rate[p] * x[k, p], 0.0) + 2.0 * s2[p] if ok else 1.0
-            beta = -s2[p] if (ok and k > 0 and valid[k - 1, p]) else 0.0
+            beta = -s2[p] if (ok and valid[k - 1, p]) else 0.0
             low = beta * inv_prev[p]
             inv = 1.0 / (alpha - low * beta)
             yx = x[k, p] - low * yx_prev[p]

@@ -52,3 +52,23 @@ def test_block_median_equals_quickselect(K):
     got, want = _block(d, x, valid), _per_pixel(d, x, valid)
     assert np.array_equal(got, want)
     assert np.all(got[:5] == 0.0) and np.any(got > 0.0)
+
+
+@pytest.mark.parametrize("K", [2, 9, 46])
+def test_block_median_exact_where_float32_merges_values(K):
+    # The network sorts float32 roundings; ratios that differ in float64 but round to one float32
+    # (1 + 1e-12 and 1 + 2e-12), and ratios beyond float32's range, must still give the float64
+    # median bit for bit.
+    rng = np.random.default_rng(100 + K)
+    B = 257
+    d = 1.0 + rng.integers(0, 4, (K, B)) * 1e-12 + rng.integers(0, 2, (K, B)) * 1e-3
+    x = np.ones((K, B))
+    wide = rng.random((K, B)) < 0.2
+    d[wide] *= 10.0 ** rng.integers(-300, 300, wide.sum())
+    valid = rng.random((K, B)) > 0.2
+    got, want = _block(d, x, valid), _per_pixel(d, x, valid)
+    assert np.array_equal(got, want)
+    # The merged case happened: some median position had different float64 values behind it.
+    with np.errstate(over="ignore"):
+        rounded = got.astype(np.float32)
+    assert len(np.unique(got)) > len(np.unique(rounded))
