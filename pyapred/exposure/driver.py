@@ -353,10 +353,15 @@ def _without_images(chip: ChipResult) -> ChipResult:
 def _return_freed_memory() -> None:
     """Give freed heap memory back to the system between chips (glibc's ``malloc_trim``).
 
-    glibc keeps what the kernels freed in its arenas; the next chip's cube would come on top.
+    A full collection first: an array in a reference cycle (a library that keeps an exception
+    keeps every calling frame's locals, a chip's reads among them, as astropy's time parsing
+    did) is freed only by the cyclic collector. glibc then keeps what was freed in its arenas;
+    the next chip's cube would come on top.
     """
     import ctypes
+    import gc
 
+    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do

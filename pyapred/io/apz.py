@@ -546,9 +546,20 @@ def _time_scale(path: str | os.PathLike, field: str, timesys: object) -> str:
 
 
 def _parse_times(path: Path, fields: Sequence[str], values: Sequence, scale: str) -> Time:
-    """Parse ISO dates in one call; on failure, name the first field that does not parse."""
+    """Parse ISO dates in one call; on failure, name the first field that does not parse.
+
+    The two ISO formats are named, in astropy's own order of guessing: its guess keeps each
+    failed format's exception, whose traceback holds every calling frame (the reads being
+    rebuilt among them) in a reference cycle, alive until Python's next full collection.
+    """
+    texts = [str(v).strip() for v in values]
+    for time_format in ("iso", "isot"):
+        try:
+            return Time(texts, format=time_format, scale=scale)
+        except ValueError:
+            pass
     try:
-        return Time([str(v).strip() for v in values], scale=scale)
+        return Time(texts, scale=scale)
     except ValueError:
         for field, value in zip(fields, values, strict=True):
             try:

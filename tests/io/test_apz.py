@@ -175,6 +175,31 @@ def test_per_read_dates_are_used_in_their_timesys(tmp_path):
     assert (exposure.read_times[0] - utc[0]).sec == pytest.approx(-37.0)
 
 
+@pytest.mark.parametrize("separator", ["T", " "])
+def test_reads_are_freed_when_dropped(tmp_path, separator):
+    # The reads must not outlive the result in a reference cycle (astropy's format guessing
+    # keeps its exceptions, whose tracebacks hold every calling frame): a chip's cube would stay
+    # until Python's next full collection, on top of the next chip's.
+    import gc
+    import weakref
+
+    path = write_simulated_apz(tmp_path, simulated_chip(3))
+    if separator == " ":
+        with fits.open(path, mode="update") as hdul:
+            for hdu in hdul[2:]:
+                hdu.header["DATE-OBS"] = hdu.header["DATE-OBS"].replace("T", " ")
+    gc.collect()
+    gc.disable()
+    try:
+        exposure = read_apz(path)
+        assert exposure.read_times.isot[0].endswith(exposure.read_headers[0]["DATE-OBS"][-12:])
+        reads = weakref.ref(exposure.reads)
+        del exposure
+        assert reads() is None
+    finally:
+        gc.enable()
+
+
 def test_file_names_and_exposure_numbers():
     assert exposure_number(60781.2, 65, "apo") == 52190065
     assert exposure_number(60780.75, 65, "apo") == 52190065  # 0.75 + 0.3 rolls over
