@@ -16,3 +16,23 @@ def test_nanmedian_last_axis_matches_numpy():
         want = np.nanmedian(values, axis=-1)
     got = _nanmedian_last_axis(values)
     assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "big-endian", "sliced", "float64"])
+def test_pixel_reads_equal_fancy_indexing(layout):
+    from pyapred.exposure.prepare import _pixel_reads
+
+    rng = np.random.default_rng(3)
+    reads = rng.integers(0, 65535, (5, 40, 60), dtype=np.uint16)
+    if layout == "big-endian":
+        reads = reads.astype(">u2")
+    elif layout == "sliced":
+        reads = reads[:, :, ::2]  # planes not contiguous
+    elif layout == "float64":
+        reads = reads * 0.5
+    rows = rng.integers(0, reads.shape[1], (7, 11))
+    cols = rng.integers(0, reads.shape[2], (7, 11))
+    got = _pixel_reads(reads, rows, cols)
+    want = reads[:, rows, cols].astype(np.result_type(reads.dtype, np.float32))
+    assert got.dtype == want.dtype and got.dtype.isnative
+    assert np.array_equal(got, want)
