@@ -171,10 +171,9 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
 
     shape_index = np.full((ny, nx), traces.n_fibers, dtype=np.int32)  # last row: background
     shape_index[:, :nc] = np.where(coarse_map >= 0, coarse_map, traces.n_fibers)
-    # Chip-sized maps even where the calibration is one number: the first pass reads them
-    # contiguously in vectors (as stride-0 views it is 20 % slower).
-    var_read = 2.0 * np.broadcast_to(sigma, (ny, nx)) ** 2
-    inv_gain = 1.0 / np.broadcast_to(gain, (ny, nx))
+    # Views where the calibration is one number (the usual case): no chip-sized maps.
+    var_read = np.broadcast_to(2.0 * sigma**2, (ny, nx))
+    inv_gain = np.broadcast_to(1.0 / gain, (ny, nx))
     rate, saturated, jumps = first_pass(
         reads, shape_index, shape_table, inv_gain, var_read, saturation, options.jump_threshold
     )

@@ -54,12 +54,21 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         B = min(_BLOCK, nx - x0)
         # One read of the cube: the differences, and the first unusable read of each pixel (not
         # finite, or at or above saturation).
+        # The block's calibration, copied out once: the loops below then read it contiguously
+        # in vectors whatever its layout (a scalar comes as a stride-0 view).
+        sat = np.empty(B)
+        inv_g = np.empty(B)
+        var_r = np.empty(B)
+        for i in range(B):
+            sat[i] = saturation[y, x0 + i]
+            inv_g[i] = inv_gain[y, x0 + i]
+            var_r[i] = var_read[y, x0 + i]
         n_good = np.full(B, n_reads, dtype=np.int64)
         previous = np.empty(B)
         for i in range(B):
             value = float(reads[0, y, x0 + i])
             previous[i] = value
-            if not np.isfinite(value) or value >= saturation[y, x0 + i]:
+            if not np.isfinite(value) or value >= sat[i]:
                 n_good[i] = 0
         diff = np.empty((K, B))
         for k in range(K):
@@ -67,7 +76,7 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
                 value = float(reads[k + 1, y, x0 + i])
                 diff[k, i] = value - previous[i]
                 previous[i] = value
-                unusable = not np.isfinite(value) or value >= saturation[y, x0 + i]
+                unusable = not np.isfinite(value) or value >= sat[i]
                 n_good[i] = k + 1 if unusable and n_good[i] == n_reads else n_good[i]
         # Each pixel's light-curve shape; a block of one shape (a row's pixels of one fiber, or
         # background: the common case) reads one element per k, and its loop runs in vectors.
@@ -108,9 +117,8 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         count = np.zeros(B)  # a float count (exact): an integer sum keeps this loop scalar
         for k in range(K):
             for i in range(B):
-                x = x0 + i
                 model = rough[i] * shape[k, i]
-                jump = _is_jump(diff[k, i] - model, model, inv_gain[y, x], var_read[y, x], thr2)
+                jump = _is_jump(diff[k, i] - model, model, inv_g[i], var_r[i], thr2)
                 keep = (k + 1 < n_good[i]) & (not jump)
                 total[i] += scaled[k, i] if keep else 0.0
                 count[i] += 1.0 if keep else 0.0
@@ -121,13 +129,22 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
             saturated[y, x0 + i] = n_good[i] < n_reads
             for w in range(jump_bits.shape[2]):
                 jump_bits[y, x0 + i, w] = 0
+        # The jumps under the final level: tested across the block (in vectors), then set as
+        # bits for the few pixels that have one.
+        flagged = np.empty((K, B), dtype=np.bool_)
+        any_jump = np.zeros(B, dtype=np.bool_)
         for k in range(K):
             for i in range(B):
-                x = x0 + i
                 model = level[i] * shape[k, i]
-                jump = _is_jump(diff[k, i] - model, model, inv_gain[y, x], var_read[y, x], thr2)
-                if jump and k + 1 < n_good[i]:
-                    jump_bits[y, x, k // 64] |= np.uint64(1) << np.uint64(k % 64)
+                jump = _is_jump(diff[k, i] - model, model, inv_g[i], var_r[i], thr2)
+                hit = jump and k + 1 < n_good[i]
+                flagged[k, i] = hit
+                any_jump[i] |= hit
+        for i in range(B):
+            if any_jump[i]:
+                for k in range(K):
+                    if flagged[k, i]:
+                        jump_bits[y, x0 + i, k // 64] |= np.uint64(1) << np.uint64(k % 64)
 
 
 @njit(cache=True, inline="always")

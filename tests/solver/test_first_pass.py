@@ -40,7 +40,8 @@ def _reference(reads, shape_index, shapes, inv_gain, var_read, saturation, thres
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])
-def test_first_pass_matches_the_per_pixel_reference(dtype):
+@pytest.mark.parametrize("calibration", ["maps", "scalars"])
+def test_first_pass_matches_the_per_pixel_reference(dtype, calibration):
     rng = np.random.default_rng(3)
     n_reads, ny, nx = 14, 3, 300  # a row is two blocks of the kernel
     shapes = rng.uniform(0.6, 1.3, (4, n_reads - 1))
@@ -57,6 +58,9 @@ def test_first_pass_matches_the_per_pixel_reference(dtype):
     reads = reads.astype(dtype)
     inv_gain = 1.0 / rng.uniform(1.5, 2.5, (ny, nx))
     var_read = 2.0 * rng.uniform(8.0, 15.0, (ny, nx)) ** 2
+    if calibration == "scalars":  # as prepare_chip passes them: stride-0 views
+        inv_gain = np.broadcast_to(inv_gain[0, 0], (ny, nx))
+        var_read = np.broadcast_to(var_read[0, 0], (ny, nx))
     args = (reads, shape_index, shapes, inv_gain, var_read, saturation, 6.0)
     rate, saturated, jumps = first_pass(*args)
     want_rate, want_saturated, want_jumps = _reference(*args)
