@@ -52,8 +52,6 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         y = task // n_blocks
         x0 = (task % n_blocks) * _BLOCK
         B = min(_BLOCK, nx - x0)
-        # One read of the cube: the differences, and the first unusable read of each pixel (not
-        # finite, or at or above saturation).
         # The block's calibration, copied out once: the loops below then read it contiguously
         # in vectors whatever its layout (a scalar comes as a stride-0 view).
         sat = np.empty(B)
@@ -63,6 +61,8 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
             sat[i] = saturation[y, x0 + i]
             inv_g[i] = inv_gain[y, x0 + i]
             var_r[i] = var_read[y, x0 + i]
+        # One read of the cube: the differences, and the first unusable read of each pixel (not
+        # finite, or at or above saturation).
         n_good = np.full(B, n_reads, dtype=np.int64)
         previous = np.empty(B)
         for i in range(B):
