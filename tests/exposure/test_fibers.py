@@ -11,6 +11,7 @@ from pyapred.exposure import FitOptions
 from pyapred.exposure.fibers import (
     MODEL_BORROWED,
     MODEL_TIME_VARIABLE,
+    _fiber_rows,
     _significance,
     choose_models,
 )
@@ -159,3 +160,12 @@ def test_chromatic_needs_known_chips_and_no_nuisance():
 
     with pytest.raises(ValueError, match="R, G or B"):
         _fit_pixel_coordinates([Chip()])
+
+
+@pytest.mark.parametrize("n_pix", [7, 5])
+def test_fiber_rows_are_the_fancy_index_in_c_order(n_pix):
+    reads = np.arange(4 * 6 * 7, dtype=np.float32).reshape(4, 6, 7)
+    rows = np.array([0, 2, 5])
+    got = _fiber_rows(reads, rows, n_pix)
+    np.testing.assert_array_equal(got, reads[:, rows, :n_pix])
+    assert got.flags.c_contiguous and got.dtype == reads.dtype
