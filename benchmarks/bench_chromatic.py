@@ -11,6 +11,8 @@ with ``chromatic`` off and on, interleaved, ``--repeats`` times (best time kept)
   red end of chip R and the blue end of chip B (the outer 10 % of the columns), for ramps cut
   short by saturation (all of them, and those cut before two thirds of the exposure) and for
   complete ramps, under both models;
+- the bias of the fibers' joint fluxes at the reference read (the model's own normalisation) in
+  their fit pixels at the same chip ends and in the middle of chip G, under both models;
 - on a grey cloud (same size, ``"clouds"``): the fraction of bright fibers given the chromatic
   model;
 - the guider's prediction of gamma from synthetic guider frames that see the same seeing: the
@@ -56,6 +58,55 @@ def flux_z(sim, result, name):
     chip = result.chips[name]
     true = sim.chips[name].flux / sim.chips[name].gain
     return (chip.flux - true) / np.sqrt(chip.flux_var), chip
+
+
+def reference_read_z(sim, result, chip_name: str, columns: slice) -> tuple[np.ndarray, ...]:
+    """The fibers' joint fluxes at the reference read (the model's own normalisation,
+    ``omega[ref_index] == 1``) against the truth there, as z-scores of the fit pixels of
+    ``chip_name`` in ``columns``, achromatic and chromatic: ``(z0, z1, fiber)`` (n,) each.
+
+    The joint fit's pixels are each chip's fit pixels joined in chip order, then every fiber's
+    valid pixels first (as :func:`pyapred.exposure.fit_fibers` orders them).
+    """
+    from pyapred.chromatic import chip_wavelength
+
+    fits = result.fibers["joint"]
+    names = list(result.chips)
+    pixels = [result.chips[name].prepared.fit_pixels for name in names]
+    chip = np.concatenate([np.full(p.rows.shape, i) for i, p in enumerate(pixels)], axis=1)
+    rows = np.concatenate([p.rows for p in pixels], axis=1)
+    cols = np.concatenate([p.cols for p in pixels], axis=1)
+    valid = np.concatenate([p.valid for p in pixels], axis=1)
+    order = np.argsort(~valid, axis=1, kind="stable")
+    n_pix = fits.fit.flux.shape[1]
+    chip, rows, cols, valid = (np.take_along_axis(a, order, axis=1)[:, :n_pix]
+                               for a in (chip, rows, cols, valid))  # fmt: skip
+    c = names.index(chip_name)
+    simulated = sim.chips[chip_name]
+    n_columns = simulated.traces.n_columns
+    weights = sim.omega_at(chip_wavelength(chip_name, n_columns))  # (n_fibers, K, n_columns)
+    at_ref = weights[:, fits.ref_index] / weights.mean(axis=1)  # (n_fibers, n_columns)
+    fiber = np.broadcast_to(np.arange(valid.shape[0])[:, None], valid.shape)
+    in_columns = np.zeros(n_columns, bool)
+    in_columns[columns] = True
+    take = (valid & (chip == c) & fits.bright[:, None] & in_columns[np.minimum(cols, n_columns - 1)]
+            & (cols < n_columns))  # fmt: skip
+    fiber, r, col = fiber[take], rows[take], cols[take]
+    truth = simulated.flux[r, col] * at_ref[fiber, col] / simulated.gain
+    achromatic, chromatic = fits.fit, fits.chromatic
+    z0 = (achromatic.flux[take] - truth) / np.sqrt(achromatic.flux_var[take])
+    z1 = (chromatic.flux[take] - truth) / np.sqrt(chromatic.flux_var[take])
+    return z0, z1, fiber
+
+
+def fiber_mean_z(z, fiber) -> str:
+    """Mean z with its standard error from the scatter of the fibers' own means: a fiber's
+    pixels share its omega's (and gamma's) error, so they are not independent."""
+    good = np.isfinite(z)
+    z, fiber = z[good], fiber[good]
+    ids, index = np.unique(fiber, return_inverse=True)
+    per_fiber = np.bincount(index, z) / np.bincount(index)
+    return f"{np.mean(z):+.3f} +- {np.std(per_fiber) / np.sqrt(ids.size):.3f} ({ids.size} fibers)"
 
 
 def mean_z(z, mask) -> str:
@@ -128,6 +179,13 @@ def main() -> None:
             m = mask & clean & at_end
             print(f"  {name} {label:8s} {what:25s} n={m.sum():6d}  {mean_z(z0, m)}  "
                   f"{mean_z(z1, m)}")  # fmt: skip
+
+    print("joint fluxes at the reference read, bright fibers' fit pixels (complete ramps), mean z:"
+          "  achromatic          chromatic")  # fmt: skip
+    for name, label, columns in (*ends, ("G", "middle", slice(2 * edge, args.columns - 2 * edge))):
+        z0, z1, fiber = reference_read_z(sim, results[True], name, columns)
+        print(f"  {name} {label:8s} n={z0.size:6d}  {fiber_mean_z(z0, fiber)}  "
+              f"{fiber_mean_z(z1, fiber)}")  # fmt: skip
 
     grey = simulate_exposure("clouds", seed=args.seed + 1, **size)
     result, _, _ = run(grey, True)

@@ -8,7 +8,7 @@
 
 """
     FitOptions(; model = "auto", p_value = 1e-3, amplitude_threshold = 0.035,
-               chromatic = false, chromatic_p_value = 1e-3, min_fit_pixels = 20,
+               chromatic = false, chromatic_p_value = 1e-4, min_fit_pixels = 20,
                max_omega_error = 0.05, min_snr = 30.0, core_halfwidth = 0.5, min_purity = 0.95,
                max_fit_pixels = nothing, map_halfwidth = 2.5, joint_chips = false,
                max_iter = 50, jump_search = true, jump_threshold = 8.0, correct_1f = "none",
@@ -39,7 +39,7 @@ Base.@kwdef struct FitOptions
     p_value::Float64 = 1e-3
     amplitude_threshold::Float64 = 0.035
     chromatic::Bool = false
-    chromatic_p_value::Float64 = 1e-3
+    chromatic_p_value::Float64 = 1e-4
     min_fit_pixels::Int = 20
     max_omega_error::Float64 = 0.05
     min_snr::Float64 = 30.0

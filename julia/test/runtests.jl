@@ -293,7 +293,7 @@ end
         @test options.max_fit_pixels === nothing && options.jump_search && !options.joint_chips
         @test_throws ArgumentError APRampFit.check_options(FitOptions(model = "cloudy"))
         @test_throws ArgumentError APRampFit.check_options(FitOptions(max_iter = 0))
-        @test !options.chromatic && options.chromatic_p_value == 1e-3
+        @test !options.chromatic && options.chromatic_p_value == 1e-4
         @test_throws ArgumentError APRampFit.check_options(FitOptions(chromatic = true,
             correct_1f = "nuisance"))
         @test_throws ArgumentError APRampFit.check_options(FitOptions(chromatic_p_value = 1.0))

@@ -142,7 +142,7 @@ class FitOptions:
         "and use it where significant (a seeing change; best with --joint-chips)",
     )  # fmt: skip
     chromatic_p_value: float = _option(
-        1e-3, "model", "chromatic model when its chi2 improvement's p-value is below this",
+        1e-4, "model", "chromatic model when its chi2 improvement's p-value is below this",
         valid=(lambda value: 0 < value < 1, "a probability between 0 and 1"),
     )  # fmt: skip
     min_fit_pixels: int = _option(20, "model", "fibers with fewer fit pixels borrow omega")
