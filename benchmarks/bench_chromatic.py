@@ -89,8 +89,7 @@ def reference_read_z(sim, result, chip_name: str, columns: slice) -> tuple[np.nd
     fiber = np.broadcast_to(np.arange(valid.shape[0])[:, None], valid.shape)
     in_columns = np.zeros(n_columns, bool)
     in_columns[columns] = True
-    take = (valid & (chip == c) & fits.bright[:, None] & in_columns[np.minimum(cols, n_columns - 1)]
-            & (cols < n_columns))  # fmt: skip
+    take = valid & (chip == c) & fits.bright[:, None] & in_columns[cols]  # traced columns only
     fiber, r, col = fiber[take], rows[take], cols[take]
     truth = simulated.flux[r, col] * at_ref[fiber, col] / simulated.gain
     achromatic, chromatic = fits.fit, fits.chromatic

@@ -337,8 +337,7 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
     # Only fibers that can be bright are fitted; the others are padding-only groups.
     todo = np.flatnonzero(~excluded & (n_pix >= max(options.min_fit_pixels, 1)))
     P = max(int(n_pix[todo].max(initial=1)), 1)
-    sub = (slice(None), todo, slice(0, P))
-    mask = np.ascontiguousarray(mask[sub])
+    mask = _fiber_rows(mask, todo, P)
     reads = _fiber_rows(reads, todo, P)
     segments = segment_chip = segment_pixels = None
     if keys is not None and todo.size:
