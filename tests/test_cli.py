@@ -1,7 +1,9 @@
 import json
+import os
 import re
 
 import numpy as np
+import pytest
 
 from pyapred.cli import main
 
@@ -28,8 +30,6 @@ def test_demo_runs_and_reports(tmp_path, capsys):
 
 
 def test_old_fibres_flag_still_works_with_a_warning(tmp_path, capsys):
-    import pytest
-
     argv = ["simulate", "--out", str(tmp_path), "--fibres", "12", "--columns", "48"]
     with pytest.warns(DeprecationWarning, match="--fibers"):
         assert main([*argv, "--reads", "6", "--stable"]) == 0
@@ -54,6 +54,33 @@ def test_an_os_error_is_exit_2_naming_the_path(monkeypatch, capsys):
     assert main(["inspect", "whatever"]) == 2
     err = capsys.readouterr().err
     assert "/data/apR-a-52190001.apz: Permission denied" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("user_choice", [None, "1"])
+def test_commands_turn_off_numpys_huge_page_advice_unless_the_user_chose(monkeypatch, user_choice):
+    """A command owns its process: no ``madvise`` huge pages for NumPy's arrays (first touch
+    of a fresh array can wait for memory compaction), except where ``NUMPY_MADVISE_HUGEPAGE``
+    says what the user wants. The Python API leaves NumPy's setting alone."""
+    from pyapred import cli
+
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import _set_madvise_hugepage
+
+    name, (text, add_arguments, _) = "inspect", cli.COMMANDS["inspect"]
+    monkeypatch.setitem(cli.COMMANDS, name, (text, add_arguments, lambda args: 0))
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # restored after the test, whatever main does
+    if user_choice is None:
+        monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
+    before = _set_madvise_hugepage(True)
+    try:
+        assert main(["inspect", "whatever"]) == 0
+        assert _set_madvise_hugepage(True) is (user_choice is not None)
+    finally:
+        _set_madvise_hugepage(before)
+    # The processes a command starts (night's local Dask workers) inherit the choice.
+    assert os.environ["NUMPY_MADVISE_HUGEPAGE"] == ("0" if user_choice is None else user_choice)
 
 
 def test_demo_json_summary(tmp_path, capsys):
