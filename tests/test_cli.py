@@ -58,8 +58,8 @@ def test_an_os_error_is_exit_2_naming_the_path(monkeypatch, capsys):
 
 @pytest.mark.parametrize("user_choice", [None, "1"])
 def test_commands_turn_off_numpys_huge_page_advice_unless_the_user_chose(monkeypatch, user_choice):
-    """A command owns its process: no ``madvise`` huge pages for NumPy's arrays (first touch
-    of a fresh array can wait for memory compaction), except where ``NUMPY_MADVISE_HUGEPAGE``
+    """A command owns its process: no ``madvise`` huge pages for NumPy's arrays (on a virtual
+    machine their first touch can wait for the host), except where ``NUMPY_MADVISE_HUGEPAGE``
     says what the user wants. The Python API leaves NumPy's setting alone."""
     from pyapred import cli
 
