@@ -71,12 +71,13 @@ def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
     ny, nx = sim.chips["R"].reads.shape[1:]
     cube_bytes = n_reads * ny * nx * 4
     del sim
-    # Read in a fresh interpreter too, as ``pyapred fit`` does: without NumPy's huge-page
-    # advice (the command line turns it off; pyapred.cli), and without this process's heap.
+    # Read in a fresh interpreter too, set up as ``pyapred fit`` is (no NumPy huge-page advice,
+    # large arrays from glibc's heap: pyapred.cli.console), without this process's heap.
+    setup = {"NUMPY_MADVISE_HUGEPAGE": "0", "MALLOC_MMAP_MAX_": "0",
+             "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}  # fmt: skip
     reading = subprocess.run(
         [sys.executable, "-c", _READ_CHILD, *map(str, paths["apz"])],
-        env={**os.environ, "NUMPY_MADVISE_HUGEPAGE": "0"}, capture_output=True, text=True,
-        check=True,
+        env={**os.environ, **setup}, capture_output=True, text=True, check=True,
     )  # fmt: skip
     read_s = float(reading.stdout.split()[-1])
     # Warm the Numba cache in a throwaway run of the same command on one chip.
@@ -114,12 +115,13 @@ def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
     }
 
 
-# The fit runs in a fresh interpreter that reports its own peak RSS (VmHWM of its address
-# space: getrusage would count the benchmark's memory, inherited through fork).
+# The fit runs in a fresh interpreter, as the ``pyapred`` executable runs it (``cli.console``:
+# the process's memory set up for a command), and reports its own peak RSS (VmHWM of its
+# address space: getrusage would count the benchmark's memory, inherited through fork).
 _CHILD = """
 import sys
-from pyapred.cli import main
-code = main(sys.argv[1:])
+from pyapred.cli import console
+code = console(sys.argv[1:])
 status = open("/proc/self/status").read()
 print("VmHWM", status.split("VmHWM:")[1].split()[0], file=sys.stderr)
 sys.exit(code)

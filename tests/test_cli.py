@@ -56,31 +56,60 @@ def test_an_os_error_is_exit_2_naming_the_path(monkeypatch, capsys):
     assert "/data/apR-a-52190001.apz: Permission denied" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("user_choice", [None, "1"])
-def test_commands_turn_off_numpys_huge_page_advice_unless_the_user_chose(monkeypatch, user_choice):
-    """A command owns its process: no ``madvise`` huge pages for NumPy's arrays (on a virtual
-    machine their first touch can wait for the host), except where ``NUMPY_MADVISE_HUGEPAGE``
-    says what the user wants. The Python API leaves NumPy's setting alone."""
-    from pyapred import cli
+_MEMORY_VARIABLES = ("NUMPY_MADVISE_HUGEPAGE", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+_REPORT_MEMORY_SETUP = """
+import os, sys
+from pyapred.cli import console
+code = console(["inspect", sys.argv[1]])
+try:
+    from numpy._core.multiarray import _set_madvise_hugepage
+except ImportError:  # NumPy 1.x
+    from numpy.core.multiarray import _set_madvise_hugepage
+names = ("NUMPY_MADVISE_HUGEPAGE", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+print(code, _set_madvise_hugepage(True), *(os.environ.get(name, "-") for name in names))
+"""
 
+
+@pytest.mark.parametrize("user_chose", [False, True])
+def test_the_executable_sets_up_its_process_memory_unless_the_user_did(tmp_path, user_chose):
+    """``pyapred`` (``cli.console``) owns its process: no NumPy huge-page advice (on a virtual
+    machine a huge page's first touch can wait for the host), large arrays from glibc's heap,
+    and the same for the processes it starts (the variables). What the user set is kept."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in _MEMORY_VARIABLES}
+    if user_chose:
+        env.update(NUMPY_MADVISE_HUGEPAGE="1", MALLOC_MMAP_MAX_="65536")
+    missing = str(tmp_path / "missing.apz")
+    run = subprocess.run(
+        [sys.executable, "-c", _REPORT_MEMORY_SETUP, missing],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    code, advice, *variables = run.stdout.split()
+    assert code == "2" and missing in run.stderr  # the command itself ran
+    if user_chose:
+        assert (advice, variables) == ("True", ["1", "65536", "-"])
+    else:
+        assert (advice, variables) == ("False", ["0", "0", str(2**31 - 1)])
+
+
+def test_main_leaves_the_process_as_it_is(tmp_path, monkeypatch):
+    """Notebooks and tests call ``main``: NumPy's settings and the environment stay theirs."""
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
     except ImportError:  # NumPy 1.x
         from numpy.core.multiarray import _set_madvise_hugepage
 
-    name, (text, add_arguments, _) = "inspect", cli.COMMANDS["inspect"]
-    monkeypatch.setitem(cli.COMMANDS, name, (text, add_arguments, lambda args: 0))
-    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # restored after the test, whatever main does
-    if user_choice is None:
-        monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
+    for name in _MEMORY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     before = _set_madvise_hugepage(True)
     try:
-        assert main(["inspect", "whatever"]) == 0
-        assert _set_madvise_hugepage(True) is (user_choice is not None)
+        assert main(["inspect", str(tmp_path / "missing.apz")]) == 2
+        assert _set_madvise_hugepage(before) is True
     finally:
         _set_madvise_hugepage(before)
-    # The processes a command starts (night's local Dask workers) inherit the choice.
-    assert os.environ["NUMPY_MADVISE_HUGEPAGE"] == ("0" if user_choice is None else user_choice)
+    assert not any(name in os.environ for name in _MEMORY_VARIABLES)
 
 
 def test_demo_json_summary(tmp_path, capsys):

@@ -355,13 +355,17 @@ def _return_freed_memory() -> None:
 
     A full collection first: an array in a reference cycle (a library that keeps an exception
     keeps every calling frame's locals, a chip's reads among them, as astropy's time parsing
-    did) is freed only by the cyclic collector. glibc then keeps what was freed in its arenas;
-    the next chip's cube would come on top.
+    did) is freed only by the cyclic collector. glibc then keeps what was freed in its arenas,
+    while the next chip's large arrays, mapped apart, would come on top. Where large arrays
+    come from the heap too (``MALLOC_MMAP_MAX_=0``, as ``pyapred`` commands run), the next chip
+    reuses the heap and it is kept.
     """
     import ctypes
     import gc
 
     gc.collect()
+    if os.environ.get("MALLOC_MMAP_MAX_") == "0":
+        return
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do

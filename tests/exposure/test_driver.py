@@ -425,3 +425,25 @@ def test_a_product_never_replaces_an_input(tmp_path):
     with pytest.raises(InputError, match="none of the inputs"):
         run_exposure(paths["apz"], paths["traces"], product=paths["apz"][0], overwrite=True)
     assert paths["apz"][0].read_bytes() == before
+
+
+@pytest.mark.parametrize("from_the_heap", [False, True])
+def test_freed_memory_goes_back_between_chips_unless_large_arrays_use_the_heap(
+    monkeypatch, from_the_heap
+):
+    """Between chips the driver trims glibc's heap, except where large arrays come from the
+    heap too (``MALLOC_MMAP_MAX_=0``, how ``pyapred`` commands run): the next chip reuses it."""
+    import ctypes
+
+    from pyapred.exposure import driver
+
+    trims = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            trims.append(pad)
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0" if from_the_heap else "65536")
+    driver._return_freed_memory()
+    assert trims == ([] if from_the_heap else [0])
