@@ -359,7 +359,7 @@ _KEPT_HEAP_BYTES = 2**31 - 1
 
 def _large_arrays_from_the_heap() -> None:
     """Have glibc serve large arrays from its heap and keep the heap, unless the user chose
-    (``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` set, glibc's own variables).
+    (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_`` or a ``glibc.malloc`` tunable set).
 
     glibc maps each large allocation (a chip's cube, the fit's arrays) on its own and unmaps it
     when it is freed, so every new array is touched afresh, one page fault per page: two
@@ -369,7 +369,8 @@ def _large_arrays_from_the_heap() -> None:
     starts, through glibc's variables; the driver, seeing ``MALLOC_MMAP_MAX_=0``, keeps the
     heap between chips rather than trimming it. Not glibc: nothing to do.
     """
-    if "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+    user_chose = any(name in os.environ for name in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"))
+    if user_chose or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return
     import ctypes
 

@@ -70,17 +70,28 @@ print(code, _set_madvise_hugepage(True), *(os.environ.get(name, "-") for name in
 """
 
 
-@pytest.mark.parametrize("user_chose", [False, True])
-def test_the_executable_sets_up_its_process_memory_unless_the_user_did(tmp_path, user_chose):
+@pytest.mark.parametrize(
+    "user_set, expected",
+    [
+        ({}, ("False", ["0", "0", str(2**31 - 1)])),
+        (
+            {"NUMPY_MADVISE_HUGEPAGE": "1", "MALLOC_MMAP_MAX_": "65536"},
+            ("True", ["1", "65536", "-"]),
+        ),
+        ({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=8"}, ("False", ["0", "-", "-"])),
+    ],
+)
+def test_the_executable_sets_up_its_process_memory_unless_the_user_did(
+    tmp_path, user_set, expected
+):
     """``pyapred`` (``cli.console``) owns its process: no NumPy huge-page advice (on a virtual
     machine a huge page's first touch can wait for the host), large arrays from glibc's heap,
     and the same for the processes it starts (the variables). What the user set is kept."""
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in _MEMORY_VARIABLES}
-    if user_chose:
-        env.update(NUMPY_MADVISE_HUGEPAGE="1", MALLOC_MMAP_MAX_="65536")
+    names = (*_MEMORY_VARIABLES, "GLIBC_TUNABLES")
+    env = {k: v for k, v in os.environ.items() if k not in names} | user_set
     missing = str(tmp_path / "missing.apz")
     run = subprocess.run(
         [sys.executable, "-c", _REPORT_MEMORY_SETUP, missing],
@@ -88,10 +99,7 @@ def test_the_executable_sets_up_its_process_memory_unless_the_user_did(tmp_path,
     )  # fmt: skip
     code, advice, *variables = run.stdout.split()
     assert code == "2" and missing in run.stderr  # the command itself ran
-    if user_chose:
-        assert (advice, variables) == ("True", ["1", "65536", "-"])
-    else:
-        assert (advice, variables) == ("False", ["0", "0", str(2**31 - 1)])
+    assert (advice, variables) == expected
 
 
 def test_main_leaves_the_process_as_it_is(tmp_path, monkeypatch):

@@ -367,8 +367,8 @@ def _block_pass(d, x, valid, s2, rate, rhs_is_residual, flux, sxx, sxd, state):
     hides the latency of the pivot division. ``state`` is a (3, B) scratch array.
 
     Each visit of a pixel takes two differences, so that its state (the recursion's last values,
-    the sums, its rate and noise) is loaded and stored once per two: 5 % faster over a whole
-    extraction than one difference a visit, with each pixel's arithmetic and sums in the same
+    the sums, its rate and noise) is loaded and stored once per two: 5 to 7 % faster over a
+    whole extraction than one difference a visit, with each pixel's arithmetic and sums in the same
     order (the same bits).
     """
     K, B = d.shape
