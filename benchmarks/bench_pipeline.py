@@ -61,6 +61,7 @@ def p2(n_reads: int, n_fibers: int, n_pix: int, seed: int = 0) -> dict:
 
 
 def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
+    from pyapred.cli import COMMAND_MEMORY_ENVIRONMENT
     from pyapred.simulate import simulate_exposure, write_simulated_exposure
 
     ref_columns = 512 if n_columns == 2048 else 0
@@ -73,11 +74,10 @@ def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
     del sim
     # Read in a fresh interpreter too, set up as ``pyapred fit`` is (no NumPy huge-page advice,
     # large arrays from glibc's heap: pyapred.cli.console), without this process's heap.
-    setup = {"NUMPY_MADVISE_HUGEPAGE": "0", "MALLOC_MMAP_MAX_": "0",
-             "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}  # fmt: skip
     reading = subprocess.run(
         [sys.executable, "-c", _READ_CHILD, *map(str, paths["apz"])],
-        env={**os.environ, **setup}, capture_output=True, text=True, check=True,
+        env={**os.environ, **COMMAND_MEMORY_ENVIRONMENT}, capture_output=True, text=True,
+        check=True,
     )  # fmt: skip
     read_s = float(reading.stdout.split()[-1])
     # Warm the Numba cache in a throwaway run of the same command on one chip.

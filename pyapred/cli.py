@@ -326,6 +326,19 @@ def _announce_compilation(command: str, log: logging.Logger) -> None:
         log.info("pyapred: compiling the numerical kernels (once, about a minute)...")
 
 
+# glibc's M_TRIM_THRESHOLD and M_MMAP_MAX (malloc.h), and the heap it may keep unreturned.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_KEPT_HEAP_BYTES = 2**31 - 1
+
+#: The environment a command runs in where the user has not chosen (:func:`console`); NumPy
+#: and glibc read it at start-up, so the processes a command starts run the same way.
+COMMAND_MEMORY_ENVIRONMENT = {
+    "NUMPY_MADVISE_HUGEPAGE": "0",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(_KEPT_HEAP_BYTES),
+}
+
+
 def _without_huge_page_advice() -> None:
     """Stop NumPy asking the kernel for huge pages for its large arrays, unless the user chose
     (``NUMPY_MADVISE_HUGEPAGE`` set, NumPy's own switch).
@@ -341,7 +354,7 @@ def _without_huge_page_advice() -> None:
     """
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
         return
-    os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
+    os.environ["NUMPY_MADVISE_HUGEPAGE"] = COMMAND_MEMORY_ENVIRONMENT["NUMPY_MADVISE_HUGEPAGE"]
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
     except ImportError:  # NumPy 1.x
@@ -350,11 +363,6 @@ def _without_huge_page_advice() -> None:
         except ImportError:  # a NumPy without the switch: nothing to turn off
             return
     _set_madvise_hugepage(False)
-
-
-# glibc's M_TRIM_THRESHOLD and M_MMAP_MAX (malloc.h), and the heap it may keep unreturned.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_KEPT_HEAP_BYTES = 2**31 - 1
 
 
 def _large_arrays_from_the_heap() -> None:
@@ -379,8 +387,8 @@ def _large_arrays_from_the_heap() -> None:
     except (OSError, AttributeError):
         return
     if mallopt(_M_TRIM_THRESHOLD, _KEPT_HEAP_BYTES) and mallopt(_M_MMAP_MAX, 0):
-        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(_KEPT_HEAP_BYTES)
-        os.environ["MALLOC_MMAP_MAX_"] = "0"
+        for name in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
+            os.environ[name] = COMMAND_MEMORY_ENVIRONMENT[name]
 
 
 def console(argv: Sequence[str] | None = None) -> int:
