@@ -64,6 +64,29 @@ def test_a_nuisance_fit_that_did_not_converge_borrows():
     assert plain.model[1] == 0 and plain.flags[1] & Flag.FALLBACK_CONSTANT
 
 
+def test_fibers_fitted_in_batches_give_the_same_bits(tmp_path, monkeypatch):
+    from pyapred.exposure import fibers, run_exposure
+    from pyapred.simulate import simulate_exposure, write_simulated_exposure
+
+    sim = simulate_exposure("clouds", seed=4, n_fibers=8, n_columns=256, ref_columns=0,
+                            n_reads=7, chips=("R",))  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path)
+    options = FitOptions(min_fit_pixels=10)
+    monkeypatch.setattr(fibers, "FIT_BATCH_BYTES", 2**40)  # every fiber in one call
+    whole = run_exposure(paths["apz"], paths["traces"], options).fibers["R"]
+    calls = []
+    fit_omega = fibers.fit_omega
+    monkeypatch.setattr(fibers, "fit_omega", lambda reads, *a, **k: calls.append(reads.shape[1])
+                        or fit_omega(reads, *a, **k))  # fmt: skip
+    monkeypatch.setattr(fibers, "FIT_BATCH_BYTES", 1)  # one fiber per batch
+    batched = run_exposure(paths["apz"], paths["traces"], options).fibers["R"]
+    assert len(calls) >= 4 and set(calls) == {1}
+    for name, value in whole.fit.__dict__.items():
+        np.testing.assert_array_equal(getattr(batched.fit, name), value, err_msg=name)
+    for name in ("omega", "omega_cov", "model", "flags", "delta_chi2"):
+        np.testing.assert_array_equal(getattr(batched, name), getattr(whole, name), err_msg=name)
+
+
 def test_nuisance_fibers_fitted_in_batches_give_the_same_result(tmp_path, monkeypatch):
     from pyapred.exposure import fibers, run_exposure
     from pyapred.simulate import simulate_exposure, write_simulated_exposure
