@@ -123,7 +123,7 @@ def extract_chip(
     if options.keep_constant:
         constant_fit = _without_groups(fit_constant, options.backend)
         constant = _masked_at_jumps(constant_fit, chip, prepared.jumps, groups)
-    flags = result.flags.copy()
+    flags = result.flags  # this call's own array: flagged in place, no chip-sized copy
     flags[fiber < 0] |= Flag.BACKGROUND
     if prepared.jumps.size:
         _, row, col = prepared.jumps.T

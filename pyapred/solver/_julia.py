@@ -280,6 +280,18 @@ def _jl(array) -> np.ndarray:
 _jl_reads = _jl
 
 
+def _jl_calibration(reads, *values) -> list:
+    """Per-pixel calibrations (read noise, gain, saturation) as the Julia kernels take them, one
+    value per pixel of ``reads`` (N, n_pix): the NumPy kernels also take ``(1,)``, one value for
+    every pixel (``api._ravel_pixels``), which is expanded here."""
+    n_pix = reads.shape[1]
+    out = []
+    for value in values:
+        value = np.asarray(value, dtype=np.float64)
+        out.append(_jl(np.full(n_pix, value[0]) if value.shape == (1,) else value))
+    return out
+
+
 def _from_jl(value, stack: bool = False) -> np.ndarray:
     """A Julia result as a C-order NumPy copy; ``stack`` for ``(K, K, G)`` -> ``(G, K, K)``."""
     array = np.asarray(value)
@@ -289,19 +301,21 @@ def _from_jl(value, stack: bool = False) -> np.ndarray:
 def extract_kernel(reads, bad, use_mask, omega, groups, dt, read_noise, gain, saturation,
                    n_pass, flux, flux_var, chi2, n_diff, flags):  # fmt: skip
     """See :func:`pyapred.solver._numpy.extract_kernel`."""
+    noise, gain_jl, saturation_jl = _jl_calibration(reads, read_noise, gain, saturation)
     _fn("extract_kernel!")(
         flux, flux_var, chi2, n_diff, flags, _jl_reads(reads), _jl(bad), bool(use_mask), _jl(omega),
-        np.asarray(groups, dtype=np.int64) + 1, _jl(dt), _jl(read_noise), _jl(gain),
-        _jl(saturation), int(n_pass),
+        np.asarray(groups, dtype=np.int64) + 1, _jl(dt),
+        noise, gain_jl, saturation_jl, int(n_pass),
     )  # fmt: skip
 
 
 def equal_weight_kernel(reads, bad, use_mask, read_noise, gain, saturation, flux, flux_var, chi2,
                         n_diff, flags):  # fmt: skip
     """See :func:`pyapred.solver._numpy.equal_weight_kernel`."""
+    noise, gain_jl, saturation_jl = _jl_calibration(reads, read_noise, gain, saturation)
     _fn("equal_weight_kernel!")(
         flux, flux_var, chi2, n_diff, flags, _jl_reads(reads), _jl(bad), bool(use_mask),
-        _jl(read_noise), _jl(gain), _jl(saturation),
+        noise, gain_jl, saturation_jl,
     )  # fmt: skip
 
 
@@ -414,12 +428,13 @@ def find_jumps_kernel(reads, bad, use_mask, omega, groups, dt, read_noise, gain,
     search with the same numbers.
     """
     usable = np.empty((diff_bits.shape[0], np.shape(reads)[1]), dtype=np.bool_)
+    noise, gain_jl, saturation_jl = _jl_calibration(reads, read_noise, gain, saturation)
     _fn("find_jumps_kernel!")(
         usable.T, jumps.T, jump_size.T, n_jumps, flux, flux_var, chi2, n_diff, flags,
         _jl_reads(reads), _jl(bad), bool(use_mask), _jl(omega),
-        np.asarray(groups, dtype=np.int64) + 1, _jl(dt), _jl(read_noise), _jl(gain),
-        _jl(saturation), float(thr_one), float(thr_two), bool(two_adjacent), int(max_jumps),
-        int(n_pass),
+        np.asarray(groups, dtype=np.int64) + 1, _jl(dt),
+        noise, gain_jl, saturation_jl, float(thr_one), float(thr_two),
+        bool(two_adjacent), int(max_jumps), int(n_pass),
     )  # fmt: skip
     diff_bits[...] = np.packbits(~usable, axis=1)
 
@@ -433,10 +448,12 @@ def jump_sizes_kernel(reads, bad, use_mask, omega, groups, dt, read_noise, gain,
     """
     n_pix = np.shape(reads)[1]
     usable = ~np.unpackbits(diff_bits, axis=1, count=n_pix).view(np.bool_)
+    noise, gain_jl, saturation_jl = _jl_calibration(reads, read_noise, gain, saturation)
     _fn("jump_sizes_kernel!")(
         jumps.T, jump_size.T, _jl_reads(reads), _jl(bad), bool(use_mask), _jl(omega),
-        np.asarray(groups, dtype=np.int64) + 1, _jl(dt), _jl(read_noise), _jl(gain),
-        _jl(saturation), np.asarray(pixels, dtype=np.int64) + 1, _jl(usable), _jl(flux),
+        np.asarray(groups, dtype=np.int64) + 1, _jl(dt),
+        noise, gain_jl, saturation_jl,
+        np.asarray(pixels, dtype=np.int64) + 1, _jl(usable), _jl(flux),
     )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ from ._numpy import (
     _block_differences,
     _block_gls,
     _block_median_rate,
+    _block_values,
     _factor,
     _forward,
     _gather_block,
@@ -367,21 +368,24 @@ def find_jumps_kernel(
         ramp = np.empty((N, p1 - p0))
         ok_read = np.empty((N, p1 - p0), dtype=np.bool_)
         read_flags = np.empty(p1 - p0, dtype=np.int64)
-        _gather_block(reads, bad, use_mask, saturation, p0, ramp, ok_read, read_flags)
+        gain_b = _block_values(gain, p0, p1 - p0)
+        _gather_block(reads, bad, use_mask, _block_values(saturation, p0, p1 - p0), p0, ramp,
+                      ok_read, read_flags)  # fmt: skip
         # The block's differences, and its pixels' starting rates all at once (the median of
         # each pixel's usable d / x, as _median_rate gives it).
         block_d = np.empty((K, p1 - p0))
         block_x = np.empty((K, p1 - p0))
         block_ok = np.empty((K, p1 - p0), dtype=np.bool_)
         n_usable = np.zeros(p1 - p0, dtype=np.int64)
-        _block_differences(ramp, ok_read, omega, groups, dt, gain, p0, block_d, block_x,
+        _block_differences(ramp, ok_read, omega, groups, dt, gain_b, p0, block_d, block_x,
                            block_ok, n_usable)  # fmt: skip
         rates = np.empty(p1 - p0)
         _block_median_rate(block_d, block_x, block_ok, network, np.empty((K, p1 - p0)),
                            np.empty(p1 - p0, dtype=np.int64), rates)  # fmt: skip
         block_s2 = np.empty(p1 - p0)
+        noise_b = _block_values(read_noise, p0, p1 - p0)
         for i in range(p1 - p0):
-            block_s2[i] = (read_noise[p0 + i] * gain[p0 + i]) ** 2
+            block_s2[i] = (noise_b[i] * gain_b[i]) ** 2
         needs_search = np.empty(p1 - p0, dtype=np.bool_)
         first_sxx = np.empty(p1 - p0)
         first_sxd = np.empty(p1 - p0)
@@ -456,7 +460,7 @@ def find_jumps_kernel(
                 continue
             flags[p] = pflags
             if found[i] > 0 and write_jumps:
-                g = gain[p]
+                g = gain_b[i]
                 for k in range(K):
                     valid[k] = block_ok[k, i]
                     d[k] = block_d[k, i]
@@ -528,11 +532,13 @@ def jump_sizes_kernel(
         ramp = np.empty((N, 1))
         ok_read = np.empty((N, 1), dtype=np.bool_)
         read_flags = np.empty(1, dtype=np.int64)
-        _gather_block(reads, bad, use_mask, saturation, p, ramp, ok_read, read_flags)
+        gain_p = _block_values(gain, p, 1)
+        _gather_block(reads, bad, use_mask, _block_values(saturation, p, 1), p, ramp, ok_read,
+                      read_flags)  # fmt: skip
         d_block = np.empty((K, 1))
         x_block = np.empty((K, 1))
         ok_block = np.empty((K, 1), dtype=np.bool_)
-        _block_differences(ramp, ok_read, omega, groups, dt, gain, p, d_block, x_block,
+        _block_differences(ramp, ok_read, omega, groups, dt, gain_p, p, d_block, x_block,
                            ok_block, np.zeros(1, dtype=np.int64))  # fmt: skip
         d = np.empty(K)
         x = np.empty(K)
@@ -545,7 +551,7 @@ def jump_sizes_kernel(
             valid[k] = not (diff_bits[k, p // 8] >> (7 - p % 8)) & 1
             flagged[k] = ok_block[k, 0] and not valid[k]
         if not np.isnan(flux[p]):
-            s2 = (read_noise[p] * gain[p]) ** 2
+            s2 = (_block_values(read_noise, p, 1)[0] * gain_p[0]) ** 2
             _jump_sizes(d, x, valid, flagged, s2, flux[p], np.empty((_N_WORK, K)), sizes)
         for k in range(K):
             jumps[k, i] = flagged[k]

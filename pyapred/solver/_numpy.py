@@ -42,11 +42,28 @@ CLAMP_FLOOR = 1e-10
 
 
 @njit(cache=True, inline="always")
+def _block_values(values, p0, B):
+    """Pixels ``p0 .. p0+B-1`` of a per-pixel calibration ``values``, (B,) float64.
+
+    ``values`` is (n_pix,), one per pixel, or (1,), one for every pixel (a calibration that is
+    one number: the callers build no chip-sized map of it). The kernels' loops read the block's
+    copy, contiguous either way.
+    """
+    out = np.empty(B)
+    if values.shape[0] == 1:
+        out[:] = values[0]
+    else:
+        out[:] = values[p0 : p0 + B]
+    return out
+
+
+@njit(cache=True, inline="always")
 def _gather_block(reads, bad, use_mask, saturation, p0, ramp, ok_read, pflags):
     """Copy pixels ``p0 .. p0+B-1`` of a (N, n_pix) cube into ``ramp`` (N, B), as float64.
 
     ``ok_read`` (N, B) marks usable reads: not masked, finite, and before the first read at or
-    above ``saturation``. ``pflags`` (B,) receives each pixel's read flags.
+    above ``saturation`` (B,), the block's own (:func:`_block_values`). ``pflags`` (B,) receives
+    each pixel's read flags.
     """
     N, B = ramp.shape
     for p in range(B):
@@ -63,7 +80,7 @@ def _gather_block(reads, bad, use_mask, saturation, p0, ramp, ok_read, pflags):
             if not np.isfinite(value):
                 ok = False
                 pflags[p] |= _NONFINITE_READ
-            elif value >= saturation[p0 + p]:
+            elif value >= saturation[p]:
                 seen_sat[p] = True
             if seen_sat[p]:
                 ok = False
@@ -418,7 +435,8 @@ def _block_pass(d, x, valid, s2, rate, rhs_is_residual, flux, sxx, sxd, state):
 
 @njit(cache=True, inline="always")
 def _block_differences(ramp, ok_read, omega, groups, dt, gain, p0, d, x, valid, count):
-    """Read differences (e-) and design of a gathered block (:func:`_gather_block`), (K, B).
+    """Read differences (e-) and design of a gathered block (:func:`_gather_block`), (K, B);
+    ``gain`` (B,) is the block's own (:func:`_block_values`), ``groups`` the whole (n_pix,).
 
     A difference is ``valid`` where both its reads are usable and the pixel's omega element is
     finite; elsewhere ``d`` and ``x`` are 0. ``count`` (B,) is incremented by the valid ones.
@@ -436,7 +454,7 @@ def _block_differences(ramp, ok_read, omega, groups, dt, gain, p0, d, x, valid, 
             w = w_first if same else omega[groups[p0 + p], k]
             ok = ok_read[k, p] and ok_read[k + 1, p] and np.isfinite(w)
             valid[k, p] = ok
-            d[k, p] = (ramp[k + 1, p] - ramp[k, p]) * gain[p0 + p] if ok else 0.0
+            d[k, p] = (ramp[k + 1, p] - ramp[k, p]) * gain[p] if ok else 0.0
             x[k, p] = w * dt[k] if ok else 0.0
             count[p] += ok
 
@@ -490,7 +508,7 @@ def extract_kernel(
     omega : (n_groups, K) float64; a non-finite element masks that difference.
     groups : (n_pix,) int64 row of ``omega`` for each pixel.
     dt : (K,) float64 read intervals.
-    read_noise, gain, saturation : (n_pix,) float64.
+    read_noise, gain, saturation : (n_pix,) float64, or (1,): one value for every pixel.
     flux, flux_var, chi2 : (n_pix,) float64 outputs, in e- per unit time (gain applied).
     n_diff, flags : (n_pix,) int64 outputs.
 
@@ -508,16 +526,19 @@ def extract_kernel(
         ramp = np.empty((N, B))
         ok_read = np.empty((N, B), dtype=np.bool_)
         pflags = np.empty(B, dtype=np.int64)
-        _gather_block(reads, bad, use_mask, saturation, p0, ramp, ok_read, pflags)
+        gain_b = _block_values(gain, p0, B)
+        _gather_block(reads, bad, use_mask, _block_values(saturation, p0, B), p0, ramp, ok_read,
+                      pflags)  # fmt: skip
         d = np.empty((K, B))
         x = np.empty((K, B))
         valid = np.empty((K, B), dtype=np.bool_)
         s2 = np.empty(B)
         count = np.zeros(B, dtype=np.int64)
+        noise_b = _block_values(read_noise, p0, B)
         for p in range(B):
-            sigma = read_noise[p0 + p] * gain[p0 + p]
+            sigma = noise_b[p] * gain_b[p]
             s2[p] = sigma * sigma
-        _block_differences(ramp, ok_read, omega, groups, dt, gain, p0, d, x, valid, count)
+        _block_differences(ramp, ok_read, omega, groups, dt, gain_b, p0, d, x, valid, count)
         rate = np.empty(B)
         _block_median_rate(d, x, valid, network, np.empty((K, B)), np.empty(B, np.int64), rate)
         fl = np.empty(B)
@@ -570,13 +591,15 @@ def _prepare_diffs_flat(reads, bad, use_mask, gain, saturation, diffs, valid, fl
         ramp = np.empty((N, B))
         ok_read = np.empty((N, B), dtype=np.bool_)
         pflags = np.empty(B, dtype=np.int64)
-        _gather_block(reads, bad, use_mask, saturation, p0, ramp, ok_read, pflags)
+        gain_b = _block_values(gain, p0, B)
+        _gather_block(reads, bad, use_mask, _block_values(saturation, p0, B), p0, ramp, ok_read,
+                      pflags)  # fmt: skip
         for p in range(B):
             flags[p0 + p] = pflags[p]
             for k in range(K):
                 ok = ok_read[k, p] and ok_read[k + 1, p]
                 valid[p0 + p, k] = ok
-                diffs[p0 + p, k] = (ramp[k + 1, p] - ramp[k, p]) * gain[p0 + p] if ok else 0.0
+                diffs[p0 + p, k] = (ramp[k + 1, p] - ramp[k, p]) * gain_b[p] if ok else 0.0
 
 
 @njit(cache=True, inline="always")
@@ -1211,7 +1234,8 @@ def equal_weight_kernel(
     Parameters
     ----------
     reads : (N, n_pix) array in the caller's units; bad : (N, n_pix) bool, used if ``use_mask``.
-    read_noise, gain, saturation : (n_pix,) float64, in the caller's units.
+    read_noise, gain, saturation : (n_pix,) float64, or (1,): one value for every pixel; in the
+        caller's units.
     flux, flux_var, chi2 : (n_pix,) float64 outputs (e-, e-^2); n_diff, flags : (n_pix,) int64.
     """
     n_reads = reads.shape[0]
@@ -1255,7 +1279,7 @@ def equal_weight_kernel(
     chi2_kernel(
         np.ascontiguousarray(diffs),
         np.ascontiguousarray(diff_ok.T).reshape(n_pix, 1, K),
-        (sigma_e**2).reshape(n_pix, 1),
+        np.ascontiguousarray(np.broadcast_to(sigma_e**2, n_pix)).reshape(n_pix, 1),
         np.ones((1, K)),
         np.where(fit, slope.reshape(n_pix, 1), 0.0),
         fit,

@@ -393,6 +393,11 @@ def _flat(array: np.ndarray, n_lead: int) -> np.ndarray:
 
 
 def _ravel_pixels(value: np.ndarray) -> np.ndarray:
+    """A per-pixel map flat, float64 ``(n_pix,)``; ``(1,)`` where it is one number broadcast
+    (every stride 0), which the kernels take as one value for every pixel: a chip-sized copy of
+    one number would be 42 MB of memory for each of gain, read noise and saturation."""
+    if value.size and not any(value.strides):
+        return np.full(1, value.flat[0], dtype=np.float64)
     return np.ascontiguousarray(value, dtype=np.float64).reshape(-1)
 
 
@@ -413,7 +418,8 @@ def _flux_fit(out, gain_flat: np.ndarray, pixel_shape: tuple) -> FluxFit:
     np.divide(flux, gain_flat, out=flux)
     for start in range(0, flux_var.size, 1 << 18):  # gain**2 in pieces: no chip-sized temporary
         part = slice(start, start + (1 << 18))
-        np.divide(flux_var[part], gain_flat[part] ** 2, out=flux_var[part])
+        gain_part = gain_flat if gain_flat.size == 1 else gain_flat[part]
+        np.divide(flux_var[part], gain_part**2, out=flux_var[part])
     return FluxFit(
         flux=flux.reshape(pixel_shape),
         flux_var=flux_var.reshape(pixel_shape),
@@ -427,7 +433,8 @@ def _pixel_inputs(reads, read_noise, gain, mask, saturation):
     """Checked per-pixel inputs of the flattened-cube kernels.
 
     Returns ``(reads2d (N, n_pix), bad, use_mask, sigma, gain, saturation)``, the last three
-    flat float64 ``(n_pix,)``; ``bad`` is a dummy ``(1, 1)`` array when there is no mask.
+    flat float64 ``(n_pix,)``, or ``(1,)`` where the value is one number
+    (:func:`_ravel_pixels`); ``bad`` is a dummy ``(1, 1)`` array when there is no mask.
     """
     pixel_shape = reads.shape[1:]
     sigma = _pixel_map(read_noise, "read_noise", pixel_shape)
@@ -1482,7 +1489,7 @@ def find_jumps(
     return JumpResult(
         diff_mask_bits=diff_bits,
         jump_index=jump_index,
-        jump_charge=jump_size[k, column] / gain_flat[pixel],
+        jump_charge=jump_size[k, column] / (gain_flat if gain_flat.size == 1 else gain_flat[pixel]),
         n_jumps=n_jumps.reshape(pixel_shape),
         flux=_flux_fit(out, gain_flat, pixel_shape),
     )

@@ -79,6 +79,46 @@ def test_pixel_shape_gain_and_dtypes():
     np.testing.assert_allclose(as_float32.flux, fit_e.flux, rtol=1e-4, atol=1e-3)
 
 
+def test_one_number_calibration_gives_the_bits_of_a_per_pixel_map():
+    """A calibration that is one number reaches the kernels as one value (no chip-sized map of
+    it), with the same results, bit for bit, as the same number given for every pixel."""
+    from pyapred import find_jumps
+    from pyapred.solver import api
+
+    rng = np.random.default_rng(8)
+    shape = (6, 50)
+    sim = simulate_ramps(rng.uniform(0, 3000, shape), 12.0, n_reads=12, gain=1.9, rng=rng)
+    reads = sim.reads.copy()
+    reads[3, 0, 0] = np.nan
+    reads[6:, 1, 1] += 5000.0  # a jump
+    omega = rng.uniform(0.5, 1.5, (2, 11))
+    groups = rng.integers(0, 2, shape)
+    mask = rng.random(reads.shape) < 0.05
+    one = dict(gain=1.9, saturation=20000.0)
+    maps = dict(gain=np.full(shape, 1.9), saturation=np.full(shape, 20000.0))
+    _, _, _, sigma, gain, saturation = api._pixel_inputs(reads, 12.0, 1.9, None, 20000.0)
+    assert sigma.shape == gain.shape == saturation.shape == (1,)
+    _, _, _, sigma, gain, saturation = api._pixel_inputs(reads, 12.0, maps["gain"], None, None)
+    assert sigma.shape == saturation.shape == (1,) and gain.shape == (300,)
+    calls = [
+        lambda noise, cal: extract_fluxes(reads, noise, omega, groups=groups, mask=mask, **cal),
+        lambda noise, cal: fit_constant(reads, noise, **cal),
+        lambda noise, cal: fit_equal_weight(reads, noise, **cal),
+        lambda noise, cal: find_jumps(reads, noise, omega=omega, groups=groups, **cal).flux,
+    ]
+    for call in calls:
+        expected = call(np.full(shape, 12.0), maps)
+        for noise, cal in ((12.0, one), (12.0, maps), (np.full(shape, 12.0), one)):
+            got = call(noise, cal)
+            for name in ("flux", "flux_var", "chi2", "n_diff", "flags"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), name)
+    jumps = find_jumps(reads, 12.0, omega=omega, groups=groups, **one)
+    assert jumps.jump_index.shape[0] >= 1
+    with_map = find_jumps(reads, 12.0, omega=omega, groups=groups, **maps)
+    np.testing.assert_array_equal(jumps.jump_charge, with_map.jump_charge)
+    np.testing.assert_array_equal(jumps.diff_mask_bits, with_map.diff_mask_bits)
+
+
 def test_saturation_mid_ramp_masks_the_rest():
     rng = np.random.default_rng(7)
     sim = simulate_ramps(np.full(50, 3000.0), 15.0, n_reads=20, saturation=30000.0, rng=rng)

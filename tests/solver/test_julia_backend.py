@@ -94,6 +94,16 @@ def test_inputs_are_handed_over_transposed_and_copied_only_when_byte_swapped():
         assert np.shares_memory(handed, array) and handed.dtype == array.dtype
 
 
+def test_one_value_calibration_crosses_to_julia_as_one_value_per_pixel():
+    """The NumPy kernels take a calibration that is one number as ``(1,)``; the Julia kernels
+    want one value per pixel, which the bridge gives them."""
+    reads = np.zeros((4, 5))
+    noise, gain = _julia._jl_calibration(reads, np.array([12.0]), np.arange(5.0))
+    assert np.array_equal(noise, np.full(5, 12.0)) and np.array_equal(gain, np.arange(5.0))
+    (single,) = _julia._jl_calibration(np.zeros((4, 1)), np.array([3.0]))
+    assert np.array_equal(single, [3.0])
+
+
 def _fake_juliacall(tmp_path):
     """A directory with an importable-looking ``juliacall`` (never imported: the check only looks
     for it) and a ``bin`` with a ``julia`` that does nothing."""
