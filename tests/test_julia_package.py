@@ -367,7 +367,7 @@ def test_julia_package_has_readme_license_and_python_s_version():
 BASE_NAMES = frozenset({
     # Base: types and constructors
     "Array", "Bool", "CartesianIndex", "Dict", "Float32", "Float64", "Int", "Matrix",
-    "PermutedDimsArray", "String", "Symbol", "UInt16", "Vector", "VersionNumber",
+    "NamedTuple", "PermutedDimsArray", "String", "Symbol", "UInt16", "Vector", "VersionNumber",
     "ArgumentError", "DimensionMismatch",
     # Base: functions
     "abs", "all", "any", "argmax", "axes", "cat", "ccall", "ceil", "cld", "clamp", "collect",
@@ -375,8 +375,8 @@ BASE_NAMES = frozenset({
     "fieldnames", "hasproperty", "searchsortedfirst",
     "enumerate", "exp", "extrema", "falses", "fill", "fill!", "filter", "findall", "findfirst",
     "findlast", "first", "get", "getfield", "haskey", "hcat", "ifelse", "include", "isapprox",
-    "isempty", "iseven", "isfinite", "isinf", "isnan", "isodd", "joinpath", "keys", "length",
-    "log", "log1p", "lowercase", "map", "max", "maximum", "merge", "merge!", "min", "mod",
+    "isempty", "isequal", "iseven", "isfinite", "isinf", "isnan", "isodd", "joinpath", "keys",
+    "length", "log", "log1p", "lowercase", "map", "max", "maximum", "merge", "merge!", "min", "mod",
     "ndims", "new", "ones", "pairs", "pkgversion", "pop!", "precompile", "prod", "push!",
     "rand", "randn", "range", "readdir", "reduce", "repeat", "repr", "reshape", "round", "vcat",
     "selectdim", "size", "something", "sort!", "sortperm", "sqrt", "string", "sum", "throw",

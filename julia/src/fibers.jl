@@ -249,8 +249,8 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
         segment_keys === nothing ||
             (segments = readout_segments(segment_keys[1:P, todo], valid[1:P, todo]))
         constant = fit_constant(sub_reads, sub_sigma; gain = sub_gain, mask)
-        fit = fit_omega(sub_reads, sub_sigma; gain = sub_gain, mask, ref_index,
-            max_iter = options.max_iter, jump_search = options.jump_search, segments)
+        fit = fit_omega_batched(sub_reads, sub_sigma, sub_gain, mask, ref_index, options,
+            segments)
     end
     full_fit, full_constant = scatter_fits(fit, constant, todo, nf, P, ref_index)
     fits = choose_models(full_fit, full_constant, n_pix, excluded, options, flags)
@@ -287,6 +287,79 @@ end
 "Groups `rows` (the last axis) of one field of a per-group result; `nothing` stays."
 select_groups(value, rows) = value === nothing ? nothing :
                              collect(selectdim(value, ndims(value), rows))
+
+"Work-array budget, bytes, of one batch of fibers in [`fit_omega_batched`](@ref) (pyapred's
+`FIT_BATCH_BYTES`)."
+const FIT_BATCH_BYTES = 64 * 2^20
+
+"What the omega fit holds per fiber, pixel and difference at its peak, bytes (the differences,
+the normal equations' `e_hat`, the jump search's arrays; pyapred's `FIT_BYTES_PER_ELEMENT`)."
+const FIT_BYTES_PER_ELEMENT = 24
+
+"""
+    fit_omega_batched(reads, sigma, gain, mask, ref_index, options, segments;
+                      batch_bytes = FIT_BATCH_BYTES)
+
+[`fit_omega`](@ref) of the fibers of [`fit_fibers`](@ref) in batches of fibers (pyapred's
+`_fit_omega_batched`), so that the fit's work arrays (about `FIT_BYTES_PER_ELEMENT` bytes per
+fiber, pixel and difference: 0.68 GB for 300 fibers of 2048 pixels and 46 differences at once)
+stay within `batch_bytes`. The groups are fitted independently, so the result is the same as
+that of one call over all of them.
+
+# Arguments
+- `reads`: `(P, G, N)`, the fit pixels of `G` fibers (groups); `sigma`, `gain`: `(P, G)`;
+  `mask`: `(P, G, N)`, true = bad read.
+- `ref_index`: the reference read difference of every fiber (1-based).
+- `options`: [`FitOptions`](@ref); `max_iter` and `jump_search` are used.
+- `segments`: `(P, G)` segment labels of the nuisance term, or `nothing`.
+- `batch_bytes`: the budget of one batch; one fiber per batch at least.
+
+# Returns
+The [`fit_omega`](@ref) result of the `G` groups, each field joined along its group axis (the
+last); with `segments`, `offsets` `(K, S, G)` has NaN for the segments a batch did not have.
+"""
+function fit_omega_batched(reads::AbstractArray{<:Real, 3}, sigma::AbstractMatrix,
+        gain::AbstractMatrix, mask::AbstractArray{Bool, 3}, ref_index::Integer,
+        options::FitOptions, segments; batch_bytes::Integer = FIT_BATCH_BYTES)
+    P, G, N = size(reads)
+    per_fiber = FIT_BYTES_PER_ELEMENT * max(N - 1, 1) * max(P, 1)
+    batch = max(1, batch_bytes ÷ per_fiber)
+    if batch >= G
+        return fit_omega(reads, sigma; gain, mask, ref_index, max_iter = options.max_iter,
+            jump_search = options.jump_search, segments)
+    end
+    parts = map(1:batch:G) do first_group
+        rows = first_group:min(first_group + batch - 1, G)
+        fit_omega(reads[:, rows, :], sigma[:, rows]; gain = gain[:, rows],
+            mask = mask[:, rows, :], ref_index, max_iter = options.max_iter,
+            jump_search = options.jump_search,
+            segments = segments === nothing ? nothing : segments[:, rows])
+    end
+    return join_groups(parts)
+end
+
+"""
+    join_groups(parts)
+
+Per-group results of consecutive batches of groups (named tuples with the same fields) as one:
+each field joined along its last axis (the groups), `nothing` kept; `offsets` `(K, S, G)`,
+whose `S` is each batch's own number of segments, padded with NaN to the largest.
+"""
+function join_groups(parts::AbstractVector{<:NamedTuple})
+    length(parts) == 1 && return parts[1]
+    names = keys(parts[1])
+    joined_fields = map(names) do name
+        fields = [getfield(part, name) for part in parts]
+        fields[1] === nothing && return nothing
+        if name == :offsets
+            S = maximum(size(v, 2) for v in fields)
+            fields = [cat(v, fill(NaN, size(v, 1), S - size(v, 2), size(v, 3)); dims = 2)
+                      for v in fields]
+        end
+        return cat(fields...; dims = ndims(fields[1]))
+    end
+    return NamedTuple{names}(joined_fields)
+end
 
 """
     fit_pixel_coordinates(prepared)

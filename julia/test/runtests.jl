@@ -487,6 +487,32 @@ end
         @test samples.omega_cov[fit.ref_index, :] == zeros(n_reads - 1)
     end
 
+    @testset "fibers fitted in batches equal one call" begin
+        rng = Xoshiro(11)
+        P, G, N = 20, 5, 8
+        omega = 1.0 .- 0.3 .* rand(rng, N - 1, G)
+        flux = 300.0 .+ 1500.0 .* rand(rng, P, G)
+        counts = [flux[p, g] * omega[k, g] for p in 1:P, g in 1:G, k in 1:(N - 1)]
+        counts .+= sqrt.(counts) .* randn(rng, P, G, N - 1)
+        reads = cat(zeros(P, G, 1), cumsum(counts; dims = 3); dims = 3) .+
+                12.0 .* randn(rng, P, G, N)
+        reads[7, 3, 5:end] .+= 4000.0  # a jump for the search
+        sigma, gain = fill(12.0, P, G), fill(1.5, P, G)
+        mask = falses(P, G, N)
+        mask[3, 2, 5] = true
+        # Per-fiber labels; fiber 4 has one segment more, so batches differ in their count.
+        segments = [mod(p - 1, 3) + 1 + (g == 4 && p > 10 ? 1 : 0) for p in 1:P, g in 1:G]
+        for labels in (nothing, segments)
+            whole = APRampFit.fit_omega_batched(reads, sigma, gain, mask, 2, FitOptions(), labels)
+            parts = APRampFit.fit_omega_batched(reads, sigma, gain, mask, 2, FitOptions(), labels;
+                batch_bytes = 1)  # one fiber per batch
+            @test keys(parts) == keys(whole)
+            for name in keys(whole)
+                @test isequal(getfield(parts, name), getfield(whole, name))
+            end
+        end
+    end
+
     @testset "offsets per (segment, difference) are recovered exactly" begin
         rng = MersenneTwister(5)
         n_pix, n_diff, n_seg = 24, 8, 3
