@@ -375,7 +375,7 @@ BASE_NAMES = frozenset({
     "fieldnames", "hasproperty", "searchsortedfirst",
     "enumerate", "exp", "extrema", "falses", "fill", "fill!", "filter", "findall", "findfirst",
     "findlast", "first", "get", "getfield", "haskey", "hcat", "ifelse", "include", "isapprox",
-    "isempty", "isequal", "iseven", "isfinite", "isinf", "isnan", "isodd", "joinpath", "keys",
+    "isempty", "iseven", "isfinite", "isinf", "isnan", "isodd", "joinpath", "keys",
     "length", "log", "log1p", "lowercase", "map", "max", "maximum", "merge", "merge!", "min", "mod",
     "ndims", "new", "ones", "pairs", "pkgversion", "pop!", "precompile", "prod", "push!",
     "rand", "randn", "range", "readdir", "reduce", "repeat", "repr", "reshape", "round", "vcat",

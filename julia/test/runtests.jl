@@ -508,7 +508,9 @@ end
                 batch_bytes = 1)  # one fiber per batch
             @test keys(parts) == keys(whole)
             for name in keys(whole)
-                @test isequal(getfield(parts, name), getfield(whole, name))
+                want, have = getfield(whole, name), getfield(parts, name)
+                # The same numbers (pyapred: the same bits; here to rounding, the vectors' bar).
+                @test want === nothing ? have === nothing : matches(want, have, 1e-12)
             end
         end
     end
