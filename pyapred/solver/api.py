@@ -395,10 +395,18 @@ def _flat(array: np.ndarray, n_lead: int) -> np.ndarray:
 def _ravel_pixels(value: np.ndarray) -> np.ndarray:
     """A per-pixel map flat, float64 ``(n_pix,)``; ``(1,)`` where it is one number broadcast
     (every stride 0), which the kernels take as one value for every pixel: a chip-sized copy of
-    one number would be 42 MB of memory for each of gain, read noise and saturation."""
+    one number would be 42 MB of memory for each of gain, read noise and saturation.
+
+    Always read-only, as a map that needs no copy is (the read-only broadcast view of
+    :func:`_pixel_map`): Numba compiles a kernel for each mix of read-only and writeable
+    arguments, so one number, a map and a converted map share one compiled kernel.
+    """
     if value.size and not any(value.strides):
-        return np.full(1, value.flat[0], dtype=np.float64)
-    return np.ascontiguousarray(value, dtype=np.float64).reshape(-1)
+        flat = np.full(1, value.flat[0], dtype=np.float64)
+    else:
+        flat = np.ascontiguousarray(value, dtype=np.float64).reshape(-1)
+    flat.flags.writeable = False  # our own copy where it was writeable
+    return flat
 
 
 Backend = Literal["numpy", "julia", "auto"]
