@@ -238,8 +238,7 @@ def _block_needs_search(d, x, valid, n_valid, s2, rate, thr_one, thr_two, two_ad
         slope[p] = xz[p] * inv_xu[p]
     one_limit = thr_one * (1.0 - _SCREEN_MARGIN)
     two_limit = thr_two * (1.0 - _SCREEN_MARGIN)
-    hit_one = np.zeros(B, dtype=np.bool_)
-    best_two = np.zeros(B)
+    hit = np.zeros(B, dtype=np.bool_)
     s_prev = np.zeros(B)  # the previous difference's s and q
     q_prev = np.zeros(B)
     for k in range(K):  # the best one- and two-adjacent-jump chi2 drops
@@ -248,21 +247,22 @@ def _block_needs_search(d, x, valid, n_valid, s2, rate, thr_one, thr_two, two_ad
             s = cinv - u[k, p] * u[k, p] * inv_xu[p]
             q = z[k, p] - slope[p] * u[k, p]
             # The one-jump drop q^2 / s against the lowered threshold, without the division.
-            one = valid[k, p] and s > 0.0 and q * q > one_limit * s
-            hit_one[p] = hit_one[p] or one
+            hit[p] |= valid[k, p] & (s > 0.0) & (q * q > one_limit * s)
             if two_adjacent and k > 0:
                 # (C^-1)_{k-1,k} = -low_k diag_k (the walk of spec section 1.5).
                 s12 = -cinv * low[k, p] - u[k - 1, p] * u[k, p] * inv_xu[p]
                 det = s_prev[p] * s - s12 * s12
-                pair = valid[k - 1, p] and valid[k, p] and det > 0.0
+                pair = valid[k - 1, p] & valid[k, p] & (det > 0.0)
                 q1 = q_prev[p]
-                two = (s * q1 * q1 - 2.0 * s12 * q1 * q + s_prev[p] * q * q) / det if pair else 0.0
-                best_two[p] = two if two > best_two[p] else best_two[p]
+                # The two-jump drop (...) / det against the lowered threshold, likewise.
+                drop = s * q1 * q1 - 2.0 * s12 * q1 * q + s_prev[p] * q * q
+                hit[p] |= pair & (drop > two_limit * det)
             s_prev[p] = s
             q_prev[p] = q
     for p in range(B):
         searched = n_valid[p] > MIN_CLEAN_DIFFS and max_jumps > 0 and xu[p] > 0.0
-        out[p] = searched and (hit_one[p] or best_two[p] > two_limit)
+        # A pair's drop starts at 0 in the search: a threshold below 0 flags every pixel.
+        out[p] = searched and (hit[p] or two_limit < 0.0)
         sxx[p] = xu[p]
         sxd[p] = xz[p]
 

@@ -55,6 +55,24 @@ def test_masks_match_dense_gls_on_unmasked_subset():
     assert fit.flags[7] & Flag.NONFINITE_READ
 
 
+def test_read_rules_an_infinite_read_is_not_saturation():
+    """Each pixel's usable reads: an infinite read drops only its two differences (it is not
+    the start of saturation, even above the level); a finite read at the level drops itself and
+    every later read; a masked read drops its two differences."""
+    reads = np.tile(np.arange(12.0)[:, None] * 100.0, (1, 5))
+    reads[4, 0] = np.inf
+    reads[4, 1] = -np.inf
+    reads[4, 2] = np.nan
+    reads[6:, 3] += 5e4  # reaches the level at read 6
+    mask = np.zeros(reads.shape, dtype=bool)
+    mask[4, 4] = True
+    fit = extract_fluxes(reads, 10.0, np.ones(11), mask=mask, saturation=5e4)
+    np.testing.assert_array_equal(fit.n_diff, [9, 9, 9, 5, 9])
+    nonfinite, saturated, masked = Flag.NONFINITE_READ, Flag.SATURATED, Flag.MASKED_READ
+    np.testing.assert_array_equal(fit.flags, [nonfinite, nonfinite, nonfinite, saturated, masked])
+    np.testing.assert_allclose(fit.flux, 100.0, rtol=1e-12)
+
+
 def test_omega_one_equals_fit_constant():
     rng = np.random.default_rng(5)
     reads, sigma = _random_case(rng, n_pix=200, n_reads=30)
