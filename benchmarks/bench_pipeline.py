@@ -72,6 +72,14 @@ def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
     ny, nx = sim.chips["R"].reads.shape[1:]
     cube_bytes = n_reads * ny * nx * 4
     del sim
+    # Warm the Numba cache (the fit's kernels and the RICE decoder that the reading below uses) in
+    # a throwaway run of the same command on one chip.
+    command = [sys.executable, "-c", _CHILD, "fit", "--json", "--overwrite"]
+    subprocess.run(
+        [*command, str(paths["apz"][0]), "--traces", str(paths["traces"][0]),
+         "--out", str(folder / "warm.h5")],
+        check=False, capture_output=True,
+    )  # fmt: skip
     # Read in a fresh interpreter too, set up as ``pyapred fit`` is (no NumPy huge-page advice,
     # large arrays from glibc's heap: pyapred.cli.console), without this process's heap.
     reading = subprocess.run(
@@ -80,13 +88,6 @@ def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
         check=True,
     )  # fmt: skip
     read_s = float(reading.stdout.split()[-1])
-    # Warm the Numba cache in a throwaway run of the same command on one chip.
-    command = [sys.executable, "-c", _CHILD, "fit", "--json", "--overwrite"]
-    subprocess.run(
-        [*command, str(paths["apz"][0]), "--traces", str(paths["traces"][0]),
-         "--out", str(folder / "warm.h5")],
-        check=False, capture_output=True,
-    )  # fmt: skip
     start = time.perf_counter()
     cpu_before = _children_cpu()
     run = subprocess.run(
