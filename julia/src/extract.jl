@@ -130,7 +130,8 @@ function equal_weight_kernel!(flux::AbstractVector, flux_var::AbstractVector,
                     pflags |= MASKED_READ
                     usable[j] = false
                 end
-                saturated |= counts[j] >= sat
+                # An infinite read is a bad read, not the start of saturation.
+                saturated |= isfinite(counts[j]) && counts[j] >= sat
                 if saturated
                     pflags |= SATURATED
                     usable[j] = false

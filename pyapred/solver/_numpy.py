@@ -1253,7 +1253,8 @@ def equal_weight_kernel(
     if use_mask:
         flags[bad.any(axis=0)] |= _MASKED_READ
         usable &= ~bad
-    saturated = np.logical_or.accumulate(counts >= saturation * gain)
+    # An infinite read is a bad read, not the start of saturation (as in every other fit).
+    saturated = np.logical_or.accumulate(np.isfinite(counts) & (counts >= saturation * gain))
     flags[saturated.any(axis=0)] |= _SATURATED
     usable &= ~saturated
 

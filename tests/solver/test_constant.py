@@ -209,6 +209,31 @@ def test_equal_weight_with_masks_is_the_subset_slope():
         np.testing.assert_allclose(fit.flux[p], slope, rtol=1e-9)
 
 
+def test_equal_weight_read_rules_match_the_optimal_fit():
+    """The equal-weight slope drops the same reads as every other fit: an infinite read is a bad
+    read (not the start of saturation, with or without a level), a finite read at the level
+    starts saturation, masked or not."""
+    reads = np.tile(np.arange(12.0)[:, None] * 100.0, (1, 5))
+    reads[4, 0] = np.inf
+    reads[4, 1] = -np.inf
+    reads[6:, 2] += 5e4
+    reads[6:, 3] += 5e4
+    mask = np.zeros(reads.shape, dtype=bool)
+    mask[6, 3] = True
+    for saturation in (None, 5e4):
+        fit = fit_equal_weight(reads, 10.0, mask=mask, saturation=saturation)
+        nonfinite, saturated, masked = Flag.NONFINITE_READ, Flag.SATURATED, Flag.MASKED_READ
+        if saturation is None:
+            np.testing.assert_array_equal(fit.flags[:2], [nonfinite, nonfinite])
+            np.testing.assert_array_equal(fit.n_diff[:2], [9, 9])
+            continue
+        np.testing.assert_array_equal(
+            fit.flags, [nonfinite, nonfinite, saturated, saturated | masked, 0]
+        )
+        np.testing.assert_array_equal(fit.n_diff, [9, 9, 5, 5, 11])
+        np.testing.assert_allclose(fit.flux, 100.0, rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
