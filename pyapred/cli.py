@@ -323,7 +323,7 @@ def _announce_compilation(command: str, log: logging.Logger) -> None:
     except Exception:  # another numba, or no cache: say nothing
         return
     if any(missing):
-        log.info("pyapred: compiling the numerical kernels (once, about a minute)...")
+        log.info("pyapred: compiling the numerical kernels (once, a few minutes)...")
 
 
 # glibc's M_TRIM_THRESHOLD and M_MMAP_MAX (malloc.h), and the heap it may keep unreturned.

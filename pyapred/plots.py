@@ -597,17 +597,21 @@ def plot_ramps(
         _note(axes[0, 0], f"{head}: {why}")
         fig.suptitle(_title(prep.name, head))
         return fig
-    reads = np.asarray(prep.fit_reads[:, fiber, valid], dtype=np.float64)
+    stored = prep.fit_reads[:, fiber, valid]
+    reads = np.asarray(stored, dtype=np.float64)
     order = np.argsort(np.nanmax(reads, axis=0) - reads[0])
     pick = order[np.linspace(0, order.size - 1, min(n_pixels, order.size)).round().astype(int)]
     reads = reads[:, pick]
+    # The fits take the reads in their stored type (float32: the same bits as float64 in the
+    # kernels), so that they reuse the pipeline's compiled kernels.
+    stored = stored[:, pick]
     rows = prep.fit_pixels.rows[fiber, valid][pick]
     cols = prep.fit_pixels.cols[fiber, valid][pick]
     sigma, gain = prep.fit_read_noise[fiber, valid][pick], prep.fit_gain[fiber, valid][pick]
     fitted = fits.omega_fit[fiber]
     omega = fitted / np.mean(fitted) if np.all(np.isfinite(fitted)) else fits.omega[fiber]
-    variable = extract_fluxes(reads, sigma, omega, gain=gain)
-    constant = fit_constant(reads, sigma, gain=gain)
+    variable = extract_fluxes(stored, sigma, omega, gain=gain)
+    constant = fit_constant(stored, sigma, gain=gain)
     K = reads.shape[0] - 1
     (ramp_ax, diff_ax), (ramp_res, diff_res) = axes
     pixel_handles = []

@@ -208,7 +208,7 @@ def test_compilation_notice_only_without_the_numba_cache(monkeypatch):
     monkeypatch.setattr(cli.os.path, "exists", lambda path: False)
     cli._announce_compilation("fit", log)
     cli._announce_compilation("simulate", log)  # no kernels there
-    assert messages == ["pyapred: compiling the numerical kernels (once, about a minute)..."]
+    assert messages == ["pyapred: compiling the numerical kernels (once, a few minutes)..."]
     monkeypatch.setattr(cli.os.path, "exists", lambda path: True)
     cli._announce_compilation("noise stress", log)
     assert len(messages) == 1

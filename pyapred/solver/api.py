@@ -450,8 +450,10 @@ def _pixel_inputs(reads, read_noise, gain, mask, saturation):
     mask = _as_mask(mask, reads.shape)
     sat = _saturation_map(saturation, pixel_shape)
     bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
-    return (_flat(reads, 1), bad, mask is not None, _ravel_pixels(sigma),
-            _ravel_pixels(gain_map), _ravel_pixels(sat))  # fmt: skip
+    # C order always (a copy only where the input is another layout): Numba compiles a kernel for
+    # each array layout, about 30 s each for the extraction, so that every caller shares one.
+    return (np.ascontiguousarray(_flat(reads, 1)), np.ascontiguousarray(bad), mask is not None,
+            _ravel_pixels(sigma), _ravel_pixels(gain_map), _ravel_pixels(sat))  # fmt: skip
 
 
 def _omega_rows(omega, groups, K: int, pixel_shape: tuple) -> tuple[np.ndarray, np.ndarray]:

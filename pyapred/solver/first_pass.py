@@ -28,7 +28,7 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         Row of ``shapes`` giving the pixel's expected light curve.
     shapes : (n_shapes, N - 1) float
         Expected read differences per unit rate (mean 1).
-    inv_gain, var_read, saturation : (ny, nx) float
+    inv_gain, var_read, saturation : (ny, nx) float, or (1, 1): one value for every pixel
         1/gain (DN/e-), twice the single-read variance (DN^2), saturation level (DN).
     threshold : float
         Jump threshold in sigmas of a difference.
@@ -57,10 +57,11 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         sat = np.empty(B)
         inv_g = np.empty(B)
         var_r = np.empty(B)
-        for i in range(B):
-            sat[i] = saturation[y, x0 + i]
-            inv_g[i] = inv_gain[y, x0 + i]
-            var_r[i] = var_read[y, x0 + i]
+        for i in range(B):  # a (1, 1) map: one value for every pixel
+            x = x0 + i
+            sat[i] = saturation[min(y, saturation.shape[0] - 1), min(x, saturation.shape[1] - 1)]
+            inv_g[i] = inv_gain[min(y, inv_gain.shape[0] - 1), min(x, inv_gain.shape[1] - 1)]
+            var_r[i] = var_read[min(y, var_read.shape[0] - 1), min(x, var_read.shape[1] - 1)]
         # One read of the cube: the differences, and the first unusable read of each pixel (not
         # finite, or at or above saturation).
         n_good = np.full(B, n_reads, dtype=np.int64)
@@ -157,6 +158,17 @@ def _is_jump(excess, model, inv_gain, var_read, thr2):
 _N_ROUGH = 9
 
 
+def _calibration(value, shape: tuple) -> np.ndarray:
+    """A calibration map as :func:`first_pass_kernel` takes it: float64, C-ordered and read-only,
+    ``shape``, or ``(1, 1)`` where it is one number (no chip-sized copy of it)."""
+    values = np.broadcast_to(np.asarray(value, np.float64), shape)
+    if values.size and not any(values.strides):
+        values = np.full((1, 1), values.flat[0])
+    values = np.ascontiguousarray(values).view()
+    values.flags.writeable = False
+    return values
+
+
 def first_pass(reads, shape_index, shapes, inv_gain, var_read, saturation, threshold):
     """Run :func:`first_pass_kernel`; return ``rate``, ``saturated`` and the jumps.
 
@@ -173,12 +185,13 @@ def first_pass(reads, shape_index, shapes, inv_gain, var_read, saturation, thres
     saturated = np.empty((ny, nx), dtype=np.bool_)
     bits = np.empty((ny, nx, max(1, -(-K // 64))), dtype=np.uint64)
     full = (ny, nx)
+    # Every argument in one form (C order, int32 indices, read-only maps): Numba compiles the
+    # kernel once for each mix of types, layouts and read-only flags.
     first_pass_kernel(
-        reads, np.ascontiguousarray(shape_index), np.ascontiguousarray(shapes, dtype=np.float64),
-        np.broadcast_to(np.asarray(inv_gain, np.float64), full),
-        np.broadcast_to(np.asarray(var_read, np.float64), full),
-        np.broadcast_to(np.asarray(saturation, np.float64), full),
-        float(threshold), rate, saturated, bits,
+        np.ascontiguousarray(reads), np.ascontiguousarray(shape_index, dtype=np.int32),
+        np.ascontiguousarray(shapes, dtype=np.float64), _calibration(inv_gain, full),
+        _calibration(var_read, full), _calibration(saturation, full), float(threshold), rate,
+        saturated, bits,
     )  # fmt: skip
     rows, cols, words = np.nonzero(bits)
     # The set bits of each nonzero word, in order (rows, columns, then k ascending).

@@ -234,6 +234,28 @@ def test_equal_weight_read_rules_match_the_optimal_fit():
         np.testing.assert_allclose(fit.flux, 100.0, rtol=1e-12)
 
 
+def test_one_compiled_extraction_whatever_the_reads_layout():
+    """C-ordered, Fortran-ordered and strided (n_reads, n_pix) reads of one dtype share one
+    compiled kernel (the extraction compiles for tens of seconds per variant), with the same
+    fluxes. The pipeline's redo of the pixels with a jump takes ``reads[:, rows, cols]``, which
+    NumPy returns in Fortran order."""
+    from pyapred.solver import _numpy
+
+    rng = np.random.default_rng(12)
+    cube = np.cumsum(rng.uniform(50, 150, (9, 4, 30)), axis=0).astype(np.float32)
+    reads = cube.reshape(9, -1)
+    omega = np.linspace(1.0, 0.8, 8)
+    first = extract_fluxes(reads, 10.0, omega).flux
+    compiled = len(_numpy.extract_kernel.signatures)
+    rows, cols = np.array([0, 2, 3]), np.array([5, 1, 29])
+    picked = cube[:, rows, cols]
+    assert picked.flags.f_contiguous and not picked.flags.c_contiguous
+    np.testing.assert_array_equal(extract_fluxes(picked, 10.0, omega).flux, first[rows * 30 + cols])
+    np.testing.assert_array_equal(extract_fluxes(np.asfortranarray(reads), 10.0, omega).flux, first)
+    np.testing.assert_array_equal(extract_fluxes(reads[:, ::3], 10.0, omega).flux, first[::3])
+    assert len(_numpy.extract_kernel.signatures) == compiled
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

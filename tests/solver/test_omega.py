@@ -267,3 +267,19 @@ def test_a_failed_group_is_flagged_without_failing_the_batch():
     assert np.all(np.isfinite(fit.omega_cov[~broken]))
     fit = fit_omega(reads, sigma)
     assert np.all(fit.converged) and np.all(fit.group_flags == 0)
+
+
+def test_one_compiled_difference_kernel_for_batches_and_calibration_forms():
+    """A batch of groups taken as a view of a bigger cube (as the pipeline batches its fibers),
+    and a gain given as a map or one number, reach the difference kernel in one form: one
+    compiled kernel per reads dtype, and the same fit."""
+    rng = np.random.default_rng(21)
+    omega = np.linspace(1.0, 0.7, 7)
+    cube = simulate_ramps(rng.uniform(200, 800, (4, 25)), 12.0, n_reads=8, omega=omega,
+                          rng=rng).reads.astype(np.float32)  # fmt: skip
+    whole = fit_omega(np.ascontiguousarray(cube[:, :2]), 12.0, gain=1.5)
+    compiled = len(_numpy._prepare_diffs_flat.signatures)
+    batch = fit_omega(cube[:, :2], 12.0, gain=np.full((2, 25), 1.5))
+    np.testing.assert_array_equal(batch.omega, whole.omega)
+    np.testing.assert_array_equal(batch.flux, whole.flux)
+    assert len(_numpy._prepare_diffs_flat.signatures) == compiled
