@@ -577,17 +577,18 @@ def prepare_diffs_kernel(reads, bad, use_mask, gain, saturation, diffs, valid, f
     N, G, P = reads.shape
     _prepare_diffs_flat(
         np.ascontiguousarray(reads.reshape(N, G * P)),
-        np.ascontiguousarray(bad.reshape(bad.shape[0], -1)), use_mask, _read_only(gain),
-        _read_only(saturation), diffs.reshape(G * P, N - 1), valid.reshape(G * P, N - 1),
+        np.ascontiguousarray(bad.reshape(bad.shape[0], -1)), use_mask,
+        _read_only(gain).reshape(-1), _read_only(saturation).reshape(-1),
+        diffs.reshape(G * P, N - 1), valid.reshape(G * P, N - 1),
         flags.reshape(-1),
     )  # fmt: skip
 
 
 def _read_only(values):
-    """``values`` flat, C-ordered float64 and read-only, in a view of its own (the caller's array
-    keeps its flags). Numba compiles a kernel for each array layout and each mix of read-only and
+    """``values`` C-ordered float64 and read-only, in a view of its own (the caller's array keeps
+    its flags). Numba compiles a kernel for each array layout and each mix of read-only and
     writeable arguments; with every argument in one form, all callers share one kernel."""
-    view = np.ascontiguousarray(values, dtype=np.float64).reshape(-1).view()
+    view = np.ascontiguousarray(values, dtype=np.float64).view()
     view.flags.writeable = False
     return view
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._numpy import _median_network, _sort_columns
+from ._numpy import _median_network, _read_only, _sort_columns
 
 #: Pixels of a row processed together.
 _BLOCK = 256
@@ -164,9 +164,7 @@ def _calibration(value, shape: tuple) -> np.ndarray:
     values = np.broadcast_to(np.asarray(value, np.float64), shape)
     if values.size and not any(values.strides):
         values = np.full((1, 1), values.flat[0])
-    values = np.ascontiguousarray(values).view()
-    values.flags.writeable = False
-    return values
+    return _read_only(values)
 
 
 def first_pass(reads, shape_index, shapes, inv_gain, var_read, saturation, threshold):
