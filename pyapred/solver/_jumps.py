@@ -25,7 +25,6 @@ from numba import njit, prange
 
 from ._flags import Flag
 from ._numpy import (
-    _BLOCK,
     _GROUP_BLOCK,
     _back_block,
     _backward,
@@ -48,6 +47,10 @@ _TOO_FEW_DIFFS = int(Flag.TOO_FEW_DIFFS)
 # The search stops once this many clean differences or fewer are left (spec section 1.6).
 MIN_CLEAN_DIFFS = 3
 _N_WORK = 10
+# Pixels per block of the jump search (a multiple of 8: the blocks write whole bytes of the
+# packed mask). Smaller than the extraction's block: the screen holds seven (K, B) arrays, which
+# at this size stay in a core's 1 MB L2 cache.
+_SEARCH_BLOCK = 256
 # ``max_jumps`` meaning "no limit".
 NO_LIMIT = np.iinfo(np.int64).max
 
@@ -360,11 +363,11 @@ def find_jumps_kernel(
     N, n_pix = reads.shape
     K = N - 1
     write_jumps = jump_size.shape[1] == n_pix and jumps.shape[1] == n_pix
-    n_blocks = (n_pix + _BLOCK - 1) // _BLOCK
+    n_blocks = (n_pix + _SEARCH_BLOCK - 1) // _SEARCH_BLOCK
     network = _median_network(K)
     for blk in prange(n_blocks):
-        p0 = blk * _BLOCK
-        p1 = min(p0 + _BLOCK, n_pix)
+        p0 = blk * _SEARCH_BLOCK
+        p1 = min(p0 + _SEARCH_BLOCK, n_pix)
         ramp = np.empty((N, p1 - p0))
         ok_read = np.empty((N, p1 - p0), dtype=np.bool_)
         read_flags = np.empty(p1 - p0, dtype=np.int64)
@@ -473,20 +476,25 @@ def find_jumps_kernel(
             flux_var[p] = var_last[i]
             chi2[p] = chi2_block[i]
         # Written plane by plane (contiguous), the few pixels with jumps after. A block starts
-        # on a byte (_BLOCK is a multiple of 8), so no two threads write one byte.
+        # on a byte (_SEARCH_BLOCK is a multiple of 8), so no two threads write one byte.
+        # The byte index counts from the block's first byte: indexes built from p0 are not known
+        # to be >= 0, and numba's negative-index check on each would keep the loop slow.
+        byte0 = p0 // 8
         for k in range(K):
-            for byte in range(p0 // 8, (p1 + 7) // 8):
+            plane_bits = diff_bits[k, byte0 : byte0 + (nb + 7) // 8]
+            for byte in range((nb + 7) // 8):
                 bits = 0
                 for bit in range(8):
-                    i = byte * 8 + bit - p0
+                    i = byte * 8 + bit
                     unused = i < nb and not block_ok[k, i]
                     bits |= int(unused) << (7 - bit)
-                diff_bits[k, byte] = bits
+                plane_bits[byte] = bits
         if write_jumps:
+            # Slices, not jumps[k, p] over range(p0, p1): with an index not known to be >= 0,
+            # numba's negative-index check keeps the loop out of vectors.
             for k in range(K):
-                for p in range(p0, p1):
-                    jumps[k, p] = False
-                    jump_size[k, p] = 0.0
+                jumps[k, p0:p1] = False
+                jump_size[k, p0:p1] = 0.0
             for i in range(nb):
                 if found[i] > 0:
                     for k in range(K):

@@ -471,3 +471,28 @@ def test_compact_result_of_a_single_pixel_and_of_a_clean_chip():
     assert clean.jump_index.shape == (0, 2) and clean.jump_charge.shape == (0,)
     assert not clean.jumps.any() and not clean.diff_mask.any()
     assert "0 jumps in 0 pixels" in repr(clean) and "1 jumps in 1 pixels" in repr(one)
+
+
+def test_a_pixel_fit_does_not_depend_on_the_block_it_falls_in():
+    """The kernels work on blocks of pixels (256 for the search, 1024 for the extraction); a
+    pixel's result is the same bits whether it is fitted with 1301 others, across the blocks'
+    edges and in a last, partial block, or alone with a few neighbours."""
+    from pyapred import extract_fluxes
+
+    rng = np.random.default_rng(21)
+    reads, sigma, mask = _cosmic_case(rng, n_pix=1301, n_reads=16)
+    K = reads.shape[0] - 1
+    omega = np.linspace(1.0, 0.7, K)
+    whole = find_jumps(reads, sigma, mask=mask, omega=omega)
+    fluxes = extract_fluxes(reads, sigma, omega, mask=mask)
+    assert whole.jumps.sum() > 500  # the case exercises the search
+    for start, stop in ((0, 7), (250, 263), (509, 515), (1019, 1030), (1290, 1301)):
+        part = find_jumps(reads[:, start:stop], sigma[start:stop], mask=mask[:, start:stop],
+                          omega=omega)  # fmt: skip
+        np.testing.assert_array_equal(part.diff_mask, whole.diff_mask[:, start:stop])
+        np.testing.assert_array_equal(part.jump_size, whole.jump_size[:, start:stop])
+        np.testing.assert_array_equal(part.flux.flux, whole.flux.flux[start:stop])
+        alone = extract_fluxes(reads[:, start:stop], sigma[start:stop], omega,
+                               mask=mask[:, start:stop])  # fmt: skip
+        np.testing.assert_array_equal(alone.flux, fluxes.flux[start:stop])
+        np.testing.assert_array_equal(alone.chi2, fluxes.chi2[start:stop])
