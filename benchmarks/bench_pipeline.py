@@ -75,17 +75,18 @@ def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
     # Warm the Numba cache (the fit's kernels and the RICE decoder that the reading below uses) in
     # a throwaway run of the same command on one chip.
     command = [sys.executable, "-c", _CHILD, "fit", "--json", "--overwrite"]
+    child = _same_pyapred(folder)
     subprocess.run(
         [*command, str(paths["apz"][0]), "--traces", str(paths["traces"][0]),
          "--out", str(folder / "warm.h5")],
-        check=False, capture_output=True,
+        check=False, capture_output=True, **child,
     )  # fmt: skip
     # Read in a fresh interpreter too, set up as ``pyapred fit`` is (no NumPy huge-page advice,
     # large arrays from glibc's heap: pyapred.cli.console), without this process's heap.
     reading = subprocess.run(
         [sys.executable, "-c", _READ_CHILD, *map(str, paths["apz"])],
-        env={**os.environ, **COMMAND_MEMORY_ENVIRONMENT}, capture_output=True, text=True,
-        check=True,
+        env={**child["env"], **COMMAND_MEMORY_ENVIRONMENT}, cwd=folder, capture_output=True,
+        text=True, check=True,
     )  # fmt: skip
     read_s = float(reading.stdout.split()[-1])
     start = time.perf_counter()
@@ -93,7 +94,7 @@ def p3(n_reads: int, n_columns: int, folder: Path, seed: int = 0) -> dict:
     run = subprocess.run(
         [*command, *map(str, paths["apz"]), "--traces", *map(str, paths["traces"]),
          "--out", str(folder / "product.h5")],
-        capture_output=True, text=True,
+        capture_output=True, text=True, **child,
     )  # fmt: skip
     wall = time.perf_counter() - start
     cpu = _children_cpu() - cpu_before
@@ -139,6 +140,18 @@ for path in sys.argv[1:]:
     read_apz(path, dtype=np.uint16)
 print(time.perf_counter() - start)
 """
+
+
+def _same_pyapred(folder: Path) -> dict:
+    """``subprocess.run`` arguments under which a child imports this process's pyapred: its
+    tree first on ``PYTHONPATH``, and a working directory (``folder``) without one of its own.
+    A child run from a checkout's root imports that checkout whatever ``PYTHONPATH`` says, which
+    made an A/B run of two trees compare one tree with itself."""
+    import pyapred
+
+    tree = str(Path(pyapred.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH")) if p)
+    return {"env": {**os.environ, "PYTHONPATH": path}, "cwd": folder}
 
 
 def _children_cpu() -> float:

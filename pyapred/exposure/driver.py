@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from ..traces import Traces
 from .extract import ChipResult, extract_chip
-from .fibers import fit_fibers
+from .fibers import FiberFits, fit_fibers
 from .inputs import (
     ChipExposure,
     check_calibration,
@@ -76,12 +76,13 @@ def run_exposure(
     product : str or os.PathLike, optional
         Write the product there (HDF5, or FITS for a ``.fits`` name). An HDF5 product gets each
         chip's images as soon as the chip is extracted, and the result then keeps no images
-        (``ChipResult.flux`` ... are None) unless ``keep_images``; the file appears only when
-        the whole exposure is done.
+        (``ChipResult.flux`` ... are None) nor the omega fit's jump masks
+        (``FiberFits.fit.jump_mask`` is None) unless ``keep_images``; the file appears only
+        when the whole exposure is done.
     overwrite : bool
         Replace an existing product.
     keep_images : bool
-        Keep every chip's images in the result even when a product is written.
+        Keep every chip's images and jump masks in the result even when a product is written.
     traces_any_night : bool
         With files: accept trace files of another night of the exposure's telescope.
     progress : bool
@@ -131,7 +132,7 @@ def run_exposure(
             writer.add_chip(name, ChipImages.from_fit(chip))
             return _without_images(chip)
 
-        result = _run(chips, traces, options, meta, progress, write_chip)
+        result = _run(chips, traces, options, meta, progress, write_chip, streamed=True)
         parts = product_parts(result)
         writer.finish(
             fibers=parts.fibers, inputs=parts.inputs, backend=parts.backend,
@@ -190,8 +191,12 @@ def resolve_backend(backend: str) -> str:
 # --------------------------------------------------------------------------------------------
 # The stages, chip by chip
 # --------------------------------------------------------------------------------------------
-def _run(chips, traces, options, meta, progress, on_chip) -> ExposureResult:
-    """The stages over every chip: per chip, or with ``joint_chips`` over all chips at once."""
+def _run(chips, traces, options, meta, progress, on_chip, streamed=False) -> ExposureResult:
+    """The stages over every chip: per chip, or with ``joint_chips`` over all chips at once.
+
+    ``streamed``: the chips go to a product as they are extracted; the result then keeps no
+    jump masks of the omega fit either (:func:`_without_jump_mask`).
+    """
     keep = on_chip or (lambda name, chip_result: chip_result)
     names = list(chips)
     missing = [n for n in names if n not in traces]
@@ -232,9 +237,13 @@ def _run(chips, traces, options, meta, progress, on_chip) -> ExposureResult:
             del chip
             with _timed(timings, "write"):
                 results[name] = keep(name, extracted)
-            del extracted
+            del extracted, prep  # the chip's maps too, before the next chip is loaded
             _return_freed_memory()
             bar.update()
+        if streamed:
+            fibers[key] = _without_jump_mask(fibers[key])
+            for name in group:
+                results[name] = dataclasses.replace(results[name], fibers=fibers[key])
     bar.close()
     if read_times is None:
         read_times = np.arange(seen["n_reads"][0], dtype=np.float64)
@@ -348,6 +357,14 @@ def _without_images(chip: ChipResult) -> ChipResult:
     maps = dict.fromkeys(("pixel_map", "saturated", "rate"))
     prepared = dataclasses.replace(chip.prepared, **maps)
     return dataclasses.replace(chip, prepared=prepared, **images)
+
+
+def _without_jump_mask(fits: FiberFits) -> FiberFits:
+    """``fits`` without the omega fit's per-difference jump mask, ``(n_fibers, n_pix, K)`` bool:
+    28 MB a chip that neither the product nor the plots read, kept through the later chips."""
+    if fits.fit is None or fits.fit.jump_mask is None:
+        return fits
+    return dataclasses.replace(fits, fit=dataclasses.replace(fits.fit, jump_mask=None))
 
 
 def _return_freed_memory() -> None:

@@ -288,6 +288,49 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
     assert main(["fit", *args, "--out", str(tmp_path / "j.h5"), "--backend", "julia"]) == 2
 
 
+def test_each_chip_is_let_go_before_the_next_is_loaded(cloudy, tmp_path, monkeypatch):
+    """Written to a product chip by chip, a chip's prepared maps are freed before the next chip
+    is loaded (the driver's loop kept the last one alive through the next chip's work), and the
+    result keeps no jump masks of the omega fit (``keep_images`` keeps them); the fits are
+    otherwise those of the run in memory."""
+    import gc
+    import weakref
+
+    from pyapred.exposure import driver
+
+    sim, in_memory = cloudy
+    prepare_chip, prepared = driver.prepare_chip, []
+
+    def prepare(*args, **kwargs):
+        chip = prepare_chip(*args, **kwargs)
+        prepared.append(weakref.ref(chip))
+        return chip
+
+    monkeypatch.setattr(driver, "prepare_chip", prepare)
+    alive_at_load = []
+
+    def loader(chip):
+        def load():
+            gc.collect()
+            alive_at_load.append([ref() is not None for ref in prepared])
+            return chip
+
+        return load
+
+    chips = {name: loader(chip) for name, chip in chips_of(sim).items()}
+    options = FitOptions(keep_constant=True)
+    streamed = run_exposure(chips, traces_of(sim), options, product=tmp_path / "s.h5")
+    assert alive_at_load == [[], [False]]
+    kept = run_exposure(chips, traces_of(sim), options, product=tmp_path / "k.h5",
+                        keep_images=True)  # fmt: skip
+    for name in ("R", "G"):
+        fits = streamed.fibers[name]
+        assert fits.fit.jump_mask is None and streamed.chips[name].fibers is fits
+        assert kept.fibers[name].fit.jump_mask is not None
+        np.testing.assert_array_equal(fits.omega, in_memory.fibers[name].omega)
+        np.testing.assert_array_equal(fits.fit.flux, in_memory.fibers[name].fit.flux)
+
+
 def test_simulate_command_writes_an_exposure(tmp_path, capsys):
     from pyapred.cli import main
 
