@@ -243,13 +243,9 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
     if isempty(todo)
         fit, constant = empty_fits(K, P, 0, ref_index)
     else
-        sub_reads = reads[1:P, todo, :]
-        mask = repeat(.!valid[1:P, todo], 1, 1, N)
-        sub_sigma, sub_gain = sigma[1:P, todo], gain[1:P, todo]
         segment_keys === nothing ||
             (segments = readout_segments(segment_keys[1:P, todo], valid[1:P, todo]))
-        constant = fit_constant(sub_reads, sub_sigma; gain = sub_gain, mask)
-        fit = fit_omega_batched(sub_reads, sub_sigma, sub_gain, mask, ref_index, options,
+        fit, constant = fit_batched(reads, valid, sigma, gain, todo, P, ref_index, options,
             segments)
     end
     full_fit, full_constant = scatter_fits(fit, constant, todo, nf, P, ref_index)
@@ -276,9 +272,9 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
     chromatic = empty_chromatic(K, P, nf)
     if !isempty(tried)
         start = map(value -> select_groups(value, rows), full_fit)
-        part = fit_omega_chromatic(sub_reads[:, tried, :], sub_sigma[:, tried],
-            coordinate[1:P, rows]; start, gain = sub_gain[:, tried], mask = mask[:, tried, :],
-            max_iter = options.max_iter)
+        part = fit_omega_chromatic(reads[1:P, rows, :], sigma[1:P, rows],
+            coordinate[1:P, rows]; start, gain = gain[1:P, rows],
+            mask = repeat(.!valid[1:P, rows], 1, 1, N), max_iter = options.max_iter)
         spread_chromatic!(chromatic, part, rows)
     end
     return choose_chromatic(fits, chromatic, span, options)
@@ -288,7 +284,7 @@ end
 select_groups(value, rows) = value === nothing ? nothing :
                              collect(selectdim(value, ndims(value), rows))
 
-"Work-array budget, bytes, of one batch of fibers in [`fit_omega_batched`](@ref) (pyapred's
+"Work-array budget, bytes, of one batch of fibers in [`fit_batched`](@ref) (pyapred's
 `FIT_BATCH_BYTES`)."
 const FIT_BATCH_BYTES = 64 * 2^20
 
@@ -297,45 +293,53 @@ the normal equations' `e_hat`, the jump search's arrays; pyapred's `FIT_BYTES_PE
 const FIT_BYTES_PER_ELEMENT = 24
 
 """
-    fit_omega_batched(reads, sigma, gain, mask, ref_index, options, segments;
-                      batch_bytes = FIT_BATCH_BYTES)
+    fit_batched(reads, valid, sigma, gain, todo, P, ref_index, options, segments;
+                batch_bytes = FIT_BATCH_BYTES)
 
-[`fit_omega`](@ref) of the fibers of [`fit_fibers`](@ref) in batches of fibers (pyapred's
-`_fit_omega_batched`), so that the fit's work arrays (about `FIT_BYTES_PER_ELEMENT` bytes per
-fiber, pixel and difference: 0.68 GB for 300 fibers of 2048 pixels and 46 differences at once)
-stay within `batch_bytes`. The groups are fitted independently, so the result is the same as
-that of one call over all of them.
+[`fit_omega`](@ref) and [`fit_constant`](@ref) of the fibers `todo` (their first `P` pixels) in
+batches of fibers (pyapred's `_fit_batched`), so that the fit's work arrays (about
+`FIT_BYTES_PER_ELEMENT` bytes per fiber, pixel and difference: 0.68 GB for 300 fibers of 2048
+pixels and 46 differences at once) stay within `batch_bytes`. Each batch's reads and mask are
+taken from `reads` as the batch comes, so the fit holds no second copy of every fiber's reads.
+The groups and pixels are fitted independently, so the result is the same as that of one call
+over all of them.
 
 # Arguments
-- `reads`: `(P, G, N)`, the fit pixels of `G` fibers (groups); `sigma`, `gain`: `(P, G)`;
-  `mask`: `(P, G, N)`, true = bad read.
+- `reads`: `(n_pix, n_fibers, N)`, every fiber's fit pixels as prepared (padding last);
+  `valid`: `(n_pix, n_fibers)`, false = padding (masked); `sigma`, `gain`: `(n_pix, n_fibers)`.
+- `todo`: the `G` fibers to fit (1-based); `P`: the pixels fitted of each (the first `P`).
 - `ref_index`: the reference read difference of every fiber (1-based).
 - `options`: [`FitOptions`](@ref); `max_iter` and `jump_search` are used.
 - `segments`: `(P, G)` segment labels of the nuisance term, or `nothing`.
 - `batch_bytes`: the budget of one batch; one fiber per batch at least.
 
 # Returns
-The [`fit_omega`](@ref) result of the `G` groups, each field joined along its group axis (the
-last); with `segments`, `offsets` `(K, S, G)` has NaN for the segments a batch did not have.
+`(fit, constant)`: the [`fit_omega`](@ref) and [`fit_constant`](@ref) results of the `G` fibers,
+each field joined along its group axis (the last); with `segments`, `offsets` `(K, S, G)` has
+NaN for the segments a batch did not have.
 """
-function fit_omega_batched(reads::AbstractArray{<:Real, 3}, sigma::AbstractMatrix,
-        gain::AbstractMatrix, mask::AbstractArray{Bool, 3}, ref_index::Integer,
-        options::FitOptions, segments; batch_bytes::Integer = FIT_BATCH_BYTES)
-    P, G, N = size(reads)
+function fit_batched(reads::AbstractArray{<:Real, 3}, valid::AbstractMatrix{Bool},
+        sigma::AbstractMatrix, gain::AbstractMatrix, todo::AbstractVector{<:Integer},
+        P::Integer, ref_index::Integer, options::FitOptions, segments;
+        batch_bytes::Integer = FIT_BATCH_BYTES)
+    N = size(reads, 3)
+    G = length(todo)
+    G > 0 || throw(ArgumentError("todo: expected at least one fiber"))
     per_fiber = FIT_BYTES_PER_ELEMENT * max(N - 1, 1) * max(P, 1)
     batch = max(1, batch_bytes ÷ per_fiber)
-    if batch >= G
-        return fit_omega(reads, sigma; gain, mask, ref_index, max_iter = options.max_iter,
-            jump_search = options.jump_search, segments)
-    end
     parts = map(1:batch:G) do first_group
         rows = first_group:min(first_group + batch - 1, G)
-        fit_omega(reads[:, rows, :], sigma[:, rows]; gain = gain[:, rows],
-            mask = mask[:, rows, :], ref_index, max_iter = options.max_iter,
-            jump_search = options.jump_search,
+        fibers = todo[rows]
+        batch_reads = reads[1:P, fibers, :]
+        mask = repeat(.!valid[1:P, fibers], 1, 1, N)
+        batch_sigma, batch_gain = sigma[1:P, fibers], gain[1:P, fibers]
+        constant = fit_constant(batch_reads, batch_sigma; gain = batch_gain, mask)
+        fit = fit_omega(batch_reads, batch_sigma; gain = batch_gain, mask, ref_index,
+            max_iter = options.max_iter, jump_search = options.jump_search,
             segments = segments === nothing ? nothing : segments[:, rows])
+        return (fit, constant)
     end
-    return join_groups(parts)
+    return join_groups([part[1] for part in parts]), join_groups([part[2] for part in parts])
 end
 
 """

@@ -498,19 +498,32 @@ end
                 12.0 .* randn(rng, P, G, N)
         reads[7, 3, 5:end] .+= 4000.0  # a jump for the search
         sigma, gain = fill(12.0, P, G), fill(1.5, P, G)
-        mask = falses(P, G, N)
-        mask[3, 2, 5] = true
+        valid = trues(P, G)
+        valid[3, 4] = false  # a padding pixel: masked
+        todo = [1, 3, 4, 5]  # fiber 2 not fitted
+        Q = P - 2  # the first Q pixels of each
         # Per-fiber labels; fiber 4 has one segment more, so batches differ in their count.
-        segments = [mod(p - 1, 3) + 1 + (g == 4 && p > 10 ? 1 : 0) for p in 1:P, g in 1:G]
+        segments = [mod(p - 1, 3) + 1 + (g == 4 && p > 10 ? 1 : 0) for p in 1:Q, g in todo]
         for labels in (nothing, segments)
-            whole = APRampFit.fit_omega_batched(reads, sigma, gain, mask, 2, FitOptions(), labels)
-            parts = APRampFit.fit_omega_batched(reads, sigma, gain, mask, 2, FitOptions(), labels;
-                batch_bytes = 1)  # one fiber per batch
-            @test keys(parts) == keys(whole)
-            for name in keys(whole)
-                want, have = getfield(whole, name), getfield(parts, name)
-                # The same numbers (pyapred: the same bits; here to rounding, the vectors' bar).
-                @test want === nothing ? have === nothing : matches(want, have, 1e-12)
+            whole = APRampFit.fit_batched(reads, valid, sigma, gain, todo, Q, 2, FitOptions(),
+                labels)
+            parts = APRampFit.fit_batched(reads, valid, sigma, gain, todo, Q, 2, FitOptions(),
+                labels; batch_bytes = 1)  # one fiber per batch
+            # The fibers' own call: their first Q pixels, the padding masked.
+            mask = repeat(.!valid[1:Q, todo], 1, 1, N)
+            options = FitOptions()
+            direct = APRampFit.fit_omega(reads[1:Q, todo, :], sigma[1:Q, todo];
+                gain = gain[1:Q, todo], mask, ref_index = 2, segments = labels,
+                max_iter = options.max_iter, jump_search = options.jump_search)
+            @test size(whole[1].flux) == (Q, length(todo))
+            @test matches(direct.omega, whole[1].omega, 1e-12)
+            for (want_fit, have_fit) in zip(whole, parts)
+                @test keys(have_fit) == keys(want_fit)
+                for name in keys(want_fit)
+                    want, have = getfield(want_fit, name), getfield(have_fit, name)
+                    # The same numbers (pyapred: the same bits; here to rounding, the vectors' bar).
+                    @test want === nothing ? have === nothing : matches(want, have, 1e-12)
+                end
             end
         end
     end

@@ -34,7 +34,7 @@ from .inputs import (
     match_inputs,
 )
 from .options import FitOptions
-from .prepare import correct_1f, prepare_chip
+from .prepare import PreparedChip, correct_1f, prepare_chip
 from .product import product_parts
 from .result import ExposureResult
 
@@ -132,7 +132,8 @@ def run_exposure(
             writer.add_chip(name, ChipImages.from_fit(chip))
             return _without_images(chip)
 
-        result = _run(chips, traces, options, meta, progress, write_chip, streamed=True)
+        result = _run(chips, traces, options, meta, progress, write_chip, streamed=True,
+                      caller_sees_chips=on_chip is not None)  # fmt: skip
         parts = product_parts(result)
         writer.finish(
             fibers=parts.fibers, inputs=parts.inputs, backend=parts.backend,
@@ -191,13 +192,17 @@ def resolve_backend(backend: str) -> str:
 # --------------------------------------------------------------------------------------------
 # The stages, chip by chip
 # --------------------------------------------------------------------------------------------
-def _run(chips, traces, options, meta, progress, on_chip, streamed=False) -> ExposureResult:
+def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
+         caller_sees_chips=True) -> ExposureResult:  # fmt: skip
     """The stages over every chip: per chip, or with ``joint_chips`` over all chips at once.
 
     ``streamed``: the chips go to a product as they are extracted; the result then keeps no
-    jump masks of the omega fit either (:func:`_without_jump_mask`).
+    jump masks of the omega fit either (:func:`_without_jump_mask`), and, unless the caller's
+    own ``on_chip`` sees the chips (``caller_sees_chips``), a chip's maps that no later stage
+    reads go as soon as it is prepared (:func:`_without_unread_maps`).
     """
     keep = on_chip or (lambda name, chip_result: chip_result)
+    drop_maps = streamed and not caller_sees_chips
     names = list(chips)
     missing = [n for n in names if n not in traces]
     if missing:
@@ -219,7 +224,9 @@ def _run(chips, traces, options, meta, progress, on_chip, streamed=False) -> Exp
             read_times = chip.read_times if read_times is None else read_times
             timing = chip.timing if timing is None else timing
             with _timed(timings, "prepare"):
-                prepared.append(prepare_chip(chip, traces[name], options))
+                prep = prepare_chip(chip, traces[name], options)
+            prepared.append(_without_unread_maps(prep) if drop_maps else prep)
+            del prep
             # One chip is kept for its extraction; joint chips are loaded again (one cube).
             loaded = chip if len(group) == 1 else None
             del chip
@@ -357,6 +364,14 @@ def _without_images(chip: ChipResult) -> ChipResult:
     maps = dict.fromkeys(("pixel_map", "saturated", "rate"))
     prepared = dataclasses.replace(chip.prepared, **maps)
     return dataclasses.replace(chip, prepared=prepared, **images)
+
+
+def _without_unread_maps(prep: PreparedChip) -> PreparedChip:
+    """``prep`` without the rate, saturation and purity maps (43 MB a chip): no stage reads
+    them after the preparation, and a streamed result drops them with the images (the pixel
+    map's fibers stay: the extraction reads them)."""
+    pixel_map = dataclasses.replace(prep.pixel_map, purity=None)
+    return dataclasses.replace(prep, pixel_map=pixel_map, saturated=None, rate=None)
 
 
 def _without_jump_mask(fits: FiberFits) -> FiberFits:

@@ -99,7 +99,8 @@ def extract_chip(
     nc = prepared.traces.n_columns
     fiber = np.full((ny, nx), -1, dtype=np.int16)
     fiber[:, :nc] = prepared.pixel_map.fiber
-    groups = np.where(fiber >= 0, fiber, n_fibers).astype(np.int64)
+    groups = fiber.astype(np.int32)  # the solver's type: no copy of the chip-sized map
+    groups[fiber < 0] = n_fibers
     table = np.vstack([fibers.omega, np.ones((1, K))])
     if fibers.chromatic is not None:
         # A chromatic fiber's pixels use the row of their own column: omega at its wavelength.

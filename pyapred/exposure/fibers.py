@@ -320,7 +320,6 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
         if coordinate is not None:
             coordinate = np.take_along_axis(coordinate, order, axis=1)
     prepared[:] = [release_fit_reads(p, options) for p in prepared]
-    mask = np.broadcast_to(~valid, reads.shape)
     n_pix = valid.sum(axis=1)
     flags = np.where(excluded, int(Flag.FPI_FIBER), 0).astype(np.int64)
     # A common reference read: where the exposure is most transparent.
@@ -340,20 +339,15 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
     # Only fibers that can be bright are fitted; the others are padding-only groups.
     todo = np.flatnonzero(~excluded & (n_pix >= max(options.min_fit_pixels, 1)))
     P = max(int(n_pix[todo].max(initial=1)), 1)
-    mask = _fiber_rows(mask, todo, P)
-    reads = _fiber_rows(reads, todo, P)
     segments = segment_chip = segment_pixels = None
     if keys is not None and todo.size:
         segments, segment_chip, segment_pixels = _segments(
             keys[todo, :P], valid[todo, :P], todo, n_fibers, options.segment_columns
         )
     with _quiet():
-        const = fit_constant(
-            reads, sigma[todo, :P], gain=gain[todo, :P], mask=mask, backend=options.backend
-        )
-        fit = _fit_omega_batched(
-            reads, sigma[todo, :P], gain[todo, :P], mask, ref_index, options, segments
-        )
+        fit, const = _fit_batched(reads, valid, sigma, gain, todo, P, ref_index, options, segments)
+    if coordinate is None:  # the chromatic fit below takes its fibers' reads again
+        del reads  # a third of a cube, before the results are spread to every fiber
     fit, const = _scatter(fit, const, todo, n_fibers, ref_index)
     fits = choose_models(fit, const, n_pix, excluded, options, flags)
     if segment_chip is not None:
@@ -363,26 +357,30 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
         tried = np.flatnonzero(fits.model[todo] == MODEL_TIME_VARIABLE)
         rows = todo[tried]
         start = OmegaFit(**{k: None if v is None else v[rows] for k, v in fit.__dict__.items()})
+        tried_reads, tried_mask = _fit_reads(reads, valid, rows, P)
         with _quiet():
             chromatic = fit_omega_chromatic(
-                reads[:, tried], sigma[rows, :P], coordinate[rows, :P], start=start,
-                gain=gain[rows, :P], mask=mask[:, tried], max_iter=options.max_iter,
+                tried_reads, sigma[rows, :P], coordinate[rows, :P], start=start,
+                gain=gain[rows, :P], mask=tried_mask, max_iter=options.max_iter,
                 backend=options.backend,
             )  # fmt: skip
         fits = choose_chromatic(fits, _spread_chromatic(chromatic, rows, n_fibers), span, options)
     return fits
 
 
-def _fiber_rows(reads: np.ndarray, rows: np.ndarray, n_pix: int) -> np.ndarray:
-    """``reads[:, rows, :n_pix]`` as a C-ordered array, taken read by read.
+def _fit_reads(reads: np.ndarray, valid: np.ndarray, rows: np.ndarray, P: int) -> tuple:
+    """``reads[:, rows, :P]`` and its mask (the padding, ``~valid``) as C-ordered arrays,
+    taken read by read.
 
     The one fancy index would give the same values in another memory order (the fiber axis
     first), which every solver call then copies again to flatten it: 0.2 s a chip.
     """
-    out = np.empty((reads.shape[0], rows.size, n_pix), dtype=reads.dtype)
+    out = np.empty((reads.shape[0], rows.size, P), dtype=reads.dtype)
     for j, plane in enumerate(reads):
-        np.take(plane[:, :n_pix], rows, axis=0, out=out[j])
-    return out
+        np.take(plane[:, :P], rows, axis=0, out=out[j])
+    mask = np.empty(out.shape, dtype=bool)
+    mask[:] = ~valid[rows, :P]
+    return out, mask
 
 
 def _fit_pixel_coordinates(prepared: list[PreparedChip]) -> tuple[list, tuple]:
@@ -477,25 +475,44 @@ FIT_BATCH_BYTES = 64 * 2**20
 FIT_BYTES_PER_ELEMENT = 24
 
 
-def _fit_omega_batched(reads, sigma, gain, mask, ref_index, options, segments) -> OmegaFit:
-    """``fit_omega`` of the fibers (groups) of ``reads`` in batches of fibers, so that the fit's
-    work arrays (:data:`FIT_BATCH_BYTES`) and, with ``segments``, the offsets' per-segment blocks
-    (:data:`NUISANCE_BATCH_BYTES`) do not grow with the number of fibers. The groups are fitted
-    independently, so the result is the same bits as one call over all of them."""
-    n_groups, K = reads.shape[1], reads.shape[0] - 1
-    per_fiber = FIT_BYTES_PER_ELEMENT * max(K, 1) * max(reads.shape[2], 1)
+def _fit_batched(reads, valid, sigma, gain, todo, P, ref_index, options, segments) -> tuple:
+    """``fit_omega`` and ``fit_constant`` of fibers ``todo`` (their first ``P`` pixels), in
+    batches of fibers, so that the fit's work arrays (:data:`FIT_BATCH_BYTES`) and, with
+    ``segments``, the offsets' per-segment blocks (:data:`NUISANCE_BATCH_BYTES`) do not grow
+    with the number of fibers; each batch's reads are taken from ``reads`` (all fibers, as
+    prepared) as it comes, so the fit holds no second copy of them. The groups and pixels are
+    fitted independently, so the result is the same bits as one call over all of them.
+
+    Returns
+    -------
+    (OmegaFit, FluxFit)
+        ``(len(todo), ...)``.
+    """
+    n_groups, K = todo.size, reads.shape[0] - 1
+    per_fiber = FIT_BYTES_PER_ELEMENT * max(K, 1) * P
     batch = max(1, FIT_BATCH_BYTES // per_fiber)
     if segments is not None:
         per_fiber = 6 * 8 * (int(segments.max(initial=0)) + 1) * K * K
         batch = min(batch, max(1, NUISANCE_BATCH_BYTES // per_fiber))
-    parts = []
+    fits, constants = [], []
     for start in range(0, max(n_groups, 1), batch):  # one call even for no fibers
         part = slice(start, start + batch)
-        parts.append(fit_omega(
-            reads[:, part], sigma[part], gain=gain[part], mask=mask[:, part], ref_index=ref_index,
+        rows = todo[part]
+        batch_reads, mask = _fit_reads(reads, valid, rows, P)
+        sigma_rows, gain_rows = sigma[rows, :P], gain[rows, :P]
+        constants.append(fit_constant(
+            batch_reads, sigma_rows, gain=gain_rows, mask=mask, backend=options.backend
+        ))  # fmt: skip
+        fits.append(fit_omega(
+            batch_reads, sigma_rows, gain=gain_rows, mask=mask, ref_index=ref_index,
             max_iter=options.max_iter, jump_search=options.jump_search, backend=options.backend,
             segments=None if segments is None else segments[part],
         ))  # fmt: skip
+    return _joined_batches(fits, OmegaFit), _joined_batches(constants, FluxFit)
+
+
+def _joined_batches(parts: list, kind: type):
+    """One ``OmegaFit`` or ``FluxFit`` of the batches ``parts`` (fibers along the first axis)."""
     if len(parts) == 1:
         return parts[0]
     fields = {}
@@ -506,7 +523,7 @@ def _fit_omega_batched(reads, sigma, gain, mask, ref_index, options, segments) -
             values = [np.pad(v, ((0, 0), (0, width - v.shape[1]), (0, 0)), constant_values=np.nan)
                       for v in values]  # fmt: skip
         fields[name] = None if value is None else np.concatenate(values)
-    return OmegaFit(**fields)
+    return kind(**fields)
 
 
 def _segments(keys: np.ndarray, valid: np.ndarray, todo: np.ndarray, n_fibers: int,

@@ -123,8 +123,9 @@ class FitOptions:
     keep_constant : bool
         Also extract every pixel with the constant model (for comparisons and plots).
     keep_fit_reads : bool
-        Keep the fit pixels' reads in the result (``PreparedChip.fit_reads``, for the ramp
-        plots); without them the result is smaller by about a quarter of a cube per chip.
+        Keep the fit pixels' reads, read noise and gain in the result (``PreparedChip.fit_reads``
+        ..., for the ramp plots); without them the result is smaller by about a quarter of a
+        cube per chip.
     """
 
     # model choice

@@ -46,7 +46,8 @@ class PreparedChip:
     fit_reads : ndarray, float32 or float64, ``(n_reads, n_fibers, n_pix)``, or None
         Reads of the fit pixels; padding is NaN. None after the fit unless
         ``FitOptions.keep_fit_reads``.
-    fit_read_noise, fit_gain : ndarray, ``(n_fibers, n_pix)``
+    fit_read_noise, fit_gain : ndarray, ``(n_fibers, n_pix)``, or None
+        The fit pixels' read noise and gain; released with ``fit_reads``.
     jumps : ndarray, int64, ``(n_jumps, 3)``
         ``(read, row, column)`` of every read masked after a detected jump.
     saturated : ndarray of bool, ``(ny, nx)``
@@ -266,7 +267,8 @@ def correct_1f(
 
 
 def release_fit_reads(prepared: PreparedChip, options: FitOptions) -> PreparedChip:
-    """``prepared`` without its fit reads once fitted, unless ``options.keep_fit_reads``."""
+    """``prepared`` without its fit reads (and their read noise and gain) once fitted, unless
+    ``options.keep_fit_reads``: 130 MB a chip that a result would keep through the later chips."""
     if options.keep_fit_reads:
         return prepared
-    return dataclasses.replace(prepared, fit_reads=None)
+    return dataclasses.replace(prepared, fit_reads=None, fit_read_noise=None, fit_gain=None)

@@ -519,7 +519,7 @@ def extract_kernel(
     reads : (N, n_pix) array, any real dtype, in the caller's units (DN or e-).
     bad : (N, n_pix) bool, True = bad read; ignored unless ``use_mask``.
     omega : (n_groups, K) float64; a non-finite element masks that difference.
-    groups : (n_pix,) int64 row of ``omega`` for each pixel.
+    groups : (n_pix,) int32 row of ``omega`` for each pixel.
     dt : (K,) float64 read intervals.
     read_noise, gain, saturation : (n_pix,) float64, or (1,): one value for every pixel.
     flux, flux_var, chi2 : (n_pix,) float64 outputs, in e- per unit time (gain applied).

@@ -291,8 +291,9 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
 def test_each_chip_is_let_go_before_the_next_is_loaded(cloudy, tmp_path, monkeypatch):
     """Written to a product chip by chip, a chip's prepared maps are freed before the next chip
     is loaded (the driver's loop kept the last one alive through the next chip's work), and the
-    result keeps no jump masks of the omega fit (``keep_images`` keeps them); the fits are
-    otherwise those of the run in memory."""
+    result keeps no jump masks of the omega fit (``keep_images`` keeps them) and, without
+    ``keep_fit_reads``, no fit reads, read noise or gain, nor the maps no later stage reads; the
+    fits are otherwise those of the run in memory."""
     import gc
     import weakref
 
@@ -307,6 +308,13 @@ def test_each_chip_is_let_go_before_the_next_is_loaded(cloudy, tmp_path, monkeyp
         return chip
 
     monkeypatch.setattr(driver, "prepare_chip", prepare)
+    fit_fibers, maps_at_fit = driver.fit_fibers, []
+
+    def fit(prepared, options):
+        maps_at_fit.extend((p.rate, p.saturated, p.pixel_map.purity) for p in prepared)
+        return fit_fibers(prepared, options)
+
+    monkeypatch.setattr(driver, "fit_fibers", fit)
     alive_at_load = []
 
     def loader(chip):
@@ -318,9 +326,17 @@ def test_each_chip_is_let_go_before_the_next_is_loaded(cloudy, tmp_path, monkeyp
         return load
 
     chips = {name: loader(chip) for name, chip in chips_of(sim).items()}
-    options = FitOptions(keep_constant=True)
+    options = FitOptions(keep_constant=True, keep_fit_reads=False)
     streamed = run_exposure(chips, traces_of(sim), options, product=tmp_path / "s.h5")
     assert alive_at_load == [[], [False]]
+    # The maps no later stage reads went as each chip was prepared; a caller's on_chip sees them.
+    assert len(maps_at_fit) == 2 and all(m is None for maps in maps_at_fit for m in maps)
+    seen = []
+    maps_at_fit.clear()
+    run_exposure(chips, traces_of(sim), options, product=tmp_path / "c.h5",
+                 on_chip=lambda name, chip: seen.append(chip.prepared.rate) or chip)  # fmt: skip
+    assert all(m is not None for maps in maps_at_fit for m in maps)
+    assert len(seen) == 2 and all(rate is not None for rate in seen)
     kept = run_exposure(chips, traces_of(sim), options, product=tmp_path / "k.h5",
                         keep_images=True)  # fmt: skip
     for name in ("R", "G"):
@@ -329,6 +345,9 @@ def test_each_chip_is_let_go_before_the_next_is_loaded(cloudy, tmp_path, monkeyp
         assert kept.fibers[name].fit.jump_mask is not None
         np.testing.assert_array_equal(fits.omega, in_memory.fibers[name].omega)
         np.testing.assert_array_equal(fits.fit.flux, in_memory.fibers[name].fit.flux)
+        released = streamed.chips[name].prepared
+        assert released.fit_reads is None and released.fit_read_noise is None
+        assert released.fit_gain is None and in_memory.chips[name].prepared.fit_gain is not None
 
 
 def test_simulate_command_writes_an_exposure(tmp_path, capsys):

@@ -11,7 +11,7 @@ from pyapred.exposure import FitOptions
 from pyapred.exposure.fibers import (
     MODEL_BORROWED,
     MODEL_TIME_VARIABLE,
-    _fiber_rows,
+    _fit_reads,
     _significance,
     choose_models,
 )
@@ -83,7 +83,7 @@ def test_fibers_fitted_in_batches_give_the_same_bits(tmp_path, monkeypatch):
     assert len(calls) >= 4 and set(calls) == {1}
     for name, value in whole.fit.__dict__.items():
         np.testing.assert_array_equal(getattr(batched.fit, name), value, err_msg=name)
-    for name in ("omega", "omega_cov", "model", "flags", "delta_chi2"):
+    for name in ("omega", "omega_cov", "model", "flags", "delta_chi2", "pixel_chi2_constant"):
         np.testing.assert_array_equal(getattr(batched, name), getattr(whole, name), err_msg=name)
 
 
@@ -186,9 +186,11 @@ def test_chromatic_needs_known_chips_and_no_nuisance():
 
 
 @pytest.mark.parametrize("n_pix", [7, 5])
-def test_fiber_rows_are_the_fancy_index_in_c_order(n_pix):
+def test_fit_reads_are_the_fancy_index_in_c_order(n_pix):
     reads = np.arange(4 * 6 * 7, dtype=np.float32).reshape(4, 6, 7)
+    valid = np.arange(6 * 7).reshape(6, 7) % 3 > 0
     rows = np.array([0, 2, 5])
-    got = _fiber_rows(reads, rows, n_pix)
+    got, mask = _fit_reads(reads, valid, rows, n_pix)
     np.testing.assert_array_equal(got, reads[:, rows, :n_pix])
-    assert got.flags.c_contiguous and got.dtype == reads.dtype
+    np.testing.assert_array_equal(mask, np.broadcast_to(~valid[rows, :n_pix], got.shape))
+    assert got.flags.c_contiguous and got.dtype == reads.dtype and mask.flags.c_contiguous
