@@ -127,7 +127,7 @@ def _jumps(ny: int, nx: int, n_reads: int, queue) -> None:
     del hit, at
     _reset_peak()
     extract_t, jumps_t = [], []
-    for _ in range(2):  # interleaved, so that both see the same machine load
+    for _ in range(3):  # interleaved, so that both see the same machine load
         extract_t.append(_best(lambda: extract_fluxes(cube, 15.0, omega), 1))
         jumps_t.append(_best(lambda: find_jumps(cube, 15.0, omega=omega), 1))
     peak = _rss_peak_bytes()
