@@ -132,8 +132,9 @@ def run_exposure(
             writer.add_chip(name, ChipImages.from_fit(chip))
             return _without_images(chip)
 
+        # The maps no later stage reads go early, unless the caller's own on_chip sees them.
         result = _run(chips, traces, options, meta, progress, write_chip, streamed=True,
-                      caller_sees_chips=on_chip is not None)  # fmt: skip
+                      drop_unread_maps=on_chip is None)  # fmt: skip
         parts = product_parts(result)
         writer.finish(
             fibers=parts.fibers, inputs=parts.inputs, backend=parts.backend,
@@ -193,16 +194,15 @@ def resolve_backend(backend: str) -> str:
 # The stages, chip by chip
 # --------------------------------------------------------------------------------------------
 def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
-         caller_sees_chips=True) -> ExposureResult:  # fmt: skip
+         drop_unread_maps=False) -> ExposureResult:  # fmt: skip
     """The stages over every chip: per chip, or with ``joint_chips`` over all chips at once.
 
     ``streamed``: the chips go to a product as they are extracted; the result then keeps no
-    jump masks of the omega fit either (:func:`_without_jump_mask`), and, unless the caller's
-    own ``on_chip`` sees the chips (``caller_sees_chips``), a chip's maps that no later stage
-    reads go as soon as it is prepared (:func:`_without_unread_maps`).
+    jump masks of the omega fit either (:func:`_without_jump_mask`). ``drop_unread_maps``: a
+    chip's maps that no later stage reads go as soon as it is prepared
+    (:func:`_without_unread_maps`).
     """
     keep = on_chip or (lambda name, chip_result: chip_result)
-    drop_maps = streamed and not caller_sees_chips
     names = list(chips)
     missing = [n for n in names if n not in traces]
     if missing:
@@ -225,7 +225,7 @@ def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
             timing = chip.timing if timing is None else timing
             with _timed(timings, "prepare"):
                 prep = prepare_chip(chip, traces[name], options)
-            prepared.append(_without_unread_maps(prep) if drop_maps else prep)
+            prepared.append(_without_unread_maps(prep) if drop_unread_maps else prep)
             del prep
             # One chip is kept for its extraction; joint chips are loaded again (one cube).
             loaded = chip if len(group) == 1 else None
