@@ -34,6 +34,25 @@ def _choose(fit, constant, **options):
                          FitOptions(min_fit_pixels=10, **options))  # fmt: skip
 
 
+def test_p_values_are_scipy_stats_chi2_survival_to_the_bit():
+    # choose_models calls scipy.special.chdtrc (scipy.stats costs a third of a second to import):
+    # the same numbers as scipy.stats.chi2.sf, a negative statistic (a time-variable fit with a
+    # larger chi2 than the constant one) included, where the survival function is 1.
+    from scipy.stats import chi2
+
+    fit, constant = _fits()
+    plain = dataclasses.replace(fit, offsets=None)
+    worse = dataclasses.replace(plain, chi2=constant.chi2 + 1.0)  # every delta chi2 negative
+    for each in (plain, worse):
+        fits = _choose(each, constant)
+        free = np.sum(np.isfinite(each.omega), axis=1) - 1
+        np.testing.assert_array_equal(fits.p_value, chi2.sf(fits.delta_chi2, free))
+    assert np.all(fits.delta_chi2 < 0) and np.all(fits.p_value == 1.0)
+    for g in range(G):
+        stat, p_value = _significance(fit.omega[g], fit.omega_cov[g], 0)
+        assert p_value == chi2.sf(stat, K - 1)
+
+
 def test_nuisance_decides_on_the_wald_statistic():
     fit, constant = _fits()
     fits = _choose(fit, constant)
