@@ -272,9 +272,9 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
     chromatic = empty_chromatic(K, P, nf)
     if !isempty(tried)
         start = map(value -> select_groups(value, rows), full_fit)
-        part = fit_omega_chromatic(reads[1:P, rows, :], sigma[1:P, rows],
-            coordinate[1:P, rows]; start, gain = gain[1:P, rows],
-            mask = repeat(.!valid[1:P, rows], 1, 1, N), max_iter = options.max_iter)
+        tried_reads, tried_mask = fiber_reads_and_mask(reads, valid, rows, P)
+        part = fit_omega_chromatic(tried_reads, sigma[1:P, rows], coordinate[1:P, rows];
+            start, gain = gain[1:P, rows], mask = tried_mask, max_iter = options.max_iter)
         spread_chromatic!(chromatic, part, rows)
     end
     return choose_chromatic(fits, chromatic, span, options)
@@ -283,6 +283,24 @@ end
 "Groups `rows` (the last axis) of one field of a per-group result; `nothing` stays."
 select_groups(value, rows) = value === nothing ? nothing :
                              collect(selectdim(value, ndims(value), rows))
+
+"""
+    fiber_reads_and_mask(reads, valid, fibers, P)
+
+The reads of the fibers `fibers` (1-based), their first `P` pixels, and the mask the fits take
+with them (true = padding), as new arrays (pyapred's `_fit_reads`).
+
+# Arguments
+- `reads`: `(n_pix, n_fibers, N)`, every fiber's fit pixels as prepared; `valid`:
+  `(n_pix, n_fibers)`, false = padding.
+
+# Returns
+`(reads, mask)`, both `(P, length(fibers), N)`.
+"""
+function fiber_reads_and_mask(reads::AbstractArray{<:Real, 3}, valid::AbstractMatrix{Bool},
+        fibers::AbstractVector{<:Integer}, P::Integer)
+    return reads[1:P, fibers, :], repeat(.!valid[1:P, fibers], 1, 1, size(reads, 3))
+end
 
 "Work-array budget, bytes, of one batch of fibers in [`fit_batched`](@ref) (pyapred's
 `FIT_BATCH_BYTES`)."
@@ -330,8 +348,7 @@ function fit_batched(reads::AbstractArray{<:Real, 3}, valid::AbstractMatrix{Bool
     parts = map(1:batch:G) do first_group
         rows = first_group:min(first_group + batch - 1, G)
         fibers = todo[rows]
-        batch_reads = reads[1:P, fibers, :]
-        mask = repeat(.!valid[1:P, fibers], 1, 1, N)
+        batch_reads, mask = fiber_reads_and_mask(reads, valid, fibers, P)
         batch_sigma, batch_gain = sigma[1:P, fibers], gain[1:P, fibers]
         constant = fit_constant(batch_reads, batch_sigma; gain = batch_gain, mask)
         fit = fit_omega(batch_reads, batch_sigma; gain = batch_gain, mask, ref_index,
