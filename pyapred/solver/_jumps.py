@@ -38,6 +38,7 @@ from ._numpy import (
     _gather_group_block,
     _median_network,
     _median_rate,
+    finish_groups,
     fit_omega_groups,
 )
 
@@ -664,7 +665,11 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
     """
     thr_one, thr_two = chi2_thresholds(threshold)
     segments = fit_options.get("segments")
-    res = fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **fit_options)
+    # The first fit stops short of the covariance where it can (finish_groups, the same bits):
+    # the groups whose mask the search changes are fitted again, the others finished at the end.
+    defer = not fit_options.get("reference", False) and segments is None
+    res = fit_omega_groups(diffs, valid, s2, dt, fit_pixel, finish=not defer, **fit_options)
+    unfinished = np.full(diffs.shape[0], defer)
     ref_index = res["ref_index"]
     used = valid.copy()
     n_jumps = np.zeros(fit_pixel.shape, dtype=np.int64)
@@ -707,6 +712,17 @@ def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_roun
                 res[key][todo, : value.shape[1]] = value
             else:
                 res[key][todo] = value
+        unfinished[todo] = False
+    if unfinished.any():
+        rest = np.flatnonzero(unfinished)
+
+        def sub(array, rest=rest, every=rest.size == diffs.shape[0]):
+            return array if every else array[rest]
+
+        part = finish_groups(sub(diffs), sub(valid), sub(s2), dt, sub(fit_pixel),
+                             {key: sub(value) for key, value in res.items()})  # fmt: skip
+        for key, value in part.items():
+            res[key][rest] = value
     return res, used, n_jumps
 
 

@@ -1693,7 +1693,7 @@ STOP_CONVERGED, STOP_MAX_ITER, STOP_BREAKDOWN, STOP_LINE_SEARCH, STOP_EMPTY = ra
 @_single_blas_thread
 def fit_omega_groups(
     diffs, valid, s2, dt, fit_pixel, *, reference, rtol, max_iter, ref_index, segments=None,
-    start=None,
+    start=None, finish=True,
 ):  # fmt: skip
     """Gauss-Newton joint fit of omega and fluxes for G independent groups (spec 2.4-2.7, 9).
 
@@ -1727,11 +1727,18 @@ def fit_omega_groups(
     same ``ref_index``), used wherever it is finite in place of the initial guess, which still
     decides which elements have data.
 
+    ``finish=False`` (default mode without ``segments`` only): stop at the solution, without
+    the covariance, the fluxes' variance and the chi2 at it (NaN), nor the breakdown test on
+    them; :func:`finish_groups` computes them later, the same bits. The jump search does not
+    need them, and the groups whose mask it changes are fitted again.
+
     Returns a dict of the ``OmegaFit`` fields that are computed here (electron units): with the
     convergence report ``stop_reason`` (``STOP_*``), ``step_size`` (the last update, in the units
     of the convergence test) and ``damping`` (the line-search factor of the last update), and
     with ``offsets`` (G, S, K), NaN where a segment has no data, when ``segments`` is given.
     """
+    if not finish and (reference or segments is not None):
+        raise ValueError("finish=False: default mode without segments only")
     G, P, K = diffs.shape
     target = None if ref_index is None else np.asarray(ref_index, dtype=np.int64)
     if reference:
@@ -1852,6 +1859,9 @@ def fit_omega_groups(
         active[idx[done]] = False
         active[stuck] = False
 
+    # The convergence report (its arrays are updated in place below).
+    report = {"ref_index": kstar, "n_iter": n_iter, "converged": converged, "has_data": has_data,
+              "stop_reason": reason, "step_size": step_size, "damping": damping}  # fmt: skip
     if not reference:
         # Back to the requested normalisation where the group was pivoted (a rescaling of the
         # same solution: omega / c and flux * c, c = omega[target]); without one, the pivot
@@ -1868,12 +1878,62 @@ def fit_omega_groups(
                 converged[g] = False
                 reason[g] = STOP_BREAKDOWN
         free = has_data & (np.arange(K) != kstar[:, None])
+        if not finish:
+            return report | {
+                "omega": _returned_omega(omega, has_data, kstar, nonempty),
+                "omega_cov": np.full((G, K, K), np.nan),
+                "flux": np.where(fit_pixel, flux, np.nan),
+                "flux_var": np.full((G, P), np.nan),
+                "chi2": np.full((G, P), np.nan),
+            }
         # The covariance at the returned solution (the reference keeps the one from the
         # linearisation before the last step, quirk Q3).
         sch, _ = _evaluate(normal, offsets, diffs, valid, s2, dt, flux_lin, omega_lin, nonempty,
                            fit_pixel, free)  # fmt: skip
     else:
         sch, _ = normal.schur(free)
+    return _finished(normal, offsets, sch, diffs, valid, s2, dt, fit_pixel, omega, flux, report)
+
+
+@_single_blas_thread
+def finish_groups(diffs, valid, s2, dt, fit_pixel, fit):
+    """What ``fit_omega_groups(..., finish=False)`` left out, at its solution ``fit`` (its dict):
+    the covariance, the fluxes' variance, the chi2 and the breakdown test. The same bits as
+    ``finish=True``: each group's arithmetic depends on nothing but its own inputs.
+
+    Returns the whole dict, as ``fit_omega_groups`` returns it.
+    """
+    G, P, K = diffs.shape
+    has_data, kstar = fit["has_data"], fit["ref_index"]
+    nonempty = fit_pixel.any(axis=1)
+    # The iterate as the fit held it: 0 where an element or a pixel takes no part.
+    omega = np.where(has_data, fit["omega"], 0.0)
+    flux = np.where(fit_pixel, fit["flux"], 0.0)
+    free = has_data & (np.arange(K) != kstar[:, None])
+    normal = _Normal(G, P, K)
+    sch, _ = _evaluate(normal, None, diffs, valid, s2, dt, flux, omega, nonempty, fit_pixel, free)
+    report = {key: fit[key].copy() for key in ("ref_index", "n_iter", "converged", "has_data",
+                                               "stop_reason", "step_size", "damping")}  # fmt: skip
+    return _finished(normal, None, sch, diffs, valid, s2, dt, fit_pixel, omega, flux, report)
+
+
+def _returned_omega(omega, has_data, kstar, nonempty):
+    """The iterate ``omega`` as returned: NaN where an element has no data, exactly 1 at
+    ``kstar`` (NaN for an empty group)."""
+    out = np.where(has_data, omega, np.nan)
+    out[np.arange(out.shape[0]), kstar] = np.where(nonempty, 1.0, np.nan)
+    return out
+
+
+def _finished(normal, offsets, sch, diffs, valid, s2, dt, fit_pixel, omega, flux, report):
+    """``fit_omega_groups``' dict from the Schur complement ``sch`` at its solution ``(omega,
+    flux)`` (the iterate, 0 where not used), with ``normal`` (and ``offsets``) evaluated there:
+    omega's covariance, the fluxes' variance, the chi2, and the breakdown test, which updates
+    ``report``'s ``converged`` and ``stop_reason``."""
+    G, P, K = diffs.shape
+    has_data, kstar = report["has_data"], report["ref_index"]
+    nonempty = fit_pixel.any(axis=1)
+    free = has_data & (np.arange(K) != kstar[:, None])
     cov = _inverse_spd(sch)
     cov[~(free[:, :, None] & free[:, None, :])] = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1883,8 +1943,7 @@ def fit_omega_groups(
         else:
             quad = offsets.flux_quad(normal.e_hat, cov)
         flux_var = np.where(fit_pixel, (1.0 + quad) / normal.sqrt_d**2, np.nan)
-    omega = np.where(has_data, omega, np.nan)
-    omega[np.arange(G), kstar] = np.where(nonempty, 1.0, np.nan)
+    omega = _returned_omega(omega, has_data, kstar, nonempty)
     flux = np.where(fit_pixel, flux, np.nan)
     x = np.where(has_data, omega, 0.0) * dt
     chi2 = np.empty((G, P))
@@ -1896,25 +1955,23 @@ def fit_omega_groups(
     for value in (flux, flux_var, chi2):
         finite &= np.isfinite(np.where(fit_pixel, value, 0.0)).all(axis=1)
     broken = nonempty & ~finite
+    converged, reason = report["converged"], report["stop_reason"]
     reason[broken & converged] = STOP_BREAKDOWN
     converged[broken] = False
     extra = {}
     if offsets is not None:
         extra["offsets"] = np.where(offsets.has_data, offsets.value, np.nan)
-    return extra | {
-        "omega": omega,
-        "omega_cov": cov,
-        "ref_index": kstar,
-        "flux": flux,
-        "flux_var": flux_var,
-        "chi2": chi2,
-        "n_iter": n_iter,
-        "converged": converged,
-        "has_data": has_data,
-        "stop_reason": reason,
-        "step_size": step_size,
-        "damping": damping,
-    }
+    return (
+        extra
+        | report
+        | {
+            "omega": omega,
+            "omega_cov": cov,
+            "flux": flux,
+            "flux_var": flux_var,
+            "chi2": chi2,
+        }
+    )
 
 
 def _repivot(omega, flux, rows, has_data, fit_pixel, kstar, free, scale, s2):

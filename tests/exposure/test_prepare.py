@@ -18,6 +18,25 @@ def test_nanmedian_last_axis_matches_numpy():
     assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
 
 
+@pytest.mark.parametrize("n", [46, 45, 1, 2])
+def test_median_first_axis_is_numpy_median_to_the_bit(n):
+    from pyapred.exposure.prepare import _median_first_axis
+
+    rng = np.random.default_rng(4)
+    values = (rng.poisson(100, (n, 6, 50)) + rng.normal(0, 20, (n, 6, 50))).astype(np.float32)
+    values[rng.random(values.shape) < 0.01] = np.nan
+    values[:, 0, :3] = np.inf  # all +inf
+    values[0, 1, :3] = -np.inf
+    values[-1, 1, 3:6] = np.inf
+    values[: n // 2 + 1, 2, 6] = -np.inf  # +inf and -inf at the middle: NaN
+    values[n // 2 :, 2, 6] = np.inf
+    want = np.median(values, axis=0)
+    got = _median_first_axis(values)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert np.array_equal(got, want, equal_nan=True)
+    assert np.isnan(got).any()
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "big-endian", "sliced", "float64"])
 def test_pixel_reads_equal_fancy_indexing(layout):
     from pyapred.exposure.prepare import _pixel_reads

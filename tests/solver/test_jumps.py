@@ -496,3 +496,61 @@ def test_a_pixel_fit_does_not_depend_on_the_block_it_falls_in():
                                mask=mask[:, start:stop])  # fmt: skip
         np.testing.assert_array_equal(alone.flux, fluxes.flux[start:stop])
         np.testing.assert_array_equal(alone.chi2, fluxes.chi2[start:stop])
+
+
+def test_deferred_covariance_of_the_jump_search_is_the_same_bits(monkeypatch):
+    """The search's first fit stops at the solution (``finish=False``), the groups it leaves
+    alone are finished at the end (``finish_groups``): the same bits as finishing every fit."""
+    from pyapred.solver import _jumps, _numpy
+
+    reads, sigma = _paper_example()
+    hit = reads.copy()
+    hit[6:, 7] += 1500.0  # a cosmic ray in the first group only
+    # Three groups: one with a jump, one clean, one pivoted away from ref_index 0 (its first
+    # difference is dark), and an empty one.
+    dark = reads.copy()
+    dark[1:] -= dark[1] - dark[0]
+    cube = np.stack([hit, reads[:, ::-1], dark, reads], axis=1)
+    mask = np.zeros(cube.shape, dtype=bool)
+    mask[:, 3] = True
+    kwargs = dict(jump_search=True, ref_index=0, mask=mask)
+    deferred = fit_omega(cube, sigma[None, :], **kwargs)
+    calls = []
+    unpatched = _numpy.fit_omega_groups
+
+    def always_finish(*args, finish=True, **options):
+        calls.append(finish)
+        return unpatched(*args, **options)
+
+    monkeypatch.setattr(_jumps, "fit_omega_groups", always_finish)
+    finished = fit_omega(cube, sigma[None, :], **kwargs)
+    assert calls[0] is False and len(calls) == 2  # deferred, then the one refit
+    assert deferred.flags[0, 7] & Flag.JUMP_DETECTED
+    for name in ("omega", "omega_cov", "flux", "flux_var", "chi2", "n_iter", "converged",
+                 "stop_reason", "ref_index"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(deferred, name), getattr(finished, name), name)
+    assert np.isfinite(deferred.omega_cov[:2]).all() and np.isnan(deferred.omega[3]).all()
+
+
+def test_finish_groups_completes_an_unfinished_fit_to_the_bit():
+    from pyapred.solver import _numpy
+
+    reads, sigma = _paper_example()
+    cube = np.stack([reads, reads[:, ::-1]], axis=1).astype(np.float64)
+    diffs = np.ascontiguousarray(np.diff(cube, axis=0).transpose(1, 2, 0))
+    G, P, K = diffs.shape
+    valid = np.ones(diffs.shape, dtype=bool)
+    s2 = np.broadcast_to(sigma**2, (G, P)).copy()
+    fit_pixel = np.ones((G, P), dtype=bool)
+    options = dict(reference=False, rtol=1e-8, max_iter=50, ref_index=np.array([0, 5]))
+    whole = _numpy.fit_omega_groups(diffs, valid, s2, np.ones(K), fit_pixel, **options)
+    part = _numpy.fit_omega_groups(diffs, valid, s2, np.ones(K), fit_pixel, finish=False,
+                                   **options)  # fmt: skip
+    assert np.isnan(part["omega_cov"]).all() and np.isnan(part["chi2"]).all()
+    done = _numpy.finish_groups(diffs, valid, s2, np.ones(K), fit_pixel, part)
+    assert done.keys() == whole.keys()
+    for key in whole:
+        np.testing.assert_array_equal(done[key], whole[key], key)
+    with pytest.raises(ValueError, match="finish=False"):
+        _numpy.fit_omega_groups(diffs, valid, s2, np.ones(K), fit_pixel, finish=False,
+                                **options | {"reference": True})  # fmt: skip
