@@ -283,3 +283,41 @@ def test_one_compiled_difference_kernel_for_batches_and_calibration_forms():
     np.testing.assert_array_equal(batch.omega, whole.omega)
     np.testing.assert_array_equal(batch.flux, whole.flux)
     assert len(_numpy._prepare_diffs_flat.signatures) == compiled
+
+
+def test_kernels_that_call_blas_run_with_one_blas_thread(monkeypatch):
+    """The Numba kernels that call BLAS from their threads (``np.dot`` per group) run with BLAS
+    limited to one thread, on every path that reaches them: OpenBLAS's own threads spinning
+    against Numba's made the fibers' stage 35 % slower once (an unwrapped ``finish_groups``)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    calls = []
+
+    def checked(kernel):
+        def run(*args):
+            calls.append((kernel.__name__, blas_threads()))
+            return kernel(*args)
+
+        return run
+
+    for name in ("normal_equations_kernel", "flux_quad_kernel"):
+        monkeypatch.setattr(_numpy, name, checked(getattr(_numpy, name)))
+    rng = np.random.default_rng(5)
+    omega = omega_uniform(11, 0.3, rng)
+    reads = simulate_ramps(rng.uniform(200, 900, (3, 40)), 12.0, omega=omega, rng=rng).reads
+    reads[6:, 0, 3] += 800.0  # a jump for the search to find and refit around
+    segments = np.tile(np.repeat([0, 1], 20), (3, 1))
+    with threadpool_limits(limits=2, user_api="blas"):
+        if not blas_threads() or max(blas_threads()) < 2:
+            pytest.skip("BLAS runs one thread here whatever the limit: nothing to check")
+        fit_omega(reads, 12.0)
+        fit_omega(reads, 12.0, jump_search=True)
+        fit_omega(reads, 12.0, segments=segments)
+        fit_omega(reads, 12.0, mode="reference")
+        sample_omega(reads[:, 0], 12.0, 3, burn_in=2, rng=rng)
+        assert blas_threads() and max(blas_threads()) >= 2  # the limit is restored after each
+    assert {name for name, _ in calls} == {"normal_equations_kernel", "flux_quad_kernel"}
+    assert all(max(threads) == 1 for _, threads in calls), calls
