@@ -40,6 +40,7 @@ OK = 0
 ENDS_EARLY = 1  # the tile's bytes end before its pixels do
 BAD_CODE = 2  # a block code above FS_MAX, which no encoder writes
 BAD_TILE = 3  # descriptor outside the heap, or too short to hold the first pixel
+UNUSED_BYTES = 4  # the tile's pixels end before its bytes do (cfitsio refuses it too)
 
 
 @intrinsic
@@ -87,7 +88,8 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
     -------
     int
         ``OK`` (0), or the error code that stopped decoding (``out`` is then incomplete).
-        A tile fails exactly where cfitsio's decoder would read past its end.
+        A tile fails exactly where cfitsio's decoder would read past its end, or would stop
+        before it (``UNUSED_BYTES``).
     """
     if start < 0 or stop > data.size or start > stop - 5:
         return BAD_TILE
@@ -159,6 +161,11 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
             last = (last + ((diff >> 1) ^ -(diff & 1))) & _MASK32
             out[i] = last
             i += 1
+    # cfitsio reads a byte only when it needs its bits, so it stops at ``pos`` less the whole
+    # bytes still unread in the buffer here; a valid tile ends there (bytes after the last
+    # pixel mean the tile was damaged, e.g. zeroed: decoded, its pixels would be wrong).
+    if pos - (nbits >> 3) < stop:
+        return UNUSED_BYTES
     return OK
 
 
@@ -190,7 +197,7 @@ def decode_rice_tiles(
     bad_row : int
         The first row that did not decode, or -1.
     code : int
-        That row's error code (``ENDS_EARLY``, ``BAD_CODE``, ``BAD_TILE``), or 0.
+        That row's error code (``ENDS_EARLY``, ``BAD_CODE``, ``BAD_TILE``, ``UNUSED_BYTES``), or 0.
     """
     if offset.shape != nelem.shape:  # Numba does not check bounds
         raise ValueError(f"offset: expected shape {nelem.shape}, got {offset.shape}")
@@ -439,4 +446,5 @@ ERROR_TEXT = {
     ENDS_EARLY: "compressed bytes end before the tile's pixels",
     BAD_CODE: f"a block code above {FS_MAX + 1}",
     BAD_TILE: "a tile too short for its first pixel, or outside the heap",
+    UNUSED_BYTES: "unused bytes after the tile's last pixel",
 }

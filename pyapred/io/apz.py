@@ -310,13 +310,14 @@ def read_apz(
                 "at least 3 HDUs (primary, average, read 1)",
                 found=str(len(hdul)),
             )
-        header = _user_header(hdul[1].header)
+        header = _user_header(path, hdul, 1)
+        read_headers = tuple(_user_header(path, hdul, k + 2) for k in range(n_in_file))
         _check_nread(path, header, n_in_file)
         _check_chip(path, header, name)
         indices = _select_reads(reads, n_in_file)
         rows = slice(*rows.indices(_image_hdu(path, hdul, 1, "average difference").shape[0]))
         cube = _rebuild(path, hdul, indices, rows, dtype)
-        read_headers = tuple(_user_header(hdul[k + 2].header) for k in indices)
+        read_headers = tuple(read_headers[k] for k in indices)
     return RawExposure(
         path=str(path),
         reads=cube,
@@ -355,7 +356,25 @@ def _open_fits(path: Path) -> Iterator[fits.HDUList]:
         yield hdul
 
 
-def _user_header(header: fits.Header) -> fits.Header:
+def _user_header(path: Path, hdul: fits.HDUList, index: int) -> fits.Header:
+    """Copy of HDU ``index``'s header without the cards that describe the FITS structure.
+
+    Every card's value is parsed here (astropy parses lazily, and raises ``VerifyError`` at the
+    first read of a value such as ``NREAD = NAN`` or ``INTOFF = 1.2.3``), so that a damaged
+    card is an InputError naming it, before any pixel is decoded.
+    """
+    header = _without_structure(hdul[index].header)
+    for card in header.cards:
+        try:
+            card.value  # noqa: B018 (parses the value; reading the card's image first would not)
+        except fits.VerifyError:
+            field = f"HDU {index} {card.keyword}"
+            found = "a value FITS cannot parse"
+            raise InputError(path, field, "a readable card value", found) from None
+    return header
+
+
+def _without_structure(header: fits.Header) -> fits.Header:
     """Copy of ``header`` without the cards that describe the FITS structure."""
     return fits.Header([card for card in header.cards if not _STRUCTURAL.match(card.keyword)])
 
@@ -877,7 +896,7 @@ def make_headers(
 def _header(source: HeaderLike) -> fits.Header:
     """A FITS header from a Header or a ``{keyword: value or (value, comment)}`` mapping."""
     header = source if isinstance(source, fits.Header) else fits.Header(list(source.items()))
-    return _user_header(header)
+    return _without_structure(header)
 
 
 def _round_half_away(numerator: np.ndarray, denominator: int) -> np.ndarray:

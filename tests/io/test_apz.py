@@ -146,6 +146,22 @@ def test_hdu_count_wins_over_nread_with_one_warning(tmp_path, raw_apz):
     assert len(relevant) == 1 and "NREAD = 47" in str(relevant[0].message)
 
 
+@pytest.mark.parametrize("hdu, keyword, value", [(1, "NREAD", "NAN"), (1, "INTOFF", "1.2.3"),
+                                                 (3, "DATE-OBS", "2025-04-20")])  # fmt: skip
+def test_an_unparsable_card_is_an_input_error_naming_it(tmp_path, hdu, keyword, value):
+    reads = simulated_chip(3, ny=2)
+    _, headers = make_headers(3, date_obs="2025-04-20T04:00:00.000", chip="a")
+    path = write_apz(tmp_path / "apR-a-52190001.apz", reads.astype(np.uint16), headers)
+    data = bytearray(path.read_bytes())
+    with fits.open(path) as hdul:
+        start = hdul.fileinfo(hdu)["hdrLoc"]
+    at = data.index(f"{keyword:<8}=".encode(), start)
+    data[at : at + 80] = f"{keyword:<8}= {value:>20}".ljust(80).encode()  # unquoted: unparsable
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=rf"{path.name}: HDU {hdu} {keyword}: expected a read"):
+        read_apz(path)
+
+
 @pytest.mark.parametrize("timesys, scale", [("TAI", "tai"), ("UTC", "utc"), (None, "utc")])
 def test_read_times_from_exposure_header_honour_timesys(tmp_path, raw_apz, timesys, scale):
     reads = 100 + np.cumsum(np.ones((4, 2, 4), dtype=np.int64), axis=0)

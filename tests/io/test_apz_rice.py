@@ -8,7 +8,7 @@ from astropy.io import fits
 
 from pyapred.errors import InputError
 from pyapred.io import _rice, apz, make_headers, read_apz, write_apz
-from pyapred.io._rice import BAD_TILE, ENDS_EARLY, OK, decode_rice_tiles
+from pyapred.io._rice import BAD_TILE, ENDS_EARLY, OK, UNUSED_BYTES, decode_rice_tiles
 
 INT32 = np.iinfo(np.int32)
 
@@ -95,6 +95,21 @@ def test_decoder_reports_bad_tiles_without_reading_outside_them(tmp_path):
     for start, size in [(-1, 10), (heap.size - 3, 10), (heap.size, 0), (2**40, 8)]:
         _, bad_row, code = decode_rice_tiles(heap, np.array([size]), np.array([start]), 32, 300)
         assert (bad_row, code) == (0, BAD_TILE)
+
+
+def test_decoder_refuses_bytes_after_a_tiles_last_pixel(tmp_path):
+    """A tile whose pixels end before its bytes do is damaged (cfitsio refuses it too)."""
+    image = random_image(np.random.default_rng(5), 7, 300)
+    tiles = raw_tiles(write_rice(tmp_path / "r.fits", image))
+    decoded, bad_row, code = decode(tiles)
+    assert (bad_row, code) == (-1, OK) and np.array_equal(decoded, image)
+    for row in range(7):  # one byte more than the tile holds (the next tile's first byte)
+        longer = tiles.nelem.copy()
+        longer[row] += 1
+        if tiles.offset[row] + longer[row] > tiles.heap.size:
+            continue
+        _, bad_row, code = decode_rice_tiles(tiles.heap, longer, tiles.offset, 32, 300)
+        assert (bad_row, code) == (row, UNUSED_BYTES)
 
 
 def test_kernels_refuse_mismatched_shapes():
@@ -210,6 +225,20 @@ def test_corrupt_heap_is_an_input_error(exposure_file):
     data[tile : tile + 8] = b"\xff" * 8
     exposure_file.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"HDU 3.*row 10: a block code above 26"):
+        read_apz(exposure_file)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_zeroed_tile_bytes_are_an_input_error(monkeypatch, exposure_file, fast):
+    """A tile zeroed after its first pixel decodes (every block code 0 is "all differences
+    zero") to wrong pixels in a few bytes; the bytes left over give it away on both paths."""
+    monkeypatch.setattr(apz, "FAST_RICE", fast)
+    start, table = descriptors(exposure_file, 1)
+    data = bytearray(exposure_file.read_bytes())
+    tile = start + table.nbytes + table[8, 1]
+    data[tile + 4 : tile + table[8, 0]] = bytes(table[8, 0] - 4)
+    exposure_file.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=rf"{exposure_file.name}.*HDU 1.*unused bytes"):
         read_apz(exposure_file)
 
 
