@@ -32,6 +32,7 @@ from .inputs import (
     identify_exposure,
     load_chip,
     match_inputs,
+    survey_chip,
 )
 from .options import FitOptions
 from .prepare import PreparedChip, correct_1f, prepare_chip
@@ -277,6 +278,17 @@ def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, ide
         list(inputs), list(trace_paths), traces_any_night=any_night, identity=identity
     )
     traces = {chip: read_trace_file(trace) for chip, (_, trace) in pairs.items()}
+    # Every file's headers, before any chip is loaded: a bad last chip is not found after the
+    # others are fitted.
+    seen: dict = {}
+    for chip, (path, trace_path) in pairs.items():
+        shape = survey_chip(
+            path, gain=options.gain, read_noise=options.read_noise,
+            saturation=options.saturation, identity=identity,
+        )  # fmt: skip
+        if shape is not None:
+            _check_same_shape(str(path), shape, seen)
+            traces[chip].check_geometry(*shape[1:], source=str(trace_path))
 
     def loader(name, path, trace_path):
         def load():
@@ -350,12 +362,22 @@ def _check_consistent(chip: ChipExposure, seen: dict) -> None:
                 repr(value),
             )
         seen.setdefault(key, (value, chip.source))
-    if "n_reads" in seen and seen["n_reads"][0] != chip.reads.shape[0]:
+    _check_same_shape(chip.source, chip.reads.shape, seen)
+
+
+def _check_same_shape(source: str, shape: tuple, seen: dict) -> None:
+    """The chips of one exposure have one number of reads and one image size."""
+    if "n_reads" in seen and seen["n_reads"][0] != shape[0]:
         raise InputError(
-            chip.source, "reads", f"{seen['n_reads'][0]} reads like {seen['n_reads'][1]}",
-            str(chip.reads.shape[0]),
+            source, "reads", f"{seen['n_reads'][0]} reads like {seen['n_reads'][1]}",
+            str(shape[0]),
         )  # fmt: skip
-    seen.setdefault("n_reads", (chip.reads.shape[0], chip.source))
+    seen.setdefault("n_reads", (shape[0], source))
+    image = tuple(int(n) for n in shape[1:])
+    if "image" in seen and seen["image"][0] != image:
+        expected = f"{seen['image'][0][0]} x {seen['image'][0][1]} pixels like {seen['image'][1]}"
+        raise InputError(source, "image shape", expected, f"{image[0]} x {image[1]}")
+    seen.setdefault("image", (image, source))
 
 
 def _without_images(chip: ChipResult) -> ChipResult:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, ReadRangeError
+from ..errors import InputError, InputWarning, ReadRangeError
 
 __all__ = [
     "CALIBRATION_BOUNDS",
@@ -241,6 +242,49 @@ def load_chip(
         writable=True,
         timing=_timing(raw.read_times, header),
     )
+
+
+def survey_chip(
+    path,
+    *,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    saturation: float | None = None,
+    identity: Mapping | None = None,
+) -> tuple[int, int, int] | None:
+    """What :func:`load_chip` checks in a raw ``.apz``'s headers, with no pixel decoded.
+
+    The name, the HDU layout, every header card, the images' shapes, the read times and the
+    calibration (the arguments, else the header cards), so that a bad file among an
+    exposure's chips is refused before any chip is fitted. Same arguments as
+    :func:`load_chip`.
+
+    Returns
+    -------
+    tuple of int or None
+        ``(n_reads, ny, nx)`` of a raw file; None for an ``ar3Dcal`` file (checked as it is
+        loaded).
+
+    Raises
+    ------
+    InputError
+        Naming the file and the HDU or keyword.
+    """
+    from ..io import read_apz
+
+    path = Path(path)
+    if identity:
+        with _named_as(path, identify_exposure(path, identity)) as alias:
+            return survey_chip(alias, gain=gain, read_noise=read_noise, saturation=saturation)
+    if path.suffix == ".h5":
+        return None
+    with warnings.catch_warnings():  # what the file's loading warns of, it warns once
+        warnings.simplefilter("ignore", InputWarning)
+        raw = read_apz(path, rows=slice(0, 0))  # headers, shapes and times only
+    _header_number(path, raw.header, "read_noise", read_noise)
+    _header_number(path, raw.header, "gain", gain)
+    _header_number(path, raw.header, "saturation", saturation, DEFAULT_SATURATION_DN)
+    return (raw.n_reads_in_file, *raw.image_shape)
 
 
 #: Exposure header cards a product keeps for ``pyapred guider`` (with the reads' TAI times).

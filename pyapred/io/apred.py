@@ -276,6 +276,7 @@ def read_ar3dcal(
         rows=slice(rows.start, rows.start + outdat.shape[1]),
         n_reads_in_file=n_total,
         name=name.to_apz_name(),
+        image_shape=IMAGE_SHAPE,
     )
     return Ar3DCal(exposure=exposure, gain=gain, read_var=read_var, metadata=metadata)
 

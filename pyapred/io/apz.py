@@ -204,6 +204,8 @@ class RawExposure:
         Number of reads the file holds (its HDU count minus 2).
     name : ApzName
         Telescope, chip, MJD and exposure number from the file name.
+    image_shape : tuple of int
+        ``(ny, nx)`` of the whole chip in the file, whatever ``rows`` holds.
     """
 
     path: str
@@ -215,6 +217,7 @@ class RawExposure:
     rows: slice
     n_reads_in_file: int
     name: ApzName
+    image_shape: tuple[int, int]
 
     @property
     def science(self) -> np.ndarray:
@@ -315,7 +318,8 @@ def read_apz(
         _check_nread(path, header, n_in_file)
         _check_chip(path, header, name)
         indices = _select_reads(reads, n_in_file)
-        rows = slice(*rows.indices(_image_hdu(path, hdul, 1, "average difference").shape[0]))
+        shape = _image_shapes(path, hdul, int(indices.max()) + 1)
+        rows = slice(*rows.indices(shape[0]))
         cube = _rebuild(path, hdul, indices, rows, dtype)
         read_headers = tuple(read_headers[k] for k in indices)
     return RawExposure(
@@ -328,6 +332,7 @@ def read_apz(
         rows=rows,
         n_reads_in_file=n_in_file,
         name=name,
+        image_shape=shape,
     )
 
 
@@ -429,6 +434,17 @@ def _image_hdu(path: Path, hdul: fits.HDUList, index: int, kind: str):
             found=f"{type(hdu).__name__} of shape {shape}",
         )
     return hdu
+
+
+def _image_shapes(path: Path, hdul: fits.HDUList, n_reads: int) -> tuple[int, int]:
+    """``(ny, nx)`` of HDU 1, checked against the HDUs of reads ``1 .. n_reads`` from their
+    headers alone (no pixel decoded): images that disagree are refused before any work."""
+    shape = tuple(_image_hdu(path, hdul, 1, "average difference").shape)
+    for k in range(n_reads):
+        other = tuple(_image_hdu(path, hdul, k + 2, f"read {k + 1}").shape)
+        if other != shape:
+            raise InputError(path, f"HDU {k + 2}", f"shape {shape} like HDU 1", found=str(other))
+    return shape
 
 
 def _image(

@@ -89,7 +89,7 @@ CASES = [
     Case("fit-float-average-hdu", "fit", fit("float_apz"), 2,
          named("float_apz", "HDU 1", "integer")),
     Case("fit-read-of-other-shape-and-dtype", "fit", fit("shape_apz"), 2,
-         named("shape_apz", "HDU 2")),
+         named("shape_apz", "HDU 3", "shape (8, 8) like HDU 1")),
     Case("fit-zero-read-noise-card", "fit", fit("zero_rdnoise_apz"), 2,
          named("zero_rdnoise_apz", "RDNOISE", "> 0")),
     Case("fit-negative-read-noise-option", "fit", fit("apz", "trace", "--read-noise", "-1"), 2,

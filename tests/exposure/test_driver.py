@@ -480,6 +480,40 @@ def test_fit_and_night_run_the_whole_exposure_on_the_julia_kernels(tmp_path, cap
     assert read_product(product).metadata["backend"] == "julia"
 
 
+def test_every_file_is_checked_before_the_first_chip_is_prepared(tmp_path, monkeypatch):
+    """A bad last chip (an unreadable card, another number of reads, another size) is refused
+    before any chip is loaded or prepared, not after the others are fitted."""
+    from astropy.io import fits
+
+    from pyapred.exposure import driver
+
+    sim = simulate_exposure("clouds", seed=7, chips=("R", "G", "B"), **SMALL)
+    paths = write_simulated_exposure(sim, tmp_path / "good")
+    other = simulate_exposure("clouds", seed=7, chips=("B",), **{**SMALL, "n_reads": 9})
+    narrow = simulate_exposure("clouds", seed=7, chips=("B",), **{**SMALL, "n_columns": 48})
+    prepared = []
+    monkeypatch.setattr(driver, "prepare_chip", lambda *args: prepared.append(args))
+
+    def with_last(apz, match):
+        inputs = [*paths["apz"][:2], apz]
+        with pytest.raises(InputError, match=match):
+            run_exposure(inputs, paths["traces"])
+        assert prepared == []
+
+    data = bytearray(paths["apz"][2].read_bytes())
+    at = data.index(b"GAIN    =", 2880)
+    data[at : at + 80] = f"GAIN    = {'NAN':>20}".ljust(80).encode()
+    (tmp_path / "card").mkdir()
+    (tmp_path / "card" / paths["apz"][2].name).write_bytes(bytes(data))
+    with_last(tmp_path / "card" / paths["apz"][2].name, "HDU 1 GAIN")
+    with fits.open(paths["apz"][2]) as hdul:
+        assert hdul[1].header["GAIN"] > 0  # the damage is in the copy only
+    longer = write_simulated_exposure(other, tmp_path / "longer")["apz"][0]
+    with_last(longer, "reads: expected 20 reads like")
+    smaller = write_simulated_exposure(narrow, tmp_path / "narrow")["apz"][0]
+    with_last(smaller, "image shape: expected")
+
+
 def test_a_product_never_replaces_an_input(tmp_path):
     sim = simulate_exposure("clouds", seed=6, chips=("R",), **SMALL)
     paths = write_simulated_exposure(sim, tmp_path)

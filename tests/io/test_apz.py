@@ -162,6 +162,22 @@ def test_an_unparsable_card_is_an_input_error_naming_it(tmp_path, hdu, keyword, 
         read_apz(path)
 
 
+def test_a_read_image_taller_than_hdu_1_is_refused(tmp_path):
+    """Rows beyond HDU 1's in a read's HDU were ignored (the first rows read back): every
+    image's shape is checked against HDU 1's from the headers, before any pixel."""
+    reads = simulated_chip(3, ny=2)
+    _, headers = make_headers(3, date_obs="2025-04-20T04:00:00.000", chip="a")
+    path = write_apz(tmp_path / "apR-a-52190001.apz", reads.astype(np.uint16), headers)
+    data = bytearray(path.read_bytes())
+    with fits.open(path) as hdul:
+        start = hdul.fileinfo(3)["hdrLoc"]
+    at = data.index(b"ZNAXIS2 =", start)
+    data[at : at + 80] = f"ZNAXIS2 = {2000000000:>20}".ljust(80).encode()
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"HDU 3: expected shape \(2, 2560\) like HDU 1"):
+        read_apz(path)
+
+
 @pytest.mark.parametrize("timesys, scale", [("TAI", "tai"), ("UTC", "utc"), (None, "utc")])
 def test_read_times_from_exposure_header_honour_timesys(tmp_path, raw_apz, timesys, scale):
     reads = 100 + np.cumsum(np.ones((4, 2, 4), dtype=np.int64), axis=0)
