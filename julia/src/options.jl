@@ -58,18 +58,32 @@ end
 "Whether the omega fit carries the 1/f nuisance offsets (`correct_1f` ends in `nuisance`)."
 nuisance(options::FitOptions) = endswith(options.correct_1f, "nuisance")
 
+"Largest trace half-width of the pixel map and of the fit pixels, in trace sigmas (`MAX_HALFWIDTH` of pyapred's options)."
+const MAX_HALFWIDTH = 10.0
+
 "Throw an `ArgumentError` naming the first setting of `options` out of range."
 function check_options(options::FitOptions)
     options.model in ("auto", "constant", "time-variable") ||
         throw(ArgumentError("model: expected \"auto\", \"constant\" or \"time-variable\", got $(repr(options.model))"))
-    for (name, value) in (("p_value", options.p_value),
-        ("amplitude_threshold", options.amplitude_threshold), ("min_snr", options.min_snr),
-        ("max_omega_error", options.max_omega_error), ("core_halfwidth", options.core_halfwidth),
-        ("min_purity", options.min_purity), ("map_halfwidth", options.map_halfwidth),
-        ("jump_threshold", options.jump_threshold))
+    0 < options.p_value < 1 ||
+        throw(ArgumentError("p_value: expected a probability between 0 and 1, got $(options.p_value)"))
+    for (name, value) in (("amplitude_threshold", options.amplitude_threshold),
+                          ("min_snr", options.min_snr))
         isfinite(value) && value >= 0 ||
-            throw(ArgumentError("$name: expected a finite value >= 0, got $value"))
+            throw(ArgumentError("$name: expected a finite number >= 0, got $value"))
     end
+    for (name, value) in (("max_omega_error", options.max_omega_error),
+                          ("jump_threshold", options.jump_threshold))
+        isfinite(value) && value > 0 ||
+            throw(ArgumentError("$name: expected a finite number > 0, got $value"))
+    end
+    for (name, value) in (("core_halfwidth", options.core_halfwidth),
+                          ("map_halfwidth", options.map_halfwidth))
+        0 < value <= MAX_HALFWIDTH ||
+            throw(ArgumentError("$name: expected a number in (0, $MAX_HALFWIDTH], got $value"))
+    end
+    0 < options.min_purity <= 1 ||
+        throw(ArgumentError("min_purity: expected a fraction in (0, 1], got $(options.min_purity)"))
     options.min_fit_pixels >= 0 ||
         throw(ArgumentError("min_fit_pixels: expected >= 0, got $(options.min_fit_pixels)"))
     options.max_iter >= 1 ||
@@ -85,7 +99,10 @@ function check_options(options::FitOptions)
     options.chromatic && nuisance(options) &&
         throw(ArgumentError("chromatic: expected correct_1f without the nuisance term (the " *
                             "chromatic fit has no offsets), got $(repr(options.correct_1f))"))
-    options.max_fit_pixels === nothing || options.max_fit_pixels >= 0 ||
-        throw(ArgumentError("max_fit_pixels: expected nothing or >= 0, got $(options.max_fit_pixels)"))
+    options.chromatic && options.model == "constant" &&
+        throw(ArgumentError("chromatic: expected no chromatic fit with the constant model " *
+                            "forced on every fiber"))
+    options.max_fit_pixels === nothing || options.max_fit_pixels >= 1 ||
+        throw(ArgumentError("max_fit_pixels: expected nothing or >= 1, got $(options.max_fit_pixels)"))
     return options
 end

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import typing
@@ -36,6 +37,10 @@ __all__ = [
     "options_from_arguments",
     "read_config",
 ]
+
+#: Largest trace half-width of the pixel map and of the fit pixels, in trace sigmas (beyond it
+#: the map's neighbouring fibers overlap entirely, and memory grows with it).
+MAX_HALFWIDTH = 10.0
 
 #: The tables of a config file, in order, with the title of each group in ``--help``.
 CONFIG_GROUPS = {
@@ -133,11 +138,13 @@ class FitOptions:
         "auto", "model", "model per fiber: chosen automatically, or forced on every fiber"
     )
     p_value: float = _option(
-        1e-3, "model", "time-variable model when the chi2 improvement's p-value is below this"
-    )
+        1e-3, "model", "time-variable model when the chi2 improvement's p-value is below this",
+        valid=(lambda value: 0 < value < 1, "a probability between 0 and 1"),
+    )  # fmt: skip
     amplitude_threshold: float = _option(
-        0.035, "model", "... and omega's equivalent amplitude reaches this (paper: 3.5 %)"
-    )
+        0.035, "model", "... and omega's equivalent amplitude reaches this (paper: 3.5 %)",
+        valid=(lambda value: 0 <= value < math.inf, "a finite number >= 0"),
+    )  # fmt: skip
     chromatic: bool = _option(
         False, "model", "also fit omega (1 + gamma c) across wavelength to time-variable fibers "
         "and use it where significant (a seeing change; best with --joint-chips)",
@@ -148,34 +155,46 @@ class FitOptions:
     )  # fmt: skip
     min_fit_pixels: int = _option(20, "model", "fibers with fewer fit pixels borrow omega")
     max_omega_error: float = _option(
-        0.05, "model", "fibers whose median omega error exceeds this borrow omega"
-    )
+        0.05, "model", "fibers whose median omega error exceeds this borrow omega",
+        valid=(lambda value: 0 < value < math.inf, "a finite number > 0"),
+    )  # fmt: skip
     # pixel selection
-    min_snr: float = _option(30.0, "pixels", "fit pixels need at least this S/N over the ramp")
+    min_snr: float = _option(
+        30.0, "pixels", "fit pixels need at least this S/N over the ramp",
+        valid=(lambda value: 0 <= value < math.inf, "a finite number >= 0"),
+    )  # fmt: skip
     core_halfwidth: float = _option(
-        0.5, "pixels", "fit pixels lie within this many trace sigmas of the center"
-    )
+        0.5, "pixels", "fit pixels lie within this many trace sigmas of the center",
+        valid=(lambda value: 0 < value <= MAX_HALFWIDTH, f"a number in (0, {MAX_HALFWIDTH}]"),
+    )  # fmt: skip
     min_purity: float = _option(
-        0.95, "pixels", "fit pixels get at least this fraction of their light from one fiber"
-    )
+        0.95, "pixels", "fit pixels get at least this fraction of their light from one fiber",
+        valid=(lambda value: 0 < value <= 1, "a fraction in (0, 1]"),
+    )  # fmt: skip
     max_fit_pixels: int | None = _option(
-        None, "pixels", "at most this many fit pixels per fiber, the brightest (default: all)"
-    )
+        None, "pixels", "at most this many fit pixels per fiber, the brightest (default: all)",
+        valid=(lambda value: value >= 1, "an integer >= 1"),
+    )  # fmt: skip
     map_halfwidth: float = _option(
-        2.5, "pixels", "pixels further than this many sigmas from every trace are background"
-    )
+        2.5, "pixels", "pixels further than this many sigmas from every trace are background",
+        valid=(lambda value: 0 < value <= MAX_HALFWIDTH, f"a number in (0, {MAX_HALFWIDTH}]"),
+    )  # fmt: skip
     # solver
     backend: Literal["numpy", "julia", "auto"] = _option(
         "numpy", "solver", "solver kernels: numpy (Numba), julia (APRampFit), or auto"
     )
     joint_chips: bool = _option(False, "solver", "one omega per fiber from all chips together")
-    max_iter: int = _option(50, "solver", "Gauss-Newton iteration limit")
+    max_iter: int = _option(
+        50, "solver", "Gauss-Newton iteration limit",
+        valid=(lambda value: value >= 1, "an integer >= 1"),
+    )  # fmt: skip
     jump_search: bool = _option(
         True, "solver", "alternate the omega fit with the jump search (--no-jump-search: faster)"
     )
     jump_threshold: float = _option(
-        8.0, "solver", "cosmic-ray threshold of the first pass, in sigmas"
-    )
+        8.0, "solver", "cosmic-ray threshold of the first pass, in sigmas",
+        valid=(lambda value: 0 < value < math.inf, "a finite number > 0"),
+    )  # fmt: skip
     # calibration overrides
     gain: float | None = _option(None, "calibration", "e-/DN (default: GAIN card, gainMat)")
     read_noise: float | None = _option(
@@ -342,7 +361,11 @@ def _build(values: dict, source: str, labels: dict) -> FitOptions:
         label = labels.get(key, key)
         if key not in known:
             raise InputError(source, label, f"a setting among {', '.join(known)}")
-        if isinstance(value, int) and _base_type(known[key]) is float:
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and _base_type(known[key]) is float
+        ):
             values[key] = value = float(value)
         problem = _check_value(known[key], value)
         if problem is not None:
@@ -472,6 +495,8 @@ def _conflict(values: dict) -> tuple[str, str] | None:
     """``(setting, what it should be)`` where settings cannot go together, else None."""
     if values.get("chromatic") and str(values.get("correct_1f", "none")).endswith("nuisance"):
         return "correct_1f", "no nuisance term with chromatic (the chromatic fit has no offsets)"
+    if values.get("chromatic") and values.get("model") == "constant":
+        return "chromatic", "no chromatic fit with the constant model forced on every fiber"
     return None
 
 

@@ -192,3 +192,44 @@ def test_chromatic_with_the_nuisance_term_is_refused_naming_the_setting(tmp_path
     with pytest.raises(InputError, match=r"c.toml: \[noise\] correct_1f: expected no nuisance"):
         read_config(config)
     assert not (tmp_path / "p.h5").exists()
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("p_value", 0.0), ("p_value", -1.0), ("p_value", float("inf")), ("amplitude_threshold", -1.0),
+     ("max_omega_error", 0.0), ("min_snr", -1.0), ("core_halfwidth", 0.0),
+     ("core_halfwidth", float("inf")), ("core_halfwidth", 1e5), ("min_purity", 2.0),
+     ("max_fit_pixels", 0), ("map_halfwidth", -1.0), ("map_halfwidth", 1e6), ("max_iter", 0),
+     ("jump_threshold", 0.0), ("jump_threshold", -1.0)],
+)  # fmt: skip
+def test_settings_out_of_range_are_refused_before_any_work(tmp_path, capsys, name, value):
+    """Each range is declared once, on the field: the constructor, the flags and the config
+    files refuse the value, naming the setting (a fit with it ran to nonsense, or crashed)."""
+    with pytest.raises(ValueError, match=name):
+        FitOptions(**{name: value})
+    flag = "--" + name.replace("_", "-")
+    argv = ["fit", str(tmp_path / "a.apz"), "--traces", str(tmp_path / "t.h5"), "--out",
+            str(tmp_path / "p.h5"), flag, str(value)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: expected" in err and "Traceback" not in err
+    group = _field_group(name)
+    config = tmp_path / "c.toml"
+    config.write_text(f"[{group}]\n{name} = {value}\n")  # Python's inf is TOML's too
+    with pytest.raises(InputError, match=rf"\[{group}\] {name}: expected"):
+        read_config(config)
+
+
+def _field_group(name):
+    import dataclasses
+
+    return next(f.metadata["group"] for f in dataclasses.fields(FitOptions) if f.name == name)
+
+
+def test_a_boolean_is_not_a_number_in_a_config_and_chromatic_needs_the_model_choice(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[model]\np_value = true\n")
+    with pytest.raises(InputError, match=r"\[model\] p_value: expected"):
+        read_config(config)
+    with pytest.raises(ValueError, match="chromatic"):
+        FitOptions(model="constant", chromatic=True)
