@@ -253,8 +253,12 @@ def fit_run(args: argparse.Namespace) -> int:
     # written, and no output may replace an input.
     inputs = [check_input_file(path, "inputs") for path in args.inputs]
     inputs += [check_input_file(path, "--traces") for path in args.traces]
+    if getattr(args, "config", None) is not None:  # read above; never replaced either
+        inputs.append(check_input_file(args.config, "--config"))
     check_output_path(args.out, "--out", inputs=inputs, overwrite=args.overwrite)
     if args.plots is not None:
+        if Path(args.plots).resolve() == Path(args.out).resolve():
+            raise InputError(args.plots, "--plots", "a folder other than --out", str(args.out))
         check_output_path(args.plots, "--plots", inputs=[*inputs, args.out], folder=True)
     remove_stale_temporaries(args.out)  # left by a killed run on the same output
     log.debug("pyapred fit: settings %s", options.to_record())

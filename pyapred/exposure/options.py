@@ -396,7 +396,9 @@ def read_config(path: str | os.PathLike) -> FitOptions:
     InputError
         An unreadable file, an unknown table or key, or a value of the wrong kind.
     """
-    path = Path(path)
+    from ..io.paths import check_input_file
+
+    path = check_input_file(path, "--config")  # not a folder, FIFO or device
     if path.suffix in (".h5", ".hdf5"):
         from ..io import read_metadata
 
@@ -413,8 +415,10 @@ def read_config(path: str | os.PathLike) -> FitOptions:
             document = tomllib.load(handle)
     except OSError as exc:
         raise InputError(path, "--config", "a readable TOML file", exc.strerror) from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, "TOML", "a valid TOML file", str(exc)) from None
+    except RecursionError:  # arrays nested thousands deep
+        raise InputError(path, "TOML", "a valid TOML file", "nesting too deep") from None
     values: dict = {}
     labels: dict = {}
     groups = {f.name: f.metadata["group"] for f in _fields()}

@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -233,3 +234,37 @@ def test_a_boolean_is_not_a_number_in_a_config_and_chromatic_needs_the_model_cho
         read_config(config)
     with pytest.raises(ValueError, match="chromatic"):
         FitOptions(model="constant", chromatic=True)
+
+
+def test_a_config_that_is_no_toml_file_is_an_input_error(tmp_path):
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # reading it would hang
+    with pytest.raises(InputError, match="--config: expected a regular file"):
+        read_config(fifo)
+    with pytest.raises(InputError, match="--config: expected an existing file"):
+        read_config(tmp_path / "nothere.toml")
+    binary = tmp_path / "b.toml"
+    binary.write_bytes(b"[model]\np_value = 0.1 # \xff\xfe\n")
+    with pytest.raises(InputError, match="TOML: expected a valid TOML file"):
+        read_config(binary)
+    deep = tmp_path / "d.toml"
+    deep.write_text("x = " + "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(InputError, match="TOML: expected a valid TOML file"):
+        read_config(deep)
+
+
+def test_the_config_and_the_plots_are_never_the_product(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[model]\np_value = 0.01\n")
+    before = config.read_bytes()
+    base = ["fit", str(tmp_path / "a.apz"), "--traces", str(tmp_path / "t.h5")]
+    (tmp_path / "a.apz").write_bytes(b"")
+    (tmp_path / "t.h5").write_bytes(b"")
+    argv = [*base, "--config", str(config), "--out", str(config), "--overwrite"]
+    assert main(argv) == 2
+    assert "--out: expected an output path that is none of the inputs" in capsys.readouterr().err
+    assert config.read_bytes() == before
+    out = tmp_path / "p.h5"
+    assert main([*base, "--out", str(out), "--plots", str(out)]) == 2
+    assert "--plots: expected a folder other than --out" in capsys.readouterr().err
+    assert not out.exists()
