@@ -237,18 +237,50 @@ def test_read_trace_file_error_messages_name_file_field_and_expectation(tmp_path
     params[:, 2, 2] = 0.0
     path = write_julia_trace_file(tmp_path / "domeTrace_lco_60781_0003_R.h5", params)
     assert_trace_error(
-        path, "trace_params", "widths in (0, 20] px", "1 non-finite y-centers (first at "
-        "fiberId 293, column 5)", "2048 widths not in (0, 20] px",
+        path, "trace_params", "widths in [0.1, 20] px", "1 non-finite y-centers (first at "
+        "fiberId 293, column 5)", "2048 widths not in [0.1, 20] px",
     )  # fmt: skip
 
     params = np.ones((48, 12, 3))
     params[:, 4, 2] = 1e6  # a width that would make the whole chip one fiber's wing
     path = write_julia_trace_file(tmp_path / "traceMain_apo_60781_G.h5", params)
-    assert_trace_error(path, "trace_params", "48 widths not in (0, 20] px", "fiberId 296")
+    assert_trace_error(path, "trace_params", "48 widths not in [0.1, 20] px", "fiberId 296")
 
     path = write_julia_trace_file(tmp_path / "traceMain_apo_60781_R.h5", np.ones((48, 0, 3)))
-    assert_trace_error(path, "trace_params", "at least one fiber", "0 fibers x 48 columns")
+    assert_trace_error(path, "trace_params", "1 to 300 fibers", "0 fibers x 48 columns")
 
     path = tmp_path / "traceMain_apo_60781_X.h5"
     path.write_bytes(b"not HDF5")
     assert_trace_error(path, "HDF5 structure", "a readable HDF5 file")
+
+
+def _ordered_params(n_fibers, n_columns=16):
+    """Julia ``trace_params[x, fiberIndx, p]``: 1-based centers 6.7 px apart, rising with the
+    fiber index, widths of 1 px."""
+    params = np.ones((n_columns, n_fibers, 3))
+    params[:, :, 1] = 5.0 + 6.7 * np.arange(n_fibers)[None, :]
+    return params
+
+
+def test_trace_files_out_of_order_too_many_fibers_or_too_narrow_are_refused(tmp_path):
+    import h5py
+
+    write = write_julia_trace_file
+    assert read_trace_file(write(tmp_path / "traceMain_apo_60781_R.h5", _ordered_params(300)))
+    path = write(tmp_path / "traceMain_apo_60781_G.h5", _ordered_params(301))
+    assert_trace_error(path, "trace_params", "1 to 300 fibers", "301 fibers")
+    swapped = _ordered_params(40)
+    swapped[:, [10, 11]] = swapped[:, [11, 10]]  # two fibers exchanged: fluxes to wrong fiberIds
+    path = write(tmp_path / "traceMain_apo_60781_B.h5", swapped)
+    assert_trace_error(path, "trace_params", "rising with the fiber index",
+                       "16 y-centers not above the previous fiber's", "fiberId 289")  # fmt: skip
+    path = write(tmp_path / "traceMain_apo_60782_R.h5", _ordered_params(40)[:, ::-1].copy())
+    assert_trace_error(path, "trace_params", "624 y-centers not above")  # numbered by fiberId
+    narrow = _ordered_params(40)
+    narrow[3, 7, 2] = 5e-324  # spoiled the fit of a whole chip
+    path = write(tmp_path / "traceMain_apo_60782_G.h5", narrow)
+    assert_trace_error(path, "trace_params", "1 widths not in [0.1, 20] px", "fiberId 293")
+    path = tmp_path / "traceMain_apo_60782_B.h5"
+    with h5py.File(path, "w") as handle:
+        handle["trace_params"] = h5py.SoftLink("/nowhere")
+    assert_trace_error(path, "trace_params", "a readable dataset")

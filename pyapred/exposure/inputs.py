@@ -428,7 +428,7 @@ def match_inputs(
     ------
     InputError
         Exposures of different telescopes, nights or numbers, a chip given twice, a chip
-        without a trace file, or a trace file of another telescope or (without
+        without a trace file or with two, or a trace file of another telescope or (without
         ``traces_any_night``) another night.
     """
     from ..traces import parse_trace_file_name
@@ -469,6 +469,9 @@ def match_inputs(
         parsed = parse_trace_file_name(path)
         if parsed is not None:
             _check_trace_night(path, parsed, first, traces_any_night)
+            if parsed[2] in traces:
+                expected = f"one trace file per chip; chip {parsed[2]} is also {traces[parsed[2]]}"
+                raise InputError(path, "traces", expected)
             traces[parsed[2]] = path
         elif len(trace_paths) == 1 and len(chips) == 1:
             traces[next(iter(chips))] = path  # one of each: the name need not say the chip

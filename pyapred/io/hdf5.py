@@ -57,7 +57,10 @@ def read_dataset(
     field = f"{group.name.rstrip('/')}/{name}".lstrip("/")
     if name not in group:
         raise InputError(path, field, f"a dataset {expected}".rstrip(), found="nothing")
-    dataset = group[name]
+    try:
+        dataset = group[name]
+    except (KeyError, OSError) as exc:  # a dangling soft or external link
+        raise InputError(path, field, f"a readable dataset {expected}".rstrip(), str(exc)) from None
     if not isinstance(dataset, h5py.Dataset):
         raise InputError(path, field, "a dataset", found=type(dataset).__name__)
     if shape is not None and (

@@ -48,6 +48,9 @@ FPI_FIBER_IDS = {"apo": (75, 225), "lco": (82, 213)}
 #: Widest plausible trace profile, Gaussian sigma in rows (APOGEE's are about 1 px): a wider
 #: one is a corrupt file, and would make every pixel of the chip a fit pixel's neighbour.
 MAX_TRACE_SIGMA = 20.0
+#: Narrowest trace width (sigma, px) a trace file may give: APOGEE's are about 1 px; a width
+#: far below a pixel makes every profile a spike (and one such fiber spoiled a chip's fit).
+MIN_TRACE_SIGMA = 0.1
 # Science columns of an APOGEE chip by its width: ar3Dcal (2048) or raw with the reference output.
 APOGEE_SCIENCE_COLUMNS = {2048: 2048, 2560: 2048}
 
@@ -464,7 +467,8 @@ def read_trace_file(
     ------
     InputError
         Not an HDF5 file, missing dataset, wrong shape or dtype, or non-finite y-centers or
-        widths, or widths <= 0; the message names the file and the dataset.
+        widths, widths out of range, more than 300 fibers, or y-centers that do not rise with the
+        fiber index; the message names the file and the dataset.
     """
     from ..errors import InputError
     from ..io.hdf5 import open_h5, read_dataset, read_group
@@ -480,14 +484,19 @@ def read_trace_file(
         group = handle.get("metadata")
         metadata = read_group(path, group) if group is not None and hasattr(group, "items") else {}
     height, y_center, sigma = params.astype(np.float64)
-    if 0 in y_center.shape:
-        raise InputError(path, dataset, "at least one fiber and one column",
+    if 0 in y_center.shape or y_center.shape[0] > N_FIBERS:
+        raise InputError(path, dataset, f"1 to {N_FIBERS} fibers and at least one column",
                          f"{y_center.shape[0]} fibers x {y_center.shape[1]} columns")  # fmt: skip
     problems = []
+    with np.errstate(invalid="ignore"):  # NaN centers are reported as such
+        unordered = np.zeros_like(y_center, dtype=bool)
+        unordered[1:] = ~(np.diff(y_center, axis=0) > 0)
     for what, bad in (
         ("non-finite y-centers", ~np.isfinite(y_center)),
-        (f"widths not in (0, {MAX_TRACE_SIGMA:g}] px",
-         ~(np.isfinite(sigma) & (sigma > 0) & (sigma <= MAX_TRACE_SIGMA))),
+        (f"widths not in [{MIN_TRACE_SIGMA:g}, {MAX_TRACE_SIGMA:g}] px",
+         ~(np.isfinite(sigma) & (sigma >= MIN_TRACE_SIGMA) & (sigma <= MAX_TRACE_SIGMA))),
+        ("y-centers not above the previous fiber's (fiberId + 1)",
+         unordered & np.isfinite(y_center)),
     ):  # fmt: skip
         if bad.any():
             fiber, column = np.argwhere(bad)[0]
@@ -498,7 +507,8 @@ def read_trace_file(
     if problems:
         raise InputError(
             path, dataset,
-            f"finite y-centers (p=2) and widths in (0, {MAX_TRACE_SIGMA:g}] px (p=3)",
+            "finite y-centers (p=2) rising with the fiber index at every column, and widths in "
+            f"[{MIN_TRACE_SIGMA:g}, {MAX_TRACE_SIGMA:g}] px (p=3)",
             "; ".join(problems),
         )  # fmt: skip
     if telescope is None:

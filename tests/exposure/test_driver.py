@@ -239,6 +239,9 @@ def test_match_inputs_rejects_mixed_nights(tmp_path):
     pairs = match_inputs(["apR-b-52190001.apz", "apR-a-52190001.apz"],
                          ["traceMain_apo_60781_G.h5", "traceMain_apo_60781_R.h5"])  # fmt: skip
     assert list(pairs) == ["R", "G"]
+    with pytest.raises(InputError, match="one trace file per chip; chip R is also"):
+        match_inputs(["apR-a-52190001.apz"],
+                     ["traceMain_apo_60781_R.h5", "domeTrace_apo_60781_R.h5"])  # fmt: skip
 
 
 def test_files_to_product_and_command_line(tmp_path, capsys):
