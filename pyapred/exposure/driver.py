@@ -105,7 +105,11 @@ def run_exposure(
     InputError
         Bad input files or traces, or an unusable backend.
     """
-    options = options or FitOptions()
+    options = FitOptions() if options is None else options
+    if not isinstance(options, FitOptions):
+        raise TypeError(f"options: expected FitOptions, got {type(options).__name__}")
+    if isinstance(chips, (str, os.PathLike)) or not len(chips):
+        raise ValueError(f"chips: expected chips by name or a sequence of files, got {chips!r}")
     options = dataclasses.replace(options, backend=resolve_backend(options.backend))
     meta: dict = {}
     if not isinstance(chips, Mapping):
@@ -208,6 +212,11 @@ def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
     missing = [n for n in names if n not in traces]
     if missing:
         raise ValueError(f"traces: no traces for chips {missing}")
+    for name in names:
+        if not isinstance(traces[name], Traces):
+            raise TypeError(
+                f"traces: expected Traces for chip {name}, got {type(traces[name]).__name__}"
+            )
     if options.reference_correction != "none":  # each chip corrected as it is loaded
         chips = {name: _corrected_1f(chips[name], traces[name], options) for name in names}
     groups = [names] if options.joint_chips else [[name] for name in names]
@@ -327,7 +336,12 @@ def _with_calibration(source: ChipSource, options: FitOptions) -> ChipSource:
 
 
 def _load(source: ChipSource) -> ChipExposure:
-    return source() if callable(source) else source
+    chip = source() if callable(source) else source
+    if not isinstance(chip, ChipExposure):
+        raise TypeError(
+            f"chips: expected ChipExposure (or a loader of one), got {type(chip).__name__}"
+        )
+    return chip
 
 
 def _corrected_1f(source: ChipSource, traces: Traces, options: FitOptions) -> Callable:

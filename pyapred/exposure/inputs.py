@@ -76,6 +76,45 @@ class ChipExposure:
     writable: bool = False
     timing: dict | None = None
 
+    def __post_init__(self):
+        """Checks what the stages rely on, naming ``source`` and the field: a cube of real
+        numbers (big-endian FITS data, float16 and long doubles are converted to the type the
+        kernels take), read times that rise, calibration maps of the chip's shape."""
+        reads = self.reads
+        if not isinstance(reads, np.ndarray) or reads.ndim != 3 or reads.dtype.kind not in "iuf":
+            found = (f"{reads.dtype} array of shape {reads.shape}" if isinstance(reads, np.ndarray)
+                     else type(reads).__name__)  # fmt: skip
+            raise InputError(self.source, "reads", "a (n_reads, ny, nx) array of real numbers",
+                             found)  # fmt: skip
+        native = reads.dtype.newbyteorder("=")
+        if reads.dtype.kind == "f" and reads.dtype.itemsize not in (4, 8):
+            native = np.dtype(np.float32 if reads.dtype.itemsize < 4 else np.float64)
+        if native != reads.dtype:
+            object.__setattr__(self, "reads", reads.astype(native))
+        n_reads, ny, nx = reads.shape
+        if self.read_times is not None:
+            try:
+                times = np.asarray(self.read_times, dtype=np.float64)
+            except (TypeError, ValueError):
+                times = np.full(n_reads, np.nan)
+            rising = np.all(np.isfinite(times)) and np.all(np.diff(times) > 0)
+            if times.shape != (n_reads,) or not rising:
+                found = f"shape {times.shape}: {np.array2string(times, threshold=6)}"
+                expected = f"{n_reads} finite, rising times (s)"
+                raise InputError(self.source, "read_times", expected, found)
+        for name in ("read_noise", "gain", "saturation"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                shape = np.shape(np.asarray(value, dtype=np.float64))
+            except (TypeError, ValueError):
+                raise InputError(self.source, name, "a number or an (ny, nx) map",
+                                 repr(value)) from None  # fmt: skip
+            if shape not in ((), (ny, nx)):
+                raise InputError(self.source, name, f"a number or a ({ny}, {nx}) map",
+                                 f"shape {shape}")  # fmt: skip
+
     def __repr__(self) -> str:
         """Name, shape, type and calibration (a line, never whole arrays)."""
 

@@ -1,5 +1,6 @@
 """The exposure driver and its stages on small simulated exposures (40 fibers, 96 columns)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -546,3 +547,43 @@ def test_freed_memory_goes_back_between_chips_unless_large_arrays_use_the_heap(
     monkeypatch.setenv("MALLOC_MMAP_MAX_", "0" if from_the_heap else "65536")
     driver._return_freed_memory()
     assert trims == ([] if from_the_heap else [0])
+
+
+def test_chips_in_memory_are_checked_and_big_endian_reads_fit_as_native():
+    """A notebook's chip: FITS data arrive big-endian (the first pass's kernel refused them
+    with a Numba typing error); other types, read times and map shapes are checked on the
+    spot, naming the field."""
+    sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
+    chip = chips_of(sim)["R"]
+    swapped = dataclasses.replace(chip, reads=chip.reads.astype(chip.reads.dtype.newbyteorder(">")))
+    assert swapped.reads.dtype.isnative and np.array_equal(swapped.reads, chip.reads)
+    same = run_exposure({"R": swapped}, traces_of(sim))
+    np.testing.assert_array_equal(same.chips["R"].flux, run_exposure(
+        {"R": chip}, traces_of(sim)).chips["R"].flux)  # fmt: skip
+    half = dataclasses.replace(chip, reads=chip.reads.astype(np.float16))
+    assert half.reads.dtype == np.float32
+    n_reads, ny, nx = chip.reads.shape
+    for change, field in [
+        ({"reads": chip.reads.astype(complex)}, "reads"), ({"reads": chip.reads[0]}, "reads"),
+        ({"reads": chip.reads.tolist()}, "reads"),
+        ({"read_times": np.zeros(n_reads)}, "read_times"),
+        ({"read_times": np.arange(3.0)}, "read_times"),
+        ({"read_times": [*range(n_reads - 1), np.inf]}, "read_times"),
+        ({"gain": np.ones(7)}, "gain"), ({"read_noise": "x"}, "read_noise"),
+        ({"saturation": np.ones((ny, nx + 1))}, "saturation"),
+    ]:  # fmt: skip
+        with pytest.raises(InputError, match=rf"<memory>: {field}: expected"):
+            dataclasses.replace(chip, **change)
+
+
+def test_run_exposure_names_the_argument_it_was_given_wrong():
+    sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
+    chips, traces = chips_of(sim), traces_of(sim)
+    with pytest.raises(ValueError, match="chips: expected"):
+        run_exposure({}, traces)
+    with pytest.raises(TypeError, match="chips: expected ChipExposure"):
+        run_exposure({"R": chips["R"].reads}, traces)
+    with pytest.raises(TypeError, match="traces: expected Traces for chip R"):
+        run_exposure(chips, {"R": "traceMain_apo_60781_R.h5"})
+    with pytest.raises(TypeError, match="options: expected FitOptions"):
+        run_exposure(chips, traces, {"max_iter": 5})
