@@ -286,7 +286,12 @@ def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, ide
     pairs = match_inputs(
         list(inputs), list(trace_paths), traces_any_night=any_night, identity=identity
     )
-    traces = {chip: read_trace_file(trace) for chip, (_, trace) in pairs.items()}
+    first_input = next(iter(pairs.values()))[0]
+    _, telescope, mjd, number = identify_exposure(first_input, identity)
+    # The exposure's telescope decides the FPI fibers, whatever the trace files are named.
+    traces = {
+        chip: read_trace_file(trace, telescope=telescope) for chip, (_, trace) in pairs.items()
+    }
     # Every file's headers, before any chip is loaded: a bad last chip is not found after the
     # others are fitted.
     seen: dict = {}
@@ -312,8 +317,6 @@ def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, ide
         return load
 
     chips = {chip: loader(chip, path, trace) for chip, (path, trace) in pairs.items()}
-    first_input = next(iter(pairs.values()))[0]
-    _, telescope, mjd, number = identify_exposure(first_input, identity)
     meta = {
         "inputs": [str(path) for path, _ in pairs.values()],
         "traces": [str(trace) for _, trace in pairs.values()],

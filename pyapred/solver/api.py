@@ -305,6 +305,11 @@ class OmegaSamples:
 # Argument checks
 # --------------------------------------------------------------------------------------------
 def _as_reads(reads, min_ndim: int = 1, max_ndim: int | None = None) -> np.ndarray:
+    if isinstance(reads, np.ma.MaskedArray):  # np.asarray would drop its mask silently
+        raise ValueError(
+            "reads: expected a plain array, got a masked array: pass reads.data, and its mask "
+            "as mask=np.ma.getmaskarray(reads) (True = bad read)"
+        )
     reads = np.asarray(reads)
     if reads.dtype.kind not in "fiu":
         raise ValueError(f"reads: expected a real numeric array, got dtype {reads.dtype}")

@@ -587,3 +587,16 @@ def test_run_exposure_names_the_argument_it_was_given_wrong():
         run_exposure(chips, {"R": "traceMain_apo_60781_R.h5"})
     with pytest.raises(TypeError, match="options: expected FitOptions"):
         run_exposure(chips, traces, {"max_iter": 5})
+
+
+def test_fpi_fibers_follow_the_exposure_not_the_trace_file_name(tmp_path):
+    """A renamed trace file (``t.h5``) says no telescope: the FPI fibers come from the
+    exposure's (they were fitted as science fibers, silently)."""
+    sim = simulate_exposure("clouds", seed=9, chips=("R",), n_fibers=300, n_columns=24,
+                            ref_columns=0, n_reads=6)  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path)
+    renamed = tmp_path / "t.h5"
+    renamed.write_bytes(paths["traces"][0].read_bytes())
+    fits = run_exposure(paths["apz"], [renamed]).fibers["R"]
+    fpi = 300 - np.array([75, 225])  # APO's FPI fiberIds, as fiber indices
+    assert np.all(fits.flags[fpi] & Flag.FPI_FIBER) and np.all(fits.model[fpi] == MODEL_CONSTANT)

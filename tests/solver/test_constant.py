@@ -270,6 +270,7 @@ def test_one_compiled_extraction_whatever_the_reads_layout():
         ({"read_times": np.arange(5.0)}, "read_times"),
         ({"read_times": np.array([0, 1, 1, 2, 3, 4.0])}, "read_times"),
         ({"reads": np.zeros((6, 4), complex)}, "reads"),
+        ({"reads": np.ma.masked_array(np.zeros((6, 4)), np.eye(6, 4, dtype=bool))}, "mask="),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
