@@ -23,10 +23,11 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError, InputWarning
 
 DESCRIPTION = (
     "pyapred: optimal up-the-ramp flux extraction for APOGEE under a changing sky. "
@@ -251,6 +252,17 @@ def _check_log_path(args: argparse.Namespace) -> Path:
     return path
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command's users read it: pyapred's own about their input as its
+    message alone (``warning: ...``), others as Python writes them (where they come from)."""
+    if issubclass(category, InputWarning):
+        return f"warning: {message}"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
 @contextlib.contextmanager
 def _output(args: argparse.Namespace) -> Iterator[logging.Logger]:
     """The one meaning of the output flags, for the run of a subcommand.
@@ -290,6 +302,8 @@ def _output(args: argparse.Namespace) -> Iterator[logging.Logger]:
         logger.handlers, logger.propagate = list(own), False
         logger.setLevel(detail)
     logging.captureWarnings(True)
+    saved_format = warnings.formatwarning
+    warnings.formatwarning = _warning_line
     stdout = sys.stdout
     with contextlib.ExitStack() as stack:
         if quiet and not as_json:
@@ -302,6 +316,7 @@ def _output(args: argparse.Namespace) -> Iterator[logging.Logger]:
         finally:
             sys.stdout.flush()
             logging.captureWarnings(False)
+            warnings.formatwarning = saved_format
             for logger, level, propagate, old in saved:
                 logger.setLevel(level)
                 logger.propagate = propagate

@@ -9,6 +9,7 @@ import h5py
 from ..errors import InputError
 from .apz import read_apz
 from .hdf5 import decode, open_h5, read_group
+from .paths import check_input_file
 
 #: Metadata keys a summary shows (the rest with ``full``).
 _KEY_METADATA = ("pyapred_version", "backend", "telescope", "mjd", "expnum", "DATE-OBS",
@@ -32,9 +33,7 @@ def describe(path: str | Path, *, full: bool = False) -> str:
     InputError
         The file is missing, or not a readable ``.apz``, HDF5 or ``.npz`` file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file", "an existing file", found="nothing")
+    path = check_input_file(path, "file")  # names a folder, a FIFO, a link loop as such
     if path.suffix == ".apz":
         return _describe_apz(path)
     if path.suffix == ".npz":

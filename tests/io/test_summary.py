@@ -54,7 +54,22 @@ def test_inspect_reports_bad_files_without_traceback(tmp_path, capsys):
     assert str(broken) in err and "file size" in err and "Traceback" not in err
     assert main(["inspect", str(tmp_path / "missing.h5")]) == EXIT_BAD_INPUT
     assert "missing.h5: file: expected an existing file" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path)]) == EXIT_BAD_INPUT  # named as what it is
+    assert "file: expected a file, found a folder" in capsys.readouterr().err
     garbage = tmp_path / "ar2D_apo_60781_0001_R_object.h5"
     garbage.write_bytes(b"no HDF5 here")
     assert main(["inspect", str(garbage)]) == EXIT_BAD_INPUT
     assert "HDF5 structure" in capsys.readouterr().err
+
+
+def test_input_warnings_read_as_messages_not_code(tmp_path, capsys):
+    from astropy.io import fits
+
+    raw = write_simulated_apz(tmp_path, np.zeros((3, 2, 8)))
+    with fits.open(raw) as hdul:
+        hdul[1].header["NREAD"] = 47
+        hdul.writeto(tmp_path / "apR-a-52190009.apz")
+    assert main(["inspect", str(tmp_path / "apR-a-52190009.apz")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "NREAD = 47 but the file holds 3 reads" in err
+    assert ".py:" not in err and "read_apz(" not in err  # no file, line or source of pyapred
