@@ -455,7 +455,9 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + item.name.replace("_", "-")
         default = getattr(defaults, item.name)
         shown = "from the file" if default is None else default
-        text = f"{item.metadata['help']} (default: {shown})"
+        valid = item.metadata["valid"]
+        allowed = "" if valid is None else f"{valid[1]}; "  # the declared range, once
+        text = f"{item.metadata['help']} ({allowed}default: {shown})"
         group = groups[item.metadata["group"]]
         kind = _base_type(item)
         if kind is bool:
