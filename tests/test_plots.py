@@ -195,7 +195,9 @@ def test_every_result_has_a_short_repr(result, sim):
         "SimulatedRamps": ramps,
         "SimulatedChip": sim.chips["R"],
         "SimulatedExposure": sim,
-        "ChipExposure": ChipExposure("R", sim.chips["R"].reads, 8.0, gain=np.ones((2, 3))[0]),
+        "ChipExposure": ChipExposure(
+            "R", sim.chips["R"].reads, 8.0, gain=np.ones(sim.chips["R"].reads.shape[1:])
+        ),
         "ProductParts": product_parts(result),
         "FitOptions": FitOptions(),
     }
