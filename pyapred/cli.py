@@ -314,15 +314,17 @@ def _output(args: argparse.Namespace) -> Iterator[logging.Logger]:
         try:
             yield logging.getLogger(LOGGER)
         finally:
-            sys.stdout.flush()
-            logging.captureWarnings(False)
-            warnings.formatwarning = saved_format
-            for logger, level, propagate, old in saved:
-                logger.setLevel(level)
-                logger.propagate = propagate
-                logger.handlers = old
-            for handler in handlers:
-                handler.close()
+            try:
+                sys.stdout.flush()  # may raise (a closed pipe): the state is restored anyway
+            finally:
+                logging.captureWarnings(False)
+                warnings.formatwarning = saved_format
+                for logger, level, propagate, old in saved:
+                    logger.setLevel(level)
+                    logger.propagate = propagate
+                    logger.handlers = old
+                for handler in handlers:
+                    handler.close()
 
 
 def _announce_compilation(command: str, log: logging.Logger) -> None:

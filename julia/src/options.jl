@@ -87,7 +87,7 @@ function check_options(options::FitOptions)
     options.min_fit_pixels >= 0 ||
         throw(ArgumentError("min_fit_pixels: expected >= 0, got $(options.min_fit_pixels)"))
     options.max_iter >= 1 ||
-        throw(ArgumentError("max_iter: expected >= 1, got $(options.max_iter)"))
+        throw(ArgumentError("max_iter: expected an integer >= 1, got $(options.max_iter)"))
     options.correct_1f in ("none", "nuisance") ||
         throw(ArgumentError("correct_1f: expected \"none\" or \"nuisance\" (a reference " *
                             "correction of the reads comes before the stages), got " *
@@ -101,8 +101,8 @@ function check_options(options::FitOptions)
                             "chromatic fit has no offsets), got $(repr(options.correct_1f))"))
     options.chromatic && options.model == "constant" &&
         throw(ArgumentError("chromatic: expected no chromatic fit with the constant model " *
-                            "forced on every fiber"))
+                            "forced on every fiber, got true"))
     options.max_fit_pixels === nothing || options.max_fit_pixels >= 1 ||
-        throw(ArgumentError("max_fit_pixels: expected nothing or >= 1, got $(options.max_fit_pixels)"))
+        throw(ArgumentError("max_fit_pixels: expected nothing or an integer >= 1, got $(options.max_fit_pixels)"))
     return options
 end

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -295,14 +296,16 @@ def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, ide
     # Every file's headers, before any chip is loaded: a bad last chip is not found after the
     # others are fitted.
     seen: dict = {}
-    for chip, (path, trace_path) in pairs.items():
-        shape = survey_chip(
-            path, gain=options.gain, read_noise=options.read_noise,
-            saturation=options.saturation, identity=identity,
-        )  # fmt: skip
-        if shape is not None:
-            _check_same_shape(str(path), shape, seen)
-            traces[chip].check_geometry(*shape[1:], source=str(trace_path))
+    with warnings.catch_warnings():  # what loading warns of, it warns once, as it loads
+        warnings.simplefilter("ignore")
+        for chip, (path, trace_path) in pairs.items():
+            shape = survey_chip(
+                path, gain=options.gain, read_noise=options.read_noise,
+                saturation=options.saturation, identity=identity,
+            )  # fmt: skip
+            if shape is not None:
+                _check_same_shape(str(path), shape, seen)
+                traces[chip].check_geometry(*shape[1:], source=str(trace_path))
 
     def loader(name, path, trace_path):
         def load():

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, InputWarning, ReadRangeError
+from ..errors import InputError, ReadRangeError
 
 __all__ = [
     "CALIBRATION_BOUNDS",
@@ -106,12 +105,13 @@ class ChipExposure:
             value = getattr(self, name)
             if value is None:
                 continue
-            try:
-                shape = np.shape(np.asarray(value, dtype=np.float64))
+            try:  # a map's shape without a float64 copy of it
+                shape = np.shape(value if isinstance(value, np.ndarray) and value.dtype.kind in
+                                 "iuf" else np.asarray(value, dtype=np.float64))  # fmt: skip
             except (TypeError, ValueError):
                 raise InputError(self.source, name, "a number or an (ny, nx) map",
                                  repr(value)) from None  # fmt: skip
-            if shape not in ((), (ny, nx)):
+            if shape not in ((), (1,), (ny, nx)):
                 raise InputError(self.source, name, f"a number or a ({ny}, {nx}) map",
                                  f"shape {shape}")  # fmt: skip
 
@@ -317,9 +317,7 @@ def survey_chip(
             return survey_chip(alias, gain=gain, read_noise=read_noise, saturation=saturation)
     if path.suffix == ".h5":
         return None
-    with warnings.catch_warnings():  # what the file's loading warns of, it warns once
-        warnings.simplefilter("ignore", InputWarning)
-        raw = read_apz(path, rows=slice(0, 0))  # headers, shapes and times only
+    raw = read_apz(path, rows=slice(0, 0))  # headers, shapes and times only
     _header_number(path, raw.header, "read_noise", read_noise)
     _header_number(path, raw.header, "gain", gain)
     _header_number(path, raw.header, "saturation", saturation, DEFAULT_SATURATION_DN)

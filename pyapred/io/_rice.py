@@ -40,7 +40,7 @@ OK = 0
 ENDS_EARLY = 1  # the tile's bytes end before its pixels do
 BAD_CODE = 2  # a block code above FS_MAX, which no encoder writes
 BAD_TILE = 3  # descriptor outside the heap, or too short to hold the first pixel
-UNUSED_BYTES = 4  # the tile's pixels end before its bytes do (cfitsio refuses it too)
+UNUSED_BYTES = 4  # the tile's pixels end before its bytes do (astropy refuses it; cfitsio warns)
 
 
 @intrinsic
@@ -163,7 +163,8 @@ def _decode_tile(data: np.ndarray, start: int, stop: int, blocksize: int, out: n
             i += 1
     # cfitsio reads a byte only when it needs its bits, so it stops at ``pos`` less the whole
     # bytes still unread in the buffer here; a valid tile ends there (bytes after the last
-    # pixel mean the tile was damaged, e.g. zeroed: decoded, its pixels would be wrong).
+    # pixel mean the tile was damaged, e.g. zeroed: decoded, its pixels would be wrong;
+    # cfitsio warns "unused bytes at end of compressed buffer", astropy raises on it).
     if pos - (nbits >> 3) < stop:
         return UNUSED_BYTES
     return OK

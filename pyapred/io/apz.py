@@ -314,14 +314,13 @@ def read_apz(
                 found=str(len(hdul)),
             )
         header = _user_header(path, hdul, 1)
-        read_headers = tuple(_user_header(path, hdul, k + 2) for k in range(n_in_file))
         _check_nread(path, header, n_in_file)
         _check_chip(path, header, name)
         indices = _select_reads(reads, n_in_file)
         shape = _image_shapes(path, hdul, int(indices.max()) + 1)
         rows = slice(*rows.indices(shape[0]))
+        read_headers = tuple(_user_header(path, hdul, k + 2) for k in indices)
         cube = _rebuild(path, hdul, indices, rows, dtype)
-        read_headers = tuple(read_headers[k] for k in indices)
     return RawExposure(
         path=str(path),
         reads=cube,
@@ -361,21 +360,32 @@ def _open_fits(path: Path) -> Iterator[fits.HDUList]:
         yield hdul
 
 
+#: The header cards pyapred reads (here, in ``exposure.load_chip`` and in the products'
+#: timing); their values are parsed when the file is opened.
+READ_CARDS = ("NREAD", "NFRAMES", "CHIP", "DATE-OBS", "TIMESYS", "INTOFF", "INTDELAY", "GAIN",
+              "RDNOISE", "SATURATE", "CONFIGID", "EXPTYPE")  # fmt: skip
+
+
 def _user_header(path: Path, hdul: fits.HDUList, index: int) -> fits.Header:
     """Copy of HDU ``index``'s header without the cards that describe the FITS structure.
 
-    Every card's value is parsed here (astropy parses lazily, and raises ``VerifyError`` at the
-    first read of a value such as ``NREAD = NAN`` or ``INTOFF = 1.2.3``), so that a damaged
-    card is an InputError naming it, before any pixel is decoded.
+    The values of the cards pyapred reads (:data:`READ_CARDS`) are parsed here: astropy parses
+    lazily, and raises ``VerifyError`` at the first read of a value such as ``NREAD = NAN`` or
+    ``INTOFF = 1.2.3``; so a damaged card is an InputError naming it before any pixel is
+    decoded. Other cards are left as they are (cfitsio's readers accept what astropy cannot
+    parse there, and pyapred never reads them).
     """
     header = _without_structure(hdul[index].header)
-    for card in header.cards:
+    for keyword in READ_CARDS:
+        if keyword not in header:
+            continue
         try:
-            card.value  # noqa: B018 (parses the value; reading the card's image first would not)
+            header[keyword]  # noqa: B018 (parses the value)
         except fits.VerifyError:
-            field = f"HDU {index} {card.keyword}"
             found = "a value FITS cannot parse"
-            raise InputError(path, field, "a readable card value", found) from None
+            raise InputError(
+                path, f"HDU {index} {keyword}", "a readable card value", found
+            ) from None
     return header
 
 
