@@ -329,6 +329,21 @@ def _as_reads(reads, min_ndim: int = 1, max_ndim: int | None = None) -> np.ndarr
     return reads
 
 
+def _as_ref_index(ref_index, n_groups: int, K: int) -> np.ndarray:
+    """``ref_index`` as (n_groups,) int64: whole numbers in [0, K), one or one per group."""
+    expected = f"whole numbers in [0, {K}), one or {n_groups} (one per group)"
+    try:
+        values = np.broadcast_to(np.asarray(ref_index), (n_groups,))
+        whole = values.dtype.kind in "iu" or (
+            values.dtype.kind == "f" and np.all(np.isfinite(values) & (values == np.round(values)))
+        )
+    except (ValueError, TypeError):
+        whole = False
+    if not whole or np.any((values < 0) | (values >= K)):
+        raise ValueError(f"ref_index: expected {expected}, got {ref_index!r}")
+    return values.astype(np.int64)
+
+
 def _pixel_map(value, name: str, pixel_shape: tuple, *, positive: bool = True) -> np.ndarray:
     """Broadcast a per-pixel parameter to ``pixel_shape`` as float64, checking its range."""
     arr = np.asarray(value, dtype=np.float64)
@@ -826,11 +841,7 @@ def fit_omega(
         reads, read_noise, gain, mask, read_times, saturation, backend
     )
     G, P, K = diffs.shape
-    kstar = None
-    if ref_index is not None:
-        kstar = np.broadcast_to(np.asarray(ref_index), (G,)).astype(np.int64)
-        if np.any((kstar < 0) | (kstar >= K)):
-            raise ValueError(f"ref_index: expected values in [0, {K}), got {ref_index}")
+    kstar = None if ref_index is None else _as_ref_index(ref_index, G, K)
     fit_pixel, n_diff, flags = _fit_pixels(valid, flags)
     options = dict(
         reference=mode == "reference", rtol=float(rtol), max_iter=int(max_iter), ref_index=kstar

@@ -239,6 +239,9 @@ def test_gibbs_sampler_agrees_with_the_linearised_posterior():
         ({"rtol": 0.0}, "rtol"),
         ({"max_iter": 0}, "max_iter"),
         ({"ref_index": 9}, "ref_index"),
+        ({"ref_index": 1.5}, "ref_index: expected whole numbers"),  # was truncated to 1
+        ({"ref_index": "a"}, "ref_index: expected whole numbers"),
+        ({"ref_index": [1, 2, 3]}, "ref_index: expected whole numbers"),
         ({"read_noise": -1.0}, "read_noise"),
     ],
 )
