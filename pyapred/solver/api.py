@@ -1187,7 +1187,7 @@ def _convergence_report(res: dict, nonempty: np.ndarray) -> dict:
 
 
 def _segment_labels(segments, single: bool, shape: tuple) -> np.ndarray:
-    """Validate fit_omega's ``segments``: int labels >= 0 of shape ``(G, P)``."""
+    """Validate fit_omega's ``segments``: int labels in [0, P) of shape ``(G, P)``."""
     labels = np.asarray(segments)
     if single and labels.ndim >= 1:
         labels = labels[None]
@@ -1200,6 +1200,13 @@ def _segment_labels(segments, single: bool, shape: tuple) -> np.ndarray:
         ) from None
     if labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
         raise ValueError("segments: expected non-negative integer labels")
+    # The offsets are (G, largest label + 1, K): labels are ranks, at most one per pixel (a
+    # label of 1e9 asked for tens of GiB).
+    if labels.size and labels.max() >= shape[-1]:
+        raise ValueError(
+            f"segments: expected labels 0 .. {shape[-1] - 1} (ranks: at most one segment per "
+            f"pixel), got {labels.max()}"
+        )
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 

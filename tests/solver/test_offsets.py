@@ -130,6 +130,8 @@ def test_bad_segments():
         fit_omega(reads, 10.0, segments=[0, 1, 0])
     with pytest.raises(ValueError, match="segments"):
         fit_omega(reads, 10.0, segments=[0, 1, 1, 0], mode="reference")
+    with pytest.raises(ValueError, match=r"segments: expected labels 0 \.\. 3"):
+        fit_omega(reads, 10.0, segments=[0, 1, 10**9, 0])  # asked for 52 GiB of offsets
 
 
 def _offset_ramps(seed, n_pix=60, n_segments=4, sigma=30.0):
