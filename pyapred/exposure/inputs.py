@@ -271,9 +271,7 @@ def load_chip(
     return ChipExposure(
         name=raw.name.chip_color,
         reads=raw.reads,
-        read_noise=_header_number(path, header, "read_noise", read_noise),
-        gain=_header_number(path, header, "gain", gain),
-        saturation=_header_number(path, header, "saturation", saturation, DEFAULT_SATURATION_DN),
+        **_raw_calibration(path, header, gain=gain, read_noise=read_noise, saturation=saturation),
         read_times=(raw.read_times - raw.read_times[0]).sec,
         telescope=raw.telescope,
         mjd=raw.mjd,
@@ -318,10 +316,20 @@ def survey_chip(
     if path.suffix == ".h5":
         return None
     raw = read_apz(path, rows=slice(0, 0))  # headers, shapes and times only
-    _header_number(path, raw.header, "read_noise", read_noise)
-    _header_number(path, raw.header, "gain", gain)
-    _header_number(path, raw.header, "saturation", saturation, DEFAULT_SATURATION_DN)
+    _raw_calibration(path, raw.header, gain=gain, read_noise=read_noise, saturation=saturation)
     return (raw.n_reads_in_file, *raw.image_shape)
+
+
+def _raw_calibration(path, header, **given) -> dict:
+    """A raw file's ``read_noise``, ``gain`` and ``saturation``: the options ``given``, else
+    the header cards (saturation defaults to :data:`DEFAULT_SATURATION_DN`), in range."""
+    return {
+        "read_noise": _header_number(path, header, "read_noise", given["read_noise"]),
+        "gain": _header_number(path, header, "gain", given["gain"]),
+        "saturation": _header_number(
+            path, header, "saturation", given["saturation"], DEFAULT_SATURATION_DN
+        ),
+    }
 
 
 #: Exposure header cards a product keeps for ``pyapred guider`` (with the reads' TAI times).
