@@ -31,7 +31,7 @@ Per-fiber omega fits and model decisions (one chip, or all chips jointly); pyapr
   uses each column's own, [`column_omega`](@ref));
 - `delta_chi2`, `p_value`, `amplitude`, `chi2_dof_constant`, `chi2_dof_variable`,
   `n_fit_pixels`, `flags` `(n_fibers,)`: the decision statistics, pixel counts and fiber flags
-  (the fit's group flags plus `BORROWED_OMEGA`, `FALLBACK_CONSTANT`, `FPI_FIBER`);
+  (the fit's group flags plus `BORROWED_OMEGA`, `FALLBACK_CONSTANT`, `FPI_FIBER`, `NO_OMEGA_FIT`);
 - `ref_index`: the read difference fixed to 1 in every fiber's fit (1-based);
 - `bright` `(n_fibers,)`: fibers that constrain their own omega; `borrowed_omega` `(K,)` and
   `borrowed_cov` `(K, K)`: the bright-fiber mean lent to faint fibers (`ref_index` = 1);
@@ -230,6 +230,8 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
     flags = [excluded[f] ? FPI_FIBER : 0 for f in 1:nf]
     ref_index = reference_read(prepared, excluded)
     if options.model == "constant"
+        # No omega fit, so no statistics of one: NaN, and every fiber flagged so.
+        flags .|= NO_OMEGA_FIT
         return FiberFits(fill(NaN, K, nf), zeros(K, K, nf), ones(K, nf), zeros(Int, nf),
             fill(NaN, nf), fill(NaN, nf), fill(NaN, nf), fill(NaN, nf), fill(NaN, nf), n_pix,
             flags, ref_index, zeros(Bool, nf), ones(K), zeros(K, K), nothing, nothing, nothing,

@@ -28,6 +28,9 @@ const BORROWED_OMEGA = 1 << 11
 const FALLBACK_CONSTANT = 1 << 12
 "Fiber (pipeline): an FPI fiber, excluded from the omega fits; constant model used."
 const FPI_FIBER = 1 << 13
+"""Fiber (pipeline): no omega fit was asked for (`model = "constant"`); constant model used, and
+the fit's statistics (amplitude, delta_chi2, p_value, chi2 per dof) are NaN."""
+const NO_OMEGA_FIT = 1 << 14
 
 const FLAG_NAMES = (
     MASKED_READ => "MASKED_READ",
@@ -44,6 +47,7 @@ const FLAG_NAMES = (
     BORROWED_OMEGA => "BORROWED_OMEGA",
     FALLBACK_CONSTANT => "FALLBACK_CONSTANT",
     FPI_FIBER => "FPI_FIBER",
+    NO_OMEGA_FIT => "NO_OMEGA_FIT",
 )
 
 """

@@ -76,7 +76,8 @@ class FiberFits:
         chi2/dof of the two models over the fit pixels.
     n_fit_pixels : ndarray of int, ``(n_fibers,)``
     flags : ndarray of int, ``(n_fibers,)``
-        Group flags of the fit plus ``BORROWED_OMEGA``, ``FALLBACK_CONSTANT``, ``FPI_FIBER``.
+        Group flags of the fit plus ``BORROWED_OMEGA``, ``FALLBACK_CONSTANT``, ``FPI_FIBER``,
+        ``NO_OMEGA_FIT``.
     ref_index : int
         The read difference fixed to 1 in every fiber's ``omega_fit``.
     bright : ndarray of bool, ``(n_fibers,)``
@@ -326,6 +327,8 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
     rough = np.mean([p.omega_rough for p in prepared], axis=0)
     ref_index = int(np.argmax(np.median(rough[~excluded] if (~excluded).any() else rough, 0)))
     if options.model == "constant":
+        # No omega fit, so no statistics of one: NaN, and every fiber flagged so.
+        flags |= int(Flag.NO_OMEGA_FIT)
         nan = np.full((n_fibers, K), np.nan)
         return FiberFits(
             omega_fit=nan, omega_cov=np.zeros((n_fibers, K, K)), omega=np.ones((n_fibers, K)),

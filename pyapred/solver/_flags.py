@@ -46,6 +46,9 @@ class Flag(enum.IntFlag):
     FALLBACK_CONSTANT = 1 << 12
     #: Fiber (pipeline): an FPI fiber, excluded from the omega fits; constant model used.
     FPI_FIBER = 1 << 13
+    #: Fiber (pipeline): no omega fit was asked for (``model="constant"``); constant model used,
+    #: and the fit's statistics (amplitude, delta_chi2, p_value, chi2 per dof) are NaN.
+    NO_OMEGA_FIT = 1 << 14
 
 
 def describe_flags(value: int) -> list[str]:

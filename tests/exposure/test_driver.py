@@ -66,6 +66,9 @@ def test_no_nan_without_a_flag_in_an_exposure_or_its_product(cloudy, tmp_path):
         for values in (images.rate, images.ivar, images.chi2):
             assert np.all(images.flags[~np.isfinite(values)] != 0)
         assert np.all(images.flags[images.ivar == 0] != 0)  # no variance: flagged, not silent
+    for fibers in product.fibers.values():
+        for values in (fibers.amplitude, fibers.delta_chi2, fibers.p_value):
+            assert np.all(fibers.flags[np.isnan(values)] != 0)
 
 
 def test_cloud_omega_recovered_with_calibrated_errors(cloudy):
@@ -196,6 +199,8 @@ def test_forced_models():
     fits = constant.fibers["R"]
     assert fits.fit is None and np.all(fits.model == MODEL_CONSTANT)
     np.testing.assert_array_equal(fits.omega, 1.0)
+    # No omega fit, no statistics of one: NaN, each with the flag that says why.
+    assert np.all(np.isnan(fits.amplitude)) and np.all(fits.flags & Flag.NO_OMEGA_FIT)
     variable = run_exposure(chips_of(sim), traces_of(sim), FitOptions(model="time-variable"))
     fits = variable.fibers["R"]
     expected = np.where(fits.bright, MODEL_TIME_VARIABLE, MODEL_BORROWED)

@@ -111,6 +111,19 @@ def test_stage_vectors_cover_the_cases_of_issue_17(vectors):
     }  # fmt: skip
 
 
+def test_every_nan_fiber_statistic_carries_a_fiber_flag(vectors):
+    """No silent NaN (docs/flags.md): a NaN amplitude, delta_chi2, p_value or chi2 per dof of a
+    fiber has a nonzero fiber flag, in every vector, so in both implementations."""
+    statistics = ("amplitude", "delta_chi2", "p_value", "chi2_dof_constant", "chi2_dof_variable")
+    for name, vector in vectors.items():
+        fibers = vector["expected"]["fibers"]
+        for statistic in statistics:
+            silent = np.isnan(fibers[statistic]) & (fibers["flags"] == 0)
+            assert not silent.any(), f"{name}: {statistic} NaN without a flag"
+    flags = vectors["stage_model_constant"]["expected"]["fibers"]["flags"]
+    assert np.all(flags & Flag.NO_OMEGA_FIT)
+
+
 @pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
 def test_numpy_stages_reproduce_vector(generator, path):
     vector = load_vector(path)
