@@ -244,6 +244,7 @@ def _check_log_path(args: argparse.Namespace) -> Path:
     path = check_output_path(
         log, "--log", inputs=[p for p in others if p.is_file()], overwrite=True
     )
+    path.parent.mkdir(parents=True, exist_ok=True)  # the log records the run from its start
     if path.is_file() and path.stat().st_size:
         with open(path, "rb") as handle:
             if not _LOG_LINE.match(handle.read(64)):

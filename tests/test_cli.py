@@ -143,6 +143,18 @@ def test_fit_quiet_prints_nothing_and_json_only_json(tmp_path, capsys):
     assert json.loads(out)["chips"] == ["R"] and "pyapred fit:" not in err  # no progress bar
 
 
+def test_a_refused_fit_leaves_no_folder_behind(tmp_path, capsys):
+    """``--out`` in folders that do not exist yet: a run refused before its work makes none."""
+    trace = tmp_path / "traceMain_apo_60781_R.h5"
+    trace.write_bytes(b"not HDF5")
+    raw = tmp_path / "apR-a-00000001.apz"
+    raw.write_bytes(b"not FITS")
+    out = tmp_path / "new" / "sub" / "p.h5"
+    assert main(["fit", str(raw), "--traces", str(trace), "--out", str(out)]) == 2
+    assert "apR-a-00000001.apz" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 def test_seeing_change_simulated_and_fitted_with_the_chromatic_model(tmp_path, capsys):
     """``pyapred simulate --seeing-change``, then ``pyapred fit --joint-chips --chromatic``."""
     argv = ["simulate", "--out", str(tmp_path), "--fibers", "40", "--columns", "96", "--reads",

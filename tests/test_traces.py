@@ -120,8 +120,20 @@ def test_check_geometry_names_the_problem():
     traces.check_geometry(ny=40, nx=16)
     with pytest.raises(InputError, match="trace columns"):
         traces.check_geometry(ny=40, nx=8)
-    with pytest.raises(InputError, match="y-centers"):
+    with pytest.raises(InputError, match="y-centers") as error:
         traces.check_geometry(ny=12, nx=16)
+    # Fiber index 1 (fiberId 299) at row 16.6 is the first outside, said 0-based in memory ...
+    assert "[0, 11] (0-based)" in str(error.value)
+    assert "16 outside, the first 16.6 (fiberId 299, column 0)" in str(error.value)
+
+
+def test_check_geometry_says_a_trace_file_s_centers_1_based(tmp_path):
+    """... and as the file holds them (1-based, ApogeeReduction.jl) for a trace file."""
+    path = write_trace_file(tmp_path / "traceMain_apo_60781_R.h5", straight_traces(2, 16))
+    with pytest.raises(InputError, match="y-centers") as error:
+        read_trace_file(path).check_geometry(ny=12, nx=16, source=str(path))
+    assert "[1, 12] (1-based, as in the file)" in str(error.value)
+    assert "the first 17.6 (fiberId 299, column 0)" in str(error.value)
 
 
 @pytest.mark.parametrize("nx", [2048, 2560])

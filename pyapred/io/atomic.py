@@ -11,9 +11,13 @@ from pathlib import Path
 
 
 def writable_folder(
-    folder: str | os.PathLike, *, path: str | os.PathLike | None = None, field: str = "--out"
+    folder: str | os.PathLike,
+    *,
+    path: str | os.PathLike | None = None,
+    field: str = "--out",
+    create: bool = True,
 ) -> Path:
-    """Create ``folder`` if needed and check that a file can be written in it.
+    """Check that a file can be written in ``folder``; create it if needed and ``create``.
 
     Commands call this before their work, so that an unwritable output fails at once.
 
@@ -24,6 +28,11 @@ def writable_folder(
         The output named in the error (default ``folder``).
     field : str
         The option named in the error.
+    create : bool
+        Make ``folder`` (and its missing parents) now. Without, a missing ``folder`` is checked
+        where it would be made, in its nearest existing parent, and is left to the writer
+        (:func:`atomic_path` makes it, and removes it again if the write fails): a run that stops
+        early leaves no empty folder behind.
 
     Raises
     ------
@@ -33,15 +42,41 @@ def writable_folder(
     from ..errors import InputError
 
     folder = Path(folder)
+    found = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".pyapred-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        existing = folder if create else _nearest_existing(folder)
+        if existing.is_dir():
+            fd, probe = tempfile.mkstemp(prefix=".pyapred-probe-", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            found = f"{existing} is not a folder"
     except OSError as exc:
         found = exc.strerror or str(exc)
-        raise InputError(path or folder, field, "a folder pyapred can write to", found) from None
+    if found is not None:
+        raise InputError(path or folder, field, "a folder pyapred can write to", found)
     return folder
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder`` or its nearest parent that exists (``.`` for a relative path's start)."""
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path(".")
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; return the folders made, outermost first."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate):
+            break
+        missing.append(candidate)
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
 
 
 @contextlib.contextmanager
@@ -52,7 +87,8 @@ def atomic_path(
 
     The temporary file lives in the same directory, so the final ``os.replace`` is atomic on
     POSIX file systems: readers see either the old file, no file, or the complete new one. If
-    the block raises, the temporary file is removed and ``path`` is left untouched.
+    the block raises, the temporary file is removed and ``path`` is left untouched. Missing
+    parent folders are made, and removed again if the block raises.
 
     Parameters
     ----------
@@ -79,18 +115,32 @@ def atomic_path(
             str(path),
         )
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    made = []
     try:
+        made = _make_parents(path.parent)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as exc:  # name the destination, not the temporary file
+        _remove_empty(made)
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     tmp = Path(tmp_name)
+    done = False
     try:
         usual_permissions(tmp)
         yield tmp
         os.replace(tmp, path)
+        done = True
     finally:
         tmp.unlink(missing_ok=True)
+        if not done:
+            _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the ``folders`` a failed write made (innermost first), where still empty."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def usual_permissions(path: str | os.PathLike) -> None:

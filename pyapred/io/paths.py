@@ -63,7 +63,10 @@ def check_output_path(
     overwrite: bool = False,
     folder: bool = False,
 ) -> Path:
-    """``path`` if an output can be written there without harm (its parent folder is created).
+    """``path`` if an output can be written there without harm.
+
+    A missing parent folder is not made here (a run that fails before writing leaves none): it
+    is checked where it would be made, and the writer makes it.
 
     Parameters
     ----------
@@ -92,7 +95,7 @@ def check_output_path(
     if folder:  # checked, not made: a failed run leaves no empty folder behind
         if path.exists() and not path.is_dir():
             raise InputError(path, field, "a folder (for the plots)", "an existing file")
-        writable_folder(path if path.is_dir() else path.parent, path=path, field=field)
+        writable_folder(path, path=path, field=field, create=False)
         return path
     if path.is_dir():
         raise InputError(path, field, "a file name", "an existing folder")
@@ -101,7 +104,7 @@ def check_output_path(
             raise InputError(path, field, "a new file (or pass --overwrite)", "an existing file")
         if not path.is_file():
             raise InputError(path, field, "a regular file to replace", "a special file or link")
-    writable_folder(path.parent, path=path, field=field)
+    writable_folder(path.parent, path=path, field=field, create=False)
     return path
 
 

@@ -234,13 +234,18 @@ class Traces:
                 "(flagged BACKGROUND)",
                 stacklevel=2,
             )
-        low, high = float(self.y_center.min()), float(self.y_center.max())
-        if low < -0.5 or high > ny - 0.5:
+        outside = ~((self.y_center >= -0.5) & (self.y_center <= ny - 0.5))
+        if outside.any():
+            # A trace file's y-centers are 1-based (ApogeeReduction.jl): say them as it does.
+            base, convention = (1, "1-based, as in the file") if self.path else (0, "0-based")
+            fiber, column = np.argwhere(outside)[0]
+            first = self.y_center[fiber, column] + base
             raise InputError(
                 source,
                 "trace y-centers",
-                f"rows inside the chip's [0, {ny - 1}] (0-based)",
-                f"[{low:.1f}, {high:.1f}]",
+                f"rows inside the chip's [{base}, {ny - 1 + base}] ({convention})",
+                f"{int(outside.sum())} outside, the first {first:.1f} "
+                f"(fiberId {int(fiber_id(fiber))}, column {column})",
             )
 
 

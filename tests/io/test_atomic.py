@@ -51,3 +51,26 @@ def test_keep_suffix_lets_the_writer_pick_the_format_from_the_name(tmp_path):
     with atomic_path(tmp_path / "product.h5") as tmp:
         assert fnmatch(tmp.name, ".product.h5.*.tmp") and tmp.suffix == ".tmp"
         tmp.write_bytes(b"data")
+
+
+def test_missing_folders_are_made_by_the_write_and_removed_if_it_fails(tmp_path):
+    path = tmp_path / "new" / "sub" / "product.h5"
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        assert tmp.parent == path.parent
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []  # neither "new" nor "new/sub" stays behind
+    write_bytes_atomic(path, b"data")
+    assert path.read_bytes() == b"data"
+
+
+def test_an_output_is_checked_without_making_its_folder(tmp_path):
+    from pyapred.errors import InputError
+    from pyapred.io.paths import check_output_path
+
+    path = tmp_path / "new" / "sub" / "product.h5"
+    assert check_output_path(path, "--out") == path
+    assert check_output_path(tmp_path / "plots" / "a", "--plots", folder=True)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="--out: expected a folder pyapred can write to"):
+        check_output_path(tmp_path / "file" / "sub" / "product.h5", "--out")
