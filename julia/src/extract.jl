@@ -191,12 +191,22 @@ end
 # ---------------------------------------------------------------------------------------------
 # Argument handling of the high-level functions
 # ---------------------------------------------------------------------------------------------
+"""
+The magnitudes the arithmetic takes (pyapred's `SCALE_RANGE` and `MAX_READ`): gains, read noises
+and read intervals within it, and reads a Float32 can hold, keep every square and quotient of the
+fits finite; outside, variances overflow or underflow to Inf or 0 and fluxes become NaN or Inf
+without a flag.
+"""
+const SCALE_RANGE = (1e-30, 1e30)
+const MAX_READ = 3.4028234663852886e38  # Float64(floatmax(Float32))
+
 "Broadcast a per-pixel parameter to `pixel_shape` as a flat `Vector{Float64}`."
 function pixel_map(value, pixel_shape, name; positive = true)
     out = zeros(pixel_shape)
     out .= value
-    if positive && !all(v -> isfinite(v) && v > 0, out)
-        throw(ArgumentError("$name: expected finite values > 0"))
+    low, high = SCALE_RANGE
+    if positive && !all(v -> low <= v <= high, out)  # NaN fails too
+        throw(ArgumentError("$name: expected finite values > 0, within [$low, $high]"))
     end
     return vec(out)
 end
@@ -211,8 +221,9 @@ function read_intervals(read_times, n_reads)
     length(read_times) == n_reads ||
         throw(ArgumentError("read_times: expected $n_reads values, got $(length(read_times))"))
     dt = diff(Float64.(collect(read_times)))
-    all(v -> isfinite(v) && v > 0, dt) ||
-        throw(ArgumentError("read_times: expected finite, strictly increasing values"))
+    low, high = SCALE_RANGE
+    all(v -> low <= v <= high, dt) ||  # NaN fails too
+        throw(ArgumentError("read_times: expected finite, strictly increasing values, $low to $high apart"))
     return dt
 end
 
@@ -221,6 +232,12 @@ function check_reads(reads; min_dims = 2, max_dims = typemax(Int))
         throw(ArgumentError("reads: expected $min_dims to $max_dims dimensions (pixels..., read), got size $(size(reads))"))
     size(reads, ndims(reads)) >= 3 ||
         throw(ArgumentError("reads: expected n_reads >= 3 along the last axis, got size $(size(reads))"))
+    if eltype(reads) <: Float64  # Float32 and integers are inside MAX_READ by type
+        # Non-finite reads are masked and flagged, not refused.
+        largest = maximum(v -> isfinite(v) ? abs(v) : 0.0, reads; init = 0.0)
+        largest <= MAX_READ ||
+            throw(ArgumentError("reads: expected values a Float32 can hold (within +-$MAX_READ), found $largest"))
+    end
     return nothing
 end
 

@@ -37,8 +37,8 @@ function ChipExposure(reads::AbstractArray{<:Real, 3}, read_noise; gain = 1.0,
     for (what, value) in (("read_noise", read_noise), ("gain", gain))
         value isa Real || size(value) == (nx, ny) ||
             throw(DimensionMismatch("$what: expected a number or size $((nx, ny)), got $(size(value))"))
-        all(v -> isfinite(v) && v > 0, value) ||
-            throw(ArgumentError("$what: expected finite values > 0"))
+        all(v -> SCALE_RANGE[1] <= v <= SCALE_RANGE[2], value) ||
+            throw(ArgumentError("$what: expected finite values > 0, within [$(SCALE_RANGE[1]), $(SCALE_RANGE[2])]"))
     end
     saturation === nothing || saturation isa Real || size(saturation) == (nx, ny) ||
         throw(DimensionMismatch("saturation: expected nothing, a number or size $((nx, ny))"))

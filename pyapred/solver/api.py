@@ -304,6 +304,14 @@ class OmegaSamples:
 # --------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------
+#: The magnitudes the arithmetic takes: gains, read noises and read intervals within it, and
+#: reads a float32 can hold, keep every square and quotient of the fits finite (no detector comes
+#: near either end); outside, variances overflow or underflow to inf or 0 and fluxes become NaN or
+#: inf without a flag.
+SCALE_RANGE = (1e-30, 1e30)
+MAX_READ = float(np.finfo(np.float32).max)
+
+
 def _as_reads(reads, min_ndim: int = 1, max_ndim: int | None = None) -> np.ndarray:
     if isinstance(reads, np.ma.MaskedArray):  # np.asarray would drop its mask silently
         raise ValueError(
@@ -322,6 +330,17 @@ def _as_reads(reads, min_ndim: int = 1, max_ndim: int | None = None) -> np.ndarr
         raise ValueError(f"reads: expected n_reads >= 3 along axis 0, got shape {reads.shape}")
     if not reads.dtype.isnative:
         reads = reads.astype(reads.dtype.newbyteorder("="))
+    if reads.dtype == np.float64 and reads.size:  # float32 and integers are inside by type
+        largest = max(np.max(reads), -np.min(reads))  # two plain passes: the usual case
+        if not largest <= MAX_READ:  # non-finite reads are masked and flagged, not refused
+            finite = np.isfinite(reads)
+            largest = max(np.max(reads, where=finite, initial=0.0),
+                          -np.min(reads, where=finite, initial=0.0))  # fmt: skip
+        if largest > MAX_READ:
+            raise ValueError(
+                f"reads: expected values a float32 can hold (within +-{MAX_READ:.3g}), found "
+                f"{largest:.3g}"
+            )
     # uint16, the raw detector type, goes to the kernels as it is: a float64 copy of a raw cube
     # would be 4x its size.
     if reads.dtype not in (np.float32, np.float64, np.uint16):
@@ -353,8 +372,9 @@ def _pixel_map(value, name: str, pixel_shape: tuple, *, positive: bool = True) -
         raise ValueError(
             f"{name}: shape {arr.shape} does not broadcast to the pixel shape {pixel_shape}"
         ) from None
-    if positive and not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
-        raise ValueError(f"{name}: expected finite values > 0")
+    low, high = SCALE_RANGE
+    if positive and not np.all((arr >= low) & (arr <= high)):  # NaN fails too
+        raise ValueError(f"{name}: expected finite values > 0, within [{low:g}, {high:g}]")
     return arr
 
 
@@ -402,8 +422,11 @@ def read_intervals(read_times, n_reads: int) -> np.ndarray:
     if times.shape != (n_reads,):
         raise ValueError(f"read_times: expected shape ({n_reads},), got {times.shape}")
     dt = np.diff(times)
-    if not (np.all(np.isfinite(dt)) and np.all(dt > 0)):
-        raise ValueError("read_times: expected finite, strictly increasing values")
+    low, high = SCALE_RANGE
+    if not np.all((dt >= low) & (dt <= high)):  # NaN fails too
+        raise ValueError(
+            f"read_times: expected finite, strictly increasing values, {low:g} to {high:g} apart"
+        )
     return dt
 
 

@@ -574,6 +574,7 @@ def test_chips_in_memory_are_checked_and_big_endian_reads_fit_as_native():
         ({"read_times": np.zeros(n_reads)}, "read_times"),
         ({"read_times": np.arange(3.0)}, "read_times"),
         ({"read_times": [*range(n_reads - 1), np.inf]}, "read_times"),
+        ({"read_times": np.arange(n_reads) * 1e300}, "read_times"),  # overflows the variances
         ({"gain": np.ones(7)}, "gain"), ({"read_noise": "x"}, "read_noise"),
         ({"saturation": np.ones((ny, nx + 1))}, "saturation"),
     ]:  # fmt: skip

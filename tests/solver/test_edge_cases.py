@@ -209,6 +209,14 @@ BAD_ARGUMENTS = [
     ("mask dtype", {"mask": np.zeros((10, 6))}, "mask"),
     ("saturation NaN", {"saturation": np.nan}, "saturation"),
     ("read noise shape", {"read_noise": np.ones(5)}, "read_noise"),
+    # Beyond SCALE_RANGE (reads: MAX_READ) the squares overflow (or underflow) to NaN and inf
+    # without a flag.
+    ("read noise 1e-300", {"read_noise": 1e-300}, r"read_noise: .* within \[1e-30, 1e\+30\]"),
+    ("read noise 1e300", {"read_noise": 1e300}, "read_noise"),
+    ("gain 1e-300", {"gain": 1e-300}, "gain"),
+    ("gain 1e300", {"gain": 1e300}, "gain"),
+    ("reads near 1e200", {"reads": ramps() * 1e200}, r"reads: .*float32.* found .*e\+20\d"),
+    ("reads offset 1e300", {"reads": ramps() + 1e300}, "reads"),
 ]
 
 
@@ -234,6 +242,8 @@ def test_invalid_arguments_raise_value_error(function, label, change, match):
         ("fit_omega", {"mode": "fast"}, "mode"),
         ("fit_omega", {"read_times": np.zeros(10)}, "read_times"),
         ("initial_guess", {"read_times": np.arange(9.0)}, "read_times"),
+        ("fit_constant", {"read_times": np.arange(10.0) * 1e300}, "1e-30 to 1e\\+30 apart"),
+        ("fit_omega", {"read_times": np.arange(10.0) * 1e-300}, "read_times"),
     ],
 )
 def test_invalid_options_raise_value_error(function, kwargs, match):
