@@ -367,21 +367,24 @@ def test_julia_package_has_readme_license_and_python_s_version():
 BASE_NAMES = frozenset({
     # Base: types and constructors
     "Array", "Bool", "CartesianIndex", "Dict", "Float32", "Float64", "Int", "Matrix",
-    "NamedTuple", "PermutedDimsArray", "String", "Symbol", "UInt16", "Vector", "VersionNumber",
+    "NamedTuple", "PermutedDimsArray", "String", "Symbol", "Tuple", "UInt16", "Vector",
+    "VersionNumber",
     "ArgumentError", "DimensionMismatch",
     # Base: functions
     "abs", "all", "any", "argmax", "axes", "cat", "ccall", "ceil", "cld", "clamp", "collect",
-    "copy", "copyto!", "count", "cumsum", "diff", "dropdims", "eachindex", "eltype", "endswith",
+    "copy", "copysign", "copyto!", "count", "cumsum", "diff", "dropdims", "eachindex", "eltype",
+    "endswith",
     "fieldnames", "hasproperty", "searchsortedfirst",
     "enumerate", "exp", "extrema", "falses", "fill", "fill!", "filter", "findall", "findfirst",
+    "floatmax",
     "findlast", "first", "get", "getfield", "haskey", "hcat", "ifelse", "include", "isapprox",
-    "isempty", "iseven", "isfinite", "isinf", "isnan", "isodd", "joinpath", "keys",
+    "isempty", "iseven", "isfinite", "isinf", "isnan", "isodd", "iszero", "joinpath", "keys",
     "length", "log", "log1p", "lowercase", "map", "max", "maximum", "merge", "merge!", "min", "mod",
     "ndims", "new", "ones", "pairs", "pkgversion", "pop!", "precompile", "prod", "push!",
     "rand", "randn", "range", "readdir", "reduce", "repeat", "repr", "reshape", "round", "vcat",
     "selectdim", "size", "something", "sort!", "sortperm", "sqrt", "string", "sum", "throw",
     "transpose", "trues", "typemax", "typeof", "unique", "vec", "view", "zero", "zeros", "zip",
-    "Threads.@threads", "@inbounds", "@inline", "Base.@kwdef", "@__DIR__", "@info",
+    "Threads.@threads", "@inbounds", "@inline", "Base.@kwdef", "@__DIR__", "@info", "@warn",
     # LinearAlgebra
     "BLAS.get_num_threads", "BLAS.set_num_threads", "SymTridiagonal", "Symmetric", "cholesky",
     "dot", "inv", "issuccess", "lu",
@@ -390,7 +393,7 @@ BASE_NAMES = frozenset({
     # Statistics
     "cov", "mean", "median", "median!",
     # Test, TOML (julia/test)
-    "@test", "@test_throws", "@testset", "TOML.parsefile",
+    "@test", "@test_logs", "@test_throws", "@testset", "TOML.parsefile",
 })  # fmt: skip
 
 

@@ -130,9 +130,41 @@ function reads_from_differences(dimages::AbstractArray{<:Real, 3}, last_unsatura
     return reads
 end
 
+"ApogeeReduction.jl's chip letters, as pyapred names the chips."
+const AR_CHIP_NAMES = Dict("a" => "R", "b" => "G", "c" => "B")
+
+"""
+    without_uncalibrated_pixels!(reads, gain_mat)
+
+`(gain, uncalibrated)`: `gain_mat` with its pixels without a gain (NaN or 0) set to the median
+of the others, and the `(nx, ny)` mask of those pixels, whose `reads` are set to NaN (no flux
+without a gain; the stages flag them `NONFINITE_READ`), with a warning: pyapred's `load_chip`
+rule for an ar3Dcal file's gainMat.
+
+# Arguments
+- `reads`: `(nx, ny, n_reads)` floats, changed in place.
+- `gain_mat`: `(nx, ny)` e-/DN.
+"""
+function without_uncalibrated_pixels!(reads::AbstractArray{<:AbstractFloat, 3},
+        gain_mat::AbstractMatrix)
+    uncalibrated = [isnan(g) || iszero(g) for g in gain_mat]
+    any(uncalibrated) || return gain_mat, uncalibrated
+    all(uncalibrated) &&
+        throw(ArgumentError("gain_mat: expected a gain (e-/DN) for some pixels, got NaN or 0 everywhere"))
+    fill_value = median(Float64.(gain_mat[.!uncalibrated]))
+    gain = ifelse.(uncalibrated, fill_value, Float64.(gain_mat))
+    for y in axes(reads, 2), x in axes(reads, 1)
+        uncalibrated[x, y] && (reads[x, y, :] .= NaN)
+    end
+    first_at = Tuple(findfirst(uncalibrated))
+    @warn "gain_mat: $(count(uncalibrated)) pixel(s) without a gain (NaN or 0, first at x, y $first_at): their reads are not used (flagged NONFINITE_READ)"
+    return gain, uncalibrated
+end
+
 """
     sutr_omega(dimages, gain_mat, read_var_mat, last_unsaturated, not_cosmic_ray;
-               traces = nothing, options = FitOptions(), compat = false, n_repeat = 2)
+               traces = nothing, options = FitOptions(), compat = false, n_repeat = 2,
+               chip = "")
 
 ApogeeReduction.jl's 3D->2D fit, called where `process_3D` calls `sutr_wood`, with its positional
 arguments, units and axis order; the first three fields of the result, `dimage`, `ivarimage` and
@@ -165,6 +197,13 @@ usable differences) keep the constant fit's values.
 - `options`: [`FitOptions`](@ref) of the stages.
 - `compat`: `sutr_wood`'s recipe for the constant fit; only without `traces`.
 - `n_repeat`: GLS passes of the constant fit (2, as `sutr_wood`); the stages use 2.
+- `chip`: the chip's name, `"R"`, `"G"` or `"B"` (or ApogeeReduction's `"a"`, `"b"`, `"c"`):
+  needed with `options.chromatic` (its wavelengths give the coordinate).
+
+Pixels that `gain_mat` leaves without a gain (NaN or 0: ApogeeReduction copies the gain file's
+bad pixels into it, and skips them for its median) get that median as their gain and no usable
+read in the stages (`NONFINITE_READ`), as pyapred's `load_chip` does with an ar3Dcal file; they
+keep the constant fit's values.
 
 # Returns
 A NamedTuple:
@@ -188,7 +227,8 @@ Without traces the per-fiber fields are empty, `ref_index` is 0, `pixel_flags` a
 function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,
         read_var_mat::AbstractMatrix, last_unsaturated::AbstractMatrix,
         not_cosmic_ray::AbstractArray{Bool, 3}; traces = nothing,
-        options::FitOptions = FitOptions(), compat::Bool = false, n_repeat::Integer = 2)
+        options::FitOptions = FitOptions(), compat::Bool = false, n_repeat::Integer = 2,
+        chip::AbstractString = "")
     nx, ny, K = size(dimages)
     for (name, a) in (("gain_mat", gain_mat), ("read_var_mat", read_var_mat),
         ("last_unsaturated", last_unsaturated))
@@ -202,6 +242,10 @@ function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,
         throw(ArgumentError("traces: expected nothing or APRampFit.Traces (traces_from_params)"))
     compat && traces !== nothing &&
         throw(ArgumentError("compat = true reproduces sutr_wood's constant fit: call it without traces"))
+    chip_name = get(AR_CHIP_NAMES, chip, chip)
+    traces !== nothing && options.chromatic && !haskey(CHIP_WAVELENGTH_UM, chip_name) &&
+        throw(ArgumentError("chip: expected \"R\", \"G\" or \"B\" (or \"a\", \"b\", \"c\") with " *
+                            "options.chromatic (its wavelengths give the coordinate), got $(repr(chip))"))
     rates, ivars, chi2s = zeros(nx, ny), zeros(nx, ny), zeros(nx, ny)
     n_diff = zeros(Int, nx, ny)
     sutr_region!(rates, ivars, chi2s, n_diff, dimages, gain_mat, read_var_mat, last_unsaturated,
@@ -214,8 +258,9 @@ function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,
             fiber = zeros(Int, nx, ny), cr_image, n_diff, stages = nothing)
     end
     reads = reads_from_differences(dimages, last_unsaturated)
-    chip = ChipExposure(reads, sqrt.(read_var_mat); gain = gain_mat)
-    stages = run_chips([chip], [traces], options)
+    gain_use, uncalibrated = without_uncalibrated_pixels!(reads, gain_mat)
+    exposure = ChipExposure(reads, sqrt.(read_var_mat); gain = gain_use, name = chip_name)
+    stages = run_chips([exposure], [traces], options)
     result, fits = stages.results[1], stages.fibers[1]
     dimage, ivarimage, chisqimage = copy(rates), copy(ivars), copy(chi2s)
     pixel_flags = copy(result.flags)
@@ -228,8 +273,9 @@ function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,
             chisqimage[x, y] = result.chi2[x, y]
         end
         last = last_unsaturated[x, y]
-        # The ramp was cut after `last`: saturation, not a non-finite read of the detector.
-        if last < K && all(k -> isfinite(dimages[x, y, k]), 1:max(last, 0))
+        # The ramp was cut after `last`: saturation, not a non-finite read of the detector (nor
+        # a pixel without a gain).
+        if last < K && !uncalibrated[x, y] && all(k -> isfinite(dimages[x, y, k]), 1:max(last, 0))
             pixel_flags[x, y] = (pixel_flags[x, y] & ~NONFINITE_READ) | SATURATED
         end
     end

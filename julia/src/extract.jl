@@ -198,7 +198,7 @@ fits finite; outside, variances overflow or underflow to Inf or 0 and fluxes bec
 without a flag.
 """
 const SCALE_RANGE = (1e-30, 1e30)
-const MAX_READ = 3.4028234663852886e38  # Float64(floatmax(Float32))
+const MAX_READ = Float64(floatmax(Float32))
 
 "Broadcast a per-pixel parameter to `pixel_shape` as a flat `Vector{Float64}`."
 function pixel_map(value, pixel_shape, name; positive = true)
@@ -243,14 +243,20 @@ end
 
 function check_mask(mask, reads)
     mask === nothing && return falses(1, 1), false
+    eltype(mask) <: Bool ||
+        throw(ArgumentError("mask: expected a Bool array (true = bad read), got element type $(eltype(mask))"))
     size(mask) == size(reads) ||
         throw(ArgumentError("mask: expected the size of reads $(size(reads)), got $(size(mask))"))
     return reshape(mask, :, size(reads, ndims(reads))), true
 end
 
-saturation_map(saturation, pixel_shape) =
-    saturation === nothing ? fill(Inf, prod(pixel_shape)) :
-    pixel_map(saturation, pixel_shape, "saturation"; positive = false)
+function saturation_map(saturation, pixel_shape)
+    saturation === nothing && return fill(Inf, prod(pixel_shape))
+    sat = pixel_map(saturation, pixel_shape, "saturation"; positive = false)
+    # A NaN level would mask nothing and flag nothing (every `read >= NaN` is false).
+    any(isnan, sat) && throw(ArgumentError("saturation: expected numbers (Inf for none), got NaN"))
+    return sat
+end
 
 # ---------------------------------------------------------------------------------------------
 # Public functions

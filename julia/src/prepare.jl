@@ -42,6 +42,8 @@ function ChipExposure(reads::AbstractArray{<:Real, 3}, read_noise; gain = 1.0,
     end
     saturation === nothing || saturation isa Real || size(saturation) == (nx, ny) ||
         throw(DimensionMismatch("saturation: expected nothing, a number or size $((nx, ny))"))
+    saturation === nothing || !any(isnan, saturation) ||
+        throw(ArgumentError("saturation: expected numbers (Inf for none), got NaN"))
     return ChipExposure(String(name), reads, read_noise, gain, saturation)
 end
 

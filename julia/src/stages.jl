@@ -127,13 +127,44 @@ function with_blas_threads(f, n::Integer)
     end
 end
 
+"Plausible calibration (pyapred's `CALIBRATION_BOUNDS`): gain in e-/DN, read noise and saturation in DN."
+const CALIBRATION_BOUNDS = Dict("gain" => (0.01, 100.0), "read_noise" => (0.01, 1000.0),
+    "saturation" => (1.0, 1e6))
+
+"""
+    check_chips(chips)
+
+Throw an `ArgumentError` unless the chips are one exposure's, as pyapred's driver checks them
+before any stage: a plausible gain, read noise and saturation ([`CALIBRATION_BOUNDS`](@ref); an
+infinite saturation means none), one number of reads and one image size.
+
+# Arguments
+- `chips`: [`ChipExposure`](@ref)s.
+"""
+function check_chips(chips::AbstractVector{<:ChipExposure})
+    for chip in chips
+        for (name, value) in (("gain", chip.gain), ("read_noise", chip.read_noise),
+            ("saturation", chip.saturation))
+            value === nothing && continue
+            low, high = CALIBRATION_BOUNDS[name]
+            outside = count(v -> !(low <= v <= high) && !(name == "saturation" && v == Inf), value)
+            outside == 0 ||
+                throw(ArgumentError("chip $(repr(chip.name)): $name: expected a finite number > 0, within [$low, $high] (plausible for APOGEE), found $outside value(s) outside"))
+        end
+        size(chip.reads) == size(chips[1].reads) ||
+            throw(ArgumentError("chip $(repr(chip.name)): reads: expected the size of chip $(repr(chips[1].name))'s, $(size(chips[1].reads)) (one exposure per call), got $(size(chip.reads))"))
+    end
+    return nothing
+end
+
 """
     run_chips(chips, traces, options = FitOptions())
 
 The three stages over one exposure's chips, as pyapred's `run_exposure` runs them (in memory):
 [`prepare_chip`](@ref) each chip, [`fit_fibers`](@ref) per chip (or once over all chips with
-`options.joint_chips`), [`extract_chip`](@ref) each chip. BLAS runs on one thread meanwhile
-([`with_blas_threads`](@ref)).
+`options.joint_chips`), [`extract_chip`](@ref) each chip, after the driver's checks
+([`check_chips`](@ref)). BLAS runs on one thread meanwhile ([`with_blas_threads`](@ref)): not
+for two calls at once in one process (the thread count is the process's).
 
 # Arguments
 - `chips`: [`ChipExposure`](@ref)s (or one), `traces`: their [`Traces`](@ref) (or one).
@@ -147,6 +178,7 @@ function run_chips(chips::AbstractVector{<:ChipExposure}, traces::AbstractVector
     check_options(options)
     length(chips) == length(traces) ||
         throw(ArgumentError("traces: expected one per chip, got $(length(traces)) for $(length(chips))"))
+    check_chips(chips)
     return with_blas_threads(1) do
         prepared = [prepare_chip(c, t, options) for (c, t) in zip(chips, traces)]
         fibers = options.joint_chips ? fill(fit_fibers(prepared, options), length(chips)) :

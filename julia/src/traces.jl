@@ -122,7 +122,8 @@ function trace_brightness(traces::Traces, rate::AbstractMatrix)
         y = traces.y_center[x, f]
         row = clamp(nearest_row(y), 1.0, Float64(ny))
         peak = rate[x, Int(row)]
-        peak = isnan(peak) ? zero(peak) : peak
+        # NumPy's nan_to_num: NaN -> 0, +-Inf -> the type's largest finite value.
+        peak = isnan(peak) ? zero(peak) : isinf(peak) ? copysign(floatmax(typeof(peak)), peak) : peak
         out[x, f] = Float64(max(peak, zero(peak))) / profile_fraction(y, traces.sigma[x, f], row)
     end
     return out

@@ -270,7 +270,7 @@ end
                     read_var = fill(0.0, nx, ny)
                     read_var .= chip.read_noise .^ 2
                     result = sutr_omega(dimages, gain, read_var, last_unsaturated_of(chip),
-                        trues(nx, ny, K); traces = traces[1], options)
+                        trues(nx, ny, K); traces = traces[1], options, chip = chip.name)
                     expected = vector["expected"]["extract"]
                     n_diff = toml_array(expected["n_diff"])[:, :, 1]
                     fitted = n_diff .>= 2
@@ -408,6 +408,31 @@ end
         columns = [1:10; 12:36]  # column 11 has no usable difference (dimage 0)
         on_trace = result.dimage[columns, 8] ./ (light[columns, 8] ./ 1.9)
         @test abs(sum(on_trace) / length(columns) - sum(omega) / n_diffs) < 0.03
+        # ApogeeReduction's gainMat keeps the gain file's NaN and 0 pixels: those pixels are not
+        # used by the stages and are flagged; the rest is fitted as before.
+        holes = copy(gain)
+        holes[20, 4], holes[21, 4] = NaN, 0.0
+        patched = @test_logs (:warn, r"2 pixel\(s\) without a gain") match_mode = :any sutr_omega(
+            dimages, holes, read_var, last, trues(nx, ny, n_diffs); traces, options)
+        @test patched.pixel_flags[20, 4] & NONFINITE_READ != 0
+        @test patched.pixel_flags[21, 4] & NONFINITE_READ != 0
+        @test patched.stages.results[1].n_diff[20, 4] == 0
+        @test patched.model == [MODEL_TIME_VARIABLE]
+        @test_throws ArgumentError sutr_omega(dimages, fill(NaN, nx, ny), read_var, last,
+            trues(nx, ny, n_diffs); traces, options)
+        # The chromatic model takes the chip's wavelengths from its name.
+        chromatic = FitOptions(min_fit_pixels = 10, chromatic = true)
+        @test_throws ArgumentError sutr_omega(dimages, gain, read_var, last,
+            trues(nx, ny, n_diffs); traces, options = chromatic)
+        # The driver's checks: a plausible calibration, one exposure's sizes.
+        reads = APRampFit.reads_from_differences(dimages, last)
+        @test_throws ArgumentError run_chips(ChipExposure(reads, 5000.0; gain = 1.9), traces)
+        @test_throws ArgumentError run_chips(ChipExposure(reads, 5.0; gain = 1.9,
+            saturation = 0.5), traces)
+        @test_throws ArgumentError run_chips([ChipExposure(reads, 5.0; gain = 1.9),
+                ChipExposure(reads[:, :, 1:5], 5.0; gain = 1.9)], [traces, traces])
+        @test_throws ArgumentError fit_constant(reads, 5.0; saturation = NaN)
+        @test_throws ArgumentError fit_constant(reads, 5.0; mask = zeros(Int, size(reads)))
     end
 
     @testset "flags" begin

@@ -245,8 +245,10 @@ def load_chip(
         cal = read_ar3dcal(path)
         name = parse_ar_name(path)
         raw = cal.exposure
+        gain_map, reads = cal.gain, raw.reads
         if gain is None:
-            _check_map(path, "gainMat", "gain", cal.gain)
+            gain_map, reads = _without_uncalibrated_pixels(path, gain_map, reads)
+            _check_map(path, "gainMat", "gain", gain_map)
         if read_noise is None:
             _check_map(path, "readVarMat", "read_variance", cal.read_var)
         for quantity, value in (("gain", gain), ("read_noise", read_noise),
@@ -255,9 +257,9 @@ def load_chip(
                 _header_number(path, {}, quantity, value)
         return ChipExposure(
             name=name.chip,
-            reads=raw.reads,
+            reads=reads,
             read_noise=np.sqrt(cal.read_var) if read_noise is None else read_noise,
-            gain=cal.gain if gain is None else gain,
+            gain=gain_map if gain is None else gain,
             saturation=saturation,
             read_times=(raw.read_times - raw.read_times[0]).sec,
             telescope=name.telescope,
@@ -321,6 +323,38 @@ def survey_chip(
     raw = read_apz(path, rows=slice(0, 0))  # headers, shapes and times only
     _raw_calibration(path, raw.header, gain=gain, read_noise=read_noise, saturation=saturation)
     return (raw.n_reads_in_file, *raw.image_shape)
+
+
+def _without_uncalibrated_pixels(path, gain, reads) -> tuple[np.ndarray, np.ndarray]:
+    """An ar3Dcal ``gainMat`` and reads without the pixels it leaves uncalibrated.
+
+    ApogeeReduction.jl copies the gain calibration file into ``gainMat`` as it is, NaN and 0
+    pixels included (it skips them for the median it puts around the frame, ``nanzeromedian``):
+    those pixels get that median as their gain and NaN reads (``NONFINITE_READ``: no flux without
+    a gain), with a warning; a map with no other pixel is refused. Other values are left to
+    :func:`_check_map`.
+    """
+    import warnings
+
+    from ..errors import InputWarning
+
+    uncalibrated = np.isnan(gain) | (gain == 0)
+    if not uncalibrated.any():
+        return gain, reads
+    if uncalibrated.all():
+        raise InputError(path, "gainMat", "a gain (e-/DN) for some pixels", "NaN or 0 everywhere")
+    gain = np.where(uncalibrated, np.median(gain[~uncalibrated]), gain)
+    if not (reads.flags.writeable and reads.dtype.kind == "f"):  # read from the file: both
+        reads = np.array(reads, dtype=np.result_type(reads.dtype, np.float32))
+    reads[:, uncalibrated] = np.nan
+    first = tuple(int(i) for i in np.argwhere(uncalibrated)[0])
+    warnings.warn(
+        f"{path}: gainMat: {int(uncalibrated.sum())} pixel(s) without a gain (NaN or 0, first at "
+        f"row, column {first}): their reads are not used (flagged NONFINITE_READ)",
+        InputWarning,
+        stacklevel=3,
+    )
+    return gain, reads
 
 
 def _raw_calibration(path, header, **given) -> dict:

@@ -1,0 +1,41 @@
+"""Loading chips from files (``pyapred.exposure.inputs``): what ApogeeReduction.jl's files hold."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from pyapred import Flag, fit_constant
+from pyapred.errors import InputError, InputWarning
+from pyapred.exposure import load_chip
+
+
+def ar3dcal(folder, gain: np.ndarray):
+    """A 4-read ``ar3Dcal`` file (ApogeeReduction.jl's full frame) with ``gain`` as gainMat."""
+    path = folder / "ar3Dcal_apo_60781_0001_R_object.h5"
+    reads = np.arange(4, dtype=np.float32)[:, None, None] * np.full((1, *gain.shape), 100.0)
+    with h5py.File(path, "w") as handle:
+        for key, value in (("outdat", reads), ("gainMat", gain),
+                           ("readVarMat", np.full(gain.shape, 64.0, np.float32))):  # fmt: skip
+            handle.create_dataset(key, data=value, compression="gzip", chunks=True)
+        handle["metadata/nread_total"], handle["metadata/mjd_mid_exposure"] = 4, 60781.25
+    return path
+
+
+def test_ar3dcal_pixels_without_a_gain_are_not_used_and_flagged(tmp_path):
+    """ApogeeReduction.jl copies the gain file's NaN and 0 pixels into gainMat (its median skips
+    them): those pixels are not fitted (NaN reads, flagged), the rest of the chip is."""
+    gain = np.full((2048, 2560), 1.9, np.float32)
+    gain[30, 7], gain[100, 200] = np.nan, 0.0
+    path = ar3dcal(tmp_path, gain)
+    with pytest.warns(InputWarning, match=r"gainMat: 2 pixel\(s\) without a gain .*\(30, 7\)"):
+        chip = load_chip(path)
+    assert np.isnan(chip.reads[:, 30, 7]).all() and np.isnan(chip.reads[:, 100, 200]).all()
+    assert np.isnan(chip.reads).sum() == 2 * 4 and chip.gain[30, 7] == 1.9
+    fit = fit_constant(chip.reads[:, 30, 5:9], chip.read_noise[30, 5:9], gain=chip.gain[30, 5:9])
+    assert np.isnan(fit.flux[2]) and fit.flags[2] & Flag.NONFINITE_READ
+    assert np.all(np.isfinite(fit.flux[[0, 1, 3]]))
+    gain[:] = np.nan
+    with pytest.raises(InputError, match="gainMat: expected a gain"):
+        load_chip(ar3dcal(tmp_path, gain))
