@@ -52,10 +52,33 @@ def test_from_trace_params_accepts_both_layouts_and_converts_to_0_based():
 
 
 def test_traces_validate_their_arrays():
+    """In memory as in a trace file: a reversed or crossing pair of fibers would attach fluxes to
+    the wrong fiberIds without a word; 0 or more than 300 fibers, widths outside [0.1, 20] px
+    and arrays of the wrong shape or kind failed later, inside NumPy or after the whole fit."""
+    rising = np.array([[5.0] * 3, [12.0] * 3])
     with pytest.raises(ValueError, match="sigma"):
-        Traces(y_center=np.zeros((2, 3)), sigma=0.0)
+        Traces(y_center=rising, sigma=0.0)
     with pytest.raises(ValueError, match="excluded"):
-        Traces(y_center=np.zeros((2, 3)), sigma=1.0, excluded=[True])
+        Traces(y_center=rising, sigma=1.0, excluded=[True])
+    with pytest.raises(ValueError, match=r"sigma: expected widths in \[0.1, 20\] px"):
+        Traces(y_center=rising, sigma=100.0)
+    with pytest.raises(ValueError, match=r"sigma: expected a number .* got shape \(5,\)"):
+        Traces(y_center=rising, sigma=np.ones(5))
+    with pytest.raises(ValueError, match="y_center: expected numbers"):
+        Traces(y_center=[["a", "b"]], sigma=1.0)
+    with pytest.raises(ValueError, match="1 to 300 fibers"):
+        Traces(y_center=np.zeros((0, 3)), sigma=1.0)
+    with pytest.raises(ValueError, match="1 to 300 fibers"):
+        Traces(y_center=np.arange(400.0)[:, None] * 5, sigma=1.0)
+    with pytest.raises(ValueError, match="1 to 300 fibers"):
+        Traces(y_center=np.zeros((2, 0)), sigma=1.0)
+    with pytest.raises(ValueError, match="first fiberId 299 at 5.00, not above fiberId 300 at 12"):
+        Traces(y_center=rising[::-1], sigma=1.0)
+    crossing = rising.copy()
+    crossing[1, 2] = 4.0
+    with pytest.raises(ValueError, match="rising with the fiber index.* column 2"):
+        Traces(y_center=crossing, sigma=1.0)
+    Traces(y_center=rising, sigma=[[1.1], [1.2]])  # a width per fiber broadcasts
 
 
 def test_profile_is_pixel_integrated_and_normalised():
@@ -212,6 +235,7 @@ def test_traces_from_memory_have_no_provenance():
         Traces(traces.y_center, 1.0, height=np.ones((1, 1)))
     params = np.ones((4, 5, 3))  # Julia [x, fiberIndx, p]
     params[:, :, 0] = 3.0
+    params[:, :, 1] = 10.0 + 7.0 * np.arange(5)  # rising with the fiber index
     assert Traces.from_trace_params(params).height.shape == (5, 4)
 
 

@@ -28,15 +28,31 @@ struct Traces
     excluded::Vector{Bool}
     function Traces(y_center::AbstractMatrix, sigma, excluded = falses(size(y_center, 2)))
         y = Matrix{Float64}(y_center)
+        nc, nf = size(y)
+        1 <= nf <= N_FIBERS && nc >= 1 ||
+            throw(ArgumentError("y_center: expected (n_columns, n_fibers) with 1 to $N_FIBERS fibers and at least one column, got size $(size(y))"))
         s = zeros(size(y))
         s .= sigma
-        all(isfinite, y) && all(v -> isfinite(v) && v > 0, s) ||
-            throw(ArgumentError("y_center, sigma: expected finite values and sigma > 0"))
-        length(excluded) == size(y, 2) ||
-            throw(ArgumentError("excluded: expected $(size(y, 2)) values, got $(length(excluded))"))
+        all(isfinite, y) || throw(ArgumentError("y_center: expected finite values"))
+        all(v -> MIN_TRACE_SIGMA <= v <= MAX_TRACE_SIGMA, s) ||  # NaN fails too
+            throw(ArgumentError("sigma: expected widths in [$MIN_TRACE_SIGMA, $MAX_TRACE_SIGMA] px"))
+        # Fiber 1 (fiberId 300) is the lowest on the chip: centers rise with the index at every
+        # column, or fluxes would be attached to the wrong fiberIds.
+        for f in 2:nf, x in 1:nc
+            y[x, f] > y[x, f - 1] ||
+                throw(ArgumentError("y_center: expected centers rising with the fiber index at every column, found fiberId $(N_FIBERS + 1 - f) at $(y[x, f]), not above fiberId $(N_FIBERS + 2 - f) at $(y[x, f - 1]), column $x"))
+        end
+        length(excluded) == nf ||
+            throw(ArgumentError("excluded: expected $nf values, got $(length(excluded))"))
         return new(y, s, Vector{Bool}(excluded))
     end
 end
+
+"APOGEE's fibers per chip (pyapred's `N_FIBERS`); fiberId = `N_FIBERS + 1 - fiber`."
+const N_FIBERS = 300
+"Trace widths (Gaussian sigma, rows) a chip's traces may have (pyapred's `MIN_TRACE_SIGMA`, `MAX_TRACE_SIGMA`)."
+const MIN_TRACE_SIGMA = 0.1
+const MAX_TRACE_SIGMA = 20.0
 
 "fiberIds of the FPI (`fpiguide`) fibers of each telescope, as ApogeeReduction.jl's."
 const FPI_FIBER_IDS = Dict("apo" => (75, 225), "lco" => (82, 213))

@@ -317,6 +317,12 @@ end
         @test findall(traces_from_centers(params[:, :, 2]; telescope = "lco").excluded) ==
               [301 - 213, 301 - 82]
         @test_throws ArgumentError Traces(fill(NaN, 3, 2), 1.0)
+        # As pyapred's: rising centers, 1 to 300 fibers, widths in [0.1, 20] px.
+        @test_throws ArgumentError Traces([5.0 4.0; 5.0 6.0], 1.0)  # crossing at column 1
+        @test_throws ArgumentError Traces(zeros(3, 0), 1.0)
+        @test_throws ArgumentError Traces(repeat(collect(1.0:301.0)', 2), 1.0)
+        @test_throws ArgumentError Traces([5.0 12.0], 100.0)
+        @test Traces([5.0 12.0], 1.1).y_center == [5.0 12.0]
         # Ties of a center between two rows go where pyapred's 0-based rint sends them.
         @test APRampFit.nearest_row(3.5) == 3.0 && APRampFit.nearest_row(4.5) == 5.0
     end

@@ -60,6 +60,14 @@ def fiber_index(fiber_id):
     return N_FIBERS - np.asarray(fiber_id)
 
 
+def _as_float_array(value, name: str) -> np.ndarray:
+    """``value`` as float64, a ValueError naming ``name`` when it holds no numbers."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected numbers, got {type(value).__name__}") from None
+
+
 def fiber_id(fiber_index):
     """APOGEE fiberId of a 0-based on-chip fiber index: ``300 - index``."""
     return N_FIBERS - np.asarray(fiber_index)
@@ -106,12 +114,38 @@ class Traces:
     path: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        y = np.asarray(self.y_center, dtype=np.float64)
-        s = np.broadcast_to(np.asarray(self.sigma, dtype=np.float64), y.shape).copy()
-        if y.ndim != 2:
-            raise ValueError(f"y_center: expected (n_fibers, n_columns), got shape {y.shape}")
-        if not (np.all(np.isfinite(y)) and np.all(np.isfinite(s)) and np.all(s > 0)):
-            raise ValueError("y_center, sigma: expected finite values and sigma > 0")
+        y = _as_float_array(self.y_center, "y_center")
+        if y.ndim != 2 or not (1 <= y.shape[0] <= N_FIBERS and y.shape[1] >= 1):
+            raise ValueError(
+                f"y_center: expected (n_fibers, n_columns) with 1 to {N_FIBERS} fibers and at "
+                f"least one column, got shape {y.shape}"
+            )
+        try:
+            s = np.broadcast_to(_as_float_array(self.sigma, "sigma"), y.shape).copy()
+        except ValueError as error:
+            if str(error).startswith("sigma:"):
+                raise
+            raise ValueError(
+                f"sigma: expected a number or the shape of y_center {y.shape}, got shape "
+                f"{np.shape(self.sigma)}"
+            ) from None
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y_center: expected finite values")
+        if not np.all((s >= MIN_TRACE_SIGMA) & (s <= MAX_TRACE_SIGMA)):  # NaN fails too
+            raise ValueError(
+                f"sigma: expected widths in [{MIN_TRACE_SIGMA:g}, {MAX_TRACE_SIGMA:g}] px"
+            )
+        # Fiber index 0 (fiberId 300) is the lowest on the chip: centers rise with the index at
+        # every column, or fluxes would be attached to the wrong fiberIds.
+        unordered = np.argwhere(~(np.diff(y, axis=0) > 0))
+        if unordered.size:
+            fiber, column = unordered[0]
+            raise ValueError(
+                f"y_center: expected centers rising with the fiber index at every column, found "
+                f"{len(unordered)} that do not (first fiberId {int(fiber_id(fiber + 1))} at "
+                f"{y[fiber + 1, column]:.2f}, not above fiberId {int(fiber_id(fiber))} at "
+                f"{y[fiber, column]:.2f}, column {column})"
+            )
         excluded = np.zeros(y.shape[0], bool) if self.excluded is None else self.excluded
         excluded = np.asarray(excluded, dtype=bool)
         if excluded.shape != (y.shape[0],):
