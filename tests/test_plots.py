@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import pyapred  # noqa: E402
 from pyapred import plots  # noqa: E402
-from pyapred.exposure import ChipExposure, FitOptions, run_exposure  # noqa: E402
+from pyapred.exposure import ChipExposure, FitOptions, run_exposure, write_exposure  # noqa: E402
 from pyapred.simulate import simulate_exposure  # noqa: E402
 from pyapred.solver import Flag  # noqa: E402
 from pyapred.traces import fiber_id  # noqa: E402
@@ -175,7 +175,7 @@ def test_save_plots_writes_the_standard_set(sim, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Results for notebooks: short reprs, HTML tables
 # --------------------------------------------------------------------------------------------
-def test_every_result_has_a_short_repr(result, sim):
+def test_every_result_has_a_short_repr(result, sim, tmp_path):
     from pyapred.exposure import ChipExposure, FitOptions, product_parts
 
     rng = np.random.default_rng(0)
@@ -200,7 +200,15 @@ def test_every_result_has_a_short_repr(result, sim):
         ),
         "ProductParts": product_parts(result),
         "FitOptions": FitOptions(),
+        "Traces": chip.prepared.traces,
+        "PixelMap": chip.prepared.pixel_map,
+        "FitPixels": chip.prepared.fit_pixels,
     }
+    from pyapred.io import read_product
+
+    product = read_product(write_exposure(result, tmp_path / "p.h5"))
+    objects |= {"Product": product, "ChipImages": product.chips["R"],
+                "FiberResults": product.fibers["R"]}  # fmt: skip
     for name, obj in objects.items():
         text = repr(obj)
         assert len(text) < 2000, (name, len(text))

@@ -135,6 +135,13 @@ class GuiderComparison:
     gamma_dof: np.ndarray | None = None
     gamma_p_value: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
+        arrays."""
+        from ..solver.reprs import summary_repr
+
+        return summary_repr(self)
+
     def to_dict(self) -> dict:
         """A JSON-ready summary (no per-window arrays except the guider curve)."""
 

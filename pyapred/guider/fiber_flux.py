@@ -105,6 +105,13 @@ class GuiderSeries:
     dropped: tuple
     has_photometry: bool
 
+    def __repr__(self) -> str:
+        """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
+        arrays."""
+        from ..solver.reprs import summary_repr
+
+        return summary_repr(self)
+
     def __len__(self) -> int:
         return len(self.flux)
 

@@ -178,6 +178,13 @@ class GuiderFrames:
     frames: list
     rejected: list
 
+    def __repr__(self) -> str:
+        """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
+        arrays."""
+        from ..solver.reprs import summary_repr
+
+        return summary_repr(self)
+
 
 def as_guider_frames(frames, window: tuple[Time, Time] | None = None) -> GuiderFrames:
     """GuiderFrames from themselves, a list of GuiderFrame, or files to read.

@@ -51,6 +51,13 @@ class OmegaSelection:
     gamma_cov: np.ndarray | None = None
     span: tuple | None = None
 
+    def __repr__(self) -> str:
+        """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
+        arrays."""
+        from ..solver.reprs import summary_repr
+
+        return summary_repr(self)
+
 
 #: Exposure header cards that give the read times, looked for in a product's metadata.
 TIME_CARDS = ("DATE-OBS", "TIMESYS", "INTOFF", "INTDELAY", "NREAD", "NFRAMES", "CONFIGID")

@@ -124,6 +124,13 @@ class GuiderPrediction:
     amplitude: float
     needs_time_variable: bool
 
+    def __repr__(self) -> str:
+        """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
+        arrays."""
+        from ..solver.reprs import summary_repr
+
+        return summary_repr(self)
+
 
 def read_windows(read_times: Time, row_phase: float = 0.5) -> tuple[Time, np.ndarray, np.ndarray]:
     """The read-difference windows of an exposure, in TAI seconds since its first read.

@@ -273,6 +273,13 @@ class ChipImages:
     flags: np.ndarray
     n_diff: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
+        arrays."""
+        from ..solver.reprs import summary_repr
+
+        return summary_repr(self)
+
     @classmethod
     def from_fit(cls, fit) -> ChipImages:
         """From a :class:`pyapred.FluxFit` or an extracted chip (``ChipResult``):
@@ -329,6 +336,13 @@ class FiberResults:
     gamma: np.ndarray | None = None
     gamma_cov: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
+        arrays."""
+        from ..solver.reprs import summary_repr
+
+        return summary_repr(self)
+
     @property
     def fiber_id(self) -> np.ndarray:
         """``fiberId`` (1..300) of each fiber: ``300 - fiber_index``."""
@@ -357,6 +371,13 @@ class Product:
     fibers: dict[str, FiberResults] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    def __repr__(self) -> str:
+        """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
+        arrays."""
+        from ..solver.reprs import summary_repr
+
+        return summary_repr(self)
 
 
 # --------------------------------------------------------------------------------------------

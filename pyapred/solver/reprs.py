@@ -8,14 +8,25 @@ changes a result.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
 from ._flags import Flag
 
-__all__ = ["count_flags", "finite_median", "fmt", "html_table", "quiet_nanmedian", "shape_of"]
+__all__ = [
+    "brief",
+    "count_flags",
+    "finite_median",
+    "fmt",
+    "html_table",
+    "quiet_nanmedian",
+    "shape_of",
+    "summary_repr",
+]
 
 
 def finite_median(values) -> float:
@@ -41,6 +52,33 @@ def shape_of(array) -> str:
         return "None"
     shape = np.shape(array)
     return str(shape) if shape else "scalar"
+
+
+def brief(value, limit: int = 6) -> str:
+    """A value in a few words: an array as its dtype and shape, a mapping by its first ``limit``
+    keys, a long sequence by its length, a long text cut; never a whole array."""
+    if isinstance(value, np.ndarray):
+        return f"<{value.dtype} {shape_of(value)}>"
+    if type(value).__name__ == "Time" and hasattr(value, "scale"):  # astropy, not imported
+        return f"<Time {value.scale} {shape_of(value)}>" if np.shape(value) else f"<Time {value}>"
+    if isinstance(value, Mapping):
+        items = [f"{key!r}: {brief(item, limit)}" for key, item in list(value.items())[:limit]]
+        more = f", ... {len(value)} keys" if len(value) > limit else ""
+        return "{" + ", ".join(items) + more + "}"
+    if isinstance(value, (list, tuple)) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)}>"
+    text = repr(value)
+    if len(text) > 120:
+        head = text.split("(", 1)[0] if "(" in text[:40] else text[:60]
+        return f"<{head}...>"
+    return text
+
+
+def summary_repr(obj) -> str:
+    """``Name(field=..., ...)`` of a dataclass with every field :func:`brief`: the ``__repr__``
+    of result classes that hold whole images or tables (a few lines, never whole arrays)."""
+    parts = [f"{f.name}={brief(getattr(obj, f.name))}" for f in dataclasses.fields(obj) if f.repr]
+    return f"{type(obj).__name__}({', '.join(parts)})"
 
 
 def count_flags(flags, ignore: int = 0) -> str:

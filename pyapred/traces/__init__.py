@@ -162,6 +162,18 @@ class Traces:
         object.__setattr__(self, "metadata", dict(self.metadata or {}))
         object.__setattr__(self, "path", None if self.path is None else os.fspath(self.path))
 
+    def __repr__(self) -> str:
+        """Size, center and width ranges, FPI fibers and the file (a line, never whole arrays)."""
+        from ..solver.reprs import fmt
+
+        excluded = [int(i) for i in fiber_id(np.flatnonzero(self.excluded))]
+        return (
+            f"Traces: {self.n_fibers} fibers x {self.n_columns} columns; y-centers "
+            f"{fmt(self.y_center.min(), '.1f')}..{fmt(self.y_center.max(), '.1f')} (0-based rows), "
+            f"widths {fmt(self.sigma.min())}..{fmt(self.sigma.max())} px; excluded fiberIds "
+            f"{excluded or 'none'}; from {self.path or 'memory'}"
+        )
+
     @property
     def n_fibers(self) -> int:
         return self.y_center.shape[0]
@@ -299,6 +311,13 @@ class PixelMap:
     fiber: np.ndarray
     purity: np.ndarray
 
+    def __repr__(self) -> str:
+        """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
+        arrays."""
+        from ..solver.reprs import summary_repr
+
+        return summary_repr(self)
+
 
 def trace_brightness(traces: Traces, rate: np.ndarray) -> np.ndarray:
     """Rough per-column brightness of every trace, from a rate image.
@@ -378,6 +397,13 @@ class FitPixels:
     rows: np.ndarray
     cols: np.ndarray
     valid: np.ndarray
+
+    def __repr__(self) -> str:
+        """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
+        arrays."""
+        from ..solver.reprs import summary_repr
+
+        return summary_repr(self)
 
     @property
     def count(self) -> np.ndarray:

@@ -11,6 +11,7 @@ from astropy import units as u
 
 from pyapred import guider
 from pyapred.errors import InputError
+from pyapred.guider.omega import select_omega
 
 from .scenario import INTOFF, N_READS, START, exposure_header, write_frames
 
@@ -23,6 +24,22 @@ def test_comparison_recovers_the_scale_to_one_percent(sky):
     assert 0.6 < result.chi2_dof[0] < 1.5 and not result.disagree[0]
     assert result.flags == () and result.clock == "not-fitted"
     assert result.used[0].sum() == N_READS - 2  # all but the fixed reference element
+
+
+def test_guider_results_have_short_reprs(sky):
+    """A line or a few, never whole arrays (they were the dataclasses' full reprs: 2-40 kB)."""
+    series = guider.guider_series(sky.frames)
+    objects = {
+        "GuiderComparison": guider.compare(sky.fit, sky.frames, read_times=exposure_header()),
+        "GuiderSeries": series,
+        "GuiderFrames": sky.frames,
+        "OmegaSelection": select_omega(sky.fit),
+        "GuiderPrediction": guider.predict_omega(series, START + np.arange(N_READS) * INTOFF * u.s),
+    }
+    for name, obj in objects.items():
+        text = repr(obj)
+        assert len(text) < 2000 and "array(" not in text, (name, len(text))
+        assert text.startswith(type(obj).__name__), name
 
 
 def test_lag_fit_finds_a_37_second_clock_offset(sky):
