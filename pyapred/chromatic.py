@@ -109,7 +109,15 @@ def fiber_coupling(fwhm, diameter: float) -> np.ndarray:
     ndarray, the shape of ``fwhm``
     """
     fwhm = np.asarray(fwhm, dtype=np.float64)
-    return -np.expm1(-np.log(2.0) * (diameter / fwhm) ** 2)
+    try:
+        size = float(diameter)
+    except (TypeError, ValueError):
+        size = float("nan")
+    if not 0 < size < float("inf"):  # NaN fails too
+        raise ValueError(f"diameter: expected a finite fiber size > 0 (arcsec), got {diameter!r}")
+    if np.any(fwhm <= 0):  # a NaN FWHM (no measurement) stays NaN
+        raise ValueError("fwhm: expected seeing > 0 (arcsec)")
+    return -np.expm1(-np.log(2.0) * (size / fwhm) ** 2)
 
 
 def seeing_fwhm(fwhm, wavelength, reference: float = GUIDER_WAVELENGTH_UM) -> np.ndarray:

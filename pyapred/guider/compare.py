@@ -25,7 +25,13 @@ from .fiber_flux import GuiderSeries, chromatic_prediction, guider_series
 from .frames import GuiderFrames, as_guider_frames, header_number
 from .omega import select_omega
 from .timing import exposure_read_times, seconds_since
-from .windows import WindowAverager, covered_windows, read_windows
+from .windows import (
+    WindowAverager,
+    _check_number,
+    check_window_options,
+    covered_windows,
+    read_windows,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -388,6 +394,25 @@ def compare(
     """
     from scipy import optimize, special
 
+    check_window_options(lag=0.0, row_phase=row_phase, max_gap=max_gap)
+    _check_number("lag_range", lag_range, lambda v: 0.0 <= v < math.inf, "a finite time >= 0 (s)")
+    _check_number("lag_step", lag_step, lambda v: 0.0 < v < math.inf, "a finite time > 0 (s)")
+    _check_number("alpha", alpha, lambda v: 0.0 < v < 1.0, "a probability between 0 and 1")
+    if isinstance(guider_frames, GuiderSeries):
+        # A series has its frames chosen and its flux modelled already: these would be ignored.
+        given = {
+            "telescope": telescope,
+            "diameter": diameter,
+            "config_id": config_id,
+            "wavelength": wavelength,
+            "seeing": None if seeing == "best" else seeing,
+        }
+        ignored = [name for name, value in given.items() if value is not None]
+        if ignored:
+            raise ValueError(
+                f"{', '.join(ignored)}: expected none with a GuiderSeries (they choose the frames "
+                "and model the flux of guider_series): pass the frames, or the series alone"
+            )
     data = select_omega(omega_fit_or_product, fibers, group)
     source_times = read_times if read_times is not None else data.read_times
     if source_times is None and data.header:

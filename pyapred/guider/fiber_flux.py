@@ -52,8 +52,27 @@ def flux_in_fiber(transparency, fwhm, diameter: float) -> np.ndarray:
     Returns
     -------
     ndarray, ``(n_frames,)``, maximum 1
+
+    Raises
+    ------
+    ValueError
+        Arrays of other lengths or empty, values not finite, a negative transparency, no light
+        in any frame (one NaN made every value NaN; all zeros gave 0/0).
     """
-    flux = np.asarray(transparency, dtype=np.float64) * fiber_coupling(fwhm, diameter)
+    transparency = np.asarray(transparency, dtype=np.float64)
+    fwhm = np.asarray(fwhm, dtype=np.float64)
+    if transparency.ndim != 1 or transparency.shape != fwhm.shape or not transparency.size:
+        raise ValueError(
+            f"transparency, fwhm: expected two (n_frames,) arrays of one length, got shapes "
+            f"{transparency.shape} and {fwhm.shape}"
+        )
+    if not (np.all(np.isfinite(transparency)) and np.all(transparency >= 0)):
+        raise ValueError("transparency: expected finite values >= 0")
+    if not np.all(np.isfinite(fwhm)):
+        raise ValueError("fwhm: expected finite values > 0 (arcsec)")
+    flux = transparency * fiber_coupling(fwhm, diameter)
+    if not np.any(flux > 0):
+        raise ValueError("transparency: expected light in at least one frame, got none")
     return flux / np.max(flux)
 
 

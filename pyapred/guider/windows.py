@@ -23,6 +23,7 @@ __all__ = [
     "PAPER_THRESHOLD",
     "GuiderPrediction",
     "WindowAverager",
+    "check_window_options",
     "covered_windows",
     "predict_omega",
     "read_windows",
@@ -188,6 +189,27 @@ def covered_windows(
     return covered
 
 
+def check_window_options(*, lag: float, row_phase: float, max_gap: float) -> None:
+    """Raise ValueError, naming the argument, unless ``lag`` is a finite number of seconds,
+    ``row_phase`` a fraction of a read period in [0, 1] and ``max_gap`` a finite time > 0 (s):
+    a NaN or a negative gap left every window uncovered, which read as "no change seen"."""
+    _check_number("lag", lag, math.isfinite, "a finite number of seconds")
+    _check_number(
+        "row_phase", row_phase, lambda v: 0.0 <= v <= 1.0, "a fraction of a read in [0, 1]"
+    )
+    _check_number("max_gap", max_gap, lambda v: 0.0 < v < math.inf, "a finite time > 0 (s)")
+
+
+def _check_number(name: str, value, ok, expected: str) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is a real number for which ``ok``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, (bool, str)) or not ok(number):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
 def predict_omega(
     series: GuiderSeries,
     read_times,
@@ -217,11 +239,35 @@ def predict_omega(
     Returns
     -------
     GuiderPrediction
+
+    Raises
+    ------
+    pyapred.errors.InputError
+        No read-difference window is covered by the guider frames (no time overlap): the guider
+        says nothing about this exposure.
+    ValueError
+        ``series`` is not a GuiderSeries, or ``lag``, ``row_phase``, ``max_gap`` out of range.
     """
+    from ..errors import InputError
+
+    if not isinstance(series, GuiderSeries):
+        raise ValueError(
+            f"series: expected a GuiderSeries (guider_series), got {type(series).__name__}"
+        )
+    check_window_options(lag=lag, row_phase=row_phase, max_gap=max_gap)
     times, _ = exposure_read_times(read_times)
     t0, lo, hi = read_windows(times, row_phase)
     lo, hi = lo + lag, hi + lag
     covered = covered_windows(series, t0, lo, hi, max_gap)
+    if not covered.any():
+        raise InputError(
+            series.paths[0][0] if series.paths else "guider frames",
+            "DATE-OBS",
+            f"guider frames covering the exposure ({times[0].isot} to {times[-1].isot} "
+            f"{times.scale.upper()}, lag {lag:g} s)",
+            f"frames from {series.start[0].isot} to {series.start[-1].isot} "
+            f"{series.start.scale.upper()} with gaps over {max_gap:g} s",
+        )
     matrix = WindowAverager.for_series(series, t0).matrix(lo, hi)
     omega = matrix @ series.flux
     cov = matrix @ (series.flux_err[:, None] ** 2 * matrix.T)

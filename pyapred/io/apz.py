@@ -637,6 +637,9 @@ def _card_number(value: object) -> float | None:
 #: Largest plausible read period (``INTOFF``, ms) and first-read delay (``INTDELAY``, s): beyond
 #: them a header is corrupt (APOGEE reads every 10.647 s).
 MAX_INTOFF_MS = 1e6
+#: The most reads an exposure header may count (NREAD): a day of APOGEE's 10.6 s reads is 8,000; a
+#: corrupt card of 1e9 would ask for gigabytes of read times.
+MAX_NREAD = 10_000
 
 
 def read_times_from_header(
@@ -728,9 +731,9 @@ def read_times_from_header(
     if reads is None:
         value = header.get("NREAD", header.get("NFRAMES"))
         count = _card_number(value)
-        if count is None:
+        if count is None or not (1 <= count <= MAX_NREAD and count == int(count)):
             found = "nothing" if value is None else repr(value)
-            expected = "the number of reads (NREAD or NFRAMES)"
+            expected = f"the number of reads (NREAD or NFRAMES), a whole number 1 to {MAX_NREAD}"
             raise InputError(path, field("NREAD"), expected, found=found)
         reads = int(count)
     if isinstance(reads, (int, np.integer)):

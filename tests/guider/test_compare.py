@@ -97,6 +97,21 @@ def test_no_time_overlap_is_a_clear_error(sky):
     assert err.value.field == "DATE-OBS" and str(sky.directory) in str(err.value)
 
 
+def test_settings_are_checked_not_ignored(sky):
+    header = exposure_header()
+    for bad in ({"lag_step": 0.0, "fit_lag": True}, {"lag_range": -5.0, "fit_lag": True},
+                {"lag_step": np.nan, "fit_lag": True}, {"alpha": 2.0}, {"alpha": -1.0},
+                {"max_gap": 0.0}, {"row_phase": np.nan}):  # fmt: skip
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=f"{name}: expected"):
+            guider.compare(sky.fit, sky.frames, read_times=header, **bad)
+    # A ready series has its frames chosen and its flux modelled: these were silently ignored.
+    series = guider.guider_series(sky.frames)
+    with pytest.raises(ValueError, match="diameter, wavelength: expected none with a GuiderSeries"):
+        guider.compare(sky.fit, series, read_times=header, diameter=0.0, wavelength=1.6)
+    assert guider.compare(sky.fit, series, read_times=header).scale.shape == (1,)
+
+
 def test_configid_mismatch_drops_frames_or_fails(sky, tmp_path):
     with pytest.raises(InputError) as err:
         guider.compare(sky.fit, sky.frames, read_times=exposure_header(CONFIGID=7))

@@ -89,3 +89,21 @@ def test_only_unusable_frames_is_a_clear_error(tmp_path):
         guider.guider_series(tmp_path)
     message = str(err.value)
     assert "no stars" in message and "no valid FWHM" in message and "proc-gimg-gfa1n" in message
+
+
+def test_flux_model_arguments_are_checked():
+    """One NaN made every value NaN, all zeros 0/0, a negative FWHM or diameter a coupling."""
+    for transparency, fwhm, match in (
+        ([1.0, np.nan, 0.9], [1.2, 1.3, 1.4], "transparency"),
+        ([0.0, 0.0], [1.2, 1.3], "light in at least one frame"),
+        ([1.0, -0.5], [1.2, 1.3], "transparency"),
+        ([1.0, 0.9, 0.8], [1.2, 1.3], "transparency, fwhm"),
+        ([], [], "transparency, fwhm"),
+        ([1.0, 0.9], [1.2, -1.0], "fwhm"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            guider.flux_in_fiber(transparency, fwhm, 2.0)
+    for diameter in (-3.0, 0.0, np.inf, np.nan, "wide"):
+        with pytest.raises(ValueError, match="diameter"):
+            guider.fiber_coupling(1.3, diameter)
+    np.testing.assert_allclose(guider.flux_in_fiber([1.0, 0.5], [1.3, 1.3], 2.0), [1.0, 0.5])

@@ -58,5 +58,9 @@ def test_read_times_from_a_raw_exposure_and_too_few_reads():
         with pytest.raises(InputError) as err:
             exposure_read_times(header)
         assert err.value.field == "NREAD"
+    # A corrupt count asked for gigabytes of read times (a MemoryError, or the OOM killer).
+    for count in (1e9, 2.5, -3):
+        with pytest.raises(InputError, match=r"NREAD: expected .* whole number 1 to 10000"):
+            read_times_from_header(exposure_header(NREAD=count))
     with pytest.raises(ValueError, match="strictly increasing"):
         exposure_read_times(times[::-1])

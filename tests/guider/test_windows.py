@@ -7,6 +7,7 @@ import pytest
 from astropy import units as u
 
 from pyapred import guider
+from pyapred.errors import InputError
 from pyapred.guider.windows import WindowAverager
 
 from .scenario import INTOFF, N_READS, START, true_window_means, write_frames
@@ -30,6 +31,16 @@ def test_prediction_matches_true_window_means_and_says_when_the_sky_changed(tmp_
     write_frames(stable, np.random.default_rng(1), transparency=constant, fwhm=constant, cadence=60)
     quiet = guider.predict_omega(guider.guider_series(stable), times)
     assert not quiet.needs_time_variable and quiet.amplitude < 0.01
+    # No window covered said "no time-variable model needed" (amplitude NaN): the guider saw
+    # nothing of the exposure. And NaN or out-of-range settings left every window uncovered.
+    with pytest.raises(InputError, match="DATE-OBS: expected guider frames covering"):
+        guider.predict_omega(series, times + 1 * u.day)
+    for bad in ({"lag": np.nan}, {"lag": "5"}, {"row_phase": 5.0}, {"row_phase": np.nan},
+                {"max_gap": -1.0}, {"max_gap": 0.0}):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}: expected"):
+            guider.predict_omega(series, times, **bad)
+    with pytest.raises(ValueError, match="series: expected a GuiderSeries"):
+        guider.predict_omega([series], times)
 
 
 def test_window_averager_reproduces_the_frames_it_was_built_from():
