@@ -145,12 +145,15 @@ def read_fits(
     try:
         with fits.open(path, memmap=False) as hdul:
             found = hdul[0].header.get("PAPFMT")
-            if found not in versions:
+            if found is None:
+                raise InputError(path, "HDU 0 PAPFMT", "a pyapred product", "nothing")
+            whole = isinstance(found, int) and not isinstance(found, bool)
+            if not whole or found not in versions:
                 raise InputError(
                     path,
                     "HDU 0 PAPFMT",
-                    f"product format {' or '.join(map(str, versions))}",
-                    found=f"{found}, written by an incompatible version",
+                    f"product format {' or '.join(map(str, versions))} as an integer",
+                    found=f"{found}, written by an incompatible version" if whole else repr(found),
                 )
             parts: dict[str, dict] = {}
             fibers, metadata = {}, {}

@@ -67,6 +67,8 @@ __all__ = [
 
 #: Version of the product layout that :func:`write_product` writes.
 FORMAT_VERSION = 2
+#: The names a product's ``model`` column may hold (``pyapred.exposure.MODEL_NAMES``).
+PRODUCT_MODELS = ("constant", "time_variable", "borrowed", "time_variable_chromatic")
 #: The layout versions :func:`read_product` reads.
 READABLE_VERSIONS = (1, 2)
 #: Fibers per chip: ``fiberId = N_FIBERS - fiber_index`` (0-based index).
@@ -612,6 +614,21 @@ def _check_fibers(key: str, results: FiberResults) -> None:
             f"fibers[{key!r}]: expected shapes {expected} for omega (n, K), "
             f"got omega {np.shape(results.omega)} and {found}"
         )
+    for name in ("fiber_index", "ref_index", "flags"):
+        if np.asarray(getattr(results, name)).dtype.kind not in "iu":
+            raise ValueError(
+                f"fibers[{key!r}].{name}: expected integers, got "
+                f"{np.asarray(getattr(results, name)).dtype}"
+            )
+    unknown_models = sorted({str(m) for m in results.model} - set(PRODUCT_MODELS))
+    if unknown_models:
+        raise ValueError(
+            f"fibers[{key!r}].model: expected names of {PRODUCT_MODELS}, found {unknown_models}"
+        )
+    if (results.gamma is None) != (results.gamma_cov is None):
+        raise ValueError(f"fibers[{key!r}].gamma, gamma_cov: expected both or neither")
+    if len(set(np.asarray(results.fiber_index).tolist())) != n:
+        raise ValueError(f"fibers[{key!r}].fiber_index: expected each fiber once")
     ref = np.asarray(results.ref_index)
     if n and (ref.min() < 0 or ref.max() >= k):
         raise ValueError(f"fibers[{key!r}].ref_index: expected 0-based indices below {k}")
@@ -791,30 +808,59 @@ def read_product(path: str | os.PathLike, *, images: bool = True) -> Product:
         chips, fibers, metadata, version = read_fits(
             path, READABLE_VERSIONS, ChipImages, FiberResults, images=images
         )
+        _check_read(path, chips, fibers, lambda kind, key: f"{kind} {key}")
         return Product(str(path), chips, fibers, metadata, version)
     with open_h5(path) as handle:
-        version = handle.attrs.get(_FORMAT_ATTR)
-        if version is None:
-            raise InputError(path, f"attribute {_FORMAT_ATTR}", "a pyapred product", "nothing")
-        if version not in READABLE_VERSIONS:
-            raise InputError(
-                path,
-                f"attribute {_FORMAT_ATTR}",
-                f"product format {' or '.join(map(str, READABLE_VERSIONS))} (this pyapred reads "
-                "only those)",
-                found=f"format {version}, written by an incompatible version",
-            )
+        version = _format_version(path, handle.attrs.get(_FORMAT_ATTR))
+        for key, entry in handle.items():
+            if not isinstance(entry, h5py.Group):  # a chip, "fibers" and "metadata" are groups
+                raise InputError(path, key, "a group (a chip, fibers or metadata)", "a dataset")
         chips = {
             key: _read_images(path, group)
             for key, group in handle.items()
-            if images and key not in _RESERVED and isinstance(group, h5py.Group)
+            if images and key not in _RESERVED
         }
-        fibers_group = handle.get("fibers", {})
-        fibers = {key: _read_fibers(path, group) for key, group in fibers_group.items()}
+        fibers = {}
+        for key, group in handle.get("fibers", {}).items():
+            if not isinstance(group, h5py.Group):
+                raise InputError(path, f"fibers/{key}", "a group (a fiber table)", "a dataset")
+            fibers[key] = _read_fibers(path, group)
         metadata = read_group(path, handle["metadata"]) if "metadata" in handle else {}
+    _check_read(path, chips, fibers, lambda kind, key: key if kind == "chip" else f"fibers/{key}")
     if version == 1:
         fibers = {key: _v1_statistics(key, results, metadata) for key, results in fibers.items()}
-    return Product(str(path), chips, fibers, metadata, int(version))
+    return Product(str(path), chips, fibers, metadata, version)
+
+
+def _format_version(path, version) -> int:
+    """The product format of an HDF5 product's attribute: one of :data:`READABLE_VERSIONS`."""
+    if version is None:
+        raise InputError(path, f"attribute {_FORMAT_ATTR}", "a pyapred product", "nothing")
+    whole = isinstance(version, (int, np.integer)) and not isinstance(version, (bool, np.bool_))
+    if not whole or int(version) not in READABLE_VERSIONS:
+        found = f"format {version}, written by an incompatible version" if whole else repr(version)
+        raise InputError(
+            path,
+            f"attribute {_FORMAT_ATTR}",
+            f"product format {' or '.join(map(str, READABLE_VERSIONS))} as an integer (this "
+            "pyapred reads only those)",
+            found=found,
+        )
+    return int(version)
+
+
+def _check_read(path, chips: Mapping, fibers: Mapping, where) -> None:
+    """What :func:`write_product` refuses to write, refused on reading (InputError naming the
+    group ``where(kind, key)``): flags of unknown bits, negative ``ndiff``, fiber indices outside
+    0..299 or twice, unknown models, ``gamma`` without ``gamma_cov``."""
+    for kind, parts, check in (("chip", chips, _check_images), ("fibers", fibers, _check_fibers)):
+        for key, part in parts.items():
+            try:
+                check(key, part)
+            except ValueError as error:
+                detail = str(error).split(": ", 1)[-1]
+                raise InputError(path, where(kind, key), "a product as pyapred writes it",
+                                 detail) from None  # fmt: skip
 
 
 def _read_images(path, group: h5py.Group) -> ChipImages:

@@ -210,3 +210,93 @@ def test_write_product_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="plain name"):
         write_product(tmp_path / "a.h5", chips={"metadata": chip})
     assert list(tmp_path.iterdir()) == []
+
+
+def _damaged(path, edit):
+    with h5py.File(path, "a") as handle:
+        edit(handle)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("label", "edit", "field", "words"),
+    [
+        ("format as a string", lambda h: h.attrs.__setitem__("pyapred_product_format", "2"),
+         "attribute pyapred_product_format", "'2'"),
+        ("format as a bool", lambda h: h.attrs.__setitem__("pyapred_product_format", True),
+         "attribute pyapred_product_format", "True"),
+        ("format as an array", lambda h: h.attrs.__setitem__("pyapred_product_format", [1, 2]),
+         "attribute pyapred_product_format", "array"),
+        ("a chip that is a dataset",
+         lambda h: (h.__delitem__("G"), h.create_dataset("G", data=np.zeros(3))),
+         "G", "a dataset"),
+        ("fibers that are a dataset",
+         lambda h: (h.__delitem__("fibers"), h.create_dataset("fibers", data=np.zeros(3))),
+         "fibers", "a dataset"),
+        ("a fiber table that is a dataset",
+         lambda h: (h.__delitem__("fibers/R"), h.create_dataset("fibers/R", data=np.zeros(3))),
+         "fibers/R", "a dataset"),
+        ("pixel flags of an unknown bit",
+         lambda h: h["R/flags"].__setitem__((0, 0), 1 << 15), "R", "unknown bits 0x8000"),
+        ("fiber flags of an unknown bit",
+         lambda h: h["fibers/R/flags"].__setitem__(0, 1 << 15), "fibers/R", "Flag"),
+        ("fiber index out of range",
+         lambda h: (h["fibers/R/fiber_index"].__setitem__(0, 500),
+                    h.__delitem__("fibers/R/fiberId")),
+         "fibers/R", "0..299"),
+        ("a fiber twice",
+         lambda h: (h["fibers/R/fiber_index"].__setitem__(0, 75),
+                    h.__delitem__("fibers/R/fiberId")),
+         "fibers/R", "each fiber once"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and " " in v else "",
+)  # fmt: skip
+def test_damaged_products_are_named_errors(tmp_path, label, edit, field, words):
+    """What write_product refuses is refused on reading too, naming the file and the group:
+    these read silently (or with an AttributeError) before."""
+    rng = np.random.default_rng(1)
+    path = write_product(tmp_path / "p.h5", chips={"R": make_chip(rng), "G": make_chip(rng)},
+                         fibers={"R": make_fibers(rng)})  # fmt: skip
+    _damaged(path, edit)
+    with pytest.raises(pyapred.errors.InputError) as caught:
+        read_product(path)
+    message = str(caught.value)
+    assert str(path) in message and f"{field}:" in message and words in message, message
+
+
+def test_damaged_fits_products_are_named_errors(tmp_path):
+    from astropy.io import fits
+
+    rng = np.random.default_rng(1)
+    path = write_product(tmp_path / "p.fits", fibers={"R": make_fibers(rng)})
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["PAPFMT"] = True
+    with pytest.raises(pyapred.errors.InputError, match="PAPFMT: expected .* integer, found True"):
+        read_product(path)
+    with fits.open(path, mode="update") as hdul:
+        del hdul[0].header["PAPFMT"]
+    with pytest.raises(pyapred.errors.InputError, match="PAPFMT: expected a pyapred product"):
+        read_product(path)
+
+
+def test_write_product_refuses_what_it_cannot_keep(tmp_path):
+    rng = np.random.default_rng(2)
+    fibers = make_fibers(rng)
+    import dataclasses
+
+    for change, words in (
+        ({"model": ("banana",) * 4}, "model: expected names"),
+        ({"flags": fibers.flags + 0.7}, "flags: expected integers"),
+        ({"fiber_index": fibers.fiber_index + 0.5}, "fiber_index: expected integers"),
+        ({"gamma": fibers.omega}, "gamma, gamma_cov: expected both or neither"),
+        ({"fiber_index": np.array([3, 3, 4, 5])}, "each fiber once"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            write_product(tmp_path / "w.h5", fibers={"R": dataclasses.replace(fibers, **change)},
+                          overwrite=True)  # fmt: skip
+
+
+def test_the_product_s_model_names_are_the_pipeline_s():
+    from pyapred.exposure import MODEL_NAMES
+
+    assert product_module.PRODUCT_MODELS == MODEL_NAMES
