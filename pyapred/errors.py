@@ -12,6 +12,7 @@ __all__ = [
     "InputError",
     "InputWarning",
     "ReadRangeError",
+    "expect_type",
 ]
 
 #: Exit codes of every ``pyapred`` subcommand: 0 ok; 1 a fit problem was flagged, a check failed
@@ -53,3 +54,12 @@ class ReadRangeError(InputError):
 
 class InputWarning(UserWarning):
     """A file is usable but disagrees with itself (e.g. ``NREAD`` versus the HDU count)."""
+
+
+def expect_type(name: str, value, kind: type | tuple[type, ...], what: str | None = None) -> None:
+    """Raise TypeError naming the argument ``name`` unless ``value`` is a ``kind``: a stage called
+    with the wrong object fails at its door, not deep inside with an AttributeError."""
+    if not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        expected = what or " or ".join(k.__name__ for k in kinds)
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, expect_type
 from ..traces import Traces
 from .extract import ChipResult, extract_chip
 from .fibers import FiberFits, fit_fibers
@@ -111,6 +111,8 @@ def run_exposure(
         raise TypeError(f"options: expected FitOptions, got {type(options).__name__}")
     if isinstance(chips, (str, os.PathLike)) or not len(chips):
         raise ValueError(f"chips: expected chips by name or a sequence of files, got {chips!r}")
+    if not isinstance(chips, Mapping) and any(isinstance(c, ChipExposure) for c in chips):
+        raise TypeError("chips: expected chips in memory by name ({'R': chip, ...}), got a list")
     options = dataclasses.replace(options, backend=resolve_backend(options.backend))
     meta: dict = {}
     if not isinstance(chips, Mapping):
@@ -164,6 +166,14 @@ def write_exposure(
     """
     from ..io import ChipImages, write_product
 
+    expect_type("result", result, ExposureResult)
+    streamed = [name for name, chip in result.chips.items() if chip.flux is None]
+    if streamed:
+        raise ValueError(
+            f"result: expected the chips' images, but chips {streamed} kept none (they went to "
+            f"{result.meta.get('product', 'a product')} as they were made): read that product, "
+            "or run with keep_images=True"
+        )
     images = {name: ChipImages.from_fit(chip) for name, chip in result.chips.items()}
     parts = product_parts(result)
     return write_product(
@@ -208,7 +218,12 @@ def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
     chip's maps that no later stage reads go as soon as it is prepared
     (:func:`_without_unread_maps`).
     """
-    keep = on_chip or (lambda name, chip_result: chip_result)
+
+    def keep(name: str, chip_result: ChipResult) -> ChipResult:
+        kept = chip_result if on_chip is None else on_chip(name, chip_result)
+        expect_type(f"on_chip({name!r}, ...)", kept, ChipResult, "the ChipResult to keep")
+        return kept
+
     names = list(chips)
     missing = [n for n in names if n not in traces]
     if missing:
@@ -230,6 +245,10 @@ def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
         for name in group:
             with _timed(timings, "load"):
                 chip = _load(chips[name])
+            expect_type(f"chips[{name!r}]", chip, ChipExposure, "a ChipExposure (or its loader)")
+            if chip.name != name:  # the result's key and the chip's wavelengths must agree
+                raise ValueError(f"chips[{name!r}]: expected the chip named {name!r}, got "
+                                 f"{chip.name!r}")  # fmt: skip
             _check_consistent(chip, seen)
             check_calibration(chip)
             read_times = chip.read_times if read_times is None else read_times

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import expect_type
 from ..solver import Flag, FluxFit, extract_fluxes, fit_constant
 from .fibers import FiberFits
 from .inputs import ChipExposure
@@ -94,8 +95,20 @@ def extract_chip(
     ChipResult
         Fluxes in DN per read interval, ``(ny, nx)``.
     """
+    expect_type("chip", chip, ChipExposure)
+    expect_type("prepared", prepared, PreparedChip)
+    expect_type("fibers", fibers, FiberFits)
+    expect_type("options", options, FitOptions)
     n_reads, ny, nx = chip.reads.shape
     n_fibers, K = fibers.omega.shape
+    if prepared.shape != chip.reads.shape:
+        raise ValueError(f"prepared: expected the chip's {chip.reads.shape} reads, was prepared "
+                         f"from {prepared.shape}")  # fmt: skip
+    if (n_fibers, K) != (prepared.traces.n_fibers, n_reads - 1):
+        raise ValueError(
+            f"fibers: expected the fits of the chip's {prepared.traces.n_fibers} fibers over "
+            f"{n_reads - 1} read differences, got {n_fibers} x {K}"
+        )
     nc = prepared.traces.n_columns
     fiber = np.full((ny, nx), -1, dtype=np.int16)
     fiber[:, :nc] = prepared.pixel_map.fiber

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import expect_type
 from ..solver import (
     ChromaticFit,
     Flag,
@@ -282,6 +283,17 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
         ``(n_fibers, ...)``, every fiber with one ``ref_index``: the read difference where the
         exposure is most transparent.
     """
+    expect_type("prepared", prepared, list, "a list of PreparedChip (its items are replaced)")
+    expect_type("options", options, FitOptions)
+    if not prepared:
+        raise ValueError("prepared: expected one or more PreparedChip, got none")
+    for i, item in enumerate(prepared):
+        expect_type(f"prepared[{i}]", item, PreparedChip)
+        if item.fit_reads is None:
+            raise ValueError(
+                f"prepared[{i}]: expected the fit pixels' reads, released after an earlier fit "
+                "(FitOptions.keep_fit_reads=False): prepare the chip again"
+            )
     first = prepared[0]
     excluded = first.traces.excluded
     K = first.shape[0] - 1

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from ..errors import InputError
 
 __all__ = [
@@ -227,6 +229,9 @@ class FitOptions:
     def __post_init__(self):
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
+            if isinstance(value, np.generic):  # a NumPy number or bool: as Python's own
+                value = value.item()
+                object.__setattr__(self, item.name, value)
             problem = _check_value(item, value)
             if problem is not None:
                 raise ValueError(f"{item.name}: expected {problem}, got {value!r}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, expect_type
 from ..traces import (
     FitPixels,
     PixelMap,
@@ -152,6 +152,11 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
     -------
     PreparedChip
     """
+    from ..traces import Traces
+
+    expect_type("chip", chip, ChipExposure)
+    expect_type("traces", traces, Traces)
+    expect_type("options", options, FitOptions)
     reads = chip.reads
     if reads.ndim != 3 or reads.shape[0] < 3:
         raise InputError(chip.source, "reads", "a (n_reads >= 3, ny, nx) cube", str(reads.shape))

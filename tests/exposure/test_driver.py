@@ -606,3 +606,46 @@ def test_fpi_fibers_follow_the_exposure_not_the_trace_file_name(tmp_path):
     fits = run_exposure(paths["apz"], [renamed]).fibers["R"]
     fpi = 300 - np.array([75, 225])  # APO's FPI fiberIds, as fiber indices
     assert np.all(fits.flags[fpi] & Flag.FPI_FIBER) and np.all(fits.model[fpi] == MODEL_CONSTANT)
+
+
+def test_stages_named_at_their_door_when_called_wrongly():
+    """Stages called by hand with the wrong object, out of order or with another chip's parts:
+    a message naming the argument, not an AttributeError or a solver error from inside."""
+    from pyapred.exposure import extract_chip, fit_fibers, prepare_chip
+
+    sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
+    chip, traces, options = chips_of(sim)["R"], traces_of(sim)["R"], FitOptions()
+    with pytest.raises(TypeError, match="traces: expected Traces, got NoneType"):
+        prepare_chip(chip, None, options)
+    with pytest.raises(TypeError, match="options: expected FitOptions, got dict"):
+        prepare_chip(chip, traces, {})
+    with pytest.raises(TypeError, match="chip: expected ChipExposure, got dict"):
+        prepare_chip({"reads": chip.reads}, traces, options)
+    prepared = prepare_chip(chip, traces, options)
+    with pytest.raises(TypeError, match="prepared: expected a list of PreparedChip"):
+        fit_fibers((prepared,), options)
+    with pytest.raises(ValueError, match="prepared: expected one or more"):
+        fit_fibers([], options)
+    released = [prepared]
+    fits = fit_fibers(released, dataclasses.replace(options, keep_fit_reads=False))
+    with pytest.raises(ValueError, match=r"prepared\[0\]: .* released .* prepare the chip again"):
+        fit_fibers(released, options)
+    with pytest.raises(TypeError, match="fibers: expected FiberFits, got NoneType"):
+        extract_chip(chip, prepared, None, options)
+    shorter = dataclasses.replace(chip, reads=chip.reads[:5])
+    with pytest.raises(ValueError, match="prepared: expected the chip's"):
+        extract_chip(shorter, prepared, fits, options)
+    with pytest.raises(TypeError, match="chips: expected chips in memory by name"):
+        run_exposure([chip], [traces])
+    with pytest.raises(ValueError, match=r"chips\['G'\]: expected the chip named 'G', got 'R'"):
+        run_exposure({"G": chip}, {"G": traces})
+    with pytest.raises(TypeError, match=r"on_chip\('R', ...\): expected the ChipResult"):
+        run_exposure({"R": chip}, {"R": traces}, on_chip=lambda name, result: None)
+
+
+def test_a_streamed_result_is_not_written_again(tmp_path):
+    sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
+    result = run_exposure(chips_of(sim), traces_of(sim), product=tmp_path / "p.h5")
+    with pytest.raises(ValueError, match=r"result: expected the chips' images, .*/p\.h5 as"):
+        write_exposure(result, tmp_path / "again.h5")  # a KeyError 'rate' before
+    assert not (tmp_path / "again.h5").exists()

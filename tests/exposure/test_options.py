@@ -268,3 +268,12 @@ def test_the_config_and_the_plots_are_never_the_product(tmp_path, capsys):
     assert main([*base, "--out", str(out), "--plots", str(out)]) == 2
     assert "--plots: expected a folder other than --out" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_numpy_numbers_are_taken_as_python_s():
+    """``max_iter=np.int64(5)`` was refused as "expected an integer >= 0"."""
+    import numpy as np
+
+    options = FitOptions(max_iter=np.int64(5), p_value=np.float32(0.01), chromatic=np.bool_(True))
+    assert options.max_iter == 5 and type(options.max_iter) is int
+    assert type(options.p_value) is float and options.chromatic is True
