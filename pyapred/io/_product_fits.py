@@ -119,7 +119,7 @@ def _column(name: str, values) -> fits.Column:
     per_row = int(np.prod(values.shape[1:], dtype=np.int64))
     code = "D" if values.dtype.kind == "f" else "K"
     dim = f"({','.join(map(str, values.shape[:0:-1]))})" if values.ndim > 2 else None
-    data = values.astype(np.float64 if code == "D" else np.int64).reshape(n, -1)
+    data = values.astype(np.float64 if code == "D" else np.int64).reshape(n, max(per_row, 1))
     fmt = f"{per_row}{code}" if values.ndim > 1 else code
     return fits.Column(name, fmt, dim=dim, array=data if values.ndim > 1 else data[:, 0])
 
@@ -206,8 +206,8 @@ _ARRAYS = ("GAMMA", "GAMMA_COV")
 def _fibers(table, fiber_type):
     n = len(table)
     names = set(table.columns.names)
-    omega = _native(table["OMEGA"]).reshape(n, -1)
-    k = omega.shape[1]
+    k = int(table.columns["OMEGA"].format.repeat)  # K of an empty table too
+    omega = _native(table["OMEGA"]).reshape(n, k)
     fiber_index = _native(table["FIBER_INDEX"]).astype(np.int64)
     if "FIBERID" in names and not np.array_equal(table["FIBERID"], 300 - fiber_index):
         raise ValueError("FIBERID: expected 300 - FIBER_INDEX")

@@ -431,9 +431,13 @@ def write_product(
         Images of different shapes, flags with bits outside :class:`pyapred.Flag`, a negative
         ``n_diff``, fiber arrays of the wrong shapes, or metadata reusing a writer key.
     """
-    chips, fibers = dict(chips or {}), dict(fibers or {})
-    path = Path(path)
+    chips = {} if chips is None else chips
+    fibers = {} if fibers is None else fibers
     _check_parts(chips, fibers, metadata)
+    chips, fibers, inputs = dict(chips), dict(fibers), _input_paths(inputs)
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path: expected a file name, got the folder {path}")
     if is_fits_path(path):
         meta = _writer_metadata(inputs, backend) | dict(metadata or {})
         images = {
@@ -504,8 +508,10 @@ class ProductWriter:
         return self
 
     def add_chip(self, key: str, images: ChipImages) -> None:
-        """Write one chip's images (group ``key``)."""
+        """Write one chip's images (group ``key``), once."""
         _check_parts({key: images}, {}, None)
+        if key in self._handle:
+            raise ValueError(f"key: chip {key!r} was added already")
         group = self._handle.create_group(key)
         describe(group, description=f"images of chip {key}, (ny, nx) in h5py order")
         _write_images(group, images, threads=self.threads)
@@ -518,9 +524,14 @@ class ProductWriter:
         backend: str = "numpy",
         metadata: Mapping[str, object] | None = None,
     ) -> None:
-        """Write the fiber results and the metadata (see :func:`write_product`)."""
-        fibers = dict(fibers or {})
+        """Write the fiber results and the metadata (see :func:`write_product`), once."""
+        fibers = {} if fibers is None else fibers
         _check_parts({}, fibers, metadata)
+        fibers, inputs = dict(fibers), _input_paths(inputs)
+        if self._finished:
+            raise ValueError(
+                "finish: called already (the product's fibers and metadata are written)"
+            )
         if fibers:
             describe(
                 self._handle.require_group("fibers"),
@@ -558,9 +569,16 @@ def _default_threads() -> int:
 
 
 def _check_parts(chips: Mapping, fibers: Mapping, metadata: Mapping | None) -> None:
-    for key in (*chips, *fibers):
-        if not key or "/" in key or key in _RESERVED:
-            raise ValueError(f"chip or fiber group name: expected a plain name, got {key!r}")
+    for name, parts, kind in (("chips", chips, ChipImages), ("fibers", fibers, FiberResults)):
+        if not isinstance(parts, Mapping):
+            raise TypeError(f"{name}: expected a mapping of names to {kind.__name__}, got "
+                            f"{type(parts).__name__}")  # fmt: skip
+        for key, part in parts.items():
+            if not isinstance(key, str) or not key or "/" in key or key in _RESERVED:
+                raise ValueError(f"{name}: expected plain names, got {key!r}")
+            if not isinstance(part, kind):
+                raise TypeError(f"{name}[{key!r}]: expected {kind.__name__}, got "
+                                f"{type(part).__name__}")  # fmt: skip
     for key, images in chips.items():
         _check_images(key, images)
     for key, results in fibers.items():
@@ -568,6 +586,37 @@ def _check_parts(chips: Mapping, fibers: Mapping, metadata: Mapping | None) -> N
     clash = set(metadata or {}) & set(_WRITER_KEYS)
     if clash:
         raise ValueError(f"metadata: keys {sorted(clash)} are written by pyapred itself")
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not key or "/" in key:
+            raise ValueError(f"metadata: expected plain names (no '/'), got {key!r}")
+        if not _storable(value):
+            raise TypeError(
+                f"metadata[{key!r}]: expected a number, a string, a bool, or an array or list of "
+                f"one kind of them, got {type(value).__name__}"
+            )
+
+
+def _input_paths(inputs) -> list:
+    """``inputs`` as a list of paths: one path alone was hashed character by character."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [inputs]
+    return list(inputs)
+
+
+def _storable(value) -> bool:
+    """Whether a metadata value is what both product formats keep: numbers, strings, bools and
+    arrays or lists of one kind of them."""
+    if isinstance(value, (str, bool, int, float, np.generic)) and not isinstance(
+        value, (np.datetime64, np.timedelta64, np.void)
+    ):
+        return True
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return True
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        return False
+    return array.dtype.kind in "biuf" and array.size > 0
 
 
 def is_fits_path(path: str | os.PathLike) -> bool:

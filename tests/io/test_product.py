@@ -300,3 +300,45 @@ def test_the_product_s_model_names_are_the_pipeline_s():
     from pyapred.exposure import MODEL_NAMES
 
     assert product_module.PRODUCT_MODELS == MODEL_NAMES
+
+
+def test_write_product_names_a_wrong_argument(tmp_path):
+    """h5py's and NumPy's errors named no key; a key with '/' was lost on reading; one input path
+    was hashed character by character; add_chip or finish twice were h5py 'name exists' errors."""
+    rng = np.random.default_rng(3)
+    chip, fibers = make_chip(rng), make_fibers(rng)
+    for kwargs, kind, words in (
+        ({"chips": [chip]}, TypeError, "chips: expected a mapping"),
+        ({"chips": {"R": {"rate": 1}}}, TypeError, r"chips\['R'\]: expected ChipImages"),
+        ({"chips": {1: chip}}, ValueError, "chips: expected plain names, got 1"),
+        ({"metadata": {"a": {"b": 1}}}, TypeError, r"metadata\['a'\]: expected a number"),
+        ({"metadata": {"a": None}}, TypeError, r"metadata\['a'\]"),
+        ({"metadata": {"a": [1, "x"]}}, TypeError, r"metadata\['a'\]"),
+        ({"metadata": {"a/b": 1}}, ValueError, "metadata: expected plain names"),
+        ({"metadata": {"": 1}}, ValueError, "metadata: expected plain names"),
+    ):
+        with pytest.raises(kind, match=words):
+            write_product(tmp_path / "p.h5", overwrite=True, **kwargs)
+    with pytest.raises(ValueError, match="path: expected a file name, got the folder"):
+        write_product(tmp_path, chips={"R": chip})
+    source = tmp_path / "input.apz"
+    source.write_bytes(b"raw")
+    written = read_product(write_product(tmp_path / "one.h5", fibers={"R": fibers},
+                                         inputs=str(source)))  # fmt: skip
+    assert written.metadata["input_files"] == ["input.apz"]
+    with ProductWriter(tmp_path / "w.h5") as writer:
+        writer.add_chip("R", chip)
+        with pytest.raises(ValueError, match="chip 'R' was added already"):
+            writer.add_chip("R", chip)
+        writer.finish(fibers={"R": fibers})
+        with pytest.raises(ValueError, match="finish: called already"):
+            writer.finish()
+
+
+def test_a_fiber_group_of_no_fiber_in_both_formats(tmp_path):
+    empty = FiberResults(fiber_index=np.zeros(0, int), omega=np.zeros((0, 5)),
+                         omega_cov=np.zeros((0, 5, 5)), ref_index=np.zeros(0, int), model=(),
+                         flags=np.zeros(0, int))  # fmt: skip
+    for name in ("p.h5", "p.fits"):  # FITS: a reshape error before
+        back = read_product(write_product(tmp_path / name, fibers={"R": empty}))
+        assert back.fibers["R"].omega.shape == (0, 5) and back.fibers["R"].omega_cov.shape[0] == 0
