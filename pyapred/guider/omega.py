@@ -95,6 +95,10 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
     labels, read_times, header = None, None, None
     gamma = gamma_cov = span = None
     if isinstance(source, Mapping):
+        missing = [key for key in ("omega", "omega_cov") if key not in source]
+        if missing:
+            raise ValueError(f"omega: expected a mapping with 'omega' and 'omega_cov', "
+                             f"missing {missing}")  # fmt: skip
         omega, cov = source["omega"], source["omega_cov"]
         labels = source.get("fiber_index")
         read_times, header = source.get("read_times"), source.get("header")
@@ -112,8 +116,9 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
         raise ValueError(
             "omega: expected an OmegaFit, (omega, omega_cov), a mapping or a product path"
         )
-    omega = np.asarray(omega, dtype=np.float64)
-    cov = np.asarray(cov, dtype=np.float64)
+    omega, cov = _numbers("omega", omega), _numbers("omega_cov", cov)
+    if (gamma is None) != (gamma_cov is None):
+        raise ValueError("gamma, gamma_cov: expected both or neither (a chromatic fit)")
     if omega.ndim == 1:
         omega, cov = omega[None], cov[None]
     if omega.ndim != 2 or cov.shape != omega.shape + omega.shape[-1:]:
@@ -128,7 +133,10 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
         if rows.size == 0:
             raise ValueError("omega: no fiber has a fitted omega (all variances are 0 or NaN)")
     else:
-        wanted = np.atleast_1d(np.asarray(fibers, dtype=np.int64))
+        wanted = np.atleast_1d(_numbers("fibers", fibers))
+        if not np.array_equal(wanted, np.round(wanted)):
+            raise ValueError(f"fibers: expected whole fiber indices, got {fibers!r}")
+        wanted = wanted.astype(np.int64)
         missing = sorted(set(wanted.tolist()) - set(labels.tolist()))
         if missing:
             raise ValueError(f"fibers: {missing} not among the {labels.size} fibers given")
@@ -139,6 +147,14 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
     span = None if span is None else tuple(float(v) for v in np.ravel(span))
     return OmegaSelection(omega[rows], cov[rows], labels[rows], read_times, header, gamma,
                           gamma_cov, span)  # fmt: skip
+
+
+def _numbers(name: str, value) -> np.ndarray:
+    """``value`` as float64, a ValueError naming ``name`` when it holds no numbers."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected numbers, got {value!r:.80}") from None
 
 
 def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dict:
@@ -184,7 +200,14 @@ def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dic
     header = {key.upper(): _scalar(v) for key, v in metadata.items() if key.upper() in TIME_CARDS}
     read_times = metadata.get("read_times_tai_mjd")
     if read_times is not None:
-        read_times = Time(np.asarray(read_times, np.float64), format="mjd", scale="tai")
+        try:
+            mjd = np.asarray(read_times, np.float64)
+        except (TypeError, ValueError):
+            mjd = np.full(1, np.nan)
+        if mjd.ndim != 1 or not np.all(np.isfinite(mjd)):
+            raise InputError(path, "metadata/read_times_tai_mjd", "finite MJDs, one per read",
+                             repr(read_times)[:80])  # fmt: skip
+        read_times = Time(mjd, format="mjd", scale="tai")
     chromatic = {}
     if fits_.gamma is not None:  # pyapred fit --chromatic
         span = metadata.get("coordinate_span_um")

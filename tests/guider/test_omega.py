@@ -33,3 +33,17 @@ def test_select_omega_rejects_what_it_cannot_use():
         select_omega((np.ones(k), np.zeros((k, k))))
     with pytest.raises(ValueError, match="expected an OmegaFit"):
         select_omega(42)
+
+
+def test_select_omega_names_what_it_cannot_use():
+    """Bare KeyErrors and conversion errors before; gamma without gamma_cov became NaN errors."""
+    omega, cov = np.ones((2, 4)), np.eye(4)[None].repeat(2, 0) * 1e-4
+    for source, kwargs, words in (
+        ({"omega": omega}, {}, "missing \\['omega_cov'\\]"),
+        ((np.full((2, 4), "x"), cov), {}, "omega: expected numbers"),
+        ((omega, cov), {"fibers": ["a"]}, "fibers: expected numbers"),
+        ((omega, cov), {"fibers": [0.5]}, "fibers: expected whole fiber indices"),
+        ({"omega": omega, "omega_cov": cov, "gamma": omega}, {}, "gamma, gamma_cov: expected both"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            select_omega(source, **kwargs)
