@@ -327,7 +327,19 @@ def chromatic_prediction(
         For every window; those the guider does not cover are extrapolated (the caller masks
         them, :func:`pyapred.guider.windows.covered_windows`).
     """
-    wavelength = np.linspace(span[0], span[1], int(n_wavelengths))
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[1] != len(series.fwhm):
+        raise ValueError(f"matrix: expected (K, {len(series.fwhm)}) window weights of the "
+                         f"series' frames, got shape {matrix.shape}")  # fmt: skip
+    low, high = (float(v) for v in span)
+    if not (0 < low < high < np.inf):
+        raise ValueError(f"span: expected (bluest, reddest) wavelengths in micron, got {span!r}")
+    if not (isinstance(ref_index, (int, np.integer)) and 0 <= ref_index < matrix.shape[0]):
+        raise ValueError(f"ref_index: expected a read difference in [0, {matrix.shape[0]}), "
+                         f"got {ref_index!r}")  # fmt: skip
+    if not (isinstance(n_wavelengths, (int, np.integer)) and n_wavelengths >= 2):
+        raise ValueError(f"n_wavelengths: expected an integer >= 2, got {n_wavelengths!r}")
+    wavelength = np.linspace(low, high, int(n_wavelengths))
     coupling = fiber_coupling(seeing_fwhm(series.fwhm[:, None], wavelength), series.diameter)
     per_window = matrix @ (series.transparency[:, None] * coupling)  # (K, n_wavelengths)
     return linear_in_coordinate(per_window, wavelength_coordinate(wavelength, span), ref_index)

@@ -202,8 +202,15 @@ def as_guider_frames(frames, window: tuple[Time, Time] | None = None) -> GuiderF
     """
     if isinstance(frames, GuiderFrames):
         return frames
+    if isinstance(frames, (list, tuple)) and not frames:
+        raise ValueError("frames: expected guider frames, files, a folder or a glob, got none")
     if isinstance(frames, (list, tuple)) and all(isinstance(f, GuiderFrame) for f in frames):
         return GuiderFrames(list(frames), [])
+    if not isinstance(frames, (str, os.PathLike)) and not hasattr(frames, "__iter__"):
+        raise TypeError(
+            "frames: expected GuiderFrames, a list of GuiderFrame, or files, a folder or a "
+            f"glob, got {type(frames).__name__}"
+        )
     return read_guider_frames(frames, window=window)
 
 

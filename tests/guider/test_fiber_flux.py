@@ -107,3 +107,11 @@ def test_flux_model_arguments_are_checked():
         with pytest.raises(ValueError, match="diameter"):
             guider.fiber_coupling(1.3, diameter)
     np.testing.assert_allclose(guider.flux_in_fiber([1.0, 0.5], [1.3, 1.3], 2.0), [1.0, 0.5])
+
+
+def test_series_of_no_frames_or_no_frame_kind():
+    """'guider frames: guider frames: ... found ' (nothing) and "'int' object is not iterable"."""
+    with pytest.raises(ValueError, match="frames: expected guider frames, .* got none"):
+        guider.guider_series([])
+    with pytest.raises(TypeError, match="frames: expected GuiderFrames, .* got int"):
+        guider.guider_series(123)
