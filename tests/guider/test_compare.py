@@ -205,3 +205,22 @@ def test_gamma_needs_the_coordinate_span(chromatic):
     with pytest.raises(ValueError, match="span"):
         guider.compare(data, chromatic.frames, read_times=chromatic.header,
                        fibers=chromatic.chosen[:2])  # fmt: skip
+
+
+def test_chromatic_prediction_checks_its_arguments(sky):
+    """NumPy's matmul, reshape and LAPACK errors before (an SVD that did not converge)."""
+    from pyapred.guider.fiber_flux import chromatic_prediction
+
+    series = guider.guider_series(sky.frames)
+    matrix = np.full((7, len(series.fwhm)), 1.0 / len(series.fwhm))
+    for args, words in (
+        ((matrix[:, :2], (1.5, 1.7), 0), "matrix: expected"),
+        ((matrix, (1.6, 1.6), 0), "span: expected"),
+        ((matrix, (1.5, 1.7), 99), "ref_index: expected"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            chromatic_prediction(series, *args)
+    with pytest.raises(ValueError, match="n_wavelengths: expected"):
+        chromatic_prediction(series, matrix, (1.5, 1.7), 0, n_wavelengths=0)
+    omega, gamma = chromatic_prediction(series, matrix, (1.5, 1.7), 0)
+    assert omega.shape == gamma.shape == (7,)
