@@ -13,18 +13,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
 from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
 from ..io.paths import check_input_file, check_output_path
-from ..traces import fiber_id, fiber_index
+from ..traces import N_FIBERS, fiber_id, fiber_index
 from .compare import compare
-from .frames import fits_input_errors
+from .frames import _expand_source, fits_input_errors
 from .omega import read_product_omega
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["MAX_DIAMETER_ARCSEC", "add_arguments", "run"]
+
+#: The largest ``--diameter`` taken: APOGEE's fibers are 2" (APO) and 1.3" (LCO) on the sky.
+MAX_DIAMETER_ARCSEC = 60.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,16 +67,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_fibers(text: str | None) -> list[int] | None:
+    """fiberIds from ``10,20-25``: each once, in the order given; ValueError for anything else
+    (a reversed range, a fiberId outside 1..300, nothing at all)."""
     if not text:
         return None
     fibers: list[int] = []
     for part in text.split(","):
         part = part.strip()
         if "-" in part:
-            a, b = part.split("-", 1)
-            fibers.extend(range(int(a), int(b) + 1))
+            a, b = (int(v) for v in part.split("-", 1))
+            if not 1 <= a <= b <= N_FIBERS:
+                raise ValueError(part)
+            fibers.extend(i for i in range(a, b + 1) if i not in fibers)
         elif part:
-            fibers.append(int(part))
+            if not 1 <= int(part) <= N_FIBERS:
+                raise ValueError(part)
+            fibers.extend([int(part)] if int(part) not in fibers else [])
+    if not fibers:
+        raise ValueError(text)
     return fibers
 
 
@@ -108,13 +120,24 @@ def run(args: argparse.Namespace) -> int:
     try:
         fiber_ids = _parse_fibers(args.fibers)
     except ValueError:
-        raise InputError("--fibers", "--fibers", "fiberIds such as 10,20-25", args.fibers) from None
+        raise InputError("--fibers", "--fibers", f"fiberIds 1-{N_FIBERS} such as 10,20-25",
+                         args.fibers) from None  # fmt: skip
     if args.wavelength is not None and not 0.3 <= args.wavelength <= 3.0:
         raise InputError("--wavelength", "--wavelength", "a wavelength in micron, 0.3 to 3",
                          repr(args.wavelength))  # fmt: skip
+    if args.diameter is not None and not 0 < args.diameter <= MAX_DIAMETER_ARCSEC:
+        raise InputError("--diameter", "--diameter",
+                         f"a fiber diameter in arcsec, > 0 and <= {MAX_DIAMETER_ARCSEC:g}",
+                         repr(args.diameter))  # fmt: skip
+    if Path(args.out).suffix.lower() != ".png":
+        raise InputError(args.out, "--out", "a .png file name (the figure is a PNG)",
+                         repr(Path(args.out).suffix or "no suffix"))  # fmt: skip
     inputs = [check_input_file(args.product, "--product")]
     if args.exposure:
         inputs.append(check_input_file(args.exposure, "--exposure"))
+    # The guider frames are inputs too: --out may not replace one (nor may a FIFO among them
+    # hang the run: check_input_file names it).
+    inputs += [check_input_file(path, "--guider") for path in _expand_source(args.guider)]
     check_output_path(args.out, "--out", inputs=inputs, overwrite=True)
     data = read_product_omega(args.product, args.group)
     fibers = None
@@ -142,6 +165,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
+        # The argument compare names decides what is blamed: an option, or the product.
+        name = str(exc).split(":", 1)[0]
+        option = {"diameter": "--diameter", "wavelength": "--wavelength",
+                  "telescope": "--telescope", "fibers": "--fibers"}.get(name)  # fmt: skip
+        if option is not None:
+            raise InputError(option, option, "a value compare can use", str(exc)) from None
+        if name == "read_times":
+            source = args.exposure or args.product
+            raise InputError(source, "read times", "the exposure's read times", str(exc)) from None
         raise InputError(args.product, "omega", "omega matching the exposure", str(exc)) from None
     try:
         result.plot(args.out)

@@ -87,6 +87,21 @@ def _parse_date(path, header: Mapping, scale: str, key: str = "DATE-OBS") -> Tim
         raise InputError(path, key, expected, repr(value)) from None
 
 
+#: Seeing FWHM (arcsec) a guider frame may report: outside it a card is corrupt (1e300 gave
+#: all-NaN comparisons without a flag), and the frame has no valid FWHM.
+FWHM_RANGE_ARCSEC = (0.1, 30.0)
+#: The longest guider integration taken (s); EXPTIME beyond it is corrupt.
+MAX_EXPTIME_S = 3600.0
+
+
+def _valid_fwhm(value):
+    """``value`` (a number or an array) where it is a plausible FWHM, NaN elsewhere."""
+    low, high = FWHM_RANGE_ARCSEC
+    value = np.asarray(value, dtype=np.float64)
+    out = np.where((value >= low) & (value <= high), value, np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
 @dataclass(frozen=True, eq=False)
 class GuiderFrame:
     """What one guider file says about the sky at one moment.
@@ -218,8 +233,13 @@ def _frame_times(path, header: Mapping, default_timesys: str) -> tuple[Time, flo
     scale = _timesys(path, header, default_timesys)
     start = _parse_date(path, header, scale)
     exptime = header_number(header.get("EXPTIMEN", header.get("EXPTIME")))
-    if not exptime > 0:
-        raise InputError(path, "EXPTIME", "a positive integration time in s", repr(exptime))
+    if not 0 < exptime <= MAX_EXPTIME_S:
+        raise InputError(
+            path,
+            "EXPTIME",
+            f"an integration time in s, > 0 and <= {MAX_EXPTIME_S:g}",
+            repr(exptime),
+        )
     mid = start + exptime / 2 * u.s
     tai_mid = header_number(header.get("TAI_MID"))
     if math.isfinite(tai_mid):
@@ -302,8 +322,7 @@ def _read_proc_gimg(path: str, hdul, names: list[str]) -> GuiderFrame:
     config_id = header_number(header.get("CONFIGID"))
     config_id = int(config_id) if math.isfinite(config_id) else None
     fwhm_fit, camera_fwhm = header_number(header.get("FWHMFIT")), header_number(header.get("FWHM"))
-    fwhm_fit = fwhm_fit if fwhm_fit > 0 else math.nan
-    camera_fwhm = camera_fwhm if camera_fwhm > 0 else math.nan
+    fwhm_fit, camera_fwhm = _valid_fwhm(fwhm_fit), _valid_fwhm(camera_fwhm)
     star_ids, star_zp = np.array([], dtype=str), np.array([], dtype=np.float64)
     if "GAIAMATCH" in names:
         table = hdul["GAIAMATCH"].data
@@ -327,7 +346,7 @@ def _read_proc_gimg(path: str, hdul, names: list[str]) -> GuiderFrame:
     if image_type != "object":
         problems.append(f"IMAGETYP is {image_type!r}, not 'object'")
     if not (math.isfinite(fwhm_fit) or math.isfinite(camera_fwhm)):
-        problems.append("no valid FWHM or FWHMFIT (NaN, missing or -999)")
+        problems.append("no valid FWHM or FWHMFIT (NaN, missing, -999 or outside 0.1-30 arcsec)")
     if star_zp.size == 0:
         problems.append("no stars: GAIAMATCH empty or absent and R_ZPT missing or -999")
     return GuiderFrame(
@@ -383,9 +402,9 @@ def _read_plate_gimg(path: str, hdul) -> GuiderFrame:
     probe_fwhm = np.asarray(table["fwhm"], dtype=np.float64)[use]
     light = np.asarray(table["ref_mag"], np.float64) - np.asarray(table["mag"], np.float64)
     good = use & np.isfinite(light)
-    seeing = header_number(header.get("SEEING"))
+    seeing = _valid_fwhm(header_number(header.get("SEEING")))
     if not seeing > 0:
-        valid = probe_fwhm[np.isfinite(probe_fwhm) & (probe_fwhm > 0)]
+        valid = probe_fwhm[np.isfinite(_valid_fwhm(probe_fwhm))]
         seeing = float(np.median(valid)) if valid.size else math.nan
     problems = []
     if image_type != "object":
@@ -445,7 +464,7 @@ def read_gcam_summary(path, *, exptime: float = 15.0) -> list[GuiderFrame]:
     frames = []
     for row, date in enumerate(dates):
         start = _parse_date(f"{path}[row {row}]", {"DATE-OBS": date}, "TAI")
-        valid = np.isfinite(fwhm[row]) & (fwhm[row] > 0) & (nstars[row] > 0)
+        valid = np.isfinite(_valid_fwhm(fwhm[row])) & (nstars[row] > 0)
         seeing = float(np.median(fwhm[row][valid])) if valid.any() else math.nan
         problems = () if valid.any() else ("no camera with stars and a valid fwhm",)
         frames.append(
@@ -517,8 +536,11 @@ def read_guider_frames(
         No file matches, or no file could be read (the first file's error).
     """
     frames, rejected, first_error = [], [], None
+    from ..io.paths import check_input_file
+
     for path in _expand_source(source):
         try:
+            check_input_file(path, "guider frames")  # a FIFO would hang the reader
             if os.path.basename(path).lower().startswith("gcam-"):
                 rows = read_gcam_summary(path, exptime=gcam_exptime)
                 frames.extend(f for f in rows if window is None or f.overlaps(window))

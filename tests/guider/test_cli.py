@@ -91,6 +91,44 @@ def test_cli_guider_bad_input_exits_2(sky, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_cli_guider_refuses_before_any_work(sky, tmp_path, capsys):
+    """--out naming a guider frame replaced that FITS file with a PNG; a FIFO among the frames
+    hung; a reversed --fibers range was an IndexError; --diameter 1e300 and --out x.pdf (PNG
+    bytes under that name) were taken; every compare error blamed the product's omega."""
+    import os
+    import shutil
+
+    product = tmp_path / "product.h5"
+    write_product(product, sky.fit)
+    frames = tmp_path / "frames"
+    shutil.copytree(sky.directory, frames)
+    frame = sorted(frames.glob("*.fits"))[0]
+    before = frame.read_bytes()
+    argv = ["guider", "--product", str(product), "--guider", str(frames)]
+    for extra, words in (
+        (["--out", str(frame.with_suffix(".png"))], None),  # the control: runs
+        (["--out", str(tmp_path / "g.pdf")], "--out: expected a .png file name"),
+        (["--out", str(tmp_path / "g.png"), "--fibers", "290-285"], "--fibers: expected"),
+        (["--out", str(tmp_path / "g.png"), "--fibers", " , "], "--fibers: expected"),
+        (["--out", str(tmp_path / "g.png"), "--fibers", "1-200000000"], "--fibers: expected"),
+        (["--out", str(tmp_path / "g.png"), "--diameter", "1e300"], "--diameter: expected"),
+    ):
+        code = main([*argv, *extra])
+        err = capsys.readouterr().err
+        assert (code in (0, 1)) if words is None else (code == 2 and words in err), (extra, err)
+    frame.with_suffix(".png").unlink()
+    shutil.copy(frame, frame.with_suffix(".png"))  # a frame that the --out name would replace
+    code = main([*argv, str(frame.with_suffix(".png")), "--out", str(frame.with_suffix(".png"))])
+    assert code == 2 and "none of the inputs" in capsys.readouterr().err
+    assert frame.read_bytes() == before
+    fifo = tmp_path / "pipe.fits"
+    os.mkfifo(fifo)
+    code = main(["guider", "--product", str(product), "--guider", str(fifo), "--out",
+                 str(tmp_path / "g.png")])  # fmt: skip
+    assert code == 2 and "FIFO" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "g.pdf").exists()
+
+
 def test_add_arguments_and_run_are_the_subcommand(tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)

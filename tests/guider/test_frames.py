@@ -146,3 +146,21 @@ def test_an_unreadable_file_among_good_ones_is_rejected_not_fatal(sky, tmp_path)
     result = guider.compare(sky.fit, frames, read_times=exposure_header())
     assert "frames-dropped" in result.flags
     assert any("gfa9n" in path and "readable FITS" in reason for path, reason in result.dropped)
+
+
+def test_corrupt_fwhm_and_exptime_cards_are_not_taken(tmp_path):
+    """FWHM 1e300 gave all-NaN comparisons with no flag (and exit 0); EXPTIME 1e300 too."""
+    from .scenario import write_frames
+
+    write_frames(tmp_path / "wide", np.random.default_rng(4), fwhm=lambda t: np.full_like(t, 1e300))
+    frames = guider.read_guider_frames(tmp_path / "wide")
+    assert all("outside 0.1-30 arcsec" in "; ".join(f.problems) for f in frames.frames)
+    write_frames(tmp_path / "long", np.random.default_rng(4))
+    path = sorted((tmp_path / "long").glob("*.fits"))[0]
+    with fits.open(path, mode="update") as hdul:
+        for hdu in hdul:
+            for card in ("EXPTIME", "EXPTIMEN"):
+                if card in hdu.header:
+                    hdu.header[card] = 1e300
+    with pytest.raises(InputError, match="EXPTIME: expected an integration time"):
+        guider.read_guider_frame(path)
