@@ -334,7 +334,8 @@ def _exposure_task(
             parts[4] = color
             candidate = file.with_name("_".join(parts))
         if not candidate.is_file():
-            missing.append(f"{candidate}: chip {color}: expected a file, found nothing")
+            found = "a FIFO or other special file" if os.path.lexists(candidate) else "nothing"
+            missing.append(f"{candidate}: chip {color}: expected a file, found {found}")
         inputs.append(str(candidate))
         trace = trace_files.get((tele, mjd, color))
         if trace is None and any_night:
@@ -490,8 +491,18 @@ def run_night(
         ``out`` cannot be written, another run holds its lock (without ``wait``), or the
         scheduler cannot be reached.
     """
+    from .exposure import check_calibration_options
     from .io.atomic import writable_folder
 
+    # Before the output folder is made and locked: what no exposure can run with.
+    if scheduler == "local" and (workers < 1 or threads_per_worker < 1):
+        raise InputError(
+            "--workers",
+            "--workers, --threads-per-worker",
+            "at least 1",
+            f"{workers}, {threads_per_worker}",
+        )
+    check_calibration_options(options)
     out = writable_folder(out)
     with _locked(out, wait):
         return _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resume,

@@ -181,3 +181,18 @@ def test_a_second_night_on_the_same_out_is_refused_naming_the_holder(night, tmp_
     err = capsys.readouterr().err
     assert code == 2 and f"locked by PID {os.getpid()}" in err and "--wait" in err
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing fitted or written
+
+
+def test_settings_no_exposure_can_run_with_are_refused_before_the_out_folder(night, tmp_path,
+                                                                            capsys):  # fmt: skip
+    """`--workers 0` was refused after --out was made and locked (an empty folder left); a gain
+    of 0 failed on every worker, exit 1, where `pyapred fit` refuses it first."""
+    raw, _ = night
+    for extra, words in ((["--workers", "0"], "--workers"),
+                         (["--threads-per-worker", "0"], "--threads-per-worker"),
+                         (["--gain", "0"], "--gain: expected"),
+                         (["--saturation", "0.5"], "--saturation: expected")):  # fmt: skip
+        out = tmp_path / f"out{extra[0]}"
+        assert main(night_argv(raw, out, *extra)) == 2
+        assert words in capsys.readouterr().err
+        assert not out.exists()

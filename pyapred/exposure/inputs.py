@@ -26,6 +26,7 @@ __all__ = [
     "TIMING_CARDS",
     "ChipExposure",
     "check_calibration",
+    "check_calibration_options",
     "identify_exposure",
     "load_chip",
     "match_inputs",
@@ -188,6 +189,21 @@ def _check_map(path, field_name: str, name: str, values) -> None:
         at = f" (first at row, column {tuple(int(i) for i in where)})" if values.ndim else ""
         raise InputError(path, field_name, _expected(name),
                          f"{int(bad.sum())} value(s) such as {first!r}{at}")  # fmt: skip
+
+
+def check_calibration_options(options) -> None:
+    """Refuse an implausible ``gain``, ``read_noise`` or ``saturation`` of a
+    :class:`~pyapred.exposure.FitOptions` (:data:`CALIBRATION_BOUNDS`), naming its flag: what
+    :func:`load_chip` would refuse for every file, said before any work (``pyapred night``).
+
+    Raises
+    ------
+    InputError
+    """
+    for quantity in ("gain", "read_noise", "saturation"):
+        value = getattr(options, quantity)
+        if value is not None:
+            _header_number(_CARDS[quantity][1], {}, quantity, value)
 
 
 def check_calibration(chip: ChipExposure) -> None:
