@@ -286,3 +286,17 @@ def test_json_summary_is_the_only_stdout(monkeypatch, tmp_path, capsys):
     summary = json.loads(captured.out)
     assert code in (0, 1) and summary["mode"] == "quick" and "done in" not in captured.err
     assert set(summary["checks"]) == set(validate.CHECKS)
+
+
+@pytest.mark.parametrize("blocker", ["figures", "results.json/", "report.md/", "figures/chi2.png/"])
+def test_outputs_are_checked_before_the_studies(monkeypatch, tmp_path, capsys, blocker):
+    """A file where figures/ goes, or a folder where results.json, report.md or a figure goes,
+    was refused after every study had run (28 minutes in full), leaving half a report."""
+    monkeypatch.setattr(validate, "run_validation", lambda *a, **k: pytest.fail("ran"))
+    target = tmp_path / blocker.rstrip("/")
+    if blocker.endswith("/"):
+        target.mkdir(parents=True)
+    else:
+        target.write_text("not a folder")
+    assert main(["validate", "--quick", "--out", str(tmp_path)]) == 2
+    assert "--out" in capsys.readouterr().err

@@ -997,9 +997,18 @@ def run(args) -> int:
     import logging
 
     from ..io.atomic import writable_folder
+    from ..io.paths import check_output_path
+    from ._report import FIGURE_NAMES
 
     log = logging.getLogger(__name__)
-    writable_folder(args.out)  # before minutes of work, not after
+    # Every output, before minutes of work, not after: the folder, figures/ a folder, and no
+    # folder (or special file) where results.json, report.md or a figure goes.
+    out = Path(args.out)
+    check_output_path(out, "--out", folder=True)
+    check_output_path(out / "figures", "--out", folder=True)
+    for name in ("results.json", "report.md", *(f"figures/{n}.png" for n in FIGURE_NAMES)):
+        check_output_path(out / name, "--out", overwrite=True)
+    writable_folder(args.out)
     sizes = QUICK if args.quick else FULL
     if args.examples is not None:
         sizes = replace(sizes, sweep_examples=args.examples)

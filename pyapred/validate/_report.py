@@ -28,6 +28,11 @@ def _save(fig, path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+#: The report's figures, ``figures/<name>.png``, in the report's order.
+FIGURE_NAMES = ("omega_recovery", "chi2", "bias_test", "flux_levels", "sweep", "threshold",
+                "bias_percentiles")  # fmt: skip
+
+
 def make_figures(results: dict, fig_dir: Path) -> dict[str, str]:
     """Draw every figure of the report into ``fig_dir``.
 
@@ -48,6 +53,7 @@ def make_figures(results: dict, fig_dir: Path) -> dict[str, str]:
         "bias_percentiles": _bias_percentiles,
     }
     size = {"bias_test": (7.5, 7.5), "flux_levels": (7.5, 7.5), "threshold": (10, 4.5)}
+    assert tuple(drawers) == FIGURE_NAMES
     paths = {}
     for name, draw in drawers.items():
         fig = Figure(figsize=size.get(name, (7.5, 5)))
