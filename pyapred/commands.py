@@ -66,16 +66,25 @@ class DeprecatedFlag(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum`` (the error names the flag)."""
+#: The most reads a simulated or cross-checked exposure may have (APOGEE's are ~10-60): beyond
+#: it a typing error asks for tens of GB before failing.
+MAX_READS = 1000
+#: Seeds NumPy's generators take: whole numbers from 0 to 2**63 - 1.
+MAX_SEED = 2**63 - 1
+
+
+def at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``; the error names the
+    flag)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            within = f">= {minimum}" if maximum is None else f"{minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"expected an integer {within}, got {text!r}")
         return value
 
     return parse
@@ -89,18 +98,21 @@ def _chip_letters(text: str) -> str:
 
 
 def _geometry_arguments(parser: argparse.ArgumentParser, *, columns: int, reads: int) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--fibers", type=at_least(1), default=300, help="fibers per chip (default 300)"
+        "--seed", type=at_least(0, MAX_SEED), default=0, help="random seed (default 0)"
+    )
+    parser.add_argument(
+        "--fibers", type=at_least(1, 300), default=300, help="fibers per chip (default 300)"
     )
     parser.add_argument("--fibres", dest="fibers", type=int, action=DeprecatedFlag, new="--fibers")
     parser.add_argument(
-        "--columns", type=at_least(1), default=columns,
+        "--columns", type=at_least(1, 2048), default=columns,
         help=f"traced columns (default {columns})",
     )  # fmt: skip
     parser.add_argument(
-        "--reads", type=at_least(3), default=reads, help=f"reads, at least 3 (default {reads})"
-    )
+        "--reads", type=at_least(3, MAX_READS), default=reads,
+        help=f"reads, 3 to {MAX_READS} (default {reads})",
+    )  # fmt: skip
 
 
 def simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,7 +134,7 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
         )
     _geometry_arguments(parser, columns=2048, reads=33)
     parser.add_argument(
-        "--ref-columns", type=at_least(0), default=512,
+        "--ref-columns", type=at_least(0, 512), default=512,
         help="reference-output columns (default 512)",
     )  # fmt: skip
     parser.add_argument(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .commands import MAX_READS, MAX_SEED, at_least
 from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK, InputError
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gain", type=float, default=1.9, help="gain of --apz, e-/DN (1.9)")
     parser.add_argument("--rtol", type=float, default=None,
                         help="tolerance (default: per vector; 1e-10 simulated)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=7, help="random seed of --simulate (7)")
-    parser.add_argument("--pixels", type=int, default=200, help="pixels of --simulate (200)")
-    parser.add_argument("--reads", type=int, default=20, help="reads of --simulate, >= 3 (20)")
+    parser.add_argument("--seed", type=at_least(0, MAX_SEED), default=7,
+                        help="random seed of --simulate (7)")  # fmt: skip
+    parser.add_argument("--pixels", type=at_least(1, 1_000_000), default=200,
+                        help="pixels of --simulate, 1 to 1e6 (200)")  # fmt: skip
+    parser.add_argument("--reads", type=at_least(3, MAX_READS), default=20,
+                        help=f"reads of --simulate, 3 to {MAX_READS} (20)")  # fmt: skip
 
 
 def _simulated_cases(args: argparse.Namespace) -> list[dict]:
@@ -63,12 +67,22 @@ def _simulated_cases(args: argparse.Namespace) -> list[dict]:
 
 def _apz_cases(args: argparse.Namespace) -> list[dict]:
     """The constant and equal-weight fits of some rows of a raw exposure's science area."""
+    from .exposure.inputs import CALIBRATION_BOUNDS
     from .io import read_apz
+    from .io.paths import check_input_file
 
+    check_input_file(args.apz, "--apz")  # a FIFO hung the reader
     try:
         start, stop = (int(part) for part in args.rows.split(":"))
     except ValueError:
-        raise InputError(args.apz, "--rows", "A:B with integers A < B") from None
+        start = stop = -1
+    if not 0 <= start < stop <= 2048:
+        raise InputError(args.apz, "--rows", "A:B with integers 0 <= A < B <= 2048", args.rows)
+    for flag, value, bounds in (("--gain", args.gain, "gain"),
+                                ("--read-noise", args.read_noise, "read_noise")):  # fmt: skip
+        low, high = CALIBRATION_BOUNDS[bounds]
+        if not low <= value <= high:
+            raise InputError(flag, flag, f"a number in [{low:g}, {high:g}]", repr(value))
     raw = read_apz(args.apz, rows=slice(start, stop), dtype=np.float64)
     common = {"reads": np.ascontiguousarray(raw.science), "read_noise": args.read_noise,
               "gain": args.gain}  # fmt: skip
@@ -80,10 +94,12 @@ def _apz_cases(args: argparse.Namespace) -> list[dict]:
 def _vector_cases(folder: Path | None) -> list[dict]:
     """The conformance vectors in ``folder`` that have a Julia twin."""
     from .conformance import NUMPY_ONLY, load_vector
+    from .io.paths import check_input_file
 
     paths = sorted(folder.glob("*.toml")) if folder is not None else []
     if not paths:
         raise InputError(folder or "--vectors", "*.toml", "conformance vectors", "none")
+    paths = [check_input_file(path, "--vectors") for path in paths]  # a FIFO hung the reader
     cases = []
     for path in paths:
         try:
@@ -102,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     from .solver import JuliaBackendError, load_julia
 
     # The inputs are checked first, so that a bad one is reported with or without Julia.
+    if args.rtol is not None and not 0 < args.rtol < np.inf:
+        raise InputError("--rtol", "--rtol", "a finite tolerance > 0", repr(args.rtol))
     if args.simulate:
         cases = _simulated_cases(args)
     elif args.apz:

@@ -194,9 +194,23 @@ def test_bad_values_are_refused_naming_the_flag(argv, flag, capsys):
 
 
 def test_crossval_names_its_flags(capsys):
-    assert main(["crossval", "--simulate", "--reads", "2"]) == 2
-    err = capsys.readouterr().err
-    assert "--reads" in err and "n_reads" not in err and "Traceback" not in err
+    """Every input checked before Julia is looked for: the bad one is named with or without it
+    (a bad --rows, --rtol, --gain was reported as "no Julia runtime")."""
+    for argv in (
+        ["--simulate", "--reads", "2"],
+        ["--simulate", "--reads", "100000"],
+        ["--simulate", "--seed=-1"],
+        ["--simulate", "--pixels", "1000000000"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["crossval", *argv])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and argv[1].split("=")[0] in err and "Traceback" not in err
+    for argv, flag in ((["--simulate", "--rtol", "nan"], "--rtol"),
+                       (["--apz", "missing.apz"], "--apz")):  # fmt: skip
+        assert main(["crossval", *argv]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and "Julia" not in err, err
 
 
 def test_compilation_notice_only_without_the_numba_cache(monkeypatch):
@@ -259,3 +273,29 @@ def test_api_reference_is_up_to_date():
     )
     assert "### `pyapred.exposure.run_exposure`" in current
     assert "[api.md](api.md)" in (make_api_docs.OUTPUT.parent / "index.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "--out", "x", "--fibers", "301"],
+        ["simulate", "--out", "x", "--seed=-1"],
+        ["simulate", "--out", "x", "--reads", "1000000"],
+        ["noise", "simulate", "--out", "x", "--exposure", "10000"],
+        ["noise", "simulate", "--out", "x", "--gain", "1e-300"],
+        ["noise", "simulate", "--out", "x", "--reads", "100000"],
+        ["noise", "stress", "--fibers", "100000"],
+        ["noise", "stress", "--seed=-1"],
+        ["validate", "--seed=-1"],
+    ],
+    ids=lambda argv: " ".join(argv[:1] + argv[-2:]),
+)
+def test_values_no_run_can_use_are_refused_by_the_flags(argv, tmp_path, capsys):
+    """Each passed the flag's check and failed inside the run: a traceback, a MemoryError after
+    gigabytes, an exposure number spilling into the night's digits of the file name."""
+    argv = [str(tmp_path / a) if a == "x" else a for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    flag = next(a for a in reversed(argv) if a.startswith("--")).split("=")[0]
+    assert exc.value.code == 2 and flag in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

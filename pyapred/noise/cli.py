@@ -61,6 +61,17 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _gain(text: str) -> float:
+    """An argparse type: a gain pyapred's readers take (``CALIBRATION_BOUNDS``, e-/DN)."""
+    from ..exposure.inputs import CALIBRATION_BOUNDS
+
+    low, high = CALIBRATION_BOUNDS["gain"]
+    value = _positive(text)
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected a gain in [{low:g}, {high:g}], got {text!r}")
+    return value
+
+
 def _positive(text: str) -> float:
     """An argparse type: a finite number > 0."""
     value = _non_negative(text)
@@ -91,7 +102,7 @@ def _noise_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.read_time,
         help=f"seconds per read ({defaults.read_time}; 0 = reads back to back, cheaper)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument("--seed", type=_at_least(0, 2**63 - 1), default=0, help="random seed (0)")
 
 
 def _noise(args: argparse.Namespace, one_over_f: bool = True) -> HxrgNoise:
@@ -109,22 +120,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="noise_command", required=True)
     sim = sub.add_parser("simulate", help="write a raw .apz with H2RG read noise")
     sim.add_argument("--out", required=True, help="folder for the apR-*.apz file")
-    sim.add_argument("--reads", type=_at_least(2), default=10, help="reads (10)")
+    sim.add_argument("--reads", type=_at_least(2, 1000), default=10, help="reads, 2 to 1000 (10)")
     sim.add_argument(
         "--rows", type=_at_least(1, CHIP_ROWS), default=CHIP_ROWS, help="chip rows from 0 (2048)"
     )
     sim.add_argument(
         "--flux", type=_non_negative, default=0.0, help="flat flux, e- per read (0: a dark)"
     )
-    sim.add_argument("--gain", type=_positive, default=1.9, help="e-/DN (1.9)")
+    sim.add_argument(
+        "--gain", type=_gain, default=1.9, help="e-/DN, 0.01 to 100 as pyapred fit takes (1.9)"
+    )
     sim.add_argument("--one-over-f", action="store_true", help="add correlated (1/f) noise")
     sim.add_argument(
-        "--exposure", type=_at_least(1), default=1, help="exposure number within the night (1)"
+        "--exposure",
+        type=_at_least(1, 9999),
+        default=1,
+        help="exposure number within the night, 1 to 9999 (the file name's four digits; 1)",
     )
     _noise_arguments(sim)
     stress = sub.add_parser("stress", help="the four-case 1/f stress test of fit_omega")
-    stress.add_argument("--exposures", type=_at_least(1), default=4, help="simulated exposures (4)")
-    stress.add_argument("--fibers", type=_at_least(1), default=8, help="fibers per exposure (8)")
+    stress.add_argument(
+        "--exposures", type=_at_least(1, 1000), default=4, help="simulated exposures (4)"
+    )
+    stress.add_argument(
+        "--fibers", type=_at_least(1, 300), default=8, help="fibers per exposure, 1 to 300 (8)"
+    )
     stress.add_argument(
         "--column-step", type=_at_least(1), default=8, help="every n-th column lit (8)"
     )

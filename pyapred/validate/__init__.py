@@ -925,6 +925,19 @@ def write_report(results: dict, out_dir) -> Path:
 # --------------------------------------------------------------------------------------------
 # Command line: pyapred validate
 # --------------------------------------------------------------------------------------------
+def _seed(text: str) -> int:
+    """argparse type: a seed NumPy takes, an integer >= 0."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     import argparse
@@ -962,7 +975,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="validation", help="output folder (default ./validation)")
     # Kept so that old invocations with --backend numpy still run (see BACKEND_NOTE).
     parser.add_argument("--backend", default="numpy", choices=["numpy"], help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=104, help="random seed (default 104)")
+    parser.add_argument("--seed", type=_seed, default=104, help="random seed (default 104)")
     parser.add_argument(
         "--examples",
         type=_positive_int,
