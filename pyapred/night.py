@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import glob
 import json
+import math
 import os
 import sys
 import time
@@ -252,6 +253,9 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
         for name in ("tele", "mjd", "expid"):
             if name not in handle or not hasattr(handle[name], "shape"):
                 raise InputError(path, name, "a dataset (runlist_*.h5 has tele, mjd, expid)")
+            if len(handle[name].shape) > 1:
+                raise InputError(path, name, "a 1-D dataset, one value per exposure",
+                                 f"shape {handle[name].shape}")  # fmt: skip
             columns[name] = np.atleast_1d(handle[name][()])
     lengths = {name: len(values) for name, values in columns.items()}
     if len(set(lengths.values())) != 1 or not lengths["tele"]:
@@ -261,12 +265,14 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
         tele = tele.decode() if isinstance(tele, bytes) else str(tele)
         entry = f"{path.name}[{row}]"
         try:
-            mjd = int(mjd)
-            expid = int(expid.decode() if isinstance(expid, bytes) else expid)
-        except ValueError:
+            values = [float(v.decode() if isinstance(v, bytes) else v) for v in (mjd, expid)]
+        except (TypeError, ValueError):
+            values = [math.nan]
+        if not all(math.isfinite(v) and v == int(v) for v in values):  # 60781.7 was truncated
             raise InputError(
                 path, f"mjd, expid (row {row})", "integers", f"{mjd!r}, {expid!r}"
             ) from None
+        mjd, expid = (int(v) for v in values)
         expnum = expid if expid >= 10000 else (mjd - EXPNUM_MJD_ZERO) * 10000 + expid
         if tele not in ("apo", "lco") or expnum // 10000 + EXPNUM_MJD_ZERO != mjd:
             raise InputError(

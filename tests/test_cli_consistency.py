@@ -299,3 +299,20 @@ def test_values_no_run_can_use_are_refused_by_the_flags(argv, tmp_path, capsys):
     flag = next(a for a in reversed(argv) if a.startswith("--")).split("=")[0]
     assert exc.value.code == 2 and flag in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_noise_commands_refuse_what_they_cannot_use(tmp_path, capsys):
+    """One fiber in all printed '+nan +- nan' (and JSON NaN tokens); a FIFO among --darks hung."""
+    import os
+
+    assert main(["noise", "stress", "--exposures", "1", "--fibers", "1"]) == 2
+    assert "at least 2 fibers" in capsys.readouterr().err
+    fifo = tmp_path / "apR-a-52190001.apz"
+    os.mkfifo(fifo)
+    argv = ["noise", "train", "--darks", str(fifo), "--out", str(tmp_path / "model")]
+    try:
+        import score_models  # noqa: F401
+    except ImportError:
+        pytest.skip("noise train needs the sbm extra")
+    assert main(argv) == 2
+    assert "--darks: expected a regular file, found a FIFO" in capsys.readouterr().err

@@ -21,6 +21,7 @@ pytest.importorskip("dask.distributed")
 h5py = pytest.importorskip("h5py")
 
 from pyapred.cli import main  # noqa: E402
+from pyapred.errors import InputError  # noqa: E402
 from pyapred.io import read_product  # noqa: E402
 from pyapred.night import find_exposures, process_exposure  # noqa: E402
 from pyapred.simulate import simulate_exposure, write_simulated_exposure  # noqa: E402
@@ -86,6 +87,16 @@ def test_runlist_h5_maps_tele_mjd_expid_to_raw_files(night, tmp_path):
     tasks = find_exposures(runlist, [raw], tmp_path, raw_dir=raw)
     assert [t.name for t in tasks] == ["apo_60781_0002", "apo_60781_0003"]
     assert tasks[1].inputs[0] == str(raw / "apR-a-52190003.apz") and tasks[1].problem is None
+    # A fractional MJD was truncated and fitted; inf and 2-D columns were tracebacks.
+    for mjd, field in ((np.array([60781.7, 60781]), "mjd, expid (row 0)"),
+                       (np.array([np.inf, 60781]), "mjd, expid (row 0)"),
+                       (np.array([[60781, 60781]]), "mjd")):  # fmt: skip
+        with h5py.File(runlist, "a") as handle:
+            del handle["mjd"]
+            handle["mjd"] = mjd
+        with pytest.raises(InputError) as caught:
+            find_exposures(runlist, [raw], tmp_path, raw_dir=raw)
+        assert caught.value.field == field
 
 
 def test_products_hold_input_hashes_and_are_byte_identical_on_a_second_night(night, tmp_path):

@@ -50,8 +50,9 @@ def _describe_npz(path: Path) -> str:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise InputError(path, "npz", "a NumPy .npz file of arrays", str(exc)) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOF: an empty file
+        raise InputError(path, "npz", "a NumPy .npz file of arrays",
+                         str(exc) or type(exc).__name__) from None  # fmt: skip
     lines = [f"{path}: NumPy arrays ({len(arrays)}; pyapred simulate's truth file holds omega,"
              " fiber types and per-chip fluxes)"]  # fmt: skip
     for name, value in arrays.items():
@@ -106,8 +107,11 @@ def _fiber_line(group) -> str:
         return _dataset_line(group)
     parts = []
     if "omega" in group:
-        shape = group["omega"].shape
-        parts.append(f"{shape[0]} fibers, {shape[-1]} read differences")
+        shape = getattr(group["omega"], "shape", None)
+        if shape is not None and len(shape) == 2:
+            parts.append(f"{shape[0]} fibers, {shape[-1]} read differences")
+        else:
+            parts.append(f"omega of shape {shape} (expected (fibers, read differences))")
     if "model" in group:
         models = Counter(decode(m) for m in group["model"][()])
         parts.append("models " + ", ".join(f"{n} {m}" for m, n in models.most_common()))
@@ -156,8 +160,8 @@ def _dataset_line(item: h5py.Dataset) -> str:
     dtype = f"str ({string.encoding})" if string is not None else str(item.dtype)
     parts = [dtype, f"h5py {item.shape}", f"Julia {item.shape[::-1]}"]
     units = decode(item.attrs.get("units", ""))
-    if units:
-        parts.append(str(units))
+    if isinstance(units, str) and units:  # a numeric attribute is not units
+        parts.append(units)
     if item.compression:
         parts.append(item.compression + ("+shuffle" if item.shuffle else ""))
     return ", ".join(parts)

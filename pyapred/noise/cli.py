@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from ..errors import EXIT_FLAGGED, EXIT_OK
+from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
 from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise
 from .segments import DEFAULT_SEGMENT_COLUMNS
 
@@ -61,6 +61,18 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _at_most(maximum: float, kind):
+    """An argparse type: what ``kind`` takes, up to ``maximum``."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected at most {maximum:g}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _gain(text: str) -> float:
     """An argparse type: a gain pyapred's readers take (``CALIBRATION_BOUNDS``, e-/DN)."""
     from ..exposure.inputs import CALIBRATION_BOUNDS
@@ -98,7 +110,7 @@ def _noise_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--read-time",
-        type=_non_negative,
+        type=_at_most(1e3, _non_negative),
         default=defaults.read_time,
         help=f"seconds per read ({defaults.read_time}; 0 = reads back to back, cheaper)",
     )
@@ -125,7 +137,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rows", type=_at_least(1, CHIP_ROWS), default=CHIP_ROWS, help="chip rows from 0 (2048)"
     )
     sim.add_argument(
-        "--flux", type=_non_negative, default=0.0, help="flat flux, e- per read (0: a dark)"
+        "--flux",
+        type=_at_most(1e7, _non_negative),
+        default=0.0,
+        help="flat flux, e- per read, up to 1e7 (0: a dark)",
     )
     sim.add_argument(
         "--gain", type=_gain, default=1.9, help="e-/DN, 0.01 to 100 as pyapred fit takes (1.9)"
@@ -199,8 +214,10 @@ def _dark_patches(args: argparse.Namespace, seed: int) -> np.ndarray:
     patches = []
     if args.darks:
         from ..io import read_apz
+        from ..io.paths import check_input_file
 
-        for name in args.darks:
+        darks = [check_input_file(name, "--darks") for name in args.darks]  # a FIFO hung it
+        for name in darks:
             reads = read_apz(name).reads.astype(np.float64) * args.gain
             pairs = 2 * (len(reads) // 2)
             patches.append(dark_patches(reads[1:pairs:2] - reads[0:pairs:2], args.patch))
@@ -292,6 +309,10 @@ def _stress(args: argparse.Namespace) -> int:
 
     from .stress import CASES, StressResult, stress_test
 
+    if args.exposures * args.fibers < 2:  # the bias error is the scatter of the fibers' means
+        raise InputError("--fibers", "--exposures, --fibers", "at least 2 fibers in all (the bias "
+                         "error is the scatter of their means)",
+                         f"{args.exposures} x {args.fibers}")  # fmt: skip
     # One exposure at a time from one generator: the same numbers as stress_test(n), with a
     # progress bar (an exposure of 8 fibers takes about 10 s).
     rng = np.random.default_rng(args.seed)

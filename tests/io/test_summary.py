@@ -73,3 +73,21 @@ def test_input_warnings_read_as_messages_not_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: " in err and "NREAD = 47 but the file holds 3 reads" in err
     assert ".py:" not in err and "read_apz(" not in err  # no file, line or source of pyapred
+
+
+def test_inspect_odd_but_readable_files(tmp_path, capsys):
+    """An empty .npz (EOFError), a 0-d omega (IndexError), numeric units (ValueError)."""
+    import h5py
+
+    (tmp_path / "empty.npz").write_bytes(b"")
+    assert main(["inspect", str(tmp_path / "empty.npz")]) == EXIT_BAD_INPUT
+    assert "empty.npz: npz: expected a NumPy .npz file" in capsys.readouterr().err
+    ones = np.ones((3, 4))
+    images = ChipImages(ones, ones, ones, ones.astype(int))
+    product = write_product(tmp_path / "p.h5", chips={"R": images})
+    with h5py.File(product, "a") as handle:
+        handle["fibers/R/omega"] = 1.0
+        handle["R/dimage"].attrs["units"] = np.arange(3)
+    assert main(["inspect", str(product)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "omega of shape ()" in out and "Traceback" not in out
