@@ -316,3 +316,16 @@ def test_noise_commands_refuse_what_they_cannot_use(tmp_path, capsys):
         pytest.skip("noise train needs the sbm extra")
     assert main(argv) == 2
     assert "--darks: expected a regular file, found a FIFO" in capsys.readouterr().err
+
+
+def test_noise_simulate_says_overwrite_and_has_it(tmp_path, capsys):
+    """An existing output said 'pass --overwrite' after the work, and the flag did not exist."""
+    argv = ["noise", "simulate", "--rows", "16", "--reads", "3", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "--out: expected a new file (or pass --overwrite)" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert main(["noise", "stress", "--white", "0", "--c-pink", "0", "--u-pink", "0",
+                 "--acn", "0"]) == 2  # fmt: skip
+    assert "some read noise" in capsys.readouterr().err

@@ -163,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
             wavelength=args.wavelength,
         )  # fmt: skip
     except ValueError as exc:
+        if isinstance(exc, InputError) and exc.path == "<header>":
+            # Read times from a header: name the file (and the metadata) it came from.
+            source, where = (args.exposure, "") if args.exposure else (args.product, "metadata/")
+            raise InputError(source, where + exc.field, exc.expected, exc.found) from None
         if isinstance(exc, InputError):
             raise
         # The argument compare names decides what is blamed: an option, or the product.

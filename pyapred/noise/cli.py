@@ -146,6 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gain", type=_gain, default=1.9, help="e-/DN, 0.01 to 100 as pyapred fit takes (1.9)"
     )
     sim.add_argument("--one-over-f", action="store_true", help="add correlated (1/f) noise")
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing file")
     sim.add_argument(
         "--exposure",
         type=_at_least(1, 9999),
@@ -231,7 +232,10 @@ def _dark_patches(args: argparse.Namespace, seed: int) -> np.ndarray:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..io.paths import check_output_path
     from .sbm import trace_patches, train_score_model
+
+    check_output_path(args.out, "--out", folder=True)  # before the data and the training
 
     if args.prior:
         data = trace_patches(args.patches, tuple(args.patch), rng=args.seed)
@@ -281,9 +285,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from ..io.atomic import writable_folder
+    from pathlib import Path
+
+    from ..io.apz import ApzName
+    from ..io.paths import check_output_path
     from ..simulate import simulate_ramps, write_simulated_apz
 
+    # The file it will write, before the reads are simulated (an existing one said "pass
+    # --overwrite" after the work, and the flag did not exist).
+    target = Path(args.out) / ApzName.from_night("apo", "a", 60781, args.exposure).filename
+    check_output_path(target, "--out", overwrite=args.overwrite)
     rng = np.random.default_rng(args.seed)
     flux = np.zeros((args.rows, 2560))
     inner = slice(REFERENCE_BORDER, 2048 - REFERENCE_BORDER)
@@ -296,10 +307,10 @@ def _simulate(args: argparse.Namespace) -> int:
         **{**noise.__dict__, **{k: getattr(noise, k) / args.gain for k in amplitudes}}
     )
     header = {"EXPTYPE": "DARK" if args.flux == 0 else "INTERNALFLAT", "GAIN": args.gain}
-    writable_folder(args.out)  # made if missing
     path = write_simulated_apz(
-        args.out, reads, exposure=args.exposure, header=header, one_over_f=in_dn, rng=rng
-    )
+        args.out, reads, exposure=args.exposure, header=header, one_over_f=in_dn, rng=rng,
+        overwrite=args.overwrite,
+    )  # fmt: skip
     print(json.dumps({"apz": str(path)}) if args.json else path)
     return EXIT_OK
 
@@ -309,6 +320,9 @@ def _stress(args: argparse.Namespace) -> int:
 
     from .stress import CASES, StressResult, stress_test
 
+    if args.white + args.c_pink + args.u_pink + args.acn <= 0:  # the fits need read noise
+        raise InputError("--white", "--white, --c-pink, --u-pink, --acn",
+                         "some read noise (their sum > 0)", "all 0")  # fmt: skip
     if args.exposures * args.fibers < 2:  # the bias error is the scatter of the fibers' means
         raise InputError("--fibers", "--exposures, --fibers", "at least 2 fibers in all (the bias "
                          "error is the scatter of their means)",

@@ -129,6 +129,25 @@ def test_cli_guider_refuses_before_any_work(sky, tmp_path, capsys):
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "g.pdf").exists()
 
 
+def test_cli_guider_names_the_file_of_bad_read_times(sky, tmp_path, capsys, monkeypatch):
+    """The read-timing cards of a product's metadata were blamed on '<header>'."""
+    import pyapred.guider.cli as guider_cli
+
+    product = tmp_path / "product.h5"
+    write_product(product, sky.fit)
+    real = guider_cli.read_product_omega
+
+    def with_bad_date(path, group):
+        data = real(path, group)
+        return {**data, "read_times": None, "header": {**data["header"], "DATE-OBS": "garbage"}}
+
+    monkeypatch.setattr(guider_cli, "read_product_omega", with_bad_date)
+    argv = ["guider", "--product", str(product), "--guider", str(sky.directory), "--out",
+            str(tmp_path / "g.png")]  # fmt: skip
+    assert main(argv) == 2
+    assert f"{product}: metadata/DATE-OBS: expected an ISO 8601" in capsys.readouterr().err
+
+
 def test_add_arguments_and_run_are_the_subcommand(tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
