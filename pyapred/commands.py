@@ -104,7 +104,9 @@ def _geometry_arguments(parser: argparse.ArgumentParser, *, columns: int, reads:
     parser.add_argument(
         "--fibers", type=at_least(1, 300), default=300, help="fibers per chip (default 300)"
     )
-    parser.add_argument("--fibres", dest="fibers", type=int, action=DeprecatedFlag, new="--fibers")
+    parser.add_argument(
+        "--fibres", dest="fibers", type=at_least(1, 300), action=DeprecatedFlag, new="--fibers"
+    )
     parser.add_argument(
         "--columns", type=at_least(1, 2048), default=columns,
         help=f"traced columns (default {columns})",

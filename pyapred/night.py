@@ -340,7 +340,10 @@ def _exposure_task(
             parts[4] = color
             candidate = file.with_name("_".join(parts))
         if not candidate.is_file():
-            found = "a FIFO or other special file" if os.path.lexists(candidate) else "nothing"
+            found = ("a folder" if candidate.is_dir() else
+                     "a broken link" if candidate.is_symlink() and not candidate.exists() else
+                     "a FIFO or other special file" if os.path.lexists(candidate) else
+                     "nothing")  # fmt: skip
             missing.append(f"{candidate}: chip {color}: expected a file, found {found}")
         inputs.append(str(candidate))
         trace = trace_files.get((tele, mjd, color))

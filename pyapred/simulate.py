@@ -674,7 +674,7 @@ def write_simulated_apz(
     Parameters
     ----------
     directory : str or os.PathLike
-        Folder for the file (it must exist).
+        Folder for the file (made if missing).
     reads : array_like, ``(n_reads, ny, nx)``
         Counts in DN, e.g. ``SimulatedRamps.reads`` of a chip-shaped ``flux``; ``nx = 2560``
         for a full chip with its reference output.

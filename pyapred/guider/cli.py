@@ -135,9 +135,13 @@ def run(args: argparse.Namespace) -> int:
     inputs = [check_input_file(args.product, "--product")]
     if args.exposure:
         inputs.append(check_input_file(args.exposure, "--exposure"))
-    # The guider frames are inputs too: --out may not replace one (nor may a FIFO among them
-    # hang the run: check_input_file names it).
-    inputs += [check_input_file(path, "--guider") for path in _expand_source(args.guider)]
+    # The guider frames are inputs too: --out may not replace one, nor may a FIFO among them
+    # hang the run. Folders and broken links among them are dropped by the reader, as before.
+    for path in _expand_source(args.guider):
+        if os.path.isfile(path):
+            inputs.append(path)
+        elif os.path.exists(path) and not os.path.isdir(path):
+            check_input_file(path, "--guider")  # a FIFO or device: named, not read
     check_output_path(args.out, "--out", inputs=inputs, overwrite=True)
     data = read_product_omega(args.product, args.group)
     fibers = None

@@ -320,9 +320,9 @@ def _stress(args: argparse.Namespace) -> int:
 
     from .stress import CASES, StressResult, stress_test
 
-    if args.white + args.c_pink + args.u_pink + args.acn <= 0:  # the fits need read noise
-        raise InputError("--white", "--white, --c-pink, --u-pink, --acn",
-                         "some read noise (their sum > 0)", "all 0")  # fmt: skip
+    if args.white <= 0:  # the fits take the white noise as their read noise
+        raise InputError("--white", "--white", "a white read noise > 0 (the fits' read noise)",
+                         repr(args.white))  # fmt: skip
     if args.exposures * args.fibers < 2:  # the bias error is the scatter of the fibers' means
         raise InputError("--fibers", "--exposures, --fibers", "at least 2 fibers in all (the bias "
                          "error is the scatter of their means)",

@@ -159,3 +159,20 @@ def test_add_arguments_and_run_are_the_subcommand(tmp_path):
     args = parser.parse_args(["--product", "p.h5", "--guider", "a", "--out", out, "--fibers", "x"])
     with pytest.raises(InputError, match="--fibers"):
         run(args)
+
+
+def test_cli_guider_drops_folders_among_the_frames_as_before(sky, tmp_path, capsys):
+    """A glob that also matches a folder (or a broken link) ran before the inputs were checked:
+    the reader drops them; only a FIFO (a hang) or a file --out would replace is refused."""
+    import shutil
+
+    product = tmp_path / "product.h5"
+    write_product(product, sky.fit)
+    frames = tmp_path / "frames"
+    shutil.copytree(sky.directory, frames)
+    (frames / "sub.fits").mkdir()
+    (frames / "gone.fits").symlink_to(tmp_path / "nothing.fits")
+    argv = ["guider", "--product", str(product), "--guider", str(frames / "*"), "--out",
+            str(tmp_path / "g.png")]  # fmt: skip
+    assert main(argv) in (0, 1)
+    assert (tmp_path / "g.png").exists()
