@@ -69,14 +69,22 @@ def _nearest_existing(folder: Path) -> Path:
 
 
 def _make_parents(folder: Path) -> list[Path]:
-    """Make ``folder`` and its missing parents; return the folders made, outermost first."""
+    """Make ``folder`` and its missing parents; return the folders made, outermost first (none
+    stays behind if one cannot be made)."""
     missing = []
     for candidate in (folder, *folder.parents):
         if os.path.lexists(candidate):
             break
         missing.append(candidate)
-    folder.mkdir(parents=True, exist_ok=True)
-    return missing[::-1]
+    made: list[Path] = []
+    try:
+        for candidate in reversed(missing):
+            candidate.mkdir()
+            made.append(candidate)
+    except OSError:
+        _remove_empty(made)
+        raise
+    return made
 
 
 @contextlib.contextmanager

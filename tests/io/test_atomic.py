@@ -74,3 +74,10 @@ def test_an_output_is_checked_without_making_its_folder(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="--out: expected a folder pyapred can write to"):
         check_output_path(tmp_path / "file" / "sub" / "product.h5", "--out")
+
+
+def test_folders_made_before_a_failing_one_are_removed(tmp_path):
+    """A name too long for the file system, three levels down: nothing stays behind."""
+    with pytest.raises(OSError), atomic_path(tmp_path / "a" / "b" / ("x" * 300) / "f.h5"):
+        pass
+    assert list(tmp_path.iterdir()) == []
