@@ -373,7 +373,8 @@ def _pixel_map(value, name: str, pixel_shape: tuple, *, positive: bool = True) -
             f"{name}: shape {arr.shape} does not broadcast to the pixel shape {pixel_shape}"
         ) from None
     low, high = SCALE_RANGE
-    if positive and not np.all((arr >= low) & (arr <= high)):  # NaN fails too
+    # The extremes alone (no chip-sized temporaries); a NaN makes them NaN and fails.
+    if positive and arr.size and not (low <= arr.min() and arr.max() <= high):
         raise ValueError(f"{name}: expected finite values > 0, within [{low:g}, {high:g}]")
     return arr
 
