@@ -504,13 +504,9 @@ def run_night(
     from .io.atomic import writable_folder
 
     # Before the output folder is made and locked: what no exposure can run with.
-    if scheduler == "local" and (workers < 1 or threads_per_worker < 1):
-        raise InputError(
-            "--workers",
-            "--workers, --threads-per-worker",
-            "at least 1",
-            f"{workers}, {threads_per_worker}",
-        )
+    for flag, value in (("--workers", workers), ("--threads-per-worker", threads_per_worker)):
+        if scheduler == "local" and value < 1:
+            raise InputError(flag, flag, "at least 1", str(value))
     check_calibration_options(options)
     out = writable_folder(out)
     with _locked(out, wait):

@@ -41,6 +41,12 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
         ``variable_z_std``, ``n_pixels``, and ``borrowed_bias`` over borrowed fibers' pixels.
     """
     omega = np.asarray(omega, dtype=np.float64)
+    for key, fits in result.fibers.items():
+        if omega.shape != fits.omega.shape:
+            raise ValueError(
+                f"omega: expected the true omega of every fiber, {fits.omega.shape} as "
+                f"fibers[{key!r}], got {omega.shape}"
+            )
     out: dict = {"omega": {}, "borrowed": {}, "flux": {}}
     for key, fits in result.fibers.items():
         if fits.fit is None:

@@ -7,6 +7,7 @@ transparency and seeing history, which :func:`pyapred.guider.read_guider_frames`
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -65,6 +66,14 @@ def write_proc_gimg(
     timesys : str
     image_shape : (int, int)
     """
+    if not isinstance(date_obs, Time):
+        raise TypeError(f"date_obs: expected an astropy Time, got {type(date_obs).__name__}")
+    if not 0 < float(exptime) < math.inf:
+        raise ValueError(f"exptime: expected a time > 0 (s), got {exptime!r}")
+
+    def card(value) -> float:  # SDSS writes "no value" as -999, never NaN (FITS has no NaN)
+        return -999.0 if value is None or not math.isfinite(float(value)) else float(value)
+
     start = getattr(date_obs, timesys.lower()).copy()
     start.precision = 6
     header = fits.Header()
@@ -77,8 +86,8 @@ def write_proc_gimg(
     header["CAMNAME"] = camera
     header["CARTID"] = "FPS-S" if camera.endswith("s") else "FPS-N"
     header["CONFIGID"] = int(config_id)
-    header["FWHM"] = (-999.0 if fwhm is None else float(fwhm), "Mesured FWHM [arcsec]")
-    header["FWHMFIT"] = (-999.0 if fwhm_fit is None else float(fwhm_fit), "Fitted FWHM [arcsec]")
+    header["FWHM"] = (card(fwhm), "Mesured FWHM [arcsec]")
+    header["FWHMFIT"] = (card(fwhm_fit), "Fitted FWHM [arcsec]")
     header["RMS"] = (float(rms), "Guide RMS [arcsec]")
     zp = None if zp is None else np.asarray(zp, dtype=np.float64)
     if r_zpt is None and zp is not None and np.isfinite(zp).any():
@@ -146,6 +155,9 @@ def simulate_guider_frames(
     list of str
         The paths written.
     """
+    for name, value in (("duration", duration), ("cadence", cadence), ("exptime", exptime)):
+        if not 0 < float(value) < math.inf:
+            raise ValueError(f"{name}: expected a time > 0 (s), got {value!r}")
     os.makedirs(directory, exist_ok=True)
     zp0 = rng.uniform(24.5, 25.5, (len(cameras), n_stars))
     paths = []

@@ -71,6 +71,12 @@ def test_no_nan_without_a_flag_in_an_exposure_or_its_product(cloudy, tmp_path):
             assert np.all(fibers.flags[np.isnan(values)] != 0)
 
 
+def test_truth_metrics_names_a_wrong_true_omega(cloudy):
+    sim, result = cloudy
+    with pytest.raises(ValueError, match=r"omega: expected the true omega of every fiber"):
+        truth_metrics(result, sim.omega[:3, :3], truth_dn(sim))  # a NumPy broadcast error before
+
+
 def test_cloud_omega_recovered_with_calibrated_errors(cloudy):
     sim, result = cloudy
     metrics = truth_metrics(result, sim.omega, truth_dn(sim), min_flux=bright_dn(sim))
