@@ -16,6 +16,7 @@ import glob
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -298,10 +299,21 @@ def fits_input_errors(path: str) -> Iterator[None]:
     path : str
         The file named in the error (field ``"file"``, expected "a readable FITS file").
     """
+    from astropy.io.fits.verify import VerifyWarning
+
     try:
-        yield
+        with warnings.catch_warnings():
+            # astropy only warns about a header cut short (a truncated file), which then read
+            # as a missing DATE-OBS card: the file is named for what it is.
+            warnings.filterwarnings(
+                "error", message=r"(?s).*(corrupted|truncated)", category=VerifyWarning
+            )
+            yield
     except InputError:
         raise
+    except VerifyWarning as exc:
+        found = " ".join(str(exc).split())[:200]
+        raise InputError(path, "file", "a complete FITS file", found) from None
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
         found = f"{type(exc).__name__}: {exc}"[:200]
         raise InputError(path, "file", "a readable FITS file", found) from None

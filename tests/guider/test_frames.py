@@ -164,3 +164,15 @@ def test_corrupt_fwhm_and_exptime_cards_are_not_taken(tmp_path):
                     hdu.header[card] = 1e300
     with pytest.raises(InputError, match="EXPTIME: expected an integration time"):
         guider.read_guider_frame(path)
+
+
+def test_a_truncated_frame_is_named_as_such(tmp_path):
+    """A header cut short read as a missing DATE-OBS card, after astropy's raw warning."""
+    from .scenario import write_frames
+
+    write_frames(tmp_path / "frames", np.random.default_rng(5))
+    path = sorted((tmp_path / "frames").glob("*.fits"))[0]
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(InputError, match="file: expected a complete FITS file, .*corrupted"):
+        guider.read_guider_frame(cut)
