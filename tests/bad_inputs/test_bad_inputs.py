@@ -130,7 +130,7 @@ CASES = [
          lambda f, out: (str(f["a_file"].parent / "none-*.fits"), "guider frames")),
     Case("guider-truncated-frame", "guider",
          guider("product", lambda f: f["truncated_frame"].parent), 2,
-         named("truncated_frame", "readable FITS")),
+         named("truncated_frame", "complete FITS file")),
     Case("guider-fiber-not-in-product", "guider",
          guider("product", lambda f: f["truncated_frame"].parent, "--fibers", "99"), 2,
          named("product", "omega", "fiberIds [99]")),
