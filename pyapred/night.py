@@ -618,13 +618,7 @@ def _client(scheduler: str, workers: int, threads_per_worker: int):
         with client:
             yield client
         return
-    if workers < 1 or threads_per_worker < 1:
-        raise InputError(
-            "--workers",
-            "--workers, --threads-per-worker",
-            "at least 1",
-            f"{workers}, {threads_per_worker}",
-        )
+    # (workers and threads_per_worker were checked by run_night, before --out was made.)
     # juliacall cannot survive fork: workers are fresh interpreters.
     with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
         cluster = LocalCluster(

@@ -107,8 +107,7 @@ def run_exposure(
         Bad input files or traces, or an unusable backend.
     """
     options = FitOptions() if options is None else options
-    if not isinstance(options, FitOptions):
-        raise TypeError(f"options: expected FitOptions, got {type(options).__name__}")
+    expect_type("options", options, FitOptions)
     if isinstance(chips, (str, os.PathLike)) or not len(chips):
         raise ValueError(f"chips: expected chips by name or a sequence of files, got {chips!r}")
     if not isinstance(chips, Mapping) and any(isinstance(c, ChipExposure) for c in chips):
@@ -229,10 +228,7 @@ def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
     if missing:
         raise ValueError(f"traces: no traces for chips {missing}")
     for name in names:
-        if not isinstance(traces[name], Traces):
-            raise TypeError(
-                f"traces: expected Traces for chip {name}, got {type(traces[name]).__name__}"
-            )
+        expect_type("traces", traces[name], Traces, f"Traces for chip {name}")
     if options.reference_correction != "none":  # each chip corrected as it is loaded
         chips = {name: _corrected_1f(chips[name], traces[name], options) for name in names}
     groups = [names] if options.joint_chips else [[name] for name in names]

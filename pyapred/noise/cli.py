@@ -15,6 +15,7 @@ import logging
 
 import numpy as np
 
+from ..commands import MAX_READS, MAX_SEED, at_least
 from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
 from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise
 from .segments import DEFAULT_SEGMENT_COLUMNS
@@ -32,22 +33,6 @@ def _segment_columns(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a divisor of 512, got {text!r}") from None
     return value
-
-
-def _at_least(minimum: int, maximum: int | None = None):
-    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``); errors name the flag."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum or (maximum is not None and value > maximum):
-            within = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-            raise argparse.ArgumentTypeError(f"expected an integer {within}, got {text!r}")
-        return value
-
-    return parse
 
 
 def _non_negative(text: str) -> float:
@@ -114,7 +99,7 @@ def _noise_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.read_time,
         help=f"seconds per read ({defaults.read_time}; 0 = reads back to back, cheaper)",
     )
-    parser.add_argument("--seed", type=_at_least(0, 2**63 - 1), default=0, help="random seed (0)")
+    parser.add_argument("--seed", type=at_least(0, MAX_SEED), default=0, help="random seed (0)")
 
 
 def _noise(args: argparse.Namespace, one_over_f: bool = True) -> HxrgNoise:
@@ -132,9 +117,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="noise_command", required=True)
     sim = sub.add_parser("simulate", help="write a raw .apz with H2RG read noise")
     sim.add_argument("--out", required=True, help="folder for the apR-*.apz file")
-    sim.add_argument("--reads", type=_at_least(2, 1000), default=10, help="reads, 2 to 1000 (10)")
     sim.add_argument(
-        "--rows", type=_at_least(1, CHIP_ROWS), default=CHIP_ROWS, help="chip rows from 0 (2048)"
+        "--reads", type=at_least(2, MAX_READS), default=10, help=f"reads, 2 to {MAX_READS} (10)"
+    )
+    sim.add_argument(
+        "--rows", type=at_least(1, CHIP_ROWS), default=CHIP_ROWS, help="chip rows from 0 (2048)"
     )
     sim.add_argument(
         "--flux",
@@ -149,20 +136,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--overwrite", action="store_true", help="replace an existing file")
     sim.add_argument(
         "--exposure",
-        type=_at_least(1, 9999),
+        type=at_least(1, 9999),
         default=1,
         help="exposure number within the night, 1 to 9999 (the file name's four digits; 1)",
     )
     _noise_arguments(sim)
     stress = sub.add_parser("stress", help="the four-case 1/f stress test of fit_omega")
     stress.add_argument(
-        "--exposures", type=_at_least(1, 1000), default=4, help="simulated exposures (4)"
+        "--exposures", type=at_least(1, 1000), default=4, help="simulated exposures (4)"
     )
     stress.add_argument(
-        "--fibers", type=_at_least(1, 300), default=8, help="fibers per exposure, 1 to 300 (8)"
+        "--fibers", type=at_least(1, 300), default=8, help="fibers per exposure, 1 to 300 (8)"
     )
     stress.add_argument(
-        "--column-step", type=_at_least(1), default=8, help="every n-th column lit (8)"
+        "--column-step", type=at_least(1), default=8, help="every n-th column lit (8)"
     )
     stress.add_argument(
         "--segment-columns", type=_segment_columns, default=DEFAULT_SEGMENT_COLUMNS,
@@ -180,25 +167,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--out", required=True, help="checkpoint folder to write")
     train.add_argument("--prior", action="store_true", help="train the prior on clean traces")
     _model_arguments(train)
-    train.add_argument("--steps", type=_at_least(1), default=2000, help="optimiser steps (2000)")
-    train.add_argument("--batch-size", type=_at_least(1), default=32, help="patches per step (32)")
-    train.add_argument("--nf", type=_at_least(1), default=16, help="U-net base width (16)")
+    train.add_argument("--steps", type=at_least(1), default=2000, help="optimiser steps (2000)")
+    train.add_argument("--batch-size", type=at_least(1), default=32, help="patches per step (32)")
+    train.add_argument("--nf", type=at_least(1), default=16, help="U-net base width (16)")
     evaluate = sub.add_parser("evaluate", help="compare a noise model with held-out darks")
     evaluate.add_argument("--model", required=True, help="checkpoint folder of a noise model")
     evaluate.add_argument("--darks", nargs="*", default=[], help="held-out darks (default: sim.)")
     _model_arguments(evaluate)
-    evaluate.add_argument("--steps", type=_at_least(1), default=300, help="sampler steps (300)")
+    evaluate.add_argument("--steps", type=at_least(1), default=300, help="sampler steps (300)")
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--patch", type=_at_least(2), nargs=2, default=(32, 32), metavar=("ROWS", "COLS"),
+        "--patch", type=at_least(2), nargs=2, default=(32, 32), metavar=("ROWS", "COLS"),
         help="patch size, rows and columns (32 32)",
     )  # fmt: skip
-    parser.add_argument("--patches", type=_at_least(1), default=1024, help="patches to use (1024)")
+    parser.add_argument("--patches", type=at_least(1), default=1024, help="patches to use (1024)")
     parser.add_argument("--gain", type=_positive, default=1.9, help="e-/DN of real darks (1.9)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device")
-    parser.add_argument("--threads", type=_at_least(1), default=1, help="torch threads (1)")
+    parser.add_argument("--threads", type=at_least(1), default=1, help="torch threads (1)")
     _noise_arguments(parser)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..commands import MAX_SEED, at_least
 from ..errors import EXIT_FLAGGED, EXIT_OK
 from ..simulate import omega_uniform, simulate_ramps
 from ..solver import extract_fluxes, fit_constant, fit_equal_weight, fit_omega
@@ -925,32 +926,6 @@ def write_report(results: dict, out_dir) -> Path:
 # --------------------------------------------------------------------------------------------
 # Command line: pyapred validate
 # --------------------------------------------------------------------------------------------
-def _seed(text: str) -> int:
-    """argparse type: a seed NumPy takes, an integer >= 0."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 #: What ``pyapred validate --help`` says of the backend: why there is no ``--backend``.
 BACKEND_NOTE = (
     "Runs on the NumPy backend (Numba kernels): the studies call the solver without its "
@@ -975,10 +950,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="validation", help="output folder (default ./validation)")
     # Kept so that old invocations with --backend numpy still run (see BACKEND_NOTE).
     parser.add_argument("--backend", default="numpy", choices=["numpy"], help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=_seed, default=104, help="random seed (default 104)")
+    parser.add_argument(
+        "--seed", type=at_least(0, MAX_SEED), default=104, help="random seed (default 104)"
+    )
     parser.add_argument(
         "--examples",
-        type=_positive_int,
+        type=at_least(1),
         metavar="N",
         help="III.3 pixels per flux level and omega draw (default: 1000 full, 50 quick; "
         "the paper's text says 100: docs/validation.md)",
