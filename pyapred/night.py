@@ -501,13 +501,18 @@ def run_night(
         scheduler cannot be reached.
     """
     from .exposure import check_calibration_options
-    from .io.atomic import writable_folder
+    from .io.atomic import kept_as, writable_folder
 
     # Before the output folder is made and locked: what no exposure can run with.
     for flag, value in (("--workers", workers), ("--threads-per-worker", threads_per_worker)):
         if scheduler == "local" and value < 1:
             raise InputError(flag, flag, "at least 1", str(value))
     check_calibration_options(options)
+    # The workers' processes do not know --log's file: its name is refused here.
+    products = [t.product for t in tasks if t.product]
+    for output in (Path(out) / FAILURES_FILE, Path(out) / LOCK_FILE, *products):
+        if kept_as(output) is not None:
+            raise InputError(output, "--out", "an output path of its own", kept_as(output))
     out = writable_folder(out)
     with _locked(out, wait):
         return _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resume,

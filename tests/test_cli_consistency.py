@@ -164,6 +164,19 @@ def test_log_is_checked_before_any_work(tmp_path, capsys):
     assert "--log" in capsys.readouterr().err
 
 
+def test_no_output_replaces_the_log(tmp_path, capsys):
+    # --log naming a file the command derives from --out: with --overwrite the output replaced
+    # the log (the run's record lost, exit 0); without, the refusal said "an existing file".
+    out = tmp_path / "sim"
+    log = out / "apR-a-52190001.apz"
+    assert main([*SIMULATE, "--out", str(out), "--log", str(log), "--overwrite"]) == 2
+    assert "--out: expected an output path of its own, found --log's file" in (
+        capsys.readouterr().err
+    )
+    assert "exit code 2" in log.read_text()
+    assert sorted(p.name for p in out.iterdir()) == [log.name]
+
+
 def test_logging_state_is_restored_after_a_run(tmp_path, capsys):
     loggers = [logging.getLogger(name) for name in ("pyapred", "py.warnings")]
     before = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]

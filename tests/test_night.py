@@ -207,3 +207,18 @@ def test_settings_no_exposure_can_run_with_are_refused_before_the_out_folder(nig
         assert main(night_argv(raw, out, *extra)) == 2
         assert words in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_no_product_replaces_the_log(night, tmp_path, capsys):
+    """`--log` named like a product: the worker's product replaced the log (exit 0), or, named
+    like failures.json, the run fitted every exposure before failing at the end."""
+    from pyapred.night import FAILURES_FILE, LOCK_FILE
+
+    raw, reference = night
+    for name in (sorted(products(reference))[0], FAILURES_FILE, LOCK_FILE):
+        out = tmp_path / name.strip(".")
+        log = out / name
+        assert main([*night_argv(raw, out, "--workers", "1"), "--log", str(log)]) == 2
+        assert "expected an output path of its own, found --log's file" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [name]
+        assert "exit code 2" in log.read_text()

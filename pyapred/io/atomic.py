@@ -9,6 +9,42 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+#: Files no output may replace while they are kept (``--log``'s file during a command's run),
+#: with what they are: each an existing file, compared by identity (links followed).
+_KEPT: dict[Path, str] = {}
+
+
+@contextlib.contextmanager
+def kept_file(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Within the block, no output may replace the existing file ``path``.
+
+    :func:`~pyapred.io.paths.check_output_path` refuses it as an output before any work and
+    :func:`atomic_path` before writing: with ``--overwrite``, an output named like the log
+    would otherwise replace it, and the run's record would be lost.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An existing file.
+    what : str
+        What it is, for the error (``"--log's file"``).
+    """
+    path = Path(path)
+    _KEPT[path] = what
+    try:
+        yield
+    finally:
+        _KEPT.pop(path, None)
+
+
+def kept_as(path: str | os.PathLike) -> str | None:
+    """What keeps ``path`` from being replaced (see :func:`kept_file`), or None."""
+    for kept, what in _KEPT.items():
+        with contextlib.suppress(OSError):
+            if os.path.exists(path) and os.path.samefile(path, kept):
+                return what
+    return None
+
 
 def writable_folder(
     folder: str | os.PathLike,
@@ -116,6 +152,9 @@ def atomic_path(
         Both match the glob ``.{name}.*.tmp*`` that finds stale temporaries.
     """
     path = Path(path)
+    kept = kept_as(path)
+    if kept is not None:
+        raise FileExistsError(errno.EEXIST, f"is {kept}, which no output may replace", str(path))
     if path.exists() and not overwrite:
         raise FileExistsError(
             errno.EEXIST,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import InputError
-from .atomic import writable_folder
+from .atomic import kept_as, writable_folder
 
 __all__ = ["check_input_file", "check_output_path", "remove_stale_temporaries"]
 
@@ -84,14 +84,18 @@ def check_output_path(
     Raises
     ------
     InputError
-        The path is one of the inputs, a folder where a file is expected (or the reverse), an
-        existing file without ``overwrite``, a special file, or in a folder that cannot be
-        written.
+        The path is one of the inputs or a file kept from outputs (``--log``'s, see
+        :func:`~pyapred.io.atomic.kept_file`), a folder where a file is expected (or the
+        reverse), an existing file without ``overwrite``, a special file, or in a folder that
+        cannot be written.
     """
     path = Path(path)
     for item in inputs:
         if _same_file(path, Path(item)):
             raise InputError(path, field, "an output path that is none of the inputs", str(item))
+    kept = kept_as(path)
+    if kept is not None:
+        raise InputError(path, field, "an output path of its own", kept)
     if folder:  # checked, not made: a failed run leaves no empty folder behind
         if path.exists() and not path.is_dir():
             raise InputError(path, field, "a folder (for the plots)", "an existing file")

@@ -5,7 +5,9 @@ import stat
 
 import pytest
 
-from pyapred.io.atomic import atomic_path, write_bytes_atomic
+from pyapred.errors import InputError
+from pyapred.io.atomic import atomic_path, kept_file, write_bytes_atomic
+from pyapred.io.paths import check_output_path
 
 
 @pytest.fixture
@@ -81,3 +83,22 @@ def test_folders_made_before_a_failing_one_are_removed(tmp_path):
     with pytest.raises(OSError), atomic_path(tmp_path / "a" / "b" / ("x" * 300) / "f.h5"):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_kept_file_is_replaced_by_no_output(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("the record")
+    link = tmp_path / "link.log"
+    link.symlink_to(log)
+    with kept_file(log, "--log's file"):
+        for path in (log, link):
+            with pytest.raises(InputError, match="--log's file"):
+                check_output_path(path, "--out", overwrite=True)
+            with pytest.raises(FileExistsError, match="no output may replace"):
+                with atomic_path(path, overwrite=True) as tmp:
+                    tmp.write_text("an output")
+        check_output_path(tmp_path / "other", "--out")
+    assert log.read_text() == "the record"
+    with atomic_path(log, overwrite=True) as tmp:  # kept no longer
+        tmp.write_text("an output")
+    assert log.read_text() == "an output"
