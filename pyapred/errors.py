@@ -42,7 +42,9 @@ class InputError(ValueError):
         self.field = field
         self.expected = expected
         self.found = found
-        message = f"{self.path}: {field}: expected {expected}"
+        # A command-line flag at fault is both the path and the field: named once.
+        where = self.path if self.path == field else f"{self.path}: {field}"
+        message = f"{where}: expected {expected}"
         if found is not None:
             message += f", found {found}"
         super().__init__(message)

@@ -169,7 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(train)
     train.add_argument("--steps", type=at_least(1), default=2000, help="optimiser steps (2000)")
     train.add_argument("--batch-size", type=at_least(1), default=32, help="patches per step (32)")
-    train.add_argument("--nf", type=at_least(1), default=16, help="U-net base width (16)")
+    train.add_argument("--nf", type=at_least(1, 256), default=16, help="U-net base width (16)")
     evaluate = sub.add_parser("evaluate", help="compare a noise model with held-out darks")
     evaluate.add_argument("--model", required=True, help="checkpoint folder of a noise model")
     evaluate.add_argument("--darks", nargs="*", default=[], help="held-out darks (default: sim.)")
@@ -179,7 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--patch", type=at_least(2), nargs=2, default=(32, 32), metavar=("ROWS", "COLS"),
+        "--patch", type=at_least(4, 2048), nargs=2, default=(32, 32), metavar=("ROWS", "COLS"),
         help="patch size, rows and columns (32 32)",
     )  # fmt: skip
     parser.add_argument("--patches", type=at_least(1), default=1024, help="patches to use (1024)")
@@ -223,6 +223,7 @@ def _train(args: argparse.Namespace) -> int:
     from .sbm import trace_patches, train_score_model
 
     check_output_path(args.out, "--out", folder=True)  # before the data and the training
+    _check_model_settings(args, nf=args.nf)
 
     if args.prior:
         data = trace_patches(args.patches, tuple(args.patch), rng=args.seed)
@@ -241,10 +242,22 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_model_settings(args: argparse.Namespace, nf: int | None = None) -> None:
+    """What torch or the U-net would refuse after the data are made (an error from deep inside
+    score_models), refused at the flag."""
+    from .sbm import setting_problems
+
+    for argument, expected, found in setting_problems(
+        nf=nf, patch=tuple(args.patch), device=args.device, threads=args.threads
+    ):
+        raise InputError(f"--{argument}", f"--{argument}", expected, found)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import pqmass, psd_slope, row_mean_std
     from .sbm import load_score_model, posterior_samples
 
+    _check_model_settings(args)
     held_out = _dark_patches(args, args.seed + 1)
     log.info("pyapred noise evaluate: %d samples, %d sampler steps", len(held_out), args.steps)
     model = load_score_model(args.model, device=args.device, threads=args.threads)

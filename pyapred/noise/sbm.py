@@ -32,6 +32,7 @@ __all__ = [
     "load_score_model",
     "noise_model_likelihood",
     "posterior_samples",
+    "setting_problems",
     "summarize",
     "trace_patches",
     "train_score_model",
@@ -53,6 +54,51 @@ def _torch(threads: int = 1):
     torch.set_num_threads(int(threads))
     torch.set_flush_denormal(True)
     return torch, score_models
+
+
+def setting_problems(
+    *,
+    nf: int | None = None,
+    patch: tuple[int, int] | None = None,
+    device: str = "cpu",
+    threads: int = 1,
+) -> list[tuple[str, str, str]]:
+    """What the U-net or torch cannot run, found before any data is made or training starts.
+
+    Parameters
+    ----------
+    nf : int, optional
+        U-net base width of a model to train: its layers' channels must split into whole
+        groups (16, 32, 64 do; 36, 48 do not), checked by building the network once.
+    patch : (int, int), optional
+        Patch rows and columns: multiples of 4 (the U-net halves them twice).
+    device : str
+        ``"cpu"``, or ``"cuda"`` where torch sees a CUDA device.
+    threads : int
+
+    Returns
+    -------
+    list of (argument, expected, found)
+        Empty when all can run.
+    """
+    torch, sm = _torch(threads)
+    problems = []
+    if device not in ("cpu", "cuda"):
+        problems.append(("device", "cpu or cuda", repr(device)))
+    elif device == "cuda" and not torch.cuda.is_available():
+        problems.append(("device", "cpu, or cuda where torch sees a CUDA device", "none"))
+    if patch is not None and (len(patch) != 2 or any(int(n) < 4 or int(n) % 4 for n in patch)):
+        problems.append(("patch", "rows and columns, multiples of 4", str(tuple(patch))))
+    elif nf is not None:
+        shape = (1, 1, *(patch or (8, 8)))
+        try:
+            net = sm.DDPM(channels=1, nf=int(nf), ch_mult=(1, 2, 2), attention=False)
+            with torch.no_grad():
+                net(torch.zeros(1), torch.zeros(shape))
+        except (ValueError, RuntimeError, ArithmeticError) as error:
+            problems.append(("nf", "a U-net width whose layers split into whole groups "
+                             "(such as 16, 32, 64)", f"{nf} ({error})"))  # fmt: skip
+    return problems
 
 
 def train_score_model(
@@ -98,6 +144,10 @@ def train_score_model(
     data = torch.as_tensor(np.asarray(patches, dtype=np.float32))[:, None]
     if data.ndim != 4 or data.shape[-1] % 4 or data.shape[-2] % 4:
         raise ValueError(f"patches: expected (n, h, w) with h, w multiples of 4, got {data.shape}")
+    for argument, expected, found in setting_problems(
+        nf=nf, patch=tuple(data.shape[-2:]), device=device, threads=threads
+    ):
+        raise ValueError(f"{argument}: expected {expected}, got {found}")
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -138,6 +188,8 @@ def load_score_model(directory, *, device: str = "cpu", threads: int = 1):
     _, sm = _torch(threads)
     if not Path(directory).is_dir():
         raise FileNotFoundError(f"{directory}: no such checkpoint folder")
+    for argument, expected, found in setting_problems(device=device, threads=threads):
+        raise ValueError(f"{argument}: expected {expected}, got {found}")
     return sm.ScoreModel(checkpoints_directory=str(directory), device=device)
 
 

@@ -110,3 +110,38 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert main(["noise", "evaluate", "--model", str(tmp_path / "m"), "--steps", "5", "--json",
                  *common]) == 0  # fmt: skip
     assert '"pqmass_generated"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--nf", "2"], "--nf: expected a U-net width"),  # a ZeroDivisionError in score_models
+        (["--nf", "36"], "--nf: expected a U-net width"),  # GroupNorm's channels
+        (["--patch", "12", "6"], "--patch: expected rows and columns, multiples of 4"),
+    ],
+)
+def test_cli_refuses_settings_the_network_cannot_take_before_any_work(tmp_path, capsys, flags,
+                                                                      words):  # fmt: skip
+    out = tmp_path / "m"
+    assert main(["noise", "train", "--out", str(out), "--steps", "1", *flags]) == 2
+    assert words in capsys.readouterr().err and not out.exists()
+
+
+def test_cuda_without_a_cuda_device_is_refused_at_the_flag(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    out = tmp_path / "m"
+    assert main(["noise", "train", "--out", str(out), "--device", "cuda"]) == 2
+    assert "--device: expected cpu, or cuda where torch sees" in capsys.readouterr().err
+    assert main(["noise", "evaluate", "--model", str(out), "--device", "cuda"]) == 2
+    assert "--device" in capsys.readouterr().err and not out.exists()
+
+
+def test_setting_problems_names_what_the_network_refuses():
+    from pyapred.noise.sbm import setting_problems
+
+    assert setting_problems(nf=16, patch=(32, 32)) == []
+    assert [p[0] for p in setting_problems(nf=36, patch=(8, 8))] == ["nf"]
+    assert [p[0] for p in setting_problems(nf=16, patch=(6, 8))] == ["patch"]
+    with pytest.raises(ValueError, match="nf: expected"):
+        train_score_model(np.zeros((4, 8, 8), np.float32), nf=36, steps=1)
