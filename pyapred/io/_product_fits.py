@@ -141,9 +141,12 @@ def read_fits(
     path: str | os.PathLike, versions, chip_type, fiber_type, *, images: bool = True
 ) -> tuple:
     """``(chips, fibers, metadata, version)`` of a FITS product; InputError for anything
-    malformed or of a version not in ``versions``."""
+    malformed or of a version not in ``versions``: the HDU at fault is named (and the column,
+    where one is missing)."""
+    where = "FITS structure"  # until the file opens: not FITS, or truncated
     try:
         with fits.open(path, memmap=False) as hdul:
+            where = "HDU 0"
             found = hdul[0].header.get("PAPFMT")
             if found is None:
                 raise InputError(path, "HDU 0 PAPFMT", "a pyapred product", "nothing")
@@ -157,7 +160,8 @@ def read_fits(
                 )
             parts: dict[str, dict] = {}
             fibers, metadata = {}, {}
-            for hdu in hdul[1:]:
+            for number, hdu in enumerate(hdul[1:], start=1):
+                where = f"HDU {number} ({hdu.name or 'no EXTNAME'})"
                 header = hdu.header
                 if "PAPCHIP" in header:
                     if images:
@@ -165,8 +169,10 @@ def read_fits(
                             hdu.data
                         )
                 elif "PAPGROUP" in header:
+                    _check_columns(path, where, hdu.data, _FIBER_COLUMNS)
                     fibers[header["PAPGROUP"]] = _fibers(hdu.data, fiber_type)
                 elif hdu.name == "METADATA":
+                    _check_columns(path, where, hdu.data, ("KEY", "VALUE"))
                     metadata = {
                         str(key): json.loads(value)
                         for key, value in zip(hdu.data["KEY"], hdu.data["VALUE"], strict=True)
@@ -175,7 +181,7 @@ def read_fits(
         raise
     except Exception as exc:  # astropy, KeyError, json errors: a malformed file
         raise InputError(
-            path, "FITS structure", "a pyapred FITS product", found=f"{type(exc).__name__}: {exc}"
+            path, where, "a pyapred FITS product", found=f"{type(exc).__name__}: {exc}"
         ) from None
     chips = {}
     for chip, arrays in parts.items():
@@ -201,6 +207,17 @@ _STATISTICS = ("AMPLITUDE", "DELTA_CHI2", "P_VALUE", "N_FIT_PIXELS", "N_ITER",
                "CHROMATIC_DELTA_CHI2", "CHROMATIC_P_VALUE", "CHROMATIC_AMPLITUDE")  # fmt: skip
 #: Optional ``(n, K)`` columns (the chromatic fit).
 _ARRAYS = ("GAMMA", "GAMMA_COV")
+
+
+#: The columns of every fiber table (the statistics and ``_ARRAYS`` are optional).
+_FIBER_COLUMNS = ("FIBER_INDEX", "OMEGA", "OMEGA_COV", "REF_INDEX", "MODEL", "FLAGS")
+
+
+def _check_columns(path, where: str, table, required) -> None:
+    names = set(getattr(getattr(table, "columns", None), "names", None) or ())
+    for name in required:
+        if name not in names:
+            raise InputError(path, f"{where} column {name}", "a column of a pyapred table", "none")
 
 
 def _fibers(table, fiber_type):

@@ -14,6 +14,7 @@ from astropy.io import fits
 
 import pyapred
 from pyapred import Flag
+from pyapred.errors import InputError
 from pyapred.io import (
     ChipImages,
     FiberResults,
@@ -344,6 +345,41 @@ def test_fits_header_cards_units_and_round_trip(tmp_path):
     assert product.format_version == 2 and product.metadata["expnum"] == 52190065
     assert_round_trip(product, chips, fibers)
     assert read_product(path, images=False).chips == {}
+
+
+def test_a_malformed_fits_product_names_the_hdu_and_column(tmp_path):
+    """Every reading error was one "FITS structure" field: which HDU, which column?"""
+    rng = np.random.default_rng(3)
+    path = write_product(tmp_path / "p.fits", chips={"R": make_chip(rng)},
+                         fibers={"R": make_fibers(rng)}, metadata={"mjd": 60781})  # fmt: skip
+
+    def broken(change) -> str:
+        with fits.open(path) as hdul:
+            hdus = [hdu.copy() for hdu in hdul]
+        change(hdus)
+        bad = tmp_path / "bad.fits"
+        fits.HDUList(hdus).writeto(bad, overwrite=True)
+        with pytest.raises(InputError) as error:
+            read_product(bad)
+        return str(error.value)
+
+    def without_omega(hdus):
+        number = next(i for i, h in enumerate(hdus) if h.name == "FIBERS_R")
+        table = hdus[number]
+        columns = [c for c in table.columns if c.name != "OMEGA"]
+        hdus[number] = fits.BinTableHDU.from_columns(columns, header=table.header)
+
+    def bad_json(hdus):
+        hdus[-1].data["VALUE"][0] = "{not json"
+
+    def no_image_name(hdus):
+        del hdus[1].header["PAPIMAGE"]
+
+    assert "FIBERS_R) column OMEGA: expected a column" in broken(without_omega)
+    assert "(METADATA): expected a pyapred FITS product, found JSONDecodeError" in broken(bad_json)
+    assert "HDU 1 (R_RATE): expected a pyapred FITS product, found KeyError" in broken(
+        no_image_name
+    )
 
 
 def test_format_1_fits_still_reads(tmp_path):
