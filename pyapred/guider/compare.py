@@ -90,7 +90,7 @@ class GuiderComparison:
         The guider frames used.
     flags : tuple of str
         ``"disagree"``, ``"frames-dropped"``, ``"partial-coverage"``, ``"seeing-only"``,
-        ``"lag-unconstrained"``, ``"clock-offset"``, ``"lag-at-edge"``.
+        ``"omega-incomplete"``, ``"lag-unconstrained"``, ``"clock-offset"``, ``"lag-at-edge"``.
     dropped : tuple of (str, str)
         Guider files left out, with the reason.
     gamma, gamma_err : ndarray, ``(F, K)``, or None
@@ -447,6 +447,8 @@ def compare(
         )
     diag = np.diagonal(data.cov, axis1=1, axis2=2)
     has_data = np.isfinite(data.omega) & (diag > 0)  # the fixed element has variance 0
+    if (~np.isfinite(data.omega) & (diag != 0)).any():  # NaN elements, left out: said so
+        flags.append("omega-incomplete")
     averager = WindowAverager.for_series(series, t0)
     flux_var = series.flux_err**2
 

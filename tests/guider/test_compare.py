@@ -26,6 +26,16 @@ def test_comparison_recovers_the_scale_to_one_percent(sky):
     assert result.used[0].sum() == N_READS - 2  # all but the fixed reference element
 
 
+def test_nan_omega_elements_are_left_out_and_flagged(sky):
+    """They were left out of the fit without a word."""
+    omega = np.array(sky.fit.omega, dtype=float)
+    omega[..., 5] = np.nan
+    source = SimpleNamespace(omega=omega, omega_cov=sky.fit.omega_cov)
+    result = guider.compare(source, sky.frames, read_times=exposure_header())
+    assert result.flags == ("omega-incomplete",)
+    assert result.used[0].sum() == N_READS - 3 and not result.used[0, 5]
+
+
 def test_guider_results_have_short_reprs(sky):
     """A line or a few, never whole arrays (they were the dataclasses' full reprs: 2-40 kB)."""
     series = guider.guider_series(sky.frames)
