@@ -1,0 +1,78 @@
+"""A zlib stream of byte planes that stores, rather than compresses, the planes that do not
+compress.
+
+A product's float32 images are written with HDF5's shuffle + deflate filters: each chunk's
+bytes are regrouped into planes (every element's first byte, then every second byte, ...) and
+deflated as one zlib stream. The low mantissa bytes of noisy fluxes are random: zlib spends
+half of its time on them and gains nothing (1.000 of their size at level 4). Deflate allows
+stored blocks beside compressed ones in one stream, so such planes are written as they are;
+any inflater (HDF5's deflate filter, ``zlib.decompress``) reads the stream unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+__all__ = ["deflate_planes"]
+
+#: A plane is stored when level 1 compresses its samples to more than this fraction of their
+#: size. Its repeats must lie within a sample (an image's rows): a covariance matrix's, a row of
+#: the matrix apart, are missed (its planes are deflated whole, ``store=False``).
+STORE_ABOVE = 0.98
+#: Bytes of a plane compressed to decide. Smaller samples compress worse: at 4 kB the low bytes
+#: of a product's ivar image (0.955 of their size at level 4) were stored too.
+SAMPLE_BYTES = 1 << 13
+#: The most bytes one stored block holds (its length is 16 bits).
+_STORED_MAX = 0xFFFF
+#: A zlib header: deflate, 32 kB window, no preset dictionary (0x7801 is a multiple of 31).
+_HEADER = b"\x78\x01"
+#: An empty final stored block: ends the deflate stream at a byte boundary.
+_LAST_BLOCK = b"\x01\x00\x00\xff\xff"
+
+
+def deflate_planes(planes: np.ndarray, level: int) -> bytes:
+    """The zlib stream of ``planes`` (concatenated in order), each plane deflated at ``level``
+    or stored where it does not compress.
+
+    Parameters
+    ----------
+    planes : ndarray of uint8, ``(n_planes, n_bytes)``, C-contiguous
+        The shuffled bytes of a chunk: plane ``k`` holds byte ``k`` of every element.
+    level : int
+        zlib level (1-9) of the planes that compress.
+
+    Returns
+    -------
+    bytes
+        ``zlib.decompress`` of it gives ``planes.tobytes()``.
+    """
+    planes = np.ascontiguousarray(planes, dtype=np.uint8)
+    if planes.ndim != 2:
+        raise ValueError(f"planes: expected (n_planes, n_bytes), got shape {planes.shape}")
+    parts = [_HEADER]
+    for plane in planes:
+        data = memoryview(plane)
+        if _compresses(data):
+            # A raw deflate stream flushed to a byte boundary without a final block: the
+            # next plane's blocks follow it in the same stream.
+            packer = zlib.compressobj(level, zlib.DEFLATED, -15)
+            parts += [packer.compress(data), packer.flush(zlib.Z_SYNC_FLUSH)]
+        else:
+            for start in range(0, len(data), _STORED_MAX):
+                block = data[start : start + _STORED_MAX]
+                parts += [struct.pack("<BHH", 0, len(block), 0xFFFF ^ len(block)), block]
+    parts += [_LAST_BLOCK, struct.pack(">I", zlib.adler32(planes))]
+    return b"".join(parts)
+
+
+def _compresses(data: memoryview) -> bool:
+    """Whether the plane's start or middle compresses (an image's first rows may differ from
+    the rest: reference pixels, NaN rows)."""
+    middle = max(0, len(data) // 2 - SAMPLE_BYTES // 2)
+    for sample in (data[:SAMPLE_BYTES], data[middle : middle + SAMPLE_BYTES]):
+        if len(sample) and len(zlib.compress(sample, 1)) <= STORE_ABOVE * len(sample):
+            return True
+    return False

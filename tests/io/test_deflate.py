@@ -1,0 +1,41 @@
+"""Byte planes deflated where they compress and stored where they do not, in one zlib stream."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from pyapred.io.deflate import deflate_planes
+
+
+@pytest.mark.parametrize("n_bytes", [0, 1, 5000, 65535, 65536, 200_001])
+def test_any_inflater_reads_the_planes_back(n_bytes):
+    rng = np.random.default_rng(n_bytes)
+    planes = np.stack([
+        rng.integers(0, 256, n_bytes, dtype=np.uint8),  # random: stored
+        np.zeros(n_bytes, np.uint8),  # compresses
+        rng.integers(0, 256, n_bytes, dtype=np.uint8),  # stored, after a compressed plane
+        (np.arange(n_bytes) % 7).astype(np.uint8),
+    ])  # fmt: skip
+    stream = deflate_planes(planes, 4)
+    assert zlib.decompress(stream) == planes.tobytes()
+    inflater = zlib.decompressobj()  # a streaming inflater, in small pieces
+    pieces = [inflater.decompress(stream[i : i + 999]) for i in range(0, len(stream), 999)]
+    assert b"".join(pieces) + inflater.flush() == planes.tobytes() and inflater.eof
+
+
+def test_random_planes_are_stored_and_the_others_compressed():
+    rng = np.random.default_rng(1)
+    noisy = rng.integers(0, 256, (2, 100_000), dtype=np.uint8)
+    stream = deflate_planes(noisy, 4)
+    assert len(stream) < noisy.size + 100  # stored: 5 bytes a 64 kB block, never larger
+    assert len(zlib.compress(noisy.tobytes(), 4)) > noisy.size  # where zlib spent its time
+    smooth = np.repeat(np.arange(200, dtype=np.uint8), 500)[None]
+    assert len(deflate_planes(smooth, 4)) < 0.01 * smooth.size
+
+
+def test_planes_must_be_two_dimensional():
+    with pytest.raises(ValueError, match="planes"):
+        deflate_planes(np.zeros(10, np.uint8), 4)
