@@ -440,7 +440,8 @@ def write_product(
     if path.is_dir():
         raise ValueError(f"path: expected a file name, got the folder {path}")
     if is_fits_path(path):
-        meta = _writer_metadata(inputs, backend) | dict(metadata or {})
+        meta = _writer_metadata(inputs, backend, [sha256_file(p) for p in inputs])
+        meta |= dict(metadata or {})
         images = {
             chip: {name: (array, _IMAGES[name].units) for name, array in _images(v).items()}
             for chip, v in chips.items()
@@ -539,11 +540,14 @@ class ProductWriter:
                 description="per fiber group (a chip, or joint), a table: every dataset's "
                 "first axis is the fiber",
             )
-        for key, results in fibers.items():
-            _write_fibers(self._handle.create_group(f"fibers/{key}"), results)
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            # The inputs are hashed while the fiber tables are compressed (both free the GIL).
+            digests = pool.map(sha256_file, inputs)
+            for key, results in fibers.items():
+                _write_fibers(self._handle.create_group(f"fibers/{key}"), results)
+            meta = _writer_metadata(inputs, backend, list(digests)) | dict(metadata or {})
         group = self._handle.create_group("metadata")
         describe(group, description="provenance, fit settings and the exposure's timing")
-        meta = _writer_metadata(inputs, backend) | dict(metadata or {})
         for key, value in meta.items():
             units, description = _METADATA.get(key, _CALLER_KEY)
             axes = _METADATA_AXES.get(key) if np.ndim(value) == 1 else None
@@ -792,7 +796,11 @@ def _write_compressed(
     return dataset  # fmt: skip
 
 
-def _writer_metadata(inputs: Sequence[str | os.PathLike], backend: str) -> dict:
+def _writer_metadata(
+    inputs: Sequence[str | os.PathLike], backend: str, digests: Sequence[str]
+) -> dict:
+    """The writer's provenance: version, git state, backend, the inputs' names and their
+    SHA-256 ``digests``."""
     from .. import __version__
 
     meta: dict[str, object] = {"pyapred_version": __version__}
@@ -802,7 +810,7 @@ def _writer_metadata(inputs: Sequence[str | os.PathLike], backend: str) -> dict:
         meta["git_clean"] = clean
     meta["backend"] = backend
     meta["input_files"] = [Path(p).name for p in inputs]
-    meta["input_sha256"] = [sha256_file(Path(p)) for p in inputs]
+    meta["input_sha256"] = list(digests)
     meta["format_version"] = FORMAT_VERSION
     return meta
 
