@@ -424,12 +424,18 @@ end
         @test patched.pixel_flags[21, 4] & NONFINITE_READ != 0
         @test patched.stages.results[1].n_diff[20, 4] == 0
         @test patched.model == [MODEL_TIME_VARIABLE]
-        @test_throws ArgumentError sutr_omega(dimages, fill(NaN, nx, ny), read_var, last,
-            trues(nx, ny, n_diffs); traces, options)
+        # A gain map with no gain at all: refused by the patching itself (its message), not by a
+        # later check of NaN gains.
+        @test_throws "NaN or 0 everywhere" sutr_omega(dimages, fill(NaN, nx, ny), read_var,
+            last, trues(nx, ny, n_diffs); traces, options)
         # The chromatic model takes the chip's wavelengths from its name.
         chromatic = FitOptions(min_fit_pixels = 10, chromatic = true)
         @test_throws ArgumentError sutr_omega(dimages, gain, read_var, last,
             trues(nx, ny, n_diffs); traces, options = chromatic)
+        named = sutr_omega(dimages, gain, read_var, last, trues(nx, ny, n_diffs); traces,
+            options = chromatic, chip = "a")  # ApogeeReduction's letter of chip R
+        @test named.model[1] in (MODEL_TIME_VARIABLE, MODEL_CHROMATIC)
+        @test named.omega[named.ref_index, 1] == 1.0
         # The driver's checks: a plausible calibration, one exposure's sizes.
         reads = APRampFit.reads_from_differences(dimages, last)
         @test_throws ArgumentError run_chips(ChipExposure(reads, 5000.0; gain = 1.9), traces)
