@@ -63,46 +63,45 @@ const MAX_HALFWIDTH = 10.0
 
 "Throw an `ArgumentError` naming the first setting of `options` out of range."
 function check_options(options::FitOptions)
+    # In the order of pyapred's FitOptions fields, then the settings that cannot go together,
+    # so that both name the same setting first when several are wrong.
     options.model in ("auto", "constant", "time-variable") ||
         throw(ArgumentError("model: expected \"auto\", \"constant\" or \"time-variable\", got $(repr(options.model))"))
     0 < options.p_value < 1 ||
         throw(ArgumentError("p_value: expected a probability between 0 and 1, got $(options.p_value)"))
-    for (name, value) in (("amplitude_threshold", options.amplitude_threshold),
-                          ("min_snr", options.min_snr))
-        isfinite(value) && value >= 0 ||
-            throw(ArgumentError("$name: expected a finite number >= 0, got $value"))
-    end
-    for (name, value) in (("max_omega_error", options.max_omega_error),
-                          ("jump_threshold", options.jump_threshold))
-        isfinite(value) && value > 0 ||
-            throw(ArgumentError("$name: expected a finite number > 0, got $value"))
-    end
-    for (name, value) in (("core_halfwidth", options.core_halfwidth),
-                          ("map_halfwidth", options.map_halfwidth))
-        0 < value <= MAX_HALFWIDTH ||
-            throw(ArgumentError("$name: expected a number in (0, $MAX_HALFWIDTH], got $value"))
-    end
-    0 < options.min_purity <= 1 ||
-        throw(ArgumentError("min_purity: expected a fraction in (0, 1], got $(options.min_purity)"))
+    isfinite(options.amplitude_threshold) && options.amplitude_threshold >= 0 ||
+        throw(ArgumentError("amplitude_threshold: expected a finite number >= 0, got $(options.amplitude_threshold)"))
+    0 < options.chromatic_p_value < 1 ||
+        throw(ArgumentError("chromatic_p_value: expected a probability between 0 and 1, got " *
+                            "$(options.chromatic_p_value)"))
     options.min_fit_pixels >= 0 ||
         throw(ArgumentError("min_fit_pixels: expected >= 0, got $(options.min_fit_pixels)"))
+    isfinite(options.max_omega_error) && options.max_omega_error > 0 ||
+        throw(ArgumentError("max_omega_error: expected a finite number > 0, got $(options.max_omega_error)"))
+    isfinite(options.min_snr) && options.min_snr >= 0 ||
+        throw(ArgumentError("min_snr: expected a finite number >= 0, got $(options.min_snr)"))
+    0 < options.core_halfwidth <= MAX_HALFWIDTH ||
+        throw(ArgumentError("core_halfwidth: expected a number in (0, $MAX_HALFWIDTH], got $(options.core_halfwidth)"))
+    0 < options.min_purity <= 1 ||
+        throw(ArgumentError("min_purity: expected a fraction in (0, 1], got $(options.min_purity)"))
+    options.max_fit_pixels === nothing || options.max_fit_pixels >= 1 ||
+        throw(ArgumentError("max_fit_pixels: expected nothing or an integer >= 1, got $(options.max_fit_pixels)"))
+    0 < options.map_halfwidth <= MAX_HALFWIDTH ||
+        throw(ArgumentError("map_halfwidth: expected a number in (0, $MAX_HALFWIDTH], got $(options.map_halfwidth)"))
     options.max_iter >= 1 ||
         throw(ArgumentError("max_iter: expected an integer >= 1, got $(options.max_iter)"))
+    isfinite(options.jump_threshold) && options.jump_threshold > 0 ||
+        throw(ArgumentError("jump_threshold: expected a finite number > 0, got $(options.jump_threshold)"))
     options.correct_1f in ("none", "nuisance") ||
         throw(ArgumentError("correct_1f: expected \"none\" or \"nuisance\" (a reference " *
                             "correction of the reads comes before the stages), got " *
                             repr(options.correct_1f)))
     check_segment_columns(options.segment_columns)
-    0 < options.chromatic_p_value < 1 ||
-        throw(ArgumentError("chromatic_p_value: expected a probability between 0 and 1, got " *
-                            "$(options.chromatic_p_value)"))
     options.chromatic && nuisance(options) &&
-        throw(ArgumentError("chromatic: expected correct_1f without the nuisance term (the " *
+        throw(ArgumentError("correct_1f: expected no nuisance term with chromatic (the " *
                             "chromatic fit has no offsets), got $(repr(options.correct_1f))"))
     options.chromatic && options.model == "constant" &&
         throw(ArgumentError("chromatic: expected no chromatic fit with the constant model " *
                             "forced on every fiber, got true"))
-    options.max_fit_pixels === nothing || options.max_fit_pixels >= 1 ||
-        throw(ArgumentError("max_fit_pixels: expected nothing or an integer >= 1, got $(options.max_fit_pixels)"))
     return options
 end

@@ -298,6 +298,13 @@ end
             correct_1f = "nuisance"))
         @test_throws ArgumentError APRampFit.check_options(FitOptions(chromatic_p_value = 1.0))
         @test_throws ArgumentError APRampFit.check_options(FitOptions(chromatic_p_value = 0.0))
+        # Several wrong: the first named as pyapred's FitOptions names it (its field order).
+        @test_throws "min_fit_pixels:" APRampFit.check_options(FitOptions(min_snr = -1.0,
+            min_fit_pixels = -1))
+        @test_throws "max_iter:" APRampFit.check_options(FitOptions(jump_threshold = -1.0,
+            max_iter = 0))
+        @test_throws "correct_1f: expected no nuisance term" APRampFit.check_options(
+            FitOptions(chromatic = true, correct_1f = "nuisance"))
         # The chips' wavelengths and the chromatic coordinate, as pyapred.chromatic's.
         @test MODEL_NAMES[MODEL_CHROMATIC + 1] == "time_variable_chromatic"
         @test chip_wavelength("R", 3) ≈ [1.6965, 1.672, 1.6475] rtol = 1e-15
