@@ -279,8 +279,6 @@ def _output(args: argparse.Namespace) -> Iterator[logging.Logger]:
     verbose, log_path = getattr(args, "verbose", False), getattr(args, "log", None)
     args.progress = not (quiet or as_json)
     if log_path is not None:
-        from .io.atomic import kept_file
-
         log_path = _check_log_path(args)
     detail = logging.DEBUG if verbose else logging.INFO
     console = logging.StreamHandler(sys.stderr)
@@ -312,6 +310,8 @@ def _output(args: argparse.Namespace) -> Iterator[logging.Logger]:
         if quiet and not as_json:
             stdout = stack.enter_context(open(os.devnull, "w"))
         if log_path is not None:
+            from .io.atomic import kept_file
+
             stdout = _LogLines(stdout, logging.getLogger(_FILE_ONLY[1]))
             stack.enter_context(kept_file(log_path, "--log's file"))
         stack.enter_context(contextlib.redirect_stdout(stdout))

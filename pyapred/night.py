@@ -511,8 +511,9 @@ def run_night(
     # The workers' processes do not know --log's file: its name is refused here.
     products = [t.product for t in tasks if t.product]
     for output in (Path(out) / FAILURES_FILE, Path(out) / LOCK_FILE, *products):
-        if kept_as(output) is not None:
-            raise InputError(output, "--out", "an output path of its own", kept_as(output))
+        kept = kept_as(output)
+        if kept is not None:
+            raise InputError(output, "--out", "an output path of its own", kept)
     out = writable_folder(out)
     with _locked(out, wait):
         return _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resume,

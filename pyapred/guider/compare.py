@@ -447,7 +447,7 @@ def compare(
         )
     diag = np.diagonal(data.cov, axis1=1, axis2=2)
     has_data = np.isfinite(data.omega) & (diag > 0)  # the fixed element has variance 0
-    if (~np.isfinite(data.omega) & (diag != 0)).any():  # NaN elements, left out: said so
+    if (~has_data & (diag != 0)).any():  # NaN elements or variances, left out: said so
         flags.append("omega-incomplete")
     averager = WindowAverager.for_series(series, t0)
     flux_var = series.flux_err**2

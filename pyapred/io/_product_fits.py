@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +144,18 @@ def read_fits(
     """``(chips, fibers, metadata, version)`` of a FITS product; InputError for anything
     malformed or of a version not in ``versions``: the HDU at fault is named (and the column,
     where one is missing)."""
-    where = "FITS structure"  # until the file opens: not FITS, or truncated
+    where = "FITS structure"  # until the file opens: not FITS
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul = fits.open(path, memmap=False)
+            len(hdul)  # reads every header: a truncated file is only a warning of astropy's
+        with hdul:
+            for warning in caught:
+                if any(w in str(warning.message) for w in ("truncated", "Error validating")):
+                    found = str(warning.message).splitlines()[0]
+                    raise InputError(path, where, "a complete pyapred FITS product", found)
+                warnings.warn(warning.message, stacklevel=3)
             where = "HDU 0"
             found = hdul[0].header.get("PAPFMT")
             if found is None:
@@ -158,8 +168,9 @@ def read_fits(
                     f"product format {' or '.join(map(str, versions))} as an integer",
                     found=f"{found}, written by an incompatible version" if whole else repr(found),
                 )
+            primary = hdul[0].header.copy()
             parts: dict[str, dict] = {}
-            fibers, metadata = {}, {}
+            fibers, metadata, has_metadata = {}, {}, False
             for number, hdu in enumerate(hdul[1:], start=1):
                 where = f"HDU {number} ({hdu.name or 'no EXTNAME'})"
                 header = hdu.header
@@ -173,6 +184,7 @@ def read_fits(
                     fibers[header["PAPGROUP"]] = _fibers(hdu.data, fiber_type)
                 elif hdu.name == "METADATA":
                     _check_columns(path, where, hdu.data, ("KEY", "VALUE"))
+                    has_metadata = True
                     metadata = {
                         str(key): json.loads(value)
                         for key, value in zip(hdu.data["KEY"], hdu.data["VALUE"], strict=True)
@@ -183,6 +195,17 @@ def read_fits(
         raise InputError(
             path, where, "a pyapred FITS product", found=f"{type(exc).__name__}: {exc}"
         ) from None
+    # The primary header lists what was written (format 2): a file cut after whole HDUs is
+    # complete FITS, without the rest.
+    listed = {"CHIPS": set(parts) if images else None, "FIBGRPS": set(fibers)}
+    for card, have in listed.items():
+        names = [n for n in str(primary.get(card, "")).split(",") if n]
+        missing = sorted(set(names) - have) if have is not None and card in primary else []
+        if missing:
+            raise InputError(path, f"HDU 0 {card}", f"the HDUs of {', '.join(names)}",
+                             f"none for {', '.join(missing)}")  # fmt: skip
+    if not has_metadata:
+        raise InputError(path, "METADATA", "the metadata table HDU", "none")
     chips = {}
     for chip, arrays in parts.items():
         if not set(_REQUIRED_IMAGES) <= set(arrays) or not set(arrays) <= set(_SUFFIX):
@@ -214,6 +237,7 @@ _FIBER_COLUMNS = ("FIBER_INDEX", "OMEGA", "OMEGA_COV", "REF_INDEX", "MODEL", "FL
 
 
 def _check_columns(path, where: str, table, required) -> None:
+    """InputError naming the first of the ``required`` columns that ``table`` lacks."""
     names = set(getattr(getattr(table, "columns", None), "names", None) or ())
     for name in required:
         if name not in names:

@@ -9,9 +9,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-#: Files no output may replace while they are kept (``--log``'s file during a command's run),
-#: with what they are: each an existing file, compared by identity (links followed).
-_KEPT: dict[Path, str] = {}
+#: Files no output may replace while they are kept (``--log``'s file during a command's run):
+#: ``(st_dev, st_ino)`` -> what the file is and how many blocks keep it. By identity, so that
+#: links, relative spellings and a change of the working folder all find it.
+_KEPT: dict[tuple[int, int], tuple[str, int]] = {}
 
 
 @contextlib.contextmanager
@@ -29,21 +30,25 @@ def kept_file(path: str | os.PathLike, what: str) -> Iterator[None]:
     what : str
         What it is, for the error (``"--log's file"``).
     """
-    path = Path(path)
-    _KEPT[path] = what
+    info = os.stat(path)
+    key = (info.st_dev, info.st_ino)
+    _KEPT[key] = (what, _KEPT.get(key, (what, 0))[1] + 1)
     try:
         yield
     finally:
-        _KEPT.pop(path, None)
+        what, count = _KEPT.pop(key)
+        if count > 1:  # a nested block on the same file: the outer one still keeps it
+            _KEPT[key] = (what, count - 1)
 
 
 def kept_as(path: str | os.PathLike) -> str | None:
     """What keeps ``path`` from being replaced (see :func:`kept_file`), or None."""
-    for kept, what in _KEPT.items():
-        with contextlib.suppress(OSError):
-            if os.path.exists(path) and os.path.samefile(path, kept):
-                return what
-    return None
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):  # missing, a broken link, a name the system refuses
+        return None
+    kept = _KEPT.get((info.st_dev, info.st_ino))
+    return None if kept is None else kept[0]
 
 
 def writable_folder(

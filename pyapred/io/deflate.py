@@ -39,7 +39,7 @@ def deflate_planes(planes: np.ndarray, level: int) -> bytes:
 
     Parameters
     ----------
-    planes : ndarray of uint8, ``(n_planes, n_bytes)``, C-contiguous
+    planes : ndarray of uint8, ``(n_planes, n_bytes)``
         The shuffled bytes of a chunk: plane ``k`` holds byte ``k`` of every element.
     level : int
         zlib level (1-9) of the planes that compress.
@@ -49,9 +49,12 @@ def deflate_planes(planes: np.ndarray, level: int) -> bytes:
     bytes
         ``zlib.decompress`` of it gives ``planes.tobytes()``.
     """
-    planes = np.ascontiguousarray(planes, dtype=np.uint8)
+    planes = np.asarray(planes)
+    if planes.dtype != np.uint8:  # a cast would keep each value's low byte only
+        raise TypeError(f"planes: expected uint8 bytes, got {planes.dtype}")
     if planes.ndim != 2:
         raise ValueError(f"planes: expected (n_planes, n_bytes), got shape {planes.shape}")
+    planes = np.ascontiguousarray(planes)
     parts = [_HEADER]
     for plane in planes:
         data = memoryview(plane)

@@ -540,12 +540,14 @@ class ProductWriter:
                 description="per fiber group (a chip, or joint), a table: every dataset's "
                 "first axis is the fiber",
             )
+        # With more than one thread, the inputs are hashed while the fiber tables are
+        # compressed (both free the GIL); with one (a night's worker), one after the other.
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            # The inputs are hashed while the fiber tables are compressed (both free the GIL).
-            digests = pool.map(sha256_file, inputs)
+            digests = pool.map(sha256_file, inputs) if self.threads > 1 else None
             for key, results in fibers.items():
                 _write_fibers(self._handle.create_group(f"fibers/{key}"), results)
-            meta = _writer_metadata(inputs, backend, list(digests)) | dict(metadata or {})
+            digests = list(digests if digests is not None else map(sha256_file, inputs))
+        meta = _writer_metadata(inputs, backend, digests) | dict(metadata or {})
         group = self._handle.create_group("metadata")
         describe(group, description="provenance, fit settings and the exposure's timing")
         for key, value in meta.items():
@@ -750,7 +752,9 @@ def _write_fibers(group: h5py.Group, results: FiberResults) -> None:
             # One chunk, deflated whole: a covariance's repeats lie a matrix row apart, beyond
             # what a sample of its planes sees (in chunks of 64 fibers its planes were stored,
             # 13 % larger).
-            dataset = _write_compressed(group, spec.name, value, len(value), 1, store=False)
+            dataset = _write_compressed(
+                group, spec.name, value, len(value), 1, store_random_planes=False
+            )
         describe(dataset, units=spec.units, description=spec.description, axes=spec.axes)
         if name in _INDEX_BASE:
             dataset.attrs["index_base"] = 1
@@ -759,16 +763,22 @@ def _write_fibers(group: h5py.Group, results: FiberResults) -> None:
 
 
 def _write_compressed(
-    group: h5py.Group, name: str, array: np.ndarray, rows: int, threads: int, *, store=True
-):
+    group: h5py.Group,
+    name: str,
+    array: np.ndarray,
+    rows: int,
+    threads: int,
+    *,
+    store_random_planes: bool = True,
+) -> h5py.Dataset:
     """A dataset chunked in blocks of ``rows`` along its first axis, with HDF5's shuffle +
     deflate filters, its chunks compressed by ``threads`` threads.
 
     The chunks are encoded here as HDF5's filters would (shuffle: the k-th bytes of every
-    element together; deflate: a zlib stream, whose byte planes that do not compress are
-    stored with ``store``: :func:`~pyapred.io.deflate.deflate_planes`) and written with
-    ``write_direct_chunk``, so that zlib runs outside the GIL in parallel. Any HDF5 reader
-    decodes them.
+    element together; deflate: a zlib stream) and written with ``write_direct_chunk``, so that
+    zlib runs outside the GIL in parallel. Any HDF5 reader decodes them. With
+    ``store_random_planes``, the byte planes that do not compress are stored in the stream
+    rather than compressed (:func:`~pyapred.io.deflate.deflate_planes`).
     """
     if array.size == 0:
         return group.create_dataset(name, data=array)
@@ -788,7 +798,9 @@ def _write_compressed(
             pad = np.zeros((rows - block.shape[0], *chunks[1:]), block.dtype)
             block = np.concatenate([block, pad])
         planes = np.ascontiguousarray(block.reshape(-1).view(np.uint8).reshape(-1, itemsize).T)
-        return deflate_planes(planes, GZIP_LEVEL) if store else zlib.compress(planes, GZIP_LEVEL)
+        if store_random_planes:
+            return deflate_planes(planes, GZIP_LEVEL)
+        return zlib.compress(planes, GZIP_LEVEL)
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(starts)))) as pool:
         for start, payload in zip(starts, pool.map(encode, starts), strict=True):

@@ -34,6 +34,11 @@ def test_nan_omega_elements_are_left_out_and_flagged(sky):
     result = guider.compare(source, sky.frames, read_times=exposure_header())
     assert result.flags == ("omega-incomplete",)
     assert result.used[0].sum() == N_READS - 3 and not result.used[0, 5]
+    cov = np.array(sky.fit.omega_cov, dtype=float)
+    cov[..., 7, 7] = np.nan  # a finite element with no variance: left out too
+    source = SimpleNamespace(omega=sky.fit.omega, omega_cov=cov)
+    result = guider.compare(source, sky.frames, read_times=exposure_header())
+    assert result.flags == ("omega-incomplete",) and not result.used[0, 7]
 
 
 def test_guider_results_have_short_reprs(sky):

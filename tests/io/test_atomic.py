@@ -2,6 +2,7 @@
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -85,7 +86,8 @@ def test_folders_made_before_a_failing_one_are_removed(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_kept_file_is_replaced_by_no_output(tmp_path):
+def test_a_kept_file_is_replaced_by_no_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     log = tmp_path / "run.log"
     log.write_text("the record")
     link = tmp_path / "link.log"
@@ -98,6 +100,13 @@ def test_a_kept_file_is_replaced_by_no_output(tmp_path):
                 with atomic_path(path, overwrite=True) as tmp:
                     tmp.write_text("an output")
         check_output_path(tmp_path / "other", "--out")
+        with kept_file(link, "--log's file"):  # nested, through a link: still kept after
+            pass
+        with pytest.raises(InputError, match="--log's file"):
+            check_output_path(log, "--out", overwrite=True)
+        os.chdir(tmp_path.parent)  # another working folder: a relative spelling finds it
+        with pytest.raises(InputError, match="--log's file"):
+            check_output_path(Path(tmp_path.name) / "run.log", "--out", overwrite=True)
     assert log.read_text() == "the record"
     with atomic_path(log, overwrite=True) as tmp:  # kept no longer
         tmp.write_text("an output")

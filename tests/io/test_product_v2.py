@@ -375,6 +375,23 @@ def test_a_malformed_fits_product_names_the_hdu_and_column(tmp_path):
     def no_image_name(hdus):
         del hdus[1].header["PAPIMAGE"]
 
+    def cut(size) -> str:
+        bad = tmp_path / "cut.fits"
+        bad.write_bytes(path.read_bytes()[:size])
+        with pytest.raises(InputError) as error:
+            read_product(bad)
+        return str(error.value)
+
+    # Read without a word before: no chips, no fibers and empty metadata, or cut after whole
+    # HDUs, the images without the fibers and the metadata.
+    with fits.open(path) as hdul:
+        image_data = hdul[1].fileinfo()["datLoc"]
+        fibers_start = next(h for h in hdul if h.name == "FIBERS_R").fileinfo()["hdrLoc"]
+    assert "complete pyapred FITS product, found Error validating header" in cut(5000)
+    assert "complete pyapred FITS product, found File may have been truncated" in cut(
+        image_data + 1000
+    )
+    assert "HDU 0 FIBGRPS: expected the HDUs of R, found none for R" in cut(fibers_start)
     assert "FIBERS_R) column OMEGA: expected a column" in broken(without_omega)
     assert "(METADATA): expected a pyapred FITS product, found JSONDecodeError" in broken(bad_json)
     assert "HDU 1 (R_RATE): expected a pyapred FITS product, found KeyError" in broken(
