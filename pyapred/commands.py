@@ -274,7 +274,7 @@ def fit_run(args: argparse.Namespace) -> int:
         if Path(args.plots).resolve() == Path(args.out).resolve():
             raise InputError(args.plots, "--plots", "a folder other than --out", str(args.out))
         check_output_path(args.plots, "--plots", inputs=[*inputs, args.out], folder=True)
-    remove_stale_temporaries(args.out)  # left by a killed run on the same output
+    remove_stale_temporaries(args.out, keep=inputs)  # left by a killed run on the same output
     log.debug("pyapred fit: settings %s", options.to_record())
     start = time.perf_counter()
     result = run_exposure(

@@ -527,7 +527,7 @@ def _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resu
     start = time.perf_counter()
     for task in tasks:  # left by a killed run (the lock says none is running now)
         if task.product:
-            remove_stale_temporaries(task.product)
+            remove_stale_temporaries(task.product, keep=(*task.inputs, *task.traces))
     # Exposures with a missing file fail here: no cluster is started for them alone.
     results = {t.name: process_exposure(t) for t in tasks if t.problem is not None}
     runnable = [t for t in tasks if t.problem is None]

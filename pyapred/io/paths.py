@@ -8,6 +8,7 @@ fitting, never a traceback, a hang on a FIFO or device, or an input overwritten 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -119,12 +120,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(
+    path: str | os.PathLike, *, keep: Iterable[str | os.PathLike] = ()
+) -> list[Path]:
     """Remove the temporary files that a killed writer of ``path`` left beside it.
 
     :func:`~pyapred.io.atomic.atomic_path` writes ``.{name}.XXXXXXXX.tmp`` (or ``.tmp{suffix}``)
     next to ``path``; a process killed mid-write leaves it. Commands call this before they write
-    ``path`` again.
+    ``path`` again. Only regular files of that form are removed (``tempfile``'s characters
+    between the dots), and never one of ``keep`` (the command's inputs) nor a kept file
+    (``--log``'s).
 
     Returns
     -------
@@ -132,9 +137,14 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         What was removed.
     """
     path = Path(path)
+    suffix = re.escape(path.suffix)
+    temporary = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]+\.tmp(?:{suffix})?")
     removed = []
     for stale in path.parent.glob(f".{path.name}.*.tmp*"):
-        if stale.is_file():
-            stale.unlink(missing_ok=True)
-            removed.append(stale)
+        if not (temporary.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink()):
+            continue
+        if kept_as(stale) is not None or any(_same_file(stale, Path(k)) for k in keep):
+            continue
+        stale.unlink(missing_ok=True)
+        removed.append(stale)
     return removed
