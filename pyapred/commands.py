@@ -274,6 +274,15 @@ def fit_run(args: argparse.Namespace) -> int:
         if Path(args.plots).resolve() == Path(args.out).resolve():
             raise InputError(args.plots, "--plots", "a folder other than --out", str(args.out))
         check_output_path(args.plots, "--plots", inputs=[*inputs, args.out], folder=True)
+        from .plots import PLOT_NAME
+
+        # A plot written over the product (exit 0) or the log, after the whole fit.
+        for flag, path in (("--out", args.out), ("--log", getattr(args, "log", None))):
+            if path is None or Path(path).parent.resolve() != Path(args.plots).resolve():
+                continue
+            if PLOT_NAME.fullmatch(Path(path).name):
+                raise InputError(path, flag, f"a name that no plot in {args.plots} takes",
+                                 "a plot's name")  # fmt: skip
     remove_stale_temporaries(args.out, keep=inputs)  # left by a killed run on the same output
     log.debug("pyapred fit: settings %s", options.to_record())
     start = time.perf_counter()

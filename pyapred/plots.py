@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -817,6 +818,10 @@ def _with_product_images(result: ExposureResult) -> dict[str, ChipResult]:
             chips[name], flux=images[name].rate, flux_var=variance, flags=images[name].flags
         )
     return chips
+
+
+#: The names :func:`save_plots` writes (a group or chip name between the kind and ``.png``).
+PLOT_NAME = re.compile(r"(omega|omega_image|chi2|fibers|ramps|flux)_[A-Za-z]+\.png")
 
 
 def save_plots(

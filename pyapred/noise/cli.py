@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -179,13 +180,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--patch", type=at_least(4, 2048), nargs=2, default=(32, 32), metavar=("ROWS", "COLS"),
+        "--patch", type=at_least(4, 256), nargs=2, default=(32, 32), metavar=("ROWS", "COLS"),
         help="patch size, rows and columns (32 32)",
     )  # fmt: skip
     parser.add_argument("--patches", type=at_least(1), default=1024, help="patches to use (1024)")
-    parser.add_argument("--gain", type=_positive, default=1.9, help="e-/DN of real darks (1.9)")
+    parser.add_argument("--gain", type=_gain, default=1.9, help="e-/DN of real darks (1.9)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device")
-    parser.add_argument("--threads", type=at_least(1), default=1, help="torch threads (1)")
+    parser.add_argument("--threads", type=at_least(1, 64), default=1, help="torch threads (1)")
     _noise_arguments(parser)
 
 
@@ -215,7 +216,11 @@ def _dark_patches(args: argparse.Namespace, seed: int) -> np.ndarray:
         n_frames = -(-args.patches // per_frame)
         reads = simulate_hxrg(2 * n_frames, _noise(args), rows=slice(4, 4 + n_rows), rng=seed)
         patches.append(dark_patches(reads[1::2] - reads[0::2], args.patch))
-    return np.concatenate(patches)[: args.patches]
+    data = np.concatenate(patches)[: args.patches]
+    if len(data) == 0:  # darks smaller than one patch
+        raise InputError("--patch", "--patch", "a patch size that fits in the darks' images",
+                         f"{tuple(args.patch)}: no patch in {args.darks[0]}")  # fmt: skip
+    return data
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -224,6 +229,20 @@ def _train(args: argparse.Namespace) -> int:
 
     check_output_path(args.out, "--out", folder=True)  # before the data and the training
     _check_model_settings(args, nf=args.nf)
+    earlier = Path(args.out) / "model_hparams.json"
+    if earlier.is_file():  # training resumes there: with the same network only
+        try:
+            width = json.loads(earlier.read_text(encoding="utf-8")).get("nf")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            width = "unreadable settings"
+        if width != args.nf:
+            raise InputError(earlier, "--nf", f"the width of the model trained there ({width})",
+                             f"--nf {args.nf}: pass it, or another --out")  # fmt: skip
+    log_file = getattr(args, "log", None)
+    if log_file is not None and Path(args.out).resolve() in Path(log_file).resolve().parents:
+        # score_models writes its own files there (score_sheet.txt, ...), by their names
+        raise InputError(log_file, "--log", "a file outside the checkpoint folder --out",
+                         f"one in {args.out}")  # fmt: skip
 
     if args.prior:
         data = trace_patches(args.patches, tuple(args.patch), rng=args.seed)
@@ -242,6 +261,10 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Degrees of freedom of ``noise evaluate``'s PQMass comparisons (references - 1).
+EVALUATION_DOF = 9
+
+
 def _check_model_settings(args: argparse.Namespace, nf: int | None = None) -> None:
     """What torch or the U-net would refuse after the data are made (an error from deep inside
     score_models), refused at the flag."""
@@ -255,9 +278,14 @@ def _check_model_settings(args: argparse.Namespace, nf: int | None = None) -> No
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import pqmass, psd_slope, row_mean_std
-    from .sbm import load_score_model, posterior_samples
+    from .sbm import check_checkpoint, load_score_model, posterior_samples
 
     _check_model_settings(args)
+    if args.patches < 2 * (EVALUATION_DOF + 1):  # PQMass draws its references from them
+        raise InputError("--patches", "--patches",
+                         f"at least {2 * (EVALUATION_DOF + 1)} patches to compare",
+                         str(args.patches))  # fmt: skip
+    check_checkpoint(args.model)  # before the held-out darks are made
     held_out = _dark_patches(args, args.seed + 1)
     log.info("pyapred noise evaluate: %d samples, %d sampler steps", len(held_out), args.steps)
     model = load_score_model(args.model, device=args.device, threads=args.threads)
@@ -265,7 +293,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         np.zeros(held_out.shape[1:]), model, None, n_samples=len(held_out), steps=args.steps
     )
     white = np.random.default_rng(args.seed).normal(0, held_out.std(), held_out.shape)
-    dof = 9
+    dof = EVALUATION_DOF
     result = {
         "pqmass_generated": float(pqmass(generated, held_out, num_refs=dof + 1,
                                          re_tessellation=20, rng=0).mean()),

@@ -27,6 +27,7 @@ import numpy as np
 __all__ = [
     "SIGMA_MAX",
     "SIGMA_MIN",
+    "check_checkpoint",
     "dark_patches",
     "gaussian_likelihood",
     "load_score_model",
@@ -184,11 +185,42 @@ class _FirstItem:
         return self.dataset[index][0]
 
 
+def check_checkpoint(directory) -> Path:
+    """``directory`` if it holds a model :func:`train_score_model` wrote: its
+    ``model_hparams.json`` (a JSON object) and at least one ``checkpoint_*.pt`` of weights.
+
+    Raises
+    ------
+    pyapred.errors.InputError
+        Naming the folder (``--model``) or the file at fault. Without weights, score_models
+        would build an untrained network from the settings alone and sample from it.
+    """
+    import json
+
+    from ..errors import InputError
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(directory, "--model", "a checkpoint folder of `noise train`",
+                         "nothing" if not directory.exists() else "not a folder")  # fmt: skip
+    settings = directory / "model_hparams.json"
+    try:
+        valid = isinstance(json.loads(settings.read_text(encoding="utf-8")), dict)
+    except (OSError, UnicodeDecodeError, ValueError):
+        valid = False
+    if not valid:
+        raise InputError(settings, "--model", "the model's settings as a JSON object",
+                         "none or unreadable")  # fmt: skip
+    if not any(p.is_file() for p in directory.glob("checkpoint_*.pt")):
+        raise InputError(directory, "--model", "a checkpoint_*.pt of trained weights", "none")
+    return directory
+
+
 def load_score_model(directory, *, device: str = "cpu", threads: int = 1):
-    """Reload a model written by :func:`train_score_model` from its checkpoint folder."""
+    """Reload a model written by :func:`train_score_model` from its checkpoint folder
+    (checked by :func:`check_checkpoint`)."""
     _, sm = _torch(threads)
-    if not Path(directory).is_dir():
-        raise FileNotFoundError(f"{directory}: no such checkpoint folder")
+    check_checkpoint(directory)
     for argument, expected, found in setting_problems(device=device, threads=threads):
         raise ValueError(f"{argument}: expected {expected}, got {found}")
     return sm.ScoreModel(checkpoints_directory=str(directory), device=device)

@@ -268,6 +268,13 @@ def test_the_config_and_the_plots_are_never_the_product(tmp_path, capsys):
     assert main([*base, "--out", str(out), "--plots", str(out)]) == 2
     assert "--plots: expected a folder other than --out" in capsys.readouterr().err
     assert not out.exists()
+    # A product or a log named like a plot of --plots: the plot replaced the product (exit 0)
+    # or was refused after the whole fit.
+    plots = tmp_path / "plots"
+    for flag, path in (("--out", plots / "flux_B.png"), ("--log", plots / "omega_R.png")):
+        extra = ["--out", str(out)] if flag == "--log" else []
+        assert main([*base, "--plots", str(plots), *extra, flag, str(path)]) == 2
+        assert f"{flag}: expected a name that no plot in" in capsys.readouterr().err
 
 
 def test_numpy_numbers_are_taken_as_python_s():

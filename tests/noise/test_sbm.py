@@ -145,3 +145,36 @@ def test_setting_problems_names_what_the_network_refuses():
     assert [p[0] for p in setting_problems(nf=16, patch=(6, 8))] == ["patch"]
     with pytest.raises(ValueError, match="nf: expected"):
         train_score_model(np.zeros((4, 8, 8), np.float32), nf=36, steps=1)
+
+
+def test_cli_refuses_what_failed_late_or_silently(tmp_path, capsys):
+    """A fuzzing sitting's findings: each was a traceback after the work, a segfault, or an
+    exit 0 with a broken or untrained model."""
+    small = ["--steps", "1", "--patches", "4", "--batch-size", "2", "--read-time", "0"]
+    model = tmp_path / "m"
+    assert main(["noise", "train", "--out", str(model), *small, "--patch", "8", "8"]) == 0
+    capsys.readouterr()
+    refused = [
+        (["noise", "train", "--out", str(model), *small, "--nf", "8"], "--nf: expected the width"),
+        (["noise", "train", "--out", str(tmp_path / "n"), *small, "--log",
+          str(tmp_path / "n" / "score_sheet.txt")], "--log: expected a file outside"),
+        (["noise", "train", "--out", str(tmp_path / "g"), "--gain", "1e40"], "--gain"),
+        (["noise", "train", "--out", str(tmp_path / "t"), "--threads", "100000"], "--threads"),
+        (["noise", "evaluate", "--model", str(model), "--patches", "4"], "--patches: expected"),
+        (["noise", "evaluate", "--model", str(tmp_path / "none")], "--model: expected a"),
+    ]  # fmt: skip
+    for argv, words in refused:
+        try:
+            code = main(argv)
+        except SystemExit as stop:  # argparse refuses a flag's value itself
+            code = stop.code
+        assert code == 2, argv
+        assert words in capsys.readouterr().err
+    weightless = tmp_path / "w"
+    weightless.mkdir()
+    (weightless / "model_hparams.json").write_text((model / "model_hparams.json").read_text())
+    assert main(["noise", "evaluate", "--model", str(weightless)]) == 2
+    assert "checkpoint_*.pt of trained weights" in capsys.readouterr().err
+    (weightless / "model_hparams.json").write_text("{not json")
+    assert main(["noise", "evaluate", "--model", str(weightless)]) == 2
+    assert "settings as a JSON object" in capsys.readouterr().err
