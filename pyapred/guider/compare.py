@@ -90,7 +90,8 @@ class GuiderComparison:
         The guider frames used.
     flags : tuple of str
         ``"disagree"``, ``"frames-dropped"``, ``"partial-coverage"``, ``"seeing-only"``,
-        ``"omega-incomplete"``, ``"lag-unconstrained"``, ``"clock-offset"``, ``"lag-at-edge"``.
+        ``"omega-incomplete"``, ``"fit-undetermined"``, ``"lag-unconstrained"``,
+        ``"clock-offset"``, ``"lag-at-edge"``.
     dropped : tuple of (str, str)
         Guider files left out, with the reason.
     gamma, gamma_err : ndarray, ``(F, K)``, or None
@@ -517,6 +518,10 @@ def compare(
     disagree = np.nan_to_num(p_value, nan=1.0) < alpha
     if disagree.any():
         flags.append("disagree")
+    # A fiber with elements to fit but no finite scale or p-value (omega values near the float
+    # range overflow the solve): neither agreeing nor disagreeing, said so.
+    if ((dof > 0) & ~(np.isfinite(scale) & np.isfinite(p_value))).any():
+        flags.append("fit-undetermined")
     chromatic = {}
     if data.gamma is not None:
         chromatic = _gamma_comparison(data, series, averager.matrix(lo0 + lag, hi0 + lag), covered,

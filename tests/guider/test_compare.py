@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -39,6 +40,17 @@ def test_nan_omega_elements_are_left_out_and_flagged(sky):
     source = SimpleNamespace(omega=sky.fit.omega, omega_cov=cov)
     result = guider.compare(source, sky.frames, read_times=exposure_header())
     assert result.flags == ("omega-incomplete",) and not result.used[0, 7]
+
+
+def test_an_omega_the_fit_cannot_take_is_flagged(sky):
+    """An element of 1e308 gave a NaN scale and p-value with no flag (exit 0)."""
+    omega = np.array(sky.fit.omega, dtype=float)
+    omega[..., 3] = 1e308
+    source = SimpleNamespace(omega=omega, omega_cov=sky.fit.omega_cov)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = guider.compare(source, sky.frames, read_times=exposure_header())
+    assert "fit-undetermined" in result.flags and not np.isfinite(result.scale[0])
 
 
 def test_guider_results_have_short_reprs(sky):
