@@ -104,6 +104,9 @@ def decode(value):
 
 def read_value(path: str | os.PathLike, dataset: h5py.Dataset):
     """A dataset as plain Python (strings decoded, scalars unwrapped, arrays as arrays)."""
+    if not isinstance(dataset, h5py.Dataset):
+        found = "a group" if isinstance(dataset, h5py.Group) else type(dataset).__name__
+        raise InputError(path, getattr(dataset, "name", "?").lstrip("/"), "a dataset", found)
     try:
         if h5py.check_string_dtype(dataset.dtype) is not None:
             return decode(dataset.asstr()[()])

@@ -886,25 +886,41 @@ def read_product(path: str | os.PathLike, *, images: bool = True) -> Product:
         _check_read(path, chips, fibers, lambda kind, key: f"{kind} {key}")
         return Product(str(path), chips, fibers, metadata, version)
     with open_h5(path) as handle:
-        version = _format_version(path, handle.attrs.get(_FORMAT_ATTR))
-        for key, entry in handle.items():
-            if not isinstance(entry, h5py.Group):  # a chip, "fibers" and "metadata" are groups
-                raise InputError(path, key, "a group (a chip, fibers or metadata)", "a dataset")
-        chips = {
-            key: _read_images(path, group)
-            for key, group in handle.items()
-            if images and key not in _RESERVED
-        }
-        fibers = {}
-        for key, group in handle.get("fibers", {}).items():
-            if not isinstance(group, h5py.Group):
-                raise InputError(path, f"fibers/{key}", "a group (a fiber table)", "a dataset")
-            fibers[key] = _read_fibers(path, group)
-        metadata = read_group(path, handle["metadata"]) if "metadata" in handle else {}
+        try:
+            return _read_hdf5(path, handle, images)
+        except (KeyError, AttributeError) as exc:  # a dangling link: h5py cannot open it
+            raise InputError(path, "HDF5 links", "groups and datasets that exist",
+                             f"{type(exc).__name__}: {exc}") from None  # fmt: skip
+
+
+def _read_hdf5(path, handle: h5py.File, images: bool) -> Product:
+    """:func:`read_product` of an open HDF5 product."""
+    version = _format_version(path, handle.attrs.get(_FORMAT_ATTR))
+    for key, entry in handle.items():
+        if not isinstance(entry, h5py.Group):  # a chip, "fibers" and "metadata" are groups
+            raise InputError(path, key, "a group (a chip, fibers or metadata)", _kind(entry))
+    chips = {
+        key: _read_images(path, group)
+        for key, group in handle.items()
+        if images and key not in _RESERVED
+    }
+    fibers = {}
+    for key, group in handle.get("fibers", {}).items():
+        if not isinstance(group, h5py.Group):
+            raise InputError(path, f"fibers/{key}", "a group (a fiber table)", _kind(group))
+        fibers[key] = _read_fibers(path, group)
+    metadata = read_group(path, handle["metadata"]) if "metadata" in handle else {}
     _check_read(path, chips, fibers, lambda kind, key: key if kind == "chip" else f"fibers/{key}")
     if version == 1:
         fibers = {key: _v1_statistics(key, results, metadata) for key, results in fibers.items()}
     return Product(str(path), chips, fibers, metadata, version)
+
+
+def _kind(entry) -> str:
+    """What an HDF5 entry that should have been a group is, for the error."""
+    if isinstance(entry, h5py.Dataset):
+        return "a dataset"
+    return "a link to nothing" if entry is None else type(entry).__name__
 
 
 def _format_version(path, version) -> int:

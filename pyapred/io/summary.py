@@ -38,7 +38,11 @@ def describe(path: str | Path, *, full: bool = False) -> str:
         return _describe_apz(path)
     if path.suffix == ".npz":
         return _describe_npz(path)
-    return _describe_hdf5(path) if full else _summarize_hdf5(path)
+    try:
+        return _describe_hdf5(path) if full else _summarize_hdf5(path)
+    except (KeyError, AttributeError, TypeError) as exc:  # a dangling link, an odd structure
+        raise InputError(path, "HDF5 structure", "groups and datasets that can be read",
+                         f"{type(exc).__name__}: {exc}") from None  # fmt: skip
 
 
 def _describe_npz(path: Path) -> str:

@@ -451,3 +451,30 @@ def test_chromatic_fit_round_trip(seeing_change, tmp_path, suffix):
     np.testing.assert_array_equal(group.chromatic_delta_chi2, fits_.chromatic.delta_chi2)
     metadata = read_product(path, images=False).metadata
     np.testing.assert_array_equal(metadata["coordinate_span_um"], [1.5145, 1.6965])
+
+
+def test_dangling_links_and_a_group_for_a_dataset_are_input_errors(tmp_path, capsys):
+    """A fuzzing sitting's: KeyError, AttributeError and TypeError tracebacks in `inspect`,
+    `read_product` and `guider`, and a dangling link said to be "a dataset"."""
+    from pyapred.cli import main
+
+    rng = np.random.default_rng(5)
+    path = write_product(tmp_path / "p.h5", chips={"R": make_chip(rng)},
+                         fibers={"R": make_fibers(rng), "G": make_fibers(rng)})  # fmt: skip
+    cases = {
+        "model.h5": lambda h: (h.__delitem__("fibers/R/model"), h.create_group("fibers/R/model")),
+        "soft.h5": lambda h: (h.__delitem__("fibers/R/omega"),
+                              h.__setitem__("fibers/R/omega", h5py.SoftLink("/nowhere"))),
+        "external.h5": lambda h: (h.__delitem__("fibers/G"),
+                                  h.__setitem__("fibers/G", h5py.ExternalLink("no.h5", "/x"))),
+    }  # fmt: skip
+    for name, change in cases.items():
+        bad = tmp_path / name
+        bad.write_bytes(path.read_bytes())
+        with h5py.File(bad, "a") as handle:
+            change(handle)
+        with pytest.raises(InputError) as error:
+            read_product(bad)
+        assert "found a dataset" not in str(error.value)
+        assert main(["inspect", str(bad)]) == 2
+        assert "error:" in capsys.readouterr().err
