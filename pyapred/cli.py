@@ -228,22 +228,43 @@ _LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
 _FILE_ONLY = (f"{LOGGER}.run", f"{LOGGER}.stdout")
 
 
+#: Suffixes of the files commands read from a folder or a glob (raw exposures, traces, guider
+#: frames): a log of such a name there would be read as one of them.
+_READ_SUFFIXES = (".apz", ".h5", ".fits", ".gz", ".fz")
+
+
 def _check_log_path(args: argparse.Namespace) -> Path:
     """``--log``, checked before any work: a new file (its folder made) or an earlier log of
-    pyapred's, never one of the command's other paths nor any other file (it is appended to)."""
+    pyapred's, never one of the command's paths, nor a file its globs or input folders would
+    find, nor any other existing file (it is appended to)."""
+    import fnmatch
+
     from .io.paths import check_output_path
 
     log = Path(args.log)
-    others = []
     for key, value in vars(args).items():
         values = value if isinstance(value, (list, tuple)) else [value]
-        others += [Path(v) for v in values if key != "log" and isinstance(v, (str, os.PathLike))]
-    for other in others:
-        if other.absolute() == log.absolute():
-            raise InputError(log, "--log", "a file of its own, none of the other paths", str(other))
-    path = check_output_path(
-        log, "--log", inputs=[p for p in others if p.is_file()], overwrite=True
-    )
+        for item in values:
+            # Paths only: a word such as the command's name or `--model auto` is no path
+            # unless a file of that name exists.
+            if key == "log" or not isinstance(item, (str, os.PathLike)):
+                continue
+            text = os.fspath(item)
+            if not isinstance(item, os.PathLike) and not os.path.lexists(text):
+                if any(c in text for c in "*?[") and fnmatch.fnmatch(str(log), text):
+                    raise InputError(log, "--log", "a file that no input glob matches", text)
+                continue
+            other = Path(text)
+            same = other.absolute() == log.absolute()
+            with contextlib.suppress(OSError):
+                same = same or (other.exists() and log.exists() and os.path.samefile(other, log))
+            if same:
+                raise InputError(log, "--log", "a file of its own, none of the other paths", text)
+            if (key not in ("out", "plots") and other.is_dir() and log.suffix in _READ_SUFFIXES
+                    and other.absolute() in log.absolute().parents):  # fmt: skip
+                raise InputError(log, "--log", f"a name no input is read under (not {log.suffix})",
+                                 f"a file in the input folder {text}")  # fmt: skip
+    path = check_output_path(log, "--log", overwrite=True)
     path.parent.mkdir(parents=True, exist_ok=True)  # the log records the run from its start
     if path.is_file() and path.stat().st_size:
         with open(path, "rb") as handle:

@@ -177,6 +177,21 @@ def test_no_output_replaces_the_log(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [log.name]
 
 
+def test_log_words_globs_and_input_folders(tmp_path, capsys, monkeypatch):
+    """`--log fit` was refused as the command's name; a log named like a raw file that the
+    command's glob or input folder finds was read as an input after it had been made."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*SIMULATE, "--out", "sim", "--log", "simulate"]) == 0  # a word, not a path
+    assert (tmp_path / "simulate").is_file()
+    capsys.readouterr()
+    night = ["night", "sim/apR-*.apz", "--traces", "sim", "--out", "n"]
+    assert main([*night, "--log", "sim/apR-a-52190002.apz"]) == 2
+    assert "--log: expected a file that no input glob matches" in capsys.readouterr().err
+    assert main([*night, "--log", "sim/traceMain_x.h5"]) == 2
+    assert "a file in the input folder sim" in capsys.readouterr().err
+    assert not (tmp_path / "sim" / "apR-a-52190002.apz").exists() and not (tmp_path / "n").exists()
+
+
 def test_logging_state_is_restored_after_a_run(tmp_path, capsys):
     loggers = [logging.getLogger(name) for name in ("pyapred", "py.warnings")]
     before = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
