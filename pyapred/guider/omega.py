@@ -205,8 +205,10 @@ def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dic
         except (TypeError, ValueError):
             mjd = np.full(1, np.nan)
         if mjd.ndim != 1 or not np.all(np.isfinite(mjd)):
+            found = (f"shape {mjd.shape}" if mjd.ndim != 1 else
+                     f"{np.count_nonzero(~np.isfinite(mjd))} of {mjd.size} not finite")  # fmt: skip
             raise InputError(path, "metadata/read_times_tai_mjd", "finite MJDs, one per read",
-                             repr(read_times)[:80])  # fmt: skip
+                             found)  # fmt: skip
         read_times = Time(mjd, format="mjd", scale="tai")
     chromatic = {}
     if fits_.gamma is not None:  # pyapred fit --chromatic

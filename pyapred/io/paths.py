@@ -99,18 +99,28 @@ def check_output_path(
         raise InputError(path, field, "an output path of its own", kept)
     if folder:  # checked, not made: a failed run leaves no empty folder behind
         if path.exists() and not path.is_dir():
-            raise InputError(path, field, "a folder (for the plots)", "an existing file")
+            found = "an existing file" if path.is_file() else _special_kind(path)
+            raise InputError(path, field, "a folder (for the plots)", found)
         writable_folder(path, path=path, field=field, create=False)
         return path
     if path.is_dir():
         raise InputError(path, field, "a file name", "an existing folder")
     if path.exists() or path.is_symlink():
+        if not path.is_file():  # replacing it would not help: say what it is
+            kind = "a link to nothing" if not path.exists() else _special_kind(path)
+            raise InputError(path, field, "a new or regular file", kind)
         if not overwrite:
             raise InputError(path, field, "a new file (or pass --overwrite)", "an existing file")
-        if not path.is_file():
-            raise InputError(path, field, "a regular file to replace", "a special file or link")
     writable_folder(path.parent, path=path, field=field, create=False)
     return path
+
+
+def _special_kind(path: Path) -> str:
+    """What a path that is no regular file is (a FIFO, a device, ...)."""
+    try:
+        return _SPECIAL.get(stat.S_IFMT(path.stat().st_mode), "a special file")
+    except OSError:
+        return "a special file"
 
 
 def _same_file(a: Path, b: Path) -> bool:

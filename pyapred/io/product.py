@@ -972,6 +972,9 @@ def _read_images(path, group: h5py.Group) -> ChipImages:
 def _read_fibers(path, group: h5py.Group) -> FiberResults:
     omega = read_dataset(path, group, "omega", shape=(None, None), kinds="f")
     n, k = omega.shape
+    if n and k == 0:  # (it was blamed on ref_index, "1..0")
+        where = f"{group.name}/omega".lstrip("/")
+        raise InputError(path, where, "a read difference or more", f"shape {omega.shape}")
     ref_index = read_dataset(path, group, "ref_index", shape=(n,), kinds="iu") - 1
     if n and (ref_index.min() < 0 or ref_index.max() >= k):
         field_name = f"{group.name}/ref_index".lstrip("/")

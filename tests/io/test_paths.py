@@ -19,3 +19,23 @@ def test_only_a_killed_writers_temporaries_are_removed(tmp_path):
         removed = remove_stale_temporaries(out, keep=[an_input])
     assert sorted(removed) == sorted(stale)
     assert all(p.exists() for p in [an_input, log, *other])
+
+
+def test_an_output_that_is_no_regular_file_is_said_as_it_is(tmp_path):
+    """A FIFO or a broken link as --out was "an existing file (or pass --overwrite)"."""
+    import os
+
+    import pytest
+
+    from pyapred.errors import InputError
+    from pyapred.io.paths import check_output_path
+
+    fifo, broken = tmp_path / "ff", tmp_path / "dl.h5"
+    os.mkfifo(fifo)
+    broken.symlink_to(tmp_path / "nowhere.h5")
+    for path, found in ((fifo, "a FIFO"), (broken, "a link to nothing")):
+        for overwrite in (False, True):
+            with pytest.raises(InputError, match=f"expected a new or regular file, found {found}"):
+                check_output_path(path, "--out", overwrite=overwrite)
+    with pytest.raises(InputError, match="a folder .for the plots., found a FIFO"):
+        check_output_path(fifo, "--plots", folder=True)
