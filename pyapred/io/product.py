@@ -54,6 +54,7 @@ from ._product_fits import read_fits, write_fits
 from .atomic import atomic_path
 from .deflate import deflate_planes
 from .hdf5 import UTF8, describe, open_h5, read_dataset, read_group, read_value, write_value
+from .paths import check_input_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -879,6 +880,7 @@ def read_product(path: str | os.PathLike, *, images: bool = True) -> Product:
         Not a pyapred product, a product of another layout version, or a dataset missing or of
         the wrong shape or dtype.
     """
+    check_input_file(path, "product")  # a FIFO would hang the reader, a link loop is named
     if is_fits_path(Path(path)):
         chips, fibers, metadata, version = read_fits(
             path, READABLE_VERSIONS, ChipImages, FiberResults, images=images

@@ -39,3 +39,16 @@ def test_an_output_that_is_no_regular_file_is_said_as_it_is(tmp_path):
                 check_output_path(path, "--out", overwrite=overwrite)
     with pytest.raises(InputError, match="a folder .for the plots., found a FIFO"):
         check_output_path(fifo, "--plots", folder=True)
+
+
+def test_read_product_names_a_fifo_instead_of_hanging(tmp_path):
+    import os
+
+    import pytest
+
+    from pyapred.errors import InputError
+    from pyapred.io import read_product
+
+    os.mkfifo(tmp_path / "p.h5")
+    with pytest.raises(InputError, match="product: expected a regular file, found a FIFO"):
+        read_product(tmp_path / "p.h5")
