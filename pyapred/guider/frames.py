@@ -547,9 +547,9 @@ def read_guider_frames(
     pyapred.errors.InputError
         No file matches, or no file could be read (the first file's error).
     """
-    frames, rejected, first_error = [], [], None
     from ..io.paths import check_input_file
 
+    frames, rejected, first_error = [], [], None
     for path in _expand_source(source):
         try:
             check_input_file(path, "guider frames")  # a FIFO would hang the reader

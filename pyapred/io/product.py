@@ -544,10 +544,11 @@ class ProductWriter:
         # With more than one thread, the inputs are hashed while the fiber tables are
         # compressed (both free the GIL); with one (a night's worker), one after the other.
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            digests = pool.map(sha256_file, inputs) if self.threads > 1 else None
+            hashing = pool.map if self.threads > 1 else map  # map: lazy, after the tables
+            digests = hashing(sha256_file, inputs)
             for key, results in fibers.items():
                 _write_fibers(self._handle.create_group(f"fibers/{key}"), results)
-            digests = list(digests if digests is not None else map(sha256_file, inputs))
+            digests = list(digests)
         meta = _writer_metadata(inputs, backend, digests) | dict(metadata or {})
         group = self._handle.create_group("metadata")
         describe(group, description="provenance, fit settings and the exposure's timing")

@@ -218,8 +218,9 @@ def _dark_patches(args: argparse.Namespace, seed: int) -> np.ndarray:
         patches.append(dark_patches(reads[1::2] - reads[0::2], args.patch))
     data = np.concatenate(patches)[: args.patches]
     if len(data) == 0:  # darks smaller than one patch
+        source = args.darks[0] if args.darks else "the simulated frames"
         raise InputError("--patch", "--patch", "a patch size that fits in the darks' images",
-                         f"{tuple(args.patch)}: no patch in {args.darks[0]}")  # fmt: skip
+                         f"{tuple(args.patch)}: no patch in {source}")  # fmt: skip
     return data
 
 
@@ -313,8 +314,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..io.apz import ApzName
     from ..io.paths import check_output_path
     from ..simulate import simulate_ramps, write_simulated_apz
