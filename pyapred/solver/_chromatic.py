@@ -33,7 +33,7 @@ from ._numpy import (
     _padding_block,
     _solve_spd,
     _sweep_block,
-    _upper_product,
+    _upper_accumulate,
     _walk_block,
     _weighted_change,
 )
@@ -63,6 +63,7 @@ def chromatic_normal_kernel(
     """
     G, P, K = diffs.shape
     B = min(P, _GROUP_BLOCK)
+    K4 = (K + 3) // 4 * 4  # the rows of _upper_accumulate's blocks
     for g in prange(G):
         if not active[g]:
             continue
@@ -88,15 +89,18 @@ def chromatic_normal_kernel(
         inv_sd = np.empty(B)
         f2 = np.empty(B)
         # The C^-1 factors as in normal_equations_kernel: one-block pixels become columns of
-        # `left` and `right` (three products per group below), the others are summed here.
-        left = np.empty((K, P))
-        right = np.empty((K, P))
-        acc = np.zeros((3, K, K))
+        # `left` and `right` (K4, B), summed by tiles for each moment (the rows past K stay
+        # zero); the other pixels are summed here.
+        left = np.zeros((K4, B))
+        right = np.zeros((K4, B))
+        weighted = np.zeros((K4, B))
+        acc = np.zeros((3, K, K))  # the pixels that are not one block, lower triangle
+        acc_tiles = np.zeros((3, K4, K4))  # the one-block pixels, upper triangle
         accw = np.zeros((2, K))
         for p0 in range(0, P, B):
             n = min(B, P - p0)
             if not fit_pixel[g, p0 : p0 + n].any():  # padding: nothing to add
-                _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat, left, right)
+                _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat)
                 continue
             _gather_chromatic_block(diffs, valid, fit_pixel, flux, s2, coord, a, b, dt, g, p0,
                                     use, f, var, c, x, d, ok)  # fmt: skip
@@ -113,7 +117,13 @@ def chromatic_normal_kernel(
                     w = fi * dt[k] * z[k, i] if ok[k, i] else 0.0
                     accw[0, k] += w
                     accw[1, k] += c[i] * w
-            _one_block_factors(p0, n, use, one_block, ok, f, dt, running, diag, f2, left, right)
+            _one_block_factors(n, use, one_block, ok, f, dt, running, diag, f2, left, right)
+            _upper_accumulate(left, right, n, acc_tiles[0])
+            for m in (1, 2):  # the moments c^m: c is 0 for the pixels not used
+                for j in range(K):
+                    for i in range(n):
+                        weighted[j, i] = left[j, i] * (c[i] if m == 1 else c[i] * c[i])
+                _upper_accumulate(weighted, right, n, acc_tiles[m])
             for i in range(n):
                 if not use[i] or one_block[i]:
                     continue
@@ -126,16 +136,10 @@ def chromatic_normal_kernel(
                         acc[0, j, m] += term
                         acc[1, j, m] += ci * term
                         acc[2, j, m] += ci * ci * term
-        weighted = np.empty((K, P))
         for m in range(3):
             for j in range(K):
-                for p in range(P):
-                    w = coord[g, p] ** m if fit_pixel[g, p] else 0.0
-                    weighted[j, p] = left[j, p] * w
-            outer = _upper_product(weighted, right)  # only the upper triangle is needed
-            for j in range(K):
                 for i in range(j + 1):
-                    value = acc[m, j, i] + outer[i, j]
+                    value = acc[m, j, i] + acc_tiles[m, i, j]
                     out_g[g, m, i, j] = value
                     out_g[g, m, j, i] = value
         for j in range(K):

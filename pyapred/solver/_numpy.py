@@ -735,7 +735,7 @@ def _walk_block(low, running, first, one_block):
 
 
 @njit(cache=True, inline="always")
-def _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat, left, right):
+def _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat):
     """Zero outputs for pixels ``p0 .. p0 + n - 1`` of group ``g`` (a block with no fit pixel)."""
     K = e_hat.shape[2]
     for p in range(p0, p0 + n):
@@ -743,8 +743,6 @@ def _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat, left, right):
         gf_hat[g, p] = 0.0
         for k in range(K):
             e_hat[g, p, k] = 0.0
-            left[k, p] = 0.0
-            right[k, p] = 0.0
 
 
 @njit(cache=True, inline="always")
@@ -765,33 +763,85 @@ def _flux_scale_block(g, p0, n, use, dd, gf, sqrt_d, gf_hat, inv_sd):
 
 
 @njit(cache=True, inline="always")
-def _one_block_factors(p0, n, use, one_block, ok, f, dt, running, diag, f2, left, right):
-    """G's factors ``(f^2 dt_j / R_j, dt_j R_j diag_j)`` of a block's one-block pixels as
-    columns ``p0 ..`` of ``left`` and ``right`` (K, P), zero for the other pixels; ``f2`` (B,)
-    receives ``f^2``. Written across the block's pixels at each k."""
-    K = left.shape[0]
+def _one_block_factors(n, use, one_block, ok, f, dt, running, diag, f2, left, right):
+    """G's factors ``(f^2 dt_j / R_j, dt_j R_j diag_j)`` of a block's one-block pixels as the
+    first ``n`` columns of ``left`` and ``right`` (at least (K, B)), zero for the other pixels;
+    ``f2`` (B,) receives ``f^2``. Written across the block's pixels at each k."""
+    K = running.shape[0]
     for i in range(n):
         f2[i] = f[i] * f[i]
     for j in range(K):
         for i in range(n):
             keep = use[i] and one_block[i] and ok[j, i]
-            left[j, p0 + i] = f2[i] * dt[j] / running[j, i] if keep else 0.0
-            right[j, p0 + i] = dt[j] * running[j, i] * diag[j, i] if keep else 0.0
+            left[j, i] = f2[i] * dt[j] / running[j, i] if keep else 0.0
+            right[j, i] = dt[j] * running[j, i] * diag[j, i] if keep else 0.0
 
 
-@njit(cache=True, inline="always")
-def _upper_product(left, right):
-    """``left @ right.T`` (K, K) where only the upper triangle (i <= j) is wanted: the rows of
-    the first half against every column, the second half against itself (three quarters of
-    one full product; the lower-left block is left unset)."""
-    K = left.shape[0]
-    half = K // 2
-    if half == 0:
-        return np.dot(left, right.T)
-    outer = np.empty((K, K))
-    outer[:half] = np.dot(left[:half], right.T)
-    outer[half:, half:] = np.dot(left[half:], right[half:].T)
-    return outer
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _upper_accumulate(a, b, n, acc):
+    """``acc[i, j] += sum_{c < n} a[i, c] b[j, c]`` for ``j >= i``, by 4 x 4 tiles.
+
+    ``a``, ``b`` (K4, B) and ``acc`` (K4, K4), K4 a multiple of 4 (pad with zero rows); entries
+    below the diagonal of ``acc`` get partial sums and are not to be read. This replaces a BLAS
+    product per group: called from Numba's threads, OpenBLAS builds that serialise concurrent
+    level-3 calls (SciPy's 0.3.30 here) ran two threads' products slower than one thread's, and
+    the sums of a block of pixels stay in registers (the block's rows are in L1/L2). The sums
+    over c are reassociated (vectorised across c): the order of the additions, not their terms,
+    differs from a loop's.
+    """
+    K4 = a.shape[0]
+    for i0 in range(0, K4, 4):
+        a0, a1, a2, a3 = a[i0], a[i0 + 1], a[i0 + 2], a[i0 + 3]
+        for j0 in range(i0, K4, 4):
+            b0, b1, b2, b3 = b[j0], b[j0 + 1], b[j0 + 2], b[j0 + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = 0.0
+            for c in range(n):
+                x0, x1, x2, x3 = a0[c], a1[c], a2[c], a3[c]
+                y0, y1, y2, y3 = b0[c], b1[c], b2[c], b3[c]
+                s00 += x0 * y0
+                s01 += x0 * y1
+                s02 += x0 * y2
+                s03 += x0 * y3
+                s10 += x1 * y0
+                s11 += x1 * y1
+                s12 += x1 * y2
+                s13 += x1 * y3
+                s20 += x2 * y0
+                s21 += x2 * y1
+                s22 += x2 * y2
+                s23 += x2 * y3
+                s30 += x3 * y0
+                s31 += x3 * y1
+                s32 += x3 * y2
+                s33 += x3 * y3
+            acc[i0, j0] += s00
+            acc[i0, j0 + 1] += s01
+            acc[i0, j0 + 2] += s02
+            acc[i0, j0 + 3] += s03
+            acc[i0 + 1, j0] += s10
+            acc[i0 + 1, j0 + 1] += s11
+            acc[i0 + 1, j0 + 2] += s12
+            acc[i0 + 1, j0 + 3] += s13
+            acc[i0 + 2, j0] += s20
+            acc[i0 + 2, j0 + 1] += s21
+            acc[i0 + 2, j0 + 2] += s22
+            acc[i0 + 2, j0 + 3] += s23
+            acc[i0 + 3, j0] += s30
+            acc[i0 + 3, j0 + 1] += s31
+            acc[i0 + 3, j0 + 2] += s32
+            acc[i0 + 3, j0 + 3] += s33
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _matvec_accumulate(a, v, n, out):
+    """``out[k] += sum_{c < n} a[k, c] v[c]`` for the rows of ``a`` (K4, B) (reassociated)."""
+    for k in range(a.shape[0]):
+        row = a[k]
+        total = 0.0
+        for c in range(n):
+            total += row[c] * v[c]
+        out[k] += total
 
 
 @njit(cache=True, parallel=True)
@@ -825,6 +875,7 @@ def normal_equations_kernel(
     """
     G, P, K = diffs.shape
     B = min(P, _GROUP_BLOCK)
+    K4 = (K + 3) // 4 * 4  # the rows of _upper_accumulate's blocks
     for g in prange(G):
         if not active[g]:
             continue
@@ -847,19 +898,24 @@ def normal_equations_kernel(
         dd = np.empty(B)
         gf = np.empty(B)
         inv_sd = np.empty(B)
-        # G's factors of the one-block pixels, (K, P): written across a block's pixels at each k
-        # (every entry is written: zero where a pixel is not one block).
-        left = np.empty((K, P))
-        right = np.empty((K, P))
+        gf_block = np.empty(B)
+        # G's factors of the block's one-block pixels and the block's e_hat, (K4, B): the rows
+        # past K stay zero.
+        left = np.zeros((K4, B))
+        right = np.zeros((K4, B))
+        e_block = np.zeros((K4, B))
         f2 = np.empty(B)
         work = np.empty(K)
-        acc = np.zeros((K, K))
+        acc = np.zeros((K, K))  # the pixels that are not one block, lower triangle
+        acc_g = np.zeros((K4, K4))  # the one-block pixels, upper triangle
+        gram = np.zeros((K4, K4))  # e_hat^T e_hat, upper triangle
+        flux_part = np.zeros(K4)  # e_hat^T gf_hat
         accw = np.zeros(K)
         exact = newton[g]
         for p0 in range(0, P, B):
             n = min(B, P - p0)
             if not fit_pixel[g, p0 : p0 + n].any():  # padding: nothing to add
-                _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat, left, right)
+                _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat)
                 continue
             _gather_fit_block(diffs, valid, fit_pixel, flux, s2, omega, dt, g, p0, use, f, var,
                               x, d, ok)  # fmt: skip
@@ -867,24 +923,30 @@ def normal_equations_kernel(
             _back_block(low, inv, yx, yr, u, z, diag)
             _walk_block(low, running, first, one_block)
             _flux_scale_block(g, p0, n, use, dd, gf, sqrt_d, gf_hat, inv_sd)
+            for k in range(K):
+                for i in range(n):
+                    if not ok[k, i]:
+                        e_block[k, i] = 0.0
+                    elif exact:
+                        e_block[k, i] = (f[i] * u[k, i] - z[k, i]) * dt[k] * inv_sd[i]
+                    else:
+                        e_block[k, i] = f[i] * dt[k] * u[k, i] * inv_sd[i]
             for i in range(n):
                 p = p0 + i
-                fi = f[i]
+                gf_block[i] = gf_hat[g, p]
                 for k in range(K):
-                    if not ok[k, i]:
-                        e_hat[g, p, k] = 0.0
-                    elif exact:
-                        e_hat[g, p, k] = (fi * u[k, i] - z[k, i]) * dt[k] * inv_sd[i]
-                    else:
-                        e_hat[g, p, k] = fi * dt[k] * u[k, i] * inv_sd[i]
-                # Pixel by pixel, each accw[k] sums in pixel order (as a loop over pixels would).
-                for k in range(K):
-                    accw[k] += fi * dt[k] * z[k, i] if ok[k, i] else 0.0
+                    e_hat[g, p, k] = e_block[k, i]
+            # Each accw[k] sums in pixel order (as a loop over pixels would).
+            for k in range(K):
+                for i in range(n):
+                    accw[k] += f[i] * dt[k] * z[k, i] if ok[k, i] else 0.0
+            _upper_accumulate(e_block, e_block, n, gram)
+            _matvec_accumulate(e_block, gf_block, n, flux_part)
             # G gains the outer product (f^2 dt_i / R_i)(dt_j diag_j R_j) over i <= j within each
             # coupled block (_walk_block). For a pixel that is one block, the factors become
-            # column p of `left` and `right`, and GEMMs per group sum them all; the other
-            # pixels are summed here, block by block.
-            _one_block_factors(p0, n, use, one_block, ok, f, dt, running, diag, f2, left, right)
+            # column i of `left` and `right`, summed by tiles; the other pixels are summed here.
+            _one_block_factors(n, use, one_block, ok, f, dt, running, diag, f2, left, right)
+            _upper_accumulate(left, right, n, acc_g)
             for i in range(n):
                 if not use[i] or one_block[i]:
                     continue
@@ -894,14 +956,11 @@ def normal_equations_kernel(
                     work[j] = lj
                     for m in range(first[j, i], j + 1):
                         acc[j, m] += work[m] * rj
-        outer = _upper_product(left, right)  # only G's upper triangle is needed
-        gram = np.dot(e_hat[g].T, e_hat[g])
-        flux_part = np.dot(e_hat[g].T, gf_hat[g])
         for j in range(K):
             out_gw[g, j] = accw[j]
             out_rhs[g, j] = accw[j] - flux_part[j]
             for i in range(j + 1):
-                value = acc[j, i] + outer[i, j]
+                value = acc[j, i] + acc_g[i, j]
                 out_g[g, i, j] = value
                 out_g[g, j, i] = value
                 # One triangle of the Gram matrix, so that the complement is exactly symmetric.

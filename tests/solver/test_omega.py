@@ -289,9 +289,10 @@ def test_one_compiled_difference_kernel_for_batches_and_calibration_forms():
 
 
 def test_kernels_that_call_blas_run_with_one_blas_thread(monkeypatch):
-    """The Numba kernels that call BLAS from their threads (``np.dot`` per group) run with BLAS
-    limited to one thread, on every path that reaches them: OpenBLAS's own threads spinning
-    against Numba's made the fibers' stage 35 % slower once (an unwrapped ``finish_groups``)."""
+    """The Numba kernel that calls BLAS from its threads (``flux_quad_kernel``, ``np.dot`` per
+    group) runs with BLAS limited to one thread, on every path that reaches it: OpenBLAS's own
+    threads spinning against Numba's made the fibers' stage 35 % slower once (an unwrapped
+    ``finish_groups``). The normal equations call no BLAS (``_upper_accumulate``)."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     def blas_threads():
@@ -306,8 +307,7 @@ def test_kernels_that_call_blas_run_with_one_blas_thread(monkeypatch):
 
         return run
 
-    for name in ("normal_equations_kernel", "flux_quad_kernel"):
-        monkeypatch.setattr(_numpy, name, checked(getattr(_numpy, name)))
+    monkeypatch.setattr(_numpy, "flux_quad_kernel", checked(_numpy.flux_quad_kernel))
     rng = np.random.default_rng(5)
     omega = omega_uniform(11, 0.3, rng)
     reads = simulate_ramps(rng.uniform(200, 900, (3, 40)), 12.0, omega=omega, rng=rng).reads
@@ -322,5 +322,28 @@ def test_kernels_that_call_blas_run_with_one_blas_thread(monkeypatch):
         fit_omega(reads, 12.0, mode="reference")
         sample_omega(reads[:, 0], 12.0, 3, burn_in=2, rng=rng)
         assert blas_threads() and max(blas_threads()) >= 2  # the limit is restored after each
-    assert {name for name, _ in calls} == {"normal_equations_kernel", "flux_quad_kernel"}
+    assert {name for name, _ in calls} == {"flux_quad_kernel"}
     assert all(max(threads) == 1 for _, threads in calls), calls
+
+
+@pytest.mark.parametrize("k, n", [(1, 1), (5, 64), (46, 64), (47, 17)])
+def test_upper_accumulate_is_the_upper_triangle_of_the_product(k, n):
+    """``_upper_accumulate``, the normal equations' products by tiles: the upper triangle of
+    ``a[:, :n] @ b[:, :n].T`` added to what ``acc`` held, with K padded to a multiple of 4 and
+    a block's columns past ``n`` ignored; a NaN or an infinity reaches the sums it is in (no
+    fast-math assumption drops it)."""
+    rng = np.random.default_rng(k)
+    k4 = (k + 3) // 4 * 4
+    a, b = np.zeros((k4, 64)), np.zeros((k4, 64))
+    a[:k], b[:k] = rng.normal(size=(k, 64)), rng.normal(size=(k, 64))
+    a[:, n:] = b[:, n:] = 1e300  # past the block's pixels: must not be read
+    start = rng.normal(size=(k4, k4))
+    acc = start.copy()
+    _numpy._upper_accumulate(a, b, n, acc)
+    upper = np.triu_indices(k)
+    want = start[:k, :k] + a[:k, :n] @ b[:k, :n].T
+    np.testing.assert_allclose(acc[:k, :k][upper], want[upper], rtol=1e-13, atol=1e-13)
+    a[0, 0], b[k - 1, 0] = np.nan, np.inf
+    acc = start.copy()
+    _numpy._upper_accumulate(a, b, n, acc)
+    assert np.isnan(acc[0]).all() and not np.isfinite(acc[: k - 1, k - 1]).any()
