@@ -93,11 +93,16 @@ def _pixel_values(value, rows, cols) -> np.ndarray:
 
 def _pixel_reads(reads: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``reads[:, rows, cols]`` in the reads' own float type (float32 from raw files: exact,
-    half the memory), gathered read by read through a flat index into the plane: half the time
-    of one fancy index across the three axes (0.17 s -> 0.09 s for 300 x 2048 pixels, 47 reads).
-    """
+    half the memory). A C-contiguous cube in native byte order (as files load) is gathered by
+    a Numba kernel, the planes in parallel (0.30 s -> 0.04 s for 300 x 2048 pixels, 47 reads);
+    any other read by read through a flat index into the plane (or a fancy index)."""
     out = np.empty((reads.shape[0],) + rows.shape, dtype=np.result_type(reads.dtype, np.float32))
     flat = np.ravel_multi_index((rows, cols), reads.shape[1:])
+    if reads.flags.c_contiguous and reads.dtype.isnative:
+        from ._gather import gather_planes
+
+        gather_planes(reads, flat.ravel(), out.reshape(reads.shape[0], -1))
+        return out
     for j, plane in enumerate(reads):
         out[j] = plane.ravel()[flat] if plane.flags.c_contiguous else plane[rows, cols]
     return out

@@ -1537,13 +1537,22 @@ def _inverse_spd(a):
         return out
 
 
-def _times(e, v, rows, transpose):
-    """``e[g].T @ v[g]`` (``transpose``) or ``e[g] @ v[g]`` for the groups ``rows``, else zero."""
-    G, P, K = e.shape
-    out = np.zeros((G, K if transpose else P))
-    for g in rows:
-        np.matmul(e[g].T if transpose else e[g], v[g], out=out[g])
-    return out
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def flux_step_kernel(e_hat, gf_hat, sqrt_d, d_omega, active, out):
+    """``out[g, p] = (gf_hat[g, p] - e_hat[g, p] . d_omega[g]) / sqrt_d[g, p]``, 0 where
+    ``sqrt_d`` is not positive; the product is 0 for the groups not ``active``. (Each product's
+    sum over k is reassociated: vectorised, as BLAS's was.)"""
+    G, P, K = e_hat.shape
+    for g in prange(G):
+        step = d_omega[g]
+        for p in range(P):
+            total = 0.0
+            if active[g]:
+                row = e_hat[g, p]
+                for k in range(K):
+                    total += row[k] * step[k]
+            sd = sqrt_d[g, p]
+            out[g, p] = (gf_hat[g, p] - total) / sd if sd > 0 else 0.0
 
 
 class _Normal:
@@ -1584,10 +1593,11 @@ class _Normal:
 
     def flux_step(self, d_omega, active=None):
         """Flux update from the omega update: ``(g_f - E . d_omega) / D`` (``active`` groups)."""
-        rows = range(d_omega.shape[0]) if active is None else np.flatnonzero(active)
-        step = self.gf_hat - _times(self.e_hat, d_omega, rows, transpose=False)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.sqrt_d > 0, step / self.sqrt_d, 0.0)
+        if active is None:
+            active = np.ones(d_omega.shape[0], dtype=bool)
+        out = np.empty(self.gf_hat.shape)
+        flux_step_kernel(self.e_hat, self.gf_hat, self.sqrt_d, d_omega, active, out)
+        return out
 
 
 class _Offsets:

@@ -37,7 +37,9 @@ def test_median_first_axis_is_numpy_median_to_the_bit(n):
     assert np.isnan(got).any()
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "big-endian", "sliced", "float64"])
+@pytest.mark.parametrize(
+    "layout", ["contiguous", "big-endian", "sliced", "float64", "int32", "one-read"]
+)
 def test_pixel_reads_equal_fancy_indexing(layout):
     from pyapred.exposure.prepare import _pixel_reads
 
@@ -49,6 +51,10 @@ def test_pixel_reads_equal_fancy_indexing(layout):
         reads = reads[:, :, ::2]  # planes not contiguous
     elif layout == "float64":
         reads = reads * 0.5
+    elif layout == "int32":
+        reads = reads.astype(np.int32) - 40000  # to float64, negative values kept
+    elif layout == "one-read":
+        reads = reads[:1]
     rows = rng.integers(0, reads.shape[1], (7, 11))
     cols = rng.integers(0, reads.shape[2], (7, 11))
     got = _pixel_reads(reads, rows, cols)
