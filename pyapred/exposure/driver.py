@@ -271,7 +271,8 @@ def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
             with _timed(timings, "write"):
                 results[name] = keep(name, extracted)
             del extracted, prep  # the chip's maps too, before the next chip is loaded
-            _return_freed_memory()
+            if name != names[-1]:  # after the last chip no cube comes (a collection: 0.08 s)
+                _return_freed_memory()
             bar.update()
         if streamed:
             fibers[key] = _without_jump_mask(fibers[key])
