@@ -1254,6 +1254,12 @@ def objective_change_kernel(
         ym = np.empty(B)
         yq = np.empty(B)
         change = np.empty(B)
+        # omega dt and d_omega dt of the group, once (the same products as per difference).
+        x_g = np.empty(K)
+        dx_g = np.empty(K)
+        for k in range(K):
+            x_g[k] = omega[g, k] * dt[k]
+            dx_g[k] = d_omega[g, k] * dt[k]
         total = 0.0
         for p0 in range(0, P, B):
             n = min(B, P - p0)
@@ -1264,17 +1270,28 @@ def objective_change_kernel(
                 use[i] = i < n and fit_pixel[g, p]
                 f[i] = flux[g, p] if use[i] else 0.0
                 var[i] = s2[g, p] if use[i] else 0.0
-                df = d_flux[g, p] if use[i] else 0.0
-                s = segment[g, p] if use[i] else 0
+                if not use[i]:
+                    for k in range(K):
+                        ok[k, i] = False
+                        x[k, i] = 0.0
+                        dm[k, i] = 0.0
+                        q[k, i] = 0.0
+                    continue
+                df = d_flux[g, p]
+                fi = f[i]
+                # Rows as views: their indexing carries no negative-index checks.
+                diff_row = diffs[g, p]
+                valid_row = valid[g, p]
+                offset_row = d_offsets[g, segment[g, p]]
                 for k in range(K):
-                    good = use[i] and valid[g, p, k]
-                    xk = omega[g, k] * dt[k] if good else 0.0
-                    dxk = d_omega[g, k] * dt[k] if good else 0.0
-                    mk = df * xk + f[i] * dxk + df * dxk + d_offsets[g, s, k] if good else 0.0
+                    good = valid_row[k]
+                    xk = x_g[k] if good else 0.0
+                    dxk = dx_g[k] if good else 0.0
+                    mk = df * xk + fi * dxk + df * dxk + offset_row[k] if good else 0.0
                     ok[k, i] = good
                     x[k, i] = xk
                     dm[k, i] = mk
-                    q[k, i] = mk - 2.0 * (diffs[g, p, k] - f[i] * xk) if good else 0.0
+                    q[k, i] = mk - 2.0 * (diff_row[k] - fi * xk) if good else 0.0
             _weighted_change_block(dm, q, x, ok, f, var, inv, ym, yq, change)
             for i in range(n):
                 if use[i]:
