@@ -871,7 +871,9 @@ def normal_equations_kernel(
 
     The pixels of a group are taken ``_GROUP_BLOCK`` at a time into (K, B) blocks, and every
     recursion runs across the block's pixels at each k (:func:`_sweep_block`,
-    :func:`_back_block`, :func:`_walk_block`).
+    :func:`_back_block`, :func:`_walk_block`). Each block's products (G's one-block part,
+    ``e_hat^T e_hat``, ``e_hat^T gf_hat``) are summed as the block is made
+    (:func:`_upper_accumulate`), with no BLAS call from the threads.
     """
     G, P, K = diffs.shape
     B = min(P, _GROUP_BLOCK)
@@ -1730,8 +1732,9 @@ class _Offsets:
 def _single_blas_thread(func):
     """Run ``func`` with BLAS single-threaded.
 
-    The joint fit makes thousands of small (K x P)(P x K) products, from Numba's threads too;
-    OpenBLAS's own threads then spin against each other and run them 10-100x slower.
+    The joint fit makes many small products and solves (NumPy's, and one (P x K)(K x K)
+    product per group in :func:`flux_quad_kernel` from Numba's threads); OpenBLAS's own threads
+    then spin against each other and run them 10-100x slower.
     """
 
     @functools.wraps(func)
