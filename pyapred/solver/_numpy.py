@@ -627,12 +627,14 @@ def _prepare_diffs_flat(reads, bad, use_mask, gain, saturation, diffs, valid, fl
 
 
 @njit(cache=True, inline="always")
-def _gather_fit_block(diffs, valid, fit_pixel, flux, s2, omega, dt, g, p0, use, f, var, x, d, ok):
+def _gather_fit_block(diffs, valid, fit_pixel, flux, s2, g, p0, use, f, var, d, ok):
     """Pixels ``p0 .. p0 + B - 1`` of group ``g`` of a (G, P, K) layout into (K, B) blocks.
 
     ``use`` (B,) marks the fitted pixels (False past the last pixel); ``f``, ``var`` receive
     their flux and read-noise variance. A difference is usable (``ok``) where it is ``valid`` in
-    a used pixel; there ``x = omega dt`` and ``d`` is the difference, elsewhere both are 0.
+    a used pixel; there ``d`` is the difference, elsewhere 0. The group's design ``omega dt``
+    is not copied per pixel (:func:`_sweep_group_block` reads it once per k): writing it
+    transposed cost as much as the differences themselves.
     """
     P, K = diffs.shape[1], diffs.shape[2]
     B = use.shape[0]
@@ -646,8 +648,40 @@ def _gather_fit_block(diffs, valid, fit_pixel, flux, s2, omega, dt, g, p0, use, 
         for k in range(K):
             good = use[i] and valid[g, p, k]
             ok[k, i] = good
-            x[k, i] = omega[g, k] * dt[k] if good else 0.0
             d[k, i] = diffs[g, p, k] if good else 0.0
+
+
+@njit(cache=True, inline="always")
+def _sweep_first(xk, i, d, ok, f, var, low, inv, yx, yr, dd, gf):
+    """Difference 0 of pixel i in :func:`_sweep_block`, with ``xk`` its ``x``."""
+    good = ok[0, i]
+    rk = d[0, i] - f[i] * xk if good else 0.0
+    alpha = max(f[i] * xk, 0.0) + 2.0 * var[i] if good else 1.0
+    low[0, i] = 0.0
+    inv[0, i] = 1.0 / alpha
+    yx[0, i] = xk
+    yr[0, i] = rk
+    dd[i] = 0.0 + xk * xk * inv[0, i]
+    gf[i] = 0.0 + xk * rk * inv[0, i]
+
+
+@njit(cache=True, inline="always")
+def _sweep_next(xk, k, i, d, ok, f, var, low, inv, yx, yr, dd, gf):
+    """Difference k >= 1 of pixel i in :func:`_sweep_block`, with ``xk`` its ``x``."""
+    good = ok[k, i]
+    rk = d[k, i] - f[i] * xk if good else 0.0
+    alpha = max(f[i] * xk, 0.0) + 2.0 * var[i] if good else 1.0
+    beta = -var[i] if (good and ok[k - 1, i]) else 0.0
+    lk = beta * inv[k - 1, i]
+    ik = 1.0 / (alpha - lk * beta)
+    ax = xk - lk * yx[k - 1, i]
+    ar = rk - lk * yr[k - 1, i]
+    low[k, i] = lk
+    inv[k, i] = ik
+    yx[k, i] = ax
+    yr[k, i] = ar
+    dd[i] += ax * ax * ik
+    gf[i] += ax * ar * ik
 
 
 @njit(cache=True, inline="always")
@@ -663,33 +697,23 @@ def _sweep_block(x, d, ok, f, var, low, inv, yx, yr, dd, gf):
     """
     K, B = x.shape
     for i in range(B):
-        good = ok[0, i]
-        xk = x[0, i]
-        rk = d[0, i] - f[i] * xk if good else 0.0
-        alpha = max(f[i] * xk, 0.0) + 2.0 * var[i] if good else 1.0
-        low[0, i] = 0.0
-        inv[0, i] = 1.0 / alpha
-        yx[0, i] = xk
-        yr[0, i] = rk
-        dd[i] = 0.0 + xk * xk * inv[0, i]
-        gf[i] = 0.0 + xk * rk * inv[0, i]
+        _sweep_first(x[0, i], i, d, ok, f, var, low, inv, yx, yr, dd, gf)
     for k in range(1, K):
         for i in range(B):
-            good = ok[k, i]
-            xk = x[k, i]
-            rk = d[k, i] - f[i] * xk if good else 0.0
-            alpha = max(f[i] * xk, 0.0) + 2.0 * var[i] if good else 1.0
-            beta = -var[i] if (good and ok[k - 1, i]) else 0.0
-            lk = beta * inv[k - 1, i]
-            ik = 1.0 / (alpha - lk * beta)
-            ax = xk - lk * yx[k - 1, i]
-            ar = rk - lk * yr[k - 1, i]
-            low[k, i] = lk
-            inv[k, i] = ik
-            yx[k, i] = ax
-            yr[k, i] = ar
-            dd[i] += ax * ax * ik
-            gf[i] += ax * ar * ik
+            _sweep_next(x[k, i], k, i, d, ok, f, var, low, inv, yx, yr, dd, gf)
+
+
+@njit(cache=True, inline="always")
+def _sweep_group_block(x_g, d, ok, f, var, low, inv, yx, yr, dd, gf):
+    """:func:`_sweep_block` for pixels that share one design ``x_g`` (K,), their group's
+    ``omega dt``: a pixel's ``x`` is ``x_g`` at its usable differences, 0 elsewhere."""
+    K, B = d.shape
+    for i in range(B):
+        _sweep_first(x_g[0] if ok[0, i] else 0.0, i, d, ok, f, var, low, inv, yx, yr, dd, gf)
+    for k in range(1, K):
+        xg = x_g[k]
+        for i in range(B):
+            _sweep_next(xg if ok[k, i] else 0.0, k, i, d, ok, f, var, low, inv, yx, yr, dd, gf)
 
 
 @njit(cache=True, inline="always")
@@ -844,6 +868,18 @@ def _matvec_accumulate(a, v, n, out):
         out[k] += total
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _masked_matvec_accumulate(a, ok, v, n, out):
+    """``out[k] += sum_{c < n} a[k, c] v[c]`` over the ``ok[k, c]`` entries (reassociated)."""
+    for k in range(out.shape[0]):
+        row = a[k]
+        ok_row = ok[k]
+        total = 0.0
+        for c in range(n):
+            total += row[c] * v[c] if ok_row[c] else 0.0
+        out[k] += total
+
+
 @njit(cache=True, parallel=True)
 def normal_equations_kernel(
     diffs, valid, s2, dt, flux, omega, active, newton, fit_pixel, out_g, out_gw, e_hat, gf_hat,
@@ -884,7 +920,9 @@ def normal_equations_kernel(
         use = np.empty(B, dtype=np.bool_)
         f = np.empty(B)
         var = np.empty(B)
-        x = np.empty((K, B))
+        x_g = np.empty(K)  # the group's design
+        for k in range(K):
+            x_g[k] = omega[g, k] * dt[k]
         d = np.empty((K, B))
         ok = np.empty((K, B), dtype=np.bool_)
         low = np.empty((K, B))  # sub-diagonal of L: low[k] = beta[k-1] / piv[k-1]
@@ -912,16 +950,15 @@ def normal_equations_kernel(
         acc_g = np.zeros((K4, K4))  # the one-block pixels, upper triangle
         gram = np.zeros((K4, K4))  # e_hat^T e_hat, upper triangle
         flux_part = np.zeros(K4)  # e_hat^T gf_hat
-        accw = np.zeros(K)
+        accw = np.zeros(K)  # sum_p flux_p (C_p^-1 r_p), times dt at the end
         exact = newton[g]
         for p0 in range(0, P, B):
             n = min(B, P - p0)
             if not fit_pixel[g, p0 : p0 + n].any():  # padding: nothing to add
                 _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat)
                 continue
-            _gather_fit_block(diffs, valid, fit_pixel, flux, s2, omega, dt, g, p0, use, f, var,
-                              x, d, ok)  # fmt: skip
-            _sweep_block(x, d, ok, f, var, low, inv, yx, yr, dd, gf)
+            _gather_fit_block(diffs, valid, fit_pixel, flux, s2, g, p0, use, f, var, d, ok)
+            _sweep_group_block(x_g, d, ok, f, var, low, inv, yx, yr, dd, gf)
             _back_block(low, inv, yx, yr, u, z, diag)
             _walk_block(low, running, first, one_block)
             _flux_scale_block(g, p0, n, use, dd, gf, sqrt_d, gf_hat, inv_sd)
@@ -938,10 +975,7 @@ def normal_equations_kernel(
                 gf_block[i] = gf_hat[g, p]
                 for k in range(K):
                     e_hat[g, p, k] = e_block[k, i]
-            # Each accw[k] sums in pixel order (as a loop over pixels would).
-            for k in range(K):
-                for i in range(n):
-                    accw[k] += f[i] * dt[k] * z[k, i] if ok[k, i] else 0.0
+            _masked_matvec_accumulate(z, ok, f, n, accw)
             _upper_accumulate(e_block, e_block, n, gram)
             _matvec_accumulate(e_block, gf_block, n, flux_part)
             # G gains the outer product (f^2 dt_i / R_i)(dt_j diag_j R_j) over i <= j within each
@@ -959,8 +993,8 @@ def normal_equations_kernel(
                     for m in range(first[j, i], j + 1):
                         acc[j, m] += work[m] * rj
         for j in range(K):
-            out_gw[g, j] = accw[j]
-            out_rhs[g, j] = accw[j] - flux_part[j]
+            out_gw[g, j] = dt[j] * accw[j]
+            out_rhs[g, j] = out_gw[g, j] - flux_part[j]
             for i in range(j + 1):
                 value = acc[j, i] + acc_g[i, j]
                 out_g[g, i, j] = value
@@ -1248,7 +1282,6 @@ def objective_change_kernel(
         use = np.empty(B, dtype=np.bool_)
         f = np.empty(B)
         var = np.empty(B)
-        x = np.empty((K, B))
         dm = np.empty((K, B))
         q = np.empty((K, B))
         ok = np.empty((K, B), dtype=np.bool_)
@@ -1275,7 +1308,6 @@ def objective_change_kernel(
                 if not use[i]:
                     for k in range(K):
                         ok[k, i] = False
-                        x[k, i] = 0.0
                         dm[k, i] = 0.0
                         q[k, i] = 0.0
                     continue
@@ -1291,10 +1323,9 @@ def objective_change_kernel(
                     dxk = dx_g[k] if good else 0.0
                     mk = df * xk + fi * dxk + df * dxk + offset_row[k] if good else 0.0
                     ok[k, i] = good
-                    x[k, i] = xk
                     dm[k, i] = mk
                     q[k, i] = mk - 2.0 * (diff_row[k] - fi * xk) if good else 0.0
-            _weighted_change_block(dm, q, x, ok, f, var, inv, ym, yq, change)
+            _weighted_change_block(dm, q, x_g, ok, f, var, inv, ym, yq, change)
             for i in range(n):
                 if use[i]:
                     total += change[i]
@@ -1302,13 +1333,14 @@ def objective_change_kernel(
 
 
 @njit(cache=True, inline="always")
-def _weighted_change_block(dm, q, x, ok, f, var, inv, ym, yq, total):
+def _weighted_change_block(dm, q, x_g, ok, f, var, inv, ym, yq, total):
     """:func:`_weighted_change` of a block of pixels, (K, B) arrays, across the pixels at each k;
-    ``inv``, ``ym``, ``yq`` (B,) scratch, ``total`` (B,) out."""
-    K, B = x.shape
+    ``x_g`` (K,) is the group's design (``omega dt``), ``inv``, ``ym``, ``yq`` (B,) scratch,
+    ``total`` (B,) out."""
+    K, B = dm.shape
     for i in range(B):
         good = ok[0, i]
-        alpha = max(f[i] * x[0, i], 0.0) + 2.0 * var[i] if good else 1.0
+        alpha = max(f[i] * x_g[0], 0.0) + 2.0 * var[i] if good else 1.0
         inv[i] = 1.0 / alpha
         ym[i] = dm[0, i]
         yq[i] = q[0, i]
@@ -1316,7 +1348,7 @@ def _weighted_change_block(dm, q, x, ok, f, var, inv, ym, yq, total):
     for k in range(1, K):
         for i in range(B):
             good = ok[k, i]
-            alpha = max(f[i] * x[k, i], 0.0) + 2.0 * var[i] if good else 1.0
+            alpha = max(f[i] * x_g[k], 0.0) + 2.0 * var[i] if good else 1.0
             beta = -var[i] if (good and ok[k - 1, i]) else 0.0
             lk = beta * inv[i]
             ik = 1.0 / (alpha - lk * beta)
