@@ -1204,7 +1204,6 @@ def chi2_kernel(diffs, valid, s2, x, flux, fit_pixel, out):
         use = np.empty(B, dtype=np.bool_)
         f = np.empty(B)
         var = np.empty(B)
-        xb = np.empty((K, B))
         r = np.empty((K, B))
         ok = np.empty((K, B), dtype=np.bool_)
         piv = np.empty(B)
@@ -1219,18 +1218,17 @@ def chi2_kernel(diffs, valid, s2, x, flux, fit_pixel, out):
                 var[i] = s2[g, p] if use[i] else 0.0
                 for k in range(K):
                     good = use[i] and valid[g, p, k]
-                    xk = x[xg, k] if good else 0.0
                     ok[k, i] = good
-                    xb[k, i] = xk
-                    r[k, i] = diffs[g, p, k] - f[i] * xk if good else 0.0
+                    r[k, i] = diffs[g, p, k] - f[i] * x[xg, k] if good else 0.0
             for i in range(B):
-                alpha = max(f[i] * xb[0, i], 0.0) + 2.0 * var[i] if ok[0, i] else 1.0
+                alpha = max(f[i] * x[xg, 0], 0.0) + 2.0 * var[i] if ok[0, i] else 1.0
                 piv[i] = alpha
                 y[i] = r[0, i]
                 chi2[i] = 0.0 + y[i] * y[i] / piv[i]
             for k in range(1, K):
+                x_k = x[xg, k]
                 for i in range(B):
-                    alpha = max(f[i] * xb[k, i], 0.0) + 2.0 * var[i] if ok[k, i] else 1.0
+                    alpha = max(f[i] * x_k, 0.0) + 2.0 * var[i] if ok[k, i] else 1.0
                     beta = -var[i] if (ok[k - 1, i] and ok[k, i]) else 0.0
                     low = beta / piv[i]
                     pk = alpha - low * beta

@@ -66,15 +66,17 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         # finite, or at or above saturation).
         n_good = np.full(B, n_reads, dtype=np.int64)
         previous = np.empty(B)
+        first_read = reads[0, y, x0 : x0 + B]
         for i in range(B):
-            value = float(reads[0, y, x0 + i])
+            value = float(first_read[i])
             previous[i] = value
             if not np.isfinite(value) or value >= sat[i]:
                 n_good[i] = 0
         diff = np.empty((K, B))
         for k in range(K):
+            plane = reads[k + 1, y, x0 : x0 + B]
             for i in range(B):
-                value = float(reads[k + 1, y, x0 + i])
+                value = float(plane[i])
                 diff[k, i] = value - previous[i]
                 previous[i] = value
                 unusable = not np.isfinite(value) or value >= sat[i]
