@@ -82,19 +82,13 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
                 unusable = not np.isfinite(value) or value >= sat[i]
                 n_good[i] = k + 1 if unusable and n_good[i] == n_reads else n_good[i]
         # Each pixel's light-curve shape; a block of one shape (a row's pixels of one fiber, or
-        # background: the common case) reads one element per k, and its loop runs in vectors.
-        first = shape_index[y, x0]
+        # background: the common case) reads one element per k, and its loops run in vectors.
+        # The shapes and the scaled differences are not stored: read and divided where used.
+        block_shapes = shape_index[y, x0 : x0 + B]
+        first = block_shapes[0]
         same = True
         for i in range(B):
-            same = same and shape_index[y, x0 + i] == first
-        shape = np.empty((K, B))
-        scaled = np.empty((K, B))
-        for k in range(K):
-            s_first = shapes[first, k]
-            for i in range(B):
-                s = s_first if same else shapes[shape_index[y, x0 + i], k]
-                shape[k, i] = s
-                scaled[k, i] = diff[k, i] / s
+            same = same and block_shapes[i] == first
         # A rough level from the median of at most _N_ROUGH evenly spaced differences (cheap,
         # and robust to a jump), then the mean of the differences that are not jumps under it.
         rough_values = np.empty((_N_ROUGH, B))
@@ -102,10 +96,10 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         for i in range(B):
             n_diff = max(n_good[i] - 1, 0)
             n_rough[i] = min(n_diff, _N_ROUGH)
+            row = shapes[first if same else block_shapes[i]]
             for m in range(_N_ROUGH):
-                rough_values[m, i] = (
-                    scaled[(m * n_diff) // n_rough[i], i] if m < n_rough[i] else np.inf
-                )
+                k = (m * n_diff) // n_rough[i] if m < n_rough[i] else 0
+                rough_values[m, i] = diff[k, i] / row[k] if m < n_rough[i] else np.inf
         _sort_columns(rough_values, network)
         rough = np.empty(B)
         for i in range(B):
@@ -119,11 +113,13 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         total = np.zeros(B)
         count = np.zeros(B)  # a float count (exact): an integer sum keeps this loop scalar
         for k in range(K):
+            s_first = shapes[first, k]
             for i in range(B):
-                model = rough[i] * shape[k, i]
+                s = s_first if same else shapes[block_shapes[i], k]
+                model = rough[i] * s
                 jump = _is_jump(diff[k, i] - model, model, inv_g[i], var_r[i], thr2)
                 keep = (k + 1 < n_good[i]) & (not jump)
-                total[i] += scaled[k, i] if keep else 0.0
+                total[i] += diff[k, i] / s if keep else 0.0
                 count[i] += 1.0 if keep else 0.0
         level = np.empty(B)
         for i in range(B):
@@ -137,8 +133,9 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         flagged = np.empty((K, B), dtype=np.bool_)
         any_jump = np.zeros(B, dtype=np.bool_)
         for k in range(K):
+            s_first = shapes[first, k]
             for i in range(B):
-                model = level[i] * shape[k, i]
+                model = level[i] * (s_first if same else shapes[block_shapes[i], k])
                 jump = _is_jump(diff[k, i] - model, model, inv_g[i], var_r[i], thr2)
                 hit = jump and k + 1 < n_good[i]
                 flagged[k, i] = hit
