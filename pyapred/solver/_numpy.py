@@ -1425,7 +1425,7 @@ def equal_weight_kernel(
 # Time-variable joint fit (NumPy orchestration of the kernels above)
 # --------------------------------------------------------------------------------------------
 def initial_guess(diffs, valid, s2, dt, fit_pixel, *, reference=False, ref_index=None,
-                  pivot_ratio=None):  # fmt: skip
+                  pivot_ratio=None, flux_pixel=None):  # fmt: skip
     """Initial omega and fluxes (spec section 2.6), per group.
 
     Parameters
@@ -1444,11 +1444,14 @@ def initial_guess(diffs, valid, s2, dt, fit_pixel, *, reference=False, ref_index
         Threshold pivoting (:data:`PIVOT_RATIO`): a group's ``ref_index`` whose guess is below
         this fraction of the group's largest element is not fixed, the largest is (an element
         without data at ``ref_index`` is fixed all the same).
+    flux_pixel : (G, P) bool, optional
+        The pixels whose flux is guessed (step 5), among ``fit_pixel``; default all of them.
+        A warm start (``fit_omega_groups``) needs only those it has no flux for.
 
     Returns
     -------
     omega : (G, K), 1 at ``ref_index``, NaN where no pixel has data.
-    flux : (G, P), NaN for pixels that do not take part.
+    flux : (G, P), NaN for pixels that do not take part, or not in ``flux_pixel``.
     ref_index : (G,) int64
     """
     G, P, K = diffs.shape
@@ -1456,8 +1459,9 @@ def initial_guess(diffs, valid, s2, dt, fit_pixel, *, reference=False, ref_index
     flux = np.full((G, P), np.nan)
     kstar = np.full(G, -1, dtype=np.int64) if ref_index is None else ref_index.astype(np.int64)
     floor_ratio = -np.inf if pivot_ratio is None else float(pivot_ratio)
-    _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, floor_ratio, omega, flux,
-                          kstar)  # fmt: skip
+    flux_pixel = fit_pixel if flux_pixel is None else fit_pixel & flux_pixel
+    _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, flux_pixel, reference, floor_ratio,
+                          omega, flux, kstar)  # fmt: skip
     return omega, flux, kstar
 
 
@@ -1473,10 +1477,11 @@ def _guess_floor(s2, reference):
 
 
 @njit(cache=True, parallel=True)
-def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, pivot_ratio, omega, flux,
-                          kstar):  # fmt: skip
+def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, flux_pixel, reference, pivot_ratio,
+                          omega, flux, kstar):  # fmt: skip
     """The five steps of spec 2.6 for every group; ``kstar[g] < 0`` means take the argmax, and
-    a ``kstar[g]`` whose guess is below ``pivot_ratio`` times the largest takes it too.
+    a ``kstar[g]`` whose guess is below ``pivot_ratio`` times the largest takes it too. Step 5
+    (the fluxes) runs for the ``flux_pixel`` pixels only.
 
     The loops over k carry no branch (an unusable difference adds an exact 0), so that they
     run across the differences in vector registers; every sum keeps its order.
@@ -1534,7 +1539,7 @@ def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, reference, pivot_rati
                 omega_err[k] = w_sum[k] ** -0.5 / scale
         terms = np.empty((2, K))
         for p in range(P):
-            if not fit_pixel[g, p]:
+            if not flux_pixel[g, p]:
                 continue
             floor = _guess_floor(s2[g, p], reference)
             var = 2.0 * s2[g, p]
@@ -1860,15 +1865,26 @@ def fit_omega_groups(
         raise ValueError("finish=False: default mode without segments only")
     G, P, K = diffs.shape
     target = None if ref_index is None else np.asarray(ref_index, dtype=np.int64)
+    # A warm start needs the guess's fluxes only where it has none.
+    needs_flux = None if start is None else ~np.isfinite(start[1])
     if reference:
         omega, flux, kstar = initial_guess(
-            diffs, valid, s2, dt, fit_pixel, reference=True, ref_index=target
-        )
+            diffs, valid, s2, dt, fit_pixel, reference=True, ref_index=target,
+            flux_pixel=needs_flux,
+        )  # fmt: skip
     else:
-        omega, flux, kstar = _pivoted_guess(diffs, valid, s2, dt, fit_pixel, target)
+        omega, flux, kstar = _pivoted_guess(diffs, valid, s2, dt, fit_pixel, target, needs_flux)
     has_data = np.isfinite(omega)
     if start is not None:
         start_omega, start_flux = _start_at(start, kstar, kstar if target is None else target)
+        # Groups whose start _start_at dropped (a new pivot without a positive start value):
+        # their guessed fluxes, at the pivot chosen above (the same bits as guessed at once).
+        dropped = np.flatnonzero((fit_pixel & ~np.isfinite(start_flux) & np.isnan(flux)).any(1))
+        if dropped.size:
+            flux[dropped] = initial_guess(
+                diffs[dropped], valid[dropped], s2[dropped], dt, fit_pixel[dropped],
+                reference=reference, ref_index=kstar[dropped],
+            )[1]  # fmt: skip
         omega = np.where(has_data & np.isfinite(start_omega), start_omega, omega)
         flux = np.where(fit_pixel & np.isfinite(start_flux), start_flux, flux)
     free = has_data & (np.arange(K) != kstar[:, None])
@@ -2113,13 +2129,14 @@ def _repivot(omega, flux, rows, has_data, fit_pixel, kstar, free, scale, s2):
     return moved
 
 
-def _pivoted_guess(diffs, valid, s2, dt, fit_pixel, target):
+def _pivoted_guess(diffs, valid, s2, dt, fit_pixel, target, flux_pixel=None):
     """The initial guess, fixed at ``target`` (G,) where that element's guess is at least
-    ``PIVOT_RATIO`` of the group's largest (or has no data), else at the largest."""
+    ``PIVOT_RATIO`` of the group's largest (or has no data), else at the largest; the fluxes
+    of the ``flux_pixel`` pixels (default all)."""
     if target is None:
-        return initial_guess(diffs, valid, s2, dt, fit_pixel)
+        return initial_guess(diffs, valid, s2, dt, fit_pixel, flux_pixel=flux_pixel)
     return initial_guess(diffs, valid, s2, dt, fit_pixel, ref_index=target,
-                         pivot_ratio=PIVOT_RATIO)  # fmt: skip
+                         pivot_ratio=PIVOT_RATIO, flux_pixel=flux_pixel)  # fmt: skip
 
 
 def _start_at(start, kstar, target):

@@ -347,3 +347,52 @@ def test_upper_accumulate_is_the_upper_triangle_of_the_product(k, n):
     acc = start.copy()
     _numpy._upper_accumulate(a, b, n, acc)
     assert np.isnan(acc[0]).all() and not np.isfinite(acc[: k - 1, k - 1]).any()
+
+
+def test_a_warm_start_guesses_only_the_fluxes_it_lacks():
+    """A warm start takes the initial guess's fluxes only where it has none: the guess computes
+    those alone (``flux_pixel``), and a group whose start is dropped (a new pivot without a
+    start value) gets all of its own. The fit is the same bits as from a guess of every flux."""
+    rng = np.random.default_rng(8)
+    omega = omega_uniform(9, 0.3, rng)
+    omega[4] = 0.2  # below PIVOT_RATIO of the largest: a pivot asked for here moves
+    reads = simulate_ramps(rng.uniform(200, 900, (3, 30)), 12.0, omega=omega, rng=rng).reads
+    diffs = np.ascontiguousarray(np.diff(reads, axis=0).transpose(1, 2, 0))
+    valid = np.ones(diffs.shape, dtype=bool)
+    s2 = np.full(diffs.shape[:2], 144.0)
+    dt = np.ones(9)
+    fit_pixel = np.ones(s2.shape, dtype=bool)
+    some = rng.random(fit_pixel.shape) < 0.5
+    full = _numpy.initial_guess(diffs, valid, s2, dt, fit_pixel)
+    part = _numpy.initial_guess(diffs, valid, s2, dt, fit_pixel, flux_pixel=some)
+    np.testing.assert_array_equal(part[0], full[0])  # omega
+    np.testing.assert_array_equal(part[2], full[2])  # the pivots
+    np.testing.assert_array_equal(part[1][some], full[1][some])
+    assert np.all(np.isnan(part[1][~some]))
+
+    target = np.full(3, 4)
+    options = {"reference": False, "rtol": 1e-8, "max_iter": 50, "ref_index": target}
+    cold = _numpy.fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **options)
+    start_flux = np.where(some, np.nan, cold["flux"])  # pixels without a start flux
+    start_omega = cold["omega"].copy()
+    start_omega[1] = np.nan  # group 1's start is dropped at its new pivot
+    kwargs = options | {"start": (start_omega, start_flux)}
+    guess = _numpy.initial_guess
+    asked = []
+
+    def recorded(*args, flux_pixel=None, **kw):
+        asked.append(flux_pixel)
+        return guess(*args, flux_pixel=flux_pixel, **kw)
+
+    def every_flux(*args, flux_pixel=None, **kw):
+        return guess(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_numpy, "initial_guess", recorded)
+        warm = _numpy.fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **kwargs)
+        patch.setattr(_numpy, "initial_guess", every_flux)
+        again = _numpy.fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **kwargs)
+    np.testing.assert_array_equal(asked[0], some)  # a partial guess, then group 1's fluxes
+    assert len(asked) == 2 and asked[1] is None
+    for key in ("omega", "flux", "omega_cov", "n_iter", "ref_index"):
+        np.testing.assert_array_equal(warm[key], again[key])
