@@ -113,6 +113,29 @@ def run_exposure(
     if not isinstance(chips, Mapping) and any(isinstance(c, ChipExposure) for c in chips):
         raise TypeError("chips: expected chips in memory by name ({'R': chip, ...}), got a list")
     options = dataclasses.replace(options, backend=resolve_backend(options.backend))
+    from ..io import BackgroundHashes, is_fits_path
+
+    streamed = product is not None and not (keep_images or is_fits_path(product))
+    # A streamed product's input_sha256, hashed by a thread of its own from now: beside the
+    # headers' check and the kernels' loading, which run on one core.
+    hashing = (
+        BackgroundHashes([*chips, *traces])
+        if streamed and not isinstance(chips, Mapping)
+        else contextlib.nullcontext()
+    )
+    with hashing as hashes:
+        return _exposure(chips, traces, options, product, overwrite, keep_images,
+                         traces_any_night, progress, on_chip, identity, hashes)  # fmt: skip
+
+
+def _exposure(chips, traces, options, product, overwrite, keep_images, traces_any_night,
+              progress, on_chip, identity, hashes) -> ExposureResult:  # fmt: skip
+    """:func:`run_exposure` after its options are resolved; ``hashes`` (a
+    :class:`~pyapred.io.BackgroundHashes` of the files, or None) gives a streamed product's
+    digests."""
+    from ..io import ChipImages, ProductWriter, is_fits_path
+    from ..io.paths import check_output_path
+
     meta: dict = {}
     if not isinstance(chips, Mapping):
         chips, traces, meta = _file_sources(chips, traces, options, traces_any_night, identity)
@@ -122,9 +145,6 @@ def run_exposure(
         chips = {name: _with_calibration(source, options) for name, source in chips.items()}
     if product is None:
         return _run(chips, traces, options, meta, progress, on_chip)
-    from ..io import ChipImages, ProductWriter, is_fits_path
-    from ..io.paths import check_output_path
-
     # Before any work: a product may never replace one of the inputs.
     inputs = [*meta.get("inputs", ()), *meta.get("traces", ())]
     path = check_output_path(product, "product", inputs=inputs, overwrite=overwrite)
@@ -146,6 +166,7 @@ def run_exposure(
         writer.finish(
             fibers=parts.fibers, inputs=parts.inputs, backend=parts.backend,
             metadata=parts.metadata,
+            input_sha256=None if hashes is None else hashes.digests(parts.inputs),
         )  # fmt: skip
     return dataclasses.replace(result, meta={**result.meta, "product": str(path)})
 

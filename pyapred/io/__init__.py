@@ -28,6 +28,7 @@ from .hdf5 import read_metadata
 from .product import (
     FORMAT_VERSION,
     READABLE_VERSIONS,
+    BackgroundHashes,
     ChipImages,
     FiberResults,
     Product,
@@ -42,6 +43,7 @@ from .product import (
 __all__ = [
     "FORMAT_VERSION",
     "READABLE_VERSIONS",
+    "BackgroundHashes",
     "ChipImages",
     "FiberResults",
     "Product",

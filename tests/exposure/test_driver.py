@@ -256,7 +256,7 @@ def test_match_inputs_rejects_mixed_nights(tmp_path):
                      ["traceMain_apo_60781_R.h5", "domeTrace_apo_60781_R.h5"])  # fmt: skip
 
 
-def test_files_to_product_and_command_line(tmp_path, capsys):
+def test_files_to_product_and_command_line(tmp_path, capsys, monkeypatch):
     from pyapred.cli import main
     from pyapred.io import read_product
 
@@ -269,9 +269,26 @@ def test_files_to_product_and_command_line(tmp_path, capsys):
     np.testing.assert_array_equal(result.chips["R"].flags, in_memory.chips["R"].flags)
     product = read_product(write_exposure(result, tmp_path / "p.h5"))
     assert set(product.chips) == {"R", "B"} and set(product.fibers) == {"R", "B"}
-    # Written chip by chip: the same images, and only their summary kept in memory.
+    # Written chip by chip: the same images, and only their summary kept in memory. The inputs
+    # are hashed in the background from the start.
+    import pyapred.io
+    from pyapred.io import sha256_file
+
+    made = []
+
+    class Recorded(pyapred.io.BackgroundHashes):
+        def __init__(self, files):
+            made.append([str(f) for f in files])
+            super().__init__(files)
+
+    monkeypatch.setattr(pyapred.io, "BackgroundHashes", Recorded)
     streamed = run_exposure(paths["apz"], paths["traces"], product=tmp_path / "s.h5")
     path = streamed.meta["product"]
+    files = [*paths["apz"], *paths["traces"]]
+    assert made == [[str(f) for f in files]]
+    meta = read_product(path).metadata
+    hashed = dict(zip(meta["input_files"], meta["input_sha256"], strict=True))
+    assert hashed == {f.name: sha256_file(f) for f in files}
     assert streamed.chips["R"].flux is None and streamed.chips["R"].prepared.jumps is not None
     np.testing.assert_array_equal(read_product(path).chips["R"].rate, product.chips["R"].rate)
     np.testing.assert_array_equal(read_product(path).chips["B"].flags, product.chips["B"].flags)

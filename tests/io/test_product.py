@@ -6,6 +6,7 @@ Format 2 specifics (compression, self-description, format 1 still read): test_pr
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import h5py
 import numpy as np
@@ -15,6 +16,7 @@ import pyapred
 from pyapred import Flag, FluxFit
 from pyapred.io import (
     FORMAT_VERSION,
+    BackgroundHashes,
     ChipImages,
     FiberResults,
     Product,
@@ -342,3 +344,32 @@ def test_a_fiber_group_of_no_fiber_in_both_formats(tmp_path):
     for name in ("p.h5", "p.fits"):  # FITS: a reshape error before
         back = read_product(write_product(tmp_path / name, fibers={"R": empty}))
         assert back.fibers["R"].omega.shape == (0, 5) and back.fibers["R"].omega_cov.shape[0] == 0
+
+
+def test_background_hashes_are_the_files_digests(tmp_path):
+    files = []
+    for i, content in enumerate((b"first", b"second", b"third")):
+        files.append(tmp_path / f"f{i}")
+        files[-1].write_bytes(content * 100_000)
+    expected = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    with BackgroundHashes([files[0], files[1], files[0]]) as hashes:
+        # In any order, and a file it was not given is hashed on the spot.
+        assert hashes.digests([files[2], files[0], str(files[1])]) == [
+            expected[i] for i in (2, 0, 1)
+        ]
+    with BackgroundHashes([tmp_path / "missing"]) as hashes:
+        with pytest.raises(FileNotFoundError):
+            hashes.digests([tmp_path / "missing"])
+    stop = threading.Event()
+    stop.set()  # a stopped hash ends at its next block, with no digest
+    assert product_module._sha256_unless_stopped(files[0], stop) is None
+
+
+def test_finish_writes_the_digests_it_is_given(tmp_path):
+    raw = tmp_path / "apR-a-52190065.apz"
+    raw.write_bytes(b"raw bytes")
+    with ProductWriter(tmp_path / "p.h5") as writer:
+        with pytest.raises(ValueError, match="one digest per input"):
+            writer.finish(inputs=[raw], input_sha256=[])
+        writer.finish(inputs=[raw], input_sha256=["ab" * 32])
+    assert read_product(tmp_path / "p.h5").metadata["input_sha256"] == ["ab" * 32]
