@@ -906,8 +906,9 @@ def normal_equations_kernel(
     ratios (spec section 1.5), K^2 operations per pixel, and accumulated without storing them.
 
     The pixels of a group are taken ``_GROUP_BLOCK`` at a time into (K, B) blocks, and every
-    recursion runs across the block's pixels at each k (:func:`_sweep_block`,
-    :func:`_back_block`, :func:`_walk_block`). Each block's products (G's one-block part,
+    recursion runs across the block's pixels at each k (:func:`_sweep_group_block`, which
+    reads the group's design ``x`` once per k, :func:`_back_block`, :func:`_walk_block`). Each
+    block's products (G's one-block part,
     ``e_hat^T e_hat``, ``e_hat^T gf_hat``) are summed as the block is made
     (:func:`_upper_accumulate`), with no BLAS call from the threads.
     """
