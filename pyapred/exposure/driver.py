@@ -124,11 +124,14 @@ def run_exposure(
         else contextlib.nullcontext()
     )
     with hashing as hashes:
-        return _exposure(chips, traces, options, product, overwrite, keep_images,
-                         traces_any_night, progress, on_chip, identity, hashes)  # fmt: skip
+        return _exposure(
+            chips, traces, options, product=product, overwrite=overwrite,
+            keep_images=keep_images, traces_any_night=traces_any_night, progress=progress,
+            on_chip=on_chip, identity=identity, hashes=hashes,
+        )  # fmt: skip
 
 
-def _exposure(chips, traces, options, product, overwrite, keep_images, traces_any_night,
+def _exposure(chips, traces, options, *, product, overwrite, keep_images, traces_any_night,
               progress, on_chip, identity, hashes) -> ExposureResult:  # fmt: skip
     """:func:`run_exposure` after its options are resolved; ``hashes`` (a
     :class:`~pyapred.io.BackgroundHashes` of the files, or None) gives a streamed product's
