@@ -1775,15 +1775,23 @@ def _single_blas_thread(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        # Numba's np.dot calls SciPy's BLAS, a library of its own: loaded first, so that the
-        # limit reaches it too (otherwise the first call of a process runs it multi-threaded).
-        import scipy.linalg.cython_blas  # noqa: F401
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             return func(*args, **kwargs)
 
     return wrapper
+
+
+@functools.cache
+def _blas_controller():
+    """The process's BLAS libraries, found once: ``threadpool_limits`` looks them up again at
+    every call (about 2 ms, 0.05 s of a chip's fibers). Numba's np.dot calls SciPy's BLAS, a
+    library of its own: it is loaded first, so that the limit reaches it too (otherwise the
+    first call of a process runs it multi-threaded). A BLAS loaded later (torch's, Julia's)
+    runs none of these kernels."""
+    import scipy.linalg.cython_blas  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 @_single_blas_thread
