@@ -474,8 +474,9 @@ def _image(
     tiles = None if raw is None else read_rice_tiles(raw, hdul, index, rows)
     if tiles is not None and tiles.shape == hdu.shape:
         data, bad_row, code = decode_rice_tiles(
-            tiles.heap, tiles.nelem, tiles.offset, tiles.blocksize, tiles.shape[1]
-        )
+            tiles.heap, tiles.nelem, tiles.offset, tiles.blocksize, tiles.shape[1],
+            bytepix=tiles.bytepix, zero=tiles.zero,
+        )  # fmt: skip
         _check_decoded(path, index, kind, rows, bad_row, code)
         return data
     try:
@@ -502,7 +503,7 @@ def _rebuild(
     with open(path, "rb") if FAST_RICE else contextlib.nullcontext() as raw:
         avg = _image(path, hdul, 1, rows, "average read difference", raw).astype(np.int64)
         shape = _image_hdu(path, hdul, 1, "average read difference").shape
-        first = _image(path, hdul, 2, rows, "read 1")
+        first = _image(path, hdul, 2, rows, "read 1", raw)
         if first.dtype != np.uint16:
             raise InputError(
                 path, "HDU 2", "read 1 as uint16 (BITPIX 16, BZERO 32768)", found=str(first.dtype)
@@ -561,8 +562,9 @@ def _next_read(
     tiles = None if raw is None else read_rice_tiles(raw, hdul, index, rows)
     if tiles is not None and tiles.shape == shape:
         low, high, bad_row, code = accumulate_rice_read(
-            tiles.heap, tiles.nelem, tiles.offset, tiles.blocksize, current, avg, out
-        )
+            tiles.heap, tiles.nelem, tiles.offset, tiles.blocksize, current, avg, out,
+            bytepix=tiles.bytepix, zero=tiles.zero,
+        )  # fmt: skip
         _check_decoded(path, index, kind, rows, bad_row, code)
         return low, high
     residual = _image(path, hdul, index, rows, kind)
