@@ -293,7 +293,7 @@ guess_floor(s2, reference) = reference ? CLAMP_FLOOR : CLAMP_FLOOR * min(1.0, sq
 
 """
     initial_guess!(omega, flux, kstar, diffs, valid, s2, dt, fit_pixel; reference = false,
-                   ref_index = nothing)
+                   ref_index = nothing, pivot_ratio = -Inf, flux_pixel = nothing)
 
 The five-step initial guess of omega and the fluxes, per group.
 
@@ -313,6 +313,9 @@ The five-step initial guess of omega and the fluxes, per group.
 - `pivot_ratio`: threshold pivoting (`PIVOT_RATIO`): a group's `ref_index` whose guess is below
   this fraction of the group's largest element is not fixed, the largest is (an element without
   data at `ref_index` is fixed all the same). The default, `-Inf`, always fixes `ref_index`.
+- `flux_pixel`: `(P, G)` Bool, the pixels whose flux is guessed (step 5), among `fit_pixel`;
+  default all of them (the others get NaN). A warm start ([`fit_omega_groups`](@ref)) needs only
+  the fluxes it lacks.
 
 A fitted pixel whose usable differences all weigh nothing in step 5 (all exactly 0, a dead
 pixel) keeps its step-1 median rate times the normalisation, as NumPy's twin does.
@@ -320,7 +323,8 @@ pixel) keeps its step-1 median rate times the normalisation, as NumPy's twin doe
 function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::AbstractVector,
         diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3}, s2::AbstractMatrix,
         dt::AbstractVector, fit_pixel::AbstractMatrix; reference::Bool = false,
-        ref_index = nothing, pivot_ratio::Real = -Inf)
+        ref_index = nothing, pivot_ratio::Real = -Inf,
+        flux_pixel::Union{Nothing, AbstractMatrix{Bool}} = nothing)
     K, P, G = size(diffs)
     Threads.@threads for g in 1:G
         f0 = zeros(P)
@@ -392,6 +396,10 @@ function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::Abst
         end
         # 5. Per-pixel fluxes given omega, weighted over differences.
         for p in 1:P
+            if flux_pixel !== nothing && !flux_pixel[p, g]
+                flux[p, g] = NaN
+                continue
+            end
             wf = 0.0
             wf_sum = 0.0
             for k in 1:K
@@ -686,15 +694,17 @@ end
 """
 The initial guess of [`fit_omega_groups`](@ref) in default mode: fixed at `target` (1-based)
 where that element's guess is at least `PIVOT_RATIO` of the group's largest (or has no data),
-else at the largest. Fills `omega0`, `flux0`, `kstar`.
+else at the largest. Fills `omega0`, `flux0` (the fluxes of the `flux_pixel` pixels, default
+all) and `kstar`.
 """
-function pivoted_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel, target)
+function pivoted_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel, target;
+        flux_pixel = nothing)
     # One guess: the pivot rule is applied inside (NumPy's twin does the same).
     if target === nothing
-        initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel)
+        initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel; flux_pixel)
     else
         initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel;
-            ref_index = target, pivot_ratio = PIVOT_RATIO)
+            ref_index = target, pivot_ratio = PIVOT_RATIO, flux_pixel)
     end
     return nothing
 end
@@ -750,11 +760,14 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
     fitted_all = segments === nothing ? diffs : copy(diffs)
     omega0, flux0, kstar = zeros(K, G), zeros(P, G), zeros(Int, G)
     requested = ref_index === nothing ? nothing : collect(Int, ref_index)
+    # A warm start needs the guess's fluxes only where it has none.
+    needs_flux = start === nothing ? nothing : map(!isfinite, start[2])
     if reference
         initial_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel; reference,
-            ref_index = requested)
+            ref_index = requested, flux_pixel = needs_flux)
     else
-        pivoted_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel, requested)
+        pivoted_guess!(omega0, flux0, kstar, diffs, valid, s2, dt, fit_pixel, requested;
+            flux_pixel = needs_flux)
     end
     if start !== nothing
         start_omega, start_flux = copy(start[1]), copy(start[2])
@@ -769,6 +782,18 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
                 start_omega[:, g] .= NaN
                 start_flux[:, g] .= NaN
             end
+        end
+        # Groups whose start was dropped above (a new pivot without a positive start value):
+        # their guessed fluxes, at the pivot chosen above (the same values as guessed at once).
+        dropped = [g for g in 1:G if any(p -> fit_pixel[p, g] && !isfinite(start_flux[p, g]) &&
+                                              isnan(flux0[p, g]), 1:P)]
+        if !isempty(dropped)
+            n_dropped = length(dropped)
+            omega_d, flux_d = zeros(K, n_dropped), zeros(P, n_dropped)
+            kstar_d = zeros(Int, n_dropped)
+            initial_guess!(omega_d, flux_d, kstar_d, diffs[:, :, dropped], valid[:, :, dropped],
+                s2[:, dropped], dt, fit_pixel[:, dropped]; reference, ref_index = kstar[dropped])
+            flux0[:, dropped] .= flux_d
         end
         for g in 1:G, k in 1:K
             isfinite(omega0[k, g]) && isfinite(start_omega[k, g]) &&

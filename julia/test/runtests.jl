@@ -531,6 +531,38 @@ end
         @test samples.omega_cov[fit.ref_index, :] == zeros(n_reads - 1)
     end
 
+    @testset "a warm start guesses only the fluxes it lacks" begin
+        # NumPy's twin: tests/solver/test_omega.py, test_a_warm_start_guesses_only_the_fluxes_it_lacks.
+        rng = Xoshiro(8)
+        K, P, G = 9, 30, 3
+        omega = 1.0 .- 0.3 .* rand(rng, K)
+        omega[5] = 0.2  # below PIVOT_RATIO of the largest: a pivot asked for here moves
+        flux = 200.0 .+ 700.0 .* rand(rng, P, G)
+        mean = [flux[p, g] * omega[k] for k in 1:K, p in 1:P, g in 1:G]
+        diffs = mean .+ sqrt.(mean .+ 288.0) .* randn(rng, K, P, G)
+        valid, fit_pixel = trues(K, P, G), trues(P, G)
+        s2, dt = fill(144.0, P, G), ones(K)
+        some = rand(rng, P, G) .< 0.5
+        function guess(flux_pixel)
+            om, fl, ks = zeros(K, G), zeros(P, G), zeros(Int, G)
+            initial_guess!(om, fl, ks, diffs, valid, s2, dt, fit_pixel; flux_pixel)
+            return om, fl, ks
+        end
+        full, part = guess(nothing), guess(some)
+        @test part[1] == full[1] && part[3] == full[3]  # omega and the pivots
+        @test part[2][some] == full[2][some]
+        @test all(isnan, part[2][.!some])
+        options = (reference = false, rtol = 1e-8, max_iter = 50, ref_index = fill(5, G))
+        cold = fit_omega_groups(diffs, valid, s2, dt, fit_pixel; options...)
+        start_omega = copy(cold.omega)
+        start_omega[:, 2] .= NaN  # group 2's start is dropped at its new pivot
+        start = (start_omega, ifelse.(some, NaN, cold.flux))  # some pixels without a start flux
+        warm = fit_omega_groups(diffs, valid, s2, dt, fit_pixel; options..., start)
+        # Group 2 has every flux of its own guess: without them its fit would start from NaN.
+        @test all(isfinite, warm.flux) && all(warm.converged)
+        @test matches(cold.omega, warm.omega, 1e-6) && matches(cold.flux, warm.flux, 1e-6)
+    end
+
     @testset "fibers fitted in batches equal one call" begin
         rng = Xoshiro(11)
         P, G, N = 20, 5, 8
