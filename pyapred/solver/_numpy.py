@@ -1784,7 +1784,7 @@ def _single_blas_thread(func):
 @functools.cache
 def _blas_controller():
     """The process's BLAS libraries, found once: ``threadpool_limits`` looks them up again at
-    every call (about 2 ms, 0.05 s of a chip's fibers). Numba's np.dot calls SciPy's BLAS, a
+    every call (1-2 ms, 0.05-0.1 s of a chip's fibers). Numba's np.dot calls SciPy's BLAS, a
     library of its own: it is loaded first, so that the limit reaches it too (otherwise the
     first call of a process runs it multi-threaded). A BLAS loaded later (torch's, Julia's)
     runs none of these kernels."""
