@@ -275,6 +275,37 @@ def test_read_apz_decodes_read_1_with_the_kernel(monkeypatch, exposure_file):
     assert np.array_equal(read_apz(exposure_file, reads=[0]).reads, fast.reads)
 
 
+def test_uint16_residuals_rebuild_the_reads_astropy_rebuilds(monkeypatch, tmp_path):
+    """Residual HDUs stored as uint16 (int16 + BZERO 32768; apzip writes int32 ones) are
+    accumulated by the kernel in that layout, into the reads astropy's path rebuilds."""
+    rng = np.random.default_rng(9)
+    first = rng.integers(0, 20000, (9, 40))
+    steps = rng.integers(0, 3000, (4, 9, 40))  # the residuals, over an average of 0
+    reads = np.concatenate([first[None], first + np.cumsum(steps, axis=0)])
+    kind = {"compression_type": "RICE_1", "tile_shape": (1, 40)}
+    times = [fits.Header([("DATE-OBS", f"2025-04-20T04:00:{k:02d}.000")]) for k in range(5)]
+    hdus = [
+        fits.PrimaryHDU(),
+        fits.CompImageHDU(np.zeros((9, 40), np.int32), fits.Header([("NREAD", 5)]), **kind),
+        fits.CompImageHDU(first.astype(np.uint16), times[0], **kind),
+        *(fits.CompImageHDU(steps[k].astype(np.uint16), times[k + 1], **kind) for k in range(4)),
+    ]
+    path = tmp_path / "apR-a-52190003.apz"
+    fits.HDUList(hdus).writeto(path)
+    layouts = []
+    kernel = apz.accumulate_rice_read
+
+    def counted(*args, **kwargs):
+        layouts.append((kwargs["bytepix"], kwargs["zero"]))
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(apz, "accumulate_rice_read", counted)
+    assert np.array_equal(read_apz(path).reads, reads)
+    assert layouts == [(2, 32768)] * 4
+    monkeypatch.setattr(apz, "FAST_RICE", False)
+    assert np.array_equal(read_apz(path).reads, reads)
+
+
 def test_read_apz_fast_path_on_a_file_built_without_write_apz(monkeypatch, tmp_path, raw_apz):
     reads = np.random.default_rng(5).integers(0, 65536, (4, 9, 40))
     path = raw_apz(tmp_path / "apR-a-52190002.apz", reads)
