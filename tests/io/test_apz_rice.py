@@ -257,17 +257,23 @@ def test_read_apz_fast_path_equals_astropy_path(monkeypatch, exposure_file, opti
     assert fast.read_headers == slow.read_headers
 
 
-def test_read_apz_decodes_read_1_with_the_kernel(monkeypatch, exposure_file):
-    """Read 1 (uint16, HDU 2) and the average difference (int32, HDU 1) are decoded by the
-    kernel, not by astropy (which took 0.065 s of a 2048 x 2560 read 1)."""
+def recorded_layouts(monkeypatch, kernel_name: str) -> list:
+    """The ``(bytepix, zero)`` of every call ``read_apz`` makes to ``apz.<kernel_name>``."""
     layouts = []
-    kernel = apz.decode_rice_tiles
+    kernel = getattr(apz, kernel_name)
 
-    def counted(*args, **kwargs):
+    def recorded(*args, **kwargs):
         layouts.append((kwargs["bytepix"], kwargs["zero"]))
         return kernel(*args, **kwargs)
 
-    monkeypatch.setattr(apz, "decode_rice_tiles", counted)
+    monkeypatch.setattr(apz, kernel_name, recorded)
+    return layouts
+
+
+def test_read_apz_decodes_read_1_with_the_kernel(monkeypatch, exposure_file):
+    """Read 1 (uint16, HDU 2) and the average difference (int32, HDU 1) are decoded by the
+    kernel, not by astropy (which took 0.065 s of a 2048 x 2560 read 1)."""
+    layouts = recorded_layouts(monkeypatch, "decode_rice_tiles")
     fast = read_apz(exposure_file, reads=[0])
     assert layouts == [(4, 0), (2, 32768)]
     assert fast.reads.dtype == np.uint16
@@ -292,14 +298,7 @@ def test_uint16_residuals_rebuild_the_reads_astropy_rebuilds(monkeypatch, tmp_pa
     ]
     path = tmp_path / "apR-a-52190003.apz"
     fits.HDUList(hdus).writeto(path)
-    layouts = []
-    kernel = apz.accumulate_rice_read
-
-    def counted(*args, **kwargs):
-        layouts.append((kwargs["bytepix"], kwargs["zero"]))
-        return kernel(*args, **kwargs)
-
-    monkeypatch.setattr(apz, "accumulate_rice_read", counted)
+    layouts = recorded_layouts(monkeypatch, "accumulate_rice_read")
     assert np.array_equal(read_apz(path).reads, reads)
     assert layouts == [(2, 32768)] * 4
     monkeypatch.setattr(apz, "FAST_RICE", False)
