@@ -337,13 +337,17 @@ def _gather_group_block(diffs, valid, x, use_pixel, p0, d, xb, ok):
     """
     P, K = diffs.shape
     B = d.shape[1]
-    for k in range(K):
-        usable_k = np.isfinite(x[k])
-        for i in range(B):
-            p = p0 + i
-            good = p < P and usable_k and use_pixel[p] and valid[p, k]
+    # Pixel by pixel, each pixel's row read in order: reading down the columns of (P, K) took
+    # 1.6x as long.
+    for i in range(B):
+        p = p0 + i
+        use = p < P and use_pixel[p]
+        diff_row = diffs[p] if use else diffs[0]
+        valid_row = valid[p] if use else valid[0]
+        for k in range(K):
+            good = use and np.isfinite(x[k]) and valid_row[k]
             ok[k, i] = good
-            d[k, i] = diffs[p, k] if good else 0.0
+            d[k, i] = diff_row[k] if good else 0.0
             xb[k, i] = x[k] if good else 0.0
 
 
@@ -608,10 +612,12 @@ def _prepare_diffs_flat(reads, bad, use_mask, gain, saturation, diffs, valid, fl
     """
     N, n_pix = reads.shape
     K = N - 1
-    n_blocks = (n_pix + _BLOCK - 1) // _BLOCK
+    # Blocks of _GROUP_BLOCK, not the extraction's _BLOCK: the write below reads the ramp down
+    # its columns, which a block of 64 pixels keeps in L1 (1.6x faster over 300 x 2048 pixels).
+    n_blocks = (n_pix + _GROUP_BLOCK - 1) // _GROUP_BLOCK
     for b in prange(n_blocks):
-        p0 = b * _BLOCK
-        B = min(p0 + _BLOCK, n_pix) - p0
+        p0 = b * _GROUP_BLOCK
+        B = min(p0 + _GROUP_BLOCK, n_pix) - p0
         ramp = np.empty((N, B))
         ok_read = np.empty((N, B), dtype=np.bool_)
         pflags = np.empty(B, dtype=np.int64)
