@@ -349,6 +349,54 @@ def test_upper_accumulate_is_the_upper_triangle_of_the_product(k, n):
     assert np.isnan(acc[0]).all() and not np.isfinite(acc[: k - 1, k - 1]).any()
 
 
+def test_the_fused_update_kernels_are_the_numpy_expressions_they_replace():
+    """The iteration's flux bookkeeping, fused into kernels that read the (G, P) rows of the
+    ``rows`` groups: the same values as the NumPy expressions on gathered rows, bit for bit,
+    with NumPy's NaN rules (a NaN anywhere makes ``max`` NaN; ``np.maximum`` keeps NaN)."""
+    rng = np.random.default_rng(4)
+    G, P = 7, 37
+    flux = rng.normal(50, 40, (G, P))
+    d_flux = rng.normal(0, 3, (G, P))
+    fit_pixel = rng.random((G, P)) > 0.2
+    scale = rng.uniform(0.5, 80, (G, P))
+    previous = flux + rng.normal(0, 1, (G, P))
+    d_flux[2, 5] = np.nan  # a non-finite step: not finite, and NaN where it is fitted
+    fit_pixel[2, 5] = True
+    d_flux[3, 6] = np.inf
+    fit_pixel[3, 6] = False  # outside the fit: not finite, but its size counts as 0
+    scale[4, 1], fit_pixel[4, 1] = 0.0, False  # 0 / 0: NaN
+    flux[5, 2] = np.nan
+    rows = np.array([0, 2, 3, 4, 5, 6])
+    finite, largest = np.empty(rows.size, dtype=bool), np.empty(rows.size)
+    _numpy.flux_step_summary_kernel(d_flux, fit_pixel, scale, rows, finite, largest)
+    with np.errstate(invalid="ignore"):
+        want = (np.abs(np.where(fit_pixel[rows], d_flux[rows], 0.0)) / scale[rows]).max(axis=1)
+    np.testing.assert_array_equal(finite, np.isfinite(d_flux[rows]).all(axis=1))
+    np.testing.assert_array_equal(largest, want)
+    assert np.isnan(largest[[1, 3]]).all() and list(finite) == [1, 0, 0, 1, 1, 1]
+    lam = rng.uniform(0.1, 1, rows.size)
+    for relative in (True, False):
+        new_flux, step = np.empty((rows.size, P)), np.empty(rows.size)
+        _numpy.flux_update_kernel(flux, d_flux, lam, rows, fit_pixel, previous, scale, relative,
+                                  new_flux, step)  # fmt: skip
+        want_flux = np.where(fit_pixel[rows], flux[rows] + lam[:, None] * d_flux[rows], 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            change = np.abs(want_flux - previous[rows])
+            want_step = (change / scale[rows] if relative else change).max(axis=1)
+        np.testing.assert_array_equal(new_flux, want_flux)
+        np.testing.assert_array_equal(step, want_step)
+        assert np.isnan(step[[1, 4]]).all() and np.isfinite(step[[0, 2, 5]]).all()
+    for floor in (-np.inf, 1e-10):
+        stored = [rng.normal(size=(G, P)) for _ in range(3)]
+        want = [array.copy() for array in stored]
+        _numpy.flux_store_kernel(new_flux, rows, fit_pixel, floor, *stored)
+        want[0][rows] = new_flux
+        want[1][rows] = new_flux
+        want[2][rows] = np.where(fit_pixel[rows], np.maximum(new_flux, floor), 0.0)
+        for got, expected in zip(stored, want, strict=True):
+            np.testing.assert_array_equal(got, expected)
+
+
 def test_a_warm_start_guesses_only_the_fluxes_it_lacks():
     """A warm start takes the initial guess's fluxes only where it has none: the guess computes
     those alone (``flux_pixel``), and a group whose start is dropped (a new pivot without a
