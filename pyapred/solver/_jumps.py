@@ -52,6 +52,8 @@ _N_WORK = 10
 # packed mask). Smaller than the extraction's block: the screen holds seven (K, B) arrays, which
 # at this size stay in a core's 1 MB L2 cache.
 _SEARCH_BLOCK = 256
+# Pixels whose reads :func:`jump_sizes_kernel` gathers together.
+_SIZES_CHUNK = 64
 # ``max_jumps`` meaning "no limit".
 NO_LIMIT = np.iinfo(np.int64).max
 
@@ -536,35 +538,55 @@ def jump_sizes_kernel(
     """
     N = reads.shape[0]
     K = N - 1
-    for i in prange(pixels.shape[0]):
-        p = pixels[i]
+    n_chunks = (pixels.shape[0] + _SIZES_CHUNK - 1) // _SIZES_CHUNK
+    for c in prange(n_chunks):
+        i0 = c * _SIZES_CHUNK
+        m = min(i0 + _SIZES_CHUNK, pixels.shape[0]) - i0
+        # The chunk's reads first, plane by plane: each pixel's reads lie a plane apart, and
+        # the loads of the chunk's pixels in one plane do not wait for each other (a pixel at a
+        # time, each read waited for the one before: 3x slower).
+        chunk_reads = np.empty((N, m))
+        chunk_bad = np.empty((N, m) if use_mask else (1, 0), dtype=np.bool_)
+        for j in range(N):
+            for q in range(m):
+                chunk_reads[j, q] = float(reads[j, pixels[i0 + q]])
+                if use_mask:
+                    chunk_bad[j, q] = bad[j, pixels[i0 + q]]
+        # Each pixel's work arrays, allocated once per chunk.
         ramp = np.empty((N, 1))
         ok_read = np.empty((N, 1), dtype=np.bool_)
         read_flags = np.empty(1, dtype=np.int64)
-        gain_p = _block_values(gain, p, 1)
-        _gather_block(reads, bad, use_mask, _block_values(saturation, p, 1), p, ramp, ok_read,
-                      read_flags)  # fmt: skip
         d_block = np.empty((K, 1))
         x_block = np.empty((K, 1))
         ok_block = np.empty((K, 1), dtype=np.bool_)
-        _block_differences(ramp, ok_read, omega, groups, dt, gain_p, p, d_block, x_block,
-                           ok_block, np.zeros(1, dtype=np.int64))  # fmt: skip
+        count = np.empty(1, dtype=np.int64)
         d = np.empty(K)
         x = np.empty(K)
         valid = np.empty(K, dtype=np.bool_)
         flagged = np.empty(K, dtype=np.bool_)
-        sizes = np.zeros(K)
-        for k in range(K):
-            d[k] = d_block[k, 0]
-            x[k] = x_block[k, 0]
-            valid[k] = not (diff_bits[k, p // 8] >> (7 - p % 8)) & 1
-            flagged[k] = ok_block[k, 0] and not valid[k]
-        if not np.isnan(flux[p]):
-            s2 = (_block_values(read_noise, p, 1)[0] * gain_p[0]) ** 2
-            _jump_sizes(d, x, valid, flagged, s2, flux[p], np.empty((_N_WORK, K)), sizes)
-        for k in range(K):
-            jumps[k, i] = flagged[k]
-            jump_size[k, i] = sizes[k]
+        sizes = np.empty(K)
+        work = np.empty((_N_WORK, K))
+        for q in range(m):
+            i = i0 + q
+            p = pixels[i]
+            gain_p = _block_values(gain, p, 1)
+            _gather_block(chunk_reads, chunk_bad, use_mask, _block_values(saturation, p, 1), q,
+                          ramp, ok_read, read_flags)  # fmt: skip
+            count[0] = 0
+            _block_differences(ramp, ok_read, omega, groups, dt, gain_p, p, d_block, x_block,
+                               ok_block, count)  # fmt: skip
+            sizes[:] = 0.0
+            for k in range(K):
+                d[k] = d_block[k, 0]
+                x[k] = x_block[k, 0]
+                valid[k] = not (diff_bits[k, p // 8] >> (7 - p % 8)) & 1
+                flagged[k] = ok_block[k, 0] and not valid[k]
+            if not np.isnan(flux[p]):
+                s2 = (_block_values(read_noise, p, 1)[0] * gain_p[0]) ** 2
+                _jump_sizes(d, x, valid, flagged, s2, flux[p], work, sizes)
+            for k in range(K):
+                jumps[k, i] = flagged[k]
+                jump_size[k, i] = sizes[k]
 
 
 @njit(cache=True, parallel=True)
