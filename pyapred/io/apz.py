@@ -75,6 +75,13 @@ _STRUCTURAL = re.compile(
     r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|BZERO|BSCALE|EXTNAME|CHECKSUM|"
     r"DATASUM|Z[A-Z0-9]+)$"
 )
+# The cards of a compressed image's binary table that describe the table (astropy's list:
+# ``astropy.io.fits.column.KEYWORD_NAMES``, TFIELDS and THEAP); the image's own structure is in
+# its Z cards.
+_TABLE = re.compile(
+    r"^(T(TYPE|FORM|UNIT|NULL|SCAL|ZERO|DISP|BCOL|DIM|CTYP|CUNI|CRPX|CRVL|CDLT|RPOS)[1-9][0-9]*"
+    r"|TFIELDS|THEAP)$"
+)
 # Largest magnitude each output dtype holds exactly.
 _EXACT_BOUNDS = {
     np.dtype(np.uint16): (0, 65535),
@@ -304,23 +311,23 @@ def read_apz(
     if not isinstance(rows, slice) or rows.step not in (None, 1):
         raise ValueError(f"rows: expected a slice with step 1, got {rows!r}")
     name = parse_apz_name(path)
-    with _open_fits(path) as hdul:
-        n_in_file = len(hdul) - 2
+    with _open_fits(path) as hdus:
+        n_in_file = len(hdus) - 2
         if n_in_file < 1:
             raise InputError(
                 path,
                 "HDU count",
                 "at least 3 HDUs (primary, average, read 1)",
-                found=str(len(hdul)),
+                found=str(len(hdus)),
             )
-        header = _user_header(path, hdul, 1)
+        header = _user_header(path, hdus, 1)
         _check_nread(path, header, n_in_file)
         _check_chip(path, header, name)
         indices = _select_reads(reads, n_in_file)
-        shape = _image_shapes(path, hdul, int(indices.max()) + 1)
+        shape = _image_shapes(path, hdus, int(indices.max()) + 1)
         rows = slice(*rows.indices(shape[0]))
-        read_headers = tuple(_user_header(path, hdul, k + 2) for k in indices)
-        cube = _rebuild(path, hdul, indices, rows, dtype)
+        read_headers = tuple(_user_header(path, hdus, k + 2) for k in indices)
+        cube = _rebuild(path, hdus, indices, rows, dtype)
     return RawExposure(
         path=str(path),
         reads=cube,
@@ -335,9 +342,89 @@ def read_apz(
     )
 
 
+class _ApzHDUs:
+    """The HDUs of an open ``.apz``, read by astropy with image compression off.
+
+    Off, a compressed image is the binary table that stores it, and astropy does not rebuild
+    its image header (1.5 ms per HDU: 70 ms each time a 47-read file is opened, twice per chip).
+    Its cards are the table's, less the table's own (:meth:`cards`); its shape is in its Z
+    cards; pyapred's kernel decodes its tiles (``read_rice_tiles`` locates them in ``hdul``).
+    Only an image the kernel does not decode opens the file again with compression on, for
+    astropy to decode (:meth:`image`).
+    """
+
+    def __init__(self, path: Path, hdul: fits.HDUList) -> None:
+        self.path = path
+        self.hdul = hdul
+        self._decoding: fits.HDUList | None = None
+
+    def __len__(self) -> int:
+        return len(self.hdul)
+
+    def close(self) -> None:
+        self.hdul.close()
+        if self._decoding is not None:
+            self._decoding.close()
+
+    def compressed(self, index: int) -> bool:
+        """Whether HDU ``index`` is a tile-compressed image (a binary table with ``ZIMAGE = T``)."""
+        hdu = self.hdul[index]
+        return isinstance(hdu, fits.BinTableHDU) and hdu.header.get("ZIMAGE") is True
+
+    def cards(self, index: int) -> list[fits.Card]:
+        """HDU ``index``'s header cards; a compressed image's without its table's cards (then
+        those that are not structural, :func:`_without_structure`, are astropy's image header's
+        too)."""
+        cards = self.hdul[index].header.cards
+        if not self.compressed(index):
+            return list(cards)
+        return [card for card in cards if not _TABLE.match(card.keyword)]
+
+    def kind(self, index: int) -> tuple[str, tuple | None]:
+        """``(type name, shape)`` of HDU ``index`` (astropy's names; shape None if not an image,
+        and a compressed image's ``ZNAXISn`` values unchecked)."""
+        hdu = self.hdul[index]
+        if not self.compressed(index):
+            shape = getattr(hdu, "shape", None) if isinstance(hdu, _IMAGE_HDUS) else None
+            return type(hdu).__name__, shape
+        header = hdu.header
+        n_axes = header.get("ZNAXIS")
+        if not _count(n_axes) or n_axes > 999:  # FITS numbers axes with at most 3 digits
+            return "CompImageHDU", None
+        # The cards' values as they are: the caller checks them (and names a bad one).
+        return "CompImageHDU", tuple(header.get(f"ZNAXIS{i}") for i in range(n_axes, 0, -1))
+
+    def image(self, index: int):
+        """HDU ``index`` as astropy decodes it: a compressed image from the file opened again
+        with compression on (once)."""
+        if not self.compressed(index):
+            return self.hdul[index]
+        if self._decoding is None:
+            self._decoding = _open(self.path, disable_image_compression=False)
+        hdu = self._decoding[index]
+        if not isinstance(hdu, _IMAGE_HDUS):
+            found = f"{type(hdu).__name__} for astropy"
+            raise InputError(self.path, f"HDU {index}", "a compressed image", found=found)
+        return hdu
+
+
+def _count(value) -> bool:
+    """Whether a card's value is a count: an int >= 0, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 @contextlib.contextmanager
-def _open_fits(path: Path) -> Iterator[fits.HDUList]:
-    """``fits.open`` that turns truncation and astropy's errors into InputError."""
+def _open_fits(path: Path) -> Iterator[_ApzHDUs]:
+    """The HDUs of ``path`` (:class:`_ApzHDUs`); truncation and astropy's errors are InputErrors."""
+    hdus = _ApzHDUs(path, _open(path, disable_image_compression=True))
+    try:
+        yield hdus
+    finally:
+        hdus.close()
+
+
+def _open(path: Path, *, disable_image_compression: bool) -> fits.HDUList:
+    """``fits.open`` with every header read, truncation and astropy's errors as InputErrors."""
     size = path.stat().st_size
     if size % FITS_BLOCK:
         expected = f"whole {FITS_BLOCK}-byte FITS blocks"
@@ -345,19 +432,21 @@ def _open_fits(path: Path) -> Iterator[fits.HDUList]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            hdul = fits.open(path, memmap=False)
+            hdul = fits.open(
+                path, memmap=False, disable_image_compression=disable_image_compression
+            )
             len(hdul)  # reads every header, which is where damage shows
         except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ...
             found = f"{type(exc).__name__}: {exc}"
             raise InputError(path, "FITS structure", "a readable FITS file", found=found) from None
-    with hdul:
-        for warning in caught:
-            message = str(warning.message)
-            if "truncated" in message or "Error validating header" in message:
-                found = message.splitlines()[0]
-                raise InputError(path, "FITS structure", "complete, valid HDUs", found=found)
-            warnings.warn(warning.message, stacklevel=4)
-        yield hdul
+    for warning in caught:
+        message = str(warning.message)
+        if "truncated" in message or "Error validating header" in message:
+            hdul.close()
+            found = message.splitlines()[0]
+            raise InputError(path, "FITS structure", "complete, valid HDUs", found=found)
+        warnings.warn(warning.message, stacklevel=5)
+    return hdul
 
 
 #: The header cards pyapred reads (here, in ``exposure.load_chip`` and in the products'
@@ -366,7 +455,7 @@ READ_CARDS = ("NREAD", "NFRAMES", "CHIP", "DATE-OBS", "TIMESYS", "INTOFF", "INTD
               "RDNOISE", "SATURATE", "CONFIGID", "EXPTYPE")  # fmt: skip
 
 
-def _user_header(path: Path, hdul: fits.HDUList, index: int) -> fits.Header:
+def _user_header(path: Path, hdus: _ApzHDUs, index: int) -> fits.Header:
     """Copy of HDU ``index``'s header without the cards that describe the FITS structure.
 
     The values of the cards pyapred reads (:data:`READ_CARDS`) are parsed here: astropy parses
@@ -375,7 +464,7 @@ def _user_header(path: Path, hdul: fits.HDUList, index: int) -> fits.Header:
     decoded. Other cards are left as they are (cfitsio's readers accept what astropy cannot
     parse there, and pyapred never reads them).
     """
-    header = _without_structure(hdul[index].header)
+    header = _without_structure(hdus.cards(index))
     for keyword in READ_CARDS:
         if keyword not in header:
             continue
@@ -389,9 +478,9 @@ def _user_header(path: Path, hdul: fits.HDUList, index: int) -> fits.Header:
     return header
 
 
-def _without_structure(header: fits.Header) -> fits.Header:
-    """Copy of ``header`` without the cards that describe the FITS structure."""
-    return fits.Header([card for card in header.cards if not _STRUCTURAL.match(card.keyword)])
+def _without_structure(cards: Sequence[fits.Card]) -> fits.Header:
+    """A header of ``cards`` without those that describe the FITS structure."""
+    return fits.Header([card for card in cards if not _STRUCTURAL.match(card.keyword)])
 
 
 def _check_nread(path: Path, header: fits.Header, n_in_file: int) -> None:
@@ -429,29 +518,25 @@ def _select_reads(reads, n_in_file: int) -> np.ndarray:
 _IMAGE_HDUS = (fits.CompImageHDU, fits.ImageHDU, fits.PrimaryHDU)
 
 
-def _image_hdu(path: Path, hdul: fits.HDUList, index: int, kind: str):
-    """HDU ``index``, checked to be a 2-D image."""
+def _image_shape(path: Path, hdus: _ApzHDUs, index: int, kind: str) -> tuple[int, int]:
+    """The shape of HDU ``index``, checked to be a 2-D image."""
     try:
-        hdu = hdul[index]
+        name, shape = hdus.kind(index)
     except (IndexError, KeyError):
         raise InputError(path, f"HDU {index}", f"the {kind} image", found="no such HDU") from None
-    shape = getattr(hdu, "shape", None)
-    if not isinstance(hdu, _IMAGE_HDUS) or shape is None or len(shape) != 2:
+    if shape is None or len(shape) != 2 or not all(_count(n) for n in shape):
         raise InputError(
-            path,
-            f"HDU {index}",
-            f"a 2-D image ({kind})",
-            found=f"{type(hdu).__name__} of shape {shape}",
+            path, f"HDU {index}", f"a 2-D image ({kind})", found=f"{name} of shape {shape}"
         )
-    return hdu
+    return tuple(shape)
 
 
-def _image_shapes(path: Path, hdul: fits.HDUList, n_reads: int) -> tuple[int, int]:
+def _image_shapes(path: Path, hdus: _ApzHDUs, n_reads: int) -> tuple[int, int]:
     """``(ny, nx)`` of HDU 1, checked against the HDUs of reads ``1 .. n_reads`` from their
     headers alone (no pixel decoded): images that disagree are refused before any work."""
-    shape = tuple(_image_hdu(path, hdul, 1, "average difference").shape)
+    shape = _image_shape(path, hdus, 1, "average difference")
     for k in range(n_reads):
-        other = tuple(_image_hdu(path, hdul, k + 2, f"read {k + 1}").shape)
+        other = _image_shape(path, hdus, k + 2, f"read {k + 1}")
         if other != shape:
             raise InputError(path, f"HDU {k + 2}", f"shape {shape} like HDU 1", found=str(other))
     return shape
@@ -459,7 +544,7 @@ def _image_shapes(path: Path, hdul: fits.HDUList, n_reads: int) -> tuple[int, in
 
 def _image(
     path: Path,
-    hdul: fits.HDUList,
+    hdus: _ApzHDUs,
     index: int,
     rows: slice,
     kind: str,
@@ -470,9 +555,9 @@ def _image(
     With ``raw`` (the file opened for binary reading), a RICE_1 image in row tiles is decoded
     by pyapred's kernel; otherwise astropy decodes it through ``.section``, so nothing is cached.
     """
-    hdu = _image_hdu(path, hdul, index, kind)
-    tiles = None if raw is None else read_rice_tiles(raw, hdul, index, rows)
-    if tiles is not None and tiles.shape == hdu.shape:
+    shape = _image_shape(path, hdus, index, kind)
+    tiles = None if raw is None else read_rice_tiles(raw, hdus.hdul, index, rows)
+    if tiles is not None and tiles.shape == shape:
         data, bad_row, code = decode_rice_tiles(
             tiles.heap, tiles.nelem, tiles.offset, tiles.blocksize, tiles.shape[1],
             bytepix=tiles.bytepix, zero=tiles.zero,
@@ -480,7 +565,9 @@ def _image(
         _check_decoded(path, index, kind, rows, bad_row, code)
         return data
     try:
-        data = hdu.section[rows]
+        data = hdus.image(index).section[rows]
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(
             path,
@@ -494,16 +581,16 @@ def _image(
 
 
 def _rebuild(
-    path: Path, hdul: fits.HDUList, indices: np.ndarray, rows: slice, dtype: np.dtype
+    path: Path, hdus: _ApzHDUs, indices: np.ndarray, rows: slice, dtype: np.dtype
 ) -> np.ndarray:
     """Rebuild the selected reads: read_k = read_{k-1} + residual_k + avg, in int64.
 
     Only HDUs up to the last selected read are decompressed, and only the rows asked for.
     """
     with open(path, "rb") if FAST_RICE else contextlib.nullcontext() as raw:
-        avg = _image(path, hdul, 1, rows, "average read difference", raw).astype(np.int64)
-        shape = _image_hdu(path, hdul, 1, "average read difference").shape
-        first = _image(path, hdul, 2, rows, "read 1", raw)
+        avg = _image(path, hdus, 1, rows, "average read difference", raw).astype(np.int64)
+        shape = _image_shape(path, hdus, 1, "average read difference")
+        first = _image(path, hdus, 2, rows, "read 1", raw)
         if first.dtype != np.uint16:
             raise InputError(
                 path, "HDU 2", "read 1 as uint16 (BITPIX 16, BZERO 32768)", found=str(first.dtype)
@@ -519,7 +606,7 @@ def _rebuild(
             position = 1
         for k in range(1, int(indices[-1]) + 1):
             # Reads not asked for are written into the next slot asked for, then overwritten.
-            low, high = _next_read(path, hdul, raw, k, rows, shape, current, avg, cube[position])
+            low, high = _next_read(path, hdus, raw, k, rows, shape, current, avg, cube[position])
             if k == indices[position]:
                 if current.size and (low < lo or high > hi):
                     expected = f"read {k + 1} in [{lo}, {hi}] ({dtype})"
@@ -531,7 +618,7 @@ def _rebuild(
 
 def _next_read(
     path: Path,
-    hdul: fits.HDUList,
+    hdus: _ApzHDUs,
     raw: BinaryIO | None,
     k: int,
     rows: slice,
@@ -559,7 +646,7 @@ def _next_read(
         The read's minimum and maximum.
     """
     index, kind = k + 2, f"residual of read {k + 1}"
-    tiles = None if raw is None else read_rice_tiles(raw, hdul, index, rows)
+    tiles = None if raw is None else read_rice_tiles(raw, hdus.hdul, index, rows)
     if tiles is not None and tiles.shape == shape:
         low, high, bad_row, code = accumulate_rice_read(
             tiles.heap, tiles.nelem, tiles.offset, tiles.blocksize, current, avg, out,
@@ -567,7 +654,7 @@ def _next_read(
         )  # fmt: skip
         _check_decoded(path, index, kind, rows, bad_row, code)
         return low, high
-    residual = _image(path, hdul, index, rows, kind)
+    residual = _image(path, hdus, index, rows, kind)
     if residual.shape != avg.shape:
         raise InputError(
             path, f"HDU {index}", f"shape {avg.shape} like HDU 1", found=str(residual.shape)
@@ -927,7 +1014,7 @@ def make_headers(
 def _header(source: HeaderLike) -> fits.Header:
     """A FITS header from a Header or a ``{keyword: value or (value, comment)}`` mapping."""
     header = source if isinstance(source, fits.Header) else fits.Header(list(source.items()))
-    return _without_structure(header)
+    return _without_structure(header.cards)
 
 
 def _round_half_away(numerator: np.ndarray, denominator: int) -> np.ndarray:

@@ -115,6 +115,31 @@ def test_apz_table_instead_of_image(tmp_path, good_apz):
     assert_input_error(lambda: read_apz(path), path, "HDU 1")
 
 
+@pytest.mark.parametrize(
+    "keyword, value, field",
+    [
+        ("ZNAXIS1", "abc", "HDU 3"),  # a shape astropy's image header would carry as it is
+        ("ZNAXIS1", -4, "HDU 3"),
+        ("ZNAXIS", 3, "HDU 3"),  # no ZNAXIS3 card
+        ("ZNAXIS", 10**9, "HDU 3"),
+        ("ZBITPIX", None, "FITS structure"),  # astropy cannot open it as an image at all
+        ("ZCMPTYPE", "FOO_1", "HDU 3"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Unknown compression type")  # astropy's, for FOO_1
+def test_apz_damaged_compression_cards(tmp_path, good_apz, keyword, value, field):
+    # The file is read with image compression off (its headers are the tables'): a damaged Z
+    # card is found there, or by astropy when it is asked to decode the HDU.
+    target = tmp_path / "apR-a-52190002.apz"
+    with fits.open(good_apz(), disable_image_compression=True) as hdul:
+        if value is None:
+            del hdul[3].header[keyword]
+        else:
+            hdul[3].header[keyword] = value
+        hdul.writeto(target, output_verify="ignore")
+    assert_input_error(lambda: read_apz(target), target, field)
+
+
 def test_apz_counts_out_of_uint16_range(tmp_path, good_apz):
     def edit(hdul):
         hdul[4] = fits.CompImageHDU(hdul[4].data + 70000, hdul[4].header)
