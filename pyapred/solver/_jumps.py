@@ -543,8 +543,8 @@ def jump_sizes_kernel(
         i0 = c * _SIZES_CHUNK
         m = min(i0 + _SIZES_CHUNK, pixels.shape[0]) - i0
         # The chunk's reads first, plane by plane: each pixel's reads lie a plane apart, and
-        # the loads of the chunk's pixels in one plane do not wait for each other (a pixel at a
-        # time, each read waited for the one before: 3x slower).
+        # the loads of the chunk's pixels in one plane do not wait for each other (pixel by
+        # pixel, with work arrays allocated for each, the S2 chip took 0.055 s, now 0.044 s).
         chunk_reads = np.empty((N, m))
         chunk_bad = np.empty((N, m) if use_mask else (1, 0), dtype=np.bool_)
         for j in range(N):
