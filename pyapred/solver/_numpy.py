@@ -914,9 +914,8 @@ def normal_equations_kernel(
     The pixels of a group are taken ``_GROUP_BLOCK`` at a time into (K, B) blocks, and every
     recursion runs across the block's pixels at each k (:func:`_sweep_group_block`, which
     reads the group's design ``x`` once per k, :func:`_back_block`, :func:`_walk_block`). Each
-    block's products (G's one-block part,
-    ``e_hat^T e_hat``, ``e_hat^T gf_hat``) are summed as the block is made
-    (:func:`_upper_accumulate`), with no BLAS call from the threads.
+    block's products (G's one-block part, ``e_hat^T e_hat``, ``e_hat^T gf_hat``) are summed as
+    the block is made (:func:`_upper_accumulate`), with no BLAS call from the threads.
     """
     G, P, K = diffs.shape
     B = min(P, _GROUP_BLOCK)
@@ -1619,14 +1618,6 @@ def flux_step_kernel(e_hat, gf_hat, sqrt_d, d_omega, active, out):
             out[g, p] = (gf_hat[g, p] - total) / sd if sd > 0 else 0.0
 
 
-@njit(cache=True, inline="always")
-def _numpy_max(largest, value):
-    """A running maximum as NumPy's ``max`` reduces: NaN once any value is NaN."""
-    if np.isnan(largest) or np.isnan(value):
-        return np.nan
-    return max(largest, value)
-
-
 @njit(cache=True, parallel=True, error_model="numpy")
 def flux_step_summary_kernel(d_flux, fit_pixel, scale, rows, finite, largest):
     """For each group ``g = rows[i]`` of a flux step ``d_flux`` (G, P): ``finite[i]``, whether all
@@ -1641,7 +1632,7 @@ def flux_step_summary_kernel(d_flux, fit_pixel, scale, rows, finite, largest):
             value = d_flux[g, p]
             all_finite = all_finite and np.isfinite(value)
             quotient = abs(value if fit_pixel[g, p] else 0.0) / scale[g, p]
-            size = _numpy_max(size, quotient)
+            size = np.maximum(size, quotient)  # NaN once any is NaN, as NumPy's max
         finite[i] = all_finite
         largest[i] = size
 
@@ -1663,7 +1654,7 @@ def flux_update_kernel(flux, d_flux, lam, rows, fit_pixel, previous, scale, rela
             change = abs(value - previous[g, p])
             if relative:
                 change = change / scale[g, p]
-            size = _numpy_max(size, change)
+            size = np.maximum(size, change)
         step[i] = size
 
 
@@ -1678,8 +1669,7 @@ def flux_store_kernel(new_flux, rows, fit_pixel, floor, flux, previous, flux_lin
             value = new_flux[i, p]
             flux[g, p] = value
             previous[g, p] = value
-            clamped = value if (value >= floor or np.isnan(value)) else floor
-            flux_lin[g, p] = clamped if fit_pixel[g, p] else 0.0
+            flux_lin[g, p] = np.maximum(value, floor) if fit_pixel[g, p] else 0.0
 
 
 class _Normal:
