@@ -793,6 +793,21 @@ def _flux_scale_block(g, p0, n, use, dd, gf, sqrt_d, gf_hat, inv_sd):
 
 
 @njit(cache=True, inline="always")
+def _chi2_from_sweep(g, p0, n, use, yr, inv, total, out):
+    """``out[g, p] = r^T C^-1 r = sum_k yr_k^2 / piv_k`` of a block's pixels after
+    :func:`_sweep_block` (NaN for pixels not used); ``total`` (B,) scratch. Summed across the
+    block's pixels at each k."""
+    K = yr.shape[0]
+    for i in range(n):
+        total[i] = 0.0
+    for k in range(K):
+        for i in range(n):
+            total[i] += yr[k, i] * yr[k, i] * inv[k, i]
+    for i in range(n):
+        out[g, p0 + i] = total[i] if use[i] else np.nan
+
+
+@njit(cache=True, inline="always")
 def _one_block_factors(n, use, one_block, ok, f, dt, running, diag, f2, left, right):
     """G's factors ``(f^2 dt_j / R_j, dt_j R_j diag_j)`` of a block's one-block pixels as the
     first ``n`` columns of ``left`` and ``right`` (at least (K, B)), zero for the other pixels;
@@ -889,7 +904,7 @@ def _masked_matvec_accumulate(a, ok, v, n, out):
 @njit(cache=True, parallel=True)
 def normal_equations_kernel(
     diffs, valid, s2, dt, flux, omega, active, newton, fit_pixel, out_g, out_gw, e_hat, gf_hat,
-    sqrt_d, out_sch, out_rhs,
+    sqrt_d, out_sch, out_rhs, out_chi2,
 ):  # fmt: skip
     """Gauss-Newton normal equations of the time-variable model, and their Schur complement.
 
@@ -908,6 +923,9 @@ def normal_equations_kernel(
 
     The fluxes are eliminated here too (spec section 9.1): ``out_sch[g] = G - e_hat^T e_hat`` and
     ``out_rhs[g] = out_gw[g] - e_hat^T gf_hat``, the omega system before any element is pinned.
+    Where ``out_chi2`` is ``(G, P)`` (not empty), it receives each fitted pixel's eq-24 chi2
+    ``r_p^T C_p^-1 r_p`` from the same sweep (NaN for the others): at the solution, the fit's
+    chi2 without a pass of its own (:func:`chi2_kernel`'s value to rounding).
     G needs the full inverse of each C_p; its columns are walked from the diagonal with the pivot
     ratios (spec section 1.5), K^2 operations per pixel, and accumulated without storing them.
 
@@ -943,6 +961,7 @@ def normal_equations_kernel(
         one_block = np.empty(B, dtype=np.bool_)
         dd = np.empty(B)
         gf = np.empty(B)
+        rr = np.empty(B)
         inv_sd = np.empty(B)
         gf_block = np.empty(B)
         # G's factors of the block's one-block pixels and the block's e_hat, (K4, B): the rows
@@ -962,12 +981,16 @@ def normal_equations_kernel(
             n = min(B, P - p0)
             if not fit_pixel[g, p0 : p0 + n].any():  # padding: nothing to add
                 _padding_block(g, p0, n, sqrt_d, gf_hat, e_hat)
+                if out_chi2.shape[0] > 0:
+                    out_chi2[g, p0 : p0 + n] = np.nan
                 continue
             _gather_fit_block(diffs, valid, fit_pixel, flux, s2, g, p0, use, f, var, d, ok)
             _sweep_group_block(x_g, d, ok, f, var, low, inv, yx, yr, dd, gf)
             _back_block(low, inv, yx, yr, u, z, diag)
             _walk_block(low, running, first, one_block)
             _flux_scale_block(g, p0, n, use, dd, gf, sqrt_d, gf_hat, inv_sd)
+            if out_chi2.shape[0] > 0:
+                _chi2_from_sweep(g, p0, n, use, yr, inv, rr, out_chi2)
             for k in range(K):
                 for i in range(n):
                     if not ok[k, i]:
@@ -1684,15 +1707,18 @@ class _Normal:
         self.sch = np.zeros((G, K, K))
         self.rhs = np.zeros((G, K))
 
-    def evaluate(self, diffs, valid, s2, dt, flux, omega, active, fit_pixel, newton=None):
+    def evaluate(self, diffs, valid, s2, dt, flux, omega, active, fit_pixel, newton=None,
+                 chi2=None):  # fmt: skip
         """The normal equations at ``(flux, omega)`` for the ``active`` groups; ``newton``, (G,)
-        bool: those groups get the exact Hessian's flux-omega block (see the kernel).
+        bool: those groups get the exact Hessian's flux-omega block (see the kernel); ``chi2``,
+        (G, P), optional: receives each fitted pixel's chi2 at that point.
         """
         if newton is None:
             newton = np.zeros(active.shape, dtype=bool)
         normal_equations_kernel(
             diffs, valid, s2, dt, flux, omega, active, newton, fit_pixel,
             self.g, self.gw, self.e_hat, self.gf_hat, self.sqrt_d, self.sch, self.rhs,
+            np.empty((0, 0)) if chi2 is None else chi2,
         )  # fmt: skip
 
     def schur(self, free):
@@ -2090,13 +2116,16 @@ def fit_omega_groups(
                 "flux_var": np.full((G, P), np.nan),
                 "chi2": np.full((G, P), np.nan),
             }
-        # The covariance at the returned solution (the reference keeps the one from the
-        # linearisation before the last step, quirk Q3).
+        # The covariance and the chi2 at the returned solution (the reference keeps the
+        # covariance from the linearisation before the last step, quirk Q3).
+        chi2 = np.full((G, P), np.nan)  # the empty groups' stay NaN
         sch, _ = _evaluate(normal, offsets, diffs, valid, s2, dt, flux_lin, omega_lin, nonempty,
-                           fit_pixel, free)  # fmt: skip
+                           fit_pixel, free, chi2=chi2)  # fmt: skip
     else:
+        chi2 = None
         sch, _ = normal.schur(free)
-    return _finished(normal, offsets, sch, diffs, valid, s2, dt, fit_pixel, omega, flux, report)
+    return _finished(normal, offsets, sch, diffs, valid, s2, dt, fit_pixel, omega, flux, report,
+                     chi2)  # fmt: skip
 
 
 @_single_blas_thread
@@ -2115,10 +2144,13 @@ def finish_groups(diffs, valid, s2, dt, fit_pixel, fit):
     flux = np.where(fit_pixel, fit["flux"], 0.0)
     free = has_data & (np.arange(K) != kstar[:, None])
     normal = _Normal(G, P, K)
-    sch, _ = _evaluate(normal, None, diffs, valid, s2, dt, flux, omega, nonempty, fit_pixel, free)
+    chi2 = np.full((G, P), np.nan)  # the empty groups' stay NaN
+    sch, _ = _evaluate(normal, None, diffs, valid, s2, dt, flux, omega, nonempty, fit_pixel, free,
+                       chi2=chi2)  # fmt: skip
     report = {key: fit[key].copy() for key in ("ref_index", "n_iter", "converged", "has_data",
                                                "stop_reason", "step_size", "damping")}  # fmt: skip
-    return _finished(normal, None, sch, diffs, valid, s2, dt, fit_pixel, omega, flux, report)
+    return _finished(normal, None, sch, diffs, valid, s2, dt, fit_pixel, omega, flux, report,
+                     chi2)  # fmt: skip
 
 
 def _returned_omega(omega, has_data, kstar, nonempty):
@@ -2129,11 +2161,14 @@ def _returned_omega(omega, has_data, kstar, nonempty):
     return out
 
 
-def _finished(normal, offsets, sch, diffs, valid, s2, dt, fit_pixel, omega, flux, report):
+def _finished(normal, offsets, sch, diffs, valid, s2, dt, fit_pixel, omega, flux, report,
+              chi2=None):  # fmt: skip
     """``fit_omega_groups``' dict from the Schur complement ``sch`` at its solution ``(omega,
     flux)`` (the iterate, 0 where not used), with ``normal`` (and ``offsets``) evaluated there:
     omega's covariance, the fluxes' variance, the chi2, and the breakdown test, which updates
-    ``report``'s ``converged`` and ``stop_reason``."""
+    ``report``'s ``converged`` and ``stop_reason``. ``chi2`` (G, P): the pixels' chi2 where that
+    evaluation gave it (:meth:`_Normal.evaluate`), else computed here (the reference mode's last
+    evaluation was at the clamped point)."""
     G, P, K = diffs.shape
     has_data, kstar = report["has_data"], report["ref_index"]
     nonempty = fit_pixel.any(axis=1)
@@ -2149,10 +2184,11 @@ def _finished(normal, offsets, sch, diffs, valid, s2, dt, fit_pixel, omega, flux
         flux_var = np.where(fit_pixel, (1.0 + quad) / normal.sqrt_d**2, np.nan)
     omega = _returned_omega(omega, has_data, kstar, nonempty)
     flux = np.where(fit_pixel, flux, np.nan)
-    x = np.where(has_data, omega, 0.0) * dt
-    chi2 = np.empty((G, P))
-    fitted = diffs if offsets is None else offsets.adjusted(diffs, valid)
-    chi2_kernel(fitted, valid, s2, x, np.where(fit_pixel, flux, 0.0), fit_pixel, chi2)
+    if chi2 is None:
+        x = np.where(has_data, omega, 0.0) * dt
+        chi2 = np.empty((G, P))
+        fitted = diffs if offsets is None else offsets.adjusted(diffs, valid)
+        chi2_kernel(fitted, valid, s2, x, np.where(fit_pixel, flux, 0.0), fit_pixel, chi2)
     # Nothing fails silently: a group whose results are not all finite (a singular covariance,
     # an overflow) has not converged, whatever its steps did.
     finite = np.isfinite(cov).all(axis=(1, 2)) & np.isfinite(np.where(has_data, omega, 0)).all(1)
@@ -2290,11 +2326,12 @@ def _line_search(diffs, valid, s2, dt, flux, omega, d_flux, d_omega, d_offsets, 
 
 
 def _evaluate(normal, offsets, diffs, valid, s2, dt, flux, omega, active, fit_pixel, free,
-              newton=None):  # fmt: skip
+              newton=None, chi2=None):  # fmt: skip
     """Normal equations at the current point, reduced to omega: ``(schur, rhs)``; ``newton``
-    groups get the exact Hessian's flux-omega block (not with offsets)."""
+    groups get the exact Hessian's flux-omega block (not with offsets); ``chi2`` (G, P),
+    optional, receives the fitted pixels' chi2 there."""
     fitted = diffs if offsets is None else offsets.adjusted(diffs, valid, active)
-    normal.evaluate(fitted, valid, s2, dt, flux, omega, active, fit_pixel, newton)
+    normal.evaluate(fitted, valid, s2, dt, flux, omega, active, fit_pixel, newton, chi2)
     sch, rhs = normal.schur(free)
     if offsets is None:
         return sch, rhs

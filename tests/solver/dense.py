@@ -41,6 +41,19 @@ def gls_pixel(reads, sigma, omega, dt=None, bad_read=None, n_pass=2):
     return flux, var, r @ np.linalg.solve(C, r), d.size
 
 
+def chi2_at(diffs, sigma, flux, omega, dt=None, usable=None):
+    """Eq-24 chi2 ``r^T C(flux)^-1 r`` of one pixel's differences ``diffs`` (K,) at the given
+    ``flux`` and ``omega`` (K,), over the ``usable`` ones with a finite omega element."""
+    K = diffs.size
+    dt = np.ones(K) if dt is None else dt
+    ok = np.isfinite(omega) & (np.ones(K, bool) if usable is None else usable)
+    keep = np.flatnonzero(ok)
+    x = (np.where(ok, omega, 0.0) * dt)[keep]
+    C = covariance(flux * np.where(ok, omega, 0.0) * dt, sigma**2)[np.ix_(keep, keep)]
+    r = diffs[keep] - flux * x
+    return r @ np.linalg.solve(C, r)
+
+
 def gauss_newton_step(diffs, sigma2, flux, omega, ref_index):
     """Dense joint normal-equation solve of one Gauss-Newton step (spec 2.4), unit read spacing.
 

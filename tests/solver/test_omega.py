@@ -194,6 +194,39 @@ def test_empty_group_and_forced_reference_read():
     assert fit.group_flags[1] & Flag.EMPTY_GROUP and np.all(np.isnan(fit.omega[1]))
 
 
+@pytest.mark.parametrize("how", ["default", "jump_search", "segments"])
+def test_the_chi2_is_eq24_at_the_returned_solution(how):
+    """The chi2 comes from the solution's own evaluation of the normal equations (no pass of
+    its own): each fitted pixel's ``r^T C^-1 r`` at the returned fluxes and omega, NaN for the
+    others and for an empty group, on whichever path finished the fit."""
+    rng = np.random.default_rng(31)
+    K, P = 14, 24
+    omega = omega_uniform(K, 0.3, rng)
+    sim = simulate_ramps(rng.uniform(200, 2000, (2, P)), 12.0, omega=omega, rng=rng)
+    reads = np.concatenate([sim.reads, np.full((K + 1, 1, P), np.nan)], axis=1)  # empty group
+    mask = rng.random(reads.shape) < 0.05
+    mask[6] = True  # differences 5 and 6 have no data: omega NaN there
+    mask[:, 0, 3] = True  # a pixel with no usable difference
+    options = {"jump_search": {"jump_search": True},
+               "segments": {"segments": np.repeat([[0, 1]], 3, axis=0).repeat(P // 2, axis=1)},
+               "default": {}}[how]  # fmt: skip
+    fit = fit_omega(reads, 12.0, mask=mask, **options)
+    assert fit.group_flags[2] & Flag.EMPTY_GROUP and np.all(np.isnan(fit.chi2[2]))
+    fitted = ~(fit.flags & Flag.NOT_IN_OMEGA_FIT).astype(bool)
+    assert not fitted[0, 3] and np.isnan(fit.chi2[0, 3])
+    assert np.all(np.isnan(fit.chi2[~fitted]))
+    for g, p in zip(*np.nonzero(fitted), strict=True):
+        bad = mask[:, g, p]
+        usable = ~(bad[1:] | bad[:-1])
+        if fit.jump_mask is not None:
+            usable &= ~fit.jump_mask[g, p]
+        d = np.diff(reads[:, g, p])
+        if fit.offsets is not None:
+            d = d - np.nan_to_num(fit.offsets[g, p // (P // 2)])
+        expected = dense.chi2_at(d, 12.0, fit.flux[g, p], fit.omega[g], usable=usable)
+        np.testing.assert_allclose(fit.chi2[g, p], expected, rtol=1e-11)
+
+
 def test_gain_scales_fluxes_not_omega():
     rng = np.random.default_rng(27)
     omega = omega_uniform(12, 0.3, rng)
