@@ -129,6 +129,62 @@ def test_select_fit_pixels_applies_every_cut():
     assert sorted(brightest.cols[1].tolist()) == [6, 7, 8, 9]
 
 
+def _select_reference(traces, pixel_map, snr, bad, core_halfwidth, min_purity, min_snr,
+                      max_pixels):  # fmt: skip
+    """select_fit_pixels transcribed with NumPy's fancy indexes and a stable row sort."""
+    ny, nc = pixel_map.fiber.shape
+    base = np.rint(traces.y_center).astype(np.int64)
+    cols = np.broadcast_to(np.arange(nc), base.shape)
+    reach = int(np.ceil(core_halfwidth))
+    cand_rows, cand_ok, cand_snr = [], [], []
+    for offset in range(-reach, reach + 1):
+        rows = np.clip(base + offset, 0, ny - 1)
+        ok = (np.abs(base + offset - traces.y_center) <= core_halfwidth) & (base + offset == rows)
+        ok &= pixel_map.fiber[rows, cols] == np.arange(traces.n_fibers)[:, None]
+        ok &= pixel_map.purity[rows, cols] >= min_purity
+        pix_snr = np.nan_to_num(snr[rows, cols], nan=0.0)
+        ok &= pix_snr >= min_snr
+        if bad is not None:
+            ok &= ~bad[rows, cols]
+        ok &= ~traces.excluded[:, None]
+        cand_rows.append(rows)
+        cand_ok.append(ok)
+        cand_snr.append(np.where(ok, pix_snr, -np.inf))
+    order = np.argsort(-np.concatenate(cand_snr, axis=1), axis=1, kind="stable")
+    ok = np.concatenate(cand_ok, axis=1)
+    n_keep = max(min(int(ok.sum(axis=1).max(initial=0)), max_pixels or ok.shape[1]), 1)
+    order = order[:, :n_keep]
+    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
+    all_cols = np.concatenate([cols] * (2 * reach + 1), axis=1)
+    return pick(np.concatenate(cand_rows, axis=1)), pick(all_cols), pick(ok)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_select_fit_pixels_ranks_as_a_stable_sort_of_the_cuts(seed):
+    """The selection kernel against a NumPy transcription: curved traces running off the chip,
+    ties, NaN and infinite S/N, masks, excluded fibers, wider cores, a pixel cap."""
+    rng = np.random.default_rng(seed)
+    n_fibers, nc, ny = 6, 40, 48
+    y = 2.0 + 8.3 * np.arange(n_fibers)[:, None] + 3.0 * np.sin(np.arange(nc) / 6.0 + seed)
+    y[0] -= 3.5  # the first trace leaves the chip at the bottom
+    traces = Traces(y_center=y, sigma=rng.uniform(0.8, 1.3),
+                    excluded=rng.random(n_fibers) < 0.2)  # fmt: skip
+    pmap = pixel_fiber_map(traces, ny, brightness=rng.uniform(1, 100, (n_fibers, nc)))
+    snr = np.round(rng.uniform(0, 120, (ny, nc + 3)), 0)  # wider than traced; many ties
+    snr[rng.random(snr.shape) < 0.05] = np.nan
+    snr[rng.random(snr.shape) < 0.02] = np.inf
+    bad = None if seed % 3 == 0 else (rng.random((ny, nc + 3)) < 0.1)[:, :nc]
+    options = dict(core_halfwidth=[0.5, 1.3, 2.6][seed % 3], min_purity=[0.95, 0.5][seed % 2],
+                   min_snr=[30.0, 0.0][seed % 2], max_pixels=[None, 7][seed % 2])  # fmt: skip
+    sel = select_fit_pixels(traces, pmap, snr, bad, **options)
+    rows, cols, valid = _select_reference(traces, pmap, snr, bad, **options)
+    assert sel.rows.dtype == sel.cols.dtype == np.int64 and sel.valid.dtype == bool
+    np.testing.assert_array_equal(sel.rows, rows)
+    np.testing.assert_array_equal(sel.cols, cols)
+    np.testing.assert_array_equal(sel.valid, valid)
+    assert valid.any() and not valid.all()
+
+
 def test_trace_brightness_recovers_total_light_per_column():
     traces = straight_traces(n_fibers=2, n_columns=4, spacing=10.0, sigma=1.0, first=10.2)
     rate = np.zeros((30, 4))

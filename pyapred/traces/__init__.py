@@ -447,39 +447,28 @@ def select_fit_pixels(
     -------
     FitPixels
     """
+    from ._fit_pixel_kernel import fit_pixel_kernel
+
     ny, nc = pixel_map.fiber.shape
-    base = np.rint(traces.y_center).astype(np.int64)
-    cols = np.broadcast_to(np.arange(nc), base.shape)
     reach = int(np.ceil(core_halfwidth))
-    cand_rows, cand_cols, cand_ok, cand_snr = [], [], [], []
-    for offset in range(-reach, reach + 1):
-        rows = np.clip(base + offset, 0, ny - 1)
-        ok = (np.abs(base + offset - traces.y_center) <= core_halfwidth) & (base + offset == rows)
-        ok &= pixel_map.fiber[rows, cols] == np.arange(traces.n_fibers)[:, None]
-        ok &= pixel_map.purity[rows, cols] >= min_purity
-        pix_snr = np.nan_to_num(snr[rows, cols], nan=0.0)
-        ok &= pix_snr >= min_snr
-        if bad is not None:
-            ok &= ~bad[rows, cols]
-        ok &= ~traces.excluded[:, None]
-        cand_rows.append(rows)
-        cand_cols.append(cols)
-        cand_ok.append(ok)
-        cand_snr.append(np.where(ok, pix_snr, -np.inf))
-    rows = np.concatenate(cand_rows, axis=1)
-    cols_all = np.concatenate(cand_cols, axis=1)
-    ok = np.concatenate(cand_ok, axis=1)
-    # Valid pixels first (highest SNR first), padding after.
-    order = np.argsort(-np.concatenate(cand_snr, axis=1), axis=1, kind="stable")
-    n_keep = int(ok.sum(axis=1).max(initial=0))
+    shape = (traces.n_fibers, (2 * reach + 1) * nc)
+    rows, cols, valid = np.empty(shape, np.int64), np.empty(shape, np.int64), np.empty(shape, bool)
+    # Each fiber's candidates ranked in one pass (fibers in parallel): NumPy's fancy indexes,
+    # temporaries and row sorts took 80 ms a chip (150 ms with their page faults).
+    fit_pixel_kernel(
+        np.ascontiguousarray(traces.y_center, dtype=np.float64), traces.excluded,
+        pixel_map.fiber, pixel_map.purity, np.asarray(snr, dtype=np.float64),
+        np.zeros((1, 1), bool) if bad is None else np.asarray(bad, dtype=bool), bad is not None,
+        reach, float(core_halfwidth), float(min_purity), float(min_snr), rows, cols, valid,
+    )  # fmt: skip
+    # Usable pixels first (highest SNR first), padding after.
+    n_keep = int(valid.sum(axis=1).max(initial=0))
     if max_pixels is not None:
         n_keep = min(n_keep, int(max_pixels))
     n_keep = max(n_keep, 1)
-    order = order[:, :n_keep]
-    rows = np.take_along_axis(rows, order, axis=1)
-    cols_all = np.take_along_axis(cols_all, order, axis=1)
-    valid = np.take_along_axis(ok, order, axis=1)
-    return FitPixels(rows=rows, cols=cols_all, valid=valid)
+    return FitPixels(
+        rows=rows[:, :n_keep].copy(), cols=cols[:, :n_keep].copy(), valid=valid[:, :n_keep].copy()
+    )
 
 
 # --------------------------------------------------------------------------------------------
