@@ -924,8 +924,9 @@ def normal_equations_kernel(
     The fluxes are eliminated here too (spec section 9.1): ``out_sch[g] = G - e_hat^T e_hat`` and
     ``out_rhs[g] = out_gw[g] - e_hat^T gf_hat``, the omega system before any element is pinned.
     Where ``out_chi2`` is ``(G, P)`` (not empty), it receives each fitted pixel's eq-24 chi2
-    ``r_p^T C_p^-1 r_p`` from the same sweep (NaN for the others): at the solution, the fit's
-    chi2 without a pass of its own (:func:`chi2_kernel`'s value to rounding).
+    ``r_p^T C_p^-1 r_p`` from the same sweep (NaN for the others, and for inactive groups): at
+    the solution, the fit's chi2 without a pass of its own (:func:`chi2_kernel`'s value to
+    rounding).
     G needs the full inverse of each C_p; its columns are walked from the diagonal with the pivot
     ratios (spec section 1.5), K^2 operations per pixel, and accumulated without storing them.
 
@@ -940,6 +941,8 @@ def normal_equations_kernel(
     K4 = (K + 3) // 4 * 4  # the rows of _upper_accumulate's blocks
     for g in prange(G):
         if not active[g]:
+            if out_chi2.shape[0] > 0:
+                out_chi2[g, :] = np.nan
             continue
         use = np.empty(B, dtype=np.bool_)
         f = np.empty(B)
@@ -2118,7 +2121,7 @@ def fit_omega_groups(
             }
         # The covariance and the chi2 at the returned solution (the reference keeps the
         # covariance from the linearisation before the last step, quirk Q3).
-        chi2 = np.full((G, P), np.nan)  # the empty groups' stay NaN
+        chi2 = np.empty((G, P))
         sch, _ = _evaluate(normal, offsets, diffs, valid, s2, dt, flux_lin, omega_lin, nonempty,
                            fit_pixel, free, chi2=chi2)  # fmt: skip
     else:
@@ -2144,7 +2147,7 @@ def finish_groups(diffs, valid, s2, dt, fit_pixel, fit):
     flux = np.where(fit_pixel, fit["flux"], 0.0)
     free = has_data & (np.arange(K) != kstar[:, None])
     normal = _Normal(G, P, K)
-    chi2 = np.full((G, P), np.nan)  # the empty groups' stay NaN
+    chi2 = np.empty((G, P))
     sch, _ = _evaluate(normal, None, diffs, valid, s2, dt, flux, omega, nonempty, fit_pixel, free,
                        chi2=chi2)  # fmt: skip
     report = {key: fit[key].copy() for key in ("ref_index", "n_iter", "converged", "has_data",
