@@ -66,23 +66,44 @@ function search_pixel!(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent::Bo
     n_valid = count(valid)
     n_flagged = 0
     while n_valid > MIN_CLEAN_DIFFS && n_flagged < max_jumps
-        factor!(alpha, beta, piv, low, x, valid, s2, rate)
-        forward!(yx, low, x)
-        forward!(yd, low, d)
+        @inbounds for k in 1:K  # C(rate), as factor! builds it
+            alpha[k] = valid[k] ? max(rate * x[k], 0.0) + 2.0 * s2 : 1.0
+            beta[k] = k < K && valid[k] && valid[k + 1] ? -s2 : 0.0
+        end
+        # Two independent recursions share one loop, so that their divisions overlap: downwards
+        # the L D L^T pivots (factor!) with the forward substitutions of x and d and the sums
+        # x^T C^-1 x, x^T C^-1 d; upwards the pivots of the backward factorisation, for the
+        # diagonal of C^-1 (spec section 1.5). Each value is computed as in the separate loops.
         xu = 0.0
         xz = 0.0
-        @inbounds for k in 1:K
+        @inbounds begin
+            piv[1] = alpha[1]
+            low[1] = 0.0
+            yx[1] = x[1]
+            yd[1] = d[1]
+            xu += yx[1] * yx[1] / piv[1]
+            xz += yx[1] * yd[1] / piv[1]
+            back[K] = alpha[K]
+        end
+        @inbounds for k in 2:K
+            lk = beta[k - 1] / piv[k - 1]
+            low[k] = lk
+            piv[k] = alpha[k] - lk * beta[k - 1]
+            yx[k] = x[k] - lk * yx[k - 1]
+            yd[k] = d[k] - lk * yd[k - 1]
             xu += yx[k] * yx[k] / piv[k]
             xz += yx[k] * yd[k] / piv[k]
+            j = K + 1 - k
+            back[j] = alpha[j] - beta[j] * beta[j] / back[j + 1]
         end
         xu > 0.0 || break
         a = xz / xu
-        backward!(u, low, piv, yx)
-        backward!(z, low, piv, yd)
-        # Diagonal of C^-1 from the forward and backward pivots (spec section 1.5).
-        @inbounds back[K] = alpha[K]
+        # The backward substitutions (backward!) of x and d, together.
+        @inbounds u[K] = yx[K] / piv[K]
+        @inbounds z[K] = yd[K] / piv[K]
         @inbounds for k in (K - 1):-1:1
-            back[k] = alpha[k] - beta[k] * beta[k] / back[k + 1]
+            u[k] = yx[k] / piv[k] - low[k + 1] * u[k + 1]
+            z[k] = yd[k] / piv[k] - low[k + 1] * z[k + 1]
         end
         @inbounds for k in 1:K
             den = alpha[k]
@@ -91,35 +112,41 @@ function search_pixel!(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent::Bo
             cinv[k] = 1.0 / den
         end
 
+        # The one- and two-jump chi2 drops at every difference, without branches so that the
+        # loops vectorise; 0 where a drop is not defined (an unusable difference, s or det not
+        # positive), which never wins. Then the first largest of each. The scratch columns
+        # reused here are not read again in this round.
+        drop_one, drop_two, s_k, q_k = alpha, back, yx, yd
+        @inbounds for k in 1:K
+            s = cinv[k] - u[k] * u[k] / xu
+            q = z[k] - a * u[k]
+            s_k[k] = s
+            q_k[k] = q
+            drop_one[k] = ifelse(valid[k] & (s > 0.0), q * q / s, 0.0)
+        end
         best_one = 0.0
         k_one = 0
         @inbounds for k in 1:K
-            valid[k] || continue
-            s = cinv[k] - u[k] * u[k] / xu
-            if s > 0.0
-                q = z[k] - a * u[k]
-                drop = q * q / s
-                if drop > best_one
-                    best_one, k_one = drop, k
-                end
+            if drop_one[k] > best_one
+                best_one, k_one = drop_one[k], k
             end
         end
         best_two = 0.0
         k_two = 0
         if two_adjacent
             @inbounds for k in 1:(K - 1)
-                (valid[k] && valid[k + 1]) || continue
-                s11 = cinv[k] - u[k] * u[k] / xu
-                s22 = cinv[k + 1] - u[k + 1] * u[k + 1] / xu
+                s11 = s_k[k]
+                s22 = s_k[k + 1]
                 s12 = -cinv[k + 1] * beta[k] / piv[k] - u[k] * u[k + 1] / xu
                 det = s11 * s22 - s12 * s12
-                if det > 0.0
-                    q1 = z[k] - a * u[k]
-                    q2 = z[k + 1] - a * u[k + 1]
-                    drop = (s22 * q1 * q1 - 2.0 * s12 * q1 * q2 + s11 * q2 * q2) / det
-                    if drop > best_two
-                        best_two, k_two = drop, k
-                    end
+                q1 = q_k[k]
+                q2 = q_k[k + 1]
+                drop = (s22 * q1 * q1 - 2.0 * s12 * q1 * q2 + s11 * q2 * q2) / det
+                drop_two[k] = ifelse(valid[k] & valid[k + 1] & (det > 0.0), drop, 0.0)
+            end
+            @inbounds for k in 1:(K - 1)
+                if drop_two[k] > best_two
+                    best_two, k_two = drop_two[k], k
                 end
             end
         end

@@ -70,7 +70,9 @@ def chi2_thresholds(threshold: float) -> tuple[float, float]:
     return threshold**2, -2.0 * (math.log(2.0) + float(log_ndtr(-threshold)))
 
 
-@njit(cache=True)
+# error_model="numpy": IEEE division without Python's zero-division checks. The drops are
+# computed at every difference, and those with a zero denominator are then left out.
+@njit(cache=True, error_model="numpy")
 def search_pixel(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, work):
     """Brandt's iterative jump search on one pixel's differences.
 
@@ -105,23 +107,42 @@ def search_pixel(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jump
             n_valid += 1
     n_flagged = 0
     while n_valid > MIN_CLEAN_DIFFS and n_flagged < max_jumps:
-        _factor(x, valid, s2, rate, alpha, beta, piv, low)
-        _forward(low, x, yx)
-        _forward(low, d, yd)
+        for k in range(K):  # C(rate), as _factor builds it
+            alpha[k] = max(rate * x[k], 0.0) + 2.0 * s2 if valid[k] else 1.0
+        for k in range(K - 1):
+            beta[k] = -s2 if (valid[k] and valid[k + 1]) else 0.0
+        beta[K - 1] = 0.0
+        # Two independent recursions share one loop, so that their divisions overlap: downwards
+        # the L D L^T pivots (_factor) with the forward substitutions of x and d and the sums
+        # x^T C^-1 x, x^T C^-1 d; upwards the pivots of the backward factorisation, for the
+        # diagonal of C^-1 (spec section 1.5). Each value is computed as in the separate loops.
         xu = 0.0
         xz = 0.0
-        for k in range(K):
+        piv[0] = alpha[0]
+        low[0] = 0.0
+        yx[0] = x[0]
+        yd[0] = d[0]
+        xu += yx[0] * yx[0] / piv[0]
+        xz += yx[0] * yd[0] / piv[0]
+        back[K - 1] = alpha[K - 1]
+        for k in range(1, K):
+            lk = beta[k - 1] / piv[k - 1]
+            low[k] = lk
+            piv[k] = alpha[k] - lk * beta[k - 1]
+            yx[k] = x[k] - lk * yx[k - 1]
+            yd[k] = d[k] - lk * yd[k - 1]
             xu += yx[k] * yx[k] / piv[k]
             xz += yx[k] * yd[k] / piv[k]
+            j = K - 1 - k
+            back[j] = alpha[j] - beta[j] * beta[j] / back[j + 1]
         if not xu > 0.0:
             break
         a = xz / xu
-        _backward(low, piv, yx, u)
-        _backward(low, piv, yd, z)
-        # Diagonal of C^-1 from the forward and backward pivots (spec section 1.5).
-        back[K - 1] = alpha[K - 1]
+        u[K - 1] = yx[K - 1] / piv[K - 1]  # the backward substitutions (_backward), together
+        z[K - 1] = yd[K - 1] / piv[K - 1]
         for k in range(K - 2, -1, -1):
-            back[k] = alpha[k] - beta[k] * beta[k] / back[k + 1]
+            u[k] = yx[k] / piv[k] - low[k + 1] * u[k + 1]
+            z[k] = yd[k] / piv[k] - low[k + 1] * z[k + 1]
         for k in range(K):
             den = alpha[k]
             if k > 0:
@@ -130,33 +151,37 @@ def search_pixel(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jump
                 den -= beta[k] * beta[k] / back[k + 1]
             cinv[k] = 1.0 / den
 
+        # The one- and two-jump chi2 drops at every difference, without branches so that the
+        # loops vectorise; 0 where a drop is not defined (an unusable difference, s or det not
+        # positive), which never wins. Then the first largest of each. The scratch rows reused
+        # here are not read again in this round.
+        drop_one, drop_two, s_k, q_k = alpha, back, yx, yd
+        for k in range(K):
+            s = cinv[k] - u[k] * u[k] / xu
+            q = z[k] - a * u[k]
+            s_k[k] = s
+            q_k[k] = q
+            drop_one[k] = q * q / s if (valid[k] and s > 0.0) else 0.0
         best_one = 0.0
         k_one = -1
         for k in range(K):
-            if not valid[k]:
-                continue
-            s = cinv[k] - u[k] * u[k] / xu
-            if s > 0.0:
-                q = z[k] - a * u[k]
-                drop = q * q / s
-                if drop > best_one:
-                    best_one, k_one = drop, k
+            if drop_one[k] > best_one:
+                best_one, k_one = drop_one[k], k
         best_two = 0.0
         k_two = -1
         if two_adjacent:
             for k in range(K - 1):
-                if not (valid[k] and valid[k + 1]):
-                    continue
-                s11 = cinv[k] - u[k] * u[k] / xu
-                s22 = cinv[k + 1] - u[k + 1] * u[k + 1] / xu
+                s11 = s_k[k]
+                s22 = s_k[k + 1]
                 s12 = -cinv[k + 1] * beta[k] / piv[k] - u[k] * u[k + 1] / xu
                 det = s11 * s22 - s12 * s12
-                if det > 0.0:
-                    q1 = z[k] - a * u[k]
-                    q2 = z[k + 1] - a * u[k + 1]
-                    drop = (s22 * q1 * q1 - 2.0 * s12 * q1 * q2 + s11 * q2 * q2) / det
-                    if drop > best_two:
-                        best_two, k_two = drop, k
+                q1 = q_k[k]
+                q2 = q_k[k + 1]
+                drop = (s22 * q1 * q1 - 2.0 * s12 * q1 * q2 + s11 * q2 * q2) / det
+                drop_two[k] = drop if (valid[k] and valid[k + 1] and det > 0.0) else 0.0
+            for k in range(K - 1):
+                if drop_two[k] > best_two:
+                    best_two, k_two = drop_two[k], k
 
         # Two jumps always fit better than one: compare them after subtracting their thresholds.
         if k_one >= 0 and best_one > thr_one and best_one - thr_one > best_two - thr_two:

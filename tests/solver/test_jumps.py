@@ -402,6 +402,122 @@ def test_block_screen_agrees_with_the_scalar_search(two_adjacent):
     assert np.array_equal(needs, found > 0)  # no pixel of this draw is that close
 
 
+def _search_reference(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps):
+    """search_pixel written loop by loop, as spec section 1.6 reads (the factorisation, each
+    substitution and each drop in its own loop), in plain Python: ``(n_flagged, valid, d, x)``."""
+    from pyapred.solver._numpy import _backward, _factor, _forward
+
+    d, x, valid = d.copy(), x.copy(), valid.copy()
+    K = d.size
+    alpha, beta, piv, low, back, yx, yd, u, z, cinv = np.zeros((10, K))
+    n_valid, n_flagged = int(valid.sum()), 0
+    while n_valid > 3 and n_flagged < max_jumps:
+        _factor.py_func(x, valid, s2, rate, alpha, beta, piv, low)
+        _forward.py_func(low, x, yx)
+        _forward.py_func(low, d, yd)
+        xu = xz = 0.0
+        for k in range(K):
+            xu += yx[k] * yx[k] / piv[k]
+            xz += yx[k] * yd[k] / piv[k]
+        if not xu > 0.0:
+            break
+        a = xz / xu
+        _backward.py_func(low, piv, yx, u)
+        _backward.py_func(low, piv, yd, z)
+        back[K - 1] = alpha[K - 1]
+        for k in range(K - 2, -1, -1):
+            back[k] = alpha[k] - beta[k] * beta[k] / back[k + 1]
+        for k in range(K):
+            den = alpha[k]
+            if k > 0:
+                den -= beta[k - 1] * beta[k - 1] / piv[k - 1]
+            if k < K - 1:
+                den -= beta[k] * beta[k] / back[k + 1]
+            cinv[k] = 1.0 / den
+        best_one, k_one = 0.0, -1
+        for k in range(K):
+            s = cinv[k] - u[k] * u[k] / xu
+            if valid[k] and s > 0.0:
+                drop = (z[k] - a * u[k]) ** 2 / s
+                if drop > best_one:
+                    best_one, k_one = drop, k
+        best_two, k_two = 0.0, -1
+        for k in range(K - 1) if two_adjacent else ():
+            s11 = cinv[k] - u[k] * u[k] / xu
+            s22 = cinv[k + 1] - u[k + 1] * u[k + 1] / xu
+            s12 = -cinv[k + 1] * beta[k] / piv[k] - u[k] * u[k + 1] / xu
+            det = s11 * s22 - s12 * s12
+            if valid[k] and valid[k + 1] and det > 0.0:
+                q1, q2 = z[k] - a * u[k], z[k + 1] - a * u[k + 1]
+                drop = (s22 * q1 * q1 - 2.0 * s12 * q1 * q2 + s11 * q2 * q2) / det
+                if drop > best_two:
+                    best_two, k_two = drop, k
+        if k_one >= 0 and best_one > thr_one and best_one - thr_one > best_two - thr_two:
+            flagged = [k_one]
+        elif k_two >= 0 and best_two > thr_two:
+            flagged = [k_two, k_two + 1]
+        else:
+            break
+        valid[flagged] = False
+        d[flagged] = x[flagged] = 0.0
+        n_valid -= len(flagged)
+        n_flagged += len(flagged)
+    return n_flagged, valid, d, x
+
+
+@pytest.mark.parametrize(
+    ("sigmas", "two_adjacent", "max_jumps"),
+    [
+        (4.5, True, 10),
+        (4.5, True, 1),
+        (4.5, False, 1),
+        (3.0, True, 4),
+        (3.0, False, 10),
+        (2.0, False, 3),
+    ],
+)
+def test_search_pixel_is_the_loop_by_loop_search_to_the_bit(sigmas, two_adjacent, max_jumps):
+    """search_pixel runs its recursions in shared loops and its drops without branches; it
+    flags what the loop-by-loop transcription flags, round for round (the Julia twin is
+    checked against the same conformance vectors). Low thresholds give several rounds."""
+    from pyapred.solver._jumps import chi2_thresholds, search_pixel
+
+    rng = np.random.default_rng(8)
+    K, B = 24, 150
+    x = rng.uniform(0.5, 1.0, (K, B)) * 10.6
+    flux = rng.uniform(1.0, 500.0, B)
+    s2 = rng.uniform(100.0, 400.0, B)
+    d = flux * x + rng.normal(0.0, 1.0, (K, B)) * np.sqrt(flux * x + 2 * s2)
+    d += (rng.random((K, B)) < 0.05) * rng.uniform(0.0, 400.0, (K, B))
+    valid = rng.random((K, B)) > 0.1
+    # Exact ties: equal differences kept apart by unusable ones have the same drop (first
+    # isolated ones, then isolated pairs); the first of them is flagged.
+    x[:, :10] = 10.6
+    d[:, :10] = 1060.0 + 400.0 * np.isin(np.arange(K), (3, 4, 15, 16))[:, None]
+    valid[:, :5] = (np.arange(K) % 2 == 0)[:, None]
+    valid[:, 5:10] = (np.arange(K) % 3 != 2)[:, None]
+    valid[:, 10:15] = True
+    valid[3:, 15:20] = False  # too few clean differences
+    d, x = np.where(valid, d, 0.0), np.where(valid, x, 0.0)
+    rate = np.maximum(flux + rng.normal(0.0, 5.0, B), 0.0)
+    rate[:10], s2[:10] = 100.0, 200.0
+    thr_one, thr_two = chi2_thresholds(sigmas)
+    flagged = np.zeros(B, dtype=int)
+    for p in range(B):
+        got_d, got_x, got_valid = d[:, p].copy(), x[:, p].copy(), valid[:, p].copy()
+        n = search_pixel(got_d, got_x, got_valid, s2[p], rate[p], thr_one, thr_two,
+                         two_adjacent, max_jumps, np.empty((10, K)))  # fmt: skip
+        want = _search_reference(d[:, p], x[:, p], valid[:, p], s2[p], rate[p], thr_one,
+                                 thr_two, two_adjacent, max_jumps)  # fmt: skip
+        assert n == want[0], p
+        np.testing.assert_array_equal(got_valid, want[1])
+        np.testing.assert_array_equal(got_d, want[2])
+        np.testing.assert_array_equal(got_x, want[3])
+        flagged[p] = n
+    assert np.all(flagged[:10] > 0)  # the ties are met
+    assert np.count_nonzero(flagged) > B // 4
+
+
 # --------------------------------------------------------------------------------------------
 # The compact result: packed mask and a list of jumps, the same as the kernel's dense outputs
 # --------------------------------------------------------------------------------------------
