@@ -194,8 +194,8 @@ def find_exposures(
         raise InputError(
             path, "RUNLIST_OR_GLOB", "a runlist file or a glob of .apz files", "a folder"
         )
-    else:  # a glob, or one raw file
-        matches = sorted(glob.glob(os.fspath(source)))
+    else:  # one raw file (its name may hold glob characters), or a glob
+        matches = [os.fspath(source)] if path.is_file() else sorted(glob.glob(os.fspath(source)))
         if not matches:
             raise InputError(
                 source, "RUNLIST_OR_GLOB", "a runlist file or a glob matching raw files", "nothing"

@@ -76,6 +76,18 @@ def test_glob_and_text_runlist_name_the_same_exposures(night, tmp_path):
     assert first.product == str(tmp_path / "pyapred_apo_60781_0001.h5") and first.problem is None
 
 
+def test_a_raw_file_named_with_glob_characters_is_that_file(night, tmp_path):
+    """A raw file in ``raw[1]/`` was globbed: ``[1]`` matched ``raw1``, not itself."""
+    raw, _ = night
+    odd = tmp_path / "raw[1]"
+    odd.mkdir()
+    for path in [*raw.glob("apR-?-52190001.apz"), *raw.glob("traceMain_*.h5")]:
+        (odd / path.name).symlink_to(path)
+    tasks = find_exposures(odd / "apR-a-52190001.apz", [odd], tmp_path)
+    assert [t.name for t in tasks] == ["apo_60781_0001"]
+    assert [Path(p).parent for p in tasks[0].inputs] == [odd] * 3
+
+
 def test_runlist_h5_maps_tele_mjd_expid_to_raw_files(night, tmp_path):
     raw, _ = night
     runlist = tmp_path / "runlist_test.h5"

@@ -497,15 +497,22 @@ def read_gcam_summary(path, *, exptime: float = 15.0) -> list[GuiderFrame]:
 
 
 def _expand_source(source) -> list[str]:
-    """Paths from a directory, a glob pattern, a path, or a sequence of those."""
+    """Paths from a directory, a glob pattern, a path, or a sequence of those.
+
+    A name that exists is that file, even where it holds glob characters (``frame[1].fits``):
+    so the paths a shell or an earlier expansion gave come back unchanged.
+    """
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if os.path.isdir(text):
+            # The folder's own name is escaped: only what is below it is a pattern.
             paths = sorted(
                 p
-                for p in glob.glob(os.path.join(text, "**", "*"), recursive=True)
+                for p in glob.glob(os.path.join(glob.escape(text), "**", "*"), recursive=True)
                 if re.search(r"\.fits(\.gz|\.fz)?$", p, re.IGNORECASE)
             )
+        elif os.path.lexists(text):
+            paths = [text]
         elif any(ch in text for ch in "*?["):
             paths = sorted(glob.glob(text, recursive=True))
         else:

@@ -7,6 +7,7 @@ fitting, never a traceback, a hang on a FIFO or device, or an input overwritten 
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import stat
@@ -150,7 +151,7 @@ def remove_stale_temporaries(
     suffix = re.escape(path.suffix)
     temporary = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]+\.tmp(?:{suffix})?")
     removed = []
-    for stale in path.parent.glob(f".{path.name}.*.tmp*"):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
         if not (temporary.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink()):
             continue
         if kept_as(stale) is not None or any(_same_file(stale, Path(k)) for k in keep):

@@ -176,3 +176,23 @@ def test_a_truncated_frame_is_named_as_such(tmp_path):
     cut.write_bytes(path.read_bytes()[:4000])
     with pytest.raises(InputError, match="file: expected a complete FITS file, .*corrupted"):
         guider.read_guider_frame(cut)
+
+
+def test_names_with_glob_characters_are_read_as_they_are(sky, tmp_path):
+    """A file or folder whose name holds ``[`` was taken for a pattern (``frame[1].fits``
+    matches ``frame1.fits``): not found, or another file read. A name that exists is itself."""
+    import shutil
+
+    folder = tmp_path / "night[2]"
+    shutil.copytree(sky.directory, folder)
+    first, second = sorted(folder.glob("*.fits"))[:2]
+    odd = first.with_name(first.stem + "[1]" + first.suffix)
+    first.rename(odd)
+    decoy = first.with_name(first.stem + "1" + first.suffix)  # what "[1]" matches as a glob
+    shutil.copyfile(second, decoy)
+    for name in (odd, str(odd), [str(odd)]):
+        one = guider.read_guider_frames(name)
+        assert [f.path for f in one.frames] == [str(odd)] and not one.rejected
+    assert len(guider.read_guider_frames(folder).frames) == len(sky.frames.frames) + 1
+    pattern = str(folder).replace("[", "[[]") + "/*.fits"  # a glob, with the folder escaped
+    assert len(guider.read_guider_frames(pattern).frames) == len(sky.frames.frames) + 1

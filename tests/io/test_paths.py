@@ -52,3 +52,14 @@ def test_read_product_names_a_fifo_instead_of_hanging(tmp_path):
     os.mkfifo(tmp_path / "p.h5")
     with pytest.raises(InputError, match="product: expected a regular file, found a FIFO"):
         read_product(tmp_path / "p.h5")
+
+
+def test_temporaries_of_a_name_with_glob_characters_are_found(tmp_path):
+    """``p[1].h5``'s temporaries were looked for with ``[1]`` as a pattern: never found."""
+    out = tmp_path / "p[1].h5"
+    stale = tmp_path / ".p[1].h5.ab_c1234.tmp"
+    other = tmp_path / ".p1.h5.ab_c1234.tmp"  # what the pattern matched: another output's
+    for path in (stale, other):
+        path.write_text("data")
+    assert remove_stale_temporaries(out) == [stale]
+    assert other.exists()
