@@ -234,7 +234,9 @@ def _read_text_runlist(path: Path) -> list[tuple[str, Path]]:
         if not entry:
             continue
         full = entry if os.path.isabs(entry) else os.fspath(path.parent / entry)
-        matches = sorted(glob.glob(full)) if glob.has_magic(full) else []
+        # A name that exists is that file, glob characters or not.
+        literal = os.path.lexists(full) or not glob.has_magic(full)
+        matches = [] if literal else sorted(glob.glob(full))
         named += [(f"{path.name}:{number}", Path(m)) for m in matches or [full]]
     if not named:
         raise InputError(path, "runlist", "at least one exposure", "no entries")

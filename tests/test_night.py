@@ -83,9 +83,15 @@ def test_a_raw_file_named_with_glob_characters_is_that_file(night, tmp_path):
     odd.mkdir()
     for path in [*raw.glob("apR-?-52190001.apz"), *raw.glob("traceMain_*.h5")]:
         (odd / path.name).symlink_to(path)
-    tasks = find_exposures(odd / "apR-a-52190001.apz", [odd], tmp_path)
-    assert [t.name for t in tasks] == ["apo_60781_0001"]
-    assert [Path(p).parent for p in tasks[0].inputs] == [odd] * 3
+    decoy = tmp_path / "raw1"  # what "raw[1]" matches as a pattern
+    decoy.mkdir()
+    (decoy / "apR-a-52190001.apz").symlink_to(raw / "apR-a-52190002.apz")
+    runlist = tmp_path / "night.txt"
+    runlist.write_text("raw[1]/apR-a-52190001.apz\n")
+    for source in (odd / "apR-a-52190001.apz", runlist):
+        tasks = find_exposures(source, [odd], tmp_path)
+        assert [t.name for t in tasks] == ["apo_60781_0001"]
+        assert [Path(p).parent for p in tasks[0].inputs] == [odd] * 3
 
 
 def test_runlist_h5_maps_tele_mjd_expid_to_raw_files(night, tmp_path):
