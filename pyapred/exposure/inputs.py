@@ -282,7 +282,7 @@ def load_chip(
             mjd=name.mjd,
             source=str(path),
             writable=True,
-            timing=_timing(raw.read_times, getattr(raw, "header", None)),
+            timing=_timing(raw.read_times, getattr(raw, "header", None), path),
         )
     try:  # the raw type: half the memory of float32, and exact
         raw = read_apz(path, dtype=np.uint16)
@@ -298,7 +298,7 @@ def load_chip(
         mjd=raw.mjd,
         source=str(path),
         writable=True,
-        timing=_timing(raw.read_times, header),
+        timing=_timing(raw.read_times, header, path),
     )
 
 
@@ -338,6 +338,7 @@ def survey_chip(
         return None
     raw = read_apz(path, rows=slice(0, 0))  # headers, shapes and times only
     _raw_calibration(path, raw.header, gain=gain, read_noise=read_noise, saturation=saturation)
+    _timing_cards(path, raw.header)
     return (raw.n_reads_in_file, *raw.image_shape)
 
 
@@ -389,14 +390,45 @@ def _raw_calibration(path, header, **given) -> dict:
 TIMING_CARDS = ("DATE-OBS", "TIMESYS", "INTOFF", "INTDELAY", "NREAD", "CONFIGID")
 
 
-def _timing(read_times, header) -> dict:
+#: The timing cards that hold text; the others hold a number (ms, a count, an identifier).
+_TEXT_CARDS = ("DATE-OBS", "TIMESYS")
+
+
+def _timing(read_times, header, path) -> dict:
     """``ChipExposure.timing`` from a file's read times (astropy Time) and header."""
     timing = {"read_times_tai_mjd": np.asarray(read_times.tai.mjd, dtype=np.float64)}
-    for card in TIMING_CARDS:
-        if header is not None and card in header:
-            value = header[card]
-            timing[card] = value.item() if isinstance(value, np.generic) else value
+    timing.update(_timing_cards(path, header))
     return timing
+
+
+def _timing_cards(path, header) -> dict:
+    """The :data:`TIMING_CARDS` a header has, each a text or a finite number (an integer within
+    int64), as the product stores them: a card without a value, a complex one or a 30-digit
+    integer is refused here, before any chip is fitted, not by the product writer after.
+
+    Raises
+    ------
+    InputError
+        Naming the file and the card.
+    """
+    cards = {}
+    for card in TIMING_CARDS if header is not None else ():
+        if card not in header:
+            continue
+        value = header[card]
+        value = value.item() if isinstance(value, np.generic) else value
+        if card in _TEXT_CARDS:
+            usable, expected = isinstance(value, str), "a text"
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            usable = number and (
+                -(2**63) <= value < 2**63 if isinstance(value, int) else bool(np.isfinite(value))
+            )
+            expected = "a finite number (an integer within int64)"
+        if not usable:
+            raise InputError(path, f"header keyword {card}", expected, repr(value))
+        cards[card] = value
+    return cards
 
 
 #: The keys of an input's identity (``pyapred fit --chip --telescope --mjd``).

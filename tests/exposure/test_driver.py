@@ -540,6 +540,18 @@ def test_every_file_is_checked_before_the_first_chip_is_prepared(tmp_path, monke
     with_last(tmp_path / "card" / paths["apz"][2].name, "HDU 1 GAIN")
     with fits.open(paths["apz"][2]) as hdul:
         assert hdul[1].header["GAIN"] > 0  # the damage is in the copy only
+    # The timing cards a product keeps: the writer refused these after every chip was fitted.
+    for keyword, card in [("NREAD", "NREAD   =                      / no value"),
+                          ("INTOFF", "INTOFF  = (10647.0, 1.0)"),
+                          ("EXPTYPE", "CONFIGID= 123456789012345678901234567890")]:  # fmt: skip
+        damaged = bytearray(paths["apz"][2].read_bytes())
+        at = damaged.index(f"{keyword:<8}=".encode(), 2880)
+        damaged[at : at + 80] = card.ljust(80).encode()
+        folder = tmp_path / keyword
+        folder.mkdir()
+        (folder / paths["apz"][2].name).write_bytes(bytes(damaged))
+        named = card.split("=")[0].strip()
+        with_last(folder / paths["apz"][2].name, f"header keyword {named}: expected a finite")
     longer = write_simulated_exposure(other, tmp_path / "longer")["apz"][0]
     with_last(longer, "reads: expected 20 reads like")
     smaller = write_simulated_exposure(narrow, tmp_path / "narrow")["apz"][0]
