@@ -55,14 +55,15 @@ def read_dataset(
         Words for the error message, e.g. "Julia (2560, 2048) seen as (2048, 2560)".
     """
     field = f"{group.name.rstrip('/')}/{name}".lstrip("/")
-    if name not in group:
-        raise InputError(path, field, f"a dataset {expected}".rstrip(), found="nothing")
     try:
+        if name not in group:
+            raise InputError(path, field, f"a dataset {expected}".rstrip(), found="nothing")
         dataset = group[name]
-    except (KeyError, OSError) as exc:  # a dangling soft or external link
+    except (KeyError, OSError, RuntimeError) as exc:  # a dangling, external or looping link
         raise InputError(path, field, f"a readable dataset {expected}".rstrip(), str(exc)) from None
     if not isinstance(dataset, h5py.Dataset):
         raise InputError(path, field, "a dataset", found=type(dataset).__name__)
+    _check_has_data(path, field, dataset)
     if shape is not None and (
         len(dataset.shape) != len(shape)
         or any(
@@ -80,6 +81,21 @@ def read_dataset(
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(path, field, "readable data", found=str(exc)) from None
     return native(np.asarray(data))
+
+
+def _check_has_data(path: str | os.PathLike, field: str, dataset: h5py.Dataset) -> None:
+    """A dataset holds data that fit in this machine's memory: not a null dataspace (no shape),
+    nor a shape declared far beyond what the file holds (a chunked dataset of 2**40 elements
+    takes a few kB on disk)."""
+    if dataset.shape is None:
+        raise InputError(path, field, "a dataset with data", "an empty (null) dataspace")
+    size = float(np.prod(dataset.shape, dtype=np.float64)) * dataset.dtype.itemsize
+    memory = np.inf
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # sysconf is POSIX only
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if size > memory:
+        raise InputError(path, field, f"data that fit in memory ({memory / 2**30:.0f} GiB)",
+                         f"shape {dataset.shape}, {size / 2**30:.3g} GiB")  # fmt: skip
 
 
 def native(array: np.ndarray) -> np.ndarray:
@@ -107,6 +123,7 @@ def read_value(path: str | os.PathLike, dataset: h5py.Dataset):
     if not isinstance(dataset, h5py.Dataset):
         found = "a group" if isinstance(dataset, h5py.Group) else type(dataset).__name__
         raise InputError(path, getattr(dataset, "name", "?").lstrip("/"), "a dataset", found)
+    _check_has_data(path, dataset.name.lstrip("/"), dataset)
     try:
         if h5py.check_string_dtype(dataset.dtype) is not None:
             return decode(dataset.asstr()[()])

@@ -246,6 +246,28 @@ def test_trace_params_missing(tmp_path):
     assert_input_error(lambda: read_trace_file(path), path, "trace_params")
 
 
+@pytest.mark.parametrize("damage", ["null", "link loop", "declared huge", "huge metadata"])
+def test_trace_params_that_hdf5_cannot_hand_over(tmp_path, damage):
+    """A null dataspace, a soft link to itself, a chunked dataset declared with 2**40 columns
+    (a few kB on disk): a TypeError, RuntimeError or MemoryError traceback, exit 1."""
+    path = h5(tmp_path / "traceMain_apo_60781_R.h5", trace_params=np.ones((3, 4, 8)))
+    field = "metadata/blob" if damage == "huge metadata" else "trace_params"
+    with h5py.File(path, "a") as handle:
+        if damage != "huge metadata":
+            del handle["trace_params"]
+        if damage == "null":
+            handle["trace_params"] = h5py.Empty("f8")
+        elif damage == "link loop":
+            handle["trace_params"] = h5py.SoftLink("/trace_params")
+        elif damage == "declared huge":
+            handle.create_dataset("trace_params", (3, 4, 2**40), "f8", chunks=(1, 1, 1024))
+        else:
+            handle.create_dataset("metadata/blob", (2**40,), "f8", chunks=(2**16,))
+    error = assert_input_error(lambda: read_trace_file(path), path, field)
+    if "huge" in damage:
+        assert "expected data that fit in memory" in str(error)
+
+
 def test_trace_centers_of_wrong_shape(tmp_path, julia):
     centers = julia(np.ones((2048, 299)))  # one fiber short
     path = h5(tmp_path / "ar1Dcal_apo_60781_0065_R_object.h5", extract_trace_centers=centers)
