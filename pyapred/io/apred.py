@@ -257,8 +257,10 @@ def read_ar3dcal(
         raise InputError(path, "metadata/nread_total", expected, found=repr(n_total))
     used = np.arange(n_total - n_used, n_total)
     mid = metadata.get("mjd_mid_exposure")
-    if not isinstance(mid, (int, float)):
-        raise InputError(path, "metadata/mjd_mid_exposure", "the mid-exposure MJD", found=repr(mid))
+    usable = isinstance(mid, (int, float)) and not isinstance(mid, bool) and 0 < mid < 1e6
+    if not usable:  # NaN, inf and 1e300 are no times either (astropy refuses them, or hangs)
+        expected = "the mid-exposure MJD (a number between 0 and 1e6)"
+        raise InputError(path, "metadata/mjd_mid_exposure", expected, found=repr(mid))
     # ApogeeReduction.jl: mid = start(first used) + INTOFF/2 + (start(last) - start(first))/2.
     first_start = Time(mid, format="mjd", scale="tai") - TimeDelta(
         READ_PERIOD_S * 0.5 * n_used, format="sec"

@@ -274,13 +274,18 @@ def test_trace_centers_of_wrong_shape(tmp_path, julia):
     assert_input_error(lambda: read_ar1d(path), path, "extract_trace_centers")
 
 
-def test_ar3dcal_without_mid_exposure_time(tmp_path):
+@pytest.mark.parametrize("mid", [None, np.nan, np.inf, -1.0, 1e300, True])
+def test_ar3dcal_without_mid_exposure_time(tmp_path, mid):
+    """Missing, or NaN, inf, 1e300 (astropy's traceback, exit 1), negative or a bool."""
     path = h5(
         tmp_path / "ar3Dcal_apo_60781_0065_R_object.h5",
         outdat=np.ones((2, 2048, 2560), np.float32),
         gainMat=np.ones((2048, 2560)),
         readVarMat=np.ones((2048, 2560)),
     )
+    if mid is not None:
+        with h5py.File(path, "a") as handle:
+            handle["metadata/mjd_mid_exposure"] = mid
     assert_input_error(lambda: read_ar3dcal(path), path, "metadata/mjd_mid_exposure")
 
 
