@@ -577,7 +577,23 @@ def _image(
         ) from None
     if data.dtype.kind not in "iu":
         raise InputError(path, f"HDU {index}", f"integer {kind} data", found=str(data.dtype))
+    _check_tile_width(path, hdus, index, kind, data.dtype)
     return data
+
+
+def _check_tile_width(path: Path, hdus: _ApzHDUs, index: int, kind: str, dtype: np.dtype) -> None:
+    """A compressed image's pixels fit the type its ``ZBITPIX`` names: astropy decodes tiles of
+    ``BYTEPIX`` bytes (4 where the card is absent, as cfitsio) and casts them to that type, so
+    ``ZBITPIX = 8`` over apzip's 32-bit residuals wrapped every value, silently."""
+    if not hdus.compressed(index):
+        return
+    header = hdus.hdul[index].header
+    names = {str(header.get(f"ZNAME{i}", "")).strip().upper(): i for i in range(1, 10)}
+    bytepix = header.get(f"ZVAL{names['BYTEPIX']}") if "BYTEPIX" in names else 4
+    if isinstance(bytepix, int) and not isinstance(bytepix, bool) and bytepix > dtype.itemsize:
+        expected = f"{kind} in a type that holds its {bytepix}-byte pixels (BYTEPIX)"
+        found = f"ZBITPIX {header.get('ZBITPIX')!r} ({dtype})"
+        raise InputError(path, f"HDU {index}", expected, found=found)
 
 
 def _rebuild(

@@ -123,6 +123,8 @@ def test_apz_table_instead_of_image(tmp_path, good_apz):
         ("ZNAXIS", 3, "HDU 3"),  # no ZNAXIS3 card
         ("ZNAXIS", 10**9, "HDU 3"),
         ("ZBITPIX", None, "FITS structure"),  # astropy cannot open it as an image at all
+        ("ZBITPIX", 8, "HDU 3"),  # astropy cast the 32-bit pixels to uint8: wrapped, silently
+        ("ZBITPIX", 16, "HDU 3"),
         ("ZCMPTYPE", "FOO_1", "HDU 3"),
     ],
 )
