@@ -419,8 +419,25 @@ def _open_fits(path: Path) -> Iterator[_ApzHDUs]:
     hdus = _ApzHDUs(path, _open(path, disable_image_compression=True))
     try:
         yield hdus
+    except fits.VerifyError:  # a structural card (ZNAXIS, BZERO, ...) astropy reads lazily
+        raise _unparsable_card(path, hdus.hdul) from None
     finally:
         hdus.close()
+
+
+def _unparsable_card(path: Path, hdul: fits.HDUList) -> InputError:
+    """The InputError naming the first card of ``hdul`` whose value FITS cannot parse (the
+    cards pyapred reads are checked before, :func:`_user_header`; this names the others)."""
+    for index, hdu in enumerate(hdul):
+        for card in hdu.header.cards:
+            try:
+                card.value  # noqa: B018 (parses the value)
+            except fits.VerifyError:
+                found = "a value FITS cannot parse"
+                return InputError(
+                    path, f"HDU {index} {card.keyword}", "a readable card value", found
+                )
+    return InputError(path, "FITS structure", "readable card values", "a card FITS cannot parse")
 
 
 def _open(path: Path, *, disable_image_compression: bool) -> fits.HDUList:

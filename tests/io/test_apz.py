@@ -185,7 +185,10 @@ def test_hdu_count_wins_over_nread_with_one_warning(tmp_path, raw_apz):
 
 
 @pytest.mark.parametrize("hdu, keyword, value", [(1, "NREAD", "NAN"), (1, "INTOFF", "1.2.3"),
-                                                 (3, "DATE-OBS", "2025-04-20")])  # fmt: skip
+                                                 (3, "DATE-OBS", "2025-04-20"),
+                                                 # structural cards, read lazily by astropy
+                                                 (3, "ZNAXIS", "1.2.3"), (2, "BZERO", "3276.8.0"),
+                                                 (3, "ZIMAGE", "X")])  # fmt: skip
 def test_an_unparsable_card_is_an_input_error_naming_it(tmp_path, hdu, keyword, value):
     reads = simulated_chip(3, ny=2)
     _, headers = make_headers(3, date_obs="2025-04-20T04:00:00.000", chip="a")
