@@ -278,6 +278,10 @@ class FitOptions:
             raise InputError(
                 source, "fit_options", "a JSON object of fit settings", str(exc)
             ) from None
+        except RecursionError:  # arrays nested thousands deep
+            raise InputError(
+                source, "fit_options", "a JSON object of fit settings", "nesting too deep"
+            ) from None
         if not isinstance(values, dict):
             raise InputError(source, "fit_options", "a JSON object", type(values).__name__)
         return _build(values, source, {key: f"fit_options: {key}" for key in values})
@@ -371,6 +375,9 @@ def _build(values: dict, source: str, labels: dict) -> FitOptions:
             and not isinstance(value, bool)
             and _base_type(known[key]) is float
         ):
+            if abs(value) > sys.float_info.max:  # a 400-digit integer: no float holds it
+                raise InputError(source, label, "a number a float holds",
+                                 f"an integer of {value.bit_length()} bits")  # fmt: skip
             values[key] = value = float(value)
         problem = _check_value(known[key], value)
         if problem is not None:

@@ -69,6 +69,7 @@ def test_config_tables_flat_keys_and_errors(tmp_path):
         "model = 'fast'\n": "model",
         "gain = 'high'\n": "gain",
         "min_snr = \n": "TOML",
+        "[model]\np_value = 1" + "0" * 400 + "\n": "[model] p_value",  # no float holds it
     }
     for text, field in bad.items():
         with pytest.raises(InputError) as info:
@@ -105,6 +106,9 @@ def test_records_of_older_products_read_with_defaults():
     assert not FitOptions(joint_chips=True).matches_record(record)
     assert not FitOptions(backend="julia").matches_record(record)
     assert not FitOptions().matches_record("not json")
+    for bad in ("[" * 100000 + "]" * 100000, '{"p_value": 1' + "0" * 400 + "}"):
+        with pytest.raises(InputError, match="fit_options"):  # a RecursionError, OverflowError
+            FitOptions.from_record(bad)
     assert FitOptions(keep_constant=True).matches_record(FitOptions().to_record())
     assert "keep_fit_reads" not in FitOptions().to_record()
 
