@@ -1037,13 +1037,21 @@ def _read_images(path, group: h5py.Group) -> ChipImages:
     )
 
 
+def _indices(path, group: h5py.Group, name: str, n: int) -> np.ndarray:
+    """An integer dataset of ``n`` values, as int64 (a uint64 beyond it turns negative, and is
+    refused by the caller's range check)."""
+    return read_dataset(path, group, name, shape=(n,), kinds="iu").astype(np.int64)
+
+
 def _read_fibers(path, group: h5py.Group) -> FiberResults:
     omega = read_dataset(path, group, "omega", shape=(None, None), kinds="f")
     n, k = omega.shape
     if n and k == 0:  # (it was blamed on ref_index, "1..0")
         where = f"{group.name}/omega".lstrip("/")
         raise InputError(path, where, "a read difference or more", f"shape {omega.shape}")
-    ref_index = read_dataset(path, group, "ref_index", shape=(n,), kinds="iu") - 1
+    # Indices in int64 whatever their stored type: in uint8, 301 - fiber_index overflowed and
+    # 0 - 1 wrapped.
+    ref_index = _indices(path, group, "ref_index", n) - 1
     if n and (ref_index.min() < 0 or ref_index.max() >= k):
         field_name = f"{group.name}/ref_index".lstrip("/")
         raise InputError(
@@ -1055,9 +1063,9 @@ def _read_fibers(path, group: h5py.Group) -> FiberResults:
     model = read_value(path, group["model"]) if "model" in group else None
     if not isinstance(model, list) or len(model) != n:
         raise InputError(path, f"{group.name}/model".lstrip("/"), f"{n} strings", found=repr(model))
-    fiber_index = read_dataset(path, group, "fiber_index", shape=(n,), kinds="iu") - 1
+    fiber_index = _indices(path, group, "fiber_index", n) - 1
     if "fiberId" in group:
-        fiber_id = read_dataset(path, group, "fiberId", shape=(n,), kinds="iu")
+        fiber_id = _indices(path, group, "fiberId", n)
         if not np.array_equal(fiber_id, N_FIBERS - fiber_index):
             raise InputError(
                 path, f"{group.name}/fiberId".lstrip("/"), "301 - fiber_index (1-based)",

@@ -373,3 +373,22 @@ def test_finish_writes_the_digests_it_is_given(tmp_path):
             writer.finish(inputs=[raw], input_sha256=[])
         writer.finish(inputs=[raw], input_sha256=["ab" * 32])
     assert read_product(tmp_path / "p.h5").metadata["input_sha256"] == ["ab" * 32]
+
+
+def test_fiber_indices_stored_in_small_integer_types_read_as_they_are(tmp_path):
+    """``fiber_index`` and ``ref_index`` as uint8, ``fiberId`` as uint16 (valid values, another
+    writer's choice): ``301 - fiber_index`` overflowed uint8, an OverflowError traceback."""
+    rng = np.random.default_rng(2)
+    fibers = make_fibers(rng, n=3)  # fiber_index up to 151 (1-based)
+    path = write_product(tmp_path / "p.h5", chips={"R": make_chip(rng)}, fibers={"R": fibers})
+
+    def small(handle):
+        for name, kind in (("fiber_index", np.uint8), ("fiberId", np.uint16),
+                           ("ref_index", np.uint8)):  # fmt: skip
+            values = handle[f"fibers/R/{name}"][()]
+            del handle[f"fibers/R/{name}"]
+            handle[f"fibers/R/{name}"] = values.astype(kind)
+
+    product = read_product(_damaged(path, small))
+    for name in ("fiber_index", "ref_index"):
+        assert np.array_equal(getattr(product.fibers["R"], name), getattr(fibers, name))
