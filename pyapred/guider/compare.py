@@ -237,6 +237,10 @@ class GuiderComparison:
         middle.plot(guide_t, self.frame_flux, ".", color="0.5", label="guider frames")
         for n, f in enumerate(shown):
             use = self.used[f]
+            residual = (self.omega[f] - self.scale[f] * self.guider) / self.omega_err[f]
+            bottom.plot(mid[use], residual[use], "o", ms=3)
+            if not self.scale[f] > 0:  # omega / scale means nothing (flag fit-undetermined)
+                continue
             scaled = self.omega[f] / self.scale[f]
             middle.errorbar(
                 mid[use],
@@ -248,8 +252,6 @@ class GuiderComparison:
                 lw=0.8,
                 label=f"fiberId {int(fiber_id(self.fibers[f]))}" if n < 6 else None,
             )
-            residual = (self.omega[f] - self.scale[f] * self.guider) / self.omega_err[f]
-            bottom.plot(mid[use], residual[use], "o", ms=3)
         middle.set_ylabel("omega / scale")
         middle.legend(fontsize=8, loc="best")
         bottom.axhline(0, color="k", lw=1)
@@ -519,8 +521,11 @@ def compare(
     if disagree.any():
         flags.append("disagree")
     # A fiber with elements to fit but no finite scale or p-value (omega values near the float
-    # range overflow the solve): neither agreeing nor disagreeing, said so.
-    if ((dof > 0) & ~(np.isfinite(scale) & np.isfinite(p_value))).any():
+    # range overflow the solve), or a scale not above 0 (an omega of zeros, or one that falls as
+    # the guider's flux rises: a damaged product): neither agreeing nor disagreeing, said so.
+    with np.errstate(invalid="ignore"):
+        determined = np.isfinite(p_value) & (scale > 0) & (scale < np.inf)
+    if ((dof > 0) & ~determined).any():
         flags.append("fit-undetermined")
     chromatic = {}
     if data.gamma is not None:

@@ -53,6 +53,21 @@ def test_an_omega_the_fit_cannot_take_is_flagged(sky):
     assert "fit-undetermined" in result.flags and not np.isfinite(result.scale[0])
 
 
+@pytest.mark.parametrize("damage", ["zeros", "negated"])
+def test_an_omega_that_does_not_rise_with_the_guider_is_flagged_and_drawn(sky, tmp_path, damage):
+    """A product's omega row of zeros gave a scale of 0 and NaN statistics with no flag (exit
+    0); negated, the figure's error bars (divided by the scale) failed in matplotlib."""
+    omega = np.array(sky.fit.omega, dtype=float)
+    omega = np.zeros_like(omega) if damage == "zeros" else -omega
+    source = SimpleNamespace(omega=omega, omega_cov=sky.fit.omega_cov)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = guider.compare(source, sky.frames, read_times=exposure_header())
+        result.plot(tmp_path / "cmp.png")
+    assert "fit-undetermined" in result.flags and not result.scale[0] > 0
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_guider_results_have_short_reprs(sky):
     """A line or a few, never whole arrays (they were the dataclasses' full reprs: 2-40 kB)."""
     series = guider.guider_series(sky.frames)
