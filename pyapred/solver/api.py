@@ -312,13 +312,65 @@ SCALE_RANGE = (1e-30, 1e30)
 MAX_READ = float(np.finfo(np.float32).max)
 
 
+#: The largest count an option takes: the kernels hold counts in int64.
+_MAX_COUNT = 2**62
+#: The largest jump threshold (sigma): its square and its chi2 tail stay finite in float64.
+_MAX_THRESHOLD = 1e6
+
+
+def _count(value, name: str, minimum: int) -> int:
+    """An integer option (a NumPy integer or a whole float too), ``minimum`` to
+    :data:`_MAX_COUNT`; else a ValueError naming it (NaN, 1e20, "3", an array)."""
+    whole = isinstance(value, (int, np.integer)) or (
+        isinstance(value, (float, np.floating)) and float(value).is_integer()
+    )
+    if isinstance(value, (bool, np.bool_)) or not (whole and minimum <= value <= _MAX_COUNT):
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _positive(value, name: str) -> float:
+    """A finite number > 0 (``rtol``), else a ValueError naming it."""
+    number = value if isinstance(value, (int, float, np.integer, np.floating)) else None
+    if isinstance(value, (bool, np.bool_)) or number is None or not 0 < number < np.inf:
+        raise ValueError(f"{name}: expected a finite value > 0, got {value!r}")
+    return float(number)
+
+
+def _flag(value, name: str) -> bool:
+    """A True/False option: a bool (NumPy's too) or 0 or 1; else a ValueError naming it."""
+    if isinstance(value, (bool, np.bool_)) or (
+        isinstance(value, (int, np.integer)) and value in (0, 1)
+    ):
+        return bool(value)
+    raise ValueError(f"{name}: expected True or False, got {value!r}")
+
+
+def _real_array(value, name: str) -> np.ndarray:
+    """``value`` as a float64 array; strings, complex numbers or ragged lists are a ValueError
+    naming it (NumPy's own message names no argument)."""
+    try:
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(array.dtype)
+        return array.astype(np.float64, copy=False)
+    except (TypeError, ValueError):
+        found = f"dtype {array.dtype}" if "array" in locals() else type(value).__name__
+        raise ValueError(f"{name}: expected real numbers, got {found}") from None
+
+
 def _as_reads(reads, min_ndim: int = 1, max_ndim: int | None = None) -> np.ndarray:
     if isinstance(reads, np.ma.MaskedArray):  # np.asarray would drop its mask silently
         raise ValueError(
             "reads: expected a plain array, got a masked array: pass reads.data, and its mask "
             "as mask=np.ma.getmaskarray(reads) (True = bad read)"
         )
-    reads = np.asarray(reads)
+    try:
+        reads = np.asarray(reads)
+    except ValueError:  # a ragged list
+        raise ValueError(
+            "reads: expected a (n_reads, *pixel_shape) array, got a ragged list"
+        ) from None
     if reads.dtype.kind not in "fiu":
         raise ValueError(f"reads: expected a real numeric array, got dtype {reads.dtype}")
     if reads.ndim < min_ndim or (max_ndim is not None and reads.ndim > max_ndim):
@@ -365,7 +417,7 @@ def _as_ref_index(ref_index, n_groups: int, K: int) -> np.ndarray:
 
 def _pixel_map(value, name: str, pixel_shape: tuple, *, positive: bool = True) -> np.ndarray:
     """Broadcast a per-pixel parameter to ``pixel_shape`` as float64, checking its range."""
-    arr = np.asarray(value, dtype=np.float64)
+    arr = _real_array(value, name)
     try:
         arr = np.broadcast_to(arr, pixel_shape)
     except ValueError:
@@ -393,7 +445,7 @@ def _as_mask(mask, shape: tuple) -> np.ndarray | None:
 def _saturation_map(saturation, pixel_shape: tuple) -> np.ndarray:
     if saturation is None:
         return np.broadcast_to(np.inf, pixel_shape)
-    sat = np.asarray(saturation, dtype=np.float64)
+    sat = _real_array(saturation, "saturation")
     if np.any(np.isnan(sat)):
         raise ValueError("saturation: expected numbers (inf for none), got NaN")
     try:
@@ -419,7 +471,7 @@ def read_intervals(read_times, n_reads: int) -> np.ndarray:
     """
     if read_times is None:
         return np.ones(n_reads - 1)
-    times = np.asarray(read_times, dtype=np.float64)
+    times = _real_array(read_times, "read_times")
     if times.shape != (n_reads,):
         raise ValueError(f"read_times: expected shape ({n_reads},), got {times.shape}")
     dt = np.diff(times)
@@ -506,7 +558,7 @@ def _omega_rows(omega, groups, K: int, pixel_shape: tuple) -> tuple[np.ndarray, 
     The groups are int32 (half the memory of int64: a chip's map is 21 MB), the one integer
     type the kernels are compiled for.
     """
-    omega2d = np.atleast_2d(np.asarray(omega, dtype=np.float64))
+    omega2d = np.atleast_2d(_real_array(omega, "omega"))
     if omega2d.ndim != 2 or omega2d.shape[1] != K:
         raise ValueError(f"omega: expected shape ({K},) or (n_groups, {K}), got {np.shape(omega)}")
     if groups is None:
@@ -668,8 +720,7 @@ def extract_fluxes(
     pixel_shape = reads.shape[1:]
     K = n_reads - 1
     omega2d, groups_flat = _omega_rows(omega, groups, K, pixel_shape)
-    if int(n_pass) < 1:
-        raise ValueError(f"n_pass: expected >= 1, got {n_pass}")
+    n_pass = _count(n_pass, "n_pass", 1)
     dt = read_intervals(read_times, n_reads)
     reads2d, bad, use_mask, sigma, gain_flat, sat = _pixel_inputs(
         reads, read_noise, gain, mask, saturation
@@ -677,7 +728,7 @@ def extract_fluxes(
     out = _flux_outputs(reads2d.shape[1])
     backend_kernels(backend).extract_kernel(
         reads2d, bad, use_mask, np.ascontiguousarray(omega2d), groups_flat, dt, sigma, gain_flat,
-        sat, int(n_pass), *out,
+        sat, n_pass, *out,
     )  # fmt: skip
     return _flux_fit(out, gain_flat, pixel_shape)
 
@@ -859,10 +910,8 @@ def fit_omega(
     """
     if mode not in ("default", "reference"):
         raise ValueError(f"mode: expected 'default' or 'reference', got {mode!r}")
-    if not (np.isfinite(rtol) and rtol > 0):
-        raise ValueError(f"rtol: expected a finite value > 0, got {rtol}")
-    if int(max_iter) < 1:
-        raise ValueError(f"max_iter: expected >= 1, got {max_iter}")
+    rtol = _positive(rtol, "rtol")
+    max_iter = _count(max_iter, "max_iter", 1)
     single, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
         reads, read_noise, gain, mask, read_times, saturation, backend
     )
@@ -1091,10 +1140,8 @@ def fit_omega_chromatic(
     """
     from scipy.special import chdtrc  # chi2's survival function, without scipy.stats's import
 
-    if not (np.isfinite(rtol) and rtol > 0):
-        raise ValueError(f"rtol: expected a finite value > 0, got {rtol}")
-    if int(max_iter) < 1:
-        raise ValueError(f"max_iter: expected >= 1, got {max_iter}")
+    rtol = _positive(rtol, "rtol")
+    max_iter = _count(max_iter, "max_iter", 1)
     if start is None:
         start = fit_omega(
             reads, read_noise, gain=gain, mask=mask, read_times=read_times,
@@ -1432,10 +1479,16 @@ class JumpResult:
 
 
 def _check_threshold(threshold, name: str = "threshold") -> float:
-    threshold = float(threshold)
-    if not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"{name}: expected a finite value > 0 (sigma), got {threshold}")
-    return threshold
+    number = threshold if isinstance(threshold, (int, float, np.integer, np.floating)) else None
+    if (
+        isinstance(threshold, (bool, np.bool_))
+        or number is None
+        or not (0 < number <= _MAX_THRESHOLD)
+    ):
+        raise ValueError(
+            f"{name}: expected a value > 0 (sigma), at most {_MAX_THRESHOLD:g}, got {threshold!r}"
+        )
+    return float(number)
 
 
 def find_jumps(
@@ -1520,10 +1573,8 @@ def find_jumps(
         omega = np.ones(K)
     omega2d, groups_flat = _omega_rows(omega, groups, K, pixel_shape)
     thr_one, thr_two = _jumps.chi2_thresholds(_check_threshold(threshold))
-    if max_jumps is None:
-        max_jumps = _jumps.NO_LIMIT
-    elif int(max_jumps) < 0:
-        raise ValueError(f"max_jumps: expected None or an integer >= 0, got {max_jumps}")
+    max_jumps = _jumps.NO_LIMIT if max_jumps is None else _count(max_jumps, "max_jumps", 0)
+    two_adjacent = _flag(two_adjacent, "two_adjacent")
     dt = read_intervals(read_times, n_reads)
     reads2d, bad, use_mask, sigma, gain_flat, sat = _pixel_inputs(
         reads, read_noise, gain, mask, saturation

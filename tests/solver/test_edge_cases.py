@@ -187,7 +187,7 @@ ALL = ("fit_constant", "fit_equal_weight", "extract_fluxes", "find_jumps", "fit_
 
 
 def call(function, reads, read_noise, **kwargs):
-    K = np.shape(reads)[0] - 1
+    K = len(reads) - 1  # (np.shape refuses a ragged list itself)
     if function in ("extract_fluxes",):
         return extract_fluxes(reads, read_noise, kwargs.pop("omega", np.ones(max(K, 1))), **kwargs)
     return {"fit_constant": fit_constant, "fit_equal_weight": fit_equal_weight,
@@ -217,6 +217,11 @@ BAD_ARGUMENTS = [
     ("gain 1e300", {"gain": 1e300}, "gain"),
     ("reads near 1e200", {"reads": ramps() * 1e200}, r"reads: .*float32.* found .*e\+20\d"),
     ("reads offset 1e300", {"reads": ramps() + 1e300}, "reads"),
+    # Wrong types: NumPy's messages ("could not convert string to float") named no argument.
+    ("gain a string", {"gain": "x"}, "gain: expected real numbers"),
+    ("read noise complex", {"read_noise": 1j}, "read_noise: expected real numbers"),
+    ("saturation complex", {"saturation": 1j}, "saturation: expected real numbers"),
+    ("ragged reads", {"reads": [[1.0, 2.0], [3.0], [4.0, 5.0]]}, "reads: .* ragged list"),
 ]
 
 
@@ -244,6 +249,19 @@ def test_invalid_arguments_raise_value_error(function, label, change, match):
         ("initial_guess", {"read_times": np.arange(9.0)}, "read_times"),
         ("fit_constant", {"read_times": np.arange(10.0) * 1e300}, "1e-30 to 1e\\+30 apart"),
         ("fit_omega", {"read_times": np.arange(10.0) * 1e-300}, "read_times"),
+        # Huge, NaN or array options: a Numba TypingError, an OverflowError (threshold**2) or
+        # NumPy's "truth value of an array is ambiguous" before.
+        ("fit_constant", {"read_times": "abc"}, "read_times: expected real numbers"),
+        ("extract_fluxes", {"omega": np.array(["a"] * 9)}, "omega: expected real numbers"),
+        ("extract_fluxes", {"n_pass": 10**20}, "n_pass: expected an integer"),
+        ("fit_constant", {"n_pass": np.nan}, "n_pass: expected an integer"),
+        ("find_jumps", {"max_jumps": 10**20}, "max_jumps: expected an integer"),
+        ("find_jumps", {"threshold": 1e200}, "threshold: .* at most 1e\\+06"),
+        ("find_jumps", {"two_adjacent": np.array([True, False])}, "two_adjacent"),
+        ("fit_omega", {"jump_search": True, "jump_threshold": 1e200}, "jump_threshold"),
+        ("fit_omega", {"max_iter": np.nan}, "max_iter: expected an integer"),
+        ("fit_omega", {"rtol": "x"}, "rtol: expected a finite value"),
+        ("fit_omega", {"rtol": np.array([1e-8, 1e-8])}, "rtol"),
     ],
 )
 def test_invalid_options_raise_value_error(function, kwargs, match):
