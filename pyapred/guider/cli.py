@@ -23,7 +23,7 @@ from ..io.paths import check_input_file, check_output_path
 from ..traces import N_FIBERS, fiber_id, fiber_index
 from .compare import compare
 from .frames import _expand_source, fits_input_errors
-from .omega import read_product_omega
+from .omega import has_fitted_omega, read_product_omega
 
 __all__ = ["MAX_DIAMETER_ARCSEC", "add_arguments", "run"]
 
@@ -152,6 +152,12 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise InputError(args.product, "omega", "the --fibers' fiberIds among its fibers",
                              f"no fiberIds {missing}")  # fmt: skip
+        fitted = has_fitted_omega(data["omega"], data["omega_cov"])
+        fitted = dict(zip(np.asarray(data["fiber_index"]).tolist(), fitted, strict=True))
+        unfitted = [i for i, f in zip(fiber_ids, fibers, strict=True) if not fitted[f]]
+        if unfitted:  # their statistics would all be NaN
+            found = f"fiberIds {unfitted} without one (a constant or fallback model)"
+            raise InputError(args.product, "omega", "--fibers with a fitted omega", found)
     read_times = None
     if args.exposure:
         read_times = _exposure_header(args.exposure)

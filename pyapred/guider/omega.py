@@ -127,9 +127,9 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
             f"got {omega.shape}, {cov.shape}"
         )
     labels = np.arange(omega.shape[0]) if labels is None else np.asarray(labels, np.int64)
+    fitted = has_fitted_omega(omega, cov)
     if fibers is None:
-        fitted = np.isfinite(omega) & (np.diagonal(cov, axis1=1, axis2=2) > 0)
-        rows = np.flatnonzero(fitted.sum(axis=1) >= 3)
+        rows = np.flatnonzero(fitted)
         if rows.size == 0:
             raise ValueError("omega: no fiber has a fitted omega (all variances are 0 or NaN)")
     else:
@@ -141,12 +141,23 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
         if missing:
             raise ValueError(f"fibers: {missing} not among the {labels.size} fibers given")
         rows = np.array([np.flatnonzero(labels == f)[0] for f in wanted])
+        unfitted = labels[rows[~fitted[rows]]].tolist()
+        if unfitted:  # a constant-model or fallback fiber: every statistic would be NaN
+            raise ValueError(f"fibers: {unfitted} have no fitted omega (variances 0 or NaN)")
     if gamma is not None:
         gamma = np.broadcast_to(np.asarray(gamma, np.float64), omega.shape)[rows]
         gamma_cov = np.broadcast_to(np.asarray(gamma_cov, np.float64), cov.shape)[rows]
     span = None if span is None else tuple(float(v) for v in np.ravel(span))
     return OmegaSelection(omega[rows], cov[rows], labels[rows], read_times, header, gamma,
                           gamma_cov, span)  # fmt: skip
+
+
+def has_fitted_omega(omega: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Which fibers have a fitted omega to compare: three elements or more with a finite value
+    and a positive variance (a constant-model or fallback fiber has none); ``(F,)`` bool from
+    ``omega`` ``(F, K)`` and ``cov`` ``(F, K, K)``."""
+    usable = np.isfinite(omega) & (np.diagonal(cov, axis1=1, axis2=2) > 0)
+    return usable.sum(axis=1) >= 3
 
 
 def _numbers(name: str, value) -> np.ndarray:

@@ -86,6 +86,9 @@ def test_cli_guider_bad_input_exits_2(sky, tmp_path, capsys):
     assert "guider frames" in capsys.readouterr().err
     assert main([*argv, str(sky.directory), "--fibers", "3"]) == 2  # fiberId 3: index 297
     assert "no fiberIds [3]" in capsys.readouterr().err
+    # fiberId 294 (index 6) has no fitted omega, as a constant-model fiber: all NaN, exit 0.
+    assert main([*argv, str(sky.directory), "--fibers", "294"]) == 2
+    assert "fiberIds [294] without one" in capsys.readouterr().err
     assert main([*argv, str(sky.directory), "--group", "G"]) == 2
     assert "fibers/G" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

@@ -31,6 +31,9 @@ def test_select_omega_rejects_what_it_cannot_use():
         select_omega((np.ones((2, k)), np.eye(k)))
     with pytest.raises(ValueError, match="no fiber has a fitted omega"):
         select_omega((np.ones(k), np.zeros((k, k))))
+    unfitted = (np.ones((2, k)), np.stack([np.eye(k), np.zeros((k, k))]))
+    with pytest.raises(ValueError, match=r"fibers: \[1\] have no fitted omega"):
+        select_omega(unfitted, fibers=[0, 1])  # all-NaN statistics, no flag, before
     with pytest.raises(ValueError, match="expected an OmegaFit"):
         select_omega(42)
 
