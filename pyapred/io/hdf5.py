@@ -28,7 +28,13 @@ def open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     except (OSError, ValueError) as exc:
         raise InputError(path, "HDF5 structure", "a readable HDF5 file", found=str(exc)) from None
     with handle:
-        yield handle
+        try:
+            yield handle
+        except (OSError, RuntimeError) as exc:  # h5py, on a damaged symbol table, heap, B-tree
+            found = f"{type(exc).__name__}: {exc}"
+            raise InputError(
+                path, "HDF5 structure", "readable groups and datasets", found
+            ) from None
 
 
 def read_dataset(

@@ -392,3 +392,23 @@ def test_fiber_indices_stored_in_small_integer_types_read_as_they_are(tmp_path):
     product = read_product(_damaged(path, small))
     for name in ("fiber_index", "ref_index"):
         assert np.array_equal(getattr(product.fibers["R"], name), getattr(fibers, name))
+
+
+def test_h5py_errors_of_a_damaged_structure_are_input_errors(tmp_path, monkeypatch):
+    """A few flipped bytes in a product's symbol table make h5py raise RuntimeError ("Unable
+    to get group info") or OSError while groups are read: it escaped read_product and
+    ``pyapred inspect`` as a traceback. (h5py's error is simulated: which bytes trip which
+    error depends on the file's layout.)"""
+    rng = np.random.default_rng(3)
+    path = write_product(tmp_path / "p.h5", chips={"R": make_chip(rng)},
+                         fibers={"R": make_fibers(rng)})  # fmt: skip
+    for error in (RuntimeError("Unable to get group info"), OSError("Can't synchronously read")):
+
+        def damaged(self, name, error=error):
+            raise error
+
+        with monkeypatch.context() as patch:
+            patch.setattr(h5py.Group, "__getitem__", damaged)
+            with pytest.raises(pyapred.errors.InputError) as caught:
+                read_product(path)
+        assert str(path) in str(caught.value) and "HDF5 structure" in str(caught.value)
