@@ -430,11 +430,18 @@ def _up_to_date(task: ExposureTask, options: FitOptions) -> bool:
     except (InputError, OSError):
         return False  # unreadable: recompute and replace it
     files = [Path(p) for p in (*task.inputs, *task.traces)]
+
+    def listed(key: str) -> list | None:  # a damaged record (a number, an array) is no list
+        value = meta.get(key)
+        return list(value) if isinstance(value, (list, tuple)) else None
+
+    version = meta.get("pyapred_version")
     return (
-        meta.get("pyapred_version") == __version__
+        isinstance(version, str)
+        and version == __version__
         and options.matches_record(str(meta.get("fit_options", "")))
-        and list(meta.get("input_files", [])) == [p.name for p in files]
-        and list(meta.get("input_sha256", [])) == [sha256_file(p) for p in files]
+        and listed("input_files") == [p.name for p in files]
+        and listed("input_sha256") == [sha256_file(p) for p in files]
     )
 
 

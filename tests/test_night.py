@@ -94,6 +94,29 @@ def test_a_raw_file_named_with_glob_characters_is_that_file(night, tmp_path):
         assert [Path(p).parent for p in tasks[0].inputs] == [odd] * 3
 
 
+@pytest.mark.parametrize("damage", ["input_files", "pyapred_version", "fit_options"])
+def test_a_damaged_record_is_refitted_not_an_internal_error(night, tmp_path, damage):
+    """A product whose record holds a number, an array or a 400-digit integer where a list, a
+    text or settings belong failed its exposure with a TypeError (ValueError, OverflowError)
+    in the resume check; an unreadable record means "fit it again"."""
+    import shutil
+
+    from pyapred.exposure import FitOptions
+    from pyapred.night import _up_to_date
+
+    raw, reference = night
+    name = "pyapred_apo_60781_0001.h5"
+    shutil.copyfile(reference / name, tmp_path / name)
+    (task,) = find_exposures(raw / "apR-a-52190001.apz", [raw], tmp_path)
+    assert _up_to_date(task, FitOptions())
+    value = {"input_files": 5, "pyapred_version": [1, 2],
+             "fit_options": '{"p_value": 1' + "0" * 400 + "}"}[damage]  # fmt: skip
+    with h5py.File(tmp_path / name, "a") as handle:
+        del handle[f"metadata/{damage}"]
+        handle[f"metadata/{damage}"] = value
+    assert not _up_to_date(task, FitOptions())
+
+
 def test_runlist_h5_maps_tele_mjd_expid_to_raw_files(night, tmp_path):
     raw, _ = night
     runlist = tmp_path / "runlist_test.h5"
