@@ -264,7 +264,7 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
         raise InputError(path, "tele, mjd, expid", "datasets of one non-zero length", str(lengths))
     named = []
     for row, (tele, mjd, expid) in enumerate(zip(*columns.values(), strict=True)):
-        tele = tele.decode() if isinstance(tele, bytes) else str(tele)
+        tele = tele.decode("utf-8", "replace") if isinstance(tele, bytes) else str(tele)
         entry = f"{path.name}[{row}]"
         try:
             values = [float(v.decode() if isinstance(v, bytes) else v) for v in (mjd, expid)]
@@ -275,6 +275,10 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
                 path, f"mjd, expid (row {row})", "integers", f"{mjd!r}, {expid!r}"
             ) from None
         mjd, expid = (int(v) for v in values)
+        if not (EXPNUM_MJD_ZERO <= mjd <= 99999 and expid >= 1):  # as --mjd; 1e300 made a name
+            raise InputError(path, f"mjd, expid (row {row})",
+                             f"an SDSS MJD ({EXPNUM_MJD_ZERO}..99999) and an expid >= 1",
+                             f"{values[0]:g}, {values[1]:g}")  # fmt: skip
         expnum = expid if expid >= 10000 else (mjd - EXPNUM_MJD_ZERO) * 10000 + expid
         if tele not in ("apo", "lco") or expnum // 10000 + EXPNUM_MJD_ZERO != mjd:
             raise InputError(

@@ -129,12 +129,21 @@ def test_runlist_h5_maps_tele_mjd_expid_to_raw_files(night, tmp_path):
     assert [t.name for t in tasks] == ["apo_60781_0002", "apo_60781_0003"]
     assert tasks[1].inputs[0] == str(raw / "apR-a-52190003.apz") and tasks[1].problem is None
     # A fractional MJD was truncated and fitted; inf and 2-D columns were tracebacks.
-    for mjd, field in ((np.array([60781.7, 60781]), "mjd, expid (row 0)"),
-                       (np.array([np.inf, 60781]), "mjd, expid (row 0)"),
-                       (np.array([[60781, 60781]]), "mjd")):  # fmt: skip
+    # 1e300 and -5 made file names of them (one too long for the file system); a tele of
+    # bytes that are no UTF-8 was a UnicodeDecodeError.
+    for key, column, field in (("mjd", np.array([60781.7, 60781]), "mjd, expid (row 0)"),
+                               ("mjd", np.array([np.inf, 60781]), "mjd, expid (row 0)"),
+                               ("mjd", np.array([[60781, 60781]]), "mjd"),
+                               ("mjd", np.array([1e300, 60781]), "mjd, expid (row 0)"),
+                               ("mjd", np.array([-5, 60781]), "mjd, expid (row 0)"),
+                               ("tele", np.array([b"\xff\xfe", b"apo"]),
+                                "tele, mjd, expid (row 0)")):  # fmt: skip
         with h5py.File(runlist, "a") as handle:
-            del handle["mjd"]
-            handle["mjd"] = mjd
+            del handle["mjd"], handle["tele"]
+            handle["mjd"] = np.array([60781, 60781])
+            handle["tele"] = np.array([b"apo", b"apo"])
+            del handle[key]
+            handle[key] = column
         with pytest.raises(InputError) as caught:
             find_exposures(runlist, [raw], tmp_path, raw_dir=raw)
         assert caught.value.field == field
