@@ -386,7 +386,21 @@ def _build(values: dict, source: str, labels: dict) -> FitOptions:
     if conflict is not None:
         name, expected = conflict
         raise InputError(source, labels.get(name, name), expected, repr(values[name]))
+    _check_calibration(values, source, labels)
     return FitOptions(**values)
+
+
+def _check_calibration(values: dict, source: str, labels: dict) -> None:
+    """The calibration overrides of a config in their plausible range, naming the file and
+    the key (checked later, ``gain = inf`` was blamed on the first raw file and a ``--gain``
+    flag that was never given)."""
+    from .inputs import CALIBRATION_BOUNDS, _expected
+
+    for name in ("gain", "read_noise", "saturation"):
+        value = values.get(name)
+        low, high = CALIBRATION_BOUNDS[name]
+        if value is not None and not low <= value <= high:
+            raise InputError(source, labels.get(name, name), _expected(name), repr(value))
 
 
 def _toml_value(value: Any) -> str:
@@ -408,13 +422,16 @@ def read_config(path: str | os.PathLike) -> FitOptions:
     InputError
         An unreadable file, an unknown table or key, or a value of the wrong kind.
     """
+    from ..io import is_fits_path
     from ..io.paths import check_input_file
 
     path = check_input_file(path, "--config")  # not a folder, FIFO or device
-    if path.suffix in (".h5", ".hdf5"):
-        from ..io import read_metadata
+    if path.suffix in (".h5", ".hdf5") or is_fits_path(path):
+        from ..io import read_metadata, read_product
 
-        metadata = read_metadata(path)
+        # A FITS product keeps its record in its METADATA table (it was read as TOML).
+        metadata = (read_product(path, images=False).metadata if is_fits_path(path)
+                    else read_metadata(path))  # fmt: skip
         if "fit_options" not in metadata:
             raise InputError(path, "metadata/fit_options", "a pyapred product's fit settings")
         return FitOptions.from_record(str(metadata["fit_options"]), source=str(path))

@@ -70,6 +70,9 @@ def test_config_tables_flat_keys_and_errors(tmp_path):
         "gain = 'high'\n": "gain",
         "min_snr = \n": "TOML",
         "[model]\np_value = 1" + "0" * 400 + "\n": "[model] p_value",  # no float holds it
+        # Checked when the chip was loaded, blamed on the raw file and a --gain never given:
+        "[calibration]\ngain = inf\n": "[calibration] gain",
+        "[calibration]\nsaturation = 0.0\n": "[calibration] saturation",
     }
     for text, field in bad.items():
         with pytest.raises(InputError) as info:
@@ -178,6 +181,9 @@ def test_config_from_a_product_repeats_its_settings(tmp_path):
     options = FitOptions(min_snr=12.0, jump_search=False, max_fit_pixels=30)
     run_exposure(paths["apz"], paths["traces"], options, product=tmp_path / "p.h5")
     assert read_config(tmp_path / "p.h5") == options
+    # The FITS flavour keeps the record in its METADATA table (it was read as TOML).
+    run_exposure(paths["apz"], paths["traces"], options, product=tmp_path / "p.fits")
+    assert read_config(tmp_path / "p.fits") == options
 
 
 def test_chromatic_with_the_nuisance_term_is_refused_naming_the_setting(tmp_path, capsys):
