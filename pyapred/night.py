@@ -521,6 +521,9 @@ def run_night(
         if scheduler == "local" and value < 1:
             raise InputError(flag, flag, "at least 1", str(value))
     check_calibration_options(options)
+    if scheduler != "local" and any(t.problem is None for t in tasks):
+        with _client(scheduler, workers, threads_per_worker):  # unreachable: refused here, with
+            pass  # no folder made (it is joined again for the run)
     # The workers' processes do not know --log's file: its name is refused here.
     products = [t.product for t in tasks if t.product]
     for output in (Path(out) / FAILURES_FILE, Path(out) / LOCK_FILE, *products):

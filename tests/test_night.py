@@ -117,6 +117,24 @@ def test_a_damaged_record_is_refitted_not_an_internal_error(night, tmp_path, dam
     assert not _up_to_date(task, FitOptions())
 
 
+def test_an_unreachable_scheduler_is_refused_before_the_output_folder_is_made(
+    night, tmp_path, monkeypatch, capsys
+):
+    """It was found only once --out was made and locked: an empty folder was left behind."""
+    import dask.distributed
+
+    def refused(address, timeout):
+        raise OSError(f"Timed out trying to connect to {address}")
+
+    monkeypatch.setattr(dask.distributed, "Client", refused)  # (a real one waits 10 s)
+    raw, _ = night
+    out = tmp_path / "new"
+    argv = ["night", str(raw / "apR-a-52190001.apz"), "--traces", str(raw), "--out", str(out)]
+    assert main([*argv, "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "--scheduler: expected a reachable dask scheduler" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_runlist_h5_maps_tele_mjd_expid_to_raw_files(night, tmp_path):
     raw, _ = night
     runlist = tmp_path / "runlist_test.h5"
