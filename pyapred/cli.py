@@ -130,6 +130,8 @@ KERNEL_COMMANDS = frozenset({"demo", "fit", "night", "validate", "crossval", "no
 # --------------------------------------------------------------------------------------------
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--json``, ``--quiet``, ``--verbose`` and ``--log FILE`` to a subcommand's parser."""
+    from .commands import file_argument
+
     group = parser.add_argument_group("output")
     group.add_argument(
         "--json", action="store_true",
@@ -144,7 +146,7 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
         help="more detail: log at DEBUG level (on stderr, and in --log's file)",
     )  # fmt: skip
     group.add_argument(
-        "--log", type=Path, metavar="FILE",
+        "--log", type=file_argument, metavar="FILE",
         help="also write the log (INFO; DEBUG with --verbose) to FILE, appended; its folder is "
         "created, and it is checked writable before any work",
     )  # fmt: skip

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -90,6 +91,23 @@ def at_least(minimum: int, maximum: int | None = None):
     return parse
 
 
+def path_argument(text: str) -> Path:
+    """An argparse ``type`` for a path: an empty name is refused (``Path("")`` is the current
+    folder, where ``--plots ""`` wrote its plots)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, found an empty name")
+    return Path(text)
+
+
+def file_argument(text: str) -> Path:
+    """An argparse ``type`` for an output file: not empty, and not a folder's name ending in a
+    separator (``Path("new/")`` is ``new``: ``--out new/`` wrote a file of that name)."""
+    path = path_argument(text)
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"expected a file name, found a folder name {text!r}")
+    return path
+
+
 def _chip_letters(text: str) -> str:
     """An argparse type: chips among R, G and B, each once (``RGB``, ``R``, ``GB``)."""
     if not text or set(text) - set("RGB") or len(set(text)) != len(text):
@@ -118,7 +136,7 @@ def _geometry_arguments(parser: argparse.ArgumentParser, *, columns: int, reads:
 
 
 def simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--out", required=True, type=path_argument, help="output folder")
     scenario = parser.add_mutually_exclusive_group()
     for name, text in (
         ("clouds", "a cloud passes mid-exposure (default)"),
@@ -215,8 +233,8 @@ def fit_arguments(parser: argparse.ArgumentParser) -> None:
         "--traces", nargs="+", required=True, type=Path,
         help="trace files (traceMain_{tele}_{mjd}_{chip}.h5), one per chip",
     )  # fmt: skip
-    parser.add_argument("--out", required=True, type=Path, help="product file (.h5)")
-    parser.add_argument("--plots", type=Path, help="folder for PNG plots")
+    parser.add_argument("--out", required=True, type=file_argument, help="product file (.h5)")
+    parser.add_argument("--plots", type=path_argument, help="folder for PNG plots")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing product")
     parser.add_argument(
         "--traces-any-night", action="store_true",
@@ -329,7 +347,9 @@ def _print_summary(summary: dict) -> None:
 # pyapred demo
 # --------------------------------------------------------------------------------------------
 def demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, help="folder for files and plots (default: a temp dir)")
+    parser.add_argument(
+        "--out", type=path_argument, help="folder for files and plots (default: a temp dir)"
+    )
     _geometry_arguments(parser, columns=96, reads=22)
     parser.add_argument(
         "--chips", type=_chip_letters, default="RGB", help="chips to simulate (default RGB)"

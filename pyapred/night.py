@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .commands import path_argument
 from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK, InputError
 
 if TYPE_CHECKING:
@@ -684,7 +685,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--traces", nargs="+", required=True,
         help="trace files, globs or folders (traceMain_{tele}_{mjd}_{chip}.h5)",
     )  # fmt: skip
-    parser.add_argument("--out", required=True, type=Path, help="folder for the products")
+    parser.add_argument("--out", required=True, type=path_argument, help="folder for the products")
     parser.add_argument(
         "--raw-dir", type=Path,
         help="raw files of a runlist_*.h5: RAW/{tele}/{mjd}/ or RAW/ (default: its folder)",

@@ -175,3 +175,25 @@ def test_seeing_change_simulated_and_fitted_with_the_chromatic_model(tmp_path, c
     product = read_product(tmp_path / "p.h5", images=False)
     assert product.fibers["joint"].gamma.shape == (40, 15)
     assert json.loads(product.metadata["fit_options"])["chromatic"] is True
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--plots", ""], "argument --plots: expected a path, found an empty name"),
+        (["--out", "new/"], "argument --out: expected a file name, found a folder name 'new/'"),
+        (["--log", ""], "argument --log: expected a path"),
+    ],
+)
+def test_empty_paths_and_folder_names_for_files_are_refused_at_the_flag(
+    tmp_path, capsys, flags, words
+):
+    """``Path("")`` is the current folder: ``--plots ""`` wrote the plots there; ``Path("new/")``
+    is ``new``: ``--out new/`` wrote a product file of that name."""
+    argv = ["fit", str(tmp_path / "apR-a-52190001.apz"), "--traces", str(tmp_path / "t.h5")]
+    if "--out" not in flags:
+        argv += ["--out", str(tmp_path / "p.h5")]
+    with pytest.raises(SystemExit) as caught:
+        main([*argv, *flags])
+    assert caught.value.code == 2 and words in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
