@@ -261,16 +261,7 @@ def load_chip(
         cal = read_ar3dcal(path)
         name = parse_ar_name(path)
         raw = cal.exposure
-        gain_map, reads = cal.gain, raw.reads
-        if gain is None:
-            gain_map, reads = _without_uncalibrated_pixels(path, gain_map, reads)
-            _check_map(path, "gainMat", "gain", gain_map)
-        if read_noise is None:
-            _check_map(path, "readVarMat", "read_variance", cal.read_var)
-        for quantity, value in (("gain", gain), ("read_noise", read_noise),
-                                ("saturation", saturation)):  # fmt: skip
-            if value is not None:  # an option given: its range, naming the flag
-                _header_number(path, {}, quantity, value)
+        gain_map, reads = _ar3dcal_maps(path, cal, gain, read_noise, saturation)
         return ChipExposure(
             name=name.chip,
             reads=reads,
@@ -310,36 +301,53 @@ def survey_chip(
     saturation: float | None = None,
     identity: Mapping | None = None,
 ) -> tuple[int, int, int] | None:
-    """What :func:`load_chip` checks in a raw ``.apz``'s headers, with no pixel decoded.
+    """What :func:`load_chip` checks in a file, with no read decoded.
 
-    The name, the HDU layout, every header card, the images' shapes, the read times and the
-    calibration (the arguments, else the header cards), so that a bad file among an
-    exposure's chips is refused before any chip is fitted. Same arguments as
-    :func:`load_chip`.
+    Of a raw ``.apz``: the name, the HDU layout, every header card, the images' shapes, the
+    read times and the calibration (the arguments, else the header cards). Of an ``ar3Dcal``
+    file: its metadata and its gain and read-variance maps. So a bad file among an exposure's
+    chips is refused before any chip is fitted. Same arguments as :func:`load_chip`.
 
     Returns
     -------
     tuple of int or None
-        ``(n_reads, ny, nx)`` of a raw file; None for an ``ar3Dcal`` file (checked as it is
-        loaded).
+        ``(n_reads, ny, nx)`` of a raw file; None for an ``ar3Dcal`` file.
 
     Raises
     ------
     InputError
         Naming the file and the HDU or keyword.
     """
-    from ..io import read_apz
+    from ..io import read_apz, read_ar3dcal
 
     path = Path(path)
     if identity:
         with _named_as(path, identify_exposure(path, identity)) as alias:
             return survey_chip(alias, gain=gain, read_noise=read_noise, saturation=saturation)
-    if path.suffix == ".h5":
+    if path.suffix == ".h5":  # (a bad map was found after the other chips were fitted)
+        cal = read_ar3dcal(path, reads=slice(0, 0))
+        _ar3dcal_maps(path, cal, gain, read_noise, saturation)
         return None
     raw = read_apz(path, rows=slice(0, 0))  # headers, shapes and times only
     _raw_calibration(path, raw.header, gain=gain, read_noise=read_noise, saturation=saturation)
     _timing_cards(path, raw.header)
     return (raw.n_reads_in_file, *raw.image_shape)
+
+
+def _ar3dcal_maps(path, cal, gain, read_noise, saturation) -> tuple[np.ndarray, np.ndarray]:
+    """An ar3Dcal file's gain map and reads, its maps (or the options given) checked: what
+    :func:`load_chip` and :func:`survey_chip` both refuse."""
+    gain_map, reads = cal.gain, cal.exposure.reads
+    if gain is None:
+        gain_map, reads = _without_uncalibrated_pixels(path, gain_map, reads)
+        _check_map(path, "gainMat", "gain", gain_map)
+    if read_noise is None:
+        _check_map(path, "readVarMat", "read_variance", cal.read_var)
+    for quantity, value in (("gain", gain), ("read_noise", read_noise),
+                            ("saturation", saturation)):  # fmt: skip
+        if value is not None:  # an option given: its range, naming the flag
+            _header_number(path, {}, quantity, value)
+    return gain_map, reads
 
 
 def _without_uncalibrated_pixels(path, gain, reads) -> tuple[np.ndarray, np.ndarray]:

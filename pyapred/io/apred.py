@@ -22,7 +22,7 @@ from astropy.io import fits
 from astropy.time import Time, TimeDelta
 
 from ..errors import InputError
-from .apz import CHIP_COLOR, ApzName, RawExposure
+from .apz import CHIP_COLOR, SJD_OFFSET, ApzName, RawExposure
 from .hdf5 import open_h5, read_dataset, read_group, read_value
 
 __all__ = [
@@ -260,6 +260,12 @@ def read_ar3dcal(
     usable = isinstance(mid, (int, float)) and not isinstance(mid, bool) and 0 < mid < 1e6
     if not usable:  # NaN, inf and 1e300 are no times either (astropy refuses them, or hangs)
         expected = "the mid-exposure MJD (a number between 0 and 1e6)"
+        raise InputError(path, "metadata/mjd_mid_exposure", expected, found=repr(mid))
+    # The name's MJD is the night's SJD, floor(MJD + 0.3 or 0.4): a time a day or more away
+    # belongs to another night (it went into the product as the exposure's read times).
+    sjd = mid + SJD_OFFSET[name.telescope]
+    if not name.mjd - 1 < sjd < name.mjd + 2:
+        expected = f"a time of the night the file name says (SJD {name.mjd})"
         raise InputError(path, "metadata/mjd_mid_exposure", expected, found=repr(mid))
     # ApogeeReduction.jl: mid = start(first used) + INTOFF/2 + (start(last) - start(first))/2.
     first_start = Time(mid, format="mjd", scale="tai") - TimeDelta(

@@ -39,3 +39,16 @@ def test_ar3dcal_pixels_without_a_gain_are_not_used_and_flagged(tmp_path):
     gain[:] = np.nan
     with pytest.raises(InputError, match="gainMat: expected a gain"):
         load_chip(ar3dcal(tmp_path, gain))
+
+
+def test_the_survey_checks_an_ar3dcal_file_s_maps_before_any_chip_is_fitted(tmp_path):
+    """It skipped ar3Dcal files: a bad gainMat of chip B was found after R and G were fitted."""
+    from pyapred.exposure.inputs import survey_chip
+
+    gain = np.full((2048, 2560), 1.9, np.float32)
+    assert survey_chip(ar3dcal(tmp_path, gain)) is None
+    gain[50, 30] = -1.0
+    with pytest.raises(
+        InputError, match=r"gainMat: expected .* -1.0 \(first at row, column \(50, 30\)"
+    ):
+        survey_chip(ar3dcal(tmp_path, gain))

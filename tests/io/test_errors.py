@@ -276,9 +276,10 @@ def test_trace_centers_of_wrong_shape(tmp_path, julia):
     assert_input_error(lambda: read_ar1d(path), path, "extract_trace_centers")
 
 
-@pytest.mark.parametrize("mid", [None, np.nan, np.inf, -1.0, 1e300, True])
+@pytest.mark.parametrize("mid", [None, np.nan, np.inf, -1.0, 1e300, True, 50000.0, 60783.5])
 def test_ar3dcal_without_mid_exposure_time(tmp_path, mid):
-    """Missing, or NaN, inf, 1e300 (astropy's traceback, exit 1), negative or a bool."""
+    """Missing, or NaN, inf, 1e300 (astropy's traceback, exit 1), negative, a bool, or a time
+    of another night than the name's (it became the product's read times)."""
     path = h5(
         tmp_path / "ar3Dcal_apo_60781_0065_R_object.h5",
         outdat=np.ones((2, 2048, 2560), np.float32),
