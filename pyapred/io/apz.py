@@ -486,12 +486,15 @@ def _user_header(path: Path, hdus: _ApzHDUs, index: int) -> fits.Header:
         if keyword not in header:
             continue
         try:
-            header[keyword]  # noqa: B018 (parses the value)
+            values = [card.value for card in header.cards if card.keyword == keyword]
         except fits.VerifyError:
             found = "a value FITS cannot parse"
             raise InputError(
                 path, f"HDU {index} {keyword}", "a readable card value", found
             ) from None
+        if any(value != values[0] for value in values[1:]):  # the first won, silently
+            found = f"{len(values)} cards: {', '.join(map(repr, values))}"
+            raise InputError(path, f"HDU {index} {keyword}", "one value", found)
     return header
 
 

@@ -203,6 +203,27 @@ def test_an_unparsable_card_is_an_input_error_naming_it(tmp_path, hdu, keyword, 
         read_apz(path)
 
 
+def test_a_card_given_twice_with_two_values_is_refused(tmp_path):
+    """``NREAD = 3`` then ``NREAD = 5`` (or two CHIPs, two GAINs): the first won, silently. The
+    same value twice is harmless."""
+    reads = simulated_chip(3, ny=2)
+    _, headers = make_headers(3, date_obs="2025-04-20T04:00:00.000", chip="a")
+    path = write_apz(tmp_path / "apR-a-52190001.apz", reads.astype(np.uint16), headers)
+    clean = path.read_bytes()
+    with fits.open(path) as hdul:
+        start = hdul.fileinfo(1)["hdrLoc"]
+    for value, works in ((5, False), (3, True)):
+        data = bytearray(clean)
+        at = data.index(b"INTDELAY=", start)  # replaced by a second NREAD card
+        data[at : at + 80] = f"NREAD   = {value:>20}".ljust(80).encode()
+        path.write_bytes(bytes(data))
+        if works:
+            assert read_apz(path).n_reads == 3
+        else:
+            with pytest.raises(InputError, match=r"HDU 1 NREAD: expected one value, found 2 cards"):
+                read_apz(path)
+
+
 def test_a_read_image_taller_than_hdu_1_is_refused(tmp_path):
     """Rows beyond HDU 1's in a read's HDU were ignored (the first rows read back): every
     image's shape is checked against HDU 1's from the headers, before any pixel."""
