@@ -462,7 +462,12 @@ def _open(path: Path, *, disable_image_compression: bool) -> fits.HDUList:
             hdul.close()
             found = message.splitlines()[0]
             raise InputError(path, "FITS structure", "complete, valid HDUs", found=found)
-        warnings.warn(warning.message, stacklevel=5)
+    # Passed on, three at most and printable: a damaged heap read as cards made astropy warn
+    # some sixty times, its text the heap's bytes (NULs and terminal control codes).
+    for number, warning in enumerate(caught[:3], start=1):
+        text = "".join(c if c.isprintable() else "?" for c in str(warning.message))[:300]
+        more = f" (and {len(caught) - 3} more)" if number == 3 and len(caught) > 3 else ""
+        warnings.warn(f"{path}: {text}{more}", warning.category, stacklevel=5)
     return hdul
 
 

@@ -349,3 +349,26 @@ def test_write_errors_are_not_input_errors(tmp_path):
         write_apz(tmp_path / "apR-a-52190001.apz", np.full((1, 2, 2), -1), read_headers)
     assert not isinstance(caught.value, InputError)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_heap_read_as_cards_warns_a_few_printable_lines(tmp_path):
+    """HDU 3's PCOUNT set to 0: astropy read its heap as the next header and warned some sixty
+    times, each warning the heap's bytes (NULs, terminal control codes) on the user's stderr."""
+    import warnings
+
+    from pyapred.simulate import simulate_exposure, write_simulated_exposure
+
+    sim = simulate_exposure("clouds", seed=1, n_fibers=10, n_columns=64, ref_columns=0,
+                            n_reads=6, chips=("R",))  # fmt: skip
+    path = write_simulated_exposure(sim, tmp_path)["apz"][0]
+    data = bytearray(path.read_bytes())
+    with fits.open(path, disable_image_compression=True) as hdul:
+        start = hdul.fileinfo(3)["hdrLoc"]
+    at = data.index(b"PCOUNT  =", start)
+    data[at : at + 80] = f"PCOUNT  = {0:>20}".ljust(80).encode()
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(InputError):
+        warnings.simplefilter("always")
+        read_apz(path)
+    texts = [str(w.message) for w in caught]
+    assert len(texts) <= 3 and all(t.isprintable() for t in texts), texts
