@@ -1148,6 +1148,10 @@ def fit_omega_chromatic(
             saturation=saturation, ref_index=ref_index, jump_search=jump_search,
             jump_threshold=jump_threshold, backend=backend,
         )  # fmt: skip
+    elif not isinstance(start, OmegaFit):  # (an AttributeError on its .omega, before)
+        raise TypeError(
+            f"start: expected an OmegaFit (fit_omega's result), got {type(start).__name__}"
+        )
     single, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
         reads, read_noise, gain, mask, read_times, saturation, backend
     )

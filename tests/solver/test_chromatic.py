@@ -152,3 +152,5 @@ def test_bad_arguments():
                             start=start)  # fmt: skip
     with pytest.raises(ValueError, match="rtol"):
         fit_omega_chromatic(reads, 12.0, 0.0, rtol=0.0)
+    with pytest.raises(TypeError, match="start: expected an OmegaFit"):  # an AttributeError
+        fit_omega_chromatic(reads, 12.0, 0.0, start="x")
