@@ -333,7 +333,7 @@ def read_apz(
         reads=cube,
         header=header,
         read_headers=read_headers,
-        read_times=_read_times(path, header, read_headers, indices),
+        read_times=_era_times(path, header, read_headers, indices),
         read_indices=indices,
         rows=rows,
         n_reads_in_file=n_in_file,
@@ -871,6 +871,25 @@ def read_times_from_header(
     else:
         indices = np.asarray(reads, dtype=np.int64)
     return start + TimeDelta(delay + indices * (period / 1000.0), format="sec")
+
+
+def _era_times(
+    path: Path, header: fits.Header, read_headers: Sequence[fits.Header], indices: np.ndarray
+) -> Time:
+    """:func:`_read_times`, in SDSS's era (MJD 55562, the exposure numbers' zero, to 99999): a
+    ``DATE-OBS`` in year 9999 went into the product as its read times, with ERFA's "dubious
+    year" warnings on stderr. (The night itself is not compared with the file name's:
+    ``pyapred simulate`` writes its dates four days after its names' night.)"""
+    from erfa import ErfaWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ErfaWarning)  # a far year: refused below, by name
+        times = _read_times(path, header, read_headers, indices)
+        first = float(times[0].mjd)
+    if not EXPNUM_MJD_ZERO <= first <= 99999:
+        expected = f"a date of SDSS's era (MJD {EXPNUM_MJD_ZERO} to 99999)"
+        raise InputError(path, "DATE-OBS", expected, found=f"MJD {first:.5f}")
+    return times
 
 
 def _read_times(

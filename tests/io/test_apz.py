@@ -224,6 +224,22 @@ def test_a_card_given_twice_with_two_values_is_refused(tmp_path):
                 read_apz(path)
 
 
+@pytest.mark.parametrize("year", ["9999", "1500"])
+def test_dates_outside_sdss_s_era_are_refused_without_erfa_s_warnings(tmp_path, year):
+    """Year 9999 went into the product as its read times (exit 0), with ERFA's "dubious year"
+    warnings and their source lines on stderr."""
+    import warnings
+
+    reads = simulated_chip(3, ny=2)
+    _, headers = make_headers(3, date_obs=f"{year}-04-20T04:00:00.000", chip="a")
+    path = write_apz(tmp_path / "apR-a-52190001.apz", reads.astype(np.uint16), headers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match=r"DATE-OBS: expected a date of SDSS's era"):
+            read_apz(path)
+    assert not [w for w in caught if "dubious" in str(w.message)]
+
+
 def test_a_read_image_taller_than_hdu_1_is_refused(tmp_path):
     """Rows beyond HDU 1's in a read's HDU were ignored (the first rows read back): every
     image's shape is checked against HDU 1's from the headers, before any pixel."""
