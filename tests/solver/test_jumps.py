@@ -361,21 +361,27 @@ def test_joint_fit_jump_search_on_clean_groups_changes_nothing():
         fit_omega(reads, sigma, jump_search=True, jump_threshold=-1)
 
 
+def _pixels_with_jumps(seed: int, K: int, B: int, hit_rate: float):
+    """``(rng, x, flux, s2, d, valid)`` of B pixels (K, B): APOGEE-like differences, with jumps
+    of up to 400 e- in ``hit_rate`` of them (many near the threshold), 10 % unusable."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.5, 1.0, (K, B)) * 10.6
+    flux = rng.uniform(1.0, 500.0, B)
+    s2 = rng.uniform(100.0, 400.0, B)
+    d = flux * x + rng.normal(0.0, 1.0, (K, B)) * np.sqrt(flux * x + 2 * s2)
+    d += (rng.random((K, B)) < hit_rate) * rng.uniform(0.0, 400.0, (K, B))
+    valid = rng.random((K, B)) > 0.1
+    return rng, x, flux, s2, d, valid
+
+
 @pytest.mark.parametrize("two_adjacent", [True, False])
 def test_block_screen_agrees_with_the_scalar_search(two_adjacent):
     """The vectorised first round says 'search' wherever search_pixel flags something (it may
     say so for a pixel within 1e-9 of the threshold, which search_pixel then leaves)."""
     from pyapred.solver._jumps import _block_needs_search, chi2_thresholds, search_pixel
 
-    rng = np.random.default_rng(4)
     K, B = 30, 400
-    x = rng.uniform(0.5, 1.0, (K, B)) * 10.6
-    flux = rng.uniform(1.0, 500.0, B)
-    s2 = rng.uniform(100.0, 400.0, B)
-    d = flux * x + rng.normal(0.0, 1.0, (K, B)) * np.sqrt(flux * x + 2 * s2)
-    hit = rng.random((K, B)) < 0.02
-    d += hit * rng.uniform(0.0, 400.0, (K, B))  # jumps, many near the threshold
-    valid = rng.random((K, B)) > 0.1
+    rng, x, flux, s2, d, valid = _pixels_with_jumps(4, K, B, 0.02)
     valid[:, :5] = False  # nothing to search
     valid[3:, 5:10] = False  # too few clean differences
     d, x = np.where(valid, d, 0.0), np.where(valid, x, 0.0)
@@ -482,14 +488,8 @@ def test_search_pixel_is_the_loop_by_loop_search_to_the_bit(sigmas, two_adjacent
     checked against the same conformance vectors). Low thresholds give several rounds."""
     from pyapred.solver._jumps import chi2_thresholds, search_pixel
 
-    rng = np.random.default_rng(8)
     K, B = 24, 150
-    x = rng.uniform(0.5, 1.0, (K, B)) * 10.6
-    flux = rng.uniform(1.0, 500.0, B)
-    s2 = rng.uniform(100.0, 400.0, B)
-    d = flux * x + rng.normal(0.0, 1.0, (K, B)) * np.sqrt(flux * x + 2 * s2)
-    d += (rng.random((K, B)) < 0.05) * rng.uniform(0.0, 400.0, (K, B))
-    valid = rng.random((K, B)) > 0.1
+    rng, x, flux, s2, d, valid = _pixels_with_jumps(8, K, B, 0.05)
     # Exact ties: equal differences kept apart by unusable ones have the same drop (first
     # isolated ones, then isolated pairs); the first of them is flagged.
     x[:, :10] = 10.6
