@@ -88,7 +88,10 @@ def writable_folder(
         if create:
             folder.mkdir(parents=True, exist_ok=True)
         existing = folder if create else _nearest_existing(folder)
-        if existing.is_dir():
+        to_make = (folder, *folder.parents)[: (folder, *folder.parents).index(existing)]
+        if any(part.name == ".." for part in to_make):  # its mkdir fails, "File exists"
+            found = "'..' after a folder that does not exist yet"
+        elif existing.is_dir():
             fd, probe = tempfile.mkstemp(prefix=".pyapred-probe-", dir=existing)
             os.close(fd)
             os.unlink(probe)

@@ -63,3 +63,18 @@ def test_temporaries_of_a_name_with_glob_characters_are_found(tmp_path):
         path.write_text("data")
     assert remove_stale_temporaries(out) == [stale]
     assert other.exists()
+
+
+def test_an_output_through_dot_dot_of_a_folder_to_be_made_is_named(tmp_path):
+    """``--out nofolder/../p.h5`` passed the checks, then the writer's mkdir of ``nofolder/..``
+    failed with a bare "File exists". Through a folder that exists, ``..`` is fine."""
+    import pytest
+
+    from pyapred.errors import InputError
+    from pyapred.io.paths import check_output_path
+
+    with pytest.raises(InputError, match="'..' after a folder that does not exist yet"):
+        check_output_path(tmp_path / "nofolder" / ".." / "p.h5", "--out")
+    (tmp_path / "sub").mkdir()
+    assert check_output_path(tmp_path / "sub" / ".." / "new" / "p.h5", "--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
