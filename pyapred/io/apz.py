@@ -550,9 +550,11 @@ def _image_shape(path: Path, hdus: _ApzHDUs, index: int, kind: str) -> tuple[int
     except (IndexError, KeyError):
         raise InputError(path, f"HDU {index}", f"the {kind} image", found="no such HDU") from None
     if shape is None or len(shape) != 2 or not all(_count(n) for n in shape):
-        raise InputError(
-            path, f"HDU {index}", f"a 2-D image ({kind})", found=f"{name} of shape {shape}"
-        )
+        found = f"{name} of shape {shape}"
+        if name == "_ValidHDU":  # astropy's class for bytes it cannot identify as an HDU
+            found = (f"bytes astropy cannot identify as an HDU (HDU {index - 1}'s size cards, "
+                     "PCOUNT or NAXIS2, may not match its data)")  # fmt: skip
+        raise InputError(path, f"HDU {index}", f"a 2-D image ({kind})", found=found)
     return tuple(shape)
 
 
