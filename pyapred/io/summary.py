@@ -146,15 +146,39 @@ def _describe_hdf5(path: Path) -> str:
         if version is not None:
             lines[0] += f", pyapred product format {version}"
 
+        groups = [handle]
+
         def visit(name: str, item) -> None:
-            if isinstance(item, h5py.Dataset) and not name.startswith("metadata/"):
+            if isinstance(item, h5py.Group):
+                groups.append(item)
+            elif isinstance(item, h5py.Dataset) and not name.startswith("metadata/"):
                 lines.append(f"  {name}: {_dataset_line(item)}")
 
         handle.visititems(visit)
+        # Soft and external links, which visititems does not follow: said as links (one to
+        # itself or to nothing was left out of the listing, silently).
+        for group in groups:
+            for key in group:
+                link = group.get(key, getlink=True)
+                if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+                    name = f"{group.name.rstrip('/')}/{key}".lstrip("/")
+                    where = getattr(link, "filename", "")
+                    target = f"{where}:{link.path}" if where else link.path
+                    lines.append(f"  {name}: a link to {target}{_link_state(group, key)}")
         if isinstance(handle.get("metadata"), h5py.Group):
             for key, value in read_group(path, handle["metadata"]).items():
                 lines.append(f"  metadata/{key} = {value!r}")
     return "\n".join(lines)
+
+
+def _link_state(group: h5py.Group, key: str) -> str:
+    """``""`` where the link leads to something, else why not (it points to nothing, to
+    itself, or to a file that is not there)."""
+    try:
+        group[key]  # noqa: B018 (follows the link)
+    except (KeyError, OSError, RuntimeError) as exc:
+        return f" (that cannot be followed: {exc})"
+    return ""
 
 
 def _dataset_line(item: h5py.Dataset) -> str:

@@ -91,3 +91,23 @@ def test_inspect_odd_but_readable_files(tmp_path, capsys):
     assert main(["inspect", str(product)]) == EXIT_OK
     out = capsys.readouterr().out
     assert "omega of shape ()" in out and "Traceback" not in out
+
+
+def test_full_listing_says_links_and_those_that_cannot_be_followed(tmp_path):
+    """A soft link to itself (or to nothing) was left out of ``inspect --full``, silently."""
+    import h5py
+
+    from pyapred.io.summary import describe
+
+    path = tmp_path / "links.h5"
+    with h5py.File(path, "w") as handle:
+        handle["data"] = np.zeros(3)
+        handle["group/alias"] = h5py.SoftLink("/data")
+        handle["loop"] = h5py.SoftLink("/loop")
+        handle["gone"] = h5py.SoftLink("/nothing")
+        handle["outside"] = h5py.ExternalLink("other.h5", "/x")
+    text = describe(path, full=True)
+    assert "  data: float64" in text and "  group/alias: a link to /data" in text.splitlines()
+    assert "  loop: a link to /loop (that cannot be followed" in text
+    assert "  gone: a link to /nothing (that cannot be followed" in text
+    assert "  outside: a link to other.h5:/x (that cannot be followed" in text
