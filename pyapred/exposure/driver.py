@@ -222,9 +222,10 @@ def resolve_backend(backend: str) -> str:
     try:
         load_julia()
     except JuliaBackendError as exc:
+        # The setting may come from --config: named as the flag once ("--backend: backend: ").
         raise InputError(
-            "--backend", "backend", "a Julia runtime with juliacall (pip install "
-            "'pyapred[julia]'; docs/julia.md), or --backend numpy", exc.reason,
+            "--backend", "--backend", "a Julia runtime with juliacall for the julia backend (pip "
+            "install 'pyapred[julia]'; docs/julia.md), or the numpy backend", exc.reason,
         ) from None  # fmt: skip
     return backend
 
