@@ -254,12 +254,13 @@ def test_example_count_reaches_the_sweep(monkeypatch, tmp_path):
     assert validate.FULL.sweep_examples == 1000
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "ten"])
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "100001", str(10**30)])
 def test_bad_example_count_is_refused(capsys, value):
+    """10**30 failed with a traceback after III.1 and III.2 had run."""
     with pytest.raises(SystemExit) as exc:
         main(["validate", "--examples", value])
     assert exc.value.code == 2
-    assert "--examples: expected an integer >= 1" in capsys.readouterr().err
+    assert "--examples: expected an integer 1 to 100000" in capsys.readouterr().err
 
 
 def test_unknown_backend_is_refused_and_the_help_says_why(capsys):

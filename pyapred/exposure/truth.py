@@ -96,15 +96,19 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
         bright = traced & (true >= threshold)
         fiber_model = np.where(chip.fiber >= 0, chip.fibers.model[np.maximum(chip.fiber, 0)], -1)
         entry = {"n_pixels": int(bright.sum()), "min_flux": float(threshold)}
+
+        def stat(function, values):  # None, as the omega metrics say it, where none are bright
+            return float(function(values)) if values.size else None
+
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (chip.flux - true) / np.sqrt(chip.flux_var)
-            entry["variable_bias"] = float(np.median(z[bright]))
-            entry["variable_z_std"] = float(np.std(z[bright]))
+            entry["variable_bias"] = stat(np.median, z[bright])
+            entry["variable_z_std"] = stat(np.std, z[bright])
             on_borrowed = traced & (fiber_model == MODEL_BORROWED) & (true > 0)
             if on_borrowed.any():
                 entry["borrowed_bias"] = float(np.median(z[on_borrowed]))
             if chip.constant is not None:
                 zc = (chip.constant.flux - true) / np.sqrt(chip.constant.flux_var)
-                entry["constant_bias"] = float(np.median(zc[bright]))
+                entry["constant_bias"] = stat(np.median, zc[bright])
         out["flux"][name] = entry
     return out

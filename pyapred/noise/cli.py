@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..commands import MAX_READS, MAX_SEED, at_least
+from ..commands import MAX_READS, MAX_SEED, at_least, path_argument
 from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
 from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise
 from .segments import DEFAULT_SEGMENT_COLUMNS
@@ -78,21 +78,29 @@ def _positive(text: str) -> float:
     return value
 
 
+#: The largest noise amplitude (e-) the commands take: far beyond a detector's (about 10 e-),
+#: and within what a uint16 raw frame holds at any gain (1e308 overflowed to NaN and inf, cast
+#: into every pixel as 0 or 65535, exit 0).
+MAX_NOISE = 1e5
+
+
 def _noise_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = HxrgNoise()
     parser.add_argument(
-        "--white", type=_non_negative, default=10.0, help="white read noise, e- (10)"
-    )
-    for name, default, what in (
-        ("c-pink", 6.0, "correlated 1/f noise shared by the four outputs"),
-        ("u-pink", 3.0, "uncorrelated 1/f noise of each output"),
-        ("acn", 2.0, "alternating column noise (even/odd columns)"),
+        "--white", type=_at_most(MAX_NOISE, _non_negative), default=10.0,
+        help=f"white read noise, e-, up to {MAX_NOISE:g} (10)",
+    )  # fmt: skip
+    for name, what in (
+        ("c-pink", "correlated 1/f noise shared by the four outputs"),
+        ("u-pink", "uncorrelated 1/f noise of each output"),
+        ("acn", "alternating column noise (even/odd columns)"),
     ):
+        default = _DEFAULT_AMPLITUDES[name.replace("-", "_")]
         parser.add_argument(
             f"--{name}",
-            type=_non_negative,
+            type=_at_most(MAX_NOISE, _non_negative),
             default=default,
-            help=f"{what}, e- per read ({default})",
+            help=f"{what}, e- per read, up to {MAX_NOISE:g} ({default})",
         )
     parser.add_argument(
         "--read-time",
@@ -101,6 +109,20 @@ def _noise_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seconds per read ({defaults.read_time}; 0 = reads back to back, cheaper)",
     )
     parser.add_argument("--seed", type=at_least(0, MAX_SEED), default=0, help="random seed (0)")
+
+
+#: The 1/f amplitudes' defaults (``_noise_arguments``), e- per read.
+_DEFAULT_AMPLITUDES = {"c_pink": 6.0, "u_pink": 3.0, "acn": 2.0}
+
+
+def _physical_memory() -> float:
+    """This machine's memory in bytes (inf where the system does not say)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
 
 
 def _noise(args: argparse.Namespace, one_over_f: bool = True) -> HxrgNoise:
@@ -117,7 +139,8 @@ def _noise(args: argparse.Namespace, one_over_f: bool = True) -> HxrgNoise:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="noise_command", required=True)
     sim = sub.add_parser("simulate", help="write a raw .apz with H2RG read noise")
-    sim.add_argument("--out", required=True, help="folder for the apR-*.apz file")
+    sim.add_argument("--out", required=True, type=path_argument,
+                     help="folder for the apR-*.apz file")  # fmt: skip
     sim.add_argument(
         "--reads", type=at_least(2, MAX_READS), default=10, help=f"reads, 2 to {MAX_READS} (10)"
     )
@@ -165,7 +188,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _noise_arguments(stress)
     train = sub.add_parser("train", help="train a score model (needs the sbm extra)")
     train.add_argument("--darks", nargs="*", default=[], help="dark apR-*.apz (default: simulate)")
-    train.add_argument("--out", required=True, help="checkpoint folder to write")
+    train.add_argument("--out", required=True, type=path_argument,
+                       help="checkpoint folder to write")  # fmt: skip
     train.add_argument("--prior", action="store_true", help="train the prior on clean traces")
     _model_arguments(train)
     train.add_argument("--steps", type=at_least(1), default=2000, help="optimiser steps (2000)")
@@ -322,6 +346,19 @@ def _simulate(args: argparse.Namespace) -> int:
     # --overwrite" after the work, and the flag did not exist).
     target = Path(args.out) / ApzName.from_night("apo", "a", 60781, args.exposure).filename
     check_output_path(target, "--out", overwrite=args.overwrite)
+    if not args.one_over_f:  # they were ignored, silently
+        for name in ("c_pink", "u_pink", "acn"):
+            flag = "--" + name.replace("_", "-")
+            if getattr(args, name) != _DEFAULT_AMPLITUDES[name]:
+                raise InputError(flag, flag, "--one-over-f with it (without, no 1/f noise is "
+                                 "added)", repr(getattr(args, name)))  # fmt: skip
+    # The reads are simulated in float64, two copies at least: --reads 1000 with the chip's
+    # 2048 rows asked for 39 GiB at once, a MemoryError traceback after the flags were taken.
+    needed, memory = 2 * args.reads * args.rows * 2560 * 8, _physical_memory()
+    if needed > memory:
+        expected = f"a simulation that fits in memory ({memory / 2**30:.0f} GiB)"
+        found = f"{args.reads} reads x {args.rows} rows: {needed / 2**30:.0f} GiB"
+        raise InputError("--reads, --rows", "--reads, --rows", expected, found)
     rng = np.random.default_rng(args.seed)
     flux = np.zeros((args.rows, 2560))
     inner = slice(REFERENCE_BORDER, 2048 - REFERENCE_BORDER)

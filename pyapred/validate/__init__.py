@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..commands import MAX_SEED, at_least
+from ..commands import MAX_SEED, at_least, path_argument
 from ..errors import EXIT_FLAGGED, EXIT_OK
 from ..simulate import omega_uniform, simulate_ramps
 from ..solver import extract_fluxes, fit_constant, fit_equal_weight, fit_omega
@@ -926,6 +926,10 @@ def write_report(results: dict, out_dir) -> Path:
 # --------------------------------------------------------------------------------------------
 # Command line: pyapred validate
 # --------------------------------------------------------------------------------------------
+#: The most III.3 examples ``--examples`` takes: 100 times the full run's (10**30 failed with a
+#: traceback after III.1 and III.2 had run; 10**7 ran on for hours).
+MAX_EXAMPLES = 100_000
+
 #: What ``pyapred validate --help`` says of the backend: why there is no ``--backend``.
 BACKEND_NOTE = (
     "Runs on the NumPy backend (Numba kernels): the studies call the solver without its "
@@ -947,7 +951,10 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="small repeat counts, about 35 s on 2 cores (CI runs this)",
     )
-    parser.add_argument("--out", default="validation", help="output folder (default ./validation)")
+    parser.add_argument(
+        "--out", default="validation", type=path_argument,
+        help="output folder (default ./validation)",
+    )  # fmt: skip
     # Kept so that old invocations with --backend numpy still run (see BACKEND_NOTE).
     parser.add_argument("--backend", default="numpy", choices=["numpy"], help=argparse.SUPPRESS)
     parser.add_argument(
@@ -955,10 +962,10 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--examples",
-        type=at_least(1),
+        type=at_least(1, MAX_EXAMPLES),  # 10**30 failed after III.1 and III.2 had run
         metavar="N",
-        help="III.3 pixels per flux level and omega draw (default: 1000 full, 50 quick; "
-        "the paper's text says 100: docs/validation.md)",
+        help=f"III.3 pixels per flux level and omega draw, up to {MAX_EXAMPLES} (default: 1000 "
+        "full, 50 quick; the paper's text says 100: docs/validation.md)",
     )
 
 

@@ -71,6 +71,19 @@ def test_no_nan_without_a_flag_in_an_exposure_or_its_product(cloudy, tmp_path):
             assert np.all(fibers.flags[np.isnan(values)] != 0)
 
 
+def test_truth_metrics_with_no_bright_pixel_say_none_not_nan(cloudy):
+    """``pyapred demo --fibers 1 --json`` printed NaN (no JSON) for the flux biases of a chip
+    without bright pixels; the omega metrics already said None."""
+    import json
+
+    sim, result = cloudy
+    metrics = truth_metrics(result, sim.omega, truth_dn(sim), min_flux=1e30)
+    for entry in metrics["flux"].values():
+        assert entry["n_pixels"] == 0 and entry["variable_bias"] is None
+        assert entry["variable_z_std"] is None and entry.get("constant_bias") is None
+    json.dumps(metrics, allow_nan=False)
+
+
 def test_truth_metrics_names_a_wrong_true_omega(cloudy):
     sim, result = cloudy
     with pytest.raises(ValueError, match=r"omega: expected the true omega of every fiber"):

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from pyapred.cli import main
 from pyapred.io import read_apz
@@ -74,3 +75,28 @@ def test_noise_simulate_json(tmp_path, capsys):
     args = ["noise", "simulate", "--out", str(tmp_path), "--reads", "2", "--rows", "8"]
     assert main([*args, "--read-time", "0", "--json"]) == 0
     assert read_apz(json.loads(capsys.readouterr().out)["apz"]).reads.shape == (2, 8, 2560)
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        # 1e308 overflowed to inf and NaN, cast into every pixel as 0 or 65535, exit 0.
+        (["--white", "1e308"], "argument --white: expected at most 100000"),
+        # Ignored, silently, without --one-over-f.
+        (["--acn", "5"], "--acn: expected --one-over-f with it"),
+        # 39 GiB at once: a MemoryError traceback.
+        (["--reads", "1000", "--rows", "2048"], "--reads, --rows: expected a simulation that"),
+    ],
+)
+def test_simulate_refuses_what_it_would_ignore_or_cannot_hold(tmp_path, capsys, flags, words,
+                                                               monkeypatch):  # fmt: skip
+    from pyapred.noise import cli as noise_cli
+
+    monkeypatch.setattr(noise_cli, "_physical_memory", lambda: 24 * 2.0**30)
+    try:
+        code = main(["noise", "simulate", "--out", str(tmp_path / "o"), "--reads", "2", "--rows",
+                     "8", *flags])  # fmt: skip
+    except SystemExit as stop:  # argparse's own refusal of a flag
+        code = stop.code
+    assert code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
