@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -32,15 +33,25 @@ def _num(value, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _json(value) -> str:
-    """A JSON line of a summary (NumPy scalars and paths included)."""
+def json_line(value) -> str:
+    """A JSON line of a summary (NumPy scalars and paths included); a NaN or infinite number is
+    null (``NaN`` is no JSON: a reader refuses the line)."""
 
     def plain(item):
         if isinstance(item, np.generic):
-            return item.item()
+            return clean(item.item())
         return str(item)
 
-    return json.dumps(value, default=plain)
+    def clean(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: clean(v) for key, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [clean(v) for v in item]
+        return item
+
+    return json.dumps(clean(value), default=plain, allow_nan=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +224,7 @@ def simulate_run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     log.info("pyapred simulate: done in %.1f s", time.perf_counter() - start)
     if args.json:
-        print(_json(paths))
+        print(json_line(paths))
         return EXIT_OK
     for path in [*paths["apz"], *paths["traces"], paths["truth"]]:
         print(path)
@@ -321,7 +332,7 @@ def fit_run(args: argparse.Namespace) -> int:
     summary["seconds"] = round(time.perf_counter() - start, 2)
     log.debug("pyapred fit: stage timings %s s", summary["timings_s"])
     if args.json:
-        print(_json(summary))
+        print(json_line(summary))
     else:
         _print_summary(summary)
     return EXIT_FLAGGED if summary["problems"] else EXIT_OK
@@ -446,7 +457,7 @@ def demo_run(args: argparse.Namespace) -> int:
             "out": out, "product": product, "seconds": round(seconds, 2), "models": models,
             **metrics, "plots": None if plots is None else [str(p) for p in plots],
         }  # fmt: skip
-        print(_json(summary))
+        print(json_line(summary))
     else:
         print("\n".join(lines))
     sys.stdout.flush()

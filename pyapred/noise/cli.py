@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..commands import MAX_READS, MAX_SEED, at_least, path_argument
+from ..commands import MAX_READS, MAX_SEED, at_least, json_line, path_argument
 from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
 from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise
 from .segments import DEFAULT_SEGMENT_COLUMNS
@@ -82,6 +82,12 @@ def _positive(text: str) -> float:
 #: and within what a uint16 raw frame holds at any gain (1e308 overflowed to NaN and inf, cast
 #: into every pixel as 0 or 65535, exit 0).
 MAX_NOISE = 1e5
+#: The longest read the commands simulate, s (APOGEE's take 10.6 s): the 1/f noise is drawn at
+#: the pixel rate over the whole read, so its memory grows with it (1000 s: 8 GiB for 2 fibers).
+MAX_READ_TIME = 30.0
+#: The most patches ``noise train`` and ``evaluate`` take (10**30 overflowed inside SciPy's FFT,
+#: 10**8 of 4 x 4 asked for 49 GiB).
+MAX_PATCHES = 1_000_000
 
 
 def _noise_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,9 +110,10 @@ def _noise_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--read-time",
-        type=_at_most(1e3, _non_negative),
+        type=_at_most(MAX_READ_TIME, _non_negative),  # 1000 s asked for 8 GiB and more
         default=defaults.read_time,
-        help=f"seconds per read ({defaults.read_time}; 0 = reads back to back, cheaper)",
+        help=f"seconds per read, up to {MAX_READ_TIME:g} ({defaults.read_time}; 0 = reads back to "
+        "back, cheaper)",
     )
     parser.add_argument("--seed", type=at_least(0, MAX_SEED), default=0, help="random seed (0)")
 
@@ -123,6 +130,17 @@ def _physical_memory() -> float:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return float("inf")
+
+
+def _stdout_for_json(args: argparse.Namespace):
+    """With ``--json``, what score_models prints ("Using the Variance Exploding SDE", ...) goes
+    to stderr: stdout holds the JSON line and nothing else."""
+    import contextlib
+    import sys
+
+    if getattr(args, "json", False):
+        return contextlib.redirect_stdout(sys.stderr)
+    return contextlib.nullcontext()
 
 
 def _noise(args: argparse.Namespace, one_over_f: bool = True) -> HxrgNoise:
@@ -207,7 +225,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         "--patch", type=at_least(4, 256), nargs=2, default=(32, 32), metavar=("ROWS", "COLS"),
         help="patch size, rows and columns (32 32)",
     )  # fmt: skip
-    parser.add_argument("--patches", type=at_least(1), default=1024, help="patches to use (1024)")
+    parser.add_argument("--patches", type=at_least(1, MAX_PATCHES), default=1024,
+                        help=f"patches to use, up to {MAX_PATCHES} (1024)")  # fmt: skip
     parser.add_argument("--gain", type=_gain, default=1.9, help="e-/DN of real darks (1.9)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device")
     parser.add_argument("--threads", type=at_least(1, 64), default=1, help="torch threads (1)")
@@ -275,12 +294,13 @@ def _train(args: argparse.Namespace) -> int:
         data = _dark_patches(args, args.seed)
     kind = "prior" if args.prior else "noise"
     log.info("pyapred noise train: %s model, %d patches, %d steps", kind, len(data), args.steps)
-    train_score_model(
-        data, args.out, steps=args.steps, batch_size=args.batch_size, nf=args.nf,
-        device=args.device, seed=args.seed, threads=args.threads,
-    )  # fmt: skip
+    with _stdout_for_json(args):
+        train_score_model(
+            data, args.out, steps=args.steps, batch_size=args.batch_size, nf=args.nf,
+            device=args.device, seed=args.seed, threads=args.threads,
+        )  # fmt: skip
     if args.json:
-        print(json.dumps({"checkpoint": str(args.out), "model": kind, "patches": len(data)}))
+        print(json_line({"checkpoint": str(args.out), "model": kind, "patches": len(data)}))
     else:
         print(f"{args.out}: {kind} model, {len(data)} patches")
     return EXIT_OK
@@ -313,10 +333,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_checkpoint(args.model)  # before the held-out darks are made
     held_out = _dark_patches(args, args.seed + 1)
     log.info("pyapred noise evaluate: %d samples, %d sampler steps", len(held_out), args.steps)
-    model = load_score_model(args.model, device=args.device, threads=args.threads)
-    generated = posterior_samples(
-        np.zeros(held_out.shape[1:]), model, None, n_samples=len(held_out), steps=args.steps
-    )
+    with _stdout_for_json(args):
+        model = load_score_model(args.model, device=args.device, threads=args.threads)
+        generated = posterior_samples(
+            np.zeros(held_out.shape[1:]), model, None, n_samples=len(held_out), steps=args.steps
+        )
     white = np.random.default_rng(args.seed).normal(0, held_out.std(), held_out.shape)
     dof = EVALUATION_DOF
     result = {
@@ -330,7 +351,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "psd_slope_held_out": psd_slope(held_out),
     }  # fmt: skip
     if args.json:
-        print(json.dumps(result))
+        print(json_line(result))
     else:
         for key, value in result.items():
             print(f"{key:>22}: {value:.3f}")
@@ -375,7 +396,7 @@ def _simulate(args: argparse.Namespace) -> int:
         args.out, reads, exposure=args.exposure, header=header, one_over_f=in_dn, rng=rng,
         overwrite=args.overwrite,
     )  # fmt: skip
-    print(json.dumps({"apz": str(path)}) if args.json else path)
+    print(json_line({"apz": str(path)}) if args.json else path)
     return EXIT_OK
 
 
@@ -414,7 +435,7 @@ def _stress(args: argparse.Namespace) -> int:
     failed = [case for case in MUST_PASS if verdicts.get(case) == "FAIL"]
     if args.json:
         keys = ("bias", "z_std", "bias_error")
-        print(json.dumps({
+        print(json_line({
             case: {**dict(zip(keys, values, strict=True)), "verdict": verdicts[case],
                    "must_pass": case in MUST_PASS}
             for case, values in summary.items()

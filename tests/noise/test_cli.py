@@ -86,6 +86,8 @@ def test_noise_simulate_json(tmp_path, capsys):
         (["--acn", "5"], "--acn: expected --one-over-f with it"),
         # 39 GiB at once: a MemoryError traceback.
         (["--reads", "1000", "--rows", "2048"], "--reads, --rows: expected a simulation that"),
+        # The 1/f noise is drawn at the pixel rate over the read: 1000 s asked for 8 GiB.
+        (["--read-time", "1000", "--one-over-f"], "argument --read-time: expected at most 30"),
     ],
 )
 def test_simulate_refuses_what_it_would_ignore_or_cannot_hold(tmp_path, capsys, flags, words,
