@@ -372,10 +372,16 @@ def demo_run(args: argparse.Namespace) -> int:
     """Simulate a cloudy exposure, fit it from its files, plot, and compare with the truth."""
     from .exposure import FitOptions, run_exposure, truth_metrics
     from .io.atomic import writable_folder
+    from .io.paths import check_output_path
     from .simulate import simulate_exposure, write_simulated_exposure
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pyapred-demo-"))
     writable_folder(out)  # before the work
+    # What it writes there, checked before the work too (a FIFO at product.h5, or --log's file
+    # there, was refused after the simulation and the fit, its data/ left behind).
+    check_output_path(out / "product.h5", "--out", overwrite=True)
+    for folder in ("data", "plots"):
+        check_output_path(out / folder, "--out", folder=True)
     start = time.perf_counter()
     step = "pyapred demo: %s"
     log.info(

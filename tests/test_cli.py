@@ -205,3 +205,15 @@ def test_json_lines_say_null_for_nan_and_infinity():
 
     line = json_line({"a": float("nan"), "b": [np.float64("inf"), 1.5], "c": np.float32(2.0)})
     assert json.loads(line) == {"a": None, "b": [None, 1.5], "c": 2.0}
+
+
+def test_demo_checks_what_it_writes_before_the_work(tmp_path, capsys):
+    """A FIFO at ``--out/product.h5`` was refused after the simulation and the fit, with the
+    simulated ``data/`` left behind."""
+    out = tmp_path / "o"
+    out.mkdir()
+    os.mkfifo(out / "product.h5")
+    argv = ["demo", "--out", str(out), "--fibers", "4", "--columns", "16", "--reads", "3"]
+    assert main([*argv, "--chips", "R"]) == 2
+    assert "product.h5: --out: expected a new or regular file" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["product.h5"]
