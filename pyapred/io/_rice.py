@@ -452,6 +452,16 @@ def read_rice_tiles(raw: BinaryIO, hdul: fits.HDUList, index: int, rows: slice) 
     return RiceTiles(shape, heap, nelem, offset - first, blocksize, bytepix, zero)
 
 
+def compression_parameters(header: fits.Header) -> dict:
+    """A compressed HDU's ``ZNAMEn``/``ZVALn`` pairs as ``{NAME: value}`` (``BLOCKSIZE``,
+    ``BYTEPIX``, ...); they are numbered from 1 without gaps."""
+    params, i = {}, 1
+    while f"ZNAME{i}" in header:
+        params[str(header[f"ZNAME{i}"]).strip().upper()] = header.get(f"ZVAL{i}")
+        i += 1
+    return params
+
+
 def _rice_layout(header: fits.Header) -> tuple | None:
     """Check a compressed HDU's binary-table header against the layout the kernel decodes.
 
@@ -481,10 +491,7 @@ def _rice_layout(header: fits.Header) -> tuple | None:
         return None
     descriptor = _DESCRIPTOR[tform.group(1)]
     nx, ny = integer("ZNAXIS1"), integer("ZNAXIS2")
-    params, i = {}, 1
-    while f"ZNAME{i}" in header:  # compression parameters are numbered from 1 without gaps
-        params[str(header[f"ZNAME{i}"]).strip().upper()] = header.get(f"ZVAL{i}")
-        i += 1
+    params = compression_parameters(header)
     zbitpix = integer("ZBITPIX")
     bytepix, zero = (2, 32768) if zbitpix == 16 else (4, 0)  # uint16 (read 1), or int32
     plain = (

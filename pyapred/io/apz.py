@@ -37,7 +37,13 @@ from numpy.typing import DTypeLike
 
 from ..errors import InputError, InputWarning, ReadRangeError
 from ._kernels import accumulate_read
-from ._rice import ERROR_TEXT, accumulate_rice_read, decode_rice_tiles, read_rice_tiles
+from ._rice import (
+    ERROR_TEXT,
+    accumulate_rice_read,
+    compression_parameters,
+    decode_rice_tiles,
+    read_rice_tiles,
+)
 from .atomic import atomic_path
 
 __all__ = [
@@ -615,8 +621,7 @@ def _check_tile_width(path: Path, hdus: _ApzHDUs, index: int, kind: str, dtype: 
     if not hdus.compressed(index):
         return
     header = hdus.hdul[index].header
-    names = {str(header.get(f"ZNAME{i}", "")).strip().upper(): i for i in range(1, 10)}
-    bytepix = header.get(f"ZVAL{names['BYTEPIX']}") if "BYTEPIX" in names else 4
+    bytepix = compression_parameters(header).get("BYTEPIX", 4)
     if isinstance(bytepix, int) and not isinstance(bytepix, bool) and bytepix > dtype.itemsize:
         expected = f"{kind} in a type that holds its {bytepix}-byte pixels (BYTEPIX)"
         found = f"ZBITPIX {header.get('ZBITPIX')!r} ({dtype})"
