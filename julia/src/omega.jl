@@ -334,8 +334,7 @@ function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::Abst
         om_sig = zeros(K)
         has_data = falses(K)
         use(k, p) = valid[k, p, g] && fit_pixel[p, g]
-        err_d(k, p) = sqrt((reference ? (2.0 * s2[p, g])^2 : 2.0 * s2[p, g]) +
-                           max(diffs[k, p, g], 0.0))
+        read_term(p) = reference ? (2.0 * s2[p, g])^2 : 2.0 * s2[p, g]
         floor_of(p) = guess_floor(s2[p, g], reference)
         d_floor(k, p) = max(diffs[k, p, g], floor_of(p))
         # 1. Flux of each pixel: the median difference rate.
@@ -354,13 +353,20 @@ function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::Abst
                 f0[p] = max(med, floor_of(p))
             end
         end
-        # 2-3. Per-pixel omega and its error; inverse-variance weighted mean over pixels.
+        # 2-3. Per-pixel omega d / a (a = f0 dt) of error |d / (a m)| sqrt(q), m the floored
+        # difference and q its variance; inverse-variance weighted mean over pixels. The weight
+        # a^2 r and the weighted value a d r, r = (m / d)^2 / q, take two divisions (the
+        # spec's form three and a square root; NumPy's twin, `_initial_guess_kernel`, has the
+        # same arithmetic). A difference weighs where its error is positive.
         for p in 1:P, k in 1:K
-            om_pix = diffs[k, p, g] / (f0[p] * dt[k])
-            om_err = abs(om_pix / d_floor(k, p)) * err_d(k, p)
-            w = use(k, p) && om_err > 0 ? 1.0 / om_err^2 : 0.0
-            w_sum[k] += w
-            num[k] += w * (use(k, p) ? om_pix : 0.0)
+            d = diffs[k, p, g]
+            a = f0[p] * dt[k]
+            q = read_term(p) + max(d, 0.0)
+            t = d_floor(k, p) / d
+            r = t * t / q
+            weigh = use(k, p) && d != 0 && q > 0
+            w_sum[k] += weigh ? a * a * r : 0.0
+            num[k] += weigh ? a * d * r : 0.0
         end
         # An element whose usable differences all weigh nothing (all exactly 0: no light) has
         # data; its guess is the floor.
@@ -400,16 +406,22 @@ function initial_guess!(omega::AbstractMatrix, flux::AbstractMatrix, kstar::Abst
                 flux[p, g] = NaN
                 continue
             end
+            # fl_pix = d / c (c = omega dt) of squared error fl_pix^2 (q / m^2 + e), with
+            # e = (om_sig / omega)^2: weight c^2 r and weighted value c d r, with
+            # r = (m / d)^2 / (q + e m^2).
             wf = 0.0
             wf_sum = 0.0
             for k in 1:K
                 om_use = has_data[k] ? omega[k, g] : 1.0
-                fl_pix = diffs[k, p, g] / (om_use * dt[k])
-                fl_err = sqrt((fl_pix / d_floor(k, p) * err_d(k, p))^2 +
-                              (fl_pix / om_use * om_sig[k])^2)
-                w = use(k, p) && w_sum[k] > 0 && fl_err > 0 ? 1.0 / fl_err^2 : 0.0
-                wf += w * (use(k, p) ? fl_pix : 0.0)
-                wf_sum += w
+                d = diffs[k, p, g]
+                c = om_use * dt[k]
+                m = d_floor(k, p)
+                h = read_term(p) + max(d, 0.0) + (om_sig[k] / om_use)^2 * (m * m)
+                t = m / d
+                r = t * t / h
+                weigh = use(k, p) && w_sum[k] > 0 && d != 0 && h > 0
+                wf += weigh ? c * d * r : 0.0
+                wf_sum += weigh ? c * c * r : 0.0
             end
             # No weight at all (every usable difference exactly 0): 0 / 0 would be NaN, and
             # max(NaN, x) is NaN in Julia; NumPy's twin keeps the step-1 rate instead.

@@ -430,6 +430,57 @@ def test_the_fused_update_kernels_are_the_numpy_expressions_they_replace():
             np.testing.assert_array_equal(got, expected)
 
 
+def _spec_initial_guess(d, usable, s2, dt, reference):
+    """Spec section 2.6 for one group, written as the spec writes it (three divisions and a
+    square root per weight in step 3, five and a square root in step 5): what the kernel's
+    multiplied-out weights must reproduce. d, usable (P, K); s2 (P,)."""
+    floor = np.full(s2.shape, 1e-10) if reference else 1e-10 * np.minimum(1.0, np.sqrt(s2))
+    err = np.sqrt(((2 * s2) ** 2 if reference else 2 * s2)[:, None] + np.maximum(d, 0.0))
+    f0 = np.array([np.median(row[ok] / dt[ok]) for row, ok in zip(d, usable, strict=True)])
+    f0 = np.maximum(f0, floor)
+    d_floor = np.maximum(d, floor[:, None])
+    om_pix = d / (f0[:, None] * dt)
+    om_err = np.abs(om_pix / d_floor) * err
+    weigh = usable & (om_err > 0)
+    w = np.where(weigh, 1.0 / np.where(weigh, om_err, 1.0) ** 2, 0.0)
+    omega = np.maximum((w * om_pix).sum(axis=0) / w.sum(axis=0), 1e-10)
+    k_star = int(np.argmax(omega))
+    scale = omega[k_star]
+    omega, omega_err = omega / scale, w.sum(axis=0) ** -0.5 / scale
+    fl_pix = d / (omega * dt)
+    fl_err = np.sqrt((fl_pix / d_floor * err) ** 2 + (fl_pix / omega * omega_err) ** 2)
+    weigh = usable & (fl_err > 0)
+    wf = np.where(weigh, 1.0 / np.where(weigh, fl_err, 1.0) ** 2, 0.0)
+    num, den = (wf * fl_pix).sum(axis=1), wf.sum(axis=1)
+    flux = np.where(den > 0, np.maximum(num / np.where(den > 0, den, 1.0), floor), f0 * scale)
+    return omega, flux, k_star
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_initial_guess_is_the_spec_s_five_steps(reference):
+    """The kernel's weights take two divisions (their ratios multiplied out): the guess is the
+    spec's form to rounding, with negative differences (floored: nearly no weight), a dead pixel
+    (every difference 0: no weight), masked differences and unequal read intervals."""
+    rng = np.random.default_rng(31)
+    omega = omega_uniform(11, 0.4, rng)
+    dt = rng.uniform(5.0, 12.0, 11)
+    reads = simulate_ramps(
+        rng.uniform(0.2, 5.0, 40), 10.0, omega=omega, read_times=np.r_[0, np.cumsum(dt)], rng=rng
+    ).reads
+    d = np.diff(reads, axis=0).T.copy()  # (P, K), many differences below 0
+    d[3] = 0.0  # a dead pixel
+    usable = rng.random(d.shape) > 0.1
+    d[~usable] = 0.0
+    s2 = rng.uniform(50.0, 150.0, 40)
+    assert (d[usable] < 0).mean() > 0.05
+    want = _spec_initial_guess(d, usable, s2, dt, reference)
+    fit_pixel = np.ones((1, 40), dtype=bool)
+    got = _numpy.initial_guess(d[None], usable[None], s2[None], dt, fit_pixel, reference=reference)
+    np.testing.assert_allclose(got[0][0], want[0], rtol=1e-13)
+    np.testing.assert_allclose(got[1][0], want[1], rtol=1e-13)
+    assert got[2][0] == want[2]
+
+
 def test_a_warm_start_guesses_only_the_fluxes_it_lacks():
     """A warm start takes the initial guess's fluxes only where it has none: the guess computes
     those alone (``flux_pixel``), and a group whose start is dropped (a new pivot without a
