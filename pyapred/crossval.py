@@ -31,19 +31,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--simulate", action="store_true",
                         help="a simulated fiber under a changing sky")  # fmt: skip
     source.add_argument("--apz", metavar="FILE", help="a raw apR-/asR- exposure")
-    parser.add_argument("--rows", default="1000:1016", metavar="A:B",
-                        help="rows of --apz to fit (default 1000:1016)")  # fmt: skip
-    parser.add_argument("--read-noise", type=float, default=10.0,
+    # The flags of one source default to None, so that one given with another source is told
+    # (it was ignored, silently); run() fills in the defaults of SOURCE_DEFAULTS.
+    parser.add_argument("--rows", metavar="A:B", help="rows of --apz to fit (default 1000:1016)")
+    parser.add_argument("--read-noise", type=float,
                         help="single-read noise of --apz, DN (default 10)")  # fmt: skip
-    parser.add_argument("--gain", type=float, default=1.9, help="gain of --apz, e-/DN (1.9)")
+    parser.add_argument("--gain", type=float, help="gain of --apz, e-/DN (1.9)")
     parser.add_argument("--rtol", type=float, default=None,
                         help="tolerance (default: per vector; 1e-10 simulated)")  # fmt: skip
-    parser.add_argument("--seed", type=at_least(0, MAX_SEED), default=7,
-                        help="random seed of --simulate (7)")  # fmt: skip
-    parser.add_argument("--pixels", type=at_least(1, 1_000_000), default=200,
+    parser.add_argument("--seed", type=at_least(0, MAX_SEED), help="random seed of --simulate (7)")
+    parser.add_argument("--pixels", type=at_least(1, 1_000_000),
                         help="pixels of --simulate, 1 to 1e6 (200)")  # fmt: skip
-    parser.add_argument("--reads", type=at_least(3, MAX_READS), default=20,
+    parser.add_argument("--reads", type=at_least(3, MAX_READS),
                         help=f"reads of --simulate, 3 to {MAX_READS} (20)")  # fmt: skip
+
+
+#: The flags that only one source takes, with their defaults.
+SOURCE_DEFAULTS = {
+    "apz": {"rows": "1000:1016", "read_noise": 10.0, "gain": 1.9},
+    "simulate": {"seed": 7, "pixels": 200, "reads": 20},
+}
+
+
+def _source_flags(args: argparse.Namespace) -> None:
+    """Refuse a flag of another source than the one chosen; fill in the chosen one's defaults."""
+    source = "simulate" if args.simulate else "apz" if args.apz else "vectors"
+    for owner, defaults in SOURCE_DEFAULTS.items():
+        for name, default in defaults.items():
+            value = getattr(args, name, None)
+            if owner != source and value is not None:
+                flag = "--" + name.replace("_", "-")
+                raise InputError(flag, flag, f"--{owner} with it (--{source} does not take it)",
+                                 repr(value))  # fmt: skip
+            if value is None:
+                setattr(args, name, default)
 
 
 def _simulated_cases(args: argparse.Namespace) -> list[dict]:
@@ -118,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     from .solver import JuliaBackendError, load_julia
 
     # The inputs are checked first, so that a bad one is reported with or without Julia.
+    _source_flags(args)
     if args.rtol is not None and not 0 < args.rtol < np.inf:
         raise InputError("--rtol", "--rtol", "a finite tolerance > 0", repr(args.rtol))
     if args.simulate:

@@ -36,3 +36,33 @@ def test_apz_cases_run_on_the_numpy_backend(tmp_path):
     assert [case["function"] for case in cases] == ["fit_constant", "fit_equal_weight"]
     fit = run_vector(cases[0], "numpy")
     assert fit["flux"].shape == (2, 2048) and np.all(np.isfinite(fit["flux"]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--simulate", "--rows", "1:3"], "--rows"),
+        (["--simulate", "--gain", "2"], "--gain"),
+        (["--apz", "raw.apz", "--pixels", "10"], "--pixels"),
+        (["--vectors", "--seed", "7"], "--seed"),
+        (["--vectors", "--read-noise", "5"], "--read-noise"),
+    ],
+)
+def test_a_flag_of_another_source_is_refused(argv, flag, capsys):
+    """A flag that the chosen source does not take was ignored, silently (the same run with
+    or without it): it is refused, naming it, before any file is read and without Julia."""
+    assert main(["crossval", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag}: expected --" in err and "with it" in err
+
+
+def test_each_source_gets_its_defaults():
+    import argparse
+
+    from pyapred.crossval import _source_flags
+
+    args = argparse.Namespace(simulate=True, apz=None, rows=None, read_noise=None, gain=None,
+                              seed=None, pixels=50, reads=None)  # fmt: skip
+    _source_flags(args)
+    assert (args.seed, args.pixels, args.reads) == (7, 50, 20)
+    assert (args.rows, args.read_noise, args.gain) == ("1000:1016", 10.0, 1.9)

@@ -10,8 +10,12 @@ flat with ``--flux``) with white read noise and, with ``--one-over-f``, the corr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -124,23 +128,26 @@ _DEFAULT_AMPLITUDES = {"c_pink": 6.0, "u_pink": 3.0, "acn": 2.0}
 
 def _physical_memory() -> float:
     """This machine's memory in bytes (inf where the system does not say)."""
-    import os
-
     try:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return float("inf")
 
 
-def _stdout_for_json(args: argparse.Namespace):
-    """With ``--json``, what score_models prints ("Using the Variance Exploding SDE", ...) goes
-    to stderr: stdout holds the JSON line and nothing else."""
-    import contextlib
-    import sys
-
-    if getattr(args, "json", False):
-        return contextlib.redirect_stdout(sys.stderr)
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def _score_models_output(args: argparse.Namespace) -> Iterator[None]:
+    """What score_models prints, as the output flags say. With ``--json``, its lines ("Using the
+    Variance Exploding SDE", ...) go to stderr: stdout holds the JSON line and nothing else.
+    Without progress (``--quiet``, ``--json``), its progress bars (tqdm's, written to
+    ``sys.stderr``, with no option to turn them off) are dropped. Warnings and the log are
+    untouched: their handlers hold the real stderr."""
+    with contextlib.ExitStack() as stack:
+        if getattr(args, "json", False):
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        if not getattr(args, "progress", True):
+            sink = stack.enter_context(open(os.devnull, "w", encoding="utf-8"))
+            stack.enter_context(contextlib.redirect_stderr(sink))
+        yield
 
 
 def _noise(args: argparse.Namespace, one_over_f: bool = True) -> HxrgNoise:
@@ -294,7 +301,7 @@ def _train(args: argparse.Namespace) -> int:
         data = _dark_patches(args, args.seed)
     kind = "prior" if args.prior else "noise"
     log.info("pyapred noise train: %s model, %d patches, %d steps", kind, len(data), args.steps)
-    with _stdout_for_json(args):
+    with _score_models_output(args):
         train_score_model(
             data, args.out, steps=args.steps, batch_size=args.batch_size, nf=args.nf,
             device=args.device, seed=args.seed, threads=args.threads,
@@ -333,7 +340,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_checkpoint(args.model)  # before the held-out darks are made
     held_out = _dark_patches(args, args.seed + 1)
     log.info("pyapred noise evaluate: %d samples, %d sampler steps", len(held_out), args.steps)
-    with _stdout_for_json(args):
+    with _score_models_output(args):
         model = load_score_model(args.model, device=args.device, threads=args.threads)
         generated = posterior_samples(
             np.zeros(held_out.shape[1:]), model, None, n_samples=len(held_out), steps=args.steps

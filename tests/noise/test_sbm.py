@@ -112,6 +112,22 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert '"pqmass_generated"' in capsys.readouterr().out
 
 
+def test_quiet_and_json_show_no_progress_bars_of_score_models(tmp_path, capsys):
+    """score_models draws tqdm bars (training, sampling) with no option to turn them off:
+    ``--quiet`` printed them among nothing but errors, ``--json`` against its "no progress"."""
+    common = ["--patch", "16", "16", "--patches", "64", "--read-time", "0", "--steps", "2"]
+    model = str(tmp_path / "m")
+    assert main(["noise", "train", "--out", model, "--quiet", *common]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert main(["noise", "evaluate", "--model", model, "--quiet", *common]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert main(["noise", "evaluate", "--model", model, "--json", *common]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1 and "it/s" not in err and "%|" not in err
+    assert main(["noise", "train", "--out", str(tmp_path / "n"), *common]) == 0
+    assert "it/s" in capsys.readouterr().err  # the bars are there without those flags
+
+
 @pytest.mark.parametrize(
     ("flags", "words"),
     [
