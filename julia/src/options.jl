@@ -32,7 +32,7 @@ Settings of the exposure stages ([`prepare_chip`](@ref), [`fit_fibers`](@ref),
 - 1/f noise: `correct_1f` (`"none"` or `"nuisance"`: one additive offset per readout segment and
   read difference fitted with omega, [`readout_segments`](@ref); pyapred's `"refpix..."` and
   `"rowmedian..."` routes correct the reads where they are loaded, before the stages) and
-  `segment_columns` (columns per segment, a divisor of 512).
+  `segment_columns` (columns per segment, a divisor of 512 other than 1).
 """
 Base.@kwdef struct FitOptions
     model::String = "auto"

@@ -11,10 +11,15 @@ const N_OUTPUTS = 5
 "Rows of an APOGEE H2RG chip."
 const CHIP_ROWS = 2048
 
-"Throw an `ArgumentError` unless `columns` divides an output's 512 columns."
+"""
+Throw an `ArgumentError` unless `columns` divides an output's 512 columns (no segment spans
+two outputs) and is 2 or more: a segment of one column gives each pixel offsets of its own,
+which take all of its differences but their mean (the fits are degenerate, chi2 0).
+"""
 function check_segment_columns(columns::Integer)
-    columns >= 1 && OUTPUT_COLUMNS % columns == 0 ||
-        throw(ArgumentError("segment_columns: expected a divisor of $OUTPUT_COLUMNS, got $columns"))
+    columns >= 2 && OUTPUT_COLUMNS % columns == 0 ||
+        throw(ArgumentError("segment_columns: expected a divisor of $OUTPUT_COLUMNS other " *
+                            "than 1, got $columns"))
     return columns
 end
 
@@ -28,7 +33,7 @@ One integer per (chip, row, segment of `columns` columns), the same as pyapred's
 # Arguments
 - `x`, `y`: 1-based column (fast-read axis) and row.
 - `chip`: 1-based index of the chip among those pooled.
-- `columns`: columns per segment (a divisor of 512).
+- `columns`: columns per segment (a divisor of 512 other than 1).
 """
 function readout_key(x::Integer, y::Integer, chip::Integer, columns::Integer)
     per_row = N_OUTPUTS * OUTPUT_COLUMNS ÷ columns

@@ -126,7 +126,9 @@ class FitOptions:
         when").
     segment_columns : int
         With the nuisance term: a segment is one row of this many consecutive columns within one
-        output (a divisor of 512); finer segments also absorb the faster part of the 1/f noise.
+        output (a divisor of 512 other than 1: one column gives each pixel offsets of its own,
+        which take its differences); finer segments also absorb the faster part of the 1/f
+        noise.
     keep_constant : bool
         Also extract every pixel with the constant model (for comparisons and plots).
     keep_fit_reads : bool
@@ -215,8 +217,10 @@ class FitOptions:
     )  # fmt: skip
     segment_columns: int = _option(
         32, "noise", "nuisance segments: one row of this many columns within one output (a "
-        "divisor of 512; 512 = the whole row of an output)",
-        valid=(lambda value: value >= 1 and 512 % value == 0, "a divisor of 512"),
+        "divisor of 512 other than 1; 512 = the whole row of an output)",
+        # The rule of noise.segments.check_segment_columns (not imported here: options load
+        # with pyapred).
+        valid=(lambda value: value >= 2 and 512 % value == 0, "a divisor of 512 other than 1"),
     )  # fmt: skip
     # what the in-memory result keeps
     keep_constant: bool = _option(

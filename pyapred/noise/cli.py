@@ -29,14 +29,16 @@ log = logging.getLogger(__name__)
 
 
 def _segment_columns(text: str) -> int:
-    """An argparse type: a divisor of an output's 512 columns."""
+    """An argparse type: a divisor of an output's 512 columns other than 1."""
     from .segments import check_segment_columns
 
     try:
         value = int(text)
         check_segment_columns(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a divisor of 512, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a divisor of 512 other than 1, got {text!r}"
+        ) from None
     return value
 
 

@@ -49,7 +49,7 @@ def readout_keys(rows, cols, chip=0, *, columns: int = OUTPUT_COLUMNS) -> np.nda
     chip : int or array_like of int, optional
         Chip index (0, 1, 2 for a, b, c) where pixels of several chips are pooled.
     columns : int, optional
-        Columns per segment: a divisor of 512, so that no segment spans two outputs.
+        Columns per segment: a divisor of 512 other than 1 (:func:`check_segment_columns`).
 
     Returns
     -------
@@ -69,12 +69,14 @@ def keys_per_chip(columns: int = OUTPUT_COLUMNS) -> int:
 
 
 def check_segment_columns(columns: int) -> None:
-    """ValueError unless ``columns`` divides an output's 512 columns."""
+    """ValueError unless ``columns`` divides an output's 512 columns (no segment spans two
+    outputs) and is 2 or more: a segment of one column gives each pixel offsets of its own,
+    which take all of its differences but their mean (the fits are degenerate, chi2 0)."""
     if not (
-        isinstance(columns, int | np.integer) and columns >= 1 and OUTPUT_COLUMNS % columns == 0
+        isinstance(columns, int | np.integer) and columns >= 2 and OUTPUT_COLUMNS % columns == 0
     ):
         raise ValueError(
-            f"segment columns: expected a divisor of {OUTPUT_COLUMNS}, got {columns!r}"
+            f"segment columns: expected a divisor of {OUTPUT_COLUMNS} other than 1, got {columns!r}"
         )
 
 

@@ -73,6 +73,7 @@ def test_config_tables_flat_keys_and_errors(tmp_path):
         # Checked when the chip was loaded, blamed on the raw file and a --gain never given:
         "[calibration]\ngain = inf\n": "[calibration] gain",
         "[calibration]\nsaturation = 0.0\n": "[calibration] saturation",
+        "[noise]\nsegment_columns = 1\n": "[noise] segment_columns",  # degenerate fits
     }
     for text, field in bad.items():
         with pytest.raises(InputError) as info:

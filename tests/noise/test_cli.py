@@ -102,3 +102,12 @@ def test_simulate_refuses_what_it_would_ignore_or_cannot_hold(tmp_path, capsys, 
         code = stop.code
     assert code == 2 and words in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_stress_refuses_one_column_segments(capsys):
+    """One column a segment gives each pixel offsets of its own: the nuisance cases printed NaN
+    biases (and a RuntimeWarning) before."""
+    with pytest.raises(SystemExit) as info:  # an argparse type: the usage and exit 2
+        main(["noise", "stress", "--segment-columns", "1"])
+    assert info.value.code == 2
+    assert "divisor of 512 other than 1" in capsys.readouterr().err

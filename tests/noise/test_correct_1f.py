@@ -211,6 +211,11 @@ def test_nuisance_product_and_command_line(exposure, tmp_path, capsys):
     assert main(["fit", *args, str(tmp_path / "x.h5"), "--segment-columns", "100"]) == 2
     assert "divisor of 512" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
+    # One column a segment gave each pixel offsets of its own: every fit degenerate (chi2 0,
+    # every fiber constant), exit 0.
+    assert main(["fit", *args, str(tmp_path / "x.h5"), "--segment-columns", "1"]) == 2
+    assert "divisor of 512 other than 1" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_nuisance_needs_no_reference_output(tmp_path):
