@@ -33,9 +33,10 @@ def _num(value, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def json_line(value) -> str:
+def json_line(value, *, indent: int | None = None) -> str:
     """A JSON line of a summary (NumPy scalars and paths included); a NaN or infinite number is
-    null (``NaN`` is no JSON: a reader refuses the line)."""
+    null (``NaN`` and ``Infinity`` are no JSON: a reader refuses the line). With ``indent``,
+    the same JSON on several lines (a file, or a long summary)."""
 
     def plain(item):
         if isinstance(item, np.generic):
@@ -51,7 +52,7 @@ def json_line(value) -> str:
             return [clean(v) for v in item]
         return item
 
-    return json.dumps(clean(value), default=plain, allow_nan=False)
+    return json.dumps(clean(value), default=plain, allow_nan=False, indent=indent)
 
 
 # --------------------------------------------------------------------------------------------

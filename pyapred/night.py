@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .commands import path_argument
+from .commands import json_line, path_argument
 from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK, InputError
 
 if TYPE_CHECKING:
@@ -738,7 +738,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     summary = night.summary()
     if getattr(args, "json", False):
-        print(json.dumps(summary, indent=1))
+        print(json_line(summary, indent=1))
     else:
         print(
             f"pyapred night: {summary['exposures']} exposures in {summary['seconds']} s: "

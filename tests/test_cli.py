@@ -205,6 +205,9 @@ def test_json_lines_say_null_for_nan_and_infinity():
 
     line = json_line({"a": float("nan"), "b": [np.float64("inf"), 1.5], "c": np.float32(2.0)})
     assert json.loads(line) == {"a": None, "b": [None, 1.5], "c": 2.0}
+    # The indented form (night's summary, validate's results.json) cleans the same way.
+    text = json_line({"a": [float("-inf")], "b": {"c": np.float64("nan")}}, indent=1)
+    assert text.count("\n") > 1 and json.loads(text) == {"a": [None], "b": {"c": None}}
 
 
 def test_demo_checks_what_it_writes_before_the_work(tmp_path, capsys):

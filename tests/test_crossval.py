@@ -66,3 +66,23 @@ def test_each_source_gets_its_defaults():
     _source_flags(args)
     assert (args.seed, args.pixels, args.reads) == (7, 50, 20)
     assert (args.rows, args.read_noise, args.gain) == ("1000:1016", 10.0, 1.9)
+
+
+def test_json_of_a_mismatch_is_json(monkeypatch, capsys):
+    """A twin's output of another shape, or with NaN elsewhere, is an infinite difference:
+    ``--json`` printed ``Infinity``, which no JSON reader takes."""
+    import json
+
+    import numpy as np
+
+    from pyapred import conformance, solver
+
+    monkeypatch.setattr(solver, "load_julia", lambda: None)
+    monkeypatch.setattr(
+        conformance,
+        "run_vector",
+        lambda case, backend: {"flux": np.ones(3 if backend == "numpy" else 2)},
+    )
+    assert main(["crossval", "--simulate", "--pixels", "2", "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(r["max_abs_diff"] is None and r["ok"] is False for r in rows)

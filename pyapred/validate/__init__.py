@@ -22,7 +22,6 @@ be chosen because the paper's values were lost.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..commands import MAX_SEED, at_least, path_argument
+from ..commands import MAX_SEED, at_least, json_line, path_argument
 from ..errors import EXIT_FLAGGED, EXIT_OK
 from ..simulate import omega_uniform, simulate_ramps
 from ..solver import extract_fluxes, fit_constant, fit_equal_weight, fit_omega
@@ -917,7 +916,8 @@ def write_report(results: dict, out_dir) -> Path:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     figures = make_figures(results, out / "figures")
     public = _public(results)
-    write_bytes_atomic(out / "results.json", json.dumps(public, indent=1).encode())
+    # NaN (a figure with nothing to measure) is null: bare NaN is no JSON.
+    write_bytes_atomic(out / "results.json", json_line(public, indent=1).encode())
     report = out / "report.md"
     write_bytes_atomic(report, render_markdown(public, figures).encode())
     return report
@@ -1016,12 +1016,12 @@ def run(args) -> int:
     sweep = results["amplitude_sweep"]
     failed = [c["description"] for c in results["checks"].values() if not c["passed"]]
     if getattr(args, "json", False):
-        print(json.dumps({
+        print(json_line({
             "mode": sizes.name, "seed": args.seed, "backend": args.backend,
             "inflation": single["inflation"], "threshold": sweep["threshold"],
             "threshold_noiseless": sweep["threshold_noiseless"], "checks": results["checks"],
             "runtime_s": results["run"]["runtime_s"]["total"], "report": str(report),
-        }, default=float))  # fmt: skip
+        }))  # fmt: skip
         return EXIT_FLAGGED if failed else EXIT_OK
     print(
         f"pyapred validate ({sizes.name}): inflation: time-variable "
