@@ -295,10 +295,11 @@ def fit_run(args: argparse.Namespace) -> int:
     options = dataclasses.replace(options, backend=resolve_backend(options.backend))
     # Every path is checked before any work: nothing is fitted for an output that cannot be
     # written, and no output may replace an input.
-    inputs = [check_input_file(path, "inputs") for path in args.inputs]
-    inputs += [check_input_file(path, "--traces") for path in args.traces]
+    flagged = [("inputs", path) for path in args.inputs]
+    flagged += [("--traces", path) for path in args.traces]
     if getattr(args, "config", None) is not None:  # read above; never replaced either
-        inputs.append(check_input_file(args.config, "--config"))
+        flagged.append(("--config", args.config))
+    inputs = [check_input_file(path, flag) for flag, path in flagged]
     check_output_path(args.out, "--out", inputs=inputs, overwrite=args.overwrite)
     if args.plots is not None:
         if Path(args.plots).resolve() == Path(args.out).resolve():
@@ -306,8 +307,10 @@ def fit_run(args: argparse.Namespace) -> int:
         check_output_path(args.plots, "--plots", inputs=[*inputs, args.out], folder=True)
         from .plots import PLOT_NAME
 
-        # A plot written over the product (exit 0) or the log, after the whole fit.
-        for flag, path in (("--out", args.out), ("--log", getattr(args, "log", None))):
+        # A plot written over the product (exit 0), the log or an input (a config named like
+        # a plot in the --plots folder), after the whole fit.
+        named = [("--out", args.out), ("--log", getattr(args, "log", None)), *flagged]
+        for flag, path in named:
             if path is None or Path(path).parent.resolve() != Path(args.plots).resolve():
                 continue
             if PLOT_NAME.fullmatch(Path(path).name):

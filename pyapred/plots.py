@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .exposure import (
     ChipResult,
     ExposureResult,
@@ -35,8 +36,8 @@ from .exposure import (
 )
 from .solver import Flag
 from .solver.reprs import quiet_nanmedian
+from .traces import N_FIBERS, fiber_index
 from .traces import fiber_id as _fiber_id
-from .traces import fiber_index
 
 __all__ = [
     "plot_chi2",
@@ -177,6 +178,28 @@ def _default_fibers(fits: FiberFits, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Per fiber group
 # --------------------------------------------------------------------------------------------
+def _chip_fibers(fiber_ids, n_fibers: int, name: str, *, one: bool = False) -> np.ndarray:
+    """The 0-based indices of the fiberIds ``fiber_ids`` (one fiberId where ``one``) on a chip
+    of ``n_fibers`` fibers; a ValueError naming ``name`` for any other than whole fiberIds of
+    the chip (301 was index -1, the last fiber, drawn under the name fiberId 301; 300.7 was
+    fiberId 300)."""
+    lowest = _fiber_id(n_fibers - 1)
+    what = "the fiberId of one of the chip's fibers" if one else "fiberIds of the chip's fibers"
+    expected = f"{what}, whole numbers {lowest} to {N_FIBERS}"
+    try:
+        given = np.asarray(fiber_ids)
+    except (TypeError, ValueError):
+        given = np.array([None])
+    ids = np.atleast_1d(given)
+    whole = (given.ndim == 0 or not one) and ids.ndim == 1 and ids.size > 0
+    whole = whole and ids.dtype.kind in "iuf"
+    if whole and ids.dtype.kind == "f":
+        whole = bool(np.all(np.isfinite(ids) & (ids == np.round(ids))))
+    if not whole or np.any((ids < lowest) | (ids > N_FIBERS)):
+        raise ValueError(f"{name}: expected {expected}, got {fiber_ids!r}")
+    return fiber_index(ids.astype(np.int64))
+
+
 def plot_omega(
     fits: FiberFits,
     read_times=None,
@@ -235,8 +258,10 @@ def plot_omega(
         return fig
     omega, cov = fits.fit.normalized()
     error = np.sqrt(np.maximum(np.diagonal(cov, axis1=-2, axis2=-1), 0.0))
-    picks = _default_fibers(fits, n_fibers) if fiber_ids is None else fiber_index(fiber_ids)
-    picks = np.atleast_1d(picks)
+    if fiber_ids is None:
+        picks = np.atleast_1d(_default_fibers(fits, n_fibers))
+    else:
+        picks = _chip_fibers(fiber_ids, fits.omega.shape[0], "fiber_ids")
     width = np.median(2 * t.half)
     for i, fiber in enumerate(picks):
         offset = 0.0 if picks.size == 1 else 0.12 * width * (i - (picks.size - 1) / 2)
@@ -586,7 +611,7 @@ def plot_ramps(
         score = np.where(fits.bright, np.nan_to_num(fits.delta_chi2, nan=-np.inf), -np.inf)
         fiber = int(np.argmax(score))
     else:
-        fiber = int(fiber_index(fiber_id))
+        (fiber,) = _chip_fibers(fiber_id, fits.omega.shape[0], "fiber_id", one=True)
     fid = int(_fiber_id(fiber))
     t = _time_axis(read_times, prep.shape[0], start)
     fig, axes = _figure((11, 7.5), 2, 2, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
@@ -857,6 +882,8 @@ def save_plots(
     from .io.atomic import atomic_path
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():  # mkdir said "File exists", no more
+        raise InputError(directory, "directory", "a folder for the plots", "a file")
     directory.mkdir(parents=True, exist_ok=True)
     written = []
 

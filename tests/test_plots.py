@@ -150,6 +150,23 @@ def test_fiber_ids_select_the_fibers(result):
     assert f"fiberId {wanted[0]} (" in title
 
 
+def test_a_fiber_id_off_the_chip_is_refused_not_drawn_as_another(result, tmp_path):
+    """fiberId 301 was index -1: the last fiber's ramps under the title fiberId 301; 300.7 was
+    fiberId 300; 0 or a fiberId beyond the chip's 40 fibers an IndexError."""
+    fits = result.fibers["R"]
+    for wrong in ([301], [0], [260], [300.7], ["300"], []):
+        with pytest.raises(ValueError, match="fiber_ids: expected fiberIds of the chip's fibers, "
+                                             "whole numbers 261 to 300"):  # fmt: skip
+            plots.plot_omega(fits, result.read_times, fiber_ids=wrong)
+    for wrong in (301, 260, np.int8(100), [300, 299]):
+        with pytest.raises(ValueError, match="fiber_id: expected the fiberId of one"):
+            plots.plot_ramps(result.chips["R"], fiber_id=wrong)
+    assert "fiberId 261 (" in _titles(plots.plot_ramps(result.chips["R"], fiber_id=261.0))
+    (tmp_path / "f").write_text("")
+    with pytest.raises(pyapred.errors.InputError, match="directory: expected a folder"):
+        plots.save_plots(result, tmp_path / "f")
+
+
 def test_save_plots_writes_the_standard_set(sim, tmp_path):
     # As `pyapred fit --plots`: the images go to the product as each chip is extracted, and
     # save_plots reads them back for the flux comparison.

@@ -148,8 +148,12 @@ def _exposure(chips, traces, options, *, product, overwrite, keep_images, traces
         chips = {name: _with_calibration(source, options) for name, source in chips.items()}
     if product is None:
         return _run(chips, traces, options, meta, progress, on_chip)
-    # Before any work: a product may never replace one of the inputs.
+    # Before any work: a product may never replace one of the inputs, files or the files that
+    # chips and traces in memory came from (a loader's is not known before it is called).
     inputs = [*meta.get("inputs", ()), *meta.get("traces", ())]
+    inputs += [c.source for c in chips.values() if isinstance(c, ChipExposure)]
+    in_memory = traces.values() if isinstance(traces, Mapping) else ()
+    inputs += [t.path for t in in_memory if isinstance(t, Traces) and t.path is not None]
     path = check_output_path(product, "product", inputs=inputs, overwrite=overwrite)
     if keep_images or is_fits_path(path):
         result = _run(chips, traces, options, meta, progress, on_chip)
@@ -410,7 +414,8 @@ def _corrected_1f(source: ChipSource, traces: Traces, options: FitOptions) -> Ca
 
 
 def _check_consistent(chip: ChipExposure, seen: dict) -> None:
-    """The chips of one call are one exposure: one telescope, night and number of reads."""
+    """The chips of one call are one exposure: one telescope, night, number of reads and set of
+    read times."""
     for key in ("telescope", "mjd"):
         value = getattr(chip, key)
         if value is None:
@@ -424,6 +429,17 @@ def _check_consistent(chip: ChipExposure, seen: dict) -> None:
             )
         seen.setdefault(key, (value, chip.source))
     _check_same_shape(chip.source, chip.reads.shape, seen)
+    # One exposure's chips are read together: the result keeps one set of read times. Within a
+    # millisecond: each file's own header gives them.
+    if chip.read_times is not None:
+        times = np.asarray(chip.read_times, dtype=np.float64)
+        label = f"chip {chip.name}" if chip.source == "<memory>" else chip.source
+        if "read_times" in seen and not np.allclose(times, seen["read_times"][0], rtol=0.0,
+                                                    atol=1e-3):  # fmt: skip
+            raise InputError(label, "read_times",
+                             f"the read times of {seen['read_times'][1]} (one exposure per call)",
+                             "other times")  # fmt: skip
+        seen.setdefault("read_times", (times, label))
 
 
 def _check_same_shape(source: str, shape: tuple, seen: dict) -> None:

@@ -101,6 +101,8 @@ def extract_chip(
     expect_type("options", options, FitOptions)
     n_reads, ny, nx = chip.reads.shape
     n_fibers, K = fibers.omega.shape
+    if prepared.name != chip.name:  # another chip's pixel map and fibers: no shape tells
+        raise ValueError(f"prepared: expected chip {chip.name!r}'s, got chip {prepared.name!r}'s")
     if prepared.shape != chip.reads.shape:
         raise ValueError(f"prepared: expected the chip's {chip.reads.shape} reads, was prepared "
                          f"from {prepared.shape}")  # fmt: skip

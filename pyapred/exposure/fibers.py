@@ -294,6 +294,9 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
                 f"prepared[{i}]: expected the fit pixels' reads, released after an earlier fit "
                 "(FitOptions.keep_fit_reads=False): prepare the chip again"
             )
+    names = [p.name for p in prepared]
+    if len(set(names)) < len(names):  # its pixels counted twice: omega errors too small by sqrt 2
+        raise ValueError(f"prepared: expected each chip once, got chips {names}")
     first = prepared[0]
     excluded = first.traces.excluded
     K = first.shape[0] - 1

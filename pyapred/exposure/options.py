@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import InputError
+from ..solver.api import MAX_COUNT
 
 __all__ = [
     "CONFIG_GROUPS",
@@ -238,7 +239,7 @@ class FitOptions:
                 object.__setattr__(self, item.name, value)
             problem = _check_value(item, value)
             if problem is not None:
-                raise ValueError(f"{item.name}: expected {problem}, got {value!r}")
+                raise ValueError(f"{item.name}: expected {problem}, got {_shown(value)}")
         conflict = _conflict(self.__dict__)
         if conflict is not None:
             name, expected = conflict
@@ -337,6 +338,13 @@ def _types() -> dict:
     return typing.get_type_hints(FitOptions)
 
 
+def _shown(value: Any) -> str:
+    """``value`` for an error message: an integer of hundreds of digits by its size."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
+
+
 def _optional(item: dataclasses.Field) -> bool:
     return type(None) in typing.get_args(_types()[item.name])
 
@@ -353,6 +361,8 @@ def _check_value(item: dataclasses.Field, value: Any) -> str | None:
         return None if isinstance(value, bool) else "true or false"
     if kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if ok and value > MAX_COUNT:  # the solver's counts are int64: refused there, late
+            return f"an integer at most 2**62 ({MAX_COUNT:.3g})"
         if ok and item.metadata.get("valid") is not None:
             predicate, expected = item.metadata["valid"]
             return None if predicate(value) else expected
@@ -360,6 +370,8 @@ def _check_value(item: dataclasses.Field, value: Any) -> str | None:
     # Ranges are checked where the values are used (load_chip names the file and the flag),
     # unless the field declares one.
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if ok and isinstance(value, int) and abs(value) > sys.float_info.max:
+        return "a number a float holds"  # 10**400 passed `< inf`, then overflowed in the run
     if ok and item.metadata.get("valid") is not None:
         predicate, expected = item.metadata["valid"]
         return None if predicate(value) else expected

@@ -313,18 +313,18 @@ MAX_READ = float(np.finfo(np.float32).max)
 
 
 #: The largest count an option takes: the kernels hold counts in int64.
-_MAX_COUNT = 2**62
+MAX_COUNT = 2**62
 #: The largest jump threshold (sigma): its square and its chi2 tail stay finite in float64.
 _MAX_THRESHOLD = 1e6
 
 
 def _count(value, name: str, minimum: int) -> int:
     """An integer option (a NumPy integer or a whole float too), ``minimum`` to
-    :data:`_MAX_COUNT`; else a ValueError naming it (NaN, 1e20, "3", an array)."""
+    :data:`MAX_COUNT`; else a ValueError naming it (NaN, 1e20, "3", an array)."""
     whole = isinstance(value, (int, np.integer)) or (
         isinstance(value, (float, np.floating)) and float(value).is_integer()
     )
-    if isinstance(value, (bool, np.bool_)) or not (whole and minimum <= value <= _MAX_COUNT):
+    if isinstance(value, (bool, np.bool_)) or not (whole and minimum <= value <= MAX_COUNT):
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
 

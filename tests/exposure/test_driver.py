@@ -14,12 +14,14 @@ from pyapred.exposure import (
     MODEL_TIME_VARIABLE,
     ChipExposure,
     FitOptions,
+    load_chip,
     match_inputs,
     run_exposure,
     truth_metrics,
     write_exposure,
 )
 from pyapred.simulate import simulate_exposure, write_simulated_exposure
+from pyapred.traces import read_trace_file
 
 SMALL = dict(n_fibers=40, n_columns=96, ref_columns=16, n_reads=20)
 
@@ -578,6 +580,15 @@ def test_a_product_never_replaces_an_input(tmp_path):
     with pytest.raises(InputError, match="none of the inputs"):
         run_exposure(paths["apz"], paths["traces"], product=paths["apz"][0], overwrite=True)
     assert paths["apz"][0].read_bytes() == before
+    # Chips and traces in memory name the files they came from: those were replaced.
+    chips = {"R": load_chip(paths["apz"][0])}
+    traces = {"R": read_trace_file(paths["traces"][0])}
+    trace_bytes = paths["traces"][0].read_bytes()
+    for target in (paths["apz"][0], paths["traces"][0]):
+        with pytest.raises(InputError, match="none of the inputs"):
+            run_exposure(chips, traces, product=target, overwrite=True)
+    assert paths["apz"][0].read_bytes() == before
+    assert paths["traces"][0].read_bytes() == trace_bytes
 
 
 @pytest.mark.parametrize("from_the_heap", [False, True])
@@ -687,6 +698,21 @@ def test_stages_named_at_their_door_when_called_wrongly():
         run_exposure([chip], [traces])
     with pytest.raises(ValueError, match=r"chips\['G'\]: expected the chip named 'G', got 'R'"):
         run_exposure({"G": chip}, {"G": traces})
+    # Another chip's parts, or one chip twice: no shape told them (wrong fibers, omega errors
+    # too small by sqrt 2, the first chip's read times), with no flag.
+    other = dataclasses.replace(prepared, name="G")
+    with pytest.raises(ValueError, match="prepared: expected chip 'R''s, got chip 'G''s"):
+        extract_chip(chip, other, fits, options)
+    twice = [prepare_chip(chip, traces, options), prepare_chip(chip, traces, options)]
+    with pytest.raises(
+        ValueError, match=r"prepared: expected each chip once, got chips \['R', 'R'\]"
+    ):
+        fit_fibers(twice, options)
+    times = np.arange(chip.reads.shape[0]) * 10.647
+    timed = dataclasses.replace(chip, read_times=times)
+    later = dataclasses.replace(chip, name="G", read_times=times * 3.0)
+    with pytest.raises(InputError, match="chip G: read_times: expected the read times of chip R"):
+        run_exposure({"R": timed, "G": later}, {"R": traces, "G": traces})
     with pytest.raises(TypeError, match=r"on_chip\('R', ...\): expected the ChipResult"):
         run_exposure({"R": chip}, {"R": traces}, on_chip=lambda name, result: None)
 

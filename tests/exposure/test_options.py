@@ -293,6 +293,24 @@ def test_the_config_and_the_plots_are_never_the_product(tmp_path, capsys):
         extra = ["--out", str(out)] if flag == "--log" else []
         assert main([*base, "--plots", str(plots), *extra, flag, str(path)]) == 2
         assert f"{flag}: expected a name that no plot in" in capsys.readouterr().err
+    # A config named like a plot in the --plots folder was replaced by that plot (exit 0).
+    plots.mkdir(exist_ok=True)
+    named = plots / "omega_R.png"
+    named.write_text("[model]\np_value = 0.01\n")
+    assert main([*base, "--out", str(out), "--plots", str(plots), "--config", str(named)]) == 2
+    assert "--config: expected a name that no plot in" in capsys.readouterr().err
+    assert named.read_text() == "[model]\np_value = 0.01\n"
+
+
+def test_counts_and_numbers_beyond_what_the_run_takes_are_refused_at_once():
+    """``max_iter`` above int64 passed, and the fit failed after the chip was prepared; a
+    400-digit integer for a float setting passed ``< inf`` and overflowed in the run."""
+    with pytest.raises(ValueError, match="max_iter: expected an integer at most 2"):
+        FitOptions(max_iter=2**63 - 1)
+    for name in ("min_snr", "jump_threshold", "gain", "read_noise", "amplitude_threshold"):
+        with pytest.raises(ValueError, match=f"{name}: expected a number a float holds, got an "):
+            FitOptions(**{name: 10**400})
+    assert FitOptions(max_iter=2**62, min_snr=10**10).max_iter == 2**62
 
 
 def test_numpy_numbers_are_taken_as_python_s():
