@@ -190,6 +190,10 @@ fit_fibers(prepared::PreparedChip, options::FitOptions = FitOptions()) =
 function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions = FitOptions())
     check_options(options)
     isempty(prepared) && throw(ArgumentError("prepared: expected at least one chip"))
+    # One chip twice counts its pixels twice: omega errors too small by sqrt 2.
+    names = [p.name for p in prepared]
+    length(unique(names)) == length(names) ||
+        throw(ArgumentError("prepared: expected each chip once, got chips $names"))
     first_chip = prepared[1]
     excluded = first_chip.traces.excluded
     N = size(first_chip.fit_reads, 3)

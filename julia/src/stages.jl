@@ -42,6 +42,9 @@ A [`ChipResult`](@ref).
 """
 function extract_chip(chip::ChipExposure, prepared::PreparedChip, fibers::FiberFits,
         options::FitOptions = FitOptions())
+    # Another chip's pixel map and fibers: no shape tells them apart.
+    prepared.name == chip.name || throw(ArgumentError(
+        "prepared: expected chip $(repr(chip.name))'s, got chip $(repr(prepared.name))'s"))
     nx, ny, N = size(chip.reads)
     K = N - 1
     nf = size(fibers.omega, 2)
