@@ -474,15 +474,33 @@ def read_config(path: str | os.PathLike) -> FitOptions:
             for name, item in value.items():
                 if groups.get(name, key) != key:
                     raise InputError(path, f"[{key}] {name}", f"{name} in table [{groups[name]}]")
-                values[name], labels[name] = item, f"[{key}] {name}"
+                _set_once(values, labels, name, item, f"[{key}] {name}", path)
         else:
-            values[key] = value
+            _set_once(values, labels, key, value, key, path)
     return _build(values, str(path), labels)
+
+
+def _set_once(values: dict, labels: dict, name: str, value: Any, label: str, path) -> None:
+    """``values[name] = value``, unless the file gave ``name`` already (flat and in its table:
+    the later one won, silently)."""
+    if name in values:
+        raise InputError(path, label, f"{name} given once", f"it at {labels.get(name, name)} too")
+    values[name], labels[name] = value, label
 
 
 # --------------------------------------------------------------------------------------------
 # Command-line flags
 # --------------------------------------------------------------------------------------------
+class _GivenOnce(argparse.Action):
+    """A flag that takes one value: given twice, it is refused (two ``--config`` files are not
+    merged; the second replaced the first, silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string}: expected one, got a second: {values}")
+        setattr(namespace, self.dest, values)
+
+
 def add_option_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and one flag per :class:`FitOptions` field, grouped as in config files.
 
@@ -491,7 +509,7 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
     """
     defaults = FitOptions()
     parser.add_argument(
-        "--config", type=Path, metavar="FILE",
+        "--config", type=Path, metavar="FILE", action=_GivenOnce,
         help="fit settings from a TOML file ([model], [pixels], ... tables; see docs/pipeline.md) "
         "or from a pyapred product (.h5: the settings it was made with); flags given override it",
     )  # fmt: skip

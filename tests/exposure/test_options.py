@@ -74,6 +74,8 @@ def test_config_tables_flat_keys_and_errors(tmp_path):
         "[calibration]\ngain = inf\n": "[calibration] gain",
         "[calibration]\nsaturation = 0.0\n": "[calibration] saturation",
         "[noise]\nsegment_columns = 1\n": "[noise] segment_columns",  # degenerate fits
+        # Flat and in its table: the later won, silently.
+        "p_value = 0.01\n[model]\np_value = 0.5\n": "[model] p_value: expected p_value given once",
     }
     for text, field in bad.items():
         with pytest.raises(InputError) as info:
@@ -300,6 +302,17 @@ def test_the_config_and_the_plots_are_never_the_product(tmp_path, capsys):
     assert main([*base, "--out", str(out), "--plots", str(plots), "--config", str(named)]) == 2
     assert "--config: expected a name that no plot in" in capsys.readouterr().err
     assert named.read_text() == "[model]\np_value = 0.01\n"
+
+
+def test_a_second_config_is_refused_not_laid_over_the_first(tmp_path, capsys):
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text("[model]\np_value = 0.01\n")
+    second.write_text("[pixels]\nmin_snr = 10\n")
+    argv = ["fit", "x.apz", "--traces", "t.h5", "--out", str(tmp_path / "p.h5")]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--config", str(first), "--config", str(second)])
+    assert info.value.code == 2
+    assert f"--config: expected one, got a second: {second}" in capsys.readouterr().err
 
 
 def test_counts_and_numbers_beyond_what_the_run_takes_are_refused_at_once():
