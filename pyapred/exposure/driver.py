@@ -108,10 +108,32 @@ def run_exposure(
     """
     options = FitOptions() if options is None else options
     expect_type("options", options, FitOptions)
+    if not isinstance(chips, (Mapping, str, os.PathLike)):
+        chips = list(chips)  # a generator of paths had no len()
     if isinstance(chips, (str, os.PathLike)) or not len(chips):
         raise ValueError(f"chips: expected chips by name or a sequence of files, got {chips!r}")
     if not isinstance(chips, Mapping) and any(isinstance(c, ChipExposure) for c in chips):
         raise TypeError("chips: expected chips in memory by name ({'R': chip, ...}), got a list")
+    # Traces as chips are: by name with chips by name, files with files (one path was taken
+    # as a sequence of one-letter paths: "/: traces: expected a file, found a folder").
+    if isinstance(traces, (str, os.PathLike)):
+        raise ValueError(f"traces: expected a list of trace files, got one path, {traces!r}")
+    if isinstance(chips, Mapping) != isinstance(traces, Mapping):
+        want = (
+            "Traces by chip name, as the chips"
+            if isinstance(chips, Mapping)
+            else "files, as the chips"
+        )
+        raise TypeError(f"traces: expected {want}, got {type(traces).__name__}")
+    if not isinstance(traces, Mapping):
+        traces = list(traces)
+    if options.chromatic and isinstance(chips, Mapping):  # was refused after the chips' work
+        from ..chromatic import CHIP_WAVELENGTH_UM
+
+        unknown = [name for name in chips if name not in CHIP_WAVELENGTH_UM]
+        if unknown:
+            raise ValueError(f"chips: expected chips named R, G or B with chromatic (their "
+                             f"wavelengths give the coordinate), got {unknown}")  # fmt: skip
     options = dataclasses.replace(options, backend=resolve_backend(options.backend))
     from ..io import BackgroundHashes, is_fits_path
 
@@ -162,7 +184,9 @@ def _exposure(chips, traces, options, *, product, overwrite, keep_images, traces
     with ProductWriter(path, overwrite=overwrite) as writer:
 
         def write_chip(name: str, chip: ChipResult) -> ChipResult:
-            chip = on_chip(name, chip) if on_chip is not None else chip
+            if on_chip is not None:  # checked before its images are written, not after
+                chip = on_chip(name, chip)
+                expect_type(f"on_chip({name!r}, ...)", chip, ChipResult, "the ChipResult to keep")
             writer.add_chip(name, ChipImages.from_fit(chip))
             return _without_images(chip)
 

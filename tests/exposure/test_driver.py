@@ -717,6 +717,31 @@ def test_stages_named_at_their_door_when_called_wrongly():
         run_exposure({"R": chip}, {"R": traces}, on_chip=lambda name, result: None)
 
 
+def test_run_exposure_arguments_of_the_wrong_form_are_told_before_the_work(tmp_path):
+    """One trace path was taken as paths of one letter ("/: traces: expected a file, found a
+    folder"); files with traces by name failed on the first chip; a generator of files had no
+    len(); chromatic with a chip not named R, G or B, and an on_chip that returns nothing with a
+    product, failed after the work."""
+    sim = simulate_exposure("clouds", seed=6, chips=("R",), **SMALL)
+    paths = write_simulated_exposure(sim, tmp_path)
+    raw, trace = paths["apz"][0], paths["traces"][0]
+    with pytest.raises(ValueError, match="traces: expected a list of trace files, got one path"):
+        run_exposure([raw], str(trace))
+    with pytest.raises(TypeError, match="traces: expected files, as the chips, got dict"):
+        run_exposure([raw], {"R": read_trace_file(trace)})
+    with pytest.raises(TypeError, match="traces: expected Traces by chip name"):
+        run_exposure({"R": load_chip(raw)}, [trace])
+    fits = run_exposure((p for p in [raw]), [trace])
+    assert list(fits.chips) == ["R"]
+    chip = dataclasses.replace(load_chip(raw), name="X")
+    with pytest.raises(ValueError, match="chips: expected chips named R, G or B with chromatic"):
+        run_exposure({"X": chip}, {"X": read_trace_file(trace)}, FitOptions(chromatic=True))
+    product = tmp_path / "p.h5"
+    with pytest.raises(TypeError, match=r"on_chip\('R', ...\): expected the ChipResult to keep"):
+        run_exposure([raw], [trace], product=product, on_chip=lambda name, chip: None)
+    assert not product.exists()
+
+
 def test_a_streamed_result_is_not_written_again(tmp_path):
     sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
     result = run_exposure(chips_of(sim), traces_of(sim), product=tmp_path / "p.h5")
