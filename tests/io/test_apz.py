@@ -71,6 +71,24 @@ def test_write_apz_round_trip_of_arbitrary_counts(tmp_path):
     assert np.array_equal(read_apz(path, dtype=np.float32).reads, reads.astype(np.float32))
 
 
+def test_write_apz_appends_each_read_as_astropy_writes_it(tmp_path):
+    """The reads' HDUs are appended as bytes (astropy's append mode went over the file's HDUs
+    at every read: quadratic in the reads): the file is the one astropy writes in one go."""
+    rng = np.random.default_rng(4)
+    reads = np.cumsum(rng.integers(0, 40, size=(9, 3, 16)), axis=0).astype(np.uint16)
+    header, read_headers = make_headers(9, date_obs="2025-01-01T00:00:00", chip="a")
+    path = write_apz(tmp_path / "apR-a-52190001.apz", reads, read_headers, header=header)
+    with fits.open(path) as hdul:
+        hdus = [fits.PrimaryHDU()]
+        for hdu in hdul[1:]:
+            compressed = fits.CompImageHDU(hdu.data, hdu.header, compression_type="RICE_1",
+                                           tile_shape=(1, 16))  # fmt: skip
+            hdus.append(compressed)
+        fits.HDUList(hdus).writeto(tmp_path / "whole.fits")
+    assert path.read_bytes() == (tmp_path / "whole.fits").read_bytes()
+    assert np.array_equal(read_apz(path).reads, reads)
+
+
 def test_full_chip_round_trip(tmp_path):
     reads = simulated_chip(3, ny=2048, seed=7)
     exposure = read_apz(write_simulated_apz(tmp_path, reads))
