@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from ..errors import InputError
 from .apz import read_apz
@@ -46,21 +47,33 @@ def describe(path: str | Path, *, full: bool = False) -> str:
 
 
 def _describe_npz(path: Path) -> str:
-    """The arrays of a NumPy ``.npz`` file (``pyapred simulate``'s truth file)."""
+    """The arrays of a NumPy ``.npz`` file (``pyapred simulate``'s truth file), from each
+    array's ``.npy`` header alone: loading them decompressed every array (gigabytes from a
+    small file) only to print its dtype and shape."""
     import zipfile
 
-    import numpy as np
+    from numpy.lib import format as npy
 
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    arrays = {}
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    raise ValueError(f"{member}: not a .npy array")
+                with archive.open(member) as handle:
+                    version = npy.read_magic(handle)
+                    if version not in readers:
+                        raise ValueError(f"{member}: .npy format {version}")
+                    shape, _, dtype = readers[version](handle)
+                arrays[member.removesuffix(".npy")] = (dtype, shape)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOF: an empty file
         raise InputError(path, "npz", "a NumPy .npz file of arrays",
                          str(exc) or type(exc).__name__) from None  # fmt: skip
     lines = [f"{path}: NumPy arrays ({len(arrays)}; pyapred simulate's truth file holds omega,"
              " fiber types and per-chip fluxes)"]  # fmt: skip
-    for name, value in arrays.items():
-        lines.append(f"  {name}: {value.dtype}, {value.shape}")
+    for name, (dtype, shape) in arrays.items():
+        lines.append(f"  {_name(name)}: {dtype}, {shape}")
     return "\n".join(lines)
 
 
@@ -78,7 +91,7 @@ def _summarize_hdf5(path: Path) -> str:
                 continue
             if name == "fibers":
                 for key, fibers in group.items():
-                    lines.append(f"  fibers/{key}: {_fiber_line(fibers)}")
+                    lines.append(f"  fibers/{_name(key)}: {_fiber_line(fibers)}")
                 continue
             members = [k for k, v in group.items() if isinstance(v, h5py.Dataset)]
             first = (
@@ -86,9 +99,10 @@ def _summarize_hdf5(path: Path) -> str:
             )
             shape = "" if first is None else f" {_dataset_line(first)};"
             more = f" and {len(members) - 8} more" if len(members) > 8 else ""
-            lines.append(f"  {name}:{shape} {', '.join(members[:8])}{more}")
+            shown = ", ".join(_name(m) for m in members[:8])
+            lines.append(f"  {_name(name)}:{shape} {shown}{more}")
         for name in datasets[:_SUMMARY_LINES]:
-            lines.append(f"  {name}: {_dataset_line(handle[name])}")
+            lines.append(f"  {_name(name)}: {_dataset_line(handle[name])}")
         if len(datasets) > _SUMMARY_LINES:
             lines.append(f"  ... and {len(datasets) - _SUMMARY_LINES} more datasets")
         if isinstance(handle.get("metadata"), h5py.Group):
@@ -101,6 +115,10 @@ def _summarize_hdf5(path: Path) -> str:
                 lines.append(f"  and {rest} more metadata keys")
     lines.append("  (pyapred inspect --full: every dataset and metadata key)")
     return "\n".join(lines)
+
+
+#: The most fibers a summary counts the models of (a group holds 300, or 900 for three chips).
+_MAX_FIBERS_SHOWN = 4096
 
 
 def _fiber_line(group) -> str:
@@ -117,9 +135,23 @@ def _fiber_line(group) -> str:
         else:
             parts.append(f"omega of shape {shape} (expected (fibers, read differences))")
     if "model" in group:
-        models = Counter(decode(m) for m in group["model"][()])
-        parts.append("models " + ", ".join(f"{n} {m}" for m, n in models.most_common()))
+        model = group["model"]
+        size = getattr(model, "size", None)
+        # One per fiber: a damaged product's 300 million were read and counted one by one.
+        if isinstance(model, h5py.Dataset) and size is not None and size <= _MAX_FIBERS_SHOWN:
+            models = Counter(decode(m) for m in np.ravel(model[()]))
+            parts.append("models " + ", ".join(f"{n} {m}" for m, n in models.most_common()))
+        else:
+            shape = getattr(model, "shape", None)
+            parts.append(f"model of shape {shape} (expected one per fiber)")
     return "; ".join(parts) or f"{len(group)} datasets"
+
+
+def _name(text: str) -> str:
+    """A name from the file as it may be printed: quoted with its escapes (``repr``) where it
+    holds a control character (a newline forged lines of the listing, an escape sequence
+    reached the terminal)."""
+    return text if text.isprintable() else repr(text)
 
 
 def _short(value) -> str:
@@ -152,7 +184,7 @@ def _describe_hdf5(path: Path) -> str:
             if isinstance(item, h5py.Group):
                 groups.append(item)
             elif isinstance(item, h5py.Dataset) and not name.startswith("metadata/"):
-                lines.append(f"  {name}: {_dataset_line(item)}")
+                lines.append(f"  {_name(name)}: {_dataset_line(item)}")
 
         handle.visititems(visit)
         # Soft and external links, which visititems does not follow: said as links (one to
@@ -164,10 +196,11 @@ def _describe_hdf5(path: Path) -> str:
                     name = f"{group.name.rstrip('/')}/{key}".lstrip("/")
                     where = getattr(link, "filename", "")
                     target = f"{where}:{link.path}" if where else link.path
-                    lines.append(f"  {name}: a link to {target}{_link_state(group, key)}")
+                    state = _link_state(group, key)
+                    lines.append(f"  {_name(name)}: a link to {_name(target)}{state}")
         if isinstance(handle.get("metadata"), h5py.Group):
             for key, value in read_group(path, handle["metadata"]).items():
-                lines.append(f"  metadata/{key} = {value!r}")
+                lines.append(f"  metadata/{_name(key)} = {value!r}")
     return "\n".join(lines)
 
 

@@ -93,6 +93,59 @@ def test_inspect_odd_but_readable_files(tmp_path, capsys):
     assert "omega of shape ()" in out and "Traceback" not in out
 
 
+def test_inspect_reads_headers_not_the_data_it_only_describes(tmp_path, capsys):
+    """A small file declaring a huge array (an .npz of 745 GiB, a product's ``model`` of 300
+    million): inspect allocated it (a MemoryError traceback) or counted it one element at a
+    time (a hang). A zip member that is no .npy gave an AttributeError."""
+    import io
+    import zipfile
+
+    import h5py
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (10**11,)}
+    )
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.writestr("a.npy", b"\x93NUMPY\x01\x00" + header.getvalue()[8:])
+    assert main(["inspect", str(tmp_path / "huge.npz")]) == EXIT_OK
+    assert "  a: float64, (100000000000,)" in capsys.readouterr().out
+    with zipfile.ZipFile(tmp_path / "text.npz", "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    assert main(["inspect", str(tmp_path / "text.npz")]) == EXIT_BAD_INPUT
+    assert "notes.txt: not a .npy array" in capsys.readouterr().err
+    ones = np.ones((3, 4))
+    product = write_product(
+        tmp_path / "p.h5", chips={"R": ChipImages(ones, ones, ones, ones.astype(int))}
+    )
+    with h5py.File(product, "a") as handle:
+        handle.create_dataset("fibers/R/model", shape=(10**12,), dtype="S1")  # never written
+    assert main(["inspect", str(product)]) == EXIT_OK
+    assert "model of shape (1000000000000,) (expected one per fiber)" in capsys.readouterr().out
+
+
+def test_names_with_control_characters_are_printed_escaped(tmp_path):
+    """A group or metadata key named with a newline forged lines of the listing (a fake
+    ``metadata/telescope = 'lco'``), an escape sequence reached the terminal."""
+    import h5py
+
+    from pyapred.io.summary import describe
+
+    ones = np.ones((3, 4))
+    product = write_product(
+        tmp_path / "p.h5", chips={"R": ChipImages(ones, ones, ones, ones.astype(int))}
+    )
+    forged = "R\x1b[2J\n  metadata/telescope = 'lco'"
+    with h5py.File(product, "a") as handle:
+        handle.move("R", forged)
+        handle["metadata"].attrs["x"] = 1
+        handle["metadata/evil\n  x"] = 2
+    for full in (False, True):
+        text = describe(product, full=full)
+        assert "\x1b" not in text and "\n  metadata/telescope = 'lco'" not in text, text
+        assert "R\\x1b[2J\\n" in text  # the name, escaped
+
+
 def test_full_listing_says_links_and_those_that_cannot_be_followed(tmp_path):
     """A soft link to itself (or to nothing) was left out of ``inspect --full``, silently."""
     import h5py
