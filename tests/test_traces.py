@@ -27,6 +27,10 @@ def straight_traces(n_fibers=5, n_columns=8, spacing=6.6, sigma=1.1, first=10.0)
 def test_fiber_numbering_and_fpi_fibers():
     assert fiber_index(300) == 0 and fiber_index(1) == 299
     assert fiber_id(fiber_index(123)) == 123
+    # 301 was -1 (the last fiber of the array it indexed), 2.5 was 297.5, True 299.
+    for wrong in (301, 0, 2.5, True, "7", [1, 301], float("nan")):
+        with pytest.raises(ValueError, match="fiber_id: expected whole fiberIds 1 to 300"):
+            fiber_index(wrong)
     # fiberIds 75 and 225 (APO), 82 and 213 (LCO) are the FPI fibers.
     assert sorted(fpi_fiber_indices("apo")) == [75, 225]
     assert sorted(fpi_fiber_indices("LCO")) == [87, 218]

@@ -56,8 +56,16 @@ APOGEE_SCIENCE_COLUMNS = {2048: 2048, 2560: 2048}
 
 
 def fiber_index(fiber_id):
-    """0-based on-chip fiber index of an APOGEE fiberId (1..300): ``300 - fiberId``."""
-    return N_FIBERS - np.asarray(fiber_id)
+    """0-based on-chip fiber index of an APOGEE fiberId (1..300): ``300 - fiberId``.
+
+    A ValueError for anything else than whole fiberIds 1 to 300 (301 gave -1, the last fiber
+    of an array it indexed; 2.5 gave 297.5, True 299).
+    """
+    ids = np.asarray(fiber_id)
+    whole = ids.dtype.kind in "iuf" and bool(np.all(np.isfinite(ids)))
+    if not whole or not np.all((ids == np.round(ids)) & (ids >= 1) & (ids <= N_FIBERS)):
+        raise ValueError(f"fiber_id: expected whole fiberIds 1 to {N_FIBERS}, got {fiber_id!r}")
+    return N_FIBERS - ids
 
 
 def _as_float_array(value, name: str) -> np.ndarray:
