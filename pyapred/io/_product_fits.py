@@ -171,16 +171,22 @@ def read_fits(
             primary = hdul[0].header.copy()
             parts: dict[str, dict] = {}
             fibers, metadata, has_metadata = {}, {}, False
+            seen_images: set = set()
             for number, hdu in enumerate(hdul[1:], start=1):
                 where = f"HDU {number} ({hdu.name or 'no EXTNAME'})"
                 header = hdu.header
+                # An image or a group given twice: the later one won, silently.
                 if "PAPCHIP" in header:
+                    image = (header["PAPCHIP"], header["PAPIMAGE"])
+                    if image in seen_images:
+                        raise ValueError(f"chip {image[0]}'s {image[1]} again")
+                    seen_images.add(image)
                     if images:
-                        parts.setdefault(header["PAPCHIP"], {})[header["PAPIMAGE"]] = _native(
-                            hdu.data
-                        )
+                        parts.setdefault(image[0], {})[image[1]] = _native(hdu.data)
                 elif "PAPGROUP" in header:
                     _check_columns(path, where, hdu.data, _FIBER_COLUMNS)
+                    if header["PAPGROUP"] in fibers:
+                        raise ValueError(f"fiber group {header['PAPGROUP']} again")
                     fibers[header["PAPGROUP"]] = _fibers(hdu.data, fiber_type)
                 elif hdu.name == "METADATA":
                     _check_columns(path, where, hdu.data, ("KEY", "VALUE"))
@@ -226,6 +232,15 @@ def _native(array: np.ndarray) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("="))
 
 
+def _integers(table, name: str) -> np.ndarray:
+    """Column ``name`` of ``table`` as int64; a ValueError unless it holds integers (a float
+    column was cut: FIBER_INDEX 0.6 read as 0, a NaN N_FIT_PIXELS as -2**63)."""
+    values = _native(table[name])
+    if values.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integers, found {values.dtype}")
+    return values.astype(np.int64)
+
+
 _STATISTICS = ("AMPLITUDE", "DELTA_CHI2", "P_VALUE", "N_FIT_PIXELS", "N_ITER",
                "CHROMATIC_DELTA_CHI2", "CHROMATIC_P_VALUE", "CHROMATIC_AMPLITUDE")  # fmt: skip
 #: Optional ``(n, K)`` columns (the chromatic fit).
@@ -249,11 +264,13 @@ def _fibers(table, fiber_type):
     names = set(table.columns.names)
     k = int(table.columns["OMEGA"].format.repeat)  # K of an empty table too
     omega = _native(table["OMEGA"]).reshape(n, k)
-    fiber_index = _native(table["FIBER_INDEX"]).astype(np.int64)
+    fiber_index = _integers(table, "FIBER_INDEX")
     if "FIBERID" in names and not np.array_equal(table["FIBERID"], 300 - fiber_index):
         raise ValueError("FIBERID: expected 300 - FIBER_INDEX")
     stats = {
-        name.lower(): _native(table[name]).astype(np.int64 if name.startswith("N_") else float)
+        name.lower(): _integers(table, name)
+        if name.startswith("N_")
+        else _native(table[name]).astype(float)
         for name in _STATISTICS
         if name in names
     }
@@ -263,8 +280,8 @@ def _fibers(table, fiber_type):
         fiber_index=fiber_index,
         omega=omega,
         omega_cov=_native(table["OMEGA_COV"]).reshape(n, k, k),
-        ref_index=_native(table["REF_INDEX"]).astype(np.int64),
+        ref_index=_integers(table, "REF_INDEX"),
         model=tuple(str(m) for m in table["MODEL"]),
-        flags=_native(table["FLAGS"]).astype(np.int64),
+        flags=_integers(table, "FLAGS"),
         **stats,
     )

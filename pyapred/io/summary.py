@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from ..errors import InputError
 from .apz import read_apz
@@ -138,12 +137,11 @@ def _fiber_line(group) -> str:
         model = group["model"]
         size = getattr(model, "size", None)
         # One per fiber: a damaged product's 300 million were read and counted one by one.
-        if isinstance(model, h5py.Dataset) and size is not None and size <= _MAX_FIBERS_SHOWN:
-            models = Counter(decode(m) for m in np.ravel(model[()]))
-            parts.append("models " + ", ".join(f"{n} {m}" for m, n in models.most_common()))
+        if isinstance(model, h5py.Dataset) and size is not None and size > _MAX_FIBERS_SHOWN:
+            parts.append(f"model of shape {model.shape} (expected one per fiber)")
         else:
-            shape = getattr(model, "shape", None)
-            parts.append(f"model of shape {shape} (expected one per fiber)")
+            models = Counter(decode(m) for m in model[()])
+            parts.append("models " + ", ".join(f"{n} {m}" for m, n in models.most_common()))
     return "; ".join(parts) or f"{len(group)} datasets"
 
 

@@ -398,6 +398,30 @@ def test_a_malformed_fits_product_names_the_hdu_and_column(tmp_path):
         no_image_name
     )
 
+    # A float column of integers was cut (FIBER_INDEX 0.6 read as 0, a NaN N_FIT_PIXELS as
+    # -2**63); an HDU given twice, the later one won: both silently.
+    def float_column(name):
+        def change(hdus):
+            number = next(i for i, h in enumerate(hdus) if h.name == "FIBERS_R")
+            table = hdus[number]
+            columns = [fits.Column(c.name, "D", array=table.data[c.name] + 0.6)
+                       if c.name == name else c for c in table.columns]  # fmt: skip
+            hdus[number] = fits.BinTableHDU.from_columns(columns, header=table.header)
+
+        return change
+
+    for name in ("FIBER_INDEX", "FLAGS", "REF_INDEX", "N_FIT_PIXELS"):
+        assert f"{name}: expected integers, found float64" in broken(float_column(name))
+
+    def twice(kind):
+        def change(hdus):
+            hdus.insert(-1, next(h for h in hdus if h.name == kind).copy())
+
+        return change
+
+    assert "fiber group R again" in broken(twice("FIBERS_R"))
+    assert "chip R's rate again" in broken(twice("R_RATE"))
+
 
 def test_format_1_fits_still_reads(tmp_path):
     ones = np.ones((3, 4))
