@@ -85,6 +85,17 @@ def _time_axis(read_times, n_reads: int, start: str | None = None) -> _Time:
     puts in place of missing times: they count as unknown.
     """
     times = None if read_times is None else np.asarray(read_times, dtype=np.float64)
+    # Times of another length, NaN or not increasing were drawn as the read index, silently,
+    # or as a blank figure.
+    if times is not None and (
+        times.shape != (n_reads,) or not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0)
+    ):
+        raise ValueError(
+            f"read_times: expected {n_reads} finite, increasing times (s), got "
+            f"{times.shape[0] if times.ndim == 1 else times.shape} "
+            f"{'values' if times.ndim == 1 else 'array'}"
+            + ("" if times.shape != (n_reads,) else " with NaN or a step back")
+        )
     known = (
         times is not None
         and times.shape == (n_reads,)
@@ -240,6 +251,11 @@ def plot_omega(
     """
     K = fits.omega_fit.shape[1]
     t = _time_axis(read_times, K + 1, start)
+    if truth is not None:  # another shape: an IndexError at the fiber, or another fiber's omega
+        truth = np.asarray(truth, dtype=np.float64)
+        if truth.shape != fits.omega.shape:
+            raise ValueError(f"truth: expected omega's shape {fits.omega.shape} (fibers, read "
+                             f"differences), got {truth.shape}")  # fmt: skip
     with_residuals = truth is not None and ax is None
     if ax is None:
         fig, axes = _figure(
@@ -437,6 +453,8 @@ def plot_chi2(fits: FiberFits, *, chip: str | None = None, upper: float | None =
     variable = (fits.fit.chi2[used] / np.maximum(fits.fit.n_diff[used] - 1, 1))[keep]
     constant = (fits.pixel_chi2_constant[used] / np.maximum(fits.fit.n_diff[used] - 1, 1))[keep]
     values, counts = np.unique(dof, return_counts=True)
+    if upper is not None and not 0 < upper < np.inf:  # 0 divided by 0 in the bin width
+        raise ValueError(f"upper: expected a finite chi2/dof > 0, got {upper!r}")
     if upper is None:
         upper = float(np.clip(chi2_law.ppf(0.999, values.min()) / values.min(), 2.0, 10.0))
     width = upper / 40
@@ -752,6 +770,13 @@ def plot_flux_comparison(
     rng = np.random.default_rng(seed)
     shown = rng.permutation(x.size)[:max_points]
     positive = x > 0  # the left panel's log axis; the truth panel selects on the truth
+    if true_flux is not None:
+        true_flux = np.asarray(true_flux, dtype=np.float64)
+        if true_flux.shape != flux.shape:
+            raise ValueError(f"true_flux: expected the chip's image shape {flux.shape}, got "
+                             f"{true_flux.shape}")  # fmt: skip
+        if not np.any(true_flux[use] > 0):  # matplotlib's log axis failed while saving
+            raise ValueError("true_flux: expected a positive true flux at some extracted pixel")
     panels = 1 if true_flux is None else 2
     fig, axes = _figure((6.5 * panels, 5), 1, panels)
     left = axes[0, 0]

@@ -167,6 +167,26 @@ def test_a_fiber_id_off_the_chip_is_refused_not_drawn_as_another(result, tmp_pat
         plots.save_plots(result, tmp_path / "f")
 
 
+def test_plot_arguments_of_another_shape_or_range_are_refused(result):
+    """A truth of two fibers (IndexError), upper=0 (ZeroDivisionError), a true flux of another
+    shape (IndexError) or with nothing positive (matplotlib failed while saving), NaN read times
+    (a blank figure) or five of eight (drawn as the read index, silently)."""
+    fits, chip = result.fibers["R"], result.chips["R"]
+    times = result.read_times
+    with pytest.raises(ValueError, match="truth: expected omega's shape"):
+        plots.plot_omega(fits, times, truth=np.ones((2, fits.omega.shape[1])))
+    with pytest.raises(ValueError, match="upper: expected a finite chi2/dof > 0"):
+        plots.plot_chi2(fits, upper=0)
+    with pytest.raises(ValueError, match="true_flux: expected the chip's image shape"):
+        plots.plot_flux_comparison(chip, true_flux=np.ones((3, 4)))
+    with pytest.raises(ValueError, match="true_flux: expected a positive true flux"):
+        plots.plot_flux_comparison(chip, true_flux=np.full(chip.flux.shape, np.nan))
+    with pytest.raises(ValueError, match="read_times: expected 20 finite, increasing times"):
+        plots.plot_omega(fits, np.where(np.arange(20) == 3, np.nan, times))
+    with pytest.raises(ValueError, match="got 5 values"):
+        plots.plot_omega(fits, times[:5])
+
+
 def test_save_plots_writes_the_standard_set(sim, tmp_path):
     # As `pyapred fit --plots`: the images go to the product as each chip is extracted, and
     # save_plots reads them back for the flux comparison.
