@@ -980,7 +980,10 @@ def _read_hdf5(path, handle: h5py.File, images: bool) -> Product:
     metadata = read_group(path, handle["metadata"]) if "metadata" in handle else {}
     _check_read(path, chips, fibers, lambda kind, key: key if kind == "chip" else f"fibers/{key}")
     if version == 1:
-        fibers = {key: _v1_statistics(key, results, metadata) for key, results in fibers.items()}
+        fibers = {
+            key: _v1_statistics(key, results, metadata, str(path))
+            for key, results in fibers.items()
+        }
     return Product(str(path), chips, fibers, metadata, version)
 
 
@@ -1096,12 +1099,25 @@ def _read_fibers(path, group: h5py.Group) -> FiberResults:
     )
 
 
-def _v1_statistics(key: str, results: FiberResults, metadata: dict) -> FiberResults:
-    """A format-1 fiber group with the statistics its metadata kept as ``{key}_{stat}``."""
+def _v1_statistics(
+    key: str, results: FiberResults, metadata: dict, path: str = "product"
+) -> FiberResults:
+    """A format-1 fiber group with the statistics its metadata kept as ``{key}_{stat}``: real
+    numbers, whole ones for the counts (``n_*``), as format 2 holds them (strings, complex
+    numbers and a NaN count were taken as they were)."""
     n = len(results.model)
-    found = {
-        stat: np.asarray(metadata[f"{key}_{stat}"])
-        for stat in _FIBER_STATS
-        if np.shape(metadata.get(f"{key}_{stat}")) == (n,)
-    }
+    found = {}
+    for stat in _FIBER_STATS:
+        name = f"{key}_{stat}"
+        if np.shape(metadata.get(name)) != (n,):
+            continue
+        values = np.asarray(metadata[name])
+        count = stat.startswith("n_")
+        real = values.dtype.kind in ("iu" if count else "iuf")
+        if not real and count and values.dtype.kind == "f":  # whole floats: an older writer's
+            real = bool(np.all(np.isfinite(values) & (values == np.round(values))))
+        if not real:
+            expected = "whole numbers" if count else "real numbers"
+            raise InputError(path, f"metadata/{name}", expected, f"dtype {values.dtype}")
+        found[stat] = values.astype(np.int64) if count else values.astype(np.float64)
     return dataclasses.replace(results, **found) if found else results

@@ -216,6 +216,22 @@ def write_format_1(path, rng):
     return chip, omega
 
 
+def test_format_1_statistics_are_numbers_as_format_2_holds_them(tmp_path):
+    """Format 1 kept the statistics in its metadata: a string amplitude, a complex delta chi2
+    or a NaN count came with the fibers as they were (format 2 refuses all three)."""
+    import h5py
+
+    for key, value in (("R_amplitude", np.array([b"x"] * 3)), ("R_delta_chi2", np.full(3, 1j)),
+                       ("R_n_fit_pixels", np.array([1.0, np.nan, 3.0]))):  # fmt: skip
+        path = tmp_path / f"{key}.h5"
+        write_format_1(path, np.random.default_rng(5))
+        with h5py.File(path, "a") as handle:
+            del handle["metadata"][key]
+            handle["metadata"][key] = value
+        with pytest.raises(InputError, match=f"metadata/{key}: expected (real|whole) numbers"):
+            read_product(path)
+
+
 def test_format_1_file_still_reads(tmp_path):
     path = tmp_path / "v1.h5"
     chip, omega = write_format_1(path, np.random.default_rng(5))
