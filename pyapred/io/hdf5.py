@@ -139,11 +139,25 @@ def read_value(path: str | os.PathLike, dataset: h5py.Dataset):
         raise InputError(path, field, "a readable value", found=str(exc)) from None
 
 
+#: The largest metadata value read (bytes): a metadata group holds cards, times and names. A
+#: small damaged file declaring gigabytes there was read in full (3 GB from 183 kB).
+MAX_METADATA_BYTES = 2**28
+
+
 def read_group(path: str | os.PathLike, group: h5py.Group) -> dict:
-    """Every dataset of ``group`` (not recursive) as ``{name: plain value}``."""
-    return {
-        key: read_value(path, item) for key, item in group.items() if isinstance(item, h5py.Dataset)
-    }
+    """Every dataset of ``group`` (not recursive) as ``{name: plain value}``; an InputError
+    for one larger than :data:`MAX_METADATA_BYTES`."""
+    values = {}
+    for key, item in group.items():
+        if not isinstance(item, h5py.Dataset):
+            continue
+        declared = (item.size or 0) * item.dtype.itemsize
+        if declared > MAX_METADATA_BYTES:
+            raise InputError(path, item.name, f"a metadata value of at most "
+                             f"{MAX_METADATA_BYTES // 2**20} MiB",
+                             f"{declared / 2**30:.2g} GiB declared")  # fmt: skip
+        values[key] = read_value(path, item)
+    return values
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

@@ -146,6 +146,29 @@ def test_names_with_control_characters_are_printed_escaped(tmp_path):
         assert "R\\x1b[2J\\n" in text  # the name, escaped
 
 
+def test_a_huge_metadata_value_is_refused_not_read(tmp_path, capsys):
+    """A small file declaring 3 GB of metadata was read in full by inspect and read_product
+    (11.7 s and 3.3 GB for a 183 kB file)."""
+    import h5py
+    import pytest
+
+    from pyapred.errors import InputError
+    from pyapred.io import read_product
+
+    ones = np.ones((3, 4))
+    product = write_product(
+        tmp_path / "p.h5", chips={"R": ChipImages(ones, ones, ones, ones.astype(int))}
+    )
+    with h5py.File(product, "a") as handle:
+        handle["metadata"].create_dataset("zz", shape=(2**26,), dtype="f8", chunks=(2**20,),
+                                          compression="gzip")  # fmt: skip
+    assert product.stat().st_size < 10**6
+    assert main(["inspect", str(product)]) == EXIT_BAD_INPUT
+    assert "/metadata/zz: expected a metadata value of at most 256 MiB" in capsys.readouterr().err
+    with pytest.raises(InputError, match="0.5 GiB declared"):
+        read_product(product, images=False)
+
+
 def test_full_listing_says_links_and_those_that_cannot_be_followed(tmp_path):
     """A soft link to itself (or to nothing) was left out of ``inspect --full``, silently."""
     import h5py
