@@ -96,11 +96,7 @@ def _time_axis(read_times, n_reads: int, start: str | None = None) -> _Time:
             f"{'values' if times.ndim == 1 else 'array'}"
             + ("" if times.shape != (n_reads,) else " with NaN or a step back")
         )
-    known = (
-        times is not None
-        and times.shape == (n_reads,)
-        and not np.array_equal(times, np.arange(n_reads))
-    )
+    known = times is not None and not np.array_equal(times, np.arange(n_reads))
     if known:
         t = times - times[0]
         label = "seconds since the first read" + (f" ({start})" if start else "")
@@ -196,19 +192,16 @@ def _chip_fibers(fiber_ids, n_fibers: int, name: str, *, one: bool = False) -> n
     fiberId 300)."""
     lowest = _fiber_id(n_fibers - 1)
     what = "the fiberId of one of the chip's fibers" if one else "fiberIds of the chip's fibers"
-    expected = f"{what}, whole numbers {lowest} to {N_FIBERS}"
-    try:
+    try:  # whole fiberIds 1 to 300, as fiber_index takes them
         given = np.asarray(fiber_ids)
+        index = np.atleast_1d(fiber_index(given)).astype(np.int64)
     except (TypeError, ValueError):
-        given = np.array([None])
-    ids = np.atleast_1d(given)
-    whole = (given.ndim == 0 or not one) and ids.ndim == 1 and ids.size > 0
-    whole = whole and ids.dtype.kind in "iuf"
-    if whole and ids.dtype.kind == "f":
-        whole = bool(np.all(np.isfinite(ids) & (ids == np.round(ids))))
-    if not whole or np.any((ids < lowest) | (ids > N_FIBERS)):
-        raise ValueError(f"{name}: expected {expected}, got {fiber_ids!r}")
-    return fiber_index(ids.astype(np.int64))
+        index = None
+    shape_ok = index is not None and index.ndim == 1 and index.size > 0
+    if not shape_ok or (one and given.ndim) or np.any(index >= n_fibers):
+        raise ValueError(f"{name}: expected {what}, whole numbers {lowest} to {N_FIBERS}, got "
+                         f"{fiber_ids!r}")  # fmt: skip
+    return index
 
 
 def plot_omega(

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from .paths import physical_memory
 
 
 @contextlib.contextmanager
@@ -96,9 +97,7 @@ def _check_has_data(path: str | os.PathLike, field: str, dataset: h5py.Dataset) 
     if dataset.shape is None:
         raise InputError(path, field, "a dataset with data", "an empty (null) dataspace")
     size = float(np.prod(dataset.shape, dtype=np.float64)) * dataset.dtype.itemsize
-    memory = np.inf
-    with contextlib.suppress(ValueError, OSError, AttributeError):  # sysconf is POSIX only
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = physical_memory()
     if size > memory:
         raise InputError(path, field, f"data that fit in memory ({memory / 2**30:.0f} GiB)",
                          f"shape {dataset.shape}, {size / 2**30:.3g} GiB")  # fmt: skip

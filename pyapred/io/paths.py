@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import InputError
 from .atomic import kept_as, writable_folder
 
-__all__ = ["check_input_file", "check_output_path", "remove_stale_temporaries"]
+__all__ = ["check_input_file", "check_output_path", "physical_memory", "remove_stale_temporaries"]
 
 _SPECIAL = {
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -25,6 +25,15 @@ _SPECIAL = {
     stat.S_IFBLK: "a block device",
     stat.S_IFSOCK: "a socket",
 }
+
+
+def physical_memory() -> float:
+    """This machine's memory in bytes (inf where the system does not say: ``sysconf`` is
+    POSIX only), against which a declared size is refused before it is read or made."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
 
 
 def check_input_file(path: str | os.PathLike, field: str) -> Path:

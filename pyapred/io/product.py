@@ -1099,9 +1099,7 @@ def _read_fibers(path, group: h5py.Group) -> FiberResults:
     )
 
 
-def _v1_statistics(
-    key: str, results: FiberResults, metadata: dict, path: str = "product"
-) -> FiberResults:
+def _v1_statistics(key: str, results: FiberResults, metadata: dict, path: str) -> FiberResults:
     """A format-1 fiber group with the statistics its metadata kept as ``{key}_{stat}``: real
     numbers, whole ones for the counts (``n_*``), as format 2 holds them (strings, complex
     numbers and a NaN count were taken as they were)."""

@@ -128,14 +128,6 @@ def _noise_arguments(parser: argparse.ArgumentParser) -> None:
 _DEFAULT_AMPLITUDES = {"c_pink": 6.0, "u_pink": 3.0, "acn": 2.0}
 
 
-def _physical_memory() -> float:
-    """This machine's memory in bytes (inf where the system does not say)."""
-    try:
-        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return float("inf")
-
-
 @contextlib.contextmanager
 def _score_models_output(args: argparse.Namespace) -> Iterator[None]:
     """What score_models prints, as the output flags say. With ``--json``, its lines ("Using the
@@ -369,7 +361,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from ..io.apz import ApzName
-    from ..io.paths import check_output_path
+    from ..io.paths import check_output_path, physical_memory
     from ..simulate import simulate_ramps, write_simulated_apz
 
     # The file it will write, before the reads are simulated (an existing one said "pass
@@ -384,7 +376,7 @@ def _simulate(args: argparse.Namespace) -> int:
                                  "added)", repr(getattr(args, name)))  # fmt: skip
     # The reads are simulated in float64, two copies at least: --reads 1000 with the chip's
     # 2048 rows asked for 39 GiB at once, a MemoryError traceback after the flags were taken.
-    needed, memory = 2 * args.reads * args.rows * 2560 * 8, _physical_memory()
+    needed, memory = 2 * args.reads * args.rows * 2560 * 8, physical_memory()
     if needed > memory:
         expected = f"a simulation that fits in memory ({memory / 2**30:.0f} GiB)"
         found = f"{args.reads} reads x {args.rows} rows: {needed / 2**30:.0f} GiB"

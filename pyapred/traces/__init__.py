@@ -65,7 +65,7 @@ def fiber_index(fiber_id):
     whole = ids.dtype.kind in "iuf" and bool(np.all(np.isfinite(ids)))
     if not whole or not np.all((ids == np.round(ids)) & (ids >= 1) & (ids <= N_FIBERS)):
         raise ValueError(f"fiber_id: expected whole fiberIds 1 to {N_FIBERS}, got {fiber_id!r}")
-    return N_FIBERS - ids
+    return N_FIBERS - (ids.astype(np.int64) if ids.dtype.kind in "iu" else ids)  # int8 holds no 300
 
 
 def _as_float_array(value, name: str) -> np.ndarray:

@@ -92,9 +92,9 @@ def test_noise_simulate_json(tmp_path, capsys):
 )
 def test_simulate_refuses_what_it_would_ignore_or_cannot_hold(tmp_path, capsys, flags, words,
                                                                monkeypatch):  # fmt: skip
-    from pyapred.noise import cli as noise_cli
+    from pyapred.io import paths
 
-    monkeypatch.setattr(noise_cli, "_physical_memory", lambda: 24 * 2.0**30)
+    monkeypatch.setattr(paths, "physical_memory", lambda: 24 * 2.0**30)
     try:
         code = main(["noise", "simulate", "--out", str(tmp_path / "o"), "--reads", "2", "--rows",
                      "8", *flags])  # fmt: skip
