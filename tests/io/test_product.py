@@ -131,7 +131,7 @@ def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
     rng = np.random.default_rng(7)
     path = tmp_path / "product.h5"
 
-    def crash(group, results):
+    def crash(group, results, pool):
         group["fiber_index"] = np.arange(3)  # something is already on disk when it fails
         raise RuntimeError("simulated crash")
 
