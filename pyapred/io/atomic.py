@@ -142,6 +142,11 @@ def atomic_path(
     the block raises, the temporary file is removed and ``path`` is left untouched. Missing
     parent folders are made, and removed again if the block raises.
 
+    While the block runs, the temporary file is held under an exclusive ``flock``, which the
+    kernel releases however the process ends: so :func:`~pyapred.io.paths.remove_stale_temporaries`
+    (a later run on the same ``path``) removes a killed writer's temporary file but never a live
+    one's. A writer that locks files itself opens it without (h5py: ``locking=False``).
+
     Parameters
     ----------
     path : str or os.PathLike
@@ -173,12 +178,10 @@ def atomic_path(
     made = []
     try:
         made = _make_parents(path.parent)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        fd, tmp = _locked_temporary(path, suffix)
     except OSError as exc:  # name the destination, not the temporary file
         _remove_empty(made)
         raise OSError(exc.errno, exc.strerror, str(path)) from None
-    os.close(fd)
-    tmp = Path(tmp_name)
     done = False
     try:
         usual_permissions(tmp)
@@ -187,8 +190,54 @@ def atomic_path(
         done = True
     finally:
         tmp.unlink(missing_ok=True)
+        os.close(fd)  # after the rename: the lock is held until the file is in place
         if not done:
             _remove_empty(made)
+
+
+def _locked_temporary(path: Path, suffix: str) -> tuple[int, Path]:
+    """A new temporary file beside ``path`` and a descriptor holding its ``flock``.
+
+    A stale-temporary cleanup may find the file between its creation and the lock, take it for
+    a killed writer's and remove it: then the name no longer leads to the locked file, and a
+    new one is made.
+    """
+    while True:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        try:
+            if not try_lock(fd):
+                return fd, Path(name)  # a file system without locks: unlocked, as before
+        except BlockingIOError:  # a cleanup holds it, and is removing it
+            os.close(fd)
+            continue
+        try:
+            same = os.stat(name).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd, Path(name)
+        os.close(fd)
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting: True if taken.
+
+    Raises
+    ------
+    BlockingIOError
+        Another open file (in any process) holds a lock on the file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError:  # a file system without locks (ENOLCK)
+        return False
+    return True
 
 
 def _remove_empty(folders: list[Path]) -> None:

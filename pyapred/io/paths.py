@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import InputError
-from .atomic import kept_as, writable_folder
+from .atomic import kept_as, try_lock, writable_folder
 
 __all__ = ["check_input_file", "check_output_path", "physical_memory", "remove_stale_temporaries"]
 
@@ -149,7 +149,8 @@ def remove_stale_temporaries(
     next to ``path``; a process killed mid-write leaves it. Commands call this before they write
     ``path`` again. Only regular files of that form are removed (``tempfile``'s characters
     between the dots), and never one of ``keep`` (the command's inputs) nor a kept file
-    (``--log``'s).
+    (``--log``'s), nor one a live writer holds (its ``flock``: another run writing ``path``
+    now), nor one whose lock cannot be tested.
 
     Returns
     -------
@@ -165,6 +166,23 @@ def remove_stale_temporaries(
             continue
         if kept_as(stale) is not None or any(_same_file(stale, Path(k)) for k in keep):
             continue
-        stale.unlink(missing_ok=True)
-        removed.append(stale)
+        if _unlink_unless_locked(stale):
+            removed.append(stale)
     return removed
+
+
+def _unlink_unless_locked(path: Path) -> bool:
+    """Remove ``path`` unless a writer holds its lock (or locks cannot be tested there)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:  # gone, or not ours to open
+        return False
+    try:
+        if not try_lock(fd):
+            return False
+        path.unlink(missing_ok=True)  # while locked: a writer that locks it next makes anew
+        return True
+    except BlockingIOError:  # a live writer's
+        return False
+    finally:
+        os.close(fd)

@@ -500,7 +500,7 @@ class ProductWriter:
         self._atomic = atomic_path(self.path, overwrite=self._overwrite)
         tmp = self._atomic.__enter__()
         try:
-            self._handle = h5py.File(tmp, "w")
+            self._handle = h5py.File(tmp, "w", locking=False)  # atomic_path holds its lock
         except BaseException:
             self._atomic.__exit__(*sys.exc_info())
             raise

@@ -619,7 +619,11 @@ def write_trace_file(
     height = np.broadcast_to(np.asarray(height, dtype=np.float64), shape)
     params = np.stack([height, traces.y_center + 1.0, traces.sigma]).astype(np.float64)
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
+    # atomic_path holds the temporary file's lock: HDF5 must not take one of its own.
+    with (
+        atomic_path(path, overwrite=overwrite) as tmp,
+        h5py.File(tmp, "w", locking=False) as handle,
+    ):
         handle["trace_params"] = params
         handle["regularized_trace_params"] = params
         group = handle.create_group("metadata")

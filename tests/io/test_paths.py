@@ -78,3 +78,57 @@ def test_an_output_through_dot_dot_of_a_folder_to_be_made_is_named(tmp_path):
     (tmp_path / "sub").mkdir()
     assert check_output_path(tmp_path / "sub" / ".." / "new" / "p.h5", "--out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+
+
+def test_a_live_writers_temporary_is_left_and_a_killed_ones_removed(tmp_path):
+    """Two ``pyapred fit`` on one --out: the second's cleanup deleted the first's temporary
+    as it was being written, and the first failed after its whole fit. A live writer (another
+    process, inside ``atomic_path``) holds its temporary's lock; once killed, it is stale."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "p.h5"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time\n"
+            "from pyapred.io.atomic import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_text('half')\n"
+            "    print(tmp, flush=True)\n"
+            "    time.sleep(60)\n"
+        ), str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        live = tmp_path / writer.stdout.readline().strip()
+        assert live.exists()
+        assert remove_stale_temporaries(out) == []
+        assert live.read_text() == "half"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    deadline = time.monotonic() + 10
+    while remove_stale_temporaries(out) != [live] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the kernel releases a killed process's lock as it reaps it
+    assert not live.exists() and not out.exists()
+
+
+def test_a_product_written_beside_a_cleanup_is_complete(tmp_path):
+    """The writer's own HDF5 file lock would conflict with atomic_path's: h5py opens the
+    temporary without one, and a cleanup in the middle of the write leaves it alone."""
+    import numpy as np
+
+    from pyapred.io import read_product
+    from pyapred.io.product import ProductWriter
+    from pyapred.traces import Traces, read_trace_file, write_trace_file
+
+    out = tmp_path / "p.h5"
+    with ProductWriter(out) as writer:
+        assert remove_stale_temporaries(out) == []
+        writer.finish()
+    assert read_product(out).chips == {}
+    traces = Traces(y_center=np.full((2, 4), 5.0) + [[0.0], [6.0]], sigma=1.0)
+    write_trace_file(tmp_path / "t.h5", traces)
+    assert np.array_equal(read_trace_file(tmp_path / "t.h5").y_center, traces.y_center)
