@@ -193,7 +193,7 @@ def _simulated_files(out: Path, telescope: str, chips: str, mjd: int, exposure: 
 
 def simulate_run(args: argparse.Namespace) -> int:
     """Write a synthetic three-chip exposure, chip by chip: .apz files, traces and a truth file."""
-    from .io.paths import check_output_path
+    from .io.paths import check_output_path, remove_stale_temporaries
     from .simulate import READ_NOISE_DN, simulate_exposure_files
 
     if args.one_over_f and (args.columns, args.ref_columns) != (2048, 512):
@@ -202,8 +202,11 @@ def simulate_run(args: argparse.Namespace) -> int:
             f"{args.columns} and {args.ref_columns}",
         )  # fmt: skip
     # Every output is checked before minutes of simulation (an existing one needs --overwrite).
-    for path in _simulated_files(args.out, args.telescope, "RGB", 60781, 1):
+    outputs = _simulated_files(args.out, args.telescope, "RGB", 60781, 1)
+    for path in outputs:
         check_output_path(path, "--out", overwrite=args.overwrite)
+    for path in outputs:  # left by a killed run (never a live one's: io.atomic's lock)
+        remove_stale_temporaries(path)
     one_over_f = None
     if args.one_over_f:  # HxrgNoise's default 1/f amplitudes times the read noise, in DN
         from .noise import HxrgNoise

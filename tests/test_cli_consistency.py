@@ -284,6 +284,20 @@ def test_streamed_simulation_writes_the_same_bytes(tmp_path):
         simulate_exposure_files(tmp_path / "x", n_fibres=3)
 
 
+def test_simulate_removes_a_killed_runs_temporaries(tmp_path, capsys):
+    """A killed ``pyapred simulate`` left its temporary file (``.NAME.*.tmp``) beside the chip
+    it was writing; a rerun with --overwrite wrote the chips and left it there for good."""
+    out = tmp_path / "sim"
+    out.mkdir()
+    stale = [out / ".apR-b-52190001.apz.ab12cd34.tmp", out / ".truth_apo_60781_0001.npz.x_1.tmp"]
+    other = out / ".notes.txt.ab12cd34.tmp"  # not a temporary of simulate's files
+    for path in [*stale, other]:
+        path.write_text("half")
+    assert main([*SIMULATE, "--out", str(out), "--quiet"]) == 0
+    assert not any(p.exists() for p in stale) and other.exists()
+    assert (out / "apR-b-52190001.apz").is_file()
+
+
 # --------------------------------------------------------------------------------------------
 # docs/api.md
 # --------------------------------------------------------------------------------------------
