@@ -27,11 +27,12 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError, InputWarning
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, InputError, InputWarning
 
 DESCRIPTION = (
     "pyapred: optimal up-the-ramp flux extraction for APOGEE under a changing sky. "
-    "Exit codes: 0 ok, 1 a fit problem was flagged or a check failed, 2 bad input."
+    "Exit codes: 0 ok, 1 a fit problem was flagged or a check failed, 2 bad input, "
+    "130 interrupted."
 )
 LOGGER = "pyapred"
 
@@ -473,6 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reason = exc.strerror or str(exc)
                 log.error("pyapred %s: error: %s: %s", command, where, reason)
                 code = EXIT_BAD_INPUT
+            except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback of whatever ran
+                kept = " (finished exposures are kept: run it again to resume)"
+                kept = kept if command == "night" else ""
+                log.error("pyapred %s: interrupted%s", command, kept)
+                code = EXIT_INTERRUPTED
             run_log.info("exit code %d after %.1f s", code, time.perf_counter() - start)
             return code
     except InputError as exc:  # --log itself is bad: nothing has run

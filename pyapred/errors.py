@@ -8,6 +8,7 @@ import os
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FLAGGED",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "InputError",
     "InputWarning",
@@ -18,6 +19,8 @@ __all__ = [
 #: Exit codes of every ``pyapred`` subcommand: 0 ok; 1 a fit problem was flagged, a check failed
 #: or (``crossval``) the backends differ; 2 bad input (or, for ``crossval``, no Julia).
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
+#: Exit code of a command stopped by Ctrl-C (SIGINT): 128 + 2, as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 class InputError(ValueError):

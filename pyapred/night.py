@@ -60,6 +60,9 @@ CHIP_LETTERS = {"R": "a", "G": "b", "B": "c"}
 FAILURES_FILE = "failures.json"
 #: The lock file of a night's output folder: one ``pyapred night`` writes there at a time.
 LOCK_FILE = ".pyapred-night.lock"
+#: The most rows a ``runlist_*.h5`` may have (a night has a few hundred exposures): a small
+#: damaged file declaring 3e7 rows kept the run busy for most of an hour.
+MAX_RUNLIST_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,9 @@ def find_exposures(
     path = Path(source)
     if os.path.lexists(path) and not path.is_dir():  # a FIFO would hang, a link loop crash
         check_input_file(path, "RUNLIST_OR_GLOB")
+    if raw_dir is not None and not Path(raw_dir).is_dir():
+        found = "a file" if os.path.lexists(raw_dir) else "nothing"
+        raise InputError(raw_dir, "--raw-dir", "the folder of the runlist's raw files", found)
     if path.is_file() and path.suffix == ".h5":
         named = _read_h5_runlist(path, Path(raw_dir) if raw_dir else path.parent)
     elif path.is_file() and not _names_exposure(path):
@@ -224,7 +230,7 @@ def _names_exposure(path: Path) -> bool:
 def _read_text_runlist(path: Path) -> list[tuple[str, Path]]:
     """``(entry, file)`` per line; a glob expands to its files, or stays as is if none match."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no path
     except UnicodeDecodeError:
         raise InputError(
             path, "runlist", "a text file, one exposure per line", "binary data"
@@ -249,21 +255,33 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
     import numpy as np
 
     from .io.apz import EXPNUM_MJD_ZERO, apz_filename
-    from .io.hdf5 import open_h5
+    from .io.hdf5 import open_h5, read_dataset
 
     with open_h5(path) as handle:
         columns = {}
         for name in ("tele", "mjd", "expid"):
-            if name not in handle or not hasattr(handle[name], "shape"):
-                raise InputError(path, name, "a dataset (runlist_*.h5 has tele, mjd, expid)")
-            if len(handle[name].shape) > 1:
+            dataset = handle.get(name, getlink=True)
+            if dataset is None or not hasattr(handle.get(name, default=None), "shape"):
+                try:
+                    found = "nothing" if dataset is None else type(handle[name]).__name__
+                except (KeyError, OSError, RuntimeError) as exc:  # a dangling external link
+                    found = str(exc)
+                raise InputError(path, name, "a dataset (runlist_*.h5 has tele, mjd, expid)",
+                                 found)  # fmt: skip
+            shape = handle[name].shape
+            if shape is not None and len(shape) > 1:
                 raise InputError(path, name, "a 1-D dataset, one value per exposure",
-                                 f"shape {handle[name].shape}")  # fmt: skip
-            columns[name] = np.atleast_1d(handle[name][()])
+                                 f"shape {shape}")  # fmt: skip
+            if shape is not None and math.prod(shape) > MAX_RUNLIST_ROWS:
+                raise InputError(path, name, f"at most {MAX_RUNLIST_ROWS} exposures",
+                                 f"{math.prod(shape)} rows")  # fmt: skip
+            columns[name] = np.atleast_1d(
+                read_dataset(path, handle, name, kinds="fiuSOU" if name == "tele" else "fiuSO")
+            )
     lengths = {name: len(values) for name, values in columns.items()}
     if len(set(lengths.values())) != 1 or not lengths["tele"]:
         raise InputError(path, "tele, mjd, expid", "datasets of one non-zero length", str(lengths))
-    named = []
+    named, seen = [], set()
     for row, (tele, mjd, expid) in enumerate(zip(*columns.values(), strict=True)):
         tele = tele.decode("utf-8", "replace") if isinstance(tele, bytes) else str(tele)
         entry = f"{path.name}[{row}]"
@@ -287,10 +305,22 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
                 "apo or lco and an expid of that MJD, (mjd - 55562) * 10000 + n",
                 f"{tele!r}, {mjd}, {expid}",
             )  # fmt: skip
+        if (tele, expnum) in seen:  # a row again: its files are not looked for twice
+            continue
+        seen.add((tele, expnum))
         name = apz_filename(tele, "a", expnum)
         candidates = [raw_dir / tele / str(mjd) / name, raw_dir / name]
-        named.append((entry, next((c for c in candidates if c.exists()), candidates[0])))
+        named.append((entry, next((c for c in candidates if _exists(c)), candidates[0])))
     return named
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; False where it cannot be told (a folder without permission):
+    the exposure's task then names the file it cannot read, and the others run."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _trace_index(traces: Sequence[str | os.PathLike]) -> dict[tuple[str, int, str], Path]:
@@ -518,9 +548,16 @@ def run_night(
     from .io.atomic import kept_as, writable_folder
 
     # Before the output folder is made and locked: what no exposure can run with.
+    most = max_local_tasks()
     for flag, value in (("--workers", workers), ("--threads-per-worker", threads_per_worker)):
-        if scheduler == "local" and value < 1:
-            raise InputError(flag, flag, "at least 1", str(value))
+        if scheduler == "local" and not 1 <= value <= most:
+            raise InputError(flag, flag, f"1 to {most} (4 x this machine's CPUs)", str(value))
+    if scheduler == "local" and workers * threads_per_worker > most:
+        raise InputError(
+            "--workers", "--workers x --threads-per-worker",
+            f"at most {most} tasks at once (4 x this machine's CPUs; each holds a chip's reads)",
+            f"{workers} x {threads_per_worker}",
+        )  # fmt: skip
     check_calibration_options(options)
     if scheduler != "local" and any(t.problem is None for t in tasks):
         with _client(scheduler, workers, threads_per_worker):  # unreachable: refused here, with
@@ -535,6 +572,13 @@ def run_night(
     with _locked(out, wait):
         return _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resume,
                           progress)  # fmt: skip
+
+
+def max_local_tasks() -> int:
+    """The most exposures a local cluster may fit at once (``--workers`` times
+    ``--threads-per-worker``): 4 x the CPUs. Each holds a chip's reads (about 1 GB at full
+    size); ``--workers 100000`` spawned processes until memory ran out."""
+    return 4 * (os.cpu_count() or 1)
 
 
 def _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resume, progress):
@@ -558,6 +602,26 @@ def _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resu
     return night
 
 
+def _open_lock_file(path: Path):
+    """The lock file, opened for reading and writing: a regular file of its own, never through
+    a link (a link to an input had that input replaced by the holder's PID)."""
+    import stat
+
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    expected = "a regular file of pyapred night's own (no link, FIFO or folder)"
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:  # a link (ELOOP), a folder (EISDIR), ...
+        raise InputError(path, "--out", expected, exc.strerror or str(exc)) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        found = "a file with other names (a hard link)" if stat.S_ISREG(info.st_mode) else (
+            "a special file")  # fmt: skip
+        raise InputError(path, "--out", expected, found)
+    return os.fdopen(fd, "a+")
+
+
 @contextlib.contextmanager
 def _locked(out: Path, wait: bool) -> Iterator[None]:
     """Hold ``out/LOCK_FILE`` for the block: an ``fcntl`` lock (released by the kernel however
@@ -571,7 +635,7 @@ def _locked(out: Path, wait: bool) -> Iterator[None]:
 
     path = out / LOCK_FILE
     while True:
-        handle = open(path, "a+")  # held open for the whole run
+        handle = _open_lock_file(path)  # held open for the whole run
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:

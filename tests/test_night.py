@@ -269,6 +269,10 @@ def test_settings_no_exposure_can_run_with_are_refused_before_the_out_folder(nig
     raw, _ = night
     for extra, words in ((["--workers", "0"], "--workers"),
                          (["--threads-per-worker", "0"], "--threads-per-worker"),
+                         # Spawned workers until memory ran out; an OverflowError traceback.
+                         (["--workers", "100000"], "--workers: expected 1 to"),
+                         (["--threads-per-worker", "9" * 20], "--threads-per-worker: expected"),
+                         (["--raw-dir", str(tmp_path / "nowhere")], "--raw-dir: expected"),
                          (["--gain", "0"], "--gain: expected"),
                          (["--saturation", "0.5"], "--saturation: expected")):  # fmt: skip
         out = tmp_path / f"out{extra[0]}"
@@ -290,3 +294,93 @@ def test_no_product_replaces_the_log(night, tmp_path, capsys):
         assert "expected an output path of its own, found --log's file" in capsys.readouterr().err
         assert sorted(p.name for p in out.iterdir()) == [name]
         assert "exit code 2" in log.read_text()
+
+
+def test_the_lock_file_is_never_written_through_a_link(night, tmp_path, capsys):
+    """A lock file that was a link to an input had that input truncated to the holder's PID."""
+    from pyapred.night import LOCK_FILE
+
+    raw, _ = night
+    trace = raw / "traceMain_apo_60781_R.h5"
+    before = trace.read_bytes()
+    for kind in ("symlink", "hardlink", "folder"):
+        out = tmp_path / kind
+        out.mkdir()
+        if kind == "symlink":
+            (out / LOCK_FILE).symlink_to(trace)
+        elif kind == "hardlink":
+            os.link(trace, out / LOCK_FILE)
+        else:
+            (out / LOCK_FILE).mkdir()
+        assert main(night_argv(raw, out, "--quiet")) == 2
+        err = capsys.readouterr().err
+        assert f"{LOCK_FILE}: --out: expected a regular file of pyapred night's own" in err
+        assert trace.read_bytes() == before
+        assert not list(out.glob("pyapred_*.h5"))
+
+
+def test_runlist_h5_damage_is_named_not_a_traceback(night, tmp_path):
+    """A null dataspace (TypeError), an external link to nothing (KeyError), 1e11 rows declared
+    in 2 kB (MemoryError), data kept in an external FIFO (a hang), a complex MJD (taken as its
+    real part): each an InputError naming the dataset."""
+    raw, _ = night
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases = {
+        "null": (lambda h: h.create_dataset("mjd", data=h5py.Empty("f8")), r"empty \(null\)"),
+        "link": (lambda h: h.__setitem__("mjd", h5py.ExternalLink("nowhere.h5", "/mjd")),
+                 "expected a dataset"),
+        "huge": (lambda h: h.create_dataset("mjd", shape=(10**11,), dtype="f8", chunks=(1000,)),
+                 "expected at most 100000 exposures"),
+        "fifo": (lambda h: h.create_dataset("mjd", shape=(2,), dtype="f8",
+                                            external=[(str(fifo), 0, 16)]),
+                 "expected data stored in the file itself"),
+        "complex": (lambda h: h.__setitem__("mjd", np.array([60781 + 1j, 60781])),
+                    "expected dtype kind"),
+    }  # fmt: skip
+    for name, (make, words) in cases.items():
+        runlist = tmp_path / f"runlist_{name}.h5"
+        with h5py.File(runlist, "w") as handle:
+            handle["tele"] = np.array([b"apo", b"apo"])
+            handle["expid"] = np.array([1, 2])
+            make(handle)
+        with pytest.raises(InputError, match=words) as caught:
+            find_exposures(runlist, [raw], tmp_path, raw_dir=raw)
+        assert caught.value.field == "mjd", name
+
+
+def test_runlist_rows_once_and_a_text_runlist_with_a_byte_order_mark(night, tmp_path, monkeypatch):
+    """Repeated rows were each looked for on disk before being merged (3e7 rows: most of an
+    hour); a text runlist saved with a BOM made its first path relative."""
+    import pyapred.night
+
+    raw, _ = night
+    looked = []
+    exists = pyapred.night._exists
+    monkeypatch.setattr(pyapred.night, "_exists", lambda path: looked.append(path) or exists(path))
+    runlist = tmp_path / "runlist_repeats.h5"
+    with h5py.File(runlist, "w") as handle:
+        handle["tele"] = np.array([b"apo"] * 50_000)
+        handle["mjd"] = np.full(50_000, 60781)
+        handle["expid"] = np.tile([1, 2], 25_000)
+    tasks = find_exposures(runlist, [raw], tmp_path, raw_dir=raw)
+    assert [t.name for t in tasks] == ["apo_60781_0001", "apo_60781_0002"]
+    assert len(looked) <= 4  # two places for each of the two exposures, not 50 000 rows
+    text = tmp_path / "night.txt"
+    text.write_text(f"{raw}/apR-a-52190003.apz\n", encoding="utf-8-sig")
+    (task,) = find_exposures(text, [raw], tmp_path)
+    assert task.problem is None and task.name == "apo_60781_0003"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import pyapred.night
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyapred.night, "run", interrupted)
+    assert main(["night", "x", "--traces", "t", "--out", "o"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "pyapred night: interrupted (finished exposures are kept: run it again to resume)"
+    ]

@@ -91,11 +91,17 @@ def read_dataset(
 
 
 def _check_has_data(path: str | os.PathLike, field: str, dataset: h5py.Dataset) -> None:
-    """A dataset holds data that fit in this machine's memory: not a null dataspace (no shape),
-    nor a shape declared far beyond what the file holds (a chunked dataset of 2**40 elements
-    takes a few kB on disk)."""
+    """A dataset holds data that fit in this machine's memory, in the file itself: not a null
+    dataspace (no shape), nor a shape declared far beyond what the file holds (a chunked dataset
+    of 2**40 elements takes a few kB on disk), nor external or virtual storage."""
     if dataset.shape is None:
         raise InputError(path, field, "a dataset with data", "an empty (null) dataspace")
+    # Data kept outside the file: a FIFO named as external storage hung the reader, and a file
+    # read through it could be anything (a virtual dataset's sources alike).
+    if dataset.external or dataset.is_virtual:
+        where = "virtual (mapped from other files)" if dataset.is_virtual else (
+            f"stored in external files {[str(e[0]) for e in dataset.external][:3]}")  # fmt: skip
+        raise InputError(path, field, "data stored in the file itself", where)
     size = float(np.prod(dataset.shape, dtype=np.float64)) * dataset.dtype.itemsize
     memory = physical_memory()
     if size > memory:
