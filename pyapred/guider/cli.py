@@ -29,6 +29,8 @@ __all__ = ["MAX_DIAMETER_ARCSEC", "add_arguments", "run"]
 
 #: The largest ``--diameter`` taken: APOGEE's fibers are 2" (APO) and 1.3" (LCO) on the sky.
 MAX_DIAMETER_ARCSEC = 60.0
+#: The smallest: a fiber of 1e-300" couples no light (every result NaN).
+MIN_DIAMETER_ARCSEC = 0.01
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,9 +127,12 @@ def run(args: argparse.Namespace) -> int:
     if args.wavelength is not None and not 0.3 <= args.wavelength <= 3.0:
         raise InputError("--wavelength", "--wavelength", "a wavelength in micron, 0.3 to 3",
                          repr(args.wavelength))  # fmt: skip
-    if args.diameter is not None and not 0 < args.diameter <= MAX_DIAMETER_ARCSEC:
+    if args.diameter is not None and not (
+        MIN_DIAMETER_ARCSEC <= args.diameter <= MAX_DIAMETER_ARCSEC
+    ):
         raise InputError("--diameter", "--diameter",
-                         f"a fiber diameter in arcsec, > 0 and <= {MAX_DIAMETER_ARCSEC:g}",
+                         f"a fiber diameter in arcsec, {MIN_DIAMETER_ARCSEC:g} to "
+                         f"{MAX_DIAMETER_ARCSEC:g}",
                          repr(args.diameter))  # fmt: skip
     if Path(args.out).suffix.lower() != ".png":
         raise InputError(args.out, "--out", "a .png file name (the figure is a PNG)",
@@ -188,7 +193,13 @@ def run(args: argparse.Namespace) -> int:
         if name == "read_times":
             source = args.exposure or args.product
             raise InputError(source, "read times", "the exposure's read times", str(exc)) from None
-        raise InputError(args.product, "omega", "omega matching the exposure", str(exc)) from None
+        # Neither input alone: frames that overlap (a singular spline) or omega of another
+        # exposure both end here.
+        raise InputError(
+            "--guider and --product", "frames and omega",
+            "guider frames in time order that do not overlap, and omega matching the exposure",
+            str(exc),
+        ) from None  # fmt: skip
     try:
         result.plot(args.out)
     except ImportError as exc:  # matplotlib is the optional 'plots' extra

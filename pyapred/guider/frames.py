@@ -93,6 +93,8 @@ def _parse_date(path, header: Mapping, scale: str, key: str = "DATE-OBS") -> Tim
 FWHM_RANGE_ARCSEC = (0.1, 30.0)
 #: The longest guider integration taken (s); EXPTIME beyond it is corrupt.
 MAX_EXPTIME_S = 3600.0
+#: The shortest (s): plate-era frames go down to 0.5 s; 1e-300 made every result NaN.
+MIN_EXPTIME_S = 1e-3
 
 
 def _valid_fwhm(value):
@@ -234,18 +236,26 @@ def _frame_times(path, header: Mapping, default_timesys: str) -> tuple[Time, flo
     scale = _timesys(path, header, default_timesys)
     start = _parse_date(path, header, scale)
     exptime = header_number(header.get("EXPTIMEN", header.get("EXPTIME")))
-    if not 0 < exptime <= MAX_EXPTIME_S:
+    if not MIN_EXPTIME_S <= exptime <= MAX_EXPTIME_S:
         raise InputError(
             path,
             "EXPTIME",
-            f"an integration time in s, > 0 and <= {MAX_EXPTIME_S:g}",
+            f"an integration time in s, {MIN_EXPTIME_S:g} to {MAX_EXPTIME_S:g}",
             repr(exptime),
         )
     mid = start + exptime / 2 * u.s
     tai_mid = header_number(header.get("TAI_MID"))
     if math.isfinite(tai_mid):
-        # TAI_MID is TAI seconds of MJD (coordio getMetadata): trust it for the mid-point.
-        mid = Time(tai_mid / 86400.0, format="mjd", scale="tai")
+        # TAI_MID is TAI seconds of MJD (coordio getMetadata): trust it for the mid-point,
+        # within the integration (one integration time of slack each side). A TAI_MID of 0,
+        # 1e20 or 400 s early made the frames' times go back, blamed on the product's omega.
+        given = Time(tai_mid / 86400.0, format="mjd", scale="tai")
+        off = abs((given - mid).to_value(u.s))
+        if not off <= exptime:
+            expected = ("the integration's mid-point (TAI s of MJD), within EXPTIME of "
+                        "DATE-OBS + EXPTIME / 2")  # fmt: skip
+            raise InputError(path, "TAI_MID", expected, f"{tai_mid!r}, {off:.3g} s away")
+        mid = given
     return start, exptime, mid
 
 
@@ -300,23 +310,35 @@ def fits_input_errors(path: str) -> Iterator[None]:
         The file named in the error (field ``"file"``, expected "a readable FITS file").
     """
     from astropy.io.fits.verify import VerifyWarning
+    from astropy.utils.exceptions import AstropyUserWarning
 
     try:
         with warnings.catch_warnings():
             # astropy only warns about a header cut short (a truncated file), which then read
-            # as a missing DATE-OBS card: the file is named for what it is.
-            warnings.filterwarnings(
-                "error", message=r"(?s).*(corrupted|truncated)", category=VerifyWarning
-            )
+            # as a missing DATE-OBS card, and about data cut short ("File may have been
+            # truncated"), whose frame was used as it was: the file is named for what it is.
+            for category in (VerifyWarning, AstropyUserWarning):
+                warnings.filterwarnings(
+                    "error", message=r"(?s).*(corrupted|truncated)", category=category
+                )
             yield
     except InputError:
         raise
-    except VerifyWarning as exc:
+    except (VerifyWarning, AstropyUserWarning) as exc:
         found = " ".join(str(exc).split())[:200]
         raise InputError(path, "file", "a complete FITS file", found) from None
-    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, IndexError, MemoryError) as exc:
         found = f"{type(exc).__name__}: {exc}"[:200]
         raise InputError(path, "file", "a readable FITS file", found) from None
+
+
+def _table_data(path: str, hdu, name: str, what: str):
+    """A binary table HDU's rows (an image there was an AttributeError). A size declared beyond
+    the file is refused as the file is opened (:func:`fits_input_errors`: astropy's warning
+    that the file may have been truncated), before 2e9 declared rows are allocated."""
+    if not isinstance(hdu, fits.BinTableHDU):
+        raise InputError(path, name, f"a binary table ({what})", type(hdu).__name__)
+    return hdu.data
 
 
 def _read_proc_gimg(path: str, hdul, names: list[str]) -> GuiderFrame:
@@ -337,7 +359,7 @@ def _read_proc_gimg(path: str, hdul, names: list[str]) -> GuiderFrame:
     fwhm_fit, camera_fwhm = _valid_fwhm(fwhm_fit), _valid_fwhm(camera_fwhm)
     star_ids, star_zp = np.array([], dtype=str), np.array([], dtype=np.float64)
     if "GAIAMATCH" in names:
-        table = hdul["GAIAMATCH"].data
+        table = _table_data(path, hdul["GAIAMATCH"], "GAIAMATCH", "the Gaia match table")
         columns = [] if table is None else [c.lower() for c in table.columns.names]
         if table is not None and len(table):
             for column in ("source_id", "zp"):
@@ -472,6 +494,9 @@ def read_gcam_summary(path, *, exptime: float = 15.0) -> list[GuiderFrame]:
             if "nstars" in columns
             else np.ones_like(fwhm)
         )
+        if nstars.shape != fwhm.shape:  # a broadcast error later, blamed on the product
+            raise InputError(path, "nstars", f"one value per camera, as fwhm {fwhm.shape}",
+                             f"shape {nstars.shape}")  # fmt: skip
         gdrms = np.asarray(table["gdrms"], np.float64) if "gdrms" in columns else None
     frames = []
     for row, date in enumerate(dates):
@@ -505,12 +530,7 @@ def _expand_source(source) -> list[str]:
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if os.path.isdir(text):
-            # The folder's own name is escaped: only what is below it is a pattern.
-            paths = sorted(
-                p
-                for p in glob.glob(os.path.join(glob.escape(text), "**", "*"), recursive=True)
-                if re.search(r"\.fits(\.gz|\.fz)?$", p, re.IGNORECASE)
-            )
+            paths = _fits_below(text)
         elif os.path.lexists(text):
             paths = [text]
         elif any(ch in text for ch in "*?["):
@@ -526,6 +546,31 @@ def _expand_source(source) -> list[str]:
     for item in source:
         paths.extend(_expand_source(item))
     return paths
+
+
+def _fits_below(folder: str) -> list[str]:
+    """Every FITS name below ``folder`` (hidden names aside, as a glob's ``**/*``), sorted.
+
+    Linked folders are followed, each folder once: two links to ``.`` made a glob's ``**``
+    walk ever longer paths to the same frames (a hang).
+    """
+    fits_name = re.compile(r"\.fits(\.gz|\.fz)?$", re.IGNORECASE)
+    seen, found = set(), []
+    for root, folders, files in os.walk(folder, followlinks=True):
+        try:
+            info = os.stat(root)
+        except OSError:
+            folders[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        # A folder named like a frame is listed too: it is dropped with its reason.
+        found += [os.path.join(root, name) for name in [*files, *folders]
+                  if not name.startswith(".") and fits_name.search(name)]  # fmt: skip
+    return sorted(found)
 
 
 def read_guider_frames(

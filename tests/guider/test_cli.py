@@ -115,6 +115,8 @@ def test_cli_guider_refuses_before_any_work(sky, tmp_path, capsys):
         (["--out", str(tmp_path / "g.png"), "--fibers", " , "], "--fibers: expected"),
         (["--out", str(tmp_path / "g.png"), "--fibers", "1-200000000"], "--fibers: expected"),
         (["--out", str(tmp_path / "g.png"), "--diameter", "1e300"], "--diameter: expected"),
+        # A fiber of 1e-300 arcsec coupled no light: every result NaN, exit 1.
+        (["--out", str(tmp_path / "g.png"), "--diameter", "1e-300"], "--diameter: expected"),
     ):
         code = main([*argv, *extra])
         err = capsys.readouterr().err

@@ -196,3 +196,82 @@ def test_names_with_glob_characters_are_read_as_they_are(sky, tmp_path):
     assert len(guider.read_guider_frames(folder).frames) == len(sky.frames.frames) + 1
     pattern = str(folder).replace("[", "[[]") + "/*.fits"  # a glob, with the folder escaped
     assert len(guider.read_guider_frames(pattern).frames) == len(sky.frames.frames) + 1
+
+
+def test_links_to_a_folder_are_walked_once(tmp_path):
+    """Two links to ``.`` made the glob's ``**`` walk ever longer paths: a hang."""
+    from .scenario import write_frames
+
+    folder = tmp_path / "frames"
+    write_frames(folder, np.random.default_rng(6))
+    plain = guider.read_guider_frames(folder)
+    (folder / "a").symlink_to(".")
+    (folder / "b").symlink_to(".")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "up").symlink_to("..")
+    looped = guider.read_guider_frames(folder)
+    assert [f.path for f in looped.frames] == [f.path for f in plain.frames]
+
+
+def test_damaged_gaia_tables_times_and_truncated_data_drop_the_frame(tmp_path):
+    """A GAIAMATCH declaring 2e9 rows in 14 kB (33.5 GiB allocated: a MemoryError traceback), a
+    GAIAMATCH image (AttributeError), a TAI_MID 400 s early (the times went back, blamed on the
+    product), EXPTIME 1e-300 (every result NaN) and data cut short (used as it was)."""
+    from .scenario import write_frames
+
+    write_frames(tmp_path / "frames", np.random.default_rng(7))
+    good = sorted((tmp_path / "frames").glob("*.fits"))[0]
+    assert guider.read_guider_frame(good).usable
+
+    def damaged(name, change):
+        path = tmp_path / f"{name}.fits"
+        with fits.open(good) as hdul:
+            change(hdul)
+            hdul.writeto(path, output_verify="ignore")
+        return path
+
+    def image(hdul):
+        hdul["GAIAMATCH"] = fits.ImageHDU(np.zeros((4, 4)), name="GAIAMATCH")
+
+    def early(hdul):
+        hdul["RAW"].header["TAI_MID"] -= 400.0
+
+    def instant(hdul):
+        for card in ("EXPTIME", "EXPTIMEN"):
+            if card in hdul["RAW"].header:
+                hdul["RAW"].header[card] = 1e-300
+
+    assert "GAIAMATCH" in [h.name for h in fits.open(good)]
+    for name, change, words in (
+        ("huge", None, "file: expected a complete FITS file, found File may have been trunc"),
+        ("image", image, "GAIAMATCH: expected a binary table"),
+        ("early", early, "TAI_MID: expected the integration's mid-point"),
+        ("instant", instant, "EXPTIME: expected an integration time in s, 0.001 to 3600"),
+    ):
+        path = damaged(name, change) if name != "huge" else None
+        if name == "huge":  # astropy will not write it: the card is changed in the bytes
+            data = bytearray(good.read_bytes())
+            at = data.index(b"GAIAMATCH")
+            start = data.index(b"NAXIS2  =", at - 2880 if at > 2880 else 0)
+            data[start : start + 30] = b"NAXIS2  = ".ljust(10) + b"2000000000".rjust(20)
+            path = tmp_path / "huge.fits"
+            path.write_bytes(bytes(data))
+        with pytest.raises(InputError, match=words):
+            guider.read_guider_frame(path)
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size - 500])  # inside the last HDU's data
+    with pytest.raises(InputError, match="file: expected a complete FITS file, .*truncated"):
+        guider.read_guider_frame(cut)
+
+
+def test_gcam_counts_of_stars_per_camera_as_fwhm(tmp_path):
+    columns = [
+        fits.Column("date-obs", "A21", array=["2024-12-04 01:35:06.4"]),
+        fits.Column("nstars", "3J", array=np.full((1, 3), 5)),
+        fits.Column("fwhm", "6E", array=np.ones((1, 6))),
+    ]
+    path = tmp_path / "gcam-60648.fits"
+    fits.BinTableHDU.from_columns(columns).writeto(path)
+    with pytest.raises(InputError, match=r"nstars: expected one value per camera, as fwhm "
+                       r"\(1, 6\), found shape \(1, 3\)"):  # fmt: skip
+        guider.read_guider_frames(path)
