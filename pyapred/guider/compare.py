@@ -521,11 +521,12 @@ def compare(
     if disagree.any():
         flags.append("disagree")
     # A fiber with elements to fit but no finite scale or p-value (omega values near the float
-    # range overflow the solve), or a scale not above 0 (an omega of zeros, or one that falls as
-    # the guider's flux rises: a damaged product): neither agreeing nor disagreeing, said so.
+    # range overflow the solve; one covered window alone, dof 0), or a scale not above 0 (an
+    # omega of zeros, or one that falls as the guider's flux rises: a damaged product): neither
+    # agreeing nor disagreeing, said so.
     with np.errstate(invalid="ignore"):
         determined = np.isfinite(p_value) & (scale > 0) & (scale < np.inf)
-    if ((dof > 0) & ~determined).any():
+    if ((used.sum(axis=1) > 0) & ~determined).any():
         flags.append("fit-undetermined")
     chromatic = {}
     if data.gamma is not None:

@@ -195,6 +195,25 @@ def test_partial_guider_coverage_is_flagged_not_fatal(sky):
     assert np.isnan(result.guider[-1]) and np.isfinite(result.guider[0])
 
 
+def test_one_covered_window_is_flagged_undetermined(sky):
+    """Frames that end as the exposure starts cover one window: no p-value, no correlation and
+    chi2/dof inf, flagged only ``partial-coverage`` (the NaN carried no flag of its own)."""
+    for end in np.arange(0.0, 120.0, 5.0):
+        early = [f for f in sky.frames.frames if (f.start - START).sec < end]
+        if not early:
+            continue
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                result = guider.compare(sky.fit, early, read_times=exposure_header())
+        except InputError:  # no window covered yet
+            continue
+        if result.used[0].sum() == 1:
+            break
+    assert result.used[0].sum() == 1 and np.isnan(result.p_value[0])
+    assert {"partial-coverage", "fit-undetermined"} <= set(result.flags)
+
+
 # --------------------------------------------------------------------------------------------
 # The chromatic fit: gamma against the guider's seeing
 # --------------------------------------------------------------------------------------------
