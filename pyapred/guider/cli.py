@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,8 @@ def _parse_fibers(text: str | None) -> list[int] | None:
     fibers: list[int] = []
     for part in text.split(","):
         part = part.strip()
+        if not re.fullmatch(r"[0-9]+(-[0-9]+)?", part) and part:  # int() took "2_93" and "٢٩٣"
+            raise ValueError(part)
         if "-" in part:
             a, b = (int(v) for v in part.split("-", 1))
             if not 1 <= a <= b <= N_FIBERS:

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["SELECT_PAD", "GuiderComparison", "compare"]
 
 SELECT_PAD = 90.0  # s of guider frames kept beyond the exposure (and the lag range)
+#: The most steps of the lag grid (``2 lag_range / lag_step``): 240 at the defaults.
+MAX_LAG_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,11 @@ def compare(
     check_window_options(lag=0.0, row_phase=row_phase, max_gap=max_gap)
     _check_number("lag_range", lag_range, lambda v: 0.0 <= v < math.inf, "a finite time >= 0 (s)")
     _check_number("lag_step", lag_step, lambda v: 0.0 < v < math.inf, "a finite time > 0 (s)")
+    if fit_lag and 2 * lag_range / lag_step > MAX_LAG_STEPS:  # 1e-9 s steps: 894 GiB of grid
+        raise ValueError(
+            f"lag_step: expected at most {MAX_LAG_STEPS} steps over +-lag_range ({lag_range:g} "
+            f"s), got a step of {lag_step:g} s"
+        )
     _check_number("alpha", alpha, lambda v: 0.0 < v < 1.0, "a probability between 0 and 1")
     if isinstance(guider_frames, GuiderSeries):
         # A series has its frames chosen and its flux modelled already: these would be ignored.

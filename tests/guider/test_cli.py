@@ -117,6 +117,12 @@ def test_cli_guider_refuses_before_any_work(sky, tmp_path, capsys):
         (["--out", str(tmp_path / "g.png"), "--diameter", "1e300"], "--diameter: expected"),
         # A fiber of 1e-300 arcsec coupled no light: every result NaN, exit 1.
         (["--out", str(tmp_path / "g.png"), "--diameter", "1e-300"], "--diameter: expected"),
+        # int() took these as fiberId 293.
+        (["--out", str(tmp_path / "g.png"), "--fibers", "2_93"], "--fibers: expected"),
+        (
+            ["--out", str(tmp_path / "g.png"), "--fibers", "\u0662\u0669\u0663"],
+            "--fibers: expected",
+        ),
     ):
         code = main([*argv, *extra])
         err = capsys.readouterr().err

@@ -143,7 +143,10 @@ def test_settings_are_checked_not_ignored(sky):
     header = exposure_header()
     for bad in ({"lag_step": 0.0, "fit_lag": True}, {"lag_range": -5.0, "fit_lag": True},
                 {"lag_step": np.nan, "fit_lag": True}, {"alpha": 2.0}, {"alpha": -1.0},
-                {"max_gap": 0.0}, {"row_phase": np.nan}):  # fmt: skip
+                {"max_gap": 0.0}, {"row_phase": np.nan},
+                # A grid of 1e11 lags (894 GiB: a MemoryError) or of 1e308 s (NumPy's error).
+                {"lag_step": 1e-9, "fit_lag": True, "lag_range": 60.0},
+                {"lag_step": 0.5, "fit_lag": True, "lag_range": 1e308}):  # fmt: skip
         name = next(iter(bad))
         with pytest.raises(ValueError, match=f"{name}: expected"):
             guider.compare(sky.fit, sky.frames, read_times=header, **bad)
