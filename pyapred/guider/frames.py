@@ -498,9 +498,20 @@ def read_gcam_summary(path, *, exptime: float = 15.0) -> list[GuiderFrame]:
             raise InputError(path, "nstars", f"one value per camera, as fwhm {fwhm.shape}",
                              f"shape {nstars.shape}")  # fmt: skip
         gdrms = np.asarray(table["gdrms"], np.float64) if "gdrms" in columns else None
+    # Every row's date in one parse (one Time a row took 0.5 ms: 20 000 rows, 11 s); a date
+    # that does not parse is then named by its row.
+    try:
+        starts = Time([str(d).strip().rstrip("Zz").strip() for d in dates], scale="tai")
+        mids = starts + exptime / 2 * u.s
+    except ValueError:
+        starts = mids = None
     frames = []
     for row, date in enumerate(dates):
-        start = _parse_date(f"{path}[row {row}]", {"DATE-OBS": date}, "TAI")
+        if starts is None:
+            start = _parse_date(f"{path}[row {row}]", {"DATE-OBS": date}, "TAI")
+            mid = start + exptime / 2 * u.s
+        else:
+            start, mid = starts[row], mids[row]
         valid = np.isfinite(_valid_fwhm(fwhm[row])) & (nstars[row] > 0)
         seeing = float(np.median(fwhm[row][valid])) if valid.any() else math.nan
         problems = () if valid.any() else ("no camera with stars and a valid fwhm",)
@@ -510,7 +521,7 @@ def read_gcam_summary(path, *, exptime: float = 15.0) -> list[GuiderFrame]:
                 kind="gcam",
                 start=start,
                 exptime=float(exptime),
-                mid=start + exptime / 2 * u.s,
+                mid=mid,
                 fwhm=seeing,
                 rms=math.nan if gdrms is None else header_number(gdrms[row]),
                 image_type="object",
@@ -617,12 +628,13 @@ def read_guider_frames(
             rejected.append((path, str(exc)))
     if not frames and first_error is not None:
         raise first_error
-    if not frames:
+    if not frames:  # files that hold no frame (a gcam summary of no rows), or none in window
+        where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else (
+            ", ".join(map(os.fspath, source)) or "guider frames")  # fmt: skip
+        if window is None:  # (the message took window[0] of None: a TypeError)
+            raise InputError(where, "guider frames", "at least one frame", "none")
         raise InputError(
-            os.fspath(source)
-            if isinstance(source, (str, os.PathLike))
-            else ", ".join(map(os.fspath, source)) or "guider frames",
-            "DATE-OBS", f"guider frames between {window[0].isot} and {window[1].isot} TAI",
+            where, "DATE-OBS", f"guider frames between {window[0].isot} and {window[1].isot} TAI",
             "none in that span",
         )  # fmt: skip
     frames.sort(key=lambda f: f.start.mjd)

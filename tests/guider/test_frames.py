@@ -275,3 +275,31 @@ def test_gcam_counts_of_stars_per_camera_as_fwhm(tmp_path):
     with pytest.raises(InputError, match=r"nstars: expected one value per camera, as fwhm "
                        r"\(1, 6\), found shape \(1, 3\)"):  # fmt: skip
         guider.read_guider_frames(path)
+
+
+def test_gcam_rows_are_parsed_at_once_and_a_summary_of_no_rows_is_named(tmp_path, monkeypatch):
+    """Each gcam row had a Time of its own (20 000 rows: 11 s); a summary of no rows, read
+    without a window, was a TypeError building the message."""
+    from pyapred.guider import frames as frames_module
+
+    dates = [f"2024-12-04 01:{m:02d}:06.4" for m in range(40)]
+    columns = [
+        fits.Column("date-obs", "A21", array=dates),
+        fits.Column("fwhm", "6E", array=np.full((40, 6), 1.2)),
+    ]
+    path = tmp_path / "gcam-60648.fits"
+    fits.BinTableHDU.from_columns(columns).writeto(path)
+    calls = []
+    parse = frames_module._parse_date
+    monkeypatch.setattr(frames_module, "_parse_date",
+                        lambda *a, **k: calls.append(a) or parse(*a, **k))  # fmt: skip
+    read = guider.read_guider_frames(path).frames
+    assert len(read) == 40 and not calls
+    assert read[7].start.isot == "2024-12-04T01:07:06.400" and read[7].start.scale == "tai"
+    assert abs((read[7].mid - read[7].start).sec - 7.5) < 1e-6
+    empty = tmp_path / "gcam-60649.fits"
+    fits.BinTableHDU.from_columns([fits.Column("date-obs", "A21", array=[]),
+                                   fits.Column("fwhm", "6E", array=np.zeros((0, 6)))]
+                                  ).writeto(empty)  # fmt: skip
+    with pytest.raises(InputError, match="guider frames: expected at least one frame"):
+        guider.read_guider_frames(empty)
