@@ -432,7 +432,12 @@ def _read_plate_gimg(path: str, hdul) -> GuiderFrame:
             use &= np.asarray(table[flag], dtype=bool)
     if "fiber_type" in columns:
         use &= np.char.strip(np.asarray(table["fiber_type"]).astype(str)) == "GUIDE"
-    probe_id = np.asarray(table["fiberid"])[use].astype(np.int64)
+    ids = np.asarray(table["fiberid"])
+    if ids.dtype.kind == "f":  # a NaN or 1e30 fiberid named every such probe "probe:nan": one star
+        with np.errstate(invalid="ignore"):
+            use &= np.isfinite(ids) & (ids == np.round(ids)) & (np.abs(ids) < 2**31)
+        ids = np.where(use, ids, 0)
+    probe_id = ids[use].astype(np.int64)
     probe_fwhm = np.asarray(table["fwhm"], dtype=np.float64)[use]
     light = np.asarray(table["ref_mag"], np.float64) - np.asarray(table["mag"], np.float64)
     good = use & np.isfinite(light)
@@ -451,7 +456,7 @@ def _read_plate_gimg(path: str, hdul) -> GuiderFrame:
         kind="plate-gproc",
         fwhm=seeing,
         rms=header_number(header.get("GDRMS")),
-        star_ids=np.array([f"probe:{i}" for i in np.asarray(table["fiberid"])[good]]),
+        star_ids=np.array([f"probe:{int(i)}" for i in ids[good]]),
         star_zp=light[good],
         probe_id=probe_id,
         probe_fwhm=probe_fwhm,

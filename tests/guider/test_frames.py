@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -303,3 +304,24 @@ def test_gcam_rows_are_parsed_at_once_and_a_summary_of_no_rows_is_named(tmp_path
                                   ).writeto(empty)  # fmt: skip
     with pytest.raises(InputError, match="guider frames: expected at least one frame"):
         guider.read_guider_frames(empty)
+
+
+@needs_fixtures
+def test_plate_era_probes_without_a_whole_fiberid_are_left_out(tmp_path):
+    """A float fiberid of NaN or 1e30 named every such probe "probe:nan": one star, averaged
+    over probes, with no word."""
+    source = FIXTURES / "lco" / "expect-gimg-0040.fits.gz"
+    with fits.open(source) as hdul:
+        copy = fits.HDUList([hdu.copy() for hdu in hdul])
+    table = copy[6]
+    ids = np.asarray(table.data["fiberid"], dtype=np.float64)
+    ids[[0, 1]] = [np.nan, 1e30]  # probes 1 and 2
+    columns = [c for c in table.columns if c.name.lower() != "fiberid"]
+    copy[6] = fits.BinTableHDU.from_columns([*columns, fits.Column("fiberid", "E", array=ids)])
+    path = tmp_path / "gimg-0040.fits"
+    copy.writeto(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "invalid value in cast"
+        frame = guider.read_guider_frame(path)
+    assert frame.probe_id.tolist() == [4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16]
+    assert frame.star_ids[0] == "probe:4" and len(set(frame.star_ids)) == len(frame.star_ids)
