@@ -384,3 +384,32 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     assert err.strip().splitlines() == [
         "pyapred night: interrupted (finished exposures are kept: run it again to resume)"
     ]
+
+
+def test_an_unreadable_night_folder_fails_its_exposures_alone(night, tmp_path, monkeypatch):
+    """A raw folder without permission stopped the whole runlist with a bare "Permission
+    denied" (exit 2); its exposures are failures naming their files, the others run."""
+    import pathlib
+
+    raw, _ = night
+    runlist = tmp_path / "runlist_two.h5"
+    with h5py.File(runlist, "w") as handle:
+        handle["tele"] = np.array([b"apo", b"apo"])
+        handle["mjd"] = np.array([60781, 60781])
+        handle["expid"] = np.array([1, 2])
+    # Exposure 2 as if its night folder RAW/apo/60781 were unreadable (tests run as root).
+    denied = raw / "apo" / "60781" / "apR-a-52190002.apz"
+    for method in ("exists", "is_file"):
+        original = getattr(pathlib.Path, method)
+
+        def guarded(path, original=original):
+            if path in (denied, raw / denied.name):
+                raise PermissionError(13, "Permission denied", str(path))
+            return original(path)
+
+        monkeypatch.setattr(pathlib.Path, method, guarded)
+    first, second = find_exposures(runlist, [raw], tmp_path, raw_dir=raw)
+    assert first.problem is None
+    assert second.problem.startswith(
+        f"{denied}: chip R: expected a readable file, found Permission denied"
+    )
