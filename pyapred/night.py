@@ -260,24 +260,22 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
     with open_h5(path) as handle:
         columns = {}
         for name in ("tele", "mjd", "expid"):
-            dataset = handle.get(name, getlink=True)
-            if dataset is None or not hasattr(handle.get(name, default=None), "shape"):
-                try:
-                    found = "nothing" if dataset is None else type(handle[name]).__name__
-                except (KeyError, OSError, RuntimeError) as exc:  # a dangling external link
-                    found = str(exc)
-                raise InputError(path, name, "a dataset (runlist_*.h5 has tele, mjd, expid)",
-                                 found)  # fmt: skip
-            shape = handle[name].shape
+            expected = "a dataset (runlist_*.h5 has tele, mjd, expid)"
+            try:
+                item = handle[name] if handle.get(name, getlink=True) is not None else None
+            except (KeyError, OSError, RuntimeError) as exc:  # a dangling external link
+                raise InputError(path, name, expected, str(exc)) from None
+            if not hasattr(item, "shape"):
+                raise InputError(path, name, expected,
+                                 "nothing" if item is None else type(item).__name__)  # fmt: skip
+            shape = item.shape
             if shape is not None and len(shape) > 1:
                 raise InputError(path, name, "a 1-D dataset, one value per exposure",
                                  f"shape {shape}")  # fmt: skip
             if shape is not None and math.prod(shape) > MAX_RUNLIST_ROWS:
                 raise InputError(path, name, f"at most {MAX_RUNLIST_ROWS} exposures",
                                  f"{math.prod(shape)} rows")  # fmt: skip
-            columns[name] = np.atleast_1d(
-                read_dataset(path, handle, name, kinds="fiuSOU" if name == "tele" else "fiuSO")
-            )
+            columns[name] = np.atleast_1d(read_dataset(path, handle, name, kinds="fiuSO"))
     lengths = {name: len(values) for name, values in columns.items()}
     if len(set(lengths.values())) != 1 or not lengths["tele"]:
         raise InputError(path, "tele, mjd, expid", "datasets of one non-zero length", str(lengths))

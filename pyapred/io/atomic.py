@@ -233,7 +233,7 @@ def try_lock(fd: int) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except BlockingIOError:  # (an OSError too) held elsewhere: the caller's to handle
         raise
     except OSError:  # a file system without locks (ENOLCK)
         return False
