@@ -235,10 +235,24 @@ def guider_series(
         for f in epochs[i]:
             dropped.append((f.path, "no star seen in another frame (transparency undefined)"))
     mid_seconds = seconds_since(mid, mid[0])
+    start_seconds = seconds_since(start, mid[0])
+    end_seconds = start_seconds + exptime
     for i in range(1, len(epochs)):
-        if keep[i] and np.any(keep[:i] & (np.abs(mid_seconds[:i] - mid_seconds[i]) < 1e-3)):
+        if not (keep[i] and keep[:i].any()):
+            continue
+        if np.any(keep[:i] & (np.abs(mid_seconds[:i] - mid_seconds[i]) < 1e-3)):
             keep[i] = False
             dropped.extend((f.path, "same time as an earlier frame (duplicate)") for f in epochs[i])
+            continue
+        # One guider integrates one exposure at a time (its cameras form one epoch): an epoch
+        # that overlaps an earlier one by more than half its integration is a copy or has a
+        # corrupt time, and made the windows' spline ill-conditioned (a frame copied 10 ms
+        # later turned r = 1.00 into 0.47 and a false "disagree").
+        overlap = end_seconds[:i][keep[:i]].max() - start_seconds[i]
+        if overlap > 0.5 * exptime[i]:
+            keep[i] = False
+            reason = f"its integration overlaps an earlier frame's by {overlap:.3g} s"
+            dropped.extend((f.path, reason) for f in epochs[i])
     if not keep.any():
         raise InputError(
             epochs[0][0].path, "GAIAMATCH/zp", "stars measured in at least two guider frames"

@@ -115,3 +115,26 @@ def test_series_of_no_frames_or_no_frame_kind():
         guider.guider_series([])
     with pytest.raises(TypeError, match="frames: expected GuiderFrames, .* got int"):
         guider.guider_series(123)
+
+
+def test_frames_whose_integrations_overlap_are_dropped_not_fitted(tmp_path):
+    """A frame copied 10 ms after another (a new number) made the windows' spline
+    ill-conditioned: r 1.00 -> 0.47 and a false "disagree". One guider integrates one exposure
+    at a time: an epoch overlapping an earlier one by more than half its integration goes,
+    with its reason; frames that follow each other are kept."""
+    start = Time("2024-12-04 01:35:06.4", scale="tai")
+    for i in range(5):
+        guider.write_proc_gimg(
+            tmp_path / f"proc-gimg-gfa1n-{i:04d}.fits", date_obs=start + 20 * i * u.s,
+            exptime=15.0, fwhm=1.2, source_id=[1, 2, 3], zp=[25.0, 24.0, 23.0],
+        )  # fmt: skip
+    series = guider.guider_series(tmp_path)
+    assert len(series) == 5 and not series.dropped
+    copy = tmp_path / "proc-gimg-gfa1n-0099.fits"
+    guider.write_proc_gimg(
+        copy, date_obs=start + 40.01 * u.s, exptime=15.0, fwhm=1.2, source_id=[1, 2, 3],
+        zp=[25.0, 24.0, 23.0],
+    )  # fmt: skip
+    series = guider.guider_series(tmp_path)
+    assert len(series) == 5
+    assert series.dropped == ((str(copy), "its integration overlaps an earlier frame's by 15 s"),)
