@@ -642,7 +642,10 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
         kstar; rtol, max_iter)
     n_diff = dropdims(sum(valid; dims = 1); dims = 1)
     s_chi2 = grouped(start.chi2)
-    gamma = res.slope ./ res.omega
+    # An omega element with no data (NaN) or fitted to exactly 0 leaves its gamma undefined
+    # (slope / 0 was +-inf, with no flag): NaN, and the group flagged below.
+    undetermined = .!isfinite.(res.omega) .| (res.omega .== 0)
+    gamma = ifelse.(undetermined, NaN, res.slope ./ res.omega)
     cov_out = zeros(2 * K, 2 * K, G)
     delta_chi2, p_value, amplitude = fill(NaN, G), fill(NaN, G), fill(NaN, G)
     inflation = zeros(G)
@@ -666,7 +669,10 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
         chromatic = sum(fit[p, g] ? res.chi2[p, g] : 0.0 for p in 1:P)
         delta = achromatic - chromatic
         dof[g] = count(view(res.free, (K + 1):(2 * K), g))
-        p_g = dof[g] > 0 ? chi2_sf(delta / inflation[g]^2, max(dof[g], 1)) : 1.0
+        # No chi2 decrease is no evidence, also where the chromatic fit is exact (inflation 0:
+        # 0 / 0 was a NaN p-value with no flag).
+        statistic = delta <= 0 ? 0.0 : delta / inflation[g]^2
+        p_g = dof[g] > 0 ? chi2_sf(statistic, max(dof[g], 1)) : 1.0
         # The equivalent amplitude over the free elements of gamma and the reference (NumPy's
         # nanvar and nanmean: NaN elements left out).
         use = [res.free[K + k, g] || k == kstar[g] for k in 1:K]
@@ -698,6 +704,7 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
             amplitude[g] = sqrt(12.0 * max(excess, 0.0))
         end
         res.converged[g] || (group_flags[g] |= NOT_CONVERGED)
+        nonempty && any(view(undetermined, :, g)) && (group_flags[g] |= OMEGA_ELEMENT_NO_DATA)
         nonempty || (group_flags[g] |= EMPTY_GROUP)
     end
     out = (; omega = res.omega, gamma, cov = cov_out, ref_index = kstar,

@@ -912,6 +912,7 @@ def fit_omega(
         raise ValueError(f"mode: expected 'default' or 'reference', got {mode!r}")
     rtol = _positive(rtol, "rtol")
     max_iter = _count(max_iter, "max_iter", 1)
+    jump_search = _flag(jump_search, "jump_search")  # "no" ran the search
     single, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
         reads, read_noise, gain, mask, read_times, saturation, backend
     )
@@ -977,7 +978,8 @@ class ChromaticFit:
         Transparency at ``c = 0``, ``omega[ref_index] == 1``; NaN without data.
     gamma : ndarray, float64, ``(n_groups, K)``
         Chromatic slope, ``gamma[ref_index] == 0`` (otherwise degenerate with the fluxes' own
-        spectral shape); 0 for an element seen at a single coordinate, NaN without data.
+        spectral shape); 0 for an element seen at a single coordinate, NaN without data or
+        where omega is 0 (the group then flagged ``OMEGA_ELEMENT_NO_DATA``).
     cov : ndarray, float64, ``(n_groups, 2K, 2K)``
         Covariance of ``(omega, gamma)`` stacked (fluxes marginalised); rows and columns of
         fixed elements are 0. :meth:`omega_cov` and :meth:`gamma_cov` are its blocks.
@@ -987,7 +989,8 @@ class ChromaticFit:
         1 at ``c = 0``), their marginal variances, and each pixel's eq-24 chi2.
     n_diff : ndarray, int64, ``(n_groups, n_pix)``
     flags, group_flags : ndarray, int64
-        As in :class:`OmegaFit`.
+        As in :class:`OmegaFit`; ``OMEGA_ELEMENT_NO_DATA`` also where an element of omega is 0
+        (its gamma undefined).
     n_iter : ndarray, int64, ``(n_groups,)``
     converged : ndarray, bool, ``(n_groups,)``
     stop_reason : ndarray, int64, ``(n_groups,)``
@@ -1142,6 +1145,7 @@ def fit_omega_chromatic(
 
     rtol = _positive(rtol, "rtol")
     max_iter = _count(max_iter, "max_iter", 1)
+    jump_search = _flag(jump_search, "jump_search")
     if start is None:
         start = fit_omega(
             reads, read_noise, gain=gain, mask=mask, read_times=read_times,
@@ -1156,7 +1160,7 @@ def fit_omega_chromatic(
         reads, read_noise, gain, mask, read_times, saturation, backend
     )
     G, P, K = diffs.shape
-    coord = np.asarray(coordinate, dtype=np.float64)
+    coord = _real_array(coordinate, "coordinate")  # complex lost its imaginary part, "abc"...
     try:
         coord = np.broadcast_to(coord[None] if single and coord.ndim else coord, (G, P))
     except ValueError:
@@ -1187,8 +1191,11 @@ def fit_omega_chromatic(
         rtol=float(rtol), max_iter=int(max_iter),
     )  # fmt: skip
     n_diff = valid.sum(axis=-1).astype(np.int64)
+    # An omega element with no data (NaN) or fitted to exactly 0 leaves its gamma undefined
+    # (slope / 0 was +-inf, with no flag): NaN, and the group flagged below.
+    undetermined = ~np.isfinite(res["omega"]) | (res["omega"] == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        gamma = res["slope"] / res["omega"]
+        gamma = np.where(undetermined, np.nan, res["slope"] / res["omega"])
         # (omega, gamma) = (a, b / a): the covariance of (a, b) by the Jacobian of that map.
         jac = np.zeros((G, 2 * K, 2 * K))
         idx = np.arange(K)
@@ -1201,9 +1208,10 @@ def fit_omega_chromatic(
         achromatic = np.where(fit_pixel, grouped(start.chi2), 0.0).sum(axis=1)
         delta = achromatic - np.where(fit_pixel, res["chi2"], 0.0).sum(axis=1)
         dof = res["free"][:, K:].sum(axis=1).astype(np.int64)
-        p_value = np.where(
-            dof > 0, chdtrc(np.maximum(dof, 1), np.maximum(delta / inflation**2, 0.0)), 1.0
-        )
+        # No chi2 decrease is no evidence, also where the chromatic fit is exact (inflation 0:
+        # 0 / 0 was a NaN p-value with no flag).
+        statistic = np.where(delta <= 0, 0.0, delta / inflation**2)
+        p_value = np.where(dof > 0, chdtrc(np.maximum(dof, 1), statistic), 1.0)
         error = np.sqrt(np.maximum(np.diagonal(cov[:, K:, K:], axis1=1, axis2=2), 0.0))
         free_b = res["free"][:, K:] | (idx[None, :] == kstar[:, None])
         doubled = np.where(free_b, 2.0 * gamma, np.nan)
@@ -1213,6 +1221,7 @@ def fit_omega_chromatic(
     nonempty = fit_pixel.any(axis=1)
     group_flags = np.zeros(G, dtype=np.int64)
     group_flags[~res["converged"]] |= Flag.NOT_CONVERGED
+    group_flags[nonempty & undetermined.any(axis=1)] |= Flag.OMEGA_ELEMENT_NO_DATA
     group_flags[~nonempty] |= Flag.EMPTY_GROUP
     flags = flags | grouped(start.flags)
     out = ChromaticFit(

@@ -154,3 +154,48 @@ def test_bad_arguments():
         fit_omega_chromatic(reads, 12.0, 0.0, rtol=0.0)
     with pytest.raises(TypeError, match="start: expected an OmegaFit"):  # an AttributeError
         fit_omega_chromatic(reads, 12.0, 0.0, start="x")
+
+
+def test_every_nan_of_a_chromatic_fit_carries_a_flag():
+    """Found by fuzzing the solver API: omega elements without data were NaN with group flags 0
+    (fit_omega flags them), an omega element fitted to 0 made gamma +-inf, and data that both
+    models fit exactly gave a NaN p-value (0 / 0), all unflagged."""
+    import pyapred
+
+    rng = np.random.default_rng(3)
+    sim = pyapred.simulate_ramps(
+        rng.uniform(500, 2000, 50), 15.0, omega=np.linspace(1, 0.7, 9), rng=rng
+    )
+    mask = np.zeros(sim.reads.shape, bool)
+    mask[5] = True  # one bad read in every pixel: differences 4 and 5 have no data
+    fit = fit_omega_chromatic(sim.reads, 15.0, np.linspace(-1, 1, 50), mask=mask)
+    assert np.isnan(fit.omega[[4, 5]]).all() and np.isnan(fit.gamma[[4, 5]]).all()
+    assert fit.group_flags & Flag.OMEGA_ELEMENT_NO_DATA
+    # Reads clipped at the ADC ceiling with no saturation given: an element fitted to 0.
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        flux = rng.uniform(1e5, 5e5, 4)
+        clipped = np.clip(pyapred.simulate_ramps(flux, 15.0, n_reads=11, rng=rng).reads, 0, 65535)
+        with np.errstate(all="ignore"):
+            fit = fit_omega_chromatic(clipped.astype(np.int32), 15.0, np.linspace(-1, 1, 4))
+        if (fit.omega == 0).any():
+            break
+    assert (fit.omega == 0).any(), "no seed gave an omega element of 0"
+    assert not np.isinf(fit.gamma).any() and np.isnan(fit.gamma[fit.omega == 0]).all()
+    assert fit.group_flags & Flag.OMEGA_ELEMENT_NO_DATA
+    # Both models exact (no chi2 at all): no evidence of chromaticity, p = 1.
+    exact = np.tile(np.array([0, 65535] * 5, np.uint16)[:, None], 50)
+    fit = fit_omega_chromatic(exact, 15.0, np.linspace(-1, 1, 50))
+    assert fit.inflation == 0 and fit.p_value == 1.0
+
+
+def test_the_coordinate_is_real_numbers_and_jump_search_a_flag():
+    """A complex coordinate lost its imaginary part (a ComplexWarning only); "abc" was NumPy's
+    message naming no argument; jump_search="no" ran the search."""
+    rng = np.random.default_rng(5)
+    reads = chromatic_reads(rng, np.full(8, 2000.0), np.linspace(-1, 1, 8), 0.0)
+    for coordinate in (np.linspace(-1, 1, 8) + 1j, "abc"):
+        with pytest.raises(ValueError, match="coordinate: expected real numbers"):
+            fit_omega_chromatic(reads, 12.0, coordinate)
+    with pytest.raises(ValueError, match="jump_search: expected True or False"):
+        fit_omega_chromatic(reads, 12.0, np.linspace(-1, 1, 8), jump_search="no")

@@ -262,6 +262,8 @@ def test_invalid_arguments_raise_value_error(function, label, change, match):
         ("fit_omega", {"max_iter": np.nan}, "max_iter: expected an integer"),
         ("fit_omega", {"rtol": "x"}, "rtol: expected a finite value"),
         ("fit_omega", {"rtol": np.array([1e-8, 1e-8])}, "rtol"),
+        # "no" (a truthy string) ran the search.
+        ("fit_omega", {"jump_search": "no"}, "jump_search: expected True or False"),
     ],
 )
 def test_invalid_options_raise_value_error(function, kwargs, match):
