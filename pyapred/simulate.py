@@ -132,6 +132,26 @@ def omega_drift(
     return 1.0 - amplitude * 0.5 * (1.0 - np.cos(2.0 * np.pi * periods * t + phase))
 
 
+def _finite_array(
+    value, name: str, *, low: float | None = None, positive: bool = False, scalar: bool = False
+) -> np.ndarray:
+    """``value`` as finite float64 (one number with ``scalar``), at least ``low`` (above it with
+    ``positive``); else a ValueError naming it (NumPy's "lam value too large" named nothing)."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected real numbers, got {value!r}") from None
+    if scalar and array.ndim:
+        raise ValueError(f"{name}: expected one number, got shape {array.shape}")
+    bad = ~np.isfinite(array)
+    if low is not None:
+        bad |= (array <= low) if positive else (array < low)
+    if bad.any():
+        bound = "" if low is None else f" {'>' if positive else '>='} {low:g}"
+        raise ValueError(f"{name}: expected finite values{bound}, got {array[bad].flat[0]!r}")
+    return array
+
+
 def simulate_ramps(
     flux,
     read_noise,
@@ -173,22 +193,54 @@ def simulate_ramps(
     -------
     SimulatedRamps
     """
-    flux = np.asarray(flux, dtype=np.float64)
+    if not isinstance(rng, np.random.Generator):  # an int was an AttributeError (.poisson)
+        raise TypeError(
+            f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), got "
+            f"{type(rng).__name__}"
+        )
+    flux = _finite_array(flux, "flux", low=0.0)
     if omega is None:
         if n_reads is None:
             raise ValueError("n_reads: required when omega is not given")
+        if not isinstance(n_reads, (int, np.integer)) or n_reads < 2:
+            raise ValueError(f"n_reads: expected an integer >= 2, got {n_reads!r}")
         omega = np.ones(n_reads - 1)
-    omega = np.asarray(omega, dtype=np.float64)
+    omega = _finite_array(omega, "omega", low=0.0)
     if n_reads is None:
         n_reads = omega.size + 1
     if omega.shape != (n_reads - 1,):
         raise ValueError(f"omega: expected shape ({n_reads - 1},), got {omega.shape}")
     if n_reads < 2:
         raise ValueError(f"n_reads: expected >= 2, got {n_reads}")
-    if np.any(flux < 0) or np.any(omega < 0):
-        raise ValueError("flux, omega: expected non-negative values")
-    sigma = np.broadcast_to(np.asarray(read_noise, dtype=np.float64), flux.shape)
-    dt = np.ones(n_reads - 1) if read_times is None else np.diff(np.asarray(read_times, float))
+    # NaN or 0 made every read NaN or inf; a negative read noise or gain was taken as it was.
+    read_noise = _finite_array(read_noise, "read_noise", low=0.0)
+    gain = float(_finite_array(gain, "gain", low=0.0, positive=True, scalar=True))
+    try:
+        sigma = np.broadcast_to(read_noise, flux.shape)
+    except ValueError:
+        raise ValueError(
+            f"read_noise: expected a shape broadcastable to flux {flux.shape}, got "
+            f"{read_noise.shape}"
+        ) from None
+    if read_times is None:
+        dt = np.ones(n_reads - 1)
+    else:
+        times = _finite_array(read_times, "read_times")
+        dt = np.diff(times)
+        if times.shape != (n_reads,) or not (dt > 0).all():
+            raise ValueError(
+                f"read_times: expected {n_reads} increasing times, got shape {times.shape}"
+                + ("" if times.shape != (n_reads,) else " not increasing")
+            )
+    cosmic_ray_rate = float(_finite_array(cosmic_ray_rate, "cosmic_ray_rate", low=0.0,
+                                          scalar=True))  # fmt: skip
+    charge = _finite_array(cosmic_ray_charge, "cosmic_ray_charge", low=0.0)
+    if charge.shape != (2,) or not charge[0] <= charge[1]:  # (a negative charge: no jump)
+        raise ValueError(f"cosmic_ray_charge: expected (low, high), got {cosmic_ray_charge!r}")
+    cosmic_ray_charge = (float(charge[0]), float(charge[1]))
+    if saturation is not None:
+        saturation = float(_finite_array(saturation, "saturation", low=0.0, positive=True,
+                                         scalar=True))  # fmt: skip
     expand = (slice(None),) + (None,) * flux.ndim
     photons = rng.poisson(flux[None] * (omega * dt)[expand]).astype(np.float64)
     jumps = np.zeros_like(photons)
