@@ -327,6 +327,9 @@ def fit_run(args: argparse.Namespace) -> int:
         traces_any_night=args.traces_any_night, progress=args.progress,
         identity=identity or None,
     )  # fmt: skip
+    # Again once the product is in place: a run killed just before this one may still have
+    # held its temporary's lock as this one started (its process takes a moment to exit).
+    remove_stale_temporaries(args.out, keep=inputs)
     plots = []
     if args.plots is not None:
         from .plots import save_plots

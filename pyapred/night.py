@@ -587,12 +587,8 @@ def max_local_tasks() -> int:
 
 def _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resume, progress):
     """:func:`run_night` once ``out`` is locked."""
-    from .io.paths import remove_stale_temporaries
-
     start = time.perf_counter()
-    for task in tasks:  # left by a killed run (the lock says none is running now)
-        if task.product:
-            remove_stale_temporaries(task.product, keep=(*task.inputs, *task.traces))
+    _remove_stale_temporaries(tasks)
     # Exposures with a missing file fail here: no cluster is started for them alone.
     results = {t.name: process_exposure(t) for t in tasks if t.problem is not None}
     runnable = [t for t in tasks if t.problem is None]
@@ -603,7 +599,20 @@ def _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resu
             _run_tasks(client, runnable, options, resume, progress, out, tasks, results)
     night = NightResult([results[t.name] for t in tasks], time.perf_counter() - start)
     _write_failures(out, tasks, results)
+    # Again at the end: the workers of a run killed just before this one may still have held
+    # their temporaries' locks as it started (a process group killed takes a moment to exit).
+    _remove_stale_temporaries(tasks)
     return night
+
+
+def _remove_stale_temporaries(tasks: Sequence[ExposureTask]) -> None:
+    """The temporaries killed runs left beside the products (the lock says no other run
+    writes there now; a live writer's temporary is locked and kept)."""
+    from .io.paths import remove_stale_temporaries
+
+    for task in tasks:
+        if task.product:
+            remove_stale_temporaries(task.product, keep=(*task.inputs, *task.traces))
 
 
 def _open_lock_file(path: Path):
