@@ -947,8 +947,12 @@ def _git_info() -> tuple[str | None, bool]:
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
+        # No optional locks: `git status` refreshing the index takes .git/index.lock, which a
+        # writer killed then (a night's worker) left behind, and which a user's own `git
+        # commit` in the checkout would meet.
+        command = ["git", "--no-optional-locks", "-C", str(here), *args]
         return subprocess.run(
-            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10, check=True
+            command, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
 
     try:

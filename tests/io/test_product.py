@@ -412,3 +412,23 @@ def test_h5py_errors_of_a_damaged_structure_are_input_errors(tmp_path, monkeypat
             with pytest.raises(pyapred.errors.InputError) as caught:
                 read_product(path)
         assert str(path) in str(caught.value) and "HDF5 structure" in str(caught.value)
+
+
+def test_the_git_state_is_read_without_taking_the_index_lock(monkeypatch):
+    """`git status` refreshing the index takes .git/index.lock: a night worker killed then (the
+    SIGKILL test) left it, and the next `git commit` in the checkout failed."""
+    import subprocess
+
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(product_module.subprocess, "run", run)
+    product_module._git_info.cache_clear()  # (asked once a process)
+    try:
+        product_module._git_info()
+    finally:
+        product_module._git_info.cache_clear()
+    assert calls and all(c[:2] == ["git", "--no-optional-locks"] for c in calls)
