@@ -375,17 +375,15 @@ def _exposure_task(
             parts[4] = color
             candidate = file.with_name("_".join(parts))
         try:
-            is_file = candidate.is_file()
+            if not candidate.is_file():
+                found = ("a folder" if candidate.is_dir() else
+                         "a broken link" if candidate.is_symlink() and not candidate.exists() else
+                         "a FIFO or other special file" if os.path.lexists(candidate) else
+                         "nothing")  # fmt: skip
+                missing.append(f"{candidate}: chip {color}: expected a file, found {found}")
         except OSError as exc:  # a folder without permission: this exposure's failure alone
             missing.append(f"{candidate}: chip {color}: expected a readable file, found "
                            f"{exc.strerror or exc}")  # fmt: skip
-            is_file = True
-        if not is_file:
-            found = ("a folder" if candidate.is_dir() else
-                     "a broken link" if candidate.is_symlink() and not candidate.exists() else
-                     "a FIFO or other special file" if os.path.lexists(candidate) else
-                     "nothing")  # fmt: skip
-            missing.append(f"{candidate}: chip {color}: expected a file, found {found}")
         inputs.append(str(candidate))
         trace = trace_files.get((tele, mjd, color))
         if trace is None and any_night:
