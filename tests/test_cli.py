@@ -102,6 +102,25 @@ def test_the_executable_sets_up_its_process_memory_unless_the_user_did(
     assert (advice, variables) == expected
 
 
+def test_python_dash_m_runs_the_executable(tmp_path):
+    """``python -m pyapred`` is the ``pyapred`` command (for an environment whose scripts folder
+    is not on the PATH): the same parser, exit codes and process set-up."""
+    import subprocess
+    import sys
+
+    import pyapred
+
+    env = {k: v for k, v in os.environ.items() if k not in _MEMORY_VARIABLES}
+    run = subprocess.run([sys.executable, "-m", "pyapred", "--version"], env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0 and pyapred.__version__ in run.stdout
+    missing = str(tmp_path / "missing.apz")
+    run = subprocess.run([sys.executable, "-m", "pyapred", "inspect", missing], env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2 and missing in run.stderr
+    assert run.stderr.startswith("pyapred")
+
+
 def test_main_leaves_the_process_as_it_is(tmp_path, monkeypatch):
     """Notebooks and tests call ``main``: NumPy's settings and the environment stay theirs."""
     try:
