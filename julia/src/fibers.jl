@@ -248,6 +248,8 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
     segments = nothing
     if isempty(todo)
         fit, constant = empty_fits(K, P, 0, ref_index)
+        # As pyapred's one fit_omega call for no fibers: the jump search's (empty) jump_mask.
+        options.jump_search && (fit = merge(fit, (; jump_mask = zeros(Bool, K, P, 0))))
     else
         segment_keys === nothing ||
             (segments = readout_segments(segment_keys[1:P, todo], valid[1:P, todo]))
@@ -555,7 +557,8 @@ function empty_fits(K, P, G, ref_index)
         flux = fill(NaN, P, G), flux_var = fill(NaN, P, G), chi2 = fill(NaN, P, G),
         n_diff = zeros(Int, P, G), inflation = fill(NaN, G), n_iter = zeros(Int, G),
         converged = zeros(Bool, G), flags = fill(NOT_IN_OMEGA_FIT, P, G),
-        group_flags = fill(EMPTY_GROUP, G))
+        group_flags = fill(EMPTY_GROUP, G), stop_reason = fill(STOP_EMPTY, G),
+        step_size = fill(NaN, G), damping = fill(NaN, G))
     constant = (; flux = fill(NaN, P, G), flux_var = fill(NaN, P, G), chi2 = fill(NaN, P, G),
         n_diff = zeros(Int, P, G), flags = zeros(Int, P, G))
     return fit, constant
@@ -583,11 +586,15 @@ function scatter_fits(fit, constant, todo, n_fibers, P, ref_index)
     for (i, f) in enumerate(todo)
         full.omega[:, f] = fit.omega[:, i]
         full.omega_cov[:, :, f] = fit.omega_cov[:, :, i]
-        full.ref_index[f] = fit.ref_index[i]
+        # ref_index stays the common one (empty_fits'), as pyapred's _scatter: a fiber whose fit
+        # broke down at another pivot must not change choose_models' reference.
         full.inflation[f] = fit.inflation[i]
         full.n_iter[f] = fit.n_iter[i]
         full.converged[f] = fit.converged[i]
         full.group_flags[f] = fit.group_flags[i]
+        full.stop_reason[f] = fit.stop_reason[i]
+        full.step_size[f] = fit.step_size[i]
+        full.damping[f] = fit.damping[i]
         full_offsets === nothing || (full_offsets[:, :, f] = fit.offsets[:, :, i])
         full_jumps === nothing || (full_jumps[:, :, f] = fit.jump_mask[:, :, i])
         for name in (:flux, :flux_var, :chi2, :n_diff, :flags)

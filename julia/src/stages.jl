@@ -47,7 +47,18 @@ function extract_chip(chip::ChipExposure, prepared::PreparedChip, fibers::FiberF
         "prepared: expected chip $(repr(chip.name))'s, got chip $(repr(prepared.name))'s"))
     nx, ny, N = size(chip.reads)
     K = N - 1
+    # Another exposure's stages, as pyapred's extract_chip refuses them: a PreparedChip of other
+    # reads (its jumps index those), fits of other fibers or over other read differences (their
+    # omega would be used for the wrong pixels, or for the background).
+    prepared_shape = (size(prepared.saturated)..., size(prepared.omega_rough, 1) + 1)
+    prepared_shape == size(chip.reads) || throw(ArgumentError(
+        "prepared: expected the chip's $(size(chip.reads)) reads, was prepared from " *
+        "$prepared_shape"))
     nf = size(fibers.omega, 2)
+    n_traced = size(prepared.traces.y_center, 2)
+    size(fibers.omega) == (K, n_traced) || throw(ArgumentError(
+        "fibers: expected the fits of the chip's $n_traced fibers over $K read differences, " *
+        "got $nf x $(size(fibers.omega, 1))"))
     nc = size(prepared.pixel_map.fiber, 1)
     fiber = zeros(Int, nx, ny)
     fiber[1:nc, :] .= prepared.pixel_map.fiber

@@ -450,6 +450,16 @@ end
             saturation = 0.5), traces)
         @test_throws ArgumentError run_chips([ChipExposure(reads, 5.0; gain = 1.9),
                 ChipExposure(reads[:, :, 1:5], 5.0; gain = 1.9)], [traces, traces])
+        # extract_chip refuses another exposure's stages, as pyapred's does: a PreparedChip of
+        # other reads, fits over another number of read differences.
+        prepared, fits = extracted.prepared, extracted.fibers
+        short = ChipExposure(reads[:, :, 1:(end - 1)], 5.0; gain = 1.9, name = prepared.name)
+        @test_throws "prepared: expected the chip's" extract_chip(short, prepared, fits, options)
+        @test_throws "fibers: expected the fits" extract_chip(short,
+            prepare_chip(short, traces, options), fits, options)
+        # Every fiber's fit carries the common reference read and the convergence report.
+        @test all(fits.fit.ref_index .== fits.ref_index)
+        @test length(fits.fit.stop_reason) == length(fits.fit.damping) == size(fits.omega, 2)
         @test_throws ArgumentError fit_constant(reads, 5.0; saturation = NaN)
         @test_throws ArgumentError fit_constant(reads, 5.0; mask = zeros(Int, size(reads)))
     end
