@@ -248,7 +248,8 @@ def fit_arguments(parser: argparse.ArgumentParser) -> None:
         "--traces", nargs="+", required=True, type=Path,
         help="trace files (traceMain_{tele}_{mjd}_{chip}.h5), one per chip",
     )  # fmt: skip
-    parser.add_argument("--out", required=True, type=file_argument, help="product file (.h5)")
+    parser.add_argument("--out", required=True, type=file_argument,
+                        help="product file: .h5, or .fits for the FITS flavour")  # fmt: skip
     parser.add_argument("--plots", type=path_argument, help="folder for PNG plots")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing product")
     parser.add_argument(

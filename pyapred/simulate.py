@@ -273,8 +273,9 @@ CHIPS = ("R", "G", "B")
 N_FIBERS_FULL = 300
 #: Single-read noise of a simulated exposure, DN (the default of :func:`simulate_exposure`).
 READ_NOISE_DN = 8.0
-#: Start of every simulated integration (``DATE-OBS``, UTC).
-DATE_OBS = "2025-04-20T04:00:00.000"
+#: Start of a simulated integration: this many hours after 0h UTC of the night's MJD (the SDSS
+#: MJD of a time is floor(MJD + 0.3), so a start at 04:00 UTC belongs to that night).
+START_HOUR_UTC = 4.0
 #: APOGEE read interval (INTOFF), seconds.
 READ_INTERVAL_S = 10.647
 SCENARIOS = ("clouds", "seeing", "stable", "seeing-change", "seeing-change-clouds")
@@ -710,7 +711,7 @@ def write_simulated_apz(
     chip: str = "a",
     mjd: int = 60781,
     exposure: int = 1,
-    date_obs: str = DATE_OBS,
+    date_obs: str | None = None,
     timesys: str = "UTC",
     bias: float = 10000.0,
     header: dict | None = None,
@@ -733,8 +734,10 @@ def write_simulated_apz(
     telescope, chip, mjd, exposure
         Give the file name ``{apR|asR}-{chip}-{(mjd - 55562) * 10000 + exposure:08d}.apz``;
         ``mjd`` is the SDSS MJD of the night.
-    date_obs, timesys : str
-        Start of the integration and its time scale ("UTC" or "TAI").
+    date_obs : str, optional
+        Start of the integration; default 04:00 UTC of the night ``mjd``.
+    timesys : str
+        The time scale of ``date_obs``: "UTC" or "TAI".
     bias : float
         DN added before rounding (a detector's pedestal keeps counts positive).
     header : dict, optional
@@ -754,8 +757,18 @@ def write_simulated_apz(
     counts = _raw_counts(reads, bias, one_over_f, rng)
     return _write_raw(
         directory, counts, telescope=telescope, chip=chip, mjd=mjd, exposure=exposure,
-        date_obs=date_obs, timesys=timesys, header=header, overwrite=overwrite,
+        date_obs=_night_start(mjd) if date_obs is None else date_obs, timesys=timesys,
+        header=header, overwrite=overwrite,
     )  # fmt: skip
+
+
+def _night_start(mjd: int) -> str:
+    """``DATE-OBS`` (UTC, ISO) of a simulated integration of the SDSS night ``mjd``: 04:00 UTC
+    of that day (:data:`START_HOUR_UTC`), so that the file's times and its name's night agree
+    (``docs/formats.md``: the night of a time is ``floor(MJD + 0.3)``)."""
+    from astropy.time import Time
+
+    return Time(mjd + START_HOUR_UTC / 24.0, format="mjd", scale="utc", precision=3).isot
 
 
 def _raw_counts(
@@ -965,7 +978,7 @@ def _write_chips(sim, chips, names, directory, *, mjd, exposure, overwrite, one_
         apz.append(
             _write_raw(
                 directory, counts, telescope=sim.telescope, chip=letters[name], mjd=mjd,
-                exposure=exposure, date_obs=DATE_OBS, timesys="UTC", header=cards,
+                exposure=exposure, date_obs=_night_start(mjd), timesys="UTC", header=cards,
                 overwrite=overwrite,
             )
         )  # fmt: skip

@@ -50,3 +50,18 @@ def test_valid_arguments_still_simulate():
         cosmic_ray_rate=0.01,
     )  # fmt: skip
     assert sim.reads.shape == (6, 3) and np.isfinite(sim.reads).all() and sim.gain == 2.0
+
+
+@pytest.mark.parametrize("mjd", [60781, 60000])
+def test_a_simulated_file_starts_in_the_night_of_its_name(tmp_path, mjd):
+    """``DATE-OBS`` of a simulated raw file lies in the SDSS night its name and EXPNUM encode
+    (the night of a time is floor(MJD + 0.3)); it was a fixed date four nights later."""
+    from astropy.time import Time
+
+    from pyapred.io import read_apz
+    from pyapred.simulate import write_simulated_apz
+
+    path = write_simulated_apz(tmp_path, np.zeros((3, 4, 8)), mjd=mjd)
+    raw = read_apz(path)
+    assert raw.mjd == mjd
+    assert int(np.floor(Time(raw.header["DATE-OBS"], scale="utc").mjd + 0.3)) == mjd

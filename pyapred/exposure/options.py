@@ -511,7 +511,8 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, metavar="FILE", action=_GivenOnce,
         help="fit settings from a TOML file ([model], [pixels], ... tables; see docs/pipeline.md) "
-        "or from a pyapred product (.h5: the settings it was made with); flags given override it",
+        "or from a pyapred product (.h5 or .fits: the settings it was made with); flags given "
+        "override it",
     )  # fmt: skip
     groups = {name: parser.add_argument_group(title) for name, title in CONFIG_GROUPS.items()}
     for item in _fields():
@@ -519,8 +520,11 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, item.name)
         shown = "from the file" if default is None else default
         valid = item.metadata["valid"]
-        allowed = "" if valid is None else f"{valid[1]}; "  # the declared range, once
-        text = f"{item.metadata['help']} ({allowed}default: {shown})"
+        text = item.metadata["help"]
+        # The declared range and the default, each said once: some help texts say them already.
+        said = [] if valid is None or valid[1] in text else [valid[1]]
+        said += [] if "(default:" in text else [f"default: {shown}"]
+        text = f"{text} ({'; '.join(said)})" if said else text
         group = groups[item.metadata["group"]]
         kind = _base_type(item)
         if kind is bool:

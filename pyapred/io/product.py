@@ -166,6 +166,13 @@ _FIBER_STATS = ("amplitude", "delta_chi2", "p_value", "n_fit_pixels", "n_iter",
 #: Optional per-fiber ``(n, K)`` columns (the chromatic fit, ``pyapred fit --chromatic``).
 _FIBER_ARRAYS = ("gamma", "gamma_cov")
 _INDEX_BASE = {"fiber_index", "ref_index"}  # stored 1-based in HDF5, 0-based in FITS
+#: The descriptions of the index columns where they are stored 0-based (the FITS flavour).
+_ZERO_BASED_FIBERS = {
+    "fiber_id": _Field("fiberId", "", "fiber number, 1..300 (fiberId = 300 - fiber_index)"),
+    "fiber_index": _Field("fiber_index", "", "0-based fiber index 300 - fiberId "
+                          "(ApogeeReduction.jl's 1-based fiberIndx is this + 1)"),
+    "ref_index": _Field("ref_index", "", "0-based index of the element of omega fixed to 1"),
+}  # fmt: skip
 
 #: Metadata keys pyapred writes or knows: ``(units, description)``.
 _METADATA = {
@@ -749,7 +756,8 @@ def _fiber_columns(results: FiberResults, *, index_base: int) -> dict[str, tuple
     for name in _FIBER_ARRAYS:
         if getattr(results, name) is not None:
             values[name] = np.asarray(getattr(results, name), np.float64)
-    return {name: (value, _FIBERS[name]) for name, value in values.items()}
+    fields = _FIBERS if index_base else _FIBERS | _ZERO_BASED_FIBERS
+    return {name: (value, fields[name]) for name, value in values.items()}
 
 
 def _write_images(group: h5py.Group, images: ChipImages, *, threads: int = 1) -> None:

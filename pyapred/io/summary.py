@@ -93,10 +93,9 @@ def _summarize_hdf5(path: Path) -> str:
                     lines.append(f"  fibers/{_name(key)}: {_fiber_line(fibers)}")
                 continue
             members = [k for k, v in group.items() if isinstance(v, h5py.Dataset)]
-            first = (
-                group["dimage"] if "dimage" in members else (group[members[0]] if members else None)
-            )
-            shape = "" if first is None else f" {_dataset_line(first)};"
+            # One dataset described (the others' types and units differ): dimage, else the first.
+            first = "dimage" if "dimage" in members else (members[0] if members else None)
+            shape = "" if first is None else f" {_name(first)} {_dataset_line(group[first])};"
             more = f" and {len(members) - 8} more" if len(members) > 8 else ""
             shown = ", ".join(_name(m) for m in members[:8])
             lines.append(f"  {_name(name)}:{shape} {shown}{more}")

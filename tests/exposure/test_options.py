@@ -36,6 +36,17 @@ def test_every_field_has_the_same_flag_in_fit_and_night():
     assert set(fit["backend"][2]) == {"numpy", "julia", "auto"}
 
 
+def test_each_flag_says_its_default_and_range_once():
+    """The help gives each setting's default and range once, whether its own text says them or
+    the declaration adds them (it said "(default: all) (...; default: from the file)")."""
+    declared = {f.name: f.metadata["valid"] for f in dataclasses.fields(FitOptions)}
+    for name, (_, text, _) in option_actions("fit").items():
+        assert text.count("default:") == 1, (name, text)
+        if declared[name] is not None:
+            assert text.count(declared[name][1]) == 1, (name, text)
+    assert option_actions("fit")["max_fit_pixels"][1].endswith("(default: all) (an integer >= 1)")
+
+
 def test_every_field_is_a_config_key_and_the_file_round_trips(tmp_path):
     options = FitOptions(
         model="time-variable", min_snr=12.5, max_fit_pixels=80, backend="numpy",

@@ -356,6 +356,12 @@ def test_fits_header_cards_units_and_round_trip(tmp_path):
             assert f"TUNIT{i}" in table.header and table.header[f"TCOMM{i}"]
         assert table.data["FIBERID"].tolist() == [300, 299, 150, 2, 1]
         assert table.data["FIBER_INDEX"].tolist() == [0, 1, 150, 298, 299]  # 0-based in FITS
+        # ... and described so (the HDF5 descriptions are of the 1-based columns).
+        comment = {name: table.header[f"TCOMM{i}"] for i, name in enumerate(names, start=1)}
+        assert "fiberId = 300 - fiber_index" in comment["FIBERID"]
+        assert comment["FIBER_INDEX"].startswith("0-based fiber index 300 - fiberId")
+        assert comment["REF_INDEX"].startswith("0-based")
+        assert all("index_base" not in text for text in comment.values())
         assert "UNIT" in hdul["METADATA"].columns.names
     product = read_product(path)
     assert product.format_version == 2 and product.metadata["expnum"] == 52190065

@@ -21,7 +21,7 @@ def test_inspect_describes_raw_exposures_and_products(tmp_path, capsys):
     assert "LCO chip c (B), SJD 60781, exposure 52190001" in out
     assert "4 reads (NREAD 4)" in out and "read times (TAI)" in out
     assert "pyapred product format 2" in out
-    assert "  B: float32, h5py (3, 5), Julia (5, 3), DN/read, gzip+shuffle; " in out
+    assert "  B: dimage float32, h5py (3, 5), Julia (5, 3), DN/read, gzip+shuffle; " in out
     assert "--full" in out
     assert main(["inspect", "--full", str(product)]) == EXIT_OK
     assert "B/dimage: float32, h5py (3, 5), Julia (5, 3), DN/read, gzip+shuffle" in (
