@@ -227,7 +227,29 @@ function read_intervals(read_times, n_reads)
     return dt
 end
 
+"""
+    group_columns(groups, n_groups, pixel_shape)
+
+Each pixel's column of the omega table, as a vector (pyapred's `_omega_rows`): `groups`
+integers (not `Bool`) in `1:n_groups` of the pixel shape; all 1 without `groups`, which one
+column of omega needs.
+"""
+function group_columns(groups, n_groups, pixel_shape)
+    if groups === nothing
+        n_groups == 1 ||
+            throw(ArgumentError("groups: required when omega has one column per group"))
+        return ones(Int, prod(pixel_shape))
+    end
+    groups isa AbstractArray && eltype(groups) <: Integer && !(eltype(groups) <: Bool) &&
+        size(groups) == pixel_shape && all(g -> 1 <= g <= n_groups, groups) ||
+        throw(ArgumentError("groups: expected integers in 1:$n_groups of the pixel shape $pixel_shape"))
+    return vec(Int.(groups))
+end
+
 function check_reads(reads; min_dims = 2, max_dims = typemax(Int))
+    # As pyapred's: real numbers; Bool reads are no counts, complex ones failed in a kernel.
+    eltype(reads) <: Real && !(eltype(reads) <: Bool) ||
+        throw(ArgumentError("reads: expected a real numeric array, got element type $(eltype(reads))"))
     min_dims <= ndims(reads) <= max_dims ||
         throw(ArgumentError("reads: expected $min_dims to $max_dims dimensions (pixels..., read), got size $(size(reads))"))
     size(reads, ndims(reads)) >= 3 ||
@@ -296,15 +318,7 @@ function extract_fluxes(reads::AbstractArray, read_noise, omega; groups = nothin
     omega2d = reshape(Float64.(collect(omega)), size(omega, 1), :)
     size(omega2d, 1) == K ||
         throw(ArgumentError("omega: expected $K rows (one per read difference), got size $(size(omega))"))
-    if groups === nothing
-        size(omega2d, 2) == 1 ||
-            throw(ArgumentError("groups: required when omega has one column per group"))
-        group_index = ones(Int, prod(pixel_shape))
-    else
-        size(groups) == pixel_shape && all(g -> 1 <= g <= size(omega2d, 2), groups) ||
-            throw(ArgumentError("groups: expected integers in 1:$(size(omega2d, 2)) of the pixel shape $pixel_shape"))
-        group_index = vec(Int.(groups))
-    end
+    group_index = group_columns(groups, size(omega2d, 2), pixel_shape)
     n_pass >= 1 || throw(ArgumentError("n_pass: expected >= 1, got $n_pass"))
     sigma = pixel_map(read_noise, pixel_shape, "read_noise")
     gain_map = pixel_map(gain, pixel_shape, "gain")

@@ -41,6 +41,22 @@ function chi2_thresholds(threshold::Real)
     return Float64(threshold)^2, -2.0 * log_erfc(threshold / sqrt(2.0))
 end
 
+# The largest jump threshold, sigma (pyapred's `_MAX_THRESHOLD`): beyond it the chi2 drops of
+# `chi2_thresholds` are no longer finite (from 1e155 nothing was ever flagged).
+const MAX_THRESHOLD = 1e6
+
+"""
+    check_threshold(threshold, name)
+
+A jump threshold in sigma, as pyapred's `_check_threshold` takes it: a real number (not a
+`Bool`) above 0 and at most [`MAX_THRESHOLD`](@ref); returned as `Float64`.
+"""
+function check_threshold(threshold, name)
+    threshold isa Real && !(threshold isa Bool) && 0 < threshold <= MAX_THRESHOLD ||
+        throw(ArgumentError("$name: expected a value > 0 (sigma), at most 1e+06, got $threshold"))
+    return Float64(threshold)
+end
+
 """
     search_pixel!(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, work)
 
@@ -577,18 +593,8 @@ function find_jumps(reads::AbstractArray, read_noise; omega = nothing, gain = 1.
               reshape(Float64.(collect(omega)), size(omega, 1), :)
     size(omega2d, 1) == K ||
         throw(ArgumentError("omega: expected $K rows (one per read difference), got size $(size(omega))"))
-    if groups === nothing
-        size(omega2d, 2) == 1 ||
-            throw(ArgumentError("groups: required when omega has one column per group"))
-        group_index = ones(Int, prod(pixel_shape))
-    else
-        size(groups) == pixel_shape && all(g -> 1 <= g <= size(omega2d, 2), groups) ||
-            throw(ArgumentError("groups: expected integers in 1:$(size(omega2d, 2)) of the pixel shape $pixel_shape"))
-        group_index = vec(Int.(groups))
-    end
-    isfinite(threshold) && threshold > 0 ||
-        throw(ArgumentError("threshold: expected a finite value > 0 (sigma), got $threshold"))
-    thr_one, thr_two = chi2_thresholds(threshold)
+    group_index = group_columns(groups, size(omega2d, 2), pixel_shape)
+    thr_one, thr_two = chi2_thresholds(check_threshold(threshold, "threshold"))
     max_jumps === nothing || max_jumps >= 0 ||
         throw(ArgumentError("max_jumps: expected nothing or an integer >= 0, got $max_jumps"))
     limit = max_jumps === nothing ? typemax(Int) : Int(max_jumps)

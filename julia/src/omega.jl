@@ -1153,17 +1153,12 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
     isfinite(rtol) && rtol > 0 || throw(ArgumentError("rtol: expected a finite value > 0"))
     segments === nothing || !reference ||
         throw(ArgumentError("segments: not available with mode = \"reference\""))
-    jump_search && !(isfinite(jump_threshold) && jump_threshold > 0) &&
-        throw(ArgumentError("jump_threshold: expected a finite value > 0, got $jump_threshold"))
+    jump_search && check_threshold(jump_threshold, "jump_threshold")
     max_iter >= 1 || throw(ArgumentError("max_iter: expected >= 1, got $max_iter"))
     single, diffs, valid, flags, s2, dt, gain_map = group_inputs(reads, read_noise, gain, mask,
         read_times, saturation)
     K, P, G = size(diffs)
-    kstar = ref_index === nothing ? nothing : Int.(ref_index isa Integer ? fill(ref_index, G) :
-                                                   collect(ref_index))
-    if kstar !== nothing && !(length(kstar) == G && all(k -> 1 <= k <= K, kstar))
-        throw(ArgumentError("ref_index: expected values in 1:$K, got $ref_index"))
-    end
+    kstar = ref_index === nothing ? nothing : reference_indices(ref_index, G, K)
     fit, n_diff, flags = fit_pixels(valid, flags)
     labels = segments === nothing ? nothing : segment_labels(segments, P, G)
     jump_mask = nothing
@@ -1208,11 +1203,31 @@ end
 drop_group_axis(v) = v === nothing ? nothing :
                      v isa AbstractVector ? v[1] : collect(selectdim(v, ndims(v), 1))
 
+"""
+    reference_indices(ref_index, G, K)
+
+`fit_omega`'s `ref_index` as `G` indices (pyapred's `_as_ref_index`): whole numbers in `1:K`
+(an integer, or a float of one; not a `Bool`), one for every group or one per group.
+"""
+function reference_indices(ref_index, G, K)
+    values = ref_index isa AbstractArray ? vec(collect(ref_index)) : [ref_index]
+    length(values) in (1, G) && all(k -> k isa Real && !(k isa Bool) && isfinite(k) &&
+                                         isinteger(k) && 1 <= k <= K, values) ||
+        throw(ArgumentError("ref_index: expected whole numbers in 1:$K, one or $G (one per " *
+                            "group), got $ref_index"))
+    return length(values) == G ? Int.(values) : fill(Int(values[1]), G)
+end
+
 "Validate `fit_omega`'s `segments`: integer labels >= 1 as a `(P, G)` matrix."
 function segment_labels(segments, P, G)
     labels = segments isa AbstractArray ? segments : fill(segments, P)
-    all(x -> x isa Integer && x >= 1, labels) ||
+    all(x -> x isa Integer && !(x isa Bool) && x >= 1, labels) ||
         throw(ArgumentError("segments: expected integer labels >= 1"))
+    # The offsets are (K, largest label, G): labels are ranks, at most one segment per pixel
+    # (pyapred refuses a label beyond them too: one of 1e9 asked for tens of GiB).
+    isempty(labels) || maximum(labels) <= P ||
+        throw(ArgumentError("segments: expected labels 1 .. $P (ranks: at most one segment " *
+                            "per pixel), got $(maximum(labels))"))
     length(labels) == P && return repeat(reshape(Int.(collect(labels)), P, 1), 1, G)
     length(labels) == P * G && return reshape(Int.(collect(labels)), P, G)
     throw(ArgumentError("segments: expected $P or $(P * G) labels, got $(length(labels))"))

@@ -488,6 +488,13 @@ end
         @test res.flux.flags == [0, JUMP_DETECTED, 0]
         @test find_jumps(reads, 10.0; omega = ones(8)) == find_jumps(reads, 10.0)
         @test_throws ArgumentError find_jumps(reads, 10.0; threshold = 0.0)
+        # pyapred's argument rules: a threshold at most 1e6 and not a Bool, integer groups,
+        # real non-Bool reads.
+        @test_throws "at most 1e+06" find_jumps(reads, 10.0; threshold = 2e6)
+        @test_throws ArgumentError find_jumps(reads, 10.0; threshold = true)
+        @test_throws "groups: expected integers" find_jumps(reads, 10.0;
+            omega = hcat(omega, omega), groups = fill(1.0, 3))
+        @test_throws "reads: expected a real numeric array" fit_constant(reads .> 0, 10.0)
         # pyapred's way: the search without its (0, K) jump outputs writes the rest the same,
         # and jump_sizes_kernel! gives the jumps of the pixels that have them.
         n_pix, K = 3, 8
@@ -530,6 +537,11 @@ end
         reads = hcat(zeros(n_pix), cumsum(counts; dims = 2)) .+ 15.0 .* randn(rng, n_pix, n_reads)
         fit = fit_omega(reads, 15.0)
         @test fit.converged
+        # ref_index as pyapred takes it: whole numbers (a float of one too), never a Bool.
+        @test fit_omega(reads, 15.0; ref_index = 3.0).ref_index == 3
+        @test fit_omega(reads, 15.0; ref_index = [3]).ref_index == 3
+        @test_throws "ref_index: expected whole numbers" fit_omega(reads, 15.0; ref_index = 2.5)
+        @test_throws ArgumentError fit_omega(reads, 15.0; ref_index = true)
         truth = omega ./ omega[fit.ref_index]
         errors = sqrt.(max.(0.0, [fit.omega_cov[k, k] for k in 1:(n_reads - 1)]))
         free = errors .> 0
@@ -631,6 +643,9 @@ end
         @test fit.offsets ≈ offsets .- omega .* shift' atol = 1e-9
         @test fit.flux ≈ flux .+ shift[segments] rtol = 1e-12
         @test_throws ArgumentError fit_omega(reads, 10.0; segments = zeros(Int, n_pix))
+        # Labels are ranks, at most one segment per pixel (a raw readout key asked for GiB).
+        @test_throws "segments: expected labels 1 .. $n_pix" fit_omega(reads, 10.0;
+            segments = fill(n_pix + 1, n_pix))
         @test_throws ArgumentError fit_omega(reads, 10.0; segments, mode = "reference")
     end
 

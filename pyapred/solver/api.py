@@ -908,8 +908,7 @@ def fit_omega(
     >>> bool(np.allclose(fit.omega, omega / omega[fit.ref_index], atol=0.01))
     True
     """
-    if mode not in ("default", "reference"):
-        raise ValueError(f"mode: expected 'default' or 'reference', got {mode!r}")
+    _check_mode(mode)
     rtol = _positive(rtol, "rtol")
     max_iter = _count(max_iter, "max_iter", 1)
     jump_search = _flag(jump_search, "jump_search")  # "no" ran the search
@@ -1324,6 +1323,7 @@ def initial_guess(
         In the units of ``reads`` per read interval; NaN for pixels with < 2 usable differences.
     ref_index : ndarray of int64, ``()`` or ``(n_groups,)``
     """
+    _check_mode(mode)  # a misspelt mode ran the default one
     single, diffs, valid, flags, s2, dt, gain_map = _group_inputs(
         reads, read_noise, gain, mask, read_times, saturation, backend
     )
@@ -1489,6 +1489,12 @@ class JumpResult:
             f"{int(self.flux.n_diff.size * self.diff_shape[0] - self.flux.n_diff.sum())} "
             f"differences unused\n  flux: {self.flux!r}"
         )
+
+
+def _check_mode(mode) -> None:
+    """The omega fit's ``mode``: "default" or "reference" (APRampFit's ``check_mode``)."""
+    if mode not in ("default", "reference"):
+        raise ValueError(f"mode: expected 'default' or 'reference', got {mode!r}")
 
 
 def _check_threshold(threshold, name: str = "threshold") -> float:

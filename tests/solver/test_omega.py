@@ -244,6 +244,9 @@ def test_initial_guess_is_normalised_at_its_maximum():
         assert omega[k] == 1.0 and np.all(omega <= 1.0) and np.all(flux > 0)
     # The reference's (2 sigma^2)^2 error term changes the weights, hence the guess.
     assert not np.allclose(initial_guess(reads, sigma, mode="reference")[0], omega)
+    # A misspelt mode is refused (it ran the default mode), as by fit_omega and APRampFit.
+    with pytest.raises(ValueError, match="mode: expected 'default' or 'reference'"):
+        initial_guess(reads, sigma, mode="refrence")
 
 
 def test_gibbs_sampler_agrees_with_the_linearised_posterior():
