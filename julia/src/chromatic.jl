@@ -602,13 +602,17 @@ the units of `reads` per read interval.
 """
 function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start = nothing,
         gain = 1.0, mask = nothing, read_times = nothing, saturation = nothing,
-        ref_index = nothing, rtol::Real = 1e-8, max_iter::Integer = 50,
-        jump_search::Bool = false, jump_threshold::Real = 4.5)
+        ref_index = nothing, rtol::Real = 1e-8, max_iter = 50,
+        jump_search = false, jump_threshold = 4.5)
     isfinite(rtol) && rtol > 0 || throw(ArgumentError("rtol: expected a finite value > 0"))
-    max_iter >= 1 || throw(ArgumentError("max_iter: expected >= 1, got $max_iter"))
+    max_iter = count_option(max_iter, "max_iter", 1)
     if start === nothing
         start = fit_omega(reads, read_noise; gain, mask, read_times, saturation, ref_index,
             jump_search, jump_threshold)
+    elseif !(start isa NamedTuple && all(f -> hasproperty(start, f),
+                                          (:omega, :flux, :flags, :ref_index, :chi2)))
+        # As pyapred's TypeError: a fit_omega result, not another function's result.
+        throw(ArgumentError("start: expected a fit_omega result, got $(typeof(start))"))
     end
     single, diffs, valid, flags, s2, dt, gain_map = group_inputs(reads, read_noise, gain, mask,
         read_times, saturation)

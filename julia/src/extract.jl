@@ -200,10 +200,23 @@ without a flag.
 const SCALE_RANGE = (1e-30, 1e30)
 const MAX_READ = Float64(floatmax(Float32))
 
-"Broadcast a per-pixel parameter to `pixel_shape` as a flat `Vector{Float64}`."
+"""
+    pixel_map(value, pixel_shape, name; positive = true)
+
+A per-pixel parameter broadcast to `pixel_shape`, as a flat `Vector{Float64}` (pyapred's
+`_pixel_map`): real numbers (one, or an array that broadcasts), each within `SCALE_RANGE`
+where `positive`; anything else an `ArgumentError` naming `name`.
+"""
 function pixel_map(value, pixel_shape, name; positive = true)
+    value isa Real || (value isa AbstractArray && eltype(value) <: Real) ||
+        throw(ArgumentError("$name: expected real numbers, got $(typeof(value))"))
     out = zeros(pixel_shape)
-    out .= value
+    try
+        out .= value
+    catch err
+        err isa DimensionMismatch || rethrow()
+        throw(ArgumentError("$name: size $(size(value)) does not broadcast to the pixel shape $pixel_shape"))
+    end
     low, high = SCALE_RANGE
     if positive && !all(v -> low <= v <= high, out)  # NaN fails too
         throw(ArgumentError("$name: expected finite values > 0, within [$low, $high]"))
@@ -218,6 +231,9 @@ Read intervals `dt` (length `n_reads - 1`); `nothing` means unit spacing.
 """
 function read_intervals(read_times, n_reads)
     read_times === nothing && return ones(n_reads - 1)
+    # As pyapred's: a vector of n_reads real numbers (a matrix of as many was taken too).
+    read_times isa Union{AbstractVector, Tuple} && all(t -> t isa Real, read_times) ||
+        throw(ArgumentError("read_times: expected a vector of $n_reads real numbers, got $(typeof(read_times))"))
     length(read_times) == n_reads ||
         throw(ArgumentError("read_times: expected $n_reads values, got $(length(read_times))"))
     dt = diff(Float64.(collect(read_times)))
@@ -225,6 +241,44 @@ function read_intervals(read_times, n_reads)
     all(v -> low <= v <= high, dt) ||  # NaN fails too
         throw(ArgumentError("read_times: expected finite, strictly increasing values, $low to $high apart"))
     return dt
+end
+
+"""
+    omega_table(omega, K)
+
+`omega`, `(K,)` or `(K, n_groups)` real numbers, as a `(K, n_groups)` `Matrix{Float64}`
+(pyapred's `_omega_rows`).
+"""
+function omega_table(omega, K)
+    omega isa AbstractArray && ndims(omega) <= 2 && eltype(omega) <: Real &&
+        size(omega, 1) == K ||
+        throw(ArgumentError("omega: expected size ($K,) or ($K, n_groups) of real numbers (one row per read difference), got " *
+                            (omega isa AbstractArray ? "size $(size(omega))" : "$(typeof(omega))")))
+    return reshape(Float64.(collect(omega)), K, :)
+end
+
+"""
+    count_option(value, name, minimum)
+
+An integer option as pyapred's `_count` takes it: an integer or a whole float (not a `Bool`)
+from `minimum` to 2^62, as `Int`; anything else an `ArgumentError` naming `name`.
+"""
+function count_option(value, name, minimum)
+    value isa Real && !(value isa Bool) && isfinite(value) && isinteger(value) &&
+        minimum <= value <= 2.0^62 ||
+        throw(ArgumentError("$name: expected an integer >= $minimum, got $(repr(value))"))
+    return Int(value)
+end
+
+"""
+    flag_option(value, name)
+
+A true/false option as pyapred's `_flag` takes it: a `Bool`, or the integer 0 or 1.
+"""
+function flag_option(value, name)
+    value isa Bool && return value
+    value isa Integer && value in (0, 1) && return value == 1
+    throw(ArgumentError("$name: expected true or false, got $(repr(value))"))
 end
 
 """
@@ -310,16 +364,14 @@ A NamedTuple `(flux, flux_var, chi2, n_diff, flags)` of arrays of the pixel shap
 interval in the units of `reads`, at omega's normalisation.
 """
 function extract_fluxes(reads::AbstractArray, read_noise, omega; groups = nothing, gain = 1.0,
-        mask = nothing, read_times = nothing, saturation = nothing, n_pass::Integer = 2)
+        mask = nothing, read_times = nothing, saturation = nothing, n_pass = 2)
     check_reads(reads; min_dims = 1)
     N = size(reads, ndims(reads))
     K = N - 1
     pixel_shape = size(reads)[1:(end - 1)]
-    omega2d = reshape(Float64.(collect(omega)), size(omega, 1), :)
-    size(omega2d, 1) == K ||
-        throw(ArgumentError("omega: expected $K rows (one per read difference), got size $(size(omega))"))
+    omega2d = omega_table(omega, K)
     group_index = group_columns(groups, size(omega2d, 2), pixel_shape)
-    n_pass >= 1 || throw(ArgumentError("n_pass: expected >= 1, got $n_pass"))
+    n_pass = count_option(n_pass, "n_pass", 1)
     sigma = pixel_map(read_noise, pixel_shape, "read_noise")
     gain_map = pixel_map(gain, pixel_shape, "gain")
     bad, use_mask = check_mask(mask, reads)

@@ -583,21 +583,17 @@ A NamedTuple with the fields of pyapred's `JumpResult`: `diff_mask`, `jumps`, `j
 whose flags add `JUMP_DETECTED` and `FEW_CLEAN_DIFFS`.
 """
 function find_jumps(reads::AbstractArray, read_noise; omega = nothing, gain = 1.0,
-        mask = nothing, threshold::Real = 4.5, max_jumps = nothing, groups = nothing,
-        read_times = nothing, saturation = nothing, two_adjacent::Bool = false)
+        mask = nothing, threshold = 4.5, max_jumps = nothing, groups = nothing,
+        read_times = nothing, saturation = nothing, two_adjacent = false)
     check_reads(reads; min_dims = 1)
     N = size(reads, ndims(reads))
     K = N - 1
     pixel_shape = size(reads)[1:(end - 1)]
-    omega2d = omega === nothing ? ones(K, 1) :
-              reshape(Float64.(collect(omega)), size(omega, 1), :)
-    size(omega2d, 1) == K ||
-        throw(ArgumentError("omega: expected $K rows (one per read difference), got size $(size(omega))"))
+    omega2d = omega === nothing ? ones(K, 1) : omega_table(omega, K)
     group_index = group_columns(groups, size(omega2d, 2), pixel_shape)
     thr_one, thr_two = chi2_thresholds(check_threshold(threshold, "threshold"))
-    max_jumps === nothing || max_jumps >= 0 ||
-        throw(ArgumentError("max_jumps: expected nothing or an integer >= 0, got $max_jumps"))
-    limit = max_jumps === nothing ? typemax(Int) : Int(max_jumps)
+    limit = max_jumps === nothing ? typemax(Int) : count_option(max_jumps, "max_jumps", 0)
+    two_adjacent = flag_option(two_adjacent, "two_adjacent")
     sigma = pixel_map(read_noise, pixel_shape, "read_noise")
     gain_map = pixel_map(gain, pixel_shape, "gain")
     bad, use_mask = check_mask(mask, reads)

@@ -1147,14 +1147,16 @@ Fluxes are in the units of `reads` per read interval.
 """
 function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
         read_times = nothing, saturation = nothing, ref_index = nothing, rtol::Real = 1e-8,
-        max_iter::Integer = 50, mode::AbstractString = "default", segments = nothing,
-        jump_search::Bool = false, jump_threshold::Real = 4.5)
+        max_iter = 50, mode::AbstractString = "default", segments = nothing,
+        jump_search = false, jump_threshold = 4.5)
     reference = check_mode(mode)
+    # Counts and switches as pyapred takes them (2.0 is a count, true is not; 0 and 1 switch).
+    max_iter = count_option(max_iter, "max_iter", 1)
+    jump_search = flag_option(jump_search, "jump_search")
     isfinite(rtol) && rtol > 0 || throw(ArgumentError("rtol: expected a finite value > 0"))
     segments === nothing || !reference ||
         throw(ArgumentError("segments: not available with mode = \"reference\""))
     jump_search && check_threshold(jump_threshold, "jump_threshold")
-    max_iter >= 1 || throw(ArgumentError("max_iter: expected >= 1, got $max_iter"))
     single, diffs, valid, flags, s2, dt, gain_map = group_inputs(reads, read_noise, gain, mask,
         read_times, saturation)
     K, P, G = size(diffs)
@@ -1272,11 +1274,11 @@ Gauss-Newton solution of [`fit_omega`](@ref); see [`gibbs`](@ref).
 A NamedTuple `(omega_samples (K, n_samples), flux_samples (n_pix, n_samples), omega_mean,
 omega_cov, flux, ref_index)`; `flux` is the [`extract_fluxes`](@ref) result at `omega_mean`.
 """
-function sample_omega(reads::AbstractMatrix, read_noise, n_samples::Integer; burn_in::Integer,
+function sample_omega(reads::AbstractMatrix, read_noise, n_samples; burn_in,
         rng::AbstractRNG = Random.default_rng(), gain = 1.0, mask = nothing,
         read_times = nothing, saturation = nothing, ref_index = nothing)
-    n_samples >= 2 && burn_in >= 0 ||
-        throw(ArgumentError("n_samples >= 2 and burn_in >= 0 expected, got $n_samples, $burn_in"))
+    n_samples = count_option(n_samples, "n_samples", 2)
+    burn_in = count_option(burn_in, "burn_in", 0)
     kw = (; gain, mask, read_times, saturation)
     start = fit_omega(reads, read_noise; ref_index, kw...)
     start.group_flags & EMPTY_GROUP == 0 ||

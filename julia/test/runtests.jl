@@ -550,6 +550,26 @@ end
         @test guess[k_ref] == 1.0
         samples = sample_omega(reads, 15.0, 50; burn_in = 10, rng = Xoshiro(1))
         @test size(samples.omega_samples) == (n_reads - 1, 50)
+        # Counts and switches as pyapred takes them: whole floats count, Bool does not;
+        # 0 and 1 switch.
+        @test_throws "n_samples: expected an integer >= 2" sample_omega(reads, 15.0, 2.5;
+            burn_in = 1)
+        @test fit_omega(reads, 15.0; max_iter = 50.0).omega == fit.omega
+        @test_throws "max_iter: expected an integer" fit_omega(reads, 15.0; max_iter = true)
+        @test_throws "jump_search: expected true or false" fit_omega(reads, 15.0;
+            jump_search = 2)
+        @test_throws "n_pass: expected an integer" extract_fluxes(reads, 15.0,
+            ones(n_reads - 1); n_pass = true)
+        # Per-pixel values and omega that are no real numbers, or do not fit the pixels, are
+        # ArgumentErrors naming the argument (a DimensionMismatch or MethodError before).
+        @test_throws "gain: size" fit_constant(reads, 15.0; gain = ones(n_pix + 1))
+        @test_throws "read_noise: expected real numbers" fit_constant(reads, "15")
+        @test_throws "omega: expected size" extract_fluxes(reads, 15.0,
+            ones(n_reads - 1, 1, 1))
+        @test_throws "read_times: expected a vector" fit_constant(reads, 15.0;
+            read_times = reshape(collect(1.0:n_reads), 1, :))
+        @test_throws "start: expected a fit_omega result" fit_omega_chromatic(reads, 15.0,
+            zeros(n_pix); start = (1, 2))
         @test samples.omega_cov[fit.ref_index, :] == zeros(n_reads - 1)
     end
 

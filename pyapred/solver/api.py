@@ -1373,8 +1373,9 @@ def sample_omega(
     """
     if not isinstance(rng, np.random.Generator):
         raise ValueError("rng: expected a numpy.random.Generator")
-    if int(n_samples) < 2 or int(burn_in) < 0:
-        raise ValueError(f"n_samples >= 2 and burn_in >= 0 expected, got {n_samples}, {burn_in}")
+    # Counts as every option takes them (int() took 2.5 as 2 and True as 1).
+    n_samples = _count(n_samples, "n_samples", 2)
+    burn_in = _count(burn_in, "burn_in", 0)
     reads = _as_reads(reads, 2, 2)
     start = fit_omega(
         reads, read_noise, gain=gain, mask=mask, read_times=read_times,

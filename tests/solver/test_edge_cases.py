@@ -284,6 +284,18 @@ def test_no_pixel_is_a_value_error_not_a_numba_error(shape):
     assert find_jumps(np.zeros(shape), 10.0).flux.flux.shape == shape[1:]
 
 
+@pytest.mark.parametrize(
+    ("n_samples", "burn_in", "match"),
+    [(2.5, 1, "n_samples: expected an integer >= 2"), (True, 1, "n_samples"),
+     (5, -1, "burn_in: expected an integer >= 0"), (5, 1.5, "burn_in")],
+)  # fmt: skip
+def test_sample_omega_counts_as_every_option_takes_them(n_samples, burn_in, match):
+    """``int()`` took 2.5 samples as 2 and True as 1; the counts are checked as every other."""
+    with pytest.raises(ValueError, match=match):
+        sample_omega(ramps()[:, 0], 10.0, n_samples, burn_in=burn_in,
+                     rng=np.random.default_rng(0))  # fmt: skip
+
+
 def test_no_group_is_an_empty_result():
     fit = fit_omega(np.zeros((10, 0, 4)), 10.0)
     assert fit.omega.shape == (0, 9) and fit.stop_reason.shape == (0,)
