@@ -413,3 +413,23 @@ def test_an_unreadable_night_folder_fails_its_exposures_alone(night, tmp_path, m
     assert second.problem.startswith(
         f"{denied}: chip R: expected a readable file, found Permission denied"
     )
+
+
+def test_fit_problems_make_the_night_exit_1(monkeypatch, tmp_path, capsys):
+    """A night whose exposures are done but flagged (fibers fallen back to the constant model)
+    exits 1, as documented: a batch script checking the exit code must see it."""
+    import pyapred.night
+    from pyapred.night import NightResult, TaskResult
+
+    flagged = TaskResult("apo-60781-1", "done", str(tmp_path / "p.h5"),
+                         problems=["3 fibers: constant model used (fit failed)"])  # fmt: skip
+    monkeypatch.setattr(pyapred.night, "find_exposures", lambda *args, **kwargs: [])
+    monkeypatch.setattr(pyapred.night, "run_night",
+                        lambda *args, **kwargs: NightResult([flagged], 1.0))  # fmt: skip
+    argv = ["night", "x.apz", "--traces", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    assert "flagged apo-60781-1: 3 fibers: constant model used" in capsys.readouterr().out
+    clean = TaskResult("apo-60781-1", "done", str(tmp_path / "p.h5"))
+    monkeypatch.setattr(pyapred.night, "run_night",
+                        lambda *args, **kwargs: NightResult([clean], 1.0))  # fmt: skip
+    assert main(argv) == 0

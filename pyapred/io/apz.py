@@ -886,8 +886,8 @@ def _era_times(
 ) -> Time:
     """:func:`_read_times`, in SDSS's era (MJD 55562, the exposure numbers' zero, to 99999): a
     ``DATE-OBS`` in year 9999 went into the product as its read times, with ERFA's "dubious
-    year" warnings on stderr. (The night itself is not compared with the file name's:
-    ``pyapred simulate`` writes its dates four days after its names' night.)"""
+    year" warnings on stderr. (The night itself is not compared with the file name's: a file
+    renamed, or identified with ``--mjd``, may carry another night's name.)"""
     from erfa import ErfaWarning
 
     with warnings.catch_warnings():

@@ -10,6 +10,7 @@ from pyapred import Flag, fit_constant, fit_omega, simulate_ramps
 from pyapred.exposure import FitOptions
 from pyapred.exposure.fibers import (
     MODEL_BORROWED,
+    MODEL_CONSTANT,
     MODEL_TIME_VARIABLE,
     _fit_reads,
     _significance,
@@ -83,6 +84,65 @@ def test_a_nuisance_fit_that_did_not_converge_borrows():
     assert plain.model[1] == 0 and plain.flags[1] & Flag.FALLBACK_CONSTANT
 
 
+def test_a_significant_change_below_the_amplitude_threshold_keeps_the_constant_model():
+    """The paper's two tests: a significant p-value and an amplitude of at least
+    ``amplitude_threshold``; the second alone turns a significant fiber constant."""
+    fit, constant = _fits()
+    plain = dataclasses.replace(fit, offsets=None)
+    base = _choose(plain, constant, amplitude_threshold=0.0)
+    assert np.all(base.p_value < 1e-3) and np.all(base.model == MODEL_TIME_VARIABLE)
+    above = _choose(plain, constant, amplitude_threshold=float(base.amplitude.max()) * 1.01)
+    assert np.all(above.model == MODEL_CONSTANT)
+    np.testing.assert_array_equal(above.p_value, base.p_value)  # the same test, another choice
+
+
+def test_faint_fibers_borrow_only_an_omega_that_passes_both_tests():
+    fit, constant = _fits()
+    plain = dataclasses.replace(fit, offsets=None)
+    n_pix = np.array([P, P, P, 3, 3])  # the last two are faint (fewer than min_fit_pixels)
+
+    def choose(**options):
+        return choose_models(plain, constant, n_pix, np.zeros(G, bool),
+                             FitOptions(min_fit_pixels=10, **options))  # fmt: skip
+
+    lend = choose(amplitude_threshold=0.0)
+    assert np.all(lend.model[3:] == MODEL_BORROWED)
+    assert np.all(lend.flags[3:] & Flag.BORROWED_OMEGA)
+    keep = choose(amplitude_threshold=10.0)
+    assert np.all(keep.model == MODEL_CONSTANT) and not np.any(keep.flags & Flag.BORROWED_OMEGA)
+
+
+def test_fibers_whose_omega_error_is_too_large_are_not_bright_and_lend_nothing():
+    """``max_omega_error`` decides brightness; with no bright fiber there is no omega to lend,
+    even with the time-variable model forced (no fiber labelled borrowed, nor flagged)."""
+    fit, constant = _fits()
+    plain = dataclasses.replace(fit, offsets=None)
+    for model in ("auto", "time-variable"):
+        fits = _choose(plain, constant, model=model, max_omega_error=1e-9)
+        assert not fits.bright.any()
+        assert np.all(fits.model == MODEL_CONSTANT)
+        assert not np.any(fits.flags & Flag.BORROWED_OMEGA)
+    assert _choose(plain, constant).bright.all()
+
+
+def test_excluded_and_faint_fibers_never_fall_back():
+    """``FALLBACK_CONSTANT`` marks a fiber whose own fit failed; an excluded (FPI) fiber keeps
+    the constant model without it and a faint one borrows, whatever their groups' flags say."""
+    fit, constant = _fits()
+    stuck = np.array([Flag.NOT_CONVERGED, Flag.NOT_CONVERGED, 0, 0, 0])
+    plain = dataclasses.replace(fit, offsets=None, group_flags=fit.group_flags | stuck)
+    n_pix = np.array([P, 3, P, P, P])
+    excluded = np.array([True, False, False, False, False])
+    fits = choose_models(plain, constant, n_pix, excluded, FitOptions(min_fit_pixels=10))
+    assert not np.any(fits.flags[:2] & Flag.FALLBACK_CONSTANT)
+    assert fits.model[0] == MODEL_CONSTANT and fits.model[1] == MODEL_BORROWED
+    # A fitted fiber that failed does fall back.
+    failed = dataclasses.replace(plain, group_flags=fit.group_flags | np.roll(stuck, 2))
+    fits = choose_models(failed, constant, np.full(G, P), np.zeros(G, bool),
+                         FitOptions(min_fit_pixels=10))  # fmt: skip
+    assert fits.flags[2] & Flag.FALLBACK_CONSTANT and fits.model[2] == MODEL_CONSTANT
+
+
 def test_fibers_fitted_in_batches_give_the_same_bits(tmp_path, monkeypatch):
     from pyapred.exposure import fibers, run_exposure
     from pyapred.simulate import simulate_exposure, write_simulated_exposure
@@ -148,6 +208,23 @@ def test_seeing_change_gets_the_chromatic_model_with_calibrated_gamma(seeing_cha
     summary = result.summary()["fibers"]["joint"]
     assert summary["chromatic"]["chosen"] == int(chosen.sum())
     assert summary["models"]["time_variable_chromatic"] == int(chosen.sum())
+
+
+def test_an_unconverged_chromatic_fit_is_not_chosen(seeing_change):
+    from pyapred.exposure import MODEL_CHROMATIC
+    from pyapred.exposure.fibers import choose_chromatic
+
+    _, result = seeing_change
+    fits = result.fibers["joint"]
+    chosen = fits.model == MODEL_CHROMATIC
+    assert chosen.any()
+    before = dataclasses.replace(fits, model=np.where(chosen, MODEL_TIME_VARIABLE, fits.model))
+    options = FitOptions(chromatic=True, joint_chips=True)
+    again = choose_chromatic(before, fits.chromatic, fits.coordinate_span, options)
+    np.testing.assert_array_equal(again.model, fits.model)  # the stage's own choice
+    stuck = dataclasses.replace(fits.chromatic, converged=np.zeros_like(fits.chromatic.converged))
+    again = choose_chromatic(before, stuck, fits.coordinate_span, options)
+    assert not np.any(again.model == MODEL_CHROMATIC)
 
 
 def test_chromatic_fibers_are_extracted_with_each_columns_omega(seeing_change):

@@ -232,7 +232,9 @@ def test_chromatic_with_the_nuisance_term_is_refused_naming_the_setting(tmp_path
      ("max_omega_error", 0.0), ("min_snr", -1.0), ("core_halfwidth", 0.0),
      ("core_halfwidth", float("inf")), ("core_halfwidth", 1e5), ("min_purity", 2.0),
      ("max_fit_pixels", 0), ("map_halfwidth", -1.0), ("map_halfwidth", 1e6), ("max_iter", 0),
-     ("jump_threshold", 0.0), ("jump_threshold", -1.0)],
+     ("jump_threshold", 0.0), ("jump_threshold", -1.0),
+     # inf made --model auto constant for every fiber, and the record invalid JSON.
+     ("amplitude_threshold", float("inf")), ("max_omega_error", float("inf"))],
 )  # fmt: skip
 def test_settings_out_of_range_are_refused_before_any_work(tmp_path, capsys, name, value):
     """Each range is declared once, on the field: the constructor, the flags and the config

@@ -64,3 +64,11 @@ def test_read_times_from_a_raw_exposure_and_too_few_reads():
             read_times_from_header(exposure_header(NREAD=count))
     with pytest.raises(ValueError, match="strictly increasing"):
         exposure_read_times(times[::-1])
+
+
+def test_an_implausible_intdelay_is_refused_naming_the_card():
+    """A corrupt INTDELAY of 1e7 s moved every read time by 115 days, into the product's read
+    times and the guider comparison. (-999 and below are SDSS's "no value": no delay.)"""
+    header = {"DATE-OBS": "2025-04-20T04:00:00", "INTOFF": 10647, "INTDELAY": 2e6}
+    with pytest.raises(InputError, match="INTDELAY: expected a delay of at most 1e6 s"):
+        read_times_from_header(header, 3)

@@ -50,3 +50,36 @@ def test_window_averager_reproduces_the_frames_it_was_built_from():
     np.testing.assert_allclose(averager.matrix(start, start + 15.0) @ values, values, atol=1e-12)
     lo = np.linspace(-30.0, 90.0, 13)
     np.testing.assert_allclose(averager.matrix(lo, lo + 10.0) @ np.ones(5), 1.0, atol=1e-12)
+
+
+def test_a_lag_is_the_same_as_later_read_times(tmp_path):
+    """``lag`` is seconds added to the read times: each window moves whole (its end too)."""
+    write_frames(tmp_path, np.random.default_rng(1), zp_noise=0.0)
+    series = guider.guider_series(tmp_path)
+    times = START + np.arange(N_READS) * INTOFF * u.s
+    lagged = guider.predict_omega(series, times, lag=30.0)
+    later = guider.predict_omega(series, times + 30.0 * u.s)
+    np.testing.assert_allclose(lagged.window_end - lagged.window_start,
+                               later.window_end - later.window_start)  # fmt: skip
+    np.testing.assert_allclose(lagged.omega, later.omega, rtol=1e-9)
+    assert lagged.amplitude == pytest.approx(later.amplitude, rel=1e-9)
+    unlagged = guider.predict_omega(series, times)
+    assert not np.allclose(lagged.omega, unlagged.omega, equal_nan=True)
+
+
+def test_a_window_inside_or_at_the_edge_of_a_guider_dropout_is_not_covered():
+    """No guider frame for 200 s: a window there, or reaching into it from either side, is not
+    covered (a spline across the dropout is no guider data)."""
+    from types import SimpleNamespace
+
+    from astropy.time import Time
+
+    from pyapred.guider.windows import covered_windows
+
+    t0 = Time("2025-05-01T04:00:00", scale="tai")
+    mid = np.r_[np.arange(0.0, 101.0, 10.0), np.arange(300.0, 401.0, 10.0)]
+    series = SimpleNamespace(start=t0 + (mid - 2.5) * u.s, mid=t0 + mid * u.s,
+                             exptime=np.full(mid.size, 5.0))  # fmt: skip
+    lo = np.array([20.0, 105.0, 95.0, 295.0, 320.0])
+    covered = covered_windows(series, t0, lo, lo + 10.0, max_gap=120.0)
+    assert covered.tolist() == [True, False, False, False, True]

@@ -250,6 +250,9 @@ def _damaged(path, edit):
          lambda h: (h["fibers/R/fiber_index"].__setitem__(0, 75),
                     h.__delitem__("fibers/R/fiberId")),
          "fibers/R", "each fiber once"),
+        ("fiberIds that are not 301 - fiber_index",
+         lambda h: h["fibers/R/fiberId"].__setitem__(0, 7), "fibers/R/fiberId",
+         "301 - fiber_index"),
     ],
     ids=lambda v: v if isinstance(v, str) and " " in v else "",
 )  # fmt: skip
@@ -292,6 +295,9 @@ def test_write_product_refuses_what_it_cannot_keep(tmp_path):
         ({"fiber_index": fibers.fiber_index + 0.5}, "fiber_index: expected integers"),
         ({"gamma": fibers.omega}, "gamma, gamma_cov: expected both or neither"),
         ({"fiber_index": np.array([3, 3, 4, 5])}, "each fiber once"),
+        # A ref_index beyond omega made a file read_product refused as pyapred's own.
+        ({"ref_index": np.full(4, fibers.omega.shape[1])}, "ref_index: expected 0-based"),
+        ({"ref_index": np.full(4, -1)}, "ref_index: expected 0-based"),
     ):
         with pytest.raises(ValueError, match=words):
             write_product(tmp_path / "w.h5", fibers={"R": dataclasses.replace(fibers, **change)},

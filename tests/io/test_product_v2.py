@@ -124,6 +124,7 @@ def test_format_2_round_trip(tmp_path):
         assert group["fiberId"][()].tolist() == [300, 299, 150, 2, 1]
         assert group["fiber_index"][()].tolist() == [1, 2, 151, 299, 300]  # 301 - fiberId
         assert group["fiber_index"].attrs["index_base"] == 1
+        assert group.attrs["index_base"] == 1  # the group's indices, all of them
         assert group["ref_index"][()].tolist() == [3] * 5
         np.testing.assert_allclose(group["omega_mean"][()], fibers["R"].omega.mean(axis=1))
         assert "mean 1" in group["omega"].attrs["normalisation"]

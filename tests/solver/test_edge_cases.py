@@ -244,6 +244,16 @@ def test_invalid_arguments_raise_value_error(function, label, change, match):
         ("fit_omega", {"rtol": 0.0}, "rtol"),
         ("fit_omega", {"max_iter": 0}, "max_iter"),
         ("fit_omega", {"ref_index": 9}, "ref_index"),
+        # Below 0 Numba wrapped to the last element and the fit returned ref_index -1.
+        ("fit_omega", {"ref_index": -1}, r"ref_index: expected whole numbers in \[0, 9\)"),
+        ("fit_omega", {"ref_index": 2.5}, "ref_index: expected whole numbers"),
+        # A bool is no count (True ran one iteration, False found no jumps) and no threshold
+        # (True cut at 1 sigma).
+        ("fit_omega", {"max_iter": True}, "max_iter: expected an integer"),
+        ("find_jumps", {"max_jumps": np.bool_(False)}, "max_jumps: expected an integer"),
+        ("extract_fluxes", {"n_pass": True}, "n_pass: expected an integer"),
+        ("find_jumps", {"threshold": True}, "threshold: expected a value > 0"),
+        ("fit_omega", {"jump_search": True, "jump_threshold": np.bool_(True)}, "jump_threshold"),
         ("fit_omega", {"mode": "fast"}, "mode"),
         ("fit_omega", {"read_times": np.zeros(10)}, "read_times"),
         ("initial_guess", {"read_times": np.arange(9.0)}, "read_times"),

@@ -132,6 +132,8 @@ def test_bad_segments():
         fit_omega(reads, 10.0, segments=[0, 1, 1, 0], mode="reference")
     with pytest.raises(ValueError, match=r"segments: expected labels 0 \.\. 3"):
         fit_omega(reads, 10.0, segments=[0, 1, 10**9, 0])  # asked for 52 GiB of offsets
+    with pytest.raises(ValueError, match=r"segments: expected labels 0 \.\. 3"):
+        fit_omega(reads, 10.0, segments=[0, 1, 4, 0])  # the first label beyond the ranks
 
 
 def _offset_ramps(seed, n_pix=60, n_segments=4, sigma=30.0):
