@@ -117,6 +117,28 @@ def test_a_damaged_record_is_refitted_not_an_internal_error(night, tmp_path, dam
     assert not _up_to_date(task, FitOptions())
 
 
+@pytest.mark.parametrize(
+    ("key", "value"), [("pyapred_version", "0.0.1"), ("fit_options", '{"p_value": 0.01}')]
+)
+def test_another_version_or_setting_is_refitted(night, tmp_path, key, value):
+    """Resume skips a product only if it records this pyapred version and these settings: after
+    an upgrade (a bug fixed) or with other settings every exposure is fitted again."""
+    import shutil
+
+    from pyapred.exposure import FitOptions
+    from pyapred.night import _up_to_date
+
+    raw, reference = night
+    name = "pyapred_apo_60781_0001.h5"
+    shutil.copyfile(reference / name, tmp_path / name)
+    (task,) = find_exposures(raw / "apR-a-52190001.apz", [raw], tmp_path)
+    assert _up_to_date(task, FitOptions())
+    with h5py.File(tmp_path / name, "a") as handle:
+        del handle[f"metadata/{key}"]
+        handle[f"metadata/{key}"] = value
+    assert not _up_to_date(task, FitOptions())
+
+
 def test_an_unreachable_scheduler_is_refused_before_the_output_folder_is_made(
     night, tmp_path, monkeypatch, capsys
 ):
