@@ -9,7 +9,7 @@ import numpy as np
 from ..solver import Flag
 from ..traces import fiber_id
 from .extract import ChipResult
-from .fibers import MODEL_CHROMATIC, MODEL_NAMES, FiberFits, _free
+from .fibers import MODEL_BORROWED, MODEL_CHROMATIC, MODEL_NAMES, FiberFits, _free
 from .options import FitOptions
 
 __all__ = ["ExposureResult"]
@@ -129,11 +129,14 @@ class ExposureResult:
         )  # fmt: skip
 
     def problems(self) -> list[str]:
-        """The flagged fit problems, one line per fiber: group, fiberId and why its omega fit
-        failed (the fiber then fell back to the constant model)."""
+        """The flagged fit problems, one line per fiber: group, fiberId, why its omega fit
+        failed and what the fiber used instead: the constant model, or, for a fit with the 1/f
+        nuisance term that did not converge, the bright fibers' omega (or the constant model
+        where that is not significant; ``docs/noise.md``, "Faint fibers")."""
         out = []
         for key, fits in self.fibers.items():
-            for index in np.flatnonzero(fits.flags & Flag.FALLBACK_CONSTANT):
+            failed = fits.flags & (Flag.FALLBACK_CONSTANT | Flag.NOT_CONVERGED)
+            for index in np.flatnonzero(failed):
                 flags = int(fits.flags[index])
                 reasons = []
                 if flags & Flag.NOT_CONVERGED:
@@ -142,9 +145,19 @@ class ExposureResult:
                 if flags & Flag.OMEGA_ELEMENT_NO_DATA:
                     reasons.append("a read difference without usable data in any fit pixel")
                 reasons.append(f"{int(fits.n_fit_pixels[index])} fit pixels")
+                if flags & Flag.FALLBACK_CONSTANT:
+                    used = "constant model used"
+                else:  # the nuisance term's rule: such a fiber is treated as a faint one
+                    reasons.insert(0, "with the 1/f nuisance term")
+                    borrowed = fits.model[index] == MODEL_BORROWED
+                    used = (
+                        "the bright fibers' omega used"
+                        if borrowed
+                        else "constant model used (the bright fibers' omega is not significant)"
+                    )
                 out.append(
                     f"{key}: fiberId {int(fiber_id(index))}: omega fit failed "
-                    f"({'; '.join(reasons)}); constant model used"
+                    f"({'; '.join(reasons)}); {used}"
                 )
         return out
 

@@ -243,6 +243,30 @@ def test_unconverged_fibers_fall_back_to_constant_and_are_reported():
     assert np.all(np.isfinite(result.chips["R"].flux[result.chips["R"].n_diff >= 2]))
 
 
+def test_unconverged_nuisance_fibers_are_problems_naming_what_they_used():
+    """With the 1/f nuisance term a fit that does not converge is treated as a faint fiber's
+    (it borrows, or keeps the constant model): not a fallback, but a problem all the same, listed
+    with its fiberId, so that ``pyapred fit`` exits 1. They went unlisted, the exit code 0."""
+
+    sim = simulate_exposure("clouds", seed=9, chips=("R",), **SMALL)
+    result = run_exposure(chips_of(sim), traces_of(sim))
+    assert result.problems() == []
+    fits = result.fibers["R"]
+    flags, model = fits.flags.copy(), fits.model.copy()
+    flags[[0, 1]] |= Flag.NOT_CONVERGED  # as choose_models leaves them with offsets
+    model[[0, 1]] = MODEL_BORROWED, MODEL_CONSTANT
+    stuck = dataclasses.replace(fits, flags=flags, model=model)
+    lines = dataclasses.replace(result, fibers={"R": stuck}).problems()
+    n_iter, n_pix = fits.fit.n_iter, fits.n_fit_pixels
+    assert lines == [
+        f"R: fiberId 300: omega fit failed (with the 1/f nuisance term; not converged after "
+        f"{n_iter[0]} iterations; {n_pix[0]} fit pixels); the bright fibers' omega used",
+        f"R: fiberId 299: omega fit failed (with the 1/f nuisance term; not converged after "
+        f"{n_iter[1]} iterations; {n_pix[1]} fit pixels); constant model used (the bright "
+        f"fibers' omega is not significant)",
+    ]
+
+
 def test_bad_input_geometry_and_mixed_exposures():
     sim = simulate_exposure("stable", seed=1, chips=("R", "G"), **SMALL)
     chips = chips_of(sim)
