@@ -213,8 +213,9 @@ class FitOptions:
         "none", "refpix", "rowmedian", "nuisance", "refpix+nuisance", "rowmedian+nuisance"
     ] = _option(
         "none", "noise", "1/f read noise: correct the reads with the reference pixels (refpix; "
-        "rowmedian adds each row's inter-fiber median; raw .apz only), and/or fit one offset per "
-        "row, output and read difference with omega (nuisance)",
+        "rowmedian adds each row's inter-fiber median; raw .apz frames with their reference "
+        "output, 2560 columns), and/or fit one offset per row, output and read difference with "
+        "omega (nuisance)",
     )  # fmt: skip
     segment_columns: int = _option(
         32, "noise", "nuisance segments: one row of this many columns within one output (a "
