@@ -380,3 +380,16 @@ def test_trace_files_out_of_order_too_many_fibers_or_too_narrow_are_refused(tmp_
     with h5py.File(path, "w") as handle:
         handle["trace_params"] = h5py.SoftLink("/nowhere")
     assert_trace_error(path, "trace_params", "a readable dataset")
+
+
+def test_a_trace_file_declaring_a_huge_shape_is_refused_before_reading(tmp_path):
+    """A 32 kB file declaring (3, 300, 1.5e6) trace parameters was read whole: gigabytes, and
+    at full size an out-of-memory kill instead of exit 2."""
+    import h5py
+
+    path = tmp_path / "traceMain_apo_60781_R.h5"
+    with h5py.File(path, "w") as handle:  # chunked and empty: a few kB on disk
+        handle.create_dataset("trace_params", shape=(3, 300, 1_500_000), dtype="f8",
+                              chunks=(3, 300, 64))  # fmt: skip
+    assert path.stat().st_size < 100_000
+    assert_trace_error(path, "trace_params", "at most 4096 columns", "1500000 columns declared")

@@ -30,12 +30,42 @@ def open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
         raise InputError(path, "HDF5 structure", "a readable HDF5 file", found=str(exc)) from None
     with handle:
         try:
+            _check_links(path, handle)
             yield handle
         except (OSError, RuntimeError) as exc:  # h5py, on a damaged symbol table, heap, B-tree
             found = f"{type(exc).__name__}: {exc}"
             raise InputError(
                 path, "HDF5 structure", "readable groups and datasets", found
             ) from None
+
+
+def _check_links(path: Path, handle: h5py.File) -> None:
+    """Every link of the file has a UTF-8 name and stays in the file, checked before any object
+    is opened (HDF5 visits the links by name, following none that leads out).
+
+    An external link was followed as soon as a reader listed its group: one to a FIFO hung
+    every reader, one to another file had its data read as this file's own. A name that is not
+    UTF-8 came out of h5py as bytes and ended in a TypeError traceback.
+    """
+    found = []
+
+    def visit(name: bytes, info) -> bool | None:
+        # An exception raised in here reaches the caller as h5py's SystemError: note and stop.
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            found.append((repr(name), "a name in UTF-8", "a name that is not UTF-8"))
+            return True
+        if info.type == h5py.h5l.TYPE_EXTERNAL:
+            target, where = (v.decode(errors="replace") for v in handle.id.links.get_val(name))
+            found.append((name.decode(), "an object in this file",
+                          f"an external link to {target}:{where}"))  # fmt: skip
+            return True
+        return None
+
+    handle.id.links.visit(visit, info=True)
+    if found:
+        raise InputError(path, *found[0])
 
 
 def read_dataset(

@@ -51,6 +51,8 @@ MAX_TRACE_SIGMA = 20.0
 #: Narrowest trace width (sigma, px) a trace file may give: APOGEE's are about 1 px; a width
 #: far below a pixel makes every profile a spike (and one such fiber spoiled a chip's fit).
 MIN_TRACE_SIGMA = 0.1
+# The most columns a trace file may declare (an APOGEE chip has 2048; room for other detectors).
+MAX_TRACE_COLUMNS = 4096
 # Science columns of an APOGEE chip by its width: ar3Dcal (2048) or raw with the reference output.
 APOGEE_SCIENCE_COLUMNS = {2048: 2048, 2560: 2048}
 
@@ -536,6 +538,17 @@ def read_trace_file(
     from ..io.hdf5 import open_h5, read_dataset, read_group
 
     with open_h5(path) as handle:
+        # The declared size first: a 32 kB file declaring (3, 300, 1.5e6) was read whole (GBs).
+        try:
+            declared = getattr(handle.get(dataset), "shape", None)
+        except (KeyError, OSError, RuntimeError):  # a dangling link: read_dataset names it
+            declared = None
+        if declared is not None and len(declared) == 3:
+            n_fibers, n_columns = declared[1:]
+            if n_fibers > N_FIBERS or n_columns > MAX_TRACE_COLUMNS:
+                raise InputError(path, dataset, f"1 to {N_FIBERS} fibers and at most "
+                                 f"{MAX_TRACE_COLUMNS} columns",
+                                 f"{n_fibers} fibers x {n_columns} columns declared")  # fmt: skip
         params = read_dataset(
             path, handle, dataset, shape=(3, None, None), kinds="f",
             expected=(

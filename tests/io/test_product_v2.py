@@ -525,3 +525,45 @@ def test_dangling_links_and_a_group_for_a_dataset_are_input_errors(tmp_path, cap
         assert "found a dataset" not in str(error.value)
         assert main(["inspect", str(bad)]) == 2
         assert "error:" in capsys.readouterr().err
+
+
+def test_links_out_of_the_file_and_names_not_in_utf8_are_refused_before_any_read(tmp_path):
+    """An external link was followed as soon as a reader listed its group: one to a FIFO hung
+    every reader (inspect, guider, fit --config, fit --traces), one to another file had that
+    file's data read as the product's own. A name that is not UTF-8 was a TypeError traceback.
+    Each is now an InputError naming the link, before any object is opened."""
+    import os
+
+    from pyapred.io import read_metadata
+    from pyapred.io.summary import describe
+
+    rng = np.random.default_rng(6)
+    path = write_product(tmp_path / "p.h5", chips={"R": make_chip(rng)},
+                         fibers={"R": make_fibers(rng)})  # fmt: skip
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as handle:
+        handle["x"] = np.full((4, 6), 7, np.float32)
+    fifo = tmp_path / "fifo.h5"
+    os.mkfifo(fifo)
+    link = h5py.ExternalLink
+
+    def image_elsewhere(handle):
+        del handle["R/dimage"]
+        handle["R/dimage"] = link(str(other), "/x")
+
+    cases = {
+        "image.h5": ("R/dimage", image_elsewhere, "an external link to"),
+        "to_fifo.h5": ("metadata/x", lambda h: h["metadata"].__setitem__(
+            "x", link(str(fifo), "/x")), "an external link to"),
+        "name.h5": ("bad", lambda h: h["metadata"].__setitem__(b"bad\xffname", 1.0),
+                    "not UTF-8"),
+    }  # fmt: skip
+    for name, (field, change, words) in cases.items():
+        bad = tmp_path / name
+        bad.write_bytes(path.read_bytes())
+        with h5py.File(bad, "a") as handle:
+            change(handle)
+        for reader in (read_product, read_metadata, describe):
+            with pytest.raises(InputError, match=words) as error:
+                reader(bad)
+            assert str(bad) in str(error.value) and field in str(error.value)

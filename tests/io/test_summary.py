@@ -181,9 +181,7 @@ def test_full_listing_says_links_and_those_that_cannot_be_followed(tmp_path):
         handle["group/alias"] = h5py.SoftLink("/data")
         handle["loop"] = h5py.SoftLink("/loop")
         handle["gone"] = h5py.SoftLink("/nothing")
-        handle["outside"] = h5py.ExternalLink("other.h5", "/x")
     text = describe(path, full=True)
     assert "  data: float64" in text and "  group/alias: a link to /data" in text.splitlines()
     assert "  loop: a link to /loop (that cannot be followed" in text
     assert "  gone: a link to /nothing (that cannot be followed" in text
-    assert "  outside: a link to other.h5:/x (that cannot be followed" in text
