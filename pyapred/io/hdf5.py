@@ -77,6 +77,7 @@ def read_dataset(
     kinds: str = "fiu",
     selection: tuple = (),
     expected: str = "",
+    at_most: tuple[int | None, ...] | None = None,
 ) -> np.ndarray:
     """Read ``group[name]`` as a native-byte-order NumPy array, checking shape and kind.
 
@@ -90,6 +91,9 @@ def read_dataset(
         Index applied while reading (h5py reads only that hyperslab).
     expected : str
         Words for the error message, e.g. "Julia (2560, 2048) seen as (2048, 2560)".
+    at_most : tuple, optional
+        Largest length of each axis (``None``: any), checked on the declared shape before
+        reading: a small damaged file may declare gigabytes.
     """
     field = f"{group.name.rstrip('/')}/{name}".lstrip("/")
     try:
@@ -111,6 +115,11 @@ def read_dataset(
         raise InputError(
             path, field, f"shape {want} in h5py order {expected}".rstrip(), found=str(dataset.shape)
         )
+    if at_most is not None and any(
+        most is not None and got > most for most, got in zip(at_most, dataset.shape, strict=False)
+    ):
+        most = "(" + ", ".join("any" if n is None else str(n) for n in at_most) + ")"
+        raise InputError(path, field, f"a shape of at most {most}", found=str(dataset.shape))
     if dataset.dtype.kind not in kinds:
         raise InputError(path, field, f"dtype kind in {kinds!r}", found=str(dataset.dtype))
     try:

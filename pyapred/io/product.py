@@ -77,6 +77,11 @@ PRODUCT_MODELS = ("constant", "time_variable", "borrowed", "time_variable_chroma
 READABLE_VERSIONS = (1, 2)
 #: Fibers per chip: ``fiberId = N_FIBERS - fiber_index`` (0-based index).
 N_FIBERS = 300
+#: The largest image and the most read differences a product may declare (a chip is 2048 x 2048,
+#: 2560 wide with the reference output; a 620 kB damaged product declaring a bigger omega_cov
+#: took 1.3 GB to read, before any check).
+MAX_IMAGE_SHAPE = (4096, 4096)
+MAX_READ_DIFFERENCES = 999
 _FORMAT_ATTR = "pyapred_product_format"
 _RESERVED = {"fibers", "metadata"}
 #: Rows per chunk of an image: 64 x 2560 float32 is 640 kB, within HDF5's 1 MiB chunk cache.
@@ -1076,7 +1081,8 @@ def _check_read(path, chips: Mapping, fibers: Mapping, where) -> None:
 
 
 def _read_images(path, group: h5py.Group) -> ChipImages:
-    rate = read_dataset(path, group, "dimage", shape=(None, None), kinds="f")
+    rate = read_dataset(path, group, "dimage", shape=(None, None), kinds="f",
+                        at_most=MAX_IMAGE_SHAPE)  # fmt: skip
     shape = rate.shape
     n_diff = None
     if "ndiff" in group:
@@ -1097,7 +1103,8 @@ def _indices(path, group: h5py.Group, name: str, n: int) -> np.ndarray:
 
 
 def _read_fibers(path, group: h5py.Group) -> FiberResults:
-    omega = read_dataset(path, group, "omega", shape=(None, None), kinds="f")
+    omega = read_dataset(path, group, "omega", shape=(None, None), kinds="f",
+                         at_most=(N_FIBERS, MAX_READ_DIFFERENCES))  # fmt: skip
     n, k = omega.shape
     if n and k == 0:  # (it was blamed on ref_index, "1..0")
         where = f"{group.name}/omega".lstrip("/")

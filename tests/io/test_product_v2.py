@@ -567,3 +567,21 @@ def test_links_out_of_the_file_and_names_not_in_utf8_are_refused_before_any_read
             with pytest.raises(InputError, match=words) as error:
                 reader(bad)
             assert str(bad) in str(error.value) and field in str(error.value)
+
+
+def test_a_product_declaring_huge_images_or_fiber_tables_is_refused_before_reading(tmp_path):
+    """A small damaged product declaring images of 10000 x 10000 was read whole (1.6 GB)."""
+    rng = np.random.default_rng(8)
+    path = write_product(tmp_path / "p.h5", chips={"R": make_chip(rng)},
+                         fibers={"R": make_fibers(rng)})  # fmt: skip
+    for name, field, shape in (("image.h5", "R/dimage", (10_000, 10_000)),
+                               ("omega.h5", "fibers/R/omega", (4, 5_000))):  # fmt: skip
+        bad = tmp_path / name
+        bad.write_bytes(path.read_bytes())
+        with h5py.File(bad, "a") as handle:
+            del handle[field]
+            handle.create_dataset(field, shape=shape, dtype="f4", chunks=(1, 1000))
+        assert bad.stat().st_size < 2_000_000
+        with pytest.raises(InputError, match="a shape of at most") as error:
+            read_product(bad)
+        assert field in str(error.value)
