@@ -1120,9 +1120,15 @@ def _read_fibers(path, group: h5py.Group) -> FiberResults:
             f"1-based indices in 1..{k}",
             found=f"{ref_index.min() + 1}..{ref_index.max() + 1}",
         )
-    model = read_value(path, group["model"]) if "model" in group else None
+    # The declared length first: 2e7 strings were read whole, then printed as the message.
+    declared = getattr(group.get("model"), "shape", None)
+    if declared != (n,):
+        found = "nothing" if "model" not in group else f"shape {declared}"
+        raise InputError(path, f"{group.name}/model".lstrip("/"), f"{n} strings", found=found)
+    model = read_value(path, group["model"])
     if not isinstance(model, list) or len(model) != n:
-        raise InputError(path, f"{group.name}/model".lstrip("/"), f"{n} strings", found=repr(model))
+        raise InputError(path, f"{group.name}/model".lstrip("/"), f"{n} strings",
+                         found=repr(model)[:200])  # fmt: skip
     fiber_index = _indices(path, group, "fiber_index", n) - 1
     if "fiberId" in group:
         fiber_id = _indices(path, group, "fiberId", n)

@@ -585,3 +585,19 @@ def test_a_product_declaring_huge_images_or_fiber_tables_is_refused_before_readi
         with pytest.raises(InputError, match="a shape of at most") as error:
             read_product(bad)
         assert field in str(error.value)
+
+
+def test_fiber_models_of_another_length_are_refused_unread_and_named_briefly(tmp_path):
+    """``fibers/R/model`` declared with 2e7 strings was read whole, and the whole list printed
+    as the error message (80 MB on stderr)."""
+    rng = np.random.default_rng(9)
+    path = write_product(tmp_path / "p.h5", fibers={"R": make_fibers(rng)})
+    with h5py.File(path, "a") as handle:
+        del handle["fibers/R/model"]
+        handle.create_dataset("fibers/R/model", shape=(20_000_000,), dtype=h5py.string_dtype(),
+                              chunks=(1000,))  # fmt: skip
+    with pytest.raises(InputError) as error:
+        read_product(path)
+    message = str(error.value)
+    assert "fibers/R/model" in message and "shape (20000000,)" in message
+    assert len(message) < 500
