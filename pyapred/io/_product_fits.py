@@ -101,6 +101,7 @@ def write_fits(
 
 #: ChipImages attribute -> HDU name suffix.
 _SUFFIX = {"rate": "RATE", "ivar": "IVAR", "chi2": "CHI2", "n_diff": "NDIFF", "flags": "FLAGS"}
+_FLOAT_IMAGES = ("rate", "ivar", "chi2")
 
 
 def _card_value(value):
@@ -190,10 +191,16 @@ def read_fits(
                     fibers[header["PAPGROUP"]] = _fibers(hdu.data, fiber_type)
                 elif hdu.name == "METADATA":
                     _check_columns(path, where, hdu.data, ("KEY", "VALUE"))
+                    if has_metadata:  # (the later table won, silently)
+                        raise ValueError("a second metadata table")
                     has_metadata = True
+                    keys = [str(key) for key in hdu.data["KEY"]]
+                    twice = sorted({key for key in keys if keys.count(key) > 1})
+                    if twice:  # (the later value won, silently)
+                        raise ValueError(f"the KEY {twice[0]!r} more than once")
                     metadata = {
-                        str(key): json.loads(value)
-                        for key, value in zip(hdu.data["KEY"], hdu.data["VALUE"], strict=True)
+                        key: json.loads(value)
+                        for key, value in zip(keys, hdu.data["VALUE"], strict=True)
                     }
     except InputError:
         raise
@@ -224,6 +231,10 @@ def read_fits(
         shapes = {np.shape(v) for v in arrays.values()}
         if len(shapes) != 1:
             raise InputError(path, f"{chip} images", "one shape", found=str(sorted(shapes)))
+        for name in _FLOAT_IMAGES:  # as the HDF5 reader refuses an integer dimage
+            if arrays[name].dtype.kind != "f":
+                raise InputError(path, f"{chip}_{_SUFFIX[name]}", "floating-point values",
+                                 found=str(arrays[name].dtype))  # fmt: skip
         chips[chip] = chip_type(**arrays)
     return chips, fibers, metadata, int(found)
 
@@ -263,6 +274,9 @@ def _fibers(table, fiber_type):
     n = len(table)
     names = set(table.columns.names)
     k = int(table.columns["OMEGA"].format.repeat)  # K of an empty table too
+    for name in ("OMEGA", "OMEGA_COV"):  # as the HDF5 reader refuses integers
+        if table[name].dtype.kind != "f":
+            raise ValueError(f"{name}: expected floating-point values, found {table[name].dtype}")
     omega = _native(table["OMEGA"]).reshape(n, k)
     fiber_index = _integers(table, "FIBER_INDEX")
     if "FIBERID" in names and not np.array_equal(table["FIBERID"], 300 - fiber_index):

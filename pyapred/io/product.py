@@ -680,6 +680,28 @@ def _check_images(key: str, images: ChipImages) -> None:
         low, high = int(np.min(images.n_diff)), int(np.max(images.n_diff))
         if low < 0 or high > np.iinfo(np.uint16).max:
             raise ValueError(f"chips[{key!r}].n_diff: expected 0..65535, found {low}..{high}")
+    unflagged = np.asarray(images.flags) == 0
+    for name in _FLOAT_IMAGES:
+        values = getattr(images, name)
+        if values is None:
+            continue
+        values = np.asarray(values)
+        _check_flagged(f"chips[{key!r}].{name}", ~np.isfinite(values) & unflagged, "pixel")
+        if name != "rate" and np.any(values < 0):  # (NaN compares False)
+            raise ValueError(f"chips[{key!r}].{name}: expected values >= 0, "
+                             f"found {int(np.sum(values < 0))} below 0")  # fmt: skip
+
+
+def _check_flagged(where: str, silent: np.ndarray, what: str) -> None:
+    """ValueError where a value is NaN or infinite and its flags are 0 (``silent``): every NaN
+    carries a flag, in a product written or read."""
+    if np.any(silent):
+        first = tuple(int(i) for i in np.argwhere(silent)[0])
+        raise ValueError(
+            f"{where}: expected a flag wherever a value is NaN or infinite, found "
+            f"{int(np.sum(silent))} such {what}s with flags 0, the first at index "
+            f"{first[0] if len(first) == 1 else first}"
+        )
 
 
 def _check_fibers(key: str, results: FiberResults) -> None:
@@ -726,6 +748,22 @@ def _check_fibers(key: str, results: FiberResults) -> None:
         )
     if _unknown_bits(results.flags):
         raise ValueError(f"fibers[{key!r}].flags: expected bits of pyapred.Flag")
+    unflagged = np.asarray(results.flags) == 0
+    for name in ("omega", "omega_cov", *_FIBER_STATS, *_FIBER_ARRAYS):
+        values = getattr(results, name)
+        if values is None or not n:
+            continue
+        values = np.asarray(values, dtype=float).reshape(n, -1)
+        silent = ~np.isfinite(values).all(axis=1) & unflagged
+        _check_flagged(f"fibers[{key!r}].{name}", silent, "fiber")
+    for name in ("p_value", "chromatic_p_value"):
+        values = getattr(results, name)
+        if values is not None and np.any((np.asarray(values) < 0) | (np.asarray(values) > 1)):
+            raise ValueError(f"fibers[{key!r}].{name}: expected probabilities in 0..1")
+    for name in ("n_fit_pixels", "n_iter"):
+        values = getattr(results, name)
+        if values is not None and np.any(np.asarray(values) < 0):
+            raise ValueError(f"fibers[{key!r}].{name}: expected counts >= 0")
 
 
 def _images(images: ChipImages) -> dict[str, np.ndarray]:

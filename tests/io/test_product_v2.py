@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import operator
@@ -37,6 +38,7 @@ def make_chip(rng, shape=(130, 37), n_reads=33) -> ChipImages:
     flags[-1, -1] = functools.reduce(operator.or_, every)
     rate = rng.normal(100, 30, shape)
     rate[2, 3] = np.nan  # TOO_FEW_DIFFS pixels are NaN
+    flags[2, 3] = Flag.TOO_FEW_DIFFS
     return ChipImages(
         rate=rate,
         ivar=rng.uniform(0.01, 0.1, shape),
@@ -444,6 +446,29 @@ def test_a_malformed_fits_product_names_the_hdu_and_column(tmp_path):
 
     assert "fiber group R again" in broken(twice("FIBERS_R"))
     assert "chip R's rate again" in broken(twice("R_RATE"))
+    assert "a second metadata table" in broken(twice("METADATA"))
+
+    def key_twice(hdus):
+        hdus[-1].data["KEY"][1] = hdus[-1].data["KEY"][0]
+
+    assert "more than once" in broken(key_twice)
+
+    # Integers where the HDF5 reader refuses them: a RATE image, an OMEGA column.
+    def integer_rate(hdus):
+        number = next(i for i, h in enumerate(hdus) if h.name == "R_RATE")
+        hdus[number] = fits.ImageHDU(np.zeros(hdus[number].data.shape, np.int32),
+                                     header=hdus[number].header)  # fmt: skip
+
+    def integer_omega(hdus):
+        number = next(i for i, h in enumerate(hdus) if h.name == "FIBERS_R")
+        table = hdus[number]
+        columns = [fits.Column(c.name, f"{table.data[c.name].shape[1]}K",
+                               array=table.data[c.name].astype(np.int64))
+                   if c.name == "OMEGA" else c for c in table.columns]  # fmt: skip
+        hdus[number] = fits.BinTableHDU.from_columns(columns, header=table.header)
+
+    assert "R_RATE: expected floating-point values, found int32" in broken(integer_rate)
+    assert "OMEGA: expected floating-point values, found" in broken(integer_omega)
 
 
 def test_format_1_fits_still_reads(tmp_path):
@@ -585,6 +610,41 @@ def test_a_product_declaring_huge_images_or_fiber_tables_is_refused_before_readi
         with pytest.raises(InputError, match="a shape of at most") as error:
             read_product(bad)
         assert field in str(error.value)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".fits"])
+def test_unflagged_nan_and_values_out_of_range_are_refused_written_or_read(tmp_path, suffix):
+    """A product whose NaN carried no flag, with a p-value of 7 or a negative ivar, read as
+    valid (and the guider blamed its frames)."""
+    rng = np.random.default_rng(11)
+    chip, fibers = make_chip(rng), make_fibers(rng)
+    path = write_product(tmp_path / f"p{suffix}", chips={"R": chip}, fibers={"R": fibers})
+    read_product(path)  # NaN with a flag (make_chip's TOO_FEW_DIFFS pixel) is fine
+    cases = {
+        "rate": ("chips", "R/dimage", (5, 6), np.nan, "a flag wherever a value is NaN"),
+        "chi2": ("chips", "R/chisqimage", (5, 6), np.inf, "a flag wherever a value is NaN"),
+        "ivar": ("chips", "R/ivarimage", (5, 6), -1.0, "values >= 0, found 1 below 0"),
+        "omega": ("fibers", "fibers/R/omega", (0, 3), np.nan, "a flag wherever a value is NaN"),
+        "p_value": ("fibers", "fibers/R/p_value", (0,), 7.0, "probabilities in 0..1"),
+    }
+    for name, (kind, field, index, value, expected) in cases.items():
+        part = chip if kind == "chips" else fibers
+        array = np.array(getattr(part, name), dtype=float)
+        array[index] = value
+        changed = dataclasses.replace(part, **{name: array})
+        with pytest.raises(ValueError, match=expected):  # refused on writing
+            write_product(tmp_path / f"w{suffix}", **{kind: {"R": changed}})
+        if suffix == ".h5":  # and on reading (the FITS reader runs the same check)
+            bad = tmp_path / f"{name}.h5"
+            bad.write_bytes(path.read_bytes())
+            with h5py.File(bad, "a") as handle:
+                stored = handle[field][()]
+                # The fiber tables are stored (K, n), as Julia reads them.
+                stored[index[::-1] if kind == "fibers" else index] = value
+                handle[field][...] = stored
+            with pytest.raises(InputError, match=expected) as error:
+                read_product(bad)
+            assert field.rsplit("/", 1)[0] in str(error.value)
 
 
 def test_fiber_models_of_another_length_are_refused_unread_and_named_briefly(tmp_path):
