@@ -66,7 +66,9 @@ def _delegate(module: str) -> tuple[Callable, Callable]:
 # --------------------------------------------------------------------------------------------
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "files", nargs="+", help="raw .apz exposures, HDF5 files (products, traces, ar*), .npz"
+        "files",
+        nargs="+",
+        help="raw .apz exposures, HDF5 files (products, traces, ar*), FITS products, .npz",
     )
     parser.add_argument(
         "--full", action="store_true",
@@ -116,7 +118,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "fit many exposures on Dask (a runlist or a glob), resumable; see docs/scaling.md",
         *_delegate("night"),
     ),
-    "inspect": ("describe raw .apz exposures and HDF5 products", _inspect_arguments, _inspect),
+    "inspect": (
+        "describe raw .apz exposures, products (HDF5, FITS) and trace files",
+        _inspect_arguments,
+        _inspect,
+    ),
 }
 
 #: Subcommands that finish in a moment: they take no output flags.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -10,6 +11,7 @@ from ..errors import InputError
 from .apz import read_apz
 from .hdf5 import decode, open_h5, read_group
 from .paths import check_input_file
+from .product import is_fits_path, read_product
 
 #: Metadata keys a summary shows (the rest with ``full``).
 _KEY_METADATA = ("pyapred_version", "backend", "telescope", "mjd", "expnum", "DATE-OBS",
@@ -18,8 +20,8 @@ _SUMMARY_LINES = 12
 
 
 def describe(path: str | Path, *, full: bool = False) -> str:
-    """A few lines about a raw ``.apz`` exposure, an HDF5 file (ApogeeReduction.jl's or ours) or
-    a simulation's truth file (``.npz``).
+    """A few lines about a raw ``.apz`` exposure, an HDF5 file (ApogeeReduction.jl's or ours), a
+    FITS product (``pyapred fit --out p.fits``) or a simulation's truth file (``.npz``).
 
     Parameters
     ----------
@@ -31,11 +33,13 @@ def describe(path: str | Path, *, full: bool = False) -> str:
     Raises
     ------
     InputError
-        The file is missing, or not a readable ``.apz``, HDF5 or ``.npz`` file.
+        The file is missing, or not a readable ``.apz``, HDF5, ``.npz`` file or FITS product.
     """
     path = check_input_file(path, "file")  # names a folder, a FIFO, a link loop as such
     if path.suffix == ".apz":
         return _describe_apz(path)
+    if is_fits_path(path):
+        return _describe_fits(path, full=full)
     if path.suffix == ".npz":
         return _describe_npz(path)
     try:
@@ -43,6 +47,65 @@ def describe(path: str | Path, *, full: bool = False) -> str:
     except (KeyError, AttributeError, TypeError) as exc:  # a dangling link, an odd structure
         raise InputError(path, "HDF5 structure", "groups and datasets that can be read",
                          f"{type(exc).__name__}: {exc}") from None  # fmt: skip
+
+
+#: FITS BITPIX -> the type it holds (BZERO 2**15, 2**31 or 2**63: the unsigned type).
+_BITPIX = {8: "uint8", 16: "int16", 32: "int32", 64: "int64", -32: "float32", -64: "float64"}
+
+
+def _describe_fits(path: Path, *, full: bool) -> str:
+    """A FITS product: per chip its images, from their headers (no pixel read), per fiber group
+    its models, and the key metadata; with ``full`` every HDU and every metadata key.
+    :func:`~pyapred.io.read_product` (without images) checks the structure first, so a damaged
+    or foreign FITS file is refused as the product readers refuse it."""
+    from astropy.io import fits
+
+    product = read_product(path, images=False)
+    lines = [f"{path}: FITS, pyapred product format {product.format_version}"]
+    chips: dict[str, list] = {}
+    with fits.open(path, memmap=False) as hdul:  # the data of each HDU is read only on access
+        for number, hdu in enumerate(hdul):
+            header = hdu.header
+            if "PAPCHIP" in header:
+                chips.setdefault(str(header["PAPCHIP"]), []).append(hdu)
+            if full:
+                lines.append(f"  HDU {number} {_name(hdu.name)}: {_hdu_line(hdu)}")
+    if not full:
+        for chip, hdus in chips.items():
+            names = ", ".join(_name(str(hdu.name)) for hdu in hdus)
+            lines.append(f"  {_name(chip)}: {_name(str(hdus[0].name))} {_hdu_line(hdus[0])}; "
+                         f"{names}")  # fmt: skip
+    for group, results in product.fibers.items():
+        n, k = results.omega.shape
+        models = Counter(results.model)
+        lines.append(f"  FIBERS_{_name(group.upper())}: {n} fibers, {k} read differences; models "
+                     + ", ".join(f"{count} {m}" for m, count in models.most_common()))  # fmt: skip
+    shown = product.metadata if full else {
+        key: product.metadata[key] for key in _KEY_METADATA if key in product.metadata
+    }  # fmt: skip
+    for key, value in shown.items():
+        lines.append(f"  METADATA {_name(key)} = {repr(value) if full else _short(value)}")
+    rest = len(product.metadata) - len(shown)
+    if rest:
+        lines.append(f"  and {rest} more metadata keys")
+    if not full:
+        lines.append("  (pyapred inspect --full: every HDU and metadata key)")
+    return "\n".join(lines)
+
+
+def _hdu_line(hdu) -> str:
+    """``float32 (2048, 2560), DN/read`` of an image HDU, from its header; a table's rows and
+    columns."""
+    header = hdu.header
+    if header.get("XTENSION") == "BINTABLE":
+        return f"a table of {header.get('NAXIS2')} rows, columns {', '.join(hdu.columns.names)}"
+    bitpix = header.get("BITPIX")
+    kind = _BITPIX.get(bitpix, f"BITPIX {bitpix}")
+    if bitpix in (16, 32, 64) and header.get("BZERO") == 2 ** (bitpix - 1):
+        kind = "u" + kind
+    shape = tuple(header.get(f"NAXIS{i}") for i in range(header.get("NAXIS", 0), 0, -1))
+    units = f", {header['BUNIT']}" if header.get("BUNIT") else ""
+    return f"{kind} {shape}{units}" if shape else "no data"
 
 
 def _describe_npz(path: Path) -> str:
@@ -121,8 +184,6 @@ _MAX_FIBERS_SHOWN = 4096
 
 def _fiber_line(group) -> str:
     """``300 fibers, 46 read differences; models 210 time_variable, 88 borrowed, 2 constant``."""
-    from collections import Counter
-
     if not isinstance(group, h5py.Group):
         return _dataset_line(group)
     parts = []

@@ -45,6 +45,38 @@ def test_inspect_summarizes_a_full_product_and_reads_the_truth_file(tmp_path, ca
     assert "NumPy arrays" in out and "omega: float64, (12, 5)" in out
 
 
+def test_inspect_describes_a_fits_product_from_its_headers(tmp_path, capsys):
+    """``pyapred inspect p.fits`` said "expected a readable HDF5 file" of a product pyapred
+    wrote itself."""
+    from pyapred.io import FiberResults
+
+    rng = np.random.default_rng(1)
+    images = ChipImages(rng.normal(size=(3, 5)), np.ones((3, 5)), np.ones((3, 5)),
+                        np.zeros((3, 5), int), np.full((3, 5), 4))  # fmt: skip
+    fibers = FiberResults(
+        fiber_index=np.array([0, 1]), omega=np.ones((2, 4)), omega_cov=np.zeros((2, 4, 4)),
+        ref_index=np.array([1, 1]), model=("time_variable", "borrowed"), flags=np.array([0, 0]),
+    )  # fmt: skip
+    product = write_product(tmp_path / "p.fits", chips={"R": images}, fibers={"R": fibers},
+                            metadata={"mjd": 60781, "note": "x" * 300})  # fmt: skip
+    assert main(["inspect", str(product)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "p.fits: FITS, pyapred product format 2" in out
+    assert "  R: R_RATE float32 (3, 5), DN/read; R_RATE, R_IVAR, R_CHI2, R_NDIFF, R_FLAGS" in out
+    assert "  FIBERS_R: 2 fibers, 4 read differences; models 1 time_variable, 1 borrowed" in out
+    assert "  METADATA mjd = 60781" in out and "more metadata keys" in out
+    assert main(["inspect", "--full", str(product)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "  HDU 4 R_NDIFF: uint8 (3, 5)" in out and "  HDU 5 R_FLAGS: uint16 (3, 5)" in out
+    assert "columns FIBERID, FIBER_INDEX" in out and f"METADATA note = {'x' * 300!r}" in out
+    # A FITS file that is no product is refused as read_product refuses it.
+    from astropy.io import fits
+
+    fits.PrimaryHDU(np.zeros((2, 2))).writeto(tmp_path / "other.fits")
+    assert main(["inspect", str(tmp_path / "other.fits")]) == EXIT_BAD_INPUT
+    assert "HDU 0 PAPFMT: expected a pyapred product" in capsys.readouterr().err
+
+
 def test_inspect_reports_bad_files_without_traceback(tmp_path, capsys):
     raw = write_simulated_apz(tmp_path, np.zeros((2, 2, 8)))
     broken = tmp_path / "apR-a-52190002.apz"
