@@ -247,14 +247,20 @@ end
     omega_table(omega, K)
 
 `omega`, `(K,)` or `(K, n_groups)` real numbers, as a `(K, n_groups)` `Matrix{Float64}`
-(pyapred's `_omega_rows`).
+(pyapred's `_omega_rows`). A NaN or Inf element masks its difference; a finite one beyond
+`SCALE_RANGE` would overflow the variances (omega 1e160 gave flux 0 and variance 0, unflagged)
+and is an `ArgumentError`.
 """
 function omega_table(omega, K)
     omega isa AbstractArray && ndims(omega) <= 2 && eltype(omega) <: Real &&
         size(omega, 1) == K ||
         throw(ArgumentError("omega: expected size ($K,) or ($K, n_groups) of real numbers (one row per read difference), got " *
                             (omega isa AbstractArray ? "size $(size(omega))" : "$(typeof(omega))")))
-    return reshape(Float64.(collect(omega)), K, :)
+    table = reshape(Float64.(collect(omega)), K, :)
+    high = SCALE_RANGE[2]
+    all(v -> !isfinite(v) || abs(v) <= high, table) ||
+        throw(ArgumentError("omega: expected values within +-$high (a NaN or inf element masks its difference)"))
+    return table
 end
 
 """

@@ -566,6 +566,9 @@ end
         @test_throws "read_noise: expected real numbers" fit_constant(reads, "15")
         @test_throws "omega: expected size" extract_fluxes(reads, 15.0,
             ones(n_reads - 1, 1, 1))
+        @test_throws "omega: expected values within" extract_fluxes(reads, 15.0,
+            [1e160; ones(n_reads - 2)])
+        @test extract_fluxes(reads, 15.0, [NaN; ones(n_reads - 2)]).flux isa AbstractArray
         @test_throws "read_times: expected a vector" fit_constant(reads, 15.0;
             read_times = reshape(collect(1.0:n_reads), 1, :))
         @test_throws "start: expected a fit_omega result" fit_omega_chromatic(reads, 15.0,

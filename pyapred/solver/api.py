@@ -561,6 +561,17 @@ def _omega_rows(omega, groups, K: int, pixel_shape: tuple) -> tuple[np.ndarray, 
     omega2d = np.atleast_2d(_real_array(omega, "omega"))
     if omega2d.ndim != 2 or omega2d.shape[1] != K:
         raise ValueError(f"omega: expected shape ({K},) or (n_groups, {K}), got {np.shape(omega)}")
+    # A NaN or inf element masks its difference; a finite one beyond SCALE_RANGE overflowed
+    # the variances (omega 1e160 gave flux 0 and variance 0, unflagged). The extremes alone:
+    # a chromatic table holds millions of rows.
+    finite = np.isfinite(omega2d)
+    high = SCALE_RANGE[1]
+    if omega2d.size and not (
+        omega2d.max(where=finite, initial=0.0) <= high
+        and omega2d.min(where=finite, initial=0.0) >= -high
+    ):
+        raise ValueError(f"omega: expected values within +-{high:g} (a NaN or inf element masks "
+                         "its difference)")  # fmt: skip
     if groups is None:
         if omega2d.shape[0] != 1:
             raise ValueError("groups: required when omega has one row per group")
@@ -704,7 +715,8 @@ def extract_fluxes(
     read_noise : array_like
         Single-read sigma in the units of ``reads``, broadcastable to ``pixel_shape``.
     omega : array_like, ``(K,)`` or ``(n_groups, K)``, ``K = n_reads - 1``
-        Transparency factors. A non-finite element masks that difference for the pixels using it.
+        Transparency factors, finite ones within +-1e30 (``SCALE_RANGE``). A non-finite element
+        masks that difference for the pixels using it.
     groups : array_like of int, ``pixel_shape``, optional
         Row of ``omega`` used by each pixel; required when ``omega`` is 2-D.
     gain, mask, read_times, saturation, n_pass, backend
