@@ -637,34 +637,6 @@ def test_freed_memory_goes_back_between_chips_unless_large_arrays_use_the_heap(
     assert trims == ([] if from_the_heap else [0])
 
 
-def test_chips_in_memory_are_checked_and_big_endian_reads_fit_as_native():
-    """A notebook's chip: FITS data arrive big-endian (the first pass's kernel refused them
-    with a Numba typing error); other types, read times and map shapes are checked on the
-    spot, naming the field."""
-    sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
-    chip = chips_of(sim)["R"]
-    swapped = dataclasses.replace(chip, reads=chip.reads.astype(chip.reads.dtype.newbyteorder(">")))
-    assert swapped.reads.dtype.isnative and np.array_equal(swapped.reads, chip.reads)
-    same = run_exposure({"R": swapped}, traces_of(sim))
-    np.testing.assert_array_equal(same.chips["R"].flux, run_exposure(
-        {"R": chip}, traces_of(sim)).chips["R"].flux)  # fmt: skip
-    half = dataclasses.replace(chip, reads=chip.reads.astype(np.float16))
-    assert half.reads.dtype == np.float32
-    n_reads, ny, nx = chip.reads.shape
-    for change, field in [
-        ({"reads": chip.reads.astype(complex)}, "reads"), ({"reads": chip.reads[0]}, "reads"),
-        ({"reads": chip.reads.tolist()}, "reads"),
-        ({"read_times": np.zeros(n_reads)}, "read_times"),
-        ({"read_times": np.arange(3.0)}, "read_times"),
-        ({"read_times": [*range(n_reads - 1), np.inf]}, "read_times"),
-        ({"read_times": np.arange(n_reads) * 1e300}, "read_times"),  # overflows the variances
-        ({"gain": np.ones(7)}, "gain"), ({"read_noise": "x"}, "read_noise"),
-        ({"saturation": np.ones((ny, nx + 1))}, "saturation"),
-    ]:  # fmt: skip
-        with pytest.raises(InputError, match=rf"<memory>: {field}: expected"):
-            dataclasses.replace(chip, **change)
-
-
 def test_run_exposure_names_the_argument_it_was_given_wrong():
     sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
     chips, traces = chips_of(sim), traces_of(sim)
@@ -691,47 +663,14 @@ def test_fpi_fibers_follow_the_exposure_not_the_trace_file_name(tmp_path):
     assert np.all(fits.flags[fpi] & Flag.FPI_FIBER) and np.all(fits.model[fpi] == MODEL_CONSTANT)
 
 
-def test_stages_named_at_their_door_when_called_wrongly():
-    """Stages called by hand with the wrong object, out of order or with another chip's parts:
-    a message naming the argument, not an AttributeError or a solver error from inside."""
-    from pyapred.exposure import extract_chip, fit_fibers, prepare_chip
-
-    sim = simulate_exposure("clouds", seed=8, chips=("R",), **SMALL)
-    chip, traces, options = chips_of(sim)["R"], traces_of(sim)["R"], FitOptions()
-    with pytest.raises(TypeError, match="traces: expected Traces, got NoneType"):
-        prepare_chip(chip, None, options)
-    with pytest.raises(TypeError, match="options: expected FitOptions, got dict"):
-        prepare_chip(chip, traces, {})
-    with pytest.raises(TypeError, match="chip: expected ChipExposure, got dict"):
-        prepare_chip({"reads": chip.reads}, traces, options)
-    prepared = prepare_chip(chip, traces, options)
-    with pytest.raises(TypeError, match="prepared: expected a list of PreparedChip"):
-        fit_fibers((prepared,), options)
-    with pytest.raises(ValueError, match="prepared: expected one or more"):
-        fit_fibers([], options)
-    released = [prepared]
-    fits = fit_fibers(released, dataclasses.replace(options, keep_fit_reads=False))
-    with pytest.raises(ValueError, match=r"prepared\[0\]: .* released .* prepare the chip again"):
-        fit_fibers(released, options)
-    with pytest.raises(TypeError, match="fibers: expected FiberFits, got NoneType"):
-        extract_chip(chip, prepared, None, options)
-    shorter = dataclasses.replace(chip, reads=chip.reads[:5])
-    with pytest.raises(ValueError, match="prepared: expected the chip's"):
-        extract_chip(shorter, prepared, fits, options)
+def test_run_exposure_names_another_chip_s_parts_and_a_wrong_on_chip(small_chip):
+    """Chips of the wrong form or name, another chip's read times, an ``on_chip`` that returns
+    nothing: a message naming the argument (each stage's own door is tested with the stage)."""
+    chip, traces = small_chip
     with pytest.raises(TypeError, match="chips: expected chips in memory by name"):
         run_exposure([chip], [traces])
     with pytest.raises(ValueError, match=r"chips\['G'\]: expected the chip named 'G', got 'R'"):
         run_exposure({"G": chip}, {"G": traces})
-    # Another chip's parts, or one chip twice: no shape told them (wrong fibers, omega errors
-    # too small by sqrt 2, the first chip's read times), with no flag.
-    other = dataclasses.replace(prepared, name="G")
-    with pytest.raises(ValueError, match="prepared: expected chip 'R''s, got chip 'G''s"):
-        extract_chip(chip, other, fits, options)
-    twice = [prepare_chip(chip, traces, options), prepare_chip(chip, traces, options)]
-    with pytest.raises(
-        ValueError, match=r"prepared: expected each chip once, got chips \['R', 'R'\]"
-    ):
-        fit_fibers(twice, options)
     times = np.arange(chip.reads.shape[0]) * 10.647
     timed = dataclasses.replace(chip, read_times=times)
     later = dataclasses.replace(chip, name="G", read_times=times * 3.0)

@@ -40,3 +40,24 @@ def test_jump_pixels_refitted_with_their_mask(dtype):
         for name in ("flux", "flux_var", "chi2", "n_diff", "flags"):
             assert np.array_equal(getattr(got, name), getattr(want, name), equal_nan=True), name
         assert got.flags[2, 3] & Flag.MASKED_READ and got.n_diff[5, 9] == n_reads - 1 - 4
+
+
+def test_extract_chip_refuses_another_chip_s_parts(small_chip):
+    """No fits, a chip of other reads, another chip's preparation: no shape told the last (the
+    wrong fibers' omega, with no flag); each is named."""
+    import dataclasses
+
+    from pyapred.exposure import FitOptions, extract_chip, fit_fibers, prepare_chip
+
+    chip, traces = small_chip
+    options = FitOptions()
+    prepared = prepare_chip(chip, traces, options)
+    fits = fit_fibers([prepared], options)
+    with pytest.raises(TypeError, match="fibers: expected FiberFits, got NoneType"):
+        extract_chip(chip, prepared, None, options)
+    shorter = dataclasses.replace(chip, reads=chip.reads[:5])
+    with pytest.raises(ValueError, match="prepared: expected the chip's"):
+        extract_chip(shorter, prepared, fits, options)
+    other = dataclasses.replace(prepared, name="G")
+    with pytest.raises(ValueError, match="prepared: expected chip 'R''s, got chip 'G''s"):
+        extract_chip(chip, other, fits, options)

@@ -290,3 +290,26 @@ def test_fit_reads_are_the_fancy_index_in_c_order(n_pix):
     np.testing.assert_array_equal(got, reads[:, rows, :n_pix])
     np.testing.assert_array_equal(mask, np.broadcast_to(~valid[rows, :n_pix], got.shape))
     assert got.flags.c_contiguous and got.dtype == reads.dtype and mask.flags.c_contiguous
+
+
+def test_fit_fibers_names_a_wrong_or_released_list_and_a_chip_twice(small_chip):
+    """Prepared chips given as a tuple, none, released by an earlier fit, or one chip twice
+    (omega errors too small by sqrt 2, with no flag): a message naming ``prepared``."""
+    from pyapred.exposure import fit_fibers, prepare_chip
+
+    chip, traces = small_chip
+    options = FitOptions()
+    prepared = prepare_chip(chip, traces, options)
+    with pytest.raises(TypeError, match="prepared: expected a list of PreparedChip"):
+        fit_fibers((prepared,), options)
+    with pytest.raises(ValueError, match="prepared: expected one or more"):
+        fit_fibers([], options)
+    twice = [prepared, prepare_chip(chip, traces, options)]
+    with pytest.raises(
+        ValueError, match=r"prepared: expected each chip once, got chips \['R', 'R'\]"
+    ):
+        fit_fibers(twice, options)
+    released = [prepared]
+    fit_fibers(released, dataclasses.replace(options, keep_fit_reads=False))
+    with pytest.raises(ValueError, match=r"prepared\[0\]: .* released .* prepare the chip again"):
+        fit_fibers(released, options)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import h5py
 import numpy as np
 import pytest
 
 from pyapred import Flag, fit_constant
 from pyapred.errors import InputError, InputWarning
-from pyapred.exposure import load_chip
+from pyapred.exposure import load_chip, run_exposure
 
 
 def ar3dcal(folder, gain: np.ndarray):
@@ -52,3 +54,30 @@ def test_the_survey_checks_an_ar3dcal_file_s_maps_before_any_chip_is_fitted(tmp_
         InputError, match=r"gainMat: expected .* -1.0 \(first at row, column \(50, 30\)"
     ):
         survey_chip(ar3dcal(tmp_path, gain))
+
+
+def test_chips_in_memory_are_checked_and_big_endian_reads_fit_as_native(small_chip):
+    """A notebook's chip: FITS data arrive big-endian (the first pass's kernel refused them
+    with a Numba typing error); other types, read times and map shapes are checked on the
+    spot, naming the field."""
+    chip, traces = small_chip
+    swapped = dataclasses.replace(chip, reads=chip.reads.astype(chip.reads.dtype.newbyteorder(">")))
+    assert swapped.reads.dtype.isnative and np.array_equal(swapped.reads, chip.reads)
+    same = run_exposure({"R": swapped}, {"R": traces})
+    np.testing.assert_array_equal(same.chips["R"].flux, run_exposure(
+        {"R": chip}, {"R": traces}).chips["R"].flux)  # fmt: skip
+    half = dataclasses.replace(chip, reads=chip.reads.astype(np.float16))
+    assert half.reads.dtype == np.float32
+    n_reads, ny, nx = chip.reads.shape
+    for change, field in [
+        ({"reads": chip.reads.astype(complex)}, "reads"), ({"reads": chip.reads[0]}, "reads"),
+        ({"reads": chip.reads.tolist()}, "reads"),
+        ({"read_times": np.zeros(n_reads)}, "read_times"),
+        ({"read_times": np.arange(3.0)}, "read_times"),
+        ({"read_times": [*range(n_reads - 1), np.inf]}, "read_times"),
+        ({"read_times": np.arange(n_reads) * 1e300}, "read_times"),  # overflows the variances
+        ({"gain": np.ones(7)}, "gain"), ({"read_noise": "x"}, "read_noise"),
+        ({"saturation": np.ones((ny, nx + 1))}, "saturation"),
+    ]:  # fmt: skip
+        with pytest.raises(InputError, match=rf"<memory>: {field}: expected"):
+            dataclasses.replace(chip, **change)

@@ -61,3 +61,17 @@ def test_pixel_reads_equal_fancy_indexing(layout):
     want = reads[:, rows, cols].astype(np.result_type(reads.dtype, np.float32))
     assert got.dtype == want.dtype and got.dtype.isnative
     assert np.array_equal(got, want)
+
+
+def test_prepare_chip_names_a_wrong_argument(small_chip):
+    """The wrong object given to the stage: a message naming the argument, not an
+    AttributeError from inside."""
+    from pyapred.exposure import FitOptions, prepare_chip
+
+    chip, traces = small_chip
+    with pytest.raises(TypeError, match="traces: expected Traces, got NoneType"):
+        prepare_chip(chip, None, FitOptions())
+    with pytest.raises(TypeError, match="options: expected FitOptions, got dict"):
+        prepare_chip(chip, traces, {})
+    with pytest.raises(TypeError, match="chip: expected ChipExposure, got dict"):
+        prepare_chip({"reads": chip.reads}, traces, FitOptions())
