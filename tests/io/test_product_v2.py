@@ -645,6 +645,9 @@ def test_unflagged_nan_and_values_out_of_range_are_refused_written_or_read(tmp_p
             with pytest.raises(InputError, match=expected) as error:
                 read_product(bad)
             assert field.rsplit("/", 1)[0] in str(error.value)
+    counted = dataclasses.replace(fibers, n_iter=np.array([3, -1, 2, 2, 2]))
+    with pytest.raises(ValueError, match="n_iter: expected counts >= 0"):
+        write_product(tmp_path / f"w{suffix}", fibers={"R": counted})
 
 
 def test_fiber_models_of_another_length_are_refused_unread_and_named_briefly(tmp_path):
