@@ -29,7 +29,9 @@ from astropy.io import fits
 
 from ..errors import InputError
 
-_REQUIRED_IMAGES = ("rate", "ivar", "chi2", "flags")
+#: The float images of a chip (the HDF5 reader refuses them in integers too), and all it needs.
+_FLOAT_IMAGES = ("rate", "ivar", "chi2")
+_REQUIRED_IMAGES = (*_FLOAT_IMAGES, "flags")
 #: Metadata key -> (primary header card, comment).
 _IDENTITY = {
     "telescope": ("TELESCOP", "telescope"),
@@ -101,7 +103,6 @@ def write_fits(
 
 #: ChipImages attribute -> HDU name suffix.
 _SUFFIX = {"rate": "RATE", "ivar": "IVAR", "chi2": "CHI2", "n_diff": "NDIFF", "flags": "FLAGS"}
-_FLOAT_IMAGES = ("rate", "ivar", "chi2")
 
 
 def _card_value(value):
