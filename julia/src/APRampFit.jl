@@ -30,7 +30,7 @@ using Statistics
 
 export MASKED_READ, NONFINITE_READ, SATURATED, TOO_FEW_DIFFS, NOT_IN_OMEGA_FIT, JUMP_DETECTED
 export FEW_CLEAN_DIFFS, BACKGROUND, BORROWED_OMEGA, FALLBACK_CONSTANT, FPI_FIBER, NO_OMEGA_FIT
-export NOT_CONVERGED, OMEGA_ELEMENT_NO_DATA, EMPTY_GROUP, describe_flags
+export NOT_CONVERGED, OMEGA_ELEMENT_NO_DATA, EMPTY_GROUP, LOW_SEGMENT_CONTRAST, describe_flags
 export fit_constant, extract_fluxes, fit_equal_weight, fit_omega, initial_guess, sample_omega
 export extract_kernel!, equal_weight_kernel!, chi2_kernel!, prepare_diffs_kernel!
 export normal_equations_kernel!, initial_guess!, fit_omega_groups, gauss_newton_step, gibbs

@@ -245,6 +245,18 @@ function fit_fibers(prepared::AbstractVector{PreparedChip}, options::FitOptions 
     todo = [f for f in 1:nf if !excluded[f] && n_pix[f] >= max(options.min_fit_pixels, 1)]
     # As pyapred: the first P entries of the pixel axis (every fit pixel, valid ones first).
     P = max(maximum(n_pix[todo]; init = 1), 1)
+    if segment_keys !== nothing && !isempty(todo)
+        # With the nuisance term omega is measured only by the flux contrast between the pixels
+        # of a segment; a fiber without it has no finite best omega, and its fit wanders
+        # (pyapred's docs/noise.md): it is not fitted, and is handled as a faint fiber.
+        labels = readout_segments(segment_keys[1:P, todo], valid[1:P, todo])
+        contrast = segment_contrasts(reads, valid, sigma, gain, todo, P, labels)
+        low = .!(contrast .>= MIN_SEGMENT_CONTRAST)  # NaN (no pixel shares a segment): low
+        for f in todo[low]
+            flags[f] |= LOW_SEGMENT_CONTRAST
+        end
+        todo = todo[.!low]
+    end
     segments = nothing
     if isempty(todo)
         fit, constant = empty_fits(K, P, 0, ref_index)
@@ -308,6 +320,93 @@ with them (true = padding), as new arrays (pyapred's `_fit_reads`).
 function fiber_reads_and_mask(reads::AbstractArray{<:Real, 3}, valid::AbstractMatrix{Bool},
         fibers::AbstractVector{<:Integer}, P::Integer)
     return reads[1:P, fibers, :], repeat(.!valid[1:P, fibers], 1, 1, size(reads, 3))
+end
+
+"""
+With the nuisance term, a fiber is fitted only where its [`segment_contrast`](@ref) reaches this
+(pyapred's `MIN_SEGMENT_CONTRAST`): on two simulated chips every nuisance fit that did not
+converge had a contrast below 3, and every fiber whose omega error came within the 0.05 a bright
+fiber needs had one above 46.
+"""
+const MIN_SEGMENT_CONTRAST = 10.0
+
+"""
+    segment_contrast(flux, flux_var, segments, valid)
+
+How much a group's pixel fluxes differ within their readout segments, beyond their noise
+(pyapred's `segment_contrast`). The 1/f nuisance term gives each segment one offset per read
+difference, which takes the segment's mean: omega is then measured only by the flux contrast
+between the pixels of a segment. This is that contrast's chi2 per degree of freedom, less 1:
+about 0 where the pixels differ by their noise alone.
+
+# Arguments
+- `flux`, `flux_var`: `(n_pix, n_groups)`, each pixel's flux and its variance (the same units).
+- `segments`: `(n_pix, n_groups)` segment labels within each group, 1-based
+  ([`readout_segments`](@ref)).
+- `valid`: `(n_pix, n_groups)`, false for padding. Pixels whose flux or variance is not finite,
+  or whose variance is not positive, are left out too.
+
+# Returns
+`(n_groups,)`: `sum_p (f_p - m_s(p))^2 / v_p / (n - S) - 1`, `m_s` the inverse-variance weighted
+mean of segment `s`, over the `n` pixels used in `S` segments; NaN where `n <= S`.
+"""
+function segment_contrast(flux::AbstractMatrix{<:Real}, flux_var::AbstractMatrix{<:Real},
+        segments::AbstractMatrix{<:Integer}, valid::AbstractMatrix{Bool})
+    usable(p, g) = valid[p, g] && isfinite(flux[p, g]) && isfinite(flux_var[p, g]) &&
+                   flux_var[p, g] > 0
+    contrast = fill(NaN, size(flux, 2))
+    for g in axes(flux, 2)
+        S = maximum(segments[p, g] for p in axes(flux, 1) if usable(p, g); init = 0)
+        weights = zeros(S)
+        sums = zeros(S)
+        n = 0
+        for p in axes(flux, 1)
+            usable(p, g) || continue
+            w = 1 / flux_var[p, g]
+            weights[segments[p, g]] += w
+            sums[segments[p, g]] += w * flux[p, g]
+            n += 1
+        end
+        q = 0.0
+        for p in axes(flux, 1)
+            usable(p, g) || continue
+            s = segments[p, g]
+            q += (1 / flux_var[p, g]) * (flux[p, g] - sums[s] / weights[s])^2
+        end
+        dof = n - count(>(0), weights)
+        dof > 0 && (contrast[g] = q / dof - 1)
+    end
+    return contrast
+end
+
+"""
+    segment_contrasts(reads, valid, sigma, gain, todo, P, segments;
+                      batch_bytes = FIT_BATCH_BYTES)
+
+[`segment_contrast`](@ref) of the fibers `todo` from their [`fit_constant`](@ref) fit, in
+batches of fibers as [`fit_batched`](@ref) takes them (pyapred's `_segment_contrasts`).
+
+# Arguments
+As [`fit_batched`](@ref)'s; `segments`: `(P, length(todo))` segment labels.
+
+# Returns
+`(length(todo),)`.
+"""
+function segment_contrasts(reads::AbstractArray{<:Real, 3}, valid::AbstractMatrix{Bool},
+        sigma::AbstractMatrix, gain::AbstractMatrix, todo::AbstractVector{<:Integer},
+        P::Integer, segments::AbstractMatrix{<:Integer}; batch_bytes::Integer = FIT_BATCH_BYTES)
+    per_fiber = FIT_BYTES_PER_ELEMENT * max(size(reads, 3) - 1, 1) * max(P, 1)
+    batch = max(1, batch_bytes ÷ per_fiber)
+    contrast = fill(NaN, length(todo))
+    for first_group in 1:batch:length(todo)
+        rows = first_group:min(first_group + batch - 1, length(todo))
+        fibers = todo[rows]
+        batch_reads, mask = fiber_reads_and_mask(reads, valid, fibers, P)
+        constant = fit_constant(batch_reads, sigma[1:P, fibers]; gain = gain[1:P, fibers], mask)
+        contrast[rows] = segment_contrast(constant.flux, constant.flux_var, segments[:, rows],
+            valid[1:P, fibers])
+    end
+    return contrast
 end
 
 "Work-array budget, bytes, of one batch of fibers in [`fit_batched`](@ref) (pyapred's

@@ -31,6 +31,10 @@ const FPI_FIBER = 1 << 13
 """Fiber (pipeline): no omega fit was asked for (`model = "constant"`); constant model used, and
 the fit's statistics (amplitude, delta_chi2, p_value, chi2 per dof) are NaN."""
 const NO_OMEGA_FIT = 1 << 14
+"""Fiber (pipeline, 1/f nuisance term): too little flux contrast between the pixels of its
+readout segments to tell omega from the offsets ([`segment_contrast`](@ref) below
+`MIN_SEGMENT_CONTRAST`); not fitted, handled as a faint fiber."""
+const LOW_SEGMENT_CONTRAST = 1 << 15
 
 const FLAG_NAMES = (
     MASKED_READ => "MASKED_READ",
@@ -48,6 +52,7 @@ const FLAG_NAMES = (
     FALLBACK_CONSTANT => "FALLBACK_CONSTANT",
     FPI_FIBER => "FPI_FIBER",
     NO_OMEGA_FIT => "NO_OMEGA_FIT",
+    LOW_SEGMENT_CONTRAST => "LOW_SEGMENT_CONTRAST",
 )
 
 """

@@ -672,6 +672,21 @@ end
         @test_throws ArgumentError fit_omega(reads, 10.0; segments, mode = "reference")
     end
 
+    @testset "segment contrast, as pyapred's" begin
+        # chi2 about the weighted segment means per degree of freedom, less 1 (pyapred's
+        # test_segment_contrast_by_hand, labels 1-based and pixels along the first axis).
+        flux = [1.0 0.0; 3.0 3.0; 5.0 9.0; 5.0 NaN]
+        flux_var = [1.0 1.0; 1.0 2.0; 1.0 1.0; 1.0 1.0]
+        segments = [1 1; 1 1; 2 2; 2 2]
+        valid = trues(4, 2)
+        @test APRampFit.segment_contrast(flux, flux_var, segments, valid) ≈ [0.0, 2.0]
+        valid[2, 1] = valid[4, 1] = false
+        flux_var[1, 2] = 0.0
+        @test all(isnan, APRampFit.segment_contrast(flux, flux_var, segments, valid))
+        @test APRampFit.MIN_SEGMENT_CONTRAST == 10.0
+        @test describe_flags(LOW_SEGMENT_CONTRAST) == ["LOW_SEGMENT_CONTRAST"]
+    end
+
     @testset "chromatic omega is recovered and the kernels agree with the achromatic ones" begin
         # A noiseless chromatic ramp set: the chromatic fit finds omega and gamma exactly.
         n_pix, K = 30, 7

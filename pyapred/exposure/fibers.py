@@ -275,7 +275,10 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
         ``model``, ``min_fit_pixels``, ``max_iter``, ``jump_search``, ``backend`` and
         ``correct_1f`` (its nuisance part: one offset per readout segment, labelled by
         :func:`pyapred.noise.segments.readout_segments` from the chip, row and output of each
-        fit pixel) are used here; the model choice's settings by :func:`choose_models`.
+        fit pixel) are used here; the model choice's settings by :func:`choose_models`. With the
+        nuisance term a fiber whose :func:`segment_contrast` (from its constant fit) is below
+        :data:`MIN_SEGMENT_CONTRAST` is not fitted: omega cannot be told from its offsets. It is
+        flagged ``LOW_SEGMENT_CONTRAST`` and handled as a faint fiber.
 
     Returns
     -------
@@ -358,6 +361,17 @@ def fit_fibers(prepared: list[PreparedChip], options: FitOptions) -> FiberFits:
     todo = np.flatnonzero(~excluded & (n_pix >= max(options.min_fit_pixels, 1)))
     P = max(int(n_pix[todo].max(initial=1)), 1)
     segments = segment_chip = segment_pixels = None
+    if keys is not None and todo.size:
+        # With the nuisance term omega is measured only by the flux contrast between the pixels
+        # of a segment; a fiber without it has no finite best omega, and its fit wanders
+        # (docs/noise.md): it is not fitted, and is handled as a faint fiber.
+        from ..noise.segments import readout_segments
+
+        labels = readout_segments(keys[todo, :P], valid[todo, :P])
+        contrast = _segment_contrasts(reads, valid, sigma, gain, todo, P, labels, options)
+        low = ~(contrast >= MIN_SEGMENT_CONTRAST)  # NaN (no pixel shares a segment): low
+        flags[todo[low]] |= int(Flag.LOW_SEGMENT_CONTRAST)
+        todo = todo[~low]
     if keys is not None and todo.size:
         segments, segment_chip, segment_pixels = _segments(
             keys[todo, :P], valid[todo, :P], todo, n_fibers, options.segment_columns
@@ -491,6 +505,76 @@ NUISANCE_BATCH_BYTES = 256 * 2**20
 FIT_BATCH_BYTES = 64 * 2**20
 #: Measured with ``tracemalloc``: 22.5-24.5 bytes for 10-50 fibers of 2048 pixels, 46 differences.
 FIT_BYTES_PER_ELEMENT = 24
+
+
+#: With the nuisance term, a fiber is fitted only where its :func:`segment_contrast` reaches
+#: this. On two simulated chips (494 fibers) every nuisance fit that did not converge had a
+#: contrast below 3, and every fiber whose omega error came within the 0.05 a bright fiber
+#: needs (``FitOptions.max_omega_error``) had one above 46 (``docs/noise.md``).
+MIN_SEGMENT_CONTRAST = 10.0
+
+
+def segment_contrast(
+    flux: np.ndarray, flux_var: np.ndarray, segments: np.ndarray, valid: np.ndarray
+) -> np.ndarray:
+    """How much a group's pixel fluxes differ within their readout segments, beyond their noise.
+
+    The 1/f nuisance term gives each segment one offset per read difference, which takes the
+    segment's mean: omega is then measured only by the flux contrast between the pixels of a
+    segment (``docs/noise.md``). This is that contrast's chi2 per degree of freedom, less 1:
+    about 0 where the pixels differ by their noise alone.
+
+    Parameters
+    ----------
+    flux, flux_var : ndarray, ``(n_groups, n_pix)``
+        Each pixel's flux and its variance (any units, the same for both: e.g. a constant fit's).
+    segments : ndarray of int, ``(n_groups, n_pix)``
+        Segment labels within each group (:func:`pyapred.noise.segments.readout_segments`).
+    valid : ndarray of bool, ``(n_groups, n_pix)``
+        False for padding. Pixels whose flux or variance is not finite, or whose variance is not
+        positive, are left out too.
+
+    Returns
+    -------
+    ndarray, float64, ``(n_groups,)``
+        ``sum_p (f_p - m_s(p))^2 / v_p / (n - S) - 1``, ``m_s`` the inverse-variance weighted
+        mean of segment s, over the ``n`` pixels used in ``S`` segments; NaN where ``n <= S``
+        (no segment has two pixels).
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    flux_var = np.asarray(flux_var, dtype=np.float64)
+    use = np.asarray(valid, dtype=bool) & np.isfinite(flux) & np.isfinite(flux_var)
+    use &= np.where(use, flux_var, 0.0) > 0
+    G, P = flux.shape
+    labels = np.where(use, segments, 0).astype(np.int64)
+    S = int(labels.max(initial=0)) + 1
+    weight = np.where(use, 1.0 / np.where(use, flux_var, 1.0), 0.0)
+    index = (np.arange(G)[:, None] * S + labels).ravel()
+    weights = np.bincount(index, weight.ravel(), G * S).reshape(G, S)
+    sums = np.bincount(index, (weight * np.where(use, flux, 0.0)).ravel(), G * S).reshape(G, S)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.take_along_axis(sums / weights, labels, axis=1)
+        q = np.where(use, weight * (flux - mean) ** 2, 0.0).sum(axis=1)
+        dof = use.sum(axis=1) - (weights > 0).sum(axis=1)
+        return np.where(dof > 0, q / np.maximum(dof, 1) - 1.0, np.nan)
+
+
+def _segment_contrasts(reads, valid, sigma, gain, todo, P, segments, options) -> np.ndarray:
+    """:func:`segment_contrast` of fibers ``todo`` (``segments`` ``(len(todo), P)``) from their
+    constant fit, in batches of fibers as :func:`_fit_batched` takes them."""
+    per_fiber = FIT_BYTES_PER_ELEMENT * max(reads.shape[0] - 1, 1) * P
+    batch = max(1, FIT_BATCH_BYTES // per_fiber)
+    contrast = np.empty(todo.size)
+    for start in range(0, todo.size, batch):
+        part = slice(start, start + batch)
+        rows = todo[part]
+        batch_reads, mask = _fit_reads(reads, valid, rows, P)
+        constant = fit_constant(batch_reads, sigma[rows, :P], gain=gain[rows, :P], mask=mask,
+                                backend=options.backend)  # fmt: skip
+        contrast[part] = segment_contrast(
+            constant.flux, constant.flux_var, segments[part], valid[rows, :P]
+        )
+    return contrast
 
 
 def _fit_batched(reads, valid, sigma, gain, todo, P, ref_index, options, segments) -> tuple:

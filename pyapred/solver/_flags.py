@@ -49,6 +49,10 @@ class Flag(enum.IntFlag):
     #: Fiber (pipeline): no omega fit was asked for (``model="constant"``); constant model used,
     #: and the fit's statistics (amplitude, delta_chi2, p_value, chi2 per dof) are NaN.
     NO_OMEGA_FIT = 1 << 14
+    #: Fiber (pipeline, 1/f nuisance term): too little flux contrast between the pixels of its
+    #: readout segments to tell omega from the offsets (``segment_contrast`` below
+    #: ``MIN_SEGMENT_CONTRAST``); not fitted, handled as a faint fiber.
+    LOW_SEGMENT_CONTRAST = 1 << 15
 
 
 def describe_flags(value: int) -> list[str]:

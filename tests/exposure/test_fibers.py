@@ -15,6 +15,7 @@ from pyapred.exposure.fibers import (
     _fit_reads,
     _significance,
     choose_models,
+    segment_contrast,
 )
 
 K, P, G = 8, 120, 5
@@ -82,6 +83,34 @@ def test_a_nuisance_fit_that_did_not_converge_borrows():
     # Without the offsets the same fiber falls back to the constant model.
     plain = _choose(dataclasses.replace(stuck, offsets=None), constant, model="time-variable")
     assert plain.model[1] == 0 and plain.flags[1] & Flag.FALLBACK_CONSTANT
+
+
+def test_segment_contrast_by_hand():
+    """chi2 about the weighted segment means, per degree of freedom, less 1."""
+    flux = np.array([[1.0, 3.0, 5.0, 5.0], [0.0, 3.0, 9.0, np.nan]])
+    var = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 1.0, 1.0]])
+    segments = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    valid = np.array([[True] * 4, [True, True, True, True]])
+    # Group 0: means 2 and 5, chi2 2 over 4 - 2 pixels: 0. Group 1: the NaN pixel is left out;
+    # segment 0's weighted mean is (0 + 3 / 2) / 1.5 = 1, chi2 1 + 4 / 2 = 3 over 3 - 2: 2.
+    np.testing.assert_allclose(segment_contrast(flux, var, segments, valid), [0.0, 2.0])
+    # Padding, a non-positive variance and a segment of one pixel do not count; no segment of
+    # two pixels left: NaN.
+    valid[0, 1] = valid[0, 3] = False
+    var[1, 0] = 0.0
+    assert np.all(np.isnan(segment_contrast(flux, var, segments, valid)))
+
+
+def test_segment_contrast_is_about_0_for_noise_and_grows_with_the_contrast():
+    rng = np.random.default_rng(5)
+    segments = np.broadcast_to(np.arange(400) // 20, (2, 400))
+    mean = rng.uniform(100, 200, 20)[segments[0]]
+    var = np.full((2, 400), 4.0)
+    pattern = np.array([np.zeros(400), 2.0 * np.sin(np.arange(400))])  # contrast in group 1
+    flux = mean + pattern + rng.normal(0, 2.0, (2, 400))
+    contrast = segment_contrast(flux, var, segments, np.ones((2, 400), bool))
+    assert abs(contrast[0]) < 3 * np.sqrt(2 / 380)  # chi2 / dof - 1 of noise alone
+    assert contrast[1] == pytest.approx(0.5, abs=0.2)  # mean of (2 sin)^2 / 4
 
 
 def test_a_significant_change_below_the_amplitude_threshold_keeps_the_constant_model():
@@ -183,6 +212,50 @@ def test_nuisance_fibers_fitted_in_batches_give_the_same_result(tmp_path, monkey
                                    atol=1e-14, err_msg=name)  # fmt: skip
     np.testing.assert_allclose(batched.fit.offsets, whole.fit.offsets, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(batched.offset_rms(), whole.offset_rms(), rtol=1e-10)
+
+
+def test_nuisance_fibers_without_segment_contrast_are_not_fitted(tmp_path, monkeypatch):
+    """With the nuisance term a fiber whose pixels show no flux contrast within their segments
+    has no finite best omega (docs/noise.md): it is flagged, not fitted, and handled as a faint
+    fiber; the other fibers are fitted as without the screen."""
+    from pyapred.exposure import fibers, run_exposure
+    from pyapred.io import read_product
+    from pyapred.simulate import simulate_exposure, write_simulated_exposure
+
+    sim = simulate_exposure("clouds", seed=18, n_fibers=30, n_columns=256, ref_columns=0,
+                            n_reads=10, chips=("R",))  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path)
+    options = FitOptions(correct_1f="nuisance", segment_columns=32, min_fit_pixels=10)
+    seen = []
+    contrasts = fibers._segment_contrasts
+
+    def spy(*args):
+        seen.append((args[4], contrasts(*args)))  # (todo, contrast)
+        return seen[-1][1]
+
+    monkeypatch.setattr(fibers, "_segment_contrasts", spy)
+    result = run_exposure(paths["apz"], paths["traces"], options, product=tmp_path / "p.fits")
+    fits = result.fibers["R"]
+    ((todo, contrast),) = seen
+    low = (fits.flags & Flag.LOW_SEGMENT_CONTRAST).astype(bool)
+    np.testing.assert_array_equal(np.flatnonzero(low), todo[contrast < fibers.MIN_SEGMENT_CONTRAST])
+    assert low.any() and not low[todo].all()
+    assert np.all(fits.fit.n_iter[low] == 0)
+    assert np.all(fits.fit.group_flags[low] & Flag.EMPTY_GROUP)
+    assert not np.any(fits.flags[low] & (Flag.FALLBACK_CONSTANT | Flag.NOT_CONVERGED))
+    assert not fits.bright[low].any() and set(fits.model[low]) == {MODEL_BORROWED}
+    assert result.summary()["fibers"]["R"]["low_segment_contrast"] == low.sum()
+    assert not result.problems()
+    # The flag reaches the product, and reads back.
+    assert np.array_equal(read_product(tmp_path / "p.fits").fibers["R"].flags, fits.flags)
+    # Without the screen the same fibers are fitted; the others' fits and every model are
+    # unchanged.
+    monkeypatch.setattr(fibers, "MIN_SEGMENT_CONTRAST", -np.inf)
+    whole = run_exposure(paths["apz"], paths["traces"], options).fibers["R"]
+    assert np.all(whole.fit.n_iter[low] > 0) and not np.any(whole.flags & Flag.LOW_SEGMENT_CONTRAST)
+    kept = np.setdiff1d(todo, np.flatnonzero(low))
+    np.testing.assert_allclose(fits.omega_fit[kept], whole.omega_fit[kept], rtol=1e-10)
+    np.testing.assert_array_equal(fits.model, whole.model)
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def test_the_default_stage_dir_is_the_julia_package_s():
 def test_there_are_enough_small_stage_vectors(vectors):
     assert len(vectors) >= 10
     total = sum(path.stat().st_size for path in VECTORS)
-    assert total < 600 * 1024, f"{total / 1024:.0f} KiB of stage vectors"
+    # 16 vectors of 20-60 KiB; the cap keeps each one small rather than their number.
+    assert total < 700 * 1024, f"{total / 1024:.0f} KiB of stage vectors"
     for name, vector in vectors.items():
         assert vector["kind"] == "stages" and vector["rtol"] <= 1e-10, name
         reads = vector["inputs"]["reads"]

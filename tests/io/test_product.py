@@ -220,6 +220,15 @@ def _damaged(path, edit):
     return path
 
 
+def _with_bit_16(h, name: str, index) -> None:
+    """Dataset ``name`` rewritten as uint32 with bit 16 set at ``index``: every bit that its
+    uint16 holds is a known flag."""
+    flags = h[name][()].astype(np.uint32)
+    flags[index] = 1 << 16
+    del h[name]
+    h.create_dataset(name, data=flags)
+
+
 @pytest.mark.parametrize(
     ("label", "edit", "field", "words"),
     [
@@ -239,9 +248,9 @@ def _damaged(path, edit):
          lambda h: (h.__delitem__("fibers/R"), h.create_dataset("fibers/R", data=np.zeros(3))),
          "fibers/R", "a dataset"),
         ("pixel flags of an unknown bit",
-         lambda h: h["R/flags"].__setitem__((0, 0), 1 << 15), "R", "unknown bits 0x8000"),
+         lambda h: _with_bit_16(h, "R/flags", (0, 0)), "R", "unknown bits 0x10000"),
         ("fiber flags of an unknown bit",
-         lambda h: h["fibers/R/flags"].__setitem__(0, 1 << 15), "fibers/R", "Flag"),
+         lambda h: _with_bit_16(h, "fibers/R/flags", 0), "fibers/R", "Flag"),
         ("fiber index out of range",
          lambda h: (h["fibers/R/fiber_index"].__setitem__(0, 500),
                     h.__delitem__("fibers/R/fiberId")),
