@@ -2,7 +2,8 @@
 # fallback, and with `FitOptions.chromatic` the chromatic model of the time-variable fibers. The
 # twin of `pyapred/exposure/fibers.py` (`fit_fibers`, `_scatter`, `choose_models`,
 # `_weighted_mean_omega`, `_significance`, `_equivalent_amplitude`, `_fit_pixel_coordinates`,
-# `_spread_chromatic`, `choose_chromatic`, `FiberFits.column_omega`), built on
+# `_spread_chromatic`, `choose_chromatic`, `FiberFits.column_omega`, `segment_contrast`,
+# `_segment_contrasts`), built on
 # [`fit_omega`](@ref), [`fit_omega_chromatic`](@ref) and [`fit_constant`](@ref); the p-values use
 # [`chi2_sf`](@ref) where pyapred uses SciPy.
 
@@ -31,7 +32,8 @@ Per-fiber omega fits and model decisions (one chip, or all chips jointly); pyapr
   uses each column's own, [`column_omega`](@ref));
 - `delta_chi2`, `p_value`, `amplitude`, `chi2_dof_constant`, `chi2_dof_variable`,
   `n_fit_pixels`, `flags` `(n_fibers,)`: the decision statistics, pixel counts and fiber flags
-  (the fit's group flags plus `BORROWED_OMEGA`, `FALLBACK_CONSTANT`, `FPI_FIBER`, `NO_OMEGA_FIT`);
+  (the fit's group flags plus `BORROWED_OMEGA`, `FALLBACK_CONSTANT`, `FPI_FIBER`, `NO_OMEGA_FIT`,
+  `LOW_SEGMENT_CONTRAST`);
 - `ref_index`: the read difference fixed to 1 in every fiber's fit (1-based);
 - `bright` `(n_fibers,)`: fibers that constrain their own omega; `borrowed_omega` `(K,)` and
   `borrowed_cov` `(K, K)`: the bright-fiber mean lent to faint fibers (`ref_index` = 1);
@@ -168,7 +170,10 @@ Stage 2 (pyapred's `fit_fibers`): one batched omega fit over the fibers from the
 chip, or of every chip in `prepared` (`joint_chips`: the same reads and fibers on each), then the
 model choice ([`choose_models`](@ref)). Every fiber is fitted with one `ref_index`: the read
 difference where the exposure is most transparent (the largest median of the non-excluded
-fibers' rough omega). Only fibers with at least `max(min_fit_pixels, 1)` fit pixels are fitted.
+fibers' rough omega). Only fibers with at least `max(min_fit_pixels, 1)` fit pixels are fitted;
+with the nuisance term, only those whose [`segment_contrast`](@ref) (from their constant fit)
+reaches `MIN_SEGMENT_CONTRAST`: the others cannot tell omega from their offsets, are flagged
+`LOW_SEGMENT_CONTRAST` and are handled as faint fibers.
 With `options.chromatic` the fibers given the time-variable model are also fitted with the
 chromatic model ([`fit_omega_chromatic`](@ref), from their achromatic fit, each fit pixel at its
 column's wavelength coordinate over the chips in `prepared`, which must be named `"R"`, `"G"` or

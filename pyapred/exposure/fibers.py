@@ -78,7 +78,7 @@ class FiberFits:
     n_fit_pixels : ndarray of int, ``(n_fibers,)``
     flags : ndarray of int, ``(n_fibers,)``
         Group flags of the fit plus ``BORROWED_OMEGA``, ``FALLBACK_CONSTANT``, ``FPI_FIBER``,
-        ``NO_OMEGA_FIT``.
+        ``NO_OMEGA_FIT``, ``LOW_SEGMENT_CONTRAST``.
     ref_index : int
         The read difference fixed to 1 in every fiber's ``omega_fit``.
     bright : ndarray of bool, ``(n_fibers,)``

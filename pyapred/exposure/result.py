@@ -197,7 +197,7 @@ class ExposureResult:
             rms = fits.offset_rms()
             if rms is not None:  # the 1/f nuisance term: RMS of its offsets per chip, DN
                 fibers[key]["offset_rms_dn"] = [None if np.isnan(v) else float(v) for v in rms]
-                # The fibers it could not fit (too little flux contrast within segments).
+            if self.options.nuisance:  # the fibers it could not fit (no contrast in segments)
                 low = fits.flags & Flag.LOW_SEGMENT_CONTRAST
                 fibers[key]["low_segment_contrast"] = int(np.count_nonzero(low))
         return {

@@ -256,6 +256,13 @@ def test_nuisance_fibers_without_segment_contrast_are_not_fitted(tmp_path, monke
     kept = np.setdiff1d(todo, np.flatnonzero(low))
     np.testing.assert_allclose(fits.omega_fit[kept], whole.omega_fit[kept], rtol=1e-10)
     np.testing.assert_array_equal(fits.model, whole.model)
+    # Every fiber screened: nothing fitted, nothing bright to borrow from, and still counted.
+    monkeypatch.setattr(fibers, "MIN_SEGMENT_CONTRAST", np.inf)
+    none = run_exposure(paths["apz"], paths["traces"], options)
+    flagged = none.fibers["R"].flags & Flag.LOW_SEGMENT_CONTRAST
+    assert np.count_nonzero(flagged) == todo.size and not none.fibers["R"].bright.any()
+    assert set(none.fibers["R"].model) == {MODEL_CONSTANT}
+    assert none.summary()["fibers"]["R"]["low_segment_contrast"] == todo.size
 
 
 # --------------------------------------------------------------------------------------------
