@@ -772,12 +772,19 @@ def _night_start(mjd: int) -> str:
 
 
 def _raw_counts(
-    reads, bias: float, one_over_f: HxrgNoise | None, rng, *, consume: bool = False
-) -> np.ndarray:
+    reads, bias: float, one_over_f: HxrgNoise | None, rng, *, consume: bool = False,
+    saturation: float | None = None,
+) -> np.ndarray:  # fmt: skip
     """The reads as the detector's ADC gives them: plus ``bias``, rounded, clipped, uint16.
 
     Converted read by read (one read in float64 at a time), with the same numbers as a
     conversion of the whole cube; with ``one_over_f``, the H2RG noise cube is added first.
+    With ``saturation`` (the level ``reads`` are clipped at, as :func:`simulate_exposure`
+    clips them after its white read noise) the 1/f noise is clipped the same way: a read at
+    the level stays there, the others stay below it. Added after the clip, it left about half
+    of the clipped reads a few DN below the level, where ``pyapred fit`` (whose saturation level
+    is the file's ``SATURATE``, the same) does not mask them: near-zero differences in bright
+    pixels (``docs/noise.md``, "Which route when").
     With ``consume`` (a streamed chip, dropped right after) the counts are written over the
     reads' own memory instead of a new cube.
     """
@@ -791,6 +798,10 @@ def _raw_counts(
             raise ValueError(f"reads: one_over_f needs (n_reads, ny, 2560), got {reads.shape}")
         noisy = simulate_hxrg(reads.shape[0], one_over_f, rows=slice(0, reads.shape[1]), rng=rng)
         noisy += reads  # in place: x + y == y + x exactly
+        if saturation is not None:
+            for k in range(reads.shape[0]):  # read by read: no second cube of booleans
+                np.minimum(noisy[k], saturation, out=noisy[k])
+                noisy[k][reads[k] >= saturation] = saturation
         reads = noisy
     if consume and reads.flags.c_contiguous and reads.dtype.itemsize >= 2:
         # Read k's counts fill bytes [2 k P, 2 (k + 1) P) of the buffer (P pixels a read), which
@@ -848,7 +859,8 @@ def write_simulated_exposure(
     one_over_f : pyapred.noise.HxrgNoise, optional
         H2RG read noise in DN added to every chip's raw file (:func:`write_simulated_apz`; the
         chips need 2048 + 512 columns), seeded by ``sim.seed`` and the chip. The exposure already
-        has white read noise, so ``white=0`` adds only the correlated part.
+        has white read noise, so ``white=0`` adds only the correlated part. It is clipped at
+        the chip's saturation level as the white read noise is: a clipped read stays at it.
 
     Returns
     -------
@@ -971,8 +983,9 @@ def _write_chips(sim, chips, names, directory, *, mjd, exposure, overwrite, one_
         truth[f"{name}_cosmic_rays"] = chip.cosmic_rays
         truth[f"{name}_gain"] = chip.gain
         counts = _raw_counts(
-            chip.reads, 0.0, one_over_f, (sim.seed, "RGB".index(name)), consume=streamed
-        )
+            chip.reads, 0.0, one_over_f, (sim.seed, "RGB".index(name)), consume=streamed,
+            saturation=chip.saturation,
+        )  # fmt: skip
         del chip  # a streamed chip's cube is freed here, before its raw file is written
         _release_freed_memory()
         apz.append(
