@@ -400,8 +400,7 @@ As [`fit_batched`](@ref)'s; `segments`: `(P, length(todo))` segment labels.
 function segment_contrasts(reads::AbstractArray{<:Real, 3}, valid::AbstractMatrix{Bool},
         sigma::AbstractMatrix, gain::AbstractMatrix, todo::AbstractVector{<:Integer},
         P::Integer, segments::AbstractMatrix{<:Integer}; batch_bytes::Integer = FIT_BATCH_BYTES)
-    per_fiber = FIT_BYTES_PER_ELEMENT * max(size(reads, 3) - 1, 1) * max(P, 1)
-    batch = max(1, batch_bytes ÷ per_fiber)
+    batch = fibers_per_batch(size(reads, 3) - 1, P, batch_bytes)
     contrast = fill(NaN, length(todo))
     for first_group in 1:batch:length(todo)
         rows = first_group:min(first_group + batch - 1, length(todo))
@@ -452,11 +451,9 @@ function fit_batched(reads::AbstractArray{<:Real, 3}, valid::AbstractMatrix{Bool
         sigma::AbstractMatrix, gain::AbstractMatrix, todo::AbstractVector{<:Integer},
         P::Integer, ref_index::Integer, options::FitOptions, segments;
         batch_bytes::Integer = FIT_BATCH_BYTES)
-    N = size(reads, 3)
     G = length(todo)
     G > 0 || throw(ArgumentError("todo: expected at least one fiber"))
-    per_fiber = FIT_BYTES_PER_ELEMENT * max(N - 1, 1) * max(P, 1)
-    batch = max(1, batch_bytes ÷ per_fiber)
+    batch = fibers_per_batch(size(reads, 3) - 1, P, batch_bytes)
     parts = map(1:batch:G) do first_group
         rows = first_group:min(first_group + batch - 1, G)
         fibers = todo[rows]
@@ -470,6 +467,11 @@ function fit_batched(reads::AbstractArray{<:Real, 3}, valid::AbstractMatrix{Bool
     end
     return join_groups([part[1] for part in parts]), join_groups([part[2] for part in parts])
 end
+
+"Fibers of `P` pixels and `K` differences whose fit stays within `batch_bytes`; one at least
+(pyapred's `_fibers_per_batch`)."
+fibers_per_batch(K::Integer, P::Integer, batch_bytes::Integer) =
+    max(1, batch_bytes ÷ (FIT_BYTES_PER_ELEMENT * max(K, 1) * max(P, 1)))
 
 """
     join_groups(parts)

@@ -559,49 +559,61 @@ def segment_contrast(
         return np.where(dof > 0, q / np.maximum(dof, 1) - 1.0, np.nan)
 
 
-def _segment_contrasts(reads, valid, sigma, gain, todo, P, segments, options) -> np.ndarray:
-    """:func:`segment_contrast` of fibers ``todo`` (``segments`` ``(len(todo), P)``) from their
-    constant fit, in batches of fibers as :func:`_fit_batched` takes them."""
-    per_fiber = FIT_BYTES_PER_ELEMENT * max(reads.shape[0] - 1, 1) * P
-    batch = max(1, FIT_BATCH_BYTES // per_fiber)
-    contrast = np.empty(todo.size)
-    for start in range(0, todo.size, batch):
+def _fiber_batches(reads, valid, sigma, gain, todo, P, batch):
+    """Fibers ``todo`` (their first ``P`` pixels) ``batch`` at a time, one batch even for no
+    fibers: ``(part, reads, mask, sigma, gain)`` with ``part`` the batch's slice of ``todo``.
+    Each batch's reads are taken from ``reads`` (all fibers, as prepared) as it comes
+    (:func:`_fit_reads`), so no second copy of them is held."""
+    for start in range(0, max(todo.size, 1), batch):
         part = slice(start, start + batch)
         rows = todo[part]
         batch_reads, mask = _fit_reads(reads, valid, rows, P)
-        constant = fit_constant(batch_reads, sigma[rows, :P], gain=gain[rows, :P], mask=mask,
+        yield part, batch_reads, mask, sigma[rows, :P], gain[rows, :P]
+
+
+def _fibers_per_batch(K: int, P: int) -> int:
+    """Fibers of ``P`` pixels and ``K`` differences whose fit stays within
+    :data:`FIT_BATCH_BYTES`; one at least."""
+    return max(1, FIT_BATCH_BYTES // (FIT_BYTES_PER_ELEMENT * max(K, 1) * P))
+
+
+def _segment_contrasts(reads, valid, sigma, gain, todo, P, segments, options) -> np.ndarray:
+    """:func:`segment_contrast` of fibers ``todo`` (``segments`` ``(len(todo), P)``) from their
+    constant fit, in batches of fibers as :func:`_fit_batched` takes them."""
+    contrast = np.empty(todo.size)
+    batch = _fibers_per_batch(reads.shape[0] - 1, P)
+    for part, batch_reads, mask, sigma_rows, gain_rows in _fiber_batches(
+        reads, valid, sigma, gain, todo, P, batch
+    ):
+        constant = fit_constant(batch_reads, sigma_rows, gain=gain_rows, mask=mask,
                                 backend=options.backend)  # fmt: skip
         contrast[part] = segment_contrast(
-            constant.flux, constant.flux_var, segments[part], valid[rows, :P]
+            constant.flux, constant.flux_var, segments[part], valid[todo[part], :P]
         )
     return contrast
 
 
 def _fit_batched(reads, valid, sigma, gain, todo, P, ref_index, options, segments) -> tuple:
     """``fit_omega`` and ``fit_constant`` of fibers ``todo`` (their first ``P`` pixels), in
-    batches of fibers, so that the fit's work arrays (:data:`FIT_BATCH_BYTES`) and, with
-    ``segments``, the offsets' per-segment blocks (:data:`NUISANCE_BATCH_BYTES`) do not grow
-    with the number of fibers; each batch's reads are taken from ``reads`` (all fibers, as
-    prepared) as it comes, so the fit holds no second copy of them. The groups and pixels are
-    fitted independently, so the result is the same bits as one call over all of them.
+    batches of fibers (:func:`_fiber_batches`), so that the fit's work arrays
+    (:data:`FIT_BATCH_BYTES`) and, with ``segments``, the offsets' per-segment blocks
+    (:data:`NUISANCE_BATCH_BYTES`) do not grow with the number of fibers. The groups and pixels
+    are fitted independently, so the result is the same bits as one call over all of them.
 
     Returns
     -------
     (OmegaFit, FluxFit)
         ``(len(todo), ...)``.
     """
-    n_groups, K = todo.size, reads.shape[0] - 1
-    per_fiber = FIT_BYTES_PER_ELEMENT * max(K, 1) * P
-    batch = max(1, FIT_BATCH_BYTES // per_fiber)
+    K = reads.shape[0] - 1
+    batch = _fibers_per_batch(K, P)
     if segments is not None:
         per_fiber = 6 * 8 * (int(segments.max(initial=0)) + 1) * K * K
         batch = min(batch, max(1, NUISANCE_BATCH_BYTES // per_fiber))
     fits, constants = [], []
-    for start in range(0, max(n_groups, 1), batch):  # one call even for no fibers
-        part = slice(start, start + batch)
-        rows = todo[part]
-        batch_reads, mask = _fit_reads(reads, valid, rows, P)
-        sigma_rows, gain_rows = sigma[rows, :P], gain[rows, :P]
+    for part, batch_reads, mask, sigma_rows, gain_rows in _fiber_batches(
+        reads, valid, sigma, gain, todo, P, batch
+    ):
         constants.append(fit_constant(
             batch_reads, sigma_rows, gain=gain_rows, mask=mask, backend=options.backend
         ))  # fmt: skip
