@@ -7,6 +7,12 @@
 
 "Columns that estimate each fiber's rough light curve (at most this many, evenly spaced)."
 const ROUGH_COLUMNS = 512
+"""
+Largest standard error of a fiber's own rough shape (per difference; the shape's mean is 1) for
+it to shape the fiber's jump detection; a fiber above it takes the common shape (pyapred's
+`MAX_ROUGH_ERROR`).
+"""
+const MAX_ROUGH_ERROR = 0.02
 "Differences in the first pass's rough median."
 const N_ROUGH = 9
 
@@ -96,10 +102,14 @@ end
 """
     rough_omega(reads, traces, saturation)
 
-Each fiber's rough light curve `(K, n_fibers)` `Float32`, mean 1 (pyapred's `_rough_omega`): per
-trace-center pixel, the differences over their median; per difference, the median of those
-ratios over the columns where the fiber is at least half its brightest; non-positive or
-undefined elements are 1. It shapes the first pass's jump detector and sets the reference read.
+Each fiber's rough light curve `(K, n_fibers)` `Float32`, mean 1 (pyapred's `_rough_omega`). A
+fiber's own shape: per trace-center pixel, the differences over their median; per difference,
+the median of those ratios over the columns where the fiber is at least half its brightest.
+Where its standard error ([`rough_error`](@ref)) exceeds `MAX_ROUGH_ERROR`, the fiber takes the
+common shape: per difference, the median of the well-measured fibers' own shapes (ones if there
+is none). Excluded (FPI) fibers are flat: their lamp is steady, and extraction models them so.
+Non-positive or undefined elements are 1. It shapes the first pass's jump detector and sets the
+reference read.
 """
 function rough_omega(reads::AbstractArray{<:Real, 3}, traces::Traces, saturation)
     _, ny, N = size(reads)
@@ -126,9 +136,10 @@ function rough_omega(reads::AbstractArray{<:Real, 3}, traces::Traces, saturation
         copyto!(buf, view(diffs, :, j, f))
         level[j, f] = median32!(buf)
     end
-    omega = Matrix{Float32}(undef, K, nf)
-    shape = Vector{Float32}(undef, K)
+    own = Matrix{Float32}(undef, K, nf)
+    measured = falses(nf)
     ratio = Vector{Float32}(undef, m)
+    shape_error = Vector{Float64}(undef, K)
     for f in 1:nf
         top = 0.0f0
         for j in 1:m
@@ -144,23 +155,65 @@ function rough_omega(reads::AbstractArray{<:Real, 3}, traces::Traces, saturation
                     ratio[n] = r
                 end
             end
-            value = NaN32
-            if n > 0
-                sorted = sort!(view(ratio, 1:n))
-                value = (sorted[(n + 1) ÷ 2] + sorted[n ÷ 2 + 1]) / 2
-            end
-            shape[k] = isfinite(value) && value > 0 ? value : 1.0f0
+            own[k, f] = nanmedian32(view(ratio, 1:n))
+            shape_error[k] = rough_error(view(ratio, 1:n), own[k, f])
         end
+        measured[f] = !traces.excluded[f] && nanmedian(shape_error) <= MAX_ROUGH_ERROR
+    end
+    common = ones(Float32, K)
+    if any(measured)
+        for k in 1:K
+            common[k] = nanmedian32(own[k, measured])
+        end
+    end
+    omega = Matrix{Float32}(undef, K, nf)
+    for f in 1:nf
         total = 0.0f0
         for k in 1:K
-            total += shape[k]
+            value = traces.excluded[f] ? 1.0f0 : measured[f] ? own[k, f] : common[k]
+            value = isfinite(value) && value > 0 ? value : 1.0f0
+            omega[k, f] = value
+            total += value
         end
         mean_shape = total / K
         for k in 1:K
-            omega[k, f] = shape[k] / mean_shape
+            omega[k, f] /= mean_shape
         end
     end
     return omega
+end
+
+"""
+    nanmedian32(v)
+
+NumPy's median of the non-NaN `Float32` values of `v` (NaN if there is none): the middle value,
+or the mean of the middle two in `Float32` (pyapred's `_nanmedian_last_axis`). `v` is not
+modified.
+"""
+function nanmedian32(v::AbstractVector{Float32})
+    sorted = sort!(filter(!isnan, v))
+    n = length(sorted)
+    n == 0 && return NaN32
+    return (sorted[(n + 1) ÷ 2] + sorted[n ÷ 2 + 1]) / 2
+end
+
+"""
+    rough_error(ratio, own)
+
+Standard error of the median `own` of the values `ratio` (pyapred's `_rough_error`, one
+difference of one fiber): that of a median of Gaussian values, `1.2533 * 1.4826 * MAD / sqrt(n)`
+over the `n = length(ratio)` values, the MAD in `Float32`; `Inf` for none.
+
+# Arguments
+- `ratio`: the fiber's finite ratios at one difference, `Float32`.
+- `own`: their median.
+"""
+function rough_error(ratio::AbstractVector{Float32}, own::Float32)
+    n = length(ratio)
+    n == 0 && return Inf
+    deviation = Float32[abs(r - own) for r in ratio]
+    mad = nanmedian32(deviation)
+    return 1.2533 * 1.4826 * Float64(mad) / sqrt(n)
 end
 
 "`excess > threshold * noise(model)` (`thr2` is the threshold squared), as pyapred's `_is_jump`."

@@ -687,6 +687,19 @@ end
         @test describe_flags(LOW_SEGMENT_CONTRAST) == ["LOW_SEGMENT_CONTRAST"]
     end
 
+    @testset "rough shape: median and standard error, as pyapred's" begin
+        # pyapred's _nanmedian_last_axis and _rough_error on the same values (0.09290715115078568).
+        @test APRampFit.nanmedian32(Float32[NaN, 3, 1, 2]) == 2.0f0
+        @test APRampFit.nanmedian32(Float32[NaN, 4, 1, NaN, 2, 3]) == 2.5f0
+        @test isnan(APRampFit.nanmedian32(Float32[NaN, NaN]))
+        ratio = Float32[1.0, 1.2, 0.9, 1.1]
+        own = APRampFit.nanmedian32(ratio)
+        @test own == (1.0f0 + 1.1f0) / 2
+        @test APRampFit.rough_error(ratio, own) ≈ 0.09290715115078568 rtol = 1e-12
+        @test APRampFit.rough_error(Float32[], NaN32) == Inf
+        @test APRampFit.MAX_ROUGH_ERROR == 0.02
+    end
+
     @testset "chromatic omega is recovered and the kernels agree with the achromatic ones" begin
         # A noiseless chromatic ramp set: the chromatic fit finds omega and gamma exactly.
         n_pix, K = 30, 7

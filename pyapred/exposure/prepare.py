@@ -30,6 +30,13 @@ __all__ = ["PreparedChip", "correct_1f", "prepare_chip", "release_fit_reads"]
 
 _ROUGH_COLUMNS = 512
 
+#: Largest standard error of a fiber's own rough shape (per difference, the shape's mean being
+#: 1) for it to shape that fiber's jump detection; a fiber above it takes the exposure's common
+#: shape. A faint fiber's own shape is noise (errors of 0.2 and more): where a bright
+#: neighbor's light or a sky line sat under an element near 0, the first pass flagged a
+#: "jump" in most differences of those pixels, and extraction masked them (``docs/pipeline.md``).
+MAX_ROUGH_ERROR = 0.02
+
 
 @dataclass(frozen=True)
 class PreparedChip:
@@ -108,19 +115,45 @@ def _pixel_reads(reads: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.nd
     return out
 
 
-def _rough_omega(core_diffs: np.ndarray) -> np.ndarray:
+def _rough_omega(core_diffs: np.ndarray, excluded: np.ndarray) -> np.ndarray:
     """Per-fiber shape of the differences (mean 1), robust to cosmic rays and faint pixels.
 
-    ``core_diffs`` is ``(K, n_fibers, n_columns)`` in DN of the trace-center pixels.
+    ``core_diffs`` is ``(K, n_fibers, n_columns)`` in DN of the trace-center pixels;
+    ``excluded`` ``(n_fibers,)`` bool marks the fibers left out of the omega fits (the FPI
+    fibers), whose shape is flat: their lamp is steady, and extraction models them so. A
+    fiber's own shape is the median, per difference, of its differences over their median,
+    across the columns where it is at least half its brightest. Where that median's standard
+    error (:func:`_rough_error`) exceeds ``MAX_ROUGH_ERROR``, the fiber takes the exposure's
+    common shape instead: the median of the well-measured fibers' own shapes (ones if there is
+    none).
     """
     level = _median_first_axis(core_diffs)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = core_diffs / level
     weight = level > 0.5 * np.nanmax(np.where(np.isfinite(level), level, 0), axis=1, keepdims=True)
     ratio = np.where(weight[None] & np.isfinite(ratio), ratio, np.nan)
-    shape = _nanmedian_last_axis(ratio).T
+    own = _nanmedian_last_axis(ratio)  # (K, n_fibers)
+    measured = (_rough_error(ratio, own) <= MAX_ROUGH_ERROR) & ~excluded
+    common = _nanmedian_last_axis(own[:, measured]) if measured.any() else np.ones_like(own[:, 0])
+    shape = np.where(measured[None], own, common[:, None]).T
+    shape[excluded] = 1.0
     shape = np.where(np.isfinite(shape) & (shape > 0), shape, 1.0)
     return shape / shape.mean(axis=1, keepdims=True)
+
+
+def _rough_error(ratio: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Standard error of each fiber's own rough shape, ``(n_fibers,)``: per difference, that of
+    a median of Gaussian values, ``1.2533 * 1.4826 * MAD / sqrt(n)`` over the ``n`` finite
+    ``ratio`` columns; the median of those over the differences (inf where none is defined).
+
+    ``ratio`` is ``(K, n_fibers, n_columns)``, NaN where unused; ``own`` its median over columns.
+    """
+    mad = _nanmedian_last_axis(np.abs(ratio - own[..., None]))
+    count = np.count_nonzero(~np.isnan(ratio), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        error = 1.2533 * 1.4826 * mad.astype(np.float64) / np.sqrt(count)
+    error = np.where(count > 0, error, np.inf)
+    return np.median(error, axis=0)
 
 
 def _median_first_axis(values: np.ndarray) -> np.ndarray:
@@ -183,7 +216,7 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
     core_diffs = np.diff(core, axis=0)
     del core
     core_diffs[core_sat[1:]] = np.nan
-    omega_rough = _rough_omega(core_diffs)
+    omega_rough = _rough_omega(core_diffs, traces.excluded)
     shape_table = np.vstack([omega_rough, np.ones((1, K))])  # last row: background
     coarse_map = pixel_fiber_map(traces, ny, halfwidth=options.map_halfwidth).fiber
 

@@ -75,3 +75,79 @@ def test_prepare_chip_names_a_wrong_argument(small_chip):
         prepare_chip(chip, traces, {})
     with pytest.raises(TypeError, match="chip: expected ChipExposure, got dict"):
         prepare_chip({"reads": chip.reads}, traces, FitOptions())
+
+
+def _core_diffs(shapes, levels, n_columns=64, read_noise=10.0, seed=0):
+    """``(K, n_fibers, n_columns)`` float32 trace-center differences, DN: per fiber, ``levels``
+    times its shape plus Poisson-like and read noise."""
+    rng = np.random.default_rng(seed)
+    shapes = np.asarray(shapes, dtype=np.float64)  # (n_fibers, K)
+    mean = np.asarray(levels, dtype=np.float64)[:, None, None] * shapes[:, :, None]
+    mean = np.broadcast_to(mean, (*shapes.shape, n_columns))
+    noise = np.sqrt(np.maximum(mean, 0.0) + 2 * read_noise**2)
+    diffs = mean + noise * rng.standard_normal(mean.shape)
+    return np.ascontiguousarray(diffs.transpose(1, 0, 2)).astype(np.float32)
+
+
+def test_rough_omega_keeps_measured_shapes_and_replaces_noisy_ones():
+    """A fiber's own shape shapes its jump detection where it is measured well; a faint fiber
+    (its own shape is noise), one whose trace centers all saturate (none) and an excluded FPI
+    fiber do not: the first two take the well-measured fibers' common shape, the FPI fiber is
+    flat, as extraction models it."""
+    from pyapred.exposure.prepare import MAX_ROUGH_ERROR, _rough_error, _rough_omega
+
+    K = 12
+    clouds = np.linspace(1.3, 0.7, K)
+    steady = np.ones(K)
+    shapes = [clouds, clouds * (1 + 0.05 * np.sin(np.arange(K))), steady, clouds, clouds, clouds]
+    levels = [2000.0, 1500.0, 3000.0, 3.0, 2500.0, 2500.0]
+    diffs = _core_diffs(shapes, levels)
+    diffs[:, 4] = np.nan  # saturated at every trace center
+    excluded = np.array([False, False, False, False, False, True])
+    got = _rough_omega(diffs, excluded)
+    assert got.shape == (6, K) and got.dtype == np.float32
+    assert np.allclose(got.mean(axis=1), 1.0, rtol=1e-6)
+    # Well measured: their own shapes, even the steady one that differs from the others.
+    for f in (0, 1, 2):
+        assert np.allclose(got[f], shapes[f] / shapes[f].mean(), atol=0.02), f
+    assert np.abs(got[1] - got[0]).max() > 0.03  # not the common shape
+    # The faint and the saturated fiber: the same common shape, the median of the measured
+    # ones (the median of their own shapes, before each is scaled to mean 1).
+    assert np.array_equal(got[3], got[4])
+    assert np.allclose(got[3], np.median(got[:3], axis=0), atol=0.02)
+    assert np.array_equal(got[5], np.ones(K, np.float32))
+    # The faint fiber's own shape was noise, and the rule saw it.
+    level = np.median(diffs[:, 3], axis=0)
+    ratio = diffs[:, 3:4] / level[None, None]
+    own = np.nanmedian(ratio, axis=-1)
+    assert np.abs(own[:, 0] / own[:, 0].mean() - clouds / clouds.mean()).max() > 0.3
+    assert _rough_error(ratio, own)[0] > MAX_ROUGH_ERROR
+
+
+def test_rough_omega_is_flat_where_no_fiber_is_measured():
+    from pyapred.exposure.prepare import _rough_omega
+
+    K = 8
+    diffs = _core_diffs([np.linspace(1.2, 0.8, K)] * 3, [2.0, 3.0, 1.0])
+    got = _rough_omega(diffs, np.zeros(3, bool))
+    assert np.array_equal(got, np.ones((3, K), np.float32))
+
+
+def test_jumps_are_the_cosmic_rays_under_clouds():
+    """Under clouds the jump detector finds the cosmic rays and little else. With each fiber's
+    own rough shape, a faint sky fiber's (noise) made 274 "jumps" in its pixels here: 458
+    found for 187 hits."""
+    from pyapred.exposure import ChipExposure, FitOptions, prepare_chip
+    from pyapred.simulate import simulate_exposure
+
+    sim = simulate_exposure("clouds", seed=2, chips=("R",), n_fibers=300, n_columns=256,
+                            ref_columns=0, n_reads=20)  # fmt: skip
+    c = sim.chips["R"]
+    chip = ChipExposure("R", c.reads, c.read_noise, gain=c.gain, saturation=c.saturation)
+    found = {tuple(j) for j in prepare_chip(chip, c.traces, FitOptions()).jumps.tolist()}
+    hits = c.cosmic_rays
+    assert hits.shape[0] > 100
+    # A hit in difference k masks read k + 1.
+    recovered = sum((k + 1, r, col) in found for k, r, col in hits.tolist())
+    assert recovered >= 0.9 * hits.shape[0]
+    assert len(found) <= 1.1 * hits.shape[0] + 2

@@ -195,15 +195,17 @@ def test_no_step_increases_the_objective():
 
 def test_a_simulated_exposure_with_many_sky_fibers_converges():
     # A small exposure, half of its fibers faint sky fibers: fiber index 18 (a sky fiber) did not
-    # converge.
+    # converge. Its pixels were chosen then only because its rough shape was noise, which
+    # inflated their rates (that shape is now the common one, and no sky fiber reaches the
+    # default signal-to-noise); at a signal-to-noise of 2, eleven sky fibers are fitted.
     sim = simulate_exposure("clouds", seed=2, chips=("R",), n_fibers=60, n_columns=128,
                             ref_columns=16, n_reads=20, sky_fraction=0.5)  # fmt: skip
     chips = {n: ChipExposure(n, c.reads, c.read_noise, gain=c.gain, saturation=c.saturation)
              for n, c in sim.chips.items()}  # fmt: skip
-    fits = run_exposure(chips, {n: c.traces for n, c in sim.chips.items()}, FitOptions())
+    fits = run_exposure(chips, {n: c.traces for n, c in sim.chips.items()}, FitOptions(min_snr=2.0))
     fibers = fits.fibers["R"]
     tried = (fibers.n_fit_pixels >= 20) & ~(fibers.flags & Flag.FPI_FIBER).astype(bool)
-    assert tried.sum() > 20 and tried[18] and sim.fiber_type[18] == "sky"
+    assert tried.sum() > 20 and np.count_nonzero(tried & (sim.fiber_type == "sky")) >= 8
     assert np.all(fibers.fit.converged[tried])
     assert np.all(fibers.fit.stop_reason[tried] == StopReason.CONVERGED)
     assert not np.any(fibers.flags & Flag.FALLBACK_CONSTANT)
