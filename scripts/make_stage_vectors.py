@@ -604,6 +604,23 @@ def check_decisions(vector: dict, out: dict) -> None:
         assert gap.min() > 1e-6, f"{vector['name']}: a median omega error at the threshold"
 
 
+def _returned(vector: dict, module, name: str) -> np.ndarray:
+    """What ``module.name`` returned, concatenated, over a run of ``vector``'s stages."""
+    seen = []
+    original = getattr(module, name)
+
+    def spy(*args):
+        seen.append(original(*args))
+        return seen[-1]
+
+    setattr(module, name, spy)
+    try:
+        run_stages(vector)
+    finally:
+        setattr(module, name, original)
+    return np.concatenate(seen)
+
+
 def check_contrasts(vector: dict) -> None:
     """With the nuisance term, no fiber's segment contrast within 1e-6 (relative) of
     ``MIN_SEGMENT_CONTRAST``, the threshold below which it is not fitted."""
@@ -611,19 +628,7 @@ def check_contrasts(vector: dict) -> None:
 
     if "nuisance" not in vector["options"].get("correct_1f", "none"):
         return
-    seen = []
-    original = fibers._segment_contrasts
-
-    def spy(*args):
-        seen.append(original(*args))
-        return seen[-1]
-
-    fibers._segment_contrasts = spy
-    try:
-        run_stages(vector)
-    finally:
-        fibers._segment_contrasts = original
-    contrast = np.concatenate(seen)
+    contrast = _returned(vector, fibers, "_segment_contrasts")
     gap = np.abs(contrast[np.isfinite(contrast)] / fibers.MIN_SEGMENT_CONTRAST - 1.0)
     assert gap.min(initial=1.0) > 1e-6, f"{vector['name']}: a segment contrast at the threshold"
     print(f"{vector['name']}: segment contrasts {np.round(contrast, 2).tolist()}")
@@ -634,19 +639,7 @@ def check_rough_errors(vector: dict) -> None:
     its jump detection takes the common shape."""
     from pyapred.exposure import prepare
 
-    seen = []
-    original = prepare._rough_error
-
-    def spy(*args):
-        seen.append(original(*args))
-        return seen[-1]
-
-    prepare._rough_error = spy
-    try:
-        run_stages(vector)
-    finally:
-        prepare._rough_error = original
-    error = np.concatenate(seen)
+    error = _returned(vector, prepare, "_rough_error")
     gap = np.abs(error[np.isfinite(error)] / prepare.MAX_ROUGH_ERROR - 1.0)
     assert gap.min(initial=1.0) > 1e-6, f"{vector['name']}: a rough-shape error at the threshold"
 
