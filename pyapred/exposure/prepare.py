@@ -32,9 +32,9 @@ _ROUGH_COLUMNS = 512
 
 #: Largest standard error of a fiber's own rough shape (per difference, the shape's mean being
 #: 1) for it to shape that fiber's jump detection; a fiber above it takes the exposure's common
-#: shape. A faint fiber's own shape is noise (errors of 0.2 and more): where a bright
-#: neighbor's light or a sky line sat under an element near 0, the first pass flagged a
-#: "jump" in most differences of those pixels, and extraction masked them (``docs/pipeline.md``).
+#: shape. A faint fiber's own shape is noise (errors of 0.2 and more). An element of it near 0,
+#: under a sky line, an FPI line or a bright neighbor's wing, made the first pass flag a "jump"
+#: in most differences of those pixels, which extraction then masked (``docs/pipeline.md``).
 MAX_ROUGH_ERROR = 0.02
 
 
