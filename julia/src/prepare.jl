@@ -233,9 +233,10 @@ read plane is read contiguously): the robust rate, saturation and jumps, as pyap
 - `threshold`: jump threshold in sigmas of a difference.
 
 # Returns
-`(rate (nx, ny) Float32, saturated (nx, ny), jumps)`: the rate is the mean of the shape-scaled
-usable differences that are not jumps under a rough level (the median of at most 9 evenly spaced
-ones; 0 if none); a pixel is saturated when a read reached the saturation level or was not finite
+`(rate (nx, ny) Float32, saturated (nx, ny), jumps)`: the rate is the sum of the usable
+differences that are not jumps under a rough level (the median of at most 9 evenly spaced
+shape-scaled ones) over the sum of their shapes (the rough level if none; 0 if no difference is
+usable); a pixel is saturated when a read reached the saturation level or was not finite
 (it and every later read are unusable); `jumps` lists `CartesianIndex(x, y, k + 1)` for every
 difference `k` that exceeds `rate * shape_k` by `threshold` sigmas.
 """
@@ -295,17 +296,19 @@ function first_pass_row!(rate, saturated, jumps, chip::ChipExposure, shape_index
             end
             inv_gain = 1.0 / pixel_value(chip.gain, x, y)
             var_read = 2.0 * pixel_value(chip.read_noise, x, y)^2
-            # The mean of the usable differences that are not jumps under the rough level.
+            # The usable differences that are not jumps under the rough level, summed over the
+            # sum of their shapes: a difference whose shape is near 0 (a thick cloud) counts for
+            # little instead of dividing its noise by that shape.
             total = 0.0
-            count = 0
+            weight = 0.0
             for k in 1:K
                 model = rough * shapes[k, column]
                 if k < n_good && !is_jump(d[k] - model, model, inv_gain, var_read, thr2)
-                    total += scaled[k]
-                    count += 1
+                    total += d[k]
+                    weight += shapes[k, column]
                 end
             end
-            level = count > 0 ? total / count : rough
+            level = weight > 0 ? total / weight : rough
             rate[x, y] = Float32(level)
             saturated[x, y] = n_good < N
             for k in 1:K

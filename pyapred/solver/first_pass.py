@@ -33,8 +33,9 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
     threshold : float
         Jump threshold in sigmas of a difference.
     rate : (ny, nx) float32, out
-        Mean of the shape-scaled usable differences that are not jumps under a rough level (the
-        median of at most ``_N_ROUGH`` evenly spaced ones); 0 if none.
+        Sum of the usable differences that are not jumps under a rough level (the median of at
+        most ``_N_ROUGH`` evenly spaced shape-scaled ones), over the sum of their shapes; the
+        rough level if none, 0 if no difference is usable.
     saturated : (ny, nx) bool, out
         A read reached ``saturation`` (or was not finite); it and later reads are unusable.
     jump_bits : (ny, nx, n_words) uint64, out
@@ -90,7 +91,7 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         for i in range(B):
             same = same and block_shapes[i] == first
         # A rough level from the median of at most _N_ROUGH evenly spaced differences (cheap,
-        # and robust to a jump), then the mean of the differences that are not jumps under it.
+        # and robust to a jump), then the level of the differences that are not jumps under it.
         rough_values = np.empty((_N_ROUGH, B))
         n_rough = np.empty(B, dtype=np.int64)
         for i in range(B):
@@ -110,8 +111,11 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
                 rough[i] = rough_values[n // 2, i]
             else:
                 rough[i] = 0.5 * (rough_values[n // 2 - 1, i] + rough_values[n // 2, i])
+        # The level is the kept differences' sum over their shapes' sum: the mean of the
+        # scaled differences weighted by the shape, so that a difference whose shape is near 0
+        # (a thick cloud) counts for little instead of dividing its noise by that shape.
         total = np.zeros(B)
-        count = np.zeros(B)  # a float count (exact): an integer sum keeps this loop scalar
+        weight = np.zeros(B)
         for k in range(K):
             s_first = shapes[first, k]
             for i in range(B):
@@ -119,11 +123,11 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
                 model = rough[i] * s
                 jump = _is_jump(diff[k, i] - model, model, inv_g[i], var_r[i], thr2)
                 keep = (k + 1 < n_good[i]) & (not jump)
-                total[i] += diff[k, i] / s if keep else 0.0
-                count[i] += 1.0 if keep else 0.0
+                total[i] += diff[k, i] if keep else 0.0
+                weight[i] += s if keep else 0.0
         level = np.empty(B)
         for i in range(B):
-            level[i] = total[i] / count[i] if count[i] > 0 else rough[i]
+            level[i] = total[i] / weight[i] if weight[i] > 0 else rough[i]
             rate[y, x0 + i] = level[i]
             saturated[y, x0 + i] = n_good[i] < n_reads
             for w in range(jump_bits.shape[2]):

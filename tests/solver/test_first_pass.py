@@ -29,7 +29,7 @@ def _reference(reads, shape_index, shapes, inv_gain, var_read, saturation, thres
             rough = np.median(scaled[(np.arange(n) * diff.size) // n]) if n else 0.0
             pairs = list(zip(diff, shape[: diff.size], strict=True))
             keep = [not is_jump(d - rough * s, rough * s, y, x) for d, s in pairs]
-            level = scaled[keep].mean() if any(keep) else rough
+            level = diff[keep].sum() / shape[: diff.size][keep].sum() if any(keep) else rough
             rate[y, x] = level
             jumps += [
                 (k, y, x)
@@ -68,6 +68,27 @@ def test_first_pass_matches_the_per_pixel_reference(dtype, calibration):
     assert np.array_equal(saturated, want_saturated)
     np.testing.assert_allclose(rate, want_rate, rtol=1e-6)
     assert sorted(map(tuple, jumps)) == sorted(map(tuple, want_jumps))
+
+
+def test_a_shape_near_zero_does_not_throw_the_rate():
+    """A thick cloud's difference (shape 0.005 of the mean) counts for its shape: the level was
+    the mean of the differences over their shapes, which divided that difference's read noise
+    by 0.005. Pixels of 10 DN a difference then got rates of hundreds of DN of either sign, and a
+    negative one flagged nearly every other difference as a jump."""
+    rng = np.random.default_rng(5)
+    n_reads, ny, nx = 20, 4, 256
+    shape = np.ones(n_reads - 1)
+    shape[9] = 0.005
+    shape /= shape.mean()
+    steps = rng.poisson(10.0 * shape[:, None, None], (n_reads - 1, ny, nx))
+    noise = rng.normal(0.0, 10.0, (n_reads, ny, nx))
+    reads = 1000.0 + np.concatenate([np.zeros((1, ny, nx)), np.cumsum(steps, axis=0)]) + noise
+    args = (reads, np.zeros((ny, nx), np.int64), shape[None], np.full((ny, nx), 1.0),
+            np.full((ny, nx), 200.0), np.full((ny, nx), np.inf), 8.0)  # fmt: skip
+    rate, _, jumps = first_pass(*args)
+    assert len(jumps) == 0
+    assert np.abs(rate - 10.0).max() < 6.0  # sigma about 0.8 DN
+    np.testing.assert_allclose(rate, _reference(*args)[0], rtol=1e-6)
 
 
 def test_one_compiled_kernel_whatever_the_calibration_form():
