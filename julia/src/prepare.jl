@@ -260,7 +260,6 @@ function first_pass_row!(rate, saturated, jumps, chip::ChipExposure, shape_index
     K = N - 1
     block = Matrix{Float64}(undef, N, BLOCK)
     d = zeros(K)
-    scaled = zeros(K)
     rough_values = zeros(N_ROUGH)
     for x0 in 1:BLOCK:nx
         x1 = min(x0 + BLOCK - 1, nx)
@@ -280,15 +279,16 @@ function first_pass_row!(rate, saturated, jumps, chip::ChipExposure, shape_index
             column = shape_index[x, y]
             @inbounds for k in 1:K
                 d[k] = ramp[k + 1] - ramp[k]
-                scaled[k] = d[k] / shapes[k, column]
             end
-            # A rough level from the median of at most N_ROUGH evenly spaced differences.
+            # A rough level from the median of at most N_ROUGH evenly spaced differences, each
+            # over its shape.
             n_diff = max(n_good - 1, 0)
             n_rough = min(n_diff, N_ROUGH)
             rough = 0.0
             if n_rough > 0
                 for m in 0:(n_rough - 1)
-                    rough_values[m + 1] = scaled[(m * n_diff) ÷ n_rough + 1]
+                    k = (m * n_diff) ÷ n_rough + 1
+                    rough_values[m + 1] = d[k] / shapes[k, column]
                 end
                 v = sort!(view(rough_values, 1:n_rough))
                 rough = isodd(n_rough) ? v[n_rough ÷ 2 + 1] :
