@@ -227,6 +227,7 @@ def load_chip(
     read_noise: float | None = None,
     saturation: float | None = None,
     identity: Mapping | None = None,
+    out: np.ndarray | None = None,
 ) -> ChipExposure:
     """Read one chip from a raw ``.apz`` or an ApogeeReduction.jl ``ar3Dcal`` file.
 
@@ -245,6 +246,10 @@ def load_chip(
         ``chip``, ``telescope`` and ``mjd`` of a renamed file (``pyapred fit --chip
         --telescope --mjd``): each replaces what the name says, and all three are needed when
         the name says nothing (:func:`identify_exposure`). A ``.h5`` file is an ar3Dcal file.
+    out : ndarray of uint16, optional
+        Raw files only: the array to read the reads into (:func:`~pyapred.io.read_apz`'s
+        ``out``), an earlier chip's cube that is no longer needed. A file whose reads need
+        float32 gets a new array.
 
     Returns
     -------
@@ -255,9 +260,13 @@ def load_chip(
     path = Path(path)
     if identity:
         with _named_as(path, identify_exposure(path, identity)) as alias:
-            chip = load_chip(alias, gain=gain, read_noise=read_noise, saturation=saturation)
+            chip = load_chip(
+                alias, gain=gain, read_noise=read_noise, saturation=saturation, out=out
+            )
         return dataclasses.replace(chip, source=str(path))
     if path.suffix == ".h5":
+        if out is not None:
+            raise ValueError(f"out: only for raw .apz files, not the ar3Dcal file {path}")
         cal = read_ar3dcal(path)
         name = parse_ar_name(path)
         raw = cal.exposure
@@ -276,7 +285,7 @@ def load_chip(
             timing=_timing(raw.read_times, getattr(raw, "header", None), path),
         )
     try:  # the raw type: half the memory of float32, and exact
-        raw = read_apz(path, dtype=np.uint16)
+        raw = read_apz(path, dtype=np.uint16, out=out)
     except ReadRangeError:  # a read outside [0, 65535] (not from the detector's 16-bit ADC)
         raw = read_apz(path, dtype=np.float32)
     header = raw.header

@@ -270,6 +270,7 @@ def read_apz(
     reads: slice | Sequence[int] | None = None,
     rows: slice | None = None,
     dtype: DTypeLike = np.uint16,
+    out: np.ndarray | None = None,
 ) -> RawExposure:
     """Read a raw ``.apz`` exposure and rebuild its reads exactly.
 
@@ -298,6 +299,11 @@ def read_apz(
         Type of ``RawExposure.reads``: ``uint16`` (default, the raw type), ``int32``,
         ``int64``, ``float32`` or ``float64``. A value that this type cannot hold exactly is
         an error (:class:`~pyapred.errors.ReadRangeError`), never a silent wrap.
+    out : ndarray, optional
+        The array to rebuild the reads into, C-contiguous and writeable, of their shape
+        ``(n_selected_reads, n_rows, nx)`` and ``dtype``: an earlier chip's cube that is no
+        longer needed, so that no new one is allocated. ``RawExposure.reads`` is then ``out``;
+        on an error its contents are undefined.
 
     Returns
     -------
@@ -334,7 +340,9 @@ def read_apz(
         shape = _image_shapes(path, hdus, int(indices.max()) + 1)
         rows = slice(*rows.indices(shape[0]))
         read_headers = tuple(_user_header(path, hdus, k + 2) for k in indices)
-        cube = _rebuild(path, hdus, indices, rows, dtype)
+        if out is not None:
+            _check_out(out, (indices.size, len(range(shape[0])[rows]), shape[1]), dtype)
+        cube = _rebuild(path, hdus, indices, rows, dtype, out)
     return RawExposure(
         path=str(path),
         reads=cube,
@@ -629,10 +637,28 @@ def _check_tile_width(path: Path, hdus: _ApzHDUs, index: int, kind: str, dtype: 
         raise InputError(path, f"HDU {index}", expected, found=found)
 
 
+def _check_out(out, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse an ``out`` array that the reads cannot be rebuilt into as they are."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected a NumPy array or None, got {type(out).__name__}")
+    usable = out.flags.c_contiguous and out.flags.writeable
+    if out.shape != shape or out.dtype != dtype or not usable:
+        found = f"{out.shape} {out.dtype}" + ("" if usable else ", not C-contiguous and writeable")
+        raise ValueError(
+            f"out: expected a C-contiguous writeable {shape} {dtype} array, got {found}"
+        )
+
+
 def _rebuild(
-    path: Path, hdus: _ApzHDUs, indices: np.ndarray, rows: slice, dtype: np.dtype
+    path: Path,
+    hdus: _ApzHDUs,
+    indices: np.ndarray,
+    rows: slice,
+    dtype: np.dtype,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Rebuild the selected reads: read_k = read_{k-1} + residual_k + avg, in int64.
+    """Rebuild the selected reads: read_k = read_{k-1} + residual_k + avg, in int64, into
+    ``out`` (checked by the caller) or a new array.
 
     Only HDUs up to the last selected read are decompressed, and only the rows asked for.
     """
@@ -646,7 +672,7 @@ def _rebuild(
             )
         if first.shape != avg.shape:
             raise InputError(path, "HDU 2", f"shape {avg.shape} like HDU 1", found=str(first.shape))
-        cube = np.empty((indices.size, *avg.shape), dtype=dtype)
+        cube = np.empty((indices.size, *avg.shape), dtype=dtype) if out is None else out
         lo, hi = _EXACT_BOUNDS[dtype]
         current = first.astype(np.int64)
         position = 0  # the next of ``indices`` to fill

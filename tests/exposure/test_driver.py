@@ -421,6 +421,61 @@ def test_each_chip_is_let_go_before_the_next_is_loaded(cloudy, tmp_path, monkeyp
         assert released.fit_gain is None and in_memory.chips[name].prepared.fit_gain is not None
 
 
+@pytest.mark.parametrize("joint_chips", [False, True])
+def test_each_file_is_read_into_the_cube_of_the_chip_extracted_before(
+    tmp_path, monkeypatch, joint_chips
+):
+    """A chip loaded from its file is read into the raw cube of the chip extracted before it
+    (one cube allocated for the exposure: glibc gave a freed cube's memory to the next only
+    while nothing had been carved from it), and the results are those of new cubes: no stage's
+    result holds a view of the reads."""
+    from pyapred.exposure import driver
+    from pyapred.io import read_product
+
+    sim = simulate_exposure("clouds", seed=13, chips=("R", "G", "B"), **SMALL)
+    paths = write_simulated_exposure(sim, tmp_path / "data")
+    options = FitOptions(joint_chips=joint_chips, keep_constant=True)
+    load_chip, loads = driver.load_chip, []
+
+    def recorded(*args, out=None, **kwargs):
+        chip = load_chip(*args, out=out, **kwargs)
+        loads.append((out, chip.reads))
+        return chip
+
+    monkeypatch.setattr(driver, "load_chip", recorded)
+    reused = run_exposure(paths["apz"], paths["traces"], options)
+    # The command line's way too: each chip written as it is extracted.
+    streamed = run_exposure(paths["apz"], paths["traces"], options, product=tmp_path / "s.h5")
+    for run in (loads[:6], loads[6:]) if joint_chips else (loads[:3], loads[3:]):
+        # Joint chips are each loaded to be prepared, then again to be extracted.
+        extracted = run[3:] if joint_chips else run
+        assert len(extracted) == 3 and extracted[0][0] is None
+        for (_, before), (out, reads) in zip(extracted[:-1], extracted[1:], strict=True):
+            assert out is before and reads is before
+    monkeypatch.setattr(driver, "_spare_reads", lambda source, chip: None)
+    loads.clear()
+    fresh = run_exposure(paths["apz"], paths["traces"], options, product=tmp_path / "f.h5",
+                         keep_images=True)  # fmt: skip
+    assert all(out is None for out, _ in loads)
+    assert len({id(reads) for _, reads in loads}) == len(loads)
+    a, b = read_product(streamed.meta["product"]), read_product(tmp_path / "f.h5")
+    for name in ("R", "G", "B"):
+        for field in ("flux", "flux_var", "n_diff", "flags"):
+            np.testing.assert_array_equal(getattr(reused.chips[name], field),
+                                          getattr(fresh.chips[name], field))  # fmt: skip
+        for field in ("rate", "fit_reads"):
+            np.testing.assert_array_equal(getattr(reused.chips[name].prepared, field),
+                                          getattr(fresh.chips[name].prepared, field))  # fmt: skip
+        np.testing.assert_array_equal(reused.chips[name].constant.flux,
+                                      fresh.chips[name].constant.flux)  # fmt: skip
+        for field in ("rate", "ivar", "flags", "n_diff"):
+            np.testing.assert_array_equal(getattr(a.chips[name], field),
+                                          getattr(b.chips[name], field))  # fmt: skip
+    assert a.fibers.keys() == b.fibers.keys()
+    for key in a.fibers:  # per chip, or "joint"
+        np.testing.assert_array_equal(a.fibers[key].omega, b.fibers[key].omega)
+
+
 def test_simulate_command_writes_an_exposure(tmp_path, capsys):
     from pyapred.cli import main
 

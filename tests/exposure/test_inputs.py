@@ -41,6 +41,8 @@ def test_ar3dcal_pixels_without_a_gain_are_not_used_and_flagged(tmp_path):
     gain[:] = np.nan
     with pytest.raises(InputError, match="gainMat: expected a gain"):
         load_chip(ar3dcal(tmp_path, gain))
+    with pytest.raises(ValueError, match="out: only for raw .apz files, not the ar3Dcal file"):
+        load_chip(path, out=np.zeros((4, 2048, 2560), np.uint16))
 
 
 def test_the_survey_checks_an_ar3dcal_file_s_maps_before_any_chip_is_fitted(tmp_path):

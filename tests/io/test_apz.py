@@ -176,6 +176,34 @@ def test_partial_reads_and_rows(tmp_path):
     assert np.array_equal(picked.reads, expected[[0, 7]])
 
 
+def test_reads_rebuilt_into_a_given_array(tmp_path):
+    """``out``: the reads of another file rebuilt into an array already made, which is returned;
+    an array they do not fit as they are is refused before any HDU is decompressed."""
+    path = write_simulated_apz(tmp_path, simulated_chip(6))
+    other = write_simulated_apz(tmp_path, simulated_chip(6, seed=1), exposure=2)
+    expected = read_apz(path).reads
+    out = read_apz(other).reads  # another chip's cube, done with
+    raw = read_apz(path, out=out)
+    assert raw.reads is out and np.array_equal(out, expected)
+    part = np.zeros((3, 6, NX), np.float32)
+    read_apz(path, reads=slice(2, 5), rows=slice(3, 9), dtype=np.float32, out=part)
+    assert np.array_equal(part, expected[2:5, 3:9])
+    read_only = np.zeros((6, NY, NX), np.uint16)
+    read_only.flags.writeable = False
+    wrong = {
+        "shape": np.zeros((5, NY, NX), np.uint16),
+        "dtype": np.zeros((6, NY, NX), np.int32),
+        "C-contiguous": np.zeros((6, NY, 2 * NX), np.uint16)[:, :, ::2],
+        "writeable": read_only,
+    }
+    for what, array in wrong.items():
+        with pytest.raises(ValueError, match=r"out: expected a C-contiguous writeable \(6, 24"):
+            read_apz(path, out=array)
+        assert not array.any(), what
+    with pytest.raises(TypeError, match="out: expected a NumPy array"):
+        read_apz(path, out=[0])
+
+
 def test_partial_read_does_not_touch_later_hdus(tmp_path, raw_apz):
     reads = 100 + np.cumsum(np.ones((4, 3, 5), dtype=np.int64), axis=0)
     path = raw_apz(tmp_path / "apR-a-52190001.apz", reads)
