@@ -85,7 +85,7 @@ def from_product(path: Path) -> tuple[dict, dict, dict]:
 
 def write_format_1(path: Path, chips: dict, fibers: dict, metadata: dict) -> None:
     """The format-1 writer (pyapred before issue 19), atomic as it was."""
-    with atomic_path(path, overwrite=True) as tmp, h5py.File(tmp, "w") as handle:
+    with atomic_path(path, overwrite=True) as tmp, h5py.File(tmp, "w", locking=False) as handle:
         handle.attrs["pyapred_product_format"] = 1
         for chip, images in chips.items():
             group = handle.create_group(chip)
