@@ -289,13 +289,12 @@ def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
     seen: dict = {}
     timings: dict = {}
     results, fibers, read_times, timing = {}, {}, None, None
-    spare = None  # the raw cube of the chip last extracted, for the next file to fill
+    spare: list = []  # the raw cube of a chip done with, for the next file to fill
     for group in groups:
         prepared, loaded = [], None
         for name in group:
             with _timed(timings, "load"):
                 chip = _load(chips[name], spare)
-            spare = None
             expect_type(f"chips[{name!r}]", chip, ChipExposure, "a ChipExposure (or its loader)")
             if chip.name != name:  # the result's key and the chip's wavelengths must agree
                 raise ValueError(f"chips[{name!r}]: expected the chip named {name!r}, got "
@@ -310,6 +309,8 @@ def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
             del prep
             # One chip is kept for its extraction; joint chips are loaded again (one cube).
             loaded = chip if len(group) == 1 else None
+            if loaded is None:
+                _offer_reads(spare, chips[name], chip)
             del chip
             if options.joint_chips:
                 bar.update()
@@ -319,11 +320,11 @@ def _run(chips, traces, options, meta, progress, on_chip, streamed=False,
         for name, prep in zip(group, prepared, strict=True):
             with _timed(timings, "load"):
                 chip = loaded if loaded is not None else _load(chips[name], spare)
-            loaded = spare = None
+            loaded = None
             with _timed(timings, "extract"):
                 extracted = extract_chip(chip, prep, fibers[key], options)
             if name != names[-1]:
-                spare = _spare_reads(chips[name], chip)
+                _offer_reads(spare, chips[name], chip)
             del chip
             with _timed(timings, "write"):
                 results[name] = keep(name, extracted)
@@ -394,15 +395,16 @@ def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, ide
     return chips, traces, meta
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _FileChip:
-    """Loads one chip's file; given ``out``, a finished chip's raw cube, it reads into that
-    rather than allocate a new cube.
+    """Loads one chip's file; given a raw cube of a chip done with (:func:`_offer_reads`), it
+    reads the file into that cube rather than allocate a new one.
 
     Why: a full chip's freed cube (0.49 GB of uint16) leaves a hole in the heap of exactly its
     size, and the next cube fits there only if no small allocation has been carved from it in
-    between. In about a third of the runs one had been, and the next cube went on top of the
-    heap: the peak rose by 0.17-0.26 GB, to 1.6x the float32 cube instead of 1.4x.
+    between. In some batches of runs nearly half had one carved, in others none; the next cube
+    then went on top of the heap: peaks of 1.57-1.61 GB (1.59-1.63x the float32 cube) instead of
+    1.34-1.41 GB.
     """
 
     path: Path
@@ -412,25 +414,29 @@ class _FileChip:
     identity: Mapping | None
     shape: tuple[int, int, int] | None  # a raw file's, from its survey; None: an ar3Dcal file
 
-    def __call__(self, out: np.ndarray | None = None) -> ChipExposure:
-        matches = out is not None and self.shape is not None and out.shape == self.shape
+    def __call__(self, spare: list | None = None) -> ChipExposure:
         chip = load_chip(
             self.path, gain=self.options.gain, read_noise=self.options.read_noise,
             saturation=self.options.saturation, identity=self.identity,
-            out=out if matches else None,
+            out=self._fillable(spare),
         )  # fmt: skip
         # Checked here too, so that the error names the trace file.
         self.traces.check_geometry(*chip.reads.shape[1:], source=str(self.trace_path))
         return chip
 
+    def _fillable(self, spare: list | None) -> np.ndarray | None:
+        """The cube in ``spare``, taken out of it (so that nothing else keeps it while the file
+        is read), where this file's reads fit it; None otherwise, and the cube goes."""
+        cube = spare.pop() if spare else None
+        return cube if cube is not None and cube.shape == self.shape else None
 
-def _spare_reads(source: ChipSource, chip: ChipExposure) -> np.ndarray | None:
-    """The raw cube of a chip just extracted, for the next chip's file to fill: only of a chip
-    loaded here from its file (nothing else holds it; the stages' results keep copies, never
-    views), never a caller's array."""
+
+def _offer_reads(spare: list, source: ChipSource, chip: ChipExposure) -> None:
+    """Put the raw cube of a chip done with in ``spare``, for the next file to fill: only a
+    cube loaded here from its file (nothing else holds it: the stages' results keep copies,
+    never views), never a caller's array."""
     if isinstance(source, _FileChip) and chip.reads.dtype == np.uint16:
-        return chip.reads
-    return None
+        spare[:] = [chip.reads]
 
 
 def _with_calibration(source: ChipSource, options: FitOptions) -> ChipSource:
@@ -445,11 +451,11 @@ def _with_calibration(source: ChipSource, options: FitOptions) -> ChipSource:
     return lambda: dataclasses.replace(_load(source), **overrides)
 
 
-def _load(source: ChipSource, spare: np.ndarray | None = None) -> ChipExposure:
-    """The chip of ``source``; a raw file's read into ``spare``, a finished chip's cube, where
-    it has the file's shape (:class:`_FileChip`)."""
-    if isinstance(source, _FileChip) and spare is not None:
-        return source(out=spare)
+def _load(source: ChipSource, spare: list | None = None) -> ChipExposure:
+    """The chip of ``source``; a file's read into the cube in ``spare`` where it fits
+    (:class:`_FileChip`, which takes the cube out of the list)."""
+    if isinstance(source, _FileChip):
+        return source(spare)
     chip = source() if callable(source) else source
     if not isinstance(chip, ChipExposure):
         raise TypeError(

@@ -248,8 +248,9 @@ def load_chip(
         the name says nothing (:func:`identify_exposure`). A ``.h5`` file is an ar3Dcal file.
     out : ndarray of uint16, optional
         Raw files only: the array to read the reads into (:func:`~pyapred.io.read_apz`'s
-        ``out``), an earlier chip's cube that is no longer needed. A file whose reads need
-        float32 gets a new array.
+        ``out``, which refuses one they do not fit: ValueError), an earlier chip's cube that is
+        no longer needed. A file whose reads need float32 gets a new array; an ar3Dcal file
+        refuses ``out`` (ValueError).
 
     Returns
     -------
@@ -287,6 +288,9 @@ def load_chip(
     try:  # the raw type: half the memory of float32, and exact
         raw = read_apz(path, dtype=np.uint16, out=out)
     except ReadRangeError:  # a read outside [0, 65535] (not from the detector's 16-bit ADC)
+        raw = None
+    if raw is None:  # (outside the handler, whose traceback would keep ``out``)
+        out = None  # not kept while the float32 cube is made
         raw = read_apz(path, dtype=np.float32)
     header = raw.header
     return ChipExposure(

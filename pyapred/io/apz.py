@@ -314,6 +314,9 @@ def read_apz(
     InputError
         Bad name, truncated or corrupt file, missing HDU, wrong shape or dtype, values out of
         range, or unusable time keywords. The message names the file and the HDU or keyword.
+    ValueError, TypeError
+        A ``dtype``, ``rows`` or ``out`` argument that cannot be used (before any read is
+        decompressed).
     """
     path = Path(path)
     dtype = np.dtype(dtype)

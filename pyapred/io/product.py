@@ -48,7 +48,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from isal import isal_zlib
 
 from ..errors import InputError
 from ._product_fits import read_fits, write_fits
@@ -86,9 +85,10 @@ _FORMAT_ATTR = "pyapred_product_format"
 _RESERVED = {"fibers", "metadata"}
 #: Rows per chunk of an image: 64 x 2560 float32 is 640 kB, within HDF5's 1 MiB chunk cache.
 CHUNK_ROWS = 64
-#: Deflate level, ISA-L's (0-3; ``io.deflate``), recorded as the gzip filter's: on a product's
-#: images 0.2 % smaller than level 1 at about its speed; zlib's level 4 made them 1 % smaller
-#: (152.8 MB instead of 154.4 MB for three chips) and took 3.6x as long to write.
+#: Deflate level, ISA-L's (0-3; ``io.deflate``), recorded as the gzip filter's: a product
+#: 0.15 % smaller than at level 1, at about its speed. zlib's level 4 made it 1 % smaller (152.8
+#: MB instead of 154.4 MB for three chips) and took 3.2-3.6x as long to write with 2 threads,
+#: 3.9-4.2x with one (``docs/formats.md``).
 DEFLATE_LEVEL = 2
 _WRITER_KEYS = (
     "pyapred_version",
@@ -894,6 +894,7 @@ def _start_compressed(
     )  # fmt: skip
     array = np.ascontiguousarray(array, dtype=dataset.dtype)
     starts = range(0, array.shape[0], rows)
+    from isal import isal_zlib  # with the first product written, not with pyapred.io
 
     def encode(start: int) -> bytes:
         block = array[start : start + rows]

@@ -421,14 +421,23 @@ def test_each_chip_is_let_go_before_the_next_is_loaded(cloudy, tmp_path, monkeyp
         assert released.fit_gain is None and in_memory.chips[name].prepared.fit_gain is not None
 
 
+def _assert_same_arrays(a, b, where: str) -> None:
+    """Every array field of two frozen results (and of the results they hold) is equal."""
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=f"{where}.{field.name}")
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            _assert_same_arrays(x, y, f"{where}.{field.name}")
+
+
 @pytest.mark.parametrize("joint_chips", [False, True])
-def test_each_file_is_read_into_the_cube_of_the_chip_extracted_before(
-    tmp_path, monkeypatch, joint_chips
-):
-    """A chip loaded from its file is read into the raw cube of the chip extracted before it
+def test_each_file_is_read_into_the_cube_of_the_chip_before_it(tmp_path, monkeypatch, joint_chips):
+    """A chip loaded from its file is read into the raw cube of the chip done with before it
     (one cube allocated for the exposure: glibc gave a freed cube's memory to the next only
     while nothing had been carved from it), and the results are those of new cubes: no stage's
-    result holds a view of the reads."""
+    result holds a view of the reads. A caller's arrays and the corrected cubes of
+    ``--correct-1f`` are never filled."""
     from pyapred.exposure import driver
     from pyapred.io import read_product
 
@@ -446,34 +455,40 @@ def test_each_file_is_read_into_the_cube_of_the_chip_extracted_before(
     reused = run_exposure(paths["apz"], paths["traces"], options)
     # The command line's way too: each chip written as it is extracted.
     streamed = run_exposure(paths["apz"], paths["traces"], options, product=tmp_path / "s.h5")
-    for run in (loads[:6], loads[6:]) if joint_chips else (loads[:3], loads[3:]):
-        # Joint chips are each loaded to be prepared, then again to be extracted.
-        extracted = run[3:] if joint_chips else run
-        assert len(extracted) == 3 and extracted[0][0] is None
-        for (_, before), (out, reads) in zip(extracted[:-1], extracted[1:], strict=True):
+    # Joint chips are each loaded to be prepared, then again to be extracted.
+    n_loads = 6 if joint_chips else 3
+    assert len(loads) == 2 * n_loads
+    for run in (loads[:n_loads], loads[n_loads:]):
+        assert run[0][0] is None
+        for (_, before), (out, reads) in zip(run[:-1], run[1:], strict=True):
             assert out is before and reads is before
-    monkeypatch.setattr(driver, "_spare_reads", lambda source, chip: None)
+    loads.clear()
+    # The correction needs whole chips: here it makes its float32 copy (what it returns for a
+    # raw cube), so the loaders are wrapped as they are for --correct-1f.
+    monkeypatch.setattr(driver, "correct_1f", lambda chip, *args, **kwargs: dataclasses.replace(
+        chip, reads=chip.reads.astype(np.float32), writable=True))  # fmt: skip
+    corrected = FitOptions(joint_chips=joint_chips, correct_1f="refpix")
+    run_exposure(paths["apz"], paths["traces"], corrected)
+    assert len(loads) == n_loads and all(out is None for out, _ in loads)
+    in_memory = chips_of(sim)
+    before = {name: chip.reads.copy() for name, chip in in_memory.items()}
+    run_exposure(in_memory, traces_of(sim), options)
+    for name, chip in in_memory.items():
+        np.testing.assert_array_equal(chip.reads, before[name])
+    monkeypatch.setattr(driver, "_offer_reads", lambda spare, source, chip: None)
     loads.clear()
     fresh = run_exposure(paths["apz"], paths["traces"], options, product=tmp_path / "f.h5",
                          keep_images=True)  # fmt: skip
     assert all(out is None for out, _ in loads)
     assert len({id(reads) for _, reads in loads}) == len(loads)
+    for name in ("R", "G", "B"):
+        _assert_same_arrays(reused.chips[name], fresh.chips[name], name)
     a, b = read_product(streamed.meta["product"]), read_product(tmp_path / "f.h5")
     for name in ("R", "G", "B"):
-        for field in ("flux", "flux_var", "n_diff", "flags"):
-            np.testing.assert_array_equal(getattr(reused.chips[name], field),
-                                          getattr(fresh.chips[name], field))  # fmt: skip
-        for field in ("rate", "fit_reads"):
-            np.testing.assert_array_equal(getattr(reused.chips[name].prepared, field),
-                                          getattr(fresh.chips[name].prepared, field))  # fmt: skip
-        np.testing.assert_array_equal(reused.chips[name].constant.flux,
-                                      fresh.chips[name].constant.flux)  # fmt: skip
-        for field in ("rate", "ivar", "flags", "n_diff"):
-            np.testing.assert_array_equal(getattr(a.chips[name], field),
-                                          getattr(b.chips[name], field))  # fmt: skip
+        _assert_same_arrays(a.chips[name], b.chips[name], f"product {name}")
     assert a.fibers.keys() == b.fibers.keys()
     for key in a.fibers:  # per chip, or "joint"
-        np.testing.assert_array_equal(a.fibers[key].omega, b.fibers[key].omega)
+        _assert_same_arrays(a.fibers[key], b.fibers[key], f"product fibers {key}")
 
 
 def test_simulate_command_writes_an_exposure(tmp_path, capsys):

@@ -41,8 +41,16 @@ def test_ar3dcal_pixels_without_a_gain_are_not_used_and_flagged(tmp_path):
     gain[:] = np.nan
     with pytest.raises(InputError, match="gainMat: expected a gain"):
         load_chip(ar3dcal(tmp_path, gain))
+
+
+def test_an_ar3dcal_file_is_not_read_into_a_given_cube(tmp_path):
+    """``out`` (an earlier chip's raw cube) is for raw files: ar3Dcal reads are float32. Refused
+    before the file is read (its small maps here would be refused after)."""
+    path = ar3dcal(tmp_path, np.full((4, 6), 1.9, np.float32))
     with pytest.raises(ValueError, match="out: only for raw .apz files, not the ar3Dcal file"):
-        load_chip(path, out=np.zeros((4, 2048, 2560), np.uint16))
+        load_chip(path, out=np.zeros((4, 4, 6), np.uint16))
+    with pytest.raises(InputError, match="outdat: expected shape"):
+        load_chip(path)
 
 
 def test_the_survey_checks_an_ar3dcal_file_s_maps_before_any_chip_is_fitted(tmp_path):

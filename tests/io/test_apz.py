@@ -178,7 +178,7 @@ def test_partial_reads_and_rows(tmp_path):
 
 def test_reads_rebuilt_into_a_given_array(tmp_path):
     """``out``: the reads of another file rebuilt into an array already made, which is returned;
-    an array they do not fit as they are is refused before any HDU is decompressed."""
+    an array they do not fit as they are is refused, unwritten."""
     path = write_simulated_apz(tmp_path, simulated_chip(6))
     other = write_simulated_apz(tmp_path, simulated_chip(6, seed=1), exposure=2)
     expected = read_apz(path).reads
