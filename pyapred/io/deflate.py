@@ -3,14 +3,10 @@ compress.
 
 A product's float32 images are written with HDF5's shuffle + deflate filters: each chunk's
 bytes are regrouped into planes (every element's first byte, then every second byte, ...) and
-deflated as one zlib stream. The low mantissa bytes of noisy fluxes are random: zlib spent
-half of its time on them and gained nothing (1.000 of their size at level 4). Deflate allows
+deflated as one zlib stream. The low mantissa bytes of noisy fluxes are random: zlib spends
+half of its time on them and gains nothing (1.000 of their size at level 4). Deflate allows
 stored blocks beside compressed ones in one stream, so such planes are written as they are;
 any inflater (HDF5's deflate filter, ``zlib.decompress``) reads the stream unchanged.
-
-The other planes are deflated by ISA-L (``isal``), whose streams any inflater reads too: on a
-product's image planes its level 2 ran 9x faster than zlib's level 4, for 1.9 % more bytes
-(``docs/formats.md``).
 """
 
 from __future__ import annotations
@@ -22,13 +18,12 @@ import numpy as np
 
 __all__ = ["deflate_planes"]
 
-#: A plane is stored when ISA-L's level 1 compresses its samples to more than this fraction of
-#: their size (set with zlib's level 1; deciding with ISA-L's, 9x cheaper, the P3 product grew
-#: by 0.03 %). Its repeats must lie within a sample (an image's rows): a covariance matrix's, a
-#: row of the matrix apart, are missed (its planes are deflated whole, ``store=False``).
+#: A plane is stored when level 1 compresses its samples to more than this fraction of their
+#: size. Its repeats must lie within a sample (an image's rows): a covariance matrix's, a row of
+#: the matrix apart, are missed (its planes are deflated whole, ``store=False``).
 STORE_ABOVE = 0.98
 #: Bytes of a plane compressed to decide. Smaller samples compress worse: at 4 kB the low bytes
-#: of a product's ivar image (0.955 of their size at zlib's level 4) were stored too.
+#: of a product's ivar image (0.955 of their size at level 4) were stored too.
 SAMPLE_BYTES = 1 << 13
 #: The most bytes one stored block holds (its length is 16 bits).
 _STORED_MAX = 0xFFFF
@@ -39,23 +34,21 @@ _LAST_BLOCK = b"\x01\x00\x00\xff\xff"
 
 
 def deflate_planes(planes: np.ndarray, level: int) -> bytes:
-    """The zlib stream of ``planes`` (concatenated in order), each plane deflated by ISA-L at
-    ``level`` or stored where it does not compress.
+    """The zlib stream of ``planes`` (concatenated in order), each plane deflated at ``level``
+    or stored where it does not compress.
 
     Parameters
     ----------
     planes : ndarray of uint8, ``(n_planes, n_bytes)``
         The shuffled bytes of a chunk: plane ``k`` holds byte ``k`` of every element.
     level : int
-        ISA-L level (0-3) of the planes that compress.
+        zlib level (1-9) of the planes that compress.
 
     Returns
     -------
     bytes
         ``zlib.decompress`` of it gives ``planes.tobytes()``.
     """
-    from isal import isal_zlib  # with the first product written, not with pyapred.io
-
     planes = np.asarray(planes)
     if planes.dtype != np.uint8:  # a cast would keep each value's low byte only
         raise TypeError(f"planes: expected uint8 bytes, got {planes.dtype}")
@@ -68,8 +61,8 @@ def deflate_planes(planes: np.ndarray, level: int) -> bytes:
         if _compresses(data):
             # A raw deflate stream flushed to a byte boundary without a final block: the
             # next plane's blocks follow it in the same stream.
-            packer = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
-            parts += [packer.compress(data), packer.flush(isal_zlib.Z_SYNC_FLUSH)]
+            packer = zlib.compressobj(level, zlib.DEFLATED, -15)
+            parts += [packer.compress(data), packer.flush(zlib.Z_SYNC_FLUSH)]
         else:
             for start in range(0, len(data), _STORED_MAX):
                 block = data[start : start + _STORED_MAX]
@@ -81,10 +74,8 @@ def deflate_planes(planes: np.ndarray, level: int) -> bytes:
 def _compresses(data: memoryview) -> bool:
     """Whether the plane's start or middle compresses (an image's first rows may differ from
     the rest: reference pixels, NaN rows)."""
-    from isal import isal_zlib
-
     middle = max(0, len(data) // 2 - SAMPLE_BYTES // 2)
     for sample in (data[:SAMPLE_BYTES], data[middle : middle + SAMPLE_BYTES]):
-        if len(sample) and len(isal_zlib.compress(sample, 1)) <= STORE_ABOVE * len(sample):
+        if len(sample) and len(zlib.compress(sample, 1)) <= STORE_ABOVE * len(sample):
             return True
     return False

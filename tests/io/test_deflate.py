@@ -19,7 +19,7 @@ def test_any_inflater_reads_the_planes_back(n_bytes):
         rng.integers(0, 256, n_bytes, dtype=np.uint8),  # stored, after a compressed plane
         (np.arange(n_bytes) % 7).astype(np.uint8),
     ])  # fmt: skip
-    stream = deflate_planes(planes, 2)
+    stream = deflate_planes(planes, 4)
     assert zlib.decompress(stream) == planes.tobytes()
     inflater = zlib.decompressobj()  # a streaming inflater, in small pieces
     pieces = [inflater.decompress(stream[i : i + 999]) for i in range(0, len(stream), 999)]
@@ -29,16 +29,16 @@ def test_any_inflater_reads_the_planes_back(n_bytes):
 def test_random_planes_are_stored_and_the_others_compressed():
     rng = np.random.default_rng(1)
     noisy = rng.integers(0, 256, (2, 100_000), dtype=np.uint8)
-    stream = deflate_planes(noisy, 2)
+    stream = deflate_planes(noisy, 4)
     assert noisy[0, :65535].tobytes() in stream and noisy[1, -1000:].tobytes() in stream
     assert len(stream) < noisy.size + 100  # stored: 5 bytes a 64 kB block, never larger
     assert len(zlib.compress(noisy.tobytes(), 4)) > noisy.size  # where zlib spent its time
     smooth = np.repeat(np.arange(200, dtype=np.uint8), 500)[None]
-    assert len(deflate_planes(smooth, 2)) < 0.01 * smooth.size
+    assert len(deflate_planes(smooth, 4)) < 0.01 * smooth.size
 
 
 def test_planes_must_be_two_dimensional_bytes():
     with pytest.raises(ValueError, match="planes"):
-        deflate_planes(np.zeros(10, np.uint8), 2)
+        deflate_planes(np.zeros(10, np.uint8), 4)
     with pytest.raises(TypeError, match="uint8"):  # a cast kept each value's low byte
-        deflate_planes(np.array([[1.7, 300.0]]), 2)
+        deflate_planes(np.array([[1.7, 300.0]]), 4)
