@@ -1,5 +1,5 @@
 """A zlib stream of byte planes that stores, rather than compresses, the planes that do not
-compress.
+compress, and deflates with runs alone the planes whose repeats are runs.
 
 A product's float32 images are written with HDF5's shuffle + deflate filters: each chunk's
 bytes are regrouped into planes (every element's first byte, then every second byte, ...) and
@@ -7,6 +7,12 @@ deflated as one zlib stream. The low mantissa bytes of noisy fluxes are random: 
 half of its time on them and gains nothing (1.000 of their size at level 4). Deflate allows
 stored blocks beside compressed ones in one stream, so such planes are written as they are;
 any inflater (HDF5's deflate filter, ``zlib.decompress``) reads the stream unchanged.
+
+Most other planes (exponents, flags, ``ndiff``) repeat a byte from one element to the next:
+zlib's run-length strategy (``Z_RLE``, matches at distance 1 only) deflates them as small as
+its search for longer matches, in a third of the time. A simulated exposure's product (171 MB
+of planes that compress, one thread): level 4 2.39 s and 76.8 MB; every plane by runs 0.89 s
+and 77.5 MB; runs where the plane's samples say they lose nothing, 1.45 s and 76.2 MB.
 """
 
 from __future__ import annotations
@@ -58,10 +64,11 @@ def deflate_planes(planes: np.ndarray, level: int) -> bytes:
     parts = [_HEADER]
     for plane in planes:
         data = memoryview(plane)
-        if _compresses(data):
+        strategy = _strategy(data)
+        if strategy is not None:
             # A raw deflate stream flushed to a byte boundary without a final block: the
             # next plane's blocks follow it in the same stream.
-            packer = zlib.compressobj(level, zlib.DEFLATED, -15)
+            packer = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
             parts += [packer.compress(data), packer.flush(zlib.Z_SYNC_FLUSH)]
         else:
             for start in range(0, len(data), _STORED_MAX):
@@ -71,11 +78,21 @@ def deflate_planes(planes: np.ndarray, level: int) -> bytes:
     return b"".join(parts)
 
 
-def _compresses(data: memoryview) -> bool:
-    """Whether the plane's start or middle compresses (an image's first rows may differ from
-    the rest: reference pixels, NaN rows)."""
+def _strategy(data: memoryview) -> int | None:
+    """How to deflate a plane, judged on its start and its middle (an image's first rows may
+    differ from the rest: reference pixels, NaN rows).
+
+    None (store it) where level 1 compresses neither sample to ``STORE_ABOVE`` of its size;
+    ``zlib.Z_RLE`` where runs alone compress the samples as small as level 1's search; else
+    ``zlib.Z_DEFAULT_STRATEGY``.
+    """
     middle = max(0, len(data) // 2 - SAMPLE_BYTES // 2)
-    for sample in (data[:SAMPLE_BYTES], data[middle : middle + SAMPLE_BYTES]):
-        if len(sample) and len(zlib.compress(sample, 1)) <= STORE_ABOVE * len(sample):
-            return True
-    return False
+    samples = [s for s in (data[:SAMPLE_BYTES], data[middle : middle + SAMPLE_BYTES]) if len(s)]
+    searched = [len(zlib.compress(sample, 1)) for sample in samples]
+    if all(size > STORE_ABOVE * len(s) for size, s in zip(searched, samples, strict=True)):
+        return None
+    by_runs = 0
+    for sample in samples:  # framed as zlib.compress frames its streams
+        packer = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 8, zlib.Z_RLE)
+        by_runs += len(packer.compress(sample)) + len(packer.flush())
+    return zlib.Z_RLE if by_runs <= sum(searched) else zlib.Z_DEFAULT_STRATEGY
