@@ -40,15 +40,16 @@ _LAST_BLOCK = b"\x01\x00\x00\xff\xff"
 
 
 def deflate_planes(planes: np.ndarray, level: int) -> bytes:
-    """The zlib stream of ``planes`` (concatenated in order), each plane deflated at ``level``
-    or stored where it does not compress.
+    """The zlib stream of ``planes`` (concatenated in order), each plane stored where it does
+    not compress, deflated by runs where that suits it, else at ``level`` (:func:`_strategy`).
 
     Parameters
     ----------
     planes : ndarray of uint8, ``(n_planes, n_bytes)``
         The shuffled bytes of a chunk: plane ``k`` holds byte ``k`` of every element.
     level : int
-        zlib level (1-9) of the planes that compress.
+        zlib level (1-9) of the planes deflated by zlib's search for matches; deflating by runs
+        (``Z_RLE``) has no levels.
 
     Returns
     -------
