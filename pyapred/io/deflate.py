@@ -87,8 +87,8 @@ def _strategy(data: memoryview) -> int | None:
     ``zlib.Z_RLE`` where runs alone compress the samples as small as level 1's search; else
     ``zlib.Z_DEFAULT_STRATEGY``.
     """
-    middle = max(0, len(data) // 2 - SAMPLE_BYTES // 2)
-    samples = [s for s in (data[:SAMPLE_BYTES], data[middle : middle + SAMPLE_BYTES]) if len(s)]
+    middle = max(0, len(data) // 2 - SAMPLE_BYTES // 2)  # 0: the plane is one sample
+    samples = [data[start : start + SAMPLE_BYTES] for start in sorted({0, middle}) if len(data)]
     searched = [len(zlib.compress(sample, 1)) for sample in samples]
     if all(size > STORE_ABOVE * len(s) for size, s in zip(searched, samples, strict=True)):
         return None

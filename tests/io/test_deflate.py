@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 
+import h5py
 import numpy as np
 import pytest
 
@@ -71,7 +72,6 @@ def test_hdf5_reads_back_a_chunk_of_every_kind_of_plane(tmp_path):
     """Stored, run-deflated and searched planes in one chunk, written as the product writer
     writes them (``write_direct_chunk`` under HDF5's shuffle + deflate filters) and read back
     through HDF5's own filters."""
-    h5py = pytest.importorskip("h5py")
     rng = np.random.default_rng(3)
     n = 64 * 257  # one chunk of (64, 257) float32: four planes
     planes = np.stack([
