@@ -238,7 +238,7 @@ def _block_needs_search(d, x, valid, n_valid, s2, rate, thr_one, thr_two, two_ad
     # L D L^T of C(rate), forward substitutions of x and d, and the sums; the first difference
     # apart, so that the loop over k carries no branch (the same arithmetic: its low is 0).
     for p in range(B):
-        ip = 1.0 / (max(rate[p] * x[0, p], 0.0) + 2.0 * s2[p] if valid[0, p] else 1.0)
+        ip = 1.0 / (max(rate[p] * x[0, p], 0.0) + 2.0 * s2[p] if valid[0, p] != 0 else 1.0)
         low[0, p] = 0.0
         inv_piv[0, p] = ip
         yx[0, p] = x[0, p]
@@ -247,9 +247,10 @@ def _block_needs_search(d, x, valid, n_valid, s2, rate, thr_one, thr_two, two_ad
         xz[p] = x[0, p] * d[0, p] * ip
     for k in range(1, K):
         for p in range(B):
-            ok = valid[k, p]
-            a = max(rate[p] * x[k, p], 0.0) + 2.0 * s2[p] if ok else 1.0
-            b = -s2[p] if (ok and valid[k - 1, p]) else 0.0
+            # The masks' bytes combined with &: as Python bools, LLVM's cost model kept the
+            # loop out of vectors (AMD EPYC Zen 3; _numpy._block_pass).
+            a = max(rate[p] * x[k, p], 0.0) + 2.0 * s2[p] if valid[k, p] != 0 else 1.0
+            b = -s2[p] if (valid[k, p] & valid[k - 1, p]) != 0 else 0.0
             lk = b * inv_piv[k - 1, p]
             low[k, p] = lk
             ip = 1.0 / (a - lk * b)
@@ -278,12 +279,12 @@ def _block_needs_search(d, x, valid, n_valid, s2, rate, thr_one, thr_two, two_ad
             s = cinv - u[k, p] * u[k, p] * inv_xu[p]
             q = z[k, p] - slope[p] * u[k, p]
             # The one-jump drop q^2 / s against the lowered threshold, without the division.
-            hit[p] |= valid[k, p] & (s > 0.0) & (q * q > one_limit * s)
+            hit[p] |= (valid[k, p] != 0) & (s > 0.0) & (q * q > one_limit * s)
             if two_adjacent and k > 0:
                 # (C^-1)_{k-1,k} = -low_k diag_k (the walk of spec section 1.5).
                 s12 = -cinv * low[k, p] - u[k - 1, p] * u[k, p] * inv_xu[p]
                 det = s_prev[p] * s - s12 * s12
-                pair = valid[k - 1, p] & valid[k, p] & (det > 0.0)
+                pair = ((valid[k - 1, p] & valid[k, p]) != 0) & (det > 0.0)
                 q1 = q_prev[p]
                 # The two-jump drop (...) / det against the lowered threshold, likewise.
                 drop = s * q1 * q1 - 2.0 * s12 * q1 * q + s_prev[p] * q * q
@@ -309,9 +310,9 @@ def _first_pass_sums(d, x, valid, s2, rate, i):
     yx_prev = 0.0
     yd_prev = 0.0
     for k in range(K):
-        ok = valid[k, i]
+        ok = valid[k, i] != 0
         alpha = max(rate * x[k, i], 0.0) + 2.0 * s2 if ok else 1.0
-        beta = -s2 if (ok and k > 0 and valid[k - 1, i]) else 0.0
+        beta = -s2 if (ok and k > 0 and valid[k - 1, i] != 0) else 0.0
         low = beta * inv_prev
         inv = 1.0 / (alpha - low * beta)
         yx = x[k, i] - low * yx_prev
@@ -397,7 +398,7 @@ def find_jumps_kernel(
         p0 = blk * _SEARCH_BLOCK
         p1 = min(p0 + _SEARCH_BLOCK, n_pix)
         ramp = np.empty((N, p1 - p0))
-        ok_read = np.empty((N, p1 - p0), dtype=np.bool_)
+        ok_read = np.empty((N, p1 - p0), dtype=np.uint8)  # 0/1 bytes (_numpy._block_pass)
         read_flags = np.empty(p1 - p0, dtype=np.int64)
         gain_b = _block_values(gain, p0, p1 - p0)
         _gather_block(reads, bad, use_mask, _block_values(saturation, p0, p1 - p0), p0, ramp,
@@ -406,7 +407,7 @@ def find_jumps_kernel(
         # each pixel's usable d / x, as _median_rate gives it).
         block_d = np.empty((K, p1 - p0))
         block_x = np.empty((K, p1 - p0))
-        block_ok = np.empty((K, p1 - p0), dtype=np.bool_)
+        block_ok = np.empty((K, p1 - p0), dtype=np.uint8)
         n_usable = np.zeros(p1 - p0, dtype=np.int64)
         _block_differences(ramp, ok_read, omega, groups, dt, gain_b, p0, block_d, block_x,
                            block_ok, n_usable)  # fmt: skip
@@ -438,7 +439,7 @@ def find_jumps_kernel(
             if not needs_search[i]:
                 continue
             for k in range(K):
-                valid[k] = block_ok[k, i]
+                valid[k] = block_ok[k, i] != 0
                 d[k] = block_d[k, i]
                 x[k] = block_x[k, i]
             found[i] = search_pixel(
@@ -447,7 +448,7 @@ def find_jumps_kernel(
             if found[i] > 0:
                 for k in range(K):
                     if write_jumps:
-                        local_jumps[i, k] = block_ok[k, i] and not valid[k]
+                        local_jumps[i, k] = block_ok[k, i] != 0 and not valid[k]
                     block_ok[k, i] = valid[k]
                     block_d[k, i] = d[k]
                     block_x[k, i] = x[k]
@@ -493,7 +494,7 @@ def find_jumps_kernel(
             if found[i] > 0 and write_jumps:
                 g = gain_b[i]
                 for k in range(K):
-                    valid[k] = block_ok[k, i]
+                    valid[k] = block_ok[k, i] != 0
                     d[k] = block_d[k, i]
                     x[k] = block_x[k, i]
                     if local_jumps[i, k]:
@@ -634,7 +635,7 @@ def search_groups_kernel(
         work = np.empty((_N_WORK, K))
         block_d = np.empty((K, B))
         block_x = np.empty((K, B))
-        block_ok = np.empty((K, B), dtype=np.bool_)
+        block_ok = np.empty((K, B), dtype=np.uint8)
         block_s2 = np.ones(B)
         rates = np.empty(B)
         needs_search = np.empty(B, dtype=np.bool_)
@@ -661,7 +662,7 @@ def search_groups_kernel(
                 if not (fit_pixel[g, p] and needs_search[i]):
                     continue
                 for k in range(K):
-                    use[k] = block_ok[k, i]
+                    use[k] = block_ok[k, i] != 0
                     d[k] = block_d[k, i]
                     xv[k] = block_x[k, i]
                 found = search_pixel(

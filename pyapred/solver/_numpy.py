@@ -369,7 +369,7 @@ def _group_median_rates(diffs, valid, x, use_pixel, network, rates):
     B = min(P, _GROUP_BLOCK)
     d = np.empty((K, B))
     xb = np.empty((K, B))
-    ok = np.empty((K, B), dtype=np.bool_)
+    ok = np.empty((K, B), dtype=np.uint8)
     sorted_ = np.empty((K, B))
     count = np.empty(B, dtype=np.int64)
     out = np.empty(B)
