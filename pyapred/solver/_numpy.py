@@ -294,7 +294,9 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
     for k in range(K):
         for p in range(B):
             ok = (valid[k, p] != 0) & (x[k, p] > 0.0)
-            quotient = d[k, p] / x[k, p]  # unconditional, as in _block_differences
+            # Divided whether or not it is used, as in _block_differences (by 1 where not
+            # used: no division by zero under Python's error model either).
+            quotient = d[k, p] / (x[k, p] if ok else 1.0)
             ratio = quotient if ok else np.inf
             ratios[k, p] = ratio
             rounded[k, p] = np.float32(ratio)

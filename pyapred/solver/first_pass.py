@@ -80,8 +80,10 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
                 value = float(plane[i])
                 diff[k, i] = value - previous[i]
                 previous[i] = value
-                unusable = not np.isfinite(value) or value >= sat[i]
-                n_good[i] = k + 1 if unusable and n_good[i] == n_reads else n_good[i]
+                unusable = (not np.isfinite(value)) | (value >= sat[i])
+                # The first unusable read: np.minimum stores every element (a store only where
+                # the value changes is a masked vector store, microcoded on AMD's Zen 3).
+                n_good[i] = np.minimum(n_good[i], k + 1 if unusable else n_reads)
         # Each pixel's light-curve shape; a block of one shape (a row's pixels of one fiber, or
         # background: the common case) reads one element per k, and its loops run in vectors.
         # The shapes and the scaled differences are not stored: read and divided where used.
@@ -141,7 +143,7 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
             for i in range(B):
                 model = level[i] * (s_first if same else shapes[block_shapes[i], k])
                 jump = _is_jump(diff[k, i] - model, model, inv_g[i], var_r[i], thr2)
-                hit = jump and k + 1 < n_good[i]
+                hit = jump & (k + 1 < n_good[i])
                 flagged[k, i] = hit
                 any_jump[i] |= hit
         for i in range(B):
