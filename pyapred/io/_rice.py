@@ -248,11 +248,21 @@ def decode_rice_tiles(
     """
     if offset.shape != nelem.shape:  # Numba does not check bounds
         raise ValueError(f"offset: expected shape {nelem.shape}, got {offset.shape}")
+    heap = _read_only(heap)
     image = np.empty((nelem.size, nx), _pixel_type(bytepix, zero))
     codes = np.empty(nelem.size, np.int64)
     rows = _decode_rows_parallel if image.size >= PARALLEL_PIXELS else _decode_rows
     rows(heap, nelem, offset, blocksize, bytepix, image, codes)
     return (image, *_first_error(codes))
+
+
+def _read_only(heap: np.ndarray) -> np.ndarray:
+    """A read-only view of ``heap`` (the caller's array keeps its flags). Numba compiles the
+    kernels once for each mix of read-only and writeable arguments; the bytes read from a file
+    (``np.frombuffer``) are read-only, and with every heap in that form one build serves all."""
+    view = heap.view()
+    view.flags.writeable = False
+    return view
 
 
 def _pixel_type(bytepix: int, zero: int) -> np.dtype:
@@ -307,6 +317,7 @@ def accumulate_rice_read(
     if not (nelem.shape == offset.shape == (ny,) and avg.shape == current.shape == out.shape):
         raise ValueError("expected one tile per row and current, avg, out of the same shape")
     _pixel_type(bytepix, zero)  # one of the two layouts
+    heap = _read_only(heap)
     extremes = np.iinfo(np.int64)
     lows, highs = np.full(ny, extremes.max), np.full(ny, extremes.min)
     codes = np.empty(ny, np.int64)

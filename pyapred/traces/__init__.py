@@ -464,11 +464,13 @@ def select_fit_pixels(
     shape = (traces.n_fibers, (2 * reach + 1) * nc)
     rows, cols, valid = np.empty(shape, np.int64), np.empty(shape, np.int64), np.empty(shape, bool)
     # Each fiber's candidates ranked in one pass (fibers in parallel): NumPy's fancy indexes,
-    # temporaries and row sorts took 80 ms a chip (150 ms with their page faults).
+    # temporaries and row sorts took 80 ms a chip (150 ms with their page faults). ``bad`` in C
+    # order (a chip's mask may come as a slice): Numba compiles the kernel for each layout.
     fit_pixel_kernel(
         np.ascontiguousarray(traces.y_center, dtype=np.float64), traces.excluded,
         pixel_map.fiber, pixel_map.purity, np.asarray(snr, dtype=np.float64),
-        np.zeros((1, 1), bool) if bad is None else np.asarray(bad, dtype=bool), bad is not None,
+        np.zeros((1, 1), bool) if bad is None else np.ascontiguousarray(bad, dtype=bool),
+        bad is not None,
         reach, float(core_halfwidth), float(min_purity), float(min_snr), rows, cols, valid,
     )  # fmt: skip
     # Usable pixels first (highest SNR first), padding after.

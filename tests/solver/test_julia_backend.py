@@ -296,6 +296,15 @@ def _emulated_aprampfit():
 
     from pyapred.solver import _jumps, _numpy
 
+    def numpy_types(groups, *maps):
+        """``groups`` and the maps as the NumPy backend passes them to the jump kernels: 0-based
+        int32 groups and read-only maps (other types would compile each kernel once more, a
+        minute and a half)."""
+        views = [m.view() for m in maps]
+        for view in views:
+            view.flags.writeable = False
+        return (groups - 1).astype(np.int32), *views
+
     def prepare_diffs_kernel(diffs, valid, flags, reads, bad, use_mask, gain, saturation):
         P, G, N = reads.shape
         assert diffs.shape == valid.shape == (N - 1, P, G)
@@ -315,9 +324,10 @@ def _emulated_aprampfit():
                                                  read_noise, gain, saturation, groups))  # fmt: skip
         assert isinstance(two_adjacent, bool) and isinstance(max_jumps, int)
         diff_bits = np.empty((N - 1, (n_pix + 7) // 8), dtype=np.uint8)  # NumPy packs the mask
+        groups0, *maps = numpy_types(groups, read_noise, gain, saturation)
         _jumps.find_jumps_kernel(
-            reads.T, bad.T, use_mask, omega.T, groups - 1, dt, read_noise, gain, saturation,
-            thr_one, thr_two, two_adjacent, max_jumps, n_pass, diff_bits, jumps.T, jump_size.T,
+            reads.T, bad.T, use_mask, omega.T, groups0, dt, *maps, thr_one, thr_two,
+            two_adjacent, max_jumps, n_pass, diff_bits, jumps.T, jump_size.T,
             n_jumps, flux, flux_var, chi2, n_diff, flags,
         )  # fmt: skip
         usable[...] = ~np.unpackbits(diff_bits, axis=1, count=n_pix).view(bool).T
@@ -329,9 +339,10 @@ def _emulated_aprampfit():
         assert usable.shape == (n_pix, N - 1) and flux.shape == (n_pix,)
         assert pixels.size == 0 or (pixels.min() >= 1 and pixels.max() <= n_pix)
         assert groups.min() >= 1 and groups.max() <= omega.shape[1]
+        groups0, *maps = numpy_types(groups, read_noise, gain, saturation)
         _jumps.jump_sizes_kernel(
-            reads.T, bad.T, use_mask, omega.T, groups - 1, dt, read_noise, gain, saturation,
-            pixels - 1, np.packbits(~usable.T, axis=1), flux, jumps.T, jump_size.T,
+            reads.T, bad.T, use_mask, omega.T, groups0, dt, *maps, pixels - 1,
+            np.packbits(~usable.T, axis=1), flux, jumps.T, jump_size.T,
         )  # fmt: skip
 
     def fit_omega_with_jumps(diffs, valid, s2, dt, fit_pixel, *, threshold, max_rounds,

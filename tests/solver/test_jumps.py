@@ -389,7 +389,8 @@ def test_block_screen_agrees_with_the_scalar_search(two_adjacent):
     thr_one, thr_two = chi2_thresholds(4.5)
     needs = np.empty(B, dtype=bool)
     sxx, sxd = np.empty(B), np.empty(B)
-    _block_needs_search(d, x, valid, valid.sum(axis=0), s2, rate, thr_one, thr_two,
+    # The mask as the kernels hold it (uint8 bytes): a bool array would compile it once more.
+    _block_needs_search(d, x, valid.view(np.uint8), valid.sum(axis=0), s2, rate, thr_one, thr_two,
                         two_adjacent, 10, needs, sxx, sxd)  # fmt: skip
     # Its sums are the first GLS pass's, bit for bit (find_jumps_kernel reuses them).
     from pyapred.solver._numpy import _block_pass
@@ -557,8 +558,10 @@ def test_compact_result_equals_the_dense_kernel_outputs(two_adjacent):
     jumps, size = np.empty((K, n_pix), dtype=bool), np.empty((K, n_pix))
     n_jumps = np.empty(n_pix, dtype=np.int64)
     out = api._flux_outputs(n_pix)
+    # int32 groups, as find_jumps passes them: another type would compile the kernel once more.
+    groups = kwargs["groups"].reshape(-1).astype(np.int32)
     _jumps.find_jumps_kernel(
-        reads2d, bad, use_mask, kwargs["omega"], kwargs["groups"].reshape(-1), np.ones(K), sigma,
+        reads2d, bad, use_mask, kwargs["omega"], groups, np.ones(K), sigma,
         gain, sat, thr_one, thr_two, two_adjacent, _jumps.NO_LIMIT, 2, bits, jumps, size,
         n_jumps, *out,
     )  # fmt: skip
