@@ -558,10 +558,10 @@ def test_compact_result_equals_the_dense_kernel_outputs(two_adjacent):
     jumps, size = np.empty((K, n_pix), dtype=bool), np.empty((K, n_pix))
     n_jumps = np.empty(n_pix, dtype=np.int64)
     out = api._flux_outputs(n_pix)
-    # int32 groups, as find_jumps passes them: another type would compile the kernel once more.
-    groups = kwargs["groups"].reshape(-1).astype(np.int32)
+    # omega and groups as find_jumps passes them (another type would compile the kernel again).
+    omega, groups = api._omega_rows(kwargs["omega"], kwargs["groups"], K, (7, 13))
     _jumps.find_jumps_kernel(
-        reads2d, bad, use_mask, kwargs["omega"], groups, np.ones(K), sigma,
+        reads2d, bad, use_mask, omega, groups, np.ones(K), sigma,
         gain, sat, thr_one, thr_two, two_adjacent, _jumps.NO_LIMIT, 2, bits, jumps, size,
         n_jumps, *out,
     )  # fmt: skip
