@@ -451,6 +451,52 @@ evaluate!(ne::NormalEquations, diffs, valid, s2, dt, flux, omega, fit_pixel;
     normal_equations_group!(ne.g, ne.gw, ne.e_hat, ne.gf_hat, ne.sqrt_d, diffs, valid, s2, dt,
         flux, omega, fit_pixel; newton)
 
+"""
+    chord_gradient!(ne, diffs, valid, s2, dt, flux, omega, fit_pixel)
+
+The gradient of one group at `(flux, omega)` with the flux elimination of the last
+[`evaluate!`](@ref) (a chord step of [`fit_omega_groups`](@ref)): `ne.gw = sum_p flux_p dt .*
+(C_p^-1 r_p)` and `ne.gf_hat[p] = (x' C_p^-1 r_p) / ne.sqrt_d[p]` (0 where `sqrt_d` is 0), with
+C_p, `x` and `r_p` at the new point; `ne.g`, `ne.e_hat` and `ne.sqrt_d` stay as they were, so that
+[`schur`](@ref) gives the earlier Schur complement with the new right-hand side. O(K) a pixel,
+where [`evaluate!`](@ref) is O(K^2). The twin of NumPy's `chord_gradient_kernel`.
+
+# Arguments
+- `diffs`, `valid`: `(K, P)`; `s2`, `flux`, `fit_pixel`: `(P,)`; `dt`, `omega`: `(K,)`.
+"""
+function chord_gradient!(ne::NormalEquations, diffs, valid, s2, dt, flux, omega, fit_pixel)
+    K, P = size(diffs)
+    alpha, beta, piv, low = zeros(K), zeros(K), zeros(K), zeros(K)
+    x, r, yx, yr, col = zeros(K), zeros(K), zeros(K), zeros(K), zeros(K)
+    fill!(ne.gw, 0.0)
+    for p in 1:P
+        if !fit_pixel[p]
+            ne.gf_hat[p] = 0.0
+            continue
+        end
+        f = flux[p]
+        vmask = view(valid, :, p)
+        @inbounds for k in 1:K
+            x[k] = vmask[k] ? omega[k] * dt[k] : 0.0
+            r[k] = vmask[k] ? diffs[k, p] - f * x[k] : 0.0
+        end
+        factor!(alpha, beta, piv, low, x, vmask, s2[p], f)
+        forward!(yx, low, x)
+        forward!(yr, low, r)
+        gf = 0.0
+        @inbounds for k in 1:K
+            gf += yx[k] * yr[k] / piv[k]
+        end
+        sd = ne.sqrt_d[p]
+        ne.gf_hat[p] = sd > 0.0 ? gf / sd : 0.0
+        backward!(col, low, piv, yr)
+        @inbounds for k in 1:K
+            vmask[k] && (ne.gw[k] += f * dt[k] * col[k])
+        end
+    end
+    return nothing
+end
+
 "Schur complement and right-hand side, with the non-free elements pinned (identity)."
 function schur(ne::NormalEquations, free)
     sch = ne.g - ne.e_hat * transpose(ne.e_hat)
@@ -642,6 +688,13 @@ Default mode: a group whose step shrinks by less than this factor in one iterati
 step had to be damped, continues with Newton steps (the exact Hessian of the frozen-C chi2).
 """
 const SLOW_CONTRACTION = 0.5
+"""
+Default mode without segments: a Gauss-Newton group whose last step was below this (as the
+tolerance measures it) takes chord steps ([`chord_gradient!`](@ref)): the gradient at the
+iterate, with the Schur complement and flux elimination of its last full evaluation at the same
+pivot. That system is about one step away, so the solution moves by about `CHORD_STEP * rtol`.
+"""
+const CHORD_STEP = 1e-5
 "Halvings of the line search before it gives up."
 const MAX_HALVINGS = 40
 "Why a group's iteration stopped (`stop_reason`), as pyapred's `StopReason`."
@@ -741,6 +794,9 @@ times `max(flux, sigma)`, at least 2 iterations, the covariance at the solution,
 - a group whose steps shrink by less than `SLOW_CONTRACTION` per iteration, or had to be damped,
   takes Newton steps (the residual term added to the Hessian) where that Hessian is positive
   definite, else the Gauss-Newton step (not with `segments`);
+- chord steps: a Gauss-Newton group whose last step was below `CHORD_STEP` keeps the Schur
+  complement and flux elimination of its last full evaluation and recomputes only the gradient
+  ([`chord_gradient!`](@ref)), not with `segments`;
 - threshold pivoting: the element fixed while iterating is never below `PIVOT_RATIO` of the
   largest in magnitude. A requested `ref_index` below it in the initial guess is not fixed (the
   guess's largest is); an iterate where an element grows beyond `1 / PIVOT_RATIO` is rescaled
@@ -842,14 +898,23 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
         stop_reason[g] = nonempty ? STOP_MAX_ITER : STOP_EMPTY
         newton = false
         last_step = Inf
+        chords = !reference && offsets === nothing
+        evaluated = false  # a full evaluation at the current pivot, for chord steps
         for it in 1:(nonempty ? max_iter : 0)
-            sch, rhs = reduced_system!(ne, offsets, d, v, s2g, dt, flux_lin, omega_lin, fit,
-                free; newton)
-            if newton && !positive_definite(sch)
-                # Away from the solution the residual term can make the Hessian indefinite:
-                # this iteration takes the Gauss-Newton step.
-                sch, rhs = reduced_system!(ne, offsets, d, v, s2g, dt, flux_lin, omega_lin, fit,
-                    free)
+            if chords && evaluated && !newton && last_step < CHORD_STEP
+                # A chord step: the gradient here, the system of the last full evaluation.
+                chord_gradient!(ne, d, v, s2g, dt, flux_lin, omega_lin, fit)
+                sch, rhs = schur(ne, free)
+            else
+                sch, rhs = reduced_system!(ne, offsets, d, v, s2g, dt, flux_lin, omega_lin,
+                    fit, free; newton)
+                if newton && !positive_definite(sch)
+                    # Away from the solution the residual term can make the Hessian
+                    # indefinite: this iteration takes the Gauss-Newton step.
+                    sch, rhs = reduced_system!(ne, offsets, d, v, s2g, dt, flux_lin, omega_lin,
+                        fit, free)
+                end
+                evaluated = true
             end
             d_omega = solve_spd(sch, rhs)
             d_flux = flux_step(ne, d_omega)
@@ -922,6 +987,7 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
                     free .= [data[k] && k != k_big for k in 1:K]
                     scale .= max.(abs.(new_flux), sqrt.(s2g))
                     done = false
+                    evaluated = false
                 end
             end
             omega .= new_omega

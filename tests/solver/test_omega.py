@@ -385,6 +385,93 @@ def test_upper_accumulate_is_the_upper_triangle_of_the_product(k, n):
     assert np.isnan(acc[0]).all() and not np.isfinite(acc[: k - 1, k - 1]).any()
 
 
+def test_the_chord_gradient_is_the_new_points_with_the_earlier_elimination():
+    """A chord step's right-hand side: the gradient at the new point (the full kernel's ``gw``
+    and ``x^T C^-1 r`` there), reduced with the earlier point's ``e_hat`` and ``sqrt_d``, which
+    it leaves as they were; inactive groups keep theirs."""
+    rng = np.random.default_rng(30)
+    G, P, K = 3, 150, 9  # more pixels than one block of the kernels
+    omega = np.stack([omega_uniform(K, 0.3, rng) for _ in range(G)])
+    reads = np.stack(
+        [simulate_ramps(rng.uniform(50, 900, P), 15.0, omega=o, rng=rng).reads for o in omega],
+        axis=1,
+    )
+    diffs = np.diff(reads, axis=0).transpose(1, 2, 0).copy()
+    valid = rng.random((G, P, K)) > 0.05
+    diffs[~valid] = 0.0
+    s2 = rng.uniform(100, 400, (G, P))
+    dt = rng.uniform(0.8, 1.2, K)
+    fit_pixel = rng.random((G, P)) > 0.1
+    fit_pixel[:, 64:128] = False  # a block with no fitted pixel
+    flux = np.where(fit_pixel, np.median(diffs, axis=2), 0.0)
+    earlier = _numpy._Normal(G, P, K)
+    earlier.evaluate(diffs, valid, s2, dt, flux, omega, np.ones(G, bool), fit_pixel)
+    new_flux = np.where(fit_pixel, flux * 1.02 + 0.5, 0.0)
+    new_omega = omega * rng.uniform(0.98, 1.02, (G, K))
+    at_new = _numpy._Normal(G, P, K)
+    at_new.evaluate(diffs, valid, s2, dt, new_flux, new_omega, np.ones(G, bool), fit_pixel)
+    gf = at_new.gf_hat * at_new.sqrt_d
+    sd = earlier.sqrt_d
+    want_gf_hat = np.where(sd > 0, gf / np.where(sd > 0, sd, 1.0), 0.0)
+    want_rhs = at_new.gw - np.einsum("gpk,gp->gk", earlier.e_hat, want_gf_hat)
+    active = np.array([True, False, True])
+    kept = {name: getattr(earlier, name).copy() for name in ("e_hat", "sqrt_d", "sch")}
+    rhs_before, gf_hat_before = earlier.rhs.copy(), earlier.gf_hat.copy()
+    earlier.chord(diffs, valid, s2, dt, new_flux, new_omega, active, fit_pixel)
+    scale = np.abs(want_rhs[active]).max()
+    np.testing.assert_allclose(earlier.rhs[active], want_rhs[active], rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(earlier.gf_hat[active], want_gf_hat[active], rtol=1e-12,
+                               atol=1e-12 * np.abs(want_gf_hat).max())  # fmt: skip
+    np.testing.assert_array_equal(earlier.rhs[1], rhs_before[1])
+    np.testing.assert_array_equal(earlier.gf_hat[1], gf_hat_before[1])
+    for name, value in kept.items():
+        np.testing.assert_array_equal(getattr(earlier, name), value)
+
+
+def test_chord_steps_reach_the_full_steps_solution(monkeypatch):
+    """Chord steps (``CHORD_STEP``) take the late iterations of bright groups, and their solution
+    is the full steps' to 1e-12: the earlier system differs from the current one by about the
+    last step, below ``CHORD_STEP``. With a threshold 1000 times larger (chords from the second
+    or third iteration) the fit still converges, to the same solution within ``rtol``."""
+    rng = np.random.default_rng(31)
+    G, P, K = 4, 300, 24
+    reads = np.stack(
+        [
+            simulate_ramps(rng.uniform(200, 2000, P), 15.0, omega=omega_uniform(K, 0.3, rng),
+                           rng=rng).reads
+            for _ in range(G)
+        ],
+        axis=1,
+    )  # fmt: skip
+    chords = []
+    original = _numpy._Normal.chord
+
+    def counted(self, *args):
+        chords.append(int(np.count_nonzero(args[6])))
+        return original(self, *args)
+
+    monkeypatch.setattr(_numpy._Normal, "chord", counted)
+    monkeypatch.setattr(_numpy, "CHORD_STEP", 0.0)
+    full = fit_omega(reads, 15.0)
+    assert not chords
+    monkeypatch.setattr(_numpy, "CHORD_STEP", 1e-5)
+    chord = fit_omega(reads, 15.0)
+    assert sum(chords) >= G  # every group took at least one chord step
+    assert full.converged.all() and chord.converged.all()
+    np.testing.assert_array_equal(chord.n_iter, full.n_iter)
+    np.testing.assert_allclose(chord.omega, full.omega, rtol=1e-12)
+    np.testing.assert_allclose(chord.flux, full.flux, rtol=1e-12)
+    np.testing.assert_allclose(chord.omega_cov, full.omega_cov, rtol=1e-10, atol=1e-20)
+    chords.clear()
+    monkeypatch.setattr(_numpy, "CHORD_STEP", 1e-2)
+    early = fit_omega(reads, 15.0)
+    assert sum(chords) > 2 * G and early.converged.all()
+    sigma = np.sqrt(np.einsum("gkk->gk", full.omega_cov))
+    free = sigma > 0
+    assert np.max(np.abs(early.omega - full.omega)[free] / sigma[free]) < 1e-6
+    assert np.max(np.abs(early.flux - full.flux) / np.sqrt(full.flux_var)) < 1e-6
+
+
 def test_the_fused_update_kernels_are_the_numpy_expressions_they_replace():
     """The iteration's flux bookkeeping, fused into kernels that read the (G, P) rows of the
     ``rows`` groups: the same values as the NumPy expressions on gathered rows, bit for bit,
