@@ -40,6 +40,38 @@ function prepare_diffs_kernel!(diffs::AbstractArray{<:Real, 3}, valid::AbstractA
 end
 
 """
+    pixel_sweep!(alpha, beta, piv, low, x, r, yx, yr, diffs, valid, omega, dt, s2, flux, p)
+
+The start of every per-pixel sum of the omega fit, for pixel `p` of a group at `(flux, omega)`:
+the design `x = omega .* dt` and the residual `r = diffs[:, p] - flux x` at the `valid`
+differences (0 elsewhere), the L D L' factors of its C ([`factor!`](@ref)), and `yx = L^-1 x`,
+`yr = L^-1 r`. Returns `(x' C^-1 x, x' C^-1 r)`.
+
+# Arguments
+- `alpha`, `beta`, `piv`, `low`, `x`, `r`, `yx`, `yr`: `(K,)` work arrays, filled.
+- `diffs`: `(K, P)`; `valid`: `(K,)`, the pixel's column; `omega`, `dt`: `(K,)`.
+- `s2`, `flux`: the pixel's read-noise variance and flux (electrons).
+"""
+@inline function pixel_sweep!(alpha, beta, piv, low, x, r, yx, yr, diffs, valid, omega, dt, s2,
+        flux, p)
+    K = length(x)
+    @inbounds for k in 1:K
+        x[k] = valid[k] ? omega[k] * dt[k] : 0.0
+        r[k] = valid[k] ? diffs[k, p] - flux * x[k] : 0.0
+    end
+    factor!(alpha, beta, piv, low, x, valid, s2, flux)
+    forward!(yx, low, x)
+    forward!(yr, low, r)
+    dd = 0.0
+    gf = 0.0
+    @inbounds for k in 1:K
+        dd += yx[k] * yx[k] / piv[k]
+        gf += yx[k] * yr[k] / piv[k]
+    end
+    return dd, gf
+end
+
+"""
     normal_equations_group!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, valid, s2, dt, flux,
                             omega, fit_pixel; newton = false)
 
@@ -63,19 +95,8 @@ function normal_equations_group!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, va
         end
         f = flux[p]
         vmask = view(valid, :, p)
-        @inbounds for k in 1:K
-            x[k] = vmask[k] ? omega[k] * dt[k] : 0.0
-            r[k] = vmask[k] ? diffs[k, p] - f * x[k] : 0.0
-        end
-        factor!(alpha, beta, piv, low, x, vmask, s2[p], f)
-        forward!(yx, low, x)
-        forward!(yr, low, r)
-        dd = 0.0
-        gf = 0.0
-        @inbounds for k in 1:K
-            dd += yx[k] * yx[k] / piv[k]
-            gf += yx[k] * yr[k] / piv[k]
-        end
+        dd, gf = pixel_sweep!(alpha, beta, piv, low, x, r, yx, yr, diffs, vmask, omega, dt,
+            s2[p], f, p)
         sd = sqrt(dd)
         sqrt_d[p] = sd
         gf_hat[p] = gf / sd
@@ -194,19 +215,8 @@ function offset_blocks_group!(out_a, out_m, out_b, ec_hat, diffs, valid, s2, dt,
         f = flux[p]
         s = segment[p]
         vmask = view(valid, :, p)
-        @inbounds for k in 1:K
-            x[k] = vmask[k] ? omega[k] * dt[k] : 0.0
-            r[k] = vmask[k] ? diffs[k, p] - f * x[k] : 0.0
-        end
-        factor!(alpha, beta, piv, low, x, vmask, s2[p], f)
-        forward!(yx, low, x)
-        forward!(yr, low, r)
-        dd = 0.0
-        gf = 0.0
-        @inbounds for k in 1:K
-            dd += yx[k] * yx[k] / piv[k]
-            gf += yx[k] * yr[k] / piv[k]
-        end
+        dd, gf = pixel_sweep!(alpha, beta, piv, low, x, r, yx, yr, diffs, vmask, omega, dt,
+            s2[p], f, p)
         sd = sqrt(dd)
         gf_hat = gf / sd
         backward!(u, low, piv, yx)
@@ -476,17 +486,8 @@ function chord_gradient!(ne::NormalEquations, diffs, valid, s2, dt, flux, omega,
         end
         f = flux[p]
         vmask = view(valid, :, p)
-        @inbounds for k in 1:K
-            x[k] = vmask[k] ? omega[k] * dt[k] : 0.0
-            r[k] = vmask[k] ? diffs[k, p] - f * x[k] : 0.0
-        end
-        factor!(alpha, beta, piv, low, x, vmask, s2[p], f)
-        forward!(yx, low, x)
-        forward!(yr, low, r)
-        gf = 0.0
-        @inbounds for k in 1:K
-            gf += yx[k] * yr[k] / piv[k]
-        end
+        _, gf = pixel_sweep!(alpha, beta, piv, low, x, r, yx, yr, diffs, vmask, omega, dt,
+            s2[p], f, p)
         sd = ne.sqrt_d[p]
         ne.gf_hat[p] = sd > 0.0 ? gf / sd : 0.0
         backward!(col, low, piv, yr)
