@@ -172,8 +172,9 @@ function chromatic_normal_kernel!(out_g, out_gw, e_hat, gf_hat, sqrt_d,
         diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{Bool, 3}, s2::AbstractMatrix,
         dt::AbstractVector, flux::AbstractMatrix, a::AbstractMatrix, b::AbstractMatrix,
         coord::AbstractMatrix, active::AbstractVector, fit_pixel::AbstractMatrix)
-    Threads.@threads for g in 1:size(diffs, 3)
-        active[g] || continue
+    # The threads split the active groups (every group, skipping the inactive ones, gave one
+    # thread all the work where the active groups were contiguous).
+    Threads.@threads for g in findall(active)
         chromatic_normal_group!(view(out_g, :, :, :, g), view(out_gw, :, :, g),
             view(e_hat, :, :, g), view(gf_hat, :, g), view(sqrt_d, :, g), view(diffs, :, :, g),
             view(valid, :, :, g), view(s2, :, g), dt, view(flux, :, g), view(a, :, g),
@@ -285,9 +286,8 @@ function chromatic_objective_change_kernel!(out::AbstractVector,
         dt::AbstractVector, flux::AbstractMatrix, a::AbstractMatrix, b::AbstractMatrix,
         coord::AbstractMatrix, d_flux::AbstractMatrix, d_a::AbstractMatrix, d_b::AbstractMatrix,
         active::AbstractVector, fit_pixel::AbstractMatrix)
-    Threads.@threads for g in 1:size(diffs, 3)
-        out[g] = 0.0
-        active[g] || continue
+    fill!(out, 0.0)
+    Threads.@threads for g in findall(active)  # the threads split the active groups
         out[g] = chromatic_objective_change(view(diffs, :, :, g), view(valid, :, :, g),
             view(s2, :, g), dt, view(flux, :, g), view(a, :, g), view(b, :, g),
             view(coord, :, g), view(d_flux, :, g), view(d_a, :, g), view(d_b, :, g),

@@ -167,8 +167,9 @@ The Schur complement is then `G - e_hat e_hat'` (spec section 9.1).
 """
 function normal_equations_kernel!(out_g, out_gw, e_hat, gf_hat, sqrt_d, diffs, valid, s2, dt,
         flux, omega, active, newton, fit_pixel)
-    Threads.@threads for g in 1:size(diffs, 3)
-        active[g] || continue
+    # The threads split the active groups (every group, skipping the inactive ones, gave one
+    # thread all the work where the active groups were contiguous).
+    Threads.@threads for g in findall(active)
         normal_equations_group!(view(out_g, :, :, g), view(out_gw, :, g), view(e_hat, :, :, g),
             view(gf_hat, :, g), view(sqrt_d, :, g), view(diffs, :, :, g), view(valid, :, :, g),
             view(s2, :, g), dt, view(flux, :, g), view(omega, :, g), view(fit_pixel, :, g);

@@ -64,9 +64,9 @@ def chromatic_normal_kernel(
     G, P, K = diffs.shape
     B = min(P, _GROUP_BLOCK)
     K4 = (K + 3) // 4 * 4  # the rows of _upper_accumulate's blocks
-    for g in prange(G):
-        if not active[g]:
-            continue
+    rows = np.flatnonzero(active)  # the threads split the active groups (as the achromatic one)
+    for i_row in prange(rows.size):
+        g = rows[i_row]
         use = np.empty(B, dtype=np.bool_)
         f = np.empty(B)
         var = np.empty(B)
@@ -196,10 +196,10 @@ def chromatic_objective_change_kernel(
     the model change itself so that its sign is right near convergence.
     """
     G, P, K = diffs.shape
-    for g in prange(G):
-        out[g] = 0.0
-        if not active[g]:
-            continue
+    out[:] = 0.0
+    rows = np.flatnonzero(active)  # the threads split the active groups
+    for i_row in prange(rows.size):
+        g = rows[i_row]
         xv = np.empty(K)
         dm = np.empty(K)
         q = np.empty(K)

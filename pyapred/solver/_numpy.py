@@ -986,11 +986,16 @@ def normal_equations_kernel(
     G, P, K = diffs.shape
     B = min(P, _GROUP_BLOCK)
     K4 = (K + 3) // 4 * 4  # the rows of _upper_accumulate's blocks
-    for g in prange(G):
-        if not active[g]:
-            if out_chi2.shape[0] > 0:
+    if out_chi2.shape[0] > 0:
+        for g in range(G):
+            if not active[g]:
                 out_chi2[g, :] = np.nan
-            continue
+    # The threads split the active groups between them. A prange over every group that skips
+    # the inactive ones splits all groups: where the active ones were contiguous (late
+    # iterations), one thread had them all (2x slower).
+    rows = np.flatnonzero(active)
+    for i_row in prange(rows.size):
+        g = rows[i_row]
         use = np.empty(B, dtype=np.uint8)
         f = np.empty(B)
         var = np.empty(B)
@@ -1106,9 +1111,9 @@ def chord_gradient_kernel(diffs, valid, s2, dt, flux, omega, active, fit_pixel, 
     """
     G, P, K = diffs.shape
     B = min(P, _GROUP_BLOCK)
-    for g in prange(G):
-        if not active[g]:
-            continue
+    rows = np.flatnonzero(active)  # the threads split the active groups (normal_equations_kernel)
+    for i_row in prange(rows.size):
+        g = rows[i_row]
         use = np.empty(B, dtype=np.uint8)
         f = np.empty(B)
         var = np.empty(B)
@@ -1195,9 +1200,9 @@ def adjusted_kernel(diffs, valid, offsets, segment, active, out):
     ``active`` (G,).
     """
     G, P, K = diffs.shape
-    for g in prange(G):
-        if not active[g]:
-            continue
+    rows = np.flatnonzero(active)  # the threads split the active groups (normal_equations_kernel)
+    for i_row in prange(rows.size):
+        g = rows[i_row]
         for p in range(P):
             s = segment[g, p]
             for k in range(K):
@@ -1260,9 +1265,9 @@ def offset_blocks_kernel(
     :func:`normal_equations_kernel` (the walk over C^-1).
     """
     G, P, K = diffs.shape
-    for g in prange(G):
-        if not active[g]:
-            continue
+    rows = np.flatnonzero(active)  # the threads split the active groups (normal_equations_kernel)
+    for i_row in prange(rows.size):
+        g = rows[i_row]
         alpha = np.empty(K)
         beta = np.empty(K)
         piv = np.empty(K)
@@ -1424,10 +1429,10 @@ def objective_change_kernel(
     """
     G, P, K = diffs.shape
     B = min(P, _GROUP_BLOCK)
-    for g in prange(G):
-        out[g] = 0.0
-        if not active[g]:
-            continue
+    out[:] = 0.0
+    rows = np.flatnonzero(active)  # the threads split the active groups (normal_equations_kernel)
+    for i_row in prange(rows.size):
+        g = rows[i_row]
         use = np.empty(B, dtype=np.uint8)
         f = np.empty(B)
         var = np.empty(B)
