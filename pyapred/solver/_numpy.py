@@ -284,8 +284,8 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
     cannot predict. They sort the ratios rounded to float32, twice as many per vector: rounding
     keeps the order, so the float64 value at a median position is the one whose rounding sits
     there, found by one scan. Where rounding merged different values at a median position
-    (rare; the two zeros count as different values), that pixel's median is taken by
-    :func:`_median_rate`. ``ratios`` (K, B) and ``count`` (B,) are scratch.
+    (rare), that pixel's median is taken by :func:`_median_rate`. ``ratios`` (K, B) and
+    ``count`` (B,) are scratch.
     """
     K, B = d.shape
     rounded = np.empty((K, B), dtype=np.float32)
@@ -302,44 +302,38 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
             rounded[k, p] = np.float32(ratio)
             count[p] += ok
     _sort_columns(rounded, network)
-    # The rounded values at the two median positions (one position for an odd count).
+    # The rounded values at the two median positions (one position for an odd count), and the
+    # smallest and largest float64 ratio that rounds to each.
     at_low = np.empty(B, dtype=np.float32)
     at_high = np.empty(B, dtype=np.float32)
     for p in range(B):
         n = count[p]
         at_low[p] = rounded[max(n - 1, 0) // 2, p]
         at_high[p] = rounded[n // 2, p]
-    # The bitwise AND and OR of the float64 ratios that round to each: equal exactly where those
-    # ratios are one value, which the AND then is. Integer AND and OR run in plain vector
-    # instructions; NaN-aware np.minimum and np.maximum (a min and a max per position) took three
-    # instructions and a blend each, and this scan 1.2x as long (AMD EPYC Zen 3).
-    bits = ratios.view(np.int64)
-    low_and = np.full(B, -1, dtype=np.int64)
-    low_or = np.zeros(B, dtype=np.int64)
-    high_and = np.full(B, -1, dtype=np.int64)
-    high_or = np.zeros(B, dtype=np.int64)
+    low_min = np.full(B, np.inf)
+    low_max = np.full(B, -np.inf)
+    high_min = np.full(B, np.inf)
+    high_max = np.full(B, -np.inf)
     for k in range(K):
         for p in range(B):
-            rounded_k = np.float32(ratios[k, p])
-            b = bits[k, p]
-            is_low = rounded_k == at_low[p]
-            is_high = rounded_k == at_high[p]
-            low_and[p] &= b if is_low else -1
-            low_or[p] |= b if is_low else 0
-            high_and[p] &= b if is_high else -1
-            high_or[p] |= b if is_high else 0
-    low = low_and.view(np.float64)
-    high = high_and.view(np.float64)
+            ratio = ratios[k, p]
+            is_low = np.float32(ratio) == at_low[p]
+            is_high = np.float32(ratio) == at_high[p]
+            # np.minimum, np.maximum: stored unconditionally, as in _sort_columns.
+            low_min[p] = np.minimum(low_min[p], ratio if is_low else np.inf)
+            low_max[p] = np.maximum(low_max[p], ratio if is_low else -np.inf)
+            high_min[p] = np.minimum(high_min[p], ratio if is_high else np.inf)
+            high_max[p] = np.maximum(high_max[p], ratio if is_high else -np.inf)
     for p in range(B):
         n = count[p]
         if n == 0:
             rate[p] = 0.0
-        elif low_and[p] != low_or[p] or high_and[p] != high_or[p]:
+        elif low_min[p] != low_max[p] or high_min[p] != high_max[p]:
             rate[p] = _median_rate(d[:, p], x[:, p], valid[:, p], np.empty(K))
         elif n % 2 == 1:
-            rate[p] = max(low[p], 0.0)
+            rate[p] = max(low_min[p], 0.0)
         else:
-            rate[p] = max(0.5 * (low[p] + high[p]), 0.0)
+            rate[p] = max(0.5 * (low_min[p] + high_min[p]), 0.0)
 
 
 @njit(cache=True, inline="always")
