@@ -32,11 +32,11 @@ from ._numpy import (
     _block_gls,
     _block_median_rate,
     _block_values,
+    _center_network,
     _factor,
     _forward,
     _gather_block,
     _gather_group_block,
-    _median_network,
     _median_rate,
     finish_groups,
     fit_omega_groups,
@@ -393,7 +393,7 @@ def find_jumps_kernel(
     K = N - 1
     write_jumps = jump_size.shape[1] == n_pix and jumps.shape[1] == n_pix
     n_blocks = (n_pix + _SEARCH_BLOCK - 1) // _SEARCH_BLOCK
-    network = _median_network(K)
+    network = _center_network(K)
     for blk in prange(n_blocks):
         p0 = blk * _SEARCH_BLOCK
         p1 = min(p0 + _SEARCH_BLOCK, n_pix)
@@ -626,7 +626,7 @@ def search_groups_kernel(
     for the search (it is left as it is in ``out_valid``).
     """
     G, P, K = diffs.shape
-    network = _median_network(K)
+    network = _center_network(K)
     B = min(P, _GROUP_BLOCK)
     for g in prange(G):
         d = np.empty(K)

@@ -257,15 +257,50 @@ def _median_network(n):
     return pairs[:count].copy()
 
 
+@njit(cache=True)
+def _center_network(n):
+    """The comparators of :func:`_median_network` of ``n`` that decide its values at the median
+    positions of :func:`_block_median_rate`, in their order ``(C, 2)``.
+
+    That sort pads the ``n - m`` unusable values of a pixel with ``m`` usable ones half with
+    -inf, half (one more for an odd count) with +inf, so that the usable ones' median sits at
+    position ``(n - m) // 2 + (m - 1) // 2`` and ``(n - m) // 2 + m // 2``: two positions for
+    every ``m`` (22 and 23 for n = 46). A comparator neither of whose wires reaches those
+    positions later is dropped (a backward pass): the values there are those of the full
+    sort, with 304 comparators of 368 for n = 46.
+    """
+    full = _median_network(n)
+    needed = np.zeros(n, dtype=np.bool_)
+    for m in range(1, n + 1):
+        needed[(n - m) // 2 + (m - 1) // 2] = True
+        needed[(n - m) // 2 + m // 2] = True
+    keep = np.zeros(full.shape[0], dtype=np.bool_)
+    for c in range(full.shape[0] - 1, -1, -1):
+        i, j = full[c, 0], full[c, 1]
+        if needed[i] or needed[j]:
+            keep[c] = True
+            needed[i] = True
+            needed[j] = True
+    pairs = np.empty((np.count_nonzero(keep), 2), dtype=np.int64)
+    count = 0
+    for c in range(full.shape[0]):
+        if keep[c]:
+            pairs[count, 0] = full[c, 0]
+            pairs[count, 1] = full[c, 1]
+            count += 1
+    return pairs
+
+
 @njit(cache=True, inline="always")
 def _sort_columns(values, network):
     """Sort each column of ``values`` (n, B) in place with ``network`` (:func:`_median_network`
-    of n): the compare-exchanges run across the columns with no branch, so they vectorise.
+    of n), or only put the values at the median positions in place (:func:`_center_network`):
+    the compare-exchanges run across the columns with no branch, so they vectorise.
 
-    The values are never NaN (the callers pad with +inf). ``np.minimum`` and ``np.maximum``, not
-    ``min`` and ``max``: LLVM turns ``values[i, p] = min(low, high)`` into a store only where
-    ``high < low``, a masked vector store that AMD's Zen 3 microcodes, and the median of a chip's
-    extraction took 3x as long there."""
+    The values are never NaN (the callers pad with infinities). ``np.minimum`` and
+    ``np.maximum``, not ``min`` and ``max``: LLVM turns ``values[i, p] = min(low, high)`` into a
+    store only where ``high < low``, a masked vector store that AMD's Zen 3 microcodes, and the
+    median of a chip's extraction took 3x as long there."""
     for c in range(network.shape[0]):
         i, j = network[c, 0], network[c, 1]
         for p in range(values.shape[1]):
@@ -278,13 +313,15 @@ def _sort_columns(values, network):
 def _block_median_rate(d, x, valid, network, ratios, count, rate):
     """``_median_rate`` of every pixel of a block ``(K, B)``, with the same result bit for bit.
 
-    The ratios of each pixel are sorted by ``network`` (:func:`_median_network`), unusable ones
-    padded with +inf. The compare-exchanges run across the block's pixels with no branch, which
-    SIMD-vectorises: about 5x faster than a quickselect per pixel, whose comparisons the CPU
-    cannot predict. They sort the ratios rounded to float32, twice as many per vector: rounding
-    keeps the order, so the float64 value at a median position is the one whose rounding sits
-    there, found by one scan. Where rounding merged different values at a median position
-    (rare), that pixel's median is taken by :func:`_median_rate`. ``ratios`` (K, B) and
+    The ratios of each pixel are sorted by ``network`` (:func:`_center_network` of K), unusable
+    ones padded in turn with +inf and -inf, so that the median sits at one of two fixed
+    positions and only the comparators that decide those run. The compare-exchanges run across
+    the block's pixels with no branch, which SIMD-vectorises: about 5x faster than a
+    quickselect per pixel, whose comparisons the CPU cannot predict. They sort the ratios
+    rounded to float32, twice as many per vector: rounding keeps the order, so the float64 value
+    at a median position is the one whose rounding sits there, found by one scan. Where
+    rounding merged different values at a median position (rare), that pixel's median is taken
+    by :func:`_median_rate`. ``ratios`` (K, B) and
     ``count`` (B,) are scratch.
     """
     K, B = d.shape
@@ -297,7 +334,11 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
             # Divided whether or not it is used, as in _block_differences (by 1 where not
             # used: no division by zero under Python's error model either).
             quotient = d[k, p] / (x[k, p] if ok else 1.0)
-            ratio = quotient if ok else np.inf
+            # The pixel's unusable ones so far, k - count: +inf for the 1st, 3rd..., -inf for
+            # the others. Equal values are interchangeable, so a usable +-inf ratio (an
+            # overflow) changes nothing.
+            pad = np.inf if (k - count[p]) & 1 == 0 else -np.inf
+            ratio = quotient if ok else pad
             ratios[k, p] = ratio
             rounded[k, p] = np.float32(ratio)
             count[p] += ok
@@ -308,8 +349,9 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
     at_high = np.empty(B, dtype=np.float32)
     for p in range(B):
         n = count[p]
-        at_low[p] = rounded[max(n - 1, 0) // 2, p]
-        at_high[p] = rounded[n // 2, p]
+        below = (K - n) // 2  # the -inf padding
+        at_low[p] = rounded[below + max(n - 1, 0) // 2, p]
+        at_high[p] = rounded[below + n // 2, p]
     low_min = np.full(B, np.inf)
     low_max = np.full(B, -np.inf)
     high_min = np.full(B, np.inf)
@@ -572,7 +614,7 @@ def extract_kernel(
     N, n_pix = reads.shape
     K = N - 1
     n_blocks = (n_pix + _BLOCK - 1) // _BLOCK
-    network = _median_network(K)
+    network = _center_network(K)
     for b in prange(n_blocks):
         p0 = b * _BLOCK
         B = min(p0 + _BLOCK, n_pix) - p0
@@ -1667,7 +1709,7 @@ def _initial_guess_kernel(diffs, valid, s2, dt, fit_pixel, flux_pixel, reference
     cost model for AMD's Zen 3 kept the loops over k scalar, and the guess took 1.3x as long.
     """
     G, P, K = diffs.shape
-    network = _median_network(K)
+    network = _center_network(K)
     for g in prange(G):
         f0 = np.empty(P)
         w_sum = np.zeros(K)

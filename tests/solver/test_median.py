@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 from numba import njit
 
-from pyapred.solver._numpy import _block_median_rate, _median_network, _median_rate
+from pyapred.solver._numpy import (
+    _block_median_rate,
+    _center_network,
+    _median_network,
+    _median_rate,
+)
 
 
 @njit(cache=True)
@@ -22,7 +27,7 @@ def _block(d, x, valid):
     K, B = d.shape
     out = np.empty(B)
     _block_median_rate(
-        d, x, valid, _median_network(K), np.empty((K, B)), np.empty(B, np.int64), out
+        d, x, valid, _center_network(K), np.empty((K, B)), np.empty(B, np.int64), out
     )
     return out
 
@@ -39,6 +44,31 @@ def test_network_sorts(n):
         assert np.all(np.diff(values) >= 0)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 9, 31, 46, 47, 64, 65, 100])
+def test_center_network_places_the_median(n):
+    # With m usable values and the others padded in turn with +inf and -inf (as
+    # _block_median_rate pads them), the pruned network leaves at the two median positions the
+    # values of the full sort, for every m.
+    rng = np.random.default_rng(n)
+    full, center = _median_network(n), _center_network(n)
+    assert len(center) <= len(full)
+    assert {tuple(c) for c in center} <= {tuple(c) for c in full}
+    for m in range(1, n + 1):
+        values = rng.integers(-5, 5, n).astype(float)  # many ties
+        unusable = rng.permutation(n)[: n - m]
+        values[np.sort(unusable)] = np.resize([np.inf, -np.inf], n - m)
+        pruned = values.copy()
+        for i, j in center:
+            pruned[i], pruned[j] = min(pruned[i], pruned[j]), max(pruned[i], pruned[j])
+        ordered = np.sort(values)
+        below = (n - m) // 2
+        for position in (below + (m - 1) // 2, below + m // 2):
+            assert pruned[position] == ordered[position]
+            assert np.isfinite(pruned[position])
+    if n == 46:
+        assert (len(full), len(center)) == (368, 304)  # as _center_network's docstring says
+
+
 @pytest.mark.parametrize("K", [1, 2, 5, 17, 46, 63])
 def test_block_median_equals_quickselect(K):
     rng = np.random.default_rng(K)
@@ -52,6 +82,25 @@ def test_block_median_equals_quickselect(K):
     got, want = _block(d, x, valid), _per_pixel(d, x, valid)
     assert np.array_equal(got, want)
     assert np.all(got[:5] == 0.0) and np.any(got > 0.0)
+
+
+@pytest.mark.parametrize("K", [1, 4, 9, 46, 47])
+def test_block_median_every_usable_count(K):
+    # Every number of usable differences, 0 to K, at random places, with ratios that overflow
+    # to +-inf among them (equal to the padding's infinities).
+    rng = np.random.default_rng(200 + K)
+    B = 4 * (K + 1)
+    d = rng.normal(0.0, 100.0, (K, B))
+    x = rng.uniform(0.5, 2.0, (K, B))
+    huge = rng.random((K, B)) < 0.1
+    d[huge] = np.sign(d[huge]) * 1e308
+    x[huge] = 1e-10
+    valid = np.zeros((K, B), dtype=bool)
+    for p in range(B):
+        valid[rng.permutation(K)[: p % (K + 1)], p] = True
+    got, want = _block(d, x, valid), _per_pixel(d, x, valid)
+    assert np.array_equal(got, want)
+    assert np.any(np.isinf(d[valid] / x[valid]))
 
 
 @pytest.mark.parametrize("K", [2, 9, 46])
