@@ -347,11 +347,15 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
     # smallest and largest float64 ratio that rounds to each.
     at_low = np.empty(B, dtype=np.float32)
     at_high = np.empty(B, dtype=np.float32)
+    # Both are one of two adjacent rows: read as rows and chosen, so that the loop vectorises.
+    center = max((K - 2) // 2, 0)
+    first_row = rounded[center]
+    second_row = rounded[min(center + 1, K - 1)]
     for p in range(B):
         n = count[p]
         below = (K - n) // 2  # the -inf padding
-        at_low[p] = rounded[below + max(n - 1, 0) // 2, p]
-        at_high[p] = rounded[below + n // 2, p]
+        at_low[p] = first_row[p] if below + max(n - 1, 0) // 2 == center else second_row[p]
+        at_high[p] = first_row[p] if below + n // 2 == center else second_row[p]
     low_min = np.full(B, np.inf)
     low_max = np.full(B, -np.inf)
     high_min = np.full(B, np.inf)
