@@ -293,6 +293,38 @@ def test_inputs_are_not_modified():
     assert not mask.any()
 
 
+@pytest.mark.parametrize("layout", ["one", "two", "eight", "island", "every"])
+def test_extract_by_groups_equals_each_group_alone(layout):
+    # Every pixel's fit is its own, so the pixels of each group extracted alone give the same
+    # bits, whatever the groups within the kernels' blocks of 1024 pixels: one group a block
+    # (one omega element read per difference), two, seven or eight, a group inside another
+    # (a block that starts and ends in one group), or a different group at almost every pixel;
+    # omega is gathered pixel by pixel where a block holds more than one group.
+    from pyapred import find_jumps
+
+    rng = np.random.default_rng(len(layout))
+    n_reads, n_pix, n_groups = 12, 3000, 4
+    omega = rng.uniform(0.5, 1.5, (n_groups, n_reads - 1))
+    omega[2, 3] = np.nan  # this element masks its difference
+    run = {"one": 3000, "two": 700, "eight": 150, "island": 3000, "every": 1}[layout]
+    groups = (np.arange(n_pix) // run) % n_groups
+    if layout == "island":
+        groups[[*range(300, 700), *range(1500, 1510)]] = 2
+    elif layout == "every":
+        groups = rng.integers(0, n_groups, n_pix)
+    sim = simulate_ramps(rng.uniform(0, 400, n_pix), 10.0, n_reads=n_reads, rng=rng)
+    whole = extract_fluxes(sim.reads, 10.0, omega, groups=groups)
+    whole_jumps = find_jumps(sim.reads, 10.0, omega=omega, groups=groups)
+    for g in np.unique(groups):
+        at = groups == g
+        alone = extract_fluxes(sim.reads[:, at], 10.0, omega[g])
+        for name in ("flux", "flux_var", "chi2", "n_diff", "flags"):
+            np.testing.assert_array_equal(getattr(whole, name)[at], getattr(alone, name))
+        alone_jumps = find_jumps(sim.reads[:, at], 10.0, omega=omega[g])
+        np.testing.assert_array_equal(whole_jumps.flux.flux[at], alone_jumps.flux.flux)
+    assert np.all(whole.n_diff[groups == 2] == n_reads - 2)
+
+
 def test_extract_with_groups_and_nonfinite_omega():
     rng = np.random.default_rng(13)
     omega = np.vstack([np.ones(9), rng.uniform(0.5, 1, 9)])
