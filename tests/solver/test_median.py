@@ -105,9 +105,9 @@ def test_block_median_every_usable_count(K):
 
 @pytest.mark.parametrize("K", [2, 9, 46])
 def test_block_median_exact_where_float32_merges_values(K):
-    # The network sorts float32 roundings; ratios that differ in float64 but round to one float32
-    # (1 + 1e-12 and 1 + 2e-12), and ratios beyond float32's range, must still give the float64
-    # median bit for bit.
+    # Ratios that differ in float64 but round to one float32 (1 + 1e-12 and 1 + 2e-12), and
+    # ratios beyond float32's range, give the float64 median bit for bit (a sort of float32
+    # roundings, as the network once sorted, would merge them).
     rng = np.random.default_rng(100 + K)
     B = 257
     d = 1.0 + rng.integers(0, 4, (K, B)) * 1e-12 + rng.integers(0, 2, (K, B)) * 1e-3
