@@ -257,6 +257,15 @@ def _median_network(n):
     return pairs[:count].copy()
 
 
+@njit(cache=True, inline="always")
+def _median_positions(n, m):
+    """Where the median of ``m`` usable values lies among ``n`` sorted ones when the other
+    ``n - m`` are padded in turn with +inf and -inf (:func:`_block_median_rate`): the positions
+    ``(low, high)`` of its two middle values, equal for odd ``m``."""
+    below = (n - m) // 2  # the -inf padding
+    return below + max(m - 1, 0) // 2, below + m // 2
+
+
 @njit(cache=True)
 def _center_network(n):
     """The comparators of :func:`_median_network` of ``n`` that decide its values at the median
@@ -264,16 +273,16 @@ def _center_network(n):
 
     That sort pads the ``n - m`` unusable values of a pixel with ``m`` usable ones half with
     -inf, half (one more for an odd count) with +inf, so that the usable ones' median sits at
-    position ``(n - m) // 2 + (m - 1) // 2`` and ``(n - m) // 2 + m // 2``: two positions for
-    every ``m`` (22 and 23 for n = 46). A comparator neither of whose wires reaches those
-    positions later is dropped (a backward pass): the values there are those of the full
-    sort, with 304 comparators of 368 for n = 46.
+    :func:`_median_positions`: two positions for every ``m`` (22 and 23 for n = 46). A
+    comparator neither of whose wires reaches those positions later is dropped (a backward
+    pass): the values there are those of the full sort, with 304 comparators of 368 for n = 46.
     """
     full = _median_network(n)
     needed = np.zeros(n, dtype=np.bool_)
     for m in range(1, n + 1):
-        needed[(n - m) // 2 + (m - 1) // 2] = True
-        needed[(n - m) // 2 + m // 2] = True
+        low, high = _median_positions(n, m)
+        needed[low] = True
+        needed[high] = True
     keep = np.zeros(full.shape[0], dtype=np.bool_)
     for c in range(full.shape[0] - 1, -1, -1):
         i, j = full[c, 0], full[c, 1]
@@ -320,8 +329,7 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
     quickselect per pixel, whose comparisons the CPU cannot predict. The float64 ratios are
     sorted themselves: with the pruned network, sorting their float32 roundings (eight to a
     vector) and finding the float64 values behind the median by a scan took 3-4 % longer (one
-    thread, AMD EPYC Zen 3). ``ratios`` (K, B) and
-    ``count`` (B,) are scratch.
+    thread, AMD EPYC Zen 3). ``ratios`` (K, B) and ``count`` (B,) are scratch.
     """
     K, B = d.shape
     for p in range(B):
@@ -346,9 +354,9 @@ def _block_median_rate(d, x, valid, network, ratios, count, rate):
     second_row = ratios[min(center + 1, K - 1)]
     for p in range(B):
         n = count[p]
-        below = (K - n) // 2  # the -inf padding
-        low = first_row[p] if below + max(n - 1, 0) // 2 == center else second_row[p]
-        high = first_row[p] if below + n // 2 == center else second_row[p]
+        at_low, at_high = _median_positions(K, n)
+        low = first_row[p] if at_low == center else second_row[p]
+        high = first_row[p] if at_high == center else second_row[p]
         if n == 0:
             rate[p] = 0.0
         elif n % 2 == 1:
