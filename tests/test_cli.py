@@ -102,6 +102,32 @@ def test_the_executable_sets_up_its_process_memory_unless_the_user_did(
     assert (advice, variables) == expected
 
 
+_REPORT_FREEZE = """
+import gc, sys
+from pyapred.cli import console, main
+main(["inspect", sys.argv[1]])
+after_main = gc.get_freeze_count()
+code = console(["inspect", sys.argv[1]])
+print(code, after_main, gc.get_freeze_count())
+"""
+
+
+def test_the_executable_spares_its_teardown_the_collections(tmp_path):
+    """As the command ends, ``console`` exempts what is left from the cyclic collector (the
+    interpreter's teardown collected it all again, 0.25 s a command); ``main``, which notebooks
+    call, leaves the collector alone."""
+    import subprocess
+    import sys
+
+    missing = str(tmp_path / "missing.apz")
+    run = subprocess.run(
+        [sys.executable, "-c", _REPORT_FREEZE, missing], capture_output=True, text=True, check=True
+    )
+    code, after_main, after_console = run.stdout.split()
+    assert code == "2" and missing in run.stderr  # the command itself ran
+    assert after_main == "0" and int(after_console) > 1000
+
+
 def test_python_dash_m_runs_the_executable(tmp_path):
     """``python -m pyapred`` is the ``pyapred`` command (for an environment whose scripts folder
     is not on the PATH): the same parser, exit codes and process set-up."""
