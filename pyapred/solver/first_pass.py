@@ -96,13 +96,25 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         # and robust to a jump), then the level of the differences that are not jumps under it.
         rough_values = np.empty((_N_ROUGH, B))
         n_rough = np.empty(B, dtype=np.int64)
+        unsaturated = True
         for i in range(B):
-            n_diff = max(n_good[i] - 1, 0)
-            n_rough[i] = min(n_diff, _N_ROUGH)
-            row = shapes[first if same else block_shapes[i]]
+            n_rough[i] = min(max(n_good[i] - 1, 0), _N_ROUGH)
+            unsaturated = unsaturated & (n_good[i] == n_reads)
+        if same and unsaturated and K >= _N_ROUGH:
+            # The common block: every pixel takes the same differences, read across the block
+            # in vectors (pixel by pixel, each index's integer division took 10 % of the pass).
             for m in range(_N_ROUGH):
-                k = (m * n_diff) // n_rough[i] if m < n_rough[i] else 0
-                rough_values[m, i] = diff[k, i] / row[k] if m < n_rough[i] else np.inf
+                k = (m * K) // _N_ROUGH
+                shape_k = shapes[first, k]
+                for i in range(B):
+                    rough_values[m, i] = diff[k, i] / shape_k
+        else:
+            for i in range(B):
+                n_diff = max(n_good[i] - 1, 0)
+                row = shapes[first if same else block_shapes[i]]
+                for m in range(_N_ROUGH):
+                    k = (m * n_diff) // n_rough[i] if m < n_rough[i] else 0
+                    rough_values[m, i] = diff[k, i] / row[k] if m < n_rough[i] else np.inf
         _sort_columns(rough_values, network)
         rough = np.empty(B)
         for i in range(B):
