@@ -311,7 +311,7 @@ def _sort_columns(values, network):
     addition it turns ``values[i, p] = high if swap else low`` into a store only where ``swap``,
     a masked vector store that AMD's Zen 3 microcodes (the median of a chip's extraction took 3x
     as long there with ``min`` and ``max``). ``np.minimum`` and ``np.maximum`` check for NaN
-    besides (a compare and a blend each), which took the median 1.3x as long on Zen 4. The
+    besides (a compare and a blend each), which took the median 1.2x as long on Zen 4. The
     addition turns -0.0 into 0.0, the same value: the callers' values then sort as before, and
     the sign of a zero median is the only bit that can differ (it changes no flux:
     ``max(rate x, 0)``)."""

@@ -96,11 +96,11 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         # and robust to a jump), then the level of the differences that are not jumps under it.
         rough_values = np.empty((_N_ROUGH, B))
         n_rough = np.empty(B, dtype=np.int64)
-        unsaturated = True
+        all_usable = True
         for i in range(B):
             n_rough[i] = min(max(n_good[i] - 1, 0), _N_ROUGH)
-            unsaturated = unsaturated & (n_good[i] == n_reads)
-        if same and unsaturated and K >= _N_ROUGH:
+            all_usable = all_usable & (n_good[i] == n_reads)
+        if same and all_usable and K >= _N_ROUGH:
             # The common block: every pixel takes the same differences, read across the block
             # in vectors (pixel by pixel, each index's integer division took 10 % of the pass).
             for m in range(_N_ROUGH):
