@@ -326,7 +326,8 @@ def _sort_columns(values, network):
 
 @njit(cache=True, inline="always")
 def _block_median_rate(d, x, valid, network, ratios, count, rate):
-    """``_median_rate`` of every pixel of a block ``(K, B)``, with the same result bit for bit.
+    """``_median_rate`` of every pixel of a block ``(K, B)``: the same value, bit for bit but for
+    the sign of a zero (:func:`_sort_columns` writes every zero as 0.0).
 
     The ratios of each pixel are sorted by ``network`` (:func:`_center_network` of K), unusable
     ones padded in turn with +inf and -inf, so that the median sits at one of two fixed
