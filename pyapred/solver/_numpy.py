@@ -231,15 +231,18 @@ def _median_rate(d, x, valid, buf):
 
 @njit(cache=True)
 def _median_network(n):
-    """Comparators ``(C, 2)`` of Batcher's odd-even merge sort of ``n`` values.
+    """Comparators ``(C, 3)`` of Batcher's odd-even merge sort of ``n`` values: the two wires
+    ``i < j`` and the phase, the length of the sorted runs that the comparator's merge joins
+    (1, 2, 4, ...).
 
     Built for the next power of two and pruned of the comparators that touch an element ``>= n``
-    (padding with +inf leaves those in place), so it sorts any ``n`` values.
+    (padding with +inf leaves those in place), so it sorts any ``n`` values. The phase tells
+    :func:`_sort_columns` which comparators its register blocks already ran.
     """
     m = 1
     while m < n:
         m *= 2
-    pairs = np.empty((m * m + 1, 2), dtype=np.int64)
+    pairs = np.empty((m * m + 1, 3), dtype=np.int64)
     count = 0
     p = 1
     while p < m:
@@ -251,6 +254,7 @@ def _median_network(n):
                     if a // (2 * p) == b // (2 * p) and b < n:
                         pairs[count, 0] = a
                         pairs[count, 1] = b
+                        pairs[count, 2] = p
                         count += 1
             k //= 2
         p *= 2
@@ -269,13 +273,15 @@ def _median_positions(n, m):
 @njit(cache=True)
 def _center_network(n):
     """The comparators of :func:`_median_network` of ``n`` that decide its values at the median
-    positions of :func:`_block_median_rate`, in their order ``(C, 2)``.
+    positions of :func:`_block_median_rate`, in their order ``(C, 3)``.
 
     That sort pads the ``n - m`` unusable values of a pixel with ``m`` usable ones half with
     -inf, half (one more for an odd count) with +inf, so that the usable ones' median sits at
     :func:`_median_positions`: two positions for every ``m`` (22 and 23 for n = 46). A
     comparator neither of whose wires reaches those positions later is dropped (a backward
     pass): the values there are those of the full sort, with 304 comparators of 368 for n = 46.
+    Running some dropped ones besides (as :func:`_sort_columns`' register blocks do) changes
+    only values that never reach those positions.
     """
     full = _median_network(n)
     needed = np.zeros(n, dtype=np.bool_)
@@ -290,14 +296,47 @@ def _center_network(n):
             keep[c] = True
             needed[i] = True
             needed[j] = True
-    pairs = np.empty((np.count_nonzero(keep), 2), dtype=np.int64)
-    count = 0
-    for c in range(full.shape[0]):
-        if keep[c]:
-            pairs[count, 0] = full[c, 0]
-            pairs[count, 1] = full[c, 1]
-            count += 1
-    return pairs
+    return full[keep].copy()
+
+
+@njit(cache=True, inline="always")
+def _exchange(low, high):
+    """The pair in order: a select on ``high < low`` each, one ``minpd`` and one ``maxpd``."""
+    swap = high < low
+    return (high if swap else low), (low if swap else high)
+
+
+@njit(cache=True, inline="always")
+def _sort_eight_rows(rows):
+    """Sort the columns of ``rows`` (8, B): phases 1 to 4 of :func:`_median_network` (19
+    comparators), with the eight values of each column in registers, read and written once."""
+    row0, row1, row2, row3 = rows[0], rows[1], rows[2], rows[3]
+    row4, row5, row6, row7 = rows[4], rows[5], rows[6], rows[7]
+    for p in range(rows.shape[1]):
+        v0, v1, v2, v3 = row0[p], row1[p], row2[p], row3[p]
+        v4, v5, v6, v7 = row4[p], row5[p], row6[p], row7[p]
+        v0, v1 = _exchange(v0, v1)
+        v2, v3 = _exchange(v2, v3)
+        v4, v5 = _exchange(v4, v5)
+        v6, v7 = _exchange(v6, v7)
+        v0, v2 = _exchange(v0, v2)
+        v1, v3 = _exchange(v1, v3)
+        v4, v6 = _exchange(v4, v6)
+        v5, v7 = _exchange(v5, v7)
+        v1, v2 = _exchange(v1, v2)
+        v5, v6 = _exchange(v5, v6)
+        v0, v4 = _exchange(v0, v4)
+        v1, v5 = _exchange(v1, v5)
+        v2, v6 = _exchange(v2, v6)
+        v3, v7 = _exchange(v3, v7)
+        v2, v4 = _exchange(v2, v4)
+        v3, v5 = _exchange(v3, v5)
+        v1, v2 = _exchange(v1, v2)
+        v3, v4 = _exchange(v3, v4)
+        v5, v6 = _exchange(v5, v6)
+        # Plus 0.0 as in _sort_columns: every zero is written as 0.0.
+        row0[p], row1[p], row2[p], row3[p] = v0 + 0.0, v1 + 0.0, v2 + 0.0, v3 + 0.0
+        row4[p], row5[p], row6[p], row7[p] = v4 + 0.0, v5 + 0.0, v6 + 0.0, v7 + 0.0
 
 
 @njit(cache=True, inline="always")
@@ -305,6 +344,11 @@ def _sort_columns(values, network):
     """Sort each column of ``values`` (n, B) in place with ``network`` (:func:`_median_network`
     of n), or only put the values at the median positions in place (:func:`_center_network`):
     the compare-exchanges run across the columns with no branch, so they vectorise.
+
+    Each whole block of eight rows is sorted first with its values in registers
+    (:func:`_sort_eight_rows`); the network's other comparators then run one at a time, each
+    reading and writing its two rows. The exchanges are bound by their stores (two per
+    comparator and vector): the eight-row blocks store each value once for 19 comparators.
 
     The values are never NaN (the callers pad with infinities). Each exchange is a select on
     ``high < low``, which LLVM makes one ``minpd`` and one ``maxpd``, plus 0.0: without the
@@ -315,8 +359,15 @@ def _sort_columns(values, network):
     addition turns -0.0 into 0.0, the same value: the callers' values then sort as before, and
     the sign of a zero median is the only bit that can differ (it changes no flux:
     ``max(rate x, 0)``)."""
+    n_eights = values.shape[0] // 8
+    for block in range(n_eights):
+        # One slice: rows indexed one by one each carry Numba's negative-index select, and
+        # LLVM, unable to see eight rows of one array, left the loop scalar.
+        _sort_eight_rows(values[8 * block : 8 * block + 8])
     for c in range(network.shape[0]):
-        i, j = network[c, 0], network[c, 1]
+        i, j, phase = network[c, 0], network[c, 1], network[c, 2]
+        if phase <= 4 and i // 8 < n_eights:
+            continue  # run by _sort_eight_rows
         for p in range(values.shape[1]):
             low, high = values[i, p], values[j, p]
             swap = high < low
