@@ -216,9 +216,17 @@ function rough_error(ratio::AbstractVector{Float32}, own::Float32)
     return 1.2533 * 1.4826 * Float64(mad) / sqrt(n)
 end
 
-"`excess > threshold * noise(model)` (`thr2` is the threshold squared), as pyapred's `_is_jump`."
-@inline is_jump(excess, model, inv_gain, var_read, thr2) =
-    excess > sqrt(thr2 * (max(model, 0.0) * inv_gain + var_read))
+"""
+    is_jump(excess, model, inv_gain, var_read, thr2)
+
+`excess > threshold * noise(model)` (`thr2` is the threshold squared), decided on the squares
+as pyapred's `_is_jump`: `excess > 0` and `excess^2 > thr2 * noise^2`, with no square root. A
+negative or NaN variance is no jump.
+"""
+@inline function is_jump(excess, model, inv_gain, var_read, thr2)
+    variance = thr2 * (max(model, 0.0) * inv_gain + var_read)
+    return (excess > 0.0) & (variance >= 0.0) & (excess * excess > variance)
+end
 
 """
     first_pass(chip, shape_index, shapes, threshold)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pyapred.solver.first_pass import _N_ROUGH, first_pass
+from pyapred.solver.first_pass import _N_ROUGH, _is_jump, first_pass
 
 
 def _reference(reads, shape_index, shapes, inv_gain, var_read, saturation, threshold):
@@ -127,3 +127,26 @@ def test_one_compiled_kernel_whatever_the_calibration_form():
     assert len(first_pass_kernel.signatures) == compiled
     for rate in rates[1:]:
         np.testing.assert_array_equal(rate, rates[0])
+
+
+def test_the_jump_test_on_squares_decides_as_the_square_root():
+    # excess^2 > threshold^2 noise^2 for a positive excess: the square root's decision wherever
+    # the two sides are not within rounding of each other, and no jump for a negative or NaN
+    # variance (whose square root is NaN).
+    rng = np.random.default_rng(7)
+    thr2 = 8.0**2
+    for _ in range(2000):
+        excess = rng.normal(0.0, 300.0)
+        model = rng.normal(500.0, 800.0)
+        inv_gain, var_read = rng.uniform(0.2, 2.0), rng.uniform(0.0, 400.0)
+        with np.errstate(invalid="ignore"):
+            want = excess > np.sqrt(thr2 * (max(model, 0.0) * inv_gain + var_read))
+        assert _is_jump(excess, model, inv_gain, var_read, thr2) == want
+    assert not _is_jump(1e3, 10.0, -1.0, 0.0, thr2)  # negative variance
+    assert not _is_jump(1e3, np.nan, 1.0, 1.0, thr2)
+    assert not _is_jump(np.nan, 10.0, 1.0, 1.0, thr2)
+    assert _is_jump(np.inf, 10.0, 1.0, 1.0, thr2)
+    assert not _is_jump(np.inf, np.inf, 1.0, 1.0, thr2)
+    assert _is_jump(1e-3, 0.0, 1.0, 0.0, thr2)  # no noise: any positive excess
+    assert not _is_jump(0.0, 0.0, 1.0, 0.0, thr2)
+    assert not _is_jump(-5.0, 0.0, 1.0, 0.0, thr2)
