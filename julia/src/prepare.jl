@@ -222,6 +222,13 @@ end
 `excess > threshold * noise(model)` (`thr2` is the threshold squared), decided on the squares
 as pyapred's `_is_jump`: `excess > 0` and `excess^2 > thr2 * noise^2`, with no square root. A
 negative or NaN variance is no jump.
+
+# Arguments
+- `excess`: the difference less its model, DN.
+- `model`: the model difference, DN; its photon noise counts where it is positive.
+- `inv_gain`: 1 / gain, DN/e-.
+- `var_read`: twice the single-read variance, DN^2.
+- `thr2`: the threshold squared, sigmas^2.
 """
 @inline function is_jump(excess, model, inv_gain, var_read, thr2)
     variance = thr2 * (max(model, 0.0) * inv_gain + var_read)

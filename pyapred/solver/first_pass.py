@@ -173,7 +173,7 @@ def _is_jump(excess, model, inv_gain, var_read, thr2):
     The same decision as ``excess > sqrt(threshold^2 noise^2)`` but where the two sides lie
     within rounding of each other (about 1e-16 relative); a negative or NaN variance is no jump,
     as its square root (NaN) was. The square root took a quarter of the first pass: vector
-    square roots issue one every few cycles (a 47-read chip 0.47 s -> 0.35 s, one thread, Zen 4).
+    square roots issue one every few cycles (a 47-read chip 0.46 s -> 0.37 s, one thread, Zen 4).
     """
     variance = thr2 * (max(model, 0.0) * inv_gain + var_read)
     return (excess > 0.0) & (variance >= 0.0) & (excess * excess > variance)
