@@ -308,8 +308,8 @@ def _exchange(low, high):
 
 @njit(cache=True, inline="always")
 def _sort_eight_rows(rows):
-    """Sort the columns of ``rows`` (8, B): phases 1 to 4 of :func:`_median_network` (19
-    comparators), with the eight values of each column in registers, read and written once."""
+    """Sort the columns of ``rows`` (8, B): the phases 1, 2 and 4 of :func:`_median_network`
+    (19 comparators), with the eight values of each column in registers, read and written once."""
     row0, row1, row2, row3 = rows[0], rows[1], rows[2], rows[3]
     row4, row5, row6, row7 = rows[4], rows[5], rows[6], rows[7]
     for p in range(rows.shape[1]):
@@ -369,10 +369,9 @@ def _sort_columns(values, network):
         if phase <= 4 and i // 8 < n_eights:
             continue  # run by _sort_eight_rows
         for p in range(values.shape[1]):
-            low, high = values[i, p], values[j, p]
-            swap = high < low
-            values[i, p] = (high if swap else low) + 0.0
-            values[j, p] = (low if swap else high) + 0.0
+            low, high = _exchange(values[i, p], values[j, p])
+            values[i, p] = low + 0.0
+            values[j, p] = high + 0.0
 
 
 @njit(cache=True, inline="always")
