@@ -602,10 +602,11 @@ the units of `reads` per read interval.
 """
 function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start = nothing,
         gain = 1.0, mask = nothing, read_times = nothing, saturation = nothing,
-        ref_index = nothing, rtol::Real = 1e-8, max_iter = 50,
+        ref_index = nothing, rtol = 1e-8, max_iter = 50,
         jump_search = false, jump_threshold = 4.5)
-    isfinite(rtol) && rtol > 0 || throw(ArgumentError("rtol: expected a finite value > 0"))
+    rtol = positive_option(rtol, "rtol")
     max_iter = count_option(max_iter, "max_iter", 1)
+    jump_search = flag_option(jump_search, "jump_search")
     if start === nothing
         start = fit_omega(reads, read_noise; gain, mask, read_times, saturation, ref_index,
             jump_search, jump_threshold)

@@ -277,6 +277,18 @@ function count_option(value, name, minimum)
 end
 
 """
+    positive_option(value, name)
+
+A finite number above 0 as pyapred's `_positive` takes it (`rtol`): a real number, not a
+`Bool`, as `Float64`; anything else an `ArgumentError` naming `name`.
+"""
+function positive_option(value, name)
+    value isa Real && !(value isa Bool) && isfinite(value) && value > 0 ||
+        throw(ArgumentError("$name: expected a finite value > 0, got $(repr(value))"))
+    return Float64(value)
+end
+
+"""
     flag_option(value, name)
 
 A true/false option as pyapred's `_flag` takes it: a `Bool`, or the integer 0 or 1.

@@ -1214,14 +1214,14 @@ dropped for a single group.
 Fluxes are in the units of `reads` per read interval.
 """
 function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
-        read_times = nothing, saturation = nothing, ref_index = nothing, rtol::Real = 1e-8,
+        read_times = nothing, saturation = nothing, ref_index = nothing, rtol = 1e-8,
         max_iter = 50, mode::AbstractString = "default", segments = nothing,
         jump_search = false, jump_threshold = 4.5)
     reference = check_mode(mode)
     # Counts and switches as pyapred takes them (2.0 is a count, true is not; 0 and 1 switch).
+    rtol = positive_option(rtol, "rtol")
     max_iter = count_option(max_iter, "max_iter", 1)
     jump_search = flag_option(jump_search, "jump_search")
-    isfinite(rtol) && rtol > 0 || throw(ArgumentError("rtol: expected a finite value > 0"))
     segments === nothing || !reference ||
         throw(ArgumentError("segments: not available with mode = \"reference\""))
     jump_search && check_threshold(jump_threshold, "jump_threshold")

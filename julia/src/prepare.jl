@@ -141,9 +141,11 @@ function rough_omega(reads::AbstractArray{<:Real, 3}, traces::Traces, saturation
     ratio = Vector{Float32}(undef, m)
     shape_error = Vector{Float64}(undef, K)
     for f in 1:nf
-        top = 0.0f0
+        # pyapred: nanmax(where(isfinite(level), level, 0)): 0 stands in for a non-finite
+        # level only, so a fiber whose levels are all negative keeps its own (negative) top.
+        top = -Inf32
         for j in 1:m
-            isfinite(level[j, f]) && (top = max(top, level[j, f]))
+            top = max(top, isfinite(level[j, f]) ? level[j, f] : 0.0f0)
         end
         half = 0.5f0 * top
         for k in 1:K

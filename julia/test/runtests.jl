@@ -556,6 +556,7 @@ end
             burn_in = 1)
         @test fit_omega(reads, 15.0; max_iter = 50.0).omega == fit.omega
         @test_throws "max_iter: expected an integer" fit_omega(reads, 15.0; max_iter = true)
+        @test_throws "rtol: expected a finite value > 0" fit_omega(reads, 15.0; rtol = true)
         @test_throws "jump_search: expected true or false" fit_omega(reads, 15.0;
             jump_search = 2)
         @test_throws "n_pass: expected an integer" extract_fluxes(reads, 15.0,
@@ -778,6 +779,11 @@ end
             zeros(K, 1), zeros(K, 1), [true], fit_pixel)
         @test change == [0.0]
         @test_throws ArgumentError fit_omega_chromatic(reads, 12.0, c; rtol = 0.0)
+        # As pyapred's _positive and _flag: rtol no Bool, jump_search checked with a start too.
+        @test_throws "rtol: expected a finite value > 0" fit_omega_chromatic(reads, 12.0, c;
+            rtol = true)
+        @test_throws "jump_search: expected true or false" fit_omega_chromatic(reads, 12.0, c;
+            start, jump_search = 2)
         @test_throws ArgumentError fit_omega_chromatic(reads, 12.0, fill(NaN, n_pix))
     end
 
