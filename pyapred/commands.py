@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import math
-import os
 import sys
 import tempfile
 import time
@@ -23,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .arguments import MAX_READS, MAX_SEED, at_least, file_argument, json_line, path_argument
 from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK, InputError
 
 log = logging.getLogger(__name__)
@@ -31,28 +29,6 @@ log = logging.getLogger(__name__)
 def _num(value, spec: str = ".2f") -> str:
     """A figure of the demo's report, or ``n/a`` where there was nothing to measure."""
     return "n/a" if value is None else format(value, spec)
-
-
-def json_line(value, *, indent: int | None = None) -> str:
-    """A JSON line of a summary (NumPy scalars and paths included); a NaN or infinite number is
-    null (``NaN`` and ``Infinity`` are no JSON: a reader refuses the line). With ``indent``,
-    the same JSON on several lines (a file, or a long summary)."""
-
-    def plain(item):
-        if isinstance(item, np.generic):
-            return clean(item.item())
-        return str(item)
-
-    def clean(item):
-        if isinstance(item, float) and not math.isfinite(item):
-            return None
-        if isinstance(item, dict):
-            return {key: clean(v) for key, v in item.items()}
-        if isinstance(item, (list, tuple)):
-            return [clean(v) for v in item]
-        return item
-
-    return json.dumps(clean(value), default=plain, allow_nan=False, indent=indent)
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,47 +53,6 @@ class DeprecatedFlag(argparse.Action):
             f"{parser.prog}: warning: {message}",
         ]
         setattr(namespace, self.dest, values)
-
-
-#: The most reads a simulated or cross-checked exposure may have (APOGEE's are ~10-60): beyond
-#: it a typing error asks for tens of GB before failing.
-MAX_READS = 1000
-#: Seeds NumPy's generators take: whole numbers from 0 to 2**63 - 1.
-MAX_SEED = 2**63 - 1
-
-
-def at_least(minimum: int, maximum: int | None = None):
-    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``; the error names the
-    flag)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum or (maximum is not None and value > maximum):
-            within = f">= {minimum}" if maximum is None else f"{minimum} to {maximum}"
-            raise argparse.ArgumentTypeError(f"expected an integer {within}, got {text!r}")
-        return value
-
-    return parse
-
-
-def path_argument(text: str) -> Path:
-    """An argparse ``type`` for a path: an empty name is refused (``Path("")`` is the current
-    folder, where ``--plots ""`` wrote its plots)."""
-    if not text:
-        raise argparse.ArgumentTypeError("expected a path, found an empty name")
-    return Path(text)
-
-
-def file_argument(text: str) -> Path:
-    """An argparse ``type`` for an output file: not empty, and not a folder's name ending in a
-    separator (``Path("new/")`` is ``new``: ``--out new/`` wrote a file of that name)."""
-    path = path_argument(text)
-    if text.endswith(("/", os.sep)):
-        raise argparse.ArgumentTypeError(f"expected a file name, found a folder name {text!r}")
-    return path
 
 
 def _chip_letters(text: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .commands import MAX_READS, MAX_SEED, at_least, json_line
+from .arguments import MAX_READS, MAX_SEED, at_least, json_line
 from .errors import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_OK, InputError
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,8 @@
 Nothing of ``pyapred`` is imported: every ``.py`` file under ``pyapred/`` is parsed, and every
 import found anywhere in it counts -- at module level, inside functions and methods, under
 ``if TYPE_CHECKING:`` -- together with ``importlib.import_module("pyapred.x")`` calls whose
-target is a literal string.
+target is a literal string, and ``pyapred.cli``'s ``_delegate("pyapred.x")`` (a subcommand's
+module, imported when the subcommand runs).
 
 Rule 1, no import cycle. The modules of ``pyapred`` and the imports between them form a graph;
 no group of modules may import each other round in a circle. An import is an edge to the module
@@ -18,6 +19,11 @@ Rule 2, private names stay home. A module or name starting with one underscore (
 ``pyapred.io.product`` it is ``pyapred.io``. Only modules inside that package may import it.
 The top-level package is narrower: only the modules directly in ``pyapred/`` may import a
 private thing of ``pyapred`` itself.
+
+Rule 3, dependencies point downwards. :data:`LAYERS` lists the package's parts from the top
+down, as the diagram of ``docs/architecture.md`` does; a module may import its own part and the
+parts below it, never one above. (Importing an ancestor package, such as ``pyapred`` for its
+public names, is no edge, as in rule 1.)
 """
 
 from __future__ import annotations
@@ -113,12 +119,12 @@ def literal_string(node: ast.expr) -> str | None:
 
 
 def is_import_module_call(node: ast.AST) -> bool:
-    """``import_module(...)`` or ``importlib.import_module(...)``."""
+    """``import_module(...)``, ``importlib.import_module(...)`` or ``_delegate(...)``."""
     if not isinstance(node, ast.Call):
         return False
     func = node.func
     name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
-    return name == "import_module"
+    return name in ("import_module", "_delegate")
 
 
 def imported_paths(node: ast.AST, importer: str, modules: dict[str, Path]) -> Iterator[str]:
@@ -275,6 +281,65 @@ def private_violations(imports: list[Import], modules: dict[str, Path]) -> list[
 
 
 # ----------------------------------------------------------------------------------------------
+# Rule 3: the layers
+# ----------------------------------------------------------------------------------------------
+#: The parts of pyapred from the top down (docs/architecture.md's diagram, line by line): a
+#: module belongs to the longest name here that it is or sits in. ``pyapred`` alone is the
+#: package's ``__init__.py`` (its public names). A subcommand's own module belongs to the
+#: commands wherever its folder is (``noise/cli.py``, ``guider/cli.py`` with ``guider/``), and
+#: ``noise/stress.py``, the stress study that ``pyapred noise`` runs, sits with the studies.
+LAYERS = (
+    "pyapred.__main__",
+    "pyapred.cli",
+    "pyapred.commands",
+    "pyapred.night",
+    "pyapred.plots",
+    "pyapred.guider",
+    "pyapred.validate",
+    "pyapred.crossval",
+    "pyapred.noise.cli",
+    "pyapred.noise.stress",
+    "pyapred.pipeline",
+    "pyapred.exposure",
+    "pyapred",
+    "pyapred.simulate",
+    "pyapred.chromatic",
+    "pyapred.traces",
+    "pyapred.noise",
+    "pyapred.conformance",
+    "pyapred.io",
+    "pyapred.solver",
+    "pyapred.arguments",
+    "pyapred.errors",
+)
+
+
+def layer_of(module: str, layers: tuple[str, ...] = LAYERS) -> int:
+    """The index in ``layers`` of the longest name that ``module`` is or sits in (``pyapred``
+    itself only for the package's ``__init__.py``)."""
+    found = [
+        i
+        for i, name in enumerate(layers)
+        if module == name or (name != TOP and module.startswith(name + "."))
+    ]
+    if not found:
+        raise ValueError(f"{module}: in no part of LAYERS; add it where the diagram has it")
+    return max(found, key=lambda i: len(layers[i]))
+
+
+def upward_imports(
+    graph: dict[str, dict[str, list[str]]], layers: tuple[str, ...] = LAYERS
+) -> list[str]:
+    return [
+        f"{', '.join(places)}: {importer} ({layers[layer_of(importer, layers)]}) imports "
+        f"{target} ({layers[layer_of(target, layers)]}), which is above it"
+        for importer, targets in sorted(graph.items())
+        for target, places in sorted(targets.items())
+        if layer_of(target, layers) < layer_of(importer, layers)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
 # The tests on pyapred
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -292,6 +357,13 @@ def test_no_import_cycle(modules):
         report.extend(f"  cycle: {describe_cycle(graph, c)}" for c in simple_cycles(graph, group))
     if report:
         pytest.fail("import cycles in pyapred:\n" + "\n".join(report), pytrace=False)
+
+
+def test_every_import_points_downwards(modules):
+    upward = upward_imports(import_graph(all_imports(modules)))
+    if upward:
+        pytest.fail("imports against the layers of docs/architecture.md:\n" + "\n".join(upward),
+                    pytrace=False)  # fmt: skip
 
 
 def test_no_private_import_from_outside_its_package(modules):
@@ -403,3 +475,23 @@ def test_private_rule(importer, imported, allowed):
     fake |= {name: Path("m.py") for name in ["pyapred.solver._numpy", "pyapred.io.product"]}
     imp = Import(importer, "f:1", imported, nearest_module(imported, fake))
     assert (private_violations([imp], fake) == []) is allowed
+
+
+def test_layer_rule():
+    """The longest name decides a module's part; an import may go down or stay, never up."""
+    layers = ("pyapred.cli", "pyapred.noise.cli", "pyapred.exposure", "pyapred", "pyapred.noise")
+    assert layer_of("pyapred.noise.cli", layers) == 1
+    assert layer_of("pyapred.noise.hxrg", layers) == 4
+    assert layer_of("pyapred", layers) == 3
+    with pytest.raises(ValueError, match="pyapred.io"):
+        layer_of("pyapred.io", layers)
+    graph = {
+        "pyapred.cli": {"pyapred.noise.cli": ["cli.py:1"]},  # down
+        "pyapred.noise.cli": {"pyapred.noise.hxrg": ["cli.py:2"]},  # down
+        "pyapred.noise.hxrg": {"pyapred.exposure.inputs": ["hxrg.py:3"]},  # up
+        "pyapred.exposure.driver": {"pyapred.exposure.inputs": ["driver.py:4"]},  # same part
+    }
+    assert upward_imports(graph, layers) == [
+        "hxrg.py:3: pyapred.noise.hxrg (pyapred.noise) imports pyapred.exposure.inputs "
+        "(pyapred.exposure), which is above it"
+    ]

@@ -246,7 +246,7 @@ def test_empty_paths_and_folder_names_for_files_are_refused_at_the_flag(
 
 def test_json_lines_say_null_for_nan_and_infinity():
     """``pyapred demo --json`` and ``noise stress --json`` printed bare NaN: no JSON."""
-    from pyapred.commands import json_line
+    from pyapred.arguments import json_line
 
     line = json_line({"a": float("nan"), "b": [np.float64("inf"), 1.5], "c": np.float32(2.0)})
     assert json.loads(line) == {"a": None, "b": [None, 1.5], "c": 2.0}

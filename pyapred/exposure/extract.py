@@ -32,7 +32,7 @@ class ChipResult:
     flux, flux_var, chi2, n_diff, flags : ndarray, ``(ny, nx)``
         As in :class:`~pyapred.solver.FluxFit` (DN per read interval; ``n_diff`` as int16), plus
         the pipeline's pixel flags ``JUMP_DETECTED`` and ``BACKGROUND``. None once written to a
-        product by :func:`fit_to_product`.
+        product by :func:`run_exposure` with ``product=``.
     fiber : ndarray of int16, ``(ny, nx)``
         Fiber whose omega each pixel used; -1 for background and reference columns.
     constant : FluxFit or None

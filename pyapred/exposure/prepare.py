@@ -61,7 +61,7 @@ class PreparedChip:
     rate : ndarray, float32, ``(ny, nx)``
         Robust rate estimate, DN per read: the mean of the shape-corrected differences that are
         not jumps. ``pixel_map``, ``saturated`` and ``rate`` are None once the chip was written
-        by :func:`fit_to_product`.
+        by :func:`run_exposure` with ``product=``.
     omega_rough : ndarray, ``(n_fibers, K)``
         Per-fiber shape of the differences used by the jump detector (mean 1).
     """

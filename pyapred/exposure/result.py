@@ -17,7 +17,7 @@ __all__ = ["ExposureResult"]
 
 @dataclass(frozen=True)
 class ExposureResult:
-    """Everything :func:`fit_exposure` produced, by chip name.
+    """Everything :func:`run_exposure` produced, by chip name.
 
     Attributes
     ----------

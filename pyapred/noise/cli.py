@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..commands import MAX_READS, MAX_SEED, at_least, json_line, path_argument
+from ..arguments import MAX_READS, MAX_SEED, at_least, json_line, path_argument
 from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
 from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise
 from .segments import DEFAULT_SEGMENT_COLUMNS

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..commands import MAX_SEED, at_least, json_line, path_argument
+from ..arguments import MAX_SEED, at_least, json_line, path_argument
 from ..errors import EXIT_FLAGGED, EXIT_OK
 from ..simulate import omega_uniform, simulate_ramps
 from ..solver import extract_fluxes, fit_constant, fit_equal_weight, fit_omega
