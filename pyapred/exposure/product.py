@@ -30,7 +30,8 @@ class ProductParts:
     metadata : dict
         The ``metadata`` group: ``fit_options``
         (:meth:`~pyapred.exposure.FitOptions.to_record`), the exposure's identity (``telescope``,
-        ``mjd``, ``expnum``, from the input file names) and timing cards.
+        ``mjd``, ``expnum``, from the input file names and the identity overrides; no ``expnum``
+        where the names number no exposure) and timing cards.
     inputs : list of str
         Input files then trace files, hashed into the product.
     backend : str
@@ -130,12 +131,16 @@ def _offset_summary(result: ExposureResult) -> dict:
 
 
 def _identity(exposure: dict | None) -> dict:
-    """``telescope``, ``mjd`` (SJD) and ``expnum`` of the exposure the driver read (empty for chips
-    given in memory, or a file whose name numbers no exposure)."""
+    """``telescope``, ``mjd`` (SJD) and ``expnum`` of the exposure the driver read, from its file
+    names and the ``--chip``, ``--telescope`` and ``--mjd`` overrides: empty for chips given in
+    memory, and no ``expnum`` for a file whose name numbers no exposure (the overrides name its
+    telescope and night, not its number)."""
     from ..io.apz import EXPNUM_MJD_ZERO
 
-    if not exposure or not exposure.get("number"):
+    if not exposure:
         return {}
     mjd = int(exposure["mjd"])
-    expnum = (mjd - EXPNUM_MJD_ZERO) * 10000 + int(exposure["number"])
-    return {"telescope": exposure["telescope"], "mjd": mjd, "expnum": expnum}
+    identity = {"telescope": exposure["telescope"], "mjd": mjd}
+    if exposure.get("number"):
+        identity["expnum"] = (mjd - EXPNUM_MJD_ZERO) * 10000 + int(exposure["number"])
+    return identity

@@ -555,6 +555,9 @@ def test_renamed_input_fits_with_the_identity_flags(one_chip, tmp_path, capsys):
     np.testing.assert_array_equal(fitted.chips["R"].rate, reference.chips["R"].rate)
     np.testing.assert_array_equal(fitted.fibers["R"].omega, reference.fibers["R"].omega)
     assert list(fitted.metadata["input_files"]) == [renamed.name, trace.name]
+    # The overrides name the exposure's telescope and night in the product; no number is known.
+    assert fitted.metadata["telescope"] == "apo" and int(fitted.metadata["mjd"]) == 60781
+    assert "expnum" not in fitted.metadata
 
 
 def test_identity_flags_override_the_name(one_chip, tmp_path, capsys):
