@@ -229,7 +229,9 @@ class FitOptions:
         False, "memory", "also extract every pixel with the constant model", record=False
     )
     keep_fit_reads: bool = _option(
-        True, "memory", "keep the fit pixels' reads (ramp plots)", record=False
+        True, "memory", "keep the fit pixels' reads, for ramp plots (default: True in Python; "
+        "pyapred fit keeps them with --plots or this flag only, pyapred night never)",
+        record=False,
     )
 
     def __post_init__(self):
