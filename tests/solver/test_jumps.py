@@ -674,3 +674,17 @@ def test_finish_groups_completes_an_unfinished_fit_to_the_bit():
     with pytest.raises(ValueError, match="finish=False"):
         _numpy.fit_omega_groups(diffs, valid, s2, np.ones(K), fit_pixel, finish=False,
                                 **options | {"reference": True})  # fmt: skip
+
+
+def test_the_packed_mask_of_a_row_is_numpys_packbits():
+    """``_pack_unused`` (a word and a multiplication for each whole byte) writes what
+    ``np.packbits(usable == 0)`` does, for whole and partial last bytes."""
+    from pyapred.solver._jumps import _pack_unused
+
+    rng = np.random.default_rng(5)
+    for n in [*range(1, 26), 255, 256]:
+        for fraction in (0.0, 0.5, 1.0):
+            usable = (rng.random(n) < fraction).astype(np.uint8)
+            out = np.full((n + 7) // 8, 0xAA, dtype=np.uint8)
+            _pack_unused(usable, out)
+            np.testing.assert_array_equal(out, np.packbits(usable == 0), err_msg=f"n={n}")
