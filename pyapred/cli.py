@@ -321,7 +321,11 @@ def _output(args: argparse.Namespace) -> Iterator[logging.Logger]:
     handlers: list[logging.Handler] = [console]
     if log_path is not None:
         try:
-            log_file = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+            # A path or argument that is not UTF-8 (a file name's raw bytes) is escaped, not
+            # a logging error on stderr and a line lost.
+            log_file = logging.FileHandler(
+                log_path, mode="a", encoding="utf-8", errors="backslashreplace"
+            )
         except OSError as exc:
             raise InputError(log_path, "--log", "a file pyapred can write to",
                              exc.strerror or str(exc)) from None  # fmt: skip
@@ -341,8 +345,11 @@ def _output(args: argparse.Namespace) -> Iterator[logging.Logger]:
     warnings.formatwarning = _warning_line
     stdout = sys.stdout
     with contextlib.ExitStack() as stack:
+        # A file name that is not UTF-8 (its bytes held as surrogates) is printed as its own
+        # bytes: with strict errors, the summary that names it failed after the work was done.
+        stack.enter_context(_printable_file_names(stdout))
         if quiet and not as_json:
-            stdout = stack.enter_context(open(os.devnull, "w"))
+            stdout = stack.enter_context(open(os.devnull, "w", errors="surrogateescape"))
         if log_path is not None:
             from .io.atomic import kept_file
 
@@ -363,6 +370,26 @@ def _output(args: argparse.Namespace) -> Iterator[logging.Logger]:
                     logger.handlers = old
                 for handler in handlers:
                     handler.close()
+
+
+@contextlib.contextmanager
+def _printable_file_names(stream) -> Iterator[None]:
+    """``stream`` (a text stream) writes the surrogates of undecodable file-name bytes as those
+    bytes (``surrogateescape``) while the block runs; its own setting is restored after. A
+    stream that cannot be reconfigured (a notebook's, a test's capture) is left as it is."""
+    errors = getattr(stream, "errors", None)
+    if errors in (None, "surrogateescape") or not hasattr(stream, "reconfigure"):
+        yield
+        return
+    try:
+        stream.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        yield
+        return
+    try:
+        yield
+    finally:
+        stream.reconfigure(errors=errors)
 
 
 def _announce_compilation(command: str, log: logging.Logger) -> None:
@@ -457,9 +484,29 @@ def console(argv: Sequence[str] | None = None) -> int:
     """
     _without_huge_page_advice()
     _large_arrays_from_the_heap()
+    _stop_as_interrupted()
     code = main(argv)
     _no_collections_at_exit()
     return code
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command is, so that it stops as at Ctrl-C."""
+
+
+def _stop_as_interrupted() -> None:
+    """SIGTERM (a batch system's time limit, ``timeout``, systemd) and SIGHUP (a closed
+    terminal) stop the command as Ctrl-C does: its open outputs' temporaries are removed and
+    it says so in one line, with :data:`~pyapred.errors.EXIT_INTERRUPTED`. Their default
+    action ended the process at once, leaving a half-written product's temporary."""
+    import signal
+
+    def stop(signum: int, frame) -> None:
+        raise _Stopped(signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):  # not on Windows
+            signal.signal(getattr(signal, name), stop)
 
 
 def _no_collections_at_exit() -> None:
@@ -501,10 +548,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reason = exc.strerror or str(exc)
                 log.error("pyapred %s: error: %s: %s", command, where, reason)
                 code = EXIT_BAD_INPUT
-            except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback of whatever ran
+            except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback of whatever ran
                 kept = " (finished exposures are kept: run it again to resume)"
                 kept = kept if command == "night" else ""
-                log.error("pyapred %s: interrupted%s", command, kept)
+                by = f" by {exc}" if isinstance(exc, _Stopped) else ""  # SIGTERM, SIGHUP
+                log.error("pyapred %s: interrupted%s%s", command, by, kept)
                 code = EXIT_INTERRUPTED
             run_log.info("exit code %d after %.1f s", code, time.perf_counter() - start)
             return code

@@ -211,7 +211,7 @@ def fit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fit_run(args: argparse.Namespace) -> int:
     """Fit omega per fiber, choose models, extract every pixel, write the product."""
-    from .exposure import options_from_arguments, resolve_backend, run_exposure
+    from .exposure import config_source, options_from_arguments, resolve_backend, run_exposure
     from .io.paths import check_input_file, check_output_path, remove_stale_temporaries
 
     options = options_from_arguments(args)
@@ -231,7 +231,8 @@ def fit_run(args: argparse.Namespace) -> int:
     # A renamed input's chip, telescope and night (one input: run_exposure checks it).
     identity = {k: getattr(args, k) for k in ("chip", "telescope", "mjd")}
     identity = {k: v for k, v in identity.items() if v is not None}
-    options = dataclasses.replace(options, backend=resolve_backend(options.backend))
+    backend = resolve_backend(options.backend, source=config_source(args, "backend"))
+    options = dataclasses.replace(options, backend=backend)
     # Every path is checked before any work: nothing is fitted for an output that cannot be
     # written, and no output may replace an input.
     flagged = [("inputs", path) for path in args.inputs]
@@ -241,11 +242,18 @@ def fit_run(args: argparse.Namespace) -> int:
     inputs = [check_input_file(path, flag) for flag, path in flagged]
     check_output_path(args.out, "--out", inputs=inputs, overwrite=args.overwrite)
     if args.plots is not None:
+        # Checked before it is resolved: a loop of symbolic links is refused here, by name.
+        check_output_path(args.plots, "--plots", inputs=[*inputs, args.out], folder=True)
         if Path(args.plots).resolve() == Path(args.out).resolve():
             raise InputError(args.plots, "--plots", "a folder other than --out", str(args.out))
-        check_output_path(args.plots, "--plots", inputs=[*inputs, args.out], folder=True)
         from .plots import PLOT_NAME
 
+        # What the plots would replace: a folder or a special file named like a plot is
+        # refused now, not after the fit (a plot replaces a file of its name, as --overwrite).
+        if Path(args.plots).is_dir():
+            for entry in sorted(Path(args.plots).iterdir()):
+                if PLOT_NAME.fullmatch(entry.name):
+                    check_output_path(entry, "--plots", inputs=inputs, overwrite=True)
         # A plot written over the product (exit 0), the log or an input (a config named like
         # a plot in the --plots folder), after the whole fit.
         named = [("--out", args.out), ("--log", getattr(args, "log", None)), *flagged]

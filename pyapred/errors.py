@@ -19,7 +19,8 @@ __all__ = [
 #: Exit codes of every ``pyapred`` subcommand: 0 ok; 1 a fit problem was flagged, a check failed
 #: or (``crossval``) the backends differ; 2 bad input (or, for ``crossval``, no Julia).
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
-#: Exit code of a command stopped by Ctrl-C (SIGINT): 128 + 2, as shells report it.
+#: Exit code of a command stopped by Ctrl-C (SIGINT): 128 + 2, as shells report it. The
+#: ``pyapred`` executable ends the same way when it is asked to stop (SIGTERM, SIGHUP).
 EXIT_INTERRUPTED = 130
 
 

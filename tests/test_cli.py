@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import time
 
 import numpy as np
 import pytest
@@ -265,3 +266,87 @@ def test_demo_checks_what_it_writes_before_the_work(tmp_path, capsys):
     assert main([*argv, "--chips", "R"]) == 2
     assert "product.h5: --out: expected a new or regular file" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["product.h5"]
+
+
+# ------------------------------------------------------------------------------------------
+# Outputs named oddly, stops asked for, a setting that cannot be had (an audit's cases)
+# ------------------------------------------------------------------------------------------
+@pytest.fixture
+def small_fit(tmp_path):
+    """``pyapred fit``'s arguments for a small one-chip exposure (no ``--out``)."""
+    from pyapred.simulate import simulate_exposure, write_simulated_exposure
+
+    sim = simulate_exposure("clouds", seed=3, n_fibers=12, n_columns=32, ref_columns=0,
+                            n_reads=8, chips=("R",))  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path / "raw")
+    return ["fit", str(paths["apz"][0]), "--traces", str(paths["traces"][0])]
+
+
+def test_file_names_that_are_not_utf8_are_printed_and_logged(small_fit, tmp_path, capsys):
+    """A name's undecodable bytes (held as surrogates) reach the summary and the log: with
+    ``--quiet`` the summary went to a strict devnull and failed after the fit, and the log
+    lost its command line to a logging error on stderr."""
+    out = tmp_path / "p\udcff.h5"
+    log = tmp_path / "run.log"
+    assert main([*small_fit, "--out", str(out), "--quiet", "--log", str(log)]) in (0, 1)
+    assert out.exists()
+    assert "Logging error" not in capsys.readouterr().err
+    text = log.read_text(encoding="utf-8")
+    assert "pyapred fit " in text and "p\\udcff.h5" in text
+
+
+def test_plot_paths_are_checked_before_the_fit(small_fit, tmp_path, capsys):
+    """A ``--plots`` that is a loop of links, and a folder named like a plot in it, are refused
+    before any work (a traceback, and an error after the product was written)."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    out = tmp_path / "p.h5"
+    assert main([*small_fit, "--out", str(out), "--plots", str(loop)]) == 2
+    assert "--plots" in capsys.readouterr().err and not out.exists()
+    plots = tmp_path / "plots"
+    (plots / "omega_R.png").mkdir(parents=True)
+    assert main([*small_fit, "--out", str(out), "--plots", str(plots)]) == 2
+    err = capsys.readouterr().err
+    assert "omega_R.png" in err and "--plots" in err and "a file name" in err
+    assert not out.exists()
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(small_fit, tmp_path, monkeypatch, capsys):
+    """The executable's SIGTERM and SIGHUP raise where the command is (its temporaries are
+    removed on the way out) and end it with one line and exit 130."""
+    import os
+    import signal
+
+    from pyapred import cli, commands
+
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGTERM", "SIGHUP")}
+    try:
+        cli._stop_as_interrupted()
+        with pytest.raises(KeyboardInterrupt, match="SIGHUP"):
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)  # the handler raises at the next instruction, well before
+    finally:
+        for name, handler in saved.items():
+            signal.signal(getattr(signal, name), handler)
+
+    def stopped(args):
+        raise cli._Stopped("SIGTERM")
+
+    monkeypatch.setattr(commands, "fit_run", stopped)
+    assert main([*small_fit, "--out", str(tmp_path / "p.h5")]) == 130
+    assert capsys.readouterr().err.strip() == "pyapred fit: interrupted by SIGTERM"
+
+
+def test_a_julia_backend_from_a_config_file_names_the_file(small_fit, tmp_path, monkeypatch,
+                                                           capsys):  # fmt: skip
+    from pyapred.solver import _julia
+
+    monkeypatch.setattr(_julia, "_missing_reason", lambda: "no Julia runtime: (test)")
+    config = tmp_path / "c.toml"
+    config.write_text("[solver]\nbackend = 'julia'\n")
+    argv = [*small_fit, "--out", str(tmp_path / "p.h5"), "--config", str(config)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: backend: expected a Julia runtime" in err
+    assert main([*argv, "--backend", "julia"]) == 2  # the flag given: named
+    assert "--backend: expected a Julia runtime" in capsys.readouterr().err

@@ -43,7 +43,13 @@ from .inputs import (
     load_chip,
     match_inputs,
 )
-from .options import FitOptions, add_option_arguments, options_from_arguments, read_config
+from .options import (
+    FitOptions,
+    add_option_arguments,
+    config_source,
+    options_from_arguments,
+    read_config,
+)
 from .prepare import PreparedChip, correct_1f, prepare_chip, release_fit_reads
 from .product import ProductParts, product_parts
 from .result import ExposureResult
@@ -76,6 +82,7 @@ __all__ = [
     "load_chip",
     "match_inputs",
     "options_from_arguments",
+    "config_source",
     "prepare_chip",
     "product_parts",
     "read_config",

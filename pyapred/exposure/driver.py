@@ -233,13 +233,21 @@ def write_exposure(
     )  # fmt: skip
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str, *, source: str | None = None) -> str:
     """``"numpy"`` or ``"julia"``: ``"auto"`` is Julia where it loads; ``"julia"`` must load.
+
+    Parameters
+    ----------
+    backend : str
+    source : str, optional
+        The config file the setting came from (``--config``), named in the error; default the
+        ``--backend`` flag.
 
     Raises
     ------
     InputError
-        ``"julia"`` where no Julia runtime can be loaded; the message names what is missing.
+        ``"julia"`` where no Julia runtime can be loaded; the message names what is missing,
+        and the flag or the config file and key that asked for Julia.
     """
     from ..solver import JuliaBackendError, julia_available, load_julia
 
@@ -250,9 +258,9 @@ def resolve_backend(backend: str) -> str:
     try:
         load_julia()
     except JuliaBackendError as exc:
-        # The setting may come from --config: named as the flag once ("--backend: backend: ").
+        where, field = ("--backend", "--backend") if source is None else (source, "backend")
         raise InputError(
-            "--backend", "--backend", "a Julia runtime with juliacall for the julia backend (pip "
+            where, field, "a Julia runtime with juliacall for the julia backend (pip "
             "install 'pyapred[julia]'; docs/julia.md), or the numpy backend", exc.reason,
         ) from None  # fmt: skip
     return backend

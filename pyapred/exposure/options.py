@@ -229,7 +229,9 @@ class FitOptions:
         False, "memory", "also extract every pixel with the constant model", record=False
     )
     keep_fit_reads: bool = _option(
-        True, "memory", "keep the fit pixels' reads, for ramp plots (default: True in Python; "
+        True,
+        "memory",
+        "keep the fit pixels' reads, for ramp plots (default: True in Python; "
         "pyapred fit keeps them with --plots or this flag only, pyapred night never)",
         record=False,
     )
@@ -540,6 +542,13 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
                 flag, dest=item.name, type=kind, choices=_choices(item),
                 default=argparse.SUPPRESS, help=text, metavar=item.metadata["metavar"],
             )  # fmt: skip
+
+
+def config_source(args: argparse.Namespace, name: str) -> str | None:
+    """The ``--config`` file that set the option ``name`` of parsed arguments, for an error to
+    name; None where its flag was given, or no config file (the flag, or the default)."""
+    config = getattr(args, "config", None)
+    return None if hasattr(args, name) or config is None else str(config)
 
 
 def options_from_arguments(args: argparse.Namespace, **fixed: Any) -> FitOptions:

@@ -586,13 +586,22 @@ class ProductWriter:
             write_value(group, key, value, units=units, description=description, axes=axes)
         self._finished = True
 
-    def __exit__(self, *exc_info) -> None:
-        self._handle.close()
-        if exc_info[0] is None and not self._finished:
-            exc_info = (RuntimeError, RuntimeError(f"{self.path}: finish() was not called"), None)
-            self._atomic.__exit__(*exc_info)
-            raise exc_info[1]
-        self._atomic.__exit__(*exc_info)
+    def __exit__(self, exc_type, raised, traceback) -> None:
+        error = raised
+        try:
+            self._handle.close()
+        except Exception as exc:  # closing flushes: a full disk or a quota may show only here
+            if error is None:
+                error = OSError(None, f"not written ({exc})", str(self.path))
+        if error is None and not self._finished:
+            error = RuntimeError(f"{self.path}: finish() was not called")
+        self._atomic.__exit__(type(error) if error else None, error, None)
+        if isinstance(error, OSError) and error.filename is None:
+            # A write that failed (HDF5's, into the temporary file) is said of the product, so
+            # that the commands name it (exit 2), not HDF5's RuntimeError from the close.
+            raise OSError(error.errno, error.strerror or str(error), str(self.path)) from error
+        if error is not raised:
+            raise error
 
 
 def _default_threads() -> int:

@@ -170,6 +170,40 @@ def test_product_writer_leaves_nothing_unless_finished(tmp_path):
         ProductWriter(tmp_path / "p.fits")
 
 
+def test_a_product_that_cannot_be_written_is_an_os_error_naming_it(tmp_path, monkeypatch):
+    """A full disk: HDF5's failed write (an OSError naming no file), and its RuntimeError from
+    the close that follows, become one OSError naming the product (the commands' exit 2); the
+    temporary file goes and an earlier product stays."""
+    import errno
+
+    rng = np.random.default_rng(10)
+    path = write_product(tmp_path / "p.h5", chips={"R": make_chip(rng)})
+    before = path.read_bytes()
+
+    def full(group, images, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(product_module, "_write_images", full)
+    with pytest.raises(OSError, match="File too large") as raised:
+        with ProductWriter(path, overwrite=True) as writer:
+            writer.add_chip("R", make_chip(rng))
+    assert raised.value.filename == str(path) and raised.value.errno == errno.EFBIG
+    monkeypatch.undo()
+
+    def failing_close(self):
+        raise RuntimeError("Can't decrement id ref count (unable to extend file properly)")
+
+    monkeypatch.setattr(h5py.File, "close", failing_close)
+    with pytest.raises(OSError, match="unable to extend file") as raised:
+        with ProductWriter(path, overwrite=True) as writer:
+            writer.add_chip("R", make_chip(rng))
+            writer.finish()
+    assert raised.value.filename == str(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["p.h5"]
+
+
 def test_crash_mid_fits_write_leaves_nothing(tmp_path, monkeypatch):
     def crash(tmp, *args):
         tmp.write_bytes(b"SIMPLE  =                    T")  # a partial file
