@@ -160,14 +160,18 @@ def _expected(name: str) -> str:
 
 
 def _header_number(path, header, name: str, given, default=None) -> float:
-    """``given`` (from its option), else the header card of ``name`` or ``default``, in range."""
+    """``given`` (from its option), else the header card of ``name`` or ``default``, in range.
+
+    A logical (a FITS ``T``, which astropy reads as True; a NumPy bool) is no number: ``float``
+    made ``SATURATE = T`` a saturation of 1 DN, every pixel flagged saturated.
+    """
     keyword, option = _CARDS[name]
     field_name = option if given is not None else f"header keyword {keyword}"
     value = given if given is not None else header.get(keyword, default)
     if value is None:
         raise InputError(path, field_name, f"a number (or pass {option})", "nothing")
     try:
-        number = float(value)
+        number = float("nan") if isinstance(value, (bool, np.bool_)) else float(value)
     except (TypeError, ValueError):
         number = float("nan")
     low, high = CALIBRATION_BOUNDS[name]

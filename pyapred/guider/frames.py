@@ -48,6 +48,8 @@ _SDSSV_NAME = re.compile(r"(?:proc-)?gimg-(gfa\d)([ns])-(\d+)\.fits", re.IGNOREC
 def header_number(value) -> float:
     """A header value as float; NaN for missing, non-numeric or sentinel (<= -900) values.
 
+    A logical (FITS ``T``/``F``, a Python or NumPy bool) is not a number: ``float(True)`` is 1.
+
     Parameters
     ----------
     value : object
@@ -57,11 +59,30 @@ def header_number(value) -> float:
     -------
     float
     """
+    if isinstance(value, (bool, np.bool_)):
+        return math.nan
     try:
         x = float(value)
     except (TypeError, ValueError):
         return math.nan
     return x if math.isfinite(x) and x > SENTINEL else math.nan
+
+
+def _card_number(path, header: Mapping, *keys: str) -> float:
+    """The first of ``keys`` the header has, as :func:`header_number` reads it; NaN if none.
+
+    Raises
+    ------
+    InputError
+        The card holds a FITS logical (``T``): a number card written as a flag is a corrupt
+        header, and ``float(True)`` read ``FWHMFIT = T`` as a seeing of 1 arcsec. The frame is
+        dropped with this reason, as for an implausible ``EXPTIME``.
+    """
+    key = next((key for key in keys if key in header), keys[0])
+    value = header.get(key)
+    if isinstance(value, (bool, np.bool_)):
+        raise InputError(path, key, "a number, not a FITS logical", repr(value))
+    return header_number(value)
 
 
 def _timesys(path, header: Mapping, default: str) -> str:
@@ -235,7 +256,7 @@ def as_guider_frames(frames, window: tuple[Time, Time] | None = None) -> GuiderF
 def _frame_times(path, header: Mapping, default_timesys: str) -> tuple[Time, float, Time]:
     scale = _timesys(path, header, default_timesys)
     start = _parse_date(path, header, scale)
-    exptime = header_number(header.get("EXPTIMEN", header.get("EXPTIME")))
+    exptime = _card_number(path, header, "EXPTIMEN", "EXPTIME")
     if not MIN_EXPTIME_S <= exptime <= MAX_EXPTIME_S:
         raise InputError(
             path,
@@ -244,7 +265,7 @@ def _frame_times(path, header: Mapping, default_timesys: str) -> tuple[Time, flo
             repr(exptime),
         )
     mid = start + exptime / 2 * u.s
-    tai_mid = header_number(header.get("TAI_MID"))
+    tai_mid = _card_number(path, header, "TAI_MID")
     if math.isfinite(tai_mid):
         # TAI_MID is TAI seconds of MJD (coordio getMetadata): trust it for the mid-point,
         # within the integration (one integration time of slack each side). A TAI_MID of 0,
@@ -353,10 +374,10 @@ def _read_proc_gimg(path: str, hdul, names: list[str]) -> GuiderFrame:
     if camera and camera[-1] in "ns":
         site = {"n": "apo", "s": "lco"}[camera[-1]]
     frame_number = int(match[3]) if match else None
-    config_id = header_number(header.get("CONFIGID"))
+    config_id = _card_number(path, header, "CONFIGID")
     config_id = int(config_id) if math.isfinite(config_id) else None
-    fwhm_fit, camera_fwhm = header_number(header.get("FWHMFIT")), header_number(header.get("FWHM"))
-    fwhm_fit, camera_fwhm = _valid_fwhm(fwhm_fit), _valid_fwhm(camera_fwhm)
+    fwhm_fit = _valid_fwhm(_card_number(path, header, "FWHMFIT"))
+    camera_fwhm = _valid_fwhm(_card_number(path, header, "FWHM"))
     star_ids, star_zp = np.array([], dtype=str), np.array([], dtype=np.float64)
     if "GAIAMATCH" in names:
         table = _table_data(path, hdul["GAIAMATCH"], "GAIAMATCH", "the Gaia match table")
@@ -372,7 +393,7 @@ def _read_proc_gimg(path: str, hdul, names: list[str]) -> GuiderFrame:
             star_ids = np.asarray(table["source_id"])[good].astype(str)
             star_zp = zp[good]
     if star_zp.size == 0:
-        r_zpt = header_number(header.get("R_ZPT"))
+        r_zpt = _card_number(path, header, "R_ZPT")
         if math.isfinite(r_zpt):
             star_ids, star_zp = np.array([f"R_ZPT:{camera}"]), np.array([r_zpt])
     problems = []
@@ -392,7 +413,7 @@ def _read_proc_gimg(path: str, hdul, names: list[str]) -> GuiderFrame:
         fwhm=fwhm_fit if math.isfinite(fwhm_fit) else camera_fwhm,
         fwhm_fit=fwhm_fit,
         camera_fwhm=camera_fwhm,
-        rms=header_number(header.get("RMS")),
+        rms=_card_number(path, header, "RMS"),
         config_id=config_id,
         camera=camera or None,
         frame_number=frame_number,
@@ -441,7 +462,7 @@ def _read_plate_gimg(path: str, hdul) -> GuiderFrame:
     probe_fwhm = np.asarray(table["fwhm"], dtype=np.float64)[use]
     light = np.asarray(table["ref_mag"], np.float64) - np.asarray(table["mag"], np.float64)
     good = use & np.isfinite(light)
-    seeing = _valid_fwhm(header_number(header.get("SEEING")))
+    seeing = _valid_fwhm(_card_number(path, header, "SEEING"))
     if not seeing > 0:
         valid = probe_fwhm[np.isfinite(_valid_fwhm(probe_fwhm))]
         seeing = float(np.median(valid)) if valid.size else math.nan
@@ -455,7 +476,7 @@ def _read_plate_gimg(path: str, hdul) -> GuiderFrame:
     return GuiderFrame(
         kind="plate-gproc",
         fwhm=seeing,
-        rms=header_number(header.get("GDRMS")),
+        rms=_card_number(path, header, "GDRMS"),
         star_ids=np.array([f"probe:{int(i)}" for i in ids[good]]),
         star_zp=light[good],
         probe_id=probe_id,

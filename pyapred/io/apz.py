@@ -279,9 +279,11 @@ def read_apz(
     the HDU count; if the header's ``NREAD`` disagrees, one :class:`~pyapred.errors.InputWarning`
     is issued.
 
-    Read times: if the selected read headers carry strictly increasing ``DATE-OBS`` values,
-    each read's own ``DATE-OBS`` is its time (what ApogeeReduction.jl assumes). Otherwise
-    read k (0-based) starts at ``DATE-OBS + INTDELAY + k * INTOFF`` of the exposure header
+    Read times: if every selected read header carries a ``DATE-OBS`` and they are not all the
+    same, each read's own ``DATE-OBS`` is its time (what ApogeeReduction.jl assumes); they must
+    increase strictly, with no read missing between them (a date repeated, going back or
+    leaving a gap is an InputError). Otherwise (no dates, or copies of one date) read k
+    (0-based) starts at ``DATE-OBS + INTDELAY + k * INTOFF`` of the exposure header
     (``INTDELAY`` in s and required here, ``INTOFF`` in ms; :func:`read_times_from_header`).
     The scale is the header's ``TIMESYS`` (``UTC``, ``TAI`` or ``TT``; UTC if absent).
 
@@ -932,19 +934,45 @@ def _era_times(
 def _read_times(
     path: Path, header: fits.Header, read_headers: Sequence[fits.Header], indices: np.ndarray
 ) -> Time:
+    """The reads' own ``DATE-OBS``, checked to rise with no read missing; else the exposure
+    header's (:func:`read_apz`).
+
+    Read headers whose ``DATE-OBS`` are all the same merely copy the exposure header's: they
+    date no read, and ``INTDELAY`` and ``INTOFF`` give the times. Any other dates are the reads'
+    own, and one repeated (a read HDU given twice) or going back (reads out of order) is an
+    error: taking repeated dates as no dates at all gave a 10-read exposure 11 read times, read 4
+    counted twice, with only the ``NREAD`` warning to show for it.
+    """
     timesys = header.get("TIMESYS", read_headers[0].get("TIMESYS", "UTC"))
     scale = _time_scale(path, "HDU 1 TIMESYS", timesys)
     per_read = [h.get("DATE-OBS") for h in read_headers]
-    if all(value is not None for value in per_read) and len(set(per_read)) == len(per_read):
+    copied = len(per_read) > 1 and len(set(per_read)) == 1
+    if all(value is not None for value in per_read) and not copied:
         fields = [f"HDU {k + 2} DATE-OBS" for k in indices]
         times = _parse_times(path, fields, per_read, scale)
-        if not np.all(np.diff(times.mjd) > 0):
-            raise InputError(path, "DATE-OBS of the reads", "times increasing from read to read")
+        _check_rising(path, per_read, times, indices)
         _check_no_missing_read(path, header, times, indices)
         return times
     return read_times_from_header(
         header, indices, timesys=scale, default_intdelay=None, path=path, hdu="HDU 1"
     )
+
+
+def _check_rising(path: Path, per_read: Sequence, times: Time, indices: np.ndarray) -> None:
+    """The reads' own dates rise from read to read; the error names the first HDU that does not
+    (a date repeated is a read HDU given twice; one going back, reads out of order)."""
+    steps = (times[1:] - times[:-1]).sec  # astropy's two-part times: a float MJD holds ~1 us
+    late = np.flatnonzero(~(steps > 0))
+    if not late.size:
+        return
+    k = int(late[0])  # the reads' positions k and k + 1 in the file
+    this, before = int(indices[k + 1]) + 2, int(indices[k]) + 2
+    expected = "times increasing from read to read"
+    if steps[k] == 0:
+        found = f"the same as HDU {before} ({per_read[k + 1]!r})"
+        raise InputError(path, f"HDU {this} DATE-OBS", expected, found)
+    found = f"HDU {this}'s {per_read[k + 1]!r}, earlier than HDU {before}'s {per_read[k]!r}"
+    raise InputError(path, "DATE-OBS of the reads", expected, found)
 
 
 def _check_no_missing_read(path: Path, header, times: Time, indices: np.ndarray) -> None:

@@ -91,3 +91,28 @@ def test_chips_in_memory_are_checked_and_big_endian_reads_fit_as_native(small_ch
     ]:  # fmt: skip
         with pytest.raises(InputError, match=rf"<memory>: {field}: expected"):
             dataclasses.replace(chip, **change)
+
+
+@pytest.mark.parametrize("keyword, option", [("GAIN", "gain"), ("RDNOISE", "read_noise"),
+                                             ("SATURATE", "saturation")])  # fmt: skip
+def test_a_logical_calibration_card_is_no_number(tmp_path, keyword, option):
+    """astropy reads a FITS ``T`` as True and ``float(True)`` is 1.0, inside every range:
+    ``GAIN = T`` was a gain of 1 e-/DN, ``SATURATE = T`` flagged every pixel saturated (exit 0),
+    where ``INTOFF = T`` was refused. An option given as a bool (NumPy's too) is no number either.
+    """
+    from pyapred.exposure.inputs import survey_chip
+    from pyapred.simulate import write_simulated_apz
+
+    reads = 100.0 * np.arange(3)[:, None, None] + np.zeros((1, 4, 6))
+    cards = {"GAIN": 1.9, "RDNOISE": 8.0, "SATURATE": 55000.0}
+    path = write_simulated_apz(tmp_path, reads, header=cards)
+    assert load_chip(path).gain == 1.9
+    path = write_simulated_apz(tmp_path, reads, header={**cards, keyword: True}, overwrite=True)
+    expected = rf"{path.name}: header keyword {keyword}: expected a finite number > 0, within "
+    for read in (load_chip, survey_chip):  # the survey: refused before any chip is fitted
+        with pytest.raises(InputError, match=expected + r".*, found True$"):
+            read(path)
+    flag = "--" + option.replace("_", "-")
+    for given in (True, np.True_):
+        with pytest.raises(InputError, match=rf"{path.name}: {flag}: expected a finite number"):
+            load_chip(path, **{option: given})

@@ -325,3 +325,50 @@ def test_plate_era_probes_without_a_whole_fiberid_are_left_out(tmp_path):
         frame = guider.read_guider_frame(path)
     assert frame.probe_id.tolist() == [4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16]
     assert frame.star_ids[0] == "probe:4" and len(set(frame.star_ids)) == len(frame.star_ids)
+
+
+@pytest.mark.parametrize("card", ["FWHMFIT", "FWHM", "EXPTIMEN", "EXPTIME", "TAI_MID",
+                                  "CONFIGID", "RMS", "R_ZPT"])  # fmt: skip
+def test_a_logical_number_card_drops_the_frame_with_its_reason(tmp_path, card):
+    """astropy reads a FITS ``T`` as True and ``float(True)`` is 1.0: ``FWHMFIT = T`` was a
+    seeing of 1 arcsec, ``EXPTIMEN = T`` an integration of 1 s. The frame is dropped, named, as
+    for an implausible EXPTIME; the other frames are read."""
+    good, bad = tmp_path / "proc-gimg-gfa1n-0001.fits", tmp_path / "proc-gimg-gfa1n-0002.fits"
+    for i, path in enumerate((good, bad)):  # no stars: R_ZPT is read too
+        guider.write_proc_gimg(path, date_obs=START + 20 * i * u.s, exptime=15.0, fwhm=1.2,
+                               fwhm_fit=1.1, r_zpt=25.0)  # fmt: skip
+    assert guider.read_guider_frame(bad).usable
+    with fits.open(bad, mode="update") as hdul:
+        if card == "EXPTIME":  # read where EXPTIMEN is absent
+            del hdul["RAW"].header["EXPTIMEN"]
+        hdul["RAW"].header[card] = True
+    words = rf"{bad.name}: {card}: expected a number, not a FITS logical, found True"
+    with pytest.raises(InputError, match=words):
+        guider.read_guider_frame(bad)
+    frames = guider.read_guider_frames(tmp_path)
+    assert [f.path for f in frames.frames] == [str(good)]
+    assert frames.rejected[0][0] == str(bad) and card in frames.rejected[0][1]
+    from pyapred.guider.frames import header_number  # (compare reads CONFIGID with it)
+
+    assert np.isnan(header_number(True)) and np.isnan(header_number(np.True_))
+
+
+@pytest.mark.parametrize("card", ["SEEING", "GDRMS"])
+def test_a_logical_number_card_of_a_plate_era_frame_drops_it(tmp_path, card):
+    """The same for a processed plate-era frame's SEEING (1 arcsec) and GDRMS."""
+    path = tmp_path / "gimg-0001.fits"
+    header = fits.Header({"SDSSFMT": "GPROC 1 4", "DATE-OBS": "2015-12-01 01:41:26.6Z",
+                          "EXPTIME": 12.0, "IMAGETYP": "object", "SEEING": 1.2,
+                          "GDRMS": 0.3})  # fmt: skip
+    probes = fits.BinTableHDU.from_columns([
+        fits.Column(name, "D", array=values) for name, values in
+        (("fiberid", [1, 2]), ("fwhm", [1.3, 1.4]), ("mag", [15.0, 14.0]), ("ref_mag", [16, 15]))
+    ])  # fmt: skip
+    images = [fits.ImageHDU(np.zeros((2, 2))) for _ in range(5)]
+    fits.HDUList([fits.PrimaryHDU(np.zeros((4, 4)), header), *images, probes]).writeto(path)
+    frame = guider.read_guider_frame(path)
+    assert frame.usable and (frame.fwhm, frame.rms) == (1.2, 0.3)
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header[card] = True
+    with pytest.raises(InputError, match=rf"{card}: expected a number, not a FITS logical"):
+        guider.read_guider_frame(path)

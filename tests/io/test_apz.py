@@ -331,6 +331,51 @@ def test_per_read_dates_are_used_in_their_timesys(tmp_path):
     assert (exposure.read_times[0] - utc[0]).sec == pytest.approx(-37.0)
 
 
+def test_a_read_hdu_given_twice_is_refused_by_its_repeated_date(tmp_path):
+    """HDU order 0..5, 5, 6.. (read 4's residual twice, its DATE-OBS too): the repeated date was
+    taken for "no dates of the reads' own", INTOFF gave 11 read times to a 10-read exposure, and
+    read 4 counted twice (exit 0, an NREAD warning only)."""
+    path = write_simulated_apz(tmp_path, simulated_chip(10, ny=2))
+    with fits.open(path, disable_image_compression=True) as hdul:
+        spans = [(info["hdrLoc"], info["datLoc"] + info["datSpan"])
+                 for info in map(hdul.fileinfo, range(len(hdul)))]  # fmt: skip
+    data = path.read_bytes()
+    path.write_bytes(b"".join(data[slice(*spans[i])] for i in [0, 1, 2, 3, 4, 5, 5, *range(6, 12)]))
+    words = r"HDU 6 DATE-OBS: expected times increasing from read to read, found the same as HDU 5"
+    for rows in (None, slice(0, 0)):  # slice(0, 0): headers only, what the survey reads
+        with pytest.warns(InputWarning, match="NREAD"), pytest.raises(InputError, match=words):
+            read_apz(path, rows=rows)
+    with pytest.warns(InputWarning, match="NREAD"):  # the reads before it: their own dates
+        assert read_apz(path, reads=slice(0, 4)).read_times.size == 4
+
+
+@pytest.mark.parametrize("dates, words", [
+    ([0, 1, 1, 2], r"HDU 4 DATE-OBS: expected times increasing .*, found the same as HDU 3 "),
+    ([0, 2, 1, 3], r"DATE-OBS of the reads: expected times increasing from read to read, found "
+                   r"HDU 4's '2025-04-20T04:00:01.000', earlier than HDU 3's"),
+])  # fmt: skip
+def test_per_read_dates_repeated_or_going_back_name_the_hdu(tmp_path, raw_apz, dates, words):
+    reads = 100 + np.cumsum(np.ones((4, 2, 4), dtype=np.int64), axis=0)
+    cards = [[("DATE-OBS", f"2025-04-20T04:00:{k:02d}.000")] for k in dates]
+    path = raw_apz(tmp_path / "apR-a-52190001.apz", reads, read_cards=cards)
+    with pytest.raises(InputError, match=words):
+        read_apz(path)
+
+
+def test_read_headers_that_copy_the_exposure_date_take_the_times_from_intoff(tmp_path, raw_apz):
+    """Every read header with the exposure header's DATE-OBS: they date no read, so the times
+    are DATE-OBS + INTDELAY + k * INTOFF, not an error for dates that do not rise."""
+    reads = 100 + np.cumsum(np.ones((4, 2, 4), dtype=np.int64), axis=0)
+    date = ("DATE-OBS", "2025-04-20T04:00:00.000")
+    path = raw_apz(
+        tmp_path / "apR-a-52190001.apz", reads,
+        exposure_cards=[date, ("INTOFF", 10647), ("INTDELAY", 0.1)], read_cards=[[date]] * 4,
+    )  # fmt: skip
+    times = read_apz(path).read_times
+    offsets = (times - Time(date[1], scale="utc")).sec
+    assert np.allclose(offsets, 0.1 + 10.647 * np.arange(4), atol=1e-6)
+
+
 @pytest.mark.parametrize("separator", ["T", " "])
 def test_reads_are_freed_when_dropped(tmp_path, separator):
     # The reads must not outlive the result in a reference cycle (astropy's format guessing
