@@ -245,6 +245,91 @@ def test_changed_input_is_recomputed(night, tmp_path):
     assert product.read_bytes() == products(reference)[product.name]
 
 
+@pytest.mark.parametrize("damage", ["chunk", "chip group", "fiber group"])
+def test_a_product_that_cannot_be_read_back_is_refitted_not_skipped(night, tmp_path, damage):
+    """Resume checked only the product's record: a product with a damaged compressed chunk, or
+    without a chip's images or fibers, was "skipped" (exit 0) and kept."""
+    from pyapred.exposure import FitOptions
+    from pyapred.night import _up_to_date
+
+    raw, reference = night
+    task = find_exposures(raw / "apR-a-52190001.apz", [raw], tmp_path)[0]
+    product = Path(task.product)
+    product.write_bytes(products(reference)[product.name])
+    assert _up_to_date(task, FitOptions())
+    if damage == "chunk":  # 50 bytes of the first compressed chunk of R/dimage zeroed
+        with h5py.File(product) as handle:
+            chunk = handle["R/dimage"].id.get_chunk_info(0)
+            assert handle["R/dimage"].compression == "gzip" and chunk.size > 60
+        data = bytearray(product.read_bytes())
+        data[chunk.byte_offset + 10 : chunk.byte_offset + 60] = bytes(50)
+        product.write_bytes(bytes(data))
+        with pytest.raises(InputError, match="R/dimage"):
+            read_product(product)
+    else:
+        with h5py.File(product, "a") as handle:
+            del handle["G" if damage == "chip group" else "fibers/G"]
+    assert not _up_to_date(task, FitOptions())
+    assert process_exposure(task).status == "done"
+    assert product.read_bytes() == products(reference)[product.name]
+
+
+def test_two_files_of_one_exposure_are_refused_naming_both(night, tmp_path, capsys):
+    """``raw1/apR-a-52190001.apz`` and ``raw2/apR-a-52190001.apz``, matched by one glob or
+    listed in one runlist: the second was silently ignored (``1 done``, exit 0)."""
+    raw, _ = night
+    for folder, number in (("raw1", 1), ("raw2", 2), ("copy", 1)):  # raw2: other bytes
+        (tmp_path / folder).mkdir()
+        for chip in "abc":
+            (tmp_path / folder / f"apR-{chip}-52190001.apz").write_bytes(
+                (raw / f"apR-{chip}-5219000{number}.apz").read_bytes()
+            )
+    first, second = (str(tmp_path / f / "apR-a-52190001.apz") for f in ("raw1", "raw2"))
+    out = tmp_path / "out"
+    argv = ["night", str(tmp_path / "raw[12]" / "apR-a-*.apz"), "--traces", str(raw),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{second}: RUNLIST_OR_GLOB: expected one file per exposure and chip" in err
+    assert f"another file of exposure apo_60781_0001, chip R: {first}" in err
+    assert "Traceback" not in err and not out.exists()  # refused before any work
+    runlist = tmp_path / "night.txt"
+    runlist.write_text("raw1/apR-b-52190001.apz\n# a comment\nraw2/apR-b-52190001.apz\n")
+    with pytest.raises(InputError) as caught:
+        find_exposures(runlist, [raw], tmp_path)
+    assert caught.value.path == str(tmp_path / "raw2" / "apR-a-52190001.apz")
+    assert caught.value.field == "night.txt:3"
+    assert caught.value.found.endswith(f"chip R: {first} (night.txt:1)")
+    # The same bytes at another path are refused too: which file is meant cannot be told.
+    runlist.write_text("raw1/apR-a-52190001.apz\ncopy/apR-a-52190001.apz\n")
+    with pytest.raises(InputError, match="copy/apR-a-52190001.apz: night.txt:2: expected one"):
+        find_exposures(runlist, [raw], tmp_path)
+    # --chips: the chip named is the first of those compared.
+    with pytest.raises(InputError, match="chip B: "):
+        find_exposures(runlist, [raw], tmp_path, chips="BG")
+
+
+def test_the_same_file_named_twice_is_one_exposure(night, tmp_path):
+    """A line repeated (spelled otherwise), the three chips of one exposure, a folder reached
+    through a link and a hard link are the same files, not two exposures."""
+    raw, _ = night
+    (tmp_path / "linked").symlink_to(raw)
+    (tmp_path / "hard").mkdir()
+    for chip in "abc":
+        os.link(raw / f"apR-{chip}-52190001.apz", tmp_path / "hard" / f"apR-{chip}-52190001.apz")
+    runlist = tmp_path / "night.txt"
+    runlist.write_text(
+        f"{raw}/apR-a-52190001.apz\n{raw}/apR-a-52190001.apz\n{raw}/./apR-c-52190001.apz\n"
+        "linked/apR-b-52190001.apz\nhard/apR-a-52190001.apz\n"
+        f"{raw}/apR-?-52190002.apz\n"
+    )
+    expected = find_exposures(raw / "apR-a-5219000[12].apz", [raw], tmp_path)
+    assert find_exposures(runlist, [raw], tmp_path) == expected
+    assert find_exposures(tmp_path / "*" / "apR-?-52190001.apz", [raw], tmp_path) == [
+        find_exposures(tmp_path / "hard" / "apR-a-52190001.apz", [raw], tmp_path)[0]
+    ]  # the first named is kept: hard/ sorts before linked/
+
+
 def test_missing_file_is_a_failure_and_stale_temp_files_are_removed(night, tmp_path, capsys):
     raw, _ = night
     (tmp_path / ".pyapred_apo_60781_0009.h5.abc123.tmp").write_bytes(b"left by a killed run")
