@@ -557,35 +557,44 @@ def _block_differences(ramp, ok_read, omega, groups, dt, gain, p0, d, x, valid, 
     finite; elsewhere ``d`` and ``x`` are 0. ``count`` (B,) is incremented by the valid ones.
     """
     K, B = d.shape
-    # A block of one group (the common case: a row's pixels of one fiber, or background) reads
-    # one omega element per k, and its loop over pixels runs in vectors (twice as fast); a loop
-    # of its own, as the other's gather of omega, under a condition, was a masked vector gather
-    # (2.4x slower, AMD EPYC Zen 3).
+    # The block's runs of pixels of one group (a row's pixels of one fiber, or background: one
+    # run in most blocks; a trace that drifts across rows makes a few): each run reads one
+    # omega element per k, and its loop over pixels runs in vectors. A loop that read each
+    # pixel's own element was a gather, twice as slow (2.4x under a condition, a masked gather:
+    # AMD EPYC Zen 3), and took a chip's blocks of several groups 20 % longer to extract.
     block_groups = groups[p0 : p0 + B]
-    first = block_groups[0]
-    same = True
-    for p in range(B):
-        same = same and block_groups[p] == first
+    run_end = np.empty(B, dtype=np.int64)  # the end of each run, at its start
+    n_runs = 0
+    start = 0
+    for p in range(1, B + 1):
+        if p == B or block_groups[p] != block_groups[start]:
+            run_end[n_runs] = p
+            n_runs += 1
+            start = p
     for k in range(K):
-        w_first = omega[first, k]
         dtk = dt[k]
-        if same:
-            for p in range(B):
-                ok, dv, xv = _difference(w_first, ok_read[k, p] & ok_read[k + 1, p],
-                                         ramp[k + 1, p], ramp[k, p], gain[p], dtk)  # fmt: skip
-                valid[k, p] = ok
-                d[k, p] = dv
-                x[k, p] = xv
-                count[p] += ok
-        else:
-            for p in range(B):
-                w = omega[block_groups[p], k]
-                ok, dv, xv = _difference(w, ok_read[k, p] & ok_read[k + 1, p], ramp[k + 1, p],
-                                         ramp[k, p], gain[p], dtk)  # fmt: skip
-                valid[k, p] = ok
-                d[k, p] = dv
-                x[k, p] = xv
-                count[p] += ok
+        start = 0
+        for r in range(n_runs):
+            end = run_end[r]
+            # The run's rows as slices: indexed from the run's start, each index would carry
+            # Numba's negative-index select, which keeps the loop out of vectors.
+            _run_differences(omega[block_groups[start], k], dtk, ok_read[k, start:end],
+                             ok_read[k + 1, start:end], ramp[k, start:end],
+                             ramp[k + 1, start:end], gain[start:end], valid[k, start:end],
+                             d[k, start:end], x[k, start:end], count[start:end])  # fmt: skip
+            start = end
+
+
+@njit(cache=True, inline="always")
+def _run_differences(w, dtk, ok_low, ok_up, low, up, gain, valid, d, x, count):
+    """One difference of a run of :func:`_block_differences`'s pixels (one group: omega element
+    ``w``), on the rows of its reads and outputs."""
+    for p in range(d.shape[0]):
+        ok, dv, xv = _difference(w, ok_low[p] & ok_up[p], up[p], low[p], gain[p], dtk)
+        valid[p] = ok
+        d[p] = dv
+        x[p] = xv
+        count[p] += ok
 
 
 @njit(cache=True, inline="always")

@@ -298,8 +298,8 @@ def test_extract_by_groups_equals_each_group_alone(layout):
     # Every pixel's fit is its own, so the pixels of each group extracted alone give the same
     # bits, whatever the groups within the kernels' blocks of 1024 pixels: one group a block
     # (one omega element read per difference), two, seven or eight, a group inside another
-    # (a block that starts and ends in one group), or a different group at almost every pixel;
-    # omega is gathered pixel by pixel where a block holds more than one group.
+    # (a block that starts and ends in one group), or a different group at almost every pixel
+    # (runs of one pixel); each run of one group within a block reads its omega element once.
     from pyapred import find_jumps
 
     rng = np.random.default_rng(len(layout))
