@@ -563,14 +563,8 @@ def _block_differences(ramp, ok_read, omega, groups, dt, gain, p0, d, x, valid, 
     # pixel's own element was a gather, twice as slow (2.4x under a condition, a masked gather:
     # AMD EPYC Zen 3), and took a chip's blocks of several groups 20 % longer to extract.
     block_groups = groups[p0 : p0 + B]
-    run_end = np.empty(B, dtype=np.int64)  # the end of each run, at its start
-    n_runs = 0
-    start = 0
-    for p in range(1, B + 1):
-        if p == B or block_groups[p] != block_groups[start]:
-            run_end[n_runs] = p
-            n_runs += 1
-            start = p
+    run_end = np.empty(B, dtype=np.int64)
+    n_runs = _runs(block_groups, run_end)
     for k in range(K):
         dtk = dt[k]
         start = 0
@@ -583,6 +577,20 @@ def _block_differences(ramp, ok_read, omega, groups, dt, gain, p0, d, x, valid, 
                              ramp[k + 1, start:end], gain[start:end], valid[k, start:end],
                              d[k, start:end], x[k, start:end], count[start:end])  # fmt: skip
             start = end
+
+
+@njit(cache=True, inline="always")
+def _runs(labels, run_end):
+    """The runs of equal ``labels`` (B,): their number, and in ``run_end`` (B,) the end of each
+    run, in order (the next one starts there)."""
+    n_runs = 0
+    start = 0
+    for p in range(1, labels.shape[0] + 1):
+        if p == labels.shape[0] or labels[p] != labels[start]:
+            run_end[n_runs] = p
+            n_runs += 1
+            start = p
+    return n_runs
 
 
 @njit(cache=True, inline="always")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._numpy import _median_network, _read_only, _sort_columns
+from ._numpy import _median_network, _read_only, _runs, _sort_columns
 
 #: Pixels of a row processed together.
 _BLOCK = 256
@@ -84,14 +84,15 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
                 # The first unusable read: np.minimum stores every element (a store only where
                 # the value changes is a masked vector store, microcoded on AMD's Zen 3).
                 n_good[i] = np.minimum(n_good[i], k + 1 if unusable else n_reads)
-        # Each pixel's light-curve shape; a block of one shape (a row's pixels of one fiber, or
-        # background: the common case) reads one element per k, and its loops run in vectors.
-        # The shapes and the scaled differences are not stored: read and divided where used.
+        # Each pixel's light-curve shape. The block's runs of pixels of one shape (a row's pixels
+        # of one fiber, or background: one run, or a few where a trace drifts across the row)
+        # read one element per k, and their loops run in vectors, on slices of the run (an
+        # index from the run's start would carry Numba's negative-index select). Each pixel's
+        # element, gathered, took blocks of several shapes 1.5x as long. The shapes and the
+        # scaled differences are not stored: read and divided where used.
         block_shapes = shape_index[y, x0 : x0 + B]
-        first = block_shapes[0]
-        same = True
-        for i in range(B):
-            same = same and block_shapes[i] == first
+        run_end = np.empty(B, dtype=np.int64)
+        n_runs = _runs(block_shapes, run_end)
         # A rough level from the median of at most _N_ROUGH evenly spaced differences (cheap,
         # and robust to a jump), then the level of the differences that are not jumps under it.
         rough_values = np.empty((_N_ROUGH, B))
@@ -100,18 +101,21 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         for i in range(B):
             n_rough[i] = min(max(n_good[i] - 1, 0), _N_ROUGH)
             all_usable = all_usable & (n_good[i] == n_reads)
-        if same and all_usable and K >= _N_ROUGH:
-            # The common block: every pixel takes the same differences, read across the block
+        if all_usable and K >= _N_ROUGH:
+            # The common block: every pixel takes the same differences, read across each run
             # in vectors (pixel by pixel, each index's integer division took 10 % of the pass).
             for m in range(_N_ROUGH):
                 k = (m * K) // _N_ROUGH
-                shape_k = shapes[first, k]
-                for i in range(B):
-                    rough_values[m, i] = diff[k, i] / shape_k
+                start = 0
+                for r in range(n_runs):
+                    end = run_end[r]
+                    _scaled(diff[k, start:end], shapes[block_shapes[start], k],
+                            rough_values[m, start:end])  # fmt: skip
+                    start = end
         else:
             for i in range(B):
                 n_diff = max(n_good[i] - 1, 0)
-                row = shapes[first if same else block_shapes[i]]
+                row = shapes[block_shapes[i]]
                 for m in range(_N_ROUGH):
                     k = (m * n_diff) // n_rough[i] if m < n_rough[i] else 0
                     rough_values[m, i] = diff[k, i] / row[k] if m < n_rough[i] else np.inf
@@ -130,15 +134,13 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         # (a thick cloud) counts for little instead of dividing its noise by that shape.
         total = np.zeros(B)
         weight = np.zeros(B)
-        for k in range(K):
-            s_first = shapes[first, k]
-            for i in range(B):
-                s = s_first if same else shapes[block_shapes[i], k]
-                model = rough[i] * s
-                jump = _is_jump(diff[k, i] - model, model, inv_g[i], var_r[i], thr2)
-                keep = (k + 1 < n_good[i]) & (not jump)
-                total[i] += diff[k, i] if keep else 0.0
-                weight[i] += s if keep else 0.0
+        start = 0
+        for r in range(n_runs):
+            end = run_end[r]
+            _kept_sums(diff[:, start:end], shapes[block_shapes[start]], rough[start:end],
+                       inv_g[start:end], var_r[start:end], n_good[start:end], thr2,
+                       total[start:end], weight[start:end])  # fmt: skip
+            start = end
         level = np.empty(B)
         for i in range(B):
             level[i] = total[i] / weight[i] if weight[i] > 0 else rough[i]
@@ -150,19 +152,54 @@ def first_pass_kernel(reads, shape_index, shapes, inv_gain, var_read, saturation
         # bits for the few pixels that have one.
         flagged = np.empty((K, B), dtype=np.bool_)
         any_jump = np.zeros(B, dtype=np.bool_)
-        for k in range(K):
-            s_first = shapes[first, k]
-            for i in range(B):
-                model = level[i] * (s_first if same else shapes[block_shapes[i], k])
-                jump = _is_jump(diff[k, i] - model, model, inv_g[i], var_r[i], thr2)
-                hit = jump & (k + 1 < n_good[i])
-                flagged[k, i] = hit
-                any_jump[i] |= hit
+        start = 0
+        for r in range(n_runs):
+            end = run_end[r]
+            _flag_jumps(diff[:, start:end], shapes[block_shapes[start]], level[start:end],
+                        inv_g[start:end], var_r[start:end], n_good[start:end], thr2,
+                        flagged[:, start:end], any_jump[start:end])  # fmt: skip
+            start = end
         for i in range(B):
             if any_jump[i]:
                 for k in range(K):
                     if flagged[k, i]:
                         jump_bits[y, x0 + i, k // 64] |= np.uint64(1) << np.uint64(k % 64)
+
+
+@njit(cache=True, inline="always")
+def _scaled(diff, shape_k, out):
+    """``out = diff / shape_k`` over a run of pixels (its rows' slices)."""
+    for i in range(diff.shape[0]):
+        out[i] = diff[i] / shape_k
+
+
+@njit(cache=True, inline="always")
+def _kept_sums(diff, shape, rough, inv_g, var_r, n_good, thr2, total, weight):
+    """A run of pixels of one ``shape`` (K,), their differences ``diff`` (K, n): each usable
+    difference that is no jump under ``rough`` added to the pixel's ``total``, and its shape
+    element to ``weight``, in the order of k."""
+    for k in range(diff.shape[0]):
+        s = shape[k]
+        for i in range(diff.shape[1]):
+            model = rough[i] * s
+            jump = _is_jump(diff[k, i] - model, model, inv_g[i], var_r[i], thr2)
+            keep = (k + 1 < n_good[i]) & (not jump)
+            total[i] += diff[k, i] if keep else 0.0
+            weight[i] += s if keep else 0.0
+
+
+@njit(cache=True, inline="always")
+def _flag_jumps(diff, shape, level, inv_g, var_r, n_good, thr2, flagged, any_jump):
+    """A run of pixels of one ``shape`` (K,), their differences ``diff`` (K, n): ``flagged``
+    (K, n) where a usable difference is a jump under ``level``, and ``any_jump`` raised."""
+    for k in range(diff.shape[0]):
+        s = shape[k]
+        for i in range(diff.shape[1]):
+            model = level[i] * s
+            jump = _is_jump(diff[k, i] - model, model, inv_g[i], var_r[i], thr2)
+            hit = jump & (k + 1 < n_good[i])
+            flagged[k, i] = hit
+            any_jump[i] |= hit
 
 
 @njit(cache=True, inline="always")

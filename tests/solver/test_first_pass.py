@@ -41,17 +41,21 @@ def _reference(reads, shape_index, shapes, inv_gain, var_read, saturation, thres
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])
 @pytest.mark.parametrize("calibration", ["maps", "scalars"])
-@pytest.mark.parametrize("layout", ["mixed shapes", "a shape per row"])
+@pytest.mark.parametrize("layout", ["mixed shapes", "a shape per row", "runs of shapes"])
 def test_first_pass_matches_the_per_pixel_reference(dtype, calibration, layout):
-    """With a shape per row, row 0 never saturates: its blocks take the kernel's common path
-    (one shape, every difference usable), the others the general one."""
+    """With a shape per row, or runs of one shape (1 to 59 pixels, as a trace drifting across
+    rows makes them), row 0 never saturates: its blocks take the kernel's common path (every
+    difference usable, the sampled ones read run by run), the others the general one."""
     rng = np.random.default_rng(3)
     n_reads, ny, nx = 14, 3, 300  # a row is two blocks of the kernel
     shapes = rng.uniform(0.6, 1.3, (4, n_reads - 1))
     if layout == "mixed shapes":
         shape_index = rng.integers(0, 4, (ny, nx))
-    else:
+    elif layout == "a shape per row":
         shape_index = np.repeat(rng.integers(0, 4, (ny, 1)), nx, axis=1)
+    else:
+        runs = np.repeat(rng.integers(0, 4, 40), rng.integers(1, 60, 40))
+        shape_index = np.tile(np.resize(runs, nx), (ny, 1))
     flux = rng.uniform(0.0, 2000.0, (ny, nx))
     steps = rng.poisson(flux[None] * shapes[shape_index].transpose(2, 0, 1))
     reads = 1000.0 + np.concatenate([np.zeros((1, ny, nx)), np.cumsum(steps, axis=0)])
@@ -59,8 +63,9 @@ def test_first_pass_matches_the_per_pixel_reference(dtype, calibration, layout):
     reads += np.cumsum(hits * rng.uniform(100, 3000, reads.shape), axis=0)  # jumps
     reads = np.round(reads)
     saturation = np.full((ny, nx), 20000.0)  # the brightest ramps saturate
-    if layout == "a shape per row":
+    if layout != "mixed shapes":
         saturation[0] = 65535.0
+    if layout == "a shape per row":
         # A pixel whose rough level is that of the differences the median samples: large
         # ones at 5 of its 9 (0, 1, 2, 4, 5, 7, 8, 10, 11 of 13), none elsewhere.
         steps = np.zeros(n_reads - 1)
