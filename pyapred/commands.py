@@ -248,12 +248,6 @@ def fit_run(args: argparse.Namespace) -> int:
             raise InputError(args.plots, "--plots", "a folder other than --out", str(args.out))
         from .plots import PLOT_NAME
 
-        # What the plots would replace: a folder or a special file named like a plot is
-        # refused now, not after the fit (a plot replaces a file of its name, as --overwrite).
-        if Path(args.plots).is_dir():
-            for entry in sorted(Path(args.plots).iterdir()):
-                if PLOT_NAME.fullmatch(entry.name):
-                    check_output_path(entry, "--plots", inputs=inputs, overwrite=True)
         # A plot written over the product (exit 0), the log or an input (a config named like
         # a plot in the --plots folder), after the whole fit.
         named = [("--out", args.out), ("--log", getattr(args, "log", None)), *flagged]
@@ -263,6 +257,12 @@ def fit_run(args: argparse.Namespace) -> int:
             if PLOT_NAME.fullmatch(Path(path).name):
                 raise InputError(path, flag, f"a name that no plot in {args.plots} takes",
                                  "a plot's name")  # fmt: skip
+        # What the plots would replace: a folder or a special file named like a plot is
+        # refused now, not after the fit (a plot replaces a file of its name, as --overwrite).
+        if Path(args.plots).is_dir():
+            for entry in sorted(Path(args.plots).iterdir()):
+                if PLOT_NAME.fullmatch(entry.name):
+                    check_output_path(entry, "--plots", inputs=inputs, overwrite=True)
     remove_stale_temporaries(args.out, keep=inputs)  # left by a killed run on the same output
     log.debug("pyapred fit: settings %s", options.to_record())
     start = time.perf_counter()

@@ -449,7 +449,7 @@ def _timing_cards(path, header) -> dict:
             usable = number and (
                 -(2**63) <= value < 2**63 if isinstance(value, int) else bool(np.isfinite(value))
             )
-            expected = "a finite number (an integer within int64)"
+            expected = "a finite number (integers within int64)"
         if not usable:
             raise InputError(path, f"header keyword {card}", expected, repr(value))
         cards[card] = value

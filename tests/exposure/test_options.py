@@ -160,14 +160,15 @@ def test_backend_julia_without_julia_is_exit_2_naming_the_runtime(tmp_path, caps
         err = capsys.readouterr().err
         assert code == 2, argv
         assert "--backend" in err and "Julia" in err and "no Julia runtime" in err, err
-        assert "--backend: backend" not in err  # it may come from a config file: named once
+        assert "--backend: backend" not in err  # the flag, named once
     assert not out.exists()
+    # From a config file, the file and its key are named, not a flag that was never given.
     config = tmp_path / "julia.toml"
     config.write_text('backend = "julia"\n')
     assert (
         main(["fit", "x.apz", "--traces", "t.h5", "--out", str(out), "--config", str(config)]) == 2
     )
-    assert "--backend: expected a Julia runtime" in capsys.readouterr().err
+    assert f"{config}: backend: expected a Julia runtime" in capsys.readouterr().err
 
 
 @pytest.fixture
