@@ -389,7 +389,10 @@ def _printable_file_names(stream) -> Iterator[None]:
     try:
         yield
     finally:
-        stream.reconfigure(errors=errors)
+        try:
+            stream.reconfigure(errors=errors)
+        except (ValueError, OSError):  # closed by now (a broken pipe): nothing to restore
+            pass
 
 
 def _announce_compilation(command: str, log: logging.Logger) -> None:
@@ -505,8 +508,10 @@ def _stop_as_interrupted() -> None:
         raise _Stopped(signal.Signals(signum).name)
 
     for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):  # not on Windows
-            signal.signal(getattr(signal, name), stop)
+        number = getattr(signal, name, None)  # not on Windows
+        # Only where the signal would end the process: one ignored (``nohup``) stays ignored.
+        if number is not None and signal.getsignal(number) is signal.SIG_DFL:
+            signal.signal(number, stop)
 
 
 def _no_collections_at_exit() -> None:

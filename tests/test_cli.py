@@ -321,10 +321,21 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(small_fit, tmp_path, monkeypatch
 
     saved = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGTERM", "SIGHUP")}
     try:
+        for name in saved:  # as a shell starts a command (the suite may run under nohup)
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
         cli._stop_as_interrupted()
         with pytest.raises(KeyboardInterrupt, match="SIGHUP"):
             os.kill(os.getpid(), signal.SIGHUP)
             time.sleep(5)  # the handler raises at the next instruction, well before
+    finally:
+        for name, handler in saved.items():
+            signal.signal(getattr(signal, name), handler)
+
+    # An ignored SIGHUP (``nohup``) stays ignored.
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        cli._stop_as_interrupted()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         for name, handler in saved.items():
             signal.signal(getattr(signal, name), handler)

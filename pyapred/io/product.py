@@ -33,6 +33,7 @@ and 0-based in the Python objects.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -42,7 +43,7 @@ import subprocess
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -529,9 +530,10 @@ class ProductWriter:
         _check_parts({key: images}, {}, None)
         if key in self._handle:
             raise ValueError(f"key: chip {key!r} was added already")
-        group = self._handle.create_group(key)
-        describe(group, description=f"images of chip {key}, (ny, nx) in h5py order")
-        _write_images(group, images, threads=self.threads)
+        with self._writing():
+            group = self._handle.create_group(key)
+            describe(group, description=f"images of chip {key}, (ny, nx) in h5py order")
+            _write_images(group, images, threads=self.threads)
 
     def finish(
         self,
@@ -570,36 +572,48 @@ class ProductWriter:
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
             hashing = pool.map if self.threads > 1 else map  # map: lazy, after the tables
             digests = input_sha256 if input_sha256 is not None else hashing(sha256_file, inputs)
-            writes = [
-                _write_fibers(self._handle.create_group(f"fibers/{key}"), results, pool)
-                for key, results in fibers.items()
-            ]
-            for write in writes:
-                write()
+            with self._writing():
+                writes = [
+                    _write_fibers(self._handle.create_group(f"fibers/{key}"), results, pool)
+                    for key, results in fibers.items()
+                ]
+                for write in writes:
+                    write()
             digests = list(digests)
         meta = _writer_metadata(inputs, backend, digests) | dict(metadata or {})
-        group = self._handle.create_group("metadata")
-        describe(group, description="provenance, fit settings and the exposure's timing")
-        for key, value in meta.items():
-            units, description = _METADATA.get(key, _CALLER_KEY)
-            axes = _METADATA_AXES.get(key) if np.ndim(value) == 1 else None
-            write_value(group, key, value, units=units, description=description, axes=axes)
+        with self._writing():
+            group = self._handle.create_group("metadata")
+            describe(group, description="provenance, fit settings and the exposure's timing")
+            for key, value in meta.items():
+                units, description = _METADATA.get(key, _CALLER_KEY)
+                axes = _METADATA_AXES.get(key) if np.ndim(value) == 1 else None
+                write_value(group, key, value, units=units, description=description, axes=axes)
         self._finished = True
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The writer's own HDF5 writes: a failed one (a full disk, a quota, a file-size limit)
+        is an OSError naming the product, which the commands report (exit 2); HDF5 names only
+        the temporary file, or nothing."""
+        try:
+            yield
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
 
     def __exit__(self, exc_type, raised, traceback) -> None:
         error = raised
         try:
             self._handle.close()
-        except Exception as exc:  # closing flushes: a full disk or a quota may show only here
+        except Exception as exc:
+            # Closing flushes: a full disk or a quota may show only here, as HDF5's
+            # RuntimeError (after a failed write too, which it would hide: kept then).
             if error is None:
                 error = OSError(None, f"not written ({exc})", str(self.path))
         if error is None and not self._finished:
             error = RuntimeError(f"{self.path}: finish() was not called")
-        self._atomic.__exit__(type(error) if error else None, error, None)
-        if isinstance(error, OSError) and error.filename is None:
-            # A write that failed (HDF5's, into the temporary file) is said of the product, so
-            # that the commands name it (exit 2), not HDF5's RuntimeError from the close.
-            raise OSError(error.errno, error.strerror or str(error), str(self.path)) from error
+        self._atomic.__exit__(
+            type(error) if error else None, error, traceback if error is raised else None
+        )
         if error is not raised:
             raise error
 
@@ -948,10 +962,13 @@ def _sha256_unless_stopped(path: str | os.PathLike, stop: threading.Event | None
     """:func:`sha256_file`, or None once ``stop`` is set (checked between 1 MB blocks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            if stop is not None and stop.is_set():
-                return None
-            digest.update(block)  # frees the GIL: the hash runs beside Python code
+        try:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                if stop is not None and stop.is_set():
+                    return None
+                digest.update(block)  # frees the GIL: the hash runs beside Python code
+        except OSError as exc:  # a read that fails (EIO) names no file: name the input
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     return digest.hexdigest()
 
 

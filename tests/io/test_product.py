@@ -204,6 +204,35 @@ def test_a_product_that_cannot_be_written_is_an_os_error_naming_it(tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == ["p.h5"]
 
 
+def test_an_error_of_the_work_inside_the_writer_stays_as_it_was(tmp_path, monkeypatch):
+    """What fails in the block but the writer's own writes (an input that cannot be read, the
+    fit itself) is raised as it was, with its traceback, and names no product; an input whose
+    read fails while it is hashed is named."""
+    import errno
+    import io
+    import traceback
+
+    def read_input():
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError) as raised:
+        with ProductWriter(tmp_path / "p.h5"):
+            read_input()
+    assert raised.value.filename is None
+    frames = [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]
+    assert "read_input" in frames
+    assert list(tmp_path.iterdir()) == []
+
+    class FailingStream(io.BytesIO):
+        def read(self, size=-1):
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(product_module, "open", lambda path, mode: FailingStream(), raising=False)
+    with pytest.raises(OSError, match="Input/output error") as raised:
+        product_module.sha256_file(tmp_path / "raw.apz")
+    assert raised.value.filename == str(tmp_path / "raw.apz")
+
+
 def test_crash_mid_fits_write_leaves_nothing(tmp_path, monkeypatch):
     def crash(tmp, *args):
         tmp.write_bytes(b"SIMPLE  =                    T")  # a partial file
