@@ -950,18 +950,21 @@ def _read_times(
     if all(value is not None for value in per_read) and not copied:
         fields = [f"HDU {k + 2} DATE-OBS" for k in indices]
         times = _parse_times(path, fields, per_read, scale)
-        _check_rising(path, per_read, times, indices)
-        _check_no_missing_read(path, header, times, indices)
+        # Seconds from each read to the next, once for both checks (astropy's two-part times:
+        # a float MJD holds ~1 us).
+        steps = np.diff((times - times[0]).sec)
+        _check_rising(path, per_read, steps, indices)
+        _check_no_missing_read(path, header, steps, indices)
         return times
     return read_times_from_header(
         header, indices, timesys=scale, default_intdelay=None, path=path, hdu="HDU 1"
     )
 
 
-def _check_rising(path: Path, per_read: Sequence, times: Time, indices: np.ndarray) -> None:
-    """The reads' own dates rise from read to read; the error names the first HDU that does not
-    (a date repeated is a read HDU given twice; one going back, reads out of order)."""
-    steps = (times[1:] - times[:-1]).sec  # astropy's two-part times: a float MJD holds ~1 us
+def _check_rising(path: Path, per_read: Sequence, steps: np.ndarray, indices: np.ndarray) -> None:
+    """The reads' own dates rise from read to read (``steps``, s from each to the next); the
+    error names the first HDU that does not (a date repeated is a read HDU given twice; one
+    going back, reads out of order)."""
     late = np.flatnonzero(~(steps > 0))
     if not late.size:
         return
@@ -975,15 +978,16 @@ def _check_rising(path: Path, per_read: Sequence, times: Time, indices: np.ndarr
     raise InputError(path, "DATE-OBS of the reads", expected, found)
 
 
-def _check_no_missing_read(path: Path, header, times: Time, indices: np.ndarray) -> None:
+def _check_no_missing_read(path: Path, header, steps: np.ndarray, indices: np.ndarray) -> None:
     """A read HDU missing in the middle shows as a gap in the reads' own dates: every later read
     would be rebuilt from the wrong sum of differences, so it is an error, not a warning.
 
-    The period is ``INTOFF`` when the header has it, else the median spacing of the dates.
+    The period is ``INTOFF`` when the header has it, else the median spacing of the dates;
+    ``steps`` are the seconds from each read to the next.
     """
-    if times.size < 2:
+    if steps.size < 1:
         return
-    seconds = np.diff((times - times[0]).sec) / np.diff(indices)
+    seconds = steps / np.diff(indices)
     period = _card_number(header.get("INTOFF"))
     period = period / 1000.0 if period is not None and period > 0 else float(np.median(seconds))
     gaps = np.flatnonzero(seconds > 1.5 * period)
