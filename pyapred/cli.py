@@ -396,15 +396,16 @@ def _printable_file_names(stream) -> Iterator[None]:
 
 
 def _announce_compilation(command: str, log: logging.Logger) -> None:
-    """One line when the Numba kernels have never been compiled in this environment."""
+    """One line when the Numba kernels are not in the disk cache: never compiled in this
+    environment, or compiled from sources that have changed since (an update)."""
     if command not in KERNEL_COMMANDS:
         return
-    try:  # numba's on-disk cache index of two kernels every fit runs
+    try:  # numba's on-disk cache index of two kernels every fit runs: empty if missing or stale
         from .solver import first_pass
         from .solver.api import backend_kernels
 
         kernels = (first_pass.first_pass_kernel, backend_kernels("numpy").extract_kernel)
-        missing = [not os.path.exists(k._cache._cache_file._index_path) for k in kernels]
+        missing = [not k._cache._cache_file._load_index() for k in kernels]
     except Exception:  # another numba, or no cache: say nothing
         return
     if any(missing):

@@ -310,6 +310,7 @@ LAYERS = (
     "pyapred.io",
     "pyapred.solver",
     "pyapred.arguments",
+    "pyapred.jit",
     "pyapred.errors",
 )
 

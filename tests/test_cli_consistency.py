@@ -242,18 +242,29 @@ def test_crossval_names_its_flags(capsys):
 
 
 def test_compilation_notice_only_without_the_numba_cache(monkeypatch):
+    """The notice where a kernel's cache index is empty: missing, or stale (Numba's index of a
+    kernel compiled from sources that have changed since reads as empty, ``pyapred.jit``)."""
+    from pyapred.solver import first_pass
+    from pyapred.solver.api import backend_kernels
+
     messages = []
     log = logging.getLogger("test-notice")
     log.addHandler(handler := logging.Handler())
     handler.emit = lambda record: messages.append(record.getMessage())
     log.setLevel(logging.INFO)
-    monkeypatch.setattr(cli.os.path, "exists", lambda path: False)
+    indexes = [kernel._cache._cache_file
+               for kernel in (first_pass.first_pass_kernel,
+                              backend_kernels("numpy").extract_kernel)]  # fmt: skip
+    for index in indexes:
+        monkeypatch.setattr(index, "_load_index", lambda: {"an overload": "its file"})
+    cli._announce_compilation("fit", log)
+    assert messages == []
+    monkeypatch.setattr(indexes[1], "_load_index", lambda: {})  # one kernel missing or stale
     cli._announce_compilation("fit", log)
     cli._announce_compilation("simulate", log)  # no kernels there
     assert messages == ["pyapred: compiling the numerical kernels (once, a few minutes)..."]
-    monkeypatch.setattr(cli.os.path, "exists", lambda path: True)
     cli._announce_compilation("noise stress", log)
-    assert len(messages) == 1
+    assert len(messages) == 2
 
 
 # --------------------------------------------------------------------------------------------

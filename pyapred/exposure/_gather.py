@@ -5,7 +5,7 @@ Imported when a chip is prepared, so that ``import pyapred`` does not load Numba
 
 from __future__ import annotations
 
-from numba import njit, prange
+from ..jit import njit, prange
 
 
 @njit(cache=True, parallel=True)

@@ -29,8 +29,10 @@ from typing import BinaryIO
 import numpy as np
 from astropy.io import fits
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import types
 from numba.extending import intrinsic
+
+from ..jit import njit, prange
 
 #: Bits of the per-block code, and the code for raw (uncompressed) blocks, at 4 bytes per pixel.
 FS_BITS = 5

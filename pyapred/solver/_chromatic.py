@@ -16,8 +16,8 @@ Everything is in electrons, as in ``_numpy``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
 
+from ..jit import njit, prange
 from ._numpy import (
     _GROUP_BLOCK,
     STOP_BREAKDOWN,

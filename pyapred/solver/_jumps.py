@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
 
+from ..jit import njit, prange
 from ._flags import Flag
 from ._numpy import (
     _GROUP_BLOCK,

@@ -23,8 +23,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
 
+from ..jit import njit, prange
 from ._flags import Flag
 
 _MASKED_READ = int(Flag.MASKED_READ)

@@ -7,8 +7,8 @@ prepared, so that ``import pyapred`` does not load Numba.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
 
+from ..jit import njit, prange
 from ._numpy import _median_network, _read_only, _runs, _sort_columns
 
 #: Pixels of a row processed together.

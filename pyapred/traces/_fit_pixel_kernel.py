@@ -7,7 +7,8 @@ chosen, so that ``import pyapred`` does not load Numba.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+
+from ..jit import njit, prange
 
 
 @njit(cache=True, parallel=True)
