@@ -110,20 +110,20 @@ def _imported_files(file: Path, root: Path) -> list[Path]:
 
 
 @functools.cache
-def _digest(path: Path) -> bytes:
-    """The SHA-256 of one file's contents."""
+def _digest(path: Path, mtime_ns: int, size: int) -> bytes:
+    """The SHA-256 of one file's contents, memoised on its time and size as Numba's own hash
+    is: a module reloaded after an edit (a notebook's autoreload) is hashed again."""
     return hashlib.sha256(path.read_bytes()).digest()
 
 
-@functools.cache
 def _sources_digest(files: tuple[Path, ...], root: Path) -> str:
     """One SHA-256 over the contents of ``files`` and their names in the package at ``root``
-    (a package moved elsewhere keeps its cache), once per process: a module defines tens of
-    kernels, and each asks."""
+    (a package moved elsewhere keeps its cache)."""
     total = hashlib.sha256()
     for file in files:
+        stat = file.stat()
         total.update(file.relative_to(root).as_posix().encode("utf-8", "surrogateescape"))
-        total.update(_digest(file))
+        total.update(_digest(file, stat.st_mtime_ns, stat.st_size))
     return total.hexdigest()
 
 
@@ -137,22 +137,27 @@ def watch(root: str | os.PathLike) -> None:
     root = Path(root).resolve()
     if root not in _ROOTS:
         _ROOTS.append(root)
-        _watched_sources.cache_clear()
     _install()
 
 
-@functools.cache
 def _watched_sources(py_file: str) -> tuple[tuple[Path, ...], Path] | None:
     """:func:`kernel_sources` of a watched package's file, and the package's root; None for
     any other file."""
     try:
         file = Path(py_file).resolve()
+        root = next((r for r in _ROOTS if file.is_relative_to(r)), None)
+        stat = file.stat() if root is not None else None
     except (OSError, RuntimeError, TypeError, ValueError):
         return None
-    root = next((r for r in _ROOTS if file.is_relative_to(r)), None)
-    if root is None or not file.is_file():
+    if stat is None:
         return None
-    return tuple(kernel_sources(file, root)), root
+    return _sources_of(file, root, stat.st_mtime_ns, stat.st_size), root
+
+
+@functools.cache
+def _sources_of(file: Path, root: Path, mtime_ns: int, size: int) -> tuple[Path, ...]:
+    """:func:`kernel_sources` once per version of a file (a module defines tens of kernels)."""
+    return tuple(kernel_sources(file, root))
 
 
 @functools.cache

@@ -115,3 +115,15 @@ def test_a_kernel_is_compiled_again_when_a_helper_it_inlines_changes(tmp_path):
     changed = _run_kernel(tmp_path)
     assert changed["value"] == 2.0 and changed["misses"] == 1
     assert _run_kernel(tmp_path) == {"value": 2.0, "hits": 1, "misses": 0}
+
+
+def test_the_key_follows_an_edit_within_one_process(tmp_path):
+    """A module reloaded after an edit (a notebook's autoreload) gets a new key."""
+    from pyapred.jit import _sources_digest
+
+    helper = tmp_path / "helper.py"
+    helper.write_text("x = 1\n")
+    before = _sources_digest((helper,), tmp_path)
+    assert _sources_digest((helper,), tmp_path) == before
+    helper.write_text("x = 22\n")
+    assert _sources_digest((helper,), tmp_path) != before
