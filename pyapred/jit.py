@@ -60,12 +60,17 @@ def kernel_sources(path: str | os.PathLike, root: str | os.PathLike = PACKAGE_RO
     return sorted(seen)
 
 
-#: ``from .x import a, b`` (relative or absolute), the names possibly in parentheses over lines.
+#: ``from .x import a, b`` (relative or absolute; ``from .import a`` too), the names possibly in
+#: parentheses over lines.
 _FROM_IMPORT = re.compile(
-    r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]*)", re.M
+    r"^[ \t]*from(?=[ \t.])[ \t]*(\.*)[ \t]*([\w.]*)[ \t]*import(?=[ \t(])[ \t]*(\([^)]*\)|[^\n]*)",
+    re.M,
 )
 #: ``import x.y, z``.
-_IMPORT = re.compile(r"^[ \t]*import[ \t]+([^\n#]*)", re.M)
+_IMPORT = re.compile(r"^[ \t]*import[ \t]+([^\n]*)", re.M)
+#: A comment (a ``#`` in a string cuts the line there too: that line's import, if any, is lost
+#: only where the string comes before it, which no import statement has).
+_COMMENT = re.compile(r"#[^\n]*")
 
 
 def _imported_files(file: Path, root: Path) -> list[Path]:
@@ -79,6 +84,9 @@ def _imported_files(file: Path, root: Path) -> list[Path]:
         text = file.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []  # Numba reads it next, and says what is wrong
+    # One statement a line: no comment (one in a parenthesised list hid the names after it),
+    # no continuation, no ``;``.
+    text = _COMMENT.sub("", text).replace("\\\n", " ").replace(";", "\n")
     modules = []
     for dots, name, names in _FROM_IMPORT.findall(text):
         if dots:  # relative: from the file's package, one folder up per dot after the first
@@ -121,9 +129,12 @@ def _sources_digest(files: tuple[Path, ...], root: Path) -> str:
     (a package moved elsewhere keeps its cache)."""
     total = hashlib.sha256()
     for file in files:
-        stat = file.stat()
         total.update(file.relative_to(root).as_posix().encode("utf-8", "surrogateescape"))
-        total.update(_digest(file, stat.st_mtime_ns, stat.st_size))
+        try:
+            stat = file.stat()
+            total.update(_digest(file, stat.st_mtime_ns, stat.st_size))
+        except OSError:  # gone or unreadable since its importer was read: a key of its own,
+            total.update(b"<unreadable>")  # never an error while a kernel is decorated
     return total.hexdigest()
 
 
@@ -166,7 +177,7 @@ def _install() -> None:
     try:
         from numba.core import caching, config
 
-        # CacheImpl since Numba 0.59, _CacheImpl before.
+        # CacheImpl in the Numbas this package supports (_CacheImpl in older ones).
         impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
         table = impl._locator_classes
         base = caching._CacheLocator

@@ -28,24 +28,65 @@ def test_kernel_sources_follow_the_imports_of_the_package_only():
     assert _names(kernel_sources(PACKAGE_ROOT / "io" / "_rice.py")) == {"io/_rice.py", "jit.py"}
 
 
-def test_kernel_sources_read_relative_absolute_and_parenthesised_imports(tmp_path):
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from .. import a\nfrom ..b import (\n    x,\n    y,\n)\n",
+        "from ..import a\nfrom .. b import x",
+        "from .. import (\n    a,  # a comment (in parentheses) hid the rest\n    b,\n)\n",
+        "import numpy as np; from .. import a, b",
+        "from .. import a, \\\n    b\n",
+        "def f():\n    from .. import a as alias\n    import pkg.b\n",
+        "try:\n    from ..a import x\nexcept ImportError:\n    from ..b import x\n",
+    ],
+)
+def test_kernel_sources_read_every_form_of_import(tmp_path, source):
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)
-    for name in ("__init__.py", "a.py", "b.py", "c.py", "unused.py", "sub/__init__.py",
-                 "sub/d.py"):  # fmt: skip
+    for name in ("__init__.py", "a.py", "b.py", "unused.py", "sub/__init__.py"):
         (package / name).write_text("")
-    (package / "sub" / "kernel.py").write_text(
-        "import numpy as np\n"
-        "from .. import a\n"
-        "from ..b import (\n    x,\n    y,\n)\n"
-        "def f():\n    import pkg.c\n"
-        "from . import d  # a module, by name\n"
-        "from numpy import linalg\n"
-    )
+    (package / "sub" / "kernel.py").write_text("import numpy\n" + source)
     found = {p.relative_to(package).as_posix() for p in kernel_sources(
         package / "sub" / "kernel.py", package)}  # fmt: skip
-    assert found == {"__init__.py", "a.py", "b.py", "c.py", "sub/__init__.py", "sub/d.py",
-                     "sub/kernel.py"}  # fmt: skip
+    assert {"a.py", "b.py", "sub/kernel.py"} <= found and "unused.py" not in found
+
+
+def test_kernel_sources_hold_every_module_that_ast_finds_imported():
+    """The import lines read by pattern against the parsed modules, for every module of the
+    package: what the patterns miss would be a source whose change leaves a kernel stale."""
+
+    def module_file(parts):
+        path = PACKAGE_ROOT.parent.joinpath(*parts)
+        for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+            if candidate.is_file():
+                return candidate.resolve()
+        return None
+
+    def imported(file):
+        package = file.parent.relative_to(PACKAGE_ROOT.parent).parts
+        found = set()
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {module_file(alias.name.split(".")) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else ()
+                parts = [*base, *(node.module.split(".") if node.module else [])]
+                found.add(module_file(parts))
+                found |= {module_file([*parts, alias.name]) for alias in node.names}
+        return {f for f in found if f is not None and f.is_relative_to(PACKAGE_ROOT)}
+
+    missed = {}
+    for file in sorted(PACKAGE_ROOT.rglob("*.py")):
+        closure, pending = set(), [file.resolve()]
+        while pending:
+            current = pending.pop()
+            if current not in closure:
+                closure.add(current)
+                pending.extend(imported(current))
+        lacking = closure - set(kernel_sources(file))
+        if lacking:
+            missed[str(file.relative_to(PACKAGE_ROOT))] = sorted(map(str, lacking))
+    assert not missed
 
 
 def test_every_kernel_module_takes_njit_from_pyapred_jit():
@@ -126,4 +167,14 @@ def test_the_key_follows_an_edit_within_one_process(tmp_path):
     before = _sources_digest((helper,), tmp_path)
     assert _sources_digest((helper,), tmp_path) == before
     helper.write_text("x = 22\n")
+    assert _sources_digest((helper,), tmp_path) != before
+
+
+def test_a_source_gone_since_its_importer_was_read_gives_a_key_not_an_error(tmp_path):
+    from pyapred.jit import _sources_digest
+
+    helper = tmp_path / "helper.py"
+    helper.write_text("x = 1\n")
+    before = _sources_digest((helper,), tmp_path)
+    helper.unlink()
     assert _sources_digest((helper,), tmp_path) != before
