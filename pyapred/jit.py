@@ -48,16 +48,24 @@ def kernel_sources(path: str | os.PathLike, root: str | os.PathLike = PACKAGE_RO
     package's own modules may be relative (``from ._numpy import x``) or absolute
     (``import pyapred.io``). A module of the package is ``name.py`` or ``name/__init__.py``.
     """
-    root = Path(root).resolve()
+    return list(_closure(Path(path).resolve(), Path(root).resolve()))
+
+
+def _closure(file: Path, root: Path) -> tuple[Path, ...]:
+    """:func:`kernel_sources` of a resolved ``file`` and ``root``, sorted."""
     seen: set[Path] = set()
-    pending = [Path(path).resolve()]
+    pending = [file]
     while pending:
         file = pending.pop()
         if file in seen:
             continue
         seen.add(file)
-        pending.extend(_imported_files(file, root))
-    return sorted(seen)
+        try:
+            stat = file.stat()
+        except OSError:
+            continue  # gone since its importer was read: in the key as unreadable
+        pending.extend(_imported_files(file, root, stat.st_mtime_ns, stat.st_size))
+    return tuple(sorted(seen))
 
 
 #: ``from .x import a, b`` (relative or absolute; ``from .import a`` too), the names possibly in
@@ -73,8 +81,10 @@ _IMPORT = re.compile(r"^[ \t]*import[ \t]+([^\n]*)", re.M)
 _COMMENT = re.compile(r"#[^\n]*")
 
 
-def _imported_files(file: Path, root: Path) -> list[Path]:
-    """The files of the package at ``root`` that ``file`` imports.
+@functools.cache
+def _imported_files(file: Path, root: Path, mtime_ns: int, size: int) -> tuple[Path, ...]:
+    """The files of the package at ``root`` that ``file`` imports, read once per version of
+    the file (its time and size; a module defines tens of kernels, and each asks).
 
     The import statements are found by their lines, not by parsing the module (``ast`` took
     0.1 s of each process's first kernel import): a line in a docstring that reads as an import
@@ -83,7 +93,7 @@ def _imported_files(file: Path, root: Path) -> list[Path]:
     try:
         text = file.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return []  # Numba reads it next, and says what is wrong
+        return ()  # Numba reads it next, and says what is wrong
     # One statement a line: no comment (one in a parenthesised list hid the names after it),
     # no continuation, no ``;``.
     text = _COMMENT.sub("", text).replace("\\\n", " ").replace(";", "\n")
@@ -114,7 +124,7 @@ def _imported_files(file: Path, root: Path) -> list[Path]:
         for candidate in (module.with_suffix(".py"), module / "__init__.py"):
             if candidate.is_file() and candidate.resolve().is_relative_to(root):
                 files.append(candidate.resolve())
-    return files
+    return tuple(files)
 
 
 @functools.cache
@@ -154,21 +164,25 @@ def watch(root: str | os.PathLike) -> None:
 def _watched_sources(py_file: str) -> tuple[tuple[Path, ...], Path] | None:
     """:func:`kernel_sources` of a watched package's file, and the package's root; None for
     any other file."""
-    try:
-        file = Path(py_file).resolve()
-        root = next((r for r in _ROOTS if file.is_relative_to(r)), None)
-        stat = file.stat() if root is not None else None
-    except (OSError, RuntimeError, TypeError, ValueError):
+    found = _watched_file(py_file, len(_ROOTS))
+    if found is None:
         return None
-    if stat is None:
-        return None
-    return _sources_of(file, root, stat.st_mtime_ns, stat.st_size), root
+    file, root = found
+    return _closure(file, root), root
 
 
 @functools.cache
-def _sources_of(file: Path, root: Path, mtime_ns: int, size: int) -> tuple[Path, ...]:
-    """:func:`kernel_sources` once per version of a file (a module defines tens of kernels)."""
-    return tuple(kernel_sources(file, root))
+def _watched_file(py_file: str, n_roots: int) -> tuple[Path, Path] | None:
+    """``py_file`` resolved, and the watched root it is in (None if none), once per file and
+    number of roots (:func:`watch` may add one)."""
+    try:
+        file = Path(py_file).resolve()
+        root = next((r for r in _ROOTS[:n_roots] if file.is_relative_to(r)), None)
+        if root is None or not file.is_file():
+            return None
+    except (OSError, RuntimeError, TypeError, ValueError):
+        return None
+    return file, root
 
 
 @functools.cache

@@ -178,3 +178,16 @@ def test_a_source_gone_since_its_importer_was_read_gives_a_key_not_an_error(tmp_
     before = _sources_digest((helper,), tmp_path)
     helper.unlink()
     assert _sources_digest((helper,), tmp_path) != before
+
+
+def test_kernel_sources_follow_an_import_added_within_one_process(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    for name in ("__init__.py", "other.py"):
+        (package / name).write_text("")
+    (package / "kernel.py").write_text("from .helper import f\n")
+    helper = package / "helper.py"
+    helper.write_text("f = 1\n")
+    assert package / "other.py" not in kernel_sources(package / "kernel.py", package)
+    helper.write_text("from .other import g\nf = 1\n")
+    assert package / "other.py" in kernel_sources(package / "kernel.py", package)
