@@ -396,8 +396,9 @@ def _printable_file_names(stream) -> Iterator[None]:
 
 
 def _announce_compilation(command: str, log: logging.Logger) -> None:
-    """One line when the Numba kernels are not in the disk cache: never compiled in this
-    environment, or compiled from sources that have changed since (an update)."""
+    """One line when the Numba kernels are not in the disk cache for this machine: never
+    compiled in this environment, compiled from sources that have changed since (an update),
+    or only for another CPU (a cache shared between machines)."""
     if command not in KERNEL_COMMANDS:
         return
     try:  # numba's on-disk cache index of two kernels every fit runs: empty if missing or stale
@@ -405,11 +406,19 @@ def _announce_compilation(command: str, log: logging.Logger) -> None:
         from .solver.api import backend_kernels
 
         kernels = (first_pass.first_pass_kernel, backend_kernels("numpy").extract_kernel)
-        missing = [not k._cache._cache_file._load_index() for k in kernels]
+        missing = [not _cached_for_this_cpu(k) for k in kernels]
     except Exception:  # another numba, or no cache: say nothing
         return
     if any(missing):
         log.info("pyapred: compiling the numerical kernels (once, a few minutes)...")
+
+
+def _cached_for_this_cpu(kernel) -> bool:
+    """Whether Numba's cache index of ``kernel`` holds an entry for this CPU: its keys are
+    ``(signature, the target's (triple, CPU, features), hashes)``."""
+    here = kernel.targetctx.codegen().magic_tuple()
+    index = kernel._cache._cache_file._load_index()
+    return any(isinstance(key, tuple) and len(key) > 1 and key[1] == here for key in index)
 
 
 # glibc's M_TRIM_THRESHOLD and M_MMAP_MAX (malloc.h), and the heap it may keep unreturned.

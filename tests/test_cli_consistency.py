@@ -242,8 +242,9 @@ def test_crossval_names_its_flags(capsys):
 
 
 def test_compilation_notice_only_without_the_numba_cache(monkeypatch):
-    """The notice where a kernel's cache index is empty: missing, or stale (Numba's index of a
-    kernel compiled from sources that have changed since reads as empty, ``pyapred.jit``)."""
+    """The notice where a kernel's cache index has no entry for this CPU: missing, stale
+    (Numba's index of a kernel compiled from sources that have changed since reads as empty,
+    ``pyapred.jit``), or written on another machine."""
     from pyapred.solver import first_pass
     from pyapred.solver.api import backend_kernels
 
@@ -252,19 +253,24 @@ def test_compilation_notice_only_without_the_numba_cache(monkeypatch):
     log.addHandler(handler := logging.Handler())
     handler.emit = lambda record: messages.append(record.getMessage())
     log.setLevel(logging.INFO)
-    indexes = [kernel._cache._cache_file
-               for kernel in (first_pass.first_pass_kernel,
-                              backend_kernels("numpy").extract_kernel)]  # fmt: skip
-    for index in indexes:
-        monkeypatch.setattr(index, "_load_index", lambda: {"an overload": "its file"})
+    kernels = (first_pass.first_pass_kernel, backend_kernels("numpy").extract_kernel)
+    here = kernels[0].targetctx.codegen().magic_tuple()
+    elsewhere = (here[0], "another-cpu", "")
+
+    def index_with(cpu):
+        return lambda: {("a signature", cpu, ("code", "closure")): "its data file"}
+
+    for kernel in kernels:
+        monkeypatch.setattr(kernel._cache._cache_file, "_load_index", index_with(here))
     cli._announce_compilation("fit", log)
     assert messages == []
-    monkeypatch.setattr(indexes[1], "_load_index", lambda: {})  # one kernel missing or stale
-    cli._announce_compilation("fit", log)
+    for index in (lambda: {}, index_with(elsewhere)):  # missing or stale; another machine's
+        monkeypatch.setattr(kernels[1]._cache._cache_file, "_load_index", index)
+        cli._announce_compilation("fit", log)
     cli._announce_compilation("simulate", log)  # no kernels there
-    assert messages == ["pyapred: compiling the numerical kernels (once, a few minutes)..."]
+    assert messages == ["pyapred: compiling the numerical kernels (once, a few minutes)..."] * 2
     cli._announce_compilation("noise stress", log)
-    assert len(messages) == 2
+    assert len(messages) == 3
 
 
 # --------------------------------------------------------------------------------------------
