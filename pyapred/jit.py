@@ -158,13 +158,14 @@ def watch(root: str | os.PathLike) -> None:
     root = Path(root).resolve()
     if root not in _ROOTS:
         _ROOTS.append(root)
+        _watched_file.cache_clear()  # a file it holds may have been seen as unwatched
     _install()
 
 
 def _watched_sources(py_file: str) -> tuple[tuple[Path, ...], Path] | None:
     """:func:`kernel_sources` of a watched package's file, and the package's root; None for
     any other file."""
-    found = _watched_file(py_file, len(_ROOTS))
+    found = _watched_file(py_file)
     if found is None:
         return None
     file, root = found
@@ -172,12 +173,11 @@ def _watched_sources(py_file: str) -> tuple[tuple[Path, ...], Path] | None:
 
 
 @functools.cache
-def _watched_file(py_file: str, n_roots: int) -> tuple[Path, Path] | None:
-    """``py_file`` resolved, and the watched root it is in (None if none), once per file and
-    number of roots (:func:`watch` may add one)."""
+def _watched_file(py_file: str) -> tuple[Path, Path] | None:
+    """``py_file`` resolved, and the watched root it is in (None if none), once per file."""
     try:
         file = Path(py_file).resolve()
-        root = next((r for r in _ROOTS[:n_roots] if file.is_relative_to(r)), None)
+        root = next((r for r in _ROOTS if file.is_relative_to(r)), None)
         if root is None or not file.is_file():
             return None
     except (OSError, RuntimeError, TypeError, ValueError):
