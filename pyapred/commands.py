@@ -212,6 +212,7 @@ def fit_arguments(parser: argparse.ArgumentParser) -> None:
 def fit_run(args: argparse.Namespace) -> int:
     """Fit omega per fiber, choose models, extract every pixel, write the product."""
     from .exposure import config_source, options_from_arguments, resolve_backend, run_exposure
+    from .io import is_fits_path
     from .io.paths import check_input_file, check_output_path, remove_stale_temporaries
 
     options = options_from_arguments(args)
@@ -263,6 +264,10 @@ def fit_run(args: argparse.Namespace) -> int:
             for entry in sorted(Path(args.plots).iterdir()):
                 if PLOT_NAME.fullmatch(entry.name):
                     check_output_path(entry, "--plots", inputs=inputs, overwrite=True)
+    # A product under another name (.apz, .txt) is one that inspect and --config cannot read.
+    if not (Path(args.out).suffix in (".h5", ".hdf5") or is_fits_path(args.out)):
+        raise InputError(args.out, "--out", "a product name ending .h5 (HDF5) or .fits (FITS)",
+                         Path(args.out).suffix or "no suffix")  # fmt: skip
     remove_stale_temporaries(args.out, keep=inputs)  # left by a killed run on the same output
     log.debug("pyapred fit: settings %s", options.to_record())
     start = time.perf_counter()

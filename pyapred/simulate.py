@@ -77,6 +77,11 @@ class SimulatedRamps:
         )
 
 
+#: Most counts :func:`simulate_ramps` draws in one read difference (NumPy's Poisson sampler
+#: refuses means near 1e19; a detector holds about 1e5).
+MAX_EXPECTED_COUNTS = 1e15
+
+
 def omega_uniform(n_diff: int, amplitude: float, rng: np.random.Generator) -> np.ndarray:
     """Independent factors ``omega_k ~ U(1 - amplitude, 1)``, the paper's amplitude-A pattern.
 
@@ -92,9 +97,19 @@ def omega_uniform(n_diff: int, amplitude: float, rng: np.random.Generator) -> np
     -------
     ndarray, ``(n_diff,)``
     """
+    n_diff = _count(n_diff, "n_diff")
     if not 0.0 <= amplitude <= 1.0:
         raise ValueError(f"amplitude: expected a value in [0, 1], got {amplitude}")
     return 1.0 - amplitude * rng.uniform(0.0, 1.0, n_diff)
+
+
+def _count(value, name: str, low: int = 1) -> int:
+    """``value`` as a whole number of at least ``low``; a ValueError naming ``name`` otherwise
+    (NumPy's errors for 5.5 or -1 named nothing)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or (
+            value < low):  # fmt: skip
+        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def omega_cloud(n_diff: int, depth: float, start: int, length: int) -> np.ndarray:
@@ -104,6 +119,7 @@ def omega_cloud(n_diff: int, depth: float, start: int, length: int) -> np.ndarra
     -------
     ndarray, ``(n_diff,)``
     """
+    n_diff = _count(n_diff, "n_diff")
     if not 0.0 <= depth < 1.0:
         raise ValueError(f"depth: expected a value in [0, 1), got {depth}")
     if start < 0 or length < 0 or start + length > n_diff:
@@ -126,8 +142,11 @@ def omega_drift(
     -------
     ndarray, ``(n_diff,)``
     """
+    n_diff = _count(n_diff, "n_diff")
     if not 0.0 <= amplitude < 1.0:
         raise ValueError(f"amplitude: expected a value in [0, 1), got {amplitude}")
+    periods = float(_finite_array(periods, "periods", scalar=True))  # inf gave NaN everywhere
+    phase = float(_finite_array(phase, "phase", scalar=True))
     t = np.linspace(0.0, 1.0, n_diff)
     return 1.0 - amplitude * 0.5 * (1.0 - np.cos(2.0 * np.pi * periods * t + phase))
 
@@ -199,11 +218,11 @@ def simulate_ramps(
             f"{type(rng).__name__}"
         )
     flux = _finite_array(flux, "flux", low=0.0)
+    if n_reads is not None:
+        n_reads = _count(n_reads, "n_reads", 2)
     if omega is None:
         if n_reads is None:
             raise ValueError("n_reads: required when omega is not given")
-        if not isinstance(n_reads, (int, np.integer)) or n_reads < 2:
-            raise ValueError(f"n_reads: expected an integer >= 2, got {n_reads!r}")
         omega = np.ones(n_reads - 1)
     omega = _finite_array(omega, "omega", low=0.0)
     if n_reads is None:
@@ -234,6 +253,9 @@ def simulate_ramps(
             )
     cosmic_ray_rate = float(_finite_array(cosmic_ray_rate, "cosmic_ray_rate", low=0.0,
                                           scalar=True))  # fmt: skip
+    if cosmic_ray_rate > 1.0:  # a probability per difference: 2 was taken as 1
+        raise ValueError(f"cosmic_ray_rate: expected a probability in [0, 1], got "
+                         f"{cosmic_ray_rate!r}")  # fmt: skip
     charge = _finite_array(cosmic_ray_charge, "cosmic_ray_charge", low=0.0)
     if charge.shape != (2,) or not charge[0] <= charge[1]:  # (a negative charge: no jump)
         raise ValueError(f"cosmic_ray_charge: expected (low, high), got {cosmic_ray_charge!r}")
@@ -242,7 +264,13 @@ def simulate_ramps(
         saturation = float(_finite_array(saturation, "saturation", low=0.0, positive=True,
                                          scalar=True))  # fmt: skip
     expand = (slice(None),) + (None,) * flux.ndim
-    photons = rng.poisson(flux[None] * (omega * dt)[expand]).astype(np.float64)
+    expected = flux[None] * (omega * dt)[expand]
+    if expected.size and expected.max() > MAX_EXPECTED_COUNTS:  # NumPy: "lam value too large"
+        raise ValueError(
+            f"flux: expected at most {MAX_EXPECTED_COUNTS:g} counts per read difference (flux "
+            f"x omega x interval), got {expected.max():.3g}"
+        )
+    photons = rng.poisson(expected).astype(np.float64)
     jumps = np.zeros_like(photons)
     if cosmic_ray_rate > 0:
         hit = rng.uniform(size=photons.shape) < cosmic_ray_rate

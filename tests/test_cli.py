@@ -201,6 +201,19 @@ def test_a_refused_fit_leaves_no_folder_behind(tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("name", ["p.apz", "p.txt", "product"])
+def test_a_product_named_as_no_product_is_refused(tmp_path, capsys, name):
+    """An HDF5 product was written under .apz or .txt: `pyapred inspect` and `--config` could
+    not read it back."""
+    trace = tmp_path / "traceMain_apo_60781_R.h5"
+    raw = tmp_path / "apR-a-52190001.apz"
+    trace.write_bytes(b"")
+    raw.write_bytes(b"")
+    assert main(["fit", str(raw), "--traces", str(trace), "--out", str(tmp_path / name)]) == 2
+    assert "--out: expected a product name ending .h5 (HDF5) or .fits" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([trace.name, raw.name])
+
+
 def test_seeing_change_simulated_and_fitted_with_the_chromatic_model(tmp_path, capsys):
     """``pyapred simulate --seeing-change``, then ``pyapred fit --joint-chips --chromatic``."""
     argv = ["simulate", "--out", str(tmp_path), "--fibers", "40", "--columns", "96", "--reads",

@@ -29,6 +29,11 @@ from pyapred import simulate_ramps
         ({"cosmic_ray_charge": (-500.0, -100.0)}, "cosmic_ray_charge: expected finite values"),
         ({"cosmic_ray_charge": (500.0, 100.0)}, r"cosmic_ray_charge: expected \(low, high\)"),
         ({"n_reads": 0, "omega": None}, "n_reads: expected an integer >= 2"),
+        # NumPy's "lam value too large", TypeError for 4.0 (with omega), and a rate of 2.
+        ({"flux": np.r_[1e30, 1.0, 1.0]}, "flux: expected at most 1e\\+15 counts"),
+        ({"n_reads": 6.0}, "n_reads: expected an integer >= 2"),
+        ({"n_reads": True, "omega": None}, "n_reads: expected an integer >= 2"),
+        ({"cosmic_ray_rate": 2.0}, r"cosmic_ray_rate: expected a probability in \[0, 1\]"),
     ],
 )
 def test_arguments_no_simulation_can_use_are_refused_by_name(change, match):
@@ -36,6 +41,21 @@ def test_arguments_no_simulation_can_use_are_refused_by_name(change, match):
             "rng": np.random.default_rng(0)} | change  # fmt: skip
     with pytest.raises(ValueError, match=match):
         simulate_ramps(args.pop("flux"), args.pop("read_noise"), **args)
+
+
+def test_omega_patterns_refuse_what_is_no_pattern():
+    """NumPy's errors for 5.5 or -1 differences named nothing; periods of inf gave NaN."""
+    from pyapred.simulate import omega_cloud, omega_drift, omega_uniform
+
+    rng = np.random.default_rng(0)
+    for call in (lambda: omega_uniform(5.5, 0.3, rng), lambda: omega_drift(-1, 0.1),
+                 lambda: omega_cloud(True, 0.2, 0, 1)):  # fmt: skip
+        with pytest.raises(ValueError, match="n_diff: expected an integer >= 1"):
+            call()
+    for kwargs, name in (({"periods": np.inf}, "periods"), ({"phase": np.nan}, "phase")):
+        with pytest.raises(ValueError, match=name + ": expected finite values"):
+            omega_drift(5, 0.1, **kwargs)
+    assert omega_drift(np.int64(5), 0.1).shape == (5,) and omega_uniform(3, 0.2, rng).size == 3
 
 
 def test_rng_must_be_a_generator():

@@ -115,6 +115,47 @@ def test_pixel_map_bright_neighbour_dominates_a_faint_fibers_wing():
     assert skewed.purity[10, 0] < 0.95 < equal.purity[10, 0]
 
 
+def test_fiber_id_refuses_what_is_no_fiber_index():
+    """300 gave fiberId 0, -1 gave 301 and 2.5 gave 297.5, as fiber_index once did the other
+    way."""
+    assert fiber_id(0) == 300 and fiber_id(np.array([299, 150])).tolist() == [1, 150]
+    for index in (300, -1, 2.5, np.nan, "7", [0, 300]):
+        with pytest.raises(ValueError, match="fiber_index: expected whole fiber indices 0 to 299"):
+            fiber_id(index)
+
+
+def test_pixel_map_and_fit_pixels_check_their_arguments():
+    """The kernels check no bounds: a small snr or bad was read past its end (another answer
+    each call), a NaN brightness made the whole map background, a NaN halfwidth gave NumPy's
+    error, a negative one a map of background. Each is now a ValueError naming it."""
+    traces = straight_traces()
+    pmap = pixel_fiber_map(traces, 40)
+    snr = np.full((40, 8), 100.0)
+    assert select_fit_pixels(traces, pmap, snr).count.tolist() == [8] * 5
+    for kwargs, name in (({"snr": np.full((1, 1), 100.0)}, "snr"),
+                         ({"snr": np.full(40, 100.0)}, "snr"),
+                         ({"snr": np.full((39, 8), 100.0)}, "snr"),
+                         ({"bad": np.zeros((1, 1), bool)}, "bad"),
+                         ({"core_halfwidth": np.nan}, "core_halfwidth"),
+                         ({"min_snr": -1.0}, "min_snr"),
+                         ({"max_pixels": 0}, "max_pixels")):  # fmt: skip
+        with pytest.raises(ValueError, match=name + ": expected"):
+            select_fit_pixels(traces, pmap, **{"snr": snr, **kwargs})
+    narrow = pixel_fiber_map(Traces(traces.y_center[:, :4], traces.sigma[:, :4]), 40)
+    with pytest.raises(ValueError, match=r"pixel_map: expected fiber and purity of \(40, 8\)"):
+        select_fit_pixels(traces, narrow, snr)
+    for kwargs, name in (({"brightness": np.r_[np.nan, np.ones(4)][:, None]}, "brightness"),
+                         ({"brightness": np.ones((3, 8))}, "brightness"),
+                         ({"halfwidth": np.nan}, "halfwidth"), ({"halfwidth": -1.0}, "halfwidth"),
+                         ({"halfwidth": np.inf}, "halfwidth"), ({"ny": 0}, "ny"),
+                         ({"ny": 40.0}, "ny")):  # fmt: skip
+        with pytest.raises(ValueError, match=name + ": expected"):
+            pixel_fiber_map(traces, **{"ny": 40, **kwargs})
+    for rate in (np.ones((3, 3)), np.ones(40)):
+        with pytest.raises(ValueError, match="rate: expected"):
+            trace_brightness(traces, rate)
+
+
 def test_select_fit_pixels_applies_every_cut():
     traces = straight_traces(n_fibers=3, n_columns=10, spacing=8.0, sigma=1.0)
     traces = Traces(traces.y_center, traces.sigma, excluded=[False, False, True])

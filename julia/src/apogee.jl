@@ -183,8 +183,10 @@ With `traces` ([`Traces`](@ref), e.g. [`traces_from_params`](@ref) of the night'
 `dimages`: jumps and saturation found by the stages' first pass (AR's `last_unsaturated` cuts each
 ramp; `not_cosmic_ray` is not used, the first pass finds cosmic rays itself), omega fitted per
 fiber, the model chosen per fiber, every pixel extracted with its fiber's omega (mean 1, so
-fluxes are exposure averages like `sutr_wood`'s). Pixels the stages cannot fit (fewer than 2
-usable differences) keep the constant fit's values.
+fluxes are exposure averages like `sutr_wood`'s). Pixels the stages give no flux (fewer than 2
+usable differences, or omega 0 on all of them: `TOO_FEW_DIFFS`) keep the constant fit's values.
+A pixel cut by `last_unsaturated` is flagged `SATURATED`, not `NONFINITE_READ`; pyapred's
+`load_chip` ends an ar3Dcal file's ramps at its `last_unsaturated` by the same rule.
 
 # Arguments
 - `dimages`: `(nx, ny, n_diffs)` read differences in DN (`diffify_datacube!`), any real type.
@@ -265,7 +267,9 @@ function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,
     dimage, ivarimage, chisqimage = copy(rates), copy(ivars), copy(chi2s)
     pixel_flags = copy(result.flags)
     for y in 1:ny, x in 1:nx
-        if result.n_diff[x, y] >= 2
+        # No flux (TOO_FEW_DIFFS: under 2 usable differences, or omega 0 on all of them, where
+        # n_diff can be 2 or more): the constant fit's values stay, never a NaN.
+        if result.n_diff[x, y] >= 2 && isfinite(result.flux[x, y])
             n_diff[x, y] = result.n_diff[x, y]
             dimage[x, y] = result.flux[x, y]
             v = result.flux_var[x, y]

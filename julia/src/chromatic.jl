@@ -656,6 +656,9 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
     inflation = zeros(G)
     dof = zeros(Int, G)
     group_flags = zeros(Int, G)
+    # A group with nothing to fit is EMPTY_GROUP with its omega elements NaN, not unconverged:
+    # `fit_omega`'s flags for it.
+    converged = [res.converged[g] || !any(view(fit, :, g)) for g in 1:G]
     for g in 1:G
         nonempty = any(view(fit, :, g))
         # (omega, gamma) = (a, b / a): the covariance of (a, b) by the Jacobian of that map.
@@ -708,14 +711,14 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
             p_value[g] = p_g
             amplitude[g] = sqrt(12.0 * max(excess, 0.0))
         end
-        res.converged[g] || (group_flags[g] |= NOT_CONVERGED)
-        nonempty && any(view(undetermined, :, g)) && (group_flags[g] |= OMEGA_ELEMENT_NO_DATA)
+        converged[g] || (group_flags[g] |= NOT_CONVERGED)
+        any(view(undetermined, :, g)) && (group_flags[g] |= OMEGA_ELEMENT_NO_DATA)
         nonempty || (group_flags[g] |= EMPTY_GROUP)
     end
     out = (; omega = res.omega, gamma, cov = cov_out, ref_index = kstar,
         flux = res.flux ./ gain_map, flux_var = res.flux_var ./ gain_map .^ 2, chi2 = res.chi2,
         n_diff, flags = flags .| s_flags, group_flags, n_iter = res.n_iter,
-        converged = res.converged, stop_reason = res.stop_reason, delta_chi2, dof, p_value,
+        converged, stop_reason = res.stop_reason, delta_chi2, dof, p_value,
         amplitude, inflation)
     single || return out
     return map(drop_group_axis, out)

@@ -417,6 +417,10 @@ end
 `FIT_BATCH_BYTES`)."
 const FIT_BATCH_BYTES = 64 * 2^20
 
+"With the nuisance term, the offsets' budget of one batch, bytes (about six `(S, K, K)` Float64
+arrays per fiber; pyapred's `NUISANCE_BATCH_BYTES`)."
+const NUISANCE_BATCH_BYTES = 256 * 2^20
+
 "What the omega fit holds per fiber, pixel and difference at its peak, bytes (the differences,
 the normal equations' `e_hat`, the jump search's arrays; pyapred's `FIT_BYTES_PER_ELEMENT`)."
 const FIT_BYTES_PER_ELEMENT = 24
@@ -428,7 +432,8 @@ const FIT_BYTES_PER_ELEMENT = 24
 [`fit_omega`](@ref) and [`fit_constant`](@ref) of the fibers `todo` (their first `P` pixels) in
 batches of fibers (pyapred's `_fit_batched`), so that the fit's work arrays (about
 `FIT_BYTES_PER_ELEMENT` bytes per fiber, pixel and difference: 0.68 GB for 300 fibers of 2048
-pixels and 46 differences at once) stay within `batch_bytes`. Each batch's reads and mask are
+pixels and 46 differences at once) stay within `batch_bytes`, and with `segments` the offsets'
+blocks within `NUISANCE_BATCH_BYTES`. Each batch's reads and mask are
 taken from `reads` as the batch comes, so the fit holds no second copy of every fiber's reads.
 The groups and pixels are fitted independently, so the result is the same as that of one call
 over all of them.
@@ -453,7 +458,12 @@ function fit_batched(reads::AbstractArray{<:Real, 3}, valid::AbstractMatrix{Bool
         batch_bytes::Integer = FIT_BATCH_BYTES)
     G = length(todo)
     G > 0 || throw(ArgumentError("todo: expected at least one fiber"))
-    batch = fibers_per_batch(size(reads, 3) - 1, P, batch_bytes)
+    K = size(reads, 3) - 1
+    batch = fibers_per_batch(K, P, batch_bytes)
+    if segments !== nothing  # the offsets' blocks grow with the segments, not the pixels
+        per_fiber = 6 * 8 * maximum(segments; init = 1) * K * K
+        batch = min(batch, max(1, NUISANCE_BATCH_BYTES ÷ per_fiber))
+    end
     parts = map(1:batch:G) do first_group
         rows = first_group:min(first_group + batch - 1, G)
         fibers = todo[rows]

@@ -1064,10 +1064,12 @@ function fit_omega_groups(diffs::AbstractArray{<:Real, 3}, valid::AbstractArray{
     flux_fit = [fit_pixel[p, g] ? flux_out[p, g] : 0.0 for p in 1:P, g in 1:G]
     chi2_kernel!(chi2, fitted_all, valid, s2, x, flux_fit, fit_pixel)
     # Nothing fails silently: a group whose results are not all finite (a singular covariance,
-    # an overflow) has not converged, whatever its steps did.
+    # an overflow), or whose covariance has a negative variance (a singular system inverted,
+    # as segments of one pixel each give), has not converged, whatever its steps did.
     for g in 1:G
         any(view(fit_pixel, :, g)) || continue
         finite = all(isfinite, view(omega_cov, :, :, g)) &&
+                 all(k -> omega_cov[k, k, g] >= 0, 1:K) &&
                  all(k -> !has_data[k, g] || isfinite(omega_out[k, g]), 1:K) &&
                  all(p -> !fit_pixel[p, g] || (isfinite(flux_out[p, g]) &&
                                                isfinite(flux_var[p, g]) && isfinite(chi2[p, g])),
@@ -1340,7 +1342,9 @@ Gauss-Newton solution of [`fit_omega`](@ref); see [`gibbs`](@ref).
 
 # Returns
 A NamedTuple `(omega_samples (K, n_samples), flux_samples (n_pix, n_samples), omega_mean,
-omega_cov, flux, ref_index)`; `flux` is the [`extract_fluxes`](@ref) result at `omega_mean`.
+omega_cov, flux, ref_index, group_flags)`; `flux` is the [`extract_fluxes`](@ref) result at
+`omega_mean`; `group_flags` are the [`fit_omega`](@ref) start's (an omega element without data,
+NaN in the samples, has `OMEGA_ELEMENT_NO_DATA`).
 """
 function sample_omega(reads::AbstractMatrix, read_noise, n_samples; burn_in,
         rng::AbstractRNG = Random.default_rng(), gain = 1.0, mask = nothing,
@@ -1368,5 +1372,5 @@ function sample_omega(reads::AbstractMatrix, read_noise, n_samples; burn_in,
     omega_cov[:, kstar] .= 0.0
     flux = extract_fluxes(reads, read_noise, omega_mean; kw...)
     return (; omega_samples = omega_s, flux_samples = flux_s, omega_mean, omega_cov, flux,
-        ref_index = kstar)
+        ref_index = kstar, group_flags = start.group_flags)
 end

@@ -103,5 +103,10 @@ function check_options(options::FitOptions)
     options.chromatic && options.model == "constant" &&
         throw(ArgumentError("chromatic: expected no chromatic fit with the constant model " *
                             "forced on every fiber, got true"))
+    # No fiber would be fitted: each needs min_fit_pixels.
+    options.max_fit_pixels === nothing || options.max_fit_pixels >= options.min_fit_pixels ||
+        throw(ArgumentError("max_fit_pixels: expected at least min_fit_pixels " *
+                            "($(options.min_fit_pixels)): with fewer no fiber is fitted, got " *
+                            "$(options.max_fit_pixels)"))
     return options
 end

@@ -549,7 +549,7 @@ end
         guess, _, k_ref = initial_guess(reads, 15.0)
         @test guess[k_ref] == 1.0
         samples = sample_omega(reads, 15.0, 50; burn_in = 10, rng = Xoshiro(1))
-        @test size(samples.omega_samples) == (n_reads - 1, 50)
+        @test size(samples.omega_samples) == (n_reads - 1, 50) && samples.group_flags == 0
         # Counts and switches as pyapred takes them: whole floats count, Bool does not;
         # 0 and 1 switch.
         @test_throws "n_samples: expected an integer >= 2" sample_omega(reads, 15.0, 2.5;

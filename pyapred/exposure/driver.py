@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, expect_type
+from ..errors import InputError, InputWarning, expect_type
 from ..traces import Traces
 from .extract import ChipResult, extract_chip
 from .fibers import FiberFits, fit_fibers
@@ -386,12 +386,18 @@ def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, ide
                 path, gain=options.gain, read_noise=options.read_noise,
                 saturation=options.saturation, identity=identity,
             )  # fmt: skip
-            if shape is not None:
-                _check_same_shape(str(path), shape, seen)
-                traces[chip].check_geometry(*shape[1:], source=str(trace_path))
+            if shape[0] < 3:  # (prepare_chip's check, after the chip was loaded)
+                raise InputError(path, "reads", "at least 3 reads (2 differences) a chip",
+                                 str(shape[0]))  # fmt: skip
+            _check_same_shape(str(path), shape, seen)
+            traces[chip].check_geometry(*shape[1:], source=str(trace_path))
 
+    # A raw file may be read into an earlier chip's raw cube of its shape; an ar3Dcal file
+    # (float64 reads) never is.
+    raw_shape = {chip: None if Path(path).suffix == ".h5" else shapes[chip]
+                 for chip, (path, _) in pairs.items()}  # fmt: skip
     chips = {
-        chip: _FileChip(Path(path), Path(trace), traces[chip], options, identity, shapes[chip])
+        chip: _FileChip(Path(path), Path(trace), traces[chip], options, identity, raw_shape[chip])
         for chip, (path, trace) in pairs.items()
     }
     meta = {
@@ -428,8 +434,11 @@ class _FileChip:
             saturation=self.options.saturation, identity=self.identity,
             out=self._fillable(spare),
         )  # fmt: skip
-        # Checked here too, so that the error names the trace file.
-        self.traces.check_geometry(*chip.reads.shape[1:], source=str(self.trace_path))
+        # Checked here too, so that the error names the trace file; what it warns of,
+        # prepare_chip warns of, naming the file too (Traces.path).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)
+            self.traces.check_geometry(*chip.reads.shape[1:], source=str(self.trace_path))
         return chip
 
     def _fillable(self, spare: list | None) -> np.ndarray | None:

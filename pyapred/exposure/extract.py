@@ -140,6 +140,12 @@ def extract_chip(
         constant_fit = _without_groups(fit_constant, options.backend)
         constant = _masked_at_jumps(constant_fit, chip, prepared.jumps, groups)
     flags = result.flags  # this call's own array: flagged in place, no chip-sized copy
+    if chip.saturation_cut is not None:
+        # The file ended these ramps at saturation (their later reads are NaN): saturated, not
+        # non-finite reads of the detector (APRampFit's sutr_omega, the same rule).
+        for fit in (result, constant) if constant is not None else (result,):
+            cut = fit.flags[chip.saturation_cut]
+            fit.flags[chip.saturation_cut] = (cut & ~int(Flag.NONFINITE_READ)) | int(Flag.SATURATED)
     flags[fiber < 0] |= Flag.BACKGROUND
     if prepared.jumps.size:
         _, row, col = prepared.jumps.T

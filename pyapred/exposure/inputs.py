@@ -63,6 +63,11 @@ class ChipExposure:
         ``read_times_tai_mjd`` (the reads' start times, TAI MJD) and the header cards
         ``DATE-OBS``, ``TIMESYS``, ``INTOFF``, ``INTDELAY``, ``NREAD`` and ``CONFIGID`` present
         (:func:`load_chip` fills it from the file).
+    saturation_cut : ndarray of bool ``(ny, nx)``, optional
+        Pixels whose ramp the input file ends at saturation (an ar3Dcal file's
+        ``last_unsaturated``): their later reads are NaN here, and
+        :func:`~pyapred.exposure.extract_chip` flags them ``SATURATED``, not
+        ``NONFINITE_READ``, as APRampFit's ``sutr_omega`` does (:func:`load_chip` sets it).
     """
 
     name: str
@@ -76,6 +81,7 @@ class ChipExposure:
     source: str = "<memory>"
     writable: bool = False
     timing: dict | None = None
+    saturation_cut: np.ndarray | None = None
 
     def __post_init__(self):
         """Checks what the stages rely on, naming ``source`` and the field: a cube of real
@@ -118,6 +124,13 @@ class ChipExposure:
             if shape not in ((), (1,), (ny, nx)):
                 raise InputError(self.source, name, f"a number or a ({ny}, {nx}) map",
                                  f"shape {shape}")  # fmt: skip
+        cut = self.saturation_cut
+        if cut is not None and not (isinstance(cut, np.ndarray) and cut.dtype == bool
+                                    and cut.shape == (ny, nx)):  # fmt: skip
+            found = (f"{cut.dtype} array of shape {cut.shape}" if isinstance(cut, np.ndarray)
+                     else type(cut).__name__)  # fmt: skip
+            raise InputError(self.source, "saturation_cut", f"None or a ({ny}, {nx}) bool map",
+                             found)  # fmt: skip
 
     def __repr__(self) -> str:
         """Name, shape, type and calibration (a line, never whole arrays)."""
@@ -275,7 +288,17 @@ def load_chip(
         cal = read_ar3dcal(path)
         name = parse_ar_name(path)
         raw = cal.exposure
+        # Which pixels' ramps end at saturation, from the reads as the file has them (the maps'
+        # check below sets the reads of pixels without a gain to NaN).
+        ended = _saturation_ends(cal.exposure.reads, cal.unsaturated_diffs)
         gain_map, reads = _ar3dcal_maps(path, cal, gain, read_noise, saturation)
+        cut = None
+        if ended is not None:
+            cut, last_read = ended
+            if gain is None:  # pixels without a gain have no flux, whatever their reads
+                cut &= ~(np.isnan(cal.gain) | (cal.gain == 0))
+            for k in range(1, reads.shape[0]):
+                reads[k][last_read < k] = np.nan
         return ChipExposure(
             name=name.chip,
             reads=reads,
@@ -288,6 +311,7 @@ def load_chip(
             source=str(path),
             writable=True,
             timing=_timing(raw.read_times, getattr(raw, "header", None), path),
+            saturation_cut=cut if cut is not None and cut.any() else None,
         )
     try:  # the raw type: half the memory of float32, and exact
         raw = read_apz(path, dtype=np.uint16, out=out)
@@ -317,7 +341,7 @@ def survey_chip(
     read_noise: float | None = None,
     saturation: float | None = None,
     identity: Mapping | None = None,
-) -> tuple[int, int, int] | None:
+) -> tuple[int, int, int]:
     """What :func:`load_chip` checks in a file, with no read decoded.
 
     Of a raw ``.apz``: the name, the HDU layout, every header card, the images' shapes, the
@@ -327,8 +351,9 @@ def survey_chip(
 
     Returns
     -------
-    tuple of int or None
-        ``(n_reads, ny, nx)`` of a raw file; None for an ``ar3Dcal`` file.
+    tuple of int
+        ``(n_reads, ny, nx)`` of the chip :func:`load_chip` would load (an ``ar3Dcal`` file's:
+        the reads of its ``outdat``).
 
     Raises
     ------
@@ -344,11 +369,32 @@ def survey_chip(
     if path.suffix == ".h5":  # (a bad map was found after the other chips were fitted)
         cal = read_ar3dcal(path, reads=slice(0, 0))
         _ar3dcal_maps(path, cal, gain, read_noise, saturation)
-        return None
+        return (cal.n_reads_used, *cal.exposure.reads.shape[1:])
     raw = read_apz(path, rows=slice(0, 0))  # headers, shapes and times only
     _raw_calibration(path, raw.header, gain=gain, read_noise=read_noise, saturation=saturation)
     _timing_cards(path, raw.header)
     return (raw.n_reads_in_file, *raw.image_shape)
+
+
+def _saturation_ends(reads: np.ndarray, unsaturated_diffs: np.ndarray | None):
+    """Where an ar3Dcal file's ramps end: ``(cut, last_read)``, or None without
+    ``unsaturated_diffs`` (:attr:`pyapred.io.Ar3DCal.unsaturated_diffs`).
+
+    ``last_read`` ``(ny, nx)`` is each pixel's last usable read (0-based), as APRampFit's
+    ``sutr_omega`` rebuilds the reads from the differences: the last unsaturated one, or the one
+    before the first non-finite read (a sum of differences is NaN from there on).
+    ``cut`` marks the pixels that saturate with only finite differences before (``sutr_omega``
+    flags those ``SATURATED``).
+    """
+    if unsaturated_diffs is None:
+        return None
+    n_reads = reads.shape[0]
+    first_bad = np.full(reads.shape[1:], n_reads, dtype=np.int64)
+    for k in range(n_reads - 1, -1, -1):  # plane by plane: no cube-sized mask
+        first_bad[~np.isfinite(reads[k])] = k
+    unsaturated = np.minimum(unsaturated_diffs, n_reads - 1)
+    cut = (unsaturated < n_reads - 1) & ((unsaturated == 0) | (first_bad > unsaturated))
+    return cut, np.minimum(unsaturated, first_bad - 1)
 
 
 def _ar3dcal_maps(path, cal, gain, read_noise, saturation) -> tuple[np.ndarray, np.ndarray]:

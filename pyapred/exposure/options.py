@@ -158,7 +158,10 @@ class FitOptions:
         1e-4, "model", "chromatic model when its chi2 improvement's p-value is below this",
         valid=(lambda value: 0 < value < 1, "a probability between 0 and 1"),
     )  # fmt: skip
-    min_fit_pixels: int = _option(20, "model", "fibers with fewer fit pixels borrow omega")
+    min_fit_pixels: int = _option(
+        20, "model", "fibers with fewer fit pixels borrow omega",
+        valid=(lambda value: value >= 0, "an integer >= 0"),
+    )  # fmt: skip
     max_omega_error: float = _option(
         0.05, "model", "fibers whose median omega error exceeds this borrow omega",
         valid=(lambda value: 0 < value < math.inf, "a finite number > 0"),
@@ -368,10 +371,11 @@ def _check_value(item: dataclasses.Field, value: Any) -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
         if ok and value > MAX_COUNT:  # the solver's counts are int64: refused there, late
             return f"an integer at most 2**62 ({MAX_COUNT:.3g})"
-        if ok and item.metadata.get("valid") is not None:
-            predicate, expected = item.metadata["valid"]
-            return None if predicate(value) else expected
-        return None if ok else "an integer >= 0"
+        valid = item.metadata.get("valid")
+        if ok and valid is not None:
+            return None if valid[0](value) else valid[1]
+        # Not an integer (1e3 from a TOML file): the field's own range ("an integer >= 1").
+        return None if ok else "an integer >= 0" if valid is None else valid[1]
     # Ranges are checked where the values are used (load_chip names the file and the flag),
     # unless the field declares one.
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
@@ -582,6 +586,9 @@ def _conflict(values: dict) -> tuple[str, str] | None:
         return "correct_1f", "no nuisance term with chromatic (the chromatic fit has no offsets)"
     if values.get("chromatic") and values.get("model") == "constant":
         return "chromatic", "no chromatic fit with the constant model forced on every fiber"
+    most, least = values.get("max_fit_pixels"), values.get("min_fit_pixels", 20)
+    if most is not None and isinstance(least, int) and most < least:  # no fiber would be fitted
+        return "max_fit_pixels", f"at least min_fit_pixels ({least}): with fewer no fiber is fitted"
     return None
 
 

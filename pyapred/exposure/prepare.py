@@ -138,7 +138,12 @@ def _rough_omega(core_diffs: np.ndarray, excluded: np.ndarray) -> np.ndarray:
     shape = np.where(measured[None], own, common[:, None]).T
     shape[excluded] = 1.0
     shape = np.where(np.isfinite(shape) & (shape > 0), shape, 1.0)
-    return shape / shape.mean(axis=1, keepdims=True)
+    # The mean summed difference by difference, as APRampFit's rough_omega does: NumPy's mean
+    # sums eight lanes at once where the differences lie contiguous, which changes the last bit.
+    total = np.zeros(shape.shape[0], dtype=shape.dtype)
+    for k in range(shape.shape[1]):
+        total += shape[:, k]
+    return shape / (total / shape.dtype.type(shape.shape[1]))[:, None]
 
 
 def _rough_error(ratio: np.ndarray, own: np.ndarray) -> np.ndarray:
@@ -199,7 +204,7 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
     if reads.ndim != 3 or reads.shape[0] < 3:
         raise InputError(chip.source, "reads", "a (n_reads >= 3, ny, nx) cube", str(reads.shape))
     n_reads, ny, nx = reads.shape
-    traces.check_geometry(ny, nx, source=f"traces for chip {chip.name}")
+    traces.check_geometry(ny, nx, source=traces.path or f"traces for chip {chip.name}")
     K = n_reads - 1
     nc = traces.n_columns
     gain = np.asarray(chip.gain, dtype=np.float64)

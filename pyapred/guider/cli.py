@@ -72,9 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _parse_fibers(text: str | None) -> list[int] | None:
     """fiberIds from ``10,20-25``: each once, in the order given; ValueError for anything else
     (a reversed range, a fiberId outside 1..300, nothing at all)."""
-    if not text:
+    if text is None:
         return None
-    fibers: list[int] = []
+    fibers: list[int] = []  # "" (an unset shell variable) is nothing at all, not every fiber
     for part in text.split(","):
         part = part.strip()
         if not re.fullmatch(r"[0-9]+(-[0-9]+)?", part) and part:  # int() took "2_93" and "٢٩٣"

@@ -191,12 +191,22 @@ class Ar3DCal:
         ``readVarMat``, single-read variance in DN^2.
     metadata : dict
         The ``metadata`` group.
+    unsaturated_diffs : ndarray of int64 ``(ny, nx)``, or None
+        How many of ``outdat``'s read differences, counted from its first read, come before the
+        pixel saturates (0: none; ``n_reads_used - 1``: all), from the file's
+        ``last_unsaturated``: ApogeeReduction.jl's 1-based index of the last unsaturated
+        difference (``extraction_method`` ``sutr_wood`` or ``sutr_omega``) or of the last
+        unsaturated read (``dcs``, one more). None where the file has no ``last_unsaturated``.
+    n_reads_used : int
+        Reads in ``outdat`` (``exposure.reads`` holds those that ``reads`` selects).
     """
 
     exposure: RawExposure
     gain: np.ndarray
     read_var: np.ndarray
     metadata: dict
+    unsaturated_diffs: np.ndarray | None = None
+    n_reads_used: int = 0
 
 
 def read_ar3dcal(
@@ -251,6 +261,11 @@ def read_ar3dcal(
             )
             for key in ("gainMat", "readVarMat")
         )
+        unsaturated_diffs = None
+        if "last_unsaturated" in handle:
+            last = read_dataset(path, handle, "last_unsaturated", shape=IMAGE_SHAPE, kinds="iu",
+                                selection=(rows,), expected=_IMAGE)  # fmt: skip
+            unsaturated_diffs = _unsaturated_diffs(path, last, metadata, n_used)
     n_total = metadata.get("nread_total", n_used)
     if not isinstance(n_total, int) or n_total < n_used:
         expected = f"an integer >= {n_used} (the reads in outdat)"
@@ -286,7 +301,35 @@ def read_ar3dcal(
         name=name.to_apz_name(),
         image_shape=IMAGE_SHAPE,
     )
-    return Ar3DCal(exposure=exposure, gain=gain, read_var=read_var, metadata=metadata)
+    return Ar3DCal(exposure=exposure, gain=gain, read_var=read_var, metadata=metadata,
+                   unsaturated_diffs=unsaturated_diffs, n_reads_used=int(n_used))  # fmt: skip
+
+
+#: ApogeeReduction.jl's extraction methods whose ``last_unsaturated`` indexes read differences:
+#: ``process_3D`` decrements the read index in ``diffify_datacube!``; ``dcs`` keeps it.
+_DIFFERENCE_INDEXED = ("sutr_wood", "sutr_omega")
+
+
+def _unsaturated_diffs(path, last: np.ndarray, metadata: dict, n_used: int) -> np.ndarray:
+    """Each pixel's number of unsaturated read differences from an ar3Dcal ``last_unsaturated``
+    (:attr:`Ar3DCal.unsaturated_diffs`); ``metadata`` says which index it is (``sutr_wood``,
+    ApogeeReduction.jl's default, where it says nothing)."""
+    method = metadata.get("extraction_method", "sutr_wood")
+    if method not in (*_DIFFERENCE_INDEXED, "dcs"):
+        expected = f"one of {', '.join(_DIFFERENCE_INDEXED)} or dcs (ApogeeReduction.jl's)"
+        raise InputError(path, "metadata/extraction_method", expected, found=repr(method))
+    # A read index runs 0 (no unsaturated read) to n_used; a difference index one lower.
+    low, high = (-1, n_used - 1) if method in _DIFFERENCE_INDEXED else (0, n_used)
+    outside = (last < low) | (last > high)
+    if outside.any():
+        first = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise InputError(
+            path, "last_unsaturated", f"a {method} index of the last unsaturated "
+            f"{'difference' if method != 'dcs' else 'read'}, {low} to {high} ({n_used} reads)",
+            found=f"{int(last[first])} (first at row, column {first})",
+        )  # fmt: skip
+    count = last.astype(np.int64) - (0 if method in _DIFFERENCE_INDEXED else 1)
+    return np.maximum(count, 0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -553,8 +553,9 @@ def _select_reads(reads, n_in_file: int) -> np.ndarray:
         indices = np.asarray(reads, dtype=np.int64).reshape(-1)
         if np.any(indices < 0) or np.any(indices >= n_in_file):
             raise ValueError(f"reads: expected indices in [0, {n_in_file}), got {reads!r}")
-        if np.any(np.diff(indices) <= 0):
-            raise ValueError(f"reads: expected strictly increasing indices, got {reads!r}")
+    # A slice too (a negative step read the reads backwards, and blamed the file's DATE-OBS).
+    if np.any(np.diff(indices) <= 0):
+        raise ValueError(f"reads: expected strictly increasing indices, got {reads!r}")
     if indices.size == 0:
         raise ValueError(f"reads: selects no read of {n_in_file}")
     return indices.astype(np.int64)
@@ -1042,8 +1043,9 @@ def write_apz(
         ``path``.
     """
     counts = np.asarray(reads)
-    if counts.ndim != 3 or counts.shape[0] < 1:
-        raise ValueError(f"reads: expected shape (n_reads, ny, nx), got {counts.shape}")
+    if counts.ndim != 3 or min(counts.shape) < 1:  # no pixel: no image to write
+        raise ValueError(f"reads: expected shape (n_reads, ny, nx), each at least 1, got "
+                         f"{counts.shape}")  # fmt: skip
     if counts.dtype.kind == "f" and not np.array_equal(counts, np.round(counts)):
         raise ValueError("reads: expected whole numbers of DN")
     if counts.dtype.kind not in "iuf" or counts.min() < 0 or counts.max() > 65535:

@@ -715,15 +715,18 @@ def _check_images(key: str, images: ChipImages) -> None:
                              f"found {int(np.sum(values < 0))} below 0")  # fmt: skip
 
 
-def _check_flagged(where: str, silent: np.ndarray, what: str) -> None:
+def _check_flagged(where: str, silent: np.ndarray, what: str, fiber_index=None) -> None:
     """ValueError where a value is NaN or infinite and its flags are 0 (``silent``): every NaN
-    carries a flag, in a product written or read."""
+    carries a flag, in a product written or read. A fiber table's row is named by its fiberId
+    (``fiber_index`` of the rows given)."""
     if np.any(silent):
         first = tuple(int(i) for i in np.argwhere(silent)[0])
+        at = f"index {first[0] if len(first) == 1 else first}"
+        if fiber_index is not None:
+            at = f"fiberId {N_FIBERS - int(np.asarray(fiber_index)[first[0]])}"
         raise ValueError(
             f"{where}: expected a flag wherever a value is NaN or infinite, found "
-            f"{int(np.sum(silent))} such {what}s with flags 0, the first at index "
-            f"{first[0] if len(first) == 1 else first}"
+            f"{int(np.sum(silent))} such {what}s with flags 0, the first at {at}"
         )
 
 
@@ -778,7 +781,7 @@ def _check_fibers(key: str, results: FiberResults) -> None:
             continue
         values = np.asarray(values, dtype=float).reshape(n, -1)
         silent = ~np.isfinite(values).all(axis=1) & unflagged
-        _check_flagged(f"fibers[{key!r}].{name}", silent, "fiber")
+        _check_flagged(f"fibers[{key!r}].{name}", silent, "fiber", index)
     for name in ("p_value", "chromatic_p_value"):
         values = getattr(results, name)
         if values is not None and np.any((np.asarray(values) < 0) | (np.asarray(values) > 1)):
@@ -1139,9 +1142,18 @@ def _check_read(path, chips: Mapping, fibers: Mapping, where) -> None:
             try:
                 check(key, part)
             except ValueError as error:
-                detail = str(error).split(": ", 1)[-1]
-                raise InputError(path, where(kind, key), "a product as pyapred writes it",
-                                 detail) from None  # fmt: skip
+                # "chips['R'].ivar: expected values >= 0, found ..." names the file's dataset:
+                # "R/ivarimage: expected values >= 0, found ...".
+                prefix, _, detail = str(error).partition(": ")
+                field = where(kind, key)
+                attribute = prefix.rpartition("].")[2] if "]." in prefix else ""
+                fields = _IMAGES if kind == "chip" else _FIBERS
+                if attribute in fields:
+                    field += "/" + fields[attribute].name
+                elif attribute:
+                    field += f" ({attribute})"
+                expected = detail.removeprefix("expected ") or "a product as pyapred writes it"
+                raise InputError(path, field, expected) from None
 
 
 def _read_images(path, group: h5py.Group) -> ChipImages:

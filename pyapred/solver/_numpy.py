@@ -1669,7 +1669,8 @@ def equal_weight_kernel(
     flux_var[:] = var
     # Eq-24 chi2 of the slope under the constant model, as for every other estimator.
     n_pix, K = counts.shape[1], n_reads - 1
-    diffs = np.where(diff_ok, np.diff(counts, axis=0), 0.0).T.reshape(n_pix, 1, K)
+    with np.errstate(invalid="ignore"):  # inf - inf at a non-finite read, not used (diff_ok)
+        diffs = np.where(diff_ok, np.diff(counts, axis=0), 0.0).T.reshape(n_pix, 1, K)
     fit = np.isfinite(slope).reshape(n_pix, 1)
     out = np.empty((n_pix, 1))
     chi2_kernel(
@@ -2484,8 +2485,10 @@ def _finished(normal, offsets, sch, diffs, valid, s2, dt, fit_pixel, omega, flux
         fitted = diffs if offsets is None else offsets.adjusted(diffs, valid)
         chi2_kernel(fitted, valid, s2, x, np.where(fit_pixel, flux, 0.0), fit_pixel, chi2)
     # Nothing fails silently: a group whose results are not all finite (a singular covariance,
-    # an overflow) has not converged, whatever its steps did.
+    # an overflow), or whose covariance has a negative variance (a singular system inverted,
+    # as segments of one pixel each give), has not converged, whatever its steps did.
     finite = np.isfinite(cov).all(axis=(1, 2)) & np.isfinite(np.where(has_data, omega, 0)).all(1)
+    finite &= (np.diagonal(cov, axis1=1, axis2=2) >= 0).all(axis=1)
     for value in (flux, flux_var, chi2):
         finite &= np.isfinite(np.where(fit_pixel, value, 0.0)).all(axis=1)
     broken = nonempty & ~finite

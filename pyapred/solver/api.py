@@ -27,6 +27,7 @@ The algorithms follow ``docs/model.md``, which summarises ``../shared/docs/math-
 from __future__ import annotations
 
 import enum
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -276,6 +277,10 @@ class OmegaSamples:
     flux : FluxFit
         Eq-15 fluxes extracted with ``omega_mean``.
     ref_index : int
+    group_flags : int
+        :class:`Flag` bits of the group, those of the :func:`fit_omega` start: an omega element
+        with no usable difference (``OMEGA_ELEMENT_NO_DATA``) is NaN in ``omega_samples`` and
+        ``omega_mean``.
     """
 
     omega_samples: np.ndarray
@@ -284,6 +289,7 @@ class OmegaSamples:
     omega_cov: np.ndarray
     flux: FluxFit
     ref_index: int
+    group_flags: int = 0
 
     def __repr__(self) -> str:
         """Shapes and key figures (a few lines, never whole arrays)."""
@@ -789,12 +795,12 @@ def _group_inputs(reads, read_noise, gain, mask, read_times, saturation, backend
     single = reads.ndim == 2
     cube = reads[:, None, :] if single else reads
     pixel_shape = cube.shape[1:]
-    sigma = _pixel_map(np.asarray(read_noise)[None] if single else read_noise, "read_noise",
-                       pixel_shape)  # fmt: skip
-    gain_map = _pixel_map(np.asarray(gain)[None] if single else gain, "gain", pixel_shape)
+    # Checked against the caller's own pixel shape (a single group's (n_pix,)), so that a wrong
+    # one is named as given, then given the group axis.
+    sigma = _pixel_map(read_noise, "read_noise", reads.shape[1:]).reshape(pixel_shape)
+    gain_map = _pixel_map(gain, "gain", reads.shape[1:]).reshape(pixel_shape)
     mask = _as_mask(mask, reads.shape)
-    sat = _saturation_map(np.asarray(saturation)[None] if single and saturation is not None
-                          else saturation, pixel_shape)  # fmt: skip
+    sat = _saturation_map(saturation, reads.shape[1:]).reshape(pixel_shape)
     dt = read_intervals(read_times, reads.shape[0])
     G, P = pixel_shape
     if P == 0:
@@ -1226,13 +1232,19 @@ def fit_omega_chromatic(
         error = np.sqrt(np.maximum(np.diagonal(cov[:, K:, K:], axis1=1, axis2=2), 0.0))
         free_b = res["free"][:, K:] | (idx[None, :] == kstar[:, None])
         doubled = np.where(free_b, 2.0 * gamma, np.nan)
-        excess = np.nanvar(doubled, axis=1) - np.nanmean(np.where(free_b, 2 * error, np.nan) ** 2,
-                                                          axis=1)  # fmt: skip
+        with warnings.catch_warnings():  # an empty group's all-NaN row: NaN, flagged below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            excess = np.nanvar(doubled, axis=1) - np.nanmean(
+                np.where(free_b, 2 * error, np.nan) ** 2, axis=1
+            )
         amplitude = np.sqrt(12.0 * np.maximum(excess, 0.0))
     nonempty = fit_pixel.any(axis=1)
+    # A group with nothing to fit is EMPTY_GROUP with its omega elements NaN, not unconverged:
+    # fit_omega's flags for it.
+    converged = res["converged"] | ~nonempty
     group_flags = np.zeros(G, dtype=np.int64)
-    group_flags[~res["converged"]] |= Flag.NOT_CONVERGED
-    group_flags[nonempty & undetermined.any(axis=1)] |= Flag.OMEGA_ELEMENT_NO_DATA
+    group_flags[~converged] |= Flag.NOT_CONVERGED
+    group_flags[undetermined.any(axis=1)] |= Flag.OMEGA_ELEMENT_NO_DATA
     group_flags[~nonempty] |= Flag.EMPTY_GROUP
     flags = flags | grouped(start.flags)
     out = ChromaticFit(
@@ -1247,7 +1259,7 @@ def fit_omega_chromatic(
         flags=flags,
         group_flags=group_flags,
         n_iter=res["n_iter"],
-        converged=res["converged"],
+        converged=converged,
         stop_reason=res["stop_reason"],
         delta_chi2=np.where(nonempty, delta, np.nan),
         dof=dof,
@@ -1422,6 +1434,7 @@ def sample_omega(
         omega_cov=omega_cov,
         flux=flux,
         ref_index=int(start.ref_index),
+        group_flags=int(start.group_flags),
     )
 
 

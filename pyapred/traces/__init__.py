@@ -70,6 +70,33 @@ def fiber_index(fiber_id):
     return N_FIBERS - (ids.astype(np.int64) if ids.dtype.kind in "iu" else ids)  # int8 holds no 300
 
 
+def _chip_image(value, name: str, ny: int, n_columns: int, dtype=np.float64) -> np.ndarray:
+    """``value`` as a ``(ny, >= n_columns)`` image of ``dtype``; a ValueError naming ``name``
+    otherwise (the kernels that read it check no bounds)."""
+    try:
+        image = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected an ({ny}, >= {n_columns}) image of numbers, got "
+                         f"{type(value).__name__}") from None  # fmt: skip
+    if image.ndim != 2 or image.shape[0] != ny or image.shape[1] < n_columns:
+        raise ValueError(f"{name}: expected an ({ny}, >= {n_columns}) image (rows, columns), "
+                         f"got shape {image.shape}")  # fmt: skip
+    return image
+
+
+def _finite_number(value, name: str, low: float, *, above: bool = False) -> float:
+    """``float(value)``, finite and at least ``low`` (above it with ``above``); a ValueError
+    naming ``name`` otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = np.nan
+    if not (np.isfinite(number) and (number > low if above else number >= low)):
+        bound = f"> {low:g}" if above else f">= {low:g}"
+        raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
+    return number
+
+
 def _as_float_array(value, name: str) -> np.ndarray:
     """``value`` as float64, a ValueError naming ``name`` when it holds no numbers."""
     try:
@@ -79,8 +106,18 @@ def _as_float_array(value, name: str) -> np.ndarray:
 
 
 def fiber_id(fiber_index):
-    """APOGEE fiberId of a 0-based on-chip fiber index: ``300 - index``."""
-    return N_FIBERS - np.asarray(fiber_index)
+    """APOGEE fiberId of a 0-based on-chip fiber index: ``300 - index``.
+
+    A ValueError for anything else than whole indices 0 to 299 (300 gave fiberId 0, -1 gave
+    301, 2.5 gave 297.5), as :func:`fiber_index` refuses what is not a fiberId.
+    """
+    index = np.asarray(fiber_index)
+    whole = index.dtype.kind in "iuf" and bool(np.all(np.isfinite(index)))
+    if not whole or not np.all((index == np.round(index)) & (index >= 0) & (index < N_FIBERS)):
+        raise ValueError(
+            f"fiber_index: expected whole fiber indices 0 to {N_FIBERS - 1}, got {fiber_index!r}"
+        )
+    return N_FIBERS - (index.astype(np.int64) if index.dtype.kind in "iu" else index)
 
 
 def fpi_fiber_indices(telescope: str) -> tuple[int, ...]:
@@ -274,7 +311,7 @@ class Traces:
         Warns when traces stop short of an APOGEE chip's 2048 science columns (``nx`` 2048, or
         2560 with the reference output): the untraced columns get no fiber (``BACKGROUND``).
         """
-        from ..errors import InputError
+        from ..errors import InputError, InputWarning
 
         if self.n_columns > nx:
             raise InputError(
@@ -288,6 +325,7 @@ class Traces:
                 f"{source}: trace columns: the traces cover columns 0-{self.n_columns - 1} of "
                 f"the chip's {science}; columns {self.n_columns}-{science - 1} get no fiber "
                 "(flagged BACKGROUND)",
+                InputWarning,
                 stacklevel=2,
             )
         outside = ~((self.y_center >= -0.5) & (self.y_center <= ny - 0.5))
@@ -344,7 +382,9 @@ def trace_brightness(traces: Traces, rate: np.ndarray) -> np.ndarray:
         Rate at the row nearest each trace center divided by the profile fraction there, i.e.
         the trace's total rate per column, clipped at 0.
     """
-    ny = rate.shape[0]
+    shape = np.shape(rate)
+    ny = shape[0] if len(shape) == 2 else 0
+    rate = _chip_image(rate, "rate", max(ny, 1), traces.n_columns)
     rows = np.clip(np.rint(traces.y_center).astype(np.int64), 0, ny - 1)
     cols = np.arange(traces.n_columns)[None, :]
     peak = rate[rows, cols]
@@ -373,12 +413,21 @@ def pixel_fiber_map(
     """
     from ._pixel_map import pixel_map_kernel
 
-    shape = (ny, traces.n_columns)
-    bright = (
-        np.ones(traces.y_center.shape)
-        if brightness is None
-        else np.broadcast_to(np.asarray(brightness, dtype=np.float64), traces.y_center.shape)
-    )
+    if isinstance(ny, (bool, np.bool_)) or not isinstance(ny, (int, np.integer)) or ny < 1:
+        raise ValueError(f"ny: expected a whole number of rows >= 1, got {ny!r}")
+    halfwidth = _finite_number(halfwidth, "halfwidth", 0.0, above=True)
+    shape = (int(ny), traces.n_columns)
+    if brightness is None:
+        bright = np.ones(traces.y_center.shape)
+    else:
+        bright = _as_float_array(brightness, "brightness")
+        try:
+            bright = np.broadcast_to(bright, traces.y_center.shape)
+        except ValueError:
+            expected = f"(n_fibers, n_columns) = {traces.y_center.shape}"
+            raise ValueError(f"brightness: expected {expected}, got shape {bright.shape}") from None
+        if not np.all(np.isfinite(bright)):  # a NaN floor made every pixel background
+            raise ValueError("brightness: expected finite numbers, got NaN or inf")
     # Tiny floor so that a dark fiber still owns its core pixels.
     bright = np.maximum(bright, 1e-6 * max(float(bright.max()), 1e-300))
     fiber = np.empty(shape, dtype=np.int32)
@@ -459,7 +508,22 @@ def select_fit_pixels(
     """
     from ._fit_pixel_kernel import fit_pixel_kernel
 
+    # The kernel checks no bounds: every shape is checked here (a small snr or bad was read
+    # past its end, and gave another answer each call).
     ny, nc = pixel_map.fiber.shape
+    if nc != traces.n_columns or pixel_map.purity.shape != (ny, nc):
+        raise ValueError(f"pixel_map: expected fiber and purity of ({ny}, {traces.n_columns}) "
+                         f"(the traces' columns), got {pixel_map.fiber.shape} and "
+                         f"{pixel_map.purity.shape}")  # fmt: skip
+    snr = _chip_image(snr, "snr", ny, nc)
+    if bad is not None:
+        bad = _chip_image(bad, "bad", ny, nc, dtype=bool)
+    core_halfwidth = _finite_number(core_halfwidth, "core_halfwidth", 0.0)
+    min_purity = _finite_number(min_purity, "min_purity", 0.0)
+    min_snr = _finite_number(min_snr, "min_snr", 0.0)
+    if max_pixels is not None and (isinstance(max_pixels, (bool, np.bool_)) or not isinstance(
+            max_pixels, (int, np.integer)) or max_pixels < 1):  # fmt: skip
+        raise ValueError(f"max_pixels: expected None or a whole number >= 1, got {max_pixels!r}")
     reach = int(np.ceil(core_halfwidth))
     shape = (traces.n_fibers, (2 * reach + 1) * nc)
     rows, cols, valid = np.empty(shape, np.int64), np.empty(shape, np.int64), np.empty(shape, bool)
@@ -468,8 +532,8 @@ def select_fit_pixels(
     # order (a chip's mask may come as a slice): Numba compiles the kernel for each layout.
     fit_pixel_kernel(
         np.ascontiguousarray(traces.y_center, dtype=np.float64), traces.excluded,
-        pixel_map.fiber, pixel_map.purity, np.asarray(snr, dtype=np.float64),
-        np.zeros((1, 1), bool) if bad is None else np.ascontiguousarray(bad, dtype=bool),
+        pixel_map.fiber, pixel_map.purity, snr,
+        np.zeros((1, 1), bool) if bad is None else np.ascontiguousarray(bad),
         bad is not None,
         reach, float(core_halfwidth), float(min_purity), float(min_snr), rows, cols, valid,
     )  # fmt: skip

@@ -10,19 +10,72 @@ import pytest
 
 from pyapred import Flag, fit_constant
 from pyapred.errors import InputError, InputWarning
-from pyapred.exposure import load_chip, run_exposure
+from pyapred.exposure import FitOptions, load_chip, run_exposure
 
 
-def ar3dcal(folder, gain: np.ndarray):
-    """A 4-read ``ar3Dcal`` file (ApogeeReduction.jl's full frame) with ``gain`` as gainMat."""
+def ar3dcal(folder, gain: np.ndarray, last_unsaturated: np.ndarray | None = None,
+            reads: np.ndarray | None = None):  # fmt: skip
+    """A 4-read ``ar3Dcal`` file (ApogeeReduction.jl's full frame) with ``gain`` as gainMat,
+    and ``last_unsaturated`` (h5py order, a difference index: sutr_wood's) where given."""
     path = folder / "ar3Dcal_apo_60781_0001_R_object.h5"
-    reads = np.arange(4, dtype=np.float32)[:, None, None] * np.full((1, *gain.shape), 100.0)
+    if reads is None:
+        reads = np.arange(4, dtype=np.float32)[:, None, None] * np.full((1, *gain.shape), 100.0)
+    datasets = [("outdat", reads), ("gainMat", gain),
+                ("readVarMat", np.full(gain.shape, 64.0, np.float32))]  # fmt: skip
+    if last_unsaturated is not None:
+        datasets.append(("last_unsaturated", last_unsaturated))
     with h5py.File(path, "w") as handle:
-        for key, value in (("outdat", reads), ("gainMat", gain),
-                           ("readVarMat", np.full(gain.shape, 64.0, np.float32))):  # fmt: skip
+        for key, value in datasets:
             handle.create_dataset(key, data=value, compression="gzip", chunks=True)
         handle["metadata/nread_total"], handle["metadata/mjd_mid_exposure"] = 4, 60781.25
+        handle["metadata/extraction_method"] = "sutr_wood"
     return path
+
+
+def test_ar3dcal_ramps_end_at_their_last_unsaturated_difference(tmp_path):
+    """ApogeeReduction.jl's last_unsaturated (the saturation it found on the raw reads): the
+    later reads are not fitted, and the pixel is flagged SATURATED, not NONFINITE_READ, as
+    APRampFit's sutr_omega does. A pixel without a gain, or with a non-finite read before its
+    saturation, keeps NONFINITE_READ (sutr_omega's rule too)."""
+    gain = np.full((2048, 2560), 1.9, np.float32)
+    gain[5, 5] = np.nan
+    last = np.full((2048, 2560), 3, np.int64)  # all three differences
+    last[0, 0], last[0, 1], last[0, 2], last[5, 5], last[6, 6] = 2, 0, -1, 1, 2
+    reads = np.arange(4, dtype=np.float64)[:, None, None] * np.full((1, 2048, 2560), 100.0)
+    reads[3, 0, 0] = reads[3, 0, 1] = 60000.0  # the plateau
+    reads[1, 6, 6] = np.nan
+    with pytest.warns(InputWarning, match="gainMat: 1 pixel"):
+        chip = load_chip(ar3dcal(tmp_path, gain, last, reads))
+    assert np.isnan(chip.reads[3, 0, 0]) and np.isfinite(chip.reads[:3, 0, 0]).all()
+    assert np.isnan(chip.reads[1:, 0, 1]).all() and np.isnan(chip.reads[1:, 0, 2]).all()
+    assert np.isnan(chip.reads[2:, 6, 6]).all()  # a sum of differences is NaN after a NaN one
+    assert np.isnan(chip.reads).sum() == 1 + 3 + 3 + 4 + 3
+    assert np.argwhere(chip.saturation_cut).tolist() == [[0, 0], [0, 1], [0, 2]]
+    rows, cols = [0, 0, 0, 5, 6, 1], [0, 1, 2, 5, 6, 1]
+    fit = fit_constant(chip.reads[:, rows, cols], chip.read_noise[rows, cols],
+                       gain=chip.gain[rows, cols])  # fmt: skip
+    assert fit.flux[0] == pytest.approx(100.0) and fit.n_diff.tolist() == [2, 0, 0, 0, 0, 3]
+    unsaturated = load_chip(ar3dcal(tmp_path, np.full((2048, 2560), 1.9, np.float32), reads=reads))
+    assert unsaturated.saturation_cut is None and unsaturated.reads[3, 0, 0] == 60000.0
+
+
+def test_a_chip_s_saturation_cut_flags_its_pixels_saturated(small_chip):
+    """extract_chip rewrites NONFINITE_READ to SATURATED on the cut pixels, in the fit and in
+    the constant fit kept beside it, and nowhere else."""
+    chip, traces = small_chip
+    reads = np.array(chip.reads, dtype=np.float32)
+    reads[12:, 40, 30] = np.nan  # a ramp the file ended at saturation
+    reads[12, 41, 30] = np.nan  # a detector read that is not finite
+    cut = np.zeros(reads.shape[1:], dtype=bool)
+    cut[40, 30] = True
+    with pytest.raises(InputError, match="saturation_cut: expected None or a"):
+        dataclasses.replace(chip, reads=reads, saturation_cut=cut[:, :5])
+    ended = dataclasses.replace(chip, reads=reads, saturation_cut=cut)
+    result = run_exposure({"R": ended}, {"R": traces}, FitOptions(keep_constant=True)).chips["R"]
+    for flags in (result.flags, result.constant.flags):
+        assert flags[40, 30] & Flag.SATURATED and not flags[40, 30] & Flag.NONFINITE_READ
+        assert flags[41, 30] & Flag.NONFINITE_READ and not flags[41, 30] & Flag.SATURATED
+    assert result.n_diff[40, 30] == 11 and np.isfinite(result.flux[40, 30])
 
 
 def test_ar3dcal_pixels_without_a_gain_are_not_used_and_flagged(tmp_path):
@@ -58,12 +111,56 @@ def test_the_survey_checks_an_ar3dcal_file_s_maps_before_any_chip_is_fitted(tmp_
     from pyapred.exposure.inputs import survey_chip
 
     gain = np.full((2048, 2560), 1.9, np.float32)
-    assert survey_chip(ar3dcal(tmp_path, gain)) is None
+    assert survey_chip(ar3dcal(tmp_path, gain)) == (4, 2048, 2560)
     gain[50, 30] = -1.0
     with pytest.raises(
         InputError, match=r"gainMat: expected .* -1.0 \(first at row, column \(50, 30\)"
     ):
         survey_chip(ar3dcal(tmp_path, gain))
+
+
+def test_ar3dcal_chips_of_other_read_counts_are_refused_unloaded(tmp_path, monkeypatch):
+    """The survey returned nothing for ar3Dcal files: chip G with 3 reads to R's 4 (or a chip of
+    fewer than 3) was refused after chip R was loaded, prepared and fitted."""
+    from pyapred.exposure import driver
+    from pyapred.traces import Traces, write_trace_file
+
+    gain = np.full((2048, 2560), 1.9, np.float32)
+    folders, traces = {}, []
+    for chip, n_reads in (("R", 4), ("G", 3), ("B", 2)):
+        folders[chip] = tmp_path / chip
+        folders[chip].mkdir()
+        path = ar3dcal(folders[chip], gain, reads=np.zeros((n_reads, 2048, 2560), np.float32))
+        folders[chip] = path.rename(path.with_name(path.name.replace("_R_", f"_{chip}_")))
+        y = 100.0 + 10.0 * np.arange(3)[:, None] + np.zeros((1, 2048))
+        traces.append(write_trace_file(tmp_path / f"traceMain_apo_60781_{chip}.h5",
+                                       Traces(y, 1.2)))  # fmt: skip
+    loaded = []
+    monkeypatch.setattr(driver, "load_chip", lambda path, **kwargs: loaded.append(path))
+    with pytest.raises(InputError, match=r"_G_object.h5: reads: expected 4 reads like .*, found 3"):
+        run_exposure([folders["R"], folders["G"]], traces[:2])
+    with pytest.raises(InputError, match=r"_B_object.h5: reads: expected at least 3 reads .* 2"):
+        run_exposure([folders["B"]], traces[2:])
+    assert loaded == []  # no chip was loaded
+
+
+def test_traces_short_of_the_chip_are_one_input_warning_naming_the_file(tmp_path):
+    """A Python UserWarning (its source line printed) came twice per chip: from the loader and
+    from prepare_chip."""
+    import warnings
+
+    from pyapred.traces import Traces, write_trace_file
+
+    reads = np.arange(4, dtype=np.float32)[:, None, None] * np.full((1, 2048, 2560), 100.0)
+    path = ar3dcal(tmp_path, np.full((2048, 2560), 1.9, np.float32), reads=reads)
+    y = 100.0 + 10.0 * np.arange(3)[:, None] + np.zeros((1, 64))
+    trace = write_trace_file(tmp_path / "traceMain_apo_60781_R.h5", Traces(y, 1.2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_exposure([path], [trace])
+    short = [w for w in caught if "get no fiber" in str(w.message)]
+    assert len(short) == 1 and issubclass(short[0].category, InputWarning)
+    assert str(short[0].message).startswith(str(trace))
 
 
 def test_chips_in_memory_are_checked_and_big_endian_reads_fit_as_native(small_chip):

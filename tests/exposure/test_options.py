@@ -347,3 +347,15 @@ def test_numpy_numbers_are_taken_as_python_s():
     options = FitOptions(max_iter=np.int64(5), p_value=np.float32(0.01), chromatic=np.bool_(True))
     assert options.max_iter == 5 and type(options.max_iter) is int
     assert type(options.p_value) is float and options.chromatic is True
+
+
+def test_fewer_fit_pixels_than_a_fit_needs_and_a_non_integer_count_are_refused(tmp_path):
+    """max_fit_pixels below min_fit_pixels fitted no fiber, silently (exit 0); max_iter = 1e3
+    in a config was refused as "an integer >= 0", though the range is >= 1."""
+    with pytest.raises(ValueError, match=r"max_fit_pixels: expected at least min_fit_pixels"):
+        FitOptions(max_fit_pixels=1)
+    assert FitOptions(max_fit_pixels=5, min_fit_pixels=5).max_fit_pixels == 5
+    config = tmp_path / "c.toml"
+    config.write_text("[solver]\nmax_iter = 1e3\n")
+    with pytest.raises(InputError, match="max_iter: expected an integer >= 1"):
+        read_config(config)

@@ -113,6 +113,8 @@ def test_cli_guider_refuses_before_any_work(sky, tmp_path, capsys):
         (["--out", str(tmp_path / "g.pdf")], "--out: expected a .png file name"),
         (["--out", str(tmp_path / "g.png"), "--fibers", "290-285"], "--fibers: expected"),
         (["--out", str(tmp_path / "g.png"), "--fibers", " , "], "--fibers: expected"),
+        # An unset shell variable: every fiber compared before.
+        (["--out", str(tmp_path / "g.png"), "--fibers", ""], "--fibers: expected"),
         (["--out", str(tmp_path / "g.png"), "--fibers", "1-200000000"], "--fibers: expected"),
         (["--out", str(tmp_path / "g.png"), "--diameter", "1e300"], "--diameter: expected"),
         # A fiber of 1e-300 arcsec coupled no light: every result NaN, exit 1.

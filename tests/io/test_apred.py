@@ -96,6 +96,30 @@ def test_ar3dcal_reads_gain_read_variance_and_times(tmp_path, julia):
     part = read_ar3dcal(path, reads=slice(1, 3), rows=slice(100, 104))
     assert np.array_equal(part.exposure.reads, exposure.reads[1:3, 100:104])
     assert part.gain.shape == (4, NX) and part.exposure.read_indices.tolist() == [3, 4]
+    assert cal.unsaturated_diffs is None  # a file without last_unsaturated
+
+
+@pytest.mark.parametrize("method, offset", [("sutr_wood", 0), ("sutr_omega", 0), ("dcs", 1)])
+def test_ar3dcal_last_unsaturated_counts_the_unsaturated_differences(tmp_path, julia, method,
+                                                                      offset):  # fmt: skip
+    """ApogeeReduction.jl's last_unsaturated indexes differences after sutr_wood's
+    diffify_datacube! (which decrements it) and reads for dcs (which does not): both become
+    the number of unsaturated differences; a read index 0 (nothing unsaturated) counts 0."""
+    path = tmp_path / "ar3Dcal_apo_60781_0065_G_object.h5"
+    n_used = 4
+    last = np.full((NX, NY), n_used - 1 + offset)  # Julia [x, y]
+    last[3, 10], last[5, 0] = 1 + offset, 0
+    with h5py.File(path, "w") as handle:
+        handle["outdat"] = julia(np.zeros((NX, NY, n_used)))
+        handle["gainMat"] = julia(np.full((NX, NY), 1.9))
+        handle["readVarMat"] = julia(julia_image(25))
+        handle["last_unsaturated"] = julia(last)
+        write_metadata(handle, nread_total=n_used, mjd_mid_exposure=60781.25,
+                       extraction_method=method)  # fmt: skip
+    diffs = read_ar3dcal(path).unsaturated_diffs
+    assert diffs.shape == (NY, NX) and diffs[10, 3] == 1 and diffs[0, 5] == 0
+    assert np.count_nonzero(diffs != n_used - 1) == 2
+    assert np.array_equal(read_ar3dcal(path, rows=slice(8, 12)).unsaturated_diffs, diffs[8:12])
 
 
 def test_ar1dcal_trace_centers_and_fiber_types(tmp_path, julia):

@@ -300,6 +300,29 @@ def test_ar3dcal_without_mid_exposure_time(tmp_path, mid):
     assert_input_error(lambda: read_ar3dcal(path), path, "metadata/mjd_mid_exposure")
 
 
+@pytest.mark.parametrize(
+    "method, last, field",
+    [("sutr_wood", 2, "last_unsaturated"), ("sutr_wood", -2, "last_unsaturated"),
+     ("dcs", -1, "last_unsaturated"), ("dcs", 3, "last_unsaturated"),
+     ("boxcar", 1, "metadata/extraction_method")],
+)  # fmt: skip
+def test_ar3dcal_last_unsaturated_out_of_range(tmp_path, method, last, field):
+    """A difference index beyond the file's differences (a read index for dcs) or an unknown
+    extraction method: which pixels saturate cannot be told."""
+    path = h5(
+        tmp_path / "ar3Dcal_apo_60781_0065_R_object.h5",
+        outdat=np.ones((2, 2048, 2560), np.float32),
+        gainMat=np.ones((2048, 2560)),
+        readVarMat=np.ones((2048, 2560)),
+        last_unsaturated=np.full((2048, 2560), 1),
+    )
+    with h5py.File(path, "a") as handle:
+        handle["last_unsaturated"][7, 9] = last
+        handle["metadata/mjd_mid_exposure"] = 60781.25
+        handle["metadata/extraction_method"] = method
+    assert_input_error(lambda: read_ar3dcal(path), path, field)
+
+
 def test_ar3dcal_cube_of_wrong_shape(tmp_path):
     path = h5(tmp_path / "ar3Dcal_apo_60781_0065_R_object.h5", outdat=np.ones((2048, 2560)))
     assert_input_error(lambda: read_ar3dcal(path), path, "outdat")
@@ -357,6 +380,20 @@ def test_write_errors_are_not_input_errors(tmp_path):
         write_apz(tmp_path / "apR-a-52190001.apz", np.full((1, 2, 2), -1), read_headers)
     assert not isinstance(caught.value, InputError)
     assert list(tmp_path.iterdir()) == []
+    # No pixel: NumPy's "zero-size array to reduction operation minimum" before.
+    with pytest.raises(ValueError, match=r"reads: expected shape \(n_reads, ny, nx\), each at"):
+        write_apz(tmp_path / "apR-a-52190001.apz", np.zeros((1, 2, 0), np.uint16), read_headers)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reads_selected_backwards_are_the_caller_s_error(good_apz):
+    """A slice with a negative step read the reads backwards and blamed the file's DATE-OBS
+    (an InputError); a list in that order was already refused."""
+    path = good_apz()
+    for reads in (slice(None, None, -1), [2, 1]):
+        with pytest.raises(ValueError, match="reads: expected strictly increasing") as caught:
+            read_apz(path, reads=reads)
+        assert not isinstance(caught.value, InputError)
 
 
 def test_a_damaged_heap_read_as_cards_warns_a_few_printable_lines(tmp_path):

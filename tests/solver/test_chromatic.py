@@ -189,6 +189,28 @@ def test_every_nan_of_a_chromatic_fit_carries_a_flag():
     assert fit.inflation == 0 and fit.p_value == 1.0
 
 
+def test_an_empty_group_is_flagged_as_fit_omega_flags_it():
+    """A group with no usable pixel was NOT_CONVERGED | EMPTY_GROUP and not converged, with a
+    RuntimeWarning from nanvar; fit_omega (and docs/flags.md) say OMEGA_ELEMENT_NO_DATA |
+    EMPTY_GROUP, converged."""
+    import warnings
+
+    import pyapred
+
+    rng = np.random.default_rng(0)
+    reads = pyapred.simulate_ramps(rng.uniform(800, 1200, 40), 10.0,
+                                   omega=np.linspace(1, 0.8, 9), rng=rng).reads  # fmt: skip
+    reads = np.stack([reads[:, :20], reads[:, 20:]], axis=1)  # (n_reads, 2 groups, 20 pixels)
+    reads[:, 1] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = fit_omega_chromatic(reads, 10.0, np.tile(np.linspace(-1, 1, 20), (2, 1)))
+    achromatic = fit_omega(reads, 10.0)
+    assert fit.group_flags.tolist() == achromatic.group_flags.tolist()
+    assert fit.group_flags[1] == Flag.OMEGA_ELEMENT_NO_DATA | Flag.EMPTY_GROUP
+    assert fit.converged.tolist() == achromatic.converged.tolist() == [True, True]
+
+
 def test_the_coordinate_is_real_numbers_and_jump_search_a_flag():
     """A complex coordinate lost its imaginary part (a ComplexWarning only); "abc" was NumPy's
     message naming no argument; jump_search="no" ran the search."""

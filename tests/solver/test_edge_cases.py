@@ -182,6 +182,23 @@ def test_groups_with_edge_cases_side_by_side():
     assert np.all(fit.converged[[0, 2, 3, 4]])
 
 
+@pytest.mark.parametrize("function", ["fit_constant", "fit_equal_weight", "extract_fluxes",
+                                      "find_jumps"])  # fmt: skip
+def test_infinite_reads_are_flagged_without_a_warning(function):
+    """fit_equal_weight warned "invalid value encountered in subtract" (inf - inf) from a
+    difference it does not use: an error under ``-W error``."""
+    import warnings
+
+    reads = ramps()
+    reads[:, 3] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = call(function, reads, 10.0)
+    flags = fit.flux.flags if function == "find_jumps" else fit.flags
+    assert flags[3] & Flag.NONFINITE_READ and np.isnan(fit.flux.flux[3] if function ==
+                                                       "find_jumps" else fit.flux[3])  # fmt: skip
+
+
 ALL = ("fit_constant", "fit_equal_weight", "extract_fluxes", "find_jumps", "fit_omega",
        "initial_guess")  # fmt: skip
 

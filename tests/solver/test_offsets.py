@@ -136,6 +136,17 @@ def test_bad_segments():
         fit_omega(reads, 10.0, segments=[0, 1, 4, 0])  # the first label beyond the ranks
 
 
+def test_segments_that_leave_omega_unconstrained_do_not_converge():
+    """One pixel per segment: the offsets take every difference, and the inverted singular
+    system gave a covariance with variances of -2e12, reported converged with no flag."""
+    rng = np.random.default_rng(2)
+    reads = simulate_ramps(rng.uniform(800, 1200, 30), 10.0, omega=OMEGA, rng=rng).reads
+    fit = fit_omega(reads, 10.0, segments=np.arange(30))
+    assert not fit.converged and fit.group_flags & Flag.NOT_CONVERGED
+    assert fit.stop_reason == 2  # StopReason.BREAKDOWN
+    assert fit_omega(reads, 10.0, segments=np.arange(30) % 3).converged
+
+
 def _offset_ramps(seed, n_pix=60, n_segments=4, sigma=30.0):
     rng = np.random.default_rng(seed)
     segments = np.arange(n_pix) % n_segments

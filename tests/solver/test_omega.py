@@ -249,6 +249,31 @@ def test_initial_guess_is_normalised_at_its_maximum():
         initial_guess(reads, sigma, mode="refrence")
 
 
+def test_a_single_group_s_maps_are_checked_against_its_own_pixel_shape():
+    """The messages showed the internal group axis: "shape (1, 39) does not broadcast to the
+    pixel shape (1, 40)"."""
+    reads = simulate_ramps(np.full(40, 1000.0), 10.0, n_reads=8, rng=np.random.default_rng(0)).reads
+    cases = (({"read_noise": np.ones(39)}, r"read_noise: shape \(39,\) .* \(40,\)"),
+             ({"gain": np.ones((2, 40))}, r"gain: shape \(2, 40\) .* \(40,\)"),
+             ({"saturation": np.ones(3)}, r"saturation: shape \(3,\) .* \(40,\)"))  # fmt: skip
+    for kwargs, words in cases:
+        with pytest.raises(ValueError, match=words):
+            fit_omega(reads, **{"read_noise": 10.0, **kwargs})
+
+
+def test_gibbs_samples_of_an_element_without_data_are_flagged():
+    """A read bad in every pixel: its two differences' samples are NaN. OmegaSamples had no
+    flags, and the start fit's OMEGA_ELEMENT_NO_DATA was dropped."""
+    rng = np.random.default_rng(1)
+    reads = simulate_ramps(rng.uniform(800, 1200, 30), 10.0, n_reads=9, rng=rng).reads
+    reads[4] = np.nan
+    samples = sample_omega(reads, 10.0, 10, burn_in=2, rng=rng)
+    assert np.isnan(samples.omega_mean[[3, 4]]).all() and np.isnan(samples.omega_samples).any()
+    assert samples.group_flags & Flag.OMEGA_ELEMENT_NO_DATA
+    reads = simulate_ramps(rng.uniform(800, 1200, 30), 10.0, n_reads=9, rng=rng).reads
+    assert sample_omega(reads, 10.0, 10, burn_in=2, rng=rng).group_flags == 0
+
+
 def test_gibbs_sampler_agrees_with_the_linearised_posterior():
     rng = np.random.default_rng(28)
     omega = omega_uniform(10, 0.4, rng)
