@@ -214,6 +214,34 @@ def test_a_product_named_as_no_product_is_refused(tmp_path, capsys, name):
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([trace.name, raw.name])
 
 
+def test_chromatic_fits_chip_by_chip_with_constant_fibers(tmp_path, capsys):
+    """`--chromatic` with a constant fiber of the automatic choice (flags 0, chromatic columns
+    NaN: not tried) crashed writing its product; chip by chip, each group's wavelength span was
+    overwritten by the last chip's (the guider then evaluated R's gamma on B's span)."""
+    import h5py
+
+    from pyapred.guider.omega import read_product_omega
+
+    sim = tmp_path / "sim"
+    assert main(["simulate", "--out", str(sim), "--columns", "64", "--reads", "8", "--seed", "2",
+                 "--stable", "--ref-columns", "0", "--quiet"]) == 0  # fmt: skip
+    out = tmp_path / "p.h5"
+    raws, traces = sorted(sim.glob("apR-*.apz")), sorted(sim.glob("traceMain_*.h5"))
+    argv = ["fit", *map(str, raws), "--traces", *map(str, traces), "--chromatic", "--out", str(out)]
+    assert main([*argv, "--quiet"]) in (0, 1), capsys.readouterr().err
+    with h5py.File(out) as handle:
+        models = [m.decode() if isinstance(m, bytes) else m for m in handle["fibers/R/model"]]
+        flags = handle["fibers/R/flags"][()]
+        assert np.isnan(handle["fibers/R/chromatic_p_value"][()][flags == 0]).any()
+        assert "constant" in models
+        spans = {key: handle["metadata"][key][()] for key in handle["metadata"]
+                 if key.startswith("coordinate_span_um")}  # fmt: skip
+    assert set(spans) == {"coordinate_span_um_R", "coordinate_span_um_G", "coordinate_span_um_B"}
+    np.testing.assert_array_equal(spans["coordinate_span_um_R"], [1.6475, 1.6965])
+    np.testing.assert_array_equal(read_product_omega(out, "R")["span"], [1.6475, 1.6965])
+    np.testing.assert_array_equal(read_product_omega(out, "B")["span"], [1.5145, 1.5808])
+
+
 def test_seeing_change_simulated_and_fitted_with_the_chromatic_model(tmp_path, capsys):
     """``pyapred simulate --seeing-change``, then ``pyapred fit --joint-chips --chromatic``."""
     argv = ["simulate", "--out", str(tmp_path), "--fibers", "40", "--columns", "96", "--reads",

@@ -65,7 +65,7 @@ def product_parts(result: ExposureResult) -> ProductParts:
     """
     from ..io import FiberResults  # h5py and astropy: only when a product is made
 
-    fibers, meta = {}, {}
+    fibers, meta, spans = {}, {}, {}
     for key, fits in result.fibers.items():
         n, K = fits.omega.shape
         omega = np.where(np.isfinite(fits.omega_fit), fits.omega_fit, 1.0)
@@ -87,7 +87,7 @@ def product_parts(result: ExposureResult) -> ProductParts:
                 "chromatic_p_value": np.asarray(fits.chromatic.p_value, np.float64),
                 "chromatic_amplitude": np.asarray(fits.chromatic.amplitude, np.float64),
             }
-            meta["coordinate_span_um"] = np.asarray(fits.coordinate_span, np.float64)
+            spans[key] = np.asarray(fits.coordinate_span, np.float64)
         fibers[key] = FiberResults(
             fiber_index=np.arange(n),
             omega=omega,
@@ -102,6 +102,11 @@ def product_parts(result: ExposureResult) -> ProductParts:
             n_iter=None if np.shape(n_iter) != (n,) else np.asarray(n_iter, np.int64),
             **chromatic,
         )
+    # Each group's own span: chips fitted one by one each have theirs (the last group's was the
+    # product's only one). One group's is also the product's, as products have always had it.
+    meta.update({f"coordinate_span_um_{key}": span for key, span in spans.items()})
+    if len(spans) == 1:
+        meta["coordinate_span_um"] = next(iter(spans.values()))
     meta.update(_identity(result.meta.get("exposure")))
     meta["model_option"] = result.options.model
     meta["joint_chips"] = bool(result.options.joint_chips)

@@ -223,7 +223,8 @@ def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dic
         read_times = Time(mjd, format="mjd", scale="tai")
     chromatic = {}
     if fits_.gamma is not None:  # pyapred fit --chromatic
-        span = metadata.get("coordinate_span_um")
+        # The group's own span; a product of one chromatic group has only the plain key.
+        span = metadata.get(f"coordinate_span_um_{name}", metadata.get("coordinate_span_um"))
         chromatic = {"gamma": fits_.gamma, "gamma_cov": fits_.gamma_cov,
                      "span": None if span is None else np.asarray(span, np.float64)}  # fmt: skip
     return {

@@ -87,6 +87,10 @@ def write_fits(
         hdus.append(hdu)
     docs = docs or {}
     unknown = ("", "")
+    for key in metadata:  # FITS text columns hold ASCII and drop trailing blanks
+        if not (str(key).isascii() and str(key) == str(key).rstrip()):
+            raise ValueError(f"metadata: expected keys in ASCII without trailing blanks for the "
+                             f"FITS flavour (or an .h5 product), got {key!r}")  # fmt: skip
     hdus.append(
         fits.BinTableHDU.from_columns(
             [
@@ -200,7 +204,7 @@ def read_fits(
                     if twice:  # (the later value won, silently)
                         raise ValueError(f"the KEY {twice[0]!r} more than once")
                     metadata = {
-                        key: json.loads(value)
+                        key: _metadata_value(json.loads(value))
                         for key, value in zip(keys, hdu.data["VALUE"], strict=True)
                     }
     except InputError:
@@ -300,3 +304,18 @@ def _fibers(table, fiber_type):
         flags=_integers(table, "FLAGS"),
         **stats,
     )
+
+
+def _metadata_value(value):
+    """A metadata value decoded from JSON as the HDF5 flavour gives it: a list of numbers (at
+    any depth) as an ndarray, anything else as it is (strings, lists of strings, scalars)."""
+    if not isinstance(value, list) or not value:
+        return value
+    array = np.asarray(value, dtype=object)
+
+    def number(item) -> bool:
+        return isinstance(item, (int, float)) and not isinstance(item, bool)
+
+    if array.dtype == object and all(number(item) for item in array.ravel()):
+        return np.asarray(value)
+    return value

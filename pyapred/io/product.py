@@ -14,7 +14,7 @@ dataset                                h5py shape         contents
 ``/{chip}/chisqimage``                 ``(ny, nx)``       ramp chi-squared (float32)
 ``/{chip}/ndiff``                      ``(ny, nx)``       read differences used (uint8, or uint16)
 ``/{chip}/flags``                      ``(ny, nx)``       pixel bits of ``pyapred.Flag`` (uint16)
-``/fibers/{group}/fiberId``            ``(n,)``           1..300, ``300 - fiber_index``
+``/fibers/{group}/fiberId``            ``(n,)``           1..300, ``301 - fiber_index``
 ``/fibers/{group}/fiber_index``        ``(n,)``           1-based ``301 - fiberId``, as in AR.jl
 ``/fibers/{group}/model``              ``(n,)``           "constant", "time_variable", "borrowed"
 ``/fibers/{group}/flags``              ``(n,)``           group bits of ``pyapred.Flag``
@@ -153,8 +153,8 @@ _FIBERS = {
     "n_fit_pixels": _Field("n_fit_pixels", "", "pixels of the fiber in the omega fit"),
     "n_iter": _Field("n_iter", "", "Gauss-Newton iterations of the omega fit"),
     "gamma": _Field("gamma", "", "chromatic slope: omega at wavelength coordinate c is omega "
-                    "(1 + gamma c), c from -1 (bluest) to +1 (reddest column of the fitted "
-                    "chips, metadata coordinate_span_um); NaN for fibers not tried",
+                    "(1 + gamma c), c from -1 (bluest) to +1 (reddest column of the group's "
+                    "chips, metadata coordinate_span_um_{group}); NaN for fibers not tried",
                     ("fiber", "diff")),
     "gamma_cov": _Field("gamma_cov", "", "covariance of gamma; the ref_index row and column "
                         "are 0", ("fiber", "diff", "diff")),
@@ -171,6 +171,9 @@ _FIBER_STATS = ("amplitude", "delta_chi2", "p_value", "n_fit_pixels", "n_iter",
                 "chromatic_delta_chi2", "chromatic_p_value", "chromatic_amplitude")  # fmt: skip
 #: Optional per-fiber ``(n, K)`` columns (the chromatic fit, ``pyapred fit --chromatic``).
 _FIBER_ARRAYS = ("gamma", "gamma_cov")
+#: The chromatic fit's columns: NaN for the fibers it did not try (model not time-variable).
+_CHROMATIC_COLUMNS = ("chromatic_delta_chi2", "chromatic_p_value", "chromatic_amplitude",
+                      *_FIBER_ARRAYS)  # fmt: skip
 _INDEX_BASE = {"fiber_index", "ref_index"}  # stored 1-based in HDF5, 0-based in FITS
 #: The descriptions of the index columns where they are stored 0-based (the FITS flavour).
 _ZERO_BASED_FIBERS = {
@@ -201,8 +204,8 @@ _METADATA = {
     ),
     "coordinate_span_um": (
         "um",
-        "bluest and reddest wavelength of the chips fitted together, where the chromatic "
-        "fit's wavelength coordinate c is -1 and +1 (pyapred fit --chromatic)",
+        "bluest and reddest wavelength of the one chromatic fiber group's chips, where the "
+        "chromatic fit's wavelength coordinate c is -1 and +1 (pyapred fit --chromatic)",
     ),
     "telescope": ("", "telescope: apo or lco"),
     "mjd": ("d", "SDSS MJD (SJD) of the night"),
@@ -225,6 +228,15 @@ _METADATA_AXES = {
     "nuisance_offset_rms_dn": ("chip",),
     "coordinate_span_um": ("end",),
 }
+# Per fiber group (pyapred fit --chromatic without --joint-chips fits each chip on its own span).
+for _group in ("joint", "R", "G", "B"):
+    _METADATA[f"coordinate_span_um_{_group}"] = (
+        "um",
+        f"bluest and reddest wavelength of fiber group {_group}'s chips, where its chromatic "
+        "fit's wavelength coordinate c is -1 and +1 (pyapred fit --chromatic)",
+    )
+    _METADATA_AXES[f"coordinate_span_um_{_group}"] = ("end",)
+del _group
 _CALLER_KEY = ("", "supplied by the program that wrote the product (no description given)")
 
 
@@ -775,12 +787,19 @@ def _check_fibers(key: str, results: FiberResults) -> None:
     if _unknown_bits(results.flags):
         raise ValueError(f"fibers[{key!r}].flags: expected bits of pyapred.Flag")
     unflagged = np.asarray(results.flags) == 0
+    # The chromatic fit is tried only on the fibers whose model is time-variable: on the others
+    # its columns are NaN, and the model says why (a constant fiber of the automatic choice has
+    # no flag). They were refused, and with them every --chromatic product with such a fiber.
+    tried = np.isin(np.asarray(results.model, dtype=object),
+                    ("time_variable", "time_variable_chromatic"))  # fmt: skip
     for name in ("omega", "omega_cov", *_FIBER_STATS, *_FIBER_ARRAYS):
         values = getattr(results, name)
         if values is None or not n:
             continue
         values = np.asarray(values, dtype=float).reshape(n, -1)
         silent = ~np.isfinite(values).all(axis=1) & unflagged
+        if name in _CHROMATIC_COLUMNS:
+            silent &= tried
         _check_flagged(f"fibers[{key!r}].{name}", silent, "fiber", index)
     for name in ("p_value", "chromatic_p_value"):
         values = getattr(results, name)

@@ -370,6 +370,23 @@ def test_fits_header_cards_units_and_round_trip(tmp_path):
     assert product.format_version == 2 and product.metadata["expnum"] == 52190065
     assert_round_trip(product, chips, fibers)
     assert read_product(path, images=False).chips == {}
+    # Metadata arrays come back as the HDF5 flavour gives them (they were lists): numbers as
+    # arrays, strings as lists.
+    arrays = {"times": np.array([60781.1, 60781.2]), "grid": np.arange(6.0).reshape(2, 3),
+              "names": ["a.apz", "b.apz"]}  # fmt: skip
+    for suffix in (".fits", ".h5"):
+        kept = write_product(tmp_path / f"m{suffix}", fibers=fibers, metadata=arrays)
+        metadata = read_product(kept, images=False).metadata
+        for key in ("times", "grid"):
+            assert isinstance(metadata[key], np.ndarray), (suffix, key)
+            np.testing.assert_array_equal(metadata[key], arrays[key])
+        assert metadata["names"] == ["a.apz", "b.apz"]
+    # A key FITS cannot hold (a bare UnicodeEncodeError, or " sp " kept as " sp"): refused, and
+    # nothing is written.
+    for key in ("größe", " sp "):
+        with pytest.raises(ValueError, match="metadata: expected keys in ASCII"):
+            write_product(tmp_path / "u.fits", fibers=fibers, metadata={key: "x"})
+        assert not (tmp_path / "u.fits").exists()
 
 
 def test_a_malformed_fits_product_names_the_hdu_and_column(tmp_path):
