@@ -363,9 +363,12 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
         if (tele, expnum) in seen:  # a row again: its files are not looked for twice
             continue
         seen.add((tele, expnum))
-        name = apz_filename(tele, "a", expnum)
-        candidates = [raw_dir / tele / str(mjd) / name, raw_dir / name]
-        named.append((entry, next((c for c in candidates if _exists(c)), candidates[0])))
+        # The folder that holds any chip's file (with --chips GB, chip a's may be absent; it
+        # was the only one looked for).
+        folders = [raw_dir / tele / str(mjd), raw_dir]
+        held = (f for f in folders if any(_exists(f / apz_filename(tele, chip, expnum))
+                                          for chip in "abc"))  # fmt: skip
+        named.append((entry, next(held, folders[0]) / apz_filename(tele, "a", expnum)))
     return named
 
 
@@ -489,8 +492,9 @@ def process_exposure(
     try:
         # The record holds the backend that ran: "auto" is resolved before it is compared.
         options = dataclasses.replace(options, backend=resolve_backend(options.backend))
-        if resume and _up_to_date(task, options):
-            return TaskResult(task.name, "skipped", task.product)
+        kept = _up_to_date(task, options) if resume else None
+        if kept is not None:  # its problems, as the run that made it reported them
+            return TaskResult(task.name, "skipped", task.product, problems=_problems(kept))
         with _single_threaded():
             result = run_exposure(
                 task.inputs,
@@ -511,9 +515,27 @@ def process_exposure(
     return TaskResult(task.name, "done", task.product, problems=result.problems(), seconds=seconds)
 
 
-def _up_to_date(task: ExposureTask, options: FitOptions) -> bool:
-    """Whether the product exists, records these inputs' hashes, this version and settings (a
-    record made before a setting existed holds that setting's default), and reads back whole.
+def _problems(product) -> list[str]:
+    """The fit problems a product's fiber tables record
+    (:func:`pyapred.exposure.result.fit_problems`)."""
+    import numpy as np
+
+    from .exposure.result import fit_problems
+
+    out = []
+    order = ("R", "G", "B")  # the chips' order, as the run reported them (HDF5 sorts groups)
+    for key in sorted(product.fibers, key=lambda k: (order.index(k) if k in order else 3, k)):
+        group = product.fibers[key]
+        borrowed = np.asarray(group.model, dtype=object) == "borrowed"
+        out += fit_problems(key, group.flags, group.n_iter, group.n_fit_pixels, borrowed,
+                            group.fiber_id)  # fmt: skip
+    return out
+
+
+def _up_to_date(task: ExposureTask, options: FitOptions):
+    """The product (:class:`pyapred.io.Product`, images not kept) where it exists, records
+    these inputs' hashes, this version and settings (a record made before a setting existed
+    holds that setting's default), and reads back whole; else None.
 
     The record alone said "up to date" of a product whose images could no longer be read (a
     damaged compressed chunk, a chip's group deleted), and the night kept it. So a product
@@ -529,11 +551,11 @@ def _up_to_date(task: ExposureTask, options: FitOptions) -> bool:
     from .io import read_metadata, read_product, sha256_file
 
     if not Path(task.product).is_file():
-        return False
+        return None
     try:
         meta = read_metadata(task.product)
     except (InputError, OSError):
-        return False  # unreadable: recompute and replace it
+        return None  # unreadable: recompute and replace it
     files = [Path(p) for p in (*task.inputs, *task.traces)]
 
     def listed(key: str) -> list | None:  # a damaged record (a number, an array) is no list
@@ -549,14 +571,14 @@ def _up_to_date(task: ExposureTask, options: FitOptions) -> bool:
         and listed("input_sha256") == [sha256_file(p) for p in files]
     )
     if not recorded:
-        return False
+        return None
     try:
         product = read_product(task.product)
     except (InputError, OSError):
-        return False  # damaged: refitted and replaced, as an outdated product is
+        return None  # damaged: refitted and replaced, as an outdated product is
     chips = {identify_exposure(p)[0] for p in task.inputs}
     groups = {"joint"} if options.joint_chips else chips
-    return set(product.chips) == chips and set(product.fibers) == groups
+    return product if set(product.chips) == chips and set(product.fibers) == groups else None
 
 
 @contextlib.contextmanager

@@ -540,3 +540,35 @@ def test_fit_problems_make_the_night_exit_1(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(pyapred.night, "run_night",
                         lambda *args, **kwargs: NightResult([clean], 1.0))  # fmt: skip
     assert main(argv) == 0
+
+
+def test_a_product_kept_on_resuming_reports_the_problems_it_records(night, tmp_path):
+    """A resumed night exited 0 with no flagged lines where the night run in one go exited 1:
+    a kept product's fit problems were not reported."""
+    from pyapred.exposure import FitOptions
+
+    raw, _ = night
+    (task,) = find_exposures(raw / "apR-a-52190001.apz", [raw], tmp_path)
+    options = FitOptions(max_iter=1)  # fits that do not converge: fibers fall back
+    done = process_exposure(task, options, resume=True)
+    assert done.status == "done" and done.problems
+    kept = process_exposure(task, options, resume=True)
+    assert kept.status == "skipped" and kept.problems == done.problems
+
+
+def test_runlist_h5_finds_the_folder_of_the_chips_asked_for(night, tmp_path):
+    """Only chip a's file decided the folder: with --chips GB and no chip a file, the raw
+    files next to the runlist were looked for under apo/60781/ and reported missing there."""
+    import shutil
+
+    raw, _ = night
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    for chip in "bc":
+        shutil.copyfile(raw / f"apR-{chip}-52190001.apz", folder / f"apR-{chip}-52190001.apz")
+    runlist = folder / "runlist_gb.h5"
+    with h5py.File(runlist, "w") as handle:
+        handle["tele"], handle["mjd"], handle["expid"] = [b"apo"], [60781], [b"1"]
+    (task,) = find_exposures(runlist, [raw], tmp_path / "out", chips="GB")
+    assert task.problem is None, task.problem
+    assert sorted(Path(p).name for p in task.inputs) == ["apR-b-52190001.apz", "apR-c-52190001.apz"]

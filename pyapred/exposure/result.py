@@ -135,30 +135,11 @@ class ExposureResult:
         where that is not significant; ``docs/noise.md``, "Faint fibers")."""
         out = []
         for key, fits in self.fibers.items():
-            failed = fits.flags & (Flag.FALLBACK_CONSTANT | Flag.NOT_CONVERGED)
-            for index in np.flatnonzero(failed):
-                flags = int(fits.flags[index])
-                reasons = []
-                if flags & Flag.NOT_CONVERGED:
-                    n_iter = int(fits.fit.n_iter[index]) if fits.fit is not None else None
-                    reasons.append(f"not converged after {n_iter} iterations")
-                if flags & Flag.OMEGA_ELEMENT_NO_DATA:
-                    reasons.append("a read difference without usable data in any fit pixel")
-                reasons.append(f"{int(fits.n_fit_pixels[index])} fit pixels")
-                if flags & Flag.FALLBACK_CONSTANT:
-                    used = "constant model used"
-                else:  # the nuisance term's rule: such a fiber is treated as a faint one
-                    reasons.insert(0, "with the 1/f nuisance term")
-                    borrowed = fits.model[index] == MODEL_BORROWED
-                    used = (
-                        "the bright fibers' omega used"
-                        if borrowed
-                        else "constant model used (the bright fibers' omega is not significant)"
-                    )
-                out.append(
-                    f"{key}: fiberId {int(fiber_id(index))}: omega fit failed "
-                    f"({'; '.join(reasons)}); {used}"
-                )
+            out += fit_problems(
+                key, fits.flags, None if fits.fit is None else fits.fit.n_iter,
+                fits.n_fit_pixels, fits.model == MODEL_BORROWED,
+                fiber_id(np.arange(len(fits.flags))),
+            )  # fmt: skip
         return out
 
     def summary(self) -> dict:
@@ -214,3 +195,34 @@ def _nanmedian(values) -> float | None:
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     return float(np.median(values)) if values.size else None
+
+
+def fit_problems(key: str, flags, n_iter, n_fit_pixels, borrowed, fiber_ids) -> list[str]:
+    """:meth:`ExposureResult.problems`' lines for one fiber group, from its per-fiber arrays
+    ``(n_fibers,)``: the fiber flags, ``n_iter`` (or None), ``n_fit_pixels``, whether each
+    fiber borrowed omega, and the fiberIds; a product's fiber table gives them too
+    (``pyapred night`` reports a product kept on resuming as the run that made it)."""
+    out = []
+    for index in np.flatnonzero(np.asarray(flags) & (Flag.FALLBACK_CONSTANT | Flag.NOT_CONVERGED)):
+        value = int(flags[index])
+        reasons = []
+        if value & Flag.NOT_CONVERGED:
+            iterations = None if n_iter is None else int(n_iter[index])
+            reasons.append(f"not converged after {iterations} iterations")
+        if value & Flag.OMEGA_ELEMENT_NO_DATA:
+            reasons.append("a read difference without usable data in any fit pixel")
+        reasons.append(f"{int(n_fit_pixels[index])} fit pixels")
+        if value & Flag.FALLBACK_CONSTANT:
+            used = "constant model used"
+        else:  # the nuisance term's rule: such a fiber is treated as a faint one
+            reasons.insert(0, "with the 1/f nuisance term")
+            used = (
+                "the bright fibers' omega used"
+                if borrowed[index]
+                else "constant model used (the bright fibers' omega is not significant)"
+            )
+        out.append(
+            f"{key}: fiberId {int(fiber_ids[index])}: omega fit failed "
+            f"({'; '.join(reasons)}); {used}"
+        )
+    return out

@@ -56,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lag", action="store_true", help="fit a time lag within +-60 s")
     parser.add_argument("--out", required=True, help="figure to write (PNG)")
     parser.add_argument(
-        "--telescope", choices=("apo", "lco"), help="fiber diameter default (from file names)"
+        "--telescope",
+        choices=("apo", "lco"),
+        help="fiber diameter default (from the product, else the frames' names)",
     )
     parser.add_argument("--diameter", type=float, help="fiber diameter on the sky, arcsec")
     parser.add_argument(

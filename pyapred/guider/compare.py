@@ -239,8 +239,11 @@ class GuiderComparison:
         middle.plot(guide_t, self.frame_flux, ".", color="0.5", label="guider frames")
         for n, f in enumerate(shown):
             use = self.used[f]
+            # One colour per fiber in both panels, whether or not its middle panel is drawn (the
+            # two colour cycles drifted apart after a fiber without one).
+            color = f"C{n % 10}"
             residual = (self.omega[f] - self.scale[f] * self.guider) / self.omega_err[f]
-            bottom.plot(mid[use], residual[use], "o", ms=3)
+            bottom.plot(mid[use], residual[use], "o", ms=3, color=color)
             if not self.scale[f] > 0:  # omega / scale means nothing (flag fit-undetermined)
                 continue
             scaled = self.omega[f] / self.scale[f]
@@ -252,6 +255,7 @@ class GuiderComparison:
                 fmt="o",
                 ms=3,
                 lw=0.8,
+                color=color,
                 label=f"fiberId {int(fiber_id(self.fibers[f]))}" if n < 6 else None,
             )
         middle.set_ylabel("omega / scale")
@@ -273,11 +277,11 @@ class GuiderComparison:
             np.append(self.gamma_guider, self.gamma_guider[-1]),
             where="post", color="k", lw=2, label="guider prediction (seeing)",
         )  # fmt: skip
-        for f in shown:
+        for n, f in enumerate(shown):  # each fiber in the colour of the panels above
             ok = np.isfinite(self.gamma[f])
             chi2_dof = self.gamma_chi2[f] / max(int(self.gamma_dof[f]), 1)
             ax.errorbar(mid[ok], self.gamma[f][ok], xerr=half[ok], yerr=self.gamma_err[f][ok],
-                        fmt="o", ms=3, lw=0.8,
+                        fmt="o", ms=3, lw=0.8, color=f"C{n % 10}",
                         label=f"fiberId {int(fiber_id(self.fibers[f]))}: chi2/dof "
                         f"{chi2_dof:.2f}")  # fmt: skip
         ax.axhline(0, color="0.6", lw=0.8)
@@ -425,7 +429,10 @@ def compare(
             )
     data = select_omega(omega_fit_or_product, fibers, group)
     source_times = read_times if read_times is not None else data.read_times
-    if source_times is None and data.header:
+    if source_times is None and data.header or (
+            timesys is not None and read_times is None and data.header):  # fmt: skip
+        # A time scale asked for: the times from the header it is for (a product's read times
+        # are in TAI already, and it was ignored).
         source_times = data.header
     if source_times is None:
         raise ValueError("read_times: required (the omega source carries no read times)")
@@ -436,9 +443,11 @@ def compare(
     if config_id is None and header is not None and header_number(header.get("CONFIGID")) > 0:
         config_id = int(header["CONFIGID"])
 
+    # The product's telescope (its fiber diameter) unless one is given; the frames' names only
+    # for an omega that does not say. Frames of the other site are refused.
     series = _select_series(
-        guider_frames, times, config_id, telescope, diameter, seeing, lag_range if fit_lag else 0,
-        wavelength,
+        guider_frames, times, config_id, telescope or data.telescope, diameter, seeing,
+        lag_range if fit_lag else 0, wavelength, data.telescope,
     )  # fmt: skip
     flags = []
     if series.dropped:
@@ -643,7 +652,7 @@ def _clock_verdict(lag: float, lag_err: float, tai_minus_utc: float) -> str:
 
 
 def _select_series(frames, times, config_id, telescope, diameter, seeing, margin,
-                   wavelength=None) -> GuiderSeries:  # fmt: skip
+                   wavelength=None, exposure_site=None) -> GuiderSeries:  # fmt: skip
     """Frames of the exposure's configuration within its time span (+- margin), as a series."""
     if isinstance(frames, GuiderSeries):
         return frames
@@ -675,7 +684,8 @@ def _select_series(frames, times, config_id, telescope, diameter, seeing, margin
             f"to {max(spans, key=lambda t: t.mjd).isot} TAI",
         )
     return guider_series(GuiderFrames(inside, rejected), telescope=telescope, diameter=diameter,
-                         seeing=seeing, wavelength=wavelength)  # fmt: skip
+                         seeing=seeing, wavelength=wavelength,
+                         exposure_site=exposure_site)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

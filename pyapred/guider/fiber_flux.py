@@ -153,6 +153,7 @@ def guider_series(
     diameter: float | None = None,
     seeing: str = "best",
     wavelength: float | None = None,
+    exposure_site: str | None = None,
 ) -> GuiderSeries:
     """Combine guider frames into the flux-in-fiber series.
 
@@ -172,6 +173,9 @@ def guider_series(
         wavelength as ``wavelength**-0.2`` (:func:`pyapred.chromatic.seeing_fwhm`); for example
         1.6, the middle of APOGEE's band. Default: at the FWHM the guider measured (the
         paper's model). ``GuiderSeries.fwhm`` stays the guider's.
+    exposure_site : {"apo", "lco"}, optional
+        The exposure's telescope: frames whose camera names the other site are refused
+        (:func:`~pyapred.guider.compare` passes a product's).
 
     Returns
     -------
@@ -191,6 +195,14 @@ def guider_series(
         raise ValueError(
             f"telescope: expected one of {sorted(FIBER_DIAMETER_ARCSEC)}, got {telescope!r}"
         )
+    if exposure_site is not None:
+        # Frames whose camera names the other site (gfa1s for an APO exposure) guided another
+        # telescope.
+        other = sorted({f.site for f in frames.frames if f.site and f.site != exposure_site})
+        if other:
+            path = next(f.path for f in frames.frames if f.site in other)
+            raise InputError(path, "camera", f"a guider camera of {exposure_site} (the "
+                             f"exposure's telescope)", f"one of {', '.join(other)}")  # fmt: skip
     diameter = FIBER_DIAMETER_ARCSEC[telescope] if diameter is None else float(diameter)
     if not diameter > 0:
         raise ValueError(f"diameter: expected > 0 arcsec, got {diameter}")

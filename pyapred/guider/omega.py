@@ -40,6 +40,8 @@ class OmegaSelection:
         ChromaticFit).
     span : (float, float) or None
         Bluest and reddest wavelength (micron) of the chromatic fit's coordinate.
+    telescope : str or None
+        ``"apo"`` or ``"lco"``, where the input says (a product's ``metadata/telescope``).
     """
 
     omega: np.ndarray
@@ -50,6 +52,7 @@ class OmegaSelection:
     gamma: np.ndarray | None = None
     gamma_cov: np.ndarray | None = None
     span: tuple | None = None
+    telescope: str | None = None
 
     def __repr__(self) -> str:
         """Each field in a few words (:func:`~pyapred.solver.reprs.summary_repr`), never whole
@@ -93,7 +96,7 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
     if isinstance(source, (str, os.PathLike)):
         return select_omega(read_product_omega(os.fspath(source), group), fibers)
     labels, read_times, header = None, None, None
-    gamma = gamma_cov = span = None
+    gamma = gamma_cov = span = telescope = None
     if isinstance(source, Mapping):
         missing = [key for key in ("omega", "omega_cov") if key not in source]
         if missing:
@@ -103,6 +106,7 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
         labels = source.get("fiber_index")
         read_times, header = source.get("read_times"), source.get("header")
         gamma, gamma_cov, span = source.get("gamma"), source.get("gamma_cov"), source.get("span")
+        telescope = source.get("telescope")
     elif isinstance(source, tuple):
         omega, cov = source
     elif hasattr(source, "gamma") and callable(getattr(source, "omega_cov", None)):
@@ -149,7 +153,7 @@ def select_omega(source, fibers=None, group: str | None = None) -> OmegaSelectio
         gamma_cov = np.broadcast_to(np.asarray(gamma_cov, np.float64), cov.shape)[rows]
     span = None if span is None else tuple(float(v) for v in np.ravel(span))
     return OmegaSelection(omega[rows], cov[rows], labels[rows], read_times, header, gamma,
-                          gamma_cov, span)  # fmt: skip
+                          gamma_cov, span, telescope)  # fmt: skip
 
 
 def has_fitted_omega(omega: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -188,9 +192,10 @@ def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dic
     -------
     dict
         ``omega`` ``(F, K)``, ``omega_cov`` ``(F, K, K)``, ``fiber_index`` ``(F,)`` (0-based),
-        ``read_times`` (TAI ``Time`` or None) and ``header`` (the :data:`TIME_CARDS` found, or
-        None), and with the chromatic fit ``gamma`` ``(F, K)``, ``gamma_cov`` ``(F, K, K)`` and
-        ``span`` (``coordinate_span_um``); :func:`select_omega` accepts it.
+        ``read_times`` (TAI ``Time`` or None), ``header`` (the :data:`TIME_CARDS` found, or
+        None), ``telescope`` (``"apo"``, ``"lco"`` or None), and with the chromatic fit
+        ``gamma`` ``(F, K)``, ``gamma_cov`` ``(F, K, K)`` and ``span`` (the group's
+        ``coordinate_span_um``); :func:`select_omega` accepts it.
 
     Raises
     ------
@@ -227,12 +232,14 @@ def read_product_omega(path: str | os.PathLike, group: str | None = None) -> dic
         span = metadata.get(f"coordinate_span_um_{name}", metadata.get("coordinate_span_um"))
         chromatic = {"gamma": fits_.gamma, "gamma_cov": fits_.gamma_cov,
                      "span": None if span is None else np.asarray(span, np.float64)}  # fmt: skip
+    telescope = metadata.get("telescope")
     return {
         "omega": fits_.omega,
         "omega_cov": fits_.omega_cov,
         "fiber_index": fits_.fiber_index,
         "read_times": read_times,
         "header": header or None,
+        "telescope": telescope if telescope in ("apo", "lco") else None,
         **chromatic,
     }
 

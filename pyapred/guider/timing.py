@@ -9,6 +9,7 @@ APOGEE headers say ``TIMESYS = 'UTC'`` (UTC is assumed when the card is missing)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,6 +18,7 @@ from astropy.time import Time
 
 from ..errors import InputError
 from ..io.apz import read_times_from_header
+from .frames import header_number
 
 __all__ = ["MIN_READS", "exposure_read_times", "seconds_since"]
 
@@ -40,7 +42,13 @@ def seconds_since(times: Time, t0: Time) -> np.ndarray:
 
 
 def _header_read_times(header: Mapping, n_reads: int | None, timesys: str | None) -> Time:
-    """TAI read times from an exposure header; ``INTDELAY`` is 0 when absent."""
+    """TAI read times from an exposure header; ``INTDELAY`` is 0 when absent. A header whose
+    ``NREAD`` is below ``n_reads`` is another exposure's (an ar3Dcal product's may be above it:
+    ApogeeReduction.jl drops the first reads)."""
+    stated = header_number(header.get("NREAD")) if n_reads is not None else math.nan
+    if stated > 0 and stated < n_reads:
+        raise InputError("<header>", "NREAD", f"at least the {n_reads} reads of the omega "
+                         "compared (the same exposure)", f"{stated:g}")  # fmt: skip
     times = read_times_from_header(header, n_reads, timesys=timesys, default_intdelay=0.0)
     if times.size < MIN_READS:
         raise InputError("<header>", "NREAD", f"at least {MIN_READS} reads", repr(times.size))

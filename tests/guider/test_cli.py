@@ -62,6 +62,29 @@ def test_cli_guider_writes_figure_and_json(sky, tmp_path, capsys):
     assert re.search(r"fiberId 295: scale \d\.\d+", out) and "fiberId 294" not in out
 
 
+def test_timesys_reads_the_product_s_header_over_its_read_times(sky, tmp_path, capsys):
+    """A product of `pyapred fit` records its read times (TAI) and the header they came from:
+    --timesys was ignored (the same result for TAI, UTC and TT)."""
+    from astropy import units as u
+    from astropy.time import Time
+
+    from .scenario import N_READS, START
+
+    product = tmp_path / "product.h5"
+    # Read times as the pipeline recorded them, DATE-OBS read as UTC (37 s from the truth).
+    utc = Time(START.isot, scale="utc").tai + np.arange(N_READS) * 10.647 * u.s
+    write_product(product, sky.fit)
+    with __import__("h5py").File(product, "a") as handle:
+        handle["metadata/read_times_tai_mjd"] = utc.mjd
+    argv = ["guider", "--product", str(product), "--guider", str(sky.directory), "--fibers",
+            "293", "--lag", "--json", "--out", str(tmp_path / "g.png")]  # fmt: skip
+    main(argv)
+    as_recorded = json.loads(capsys.readouterr().out)
+    main([*argv, "--timesys", "TAI"])
+    as_tai = json.loads(capsys.readouterr().out)
+    assert abs(as_recorded["lag_s"] + 37) < 3 and abs(as_tai["lag_s"]) < 3
+
+
 def test_cli_guider_takes_read_times_from_the_exposure_file(sky, tmp_path, capsys):
     product = tmp_path / "product.h5"
     write_product(product, sky.fit, times=False)

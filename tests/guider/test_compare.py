@@ -128,6 +128,50 @@ def test_plot_draws_the_three_panels(sky, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.png"]  # no temporary left
 
 
+def test_each_fiber_has_one_colour_in_every_panel(sky):
+    """A fiber whose scale is not positive has no middle-panel points: the residual panel's
+    colours drifted one fiber from the legend's after it."""
+    from matplotlib.colors import to_rgba
+
+    omega = np.stack([sky.fit.omega, -sky.fit.omega, 0.9 * sky.fit.omega])
+    cov = np.stack([sky.fit.omega_cov] * 3)
+    result = guider.compare((omega, cov), sky.frames, read_times=exposure_header())
+    assert not result.scale[1] > 0 < result.scale[2]
+    figure = result.plot()
+    _, middle, bottom = figure.axes[:3]
+    residual = [to_rgba(line.get_color()) for line in bottom.get_lines()
+                if line.get_marker() == "o"]  # fmt: skip
+    handles, labels = middle.get_legend_handles_labels()
+    colours = {label: to_rgba(handle.lines[0].get_color())
+               for handle, label in zip(handles, labels, strict=True)
+               if label.startswith("fiberId")}  # fmt: skip
+    assert len(residual) == 3
+    assert colours == {"fiberId 300": residual[0], "fiberId 298": residual[2]}
+
+
+def test_the_product_s_telescope_picks_the_fiber_and_refuses_the_other_site(sky):
+    """A product of LCO was compared with APO's 3 arcsec fiber (the frames' names decided), and
+    frames of the other site were taken for the exposure's."""
+    omega = {"omega": sky.fit.omega, "omega_cov": sky.fit.omega_cov}
+    apo = guider.compare({**omega, "telescope": "apo"}, sky.frames, read_times=exposure_header())
+    assert apo.series.diameter == 3.0  # the frames are APO's (gfa1n, gfa5n)
+    with pytest.raises(InputError) as err:
+        guider.compare({**omega, "telescope": "lco"}, sky.frames, read_times=exposure_header())
+    assert err.value.field == "camera" and "of lco (the exposure's telescope)" in str(err.value)
+    unnamed = guider.compare(omega, sky.frames, read_times=exposure_header())
+    assert unnamed.series.diameter == 3.0
+
+
+def test_a_header_of_fewer_reads_than_omega_is_another_exposure_s(sky):
+    """An exposure header of 8 reads for omega of 12 was taken, its times stretched to the
+    omega's reads (an ar3Dcal product's header may say more: ApogeeReduction.jl drops reads)."""
+    with pytest.raises(InputError) as err:
+        guider.compare(sky.fit, sky.frames, read_times=exposure_header(NREAD=N_READS - 3))
+    assert err.value.field == "NREAD" and f"at least the {N_READS} reads" in str(err.value)
+    more = guider.compare(sky.fit, sky.frames, read_times=exposure_header(NREAD=N_READS + 2))
+    assert more.window_start.size == N_READS - 1
+
+
 def test_no_time_overlap_is_a_clear_error(sky):
     late = exposure_header(**{"DATE-OBS": (START + 3 * u.hour).isot})
     with pytest.raises(InputError) as err:
