@@ -692,8 +692,12 @@ def _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resu
     if results:
         _write_failures(out, tasks, results)
     if runnable:
-        with _client(scheduler, workers, threads_per_worker) as client:
-            _run_tasks(client, runnable, options, resume, progress, out, tasks, results)
+        try:
+            with _client(scheduler, workers, threads_per_worker) as client:
+                _run_tasks(client, runnable, options, resume, progress, out, tasks, results)
+        except BaseException:  # Ctrl-C, SIGTERM (cli's _Stopped): the workers' temporaries
+            _remove_stale_temporaries(tasks)  # go with them (their writers are gone)
+            raise
     night = NightResult([results[t.name] for t in tasks], time.perf_counter() - start)
     _write_failures(out, tasks, results)
     # Again at the end: the workers of a run killed just before this one may still have held

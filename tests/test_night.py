@@ -572,3 +572,23 @@ def test_runlist_h5_finds_the_folder_of_the_chips_asked_for(night, tmp_path):
     (task,) = find_exposures(runlist, [raw], tmp_path / "out", chips="GB")
     assert task.problem is None, task.problem
     assert sorted(Path(p).name for p in task.inputs) == ["apR-b-52190001.apz", "apR-c-52190001.apz"]
+
+
+def test_an_interrupted_night_removes_its_workers_temporaries(night, tmp_path, monkeypatch):
+    """SIGTERM (or Ctrl-C) ended the night with exit 130 but left the workers' temporaries in
+    --out until the next run; the command's own outputs had theirs removed."""
+    import pyapred.night
+
+    raw, _ = night
+    out = tmp_path / "out"
+
+    def stopped(client, runnable, *args):
+        for task in runnable:  # a worker's half-written product, its writer gone
+            Path(task.product).with_name(f".{Path(task.product).name}.abc123_x.tmp").write_bytes(
+                b"half"
+            )
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyapred.night, "_run_tasks", stopped)
+    assert main(night_argv(raw, out, "--workers", "1", "--quiet")) == 130
+    assert leftovers(out) == []
