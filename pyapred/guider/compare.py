@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -160,7 +161,10 @@ class GuiderComparison:
         chromatic = {}
         if self.gamma_guider is not None:
             residual = self.gamma - self.gamma_guider[None]
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                # A fiber without gamma elements: NaN (null in the JSON), not "Mean of empty
+                # slice" on stderr.
+                warnings.simplefilter("ignore", RuntimeWarning)
                 rms = np.sqrt(np.nanmean(residual**2, axis=1))
                 chi2_dof = self.gamma_chi2 / self.gamma_dof
             chromatic = {
@@ -530,8 +534,9 @@ def compare(
     omega_err = np.sqrt(np.where(used, diag, np.nan))
     residual = omega - a[:, None] * g[None]
     correlation = np.array([_pearson(o[ok], g[ok]) for o, ok in zip(omega, used, strict=True)])
-    residual_rms = np.sqrt(np.nanmean(np.where(used, residual**2, np.nan), axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a fiber without used windows: NaN
+        residual_rms = np.sqrt(np.nanmean(np.where(used, residual**2, np.nan), axis=1))
         explained = 1.0 - np.nanvar(residual, axis=1) / np.nanvar(omega, axis=1)
     disagree = np.nan_to_num(p_value, nan=1.0) < alpha
     if disagree.any():
