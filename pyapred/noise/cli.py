@@ -103,7 +103,7 @@ def _noise_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"white read noise, e-, up to {MAX_NOISE:g} (10)",
     )  # fmt: skip
     for name, what in (
-        ("c-pink", "correlated 1/f noise shared by the four outputs"),
+        ("c-pink", "correlated 1/f noise shared by the five outputs (the reference output too)"),
         ("u-pink", "uncorrelated 1/f noise of each output"),
         ("acn", "alternating column noise (even/odd columns)"),
     ):

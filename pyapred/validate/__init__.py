@@ -949,7 +949,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small repeat counts, about 35 s on 2 cores (CI runs this)",
+        help="small repeat counts, about 10 s on 2 cores (CI runs this)",
     )
     parser.add_argument(
         "--out", default="validation", type=path_argument,
