@@ -985,51 +985,56 @@ def _write_chips(sim, chips, names, directory, *, mjd, exposure, overwrite, one_
     }
     if sim.fwhm is not None:  # what every pixel's transparency follows from (omega_at)
         truth.update(transparency=sim.transparency, fwhm=sim.fwhm, diameter=sim.diameter)
-    chip_iter = iter(chips)
-    for index, expected in enumerate(names):
-        step = f"chip {expected} ({index + 1} of {len(names)})"
-        say(f"{step}: simulating")
-        name, chip = next(chip_iter)
-        say(f"{step}: writing")
-        cards = {
-            "GAIN": (chip.gain, "e-/DN (simulated)"),
-            "RDNOISE": (chip.read_noise, "single-read noise, DN (simulated)"),
-            "SATURATE": (chip.saturation, "saturation level, DN (simulated)"),
-            "EXPTYPE": "OBJECT",
-            "IMAGETYP": "Object",
-        }
-        traces.append(
-            write_trace_file(
-                directory / trace_file_name(sim.telescope, mjd, name),
-                chip.traces,
-                height=chip.fiber_flux,
-                overwrite=overwrite,
+    try:
+        chip_iter = iter(chips)
+        for index, expected in enumerate(names):
+            step = f"chip {expected} ({index + 1} of {len(names)})"
+            say(f"{step}: simulating")
+            name, chip = next(chip_iter)
+            say(f"{step}: writing")
+            cards = {
+                "GAIN": (chip.gain, "e-/DN (simulated)"),
+                "RDNOISE": (chip.read_noise, "single-read noise, DN (simulated)"),
+                "SATURATE": (chip.saturation, "saturation level, DN (simulated)"),
+                "EXPTYPE": "OBJECT",
+                "IMAGETYP": "Object",
+            }
+            traces.append(
+                write_trace_file(
+                    directory / trace_file_name(sim.telescope, mjd, name),
+                    chip.traces,
+                    height=chip.fiber_flux,
+                    overwrite=overwrite,
+                )
             )
-        )
-        truth[f"{name}_flux"] = chip.flux.astype(np.float32)
-        truth[f"{name}_fiber_flux"] = chip.fiber_flux
-        truth[f"{name}_cosmic_rays"] = chip.cosmic_rays
-        truth[f"{name}_gain"] = chip.gain
-        counts = _raw_counts(
-            chip.reads, 0.0, one_over_f, (sim.seed, "RGB".index(name)), consume=streamed,
-            saturation=chip.saturation,
-        )  # fmt: skip
-        del chip  # a streamed chip's cube is freed here, before its raw file is written
-        _release_freed_memory()
-        apz.append(
-            _write_raw(
-                directory, counts, telescope=sim.telescope, chip=letters[name], mjd=mjd,
-                exposure=exposure, date_obs=_night_start(mjd), timesys="UTC", header=cards,
-                overwrite=overwrite,
-            )
-        )  # fmt: skip
-        del counts
-        _release_freed_memory()
-    say("truth file: writing")  # the chips' exposure-averaged fluxes, omega, cosmic rays
-    truth_path = directory / f"truth_{sim.telescope}_{mjd}_{exposure:04d}.npz"
-    with atomic_path(truth_path, overwrite=overwrite) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **truth)
+            truth[f"{name}_flux"] = chip.flux.astype(np.float32)
+            truth[f"{name}_fiber_flux"] = chip.fiber_flux
+            truth[f"{name}_cosmic_rays"] = chip.cosmic_rays
+            truth[f"{name}_gain"] = chip.gain
+            counts = _raw_counts(
+                chip.reads, 0.0, one_over_f, (sim.seed, "RGB".index(name)), consume=streamed,
+                saturation=chip.saturation,
+            )  # fmt: skip
+            del chip  # a streamed chip's cube is freed here, before its raw file is written
+            _release_freed_memory()
+            apz.append(
+                _write_raw(
+                    directory, counts, telescope=sim.telescope, chip=letters[name], mjd=mjd,
+                    exposure=exposure, date_obs=_night_start(mjd), timesys="UTC", header=cards,
+                    overwrite=overwrite,
+                )
+            )  # fmt: skip
+            del counts
+            _release_freed_memory()
+        say("truth file: writing")  # the chips' exposure-averaged fluxes, omega, cosmic rays
+        truth_path = directory / f"truth_{sim.telescope}_{mjd}_{exposure:04d}.npz"
+        with atomic_path(truth_path, overwrite=overwrite) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **truth)
+    except BaseException:  # Ctrl-C, a full disk: no partial exposure is left (the rerun
+        for path in (*apz, *traces):  # refused the files it had written)
+            Path(path).unlink(missing_ok=True)
+        raise
     return {"apz": apz, "traces": traces, "truth": truth_path}
 
 

@@ -85,3 +85,25 @@ def test_a_simulated_file_starts_in_the_night_of_its_name(tmp_path, mjd):
     raw = read_apz(path)
     assert raw.mjd == mjd
     assert int(np.floor(Time(raw.header["DATE-OBS"], scale="utc").mjd + 0.3)) == mjd
+
+
+def test_an_interrupted_simulation_leaves_no_partial_exposure(tmp_path, monkeypatch):
+    """Ctrl-C after chip R left its .apz and trace file, and the rerun refused them ("expected a
+    new file (or pass --overwrite)")."""
+    import pyapred.simulate as simulate
+
+    written = []
+    real = simulate._write_raw
+
+    def interrupted(*args, **kwargs):
+        if written:
+            raise KeyboardInterrupt
+        written.append(real(*args, **kwargs))
+        return written[-1]
+
+    monkeypatch.setattr(simulate, "_write_raw", interrupted)
+    sim = simulate.simulate_exposure("clouds", seed=1, n_fibers=10, n_columns=32, ref_columns=0,
+                                     n_reads=5)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        simulate.write_simulated_exposure(sim, tmp_path)
+    assert written and sorted(tmp_path.iterdir()) == []

@@ -364,6 +364,11 @@ def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, ide
 
     for path in inputs:
         check_input_file(path, "inputs")
+        if options.reference_correction != "none" and Path(path).suffix.lower() == ".h5":
+            raise InputError(path, "reads", f"the raw reads of an .apz file for --correct-1f "
+                             f"{options.correct_1f} (ApogeeReduction.jl zero-points an ar3Dcal "
+                             "file's reads on the reference output already)",
+                             "an ar3Dcal file")  # fmt: skip
     for path in trace_paths:
         check_input_file(path, "traces")
     pairs = match_inputs(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -303,6 +304,10 @@ def correct_1f(
 
     if method == "none":
         return chip
+    if Path(chip.source).suffix.lower() == ".h5":
+        raise InputError(chip.source, "reads", f"the raw reads of an .apz file for 1/f correction "
+                         f"{method!r} (ApogeeReduction.jl zero-points an ar3Dcal file's reads on "
+                         "the reference output already)", "an ar3Dcal file")  # fmt: skip
     reads = chip.reads
     _, ny, nx = reads.shape
     if nx != SCIENCE + OUTPUT_COLUMNS or ny > CHIP_ROWS:

@@ -144,6 +144,23 @@ def test_ar3dcal_chips_of_other_read_counts_are_refused_unloaded(tmp_path, monke
     assert loaded == []  # no chip was loaded
 
 
+def test_an_ar3dcal_file_is_refused_for_the_reference_correction(tmp_path):
+    """--correct-1f refpix ran on ar3Dcal reads (already zero-pointed on the reference output
+    by ApogeeReduction.jl), and one NaN reference-row pixel made a quarter of the chip NaN;
+    docs/noise.md says such input stops with exit 2 naming the file."""
+    from pyapred.exposure import correct_1f
+    from pyapred.traces import Traces, write_trace_file
+
+    path = ar3dcal(tmp_path, np.full((2048, 2560), 1.9, np.float32))
+    y = 100.0 + 10.0 * np.arange(3)[:, None] + np.zeros((1, 64))
+    trace = write_trace_file(tmp_path / "traceMain_apo_60781_R.h5", Traces(y, 1.2))
+    for method in ("refpix", "rowmedian+nuisance"):
+        with pytest.raises(InputError, match=r"ar3Dcal_.*\.h5: reads: expected the raw reads of"):
+            run_exposure([path], [trace], FitOptions(correct_1f=method))
+    with pytest.raises(InputError, match="reads: expected the raw reads of an .apz file"):
+        correct_1f(load_chip(path), None, "refpix")
+
+
 def test_traces_short_of_the_chip_are_one_input_warning_naming_the_file(tmp_path):
     """A Python UserWarning (its source line printed) came twice per chip: from the loader and
     from prepare_chip."""
