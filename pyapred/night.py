@@ -363,22 +363,23 @@ def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
         if (tele, expnum) in seen:  # a row again: its files are not looked for twice
             continue
         seen.add((tele, expnum))
-        # The folder that holds any chip's file (with --chips GB, chip a's may be absent; it
-        # was the only one looked for).
+        # The folder of chip a's file, else of another chip's (with --chips GB chip a's may be
+        # absent; it was the only one looked for), else the night's; a folder where it cannot
+        # be told (no permission) is taken, and its task names the file it cannot read.
         folders = [raw_dir / tele / str(mjd), raw_dir]
-        held = (f for f in folders if any(_exists(f / apz_filename(tele, chip, expnum))
-                                          for chip in "abc"))  # fmt: skip
+        held = (f for chip in "abc" for f in folders
+                if _exists(f / apz_filename(tele, chip, expnum)) is not False)  # fmt: skip
         named.append((entry, next(held, folders[0]) / apz_filename(tele, "a", expnum)))
     return named
 
 
-def _exists(path: Path) -> bool:
-    """Whether ``path`` exists; False where it cannot be told (a folder without permission):
-    the exposure's task then names the file it cannot read, and the others run."""
+def _exists(path: Path) -> bool | None:
+    """Whether ``path`` exists; None (false) where it cannot be told (a folder without
+    permission): the exposure's task then names the file it cannot read, and the others run."""
     try:
         return path.exists()
     except OSError:
-        return False
+        return None
 
 
 def _trace_index(traces: Sequence[str | os.PathLike]) -> dict[tuple[str, int, str], Path]:
