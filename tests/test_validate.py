@@ -300,3 +300,32 @@ def test_outputs_are_checked_before_the_studies(monkeypatch, tmp_path, capsys, b
         target.write_text("not a folder")
     assert main(["validate", "--quick", "--out", str(tmp_path)]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_an_interrupted_report_keeps_the_previous_one_whole(quick, monkeypatch, tmp_path):
+    """The figures were written one by one before results.json and report.md: a run stopped
+    in between left new figures beside the previous run's report."""
+    import shutil
+
+    from pyapred.validate import _report
+
+    _, out, *_ = quick
+    folder = tmp_path / "report"
+    shutil.copytree(out, folder)
+    before = {p.name: p.read_bytes() for p in (folder / "figures").iterdir()}
+
+    def figures(results, fig_dir):
+        for name in _report.FIGURE_NAMES:
+            (fig_dir / f"{name}.png").write_bytes(b"new")
+        return {name: f"figures/{name}.png" for name in _report.FIGURE_NAMES}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_report, "make_figures", figures)
+    monkeypatch.setattr(_report, "render_markdown", interrupted)
+    monkeypatch.setattr(validate, "_public", lambda results: results)
+    with pytest.raises(KeyboardInterrupt):
+        validate.write_report({}, folder)
+    assert {p.name: p.read_bytes() for p in (folder / "figures").iterdir()} == before
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []

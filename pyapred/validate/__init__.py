@@ -909,17 +909,30 @@ def write_report(results: dict, out_dir) -> Path:
     Path
         The path of ``report.md``.
     """
+    import shutil
+    import tempfile
+
     from ..io.atomic import write_bytes_atomic
-    from ._report import make_figures, render_markdown
+    from ._report import FIGURE_NAMES, make_figures, render_markdown
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    figures = make_figures(results, out / "figures")
-    public = _public(results)
-    # NaN (a figure with nothing to measure) is null: bare NaN is no JSON.
-    write_bytes_atomic(out / "results.json", json_line(public, indent=1).encode())
-    report = out / "report.md"
-    write_bytes_atomic(report, render_markdown(public, figures).encode())
+    # Everything is made first, the figures in a folder of their own, and only then put in
+    # place: an interrupted run mixed its figures with the previous run's report.
+    staging = Path(tempfile.mkdtemp(prefix=".figures.", suffix=".tmp", dir=out))
+    try:
+        figures = make_figures(results, staging)
+        public = _public(results)
+        # NaN (a figure with nothing to measure) is null: bare NaN is no JSON.
+        summary = json_line(public, indent=1).encode()
+        text = render_markdown(public, figures).encode()
+        for name in FIGURE_NAMES:
+            os.replace(staging / f"{name}.png", out / "figures" / f"{name}.png")
+        write_bytes_atomic(out / "results.json", summary)
+        report = out / "report.md"
+        write_bytes_atomic(report, text)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return report
 
 
