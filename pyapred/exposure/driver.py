@@ -36,7 +36,7 @@ from .inputs import (
     survey_chip,
 )
 from .options import FitOptions
-from .prepare import PreparedChip, correct_1f, prepare_chip
+from .prepare import PreparedChip, check_reference_input, correct_1f, prepare_chip
 from .product import product_parts
 from .result import ExposureResult
 
@@ -364,11 +364,7 @@ def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, ide
 
     for path in inputs:
         check_input_file(path, "inputs")
-        if options.reference_correction != "none" and Path(path).suffix.lower() == ".h5":
-            raise InputError(path, "reads", f"the raw reads of an .apz file for --correct-1f "
-                             f"{options.correct_1f} (ApogeeReduction.jl zero-points an ar3Dcal "
-                             "file's reads on the reference output already)",
-                             "an ar3Dcal file")  # fmt: skip
+        check_reference_input(path, options.reference_correction)
     for path in trace_paths:
         check_input_file(path, "traces")
     pairs = match_inputs(

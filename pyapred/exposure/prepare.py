@@ -10,6 +10,7 @@ first. Arrays in, a frozen :class:`PreparedChip` out; no file I/O.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,6 +276,16 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
     )
 
 
+def check_reference_input(source: str | os.PathLike, method: str) -> None:
+    """InputError where ``source`` is an ar3Dcal file and ``method`` a reference correction
+    (:func:`correct_1f`): ApogeeReduction.jl zero-points its reads on the reference output
+    already; :func:`~pyapred.exposure.run_exposure` asks before any chip is loaded."""
+    if method != "none" and Path(source).suffix.lower() == ".h5":
+        raise InputError(source, "reads", f"the raw reads of an .apz file for 1/f correction "
+                         f"{method!r} (ApogeeReduction.jl zero-points an ar3Dcal file's reads on "
+                         "the reference output already)", "an ar3Dcal file")  # fmt: skip
+
+
 def correct_1f(
     chip: ChipExposure, traces: Traces | None, method: str = "refpix", *, halfwidth: float = 2.5
 ) -> ChipExposure:
@@ -304,10 +315,7 @@ def correct_1f(
 
     if method == "none":
         return chip
-    if Path(chip.source).suffix.lower() == ".h5":
-        raise InputError(chip.source, "reads", f"the raw reads of an .apz file for 1/f correction "
-                         f"{method!r} (ApogeeReduction.jl zero-points an ar3Dcal file's reads on "
-                         "the reference output already)", "an ar3Dcal file")  # fmt: skip
+    check_reference_input(chip.source, method)
     reads = chip.reads
     _, ny, nx = reads.shape
     if nx != SCIENCE + OUTPUT_COLUMNS or ny > CHIP_ROWS:

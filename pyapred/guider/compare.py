@@ -433,10 +433,10 @@ def compare(
             )
     data = select_omega(omega_fit_or_product, fibers, group)
     source_times = read_times if read_times is not None else data.read_times
-    if source_times is None and data.header or (
-            timesys is not None and read_times is None and data.header):  # fmt: skip
-        # A time scale asked for: the times from the header it is for (a product's read times
-        # are in TAI already, and it was ignored).
+    # The omega source's header where it has no read times, or where a time scale is asked
+    # for: that scale is the header's (a product's read times are in TAI already, and
+    # ignored it).
+    if read_times is None and data.header and (source_times is None or timesys is not None):
         source_times = data.header
     if source_times is None:
         raise ValueError("read_times: required (the omega source carries no read times)")

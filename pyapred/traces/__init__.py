@@ -63,11 +63,8 @@ def fiber_index(fiber_id):
     A ValueError for anything else than whole fiberIds 1 to 300 (301 gave -1, the last fiber
     of an array it indexed; 2.5 gave 297.5, True 299).
     """
-    ids = np.asarray(fiber_id)
-    whole = ids.dtype.kind in "iuf" and bool(np.all(np.isfinite(ids)))
-    if not whole or not np.all((ids == np.round(ids)) & (ids >= 1) & (ids <= N_FIBERS)):
-        raise ValueError(f"fiber_id: expected whole fiberIds 1 to {N_FIBERS}, got {fiber_id!r}")
-    return N_FIBERS - (ids.astype(np.int64) if ids.dtype.kind in "iu" else ids)  # int8 holds no 300
+    ids = _whole_numbers(fiber_id, 1, N_FIBERS, "fiber_id: expected whole fiberIds")
+    return N_FIBERS - ids
 
 
 def _chip_image(value, name: str, ny: int, n_columns: int, dtype=np.float64) -> np.ndarray:
@@ -111,13 +108,19 @@ def fiber_id(fiber_index):
     A ValueError for anything else than whole indices 0 to 299 (300 gave fiberId 0, -1 gave
     301, 2.5 gave 297.5), as :func:`fiber_index` refuses what is not a fiberId.
     """
-    index = np.asarray(fiber_index)
-    whole = index.dtype.kind in "iuf" and bool(np.all(np.isfinite(index)))
-    if not whole or not np.all((index == np.round(index)) & (index >= 0) & (index < N_FIBERS)):
-        raise ValueError(
-            f"fiber_index: expected whole fiber indices 0 to {N_FIBERS - 1}, got {fiber_index!r}"
-        )
-    return N_FIBERS - (index.astype(np.int64) if index.dtype.kind in "iu" else index)
+    expected = "fiber_index: expected whole fiber indices"
+    index = _whole_numbers(fiber_index, 0, N_FIBERS - 1, expected)
+    return N_FIBERS - index
+
+
+def _whole_numbers(values, low: int, high: int, expected: str) -> np.ndarray:
+    """``values`` as an array of whole numbers in ``low..high`` (integers as int64: an int8
+    holds no 300); a ValueError ``"{expected} {low} to {high}, got ..."`` otherwise."""
+    array = np.asarray(values)
+    whole = array.dtype.kind in "iuf" and bool(np.all(np.isfinite(array)))
+    if not whole or not np.all((array == np.round(array)) & (array >= low) & (array <= high)):
+        raise ValueError(f"{expected} {low} to {high}, got {values!r}")
+    return array.astype(np.int64) if array.dtype.kind in "iu" else array
 
 
 def fpi_fiber_indices(telescope: str) -> tuple[int, ...]:
