@@ -108,6 +108,11 @@ def test_omega_uncertainty_and_bias_versus_flux(quick):
     assert abs(bright["omega_z_p50"]) < 0.2 and abs(bright["omega_z_width"] - 1) < 0.15
     assert abs(bright["flux_z_median"]) < 0.1
     assert 20 < levels["omega_10pct_flux"] < 200
+    # Where the figure's line (log flux, log error) crosses 10 %, not a line in the error itself.
+    i = next(i for i in range(len(rows) - 1) if errors[i] >= 0.1 >= errors[i + 1])
+    log_f, log_e = np.log([rows[i]["flux"], rows[i + 1]["flux"]]), np.log(errors[i : i + 2])
+    t = (np.log(0.1) - log_e[0]) / (log_e[1] - log_e[0])
+    assert levels["omega_10pct_flux"] == pytest.approx(np.exp(log_f[0] + t * (log_f[1] - log_f[0])))
     assert levels["omega_trusted_from"] is not None
 
 

@@ -13,9 +13,16 @@ The steps follow apogee_drp's ``refcorrect`` (Holtzman 2011), on each read diffe
 4. optionally (``method="rowmedian"``), per output and row, remove the median of the inter-fiber
    pixels given by ``background``, where a row has at least ``min_background`` of them.
 
-Differences are corrected rather than reads because the median filters are not linear; a ramp is
-corrected by correcting its differences and summing them again (:func:`refcorr_reads`, or
-:func:`refcorr_inplace` for a cube in place, one frame at a time).
+:func:`refcorr` works on differences of reads, so that the pixels' fixed pattern (bias and
+kTC offsets, far larger than the noise) does not steer its medians. A ramp is corrected one read
+at a time, through the read's difference from the ramp's mean read (:func:`refcorr_reads`, or
+:func:`refcorr_inplace` for a cube in place, one frame at a time). The noise the correction adds
+to read ``k`` then comes from read ``k`` alone (and, n_reads times weaker, from the mean read,
+one offset common to every read, which no slope sees), so it acts as read noise, which is what
+the fit assumes. Two other ways do not: summing corrected successive differences (a median of
+differences is not a difference of medians, so part of the added noise accumulates like a
+random walk), and differences from the first read (every read shares the first read's part: 20 %
+more variance in differences 2 to K than read noise of the same total gives).
 
 Step 1 adds the reference output's white noise to every pixel: :func:`reference_read_variance`
 measures it, as a variance per read to add to the read noise squared before fitting.
@@ -152,7 +159,7 @@ def refcorr(
 
 
 def refcorr_reads(reads, **options) -> np.ndarray:
-    """:func:`refcorr` for a ramp: correct each read difference and sum them again.
+    """:func:`refcorr` for a ramp: correct each read through its difference from the mean read.
 
     Parameters
     ----------
@@ -163,15 +170,14 @@ def refcorr_reads(reads, **options) -> np.ndarray:
     Returns
     -------
     ndarray, float64, ``(n_reads, ny, 2048)``
-        Corrected reads; the first read is kept as it is (its offset is common to every read and
-        does not change a slope).
+        Corrected reads: read ``k`` is ``mean + refcorr(reads[k] - mean)``, ``mean`` the mean
+        read. The noise the correction adds then acts as read noise
+        (:func:`reference_read_variance`; see the module docstring).
     """
     reads = np.asarray(reads, dtype=np.float64)
-    corrected = refcorr(np.diff(reads, axis=0), **options)
-    out = np.empty((reads.shape[0], *corrected.shape[1:]))
-    out[0] = reads[0, :, :SCIENCE]
-    np.cumsum(corrected, axis=0, out=out[1:])
-    out[1:] += out[0]
+    mean = reads.mean(axis=0)
+    out = refcorr(reads - mean, **options)
+    out += mean[:, :SCIENCE]
     return out
 
 
@@ -223,7 +229,7 @@ def refcorr_inplace(
     ref_filter: int = 3,
     **options,
 ) -> float:
-    """:func:`refcorr_reads` on a ramp in place, one read difference at a time.
+    """:func:`refcorr_reads` on a ramp in place, one read at a time.
 
     The science columns of ``reads`` become the corrected reads; the reference output is left as
     it is. Extra memory is a few frames, whatever the number of reads.
@@ -253,21 +259,23 @@ def refcorr_inplace(
     if method == "none":
         return 0.0
     sat = None if saturation is None else np.broadcast_to(saturation, reads.shape[1:])[:, :SCIENCE]
-    previous = np.asarray(reads[0], dtype=np.float64)
-    correction = np.zeros((reads.shape[1], SCIENCE))  # cumulative raw - corrected
+    mean = np.zeros(reads.shape[1:])
+    for frame in reads:  # summed read by read: no float64 copy of the cube
+        mean += frame
+    mean /= reads.shape[0]
     added = 0.0
-    for k in range(1, reads.shape[0]):
+    previous = None
+    for k in range(reads.shape[0]):
         raw = np.array(reads[k], dtype=np.float64)  # a copy: reads[k] is overwritten below
-        diff = (raw - previous)[None]
-        added += reference_read_variance(diff, ref_filter=ref_filter)
-        corrected = refcorr(diff, method=method, rows=rows, ref_filter=ref_filter, **options)
-        science = diff[0, :, :SCIENCE]
-        science -= corrected[0]
-        correction += science
-        del diff, corrected, science
-        np.subtract(raw[:, :SCIENCE], correction, out=reads[k, :, :SCIENCE])
+        if previous is not None:
+            added += reference_read_variance((raw - previous)[None], ref_filter=ref_filter)
+        diff = (raw - mean)[None]
+        corrected = refcorr(diff, method=method, rows=rows, ref_filter=ref_filter, **options)[0]
+        del diff
+        corrected += mean[:, :SCIENCE]
         if sat is not None:
             hit = raw[:, :SCIENCE] >= sat
-            reads[k, :, :SCIENCE][hit] = raw[:, :SCIENCE][hit]
+            corrected[hit] = raw[:, :SCIENCE][hit]
+        reads[k, :, :SCIENCE] = corrected
         previous = raw
     return added / (reads.shape[0] - 1)

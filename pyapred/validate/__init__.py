@@ -503,8 +503,12 @@ def flux_levels(rng: np.random.Generator, sizes: StudySizes, truth: dict) -> dic
         "levels": rows,
         "omega_trusted_from": _lowest_passing_level(sizes.level_fluxes, omega_ok),
         "flux_trusted_from": _lowest_passing_level(sizes.level_fluxes, flux_ok),
+        # In log flux and log error, as the figure draws it (and as a power law in flux is).
         "omega_10pct_flux": _crossing(
-            [r["flux"] for r in rows], [r["omega_rel_err_median"] for r in rows], 0.10, log=True
+            [r["flux"] for r in rows],
+            np.log([r["omega_rel_err_median"] for r in rows]),
+            np.log(0.10),
+            log=True,
         ),
         "criteria": {
             "omega": f"converged >= 99 %, z percentiles 16/50/84 within {tol_omega:.2f} of -1/0/1",

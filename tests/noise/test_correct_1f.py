@@ -82,15 +82,18 @@ def test_rowmedian_removes_the_row_offsets_of_inter_fiber_rows(exposure):
     def row_medians(method):
         source = ChipExposure("R", reads.copy(), chip.read_noise, writable=True)
         corrected = correct_1f(source, chip.traces, method)
-        diffs = np.diff(corrected.reads[:, :, :2048], axis=0).reshape(-1, ny, 4, 512)
-        dark = np.broadcast_to(background.reshape(ny, 4, 512), diffs.shape)
+        science = corrected.reads[:, :, :2048]
+        # Each read is corrected through its difference from the mean read. The medians are
+        # taken over every inner pixel of a row and output, not only the inter-fiber pixels
+        # that the correction took its own medians from (where they are 0 by construction).
+        ramps = (science - science.mean(axis=0)).reshape(-1, ny, 4, 512)[..., 4:508]
         enough = background.reshape(ny, 4, 512).sum(axis=-1) >= 32
-        masked = np.where(dark, diffs, np.nan)[:, enough]  # (n_diff, n_segments, 512)
-        return np.nanmedian(masked, axis=-1), corrected
+        return np.median(ramps, axis=-1)[:, enough], corrected  # (n_reads, n_segments)
 
     refpix, corrected = row_medians("refpix")
     rowmed, _ = row_medians("rowmedian")
-    assert np.nanstd(rowmed) < 0.3 * np.nanstd(refpix)
+    # 0.38 measured: what is left is mostly the medians' own noise (about 500 pixels a row).
+    assert np.std(rowmed) < 0.45 * np.std(refpix)
     # The read noise grows by the reference output's white noise (median of 3: 0.45 x 8**2).
     assert corrected.read_noise == pytest.approx(np.sqrt(8.0**2 + 0.45 * 8.0**2), rel=0.05)
 
