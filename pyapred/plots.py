@@ -415,8 +415,10 @@ def plot_chi2(fits: FiberFits, *, chip: str | None = None, upper: float | None =
     The pixels are the bright fibers' omega-fit pixels; ``dof = n_diff - 1`` per pixel. The
     black curve is what a correct model gives: the chi2/dof law of those pixels' degrees of
     freedom, scaled to their number (the time-variable fit spends ``K - 1`` of a fiber's
-    degrees of freedom on omega, negligible per pixel). Values beyond ``upper`` are counted
-    in the last, shaded bin.
+    degrees of freedom on omega, negligible per pixel; with the nuisance term each readout
+    segment's offsets spend ``K - 1`` more, shared by the segment's pixels, which moves the
+    time-variable histogram left of the curve by that share). Values beyond ``upper`` are
+    counted in the last, shaded bin.
 
     Parameters
     ----------

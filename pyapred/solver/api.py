@@ -140,6 +140,8 @@ class OmegaFit:
         Differences used per pixel.
     inflation : ndarray, float64, ``(n_groups,)``
         Error-inflation factor ``sqrt(sum chi2 / sum (n_diff - 1))`` over the fitted pixels.
+        With ``segments``, the denominator also loses the offsets' degrees of freedom (per
+        segment, its differences with data less one); NaN where none are left.
     n_iter : ndarray, int64, ``(n_groups,)``
         Gauss-Newton iterations performed.
     converged : ndarray, bool, ``(n_groups,)``
@@ -951,13 +953,26 @@ def fit_omega(
         )
     else:
         res = backend_kernels(backend).fit_omega_groups(diffs, valid, s2, dt, fit_pixel, **options)
+    report = _convergence_report(res, fit_pixel.any(axis=1))
+    dof = np.where(fit_pixel, n_diff - 1, 0).sum(axis=1)
+    if segments is not None:
+        # Each segment's offsets take one degree of freedom per difference with data, less one
+        # for their sum-to-zero constraint (NaN offsets: differences without data). Where none
+        # is left (segments of one pixel each), the offsets take all the data and the fit is
+        # degenerate, however its iteration ended.
+        per_segment = np.isfinite(res["offsets"]).sum(axis=2)
+        dof = dof - np.maximum(per_segment - 1, 0).sum(axis=1)
+        degenerate = (dof <= 0) & fit_pixel.any(axis=1)
+        report["stop_reason"] = np.where(
+            degenerate & res["converged"], StopReason.BREAKDOWN, report["stop_reason"]
+        )
+        res["converged"] = res["converged"] & ~degenerate
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inflation = np.where(dof > 0, np.sqrt(np.nansum(res["chi2"], axis=1) / dof), np.nan)
     group_flags = np.zeros(G, dtype=np.int64)
     group_flags[~res["converged"]] |= Flag.NOT_CONVERGED
     group_flags[~res["has_data"].all(axis=1)] |= Flag.OMEGA_ELEMENT_NO_DATA
     group_flags[~fit_pixel.any(axis=1)] |= Flag.EMPTY_GROUP
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dof = np.where(fit_pixel, n_diff - 1, 0).sum(axis=1)
-        inflation = np.sqrt(np.nansum(res["chi2"], axis=1) / dof)
     out = OmegaFit(
         omega=res["omega"],
         omega_cov=res["omega_cov"],
@@ -973,7 +988,7 @@ def fit_omega(
         group_flags=group_flags,
         offsets=None if segments is None else res["offsets"] / gain_map.mean(axis=1)[:, None, None],
         jump_mask=jump_mask,
-        **_convergence_report(res, fit_pixel.any(axis=1)),
+        **report,
     )
     if single:
         out = OmegaFit(**{k: None if v is None else v[0] for k, v in out.__dict__.items()})

@@ -197,3 +197,33 @@ def test_jump_search_refits_groups_with_fewer_segments():
     np.testing.assert_array_equal(np.flatnonzero(fit.flags[1] & Flag.JUMP_DETECTED), [3])
     alone = fit_omega(second, 10.0, segments=labels1, jump_search=True, ref_index=fit.ref_index[1])
     np.testing.assert_allclose(alone.omega, fit.omega[1], rtol=1e-8)
+
+
+def test_inflation_counts_the_offsets_degrees_of_freedom():
+    # 60 pixels in 20 segments of 3, K = 8: the offsets take 20 x 7 of the 60 x 7 pixel degrees
+    # of freedom. Not counting them put the inflation at sqrt(2/3) = 0.82 on a correct model.
+    rng = np.random.default_rng(5)
+    n_pix, n_seg, n_groups = 60, 20, 10
+    segments = np.arange(n_pix) % n_seg
+    inflation = []
+    for _ in range(n_groups):
+        flux = rng.uniform(200, 2000, n_pix)
+        reads = simulate_ramps(flux, 10.0, omega=OMEGA, rng=rng).reads
+        reads = _with_offsets(reads, rng.normal(0, 30, (n_seg, K)), segments)
+        fit = fit_omega(reads, 10.0, segments=segments, ref_index=0)
+        assert fit.converged
+        inflation.append(float(fit.inflation))
+    # Each value scatters by about sqrt(1 / (2 x 273)) = 0.043 around 1 (0.990 over 40 groups).
+    assert abs(np.mean(inflation) - 1.0) < 0.05
+
+
+def test_segments_of_one_pixel_are_a_degenerate_fit():
+    # The offsets take all of each pixel's data: no degrees of freedom are left, and the fit
+    # is not converged whatever its iteration did (some of these reported convergence).
+    rng = np.random.default_rng(3)
+    for n_diff, n_pix in [(2, 2), (2, 3), (4, 3), (4, 10), (7, 4)]:
+        omega = np.linspace(1.0, 0.7, n_diff)
+        reads = simulate_ramps(rng.uniform(10, 2000, n_pix), 10.0, omega=omega, rng=rng).reads
+        fit = fit_omega(reads, 10.0, segments=np.arange(n_pix), ref_index=0)
+        assert fit.group_flags & Flag.NOT_CONVERGED and not fit.converged, (n_diff, n_pix)
+        assert fit.stop_reason != 0 and np.isnan(fit.inflation)
