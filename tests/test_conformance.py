@@ -80,6 +80,14 @@ def test_compare_catches_a_small_difference():
     assert not compare(vector["expected"], got, 1e-12)["n_iter"][2]
 
 
+def test_compare_catches_an_infinity_either_way():
+    finite, overflow = {"x": np.array([1.0, 2.0])}, {"x": np.array([np.inf, 2.0])}
+    assert compare(finite, overflow, 1e-10)["x"] == (np.inf, np.inf, False)  # passed before
+    assert compare(overflow, finite, 1e-10)["x"] == (np.inf, np.inf, False)
+    assert compare(overflow, {"x": np.array([-np.inf, 2.0])}, 1e-10)["x"][2] is False
+    assert compare(overflow, overflow, 1e-10)["x"] == (0.0, 0.0, True)
+
+
 def test_toml_round_trip_is_exact(tmp_path):
     values = np.array([[0.1, -0.0, 1e-300, 5e-324], [np.nan, np.inf, -np.inf, 1.5e300]])
     vector = {"name": "x", "function": "fit_constant", "rtol": 1e-12,

@@ -659,6 +659,7 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
     # A group with nothing to fit is EMPTY_GROUP with its omega elements NaN, not unconverged:
     # `fit_omega`'s flags for it.
     converged = [res.converged[g] || !any(view(fit, :, g)) for g in 1:G]
+    stop_reason = copy(res.stop_reason)
     for g in 1:G
         nonempty = any(view(fit, :, g))
         # (omega, gamma) = (a, b / a): the covariance of (a, b) by the Jacobian of that map.
@@ -671,15 +672,26 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
         cov_g = (jac * view(res.cov, :, :, g)) * transpose(jac)
         cov_out[:, :, g] = cov_g
         dof_pix = sum(fit[p, g] ? n_diff[p, g] - 1 : 0 for p in 1:P)
+        # omega and gamma are fitted jointly over all the pixels: they take degrees of freedom
+        # too, which a group of 20-50 pixels does not make negligible.
+        resid_dof = dof_pix - count(view(res.free, :, g))
         chi2_sum = sum(x for x in view(res.chi2, :, g) if !isnan(x); init = 0.0)
-        inflation[g] = sqrt(chi2_sum / dof_pix)
+        inflation[g] = resid_dof > 0 ? sqrt(chi2_sum / resid_dof) : NaN
         achromatic = sum(fit[p, g] ? s_chi2[p, g] : 0.0 for p in 1:P)
         chromatic = sum(fit[p, g] ? res.chi2[p, g] : 0.0 for p in 1:P)
         delta = achromatic - chromatic
         dof[g] = count(view(res.free, (K + 1):(2 * K), g))
-        # No chi2 decrease is no evidence, also where the chromatic fit is exact (inflation 0:
-        # 0 / 0 was a NaN p-value with no flag).
-        statistic = delta <= 0 ? 0.0 : delta / inflation[g]^2
+        # No evidence: no chi2 decrease; a decrease where the achromatic fit already matches the
+        # data to rounding (noise-free data: both chi2 are rounding, their ratio meaningless);
+        # no degrees of freedom left to measure the noise with.
+        no_evidence = delta <= 0 || achromatic <= 1e-10 * dof_pix || resid_dof <= 0
+        statistic = no_evidence ? 0.0 : delta / inflation[g]^2
+        # One with no degrees of freedom left (fewer differences than fluxes, omega and gamma
+        # elements) fits its data exactly whatever they are: degenerate.
+        if nonempty && resid_dof <= 0
+            converged[g] && (stop_reason[g] = STOP_BREAKDOWN)
+            converged[g] = false
+        end
         p_g = dof[g] > 0 ? chi2_sf(statistic, max(dof[g], 1)) : 1.0
         # The equivalent amplitude over the free elements of gamma and the reference (NumPy's
         # nanvar and nanmean: NaN elements left out).
@@ -718,7 +730,7 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
     out = (; omega = res.omega, gamma, cov = cov_out, ref_index = kstar,
         flux = res.flux ./ gain_map, flux_var = res.flux_var ./ gain_map .^ 2, chi2 = res.chi2,
         n_diff, flags = flags .| s_flags, group_flags, n_iter = res.n_iter,
-        converged, stop_reason = res.stop_reason, delta_chi2, dof, p_value,
+        converged, stop_reason, delta_chi2, dof, p_value,
         amplitude, inflation)
     single || return out
     return map(drop_group_axis, out)

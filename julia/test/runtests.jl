@@ -84,7 +84,10 @@ function matches(want, have, rtol)
     eltype(want) <: Integer && return want == have
     w, h = Float64.(want), Float64.(have)
     isnan.(w) == isnan.(h) || return false
+    # Infinities where expected, and only there (an overflow against a finite expected value
+    # passed: neither comparison looked at it).
     infinite = isinf.(w)
+    infinite == isinf.(h) || return false
     w[infinite] == h[infinite] || return false
     finite = isfinite.(w) .& isfinite.(h)
     any(finite) || return true

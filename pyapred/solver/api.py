@@ -1236,13 +1236,21 @@ def fit_omega_chromatic(
         jac[:, K + idx, K + idx] = np.nan_to_num(1.0 / res["omega"])
         cov = jac @ res["cov"] @ np.swapaxes(jac, 1, 2)
         dof_pix = np.where(fit_pixel, n_diff - 1, 0).sum(axis=1)
-        inflation = np.sqrt(np.nansum(res["chi2"], axis=1) / dof_pix)
+        # omega and gamma are fitted jointly over all the pixels: they take degrees of freedom
+        # too, which a group of 20-50 pixels does not make negligible (the p-values came out
+        # too small there, 11 % below 0.05 under the null at 20 pixels and 20 differences).
+        resid_dof = dof_pix - res["free"].sum(axis=1)
+        inflation = np.where(
+            resid_dof > 0, np.sqrt(np.nansum(res["chi2"], axis=1) / resid_dof), np.nan
+        )
         achromatic = np.where(fit_pixel, grouped(start.chi2), 0.0).sum(axis=1)
         delta = achromatic - np.where(fit_pixel, res["chi2"], 0.0).sum(axis=1)
         dof = res["free"][:, K:].sum(axis=1).astype(np.int64)
-        # No chi2 decrease is no evidence, also where the chromatic fit is exact (inflation 0:
-        # 0 / 0 was a NaN p-value with no flag).
-        statistic = np.where(delta <= 0, 0.0, delta / inflation**2)
+        # No evidence: no chi2 decrease; a decrease where the achromatic fit already matches the
+        # data to rounding (noise-free data: both chi2 are rounding, their ratio meaningless; it
+        # was p = 0 on reads of zeros); no degrees of freedom left to measure the noise with.
+        no_evidence = (delta <= 0) | (achromatic <= 1e-10 * dof_pix) | (resid_dof <= 0)
+        statistic = np.where(no_evidence, 0.0, delta / inflation**2)
         p_value = np.where(dof > 0, chdtrc(np.maximum(dof, 1), statistic), 1.0)
         error = np.sqrt(np.maximum(np.diagonal(cov[:, K:, K:], axis1=1, axis2=2), 0.0))
         free_b = res["free"][:, K:] | (idx[None, :] == kstar[:, None])
@@ -1255,8 +1263,13 @@ def fit_omega_chromatic(
         amplitude = np.sqrt(12.0 * np.maximum(excess, 0.0))
     nonempty = fit_pixel.any(axis=1)
     # A group with nothing to fit is EMPTY_GROUP with its omega elements NaN, not unconverged:
-    # fit_omega's flags for it.
-    converged = res["converged"] | ~nonempty
+    # fit_omega's flags for it. One with no degrees of freedom left (fewer differences than
+    # fluxes, omega and gamma elements) fits its data exactly whatever they are: degenerate.
+    degenerate = nonempty & (resid_dof <= 0)
+    stop_reason = np.where(
+        degenerate & res["converged"], StopReason.BREAKDOWN, res["stop_reason"]
+    ).astype(np.int64)
+    converged = (res["converged"] & ~degenerate) | ~nonempty
     group_flags = np.zeros(G, dtype=np.int64)
     group_flags[~converged] |= Flag.NOT_CONVERGED
     group_flags[undetermined.any(axis=1)] |= Flag.OMEGA_ELEMENT_NO_DATA
@@ -1275,7 +1288,7 @@ def fit_omega_chromatic(
         group_flags=group_flags,
         n_iter=res["n_iter"],
         converged=converged,
-        stop_reason=res["stop_reason"],
+        stop_reason=stop_reason,
         delta_chi2=np.where(nonempty, delta, np.nan),
         dof=dof,
         p_value=np.where(nonempty, p_value, np.nan),

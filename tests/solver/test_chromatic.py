@@ -79,6 +79,29 @@ def test_grey_data_are_not_called_chromatic(grouped):
     assert np.all(fit.delta_chi2 > -1e-6)
 
 
+def test_small_groups_have_calibrated_p_values():
+    """omega and gamma take 2 (K - 1) of a group's degrees of freedom: not counting them made
+    the inflation too small and the p-values too small for groups of 20 pixels (11 % below 0.05
+    under the null at K = 20)."""
+    rng = np.random.default_rng(21)
+    G, P, n_diff = 400, 20, 20
+    omega = np.linspace(1.0, 0.6, n_diff)
+    c = np.tile(np.linspace(-1.0, 1.0, P), (G, 1))
+    flux = rng.uniform(1000.0, 4000.0, (G, P))
+    reads = chromatic_reads(rng, flux, c, np.zeros(n_diff), sigma=15.0, omega=omega)
+    fit = fit_omega_chromatic(reads, 15.0, c, ref_index=0)
+    assert abs(np.mean(fit.inflation**2) - 1.0) < 0.03  # 0.90 before
+    assert 0.025 < np.mean(fit.p_value < 0.05) < 0.075
+    # Two pixels of 10 differences: 20 data for 2 fluxes and 18 omega and gamma elements,
+    # fitted exactly whatever they are. No evidence, and a degenerate fit (it was p = 0).
+    two = fit_omega_chromatic(reads[:11, 0, :2], 15.0, np.array([-1.0, 1.0]), ref_index=0)
+    assert two.p_value == 1.0 and np.isnan(two.inflation)
+    assert two.group_flags & Flag.NOT_CONVERGED and not two.converged
+    # Reads of zeros: both models exact, any chi2 decrease is rounding (it was p = 0).
+    zeros = fit_omega_chromatic(np.zeros((11, 50)), 15.0, np.linspace(-1.0, 1.0, 50))
+    assert zeros.p_value == 1.0
+
+
 def test_zero_slope_reproduces_the_achromatic_chi2(grouped):
     """The chromatic kernels at b = 0 are the achromatic ones (chi2 and normal equations)."""
     _, start, _, reads, c = grouped["grey"]
