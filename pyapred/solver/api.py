@@ -1405,7 +1405,9 @@ def sample_omega(
 
     Starts from the Gauss-Newton solution (:func:`fit_omega`) and alternates the exact Gaussian
     conditionals of the fluxes given omega and of omega given the fluxes, each with the
-    covariances rebuilt from the current state (spec sections 2.3 and 4).
+    covariances rebuilt from the current state (spec sections 2.3 and 4). At low
+    signal-to-noise (fluxes near the read noise per read) the samples are not calibrated:
+    use :func:`fit_omega`'s covariance there (``docs/model.md``, "Sampling").
 
     Parameters
     ----------
