@@ -128,8 +128,8 @@ def _simulated_files(out: Path, telescope: str, chips: str, mjd: int, exposure: 
 
 def simulate_run(args: argparse.Namespace) -> int:
     """Write a synthetic three-chip exposure, chip by chip: .apz files, traces and a truth file."""
-    from .io.paths import check_output_path, remove_stale_temporaries
-    from .simulate import READ_NOISE_DN, simulate_exposure_files
+    from .io.paths import check_memory, check_output_path, remove_stale_temporaries
+    from .simulate import READ_NOISE_DN, simulate_exposure_files, simulation_bytes
 
     if args.one_over_f and (args.columns, args.ref_columns) != (2048, 512):
         raise InputError(
@@ -148,6 +148,14 @@ def simulate_run(args: argparse.Namespace) -> int:
 
         rn = READ_NOISE_DN
         one_over_f = HxrgNoise(white=0.0, c_pink=0.6 * rn, u_pink=0.3 * rn, acn=0.2 * rn)
+    # --reads 1000 at full size was a MemoryError traceback after seconds (37 s with 1/f).
+    needed = simulation_bytes(
+        n_fibers=args.fibers, n_columns=args.columns, ref_columns=args.ref_columns,
+        n_reads=args.reads, n_chips=3, streamed=True, one_over_f=one_over_f,
+    )  # fmt: skip
+    check_memory(needed, "--reads", "--reads, --fibers, --columns, --one-over-f",
+                 f"{args.reads} reads x {args.fibers} fibers x {args.columns} columns"
+                 + (" with 1/f noise" if one_over_f else ""))  # fmt: skip
     scenario = args.scenario or "clouds"
     log.info(
         "pyapred simulate: %s, %d fibers x %d columns (+%d reference) x %d reads, 3 chips, "
@@ -331,9 +339,18 @@ def demo_run(args: argparse.Namespace) -> int:
     """Simulate a cloudy exposure, fit it from its files, plot, and compare with the truth."""
     from .exposure import FitOptions, run_exposure, truth_metrics
     from .io.atomic import writable_folder
-    from .io.paths import check_output_path
-    from .simulate import simulate_exposure, write_simulated_exposure
+    from .io.paths import check_memory, check_output_path
+    from .simulate import simulate_exposure, simulation_bytes, write_simulated_exposure
 
+    # All chips in memory at once, then the fit (--columns 2048 --reads 1000 was a MemoryError
+    # traceback, and an empty --out left behind).
+    needed = simulation_bytes(
+        n_fibers=args.fibers, n_columns=args.columns, ref_columns=0, n_reads=args.reads,
+        n_chips=len(args.chips), streamed=False,
+    )  # fmt: skip
+    check_memory(needed, "--reads", "--reads, --fibers, --columns, --chips",
+                 f"{args.reads} reads x {args.fibers} fibers x {args.columns} columns x "
+                 f"{len(args.chips)} chips")  # fmt: skip
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pyapred-demo-"))
     writable_folder(out)  # before the work
     # What it writes there, checked before the work too (a FIFO at product.h5, or --log's file

@@ -521,6 +521,45 @@ def _fiber_spectra(fiber_type, n_columns, rng):
     return spectra
 
 
+#: Rows between neighbouring simulated traces, and the rows above the first and below the last.
+TRACE_SPACING, TRACE_MARGIN = 6.6, 25.0
+
+
+def chip_rows(n_fibers: int) -> int:
+    """Rows of a simulated chip of ``n_fibers`` fibers: 2048 for 300, fewer for fewer."""
+    if n_fibers == N_FIBERS_FULL:
+        return 2048
+    return int(np.ceil(2 * TRACE_MARGIN + (n_fibers - 1) * TRACE_SPACING))
+
+
+def simulation_bytes(
+    *,
+    n_fibers: int,
+    n_columns: int,
+    ref_columns: int,
+    n_reads: int,
+    n_chips: int,
+    streamed: bool,
+    one_over_f: HxrgNoise | None = None,
+) -> int:
+    """Peak memory of simulating an exposure and writing its files, in bytes: an estimate, for
+    refusing before the work (``pyapred simulate``, ``pyapred demo``).
+
+    Measured in units of one chip's float32 cube: 2.5 with :func:`simulate_exposure_files`
+    (one chip at a time; 1.03 GB for a 0.42 GB cube, 20 reads), 3.1 per chip with
+    :func:`simulate_exposure` and :func:`write_simulated_exposure` (9.3 for three,
+    ``benchmarks/bench_simulate.py``); plus :func:`~pyapred.noise.hxrg.simulate_hxrg_bytes` for
+    the 1/f noise of one chip (3.77 GB measured with it at 20 reads, 3.7 estimated).
+    """
+    cube = n_reads * chip_rows(n_fibers) * (n_columns + ref_columns) * 4
+    total = 2.5 * cube if streamed else 3.1 * n_chips * cube
+    if one_over_f is not None:
+        from .noise.hxrg import simulate_hxrg_bytes
+
+        total += simulate_hxrg_bytes(n_reads, one_over_f, rows=slice(0, chip_rows(n_fibers)))
+    return int(total)
+
+
 def simulate_exposure(
     scenario: str = "clouds",
     *,
@@ -625,8 +664,8 @@ def _exposure_stream(
     if omega is not None:
         omega = np.broadcast_to(np.asarray(omega, dtype=np.float64), (n_fibers, K)).copy()
         omega[fiber_type == "fpi"] = 1.0  # the FPI lamp does not see the sky
-    spacing, margin = 6.6, 25.0
-    ny = 2048 if n_fibers == N_FIBERS_FULL else int(np.ceil(2 * margin + (n_fibers - 1) * spacing))
+    spacing = TRACE_SPACING
+    ny = chip_rows(n_fibers)
     first = 0.5 * (ny - (n_fibers - 1) * spacing)
     x = np.linspace(-1.0, 1.0, n_columns)
 

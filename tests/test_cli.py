@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import re
@@ -307,6 +308,50 @@ def test_demo_checks_what_it_writes_before_the_work(tmp_path, capsys):
     assert main([*argv, "--chips", "R"]) == 2
     assert "product.h5: --out: expected a new or regular file" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["product.h5"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        # 37 GiB at full size: a MemoryError traceback after 4 s (37 s with 1/f noise).
+        (["simulate", "--reads", "1000"], "1000 reads x 300 fibers x 2048 columns: about"),
+        (["simulate", "--fibers", "4", "--reads", "1000", "--one-over-f"], "with 1/f noise"),
+        # Every chip in memory, then the fit: 15.6 GiB asked for, an empty --out left behind.
+        (["demo", "--columns", "2048", "--reads", "1000"], "x 3 chips: about"),
+        # 21.6 GiB for one chunk of the sweep, after 75 s of III.1 and III.2.
+        (["validate", "--quick", "--examples", "100000"], "100000 examples x 11 flux levels"),
+    ],
+)
+def test_work_that_cannot_fit_in_memory_is_refused_first(tmp_path, capsys, monkeypatch, argv,
+                                                         words):  # fmt: skip
+    from pyapred.io import paths
+
+    monkeypatch.setattr(paths, "physical_memory", lambda: 1 * 2.0**30)
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "expected work that fits in memory (1 GiB)" in err and words in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_validate_fits_fewer_omega_draws_at_once_where_memory_is_short(tmp_path, monkeypatch):
+    """The sweep's chunk shrinks to what memory holds; the draws are the same (one generator
+    each), so the results do not depend on it."""
+    from pyapred import validate
+
+    seen = {}
+
+    def stop(seed, sizes, backend, progress=None):
+        seen["sizes"] = sizes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate, "run_validation", stop)
+    monkeypatch.setattr("pyapred.io.paths.physical_memory", lambda: 2.0**30)
+    parser = argparse.ArgumentParser()
+    validate.add_arguments(parser)
+    with pytest.raises(KeyboardInterrupt):
+        validate.run(parser.parse_args(["--quick", "--examples", "2000", "--out", str(tmp_path)]))
+    per_draw = 4 * 33 * (100 + 2000 * 11) * 8  # 23 MB: 22 draws in half of 1 GiB
+    assert seen["sizes"].chunk == 2**29 // per_draw and seen["sizes"].sweep_examples == 2000
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,7 +17,13 @@ from pathlib import Path
 from ..errors import InputError
 from .atomic import kept_as, try_lock, writable_folder
 
-__all__ = ["check_input_file", "check_output_path", "physical_memory", "remove_stale_temporaries"]
+__all__ = [
+    "check_input_file",
+    "check_memory",
+    "check_output_path",
+    "physical_memory",
+    "remove_stale_temporaries",
+]
 
 _SPECIAL = {
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -34,6 +40,25 @@ def physical_memory() -> float:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return float("inf")
+
+
+def check_memory(needed: float, source: str, field: str, what: str) -> None:
+    """InputError where ``needed`` bytes (an estimate of the work's peak) exceed this machine's
+    memory: refused before the work, not a MemoryError traceback minutes into it.
+
+    Parameters
+    ----------
+    needed : float
+        Bytes.
+    source, field : str
+        What the error names (the options that set the size).
+    what : str
+        The size in words (``"33 reads x 300 fibers"``).
+    """
+    memory = physical_memory()
+    if needed > memory:
+        raise InputError(source, field, f"work that fits in memory ({memory / 2**30:.0f} GiB)",
+                         f"{what}: about {needed / 2**30:.3g} GiB")  # fmt: skip
 
 
 def check_input_file(path: str | os.PathLike, field: str) -> Path:

@@ -22,8 +22,9 @@ import numpy as np
 
 from ..arguments import MAX_READS, MAX_SEED, at_least, json_line, path_argument
 from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
-from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise
+from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise, simulate_hxrg_bytes
 from .segments import DEFAULT_SEGMENT_COLUMNS
+from .stress import INNER
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,21 @@ def _positive(text: str) -> float:
     return value
 
 
-#: The largest noise amplitude (e-) the commands take: far beyond a detector's (about 10 e-),
-#: and within what a uint16 raw frame holds at any gain (1e308 overflowed to NaN and inf, cast
-#: into every pixel as 0 or 65535, exit 0).
+#: The largest noise amplitude (e-) the commands take: far beyond a detector's (about 10 e-;
+#: 1e308 overflowed to NaN and inf, cast into every pixel as 0 or 65535, exit 0). What a raw
+#: frame holds depends on the gain too: ``noise simulate`` also bounds the noise in DN
+#: (:data:`MAX_NOISE_DN`).
 MAX_NOISE = 1e5
+#: The largest read noise ``noise simulate`` writes, DN: 5 sigma within the raw frames' bias
+#: (``write_simulated_apz``'s 10000 DN), so that almost no read is clipped at 0 (1e5 e- at a
+#: gain of 0.01 left 60 % of the pixels at 0 and 40 % at 65535, exit 0).
+MAX_NOISE_DN = 2000.0
 #: The longest read the commands simulate, s (APOGEE's take 10.6 s): the 1/f noise is drawn at
 #: the pixel rate over the whole read, so its memory grows with it (1000 s: 8 GiB for 2 fibers).
 MAX_READ_TIME = 30.0
+#: The most optimiser or sampler steps ``noise train`` and ``evaluate`` take (10**29 was taken,
+#: and ran until killed); a million is days on a CPU.
+MAX_STEPS = 1_000_000
 #: The most patches ``noise train`` and ``evaluate`` take (10**30 overflowed inside SciPy's FFT,
 #: 10**8 of 4 x 4 asked for 49 GiB).
 MAX_PATCHES = 1_000_000
@@ -192,8 +201,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fibers", type=at_least(1, 300), default=8, help="fibers per exposure, 1 to 300 (8)"
     )
     stress.add_argument(
-        "--column-step", type=at_least(1), default=8, help="every n-th column lit (8)"
-    )
+        "--column-step", type=at_least(1, INNER.stop - INNER.start), default=8,
+        help=f"every n-th column lit, 1 to {INNER.stop - INNER.start} (8)",
+    )  # fmt: skip
     stress.add_argument(
         "--segment-columns", type=_segment_columns, default=DEFAULT_SEGMENT_COLUMNS,
         help="columns per nuisance segment, as pyapred fit's --segment-columns "
@@ -211,14 +221,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="checkpoint folder to write")  # fmt: skip
     train.add_argument("--prior", action="store_true", help="train the prior on clean traces")
     _model_arguments(train)
-    train.add_argument("--steps", type=at_least(1), default=2000, help="optimiser steps (2000)")
+    train.add_argument("--steps", type=at_least(1, MAX_STEPS), default=2000,
+                       help=f"optimiser steps, up to {MAX_STEPS} (2000)")  # fmt: skip
     train.add_argument("--batch-size", type=at_least(1), default=32, help="patches per step (32)")
     train.add_argument("--nf", type=at_least(1, 256), default=16, help="U-net base width (16)")
     evaluate = sub.add_parser("evaluate", help="compare a noise model with held-out darks")
     evaluate.add_argument("--model", required=True, help="checkpoint folder of a noise model")
     evaluate.add_argument("--darks", nargs="*", default=[], help="held-out darks (default: sim.)")
     _model_arguments(evaluate)
-    evaluate.add_argument("--steps", type=at_least(1), default=300, help="sampler steps (300)")
+    evaluate.add_argument("--steps", type=at_least(1, MAX_STEPS), default=300,
+                          help=f"sampler steps, up to {MAX_STEPS} (300)")  # fmt: skip
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -237,6 +249,16 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     commands = {"simulate": _simulate, "stress": _stress, "train": _train, "evaluate": _evaluate}
     return commands[args.noise_command](args)
+
+
+def _check_simulated_noise(args: argparse.Namespace) -> None:
+    """Simulated darks (no ``--darks``) need noise: of zeros, a noise model learns nothing and
+    ``evaluate`` divided by their zero row-mean scatter after minutes of sampling."""
+    amplitudes = ("white", "c_pink", "u_pink", "acn")
+    if not args.darks and all(getattr(args, name) == 0 for name in amplitudes):
+        raise InputError("--white", "--white, --c-pink, --u-pink, --acn",
+                         "some noise for the simulated darks (or real ones with --darks)",
+                         "all 0")  # fmt: skip
 
 
 def _dark_patches(args: argparse.Namespace, seed: int) -> np.ndarray:
@@ -274,6 +296,8 @@ def _train(args: argparse.Namespace) -> int:
 
     check_output_path(args.out, "--out", folder=True)  # before the data and the training
     _check_model_settings(args, nf=args.nf)
+    if not args.prior:
+        _check_simulated_noise(args)
     earlier = Path(args.out) / "model_hparams.json"
     if earlier.is_file():  # training resumes there: with the same network only
         try:
@@ -327,6 +351,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .sbm import check_checkpoint, load_score_model, posterior_samples
 
     _check_model_settings(args)
+    _check_simulated_noise(args)
     if args.patches < 2 * (EVALUATION_DOF + 1):  # PQMass draws its references from them
         raise InputError("--patches", "--patches",
                          f"at least {2 * (EVALUATION_DOF + 1)} patches to compare",
@@ -374,24 +399,36 @@ def _simulate(args: argparse.Namespace) -> int:
             if getattr(args, name) != _DEFAULT_AMPLITUDES[name]:
                 raise InputError(flag, flag, "--one-over-f with it (without, no 1/f noise is "
                                  "added)", repr(getattr(args, name)))  # fmt: skip
+    noise = _noise(args, args.one_over_f)
+    amplitudes = ("white", "c_pink", "u_pink", "acn")
+    in_dn = HxrgNoise(
+        **{**noise.__dict__, **{k: getattr(noise, k) / args.gain for k in amplitudes}}
+    )
+    sigma_dn = float(np.sqrt(sum(getattr(in_dn, k) ** 2 for k in amplitudes)))
+    if sigma_dn > MAX_NOISE_DN:
+        raise InputError("--white", "--white, --c-pink, --u-pink, --acn, --gain",
+                         f"a read noise of at most {MAX_NOISE_DN:g} DN (5 sigma within the raw "
+                         "frames' bias)", f"{sigma_dn:.3g} DN (e- / --gain)")  # fmt: skip
     # The reads are simulated in float64, two copies at least: --reads 1000 with the chip's
     # 2048 rows asked for 39 GiB at once, a MemoryError traceback after the flags were taken.
-    needed, memory = 2 * args.reads * args.rows * 2560 * 8, physical_memory()
+    # The 1/f noise's time streams grow with --read-time instead (22 GiB for one row of 1000
+    # reads of 30 s).
+    needed = 2 * args.reads * args.rows * 2560 * 8
+    needed += simulate_hxrg_bytes(args.reads, in_dn, rows=slice(0, args.rows))
+    memory = physical_memory()
     if needed > memory:
         expected = f"a simulation that fits in memory ({memory / 2**30:.0f} GiB)"
         found = f"{args.reads} reads x {args.rows} rows: {needed / 2**30:.0f} GiB"
-        raise InputError("--reads, --rows", "--reads, --rows", expected, found)
+        if args.one_over_f:
+            found += f" with the 1/f noise of {args.read_time:g} s reads"
+        field = "--reads, --rows, --read-time" if args.one_over_f else "--reads, --rows"
+        raise InputError("--reads, --rows", field, expected, found)
     rng = np.random.default_rng(args.seed)
     flux = np.zeros((args.rows, 2560))
     inner = slice(REFERENCE_BORDER, 2048 - REFERENCE_BORDER)
     flux[: CHIP_ROWS - REFERENCE_BORDER, inner] = args.flux
     flux[:REFERENCE_BORDER] = 0.0
     reads = simulate_ramps(flux, 0.0, n_reads=args.reads, rng=rng).reads / args.gain
-    noise = _noise(args, args.one_over_f)
-    amplitudes = ("white", "c_pink", "u_pink", "acn")
-    in_dn = HxrgNoise(
-        **{**noise.__dict__, **{k: getattr(noise, k) / args.gain for k in amplitudes}}
-    )
     header = {"EXPTYPE": "DARK" if args.flux == 0 else "INTERNALFLAT", "GAIN": args.gain}
     path = write_simulated_apz(
         args.out, reads, exposure=args.exposure, header=header, one_over_f=in_dn, rng=rng,
@@ -404,11 +441,19 @@ def _simulate(args: argparse.Namespace) -> int:
 def _stress(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .stress import CASES, StressResult, stress_test
+    from ..solver.api import SCALE_RANGE
+    from .stress import CASES, StressResult, fewest_segment_pixels, stress_test
 
-    if args.white <= 0:  # the fits take the white noise as their read noise
-        raise InputError("--white", "--white", "a white read noise > 0 (the fits' read noise)",
-                         repr(args.white))  # fmt: skip
+    low = SCALE_RANGE[0]
+    if args.white < low:  # the fits take the white noise as their read noise
+        raise InputError("--white", "--white", f"a white read noise of at least {low:g} (the "
+                         "fits' read noise)", repr(args.white))  # fmt: skip
+    fewest = fewest_segment_pixels(args.column_step, args.segment_columns)
+    if fewest < 2:  # each offset would take all of one pixel's data: NaN z-scores, exit 1
+        raise InputError("--column-step", "--column-step, --segment-columns",
+                         "2 or more lit pixels in every readout segment (the nuisance cases)",
+                         f"{fewest}: a lit column every {args.column_step}, "
+                         f"{args.segment_columns} columns a segment")  # fmt: skip
     if args.exposures * args.fibers < 2:  # the bias error is the scatter of the fibers' means
         raise InputError("--fibers", "--exposures, --fibers", "at least 2 fibers in all (the bias "
                          "error is the scatter of their means)",

@@ -35,6 +35,19 @@ __all__ = ["CASES", "StressResult", "stress_test"]
 CASES = ("no_1f", "uncorrected", "refcorr", "nuisance", "refcorr_nuisance", "rowmedian")
 CORRECTED = ("refcorr", "refcorr_nuisance", "rowmedian")
 INNER = slice(4, 2044)  # science columns off the reference border
+#: Cases fitted with the nuisance term: each readout segment needs 2 or more lit pixels.
+NUISANCE = ("nuisance", "refcorr_nuisance")
+
+
+def fewest_segment_pixels(column_step: int, segment_columns: int) -> int:
+    """The fewest lit pixels of one fiber row in any readout segment that has one.
+
+    With one, the segment's offsets take all of that pixel's data: the fit is degenerate (its
+    z-scores came out NaN). The nuisance cases need 2 or more.
+    """
+    lit = np.arange(INNER.start, INNER.stop, column_step)
+    counts = np.bincount(lit // segment_columns)  # segment_columns divides an output's 512
+    return int(counts[counts > 0].min())
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,18 @@ def stress_test(
     unknown = set(cases) - set(CASES)
     if unknown:
         raise ValueError(f"cases: expected names from {CASES}, got {sorted(unknown)}")
+    if not 1 <= column_step <= INNER.stop - INNER.start:
+        raise ValueError(
+            f"column_step: expected 1 to {INNER.stop - INNER.start} (the inner columns), got "
+            f"{column_step!r}"
+        )
+    fewest = fewest_segment_pixels(column_step, segment_columns)
+    if set(NUISANCE) & set(cases) and fewest < 2:
+        raise ValueError(
+            f"column_step, segment_columns: expected 2 or more lit pixels in every readout "
+            f"segment for the nuisance cases, got {fewest} (a lit column every {column_step}, "
+            f"{segment_columns} columns a segment)"
+        )
     noise = noise or HxrgNoise(white=10.0, c_pink=6.0, u_pink=3.0, acn=2.0, read_time=0.0)
     white_only = HxrgNoise(**{**noise.__dict__, "c_pink": 0.0, "u_pink": 0.0, "acn": 0.0})
     rng = np.random.default_rng(rng)
@@ -172,7 +197,7 @@ def stress_test(
         for case in cases:
             reads = data[case][..., lit]  # (n_reads, n_rows, n_cols)
             groups = reads.reshape(n_reads, n_fibers, rows_per_fiber * n_cols)
-            labels = segments if case in ("nuisance", "refcorr_nuisance") else None
+            labels = segments if case in NUISANCE else None
             # As the exposure pipeline fits (FitOptions' default jump_search).
             fit = fit_omega(
                 groups, read_noise[case], ref_index=0, segments=labels, jump_search=True

@@ -85,6 +85,8 @@ def test_config_tables_flat_keys_and_errors(tmp_path):
         "[calibration]\ngain = inf\n": "[calibration] gain",
         "[calibration]\nsaturation = 0.0\n": "[calibration] saturation",
         "[noise]\nsegment_columns = 1\n": "[noise] segment_columns",  # degenerate fits
+        # Without a nuisance route it did nothing, and was recorded in the product as if.
+        "[noise]\nsegment_columns = 64\n": "[noise] segment_columns: expected the default 32",
         # Flat and in its table: the later won, silently.
         "p_value = 0.01\n[model]\np_value = 0.5\n": "[model] p_value: expected p_value given once",
     }

@@ -88,6 +88,13 @@ def test_noise_simulate_json(tmp_path, capsys):
         (["--reads", "1000", "--rows", "2048"], "--reads, --rows: expected a simulation that"),
         # The 1/f noise is drawn at the pixel rate over the read: 1000 s asked for 8 GiB.
         (["--read-time", "1000", "--one-over-f"], "argument --read-time: expected at most 30"),
+        # Its time streams were not counted: 22 GiB asked for after the flags were taken.
+        (
+            ["--one-over-f", "--rows", "1", "--reads", "1000", "--read-time", "30"],
+            "with the 1/f noise of 30 s reads",
+        ),
+        # Within MAX_NOISE in e-, but 1.4e7 DN at this gain: every pixel 0 or 65535, exit 0.
+        (["--white", "1e5", "--gain", "0.01"], "expected a read noise of at most 2000 DN"),
     ],
 )
 def test_simulate_refuses_what_it_would_ignore_or_cannot_hold(tmp_path, capsys, flags, words,
@@ -111,3 +118,74 @@ def test_stress_refuses_one_column_segments(capsys):
         main(["noise", "stress", "--segment-columns", "1"])
     assert info.value.code == 2
     assert "divisor of 512 other than 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        # An integer of 31 digits: an IndexError traceback (np.arange of Python objects).
+        (["--column-step", "10" + "0" * 30], "argument --column-step: expected an integer 1 to"),
+        # One lit pixel a segment: NaN z-scores for the nuisance cases, exit 1.
+        (["--column-step", "32"], "expected 2 or more lit pixels in every readout segment"),
+        (["--column-step", "17", "--segment-columns", "16"], "found 1: a lit column every 17"),
+        # Below the fits' smallest read noise: their ValueError after the simulation.
+        (["--white", "1e-300"], "expected a white read noise of at least 1e-30"),
+    ],
+)
+def test_stress_refuses_what_it_cannot_fit(capsys, flags, words):
+    try:
+        code = main(["noise", "stress", "--exposures", "1", "--fibers", "2", "--read-time", "0",
+                     *flags])  # fmt: skip
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2 and words in capsys.readouterr().err
+
+
+def test_stress_test_refuses_segments_of_one_pixel():
+    from pyapred.noise.stress import stress_test
+
+    with pytest.raises(ValueError, match="2 or more lit pixels"):
+        stress_test(1, n_fibers=2, column_step=32, segment_columns=32)
+    with pytest.raises(ValueError, match="column_step: expected 1 to 2040"):
+        stress_test(1, n_fibers=2, column_step=3000, cases=("no_1f",))
+
+
+def test_white_noise_alone_builds_no_time_streams():
+    """The 1/f time streams (tens of bytes a pixel time, gaps included) were made even with
+    every 1/f amplitude 0: --rows 1 --reads 1000 asked for 8 GiB."""
+    import tracemalloc
+
+    from pyapred.noise import HxrgNoise, simulate_hxrg
+
+    noise = HxrgNoise(white=3.0, c_pink=0.0, u_pink=0.0, acn=0.0, read_time=30.0)
+    tracemalloc.start()
+    try:
+        out = simulate_hxrg(20, noise, rows=slice(100, 101), rng=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (20, 1, 2560) and abs(out[..., 4:2044].std() - 3.0) < 0.1
+    assert peak < 10 * out.nbytes  # the streams were 1.7 GB here (60 million samples)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        # 10**29 steps were taken and ran until killed.
+        (["train", "--steps", "1" + "0" * 29], "argument --steps: expected an integer 1 to"),
+        (["evaluate", "--model", "m", "--steps", "1" + "0" * 29], "argument --steps"),
+        # Darks of zeros: evaluate divided by their zero row-mean scatter after sampling.
+        (
+            ["train", "--white", "0", "--c-pink", "0", "--u-pink", "0", "--acn", "0"],
+            "expected some noise for the simulated darks",
+        ),
+    ],
+)
+def test_score_model_commands_refuse_what_cannot_run(tmp_path, capsys, argv, words):
+    out = ["--out", str(tmp_path / "o")] if argv[0] == "train" else []
+    try:
+        code = main(["noise", *argv, *out, "--patches", "20", "--patch", "8", "8"])
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
