@@ -178,7 +178,8 @@ class Ar3DCal:
     Attributes
     ----------
     exposure : RawExposure
-        ``reads`` = ``outdat``, float64 ``(n_reads_used, ny, nx)`` in DN after reference
+        ``reads`` = ``outdat``, float32 or float64 as the file stores it (ApogeeReduction.jl
+        computes it in Float64), ``(n_reads_used, ny, nx)`` in DN after reference
         zero-pointing (Julia ``(2560, 2048, n)`` seen reversed: no transpose needed).
         ``read_indices`` are 0-based positions in the raw file: the last ``n_reads_used`` of
         ``nread_total``. ``read_times`` are reconstructed (TAI, ApogeeReduction.jl's scale)
@@ -254,6 +255,9 @@ def read_ar3dcal(
             selection=(reads, rows),
             expected="(Julia (2560, 2048, n))",
         )
+        if outdat.dtype.itemsize < 4:  # float16 tops out at 65504 DN, 32 DN apart up there
+            raise InputError(path, "outdat", "float32 or float64 DN (as ApogeeReduction.jl "
+                             "writes them)", str(outdat.dtype))  # fmt: skip
         n_used = handle["outdat"].shape[0]
         gain, read_var = (
             read_dataset(

@@ -46,6 +46,7 @@ from ._rice import (
     read_rice_tiles,
 )
 from .atomic import atomic_path
+from .paths import physical_memory
 
 __all__ = [
     "ApzName",
@@ -570,12 +571,14 @@ def _image_shape(path: Path, hdus: _ApzHDUs, index: int, kind: str) -> tuple[int
         name, shape = hdus.kind(index)
     except (IndexError, KeyError):
         raise InputError(path, f"HDU {index}", f"the {kind} image", found="no such HDU") from None
-    if shape is None or len(shape) != 2 or not all(_count(n) for n in shape):
+    # A side of 0 read as an empty image, and the trace file was blamed for it.
+    if shape is None or len(shape) != 2 or not all(_count(n) and n >= 1 for n in shape):
         found = f"{name} of shape {shape}"
         if name == "_ValidHDU":  # astropy's class for bytes it cannot identify as an HDU
             found = (f"bytes astropy cannot identify as an HDU (HDU {index - 1}'s size cards, "
                      "PCOUNT or NAXIS2, may not match its data)")  # fmt: skip
-        raise InputError(path, f"HDU {index}", f"a 2-D image ({kind})", found=found)
+        raise InputError(path, f"HDU {index}", f"a 2-D image ({kind}) of 1 or more rows and "
+                         "columns", found=found)  # fmt: skip
     return tuple(shape)
 
 
@@ -583,10 +586,21 @@ def _image_shapes(path: Path, hdus: _ApzHDUs, n_reads: int) -> tuple[int, int]:
     """``(ny, nx)`` of HDU 1, checked against the HDUs of reads ``1 .. n_reads`` from their
     headers alone (no pixel decoded): images that disagree are refused before any work."""
     shape = _image_shape(path, hdus, 1, "average difference")
-    for k in range(n_reads):
-        other = _image_shape(path, hdus, k + 2, f"read {k + 1}")
+    shapes = [_image_shape(path, hdus, k + 2, f"read {k + 1}") for k in range(n_reads)]
+    if len(set(shapes)) == 1 and shapes[0] != shape and n_reads > 1:
+        # Every read agrees and HDU 1 does not: HDU 1 is the odd one (HDU 2 was blamed).
+        raise InputError(path, "HDU 1", f"shape {shapes[0]} like the reads' HDUs",
+                         found=str(shape))  # fmt: skip
+    for k, other in enumerate(shapes):
         if other != shape:
             raise InputError(path, f"HDU {k + 2}", f"shape {shape} like HDU 1", found=str(other))
+    # The sizes are the file's word: a 219 kB file declaring 2e9 columns asked for 522 GiB, a
+    # MemoryError traceback once the first chip was loading.
+    size, memory = 4.0 * n_reads * shape[0] * shape[1], physical_memory()
+    if size > memory:
+        raise InputError(path, "HDU 1", f"images whose {n_reads} reads fit in memory as float32 "
+                         f"({memory / 2**30:.0f} GiB)", f"shape {shape} (ZNAXIS2, ZNAXIS1): "
+                         f"{size / 2**30:.3g} GiB")  # fmt: skip
     return shape
 
 
@@ -947,6 +961,13 @@ def _read_times(
     timesys = header.get("TIMESYS", read_headers[0].get("TIMESYS", "UTC"))
     scale = _time_scale(path, "HDU 1 TIMESYS", timesys)
     per_read = [h.get("DATE-OBS") for h in read_headers]
+    missing = [int(k) + 2 for k, value in zip(indices, per_read, strict=True) if value is None]
+    if missing and len(missing) < len(per_read):
+        # Some reads dated and some not: a read HDU that the instrument did not write (an
+        # extra HDU appended became a made-up read, and the date checks were dropped for all).
+        dated = next(int(k) + 2 for k, v in zip(indices, per_read, strict=True) if v is not None)
+        raise InputError(path, f"HDU {missing[0]} DATE-OBS", f"a DATE-OBS, as HDU {dated} "
+                         "and the other reads have", "none")  # fmt: skip
     copied = len(per_read) > 1 and len(set(per_read)) == 1
     if all(value is not None for value in per_read) and not copied:
         fields = [f"HDU {k + 2} DATE-OBS" for k in indices]

@@ -122,6 +122,13 @@ def read_dataset(
         raise InputError(path, field, f"a shape of at most {most}", found=str(dataset.shape))
     if dataset.dtype.kind not in kinds:
         raise InputError(path, field, f"dtype kind in {kinds!r}", found=str(dataset.dtype))
+    # Declared and never written: all fill value (a 9.4 GiB outdat of nothing passed the memory
+    # check, then was a MemoryError traceback where the process had less).
+    if dataset.size and dataset.id.get_storage_size() == 0:
+        size = dataset.size * dataset.dtype.itemsize
+        raise InputError(path, field, "a dataset with data written",
+                         f"shape {dataset.shape} declared ({size / 2**30:.3g} GiB), nothing "
+                         "stored")  # fmt: skip
     try:
         data = dataset[selection] if selection else dataset[()]
     except (OSError, ValueError, TypeError) as exc:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from pyapred.errors import InputError, ReadRangeError
+from pyapred.errors import InputError, InputWarning, ReadRangeError
 from pyapred.io import (
     make_headers,
     read_apz,
@@ -142,6 +142,39 @@ def test_apz_damaged_compression_cards(tmp_path, good_apz, keyword, value, field
     assert_input_error(lambda: read_apz(target), target, field)
 
 
+@pytest.mark.parametrize(
+    ("sides", "words"),
+    [
+        # An empty image read back without an error; the trace file was blamed for it.
+        ({"ZNAXIS1": 0}, "of 1 or more rows and columns"),
+        # 522 GiB asked for by a 219 kB file: a MemoryError traceback while the chip loaded.
+        ({"ZNAXIS1": 2_000_000_000, "ZTILE1": 2_000_000_000}, "fit in memory as float32"),
+    ],
+)
+def test_apz_declared_sizes_are_checked(tmp_path, good_apz, sides, words):
+    target = tmp_path / "apR-a-52190002.apz"
+    with fits.open(good_apz(), disable_image_compression=True) as hdul:
+        for hdu in hdul[1:]:
+            for keyword, value in sides.items():
+                hdu.header[keyword] = value
+        hdul.writeto(target, output_verify="ignore")
+    error = assert_input_error(lambda: read_apz(target, rows=slice(0, 0)), target, "HDU 1")
+    assert words in str(error)
+
+
+def test_apz_read_without_a_date_among_dated_reads(tmp_path, good_apz):
+    """An image HDU appended became a made-up read, and the reads' date checks were dropped for
+    all (only an NREAD warning, exit 0)."""
+
+    def edit(hdul):
+        hdul.append(fits.ImageHDU(np.zeros_like(hdul[2].data)))
+
+    dated = [[("DATE-OBS", f"2025-04-20T04:00:{10 * k:02d}")] for k in range(3)]
+    path = rewrite(good_apz(read_cards=dated), "apR-a-52190002.apz", edit)
+    with pytest.warns(InputWarning, match="NREAD"):
+        assert_input_error(lambda: read_apz(path), path, "HDU 5 DATE-OBS")
+
+
 def test_apz_counts_out_of_uint16_range(tmp_path, good_apz):
     def edit(hdul):
         hdul[4] = fits.CompImageHDU(hdul[4].data + 70000, hdul[4].header)
@@ -180,7 +213,11 @@ def test_apz_unknown_timesys(tmp_path, good_apz):
 def test_apz_unparsable_date(tmp_path, good_apz):
     cards = [[("DATE-OBS", "2025-04-20T04:00:00")], [("DATE-OBS", "yesterday")], []]
     path = good_apz(read_cards=cards + [[]])
-    assert_input_error(lambda: read_apz(path), path, "HDU 1 DATE-OBS")
+    # Reads dated and reads not: the undated one is named (the exposure header's missing date
+    # was, the reads' dates dropped for all).
+    assert_input_error(lambda: read_apz(path), path, "HDU 4 DATE-OBS")
+    path = good_apz(name="apR-a-52190002.apz", read_cards=[[], [], []])
+    assert_input_error(lambda: read_apz(path), path, "HDU 1 DATE-OBS")  # none dated: the header's
     cards = [[("DATE-OBS", f"2025-04-20T04:00:0{k}")] for k in range(2)] + [[("DATE-OBS", "x")]]
     path = good_apz(name="apR-a-52190003.apz", read_cards=cards)
     assert_input_error(lambda: read_apz(path), path, "HDU 4 DATE-OBS")
@@ -419,3 +456,34 @@ def test_a_damaged_heap_read_as_cards_warns_a_few_printable_lines(tmp_path):
     assert "HDU 3's size cards, PCOUNT or NAXIS2" in str(error.value)
     texts = [str(w.message) for w in caught]
     assert len(texts) <= 3 and all(t.isprintable() for t in texts), texts
+
+
+def test_ar3dcal_outdat_declared_but_never_written_or_in_float16(tmp_path):
+    """A declared outdat with nothing stored passed the memory check and was a MemoryError
+    traceback where the process had less; float16 (at most 65504 DN) was taken."""
+    from pyapred.io import read_ar3dcal
+
+    for name, dtype, write, field in (("a", "f4", False, "nothing stored"),
+                                      ("b", "f2", True, "float32 or float64")):  # fmt: skip
+        path = tmp_path / f"ar3Dcal_apo_60781_000{'ab'.index(name) + 1}_R_object.h5"
+        with h5py.File(path, "w") as handle:
+            outdat = handle.create_dataset("outdat", shape=(4, 2048, 2560), dtype=dtype,
+                                           chunks=(1, 256, 2560))  # fmt: skip
+            if write:
+                outdat[...] = 1.0
+            handle["gainMat"] = np.full((2048, 2560), 1.9)
+            handle["readVarMat"] = np.full((2048, 2560), 64.0)
+            handle["metadata/nread_total"] = 4
+            handle["metadata/mjd_mid_exposure"] = 60781.2
+        error = assert_input_error(lambda p=path: read_ar3dcal(p), path, "outdat")
+        assert field in str(error)
+
+
+def test_apz_average_difference_of_another_shape_is_the_one_named(tmp_path, good_apz):
+    """Only HDU 1 damaged: HDU 2, which agrees with every other read, was blamed."""
+    target = tmp_path / "apR-a-52190002.apz"
+    with fits.open(good_apz(), disable_image_compression=True) as hdul:
+        hdul[1].header["ZNAXIS1"] = 999
+        hdul.writeto(target, output_verify="ignore")
+    error = assert_input_error(lambda: read_apz(target, rows=slice(0, 0)), target, "HDU 1")
+    assert "like the reads' HDUs" in str(error) and "999" in str(error)
