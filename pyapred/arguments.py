@@ -39,6 +39,14 @@ def at_least(minimum: int, maximum: int | None = None):
     return parse
 
 
+def text_argument(text: str) -> str:
+    """An argparse ``type``: any text but the empty one (``--group ""`` was taken as not
+    given, ``--product ""`` named the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a value, found an empty string")
+    return text
+
+
 def path_argument(text: str) -> Path:
     """An argparse ``type`` for a path: an empty name is refused (``Path("")`` is the current
     folder, where ``--plots ""`` wrote its plots)."""

@@ -306,7 +306,10 @@ def plot_omega(
             axes[1, 0].plot(t.mid + offset, z, "o", ms=3.5, color=colour)
     ax.set_ylabel("omega, scaled to mean 1 per fiber")
     ax.set_title(_title(chip, title + "; error bars 1 sigma"), fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    if picks.size:
+        ax.legend(fontsize=8, loc="best")
+    else:  # an empty legend was a matplotlib warning on the demo's output
+        _note(ax, "no fiber to show")
     bottom = axes[1, 0] if with_residuals else ax
     if with_residuals:
         for level, style in ((0, "-"), (-1, ":"), (1, ":")):

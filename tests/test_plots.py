@@ -292,3 +292,19 @@ def test_omega_normalized_to_mean_one():
     many, many_cov = both.normalized()
     assert many.shape == (2, 16) and many_cov.shape == (2, 16, 16)
     assert np.allclose(many.mean(axis=1), 1.0)
+
+
+def test_omega_plot_without_a_fiber_to_show_says_so(result, sim):
+    """No bright or fitted fiber to draw: an empty legend was a matplotlib UserWarning on
+    ``pyapred demo --fibers 4``'s output."""
+    import dataclasses
+    import warnings
+
+    fits = result.fibers["R"]
+    dark = dataclasses.replace(fits, bright=np.zeros_like(fits.bright),
+                               omega_fit=np.full_like(fits.omega_fit, np.nan))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plots.plot_omega(dark, result.read_times, chip="R")
+    assert "no fiber to show" in " ".join(t.get_text() for t in fig.axes[0].texts)
+    plt.close(fig)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..arguments import text_argument
 from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
 from ..io.paths import check_input_file, check_output_path
 from ..traces import N_FIBERS, fiber_id, fiber_index
@@ -41,16 +42,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ----------
     parser : argparse.ArgumentParser
     """
-    parser.add_argument("--product", required=True, help="pyapred product (HDF5) with omega")
     parser.add_argument(
-        "--guider", required=True, nargs="+", help="guider files: paths, a glob or a directory"
+        "--product", required=True, type=text_argument, help="pyapred product (HDF5) with omega"
     )
+    parser.add_argument(
+        "--guider", required=True, nargs="+", type=text_argument,
+        help="guider files: paths, a glob or a directory",
+    )  # fmt: skip
     parser.add_argument(
         "--fibers", help="fiberIds (1-300, as SDSS numbers them), e.g. 10,20-25; default all fitted"
     )
-    parser.add_argument("--group", help="the product's fiber group: R, G, B or joint (default)")
+    parser.add_argument(
+        "--group", type=text_argument,
+        help="the product's fiber group: R, G, B or joint (default)",
+    )  # fmt: skip
     parser.add_argument(
         "--exposure",
+        type=text_argument,
         help="apR-*.apz (or FITS header) giving the read times, if the product lacks them",
     )
     parser.add_argument("--lag", action="store_true", help="fit a time lag within +-60 s")

@@ -135,7 +135,7 @@ def check_output_path(
     if folder:  # checked, not made: a failed run leaves no empty folder behind
         if path.exists() and not path.is_dir():
             found = "an existing file" if path.is_file() else _special_kind(path)
-            raise InputError(path, field, "a folder (for the plots)", found)
+            raise InputError(path, field, "a folder", found)
         writable_folder(path, path=path, field=field, create=False)
         return path
     if path.is_dir():

@@ -212,3 +212,14 @@ def test_cli_guider_drops_folders_among_the_frames_as_before(sky, tmp_path, caps
             str(tmp_path / "g.png")]  # fmt: skip
     assert main(argv) in (0, 1)
     assert (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("flag", ["--product", "--guider", "--group", "--exposure"])
+def test_empty_values_are_refused(tmp_path, capsys, flag):
+    """An unset shell variable: --group "" and --exposure "" were taken as not given,
+    --product "" and --guider "" named the current folder."""
+    argv = ["guider", "--product", "p.h5", "--guider", "g", "--out", str(tmp_path / "g.png")]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, flag, ""])
+    assert stop.value.code == 2
+    assert f"argument {flag}: expected a value, found an empty string" in capsys.readouterr().err

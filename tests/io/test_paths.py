@@ -37,7 +37,7 @@ def test_an_output_that_is_no_regular_file_is_said_as_it_is(tmp_path):
         for overwrite in (False, True):
             with pytest.raises(InputError, match=f"expected a new or regular file, found {found}"):
                 check_output_path(path, "--out", overwrite=overwrite)
-    with pytest.raises(InputError, match="a folder .for the plots., found a FIFO"):
+    with pytest.raises(InputError, match="expected a folder, found a FIFO"):
         check_output_path(fifo, "--plots", folder=True)
 
 
