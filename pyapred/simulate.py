@@ -1042,7 +1042,9 @@ def _write_chips(sim, chips, names, directory, *, mjd, exposure, overwrite, one_
                 write_trace_file(
                     directory / trace_file_name(sim.telescope, mjd, name),
                     chip.traces,
-                    height=chip.fiber_flux,
+                    # DN per read, as the format says (it was e- per read): the column's light
+                    # at omega = 1, the flux of the profile.
+                    height=chip.fiber_flux / chip.gain,
                     overwrite=overwrite,
                 )
             )

@@ -107,3 +107,16 @@ def test_an_interrupted_simulation_leaves_no_partial_exposure(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         simulate.write_simulated_exposure(sim, tmp_path)
     assert written and sorted(tmp_path.iterdir()) == []
+
+
+def test_simulated_trace_heights_are_in_dn_per_read(tmp_path):
+    """The trace format's height is DN per read; the simulated files held e- per read."""
+    from pyapred.simulate import simulate_exposure, write_simulated_exposure
+    from pyapred.traces import read_trace_file
+
+    sim = simulate_exposure("clouds", seed=1, n_fibers=4, n_columns=16, ref_columns=0,
+                            n_reads=4, chips=("R",))  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path)
+    chip = sim.chips["R"]
+    height = read_trace_file(paths["traces"][0]).height
+    np.testing.assert_allclose(height[: chip.fiber_flux.shape[0]], chip.fiber_flux / chip.gain)

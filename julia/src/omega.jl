@@ -1208,8 +1208,9 @@ Gauss-Newton with the fluxes eliminated by a Schur complement; see [`fit_omega_g
 # Returns
 A NamedTuple with the fields of pyapred's `OmegaFit`: `omega (K, G)`, `omega_cov (K, K, G)`,
 `ref_index (G,)`, `flux`, `flux_var`, `chi2`, `n_diff`, `flags` `(n_pix, G)`, `inflation`
-(`sqrt(sum chi2 / dof)`, `dof` the fitted pixels' `n_diff - 1` less, with `segments`, each
-segment's differences with data less one), `n_iter`, `converged`, `group_flags`, and the convergence report `stop_reason` (`STOP_*`),
+(`sqrt(sum chi2 / dof)`, `dof` the fitted pixels' `n_diff - 1`; with `segments` less each
+segment's differences with data less one and omega's free elements, NaN where none are left,
+the group then `NOT_CONVERGED` with `STOP_BREAKDOWN`), `n_iter`, `converged`, `group_flags`, and the convergence report `stop_reason` (`STOP_*`),
 `step_size`, `damping` `(G,)`, `jump_mask`: with `jump_search` the differences the search
 masked (`(K, n_pix, G)` Bool, true = masked; `nothing` without it), and with `segments`
 `offsets (K, n_segments, G)` (in the units of `reads` at the group's mean gain); the group axis is
@@ -1255,11 +1256,13 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
         dof = sum(fit[p, g] ? n_diff[p, g] - 1 : 0 for p in 1:P)
         if labels !== nothing
             # Each segment's offsets take one degree of freedom per difference with data, less
-            # one for their sum-to-zero constraint (NaN offsets: differences without data).
-            # Where none is left (segments of one pixel each), the offsets take all the data
-            # and the fit is degenerate, however its iteration ended.
+            # one for their sum-to-zero constraint (NaN offsets: differences without data), and
+            # omega its free elements. Where none is left (segments of one pixel each; one of
+            # 2 pixels), the model fits the data exactly whatever they are: degenerate, however
+            # its iteration ended.
             dof -= sum(max(count(isfinite, view(res.offsets, :, s, g)) - 1, 0)
                        for s in axes(res.offsets, 2); init = 0)
+            dof -= max(count(view(res.has_data, :, g)) - 1, 0)
             if dof <= 0 && any(view(fit, :, g))
                 res.converged[g] && (res.stop_reason[g] = STOP_BREAKDOWN)
                 res.converged[g] = false

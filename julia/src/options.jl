@@ -103,6 +103,12 @@ function check_options(options::FitOptions)
     options.chromatic && options.model == "constant" &&
         throw(ArgumentError("chromatic: expected no chromatic fit with the constant model " *
                             "forced on every fiber, got true"))
+    # Without the nuisance term the segments are nobody's: the setting would do nothing.
+    default_columns = FitOptions().segment_columns
+    nuisance(options) || options.segment_columns == default_columns ||
+        throw(ArgumentError("segment_columns: expected the default $default_columns without a " *
+                            "nuisance route (correct_1f ...nuisance): the segments are the " *
+                            "nuisance offsets', got $(options.segment_columns)"))
     # No fiber would be fitted: each needs min_fit_pixels.
     options.max_fit_pixels === nothing || options.max_fit_pixels >= options.min_fit_pixels ||
         throw(ArgumentError("max_fit_pixels: expected at least min_fit_pixels " *

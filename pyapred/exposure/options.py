@@ -297,6 +297,10 @@ class FitOptions:
             ) from None
         if not isinstance(values, dict):
             raise InputError(source, "fit_options", "a JSON object", type(values).__name__)
+        if not str(values.get("correct_1f", "none")).endswith("nuisance"):
+            # Recorded before a segment width without a nuisance route was refused: it did
+            # nothing in that run (a resume of it, or --config PRODUCT.h5, runs the same).
+            values.pop("segment_columns", None)
         return _build(values, source, {key: f"fit_options: {key}" for key in values})
 
     def matches_record(self, record: str) -> bool:

@@ -183,7 +183,8 @@ class ExposureResult:
                 fibers[key]["low_segment_contrast"] = int(np.count_nonzero(low))
         return {
             "options": {k: v for k, v in self.options.__dict__.items()},
-            "chips": sorted(self.chips),
+            # R, G, B as the products and docs order them (sorted() gave B, G, R).
+            "chips": sorted(self.chips, key=lambda name: ("RGB".find(name) % 4, name)),
             "fibers": fibers,
             "cosmic_rays": {k: int(c.prepared.jumps.shape[0]) for k, c in self.chips.items()},
             "timings_s": self.meta.get("timings_s", {}),

@@ -175,7 +175,9 @@ def refcorr_reads(reads, **options) -> np.ndarray:
         (:func:`reference_read_variance`; see the module docstring).
     """
     reads = np.asarray(reads, dtype=np.float64)
-    mean = reads.mean(axis=0)
+    with warnings.catch_warnings():  # a pixel NaN in every read stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(reads, axis=0)  # a NaN read spoils that read only, not the pixel's
     out = refcorr(reads - mean, **options)
     out += mean[:, :SCIENCE]
     return out
@@ -259,10 +261,20 @@ def refcorr_inplace(
     if method == "none":
         return 0.0
     sat = None if saturation is None else np.broadcast_to(saturation, reads.shape[1:])[:, :SCIENCE]
+    # The mean read, summed read by read (no float64 copy of the cube), over the finite reads
+    # of each pixel: a NaN read spoils that read only.
     mean = np.zeros(reads.shape[1:])
-    for frame in reads:  # summed read by read: no float64 copy of the cube
-        mean += frame
-    mean /= reads.shape[0]
+    count = np.zeros(reads.shape[1:], dtype=np.int64)
+    for frame in reads:
+        if reads.dtype.kind == "f":
+            finite = np.isfinite(frame)
+            mean += np.where(finite, frame, 0.0)
+            count += finite
+        else:
+            mean += frame
+            count += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean /= count  # NaN where a pixel has no finite read
     added = 0.0
     previous = None
     for k in range(reads.shape[0]):

@@ -141,7 +141,8 @@ class OmegaFit:
     inflation : ndarray, float64, ``(n_groups,)``
         Error-inflation factor ``sqrt(sum chi2 / sum (n_diff - 1))`` over the fitted pixels.
         With ``segments``, the denominator also loses the offsets' degrees of freedom (per
-        segment, its differences with data less one); NaN where none are left.
+        segment, its differences with data less one) and omega's free elements; NaN where none
+        are left.
     n_iter : ndarray, int64, ``(n_groups,)``
         Gauss-Newton iterations performed.
     converged : ndarray, bool, ``(n_groups,)``
@@ -957,11 +958,14 @@ def fit_omega(
     dof = np.where(fit_pixel, n_diff - 1, 0).sum(axis=1)
     if segments is not None:
         # Each segment's offsets take one degree of freedom per difference with data, less one
-        # for their sum-to-zero constraint (NaN offsets: differences without data). Where none
-        # is left (segments of one pixel each), the offsets take all the data and the fit is
+        # for their sum-to-zero constraint (NaN offsets: differences without data), and omega
+        # its free elements (which the paper's factor, without offsets, leaves in: negligible
+        # there, not where the offsets leave a few per pixel). Where none is left (segments of
+        # one pixel each; one of 2 pixels), the model fits the data exactly whatever they are:
         # degenerate, however its iteration ended.
         per_segment = np.isfinite(res["offsets"]).sum(axis=2)
-        dof = dof - np.maximum(per_segment - 1, 0).sum(axis=1)
+        free_omega = np.maximum(res["has_data"].sum(axis=1) - 1, 0)
+        dof = dof - np.maximum(per_segment - 1, 0).sum(axis=1) - free_omega
         degenerate = (dof <= 0) & fit_pixel.any(axis=1)
         report["stop_reason"] = np.where(
             degenerate & res["converged"], StopReason.BREAKDOWN, report["stop_reason"]

@@ -351,7 +351,7 @@ def test_files_to_product_and_command_line(tmp_path, capsys, monkeypatch):
     plots = tmp_path / "plots"
     assert main(["fit", *args, "--out", str(out), "--json", "--plots", str(plots)]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["chips"] == ["B", "R"] and summary["problems"] == []
+    assert summary["chips"] == ["R", "B"] and summary["problems"] == []
     assert len(list(plots.glob("*.png"))) == 12  # 6 per chip (tests/test_plots.py)
     assert main(["fit", *args, "--out", str(out)]) == 2  # exists, no --overwrite
     assert main(["fit", args[0], "--traces", args[-1], "--out", str(tmp_path / "x.h5")]) == 2

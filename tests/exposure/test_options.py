@@ -130,6 +130,12 @@ def test_records_of_older_products_read_with_defaults():
             FitOptions.from_record(bad)
     assert FitOptions(keep_constant=True).matches_record(FitOptions().to_record())
     assert "keep_fit_reads" not in FitOptions().to_record()
+    # A segment width recorded without a nuisance route (taken before it was refused) did
+    # nothing in that run: the record still reads, and a resume matches it.
+    noop = json.dumps({**old, "segment_columns": 64})
+    assert FitOptions.from_record(noop) == FitOptions() and FitOptions().matches_record(noop)
+    nuisance = json.dumps({**old, "correct_1f": "nuisance", "segment_columns": 64})
+    assert FitOptions.from_record(nuisance).segment_columns == 64
 
 
 def test_invalid_options_are_refused():

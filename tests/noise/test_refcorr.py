@@ -144,3 +144,14 @@ def test_bad_input():
         refcorr(good)
     with pytest.raises(ValueError, match="background"):
         refcorr(good, rows=slice(0, 8), method="rowmedian")
+
+
+def test_a_nan_read_spoils_that_read_only():
+    reads = simulate_hxrg(5, HxrgNoise(read_time=0.0), rows=slice(10, 26), rng=1)
+    reads[2, 5, 100] = np.nan
+    corrected = refcorr_reads(reads, rows=slice(10, 26))
+    in_place = reads.astype(np.float32)
+    refcorr_inplace(in_place)
+    for out in (corrected, in_place[..., :2048]):
+        assert np.isnan(out[:, 5, 100]).tolist() == [False, False, True, False, False]
+        assert np.isnan(out).sum() == 1

@@ -227,3 +227,8 @@ def test_segments_of_one_pixel_are_a_degenerate_fit():
         fit = fit_omega(reads, 10.0, segments=np.arange(n_pix), ref_index=0)
         assert fit.group_flags & Flag.NOT_CONVERGED and not fit.converged, (n_diff, n_pix)
         assert fit.stop_reason != 0 and np.isnan(fit.inflation)
+    # One segment of 2 pixels, 8 differences: 16 data for 2 fluxes, 7 omega elements and 7
+    # offsets. It converged to chi2 3e-29 before omega's own elements were counted.
+    reads = simulate_ramps(rng.uniform(500, 2000, 2), 15.0, omega=OMEGA, rng=rng).reads
+    fit = fit_omega(reads, 15.0, segments=[0, 0], max_iter=500)
+    assert fit.group_flags & Flag.NOT_CONVERGED and np.isnan(fit.inflation)
