@@ -723,8 +723,10 @@ def _check_images(key: str, images: ChipImages) -> None:
         values = np.asarray(values)
         _check_flagged(f"chips[{key!r}].{name}", ~np.isfinite(values) & unflagged, "pixel")
         if name != "rate" and np.any(values < 0):  # (NaN compares False)
+            first = tuple(int(i) for i in np.argwhere(values < 0)[0])
             raise ValueError(f"chips[{key!r}].{name}: expected values >= 0, "
-                             f"found {int(np.sum(values < 0))} below 0")  # fmt: skip
+                             f"found {int(np.sum(values < 0))} below 0, the first at index "
+                             f"{first}")  # fmt: skip
 
 
 def _check_flagged(where: str, silent: np.ndarray, what: str, fiber_index=None) -> None:
@@ -803,8 +805,14 @@ def _check_fibers(key: str, results: FiberResults) -> None:
         _check_flagged(f"fibers[{key!r}].{name}", silent, "fiber", index)
     for name in ("p_value", "chromatic_p_value"):
         values = getattr(results, name)
-        if values is not None and np.any((np.asarray(values) < 0) | (np.asarray(values) > 1)):
-            raise ValueError(f"fibers[{key!r}].{name}: expected probabilities in 0..1")
+        outside = None if values is None else (np.asarray(values) < 0) | (np.asarray(values) > 1)
+        if outside is not None and np.any(outside):
+            first = int(np.flatnonzero(outside)[0])
+            raise ValueError(
+                f"fibers[{key!r}].{name}: expected probabilities in 0..1, found "
+                f"{int(np.sum(outside))} outside, the first at fiberId "
+                f"{N_FIBERS - int(np.asarray(results.fiber_index)[first])}"
+            )
     for name in ("n_fit_pixels", "n_iter"):
         values = getattr(results, name)
         if values is not None and np.any(np.asarray(values) < 0):

@@ -640,7 +640,13 @@ def test_unflagged_nan_and_values_out_of_range_are_refused_written_or_read(tmp_p
     cases = {
         "rate": ("chips", "R/dimage", (5, 6), np.nan, "a flag wherever a value is NaN"),
         "chi2": ("chips", "R/chisqimage", (5, 6), np.inf, "a flag wherever a value is NaN"),
-        "ivar": ("chips", "R/ivarimage", (5, 6), -1.0, "values >= 0, found 1 below 0"),
+        "ivar": (
+            "chips",
+            "R/ivarimage",
+            (5, 6),
+            -1.0,
+            r"values >= 0, found 1 below 0, the first at index \(5, 6\)",
+        ),
         "omega": ("fibers", "fibers/R/omega", (0, 3), np.nan, "a flag wherever a value is NaN"),
         "p_value": ("fibers", "fibers/R/p_value", (0,), 7.0, "probabilities in 0..1"),
     }
@@ -663,9 +669,9 @@ def test_unflagged_nan_and_values_out_of_range_are_refused_written_or_read(tmp_p
                 read_product(bad)
             # The dataset is named (it said only the group, "R: ... found expected ...").
             assert f"{field}: expected" in str(error.value), str(error.value)
-            if name == "omega":  # a fiber's row by its fiberId, not the table's row index
+            if name in ("omega", "p_value"):  # a fiber's row by its fiberId, not its index
                 with h5py.File(bad) as handle:
-                    row = np.argwhere(np.isnan(handle["fibers/R/omega"][()]))[0][0]
+                    row = index[-1]  # the h5py row of the stored (K, n) table
                     fiber = int(handle["fibers/R/fiberId"][row])
                 assert f"the first at fiberId {fiber}" in str(error.value), str(error.value)
     counted = dataclasses.replace(fibers, n_iter=np.array([3, -1, 2, 2, 2]))
