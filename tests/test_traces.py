@@ -247,7 +247,7 @@ def test_check_geometry_names_the_problem():
     with pytest.raises(InputError, match="y-centers") as error:
         traces.check_geometry(ny=12, nx=16)
     # Fiber index 1 (fiberId 299) at row 16.6 is the first outside, said 0-based in memory ...
-    assert "[0, 11] (0-based)" in str(error.value)
+    assert "rows, -0.5 to 11.5 (0-based)" in str(error.value)  # pixel edges: within half a row
     assert "16 outside, the first 16.6 (fiberId 299, column 0)" in str(error.value)
 
 
@@ -256,7 +256,7 @@ def test_check_geometry_says_a_trace_file_s_centers_1_based(tmp_path):
     path = write_trace_file(tmp_path / "traceMain_apo_60781_R.h5", straight_traces(2, 16))
     with pytest.raises(InputError, match="y-centers") as error:
         read_trace_file(path).check_geometry(ny=12, nx=16, source=str(path))
-    assert "[1, 12] (1-based, as in the file)" in str(error.value)
+    assert "rows, 0.5 to 12.5 (1-based, as in the file)" in str(error.value)
     assert "the first 17.6 (fiberId 299, column 0)" in str(error.value)
 
 

@@ -340,7 +340,9 @@ class Traces:
             raise InputError(
                 source,
                 "trace y-centers",
-                f"rows inside the chip's [{base}, {ny - 1 + base}] ({convention})",
+                # The pixels' edges: a center within half a row of the first or last row.
+                f"centers within the chip's rows, {base - 0.5:g} to {ny - 0.5 + base:g} "
+                f"({convention})",
                 f"{int(outside.sum())} outside, the first {first:.1f} "
                 f"(fiberId {int(fiber_id(fiber))}, column {column})",
             )
