@@ -264,15 +264,16 @@ def refcorr_inplace(
     # The mean read, summed read by read (no float64 copy of the cube), over the finite reads
     # of each pixel: a NaN read spoils that read only.
     mean = np.zeros(reads.shape[1:])
-    count = np.zeros(reads.shape[1:], dtype=np.int64)
+    count = np.zeros(reads.shape[1:], dtype=np.uint16) if reads.dtype.kind == "f" else None
     for frame in reads:
-        if reads.dtype.kind == "f":
-            finite = np.isfinite(frame)
-            mean += np.where(finite, frame, 0.0)
-            count += finite
-        else:
+        if count is None:  # integer reads (a raw .apz): all finite
             mean += frame
-            count += 1
+            continue
+        finite = np.isfinite(frame)
+        mean += np.where(finite, frame, 0.0)
+        count += finite
+    if count is None:
+        count = reads.shape[0]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean /= count  # NaN where a pixel has no finite read
     added = 0.0
