@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 __all__ = ["SELECT_PAD", "GuiderComparison", "compare"]
 
 SELECT_PAD = 90.0  # s of guider frames kept beyond the exposure (and the lag range)
+#: The chi2 rise, per fiber, that the lag profile must show across the search range for the
+#: guider to constrain the lag at all. Under a steady sky the profile is noise: its range was
+#: 8-22 for one fiber in 8 simulations (a false clock verdict in 28 of 40 before this test), and
+#: it grows with the fibers, which share the guider's noise; a passing cloud gave 1.4e5.
+LAG_EVIDENCE = 50.0
 #: The most steps of the lag grid (``2 lag_range / lag_step``): 240 at the defaults.
 MAX_LAG_STEPS = 100_000
 
@@ -506,8 +511,18 @@ def compare(
             else (grid[best], grid_chi2[best])
         )
         total_dof = max(int(np.sum(n_used - 1) - 1), 1)
-        threshold = chi2_min + max(1.0, chi2_min / total_dof)
-        lag_err = _lag_error(total_chi2, grid, grid_chi2, lag, threshold, optimize)
+        inflation = max(1.0, chi2_min / total_dof)
+        # The fibers' chi2 are summed, but they share the guider curve and its noise: counted
+        # as independent, the error shrank as 1 / sqrt(fibers) (17 times too small for 300
+        # where the guider's noise rules). The error is therefore where the sum rises by one
+        # per fitted fiber, the error of one fiber's lag: right where the guider's noise
+        # rules, too large by up to sqrt(fibers) where omega's does.
+        n_fibers = max(int(np.count_nonzero(n_used > 1)), 1)
+        threshold = chi2_min + n_fibers * inflation
+        if np.nanmax(grid_chi2) - chi2_min < LAG_EVIDENCE * n_fibers * inflation:
+            lag_err = math.inf  # a steady sky: the profile is noise, its minimum anywhere
+        else:
+            lag_err = _lag_error(total_chi2, grid, grid_chi2, lag, threshold, optimize)
         clock = _clock_verdict(lag, lag_err, tai_utc)
         if not np.isfinite(lag_err):
             flags.append("lag-unconstrained")

@@ -49,7 +49,13 @@ def _header_read_times(header: Mapping, n_reads: int | None, timesys: str | None
     if stated > 0 and stated < n_reads:
         raise InputError("<header>", "NREAD", f"at least the {n_reads} reads of the omega "
                          "compared (the same exposure)", f"{stated:g}")  # fmt: skip
-    times = read_times_from_header(header, n_reads, timesys=timesys, default_intdelay=0.0)
+    reads = n_reads
+    if n_reads is not None and stated > n_reads:
+        # The omega of an ar3Dcal product covers the last n_reads (the first were dropped): its
+        # windows start there, not at the first read (every window was shifted by the dropped
+        # reads' time).
+        reads = np.arange(int(stated) - n_reads, int(stated))
+    times = read_times_from_header(header, reads, timesys=timesys, default_intdelay=0.0)
     if times.size < MIN_READS:
         raise InputError("<header>", "NREAD", f"at least {MIN_READS} reads", repr(times.size))
     return times.tai

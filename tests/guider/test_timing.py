@@ -72,3 +72,13 @@ def test_an_implausible_intdelay_is_refused_naming_the_card():
     header = {"DATE-OBS": "2025-04-20T04:00:00", "INTOFF": 10647, "INTDELAY": 2e6}
     with pytest.raises(InputError, match="INTDELAY: expected a delay of at most 1e6 s"):
         read_times_from_header(header, 3)
+
+
+def test_a_header_of_more_reads_gives_the_last_ones():
+    """An ar3Dcal product's omega covers the last reads (ApogeeReduction.jl drops the first):
+    the raw header's times started at its first read, shifting every window by the dropped
+    reads' time."""
+    header = {"DATE-OBS": "2025-05-01T04:00:00", "TIMESYS": "TAI", "INTOFF": 10647, "NREAD": 47}
+    times, _ = exposure_read_times(header, n_reads=46)
+    whole, _ = exposure_read_times(header, n_reads=47)
+    assert times.size == 46 and (times - whole[1:]).sec.max() == 0.0
