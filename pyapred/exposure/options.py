@@ -590,12 +590,12 @@ def _conflict(values: dict) -> tuple[str, str] | None:
         return "correct_1f", "no nuisance term with chromatic (the chromatic fit has no offsets)"
     if values.get("chromatic") and values.get("model") == "constant":
         return "chromatic", "no chromatic fit with the constant model forced on every fiber"
-    columns = values.get("segment_columns", _field("segment_columns").default)
+    default = _field("segment_columns").default
     nuisance = str(values.get("correct_1f", "none")).endswith("nuisance")
-    if columns != _field("segment_columns").default and not nuisance:  # it did nothing, silently
+    if values.get("segment_columns", default) != default and not nuisance:  # it did nothing
         return "segment_columns", (
-            f"the default {_field('segment_columns').default} without a nuisance route "
-            "(correct_1f ...nuisance): the segments are the nuisance offsets'"
+            f"the default {default} without a nuisance route (correct_1f ...nuisance): the "
+            "segments are the nuisance offsets'"
         )
     most, least = values.get("max_fit_pixels"), values.get("min_fit_pixels", 20)
     if most is not None and isinstance(least, int) and most < least:  # no fiber would be fitted
