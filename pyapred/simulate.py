@@ -551,12 +551,13 @@ def simulation_bytes(
     ``benchmarks/bench_simulate.py``); plus :func:`~pyapred.noise.hxrg.simulate_hxrg_bytes` for
     the 1/f noise of one chip (3.77 GB measured with it at 20 reads, 3.7 estimated).
     """
-    cube = n_reads * chip_rows(n_fibers) * (n_columns + ref_columns) * 4
+    ny = chip_rows(n_fibers)
+    cube = n_reads * ny * (n_columns + ref_columns) * 4
     total = 2.5 * cube if streamed else 3.1 * n_chips * cube
     if one_over_f is not None:
         from .noise.hxrg import simulate_hxrg_bytes
 
-        total += simulate_hxrg_bytes(n_reads, one_over_f, rows=slice(0, chip_rows(n_fibers)))
+        total += simulate_hxrg_bytes(n_reads, one_over_f, rows=slice(0, ny))
     return int(total)
 
 

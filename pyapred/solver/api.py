@@ -966,13 +966,10 @@ def fit_omega(
         per_segment = np.isfinite(res["offsets"]).sum(axis=2)
         free_omega = np.maximum(res["has_data"].sum(axis=1) - 1, 0)
         dof = dof - np.maximum(per_segment - 1, 0).sum(axis=1) - free_omega
-        degenerate = (dof <= 0) & fit_pixel.any(axis=1)
-        report["stop_reason"] = np.where(
-            degenerate & res["converged"], StopReason.BREAKDOWN, report["stop_reason"]
+        res["converged"], report["stop_reason"] = _degenerate(
+            (dof <= 0) & fit_pixel.any(axis=1), res["converged"], report["stop_reason"]
         )
-        res["converged"] = res["converged"] & ~degenerate
-    with np.errstate(invalid="ignore", divide="ignore"):
-        inflation = np.where(dof > 0, np.sqrt(np.nansum(res["chi2"], axis=1) / dof), np.nan)
+    inflation = _inflation(res["chi2"], dof)
     group_flags = np.zeros(G, dtype=np.int64)
     group_flags[~res["converged"]] |= Flag.NOT_CONVERGED
     group_flags[~res["has_data"].all(axis=1)] |= Flag.OMEGA_ELEMENT_NO_DATA
@@ -1244,9 +1241,7 @@ def fit_omega_chromatic(
         # too, which a group of 20-50 pixels does not make negligible (the p-values came out
         # too small there, 11 % below 0.05 under the null at 20 pixels and 20 differences).
         resid_dof = dof_pix - res["free"].sum(axis=1)
-        inflation = np.where(
-            resid_dof > 0, np.sqrt(np.nansum(res["chi2"], axis=1) / resid_dof), np.nan
-        )
+        inflation = _inflation(res["chi2"], resid_dof)
         achromatic = np.where(fit_pixel, grouped(start.chi2), 0.0).sum(axis=1)
         delta = achromatic - np.where(fit_pixel, res["chi2"], 0.0).sum(axis=1)
         dof = res["free"][:, K:].sum(axis=1).astype(np.int64)
@@ -1269,11 +1264,10 @@ def fit_omega_chromatic(
     # A group with nothing to fit is EMPTY_GROUP with its omega elements NaN, not unconverged:
     # fit_omega's flags for it. One with no degrees of freedom left (fewer differences than
     # fluxes, omega and gamma elements) fits its data exactly whatever they are: degenerate.
-    degenerate = nonempty & (resid_dof <= 0)
-    stop_reason = np.where(
-        degenerate & res["converged"], StopReason.BREAKDOWN, res["stop_reason"]
-    ).astype(np.int64)
-    converged = (res["converged"] & ~degenerate) | ~nonempty
+    converged, stop_reason = _degenerate(
+        nonempty & (resid_dof <= 0), res["converged"], res["stop_reason"]
+    )
+    converged = converged | ~nonempty
     group_flags = np.zeros(G, dtype=np.int64)
     group_flags[~converged] |= Flag.NOT_CONVERGED
     group_flags[undetermined.any(axis=1)] |= Flag.OMEGA_ELEMENT_NO_DATA
@@ -1314,6 +1308,21 @@ def _chromatic_backend(backend: str = "numpy"):
     from . import _chromatic
 
     return _chromatic
+
+
+def _inflation(chi2: np.ndarray, dof: np.ndarray) -> np.ndarray:
+    """Error-inflation factor ``sqrt(sum chi2 / dof)`` per group of ``chi2 (G, P)``; NaN where
+    no degrees of freedom are left."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(dof > 0, np.sqrt(np.nansum(chi2, axis=1) / dof), np.nan)
+
+
+def _degenerate(degenerate, converged, stop_reason) -> tuple[np.ndarray, np.ndarray]:
+    """``(converged, stop_reason)`` with the ``degenerate`` groups (no degrees of freedom left:
+    the model fits any data exactly) not converged, stop reason ``BREAKDOWN`` where the
+    iteration had ended as converged. New arrays: the Julia bridge's may be read-only."""
+    reason = np.where(degenerate & converged, StopReason.BREAKDOWN, stop_reason)
+    return converged & ~degenerate, reason.astype(np.int64)
 
 
 def _convergence_report(res: dict, nonempty: np.ndarray) -> dict:
