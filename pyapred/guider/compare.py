@@ -74,13 +74,16 @@ class GuiderComparison:
         Least-squares factor with ``omega ~ scale * guider``, weighted by omega's covariance plus
         the guider's; the error includes that of the guider's normalisation (its peak window).
     correlation : ndarray
-        Pearson correlation of omega and the guider over the used elements.
+        Pearson correlation of omega and the guider over the used elements; NaN where it is
+        undefined: fewer than 3 used elements, or omega or the guider constant over them (a
+        steady sky without guider noise).
     chi2, dof, chi2_dof, p_value : ndarray
         Of the scaled fit; ``dof = n_used - 1``.
     residual_rms : ndarray
         RMS of ``omega - scale * guider``.
     explained_variance : ndarray
-        ``1 - var(residual) / var(omega)``: the part of omega's variance the guider explains.
+        ``1 - var(residual) / var(omega)``: the part of omega's variance the guider explains
+        (NaN where omega is constant over the used elements).
     disagree : ndarray of bool
         ``p_value < alpha``: the two differ beyond their errors.
     lag, lag_err : float
@@ -552,7 +555,8 @@ def compare(
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a fiber without used windows: NaN
         residual_rms = np.sqrt(np.nanmean(np.where(used, residual**2, np.nan), axis=1))
-        explained = 1.0 - np.nanvar(residual, axis=1) / np.nanvar(omega, axis=1)
+        spread = np.nanvar(omega, axis=1)
+        explained = np.where(spread > 0, 1.0 - np.nanvar(residual, axis=1) / spread, np.nan)
     disagree = np.nan_to_num(p_value, nan=1.0) < alpha
     if disagree.any():
         flags.append("disagree")

@@ -30,6 +30,12 @@ def describe(path: str | Path, *, full: bool = False) -> str:
         Every dataset and metadata key of an HDF5 file (``pyapred inspect --full``); by default
         a summary: per chip its images, per fiber group its models, and the key metadata.
 
+    Returns
+    -------
+    str
+        The description; for an HDF5 product that :func:`~pyapred.io.read_product` refuses, a
+        last line with its reason (the structure is still described).
+
     Raises
     ------
     InputError
@@ -43,10 +49,26 @@ def describe(path: str | Path, *, full: bool = False) -> str:
     if path.suffix == ".npz":
         return _describe_npz(path)
     try:
-        return _describe_hdf5(path) if full else _summarize_hdf5(path)
+        text = _describe_hdf5(path) if full else _summarize_hdf5(path)
     except (KeyError, AttributeError, TypeError) as exc:  # a dangling link, an odd structure
         raise InputError(path, "HDF5 structure", "groups and datasets that can be read",
                          f"{type(exc).__name__}: {exc}") from None  # fmt: skip
+    return text + _product_verdict(path)
+
+
+def _product_verdict(path: Path) -> str:
+    """A line saying why the product readers refuse an HDF5 product (a wrong format version, a
+    NaN without its flag), or nothing: inspect describes a damaged product's structure, which
+    is what one needs to see, but must not pass it for a readable one."""
+    with open_h5(path) as handle:
+        if handle.attrs.get("pyapred_product_format") is None:
+            return ""
+    try:
+        read_product(path, images=False)
+    except InputError as exc:
+        reason = str(exc).removeprefix(f"{exc.path}: ")  # the path heads the description
+        return f"\n  not readable as a product (read_product, fit --config, guider): {reason}"
+    return ""
 
 
 #: FITS BITPIX -> the type it holds (BZERO 2**15, 2**31 or 2**63: the unsigned type).

@@ -68,6 +68,17 @@ def test_an_omega_that_does_not_rise_with_the_guider_is_flagged_and_drawn(sky, t
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_constant_omega_has_no_correlation_or_explained_variance(sky):
+    """Both undefined (NaN, documented); the explained variance was -inf (divided by 0)."""
+    omega = np.ones_like(np.asarray(sky.fit.omega, dtype=float))
+    source = SimpleNamespace(omega=omega, omega_cov=sky.fit.omega_cov)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = guider.compare(source, sky.frames, read_times=exposure_header())
+    assert np.isnan(result.correlation[0]) and np.isnan(result.explained_variance[0])
+    assert np.isfinite(result.scale[0]) and "disagree" in result.flags
+
+
 def test_guider_results_have_short_reprs(sky):
     """A line or a few, never whole arrays (they were the dataclasses' full reprs: 2-40 kB)."""
     series = guider.guider_series(sky.frames)

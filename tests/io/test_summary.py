@@ -217,3 +217,21 @@ def test_full_listing_says_links_and_those_that_cannot_be_followed(tmp_path):
     assert "  data: float64" in text and "  group/alias: a link to /data" in text.splitlines()
     assert "  loop: a link to /loop (that cannot be followed" in text
     assert "  gone: a link to /nothing (that cannot be followed" in text
+
+
+def test_inspect_says_why_the_readers_refuse_an_hdf5_product(tmp_path, capsys):
+    """It summarised them (a wrong format version) as if they were readable products: their
+    structure is described, with the readers' reason (FITS products were already checked)."""
+    import h5py
+
+    ones = np.ones((3, 5))
+    product = write_product(
+        tmp_path / "p.h5", chips={"B": ChipImages(ones, ones, ones, ones.astype(int))}
+    )
+    with h5py.File(product, "r+") as handle:
+        handle.attrs["pyapred_product_format"] = 99
+    for full in ([], ["--full"]):
+        assert main(["inspect", *full, str(product)]) == EXIT_OK
+        last = capsys.readouterr().out.splitlines()[-1]
+        assert last.startswith("  not readable as a product (read_product, fit --config, ")
+        assert "guider): attribute pyapred_product_format: expected product format 1 or 2" in last
