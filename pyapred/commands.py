@@ -333,6 +333,11 @@ def demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--chips", type=_chip_letters, default="RGB", help="chips to simulate (default RGB)"
     )
     parser.add_argument("--joint-chips", action="store_true", help="fit omega over all chips")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an earlier product.h5 and simulated files in --out (plots are always "
+        "replaced)",
+    )  # fmt: skip
 
 
 def demo_run(args: argparse.Namespace) -> int:
@@ -354,8 +359,11 @@ def demo_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pyapred-demo-"))
     writable_folder(out)  # before the work
     # What it writes there, checked before the work too (a FIFO at product.h5, or --log's file
-    # there, was refused after the simulation and the fit, its data/ left behind).
-    check_output_path(out / "product.h5", "--out", overwrite=True)
+    # there, was refused after the simulation and the fit, its data/ left behind). A product or
+    # raw file already there is replaced only with --overwrite, as in fit and simulate (a
+    # product.h5 of the user's own was replaced without a word); plots, as fit --plots's, are.
+    for path in (out / "product.h5", *_simulated_files(out / "data", "apo", args.chips, 60781, 1)):
+        check_output_path(path, "--out", overwrite=args.overwrite)
     for folder in ("data", "plots"):
         check_output_path(out / folder, "--out", folder=True)
     start = time.perf_counter()

@@ -310,6 +310,26 @@ def test_demo_checks_what_it_writes_before_the_work(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["product.h5"]
 
 
+def test_demo_replaces_a_product_or_raw_file_only_with_overwrite(tmp_path, capsys):
+    """A ``product.h5`` of the user's own in ``--out`` was replaced without a word (fit and
+    simulate refused it without ``--overwrite``)."""
+    out = tmp_path / "o"
+    (out / "data").mkdir(parents=True)
+    argv = ["demo", "--out", str(out), "--fibers", "4", "--columns", "16", "--reads", "3",
+            "--chips", "R"]  # fmt: skip
+    for name in ("product.h5", "data/apR-a-52190001.apz"):
+        (out / name).write_bytes(b"mine")
+        assert main(argv) == 2
+        assert f"{name}: --out: expected" in capsys.readouterr().err
+        assert (out / name).read_bytes() == b"mine"
+        assert sorted(p.name for p in out.rglob("*")) == sorted(["data", name.split("/")[-1]])
+        (out / name).unlink()
+    assert main(argv) in (0, 1)
+    capsys.readouterr()
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err  # a second run
+    assert main([*argv, "--overwrite"]) in (0, 1)
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
