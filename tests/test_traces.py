@@ -337,7 +337,7 @@ def test_traces_from_memory_have_no_provenance():
     params = np.ones((4, 5, 3))  # Julia [x, fiberIndx, p]
     params[:, :, 0] = 3.0
     params[:, :, 1] = 10.0 + 7.0 * np.arange(5)  # rising with the fiber index
-    assert Traces.from_trace_params(params).height.shape == (5, 4)
+    assert Traces.from_trace_params(params, telescope=None).height.shape == (5, 4)
 
 
 def assert_trace_error(path, field, *words):

@@ -204,8 +204,9 @@ A pixel cut by `last_unsaturated` is flagged `SATURATED`, not `NONFINITE_READ`; 
 
 Pixels that `gain_mat` leaves without a gain (NaN or 0: ApogeeReduction copies the gain file's
 bad pixels into it, and skips them for its median) get that median as their gain and no usable
-read in the stages (`NONFINITE_READ`), as pyapred's `load_chip` does with an ar3Dcal file; they
-keep the constant fit's values.
+read in the stages (`NONFINITE_READ`), as pyapred's `load_chip` does with an ar3Dcal file; with
+`traces` their `dimage`, `ivarimage`, `chisqimage` and `n_diff` are 0 (the constant fit's
+`rates`, `ivars`, `chi2s` stay NaN there).
 
 # Returns
 A NamedTuple:
@@ -275,6 +276,11 @@ function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,
             v = result.flux_var[x, y]
             ivarimage[x, y] = isfinite(v) && v > 0 ? 1.0 / v : 0.0
             chisqimage[x, y] = result.chi2[x, y]
+        elseif uncalibrated[x, y]
+            # No gain, so no constant fit either (its rate is NaN): nothing usable, 0, the
+            # pixel flagged NONFINITE_READ by the stages.
+            dimage[x, y] = ivarimage[x, y] = chisqimage[x, y] = 0.0
+            n_diff[x, y] = 0
         end
         last = last_unsaturated[x, y]
         # The ramp was cut after `last`: saturation, not a non-finite read of the detector (nor

@@ -72,13 +72,15 @@ function fpi_fibers(telescope, n_fibers::Integer)
 end
 
 """
-    traces_from_params(trace_params; telescope = nothing)
+    traces_from_params(trace_params; telescope)
 
 [`Traces`](@ref) from ApogeeReduction.jl's `trace_params` or `regularized_trace_params`
 (`traceMain_*` files): `(n_columns, n_fibers, 3)` with p = height, 1-based y-center, Gaussian
-sigma. `telescope` (`"apo"` or `"lco"`) marks its FPI fibers as excluded.
+sigma. `telescope` (`"apo"` or `"lco"`) marks its FPI fibers as excluded; it is required, since
+a forgotten one would fit the FPI fibers as steady bright fibers, which set the reference read
+and the borrowed omega of the others (`nothing`: no FPI fiber, for a simulated geometry).
 """
-function traces_from_params(trace_params::AbstractArray{<:Real, 3}; telescope = nothing)
+function traces_from_params(trace_params::AbstractArray{<:Real, 3}; telescope)
     size(trace_params, 3) == 3 ||
         throw(ArgumentError("trace_params: expected (n_columns, n_fibers, 3), got size $(size(trace_params))"))
     n_fibers = size(trace_params, 2)

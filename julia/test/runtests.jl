@@ -435,6 +435,9 @@ end
         @test patched.pixel_flags[20, 4] & NONFINITE_READ != 0
         @test patched.pixel_flags[21, 4] & NONFINITE_READ != 0
         @test patched.stages.results[1].n_diff[20, 4] == 0
+        # Nothing usable there, and no NaN reaches the ar2D images (the constant fit's was NaN).
+        @test patched.dimage[20, 4] == patched.ivarimage[20, 4] == patched.chisqimage[20, 4] == 0
+        @test patched.n_diff[21, 4] == 0 && all(isfinite, patched.dimage)
         @test patched.model == [MODEL_TIME_VARIABLE]
         # A gain map with no gain at all: refused by the patching itself (its message), not by a
         # later check of NaN gains.

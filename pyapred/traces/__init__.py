@@ -233,9 +233,7 @@ class Traces:
         return self.y_center.shape[1]
 
     @classmethod
-    def from_trace_params(
-        cls, params, *, telescope: str | None = None, one_based: bool = True
-    ) -> Traces:
+    def from_trace_params(cls, params, *, telescope: str | None, one_based: bool = True) -> Traces:
         """Traces from ApogeeReduction.jl ``trace_params`` (``traceMain`` files).
 
         Parameters
@@ -244,8 +242,11 @@ class Traces:
             Julia's ``trace_params[x, fiberIndx, p]`` with p = height, y-center, sigma. The
             reversed ``(3, n_fibers, n_columns)`` layout in which h5py shows the dataset is
             accepted too. The heights are kept in :attr:`height`.
-        telescope : {"apo", "lco"}, optional
-            Marks that telescope's FPI fibers as excluded.
+        telescope : {"apo", "lco"} or None
+            Marks that telescope's FPI fibers as excluded. Required (as in APRampFit's
+            ``traces_from_params``): a forgotten one would fit the FPI fibers as steady bright
+            fibers, which set the reference read and the borrowed omega of the others. None: no
+            FPI fiber (a simulated geometry).
         one_based : bool, optional
             Whether the y-centers are 1-based (ApogeeReduction.jl); default True.
         """
