@@ -138,3 +138,39 @@ def test_frames_whose_integrations_overlap_are_dropped_not_fitted(tmp_path):
     series = guider.guider_series(tmp_path)
     assert len(series) == 5
     assert series.dropped == ((str(copy), "its integration overlaps an earlier frame's by 15 s"),)
+
+
+def test_transparency_errors_pool_the_stars_scatter_over_neighbouring_frames(tmp_path):
+    """One frame's MAD of 30 stars scattered by about 20 % (omega's chi2/dof against a noisy
+    guider curve 1.13-1.16): pooled over 9 frames, the errors scatter by under 13 % about the
+    standard error of a median, and the frames' z-scores against the truth have std near 1."""
+    from .scenario import OFFSET, transparency, write_frames
+
+    zp_noise, n_stars = 0.01, 30
+    ratios, z = [], []
+    for seed in range(6):
+        folder = tmp_path / str(seed)
+        write_frames(folder, np.random.default_rng(900 + seed), zp_noise=zp_noise,
+                     n_stars=n_stars)  # fmt: skip
+        series = guider.guider_series(folder)
+        t = (series.start - (START - OFFSET * u.s)).sec
+        truth = np.array([np.mean(transparency(np.linspace(a, a + 15, 201) - OFFSET)) for a in t])
+        expected = 1.2533 * 0.4 * np.log(10) * zp_noise / np.sqrt(n_stars) * truth
+        ratios.append(series.transparency_err / expected)
+        ratio = series.transparency / truth
+        z.append((ratio / np.median(ratio) - 1) * truth / series.transparency_err)
+    ratios, z = np.concatenate(ratios), np.concatenate(z)
+    assert 0.9 < ratios.mean() < 1.05 and ratios.std() < 0.13  # was 0.21 frame by frame
+    assert 0.93 < z.std() < 1.03
+
+
+def test_a_frame_of_one_star_borrows_its_neighbours_scatter(tmp_path):
+    """Its error was 0 (no scatter of its own): the guider treated as exact there."""
+    from pyapred.guider.fiber_flux import _transparency
+
+    rng = np.random.default_rng(3)
+    ids = [np.arange(20)] * 5 + [np.arange(1)] + [np.arange(20)] * 5
+    zps = [25.0 + rng.normal(0.0, 0.01, i.size) for i in ids]
+    transparency, error, n_stars = _transparency(ids, zps)
+    assert n_stars[5] == 1 and error[5] > 0
+    assert error[5] == pytest.approx(error[4] * np.sqrt(20), rel=0.3)
