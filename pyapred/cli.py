@@ -278,6 +278,9 @@ def _check_log_path(args: argparse.Namespace) -> Path:
                 raise InputError(log, "--log", f"a name no input is read under (not {log.suffix})",
                                  f"a file in the input folder {text}")  # fmt: skip
     path = check_output_path(log, "--log", overwrite=True)
+    # What this run makes, to be removed again if the run refuses the log's name itself.
+    missing = [p for p in (path.absolute(), *path.absolute().parents) if not p.exists()]
+    args.log_made = tuple(missing)  # the file, then the folders made for it, innermost first
     path.parent.mkdir(parents=True, exist_ok=True)  # the log records the run from its start
     if path.is_file() and path.stat().st_size:
         with open(path, "rb") as handle:
@@ -544,6 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = command_name(args)
     start = time.perf_counter()
+    refused_log = False
     try:
         with _output(args) as log:
             run_log = logging.getLogger(_FILE_ONLY[0])
@@ -558,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except InputError as exc:
                 log.error("pyapred %s: error: %s", command, exc)
                 code = EXIT_BAD_INPUT
+                refused_log = _names_the_log(exc, args)
             except OSError as exc:  # the last resort: a path that could not be read or written
                 where = exc.filename if exc.filename is not None else "a file"
                 reason = exc.strerror or str(exc)
@@ -570,10 +575,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.error("pyapred %s: interrupted%s%s", command, by, kept)
                 code = EXIT_INTERRUPTED
             run_log.info("exit code %d after %.1f s", code, time.perf_counter() - start)
-            return code
     except InputError as exc:  # --log itself is bad: nothing has run
         print(f"pyapred {command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if refused_log:
+        _remove_made(getattr(args, "log_made", ()))
+    return code
+
+
+def _names_the_log(exc: InputError, args: argparse.Namespace) -> bool:
+    """Whether a refusal is of ``--log``'s own name (a plot's, a product's, ``--out``'s): the
+    log this run started there is then removed, so that the refused name holds nothing (a text
+    log named ``omega_R.png``, or like a product, was left)."""
+    made = getattr(args, "log_made", ())
+    if not made:
+        return False
+    with contextlib.suppress(OSError):
+        return Path(exc.path).absolute() == made[0] or os.path.samefile(exc.path, made[0])
+    return False
+
+
+def _remove_made(made: Sequence[Path]) -> None:
+    """Remove the log file and the folders made for it (each only if it is still empty)."""
+    with contextlib.suppress(OSError):
+        made[0].unlink()
+    for folder in made[1:]:
+        try:
+            folder.rmdir()
+        except OSError:  # something else was written there: kept
+            break
 
 
 if __name__ == "__main__":  # pragma: no cover

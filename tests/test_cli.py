@@ -388,6 +388,21 @@ def small_fit(tmp_path):
     return ["fit", str(paths["apz"][0]), "--traces", str(paths["traces"][0])]
 
 
+def test_a_log_refused_for_its_name_leaves_nothing_there(small_fit, tmp_path, capsys):
+    """``--log`` named like one of the run's plots is refused, but the log it had started was
+    left: a text file named ``omega_R.png`` in a folder made for it. An earlier log is kept."""
+    plots = tmp_path / "new" / "plots"
+    log = plots / "omega_R.png"
+    argv = [*small_fit, "--out", str(tmp_path / "p.h5"), "--plots", str(plots)]
+    assert main([*argv, "--log", str(log)]) == 2
+    assert "--log: expected a name that no plot in" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    plots.mkdir(parents=True)
+    log.write_text("2026-01-01 00:00:00,000 INFO pyapred.run: an earlier run\n")
+    assert main([*argv, "--log", str(log)]) == 2
+    assert log.read_text().startswith("2026-01-01 00:00:00,000 INFO pyapred.run: an earlier")
+
+
 def test_file_names_that_are_not_utf8_are_printed_and_logged(small_fit, tmp_path, capsys):
     """A name's undecodable bytes (held as surrogates) reach the summary and the log: with
     ``--quiet`` the summary went to a strict devnull and failed after the fit, and the log

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exposure",
         type=text_argument,
-        help="apR-*.apz (or FITS header) giving the read times, if the product lacks them",
+        help="apR-*.apz (or a FITS header) giving the read times, if the product lacks them",
     )
     parser.add_argument("--lag", action="store_true", help="fit a time lag within +-60 s")
     parser.add_argument("--out", required=True, help="figure to write (PNG)")
@@ -101,6 +101,33 @@ def _parse_fibers(text: str | None) -> list[int] | None:
     if not fibers:
         raise ValueError(text)
     return fibers
+
+
+def _exposure_times(path, n_reads: int, timesys: str | None):
+    """The read times of ``--exposure`` that an omega over ``n_reads`` reads covers.
+
+    An ``.apz`` is read as ``pyapred fit`` reads it (:func:`~pyapred.io.read_apz`, one row of
+    each read decoded): the reads its HDUs hold, not a wrong ``NREAD`` (a file missing its
+    last frames shifted every window by their time), each read's own ``DATE-OBS``, a read
+    missing mid-file refused; the omega covers its last ``n_reads`` (an ar3Dcal product drops
+    the first ones). Another FITS file: its header (``DATE-OBS``, ``INTOFF``, ``NREAD``).
+    """
+    from types import SimpleNamespace
+
+    from ..io.apz import read_apz
+
+    if Path(path).suffix != ".apz":
+        return _exposure_header(path)
+    raw = read_apz(path, rows=slice(0, 1))
+    held = raw.n_reads_in_file
+    if held < n_reads:
+        raise InputError(path, "reads", f"at least the {n_reads} reads of the omega compared "
+                         "(the same exposure)", f"{held}")  # fmt: skip
+    if timesys is not None:  # the times again from the header, in the scale asked for
+        header = raw.header.copy()
+        header["NREAD"] = held
+        return header
+    return SimpleNamespace(read_times=raw.read_times[held - n_reads :], header=raw.header)
 
 
 def _exposure_header(path) -> fits.Header:
@@ -178,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(args.product, "omega", "--fibers with a fitted omega", found)
     read_times = None
     if args.exposure:
-        read_times = _exposure_header(args.exposure)
+        n_reads = np.shape(data["omega"])[-1] + 1
+        read_times = _exposure_times(args.exposure, n_reads, args.timesys)
     elif data["read_times"] is None and not data["header"]:
         raise InputError(
             args.product, "metadata DATE-OBS, INTOFF", "the exposure's read times",

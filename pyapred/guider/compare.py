@@ -87,8 +87,9 @@ class GuiderComparison:
     disagree : ndarray of bool
         ``p_value < alpha``: the two differ beyond their errors.
     lag, lag_err : float
-        Best time lag (s; 0 and NaN when not fitted) and its 1-sigma error (from
-        ``Delta chi2 = max(1, chi2/dof)``; inf when the lag is not constrained).
+        Best time lag (s; 0 and NaN when not fitted) and its 1-sigma error (where the summed
+        chi2 rises by ``max(1, chi2/dof)`` per fiber). When the lag is not constrained (flag
+        ``lag-unconstrained``) it is not applied: 0, with an error of inf.
     lag_grid, lag_chi2 : ndarray or None
         Total chi2 over the lag grid.
     tai_minus_utc : float
@@ -529,6 +530,10 @@ def compare(
         clock = _clock_verdict(lag, lag_err, tai_utc)
         if not np.isfinite(lag_err):
             flags.append("lag-unconstrained")
+            # Not applied: a minimum the guider does not pin down (a steady sky, a profile
+            # open on one side) moved the windows off the frames (a lone frame: lag -59.7 s,
+            # every statistic NaN) where the clock as given had them.
+            lag = 0.0
         if clock in ("date-obs-is-tai", "date-obs-is-utc", "unexplained"):
             flags.append("clock-offset")
 
@@ -566,7 +571,7 @@ def compare(
     # agreeing nor disagreeing, said so.
     with np.errstate(invalid="ignore"):
         determined = np.isfinite(p_value) & (scale > 0) & (scale < np.inf)
-    if ((used.sum(axis=1) > 0) & ~determined).any():
+    if (has_data.any(axis=1) & ~determined).any():  # covered or not: a NaN scale is said so
         flags.append("fit-undetermined")
     chromatic = {}
     if data.gamma is not None:
@@ -642,7 +647,12 @@ def _gamma_comparison(data, series, matrix, covered, special) -> dict:
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if x.size < 3 or np.std(x) == 0 or np.std(y) == 0:
+    # Constant to rounding counts as constant: a seeing-only curve under steady seeing, a
+    # spline through equal values, gave r of 0.45 or -0.10 from its last bits.
+    def constant(v):
+        return not np.std(v) > 1e-12 * np.max(np.abs(v))
+
+    if x.size < 3 or constant(x) or constant(y):
         return math.nan
     return float(np.corrcoef(x, y)[0, 1])
 

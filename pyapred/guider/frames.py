@@ -42,6 +42,9 @@ __all__ = [
 
 TIME_SCALES = ("TAI", "UTC", "TT")  # TIMESYS values understood in guider files
 SENTINEL = -900.0  # SDSS writes -999 (and -99999.9) for "no value"
+#: The largest zero point (mag) taken as one: a star's value of 1e10 overflowed the
+#: transparency (10**(0.4 dzp)) with a numpy warning, the frame kept.
+MAX_ZP = 100.0
 _SDSSV_NAME = re.compile(r"(?:proc-)?gimg-(gfa\d)([ns])-(\d+)\.fits", re.IGNORECASE)
 
 
@@ -166,7 +169,8 @@ class GuiderFrame:
         ``R_ZPT:<camera>`` when only the camera zero point exists, or ``probe:<fiberid>``.
     star_zp : ndarray, float64, ``(n_stars,)``
         A zero-point-like magnitude, larger = more light: ``zp`` (SDSS-V), or
-        ``ref_mag - mag`` (plate era).
+        ``ref_mag - mag`` (plate era). Values SDSS writes for "no value" (-999), non-finite
+        ones and ones of ``MAX_ZP`` (100 mag) or more are left out.
     probe_id, probe_fwhm : ndarray, ``(n_probes,)``
         Plate era: enabled guide probes' ``fiberid`` and ``fwhm`` (arcsec; NaN where unmeasured).
     problems : tuple of str
@@ -389,12 +393,12 @@ def _read_proc_gimg(path: str, hdul, names: list[str]) -> GuiderFrame:
                         path, f"GAIAMATCH.{column}", "a column of the Gaia match table"
                     )
             zp = np.asarray(table["zp"], dtype=np.float64)
-            good = np.isfinite(zp) & (zp > SENTINEL)
+            good = np.isfinite(zp) & (zp > SENTINEL) & (zp < MAX_ZP)
             star_ids = np.asarray(table["source_id"])[good].astype(str)
             star_zp = zp[good]
     if star_zp.size == 0:
         r_zpt = _card_number(path, header, "R_ZPT")
-        if math.isfinite(r_zpt):
+        if math.isfinite(r_zpt) and SENTINEL < r_zpt < MAX_ZP:
             star_ids, star_zp = np.array([f"R_ZPT:{camera}"]), np.array([r_zpt])
     problems = []
     image_type = str(header.get("IMAGETYP", "object")).strip().lower()

@@ -92,12 +92,49 @@ def test_cli_guider_takes_read_times_from_the_exposure_file(sky, tmp_path, capsy
     argv += ["--out", str(tmp_path / "g.png")]
     assert main(argv) == 2
     assert "--exposure" in capsys.readouterr().err
-    exposure = tmp_path / "apR-a-52190065.apz"
+    exposure = tmp_path / "exposure.fits"  # any FITS file with the exposure's header
     header = fits.Header(exposure_header(TIMESYS="TAI"))
     hdus = [fits.PrimaryHDU(), fits.ImageHDU(np.zeros((2, 2), np.int32), header)]
     fits.HDUList(hdus).writeto(exposure)
     assert main([*argv, "--exposure", str(exposure)]) == 0
     assert "fiberId 293: scale" in capsys.readouterr().out
+
+
+def test_an_apz_exposure_gives_the_times_of_the_reads_it_holds(sky, tmp_path, capsys):
+    """The header's NREAD gave the times: a file whose NREAD says 100 while it holds its 47
+    reads shifted every window by 53 reads (exit 1, no warning), and a read missing mid-file,
+    which ``fit`` refuses, was taken. The reads the file holds count, as in ``fit``; an omega
+    over fewer reads (an ar3Dcal product's) covers the last ones."""
+    from pyapred.simulate import write_simulated_apz
+
+    from .scenario import N_READS, START
+
+    product = tmp_path / "product.h5"
+    write_product(product, sky.fit, times=False)
+    argv = ["guider", "--product", str(product), "--guider", str(sky.directory), "--json",
+            "--out", str(tmp_path / "g.png"), "--exposure"]  # fmt: skip
+
+    def run_on(n_reads, *, date_obs=START, nread=None, folder="a"):
+        path = write_simulated_apz(tmp_path / folder, np.zeros((n_reads, 2, 8)),
+                                   date_obs=date_obs.isot, timesys="TAI")  # fmt: skip
+        if nread is not None:
+            with fits.open(path, mode="update") as hdul:
+                hdul[1].header["NREAD"] = nread
+        code = main([*argv, str(path)])
+        out, err = capsys.readouterr()
+        return code, (json.loads(out) if code != 2 else None), err
+
+    code, intact, _ = run_on(N_READS)
+    assert code == 0 and intact["t0_tai"].startswith(START.isot[:19])
+    code, wrong, err = run_on(N_READS, nread=100, folder="b")
+    assert code == 0 and wrong["t0_tai"] == intact["t0_tai"]
+    assert "NREAD = 100 but the file holds 47 reads" in err
+    # Three more reads before the omega's (ApogeeReduction.jl dropped them): the last 47.
+    earlier = START - 3 * 10.647 * __import__("astropy.units").units.s
+    code, dropped, _ = run_on(N_READS + 3, date_obs=earlier, folder="c")
+    assert code == 0 and dropped["t0_tai"] == intact["t0_tai"]
+    code, _, err = run_on(N_READS - 1, folder="d")
+    assert code == 2 and "reads: expected at least the 47 reads of the omega" in err
 
 
 def test_cli_guider_bad_input_exits_2(sky, tmp_path, capsys):

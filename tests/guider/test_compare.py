@@ -79,6 +79,17 @@ def test_a_constant_omega_has_no_correlation_or_explained_variance(sky):
     assert np.isfinite(result.scale[0]) and "disagree" in result.flags
 
 
+def test_a_curve_constant_to_rounding_has_no_correlation():
+    """A seeing-only curve under steady seeing is constant but for its last bits: r was 0.45
+    or -0.10 of them."""
+    from pyapred.guider.compare import _pearson
+
+    x = np.linspace(0.9, 1.1, 20)
+    flat = 0.7 * (1 + np.random.default_rng(1).normal(0.0, 1e-14, 20))
+    assert np.isnan(_pearson(x, flat)) and np.isnan(_pearson(flat, x))
+    assert _pearson(x, 2 * x) == pytest.approx(1.0)
+
+
 def test_guider_results_have_short_reprs(sky):
     """A line or a few, never whole arrays (they were the dataclasses' full reprs: 2-40 kB)."""
     series = guider.guider_series(sky.frames)
@@ -368,6 +379,7 @@ def test_a_steady_sky_leaves_the_lag_undetermined(tmp_path):
         result = guider.compare(fit, directory, read_times=exposure_header(), fit_lag=True)
         assert not np.isfinite(result.lag_err) and result.clock == "undetermined"
         assert "lag-unconstrained" in result.flags and "clock-offset" not in result.flags
+        assert result.lag == 0.0  # not applied (it moved the windows to the noise's minimum)
 
 
 def test_lag_error_of_many_fibers_sharing_the_guider_noise(sky):

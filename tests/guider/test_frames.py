@@ -372,3 +372,18 @@ def test_a_logical_number_card_of_a_plate_era_frame_drops_it(tmp_path, card):
         hdul[0].header[card] = True
     with pytest.raises(InputError, match=rf"{card}: expected a number, not a FITS logical"):
         guider.read_guider_frame(path)
+
+
+def test_an_absurd_zero_point_is_left_out_without_a_numpy_warning(tmp_path):
+    """One camera's ``zp`` of 1e10 overflowed the transparency with a RuntimeWarning (its
+    source line on stderr), the value kept."""
+    for i in range(4):
+        zp = [25.0, 25.1, 1e10 if i == 2 else 25.2]
+        guider.write_proc_gimg(tmp_path / f"proc-gimg-gfa1n-{i + 1:04d}.fits",
+                               date_obs=START + 20 * i * u.s, exptime=15.0, fwhm=1.2,
+                               source_id=[1, 2, 3], zp=zp)  # fmt: skip
+    assert guider.read_guider_frame(tmp_path / "proc-gimg-gfa1n-0003.fits").star_zp.size == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        series = guider.guider_series(tmp_path)
+    assert np.all(np.isfinite(series.transparency)) and np.all(series.transparency > 0.9)
