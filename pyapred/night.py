@@ -285,7 +285,15 @@ def _names_exposure(path: Path) -> bool:
 
 
 def _read_text_runlist(path: Path) -> list[tuple[str, Path]]:
-    """``(entry, file)`` per line; a glob expands to its files, or stays as is if none match."""
+    """``(entry, file)`` per line; a glob expands to its files.
+
+    A line that names no raw or ar3Dcal file (a confSummary given as the runlist, a line of
+    two words) or a glob that matches nothing is refused, naming the line: they were counted
+    as failed exposures (1572 of them for a confSummary), with a name error for the glob. A
+    well-named file that is missing stays one exposure's failure, the night going on.
+    """
+    from .exposure import identify_exposure
+
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no path
     except UnicodeDecodeError:
@@ -300,8 +308,20 @@ def _read_text_runlist(path: Path) -> list[tuple[str, Path]]:
         full = entry if os.path.isabs(entry) else os.fspath(path.parent / entry)
         # A name that exists is that file, glob characters or not.
         literal = os.path.lexists(full) or not glob.has_magic(full)
-        matches = [] if literal else sorted(glob.glob(full))
-        named += [(f"{path.name}:{number}", Path(m)) for m in matches or [full]]
+        matches = [full] if literal else sorted(glob.glob(full))
+        if not matches:
+            raise InputError(path, f"line {number}", "a raw file or a glob matching raw files",
+                             f"{entry!r}, a glob matching nothing")  # fmt: skip
+        for match in matches:
+            try:
+                identify_exposure(match)
+            except InputError:
+                raise InputError(
+                    path, f"line {number}", "one raw file name per line (apR-[abc]-NNNNNNNN.apz, "
+                    "asR-..., ar3Dcal_{tele}_{mjd}_{EXP4}_{chip}_*.h5) or a glob of them",
+                    repr(entry) if literal else f"{entry!r} matching {os.path.basename(match)!r}",
+                ) from None  # fmt: skip
+        named += [(f"{path.name}:{number}", Path(m)) for m in matches]
     if not named:
         raise InputError(path, "runlist", "at least one exposure", "no entries")
     return named

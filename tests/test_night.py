@@ -76,6 +76,31 @@ def test_glob_and_text_runlist_name_the_same_exposures(night, tmp_path):
     assert first.product == str(tmp_path / "pyapred_apo_60781_0001.h5") and first.problem is None
 
 
+@pytest.mark.parametrize(
+    ("line", "found"),
+    [
+        ("confSummary-test.par", "'confSummary-test.par'"),
+        ("apR-a-52190001.apz  apR-b-52190001.apz", "'apR-a-52190001.apz  apR-b-52190001.apz'"),
+        ("apR-a-5219999*.apz", "'apR-a-5219999*.apz', a glob matching nothing"),
+        ("*.h5", "'*.h5' matching 'traceMain_apo_60781_B.h5'"),
+    ],
+)
+def test_a_runlist_line_that_names_no_raw_file_stops_the_night(night, tmp_path, capsys, line,
+                                                                found):  # fmt: skip
+    """Every such line was a failed exposure (1572 of them for a confSummary given as the
+    runlist, exit 1, a failures.json written); a glob matching nothing said "file name:
+    expected apR-[abc]-NNNNNNNN.apz"."""
+    raw, _ = night
+    runlist = tmp_path / "night.txt"
+    runlist.write_text(f"{raw}/apR-a-52190002.apz\n{raw}/{line}\n")
+    out = tmp_path / "out"
+    assert main(["night", str(runlist), "--traces", str(raw), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    entry = f"{raw}/{line}"
+    assert "night.txt: line 2: expected" in err and f"found {found.replace(line, entry, 1)}" in err
+    assert not out.exists()
+
+
 def test_a_raw_file_named_with_glob_characters_is_that_file(night, tmp_path):
     """A raw file in ``raw[1]/`` was globbed: ``[1]`` matched ``raw1``, not itself."""
     raw, _ = night
