@@ -81,12 +81,18 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    """Print what each file holds; a bad file stops with exit code 2 (see main)."""
+    """Print what each file holds; a bad file is named on stderr and the others are still
+    described (the first one stopped the rest), exit code 2 if any was bad."""
     from .io.summary import describe
 
+    code = EXIT_OK
     for name in args.files:
-        print(describe(name, full=args.full))
-    return EXIT_OK
+        try:
+            print(describe(name, full=args.full))
+        except InputError as exc:
+            logging.getLogger(LOGGER).error("pyapred inspect: error: %s", exc)
+            code = EXIT_BAD_INPUT
+    return code
 
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {

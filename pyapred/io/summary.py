@@ -67,7 +67,7 @@ def _product_verdict(path: Path) -> str:
         read_product(path, images=False)
     except InputError as exc:
         reason = str(exc).removeprefix(f"{exc.path}: ")  # the path heads the description
-        return f"\n  not readable as a product (read_product, fit --config, guider): {reason}"
+        return f"\n  not readable as a product (read_product, pyapred guider): {reason}"
     return ""
 
 

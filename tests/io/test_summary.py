@@ -233,5 +233,19 @@ def test_inspect_says_why_the_readers_refuse_an_hdf5_product(tmp_path, capsys):
     for full in ([], ["--full"]):
         assert main(["inspect", *full, str(product)]) == EXIT_OK
         last = capsys.readouterr().out.splitlines()[-1]
-        assert last.startswith("  not readable as a product (read_product, fit --config, ")
+        assert last.startswith("  not readable as a product (read_product, pyapred guider): ")
         assert "guider): attribute pyapred_product_format: expected product format 1 or 2" in last
+
+
+def test_inspect_describes_every_file_and_names_each_bad_one(tmp_path, capsys):
+    """The first bad file stopped the rest: the good ones after it went undescribed."""
+    ones = np.ones((3, 5))
+    product = write_product(
+        tmp_path / "p.h5", chips={"B": ChipImages(ones, ones, ones, ones.astype(int))}
+    )
+    (tmp_path / "empty.apz").write_bytes(b"")
+    bad = [tmp_path / "empty.apz", tmp_path / "missing.h5"]
+    assert main(["inspect", str(bad[0]), str(product), str(bad[1])]) == EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert "pyapred product format 2" in out
+    assert all(f"pyapred inspect: error: {path}" in err for path in bad)
