@@ -391,6 +391,7 @@ def _file_sources(inputs, trace_paths, options: FitOptions, any_night: bool, ide
                 raise InputError(path, "reads", "at least 3 reads (2 differences) a chip",
                                  str(shape[0]))  # fmt: skip
             _check_same_shape(str(path), shape, seen)
+            check_reference_input(path, options.reference_correction, shape)
             traces[chip].check_geometry(*shape[1:], source=str(trace_path))
 
     # A raw file may be read into an earlier chip's raw cube of its shape; an ar3Dcal file

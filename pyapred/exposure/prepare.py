@@ -276,14 +276,28 @@ def prepare_chip(chip: ChipExposure, traces: Traces, options: FitOptions) -> Pre
     )
 
 
-def check_reference_input(source: str | os.PathLike, method: str) -> None:
-    """InputError where ``source`` is an ar3Dcal file and ``method`` a reference correction
-    (:func:`correct_1f`): ApogeeReduction.jl zero-points its reads on the reference output
-    already; :func:`~pyapred.exposure.run_exposure` asks before any chip is loaded."""
-    if method != "none" and Path(source).suffix.lower() == ".h5":
+def check_reference_input(
+    source: str | os.PathLike, method: str, shape: tuple[int, ...] | None = None
+) -> None:
+    """InputError where ``method`` is a reference correction (:func:`correct_1f`) and
+    ``source`` an ar3Dcal file (ApogeeReduction.jl zero-points its reads on the reference
+    output already) or reads of ``shape`` ``(n_reads, ny, nx)`` without the reference output;
+    :func:`~pyapred.exposure.run_exposure` asks before any chip is loaded (the shape from the
+    file's headers: it was found only once a chip was decoded)."""
+    from ..noise.hxrg import CHIP_ROWS, OUTPUT_COLUMNS
+    from ..noise.refcorr import SCIENCE
+
+    if method == "none":
+        return
+    if Path(source).suffix.lower() == ".h5":
         raise InputError(source, "reads", f"the raw reads of an .apz file for 1/f correction "
                          f"{method!r} (ApogeeReduction.jl zero-points an ar3Dcal file's reads on "
                          "the reference output already)", "an ar3Dcal file")  # fmt: skip
+    if shape is not None and (shape[2] != SCIENCE + OUTPUT_COLUMNS or shape[1] > CHIP_ROWS):
+        raise InputError(
+            source, "reads", f"raw reads (n_reads, ny <= 2048, 2560) with the reference "
+            f"output, for 1/f correction {method!r}", str(tuple(shape)),
+        )  # fmt: skip
 
 
 def correct_1f(
@@ -310,19 +324,14 @@ def correct_1f(
     -------
     ChipExposure
     """
-    from ..noise.hxrg import CHIP_ROWS, OUTPUT_COLUMNS, REFERENCE_BORDER
+    from ..noise.hxrg import CHIP_ROWS, REFERENCE_BORDER
     from ..noise.refcorr import SCIENCE, refcorr_inplace
 
     if method == "none":
         return chip
-    check_reference_input(chip.source, method)
     reads = chip.reads
+    check_reference_input(chip.source, method, reads.shape)
     _, ny, nx = reads.shape
-    if nx != SCIENCE + OUTPUT_COLUMNS or ny > CHIP_ROWS:
-        raise InputError(
-            chip.source, "reads", f"raw reads (n_reads, ny <= 2048, 2560) with the reference "
-            f"output, for 1/f correction {method!r}", str(reads.shape),
-        )  # fmt: skip
     if not (chip.writable and reads.dtype.kind == "f"):
         reads = np.array(reads, dtype=np.result_type(reads.dtype, np.float32))
     background = None

@@ -161,6 +161,24 @@ def test_an_ar3dcal_file_is_refused_for_the_reference_correction(tmp_path):
         correct_1f(load_chip(path), None, "refpix")
 
 
+def test_raw_files_without_the_reference_output_are_refused_unloaded(tmp_path, monkeypatch):
+    """--correct-1f refpix on raw files 96 columns wide was refused once the chip had been
+    decoded (inside the progress bar): the width is in the headers."""
+    from pyapred.exposure import driver
+    from pyapred.simulate import simulate_exposure, write_simulated_exposure
+
+    sim = simulate_exposure("clouds", seed=1, n_fibers=6, n_columns=96, ref_columns=0,
+                            n_reads=4, chips=("R",))  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path)
+    loaded = []
+    monkeypatch.setattr(driver, "load_chip", lambda path, **kwargs: loaded.append(path))
+    with pytest.raises(InputError, match=r"apR-a-.*\.apz: reads: expected raw reads \(n_reads, "
+                       r"ny <= 2048, 2560\) with the reference output, for 1/f correction "
+                       r"'refpix', found \(4, \d+, 96\)"):  # fmt: skip
+        run_exposure(paths["apz"], paths["traces"], FitOptions(correct_1f="refpix"))
+    assert loaded == []
+
+
 def test_traces_short_of_the_chip_are_one_input_warning_naming_the_file(tmp_path):
     """A Python UserWarning (its source line printed) came twice per chip: from the loader and
     from prepare_chip."""
