@@ -50,9 +50,13 @@ def test_from_trace_params_accepts_both_layouts_and_converts_to_0_based():
     np.testing.assert_array_equal(julia.y_center, h5py_order.y_center)
     assert julia.y_center[0, 0] == 10.0  # 1-based 11 is 0-based row 10
     assert np.flatnonzero(julia.excluded).tolist() == [75, 225]
-    centers = Traces.from_centers(params[:, :, 1], sigma=1.0)
+    centers = Traces.from_centers(params[:, :, 1], sigma=1.0, telescope=None)
     np.testing.assert_array_equal(centers.y_center, julia.y_center)
     assert not centers.excluded.any()
+    # The telescope is required (a forgotten one fitted the FPI fibers as bright fibers).
+    for build in (Traces.from_trace_params, Traces.from_centers):
+        with pytest.raises(TypeError, match="telescope"):
+            build(params if build is Traces.from_trace_params else params[:, :, 1])
 
 
 def test_traces_validate_their_arrays():

@@ -89,12 +89,13 @@ function traces_from_params(trace_params::AbstractArray{<:Real, 3}; telescope)
 end
 
 """
-    traces_from_centers(centers; sigma = 1.0, telescope = nothing)
+    traces_from_centers(centers; sigma = 1.0, telescope)
 
 [`Traces`](@ref) from trace centers alone, `(n_columns, n_fibers)` 1-based (ar1D files'
 `extract_trace_centers`), with Gaussian width `sigma` (a number or `(n_columns, n_fibers)`).
+`telescope` is required, as in [`traces_from_params`](@ref) (`nothing`: no FPI fiber).
 """
-function traces_from_centers(centers::AbstractMatrix; sigma = 1.0, telescope = nothing)
+function traces_from_centers(centers::AbstractMatrix; sigma = 1.0, telescope)
     return Traces(centers, sigma, fpi_fibers(telescope, size(centers, 2)))
 end
 

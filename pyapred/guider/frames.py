@@ -464,8 +464,13 @@ def _read_plate_gimg(path: str, hdul) -> GuiderFrame:
         ids = np.where(use, ids, 0)
     probe_id = ids[use].astype(np.int64)
     probe_fwhm = np.asarray(table["fwhm"], dtype=np.float64)[use]
-    light = np.asarray(table["ref_mag"], np.float64) - np.asarray(table["mag"], np.float64)
-    good = use & np.isfinite(light)
+    ref_mag = np.asarray(table["ref_mag"], np.float64)
+    mag = np.asarray(table["mag"], np.float64)
+    light = ref_mag - mag
+    # SDSS's -999 for "no value" made a probe's light 1015 mag (an overflow downstream).
+    with np.errstate(invalid="ignore"):
+        good = use & np.isfinite(light) & (mag > SENTINEL) & (ref_mag > SENTINEL)
+        good &= np.abs(light) < MAX_ZP
     seeing = _valid_fwhm(_card_number(path, header, "SEEING"))
     if not seeing > 0:
         valid = probe_fwhm[np.isfinite(_valid_fwhm(probe_fwhm))]
@@ -476,7 +481,7 @@ def _read_plate_gimg(path: str, hdul) -> GuiderFrame:
     if not seeing > 0:
         problems.append("no valid SEEING and no measured probe fwhm")
     if not good.any():
-        problems.append("no stars: no enabled guide probe with finite mag and ref_mag")
+        problems.append("no stars: no enabled guide probe with valid mag and ref_mag")
     return GuiderFrame(
         kind="plate-gproc",
         fwhm=seeing,

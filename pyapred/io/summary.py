@@ -33,8 +33,9 @@ def describe(path: str | Path, *, full: bool = False) -> str:
     Returns
     -------
     str
-        The description; for an HDF5 product that :func:`~pyapred.io.read_product` refuses, a
-        last line with its reason (the structure is still described).
+        The description; for an HDF5 product that :func:`~pyapred.io.read_product` refuses
+        without images (its fiber groups and metadata; images are not read), a last line with
+        its reason (the structure is still described).
 
     Raises
     ------

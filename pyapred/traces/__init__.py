@@ -263,7 +263,7 @@ class Traces:
 
     @classmethod
     def from_centers(
-        cls, centers, sigma=1.0, *, telescope: str | None = None, one_based: bool = True
+        cls, centers, sigma=1.0, *, telescope: str | None, one_based: bool = True
     ) -> Traces:
         """Traces from trace centers alone, e.g. ar1Dcal ``extract_trace_centers``.
 
@@ -275,7 +275,7 @@ class Traces:
         sigma : float or array_like, optional
             Gaussian width in pixels, broadcastable to ``(n_fibers, n_columns)``.
         telescope, one_based
-            As in :meth:`from_trace_params`.
+            As in :meth:`from_trace_params` (``telescope`` required there too).
         """
         centers = np.asarray(centers, dtype=np.float64)
         if centers.ndim != 2:

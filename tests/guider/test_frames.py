@@ -92,6 +92,17 @@ def test_processed_plate_era_frame_yields_seeing_and_probe_fwhm():
 
 
 @needs_fixtures
+def test_a_plate_era_probe_without_a_magnitude_is_left_out(tmp_path):
+    """A probe's ``mag`` of -999 (SDSS's "no value") gave a light of 1015 mag, which
+    overflowed the transparency with a numpy warning."""
+    with fits.open(FIXTURES / "lco" / "expect-gimg-0040.fits.gz") as hdul:
+        hdul[6].data["mag"][0] = -999.0
+        hdul.writeto(tmp_path / "expect-gimg-0040.fits")
+    frame = guider.read_guider_frame(tmp_path / "expect-gimg-0040.fits")
+    assert frame.star_ids[0] == "probe:2" and np.all(np.abs(frame.star_zp) < 5)
+
+
+@needs_fixtures
 def test_plate_era_directory_reads_with_unusable_frames_dropped():
     frames = guider.read_guider_frames(FIXTURES)
     kinds = {Path(f.path).name: f.kind for f in frames.frames}
