@@ -11,7 +11,9 @@ The steps follow apogee_drp's ``refcorrect`` (Holtzman 2011), on each read diffe
    over ``row_window`` rows; its own noise is one offset shared by the whole row, which made
    omega worse in every simulation (``docs/noise.md``);
 4. optionally (``method="rowmedian"``), per output and row, remove the median of the inter-fiber
-   pixels given by ``background``, where a row has at least ``min_background`` of them.
+   pixels given by ``background``, where a row has at least ``min_background`` of them; for a
+   ramp (:func:`refcorr_reads`, :func:`refcorr_inplace`), those medians less their straight
+   line across the reads, which the background's own light makes (:func:`without_static_light`).
 
 :func:`refcorr` works on differences of reads, so that the pixels' fixed pattern (bias and
 kTC offsets, far larger than the noise) does not steer its medians. A ramp is corrected one read
@@ -38,7 +40,14 @@ import numpy as np
 
 from .hxrg import CHIP_ROWS, N_SCIENCE_OUTPUTS, OUTPUT_COLUMNS, REFERENCE_BORDER
 
-__all__ = ["reference_read_variance", "refcorr", "refcorr_inplace", "refcorr_reads"]
+__all__ = [
+    "background_medians",
+    "reference_read_variance",
+    "refcorr",
+    "refcorr_inplace",
+    "refcorr_reads",
+    "without_static_light",
+]
 
 Method = Literal["refpix", "rowmedian", "none"]
 SCIENCE = N_SCIENCE_OUTPUTS * OUTPUT_COLUMNS
@@ -73,6 +82,7 @@ def refcorr(
     reference_columns: bool = False,
     background=None,
     min_background: int = 32,
+    row_medians: np.ndarray | None = None,
 ) -> np.ndarray:
     """Remove correlated read noise from read differences with the reference pixels.
 
@@ -102,6 +112,10 @@ def refcorr(
         of every fiber; e.g. the complement of the pipeline's trace masks).
     min_background : int, optional
         Fewest background pixels in one output's row for step 4 to use that row.
+    row_medians : ndarray, ``(n_diff, ny, 4)``, optional
+        For ``"rowmedian"``: the offsets step 4 removes per difference, row and output, in
+        place of the background's medians (:func:`refcorr_reads` passes them with the
+        background's own light taken out).
 
     Returns
     -------
@@ -149,13 +163,50 @@ def refcorr(
 
     # 4. Inter-fiber pixels, where a row has enough of them.
     if method == "rowmedian":
-        dark = np.asarray(background, dtype=bool).reshape(ny, N_SCIENCE_OUTPUTS, OUTPUT_COLUMNS)
-        counts = dark.sum(axis=-1)  # (ny, 4)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: min_background
-            med = np.nanmedian(np.where(dark, per_output, np.nan), axis=-1)  # (n, ny, 4)
-        per_output -= np.where(counts >= min_background, med, 0.0)[..., None]
+        if row_medians is None:
+            row_medians = background_medians(out, background, min_background)
+        per_output -= row_medians[..., None]
     return out
+
+
+def background_medians(corrected, background, min_background: int = 32) -> np.ndarray:
+    """Step 4's offsets: per difference, row and output, the median of the background pixels
+    of ``corrected`` (``(n, ny, 2048)``, after steps 1-3), 0 where a row and output has fewer
+    than ``min_background`` of them."""
+    corrected = np.asarray(corrected, dtype=np.float64)
+    n, ny = corrected.shape[:2]
+    per_output = corrected.reshape(n, ny, N_SCIENCE_OUTPUTS, OUTPUT_COLUMNS)
+    dark = np.asarray(background, dtype=bool).reshape(ny, N_SCIENCE_OUTPUTS, OUTPUT_COLUMNS)
+    counts = dark.sum(axis=-1)  # (ny, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: min_background
+        med = np.nanmedian(np.where(dark, per_output, np.nan), axis=-1)  # (n, ny, 4)
+    return np.where(counts >= min_background, med, 0.0)
+
+
+def without_static_light(row_medians: np.ndarray) -> np.ndarray:
+    """Step 4's offsets of a ramp's reads (each read's difference from the mean read) less
+    their straight line across the reads, per row and output.
+
+    The background pixels are not dark: the wings of the fibers on either side, scattered
+    light. Light that accumulates steadily makes a straight line across the reads of a read's
+    difference from the mean read, which step 4 took for 1/f noise and removed from the whole
+    row: up to 85 % of a traced pixel's flux in rows that cross a curved trace (R row 134 of a
+    30-fiber chip, 85.6 DN per read against 14.9), 5-15 sigma off, unflagged. The 1/f noise's
+    own straight line in a row cannot be told from light, and stays; so does the part of the
+    background light that a changing sky bends away from the line (its share of the traced
+    pixels' flux: small for bright pixels). Reads are taken as evenly spaced.
+    """
+    n = row_medians.shape[0]
+    if n < 3:  # a line through two reads is all there is
+        return np.zeros_like(row_medians)
+    k = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+    k = k.reshape((n,) + (1,) * (row_medians.ndim - 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row NaN in every read stays NaN
+        level = np.nanmean(row_medians, axis=0)
+        slope = np.nansum(k * (row_medians - level), axis=0) / np.sum(k * k)
+    return row_medians - level - k * slope
 
 
 def refcorr_reads(reads, **options) -> np.ndarray:
@@ -171,14 +222,27 @@ def refcorr_reads(reads, **options) -> np.ndarray:
     -------
     ndarray, float64, ``(n_reads, ny, 2048)``
         Corrected reads: read ``k`` is ``mean + refcorr(reads[k] - mean)``, ``mean`` the mean
-        read. The noise the correction adds then acts as read noise
+        read (with ``"rowmedian"``, step 4's medians less their straight line across the reads,
+        :func:`without_static_light`). The noise the correction adds then acts as read noise
         (:func:`reference_read_variance`; see the module docstring).
     """
     reads = np.asarray(reads, dtype=np.float64)
     with warnings.catch_warnings():  # a pixel NaN in every read stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(reads, axis=0)  # a NaN read spoils that read only, not the pixel's
-    out = refcorr(reads - mean, **options)
+    if options.get("method") == "rowmedian":
+        # Steps 1-3, then step 4 with the background's own light taken out of its medians.
+        _check(reads[:1], options.get("rows", slice(0, CHIP_ROWS)), "rowmedian",
+               options.get("background"))  # fmt: skip
+        out = refcorr(reads - mean, **{**options, "method": "refpix"})
+        medians = background_medians(out, options["background"],
+                                     options.get("min_background", 32))  # fmt: skip
+        n, ny = out.shape[:2]
+        out.reshape(n, ny, N_SCIENCE_OUTPUTS, OUTPUT_COLUMNS)[:] -= without_static_light(medians)[
+            ..., None
+        ]
+    else:
+        out = refcorr(reads - mean, **options)
     out += mean[:, :SCIENCE]
     return out
 
@@ -278,17 +342,33 @@ def refcorr_inplace(
         mean /= count  # NaN where a pixel has no finite read
     added = 0.0
     previous = None
+    # Step 4 (rowmedian) last, over all the reads: its medians less their straight line across
+    # the reads (the background's own light, :func:`without_static_light`).
+    medians = [] if method == "rowmedian" else None
+    steps = {**options, "method": "refpix" if method == "rowmedian" else method}
     for k in range(reads.shape[0]):
         raw = np.array(reads[k], dtype=np.float64)  # a copy: reads[k] is overwritten below
         if previous is not None:
             added += reference_read_variance((raw - previous)[None], ref_filter=ref_filter)
         diff = (raw - mean)[None]
-        corrected = refcorr(diff, method=method, rows=rows, ref_filter=ref_filter, **options)[0]
+        corrected = refcorr(diff, rows=rows, ref_filter=ref_filter, **steps)[0]
         del diff
+        if medians is not None:
+            medians.append(background_medians(corrected[None], options["background"],
+                                              options.get("min_background", 32))[0])  # fmt: skip
         corrected += mean[:, :SCIENCE]
         if sat is not None:
             hit = raw[:, :SCIENCE] >= sat
             corrected[hit] = raw[:, :SCIENCE][hit]
         reads[k, :, :SCIENCE] = corrected
         previous = raw
+    if medians is not None:
+        offsets = without_static_light(np.stack(medians))  # (n_reads, ny, 4)
+        ny = reads.shape[1]
+        for k in range(reads.shape[0]):
+            science = reads[k, :, :SCIENCE]  # a view: corrected in place
+            step = np.repeat(offsets[k], OUTPUT_COLUMNS, axis=-1)  # (ny, 2048)
+            if sat is not None:  # a read kept at its raw value for saturation keeps it
+                step = np.where(science >= sat, 0.0, step)
+            science -= step.reshape(ny, SCIENCE)
     return added / (reads.shape[0] - 1)

@@ -92,10 +92,32 @@ def test_rowmedian_removes_the_row_offsets_of_inter_fiber_rows(exposure):
 
     refpix, corrected = row_medians("refpix")
     rowmed, _ = row_medians("rowmedian")
-    # 0.38 measured: what is left is mostly the medians' own noise (about 500 pixels a row).
-    assert np.std(rowmed) < 0.45 * np.std(refpix)
+    # 0.52 measured (0.38 when the medians' straight line across the reads was removed too:
+    # it cannot be told from the background's own light, which it took from lit pixels).
+    assert np.std(rowmed) < 0.6 * np.std(refpix)
     # The read noise grows by the reference output's white noise (median of 3: 0.45 x 8**2).
     assert corrected.read_noise == pytest.approx(np.sqrt(8.0**2 + 0.45 * 8.0**2), rel=0.05)
+
+
+def test_rowmedian_leaves_the_light_of_lit_background_pixels(tmp_path):
+    """The pixels 2.5 sigma from every trace carry the fibers' wings (30 fibers on 2048 rows):
+    their steady light was removed from whole rows as if it were 1/f noise, up to 85 % of a
+    traced pixel's flux, 5-15 sigma, unflagged. No 1/f here: rowmedian must do what refpix
+    does, to the noise."""
+    sim = simulate_exposure("stable", seed=7, n_fibers=30, n_columns=2048, ref_columns=512,
+                            n_reads=4, chips=("R",))  # fmt: skip
+    chip = sim.chips["R"]
+    fibers = pixel_fiber_map(chip.traces, chip.reads.shape[1], halfwidth=2.5).fiber[:, :2048]
+    lit = (fibers >= 0) & (chip.flux[:, :2048] / chip.gain > 50.0)
+
+    def slopes(method):
+        source = ChipExposure("R", chip.reads.copy(), chip.read_noise, writable=True)
+        reads = correct_1f(source, chip.traces, method).reads[:, :, :2048]
+        return (reads[-1] - reads[0])[lit] / (reads.shape[0] - 1)
+
+    refpix, rowmedian = slopes("refpix"), slopes("rowmedian")
+    noise = np.sqrt(2.0) * chip.read_noise / (chip.reads.shape[0] - 1)  # a slope's read noise
+    assert np.max(np.abs(rowmedian - refpix)) < noise  # it was up to 85 % of the flux
 
 
 def test_in_place_and_saturation():
