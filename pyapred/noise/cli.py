@@ -22,6 +22,7 @@ import numpy as np
 
 from ..arguments import MAX_READS, MAX_SEED, at_least, json_line, path_argument
 from ..errors import EXIT_FLAGGED, EXIT_OK, InputError
+from ..io.atomic import atomic_path
 from .hxrg import CHIP_ROWS, REFERENCE_BORDER, HxrgNoise, simulate_hxrg_bytes
 from .segments import DEFAULT_SEGMENT_COLUMNS
 from .stress import INNER
@@ -143,8 +144,14 @@ def _score_models_output(args: argparse.Namespace) -> Iterator[None]:
     Variance Exploding SDE", ...) go to stderr: stdout holds the JSON line and nothing else.
     Without progress (``--quiet``, ``--json``), its progress bars (tqdm's, written to
     ``sys.stderr``, with no option to turn them off) are dropped. Warnings and the log are
-    untouched: their handlers hold the real stderr."""
+    untouched (their handlers hold the real stderr), but for torch's note on score_models' code."""
+    import warnings
+
     with contextlib.ExitStack() as stack:
+        # torch's note on score_models' own code (it reads a loss that carries a gradient as a
+        # number), with its source line: nothing the user can act on.
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
         if getattr(args, "json", False):
             stack.enter_context(contextlib.redirect_stdout(sys.stderr))
         if not getattr(args, "progress", True):
@@ -275,7 +282,13 @@ def _dark_patches(args: argparse.Namespace, seed: int) -> np.ndarray:
         for name in darks:
             reads = read_apz(name).reads.astype(np.float64) * args.gain
             pairs = 2 * (len(reads) // 2)
-            patches.append(dark_patches(reads[1:pairs:2] - reads[0:pairs:2], args.patch))
+            diffs = reads[1:pairs:2] - reads[0:pairs:2]
+            if diffs.size and not np.ptp(diffs) > 0:
+                # A noise model learns nothing of it, and evaluate divided by its zero
+                # row-mean scatter after the sampling (a ZeroDivisionError traceback).
+                raise InputError(name, "reads", "a dark with noise (read differences that "
+                                 "vary)", "the same difference everywhere")  # fmt: skip
+            patches.append(dark_patches(diffs, args.patch))
     else:
         n_rows = 1024
         per_frame = (n_rows // args.patch[0]) * (512 // args.patch[1])
@@ -298,8 +311,16 @@ def _train(args: argparse.Namespace) -> int:
     _check_model_settings(args, nf=args.nf)
     if not args.prior:
         _check_simulated_noise(args)
+    kind = "prior" if args.prior else "noise"
     earlier = Path(args.out) / "model_hparams.json"
     if earlier.is_file():  # training resumes there: with the same network only
+        # ... and the same kind of model: a prior trained on top of a noise model's weights
+        # mixed the two, and score_models removed the noise model's checkpoint.
+        there = _model_kind(Path(args.out))
+        if there != kind:
+            raise InputError(args.out, "--out", f"a new folder, or one of a {kind} model to "
+                             f"resume", f"a {there} model" if there else "a model of no "
+                             f"recorded kind ({MODEL_KIND_FILE} missing)")  # fmt: skip
         try:
             width = json.loads(earlier.read_text(encoding="utf-8")).get("nf")
         except (OSError, UnicodeDecodeError, ValueError, AttributeError):
@@ -317,18 +338,32 @@ def _train(args: argparse.Namespace) -> int:
         data = trace_patches(args.patches, tuple(args.patch), rng=args.seed)
     else:
         data = _dark_patches(args, args.seed)
-    kind = "prior" if args.prior else "noise"
     log.info("pyapred noise train: %s model, %d patches, %d steps", kind, len(data), args.steps)
     with _score_models_output(args):
         train_score_model(
             data, args.out, steps=args.steps, batch_size=args.batch_size, nf=args.nf,
             device=args.device, seed=args.seed, threads=args.threads,
         )  # fmt: skip
+    with atomic_path(Path(args.out) / MODEL_KIND_FILE, overwrite=True) as tmp:
+        Path(tmp).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
     if args.json:
         print(json_line({"checkpoint": str(args.out), "model": kind, "patches": len(data)}))
     else:
         print(f"{args.out}: {kind} model, {len(data)} patches")
     return EXIT_OK
+
+
+#: The file in a checkpoint folder that says which model was trained there ("noise", "prior").
+MODEL_KIND_FILE = "pyapred_model.json"
+
+
+def _model_kind(folder: Path) -> str | None:
+    """The kind of model trained in ``folder`` (``MODEL_KIND_FILE``), or None."""
+    try:
+        kind = json.loads((folder / MODEL_KIND_FILE).read_text(encoding="utf-8")).get("kind")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return kind if kind in ("noise", "prior") else None
 
 
 #: Degrees of freedom of ``noise evaluate``'s PQMass comparisons (references - 1).

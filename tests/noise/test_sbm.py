@@ -112,6 +112,36 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert '"pqmass_generated"' in capsys.readouterr().out
 
 
+def test_train_resumes_only_a_model_of_its_own_kind_and_refuses_noiseless_darks(tmp_path,
+                                                                               capsys):  # fmt: skip
+    """A prior trained into a noise model's folder was trained on top of its weights, and the
+    noise model's checkpoint removed (exit 0). Darks of one constant difference trained a model
+    on zeros, and evaluate failed on them after sampling (ZeroDivisionError)."""
+    small = ["--steps", "1", "--patches", "4", "--batch-size", "2", "--read-time", "0",
+             "--patch", "8", "8"]  # fmt: skip
+    model = tmp_path / "m"
+    assert main(["noise", "train", "--out", str(model), *small]) == 0
+    checkpoints = sorted(p.name for p in model.glob("checkpoint_*.pt"))
+    capsys.readouterr()
+    assert main(["noise", "train", "--out", str(model), "--prior", *small]) == 2
+    assert "--out: expected a new folder, or one of a prior model to resume, found a noise " in (
+        capsys.readouterr().err
+    )
+    assert sorted(p.name for p in model.glob("checkpoint_*.pt")) == checkpoints
+    assert main(["noise", "train", "--out", str(model), *small]) == 0  # the same kind resumes
+    capsys.readouterr()
+    assert main(["noise", "simulate", "--out", str(tmp_path / "z"), "--rows", "64", "--reads",
+                 "4", "--white", "0"]) == 0  # fmt: skip
+    dark = str(next((tmp_path / "z").glob("apR-*.apz")))
+    capsys.readouterr()
+    shared = ["--steps", "1", "--read-time", "0", "--patch", "8", "8", "--darks", dark]
+    for argv in (["train", "--out", str(tmp_path / "n"), "--patches", "4"],
+                 ["evaluate", "--model", str(model), "--patches", "20"]):  # fmt: skip
+        assert main(["noise", *argv, *shared]) == 2
+        assert "reads: expected a dark with noise" in capsys.readouterr().err
+    assert not (tmp_path / "n").exists()
+
+
 def test_quiet_and_json_show_no_progress_bars_of_score_models(tmp_path, capsys):
     """score_models draws tqdm bars (training, sampling) with no option to turn them off:
     ``--quiet`` printed them among nothing but errors, ``--json`` against its "no progress"."""
