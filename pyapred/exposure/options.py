@@ -394,6 +394,18 @@ def _check_value(item: dataclasses.Field, value: Any) -> str | None:
 def _build(values: dict, source: str, labels: dict) -> FitOptions:
     """``FitOptions(**values)``, with errors naming ``source`` and the key at fault (as
     ``labels[key]``, e.g. ``[pixels] min_snr``)."""
+    values = _checked(values, source, labels)
+    conflict = _conflict({**FitOptions().__dict__, **values})
+    if conflict is not None:
+        name, expected = conflict
+        raise InputError(source, labels.get(name, name), expected, repr(values[name]))
+    return FitOptions(**values)
+
+
+def _checked(values: dict, source: str, labels: dict) -> dict:
+    """``values`` each checked on its own (known, of its kind, in range), integers made floats
+    where floats are meant; errors name ``source`` and ``labels[key]``."""
+    values = dict(values)
     known = {f.name: f for f in _fields()}
     for key, value in values.items():
         label = labels.get(key, key)
@@ -411,12 +423,8 @@ def _build(values: dict, source: str, labels: dict) -> FitOptions:
         problem = _check_value(known[key], value)
         if problem is not None:
             raise InputError(source, label, problem, repr(value))
-    conflict = _conflict({**FitOptions().__dict__, **values})
-    if conflict is not None:
-        name, expected = conflict
-        raise InputError(source, labels.get(name, name), expected, repr(values[name]))
     _check_calibration(values, source, labels)
-    return FitOptions(**values)
+    return values
 
 
 def _check_calibration(values: dict, source: str, labels: dict) -> None:
@@ -451,6 +459,13 @@ def read_config(path: str | os.PathLike) -> FitOptions:
     InputError
         An unreadable file, an unknown table or key, or a value of the wrong kind.
     """
+    values, labels, source = _config_values(path)
+    return _build(values, source, labels)
+
+
+def _config_values(path: str | os.PathLike) -> tuple[dict, dict, str]:
+    """A config file's settings, each checked on its own (not yet against each other: flags
+    may change the others), with their labels (``[pixels] min_snr``) and the file's name."""
     from ..io import is_fits_path
     from ..io.paths import check_input_file
 
@@ -463,7 +478,9 @@ def read_config(path: str | os.PathLike) -> FitOptions:
                     else read_metadata(path))  # fmt: skip
         if "fit_options" not in metadata:
             raise InputError(path, "metadata/fit_options", "a pyapred product's fit settings")
-        return FitOptions.from_record(str(metadata["fit_options"]), source=str(path))
+        recorded = FitOptions.from_record(str(metadata["fit_options"]), source=str(path))
+        labels = {name: f"metadata/fit_options {name}" for name in recorded.__dict__}
+        return dict(recorded.__dict__), labels, str(path)
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10
@@ -490,7 +507,7 @@ def read_config(path: str | os.PathLike) -> FitOptions:
                 _set_once(values, labels, name, item, f"[{key}] {name}", path)
         else:
             _set_once(values, labels, key, value, key, path)
-    return _build(values, str(path), labels)
+    return _checked(values, str(path), labels), labels, str(path)
 
 
 def _set_once(values: dict, labels: dict, name: str, value: Any, label: str, path) -> None:
@@ -568,20 +585,25 @@ def options_from_arguments(args: argparse.Namespace, **fixed: Any) -> FitOptions
         A bad config file, or a flag value out of range (naming the flag).
     """
     config = getattr(args, "config", None)
-    base = read_config(config) if config is not None else FitOptions()
+    # The file's settings alone, then the flags over them, then the whole checked together:
+    # a file's setting that a flag makes valid (segment_columns with --correct-1f nuisance)
+    # was refused on its own, and a conflict was blamed on a flag never typed.
+    file_values, labels, source = _config_values(config) if config is not None else ({}, {}, "")
     given = {f.name: getattr(args, f.name) for f in _fields() if hasattr(args, f.name)}
     for name, value in given.items():
         problem = _check_value(_field(name), value)
         if problem is not None:
             flag = "--" + name.replace("_", "-")
             raise InputError(flag, flag, problem, repr(value))
-    values = {**base.__dict__, **given, **fixed}
+    values = {**FitOptions().__dict__, **file_values, **given, **fixed}
     conflict = _conflict(values)
     if conflict is not None:
         name, expected = conflict
+        if name in file_values and name not in given and name not in fixed:
+            raise InputError(source, labels.get(name, name), expected, repr(values[name]))
         flag = "--" + name.replace("_", "-")
         raise InputError(flag, flag, expected, repr(values[name]))
-    return dataclasses.replace(base, **{**given, **fixed})
+    return FitOptions(**{**file_values, **given, **fixed})
 
 
 def _conflict(values: dict) -> tuple[str, str] | None:

@@ -110,6 +110,35 @@ def test_flags_override_the_config_file(tmp_path):
     assert options_from_arguments(parser.parse_args([])) == FitOptions()
 
 
+def test_a_config_is_checked_with_the_flags_laid_over_it(tmp_path):
+    """The file was checked alone first: a setting that a flag makes valid was refused
+    (segment_columns with --correct-1f nuisance), and a conflict of the file's own setting was
+    blamed on a flag never typed."""
+    from pyapred.exposure import add_option_arguments
+
+    parser = argparse.ArgumentParser()
+    add_option_arguments(parser)
+    seg, nuisance = tmp_path / "seg.toml", tmp_path / "nuisance.toml"
+    seg.write_text("[noise]\nsegment_columns = 64\n")
+    nuisance.write_text("[noise]\ncorrect_1f = 'nuisance'\n")
+    options = options_from_arguments(
+        parser.parse_args(["--config", str(seg), "--correct-1f", "nuisance"])
+    )
+    assert (options.segment_columns, options.correct_1f) == (64, "nuisance")
+    fewest = tmp_path / "fewest.toml"
+    fewest.write_text("[pixels]\nmax_fit_pixels = 5\n")
+    options = options_from_arguments(
+        parser.parse_args(["--config", str(fewest), "--min-fit-pixels", "3"])
+    )
+    assert (options.max_fit_pixels, options.min_fit_pixels) == (5, 3)
+    with pytest.raises(
+        InputError, match=r"nuisance.toml: \[noise\] correct_1f: expected no nuisance"
+    ):
+        options_from_arguments(parser.parse_args(["--config", str(nuisance), "--chromatic"]))
+    with pytest.raises(InputError, match=r"seg.toml: \[noise\] segment_columns: expected the def"):
+        options_from_arguments(parser.parse_args(["--config", str(seg)]))  # alone: refused
+
+
 def test_records_of_older_products_read_with_defaults():
     # The fit_options record of products written before backend and the calibration
     # overrides were settings: night must still recognise them as up to date.
