@@ -537,14 +537,19 @@ def process_exposure(
 
 
 def _problems(product) -> list[str]:
-    """The fit problems a product's fiber tables record
+    """The fit problems a product records: its chips' images
+    (:func:`pyapred.exposure.extract.chip_problems`) and fiber tables
     (:func:`pyapred.exposure.result.fit_problems`)."""
     import numpy as np
 
+    from .exposure.extract import chip_problems
     from .exposure.result import fit_problems
 
     out = []
     order = ("R", "G", "B")  # the chips' order, as the run reported them (HDF5 sorts groups)
+    for name in sorted(product.chips, key=lambda k: (order.index(k) if k in order else 3, k)):
+        images = product.chips[name]
+        out += chip_problems(name, images.rate, images.flags)
     for key in sorted(product.fibers, key=lambda k: (order.index(k) if k in order else 3, k)):
         group = product.fibers[key]
         borrowed = np.asarray(group.model, dtype=object) == "borrowed"

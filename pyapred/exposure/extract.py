@@ -40,6 +40,9 @@ class ChipResult:
     fibers : FiberFits
         The fits this chip's extraction used (shared by all chips with ``joint_chips``).
     prepared : PreparedChip
+    problems : tuple of str
+        :func:`chip_problems`' line where most traced pixels have no flux (kept with the
+        images written).
     """
 
     flux: np.ndarray
@@ -51,6 +54,7 @@ class ChipResult:
     constant: FluxFit | None
     fibers: FiberFits
     prepared: PreparedChip
+    problems: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         """Shapes and key figures (a few lines, never whole arrays)."""
@@ -160,7 +164,38 @@ def extract_chip(
         constant=constant,
         fibers=fibers,
         prepared=prepared,
+        problems=tuple(chip_problems(prepared.name, result.flux, flags)),
     )
+
+
+#: The share of a chip's traced pixels without a flux above which the chip is a problem.
+MAX_NO_FLUX_SHARE = 0.5
+
+
+def chip_problems(name: str, flux, flags) -> list[str]:
+    """A line where most of chip ``name``'s traced pixels (not ``BACKGROUND``) have no flux,
+    with the flags behind it, from its ``(ny, nx)`` flux and pixel flags (a product's ``rate``
+    and ``flags`` give them too). Every pixel saturated (``--saturation 1``), or a jump in
+    most differences (``--jump-threshold 1e-3``: 93 % of the pixels NaN), had exit code 0 and
+    no problem said."""
+    flags = np.asarray(flags, dtype=np.int64)
+    traced = (flags & Flag.BACKGROUND) == 0
+    empty = traced & ~np.isfinite(np.asarray(flux))
+    if not traced.any() or empty.sum() <= MAX_NO_FLUX_SHARE * traced.sum():
+        return []
+    causes = [
+        f"{label} {100.0 * np.count_nonzero(empty & (flags & bit != 0)) / empty.sum():.0f} %"
+        for label, bit in (
+            ("saturated", Flag.SATURATED),
+            ("jumps", Flag.JUMP_DETECTED),
+            ("non-finite reads", Flag.NONFINITE_READ),
+            ("too few differences", Flag.TOO_FEW_DIFFS),
+        )  # fmt: skip
+        if np.any(empty & (flags & bit != 0))
+    ]
+    share = 100.0 * empty.sum() / traced.sum()
+    return [f"chip {name}: {share:.0f} % of the traced pixels have no flux (of those: "
+            f"{', '.join(causes) or 'no flag'})"]  # fmt: skip
 
 
 def _masked_at_jumps(fit: Callable, chip: ChipExposure, jumps: np.ndarray, groups: np.ndarray):

@@ -129,11 +129,14 @@ class ExposureResult:
         )  # fmt: skip
 
     def problems(self) -> list[str]:
-        """The flagged fit problems, one line per fiber: group, fiberId, why its omega fit
-        failed and what the fiber used instead: the constant model, or, for a fit with the 1/f
-        nuisance term that did not converge, the bright fibers' omega (or the constant model
-        where that is not significant; ``docs/noise.md``, "Faint fibers")."""
+        """The flagged fit problems: a line per chip where most traced pixels have no flux
+        (:func:`~pyapred.exposure.extract.chip_problems`), and one per fiber: group, fiberId,
+        why its omega fit failed and what the fiber used instead: the constant model, or, for a
+        fit with the 1/f nuisance term that did not converge, the bright fibers' omega (or the
+        constant model where that is not significant; ``docs/noise.md``, "Faint fibers")."""
         out = []
+        for chip in self.chips.values():
+            out += chip.problems
         for key, fits in self.fibers.items():
             out += fit_problems(
                 key, fits.flags, None if fits.fit is None else fits.fit.n_iter,

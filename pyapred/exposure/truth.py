@@ -91,11 +91,12 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
         true = np.asarray(flux[name], dtype=np.float64)
         traced = (chip.fiber >= 0) & ((chip.flags & bad) == 0)
         threshold = min_flux.get(name) if isinstance(min_flux, Mapping) else min_flux
-        if threshold is None:
-            threshold = np.percentile(true[traced], 90)
+        if threshold is None:  # (no usable traced pixel: no threshold, and none bright)
+            threshold = float(np.percentile(true[traced], 90)) if traced.any() else np.inf
         bright = traced & (true >= threshold)
         fiber_model = np.where(chip.fiber >= 0, chip.fibers.model[np.maximum(chip.fiber, 0)], -1)
-        entry = {"n_pixels": int(bright.sum()), "min_flux": float(threshold)}
+        entry = {"n_pixels": int(bright.sum()),
+                 "min_flux": float(threshold) if np.isfinite(threshold) else None}  # fmt: skip
 
         def stat(function, values):  # None, as the omega metrics say it, where none are bright
             return float(function(values)) if values.size else None

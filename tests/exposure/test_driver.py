@@ -86,6 +86,43 @@ def test_truth_metrics_with_no_bright_pixel_say_none_not_nan(cloudy):
     json.dumps(metrics, allow_nan=False)
 
 
+def test_truth_metrics_of_a_chip_without_a_usable_pixel(cloudy):
+    """Every pixel saturated (``FitOptions(saturation=1)``): the 90th percentile of no traced
+    pixel was an IndexError."""
+    import dataclasses
+    import json
+
+    sim, result = cloudy
+    from pyapred import Flag
+
+    chips = {name: dataclasses.replace(chip, flags=chip.flags | int(Flag.SATURATED))
+             for name, chip in result.chips.items()}  # fmt: skip
+    metrics = truth_metrics(dataclasses.replace(result, chips=chips), sim.omega, truth_dn(sim))
+    for entry in metrics["flux"].values():
+        assert entry["n_pixels"] == 0 and entry["min_flux"] is None
+    json.dumps(metrics, allow_nan=False)
+
+
+def test_a_chip_with_most_traced_pixels_without_flux_is_a_problem(tmp_path):
+    """Every pixel saturated (a saturation of 1 DN) gave exit 0 and no problem: only "0 bright
+    fibers" said anything. The line is kept once the images are written (the command line's
+    run), and `night` reads it back from a product it keeps."""
+    from pyapred.io import read_product
+    from pyapred.night import _problems
+
+    sim = simulate_exposure("clouds", seed=3, n_fibers=12, n_columns=48, ref_columns=0,
+                            n_reads=6, chips=("R",))  # fmt: skip
+    paths = write_simulated_exposure(sim, tmp_path)
+    options = FitOptions(saturation=1.0)
+    result = run_exposure(paths["apz"], paths["traces"], options, product=tmp_path / "p.h5")
+    assert result.chips["R"].flux is None  # written, not kept
+    line = "chip R: 100 % of the traced pixels have no flux (of those: saturated 100 %"
+    assert result.problems()[0].startswith(line)
+    assert _problems(read_product(tmp_path / "p.h5"))[0] == result.problems()[0]
+    fine = run_exposure(paths["apz"], paths["traces"])
+    assert not any(p.startswith("chip") for p in fine.problems())
+
+
 def test_truth_metrics_names_a_wrong_true_omega(cloudy):
     sim, result = cloudy
     with pytest.raises(ValueError, match=r"omega: expected the true omega of every fiber"):
