@@ -103,7 +103,17 @@ function check_options(options::FitOptions)
     options.chromatic && options.model == "constant" &&
         throw(ArgumentError("chromatic: expected no chromatic fit with the constant model " *
                             "forced on every fiber, got true"))
-    # Without the nuisance term the segments are nobody's: the setting would do nothing.
+    # Settings that would do nothing, yet be recorded: the nuisance term with no omega fitted,
+    # a chromatic p-value without the chromatic model, segments without the nuisance term.
+    nuisance(options) && options.model == "constant" &&
+        throw(ArgumentError("correct_1f: expected no nuisance term with the constant model " *
+                            "forced on every fiber (no omega is fitted): \"none\", got " *
+                            repr(options.correct_1f)))
+    default_p = FitOptions().chromatic_p_value
+    options.chromatic || options.chromatic_p_value == default_p ||
+        throw(ArgumentError("chromatic_p_value: expected the default $default_p without " *
+                            "chromatic (it chooses the chromatic model), got " *
+                            "$(options.chromatic_p_value)"))
     default_columns = FitOptions().segment_columns
     nuisance(options) || options.segment_columns == default_columns ||
         throw(ArgumentError("segment_columns: expected the default $default_columns without a " *

@@ -297,9 +297,16 @@ class FitOptions:
             ) from None
         if not isinstance(values, dict):
             raise InputError(source, "fit_options", "a JSON object", type(values).__name__)
+        # Recorded before settings that did nothing in that run were refused (a resume of it,
+        # or --config PRODUCT.h5, runs the same without them): a nuisance route with the
+        # constant model, a chromatic p-value without chromatic, a segment width without a
+        # nuisance route.
+        route = str(values.get("correct_1f", "none"))
+        if values.get("model") == "constant" and route.endswith("nuisance"):
+            values["correct_1f"] = route.removesuffix("nuisance").removesuffix("+") or "none"
+        if not values.get("chromatic"):
+            values.pop("chromatic_p_value", None)
         if not str(values.get("correct_1f", "none")).endswith("nuisance"):
-            # Recorded before a segment width without a nuisance route was refused: it did
-            # nothing in that run (a resume of it, or --config PRODUCT.h5, runs the same).
             values.pop("segment_columns", None)
         return _build(values, source, {key: f"fit_options: {key}" for key in values})
 
@@ -612,8 +619,18 @@ def _conflict(values: dict) -> tuple[str, str] | None:
         return "correct_1f", "no nuisance term with chromatic (the chromatic fit has no offsets)"
     if values.get("chromatic") and values.get("model") == "constant":
         return "chromatic", "no chromatic fit with the constant model forced on every fiber"
-    default = _field("segment_columns").default
     nuisance = str(values.get("correct_1f", "none")).endswith("nuisance")
+    if nuisance and values.get("model") == "constant":  # it did nothing, yet was recorded
+        return "correct_1f", (
+            "no nuisance term with the constant model forced on every fiber (no omega is "
+            "fitted): 'none', 'refpix' or 'rowmedian'"
+        )
+    p_default = _field("chromatic_p_value").default
+    if not values.get("chromatic") and values.get("chromatic_p_value", p_default) != p_default:
+        return "chromatic_p_value", (
+            f"the default {p_default:g} without chromatic (it chooses the chromatic model)"
+        )
+    default = _field("segment_columns").default
     if values.get("segment_columns", default) != default and not nuisance:  # it did nothing
         return "segment_columns", (
             f"the default {default} without a nuisance route (correct_1f ...nuisance): the "

@@ -139,6 +139,22 @@ def test_a_config_is_checked_with_the_flags_laid_over_it(tmp_path):
         options_from_arguments(parser.parse_args(["--config", str(seg)]))  # alone: refused
 
 
+def test_settings_that_would_do_nothing_are_refused_and_dropped_from_old_records():
+    """A nuisance route with the constant model forced on every fiber, and a chromatic p-value
+    without chromatic, changed nothing in the run (products identical) but were recorded."""
+    with pytest.raises(ValueError, match="correct_1f: expected no nuisance term with the const"):
+        FitOptions(model="constant", correct_1f="refpix+nuisance")
+    with pytest.raises(ValueError, match="chromatic_p_value: expected the default 0.0001 with"):
+        FitOptions(chromatic_p_value=0.5)
+    assert FitOptions(chromatic=True, chromatic_p_value=0.5).chromatic_p_value == 0.5
+    assert FitOptions(model="constant", correct_1f="refpix").correct_1f == "refpix"
+    old = {"model": "constant", "correct_1f": "refpix+nuisance", "segment_columns": 64,
+           "chromatic_p_value": 0.5}  # fmt: skip
+    options = FitOptions.from_record(json.dumps(old))
+    assert (options.correct_1f, options.segment_columns) == ("refpix", 32)
+    assert options.chromatic_p_value == FitOptions().chromatic_p_value
+
+
 def test_records_of_older_products_read_with_defaults():
     # The fit_options record of products written before backend and the calibration
     # overrides were settings: night must still recognise them as up to date.
