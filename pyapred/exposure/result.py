@@ -223,7 +223,7 @@ def fit_problems(key: str, flags, n_iter, n_fit_pixels, borrowed, fiber_ids) -> 
             used = (
                 "the bright fibers' omega used"
                 if borrowed[index]
-                else "constant model used (the bright fibers' omega is not significant)"
+                else "constant model used (no significant omega of bright fibers to borrow)"
             )
         out.append(
             f"{key}: fiberId {int(fiber_ids[index])}: omega fit failed "

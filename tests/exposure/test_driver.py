@@ -299,8 +299,8 @@ def test_unconverged_nuisance_fibers_are_problems_naming_what_they_used():
         f"R: fiberId 300: omega fit failed (with the 1/f nuisance term; not converged after "
         f"{n_iter[0]} iterations; {n_pix[0]} fit pixels); the bright fibers' omega used",
         f"R: fiberId 299: omega fit failed (with the 1/f nuisance term; not converged after "
-        f"{n_iter[1]} iterations; {n_pix[1]} fit pixels); constant model used (the bright "
-        f"fibers' omega is not significant)",
+        f"{n_iter[1]} iterations; {n_pix[1]} fit pixels); constant model used (no "
+        f"significant omega of bright fibers to borrow)",
     ]
 
 
