@@ -292,8 +292,6 @@ def _read_text_runlist(path: Path) -> list[tuple[str, Path]]:
     as failed exposures (1572 of them for a confSummary), with a name error for the glob. A
     well-named file that is missing stays one exposure's failure, the night going on.
     """
-    from .exposure import identify_exposure
-
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no path
     except UnicodeDecodeError:
@@ -313,14 +311,12 @@ def _read_text_runlist(path: Path) -> list[tuple[str, Path]]:
             raise InputError(path, f"line {number}", "a raw file or a glob matching raw files",
                              f"{entry!r}, a glob matching nothing")  # fmt: skip
         for match in matches:
-            try:
-                identify_exposure(match)
-            except InputError:
+            if not _names_exposure(Path(match)):
                 raise InputError(
                     path, f"line {number}", "one raw file name per line (apR-[abc]-NNNNNNNN.apz, "
                     "asR-..., ar3Dcal_{tele}_{mjd}_{EXP4}_{chip}_*.h5) or a glob of them",
                     repr(entry) if literal else f"{entry!r} matching {os.path.basename(match)!r}",
-                ) from None  # fmt: skip
+                )  # fmt: skip
         named += [(f"{path.name}:{number}", Path(m)) for m in matches]
     if not named:
         raise InputError(path, "runlist", "at least one exposure", "no entries")
@@ -547,10 +543,14 @@ def _problems(product) -> list[str]:
 
     out = []
     order = ("R", "G", "B")  # the chips' order, as the run reported them (HDF5 sorts groups)
-    for name in sorted(product.chips, key=lambda k: (order.index(k) if k in order else 3, k)):
+
+    def in_order(keys):
+        return sorted(keys, key=lambda k: (order.index(k) if k in order else 3, k))
+
+    for name in in_order(product.chips):
         images = product.chips[name]
         out += chip_problems(name, images.rate, images.flags)
-    for key in sorted(product.fibers, key=lambda k: (order.index(k) if k in order else 3, k)):
+    for key in in_order(product.fibers):
         group = product.fibers[key]
         borrowed = np.asarray(group.model, dtype=object) == "borrowed"
         out += fit_problems(key, group.flags, group.n_iter, group.n_fit_pixels, borrowed,

@@ -45,6 +45,10 @@ SELECT_PAD = 90.0  # s of guider frames kept beyond the exposure (and the lag ra
 #: 8-22 for one fiber in 8 simulations (a false clock verdict in 28 of 40 before this test), and
 #: it grows with the fibers, which share the guider's noise; a passing cloud gave 1.4e5.
 LAG_EVIDENCE = 50.0
+#: Values whose spread is below this fraction of their size are constant (to rounding): a
+#: seeing-only curve under steady seeing, a spline through equal values, gave a correlation of
+#: 0.45 or -0.10 from its last bits.
+CONSTANT_RTOL = 1e-12
 #: The most steps of the lag grid (``2 lag_range / lag_step``): 240 at the defaults.
 MAX_LAG_STEPS = 100_000
 
@@ -564,10 +568,9 @@ def compare(
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a fiber without used windows: NaN
         residual_rms = np.sqrt(np.nanmean(np.where(used, residual**2, np.nan), axis=1))
-        # Constant to rounding counts as constant, as in _pearson.
         spread = np.nanvar(omega, axis=1)
         level = np.nanmax(np.abs(omega), axis=1, initial=0.0)
-        explained = np.where(spread > (1e-12 * level) ** 2,
+        explained = np.where(spread > (CONSTANT_RTOL * level) ** 2,
                              1.0 - np.nanvar(residual, axis=1) / spread, np.nan)  # fmt: skip
     disagree = np.nan_to_num(p_value, nan=1.0) < alpha
     if disagree.any():
@@ -654,10 +657,8 @@ def _gamma_comparison(data, series, matrix, covered, special) -> dict:
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    # Constant to rounding counts as constant: a seeing-only curve under steady seeing, a
-    # spline through equal values, gave r of 0.45 or -0.10 from its last bits.
     def constant(v):
-        return not np.std(v) > 1e-12 * np.max(np.abs(v))
+        return not np.std(v) > CONSTANT_RTOL * np.max(np.abs(v))
 
     if x.size < 3 or constant(x) or constant(y):
         return math.nan

@@ -82,7 +82,6 @@ def refcorr(
     reference_columns: bool = False,
     background=None,
     min_background: int = 32,
-    row_medians: np.ndarray | None = None,
 ) -> np.ndarray:
     """Remove correlated read noise from read differences with the reference pixels.
 
@@ -112,10 +111,6 @@ def refcorr(
         of every fiber; e.g. the complement of the pipeline's trace masks).
     min_background : int, optional
         Fewest background pixels in one output's row for step 4 to use that row.
-    row_medians : ndarray, ``(n_diff, ny, 4)``, optional
-        For ``"rowmedian"``: the offsets step 4 removes per difference, row and output, in
-        place of the background's medians (:func:`refcorr_reads` passes them with the
-        background's own light taken out).
 
     Returns
     -------
@@ -163,9 +158,7 @@ def refcorr(
 
     # 4. Inter-fiber pixels, where a row has enough of them.
     if method == "rowmedian":
-        if row_medians is None:
-            row_medians = background_medians(out, background, min_background)
-        per_output -= row_medians[..., None]
+        per_output -= background_medians(out, background, min_background)[..., None]
     return out
 
 
