@@ -34,7 +34,8 @@ export NOT_CONVERGED, OMEGA_ELEMENT_NO_DATA, EMPTY_GROUP, LOW_SEGMENT_CONTRAST, 
 export fit_constant, extract_fluxes, fit_equal_weight, fit_omega, initial_guess, sample_omega
 export extract_kernel!, equal_weight_kernel!, chi2_kernel!, prepare_diffs_kernel!
 export normal_equations_kernel!, initial_guess!, fit_omega_groups, gauss_newton_step, gibbs
-export find_jumps, find_jumps_kernel!, jump_sizes_kernel!, search_pixel!, search_groups_kernel!
+export find_jumps, find_jumps_kernel!, jump_sizes_kernel!, search_pixel!, search_at_rate!,
+    search_groups_kernel!
 export fit_omega_with_jumps
 export chi2_thresholds
 export fit_omega_chromatic, fit_chromatic_groups, chromatic_normal_kernel!, chromatic_chi2_kernel!

@@ -808,7 +808,8 @@ Decide per fiber between the constant and the time-variable model and lend faint
 (pyapred's `choose_models`). A fiber is bright when it has at least `min_fit_pixels` fit pixels,
 its fit converged with every omega element constrained, and its median omega error is at most
 `max_omega_error`. With `model = "auto"` a bright fiber is time-variable when the p-value of its
-chi2 improvement is below `p_value` and its equivalent amplitude reaches `amplitude_threshold`;
+chi2 improvement (over the fit pixels where the omega fit's jump search masked nothing) is below
+`p_value` and its equivalent amplitude reaches `amplitude_threshold`;
 the other fibers (not excluded, not failed) borrow the bright fibers' weighted mean omega when
 that mean passes the same tests. A fiber whose fit failed falls back to the constant model
 (`FALLBACK_CONSTANT`). `model = "time-variable"` forces it on every bright fiber and lends the
@@ -827,11 +828,20 @@ function choose_models(fit, constant, n_fit_pixels::AbstractVector, excluded::Ab
     ref_index = fit.ref_index[1]
     flags = flags .| fit.group_flags
     in_fit = (fit.flags .& NOT_IN_OMEGA_FIT) .== 0
-    chi2_tv = [sum(in_fit[p, f] ? fit.chi2[p, f] : 0.0 for p in axes(in_fit, 1); init = 0.0)
+    # The two models are compared on the same data: the constant fit sees the first pass's mask,
+    # the omega fit's jump search (4.5 sigma) masks more, so a pixel where it found a jump
+    # leaves the comparison (as pyapred's choose_models).
+    compared = copy(in_fit)
+    if hasproperty(fit, :jump_mask) && fit.jump_mask !== nothing
+        for f in axes(compared, 2), p in axes(compared, 1)
+            compared[p, f] = compared[p, f] && !any(view(fit.jump_mask, :, p, f))
+        end
+    end
+    chi2_tv = [sum(compared[p, f] ? fit.chi2[p, f] : 0.0 for p in axes(compared, 1); init = 0.0)
                for f in 1:nf]
-    chi2_c = [sum(in_fit[p, f] ? constant.chi2[p, f] : 0.0 for p in axes(in_fit, 1); init = 0.0)
-              for f in 1:nf]
-    dof = [sum(in_fit[p, f] ? fit.n_diff[p, f] - 1 : 0 for p in axes(in_fit, 1); init = 0)
+    chi2_c = [sum(compared[p, f] ? constant.chi2[p, f] : 0.0 for p in axes(compared, 1);
+                  init = 0.0) for f in 1:nf]
+    dof = [sum(compared[p, f] ? fit.n_diff[p, f] - 1 : 0 for p in axes(compared, 1); init = 0)
            for f in 1:nf]
     delta = chi2_c .- chi2_tv
     if hasproperty(fit, :offsets)

@@ -148,8 +148,9 @@ _FIBERS = {
     "amplitude": _Field("amplitude", "", "equivalent amplitude A of omega ~ U(1 - A, 1), "
                         "debiased for noise"),
     "delta_chi2": _Field("delta_chi2", "", "chi-squared of the constant model minus that of the "
-                         "time-variable model over the fit pixels; with the 1/f nuisance offsets "
-                         "(correct_1f ...nuisance), the Wald statistic of omega against ones"),
+                         "time-variable model over the fit pixels without a jump that the omega "
+                         "fit found; with the 1/f nuisance offsets (correct_1f ...nuisance), the "
+                         "Wald statistic of omega against ones"),
     "p_value": _Field("p_value", "", "probability of delta_chi2 under the constant model"),
     "n_fit_pixels": _Field("n_fit_pixels", "", "pixels of the fiber in the omega fit"),
     "n_iter": _Field("n_iter", "", "Gauss-Newton iterations of the omega fit"),

@@ -557,8 +557,21 @@ def _pixel_inputs(reads, read_noise, gain, mask, saturation):
     bad = _flat(mask, 1) if mask is not None else np.zeros((1, 1), dtype=np.bool_)
     # C order always (a copy only where the input is another layout): Numba compiles a kernel for
     # each array layout, about 30 s each for the extraction, so that every caller shares one.
-    return (np.ascontiguousarray(_flat(reads, 1)), np.ascontiguousarray(bad), mask is not None,
+    return (_kernel_view(_flat(reads, 1)), _kernel_view(bad), mask is not None,
             _ravel_pixels(sigma), _ravel_pixels(gain_map), _ravel_pixels(sat))  # fmt: skip
+
+
+def _kernel_view(array: np.ndarray) -> np.ndarray:
+    """``array`` in C order (a copy only where it is another layout), as a read-only view.
+
+    Numba compiles a kernel for each array layout and for each mix of read-only and writeable
+    arguments (about 30 s each for the extraction): a memory-mapped cube (``np.load(...,
+    mmap_mode="r")``, a FITS file opened read-only) or a broadcast mask compiled the kernels
+    again. Read-only always, every caller shares one compiled kernel.
+    """
+    view = np.ascontiguousarray(array).view()
+    view.flags.writeable = False
+    return view
 
 
 def _omega_rows(omega, groups, K: int, pixel_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -818,8 +831,9 @@ def _group_inputs(reads, read_noise, gain, mask, read_times, saturation, backend
     bad = (mask[:, None, :] if single else mask) if mask is not None else np.zeros((1, 1, 1), bool)
     gain_map = np.ascontiguousarray(gain_map)
     backend_kernels(backend).prepare_diffs_kernel(
-        cube, bad, mask is not None, gain_map, np.ascontiguousarray(sat), diffs, valid, flags
-    )
+        _kernel_view(cube), _kernel_view(bad), mask is not None, gain_map,
+        np.ascontiguousarray(sat), diffs, valid, flags,
+    )  # fmt: skip
     s2 = (sigma * gain_map) ** 2
     return single, diffs, valid, flags, np.ascontiguousarray(s2), dt, gain_map
 
@@ -1602,7 +1616,10 @@ def find_jumps(
     most is masked if the drop exceeds ``threshold**2``, and the search repeats on that pixel
     until nothing passes or at most 3 clean differences are left. Each refit is closed-form from
     one O(K) tridiagonal solve. The covariance is evaluated at the median difference rate, as in
-    Brandt's code. With ``omega`` given, a dip in the sky is part of the model, not a jump.
+    Brandt's code; a pixel where that search flags anything is searched again from the start
+    with the covariance at the GLS rate of the differences left clean (the median's low draws
+    made false alarms where read noise rules). With ``omega`` given, a dip in the sky is part of
+    the model, not a jump.
 
     Parameters
     ----------

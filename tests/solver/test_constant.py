@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from pyapred import Flag, extract_fluxes, fit_constant, fit_equal_weight, simulate_ramps
+from pyapred import (
+    Flag,
+    extract_fluxes,
+    fit_constant,
+    fit_equal_weight,
+    fit_omega,
+    simulate_ramps,
+)
 
 from . import dense
 
@@ -253,7 +260,29 @@ def test_one_compiled_extraction_whatever_the_reads_layout():
     np.testing.assert_array_equal(extract_fluxes(picked, 10.0, omega).flux, first[rows * 30 + cols])
     np.testing.assert_array_equal(extract_fluxes(np.asfortranarray(reads), 10.0, omega).flux, first)
     np.testing.assert_array_equal(extract_fluxes(reads[:, ::3], 10.0, omega).flux, first[::3])
+    # Read-only reads and masks (a memory-mapped cube, a broadcast mask) share it too.
+    frozen = reads.copy()
+    frozen.flags.writeable = False
+    no_mask = np.broadcast_to(False, reads.shape)
+    np.testing.assert_array_equal(extract_fluxes(frozen, 10.0, omega, mask=no_mask).flux, first)
     assert len(_numpy.extract_kernel.signatures) == compiled
+
+
+def test_one_compiled_difference_layout_for_read_only_inputs():
+    """fit_omega's differences: writeable or read-only reads and masks share one compiled
+    kernel."""
+    from pyapred.solver import _numpy
+
+    rng = np.random.default_rng(13)
+    reads = np.cumsum(rng.uniform(50, 150, (9, 2, 30)), axis=0)
+    mask = np.zeros(reads.shape, bool)
+    first = fit_omega(reads, 10.0, mask=mask)
+    compiled = len(_numpy._prepare_diffs_flat.signatures)
+    frozen = reads.copy()
+    frozen.flags.writeable = False
+    again = fit_omega(frozen, 10.0, mask=np.broadcast_to(False, reads.shape))
+    np.testing.assert_array_equal(again.omega, first.omega)
+    assert len(_numpy._prepare_diffs_flat.signatures) == compiled
 
 
 @pytest.mark.parametrize(
