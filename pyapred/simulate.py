@@ -44,8 +44,10 @@ class SimulatedRamps:
         True flux, e- per read interval at ``omega = 1``.
     omega : ndarray, ``(n_reads - 1,)``
     read_noise : ndarray, ``pixel_shape``
-        Single-read sigma in e-.
+        Single-read sigma in e- (:attr:`read_noise_dn` in DN, the units of ``reads``: the fits
+        take ``fit_constant(sim.reads, sim.read_noise_dn, gain=sim.gain)``).
     gain : float
+        e-/DN.
     jumps : ndarray, float64, ``(n_reads - 1, *pixel_shape)``
         Cosmic-ray charge (e-) added in each read difference; 0 where none.
     saturated : ndarray of bool, ``(n_reads, *pixel_shape)``
@@ -60,6 +62,12 @@ class SimulatedRamps:
     jumps: np.ndarray
     saturated: np.ndarray
 
+    @property
+    def read_noise_dn(self) -> np.ndarray:
+        """Single-read sigma in DN, ``pixel_shape``: the units of ``reads``, which the fits take
+        with ``gain=sim.gain`` (``read_noise`` is in e-)."""
+        return np.asarray(self.read_noise, dtype=np.float64) / self.gain
+
     def __repr__(self) -> str:
         """Shapes and key figures (a few lines, never whole arrays)."""
         from .solver.reprs import finite_median, fmt
@@ -70,8 +78,9 @@ class SimulatedRamps:
             f"SimulatedRamps: {n_reads} reads x pixel_shape {self.reads.shape[1:]}; true flux "
             f"{fmt(flux.min())}..{fmt(flux.max())} e-/read (median {fmt(np.median(flux))}) at "
             f"omega = 1; omega {fmt(self.omega.min())}..{fmt(self.omega.max())} (mean "
-            f"{fmt(self.omega.mean())}: exposure-averaged flux = flux x mean); read noise "
-            f"{fmt(finite_median(self.read_noise))} e-; gain {fmt(self.gain)} e-/DN; "
+            f"{fmt(self.omega.mean())}: exposure-averaged flux = flux x mean); reads in DN; "
+            f"read noise {fmt(finite_median(self.read_noise))} e- (read_noise_dn "
+            f"{fmt(finite_median(self.read_noise_dn))} DN); gain {fmt(self.gain)} e-/DN; "
             f"{int(np.count_nonzero(self.jumps))} cosmic rays; "
             f"{int(np.count_nonzero(self.saturated[-1]))} pixels saturated"
         )

@@ -86,6 +86,24 @@ def homes() -> dict[int, str]:
     return home
 
 
+def constant_comment(name: str) -> str:
+    """The ``#:`` comment above the assignment of the constant ``name`` in pyapred's sources, on
+    one line (empty if there is none): a number's or a tuple's docstring is its type's."""
+    target = re.compile(rf"^(?:\w+ *, *)*{re.escape(name)}\b[\w ,]*(?::[^=\n]*)?=[^=]",
+                        re.MULTILINE)  # fmt: skip
+    root = Path(importlib.import_module("pyapred").__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        for match in target.finditer(text):
+            lines = text[: match.start()].splitlines()
+            comment = []
+            while lines and lines[-1].startswith("#:"):
+                comment.insert(0, lines.pop()[2:].strip())
+            if comment:
+                return " ".join(comment)
+    return ""
+
+
 def render() -> str:
     """The text of ``docs/api.md``."""
     home = homes()
@@ -107,7 +125,8 @@ def render() -> str:
                 continue
             # A text block: the python blocks of docs/*.md run in tests/test_docs.py.
             lines += [f"### `{package}.{name}`", "", "```text", signature(name, obj), "```", ""]
-            text = first_paragraph(obj)
+            described = callable(obj) or isinstance(obj, type)
+            text = first_paragraph(obj) if described else constant_comment(name)
             if text:
                 lines += [text, ""]
     return "\n".join(lines).rstrip("\n") + "\n"

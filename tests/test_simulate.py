@@ -120,3 +120,18 @@ def test_simulated_trace_heights_are_in_dn_per_read(tmp_path):
     chip = sim.chips["R"]
     height = read_trace_file(paths["traces"][0]).height
     np.testing.assert_allclose(height[: chip.fiber_flux.shape[0]], chip.fiber_flux / chip.gain)
+
+
+def test_read_noise_in_the_units_of_the_reads_gives_calibrated_fits():
+    """The reads are in DN and ``read_noise`` in e-: a fit of ``sim.reads`` with gain 2 needs
+    ``read_noise_dn`` (``read_noise`` there overstated the errors by the gain: z std 0.76)."""
+    from pyapred import fit_constant
+
+    sim = simulate_ramps(np.full(20_000, 200.0), 12.0, n_reads=20, gain=2.0,
+                         rng=np.random.default_rng(3))  # fmt: skip
+    np.testing.assert_allclose(sim.read_noise_dn, 6.0)
+    fit = fit_constant(sim.reads, sim.read_noise_dn, gain=sim.gain)
+    z = (fit.flux * sim.gain - sim.flux) / (np.sqrt(fit.flux_var) * sim.gain)
+    assert 0.98 < np.std(z) < 1.02
+    assert 0.98 < np.mean(fit.chi2 / (fit.n_diff - 1)) < 1.02
+    assert "read_noise_dn 6 DN" in repr(sim)

@@ -58,6 +58,23 @@ const FLAG_NAMES = (
 """
     describe_flags(value)
 
-Names of the bits set in `value`, lowest bit first, e.g. `["SATURATED", "TOO_FEW_DIFFS"]`.
+Names of the bits set in `value`, lowest bit first, e.g. `["SATURATED", "TOO_FEW_DIFFS"]`; a bit
+that no flag names (a product of a newer version) as `"bit 16"` (as pyapred's `describe_flags`).
+
+# Arguments
+- `value`: one flag value, an integer >= 0.
 """
-describe_flags(value::Integer) = [name for (bit, name) in FLAG_NAMES if value & bit != 0]
+function describe_flags(value::Integer)
+    value >= 0 || throw(ArgumentError("value: expected one flag value, an integer >= 0, got $value"))
+    names = String[]
+    rest, bit = value, 0
+    while rest != 0
+        if rest & 1 == 1
+            known = findfirst(pair -> pair.first == 1 << bit, FLAG_NAMES)
+            push!(names, known === nothing ? "bit $bit" : FLAG_NAMES[known].second)
+        end
+        rest >>= 1
+        bit += 1
+    end
+    return names
+end

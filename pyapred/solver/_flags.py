@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import enum
 
+import numpy as np
+
 __all__ = ["Flag", "describe_flags"]
 
 
@@ -61,11 +63,33 @@ def describe_flags(value: int) -> list[str]:
     Parameters
     ----------
     value : int
-        A flag value, e.g. one element of ``FluxFit.flags``.
+        A flag value, e.g. one element of ``FluxFit.flags`` (for a whole array, call it on
+        each element, or test a bit with ``flags & Flag.SATURATED``).
 
     Returns
     -------
     list of str
-        Names of the set bits, e.g. ``["SATURATED", "TOO_FEW_DIFFS"]``.
+        Names of the set bits, e.g. ``["SATURATED", "TOO_FEW_DIFFS"]``; a bit that no
+        :class:`Flag` names (a product of a newer version) as ``"bit 16"``.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is not one integer >= 0.
     """
-    return [flag.name for flag in Flag if int(value) & flag.value]
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(
+            f"value: expected one flag value, an integer >= 0, got {value!r}"
+            + (" (an array: describe each element)" if np.ndim(value) else "")
+        )
+    value = int(value)
+    names = []
+    for bit in range(value.bit_length()):
+        if value >> bit & 1:
+            names.append(Flag(1 << bit).name if (1 << bit) in _KNOWN_BITS else f"bit {bit}")
+    return names
+
+
+_KNOWN_BITS = frozenset(flag.value for flag in Flag)

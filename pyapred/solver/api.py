@@ -234,6 +234,8 @@ class OmegaFit:
         variance = np.diagonal(np.reshape(self.omega_cov, (G, K, K)), axis1=1, axis2=2)
         error = np.sqrt(np.maximum(variance, 0.0))
         error = np.where(np.arange(K) == np.atleast_1d(self.ref_index)[:, None], np.nan, error)
+        # An empty group's covariance is zeros, and so is an element's without data: no error.
+        error = np.where(has_data[:, None] & np.isfinite(omega), error, np.nan)
         bits = [
             f"{flag.name} {n}"
             for flag in (Flag.NOT_CONVERGED, Flag.OMEGA_ELEMENT_NO_DATA, Flag.EMPTY_GROUP)
@@ -582,7 +584,10 @@ def _omega_rows(omega, groups, K: int, pixel_shape: tuple) -> tuple[np.ndarray, 
     """
     omega2d = np.atleast_2d(_real_array(omega, "omega"))
     if omega2d.ndim != 2 or omega2d.shape[1] != K:
-        raise ValueError(f"omega: expected shape ({K},) or (n_groups, {K}), got {np.shape(omega)}")
+        raise ValueError(
+            f"omega: expected shape ({K},) or (n_groups, {K}), got {np.shape(omega)} (K = n_reads "
+            f"- 1, from axis 0 of reads: are the reads (n_reads, *pixel_shape)?)"
+        )
     # A NaN or inf element masks its difference; a finite one beyond SCALE_RANGE overflowed
     # the variances (omega 1e160 gave flux 0 and variance 0, unflagged). The extremes alone:
     # a chromatic table holds millions of rows.
@@ -1113,10 +1118,13 @@ class ChromaticFit:
         """Convergence and the test's outcome (a line, never whole arrays)."""
         from .reprs import finite_median, fmt
 
-        converged = np.atleast_1d(self.converged)
+        has_data = ~(np.atleast_1d(self.group_flags) & Flag.EMPTY_GROUP).astype(bool)
+        converged = np.atleast_1d(self.converged) & has_data
         p = np.atleast_1d(self.p_value)
+        groups = f"{converged.size} group" + ("" if converged.size == 1 else "s")
         return (
-            f"ChromaticFit: {converged.size} groups, {int(converged.sum())} converged; "
+            f"ChromaticFit: {groups}, {int(converged.sum())} of {int(has_data.sum())} with data "
+            "converged; "
             f"median |gamma| {fmt(finite_median(np.abs(self.gamma)))}; p < 0.001 in "
             f"{int(np.count_nonzero(p < 1e-3))}; median amplitude "
             f"{fmt(finite_median(self.amplitude))}"

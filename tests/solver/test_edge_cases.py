@@ -255,7 +255,7 @@ def test_invalid_arguments_raise_value_error(function, label, change, match):
 @pytest.mark.parametrize(
     ("function", "kwargs", "match"),
     [
-        ("extract_fluxes", {"omega": np.ones(3)}, "omega"),
+        ("extract_fluxes", {"omega": np.ones(3)}, r"omega.*are the reads \(n_reads, \*pixel"),
         ("find_jumps", {"omega": np.ones(3)}, "omega"),
         ("find_jumps", {"threshold": 0.0}, "threshold"),
         ("fit_omega", {"rtol": 0.0}, "rtol"),
@@ -329,3 +329,17 @@ def test_sample_omega_counts_as_every_option_takes_them(n_samples, burn_in, matc
 def test_no_group_is_an_empty_result():
     fit = fit_omega(np.zeros((10, 0, 4)), 10.0)
     assert fit.omega.shape == (0, 9) and fit.stop_reason.shape == (0,)
+
+
+def test_describe_flags_names_every_bit_and_refuses_what_is_no_flag_value():
+    from pyapred import Flag, describe_flags
+
+    assert describe_flags(Flag.SATURATED | Flag.TOO_FEW_DIFFS) == ["SATURATED", "TOO_FEW_DIFFS"]
+    assert describe_flags(np.int64(3)) == describe_flags(np.array(3)) == [
+        "MASKED_READ", "NONFINITE_READ"]  # fmt: skip
+    assert describe_flags(0) == []
+    # A bit no flag names (a newer product) is named by its number, not dropped.
+    assert describe_flags(1 << 16 | 1) == ["MASKED_READ", "bit 16"]
+    for bad in (3.7, -1, True, np.array([1, 2])):
+        with pytest.raises(ValueError, match="value: expected one flag value"):
+            describe_flags(bad)

@@ -643,3 +643,19 @@ def test_a_warm_start_guesses_only_the_fluxes_it_lacks():
     assert len(asked) == 2 and asked[1] is None
     for key in ("omega", "flux", "omega_cov", "n_iter", "ref_index"):
         np.testing.assert_array_equal(warm[key], again[key])
+
+
+def test_reprs_of_empty_groups_show_no_error_and_no_convergence():
+    """An empty group's covariance is zeros: its omega error is not 0 but absent, and a
+    chromatic fit counts its converged groups among those with data."""
+    from pyapred import fit_omega_chromatic
+
+    rng = np.random.default_rng(4)
+    reads = simulate_ramps(rng.uniform(800, 1200, (2, 60)), 12.0, n_reads=8, rng=rng).reads
+    mask = np.zeros(reads.shape, bool)
+    mask[:, 1] = True  # the second group has no usable read
+    fit = fit_omega(reads[:, 1:], 12.0, mask=mask[:, 1:])
+    assert fit.group_flags & Flag.EMPTY_GROUP
+    assert "median omega error -" in repr(fit)
+    chromatic = fit_omega_chromatic(reads, 12.0, np.linspace(-1, 1, 60), mask=mask)
+    assert repr(chromatic).startswith("ChromaticFit: 2 groups, 1 of 1 with data converged")
