@@ -53,6 +53,24 @@ def test_vectors_cover_the_edge_cases():
     assert list(outputs["fit_omega_dead_pixel_groups"]["group_flags"]) == [0, 0]
 
 
+def test_find_jumps_vectors_expect_only_what_the_julia_twin_returns():
+    """runtests.jl compares every expected key with the Julia result's field of that name: a key
+    only Python's JumpResult has (its compact ``diff_mask_bits``, ``jump_index``,
+    ``jump_charge``) would be a KeyError there. The Julia fields are read from the NamedTuple
+    that ``find_jumps`` in julia/src/jumps.jl returns."""
+    import re
+
+    source = (VECTOR_DIR.parent.parent / "src" / "jumps.jl").read_text()
+    body = source[source.index("\nfunction find_jumps(") :]
+    returned = body[body.index("    return (") : body.index("\nend")]
+    fields = set(re.findall(r"\b(\w+) = ", returned))
+    assert {"diff_mask", "jumps", "flux_var", "flags"} <= fields
+    for path in VECTORS:
+        vector = load_vector(path)
+        if vector["function"] == "find_jumps":
+            assert set(vector["expected"]) <= fields, (path.stem, set(vector["expected"]) - fields)
+
+
 @pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
 def test_numpy_backend_reproduces_vector(path):
     vector = load_vector(path)

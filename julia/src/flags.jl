@@ -65,16 +65,26 @@ that no flag names (a product of a newer version) as `"bit 16"` (as pyapred's `d
 - `value`: one flag value, an integer >= 0.
 """
 function describe_flags(value::Integer)
-    value >= 0 || throw(ArgumentError("value: expected one flag value, an integer >= 0, got $value"))
+    (value isa Bool || value < 0) && throw(flag_value_error(value))
     names = String[]
     rest, bit = value, 0
     while rest != 0
         if rest & 1 == 1
-            known = findfirst(pair -> pair.first == 1 << bit, FLAG_NAMES)
-            push!(names, known === nothing ? "bit $bit" : FLAG_NAMES[known].second)
+            name = "bit $bit"
+            for (flag, flag_name) in FLAG_NAMES
+                flag == 1 << bit && (name = flag_name)
+            end
+            push!(names, name)
         end
         rest >>= 1
         bit += 1
     end
     return names
 end
+
+# Anything else (a float, an array): refused as pyapred refuses it.
+describe_flags(value) = throw(flag_value_error(value))
+
+"The error of [`describe_flags`](@ref) for what is no flag value (pyapred's message)."
+flag_value_error(value) =
+    ArgumentError("value: expected one flag value, an integer >= 0, got $(repr(value))")

@@ -629,7 +629,9 @@ refitted with a free jump in that difference, model `f x + b e_k` with `x = omeg
 (`omega = 1`: the constant model); the difference whose jump lowers chi2 most is masked if the
 drop exceeds `threshold^2`, and the search repeats until nothing passes or at most 3 clean
 differences are left. The covariance is evaluated at the median difference rate, as in Brandt's
-code. With `omega` given, a dip in the sky is part of the model, not a jump.
+code; a pixel where that search flags anything is searched again from the start with the
+covariance at the GLS rate of the differences left clean ([`search_pixel!`](@ref)). With `omega`
+given, a dip in the sky is part of the model, not a jump.
 
 # Arguments
 - `reads`: `(pixels..., n_reads)` up-the-ramp reads, e- if `gain = 1`, else DN.

@@ -475,6 +475,11 @@ end
     @testset "flags" begin
         @test describe_flags(SATURATED | TOO_FEW_DIFFS) == ["SATURATED", "TOO_FEW_DIFFS"]
         @test describe_flags(0) == String[]
+        # A bit no flag names (a newer product) is named by its number (as pyapred).
+        @test describe_flags(1 << 16 | 1) == ["MASKED_READ", "bit 16"]
+        for bad in (-1, true, 3.7, [1, 2])
+            @test_throws ArgumentError describe_flags(bad)
+        end
     end
 
     @testset "jump search" begin

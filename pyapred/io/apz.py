@@ -594,6 +594,10 @@ def _image_shapes(path: Path, hdus: _ApzHDUs, n_reads: int) -> tuple[int, int]:
     for k, other in enumerate(shapes):
         if other != shape:
             raise InputError(path, f"HDU {k + 2}", f"shape {shape} like HDU 1", found=str(other))
+    if shape[0] > SCIENCE_COLUMNS:  # a transposed (2560, 2048) image was fitted, on its side
+        raise InputError(path, "HDU 1", f"at most {SCIENCE_COLUMNS} rows (APOGEE's images are "
+                         f"({SCIENCE_COLUMNS}, 2560): ZNAXIS2 rows, ZNAXIS1 columns)",
+                         f"shape {shape}: a transposed image?")  # fmt: skip
     # The sizes are the file's word: a 219 kB file declaring 2e9 columns asked for 522 GiB, a
     # MemoryError traceback once the first chip was loading.
     size, memory = 4.0 * n_reads * shape[0] * shape[1], physical_memory()

@@ -302,6 +302,22 @@ def test_a_read_image_taller_than_hdu_1_is_refused(tmp_path):
         read_apz(path)
 
 
+def test_an_image_taller_than_the_detector_is_refused_as_transposed(tmp_path):
+    """A transposed (2560, 2048) image was fitted on its side: more rows than the H2RG's 2048 are
+    refused from the headers (every HDU's ZNAXIS2 says 2560 here), before any pixel."""
+    reads = simulated_chip(3, ny=2)
+    _, headers = make_headers(3, date_obs="2025-04-20T04:00:00.000", chip="a")
+    path = write_apz(tmp_path / "apR-a-52190001.apz", reads.astype(np.uint16), headers)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"ZNAXIS2 =")
+    while at >= 0:
+        data[at : at + 80] = f"ZNAXIS2 = {2560:>20}".ljust(80).encode()
+        at = data.find(b"ZNAXIS2 =", at + 80)
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"HDU 1: expected at most 2048 rows.*transposed"):
+        read_apz(path)
+
+
 @pytest.mark.parametrize("timesys, scale", [("TAI", "tai"), ("UTC", "utc"), (None, "utc")])
 def test_read_times_from_exposure_header_honour_timesys(tmp_path, raw_apz, timesys, scale):
     reads = 100 + np.cumsum(np.ones((4, 2, 4), dtype=np.int64), axis=0)
