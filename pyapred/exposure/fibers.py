@@ -44,6 +44,7 @@ __all__ = [
 
 #: Per-fiber model codes (``FiberFits.model``).
 MODEL_CONSTANT, MODEL_TIME_VARIABLE, MODEL_BORROWED, MODEL_CHROMATIC = 0, 1, 2, 3
+#: Names of the model codes, indexed by code (the product's per-fiber ``model``).
 MODEL_NAMES = ("constant", "time_variable", "borrowed", "time_variable_chromatic")
 
 
@@ -76,7 +77,8 @@ class FiberFits:
         Equivalent amplitude ``sqrt(12 (var(omega) - mean(sigma_omega^2)))`` of the mean-1 fit: the
         paper's A for ``omega ~ U(1 - A, 1)``, debiased for noise.
     chi2_dof_constant, chi2_dof_variable : ndarray, ``(n_fibers,)``
-        chi2/dof of the two models over the fit pixels that ``delta_chi2`` sums.
+        chi2/dof of the two models over the fit pixels where the omega fit's jump search masked
+        no difference.
     n_fit_pixels : ndarray of int, ``(n_fibers,)``
     flags : ndarray of int, ``(n_fibers,)``
         Group flags of the fit plus ``BORROWED_OMEGA``, ``FALLBACK_CONSTANT``, ``FPI_FIBER``,

@@ -1071,6 +1071,9 @@ def write_apz(
     if counts.ndim != 3 or min(counts.shape) < 1:  # no pixel: no image to write
         raise ValueError(f"reads: expected shape (n_reads, ny, nx), each at least 1, got "
                          f"{counts.shape}")  # fmt: skip
+    if counts.shape[1] > SCIENCE_COLUMNS:  # read_apz refuses it (a transposed image)
+        raise ValueError(f"reads: expected at most {SCIENCE_COLUMNS} rows (ny), the H2RG's, got "
+                         f"{counts.shape}")  # fmt: skip
     if counts.dtype.kind == "f" and not np.array_equal(counts, np.round(counts)):
         raise ValueError("reads: expected whole numbers of DN")
     if counts.dtype.kind not in "iuf" or counts.min() < 0 or counts.max() > 65535:

@@ -438,6 +438,8 @@ def test_write_apz_rejects_bad_arguments_and_is_atomic(tmp_path):
         write_apz(path, np.full((2, 2, 2), 1.5), read_headers)
     with pytest.raises(ValueError, match="one per read"):
         write_apz(path, np.ones((3, 2, 2)), read_headers)
+    with pytest.raises(ValueError, match="at most 2048 rows"):  # read_apz would refuse it
+        write_apz(path, np.ones((2, 2049, 1)), read_headers)
     write_apz(path, np.ones((2, 2, 2)), read_headers)
     with pytest.raises(FileExistsError):
         write_apz(path, np.ones((2, 2, 2)), read_headers)
