@@ -124,9 +124,20 @@ def _count(value, name: str, low: int = 1) -> int:
 def omega_cloud(n_diff: int, depth: float, start: int, length: int) -> np.ndarray:
     """A passing cloud: transparency ``1 - depth`` for differences ``start .. start+length-1``.
 
+    Parameters
+    ----------
+    n_diff : int
+        Read differences (``n_reads - 1``).
+    depth : float
+        Fraction of the light the cloud takes, in [0, 1).
+    start, length : int
+        First difference under the cloud (0-based) and how many; the window lies inside
+        ``[0, n_diff)``.
+
     Returns
     -------
     ndarray, ``(n_diff,)``
+        1 outside the cloud.
     """
     n_diff = _count(n_diff, "n_diff")
     if not 0.0 <= depth < 1.0:
@@ -147,9 +158,21 @@ def omega_drift(
 
     ``t`` runs from 0 to 1 over the exposure.
 
+    Parameters
+    ----------
+    n_diff : int
+        Read differences (``n_reads - 1``).
+    amplitude : float
+        Deepest loss of light, in [0, 1).
+    periods : float, optional
+        Cosine periods over the exposure (0.5: one dip to ``1 - amplitude`` at the end).
+    phase : float, optional
+        Phase in radians.
+
     Returns
     -------
     ndarray, ``(n_diff,)``
+        Between ``1 - amplitude`` and 1.
     """
     n_diff = _count(n_diff, "n_diff")
     if not 0.0 <= amplitude < 1.0:

@@ -428,18 +428,32 @@ def _as_ref_index(ref_index, n_groups: int, K: int) -> np.ndarray:
 
 def _pixel_map(value, name: str, pixel_shape: tuple, *, positive: bool = True) -> np.ndarray:
     """Broadcast a per-pixel parameter to ``pixel_shape`` as float64, checking its range."""
-    arr = _real_array(value, name)
+    given = _real_array(value, name)
     try:
-        arr = np.broadcast_to(arr, pixel_shape)
+        arr = np.broadcast_to(given, pixel_shape)
     except ValueError:
         raise ValueError(
-            f"{name}: shape {arr.shape} does not broadcast to the pixel shape {pixel_shape}"
+            f"{name}: shape {given.shape} does not broadcast to the pixel shape {pixel_shape}"
         ) from None
     low, high = SCALE_RANGE
     # The extremes alone (no chip-sized temporaries); a NaN makes them NaN and fails.
     if positive and arr.size and not (low <= arr.min() and arr.max() <= high):
-        raise ValueError(f"{name}: expected finite values > 0, within [{low:g}, {high:g}]")
+        raise ValueError(f"{name}: expected finite values > 0, within [{low:g}, {high:g}], "
+                         f"{_where_not(given, (given >= low) & (given <= high))}")  # fmt: skip
     return arr
+
+
+def _where_not(values: np.ndarray, good: np.ndarray) -> str:
+    """Where a map breaks its rule, for an error: ``"got nan at index (3, 7) and 2 more"``."""
+    bad = np.flatnonzero(~np.asarray(good))
+    if not bad.size:
+        return "got none"
+    value = f"{float(values.flat[bad[0]]):g}"
+    if values.ndim == 0:
+        return f"got {value}"
+    at = tuple(int(i) for i in np.unravel_index(bad[0], values.shape))
+    more = f" and {bad.size - 1} more" if bad.size > 1 else ""
+    return f"got {value} at index {at}{more}"
 
 
 def _as_mask(mask, shape: tuple) -> np.ndarray | None:
@@ -458,7 +472,8 @@ def _saturation_map(saturation, pixel_shape: tuple) -> np.ndarray:
         return np.broadcast_to(np.inf, pixel_shape)
     sat = _real_array(saturation, "saturation")
     if np.any(np.isnan(sat)):
-        raise ValueError("saturation: expected numbers (inf for none), got NaN")
+        raise ValueError(f"saturation: expected numbers (inf for none), "
+                         f"{_where_not(sat, ~np.isnan(sat))}")  # fmt: skip
     try:
         return np.broadcast_to(sat, pixel_shape)
     except ValueError:
@@ -1223,8 +1238,11 @@ def fit_omega_chromatic(
             f"coordinate: expected a shape broadcastable to {np.shape(reads)[1:]}, got "
             f"{np.shape(coordinate)}"
         ) from None
-    if not np.isfinite(coord).all():
-        raise ValueError("coordinate: expected finite values")
+    high = SCALE_RANGE[1]
+    if not (np.isfinite(coord).all() and np.abs(coord).max(initial=0.0) <= high):
+        # 1e200 overflowed inside the fit (RuntimeWarnings, then NOT_CONVERGED).
+        raise ValueError(f"coordinate: expected finite values within +-{high:g} (the stages use "
+                         f"-1 to +1), {_where_not(coord, np.abs(coord) <= high)}")  # fmt: skip
 
     def grouped(value):
         value = np.asarray(value)
@@ -1232,9 +1250,11 @@ def fit_omega_chromatic(
 
     s_omega, s_flux = grouped(start.omega), grouped(start.flux)
     if s_omega.shape != (G, K) or s_flux.shape != (G, P):
+        # In the caller's shapes: a single group's have no group axis.
+        want_omega, want_flux = ((K,), (P,)) if single else ((G, K), (G, P))
         raise ValueError(
-            f"start: expected an OmegaFit of the same pixels, omega {(G, K)} and flux {(G, P)}, "
-            f"got {s_omega.shape} and {s_flux.shape}"
+            f"start: expected an OmegaFit of the same pixels, omega {want_omega} and flux "
+            f"{want_flux}, got {np.shape(start.omega)} and {np.shape(start.flux)}"
         )
     if start.jump_mask is not None:
         valid &= ~grouped(start.jump_mask)

@@ -169,12 +169,21 @@ def test_bad_arguments():
         fit_omega_chromatic(reads, 12.0, np.zeros(3))
     with pytest.raises(ValueError, match="coordinate"):
         fit_omega_chromatic(reads, 12.0, np.full((2, 5), np.nan))
+    far = np.zeros((2, 5))
+    far[1, 3] = 1e200  # overflowed inside the fit (RuntimeWarnings, then NOT_CONVERGED)
+    with pytest.raises(ValueError, match=r"coordinate: .* got 1e\+200 at index \(1, 3\)"):
+        fit_omega_chromatic(reads, 12.0, far)
     start = fit_omega(np.zeros((K + 1, 5)) + np.arange(K + 1)[:, None] * 100.0, 12.0)
     with pytest.raises(ValueError, match="start"):
         fit_omega_chromatic(reads + np.arange(K + 1)[:, None, None] * 100.0, 12.0, 0.0,
                             start=start)  # fmt: skip
     with pytest.raises(ValueError, match="rtol"):
         fit_omega_chromatic(reads, 12.0, 0.0, rtol=0.0)
+    single = fit_omega(np.zeros((K + 1, 5)) + np.arange(K + 1)[:, None] * 100.0, 12.0)
+    with pytest.raises(ValueError, match=r"flux \(6,\), got \(\d+,\) and \(5,\)"):
+        # In the caller's shapes: a single group's have no group axis (it said (1, 6)).
+        fit_omega_chromatic(np.zeros((K + 1, 6)) + np.arange(K + 1)[:, None] * 100.0, 12.0,
+                            0.0, start=single)  # fmt: skip
     with pytest.raises(TypeError, match="start: expected an OmegaFit"):  # an AttributeError
         fit_omega_chromatic(reads, 12.0, 0.0, start="x")
 

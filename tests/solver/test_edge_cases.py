@@ -343,3 +343,19 @@ def test_describe_flags_names_every_bit_and_refuses_what_is_no_flag_value():
     for bad in (3.7, -1, True, np.array([1, 2])):
         with pytest.raises(ValueError, match="value: expected one flag value"):
             describe_flags(bad)
+
+
+def test_a_bad_map_value_is_located_in_the_error():
+    """One NaN in a chip-sized read-noise or saturation map refused the call without saying
+    where: the error names the first bad pixel and how many more."""
+    reads = np.cumsum(np.full((5, 3, 4), 50.0), axis=0)
+    noise = np.full((3, 4), 10.0)
+    noise[1, 2], noise[2, 3] = np.nan, -1.0
+    with pytest.raises(ValueError, match=r"read_noise: .* got nan at index \(1, 2\) and 1 more"):
+        fit_constant(reads, noise)
+    saturation = np.full((3, 4), 1e5)
+    saturation[0, 1] = np.nan
+    with pytest.raises(ValueError, match=r"saturation: .* got nan at index \(0, 1\)$"):
+        fit_constant(reads, 10.0, saturation=saturation)
+    with pytest.raises(ValueError, match=r"gain: .* got 0$"):
+        fit_constant(reads, 10.0, gain=0.0)
