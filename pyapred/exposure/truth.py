@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..solver import Flag
-from .fibers import MODEL_BORROWED, _free_cov
+from .fibers import MODEL_BORROWED, MODEL_CHROMATIC, _free_cov
 from .result import ExposureResult
 
 __all__ = ["truth_metrics"]
@@ -32,7 +32,10 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
     dict
         ``omega[group]``: ``z_std``, ``z_median``, ``z_mean`` (the bias) and its standard error
         ``z_mean_error`` (from the per-fiber means), ``n_fibers``, over bright fibers' free
-        elements;
+        elements (a chromatic fiber's from its chromatic fit's omega, at the coordinate 0:
+        ``omega`` is then the truth at the middle of the chips' wavelengths; a grey-fitted
+        fiber of such an exposure estimates its colours' average, so its z-scores spread
+        wider);
         ``borrowed[group]``: the same for the borrowed omega against borrowed fibers' truth, plus
         ``chi2_dof``, its Mahalanobis distance to that truth per degree of freedom (about 1 when
         its covariance is right; the z-scores of its elements are positively correlated, so
@@ -53,10 +56,17 @@ def truth_metrics(result: ExposureResult, omega, flux: Mapping[str, np.ndarray],
             continue
         ref = fits.ref_index
         truth = omega / omega[:, ref : ref + 1]
-        error = fits.omega_error()
+        fitted, error = fits.omega_fit, fits.omega_error()
+        if fits.chromatic is not None:
+            # A chromatic fiber's grey omega_fit averages its colours: its own omega (at the
+            # coordinate 0, the middle of the span) is the fit of the truth's middle value.
+            chosen = (fits.model == MODEL_CHROMATIC)[:, None]
+            fitted = np.where(chosen, fits.chromatic.omega, fitted)
+            own = np.diagonal(fits.chromatic.omega_cov(), axis1=1, axis2=2)
+            error = np.where(chosen, np.sqrt(np.maximum(own, 0.0)), error)
         free = np.arange(truth.shape[1]) != ref
         with np.errstate(invalid="ignore", divide="ignore"):
-            z = ((fits.omega_fit - truth) / error)[fits.bright][:, free]
+            z = ((fitted - truth) / error)[fits.bright][:, free]
         # A fiber's z-scores share the error of its fixed element: the bias's standard error
         # comes from the scatter of the per-fiber means.
         per_fiber = np.array([row[np.isfinite(row)].mean() for row in z if np.isfinite(row).any()])
