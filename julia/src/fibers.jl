@@ -836,6 +836,11 @@ function choose_models(fit, constant, n_fit_pixels::AbstractVector, excluded::Ab
         for f in axes(compared, 2), p in axes(compared, 1)
             compared[p, f] = compared[p, f] && !any(view(fit.jump_mask, :, p, f))
         end
+        # A fiber whose every fit pixel has a jump would compare nothing (p = 1, the constant
+        # model whatever its omega): it compares them all, as before (as pyapred).
+        for f in axes(compared, 2)
+            any(view(compared, :, f)) || (compared[:, f] = view(in_fit, :, f))
+        end
     end
     chi2_tv = [sum(compared[p, f] ? fit.chi2[p, f] : 0.0 for p in axes(compared, 1); init = 0.0)
                for f in 1:nf]

@@ -797,6 +797,9 @@ def choose_models(
     # the omega fit's jump search (4.5 sigma) masks more, so a pixel where it found a jump
     # leaves the comparison (with it, 3.5 % of the fibers of a stable sky had p < 1e-3).
     compared = in_fit if fit.jump_mask is None else in_fit & ~fit.jump_mask.any(axis=2)
+    # A fiber whose every fit pixel has a jump would compare nothing (p = 1, the constant model
+    # whatever its omega): it compares them all, as before.
+    compared = np.where(compared.any(axis=1, keepdims=True), compared, in_fit)
     with np.errstate(invalid="ignore", divide="ignore"), _quiet():
         chi2_tv = np.where(compared, fit.chi2, 0.0).sum(axis=1)
         chi2_c = np.where(compared, constant.chi2, 0.0).sum(axis=1)

@@ -109,6 +109,22 @@ def test_stable_sky_p_values_stay_calibrated_with_the_jump_search():
     assert np.sum(p_values < 1e-3) <= 2
 
 
+def test_pixels_with_a_jump_leave_the_comparison_unless_all_of_a_fiber_s_have_one():
+    fit, constant = _fits(1)
+    fit = dataclasses.replace(fit, offsets=None)  # the chi2 comparison, not the Wald statistic
+    plain = _choose(fit, constant)
+    jumps = np.zeros(fit.flux.shape + (K,), bool)
+    jumps[0, :10, 2] = True  # ten pixels of fiber 0
+    jumps[1, :, 5] = True  # every pixel of fiber 1
+    chosen = _choose(dataclasses.replace(fit, jump_mask=jumps), constant)
+    left = np.arange(10, P)
+    delta = np.sum(constant.chi2[0, left] - fit.chi2[0, left])
+    np.testing.assert_allclose(chosen.delta_chi2[0], delta, rtol=1e-12)
+    # Fiber 1 would compare nothing (p = 1 whatever its omega): it compares all its pixels.
+    np.testing.assert_array_equal(chosen.delta_chi2[1:], plain.delta_chi2[1:])
+    assert chosen.p_value[1] < 1e-6
+
+
 def test_segment_contrast_by_hand():
     """chi2 about the weighted segment means, per degree of freedom, less 1."""
     flux = np.array([[1.0, 3.0, 5.0, 5.0], [0.0, 3.0, 9.0, np.nan]])
