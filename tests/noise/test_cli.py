@@ -189,3 +189,14 @@ def test_score_model_commands_refuse_what_cannot_run(tmp_path, capsys, argv, wor
         code = stop.code
     assert code == 2 and words in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_stress_verdict_allows_the_bias_its_own_error():
+    """|bias| < 0.2 alone passed or failed the same code by the seed (its standard error is
+    0.1-0.2 with the defaults): a bias must be shown beyond 0.2 to fail."""
+    from pyapred.noise.cli import _stress_verdict
+
+    assert _stress_verdict(0.25, 1.0, 0.1) == "pass"  # within 0.2 + 2 x 0.1
+    assert _stress_verdict(0.45, 1.0, 0.1) == "FAIL"
+    assert _stress_verdict(0.0, 1.2, 0.05) == "FAIL"
+    assert _stress_verdict(-0.1, 0.9, 0.05) == "pass"
