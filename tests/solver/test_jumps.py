@@ -435,20 +435,14 @@ def test_block_screen_agrees_with_the_scalar_search(two_adjacent):
 def _search_reference(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps):
     """search_at_rate written loop by loop, as spec section 1.6 reads (the factorisation, each
     substitution and each drop in its own loop), in plain Python: ``(n_flagged, valid, d, x)``."""
-    from pyapred.solver._numpy import _backward, _factor, _forward
+    from pyapred.solver._numpy import _backward
 
     d, x, valid = d.copy(), x.copy(), valid.copy()
     K = d.size
-    alpha, beta, piv, low, back, yx, yd, u, z, cinv = np.zeros((10, K))
+    back, u, z, cinv = np.zeros((4, K))
     n_valid, n_flagged = int(valid.sum()), 0
     while n_valid > 3 and n_flagged < max_jumps:
-        _factor.py_func(x, valid, s2, rate, alpha, beta, piv, low)
-        _forward.py_func(low, x, yx)
-        _forward.py_func(low, d, yd)
-        xu = xz = 0.0
-        for k in range(K):
-            xu += yx[k] * yx[k] / piv[k]
-            xz += yx[k] * yd[k] / piv[k]
+        (alpha, beta, piv, low, yx, yd), xu, xz = _forward_sums_reference(d, x, valid, s2, rate)
         if not xu > 0.0:
             break
         a = xz / xu
@@ -542,19 +536,25 @@ def test_search_at_rate_is_the_loop_by_loop_search_to_the_bit(sigmas, two_adjace
     assert np.count_nonzero(flagged) > B // 4
 
 
-def _clean_rate_reference(d, x, valid, s2, rate):
-    """The GLS rate of the ``valid`` differences with C at ``rate``, loop by loop."""
+def _forward_sums_reference(d, x, valid, s2, rate):
+    """The factorisation of C at ``rate`` and the forward substitutions of x and d, each in its
+    own loop: ``((alpha, beta, piv, low, yx, yd), x^T C^-1 x, x^T C^-1 d)``."""
     from pyapred.solver._numpy import _factor, _forward
 
-    K = d.size
-    alpha, beta, piv, low, yx, yd = np.zeros((6, K))
+    alpha, beta, piv, low, yx, yd = work = np.zeros((6, d.size))
     _factor.py_func(x, valid, s2, rate, alpha, beta, piv, low)
     _forward.py_func(low, x, yx)
     _forward.py_func(low, d, yd)
     xu = xz = 0.0
-    for k in range(K):
+    for k in range(d.size):
         xu += yx[k] * yx[k] / piv[k]
         xz += yx[k] * yd[k] / piv[k]
+    return tuple(work), xu, xz
+
+
+def _clean_rate_reference(d, x, valid, s2, rate):
+    """The GLS rate of the ``valid`` differences with C at ``rate``, loop by loop."""
+    _, xu, xz = _forward_sums_reference(d, x, valid, s2, rate)
     return xz / xu
 
 
