@@ -506,15 +506,16 @@ def plot_chi2(fits: FiberFits, *, chip: str | None = None, upper: float | None =
 def plot_fiber_summary(
     fits: FiberFits, *, chip: str | None = None, options: FitOptions | None = None
 ):
-    """Per-fiber decision statistics by fiberId: amplitude, delta-chi2, fit pixels and model.
+    """Per-fiber decision statistics by fiberId: amplitude, delta-chi2, fit pixels, median omega
+    error and model.
 
     Parameters
     ----------
     fits : FiberFits
     chip : str, optional
     options : FitOptions, optional
-        The thresholds drawn (``amplitude_threshold``, ``p_value``, ``min_fit_pixels``);
-        default ``FitOptions()``'s.
+        The thresholds drawn (``amplitude_threshold``, ``p_value``, ``min_fit_pixels``,
+        ``max_omega_error``); default ``FitOptions()``'s.
 
     Returns
     -------
@@ -528,8 +529,10 @@ def plot_fiber_summary(
     ids = _fiber_id(np.arange(n))
     code = _categories(fits)
     colours = np.array([_CATEGORIES[c][1] for c in code], dtype=object)
-    fig, axes = _figure((10, 9), 4, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1, 1, 0.8]})
-    amp, dchi2, pix, model = axes[:, 0]
+    fig, axes = _figure(
+        (10, 11), 5, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1, 1, 1, 0.8]}
+    )
+    amp, dchi2, pix, err, model = axes[:, 0]
     # Fibers never fitted (too few fit pixels, FPI) have no amplitude nor delta chi2.
     fitted = np.isfinite(fits.omega_fit).any(axis=1)
     amp.scatter(ids[fitted], 100 * fits.amplitude[fitted], c=colours[fitted], s=12)
@@ -552,7 +555,11 @@ def plot_fiber_summary(
         ls="--",
         label=f"p = {options.p_value:g} ({K - 1} dof): {critical:.0f}",
     )
-    dchi2.set_ylabel("delta chi2\n(constant - time-variable)")
+    if fits.fit is not None and fits.fit.offsets is not None:
+        # With the 1/f nuisance offsets the decision statistic is the Wald statistic.
+        dchi2.set_ylabel("Wald statistic\n(omega against ones)")
+    else:
+        dchi2.set_ylabel("delta chi2\n(constant - time-variable)")
     dchi2.legend(fontsize=8, loc="best")
     pix.scatter(ids, fits.n_fit_pixels, c=colours, s=12)
     pix.axhline(
@@ -564,6 +571,20 @@ def plot_fiber_summary(
     )
     pix.set_ylabel("omega-fit pixels")
     pix.legend(fontsize=8, loc="best")
+    # The bright test's third rule: a fiber above it borrows, whatever the statistics above.
+    free = np.arange(K) != fits.ref_index
+    median_error = quiet_nanmedian(np.where(free, fits.omega_error(), np.nan)[fitted], axis=1)
+    err.scatter(ids[fitted], median_error, c=colours[fitted], s=12)
+    err.axhline(
+        options.max_omega_error,
+        color="k",
+        lw=0.8,
+        ls="--",
+        label=f"max_omega_error {options.max_omega_error:g}",
+    )
+    err.set_yscale("log")
+    err.set_ylabel("median omega\nerror")
+    err.legend(fontsize=8, loc="best")
     model.scatter(ids, code, c=colours, s=14)
     model.set_yticks(range(len(_CATEGORIES)), [name for name, _ in _CATEGORIES], fontsize=8)
     model.set_ylim(-0.6, len(_CATEGORIES) - 0.4)
@@ -714,11 +735,17 @@ def plot_ramps(
     diff_ax.set_title("read differences (model: steps over each interval)", fontsize=10)
     ramp_ax.set_title("ramps", fontsize=10)
     dchi2 = fits.delta_chi2[fiber]
+    nuisance = fits.fit is not None and fits.fit.offsets is not None
+    statistic = "Wald statistic" if nuisance else "delta chi2"
+    total = int(fits.n_fit_pixels[fiber])
+    # With --joint-chips the statistic is the fiber's over every chip fitted together.
+    scope = (f"{total} fit pixels" if total == valid.size else
+             f"the {total} fit pixels of the chips fitted together ({valid.size} here)")  # fmt: skip
     fig.suptitle(
         _title(
             prep.name,
-            f"{head}, delta chi2 {dchi2:.4g} over {valid.size} fit pixels; "
-            f"{len(pick)} shown, spread in brightness",
+            f"{head}, {statistic} {dchi2:.4g} over {scope}; {len(pick)} shown, spread in "
+            "brightness",
         )
     )
     return fig
@@ -797,7 +824,12 @@ def plot_flux_comparison(
     left.set_xscale("log")
     left.set_xlabel("extracted flux (DN per read, exposure-averaged)")
     left.set_ylabel("(constant-model flux - extracted flux) / sigma")
-    left.set_title("constant-flux model vs extraction, by fiber model", fontsize=10)
+    hidden = int(np.count_nonzero(~positive))  # the log axis cannot show them
+    left.set_title(
+        "constant-flux model vs extraction, by fiber model"
+        + (f"\n({hidden} pixels with extracted flux <= 0 not shown)" if hidden else ""),
+        fontsize=10,
+    )
     left.legend(fontsize=8, loc="best", markerscale=4)
     if true_flux is not None:
         right = axes[0, 1]

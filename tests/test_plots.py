@@ -110,6 +110,23 @@ def test_every_figure_names_the_chip_and_fiber_ids(result, sim):
     # The flux comparison against the truth: the constant model's bias, not the extraction's.
     legend = _labels(figures["flux"])
     assert "against the truth" in _titles(figures["flux"]) and "median z" in legend
+    # Every test of the model choice is drawn: a fiber above max_omega_error borrows whatever
+    # the other panels say (a review could not tell why five fibers had borrowed).
+    summary = _labels(figures["fibers"])
+    assert "median omega\nerror" in summary and "max_omega_error 0.05" in summary
+    # The ramps' statistic is the fiber's over its fit pixels, counted as the fit counted them.
+    assert f"over {fits.n_fit_pixels[int(np.argmax(score))]} fit pixels" in _titles(
+        figures["ramps"]
+    )
+
+
+def test_the_flux_plot_counts_the_pixels_its_log_axis_cannot_show(result):
+    chip = result.chips["R"]
+    usable = (chip.fiber >= 0) & np.isfinite(chip.flux)
+    hidden = int(np.count_nonzero(usable & (chip.flux <= 0)))
+    assert hidden > 0  # faint traced pixels scatter below 0
+    titles = _titles(plots.plot_flux_comparison(chip))
+    assert "pixels with extracted flux <= 0 not shown" in titles
 
 
 def test_read_index_axis_when_read_times_are_unknown(sim):
