@@ -739,8 +739,9 @@ def plot_ramps(
     statistic = "Wald statistic" if nuisance else "delta chi2"
     total = int(fits.n_fit_pixels[fiber])
     # With --joint-chips the statistic is the fiber's over every chip fitted together.
-    scope = (f"{total} fit pixels" if total == valid.size else
-             f"the {total} fit pixels of the chips fitted together ({valid.size} here)")  # fmt: skip
+    scope = f"{total} fit pixels"
+    if total != valid.size:
+        scope = f"the {total} fit pixels of the chips fitted together ({valid.size} here)"
     fig.suptitle(
         _title(
             prep.name,
