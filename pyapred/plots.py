@@ -741,12 +741,12 @@ def plot_ramps(
     # With --joint-chips the statistic is the fiber's over every chip fitted together.
     scope = f"{total} fit pixels"
     if total != valid.size:
-        scope = f"the {total} fit pixels of the chips fitted together ({valid.size} here)"
+        scope = f"{total} fit pixels of the chips fitted together ({valid.size} here)"
     fig.suptitle(
         _title(
             prep.name,
-            f"{head}, {statistic} {dchi2:.4g} over {scope}; {len(pick)} shown, spread in "
-            "brightness",
+            f"{head}, {statistic} {dchi2:.4g} over {scope};\n{len(pick)} fit pixels shown, "
+            "spread in brightness",
         )
     )
     return fig
