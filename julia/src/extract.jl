@@ -360,8 +360,9 @@ end
                    read_times = nothing, saturation = nothing, n_pass = 2)
 
 Optimal fluxes with a fixed transparency vector omega (the paper's eq 15), per pixel: the model is
-`d_k = f omega_k dt_k` with covariance `diag(max(a omega_k dt_k, 0)) + sigma^2 T`; `omega = 1` is
-exactly [`fit_constant`](@ref). The first pass evaluates the photon noise at the median of
+`d_k = f omega_k dt_k` with covariance `diag(max(a, 0) max(omega_k, 0) dt_k) + sigma^2 T` (the
+rate clipped at 0 before it meets omega, as pyapred's); `omega = 1` is exactly
+[`fit_constant`](@ref). The first pass evaluates the photon noise at the median of
 `d_k / (omega_k dt_k)`.
 
 # Arguments

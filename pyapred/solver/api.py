@@ -747,9 +747,11 @@ def extract_fluxes(
     """Optimal fluxes with a fixed transparency vector omega (the paper's eq 15), per pixel.
 
     Each pixel is fitted independently with the model ``d_k = f omega_k dt_k`` and covariance
-    ``diag(max(a omega_k dt_k, 0)) + sigma^2 T``; ``omega = 1`` is exactly :func:`fit_constant`.
-    The first pass evaluates the photon noise at the median of ``d_k / (omega_k dt_k)`` (the
-    reference code uses the median of ``d_k``, quirk Q7; both agree for ``omega = 1``).
+    ``diag(max(a, 0) max(omega_k, 0) dt_k) + sigma^2 T``, the rate ``a`` clipped at 0 before it
+    meets omega (Brandt's recipe; a negative omega element carries no photon noise);
+    ``omega = 1`` is exactly :func:`fit_constant`. The first pass evaluates the photon noise at
+    the median of ``d_k / (omega_k dt_k)`` (the reference code uses the median of ``d_k``, quirk
+    Q7; both agree for ``omega = 1``).
 
     Parameters
     ----------
