@@ -73,8 +73,6 @@ def chi2_thresholds(threshold: float) -> tuple[float, float]:
     return threshold**2, -2.0 * (math.log(2.0) + float(log_ndtr(-threshold)))
 
 
-# error_model="numpy": IEEE division without Python's zero-division checks. The drops are
-# computed at every difference, and those with a zero denominator are then left out.
 @njit(cache=True, error_model="numpy")
 def search_pixel(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, work):
     """The jump search of one pixel: :func:`search_at_rate` at ``rate``, and where that flags
@@ -141,6 +139,8 @@ def _gls_rate(d, x, valid, s2, rate):
     return xz / xu if xu > 0.0 else math.nan
 
 
+# error_model="numpy": IEEE division without Python's zero-division checks. The drops are
+# computed at every difference, and those with a zero denominator are then left out.
 @njit(cache=True, error_model="numpy")
 def search_at_rate(d, x, valid, s2, rate, thr_one, thr_two, two_adjacent, max_jumps, work):
     """Brandt's iterative jump search on one pixel's differences, with the covariance at
