@@ -503,6 +503,11 @@ def plot_chi2(fits: FiberFits, *, chip: str | None = None, upper: float | None =
     return fig
 
 
+def _wald(fits: FiberFits) -> bool:
+    """Whether ``delta_chi2`` is the Wald statistic (the 1/f nuisance offsets were fitted)."""
+    return fits.fit is not None and fits.fit.offsets is not None
+
+
 def plot_fiber_summary(
     fits: FiberFits, *, chip: str | None = None, options: FitOptions | None = None
 ):
@@ -555,8 +560,7 @@ def plot_fiber_summary(
         ls="--",
         label=f"p = {options.p_value:g} ({K - 1} dof): {critical:.0f}",
     )
-    if fits.fit is not None and fits.fit.offsets is not None:
-        # With the 1/f nuisance offsets the decision statistic is the Wald statistic.
+    if _wald(fits):
         dchi2.set_ylabel("Wald statistic\n(omega against ones)")
     else:
         dchi2.set_ylabel("delta chi2\n(constant - time-variable)")
@@ -735,8 +739,7 @@ def plot_ramps(
     diff_ax.set_title("read differences (model: steps over each interval)", fontsize=10)
     ramp_ax.set_title("ramps", fontsize=10)
     dchi2 = fits.delta_chi2[fiber]
-    nuisance = fits.fit is not None and fits.fit.offsets is not None
-    statistic = "Wald statistic" if nuisance else "delta chi2"
+    statistic = "Wald statistic" if _wald(fits) else "delta chi2"
     total = int(fits.n_fit_pixels[fiber])
     # With --joint-chips the statistic is the fiber's over every chip fitted together.
     scope = f"{total} fit pixels"

@@ -64,6 +64,8 @@ __all__ = [
 FITS_BLOCK = 2880
 #: Columns 0..SCIENCE_COLUMNS-1 are the H2RG array; the rest is the reference output.
 SCIENCE_COLUMNS = 2048
+#: Rows of the H2RG array: no image has more (a transposed one has 2560).
+DETECTOR_ROWS = 2048
 #: Day zero of APOGEE exposure numbers (SJD).
 EXPNUM_MJD_ZERO = 55562
 #: SJD = floor(MJD + offset): the SDSS day changes at local noon-ish, per site.
@@ -594,9 +596,9 @@ def _image_shapes(path: Path, hdus: _ApzHDUs, n_reads: int) -> tuple[int, int]:
     for k, other in enumerate(shapes):
         if other != shape:
             raise InputError(path, f"HDU {k + 2}", f"shape {shape} like HDU 1", found=str(other))
-    if shape[0] > SCIENCE_COLUMNS:  # a transposed (2560, 2048) image was fitted, on its side
-        raise InputError(path, "HDU 1", f"at most {SCIENCE_COLUMNS} rows (APOGEE's images are "
-                         f"({SCIENCE_COLUMNS}, 2560): ZNAXIS2 rows, ZNAXIS1 columns)",
+    if shape[0] > DETECTOR_ROWS:  # a transposed (2560, 2048) image was fitted, on its side
+        raise InputError(path, "HDU 1", f"at most {DETECTOR_ROWS} rows (APOGEE's images are "
+                         f"({DETECTOR_ROWS}, 2560): ZNAXIS2 rows, ZNAXIS1 columns)",
                          f"shape {shape}: a transposed image?")  # fmt: skip
     # The sizes are the file's word: a 219 kB file declaring 2e9 columns asked for 522 GiB, a
     # MemoryError traceback once the first chip was loading.
@@ -1071,8 +1073,8 @@ def write_apz(
     if counts.ndim != 3 or min(counts.shape) < 1:  # no pixel: no image to write
         raise ValueError(f"reads: expected shape (n_reads, ny, nx), each at least 1, got "
                          f"{counts.shape}")  # fmt: skip
-    if counts.shape[1] > SCIENCE_COLUMNS:  # read_apz refuses it (a transposed image)
-        raise ValueError(f"reads: expected at most {SCIENCE_COLUMNS} rows (ny), the H2RG's, got "
+    if counts.shape[1] > DETECTOR_ROWS:  # read_apz refuses it (a transposed image)
+        raise ValueError(f"reads: expected at most {DETECTOR_ROWS} rows (ny), the H2RG's, got "
                          f"{counts.shape}")  # fmt: skip
     if counts.dtype.kind == "f" and not np.array_equal(counts, np.round(counts)):
         raise ValueError("reads: expected whole numbers of DN")
