@@ -565,7 +565,13 @@ def plot_fiber_summary(
     else:
         dchi2.set_ylabel("delta chi2\n(constant - time-variable)")
     dchi2.legend(fontsize=8, loc="best")
-    pix.scatter(ids, fits.n_fit_pixels, c=colours, s=12)
+    # With the nuisance term, fibers without flux contrast in their segments are not fitted
+    # (no point in the panels above): marked, or they look like fibers the tests refused.
+    low = (fits.flags & Flag.LOW_SEGMENT_CONTRAST).astype(bool)
+    pix.scatter(ids[~low], fits.n_fit_pixels[~low], c=colours[~low], s=12)
+    if low.any():
+        pix.scatter(ids[low], fits.n_fit_pixels[low], c=colours[low], s=24, marker="x",
+                    label=f"not fitted: LOW_SEGMENT_CONTRAST ({int(low.sum())})")  # fmt: skip
     pix.axhline(
         options.min_fit_pixels,
         color="k",

@@ -155,6 +155,11 @@ def test_fpi_and_failed_fibers_are_marked(result):
     assert f"fit failed: constant (1): fiberId {fiber_id(7)}" in image
     summary = _labels(plots.plot_fiber_summary(marked, chip="R"))
     assert "FPI: not fitted, constant (1)" in summary and "fit failed: constant (1)" in summary
+    # A fiber the nuisance term left unfitted (no flux contrast in its segments) is marked too:
+    # it has no statistic to show, and looked like a fiber the tests refused.
+    flags[11] |= Flag.LOW_SEGMENT_CONTRAST
+    summary = _labels(plots.plot_fiber_summary(dataclasses.replace(fits, flags=flags)))
+    assert "not fitted: LOW_SEGMENT_CONTRAST (1)" in summary
 
 
 def test_fiber_ids_select_the_fibers(result):
