@@ -503,6 +503,11 @@ def plot_chi2(fits: FiberFits, *, chip: str | None = None, upper: float | None =
     return fig
 
 
+def _threshold_line(ax, value: float, label: str) -> None:
+    """A decision threshold across a panel of the fiber summary: dashed, black, labelled."""
+    ax.axhline(value, color="k", lw=0.8, ls="--", label=label)
+
+
 def _wald(fits: FiberFits) -> bool:
     """Whether ``delta_chi2`` is the Wald statistic (the 1/f nuisance offsets were fitted)."""
     return fits.fit is not None and fits.fit.offsets is not None
@@ -541,25 +546,15 @@ def plot_fiber_summary(
     # Fibers never fitted (too few fit pixels, FPI) have no amplitude nor delta chi2.
     fitted = np.isfinite(fits.omega_fit).any(axis=1)
     amp.scatter(ids[fitted], 100 * fits.amplitude[fitted], c=colours[fitted], s=12)
-    amp.axhline(
-        100 * options.amplitude_threshold,
-        color="k",
-        lw=0.8,
-        ls="--",
-        label=f"threshold {100 * options.amplitude_threshold:g} %",
+    _threshold_line(
+        amp, 100 * options.amplitude_threshold, f"threshold {100 * options.amplitude_threshold:g} %"
     )
     amp.set_ylabel("equivalent amplitude\nA (%) of omega")
     amp.legend(fontsize=8, loc="best")
     dchi2.scatter(ids[fitted], fits.delta_chi2[fitted], c=colours[fitted], s=12)
     dchi2.set_yscale("symlog", linthresh=10)
     critical = chi2_law.isf(options.p_value, max(K - 1, 1))
-    dchi2.axhline(
-        critical,
-        color="k",
-        lw=0.8,
-        ls="--",
-        label=f"p = {options.p_value:g} ({K - 1} dof): {critical:.0f}",
-    )
+    _threshold_line(dchi2, critical, f"p = {options.p_value:g} ({K - 1} dof): {critical:.0f}")
     if _wald(fits):
         dchi2.set_ylabel("Wald statistic\n(omega against ones)")
     else:
@@ -572,26 +567,14 @@ def plot_fiber_summary(
     if low.any():
         pix.scatter(ids[low], fits.n_fit_pixels[low], c=colours[low], s=24, marker="x",
                     label=f"not fitted: LOW_SEGMENT_CONTRAST ({int(low.sum())})")  # fmt: skip
-    pix.axhline(
-        options.min_fit_pixels,
-        color="k",
-        lw=0.8,
-        ls="--",
-        label=f"min_fit_pixels {options.min_fit_pixels}",
-    )
+    _threshold_line(pix, options.min_fit_pixels, f"min_fit_pixels {options.min_fit_pixels}")
     pix.set_ylabel("omega-fit pixels")
     pix.legend(fontsize=8, loc="best")
     # The bright test's third rule: a fiber above it borrows, whatever the statistics above.
     free = np.arange(K) != fits.ref_index
     median_error = quiet_nanmedian(np.where(free, fits.omega_error(), np.nan)[fitted], axis=1)
     err.scatter(ids[fitted], median_error, c=colours[fitted], s=12)
-    err.axhline(
-        options.max_omega_error,
-        color="k",
-        lw=0.8,
-        ls="--",
-        label=f"max_omega_error {options.max_omega_error:g}",
-    )
+    _threshold_line(err, options.max_omega_error, f"max_omega_error {options.max_omega_error:g}")
     err.set_yscale("log")
     err.set_ylabel("median omega\nerror")
     err.legend(fontsize=8, loc="best")
