@@ -1,9 +1,13 @@
 """The ``pyapred`` command line.
 
-Exit codes (:mod:`pyapred.errors`): 0 ok, 1 a fit problem was flagged, 2 bad input.
+Exit codes (:mod:`pyapred.errors`): 0 ok, 1 a fit problem was flagged, 2 bad input, 130
+interrupted.
 
 Each subcommand is a ``(add_arguments, run)`` pair registered in ``COMMANDS``; ``run`` takes the
-parsed arguments and returns the exit code. Heavy modules are imported inside ``run``.
+parsed arguments and returns the exit code. ``cli.py`` itself imports no subcommand at import
+time; building the parser imports each subcommand's module for its flags (``FitOptions``
+declares ``fit``'s and ``night``'s, so ``pyapred --help`` loads the exposure stages), and the
+work is imported inside ``run``.
 
 The output flags (``--json``, ``--quiet``, ``--verbose``, ``--log FILE``) are declared here once
 (:func:`add_output_arguments`) and given to every subcommand that runs more than a moment (to
@@ -38,7 +42,8 @@ LOGGER = "pyapred"
 
 
 def _lazy(name: str) -> Callable:
-    """A function of :mod:`pyapred.commands`, imported only when the subcommand runs."""
+    """A function of :mod:`pyapred.commands`, imported when it is first called (building the
+    parser calls the ``add_arguments`` ones)."""
 
     def call(*args):
         from . import commands

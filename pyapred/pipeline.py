@@ -7,6 +7,7 @@ Every name this module had is still here, taken from :mod:`pyapred.exposure`;
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 from .exposure import (
@@ -78,6 +79,8 @@ def fit_to_product(inputs, trace_paths, path, options=None, *, overwrite=False, 
     """Deprecated: :func:`pyapred.exposure.run_exposure` with ``product=path``."""
     calibration = {k: fit_kwargs.pop(k, None) for k in ("gain", "read_noise", "saturation")}
     options = _with_calibration(options, **calibration)
+    if backend is not None:  # the backend was once an argument; it is now an option
+        options = dataclasses.replace(options, backend=backend)
     result = run_exposure(
         inputs, trace_paths, options, product=path, overwrite=overwrite, **fit_kwargs
     )
@@ -87,7 +90,8 @@ def fit_to_product(inputs, trace_paths, path, options=None, *, overwrite=False, 
 
 
 def write_result(result: ExposureResult, path, *, overwrite: bool = False, backend=None):
-    """Deprecated: :func:`pyapred.exposure.write_exposure`."""
+    """Deprecated: :func:`pyapred.exposure.write_exposure` (``backend`` is ignored: writing runs
+    no solver)."""
     return write_exposure(result, path, overwrite=overwrite)
 
 
@@ -97,8 +101,6 @@ def fit_options_json(options: FitOptions) -> str:
 
 
 def _with_calibration(options, gain=None, read_noise=None, saturation=None) -> FitOptions:
-    import dataclasses
-
     given = {"gain": gain, "read_noise": read_noise, "saturation": saturation}
     given = {k: v for k, v in given.items() if v is not None}
     return dataclasses.replace(options or FitOptions(), **given)

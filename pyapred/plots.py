@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +39,9 @@ from .solver import Flag
 from .solver.reprs import quiet_nanmedian
 from .traces import N_FIBERS, fiber_index
 from .traces import fiber_id as _fiber_id
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn
+    from matplotlib.figure import Figure
 
 __all__ = [
     "plot_chi2",
@@ -214,7 +218,7 @@ def plot_omega(
     chip: str | None = None,
     start: str | None = None,
     ax=None,
-):
+) -> Figure:
     """Fitted omega (mean 1) of a few fibers with 1-sigma error bars against time.
 
     With ``truth``, a second panel shows ``(omega - truth) / sigma``.
@@ -321,7 +325,7 @@ def plot_omega(
 
 def plot_omega_image(
     fits: FiberFits, read_times=None, *, chip: str | None = None, start: str | None = None, ax=None
-):
+) -> Figure:
     """Fiber-by-time image of the omega each fiber was extracted with (mean 1).
 
     A strip beside the image gives each fiber's model: constant-model fibers are rows of 1;
@@ -412,7 +416,9 @@ def plot_omega_image(
     return fig
 
 
-def plot_chi2(fits: FiberFits, *, chip: str | None = None, upper: float | None = None, ax=None):
+def plot_chi2(
+    fits: FiberFits, *, chip: str | None = None, upper: float | None = None, ax=None
+) -> Figure:
     """Histograms of the fit pixels' chi2/dof under both models, with the expected curve.
 
     The pixels are the bright fibers' omega-fit pixels; ``dof = n_diff - 1`` per pixel. The
@@ -515,7 +521,7 @@ def _wald(fits: FiberFits) -> bool:
 
 def plot_fiber_summary(
     fits: FiberFits, *, chip: str | None = None, options: FitOptions | None = None
-):
+) -> Figure:
     """Per-fiber decision statistics by fiberId: amplitude, delta-chi2, fit pixels, median omega
     error and model.
 
@@ -608,7 +614,7 @@ def plot_ramps(
     n_pixels: int = 3,
     read_times=None,
     start: str | None = None,
-):
+) -> Figure:
     """Ramps and read differences of a few fit pixels of one fiber, both models, residuals.
 
     Top: the counts above the first read (left) and the read differences (right) with the
@@ -746,7 +752,7 @@ def plot_ramps(
 
 def plot_flux_comparison(
     chip: ChipResult, *, true_flux=None, max_points: int = 10000, seed: int = 0
-):
+) -> Figure:
     """Per-pixel fluxes: the extraction (model per fiber) against the constant-flux model.
 
     Left: ``(constant - extracted) / sigma`` against the extracted flux for every traced pixel

@@ -385,6 +385,7 @@ BASE_NAMES = frozenset({
     "rand", "randn", "range", "readdir", "reduce", "repeat", "repr", "reshape", "rethrow", "round",
     "vcat",
     "selectdim", "size", "something", "sort!", "sortperm", "sqrt", "string", "sum", "throw",
+    "append!", "join", "occursin", "print", "sizehint!", "eval", "Meta.parse",
     "transpose", "trues", "typemax", "typeof", "unique", "vec", "view", "zero", "zeros", "zip",
     "Threads.@threads", "@inbounds", "@inline", "Base.@kwdef", "@__DIR__", "@info", "@warn",
     # LinearAlgebra

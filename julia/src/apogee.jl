@@ -225,7 +225,9 @@ A NamedTuple:
   degrees of freedom);
 - `stages`: [`run_chips`](@ref)'s result.
 Without traces the per-fiber fields are empty, `ref_index` is 0, `pixel_flags` and `fiber` are
-0, `cr_image` counts the differences `not_cosmic_ray` drops, and `stages` is `nothing`.
+0, `cr_image` counts the differences `not_cosmic_ray` drops, and `stages` is `nothing`. So it is,
+with a warning, with traces and fewer than 2 differences (a 4-read exposure after
+ApogeeReduction.jl drops its first two reads): the stages need at least 2.
 """
 function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,
         read_var_mat::AbstractMatrix, last_unsaturated::AbstractMatrix,
@@ -249,6 +251,13 @@ function sutr_omega(dimages::AbstractArray{<:Real, 3}, gain_mat::AbstractMatrix,
     traces !== nothing && options.chromatic && !haskey(CHIP_WAVELENGTH_UM, chip_name) &&
         throw(ArgumentError("chip: expected \"R\", \"G\" or \"B\" (or \"a\", \"b\", \"c\") with " *
                             "options.chromatic (its wavelengths give the coordinate), got $(repr(chip))"))
+    if traces !== nothing && K < 2
+        # ApogeeReduction.jl sends 4-read exposures here with one difference (it drops two
+        # reads); the stages need two. The night's other exposures go on.
+        @warn("sutr_omega: $K read difference(s), too few for the exposure stages (at least " *
+              "2): the constant fit is returned, as without traces")
+        traces = nothing
+    end
     rates, ivars, chi2s = zeros(nx, ny), zeros(nx, ny), zeros(nx, ny)
     n_diff = zeros(Int, nx, ny)
     sutr_region!(rates, ivars, chi2s, n_diff, dimages, gain_mat, read_var_mat, last_unsaturated,

@@ -55,10 +55,17 @@ Base.@kwdef struct FitOptions
     segment_columns::Int = 32
 end
 
+# Every field by name, so that the record a product or an ar2D file keeps (`repr(options)`)
+# says which number is which, and reads back as Julia.
+function Base.show(io::IO, options::FitOptions)
+    fields = ("$name = $(repr(getfield(options, name)))" for name in fieldnames(FitOptions))
+    print(io, "FitOptions(", join(fields, ", "), ")")
+end
+
 "Whether the omega fit carries the 1/f nuisance offsets (`correct_1f` ends in `nuisance`)."
 nuisance(options::FitOptions) = endswith(options.correct_1f, "nuisance")
 
-"Largest trace half-width of the pixel map and of the fit pixels, in trace sigmas (`MAX_HALFWIDTH` of pyapred's options)."
+"Largest half-width of the pixel map (trace sigmas) and of the fit pixels (rows) (`MAX_HALFWIDTH` of pyapred's options)."
 const MAX_HALFWIDTH = 10.0
 
 "Throw an `ArgumentError` naming the first setting of `options` out of range."
@@ -118,7 +125,7 @@ function check_options(options::FitOptions)
     nuisance(options) || options.segment_columns == default_columns ||
         throw(ArgumentError("segment_columns: expected the default $default_columns without a " *
                             "nuisance route (correct_1f ...nuisance): the segments are the " *
-                            "nuisance offsets', got $(options.segment_columns)"))
+                            "nuisance offsets' columns, got $(options.segment_columns)"))
     # No fiber would be fitted: each needs min_fit_pixels.
     options.max_fit_pixels === nothing || options.max_fit_pixels >= options.min_fit_pixels ||
         throw(ArgumentError("max_fit_pixels: expected at least min_fit_pixels " *

@@ -31,6 +31,14 @@ function _precompile_()
         precompile(fit_omega_chromatic, (image, Float64, Vector{Float64}))
         precompile(fit_omega_chromatic, (cube, Matrix{Float64}, Matrix{Float64}))
     end
+    # ApogeeReduction.jl's call as docs/julia.md writes it: the differences a view of its
+    # Float64 cube (`diffify_datacube!`), the keywords `traces`, `options` and `chip`.
+    host_diffs = typeof(view(zeros(1, 1, 2), :, :, 2:2))
+    host_keywords = NamedTuple{(:traces, :options, :chip), Tuple{Traces, FitOptions, String}}
+    for mask in (Array{Bool, 3}, BitArray{3})
+        precompile(Core.kwcall, (host_keywords, typeof(sutr_omega), host_diffs, Matrix{Float64},
+            Matrix{Float64}, Matrix{Int}, mask))
+    end
     precompile(fit_fibers, (Vector{PreparedChip}, FitOptions))
     precompile(extract_chip, (ChipExposure{Array{Float64, 3}, Matrix{Float64}, Matrix{Float64},
         Nothing}, PreparedChip, FiberFits, FitOptions))

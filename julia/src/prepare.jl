@@ -267,7 +267,14 @@ function first_pass(chip::ChipExposure, shape_index::AbstractMatrix, shapes::Abs
     Threads.@threads for y in 1:ny
         first_pass_row!(rate, saturated, row_jumps[y], chip, shape_index, shapes, thr2, y)
     end
-    return rate, saturated, reduce(vcat, row_jumps; init = CartesianIndex{3}[])
+    # Appended row by row: `reduce(vcat, ...; init)` concatenates pairwise, copying the jumps
+    # found so far once per row.
+    jumps = CartesianIndex{3}[]
+    sizehint!(jumps, sum(length, row_jumps; init = 0))
+    for row in row_jumps
+        append!(jumps, row)
+    end
+    return rate, saturated, jumps
 end
 
 "One row of [`first_pass`](@ref)."

@@ -54,6 +54,9 @@ const N_FIBERS = 300
 const MIN_TRACE_SIGMA = 0.1
 const MAX_TRACE_SIGMA = 20.0
 
+"APOGEE chip widths (`nx`, with and without the reference output) and their science columns."
+const APOGEE_SCIENCE_COLUMNS = Dict(2048 => 2048, 2560 => 2048)
+
 "fiberIds of the FPI (`fpiguide`) fibers of each telescope, as ApogeeReduction.jl's."
 const FPI_FIBER_IDS = Dict("apo" => (75, 225), "lco" => (82, 213))
 
@@ -114,12 +117,18 @@ profile_fraction(y, s, row) = ndtr((row + 0.5 - y) * (1.0 / s)) - ndtr((row - 0.
     check_geometry(traces, nx, ny)
 
 Throw an `ArgumentError` unless the traces fit a `(nx, ny)` chip: at most `nx` columns, centers
-inside rows `[0.5, ny + 0.5]`.
+inside rows `[0.5, ny + 0.5]`. Warns when traces stop short of an APOGEE chip's 2048 science
+columns (`nx` 2048, or 2560 with the reference output): the untraced columns get no fiber
+(`BACKGROUND`).
 """
 function check_geometry(traces::Traces, nx::Integer, ny::Integer)
     nc = size(traces.y_center, 1)
     nc <= nx ||
         throw(ArgumentError("traces: $nc columns, more than the chip's $nx"))
+    science = get(APOGEE_SCIENCE_COLUMNS, nx, nc)
+    nc >= science ||
+        @warn("traces: the traces cover columns 1-$nc of the chip's $science; columns " *
+              "$(nc + 1)-$science get no fiber (flagged BACKGROUND)")
     low, high = extrema(traces.y_center)
     (low >= 0.5 && high <= ny + 0.5) ||
         throw(ArgumentError("traces: y-centers in [$low, $high], outside the chip's rows [1, $ny] (1-based)"))

@@ -296,6 +296,10 @@ end
         @test (options.model, options.p_value, options.min_fit_pixels, options.min_snr) ==
               ("auto", 1e-3, 20, 30.0)
         @test options.max_fit_pixels === nothing && options.jump_search && !options.joint_chips
+        # The record an ar2D file keeps names every setting and reads back as the same options.
+        custom = FitOptions(p_value = 0.01, correct_1f = "nuisance", max_fit_pixels = 40)
+        @test occursin("p_value = 0.01, ", repr(custom))
+        @test eval(Meta.parse(repr(custom))) == custom
         @test_throws ArgumentError APRampFit.check_options(FitOptions(model = "cloudy"))
         @test_throws ArgumentError APRampFit.check_options(FitOptions(max_iter = 0))
         @test !options.chromatic && options.chromatic_p_value == 1e-4
@@ -451,6 +455,19 @@ end
             options = chromatic, chip = "a")  # ApogeeReduction's letter of chip R
         @test named.model[1] in (MODEL_TIME_VARIABLE, MODEL_CHROMATIC)
         @test named.omega[named.ref_index, 1] == 1.0
+        # A 4-read exposure reaches sutr_omega with one difference: the constant fit, with a
+        # warning, not an error that stops the night.
+        one = view(dimages, :, :, 1:1)
+        short = @test_logs (:warn, r"too few for the exposure stages") match_mode = :any sutr_omega(
+            one, gain, read_var, min.(last, 1), trues(nx, ny, 1); traces, options)
+        @test short.stages === nothing && isempty(short.model)
+        @test short.dimage == short.rates && all(isfinite, short.dimage)
+        # ApogeeReduction.jl's differences are a view of its cube (diffify_datacube!).
+        cube = zeros(nx, ny, n_diffs + 2)
+        cube[:, :, 3:end] .= dimages
+        as_view = sutr_omega(view(cube, :, :, 3:n_diffs + 2), gain, read_var, last,
+            trues(nx, ny, n_diffs); traces, options)
+        @test as_view.dimage == result.dimage
         # The driver's checks: a plausible calibration, one exposure's sizes.
         reads = APRampFit.reads_from_differences(dimages, last)
         @test_throws ArgumentError run_chips(ChipExposure(reads, 5000.0; gain = 1.9), traces)

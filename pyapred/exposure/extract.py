@@ -79,7 +79,8 @@ class ChipResult:
 def extract_chip(
     chip: ChipExposure, prepared: PreparedChip, fibers: FiberFits, options: FitOptions
 ) -> ChipResult:
-    """Every pixel of the chip with its fiber's omega, in one ``extract_fluxes`` call.
+    """Every pixel of the chip with its fiber's omega: one ``extract_fluxes`` call, then the
+    pixels with a first-pass jump again with the jump's read masked.
 
     Parameters
     ----------

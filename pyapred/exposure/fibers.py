@@ -767,6 +767,9 @@ def choose_models(
     ones) borrow the inverse-covariance weighted mean omega of the bright fibers, which are all
     fitted with the same reference read, when that mean passes the same two tests. A fiber whose
     fit failed falls back to the constant model and is flagged ``FALLBACK_CONSTANT``.
+    With ``model="time-variable"`` the two tests are skipped: every bright fiber gets the
+    time-variable model and, if there is a bright fiber, the other fibers (except excluded ones
+    and failed fits) borrow.
 
     Parameters
     ----------

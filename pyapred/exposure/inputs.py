@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,7 +239,7 @@ def check_calibration(chip: ChipExposure) -> None:
 
 
 def load_chip(
-    path,
+    path: str | os.PathLike,
     *,
     gain: float | None = None,
     read_noise: float | None = None,
@@ -335,7 +336,7 @@ def load_chip(
 
 
 def survey_chip(
-    path,
+    path: str | os.PathLike,
     *,
     gain: float | None = None,
     read_noise: float | None = None,
@@ -506,7 +507,9 @@ def _timing_cards(path, header) -> dict:
 IDENTITY_KEYS = ("chip", "telescope", "mjd")
 
 
-def identify_exposure(path, identity: Mapping | None = None) -> tuple[str, str, int, int]:
+def identify_exposure(
+    path: str | os.PathLike, identity: Mapping | None = None
+) -> tuple[str, str, int, int]:
     """``(chip, telescope, mjd, exposure)`` from a raw or ar3Dcal file name.
 
     Parameters

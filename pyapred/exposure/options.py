@@ -41,8 +41,8 @@ __all__ = [
     "read_config",
 ]
 
-#: Largest trace half-width of the pixel map and of the fit pixels, in trace sigmas (beyond it
-#: the map's neighbouring fibers overlap entirely, and memory grows with it).
+#: Largest half-width of the pixel map (trace sigmas) and of the fit pixels (rows): beyond it
+#: the map's neighbouring fibers overlap entirely, and memory grows with it.
 MAX_HALFWIDTH = 10.0
 
 #: The tables of a config file, in order, with the title of each group in ``--help``.
@@ -56,13 +56,11 @@ CONFIG_GROUPS = {
 }
 
 
-def _option(
-    default: Any, group: str, help: str, *, record: bool = True, metavar=None, valid=None
-) -> Any:
+def _option(default: Any, group: str, help: str, *, record: bool = True, valid=None) -> Any:
     """A :class:`FitOptions` field: its default, config group, help text, whether products
     record it (settings that change only what is kept in memory are not recorded), and an extra
     check ``valid = (predicate, what is expected)`` beyond the field's type."""
-    meta = {"group": group, "help": help, "record": record, "metavar": metavar, "valid": valid}
+    meta = {"group": group, "help": help, "record": record, "valid": valid}
     return field(default=default, metadata=meta)
 
 
@@ -70,14 +68,17 @@ def _option(
 class FitOptions:
     """Settings of an exposure fit (:func:`pyapred.exposure.run_exposure`).
 
-    The defaults are those of ``pyapred fit``. Every field is a flag of ``pyapred fit`` and
-    ``pyapred night`` (underscores become dashes) and a key of a config file's table
-    ``[group]``; ``pyapred fit --help`` lists them by group.
+    The defaults are those of ``pyapred fit``, but for ``keep_fit_reads`` (on in Python; the
+    command keeps the fit reads only for ``--plots`` or its flag). Every field is a flag of
+    ``pyapred fit`` and ``pyapred night`` (underscores become dashes) and a key of a config
+    file's table ``[group]``; ``pyapred fit --help`` lists them by group.
 
     Attributes
     ----------
     model : {"auto", "constant", "time-variable"}
-        ``"auto"`` chooses per fiber; the others force one model on every traced fiber.
+        ``"auto"`` chooses per fiber; ``"constant"`` gives every fiber the constant model;
+        ``"time-variable"`` skips the significance tests: bright fibers get their own omega,
+        faint ones the bright fibers' mean, and FPI fibers and failed fits stay constant.
     p_value : float
         The time-variable model is chosen when the chi-squared improvement has a probability
         below this under the constant model ...
@@ -96,7 +97,8 @@ class FitOptions:
     max_omega_error : float
         Fibers whose median omega error exceeds this borrow omega.
     min_snr, core_halfwidth, min_purity, max_fit_pixels
-        Omega-fit pixel selection (:func:`pyapred.traces.select_fit_pixels`).
+        Omega-fit pixel selection (:func:`pyapred.traces.select_fit_pixels`); ``core_halfwidth``
+        is in rows (0.5: the row nearest the trace center in each column).
     map_halfwidth : float
         Pixels further than this many sigmas from every trace are background.
     backend : {"numpy", "julia", "auto"}
@@ -140,7 +142,11 @@ class FitOptions:
 
     # model choice
     model: Literal["auto", "constant", "time-variable"] = _option(
-        "auto", "model", "model per fiber: chosen automatically, or forced on every fiber"
+        "auto",
+        "model",
+        "model per fiber: chosen automatically, constant for all, or "
+        "time-variable without the significance tests (faint fibers borrow; FPI fibers and "
+        "failed fits stay constant)",
     )
     p_value: float = _option(
         1e-3, "model", "time-variable model when the chi2 improvement's p-value is below this",
@@ -172,7 +178,7 @@ class FitOptions:
         valid=(lambda value: 0 <= value < math.inf, "a finite number >= 0"),
     )  # fmt: skip
     core_halfwidth: float = _option(
-        0.5, "pixels", "fit pixels lie within this many trace sigmas of the center",
+        0.5, "pixels", "fit pixels lie within this many rows of the trace center",
         valid=(lambda value: 0 < value <= MAX_HALFWIDTH, f"a number in (0, {MAX_HALFWIDTH}]"),
     )  # fmt: skip
     min_purity: float = _option(
@@ -572,7 +578,7 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(
                 flag, dest=item.name, type=kind, choices=_choices(item),
-                default=argparse.SUPPRESS, help=text, metavar=item.metadata["metavar"],
+                default=argparse.SUPPRESS, help=text,
             )  # fmt: skip
 
 
@@ -634,7 +640,7 @@ def _conflict(values: dict) -> tuple[str, str] | None:
     if values.get("segment_columns", default) != default and not nuisance:  # it did nothing
         return "segment_columns", (
             f"the default {default} without a nuisance route (correct_1f ...nuisance): the "
-            "segments are the nuisance offsets'"
+            "segments are the nuisance offsets' columns"
         )
     most, least = values.get("max_fit_pixels"), values.get("min_fit_pixels", 20)
     if most is not None and isinstance(least, int) and most < least:  # no fiber would be fitted

@@ -29,9 +29,12 @@ class ProductParts:
         By fiber group (chip name, or ``"joint"``).
     metadata : dict
         The ``metadata`` group: ``fit_options``
-        (:meth:`~pyapred.exposure.FitOptions.to_record`), the exposure's identity (``telescope``,
-        ``mjd``, ``expnum``, from the input file names and the identity overrides; no ``expnum``
-        where the names number no exposure) and timing cards.
+        (:meth:`~pyapred.exposure.FitOptions.to_record`), ``model_option``, ``joint_chips``,
+        ``flux_normalisation``, the chromatic fit's ``coordinate_span_um[_{group}]``, the
+        nuisance term's ``nuisance_chips`` and ``nuisance_offset_rms_dn``, the exposure's
+        identity (``telescope``, ``mjd``, ``expnum``, from the input file names and the identity
+        overrides; no ``expnum`` where the names number no exposure) and timing cards (the
+        keys and their units: ``pyapred.io.product``'s metadata table).
     inputs : list of str
         Input files then trace files, hashed into the product.
     backend : str

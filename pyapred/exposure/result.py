@@ -33,7 +33,9 @@ class ExposureResult:
     meta : dict
         ``timings_s`` (seconds per stage), ``timing`` (what a product records of the
         exposure's timing), ``inputs`` and ``traces`` (file paths, when run on files),
-        ``product`` (the product's path, when one was written).
+        ``exposure`` (its telescope, night and number, read from the file names: what the
+        product's identity keys come from), ``product`` (the product's path, when one was
+        written).
     """
 
     chips: dict[str, ChipResult]

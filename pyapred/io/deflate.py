@@ -26,7 +26,7 @@ __all__ = ["deflate_planes"]
 
 #: A plane is stored when level 1 compresses its samples to more than this fraction of their
 #: size. Its repeats must lie within a sample (an image's rows): a covariance matrix's, a row of
-#: the matrix apart, are missed (its planes are deflated whole, ``store=False``).
+#: the matrix apart, are missed (its planes are deflated whole, ``store_random_planes=False``).
 STORE_ABOVE = 0.98
 #: Bytes of a plane compressed to decide. Smaller samples compress worse: at 4 kB the low bytes
 #: of a product's ivar image (0.955 of their size at level 4) were stored too.

@@ -16,7 +16,8 @@ dataset                                h5py shape         contents
 ``/{chip}/flags``                      ``(ny, nx)``       pixel bits of ``pyapred.Flag`` (uint16)
 ``/fibers/{group}/fiberId``            ``(n,)``           1..300, ``301 - fiber_index``
 ``/fibers/{group}/fiber_index``        ``(n,)``           1-based ``301 - fiberId``, as in AR.jl
-``/fibers/{group}/model``              ``(n,)``           "constant", "time_variable", "borrowed"
+``/fibers/{group}/model``              ``(n,)``           "constant", "time_variable", "borrowed",
+                                                          "time_variable_chromatic"
 ``/fibers/{group}/flags``              ``(n,)``           group bits of ``pyapred.Flag``
 ``/fibers/{group}/omega``              ``(n, K)``         per-difference transparency factors
 ``/fibers/{group}/omega_cov``          ``(n, K, K)``      covariance of omega
@@ -258,7 +259,7 @@ def flag_dtype() -> np.dtype:
 @functools.cache
 def _flag_bits() -> int:
     """Every bit of :class:`pyapred.Flag`, or-ed together."""
-    from .. import Flag
+    from ..solver import Flag
 
     return functools.reduce(operator.or_, (int(flag) for flag in Flag), 0)
 

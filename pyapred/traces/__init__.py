@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "FPI_FIBER_IDS",
@@ -57,7 +58,7 @@ MAX_TRACE_COLUMNS = 4096
 APOGEE_SCIENCE_COLUMNS = {2048: 2048, 2560: 2048}
 
 
-def fiber_index(fiber_id):
+def fiber_index(fiber_id: ArrayLike) -> np.ndarray:
     """0-based on-chip fiber index of an APOGEE fiberId (1..300): ``300 - fiberId``.
 
     A ValueError for anything else than whole fiberIds 1 to 300 (301 gave -1, the last fiber
@@ -102,7 +103,7 @@ def _as_float_array(value, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected numbers, got {type(value).__name__}") from None
 
 
-def fiber_id(fiber_index):
+def fiber_id(fiber_index: ArrayLike) -> np.ndarray:
     """APOGEE fiberId of a 0-based on-chip fiber index: ``300 - index``.
 
     A ValueError for anything else than whole indices 0 to 299 (300 gave fiberId 0, -1 gave
