@@ -561,6 +561,32 @@ nan_to_num(x) = isnan(x) ? 0.0 : isinf(x) ? (x > 0 ? 1.7976931348623157e308 :
                                               -1.7976931348623157e308) : Float64(x)
 
 """
+    check_start_chi2(chi2, omega, flux, diffs, valid, s2, dt, fit_pixel, single)
+
+Throw an `ArgumentError` unless `chi2` `(P, G)` is the chi2 of `omega` `(K, G)` and `flux`
+`(P, G)` (e-) on these differences, as pyapred's `_check_start_chi2`: the chromatic test
+compares the chromatic chi2 with the start's, and a start fitted with another gain gave
+p = 1e-20 on achromatic data.
+"""
+function check_start_chi2(chi2, omega, flux, diffs, valid, s2, dt, fit_pixel, single)
+    K, P, G = size(diffs)
+    x = [isfinite(omega[k, g]) ? omega[k, g] * dt[k] : 0.0 for k in 1:K, g in 1:G]
+    flux_fit = [fit_pixel[p, g] ? Float64(flux[p, g]) : 0.0 for p in 1:P, g in 1:G]
+    again = chi2_kernel!(zeros(P, G), diffs, valid, s2, x, flux_fit, fit_pixel)
+    for g in 1:G, p in 1:P
+        stated = Float64(chi2[p, g])
+        # Its own fit computes it in another order: rounding apart, the same.
+        (fit_pixel[p, g] && isfinite(stated) &&
+         !(abs(again[p, g] - stated) <= 1e-6 * max(abs(stated), 1.0))) || continue
+        at = single ? (p,) : (p, g)
+        throw(ArgumentError("start: expected fit_omega's result on these reads, read noise, " *
+                            "gain, mask and read times (without segments): at pixel $at its " *
+                            "chi2 is $stated, its omega and flux give $(again[p, g]) here"))
+    end
+    return nothing
+end
+
+"""
     fit_omega_chromatic(reads, read_noise, coordinate; start = nothing, gain = 1.0,
                         mask = nothing, read_times = nothing, saturation = nothing,
                         ref_index = nothing, rtol = 1e-8, max_iter = 50, jump_search = false,
@@ -642,7 +668,13 @@ function fit_omega_chromatic(reads::AbstractArray, read_noise, coordinate; start
     s_flags = grouped(start.flags)
     fit = [(s_flags[p, g] & NOT_IN_OMEGA_FIT) == 0 && count(view(valid, :, p, g)) >= 2
            for p in 1:P, g in 1:G]
-    kstar = Int.(vec(grouped(start.ref_index)))
+    kstar = vec(grouped(start.ref_index))
+    length(kstar) == G && all(k -> isinteger(k) && 1 <= k <= K, kstar) ||
+        throw(ArgumentError("start: expected a ref_index of 1 to $K per group, got " *
+                            "$(repr(start.ref_index))"))
+    kstar = Int.(kstar)
+    check_start_chi2(grouped(start.chi2), s_omega, s_flux .* gain_map, diffs, valid, s2, dt, fit,
+        single)
     res = fit_chromatic_groups(diffs, valid, s2, dt, fit, coord, s_omega, s_flux .* gain_map,
         kstar; rtol, max_iter)
     n_diff = dropdims(sum(valid; dims = 1); dims = 1)

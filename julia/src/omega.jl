@@ -1267,6 +1267,13 @@ function fit_omega(reads::AbstractArray, read_noise; gain = 1.0, mask = nothing,
                 res.converged[g] && (res.stop_reason[g] = STOP_BREAKDOWN)
                 res.converged[g] = false
             end
+        elseif dof - max(count(view(res.has_data, :, g)) - 1, 0) <= 0 && any(view(fit, :, g))
+            # The paper's factor keeps omega's free elements in its denominator (negligible
+            # for a fiber's pixels), but where they take every degree of freedom (one pixel:
+            # K - 1 of each) the fit is exact whatever the data: degenerate, no inflation.
+            res.converged[g] && (res.stop_reason[g] = STOP_BREAKDOWN)
+            res.converged[g] = false
+            dof = 0
         end
         chi2_sum = sum(c for c in view(res.chi2, :, g) if !isnan(c); init = 0.0)
         inflation[g] = dof > 0 ? sqrt(chi2_sum / dof) : NaN

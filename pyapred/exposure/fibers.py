@@ -745,6 +745,35 @@ def _significance(omega, cov, ref_index):
     return stat, float(chdtrc(free.size, max(stat, 0.0)))
 
 
+def _check_model_inputs(fit, constant, n_fit_pixels, excluded, flags) -> tuple[int, int]:
+    """``(n_fibers, K)`` of :func:`choose_models`' arguments; a ValueError naming the first
+    that does not fit (NumPy's broadcast errors, a singular matrix or a failed unpacking
+    before)."""
+    if np.ndim(fit.omega) != 2:
+        raise ValueError(f"fit: expected a batched OmegaFit, omega (n_fibers, K), got omega of "
+                         f"shape {np.shape(fit.omega)}")  # fmt: skip
+    n_fibers, K = fit.omega.shape
+    if np.unique(fit.ref_index).size > 1:
+        raise ValueError(
+            "fit: expected one ref_index for every fiber (the borrowed mean and the tests "
+            f"compare omegas at one reference), got {fit.ref_index}"
+        )
+    if np.shape(constant.chi2) != np.shape(fit.chi2):
+        raise ValueError(f"constant: expected the fit's pixels, chi2 {np.shape(fit.chi2)}, got "
+                         f"{np.shape(constant.chi2)}")  # fmt: skip
+    per_fiber = {"n_fit_pixels": (n_fit_pixels, "iu"), "excluded": (excluded, "b")}
+    if flags is not None:
+        per_fiber["flags"] = (flags, "iu")
+    for name, (value, kinds) in per_fiber.items():
+        kind = "booleans" if kinds == "b" else "integers"
+        if not (isinstance(value, np.ndarray) and value.shape == (n_fibers,)
+                and value.dtype.kind in kinds):  # fmt: skip
+            raise ValueError(f"{name}: expected an array of {n_fibers} {kind} (one per fiber), "
+                             f"got {type(value).__name__} {np.shape(value)} "
+                             f"{getattr(value, 'dtype', '')}")  # fmt: skip
+    return n_fibers, K
+
+
 def choose_models(
     fit: OmegaFit,
     constant: FluxFit,
@@ -792,7 +821,7 @@ def choose_models(
     # x >= 0, to the bit): importing scipy.stats costs a third of a second a run.
     from scipy.special import chdtrc
 
-    n_fibers, K = fit.omega.shape
+    n_fibers, K = _check_model_inputs(fit, constant, n_fit_pixels, excluded, flags)
     ref_index = int(fit.ref_index[0])
     flags = (np.zeros(n_fibers, np.int64) if flags is None else flags.copy()) | fit.group_flags
     in_fit = ~(fit.flags & Flag.NOT_IN_OMEGA_FIT).astype(bool)

@@ -934,7 +934,12 @@ def fit_omega(
         with the current omega), masking what it finds and refitting, until the jump mask is
         stable (at most 3 searches). Off by default here; the exposure pipeline turns it on, so
         that cosmic rays in the fit pixels do not bias omega. Flagged pixels get
-        ``JUMP_DETECTED`` and a smaller ``n_diff``.
+        ``JUMP_DETECTED`` and a smaller ``n_diff``. The first search uses the first fit's omega:
+        one jump whose charge rivals the group's whole signal in its difference (5000 e- among
+        20 pixels of 300 e-) pulls that element so far that the difference is flagged in every
+        pixel, and the element is left without data (NaN, ``OMEGA_ELEMENT_NO_DATA``). The
+        pipeline's fit pixels are free of such jumps (its first pass drops pixels with 8-sigma
+        jumps); in a notebook, mask them first (:func:`find_jumps` with a rough omega).
     jump_threshold : float, optional
         Threshold of the jump search in sigma, as in :func:`find_jumps`.
     segments : array_like of int, optional
@@ -1005,6 +1010,16 @@ def fit_omega(
         res["converged"], report["stop_reason"] = _degenerate(
             (dof <= 0) & fit_pixel.any(axis=1), res["converged"], report["stop_reason"]
         )
+    else:
+        # The paper's factor keeps omega's free elements in its denominator (negligible for a
+        # fiber's pixels), but where they take every degree of freedom (one pixel: K - 1 of
+        # each) the fit is exact whatever the data: degenerate, no inflation (it was 0).
+        free_omega = np.maximum(res["has_data"].sum(axis=1) - 1, 0)
+        exact = (dof - free_omega <= 0) & fit_pixel.any(axis=1)
+        res["converged"], report["stop_reason"] = _degenerate(
+            exact, res["converged"], report["stop_reason"]
+        )
+        dof = np.where(exact, 0, dof)
     inflation = _inflation(res["chi2"], dof)
     group_flags = np.zeros(G, dtype=np.int64)
     group_flags[~res["converged"]] |= Flag.NOT_CONVERGED
@@ -1262,7 +1277,13 @@ def fit_omega_chromatic(
         valid &= ~grouped(start.jump_mask)
     fit_pixel = ~(grouped(start.flags) & Flag.NOT_IN_OMEGA_FIT).astype(bool)
     fit_pixel &= valid.sum(axis=-1) >= 2
-    kstar = grouped(start.ref_index).astype(np.int64).reshape(G)
+    kstar = np.asarray(grouped(start.ref_index)).reshape(-1)
+    if kstar.shape != (G,) or not ((kstar >= 0) & (kstar < K) & (kstar % 1 == 0)).all():
+        raise ValueError(f"start: expected a ref_index of 0 to {K - 1} per group, got "
+                         f"{start.ref_index!r}")  # fmt: skip
+    kstar = kstar.astype(np.int64)
+    _check_start_chi2(start, grouped(start.chi2), s_omega, s_flux * gain_map, diffs, valid, s2,
+                      dt, fit_pixel, backend)  # fmt: skip
     res = _chromatic_backend(backend).fit_chromatic_groups(
         diffs, valid, s2, dt, fit_pixel, coord, s_omega, s_flux * gain_map, kstar,
         rtol=float(rtol), max_iter=int(max_iter),
@@ -1340,6 +1361,34 @@ def fit_omega_chromatic(
     if single:
         out = ChromaticFit(**{k: v[0] for k, v in out.__dict__.items()})
     return out
+
+
+def _check_start_chi2(start, chi2, omega, flux, diffs, valid, s2, dt, fit_pixel, backend):
+    """Refuse a ``start`` whose chi2 is not that of its omega and fluxes on these inputs.
+
+    The chromatic test compares the chromatic chi2 with the start's: a start fitted with another
+    gain gave p = 1e-20 on achromatic data, one with another mask a delta-chi2 of -3e5.
+    ``chi2``, ``omega`` (G, K) and ``flux`` (G, P, e-) are the start's, with the group axis.
+    """
+    x = np.where(np.isfinite(omega), omega, 0.0) * dt
+    again = np.empty(fit_pixel.shape)
+    backend_kernels(backend).chi2_kernel(
+        diffs, valid, s2, x, np.where(fit_pixel, flux, 0.0), fit_pixel, again
+    )
+    stated = np.asarray(chi2, dtype=np.float64)
+    # Its own fit computes it in another order: rounding apart, the same.
+    differs = fit_pixel & np.isfinite(stated)
+    differs &= ~(np.abs(again - stated) <= 1e-6 * np.maximum(np.abs(stated), 1.0))
+    if differs.any():
+        where = np.argwhere(differs)[0]
+        at = tuple(int(i) for i in where[1:]) if np.ndim(start.chi2) == 1 else tuple(
+            int(i) for i in where)  # fmt: skip
+        raise ValueError(
+            f"start: expected fit_omega's result on these reads, read noise, gain, mask and "
+            f"read times (without segments): at pixel {at} its chi2 is "
+            f"{float(stated[tuple(where)]):.6g}, its omega and flux give "
+            f"{float(again[tuple(where)]):.6g} here"
+        )
 
 
 def _chromatic_backend(backend: str = "numpy"):

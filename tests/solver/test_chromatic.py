@@ -253,3 +253,25 @@ def test_the_coordinate_is_real_numbers_and_jump_search_a_flag():
             fit_omega_chromatic(reads, 12.0, coordinate)
     with pytest.raises(ValueError, match="jump_search: expected True or False"):
         fit_omega_chromatic(reads, 12.0, np.linspace(-1, 1, 8), jump_search="no")
+
+
+def test_a_start_fitted_to_other_inputs_is_refused(grouped):
+    """The test's null chi2 is the start's: a start fitted with another gain or read noise gave
+    p = 1e-20 on grey data (or a delta-chi2 of -3e5 with another mask)."""
+    _, start, fit, reads, c = grouped["grey"]
+    own = fit_omega(reads[:, :3], 12.0, ref_index=0)
+    again = fit_omega_chromatic(reads[:, :3], 12.0, c[:3], start=own)
+    np.testing.assert_array_equal(again.p_value, fit.p_value[:3])
+    masked = np.zeros(reads[:, :3].shape, dtype=bool)
+    masked[5, :, :7] = True
+    for other in (dict(gain=1.3), dict(read_noise=6.0), dict(mask=masked)):
+        noise = other.pop("read_noise", 12.0)
+        foreign = fit_omega(reads[:, :3], noise, ref_index=0, **other)
+        with pytest.raises(ValueError, match=r"start: expected fit_omega's result on these "
+                                             r"reads.*at pixel \(0, \d+\)"):  # fmt: skip
+            fit_omega_chromatic(reads[:, :3], 12.0, c[:3], start=foreign)
+    import dataclasses
+
+    forged = dataclasses.replace(start, ref_index=np.full(start.ref_index.shape, K))
+    with pytest.raises(ValueError, match=f"start: expected a ref_index of 0 to {K - 1}"):
+        fit_omega_chromatic(reads, 12.0, c, start=forged)

@@ -231,6 +231,17 @@ def test_a_singular_group_is_flagged_not_converged():
     reads = np.stack([np.array([0.0, 3.0, 5.0]), np.array([-1.30315723e-30, 9.05355867e-31, 1.0])],
                      axis=1)[:, :, None]  # fmt: skip
     fit = fit_omega(reads, np.array([[1.0], [1e-30]]))
-    assert fit.converged[0] and not fit.converged[1]
+    assert not fit.converged[1]
     assert fit.stop_reason[1] == StopReason.BREAKDOWN and fit.group_flags[1] & Flag.NOT_CONVERGED
     assert np.all(np.isfinite(fit.omega_cov[0]))
+
+
+def test_a_group_of_one_pixel_fits_exactly_and_is_flagged():
+    # K - 1 free omega elements and K - 1 degrees of freedom: chi2 0 whatever the data. It was
+    # reported converged with inflation 0 (zero errors after inflating the covariance).
+    reads, ref = case("b284")
+    one = fit_omega(reads[:, :1], READ_NOISE, gain=GAIN, ref_index=ref)
+    assert not one.converged and one.stop_reason == StopReason.BREAKDOWN
+    assert one.group_flags & Flag.NOT_CONVERGED and np.isnan(one.inflation)
+    two = fit_omega(reads[:, :2], READ_NOISE, gain=GAIN, ref_index=ref)
+    assert two.converged and two.inflation > 0
