@@ -32,8 +32,10 @@ import argparse
 import contextlib
 import glob
 import json
+import logging
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -61,11 +63,21 @@ __all__ = [
 
 CHIP_LETTERS = {"R": "a", "G": "b", "B": "c"}
 FAILURES_FILE = "failures.json"
+#: The error ``failures.json`` gives an exposure not fitted yet while the night runs, so that a
+#: run killed outright (SIGKILL, a node lost) never leaves an old ``[]`` saying "complete".
+NOT_FINISHED = "not finished: the night was stopped or is still running"
+#: The error it gives the exposures left unfinished by Ctrl-C or SIGTERM.
+INTERRUPTED = "interrupted"
 #: The lock file of a night's output folder: one ``pyapred night`` writes there at a time.
 LOCK_FILE = ".pyapred-night.lock"
 #: The most rows a ``runlist_*.h5`` may have (a night has a few hundred exposures): a small
 #: damaged file declaring 3e7 rows kept the run busy for most of an hour.
 MAX_RUNLIST_ROWS = 100_000
+#: A temporary product a killed writer left (``.pyapred_{name}.h5.XXXXXXXX.tmp``): group 1 is
+#: the product's name.
+_TEMPORARY_PRODUCT = re.compile(r"\.(pyapred_.+\.h5)\.[a-z0-9_]+\.tmp")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -178,20 +190,23 @@ def find_exposures(
     Returns
     -------
     list of ExposureTask
-        In runlist order; a missing input or trace file gives a task with ``problem`` set.
+        In runlist order; a missing input or trace file gives a task with ``problem`` set. Its
+        paths are absolute: a worker of another machine (``--scheduler``) runs in a folder of
+        its own, where relative ones named missing inputs and put products out of ``out``.
 
     Raises
     ------
     InputError
-        An unreadable runlist, a glob matching nothing, trace files that match nothing or name
-        one chip twice, an exposure named by two different files of one chip (the same file
-        named twice is one exposure), or ``chips`` not made of R, G and B.
+        An unreadable runlist, a glob matching nothing or matching a file that is no raw file,
+        trace files that match nothing or name one chip twice, an exposure named by two
+        different files of one chip (the same file named twice is one exposure), or ``chips``
+        not made of R, G and B.
     """
     from .io.paths import check_input_file
 
     if not chips or set(chips) - set(CHIP_LETTERS) or len(set(chips)) != len(chips):
         raise InputError("--chips", "--chips", "letters among R, G, B, each once", repr(chips))
-    path = Path(source)
+    path = Path(source)  # as typed, for the errors: the paths made of it are absolute
     if os.path.lexists(path) and not path.is_dir():  # a FIFO would hang, a link loop crash
         check_input_file(path, "RUNLIST_OR_GLOB")
     if raw_dir is not None and not Path(raw_dir).is_dir():
@@ -199,7 +214,7 @@ def find_exposures(
         raise InputError(raw_dir, "--raw-dir", "the folder of the runlist's raw files", found)
     by_glob = False  # or a runlist, whose entries (``night.txt:3``) errors name
     if path.is_file() and path.suffix == ".h5":
-        named = _read_h5_runlist(path, Path(raw_dir) if raw_dir else path.parent)
+        named = _read_h5_runlist(path, Path(raw_dir or path.parent).absolute())
     elif path.is_file() and not _names_exposure(path):
         named = _read_text_runlist(path)
     elif path.is_dir():
@@ -207,24 +222,51 @@ def find_exposures(
             path, "RUNLIST_OR_GLOB", "a runlist file or a glob of .apz files", "a folder"
         )
     else:  # one raw file (its name may hold glob characters), or a glob
-        matches = [os.fspath(source)] if path.is_file() else sorted(glob.glob(os.fspath(source)))
-        if not matches:
-            raise InputError(
-                source, "RUNLIST_OR_GLOB", "a runlist file or a glob matching raw files", "nothing"
-            )
-        named, by_glob = [(m, Path(m)) for m in matches], True
+        named, by_glob = [(os.fspath(m), m) for m in _glob_raw_files(source, path)], True
     trace_files = _trace_index(traces)
     # By name, with the runlist entry that named it (None for a glob): an exposure named again
     # must be named by the same files.
     tasks: dict[str, tuple[ExposureTask, str | None]] = {}
     for entry, file in named:
-        task = _exposure_task(entry, file, trace_files, Path(out), chips, traces_any_night)
+        task = _exposure_task(
+            entry, file, trace_files, Path(out).absolute(), chips, traces_any_night
+        )
         listed = None if by_glob else entry
         if task.name not in tasks:
             tasks[task.name] = (task, listed)
         elif task.product:  # (a file that names no exposure has no files to compare)
             _check_same_files(tasks[task.name], (task, listed), chips)
     return [task for task, _ in tasks.values()]
+
+
+def _glob_raw_files(source: str | os.PathLike, path: Path) -> list[Path]:
+    """The raw files ``source`` (``path``) names, made absolute: itself where it is a file (its
+    name may hold glob characters), else its glob's matches.
+
+    The glob is matched as typed, relative to the working folder: made absolute first, glob
+    characters in the working folder's own name (``/data/run[1]``) would be read as a pattern.
+
+    Raises
+    ------
+    InputError
+        The glob matches nothing, or matches a file that is no raw file (``'raw/*'`` matching
+        the trace files): each was counted as a failed exposure, where a runlist line naming
+        one is refused.
+    """
+    if path.is_file():
+        return [path.absolute()]
+    matches = sorted(glob.glob(os.fspath(source)))
+    if not matches:
+        raise InputError(
+            source, "RUNLIST_OR_GLOB", "a runlist file or a glob matching raw files", "nothing"
+        )
+    stranger = next((m for m in matches if not _names_exposure(Path(m))), None)
+    if stranger is not None:
+        raise InputError(
+            source, "RUNLIST_OR_GLOB", "a glob matching only raw files (apR-[abc]-NNNNNNNN.apz, "
+            "asR-..., ar3Dcal_{tele}_{mjd}_{EXP4}_{chip}_*.h5)", f"a match {stranger!r}",
+        )  # fmt: skip
+    return [Path(m).absolute() for m in matches]
 
 
 def _check_same_files(
@@ -298,15 +340,15 @@ def _read_text_runlist(path: Path) -> list[tuple[str, Path]]:
         raise InputError(
             path, "runlist", "a text file, one exposure per line", "binary data"
         ) from None
-    named = []
+    named, folder = [], path.absolute().parent
     for number, line in enumerate(lines, start=1):
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
-        full = entry if os.path.isabs(entry) else os.fspath(path.parent / entry)
+        full = os.path.join(folder, entry)  # (the entry itself where it is absolute)
         # A name that exists is that file, glob characters or not.
-        literal = os.path.lexists(full) or not glob.has_magic(full)
-        matches = [full] if literal else sorted(glob.glob(full))
+        literal = os.path.lexists(full) or not glob.has_magic(entry)
+        matches = [full] if literal else _glob_in(folder, entry)
         if not matches:
             raise InputError(path, f"line {number}", "a raw file or a glob matching raw files",
                              f"{entry!r}, a glob matching nothing")  # fmt: skip
@@ -321,6 +363,12 @@ def _read_text_runlist(path: Path) -> list[tuple[str, Path]]:
     if not named:
         raise InputError(path, "runlist", "at least one exposure", "no entries")
     return named
+
+
+def _glob_in(folder: Path, pattern: str) -> list[str]:
+    """The matches of ``pattern`` (relative to ``folder``, or absolute), as paths: glob
+    characters in ``folder``'s own name (``/data/run[1]``) are not read as a pattern."""
+    return [os.path.join(folder, m) for m in sorted(glob.glob(pattern, root_dir=folder))]
 
 
 def _read_h5_runlist(path: Path, raw_dir: Path) -> list[tuple[str, Path]]:
@@ -405,13 +453,13 @@ def _trace_index(traces: Sequence[str | os.PathLike]) -> dict[tuple[str, int, st
 
     index: dict[tuple[str, int, str], Path] = {}
     for item in traces:
-        item_path = Path(item)
+        item_path = Path(item).absolute()  # (a glob is matched as typed, below)
         if item_path.is_dir():
             files = sorted(item_path.glob("*[Tt]race*.h5"))
         elif item_path.exists():
             files = [item_path]
         else:
-            files = [Path(m) for m in sorted(glob.glob(os.fspath(item)))]
+            files = [Path(m).absolute() for m in sorted(glob.glob(os.fspath(item)))]
         if not files:
             raise InputError(
                 item, "--traces", "trace files (traceMain_{tele}_{mjd}_{chip}.h5)", "nothing"
@@ -504,7 +552,7 @@ def process_exposure(
 
     start = time.perf_counter()
     if task.problem is not None:
-        return TaskResult(task.name, "failed", task.product, error=task.problem)
+        return TaskResult(task.name, "failed", task.product, error=_one_line(task.problem))
     options = dataclasses.replace(options or FitOptions(), keep_fit_reads=False)
     try:
         # The record holds the backend that ran: "auto" is resolved before it is compared.
@@ -522,14 +570,19 @@ def process_exposure(
                 traces_any_night=True,  # find_exposures matched each trace to its exposure
             )
     except InputError as exc:
-        return TaskResult(task.name, "failed", task.product, error=str(exc))
+        return TaskResult(task.name, "failed", task.product, error=_one_line(str(exc)))
     except Exception as exc:  # one exposure's failure must not stop the night
-        error = f"{type(exc).__name__}: {exc}"
+        error = _one_line(f"{type(exc).__name__}: {exc}")
         return TaskResult(
             task.name, "failed", task.product, error=error, details=traceback.format_exc()
         )
     seconds = time.perf_counter() - start
     return TaskResult(task.name, "done", task.product, problems=result.problems(), seconds=seconds)
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: an error of several lines (HDF5's) broke the ``failed:`` line."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _problems(product) -> list[str]:
@@ -643,10 +696,11 @@ def run_night(
     Parameters
     ----------
     tasks : sequence of ExposureTask
-        From :func:`find_exposures`.
+        From :func:`find_exposures`; their paths are made absolute (the workers run in folders
+        of their own), and the products must lie in ``out``.
     out : str or os.PathLike
         The products' folder (created if missing). Temporary files left there by a killed run
-        (``.pyapred_*.h5.*.tmp``) are removed first.
+        (``.pyapred_*.h5.*.tmp``, and ``failures.json``'s) are removed first.
     options : pyapred.exposure.FitOptions, optional
     scheduler : str
         ``"local"`` for a ``LocalCluster`` of ``workers`` spawned processes, or the address of
@@ -668,8 +722,9 @@ def run_night(
     Raises
     ------
     InputError
-        ``out`` cannot be written, another run holds its lock (without ``wait``), or the
-        scheduler cannot be reached.
+        ``out`` cannot be written, its ``failures.json`` is no regular file, a product lies
+        elsewhere, another run holds its lock (without ``wait``), or the scheduler cannot be
+        reached.
     """
     from .exposure import check_calibration_options
     from .io.atomic import kept_as, writable_folder
@@ -685,13 +740,18 @@ def run_night(
             f"at most {most} tasks at once (4 x this machine's CPUs; each holds a chip's reads)",
             f"{workers} x {threads_per_worker}",
         )  # fmt: skip
-    check_calibration_options(options)
+    out = Path(out).absolute()
+    tasks = [_absolute(task) for task in tasks]
+    _check_products_in(out, tasks)
+    _check_failures_file(out)
+    if options is not None:  # (None: the defaults, which are plausible)
+        check_calibration_options(options)
     if scheduler != "local" and any(t.problem is None for t in tasks):
         with _client(scheduler, workers, threads_per_worker):  # unreachable: refused here, with
             pass  # no folder made (it is joined again for the run)
     # The workers' processes do not know --log's file: its name is refused here.
     products = [t.product for t in tasks if t.product]
-    for output in (Path(out) / FAILURES_FILE, Path(out) / LOCK_FILE, *products):
+    for output in (out / FAILURES_FILE, out / LOCK_FILE, *products):
         kept = kept_as(output)
         if kept is not None:
             raise InputError(output, "--out", "an output path of its own", kept)
@@ -699,6 +759,46 @@ def run_night(
     with _locked(out, wait):
         return _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resume,
                           progress)  # fmt: skip
+
+
+def _absolute(task: ExposureTask) -> ExposureTask:
+    """``task`` with absolute paths, as :func:`find_exposures` makes them (one made by hand may
+    hold relative ones): a worker of another machine runs in a folder of its own. A task that
+    cannot run is kept as it is (its paths are only reported)."""
+    import dataclasses
+
+    if task.problem is not None:
+        return task
+
+    def absolute(paths: Sequence[str]) -> tuple[str, ...]:
+        return tuple(str(Path(p).absolute()) for p in paths)
+
+    return dataclasses.replace(
+        task, inputs=absolute(task.inputs), traces=absolute(task.traces),
+        product=str(Path(task.product).absolute()),
+    )  # fmt: skip
+
+
+def _check_products_in(out: Path, tasks: Sequence[ExposureTask]) -> None:
+    """Refuse a task whose product lies outside ``out`` (tasks made for another folder): the
+    lock, the cleanup of temporaries and ``failures.json`` are ``out``'s alone."""
+    for task in tasks:
+        folder = Path(task.product).parent
+        if task.problem is None and folder != out and not _same_file(str(folder), str(out)):
+            raise InputError(
+                task.product, "--out", f"a product in {out} (find_exposures' out)",
+                f"one in {folder}",
+            )  # fmt: skip
+
+
+def _check_failures_file(out: Path) -> None:
+    """Refuse a ``failures.json`` that is no regular file (a folder): it was found by the last
+    write, after every exposure was fitted, in an error naming a temporary file. A link is
+    replaced as a file is."""
+    path = out / FAILURES_FILE
+    if os.path.lexists(path) and not path.is_symlink() and not path.is_file():
+        found = "a folder" if path.is_dir() else "a special file"
+        raise InputError(path, "--out", "a regular file (the night's list of failures)", found)
 
 
 def max_local_tasks() -> int:
@@ -711,35 +811,45 @@ def max_local_tasks() -> int:
 def _run_night(tasks, out, options, scheduler, workers, threads_per_worker, resume, progress):
     """:func:`run_night` once ``out`` is locked."""
     start = time.perf_counter()
-    _remove_stale_temporaries(tasks)
+    _remove_stale_temporaries(out, tasks)
     # Exposures with a missing file fail here: no cluster is started for them alone.
     results = {t.name: process_exposure(t) for t in tasks if t.problem is not None}
     runnable = [t for t in tasks if t.problem is None]
-    if results:
-        _write_failures(out, tasks, results)
+    # Before any fit, the exposures to run are listed as not finished: the previous run's list
+    # (``[]``, "complete") stood while this one ran, and after it was stopped.
+    _write_failures(out, tasks, results)
     if runnable:
         try:
             with _client(scheduler, workers, threads_per_worker) as client:
-                _run_tasks(client, runnable, options, resume, progress, out, tasks, results)
-        except BaseException:  # Ctrl-C, SIGTERM (cli's _Stopped): the workers' temporaries
-            _remove_stale_temporaries(tasks)  # go with them (their writers are gone)
+                _run_tasks(client, runnable, options, resume, progress, out, tasks, results,
+                           cancel=scheduler != "local")  # fmt: skip
+        except BaseException as exc:  # Ctrl-C, SIGTERM (cli's _Stopped), a lost scheduler
+            why = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else NOT_FINISHED
+            _rewrite_failures(out, tasks, results, unfinished=why)
+            _remove_stale_temporaries(out, tasks)  # the workers' (their writers are gone)
             raise
     night = NightResult([results[t.name] for t in tasks], time.perf_counter() - start)
     _write_failures(out, tasks, results)
     # Again at the end: the workers of a run killed just before this one may still have held
     # their temporaries' locks as it started (a process group killed takes a moment to exit).
-    _remove_stale_temporaries(tasks)
+    _remove_stale_temporaries(out, tasks)
     return night
 
 
-def _remove_stale_temporaries(tasks: Sequence[ExposureTask]) -> None:
-    """The temporaries killed runs left beside the products (the lock says no other run
-    writes there now; a live writer's temporary is locked and kept)."""
+def _remove_stale_temporaries(out: Path, tasks: Sequence[ExposureTask]) -> None:
+    """The temporaries killed runs left in ``out``: of these tasks' products, of the other
+    products there (of a runlist since changed) and of ``failures.json`` (the lock says no
+    other run writes there now; a live writer's temporary is locked and kept)."""
     from .io.paths import remove_stale_temporaries
 
-    for task in tasks:
-        if task.product:
-            remove_stale_temporaries(task.product, keep=(*task.inputs, *task.traces))
+    keep = [path for task in tasks for path in (*task.inputs, *task.traces)]
+    written = {Path(task.product) for task in tasks if task.product}
+    for temporary in out.glob(".pyapred_*.h5.*.tmp"):
+        product = _TEMPORARY_PRODUCT.fullmatch(temporary.name)
+        if product:
+            written.add(out / product[1])
+    for path in sorted(written | {out / FAILURES_FILE}):
+        remove_stale_temporaries(path, keep=keep)
 
 
 def _open_lock_file(path: Path):
@@ -804,27 +914,65 @@ def _locked(out: Path, wait: bool) -> Iterator[None]:
         handle.close()
 
 
-def _run_tasks(client, runnable, options, resume, progress, out, tasks, results) -> None:
-    """Submit one task per exposure; collect results into ``results`` as they complete."""
+def _run_tasks(
+    client, runnable, options, resume, progress, out, tasks, results, *, cancel: bool = True
+) -> None:
+    """Submit one task per exposure; collect results into ``results`` as they complete, and
+    rewrite ``failures.json`` as each one does. Stopped (Ctrl-C), the unfinished tasks are
+    cancelled where ``cancel``: on a cluster of its own (``--scheduler``) they went on after
+    the run ended. (A local cluster ends with the run, its workers with it: a call to cancel
+    there only delayed that end, while the workers printed their tracebacks of Ctrl-C.)"""
     from dask.distributed import as_completed
 
-    futures = {
-        client.submit(process_exposure, task, options, resume=resume, pure=False): task
-        for task in runnable
-    }
-    bar = _progress_bar(len(futures), progress)
-    for future in as_completed(futures):
-        task = futures[future]
-        try:
-            result = future.result()
-        except Exception as exc:  # a worker died (KilledWorker) or the task could not run
-            error = f"{type(exc).__name__}: {exc}"
-            result = TaskResult(task.name, "failed", task.product, error=error)
-        results[task.name] = result
-        if result.status == "failed":
-            _write_failures(out, tasks, results)
-        bar.update()
-    bar.close()
+    futures = {}
+    bar = _progress_bar(len(runnable), progress)
+    try:
+        for task in runnable:  # (inside: Ctrl-C while submitting cancels those submitted)
+            submitted = client.submit(process_exposure, task, options, resume=resume, pure=False)
+            futures[submitted] = task
+        for future in as_completed(futures):
+            task = futures[future]
+            results[task.name] = _future_result(future, task)
+            _rewrite_failures(out, tasks, results)
+            bar.update()
+    except BaseException:
+        if cancel:
+            _cancel_unfinished(client, futures)
+        raise
+    finally:
+        bar.close()
+
+
+def _future_result(future, task: ExposureTask) -> TaskResult:
+    """The task's result, or its failure where it could not run (a worker died)."""
+    try:
+        return future.result()
+    except Exception as exc:  # KilledWorker, or the task could not be sent
+        error = _one_line(f"{type(exc).__name__}: {exc}")
+        return TaskResult(task.name, "failed", task.product, error=error)
+
+
+def _cancel_unfinished(client, futures) -> int:
+    """Cancel the submitted tasks not finished and say how many; returns that number.
+
+    A task already running on a worker cannot be stopped there (Dask runs it in a thread): it
+    goes on to write its product, atomically, and a rerun keeps it. The queued ones, most of a
+    night, no longer start once the run has ended and its lock is released.
+    """
+    unfinished = [future for future in futures if not future.done()]
+    if not unfinished:
+        return 0
+    try:
+        client.cancel(unfinished)
+    except Exception as exc:  # the scheduler is gone: nothing of them is left to run there
+        log.warning("pyapred night: could not cancel the unfinished exposures: %s", exc)
+        return len(unfinished)
+    log.error(
+        "pyapred night: %d unfinished exposure%s cancelled on the cluster (an exposure "
+        "already running on a worker still finishes and writes its product)",
+        len(unfinished), "" if len(unfinished) == 1 else "s",
+    )  # fmt: skip
+    return len(unfinished)
 
 
 @contextlib.contextmanager
@@ -862,18 +1010,35 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="pyapred night", unit="exposure", disable=not enabled)
 
 
-def _write_failures(out: Path, tasks: Sequence[ExposureTask], results: dict) -> None:
-    """``out/failures.json``: a list of failed exposures with their inputs and error text."""
+def _write_failures(
+    out: Path, tasks: Sequence[ExposureTask], results: dict, unfinished: str = NOT_FINISHED
+) -> None:
+    """``out/failures.json``: the failed exposures with their inputs and error text, and those
+    without a result yet with the error ``unfinished``; ``[]`` once every exposure is done."""
     from .io.atomic import atomic_path
 
-    failures = [
-        {"exposure": t.name, "inputs": list(t.inputs), "product": t.product,
-         "error": results[t.name].error, "details": results[t.name].details}
-        for t in tasks
-        if t.name in results and results[t.name].status == "failed"
-    ]  # fmt: skip
+    failures = []
+    for task in tasks:
+        result = results.get(task.name)
+        if result is not None and result.status != "failed":
+            continue
+        error, details = (unfinished, None) if result is None else (result.error, result.details)
+        failures.append({"exposure": task.name, "inputs": list(task.inputs),
+                         "product": task.product, "error": error, "details": details})  # fmt: skip
     with atomic_path(out / FAILURES_FILE, overwrite=True) as tmp:
         tmp.write_text(json.dumps(failures, indent=1) + "\n")
+
+
+def _rewrite_failures(
+    out: Path, tasks: Sequence[ExposureTask], results: dict, unfinished: str = NOT_FINISHED
+) -> None:
+    """:func:`_write_failures` while the night runs or stops: a write that fails (a full disk)
+    is logged and the night goes on; its last write, at the end, is an error if it fails."""
+    try:
+        _write_failures(out, tasks, results, unfinished)
+    except OSError as exc:
+        log.warning("pyapred night: could not update %s: %s", out / FAILURES_FILE,
+                    exc.strerror or exc)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -920,6 +1085,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_option_arguments(parser)
 
 
+def _flagged_summary(problems: Sequence[str]) -> str:
+    """One exposure's fit problems in one line: its fibers fallen back, counted by what they
+    used instead, and its chips' problems as they are (a line listing every fiber was tens of
+    kB at 300 fibers x 3 chips; ``--verbose`` lists them), e.g. ``23 fibers fell back to the
+    constant model (see its product; --verbose lists them)``."""
+    fibers = [p for p in problems if ": fiberId " in p]  # (see exposure.result.fit_problems)
+    constant = sum("; constant model used" in p for p in fibers)
+    parts = [
+        f"{count} fiber{'' if count == 1 else 's'} fell back to {model}"
+        for count, model in ((constant, "the constant model"),
+                             (len(fibers) - constant, "the bright fibers' omega"))
+        if count
+    ]  # fmt: skip
+    parts += [p for p in problems if ": fiberId " not in p]
+    return "; ".join(parts) + " (see its product; --verbose lists them)"
+
+
 def run(args: argparse.Namespace) -> int:
     """``pyapred night``: 0 all done or skipped, 1 a failure or fit problem, 2 bad input."""
     from .exposure import config_source, options_from_arguments, resolve_backend
@@ -949,9 +1131,14 @@ def run(args: argparse.Namespace) -> int:
             f"pyapred night: {summary['exposures']} exposures in {summary['seconds']} s: "
             f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed"
         )
-        for name, problems in summary["problems"].items():
-            print(f"  flagged {name}: {'; '.join(problems)}")
+        if getattr(args, "verbose", False):  # every fiber: 900 lines at 300 fibers x 3 chips
+            for name, problems in summary["problems"].items():
+                for problem in problems:
+                    print(f"  flagged {name}: {problem}")
         print(f"  products: {args.out}")
+    # On stderr, as failures are: with --quiet a flagged night exited 1 saying nothing.
+    for name, problems in summary["problems"].items():
+        print(f"pyapred night: warning: {name}: {_flagged_summary(problems)}", file=sys.stderr)
     for name, error in summary["failures"].items():
         print(f"pyapred night: {name} failed: {error}", file=sys.stderr)
     if summary["failed"]:

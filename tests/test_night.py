@@ -548,24 +548,41 @@ def test_an_unreadable_night_folder_fails_its_exposures_alone(night, tmp_path, m
     )
 
 
-def test_fit_problems_make_the_night_exit_1(monkeypatch, tmp_path, capsys):
+def test_fit_problems_make_the_night_exit_1_with_a_line_on_stderr(monkeypatch, tmp_path, capsys):
     """A night whose exposures are done but flagged (fibers fallen back to the constant model)
-    exits 1, as documented: a batch script checking the exit code must see it."""
+    exits 1, as documented: a batch script checking the exit code must see it. With --quiet it
+    said nothing at all; without, one line listed every fiber (tens of kB at 300 fibers x 3
+    chips). One line per exposure on stderr, even with --quiet; --verbose lists the fibers."""
     import pyapred.night
     from pyapred.night import NightResult, TaskResult
 
-    flagged = TaskResult("apo-60781-1", "done", str(tmp_path / "p.h5"),
-                         problems=["3 fibers: constant model used (fit failed)"])  # fmt: skip
+    fibers = [f"R: fiberId {300 - i}: omega fit failed (not converged after 1 iterations; 48 fit "
+              "pixels); constant model used" for i in range(23)]  # fmt: skip
+    fibers.append("G: fiberId 7: omega fit failed (with the 1/f nuisance term; not converged "
+                  "after 1 iterations; 48 fit pixels); the bright fibers' omega used")  # fmt: skip
+    chip = "chip B: 93 % of the traced pixels have no flux (of those: jumps 93 %)"
+    flagged = TaskResult("apo_60781_0001", "done", str(tmp_path / "p.h5"),
+                         problems=[*fibers, chip])  # fmt: skip
     monkeypatch.setattr(pyapred.night, "find_exposures", lambda *args, **kwargs: [])
     monkeypatch.setattr(pyapred.night, "run_night",
                         lambda *args, **kwargs: NightResult([flagged], 1.0))  # fmt: skip
     argv = ["night", "x.apz", "--traces", str(tmp_path), "--out", str(tmp_path / "out")]
-    assert main(argv) == 1
-    assert "flagged apo-60781-1: 3 fibers: constant model used" in capsys.readouterr().out
-    clean = TaskResult("apo-60781-1", "done", str(tmp_path / "p.h5"))
+    assert main([*argv, "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "pyapred night: warning: apo_60781_0001: 23 fibers fell back to the constant model; "
+        f"1 fiber fell back to the bright fibers' omega; {chip} (see its product; --verbose "
+        "lists them)"
+    ]
+    assert main([*argv, "--verbose"]) == 1
+    listed = [line for line in capsys.readouterr().out.splitlines() if "flagged" in line]
+    assert listed == [f"  flagged apo_60781_0001: {problem}" for problem in [*fibers, chip]]
+    clean = TaskResult("apo_60781_0001", "done", str(tmp_path / "p.h5"))
     monkeypatch.setattr(pyapred.night, "run_night",
                         lambda *args, **kwargs: NightResult([clean], 1.0))  # fmt: skip
-    assert main(argv) == 0
+    assert main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_a_product_kept_on_resuming_reports_the_problems_it_records(night, tmp_path):
@@ -608,7 +625,7 @@ def test_an_interrupted_night_removes_its_workers_temporaries(night, tmp_path, m
     raw, _ = night
     out = tmp_path / "out"
 
-    def stopped(client, runnable, *args):
+    def stopped(client, runnable, *args, **kwargs):
         for task in runnable:  # a worker's half-written product, its writer gone
             Path(task.product).with_name(f".{Path(task.product).name}.abc123_x.tmp").write_bytes(
                 b"half"
@@ -618,3 +635,225 @@ def test_an_interrupted_night_removes_its_workers_temporaries(night, tmp_path, m
     monkeypatch.setattr(pyapred.night, "_run_tasks", stopped)
     assert main(night_argv(raw, out, "--workers", "1", "--quiet")) == 130
     assert leftovers(out) == []
+
+
+def test_tasks_from_relative_paths_carry_absolute_paths(night, tmp_path, monkeypatch):
+    """With --scheduler tcp://... the paths went to the workers as typed: relative ones named
+    inputs in the worker's own folder (missing) and products were written there, the night
+    saying "done"."""
+    import pyapred.night
+    from pyapred.night import ExposureTask, run_night
+
+    raw, _ = night
+    (tmp_path / "raw").symlink_to(raw)  # (absolute() keeps the link's name, as typed)
+    monkeypatch.chdir(tmp_path)
+    Path("night.txt").write_text("raw/apR-a-52190001.apz\n")
+    with h5py.File("runlist_one.h5", "w") as handle:
+        handle["tele"], handle["mjd"], handle["expid"] = [b"apo"], [60781], [1]
+    for source, traces, raw_dir in (("raw/apR-a-5219000[1].apz", "raw", None),
+                                    ("night.txt", "raw/traceMain_apo_60781_?.h5", None),
+                                    ("runlist_one.h5", "raw/traceMain_apo_60781_R.h5", "raw"),
+                                    ("raw/apR-a-52190001.apz", "raw", None)):  # fmt: skip
+        traces = [traces, "raw/traceMain_apo_60781_[GB].h5"] if "_R" in traces else [traces]
+        (task,) = find_exposures(source, traces, "out", raw_dir=raw_dir)
+        assert task.problem is None, source
+        assert task.inputs == tuple(str(tmp_path / "raw" / f"apR-{c}-52190001.apz") for c in "abc")
+        assert task.traces == tuple(str(tmp_path / "raw" / f"traceMain_apo_60781_{c}.h5")
+                                    for c in "RGB")  # fmt: skip
+        assert task.product == str(tmp_path / "out" / "pyapred_apo_60781_0001.h5")
+    # run_night, given tasks made by hand and a relative --out, makes them absolute too.
+    ran = {}
+    monkeypatch.setattr(pyapred.night, "_run_night",
+                        lambda tasks, out, *rest: ran.update(tasks=tasks, out=out))  # fmt: skip
+    by_hand = ExposureTask(
+        "apo_60781_0001",
+        ("raw/apR-a-52190001.apz",),
+        ("raw/traceMain_apo_60781_R.h5",),
+        "out/pyapred_apo_60781_0001.h5",
+    )
+    run_night([by_hand], "out", progress=False)
+    assert ran["out"] == tmp_path / "out"
+    assert ran["tasks"] == [ExposureTask("apo_60781_0001", (str(tmp_path / by_hand.inputs[0]),),
+                                         (str(tmp_path / by_hand.traces[0]),),
+                                         str(tmp_path / by_hand.product))]  # fmt: skip
+    # A product outside --out is refused, before the folder is made.
+    with pytest.raises(InputError, match=rf"--out: expected a product in {tmp_path}/elsewhere"):
+        run_night([by_hand], "elsewhere", progress=False)
+    assert not Path("elsewhere").exists()
+
+
+def test_a_glob_matching_files_that_are_no_raw_files_is_refused(night, tmp_path, capsys):
+    """``'raw/*'`` matched the trace and truth files: each was counted as a failed exposure
+    (exit 1), where a runlist line naming one is refused."""
+    raw, _ = night
+    out = tmp_path / "out"
+    assert main(["night", str(raw / "*"), "--traces", str(raw), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{raw}/*: RUNLIST_OR_GLOB: expected a glob matching only raw files (apR-" in err
+    assert f"found a match '{raw}/traceMain_apo_60781_B.h5'" in err
+    assert not out.exists()
+
+
+class _FakeFuture:
+    """A submitted exposure that finishes (done) when its result is asked for."""
+
+    def __init__(self, task):
+        self.task, self.finished = task, False
+
+    def done(self):
+        return self.finished
+
+    def result(self):
+        from pyapred.night import TaskResult
+
+        self.finished = True
+        return TaskResult(self.task.name, "done", self.task.product)
+
+
+class _FakeClient:
+    def __init__(self):
+        self.futures, self.cancelled = [], []
+
+    def submit(self, function, task, *args, **kwargs):
+        self.futures.append(_FakeFuture(task))
+        return self.futures[-1]
+
+    def cancel(self, futures):
+        self.cancelled += futures
+
+
+@pytest.fixture
+def stopped_after_the_first(monkeypatch, tmp_path):
+    """A night on a fake cluster, Ctrl-C as the first exposure is done; records what
+    ``OUT/failures.json`` held when the first finished and when Ctrl-C came."""
+    import contextlib
+
+    import dask.distributed
+
+    import pyapred.night
+
+    client, seen = _FakeClient(), {}
+    out = tmp_path / "out"
+
+    def failures():
+        path = out / "failures.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def first_then_ctrl_c(futures):
+        seen["running"] = failures()
+        yield next(iter(futures))
+        seen["one done"] = failures()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyapred.night, "_client", lambda *args: contextlib.nullcontext(client))
+    monkeypatch.setattr(dask.distributed, "as_completed", first_then_ctrl_c)
+    return out, client, seen
+
+
+def test_an_interrupted_night_lists_its_unfinished_exposures_in_failures_json(
+    night, stopped_after_the_first, capsys
+):
+    """A night stopped by Ctrl-C (or killed) left the previous run's ``[]``, "complete", and
+    while it ran the file showed the previous run's list."""
+    from pyapred.night import NOT_FINISHED
+
+    raw, _ = night
+    out, client, seen = stopped_after_the_first
+    out.mkdir()
+    (out / "failures.json").write_text("[]\n")  # a previous night's, complete
+    assert main(night_argv(raw, out, "--quiet")) == 130
+    names = [f"apo_60781_{n:04d}" for n in range(1, N_EXPOSURES + 1)]
+    assert [(f["exposure"], f["error"]) for f in seen["running"]] == [
+        (name, NOT_FINISHED) for name in names
+    ]
+    assert [f["exposure"] for f in seen["one done"]] == names[1:]
+    failures = json.loads((out / "failures.json").read_text())
+    assert [(f["exposure"], f["error"]) for f in failures] == [
+        (name, "interrupted") for name in names[1:]
+    ]
+    assert set(failures[0]) == {"exposure", "inputs", "product", "error", "details"}
+    assert leftovers(out) == [] and client.cancelled == []  # (its workers end with the run)
+
+
+def test_an_interrupted_night_cancels_its_unfinished_exposures(night, stopped_after_the_first,
+                                                               capsys):  # fmt: skip
+    """With --scheduler the exposures submitted went on running on the cluster after the run
+    ended and released its lock. (A local cluster ends with the run.)"""
+    raw, _ = night
+    out, client, _ = stopped_after_the_first
+    assert main(night_argv(raw, out, "--quiet", "--scheduler", "tcp://127.0.0.1:1")) == 130
+    assert client.cancelled == client.futures[1:] and len(client.futures) == N_EXPOSURES
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("pyapred night: 3 unfinished exposures cancelled")
+    assert err[1].startswith("pyapred night: interrupted") and len(err) == 2
+
+
+def test_stale_temporaries_of_other_products_and_of_failures_json_are_removed(night, tmp_path):
+    """Only the temporaries of this run's products were removed: those of failures.json and of
+    products of another runlist stayed, where the docs promise every ``.pyapred_*.h5.*.tmp``
+    goes (except one a live writer holds)."""
+    import fcntl
+
+    raw, _ = night
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [".pyapred_apo_60781_0007.h5.abc12345.tmp", ".failures.json.abc12345.tmp"]
+    for name in stale:
+        (out / name).write_bytes(b"left by a killed run")
+    live = out / ".pyapred_apo_60781_0008.h5.def67890.tmp"
+    runlist = tmp_path / "night.txt"
+    runlist.write_text("apR-a-52190009.apz\n")  # missing: no cluster is started
+    with open(live, "wb") as held:  # a writer still at work
+        fcntl.flock(held, fcntl.LOCK_EX)
+        argv = ["night", str(runlist), "--traces", str(raw), "--out", str(out), "--quiet"]
+        assert main(argv) == 1
+    assert leftovers(out) == [live.name]
+
+
+def test_a_failures_json_that_is_no_file_is_refused_before_any_work(
+    night, tmp_path, capsys, monkeypatch, caplog
+):
+    """A folder named failures.json was found by the last write, after every exposure was
+    fitted, in an error naming a temporary file. A write that fails while the night runs is
+    logged, and the night goes on."""
+    import pyapred.night
+
+    raw, _ = night
+    out = tmp_path / "out"
+    (out / "failures.json").mkdir(parents=True)
+    assert main(night_argv(raw, out, "--quiet")) == 2
+    err = capsys.readouterr().err
+    assert f"{out}/failures.json: --out: expected a regular file" in err and "found a folder" in err
+    assert products(out) == {} and not (out / ".pyapred-night.lock").exists()
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pyapred.night, "_write_failures", full)
+    pyapred.night._rewrite_failures(out, [], {})  # logged, not raised
+    assert f"could not update {out}/failures.json: No space left on device" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError("Unable to synchronously open file\n  (file signature not found)"),
+     InputError("x.h5", "R/dimage", "a chunk", "HDF5 error\n  (file signature not found)")],
+)  # fmt: skip
+def test_an_error_of_several_lines_is_reported_on_one(night, tmp_path, monkeypatch, error):
+    """An HDF5 error's lines broke the one-line ``failed:`` format (and failures.json's
+    error); the traceback keeps its lines."""
+    import pyapred.exposure
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(pyapred.exposure, "run_exposure", broken)
+    raw, _ = night
+    (task,) = find_exposures(raw / "apR-a-52190001.apz", [raw], tmp_path)
+    result = process_exposure(task, resume=False)
+    assert result.status == "failed" and "\n" not in result.error
+    assert result.error.endswith("found HDF5 error (file signature not found)") or (
+        result.error == "OSError: Unable to synchronously open file (file signature not found)"
+    )
+    if isinstance(error, OSError):
+        assert "\n  (file signature not found)" in result.details

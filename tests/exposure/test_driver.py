@@ -172,13 +172,33 @@ def test_faint_fibers_borrow_the_bright_fibers_mean_omega(cloudy):
         assert abs(metrics["flux"][key]["borrowed_bias"]) < 0.1
 
 
-def test_fpi_fibers_are_excluded_and_constant(cloudy):
-    sim, result = cloudy
-    fits = result.fibers["R"]
+def test_fpi_fibers_are_excluded_and_constant():
+    """APO's FPI fibers (fiberId 75 and 225; the 40-fiber exposures above have none) get no
+    fit pixels and no omega fit: the constant model, omega 1, FPI_FIBER. fit_fibers leaves an
+    excluded fiber unfitted even where it has fit pixels (here from traces without the
+    exclusion)."""
+    from pyapred.exposure import fit_fibers, prepare_chip
+
+    sim = simulate_exposure("clouds", seed=9, chips=("R",), n_fibers=300, n_columns=48,
+                            ref_columns=0, n_reads=6)  # fmt: skip
+    chip, traces = chips_of(sim)["R"], traces_of(sim)["R"]
     fpi = np.flatnonzero(sim.fiber_type == "fpi")
-    assert fpi.size == 0 or (
-        np.all(fits.model[fpi] == MODEL_CONSTANT) and np.all(fits.flags[fpi] & Flag.FPI_FIBER)
-    )
+    assert fpi.tolist() == [75, 225] and np.flatnonzero(traces.excluded).tolist() == [75, 225]
+    options = FitOptions(min_fit_pixels=5)  # the FPI comb lights a few pixels in 48 columns
+    result = run_exposure({"R": chip}, {"R": traces}, options)
+    included = dataclasses.replace(traces, excluded=np.zeros(300, bool))
+    prepared = prepare_chip(chip, included, options)
+    assert np.all(prepared.fit_pixels.valid[fpi].sum(axis=1) >= options.min_fit_pixels)
+    given = fit_fibers([dataclasses.replace(prepared, traces=traces)], options)
+    for fits in (result.fibers["R"], given):
+        assert np.flatnonzero(fits.flags & Flag.FPI_FIBER).tolist() == [75, 225]
+        assert np.all(fits.fit.n_iter[fpi] == 0)
+        assert np.all(fits.fit.group_flags[fpi] & Flag.EMPTY_GROUP)
+        assert np.isnan(fits.omega_fit[fpi]).all() and not fits.bright[fpi].any()
+        assert np.all(fits.model[fpi] == MODEL_CONSTANT)
+        np.testing.assert_array_equal(fits.omega[fpi], 1.0)
+        assert (fits.model == MODEL_TIME_VARIABLE).sum() > 100  # the science fibers are fitted
+    assert np.all(result.fibers["R"].n_fit_pixels[fpi] == 0)  # no fit pixels from the traces
 
 
 def test_cosmic_rays_found_and_flagged(cloudy):

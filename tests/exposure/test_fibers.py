@@ -278,7 +278,9 @@ def test_nuisance_fibers_without_segment_contrast_are_not_fitted(tmp_path, monke
     fits = result.fibers["R"]
     ((todo, contrast),) = seen
     low = (fits.flags & Flag.LOW_SEGMENT_CONTRAST).astype(bool)
-    np.testing.assert_array_equal(np.flatnonzero(low), todo[contrast < fibers.MIN_SEGMENT_CONTRAST])
+    # NaN (no pixel shares a segment) is low too: the screen is not (contrast >= MIN).
+    expected = todo[~(contrast >= fibers.MIN_SEGMENT_CONTRAST)]
+    np.testing.assert_array_equal(np.flatnonzero(low), expected)
     assert low.any() and not low[todo].all()
     assert np.all(fits.fit.n_iter[low] == 0)
     assert np.all(fits.fit.group_flags[low] & Flag.EMPTY_GROUP)
@@ -303,6 +305,24 @@ def test_nuisance_fibers_without_segment_contrast_are_not_fitted(tmp_path, monke
     assert np.count_nonzero(flagged) == todo.size and not none.fibers["R"].bright.any()
     assert set(none.fibers["R"].model) == {MODEL_CONSTANT}
     assert none.summary()["fibers"]["R"]["low_segment_contrast"] == todo.size
+    # A NaN contrast (no two pixels of the fiber in one segment) is low: the fiber the screen
+    # passed most clearly, given NaN, is flagged, not fitted, and borrows.
+    monkeypatch.undo()
+    nan_fiber = todo[np.nanargmax(contrast)]
+    assert fits.fit.n_iter[nan_fiber] > 0 and fits.model[nan_fiber] != MODEL_BORROWED
+
+    def nan_for_one(*args):
+        values = np.array(contrasts(*args), dtype=np.float64)
+        values[args[4] == nan_fiber] = np.nan
+        return values
+
+    monkeypatch.setattr(fibers, "_segment_contrasts", nan_for_one)
+    fits = run_exposure(paths["apz"], paths["traces"], options).fibers["R"]
+    low = (fits.flags & Flag.LOW_SEGMENT_CONTRAST).astype(bool)
+    assert low[nan_fiber] and fits.fit.n_iter[nan_fiber] == 0
+    assert fits.fit.group_flags[nan_fiber] & Flag.EMPTY_GROUP
+    assert not fits.bright[nan_fiber] and fits.model[nan_fiber] == MODEL_BORROWED
+    np.testing.assert_array_equal(np.flatnonzero(low), np.union1d(expected, [nan_fiber]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,3 +459,26 @@ def test_fit_fibers_names_a_wrong_or_released_list_and_a_chip_twice(small_chip):
     fit_fibers(released, dataclasses.replace(options, keep_fit_reads=False))
     with pytest.raises(ValueError, match=r"prepared\[0\]: .* released .* prepare the chip again"):
         fit_fibers(released, options)
+
+
+def test_choose_models_names_the_argument_that_does_not_fit():
+    # A singular matrix, a failed unpacking or NumPy's broadcast errors before.
+    fit, constant = _fits()
+    options = FitOptions(min_fit_pixels=10)
+    n_pix, excluded = np.full(G, P), np.zeros(G, bool)
+    mixed = dataclasses.replace(fit, ref_index=np.arange(G))
+    with pytest.raises(ValueError, match="fit: expected one ref_index for every fiber"):
+        choose_models(mixed, constant, n_pix, excluded, options)
+    single = dataclasses.replace(fit, omega=fit.omega[0])
+    with pytest.raises(ValueError, match="fit: expected a batched OmegaFit"):
+        choose_models(single, constant, n_pix, excluded, options)
+    fewer = dataclasses.replace(constant, chi2=constant.chi2[:, :-1])
+    with pytest.raises(
+        ValueError, match=rf"constant: expected the fit's pixels, chi2 \({G}, {P}\)"
+    ):
+        choose_models(fit, fewer, n_pix, excluded, options)
+    for bad in ([P] * G, np.full(G - 1, P), np.full(G, float(P))):
+        with pytest.raises(ValueError, match=f"n_fit_pixels: expected an array of {G} integers"):
+            choose_models(fit, constant, bad, excluded, options)
+    with pytest.raises(ValueError, match=f"excluded: expected an array of {G} booleans"):
+        choose_models(fit, constant, n_pix, np.zeros(G, int), options)

@@ -14,14 +14,17 @@ from pyapred.exposure import FitOptions, load_chip, run_exposure
 
 
 def ar3dcal(folder, gain: np.ndarray, last_unsaturated: np.ndarray | None = None,
-            reads: np.ndarray | None = None):  # fmt: skip
+            reads: np.ndarray | None = None, read_var: np.ndarray | None = None):  # fmt: skip
     """A 4-read ``ar3Dcal`` file (ApogeeReduction.jl's full frame) with ``gain`` as gainMat,
-    and ``last_unsaturated`` (h5py order, a difference index: sutr_wood's) where given."""
+    ``read_var`` as readVarMat (64 DN^2 everywhere unless given), and ``last_unsaturated``
+    (h5py order, a difference index: sutr_wood's) where given. Every map is written as h5py
+    shows a JLD2 array: Julia's dimensions reversed, ``(2048, 2560)`` for ``(2560, 2048)``."""
     path = folder / "ar3Dcal_apo_60781_0001_R_object.h5"
     if reads is None:
         reads = np.arange(4, dtype=np.float32)[:, None, None] * np.full((1, *gain.shape), 100.0)
-    datasets = [("outdat", reads), ("gainMat", gain),
-                ("readVarMat", np.full(gain.shape, 64.0, np.float32))]  # fmt: skip
+    if read_var is None:
+        read_var = np.full(gain.shape, 64.0, np.float32)
+    datasets = [("outdat", reads), ("gainMat", gain), ("readVarMat", read_var)]
     if last_unsaturated is not None:
         datasets.append(("last_unsaturated", last_unsaturated))
     with h5py.File(path, "w") as handle:
@@ -57,6 +60,41 @@ def test_ar3dcal_ramps_end_at_their_last_unsaturated_difference(tmp_path):
     assert fit.flux[0] == pytest.approx(100.0) and fit.n_diff.tolist() == [2, 0, 0, 0, 0, 3]
     unsaturated = load_chip(ar3dcal(tmp_path, np.full((2048, 2560), 1.9, np.float32), reads=reads))
     assert unsaturated.saturation_cut is None and unsaturated.reads[3, 0, 0] == 60000.0
+
+
+def test_ar3dcal_read_noise_is_the_root_of_readvarmat_pixel_by_pixel(tmp_path):
+    """readVarMat is the single-read variance (DN^2): the chip's read noise is its square root,
+    at the same (row, column) as h5py shows the map (JLD2's dimensions reversed, docs/formats.md),
+    neither the variance itself nor the map transposed."""
+    rows, cols = np.arange(2048)[:, None], np.arange(2560)[None, :]
+    read_var = (16.0 + 0.5 * (rows % 37) + 2.0 * (cols % 53)).astype(np.float32)  # 16-128 DN^2
+    gain = np.full((2048, 2560), 1.9, np.float32)
+    chip = load_chip(ar3dcal(tmp_path, gain, read_var=read_var))
+    assert chip.read_noise.shape == (2048, 2560)
+    for y, x in [(0, 0), (0, 52), (36, 0), (7, 2000), (2047, 2559), (1000, 31)]:
+        assert chip.read_noise[y, x] == pytest.approx(np.sqrt(float(read_var[y, x])), rel=1e-6)
+    np.testing.assert_allclose(chip.read_noise, np.sqrt(read_var), rtol=1e-6)
+    # The noise reaches the fit as the root: a ramp's flux variance is that of sigma, not sigma^2.
+    y, x = 36, 52
+    fit = fit_constant(chip.reads[:, y, x], chip.read_noise[y, x], gain=chip.gain[y, x])
+    expected = fit_constant(chip.reads[:, y, x], np.sqrt(float(read_var[y, x])), gain=1.9)
+    assert fit.flux_var == pytest.approx(expected.flux_var, rel=1e-6)
+
+
+def test_a_raw_file_without_a_saturate_card_saturates_at_apogee_drp_s_level(tmp_path):
+    """No SATURATE card (only GAIN and RDNOISE): the saturation is apogee_drp's ``satval``,
+    55000 DN, and a read at it starts the saturation of its pixel."""
+    from pyapred.simulate import write_simulated_apz
+
+    reads = 100.0 * np.arange(3)[:, None, None] + np.zeros((1, 4, 6))
+    reads[2, 1, 1], reads[2, 2, 2] = 54999.0, 55000.0
+    path = write_simulated_apz(tmp_path, reads, bias=0.0, header={"GAIN": 1.9, "RDNOISE": 8.0})
+    chip = load_chip(path)
+    assert chip.saturation == 55000.0 and chip.gain == 1.9 and chip.read_noise == 8.0
+    assert chip.reads[2, 1, 1] == 54999 and chip.reads[2, 2, 2] == 55000
+    fit = fit_constant(chip.reads[:, [1, 2], [1, 2]], chip.read_noise, gain=chip.gain,
+                       saturation=chip.saturation)  # fmt: skip
+    assert not fit.flags[0] & Flag.SATURATED and fit.flags[1] & Flag.SATURATED
 
 
 def test_a_chip_s_saturation_cut_flags_its_pixels_saturated(small_chip):

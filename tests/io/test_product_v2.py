@@ -277,12 +277,12 @@ def real_product(tmp_path_factory):
     folder = tmp_path_factory.mktemp("real")
     sim = simulate_exposure("clouds", seed=1, n_fibers=40, n_columns=96, ref_columns=16, n_reads=20)
     paths = write_simulated_exposure(sim, folder / "data")
-    run_exposure(paths["apz"], paths["traces"], product=folder / "p.h5")
-    return folder / "p.h5", paths
+    result = run_exposure(paths["apz"], paths["traces"], product=folder / "p.h5")
+    return folder / "p.h5", paths, result
 
 
 def test_every_dataset_of_a_real_product_is_described(real_product):
-    path, _ = real_product
+    path, _, _ = real_product
     seen = []
 
     def check(name, item):
@@ -322,7 +322,7 @@ def test_every_dataset_of_a_real_product_is_described(real_product):
 def test_real_product_keeps_what_night_and_guider_read(real_product):
     from pyapred.guider.omega import read_product_omega
 
-    path, paths = real_product
+    path, paths, _ = real_product
     meta = read_metadata(path)  # what pyapred night's resume check compares
     assert json.loads(meta["fit_options"]) and meta["pyapred_version"] == pyapred.__version__
     files = [*paths["apz"], *paths["traces"]]
@@ -330,6 +330,35 @@ def test_real_product_keeps_what_night_and_guider_read(real_product):
     assert meta["input_sha256"] == [product_module.sha256_file(p) for p in files]
     data = read_product_omega(path, "G")
     assert data["omega"].shape == (40, 19) and data["read_times"].size == 20
+
+
+def test_a_real_product_s_omega_is_the_omega_each_fiber_was_extracted_with(real_product):
+    """omega / omega_mean (the normalisation the file names) is the omega the extraction used:
+    for borrowed fibers the bright fibers' mean, with its covariance (not the fiber's own
+    noisy or missing fit), for time-variable fibers the fiber's own fit and covariance."""
+    from pyapred.exposure import MODEL_BORROWED, MODEL_TIME_VARIABLE
+
+    path, _, result = real_product
+    product = read_product(path, images=False)
+    with h5py.File(path, "r") as handle:
+        omega_mean = {key: handle[f"fibers/{key}/omega_mean"][()] for key in result.fibers}
+    for key, fitted in result.fibers.items():
+        group = product.fibers[key]
+        borrowed, variable = fitted.model == MODEL_BORROWED, fitted.model == MODEL_TIME_VARIABLE
+        assert borrowed.sum() >= 5 and variable.sum() >= 5, key  # both kinds are checked
+        assert [m == "borrowed" for m in group.model] == list(borrowed)
+        np.testing.assert_allclose(omega_mean[key], group.omega.mean(axis=1), rtol=1e-15)
+        mean_one = group.omega / omega_mean[key][:, None]
+        for chosen in (borrowed, variable):
+            np.testing.assert_allclose(mean_one[chosen], fitted.omega[chosen], rtol=1e-12,
+                                       atol=1e-12, err_msg=key)  # fmt: skip
+        np.testing.assert_array_equal(group.omega[borrowed], np.broadcast_to(
+            fitted.borrowed_omega, (borrowed.sum(), fitted.borrowed_omega.size)))  # fmt: skip
+        np.testing.assert_array_equal(group.omega_cov[borrowed], np.broadcast_to(
+            fitted.borrowed_cov, (borrowed.sum(), *fitted.borrowed_cov.shape)))  # fmt: skip
+        assert np.diagonal(fitted.borrowed_cov).max() > 0  # a covariance, not the zeros of no fit
+        np.testing.assert_array_equal(group.omega[variable], fitted.omega_fit[variable])
+        np.testing.assert_array_equal(group.omega_cov[variable], fitted.omega_cov[variable])
 
 
 # --------------------------------------------------------------------------------------------

@@ -203,6 +203,26 @@ def test_equal_weight_matches_rauscher_variance_and_is_unbiased():
     assert np.median(fit_constant(sim.reads, sigma).flux_var) < np.median(fit.flux_var)
 
 
+def test_equal_weight_in_dn_with_a_gain_is_the_fit_in_electrons():
+    """Reads in DN with gain g fit as the same reads times g in electrons with gain 1: flux
+    times g, flux_var times g^2, the same chi2. The read noise and the saturation level are in
+    the reads' units (DN here, e- there): the level cuts the same reads in both."""
+    rng = np.random.default_rng(12)
+    g, sigma_e = 1.9, 12.0
+    sim = simulate_ramps(rng.uniform(10, 3000, 60), sigma_e, n_reads=12, gain=g, rng=rng)
+    level = float(np.median(sim.reads[-1]))  # DN: about half the pixels saturate in the ramp
+    in_dn = fit_equal_weight(sim.reads, sigma_e / g, gain=g, saturation=level)
+    in_e = fit_equal_weight(sim.reads * g, sigma_e, saturation=level * g)
+    saturated = (in_e.flags & Flag.SATURATED).astype(bool)
+    assert 10 < saturated.sum() < 50 and np.any(in_e.n_diff[saturated] >= 2)
+    np.testing.assert_array_equal(in_dn.n_diff, in_e.n_diff)
+    np.testing.assert_array_equal(in_dn.flags, in_e.flags)
+    assert np.isfinite(in_e.flux).sum() >= 40
+    np.testing.assert_allclose(in_dn.flux * g, in_e.flux, rtol=1e-10)
+    np.testing.assert_allclose(in_dn.flux_var * g**2, in_e.flux_var, rtol=1e-10)
+    np.testing.assert_allclose(in_dn.chi2, in_e.chi2, rtol=1e-10)
+
+
 def test_equal_weight_with_masks_is_the_subset_slope():
     rng = np.random.default_rng(10)
     sim = simulate_ramps(rng.uniform(50, 500, 30), 15.0, n_reads=12, rng=rng)

@@ -228,6 +228,9 @@ def test_the_chi2_is_eq24_at_the_returned_solution(how):
 
 
 def test_gain_scales_fluxes_not_omega():
+    """Reads in DN with gain g fit as the same reads times g in electrons: omega and chi2 the
+    same, fluxes (and the offsets of ``segments``, in the reads' units) times g, flux
+    variances times g^2."""
     rng = np.random.default_rng(27)
     omega = omega_uniform(12, 0.3, rng)
     sim = simulate_ramps(rng.uniform(500, 900, 50), 15.0, omega=omega, gain=1.9, rng=rng)
@@ -235,6 +238,19 @@ def test_gain_scales_fluxes_not_omega():
     in_e = fit_omega(sim.reads * 1.9, 15.0)
     np.testing.assert_allclose(in_dn.omega, in_e.omega, rtol=1e-10)
     np.testing.assert_allclose(in_dn.flux * 1.9, in_e.flux, rtol=1e-10)
+    np.testing.assert_allclose(in_dn.flux_var * 1.9**2, in_e.flux_var, rtol=1e-10)
+    np.testing.assert_allclose(in_dn.chi2, in_e.chi2, rtol=1e-10)
+    # With the nuisance term: 5 segments, each with its own offsets (DN per read interval).
+    segments = np.arange(50) % 5
+    reads = sim.reads.copy()
+    reads[1:] += np.cumsum(rng.normal(0.0, 20.0, (5, 12))[segments].T, axis=0)
+    in_dn = fit_omega(reads, 15.0 / 1.9, gain=1.9, segments=segments)
+    in_e = fit_omega(reads * 1.9, 15.0, segments=segments)
+    assert in_dn.converged and np.abs(in_e.offsets).max() > 10.0
+    np.testing.assert_allclose(in_dn.omega, in_e.omega, rtol=1e-10)
+    np.testing.assert_allclose(in_dn.offsets * 1.9, in_e.offsets, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(in_dn.flux * 1.9, in_e.flux, rtol=1e-10)
+    np.testing.assert_allclose(in_dn.flux_var * 1.9**2, in_e.flux_var, rtol=1e-10)
 
 
 def test_initial_guess_is_normalised_at_its_maximum():
