@@ -537,7 +537,7 @@ def process_exposure(
     ----------
     task : ExposureTask
     options : pyapred.exposure.FitOptions, optional
-        ``keep_fit_reads`` is turned off (the product does not hold them).
+        ``keep_fit_reads`` and ``keep_constant`` are turned off (the product holds neither).
     resume : bool
         Skip the exposure when its product exists with the same input hashes, pyapred version
         and fit settings, and reads back whole (a damaged product is fitted again).
@@ -553,7 +553,9 @@ def process_exposure(
     start = time.perf_counter()
     if task.problem is not None:
         return TaskResult(task.name, "failed", task.product, error=_one_line(task.problem))
-    options = dataclasses.replace(options or FitOptions(), keep_fit_reads=False)
+    options = dataclasses.replace(
+        options or FitOptions(), keep_fit_reads=False, keep_constant=False
+    )
     try:
         # The record holds the backend that ran: "auto" is resolved before it is compared.
         options = dataclasses.replace(options, backend=resolve_backend(options.backend))
@@ -1082,7 +1084,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     from .exposure import add_option_arguments
 
-    add_option_arguments(parser)
+    # A night keeps no result in memory: --keep-constant ran a second extraction of every chip
+    # that no product stores.
+    add_option_arguments(parser, leave_out=("memory",))
 
 
 def _flagged_summary(problems: Sequence[str]) -> str:
@@ -1111,7 +1115,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("pyapred night: needs Dask: pip install 'pyapred[night]'", file=sys.stderr)
         return EXIT_BAD_INPUT
-    options = options_from_arguments(args, keep_fit_reads=False)
+    options = options_from_arguments(args, keep_fit_reads=False, keep_constant=False)
     # "julia" without Julia is refused before any work, naming the config file that asked.
     resolve_backend(options.backend, source=config_source(args, "backend"))
     tasks = find_exposures(

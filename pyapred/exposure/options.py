@@ -544,8 +544,10 @@ class _GivenOnce(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_option_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one flag per :class:`FitOptions` field, grouped as in config files.
+def add_option_arguments(parser: argparse.ArgumentParser, *, leave_out: tuple = ()) -> None:
+    """Add ``--config`` and one flag per :class:`FitOptions` field, grouped as in config files;
+    the fields of the groups ``leave_out`` get none (a command whose result is not kept in
+    memory has no use for the ``"memory"`` ones).
 
     Every flag defaults to "not given" (``argparse.SUPPRESS``), so that
     :func:`options_from_arguments` can lay the flags given over the config file's values.
@@ -557,8 +559,14 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
         "or from a pyapred product (.h5 or .fits: the settings it was made with); flags given "
         "override it",
     )  # fmt: skip
-    groups = {name: parser.add_argument_group(title) for name, title in CONFIG_GROUPS.items()}
+    groups = {
+        name: parser.add_argument_group(title)
+        for name, title in CONFIG_GROUPS.items()
+        if name not in leave_out
+    }
     for item in _fields():
+        if item.metadata["group"] in leave_out:
+            continue
         flag = "--" + item.name.replace("_", "-")
         default = getattr(defaults, item.name)
         shown = "from the file" if default is None else default
