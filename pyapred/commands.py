@@ -342,7 +342,14 @@ def demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_run(args: argparse.Namespace) -> int:
     """Simulate a cloudy exposure, fit it from its files, plot, and compare with the truth."""
-    from .exposure import FitOptions, run_exposure, truth_metrics
+    from .exposure import (
+        MODEL_BORROWED,
+        MODEL_CONSTANT,
+        MODEL_TIME_VARIABLE,
+        FitOptions,
+        run_exposure,
+        truth_metrics,
+    )
     from .io.atomic import writable_folder
     from .io.paths import check_memory, check_output_path
     from .simulate import simulate_exposure, simulation_bytes, write_simulated_exposure
@@ -405,15 +412,20 @@ def demo_run(args: argparse.Namespace) -> int:
     lines.append(f"  simulate, write, fit: {seconds:.1f} s; product {product}")
     models = {}
     for key, fits in result.fibers.items():
-        counts = np.bincount(fits.model, minlength=4)
-        models[key] = {"time_variable": int(counts[1]), "constant": int(counts[0]),
-                       "borrowed": int(counts[2])}  # fmt: skip
+        # (the demo fits no chromatic model)
+        count = {model: int(np.count_nonzero(fits.model == model)) for model in
+                 (MODEL_TIME_VARIABLE, MODEL_CONSTANT, MODEL_BORROWED)}  # fmt: skip
+        models[key] = {
+            "time_variable": count[MODEL_TIME_VARIABLE],
+            "constant": count[MODEL_CONSTANT],
+            "borrowed": count[MODEL_BORROWED],
+        }
         om = metrics["omega"][key]
         lines.append(
             f"  omega {key}: {om['n_fibers']} bright fibers, z-score std {_num(om['z_std'])} "
-            f"(ideal 1), median z {_num(om['z_median'], '+.2f')}; models: {counts[1]} "
-            "time-variable, "
-            f"{counts[0]} constant, {counts[2]} borrowed"
+            f"(ideal 1), median z {_num(om['z_median'], '+.2f')}; models: "
+            f"{count[MODEL_TIME_VARIABLE]} time-variable, {count[MODEL_CONSTANT]} constant, "
+            f"{count[MODEL_BORROWED]} borrowed"
         )
         if fits.fit is not None and fits.bright.any():
             # Omega at the exposure's mean (the fluxes' normalisation), against the truth's.
