@@ -997,13 +997,32 @@ def _client(scheduler: str, workers: int, threads_per_worker: int):
         return
     # (workers and threads_per_worker were checked by run_night, before --out was made.)
     # juliacall cannot survive fork: workers are fresh interpreters.
-    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}), _sigint_ignored():
         cluster = LocalCluster(
             n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
             dashboard_address=None, silence_logs=logging.ERROR,
         )  # fmt: skip
     with cluster, Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while the local workers start, which keeps it ignored in them (an ignored
+    signal stays ignored across exec): a terminal's Ctrl-C reaches the whole process group, and
+    each worker printed its own tracebacks before the night's one line. The night's process
+    alone stops them, as it closes the cluster. A Ctrl-C during those seconds is lost."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # (signals: main thread only)
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _progress_bar(total: int, enabled: bool):

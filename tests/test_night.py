@@ -857,3 +857,17 @@ def test_an_error_of_several_lines_is_reported_on_one(night, tmp_path, monkeypat
     )
     if isinstance(error, OSError):
         assert "\n  (file signature not found)" in result.details
+
+
+def test_local_workers_start_with_ctrl_c_ignored():
+    """A terminal's Ctrl-C reaches the whole process group: each local worker printed its own
+    tracebacks (and a leaked-semaphore warning) before the night's one line. They start with
+    SIGINT ignored, which they keep; the night's own handler is back afterwards."""
+    import signal
+
+    from pyapred.night import _sigint_ignored
+
+    before = signal.getsignal(signal.SIGINT)
+    with _sigint_ignored():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is before

@@ -117,9 +117,9 @@ profile_fraction(y, s, row) = ndtr((row + 0.5 - y) * (1.0 / s)) - ndtr((row - 0.
     check_geometry(traces, nx, ny)
 
 Throw an `ArgumentError` unless the traces fit a `(nx, ny)` chip: at most `nx` columns, centers
-inside rows `[0.5, ny + 0.5]`. Warns when traces stop short of an APOGEE chip's 2048 science
-columns (`nx` 2048, or 2560 with the reference output): the untraced columns get no fiber
-(`BACKGROUND`).
+inside rows `[0.5, ny + 0.5]`. Warns (once a session: a night calls it per chip and exposure)
+when traces stop short of an APOGEE chip's 2048 science columns (`nx` 2048, or 2560 with the
+reference output): the untraced columns get no fiber (`BACKGROUND`).
 """
 function check_geometry(traces::Traces, nx::Integer, ny::Integer)
     nc = size(traces.y_center, 1)
@@ -128,7 +128,7 @@ function check_geometry(traces::Traces, nx::Integer, ny::Integer)
     science = get(APOGEE_SCIENCE_COLUMNS, nx, nc)
     nc >= science ||
         @warn("traces: the traces cover columns 1-$nc of the chip's $science; columns " *
-              "$(nc + 1)-$science get no fiber (flagged BACKGROUND)")
+              "$(nc + 1)-$science get no fiber (flagged BACKGROUND)", maxlog = 1)
     low, high = extrema(traces.y_center)
     (low >= 0.5 && high <= ny + 0.5) ||
         throw(ArgumentError("traces: y-centers in [$low, $high], outside the chip's rows [1, $ny] (1-based)"))

@@ -457,9 +457,9 @@ end
         @test named.omega[named.ref_index, 1] == 1.0
         # A 4-read exposure reaches sutr_omega with one difference: the constant fit, with a
         # warning, not an error that stops the night.
-        one = view(dimages, :, :, 1:1)
+        one_diff = view(dimages, :, :, 1:1)
         short = @test_logs (:warn, r"too few for the exposure stages") match_mode = :any sutr_omega(
-            one, gain, read_var, min.(last, 1), trues(nx, ny, 1); traces, options)
+            one_diff, gain, read_var, min.(last, 1), trues(nx, ny, 1); traces, options)
         @test short.stages === nothing && isempty(short.model)
         @test short.dimage == short.rates && all(isfinite, short.dimage)
         # ApogeeReduction.jl's differences are a view of its cube (diffify_datacube!).
