@@ -954,8 +954,8 @@ def _future_result(future, task: ExposureTask) -> TaskResult:
         return TaskResult(task.name, "failed", task.product, error=error)
 
 
-def _cancel_unfinished(client, futures) -> int:
-    """Cancel the submitted tasks not finished and say how many; returns that number.
+def _cancel_unfinished(client, futures) -> None:
+    """Cancel the submitted tasks not finished and say how many.
 
     A task already running on a worker cannot be stopped there (Dask runs it in a thread): it
     goes on to write its product, atomically, and a rerun keeps it. The queued ones, most of a
@@ -963,18 +963,17 @@ def _cancel_unfinished(client, futures) -> int:
     """
     unfinished = [future for future in futures if not future.done()]
     if not unfinished:
-        return 0
+        return
     try:
         client.cancel(unfinished)
     except Exception as exc:  # the scheduler is gone: nothing of them is left to run there
         log.warning("pyapred night: could not cancel the unfinished exposures: %s", exc)
-        return len(unfinished)
+        return
     log.error(
         "pyapred night: %d unfinished exposure%s cancelled on the cluster (an exposure "
         "already running on a worker still finishes and writes its product)",
         len(unfinished), "" if len(unfinished) == 1 else "s",
     )  # fmt: skip
-    return len(unfinished)
 
 
 @contextlib.contextmanager
@@ -1134,7 +1133,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("pyapred night: needs Dask: pip install 'pyapred[night]'", file=sys.stderr)
         return EXIT_BAD_INPUT
-    options = options_from_arguments(args, keep_fit_reads=False, keep_constant=False)
+    options = options_from_arguments(args)  # (process_exposure turns the memory options off)
     # "julia" without Julia is refused before any work, naming the config file that asked.
     resolve_backend(options.backend, source=config_source(args, "backend"))
     tasks = find_exposures(
